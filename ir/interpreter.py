@@ -1,0 +1,59 @@
+"""The numpy reference interpreter: the semantics oracle every pass and every backend is checked against."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .graph import Graph, Node
+from .ops import REQUIRED, op_def
+from .types import np_dtype
+
+
+def bind_symbols(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, int]:
+    if len(arrays) != len(graph.inputs):
+        raise ValueError(f"graph takes {len(graph.inputs)} inputs, got {len(arrays)}")
+    env: dict[str, int] = {}
+    for node, array in zip(graph.inputs, arrays):
+        if len(node.shape) != np.ndim(array):
+            raise ValueError(f"input %{node.attrs['name']} expects {node.type}, got shape {np.shape(array)}")
+        for dim, size in zip(node.shape, np.shape(array)):
+            if isinstance(dim, str):
+                if env.setdefault(dim, size) != size:
+                    raise ValueError(f"symbolic dim {dim} bound to both {env[dim]} and {size}")
+            elif dim != size:
+                raise ValueError(f"input %{node.attrs['name']} expects {node.type}, got shape {np.shape(array)}")
+    return env
+
+
+def evaluate(graph: Graph, arrays: Sequence[np.ndarray], keep: Sequence[Node] = ()) -> list[np.ndarray]:
+    """Run `graph` on numpy inputs; returns its outputs, followed by the values of the `keep` nodes."""
+    arrays = [np.asarray(a) for a in arrays]
+    env = bind_symbols(graph, arrays)
+    values: dict[int, np.ndarray] = {id(n): a.astype(np_dtype(n.dtype), copy=False) for n, a in zip(graph.inputs, arrays)}
+    wanted = {id(n) for n in graph.outputs} | {id(n) for n in keep}
+    remaining = {id(n): 0 for n in graph.nodes}
+    for node in graph.nodes:
+        for i in node.inputs:
+            remaining[id(i)] += 1
+    for node in graph.nodes:
+        if id(node) not in values:
+            values[id(node)] = _run(node, values, graph, env)
+        for i in node.inputs:  # free intermediates early: full-model graphs hold many activations
+            remaining[id(i)] -= 1
+            if remaining[id(i)] == 0 and id(i) not in wanted:
+                values.pop(id(i), None)
+    return [values[id(n)] for n in (*graph.outputs, *keep)]
+
+
+def _run(node: Node, values, graph: Graph, env) -> np.ndarray:
+    dtype = np_dtype(node.dtype)
+    if node.op == "weight":
+        return graph.weights[node.attrs["name"]]
+    if node.op == "constant":
+        return np.asarray(node.attrs["value"], dtype=dtype)
+    opdef = op_def(node.op)
+    attrs = {**{k: v for k, v in opdef.attrs.items() if v is not REQUIRED}, **node.attrs}
+    out = opdef.reference(*(values[id(i)] for i in node.inputs), attrs, env)
+    return np.asarray(out).astype(dtype, copy=False)

@@ -1,0 +1,285 @@
+"""The op table: every op defined once — name, arity, attribute schema, type rule, numpy reference.
+
+Frontends map onto these ops, the interpreter runs them through `reference`, the verifier checks `infer`, and
+codegen has one lowering per op name. Reference functions take numpy arrays, the attrs, and `env` (the values
+of symbolic dims, needed by ops such as `arange` whose size is a symbol).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .types import TensorType, broadcast_shapes, is_float, np_dtype, resolve
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    arity: tuple[int, int]  # (min, max) inputs; max -1 = variadic
+    attrs: Mapping[str, Any]  # attr name -> default (REQUIRED if none)
+    infer: Callable[[list[TensorType], dict], TensorType]
+    reference: Callable[..., np.ndarray]
+    doc: str = ""
+    elementwise: bool = field(default=False)
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def define(name, arity, infer, reference, attrs=None, doc="", elementwise=False):
+    arity = (arity, arity) if isinstance(arity, int) else arity
+    OPS[name] = OpDef(name, arity, attrs or {}, infer, reference, doc, elementwise)
+
+
+def op_def(name: str) -> OpDef:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise KeyError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None
+
+
+def _axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+# --- sources --------------------------------------------------------------------------------------------
+def _no_infer(types, attrs):
+    raise TypeError("source ops carry their own type")
+
+
+define("input", 0, _no_infer, lambda attrs, env: None, {"name": REQUIRED}, "a graph input")
+define("weight", 0, _no_infer, lambda attrs, env: None, {"name": REQUIRED}, "a named constant held by the graph")
+define("constant", 0, _no_infer, lambda attrs, env: None, {"value": REQUIRED}, "a small literal (scalar or nested tuple)")
+define(
+    "arange", 0, _no_infer,
+    lambda attrs, env: np.arange(attrs["start"], resolve((attrs["end"],), env)[0], attrs["step"]),
+    {"start": 0, "end": REQUIRED, "step": 1}, "0-d sources whose size may be symbolic (positions, masks)",
+)
+define(
+    "full", 0, _no_infer, lambda attrs, env: np.full(resolve(attrs["shape"], env), attrs["value"]),
+    {"shape": REQUIRED, "value": REQUIRED},
+)
+
+# --- elementwise -----------------------------------------------------------------------------------------
+def _unary_type(types, attrs):
+    return types[0]
+
+
+def _erf(x):
+    from scipy.special import erf
+
+    return erf(x).astype(x.dtype)
+
+
+def _gelu(x, approximate="none"):
+    if approximate == "tanh":
+        return (0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))).astype(x.dtype)
+    return (0.5 * x * (1 + _erf(x / math.sqrt(2)))).astype(x.dtype)
+
+
+def _sigmoid(x):
+    return (1 / (1 + np.exp(-x))).astype(x.dtype)
+
+
+UNARY = {
+    "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
+    "rsqrt": lambda x: (1 / np.sqrt(x)).astype(x.dtype), "reciprocal": lambda x: (1 / x).astype(x.dtype),
+    "tanh": np.tanh, "sigmoid": _sigmoid, "erf": _erf, "sin": np.sin, "cos": np.cos,
+    "relu": lambda x: np.maximum(x, 0).astype(x.dtype), "silu": lambda x: (x * _sigmoid(x)).astype(x.dtype),
+    "logical_not": np.logical_not,
+}
+for _name, _fn in UNARY.items():
+    define(_name, 1, _unary_type, (lambda fn: lambda x, attrs, env: fn(x))(_fn), elementwise=True)
+define("gelu", 1, _unary_type, lambda x, attrs, env: _gelu(x, attrs["approximate"]), {"approximate": "none"},
+       elementwise=True)
+
+
+def _binary_type(types, attrs):
+    dtype = types[0].dtype if is_float(types[0].dtype) or not is_float(types[1].dtype) else types[1].dtype
+    return TensorType(broadcast_shapes(types[0].shape, types[1].shape), dtype)
+
+
+def _compare_type(types, attrs):
+    return TensorType(broadcast_shapes(types[0].shape, types[1].shape), "bool")
+
+
+def _promote(fn):
+    def run(a, b, attrs, env):
+        dtype = a.dtype if np.issubdtype(a.dtype, np.floating) or not np.issubdtype(b.dtype, np.floating) else b.dtype
+        return np.asarray(fn(a, b)).astype(dtype, copy=False)
+    return run
+
+
+BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power,
+          "maximum": np.maximum, "minimum": np.minimum}
+for _name, _fn in BINARY.items():
+    define(_name, 2, _binary_type, _promote(_fn), elementwise=True)
+COMPARE = {"gt": np.greater, "ge": np.greater_equal, "lt": np.less, "le": np.less_equal, "eq": np.equal,
+           "ne": np.not_equal, "logical_and": np.logical_and, "logical_or": np.logical_or}
+for _name, _fn in COMPARE.items():
+    define(_name, 2, _compare_type, (lambda fn: lambda a, b, attrs, env: fn(a, b))(_fn), elementwise=True)
+
+
+def _where_type(types, attrs):
+    return TensorType(broadcast_shapes(*(t.shape for t in types)), _binary_type(types[1:], attrs).dtype)
+
+
+def _where_ref(c, a, b, attrs, env):
+    dtype = a.dtype if np.issubdtype(a.dtype, np.floating) or not np.issubdtype(b.dtype, np.floating) else b.dtype
+    return np.where(c, a, b).astype(dtype)
+
+
+define("where", 3, _where_type, _where_ref, elementwise=True)
+define("cast", 1, lambda t, a: TensorType(t[0].shape, a["dtype"]),
+       lambda x, attrs, env: x.astype(np_dtype(attrs["dtype"])), {"dtype": REQUIRED}, elementwise=True)
+
+
+# --- linear algebra --------------------------------------------------------------------------------------
+def _linear_type(types, attrs):
+    x, w = types[0], types[1]
+    if w.rank != 2 or x.shape[-1] != w.shape[1]:
+        raise TypeError(f"linear: x {x} does not match weight {w} (expects weight [out, in])")
+    return TensorType((*x.shape[:-1], w.shape[0]), x.dtype)
+
+
+def _linear_ref(x, w, b=None, attrs=None, env=None):
+    out = x @ w.T.astype(x.dtype)
+    return (out + b if b is not None else out).astype(x.dtype)
+
+
+def _linear_call(*args):
+    arrays, attrs, env = args[:-2], args[-2], args[-1]
+    return _linear_ref(*arrays, attrs=attrs, env=env)
+
+
+define("linear", (2, 3), _linear_type, _linear_call, doc="x[..., in] @ w[out, in]^T (+ b)")
+
+
+def _matmul_type(types, attrs):
+    a, b = types
+    if a.rank < 2 or b.rank < 2 or a.shape[-1] != b.shape[-2]:
+        raise TypeError(f"matmul: {a} @ {b} has mismatched inner dims")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return TensorType((*batch, a.shape[-2], b.shape[-1]), a.dtype)
+
+
+define("matmul", 2, _matmul_type, lambda a, b, attrs, env: np.matmul(a, b))
+
+
+def _embedding_type(types, attrs):
+    w, ids = types
+    return TensorType((*ids.shape, w.shape[1]), w.dtype)
+
+
+define("embedding", 2, _embedding_type, lambda w, ids, attrs, env: w[ids], doc="rows of w[vocab, d] at ids")
+
+
+# --- reductions and normalisation -------------------------------------------------------------------------
+def _reduce_type(types, attrs):
+    t = types[0]
+    axes = {_axis(a, t.rank) for a in attrs["axes"]}
+    if attrs["keepdim"]:
+        shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape))
+    else:
+        shape = tuple(d for i, d in enumerate(t.shape) if i not in axes)
+    return TensorType(shape, t.dtype)
+
+
+for _name, _fn in {"sum": np.sum, "mean": np.mean, "max": np.max}.items():
+    define(_name, 1, _reduce_type,
+           (lambda fn: lambda x, attrs, env: fn(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdim"]).astype(x.dtype))(_fn),
+           {"axes": REQUIRED, "keepdim": False})
+
+
+def _softmax(x, attrs, env):
+    e = np.exp(x - x.max(axis=attrs["axis"], keepdims=True))
+    return (e / e.sum(axis=attrs["axis"], keepdims=True)).astype(x.dtype)
+
+
+define("softmax", 1, _unary_type, _softmax, {"axis": -1})
+
+
+def _layer_norm(x, w, b, attrs, env):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return ((x - mean) / np.sqrt(var + attrs["eps"]) * w + b).astype(x.dtype)
+
+
+define("layer_norm", 3, _unary_type, _layer_norm, {"eps": 1e-5}, "over the last axis")
+
+# --- shape ops -------------------------------------------------------------------------------------------
+def _reshape_type(types, attrs):
+    return TensorType(tuple(attrs["shape"]), types[0].dtype)
+
+
+define("reshape", 1, _reshape_type, lambda x, attrs, env: x.reshape(resolve(attrs["shape"], env)), {"shape": REQUIRED})
+define("permute", 1, lambda t, a: TensorType(tuple(t[0].shape[i] for i in a["axes"]), t[0].dtype),
+       lambda x, attrs, env: np.transpose(x, attrs["axes"]), {"axes": REQUIRED})
+define("expand", 1, lambda t, a: TensorType(tuple(a["shape"]), t[0].dtype),
+       lambda x, attrs, env: np.broadcast_to(x, resolve(attrs["shape"], env)), {"shape": REQUIRED})
+
+
+def _slice_len(dim, start, end, step):
+    if isinstance(dim, str):
+        if start == 0 and step == 1 and (end is None or end == dim):
+            return dim
+        raise TypeError(f"slice of symbolic dim {dim} needs constant bounds")
+    return len(range(*slice(start, end, step).indices(dim)))
+
+
+def _slice_type(types, attrs):
+    t = types[0]
+    axis = _axis(attrs["axis"], t.rank)
+    shape = list(t.shape)
+    shape[axis] = _slice_len(t.shape[axis], attrs["start"], attrs["end"], attrs["step"])
+    return TensorType(tuple(shape), t.dtype)
+
+
+def _slice_ref(x, attrs, env):
+    end = attrs["end"]
+    end = env[end] if isinstance(end, str) else end
+    index = [slice(None)] * x.ndim
+    index[attrs["axis"]] = slice(attrs["start"], end, attrs["step"])
+    return x[tuple(index)]
+
+
+define("slice", 1, _slice_type, _slice_ref, {"axis": REQUIRED, "start": 0, "end": None, "step": 1})
+
+
+def _concat_type(types, attrs):
+    axis = _axis(attrs["axis"], types[0].rank)
+    dims = [t.shape[axis] for t in types]
+    total = sum(dims) if all(isinstance(d, int) for d in dims) else "+".join(map(str, dims))
+    shape = list(types[0].shape)
+    shape[axis] = total
+    return TensorType(tuple(shape), types[0].dtype)
+
+
+define("concat", (1, -1), _concat_type, lambda *a: np.concatenate(a[:-2], axis=a[-2]["axis"]), {"axis": REQUIRED})
+
+
+def _index_select_type(types, attrs):
+    t, idx = types
+    axis = _axis(attrs["axis"], t.rank)
+    return TensorType((*t.shape[:axis], *idx.shape, *t.shape[axis + 1:]), t.dtype)
+
+
+define("index_select", 2, _index_select_type, lambda x, i, attrs, env: np.take(x, i, axis=attrs["axis"]),
+       {"axis": REQUIRED}, "x gathered at integer indices along one axis")
+define("triu", 1, _unary_type, lambda x, attrs, env: np.triu(x, attrs["diagonal"]), {"diagonal": 0})
+define("tril", 1, _unary_type, lambda x, attrs, env: np.tril(x, attrs["diagonal"]), {"diagonal": 0})
+
+# --- gated MLPs (introduced by passes) ---------------------------------------------------------------------
+from .mlp import GATED_MLP_ATTRS, SPARSE_GATED_MLP_ATTRS, gated_mlp_ref, gated_mlp_type, sparse_gated_mlp_ref  # noqa: E402
+
+define("gated_mlp", (3, 4), gated_mlp_type, gated_mlp_ref, GATED_MLP_ATTRS,
+       "down(act_gate(x·Wg) ⊙ act_up(x·Wu)); inputs x, w_gate, w_up, w_down or x, w_gate_up, w_down (fused)")
+define("sparse_gated_mlp", 4, gated_mlp_type, sparse_gated_mlp_ref, SPARSE_GATED_MLP_ATTRS,
+       "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row)")

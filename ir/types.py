@@ -1,0 +1,80 @@
+"""Tensor types: a shape (ints, or names for symbolic dims such as the sequence length) and a dtype.
+
+Dtypes are short names (`f32`, `i64`, ...) so the text form stays readable; `np_dtype` maps them to numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+Dim = Union[int, str]
+
+DTYPES = {
+    "f32": np.float32,
+    "f16": np.float16,
+    "f64": np.float64,
+    "i64": np.int64,
+    "i32": np.int32,
+    "bool": np.bool_,
+}
+_FROM_NUMPY = {np.dtype(v): k for k, v in DTYPES.items()}
+
+
+def np_dtype(dtype: str) -> np.dtype:
+    return np.dtype(DTYPES[dtype])
+
+
+def dtype_of(array: np.ndarray) -> str:
+    try:
+        return _FROM_NUMPY[np.dtype(array.dtype)]
+    except KeyError:
+        raise TypeError(f"dtype {array.dtype} has no IR equivalent; supported: {sorted(DTYPES)}") from None
+
+
+def is_float(dtype: str) -> bool:
+    return dtype.startswith("f")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise TypeError(f"unknown dtype {self.dtype!r}; supported: {sorted(DTYPES)}")
+        object.__setattr__(self, "shape", tuple(self.shape))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+
+    @staticmethod
+    def parse(text: str) -> TensorType:
+        dtype, _, rest = text.strip().partition("[")
+        dims = rest.rstrip("]").strip()
+        shape = tuple(int(d) if d.lstrip("-").isdigit() else d for d in dims.split(",")) if dims else ()
+        return TensorType(shape, dtype)
+
+
+def broadcast_shapes(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
+    """numpy broadcasting over shapes that may hold symbolic dims (a name broadcasts like any size)."""
+    rank = max(len(s) for s in shapes)
+    out: list[Dim] = []
+    for i in range(rank):
+        dims = {s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0}
+        dims.discard(1)
+        if len(dims) > 1:
+            raise TypeError(f"shapes {shapes} do not broadcast (axis {i}: {sorted(map(str, dims))})")
+        out.append(dims.pop() if dims else 1)
+    return tuple(out)
+
+
+def resolve(shape: tuple[Dim, ...], env: dict[str, int]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else env[d] for d in shape)
