@@ -97,6 +97,9 @@ UNARY = {
 }
 for _name, _fn in UNARY.items():
     define(_name, 1, _unary_type, (lambda fn: lambda x, attrs, env: fn(x))(_fn), elementwise=True)
+define("fatrelu", 1, _unary_type,
+       lambda x, attrs, env: np.where(x > attrs["threshold"], x, 0).astype(x.dtype), {"threshold": 0.0},
+       "FATReLU: x where x > threshold else 0", elementwise=True)
 define("gelu", 1, _unary_type, lambda x, attrs, env: _gelu(x, attrs["approximate"]), {"approximate": "none"},
        elementwise=True)
 

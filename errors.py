@@ -1,0 +1,17 @@
+"""The errors users see. Each says what is wrong, where, and the way out; the CLI prints them without a traceback."""
+
+
+class ActsparseError(Exception):
+    """Base of every error actsparse raises for bad input or unsupported models."""
+
+
+class ModeError(ActsparseError):
+    """The requested sparsity mode cannot apply to a block (e.g. exact mode on a SwiGLU MLP)."""
+
+
+class TargetError(ActsparseError):
+    """An unknown or unusable target."""
+
+
+class ArtifactError(ActsparseError):
+    """A saved artifact is missing, corrupted or from an incompatible version."""

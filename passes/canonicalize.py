@@ -1,0 +1,129 @@
+"""canonicalize: fold decomposed activations and projections into the canonical ops detection matches on.
+
+Exporters spell the same math in many ways; folding them here keeps `detect-gated-mlp` one rule set.
+
+Rules (before -> after):
+    mul(x, sigmoid(x))                                  -> silu(x)
+    mul(mul(x, 0.5), add(erf(mul(x, 0.7071..)), 1))     -> gelu(x)
+    mul(mul(x, 0.5), add(tanh(..x + 0.044715·x³..), 1)) -> gelu(x){approximate='tanh'}
+    maximum(x, 0) | where(gt(x, 0), x, 0)               -> relu(x)
+    where(gt(x, t), x, 0)                               -> fatrelu(x){threshold=t}
+    matmul(x, permute(@w, (1, 0)))                      -> linear(x, @w)
+    add(linear(x, @w), @b)                              -> linear(x, @w, @b)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..ir import Graph, Node
+from .base import Pass, Rule, apply_rules
+from .match import commuted, is_scalar, scalar_value
+
+
+def _silu(node: Node):
+    if node.op == "mul":
+        for a, b in commuted(node):
+            if b.op == "sigmoid" and b.inputs[0] is a:
+                return {"x": a}
+    return None
+
+
+def _erf_arg(node: Node, x: Node) -> bool:
+    """erf's argument is x/√2, written as a multiply or a divide."""
+    if node.op == "mul":
+        return any(a is x and is_scalar(c, 1 / math.sqrt(2), 1e-4) for a, c in commuted(node))
+    return node.op == "div" and node.inputs[0] is x and is_scalar(node.inputs[1], math.sqrt(2), 1e-4)
+
+
+def _tanh_arg(node: Node, x: Node) -> bool:
+    """tanh's argument is √(2/π)·(x + 0.044715·x³) in any operand order; checked by its constants."""
+    consts = [scalar_value(n) for n in _subtree(node, depth=4) if n.op == "constant"]
+    has_x = any(n is x for n in _subtree(node, depth=4))
+    return has_x and any(c and abs(c - 0.044715) < 1e-5 for c in consts) and any(
+        c and abs(c - math.sqrt(2 / math.pi)) < 1e-4 for c in consts)
+
+
+def _subtree(node: Node, depth: int):
+    yield node
+    if depth:
+        for i in node.inputs:
+            yield from _subtree(i, depth - 1)
+
+
+def _gelu(node: Node):
+    if node.op != "mul":
+        return None
+    for half, one_plus in commuted(node):
+        if half.op != "mul" or one_plus.op != "add":
+            continue
+        for x, c in commuted(half):
+            if not is_scalar(c, 0.5):
+                continue
+            for f, one in commuted(one_plus):
+                if not is_scalar(one, 1.0) or f.op not in ("erf", "tanh"):
+                    continue
+                if f.op == "erf" and _erf_arg(f.inputs[0], x):
+                    return {"x": x, "approximate": "none"}
+                if f.op == "tanh" and _tanh_arg(f.inputs[0], x):
+                    return {"x": x, "approximate": "tanh"}
+    return None
+
+
+def _relu(node: Node):
+    if node.op == "maximum":
+        for x, zero in commuted(node):
+            if is_scalar(zero, 0.0):
+                return {"x": x, "threshold": None}
+    if node.op == "where":
+        cond, x, zero = node.inputs
+        if cond.op == "gt" and cond.inputs[0] is x and is_scalar(zero, 0.0):
+            t = scalar_value(cond.inputs[1])
+            if t is not None:
+                return {"x": x, "threshold": t if t != 0.0 else None}
+    return None
+
+
+def _build_relu(node: Node, b: dict) -> Node:
+    if b["threshold"] is None:
+        return Node("relu", (b["x"],), {}, node.type, node.loc)
+    return Node("fatrelu", (b["x"],), {"threshold": b["threshold"]}, node.type, node.loc)
+
+
+def _matmul_transposed_weight(node: Node):
+    if node.op == "matmul":
+        x, wt = node.inputs
+        if wt.op == "permute" and tuple(wt.attrs["axes"]) == (1, 0) and wt.inputs[0].op == "weight":
+            return {"x": x, "w": wt.inputs[0]}
+    return None
+
+
+def _bias_add(node: Node):
+    if node.op == "add":
+        for lin, b in commuted(node):
+            if (lin.op == "linear" and len(lin.inputs) == 2 and b.op == "weight" and b.type.rank == 1
+                    and b.shape[0] == lin.shape[-1] and lin.dtype == node.dtype):
+                return {"lin": lin, "b": b}
+    return None
+
+
+RULES = [
+    Rule("silu", "mul(x, sigmoid(x)) -> silu(x)", _silu,
+         lambda n, b: Node("silu", (b["x"],), {}, n.type, n.loc)),
+    Rule("gelu", "0.5·x·(1 + erf(x/√2) | tanh(...)) -> gelu(x)", _gelu,
+         lambda n, b: Node("gelu", (b["x"],), {"approximate": b["approximate"]}, n.type, n.loc)),
+    Rule("relu", "maximum(x, 0) | where(gt(x, t), x, 0) -> relu(x) | fatrelu(x){threshold=t}", _relu, _build_relu),
+    Rule("linear-from-matmul", "matmul(x, permute(@w, (1, 0))) -> linear(x, @w)", _matmul_transposed_weight,
+         lambda n, b: Node("linear", (b["x"], b["w"]), {}, n.type, n.loc)),
+    Rule("linear-bias", "add(linear(x, @w), @b) -> linear(x, @w, @b)", _bias_add,
+         lambda n, b: Node("linear", (*b["lin"].inputs, b["b"]), {}, n.type, b["lin"].loc)),
+]
+
+
+@dataclass(frozen=True)
+class Canonicalize(Pass):
+    name = "canonicalize"
+
+    def run(self, graph: Graph) -> Graph:
+        return apply_rules(graph, RULES)

@@ -1,0 +1,85 @@
+"""Golden before/after IR texts for each pass, plus the match counts that prove each rewrite fired.
+
+Regenerate the .after.ir files with ACTSPARSE_UPDATE_GOLDEN=1 (then read the diff before committing).
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actsparse.errors import ModeError
+from actsparse.ir import evaluate, parse_graph, print_graph
+from actsparse.passes import parse_pipeline, pipeline_for, run_pipeline
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _load(name: str, seed: int = 0):
+    text = (GOLDEN / f"{name}.before.ir").read_text()
+    graph = parse_graph(text)
+    rng = np.random.default_rng(seed)
+    weights = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in graph.weights.items()}
+    return parse_graph(text, weights)
+
+
+def _check_golden(name: str, mode: str, text: str) -> None:
+    path = GOLDEN / f"{name}.{mode}.after.ir"
+    if os.environ.get("ACTSPARSE_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+def _inputs(graph, seq=5, seed=1):
+    shape = [seq if isinstance(d, str) else d for d in graph.inputs[0].shape]
+    return [np.random.default_rng(seed).standard_normal(shape).astype(np.float32)]
+
+
+@pytest.mark.parametrize("name, mode, expected", [
+    ("reglu_separate", "exact", {"detect-gated-mlp": {"gated-mlp": 1, "reglu": 1},
+                                 "sparsify-exact": {"reglu": 1}}),
+    ("drelu_fused", "exact", {"detect-gated-mlp": {"gated-mlp": 1, "drelu-fused": 1},
+                              "sparsify-exact": {"drelu": 1}}),
+    ("swiglu_decomposed", "auto", {"canonicalize": {"silu": 1, "linear-from-matmul": 1},
+                                   "detect-gated-mlp": {"gated-mlp": 1, "swiglu": 1},
+                                   "sparsify-exact": {"kept-dense": 1}}),
+    ("plain_mlp", "auto", {"detect-gated-mlp": {"plain-mlp": 1}}),
+])
+def test_pipeline_golden_and_counts(name, mode, expected):
+    graph = _load(name)
+    result = run_pipeline(graph, pipeline_for(mode))
+    for pass_name, counts in expected.items():
+        assert result.stats[pass_name] == counts
+    _check_golden(name, mode, print_graph(result.graph))
+    # the rewritten graph computes what the original did
+    inputs = _inputs(graph)
+    np.testing.assert_allclose(evaluate(result.graph, inputs)[0], evaluate(graph, inputs)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_exact_mode_on_swiglu_names_the_layer_and_ways_out():
+    with pytest.raises(ModeError, match=r"blk.*swiglu.*relufy.*threshold.*predictor"):
+        run_pipeline(_load("swiglu_decomposed"), pipeline_for("exact"))
+
+
+def test_auto_mode_reports_why_blocks_stay_dense():
+    result = run_pipeline(_load("swiglu_decomposed"), pipeline_for("auto"))
+    assert [n["location"] for n in result.notes] == ["blk"]
+    assert "not exactly sparse" in result.notes[0]["reason"]
+
+
+def test_dump_ir_writes_each_pass(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACTSPARSE_DUMP_IR", str(tmp_path))
+    run_pipeline(_load("reglu_separate"), pipeline_for("exact"))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["00-input.ir", "01-canonicalize.ir", "02-detect-gated-mlp.ir", "03-sparsify-exact.ir"]
+    assert "sparse_gated_mlp" in (tmp_path / "03-sparsify-exact.ir").read_text()
+
+
+def test_pipeline_text_round_trip_and_unknown_names():
+    passes = parse_pipeline("canonicalize,detect-gated-mlp,sparsify-exact{on_unsupported=keep-dense}")
+    assert [str(p) for p in passes] == ["canonicalize", "detect-gated-mlp", "sparsify-exact{on_unsupported=keep-dense}"]
+    with pytest.raises(ValueError, match="valid passes: canonicalize, detect-gated-mlp"):
+        parse_pipeline("canonicalise")
+    with pytest.raises(ValueError, match="valid modes"):
+        pipeline_for("fast")
