@@ -1,1 +1,37 @@
-"""actsparse"""
+"""actsparse: compile LLM MLP activation sparsity into decoding speed.
+
+    cm = actsparse.compile(model, (input_ids,), target="x86", mode="exact")
+    cm(input_ids); print(cm.report); cm.save("out/model.actsparse"); actsparse.load("out/model.actsparse")
+
+Heavy backends (torch, TVM) are imported lazily, so `import actsparse` stays fast.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import ActsparseError, ArtifactError, ModeError, TargetError  # noqa: E402
+
+
+def compile(model, example_inputs, target="x86", mode="auto", calibration=None, sparsity=None, memory_budget=None):
+    from .api import compile as _compile
+
+    return _compile(model, example_inputs, target=target, mode=mode, calibration=calibration, sparsity=sparsity,
+                    memory_budget=memory_budget)
+
+
+def load(path):
+    from .runtime import load as _load
+
+    return _load(path)
+
+
+def __getattr__(name):
+    if name in ("targets", "recipes"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'actsparse' has no attribute {name!r}")
+
+
+__all__ = ["ActsparseError", "ArtifactError", "ModeError", "TargetError", "__version__", "compile", "load", "targets"]

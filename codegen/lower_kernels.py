@@ -1,0 +1,103 @@
+"""Lowerings that call our own TIR kernels: `linear`, `gated_mlp` (dense) and `sparse_gated_mlp`.
+
+Each flattens the leading dims of x to one token axis M (symbolic when the sequence is), calls the kernel built
+for the layer's sizes and the target's schedule, and restores the leading dims:
+
+    linear(x[..., k], @w[n, k])                 -> reshape(call_tir(linear_k_n, [x2d, w]), [..., n])
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t)        -> call_tir(sparse_gated_mlp_d_n_<acts>, [x2d, Wg, Wu, Wd.t])
+    gated_mlp(x, ...)  (dense mode)             -> linear kernels for gate/up/down + Relax activations
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+
+from tvm import relax
+
+from ..ir import TensorType
+from .lower import TVM_DTYPES, lowering
+
+R = relax.op
+
+
+def _flatten(ctx, x_type, x):
+    """x[..., k] -> (x2d[M, k], the leading dims, M)."""
+    lead = ctx.shape(x_type.shape[:-1])
+    tokens = reduce(lambda a, b: a * b, lead, 1)
+    return ctx.bb.emit(R.reshape(x, [tokens, ctx.dim(x_type.shape[-1])])), lead, tokens
+
+
+def _emit_call(ctx, primfunc, args, tokens, width, dtype):
+    gv = ctx.kernel(primfunc)
+    return ctx.bb.emit(relax.call_tir(gv, args, relax.TensorType([tokens, width], TVM_DTYPES[dtype])))
+
+
+def linear_call(ctx, x_type: TensorType, x, w_type: TensorType, w, b=None):
+    """x[..., k] @ w[n, k]^T (+ b) through the linear kernel; returns the un-flattened expression."""
+    from .kernels.linear import linear as linear_kernel
+
+    n, k = w_type.shape
+    x2d, lead, tokens = _flatten(ctx, x_type, x)
+    kernel = linear_kernel(k, n, dtype=TVM_DTYPES[w_type.dtype], sched=ctx.target.cpu_schedule(), bias=b is not None)
+    out = _emit_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
+    return R.reshape(out, [*lead, n])
+
+
+@lowering("linear")
+def _linear(ctx, node, args):
+    if node.inputs[1].op != "weight":  # activations times activations: no weight layout to exploit
+        out = R.matmul(args[0], R.permute_dims(args[1], [1, 0]))
+        return R.add(out, args[2]) if len(args) == 3 else out
+    return linear_call(ctx, node.inputs[0].type, args[0], node.inputs[1].type, args[1], *args[2:])
+
+
+def _act(kind: str, threshold: float, x, dtype: str):
+    from .lower import const
+
+    if kind == "identity":
+        return x
+    if kind == "relu":
+        return R.nn.relu(x)
+    if kind == "fatrelu":
+        return R.where(R.greater(x, const(threshold, dtype)), x, const(0.0, dtype))
+    if kind == "silu":
+        return R.nn.silu(x)
+    return R.nn.gelu_tanh(x) if kind == "gelu_tanh" else R.nn.gelu(x)
+
+
+@lowering("gated_mlp")
+def _gated_mlp(ctx, node, args):
+    a = node.attrs
+    x_node = node.inputs[0]
+    if a["fused"]:
+        both = ctx.bb.emit(linear_call(ctx, x_node.type, args[0], node.inputs[1].type, args[1]))
+        n = node.inputs[1].shape[0] // 2
+        last = x_node.type.rank - 1
+        first = R.strided_slice(both, axes=[last], begin=[0], end=[n])
+        second = R.strided_slice(both, axes=[last], begin=[n], end=[2 * n])
+        gate, up = (first, second) if a["gate_first"] else (second, first)
+        w_down_node, w_down = node.inputs[2], args[2]
+    else:
+        gate = linear_call(ctx, x_node.type, args[0], node.inputs[1].type, args[1])
+        up = linear_call(ctx, x_node.type, args[0], node.inputs[2].type, args[2])
+        w_down_node, w_down = node.inputs[3], args[3]
+    hidden = ctx.bb.emit(R.multiply(_act(a["gate_act"], a.get("threshold", 0.0), gate, node.dtype),
+                                     _act(a["up_act"], 0.0, up, node.dtype)))
+    hidden_type = TensorType((*x_node.shape[:-1], w_down_node.shape[1]), node.dtype)
+    return linear_call(ctx, hidden_type, hidden, w_down_node.type, w_down)
+
+
+@lowering("sparse_gated_mlp")
+def _sparse_gated_mlp(ctx, node, args):
+    from .kernels.sparse_mlp import sparse_gated_mlp as sparse_kernel
+
+    a = node.attrs
+    x_node, w_gate = node.inputs[0], node.inputs[1]
+    n_ff, d = w_gate.shape
+    d_out = node.inputs[3].shape[1]
+    x2d, lead, tokens = _flatten(ctx, x_node.type, args[0])
+    kernel = sparse_kernel(d, n_ff, gate_act=a["gate_act"], up_act=a["up_act"], threshold=a.get("threshold", 0.0),
+                           dtype=TVM_DTYPES[w_gate.dtype], sched=ctx.target.cpu_schedule())
+    out = _emit_call(ctx, kernel, [x2d, *args[1:]], tokens, d_out, node.dtype)
+    return R.reshape(out, [*lead, d_out])
+

@@ -1,0 +1,151 @@
+"""The lowering table entries: IR op -> Relax expression. Kernel-backed ops (linear, gated MLPs) are in
+`lower_kernels.py`; this file holds the ops that map straight onto Relax's own."""
+
+from __future__ import annotations
+
+from tvm import relax
+
+from . import lower_kernels  # noqa: F401  (registers linear / gated_mlp / sparse_gated_mlp)
+from .lower import TVM_DTYPES, const, lowering
+
+R = relax.op
+
+UNARY = {"neg": R.negative, "exp": R.exp, "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "abs": R.abs,
+         "tanh": R.tanh, "sigmoid": R.sigmoid, "erf": R.erf, "sin": R.sin, "cos": R.cos, "relu": R.nn.relu,
+         "silu": R.nn.silu, "logical_not": R.logical_not}
+BINARY = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
+          "maximum": R.maximum, "minimum": R.minimum, "gt": R.greater, "ge": R.greater_equal, "lt": R.less,
+          "le": R.less_equal, "eq": R.equal, "ne": R.not_equal, "logical_and": R.logical_and,
+          "logical_or": R.logical_or}
+
+
+@lowering(*UNARY)
+def _unary(ctx, node, args):
+    return UNARY[node.op](args[0])
+
+
+@lowering(*BINARY)
+def _binary(ctx, node, args):
+    a, b = _promoted(node, args)
+    return BINARY[node.op](a, b)
+
+
+def _promoted(node, args):
+    """Relax wants equal dtypes; the IR promotes int to float as torch does."""
+    types = [i.dtype for i in node.inputs]
+    target = node.dtype if node.dtype != "bool" else next((t for t in types if t.startswith("f")), types[0])
+    return [R.astype(a, TVM_DTYPES[target]) if t != target and node.op not in ("logical_and", "logical_or") else a
+            for a, t in zip(args, types)]
+
+
+@lowering("where")
+def _where(ctx, node, args):
+    cond, a, b = args
+    dtype = TVM_DTYPES[node.dtype]
+    a, b = [x if i.dtype == node.dtype else R.astype(x, dtype) for x, i in zip((a, b), node.inputs[1:])]
+    return R.where(cond, a, b)
+
+
+@lowering("fatrelu")
+def _fatrelu(ctx, node, args):
+    x = args[0]
+    return R.where(R.greater(x, const(node.attrs["threshold"], node.dtype)), x, const(0.0, node.dtype))
+
+
+@lowering("gelu")
+def _gelu(ctx, node, args):
+    return R.nn.gelu_tanh(args[0]) if node.attrs.get("approximate", "none") == "tanh" else R.nn.gelu(args[0])
+
+
+@lowering("reciprocal")
+def _reciprocal(ctx, node, args):
+    return R.divide(const(1.0, node.dtype), args[0])
+
+
+@lowering("cast")
+def _cast(ctx, node, args):
+    return R.astype(args[0], TVM_DTYPES[node.attrs["dtype"]])
+
+
+@lowering("constant")
+def _constant(ctx, node, args):
+    return const(node.attrs["value"], node.dtype)
+
+
+@lowering("arange")
+def _arange(ctx, node, args):
+    a = node.attrs
+    return R.arange(a.get("start", 0), ctx.dim(a["end"]), a.get("step", 1), TVM_DTYPES[node.dtype])
+
+
+@lowering("full")
+def _full(ctx, node, args):
+    return R.full(ctx.shape(node.attrs["shape"]), const(node.attrs["value"], node.dtype), TVM_DTYPES[node.dtype])
+
+
+@lowering("matmul")
+def _matmul(ctx, node, args):
+    return R.matmul(*args)
+
+
+@lowering("embedding")
+def _embedding(ctx, node, args):
+    w, ids = args
+    return R.take(w, ids, axis=0)
+
+
+@lowering("sum", "mean", "max")
+def _reduce(ctx, node, args):
+    fn = {"sum": R.sum, "mean": R.mean, "max": R.max}[node.op]
+    return fn(args[0], axis=list(node.attrs["axes"]), keepdims=node.attrs.get("keepdim", False))
+
+
+@lowering("softmax")
+def _softmax(ctx, node, args):
+    return R.nn.softmax(args[0], axis=node.attrs.get("axis", -1))
+
+
+@lowering("layer_norm")
+def _layer_norm(ctx, node, args):
+    return R.nn.layer_norm(*args, axes=[-1], epsilon=node.attrs.get("eps", 1e-5))
+
+
+@lowering("reshape")
+def _reshape(ctx, node, args):
+    return R.reshape(args[0], ctx.shape(node.shape))
+
+
+@lowering("permute")
+def _permute(ctx, node, args):
+    return R.permute_dims(args[0], list(node.attrs["axes"]))
+
+
+@lowering("expand")
+def _expand(ctx, node, args):
+    return R.broadcast_to(args[0], ctx.shape(node.shape))
+
+
+@lowering("slice")
+def _slice(ctx, node, args):
+    a = node.attrs
+    rank = node.type.rank
+    axis = a["axis"] + rank if a["axis"] < 0 else a["axis"]
+    end = a.get("end")
+    in_dim = node.inputs[0].shape[axis]
+    end = ctx.dim(in_dim) if end is None or (isinstance(in_dim, int) and end > in_dim) else ctx.dim(end)
+    return R.strided_slice(args[0], axes=[axis], begin=[a.get("start", 0)], end=[end], strides=[a.get("step", 1)])
+
+
+@lowering("concat")
+def _concat(ctx, node, args):
+    return R.concat(args, axis=node.attrs["axis"])
+
+
+@lowering("index_select")
+def _index_select(ctx, node, args):
+    return R.take(args[0], args[1], axis=node.attrs["axis"])
+
+
+@lowering("triu", "tril")
+def _tri(ctx, node, args):
+    return (R.triu if node.op == "triu" else R.tril)(args[0], node.attrs.get("diagonal", 0))

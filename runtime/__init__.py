@@ -1,0 +1,6 @@
+"""Compiled modules, their reports, and artifact save/load."""
+
+from .module import CompiledModule, load
+from .report import BlockReport, Report
+
+__all__ = ["BlockReport", "CompiledModule", "Report", "load"]

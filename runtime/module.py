@@ -1,0 +1,159 @@
+"""A compiled model: the TVM executable, the weights beside it, the final IR and the report.
+
+`save(dir)` writes a self-contained artifact — manifest.json, weights.safetensors, the compiled library and
+the IR text — into a temporary sibling directory and renames it into place, so a failed save leaves nothing
+half-written. `load(dir)` checks every file against the hashes in the manifest before using it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError
+from ..ir import Graph, TensorType
+from ..ir.interpreter import bind_symbols
+from ..ir.types import np_dtype
+from .report import Report
+
+FORMAT = "actsparse-artifact/1"
+LIB = "model.so"
+WEIGHTS = "weights.safetensors"
+IR = "graph.ir"
+
+
+class CompiledModule:
+    def __init__(self, executable, weights: dict[str, np.ndarray], weight_order: list[str], graph: Graph | None,
+                 inputs: list[tuple[str, TensorType]], n_outputs: int, report: Report, target_info: dict,
+                 ir_text: str = ""):
+        from tvm import relax
+
+        self.executable = executable
+        self.weight_order = weight_order
+        self.graph = graph
+        self.inputs = inputs
+        self.n_outputs = n_outputs
+        self.report = report
+        self.target_info = target_info
+        self.ir_text = ir_text or (str(graph) if graph is not None else "")
+        self._weights = weights
+        self._device = _device_for(target_info)
+        self._vm = relax.VirtualMachine(executable, self._device)
+        self._weight_tensors = [self._to_device(np.ascontiguousarray(weights[n])) for n in weight_order]
+
+    def _to_device(self, array: np.ndarray):
+        import tvm
+
+        return tvm.runtime.tensor(array, device=self._device)
+
+    def __call__(self, *inputs):
+        is_torch = bool(inputs) and type(inputs[0]).__module__.startswith("torch")
+        arrays = [np.asarray(i.detach().cpu().numpy() if is_torch else i) for i in inputs]
+        self._check_inputs(arrays)
+        args = [self._to_device(np.ascontiguousarray(a.astype(np_dtype(t.dtype), copy=False)))
+                for a, (_, t) in zip(arrays, self.inputs)]
+        result = self._vm["main"](*args, *self._weight_tensors)
+        outs = [result] if self.n_outputs == 1 else [result[i] for i in range(self.n_outputs)]
+        outs = [o.numpy() for o in outs]
+        if is_torch:
+            import torch
+
+            outs = [torch.from_numpy(o) for o in outs]
+        return outs[0] if self.n_outputs == 1 else tuple(outs)
+
+    def _check_inputs(self, arrays: Sequence[np.ndarray]) -> None:
+        from ..ir import Node
+
+        fake = Graph([Node("input", (), {"name": n}, t) for n, t in self.inputs], [])
+        try:
+            bind_symbols(fake, arrays)
+        except ValueError as err:
+            raise ValueError(f"{err} (the module was compiled for inputs "
+                             f"{', '.join(f'{n}: {t}' for n, t in self.inputs)})") from None
+
+    # -- artifacts ------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.executable.export_library(str(staging / LIB))
+            save_file({n: np.ascontiguousarray(self._weights[n]) for n in self.weight_order}, str(staging / WEIGHTS))
+            (staging / IR).write_text(self.ir_text)
+            manifest = {
+                "format": FORMAT,
+                "inputs": [{"name": n, "type": str(t)} for n, t in self.inputs],
+                "n_outputs": self.n_outputs,
+                "weight_order": self.weight_order,
+                "target": self.target_info,
+                "report": self.report.to_dict(),
+                "sha256": {f: _sha256(staging / f) for f in (LIB, WEIGHTS, IR)},
+            }
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            if path.exists():
+                shutil.rmtree(path)
+            staging.rename(path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return path
+
+
+def load(path: str | os.PathLike) -> CompiledModule:
+    """Load an artifact written by `CompiledModule.save`; runs without the source model or its code."""
+    import tvm
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path} is not an actsparse artifact (no manifest.json); build one with "
+                            "`actsparse build` or CompiledModule.save()")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{manifest_path} is corrupted ({err}); rebuild the artifact") from None
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}; rebuild the artifact")
+    for name, digest in manifest["sha256"].items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"{path}: {name} is missing; rebuild the artifact")
+        if _sha256(file) != digest:
+            raise ArtifactError(f"{path}: {name} does not match its checksum (corrupted or edited); rebuild it")
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except SafetensorError as err:
+        raise ArtifactError(f"{path}: cannot read {WEIGHTS}: {err}") from None
+    executable = tvm.runtime.load_module(str(path / LIB))
+    from tvm import relax
+
+    return CompiledModule(
+        relax.VMExecutable(executable) if not isinstance(executable, relax.VMExecutable) else executable,
+        weights, manifest["weight_order"], None,
+        [(i["name"], TensorType.parse(i["type"])) for i in manifest["inputs"]], manifest["n_outputs"],
+        Report.from_dict(manifest["report"]), manifest["target"], (path / IR).read_text())
+
+
+def _device_for(target_info: dict):
+    import tvm
+
+    return tvm.cuda(0) if target_info.get("tvm", {}).get("kind") == "cuda" else tvm.cpu(0)
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

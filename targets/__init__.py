@@ -1,0 +1,48 @@
+"""Targets as data, one file each. `get()` accepts a name, a Target, or a TVM target dict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import TargetError
+from .base import Target
+
+
+def _x86() -> Target:
+    from .x86 import host
+
+    return host()
+
+
+def _arm() -> Target:
+    from .arm import target
+
+    return target()
+
+
+def _cuda() -> Target:
+    from .cuda import target
+
+    return target()
+
+
+REGISTRY: dict[str, Callable[[], Target]] = {"x86": _x86, "cuda": _cuda, "arm": _arm}
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get(spec: str | Target | dict) -> Target:
+    if isinstance(spec, Target):
+        return spec
+    if isinstance(spec, dict):
+        base = REGISTRY["cuda" if spec.get("kind") == "cuda" else "arm" if "aarch64" in str(spec.get("mtriple", ""))
+                        else "x86"]()
+        return Target(**{**base.__dict__, "tvm": dict(spec)})
+    if spec not in REGISTRY:
+        raise TargetError(f"unknown target {spec!r}; valid targets: {', '.join(names())}")
+    return REGISTRY[spec]()
+
+
+__all__ = ["Target", "get", "names"]
