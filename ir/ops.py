@@ -230,6 +230,8 @@ define("expand", 1, lambda t, a: TensorType(tuple(a["shape"]), t[0].dtype),
 
 
 def _slice_len(dim, start, end, step):
+    if isinstance(end, str) and start == 0 and step == 1:
+        return end  # e.g. a static rotary table cut to the (symbolic) sequence length
     if isinstance(dim, str):
         if start == 0 and step == 1 and (end is None or end == dim):
             return dim

@@ -1,0 +1,118 @@
+"""The `actsparse` command: demo, build, inspect, bench. User errors exit 2 with one message, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from .errors import ActsparseError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="actsparse", description="Compile LLM MLP activation sparsity into speed.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="compile the embedded tiny model in exact mode, generate, report")
+    demo.add_argument("--prompt", default="def fibonacci(n):\n    ")
+    demo.add_argument("--tokens", type=int, default=48, help="bytes to generate greedily")
+    demo.add_argument("--plot", help="write the per-layer sparsity plot here (PNG)")
+
+    build = sub.add_parser("build", help="compile a model to a deployable artifact directory")
+    build.add_argument("spec", help="module:factory (returns a model or (model, example_inputs)) | file.onnx | file.mlir")
+    build.add_argument("-t", "--target", default="x86")
+    build.add_argument("-m", "--mode", default="auto")
+    build.add_argument("-o", "--out", required=True, help="artifact directory to write")
+    build.add_argument("--seq", type=int, default=16, help="example sequence length when the factory gives none")
+    build.add_argument("--calib", help="calibration data (threshold/predictor modes)")
+
+    inspect = sub.add_parser("inspect", help="print the report of an artifact or of a model spec")
+    inspect.add_argument("what", help="artifact directory or module:factory")
+    inspect.add_argument("-m", "--mode", default="auto")
+    inspect.add_argument("--seq", type=int, default=16)
+    inspect.add_argument("--plot", help="also write the sparsity plot (PNG)")
+
+    bench = sub.add_parser("bench", help="time an artifact against its dense twin on this machine")
+    bench.add_argument("artifact")
+    bench.add_argument("--seq", type=int, default=1, help="tokens per call (1 = decoding)")
+    bench.add_argument("--repeats", type=int, default=20)
+
+    args = parser.parse_args(argv)
+    try:
+        return {"demo": _demo, "build": _build, "inspect": _inspect, "bench": _bench}[args.command](args)
+    except ActsparseError as err:
+        print(f"actsparse {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def load_spec(spec: str, seq: int):
+    """`module:factory` -> (model, example_inputs)."""
+    import torch
+
+    module_name, _, factory_name = spec.partition(":")
+    if not factory_name:
+        raise ActsparseError(f"{spec!r} is not module:factory (or a .onnx/.mlir file)")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as err:
+        raise ActsparseError(f"cannot load {spec!r}: {err}") from None
+    made = factory()
+    if isinstance(made, tuple) and len(made) == 2:
+        return made
+    vocab = getattr(getattr(made, "config", None), "vocab_size", None) or getattr(made, "vocab_size", 256)
+    return made, (torch.randint(0, int(vocab), (1, seq), generator=torch.Generator().manual_seed(0)),)
+
+
+def _build(args) -> int:
+    from . import api
+
+    if args.spec.endswith((".onnx", ".mlir")):
+        model, inputs = args.spec, ()
+    else:
+        model, inputs = load_spec(args.spec, args.seq)
+    cm = api.compile(model, inputs, target=args.target, mode=args.mode)
+    path = cm.save(args.out)
+    print(cm.report)
+    print(f"wrote {path}")
+    return 0
+
+
+def _inspect(args) -> int:
+    from .runtime import Report
+
+    path = Path(args.what)
+    if path.is_dir():
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            raise ActsparseError(f"{path} is not an actsparse artifact (no manifest.json)")
+        report = Report.from_dict(json.loads(manifest.read_text())["report"])
+    else:
+        from . import api
+
+        model, inputs = load_spec(args.what, args.seq)
+        report = api.compile(model, inputs, mode=args.mode).report
+    print(report)
+    if args.plot:
+        print(f"wrote {report.plot(args.plot)}")
+    return 0
+
+
+def _bench(args) -> int:
+    from .runtime.bench import bench_artifact
+
+    print(bench_artifact(args.artifact, seq=args.seq, repeats=args.repeats))
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(prompt=args.prompt, tokens=args.tokens, plot=args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Small builders shared by tests: gated-MLP graphs in IR form with controllable sparsity."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from actsparse.ir import parse_graph
+
+MLP_TEXT = """graph @main(%x: f32[1,seq,{d}]) {{
+  @mlp.down.weight : f32[{d},{n}]
+  @mlp.gate.weight : f32[{n},{d}]
+  @mlp.up.weight : f32[{n},{d}]
+  %0 = linear(%x, @mlp.gate.weight) : f32[1,seq,{n}]  # mlp.gate (t.py:1)
+  %1 = {act}(%0){attrs} : f32[1,seq,{n}]  # mlp (t.py:2)
+  %2 = linear(%x, @mlp.up.weight) : f32[1,seq,{n}]  # mlp.up (t.py:3)
+{up}  %4 = mul(%1, {up_ref}) : f32[1,seq,{n}]  # mlp (t.py:4)
+  %5 = linear(%4, @mlp.down.weight) : f32[1,seq,{d}]  # mlp.down (t.py:5)
+  return %5
+}}
+"""
+
+
+def gated_mlp_graph(d=24, n=40, act="relu", up_relu=False, threshold=0.0, gate_shift=0.0, seed=0):
+    """One gated MLP; `gate_shift` moves the gate pre-activations (very negative: all neurons off)."""
+    attrs = f" {{'threshold': {threshold}}}" if act == "fatrelu" else ""
+    up = f"  %3 = relu(%2) : f32[1,seq,{n}]  # mlp (t.py:3)\n" if up_relu else ""
+    text = MLP_TEXT.format(d=d, n=n, act=act, attrs=attrs, up=up, up_ref="%3" if up_relu else "%2")
+    rng = np.random.default_rng(seed)
+    # a constant input column lets the gate shift act like a bias: x[..., 0] = 1 always
+    gate = (rng.standard_normal((n, d)) / np.sqrt(d)).astype(np.float32)
+    gate[:, 0] = gate_shift
+    weights = {"mlp.gate.weight": gate,
+               "mlp.up.weight": (rng.standard_normal((n, d)) / np.sqrt(d)).astype(np.float32),
+               "mlp.down.weight": (rng.standard_normal((d, n)) / np.sqrt(n)).astype(np.float32)}
+    return parse_graph(text, weights)
+
+
+def mlp_input(d=24, seq=5, seed=1):
+    x = np.random.default_rng(seed).standard_normal((1, seq, d)).astype(np.float32)
+    x[..., 0] = 1.0
+    return x

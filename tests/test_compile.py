@@ -1,0 +1,112 @@
+"""compile() end to end on IR graphs: exact == dense == interpreter, the report, artifacts, and the errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+import actsparse
+from actsparse.errors import ActsparseError, ArtifactError, ModeError, TargetError
+from actsparse.ir import evaluate
+
+from .helpers import gated_mlp_graph, mlp_input
+
+
+@pytest.mark.parametrize("gate_shift, expected_sparsity", [(-50.0, 1.0), (0.0, None), (50.0, 0.0)])
+@pytest.mark.parametrize("act, up_relu", [("relu", False), ("relu", True), ("fatrelu", False)])
+def test_exact_matches_dense_for_all_off_mixed_all_on(act, up_relu, gate_shift, expected_sparsity):
+    graph = gated_mlp_graph(act=act, up_relu=up_relu, threshold=0.25, gate_shift=gate_shift)
+    x = mlp_input(seq=6)
+    exact = actsparse.compile(graph, (x,), mode="exact")
+    dense = actsparse.compile(graph, (x,), mode="dense")
+    assert graph.count("linear") == 3 and exact.graph.count("sparse_gated_mlp") == 1
+    assert dense.graph.count("gated_mlp") == 1 and dense.graph.count("sparse_gated_mlp") == 0
+    y_exact, y_dense = exact(x), dense(x)
+    np.testing.assert_allclose(y_exact, y_dense, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(y_exact, evaluate(graph, [x])[0], rtol=1e-4, atol=1e-5)
+    sparsity = exact.report.blocks[0].sparsity
+    if expected_sparsity == 0.0 and up_relu:
+        assert 0.2 < sparsity < 0.8  # every gate on, but dReLU's relu(up) still zeroes about half
+    elif expected_sparsity is not None:
+        assert sparsity == expected_sparsity
+        if expected_sparsity == 1.0:
+            assert not y_exact.any()  # every neuron off: the MLP adds exactly nothing
+    else:
+        assert 0.2 < sparsity < 0.9
+
+
+def test_dynamic_sequence_length_runs_other_lengths():
+    graph = gated_mlp_graph()
+    cm = actsparse.compile(graph, (mlp_input(seq=4),), mode="exact")
+    for seq in (1, 9):
+        x = mlp_input(seq=seq, seed=seq)
+        np.testing.assert_allclose(cm(x), evaluate(graph, [x])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_report_rows_and_table():
+    cm = actsparse.compile(gated_mlp_graph(up_relu=True), (mlp_input(),), mode="auto")
+    block = cm.report.blocks[0]
+    assert (block.location, block.pattern, block.mode, block.n_ff) == ("mlp", "drelu", "exact", 40)
+    text = str(cm.report)
+    assert "drelu" in text and "mlp" in text and "%" in text
+    assert cm.report.pass_stats["sparsify-exact"] == {"drelu": 1}
+
+
+def test_save_load_runs_without_the_source(tmp_path):
+    graph = gated_mlp_graph()
+    x = mlp_input(seq=3)
+    cm = actsparse.compile(graph, (x,), mode="exact")
+    path = cm.save(tmp_path / "m.actsparse")
+    assert sorted(p.name for p in path.iterdir()) == ["graph.ir", "manifest.json", "model.so", "weights.safetensors"]
+    loaded = actsparse.load(path)
+    np.testing.assert_array_equal(loaded(x), cm(x))
+    assert loaded.report.to_dict() == cm.report.to_dict()
+    assert "sparse_gated_mlp" in loaded.ir_text
+
+
+def test_corrupted_artifact_is_one_clear_error(tmp_path):
+    path = actsparse.compile(gated_mlp_graph(), (mlp_input(),), mode="exact").save(tmp_path / "m")
+    weights = path / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    with pytest.raises(ArtifactError, match="weights.safetensors does not match its checksum"):
+        actsparse.load(path)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="corrupted"):
+        actsparse.load(path)
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        actsparse.load(tmp_path)
+
+
+def test_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    cm = actsparse.compile(gated_mlp_graph(), (mlp_input(),), mode="exact")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.numpy.save_file", boom)
+    with pytest.raises(OSError):
+        cm.save(tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_errors_name_the_problem_and_the_way_out():
+    graph = gated_mlp_graph(act="silu")
+    with pytest.raises(ModeError, match=r"mlp is swiglu.*relufy"):
+        actsparse.compile(graph, (mlp_input(),), mode="exact")
+    with pytest.raises(TargetError, match="valid targets: x86, cuda, arm"):
+        actsparse.compile(graph, (mlp_input(),), target="tpu")
+    with pytest.raises(ActsparseError, match="valid modes: dense, exact, auto"):
+        actsparse.compile(graph, (mlp_input(),), mode="sparse")
+    with pytest.raises(ActsparseError, match="cannot compile a dict"):
+        actsparse.compile({}, ())
+    cm = actsparse.compile(graph, (mlp_input(),), mode="auto")
+    assert cm.report.blocks[0].mode == "dense" and "not exactly sparse" in cm.report.blocks[0].reason
+    with pytest.raises(ValueError, match="compiled for inputs"):
+        cm(np.zeros((1, 3, 5), np.float32))
+
+
+def test_manifest_records_target_and_report(tmp_path):
+    path = actsparse.compile(gated_mlp_graph(), (mlp_input(),), mode="exact").save(tmp_path / "m")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["target"]["name"] == "x86" and manifest["target"]["tvm"]["kind"] == "llvm"
+    assert manifest["report"]["blocks"][0]["pattern"] == "reglu"
