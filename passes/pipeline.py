@@ -14,10 +14,11 @@ from pathlib import Path
 from ..ir import Graph, print_graph, verify
 from .base import Pass, apply_pass
 from .canonicalize import Canonicalize
+from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
 from .sparsify_exact import SparsifyExact
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, Densify)}
 
 
 def pipeline_for(mode: str) -> list[Pass]:

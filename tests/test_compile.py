@@ -110,3 +110,18 @@ def test_manifest_records_target_and_report(tmp_path):
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["target"]["name"] == "x86" and manifest["target"]["tvm"]["kind"] == "llvm"
     assert manifest["report"]["blocks"][0]["pattern"] == "reglu"
+
+
+def test_densify_restores_the_dense_twin_and_bench_runs(tmp_path):
+    from actsparse.passes import run_pipeline
+    from actsparse.passes.densify import Densify
+    from actsparse.runtime.bench import bench_artifact
+
+    graph = gated_mlp_graph()
+    x = mlp_input()
+    cm = actsparse.compile(graph, (x,), mode="exact")
+    result = run_pipeline(cm.graph, [Densify()])
+    assert result.stats["densify"] == {"reglu": 1} and result.graph.count("gated_mlp") == 1
+    np.testing.assert_allclose(evaluate(result.graph, [x])[0], evaluate(graph, [x])[0], rtol=1e-5, atol=1e-6)
+    text = bench_artifact(str(cm.save(tmp_path / "m")), seq=1, repeats=2)
+    assert "speed-up" in text and "cache evicted" in text

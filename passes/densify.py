@@ -1,0 +1,37 @@
+"""densify: the inverse of sparsify-exact, for building a sparse artifact's dense twin (`actsparse bench`).
+
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t) -> gated_mlp(x, @Wg, @Wu, @Wd)     (@Wd = @Wd.t transposed back)
+
+Lossless: the same math, computed for every neuron.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import Graph, Node, rewrite, weight_node
+from .base import Pass, record
+
+
+@dataclass(frozen=True)
+class Densify(Pass):
+    name = "densify"
+
+    def run(self, graph: Graph) -> Graph:
+        new_weights: dict[str, np.ndarray] = {}
+
+        def visit(node: Node) -> Node | None:
+            if node.op != "sparse_gated_mlp":
+                return None
+            x, w_gate, w_up, w_down_t = node.inputs
+            name = w_down_t.attrs["name"].removesuffix(".t")
+            array = new_weights.setdefault(name, np.ascontiguousarray(graph.weights[w_down_t.attrs["name"]].T))
+            attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "fused": False}
+            if node.attrs["gate_act"] == "fatrelu":
+                attrs["threshold"] = node.attrs["threshold"]
+            record(node.attrs.get("pattern", "gated-mlp"))
+            return Node("gated_mlp", (x, w_gate, w_up, weight_node(name, array)), attrs, node.type, node.loc)
+
+        return rewrite(graph, visit, new_weights)
