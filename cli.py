@@ -53,7 +53,8 @@ def load_spec(spec: str, seq: int):
 
     module_name, _, factory_name = spec.partition(":")
     if not factory_name:
-        raise ActsparseError(f"{spec!r} is not module:factory (or a .onnx/.mlir file)")
+        raise ActsparseError(f"cannot load {spec!r}: it is neither an artifact directory nor module:factory "
+                             "(nor a .onnx/.mlir file)")
     sys.path.insert(0, str(Path.cwd()))
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
