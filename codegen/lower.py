@@ -101,12 +101,20 @@ def lower_graph(graph: Graph, target: Target):
                 if fn is None:
                     raise LoweringError(f"no lowering for op {node.op!r} at {node.loc or 'unknown location'}")
                 expr = fn(ctx, node, [values[id(i)] for i in node.inputs])
-                values[id(node)] = bb.emit(expr)
+                values[id(node)] = _with_known_shape(ctx, node, bb.emit(expr))
             outs = [values[id(o)] for o in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
     mod = bb.get()
     return tvm.ir.IRModule(mod.functions), weight_names
+
+
+def _with_known_shape(ctx: LowerContext, node: Node, var):
+    """Relax loses static shapes through some ops (e.g. a slice ending at a symbolic dim); legalization then
+    skips the value. The IR knows the type, so assert it back with a match_cast."""
+    if getattr(var.ty, "shape", None) is None:
+        return ctx.bb.match_cast(var, tensor_sinfo(ctx, node))
+    return var
 
 
 def _ir_dtype(array: np.ndarray) -> str:

@@ -79,7 +79,7 @@ def test_dump_ir_writes_each_pass(tmp_path, monkeypatch):
 def test_pipeline_text_round_trip_and_unknown_names():
     passes = parse_pipeline("canonicalize,detect-gated-mlp,sparsify-exact{on_unsupported=keep-dense}")
     assert [str(p) for p in passes] == ["canonicalize", "detect-gated-mlp", "sparsify-exact{on_unsupported=keep-dense}"]
-    with pytest.raises(ValueError, match="valid passes: canonicalize, detect-gated-mlp"):
+    with pytest.raises(ValueError, match="valid passes: canonicalize, densify, detect-gated-mlp"):
         parse_pipeline("canonicalise")
     with pytest.raises(ValueError, match="valid modes"):
         pipeline_for("fast")
