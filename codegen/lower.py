@@ -126,4 +126,4 @@ def _ir_dtype(array: np.ndarray) -> str:
 def const(value, dtype: str):
     from tvm import relax
 
-    return relax.const(np.asarray(value, dtype=np_dtype(dtype)))
+    return relax.const(np.asarray(value, dtype=np_dtype(dtype)), TVM_DTYPES[dtype])  # keep i64/f64 as they are

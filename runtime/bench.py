@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 
 def bench_artifact(path: str, seq: int = 1, repeats: int = 20) -> str:
     from safetensors.numpy import load_file
 
+    from ..api import example_inputs_for
     from ..codegen.build import build
     from ..ir import parse_graph
     from ..passes import run_pipeline
@@ -29,8 +28,7 @@ def bench_artifact(path: str, seq: int = 1, repeats: int = 20) -> str:
     executable, order = build(dense_graph, target)
     dense = CompiledModule(executable, dict(dense_graph.weights), order, dense_graph, sparse.inputs,
                            sparse.n_outputs, Report(target.name, "dense"), target.to_dict())
-    vocab = min((n.inputs[0].shape[0] for n in graph.nodes if n.op == "embedding"), default=2)
-    inputs = [_example(t, seq, vocab) for _, t in sparse.inputs]
+    inputs = example_inputs_for(graph, seq=seq)
     evict = CacheEvictor(target.cache_bytes)
     t_sparse = time_calls(lambda: sparse(*inputs), repeats, evict=evict)
     t_dense = time_calls(lambda: dense(*inputs), repeats, evict=evict)
@@ -38,10 +36,3 @@ def bench_artifact(path: str, seq: int = 1, repeats: int = 20) -> str:
             f"  sparse {t_sparse.median_ms:8.2f} ms   dense {t_dense.median_ms:8.2f} ms   "
             f"speed-up {t_dense.median_s / t_sparse.median_s:.2f}x (median of {repeats}, cache evicted)")
 
-
-def _example(ttype, seq: int, vocab: int) -> np.ndarray:
-    shape = [seq if isinstance(d, str) else d for d in ttype.shape]
-    rng = np.random.default_rng(0)
-    if ttype.dtype.startswith("i"):
-        return rng.integers(0, vocab, shape).astype(np.int64 if ttype.dtype == "i64" else np.int32)
-    return rng.standard_normal(shape).astype(np.float32)
