@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="compile the embedded tiny model in exact mode, generate, report")
-    demo.add_argument("--prompt", default="def fibonacci(n):\n    ")
+    demo.add_argument("--prompt", default="class Stack:\n    def __init__(self):\n        self.")
     demo.add_argument("--tokens", type=int, default=48, help="bytes to generate greedily")
     demo.add_argument("--plot", help="write the per-layer sparsity plot here (PNG)")
 

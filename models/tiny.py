@@ -143,8 +143,12 @@ class GatedMLP(nn.Module):
             return F.relu(gate) * up
         return F.silu(gate) * up
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.intermediate(x))
+    def forward(
+        self, x: torch.Tensor, return_intermediate: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        acts = self.intermediate(x)
+        out = self.down_proj(acts)
+        return (out, acts) if return_intermediate else out
 
 
 class DecoderBlock(nn.Module):
@@ -157,13 +161,12 @@ class DecoderBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.d_model, config.rms_eps)
         self.mlp = GatedMLP(config)
 
-    def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (block output, MLP intermediate) so callers can collect activations without hooks."""
         h = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        acts = self.mlp.intermediate(self.post_attention_layernorm(h))
-        return h + self.mlp.down_proj(acts), acts
+        # Called through the module (not its parts) so hooks and export's module stack see `layers.i.mlp`.
+        mlp_out, acts = self.mlp(self.post_attention_layernorm(h), return_intermediate=True)
+        return h + mlp_out, acts
 
 
 class TinyLlama(nn.Module):
@@ -200,7 +203,7 @@ class TinyLlama(nn.Module):
         cos = self.rope_cos[:seq]
         sin = self.rope_sin[:seq]
         x = self.embed_tokens(input_ids)
-        mlp_acts = []
+        mlp_acts: list[torch.Tensor] = []
         for layer in self.layers:
             x, acts = layer(x, cos, sin)
             mlp_acts.append(acts)
@@ -211,13 +214,16 @@ class TinyLlama(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.8,
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.8,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample continuations by re-running the full window (no KV cache: the model is for compiling)."""
         ids = input_ids
         for _ in range(max_new_tokens):
-            logits = self(ids[:, -self.config.max_seq:])[:, -1, :]
+            logits = self(ids[:, -self.config.max_seq :])[:, -1, :]
             if temperature <= 0:
                 next_id = logits.argmax(dim=-1, keepdim=True)
             else:
