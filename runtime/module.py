@@ -21,6 +21,7 @@ from ..errors import ArtifactError
 from ..ir import Graph, TensorType
 from ..ir.interpreter import bind_symbols
 from ..ir.types import np_dtype
+from .memory import host_tensor
 from .report import Report
 
 FORMAT = "actsparse-artifact/1"
@@ -46,12 +47,17 @@ class CompiledModule:
         self._weights = weights
         self._device = _device_for(target_info)
         self._vm = relax.VirtualMachine(executable, self._device)
-        self._weight_tensors = [self._to_device(np.ascontiguousarray(weights[n])) for n in weight_order]
+        self._weight_tensors = [self._weight_tensor(weights[n]) for n in weight_order]
 
     def _to_device(self, array: np.ndarray):
         import tvm
 
         return tvm.runtime.tensor(array, device=self._device)
+
+    def _weight_tensor(self, array: np.ndarray):
+        if self._device.dlpack_device_type() == 1:  # CPU: zero-copy, huge-page friendly (see memory.py)
+            return host_tensor(array)
+        return self._to_device(np.ascontiguousarray(array))
 
     def __call__(self, *inputs):
         is_torch = bool(inputs) and type(inputs[0]).__module__.startswith("torch")

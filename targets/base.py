@@ -21,6 +21,7 @@ class Target:
     host: dict[str, Any] | None = None     # host target for device code (CUDA)
     runs_here: bool = True         # can modules built for it run in this process?
     features: tuple[str, ...] = field(default=())
+    vector_registers: int = 32     # architectural vector registers (AVX-512, NEON: 32; AVX2/SSE: 16)
 
     @property
     def lanes(self) -> int:
@@ -40,7 +41,7 @@ class Target:
     def cpu_schedule(self):
         from ..codegen.kernels.schedule import CpuSchedule
 
-        return CpuSchedule(lanes=self.lanes, threads=self.threads)
+        return CpuSchedule(lanes=self.lanes, threads=self.threads, vector_registers=self.vector_registers)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "tvm": self.tvm, "vector_bits": self.vector_bits, "threads": self.threads,

@@ -64,4 +64,5 @@ def host() -> Target:
         cache_bytes=_llc_bytes(),
         description=f"{_cpu_model()} ({mcpu}, {'/'.join(isa) or 'sse'}, {threads} threads)",
         features=tuple(isa),
+        vector_registers=32 if vector_bits == 512 else 16,
     )

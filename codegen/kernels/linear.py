@@ -1,0 +1,64 @@
+"""Linear layer with constant weights for CPUs: out[M, n] = x[M, k] @ w[n, k]^T (+ b[n]).
+
+Buffers (destination passing): x [M, k] float32 with M symbolic (int64), w [n, k] dtype (float32 |
+float16, accumulated in float32), b [n] float32 when `bias`, out [M, n] float32.
+
+Each task streams a contiguous block of weight rows once, `sched.rows` rows at a time (with
+`accumulators` vector accumulators per row); for M > 1 those rows stay in L1/L2 while the tokens, in
+register-blocked groups of `token_block`, take their dot products with them, so the weights are read from
+memory once per call at any M.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from tvm.script import tirx as T
+
+from .common import check_dtype, dots_macro, symbol
+from .schedule import CpuSchedule
+
+
+@cache
+def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: bool = False):
+    """PrimFunc (x, w[, b], out) computing x @ w^T (+ b); global_symbol encodes all parameters."""
+    check_dtype(dtype)
+    if k < 1 or n < 1:
+        raise ValueError(f"k and n must be positive, got k={k}, n={n}")
+    threads, R = sched.threads, sched.rows
+    nper = (n + threads - 1) // threads
+    name = symbol("linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)
+    dots, _ = dots_macro(k, dtype, sched, gathered=False)
+
+    if bias:
+
+        @T.prim_func
+        def kernel(x_h: T.handle, w: T.Buffer((n, k), dtype), b: T.Buffer((n,), "float32"), out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            M = T.int64()
+            x = T.match_buffer(x_h, (M, k), "float32")
+            out = T.match_buffer(out_h, (M, n), "float32")
+            for t in T.parallel(threads):
+                j0: T.let = t * nper
+                nj: T.let = T.max(T.min(nper, n - j0), 0)
+                for st in range((nj + R - 1) // R):
+                    dots(w, x, M, b, j0, st * R, nj, out, j0)
+                    for r in range(T.min(R, nj - st * R)):
+                        for m in range(M):
+                            out[m, j0 + st * R + r] = out[m, j0 + st * R + r] + b[j0 + st * R + r]
+
+        return kernel.with_attr("global_symbol", name)
+
+    @T.prim_func
+    def kernel_nobias(x_h: T.handle, w: T.Buffer((n, k), dtype), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, k), "float32")
+        out = T.match_buffer(out_h, (M, n), "float32")
+        for t in T.parallel(threads):
+            j0: T.let = t * nper
+            nj: T.let = T.max(T.min(nper, n - j0), 0)
+            for st in range((nj + R - 1) // R):
+                dots(w, x, M, w, j0, st * R, nj, out, j0)
+
+    return kernel_nobias.with_attr("global_symbol", name)

@@ -1,0 +1,221 @@
+"""Gated-MLP kernels for CPUs: exact sparse (ReLU family), indexed sparse, and dense.
+
+All three compute, per token m (row of x):
+
+    out[m] = sum_j act_g(w_gate[j] . x[m]) * act_u(w_up[j] . x[m]) * w_down_t[j]
+
+and share one buffer convention (destination passing, as `relax.call_tir` wants):
+
+    x        [M, d]      float32, M symbolic (int64): decode M = 1, prefill M > 1
+    w_gate   [n_ff, d]   dtype (float32 | float16), accumulated in float32
+    w_up     [n_ff, d]   dtype
+    w_down_t [n_ff, d]   dtype: the down projection TRANSPOSED at compile time (w_down_t[j] = w_down[:, j]),
+                         so the output weights of one neuron are one contiguous row
+    (indexed kernel only) idx [M, K] int32, count [M] int32: per token, its first count[m] entries of idx
+                         are the neurons to compute, K symbolic
+    out      [M, d]      float32
+
+Factories are cached (PrimFuncs are immutable), so the layers of one shape share one parse.
+
+Exact mode (ProSparse's fused gate + sparse up/down): act_g is relu or fatrelu, so a neuron whose
+activated gate is 0 for every token contributes exactly nothing; its up and down rows are never read.
+In one parallel region each task streams its contiguous block of gate rows, activates the gates, lists
+the neurons some token activates in its own slot range (no sequential compaction pass, no barrier), then
+gathers the up rows of its list and forms h = act_g(g) * act_u(u). A second region splits the output
+columns over the tasks; each streams its slice of every listed down row (vector FMA). Rows are streamed
+`sched.rows` at a time with the next ones software-prefetched, which keeps gathered rows at the streaming
+bandwidth. The result equals the dense kernel up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from tvm.script import tirx as T
+
+from .common import (
+    GATE_ACTS,
+    UP_ACTS,
+    activation,
+    axpy_macro,
+    check_dtype,
+    dots_macro,
+    symbol,
+    threshold_tag,
+    zero_columns_macro,
+)
+from .schedule import CpuSchedule
+
+EXACT_GATE_ACTS = ("relu", "fatrelu")
+
+
+def _check(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_acts=GATE_ACTS) -> None:
+    check_dtype(dtype)
+    if gate_act not in gate_acts:
+        raise ValueError(f"gate_act must be one of {gate_acts}, got {gate_act!r}")
+    if up_act not in UP_ACTS:
+        raise ValueError(f"up_act must be one of {UP_ACTS}, got {up_act!r}")
+    if d < 1 or n_ff < 1:
+        raise ValueError(f"d and n_ff must be positive, got d={d}, n_ff={n_ff}")
+
+
+def _name(kind: str, d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str,
+          sched: CpuSchedule) -> str:
+    thr = f"t{threshold_tag(threshold)}" if gate_act == "fatrelu" else "t0"
+    return symbol("gmlp", kind, f"d{d}", f"f{n_ff}", gate_act, up_act, thr, dtype, sched.tag)
+
+
+@cache
+def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                     threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
+    """Exact-mode sparse gated MLP: (x, w_gate, w_up, w_down_t, out), see the module docstring.
+
+    gate_act: "relu" (ReGLU / dReLU) or "fatrelu" (g if g > threshold else 0);
+    up_act: "identity" (ReGLU) or "relu" (dReLU).
+    """
+    _check(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS)
+    threads, R = sched.threads, sched.rows
+    nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g)
+    up_dots, _ = dots_macro(d, dtype, sched, gathered=True)
+    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True)
+    zero_cols = zero_columns_macro(d, sched)
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
+               w_down_t: T.Buffer((n_ff, d), dtype), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        g = T.alloc_buffer((M, n_ff), "float32")  # activated gate, by neuron
+        h = T.alloc_buffer((M, n_ff), "float32")  # act_g(g) * act_u(u), by slot; task t's slots from t * nper
+        idx = T.alloc_buffer((n_ff,), "int32")  # neuron of each slot
+        cnt = T.alloc_buffer((threads,), "int32")  # used slots per task
+        # 1) per task: gate over its contiguous rows, list the neurons some token activates, up over them
+        for t in T.parallel(threads):
+            c = T.alloc_buffer((1,), "int32", scope="global")
+            live = T.alloc_buffer((1,), "int32", scope="global")
+            c[0] = 0
+            j0: T.let = t * nper
+            nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
+            for st in range((nj + R - 1) // R):
+                gate_dots(w_gate, x, M, idx, j0, st * R, nj, g, j0)
+                for r in range(T.min(R, nj - st * R)):
+                    live[0] = 0
+                    for m in range(M):
+                        if g[m, j0 + st * R + r] != T.float32(0):
+                            live[0] = 1
+                    if live[0] != 0:
+                        idx[j0 + c[0]] = j0 + st * R + r
+                        c[0] = c[0] + 1
+            nl: T.let = c[0]
+            cnt[t] = nl
+            for st in range((nl + R - 1) // R):
+                up_dots(w_up, x, M, idx, j0, st * R, nl, h, j0)
+                for r in range(T.min(R, nl - st * R)):
+                    for m in range(M):
+                        h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r]] * act_u(h[m, j0 + st * R + r])
+        # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
+        for t in T.parallel(threads):
+            zero_cols(t, out, M)
+            for t2 in range(threads):
+                n2: T.let = cnt[t2]
+                for st in range((n2 + R - 1) // R):
+                    axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
+
+    return kernel.with_attr("global_symbol", _name("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+
+
+@cache
+def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                             threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
+    """Gated MLP over given neurons: (x, w_gate, w_up, w_down_t, idx, count, out).
+
+    For token m only the neurons idx[m, :count[m]] are computed (gate, up and down rows gathered);
+    every other neuron counts as 0. gate_act may be any of GATE_ACTS (threshold / predictor modes
+    keep silu / gelu on the selected neurons). idx entries must lie in [0, n_ff); ascending order
+    reads memory best.
+    """
+    _check(d, n_ff, gate_act, up_act, dtype)
+    threads, R = sched.threads, sched.rows
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g)
+    _, up_dot = dots_macro(d, dtype, sched, gathered=True)
+    _, axpy = axpy_macro(d, dtype, sched, gathered=True)
+    zero_cols = zero_columns_macro(d, sched)
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
+               w_down_t: T.Buffer((n_ff, d), dtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        K = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        idx = T.match_buffer(idx_h, (M, K), "int32")
+        count = T.match_buffer(count_h, (M,), "int32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        flat = T.decl_buffer((M * K,), "int32", data=idx.data)
+        g = T.alloc_buffer((M, K), "float32")
+        h = T.alloc_buffer((M, K), "float32")
+        # 1) per token, its listed neurons split evenly over the tasks: gate and up rows gathered
+        for t in T.parallel(threads):
+            for m in range(M):
+                i0: T.let = t * count[m] // threads
+                n: T.let = (t + 1) * count[m] // threads - i0
+                for st in range((n + R - 1) // R):
+                    gate_dot(w_gate, x, m, flat, m * K + i0, st * R, n, g, i0)
+                    up_dot(w_up, x, m, flat, m * K + i0, st * R, n, h, i0)
+                    for r in range(T.min(R, n - st * R)):
+                        h[m, i0 + st * R + r] = g[m, i0 + st * R + r] * act_u(h[m, i0 + st * R + r])
+        # 2) down: output columns split over the tasks, listed rows streamed
+        for t in T.parallel(threads):
+            zero_cols(t, out, M)
+            for m in range(M):
+                for st in range((count[m] + R - 1) // R):
+                    axpy(w_down_t, flat, m * K, st * R, count[m], h, 0, t, out, m)
+
+    return kernel.with_attr("global_symbol", _name("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+
+
+@cache
+def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                    threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
+    """Dense gated MLP, same buffers as `sparse_gated_mlp`: (x, w_gate, w_up, w_down_t, out).
+
+    Every neuron is computed (any gate_act of GATE_ACTS); the dense fallback and the "dense" timings.
+    """
+    _check(d, n_ff, gate_act, up_act, dtype)
+    threads, R = sched.threads, sched.rows
+    nper = (n_ff + threads - 1) // threads
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g)
+    up_dots, _ = dots_macro(d, dtype, sched, gathered=False)
+    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False)
+    zero_cols = zero_columns_macro(d, sched)
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
+               w_down_t: T.Buffer((n_ff, d), dtype), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        g = T.alloc_buffer((M, n_ff), "float32")
+        h = T.alloc_buffer((M, n_ff), "float32")
+        for t in T.parallel(threads):
+            j0: T.let = t * nper
+            nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
+            for st in range((nj + R - 1) // R):
+                gate_dots(w_gate, x, M, g, j0, st * R, nj, g, j0)
+                up_dots(w_up, x, M, h, j0, st * R, nj, h, j0)
+                for r in range(T.min(R, nj - st * R)):
+                    for m in range(M):
+                        h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
+        for t in T.parallel(threads):
+            zero_cols(t, out, M)
+            for st in range((n_ff + R - 1) // R):
+                axpy_all(w_down_t, h, 0, st * R, n_ff, h, 0, t, out, M)
+
+    return kernel.with_attr("global_symbol", _name("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))
