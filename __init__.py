@@ -13,11 +13,19 @@ __version__ = "0.1.0"
 from .errors import ActsparseError, ArtifactError, ModeError, TargetError  # noqa: E402
 
 
-def compile(model, example_inputs, target="x86", mode="auto", calibration=None, sparsity=None, memory_budget=None):
+def compile(model, example_inputs, target="x86", mode="auto", calibration=None, sparsity=None, memory_budget=None,
+            method=None):
     from .api import compile as _compile
 
     return _compile(model, example_inputs, target=target, mode=mode, calibration=calibration, sparsity=sparsity,
-                    memory_budget=memory_budget)
+                    memory_budget=memory_budget, method=method)
+
+
+def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):
+    """SwiGLU/GeGLU gated MLPs -> dReLU ("drelu") or ReLU ("relu"), found by structure; see `actsparse/relufy.py`."""
+    from .relufy import relufy as _relufy
+
+    return _relufy(model, kind, example_inputs, inplace=inplace)
 
 
 def load(path):
@@ -34,4 +42,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'actsparse' has no attribute {name!r}")
 
 
-__all__ = ["ActsparseError", "ArtifactError", "ModeError", "TargetError", "__version__", "compile", "load", "targets"]
+__all__ = ["ActsparseError", "ArtifactError", "ModeError", "TargetError", "__version__", "compile", "load", "recipes",
+           "relufy", "targets"]

@@ -16,9 +16,10 @@ from .ir import Graph, TensorType
 from .ir.types import is_float, np_dtype
 from .passes import pipeline_for, run_pipeline
 from .runtime import CompiledModule, Report
-from .runtime.report import measure_blocks
+from .runtime.report import measure_blocks, output_rel_error
 
-MODES = ("dense", "exact", "auto")
+MODES = ("dense", "exact", "auto", "threshold")
+LOSSY_MODES = ("threshold",)
 
 
 def import_model(model: Any, example_inputs: Sequence) -> Graph:
@@ -32,13 +33,18 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
 
             return import_onnx(path)
         if path.endswith(".mlir"):
-            raise ActsparseError(f"{path}: the torch-mlir frontend is not available in this build yet; "
-                                 "pass a torch.nn.Module, a .onnx file or an actsparse IR Graph")
+            from .frontends.torch_mlir import import_mlir
+
+            return import_mlir(path)
         raise ActsparseError(f"cannot import {path!r}: expected a .onnx or .mlir file, a torch.nn.Module or a Graph")
     if type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx"):
         from .frontends.onnx import import_onnx
 
         return import_onnx(model)
+    if type(model).__module__.startswith("torch_mlir") and hasattr(model, "operation"):  # a torch-mlir Module
+        from .frontends.torch_mlir import import_mlir
+
+        return import_mlir(model)
     try:
         import torch
     except ImportError:  # pragma: no cover
@@ -52,22 +58,35 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
 
 
 def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str = "auto", calibration=None,
-            sparsity: float | None = None, memory_budget: int | None = None) -> CompiledModule:
+            sparsity: float | None = None, memory_budget: int | None = None, method: str | None = None
+            ) -> CompiledModule:
+    """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
+    target `sparsity`; `method` picks the threshold calibration ("cats" default, "teal", "topk"). The report then
+    gives each block's calibrated sparsity, the sparsity measured on `example_inputs` (keep them out of the
+    calibration data: they are the held-out check) and the outputs' relative error vs the dense model."""
     from . import targets as target_registry
     from .codegen.build import build
 
     if mode not in MODES:
-        hint = " (lossy modes come with calibration; not in this build yet)" if mode in ("threshold", "predictor") else ""
+        hint = " (a lossy mode with calibration; not in this build yet)" if mode == "predictor" else ""
         raise ActsparseError(f"unknown mode {mode!r}{hint}; valid modes: {', '.join(MODES)}")
+    options = _lossy_options(mode, calibration, sparsity, method)
     tgt = target_registry.get(target)
     graph = import_model(model, example_inputs)
     if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
-        # an ONNX file (or a Graph) carries its input types: make example inputs from them
+        # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
         example_inputs = example_inputs_for(graph)
-    result = run_pipeline(graph, pipeline_for(mode))
+    try:
+        passes = pipeline_for(mode, **options)
+    except ValueError as err:
+        raise ActsparseError(str(err)) from None
+    result = run_pipeline(graph, passes)
     arrays = [_to_numpy(x) for x in example_inputs]
     report = Report(tgt.name, mode, measure_blocks(result.graph, arrays), result.stats)
-    report.blocks.extend(_dense_notes(result.notes, report))
+    _calibration_notes([n for n in result.notes if n.get("kind") == "calibration"], report)
+    report.blocks.extend(_dense_notes([n for n in result.notes if n.get("kind") != "calibration"], report))
+    if mode in LOSSY_MODES:
+        report.output_rel_error = output_rel_error(graph, result.graph, arrays)
     executable, weight_order = build(result.graph, tgt)
     inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
     return CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
@@ -90,6 +109,37 @@ def example_inputs_for(graph: Graph, seq: int = 8, seed: int = 0) -> tuple[np.nd
         else:
             arrays.append(rng.integers(0, vocab.get(id(node), 1), shape).astype(dtype))
     return tuple(arrays)
+
+
+def _lossy_options(mode: str, calibration, sparsity, method) -> dict:
+    """Check a lossy mode's arguments before the (slow) import; returns pipeline_for's options."""
+    if mode not in LOSSY_MODES:
+        if method is not None:
+            raise ActsparseError(f"method={method!r} applies to mode='threshold', not mode={mode!r}")
+        return {}
+    from .passes.calibrate import METHODS, calibration_samples
+
+    if sparsity is None or not 0.0 < float(sparsity) < 1.0:
+        raise ActsparseError(f"mode={mode!r} needs a target sparsity between 0 and 1, e.g. sparsity=0.5 "
+                             f"(got {sparsity!r})")
+    method = method or "cats"
+    if method not in METHODS:
+        raise ActsparseError(f"unknown threshold method {method!r}; valid methods: {', '.join(METHODS)}")
+    return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}
+
+
+def _calibration_notes(notes: list[dict], report: Report) -> None:
+    """Attach what calibration chose (threshold, calibrated sparsity) to the measured blocks."""
+    by_loc = {b.location: b for b in report.blocks}
+    for n in notes:
+        block = by_loc.get(n["location"])
+        if block is not None:
+            block.calibrated_sparsity = n["calibrated_sparsity"]
+            block.threshold = n["threshold"]
+            block.method = n["method"]
+            if n.get("input_threshold"):
+                block.reason = (f"{n['method']}: input |x| <= {n['input_threshold']:.3g} zeroed by a dense mask "
+                                "(no input-sparse kernel yet)")
 
 
 def _dense_notes(notes: list[dict], report: Report):

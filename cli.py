@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--calib", help="calibration data (threshold/predictor modes)")
 
     inspect = sub.add_parser("inspect", help="print the report of an artifact or of a model spec")
-    inspect.add_argument("what", help="artifact directory, module:factory or file.onnx")
+    inspect.add_argument("what", help="artifact directory, module:factory, file.onnx or file.mlir")
     inspect.add_argument("-m", "--mode", default="auto")
     inspect.add_argument("--seq", type=int, default=16)
     inspect.add_argument("--plot", help="also write the sparsity plot (PNG)")
@@ -93,7 +93,7 @@ def _inspect(args) -> int:
     else:
         from . import api
 
-        model, inputs = (args.what, ()) if args.what.endswith(".onnx") else load_spec(args.what, args.seq)
+        model, inputs = (args.what, ()) if args.what.endswith((".onnx", ".mlir")) else load_spec(args.what, args.seq)
         report = api.compile(model, inputs, mode=args.mode).report
     print(report)
     if args.plot:

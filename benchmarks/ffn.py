@@ -7,12 +7,13 @@ The gate weights are arranged so exactly `sparsity` of the neurons are inactive 
 the last-level cache is evicted before every timed call (weights come from DRAM, as in real decoding),
 and the kernels run interleaved, so a change in machine load hits them all alike. TVM and torch read the
 same kind of memory (numpy-allocated, transparent huge pages where the kernel allows them). Printed: the CPU,
-its measured read bandwidth (multi-threaded TVM read-sum over 1 GB), each kernel's median time, the
+its measured read bandwidth (the best of two multi-threaded TVM read-sums over 1 GB), each kernel's median time, the
 bytes it must read and the bandwidth that makes, and its speed-up over torch's dense F.linear chain;
 then the same as a markdown table for BENCHMARKS.md.
 
 The schedule (vector lanes, threads) is chosen here from /proc/cpuinfo and the options: benchmarks may
-look at the host, kernels never do.
+look at the host, kernels never do. `FfnBench` holds the pieces (bandwidth probe, weights for a sparsity,
+kernels per dtype, interleaved timing) that `ffn_sweep.py` reuses.
 """
 
 from __future__ import annotations
@@ -24,6 +25,219 @@ import time
 
 MISTRAL = (4096, 14336)
 SMALL = (256, 1024)
+TORCH = "torch dense (F.linear chain, fp32)"
+EXACT = "actsparse exact (fused gate + sparse up/down)"
+INDEXED = "actsparse indexed (active set given: predictor ideal)"
+DENSE = "actsparse dense"
+
+
+class FfnBench:
+    """A ReGLU FFN of d x n_ff on this machine's x86 target with `threads` threads (TVM and torch)."""
+
+    def __init__(self, d: int, n_ff: int, threads: int = 2, lanes: int = 0, seed: int = 0):
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # spinning OpenBLAS threads halve TVM's speed
+        import numpy as np
+        import torch
+        import tvm
+
+        from actsparse.codegen.kernels.schedule import CpuSchedule
+        from actsparse.runtime.timing import CacheEvictor
+        from actsparse.targets import x86
+
+        torch.set_num_threads(threads)
+        self.np, self.torch, self.tvm = np, torch, tvm
+        self.d, self.n_ff, self.threads = d, n_ff, threads
+        self.host = x86.host()
+        self.isa = "avx512" if self.host.vector_bits == 512 else "avx2" if self.host.vector_bits == 256 else "sse"
+        self.lanes = lanes or self.host.lanes
+        self.sched = CpuSchedule(lanes=self.lanes, threads=threads, vector_registers=self.host.vector_registers)
+        self.target = tvm.target.Target({**self.host.tvm, "num-cores": threads})
+        self.evict = CacheEvictor(self.host.cache_bytes)  # 3x the LLC, written and read before every timed call
+        rng = np.random.default_rng(seed)
+        self.rng = rng
+        self.x = rng.standard_normal((1, d)).astype("float32")
+        self.wg = (rng.standard_normal((n_ff, d)) / np.sqrt(d)).astype("float32")
+        self.wu = (rng.standard_normal((n_ff, d)) / np.sqrt(d)).astype("float32")
+        self.wd = (rng.standard_normal((d, n_ff)) / np.sqrt(n_ff)).astype("float32")  # torch layout [d, n_ff]
+        self.wd_t = np.ascontiguousarray(self.wd.T)
+        self._kernels: dict = {}
+        self.compile_s = 0.0
+        self._wake = self._wakers()
+
+    @property
+    def cpu(self) -> str:
+        from tvm.target import codegen
+
+        return f"{self.host.description} | ISA {self.isa} | LLVM mcpu {codegen.llvm_get_system_cpu()}"
+
+    # --- read bandwidth: multi-threaded vectorized read-sums over 1 GB ----------------------------------------
+    def read_bandwidth(self, small: bool = False) -> float:
+        """The machine's read limit as TVM code reaches it: the best median (of 7) over read-sums with 1 stream per
+        thread, and 8 streams per thread with software prefetch (what the kernels do with gathered rows)."""
+        np = self.np
+        from tvm.script import tirx as T
+
+        from actsparse.codegen.kernels.common import build_standalone
+        from actsparse.runtime.memory import host_tensor
+
+        threads, bw_n, L = self.threads, (64 << 20) if small else (256 << 20), self.lanes
+        per = bw_n // threads
+
+        def probe(streams: int, prefetch: bool):
+            sub = per // streams
+
+            @T.prim_func
+            def read_sum(a: T.Buffer((bw_n,), "float32"), o: T.Buffer((threads, L), "float32")):
+                T.func_attr({"tirx.noalias": True})
+                for t in T.parallel(threads):
+                    acc = T.alloc_buffer((streams * L,), "float32", scope="global")  # stack: see common.py
+                    for v in T.vectorized(streams * L):
+                        acc[v] = T.float32(0)
+                    for c in range(sub // L):
+                        if prefetch:
+                            for s in T.unroll(streams):
+                                T.evaluate(T.call_llvm_intrin(
+                                    "void", "llvm.prefetch.p0",
+                                    T.address_of(a[T.min(t * per + s * sub + c * L + 512, bw_n - 1)]),
+                                    T.int32(0), T.int32(2), T.int32(1)))
+                        for s in T.unroll(streams):
+                            for v in T.vectorized(L):
+                                acc[s * L + v] = acc[s * L + v] + a[t * per + s * sub + c * L + v]
+                    for s in T.unroll(1, streams):  # every stream feeds the result: no load is dead code
+                        for v in T.vectorized(L):
+                            acc[v] = acc[v] + acc[s * L + v]
+                    for v in T.vectorized(L):
+                        o[t, v] = acc[v]
+
+            return build_standalone(read_sum.with_attr("global_symbol", f"bench_read_sum_{streams}_{int(prefetch)}"),
+                                    self.target)
+
+        a = host_tensor(np.ones(bw_n, "float32"))  # numpy memory (huge pages), like the weights
+        o = host_tensor(np.zeros((threads, L), "float32"))
+        best = 0.0
+        for rs in (probe(1, False), probe(8, True)):
+            rs(a, o)
+            times = []
+            for _ in range(7):
+                t0 = time.perf_counter()
+                rs(a, o)
+                times.append(time.perf_counter() - t0)
+            best = max(best, bw_n * 4 / float(np.median(times)))
+        return best
+
+    # --- kernels, built once per weight dtype ----------------------------------------------------------------
+    def kernels(self, dtype: str) -> dict:
+        if dtype not in self._kernels:
+            from actsparse.codegen.kernels.common import build_standalone
+            from actsparse.codegen.kernels.sparse_mlp import (
+                dense_gated_mlp,
+                sparse_gated_mlp,
+                sparse_gated_mlp_indexed,
+            )
+
+            kw = dict(gate_act="relu", up_act="identity", dtype=dtype, sched=self.sched)
+            t0 = time.perf_counter()
+            self._kernels[dtype] = {
+                "exact": build_standalone(sparse_gated_mlp(self.d, self.n_ff, **kw), self.target),
+                "indexed": build_standalone(sparse_gated_mlp_indexed(self.d, self.n_ff, **kw), self.target),
+                "dense": build_standalone(dense_gated_mlp(self.d, self.n_ff, **kw), self.target),
+            }
+            self.compile_s += time.perf_counter() - t0
+        return self._kernels[dtype]
+
+    # --- one configuration: weights for a sparsity, the runners, their check -----------------------------------
+    def runners(self, sparsity: float, dtype: str, which=(TORCH, EXACT, INDEXED, DENSE)) -> tuple[dict, int]:
+        """{name: (fn, bytes it must read)} for `sparsity` (exactly that fraction of gates <= 0) and the
+        number of active neurons; the runners' outputs are checked against torch first (AssertionError)."""
+        np, torch = self.np, self.torch
+        import torch.nn.functional as F
+
+        from actsparse.runtime.memory import host_tensor as tv  # numpy-owned aligned memory via DLPack
+
+        d, n_ff, wbytes = self.d, self.n_ff, 2 if dtype == "float16" else 4
+        n_active = int(round((1.0 - sparsity) * n_ff))
+        active = np.zeros(n_ff, bool)
+        active[self.rng.choice(n_ff, n_active, replace=False)] = True
+        g = self.wg @ self.x[0]
+        wg = self.wg * np.where(active == (g > 0), 1.0, -1.0).astype("float32")[:, None]  # g > 0 exactly on active
+        assert ((wg @ self.x[0]) > 0).sum() == n_active
+        idx = np.flatnonzero(active).astype("int32")[None]
+        tx, tw = tv(self.x), [tv(w.astype(dtype)) for w in (wg, self.wu, self.wd_t)]
+        t_idx = tv(idx if n_active else np.zeros((1, 1), "int32"))
+        t_count = tv(np.array([n_active], "int32"))
+        outs = {k: tv(np.zeros((1, d), "float32")) for k in ("exact", "indexed", "dense")}
+        k = self.kernels(dtype)
+        xt, wgt, wut, wdt = (torch.from_numpy(a) for a in (self.x, wg, self.wu, self.wd))
+
+        def torch_dense():
+            with torch.no_grad():
+                return F.linear(F.relu(F.linear(xt, wgt)) * F.linear(xt, wut), wdt)
+
+        all_runners = {
+            TORCH: (torch_dense, 3 * n_ff * d * 4),
+            EXACT: (lambda: k["exact"](tx, *tw, outs["exact"]), n_ff * d * wbytes + 2 * n_active * d * wbytes),
+            INDEXED: (lambda: k["indexed"](tx, *tw, t_idx, t_count, outs["indexed"]), 3 * n_active * d * wbytes),
+            DENSE: (lambda: k["dense"](tx, *tw, outs["dense"]), 3 * n_ff * d * wbytes),
+        }
+        runners = {name: all_runners[name] for name in which}
+        # correctness first (fp32 accumulation; fp16 weights differ from the fp32 torch weights by rounding)
+        ref = torch_dense().numpy().astype("float64")
+        for fn, _ in runners.values():
+            fn()
+        tol = 1e-3 if dtype == "float32" else 3e-2
+        for name, key in ((EXACT, "exact"), (INDEXED, "indexed"), (DENSE, "dense")):
+            if name in runners:
+                err = np.abs(outs[key].numpy() - ref).max() / max(np.abs(ref).max(), 1e-30)
+                assert err < tol, f"{key} {dtype} at {sparsity:.0%}: max rel err vs torch {err:.2e}"
+        return runners, n_active
+
+    # --- timing: interleaved, cache evicted, thread pools woken -------------------------------------------------
+    def _wakers(self):
+        """Decoding runs layer after layer, so thread pools are awake; after the eviction they are asleep and
+        waking them costs tens to hundreds of microseconds, so each timed call follows a tiny parallel call
+        of its own runtime."""
+        np, torch = self.np, self.torch
+        import torch.nn.functional as F
+        from tvm.script import tirx as T
+
+        from actsparse.codegen.kernels.common import build_standalone
+        from actsparse.runtime.memory import host_tensor
+
+        threads = self.threads
+
+        @T.prim_func
+        def tvm_nop(a: T.Buffer((threads, 16), "float32")):
+            T.func_attr({"global_symbol": "bench_nop", "tirx.noalias": True})
+            for t in T.parallel(threads):
+                for v in T.vectorized(16):
+                    a[t, v] = a[t, v] + T.float32(1)
+
+        k_nop = build_standalone(tvm_nop, self.target)
+        nop_buf = host_tensor(np.zeros((threads, 16), "float32"))
+        small_x, small_w = torch.ones(1, 1024), torch.ones(2048, 1024)
+
+        def wake_torch():
+            with torch.no_grad():
+                F.linear(small_x, small_w)
+
+        return {"tvm": lambda: k_nop(nop_buf), "torch": wake_torch}
+
+    def time(self, runners: dict, repeats: int) -> dict[str, list[float]]:
+        times = {name: [] for name in runners}
+        wake = {name: self._wake["torch" if name.startswith("torch") else "tvm"] for name in runners}
+        for _ in range(2):  # warm-up
+            for fn, _ in runners.values():
+                self.evict()
+                fn()
+        for _ in range(repeats):  # interleaved: drifting machine load hits every kernel alike
+            for name, (fn, _) in runners.items():
+                self.evict()
+                wake[name]()
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        return times
 
 
 def main(argv=None) -> int:
@@ -38,178 +252,39 @@ def main(argv=None) -> int:
     if not 0.0 <= args.sparsity < 1.0:
         ap.error("--sparsity must be in [0, 1)")
 
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # spinning OpenBLAS threads halve TVM's speed
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    import tvm
-    from tvm.script import tirx as T
-    from tvm.target import codegen
-
-    from actsparse.codegen.kernels.common import build_standalone
-    from actsparse.codegen.kernels.schedule import CpuSchedule
-    from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp, sparse_gated_mlp, sparse_gated_mlp_indexed
-    from actsparse.runtime.memory import host_tensor
-    from actsparse.runtime.timing import CacheEvictor
-    from actsparse.targets import x86
-
-    torch.set_num_threads(args.threads)
-    host = x86.host()
-    model, isa = host.description, "avx512" if host.vector_bits == 512 else "avx2" if host.vector_bits == 256 else "sse"
-    lanes = args.lanes or host.lanes
-    sched = CpuSchedule(lanes=lanes, threads=args.threads, vector_registers=host.vector_registers)
-    target = tvm.target.Target({**host.tvm, "num-cores": args.threads})
     d, n_ff = SMALL if args.small else MISTRAL
-    wbytes = 2 if args.dtype == "float16" else 4
+    bench = FfnBench(d, n_ff, args.threads, args.lanes)
+    np = bench.np
     load_before = os.getloadavg()[0]  # other processes on the cores skew every multi-threaded timing
-    print(f"CPU: {model} | ISA: {isa} | LLVM mcpu: {codegen.llvm_get_system_cpu()} | "
-          f"threads: {args.threads} | load avg: {load_before:.2f}")
-    print(f"FFN: d={d} n_ff={n_ff} weights {args.dtype} | sparsity {args.sparsity:.0%} | schedule {sched}")
+    print(f"CPU: {bench.cpu} | threads: {args.threads} | load avg: {load_before:.2f}")
+    print(f"FFN: d={d} n_ff={n_ff} weights {args.dtype} | sparsity {args.sparsity:.0%} | schedule {bench.sched}")
+    read_bw = bench.read_bandwidth(args.small)
+    try:
+        runners, n_active = bench.runners(args.sparsity, args.dtype)
+    except AssertionError as err:
+        print(f"MISMATCH: {err}")
+        return 1
+    times = bench.time(runners, args.repeats)
 
-    # --- cache eviction ---------------------------------------------------------------------------------
-    evict = CacheEvictor(host.cache_bytes)  # 3x the LLC, written and read before every timed call
-
-    # --- read bandwidth: multi-threaded vectorized read-sum over 1 GB -------------------------------------
-    bw_n = (64 << 20) if args.small else (256 << 20)
-    per = bw_n // args.threads
-    C = lanes * 8
-
-    @T.prim_func
-    def read_sum(a: T.Buffer((bw_n,), "float32"), o: T.Buffer((args.threads, C), "float32")):
-        T.func_attr({"global_symbol": "bench_read_sum", "tirx.noalias": True})
-        for t in T.parallel(args.threads):
-            acc = T.alloc_buffer((C,), "float32", scope="local")
-            for v in T.vectorized(C):
-                acc[v] = T.float32(0)
-            for c in range(per // C):
-                for v in T.vectorized(C):
-                    acc[v] = acc[v] + a[t * per + c * C + v]
-            for v in T.vectorized(C):
-                o[t, v] = acc[v]
-
-    rs = build_standalone(read_sum, target)
-    a_bw = tvm.runtime.tensor(np.ones(bw_n, "float32"))
-    o_bw = tvm.runtime.tensor(np.zeros((args.threads, C), "float32"))
-    rs(a_bw, o_bw)
-    bw_times = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        rs(a_bw, o_bw)
-        bw_times.append(time.perf_counter() - t0)
-    read_bw = bw_n * 4 / float(np.median(bw_times))
-    del a_bw
-
-    # --- weights and an input with exactly `sparsity` inactive neurons -----------------------------------
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, d)).astype("float32")
-    wg = (rng.standard_normal((n_ff, d)) / np.sqrt(d)).astype("float32")
-    wu = (rng.standard_normal((n_ff, d)) / np.sqrt(d)).astype("float32")
-    wd = (rng.standard_normal((d, n_ff)) / np.sqrt(n_ff)).astype("float32")  # torch layout [d, n_ff]
-    g = wg @ x[0]
-    n_active = int(round((1.0 - args.sparsity) * n_ff))
-    active = np.zeros(n_ff, bool)
-    active[rng.choice(n_ff, n_active, replace=False)] = True
-    wg *= np.where(active == (g > 0), 1.0, -1.0).astype("float32")[:, None]  # g > 0 exactly on `active`
-    assert ((wg @ x[0]) > 0).sum() == n_active
-    wd_t = np.ascontiguousarray(wd.T)
-    idx = np.flatnonzero(active).astype("int32")[None]
-    count = np.array([n_active], "int32")
-    wdt = args.dtype
-
-    tv = host_tensor  # numpy-owned aligned memory shared via DLPack (huge pages, as torch gets)
-
-    tx = tv(x)
-    tw = [tv(w.astype(wdt)) for w in (wg, wu, wd_t)]
-    t_idx, t_count = tv(idx if n_active else np.zeros((1, 1), "int32")), tv(count)
-    outs = {k: tv(np.zeros((1, d), "float32")) for k in ("exact", "indexed", "dense")}
-    kw = dict(gate_act="relu", up_act="identity", dtype=wdt, sched=sched)
-    t0 = time.perf_counter()
-    k_exact = build_standalone(sparse_gated_mlp(d, n_ff, **kw), target)
-    k_index = build_standalone(sparse_gated_mlp_indexed(d, n_ff, **kw), target)
-    k_dense = build_standalone(dense_gated_mlp(d, n_ff, **kw), target)
-    compile_s = time.perf_counter() - t0
-
-    xt = torch.from_numpy(x)
-    wgt, wut, wdt_ = torch.from_numpy(wg), torch.from_numpy(wu), torch.from_numpy(wd)
-
-    def torch_dense():
-        with torch.no_grad():
-            return F.linear(F.relu(F.linear(xt, wgt)) * F.linear(xt, wut), wdt_)
-
-    # decoding runs layer after layer, so thread pools are awake; after the eviction they are asleep
-    # and waking them costs a VM tens to hundreds of microseconds, so each timed call follows a tiny
-    # parallel call of its own runtime
-    @T.prim_func
-    def tvm_nop(a: T.Buffer((args.threads, 16), "float32")):
-        T.func_attr({"global_symbol": "bench_nop", "tirx.noalias": True})
-        for t in T.parallel(args.threads):
-            for v in T.vectorized(16):
-                a[t, v] = a[t, v] + T.float32(1)
-
-    k_nop = build_standalone(tvm_nop, target)
-    nop_buf = tv(np.zeros((args.threads, 16), "float32"))
-    small_x, small_w = torch.ones(1, 1024), torch.ones(2048, 1024)
-
-    def wake_tvm():
-        k_nop(nop_buf)
-
-    def wake_torch():
-        with torch.no_grad():
-            F.linear(small_x, small_w)
-
-    runners = {
-        "torch dense (F.linear chain, fp32)": (torch_dense, 3 * n_ff * d * 4),
-        "actsparse exact (fused gate + sparse up/down)": (
-            lambda: k_exact(tx, *tw, outs["exact"]), n_ff * d * wbytes + 2 * n_active * d * wbytes),
-        "actsparse indexed (active set given: predictor ideal)": (
-            lambda: k_index(tx, *tw, t_idx, t_count, outs["indexed"]), 3 * n_active * d * wbytes),
-        "actsparse dense": (lambda: k_dense(tx, *tw, outs["dense"]), 3 * n_ff * d * wbytes),
-    }
-    # correctness first (fp32 accumulation; fp16 weights differ from the fp32 torch weights by rounding)
-    ref = torch_dense().numpy().astype("float64")
-    for fn, _ in runners.values():
-        fn()
-    tol = 1e-3 if wdt == "float32" else 3e-2
-    for k in outs:
-        err = np.abs(outs[k].numpy() - ref).max() / max(np.abs(ref).max(), 1e-30)
-        status = "ok" if err < tol else "MISMATCH"
-        print(f"check {k:8s}: max rel err vs torch {err:.2e} ({status})")
-        if err >= tol:
-            return 1
-
-    times = {name: [] for name in runners}
-    wakes = {name: wake_torch if name.startswith("torch") else wake_tvm for name in runners}
-    for _ in range(2):  # warm-up
-        for fn, _ in runners.values():
-            evict()
-            fn()
-    for _ in range(args.repeats):  # interleaved: drifting machine load hits every kernel alike
-        for name, (fn, _) in runners.items():
-            evict()
-            wakes[name]()
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-
-    base = float(np.median(times["torch dense (F.linear chain, fp32)"]))
+    wbytes = 2 if args.dtype == "float16" else 4
+    base = float(np.median(times[TORCH]))
     rows = []
     for name, (_, nbytes) in runners.items():
         med = float(np.median(times[name]))
         rows.append((name, med * 1e3, float(np.min(times[name])) * 1e3, nbytes / 1e6, nbytes / med / 1e9,
                      base / med))
     ideal = 3 * n_ff * d * 4 / (n_ff * d * wbytes + 2 * n_active * d * wbytes)
-    print(f"\nread bandwidth (TVM read-sum, 1 GB, {args.threads} threads): {read_bw / 1e9:.1f} GB/s | "
-          f"compile 3 kernels: {compile_s:.1f} s | load avg after: {os.getloadavg()[0]:.2f}")
+    print(f"\nread bandwidth (TVM read-sums, 1 GB, {args.threads} threads): {read_bw / 1e9:.1f} GB/s | "
+          f"compile 3 kernels: {bench.compile_s:.1f} s | load avg after: {os.getloadavg()[0]:.2f}")
     print(f"equal-bandwidth ideal of exact vs torch dense fp32: {ideal:.2f}x\n")
     print(f"{'kernel':55s} {'median ms':>10s} {'min ms':>8s} {'MB read':>8s} {'GB/s':>6s} {'vs torch':>9s}")
     for r in rows:
         print(f"{r[0]:55s} {r[1]:10.2f} {r[2]:8.2f} {r[3]:8.1f} {r[4]:6.1f} {r[5]:8.2f}x")
 
     print(f"\n**FFN d={d}, n_ff={n_ff}, ReGLU, batch 1, weights {args.dtype}, {args.sparsity:.0%} inactive** — "
-          f"{model} ({isa}, LLVM mcpu {codegen.llvm_get_system_cpu()}), {args.threads} threads, LLC evicted "
-          f"before each call, median of {args.repeats}; read bandwidth {read_bw / 1e9:.1f} GB/s; "
-          f"equal-bandwidth ideal of exact vs torch {ideal:.2f}x; load average {load_before:.1f}\n")
+          f"{bench.cpu}, {args.threads} threads, LLC evicted before each call, median of {args.repeats}; "
+          f"read bandwidth {read_bw / 1e9:.1f} GB/s; equal-bandwidth ideal of exact vs torch {ideal:.2f}x; "
+          f"load average {load_before:.1f}\n")
     print("| kernel | median ms | MB read | GB/s | vs torch dense |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

@@ -6,6 +6,7 @@ for the layer's sizes and the target's schedule, and restores the leading dims:
     linear(x[..., k], @w[n, k])                 -> reshape(call_tir(linear_k_n, [x2d, w]), [..., n])
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t)        -> call_tir(sparse_gated_mlp_d_n_<acts>, [x2d, Wg, Wu, Wd.t])
     gated_mlp(x, ...)  (dense mode)             -> linear kernels for gate/up/down + Relax activations
+                                                   (gate/up biases, if any, go to the linear kernels)
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ def _emit_call(ctx, primfunc, args, tokens, width, dtype):
 
 def linear_call(ctx, x_type: TensorType, x, w_type: TensorType, w, b=None):
     """x[..., k] @ w[n, k]^T (+ b) through the linear kernel; returns the un-flattened expression."""
-    from .kernels.linear import linear as linear_kernel
+    from .kernels import kernel as target_kernel
 
     n, k = w_type.shape
     x2d, lead, tokens = _flatten(ctx, x_type, x)
-    kernel = linear_kernel(k, n, dtype=TVM_DTYPES[w_type.dtype], sched=ctx.target.cpu_schedule(), bias=b is not None)
+    kernel = target_kernel("linear", k, n, dtype=TVM_DTYPES[w_type.dtype], sched=ctx.target.schedule(),
+                           bias=b is not None)
     out = _emit_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
     return R.reshape(out, [*lead, n])
 
@@ -69,8 +71,10 @@ def _act(kind: str, threshold: float, x, dtype: str):
 def _gated_mlp(ctx, node, args):
     a = node.attrs
     x_node = node.inputs[0]
+    n_weights = 3 if a["fused"] else 4
+    biases = args[n_weights:] if a.get("bias") else [None, None]  # fused: [b_gate_up]
     if a["fused"]:
-        both = ctx.bb.emit(linear_call(ctx, x_node.type, args[0], node.inputs[1].type, args[1]))
+        both = ctx.bb.emit(linear_call(ctx, x_node.type, args[0], node.inputs[1].type, args[1], biases[0]))
         n = node.inputs[1].shape[0] // 2
         last = x_node.type.rank - 1
         first = R.strided_slice(both, axes=[last], begin=[0], end=[n])
@@ -78,8 +82,8 @@ def _gated_mlp(ctx, node, args):
         gate, up = (first, second) if a["gate_first"] else (second, first)
         w_down_node, w_down = node.inputs[2], args[2]
     else:
-        gate = linear_call(ctx, x_node.type, args[0], node.inputs[1].type, args[1])
-        up = linear_call(ctx, x_node.type, args[0], node.inputs[2].type, args[2])
+        gate = linear_call(ctx, x_node.type, args[0], node.inputs[1].type, args[1], biases[0])
+        up = linear_call(ctx, x_node.type, args[0], node.inputs[2].type, args[2], biases[1])
         w_down_node, w_down = node.inputs[3], args[3]
     hidden = ctx.bb.emit(R.multiply(_act(a["gate_act"], a.get("threshold", 0.0), gate, node.dtype),
                                      _act(a["up_act"], 0.0, up, node.dtype)))
@@ -87,17 +91,29 @@ def _gated_mlp(ctx, node, args):
     return linear_call(ctx, hidden_type, hidden, w_down_node.type, w_down)
 
 
+def _threshold(ctx, node, args):
+    from .lower_threshold import lower_threshold
+
+    return lower_threshold(ctx, node, args)
+
+
+MODE_LOWERINGS = {"threshold": _threshold}  # sparse_gated_mlp modes other than 'exact', each with its own kernel
+
+
 @lowering("sparse_gated_mlp")
 def _sparse_gated_mlp(ctx, node, args):
-    from .kernels.sparse_mlp import sparse_gated_mlp as sparse_kernel
+    from .kernels import kernel as target_kernel
 
     a = node.attrs
+    if a.get("mode", "exact") in MODE_LOWERINGS:
+        return MODE_LOWERINGS[a["mode"]](ctx, node, args)
     x_node, w_gate = node.inputs[0], node.inputs[1]
     n_ff, d = w_gate.shape
     d_out = node.inputs[3].shape[1]
     x2d, lead, tokens = _flatten(ctx, x_node.type, args[0])
-    kernel = sparse_kernel(d, n_ff, gate_act=a["gate_act"], up_act=a["up_act"], threshold=a.get("threshold", 0.0),
-                           dtype=TVM_DTYPES[w_gate.dtype], sched=ctx.target.cpu_schedule())
+    kernel = target_kernel("exact", d, n_ff, gate_act=a["gate_act"], up_act=a["up_act"],
+                           threshold=a.get("threshold", 0.0), dtype=TVM_DTYPES[w_gate.dtype],
+                           sched=ctx.target.schedule())
     out = _emit_call(ctx, kernel, [x2d, *args[1:]], tokens, d_out, node.dtype)
     return R.reshape(out, [*lead, d_out])
 

@@ -149,6 +149,13 @@ def _index_select(ctx, node, args):
     return R.take(args[0], args[1], axis=node.attrs["axis"])
 
 
+@lowering("topk")
+def _topk(ctx, node, args):
+    a = node.attrs
+    ret = "values" if a.get("output", "values") == "values" else "indices"
+    return R.topk(args[0], a["k"], a.get("axis", -1), ret_type=ret, largest=a.get("largest", True), dtype="int64")
+
+
 @lowering("triu", "tril")
 def _tri(ctx, node, args):
     return (R.triu if node.op == "triu" else R.tril)(args[0], node.attrs.get("diagonal", 0))

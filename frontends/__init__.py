@@ -1,8 +1,10 @@
-"""Model importers: torch modules (torch.export), Hugging Face causal LMs, ONNX. Heavy imports happen on first use."""
+"""Model importers: torch modules (torch.export), Hugging Face causal LMs, ONNX, torch-mlir. Heavy imports happen on
+first use."""
 
 from .errors import ActsparseError, FrontendError, UnsupportedOpError
 
-_LAZY = {"import_torch": "torch_export", "import_hf": "hf", "CausalLMLogits": "hf", "import_onnx": "onnx"}
+_LAZY = {"import_torch": "torch_export", "import_hf": "hf", "CausalLMLogits": "hf", "import_onnx": "onnx",
+         "import_mlir": "torch_mlir", "export_mlir": "torch_mlir"}
 
 
 def __getattr__(name: str):
@@ -13,5 +15,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ActsparseError", "CausalLMLogits", "FrontendError", "UnsupportedOpError", "import_hf", "import_onnx",
-           "import_torch"]
+__all__ = ["ActsparseError", "CausalLMLogits", "FrontendError", "UnsupportedOpError", "export_mlir", "import_hf",
+           "import_mlir", "import_onnx", "import_torch"]

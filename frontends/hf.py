@@ -4,6 +4,7 @@ transformers models take several inputs and return a `ModelOutput` with a KV cac
 `use_cache=False` and an explicit `attention_mask` (see TVM-NOTES "Frontend quirks"). `CausalLMLogits` fixes
 both, so the graph has one input (`input_ids`) and one output (the logits). Its `actsparse_prefix` makes the
 importer name weights and modules as the wrapped model does (`model.layers.0.mlp.gate_proj.weight`).
+Mixture-of-experts layers are exported one gated MLP per expert, the router kept dense (see `moe.py`).
 """
 
 from __future__ import annotations

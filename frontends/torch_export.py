@@ -33,6 +33,8 @@ from torch.export.graph_signature import InputKind
 from ..ir import Graph, Node, TensorType, op_def, verify
 from ..ir.types import is_float, np_dtype
 from .errors import FrontendError, UnsupportedOpError
+from .moe import per_expert_routing
+from .torch_inplace import DATA_DEPENDENT
 from .torch_ops import lookup
 
 TORCH_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.float64: "f64", torch.int64: "i64",
@@ -59,6 +61,11 @@ def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: 
 
 
 def _export(model, inputs: tuple, dynamic_seq: bool):
+    with per_expert_routing(model):  # batched MoE experts: one visible gated MLP per expert (see moe.py)
+        return _export_program(model, inputs, dynamic_seq)
+
+
+def _export_program(model, inputs: tuple, dynamic_seq: bool):
     spec = _dynamic_shapes(inputs) if dynamic_seq else None
     if dynamic_seq and spec is None:
         warnings.warn("actsparse: no rank-2 integer input with at least 2 positions to make symbolic; importing "
@@ -107,6 +114,7 @@ class Importer:
         self._weight_names: dict[tuple, str] = {}  # storage identity -> weight name (tied weights share one)
         self._weight_nodes: dict[str, Node] = {}
         self.module, self.source = "", ""  # where the node being translated comes from
+        self._envs: list[dict] = []  # FX node -> IR value, one per (nested) graph being walked
 
     # --- driver -----------------------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -133,6 +141,17 @@ class Importer:
         return verify(graph.with_outputs(graph.outputs))  # drops weights nothing reads
 
     def walk(self, gm: torch.fx.GraphModule, env: dict) -> list:
+        self._envs.append(env)
+        try:
+            return self._walk(gm, env)
+        finally:
+            self._envs.pop()
+
+    def rebind(self, fx_node, value) -> None:
+        """An in-place op updated `fx_node`: later reads of it see `value`."""
+        self._envs[-1][fx_node] = value
+
+    def _walk(self, gm: torch.fx.GraphModule, env: dict) -> list:
         for fx_node in gm.graph.nodes:
             if fx_node.op == "get_attr":
                 env[fx_node] = getattr(gm, fx_node.target)
@@ -170,6 +189,11 @@ class Importer:
             name, fx_node = next(iter(missing.items()))
             self._locate(fx_node)
             others = f"also unsupported: {', '.join(list(missing)[1:])}" if len(missing) > 1 else ""
+            if name.startswith(DATA_DEPENDENT):
+                others = ("its result size depends on tensor values, which IR shapes cannot express. A mixture of "
+                          "experts that gathers each expert's tokens (nonzero / torch.where(mask) + index_add_) "
+                          "can run every expert on every token weighted by its routing weight instead, as "
+                          "actsparse.frontends.moe does for transformers models" + (f"; {others}" if others else ""))
             raise UnsupportedOpError(name, self.module, self.source, others)
 
     def _check(self, fx_node, val, result):

@@ -11,6 +11,7 @@ import math
 import torch
 
 from ..ir import Node, TensorType
+from .torch_inplace import in_place
 
 BIG = 2**62  # slice ends at or beyond this mean "to the end" (torch spells it 9223372036854775807)
 
@@ -166,6 +167,12 @@ def _reduce(op):
         x = x if op == "max" else cx.tensor(x, cx.out(node).dtype)
         return cx.emit(op, [x], axes=tuple(_axis(d, x.type.rank) for d in dims), keepdim=bool(keepdim))
     return handle
+
+
+def _topk(cx, node, x, k, dim=-1, largest=True, sorted=True):  # topk -> (topk{values}, topk{indices})
+    axis = _axis(dim, x.type.rank)
+    return tuple(cx.emit("topk", [x], k=int(k), axis=axis, largest=bool(largest), output=out)
+                 for out in ("values", "indices"))
 
 
 def _softmax(cx, node, x, dim, *args, **kwargs):
@@ -351,7 +358,7 @@ ATEN_TO_IR = {
     "aten.scaled_dot_product_attention": _sdpa, "aten.embedding": _embedding,
     "aten.sum": _reduce("sum"), "aten.mean": _reduce("mean"), "aten.amax": _reduce("max"),
     "aten.max.default": _reduce("max"),
-    **dict.fromkeys(["aten.softmax.int", "aten._softmax"], _softmax),
+    **dict.fromkeys(["aten.softmax.int", "aten._softmax"], _softmax), "aten.topk": _topk,
     **dict.fromkeys(["aten.layer_norm", "aten.native_layer_norm"], _layer_norm),
     **dict.fromkeys(["aten.view", "aten._unsafe_view", "aten.reshape", "aten.flatten.using_ints", "aten.unflatten",
                      "aten.unsqueeze", "aten.squeeze", "aten.view_as", "aten.reshape_as"], _reshape),
@@ -374,8 +381,13 @@ _MISSING = object()
 
 
 def lookup(name: str, default=_MISSING):
-    """The handler for `aten.add.Tensor` (or its packet `aten.add`)."""
-    handler = ATEN_TO_IR.get(name) or ATEN_TO_IR.get(name.rsplit(".", 1)[0])
+    """The handler for `aten.add.Tensor` (or its packet `aten.add`); an in-place op (`aten.div_.Tensor`) gets
+    its functional handler, rebinding the updated tensor."""
+    packet, _, overload = name.rpartition(".") if name.count(".") >= 2 else (name, "", "")
+    handler = ATEN_TO_IR.get(name) or ATEN_TO_IR.get(packet)
+    if handler is None and packet.endswith("_") and not packet.rsplit(".", 1)[-1].startswith("_"):
+        functional = lookup(f"{packet[:-1]}.{overload}" if overload else packet[:-1], None)
+        handler = in_place(functional) if functional is not None else None
     if handler is None and default is _MISSING:
         raise KeyError(name)
     return handler if handler is not None else default

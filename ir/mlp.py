@@ -12,6 +12,11 @@ The pattern name is derived from the activation pair, so the report and the spar
 
 Only the last three are exactly sparse: a neuron whose gate activation is 0 contributes nothing, so its up and
 down rows need not be read.
+
+Inputs: `x, w_gate, w_up, w_down` or, fused, `x, w_gate_up, w_down` (weights [out, in]). With `bias=True` the
+gate/up biases follow: `b_gate, b_up` (fused: `b_gate_up`), inside the activations: act(x·Wgᵀ + bg). A down
+bias is not part of the op: detection leaves it as an `add` after the block. `expert` is the expert index of
+an MoE block (-1 for a dense layer); it is provenance for the report, the math does not depend on it.
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ UP_ACTS = ("identity", "relu")
 RELU_FAMILY = ("relu", "fatrelu")
 
 GATED_MLP_ATTRS = {"gate_act": "silu", "up_act": "identity", "threshold": 0.0, "fused": False,
-                   "gate_first": True, "expert": -1}
+                   "gate_first": True, "expert": -1, "bias": False}
 SPARSE_GATED_MLP_ATTRS = {"gate_act": "relu", "up_act": "identity", "threshold": 0.0, "mode": "exact",
-                          "pattern": "reglu"}
+                          "pattern": "reglu", "expert": -1}
 
 
 def pattern_name(gate_act: str, up_act: str) -> str:
@@ -68,25 +73,30 @@ def split_fused(w_gate_up: np.ndarray, gate_first: bool) -> tuple[np.ndarray, np
     return (first, second) if gate_first else (second, first)
 
 
-def intermediate(x, w_gate, w_up, attrs) -> np.ndarray:
-    """The activations h = act_gate(x·Wgᵀ) ⊙ act_up(x·Wuᵀ), shape [..., n_ff] (what sparsity is measured on)."""
-    g = apply_gate_act(x @ w_gate.T.astype(x.dtype), attrs["gate_act"], attrs["threshold"])
-    u = apply_up_act(x @ w_up.T.astype(x.dtype), attrs["up_act"])
-    return (g * u).astype(x.dtype)
+def intermediate(x, w_gate, w_up, attrs, b_gate=None, b_up=None) -> np.ndarray:
+    """The activations h = act_gate(x·Wgᵀ + bg) ⊙ act_up(x·Wuᵀ + bu), shape [..., n_ff] (what sparsity is
+    measured on)."""
+    g, u = x @ w_gate.T.astype(x.dtype), x @ w_up.T.astype(x.dtype)
+    g, u = (g if b_gate is None else g + b_gate), (u if b_up is None else u + b_up)
+    h = apply_gate_act(g, attrs["gate_act"], attrs["threshold"]) * apply_up_act(u, attrs["up_act"])
+    return h.astype(x.dtype)
 
 
 def unpack_gated_inputs(arrays, attrs):
+    """A gated_mlp's input arrays -> (x, w_gate, w_up, w_down, b_gate, b_up); biases None without `bias`."""
     if attrs["fused"]:
-        x, w_gate_up, w_down = arrays
+        x, w_gate_up, w_down, *bias = arrays
         w_gate, w_up = split_fused(w_gate_up, attrs["gate_first"])
-        return x, w_gate, w_up, w_down
-    return arrays
+        b_gate, b_up = split_fused(bias[0], attrs["gate_first"]) if bias else (None, None)
+        return x, w_gate, w_up, w_down, b_gate, b_up
+    x, w_gate, w_up, w_down, *bias = arrays
+    return (x, w_gate, w_up, w_down, *(bias or (None, None)))
 
 
 def gated_mlp_ref(*args):
     arrays, attrs = args[:-2], args[-2]
-    x, w_gate, w_up, w_down = unpack_gated_inputs(arrays, attrs)
-    return (intermediate(x, w_gate, w_up, attrs) @ w_down.T.astype(x.dtype)).astype(x.dtype)
+    x, w_gate, w_up, w_down, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
+    return (intermediate(x, w_gate, w_up, attrs, b_gate, b_up) @ w_down.T.astype(x.dtype)).astype(x.dtype)
 
 
 def sparse_gated_mlp_ref(x, w_gate, w_up, w_down_t, attrs, env):
@@ -107,5 +117,13 @@ def gated_mlp_type(types, attrs) -> TensorType:
         d_out = types[3].shape[0]
     if x.shape[-1] != d_in:
         raise TypeError(f"gated MLP input {x} does not match gate weight width {d_in}")
+    n_weights = 3 if attrs.get("fused") else 4
+    biases = types[n_weights:]
+    n_biases = n_weights - 2 if attrs.get("bias") else 0
+    if len(biases) != n_biases:
+        raise TypeError(f"gated MLP with bias={attrs.get('bias', False)} takes {n_weights - 1} weights and "
+                        f"{n_biases} biases, got {len(types) - 1} inputs after x")
+    if any(b.shape != (types[1].shape[0],) for b in biases):
+        raise TypeError(f"gated MLP biases {[str(b) for b in biases]} do not match the projections' width")
     return TensorType((*x.shape[:-1], d_out), x.dtype)
 

@@ -278,13 +278,35 @@ def _index_select_type(types, attrs):
 
 define("index_select", 2, _index_select_type, lambda x, i, attrs, env: np.take(x, i, axis=attrs["axis"]),
        {"axis": REQUIRED}, "x gathered at integer indices along one axis")
+
+
+def _topk_type(types, attrs):
+    t = types[0]
+    axis = _axis(attrs["axis"], t.rank)
+    shape = tuple(attrs["k"] if i == axis else d for i, d in enumerate(t.shape))
+    return TensorType(shape, t.dtype if attrs["output"] == "values" else "i64")
+
+
+def _topk_ref(x, attrs, env):
+    axis = attrs["axis"]
+    order = np.argsort(-x if attrs["largest"] else x, axis=axis, kind="stable")  # ties: the lower index first
+    index = np.take(order, np.arange(attrs["k"]), axis=axis)
+    return np.take_along_axis(x, index, axis=axis) if attrs["output"] == "values" else index.astype(np.int64)
+
+
+define("topk", 1, _topk_type, _topk_ref, {"k": REQUIRED, "axis": -1, "largest": True, "output": "values"},
+       "the k largest (or smallest) entries along an axis, sorted; output 'values' or their 'indices' (MoE routers)")
 define("triu", 1, _unary_type, lambda x, attrs, env: np.triu(x, attrs["diagonal"]), {"diagonal": 0})
 define("tril", 1, _unary_type, lambda x, attrs, env: np.tril(x, attrs["diagonal"]), {"diagonal": 0})
 
 # --- gated MLPs (introduced by passes) ---------------------------------------------------------------------
-from .mlp import GATED_MLP_ATTRS, SPARSE_GATED_MLP_ATTRS, gated_mlp_ref, gated_mlp_type, sparse_gated_mlp_ref  # noqa: E402
+from .mlp import GATED_MLP_ATTRS, SPARSE_GATED_MLP_ATTRS, gated_mlp_ref, gated_mlp_type  # noqa: E402
 
-define("gated_mlp", (3, 4), gated_mlp_type, gated_mlp_ref, GATED_MLP_ATTRS,
-       "down(act_gate(x·Wg) ⊙ act_up(x·Wu)); inputs x, w_gate, w_up, w_down or x, w_gate_up, w_down (fused)")
-define("sparse_gated_mlp", 4, gated_mlp_type, sparse_gated_mlp_ref, SPARSE_GATED_MLP_ATTRS,
+define("gated_mlp", (3, 6), gated_mlp_type, gated_mlp_ref, GATED_MLP_ATTRS,
+       "down(act_gate(x·Wg + bg) ⊙ act_up(x·Wu + bu)); inputs x, w_gate, w_up, w_down or x, w_gate_up, w_down "
+       "(fused), then with bias=True b_gate, b_up (fused: b_gate_up)")
+from .threshold import THRESHOLD_ATTRS, sparse_gated_mlp_reference  # noqa: E402
+
+# mode 'exact' (ReLU family, lossless) or 'threshold' (|act| <= threshold counts as 0, see threshold.py)
+define("sparse_gated_mlp", 4, gated_mlp_type, sparse_gated_mlp_reference, {**SPARSE_GATED_MLP_ATTRS, **THRESHOLD_ATTRS},
        "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row)")

@@ -3,6 +3,8 @@
 Passes record what they matched with `record(pattern)`; `apply_pass` collects those counts as the pass
 statistics that tests assert and the report shows. Rewrite rules are data: a `Rule` has a name, a
 `before -> after` line, a `match` that returns bindings (or None) and a `build` that makes the replacement.
+A build that needs a new weight (a transposed or per-expert copy of one) asks `derived_weight` for it; during
+`apply_rules` the new arrays are collected and handed to the rewritten graph, the old ones are never edited.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from ..ir import Graph, Node, rewrite
+import numpy as np
+
+from ..ir import Graph, Node, rewrite, weight_node
 
 _STATS: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("actsparse_pass_stats", default=None)
 _NOTES: contextvars.ContextVar[list | None] = contextvars.ContextVar("actsparse_pass_notes", default=None)
+# (the graph's weights, the weights derived so far) while rules run
+_POOL: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("actsparse_weight_pool", default=None)
 
 
 def record(pattern: str, count: int = 1) -> None:
@@ -70,6 +76,32 @@ class Rule:
     build: Callable[[Node, dict], Node]
 
 
+def weight_array(node: Node) -> np.ndarray:
+    """The array of a weight node: one of the graph's, or one derived earlier in this sweep."""
+    held, derived = _pool()
+    name = node.attrs["name"]
+    return derived[name] if name in derived else held[name]
+
+
+def derived_weight(name: str, make: Callable[[], np.ndarray]) -> Node:
+    """A weight node for a new named array computed (once) from existing weights, e.g. `W.t` or `W.e3`."""
+    held, derived = _pool()
+    if name not in derived:
+        array, base, n = np.ascontiguousarray(make()), name, 0
+        while name in held and not np.array_equal(held[name], array):  # a different weight has the name
+            n += 1
+            name = f"{base}_{n}"
+        derived[name] = array
+    return weight_node(name, derived[name])
+
+
+def _pool() -> tuple:
+    pool = _POOL.get()
+    if pool is None:
+        raise RuntimeError("weights can only be derived while apply_rules runs")
+    return pool
+
+
 def apply_rules(graph: Graph, rules: list[Rule], weights=None) -> Graph:
     """One bottom-up sweep; the first matching rule rewrites a node. Counts go to the pass statistics."""
 
@@ -81,4 +113,9 @@ def apply_rules(graph: Graph, rules: list[Rule], weights=None) -> Graph:
                 return rule.build(node, bound)
         return None
 
-    return rewrite(graph, visit, weights)
+    derived: dict[str, np.ndarray] = dict(weights or {})
+    token = _POOL.set((graph.weights, derived))
+    try:
+        return rewrite(graph, visit, derived)
+    finally:
+        _POOL.reset(token)

@@ -2,23 +2,26 @@
 
 Exporters spell the same math in many ways; folding them here keeps `detect-gated-mlp` one rule set.
 
-Rules (before -> after):
+Activation rules (before -> after):
     mul(x, sigmoid(x))                                  -> silu(x)
     mul(mul(x, 0.5), add(erf(mul(x, 0.7071..)), 1))     -> gelu(x)
     mul(mul(x, 0.5), add(tanh(..x + 0.044715·x³..), 1)) -> gelu(x){approximate='tanh'}
     maximum(x, 0) | where(gt(x, 0), x, 0)               -> relu(x)
     where(gt(x, t), x, 0)                               -> fatrelu(x){threshold=t}
-    matmul(x, permute(@w, (1, 0)))                      -> linear(x, @w)
-    add(linear(x, @w), @b)                              -> linear(x, @w, @b)
+
+Projection rules (`canonicalize_layout.py`): matmul with a transposed or [in, out] weight, bias adds, the
+flatten/unflatten around a projection and per-expert slices of batched weights all become `linear(x, @W)`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 from ..ir import Graph, Node
 from .base import Pass, Rule, apply_rules
+from .canonicalize_layout import PROJECTION_RULES
 from .match import commuted, is_scalar, scalar_value
 
 
@@ -53,13 +56,14 @@ def _subtree(node: Node, depth: int):
 
 
 def _gelu(node: Node):
+    """0.5·x·(1 + f(x)) with the three factors grouped in any order (exporters differ)."""
     if node.op != "mul":
         return None
-    for half, one_plus in commuted(node):
-        if half.op != "mul" or one_plus.op != "add":
+    for a, b in commuted(node):
+        if b.op != "mul":
             continue
-        for x, c in commuted(half):
-            if not is_scalar(c, 0.5):
+        for x, half, one_plus in itertools.permutations((a, *b.inputs)):
+            if not is_scalar(half, 0.5) or one_plus.op != "add":
                 continue
             for f, one in commuted(one_plus):
                 if not is_scalar(one, 1.0) or f.op not in ("erf", "tanh"):
@@ -91,34 +95,15 @@ def _build_relu(node: Node, b: dict) -> Node:
     return Node("fatrelu", (b["x"],), {"threshold": b["threshold"]}, node.type, node.loc)
 
 
-def _matmul_transposed_weight(node: Node):
-    if node.op == "matmul":
-        x, wt = node.inputs
-        if wt.op == "permute" and tuple(wt.attrs["axes"]) == (1, 0) and wt.inputs[0].op == "weight":
-            return {"x": x, "w": wt.inputs[0]}
-    return None
-
-
-def _bias_add(node: Node):
-    if node.op == "add":
-        for lin, b in commuted(node):
-            if (lin.op == "linear" and len(lin.inputs) == 2 and b.op == "weight" and b.type.rank == 1
-                    and b.shape[0] == lin.shape[-1] and lin.dtype == node.dtype):
-                return {"lin": lin, "b": b}
-    return None
-
-
-RULES = [
+ACTIVATION_RULES = [
     Rule("silu", "mul(x, sigmoid(x)) -> silu(x)", _silu,
          lambda n, b: Node("silu", (b["x"],), {}, n.type, n.loc)),
     Rule("gelu", "0.5·x·(1 + erf(x/√2) | tanh(...)) -> gelu(x)", _gelu,
          lambda n, b: Node("gelu", (b["x"],), {"approximate": b["approximate"]}, n.type, n.loc)),
     Rule("relu", "maximum(x, 0) | where(gt(x, t), x, 0) -> relu(x) | fatrelu(x){threshold=t}", _relu, _build_relu),
-    Rule("linear-from-matmul", "matmul(x, permute(@w, (1, 0))) -> linear(x, @w)", _matmul_transposed_weight,
-         lambda n, b: Node("linear", (b["x"], b["w"]), {}, n.type, n.loc)),
-    Rule("linear-bias", "add(linear(x, @w), @b) -> linear(x, @w, @b)", _bias_add,
-         lambda n, b: Node("linear", (*b["lin"].inputs, b["b"]), {}, n.type, b["lin"].loc)),
 ]
+
+RULES = ACTIVATION_RULES + PROJECTION_RULES
 
 
 @dataclass(frozen=True)

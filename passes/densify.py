@@ -26,11 +26,14 @@ class Densify(Pass):
             if node.op != "sparse_gated_mlp":
                 return None
             x, w_gate, w_up, w_down_t = node.inputs
-            name = w_down_t.attrs["name"].removesuffix(".t")
+            name = w_down_t.attrs["name"]
+            name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
             array = new_weights.setdefault(name, np.ascontiguousarray(graph.weights[w_down_t.attrs["name"]].T))
             attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "fused": False}
             if node.attrs["gate_act"] == "fatrelu":
                 attrs["threshold"] = node.attrs["threshold"]
+            if node.attrs.get("expert", -1) >= 0:
+                attrs["expert"] = node.attrs["expert"]
             record(node.attrs.get("pattern", "gated-mlp"))
             return Node("gated_mlp", (x, w_gate, w_up, weight_node(name, array)), attrs, node.type, node.loc)
 

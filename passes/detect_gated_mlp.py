@@ -2,13 +2,24 @@
 
 Matches (after `canonicalize`), whatever the modules are called:
 
-    down(act(linear(x, @Wg)) ⊙ up_act(linear(x, @Wu)))            separate gate / up projections
-    down(act(slice(L, 0:n)) ⊙ up_act(slice(L, n:2n))), L = linear(x, @Wgu)   fused gate_up (either order)
+    down(act(P(x, @Wg)) ⊙ up_act(P(x, @Wu)))                        separate gate / up projections
+    down(act(slice(L, 0:n)) ⊙ up_act(slice(L, n:2n))), L = P(x, @Wgu)   fused gate_up (either order)
 
-with act ∈ {silu, gelu, relu, fatrelu}, up_act ∈ {identity, relu} (dReLU puts relu on both; which side is the
-"gate" is then a convention — the product is symmetric), ⊙ in either operand order, and down = linear(·, @Wd).
-Produces `gated_mlp(x, @Wg, @Wu, @Wd)` or, fused, `gated_mlp(x, @Wgu, @Wd){fused=True, gate_first=...}`.
-Plain MLPs, down(act(linear(x, @W1))), are recorded as `plain-mlp` and left alone: nothing to gate on.
+with P(x, @W) = linear(x, @W) or linear(x, @W, @b), act ∈ {silu, gelu, relu, fatrelu}, up_act ∈ {identity,
+relu} (dReLU puts relu on both; which side is the "gate" is then a convention — the product is symmetric),
+⊙ in either operand order, and down = P(·, @Wd). Produces `gated_mlp(x, @Wg, @Wu, @Wd)` or, fused,
+`gated_mlp(x, @Wgu, @Wd){fused=True, gate_first=...}`; gate/up biases become inputs (`bias=True`, a missing one
+a zero vector), a down bias an `add` after the block:
+
+    linear(h, @Wd, @bd)  ->  add(gated_mlp(x, ..){bias=..}, @bd)
+
+An expert of an MoE layer — weights `@W.e<i>` (batched expert weights, see `canonicalize_layout.py`) or a module
+path `...experts.<i>...` — gets `expert=i`, and its location names the expert (`model.layers.0.mlp.experts.3`).
+Plain MLPs, down(act(P(x, @W1))), are recorded as `plain-mlp`, noted for the report and left alone: nothing
+to gate on.
+
+Statistics: `gated-mlp` (all blocks), one count per pattern (`swiglu`, `reglu-fused`, ...), `moe-expert` (blocks
+that are experts), `biased` (blocks with a bias anywhere), `plain-mlp`.
 
 Why it is correct: the replacement computes the same expression (see `ir/mlp.py`); nodes of the old block that
 other code still reads stay in the graph for those readers.
@@ -16,25 +27,31 @@ other code still reads stay in the graph for those readers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..ir import Graph, Node
 from ..ir.mlp import pattern_name
-from .base import Pass, Rule, apply_rules, note, record
-from .match import commuted, common_module
+from .base import Pass, Rule, apply_rules, derived_weight, note, record
+from .match import common_module, commuted
 
 GATE_ACT_OPS = {"silu": "silu", "relu": "relu", "fatrelu": "fatrelu", "gelu": "gelu"}
+_EXPERT_WEIGHT = re.compile(r"\.e(\d+)(?:\.t)?$")
+_EXPERT_MODULE = re.compile(r"(?:^|\.)experts\.(\d+)(?:\.|$)")
 
 
 def _projection(node: Node):
-    """linear(x, @W) without bias -> (x, W)."""
-    if node.op == "linear" and len(node.inputs) == 2 and node.inputs[1].op == "weight":
-        return node.inputs
+    """linear(x, @W) or linear(x, @W, @b) -> (x, W, b or None)."""
+    if node.op == "linear" and node.inputs[1].op == "weight" and all(b.op == "weight" for b in node.inputs[2:]):
+        x, w, *b = node.inputs
+        return x, w, (b[0] if b else None)
     return None
 
 
 def _fused_half(node: Node):
-    """slice(linear(x, @Wgu), last axis) -> (linear node, start)."""
+    """slice(P(x, @Wgu), last axis) -> (linear node, start)."""
     if node.op == "slice" and node.inputs[0].op == "linear" and node.attrs.get("step", 1) == 1:
         lin = node.inputs[0]
         if node.attrs["axis"] in (-1, lin.type.rank - 1) and _projection(lin):
@@ -58,32 +75,54 @@ def _up_side(node: Node):
 
 
 def _match(node: Node):
-    proj = _projection(node)
-    if proj is None or proj[0].op != "mul":
+    down = _projection(node)
+    if down is None or down[0].op != "mul":
         return None
-    product, w_down = proj
+    product, w_down, b_down = down
     for gate_node, up_node in commuted(product):
         gate = _gate_side(gate_node)
         if gate is None:
             continue
         gate_act, threshold, gate_proj = gate
         up_act, up_proj = _up_side(up_node)
-        base = {"gate_act": gate_act, "threshold": threshold, "up_act": up_act, "w_down": w_down,
+        base = {"gate_act": gate_act, "threshold": threshold, "up_act": up_act, "w_down": w_down, "b_down": b_down,
                 "locs": (gate_node.loc, up_node.loc, node.loc)}
         separate = _projection(gate_proj), _projection(up_proj)
         if all(separate) and separate[0][0] is separate[1][0]:
-            (x, w_gate), (_, w_up) = separate
+            (x, w_gate, b_gate), (_, w_up, b_up) = separate
             if w_gate.shape == w_up.shape and w_down.shape[1] == w_gate.shape[0]:
-                return {**base, "x": x, "weights": (w_gate, w_up), "fused": False}
+                return {**base, "x": x, "weights": (w_gate, w_up), "biases": (b_gate, b_up), "fused": False}
         halves = _fused_half(gate_proj), _fused_half(up_proj)
         if all(halves) and halves[0][0] is halves[1][0]:
-            lin = halves[0][0]
-            x, w_gate_up = lin.inputs
+            x, w_gate_up, b_gate_up = _projection(halves[0][0])
             n = w_gate_up.shape[0] // 2
             starts = {halves[0][1], halves[1][1]}
             if starts == {0, n} and gate_proj.shape[-1] == n == w_down.shape[1]:
-                return {**base, "x": x, "weights": (w_gate_up,), "fused": True, "gate_first": halves[0][1] == 0}
+                return {**base, "x": x, "weights": (w_gate_up,), "biases": (b_gate_up,), "fused": True,
+                        "gate_first": halves[0][1] == 0}
     return None
+
+
+def _expert(b: dict) -> int:
+    """The expert index of a block: from a per-expert weight name (@W.e3) or module path (experts.3), else -1."""
+    for w in (*b["weights"], b["w_down"]):
+        found = _EXPERT_WEIGHT.search(w.attrs["name"])
+        if found:
+            return int(found.group(1))
+    found = _EXPERT_MODULE.search(common_module(*b["locs"]))
+    return int(found.group(1)) if found else -1
+
+
+def _location(b: dict, fallback: str) -> str:
+    loc = common_module(*b["locs"]) or fallback
+    expert = _expert(b)
+    if expert >= 0 and not _EXPERT_MODULE.search(loc):
+        loc = f"{loc}.{expert}"  # batched expert weights: one module for all experts, name this one
+    return loc
+
+
+def _zero_bias(w: Node) -> Node:
+    return derived_weight(f"{w.attrs['name']}.zero_bias", lambda: np.zeros(w.shape[0], dtype=np.float32))
 
 
 def _build(node: Node, b: dict) -> Node:
@@ -92,8 +131,18 @@ def _build(node: Node, b: dict) -> Node:
         attrs["threshold"] = b["threshold"]
     if b["fused"]:
         attrs["gate_first"] = b["gate_first"]
-    loc = common_module(*b["locs"]) or node.loc
-    return Node("gated_mlp", (b["x"], *b["weights"], b["w_down"]), attrs, node.type, loc)
+    expert = _expert(b)
+    if expert >= 0:
+        attrs["expert"] = expert
+    biases = ()
+    if any(bias is not None for bias in b["biases"]):
+        attrs["bias"] = True
+        biases = tuple(bias if bias is not None else _zero_bias(w) for bias, w in zip(b["biases"], b["weights"]))
+    loc = _location(b, node.loc)
+    block = Node("gated_mlp", (b["x"], *b["weights"], b["w_down"], *biases), attrs, node.type, loc)
+    if b["b_down"] is None:
+        return block
+    return Node("add", (block, b["b_down"]), {}, node.type, loc)
 
 
 def _pattern_of(b: dict) -> str:
@@ -104,10 +153,13 @@ RULES = [Rule("gated-mlp", "linear(act(linear(x,@Wg)) ⊙ up_act(linear(x,@Wu)),
               _match, _build)]
 
 
-def _plain_mlp(node: Node) -> bool:
-    """down(act(linear(x, @W1)), @W2) with a pointwise activation: a non-gated (GPT-2 style) MLP."""
-    proj = _projection(node)
-    return bool(proj and proj[0].op in ("gelu", "relu", "silu") and _projection(proj[0].inputs[0]))
+def _plain_mlp(node: Node) -> Node | None:
+    """down(act(P(x, @W1)), @W2) with a pointwise activation: a non-gated (GPT-2 style) MLP -> its first linear."""
+    down = _projection(node)
+    if down and down[0].op in ("gelu", "relu", "silu", "fatrelu"):
+        first = down[0].inputs[0]
+        return first if _projection(first) else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -120,9 +172,15 @@ class DetectGatedMLP(Pass):
             if bound is not None:
                 # per-pattern counts (the rule itself records the total as "gated-mlp")
                 record(_pattern_of(bound))
-            elif _plain_mlp(node):
+                if _expert(bound) >= 0:
+                    record("moe-expert")
+                if bound["b_down"] is not None or any(b is not None for b in bound["biases"]):
+                    record("biased")
+                continue
+            first = _plain_mlp(node)
+            if first is not None:
                 record("plain-mlp")
                 note({"location": common_module(node.loc, node.inputs[0].loc) or node.loc,
-                      "pattern": "plain-mlp", "mode": "dense",
+                      "pattern": "plain-mlp", "mode": "dense", "n_ff": int(first.shape[-1]),
                       "reason": "not gated: act(x·W1)·W2 has no gate to skip neurons on"})
         return apply_rules(graph, RULES)

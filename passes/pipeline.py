@@ -17,11 +17,14 @@ from .canonicalize import Canonicalize
 from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
 from .sparsify_exact import SparsifyExact
+from .sparsify_threshold import SparsifyThreshold
 
-PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, Densify)}
+PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
+                                                     Densify)}
+MODES = ("dense", "exact", "auto", "threshold")
 
 
-def pipeline_for(mode: str) -> list[Pass]:
+def pipeline_for(mode: str, calibration=None, sparsity: float | None = None, method: str = "cats") -> list[Pass]:
     if mode == "dense":
         return [
             Canonicalize(),      # fold decomposed activations / transposed projections into canonical ops
@@ -34,7 +37,16 @@ def pipeline_for(mode: str) -> list[Pass]:
             # exact: a non-ReLU block is an error naming it; auto: it stays dense and the report says why
             SparsifyExact(on_unsupported="error" if mode == "exact" else "keep-dense"),
         ]
-    raise ValueError(f"unknown mode {mode!r}; valid modes: dense, exact, auto")
+    if mode == "threshold":
+        if sparsity is None:
+            raise ValueError("mode 'threshold' needs a target sparsity, e.g. sparsity=0.5")
+        return [
+            Canonicalize(),
+            DetectGatedMLP(),
+            # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
+            SparsifyThreshold(sparsity=sparsity, method=method, calibration=tuple(calibration or ())),
+        ]
+    raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
 
 
 @dataclass

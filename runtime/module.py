@@ -3,6 +3,11 @@
 `save(dir)` writes a self-contained artifact — manifest.json, weights.safetensors, the compiled library and
 the IR text — into a temporary sibling directory and renames it into place, so a failed save leaves nothing
 half-written. `load(dir)` checks every file against the hashes in the manifest before using it.
+
+A module built for a target that cannot run on this machine (arm on x86, cuda without a GPU) is complete
+but not callable here: calling it raises a TargetError saying where it runs; `save()` still writes the
+artifact, with the library linked by the target's cross compiler (model.so for aarch64), or, when that
+compiler is not installed, its object files (model.tar) to link on the target machine.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, TargetError
 from ..ir import Graph, TensorType
 from ..ir.interpreter import bind_symbols
 from ..ir.types import np_dtype
@@ -26,6 +31,7 @@ from .report import Report
 
 FORMAT = "actsparse-artifact/1"
 LIB = "model.so"
+LIB_OBJECTS = "model.tar"  # the library's object files, when no linker for the target is installed here
 WEIGHTS = "weights.safetensors"
 IR = "graph.ir"
 
@@ -33,9 +39,7 @@ IR = "graph.ir"
 class CompiledModule:
     def __init__(self, executable, weights: dict[str, np.ndarray], weight_order: list[str], graph: Graph | None,
                  inputs: list[tuple[str, TensorType]], n_outputs: int, report: Report, target_info: dict,
-                 ir_text: str = ""):
-        from tvm import relax
-
+                 ir_text: str = "", library: Path | None = None):
         self.executable = executable
         self.weight_order = weight_order
         self.graph = graph
@@ -45,9 +49,19 @@ class CompiledModule:
         self.target_info = target_info
         self.ir_text = ir_text or (str(graph) if graph is not None else "")
         self._weights = weights
-        self._device = _device_for(target_info)
-        self._vm = relax.VirtualMachine(executable, self._device)
-        self._weight_tensors = [self._weight_tensor(weights[n]) for n in weight_order]
+        self._library = library  # the saved library of a loaded artifact that cannot run here
+        self._vm = None
+        if self.runnable:
+            from tvm import relax
+
+            self._device = _device_for(target_info)
+            self._vm = relax.VirtualMachine(executable, self._device)
+            self._weight_tensors = [self._weight_tensor(weights[n]) for n in weight_order]
+
+    @property
+    def runnable(self) -> bool:
+        """Whether this machine runs the module (False for arm modules on x86, cuda ones without a GPU)."""
+        return bool(self.target_info.get("runs_here", True)) and self.executable is not None
 
     def _to_device(self, array: np.ndarray):
         import tvm
@@ -60,6 +74,10 @@ class CompiledModule:
         return self._to_device(np.ascontiguousarray(array))
 
     def __call__(self, *inputs):
+        if self._vm is None:
+            info = self.target_info
+            raise TargetError(f"built for {info.get('name', info.get('tvm', {}).get('kind', '?'))}; "
+                              f"{info.get('run_hint') or 'run it on a machine of that kind'}")
         is_torch = bool(inputs) and type(inputs[0]).__module__.startswith("torch")
         arrays = [np.asarray(i.detach().cpu().numpy() if is_torch else i) for i in inputs]
         self._check_inputs(arrays)
@@ -92,17 +110,18 @@ class CompiledModule:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            self.executable.export_library(str(staging / LIB))
+            library = self._save_library(staging)
             save_file({n: np.ascontiguousarray(self._weights[n]) for n in self.weight_order}, str(staging / WEIGHTS))
             (staging / IR).write_text(self.ir_text)
             manifest = {
                 "format": FORMAT,
                 "inputs": [{"name": n, "type": str(t)} for n, t in self.inputs],
                 "n_outputs": self.n_outputs,
+                "library": library,
                 "weight_order": self.weight_order,
                 "target": self.target_info,
                 "report": self.report.to_dict(),
-                "sha256": {f: _sha256(staging / f) for f in (LIB, WEIGHTS, IR)},
+                "sha256": {f: _sha256(staging / f) for f in (library, WEIGHTS, IR)},
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
             if path.exists():
@@ -112,6 +131,23 @@ class CompiledModule:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return path
+
+    def _save_library(self, staging: Path) -> str:
+        """Write the compiled library into `staging`; returns its file name."""
+        if self.executable is None:  # loaded from an artifact that does not run here: keep its library
+            shutil.copyfile(self._library, staging / self._library.name)
+            return self._library.name
+        cc = self.target_info.get("cross_compiler")
+        if cc is None:
+            self.executable.export_library(str(staging / LIB))
+            return LIB
+        if shutil.which(cc):
+            from tvm.support.cc import cross_compiler
+
+            self.executable.export_library(str(staging / LIB), fcompile=cross_compiler(cc))
+            return LIB
+        self.executable.export_library(str(staging / LIB_OBJECTS))  # objects only: no linker needed
+        return LIB_OBJECTS
 
 
 def load(path: str | os.PathLike) -> CompiledModule:
@@ -141,14 +177,21 @@ def load(path: str | os.PathLike) -> CompiledModule:
         weights = load_file(str(path / WEIGHTS))
     except SafetensorError as err:
         raise ArtifactError(f"{path}: cannot read {WEIGHTS}: {err}") from None
-    executable = tvm.runtime.load_module(str(path / LIB))
-    from tvm import relax
+    from ..targets import runs_here
 
+    target_info = {**manifest["target"], "runs_here": runs_here(manifest["target"])}
+    library = path / manifest.get("library", LIB)
+    executable = None
+    if target_info["runs_here"]:
+        from tvm import relax
+
+        executable = tvm.runtime.load_module(str(library))
+        if not isinstance(executable, relax.VMExecutable):
+            executable = relax.VMExecutable(executable)
     return CompiledModule(
-        relax.VMExecutable(executable) if not isinstance(executable, relax.VMExecutable) else executable,
-        weights, manifest["weight_order"], None,
+        executable, weights, manifest["weight_order"], None,
         [(i["name"], TensorType.parse(i["type"])) for i in manifest["inputs"]], manifest["n_outputs"],
-        Report.from_dict(manifest["report"]), manifest["target"], (path / IR).read_text())
+        Report.from_dict(manifest["report"]), target_info, (path / IR).read_text(), library=library)
 
 
 def _device_for(target_info: dict):

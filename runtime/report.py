@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..ir import Graph, evaluate
-from ..ir.mlp import intermediate, pattern_name, unpack_gated_inputs
+from ..ir.mlp import pattern_name, unpack_gated_inputs
+from ..ir.threshold import sparse_intermediate
 
 
 @dataclass
@@ -20,6 +21,12 @@ class BlockReport:
     n_ff: int
     sparsity: float | None = None    # fraction of intermediate neurons exactly zero, per token, averaged
     reason: str = ""
+    expert: int | None = None        # the expert index of an MoE block
+    # lossy modes (threshold): what calibration chose and the sparsity it measured on the calibration data;
+    # `sparsity` above is then measured on the example inputs, which are held out from calibration
+    calibrated_sparsity: float | None = None
+    threshold: float | None = None
+    method: str | None = None
 
 
 @dataclass
@@ -28,34 +35,49 @@ class Report:
     mode: str
     blocks: list[BlockReport] = field(default_factory=list)
     pass_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    # lossy modes: ||y - y_dense|| / ||y_dense|| of the outputs (logits) on the example inputs, reference interpreter
+    output_rel_error: float | None = None
 
     def to_dict(self) -> dict:
         return {"target": self.target, "mode": self.mode, "blocks": [asdict(b) for b in self.blocks],
-                "pass_stats": self.pass_stats}
+                "pass_stats": self.pass_stats, "output_rel_error": self.output_rel_error}
 
     @staticmethod
     def from_dict(data: dict) -> Report:
-        return Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"])
+        return Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
+                      data.get("output_rel_error"))
 
     @property
     def mean_sparsity(self) -> float | None:
         values = [b.sparsity for b in self.blocks if b.sparsity is not None]
         return float(np.mean(values)) if values else None
 
+    def __rich__(self):
+        from rich.table import Table
+
+        lossy = any(b.calibrated_sparsity is not None for b in self.blocks)
+        caption = None if self.output_rel_error is None else (
+            f"outputs vs dense: relative error {self.output_rel_error:.2e} (on the example inputs)")
+        table = Table(title=f"actsparse report — target {self.target}, mode {self.mode}", caption=caption)
+        numeric = ("n_ff", "sparsity", "calibrated", "threshold")
+        columns = ("location", "pattern", "mode", "n_ff", "sparsity", *(("calibrated", "threshold") if lossy else ()),
+                   "note")
+        for col in columns:
+            table.add_column(col, justify="right" if col in numeric else "left")
+        for b in self.blocks:
+            pattern = b.pattern if b.expert is None else f"{b.pattern} (expert {b.expert})"
+            lossy_cells = (_percent(b.calibrated_sparsity), "-" if b.threshold is None else f"{b.threshold:.3g}")
+            table.add_row(b.location, pattern, b.mode, str(b.n_ff), _percent(b.sparsity),
+                          *(lossy_cells if lossy else ()), b.reason)
+        return table
+
     def __str__(self) -> str:
         from io import StringIO
 
         from rich.console import Console
-        from rich.table import Table
 
-        table = Table(title=f"actsparse report — target {self.target}, mode {self.mode}")
-        for col in ("location", "pattern", "mode", "n_ff", "sparsity", "note"):
-            table.add_column(col, justify="right" if col in ("n_ff", "sparsity") else "left")
-        for b in self.blocks:
-            table.add_row(b.location, b.pattern, b.mode, str(b.n_ff),
-                          "-" if b.sparsity is None else f"{b.sparsity:.1%}", b.reason)
         buffer = StringIO()
-        Console(file=buffer, width=140, force_terminal=False).print(table)
+        Console(file=buffer, width=140, force_terminal=False).print(self)
         return buffer.getvalue()
 
     def plot(self, path: str) -> str:
@@ -78,6 +100,10 @@ class Report:
         return path
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 MLP_OPS = ("gated_mlp", "sparse_gated_mlp")
 
 
@@ -91,13 +117,22 @@ def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[B
         arrays = [x, *(graph.weights[w.attrs["name"]] for w in block.inputs[1:])]
         attrs = {"threshold": 0.0, "fused": False, **block.attrs}
         if block.op == "sparse_gated_mlp":
-            w_gate, w_up = arrays[1], arrays[2]
-            n_ff = w_gate.shape[0]
+            w_gate, w_up, b_gate, b_up = arrays[1], arrays[2], None, None
         else:
-            _, w_gate, w_up, _ = unpack_gated_inputs(arrays, attrs)
-            n_ff = w_gate.shape[0]
-        h = intermediate(x.reshape(-1, x.shape[-1]), w_gate, w_up, attrs)
+            _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
+        h = sparse_intermediate(x.reshape(-1, x.shape[-1]), w_gate, w_up, attrs, b_gate, b_up)
         mode = block.attrs.get("mode", "dense")
-        reports.append(BlockReport(block.loc, pattern_name(attrs["gate_act"], attrs["up_act"]), mode, n_ff,
-                                   float(np.mean(h == 0))))
+        pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
+        expert = attrs.get("expert", -1)
+        reports.append(BlockReport(block.loc, pattern, mode, w_gate.shape[0], float(np.mean(h == 0)),
+                                   expert=expert if expert >= 0 else None))
     return reports
+
+
+def output_rel_error(dense: Graph, graph: Graph, example_inputs: Sequence[np.ndarray]) -> float:
+    """max over outputs of ||y - y_dense|| / ||y_dense||, both graphs run by the reference interpreter."""
+    errors = []
+    for y, y_dense in zip(evaluate(graph, example_inputs), evaluate(dense, example_inputs)):
+        y, y_dense = np.asarray(y, np.float64), np.asarray(y_dense, np.float64)
+        errors.append(float(np.linalg.norm(y - y_dense) / max(np.linalg.norm(y_dense), 1e-30)))
+    return max(errors) if errors else 0.0

@@ -45,4 +45,11 @@ def get(spec: str | Target | dict) -> Target:
     return REGISTRY[spec]()
 
 
-__all__ = ["Target", "get", "names"]
+def runs_here(info: dict) -> bool:
+    """Whether a module built for the target `info` (a `Target.to_dict()`, e.g. from an artifact's manifest)
+    runs on this machine: the registry rebuilds the target from its name with this machine's facts."""
+    name = info.get("name")
+    return get(name).runs_here if name in REGISTRY else bool(info.get("runs_here", True))
+
+
+__all__ = ["Target", "get", "names", "runs_here"]

@@ -1,19 +1,35 @@
-"""aarch64 with NEON (128-bit vectors), cross-compiled: objects link with aarch64-linux-gnu-gcc and run under
-qemu-aarch64, so modules built for it do not run in this process."""
+"""aarch64 with NEON (128-bit vectors, 32 vector registers), cross-compiled from x86.
+
+On an x86 host, modules built for it do not run in this process: their kernels are linked with
+aarch64-linux-gnu-gcc and run under qemu-aarch64 (tests, `runtime/cross.py`); a compiled model saves an
+aarch64 library (`scripts/install-cross.sh` installs both tools).
+"""
 
 from __future__ import annotations
 
+import platform
+
 from .base import Target
+
+CROSS_CC = "aarch64-linux-gnu-gcc"
+
+
+def on_aarch64() -> bool:
+    return platform.machine().lower() in ("aarch64", "arm64")
 
 
 def target(threads: int = 4) -> Target:
+    native = on_aarch64()
     return Target(
         name="arm",
         tvm={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": threads},
         vector_bits=128,
         threads=threads,
         cache_bytes=2 << 20,
-        description="aarch64 NEON (cross-compiled)",
-        runs_here=False,
+        description="aarch64 NEON" + ("" if native else " (cross-compiled)"),
+        runs_here=native,
         features=("neon",),
+        vector_registers=32,
+        cross_compiler=None if native else CROSS_CC,
+        run_hint="run it on an aarch64 machine or under qemu-aarch64",
     )

@@ -1,7 +1,8 @@
 """A target is data: which TVM target to build for, and the facts kernels are scheduled from.
 
-Codegen never branches on a target's name; it reads these fields (vector width, threads, caches) and the
-kernel factories turn them into schedules.
+Codegen never branches on a target's name; it reads these fields (vector width, threads, caches, warp size)
+and the kernel factories turn them into schedules. Which schedule family a target gets is a table keyed by
+the TVM target kind (`SCHEDULES`), so adding a GPU or CPU target is adding data.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 class Target:
     name: str                      # registry name: "x86", "cuda", "arm"
     tvm: dict[str, Any]            # TVM target dict, e.g. {"kind": "llvm", "mcpu": "znver3"}
-    vector_bits: int               # SIMD register width (CPU) — fp32 lanes = vector_bits // 32
+    vector_bits: int               # SIMD register width (CPU) / widest load per thread (GPU); fp32 lanes = /32
     threads: int                   # worker threads (CPU) or threads per block (GPU)
     cache_bytes: int = 0           # last-level cache (CPU) or shared memory per block (GPU)
     description: str = ""
@@ -22,6 +23,10 @@ class Target:
     runs_here: bool = True         # can modules built for it run in this process?
     features: tuple[str, ...] = field(default=())
     vector_registers: int = 32     # architectural vector registers (AVX-512, NEON: 32; AVX2/SSE: 16)
+    warp_size: int = 1             # threads that execute in lockstep (GPU warp: 32); 1 on CPUs
+    multiprocessors: int = 1       # streaming multiprocessors (GPU): how many blocks run at once
+    cross_compiler: str | None = None  # C compiler that links libraries built for it (when not the host's)
+    run_hint: str = ""             # where a module built for it can run, when not here
 
     @property
     def lanes(self) -> int:
@@ -43,6 +48,20 @@ class Target:
 
         return CpuSchedule(lanes=self.lanes, threads=self.threads, vector_registers=self.vector_registers)
 
+    def gpu_schedule(self):
+        from ..codegen.kernels.schedule import GpuSchedule
+
+        return GpuSchedule(warp=self.warp_size, threads=self.threads, vector_bytes=self.vector_bits // 8,
+                           multiprocessors=self.multiprocessors, shared_bytes=self.cache_bytes)
+
+    def schedule(self):
+        """The kernel schedule for this target: the family comes from `SCHEDULES[kind]`, its numbers from here."""
+        return getattr(self, SCHEDULES[self.kind])()
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "tvm": self.tvm, "vector_bits": self.vector_bits, "threads": self.threads,
-                "cache_bytes": self.cache_bytes, "description": self.description, "features": list(self.features)}
+                "cache_bytes": self.cache_bytes, "description": self.description, "features": list(self.features),
+                "runs_here": self.runs_here, "run_hint": self.run_hint, "cross_compiler": self.cross_compiler}
+
+
+SCHEDULES = {"llvm": "cpu_schedule", "c": "cpu_schedule", "cuda": "gpu_schedule"}

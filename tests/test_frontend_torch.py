@@ -173,3 +173,26 @@ def test_compound_symbolic_shape_asks_for_a_static_import():
         import_torch(Doubling(), (torch.zeros(1, 4, dtype=torch.long),))
     graph = import_torch(Doubling(), (torch.zeros(1, 4, dtype=torch.long),), dynamic_seq=False)
     assert str(graph.outputs[0].type) == "i64[1,8]"
+
+
+def test_in_place_updates_are_rebound_and_aliased_ones_refused():
+    class Router(nn.Module):  # a MoE router normalising its top-k weights in place
+        def forward(self, x):
+            weights, index = x.softmax(-1).topk(2, dim=-1)
+            weights /= weights.sum(-1, keepdim=True)
+            weights.add_(1)
+            return weights * index
+
+    class Aliased(nn.Module):
+        def forward(self, x):
+            y = x * 2
+            view = y[:, :2]
+            y.mul_(3)  # updates `view` too
+            return view + 1
+
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    graph = import_torch(Router(), (x,), dynamic_seq=False)
+    np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], Router()(x).numpy(), rtol=1e-6)
+    assert graph.count("topk") == 2  # values and indices
+    with pytest.raises(FrontendError, match="in-place aten.mul_.Tensor.*shares memory.*out of place"):
+        import_torch(Aliased(), (x,), dynamic_seq=False)

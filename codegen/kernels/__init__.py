@@ -1,18 +1,49 @@
 """TIR kernels for the sparse and dense gated MLPs and for Linear layers, with their schedule parameters.
 
+One kernel family per schedule type: `CpuSchedule` -> `sparse_mlp` / `linear` (x86, arm), `GpuSchedule` ->
+`cuda_mlp`. The functions below take the same arguments in both families and pick the family from the
+type of `sched` (a table, `FAMILIES`), so the lowering asks for "the exact kernel for this target's
+schedule" and never names a target.
+
 Submodules import TVM, so they load lazily: `from actsparse.codegen.kernels import sparse_mlp`.
 """
 
 import importlib
 
-__all__ = ["CpuSchedule", "build_standalone", "common", "linear", "schedule", "sparse_mlp"]
+__all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_mlp", "linear", "schedule",
+           "sparse_mlp", "kernel", "KERNELS"]
 
-_ATTRS = {"CpuSchedule": "schedule", "build_standalone": "common"}
+_ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
+_SUBMODULES = ("common", "cuda_mlp", "linear", "schedule", "sparse_mlp")
+
+# schedule type -> kernel name -> (module, function)
+FAMILIES = {
+    "CpuSchedule": {"exact": ("sparse_mlp", "sparse_gated_mlp"), "indexed": ("sparse_mlp", "sparse_gated_mlp_indexed"),
+                    "dense": ("sparse_mlp", "dense_gated_mlp"), "linear": ("linear", "linear")},
+    "GpuSchedule": {"exact": ("cuda_mlp", "sparse_gated_mlp"), "indexed": ("cuda_mlp", "sparse_gated_mlp_indexed"),
+                    "dense": ("cuda_mlp", "dense_gated_mlp"), "linear": ("cuda_mlp", "linear")},
+}
+KERNELS = ("exact", "indexed", "dense", "linear")
+
+
+def kernel(name: str, *args, sched, **kwargs):
+    """The PrimFunc of kernel `name` ("exact" | "indexed" | "dense" | "linear") for `sched`'s family.
+
+    kernel("exact", d, n_ff, gate_act=..., dtype=..., sched=target.schedule()) and so on: the arguments of
+    the family's factory (`sparse_mlp.sparse_gated_mlp`, `linear.linear`, ...).
+    """
+    family = FAMILIES.get(type(sched).__name__)
+    if family is None:
+        raise TypeError(f"no kernel family for schedule {type(sched).__name__}; known: {', '.join(FAMILIES)}")
+    if name not in family:
+        raise ValueError(f"unknown kernel {name!r}; valid: {', '.join(family)}")
+    module, fn = family[name]
+    return getattr(importlib.import_module(f".{module}", __name__), fn)(*args, sched=sched, **kwargs)
 
 
 def __getattr__(name):
     if name in _ATTRS:
         return getattr(importlib.import_module(f".{_ATTRS[name]}", __name__), name)
-    if name in ("common", "linear", "schedule", "sparse_mlp"):
+    if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -349,10 +349,19 @@ def zero_columns_macro(d: int, sched: CpuSchedule):
 
 def build_standalone(primfunc, target):
     """Compile one PrimFunc on its own (tests, benchmarks): returns the callable TVM module."""
+    return build_kernels([primfunc], target)
+
+
+def build_kernels(primfuncs, target):
+    """Compile several PrimFuncs into one module (one compiler run: one object file, one nvcc call)."""
     import tvm
 
     if not isinstance(target, tvm.target.Target):
         target = tvm.target.Target(target)
-    name = str(primfunc.attrs["global_symbol"])
-    mod = tvm.IRModule({name: primfunc})
-    return tvm.compile(mod, target=target)
+    if target.kind.name == "cuda":
+        from ..cuda_support import ensure_cuda_build
+
+        ensure_cuda_build()
+    mod = tvm.IRModule({str(f.attrs["global_symbol"]): f for f in primfuncs})
+    with target:  # nvcc reads the architecture from the current target
+        return tvm.compile(mod, target=target)

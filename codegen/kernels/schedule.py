@@ -1,8 +1,9 @@
-"""Schedule parameters of the CPU kernels: data the target supplies, never detected here.
+"""Schedule parameters of the CPU and GPU kernels: data the target supplies, never detected here.
 
-A kernel factory takes one `CpuSchedule` and bakes it into the PrimFunc; the same parameters go into the
-PrimFunc's `global_symbol` (see `CpuSchedule.tag`), so two kernels that differ only in schedule never
-collide in one Relax module.
+A kernel factory takes one schedule — `CpuSchedule` (sparse_mlp.py, linear.py: x86, arm) or `GpuSchedule`
+(cuda_mlp.py) — and bakes it into the PrimFunc; the same parameters go into the PrimFunc's `global_symbol`
+(see the `tag` properties), so two kernels that differ only in schedule never collide in one Relax module.
+`Target.schedule()` makes the schedule from the target's data; `kernels.kernel()` picks the family by its type.
 """
 
 from __future__ import annotations
@@ -58,3 +59,45 @@ class CpuSchedule:
         """Short identifier-safe encoding, part of every kernel's global_symbol: `l16t2r8a1b4v32p1`."""
         return (f"l{self.lanes}t{self.threads}r{self.rows}a{self.accumulators}b{self.token_block}"
                 f"v{self.vector_registers}p{int(self.prefetch)}")
+
+
+@dataclass(frozen=True)
+class GpuSchedule:
+    """How a GPU kernel maps onto warps and blocks (all from the target's data).
+
+    warp            threads per warp (32 on NVIDIA): one warp computes one weight row's dot product, each
+                    lane loading `vector_bytes` per step, so a warp reads warp * vector_bytes contiguous bytes
+                    per load instruction (coalesced: 512 B for 16-byte loads).
+    threads         threads per block; threads // warp warps per block.
+    vector_bytes    bytes one thread loads at once (16: float4 / eight halves).
+    multiprocessors streaming multiprocessors; the down projection splits its row list into enough parts to
+                    give every multiprocessor `blocks_per_sm` blocks.
+    shared_bytes    shared memory per block available to a kernel.
+    """
+
+    warp: int = 32
+    threads: int = 256
+    vector_bytes: int = 16
+    multiprocessors: int = 108
+    shared_bytes: int = 48 << 10
+    blocks_per_sm: int = 4
+
+    def __post_init__(self) -> None:
+        if self.warp < 1 or self.warp & (self.warp - 1):
+            raise ValueError(f"GpuSchedule.warp must be a power of two, got {self.warp}")
+        if self.threads < self.warp or self.threads % self.warp:
+            raise ValueError(f"GpuSchedule.threads must be a multiple of the warp ({self.warp}), got {self.threads}")
+        if self.vector_bytes not in (4, 8, 16):
+            raise ValueError(f"GpuSchedule.vector_bytes must be 4, 8 or 16, got {self.vector_bytes}")
+        for field in ("multiprocessors", "shared_bytes", "blocks_per_sm"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"GpuSchedule.{field} must be >= 1, got {getattr(self, field)}")
+
+    @property
+    def warps(self) -> int:
+        return self.threads // self.warp
+
+    @property
+    def tag(self) -> str:
+        """Identifier-safe encoding, part of every GPU kernel's global_symbol: `w32t256v16s108`."""
+        return f"w{self.warp}t{self.threads}v{self.vector_bytes}s{self.multiprocessors}b{self.blocks_per_sm}"

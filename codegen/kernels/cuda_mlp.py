@@ -1,0 +1,433 @@
+"""Gated-MLP and Linear kernels for CUDA GPUs: exact sparse, indexed sparse, dense, linear.
+
+Same functions, arguments and buffers as the CPU kernels (`sparse_mlp.py`, `linear.py`), so the lowering
+swaps one family for the other by the schedule's type; here `sched` is a `GpuSchedule`. Each PrimFunc is a
+sequence of kernel launches written at the level the GPU runs them (explicit blockIdx / threadIdx bindings,
+warp shuffles, shared memory), marked `tirx.is_scheduled` so Relax's dlight rules leave them alone.
+
+Building blocks:
+- **warp dot** (gate, up, linear): one warp per weight row. Lane l loads the row's elements
+  [c * warp * V + l * V, + V) at step c: a 16-byte vector per lane (float4, or eight halves converted to
+  fp32), so a warp reads warp * 16 contiguous bytes per instruction (coalesced). The per-lane fp32 partial
+  sums are reduced with a butterfly of `__shfl_xor_sync` (every lane ends with the sum). V is the widest
+  vector (<= `vector_bytes`) that divides d, so every row starts aligned whatever d is; the last partial
+  step is taken by the lanes whose vector lies inside the row.
+- **compaction** (exact mode): one block lists the neurons some token activates, in ascending order: each
+  thread counts the flags of its contiguous chunk, a warp-shuffle inclusive scan plus the preceding warps'
+  totals (shared memory) gives its offset, then it writes its chunk's indices. Deterministic order (no
+  atomics), so results do not vary from run to run and the gathered rows are read in address order.
+- **down** (all modes): a row-gather axpy over the TRANSPOSED down weight (w_down_t[j] is neuron j's
+  output row). A block owns an output slice of warp * V columns and one of `splits` parts of the row list;
+  its warps take every warps-th row of the part, each lane accumulating V columns (coalesced reads of the
+  slice of each gathered row); the warps' sums meet in shared memory and the block writes its partial
+  sums. `splits` is chosen so that slices * splits fill the multiprocessors (`blocks_per_sm` each); a last
+  kernel adds the parts (deterministic, no atomics).
+
+Buffers: x [M, d] float32 (M symbolic), weights [n_ff, d] (float32 | float16, fp32 accumulate), out [M, d];
+the indexed kernel adds idx [M, K] int32 and count [M] int32. Scratch (gate values, hidden values, the
+active list, the partial sums) is allocated in device memory by the runtime for each call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+from tvm.script import tirx as T
+
+from .common import UP_ACTS, activation, check_dtype, dtype_bytes, symbol, threshold_tag
+from .schedule import GpuSchedule
+from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS
+
+FP32_GROUP = 4  # fp32 lanes per vector instruction (float4): wider fp32 vectors have no CUDA type
+
+
+def vector_elems(d: int, dtype: str, sched: GpuSchedule) -> int:
+    """Elements one lane loads at once: the widest power of two <= vector_bytes / element size dividing d."""
+    v = sched.vector_bytes // dtype_bytes(dtype)
+    while v > 1 and d % v:
+        v //= 2
+    return v
+
+
+def _shuffle_rounds(warp: int) -> list[int]:
+    return [warp >> (i + 1) for i in range(warp.bit_length() - 1)]  # 16, 8, 4, 2, 1 for a 32-lane warp
+
+
+def warp_dot_macro(d: int, dtype: str, sched: GpuSchedule):
+    """`warp_dot(w, row, x, m, lane, acc, wv, s)`: s[0] = dot(w[row, :d], x[m, :d]) in every lane of the warp.
+
+    acc: local float32 (V,), wv: local dtype (V,), s: local float32 (1,) scratch of the calling thread.
+    """
+    L = sched.warp
+    V = vector_elems(d, dtype, sched)
+    G = min(V, FP32_GROUP)
+    C = L * V
+    n_chunk, rem = d // C, d % C  # rem is a multiple of V
+    rounds = _shuffle_rounds(L)
+
+    @T.macro
+    def step(w, row, x, m, k0, acc, wv):
+        for v in T.vectorized(V):
+            wv[v] = w[row, k0 + v]  # one 4/8/16-byte load per lane
+        for q in T.unroll(V // G):
+            for v in T.vectorized(G):
+                acc[q * G + v] = acc[q * G + v] + T.Cast("float32", wv[q * G + v]) * x[m, k0 + q * G + v]
+
+    @T.macro
+    def warp_dot(w, row, x, m, lane, acc, wv, s):
+        for q in T.unroll(V // G):
+            for v in T.vectorized(G):
+                acc[q * G + v] = T.float32(0)
+        for c in range(n_chunk):
+            step(w, row, x, m, c * C + lane * V, acc, wv)
+        if rem > 0:
+            if lane * V < rem:
+                step(w, row, x, m, n_chunk * C + lane * V, acc, wv)
+        s[0] = acc[0]
+        for v in T.unroll(1, V):
+            s[0] = s[0] + acc[v]
+        for r in T.unroll(len(rounds)):
+            s[0] = s[0] + T.tvm_warp_shuffle_xor(T.tvm_warp_activemask(), s[0], T.shift_right(L, r + 1), L, L)
+
+    return warp_dot
+
+
+def down_macros(d: int, dtype: str, sched: GpuSchedule, row: Callable, count: Callable, splits: int):
+    """(`down_parts`, `sum_parts`): the two launches of the down projection (see the module docstring).
+
+    `down_parts(w_down_t, h, rows, counts, part, M)`: part[s, m, cols] = sum over the s-th part of token
+    m's row list of h[m, p] * w_down_t[row(rows, m, p), cols]; the list is positions p < count(counts, m).
+    `sum_parts(part, out, M)`: out = sum over s of part[s].
+    """
+    L, W, T_ = sched.warp, sched.warps, sched.threads
+    V = vector_elems(d, dtype, sched)
+    G = min(V, FP32_GROUP)
+    SL = L * V  # columns per block slice
+    n_slices = (d + SL - 1) // SL
+    per_thread = (SL + T_ - 1) // T_  # slice columns each thread sums over the warps
+
+    @T.macro
+    def down_parts(w_down_t, h, rows, counts, part, M):
+        for m in T.thread_binding(M, "blockIdx.z"):
+            for sp in T.thread_binding(splits, "blockIdx.y"):
+                for sl in T.thread_binding(n_slices, "blockIdx.x"):
+                    for ty in T.thread_binding(W, "threadIdx.y"):
+                        for tx in T.thread_binding(L, "threadIdx.x"):
+                            acc = T.alloc_buffer((V,), "float32", scope="local")
+                            wv = T.alloc_buffer((V,), dtype, scope="local")
+                            red = T.alloc_buffer((W, SL), "float32", scope="shared")
+                            n: T.let = count(counts, m)
+                            p0: T.let = sp * n // splits
+                            p1: T.let = (sp + 1) * n // splits
+                            col: T.let = sl * SL + tx * V
+                            for q in T.unroll(V // G):
+                                for v in T.vectorized(G):
+                                    acc[q * G + v] = T.float32(0)
+                            if col < d:
+                                for i in range((p1 - p0 - ty + W - 1) // W):
+                                    p: T.let = p0 + ty + i * W
+                                    hv: T.let = h[m, p]
+                                    for v in T.vectorized(V):
+                                        wv[v] = w_down_t[row(rows, m, p), col + v]
+                                    for q in T.unroll(V // G):
+                                        for v in T.vectorized(G):
+                                            acc[q * G + v] = acc[q * G + v] + hv * T.Cast("float32", wv[q * G + v])
+                            for q in T.unroll(V // G):
+                                for v in T.vectorized(G):
+                                    red[ty, tx * V + q * G + v] = acc[q * G + v]
+                            T.tvm_storage_sync("shared")
+                            for e in T.unroll(per_thread):
+                                c: T.let = (e * W + ty) * L + tx
+                                if c < SL:
+                                    if sl * SL + c < d:
+                                        acc[0] = red[0, c]
+                                        for y in range(1, W):
+                                            acc[0] = acc[0] + red[y, c]
+                                        part[sp, m, sl * SL + c] = acc[0]
+
+    @T.macro
+    def sum_parts(part, out, M):
+        for b in T.thread_binding((M * d + T_ - 1) // T_, "blockIdx.x"):
+            for tx in T.thread_binding(T_, "threadIdx.x"):
+                s = T.alloc_buffer((1,), "float32", scope="local")
+                e: T.let = b * T_ + tx
+                if e < M * d:
+                    s[0] = part[0, e // d, e % d]
+                    for sp in range(1, splits):
+                        s[0] = s[0] + part[sp, e // d, e % d]
+                    out[e // d, e % d] = s[0]
+
+    return down_parts, sum_parts
+
+
+def down_splits(d: int, dtype: str, sched: GpuSchedule, n_rows: int) -> int:
+    """Parts the row list of the down projection is split into: enough blocks for every multiprocessor."""
+    SL = sched.warp * vector_elems(d, dtype, sched)
+    n_slices = (d + SL - 1) // SL
+    want = (sched.multiprocessors * sched.blocks_per_sm + n_slices - 1) // n_slices
+    return max(1, min(want, (n_rows + sched.warps - 1) // sched.warps))
+
+
+def _check(d, n_ff, gate_act, up_act, dtype, sched, gate_acts=GATE_ACTS):
+    check_dtype(dtype)
+    if not isinstance(sched, GpuSchedule):
+        raise TypeError(f"the CUDA kernels take a GpuSchedule, got {type(sched).__name__}")
+    if gate_act not in gate_acts:
+        raise ValueError(f"gate_act must be one of {gate_acts}, got {gate_act!r}")
+    if up_act not in UP_ACTS:
+        raise ValueError(f"up_act must be one of {UP_ACTS}, got {up_act!r}")
+    if d < 1 or n_ff < 1:
+        raise ValueError(f"d and n_ff must be positive, got d={d}, n_ff={n_ff}")
+
+
+def _name(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched):
+    thr = f"t{threshold_tag(threshold)}" if gate_act == "fatrelu" else "t0"
+    return symbol("cuda", "gmlp", kind, f"d{d}", f"f{n_ff}", gate_act, up_act, thr, dtype, sched.tag)
+
+
+def _finish(kernel, name: str):
+    return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+
+
+@cache
+def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                     threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
+    """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate, compaction, up and down over active rows."""
+    _check(d, n_ff, gate_act, up_act, dtype, sched, EXACT_GATE_ACTS)
+    L, W, T_ = sched.warp, sched.warps, sched.threads
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    warp_dot = warp_dot_macro(d, dtype, sched)
+    V = vector_elems(d, dtype, sched)
+    splits = down_splits(d, dtype, sched, n_ff)
+    down_parts, sum_parts = down_macros(d, dtype, sched, lambda rows, m, p: rows[p], lambda cnt, m: cnt[0], splits)
+    n_blocks = (n_ff + W - 1) // W
+    chunk = (n_ff + T_ - 1) // T_  # flags per thread in the compaction
+    scan_rounds = _shuffle_rounds(L)[::-1]  # 1, 2, 4, 8, 16
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
+               w_down_t: T.Buffer((n_ff, d), dtype), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        g = T.alloc_buffer((M, n_ff), "float32")  # activated gate, by neuron
+        flag = T.alloc_buffer((n_ff,), "int32")  # neuron active for some token
+        idx = T.alloc_buffer((n_ff,), "int32")  # active neurons, ascending
+        cnt = T.alloc_buffer((1,), "int32")
+        h = T.alloc_buffer((M, n_ff), "float32")  # by slot of idx
+        part = T.alloc_buffer((splits, M, d), "float32")
+        # 1) gate: a warp per row, every token; flag the rows some token activates
+        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
+            for ty in T.thread_binding(W, "threadIdx.y"):
+                for tx in T.thread_binding(L, "threadIdx.x"):
+                    acc = T.alloc_buffer((V,), "float32", scope="local")
+                    wv = T.alloc_buffer((V,), dtype, scope="local")
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    live = T.alloc_buffer((1,), "int32", scope="local")
+                    j: T.let = bx * W + ty
+                    if j < n_ff:
+                        live[0] = 0
+                        for m in range(M):
+                            warp_dot(w_gate, j, x, m, tx, acc, wv, s)
+                            s[0] = act_g(s[0])
+                            if s[0] != T.float32(0):
+                                live[0] = 1
+                            if tx == 0:
+                                g[m, j] = s[0]
+                        if tx == 0:
+                            flag[j] = live[0]
+        # 2) compaction: one block, thread t owns flags [t * chunk, (t + 1) * chunk)
+        for _ in T.thread_binding(1, "blockIdx.x"):
+            for tx in T.thread_binding(T_, "threadIdx.x"):
+                c = T.alloc_buffer((1,), "int32", scope="local")
+                sc = T.alloc_buffer((1,), "int32", scope="local")
+                base = T.alloc_buffer((1,), "int32", scope="local")
+                wsum = T.alloc_buffer((W,), "int32", scope="shared")
+                j0: T.let = tx * chunk
+                c[0] = 0
+                for i in range(chunk):
+                    if j0 + i < n_ff:
+                        c[0] = c[0] + flag[j0 + i]
+                sc[0] = c[0]
+                for r in T.unroll(len(scan_rounds)):
+                    base[0] = T.tvm_warp_shuffle_up(T.tvm_warp_activemask(), sc[0], T.shift_left(1, r), L, L)
+                    if tx % L >= T.shift_left(1, r):
+                        sc[0] = sc[0] + base[0]
+                if tx % L == L - 1:
+                    wsum[tx // L] = sc[0]
+                T.tvm_storage_sync("shared")
+                base[0] = sc[0] - c[0]
+                for w2 in range(tx // L):
+                    base[0] = base[0] + wsum[w2]
+                for i in range(chunk):
+                    if j0 + i < n_ff:
+                        if flag[j0 + i] != 0:
+                            idx[base[0]] = j0 + i
+                            base[0] = base[0] + 1
+                if tx == T_ - 1:
+                    cnt[0] = base[0]
+        # 3) up over the active rows: h[m, slot] = act_g(g) * act_u(up)
+        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
+            for ty in T.thread_binding(W, "threadIdx.y"):
+                for tx in T.thread_binding(L, "threadIdx.x"):
+                    acc = T.alloc_buffer((V,), "float32", scope="local")
+                    wv = T.alloc_buffer((V,), dtype, scope="local")
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    p: T.let = bx * W + ty
+                    if p < cnt[0]:
+                        for m in range(M):
+                            warp_dot(w_up, idx[p], x, m, tx, acc, wv, s)
+                            if tx == 0:
+                                h[m, p] = g[m, idx[p]] * act_u(s[0])
+        # 4) down over the active rows, then 5) the parts summed
+        down_parts(w_down_t, h, idx, cnt, part, M)
+        sum_parts(part, out, M)
+
+    return _finish(kernel, _name("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+
+
+@cache
+def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                             threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
+    """Given neurons (x, w_gate, w_up, w_down_t, idx, count, out): token m computes idx[m, :count[m]] only."""
+    _check(d, n_ff, gate_act, up_act, dtype, sched)
+    L, W = sched.warp, sched.warps
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    warp_dot = warp_dot_macro(d, dtype, sched)
+    V = vector_elems(d, dtype, sched)
+    splits = down_splits(d, dtype, sched, n_ff)
+    down_parts, sum_parts = down_macros(d, dtype, sched, lambda rows, m, p: rows[m, p], lambda cnt, m: cnt[m],
+                                        splits)
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
+               w_down_t: T.Buffer((n_ff, d), dtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        K = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        idx = T.match_buffer(idx_h, (M, K), "int32")
+        count = T.match_buffer(count_h, (M,), "int32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        h = T.alloc_buffer((M, K), "float32")
+        part = T.alloc_buffer((splits, M, d), "float32")
+        # 1) gate and up of each listed row: a warp per (token, row)
+        for m in T.thread_binding(M, "blockIdx.y"):
+            for bx in T.thread_binding((K + W - 1) // W, "blockIdx.x"):
+                for ty in T.thread_binding(W, "threadIdx.y"):
+                    for tx in T.thread_binding(L, "threadIdx.x"):
+                        acc = T.alloc_buffer((V,), "float32", scope="local")
+                        wv = T.alloc_buffer((V,), dtype, scope="local")
+                        s = T.alloc_buffer((1,), "float32", scope="local")
+                        gs = T.alloc_buffer((1,), "float32", scope="local")
+                        p: T.let = bx * W + ty
+                        if p < T.Cast("int64", count[m]):
+                            warp_dot(w_gate, idx[m, p], x, m, tx, acc, wv, s)
+                            gs[0] = act_g(s[0])
+                            warp_dot(w_up, idx[m, p], x, m, tx, acc, wv, s)
+                            if tx == 0:
+                                h[m, p] = gs[0] * act_u(s[0])
+        down_parts(w_down_t, h, idx, count, part, M)
+        sum_parts(part, out, M)
+
+    return _finish(kernel, _name("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+
+
+@cache
+def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                    threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
+    """Dense gated MLP (x, w_gate, w_up, w_down_t, out): every neuron, gate and up fused per warp."""
+    _check(d, n_ff, gate_act, up_act, dtype, sched)
+    L, W = sched.warp, sched.warps
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    warp_dot = warp_dot_macro(d, dtype, sched)
+    V = vector_elems(d, dtype, sched)
+    splits = down_splits(d, dtype, sched, n_ff)
+    down_parts, sum_parts = down_macros(d, dtype, sched, lambda rows, m, p: p, lambda cnt, m: n_ff, splits)
+    n_blocks = (n_ff + W - 1) // W
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
+               w_down_t: T.Buffer((n_ff, d), dtype), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        h = T.alloc_buffer((M, n_ff), "float32")
+        part = T.alloc_buffer((splits, M, d), "float32")
+        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
+            for ty in T.thread_binding(W, "threadIdx.y"):
+                for tx in T.thread_binding(L, "threadIdx.x"):
+                    acc = T.alloc_buffer((V,), "float32", scope="local")
+                    wv = T.alloc_buffer((V,), dtype, scope="local")
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    gs = T.alloc_buffer((1,), "float32", scope="local")
+                    j: T.let = bx * W + ty
+                    if j < n_ff:
+                        for m in range(M):
+                            warp_dot(w_gate, j, x, m, tx, acc, wv, s)
+                            gs[0] = act_g(s[0])
+                            warp_dot(w_up, j, x, m, tx, acc, wv, s)
+                            if tx == 0:
+                                h[m, j] = gs[0] * act_u(s[0])
+        down_parts(w_down_t, h, h, h, part, M)
+        sum_parts(part, out, M)
+
+    return _finish(kernel, _name("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+
+
+@cache
+def linear(k: int, n: int, *, dtype: str = "float32", sched: GpuSchedule, bias: bool = False):
+    """Linear layer (x, w[, b], out) = x @ w^T (+ b): a warp per output row, every token."""
+    check_dtype(dtype)
+    if not isinstance(sched, GpuSchedule):
+        raise TypeError(f"the CUDA kernels take a GpuSchedule, got {type(sched).__name__}")
+    if k < 1 or n < 1:
+        raise ValueError(f"k and n must be positive, got k={k}, n={n}")
+    L, W = sched.warp, sched.warps
+    warp_dot = warp_dot_macro(k, dtype, sched)
+    V = vector_elems(k, dtype, sched)
+    n_blocks = (n + W - 1) // W
+    name = symbol("cuda", "linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)
+
+    @T.macro
+    def body(x, w, b, out, M):
+        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
+            for ty in T.thread_binding(W, "threadIdx.y"):
+                for tx in T.thread_binding(L, "threadIdx.x"):
+                    acc = T.alloc_buffer((V,), "float32", scope="local")
+                    wv = T.alloc_buffer((V,), dtype, scope="local")
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    j: T.let = bx * W + ty
+                    if j < n:
+                        for m in range(M):
+                            warp_dot(w, j, x, m, tx, acc, wv, s)
+                            if tx == 0:
+                                if bias:
+                                    out[m, j] = s[0] + b[j]
+                                else:
+                                    out[m, j] = s[0]
+
+    if bias:
+
+        @T.prim_func
+        def kernel(x_h: T.handle, w: T.Buffer((n, k), dtype), b: T.Buffer((n,), "float32"), out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            M = T.int64()
+            x = T.match_buffer(x_h, (M, k), "float32")
+            out = T.match_buffer(out_h, (M, n), "float32")
+            body(x, w, b, out, M)
+
+        return _finish(kernel, name)
+
+    @T.prim_func
+    def kernel_nobias(x_h: T.handle, w: T.Buffer((n, k), dtype), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, k), "float32")
+        out = T.match_buffer(out_h, (M, n), "float32")
+        body(x, w, w, out, M)
+
+    return _finish(kernel_nobias, name)

@@ -1,0 +1,377 @@
+"""Detection that generalizes: every gated MLP of real architectures and of each hand-written rewrite form is
+found (the pass statistics prove which rewrite fired), plain MLPs never are, and the rewritten graphs compute
+what torch computes.
+
+Evidence per case, cheapest first: the pipeline's counts and the reference interpreter on the rewritten graph
+(every architecture, its default activation in mode "auto" and its ReLU twin in mode "exact"); then one
+end-to-end compile per architecture and one for all rewrite forms together, compared with torch. Models are
+tiny (hidden 32, intermediate 64, 2 layers, vocab 128) and share kernel sizes, so kernels are built once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import actsparse
+from actsparse.frontends import CausalLMLogits, UnsupportedOpError, import_hf, import_torch
+from actsparse.ir import evaluate, print_graph
+from actsparse.passes import pipeline_for, run_pipeline
+
+from .test_passes_golden import _check_golden, _inputs, _load
+
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(1)
+
+D, N, SEQ = 32, 64, 6
+SMALL = dict(hidden_size=D, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=N,
+             vocab_size=128, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+GPT2 = dict(n_embd=D, n_layer=2, n_head=4, n_positions=64, vocab_size=128, pad_token_id=0, bos_token_id=1,
+            eos_token_id=2)
+QWEN2_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=N // 2, shared_expert_intermediate_size=N,
+                 norm_topk_prob=True, mlp_only_layers=[1])  # layer 0: 4 experts + a shared expert; layer 1 dense
+ARCHS = {  # case -> (architecture, config, the ReLU twin's override, detect-gated-mlp counts in mode "auto")
+    "llama": ("Llama", {}, {"hidden_act": "relu"}, {"gated-mlp": 2, "swiglu": 2}),
+    "mistral": ("Mistral", {"sliding_window": 4}, {"hidden_act": "relu"}, {"gated-mlp": 2, "swiglu": 2}),
+    "qwen2": ("Qwen2", {}, {"hidden_act": "relu"}, {"gated-mlp": 2, "swiglu": 2}),
+    "gemma": ("Gemma", {"head_dim": 8}, {"hidden_act": "relu"}, {"gated-mlp": 2, "geglu": 2}),
+    "gemma2": ("Gemma2", {"head_dim": 8}, {"hidden_activation": "relu"}, {"gated-mlp": 2, "geglu": 2}),
+    "phi3": ("Phi3", {}, {"hidden_act": "relu"}, {"gated-mlp": 2, "swiglu-fused": 2}),
+    "mixtral": ("Mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}, {"hidden_act": "relu"},
+                {"gated-mlp": 8, "swiglu-fused": 8, "moe-expert": 8}),
+    "qwen2-moe": ("Qwen2Moe", QWEN2_MOE, {"hidden_act": "relu"},
+                  {"gated-mlp": 6, "swiglu-fused": 4, "swiglu": 2, "moe-expert": 4}),
+    "gpt2": ("GPT2", {}, {"activation_function": "relu"}, {"plain-mlp": 2}),  # the negative case
+}
+OTHER_ARCHS = {  # outside the list: nothing in actsparse names them (detection and interpreter only)
+    "qwen3-moe": ("Qwen3Moe", {"head_dim": 8, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+                  {}, {"gated-mlp": 8, "swiglu-fused": 8, "moe-expert": 8}),
+    "starcoder2": ("Starcoder2", {}, {}, {"plain-mlp": 2}),  # biased c_fc / c_proj nn.Linear, gelu_tanh
+}
+# one end-to-end compile per architecture: "exact" compiles the ReLU twin, "auto" the default activation
+END_TO_END = {"llama": "exact", "phi3": "exact", "mixtral": "exact", "mistral": "auto", "qwen2": "auto",
+              "gemma": "auto", "gemma2": "auto", "qwen2-moe": "auto", "gpt2": "auto"}
+
+
+def _hf_model(case: str, relu: bool = False) -> nn.Module:
+    arch, overrides, relu_override, _ = {**ARCHS, **OTHER_ARCHS}[case]
+    config = {**(GPT2 if arch == "GPT2" else SMALL), **overrides, **(relu_override if relu else {})}
+    model_cls = transformers.GPT2LMHeadModel if arch == "GPT2" else getattr(transformers, f"{arch}ForCausalLM")
+    torch.manual_seed(0)
+    return CausalLMLogits(model_cls(getattr(transformers, f"{arch}Config")(**config))).eval()
+
+
+def _relu_counts(counts: dict) -> dict:
+    return {k.replace("swiglu", "reglu").replace("geglu", "reglu"): v for k, v in counts.items()}
+
+
+def _ids(seq: int = SEQ, seed: int = 1) -> torch.Tensor:
+    return torch.randint(1, 128, (1, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def _torch_out(model, *inputs) -> np.ndarray:
+    with torch.no_grad():
+        return model(*inputs).numpy()
+
+
+def _close(got, expected):
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """(case, relu) -> (torch model, imported graph), each imported once per test module."""
+    cache = {}
+
+    def get(case: str, relu: bool = False):
+        if (case, relu) not in cache:
+            model = _hf_model(case, relu)
+            cache[case, relu] = model, import_hf(model.model, seq_len=SEQ)
+        return cache[case, relu]
+    return get
+
+
+# --- architectures ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", list(ARCHS) + list(OTHER_ARCHS))
+def test_architecture_blocks_are_detected_per_pattern(hf, case):
+    model, graph = hf(case)
+    result = run_pipeline(graph, pipeline_for("auto"))
+    counts = {**ARCHS, **OTHER_ARCHS}[case][3]
+    assert result.stats["detect-gated-mlp"] == counts
+    blocks = [n for n in result.graph.nodes if n.op == "gated_mlp"]
+    assert len(blocks) == counts.get("gated-mlp", 0)
+    if "geglu" in counts:
+        assert {n.attrs["gate_act"] for n in blocks} == {"gelu_tanh"}  # gelu_pytorch_tanh, Gemma's default
+    if "moe-expert" in counts:  # every expert of a layer is its own block, named by its index
+        experts = [n for n in blocks if n.attrs.get("expert", -1) >= 0]
+        assert sorted(n.attrs["expert"] for n in experts if ".layers.0." in n.loc) == [0, 1, 2, 3]
+        assert all(n.loc.endswith(f"mlp.experts.{n.attrs['expert']}") for n in experts)
+        assert not any("forward" in m.__dict__ for m in model.modules())  # the export-time forward is undone
+    ids = _ids(seq=7)  # not the export's length: the sequence stays symbolic through every rewrite
+    _close(evaluate(result.graph, [ids.numpy()])[0], _torch_out(model, ids))
+
+
+@pytest.mark.parametrize("case", list(ARCHS))
+def test_relu_twin_is_exactly_sparse(hf, case):
+    model, graph = hf(case, relu=True)
+    result = run_pipeline(graph, pipeline_for("exact"))
+    counts = _relu_counts(ARCHS[case][3])
+    assert result.stats["detect-gated-mlp"] == counts
+    n_blocks = counts.get("gated-mlp", 0)
+    assert result.stats["sparsify-exact"] == ({"reglu": n_blocks} if n_blocks else {})
+    assert result.graph.count("sparse_gated_mlp") == n_blocks and result.graph.count("gated_mlp") == 0
+    ids = _ids(seed=2)
+    _close(evaluate(result.graph, [ids.numpy()])[0], _torch_out(model, ids))
+
+
+@pytest.mark.parametrize("case", list(END_TO_END))
+def test_architecture_compiles_end_to_end(hf, case):
+    mode = END_TO_END[case]
+    model, graph = hf(case, relu=mode == "exact")
+    ids = _ids(seed=3)
+    # one case goes through the torch API (torch in, torch out); the others reuse the imported graph
+    cm = actsparse.compile(model, (ids,), mode=mode) if case == "mixtral" else \
+        actsparse.compile(graph, (ids.numpy(),), mode=mode)
+    out = cm(ids) if case == "mixtral" else cm(ids.numpy())
+    _close(out.numpy() if case == "mixtral" else out, _torch_out(model, ids))
+    if case != "mixtral":  # the graph is symbolic in the sequence length: another length runs too
+        _close(cm(_ids(9, seed=4).numpy()), _torch_out(model, _ids(9, seed=4)))
+
+    counts = ARCHS[case][3]
+    rows = cm.report.blocks
+    assert len(rows) == counts.get("gated-mlp", 0) + counts.get("plain-mlp", 0)
+    if case == "gpt2":
+        assert [(r.location, r.pattern, r.mode, r.n_ff) for r in rows] == [
+            ("transformer.h.0.mlp", "plain-mlp", "dense", 4 * D), ("transformer.h.1.mlp", "plain-mlp", "dense", 4 * D)]
+        assert all("not gated" in r.reason for r in rows)
+    elif mode == "exact":
+        assert {r.pattern for r in rows} == {"reglu"} and {r.mode for r in rows} == {"exact"}
+    else:
+        assert {r.mode for r in rows} == {"dense"} and all("not exactly sparse" in r.reason for r in rows)
+    if case in ("mixtral", "qwen2-moe"):
+        experts = sorted((r.location, r.expert) for r in rows if r.expert is not None)
+        assert experts[:4] == [(f"model.layers.0.mlp.experts.{e}", e) for e in range(4)]
+        assert "(expert 3)" in str(cm.report)
+    if case == "qwen2-moe":
+        assert {r.pattern for r in rows} == {"swiglu-fused", "swiglu"}  # experts fused, shared expert + dense not
+
+
+# --- hand-written rewrite forms ---------------------------------------------------------------------------
+class Gated(nn.Module):
+    """Separate gate / up / down projections; `mix(gate, up)` is the form under test."""
+
+    def __init__(self, mix, bias: bool = False):
+        super().__init__()
+        self.gate, self.up, self.down = nn.Linear(D, N, bias), nn.Linear(D, N, bias), nn.Linear(N, D, bias)
+        self.mix = mix
+
+    def forward(self, x):
+        return self.down(self.mix(self.gate(x), self.up(x)))
+
+
+class Fused(nn.Module):
+    """One gate_up projection; `split(h) -> (gate, up)` is the form under test."""
+
+    def __init__(self, split, act=F.relu):
+        super().__init__()
+        self.gate_up, self.down = nn.Linear(D, 2 * N, bias=False), nn.Linear(N, D, bias=False)
+        self.split, self.act = split, act
+
+    def forward(self, x):
+        gate, up = self.split(self.gate_up(x))
+        return self.down(self.act(gate) * up)
+
+
+class Transposed(nn.Module):
+    """Raw parameters: x @ Wg.t() with Wg [n, d], x @ Wu with Wu [d, n] (an [in, out] layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w_gate, self.w_up = nn.Parameter(torch.randn(N, D) / D**0.5), nn.Parameter(torch.randn(D, N) / D**0.5)
+        self.down = nn.Linear(N, D, bias=False)
+
+    def forward(self, x):
+        return self.down(F.relu(x @ self.w_gate.t()) * (x @ self.w_up))
+
+
+class PlainMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(D, N), nn.Linear(N, D)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class ModuleMoE(nn.Module):
+    """Per-expert modules, a dense top-2 router, each expert weighted by its routing weight (0 if not chosen)."""
+
+    def __init__(self, n_experts: int = 4):
+        super().__init__()
+        self.router = nn.Linear(D, n_experts, bias=False)
+        self.experts = nn.ModuleList(Gated(lambda g, u: F.relu(g) * u) for _ in range(n_experts))
+
+    def forward(self, x):
+        weights, index = self.router(x).softmax(-1).topk(2, dim=-1)
+        out = 0
+        for e, expert in enumerate(self.experts):
+            out = out + (weights * (index == e)).sum(-1, keepdim=True) * expert(x)
+        return out
+
+
+class BatchedExperts(nn.Module):
+    """transformers-5 style batched expert weights, here transposed ([E, in, out]) and biased (as gpt-oss); its
+    own forward gathers each (token, slot)'s expert weights (transformers' `batched_mm`)."""
+
+    has_gate, has_bias, is_transposed = True, True, True
+
+    def __init__(self, n_experts: int = 4):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.randn(n_experts, D, 2 * N) / D**0.5)
+        self.gate_up_proj_bias = nn.Parameter(torch.randn(n_experts, 2 * N) * 0.1)
+        self.down_proj = nn.Parameter(torch.randn(n_experts, N, D) / N**0.5)
+        self.down_proj_bias = nn.Parameter(torch.randn(n_experts, D) * 0.1)
+
+    def _apply_gate(self, h):
+        gate, up = h.chunk(2, dim=-1)
+        return F.relu(gate) * up
+
+    def forward(self, x, index, weights):
+        flat = index.reshape(-1)
+        tokens = x.repeat_interleave(index.shape[-1], dim=0)
+        h = self._apply_gate(torch.bmm(tokens[:, None], self.gate_up_proj[flat])[:, 0] + self.gate_up_proj_bias[flat])
+        y = torch.bmm(h[:, None], self.down_proj[flat])[:, 0] + self.down_proj_bias[flat]
+        return (y * weights.reshape(-1, 1)).view(x.shape[0], -1, D).sum(1)
+
+
+class BatchedMoE(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.router, self.experts = nn.Linear(D, 4, bias=False), BatchedExperts()
+
+    def forward(self, x):
+        flat = x.reshape(-1, D)
+        weights, index = self.router(flat).softmax(-1).topk(2, dim=-1)
+        return self.experts(flat, index, weights).reshape(x.shape)
+
+
+def _gelu_tanh(g):
+    return 0.5 * g * (1 + torch.tanh(math.sqrt(2 / math.pi) * (g + 0.044715 * torch.pow(g, 3))))
+
+
+FORMS = {  # name -> (module factory, canonicalize counts it needs, detect-gated-mlp counts)
+    "act-on-second-operand": (lambda: Gated(lambda g, u: u * F.silu(g)), {}, {"swiglu": 1}),
+    "silu-as-x-sigmoid-x": (lambda: Gated(lambda g, u: g * torch.sigmoid(g) * u), {"silu": 1}, {"swiglu": 1}),
+    "gelu-erf-written-out": (lambda: Gated(lambda g, u: 0.5 * g * (1 + torch.erf(g / math.sqrt(2))) * u),
+                             {"gelu": 1}, {"geglu": 1}),
+    "gelu-tanh-written-out": (lambda: Gated(lambda g, u: _gelu_tanh(g) * u), {"gelu": 1}, {"geglu": 1}),
+    "relu": (lambda: Gated(lambda g, u: F.relu(g) * u), {}, {"reglu": 1}),
+    "drelu": (lambda: Gated(lambda g, u: F.relu(g) * F.relu(u)), {}, {"drelu": 1}),
+    "fatrelu-where": (lambda: Gated(lambda g, u: torch.where(g > 0.1, g, 0.0) * u), {"relu": 1}, {"fatrelu": 1}),
+    "fused-slice-gate-first": (lambda: Fused(lambda h: (h[..., :N], h[..., N:])), {}, {"reglu-fused": 1}),
+    "fused-chunk-up-first": (lambda: Fused(lambda h: h.chunk(2, dim=-1)[::-1]), {}, {"reglu-fused": 1}),
+    "fused-split-gate-first": (lambda: Fused(lambda h: torch.split(h, N, dim=-1), F.silu), {}, {"swiglu-fused": 1}),
+    "fused-split-up-first": (lambda: Fused(lambda h: torch.split(h, [N, N], dim=-1)[::-1]), {}, {"reglu-fused": 1}),
+    "transposed-projections": (Transposed, {"linear-from-matmul": 1, "linear-transposed-weight": 1}, {"reglu": 1}),
+    "biased-projections": (lambda: Gated(lambda g, u: F.relu(g) * u, bias=True), {}, {"reglu": 1, "biased": 1}),
+    "moe-expert-modules": (ModuleMoE, {}, {"reglu": 4, "moe-expert": 4}),
+    "plain-mlp": (PlainMLP, {}, {"plain-mlp": 1}),
+    "moe-batched-transposed-biased": (BatchedMoE, {"expert-weight": 16, "linear-transposed-weight": 8},
+                                      {"reglu-fused": 4, "moe-expert": 4, "biased": 4}),
+}
+
+
+def _x(seq: int = SEQ, seed: int = 4) -> torch.Tensor:
+    return torch.randn(1, seq, D, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_rewrite_form_is_detected(form):
+    factory, canonical, detected = FORMS[form]
+    torch.manual_seed(0)
+    model = factory().eval()
+    graph = import_torch(model, (_x(),), dynamic_seq=False)
+    result = run_pipeline(graph, pipeline_for("auto"))
+    assert canonical.items() <= result.stats["canonicalize"].items()
+    n_gated = sum(v for k, v in detected.items() if k not in ("moe-expert", "biased", "plain-mlp"))
+    assert result.stats["detect-gated-mlp"] == ({"gated-mlp": n_gated, **detected} if n_gated else detected)
+    assert result.graph.count("linear") == (2 if form == "plain-mlp" else int(form.startswith("moe")))
+    _close(evaluate(result.graph, [_x(seed=5).numpy()])[0], _torch_out(model, _x(seed=5)))
+
+
+class AllForms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(factory() for factory, _, _ in FORMS.values())
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = x + 0.5 * block(x)
+        return x
+
+
+def test_all_rewrite_forms_compile_end_to_end():
+    torch.manual_seed(0)
+    model = AllForms().eval()
+    cm = actsparse.compile(model, (_x(),), mode="auto")
+    _close(cm(_x(seed=6)), _torch_out(model, _x(seed=6)))
+    stats = cm.report.pass_stats
+    assert stats["detect-gated-mlp"]["gated-mlp"] == 21 and stats["detect-gated-mlp"]["plain-mlp"] == 1
+    assert stats["sparsify-exact"] == {"reglu": 14, "drelu": 1, "fatrelu": 1, "kept-dense": 5}
+    rows = {r.location: r for r in cm.report.blocks}
+    assert len(rows) == 22  # every block is a row, the plain MLP included
+    assert rows["blocks.14"].pattern == "plain-mlp" and rows["blocks.13.experts.2"].expert == 2
+    # biased ReGLU, and biased batched experts: their biases ride in the weights, still exact
+    expert = rows["blocks.15.experts.3"]
+    assert rows["blocks.12"].mode == "exact" and (expert.mode, expert.expert) == ("exact", 3)
+
+
+def test_gathering_moe_is_a_clear_error():
+    class GatheringMoE(ModuleMoE):  # the eager loop over routed tokens: data-dependent sizes
+        def forward(self, x):
+            weights, index = self.router(x).softmax(-1).topk(2, dim=-1)
+            out = torch.zeros_like(x)
+            for e, expert in enumerate(self.experts):
+                token, slot = torch.where(index == e)
+                out = out.index_add(0, token, expert(x[token]) * weights[token, slot, None])
+            return out
+
+    with pytest.raises(UnsupportedOpError, match=r"depends on tensor values.*routing weight"):
+        import_torch(GatheringMoE().eval(), (torch.randn(SEQ, D),), dynamic_seq=False)
+
+
+# --- golden IR for the projection rules -------------------------------------------------------------------
+@pytest.mark.parametrize("name, mode, expected", [
+    ("gpt2_conv1d", "auto", {"canonicalize": {"linear-transposed-weight": 2, "linear-bias": 2, "linear-flatten": 2},
+                             "detect-gated-mlp": {"plain-mlp": 1}}),
+    ("moe_batched_experts", "exact", {"canonicalize": {"expert-weight": 4},
+                                      "detect-gated-mlp": {"gated-mlp": 2, "reglu-fused": 2, "moe-expert": 2},
+                                      "sparsify-exact": {"reglu": 2}}),
+    ("biased_transposed", "exact", {"canonicalize": {"linear-transposed-weight": 1, "linear-bias": 1},
+                                    "detect-gated-mlp": {"gated-mlp": 1, "reglu": 1, "biased": 1},
+                                    "sparsify-exact": {"reglu": 1}}),
+])
+def test_projection_rules_golden(name, mode, expected):
+    graph = _load(name)
+    result = run_pipeline(graph, pipeline_for(mode))
+    for pass_name, counts in expected.items():
+        assert result.stats[pass_name] == counts
+    _check_golden(name, mode, print_graph(result.graph))
+    inputs = _inputs(graph)
+    _close(evaluate(result.graph, inputs)[0], evaluate(graph, inputs)[0])
+
+
+def test_topk_matches_torch():
+    from actsparse.ir.ops import op_def
+
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(7))
+    values, indices = x.topk(3, dim=-1)
+    ref = op_def("topk").reference
+    attrs = {"k": 3, "axis": -1, "largest": True}
+    np.testing.assert_array_equal(ref(x.numpy(), {**attrs, "output": "values"}, {}), values.numpy())
+    np.testing.assert_array_equal(ref(x.numpy(), {**attrs, "output": "indices"}, {}), indices.numpy())

@@ -1,0 +1,241 @@
+"""CUDA: the GPU kernels generate the intended code and nvcc compiles it to PTX (no GPU needed); their numerics match
+numpy under the SIMT emulator (tests/simt.py: TVM's host code + the generated CUDA source run as CPU threads);
+`compile(..., target="cuda")` builds a whole model (our kernels + dlight-scheduled TVM ops) and saves it; numerics
+on a real GPU run only where one is present (`@pytest.mark.gpu`, skipped otherwise)."""
+
+import re
+
+import numpy as np
+import pytest
+
+from .kernel_cases import (
+    DTYPES,
+    KINDS,
+    cuda_build,
+    linear_call,
+    mlp_call,
+    primfunc,
+    require_nvcc,
+    run_batch,
+    simt_kernels,
+)
+
+tvm = pytest.importorskip("tvm")
+
+D, N_FF = 64, 53  # d a multiple of the 16-byte vectors, n_ff not of the 8 warps per block
+ODD_D = 37  # no vector divides it: one-element loads, still one warp per row
+
+
+def cuda_schedule():
+    from actsparse import targets
+
+    return targets.get("cuda").schedule()
+
+
+def kernel_source(source: str, prim) -> str:
+    """The CUDA source of one PrimFunc's launches (each `<symbol>_kernel[_i](...) {...}`)."""
+    name = str(prim.attrs["global_symbol"])
+    bodies = re.findall(rf"__global__ void __launch_bounds__\(\d+\) {name}_kernel(?:_\d+)?\([^)]*\) {{.*?\n}}\n",
+                        source, re.S)
+    assert bodies, f"no launches of {name} in the source"
+    return "\n".join(bodies)
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Every kernel x dtype at (D, N_FF), built for CUDA in one module (one nvcc run)."""
+    sched = cuda_schedule()
+    prims = {(kind, dtype): primfunc(kind, D, N_FF, dtype, sched, ("relu", "identity", 0.0), bias=True)
+             for kind in KINDS for dtype in DTYPES}
+    module, source = cuda_build(prims.values())
+    return prims, module, source
+
+
+def test_cuda_schedule_comes_from_the_target_data():
+    from actsparse import targets
+
+    cuda = targets.get("cuda")
+    sched = cuda.schedule()
+    assert (sched.warp, sched.threads, sched.vector_bytes) == (cuda.warp_size, cuda.threads, cuda.vector_bits // 8)
+    assert sched.multiprocessors == cuda.multiprocessors and sched.warps == cuda.threads // cuda.warp_size
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_kernel_source_has_warp_reductions_and_16_byte_loads(built, kind, dtype):
+    prims, _, source = built
+    code = kernel_source(source, prims[kind, dtype])
+    launches = {"exact": 5, "indexed": 3, "dense": 3, "linear": 1}[kind]
+    assert code.count("__global__") == launches
+    assert "__shfl_xor_sync" in code  # warp-shuffle butterfly of the row dot products
+    vector_load = "*(float4*)(w" if dtype == "float32" else "*(uint4*)(w"
+    assert vector_load in code  # 16 bytes per lane: a warp reads 512 contiguous bytes
+    if kind != "linear":
+        assert "__shared__" in code and "__syncthreads()" in code  # the down projection's block reduction
+    if kind == "exact":
+        assert "__shfl_up_sync" in code  # the compaction's warp scan
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_kernels_compile_to_ptx_with_nvcc(built, dtype):
+    from actsparse.codegen.cuda_support import compile_ptx
+
+    prims, _, source = built
+    ptx = compile_ptx(source, "sm_80")
+    for kind in KINDS:
+        name = str(prims[kind, dtype].attrs["global_symbol"])
+        assert re.search(rf"\.entry {name}_kernel\b", ptx)
+    assert "shfl.sync.bfly.b32" in ptx and "bar.sync" in ptx
+    assert re.search(r"ld\.global(\.nc)?\.v4\.(f32|u32|b32)", ptx)
+
+
+def fixed_calls(kind, d, n_ff, dtype, acts, seed=1):
+    """Decode and prefill calls at 90%, 50%, 100% and 0% sparsity (per-token shuffled sets for indexed)."""
+    rng = np.random.default_rng(seed)
+    calls = []
+    for M, frac in ((1, 0.1), (4, 0.5), (2, 0.0), (3, 1.0)):
+        active = np.flatnonzero(rng.random(n_ff) < frac)
+        if kind == "linear":
+            calls.append(linear_call(rng, M, d, n_ff, dtype, bias=True))
+        else:
+            sets = [rng.permutation(active).astype(np.int32) for _ in range(M)] if kind == "indexed" else None
+            calls.append(mlp_call(kind, rng, M, d, n_ff, dtype, acts, active, sets))
+    return calls
+
+
+ACTS = {"exact": ("relu", "relu", 0.0), "indexed": ("silu", "identity", 0.0), "dense": ("gelu", "identity", 0.0),
+        "linear": ("relu", "identity", 0.0)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_kernels_match_numpy_under_simt_emulation(dtype):
+    sched = cuda_schedule()
+    prims = {kind: primfunc(kind, D, N_FF, dtype, sched, ACTS[kind], bias=True) for kind in KINDS}
+    jobs = [(prims[kind], fixed_calls(kind, D, N_FF, dtype, ACTS[kind])) for kind in KINDS]
+    for kind, (_, calls), outs in zip(KINDS, jobs, run_batch(simt_kernels(prims.values()), jobs)):
+        for i, (call, out) in enumerate(zip(calls, outs)):
+            try:
+                call.check(out)
+            except AssertionError as err:
+                raise AssertionError(f"{kind} {dtype} call {i}: {err}") from None
+
+
+def test_simt_emulation_catches_a_wrong_kernel():
+    """The emulator is a real check: a kernel whose warp reduction skips a round gives wrong sums."""
+    from . import simt
+
+    if simt.missing():
+        pytest.skip(f"the CUDA emulator needs {simt.missing()}")
+    prim = primfunc("linear", D, N_FF, "float32", cuda_schedule(), bias=True)
+    broken = prim.with_attr("global_symbol", "actsparse_test_broken_linear")
+    text = broken.script().replace("32 >> r + 1,", "32 >> r + 2,")  # skips the 16-lane round
+    assert text != broken.script()
+    calls = fixed_calls("linear", D, N_FF, "float32", ACTS["linear"])
+    broken = tvm.script.from_source(text)
+    (outs,) = run_batch(simt_kernels([broken]), [(broken, calls)])
+    with pytest.raises(AssertionError):
+        calls[0].check(outs[0])
+
+
+def test_cuda_kernels_for_odd_sizes_use_narrow_loads_and_still_compile():
+    sched = cuda_schedule()
+    prims = [primfunc(kind, ODD_D, 1, "float16", sched, ("fatrelu", "relu", 0.5)) for kind in ("exact", "dense")]
+    _, source = cuda_build(prims)
+    code = kernel_source(source, prims[0])
+    assert "uint4" not in code and "float4" not in code.split("{", 1)[1].replace("make_float4", "")
+
+
+def test_cuda_kernels_refuse_a_cpu_schedule():
+    from actsparse.codegen.kernels import cuda_mlp
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    with pytest.raises(TypeError, match="GpuSchedule"):
+        cuda_mlp.sparse_gated_mlp(D, N_FF, sched=CpuSchedule(lanes=8, threads=2))
+
+
+def test_compile_for_cuda_builds_the_whole_model_without_a_gpu(tmp_path):
+    import actsparse
+    from actsparse.codegen.cuda_support import cuda_source
+    from actsparse.errors import TargetError
+
+    from .helpers import gated_mlp_graph, mlp_input
+
+    require_nvcc()
+    graph, x = gated_mlp_graph(d=32, n=48), mlp_input(d=32, seq=3)
+    cm = actsparse.compile(graph, (x,), target="cuda", mode="exact")
+    source = cuda_source(cm.executable.mod)
+    assert "actsparse_cuda_gmlp_exact_d32_f48" in source
+    path = cm.save(tmp_path / "model.actsparse")
+    assert (path / "model.so").exists()
+    if not cm.runnable:
+        with pytest.raises(TargetError, match="built for cuda; run it on a machine with an NVIDIA GPU"):
+            cm(x)
+        assert not actsparse.load(path).runnable
+
+
+def test_compile_for_cuda_schedules_the_other_ops_with_dlight():
+    """A small Llama: attention, norms, softmax, embedding go through TVM's legalization + dlight GPU rules."""
+    import torch
+
+    import actsparse
+    from actsparse.codegen.cuda_support import cuda_source
+    from actsparse.models import TinyConfig, TinyLlama
+
+    require_nvcc()
+    torch.manual_seed(0)
+    model = TinyLlama(TinyConfig(d_model=32, n_layers=1, n_heads=2, n_ff=64, max_seq=16, mlp_act="drelu")).eval()
+    cm = actsparse.compile(model, (torch.randint(0, 256, (1, 5)),), target="cuda", mode="exact")
+    source = cuda_source(cm.executable.mod)
+    ours = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) (actsparse_\w+?)_kernel", source))
+    others = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) ((?!actsparse_)\w+?)(?:_kernel\w*)?\(", source))
+    assert any("gmlp_exact" in k for k in ours) and any("linear" in k for k in ours)
+    assert len(others) >= 5  # softmax, norm, rotary, matmuls of attention, ... scheduled by dlight
+    assert "threadIdx.x" in source
+
+
+# --- numerics on a real GPU: only where one is present --------------------------------------------------------------------------------------
+def run_gpu(prim, calls):
+    from actsparse import targets
+    from actsparse.codegen.kernels.common import build_standalone
+
+    module = build_standalone(prim, targets.get("cuda").tvm_target())
+    dev = tvm.cuda(0)
+    outs = []
+    for call in calls:
+        tensors = [tvm.runtime.tensor(np.ascontiguousarray(a), device=dev) for a in call.args]
+        module(*tensors)
+        outs.append(tensors[-1].numpy())
+    return outs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d,n_ff", [(D, N_FF), (ODD_D, 70), (4096, 1024)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_kernel_matches_numpy_on_the_gpu(kind, dtype, d, n_ff):
+    sched = cuda_schedule()
+    acts = ("relu", "identity", 0.0) if kind == "exact" else ("silu", "identity", 0.0)
+    prim = primfunc(kind, d, n_ff, dtype, sched, acts, bias=True)
+    rng = np.random.default_rng(1)
+    calls = []
+    for M, frac in ((1, 0.1), (4, 0.5), (2, 0.0), (3, 1.0)):
+        active = np.flatnonzero(rng.random(n_ff) < frac)
+        if kind == "linear":
+            calls.append(linear_call(rng, M, d, n_ff, dtype, bias=True))
+        else:
+            sets = [rng.permutation(active).astype(np.int32) for _ in range(M)] if kind == "indexed" else None
+            calls.append(mlp_call(kind, rng, M, d, n_ff, dtype, acts, active, sets))
+    for call, out in zip(calls, run_gpu(prim, calls)):
+        call.check(out)
+
+
+@pytest.mark.gpu
+def test_compiled_model_on_the_gpu_matches_the_cpu():
+    import actsparse
+
+    from .helpers import gated_mlp_graph, mlp_input
+
+    graph, x = gated_mlp_graph(d=64, n=256), mlp_input(d=64, seq=5)
+    gpu = actsparse.compile(graph, (x,), target="cuda", mode="exact")
+    cpu = actsparse.compile(graph, (x,), target="x86", mode="exact")
+    np.testing.assert_allclose(gpu(x), cpu(x), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,208 @@
+"""Threshold mode (training-free sparsity): calibrated per-layer thresholds hit the target sparsity on held-out
+inputs, the compiled kernels equal the reference interpreter of the thresholded graph, the report states what
+was calibrated and measured, and bad calibration data gives one clear error."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import actsparse
+from actsparse.errors import ActsparseError
+from actsparse.ir import evaluate
+from actsparse.models import TinyConfig, TinyLlama
+from actsparse.passes import parse_pipeline, pipeline_for, run_pipeline
+from actsparse.runtime import Report
+
+from .helpers import gated_mlp_graph, mlp_input
+
+torch.set_num_threads(1)
+CONFIG = TinyConfig(d_model=64, n_layers=2, n_heads=2, n_ff=128, max_seq=64, mlp_act="swiglu")
+
+
+def _ids(seq: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, 256, (1, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def swiglu():
+    torch.manual_seed(0)
+    return TinyLlama(CONFIG).eval()
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8])
+def test_threshold_mode_reaches_target_sparsity_on_heldout_inputs(swiglu, target):
+    calibration = [(_ids(32, seed),) for seed in range(10)]
+    held_out = (_ids(64, 100),)
+    cm = actsparse.compile(swiglu, held_out, mode="threshold", calibration=calibration, sparsity=target)
+    assert cm.report.pass_stats["sparsify-threshold"] == {"swiglu": 2}
+    assert cm.graph.count("sparse_gated_mlp") == 2 and cm.graph.count("gated_mlp") == 0
+    for block in cm.report.blocks:
+        assert block.mode == "threshold" and block.method == "cats" and block.threshold > 0
+        assert abs(block.calibrated_sparsity - target) < 0.005
+        assert abs(block.sparsity - target) <= 0.02, (block.location, block.sparsity)
+    # the kernels compute the thresholded graph's semantics
+    for ids in (held_out[0], _ids(5, 7)):
+        np.testing.assert_allclose(cm(ids).numpy(), evaluate(cm.graph, [ids.numpy()])[0], rtol=1e-4, atol=1e-5)
+    # lossy, and the report says how much: relative error of the logits vs the dense model
+    with torch.no_grad():
+        dense = swiglu(held_out[0]).numpy()
+    error = np.linalg.norm(cm(held_out[0]).numpy() - dense) / np.linalg.norm(dense)
+    assert 0 < cm.report.output_rel_error < 0.5
+    assert cm.report.output_rel_error == pytest.approx(error, rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("method, act", [("cats", "silu"), ("topk", "silu"), ("teal", "silu"), ("cats", "gelu")])
+def test_methods_on_one_block_hit_target_and_match_the_reference(method, act):
+    graph = gated_mlp_graph(d=24, n=40, act=act)
+    calibration = [(mlp_input(seq=64, seed=s),) for s in range(2, 10)]
+    held_out = mlp_input(seq=64, seed=50)
+    cm = actsparse.compile(graph, (held_out,), mode="threshold", calibration=calibration, sparsity=0.7, method=method)
+    block = cm.report.blocks[0]
+    pattern = {"silu": "swiglu", "gelu": "geglu"}[act]
+    assert (block.pattern, block.method) == (pattern, method)
+    assert abs(block.sparsity - 0.7) <= 0.04  # 40 neurons x 64 tokens: a noisier estimate than the model test
+    node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+    assert node.attrs["criterion"] == ("gate" if method == "cats" else "product")
+    assert (cm.graph.count("where") == 1) == (method == "teal")  # TEAL's input mask, in front of the block
+    if method == "teal":
+        assert "dense mask" in block.reason
+    for x in (held_out, mlp_input(seq=3, seed=51)):
+        np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_relu_family_block_in_threshold_mode_becomes_fatrelu():
+    graph = gated_mlp_graph(act="relu")
+    cm = actsparse.compile(graph, (mlp_input(seq=64, seed=50),), mode="threshold",
+                           calibration=[(mlp_input(seq=64, seed=s),) for s in range(4)], sparsity=0.9)
+    node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+    assert node.attrs["gate_act"] == "fatrelu" and node.attrs["threshold"] > 0
+    assert abs(cm.report.blocks[0].sparsity - 0.9) <= 0.04
+    x = mlp_input(seq=9, seed=3)
+    np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("calibration, message", [
+    (None, "needs calibration data"),
+    ([], "calibration data is empty"),
+    (iter(()), "calibration data is empty"),
+    ([(np.full((1, 4, 24), np.nan, np.float32),)], "sample 0 contains NaN"),
+    ([(mlp_input(seq=4),), (np.array([[[np.inf] * 24]], np.float32),)], "sample 1 contains NaN or inf"),
+    ([(mlp_input(seq=4), mlp_input(seq=4))], "sample 0 has 2 inputs, the model takes 1"),
+    (mlp_input(seq=4), "iterable of input tuples"),
+])
+def test_bad_calibration_data_is_one_clear_error(calibration, message):
+    with pytest.raises(ActsparseError, match=message):
+        actsparse.compile(gated_mlp_graph(act="silu"), (mlp_input(),), mode="threshold", calibration=calibration,
+                          sparsity=0.5)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in log:RuntimeWarning")
+def test_nan_activations_during_calibration_name_the_block():
+    from actsparse.ir import parse_graph
+
+    # finite calibration inputs, but log() of their negative entries makes the block's input NaN
+    text = """graph @main(%x: f32[1,seq,24]) {
+  @mlp.down.weight : f32[24,40]
+  @mlp.gate.weight : f32[40,24]
+  @mlp.up.weight : f32[40,24]
+  %0 = log(%x) : f32[1,seq,24]  # pre (t.py:1)
+  %1 = linear(%0, @mlp.gate.weight) : f32[1,seq,40]  # mlp.gate (t.py:2)
+  %2 = silu(%1) : f32[1,seq,40]  # mlp (t.py:3)
+  %3 = linear(%0, @mlp.up.weight) : f32[1,seq,40]  # mlp.up (t.py:4)
+  %4 = mul(%2, %3) : f32[1,seq,40]  # mlp (t.py:5)
+  %5 = linear(%4, @mlp.down.weight) : f32[1,seq,24]  # mlp.down (t.py:6)
+  return %5
+}
+"""
+    graph = parse_graph(text, dict(gated_mlp_graph(act="silu").weights))
+    with pytest.raises(ActsparseError, match=r"sample 0 gives NaN/inf activations at the input of mlp"):
+        actsparse.compile(graph, (np.abs(mlp_input()),), mode="threshold", calibration=[(mlp_input(seq=4),)],
+                          sparsity=0.5)
+
+
+def test_threshold_mode_argument_errors():
+    graph, x = gated_mlp_graph(act="silu"), mlp_input()
+    with pytest.raises(ActsparseError, match="needs a target sparsity"):
+        actsparse.compile(graph, (x,), mode="threshold", calibration=[(x,)])
+    with pytest.raises(ActsparseError, match="needs a target sparsity between 0 and 1"):
+        actsparse.compile(graph, (x,), mode="threshold", calibration=[(x,)], sparsity=1.5)
+    with pytest.raises(ActsparseError, match="unknown threshold method 'magic'; valid methods: cats, teal, topk"):
+        actsparse.compile(graph, (x,), mode="threshold", calibration=[(x,)], sparsity=0.5, method="magic")
+    with pytest.raises(ActsparseError, match="applies to mode='threshold'"):
+        actsparse.compile(graph, (x,), mode="exact", method="cats")
+
+
+def test_report_fields_table_and_round_trip(tmp_path):
+    graph = gated_mlp_graph(act="silu")
+    x = mlp_input(seq=16, seed=60)
+    cm = actsparse.compile(graph, (x,), mode="threshold", calibration=[(mlp_input(seq=32, seed=s),) for s in range(4)],
+                           sparsity=0.6, method="topk")
+    data = cm.report.to_dict()
+    assert data["mode"] == "threshold" and data["output_rel_error"] > 0
+    block = data["blocks"][0]
+    assert {"sparsity", "calibrated_sparsity", "threshold", "method"} <= set(block)
+    assert block["method"] == "topk" and block["calibrated_sparsity"] == pytest.approx(0.6, abs=0.01)
+    text = str(cm.report)
+    assert "calibrated" in text and "threshold" in text and "relative error" in text
+    assert Report.from_dict(data).to_dict() == data
+    loaded = actsparse.load(cm.save(tmp_path / "thr.actsparse"))
+    assert loaded.report.to_dict() == data
+    np.testing.assert_allclose(loaded(x), cm(x), rtol=1e-6)
+
+
+def test_pass_text_form_and_explicit_thresholds():
+    graph = gated_mlp_graph(act="silu")
+    passes = parse_pipeline("canonicalize,detect-gated-mlp,sparsify-threshold{method=topk,sparsity=0.6}")
+    assert str(passes[-1]).startswith("sparsify-threshold{sparsity=0.6,method=topk,")
+    with pytest.raises(ActsparseError, match="no thresholds for mlp: pass calibration data"):
+        run_pipeline(graph, passes)
+    explicit = parse_pipeline("canonicalize,detect-gated-mlp")
+    from actsparse.passes.sparsify_threshold import SparsifyThreshold
+
+    result = run_pipeline(graph, [*explicit, SparsifyThreshold(thresholds={"mlp": 0.05})])
+    node = next(n for n in result.graph.nodes if n.op == "sparse_gated_mlp")
+    assert (node.attrs["mode"], node.attrs["threshold"], node.attrs["criterion"]) == ("threshold", 0.05, "gate")
+    with pytest.raises(ValueError, match="unknown method"):
+        SparsifyThreshold(method="magic")
+    with pytest.raises(ValueError, match="valid modes: dense, exact, auto, threshold"):
+        pipeline_for("predictor")
+
+
+def test_threshold_kernel_matches_numpy():
+    tvm = pytest.importorskip("tvm")
+    from scipy.special import erf
+
+    from actsparse.codegen.kernels.common import build_standalone
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+    from actsparse.codegen.kernels.threshold_mlp import threshold_gated_mlp
+
+    from .test_kernels_x86 import host_target
+
+    d, n, t = 37, 53, 0.3
+    rng = np.random.default_rng(0)
+    acts = {"silu": lambda g: g / (1 + np.exp(-g)), "gelu": lambda g: 0.5 * g * (1 + erf(g / math.sqrt(2))),
+            "fatrelu": lambda g: np.where(g > t, g, 0)}
+    cases = [("gate", "silu", "identity", CpuSchedule(lanes=16, threads=2)),
+             ("gate", "gelu", "relu", CpuSchedule(lanes=8, threads=3, rows=1, prefetch=False, vector_registers=16)),
+             ("product", "silu", "identity", CpuSchedule(lanes=8, threads=3, rows=1, prefetch=False,
+                                                         vector_registers=16)),
+             ("product", "fatrelu", "relu", CpuSchedule(lanes=16, threads=2))]
+    for criterion, gate_act, up_act, sched in cases:
+        fn = build_standalone(threshold_gated_mlp(d, n, gate_act=gate_act, up_act=up_act, threshold=t,
+                                                  criterion=criterion, sched=sched), host_target())
+        for m in (1, 5):
+            x = rng.standard_normal((m, d)).astype("float32")
+            wg, wu, wd_t = (rng.standard_normal((n, d)).astype("float32") / 3 for _ in range(3))
+            a = acts[gate_act](x.astype(np.float64) @ wg.T)
+            u = x.astype(np.float64) @ wu.T
+            u = np.maximum(u, 0) if up_act == "relu" else u
+            h = np.where(np.abs(a) > t, a, 0) * u if criterion == "gate" else a * u
+            h = np.where(np.abs(h) > t, h, 0) if criterion == "product" else h
+            assert 0.2 < np.mean(h == 0) < 1  # some neurons skipped, some kept
+            out = tvm.runtime.tensor(np.full((m, d), np.nan, "float32"))
+            fn(*[tvm.runtime.tensor(np.ascontiguousarray(v)) for v in (x, wg, wu, wd_t)], out)
+            np.testing.assert_allclose(out.numpy(), h @ wd_t, rtol=1e-4, atol=1e-4)
