@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--plot", help="write the per-layer sparsity plot here (PNG)")
 
     build = sub.add_parser("build", help="compile a model to a deployable artifact directory")
-    build.add_argument("spec", help="module:factory (returns a model or (model, example_inputs)) | file.onnx | file.mlir")
+    build.add_argument("spec", help="module:factory (returns a model or (model, example_inputs)) | file.onnx | "
+                       "file.mlir")
     build.add_argument("-t", "--target", default="x86")
     build.add_argument("-m", "--mode", default="auto")
     build.add_argument("-o", "--out", required=True, help="artifact directory to write")

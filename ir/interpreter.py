@@ -31,7 +31,8 @@ def evaluate(graph: Graph, arrays: Sequence[np.ndarray], keep: Sequence[Node] = 
     """Run `graph` on numpy inputs; returns its outputs, followed by the values of the `keep` nodes."""
     arrays = [np.asarray(a) for a in arrays]
     env = bind_symbols(graph, arrays)
-    values: dict[int, np.ndarray] = {id(n): a.astype(np_dtype(n.dtype), copy=False) for n, a in zip(graph.inputs, arrays)}
+    values: dict[int, np.ndarray] = {id(n): a.astype(np_dtype(n.dtype), copy=False)
+                                     for n, a in zip(graph.inputs, arrays)}
     wanted = {id(n) for n in graph.outputs} | {id(n) for n in keep}
     remaining = {id(n): 0 for n in graph.nodes}
     for node in graph.nodes:

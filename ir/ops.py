@@ -56,7 +56,8 @@ def _no_infer(types, attrs):
 
 define("input", 0, _no_infer, lambda attrs, env: None, {"name": REQUIRED}, "a graph input")
 define("weight", 0, _no_infer, lambda attrs, env: None, {"name": REQUIRED}, "a named constant held by the graph")
-define("constant", 0, _no_infer, lambda attrs, env: None, {"value": REQUIRED}, "a small literal (scalar or nested tuple)")
+define("constant", 0, _no_infer, lambda attrs, env: None, {"value": REQUIRED},
+       "a small literal (scalar or nested tuple)")
 define(
     "arange", 0, _no_infer,
     lambda attrs, env: np.arange(attrs["start"], resolve((attrs["end"],), env)[0], attrs["step"]),
@@ -197,7 +198,8 @@ def _reduce_type(types, attrs):
 
 for _name, _fn in {"sum": np.sum, "mean": np.mean, "max": np.max}.items():
     define(_name, 1, _reduce_type,
-           (lambda fn: lambda x, attrs, env: fn(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdim"]).astype(x.dtype))(_fn),
+           (lambda fn: lambda x, attrs, env:
+            fn(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdim"]).astype(x.dtype))(_fn),
            {"axes": REQUIRED, "keepdim": False})
 
 

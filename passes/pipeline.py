@@ -1,7 +1,8 @@
 """The pipelines, top to bottom. Each mode is a list of named passes; the IR is verified after every pass and,
 with ACTSPARSE_DUMP_IR=<dir>, written there as text after every pass (NN-<pass>.ir).
 
-A pipeline can also be written as text, xDSL style: "canonicalize,detect-gated-mlp,sparsify-exact{on_unsupported=error}".
+A pipeline can also be written as text, xDSL style:
+"canonicalize,detect-gated-mlp,sparsify-exact{on_unsupported=error}".
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ def test_compile_for_cuda_schedules_the_other_ops_with_dlight():
     assert "threadIdx.x" in source
 
 
-# --- numerics on a real GPU: only where one is present --------------------------------------------------------------------------------------
+# --- numerics on a real GPU: only where one is present ---------------------------------------------------
 def run_gpu(prim, calls):
     from actsparse import targets
     from actsparse.codegen.kernels.common import build_standalone
