@@ -19,6 +19,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -172,6 +173,17 @@ def ffi_include_dir() -> Path:
     return Path(tvm_ffi.__file__).resolve().parent / "include"
 
 
+def workdir_for(owner, workdir, prefix: str) -> Path:
+    """`workdir`, or a temporary directory removed with `owner`."""
+    if workdir:
+        path = Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    weakref.finalize(owner, shutil.rmtree, str(path), True)
+    return path
+
+
 def harness_source(names: Sequence[str], device_type: str = "kDLCPU") -> str:
     """The C harness for kernels `names` (their `__tvm_ffi_<name>` entry points), tensors on `device_type`."""
     decls = "\n".join(f"int __tvm_ffi_{n}(void *, const TVMFFIAny *, int32_t, TVMFFIAny *);" for n in names)
@@ -246,8 +258,7 @@ class CrossKernels(HarnessKernels):
         self.cc, self.emulator = TOOLS[self.arch]
         self.tasks = tasks or target.threads
         self.names = [str(f.attrs["global_symbol"]) for f in primfuncs]
-        self._dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="actsparse-cross-"))
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir = workdir_for(self, workdir, "actsparse-cross-")
         mod = tvm.IRModule(dict(zip(self.names, primfuncs)))
         self.library = tvm.compile(mod, target=target.tvm_target())
         self.object = self._dir / "kernels.o"

@@ -19,11 +19,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from actsparse.runtime.cross import HarnessKernels, ffi_include_dir, harness_source
+from actsparse.runtime.cross import HarnessKernels, ffi_include_dir, harness_source, workdir_for
 
 TAGS = ["blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z"]
 
@@ -217,8 +216,7 @@ class SimtKernels(HarnessKernels):
         from actsparse.codegen.kernels.common import build_kernels
 
         self.names = [str(p.attrs["global_symbol"]) for p in prims]
-        self._dir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="actsparse-simt-"))
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir = workdir_for(self, workdir, "actsparse-simt-")
         module = build_kernels(list(prims), target.tvm_target())
         host = self._dir / "host.o"
         module.mod.write_to_file(str(host))

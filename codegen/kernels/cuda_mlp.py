@@ -31,13 +31,14 @@ active list, the partial sums) is allocated in device memory by the runtime for 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import UP_ACTS, activation, check_dtype, dtype_bytes, symbol, threshold_tag
+from .common import activation, check_dtype, dtype_bytes, symbol
 from .schedule import GpuSchedule
-from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS
+from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS, check_mlp, mlp_symbol
 
 FP32_GROUP = 4  # fp32 lanes per vector instruction (float4): wider fp32 vectors have no CUDA type
 
@@ -55,10 +56,8 @@ def _shuffle_rounds(warp: int) -> list[int]:
 
 
 def warp_dot_macro(d: int, dtype: str, sched: GpuSchedule):
-    """`warp_dot(w, row, x, m, lane, acc, wv, s)`: s[0] = dot(w[row, :d], x[m, :d]) in every lane of the warp.
-
-    acc: local float32 (V,), wv: local dtype (V,), s: local float32 (1,) scratch of the calling thread.
-    """
+    """`warp_dot(w, row, x, m, lane, s)`: s[0] = dot(w[row, :d], x[m, :d]) in every lane of the warp
+    (s: a local float32 (1,) buffer of the calling thread; the partial sums live in registers)."""
     L = sched.warp
     V = vector_elems(d, dtype, sched)
     G = min(V, FP32_GROUP)
@@ -75,7 +74,9 @@ def warp_dot_macro(d: int, dtype: str, sched: GpuSchedule):
                 acc[q * G + v] = acc[q * G + v] + T.Cast("float32", wv[q * G + v]) * x[m, k0 + q * G + v]
 
     @T.macro
-    def warp_dot(w, row, x, m, lane, acc, wv, s):
+    def warp_dot(w, row, x, m, lane, s):
+        acc = T.alloc_buffer((V,), "float32", scope="local")
+        wv = T.alloc_buffer((V,), dtype, scope="local")
         for q in T.unroll(V // G):
             for v in T.vectorized(G):
                 acc[q * G + v] = T.float32(0)
@@ -169,21 +170,47 @@ def down_splits(d: int, dtype: str, sched: GpuSchedule, n_rows: int) -> int:
     return max(1, min(want, (n_rows + sched.warps - 1) // sched.warps))
 
 
-def _check(d, n_ff, gate_act, up_act, dtype, sched, gate_acts=GATE_ACTS):
-    check_dtype(dtype)
+def _require_gpu_schedule(sched) -> None:
     if not isinstance(sched, GpuSchedule):
         raise TypeError(f"the CUDA kernels take a GpuSchedule, got {type(sched).__name__}")
-    if gate_act not in gate_acts:
-        raise ValueError(f"gate_act must be one of {gate_acts}, got {gate_act!r}")
-    if up_act not in UP_ACTS:
-        raise ValueError(f"up_act must be one of {UP_ACTS}, got {up_act!r}")
-    if d < 1 or n_ff < 1:
-        raise ValueError(f"d and n_ff must be positive, got d={d}, n_ff={n_ff}")
 
 
-def _name(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched):
-    thr = f"t{threshold_tag(threshold)}" if gate_act == "fatrelu" else "t0"
-    return symbol("cuda", "gmlp", kind, f"d{d}", f"f{n_ff}", gate_act, up_act, thr, dtype, sched.tag)
+@dataclass(frozen=True)
+class _Mlp:
+    """What the three gated-MLP kernels share: sizes, activations and the macros built for them."""
+
+    L: int
+    W: int
+    gated_dot: object  # macro (w_gate, w_up, row, x, m, lane, s): s[0] = act_g(gate . x) * act_u(up . x)
+    warp_dot: object
+    down_parts: object
+    sum_parts: object
+    splits: int
+    act_u: Callable
+    name: str
+
+
+def _mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, gate_acts=GATE_ACTS) -> _Mlp:
+    """Checks the parameters (as the CPU kernels do) and builds the shared macros; `row`/`count` map a token's
+    list position to a weight row / give its list length (see `down_macros`)."""
+    _require_gpu_schedule(sched)
+    check_mlp(d, n_ff, gate_act, up_act, dtype, gate_acts)
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    warp_dot = warp_dot_macro(d, dtype, sched)
+    splits = down_splits(d, dtype, sched, n_ff)
+
+    @T.macro
+    def gated_dot(w_gate, w_up, j, x, m, lane, s):
+        gs = T.alloc_buffer((1,), "float32", scope="local")
+        warp_dot(w_gate, j, x, m, lane, s)
+        gs[0] = act_g(s[0])
+        warp_dot(w_up, j, x, m, lane, s)
+        s[0] = gs[0] * act_u(s[0])
+
+    name = "actsparse_cuda_" + mlp_symbol(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched).removeprefix(
+        "actsparse_")
+    return _Mlp(sched.warp, sched.warps, gated_dot, warp_dot, *down_macros(d, dtype, sched, row, count, splits),
+                splits, act_u, name)
 
 
 def _finish(kernel, name: str):
@@ -194,13 +221,10 @@ def _finish(kernel, name: str):
 def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                      threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
     """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate, compaction, up and down over active rows."""
-    _check(d, n_ff, gate_act, up_act, dtype, sched, EXACT_GATE_ACTS)
-    L, W, T_ = sched.warp, sched.warps, sched.threads
-    act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    warp_dot = warp_dot_macro(d, dtype, sched)
-    V = vector_elems(d, dtype, sched)
-    splits = down_splits(d, dtype, sched, n_ff)
-    down_parts, sum_parts = down_macros(d, dtype, sched, lambda rows, m, p: rows[p], lambda cnt, m: cnt[0], splits)
+    k = _mlp("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
+             lambda cnt, m: cnt[0], EXACT_GATE_ACTS)
+    L, W, T_, splits, warp_dot = k.L, k.W, sched.threads, k.splits, k.warp_dot
+    act_g, act_u = activation(gate_act, threshold), k.act_u
     n_blocks = (n_ff + W - 1) // W
     chunk = (n_ff + T_ - 1) // T_  # flags per thread in the compaction
     scan_rounds = _shuffle_rounds(L)[::-1]  # 1, 2, 4, 8, 16
@@ -222,15 +246,13 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
-                    acc = T.alloc_buffer((V,), "float32", scope="local")
-                    wv = T.alloc_buffer((V,), dtype, scope="local")
                     s = T.alloc_buffer((1,), "float32", scope="local")
                     live = T.alloc_buffer((1,), "int32", scope="local")
                     j: T.let = bx * W + ty
                     if j < n_ff:
                         live[0] = 0
                         for m in range(M):
-                            warp_dot(w_gate, j, x, m, tx, acc, wv, s)
+                            warp_dot(w_gate, j, x, m, tx, s)
                             s[0] = act_g(s[0])
                             if s[0] != T.float32(0):
                                 live[0] = 1
@@ -272,34 +294,27 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
-                    acc = T.alloc_buffer((V,), "float32", scope="local")
-                    wv = T.alloc_buffer((V,), dtype, scope="local")
                     s = T.alloc_buffer((1,), "float32", scope="local")
                     p: T.let = bx * W + ty
                     if p < cnt[0]:
                         for m in range(M):
-                            warp_dot(w_up, idx[p], x, m, tx, acc, wv, s)
+                            warp_dot(w_up, idx[p], x, m, tx, s)
                             if tx == 0:
                                 h[m, p] = g[m, idx[p]] * act_u(s[0])
         # 4) down over the active rows, then 5) the parts summed
-        down_parts(w_down_t, h, idx, cnt, part, M)
-        sum_parts(part, out, M)
+        k.down_parts(w_down_t, h, idx, cnt, part, M)
+        k.sum_parts(part, out, M)
 
-    return _finish(kernel, _name("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return _finish(kernel, k.name)
 
 
 @cache
 def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                              threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
     """Given neurons (x, w_gate, w_up, w_down_t, idx, count, out): token m computes idx[m, :count[m]] only."""
-    _check(d, n_ff, gate_act, up_act, dtype, sched)
-    L, W = sched.warp, sched.warps
-    act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    warp_dot = warp_dot_macro(d, dtype, sched)
-    V = vector_elems(d, dtype, sched)
-    splits = down_splits(d, dtype, sched, n_ff)
-    down_parts, sum_parts = down_macros(d, dtype, sched, lambda rows, m, p: rows[m, p], lambda cnt, m: cnt[m],
-                                        splits)
+    k = _mlp("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[m, p],
+             lambda cnt, m: cnt[m])
+    L, W, splits = k.L, k.W, k.splits
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
@@ -318,34 +333,25 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
             for bx in T.thread_binding((K + W - 1) // W, "blockIdx.x"):
                 for ty in T.thread_binding(W, "threadIdx.y"):
                     for tx in T.thread_binding(L, "threadIdx.x"):
-                        acc = T.alloc_buffer((V,), "float32", scope="local")
-                        wv = T.alloc_buffer((V,), dtype, scope="local")
                         s = T.alloc_buffer((1,), "float32", scope="local")
-                        gs = T.alloc_buffer((1,), "float32", scope="local")
                         p: T.let = bx * W + ty
                         if p < T.Cast("int64", count[m]):
-                            warp_dot(w_gate, idx[m, p], x, m, tx, acc, wv, s)
-                            gs[0] = act_g(s[0])
-                            warp_dot(w_up, idx[m, p], x, m, tx, acc, wv, s)
+                            k.gated_dot(w_gate, w_up, idx[m, p], x, m, tx, s)
                             if tx == 0:
-                                h[m, p] = gs[0] * act_u(s[0])
-        down_parts(w_down_t, h, idx, count, part, M)
-        sum_parts(part, out, M)
+                                h[m, p] = s[0]
+        k.down_parts(w_down_t, h, idx, count, part, M)
+        k.sum_parts(part, out, M)
 
-    return _finish(kernel, _name("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return _finish(kernel, k.name)
 
 
 @cache
 def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                     threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
     """Dense gated MLP (x, w_gate, w_up, w_down_t, out): every neuron, gate and up fused per warp."""
-    _check(d, n_ff, gate_act, up_act, dtype, sched)
-    L, W = sched.warp, sched.warps
-    act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    warp_dot = warp_dot_macro(d, dtype, sched)
-    V = vector_elems(d, dtype, sched)
-    splits = down_splits(d, dtype, sched, n_ff)
-    down_parts, sum_parts = down_macros(d, dtype, sched, lambda rows, m, p: p, lambda cnt, m: n_ff, splits)
+    k = _mlp("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: p,
+             lambda cnt, m: n_ff)
+    L, W, splits = k.L, k.W, k.splits
     n_blocks = (n_ff + W - 1) // W
 
     @T.prim_func
@@ -360,35 +366,28 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
-                    acc = T.alloc_buffer((V,), "float32", scope="local")
-                    wv = T.alloc_buffer((V,), dtype, scope="local")
                     s = T.alloc_buffer((1,), "float32", scope="local")
-                    gs = T.alloc_buffer((1,), "float32", scope="local")
                     j: T.let = bx * W + ty
                     if j < n_ff:
                         for m in range(M):
-                            warp_dot(w_gate, j, x, m, tx, acc, wv, s)
-                            gs[0] = act_g(s[0])
-                            warp_dot(w_up, j, x, m, tx, acc, wv, s)
+                            k.gated_dot(w_gate, w_up, j, x, m, tx, s)
                             if tx == 0:
-                                h[m, j] = gs[0] * act_u(s[0])
-        down_parts(w_down_t, h, h, h, part, M)
-        sum_parts(part, out, M)
+                                h[m, j] = s[0]
+        k.down_parts(w_down_t, h, h, h, part, M)
+        k.sum_parts(part, out, M)
 
-    return _finish(kernel, _name("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return _finish(kernel, k.name)
 
 
 @cache
 def linear(k: int, n: int, *, dtype: str = "float32", sched: GpuSchedule, bias: bool = False):
     """Linear layer (x, w[, b], out) = x @ w^T (+ b): a warp per output row, every token."""
+    _require_gpu_schedule(sched)
     check_dtype(dtype)
-    if not isinstance(sched, GpuSchedule):
-        raise TypeError(f"the CUDA kernels take a GpuSchedule, got {type(sched).__name__}")
     if k < 1 or n < 1:
         raise ValueError(f"k and n must be positive, got k={k}, n={n}")
     L, W = sched.warp, sched.warps
     warp_dot = warp_dot_macro(k, dtype, sched)
-    V = vector_elems(k, dtype, sched)
     n_blocks = (n + W - 1) // W
     name = symbol("cuda", "linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)
 
@@ -397,13 +396,11 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: GpuSchedule, bias: 
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
-                    acc = T.alloc_buffer((V,), "float32", scope="local")
-                    wv = T.alloc_buffer((V,), dtype, scope="local")
                     s = T.alloc_buffer((1,), "float32", scope="local")
                     j: T.let = bx * W + ty
                     if j < n:
                         for m in range(M):
-                            warp_dot(w, j, x, m, tx, acc, wv, s)
+                            warp_dot(w, j, x, m, tx, s)
                             if tx == 0:
                                 if bias:
                                     out[m, j] = s[0] + b[j]

@@ -49,7 +49,8 @@ from .schedule import CpuSchedule
 EXACT_GATE_ACTS = ("relu", "fatrelu")
 
 
-def _check(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_acts=GATE_ACTS) -> None:
+def check_mlp(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_acts=GATE_ACTS) -> None:
+    """One clear error for a gated-MLP kernel request no kernel here can serve (shared by every target)."""
     check_dtype(dtype)
     if gate_act not in gate_acts:
         raise ValueError(f"gate_act must be one of {gate_acts}, got {gate_act!r}")
@@ -59,8 +60,9 @@ def _check(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_acts=
         raise ValueError(f"d and n_ff must be positive, got d={d}, n_ff={n_ff}")
 
 
-def _name(kind: str, d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str,
-          sched: CpuSchedule) -> str:
+def mlp_symbol(kind: str, d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str,
+               sched) -> str:
+    """The kernel's global symbol: every parameter that changes the generated code is in it."""
     thr = f"t{threshold_tag(threshold)}" if gate_act == "fatrelu" else "t0"
     return symbol("gmlp", kind, f"d{d}", f"f{n_ff}", gate_act, up_act, thr, dtype, sched.tag)
 
@@ -73,7 +75,7 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     gate_act: "relu" (ReGLU / dReLU) or "fatrelu" (g if g > threshold else 0);
     up_act: "identity" (ReGLU) or "relu" (dReLU).
     """
-    _check(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS)
+    check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS)
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
@@ -125,7 +127,7 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
                 for st in range((n2 + R - 1) // R):
                     axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
 
-    return kernel.with_attr("global_symbol", _name("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return kernel.with_attr("global_symbol", mlp_symbol("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched))
 
 
 @cache
@@ -138,7 +140,7 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     keep silu / gelu on the selected neurons). idx entries must lie in [0, n_ff); ascending order
     reads memory best.
     """
-    _check(d, n_ff, gate_act, up_act, dtype)
+    check_mlp(d, n_ff, gate_act, up_act, dtype)
     threads, R = sched.threads, sched.rows
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g)
@@ -176,7 +178,7 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
                 for st in range((count[m] + R - 1) // R):
                     axpy(w_down_t, flat, m * K, st * R, count[m], h, 0, t, out, m)
 
-    return kernel.with_attr("global_symbol", _name("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return kernel.with_attr("global_symbol", mlp_symbol("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
 
 
 @cache
@@ -186,7 +188,7 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
 
     Every neuron is computed (any gate_act of GATE_ACTS); the dense fallback and the "dense" timings.
     """
-    _check(d, n_ff, gate_act, up_act, dtype)
+    check_mlp(d, n_ff, gate_act, up_act, dtype)
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
@@ -218,4 +220,4 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
             for st in range((n_ff + R - 1) // R):
                 axpy_all(w_down_t, h, 0, st * R, n_ff, h, 0, t, out, M)
 
-    return kernel.with_attr("global_symbol", _name("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return kernel.with_attr("global_symbol", mlp_symbol("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))

@@ -27,7 +27,7 @@ from tvm.script import tirx as T
 
 from .common import activation, axpy_macro, dots_macro, symbol, threshold_tag, zero_columns_macro
 from .schedule import CpuSchedule
-from .sparse_mlp import _check
+from .sparse_mlp import check_mlp
 
 THRESHOLD_GATE_ACTS = ("relu", "fatrelu", "silu", "gelu", "gelu_tanh", "identity")
 CRITERIA = ("gate", "product")
@@ -45,7 +45,7 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
                         threshold: float = 0.0, criterion: str = "gate", dtype: str = "float32",
                         sched: CpuSchedule):
     """Threshold-mode gated MLP: (x, w_gate, w_up, w_down_t, out), see the module docstring."""
-    _check(d, n_ff, "relu", up_act, dtype)
+    check_mlp(d, n_ff, "relu", up_act, dtype)
     if gate_act not in THRESHOLD_GATE_ACTS:
         raise ValueError(f"gate_act must be one of {THRESHOLD_GATE_ACTS}, got {gate_act!r}")
     if criterion not in CRITERIA:
