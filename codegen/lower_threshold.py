@@ -3,6 +3,8 @@
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t){mode='threshold', threshold=t, criterion=c}
         -> reshape(call_tir(gmlp_thr_<c>_d_n_<acts>_t, [x2d, Wg, Wu, Wd.t]), [..., d_out])
 
+The kernel is the target's (`kernels.kernel('threshold', ...)`: CPU or CUDA family by the schedule type).
+
 `lower_kernels._sparse_gated_mlp` dispatches here on the node's mode. TEAL's input mask is not part of the op
 (it is `where(|x| > t_x, x, 0)` in front of it, lowered as ordinary Relax ops).
 """
@@ -13,7 +15,7 @@ from .lower import TVM_DTYPES
 
 
 def lower_threshold(ctx, node, args):
-    from .kernels.threshold_mlp import threshold_gated_mlp
+    from .kernels import kernel as target_kernel
     from .lower_kernels import R, _emit_call, _flatten
 
     a = node.attrs
@@ -21,8 +23,8 @@ def lower_threshold(ctx, node, args):
     n_ff, d = w_gate.shape
     d_out = node.inputs[3].shape[1]
     x2d, lead, tokens = _flatten(ctx, x_node.type, args[0])
-    kernel = threshold_gated_mlp(d, n_ff, gate_act=a["gate_act"], up_act=a.get("up_act", "identity"),
-                                 threshold=a.get("threshold", 0.0), criterion=a.get("criterion", "gate"),
-                                 dtype=TVM_DTYPES[w_gate.dtype], sched=ctx.target.cpu_schedule())
+    kernel = target_kernel("threshold", d, n_ff, gate_act=a["gate_act"], up_act=a.get("up_act", "identity"),
+                           threshold=a.get("threshold", 0.0), criterion=a.get("criterion", "gate"),
+                           dtype=TVM_DTYPES[w_gate.dtype], sched=ctx.target.schedule())
     out = _emit_call(ctx, kernel, [x2d, *args[1:]], tokens, d_out, node.dtype)
     return R.reshape(out, [*lead, d_out])

@@ -65,14 +65,14 @@ def test_cuda_schedule_comes_from_the_target_data():
 def test_cuda_kernel_source_has_warp_reductions_and_16_byte_loads(built, kind, dtype):
     prims, _, source = built
     code = kernel_source(source, prims[kind, dtype])
-    launches = {"exact": 5, "indexed": 3, "dense": 3, "linear": 1}[kind]
+    launches = {"exact": 5, "indexed": 3, "dense": 3, "linear": 1, "threshold": 5}[kind]
     assert code.count("__global__") == launches
     assert "__shfl_xor_sync" in code  # warp-shuffle butterfly of the row dot products
     vector_load = "*(float4*)(w" if dtype == "float32" else "*(uint4*)(w"
     assert vector_load in code  # 16 bytes per lane: a warp reads 512 contiguous bytes
     if kind != "linear":
         assert "__shared__" in code and "__syncthreads()" in code  # the down projection's block reduction
-    if kind == "exact":
+    if kind in ("exact", "threshold"):
         assert "__shfl_up_sync" in code  # the compaction's warp scan
 
 
@@ -104,7 +104,7 @@ def fixed_calls(kind, d, n_ff, dtype, acts, seed=1):
 
 
 ACTS = {"exact": ("relu", "relu", 0.0), "indexed": ("silu", "identity", 0.0), "dense": ("gelu", "identity", 0.0),
-        "linear": ("relu", "identity", 0.0)}
+        "linear": ("relu", "identity", 0.0), "threshold": ("silu", "identity", 0.5, "product")}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -171,6 +171,25 @@ def test_compile_for_cuda_builds_the_whole_model_without_a_gpu(tmp_path):
         with pytest.raises(TargetError, match="built for cuda; run it on a machine with an NVIDIA GPU"):
             cm(x)
         assert not actsparse.load(path).runnable
+
+
+def test_compile_for_cuda_in_threshold_mode_uses_the_cuda_threshold_kernel():
+    """Threshold mode picks the kernel by the target's schedule, like every other mode (no CPU kernel on CUDA)."""
+    import actsparse
+    from actsparse.codegen.cuda_support import cuda_source
+
+    from .helpers import gated_mlp_graph, mlp_input
+
+    require_nvcc()
+    graph = gated_mlp_graph(d=32, n=48, act="silu")
+    calibration = [(mlp_input(d=32, seq=4, seed=s),) for s in range(4)]
+    cm = actsparse.compile(graph, calibration[0], target="cuda", mode="threshold", calibration=calibration,
+                           sparsity=0.7)
+    assert cm.report.pass_stats["sparsify-threshold"] == {"swiglu": 1}
+    source = cuda_source(cm.executable.mod)
+    launches = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) (actsparse_\w+?)_kernel", source))
+    assert any(name.startswith("actsparse_cuda_gmlp_thrgate_d32_f48_silu") for name in launches), launches
+    assert "erff" not in source and "__shfl_up_sync" in source  # silu gate (no erf), the compaction's scan
 
 
 def test_compile_for_cuda_schedules_the_other_ops_with_dlight():

@@ -1,4 +1,5 @@
-"""Property-based kernel tests: every kernel (exact, indexed, dense, linear) x target x dtype (fp32, fp16 weights).
+"""Property-based kernel tests: every kernel (exact, indexed, dense, linear, threshold) x target x dtype
+(fp32, fp16 weights).
 
 Hypothesis draws the sizes (d, n_ff in 1..70: mostly not multiples of any vector width or tile), the
 activations, then a few calls for that build: tokens M in 1..5 and the active-neuron sets (empty, full, random
@@ -46,6 +47,9 @@ EXACT_ACTS = st.tuples(st.sampled_from(["relu", "fatrelu"]), st.sampled_from(["i
                        st.sampled_from([0.0, 0.5, 2.0]))
 ANY_ACTS = st.tuples(st.sampled_from(["relu", "fatrelu", "silu", "gelu", "identity"]),
                      st.sampled_from(["identity", "relu"]), st.sampled_from([0.0, 1.0]))
+THRESHOLD_ACTS = st.tuples(st.sampled_from(["relu", "fatrelu", "silu", "gelu", "gelu_tanh", "identity"]),
+                           st.sampled_from(["identity", "relu"]), st.sampled_from([0.0, 0.5, 2.0]),
+                           st.sampled_from(["gate", "product"]))
 PROPERTY = settings(max_examples=examples(4), suppress_health_check=[HealthCheck.too_slow,
                                                                      HealthCheck.function_scoped_fixture])
 
@@ -54,8 +58,8 @@ PROPERTY = settings(max_examples=examples(4), suppress_health_check=[HealthCheck
 def builds(draw, kind):
     """(d, n_ff, activations, bias): one kernel build."""
     d, n_ff = draw(dims), draw(dims)
-    acts = draw(EXACT_ACTS if kind == "exact" else ANY_ACTS)
-    if acts[0] != "fatrelu":
+    acts = draw({"exact": EXACT_ACTS, "threshold": THRESHOLD_ACTS}.get(kind, ANY_ACTS))
+    if acts[0] != "fatrelu" and kind != "threshold":  # only fatrelu and threshold kernels read the threshold
         acts = (acts[0], acts[1], 0.0)
     return d, n_ff, acts, draw(st.booleans()) if kind == "linear" else False
 
@@ -122,8 +126,9 @@ def test_cuda_kernels_compile_and_match_numpy_under_emulation(dtype, data):
 
     d, n_ff = data.draw(dims, label="d"), data.draw(dims, label="n_ff")
     acts = {"exact": data.draw(EXACT_ACTS, label="exact acts"), "indexed": data.draw(ANY_ACTS, label="indexed acts"),
-            "dense": data.draw(ANY_ACTS, label="dense acts"), "linear": ("relu", "identity", 0.0)}
-    acts = {k: a if a[0] == "fatrelu" else (a[0], a[1], 0.0) for k, a in acts.items()}
+            "dense": data.draw(ANY_ACTS, label="dense acts"), "linear": ("relu", "identity", 0.0),
+            "threshold": data.draw(THRESHOLD_ACTS, label="threshold acts")}
+    acts = {k: a if a[0] == "fatrelu" or k == "threshold" else (a[0], a[1], 0.0) for k, a in acts.items()}
     bias = data.draw(st.booleans(), label="linear bias")
     sched = targets.get("cuda").schedule()
     prims = {kind: primfunc(kind, d, n_ff, dtype, sched, acts[kind], bias) for kind in KINDS}

@@ -15,6 +15,7 @@ Two TVMScript 0.27 facts the kernels rely on (both checked in the generated LLVM
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 
@@ -67,6 +68,13 @@ def activation(kind: str, threshold: float = 0.0) -> Callable:
     if kind == "identity":
         return lambda v: v
     raise ValueError(f"unknown activation {kind!r}; valid: {GATE_ACTS}")
+
+
+def ir_activation(kind: str, threshold: float = 0.0) -> Callable:
+    """PrimExpr -> PrimExpr for the IR's activation names: `gelu` is the erf form, `gelu_tanh` the tanh one."""
+    if kind == "gelu":
+        return lambda v: T.float32(0.5) * v * (T.float32(1) + T.erf(v * T.float32(1 / math.sqrt(2))))
+    return activation("gelu" if kind == "gelu_tanh" else kind, threshold)
 
 
 def loader(dtype: str) -> Callable:

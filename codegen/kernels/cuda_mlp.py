@@ -36,9 +36,10 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, check_dtype, dtype_bytes, symbol
+from .common import activation, check_dtype, dtype_bytes, ir_activation, symbol
 from .schedule import GpuSchedule
 from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS, check_mlp, mlp_symbol
+from .threshold_mlp import check_threshold
 
 FP32_GROUP = 4  # fp32 lanes per vector instruction (float4): wider fp32 vectors have no CUDA type
 
@@ -190,12 +191,14 @@ class _Mlp:
     name: str
 
 
-def _mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, gate_acts=GATE_ACTS) -> _Mlp:
+def _mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, gate_acts=GATE_ACTS,
+         act_g=None, tag=None) -> _Mlp:
     """Checks the parameters (as the CPU kernels do) and builds the shared macros; `row`/`count` map a token's
-    list position to a weight row / give its list length (see `down_macros`)."""
+    list position to a weight row / give its list length (see `down_macros`). `act_g`/`tag` override the gate
+    activation and its name in the symbol (threshold mode's IR activations)."""
     _require_gpu_schedule(sched)
     check_mlp(d, n_ff, gate_act, up_act, dtype, gate_acts)
-    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    act_g, act_u = act_g or activation(gate_act, threshold), activation(up_act)
     warp_dot = warp_dot_macro(d, dtype, sched)
     splits = down_splits(d, dtype, sched, n_ff)
 
@@ -207,8 +210,8 @@ def _mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, g
         warp_dot(w_up, j, x, m, lane, s)
         s[0] = gs[0] * act_u(s[0])
 
-    name = "actsparse_cuda_" + mlp_symbol(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched).removeprefix(
-        "actsparse_")
+    name = "actsparse_cuda_" + mlp_symbol(kind, d, n_ff, tag or gate_act, up_act, threshold, dtype,
+                                          sched).removeprefix("actsparse_")
     return _Mlp(sched.warp, sched.warps, gated_dot, warp_dot, *down_macros(d, dtype, sched, row, count, splits),
                 splits, act_u, name)
 
@@ -217,14 +220,14 @@ def _finish(kernel, name: str):
     return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
 
 
-@cache
-def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                     threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
-    """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate, compaction, up and down over active rows."""
-    k = _mlp("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
-             lambda cnt, m: cnt[0], EXACT_GATE_ACTS)
+def _compacting_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, sched: GpuSchedule, gate_value: Callable,
+                    product: bool):
+    """The kernel of exact and threshold modes: a dense first pass decides per neuron, the rest reads only the
+    neurons it kept. `gate_value(s)` turns the gate dot (product: act_g(gate) * act_u(up)) into the value kept
+    by neuron, 0 for a neuron this token drops; a neuron is listed when some token keeps it. Then the up rows of
+    the listed neurons (none with `product`: h is already final) and the down rows are read."""
     L, W, T_, splits, warp_dot = k.L, k.W, sched.threads, k.splits, k.warp_dot
-    act_g, act_u = activation(gate_act, threshold), k.act_u
+    act_u = k.act_u
     n_blocks = (n_ff + W - 1) // W
     chunk = (n_ff + T_ - 1) // T_  # flags per thread in the compaction
     scan_rounds = _shuffle_rounds(L)[::-1]  # 1, 2, 4, 8, 16
@@ -236,13 +239,13 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
         out = T.match_buffer(out_h, (M, d), "float32")
-        g = T.alloc_buffer((M, n_ff), "float32")  # activated gate, by neuron
-        flag = T.alloc_buffer((n_ff,), "int32")  # neuron active for some token
-        idx = T.alloc_buffer((n_ff,), "int32")  # active neurons, ascending
+        g = T.alloc_buffer((M, n_ff), "float32")  # kept value by neuron: activated gate (product: h)
+        flag = T.alloc_buffer((n_ff,), "int32")  # neuron kept by some token
+        idx = T.alloc_buffer((n_ff,), "int32")  # kept neurons, ascending
         cnt = T.alloc_buffer((1,), "int32")
         h = T.alloc_buffer((M, n_ff), "float32")  # by slot of idx
         part = T.alloc_buffer((splits, M, d), "float32")
-        # 1) gate: a warp per row, every token; flag the rows some token activates
+        # 1) gate (product: gate and up): a warp per row, every token; flag the rows some token keeps
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
@@ -252,8 +255,11 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
                     if j < n_ff:
                         live[0] = 0
                         for m in range(M):
-                            warp_dot(w_gate, j, x, m, tx, s)
-                            s[0] = act_g(s[0])
+                            if product:
+                                k.gated_dot(w_gate, w_up, j, x, m, tx, s)
+                            else:
+                                warp_dot(w_gate, j, x, m, tx, s)
+                            s[0] = gate_value(s[0])
                             if s[0] != T.float32(0):
                                 live[0] = 1
                             if tx == 0:
@@ -290,7 +296,7 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
                             base[0] = base[0] + 1
                 if tx == T_ - 1:
                     cnt[0] = base[0]
-        # 3) up over the active rows: h[m, slot] = act_g(g) * act_u(up)
+        # 3) h by slot: act_g(g) * act_u(up) over the kept rows (product: h gathered, no weight read)
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
@@ -298,14 +304,45 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
                     p: T.let = bx * W + ty
                     if p < cnt[0]:
                         for m in range(M):
-                            warp_dot(w_up, idx[p], x, m, tx, s)
-                            if tx == 0:
-                                h[m, p] = g[m, idx[p]] * act_u(s[0])
-        # 4) down over the active rows, then 5) the parts summed
+                            if product:
+                                if tx == 0:
+                                    h[m, p] = g[m, idx[p]]
+                            else:
+                                warp_dot(w_up, idx[p], x, m, tx, s)
+                                if tx == 0:
+                                    h[m, p] = g[m, idx[p]] * act_u(s[0])
+        # 4) down over the kept rows, then 5) the parts summed
         k.down_parts(w_down_t, h, idx, cnt, part, M)
         k.sum_parts(part, out, M)
 
     return _finish(kernel, k.name)
+
+
+@cache
+def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                     threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
+    """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate, compaction, up and down over active rows."""
+    k = _mlp("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
+             lambda cnt, m: cnt[0], EXACT_GATE_ACTS)
+    return _compacting_mlp(k, d, n_ff, dtype, sched, activation(gate_act, threshold), product=False)
+
+
+@cache
+def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
+                        threshold: float = 0.0, criterion: str = "gate", dtype: str = "float32",
+                        sched: GpuSchedule):
+    """Threshold mode (x, w_gate, w_up, w_down_t, out) with the CPU kernel's criteria (`threshold_mlp.py`):
+    "gate" keeps |act_g(gate)| > t, then reads the kept up and down rows; "product" keeps |h| > t, reading
+    every gate and up row and the kept down rows."""
+    check_threshold(gate_act, criterion)
+    k = _mlp(f"thr{criterion}", d, n_ff, "relu", up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
+             lambda cnt, m: cnt[0], act_g=ir_activation(gate_act, threshold), tag=gate_act.replace("_", ""))
+    thr, zero = T.float32(float(threshold)), T.float32(0)
+    act_g = ir_activation(gate_act, threshold)
+    if criterion == "product":
+        return _compacting_mlp(k, d, n_ff, dtype, sched, lambda v: T.if_then_else(T.abs(v) > thr, v, zero), True)
+    return _compacting_mlp(k, d, n_ff, dtype, sched,
+                           lambda v: T.if_then_else(T.abs(act_g(v)) > thr, act_g(v), zero), False)
 
 
 @cache

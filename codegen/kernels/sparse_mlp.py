@@ -63,7 +63,7 @@ def check_mlp(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_ac
 def mlp_symbol(kind: str, d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str,
                sched) -> str:
     """The kernel's global symbol: every parameter that changes the generated code is in it."""
-    thr = f"t{threshold_tag(threshold)}" if gate_act == "fatrelu" else "t0"
+    thr = f"t{threshold_tag(threshold)}" if threshold else "t0"
     return symbol("gmlp", kind, f"d{d}", f"f{n_ff}", gate_act, up_act, thr, dtype, sched.tag)
 
 

@@ -20,12 +20,11 @@ tasks and streams the listed down rows. So "gate" reads gate + (1 - s)·(up + do
 
 from __future__ import annotations
 
-import math
 from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, axpy_macro, dots_macro, symbol, threshold_tag, zero_columns_macro
+from .common import activation, axpy_macro, dots_macro, ir_activation, symbol, threshold_tag, zero_columns_macro
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp
 
@@ -33,11 +32,12 @@ THRESHOLD_GATE_ACTS = ("relu", "fatrelu", "silu", "gelu", "gelu_tanh", "identity
 CRITERIA = ("gate", "product")
 
 
-def gate_activation(kind: str, threshold: float = 0.0):
-    """PrimExpr -> PrimExpr for the IR's gate activations: `gelu` is the erf form, `gelu_tanh` the tanh one."""
-    if kind == "gelu":
-        return lambda v: T.float32(0.5) * v * (T.float32(1) + T.erf(v * T.float32(1 / math.sqrt(2))))
-    return activation("gelu" if kind == "gelu_tanh" else kind, threshold)
+def check_threshold(gate_act: str, criterion: str) -> None:
+    """One clear error for a threshold kernel request no kernel can serve (shared with the CUDA kernel)."""
+    if gate_act not in THRESHOLD_GATE_ACTS:
+        raise ValueError(f"gate_act must be one of {THRESHOLD_GATE_ACTS}, got {gate_act!r}")
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
 
 
 @cache
@@ -46,15 +46,12 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
                         sched: CpuSchedule):
     """Threshold-mode gated MLP: (x, w_gate, w_up, w_down_t, out), see the module docstring."""
     check_mlp(d, n_ff, "relu", up_act, dtype)
-    if gate_act not in THRESHOLD_GATE_ACTS:
-        raise ValueError(f"gate_act must be one of {THRESHOLD_GATE_ACTS}, got {gate_act!r}")
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    check_threshold(gate_act, criterion)
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads
     thr = T.float32(float(threshold))
     zero = T.float32(0)
-    act_g, act_u = gate_activation(gate_act, threshold), activation(up_act)
+    act_g, act_u = ir_activation(gate_act, threshold), activation(up_act)
     name = symbol("gmlp", "thr", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act,
                   f"t{threshold_tag(threshold)}", dtype, sched.tag)
     axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True)
