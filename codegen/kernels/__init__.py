@@ -10,11 +10,11 @@ Submodules import TVM, so they load lazily: `from actsparse.codegen.kernels impo
 
 import importlib
 
-__all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_mlp", "linear", "schedule",
+__all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
            "sparse_mlp", "threshold_mlp", "kernel", "KERNELS"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
-_SUBMODULES = ("common", "cuda_mlp", "linear", "schedule", "sparse_mlp", "threshold_mlp")
+_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "schedule", "sparse_mlp", "threshold_mlp")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {

@@ -76,11 +76,26 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     up_act: "identity" (ReGLU) or "relu" (dReLU).
     """
     check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS)
+    name = mlp_symbol("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched)
+    return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=activation(gate_act, threshold),
+                                act_u=activation(up_act))
+
+
+def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name: str, *, gate_value, act_u,
+                         keep_product=None):
+    """The kernel of exact and threshold modes: (x, w_gate, w_up, w_down_t, out), structure in the module docstring.
+
+    `gate_value(s)` maps a gate dot to the value kept by neuron (0: the token drops it). A neuron is listed when
+    some token keeps it; then only the listed up and down rows are read. With `keep_product(h) -> bool` (threshold
+    mode's "product" criterion) the decision needs u: every up row is read with the gate, h = gate_value(g) *
+    act_u(u) is kept where keep_product(h), compacted in place, and only the listed down rows are read.
+    """
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
-    act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g)
-    up_dots, _ = dots_macro(d, dtype, sched, gathered=True)
+    zero = T.float32(0)
+    product = keep_product is not None
+    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=gate_value)
+    up_dots, _ = dots_macro(d, dtype, sched, gathered=not product)
     axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True)
     zero_cols = zero_columns_macro(d, sched)
 
@@ -91,11 +106,12 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
         out = T.match_buffer(out_h, (M, d), "float32")
-        g = T.alloc_buffer((M, n_ff), "float32")  # activated gate, by neuron
-        h = T.alloc_buffer((M, n_ff), "float32")  # act_g(g) * act_u(u), by slot; task t's slots from t * nper
+        g = T.alloc_buffer((M, n_ff), "float32")  # kept gate value, by neuron
+        # h by slot, task t's slots from t * nper (product: first by neuron, then compacted in place to slots)
+        h = T.alloc_buffer((M, n_ff), "float32")
         idx = T.alloc_buffer((n_ff,), "int32")  # neuron of each slot
         cnt = T.alloc_buffer((threads,), "int32")  # used slots per task
-        # 1) per task: gate over its contiguous rows, list the neurons some token activates, up over them
+        # 1) per task: gate over its contiguous rows (product: up too), list the neurons some token keeps
         for t in T.parallel(threads):
             c = T.alloc_buffer((1,), "int32", scope="global")
             live = T.alloc_buffer((1,), "int32", scope="global")
@@ -104,21 +120,34 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
             for st in range((nj + R - 1) // R):
                 gate_dots(w_gate, x, M, idx, j0, st * R, nj, g, j0)
+                if product:
+                    up_dots(w_up, x, M, idx, j0, st * R, nj, h, j0)
                 for r in range(T.min(R, nj - st * R)):
                     live[0] = 0
                     for m in range(M):
-                        if g[m, j0 + st * R + r] != T.float32(0):
+                        if product:
+                            h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
+                            if keep_product(h[m, j0 + st * R + r]):
+                                live[0] = 1
+                            else:
+                                h[m, j0 + st * R + r] = zero
+                        elif g[m, j0 + st * R + r] != zero:
                             live[0] = 1
                     if live[0] != 0:
+                        if product:
+                            # slot j0 + c <= this neuron's column: compaction never overwrites an unread column
+                            for m in range(M):
+                                h[m, j0 + c[0]] = h[m, j0 + st * R + r]
                         idx[j0 + c[0]] = j0 + st * R + r
                         c[0] = c[0] + 1
             nl: T.let = c[0]
             cnt[t] = nl
-            for st in range((nl + R - 1) // R):
-                up_dots(w_up, x, M, idx, j0, st * R, nl, h, j0)
-                for r in range(T.min(R, nl - st * R)):
-                    for m in range(M):
-                        h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r]] * act_u(h[m, j0 + st * R + r])
+            if not product:  # only the listed neurons' up rows
+                for st in range((nl + R - 1) // R):
+                    up_dots(w_up, x, M, idx, j0, st * R, nl, h, j0)
+                    for r in range(T.min(R, nl - st * R)):
+                        for m in range(M):
+                            h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r]] * act_u(h[m, j0 + st * R + r])
         # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
         for t in T.parallel(threads):
             zero_cols(t, out, M)
@@ -127,7 +156,7 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
                 for st in range((n2 + R - 1) // R):
                     axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
 
-    return kernel.with_attr("global_symbol", mlp_symbol("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return kernel.with_attr("global_symbol", name)
 
 
 @cache
