@@ -30,6 +30,19 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
     name = symbol("linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)
     dots, _ = dots_macro(k, dtype, sched, gathered=False)
 
+    @T.macro
+    def body(x, w, b, out, M):
+        # rows split over the tasks; the bias (if any) added as each step's outputs are stored
+        for t in T.parallel(threads):
+            j0: T.let = t * nper
+            nj: T.let = T.max(T.min(nper, n - j0), 0)
+            for st in range((nj + R - 1) // R):
+                dots(w, x, M, w, j0, st * R, nj, out, j0)
+                if bias:
+                    for r in range(T.min(R, nj - st * R)):
+                        for m in range(M):
+                            out[m, j0 + st * R + r] = out[m, j0 + st * R + r] + b[j0 + st * R + r]
+
     if bias:
 
         @T.prim_func
@@ -38,14 +51,7 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
             M = T.int64()
             x = T.match_buffer(x_h, (M, k), "float32")
             out = T.match_buffer(out_h, (M, n), "float32")
-            for t in T.parallel(threads):
-                j0: T.let = t * nper
-                nj: T.let = T.max(T.min(nper, n - j0), 0)
-                for st in range((nj + R - 1) // R):
-                    dots(w, x, M, b, j0, st * R, nj, out, j0)
-                    for r in range(T.min(R, nj - st * R)):
-                        for m in range(M):
-                            out[m, j0 + st * R + r] = out[m, j0 + st * R + r] + b[j0 + st * R + r]
+            body(x, w, b, out, M)
 
         return kernel.with_attr("global_symbol", name)
 
@@ -55,10 +61,6 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
         M = T.int64()
         x = T.match_buffer(x_h, (M, k), "float32")
         out = T.match_buffer(out_h, (M, n), "float32")
-        for t in T.parallel(threads):
-            j0: T.let = t * nper
-            nj: T.let = T.max(T.min(nper, n - j0), 0)
-            for st in range((nj + R - 1) // R):
-                dots(w, x, M, w, j0, st * R, nj, out, j0)
+        body(x, w, w, out, M)
 
     return kernel_nobias.with_attr("global_symbol", name)
