@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ModeError
-from ..ir import Graph, Node, TensorType, rewrite, weight_node
-from ..ir.mlp import is_exactly_sparse, pattern_name, split_fused
+from ..ir import Graph, Node, rewrite
+from ..ir.mlp import is_exactly_sparse, pattern_name
 from .base import Pass, note, record
+from .sparse_layout import to_sparse_layout
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ class SparsifyExact(Pass):
             if not is_exactly_sparse(node.attrs["gate_act"]):
                 return self._unsupported(node, pattern)
             record(pattern)
-            return _sparsify(node, pattern, graph, new_weights)
+            attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "exact",
+                     "pattern": pattern}
+            if node.attrs["gate_act"] == "fatrelu":
+                attrs["threshold"] = node.attrs["threshold"]
+            return to_sparse_layout(node, attrs, graph, new_weights)
 
         return rewrite(graph, visit, new_weights)
 
@@ -70,51 +75,3 @@ class SparsifyExact(Pass):
               "reason": f"{pattern} is not exactly sparse (act={node.attrs['gate_act']}); "
                         "exact mode needs ReLU-family"})
         return None
-
-
-def _sparsify(node: Node, pattern: str, graph: Graph, new_weights: dict) -> Node:
-    attrs = node.attrs
-    if attrs["fused"]:
-        x, w_gate_up, w_down = node.inputs[:3]
-        base = w_gate_up.attrs["name"]
-        gate, up = split_fused(graph.weights[base], attrs["gate_first"])
-        w_gate = _new_weight(f"{base}.gate", gate, new_weights)
-        w_up = _new_weight(f"{base}.up", up, new_weights)
-    else:
-        x, w_gate, w_up, w_down = node.inputs[:4]
-    down_name = w_down.attrs["name"]
-    w_down_t = _new_weight(f"{down_name}.t", graph.weights[down_name].T, new_weights)
-    sparse_attrs = {"gate_act": attrs["gate_act"], "up_act": attrs["up_act"], "mode": "exact", "pattern": pattern}
-    if attrs["gate_act"] == "fatrelu":
-        sparse_attrs["threshold"] = attrs["threshold"]
-    if attrs.get("expert", -1) >= 0:
-        sparse_attrs["expert"] = attrs["expert"]
-    if not attrs.get("bias"):
-        return Node("sparse_gated_mlp", (x, w_gate, w_up, w_down_t), sparse_attrs, node.type, node.loc)
-    inputs = _homogeneous(node, x, w_gate, w_up, w_down_t, graph, new_weights)
-    last, d = node.type.rank - 1, node.shape[-1]
-    wide = Node("sparse_gated_mlp", inputs, sparse_attrs, TensorType((*node.shape[:-1], d + 1), node.dtype), node.loc)
-    return Node("slice", (wide,), {"axis": last, "start": 0, "end": d, "step": 1}, node.type, node.loc)
-
-
-def _homogeneous(node: Node, x: Node, w_gate: Node, w_up: Node, w_down_t: Node, graph: Graph, new_weights: dict):
-    """Fold the gate/up biases into the weights: [x, 1], [W | b] for gate and up, [Wdᵀ | 0] for down."""
-    arrays = {**graph.weights, **new_weights}
-    if node.attrs["fused"]:
-        b_gate, b_up = split_fused(arrays[node.inputs[3].attrs["name"]], node.attrs["gate_first"])
-    else:
-        b_gate, b_up = (arrays[b.attrs["name"]] for b in node.inputs[4:6])
-    down_t = arrays[w_down_t.attrs["name"]]
-    columns = ((w_gate, b_gate), (w_up, b_up), (w_down_t, np.zeros(down_t.shape[0], down_t.dtype)))
-    augmented = [_new_weight(f"{w.attrs['name']}.aug", np.concatenate([arrays[w.attrs["name"]], b[:, None]], 1),
-                             new_weights) for w, b in columns]
-    ones = Node("full", (), {"shape": (*x.shape[:-1], 1), "value": 1.0}, TensorType((*x.shape[:-1], 1), x.dtype),
-                node.loc)
-    x_aug = Node("concat", (x, ones), {"axis": x.type.rank - 1},
-                 TensorType((*x.shape[:-1], x.shape[-1] + 1), x.dtype), node.loc)
-    return (x_aug, *augmented)
-
-
-def _new_weight(name: str, array: np.ndarray, new_weights: dict) -> Node:
-    array = new_weights.setdefault(name, np.ascontiguousarray(array))
-    return weight_node(name, array)

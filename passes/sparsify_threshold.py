@@ -34,7 +34,7 @@ from ..ir import Graph, Node, TensorType, rewrite
 from ..ir.mlp import pattern_name
 from .base import Pass, note, record
 from .calibrate import METHODS, Calibrated, calibrate, threshold_attrs
-from .sparsify_exact import _sparsify
+from .sparse_layout import to_sparse_layout
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,9 @@ def _threshold_block(node: Node, c: Calibrated, graph: Graph, new_weights: dict)
     if c.input_threshold > 0:   # TEAL: zero the small input entries (dense mask, see the module docstring)
         x = _input_mask(x, c.input_threshold, node.loc)
         node = Node(node.op, (x, *node.inputs[1:]), node.attrs, node.type, node.loc)
-    out = _sparsify(node, pattern_name(node.attrs["gate_act"], node.attrs["up_act"]), graph, new_weights)
-    sparse = out if out.op == "sparse_gated_mlp" else out.inputs[0]   # biased: slice(sparse_gated_mlp(..))
-    attrs = {"pattern": sparse.attrs["pattern"], **threshold_attrs(node.attrs, c.threshold, c.criterion)}
-    if "expert" in sparse.attrs:
-        attrs["expert"] = sparse.attrs["expert"]
-    new = Node(sparse.op, sparse.inputs, attrs, sparse.type, sparse.loc)
-    return new if out is sparse else Node(out.op, (new,), out.attrs, out.type, out.loc)
+    attrs = {"pattern": pattern_name(node.attrs["gate_act"], node.attrs["up_act"]),
+             **threshold_attrs(node.attrs, c.threshold, c.criterion)}
+    return to_sparse_layout(node, attrs, graph, new_weights)
 
 
 def _input_mask(x: Node, t: float, loc: str) -> Node:
