@@ -22,8 +22,8 @@ def compile(model, example_inputs, target="x86", mode="auto", calibration=None, 
 
 
 def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):
-    """SwiGLU/GeGLU gated MLPs -> dReLU ("drelu") or ReLU ("relu"), found by structure; see `actsparse/relufy.py`."""
-    from .relufy import relufy as _relufy
+    """SwiGLU/GeGLU gated MLPs -> dReLU ("drelu") or ReLU ("relu"), found by structure (`relufication.py`)."""
+    from .relufication import relufy as _relufy
 
     return _relufy(model, kind, example_inputs, inplace=inplace)
 

@@ -56,7 +56,9 @@ def load_spec(spec: str, seq: int):
     if not factory_name:
         raise ActsparseError(f"cannot load {spec!r}: it is neither an artifact directory nor module:factory "
                              "(nor a .onnx/.mlir file)")
-    sys.path.insert(0, str(Path.cwd()))
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:  # a model module next to the user, as `python -m` would find it
+        sys.path.insert(0, cwd)
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
     except (ImportError, AttributeError) as err:

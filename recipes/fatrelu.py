@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..relufy import RelufyError, relu_mlps
+from ..relufication import RelufyError, relu_mlps
 from .prosparse import lm_loss
 
 

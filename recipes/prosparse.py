@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..relufy import RelufyError, ReluGatedMLP, relu_mlps
+from ..relufication import RelufyError, ReluGatedMLP, relu_mlps
 
 
 @dataclass(frozen=True)

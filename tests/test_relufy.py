@@ -23,7 +23,7 @@ from actsparse.recipes import (
     recover,
     shift_thresholds,
 )
-from actsparse.relufy import RelufyError, ReluGatedMLP, find_gated_mlps, relu_mlps
+from actsparse.relufication import RelufyError, ReluGatedMLP, find_gated_mlps, relu_mlps
 
 torch.set_num_threads(1)
 SMALL = TinyConfig(d_model=32, n_layers=2, n_heads=2, n_ff=64, max_seq=64, mlp_act="swiglu")

@@ -23,8 +23,6 @@ shifting (`actsparse.recipes.shift_thresholds`). After relufy, `actsparse.compil
 from __future__ import annotations
 
 import copy
-import sys
-import types
 from dataclasses import dataclass
 
 import torch
@@ -307,14 +305,3 @@ def _check_plain(module: nn.Module, where: str, gate, up, down, block: FoundMLP,
 def relu_mlps(model: nn.Module) -> list[tuple[str, ReluGatedMLP]]:
     """The `ReluGatedMLP` modules of a (relufied) model, in module order, with their paths."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, ReluGatedMLP)]
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this submodule rebinds the package attribute `actsparse.relufy` from the function to the module;
-    making the module callable keeps `actsparse.relufy(model, ...)` working either way."""
-
-    def __call__(self, *args, **kwargs):
-        return relufy(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
