@@ -4,75 +4,42 @@
 
 1. Load and validate: the file is parsed (a truncated or corrupt file is one clear error), the default-domain
    opset must be in 14–21, external-data weights must exist beside the model, then `onnx.checker.check_model`
-   and `onnx.shape_inference.infer_shapes` (strict) run before anything is translated.
-2. Every node is translated in order by the table in `onnx_ops.py`. A value is either *static* (a `Const`: a
-   numpy array known at import time — initializers, Constant nodes, and everything computed only from them and
-   from shapes) or *dynamic* (an IR `Node`). Static values are folded with the IR op table's own numpy
-   references, so the Shape -> Gather -> Unsqueeze -> Concat chains that exporters emit disappear. Shapes may
-   hold the symbolic sequence length: shape arrays are then object arrays of sympy expressions (`seq`,
-   `2*seq`, ...), which the IR accepts as dims only when they are a plain name or an int. Tensors whose
-   elements are all equal but whose shape is symbolic (attention masks built from `ones_like(ids)`) become the
-   IR's `full`, and stay `full` through elementwise, gather and shape ops.
+   and `onnx.shape_inference.infer_shapes` (strict) run before anything is translated (`onnx_load.py`).
+2. Every node is translated in order by the table in `onnx_ops.py` (shape and indexing ops: `onnx_shape_ops.py`).
+   A value is either *static* (a `Const`, `onnx_values.py`: a numpy array known at import time — initializers,
+   Constant nodes, and everything computed only from them and from shapes) or *dynamic* (an IR `Node`). Static
+   values are folded with the IR op table's own numpy references, so the Shape -> Gather -> Unsqueeze -> Concat
+   chains that exporters emit disappear. Shapes may hold the symbolic sequence length: shape arrays are then
+   object arrays of sympy expressions (`seq`, `2*seq`, ...), which the IR accepts as dims only when they are a
+   plain name or an int. Tensors whose elements are all equal but whose shape is symbolic (attention masks built
+   from `ones_like(ids)`) become the IR's `full`, and stay `full` through elementwise, gather and shape ops.
 3. Dim 1 of a graph input with a `dim_param` is named `seq` (`seq_dim_name`); other named dims keep their name.
 4. `MatMul(x, W[k, n])` with a constant W becomes `linear(x, @name)` holding Wᵀ [n, k] (the IR's [out, in]
    layout, what gated-MLP detection matches), or the weight W itself when W is `Transpose(@w)`.
 
-Names and locations: node locations are module paths, from the dynamo exporter's `name_scopes` metadata
-(plus the source file:line of its stack trace) or from the TorchScript exporter's node names
-(`/model/layers.0/mlp/gate_proj/MatMul` -> `model.layers.0.mlp.gate_proj`). A wrapper module that only holds
-the model (e.g. `hf.CausalLMLogits`, attribute `model`) is dropped from paths and weight names, as the torch
-frontend does with `actsparse_prefix`; pass `prefix=` to choose explicitly. Initializers keep their names;
-anonymous ones (`onnx::MatMul_12`, `val_7`) used as projection weights are named `<module>.weight`.
+Names and locations (`onnx_names.py`): node locations are module paths, from the dynamo exporter's `name_scopes`
+metadata (plus the source file:line of its stack trace) or from the TorchScript exporter's node names
+(`/model/layers.0/mlp/gate_proj/MatMul` -> `model.layers.0.mlp.gate_proj`). A wrapper module that only holds the
+model (e.g. `hf.CausalLMLogits`, attribute `model`) is dropped from paths and weight names, as the torch frontend
+does with `actsparse_prefix`; pass `prefix=` to choose explicitly. Initializers keep their names; anonymous ones
+(`onnx::MatMul_12`, `val_7`) used as projection weights are named `<module>.weight`.
 """
 
 from __future__ import annotations
 
-import ast
-import os
-import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..ir import Graph, Node, TensorType, op_def, verify
-from ..ir.types import is_float, np_dtype
-from .errors import FrontendError, UnsupportedOpError
+from ..ir.types import np_dtype
+from .errors import FrontendError
+from .onnx_load import OnnxImportError, load_model
+from .onnx_names import is_anonymous, node_location, sanitize, wrapper_prefix
+from .onnx_ops import HANDLERS, attributes
+from .onnx_values import ONNX_DTYPES, Const, fold, literal, make_const
 
-OPSETS = (14, 21)  # supported versions of the default ONNX domain, inclusive
 CONST_MAX = 16  # static tensors up to this many elements become `constant` nodes, larger ones weights
-ONNX_DTYPES = {1: "f32", 10: "f16", 11: "f64", 7: "i64", 6: "i32", 9: "bool"}
-_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
-_ANONYMOUS = re.compile(r"^(onnx::|val_\d|/|_v_)|::|_output_\d+$")
-
-
-class OnnxImportError(FrontendError):
-    """An ONNX model could not be read or validated (corrupt file, bad opset, missing external data, ...)."""
-
-
-@dataclass(eq=False)
-class Const:
-    """A value known at import time: numeric, or an object array of ints / sympy expressions (shapes)."""
-
-    array: np.ndarray
-    dtype: str
-    name: str = ""
-
-    @property
-    def shape(self) -> tuple:
-        return self.array.shape
-
-    @property
-    def symbolic(self) -> bool:
-        return self.array.dtype == object
-
-    def uniform(self):
-        """The single value of a numeric array whose elements are all equal, else None."""
-        if self.symbolic or self.array.size == 0:
-            return None
-        flat = self.array.reshape(-1)
-        return flat[0].item() if (flat == flat[0]).all() else None
 
 
 def import_onnx(model, *, seq_dim_name: str = "seq", prefix: str | None = None) -> Graph:
@@ -84,132 +51,6 @@ def import_onnx(model, *, seq_dim_name: str = "seq", prefix: str | None = None) 
     """
     proto, source = load_model(model)
     return OnnxImporter(proto, source, seq_dim_name, prefix).run()
-
-
-# --- loading and validation ------------------------------------------------------------------------------
-def load_model(model) -> tuple[Any, str]:
-    """-> (validated ModelProto with weights loaded and shapes inferred, a name for messages)."""
-    import onnx
-
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        source = str(path)
-        if not path.is_file():
-            raise OnnxImportError(f"{source}: no such ONNX file")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError, RuntimeWarning, ...
-            raise OnnxImportError(f"{source}: not a readable ONNX model (truncated or corrupt file?): "
-                                  f"{_first_line(err)}") from None
-        base_dir = str(path.parent)
-    elif type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx"):
-        proto, source, base_dir = model, f"ONNX model {model.graph.name or '<unnamed>'}", None
-    else:
-        raise OnnxImportError(f"expected a path to a .onnx file or an onnx.ModelProto, got {type(model).__name__}")
-    if not proto.HasField("graph") or not proto.graph.output:
-        raise OnnxImportError(f"{source}: not a readable ONNX model (no graph or no outputs; truncated file?)")
-    _check_opset(proto, source)
-    _check_external_data(proto, source, base_dir)
-    try:
-        onnx.checker.check_model(str(model) if base_dir is not None else proto)
-    except Exception as err:  # noqa: BLE001 - ValidationError and friends
-        raise OnnxImportError(f"{source}: the ONNX checker rejected the model: {_first_line(err)}") from None
-    _check_supported(proto)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-    except Exception as err:  # noqa: BLE001 - InferenceError
-        raise OnnxImportError(f"{source}: ONNX shape inference failed: {_first_line(err)}") from None
-    if base_dir is not None:
-        onnx.load_external_data_for_model(inferred, base_dir)
-    return inferred, source
-
-
-def _check_opset(proto, source: str) -> None:
-    versions = {o.domain: o.version for o in proto.opset_import}
-    version = versions.get("", versions.get("ai.onnx"))
-    if version is None:
-        raise OnnxImportError(f"{source}: the model imports no default-domain opset; actsparse imports opsets "
-                              f"{OPSETS[0]}–{OPSETS[1]}")
-    if not OPSETS[0] <= version <= OPSETS[1]:
-        raise OnnxImportError(
-            f"{source}: opset {version} is not supported; actsparse imports ONNX opsets {OPSETS[0]}–{OPSETS[1]} "
-            f"(re-export with e.g. torch.onnx.export(..., opset_version=17), or convert it with "
-            f"onnx.version_converter.convert_version)")
-
-
-def _check_external_data(proto, source: str, base_dir: str | None) -> None:
-    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
-
-    for tensor in proto.graph.initializer:
-        if not uses_external_data(tensor):
-            continue
-        location = ExternalDataInfo(tensor).location
-        if base_dir is None:
-            raise OnnxImportError(f"{source}: weight {tensor.name} is stored in the external file {location}; "
-                                  "pass the model's path instead of a ModelProto, or load it with "
-                                  "onnx.load(path, load_external_data=True)")
-        if not (Path(base_dir) / location).is_file():
-            raise OnnxImportError(f"{source}: the external data file {location} (holding weight {tensor.name}) "
-                                  f"is missing; it must sit beside the model, in {base_dir}")
-
-
-def _check_supported(proto) -> None:
-    from .onnx_ops import HANDLERS
-
-    missing = [(i, n) for i, n in enumerate(proto.graph.node)
-               if n.domain not in ("", "ai.onnx") or n.op_type not in HANDLERS]
-    if missing:
-        index, node = missing[0]
-        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-        others = sorted({n.op_type for _, n in missing[1:]} - {node.op_type})
-        detail = f"ONNX node {node.name or '<unnamed>'!r}, index {index}" + (
-            f"; also unsupported: {', '.join(others)}" if others else "")
-        raise UnsupportedOpError(op, _module_from_name(node.name), detail=detail)
-
-
-def _first_line(err: Exception) -> str:
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
-# --- locations ------------------------------------------------------------------------------------------
-def _module_from_name(name: str) -> str:
-    """`/model/layers.0/mlp/gate_proj/MatMul` -> `model.layers.0.mlp.gate_proj` (TorchScript exporter names)."""
-    if not name.startswith("/"):
-        return ""
-    return ".".join(p for p in name.split("/")[1:-1] if p)
-
-
-def _node_location(node) -> tuple[str, str]:
-    """(module path, source file:line) of an ONNX node."""
-    meta = {p.key: p.value for p in node.metadata_props}
-    module = _module_from_name(node.name)
-    scopes = meta.get("pkg.torch.onnx.name_scopes")
-    if scopes:
-        try:
-            entries = [s for s in ast.literal_eval(scopes)[:-1] if s and not s.startswith("_empty")]
-            module = entries[-1] if entries else ""
-        except (ValueError, SyntaxError):
-            pass
-    frames = [(f, ln) for f, ln in _FRAME.findall(meta.get("pkg.torch.onnx.stack_trace", ""))
-              if f"{os.sep}torch{os.sep}" not in f]
-    return module, (f"{os.path.basename(frames[-1][0])}:{frames[-1][1]}" if frames else "")
-
-
-def _wrapper_prefix(modules: list[str], weight_names: list[str]) -> str:
-    """The one top-level module every located node and named weight sits under (a pure wrapper), or ''.
-
-    Not a container: `layers.0.mlp` / `layers.1.mlp` keep their `layers`."""
-    paths = [m for m in modules if m] + [w for w in weight_names if not _ANONYMOUS.search(w) and "." in w]
-    heads = {p.split(".")[0] for p in paths}
-    if len(heads) == 1 and not any(p.split(".")[1:2] and p.split(".")[1].isdigit() for p in paths):
-        return heads.pop()
-    return ""
-
-
-def sanitize(name: str) -> str:
-    """A weight name the text form and codegen accept: `/a/b:0` -> `a.b_0`."""
-    return re.sub(r"[^\w.]", "_", name.strip("/").replace("/", ".")) or "w"
 
 
 # --- the importer ---------------------------------------------------------------------------------------
@@ -227,9 +68,9 @@ class OnnxImporter:
         self.weights: dict[str, np.ndarray] = {}
         self._materialized: dict = {}  # id(Const) (or (kind, id)) -> (the Const, its IR node)
         self.transposed: dict[int, tuple] = {}  # id(Transpose(c)) of a static 2-d c -> (that result, c)
-        self.locations = [_node_location(n) for n in proto.graph.node]
+        self.locations = [node_location(n) for n in proto.graph.node]
         if prefix is None:
-            prefix = _wrapper_prefix([m for m, _ in self.locations], [t.name for t in proto.graph.initializer])
+            prefix = wrapper_prefix([m for m, _ in self.locations], [t.name for t in proto.graph.initializer])
         self.prefix = prefix + "." if prefix else ""
         self.module = self.loc = ""
         self.onnx_node, self.index = None, -1
@@ -238,8 +79,6 @@ class OnnxImporter:
     # --- driver -----------------------------------------------------------------------------------------
     def run(self) -> Graph:
         from onnx import numpy_helper
-
-        from .onnx_ops import HANDLERS, attributes
 
         graph = self.proto.graph
         for tensor in graph.initializer:  # (the proto is our own copy from shape inference)
@@ -402,7 +241,7 @@ class OnnxImporter:
 
     def weight_name(self, c: Const, kind: str = "weight") -> str:
         """An initializer's own name, or `<module>.<kind>` for anonymous ones (`onnx::MatMul_7`, `val_3`)."""
-        if (not c.name or _ANONYMOUS.search(c.name)) and self.module:
+        if (not c.name or is_anonymous(c.name)) and self.module:
             return f"{self.module}.{kind}"
         return self.strip(sanitize(c.name or "const"))
 
@@ -456,8 +295,6 @@ class OnnxImporter:
         input is, emitted as an IR node otherwise."""
         ttype = self.infer(op, inputs, attrs)
         if all(isinstance(i, Const) for i in inputs) and all(isinstance(d, int) for d in ttype.shape):
-            from .onnx_ops import fold
-
             return fold(self, op, inputs, attrs, ttype)
         if op == "mul":  # x * 1 -> x (exact in floating point), as exporters write for a scale of 1
             for x, one in (inputs, inputs[::-1]):
@@ -506,50 +343,4 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a is b or (a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b))
 
 
-def make_const(values, dtype: str) -> Const:
-    """A static tensor from a (nested) list that may hold sympy expressions; numeric when it can be."""
-    array = np.array(values, dtype=object)
-    return normalize(array, dtype)
-
-
-def normalize(array: np.ndarray, dtype: str) -> Const:
-    """Object arrays whose elements are all plain numbers become numeric arrays of `dtype`."""
-    if array.dtype == object:
-        flat = array.reshape(-1).tolist()
-        if all(_is_number(x) for x in flat):
-            array = np.array([_to_number(x) for x in flat], dtype=np_dtype(dtype)).reshape(array.shape)
-        else:
-            array = np.array([_to_number(x) if _is_number(x) else x for x in flat] or [],
-                             dtype=object).reshape(array.shape)
-    else:
-        array = array.astype(np_dtype(dtype), copy=False)
-    return Const(array, dtype)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float, bool, np.number, np.bool_)) or bool(getattr(x, "is_number", False))
-
-
-def _to_number(x):
-    if isinstance(x, (int, float, bool, np.number, np.bool_)):
-        return x
-    return int(x) if x.is_Integer else float(x)
-
-
-def literal(array: np.ndarray, dtype: str):
-    """A (nested) tuple of Python scalars for a `constant` node; ±inf becomes the dtype's extreme value."""
-    array = np.asarray(array)
-    if is_float(dtype):
-        big = float(np.finfo(np_dtype(dtype)).max)
-        array = np.clip(array.astype(np.float64), -big, big)
-        if np.isnan(array).any():
-            raise FrontendError("a constant holds NaN, which the IR's text form cannot spell")
-    value = array.tolist()
-    return _tuples(value) if isinstance(value, list) else value
-
-
-def _tuples(value):
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-__all__ = ["Const", "OnnxImportError", "OPSETS", "import_onnx", "load_model"]
+__all__ = ["OnnxImportError", "OnnxImporter", "import_onnx"]

@@ -58,7 +58,7 @@ import torch
 from ..ir import Graph, Node, TensorType, verify
 from ..ir.types import np_dtype
 from .errors import FrontendError, UnsupportedOpError
-from .onnx import _wrapper_prefix, sanitize
+from .onnx_names import sanitize, wrapper_prefix
 from .torch_export import TORCH_DTYPES, Importer
 from .torch_ops import _axis, _slice_of, lookup
 
@@ -577,7 +577,7 @@ class MlirImporter(Importer):
                     known.append(fqn)
             else:
                 names[key] = sanitize(key)
-        prefix = self._prefix_arg if self._prefix_arg is not None else _wrapper_prefix([], known)
+        prefix = self._prefix_arg if self._prefix_arg is not None else wrapper_prefix([], known)
         self.prefix = prefix + "." if prefix else ""
         self._known = {self.strip(names[k]) for k in keys if names[k] in known}
         return {k: self.strip(v) for k, v in names.items()}
