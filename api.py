@@ -70,6 +70,9 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
     if mode not in MODES:
         hint = " (a lossy mode with calibration; not in this build yet)" if mode == "predictor" else ""
         raise ActsparseError(f"unknown mode {mode!r}{hint}; valid modes: {', '.join(MODES)}")
+    if memory_budget is not None:
+        raise ActsparseError("memory_budget (the hot/cold neuron split) is not in this build yet; leave it unset: "
+                             "every neuron's weights stay in the target's main memory")
     options = _lossy_options(mode, calibration, sparsity, method)
     tgt = target_registry.get(target)
     graph = import_model(model, example_inputs)

@@ -27,13 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("-m", "--mode", default="auto")
     build.add_argument("-o", "--out", required=True, help="artifact directory to write")
     build.add_argument("--seq", type=int, default=16, help="example sequence length when the factory gives none")
-    build.add_argument("--calib", help="calibration data (threshold/predictor modes)")
+    _lossy_arguments(build)
 
     inspect = sub.add_parser("inspect", help="print the report of an artifact or of a model spec")
     inspect.add_argument("what", help="artifact directory, module:factory, file.onnx or file.mlir")
     inspect.add_argument("-m", "--mode", default="auto")
     inspect.add_argument("--seq", type=int, default=16)
     inspect.add_argument("--plot", help="also write the sparsity plot (PNG)")
+    _lossy_arguments(inspect)
 
     bench = sub.add_parser("bench", help="time an artifact against its dense twin on this machine")
     bench.add_argument("artifact")
@@ -46,6 +47,44 @@ def main(argv: list[str] | None = None) -> int:
     except ActsparseError as err:
         print(f"actsparse {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _lossy_arguments(parser) -> None:
+    parser.add_argument("--calib", help="calibration inputs for -m threshold: a .safetensors file with one tensor "
+                        "per model input, named 0, 1, ... in input order; axis 0 indexes the samples, each sample "
+                        "keeps it as a batch axis of 1 (token windows: input 0 of shape [samples, seq])")
+    parser.add_argument("--sparsity", type=float, help="target sparsity for -m threshold, e.g. 0.9")
+    parser.add_argument("--method", help="threshold calibration: cats (default), teal or topk")
+
+
+def load_calibration(path: str | None) -> list[tuple] | None:
+    """The --calib file -> calibration samples (tuples of arrays, one per model input). safetensors only: never
+    unpickle a file someone hands us."""
+    if path is None:
+        return None
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not Path(path).is_file():
+        raise ActsparseError(f"calibration file {path} does not exist")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ActsparseError(f"calibration file {path} is not a readable .safetensors file ({err}); write one "
+                             "with safetensors.numpy.save_file({'0': input0_samples, ...}, path)") from None
+    names = [str(i) for i in range(len(tensors))]
+    if sorted(tensors) != sorted(names):
+        raise ActsparseError(f"calibration file {path}: tensors must be named 0..{len(tensors) - 1} after the model "
+                             f"inputs they feed, got {sorted(tensors)}")
+    counts = {tensors[n].shape[0] if tensors[n].ndim else 0 for n in names}
+    if len(counts) != 1 or 0 in counts:
+        raise ActsparseError(f"calibration file {path}: every tensor needs the same number (> 0) of samples on "
+                             f"axis 0, got {[tensors[n].shape for n in names]}")
+    return [tuple(tensors[n][i : i + 1] for n in names) for i in range(counts.pop())]
+
+
+def _lossy_options(args) -> dict:
+    return {"calibration": load_calibration(args.calib), "sparsity": args.sparsity, "method": args.method}
 
 
 def load_spec(spec: str, seq: int):
@@ -77,7 +116,7 @@ def _build(args) -> int:
         model, inputs = args.spec, ()
     else:
         model, inputs = load_spec(args.spec, args.seq)
-    cm = api.compile(model, inputs, target=args.target, mode=args.mode)
+    cm = api.compile(model, inputs, target=args.target, mode=args.mode, **_lossy_options(args))
     path = cm.save(args.out)
     print(cm.report)
     print(f"wrote {path}")
@@ -97,7 +136,7 @@ def _inspect(args) -> int:
         from . import api
 
         model, inputs = (args.what, ()) if args.what.endswith((".onnx", ".mlir")) else load_spec(args.what, args.seq)
-        report = api.compile(model, inputs, mode=args.mode).report
+        report = api.compile(model, inputs, mode=args.mode, **_lossy_options(args)).report
     print(report)
     if args.plot:
         print(f"wrote {report.plot(args.plot)}")

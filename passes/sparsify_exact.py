@@ -69,7 +69,7 @@ class SparsifyExact(Pass):
                 f"mode='exact' needs a ReLU-family MLP, but {node.loc or 'a gated MLP'} is {pattern} "
                 f"(act={node.attrs['gate_act']}), whose inactive neurons are not exactly zero. Ways out: "
                 "actsparse.relufy(model) then a recovery fine-tune (actsparse.recipes), mode='threshold' with "
-                "calibration data, mode='predictor', or mode='auto' to keep it dense.")
+                "calibration data, or mode='auto' to keep it dense.")
         record("kept-dense")
         note({"location": node.loc, "pattern": pattern, "mode": "dense",
               "reason": f"{pattern} is not exactly sparse (act={node.attrs['gate_act']}); "

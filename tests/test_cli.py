@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from actsparse.cli import main
@@ -32,11 +33,50 @@ def test_inspect_a_spec_reports_swiglu_left_dense(capsys):
     assert out.count("swiglu") >= 2 and "dense" in out
 
 
+def test_build_in_threshold_mode_with_a_calibration_file(tmp_path, capsys):
+    from safetensors.numpy import save_file
+
+    calib = tmp_path / "calib.safetensors"
+    save_file({"0": np.random.default_rng(0).integers(0, 256, (6, 12)).astype(np.int64)}, str(calib))
+    out = tmp_path / "thr.actsparse"
+    argv = ["build", "tests.factories:tiny_swiglu_with_inputs", "-m", "threshold", "--calib", str(calib),
+            "--sparsity", "0.6", "-o", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("threshold") >= 3 and printed.count("60.0%") == 2 and (out / "manifest.json").is_file()
+    assert main(["inspect", str(out)]) == 0
+    assert "60.0%" in capsys.readouterr().out  # the calibrated sparsity of each block, kept in the artifact
+
+
+def _calibration_file(tmp_path, kind):
+    path = tmp_path / "calib.safetensors"
+    if kind == "pickle":
+        path.write_bytes(b"\x80\x04K\x01.")  # a pickle: must be refused, never loaded
+    else:
+        from safetensors.numpy import save_file
+
+        save_file({"input_ids": np.zeros((2, 4), np.int64)}, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, message", [("pickle", "not a readable .safetensors file"),
+                                           ("named", "tensors must be named 0..0")])
+def test_bad_calibration_file_is_one_clear_error(kind, message, tmp_path, capsys):
+    argv = ["build", "tests.factories:tiny_swiglu_with_inputs", "-m", "threshold", "--sparsity", "0.5",
+            "--calib", _calibration_file(tmp_path, kind), "-o", str(tmp_path / "x")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["build", "no_such_module:f", "-o", "x"], "cannot load 'no_such_module:f'"),
     (["build", "tests.factories:tiny_drelu", "-t", "tpu", "-o", "x"], "valid targets: x86, cuda, arm"),
     (["build", "tests.factories:tiny_swiglu_with_inputs", "-m", "exact", "-o", "x"], "relufy"),
     (["inspect", "/nonexistent/dir"], "cannot load"),
+    (["build", "tests.factories:tiny_swiglu_with_inputs", "-m", "threshold", "--sparsity", "0.5", "--calib",
+      "/nonexistent.safetensors", "-o", "x"], "calibration file /nonexistent.safetensors does not exist"),
+    (["build", "tests.factories:tiny_swiglu_with_inputs", "-m", "threshold", "-o", "x"], "needs a target sparsity"),
 ])
 def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
     argv = [a if a != "x" else str(tmp_path / "x") for a in argv]

@@ -99,6 +99,8 @@ def test_errors_name_the_problem_and_the_way_out():
         actsparse.compile(graph, (mlp_input(),), mode="sparse")
     with pytest.raises(ActsparseError, match="cannot compile a dict"):
         actsparse.compile({}, ())
+    with pytest.raises(ActsparseError, match="memory_budget .* not in this build yet"):
+        actsparse.compile(graph, (mlp_input(),), memory_budget=1 << 30)
     cm = actsparse.compile(graph, (mlp_input(),), mode="auto")
     assert cm.report.blocks[0].mode == "dense" and "not exactly sparse" in cm.report.blocks[0].reason
     with pytest.raises(ValueError, match="compiled for inputs"):

@@ -58,7 +58,7 @@ def test_pipeline_golden_and_counts(name, mode, expected):
 
 
 def test_exact_mode_on_swiglu_names_the_layer_and_ways_out():
-    with pytest.raises(ModeError, match=r"blk.*swiglu.*relufy.*threshold.*predictor"):
+    with pytest.raises(ModeError, match=r"blk.*swiglu.*relufy.*threshold.*auto"):
         run_pipeline(_load("swiglu_decomposed"), pipeline_for("exact"))
 
 
