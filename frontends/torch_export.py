@@ -56,16 +56,19 @@ def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: 
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
-    program = _export(model, example_inputs, dynamic_seq)
+    program = export_program(model, example_inputs, dynamic_seq)
     return Importer(program, getattr(model, "actsparse_prefix", "")).run()
 
 
-def _export(model, inputs: tuple, dynamic_seq: bool):
+def export_program(model, inputs: tuple, dynamic_seq: bool):
+    """`model` through `torch.export` on `inputs`, batched MoE experts unrolled; with `dynamic_seq`, dim 1 of
+    rank-2 integer inputs is symbolic (static shapes, with a warning, if that export fails). Shared with
+    `torch_mlir.export_mlir`."""
     with per_expert_routing(model):  # batched MoE experts: one visible gated MLP per expert (see moe.py)
-        return _export_program(model, inputs, dynamic_seq)
+        return _export_with_fallback(model, inputs, dynamic_seq)
 
 
-def _export_program(model, inputs: tuple, dynamic_seq: bool):
+def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool):
     spec = _dynamic_shapes(inputs) if dynamic_seq else None
     if dynamic_seq and spec is None:
         warnings.warn("actsparse: no rank-2 integer input with at least 2 positions to make symbolic; importing "

@@ -60,7 +60,7 @@ from ..ir.types import np_dtype
 from .errors import FrontendError, UnsupportedOpError
 from .onnx_names import sanitize, wrapper_prefix
 from .torch_export import TORCH_DTYPES, Importer
-from .torch_ops import _axis, _slice_of, lookup
+from .torch_ops import lookup, positive_axis, slice_of
 
 MLIR_DTYPES = {"f32": "f32", "f16": "f16", "f64": "f64", "si64": "i64", "si32": "i32", "i1": "bool"}
 IR_TO_TORCH = {v: k for k, v in TORCH_DTYPES.items()}
@@ -98,10 +98,10 @@ def export_mlir(model: torch.nn.Module, example_inputs, *, dynamic_seq: bool = T
     fx, ir, torch_d, FxImporter = _torch_mlir()
     from torch_mlir.extras.fx_importer import create_mlir_tensor_type
 
-    from .torch_export import _export
+    from .torch_export import export_program
 
     inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    program = _export(model.eval(), inputs, dynamic_seq)
+    program = export_program(model.eval(), inputs, dynamic_seq)
     _inline_wrappers(program.graph_module)  # here, so their ops keep their stack traces (locations)
     if decompose:
         from torch_mlir.extras.fx_decomp_util import get_decomposition_table
@@ -875,7 +875,7 @@ def _unpack(cx, op):
 
 def _size(cx, op):  # torch.aten.size.int(t, dim) -> the dim, as an int or a sympy symbol
     x, axis = cx.values[op.op.operands[0]], cx.values[op.op.operands[1]]
-    d = x.shape[_axis(axis, x.type.rank)]
+    d = x.shape[positive_axis(axis, x.type.rank)]
     if isinstance(d, int):
         return d
     symbol = next((s for s, n in cx.symbols.items() if n == d), None)
@@ -943,7 +943,7 @@ def _compare(op_name):
 
 
 def _split(cx, node, x, size_or_sizes, dim=0):  # split / split_with_sizes / chunk -> slices, sizes per MLIR
-    axis, start, parts = _axis(dim, x.type.rank), 0, []
+    axis, start, parts = positive_axis(dim, x.type.rank), 0, []
     user = next((u.owner for u in node.op.results[0].uses), None)
     if user is None or user.name != "torch.prim.ListUnpack":
         raise cx.error("a split whose parts are not unpacked (torch.prim.ListUnpack) is not supported")
@@ -951,21 +951,21 @@ def _split(cx, node, x, size_or_sizes, dim=0):  # split / split_with_sizes / chu
         size = cx.type_of(value).shape[axis]
         if isinstance(size, str):
             raise cx.error(f"splitting the symbolic dim `{size}` cannot be expressed; export with static shapes")
-        parts.append(_slice_of(cx, x, axis, start, start + size))
+        parts.append(slice_of(cx, x, axis, start, start + size))
         start += size
     return parts
 
 
 def _unbind(cx, node, x, dim=0):
-    axis = _axis(dim, x.type.rank)
+    axis = positive_axis(dim, x.type.rank)
     shape = tuple(d for i, d in enumerate(x.shape) if i != axis)
-    return [cx.emit("reshape", [_slice_of(cx, x, axis, i, i + 1)], shape=shape) for i in range(x.shape[axis])]
+    return [cx.emit("reshape", [slice_of(cx, x, axis, i, i + 1)], shape=shape) for i in range(x.shape[axis])]
 
 
 def _all(cx, node, x, dim=None, keepdim=False):  # all(x, dims) -> eq(max(cast(not x, f32), dims), 0)
     dims = [dim] if isinstance(dim, int) else list(dim or range(x.type.rank))
     none_false = cx.emit("max", [cx.cast(cx.emit("logical_not", [cx.cast(x, "bool")]), "f32")],
-                         axes=tuple(_axis(d, x.type.rank) for d in dims), keepdim=bool(keepdim))
+                         axes=tuple(positive_axis(d, x.type.rank) for d in dims), keepdim=bool(keepdim))
     return cx.emit("eq", [none_false, cx.const(0.0, "f32")])
 
 

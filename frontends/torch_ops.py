@@ -16,7 +16,8 @@ from .torch_inplace import in_place
 BIG = 2**62  # slice ends at or beyond this mean "to the end" (torch spells it 9223372036854775807)
 
 
-def _axis(axis: int, rank: int) -> int:
+def positive_axis(axis: int, rank: int) -> int:
+    """A torch dim argument (negative counts from the end) as an index into a tensor of rank `rank`."""
     return axis + rank if axis < 0 else axis
 
 
@@ -165,12 +166,12 @@ def _reduce(op):
     def handle(cx, node, x, dim=None, keepdim=False, **_):  # sum/mean/amax over `dim` (None or [] = all)
         dims = [dim] if isinstance(dim, int) else list(dim or range(x.type.rank))
         x = x if op == "max" else cx.tensor(x, cx.out(node).dtype)
-        return cx.emit(op, [x], axes=tuple(_axis(d, x.type.rank) for d in dims), keepdim=bool(keepdim))
+        return cx.emit(op, [x], axes=tuple(positive_axis(d, x.type.rank) for d in dims), keepdim=bool(keepdim))
     return handle
 
 
 def _topk(cx, node, x, k, dim=-1, largest=True, sorted=True):  # topk -> (topk{values}, topk{indices})
-    axis = _axis(dim, x.type.rank)
+    axis = positive_axis(dim, x.type.rank)
     return tuple(cx.emit("topk", [x], k=int(k), axis=axis, largest=bool(largest), output=out)
                  for out in ("values", "indices"))
 
@@ -201,19 +202,19 @@ def _expand(cx, node, x, *args, **kwargs):
 
 
 def _permute(cx, node, x, dims):
-    axes = tuple(_axis(d, x.type.rank) for d in dims)
+    axes = tuple(positive_axis(d, x.type.rank) for d in dims)
     return x if axes == tuple(range(x.type.rank)) else cx.emit("permute", [x], axes=axes)
 
 
 def _transpose(cx, node, x, d0=0, d1=1):  # transpose(x, i, j) / t(x) -> permute
     axes = list(range(x.type.rank))
     if x.type.rank >= 2:
-        i, j = _axis(d0, x.type.rank), _axis(d1, x.type.rank)
+        i, j = positive_axis(d0, x.type.rank), positive_axis(d1, x.type.rank)
         axes[i], axes[j] = axes[j], axes[i]
     return _permute(cx, node, x, axes)
 
 
-def _slice_of(cx, x, axis, start, end, step=1):
+def slice_of(cx, x, axis, start, end, step=1):
     """x[start:end:step] along `axis`; on the symbolic dim: [:seq], or a static window as an index_select."""
     dim = x.shape[axis]
     start = 0 if start is None else cx.dim(start)
@@ -238,28 +239,28 @@ def _slice_of(cx, x, axis, start, end, step=1):
 
 
 def _slice(cx, node, x, dim=0, start=None, end=None, step=1):
-    return _slice_of(cx, x, _axis(dim, x.type.rank), start, end, step)
+    return slice_of(cx, x, positive_axis(dim, x.type.rank), start, end, step)
 
 
 def _narrow(cx, node, x, dim, start, length):
-    return _slice_of(cx, x, _axis(dim, x.type.rank), start, cx.dim(start) + cx.dim(length))
+    return slice_of(cx, x, positive_axis(dim, x.type.rank), start, cx.dim(start) + cx.dim(length))
 
 
 def _select(cx, node, x, dim, index):  # select(x, d, i) -> reshape(slice(x, d, i:i+1))
-    axis, index = _axis(dim, x.type.rank), cx.dim(index)
-    part = _slice_of(cx, x, axis, index, None if index == -1 else index + 1)
+    axis, index = positive_axis(dim, x.type.rank), cx.dim(index)
+    part = slice_of(cx, x, axis, index, None if index == -1 else index + 1)
     return cx.emit("reshape", [part], shape=cx.out(node).shape)
 
 
 def _split(cx, node, x, *args, **kwargs):  # split / split_with_sizes / chunk / unbind -> slices (sizes per torch)
     unbind = node.target.overloadpacket is torch.ops.aten.unbind
     dim = (args if unbind else args[1:])[:1] or [kwargs.get("dim", 0)]
-    axis, parts, start = _axis(dim[0], x.type.rank), [], 0
+    axis, parts, start = positive_axis(dim[0], x.type.rank), [], 0
     for val in node.meta["val"]:
         size = 1 if unbind else cx.dim(val.shape[axis])
         if isinstance(size, str) and len(node.meta["val"]) > 1:
             raise cx.error(f"splitting the symbolic dim `{size}` cannot be expressed; import with dynamic_seq=False")
-        part = _slice_of(cx, x, axis, start, start + size if isinstance(size, int) else size)
+        part = slice_of(cx, x, axis, start, start + size if isinstance(size, int) else size)
         parts.append(cx.emit("reshape", [part], shape=cx.shape(val)) if unbind else part)
         start = start + size if isinstance(size, int) else start
     return tuple(parts)
@@ -272,18 +273,20 @@ def _getitem(cx, node, seq, index):
 def _cat(cx, node, tensors, dim=0):
     dtype = cx.out(node).dtype
     tensors = [cx.tensor(t, dtype) for t in tensors]
-    return tensors[0] if len(tensors) == 1 else cx.emit("concat", tensors, axis=_axis(dim, tensors[0].type.rank))
+    if len(tensors) == 1:
+        return tensors[0]
+    return cx.emit("concat", tensors, axis=positive_axis(dim, tensors[0].type.rank))
 
 
 def _stack(cx, node, tensors, dim=0):  # stack -> concat of unsqueezed parts
-    axis = _axis(dim, tensors[0].type.rank + 1)
+    axis = positive_axis(dim, tensors[0].type.rank + 1)
     parts = [cx.emit("reshape", [t], shape=(*t.shape[:axis], 1, *t.shape[axis:])) for t in tensors]
     parts = [cx.cast(p, cx.out(node).dtype) for p in parts]
     return parts[0] if len(parts) == 1 else cx.emit("concat", parts, axis=axis)
 
 
 def _index_select(cx, node, x, dim, index):
-    return cx.emit("index_select", [x, index], axis=_axis(dim, x.type.rank))
+    return cx.emit("index_select", [x, index], axis=positive_axis(dim, x.type.rank))
 
 
 def _index(cx, node, x, indices):
