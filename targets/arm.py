@@ -26,6 +26,7 @@ def target(threads: int = 4) -> Target:
         vector_bits=128,
         threads=threads,
         cache_bytes=2 << 20,
+        l2_bytes=1 << 20,  # Neoverse N1/N2, Graviton 2/3: 1 MB per core
         description="aarch64 NEON" + ("" if native else " (cross-compiled)"),
         runs_here=native,
         features=("neon",),

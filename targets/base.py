@@ -18,6 +18,7 @@ class Target:
     vector_bits: int               # SIMD register width (CPU) / widest load per thread (GPU); fp32 lanes = /32
     threads: int                   # worker threads (CPU) or threads per block (GPU)
     cache_bytes: int = 0           # last-level cache (CPU) or shared memory per block (GPU)
+    l2_bytes: int = 0              # a core's mid-level cache (CPU): bounds the rows streamed at once
     description: str = ""
     host: dict[str, Any] | None = None     # host target for device code (CUDA)
     runs_here: bool = True         # can modules built for it run in this process?
@@ -46,7 +47,8 @@ class Target:
     def cpu_schedule(self):
         from ..codegen.kernels.schedule import CpuSchedule
 
-        return CpuSchedule(lanes=self.lanes, threads=self.threads, vector_registers=self.vector_registers)
+        return CpuSchedule(lanes=self.lanes, threads=self.threads, vector_registers=self.vector_registers,
+                           l2_bytes=self.l2_bytes)
 
     def gpu_schedule(self):
         from ..codegen.kernels.schedule import GpuSchedule
@@ -60,7 +62,8 @@ class Target:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "tvm": self.tvm, "vector_bits": self.vector_bits, "threads": self.threads,
-                "cache_bytes": self.cache_bytes, "description": self.description, "features": list(self.features),
+                "cache_bytes": self.cache_bytes, "l2_bytes": self.l2_bytes, "description": self.description,
+                "features": list(self.features),
                 "runs_here": self.runs_here, "run_hint": self.run_hint, "cross_compiler": self.cross_compiler}
 
 

@@ -30,14 +30,19 @@ def _cpu_model() -> str:
     return "unknown x86-64 CPU"
 
 
+def _cache_bytes(index: int) -> int:
+    """Size of cpu0's cache `index` in /sys (2: L2, 3: L3), 0 when the kernel does not say."""
+    path = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size")
+    try:
+        text = path.read_text().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1)
+        return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _llc_bytes() -> int:
-    for index in (3, 2):
-        path = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size")
-        if path.exists():
-            text = path.read_text().strip().upper()
-            scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1)
-            return int(text.rstrip("KM")) * scale
-    return 32 << 20
+    return _cache_bytes(3) or _cache_bytes(2) or 32 << 20
 
 
 def _threads() -> int:
@@ -62,6 +67,7 @@ def host() -> Target:
         vector_bits=vector_bits,
         threads=threads,
         cache_bytes=_llc_bytes(),
+        l2_bytes=_cache_bytes(2),
         description=f"{_cpu_model()} ({mcpu}, {'/'.join(isa) or 'sse'}, {threads} threads)",
         features=tuple(isa),
         vector_registers=32 if vector_bits == 512 else 16,

@@ -25,6 +25,7 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
     check_dtype(dtype)
     if k < 1 or n < 1:
         raise ValueError(f"k and n must be positive, got k={k}, n={n}")
+    sched = sched.fitted(k, dtype)
     threads, R = sched.threads, sched.rows
     nper = (n + threads - 1) // threads
     name = symbol("linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)

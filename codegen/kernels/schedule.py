@@ -8,7 +8,7 @@ A kernel factory takes one schedule — `CpuSchedule` (sparse_mlp.py, linear.py:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class CpuSchedule:
                   1 disables the blocked path.
     prefetch      software-prefetch (into L2) the next `rows` rows while streaming the current ones.
     vector_registers  architectural vector registers: 32 (AVX-512, NEON), 16 (AVX2, SSE).
+    l2_bytes      a core's mid-level cache (0: unknown). The rows of a step and the prefetched rows of the
+                  next must stay in it, so `fitted` lowers `rows` for long rows (see there).
     """
 
     lanes: int
@@ -37,6 +39,7 @@ class CpuSchedule:
     token_block: int = 4
     prefetch: bool = True
     vector_registers: int = 32
+    l2_bytes: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefetch", bool(self.prefetch))
@@ -45,6 +48,16 @@ class CpuSchedule:
         for field in ("threads", "rows", "accumulators", "token_block", "vector_registers"):
             if getattr(self, field) < 1:
                 raise ValueError(f"CpuSchedule.{field} must be >= 1, got {getattr(self, field)}")
+
+    def fitted(self, d: int, dtype: str) -> CpuSchedule:
+        """This schedule for rows of d `dtype` elements: `rows` halved until a step's rows plus the prefetched
+        next step's (2 * rows * d * bytes) take at most half the L2 (the rest holds x, h and the output).
+        Prefetched rows evicted before use would be read twice."""
+        row_bytes = d * (2 if dtype == "float16" else 4)
+        rows = self.rows
+        while self.l2_bytes and rows > 1 and 2 * rows * row_bytes > self.l2_bytes // 2:
+            rows //= 2
+        return self if rows == self.rows else replace(self, rows=rows)
 
     @property
     def block_rows(self) -> int:

@@ -76,6 +76,7 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     up_act: "identity" (ReGLU) or "relu" (dReLU).
     """
     check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS)
+    sched = sched.fitted(d, dtype)
     name = mlp_symbol("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched)
     return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=activation(gate_act, threshold),
                                 act_u=activation(up_act))
@@ -170,6 +171,7 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     reads memory best.
     """
     check_mlp(d, n_ff, gate_act, up_act, dtype)
+    sched = sched.fitted(d, dtype)
     threads, R = sched.threads, sched.rows
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g)
@@ -218,6 +220,7 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
     Every neuron is computed (any gate_act of GATE_ACTS); the dense fallback and the "dense" timings.
     """
     check_mlp(d, n_ff, gate_act, up_act, dtype)
+    sched = sched.fitted(d, dtype)
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads
     act_g, act_u = activation(gate_act, threshold), activation(up_act)

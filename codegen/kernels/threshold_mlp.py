@@ -47,6 +47,7 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
     """Threshold-mode gated MLP: (x, w_gate, w_up, w_down_t, out), see the module docstring."""
     check_mlp(d, n_ff, "relu", up_act, dtype)
     check_threshold(gate_act, criterion)
+    sched = sched.fitted(d, dtype)
     thr, zero = T.float32(float(threshold)), T.float32(0)
     act_g, act_u = ir_activation(gate_act, threshold), activation(up_act)
     name = symbol("gmlp", "thr", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act,
