@@ -4,7 +4,7 @@ first use."""
 from .errors import ActsparseError, FrontendError, UnsupportedOpError
 
 _LAZY = {"import_torch": "torch_export", "import_hf": "hf", "CausalLMLogits": "hf", "import_onnx": "onnx",
-         "import_mlir": "torch_mlir", "export_mlir": "torch_mlir"}
+         "import_mlir": "torch_mlir", "export_mlir": "torch_mlir_export"}
 
 
 def __getattr__(name: str):

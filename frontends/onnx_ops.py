@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Node, TensorType
-from ..ir.types import is_float, np_dtype
-from .onnx_shape_ops import SHAPE_HANDLERS, positive_axis
+from ..ir.types import is_float, np_dtype, positive_axis
+from .onnx_shape_ops import SHAPE_HANDLERS
 from .onnx_values import ONNX_DTYPES, Const, make_const
 
 

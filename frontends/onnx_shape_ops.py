@@ -1,10 +1,10 @@
 """The ONNX -> IR table for shape and indexing ops: `SHAPE_HANDLERS[op_type] = handler(cx, node, args, attrs)`.
 
 Shape, Size, Reshape, Unsqueeze, Squeeze, Flatten, Transpose, Expand, Concat, Slice, Split, Gather and GatherND,
-with the helpers they share (`positive_axis`, `slice_of`). These ops carry the Shape -> Gather -> Unsqueeze ->
-Concat chains that exporters emit for sizes, so they are written for both static values (folded through
-`cx.op`, possibly symbolic) and the model's dataflow; a reshape of a reshape collapses to one. The handler
-convention is that of `onnx_ops.py`, whose `HANDLERS` table includes this one.
+with the helper they share (`slice_of`; axes go through `ir.types.positive_axis`). These ops carry the Shape ->
+Gather -> Unsqueeze -> Concat chains that exporters emit for sizes, so they are written for both static values
+(folded through `cx.op`, possibly symbolic) and the model's dataflow; a reshape of a reshape collapses to one. The
+handler convention is that of `onnx_ops.py`, whose `HANDLERS` table includes this one.
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Node
-from ..ir.types import is_float
+from ..ir.types import is_float, positive_axis
 from .onnx_values import Const, make_const
 
 BIG = 2**62  # slice bounds at or beyond this mean "to the end" (exporters write INT64_MAX)
-
-
-def positive_axis(axis: int, rank: int) -> int:
-    """An ONNX axis attribute (negative counts from the end) as an index into a tensor of rank `rank`."""
-    return axis + rank if axis < 0 else axis
 
 
 def _shape(cx, node, args, attrs):
@@ -253,4 +248,4 @@ SHAPE_HANDLERS = {
     "Split": _split, "Gather": _gather, "GatherND": _gather_nd,
 }
 
-__all__ = ["SHAPE_HANDLERS", "positive_axis", "slice_of"]
+__all__ = ["SHAPE_HANDLERS", "slice_of"]

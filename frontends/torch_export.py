@@ -63,7 +63,7 @@ def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: 
 def export_program(model, inputs: tuple, dynamic_seq: bool):
     """`model` through `torch.export` on `inputs`, batched MoE experts unrolled; with `dynamic_seq`, dim 1 of
     rank-2 integer inputs is symbolic (static shapes, with a warning, if that export fails). Shared with
-    `torch_mlir.export_mlir`."""
+    `torch_mlir_export.export_mlir`."""
     with per_expert_routing(model):  # batched MoE experts: one visible gated MLP per expert (see moe.py)
         return _export_with_fallback(model, inputs, dynamic_seq)
 

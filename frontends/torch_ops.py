@@ -11,14 +11,10 @@ import math
 import torch
 
 from ..ir import Node, TensorType
+from ..ir.types import positive_axis
 from .torch_inplace import in_place
 
 BIG = 2**62  # slice ends at or beyond this mean "to the end" (torch spells it 9223372036854775807)
-
-
-def positive_axis(axis: int, rank: int) -> int:
-    """A torch dim argument (negative counts from the end) as an index into a tensor of rank `rank`."""
-    return axis + rank if axis < 0 else axis
 
 
 # --- no-ops, casts ---------------------------------------------------------------------------------------

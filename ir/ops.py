@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .types import TensorType, broadcast_shapes, is_float, np_dtype, resolve
+from .types import TensorType, broadcast_shapes, is_float, np_dtype, positive_axis, resolve
 
 REQUIRED = object()
 
@@ -43,10 +43,6 @@ def op_def(name: str) -> OpDef:
         return OPS[name]
     except KeyError:
         raise KeyError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None
-
-
-def _axis(axis: int, rank: int) -> int:
-    return axis + rank if axis < 0 else axis
 
 
 # --- sources --------------------------------------------------------------------------------------------
@@ -188,7 +184,7 @@ define("embedding", 2, _embedding_type, lambda w, ids, attrs, env: w[ids], doc="
 # --- reductions and normalisation -------------------------------------------------------------------------
 def _reduce_type(types, attrs):
     t = types[0]
-    axes = {_axis(a, t.rank) for a in attrs["axes"]}
+    axes = {positive_axis(a, t.rank) for a in attrs["axes"]}
     if attrs["keepdim"]:
         shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape))
     else:
@@ -243,7 +239,7 @@ def _slice_len(dim, start, end, step):
 
 def _slice_type(types, attrs):
     t = types[0]
-    axis = _axis(attrs["axis"], t.rank)
+    axis = positive_axis(attrs["axis"], t.rank)
     shape = list(t.shape)
     shape[axis] = _slice_len(t.shape[axis], attrs["start"], attrs["end"], attrs["step"])
     return TensorType(tuple(shape), t.dtype)
@@ -261,7 +257,7 @@ define("slice", 1, _slice_type, _slice_ref, {"axis": REQUIRED, "start": 0, "end"
 
 
 def _concat_type(types, attrs):
-    axis = _axis(attrs["axis"], types[0].rank)
+    axis = positive_axis(attrs["axis"], types[0].rank)
     dims = [t.shape[axis] for t in types]
     total = sum(dims) if all(isinstance(d, int) for d in dims) else "+".join(map(str, dims))
     shape = list(types[0].shape)
@@ -274,7 +270,7 @@ define("concat", (1, -1), _concat_type, lambda *a: np.concatenate(a[:-2], axis=a
 
 def _index_select_type(types, attrs):
     t, idx = types
-    axis = _axis(attrs["axis"], t.rank)
+    axis = positive_axis(attrs["axis"], t.rank)
     return TensorType((*t.shape[:axis], *idx.shape, *t.shape[axis + 1:]), t.dtype)
 
 
@@ -284,7 +280,7 @@ define("index_select", 2, _index_select_type, lambda x, i, attrs, env: np.take(x
 
 def _topk_type(types, attrs):
     t = types[0]
-    axis = _axis(attrs["axis"], t.rank)
+    axis = positive_axis(attrs["axis"], t.rank)
     shape = tuple(attrs["k"] if i == axis else d for i, d in enumerate(t.shape))
     return TensorType(shape, t.dtype if attrs["output"] == "values" else "i64")
 

@@ -38,6 +38,12 @@ def is_float(dtype: str) -> bool:
     return dtype.startswith("f")
 
 
+def positive_axis(axis: int, rank: int) -> int:
+    """An axis (a torch dim, an ONNX axis, an op's `axis` attr; negative counts from the end) as an index into a
+    tensor of rank `rank`."""
+    return axis + rank if axis < 0 else axis
+
+
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[Dim, ...]

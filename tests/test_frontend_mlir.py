@@ -19,7 +19,8 @@ import actsparse  # noqa: E402
 from actsparse.api import import_model  # noqa: E402
 from actsparse.cli import main as cli_main  # noqa: E402
 from actsparse.frontends.errors import FrontendError, UnsupportedOpError  # noqa: E402
-from actsparse.frontends.torch_mlir import MlirImportError, export_mlir, import_mlir  # noqa: E402
+from actsparse.frontends.torch_mlir import MlirImportError, import_mlir  # noqa: E402
+from actsparse.frontends.torch_mlir_export import export_mlir  # noqa: E402
 from actsparse.ir import evaluate  # noqa: E402
 
 torch.set_num_threads(1)

@@ -34,7 +34,8 @@ needs_mlir = pytest.mark.skipif(not HAVE_MLIR, reason="torch-mlir is not install
 import actsparse  # noqa: E402
 from actsparse.frontends import CausalLMLogits, import_torch  # noqa: E402
 from actsparse.frontends.onnx import import_onnx  # noqa: E402
-from actsparse.frontends.torch_mlir import export_mlir, import_mlir  # noqa: E402 (imports torch-mlir lazily)
+from actsparse.frontends.torch_mlir import import_mlir  # noqa: E402 (imports torch-mlir lazily)
+from actsparse.frontends.torch_mlir_export import export_mlir  # noqa: E402
 from actsparse.ir import evaluate, print_graph  # noqa: E402
 from actsparse.models import TinyConfig, TinyLlama  # noqa: E402
 from actsparse.passes import pipeline_for, run_pipeline  # noqa: E402
