@@ -31,10 +31,27 @@ INDEXED = "actsparse indexed (active set given: predictor ideal)"
 DENSE = "actsparse dense"
 
 
+def x86_level(isa: str):
+    """The host's x86 target narrowed to an older ISA level the host also runs ("avx2": x86-64-v3, AVX2 + FMA +
+    F16C, 16 vector registers — the Zen 3 class of machine), to measure that schedule on this machine."""
+    import dataclasses
+
+    from actsparse.targets import x86
+
+    if isa != "avx2":
+        raise ValueError(f"isa must be 'host' or 'avx2', got {isa!r}")
+    host = x86.host()
+    if host.vector_bits < 256:
+        raise ValueError("this machine has no AVX2")
+    return dataclasses.replace(host, tvm={**host.tvm, "mcpu": "x86-64-v3"}, vector_bits=256, vector_registers=16,
+                               features=("avx2", "fma", "f16c"),
+                               description=host.description + " as x86-64-v3 (AVX2)")
+
+
 class FfnBench:
     """A ReGLU FFN of d x n_ff on this machine's x86 target with `threads` threads (TVM and torch)."""
 
-    def __init__(self, d: int, n_ff: int, threads: int = 2, lanes: int = 0, seed: int = 0):
+    def __init__(self, d: int, n_ff: int, threads: int = 2, lanes: int = 0, seed: int = 0, isa: str = "host"):
         os.environ["TVM_NUM_THREADS"] = str(threads)
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # spinning OpenBLAS threads halve TVM's speed
         import numpy as np
@@ -48,10 +65,11 @@ class FfnBench:
         torch.set_num_threads(threads)
         self.np, self.torch, self.tvm = np, torch, tvm
         self.d, self.n_ff, self.threads = d, n_ff, threads
-        self.host = x86.host()
+        self.host = x86.host() if isa == "host" else x86_level(isa)
         self.isa = "avx512" if self.host.vector_bits == 512 else "avx2" if self.host.vector_bits == 256 else "sse"
         self.lanes = lanes or self.host.lanes
-        self.sched = CpuSchedule(lanes=self.lanes, threads=threads, vector_registers=self.host.vector_registers)
+        self.sched = CpuSchedule(lanes=self.lanes, threads=threads, vector_registers=self.host.vector_registers,
+                                 l2_bytes=self.host.l2_bytes)
         self.target = tvm.target.Target({**self.host.tvm, "num-cores": threads})
         self.evict = CacheEvictor(self.host.cache_bytes)  # 3x the LLC, written and read before every timed call
         rng = np.random.default_rng(seed)
@@ -67,9 +85,7 @@ class FfnBench:
 
     @property
     def cpu(self) -> str:
-        from tvm.target import codegen
-
-        return f"{self.host.description} | ISA {self.isa} | LLVM mcpu {codegen.llvm_get_system_cpu()}"
+        return f"{self.host.description} | ISA {self.isa} | LLVM mcpu {self.host.tvm['mcpu']}"
 
     # --- read bandwidth: multi-threaded vectorized read-sums over 1 GB ----------------------------------------
     def read_probe(self, small: bool = False) -> tuple:

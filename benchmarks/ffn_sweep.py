@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=15, help="timed calls per kernel and configuration")
     ap.add_argument("--threads", type=int, default=2, help="threads for TVM and torch (default 2)")
     ap.add_argument("--small", action="store_true", help=f"tiny dims {SMALL} for a smoke test")
+    ap.add_argument("--isa", default="host", choices=["host", "avx2"],
+                    help="host: the detected ISA; avx2: the AVX2 (x86-64-v3) schedule and code, run on this host")
     args = ap.parse_args(argv)
     sparsities = [float(s) for s in args.sparsities.split(",")]
     dtypes = args.dtypes.split(",")
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
         ap.error("dtypes: float32 and/or float16")
 
     d, n_ff = SMALL if args.small else MISTRAL
-    bench = FfnBench(d, n_ff, args.threads)
+    bench = FfnBench(d, n_ff, args.threads, isa=args.isa)
     np = bench.np
     load_before = os.getloadavg()[0]
     print(f"CPU: {bench.cpu} | threads: {args.threads} | load avg: {load_before:.2f}", flush=True)
