@@ -52,7 +52,9 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
     if torch is not None and isinstance(model, torch.nn.Module):
         from .frontends.torch_export import import_torch
 
-        return import_torch(model.eval(), tuple(example_inputs))
+        # numpy example inputs are as good as tensors (the compiled module takes numpy): share their memory
+        inputs = tuple(torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in example_inputs)
+        return import_torch(model.eval(), inputs)
     raise ActsparseError(f"cannot compile a {type(model).__name__}: expected a torch.nn.Module, a path to a "
                          ".onnx/.mlir file, or an actsparse IR Graph")
 
