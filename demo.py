@@ -40,8 +40,7 @@ def run_demo(prompt: str, tokens: int = 48, plot: str | None = None) -> dict:
 
     # compile on a real token: the prompt's last, with the cache the prompt fills (the report's sparsity)
     cache = step.empty_cache()
-    for p in range(ids.shape[1] - 1):
-        _, *cache = torch_step(ids[:, p:p + 1], np.array([p], np.int64), *cache)
+    decode(torch_step, ids[:, :-1], 1, cache)  # fills slots 0 .. len - 2 (and generates one id, unused)
     example = (ids[:, -1:], np.array([ids.shape[1] - 1], np.int64), *cache)
     with Progress(console=console, transient=True) as progress, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*symbolic")  # a decode step has static shapes by design

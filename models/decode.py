@@ -2,14 +2,15 @@
 
 `TinyLlamaStep(model)` wraps a `TinyLlama` (same weights, nothing copied) as one decoding step:
 
-    logits [1, 1, V], k_cache', v_cache' = step(ids [1, 1] int64, pos [1] int64, k_cache, v_cache)
-    k_cache, v_cache: [n_layers, 1, n_heads, max_seq, head_dim] float32, slot p holding position p
+    logits [1, 1, V], k_new, v_new = step(ids [1, 1] int64, pos [1] int64, k_cache, v_cache)
+    k_cache, v_cache: [n_layers, 1, n_heads, max_seq, head_dim] float32, slot p holding position p < pos
+    k_new, v_new:     [n_layers, 1, n_heads, 1, head_dim], this position's keys and values
 
-Every shape is static (the cache has `max_seq` slots), so the compiled graph needs no symbolic dims: the new key
-and value are written into slot `pos` by a one-hot blend, and attention reads all slots with the ones after
-`pos` masked out. That wastes a little attention work on empty slots and copies the cache once per step (4 MB
-at the embedded model's size), both small next to the weights a step reads. `decode` runs greedy generation
-with any step function (torch, a compiled module) so the two are compared on the same loop.
+The caller owns the cache and writes k_new / v_new into slot `pos` (`decode` does), as serving runtimes do:
+the step reads the cache but never copies it. Every shape is static (the cache has `max_seq` slots), so the
+compiled graph needs no symbolic dims: attention scores all slots, masks the ones at or after `pos`, and
+takes the current token's own key and value as one more column. `decode` runs greedy generation with any step
+function (torch, a compiled module), so the two are compared on the same loop.
 """
 
 from __future__ import annotations
@@ -41,10 +42,9 @@ class TinyLlamaStep(nn.Module):
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor):
         m, c = self.model, self.config
-        slots = torch.arange(c.max_seq)
-        written = (slots == pos).to(torch.float32).reshape(1, 1, c.max_seq, 1)  # the slot this step fills
-        later = (slots > pos).reshape(1, 1, 1, c.max_seq)  # slots no token has reached yet
+        future = (torch.arange(c.max_seq) >= pos).reshape(1, 1, 1, c.max_seq)  # slots not written yet
         cos, sin = m.rope_cos.index_select(0, pos), m.rope_sin.index_select(0, pos)  # [1, head_dim]
+        scale = 1.0 / math.sqrt(c.head_dim)
         x = m.embed_tokens(ids)
         keys, values = [], []
         for i, layer in enumerate(m.layers):
@@ -56,15 +56,14 @@ class TinyLlamaStep(nn.Module):
             v = attn.v_proj(h).reshape(split).transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            k_all = k_cache[i] * (1.0 - written) + k * written  # [1, H, S, hd]
-            v_all = v_cache[i] * (1.0 - written) + v * written
-            scores = torch.matmul(q, k_all.transpose(-2, -1)) * (1.0 / math.sqrt(c.head_dim))
-            scores = scores.masked_fill(later, float("-inf"))
-            attended = torch.matmul(torch.softmax(scores, dim=-1), v_all)
+            cached = torch.matmul(q, k_cache[i].transpose(-2, -1)).masked_fill(future, float("-inf"))
+            scores = torch.cat([cached, (q * k).sum(-1, keepdim=True)], dim=-1) * scale  # [1, H, 1, S + 1]
+            p = torch.softmax(scores, dim=-1)
+            attended = torch.matmul(p[..., : c.max_seq], v_cache[i]) + p[..., c.max_seq :] * v
             x = x + attn.o_proj(attended.transpose(1, 2).reshape(1, 1, c.d_model))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-            keys.append(k_all)
-            values.append(v_all)
+            keys.append(k)
+            values.append(v)
         logits = m.lm_head(m.norm(x))
         return logits, torch.stack(keys), torch.stack(values)
 
@@ -75,9 +74,10 @@ class TinyLlamaStep(nn.Module):
 
 
 def decode(step, prompt: np.ndarray, tokens: int, cache: tuple[np.ndarray, np.ndarray]):
-    """Greedy decoding with a step function (ids, pos, k, v) -> (logits, k, v) on numpy arrays: the prompt is fed
-    one token at a time (prefill as decoding), then `tokens` new ids. Returns (new ids, logits of each step,
-    seconds spent generating the new ids)."""
+    """Greedy decoding with a step function (ids, pos, k_cache, v_cache) -> (logits, k_new, v_new) on numpy
+    arrays; `cache` (k, v) is written in place, slot p after step p. The prompt is fed one token at a time
+    (prefill as decoding), then `tokens` new ids. Returns (new ids, logits of each step, seconds spent
+    generating the new ids)."""
     k, v = cache
     ids, all_logits = [int(t) for t in prompt.reshape(-1)], []
     n_prompt = len(ids)
@@ -85,7 +85,8 @@ def decode(step, prompt: np.ndarray, tokens: int, cache: tuple[np.ndarray, np.nd
     for p in range(n_prompt + tokens - 1):
         if p == n_prompt - 1:
             start = time.perf_counter()  # the timed part: one step per generated token
-        logits, k, v = step(np.array([[ids[p]]], np.int64), np.array([p], np.int64), k, v)
+        logits, k_new, v_new = step(np.array([[ids[p]]], np.int64), np.array([p], np.int64), k, v)
+        k[:, :, :, p], v[:, :, :, p] = np.asarray(k_new)[:, :, :, 0], np.asarray(v_new)[:, :, :, 0]
         logits = np.asarray(logits)
         all_logits.append(logits[0, -1])
         if p >= n_prompt - 1:

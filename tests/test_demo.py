@@ -13,15 +13,18 @@ def test_decode_feeds_the_prompt_then_appends_argmax_tokens():
     vocab = 7
     seen = []
 
-    def step(ids, pos, k, v):  # next token = (this + 1) mod vocab; the cache counts the steps
+    def step(ids, pos, k, v):  # next token = (this + 1) mod vocab; the new key is the position + 1
+        assert not k[0, 0, 0, int(pos[0]):].any()  # slots from pos on are not written yet
         seen.append((int(ids[0, 0]), int(pos[0])))
         logits = np.zeros((1, 1, vocab), np.float32)
         logits[0, 0, (ids[0, 0] + 1) % vocab] = 1
-        return logits, k + 1, v
+        return logits, np.full((1, 1, 1, 1, 1), pos[0] + 1.0), np.zeros((1, 1, 1, 1, 1))
 
-    new, logits, seconds = decode(step, np.array([[5, 3]]), 4, (np.zeros(1), np.zeros(1)))
+    cache = (np.zeros((1, 1, 1, 8, 1)), np.zeros((1, 1, 1, 8, 1)))
+    new, logits, seconds = decode(step, np.array([[5, 3]]), 4, cache)
     assert new == [4, 5, 6, 0] and seconds >= 0 and logits.shape == (5, vocab)
     assert seen == [(5, 0), (3, 1), (4, 2), (5, 3), (6, 4)]  # every position once, in order
+    assert cache[0][0, 0, 0, :, 0].tolist() == [1, 2, 3, 4, 5, 0, 0, 0]  # slot p written after step p
 
 
 def test_kv_cached_step_equals_the_full_forward():
