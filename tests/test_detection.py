@@ -20,10 +20,10 @@ from torch.nn import functional as F
 
 import actsparse
 from actsparse.frontends import CausalLMLogits, UnsupportedOpError, import_hf, import_torch
-from actsparse.ir import evaluate, print_graph
+from actsparse.ir import evaluate
 from actsparse.passes import pipeline_for, run_pipeline
 
-from .test_passes_golden import _check_golden, _inputs, _load
+from .test_passes_golden import check_golden_pipeline
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)
@@ -357,13 +357,7 @@ def test_gathering_moe_is_a_clear_error():
                                     "sparsify-exact": {"reglu": 1}}),
 ])
 def test_projection_rules_golden(name, mode, expected):
-    graph = _load(name)
-    result = run_pipeline(graph, pipeline_for(mode))
-    for pass_name, counts in expected.items():
-        assert result.stats[pass_name] == counts
-    _check_golden(name, mode, print_graph(result.graph))
-    inputs = _inputs(graph)
-    _close(evaluate(result.graph, inputs)[0], evaluate(graph, inputs)[0])
+    check_golden_pipeline(name, mode, expected)
 
 
 def test_topk_matches_torch():

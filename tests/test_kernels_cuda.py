@@ -235,15 +235,7 @@ def test_cuda_kernel_matches_numpy_on_the_gpu(kind, dtype, d, n_ff):
     sched = cuda_schedule()
     acts = ("relu", "identity", 0.0) if kind == "exact" else ("silu", "identity", 0.0)
     prim = primfunc(kind, d, n_ff, dtype, sched, acts, bias=True)
-    rng = np.random.default_rng(1)
-    calls = []
-    for M, frac in ((1, 0.1), (4, 0.5), (2, 0.0), (3, 1.0)):
-        active = np.flatnonzero(rng.random(n_ff) < frac)
-        if kind == "linear":
-            calls.append(linear_call(rng, M, d, n_ff, dtype, bias=True))
-        else:
-            sets = [rng.permutation(active).astype(np.int32) for _ in range(M)] if kind == "indexed" else None
-            calls.append(mlp_call(kind, rng, M, d, n_ff, dtype, acts, active, sets))
+    calls = fixed_calls(kind, d, n_ff, dtype, acts)
     for call, out in zip(calls, run_gpu(prim, calls)):
         call.check(out)
 

@@ -47,12 +47,17 @@ def _inputs(graph, seq=5, seed=1):
     ("plain_mlp", "auto", {"detect-gated-mlp": {"plain-mlp": 1}}),
 ])
 def test_pipeline_golden_and_counts(name, mode, expected):
+    check_golden_pipeline(name, mode, expected)
+
+
+def check_golden_pipeline(name: str, mode: str, expected: dict) -> None:
+    """Golden case `name` through mode's pipeline: the passes fired `expected` times ({pass: {pattern: n}}), the
+    text equals the golden file, and the rewritten graph computes what the original did."""
     graph = _load(name)
     result = run_pipeline(graph, pipeline_for(mode))
     for pass_name, counts in expected.items():
         assert result.stats[pass_name] == counts
     _check_golden(name, mode, print_graph(result.graph))
-    # the rewritten graph computes what the original did
     inputs = _inputs(graph)
     np.testing.assert_allclose(evaluate(result.graph, inputs)[0], evaluate(graph, inputs)[0], rtol=1e-4, atol=1e-5)
 
