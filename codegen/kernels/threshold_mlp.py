@@ -20,6 +20,8 @@ tasks and streams the listed down rows. So "gate" reads gate + (1 - s)·(up + do
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 
 from tvm.script import tirx as T
@@ -40,6 +42,27 @@ def check_threshold(gate_act: str, criterion: str) -> None:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
 
 
+@dataclass(frozen=True)
+class ThresholdRule:
+    """The per-neuron decisions of threshold mode as PrimExpr -> PrimExpr maps, shared by the CPU and CUDA kernels.
+
+    act_g        the gate activation (IR names: gelu is the erf form)
+    masked_gate  criterion "gate": act_g(g) where |act_g(g)| > t, else 0
+    kept         criterion "product": |h| > t
+    """
+
+    act_g: Callable
+    masked_gate: Callable
+    kept: Callable
+
+
+def threshold_rule(gate_act: str, threshold: float) -> ThresholdRule:
+    thr, zero = T.float32(float(threshold)), T.float32(0)
+    act_g = ir_activation(gate_act, threshold)
+    return ThresholdRule(act_g, lambda v: T.if_then_else(T.abs(act_g(v)) > thr, act_g(v), zero),
+                         lambda v: T.abs(v) > thr)
+
+
 @cache
 def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
                         threshold: float = 0.0, criterion: str = "gate", dtype: str = "float32",
@@ -48,12 +71,10 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
     check_mlp(d, n_ff, "relu", up_act, dtype)
     check_threshold(gate_act, criterion)
     sched = sched.fitted(d, dtype)
-    thr, zero = T.float32(float(threshold)), T.float32(0)
-    act_g, act_u = ir_activation(gate_act, threshold), activation(up_act)
+    rule, act_u = threshold_rule(gate_act, threshold), activation(up_act)
     name = symbol("gmlp", "thr", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act,
                   f"t{threshold_tag(threshold)}", dtype, sched.tag)
     if criterion == "product":
-        return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=act_g, act_u=act_u,
-                                    keep_product=lambda v: T.abs(v) > thr)
-    return compacting_gated_mlp(d, n_ff, dtype, sched, name, act_u=act_u,
-                                gate_value=lambda v: T.if_then_else(T.abs(act_g(v)) > thr, act_g(v), zero))
+        return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=rule.act_g, act_u=act_u,
+                                    keep_product=rule.kept)
+    return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=rule.masked_gate, act_u=act_u)
