@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 MISTRAL = (4096, 14336)
 SMALL = (256, 1024)
@@ -268,6 +269,46 @@ class FfnBench:
                 fn()
                 times[name].append(time.perf_counter() - t0)
         return times
+
+
+@dataclass
+class Sweep:
+    """What a sweep script (`ffn_sweep.py`, `ffn_threshold.py`) starts from: its parsed options, the bench with the
+    read-limit probe, and the load average before the first timing."""
+
+    args: argparse.Namespace
+    sparsities: list[float]
+    dtypes: list[str]
+    bench: FfnBench
+    probe: tuple
+    load_before: float
+
+
+def sweep_parser(description: str, sparsities: str) -> argparse.ArgumentParser:
+    """The options every sweep takes; a script adds its own before `start_sweep`."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--sparsities", default=sparsities, help="comma-separated inactive fractions")
+    ap.add_argument("--dtypes", default="float32,float16", help="comma-separated weight dtypes")
+    ap.add_argument("--repeats", type=int, default=15, help="timed calls per kernel and configuration")
+    ap.add_argument("--threads", type=int, default=2, help="threads for TVM and torch (default 2)")
+    ap.add_argument("--small", action="store_true", help=f"tiny dims {SMALL} for a smoke test")
+    return ap
+
+
+def start_sweep(ap: argparse.ArgumentParser, argv=None) -> Sweep:
+    """Parse and check the options, build the bench (`--isa` if the script has it) and its probe; print the CPU."""
+    args = ap.parse_args(argv)
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    dtypes = args.dtypes.split(",")
+    if any(not 0.0 <= s < 1.0 for s in sparsities):
+        ap.error("sparsities must be in [0, 1)")
+    if any(dt not in ("float32", "float16") for dt in dtypes):
+        ap.error("dtypes: float32 and/or float16")
+    d, n_ff = SMALL if args.small else MISTRAL
+    bench = FfnBench(d, n_ff, args.threads, isa=getattr(args, "isa", "host"))
+    load_before = os.getloadavg()[0]
+    print(f"CPU: {bench.cpu} | threads: {args.threads} | load avg: {load_before:.2f}", flush=True)
+    return Sweep(args, sparsities, dtypes, bench, bench.read_probe(args.small), load_before)
 
 
 def main(argv=None) -> int:

@@ -15,41 +15,24 @@ minutes, so a limit measured at another moment says little. Issue targets: exact
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from .ffn import EXACT, INDEXED, MISTRAL, SMALL, TORCH, FfnBench
+from .ffn import EXACT, INDEXED, TORCH, start_sweep, sweep_parser
 
 PROBE = "read-sum probe"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sparsities", default="0.5,0.7,0.9,0.95", help="comma-separated inactive fractions")
-    ap.add_argument("--dtypes", default="float32,float16", help="comma-separated weight dtypes")
-    ap.add_argument("--repeats", type=int, default=15, help="timed calls per kernel and configuration")
-    ap.add_argument("--threads", type=int, default=2, help="threads for TVM and torch (default 2)")
-    ap.add_argument("--small", action="store_true", help=f"tiny dims {SMALL} for a smoke test")
+    ap = sweep_parser(__doc__.split("\n\n")[0], "0.5,0.7,0.9,0.95")
     ap.add_argument("--isa", default="host", choices=["host", "avx2"],
                     help="host: the detected ISA; avx2: the AVX2 (x86-64-v3) schedule and code, run on this host")
-    args = ap.parse_args(argv)
-    sparsities = [float(s) for s in args.sparsities.split(",")]
-    dtypes = args.dtypes.split(",")
-    if any(not 0.0 <= s < 1.0 for s in sparsities):
-        ap.error("sparsities must be in [0, 1)")
-    if any(dt not in ("float32", "float16") for dt in dtypes):
-        ap.error("dtypes: float32 and/or float16")
-
-    d, n_ff = SMALL if args.small else MISTRAL
-    bench = FfnBench(d, n_ff, args.threads, isa=args.isa)
-    np = bench.np
-    load_before = os.getloadavg()[0]
-    print(f"CPU: {bench.cpu} | threads: {args.threads} | load avg: {load_before:.2f}", flush=True)
-    probe = bench.read_probe(args.small)
+    sweep = start_sweep(ap, argv)
+    args, bench, probe, load_before = sweep.args, sweep.bench, sweep.probe, sweep.load_before
+    np, d, n_ff = bench.np, bench.d, bench.n_ff
     rows = []
-    for dtype in dtypes:
-        for sparsity in sparsities:
+    for dtype in sweep.dtypes:
+        for sparsity in sweep.sparsities:
             try:
                 runners, n_active = bench.runners(sparsity, dtype, which=(TORCH, EXACT, INDEXED))
             except AssertionError as err:

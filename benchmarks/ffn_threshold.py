@@ -13,12 +13,11 @@ interleaved, a 1 GB read-sum probe alongside for the read limit.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
-from .ffn import MISTRAL, SMALL, FfnBench
+from .ffn import FfnBench, start_sweep, sweep_parser
 
 TORCH = "torch dense SwiGLU (fp32)"
 DENSE = "actsparse dense SwiGLU"
@@ -72,29 +71,12 @@ def runners(bench: FfnBench, sparsity: float, dtype: str) -> tuple[dict, float]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sparsities", default="0.5,0.7,0.9", help="comma-separated dropped fractions")
-    ap.add_argument("--dtypes", default="float32,float16", help="comma-separated weight dtypes")
-    ap.add_argument("--repeats", type=int, default=15, help="timed calls per kernel and configuration")
-    ap.add_argument("--threads", type=int, default=2, help="threads for TVM and torch (default 2)")
-    ap.add_argument("--small", action="store_true", help=f"tiny dims {SMALL} for a smoke test")
-    args = ap.parse_args(argv)
-    sparsities = [float(s) for s in args.sparsities.split(",")]
-    if any(not 0.0 <= s < 1.0 for s in sparsities):
-        ap.error("sparsities must be in [0, 1)")
-    dtypes = args.dtypes.split(",")
-    if any(dt not in ("float32", "float16") for dt in dtypes):
-        ap.error("dtypes: float32 and/or float16")
-
-    d, n_ff = SMALL if args.small else MISTRAL
-    bench = FfnBench(d, n_ff, args.threads)
-    np = bench.np
-    load_before = os.getloadavg()[0]
-    print(f"CPU: {bench.cpu} | threads: {args.threads} | load avg: {load_before:.2f}", flush=True)
-    probe = bench.read_probe(args.small)
+    sweep = start_sweep(sweep_parser(__doc__.split("\n\n")[0], "0.5,0.7,0.9"), argv)
+    args, bench, probe, load_before = sweep.args, sweep.bench, sweep.probe, sweep.load_before
+    np, d, n_ff = bench.np, bench.d, bench.n_ff
     rows = []
-    for dtype in dtypes:
-        for sparsity in sparsities:
+    for dtype in sweep.dtypes:
+        for sparsity in sweep.sparsities:
             try:
                 found, t = runners(bench, sparsity, dtype)
             except AssertionError as err:
