@@ -29,7 +29,7 @@ from .common import activation, check_dtype, symbol
 from .cuda_blocks import down_macros, down_splits, shuffle_rounds, warp_dot_macro
 from .schedule import GpuSchedule
 from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS, check_mlp, mlp_symbol
-from .threshold_mlp import check_threshold, threshold_rule
+from .threshold_mlp import THRESHOLD_GATE_ACTS, check_threshold, threshold_rule
 
 
 def _require_gpu_schedule(sched) -> None:
@@ -195,10 +195,10 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
     """Threshold mode (x, w_gate, w_up, w_down_t, out) with the CPU kernel's criteria (`threshold_mlp.py`):
     "gate" keeps |act_g(gate)| > t, then reads the kept up and down rows; "product" keeps |h| > t, reading
     every gate and up row and the kept down rows."""
-    check_threshold(gate_act, criterion)
+    check_threshold(d, n_ff, gate_act, up_act, dtype, criterion)
     rule = threshold_rule(gate_act, threshold)
-    k = _mlp(f"thr{criterion}", d, n_ff, "relu", up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
-             lambda cnt, m: cnt[0], act_g=rule.act_g, tag=gate_act.replace("_", ""))
+    k = _mlp(f"thr{criterion}", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
+             lambda cnt, m: cnt[0], THRESHOLD_GATE_ACTS, act_g=rule.act_g, tag=gate_act.replace("_", ""))
     if criterion == "product":  # the first launch computes h = act_g(g) * act_u(u); drop it where not kept
         return _compacting_mlp(k, d, n_ff, dtype, sched, lambda v: T.if_then_else(rule.kept(v), v, T.float32(0)),
                                True)

@@ -34,10 +34,9 @@ THRESHOLD_GATE_ACTS = ("relu", "fatrelu", "silu", "gelu", "gelu_tanh", "identity
 CRITERIA = ("gate", "product")
 
 
-def check_threshold(gate_act: str, criterion: str) -> None:
+def check_threshold(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, criterion: str) -> None:
     """One clear error for a threshold kernel request no kernel can serve (shared with the CUDA kernel)."""
-    if gate_act not in THRESHOLD_GATE_ACTS:
-        raise ValueError(f"gate_act must be one of {THRESHOLD_GATE_ACTS}, got {gate_act!r}")
+    check_mlp(d, n_ff, gate_act, up_act, dtype, THRESHOLD_GATE_ACTS)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
 
@@ -68,8 +67,7 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
                         threshold: float = 0.0, criterion: str = "gate", dtype: str = "float32",
                         sched: CpuSchedule):
     """Threshold-mode gated MLP: (x, w_gate, w_up, w_down_t, out), see the module docstring."""
-    check_mlp(d, n_ff, "relu", up_act, dtype)
-    check_threshold(gate_act, criterion)
+    check_threshold(d, n_ff, gate_act, up_act, dtype, criterion)
     sched = sched.fitted(d, dtype)
     rule, act_u = threshold_rule(gate_act, threshold), activation(up_act)
     name = symbol("gmlp", "thr", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act,
