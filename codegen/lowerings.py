@@ -91,7 +91,9 @@ def _matmul(ctx, node, args):
 @lowering("embedding")
 def _embedding(ctx, node, args):
     w, ids = args
-    return R.take(w, ids, axis=0)
+    # "clip", not TVM's default "fast" (no bounds check: an id past the table reads outside it). The compiled
+    # module rejects such ids before the call (ir/limits.py); clipping is the backstop for computed indices.
+    return R.take(w, ids, axis=0, mode="clip")
 
 
 @lowering("sum", "mean", "max")
@@ -146,7 +148,9 @@ def _concat(ctx, node, args):
 
 @lowering("index_select")
 def _index_select(ctx, node, args):
-    return R.take(args[0], args[1], axis=node.attrs["axis"])
+    # "wrap": negative indices count from the end (as numpy's take, the op's reference; static windows such as
+    # x[:, -1:] use them), and nothing reads outside the tensor (see _embedding)
+    return R.take(args[0], args[1], axis=node.attrs["axis"], mode="wrap")
 
 
 @lowering("topk")

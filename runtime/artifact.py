@@ -197,7 +197,7 @@ def _parse_manifest(path: Path, data: bytes, kinds) -> dict:
     if not isinstance(files, dict) or not files or len(files) > MAX_FILES:
         raise ArtifactError(f"{path}/{MANIFEST}: 'files' must list the artifact's files; rebuild the artifact")
     for name, entry in files.items():
-        if not _safe_name(name) or name in (MANIFEST, SIGNATURE):
+        if not safe_name(name) or name in (MANIFEST, SIGNATURE):
             raise ArtifactError(f"{path}/{MANIFEST}: file name {name[:80]!r} is not a plain relative path inside "
                                 "the artifact; refusing it")
         if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
@@ -207,7 +207,8 @@ def _parse_manifest(path: Path, data: bytes, kinds) -> dict:
     return manifest
 
 
-def _safe_name(name) -> bool:
+def safe_name(name) -> bool:
+    """A plain relative path inside the artifact: no absolute path, no '..', no hidden or odd names."""
     return isinstance(name, str) and len(name) < 256 and all(_NAME.fullmatch(p) for p in name.split("/"))
 
 

@@ -27,11 +27,12 @@ from ..ir import Graph, TensorType
 from ..ir.interpreter import bind_symbols
 from ..ir.limits import input_limits
 from ..ir.types import np_dtype
-from .artifact import manifest_error, read_artifact, write_artifact
+from .artifact import MANIFEST, SIGNATURE, manifest_error, read_artifact, safe_name, write_artifact
 from .memory import host_tensor
 from .report import Report
 
 KIND = "module"
+KINDS = ("module", "decoder")  # artifact kinds holding a compiled module (a decoder adds its own files)
 LIB = "model.so"
 LIB_OBJECTS = "model.tar"  # the library's object files, when no linker for the target is installed here
 WEIGHTS = "weights.safetensors"
@@ -41,7 +42,8 @@ IR = "graph.ir"
 class CompiledModule:
     def __init__(self, executable, weights: dict[str, np.ndarray], weight_order: list[str], graph: Graph | None,
                  inputs: list[tuple[str, TensorType]], n_outputs: int, report: Report, target_info: dict,
-                 ir_text: str = "", library: tuple[str, bytes] | None = None, manifest_sha256: str | None = None):
+                 ir_text: str = "", library: tuple[str, bytes] | None = None, manifest_sha256: str | None = None,
+                 artifact_files: dict[str, bytes] | None = None, artifact_kind: str = KIND):
         self.executable = executable
         self.weight_order = weight_order
         self.graph = graph
@@ -52,6 +54,8 @@ class CompiledModule:
         self.ir_text = ir_text or (str(graph) if graph is not None else "")
         self.limits = input_limits(graph) if graph is not None else None
         self.manifest_sha256 = manifest_sha256  # of the artifact it was loaded from: pin it with load(expect_sha256=)
+        self.artifact_files = dict(artifact_files or {})  # verified files beside the module's own (a decoder's)
+        self.artifact_kind = artifact_kind
         self._weights = weights
         self._library = library  # (name, bytes) of a loaded artifact's library: saved again unchanged
         self._vm = None
@@ -128,15 +132,28 @@ class CompiledModule:
                                  f"(valid: 0 .. {bound - 1})")
 
     # -- artifacts ------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, signing_key=None) -> Path:
+    def save(self, path: str | os.PathLike, signing_key=None, extra_files: dict[str, bytes] | None = None,
+             kind: str | None = None) -> Path:
         """Write the artifact to `path`: a new path, an empty directory, or an actsparse artifact it replaces (never
-        anything else). `signing_key`: an ed25519 private key (PEM file path, bytes or key object) to sign with."""
-        return write_artifact(path, KIND, self._write_files, signing_key)
+        anything else). `signing_key`: an ed25519 private key (PEM file path, bytes or key object) to sign with.
+        `extra_files` (relative name -> bytes; default: those of the artifact this module was loaded from) go
+        beside the module's files, listed and hashed like them; `kind` names the artifact's kind."""
+        extra = self.artifact_files if extra_files is None else extra_files
+        kind = kind or self.artifact_kind
+        if kind not in KINDS:
+            raise ArtifactError(f"unknown artifact kind {kind!r}; valid: {', '.join(KINDS)}")
+        return write_artifact(path, kind, lambda staging: self._write_files(staging, extra), signing_key)
 
-    def _write_files(self, staging: Path) -> dict:
-        """Write this kind's files into `staging`; returns its manifest fields (the files are listed by the caller)."""
+    def _write_files(self, staging: Path, extra: dict[str, bytes]) -> dict:
+        """Write the module's files and `extra` into `staging`; returns the manifest fields (the files are listed by
+        write_artifact)."""
         from safetensors.numpy import save_file
 
+        for name, data in extra.items():
+            if not safe_name(name) or name in (LIB, LIB_OBJECTS, WEIGHTS, IR, MANIFEST, SIGNATURE):
+                raise ArtifactError(f"extra file name {name!r} is not a plain relative path of its own")
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
         library = self._save_library(staging)
         save_file({n: np.ascontiguousarray(self._weights[n]) for n in self.weight_order}, str(staging / WEIGHTS))
         (staging / IR).write_text(self.ir_text)
@@ -173,7 +190,9 @@ def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=N
     Every file is verified before use (see artifact.py). `expect_sha256`: the manifest digest the artifact must
     have (`cm.manifest_sha256` after a load, printed by `actsparse build`); `public_key`: an ed25519 public key
     (PEM path, bytes or key object) whose signature the artifact must carry."""
-    artifact = read_artifact(path, (KIND,), expect_sha256, public_key)
+    from ..targets import runs_here
+
+    artifact = read_artifact(path, KINDS, expect_sha256, public_key)
     manifest, files = artifact.manifest, artifact.files
     try:
         library = manifest["library"]
@@ -186,19 +205,18 @@ def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=N
         if type(n_outputs) is not int or n_outputs < 1:
             raise ArtifactError(f"n_outputs must be a positive integer, got {n_outputs!r}")
         report = Report.from_dict(manifest["report"])
-        str(report)  # fields of the wrong type fail here, not when someone prints the report
         target = dict(manifest["target"])
+        target_info = {**target, "runs_here": runs_here(target)}
     except (KeyError, TypeError, ValueError, AttributeError, ArtifactError) as err:
         raise manifest_error(artifact.path, err) from None
     weights = _weights(artifact.path, files[WEIGHTS])
     graph = _graph(artifact.path, files[IR], weights, inputs, weight_order)
-    from ..targets import runs_here
-
-    target_info = {**target, "runs_here": runs_here(target)}
     executable = _open_library(library, files[library]) if target_info["runs_here"] else None
+    extra = {name: data for name, data in files.items() if name not in (library, WEIGHTS, IR)}
     return CompiledModule(executable, weights, weight_order, graph, inputs, n_outputs, report, target_info,
                           graph_text(files[IR]), library=(library, files[library]),
-                          manifest_sha256=artifact.manifest_sha256)
+                          manifest_sha256=artifact.manifest_sha256, artifact_files=extra,
+                          artifact_kind=manifest.get("kind", KIND))
 
 
 def read_report(path: str | os.PathLike) -> tuple[Report, str]:
@@ -207,7 +225,6 @@ def read_report(path: str | os.PathLike) -> tuple[Report, str]:
     artifact = read_artifact(path)
     try:
         report = Report.from_dict(artifact.manifest["report"])
-        str(report)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise manifest_error(artifact.path, err) from None
     return report, artifact.manifest_sha256
@@ -235,29 +252,25 @@ def _graph(path: Path, data: bytes, weights: dict[str, np.ndarray], inputs, weig
     (shape and dtype): the library reads the weights with the IR's shapes."""
     from ..ir import ParseError, VerifyError, parse_graph, verify
 
-    text = graph_text(data)
-    declared = {}
-    for line in text.splitlines():  # weight declarations: `  @name : f32[...]`
-        name, sep, _ = line.strip()[1:].partition(" : ")
-        if line.strip().startswith("@") and sep:
-            declared[name] = None
-    if sorted(declared) != sorted(weight_order) or sorted(weights) != sorted(weight_order):
-        raise ArtifactError(f"{path}: {WEIGHTS}, {IR} and the manifest's weight_order name different weights; "
-                            "rebuild the artifact")
     try:
-        graph = parse_graph(text, weights)  # weights given: no zero-filled stand-ins
-        verify(graph)
-    except (ParseError, VerifyError) as err:
+        graph = parse_graph(graph_text(data), weights)
+    except ParseError as err:
         raise ArtifactError(f"{path}: {IR} is malformed ({str(err)[:200]}); rebuild the artifact") from None
     if [(n.attrs["name"], n.type) for n in graph.inputs] != list(inputs):
         raise ArtifactError(f"{path}: the manifest's inputs do not match {IR}'s; rebuild the artifact")
     declared = {n.attrs["name"]: n.type for n in graph.nodes if n.op == "weight"}
+    if sorted(declared) != sorted(weight_order) or sorted(weights) != sorted(weight_order):
+        raise ArtifactError(f"{path}: {WEIGHTS}, {IR} and the manifest's weight_order name different weights; "
+                            "rebuild the artifact")
     for name, ttype in declared.items():
         array = weights[name]
         if array.shape != tuple(ttype.shape) or array.dtype != np_dtype(ttype.dtype):
             raise ArtifactError(f"{path}: weight {name} is {array.dtype}{list(array.shape)} but {IR} declares "
                                 f"{ttype}; rebuild the artifact")
-    return graph
+    try:
+        return verify(graph)
+    except VerifyError as err:
+        raise ArtifactError(f"{path}: {IR} is malformed ({str(err)[:200]}); rebuild the artifact") from None
 
 
 def _open_library(name: str, data: bytes):
