@@ -1,11 +1,10 @@
 """Indexing and scan ops of the long tail (routers, position ids, interleaved tables): gather, scatter, cumsum,
-argmax. Defined into the one op table (`ops.OPS`) like every other op; kept apart so `ops.py` stays short."""
+argmax. `ops.py` defines these entries into the one op table (`ops.OPS`); they live here so it stays short."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .ops import define
 from .types import TensorType, positive_axis
 
 
@@ -31,12 +30,15 @@ def _argmax_type(types, attrs):
     return TensorType(shape, "i64")
 
 
-define("gather", 2, _gather_type, lambda x, i, attrs, env: np.take_along_axis(x, i, axis=attrs["axis"]),
-       {"axis": 0},
-       "out[..i..] = x[.. index[..i..] ..] along one axis (torch.gather; the index has the result's shape)")
-define("scatter", 3, lambda t, a: t[0], _scatter_ref, {"axis": 0},
-       "x with x[.. index[..i..] ..] = src[..i..] along one axis (torch.scatter; src may be a scalar)")
-define("cumsum", 1, lambda t, a: t[0], _cumsum_ref, {"axis": 0}, "running sum along one axis")
-define("argmax", 1, _argmax_type,
-       lambda x, attrs, env: np.argmax(x, axis=attrs["axis"], keepdims=attrs["keepdim"]).astype(np.int64),
-       {"axis": 0, "keepdim": False}, "index of the (first) largest entry along one axis")
+# (name, arity, infer, reference, attrs, doc) -> ops.define
+INDEXING_OPS = [
+    ("gather", 2, _gather_type, lambda x, i, attrs, env: np.take_along_axis(x, i, axis=attrs["axis"]),
+     {"axis": 0},
+     "out[..i..] = x[.. index[..i..] ..] along one axis (torch.gather; the index has the result's shape)"),
+    ("scatter", 3, lambda t, a: t[0], _scatter_ref, {"axis": 0},
+     "x with x[.. index[..i..] ..] = src[..i..] along one axis (torch.scatter; src may be a scalar)"),
+    ("cumsum", 1, lambda t, a: t[0], _cumsum_ref, {"axis": 0}, "running sum along one axis"),
+    ("argmax", 1, _argmax_type,
+     lambda x, attrs, env: np.argmax(x, axis=attrs["axis"], keepdims=attrs["keepdim"]).astype(np.int64),
+     {"axis": 0, "keepdim": False}, "index of the (first) largest entry along one axis"),
+]

@@ -125,10 +125,10 @@ def example_ids(model, seq: int = SEQ) -> torch.Tensor:
 
 def check_architecture(arch: str) -> ArchResult:
     """Build the tiny model, import it (torch.export) and run the IR interpreter against torch."""
+    from ..frontends.hf import CausalLMLogits
+    from ..frontends.torch_export import import_torch
     from ..ir import evaluate
     from ..passes import pipeline_for, run_pipeline
-    from .hf import CausalLMLogits
-    from .torch_export import import_torch
 
     result, clock = ArchResult(arch), time.perf_counter()
 
