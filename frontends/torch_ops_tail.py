@@ -89,6 +89,31 @@ def _repeat_interleave(cx, node, x, repeats, dim=None, output_size=None):
     return cx.emit("reshape", [x], shape=cx.out(node).shape)
 
 
+# --- functionalized writes (what torch's decompositions make of `new_empty` + `view.copy_`) ---------------------
+def _empty(cx, node, *args, **kwargs):  # empty -> full(0) (functionalized: every element is written before use)
+    ttype = cx.out(node)
+    return cx.full(ttype.shape, ttype.dtype, 0)
+
+
+def _copy(cx, node, dst, src, non_blocking=False):  # copy(dst, src) -> src broadcast to dst's type
+    ttype = cx.out(node)
+    src = cx.tensor(src, ttype.dtype)
+    return src if src.shape == ttype.shape else cx.emit("expand", [src], shape=ttype.shape)
+
+
+def _slice_scatter(cx, node, x, src, dim=0, start=None, end=None, step=1):
+    # slice_scatter(x, src, d, a, b) -> concat(x[:a], src, x[b:]) along d
+    axis = positive_axis(dim, x.type.rank)
+    size = x.shape[axis]
+    start, end = cx.dim(start or 0), size if end is None or (isinstance(end, int) and end >= 2**62) else cx.dim(end)
+    if step != 1 or not all(isinstance(v, int) for v in (start, end, size)):
+        raise cx.error("slice_scatter needs a unit step and static bounds")
+    start, end = start + size if start < 0 else start, end + size if end < 0 else end
+    parts = ([cx.emit("slice", [x], axis=axis, start=0, end=start)] if start > 0 else []) + [src] + \
+        ([cx.emit("slice", [x], axis=axis, start=end, end=size)] if end < size else [])
+    return parts[0] if len(parts) == 1 else cx.emit("concat", parts, axis=axis)
+
+
 TAIL_TO_IR = {
     "aten.square": _square, "aten.softplus": _softplus, "aten.hardtanh": _hardtanh,
     "aten.relu6": lambda cx, node, x: _hardtanh(cx, node, x, 0.0, 6.0), "aten.threshold": _threshold,
@@ -96,4 +121,7 @@ TAIL_TO_IR = {
     "aten.gather": _gather, **dict.fromkeys(["aten.scatter.src", "aten.scatter.value"], _scatter),
     "aten.cumsum": _cumsum, "aten.argmax": _argmax, "aten.max.dim": _max_dim,
     "aten.repeat_interleave.self_int": _repeat_interleave,
+    # only the functionalized forms: `new_empty` stays unmapped, so its graph is decomposed (and functionalized)
+    "aten.empty.memory_format": _empty,
+    "aten.copy.default": _copy, "aten.slice_scatter": _slice_scatter,
 }
