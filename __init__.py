@@ -13,12 +13,14 @@ __version__ = "0.1.0"
 from .errors import ActsparseError, ArtifactError, ModeError, TargetError  # noqa: E402
 
 
-def compile(model, example_inputs, target="x86", mode="auto", calibration=None, sparsity=None, memory_budget=None,
-            method=None):
+def compile(model, example_inputs=None, target="x86", mode="auto", calibration=None, sparsity=None,
+            memory_budget=None, method=None, max_seq=None, tokenizer=None):
+    """A model -> CompiledModule; a decoder source (HF folder, .gguf, transformers causal LM without example
+    inputs) -> Decoder with `generate`, `prefill`, `step`, `tokenizer` (see DESIGN.md)."""
     from .api import compile as _compile
 
     return _compile(model, example_inputs, target=target, mode=mode, calibration=calibration, sparsity=sparsity,
-                    memory_budget=memory_budget, method=method)
+                    memory_budget=memory_budget, method=method, max_seq=max_seq, tokenizer=tokenizer)
 
 
 def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):
@@ -29,9 +31,12 @@ def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):
 
 
 def load(path):
+    """An artifact -> CompiledModule, or Decoder when it was saved from one (tokenizer included)."""
     from .runtime import load as _load
+    from .runtime.decoder import is_decoder_artifact, load_decoder
 
-    return _load(path)
+    module = _load(path)
+    return load_decoder(path, module) if is_decoder_artifact(path) else module
 
 
 def __getattr__(name):

@@ -15,3 +15,7 @@ class TargetError(ActsparseError):
 
 class ArtifactError(ActsparseError):
     """A saved artifact is missing, corrupted or from an incompatible version."""
+
+
+class DecodeInputError(ActsparseError):
+    """Input a compiled decoder cannot take: a prompt longer than its KV cache, token ids outside its vocabulary."""

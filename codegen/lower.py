@@ -31,6 +31,7 @@ class LowerContext:
     target: Target
     symbols: dict[str, object]  # symbolic dim name -> tirx.Var
     kernels: dict[str, object] = field(default_factory=dict)  # global_symbol -> GlobalVar
+    users: dict[int, int] = field(default_factory=dict)  # id(node) -> how many nodes (and outputs) read it
 
     def dim(self, d):
         if isinstance(d, int):
@@ -81,6 +82,8 @@ def lower_graph(graph: Graph, target: Target):
                 symbols[d] = tirx.Var(d, "int64")
     bb = relax.BlockBuilder()
     ctx = LowerContext(bb, target, symbols)
+    for read in [i for node in graph.nodes for i in node.inputs] + list(graph.outputs):  # outputs read too
+        ctx.users[id(read)] = ctx.users.get(id(read), 0) + 1
     weight_names = sorted(graph.weights)
     params = [relax.Var(n.attrs["name"], tensor_sinfo(ctx, n)) for n in graph.inputs]
     weight_params = {}

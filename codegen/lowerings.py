@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tvm import relax
 
-from . import lower_kernels  # noqa: F401  (registers linear / gated_mlp / sparse_gated_mlp)
+from . import lower_kernels, lower_state  # noqa: F401  (register linear / gated MLPs, index_copy)
 from .lower import TVM_DTYPES, const, lowering
 
 R = relax.op
@@ -146,7 +146,13 @@ def _concat(ctx, node, args):
 
 @lowering("index_select")
 def _index_select(ctx, node, args):
-    return R.take(args[0], args[1], axis=node.attrs["axis"])
+    index = node.inputs[1]
+    negative = index.op == "constant" and min(_flat(index.attrs["value"]), default=0) < 0  # x[-1:] of a seq
+    return R.take(args[0], args[1], axis=node.attrs["axis"], mode="wrap" if negative else "fast")
+
+
+def _flat(value):
+    return [v for item in value for v in _flat(item)] if isinstance(value, tuple) else [value]
 
 
 @lowering("topk")

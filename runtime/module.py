@@ -73,11 +73,28 @@ class CompiledModule:
             return host_tensor(array)
         return self._to_device(np.ascontiguousarray(array))
 
-    def __call__(self, *inputs):
+    def _check_runnable(self) -> None:
         if self._vm is None:
             info = self.target_info
             raise TargetError(f"built for {info.get('name', info.get('tvm', {}).get('kind', '?'))}; "
                               f"{info.get('run_hint') or 'run it on a machine of that kind'}")
+
+    def device_tensor(self, array: np.ndarray):
+        """`array` as a tensor on the module's device (for inputs kept there between calls, e.g. a KV cache)."""
+        self._check_runnable()
+        return self._to_device(np.ascontiguousarray(array))
+
+    def run_device(self, *inputs) -> list:
+        """Run `main` on numpy arrays or device tensors without converting the results back: a list of device
+        tensors. Inputs already on the device are passed as they are (a KV cache written in place stays put)."""
+        self._check_runnable()
+        args = [self._to_device(np.ascontiguousarray(np.asarray(a).astype(np_dtype(t.dtype), copy=False)))
+                if isinstance(a, np.ndarray) else a for a, (_, t) in zip(inputs, self.inputs)]
+        result = self._vm["main"](*args, *self._weight_tensors)
+        return [result] if self.n_outputs == 1 else [result[i] for i in range(self.n_outputs)]
+
+    def __call__(self, *inputs):
+        self._check_runnable()
         is_torch = bool(inputs) and type(inputs[0]).__module__.startswith("torch")
         arrays = [np.asarray(i.detach().cpu().numpy() if is_torch else i) for i in inputs]
         self._check_inputs(arrays)
@@ -103,7 +120,9 @@ class CompiledModule:
                              f"{', '.join(f'{n}: {t}' for n, t in self.inputs)})") from None
 
     # -- artifacts ------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, extra_files: dict[str, bytes] | None = None) -> Path:
+        """Write the artifact; `extra_files` (relative name -> bytes, e.g. a decoder's tokenizer) go beside the
+        module's files, listed and hashed in the manifest like them."""
         from safetensors.numpy import save_file
 
         path = Path(path)
@@ -113,6 +132,9 @@ class CompiledModule:
             library = self._save_library(staging)
             save_file({n: np.ascontiguousarray(self._weights[n]) for n in self.weight_order}, str(staging / WEIGHTS))
             (staging / IR).write_text(self.ir_text)
+            for name, data in (extra_files or {}).items():
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                (staging / name).write_bytes(data)
             manifest = {
                 "format": FORMAT,
                 "inputs": [{"name": n, "type": str(t)} for n, t in self.inputs],
@@ -121,7 +143,7 @@ class CompiledModule:
                 "weight_order": self.weight_order,
                 "target": self.target_info,
                 "report": self.report.to_dict(),
-                "sha256": {f: _sha256(staging / f) for f in (library, WEIGHTS, IR)},
+                "sha256": {f: _sha256(staging / f) for f in (library, WEIGHTS, IR, *(extra_files or {}))},
             }
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
             if path.exists():
