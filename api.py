@@ -71,10 +71,12 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     with `max_seq`) compiles to a `Decoder` with a KV cache of `max_seq` slots (see `compile_decoder`)."""
     from .frontends.hf_source import is_decoder_source
 
-    if is_decoder_source(model) and (example_inputs is None or max_seq is not None):
+    if is_decoder_source(model) and (isinstance(model, (str, os.PathLike)) or example_inputs is None
+                                     or max_seq is not None):
+        prompt = example_inputs[0] if example_inputs else None  # the report's sparsity is measured on it
         return compile_decoder(model, target=target, mode=mode, max_seq=max_seq, tokenizer=tokenizer,
                                calibration=calibration, sparsity=sparsity, memory_budget=memory_budget,
-                               method=method)
+                               method=method, prompt=prompt)
     if max_seq is not None:
         raise ActsparseError("max_seq applies to decoders (a Hugging Face folder, a .gguf file or a transformers "
                              f"causal LM), not to a {type(model).__name__}")
@@ -88,13 +90,14 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
 
 
 def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_seq: int | None = None,
-                    tokenizer=None, calibration=None, sparsity=None, memory_budget=None, method=None):
+                    tokenizer=None, calibration=None, sparsity=None, memory_budget=None, method=None, prompt=None):
     """A decoder source (HF folder, .gguf, transformers causal LM) -> `Decoder` (prefill / step / generate).
 
     The decoding graph comes from the model's own forward with its KV cache as graph inputs
     (`frontends/kv_cache.py`); the mode's pipeline and the build are those of any graph. `max_seq` (KV-cache
-    slots) defaults to the model's context length, at most 2048. Calibration samples for lossy modes are token
-    id arrays [1, n] (or tuples whose first element is one), fed as prompts."""
+    slots) defaults to the model's context length, at most 2048. `prompt` (token ids [1, n]) is what the report
+    measures sparsity on (default: 8 random ids). Calibration samples for lossy modes are token id arrays
+    [1, n] (or tuples whose first element is one), fed as prompts."""
     from .frontends.hf_source import load_causal_lm
     from .frontends.kv_cache import import_decoder
     from .runtime.decoder import Decoder, DecoderSpec
@@ -113,7 +116,8 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
         calibration = [_decoder_inputs(sample[0] if isinstance(sample, (tuple, list)) else sample, caches)
                        for sample in calibration]
     options = _lossy_options(mode, calibration, sparsity, method)
-    prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
+    if prompt is None:
+        prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
     module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options)
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
                        source if isinstance(source, str) else type(model).__name__)

@@ -27,7 +27,8 @@ def is_decoder_source(model) -> bool:
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         return path.is_dir() or path.suffix.lower() == ".gguf"
-    return hasattr(model, "generate") and hasattr(model, "config") and hasattr(model, "forward")
+    is_transformers = any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
+    return is_transformers and hasattr(model, "generate") and hasattr(model, "config")
 
 
 def load_causal_lm(source):

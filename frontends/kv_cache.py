@@ -88,14 +88,26 @@ class KVCachedLM(nn.Module):
         self._layer, self._cache = _layer_classes()
         takes = inspect.signature(model.forward).parameters
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}  # lm_head on 1 token
+        self._cache_argument = cache_argument(model)
 
     def forward(self, input_ids: torch.Tensor, pos: torch.Tensor, cache: tuple[torch.Tensor, ...]):
         offset = pos.reshape(())
         layers = [self._layer(cache[2 * i], cache[2 * i + 1], offset) for i in range(len(cache) // 2)]
         positions = (torch.arange(input_ids.shape[1], device=input_ids.device) + offset).unsqueeze(0)
-        out = self.model(input_ids=input_ids, position_ids=positions, past_key_values=self._cache(layers),
-                         use_cache=True, **self._last_logits_only)
+        out = self.model(input_ids=input_ids, position_ids=positions, use_cache=True, **self._last_logits_only,
+                         **{self._cache_argument: self._cache(layers)})
         return (out.logits[:, -1:], *(t for layer in layers for t in (layer.keys, layer.values)))
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The keyword a transformers model takes its cache by (`cache` since 5.x renamed `past_key_values`)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def returned_cache(out):
+    """The cache a transformers forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
 def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
@@ -104,8 +116,7 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
 
     with torch.no_grad():
         out = model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True)
-    cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
-    layers = getattr(cache, "layers", None)
+    layers = getattr(returned_cache(out), "layers", None)
     if not layers:
         raise FrontendError(f"{type(model).__name__} returned no KV cache from a forward with use_cache=True; "
                             "only decoders with attention caches can be compiled for decoding")
