@@ -62,9 +62,14 @@ def test_the_sliding_window_changes_the_tokens_it_is_tested_on(arch):
     assert not torch.equal(reference(hf_model(arch)), reference(hf_model(arch, sliding_window=64)))
 
 
-def test_prefill_and_step_give_transformers_logits_and_write_the_cache_in_place():
+@pytest.fixture(scope="module")
+def llama():
     model = hf_model("llama")
-    lm = actsparse.compile(model, mode="exact", max_seq=MAX_SEQ)
+    return model, actsparse.compile(model, mode="exact", max_seq=MAX_SEQ)
+
+
+def test_prefill_and_step_give_transformers_logits_and_write_the_cache_in_place(llama):
+    model, lm = llama
     state = lm.prefill(PROMPT)
     cache = state.caches[0]  # the tensor the runtime allocated; every step must write into it
     ids = PROMPT[0].tolist()
@@ -93,20 +98,21 @@ def test_decoding_graph_keeps_the_cache_as_inputs_and_writes_it_with_index_copy(
     assert k0[:, :, :6].any() and not k0[:, :, 6:].any()
 
 
-def test_decoder_inputs_it_cannot_take_are_clear_errors():
-    lm = actsparse.compile(hf_model("llama", num_hidden_layers=1), mode="dense", max_seq=8)
+def test_decoder_inputs_it_cannot_take_are_clear_errors(llama):
+    _, lm = llama
     with pytest.raises(DecodeInputError, match="max_seq"):
-        lm.generate(torch.arange(9).reshape(1, 9), 1)
+        lm.generate(torch.arange(MAX_SEQ + 1).reshape(1, -1), 1)
     with pytest.raises(DecodeInputError, match="max_seq"):
-        lm.generate(PROMPT, 4)  # 6 + 4 - 1 > 8 positions
+        lm.generate(PROMPT, MAX_SEQ - 4)  # 6 + 20 - 1 > 24 positions
     with pytest.raises(DecodeInputError, match="outside the vocabulary"):
         lm.generate(torch.tensor([[1, 128]]), 1)
     with pytest.raises(DecodeInputError, match="outside the vocabulary"):
         lm.prefill(np.array([[-1]]))
-    state = lm.prefill(PROMPT)
+    with pytest.raises(DecodeInputError, match=r"shape \[1, n\]"):
+        lm.prefill(np.zeros((2, 3), np.int64))
+    state = lm.prefill(torch.arange(MAX_SEQ - 1).reshape(1, -1))
     _, state = lm.step(1, state)
-    _, state = lm.step(2, state)
     with pytest.raises(DecodeInputError, match="max_seq"):
-        lm.step(3, state)
+        lm.step(2, state)
     with pytest.raises(ActsparseError, match="max_seq applies to decoders"):
         actsparse.compile(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), max_seq=8)
