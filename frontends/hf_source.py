@@ -50,6 +50,22 @@ def load_causal_lm(source):
 
 
 @contextlib.contextmanager
+def quiet_transformers():
+    """transformers' own log lines (fallback kernels, deprecations) off while we load or trace a model: the
+    user sees our result or our one-line error."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.set_verbosity(level)
+
+
+@contextlib.contextmanager
 def _offline():
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     os.environ.update({k: "1" for k in saved})
@@ -68,8 +84,7 @@ def _load(folder: Path, extra: dict, what: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"local_files_only": True, **extra}
-    with _offline(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _offline(), quiet_transformers():
         try:
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
         except (ValueError, KeyError, OSError, RuntimeError) as err:

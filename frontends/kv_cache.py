@@ -133,19 +133,21 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
 
 def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpec]]:
     """Export `model` (a transformers causal LM, float32, eval) as the decoding graph of the module docstring."""
+    from .hf_source import quiet_transformers
     from .moe import per_expert_routing
     from .torch_export import HINTS, Importer
 
     model = model.eval()
     model.config.use_cache = True
-    specs = cache_specs(model, max_seq)
+    with quiet_transformers():
+        specs = cache_specs(model, max_seq)
     wrapper = KVCachedLM(model)
     ids = torch.zeros(1, 2, dtype=torch.long)
     cache = tuple(torch.zeros(s.shape) for s in specs)
     seq = torch.export.Dim("seq", min=1, max=max_seq)
     dynamic = ({1: seq}, None, tuple(None for _ in specs))
     try:
-        with per_expert_routing(model), torch.no_grad():
+        with per_expert_routing(model), torch.no_grad(), quiet_transformers():
             program = torch.export.export(wrapper, (ids, torch.zeros(1, dtype=torch.long), cache),
                                           dynamic_shapes=dynamic, strict=False)
     except Exception as err:

