@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import ActsparseError, ArtifactError, ModeError, TargetError  # noqa: E402
+from .errors import ActsparseError, ArtifactError, InputError, ModeError, TargetError  # noqa: E402
 
 
 def compile(model, example_inputs=None, target="x86", mode="auto", calibration=None, sparsity=None,
@@ -30,13 +30,14 @@ def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):
     return _relufy(model, kind, example_inputs, inplace=inplace)
 
 
-def load(path):
-    """An artifact -> CompiledModule, or Decoder when it was saved from one (tokenizer included)."""
+def load(path, expect_sha256=None, public_key=None):
+    """Load an artifact, verifying every file first; `expect_sha256` pins its manifest digest, `public_key` (ed25519,
+    PEM) requires its signature. An artifact holds native code: load only artifacts you trust or pin. A decoder's
+    artifact loads back as a Decoder (tokenizer included)."""
     from .runtime import load as _load
-    from .runtime.decoder import is_decoder_artifact, load_decoder
+    from .runtime.decoder import as_decoder
 
-    module = _load(path)
-    return load_decoder(path, module) if is_decoder_artifact(path) else module
+    return as_decoder(_load(path, expect_sha256=expect_sha256, public_key=public_key))
 
 
 def __getattr__(name):
@@ -47,5 +48,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'actsparse' has no attribute {name!r}")
 
 
-__all__ = ["ActsparseError", "ArtifactError", "ModeError", "TargetError", "__version__", "compile", "load", "recipes",
-           "relufy", "targets"]
+__all__ = ["ActsparseError", "ArtifactError", "InputError", "ModeError", "TargetError", "__version__", "compile",
+           "load", "recipes", "relufy", "targets"]

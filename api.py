@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import ActsparseError
 from .ir import Graph, TensorType
-from .ir.types import is_float, np_dtype
+from .ir.examples import example_inputs_for  # noqa: F401  (public here since the first round)
 from .passes import pipeline_for, run_pipeline
 from .runtime import CompiledModule, Report
 from .runtime.report import measure_blocks, output_rel_error
@@ -28,15 +28,25 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
         return model
     if isinstance(model, (str, os.PathLike)):
         path = str(model)
-        if path.endswith(".onnx"):
-            from .frontends.onnx import import_onnx
+        if not path.endswith((".onnx", ".mlir")):
+            raise ActsparseError(f"cannot import {path!r}: expected a .onnx or .mlir file, a torch.nn.Module or a "
+                                 "Graph")
+        if not os.path.isfile(path):
+            raise ActsparseError(f"cannot import {path!r}: no such file")
+        package = "onnx" if path.endswith(".onnx") else "torch_mlir"
+        try:
+            if package == "onnx":
+                from .frontends.onnx import import_onnx
 
-            return import_onnx(path)
-        if path.endswith(".mlir"):
+                return import_onnx(path)
             from .frontends.torch_mlir import import_mlir
 
             return import_mlir(path)
-        raise ActsparseError(f"cannot import {path!r}: expected a .onnx or .mlir file, a torch.nn.Module or a Graph")
+        except ModuleNotFoundError as err:
+            if (err.name or "").partition(".")[0] != package:
+                raise
+            raise ActsparseError(f"reading {path} needs the {package} package, which is not installed; install "
+                                 f"it: pip install {package.replace('_', '-')}") from None
     if type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx"):
         from .frontends.onnx import import_onnx
 
@@ -80,8 +90,12 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     if max_seq is not None:
         raise ActsparseError("max_seq applies to decoders (a Hugging Face folder, a .gguf file or a transformers "
                              f"causal LM), not to a {type(model).__name__}")
+    from . import targets as target_registry
+
     _check_mode(mode, memory_budget)
     options = _lossy_options(mode, calibration, sparsity, method)
+    _check_example_inputs(example_inputs)
+    target = target_registry.get(target)  # an unknown target fails before the (slow) import
     graph = import_model(model, example_inputs if example_inputs is not None else ())
     if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
         # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
@@ -98,11 +112,13 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
     slots) defaults to the model's context length, at most 2048. `prompt` (token ids [1, n]) is what the report
     measures sparsity on (default: 8 random ids). Calibration samples for lossy modes are token id arrays
     [1, n] (or tuples whose first element is one), fed as prompts."""
+    from . import targets as target_registry
     from .frontends.hf_source import load_causal_lm
     from .frontends.kv_cache import import_decoder
     from .runtime.decoder import Decoder, DecoderSpec
 
     _check_mode(mode, memory_budget)
+    target = target_registry.get(target)  # an unknown target fails before the (slow) load
     model, own_tokenizer = load_causal_lm(source)
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     max_seq = int(max_seq or min(getattr(config, "max_position_embeddings", None) or 2048, 2048))
@@ -168,35 +184,34 @@ def _eos_ids(model) -> tuple[int, ...]:
     return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None)
 
 
-def example_inputs_for(graph: Graph, seq: int = 8, seed: int = 0) -> tuple[np.ndarray, ...]:
-    """Inputs matching the graph's input types: symbolic dims are `seq` long (1 for other names); integer inputs
-    read by an `embedding` are token ids below its vocabulary size, other integers 0, floats standard normal."""
-    rng = np.random.default_rng(seed)
-    vocab = {id(n.inputs[1]): n.inputs[0].shape[0] for n in graph.nodes if n.op == "embedding"}
-    arrays = []
-    for node in graph.inputs:
-        shape = tuple(d if isinstance(d, int) else (seq if d == "seq" else 1) for d in node.shape)
-        dtype = np.dtype(np_dtype(node.dtype))
-        if node.dtype == "bool":
-            arrays.append(np.ones(shape, dtype))
-        elif is_float(node.dtype):
-            arrays.append(rng.standard_normal(shape).astype(dtype))
-        else:
-            arrays.append(rng.integers(0, vocab.get(id(node), 1), shape).astype(dtype))
-    return tuple(arrays)
+def _check_example_inputs(example_inputs) -> None:
+    """A tuple (or list) of inputs, one per model input; a bare tensor is refused rather than unpacked along its
+    batch axis."""
+    if example_inputs is None or isinstance(example_inputs, (tuple, list)):
+        return
+    if hasattr(example_inputs, "shape"):
+        raise ActsparseError(f"example_inputs must be a tuple with one entry per model input, got a bare "
+                             f"{type(example_inputs).__name__}; wrap it: (input_ids,)")
+    raise ActsparseError(f"example_inputs must be a tuple with one entry per model input, got a "
+                         f"{type(example_inputs).__name__}")
 
 
 def _lossy_options(mode: str, calibration, sparsity, method) -> dict:
-    """Check a lossy mode's arguments before the (slow) import; returns pipeline_for's options."""
+    """Check a lossy mode's arguments before the (slow) import; returns pipeline_for's options. An option the
+    mode does not use is an error, not silently ignored."""
     if mode not in LOSSY_MODES:
-        if method is not None:
-            raise ActsparseError(f"method={method!r} applies to mode='threshold', not mode={mode!r}")
+        given = [f"{k}={v!r}"[:60] for k, v in (("calibration", calibration), ("sparsity", sparsity),
+                                                 ("method", method)) if v is not None]
+        if given:
+            raise ActsparseError(f"{', '.join(given)}: mode={mode!r} does not use them (only "
+                                 f"{', '.join(map(repr, LOSSY_MODES))} does); leave them out or pick that mode")
         return {}
     from .passes.calibrate import METHODS, calibration_samples
 
-    if sparsity is None or not 0.0 < float(sparsity) < 1.0:
-        raise ActsparseError(f"mode={mode!r} needs a target sparsity between 0 and 1, e.g. sparsity=0.5 "
-                             f"(got {sparsity!r})")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)) \
+            or not 0.0 < float(sparsity) < 1.0:
+        raise ActsparseError(f"mode={mode!r} needs a target sparsity, a number between 0 and 1 (exclusive), "
+                             f"e.g. sparsity=0.5 (got {sparsity!r})")
     method = method or "cats"
     if method not in METHODS:
         raise ActsparseError(f"unknown threshold method {method!r}; valid methods: {', '.join(METHODS)}")

@@ -17,5 +17,10 @@ class ArtifactError(ActsparseError):
     """A saved artifact is missing, corrupted or from an incompatible version."""
 
 
-class DecodeInputError(ActsparseError):
+class InputError(ActsparseError, ValueError):
+    """Inputs a compiled module cannot take: wrong shape or dtype, a token id outside the vocabulary, a sequence
+    longer than the model's positions."""
+
+
+class DecodeInputError(InputError):
     """Input a compiled decoder cannot take: a prompt longer than its KV cache, token ids outside its vocabulary."""

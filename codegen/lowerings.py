@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tvm import relax
 
-from . import lower_kernels, lower_state  # noqa: F401  (register linear / gated MLPs, index_copy)
+from . import lower_kernels  # noqa: F401  (registers linear / gated_mlp / sparse_gated_mlp)
 from .lower import TVM_DTYPES, const, lowering
 
 R = relax.op
@@ -91,7 +91,9 @@ def _matmul(ctx, node, args):
 @lowering("embedding")
 def _embedding(ctx, node, args):
     w, ids = args
-    return R.take(w, ids, axis=0)
+    # "clip", not TVM's default "fast" (no bounds check: an id past the table reads outside it). The compiled
+    # module rejects such ids before the call (ir/limits.py); clipping is the backstop for computed indices.
+    return R.take(w, ids, axis=0, mode="clip")
 
 
 @lowering("sum", "mean", "max")
@@ -146,13 +148,9 @@ def _concat(ctx, node, args):
 
 @lowering("index_select")
 def _index_select(ctx, node, args):
-    index = node.inputs[1]
-    negative = index.op == "constant" and min(_flat(index.attrs["value"]), default=0) < 0  # x[-1:] of a seq
-    return R.take(args[0], args[1], axis=node.attrs["axis"], mode="wrap" if negative else "fast")
-
-
-def _flat(value):
-    return [v for item in value for v in _flat(item)] if isinstance(value, tuple) else [value]
+    # "wrap": negative indices count from the end (as numpy's take, the op's reference; static windows such as
+    # x[:, -1:] use them), and nothing reads outside the tensor (see _embedding)
+    return R.take(args[0], args[1], axis=node.attrs["axis"], mode="wrap")
 
 
 @lowering("topk")
@@ -165,3 +163,25 @@ def _topk(ctx, node, args):
 @lowering("triu", "tril")
 def _tri(ctx, node, args):
     return (R.triu if node.op == "triu" else R.tril)(args[0], node.attrs.get("diagonal", 0))
+
+
+@lowering("gather")
+def _gather(ctx, node, args):
+    return R.gather_elements(args[0], args[1], axis=node.attrs["axis"])
+
+
+@lowering("scatter")
+def _scatter(ctx, node, args):
+    x, index, src = args
+    src = src if node.inputs[2].shape == node.inputs[1].shape else R.broadcast_to(src, ctx.shape(node.inputs[1].shape))
+    return R.scatter_elements(x, index, src, axis=node.attrs["axis"])
+
+
+@lowering("cumsum")
+def _cumsum(ctx, node, args):
+    return R.cumsum(args[0], axis=node.attrs["axis"], dtype=TVM_DTYPES[node.dtype])
+
+
+@lowering("argmax")
+def _argmax(ctx, node, args):
+    return R.astype(R.argmax(args[0], axis=node.attrs["axis"], keepdims=node.attrs.get("keepdim", False)), "int64")

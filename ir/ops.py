@@ -319,3 +319,7 @@ from .threshold import THRESHOLD_ATTRS, sparse_gated_mlp_reference  # noqa: E402
 # mode 'exact' (ReLU family, lossless) or 'threshold' (|act| <= threshold counts as 0, see threshold.py)
 define("sparse_gated_mlp", 4, gated_mlp_type, sparse_gated_mlp_reference, {**SPARSE_GATED_MLP_ATTRS, **THRESHOLD_ATTRS},
        "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row)")
+from .ops_indexing import INDEXING_OPS  # noqa: E402  (gather, scatter, cumsum, argmax)
+
+for _entry in INDEXING_OPS:
+    define(*_entry)

@@ -10,8 +10,9 @@ The module is the decoding graph of `frontends/kv_cache.py`: `main(input_ids[1, 
 `index_copy`), so the state holds the same device tensors for the whole generation and a step moves only its
 own keys and values. Prefill is that function on the prompt; a step is the same function on one token.
 
-An artifact of a decoder is a compiled module's artifact plus `decoder.json` (cache shapes, vocabulary, stop
-ids) and the tokenizer's own files under `tokenizer/` (never a pickle), all listed in the manifest.
+An artifact of a decoder (kind "decoder") is a compiled module's artifact plus `decoder.json` (cache shapes,
+vocabulary, stop ids) and the tokenizer's own files under `tokenizer/` (never a pickle), all listed and hashed in
+the manifest; `actsparse.load` verifies them with the module's files and gives the Decoder back.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DecodeInputError
+from ..errors import ArtifactError, DecodeInputError
 from .module import CompiledModule
 
+KIND = "decoder"  # the artifact kind (runtime/artifact.py)
 DECODER_FILE = "decoder.json"
 TOKENIZER_DIR = "tokenizer"
 
@@ -154,11 +156,13 @@ class Decoder:
             raise DecodeInputError(f"{positions} positions do not fit the KV cache of {self.spec.max_seq} slots "
                                    "(max_seq): shorten the prompt or the generation, or compile with a larger max_seq")
 
-    # -- artifacts -----------------------------------------------------------------------------------------
-    def save(self, path) -> Path:
+    # -- artifacts ------------------------------------------------------------------------------------------
+    def save(self, path, signing_key=None) -> Path:
+        """An artifact of kind "decoder": the module's files, decoder.json and the tokenizer's files, all listed
+        and hashed in the manifest (and signed with `signing_key`, as `CompiledModule.save`)."""
         files = {DECODER_FILE: json.dumps(self.spec.to_dict(), indent=2).encode()}
         files.update({f"{TOKENIZER_DIR}/{name}": data for name, data in tokenizer_files(self.tokenizer).items()})
-        return self.module.save(path, extra_files=files)
+        return self.module.save(path, signing_key=signing_key, extra_files=files, kind=KIND)
 
 
 def tokenizer_files(tokenizer) -> dict[str, bytes]:
@@ -172,17 +176,29 @@ def tokenizer_files(tokenizer) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
 
 
-def load_decoder(path, module: CompiledModule) -> Decoder:
-    """The decoder around a loaded artifact's module (the manifest's hashes already checked its files)."""
-    path = Path(path)
-    spec = DecoderSpec.from_dict(json.loads((path / DECODER_FILE).read_text()))
-    tokenizer = None
-    if (path / TOKENIZER_DIR).is_dir():
-        from transformers import AutoTokenizer
+def as_decoder(module: CompiledModule):
+    """A loaded module of a "decoder" artifact -> its Decoder (from the files the loader verified); any other
+    module is returned as it is."""
+    if module.artifact_kind != KIND:
+        return module
+    files = module.artifact_files
+    try:
+        spec = DecoderSpec.from_dict(json.loads(files[DECODER_FILE]))
+    except (KeyError, ValueError, TypeError) as err:
+        raise ArtifactError(f"decoder artifact without a readable {DECODER_FILE} ({err}); rebuild it") from None
+    return Decoder(module, spec, _tokenizer({name[len(TOKENIZER_DIR) + 1:]: data for name, data in files.items()
+                                             if name.startswith(TOKENIZER_DIR + "/")}))
 
-        tokenizer = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR), local_files_only=True)
-    return Decoder(module, spec, tokenizer)
 
+def _tokenizer(files: dict[str, bytes]):
+    """A transformers tokenizer from its (verified) files; written to a private temporary folder to load."""
+    if not files:
+        return None
+    import tempfile
 
-def is_decoder_artifact(path) -> bool:
-    return (Path(path) / DECODER_FILE).is_file()
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / Path(name).name).write_bytes(data)
+        return AutoTokenizer.from_pretrained(tmp, local_files_only=True)
