@@ -13,12 +13,14 @@ __version__ = "0.1.0"
 from .errors import ActsparseError, ArtifactError, InputError, ModeError, TargetError  # noqa: E402
 
 
-def compile(model, example_inputs, target="x86", mode="auto", calibration=None, sparsity=None, memory_budget=None,
-            method=None):
+def compile(model, example_inputs=None, target="x86", mode="auto", calibration=None, sparsity=None,
+            memory_budget=None, method=None, max_seq=None, tokenizer=None):
+    """A model -> CompiledModule; a decoder source (HF folder, .gguf, transformers causal LM without example
+    inputs) -> Decoder with `generate`, `prefill`, `step`, `tokenizer` (see DESIGN.md)."""
     from .api import compile as _compile
 
     return _compile(model, example_inputs, target=target, mode=mode, calibration=calibration, sparsity=sparsity,
-                    memory_budget=memory_budget, method=method)
+                    memory_budget=memory_budget, method=method, max_seq=max_seq, tokenizer=tokenizer)
 
 
 def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):
@@ -30,10 +32,12 @@ def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):
 
 def load(path, expect_sha256=None, public_key=None):
     """Load an artifact, verifying every file first; `expect_sha256` pins its manifest digest, `public_key` (ed25519,
-    PEM) requires its signature. An artifact holds native code: load only artifacts you trust or pin."""
+    PEM) requires its signature. An artifact holds native code: load only artifacts you trust or pin. A decoder's
+    artifact loads back as a Decoder (tokenizer included)."""
     from .runtime import load as _load
+    from .runtime.decoder import as_decoder
 
-    return _load(path, expect_sha256=expect_sha256, public_key=public_key)
+    return as_decoder(_load(path, expect_sha256=expect_sha256, public_key=public_key))
 
 
 def __getattr__(name):

@@ -69,41 +69,116 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
                          ".onnx/.mlir file, or an actsparse IR Graph")
 
 
-def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str = "auto", calibration=None,
-            sparsity: float | None = None, memory_budget: int | None = None, method: str | None = None
-            ) -> CompiledModule:
+def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x86", mode: str = "auto",
+            calibration=None, sparsity: float | None = None, memory_budget: int | None = None,
+            method: str | None = None, max_seq: int | None = None, tokenizer=None):
     """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
     target `sparsity`; `method` picks the threshold calibration ("cats" default, "teal", "topk"). The report then
     gives each block's calibrated sparsity, the sparsity measured on `example_inputs` (keep them out of the
-    calibration data: they are the held-out check) and the outputs' relative error vs the dense model."""
-    from . import targets as target_registry
-    from .codegen.build import build
+    calibration data: they are the held-out check) and the outputs' relative error vs the dense model.
 
-    if mode not in MODES:
-        hint = " (a lossy mode with calibration; not in this build yet)" if mode == "predictor" else ""
-        raise ActsparseError(f"unknown mode {mode!r}{hint}; valid modes: {', '.join(MODES)}")
-    if memory_budget is not None:
-        raise ActsparseError("memory_budget (the hot/cold neuron split) is not in this build yet; leave it unset: "
-                             "every neuron's weights stay in the target's main memory")
+    Decoders: a Hugging Face folder, a .gguf file, or a transformers causal LM given without example inputs (or
+    with `max_seq`) compiles to a `Decoder` with a KV cache of `max_seq` slots (see `compile_decoder`)."""
+    from .frontends.hf_source import is_decoder_source
+
+    if is_decoder_source(model) and (isinstance(model, (str, os.PathLike)) or example_inputs is None
+                                     or max_seq is not None):
+        prompt = example_inputs[0] if example_inputs else None  # the report's sparsity is measured on it
+        return compile_decoder(model, target=target, mode=mode, max_seq=max_seq, tokenizer=tokenizer,
+                               calibration=calibration, sparsity=sparsity, memory_budget=memory_budget,
+                               method=method, prompt=prompt)
+    if max_seq is not None:
+        raise ActsparseError("max_seq applies to decoders (a Hugging Face folder, a .gguf file or a transformers "
+                             f"causal LM), not to a {type(model).__name__}")
+    from . import targets as target_registry
+
+    _check_mode(mode, memory_budget)
     options = _lossy_options(mode, calibration, sparsity, method)
     _check_example_inputs(example_inputs)
-    tgt = target_registry.get(target)
-    graph = import_model(model, example_inputs)
+    target = target_registry.get(target)  # an unknown target fails before the (slow) import
+    graph = import_model(model, example_inputs if example_inputs is not None else ())
     if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
         # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
         example_inputs = example_inputs_for(graph)
+    return compile_graph(graph, [_to_numpy(x) for x in example_inputs], target, mode, options)
+
+
+def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_seq: int | None = None,
+                    tokenizer=None, calibration=None, sparsity=None, memory_budget=None, method=None, prompt=None):
+    """A decoder source (HF folder, .gguf, transformers causal LM) -> `Decoder` (prefill / step / generate).
+
+    The decoding graph comes from the model's own forward with its KV cache as graph inputs
+    (`frontends/kv_cache.py`); the mode's pipeline and the build are those of any graph. `max_seq` (KV-cache
+    slots) defaults to the model's context length, at most 2048. `prompt` (token ids [1, n]) is what the report
+    measures sparsity on (default: 8 random ids). Calibration samples for lossy modes are token id arrays
+    [1, n] (or tuples whose first element is one), fed as prompts."""
+    from . import targets as target_registry
+    from .frontends.hf_source import load_causal_lm
+    from .frontends.kv_cache import import_decoder
+    from .runtime.decoder import Decoder, DecoderSpec
+
+    _check_mode(mode, memory_budget)
+    target = target_registry.get(target)  # an unknown target fails before the (slow) load
+    model, own_tokenizer = load_causal_lm(source)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    max_seq = int(max_seq or min(getattr(config, "max_position_embeddings", None) or 2048, 2048))
+    if max_seq < 1:
+        raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
+    vocab = int(model.get_input_embeddings().num_embeddings)
+    calibration = None if calibration is None else list(calibration)
+    _lossy_options(mode, calibration, sparsity, method)  # bad options fail before the (slow) import
+    graph, caches = import_decoder(model, max_seq)
+    if calibration is not None:
+        calibration = [_decoder_inputs(sample[0] if isinstance(sample, (tuple, list)) else sample, caches)
+                       for sample in calibration]
+    options = _lossy_options(mode, calibration, sparsity, method)
+    if prompt is None:
+        prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
+    module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options)
+    spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
+                       source if isinstance(source, str) else type(model).__name__)
+    return Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
+
+
+def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str, options: dict) -> CompiledModule:
+    """An imported graph through the mode's pipeline, measured on `arrays`, built for the target."""
+    from . import targets as target_registry
+    from .codegen.build import build
+
+    tgt = target_registry.get(target)
     try:
         passes = pipeline_for(mode, tgt, **options)
     except ValueError as err:
         raise ActsparseError(str(err)) from None
     result = run_pipeline(graph, passes)
-    arrays = [_to_numpy(x) for x in example_inputs]
     report = build_report(tgt.name, mode, result.graph, graph if mode in LOSSY_MODES else None, arrays,
                           result.stats, result.notes)
     executable, weight_order = build(result.graph, tgt)
     inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
     return CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
                           len(result.graph.outputs), report, tgt.to_dict())
+
+
+def _check_mode(mode: str, memory_budget) -> None:
+    if mode not in MODES:
+        hint = " (a lossy mode with calibration; not in this build yet)" if mode == "predictor" else ""
+        raise ActsparseError(f"unknown mode {mode!r}{hint}; valid modes: {', '.join(MODES)}")
+    if memory_budget is not None:
+        raise ActsparseError("memory_budget (the hot/cold neuron split) is not in this build yet; leave it unset: "
+                             "every neuron's weights stay in the target's main memory")
+
+
+def _decoder_inputs(ids, caches) -> tuple:
+    """A decoding graph's inputs for a prompt at position 0 with an empty cache (`caches`: its CacheSpecs)."""
+    ids = np.asarray(_to_numpy(ids), np.int64).reshape(1, -1)
+    return (ids, np.zeros(1, np.int64), *(np.zeros(c.shape, np.float32) for c in caches))
+
+
+def _eos_ids(model) -> tuple[int, ...]:
+    generation = getattr(model, "generation_config", None)
+    eos = getattr(generation, "eos_token_id", None)
+    eos = getattr(model.config, "eos_token_id", None) if eos is None else eos
+    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None)
 
 
 def _check_example_inputs(example_inputs) -> None:

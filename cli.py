@@ -1,5 +1,5 @@
-"""The `actsparse` command: demo, build, inspect, bench, keygen. User errors (bad arguments, bad files, models
-actsparse cannot take) exit 2 with one line, no traceback."""
+"""The `actsparse` command: demo, build, generate, inspect, bench, keygen. User errors (bad arguments, bad files,
+models actsparse cannot take) exit 2 with one line, no traceback."""
 
 from __future__ import annotations
 
@@ -39,15 +39,25 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--plot", help="write the per-layer sparsity plot here (PNG)")
 
     build = sub.add_parser("build", help="compile a model to a deployable artifact directory")
-    build.add_argument("spec", help="module:factory (returns a model or (model, example_inputs)) | file.onnx | "
-                       "file.mlir")
+    build.add_argument("spec", help="Hugging Face model folder | file.gguf (both build a decoder with a KV cache) | "
+                       "module:factory (returns a model or (model, example_inputs)) | file.onnx | file.mlir")
     build.add_argument("-t", "--target", default="x86")
     build.add_argument("-m", "--mode", default="auto")
     build.add_argument("-o", "--out", required=True, help="artifact directory to write")
     build.add_argument("--seq", type=_count, default=16, help="example sequence length when the factory gives none")
     build.add_argument("--sign", metavar="KEY", help="sign the artifact with this ed25519 private key (PEM; make one "
                        "with `actsparse keygen KEY`); load it with actsparse.load(OUT, public_key=KEY.pub)")
+    build.add_argument("--max-seq", type=_count, help="decoders: KV-cache slots (default: the model's context, "
+                       "at most 2048)")
     _lossy_arguments(build)
+
+    generate = sub.add_parser("generate", help="decode greedily with the KV cache: the text and tokens/s")
+    generate.add_argument("what", help="decoder artifact directory, Hugging Face model folder or file.gguf")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("-n", "--tokens", type=_count, default=64, help="new tokens to generate at most")
+    generate.add_argument("-t", "--target", default="x86", help="when compiling a model folder or GGUF")
+    generate.add_argument("-m", "--mode", default="auto", help="when compiling a model folder or GGUF")
+    generate.add_argument("--max-seq", type=_count, help="when compiling: KV-cache slots")
 
     inspect = sub.add_parser("inspect", help="print the report of an artifact or of a model spec")
     inspect.add_argument("what", help="artifact directory, module:factory, file.onnx or file.mlir")
@@ -65,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     keygen.add_argument("key", help="private key file to write (PEM, mode 600); the public key goes to KEY.pub")
 
     args = parser.parse_args(argv)
-    commands = {"demo": _demo, "build": _build, "inspect": _inspect, "bench": _bench, "keygen": _keygen}
+    commands = {"demo": _demo, "build": _build, "generate": _generate, "inspect": _inspect, "bench": _bench,
+                "keygen": _keygen}
     try:
         return commands[args.command](args)
     except ActsparseError as err:
@@ -140,11 +151,22 @@ def load_spec(spec: str, seq: int):
 
 def _build(args) -> int:
     from . import api
+    from .frontends.hf_source import is_decoder_source
     from .runtime.artifact import check_destination, read_artifact
 
     check_destination(args.out)  # before the slow part: a refused destination fails now
     if args.sign and not Path(args.sign).is_file():
         raise ActsparseError(f"signing key {args.sign} does not exist; make one with `actsparse keygen {args.sign}`")
+    if is_decoder_source(args.spec):
+        lm = api.compile(args.spec, target=args.target, mode=args.mode, max_seq=args.max_seq, **_lossy_options(args))
+        path = lm.save(args.out, signing_key=args.sign)
+        print(lm.report)
+        print(f"wrote {path} (decoder: {lm.max_seq} KV-cache slots, tokenizer "
+              f"{'included' if lm.tokenizer is not None else 'absent'}; manifest sha256 "
+              f"{read_artifact(path).manifest_sha256}{', signed' if args.sign else ''})")
+        return 0
+    if args.max_seq is not None:
+        raise ActsparseError("--max-seq applies to decoders (a Hugging Face model folder or a .gguf file)")
     if args.spec.endswith((".onnx", ".mlir")):
         model, inputs = args.spec, ()
     else:
@@ -175,6 +197,32 @@ def _keygen(args) -> int:
     public.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
     print(f"wrote {key} (private: keep it secret) and {public} (give it to whoever loads your artifacts)")
+    return 0
+
+
+def _generate(args) -> int:
+    import actsparse
+
+    from . import api
+    from .frontends.hf_source import is_decoder_source
+    from .runtime.decoder import Decoder
+
+    path = Path(args.what)
+    if (path / "manifest.json").is_file():
+        lm = actsparse.load(path)
+        if not isinstance(lm, Decoder):
+            raise ActsparseError(f"{path} is an artifact of a model without a KV cache, not a decoder; build one from "
+                                 "a Hugging Face model folder or a .gguf file")
+    elif is_decoder_source(args.what):
+        lm = api.compile(args.what, target=args.target, mode=args.mode, max_seq=args.max_seq)
+    else:
+        raise ActsparseError(f"{args.what}: expected a decoder artifact directory, a Hugging Face model folder or a "
+                             ".gguf file")
+    text, tokens, seconds = lm.generate_text(args.prompt, args.tokens)
+    print(args.prompt + text)
+    rate = f"{(tokens - 1) / seconds:.1f} tokens/s" if tokens > 1 and seconds > 0 else "too few steps to time"
+    print(f"-- {tokens} new tokens, decode {rate} (mode {lm.report.mode}, after a {len(args.prompt)}-character "
+          "prompt's prefill)")
     return 0
 
 

@@ -20,3 +20,7 @@ class ArtifactError(ActsparseError):
 class InputError(ActsparseError, ValueError):
     """Inputs a compiled module cannot take: wrong shape or dtype, a token id outside the vocabulary, a sequence
     longer than the model's positions."""
+
+
+class DecodeInputError(InputError):
+    """Input a compiled decoder cannot take: a prompt longer than its KV cache, token ids outside its vocabulary."""

@@ -29,6 +29,7 @@ class LowerContext:
     target: Target
     symbols: dict[str, object]  # symbolic dim name -> tirx.Var
     kernels: dict[str, object] = field(default_factory=dict)  # global_symbol -> GlobalVar
+    users: dict[int, int] = field(default_factory=dict)  # id(node) -> how many nodes (and outputs) read it
 
     def dim(self, d):
         if isinstance(d, int):

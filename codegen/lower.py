@@ -23,7 +23,7 @@ def lower_graph(graph: Graph, target: Target):
     import tvm
     from tvm import relax, tirx
 
-    from . import lower_kernels, lowerings  # noqa: F401  (fill LOWERINGS; they import TVM)
+    from . import lower_kernels, lower_state, lowerings  # noqa: F401  (fill LOWERINGS; they import TVM)
 
     symbols: dict[str, object] = {}
     for node in graph.inputs:
@@ -32,6 +32,8 @@ def lower_graph(graph: Graph, target: Target):
                 symbols[d] = tirx.Var(d, "int64")
     bb = relax.BlockBuilder()
     ctx = LowerContext(bb, target, symbols)
+    for read in [i for node in graph.nodes for i in node.inputs] + list(graph.outputs):  # outputs read too
+        ctx.users[id(read)] = ctx.users.get(id(read), 0) + 1
     weight_names = sorted(graph.weights)
     params = [relax.Var(n.attrs["name"], tensor_sinfo(ctx, n)) for n in graph.inputs]
     weight_params = {}

@@ -286,6 +286,10 @@ def _index_select(cx, node, x, dim, index):
     return cx.emit("index_select", [x, index], axis=positive_axis(dim, x.type.rank))
 
 
+def _index_copy(cx, node, x, dim, index, src):  # index_copy(cache, 2, positions, new) -> index_copy
+    return cx.emit("index_copy", [x, index, cx.cast(src, x.dtype)], axis=positive_axis(dim, x.type.rank))
+
+
 def _index(cx, node, x, indices):
     # x[i0, i1, ...] where every index but one is on a size-1 dim -> index_select(reshape(x), broadcast(i_k))
     used = [(d, i) for d, i in enumerate(indices) if i is not None]
@@ -367,7 +371,7 @@ ATEN_TO_IR = {
     "aten.slice.Tensor": _slice, "aten.narrow": _narrow, "aten.select.int": _select,
     **dict.fromkeys(["aten.split.Tensor", "aten.split_with_sizes", "aten.chunk", "aten.unbind.int"], _split),
     "getitem": _getitem, "aten.cat": _cat, "aten.stack": _stack,
-    "aten.index_select": _index_select, "aten.index.Tensor": _index,
+    "aten.index_select": _index_select, "aten.index.Tensor": _index, "aten.index_copy": _index_copy,
     "aten.triu": _triangle("triu"), "aten.tril": _triangle("tril"),
     "aten.arange": _arange,
     "aten.full.default": _filled(1), "aten.full_like": _filled(1), "aten.new_full": _filled(2),

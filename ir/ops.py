@@ -268,6 +268,17 @@ define("index_select", 2, _index_select_type, lambda x, i, attrs, env: np.take(x
        {"axis": REQUIRED}, "x gathered at integer indices along one axis")
 
 
+def _index_copy_ref(x, index, src, attrs, env):
+    out = x.copy()  # functional here; codegen writes in place when x is dead afterwards (a KV cache input)
+    axis = positive_axis(attrs["axis"], x.ndim)
+    out[(slice(None),) * axis + (index,)] = src
+    return out
+
+
+define("index_copy", 3, lambda t, a: t[0], _index_copy_ref, {"axis": REQUIRED},
+       "x with its slices at integer indices along an axis replaced by src's (KV-cache writes)")
+
+
 def _topk_type(types, attrs):
     t = types[0]
     axis = positive_axis(attrs["axis"], t.rank)

@@ -98,11 +98,29 @@ class CompiledModule:
             return host_tensor(array)
         return self._to_device(np.ascontiguousarray(array))
 
-    def __call__(self, *inputs):
+    def _check_runnable(self) -> None:
         if self._vm is None:
             info = self.target_info
             raise TargetError(f"built for {info.get('name', info.get('tvm', {}).get('kind', '?'))}; "
                               f"{info.get('run_hint') or 'run it on a machine of that kind'}")
+
+    def device_tensor(self, array: np.ndarray):
+        """`array` as a tensor on the module's device (for inputs kept there between calls, e.g. a KV cache)."""
+        self._check_runnable()
+        return self._to_device(np.ascontiguousarray(array))
+
+    def run_device(self, *inputs) -> list:
+        """Run `main` on numpy arrays or device tensors without converting the results back: a list of device
+        tensors. Inputs already on the device are passed as they are (a KV cache written in place stays put).
+        The caller checks the inputs (a `Decoder` does)."""
+        self._check_runnable()
+        args = [self._to_device(np.ascontiguousarray(np.asarray(a).astype(np_dtype(t.dtype), copy=False)))
+                if isinstance(a, np.ndarray) else a for a, (_, t) in zip(inputs, self.inputs)]
+        result = self._vm["main"](*args, *self._weight_tensors)
+        return [result] if self.n_outputs == 1 else [result[i] for i in range(self.n_outputs)]
+
+    def __call__(self, *inputs):
+        self._check_runnable()
         is_torch = bool(inputs) and type(inputs[0]).__module__.startswith("torch")
         try:
             arrays = [np.asarray(i.detach().cpu().numpy() if type(i).__module__.startswith("torch") else i)

@@ -1,0 +1,204 @@
+"""A compiled decoder: greedy generation over a KV cache that the runtime owns.
+
+    lm = actsparse.compile("hf_dir" | "model.gguf" | causal_lm, mode="exact", max_seq=512)
+    state = lm.prefill(ids)                 # ids [1, n] (or [n]); state.logits: the last position's logits
+    logits, state = lm.step(token, state)   # one token at state.position
+    ids = lm.generate(ids, max_new_tokens)  # prompt + new ids, as transformers' generate(do_sample=False)
+
+The module is the decoding graph of `frontends/kv_cache.py`: `main(input_ids[1, seq], pos[1], k0, v0, ...) ->
+(logits[1, 1, V], k0', v0', ...)`, where each cache output is written in place into its input (codegen's
+`index_copy`), so the state holds the same device tensors for the whole generation and a step moves only its
+own keys and values. Prefill is that function on the prompt; a step is the same function on one token.
+
+An artifact of a decoder (kind "decoder") is a compiled module's artifact plus `decoder.json` (cache shapes,
+vocabulary, stop ids) and the tokenizer's own files under `tokenizer/` (never a pickle), all listed and hashed in
+the manifest; `actsparse.load` verifies them with the module's files and gives the Decoder back.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, DecodeInputError
+from .module import CompiledModule
+
+KIND = "decoder"  # the artifact kind (runtime/artifact.py)
+DECODER_FILE = "decoder.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    max_seq: int
+    vocab_size: int
+    caches: tuple[tuple[str, tuple[int, ...]], ...]  # (input name, shape) per cache tensor, in input order
+    eos_token_ids: tuple[int, ...] = ()
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return {"max_seq": self.max_seq, "vocab_size": self.vocab_size, "eos_token_ids": list(self.eos_token_ids),
+                "caches": [{"name": n, "shape": list(s)} for n, s in self.caches], "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DecoderSpec:
+        return cls(int(d["max_seq"]), int(d["vocab_size"]), tuple((c["name"], tuple(c["shape"])) for c in d["caches"]),
+                   tuple(d.get("eos_token_ids", ())), d.get("source", ""))
+
+
+@dataclass
+class DecodeState:
+    """The KV cache (device tensors, written in place) and the next position to write."""
+
+    caches: list
+    position: int = 0
+    logits: np.ndarray | None = field(default=None, repr=False)  # of the last token fed
+
+
+class Decoder:
+    """Prefill, step and greedy generate over one compiled decoding module (see the module docstring)."""
+
+    def __init__(self, module: CompiledModule, spec: DecoderSpec, tokenizer: Any = None):
+        self.module = module
+        self.spec = spec
+        self.tokenizer = tokenizer
+
+    @property
+    def report(self):
+        return self.module.report
+
+    @property
+    def max_seq(self) -> int:
+        return self.spec.max_seq
+
+    # -- decoding ------------------------------------------------------------------------------------------
+    def new_state(self) -> DecodeState:
+        return DecodeState([self.module.device_tensor(np.zeros(shape, np.float32)) for _, shape in self.spec.caches])
+
+    def prefill(self, ids) -> DecodeState:
+        """A fresh cache filled with the prompt `ids` ([1, n] or [n] ints); `.logits` predicts the next token."""
+        state = self.new_state()
+        return self._feed(self._ids(ids), state)
+
+    def step(self, token, state: DecodeState) -> tuple[np.ndarray, DecodeState]:
+        """Feed one token at `state.position`; returns its logits [vocab] and the advanced state."""
+        state = self._feed(self._ids(token), state)
+        return state.logits, state
+
+    def generate(self, ids, max_new_tokens: int = 32):
+        """Greedy decoding: the prompt followed by up to `max_new_tokens` ids (stops after an end-of-sequence
+        id). Returns the type given (torch tensor or numpy array) of shape [1, n + new]."""
+        prompt = self._ids(ids)
+        self._check_room(prompt.shape[1] + max_new_tokens - 1)
+        out = list(prompt[0])
+        if max_new_tokens > 0:
+            state = self.prefill(prompt)
+            for i in range(max_new_tokens):
+                out.append(int(np.argmax(state.logits)))
+                if out[-1] in self.spec.eos_token_ids or i == max_new_tokens - 1:
+                    break
+                _, state = self.step(out[-1], state)
+        result = np.array([out], np.int64)
+        if type(ids).__module__.startswith("torch"):
+            import torch
+
+            return torch.from_numpy(result)
+        return result
+
+    def generate_text(self, prompt: str, max_new_tokens: int = 32) -> tuple[str, int, float]:
+        """Tokenize `prompt`, generate greedily; returns (new text, new tokens, decode seconds after prefill)."""
+        if self.tokenizer is None:
+            raise DecodeInputError("this decoder has no tokenizer (its source had none); pass token ids to generate()")
+        prompt_ids = np.array([self.tokenizer(prompt)["input_ids"]], np.int64)
+        self._check_room(prompt_ids.shape[1] + max_new_tokens - 1)
+        state = self.prefill(prompt_ids)
+        new = [int(np.argmax(state.logits))]
+        start = time.perf_counter()
+        while len(new) < max_new_tokens and new[-1] not in self.spec.eos_token_ids:
+            logits, state = self.step(new[-1], state)
+            new.append(int(np.argmax(logits)))
+        seconds = time.perf_counter() - start
+        return self.tokenizer.decode(new, skip_special_tokens=True), len(new), seconds
+
+    def _feed(self, ids: np.ndarray, state: DecodeState) -> DecodeState:
+        n = ids.shape[1]
+        self._check_room(state.position + n)
+        out = self.module.run_device(ids, np.array([state.position], np.int64), *state.caches)
+        state.caches = list(out[1:])  # the same buffers, written in place
+        state.position += n
+        state.logits = out[0].numpy().reshape(-1)
+        return state
+
+    def _ids(self, ids) -> np.ndarray:
+        if type(ids).__module__.startswith("torch"):
+            ids = ids.detach().cpu().numpy()
+        array = np.asarray(ids)
+        if array.ndim == 0:
+            array = array.reshape(1, 1)
+        elif array.ndim == 1:
+            array = array.reshape(1, -1)
+        if array.ndim != 2 or array.shape[0] != 1 or array.shape[1] == 0 or not np.issubdtype(array.dtype, np.integer):
+            raise DecodeInputError(f"expected token ids of shape [1, n] (batch 1, n >= 1 integers), got "
+                                   f"{array.dtype}{list(array.shape)}")
+        bad = array[(array < 0) | (array >= self.spec.vocab_size)]
+        if bad.size:
+            raise DecodeInputError(f"token id {int(bad[0])} is outside the vocabulary (0 .. "
+                                   f"{self.spec.vocab_size - 1}); encode the text with this model's tokenizer")
+        return array.astype(np.int64)
+
+    def _check_room(self, positions: int) -> None:
+        if positions > self.spec.max_seq:
+            raise DecodeInputError(f"{positions} positions do not fit the KV cache of {self.spec.max_seq} slots "
+                                   "(max_seq): shorten the prompt or the generation, or compile with a larger max_seq")
+
+    # -- artifacts ------------------------------------------------------------------------------------------
+    def save(self, path, signing_key=None) -> Path:
+        """An artifact of kind "decoder": the module's files, decoder.json and the tokenizer's files, all listed
+        and hashed in the manifest (and signed with `signing_key`, as `CompiledModule.save`)."""
+        files = {DECODER_FILE: json.dumps(self.spec.to_dict(), indent=2).encode()}
+        files.update({f"{TOKENIZER_DIR}/{name}": data for name, data in tokenizer_files(self.tokenizer).items()})
+        return self.module.save(path, signing_key=signing_key, extra_files=files, kind=KIND)
+
+
+def tokenizer_files(tokenizer) -> dict[str, bytes]:
+    """A transformers tokenizer's own files (tokenizer.json, its config, ...), as save_pretrained writes them."""
+    if tokenizer is None:
+        return {}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
+
+
+def as_decoder(module: CompiledModule):
+    """A loaded module of a "decoder" artifact -> its Decoder (from the files the loader verified); any other
+    module is returned as it is."""
+    if module.artifact_kind != KIND:
+        return module
+    files = module.artifact_files
+    try:
+        spec = DecoderSpec.from_dict(json.loads(files[DECODER_FILE]))
+    except (KeyError, ValueError, TypeError) as err:
+        raise ArtifactError(f"decoder artifact without a readable {DECODER_FILE} ({err}); rebuild it") from None
+    return Decoder(module, spec, _tokenizer({name[len(TOKENIZER_DIR) + 1:]: data for name, data in files.items()
+                                             if name.startswith(TOKENIZER_DIR + "/")}))
+
+
+def _tokenizer(files: dict[str, bytes]):
+    """A transformers tokenizer from its (verified) files; written to a private temporary folder to load."""
+    if not files:
+        return None
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / Path(name).name).write_bytes(data)
+        return AutoTokenizer.from_pretrained(tmp, local_files_only=True)

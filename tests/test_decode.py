@@ -1,0 +1,120 @@
+"""Decoding with a KV cache, derived from each architecture's own forward: greedy `generate` equals transformers'
+`generate(do_sample=False)` token for token, in dense and exact mode, on tiny random configs of every decoder
+family the frontends import (grouped-query attention, rotary variants, soft-capping, sliding windows, MoE)."""
+
+import numpy as np
+import pytest
+import torch
+
+import actsparse
+from actsparse.errors import ActsparseError, DecodeInputError
+from actsparse.frontends.kv_cache import import_decoder
+from actsparse.ir import evaluate
+
+transformers = pytest.importorskip("transformers")
+
+torch.set_num_threads(1)
+SMALL = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+             vocab_size=128, max_position_embeddings=64, pad_token_id=0, bos_token_id=None, eos_token_id=None,
+             initializer_range=0.1)  # sharper logits than the default 0.02: no near-ties for greedy to split
+# relu activations: the MLPs are ReLU-family, so exact mode applies; windows of 4 < the 16 positions decoded;
+# one layer each (compile time) but Gemma2's two, whose layers alternate sliding and global attention
+ARCHS = {
+    "llama": ("Llama", dict(hidden_act="relu")),
+    "mistral-window": ("Mistral", dict(hidden_act="relu", sliding_window=4)),
+    "qwen2": ("Qwen2", dict(hidden_act="relu")),
+    "gemma2-window-softcap": ("Gemma2", dict(hidden_activation="relu", sliding_window=4, head_dim=16,
+                                             num_hidden_layers=2)),
+    "phi3-fused": ("Phi3", dict(hidden_act="relu")),
+    "mixtral": ("Mixtral", dict(hidden_act="relu", num_local_experts=4, num_experts_per_tok=2)),
+    "qwen2-moe": ("Qwen2Moe", dict(hidden_act="relu", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                   shared_expert_intermediate_size=48)),
+}
+PROMPT = torch.tensor([[5, 6, 7, 9, 11, 3]])
+NEW = 10
+MAX_SEQ = 24
+
+
+def hf_model(arch: str, **overrides):
+    name, arch_overrides = ARCHS[arch]
+    config = getattr(transformers, f"{name}Config")(**{**SMALL, **arch_overrides, **overrides})
+    torch.manual_seed(0)
+    return getattr(transformers, f"{name}ForCausalLM")(config).eval()
+
+
+def reference(model, prompt=PROMPT, new=NEW):
+    with torch.no_grad():
+        return model.generate(prompt, max_new_tokens=new, do_sample=False)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_greedy_generate_equals_transformers_in_dense_and_exact_mode(arch):
+    model = hf_model(arch)
+    expected = reference(model)
+    for mode in ("dense", "exact"):
+        lm = actsparse.compile(model, mode=mode, max_seq=MAX_SEQ)
+        assert {b.mode for b in lm.report.blocks if b.pattern != "mlp"} == {mode}
+        got = lm.generate(PROMPT, NEW)
+        assert torch.equal(got, expected), f"{arch} {mode}: {got.tolist()} != {expected.tolist()}"
+
+
+@pytest.mark.parametrize("arch", ["mistral-window", "gemma2-window-softcap"])
+def test_the_sliding_window_changes_the_tokens_it_is_tested_on(arch):
+    """Without this, matching transformers would not show that the window is applied."""
+    assert not torch.equal(reference(hf_model(arch)), reference(hf_model(arch, sliding_window=64)))
+
+
+@pytest.fixture(scope="module")
+def llama():
+    model = hf_model("llama")
+    return model, actsparse.compile(model, mode="exact", max_seq=MAX_SEQ)
+
+
+def test_prefill_and_step_give_transformers_logits_and_write_the_cache_in_place(llama):
+    model, lm = llama
+    state = lm.prefill(PROMPT)
+    cache = state.caches[0]  # the tensor the runtime allocated; every step must write into it
+    ids = PROMPT[0].tolist()
+    for _ in range(3):
+        with torch.no_grad():
+            expected = model(torch.tensor([ids])).logits[0, -1].numpy()
+        np.testing.assert_allclose(state.logits, expected, rtol=1e-4, atol=1e-5)
+        ids.append(int(np.argmax(state.logits)))
+        logits, state = lm.step(ids[-1], state)
+        np.testing.assert_array_equal(logits, state.logits)
+    assert state.position == len(ids)
+    keys = cache.numpy()
+    assert np.abs(keys).sum(axis=(0, 1, 3))[: len(ids)].all()  # every position fed is in the first buffer
+    assert not keys[:, :, len(ids):].any()  # slots after the last position are never written
+    np.testing.assert_array_equal(keys, state.caches[0].numpy())
+
+
+def test_decoding_graph_keeps_the_cache_as_inputs_and_writes_it_with_index_copy():
+    graph, caches = import_decoder(hf_model("llama", num_hidden_layers=2), MAX_SEQ)
+    assert [n.attrs["name"] for n in graph.inputs] == ["input_ids", "pos", "k0", "v0", "k1", "v1"]
+    assert [str(n.type) for n in graph.inputs[:3]] == ["i64[1,seq]", "i64[1]", "f32[1,2,24,16]"]
+    assert graph.count("index_copy") == 4 and len(graph.outputs) == 5
+    zeros = [np.zeros(c.shape, np.float32) for c in caches]
+    logits, k0, *_ = evaluate(graph, [PROMPT.numpy(), np.array([0]), *zeros])
+    assert logits.shape == (1, 1, 128)
+    assert k0[:, :, :6].any() and not k0[:, :, 6:].any()
+
+
+def test_decoder_inputs_it_cannot_take_are_clear_errors(llama):
+    _, lm = llama
+    with pytest.raises(DecodeInputError, match="max_seq"):
+        lm.generate(torch.arange(MAX_SEQ + 1).reshape(1, -1), 1)
+    with pytest.raises(DecodeInputError, match="max_seq"):
+        lm.generate(PROMPT, MAX_SEQ - 4)  # 6 + 20 - 1 > 24 positions
+    with pytest.raises(DecodeInputError, match="outside the vocabulary"):
+        lm.generate(torch.tensor([[1, 128]]), 1)
+    with pytest.raises(DecodeInputError, match="outside the vocabulary"):
+        lm.prefill(np.array([[-1]]))
+    with pytest.raises(DecodeInputError, match=r"shape \[1, n\]"):
+        lm.prefill(np.zeros((2, 3), np.int64))
+    state = lm.prefill(torch.arange(MAX_SEQ - 1).reshape(1, -1))
+    _, state = lm.step(1, state)
+    with pytest.raises(DecodeInputError, match="max_seq"):
+        lm.step(2, state)
+    with pytest.raises(ActsparseError, match="max_seq applies to decoders"):
+        actsparse.compile(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), max_seq=8)

