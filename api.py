@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import ActsparseError
 from .ir import Graph, TensorType
-from .ir.examples import example_inputs_for  # (public here since the first round)
+from .ir.examples import example_inputs_for
 from .passes import pipeline_for, run_pipeline
 from .passes.pipeline import LOSSY_MODES, MODES
 from .runtime import CompiledModule

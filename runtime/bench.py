@@ -23,7 +23,7 @@ def bench_artifact(path: str, seq: int = 1, repeats: int = 20) -> str:
         info = sparse.target_info
         raise TargetError(f"{path} was built for {info.get('name', '?')}, which does not run here; "
                           f"{info.get('run_hint') or 'time it on a machine of that kind'}")
-    graph = sparse.graph
+    graph = sparse.graph  # parsed and checked against the weights by load()
     dense_graph = run_pipeline(graph, [Densify()]).graph
     name = sparse.target_info.get("name")
     target = targets.get(name if name in targets.names() else sparse.target_info["tvm"])  # the artifact's own

@@ -225,7 +225,10 @@ def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=N
         report = Report.from_dict(manifest["report"])
         target = dict(manifest["target"])
         target_info = {**target, "runs_here": runs_here(target)}
-        placement = {str(k): str(v) for k, v in dict(manifest.get("placement") or {}).items()}
+        placement = manifest.get("placement") or {}
+        if not isinstance(placement, dict) or not set(placement.values()) <= set(PLACES) \
+                or not set(placement) <= set(weight_order):
+            raise ArtifactError(f"placement must map the module's weights to one of {PLACES}")
     except (KeyError, TypeError, ValueError, AttributeError, ArtifactError) as err:
         raise manifest_error(artifact.path, err) from None
     weights = _weights(artifact.path, files[WEIGHTS])

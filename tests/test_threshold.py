@@ -132,7 +132,7 @@ def test_threshold_mode_argument_errors():
         actsparse.compile(graph, (x,), mode="threshold", calibration=[(x,)], sparsity=1.5)
     with pytest.raises(ActsparseError, match="unknown threshold method 'magic'; valid methods: cats, teal, topk"):
         actsparse.compile(graph, (x,), mode="threshold", calibration=[(x,)], sparsity=0.5, method="magic")
-    with pytest.raises(ActsparseError, match="method='cats': mode='exact' does not use them"):
+    with pytest.raises(ActsparseError, match="mode='exact' does not use them"):
         actsparse.compile(graph, (x,), mode="exact", method="cats")
 
 
