@@ -13,10 +13,10 @@ import numpy as np
 
 from .errors import ActsparseError
 from .ir import Graph, TensorType
+from .ir.examples import example_inputs_for
 from .passes import pipeline_for, run_pipeline
 from .passes.pipeline import LOSSY_MODES, MODES
 from .runtime import CompiledModule
-from .runtime.inputs import example_inputs_for
 from .runtime.report import build_report
 
 __all__ = ["LOSSY_MODES", "MODES", "compile", "example_inputs_for", "import_model"]

@@ -159,3 +159,25 @@ def _topk(ctx, node, args):
 @lowering("triu", "tril")
 def _tri(ctx, node, args):
     return (R.triu if node.op == "triu" else R.tril)(args[0], node.attrs.get("diagonal", 0))
+
+
+@lowering("gather")
+def _gather(ctx, node, args):
+    return R.gather_elements(args[0], args[1], axis=node.attrs["axis"])
+
+
+@lowering("scatter")
+def _scatter(ctx, node, args):
+    x, index, src = args
+    src = src if node.inputs[2].shape == node.inputs[1].shape else R.broadcast_to(src, ctx.shape(node.inputs[1].shape))
+    return R.scatter_elements(x, index, src, axis=node.attrs["axis"])
+
+
+@lowering("cumsum")
+def _cumsum(ctx, node, args):
+    return R.cumsum(args[0], axis=node.attrs["axis"], dtype=TVM_DTYPES[node.dtype])
+
+
+@lowering("argmax")
+def _argmax(ctx, node, args):
+    return R.astype(R.argmax(args[0], axis=node.attrs["axis"], keepdims=node.attrs.get("keepdim", False)), "int64")

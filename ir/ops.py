@@ -299,3 +299,9 @@ define("sparse_gated_mlp", (4, -1), sparse_gated_mlp_type, sparse_gated_mlp_refe
 def gelu_activation(approximate: str) -> str:
     """The activation-table name of `gelu{approximate}`."""
     return "gelu_tanh" if approximate == "tanh" else "gelu"
+
+
+from .ops_indexing import INDEXING_OPS  # noqa: E402  (gather, scatter, cumsum, argmax)
+
+for _entry in INDEXING_OPS:
+    define(*_entry)

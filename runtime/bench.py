@@ -9,9 +9,9 @@ def bench_artifact(path: str, seq: int = 1, repeats: int = 20) -> str:
     from .. import targets
     from ..codegen.build import build
     from ..errors import ActsparseError, TargetError
+    from ..ir.examples import example_inputs_for
     from ..passes import run_pipeline
     from ..passes.densify import Densify
-    from .inputs import example_inputs_for
     from .module import CompiledModule, load
     from .report import Report
     from .timing import CacheEvictor, time_calls
