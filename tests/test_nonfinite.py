@@ -152,3 +152,4 @@ def test_nan_and_inf_reach_the_output(kind, gate_act, where, value):
     assert np.isnan(out[0]).all() if where == "x" else np.isnan(out).all()
     if where == "x" and M > 1:
         assert np.isfinite(out[1]).all()  # the other token is untouched
+
