@@ -82,14 +82,14 @@ def _tir_relu(t):
     from tvm.script import tirx as T
 
     zero = T.float32(0)
-    return lambda v: T.max(v, zero)
+    return lambda v: T.if_then_else(T.isnan(v), v, T.max(v, zero))  # NaN kept, as torch (LLVM's max gives 0)
 
 
 def _tir_fatrelu(t):
     from tvm.script import tirx as T
 
     zero, thr = T.float32(0), T.float32(float(t))
-    return lambda v: T.if_then_else(v > thr, v, zero)
+    return lambda v: T.if_then_else(T.isnan(v), zero, T.if_then_else(v > thr, v, zero))  # NaN -> 0, as torch's where
 
 
 def _tir_silu(t):
@@ -138,6 +138,13 @@ def _relax_const(value, dtype: str):
     return relax.const(array, array.dtype.name)
 
 
+def _relax_relu(x, t, dtype):
+    from tvm import relax
+
+    R = relax.op
+    return R.where(R.isnan(x), x, R.nn.relu(x))  # NaN kept, as torch (TVM's relu is a max: NaN -> 0)
+
+
 def _relax_fatrelu(x, t, dtype):
     from tvm import relax
 
@@ -146,9 +153,9 @@ def _relax_fatrelu(x, t, dtype):
 
 
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
-    Activation("relu", _np_relu, _tir_relu, _relax_op("nn.relu"), exactly_sparse=True, doc="max(x, 0)"),
+    Activation("relu", _np_relu, _tir_relu, _relax_relu, exactly_sparse=True, doc="max(x, 0); relu(NaN) = NaN"),
     Activation("fatrelu", _np_fatrelu, _tir_fatrelu, _relax_fatrelu, exactly_sparse=True,
-               doc="FATReLU: x where x > t else 0"),
+               doc="FATReLU: x where x > t else 0 (torch's where: NaN -> 0)"),
     Activation("silu", _np_silu, _tir_silu, _relax_op("nn.silu"), doc="x · sigmoid(x)"),
     Activation("gelu", _np_gelu, _tir_gelu, _relax_op("nn.gelu"), doc="0.5·x·(1 + erf(x/√2))"),
     Activation("gelu_tanh", _np_gelu_tanh, _tir_gelu_tanh, _relax_op("nn.gelu_tanh"),

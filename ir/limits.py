@@ -1,7 +1,8 @@
 """The inputs a graph can take without indexing out of bounds, read off the graph itself.
 
-- An integer input that reaches an `embedding` (or the index of an `index_select`) through shape-only ops must
-  hold values in [0, rows): a token id past the vocabulary would read outside the table (torch raises there).
+- An integer input that reaches an `embedding` (or the index of `index_select`, `gather`, `scatter`) through
+  shape-only ops must hold values in [0, rows): a token id past the vocabulary would read outside the table
+  (torch raises there).
 - A symbolic dim used as a slice's end over a table of static length (the rotary or position table sliced to the
   sequence length) may not exceed that length: the model has that many positions.
 
@@ -47,9 +48,9 @@ def _indexed(node: Node) -> tuple[Node, object] | None:
     """(index operand, number of rows it indexes) of an indexing node."""
     if node.op == "embedding":
         return node.inputs[1], node.inputs[0].shape[0]
-    if node.op == "index_select":
+    if node.op in ("index_select", "gather", "scatter"):  # the index is input 1, along `axis` of input 0
         table = node.inputs[0]
-        return node.inputs[1], table.shape[node.attrs["axis"] % max(table.type.rank, 1)]
+        return node.inputs[1], table.shape[node.attrs.get("axis", 0) % max(table.type.rank, 1)]
     return None
 
 

@@ -112,10 +112,10 @@ def _threshold_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=No
     g, u = projections(x, w_gate, w_up, b_gate, b_up)
     a = apply(attrs["gate_act"], g, t)
     if criterion == "gate":
-        a = np.where(np.abs(a) > t, a, 0)
+        a = np.where((np.abs(a) > t) | np.isnan(a), a, 0)  # NaN counts as active: it reaches the output
     h = a * apply(attrs["up_act"], u)
     if criterion == "product":
-        h = np.where(np.abs(h) > t, h, 0)
+        h = np.where((np.abs(h) > t) | np.isnan(h), h, 0)
     return h.astype(x.dtype)
 
 

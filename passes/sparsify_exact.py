@@ -18,6 +18,9 @@ a zero column too and the extra output column (always 0) is cut off:
 
 with @W.aug = [W | b] and @Wd.t.aug = [Wdᵀ | 0] ([n_ff, d+1]): the same activations, so the same zeros (exact).
 
+A block whose weights hold NaN or Inf stays dense (in every mode, with a note): torch computes 0 · Inf = NaN for
+an inactive neuron with an infinite up or down weight, which skipping that neuron would hide.
+
 Blocks that are not ReLU-family (SwiGLU, GeGLU) cannot be made exactly sparse. With `on_unsupported="error"`
 (mode "exact") that is an error naming the layer and the ways out; with "keep-dense" (mode "auto") they stay
 `gated_mlp` and the report says why.
@@ -54,6 +57,12 @@ class SparsifyExact(Pass):
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             if not is_exactly_sparse(node.attrs["gate_act"]):
                 return self._unsupported(node, pattern)
+            if not _finite_weights(node, graph):
+                record("kept-dense")
+                note({"kind": "kept-dense", "location": node.loc, "pattern": pattern, "mode": "dense",
+                      "reason": "its weights hold NaN/Inf: skipping inactive neurons would hide the NaN that "
+                                "0 * Inf gives (as torch computes it)"})
+                return None
             record(pattern)
             attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "exact",
                      "pattern": pattern}
@@ -75,3 +84,7 @@ class SparsifyExact(Pass):
               "reason": f"{pattern} is not exactly sparse (act={node.attrs['gate_act']}); "
                         "exact mode needs ReLU-family"})
         return None
+
+
+def _finite_weights(node: Node, graph: Graph) -> bool:
+    return all(bool(np.isfinite(graph.weights[i.attrs["name"]]).all()) for i in node.inputs[1:] if i.op == "weight")

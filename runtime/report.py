@@ -158,13 +158,16 @@ def _block_row(block: Node, x: np.ndarray, graph: Graph, mode: str) -> BlockRepo
         row_mode, pattern = variant.name, attrs["pattern"]
         fields.update(variant.report(attrs))
     else:
-        _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
+        _, w_gate, w_up, w_down, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
         h = dense_intermediate(x2d, w_gate, w_up, attrs, b_gate, b_up)
         row_mode = "dense"
         pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
         if mode != "dense" and not exactly_sparse(attrs["gate_act"]):
             fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
                                 f"(act={attrs['gate_act']}); exact mode needs ReLU-family")
+        elif mode != "dense" and not all(np.isfinite(w).all() for w in (w_gate, w_up, w_down)):  # sparsify-exact
+            fields["reason"] = ("its weights hold NaN/Inf: skipping inactive neurons would hide the NaN that 0 * Inf "
+                                "gives (as torch computes it)")
     return BlockReport(block.loc, pattern, row_mode, w_gate.shape[0], float(np.mean(h == 0)), **fields)
 
 

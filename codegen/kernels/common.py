@@ -60,6 +60,23 @@ def activation(kind: str, threshold: float = 0.0, family: str = "cpu") -> Callab
     return entry.cuda_expr(threshold) if family == "cuda" else entry.tir_expr(threshold)
 
 
+def skipping_value(act: Callable) -> Callable:
+    """The value a kernel that skips neurons keeps for a gate pre-activation v, given the activation `act`.
+
+    A non-finite v means the token's input holds Inf or NaN (the compiler keeps blocks with non-finite weights
+    dense), so its up value u is non-finite too, and torch's dense computation gives act(v) · u = 0 · Inf = NaN
+    where act(v) = 0. Keeping NaN there instead of 0 lists the neuron (see `is_active`) and gives that NaN.
+    """
+    nan = T.float32(float("nan"))
+    return lambda v: T.if_then_else(T.Or(T.isfinite(v), is_active(act(v))), act(v), nan)
+
+
+def is_active(value):
+    """Whether a neuron's kept value lists it: nonzero, or NaN (the NaN must reach the output). Spelled with isnan:
+    LLVM's ordered `!=` is false for NaN."""
+    return T.Or(T.isnan(value), value != T.float32(0))
+
+
 def loader(dtype: str) -> Callable:
     """Weight element -> float32 (fp16 loads become vector `vcvtph2ps` once vectorized)."""
     if dtype == "float32":

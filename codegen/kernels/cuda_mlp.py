@@ -25,7 +25,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, check_dtype, symbol
+from .common import activation, check_dtype, is_active, skipping_value, symbol
 from .cuda_blocks import down_macros, down_splits, shuffle_rounds, warp_dot_macro
 from .schedule import GpuSchedule
 from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS, check_mlp, mlp_symbol
@@ -121,7 +121,7 @@ def _compacting_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, sched: GpuSchedule, 
                             else:
                                 warp_dot(w_gate, j, x, m, tx, s)
                             s[0] = gate_value(s[0])
-                            if s[0] != T.float32(0):
+                            if is_active(s[0]):
                                 live[0] = 1
                             if tx == 0:
                                 g[m, j] = s[0]
@@ -185,7 +185,8 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate, compaction, up and down over active rows."""
     k = _mlp("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
              lambda cnt, m: cnt[0], EXACT_GATE_ACTS)
-    return _compacting_mlp(k, d, n_ff, dtype, sched, activation(gate_act, threshold, "cuda"), product=False)
+    return _compacting_mlp(k, d, n_ff, dtype, sched, skipping_value(activation(gate_act, threshold, "cuda")),
+                           product=False)
 
 
 @cache

@@ -40,6 +40,8 @@ from .common import (
     axpy_macro,
     check_dtype,
     dots_macro,
+    is_active,
+    skipping_value,
     symbol,
     threshold_tag,
     zero_columns_macro,
@@ -78,7 +80,7 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS)
     sched = sched.fitted(d, dtype)
     name = mlp_symbol("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched)
-    return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=activation(gate_act, threshold),
+    return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=skipping_value(activation(gate_act, threshold)),
                                 act_u=activation(up_act))
 
 
@@ -132,7 +134,7 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
                                 live[0] = 1
                             else:
                                 h[m, j0 + st * R + r] = zero
-                        elif g[m, j0 + st * R + r] != zero:
+                        elif is_active(g[m, j0 + st * R + r]):
                             live[0] = 1
                     if live[0] != 0:
                         if product:

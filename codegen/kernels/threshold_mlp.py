@@ -26,7 +26,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import GATE_ACTS, activation, symbol, threshold_tag
+from .common import GATE_ACTS, activation, skipping_value, symbol, threshold_tag
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp, compacting_gated_mlp
 
@@ -56,10 +56,13 @@ class ThresholdRule:
 
 
 def threshold_rule(gate_act: str, threshold: float, family: str = "cpu") -> ThresholdRule:
+    """NaN counts as kept (it must reach the output); masked_gate is a `skipping_value` (Inf/NaN inputs list every
+    neuron)."""
     thr, zero = T.float32(float(threshold)), T.float32(0)
     act_g = activation(gate_act, threshold, family)
-    return ThresholdRule(act_g, lambda v: T.if_then_else(T.abs(act_g(v)) > thr, act_g(v), zero),
-                         lambda v: T.abs(v) > thr)
+    masked = skipping_value(lambda v: T.if_then_else(T.Or(T.isnan(act_g(v)), T.abs(act_g(v)) > thr),
+                                                     act_g(v), zero))
+    return ThresholdRule(act_g, masked, lambda v: T.Or(T.isnan(v), T.abs(v) > thr))
 
 
 @cache
