@@ -143,6 +143,7 @@ def smollm2_gguf() -> Path:
     return found[0]
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_decodes_as_transformers_does():
     """The real pretrained SmolLM2-135M (SwiGLU, so auto mode keeps it dense) from its GGUF file."""
     path = smollm2_gguf()
