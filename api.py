@@ -13,13 +13,13 @@ import numpy as np
 
 from .errors import ActsparseError
 from .ir import Graph, TensorType
-from .ir.examples import example_inputs_for  # noqa: F401  (public here since the first round)
+from .ir.examples import example_inputs_for
 from .passes import pipeline_for, run_pipeline
-from .runtime import CompiledModule, Report
-from .runtime.report import measure_blocks, output_rel_error
+from .passes.pipeline import LOSSY_MODES, MODES
+from .runtime import CompiledModule
+from .runtime.report import build_report
 
-MODES = ("dense", "exact", "auto", "threshold")
-LOSSY_MODES = ("threshold",)
+__all__ = ["LOSSY_MODES", "MODES", "compile", "example_inputs_for", "import_model"]
 
 
 def import_model(model: Any, example_inputs: Sequence) -> Graph:
@@ -147,15 +147,12 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
 
     tgt = target_registry.get(target)
     try:
-        passes = pipeline_for(mode, **options)
+        passes = pipeline_for(mode, tgt, **options)
     except ValueError as err:
         raise ActsparseError(str(err)) from None
     result = run_pipeline(graph, passes)
-    report = Report(tgt.name, mode, measure_blocks(result.graph, arrays), result.stats)
-    _calibration_notes([n for n in result.notes if n.get("kind") == "calibration"], report)
-    report.blocks.extend(_dense_notes([n for n in result.notes if n.get("kind") != "calibration"], report))
-    if mode in LOSSY_MODES:
-        report.output_rel_error = output_rel_error(graph, result.graph, arrays)
+    report = build_report(tgt.name, mode, result.graph, graph if mode in LOSSY_MODES else None, arrays,
+                          result.stats, result.notes)
     executable, weight_order = build(result.graph, tgt)
     inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
     return CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
@@ -216,34 +213,6 @@ def _lossy_options(mode: str, calibration, sparsity, method) -> dict:
     if method not in METHODS:
         raise ActsparseError(f"unknown threshold method {method!r}; valid methods: {', '.join(METHODS)}")
     return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}
-
-
-def _calibration_notes(notes: list[dict], report: Report) -> None:
-    """Attach what calibration chose (threshold, calibrated sparsity) to the measured blocks."""
-    by_loc = {b.location: b for b in report.blocks}
-    for n in notes:
-        block = by_loc.get(n["location"])
-        if block is not None:
-            block.calibrated_sparsity = n["calibrated_sparsity"]
-            block.threshold = n["threshold"]
-            block.method = n["method"]
-            if n.get("input_threshold"):
-                block.reason = (f"{n['method']}: input |x| <= {n['input_threshold']:.3g} zeroed by a dense mask "
-                                "(no input-sparse kernel yet)")
-
-
-def _dense_notes(notes: list[dict], report: Report):
-    """Attach 'why dense' reasons to measured blocks; blocks not measured (plain MLPs) become rows of their own."""
-    from .runtime import BlockReport
-
-    by_loc = {b.location: b for b in report.blocks}
-    extra = []
-    for n in notes:
-        if n["location"] in by_loc:
-            by_loc[n["location"]].reason = n["reason"]
-        else:
-            extra.append(BlockReport(n["location"], n["pattern"], n["mode"], n.get("n_ff", 0), None, n["reason"]))
-    return extra
 
 
 def _to_numpy(x) -> np.ndarray:

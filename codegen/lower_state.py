@@ -17,7 +17,7 @@ from functools import cache, reduce
 from tvm import relax
 from tvm.script import tirx as T
 
-from .lower import TVM_DTYPES, lowering
+from .context import TVM_DTYPES, lowering
 
 R = relax.op
 

@@ -255,11 +255,13 @@ def _read(root: Path, name: str, limit: int) -> bytes:
     except OSError as err:
         raise ArtifactError(f"{root}: cannot open {name}: {err.strerror}") from None
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
             raise ArtifactError(f"{root}: {name} is not a regular file")
-        content = f.read(limit + 1)
-    if len(content) > limit:
-        raise ArtifactError(f"{root}: {name} is larger than its manifest says; rebuild the artifact")
+        content = f.read(limit + 1) if info.st_size <= limit else b""  # a huge file is not read into memory
+    if info.st_size > limit or len(content) > limit:
+        what = f"{limit} bytes" if name == MANIFEST else "its manifest says"
+        raise ArtifactError(f"{root}: {name} is larger than {what}; rebuild the artifact")
     return content
 
 

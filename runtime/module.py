@@ -39,11 +39,18 @@ WEIGHTS = "weights.safetensors"
 IR = "graph.ir"
 
 
+PLACES = ("device", "host")  # where a weight lives: the target's main memory, or the host's (CPU) memory
+
+
 class CompiledModule:
+    """`placement` maps weight names to where each one lives ("device": the target's memory, the default; "host":
+    the host's memory, e.g. the cold neurons of a hot/cold split on a GPU). On a CPU target both are host memory."""
+
     def __init__(self, executable, weights: dict[str, np.ndarray], weight_order: list[str], graph: Graph | None,
                  inputs: list[tuple[str, TensorType]], n_outputs: int, report: Report, target_info: dict,
                  ir_text: str = "", library: tuple[str, bytes] | None = None, manifest_sha256: str | None = None,
-                 artifact_files: dict[str, bytes] | None = None, artifact_kind: str = KIND):
+                 artifact_files: dict[str, bytes] | None = None, artifact_kind: str = KIND,
+                 placement: dict[str, str] | None = None):
         self.executable = executable
         self.weight_order = weight_order
         self.graph = graph
@@ -58,13 +65,23 @@ class CompiledModule:
         self.artifact_kind = artifact_kind
         self._weights = weights
         self._library = library  # (name, bytes) of a loaded artifact's library: saved again unchanged
+        self.placement = dict(placement or {})
+        unknown = {p for p in self.placement.values() if p not in PLACES} | (set(self.placement) - set(weight_order))
+        if unknown:
+            raise ValueError(f"placement: unknown weights or places {sorted(map(str, unknown))}; places: {PLACES}, "
+                             f"weights: the module's ({len(weight_order)})")
         self._vm = None
         if self.runnable:
             from tvm import relax
 
             self._device = _device_for(target_info)
             self._vm = relax.VirtualMachine(executable, self._device)
-            self._weight_tensors = [self._weight_tensor(weights[n]) for n in weight_order]
+            self._weight_tensors = [self._weight_tensor(weights[n], self.placement.get(n, "device"))
+                                    for n in weight_order]
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        return self._weights
 
     @property
     def runnable(self) -> bool:
@@ -76,8 +93,8 @@ class CompiledModule:
 
         return tvm.runtime.tensor(array, device=self._device)
 
-    def _weight_tensor(self, array: np.ndarray):
-        if self._device.dlpack_device_type() == 1:  # CPU: zero-copy, huge-page friendly (see memory.py)
+    def _weight_tensor(self, array: np.ndarray, place: str = "device"):
+        if place == "host" or self._device.dlpack_device_type() == 1:  # CPU: zero-copy, huge pages (memory.py)
             return host_tensor(array)
         return self._to_device(np.ascontiguousarray(array))
 
@@ -180,6 +197,7 @@ class CompiledModule:
             "n_outputs": self.n_outputs,
             "library": library,
             "weight_order": self.weight_order,
+            "placement": self.placement,
             "target": {k: v for k, v in self.target_info.items() if k != "runs_here"},
             "report": self.report.to_dict(),
         }
@@ -225,6 +243,10 @@ def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=N
         report = Report.from_dict(manifest["report"])
         target = dict(manifest["target"])
         target_info = {**target, "runs_here": runs_here(target)}
+        placement = manifest.get("placement") or {}
+        if not isinstance(placement, dict) or not set(placement.values()) <= set(PLACES) \
+                or not set(placement) <= set(weight_order):
+            raise ArtifactError(f"placement must map the module's weights to one of {PLACES}")
     except (KeyError, TypeError, ValueError, AttributeError, ArtifactError) as err:
         raise manifest_error(artifact.path, err) from None
     weights = _weights(artifact.path, files[WEIGHTS])
@@ -234,7 +256,7 @@ def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=N
     return CompiledModule(executable, weights, weight_order, graph, inputs, n_outputs, report, target_info,
                           graph_text(files[IR]), library=(library, files[library]),
                           manifest_sha256=artifact.manifest_sha256, artifact_files=extra,
-                          artifact_kind=manifest.get("kind", KIND))
+                          artifact_kind=manifest.get("kind", KIND), placement=placement)
 
 
 def read_report(path: str | os.PathLike) -> tuple[Report, str]:
