@@ -14,11 +14,12 @@ from .errors import ActsparseError, ArtifactError, ModeError, TargetError  # noq
 
 
 def compile(model, example_inputs, target="x86", mode="auto", calibration=None, sparsity=None, memory_budget=None,
-            method=None):
+            method=None, predictor=None, recall=None, predictor_budget=None):
     from .api import compile as _compile
 
     return _compile(model, example_inputs, target=target, mode=mode, calibration=calibration, sparsity=sparsity,
-                    memory_budget=memory_budget, method=method)
+                    memory_budget=memory_budget, method=method, predictor=predictor, recall=recall,
+                    predictor_budget=predictor_budget)
 
 
 def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):

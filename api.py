@@ -16,10 +16,10 @@ from .ir import Graph, TensorType
 from .ir.types import is_float, np_dtype
 from .passes import pipeline_for, run_pipeline
 from .runtime import CompiledModule, Report
-from .runtime.report import measure_blocks, output_rel_error
+from .runtime.report import measure_blocks, output_rel_error, top1_agreement
 
-MODES = ("dense", "exact", "auto", "threshold")
-LOSSY_MODES = ("threshold",)
+MODES = ("dense", "exact", "auto", "threshold", "predictor")
+LOSSY_MODES = ("threshold", "predictor")
 
 
 def import_model(model: Any, example_inputs: Sequence) -> Graph:
@@ -60,22 +60,27 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
 
 
 def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str = "auto", calibration=None,
-            sparsity: float | None = None, memory_budget: int | None = None, method: str | None = None
+            sparsity: float | None = None, memory_budget: int | None = None, method: str | None = None,
+            predictor: str | None = None, recall: float | None = None, predictor_budget: float | None = None
             ) -> CompiledModule:
     """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
     target `sparsity`; `method` picks the threshold calibration ("cats" default, "teal", "topk"). The report then
     gives each block's calibrated sparsity, the sparsity measured on `example_inputs` (keep them out of the
-    calibration data: they are the held-out check) and the outputs' relative error vs the dense model."""
+    calibration data: they are the held-out check) and the outputs' relative error vs the dense model.
+
+    mode="predictor" (ReLU-family blocks): `predictor` = "lowrank" (default, trained) | "svd" | "sign"
+    (training-free), `recall` the per-block target (default 0.99), `sparsity` an optional floor on the predicted
+    sparsity per block, `predictor_budget` the predictors' bytes as a fraction of the MLP bytes (default 0.1)."""
     from . import targets as target_registry
     from .codegen.build import build
 
     if mode not in MODES:
-        hint = " (a lossy mode with calibration; not in this build yet)" if mode == "predictor" else ""
-        raise ActsparseError(f"unknown mode {mode!r}{hint}; valid modes: {', '.join(MODES)}")
+        raise ActsparseError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if memory_budget is not None:
         raise ActsparseError("memory_budget (the hot/cold neuron split) is not in this build yet; leave it unset: "
                              "every neuron's weights stay in the target's main memory")
-    options = _lossy_options(mode, calibration, sparsity, method)
+    options = _lossy_options(mode, calibration, sparsity, method,
+                             {"predictor": predictor, "recall": recall, "predictor_budget": predictor_budget})
     tgt = target_registry.get(target)
     graph = import_model(model, example_inputs)
     if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
@@ -88,10 +93,13 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
     result = run_pipeline(graph, passes)
     arrays = [_to_numpy(x) for x in example_inputs]
     report = Report(tgt.name, mode, measure_blocks(result.graph, arrays), result.stats)
-    _calibration_notes([n for n in result.notes if n.get("kind") == "calibration"], report)
-    report.blocks.extend(_dense_notes([n for n in result.notes if n.get("kind") != "calibration"], report))
+    calibrated = [n for n in result.notes if n.get("kind") in ("calibration", "predictor")]
+    _calibration_notes(calibrated, report)
+    report.blocks.extend(_dense_notes([n for n in result.notes if n.get("kind") not in ("calibration", "predictor")],
+                                      report))
     if mode in LOSSY_MODES:
         report.output_rel_error = output_rel_error(graph, result.graph, arrays)
+        report.top1_agreement = top1_agreement(graph, result.graph, arrays)
     executable, weight_order = build(result.graph, tgt)
     inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
     return CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
@@ -116,12 +124,15 @@ def example_inputs_for(graph: Graph, seq: int = 8, seed: int = 0) -> tuple[np.nd
     return tuple(arrays)
 
 
-def _lossy_options(mode: str, calibration, sparsity, method) -> dict:
+def _lossy_options(mode: str, calibration, sparsity, method, predictor_options: dict) -> dict:
     """Check a lossy mode's arguments before the (slow) import; returns pipeline_for's options."""
-    if mode not in LOSSY_MODES:
+    given = {k: v for k, v in predictor_options.items() if v is not None}
+    if mode != "predictor" and given:
+        raise ActsparseError(f"{', '.join(given)} apply to mode='predictor', not mode={mode!r}")
+    if mode not in LOSSY_MODES or mode == "predictor":
         if method is not None:
             raise ActsparseError(f"method={method!r} applies to mode='threshold', not mode={mode!r}")
-        return {}
+        return _predictor_options(calibration, sparsity, given) if mode == "predictor" else {}
     from .passes.calibrate import METHODS, calibration_samples
 
     if sparsity is None or not 0.0 < float(sparsity) < 1.0:
@@ -133,12 +144,35 @@ def _lossy_options(mode: str, calibration, sparsity, method) -> dict:
     return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}
 
 
+def _predictor_options(calibration, sparsity, given: dict) -> dict:
+    from .ir.predictor import PREDICTORS
+    from .passes.calibrate import calibration_samples
+    from .passes.predictors import PredictorError
+
+    if calibration is None:
+        raise PredictorError("mode='predictor' needs calibration data to fit the predictors: pass calibration="
+                             "[(input_ids,), ...], input tuples like example_inputs (a few thousand tokens)")
+    kind = given.get("predictor", "lowrank")
+    if kind not in PREDICTORS:
+        raise ActsparseError(f"unknown predictor {kind!r}; valid predictors: {', '.join(PREDICTORS)}")
+    recall, budget = float(given.get("recall", 0.99)), float(given.get("predictor_budget", 0.1))
+    if not 0.0 < recall <= 1.0 or not 0.0 < budget <= 1.0:
+        raise ActsparseError(f"recall must be in (0, 1] and predictor_budget in (0, 1]; got recall={recall}, "
+                             f"predictor_budget={budget}")
+    if sparsity is not None and not 0.0 <= float(sparsity) < 1.0:
+        raise ActsparseError(f"sparsity (the floor on the predicted sparsity) must be in [0, 1), got {sparsity!r}")
+    return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity or 0.0), "predictor": kind,
+            "recall": recall, "predictor_budget": budget}
+
+
 def _calibration_notes(notes: list[dict], report: Report) -> None:
     """Attach what calibration chose (threshold, calibrated sparsity) to the measured blocks."""
     by_loc = {b.location: b for b in report.blocks}
     for n in notes:
         block = by_loc.get(n["location"])
-        if block is not None:
+        if block is not None and n["kind"] == "predictor":
+            block.predictor_notes(n)
+        elif block is not None:
             block.calibrated_sparsity = n["calibrated_sparsity"]
             block.threshold = n["threshold"]
             block.method = n["method"]

@@ -97,7 +97,14 @@ def _threshold(ctx, node, args):
     return lower_threshold(ctx, node, args)
 
 
-MODE_LOWERINGS = {"threshold": _threshold}  # sparse_gated_mlp modes other than 'exact', each with its own kernel
+def _predictor(ctx, node, args):
+    from .lower_predictor import lower_predictor
+
+    return lower_predictor(ctx, node, args)
+
+
+# sparse_gated_mlp modes other than 'exact', each with its own kernel
+MODE_LOWERINGS = {"threshold": _threshold, "predictor": _predictor}
 
 
 @lowering("sparse_gated_mlp")

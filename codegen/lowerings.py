@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tvm import relax
 
-from . import lower_kernels  # noqa: F401  (registers linear / gated_mlp / sparse_gated_mlp)
+from . import lower_kernels, lower_predictor  # noqa: F401  (register linear / gated MLPs / sign_score)
 from .lower import TVM_DTYPES, const, lowering
 
 R = relax.op

@@ -303,8 +303,28 @@ from .mlp import GATED_MLP_ATTRS, SPARSE_GATED_MLP_ATTRS, gated_mlp_ref, gated_m
 define("gated_mlp", (3, 6), gated_mlp_type, gated_mlp_ref, GATED_MLP_ATTRS,
        "down(act_gate(x·Wg + bg) ⊙ act_up(x·Wu + bu)); inputs x, w_gate, w_up, w_down or x, w_gate_up, w_down "
        "(fused), then with bias=True b_gate, b_up (fused: b_gate_up)")
+from .predictor import (  # noqa: E402
+    PREDICTOR_ATTRS,
+    predictor_reference,
+    predictor_type,
+    sign_score_reference,
+    sign_score_type,
+)
 from .threshold import THRESHOLD_ATTRS, sparse_gated_mlp_reference  # noqa: E402
 
-# mode 'exact' (ReLU family, lossless) or 'threshold' (|act| <= threshold counts as 0, see threshold.py)
-define("sparse_gated_mlp", 4, gated_mlp_type, sparse_gated_mlp_reference, {**SPARSE_GATED_MLP_ATTRS, **THRESHOLD_ATTRS},
-       "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row)")
+
+def _sparse_gated_mlp_ref(*args):
+    arrays, attrs, env = args[:-2], args[-2], args[-1]
+    if attrs.get("mode") == "predictor":
+        return predictor_reference(*arrays, attrs)
+    return sparse_gated_mlp_reference(*arrays, attrs, env)
+
+
+# mode 'exact' (ReLU family, lossless), 'threshold' (|act| <= threshold counts as 0, see threshold.py) or
+# 'predictor' (a 5th input, the predictor's scores: neurons scoring <= cutoff count as 0, see predictor.py)
+define("sparse_gated_mlp", (4, 5), lambda types, attrs: predictor_type(types, attrs, gated_mlp_type),
+       _sparse_gated_mlp_ref, {**SPARSE_GATED_MLP_ATTRS, **THRESHOLD_ATTRS, **PREDICTOR_ATTRS},
+       "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row); "
+       "predictor mode: then the scores [..., n]")
+define("sign_score", 2, sign_score_type, sign_score_reference, {"d": REQUIRED},
+       "SparseInfer's predictor: d - 2 popcount(signbits(x) xor bits[j]) per packed row, as f32")

@@ -18,14 +18,16 @@ from .canonicalize import Canonicalize
 from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
 from .sparsify_exact import SparsifyExact
+from .sparsify_predictor import SparsifyPredictor
 from .sparsify_threshold import SparsifyThreshold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
-                                                     Densify)}
-MODES = ("dense", "exact", "auto", "threshold")
+                                                     SparsifyPredictor, Densify)}
+MODES = ("dense", "exact", "auto", "threshold", "predictor")
 
 
-def pipeline_for(mode: str, calibration=None, sparsity: float | None = None, method: str = "cats") -> list[Pass]:
+def pipeline_for(mode: str, calibration=None, sparsity: float | None = None, method: str = "cats",
+                 predictor: str = "lowrank", recall: float = 0.99, predictor_budget: float = 0.1) -> list[Pass]:
     if mode == "dense":
         return [
             Canonicalize(),      # fold decomposed activations / transposed projections into canonical ops
@@ -46,6 +48,14 @@ def pipeline_for(mode: str, calibration=None, sparsity: float | None = None, met
             DetectGatedMLP(),
             # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
             SparsifyThreshold(sparsity=sparsity, method=method, calibration=tuple(calibration or ())),
+        ]
+    if mode == "predictor":
+        return [
+            Canonicalize(),
+            DetectGatedMLP(),
+            # ReLU-family blocks: a predictor per block picks the neurons, its cutoff calibrated to `recall`
+            SparsifyPredictor(predictor=predictor, recall=recall, sparsity=sparsity or 0.0, budget=predictor_budget,
+                              calibration=tuple(calibration or ())),
         ]
     raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
 

@@ -1,0 +1,129 @@
+"""Predictor mode: activation statistics, the three predictors and their cutoffs, the compiled graph (predictor
+scores -> index list -> indexed kernel) against the reference interpreter, the report, and the bad-input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import actsparse
+from actsparse.errors import ActsparseError, ModeError
+from actsparse.ir import evaluate
+from actsparse.ir.predictor import pack_sign_bits, sign_scores
+from actsparse.passes import run_pipeline
+from actsparse.passes.activation_stats import neuron_cdf
+from actsparse.passes.canonicalize import Canonicalize
+from actsparse.passes.detect_gated_mlp import DetectGatedMLP
+from actsparse.passes.predictors import PredictorError, allocate_ranks, cutoff_for_recall
+from actsparse.passes.sparsify_predictor import SparsifyPredictor
+from actsparse.runtime import Report
+
+from .helpers import gated_mlp_graph, mlp_input
+
+D, N = 40, 72
+
+
+def _calibration(samples=4, seq=128, d=D):
+    return [(mlp_input(d=d, seq=seq, seed=s),) for s in range(samples)]
+
+
+def test_sign_scores_count_sign_agreements_from_packed_bits():
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((3, 70)).astype(np.float32), rng.standard_normal((9, 70)).astype(np.float32)
+    bits = pack_sign_bits(w)
+    assert bits.shape == (9, 3) and bits.dtype == np.int32       # 70 bits -> 3 words, padding bits 0
+    np.testing.assert_array_equal(sign_scores(x, bits, 70), (np.sign(x)[:, None] * np.sign(w)[None]).sum(-1))
+
+
+def test_cutoff_is_the_largest_reaching_the_recall():
+    rng = np.random.default_rng(1)
+    scores, active = rng.standard_normal((200, 30)), rng.random((200, 30)) < 0.3
+    for recall in (0.5, 0.9, 0.99, 1.0):
+        t = cutoff_for_recall(scores, active, recall)
+        got = ((scores > t) & active).sum() / active.sum()
+        assert got >= recall
+        higher = np.sort(scores[active])[np.searchsorted(np.sort(scores[active]), t, side="right")]
+        assert ((scores > higher) & active).sum() / active.sum() < recall   # one positive fewer misses it
+
+
+def test_ranks_share_the_byte_budget_by_density_and_cdf_is_monotone():
+    ranks = allocate_ranks([0.1, 0.3], d=256, n_ff=[1024, 1024], budget=0.1)
+    assert ranks[1] > 2 * ranks[0] and all(r % 8 == 0 for r in ranks)
+    assert sum(r * (256 + 1024 + 1) for r in ranks) <= 0.1 * 2 * 3 * 256 * 1024
+    cdf = neuron_cdf(np.array([0.9, 0.1, 0.0, 0.0]), points=5)
+    assert cdf == pytest.approx([0.0, 0.9, 1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("kind", ["sign", "svd"])
+def test_predictor_mode_compiles_to_the_indexed_kernel_and_matches_the_reference(kind):
+    graph = gated_mlp_graph(d=D, n=N, act="relu", up_relu=True)
+    held_out = mlp_input(d=D, seq=64, seed=99)
+    cm = actsparse.compile(graph, (held_out,), mode="predictor", calibration=_calibration(), predictor=kind,
+                           recall=0.95)
+    assert cm.report.pass_stats["sparsify-predictor"] == {"drelu": 1}
+    node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+    assert node.attrs["mode"] == "predictor" and node.inputs[4].op == ("sign_score" if kind == "sign" else "linear")
+    for x in (held_out, mlp_input(d=D, seq=1, seed=5)):
+        np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
+    block = cm.report.blocks[0]
+    assert block.predictor == kind and block.calibrated_recall >= 0.95
+    assert block.recall > 0.85 and 0.05 < block.predicted_sparsity < block.sparsity   # held out: near the target
+    assert block.rank == (None if kind == "sign" else 8) and 0 < block.predictor_bytes_pct < 15
+    assert len(block.neuron_cdf) == 21 and len(block.firing_frequency) == N
+    assert 0 < cm.report.output_rel_error < 0.5 and 0.5 < cm.report.top1_agreement <= 1.0
+    assert Report.from_dict(cm.report.to_dict()).blocks[0].recall == block.recall
+    assert "recall" in str(cm.report)
+
+
+def test_lowrank_predictor_trains_to_the_recall_and_its_graph_computes_the_prediction():
+    graph = gated_mlp_graph(d=D, n=N, act="relu")
+    passes = [Canonicalize(), DetectGatedMLP(),
+              SparsifyPredictor(predictor="lowrank", recall=0.95, steps=200, budget=0.5, progress=False,
+                                calibration=tuple(_calibration(samples=3)))]
+    result = run_pipeline(graph, passes)
+    assert result.stats["sparsify-predictor"] == {"reglu": 1}
+    assert result.graph.count("relu") == 1 and result.graph.count("linear") == 2   # relu(x·Aᵀ)·Bᵀ + b
+    note = next(n for n in result.notes if n.get("kind") == "predictor")
+    assert note["rank"] == 32 and note["calibrated_recall"] >= 0.95
+    assert note["calibrated_predicted_sparsity"] > 0.15       # an untrained predictor: ~5% at this recall
+    x = mlp_input(d=D, seq=64, seed=77)
+    y, y_dense = evaluate(result.graph, [x])[0], evaluate(graph, [x])[0]
+    assert np.linalg.norm(y - y_dense) / np.linalg.norm(y_dense) < 0.3
+
+
+def test_predictor_mode_needs_calibration_and_enough_of_it():
+    graph = gated_mlp_graph(d=D, n=N)
+    x = mlp_input(d=D, seq=8)
+    with pytest.raises(ActsparseError, match="needs calibration data"):
+        actsparse.compile(graph, (x,), mode="predictor")
+    with pytest.raises(PredictorError, match=r"mlp: 100 calibration tokens are too few for a lowrank predictor"):
+        actsparse.compile(graph, (x,), mode="predictor", calibration=[(mlp_input(d=D, seq=100),)])
+    with pytest.raises(ActsparseError, match="unknown predictor 'magic'"):
+        actsparse.compile(graph, (x,), mode="predictor", calibration=_calibration(1), predictor="magic")
+    with pytest.raises(ActsparseError, match="apply to mode='predictor'"):
+        actsparse.compile(graph, (x,), mode="exact", predictor="sign")
+
+
+def test_unreachable_recall_and_non_relu_blocks_are_errors_naming_the_layer():
+    x = mlp_input(d=D, seq=8)
+    with pytest.raises(PredictorError, match=r"mlp: the sign predictor reaches recall 100\.0% only by predicting"):
+        actsparse.compile(gated_mlp_graph(d=D, n=N), (x,), mode="predictor", calibration=_calibration(2),
+                          predictor="sign", recall=1.0, sparsity=0.9)
+    with pytest.raises(ModeError, match=r"mlp is swiglu.*relufy.*mode='threshold'"):
+        actsparse.compile(gated_mlp_graph(d=D, n=N, act="silu"), (x,), mode="predictor",
+                          calibration=_calibration(2), predictor="sign")
+
+
+def test_report_plot_draws_the_neuron_cdf(tmp_path):
+    graph = gated_mlp_graph(d=D, n=N, act="relu")
+    passes = [Canonicalize(), DetectGatedMLP(),
+              SparsifyPredictor(predictor="svd", recall=0.9, progress=False, calibration=tuple(_calibration(2)))]
+    result = run_pipeline(graph, passes)
+    from actsparse.runtime.report import measure_blocks
+
+    report = Report("x86", "predictor", measure_blocks(result.graph, [mlp_input(d=D, seq=32)]))
+    report.blocks[0].predictor_notes(next(n for n in result.notes if n.get("kind") == "predictor"))
+    path = report.plot(str(tmp_path / "r.png"))
+    import matplotlib.image
+
+    assert matplotlib.image.imread(path).shape[1] > 600       # two panels: sparsity bars and the CDF
