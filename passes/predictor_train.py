@@ -18,7 +18,7 @@ import numpy as np
 
 STEPS = 300
 BATCH = 512
-LR = 3e-3
+LR = 1e-2
 
 
 def distributed_world():
