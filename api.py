@@ -94,7 +94,7 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
     arrays = [_to_numpy(x) for x in example_inputs]
     report = Report(tgt.name, mode, measure_blocks(result.graph, arrays), result.stats)
     calibrated = [n for n in result.notes if n.get("kind") in ("calibration", "predictor")]
-    _calibration_notes(calibrated, report)
+    calibration_notes(calibrated, report)
     report.blocks.extend(_dense_notes([n for n in result.notes if n.get("kind") not in ("calibration", "predictor")],
                                       report))
     if mode in LOSSY_MODES:
@@ -165,7 +165,7 @@ def _predictor_options(calibration, sparsity, given: dict) -> dict:
             "recall": recall, "predictor_budget": budget}
 
 
-def _calibration_notes(notes: list[dict], report: Report) -> None:
+def calibration_notes(notes: list[dict], report: Report) -> None:
     """Attach what calibration chose (threshold, calibrated sparsity) to the measured blocks."""
     by_loc = {b.location: b for b in report.blocks}
     for n in notes:

@@ -55,7 +55,7 @@ def test_ranks_share_the_byte_budget_by_density_and_cdf_is_monotone():
 
 
 @pytest.mark.parametrize("kind", ["sign", "svd"])
-def test_predictor_mode_compiles_to_the_indexed_kernel_and_matches_the_reference(kind):
+def test_predictor_mode_compiles_to_the_indexed_kernel_and_matches_the_reference(kind, tmp_path):
     graph = gated_mlp_graph(d=D, n=N, act="relu", up_relu=True)
     held_out = mlp_input(d=D, seq=64, seed=99)
     cm = actsparse.compile(graph, (held_out,), mode="predictor", calibration=_calibration(), predictor=kind,
@@ -73,6 +73,10 @@ def test_predictor_mode_compiles_to_the_indexed_kernel_and_matches_the_reference
     assert 0 < cm.report.output_rel_error < 0.5 and 0.5 < cm.report.top1_agreement <= 1.0
     assert Report.from_dict(cm.report.to_dict()).blocks[0].recall == block.recall
     assert "recall" in str(cm.report)
+    if kind == "sign":   # the artifact carries the packed bits (i32 safetensors) and the kernels
+        loaded = actsparse.load(cm.save(tmp_path / "sign.actsparse"))
+        np.testing.assert_array_equal(loaded(held_out), cm(held_out))
+        assert loaded.report.blocks[0].predictor == "sign"
 
 
 def test_lowrank_predictor_trains_to_the_recall_and_its_graph_computes_the_prediction():
@@ -168,3 +172,22 @@ def test_lowrank_training_under_torchrun_ddp_gives_the_single_process_predictor(
     assert abs(quality(ddp) - quality(single)) < 0.02
     for name in ("A", "B", "b"):
         np.testing.assert_allclose(ddp[name], single[name], rtol=1e-2, atol=1e-3)
+
+
+def test_sign_predictor_golden_ir_and_full_recall_is_exact_on_its_calibration_rows():
+    """Golden after-IR of a fused dReLU block in predictor mode (sign); at recall 1.0 every neuron that fires on the
+    calibration rows is predicted there, so on those rows the block computes exactly the dense result."""
+    from .test_passes_golden import _check_golden, _inputs, _load
+
+    graph = _load("drelu_fused")
+    calibration = [tuple(_inputs(graph, seed=s)) for s in range(20)]   # [2, 8] each: 40 tokens
+    passes = [Canonicalize(), DetectGatedMLP(),
+              SparsifyPredictor(predictor="sign", recall=1.0, progress=False, calibration=tuple(calibration))]
+    result = run_pipeline(graph, passes)
+    assert result.stats["sparsify-predictor"] == {"drelu": 1}
+    from actsparse.ir import print_graph
+
+    _check_golden("drelu_fused", "predictor-sign", print_graph(result.graph))
+    for sample in calibration:
+        np.testing.assert_allclose(evaluate(result.graph, sample)[0], evaluate(graph, sample)[0], rtol=1e-4,
+                                   atol=1e-5)
