@@ -191,3 +191,22 @@ def test_sign_predictor_golden_ir_and_full_recall_is_exact_on_its_calibration_ro
     for sample in calibration:
         np.testing.assert_allclose(evaluate(result.graph, sample)[0], evaluate(graph, sample)[0], rtol=1e-4,
                                    atol=1e-5)
+
+
+def test_compile_for_cuda_in_predictor_mode_uses_the_cuda_sign_select_and_indexed_kernels():
+    """Predictor mode picks the kernels by the target's schedule: the CUDA sign, select and indexed kernels."""
+    import re
+
+    from actsparse.codegen.cuda_support import cuda_source
+
+    from .kernel_cases import require_nvcc
+
+    require_nvcc()
+    graph = gated_mlp_graph(d=32, n=48, act="relu")
+    cm = actsparse.compile(graph, (mlp_input(d=32, seq=3),), target="cuda", mode="predictor",
+                           calibration=_calibration(2, seq=32, d=32), predictor="sign", recall=0.9)
+    source = cuda_source(cm.executable.mod)
+    launches = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) (actsparse_\w+?)_kernel", source))
+    for prefix in ("actsparse_signscore_d32_n48", "actsparse_select_n48", "actsparse_cuda_gmlp_indexed_d32_f48"):
+        assert any(name.startswith(prefix) for name in launches), (prefix, launches)
+    assert "__popc" in source

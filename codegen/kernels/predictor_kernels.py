@@ -23,8 +23,9 @@ WORD_BITS = 32
 OPAQUE = 8   # relax OpPatternKind.kOpaque: these kernels are fused with nothing
 
 
-def _named(kernel, name: str):
-    return kernel.with_attr("global_symbol", name).with_attr("op_pattern", OPAQUE)
+def _named(kernel, name: str, gpu: bool = False):
+    kernel = kernel.with_attr("global_symbol", name).with_attr("op_pattern", OPAQUE)
+    return kernel.with_attr("tirx.is_scheduled", True) if gpu else kernel   # dlight leaves scheduled ones alone
 
 
 def _words(d: int) -> int:
@@ -113,10 +114,12 @@ def sign_score_cuda(d: int, n: int, *, sched):
                                 if w * WORD_BITS + k < d:
                                     if x[m, w * WORD_BITS + k] < T.float32(0):
                                         acc[0] = T.bitwise_or(acc[0], T.shift_left(T.int32(1), T.Cast("int32", k)))
-                            cnt[0] = cnt[0] + T.popcount(T.bitwise_xor(acc[0], bits[j, w]))
+                            # TVM's CUDA codegen has no popcount lowering: CUDA's own intrinsic
+                            cnt[0] = cnt[0] + T.call_pure_extern("int32", "__popc",
+                                                                 T.bitwise_xor(acc[0], bits[j, w]))
                         out[m, j] = T.Cast("float32", d - 2 * cnt[0])
 
-    return _named(kernel, symbol("signscore", f"d{d}", f"n{n}", sched.tag))
+    return _named(kernel, symbol("signscore", f"d{d}", f"n{n}", sched.tag), gpu=True)
 
 
 @cache
@@ -156,4 +159,4 @@ def select_active_cuda(n: int, *, sched):
                 if tx == T_ - 1:
                     count[m] = base[0]
 
-    return _named(kernel, symbol("select", f"n{n}", sched.tag))
+    return _named(kernel, symbol("select", f"n{n}", sched.tag), gpu=True)
