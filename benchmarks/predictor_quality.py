@@ -62,9 +62,12 @@ def smollm2_model(args):
                         return_tensors="pt").input_ids[0]
         return [ids[i * args.seq:(i + 1) * args.seq][None] for i in range(min(count, len(ids) // args.seq))]
 
+    # batch 1 (transformers' causal mask exports only so): held-out windows become one long window
     calib = torch.cat(windows(corpus.train, args.calib_windows, 0))
-    held = torch.cat(windows(corpus.val, args.heldout_windows, 0))
-    return CausalLMLogits(model), _batches(calib, len(held)), (held,)
+    held = torch.cat(windows(corpus.val, args.heldout_windows, 0), 1)
+    stream, length = calib.reshape(-1), held.shape[1]
+    calibration = [(stream[i:i + length][None],) for i in range(0, len(stream) - length + 1, length)]
+    return CausalLMLogits(model), calibration, (held,)
 
 
 def _batches(windows, batch: int) -> list[tuple]:
