@@ -13,13 +13,13 @@ import numpy as np
 
 from .errors import ActsparseError
 from .ir import Graph, TensorType
-from .ir.types import is_float, np_dtype
 from .passes import pipeline_for, run_pipeline
-from .runtime import CompiledModule, Report
-from .runtime.report import measure_blocks, output_rel_error, top1_agreement
+from .passes.pipeline import LOSSY_MODES, MODES
+from .runtime import CompiledModule
+from .runtime.inputs import example_inputs_for
+from .runtime.report import build_report
 
-MODES = ("dense", "exact", "auto", "threshold", "predictor")
-LOSSY_MODES = ("threshold", "predictor")
+__all__ = ["LOSSY_MODES", "MODES", "compile", "example_inputs_for", "import_model"]
 
 
 def import_model(model: Any, example_inputs: Sequence) -> Graph:
@@ -87,42 +87,17 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
         # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
         example_inputs = example_inputs_for(graph)
     try:
-        passes = pipeline_for(mode, **options)
+        passes = pipeline_for(mode, tgt, **options)
     except ValueError as err:
         raise ActsparseError(str(err)) from None
     result = run_pipeline(graph, passes)
     arrays = [_to_numpy(x) for x in example_inputs]
-    report = Report(tgt.name, mode, measure_blocks(result.graph, arrays), result.stats)
-    calibrated = [n for n in result.notes if n.get("kind") in ("calibration", "predictor")]
-    calibration_notes(calibrated, report)
-    report.blocks.extend(_dense_notes([n for n in result.notes if n.get("kind") not in ("calibration", "predictor")],
-                                      report))
-    if mode in LOSSY_MODES:
-        report.output_rel_error = output_rel_error(graph, result.graph, arrays)
-        if graph.count("embedding"):   # a language model: its first output is logits, argmax the next token
-            report.top1_agreement = top1_agreement(graph, result.graph, arrays)
+    report = build_report(tgt.name, mode, result.graph, graph if mode in LOSSY_MODES else None, arrays,
+                          result.stats, result.notes)
     executable, weight_order = build(result.graph, tgt)
     inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
     return CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
                           len(result.graph.outputs), report, tgt.to_dict())
-
-
-def example_inputs_for(graph: Graph, seq: int = 8, seed: int = 0) -> tuple[np.ndarray, ...]:
-    """Inputs matching the graph's input types: symbolic dims are `seq` long (1 for other names); integer inputs
-    read by an `embedding` are token ids below its vocabulary size, other integers 0, floats standard normal."""
-    rng = np.random.default_rng(seed)
-    vocab = {id(n.inputs[1]): n.inputs[0].shape[0] for n in graph.nodes if n.op == "embedding"}
-    arrays = []
-    for node in graph.inputs:
-        shape = tuple(d if isinstance(d, int) else (seq if d == "seq" else 1) for d in node.shape)
-        dtype = np.dtype(np_dtype(node.dtype))
-        if node.dtype == "bool":
-            arrays.append(np.ones(shape, dtype))
-        elif is_float(node.dtype):
-            arrays.append(rng.standard_normal(shape).astype(dtype))
-        else:
-            arrays.append(rng.integers(0, vocab.get(id(node), 1), shape).astype(dtype))
-    return tuple(arrays)
 
 
 def _lossy_options(mode: str, calibration, sparsity, method, predictor_options: dict) -> dict:
@@ -164,36 +139,6 @@ def _predictor_options(calibration, sparsity, given: dict) -> dict:
         raise ActsparseError(f"sparsity (the floor on the predicted sparsity) must be in [0, 1), got {sparsity!r}")
     return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity or 0.0), "predictor": kind,
             "recall": recall, "predictor_budget": budget}
-
-
-def calibration_notes(notes: list[dict], report: Report) -> None:
-    """Attach what calibration chose (threshold, calibrated sparsity) to the measured blocks."""
-    by_loc = {b.location: b for b in report.blocks}
-    for n in notes:
-        block = by_loc.get(n["location"])
-        if block is not None and n["kind"] == "predictor":
-            block.predictor_notes(n)
-        elif block is not None:
-            block.calibrated_sparsity = n["calibrated_sparsity"]
-            block.threshold = n["threshold"]
-            block.method = n["method"]
-            if n.get("input_threshold"):
-                block.reason = (f"{n['method']}: input |x| <= {n['input_threshold']:.3g} zeroed by a dense mask "
-                                "(no input-sparse kernel yet)")
-
-
-def _dense_notes(notes: list[dict], report: Report):
-    """Attach 'why dense' reasons to measured blocks; blocks not measured (plain MLPs) become rows of their own."""
-    from .runtime import BlockReport
-
-    by_loc = {b.location: b for b in report.blocks}
-    extra = []
-    for n in notes:
-        if n["location"] in by_loc:
-            by_loc[n["location"]].reason = n["reason"]
-        else:
-            extra.append(BlockReport(n["location"], n["pattern"], n["mode"], n.get("n_ff", 0), None, n["reason"]))
-    return extra
 
 
 def _to_numpy(x) -> np.ndarray:

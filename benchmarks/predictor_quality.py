@@ -82,13 +82,12 @@ def passes_only(model, held_out, calibration, kind, args):
     """compile()'s pipeline and report, without building the module."""
     import numpy as np
 
-    from actsparse.api import calibration_notes, import_model
+    from actsparse.api import import_model
     from actsparse.passes import run_pipeline
     from actsparse.passes.canonicalize import Canonicalize
     from actsparse.passes.detect_gated_mlp import DetectGatedMLP
     from actsparse.passes.sparsify_predictor import SparsifyPredictor
-    from actsparse.runtime import Report
-    from actsparse.runtime.report import measure_blocks, output_rel_error, top1_agreement
+    from actsparse.runtime.report import build_report
 
     graph = import_model(model, held_out)
     options = {"steps": args.steps} if args.steps else {}
@@ -96,10 +95,7 @@ def passes_only(model, held_out, calibration, kind, args):
                                   SparsifyPredictor(predictor=kind, recall=args.recall, budget=args.budget,
                                                     calibration=tuple(calibration), **options)])
     arrays = [np.asarray(x) for x in held_out]
-    report = Report("x86 (not built)", "predictor", measure_blocks(result.graph, arrays), result.stats,
-                    output_rel_error(graph, result.graph, arrays), top1_agreement(graph, result.graph, arrays))
-    calibration_notes([n for n in result.notes if n.get("kind") == "predictor"], report)
-    return report
+    return build_report("x86 (not built)", "predictor", result.graph, graph, arrays, result.stats, result.notes)
 
 
 def main(argv=None) -> int:

@@ -1,18 +1,19 @@
 """The lowering table entries: IR op -> Relax expression. Kernel-backed ops (linear, gated MLPs) are in
-`lower_kernels.py`; this file holds the ops that map straight onto Relax's own."""
+`lower_kernels.py`; this file holds the ops that map straight onto Relax's own. Activations (relu, silu, gelu,
+fatrelu) take their Relax form from the activation table (ir/activations.py)."""
 
 from __future__ import annotations
 
 from tvm import relax
 
-from . import lower_kernels, lower_predictor  # noqa: F401  (register linear / gated MLPs / sign_score)
-from .lower import TVM_DTYPES, const, lowering
+from ..ir.activations import ACTIVATIONS
+from ..ir.ops import gelu_activation
+from .context import TVM_DTYPES, const, lowering
 
 R = relax.op
 
 UNARY = {"neg": R.negative, "exp": R.exp, "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "abs": R.abs,
-         "tanh": R.tanh, "sigmoid": R.sigmoid, "erf": R.erf, "sin": R.sin, "cos": R.cos, "relu": R.nn.relu,
-         "silu": R.nn.silu, "logical_not": R.logical_not}
+         "tanh": R.tanh, "sigmoid": R.sigmoid, "erf": R.erf, "sin": R.sin, "cos": R.cos, "logical_not": R.logical_not}
 BINARY = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
           "maximum": R.maximum, "minimum": R.minimum, "gt": R.greater, "ge": R.greater_equal, "lt": R.less,
           "le": R.less_equal, "eq": R.equal, "ne": R.not_equal, "logical_and": R.logical_and,
@@ -46,15 +47,10 @@ def _where(ctx, node, args):
     return R.where(cond, a, b)
 
 
-@lowering("fatrelu")
-def _fatrelu(ctx, node, args):
-    x = args[0]
-    return R.where(R.greater(x, const(node.attrs["threshold"], node.dtype)), x, const(0.0, node.dtype))
-
-
-@lowering("gelu")
-def _gelu(ctx, node, args):
-    return R.nn.gelu_tanh(args[0]) if node.attrs.get("approximate", "none") == "tanh" else R.nn.gelu(args[0])
+@lowering("relu", "silu", "fatrelu", "gelu")
+def _activation(ctx, node, args):
+    name = gelu_activation(node.attrs.get("approximate", "none")) if node.op == "gelu" else node.op
+    return ACTIVATIONS[name].relax(args[0], node.attrs.get("threshold", 0.0), node.dtype)
 
 
 @lowering("reciprocal")

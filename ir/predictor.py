@@ -1,5 +1,5 @@
-"""Semantics of predictor mode: a cheap predictor scores every neuron, the scores above a cutoff name the neurons
-the sparse gated MLP computes; every other neuron counts as 0.
+"""Predictor mode's scores: a cheap predictor scores every neuron, the scores above a cutoff name the neurons
+the sparse gated MLP computes; every other neuron counts as 0 (the `predictor` entry of sparse_variants.py).
 
     s = score of each neuron, [..., n_ff] (an ordinary value in the graph, computed in front of the block)
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, s){mode='predictor', predictor=kind, cutoff=t}
@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mlp import intermediate
 from .types import TensorType
 
 PREDICTORS = ("lowrank", "svd", "sign")
-PREDICTOR_ATTRS = {"predictor": "lowrank", "cutoff": 0.0}
 WORD_BITS = 32
 
 
@@ -61,27 +59,3 @@ def sign_score_type(types, attrs) -> TensorType:
 
 def sign_score_reference(x, bits, attrs, env):
     return sign_scores(x, bits, attrs["d"])
-
-
-def predictor_type(types, attrs, dense_type) -> TensorType:
-    """sparse_gated_mlp with a 5th input (the scores, [..., n_ff]) in predictor mode."""
-    out = dense_type(types[:4], attrs)
-    if len(types) == 5:
-        if attrs.get("mode") != "predictor":
-            raise TypeError("only mode='predictor' takes a 5th input (the predictor's scores)")
-        scores, x, n_ff = types[4], types[0], types[1].shape[0]
-        if scores.shape != (*x.shape[:-1], n_ff):
-            raise TypeError(f"predictor scores {scores} do not match x {x} and n_ff={n_ff}")
-    elif attrs.get("mode") == "predictor":
-        raise TypeError("mode='predictor' needs the predictor's scores as the 5th input")
-    return out
-
-
-def predicted_mask(scores: np.ndarray, cutoff: float) -> np.ndarray:
-    return scores > cutoff
-
-
-def predictor_reference(x, w_gate, w_up, w_down_t, scores, attrs) -> np.ndarray:
-    h = intermediate(x, w_gate, w_up, attrs)
-    h = np.where(predicted_mask(scores, attrs["cutoff"]), h, 0).astype(x.dtype)
-    return (h @ w_down_t.astype(x.dtype)).astype(x.dtype)

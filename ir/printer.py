@@ -19,36 +19,10 @@ import re
 import numpy as np
 
 from .graph import Graph, Node
+from .printing import print_graph
 from .types import TensorType, np_dtype
 
-
-def print_graph(graph: Graph) -> str:
-    names: dict[int, str] = {}
-    for node in graph.inputs:
-        names[id(node)] = "%" + node.attrs["name"]
-    params = ", ".join(f"{names[id(n)]}: {n.type}" for n in graph.inputs)
-    lines = [f"graph @{graph.name}({params}) {{"]
-    weight_nodes = {n.attrs["name"]: n for n in graph.nodes if n.op == "weight"}
-    for name in sorted(weight_nodes):
-        lines.append(f"  @{name} : {weight_nodes[name].type}")
-        names[id(weight_nodes[name])] = "@" + name
-    counter = 0
-    for node in graph.nodes:
-        if node.op == "weight":
-            names[id(node)] = "@" + node.attrs["name"]
-            continue
-        if node.op == "input":
-            continue
-        names[id(node)] = f"%{counter}"
-        counter += 1
-        args = ", ".join(names[id(i)] for i in node.inputs)
-        attrs = f" {dict(sorted(node.attrs.items()))!r}" if node.attrs else ""
-        loc = f"  # {node.loc}" if node.loc else ""
-        lines.append(f"  {names[id(node)]} = {node.op}({args}){attrs} : {node.type}{loc}")
-    lines.append("  return " + ", ".join(names[id(o)] for o in graph.outputs))
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
+__all__ = ["ParseError", "parse_graph", "print_graph"]
 
 _HEADER = re.compile(r"^graph @(\S+)\((.*)\) \{$")
 _NODE = re.compile(r"^(%\S+) = ([\w.]+)\(([^)]*)\)(.*)$")

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph, Node
-from ..ir.mlp import intermediate, unpack_gated_inputs
+from ..ir.mlp import unpack_gated_inputs
+from ..ir.sparse_variants import dense_intermediate
 from .calibrate import collect_inputs
 
 CDF_POINTS = 21   # coverage at 0%, 5%, ..., 100% of the neurons
@@ -65,7 +66,7 @@ def activation_labels(block: Node, weights: dict[str, np.ndarray], rows: np.ndar
     """[tokens, n_ff] bool: which neurons fire (h != 0) on these input rows."""
     w_gate, w_up, b_gate, b_up = block_weights(block, weights)
     attrs = {"threshold": 0.0, **block.attrs}
-    return np.concatenate([intermediate(rows[i:i + chunk], w_gate, w_up, attrs, b_gate, b_up) != 0
+    return np.concatenate([dense_intermediate(rows[i:i + chunk], w_gate, w_up, attrs, b_gate, b_up) != 0
                            for i in range(0, max(len(rows), 1), chunk)])
 
 

@@ -100,13 +100,13 @@ class SparsifyPredictor(Pass):
             record(pattern)
             d, n_ff = a.rows.shape[1], a.active.shape[1]
             mlp_bytes = 3 * d * n_ff * np.dtype(graph.weights[node.inputs[1].attrs["name"]].dtype).itemsize
-            note({"kind": "predictor", "location": node.loc, "predictor": p.kind, "rank": p.rank,
-                  "predictor_bytes": p.nbytes, "predictor_bytes_pct": 100.0 * p.nbytes / mlp_bytes,
-                  "cutoff": p.cutoff, "calibrated_recall": p.recall,
-                  "calibrated_predicted_sparsity": p.predicted_sparsity, "calibrated_sparsity": a.sparsity,
-                  "tokens": len(a.rows), "neuron_cdf": a.neuron_cdf(),
-                  "firing_frequency": [round(float(f), 4) for f in a.frequency]})
-            return _predictor_block(node, p, pattern, graph, new_weights)
+            # the report's per-neuron data (too big for node attributes)
+            note({"kind": "activation-statistics", "location": node.loc, "neuron_cdf": a.neuron_cdf(),
+                  "frequency": [round(float(f), 4) for f in a.frequency], "tokens": len(a.rows),
+                  "calibrated_predicted_sparsity": p.predicted_sparsity})
+            provenance = {"rank": p.rank, "predictor_bytes_pct": round(100.0 * p.nbytes / mlp_bytes, 3),
+                          "calibrated_recall": round(p.recall, 5), "calibrated_sparsity": round(a.sparsity, 5)}
+            return _predictor_block(node, p, pattern, provenance, graph, new_weights)
 
         return rewrite(graph, visit, new_weights)
 
@@ -127,13 +127,14 @@ class SparsifyPredictor(Pass):
         return fitted
 
 
-def _predictor_block(node: Node, p: Fitted, pattern: str, graph: Graph, new_weights: dict) -> Node:
+def _predictor_block(node: Node, p: Fitted, pattern: str, provenance: dict, graph: Graph, new_weights: dict) -> Node:
     x = node.inputs[0]
     w_gate = node.inputs[1]
     base = f"{w_gate.attrs['name']}.{'gate.' if node.attrs.get('fused') else ''}predictor"
     scores = _score_nodes(x, p, base, graph.weights[w_gate.attrs["name"]].dtype, new_weights, node.loc)
     attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "predictor",
-             "pattern": pattern, "predictor": p.kind, "cutoff": float(p.cutoff)}
+             "pattern": pattern, "predictor": p.kind, "cutoff": float(p.cutoff),
+             **{k: v for k, v in provenance.items() if v is not None}}
     if node.attrs["gate_act"] == "fatrelu":
         attrs["threshold"] = node.attrs["threshold"]
     out = to_sparse_layout(node, attrs, graph, new_weights)

@@ -36,10 +36,16 @@ WEIGHTS = "weights.safetensors"
 IR = "graph.ir"
 
 
+PLACES = ("device", "host")  # where a weight lives: the target's main memory, or the host's (CPU) memory
+
+
 class CompiledModule:
+    """`placement` maps weight names to where each one lives ("device": the target's memory, the default; "host":
+    the host's memory, e.g. the cold neurons of a hot/cold split on a GPU). On a CPU target both are host memory."""
+
     def __init__(self, executable, weights: dict[str, np.ndarray], weight_order: list[str], graph: Graph | None,
                  inputs: list[tuple[str, TensorType]], n_outputs: int, report: Report, target_info: dict,
-                 ir_text: str = "", library: Path | None = None):
+                 ir_text: str = "", library: Path | None = None, placement: dict[str, str] | None = None):
         self.executable = executable
         self.weight_order = weight_order
         self.graph = graph
@@ -50,13 +56,23 @@ class CompiledModule:
         self.ir_text = ir_text or (str(graph) if graph is not None else "")
         self._weights = weights
         self._library = library  # the saved library of a loaded artifact that cannot run here
+        self.placement = dict(placement or {})
+        unknown = {p for p in self.placement.values() if p not in PLACES} | (set(self.placement) - set(weight_order))
+        if unknown:
+            raise ValueError(f"placement: unknown weights or places {sorted(map(str, unknown))}; places: {PLACES}, "
+                             f"weights: the module's ({len(weight_order)})")
         self._vm = None
         if self.runnable:
             from tvm import relax
 
             self._device = _device_for(target_info)
             self._vm = relax.VirtualMachine(executable, self._device)
-            self._weight_tensors = [self._weight_tensor(weights[n]) for n in weight_order]
+            self._weight_tensors = [self._weight_tensor(weights[n], self.placement.get(n, "device"))
+                                    for n in weight_order]
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        return self._weights
 
     @property
     def runnable(self) -> bool:
@@ -68,8 +84,8 @@ class CompiledModule:
 
         return tvm.runtime.tensor(array, device=self._device)
 
-    def _weight_tensor(self, array: np.ndarray):
-        if self._device.dlpack_device_type() == 1:  # CPU: zero-copy, huge-page friendly (see memory.py)
+    def _weight_tensor(self, array: np.ndarray, place: str = "device"):
+        if place == "host" or self._device.dlpack_device_type() == 1:  # CPU: zero-copy, huge pages (memory.py)
             return host_tensor(array)
         return self._to_device(np.ascontiguousarray(array))
 
@@ -119,6 +135,7 @@ class CompiledModule:
                 "n_outputs": self.n_outputs,
                 "library": library,
                 "weight_order": self.weight_order,
+                "placement": self.placement,
                 "target": self.target_info,
                 "report": self.report.to_dict(),
                 "sha256": {f: _sha256(staging / f) for f in (library, WEIGHTS, IR)},
@@ -191,7 +208,8 @@ def load(path: str | os.PathLike) -> CompiledModule:
     return CompiledModule(
         executable, weights, manifest["weight_order"], None,
         [(i["name"], TensorType.parse(i["type"])) for i in manifest["inputs"]], manifest["n_outputs"],
-        Report.from_dict(manifest["report"]), target_info, (path / IR).read_text(), library=library)
+        Report.from_dict(manifest["report"]), target_info, (path / IR).read_text(), library=library,
+        placement=manifest.get("placement"))
 
 
 def _device_for(target_info: dict):

@@ -1,5 +1,9 @@
 """The compile report: one row per MLP block found — where it is, its pattern, the mode it runs in, its width,
-the sparsity measured on the example inputs — plus the blocks left dense and why."""
+the sparsity measured on the example inputs — plus the blocks left dense and why.
+
+Every field of a block's row comes from its node: location, pattern (the node's own `pattern` attribute),
+mode (its variant), expert, and the fields its variant's entry declares (`report` in ir/sparse_variants.py:
+threshold, method, calibrated sparsity ...). Nothing is matched up by location strings."""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..ir import Graph, evaluate
+from ..ir import Graph, Node, evaluate
+from ..ir.activations import exactly_sparse
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.threshold import sparse_intermediate
+from ..ir.sparse_variants import dense_intermediate, split_inputs, variant_of
 
 
 @dataclass
@@ -28,23 +33,16 @@ class BlockReport:
     threshold: float | None = None
     method: str | None = None
     # predictor mode: measured on the example inputs (recall = share of truly active neurons predicted active,
-    # predicted_sparsity = share predicted inactive), then what calibration chose and saw
+    # predicted_sparsity = share predicted inactive; `sparsity` is then the block's own activation sparsity), and
+    # what calibration chose and saw (from the node, the CDF and frequencies from the pass's notes)
     recall: float | None = None
     predicted_sparsity: float | None = None
     predictor: str | None = None
     rank: int | None = None
-    predictor_bytes: int | None = None
     predictor_bytes_pct: float | None = None     # of the block's MLP weight bytes
     calibrated_recall: float | None = None
     neuron_cdf: list[float] | None = None        # share of activations covered by the top 0%, 5%, ..., 100% neurons
     firing_frequency: list[float] | None = None  # per neuron, on the calibration data
-
-    def predictor_notes(self, note: dict) -> None:
-        """Take what the sparsify-predictor pass chose and measured on the calibration data."""
-        self.calibrated_sparsity, self.threshold = note["calibrated_sparsity"], note["cutoff"]
-        for key in ("predictor", "rank", "predictor_bytes", "predictor_bytes_pct", "calibrated_recall", "neuron_cdf",
-                    "firing_frequency"):
-            setattr(self, key, note[key])
 
 
 @dataclass
@@ -55,7 +53,7 @@ class Report:
     pass_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     # lossy modes: ||y - y_dense|| / ||y_dense|| of the outputs (logits) on the example inputs, reference interpreter
     output_rel_error: float | None = None
-    # lossy modes: share of output positions whose argmax (top-1 token of logits) equals the dense model's
+    # lossy modes on a language model: share of positions whose top-1 next token equals the dense model's
     top1_agreement: float | None = None
 
     def to_dict(self) -> dict:
@@ -149,42 +147,71 @@ def _percent(value: float | None) -> str:
 MLP_OPS = ("gated_mlp", "sparse_gated_mlp")
 
 
-def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[BlockReport]:
-    """Run the reference interpreter once, keeping each MLP's input, and measure its intermediate sparsity."""
+def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str = "dense") -> list[BlockReport]:
+    """One row per gated MLP node, every field from the node (its variant's `report` fields included), and the
+    intermediate sparsity measured by running the reference interpreter once on the example inputs."""
     blocks = [n for n in graph.nodes if n.op in MLP_OPS]
-    scored = [b for b in blocks if len(b.inputs) == 5]   # predictor mode: the 5th input holds the scores
-    values = evaluate(graph, example_inputs, keep=[b.inputs[0] for b in blocks] + [b.inputs[4] for b in scored]
-                      ) if blocks else []
-    xs = values[len(graph.outputs):len(graph.outputs) + len(blocks)]
-    scores = dict(zip(map(id, scored), values[len(graph.outputs) + len(blocks):]))
-    reports = []
-    for block, x in zip(blocks, xs):
-        arrays = [x, *(graph.weights[w.attrs["name"]] for w in block.inputs[1:] if w.op == "weight")]
-        attrs = {"threshold": 0.0, "fused": False, **block.attrs}
-        if block.op == "sparse_gated_mlp":
-            w_gate, w_up, b_gate, b_up = arrays[1], arrays[2], None, None
-        else:
-            _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
-        h = sparse_intermediate(x.reshape(-1, x.shape[-1]), w_gate, w_up, attrs, b_gate, b_up)
-        mode = block.attrs.get("mode", "dense")
+    # each block's x and its computed extra inputs (e.g. a predictor's scores); weights are read from the graph
+    keep = [(b, i) for b in blocks for i in b.inputs if i is b.inputs[0] or (i.op != "weight" and b.op != "gated_mlp")]
+    values = evaluate(graph, example_inputs, keep=[i for _, i in keep]) if blocks else []
+    computed = {(id(b), id(i)): v for (b, i), v in zip(keep, values[len(graph.outputs):])}
+    return [_block_row(block, computed, graph, mode) for block in blocks]
+
+
+def _block_row(block: Node, computed: dict, graph: Graph, mode: str) -> BlockReport:
+    x = computed[(id(block), id(block.inputs[0]))]
+    arrays = [x, *(graph.weights[w.attrs["name"]] if w.op == "weight" else computed[(id(block), id(w))]
+                   for w in block.inputs[1:])]
+    attrs = {"threshold": 0.0, "fused": False, **block.attrs}
+    x2d = x.reshape(-1, x.shape[-1])
+    expert = attrs.get("expert", -1)
+    fields: dict = {"expert": expert if expert >= 0 else None}
+    measured: dict = {}
+    if block.op == "sparse_gated_mlp":
+        (_, w_gate, w_up, _), extras = split_inputs(arrays, attrs)
+        variant = variant_of(attrs)
+        h = variant.intermediate(x2d, w_gate, w_up, extras, attrs)
+        row_mode, pattern = variant.name, attrs["pattern"]
+        fields.update(variant.report(attrs))
+        measured = variant.measure(x2d, w_gate, w_up, extras, attrs)
+    else:
+        _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
+        h = dense_intermediate(x2d, w_gate, w_up, attrs, b_gate, b_up)
+        row_mode = "dense"
         pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
-        expert = attrs.get("expert", -1)
-        reports.append(BlockReport(block.loc, pattern, mode, w_gate.shape[0], float(np.mean(h == 0)),
-                                   expert=expert if expert >= 0 else None))
-        if id(block) in scores:
-            predicted = scores[id(block)].reshape(h.shape) > attrs["cutoff"]
-            active = h != 0
-            reports[-1].recall = float((predicted & active).sum() / max(active.sum(), 1))
-            reports[-1].predicted_sparsity = 1.0 - float(predicted.mean())   # `sparsity` stays the true one
-    return reports
+        if mode != "dense" and not exactly_sparse(attrs["gate_act"]):
+            fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
+                                f"(act={attrs['gate_act']}); exact mode needs ReLU-family")
+    measured.setdefault("sparsity", float(np.mean(h == 0)))
+    return BlockReport(block.loc, pattern, row_mode, w_gate.shape[0], **{**fields, **measured})
+
+
+def finding_rows(notes: Sequence[dict]) -> list[BlockReport]:
+    """Rows for what the passes found but left as ordinary ops (notes with kind 'row', e.g. plain MLPs)."""
+    return [BlockReport(n["location"], n["pattern"], n["mode"], n.get("n_ff", 0), None, n["reason"])
+            for n in notes if n.get("kind") == "row"]
+
+
+def build_report(target: str, mode: str, graph: Graph, dense_graph: Graph | None, example_inputs, pass_stats: dict,
+                 notes: Sequence[dict] = ()) -> Report:
+    """The compile report: a row per gated MLP node, rows for the passes' findings, and for lossy modes
+    (`dense_graph` given) the outputs' relative error vs the dense graph."""
+    report = Report(target, mode, measure_blocks(graph, example_inputs, mode) + finding_rows(notes), pass_stats)
+    statistics = {n["location"]: n for n in notes if n.get("kind") == "activation-statistics"}
+    for b in report.blocks:   # per-neuron data is too big for node attributes: it comes with the pass's notes
+        if b.location in statistics:
+            b.neuron_cdf, b.firing_frequency = statistics[b.location]["neuron_cdf"], statistics[b.location]["frequency"]
+    if dense_graph is not None:
+        report.output_rel_error = output_rel_error(dense_graph, graph, example_inputs)
+        if dense_graph.count("embedding"):   # a language model: its first output is logits
+            report.top1_agreement = top1_agreement(dense_graph, graph, example_inputs)
+    return report
 
 
 def top1_agreement(dense: Graph, graph: Graph, example_inputs: Sequence[np.ndarray]) -> float | None:
     """Share of positions where the first output's argmax over its last axis (the next token, for logits) equals
-    the dense graph's; None when that output is not a float tensor with a last axis > 1."""
+    the dense graph's."""
     y, y_dense = evaluate(graph, example_inputs)[0], evaluate(dense, example_inputs)[0]
-    if y.ndim == 0 or y.shape[-1] < 2 or not np.issubdtype(y.dtype, np.floating):
-        return None
     return float(np.mean(y.argmax(-1) == y_dense.argmax(-1)))
 
 

@@ -87,8 +87,9 @@ def test_lowrank_predictor_trains_to_the_recall_and_its_graph_computes_the_predi
     result = run_pipeline(graph, passes)
     assert result.stats["sparsify-predictor"] == {"reglu": 1}
     assert result.graph.count("relu") == 1 and result.graph.count("linear") == 2   # relu(x·Aᵀ)·Bᵀ + b
-    note = next(n for n in result.notes if n.get("kind") == "predictor")
-    assert note["rank"] == 32 and note["calibrated_recall"] >= 0.95
+    node = next(n for n in result.graph.nodes if n.op == "sparse_gated_mlp")
+    assert node.attrs["rank"] == 32 and node.attrs["calibrated_recall"] >= 0.95
+    note = next(n for n in result.notes if n.get("kind") == "activation-statistics")
     assert note["calibrated_predicted_sparsity"] > 0.15       # an untrained predictor: ~5% at this recall
     x = mlp_input(d=D, seq=64, seed=77)
     y, y_dense = evaluate(result.graph, [x])[0], evaluate(graph, [x])[0]
@@ -123,10 +124,11 @@ def test_report_plot_draws_the_neuron_cdf(tmp_path):
     passes = [Canonicalize(), DetectGatedMLP(),
               SparsifyPredictor(predictor="svd", recall=0.9, progress=False, calibration=tuple(_calibration(2)))]
     result = run_pipeline(graph, passes)
-    from actsparse.runtime.report import measure_blocks
+    from actsparse.runtime.report import build_report
 
-    report = Report("x86", "predictor", measure_blocks(result.graph, [mlp_input(d=D, seq=32)]))
-    report.blocks[0].predictor_notes(next(n for n in result.notes if n.get("kind") == "predictor"))
+    report = build_report("x86", "predictor", result.graph, graph, [mlp_input(d=D, seq=32)], result.stats,
+                          result.notes)
+    assert len(report.blocks[0].neuron_cdf) == 21 and report.blocks[0].recall is not None
     path = report.plot(str(tmp_path / "r.png"))
     import matplotlib.image
 
