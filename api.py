@@ -13,10 +13,10 @@ import numpy as np
 
 from .errors import ActsparseError
 from .ir import Graph, TensorType
+from .ir.examples import example_inputs_for
 from .passes import pipeline_for, run_pipeline
 from .passes.pipeline import LOSSY_MODES, MODES
 from .runtime import CompiledModule
-from .runtime.inputs import example_inputs_for
 from .runtime.report import build_report
 
 __all__ = ["LOSSY_MODES", "MODES", "compile", "example_inputs_for", "import_model"]
@@ -28,15 +28,25 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
         return model
     if isinstance(model, (str, os.PathLike)):
         path = str(model)
-        if path.endswith(".onnx"):
-            from .frontends.onnx import import_onnx
+        if not path.endswith((".onnx", ".mlir")):
+            raise ActsparseError(f"cannot import {path!r}: expected a .onnx or .mlir file, a torch.nn.Module or a "
+                                 "Graph")
+        if not os.path.isfile(path):
+            raise ActsparseError(f"cannot import {path!r}: no such file")
+        package = "onnx" if path.endswith(".onnx") else "torch_mlir"
+        try:
+            if package == "onnx":
+                from .frontends.onnx import import_onnx
 
-            return import_onnx(path)
-        if path.endswith(".mlir"):
+                return import_onnx(path)
             from .frontends.torch_mlir import import_mlir
 
             return import_mlir(path)
-        raise ActsparseError(f"cannot import {path!r}: expected a .onnx or .mlir file, a torch.nn.Module or a Graph")
+        except ModuleNotFoundError as err:
+            if (err.name or "").partition(".")[0] != package:
+                raise
+            raise ActsparseError(f"reading {path} needs the {package} package, which is not installed; install "
+                                 f"it: pip install {package.replace('_', '-')}") from None
     if type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx"):
         from .frontends.onnx import import_onnx
 
@@ -81,6 +91,7 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
                              "every neuron's weights stay in the target's main memory")
     options = _lossy_options(mode, calibration, sparsity, method,
                              {"predictor": predictor, "recall": recall, "predictor_budget": predictor_budget})
+    _check_example_inputs(example_inputs)
     tgt = target_registry.get(target)
     graph = import_model(model, example_inputs)
     if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
@@ -100,20 +111,41 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
                           len(result.graph.outputs), report, tgt.to_dict())
 
 
+def _check_example_inputs(example_inputs) -> None:
+    """A tuple (or list) of inputs, one per model input; a bare tensor is refused rather than unpacked along its
+    batch axis."""
+    if example_inputs is None or isinstance(example_inputs, (tuple, list)):
+        return
+    if hasattr(example_inputs, "shape"):
+        raise ActsparseError(f"example_inputs must be a tuple with one entry per model input, got a bare "
+                             f"{type(example_inputs).__name__}; wrap it: (input_ids,)")
+    raise ActsparseError(f"example_inputs must be a tuple with one entry per model input, got a "
+                         f"{type(example_inputs).__name__}")
+
+
 def _lossy_options(mode: str, calibration, sparsity, method, predictor_options: dict) -> dict:
-    """Check a lossy mode's arguments before the (slow) import; returns pipeline_for's options."""
+    """Check a lossy mode's arguments before the (slow) import; returns pipeline_for's options. An option the
+    mode does not use is an error, not silently ignored."""
     given = {k: v for k, v in predictor_options.items() if v is not None}
     if mode != "predictor" and given:
         raise ActsparseError(f"{', '.join(given)} apply to mode='predictor', not mode={mode!r}")
-    if mode not in LOSSY_MODES or mode == "predictor":
+    if mode == "predictor":
         if method is not None:
             raise ActsparseError(f"method={method!r} applies to mode='threshold', not mode={mode!r}")
-        return _predictor_options(calibration, sparsity, given) if mode == "predictor" else {}
+        return _predictor_options(calibration, sparsity, given)
+    if mode not in LOSSY_MODES:
+        given = [f"{k}={v!r}"[:60] for k, v in (("calibration", calibration), ("sparsity", sparsity),
+                                                 ("method", method)) if v is not None]
+        if given:
+            raise ActsparseError(f"{', '.join(given)}: mode={mode!r} does not use them (only "
+                                 f"{', '.join(map(repr, LOSSY_MODES))} does); leave them out or pick that mode")
+        return {}
     from .passes.calibrate import METHODS, calibration_samples
 
-    if sparsity is None or not 0.0 < float(sparsity) < 1.0:
-        raise ActsparseError(f"mode={mode!r} needs a target sparsity between 0 and 1, e.g. sparsity=0.5 "
-                             f"(got {sparsity!r})")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)) \
+            or not 0.0 < float(sparsity) < 1.0:
+        raise ActsparseError(f"mode={mode!r} needs a target sparsity, a number between 0 and 1 (exclusive), "
+                             f"e.g. sparsity=0.5 (got {sparsity!r})")
     method = method or "cats"
     if method not in METHODS:
         raise ActsparseError(f"unknown threshold method {method!r}; valid methods: {', '.join(METHODS)}")

@@ -87,7 +87,9 @@ def _matmul(ctx, node, args):
 @lowering("embedding")
 def _embedding(ctx, node, args):
     w, ids = args
-    return R.take(w, ids, axis=0)
+    # "clip", not TVM's default "fast" (no bounds check: an id past the table reads outside it). The compiled
+    # module rejects such ids before the call (ir/limits.py); clipping is the backstop for computed indices.
+    return R.take(w, ids, axis=0, mode="clip")
 
 
 @lowering("sum", "mean", "max")
@@ -142,7 +144,9 @@ def _concat(ctx, node, args):
 
 @lowering("index_select")
 def _index_select(ctx, node, args):
-    return R.take(args[0], args[1], axis=node.attrs["axis"])
+    # "wrap": negative indices count from the end (as numpy's take, the op's reference; static windows such as
+    # x[:, -1:] use them), and nothing reads outside the tensor (see _embedding)
+    return R.take(args[0], args[1], axis=node.attrs["axis"], mode="wrap")
 
 
 @lowering("topk")
@@ -155,3 +159,25 @@ def _topk(ctx, node, args):
 @lowering("triu", "tril")
 def _tri(ctx, node, args):
     return (R.triu if node.op == "triu" else R.tril)(args[0], node.attrs.get("diagonal", 0))
+
+
+@lowering("gather")
+def _gather(ctx, node, args):
+    return R.gather_elements(args[0], args[1], axis=node.attrs["axis"])
+
+
+@lowering("scatter")
+def _scatter(ctx, node, args):
+    x, index, src = args
+    src = src if node.inputs[2].shape == node.inputs[1].shape else R.broadcast_to(src, ctx.shape(node.inputs[1].shape))
+    return R.scatter_elements(x, index, src, axis=node.attrs["axis"])
+
+
+@lowering("cumsum")
+def _cumsum(ctx, node, args):
+    return R.cumsum(args[0], axis=node.attrs["axis"], dtype=TVM_DTYPES[node.dtype])
+
+
+@lowering("argmax")
+def _argmax(ctx, node, args):
+    return R.astype(R.argmax(args[0], axis=node.attrs["axis"], keepdims=node.attrs.get("keepdim", False)), "int64")

@@ -305,3 +305,9 @@ define("sign_score", 2, sign_score_type, sign_score_reference, {"d": REQUIRED},
 def gelu_activation(approximate: str) -> str:
     """The activation-table name of `gelu{approximate}`."""
     return "gelu_tanh" if approximate == "tanh" else "gelu"
+
+
+from .ops_indexing import INDEXING_OPS  # noqa: E402  (gather, scatter, cumsum, argmax)
+
+for _entry in INDEXING_OPS:
+    define(*_entry)

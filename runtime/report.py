@@ -8,7 +8,7 @@ threshold, method, calibrated sparsity ...). Nothing is matched up by location s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -45,6 +45,20 @@ class BlockReport:
     firing_frequency: list[float] | None = None  # per neuron, on the calibration data
 
 
+_FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "None": (type(None),)}
+
+
+def _check_field_types(obj) -> None:
+    """The dataclass's scalar fields hold what their annotations say (bool is not a number here)."""
+    for f in fields(obj):
+        allowed = [_FIELD_TYPES.get(t.strip()) for t in str(f.type).split("|")]
+        if None in allowed:  # not a scalar annotation (blocks, pass_stats): checked by the caller
+            continue
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, tuple(t for ts in allowed for t in ts)):
+            raise ValueError(f"report field {f.name} should be {f.type}, got {type(value).__name__}")
+
+
 @dataclass
 class Report:
     target: str
@@ -63,8 +77,18 @@ class Report:
 
     @staticmethod
     def from_dict(data: dict) -> Report:
-        return Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
-                      data.get("output_rel_error"), data.get("top1_agreement"))
+        """The inverse of `to_dict`; data of the wrong shape or type (a manifest read from disk) is a ValueError."""
+        if not isinstance(data, dict) or not isinstance(data.get("blocks"), list):
+            raise ValueError("a report is a dict with a list of blocks")
+        report = Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
+                        data.get("output_rel_error"), data.get("top1_agreement"))
+        for obj in (report, *report.blocks):
+            _check_field_types(obj)
+        stats = report.pass_stats
+        if not isinstance(stats, dict) or not all(isinstance(v, dict) and all(type(c) is int for c in v.values())
+                                                  for v in stats.values()):
+            raise ValueError("report pass_stats must map pass names to {pattern: count}")
+        return report
 
     @property
     def mean_sparsity(self) -> float | None:

@@ -1,11 +1,11 @@
-"""Inputs for a graph when none are given (an ONNX/MLIR file carries its input types; `actsparse bench`)."""
+"""Example inputs made from a graph's own input types (for ONNX/MLIR files and artifacts, which carry them)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph
-from ..ir.types import is_float, np_dtype
+from .graph import Graph
+from .types import is_float, np_dtype
 
 
 def example_inputs_for(graph: Graph, seq: int = 8, seed: int = 0) -> tuple[np.ndarray, ...]:
