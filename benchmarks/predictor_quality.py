@@ -78,8 +78,11 @@ def _batches(windows, batch: int) -> list[tuple]:
 MODELS = {"tiny": tiny_model, "smollm2": smollm2_model}
 
 
+_GRAPHS: dict = {}
+
+
 def passes_only(model, held_out, calibration, kind, args):
-    """compile()'s pipeline and report, without building the module."""
+    """compile()'s pipeline and report, without building the module (the model imported once for every kind)."""
     import numpy as np
 
     from actsparse.api import import_model
@@ -89,7 +92,9 @@ def passes_only(model, held_out, calibration, kind, args):
     from actsparse.passes.sparsify_predictor import SparsifyPredictor
     from actsparse.runtime.report import build_report
 
-    graph = import_model(model, held_out)
+    if id(model) not in _GRAPHS:
+        _GRAPHS[id(model)] = import_model(model, held_out)
+    graph = _GRAPHS[id(model)]
     options = {"steps": args.steps} if args.steps else {}
     result = run_pipeline(graph, [Canonicalize(), DetectGatedMLP(),
                                   SparsifyPredictor(predictor=kind, recall=args.recall, budget=args.budget,

@@ -243,3 +243,34 @@ def test_predictor_mode_decodes_with_the_kv_cache_step():
     _, logits, _ = decode(lambda *a: cm(*a), held[0].numpy(), 4, step.empty_cache())
     agreement = float(np.mean(logits.argmax(-1) == dense_logits.argmax(-1)))
     assert agreement >= 0.95, agreement
+
+
+def test_each_moe_expert_gets_its_own_predictor():
+    from actsparse.runtime.report import build_report
+
+    from .test_passes_golden import _inputs, _load
+
+    graph = _load("moe_batched_experts")
+    calibration = tuple(tuple(_inputs(graph, seq=16, seed=s)) for s in range(8))
+    result = run_pipeline(graph, [Canonicalize(), DetectGatedMLP(), SparsifyPredictor(
+        predictor="svd", recall=0.9, progress=False, calibration=calibration)])
+    assert result.stats["sparsify-predictor"] == {"reglu": 2}
+    nodes = [n for n in result.graph.nodes if n.op == "sparse_gated_mlp"]
+    assert [n.attrs["expert"] for n in nodes] == [0, 1] and nodes[0].inputs[4] is not nodes[1].inputs[4]
+    report = build_report("x86", "predictor", result.graph, graph, _inputs(graph, seq=16, seed=99), result.stats,
+                          result.notes)
+    assert [b.expert for b in report.blocks] == [0, 1] and all(b.recall > 0.7 for b in report.blocks)
+
+
+def test_predictor_mode_with_fp16_weights_matches_the_reference():
+    """fp16 weights (fp32 accumulation): the svd predictor's linears and the indexed kernel read fp16 rows."""
+    from actsparse.ir import parse_graph, print_graph
+
+    f32 = gated_mlp_graph(d=D, n=N, act="relu")
+    text = print_graph(f32).replace(f"f32[{N},{D}]", f"f16[{N},{D}]").replace(f"f32[{D},{N}]", f"f16[{D},{N}]")
+    graph = parse_graph(text, {k: v.astype(np.float16) for k, v in f32.weights.items()})
+    held_out = mlp_input(d=D, seq=16, seed=99)
+    cm = actsparse.compile(graph, (held_out,), mode="predictor", calibration=_calibration(2), predictor="svd",
+                           recall=0.95)
+    assert cm.graph.weights["mlp.gate.weight.predictor.A"].dtype == np.float16
+    np.testing.assert_allclose(cm(held_out), evaluate(cm.graph, [held_out])[0], rtol=1e-3, atol=1e-3)
