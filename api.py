@@ -71,29 +71,35 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
 
 def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x86", mode: str = "auto",
             calibration=None, sparsity: float | None = None, memory_budget: int | None = None,
-            method: str | None = None, max_seq: int | None = None, tokenizer=None):
+            method: str | None = None, max_seq: int | None = None, tokenizer=None, predictor: str | None = None,
+            recall: float | None = None, predictor_budget: float | None = None):
     """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
     target `sparsity`; `method` picks the threshold calibration ("cats" default, "teal", "topk"). The report then
     gives each block's calibrated sparsity, the sparsity measured on `example_inputs` (keep them out of the
     calibration data: they are the held-out check) and the outputs' relative error vs the dense model.
 
+    mode="predictor" (ReLU-family blocks): `predictor` = "lowrank" (default, trained) | "svd" | "sign"
+    (training-free), `recall` the per-block target (default 0.99), `sparsity` an optional floor on the predicted
+    sparsity per block, `predictor_budget` the predictors' bytes as a fraction of the MLP bytes (default 0.1).
+
     Decoders: a Hugging Face folder, a .gguf file, or a transformers causal LM given without example inputs (or
     with `max_seq`) compiles to a `Decoder` with a KV cache of `max_seq` slots (see `compile_decoder`)."""
     from .frontends.hf_source import is_decoder_source
 
+    predictor_options = {"predictor": predictor, "recall": recall, "predictor_budget": predictor_budget}
     if is_decoder_source(model) and (isinstance(model, (str, os.PathLike)) or example_inputs is None
                                      or max_seq is not None):
         prompt = example_inputs[0] if example_inputs else None  # the report's sparsity is measured on it
         return compile_decoder(model, target=target, mode=mode, max_seq=max_seq, tokenizer=tokenizer,
                                calibration=calibration, sparsity=sparsity, memory_budget=memory_budget,
-                               method=method, prompt=prompt)
+                               method=method, prompt=prompt, predictor_options=predictor_options)
     if max_seq is not None:
         raise ActsparseError("max_seq applies to decoders (a Hugging Face folder, a .gguf file or a transformers "
                              f"causal LM), not to a {type(model).__name__}")
     from . import targets as target_registry
 
     _check_mode(mode, memory_budget)
-    options = _lossy_options(mode, calibration, sparsity, method)
+    options = _lossy_options(mode, calibration, sparsity, method, predictor_options)
     _check_example_inputs(example_inputs)
     target = target_registry.get(target)  # an unknown target fails before the (slow) import
     graph = import_model(model, example_inputs if example_inputs is not None else ())
@@ -104,7 +110,8 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
 
 
 def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_seq: int | None = None,
-                    tokenizer=None, calibration=None, sparsity=None, memory_budget=None, method=None, prompt=None):
+                    tokenizer=None, calibration=None, sparsity=None, memory_budget=None, method=None, prompt=None,
+                    predictor_options: dict | None = None):
     """A decoder source (HF folder, .gguf, transformers causal LM) -> `Decoder` (prefill / step / generate).
 
     The decoding graph comes from the model's own forward with its KV cache as graph inputs
@@ -126,12 +133,13 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
         raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
     vocab = int(model.get_input_embeddings().num_embeddings)
     calibration = None if calibration is None else list(calibration)
-    _lossy_options(mode, calibration, sparsity, method)  # bad options fail before the (slow) import
+    predictor_options = predictor_options or {}
+    _lossy_options(mode, calibration, sparsity, method, predictor_options)  # bad options fail before the (slow) import
     graph, caches = import_decoder(model, max_seq)
     if calibration is not None:
         calibration = [_decoder_inputs(sample[0] if isinstance(sample, (tuple, list)) else sample, caches)
                        for sample in calibration]
-    options = _lossy_options(mode, calibration, sparsity, method)
+    options = _lossy_options(mode, calibration, sparsity, method, predictor_options)
     if prompt is None:
         prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
     module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options)
@@ -161,8 +169,7 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
 
 def _check_mode(mode: str, memory_budget) -> None:
     if mode not in MODES:
-        hint = " (a lossy mode with calibration; not in this build yet)" if mode == "predictor" else ""
-        raise ActsparseError(f"unknown mode {mode!r}{hint}; valid modes: {', '.join(MODES)}")
+        raise ActsparseError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if memory_budget is not None:
         raise ActsparseError("memory_budget (the hot/cold neuron split) is not in this build yet; leave it unset: "
                              "every neuron's weights stay in the target's main memory")
@@ -193,9 +200,16 @@ def _check_example_inputs(example_inputs) -> None:
                          f"{type(example_inputs).__name__}")
 
 
-def _lossy_options(mode: str, calibration, sparsity, method) -> dict:
+def _lossy_options(mode: str, calibration, sparsity, method, predictor_options: dict) -> dict:
     """Check a lossy mode's arguments before the (slow) import; returns pipeline_for's options. An option the
     mode does not use is an error, not silently ignored."""
+    given = {k: v for k, v in predictor_options.items() if v is not None}
+    if mode != "predictor" and given:
+        raise ActsparseError(f"{', '.join(given)} apply to mode='predictor', not mode={mode!r}")
+    if mode == "predictor":
+        if method is not None:
+            raise ActsparseError(f"method={method!r} applies to mode='threshold', not mode={mode!r}")
+        return _predictor_options(calibration, sparsity, given)
     if mode not in LOSSY_MODES:
         given = [f"{k}={v!r}"[:60] for k, v in (("calibration", calibration), ("sparsity", sparsity),
                                                  ("method", method)) if v is not None]
@@ -213,6 +227,27 @@ def _lossy_options(mode: str, calibration, sparsity, method) -> dict:
     if method not in METHODS:
         raise ActsparseError(f"unknown threshold method {method!r}; valid methods: {', '.join(METHODS)}")
     return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}
+
+
+def _predictor_options(calibration, sparsity, given: dict) -> dict:
+    from .ir.predictor import PREDICTORS
+    from .passes.calibrate import calibration_samples
+    from .passes.predictors import PredictorError
+
+    if calibration is None:
+        raise PredictorError("mode='predictor' needs calibration data to fit the predictors: pass calibration="
+                             "[(input_ids,), ...], input tuples like example_inputs (a few thousand tokens)")
+    kind = given.get("predictor", "lowrank")
+    if kind not in PREDICTORS:
+        raise ActsparseError(f"unknown predictor {kind!r}; valid predictors: {', '.join(PREDICTORS)}")
+    recall, budget = float(given.get("recall", 0.99)), float(given.get("predictor_budget", 0.1))
+    if not 0.0 < recall <= 1.0 or not 0.0 < budget <= 1.0:
+        raise ActsparseError(f"recall must be in (0, 1] and predictor_budget in (0, 1]; got recall={recall}, "
+                             f"predictor_budget={budget}")
+    if sparsity is not None and not 0.0 <= float(sparsity) < 1.0:
+        raise ActsparseError(f"sparsity (the floor on the predicted sparsity) must be in [0, 1), got {sparsity!r}")
+    return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity or 0.0), "predictor": kind,
+            "recall": recall, "predictor_budget": budget}
 
 
 def _to_numpy(x) -> np.ndarray:

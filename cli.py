@@ -90,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _lossy_arguments(parser) -> None:
-    parser.add_argument("--calib", help="calibration inputs for -m threshold: a .safetensors file with one tensor "
-                        "per model input, named 0, 1, ... in input order; axis 0 indexes the samples, each sample "
-                        "keeps it as a batch axis of 1 (token windows: input 0 of shape [samples, seq])")
+    parser.add_argument("--calib", help="calibration inputs for -m threshold|predictor: a .safetensors file with "
+                        "one tensor per model input, named 0, 1, ... in input order; axis 0 indexes the samples, "
+                        "each sample keeps it as a batch axis of 1 (token windows: input 0 of shape [samples, seq])")
     parser.add_argument("--sparsity", type=float, help="target sparsity for -m threshold, e.g. 0.9")
     parser.add_argument("--method", help="threshold calibration: cats (default), teal or topk")
+    parser.add_argument("--predictor", help="-m predictor: lowrank (default), svd or sign")
+    parser.add_argument("--recall", type=float, help="-m predictor: target recall per layer (default 0.99)")
 
 
 def load_calibration(path: str | None) -> list[tuple] | None:
@@ -124,7 +126,8 @@ def load_calibration(path: str | None) -> list[tuple] | None:
 
 
 def _lossy_options(args) -> dict:
-    return {"calibration": load_calibration(args.calib), "sparsity": args.sparsity, "method": args.method}
+    return {"calibration": load_calibration(args.calib), "sparsity": args.sparsity, "method": args.method,
+            "predictor": args.predictor, "recall": args.recall}
 
 
 def load_spec(spec: str, seq: int):

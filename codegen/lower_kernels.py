@@ -25,6 +25,9 @@ from .context import TVM_DTYPES, LoweringError, emit_kernel_call, flatten_tokens
 from .schedules import schedule_for
 
 R = relax.op
+# kernel names a variant may declare that are a sequence of launches, not one kernel (lower_predictor.py's
+# "predicted": select the predicted neurons, then the indexed kernel): name -> fn(ctx, node, args, sched, options)
+COMPOSITE_KERNELS: dict = {}
 
 
 def linear_call(ctx, x_type: TensorType, x, w_type: TensorType, w, b=None):
@@ -87,6 +90,9 @@ def _sparse_gated_mlp(ctx, node, args):
         raise LoweringError(f"sparse_gated_mlp{{mode={variant.name!r}}} at {node.loc or 'unknown location'} has no "
                             f"{family} kernel (it has: {', '.join(variant.kernels) or 'none'}); pick another target "
                             "or mode")
+    if variant.kernels[family] in COMPOSITE_KERNELS:
+        return COMPOSITE_KERNELS[variant.kernels[family]](ctx, node, args, sched,
+                                                          variant.kernel_options(dict(node.attrs)))
     x_node, w_gate = node.inputs[0], node.inputs[1]
     n_ff, d = w_gate.shape
     d_out = node.inputs[3].shape[1]

@@ -307,6 +307,12 @@ define("sparse_gated_mlp", (4, -1), sparse_gated_mlp_type, sparse_gated_mlp_refe
        f"variant's extra inputs; variants (attr mode, ir/sparse_variants.py): {', '.join(VARIANTS)}")
 
 
+from .predictor import sign_score_reference, sign_score_type  # noqa: E402
+
+define("sign_score", 2, sign_score_type, sign_score_reference, {"d": REQUIRED},
+       "SparseInfer's predictor: d - 2 popcount(signbits(x) xor bits[j]) per packed row, as f32 (ir/predictor.py)")
+
+
 def gelu_activation(approximate: str) -> str:
     """The activation-table name of `gelu{approximate}`."""
     return "gelu_tanh" if approximate == "tanh" else "gelu"

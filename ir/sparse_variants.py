@@ -63,6 +63,8 @@ class SparseVariant:
     report: Callable[[dict], dict] = field(default=lambda attrs: {})
     lossy: bool = False
     doc: str = ""
+    # report fields measured on the example inputs beyond the sparsity of h: (x, w_gate, w_up, extras, attrs) -> dict
+    measure: Callable[..., dict] = field(default=lambda x, w_gate, w_up, extras, attrs: {})
 
 
 def projections(x, w_gate, w_up, b_gate=None, b_up=None) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +130,29 @@ def _threshold_report(attrs: dict) -> dict:
     return fields
 
 
+# --- predictor: a per-block predictor's scores pick the neurons (ir/predictor.py), ReLU family, lossy ------------
+# h = act_g(g) · act_u(u) where scores > cutoff, else 0. A neuron predicted active whose gate is <= 0 still gives 0,
+# so misses are the only loss. The kernel is the composite "predicted" (codegen/lower_predictor.py): a select
+# kernel turns the scores into an index list, then the indexed kernel reads only those rows.
+def _predictor_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None):
+    h = dense_intermediate(x, w_gate, w_up, attrs, b_gate, b_up)
+    return np.where(extras["scores"].reshape(h.shape) > attrs["cutoff"], h, 0).astype(x.dtype)
+
+
+def _predictor_measure(x, w_gate, w_up, extras, attrs) -> dict:
+    """recall (share of the truly active neurons predicted), predicted sparsity, and as `sparsity` the block's own
+    activation sparsity (after the misses it is 1 - recall·(1 - sparsity))."""
+    active = dense_intermediate(x, w_gate, w_up, attrs) != 0
+    predicted = extras["scores"].reshape(active.shape) > attrs["cutoff"]
+    return {"recall": float((predicted & active).sum() / max(active.sum(), 1)),
+            "predicted_sparsity": 1.0 - float(predicted.mean()), "sparsity": 1.0 - float(active.mean())}
+
+
+def _predictor_report(attrs: dict) -> dict:
+    provenance = ("rank", "predictor_bytes_pct", "calibrated_recall", "calibrated_sparsity")
+    return {"predictor": attrs["predictor"], "threshold": attrs["cutoff"], **{k: attrs.get(k) for k in provenance}}
+
+
 VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
     SparseVariant(
         "exact", attrs={}, extra_inputs=(), intermediate=_exact_intermediate,
@@ -143,6 +168,16 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         kernel_options=lambda attrs: {**_activation_options(attrs), "criterion": attrs.get("criterion", "gate")},
         dense_attrs=_plain_attrs, report=_threshold_report, lossy=True,
         doc="calibrated per-layer thresholds on |act(gate)| or |h| (CATS, TEAL, top-k%), any gate, lossy"),
+    SparseVariant(
+        "predictor",
+        # cutoff: scores above it are computed; the rest is what calibration chose and saw (provenance for the
+        # report): rank (None for sign), bytes as % of the block's MLP, recall and true sparsity on held-out rows
+        attrs={"predictor": "lowrank", "cutoff": 0.0, "rank": None, "predictor_bytes_pct": None,
+               "calibrated_recall": None},
+        extra_inputs=("scores",), intermediate=_predictor_intermediate,
+        kernels={"cpu": "predicted", "cuda": "predicted"}, kernel_options=_activation_options,
+        dense_attrs=_plain_attrs, report=_predictor_report, lossy=True, measure=_predictor_measure,
+        doc="a per-layer predictor (lowrank, svd, sign) picks the neurons; ReLU-family gates, lossy"),
 )}
 
 SPARSE_GATED_MLP_ATTRS = {**COMMON_ATTRS, **{k: v for variant in VARIANTS.values() for k, v in variant.attrs.items()}}

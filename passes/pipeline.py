@@ -23,10 +23,11 @@ from .canonicalize import Canonicalize
 from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
 from .sparsify_exact import SparsifyExact
+from .sparsify_predictor import SparsifyPredictor
 from .sparsify_threshold import SparsifyThreshold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
-                                                     Densify)}
+                                                     SparsifyPredictor, Densify)}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class PipelineOptions:
     calibration: tuple = ()
     sparsity: float | None = None
     method: str = "cats"
+    predictor: str = "lowrank"            # predictor mode: its kind, target recall and byte budget
+    recall: float = 0.99
+    predictor_budget: float = 0.1
 
     @property
     def target(self) -> Target:
@@ -64,25 +68,33 @@ def _threshold(o: PipelineOptions) -> list[Pass]:
     return [*_dense(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration)]
 
 
+def _predictor(o: PipelineOptions) -> list[Pass]:
+    # ReLU-family blocks: a predictor per block picks the neurons, its cutoff calibrated to `recall` (lossy)
+    return [*_dense(o), SparsifyPredictor(predictor=o.predictor, recall=o.recall, sparsity=o.sparsity or 0.0,
+                                          budget=o.predictor_budget, calibration=o.calibration)]
+
+
 # mode -> its passes, top to bottom. A sparse variant that is a mode of its own (ir/sparse_variants.py) adds a line
 PIPELINES: dict[str, Callable[[PipelineOptions], list[Pass]]] = {
     "dense": _dense,
     "exact": _exact,
     "auto": lambda o: _exact(o, on_unsupported="keep-dense"),   # exact where lossless, dense elsewhere
     "threshold": _threshold,
+    "predictor": _predictor,
 }
 MODES = tuple(PIPELINES)
 LOSSY_MODES = tuple(m for m in MODES if m in VARIANTS and VARIANTS[m].lossy)
 
 
 def pipeline_for(mode: str, target: Target | str | None = None, calibration=None, sparsity: float | None = None,
-                 method: str = "cats") -> list[Pass]:
+                 method: str = "cats", predictor: str = "lowrank", recall: float = 0.99,
+                 predictor_budget: float = 0.1) -> list[Pass]:
     """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target)."""
     if mode not in PIPELINES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if target is not None and not isinstance(target, Target):
         target = targets.get(target)  # an unknown name fails here, listing the valid ones
-    options = PipelineOptions(target, tuple(calibration or ()), sparsity, method)
+    options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget)
     return PIPELINES[mode](options)
 
 

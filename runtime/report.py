@@ -32,6 +32,17 @@ class BlockReport:
     calibrated_sparsity: float | None = None
     threshold: float | None = None
     method: str | None = None
+    # predictor mode: measured on the example inputs (recall = share of truly active neurons predicted active,
+    # predicted_sparsity = share predicted inactive; `sparsity` is then the block's own activation sparsity), and
+    # what calibration chose and saw (from the node, the CDF and frequencies from the pass's notes)
+    recall: float | None = None
+    predicted_sparsity: float | None = None
+    predictor: str | None = None
+    rank: int | None = None
+    predictor_bytes_pct: float | None = None     # of the block's MLP weight bytes
+    calibrated_recall: float | None = None
+    neuron_cdf: list[float] | None = None        # share of activations covered by the top 0%, 5%, ..., 100% neurons
+    firing_frequency: list[float] | None = None  # per neuron, on the calibration data
 
 
 _FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "None": (type(None),)}
@@ -56,10 +67,13 @@ class Report:
     pass_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     # lossy modes: ||y - y_dense|| / ||y_dense|| of the outputs (logits) on the example inputs, reference interpreter
     output_rel_error: float | None = None
+    # lossy modes on a language model: share of positions whose top-1 next token equals the dense model's
+    top1_agreement: float | None = None
 
     def to_dict(self) -> dict:
         return {"target": self.target, "mode": self.mode, "blocks": [asdict(b) for b in self.blocks],
-                "pass_stats": self.pass_stats, "output_rel_error": self.output_rel_error}
+                "pass_stats": self.pass_stats, "output_rel_error": self.output_rel_error,
+                "top1_agreement": self.top1_agreement}
 
     @staticmethod
     def from_dict(data: dict) -> Report:
@@ -67,7 +81,7 @@ class Report:
         if not isinstance(data, dict) or not isinstance(data.get("blocks"), list):
             raise ValueError("a report is a dict with a list of blocks")
         report = Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
-                        data.get("output_rel_error"))
+                        data.get("output_rel_error"), data.get("top1_agreement"))
         for obj in (report, *report.blocks):
             _check_field_types(obj)
         stats = report.pass_stats
@@ -85,19 +99,26 @@ class Report:
         from rich.table import Table
 
         lossy = any(b.calibrated_sparsity is not None for b in self.blocks)
+        predicted = any(b.predictor is not None for b in self.blocks)
         caption = None if self.output_rel_error is None else (
-            f"outputs vs dense: relative error {self.output_rel_error:.2e} (on the example inputs)")
+            f"outputs vs dense: relative error {self.output_rel_error:.2e}"
+            + ("" if self.top1_agreement is None else f", top-1 agreement {self.top1_agreement:.1%}")
+            + " (on the example inputs)")
         table = Table(title=f"actsparse report — target {self.target}, mode {self.mode}", caption=caption)
-        numeric = ("n_ff", "sparsity", "calibrated", "threshold")
+        extra = ("recall", "predicted", "rank", "bytes %", "top 20% cover") if predicted else ()
+        numeric = ("n_ff", "sparsity", "calibrated", "threshold", *extra)
         columns = ("location", "pattern", "mode", "n_ff", "sparsity", *(("calibrated", "threshold") if lossy else ()),
-                   "note")
+                   *extra, "note")
         for col in columns:
             table.add_column(col, justify="right" if col in numeric else "left")
         for b in self.blocks:
             pattern = b.pattern if b.expert is None else f"{b.pattern} (expert {b.expert})"
             lossy_cells = (_percent(b.calibrated_sparsity), "-" if b.threshold is None else f"{b.threshold:.3g}")
+            predictor_cells = (_percent(b.recall), _percent(b.predicted_sparsity), str(b.rank or "-"),
+                               "-" if b.predictor_bytes_pct is None else f"{b.predictor_bytes_pct:.1f}%",
+                               "-" if not b.neuron_cdf else _percent(b.neuron_cdf[len(b.neuron_cdf) // 5]))
             table.add_row(b.location, pattern, b.mode, str(b.n_ff), _percent(b.sparsity),
-                          *(lossy_cells if lossy else ()), b.reason)
+                          *(lossy_cells if lossy else ()), *(predictor_cells if predicted else ()), b.reason)
         return table
 
     def __str__(self) -> str:
@@ -116,13 +137,27 @@ class Report:
         import matplotlib.pyplot as plt
 
         rows = [b for b in self.blocks if b.sparsity is not None]
-        fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(rows) + 2), 3.2))
+        cdfs = [b for b in self.blocks if b.neuron_cdf]
+        fig, axes = plt.subplots(1, 2 if cdfs else 1, figsize=(max(4, 0.6 * len(rows) + 2) + (4 if cdfs else 0), 3.2),
+                                 squeeze=False)
+        ax = axes[0][0]
         ax.bar(range(len(rows)), [100 * b.sparsity for b in rows],
                color=["tab:green" if b.mode != "dense" else "tab:gray" for b in rows])
         ax.set_xticks(range(len(rows)), [b.location for b in rows], rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("inactive neurons per token (%)")
         ax.set_ylim(0, 100)
         ax.set_title(f"MLP activation sparsity ({self.mode}, {self.target})")
+        if cdfs:   # per layer: share of activations covered by the top x% most frequently firing neurons
+            cdf_ax = axes[0][1]
+            for b in cdfs:
+                cdf_ax.plot(np.linspace(0, 100, len(b.neuron_cdf)), 100 * np.asarray(b.neuron_cdf), lw=1,
+                            label=b.location)
+            cdf_ax.plot([0, 100], [0, 100], ls=":", color="gray")
+            cdf_ax.set_xlabel("top neurons by firing frequency (%)")
+            cdf_ax.set_ylabel("activations covered (%)")
+            cdf_ax.set_title("neuron CDF (calibration data)")
+            if len(cdfs) <= 12:
+                cdf_ax.legend(fontsize=6)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -140,23 +175,29 @@ def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str
     """One row per gated MLP node, every field from the node (its variant's `report` fields included), and the
     intermediate sparsity measured by running the reference interpreter once on the example inputs."""
     blocks = [n for n in graph.nodes if n.op in MLP_OPS]
-    values = evaluate(graph, example_inputs, keep=[b.inputs[0] for b in blocks]) if blocks else []
-    xs = values[len(graph.outputs):]
-    return [_block_row(block, x, graph, mode) for block, x in zip(blocks, xs)]
+    # each block's x and its computed extra inputs (e.g. a predictor's scores); weights are read from the graph
+    keep = [(b, i) for b in blocks for i in b.inputs if i is b.inputs[0] or (i.op != "weight" and b.op != "gated_mlp")]
+    values = evaluate(graph, example_inputs, keep=[i for _, i in keep]) if blocks else []
+    computed = {(id(b), id(i)): v for (b, i), v in zip(keep, values[len(graph.outputs):])}
+    return [_block_row(block, computed, graph, mode) for block in blocks]
 
 
-def _block_row(block: Node, x: np.ndarray, graph: Graph, mode: str) -> BlockReport:
-    arrays = [x, *(graph.weights[w.attrs["name"]] if w.op == "weight" else None for w in block.inputs[1:])]
+def _block_row(block: Node, computed: dict, graph: Graph, mode: str) -> BlockReport:
+    x = computed[(id(block), id(block.inputs[0]))]
+    arrays = [x, *(graph.weights[w.attrs["name"]] if w.op == "weight" else computed[(id(block), id(w))]
+                   for w in block.inputs[1:])]
     attrs = {"threshold": 0.0, "fused": False, **block.attrs}
     x2d = x.reshape(-1, x.shape[-1])
     expert = attrs.get("expert", -1)
     fields: dict = {"expert": expert if expert >= 0 else None}
+    measured: dict = {}
     if block.op == "sparse_gated_mlp":
         (_, w_gate, w_up, _), extras = split_inputs(arrays, attrs)
         variant = variant_of(attrs)
         h = variant.intermediate(x2d, w_gate, w_up, extras, attrs)
         row_mode, pattern = variant.name, attrs["pattern"]
         fields.update(variant.report(attrs))
+        measured = variant.measure(x2d, w_gate, w_up, extras, attrs)
     else:
         _, w_gate, w_up, w_down, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
         h = dense_intermediate(x2d, w_gate, w_up, attrs, b_gate, b_up)
@@ -168,7 +209,8 @@ def _block_row(block: Node, x: np.ndarray, graph: Graph, mode: str) -> BlockRepo
         elif mode != "dense" and not all(np.isfinite(w).all() for w in (w_gate, w_up, w_down)):  # sparsify-exact
             fields["reason"] = ("its weights hold NaN/Inf: skipping inactive neurons would hide the NaN that 0 * Inf "
                                 "gives (as torch computes it)")
-    return BlockReport(block.loc, pattern, row_mode, w_gate.shape[0], float(np.mean(h == 0)), **fields)
+    measured.setdefault("sparsity", float(np.mean(h == 0)))
+    return BlockReport(block.loc, pattern, row_mode, w_gate.shape[0], **{**fields, **measured})
 
 
 def finding_rows(notes: Sequence[dict]) -> list[BlockReport]:
@@ -182,9 +224,22 @@ def build_report(target: str, mode: str, graph: Graph, dense_graph: Graph | None
     """The compile report: a row per gated MLP node, rows for the passes' findings, and for lossy modes
     (`dense_graph` given) the outputs' relative error vs the dense graph."""
     report = Report(target, mode, measure_blocks(graph, example_inputs, mode) + finding_rows(notes), pass_stats)
+    statistics = {n["location"]: n for n in notes if n.get("kind") == "activation-statistics"}
+    for b in report.blocks:   # per-neuron data is too big for node attributes: it comes with the pass's notes
+        if b.location in statistics:
+            b.neuron_cdf, b.firing_frequency = statistics[b.location]["neuron_cdf"], statistics[b.location]["frequency"]
     if dense_graph is not None:
         report.output_rel_error = output_rel_error(dense_graph, graph, example_inputs)
+        if dense_graph.count("embedding"):   # a language model: its first output is logits
+            report.top1_agreement = top1_agreement(dense_graph, graph, example_inputs)
     return report
+
+
+def top1_agreement(dense: Graph, graph: Graph, example_inputs: Sequence[np.ndarray]) -> float | None:
+    """Share of positions where the first output's argmax over its last axis (the next token, for logits) equals
+    the dense graph's."""
+    y, y_dense = evaluate(graph, example_inputs)[0], evaluate(dense, example_inputs)[0]
+    return float(np.mean(y.argmax(-1) == y_dense.argmax(-1)))
 
 
 def output_rel_error(dense: Graph, graph: Graph, example_inputs: Sequence[np.ndarray]) -> float:

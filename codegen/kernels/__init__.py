@@ -11,21 +11,26 @@ Submodules import TVM, so they load lazily: `from actsparse.codegen.kernels impo
 import importlib
 
 __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
-           "sparse_mlp", "threshold_mlp", "kernel", "KERNELS", "family_of"]
+           "sparse_mlp", "threshold_mlp", "predictor_kernels", "kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
-_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "schedule", "sparse_mlp", "threshold_mlp")
+_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "schedule", "sparse_mlp", "threshold_mlp",
+               "predictor_kernels")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
     "CpuSchedule": {"exact": ("sparse_mlp", "sparse_gated_mlp"), "indexed": ("sparse_mlp", "sparse_gated_mlp_indexed"),
                     "dense": ("sparse_mlp", "dense_gated_mlp"), "linear": ("linear", "linear"),
-                    "threshold": ("threshold_mlp", "threshold_gated_mlp")},
+                    "threshold": ("threshold_mlp", "threshold_gated_mlp"),
+                    "sign_score": ("predictor_kernels", "sign_score"),
+                    "select": ("predictor_kernels", "select_active")},
     "GpuSchedule": {"exact": ("cuda_mlp", "sparse_gated_mlp"), "indexed": ("cuda_mlp", "sparse_gated_mlp_indexed"),
                     "dense": ("cuda_mlp", "dense_gated_mlp"), "linear": ("cuda_mlp", "linear"),
-                    "threshold": ("cuda_mlp", "threshold_gated_mlp")},
+                    "threshold": ("cuda_mlp", "threshold_gated_mlp"),
+                    "sign_score": ("predictor_kernels", "sign_score_cuda"),
+                    "select": ("predictor_kernels", "select_active_cuda")},
 }
-KERNELS = ("exact", "indexed", "dense", "linear", "threshold")
+KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "sign_score", "select")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 
@@ -39,7 +44,7 @@ def family_of(sched) -> str:
 
 
 def kernel(name: str, *args, sched, **kwargs):
-    """The PrimFunc of kernel `name` ("exact" | "indexed" | "dense" | "linear" | "threshold") for `sched`'s family.
+    """The PrimFunc of kernel `name` (one of KERNELS) for `sched`'s family.
 
     kernel("exact", d, n_ff, gate_act=..., dtype=..., sched=schedule_for(target)) and so on: the arguments of
     the family's factory (`sparse_mlp.sparse_gated_mlp`, `linear.linear`, ...).

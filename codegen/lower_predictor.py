@@ -1,0 +1,53 @@
+"""Lowering of predictor mode (the `predictor` entry of ir/sparse_variants.py declares the composite kernel
+"predicted"): the scores become an index list, the indexed kernel reads only those rows.
+
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, s){mode='predictor', cutoff=t}
+        -> (idx, count) = call_tir(select_n, [s2d, t])           # idx[m, :count[m]] = {j : s[m, j] > t}
+           reshape(call_tir(gmlp_indexed_d_n_<acts>, [x2d, Wg, Wu, Wd.t, idx, count]), [..., d_out])
+    sign_score(x, @bits){d} -> reshape(call_tir(signscore_d_n, [x2d, bits]), [..., n])
+
+The scores of the lowrank and svd predictors are ordinary linears in front (the linear kernel); the sign
+predictor is its own kernel. Every kernel is the target family's (`kernels.kernel(...)`), as everywhere.
+"""
+
+from __future__ import annotations
+
+from tvm import relax
+
+from .context import TVM_DTYPES, const, emit_kernel_call, flatten_tokens, lowering
+from .lower_kernels import COMPOSITE_KERNELS
+from .schedules import schedule_for
+
+R = relax.op
+
+
+def lower_predicted(ctx, node, args, sched, options):
+    from .kernels import kernel as target_kernel
+
+    x_node, w_gate, scores_node = node.inputs[0], node.inputs[1], node.inputs[4]
+    n_ff, d = w_gate.shape
+    d_out = node.inputs[3].shape[1]
+    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
+    s2d, _, _ = flatten_tokens(ctx, scores_node.type, args[4])
+    select = ctx.kernel(target_kernel("select", n_ff, sched=sched))
+    cutoff = const([float(node.attrs["cutoff"])], "f32")
+    picked = ctx.bb.emit(relax.call_tir(select, [s2d, cutoff], [relax.TensorType([tokens, n_ff], "int32"),
+                                                               relax.TensorType([tokens], "int32")]))
+    idx, count = ctx.bb.emit(relax.TupleGetItem(picked, 0)), ctx.bb.emit(relax.TupleGetItem(picked, 1))
+    kernel = target_kernel("indexed", d, n_ff, dtype=TVM_DTYPES[w_gate.dtype], sched=sched, **options)
+    out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], idx, count], tokens, d_out, node.dtype)
+    return R.reshape(out, [*lead, d_out])
+
+
+COMPOSITE_KERNELS["predicted"] = lower_predicted
+
+
+@lowering("sign_score")
+def _sign_score(ctx, node, args):
+    from .kernels import kernel as target_kernel
+
+    n = node.inputs[1].shape[0]
+    x2d, lead, tokens = flatten_tokens(ctx, node.inputs[0].type, args[0])
+    kernel = target_kernel("sign_score", node.attrs["d"], n, sched=schedule_for(ctx.target))
+    out = emit_kernel_call(ctx, kernel, [x2d, args[1]], tokens, n, "f32")
+    return R.reshape(out, [*lead, n])

@@ -1,0 +1,164 @@
+"""sparsify-predictor: a per-block activation predictor picks the neurons; only their gate, up and down rows are read.
+
+Matches every ReLU-family `gated_mlp` (ReGLU, dReLU, FATReLU; also each MoE expert) and produces, with the weight
+layout of `sparsify-exact` and the predictor's scores as a 5th input (semantics in `ir/predictor.py`):
+
+    gated_mlp(x, @Wg, @Wu, @Wd)
+      lowrank -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, linear(relu(linear(x, @Wg.predictor.A)), @Wg.predictor.B,
+                                                             @Wg.predictor.b)){mode='predictor', cutoff=t}
+      svd     -> sparse_gated_mlp(x, ..., linear(linear(x, @Wg.predictor.A), @Wg.predictor.B)){...}
+      sign    -> sparse_gated_mlp(x, ..., sign_score(x, @Wg.predictor.bits){d}){...}
+
+Why it is right: in a ReLU-family block a neuron predicted active whose gate is <= 0 still adds exactly 0, so the
+only loss is a missed active neuron; the cutoff t is placed per block at the target `recall` on held-out
+calibration rows (`predictors.py`). Codegen turns `scores > t` into an index list for the indexed kernels, so the
+predictor runs inside the compiled graph.
+
+The calibration data runs once through the reference interpreter (`activation_stats.py`, a progress bar); ranks
+come from `budget` (predictor bytes as a fraction of the MLP bytes, shared by the layers by density).
+
+Options: `predictor` ("lowrank" | "svd" | "sign"), `recall` (target per block, default 0.99), `sparsity` (floor on
+the predicted sparsity per block: a block that needs more neurons for the recall is an error naming it; 0 = no
+floor), `budget`, `steps` (lowrank training steps), `max_tokens` (calibration rows kept per block), `progress`.
+Errors: no calibration data, too few tokens, unreachable recall, a block that is not ReLU-family (relufy it, or
+use mode='threshold').
+
+Statistics: one count per pattern rewritten (`reglu`, `drelu`, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from ..errors import ModeError
+from ..ir import Graph, Node, TensorType, rewrite, weight_node
+from ..ir.mlp import is_exactly_sparse, pattern_name
+from .activation_stats import BlockActivations, block_weights, collect_activations
+from .base import Pass, note, record
+from .calibrate import calibration_samples
+from .predictor_train import STEPS
+from .predictors import KINDS, Fitted, PredictorError, allocate_ranks, fit_block
+from .sparse_layout import to_sparse_layout
+
+
+@dataclass(frozen=True)
+class SparsifyPredictor(Pass):
+    name = "sparsify-predictor"
+    predictor: str = "lowrank"
+    recall: float = 0.99
+    sparsity: float = 0.0
+    budget: float = 0.1
+    steps: int = STEPS
+    max_tokens: int = 8192
+    progress: bool = True
+    calibration: tuple = field(default=(), repr=False, compare=False)
+
+    def __post_init__(self):
+        for name, kind in (("recall", float), ("sparsity", float), ("budget", float), ("steps", int),
+                           ("max_tokens", int)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if isinstance(self.progress, str):
+            object.__setattr__(self, "progress", self.progress.lower() not in ("0", "false", "no"))
+        if self.predictor not in KINDS:
+            raise ValueError(f"sparsify-predictor: unknown predictor {self.predictor!r}; valid: {', '.join(KINDS)}")
+        if not 0.0 < self.recall <= 1.0 or not 0.0 <= self.sparsity < 1.0 or not 0.0 < self.budget <= 1.0:
+            raise ValueError(f"sparsify-predictor: recall must be in (0, 1], sparsity in [0, 1), budget in (0, 1]; "
+                             f"got recall={self.recall}, sparsity={self.sparsity}, budget={self.budget}")
+
+    def __str__(self) -> str:
+        opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.name != "calibration")
+        return f"{self.name}{{{opts}}}"
+
+    def run(self, graph: Graph) -> Graph:
+        blocks = [n for n in graph.nodes if n.op == "gated_mlp"]
+        if not blocks:
+            return graph
+        for b in blocks:
+            if not is_exactly_sparse(b.attrs["gate_act"]):
+                raise ModeError(
+                    f"mode='predictor' needs a ReLU-family MLP, but {b.loc or 'a gated MLP'} is "
+                    f"{pattern_name(b.attrs['gate_act'], b.attrs['up_act'])} (act={b.attrs['gate_act']}), whose "
+                    "inactive neurons are not exactly zero. Ways out: actsparse.relufy(model, kind='drelu') then a "
+                    "short recovery fine-tune (actsparse.recipes), or mode='threshold' with calibration data.")
+        if not self.calibration:
+            raise PredictorError(f"mode='predictor' needs calibration data to fit the predictors of "
+                                 f"{blocks[0].loc or 'the gated MLPs'}: pass calibration=[(input_ids,), ...], input "
+                                 "tuples like example_inputs (a few thousand tokens)")
+        samples = calibration_samples(self.calibration, len(graph.inputs))
+        acts = collect_activations(graph, blocks, samples, self.max_tokens, self.progress)
+        fitted = self._fit(graph, blocks, acts)
+        in_order = iter(zip(fitted, acts))
+        new_weights: dict = {}
+
+        def visit(node: Node) -> Node | None:
+            if node.op != "gated_mlp":
+                return None
+            p, a = next(in_order)
+            pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
+            record(pattern)
+            d, n_ff = a.rows.shape[1], a.active.shape[1]
+            mlp_bytes = 3 * d * n_ff * np.dtype(graph.weights[node.inputs[1].attrs["name"]].dtype).itemsize
+            # the report's per-neuron data (too big for node attributes)
+            note({"kind": "activation-statistics", "location": node.loc, "neuron_cdf": a.neuron_cdf(),
+                  "frequency": [round(float(f), 4) for f in a.frequency], "tokens": len(a.rows),
+                  "calibrated_predicted_sparsity": p.predicted_sparsity})
+            provenance = {"rank": p.rank, "predictor_bytes_pct": round(100.0 * p.nbytes / mlp_bytes, 3),
+                          "calibrated_recall": round(p.recall, 5), "calibrated_sparsity": round(a.sparsity, 5)}
+            return _predictor_block(node, p, pattern, provenance, graph, new_weights)
+
+        return rewrite(graph, visit, new_weights)
+
+    def _fit(self, graph: Graph, blocks: list[Node], acts: list[BlockActivations]) -> list[Fitted]:
+        from tqdm.auto import tqdm
+
+        dims = [(a.rows.shape[1], a.active.shape[1]) for a in acts]
+        ranks = [allocate_ranks([1 - a.sparsity for a in acts], d, [n for _, n in dims], self.budget)[i]
+                 for i, (d, _) in enumerate(dims)]
+        fitted = []
+        bar = tqdm(list(zip(blocks, acts, ranks)), desc=f"fit {self.predictor} predictors", unit="block",
+                   disable=not self.progress or None)
+        for block, a, rank in bar:
+            w_gate = block_weights(block, graph.weights)[0]
+            fitted.append(fit_block(self.predictor, a.location, w_gate, a.rows, a.active, rank, self.recall,
+                                    self.sparsity, options={"steps": self.steps, "progress": self.progress}
+                                    if self.predictor == "lowrank" else None))
+        return fitted
+
+
+def _predictor_block(node: Node, p: Fitted, pattern: str, provenance: dict, graph: Graph, new_weights: dict) -> Node:
+    x = node.inputs[0]
+    w_gate = node.inputs[1]
+    base = f"{w_gate.attrs['name']}.{'gate.' if node.attrs.get('fused') else ''}predictor"
+    scores = _score_nodes(x, p, base, graph.weights[w_gate.attrs["name"]].dtype, new_weights, node.loc)
+    attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "predictor",
+             "pattern": pattern, "predictor": p.kind, "cutoff": float(p.cutoff),
+             **{k: v for k, v in provenance.items() if v is not None}}
+    if node.attrs["gate_act"] == "fatrelu":
+        attrs["threshold"] = node.attrs["threshold"]
+    out = to_sparse_layout(node, attrs, graph, new_weights)
+    inner = out if out.op == "sparse_gated_mlp" else out.inputs[0]   # biased blocks: slice(sparse_gated_mlp(...))
+    with_scores = inner.replace(inputs=(*inner.inputs, scores))
+    return with_scores if inner is out else out.replace(inputs=(with_scores,))
+
+
+def _score_nodes(x: Node, p: Fitted, base: str, dtype, new_weights: dict, loc: str) -> Node:
+    """The predictor's scores [..., n_ff] as ordinary ops on x (see the module docstring)."""
+    lead = x.shape[:-1]
+
+    def weight(name: str, array: np.ndarray) -> Node:
+        array = new_weights.setdefault(f"{base}.{name}", np.ascontiguousarray(array))
+        return weight_node(f"{base}.{name}", array)
+
+    def linear(value: Node, w: Node, *bias: Node) -> Node:
+        return Node("linear", (value, w, *bias), {}, TensorType((*lead, w.shape[0]), x.dtype), loc)
+
+    if p.kind == "sign":
+        bits = weight("bits", p.arrays["bits"])
+        return Node("sign_score", (x, bits), {"d": p.d}, TensorType((*lead, bits.shape[0]), "f32"), loc)
+    a, b = weight("A", p.arrays["A"].astype(dtype)), weight("B", p.arrays["B"].astype(dtype))
+    if p.kind == "svd":
+        return linear(linear(x, a), b)
+    hidden = linear(x, a)
+    return linear(Node("relu", (hidden,), {}, hidden.type, loc), b, weight("b", p.arrays["b"].astype(np.float32)))
