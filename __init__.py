@@ -14,11 +14,11 @@ from .errors import ActsparseError, ArtifactError, ModeError, TargetError  # noq
 
 
 def compile(model, example_inputs, target="x86", mode="auto", calibration=None, sparsity=None, memory_budget=None,
-            method=None):
+            method=None, quantize=None, prequantized=None):
     from .api import compile as _compile
 
     return _compile(model, example_inputs, target=target, mode=mode, calibration=calibration, sparsity=sparsity,
-                    memory_budget=memory_budget, method=method)
+                    memory_budget=memory_budget, method=method, quantize=quantize, prequantized=prequantized)
 
 
 def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):

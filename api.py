@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import ActsparseError
 from .ir import Graph, TensorType
+from .ir.quant import QUANTIZE_KINDS
 from .ir.types import is_float, np_dtype
 from .passes import pipeline_for, run_pipeline
 from .runtime import CompiledModule, Report
@@ -60,12 +61,15 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
 
 
 def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str = "auto", calibration=None,
-            sparsity: float | None = None, memory_budget: int | None = None, method: str | None = None
-            ) -> CompiledModule:
+            sparsity: float | None = None, memory_budget: int | None = None, method: str | None = None,
+            quantize: str | None = None, prequantized=None) -> CompiledModule:
     """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
     target `sparsity`; `method` picks the threshold calibration ("cats" default, "teal", "topk"). The report then
     gives each block's calibrated sparsity, the sparsity measured on `example_inputs` (keep them out of the
-    calibration data: they are the held-out check) and the outputs' relative error vs the dense model."""
+    calibration data: they are the held-out check) and the outputs' relative error vs the dense model.
+    `quantize` ("int8" | "int4"): the kernels' weights stored group-wise quantized (passes/quantize.py), in any
+    mode; `prequantized` ({weight name: ir.quant.QuantizedWeight}, e.g. `frontends.gguf_quant.read_gguf_quantized`)
+    supplies weights already quantized (taken losslessly where the stored rows match)."""
     from . import targets as target_registry
     from .codegen.build import build
 
@@ -76,6 +80,8 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
         raise ActsparseError("memory_budget (the hot/cold neuron split) is not in this build yet; leave it unset: "
                              "every neuron's weights stay in the target's main memory")
     options = _lossy_options(mode, calibration, sparsity, method)
+    if quantize is not None and quantize not in QUANTIZE_KINDS:
+        raise ActsparseError(f"unknown quantize={quantize!r}; valid: None, {', '.join(map(repr, QUANTIZE_KINDS))}")
     tgt = target_registry.get(target)
     graph = import_model(model, example_inputs)
     if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
@@ -85,6 +91,10 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
         passes = pipeline_for(mode, **options)
     except ValueError as err:
         raise ActsparseError(str(err)) from None
+    if quantize is not None:  # a storage property of the weights, after the sparsity passes (which read floats)
+        from .passes.quantize import Quantize
+
+        passes.append(Quantize(kind=quantize, prequantized=dict(prequantized or {})))
     result = run_pipeline(graph, passes)
     arrays = [_to_numpy(x) for x in example_inputs]
     report = Report(tgt.name, mode, measure_blocks(result.graph, arrays), result.stats)

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("-m", "--mode", default="auto")
     build.add_argument("-o", "--out", required=True, help="artifact directory to write")
     build.add_argument("--seq", type=int, default=16, help="example sequence length when the factory gives none")
+    build.add_argument("--quantize", choices=("int8", "int4"),
+                       help="store the kernels' weights group-wise quantized (groups of 32, fp16 scales)")
     _lossy_arguments(build)
 
     inspect = sub.add_parser("inspect", help="print the report of an artifact or of a model spec")
@@ -116,7 +118,8 @@ def _build(args) -> int:
         model, inputs = args.spec, ()
     else:
         model, inputs = load_spec(args.spec, args.seq)
-    cm = api.compile(model, inputs, target=args.target, mode=args.mode, **_lossy_options(args))
+    cm = api.compile(model, inputs, target=args.target, mode=args.mode, quantize=args.quantize,
+                     **_lossy_options(args))
     path = cm.save(args.out)
     print(cm.report)
     print(f"wrote {path}")

@@ -11,7 +11,7 @@ The kernel is the target's (`kernels.kernel('threshold', ...)`: CPU or CUDA fami
 
 from __future__ import annotations
 
-from .lower import TVM_DTYPES
+from .lower import kernel_dtype
 
 
 def lower_threshold(ctx, node, args):
@@ -25,6 +25,6 @@ def lower_threshold(ctx, node, args):
     x2d, lead, tokens = _flatten(ctx, x_node.type, args[0])
     kernel = target_kernel("threshold", d, n_ff, gate_act=a["gate_act"], up_act=a.get("up_act", "identity"),
                            threshold=a.get("threshold", 0.0), criterion=a.get("criterion", "gate"),
-                           dtype=TVM_DTYPES[w_gate.dtype], sched=ctx.target.schedule())
+                           dtype=kernel_dtype(w_gate), sched=ctx.target.schedule())
     out = _emit_call(ctx, kernel, [x2d, *args[1:]], tokens, d_out, node.dtype)
     return R.reshape(out, [*lead, d_out])

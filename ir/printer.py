@@ -30,7 +30,8 @@ def print_graph(graph: Graph) -> str:
     lines = [f"graph @{graph.name}({params}) {{"]
     weight_nodes = {n.attrs["name"]: n for n in graph.nodes if n.op == "weight"}
     for name in sorted(weight_nodes):
-        lines.append(f"  @{name} : {weight_nodes[name].type}")
+        layout = weight_nodes[name].attrs.get("layout", "dense")
+        lines.append(f"  @{name} : {weight_nodes[name].type}" + (f" {layout}" if layout != "dense" else ""))
         names[id(weight_nodes[name])] = "@" + name
     counter = 0
     for node in graph.nodes:
@@ -76,9 +77,16 @@ def parse_graph(text: str, weights: dict[str, np.ndarray] | None = None) -> Grap
     for lineno, line in enumerate(lines[1:-1], start=2):
         if line.startswith("@"):
             name, _, type_text = line[1:].partition(" : ")
+            type_text, _, layout = type_text.partition(" ")
             ttype = TensorType.parse(type_text)
+            if layout:  # quantized storage: zero codes of the layout's shape
+                from .quant import layout as quant_layout
+
+                rows, cols = ttype.shape
+                held.setdefault(name, np.zeros((rows, quant_layout(layout).row_bytes(cols)), np.uint8))
             held.setdefault(name, np.zeros(tuple(ttype.shape), np_dtype(ttype.dtype)))
-            values["@" + name] = Node("weight", (), {"name": name}, ttype)
+            attrs = {"name": name, "layout": layout} if layout else {"name": name}
+            values["@" + name] = Node("weight", (), attrs, ttype)
         elif line.startswith("return "):
             outputs = [_lookup(values, v.strip(), lineno) for v in line[len("return "):].split(",")]
         else:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..ir import Graph, evaluate
+from ..ir import Graph, evaluate, weight_value
 from ..ir.mlp import pattern_name, unpack_gated_inputs
 from ..ir.threshold import sparse_intermediate
 
@@ -114,7 +114,7 @@ def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[B
     xs = values[len(graph.outputs):]
     reports = []
     for block, x in zip(blocks, xs):
-        arrays = [x, *(graph.weights[w.attrs["name"]] for w in block.inputs[1:])]
+        arrays = [x, *(weight_value(graph, w) for w in block.inputs[1:])]
         attrs = {"threshold": 0.0, "fused": False, **block.attrs}
         if block.op == "sparse_gated_mlp":
             w_gate, w_up, b_gate, b_up = arrays[1], arrays[2], None, None

@@ -1,0 +1,96 @@
+"""quantize: the row-streamed weights of the kernels' ops stored group-wise quantized (ir.quant layouts).
+
+    linear(x, @W)                           -> linear(x, @W.q4_0)                     @W.q4_0 : f32[n,k] q4_0
+    gated_mlp(x, @Wg, @Wu, @Wd)             -> gated_mlp(x, @Wg.q4_0, @Wu.q4_0, @Wd.q4_0)        (dense mode)
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t)    -> sparse_gated_mlp(x, @Wg.q4_0, @Wu.q4_0, @Wd.t.q4_0)   (any mode)
+
+What: `kind` "int8" -> q8_0, "int4" -> q4_0: symmetric, one fp16 scale per group of 32 consecutive elements of
+a stored row (int4 two codes per byte). The stored row is what the kernel streams: the input dim for linear,
+gate and up; the sparse ops' down projection is stored one neuron per row (transposed by sparsify), so each
+neuron's groups are contiguous and a skipped neuron skips whole blocks. Biases, norms, embeddings, and weights
+used by other ops stay as they are (a weight shared by an embedding and a linear gets a quantized copy).
+
+Why here: quantization is a property of a weight's storage, not a sparsity mode: the weight node keeps its
+logical type and gains `layout`; every op's semantics (the interpreter dequantizes), every sparse variant and
+every kernel family then take quantized weights unchanged. It runs after the sparsity passes, which read the
+float weights (calibration, transposition).
+
+Pre-quantized weights (`prequantized`: {weight name: QuantizedWeight}, e.g. `read_gguf_quantized`, keyed by
+the HF weight names the frontends keep) are taken as they are where the stored row is that matrix's row (same
+name and shape): lossless, whatever their layout (q8_0 / q4_0 / q4_1). A sparse down projection `@Wd.t` of a
+pre-quantized `@Wd` is re-quantized from its values: the file's groups run along n_ff, the kernel's along d.
+
+Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..ir import Graph, Node, rewrite
+from ..ir.graph import quantized_weight_node
+from ..ir.quant import QUANTIZE_KINDS, QuantizationError, quantize
+from .base import Pass, record
+
+# op -> indices of the inputs that are row-streamed weights (by the op's attributes)
+WEIGHT_INPUTS = {
+    "linear": lambda attrs: (1,),
+    "gated_mlp": lambda attrs: (1, 2) if attrs.get("fused") else (1, 2, 3),
+    "sparse_gated_mlp": lambda attrs: (1, 2, 3),
+}
+
+
+@dataclass(frozen=True)
+class Quantize(Pass):
+    name = "quantize"
+    kind: str = "int4"
+    prequantized: Mapping = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in QUANTIZE_KINDS:
+            raise QuantizationError(f"unknown quantization {self.kind!r}; valid: {', '.join(QUANTIZE_KINDS)}")
+
+    def __str__(self) -> str:  # the pre-quantized weights are data, not an option to print
+        return f"{self.name}{{kind={self.kind}}}"
+
+    def run(self, graph: Graph) -> Graph:
+        new_weights: dict = {}
+        made: dict[str, Node] = {}
+
+        def quantized(w: Node) -> Node:
+            name = w.attrs["name"]
+            if name not in made:
+                made[name] = self._quantized(graph, w, new_weights)
+            return made[name]
+
+        def visit(node: Node) -> Node | None:
+            pick = WEIGHT_INPUTS.get(node.op)
+            if pick is None:
+                return None
+            slots = [i for i in pick(node.attrs) if node.inputs[i].op == "weight" and node.inputs[i].type.rank == 2
+                     and node.inputs[i].attrs.get("layout", "dense") == "dense"]
+            if not slots:
+                return None
+            inputs = list(node.inputs)
+            for i in slots:
+                inputs[i] = quantized(inputs[i])
+            return Node(node.op, tuple(inputs), node.attrs, node.type, node.loc)
+
+        return rewrite(graph, visit, new_weights)
+
+    def _quantized(self, graph: Graph, w: Node, new_weights: dict) -> Node:
+        name = w.attrs["name"]
+        pre = self.prequantized.get(name)
+        if pre is not None and tuple(pre.shape) == tuple(w.shape):
+            record("prequantized")
+            qw = pre
+        else:
+            # a transposed pre-quantized matrix: its float values (the file's, dequantized) quantized anew
+            source = self.prequantized.get(name[:-2]) if name.endswith(".t") else None
+            record("requantized" if source is not None and tuple(source.shape) == tuple(w.shape)[::-1]
+                   else "quantized")
+            qw = quantize(graph.weights[name], self.kind)
+        qname = f"{name}.{qw.layout}"
+        new_weights[qname] = qw.blob
+        return quantized_weight_node(qname, qw)
