@@ -2,7 +2,8 @@
 
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t) -> gated_mlp(x, @Wg, @Wu, @Wd)     (@Wd = @Wd.t transposed back)
 
-Lossless: the same math, computed for every neuron.
+Lossless: the same math, computed for every neuron. A quantized @Wd.t (passes/quantize.py) is transposed back
+through its values and quantized again in its layout (groups now along n_ff): the twin is then close, not equal.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import Graph, Node, rewrite, weight_node
+from ..ir import Graph, Node, rewrite, weight_node, weight_value
+from ..ir.graph import quantized_weight_node
+from ..ir.quant import quantize
 from .base import Pass, record
 
 
@@ -27,14 +30,21 @@ class Densify(Pass):
                 return None
             x, w_gate, w_up, w_down_t = node.inputs
             name = w_down_t.attrs["name"]
-            name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
-            array = new_weights.setdefault(name, np.ascontiguousarray(graph.weights[w_down_t.attrs["name"]].T))
+            layout = w_down_t.attrs.get("layout", "dense")
+            if layout != "dense":
+                qw = quantize(weight_value(graph, w_down_t).T, layout)
+                new_weights.setdefault(f"{name}.back", qw.blob)
+                down = quantized_weight_node(f"{name}.back", qw)
+            else:
+                name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
+                down = weight_node(name, new_weights.setdefault(
+                    name, np.ascontiguousarray(graph.weights[w_down_t.attrs["name"]].T)))
             attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "fused": False}
             if node.attrs["gate_act"] == "fatrelu":
                 attrs["threshold"] = node.attrs["threshold"]
             if node.attrs.get("expert", -1) >= 0:
                 attrs["expert"] = node.attrs["expert"]
             record(node.attrs.get("pattern", "gated-mlp"))
-            return Node("gated_mlp", (x, w_gate, w_up, weight_node(name, array)), attrs, node.type, node.loc)
+            return Node("gated_mlp", (x, w_gate, w_up, down), attrs, node.type, node.loc)
 
         return rewrite(graph, visit, new_weights)

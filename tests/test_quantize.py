@@ -10,6 +10,7 @@ from actsparse.errors import ActsparseError
 from actsparse.ir import evaluate, parse_graph, print_graph, verify
 from actsparse.ir.quant import quantize
 from actsparse.passes import run_pipeline
+from actsparse.passes.densify import Densify
 from actsparse.passes.pipeline import pipeline_for
 from actsparse.passes.quantize import Quantize
 
@@ -43,7 +44,7 @@ def test_quantize_pass_rewrites_every_kernel_weight_and_the_reference_dequantize
 
 
 @pytest.mark.parametrize("mode", ["exact", "dense"])
-def test_compiled_quantized_kernels_equal_the_dequantized_reference(mode):
+def test_compiled_quantized_kernels_equal_the_dequantized_reference(mode, tmp_path):
     graph = exact_graph()
     x = mlp_input(d=D, seq=3)
     cm = actsparse.compile(graph, (x,), mode=mode, quantize="int4")
@@ -51,6 +52,13 @@ def test_compiled_quantized_kernels_equal_the_dequantized_reference(mode):
     for seq in (1, 3):
         xs = mlp_input(d=D, seq=seq, seed=seq)
         np.testing.assert_allclose(cm(xs), evaluate(cm.graph, [xs])[0], rtol=1e-4, atol=1e-5)
+    if mode == "exact":  # the artifact keeps the blobs and the layouts; its dense twin (bench) runs the same math
+        loaded = actsparse.load(cm.save(tmp_path / "q.actsparse"))
+        np.testing.assert_array_equal(loaded(x), cm(x))
+        twin = run_pipeline(cm.graph, [Densify()])
+        assert twin.stats["densify"] == {"drelu": 1} and "q4_0" in print_graph(twin.graph)
+        y = evaluate(cm.graph, [x])[0]
+        assert np.abs(evaluate(twin.graph, [x])[0] - y).max() < 0.3 * np.abs(y).max()
 
 
 def test_prequantized_weights_are_taken_as_stored():
