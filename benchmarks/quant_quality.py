@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(2)
     folder = model_dir()
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_NAME, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_NAME, dtype=torch.float32).eval()
     windows = token_windows(tok, args.windows, args.window)
     rows = {}
     rows["fp32 (GGUF dequantized)"] = nll_torch(model, windows)
