@@ -66,8 +66,10 @@ def nll_torch(model, windows) -> tuple[float, int]:
     return total, count
 
 
-def fake_quantized(model, kind: str, down_rows: str):
-    """A copy of `model` whose Linear weights hold dequantize(quantize(W)) in our layout (see the module docstring)."""
+def fake_quantized(model, kind: str, down_rows: str, prequantized=None, lm_head: str | None = None):
+    """A copy of `model` whose Linear weights hold dequantize(quantize(W)) in our layout (see the module docstring).
+    `prequantized` ({HF name: QuantizedWeight}): those weights stay as stored where the stored rows match (what the
+    quantize pass does with them; their values are the model's own); `lm_head`: its kind if not `kind`."""
     import copy
 
     import numpy as np
@@ -80,10 +82,15 @@ def fake_quantized(model, kind: str, down_rows: str):
         if not isinstance(mod, torch.nn.Linear):
             continue
         w = mod.weight.detach().float().numpy()
-        if name.endswith("down_proj") and down_rows == "sparse":  # stored transposed: groups along d
-            deq = quantize(np.ascontiguousarray(w.T), kind).dequantize().T
+        transposed = name.endswith("down_proj") and down_rows == "sparse"  # stored transposed: groups along d
+        tied = name == "lm_head" and "model.embed_tokens.weight" in (prequantized or {})
+        if not transposed and (f"{name}.weight" in (prequantized or {}) or tied):
+            continue  # kept as stored: the model's weights are those values already
+        this_kind = lm_head if name == "lm_head" and lm_head else kind
+        if transposed:
+            deq = quantize(np.ascontiguousarray(w.T), this_kind).dequantize().T
         else:
-            deq = quantize(w, kind).dequantize()
+            deq = quantize(w, this_kind).dequantize()
         mod.weight = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(deq)), requires_grad=False)
     return q
 
@@ -137,6 +144,13 @@ def main(argv=None) -> int:
     for kind in ("int8", "int4"):
         rows[f"actsparse {kind} ({'q8_0' if kind == 'int8' else 'q4_0'}, down {args.down_rows} rows)"] = nll_torch(
             fake_quantized(model, kind, args.down_rows), windows)
+    rows["actsparse int4, lm_head int8"] = nll_torch(fake_quantized(model, "int4", args.down_rows, lm_head="int8"),
+                                                     windows)
+    from actsparse.frontends.gguf_quant import read_gguf_quantized
+
+    kept = read_gguf_quantized(folder / GGUF_NAME)
+    rows[f"actsparse int4 keeping the GGUF's {len(kept)} Q4_1/Q8_0 matrices (prequantized)"] = nll_torch(
+        fake_quantized(model, "int4", args.down_rows, prequantized=kept), windows)
     llama_note = ""
     if not args.no_llama:
         try:

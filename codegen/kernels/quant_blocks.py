@@ -53,13 +53,14 @@ def offset(lay: QuantLayout, w, row, grp):
     return _half(w, row, grp * lay.block_bytes + 2)
 
 
-def code(lay: QuantLayout, w, row, grp, hf, j):
-    """The code of column grp * 32 + hf * 16 + j as float32 (q4_0: already minus 8; scale and offset not applied)."""
+def code(lay: QuantLayout, w, row, grp, hf, j, centered: bool = True):
+    """The code of column grp * 32 + hf * 16 + j as float32 (scale and offset not applied); q4_0's nibble minus 8
+    when `centered` (else the raw nibble: the dot product then subtracts 8 * sum(x) once per group)."""
     base = grp * lay.block_bytes + lay.header_bytes
     if lay.bits == 8:
         return T.Cast("float32", T.Cast("int8", w[row, base + hf * HALF + j]))
     nib = T.Cast("float32", T.bitwise_and(T.shift_right(w[row, base + j], T.Cast("uint8", hf * 4)), T.uint8(15)))
-    return nib if lay.offset else nib - T.float32(8)
+    return nib if lay.offset or not centered else nib - T.float32(8)
 
 
 def value_at(dtype: str, w, row, k):
@@ -97,29 +98,44 @@ def quant_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     hsum = hsum_macro(L)
     pf = _prefetch_macro()
     off = lay.offset
+    centered_by_sum = lay.bits == 4 and not off  # q4_0
+    sums = off or centered_by_sum  # the group's sum of x is needed
 
     @T.macro
     def dots(w, x, m, rows, base, i, end, dst, dcol):
+        # per group and row: g = sum(code * x) in fp32 lanes, then acc += scale * g (+ offset * sum(x)); q4_0's
+        # "- 8" enters g as -8 * sum(x), computed once per group for all rows (fewer operations per weight)
         acc = T.alloc_buffer((R * L,), "float32", scope="global")
+        xs = T.alloc_buffer((L,), "float32", scope="global")  # the group's x, summed into L lanes
         for v in T.vectorized(R * L):
             acc[v] = T.float32(0)
         for grp in range(n_full):
             if prefetch:
                 for r in T.unroll(R):
                     pf(w, row(rows, base, T.min(i + R + r, end - 1)), grp * lay.block_bytes)
-            for r in T.unroll(R):
-                rr: T.let = row(rows, base, T.min(i + r, end - 1))
-                sc: T.let = scale(lay, w, rr, grp)
+            if sums:
+                for v in T.vectorized(L):
+                    xs[v] = T.float32(0)
                 for hf in T.unroll(2):
                     for s in T.unroll(S):
                         for v in T.vectorized(L):
-                            if off:
-                                acc[r * L + v] = acc[r * L + v] + (
-                                    code(lay, w, rr, grp, hf, s * L + v) * sc + offset(lay, w, rr, grp)
-                                ) * x[m, grp * GROUP + hf * HALF + s * L + v]
-                            else:
-                                acc[r * L + v] = acc[r * L + v] + code(lay, w, rr, grp, hf, s * L + v) * sc * x[
-                                    m, grp * GROUP + hf * HALF + s * L + v]
+                            xs[v] = xs[v] + x[m, grp * GROUP + hf * HALF + s * L + v]
+            for r in T.unroll(R):
+                g = T.alloc_buffer((L,), "float32", scope="global")
+                rr: T.let = row(rows, base, T.min(i + r, end - 1))
+                for v in T.vectorized(L):
+                    g[v] = xs[v] * T.float32(-8) if centered_by_sum else T.float32(0)
+                for hf in T.unroll(2):
+                    for s in T.unroll(S):
+                        for v in T.vectorized(L):
+                            g[v] = g[v] + code(lay, w, rr, grp, hf, s * L + v, centered=False) * x[
+                                m, grp * GROUP + hf * HALF + s * L + v]
+                sc: T.let = scale(lay, w, rr, grp)
+                for v in T.vectorized(L):
+                    if off:
+                        acc[r * L + v] = acc[r * L + v] + g[v] * sc + xs[v] * offset(lay, w, rr, grp)
+                    else:
+                        acc[r * L + v] = acc[r * L + v] + g[v] * sc
         red = T.alloc_buffer((L,), "float32", scope="global")
         for r in T.unroll(R):
             for v in T.vectorized(L):
