@@ -7,9 +7,10 @@ model on the same tokens.
 Variants, all on the same token windows (no BOS, each window scored on its own):
 - fp32: the GGUF's weights as transformers loads them (dequantized to float): the reference.
 - int8 / int4: every weight our quantize pass quantizes (each Linear: q/k/v/o, gate/up/down, and lm_head, which
-  gets a quantized copy of the tied embedding) replaced by dequantize(quantize(W)) in exactly our layout: q8_0 /
-  q4_0, groups of 32 along the stored row. The down projection is grouped as the sparse kernels store it (one
-  neuron per row, groups along d); `--down-rows dense` groups it along n_ff as the dense/linear kernels do.
+  gets a quantized copy of the tied embedding; under int4 lm_head is int8, the pass's default) replaced by
+  dequantize(quantize(W)) in exactly our layout: q8_0 / q4_0, groups of 32 along the stored row. The down
+  projection is grouped as the sparse kernels store it (one neuron per row, groups along d); `--down-rows dense`
+  groups it along n_ff as the dense/linear kernels do.
   The kernels compute exactly on these dequantized values (tests/test_kernels_quant.py, tests/test_quantize.py),
   so a torch fake-quant gives the compiled model's quality.
 - llama.cpp Q4_0: the GGUF re-quantized by llama.cpp itself (`llama_model_quantize`, ftype Q4_0), run by
@@ -141,16 +142,17 @@ def main(argv=None) -> int:
     windows = token_windows(tok, args.windows, args.window)
     rows = {}
     rows["fp32 (GGUF dequantized)"] = nll_torch(model, windows)
-    for kind in ("int8", "int4"):
-        rows[f"actsparse {kind} ({'q8_0' if kind == 'int8' else 'q4_0'}, down {args.down_rows} rows)"] = nll_torch(
-            fake_quantized(model, kind, args.down_rows), windows)
-    rows["actsparse int4, lm_head int8"] = nll_torch(fake_quantized(model, "int4", args.down_rows, lm_head="int8"),
-                                                     windows)
+    rows[f"actsparse int8 (q8_0, down {args.down_rows} rows)"] = nll_torch(
+        fake_quantized(model, "int8", args.down_rows), windows)
+    rows[f"actsparse int4 (q4_0, down {args.down_rows} rows; lm_head int8: the default)"] = nll_torch(
+        fake_quantized(model, "int4", args.down_rows, lm_head="int8"), windows)
+    rows["actsparse int4, lm_head int4 too (Quantize(output=None))"] = nll_torch(
+        fake_quantized(model, "int4", args.down_rows), windows)
     from actsparse.frontends.gguf_quant import read_gguf_quantized
 
     kept = read_gguf_quantized(folder / GGUF_NAME)
     rows[f"actsparse int4 keeping the GGUF's {len(kept)} Q4_1/Q8_0 matrices (prequantized)"] = nll_torch(
-        fake_quantized(model, "int4", args.down_rows, prequantized=kept), windows)
+        fake_quantized(model, "int4", args.down_rows, prequantized=kept, lm_head="int8"), windows)
     llama_note = ""
     if not args.no_llama:
         try:

@@ -20,7 +20,12 @@ the HF weight names the frontends keep) are taken as they are where the stored r
 name and shape): lossless, whatever their layout (q8_0 / q4_0 / q4_1). A sparse down projection `@Wd.t` of a
 pre-quantized `@Wd` is re-quantized from its values: the file's groups run along n_ff, the kernel's along d.
 
-Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows).
+The output projection (a `linear` that is a graph output, or whose weight an `embedding` also reads: a tied
+lm_head) is quantized as `output` ("int8" by default): its error lands on every logit, and llama.cpp likewise
+keeps it above 4 bits (Q6_K) in its Q4_0 files. `output=None` quantizes it like the rest.
+
+Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows),
+`output-<kind>` for the output projection.
 """
 
 from __future__ import annotations
@@ -45,24 +50,32 @@ WEIGHT_INPUTS = {
 class Quantize(Pass):
     name = "quantize"
     kind: str = "int4"
+    output: str | None = "int8"
     prequantized: Mapping = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in QUANTIZE_KINDS:
-            raise QuantizationError(f"unknown quantization {self.kind!r}; valid: {', '.join(QUANTIZE_KINDS)}")
+        for value in (self.kind, self.output or self.kind):
+            if value not in QUANTIZE_KINDS:
+                raise QuantizationError(f"unknown quantization {value!r}; valid: {', '.join(QUANTIZE_KINDS)}")
 
     def __str__(self) -> str:  # the pre-quantized weights are data, not an option to print
-        return f"{self.name}{{kind={self.kind}}}"
+        return f"{self.name}{{kind={self.kind},output={self.output}}}"
 
     def run(self, graph: Graph) -> Graph:
         new_weights: dict = {}
-        made: dict[str, Node] = {}
+        made: dict[tuple, Node] = {}
+        # weights of the output projection: of a linear that is a graph output, or read by an embedding (tied)
+        heads = {n.inputs[0].attrs["name"] for n in graph.nodes if n.op == "embedding" and n.inputs[0].op == "weight"}
+        heads |= {o.inputs[1].attrs["name"] for o in graph.outputs if o.op == "linear" and o.inputs[1].op == "weight"}
 
-        def quantized(w: Node) -> Node:
-            name = w.attrs["name"]
-            if name not in made:
-                made[name] = self._quantized(graph, w, new_weights)
-            return made[name]
+        def quantized(w: Node, kind: str) -> Node:
+            key = (w.attrs["name"], kind)
+            if key not in made:
+                made[key] = self._quantized(graph, w, kind, new_weights)
+            return made[key]
+
+        def is_output(node: Node) -> bool:
+            return node.op == "linear" and node.inputs[1].attrs.get("name") in heads
 
         def visit(node: Node) -> Node | None:
             pick = WEIGHT_INPUTS.get(node.op)
@@ -73,13 +86,16 @@ class Quantize(Pass):
             if not slots:
                 return None
             inputs = list(node.inputs)
+            kind = self.output if self.output and is_output(node) else self.kind
+            if kind != self.kind:
+                record(f"output-{kind}")
             for i in slots:
-                inputs[i] = quantized(inputs[i])
+                inputs[i] = quantized(inputs[i], kind)
             return Node(node.op, tuple(inputs), node.attrs, node.type, node.loc)
 
         return rewrite(graph, visit, new_weights)
 
-    def _quantized(self, graph: Graph, w: Node, new_weights: dict) -> Node:
+    def _quantized(self, graph: Graph, w: Node, kind: str, new_weights: dict) -> Node:
         name = w.attrs["name"]
         pre = self.prequantized.get(name)
         if pre is not None and tuple(pre.shape) == tuple(w.shape):
@@ -90,7 +106,7 @@ class Quantize(Pass):
             source = self.prequantized.get(name[:-2]) if name.endswith(".t") else None
             record("requantized" if source is not None and tuple(source.shape) == tuple(w.shape)[::-1]
                    else "quantized")
-            qw = quantize(graph.weights[name], self.kind)
+            qw = quantize(graph.weights[name], kind)
         qname = f"{name}.{qw.layout}"
         new_weights[qname] = qw.blob
         return quantized_weight_node(qname, qw)

@@ -69,7 +69,22 @@ def test_prequantized_weights_are_taken_as_stored():
     result = run_pipeline(graph, [*pipeline_for("exact"), Quantize(kind="int4", prequantized=pre)])
     assert result.stats["quantize"] == {"prequantized": 1, "requantized": 1, "quantized": 1}
     np.testing.assert_array_equal(result.graph.weights["mlp.gate.weight.q4_1"], gate.blob)
-    assert str(Quantize(kind="int8", prequantized=pre)) == "quantize{kind=int8}"
+    assert str(Quantize(kind="int8", prequantized=pre)) == "quantize{kind=int8,output=int8}"
+
+
+def test_the_output_projection_is_quantized_int8_under_int4():
+    graph = parse_graph("""graph @main(%x: f32[1,seq,40]) {
+  @head.weight : f32[64,40]
+  @proj.weight : f32[40,40]
+  %0 = linear(%x, @proj.weight) : f32[1,seq,40]
+  %1 = linear(%0, @head.weight) : f32[1,seq,64]
+  return %1
+}""", {"head.weight": np.ones((64, 40), np.float32), "proj.weight": np.ones((40, 40), np.float32)})
+    out = run_pipeline(graph, [Quantize(kind="int4")])
+    assert out.stats["quantize"] == {"quantized": 2, "output-int8": 1}
+    assert {n.attrs.get("layout") for n in out.graph.nodes if n.op == "weight"} == {"q4_0", "q8_0"}
+    plain = run_pipeline(graph, [Quantize(kind="int4", output=None)])
+    assert plain.stats["quantize"] == {"quantized": 2}
 
 
 def test_bad_quantize_requests_are_one_clear_error():
