@@ -1,9 +1,12 @@
-"""densify: the inverse of sparsify-exact, for building a sparse artifact's dense twin (`actsparse bench`).
+"""densify: the inverse of the sparsify passes, for building a sparse artifact's dense twin (`actsparse bench`).
 
-    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t) -> gated_mlp(x, @Wg, @Wu, @Wd)     (@Wd = @Wd.t transposed back)
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, *extra){mode=v} -> gated_mlp(x, @Wg, @Wu, @Wd){v.dense_attrs(attrs)}
+                                                             (@Wd = @Wd.t transposed back, extra inputs dropped)
 
-Lossless: the same math, computed for every neuron. A quantized @Wd.t (passes/quantize.py) is transposed back
-through its values and quantized again in its layout (groups now along n_ff): the twin is then close, not equal.
+The gated_mlp attrs are the variant's (`dense_attrs` of its entry in ir/sparse_variants.py): the same
+activations, every neuron computed (exact mode: the same math; lossy modes: their dense original). A quantized
+@Wd.t (passes/quantize.py) is transposed back through its values and quantized again in its layout (groups now
+along n_ff): the twin is then close, not equal.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from ..ir import Graph, Node, rewrite, weight_node, weight_value
 from ..ir.graph import quantized_weight_node
 from ..ir.quant import quantize
+from ..ir.sparse_variants import variant_of
 from .base import Pass, record
 
 
@@ -28,7 +32,7 @@ class Densify(Pass):
         def visit(node: Node) -> Node | None:
             if node.op != "sparse_gated_mlp":
                 return None
-            x, w_gate, w_up, w_down_t = node.inputs
+            x, w_gate, w_up, w_down_t = node.inputs[:4]
             name = w_down_t.attrs["name"]
             layout = w_down_t.attrs.get("layout", "dense")
             if layout != "dense":
@@ -39,11 +43,7 @@ class Densify(Pass):
                 name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
                 down = weight_node(name, new_weights.setdefault(
                     name, np.ascontiguousarray(graph.weights[w_down_t.attrs["name"]].T)))
-            attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "fused": False}
-            if node.attrs["gate_act"] == "fatrelu":
-                attrs["threshold"] = node.attrs["threshold"]
-            if node.attrs.get("expert", -1) >= 0:
-                attrs["expert"] = node.attrs["expert"]
+            attrs = variant_of(node.attrs).dense_attrs(dict(node.attrs))
             record(node.attrs.get("pattern", "gated-mlp"))
             return Node("gated_mlp", (x, w_gate, w_up, down), attrs, node.type, node.loc)
 
