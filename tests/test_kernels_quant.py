@@ -61,8 +61,9 @@ def check(kind, dtype, calls, outs):
 @given(dtype=layouts, d=ragged, n_ff=st.integers(1, 48), frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
 def test_x86_quantized_kernel_matches_dequantized_reference(kind, dtype, d, n_ff, frac, seed):
     from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
 
-    prim = primfunc(kind, d, n_ff, dtype, targets.get("x86").schedule(), ACTS[kind], bias=True)
+    prim = primfunc(kind, d, n_ff, dtype, schedule_for(targets.get("x86")), ACTS[kind], bias=True)
     calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac)
     check(kind, dtype, calls, run_native(prim, calls))
 
@@ -77,9 +78,10 @@ def rotated(dtype):
 @given(dtype=layouts, d=st.integers(33, 60).filter(lambda d: d % 32), n_ff=st.integers(3, 24), seed=st.integers(0, 99))
 def test_arm_quantized_kernels_match_dequantized_reference_under_qemu(dtype, d, n_ff, seed):
     from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
 
     require_cross_tools()
-    sched, layout_of = targets.get("arm").schedule(), rotated(dtype)
+    sched, layout_of = schedule_for(targets.get("arm")), rotated(dtype)
     prims = {kind: primfunc(kind, d, n_ff, layout_of[kind], sched, ACTS[kind], bias=True) for kind in KINDS}
     rng = np.random.default_rng(seed)
     jobs = [(prims[kind], quant_calls(kind, rng, d, n_ff, layout_of[kind], 0.3)) for kind in KINDS]
@@ -91,8 +93,9 @@ def test_arm_quantized_kernels_match_dequantized_reference_under_qemu(dtype, d, 
 @given(dtype=layouts, d=st.integers(33, 50).filter(lambda d: d % 32), n_ff=st.integers(3, 12), seed=st.integers(0, 99))
 def test_cuda_quantized_kernels_match_dequantized_reference_under_simt(dtype, d, n_ff, seed):
     from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
 
-    sched, layout_of = targets.get("cuda").schedule(), rotated(dtype)
+    sched, layout_of = schedule_for(targets.get("cuda")), rotated(dtype)
     prims = {kind: primfunc(kind, d, n_ff, layout_of[kind], sched, ACTS[kind], bias=True) for kind in KINDS}
     rng = np.random.default_rng(seed)
     jobs = [(prims[kind], quant_calls(kind, rng, d, n_ff, layout_of[kind], 0.3)) for kind in KINDS]
@@ -102,6 +105,7 @@ def test_cuda_quantized_kernels_match_dequantized_reference_under_simt(dtype, d,
 
 def test_quantized_kernel_rejects_an_unknown_layout():
     from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
 
     with pytest.raises(ValueError, match="quantized layout"):
-        primfunc("exact", 64, 8, "q5_0", targets.get("x86").schedule())
+        primfunc("exact", 64, 8, "q5_0", schedule_for(targets.get("x86")))
