@@ -14,6 +14,7 @@ import numpy as np
 from .errors import ActsparseError
 from .ir import Graph, TensorType
 from .ir.examples import example_inputs_for
+from .ir.quant import QUANTIZE_KINDS
 from .passes import pipeline_for, run_pipeline
 from .passes.pipeline import LOSSY_MODES, MODES
 from .runtime import CompiledModule
@@ -72,7 +73,8 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
 def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x86", mode: str = "auto",
             calibration=None, sparsity: float | None = None, memory_budget: int | None = None,
             method: str | None = None, max_seq: int | None = None, tokenizer=None, predictor: str | None = None,
-            recall: float | None = None, predictor_budget: float | None = None):
+            recall: float | None = None, predictor_budget: float | None = None, quantize: str | None = None,
+            prequantized=None):
     """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
     target `sparsity`; `method` picks the threshold calibration ("cats" default, "teal", "topk"). The report then
     gives each block's calibrated sparsity, the sparsity measured on `example_inputs` (keep them out of the
@@ -82,17 +84,27 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     (training-free), `recall` the per-block target (default 0.99), `sparsity` an optional floor on the predicted
     sparsity per block, `predictor_budget` the predictors' bytes as a fraction of the MLP bytes (default 0.1).
 
+    `quantize` ("int8" | "int4"): the kernels' weights stored group-wise quantized (passes/quantize.py), in any
+    mode; `prequantized` ({weight name: ir.quant.QuantizedWeight}, e.g. `frontends.gguf_quant.read_gguf_quantized`)
+    supplies weights already quantized (taken losslessly where the stored rows match); a .gguf source compiled
+    with `quantize` takes its own Q8_0/Q4_0/Q4_1 tensors that way.
+
     Decoders: a Hugging Face folder, a .gguf file, or a transformers causal LM given without example inputs (or
     with `max_seq`) compiles to a `Decoder` with a KV cache of `max_seq` slots (see `compile_decoder`)."""
     from .frontends.hf_source import is_decoder_source
 
     predictor_options = {"predictor": predictor, "recall": recall, "predictor_budget": predictor_budget}
+    if quantize is not None and quantize not in QUANTIZE_KINDS:
+        raise ActsparseError(f"unknown quantize={quantize!r}; valid: None, {', '.join(map(repr, QUANTIZE_KINDS))}")
+    if prequantized is not None and quantize is None:
+        raise ActsparseError("prequantized weights need quantize='int8' or 'int4' (the layout the rest is stored in)")
+    quant = {"quantize": quantize, "prequantized": prequantized}
     if is_decoder_source(model) and (isinstance(model, (str, os.PathLike)) or example_inputs is None
                                      or max_seq is not None):
         prompt = example_inputs[0] if example_inputs else None  # the report's sparsity is measured on it
         return compile_decoder(model, target=target, mode=mode, max_seq=max_seq, tokenizer=tokenizer,
                                calibration=calibration, sparsity=sparsity, memory_budget=memory_budget,
-                               method=method, prompt=prompt, predictor_options=predictor_options)
+                               method=method, prompt=prompt, predictor_options=predictor_options, **quant)
     if max_seq is not None:
         raise ActsparseError("max_seq applies to decoders (a Hugging Face folder, a .gguf file or a transformers "
                              f"causal LM), not to a {type(model).__name__}")
@@ -106,12 +118,12 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
         # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
         example_inputs = example_inputs_for(graph)
-    return compile_graph(graph, [_to_numpy(x) for x in example_inputs], target, mode, options)
+    return compile_graph(graph, [_to_numpy(x) for x in example_inputs], target, mode, options, **quant)
 
 
 def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_seq: int | None = None,
                     tokenizer=None, calibration=None, sparsity=None, memory_budget=None, method=None, prompt=None,
-                    predictor_options: dict | None = None):
+                    predictor_options: dict | None = None, quantize: str | None = None, prequantized=None):
     """A decoder source (HF folder, .gguf, transformers causal LM) -> `Decoder` (prefill / step / generate).
 
     The decoding graph comes from the model's own forward with its KV cache as graph inputs
@@ -142,13 +154,19 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
     options = _lossy_options(mode, calibration, sparsity, method, predictor_options)
     if prompt is None:
         prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
-    module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options)
+    if quantize is not None and prequantized is None and isinstance(source, (str, os.PathLike)) \
+            and str(source).endswith(".gguf"):
+        from .frontends.gguf_quant import read_gguf_quantized
+
+        prequantized = read_gguf_quantized(source)  # the file's own blocks, kept where the layout allows
+    module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized)
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
                        source if isinstance(source, str) else type(model).__name__)
     return Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
 
 
-def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str, options: dict) -> CompiledModule:
+def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str, options: dict,
+                  quantize: str | None = None, prequantized=None) -> CompiledModule:
     """An imported graph through the mode's pipeline, measured on `arrays`, built for the target."""
     from . import targets as target_registry
     from .codegen.build import build
@@ -158,6 +176,10 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
         passes = pipeline_for(mode, tgt, **options)
     except ValueError as err:
         raise ActsparseError(str(err)) from None
+    if quantize is not None:  # a storage property of the weights, after the sparsity passes (which read floats)
+        from .passes.quantize import Quantize
+
+        passes.append(Quantize(kind=quantize, prequantized=dict(prequantized or {})))
     result = run_pipeline(graph, passes)
     report = build_report(tgt.name, mode, result.graph, graph if mode in LOSSY_MODES else None, arrays,
                           result.stats, result.notes)

@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("-m", "--mode", default="auto")
     build.add_argument("-o", "--out", required=True, help="artifact directory to write")
     build.add_argument("--seq", type=_count, default=16, help="example sequence length when the factory gives none")
+    build.add_argument("--quantize", choices=("int8", "int4"),
+                       help="store the kernels' weights group-wise quantized (groups of 32, fp16 scales)")
     build.add_argument("--sign", metavar="KEY", help="sign the artifact with this ed25519 private key (PEM; make one "
                        "with `actsparse keygen KEY`); load it with actsparse.load(OUT, public_key=KEY.pub)")
     build.add_argument("--max-seq", type=_count, help="decoders: KV-cache slots (default: the model's context, "
@@ -174,7 +176,8 @@ def _build(args) -> int:
         model, inputs = args.spec, ()
     else:
         model, inputs = load_spec(args.spec, args.seq)
-    cm = api.compile(model, inputs, target=args.target, mode=args.mode, **_lossy_options(args))
+    cm = api.compile(model, inputs, target=args.target, mode=args.mode, quantize=args.quantize,
+                     **_lossy_options(args))
     path = cm.save(args.out, signing_key=args.sign)
     print(cm.report)
     print(f"wrote {path} (manifest sha256 {read_artifact(path).manifest_sha256}{', signed' if args.sign else ''})")

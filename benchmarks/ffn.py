@@ -24,6 +24,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from actsparse.ir.quant import LAYOUTS
+
 MISTRAL = (4096, 14336)
 SMALL = (256, 1024)
 TORCH = "torch dense (F.linear chain, fp32)"
@@ -81,6 +83,7 @@ class FfnBench:
         self.wd = (rng.standard_normal((d, n_ff)) / np.sqrt(n_ff)).astype("float32")  # torch layout [d, n_ff]
         self.wd_t = np.ascontiguousarray(self.wd.T)
         self._kernels: dict = {}
+        self._quantized: dict = {}
         self.compile_s = 0.0
         self._wake = self._wakers()
 
@@ -177,6 +180,19 @@ class FfnBench:
             self.compile_s += time.perf_counter() - t0
         return self._kernels[dtype]
 
+    def quantized(self, dtype: str, which: str):
+        """The weight `which` ("wg", "wu", "wd_t") quantized in layout `dtype` (cached), or None for a float dtype."""
+        if dtype not in LAYOUTS:
+            return None
+        if LAYOUTS[dtype].offset:  # the sparsity setup negates quantized rows, exact only for symmetric layouts
+            raise ValueError(f"the FFN benchmark takes symmetric layouts (q8_0, q4_0), not {dtype}")
+        key = (dtype, which)
+        if key not in self._quantized:
+            from actsparse.ir.quant import quantize
+
+            self._quantized[key] = quantize(getattr(self, which), dtype)
+        return self._quantized[key]
+
     # --- one configuration: weights for a sparsity, the runners, their check -----------------------------------
     def runners(self, sparsity: float, dtype: str, which=(TORCH, EXACT, INDEXED, DENSE)) -> tuple[dict, int]:
         """{name: (fn, bytes it must read)} for `sparsity` (exactly that fraction of gates <= 0) and the
@@ -186,15 +202,27 @@ class FfnBench:
 
         from actsparse.runtime.memory import host_tensor as tv  # numpy-owned aligned memory via DLPack
 
-        d, n_ff, wbytes = self.d, self.n_ff, 2 if dtype == "float16" else 4
+        d, n_ff = self.d, self.n_ff
+        row_bytes = LAYOUTS[dtype].row_bytes(d) if dtype in LAYOUTS else d * (2 if dtype == "float16" else 4)
         n_active = int(round((1.0 - sparsity) * n_ff))
         active = np.zeros(n_ff, bool)
         active[self.rng.choice(n_ff, n_active, replace=False)] = True
-        g = self.wg @ self.x[0]
-        wg = self.wg * np.where(active == (g > 0), 1.0, -1.0).astype("float32")[:, None]  # g > 0 exactly on active
-        assert ((wg @ self.x[0]) > 0).sum() == n_active
+        qg = self.quantized(dtype, "wg")  # symmetric quantization commutes with negating a row: flip after it
+        g = (qg.dequantize() if qg else self.wg) @ self.x[0]
+        flip = np.where(active == (g > 0), 1.0, -1.0).astype("float32")[:, None]  # g > 0 exactly on active
+        wg = self.wg * flip
         idx = np.flatnonzero(active).astype("int32")[None]
-        tx, tw = tv(self.x), [tv(w.astype(dtype)) for w in (wg, self.wu, self.wd_t)]
+        if qg:  # quantized layouts: the blobs, and the float reference of what they hold (not torch's weights)
+            wg_blob = qg.blob.copy()
+            wg_blob.reshape(n_ff, -1, LAYOUTS[dtype].block_bytes)[flip[:, 0] < 0, :, 1] ^= 0x80  # fp16 scale sign
+            tw = [tv(wg_blob), tv(self.quantized(dtype, "wu").blob), tv(self.quantized(dtype, "wd_t").blob)]
+            deq = [qg.dequantize() * flip, self.quantized(dtype, "wu").dequantize(),
+                   self.quantized(dtype, "wd_t").dequantize()]
+            assert ((deq[0] @ self.x[0]) > 0).sum() == n_active
+        else:
+            assert ((wg @ self.x[0]) > 0).sum() == n_active
+            tw = [tv(w.astype(dtype)) for w in (wg, self.wu, self.wd_t)]
+        tx = tv(self.x)
         t_idx = tv(idx if n_active else np.zeros((1, 1), "int32"))
         t_count = tv(np.array([n_active], "int32"))
         outs = {k: tv(np.zeros((1, d), "float32")) for k in ("exact", "indexed", "dense")}
@@ -207,16 +235,19 @@ class FfnBench:
 
         all_runners = {
             TORCH: (torch_dense, 3 * n_ff * d * 4),
-            EXACT: (lambda: k["exact"](tx, *tw, outs["exact"]), n_ff * d * wbytes + 2 * n_active * d * wbytes),
-            INDEXED: (lambda: k["indexed"](tx, *tw, t_idx, t_count, outs["indexed"]), 3 * n_active * d * wbytes),
-            DENSE: (lambda: k["dense"](tx, *tw, outs["dense"]), 3 * n_ff * d * wbytes),
+            EXACT: (lambda: k["exact"](tx, *tw, outs["exact"]), n_ff * row_bytes + 2 * n_active * row_bytes),
+            INDEXED: (lambda: k["indexed"](tx, *tw, t_idx, t_count, outs["indexed"]), 3 * n_active * row_bytes),
+            DENSE: (lambda: k["dense"](tx, *tw, outs["dense"]), 3 * n_ff * row_bytes),
         }
         runners = {name: all_runners[name] for name in which}
         # correctness first (fp32 accumulation; fp16 weights differ from the fp32 torch weights by rounding)
         ref = torch_dense().numpy().astype("float64")
+        if qg:
+            x64 = self.x[0].astype("float64")
+            ref = ((np.maximum(deq[0] @ x64, 0) * (deq[1] @ x64)) @ deq[2])[None]
         for fn, _ in runners.values():
             fn()
-        tol = 1e-3 if dtype == "float32" else 3e-2
+        tol = 3e-2 if dtype == "float16" else 1e-3
         for name, key in ((EXACT, "exact"), (INDEXED, "indexed"), (DENSE, "dense")):
             if name in runners:
                 err = np.abs(outs[key].numpy() - ref).max() / max(np.abs(ref).max(), 1e-30)
@@ -302,8 +333,8 @@ def start_sweep(ap: argparse.ArgumentParser, argv=None) -> Sweep:
     dtypes = args.dtypes.split(",")
     if any(not 0.0 <= s < 1.0 for s in sparsities):
         ap.error("sparsities must be in [0, 1)")
-    if any(dt not in ("float32", "float16") for dt in dtypes):
-        ap.error("dtypes: float32 and/or float16")
+    if any(dt not in ("float32", "float16", *LAYOUTS) for dt in dtypes):
+        ap.error(f"dtypes: float32, float16 and/or a quantized layout ({', '.join(LAYOUTS)})")
     d, n_ff = SMALL if args.small else MISTRAL
     bench = FfnBench(d, n_ff, args.threads, isa=getattr(args, "isa", "host"))
     load_before = os.getloadavg()[0]

@@ -1,5 +1,6 @@
 """Sparsity sweep of the ReGLU FFN at Mistral-7B dims, batch 1: exact and indexed modes, fp32 and fp16 weights,
-against torch dense fp32 measured in the same runs. One markdown table on stdout.
+against torch dense fp32 measured in the same runs (quantized layouts, e.g. --dtypes q4_0,q8_0: also against our dense
+kernel on the same layout). One markdown table on stdout.
 
     python -m actsparse.benchmarks.ffn_sweep [--sparsities 0.5,0.7,0.9,0.95] [--dtypes float32,float16]
                                              [--repeats 15] [--threads 2] [--small]
@@ -18,7 +19,9 @@ from __future__ import annotations
 import os
 import sys
 
-from .ffn import EXACT, INDEXED, TORCH, start_sweep, sweep_parser
+from actsparse.ir.quant import LAYOUTS
+
+from .ffn import DENSE, EXACT, INDEXED, TORCH, start_sweep, sweep_parser
 
 PROBE = "read-sum probe"
 
@@ -34,7 +37,9 @@ def main(argv=None) -> int:
     for dtype in sweep.dtypes:
         for sparsity in sweep.sparsities:
             try:
-                runners, n_active = bench.runners(sparsity, dtype, which=(TORCH, EXACT, INDEXED))
+                # quantized layouts: our dense kernel on the same layout too (the ratio a sparse kernel must beat)
+                which = (TORCH, EXACT, INDEXED, DENSE) if dtype in LAYOUTS else (TORCH, EXACT, INDEXED)
+                runners, n_active = bench.runners(sparsity, dtype, which=which)
             except AssertionError as err:
                 print(f"MISMATCH: {err}")
                 return 1
@@ -43,13 +48,15 @@ def main(argv=None) -> int:
             med = {name: float(np.median(t)) for name, t in times.items()}
             row = {"dtype": dtype, "sparsity": sparsity, "torch_ms": med[TORCH] * 1e3,
                    "limit": probe[1] / med[PROBE] / 1e9}
-            for key, name in (("exact", EXACT), ("indexed", INDEXED)):
-                nbytes = runners[name][1]
-                row[key] = (med[name] * 1e3, nbytes / med[name] / 1e9, med[TORCH] / med[name])
+            for key, name in (("exact", EXACT), ("indexed", INDEXED), ("dense", DENSE)):
+                if name in runners:
+                    nbytes = runners[name][1]
+                    row[key] = (med[name] * 1e3, nbytes / med[name] / 1e9, med[TORCH] / med[name])
             rows.append(row)
             e, i = row["exact"], row["indexed"]
             print(f"{dtype} {sparsity:.0%}: torch {row['torch_ms']:.2f} ms | exact {e[0]:.2f} ms {e[1]:.1f} GB/s "
-                  f"{e[2]:.2f}x | indexed {i[0]:.2f} ms {i[1]:.1f} GB/s {i[2]:.2f}x | limit {row['limit']:.1f} GB/s",
+                  f"{e[2]:.2f}x | indexed {i[0]:.2f} ms {i[1]:.1f} GB/s {i[2]:.2f}x | limit {row['limit']:.1f} GB/s"
+                  + (f" | dense {row['dense'][0]:.2f} ms {row['dense'][1]:.1f} GB/s" if "dense" in row else ""),
                   flush=True)
             del runners
 
@@ -65,6 +72,14 @@ def main(argv=None) -> int:
         print(f"| {r['dtype']} | {r['sparsity']:.0%} | {lim:.1f} | {r['torch_ms']:.2f} | {e[0]:.2f} | {e[1]:.1f} | "
               f"{100 * e[1] / lim:.0f}% | {e[2]:.2f}x | {i[0]:.2f} | {i[1]:.1f} | {100 * i[1] / lim:.0f}% | "
               f"{i[2]:.2f}x |")
+    quant = [r for r in rows if "dense" in r]
+    if quant:  # quantized layouts: our dense kernel on the same layout, and how much the sparse one beats it
+        print("\n| weights | sparsity | dense ms | dense GB/s | dense % limit | exact vs our dense |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for r in quant:
+            dn = r["dense"]
+            print(f"| {r['dtype']} | {r['sparsity']:.0%} | {dn[0]:.2f} | {dn[1]:.1f} | {100 * dn[1] / r['limit']:.0f}% "
+                  f"| {dn[0] / r['exact'][0]:.2f}x |")
     return 0
 
 

@@ -16,7 +16,14 @@ from ..ir import Node, TensorType
 from ..ir.types import np_dtype
 from ..targets import Target
 
-TVM_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32", "bool": "bool"}
+TVM_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32", "bool": "bool",
+              "u8": "uint8"}
+
+
+def kernel_dtype(weight) -> str:
+    """The kernels' `dtype` for a weight node: its quantized layout (ir.quant: "q4_0", ...) or its TVM dtype."""
+    layout = weight.attrs.get("layout", "dense") if weight.op == "weight" else "dense"
+    return TVM_DTYPES[weight.dtype] if layout == "dense" else layout
 
 
 class LoweringError(ActsparseError):

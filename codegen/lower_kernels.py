@@ -21,7 +21,7 @@ from tvm import relax
 from ..ir import TensorType
 from ..ir.activations import ACTIVATIONS
 from ..ir.sparse_variants import variant_of
-from .context import TVM_DTYPES, LoweringError, emit_kernel_call, flatten_tokens, lowering
+from .context import LoweringError, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
 from .schedules import schedule_for
 
 R = relax.op
@@ -30,13 +30,14 @@ R = relax.op
 COMPOSITE_KERNELS: dict = {}
 
 
-def linear_call(ctx, x_type: TensorType, x, w_type: TensorType, w, b=None):
-    """x[..., k] @ w[n, k]^T (+ b) through the linear kernel; returns the un-flattened expression."""
+def linear_call(ctx, x_type: TensorType, x, w_node, w, b=None):
+    """x[..., k] @ w[n, k]^T (+ b) through the linear kernel (w_node: the weight's IR node, whose layout may be
+    quantized); returns the un-flattened expression."""
     from .kernels import kernel as target_kernel
 
-    n, k = w_type.shape
+    n, k = w_node.shape
     x2d, lead, tokens = flatten_tokens(ctx, x_type, x)
-    kernel = target_kernel("linear", k, n, dtype=TVM_DTYPES[w_type.dtype], sched=schedule_for(ctx.target),
+    kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=schedule_for(ctx.target),
                            bias=b is not None)
     out = emit_kernel_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
     return R.reshape(out, [*lead, n])
@@ -47,7 +48,7 @@ def _linear(ctx, node, args):
     if node.inputs[1].op != "weight":  # activations times activations: no weight layout to exploit
         out = R.matmul(args[0], R.permute_dims(args[1], [1, 0]))
         return R.add(out, args[2]) if len(args) == 3 else out
-    return linear_call(ctx, node.inputs[0].type, args[0], node.inputs[1].type, args[1], *args[2:])
+    return linear_call(ctx, node.inputs[0].type, args[0], node.inputs[1], args[1], *args[2:])
 
 
 def _act(kind: str, threshold: float, x, dtype: str):
@@ -61,7 +62,7 @@ def _gated_mlp(ctx, node, args):
     n_weights = 3 if a["fused"] else 4
     biases = args[n_weights:] if a.get("bias") else [None, None]  # fused: [b_gate_up]
     if a["fused"]:
-        both = ctx.bb.emit(linear_call(ctx, x_node.type, args[0], node.inputs[1].type, args[1], biases[0]))
+        both = ctx.bb.emit(linear_call(ctx, x_node.type, args[0], node.inputs[1], args[1], biases[0]))
         n = node.inputs[1].shape[0] // 2
         last = x_node.type.rank - 1
         first = R.strided_slice(both, axes=[last], begin=[0], end=[n])
@@ -69,13 +70,13 @@ def _gated_mlp(ctx, node, args):
         gate, up = (first, second) if a["gate_first"] else (second, first)
         w_down_node, w_down = node.inputs[2], args[2]
     else:
-        gate = linear_call(ctx, x_node.type, args[0], node.inputs[1].type, args[1], biases[0])
-        up = linear_call(ctx, x_node.type, args[0], node.inputs[2].type, args[2], biases[1])
+        gate = linear_call(ctx, x_node.type, args[0], node.inputs[1], args[1], biases[0])
+        up = linear_call(ctx, x_node.type, args[0], node.inputs[2], args[2], biases[1])
         w_down_node, w_down = node.inputs[3], args[3]
     hidden = ctx.bb.emit(R.multiply(_act(a["gate_act"], a.get("threshold", 0.0), gate, node.dtype),
                                      _act(a["up_act"], 0.0, up, node.dtype)))
     hidden_type = TensorType((*x_node.shape[:-1], w_down_node.shape[1]), node.dtype)
-    return linear_call(ctx, hidden_type, hidden, w_down_node.type, w_down)
+    return linear_call(ctx, hidden_type, hidden, w_down_node, w_down)
 
 
 @lowering("sparse_gated_mlp")
@@ -97,7 +98,7 @@ def _sparse_gated_mlp(ctx, node, args):
     n_ff, d = w_gate.shape
     d_out = node.inputs[3].shape[1]
     x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
-    kernel = target_kernel(variant.kernels[family], d, n_ff, dtype=TVM_DTYPES[w_gate.dtype], sched=sched,
+    kernel = target_kernel(variant.kernels[family], d, n_ff, dtype=kernel_dtype(w_gate), sched=sched,
                            **variant.kernel_options(dict(node.attrs)))
     out = emit_kernel_call(ctx, kernel, [x2d, *args[1:]], tokens, d_out, node.dtype)
     return R.reshape(out, [*lead, d_out])

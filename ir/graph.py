@@ -127,6 +127,12 @@ def weight_node(name: str, array: np.ndarray) -> Node:
     return Node("weight", (), {"name": name}, TensorType(array.shape, dtype_of(array)))
 
 
+def quantized_weight_node(name: str, qw) -> Node:
+    """A weight stored quantized (an `ir.quant.QuantizedWeight`'s blob held under `name`): its type is the
+    logical f32[rows, cols]; the `layout` attribute says how the graph's array holds it."""
+    return Node("weight", (), {"name": name, "layout": qw.layout}, TensorType(qw.shape, "f32"))
+
+
 def rewrite(graph: Graph, fn: Callable[[Node], Node | None], weights: Mapping[str, np.ndarray] | None = None) -> Graph:
     """Rebuild `graph` bottom-up: each node gets its (rewritten) inputs, then `fn` may replace it.
 

@@ -48,10 +48,20 @@ def evaluate(graph: Graph, arrays: Sequence[np.ndarray], keep: Sequence[Node] = 
     return [values[id(n)] for n in (*graph.outputs, *keep)]
 
 
+def weight_value(graph: Graph, node: Node) -> np.ndarray:
+    """A weight node's values: the graph's array, dequantized when the node has a quantized `layout` (ir.quant)."""
+    array = graph.weights[node.attrs["name"]]
+    if node.attrs.get("layout", "dense") == "dense":
+        return array
+    from .quant import dequantize
+
+    return dequantize(array, node.attrs["layout"], node.shape[-1])
+
+
 def _run(node: Node, values, graph: Graph, env) -> np.ndarray:
     dtype = np_dtype(node.dtype)
     if node.op == "weight":
-        return graph.weights[node.attrs["name"]]
+        return weight_value(graph, node)
     if node.op == "constant":
         return np.asarray(node.attrs["value"], dtype=dtype)
     opdef = op_def(node.op)

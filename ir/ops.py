@@ -54,7 +54,8 @@ def _no_infer(types, attrs):
 
 
 define("input", 0, _no_infer, lambda attrs, env: None, {"name": REQUIRED}, "a graph input")
-define("weight", 0, _no_infer, lambda attrs, env: None, {"name": REQUIRED}, "a named constant held by the graph")
+define("weight", 0, _no_infer, lambda attrs, env: None, {"name": REQUIRED, "layout": "dense"},
+       "a named constant held by the graph; `layout` names a quantized storage (ir.quant) of the logical type")
 define("constant", 0, _no_infer, lambda attrs, env: None, {"value": REQUIRED},
        "a small literal (scalar or nested tuple)")
 define(

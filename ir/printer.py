@@ -60,11 +60,18 @@ def parse_graph(text: str, weights: dict[str, np.ndarray] | None = None) -> Grap
         for lineno, line in enumerate(lines[1:-1], start=2):
             if line.startswith("@"):
                 name, _, type_text = line[1:].partition(" : ")
+                type_text, _, layout = type_text.partition(" ")  # a quantized weight: `f32[n,k] q4_0`
                 ttype = TensorType.parse(type_text)
                 if not name or any(isinstance(d, str) for d in ttype.shape):
                     raise ParseError(f"line {lineno}: a weight needs a name and a static shape: {line[:80]!r}")
+                if layout:  # quantized storage: zero codes of the layout's shape
+                    from .quant import layout as quant_layout
+
+                    rows, cols = ttype.shape
+                    held.setdefault(name, np.zeros((rows, quant_layout(layout).row_bytes(cols)), np.uint8))
                 held.setdefault(name, np.zeros(tuple(ttype.shape), np_dtype(ttype.dtype)))
-                values["@" + name] = Node("weight", (), {"name": name}, ttype)
+                attrs = {"name": name, "layout": layout} if layout else {"name": name}
+                values["@" + name] = Node("weight", (), attrs, ttype)
             elif line.startswith("return "):
                 outputs = [_lookup(values, v.strip(), lineno) for v in line[len("return "):].split(",")]
             else:

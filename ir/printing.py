@@ -12,7 +12,8 @@ def print_graph(graph) -> str:
     lines = [f"graph @{graph.name}({params}) {{"]
     weight_nodes = {n.attrs["name"]: n for n in graph.nodes if n.op == "weight"}
     for name in sorted(weight_nodes):
-        lines.append(f"  @{name} : {weight_nodes[name].type}")
+        layout = weight_nodes[name].attrs.get("layout", "dense")  # quantized storage (ir.quant), after the type
+        lines.append(f"  @{name} : {weight_nodes[name].type}" + (f" {layout}" if layout != "dense" else ""))
         names[id(weight_nodes[name])] = "@" + name
     counter = 0
     for node in graph.nodes:

@@ -18,6 +18,7 @@ DTYPES = {
     "f64": np.float64,
     "i64": np.int64,
     "i32": np.int32,
+    "u8": np.uint8,
     "bool": np.bool_,
 }
 _FROM_NUMPY = {np.dtype(v): k for k, v in DTYPES.items()}

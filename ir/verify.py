@@ -50,6 +50,14 @@ def _verify_weight(graph: Graph, node, where: str) -> None:
     if name not in graph.weights:
         raise VerifyError(f"{where}: weight @{name} is not held by the graph")
     array = graph.weights[name]
+    if node.attrs.get("layout", "dense") != "dense":
+        from .quant import QuantizationError, check_blob
+
+        try:
+            check_blob(array, node.attrs["layout"], node.shape)
+        except QuantizationError as err:
+            raise VerifyError(f"{where}: weight @{name}: {err}") from None
+        return
     actual = TensorType(array.shape, dtype_of(array))
     if actual != node.type:
         raise VerifyError(f"{where}: weight @{name} is {actual} but the node says {node.type}")

@@ -4,7 +4,9 @@
                                                              (@Wd = @Wd.t transposed back, extra inputs dropped)
 
 The gated_mlp attrs are the variant's (`dense_attrs` of its entry in ir/sparse_variants.py): the same
-activations, every neuron computed (exact mode: the same math; lossy modes: their dense original).
+activations, every neuron computed (exact mode: the same math; lossy modes: their dense original). A quantized
+@Wd.t (passes/quantize.py) is transposed back through its values and quantized again in its layout (groups now
+along n_ff): the twin is then close, not equal.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir import Graph, Node, rewrite, weight_node
+from ..ir import Graph, Node, rewrite, weight_node, weight_value
+from ..ir.graph import quantized_weight_node
+from ..ir.quant import quantize
 from ..ir.sparse_variants import variant_of
 from .base import Pass, record
 
@@ -30,10 +34,17 @@ class Densify(Pass):
                 return None
             x, w_gate, w_up, w_down_t = node.inputs[:4]
             name = w_down_t.attrs["name"]
-            name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
-            array = new_weights.setdefault(name, np.ascontiguousarray(graph.weights[w_down_t.attrs["name"]].T))
+            layout = w_down_t.attrs.get("layout", "dense")
+            if layout != "dense":
+                qw = quantize(weight_value(graph, w_down_t).T, layout)
+                new_weights.setdefault(f"{name}.back", qw.blob)
+                down = quantized_weight_node(f"{name}.back", qw)
+            else:
+                name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
+                down = weight_node(name, new_weights.setdefault(
+                    name, np.ascontiguousarray(graph.weights[w_down_t.attrs["name"]].T)))
             attrs = variant_of(node.attrs).dense_attrs(dict(node.attrs))
             record(node.attrs.get("pattern", "gated-mlp"))
-            return Node("gated_mlp", (x, w_gate, w_up, weight_node(name, array)), attrs, node.type, node.loc)
+            return Node("gated_mlp", (x, w_gate, w_up, down), attrs, node.type, node.loc)
 
         return rewrite(graph, visit, new_weights)

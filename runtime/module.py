@@ -299,12 +299,14 @@ def _graph(path: Path, data: bytes, weights: dict[str, np.ndarray], inputs, weig
     if [(n.attrs["name"], n.type) for n in graph.inputs] != list(inputs):
         raise ArtifactError(f"{path}: the manifest's inputs do not match {IR}'s; rebuild the artifact")
     declared = {n.attrs["name"]: n.type for n in graph.nodes if n.op == "weight"}
+    # quantized weights (a `layout` attribute) hold a uint8 blob of their layout's shape: verify() checks those
+    quantized = {n.attrs["name"] for n in graph.nodes if n.op == "weight" and n.attrs.get("layout", "dense") != "dense"}
     if sorted(declared) != sorted(weight_order) or sorted(weights) != sorted(weight_order):
         raise ArtifactError(f"{path}: {WEIGHTS}, {IR} and the manifest's weight_order name different weights; "
                             "rebuild the artifact")
     for name, ttype in declared.items():
         array = weights[name]
-        if array.shape != tuple(ttype.shape) or array.dtype != np_dtype(ttype.dtype):
+        if name not in quantized and (array.shape != tuple(ttype.shape) or array.dtype != np_dtype(ttype.dtype)):
             raise ArtifactError(f"{path}: weight {name} is {array.dtype}{list(array.shape)} but {IR} declares "
                                 f"{ttype}; rebuild the artifact")
     try:

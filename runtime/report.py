@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from ..ir import Graph, Node, evaluate
+from ..ir import Graph, Node, evaluate, weight_value
 from ..ir.activations import exactly_sparse
 from ..ir.mlp import pattern_name, unpack_gated_inputs
 from ..ir.sparse_variants import dense_intermediate, split_inputs, variant_of
@@ -184,7 +184,7 @@ def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str
 
 def _block_row(block: Node, computed: dict, graph: Graph, mode: str) -> BlockReport:
     x = computed[(id(block), id(block.inputs[0]))]
-    arrays = [x, *(graph.weights[w.attrs["name"]] if w.op == "weight" else computed[(id(block), id(w))]
+    arrays = [x, *(weight_value(graph, w) if w.op == "weight" else computed[(id(block), id(w))]
                    for w in block.inputs[1:])]
     attrs = {"threshold": 0.0, "fused": False, **block.attrs}
     x2d = x.reshape(-1, x.shape[-1])

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-RTOL = {"float32": 1e-4, "float16": 1e-3}
+QUANT_DTYPES = ("q8_0", "q4_0", "q4_1")  # quantized weight layouts (ir.quant): the reference uses their exact values
+RTOL = {"float32": 1e-4, "float16": 1e-3, **dict.fromkeys(QUANT_DTYPES, 1e-4)}
 DTYPES = ("float32", "float16")
 KINDS = ("exact", "indexed", "dense", "linear", "threshold")
 GELU_C = 0.7978845608028654
@@ -110,7 +111,18 @@ def mlp_inputs(rng, M, d, n_ff, dtype, active: np.ndarray, gate_act="relu"):
         wg[mask] = np.abs(wg[mask])
     wu = rng.standard_normal((n_ff, d)).astype(np.float32)
     wd_t = rng.standard_normal((n_ff, d)).astype(np.float32)
-    return x, [w.astype(dtype) for w in (wg, wu, wd_t)]
+    return x, [w.astype(dtype) if dtype not in QUANT_DTYPES else w for w in (wg, wu, wd_t)]
+
+
+def kernel_weights(ws, dtype):
+    """(arrays the kernel takes, float arrays the reference uses): quantized blobs and their dequantized values
+    for a quantized layout, the weights themselves otherwise."""
+    if dtype not in QUANT_DTYPES:
+        return list(ws), list(ws)
+    from actsparse.ir.quant import quantize
+
+    qs = [quantize(w, dtype) for w in ws]
+    return [q.blob for q in qs], [q.dequantize() for q in qs]
 
 
 def index_inputs(sets: list[np.ndarray], n_ff: int):
@@ -180,24 +192,26 @@ def mlp_call(kind, rng, M, d, n_ff, dtype, acts, active, token_sets=None) -> Cal
     """acts: (gate_act, up_act, threshold), and the criterion for the threshold kernel."""
     gate_act, up_act, threshold = acts[:3]
     x, ws = mlp_inputs(rng, M, d, n_ff, dtype, active, gate_act)
+    kw, ws = kernel_weights(ws, dtype)
     out = np.full((M, d), np.nan, np.float32)
     if kind == "threshold":
         ref, scale, slack = threshold_reference(x, *ws, gate_act, up_act, threshold, criterion_of(acts))
-        return Call([x, *ws, out], ref, scale, dtype, slack)
+        return Call([x, *kw, out], ref, scale, dtype, slack)
     if kind == "indexed":
         idx, count, mask = index_inputs(token_sets, n_ff)
         ref, scale = mlp_reference(x, *ws, gate_act, up_act, threshold, mask)
-        return Call([x, *ws, idx, count, out], ref, scale, dtype)
+        return Call([x, *kw, idx, count, out], ref, scale, dtype)
     ref, scale = mlp_reference(x, *ws, gate_act, up_act, threshold)
-    return Call([x, *ws, out], ref, scale, dtype)
+    return Call([x, *kw, out], ref, scale, dtype)
 
 
 def linear_call(rng, M, k, n, dtype, bias) -> Call:
     x = rng.standard_normal((M, k)).astype(np.float32)
-    w = rng.standard_normal((n, k)).astype(dtype)
+    w = rng.standard_normal((n, k)).astype(dtype if dtype not in QUANT_DTYPES else np.float32)
+    (kw,), (w,) = kernel_weights([w], dtype)
     b = rng.standard_normal(n).astype(np.float32) if bias else None
     ref, scale = linear_reference(x, w, b)
-    return Call([x, w, *([b] if bias else []), np.full((M, n), np.nan, np.float32)], ref, scale, dtype)
+    return Call([x, kw, *([b] if bias else []), np.full((M, n), np.nan, np.float32)], ref, scale, dtype)
 
 
 def primfunc(kind, d, n_ff, dtype, sched, acts=("relu", "identity", 0.0), bias=False):

@@ -14,8 +14,8 @@ __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blo
            "sparse_mlp", "threshold_mlp", "predictor_kernels", "kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
-_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "schedule", "sparse_mlp", "threshold_mlp",
-               "predictor_kernels")
+_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "rows", "schedule", "sparse_mlp",
+               "threshold_mlp", "predictor_kernels")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {

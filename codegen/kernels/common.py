@@ -22,6 +22,9 @@ from tvm.script import tirx as T
 
 from ...ir import activations
 from ...ir.activations import ACTIVATIONS
+from ...ir.quant import LAYOUTS
+from .quant_blocks import quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
+from .rows import hsum_macro, row_index
 from .schedule import CpuSchedule
 
 WEIGHT_DTYPES = ("float32", "float16")
@@ -31,8 +34,9 @@ CACHE_LINE = 64
 
 
 def check_dtype(dtype: str) -> None:
-    if dtype not in WEIGHT_DTYPES:
-        raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES}, got {dtype!r}")
+    if dtype not in WEIGHT_DTYPES and dtype not in LAYOUTS:
+        raise ValueError(f"weight dtype must be one of {WEIGHT_DTYPES} or a quantized layout ({', '.join(LAYOUTS)}), "
+                         f"got {dtype!r}")
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -101,36 +105,6 @@ def prefetch_macro(dtype: str):
     return pf
 
 
-def hsum_macro(lanes: int):
-    """`hsum(acc, base)`: acc[base] = sum(acc[base : base + lanes]) by vector halving (log2 steps)."""
-
-    @T.macro
-    def hsum(acc, base):
-        if lanes >= 32:
-            for v in T.vectorized(16):
-                acc[base + v] = acc[base + v] + acc[base + v + 16]
-        if lanes >= 16:
-            for v in T.vectorized(8):
-                acc[base + v] = acc[base + v] + acc[base + v + 8]
-        if lanes >= 8:
-            for v in T.vectorized(4):
-                acc[base + v] = acc[base + v] + acc[base + v + 4]
-        if lanes >= 4:
-            for v in T.vectorized(2):
-                acc[base + v] = acc[base + v] + acc[base + v + 2]
-        if lanes >= 2:
-            acc[base] = acc[base] + acc[base + 1]
-
-    return hsum
-
-
-def row_index(gathered: bool) -> Callable:
-    """Position p of a row list -> weight row: rows[base + p] when gathered, base + p when contiguous."""
-    if gathered:
-        return lambda rows, base, p: rows[base + p]
-    return lambda rows, base, p: base + p
-
-
 def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store: Callable | None = None,
                prefetch: bool | None = None):
     """Returns (`dots_all`, `dots`), one step over `sched.rows` rows of a row list for M tokens / one token.
@@ -146,6 +120,8 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     groups of `sched.block_rows` rows (block_rows * token_block register accumulators); the remaining
     tokens go one by one.
     """
+    if dtype in LAYOUTS:
+        return quant_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
     L, A, R, TB = sched.lanes, sched.accumulators, sched.rows, sched.token_block
     RB = sched.block_rows
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
@@ -271,6 +247,8 @@ def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefet
     `axpy_all(w, rows, base, i, end, h, hcol, t, out, M)`: the same for tokens 0..M-1; blocks of
     `token_block` tokens share each loaded weight vector.
     """
+    if dtype in LAYOUTS:
+        return quant_axpy_macro(d, dtype, sched, gathered=gathered, prefetch=prefetch)
     L, R, TB = sched.lanes, sched.rows, sched.token_block
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     block, n_blocks, tail = column_split(d, sched)
@@ -334,8 +312,10 @@ def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefet
     return axpy_all, axpy
 
 
-def zero_columns_macro(d: int, sched: CpuSchedule):
-    """`zero_cols(t, out, M)`: out[:, cols(t)] = 0 for task t's column slice."""
+def zero_columns_macro(d: int, sched: CpuSchedule, dtype: str = "float32"):
+    """`zero_cols(t, out, M)`: out[:, cols(t)] = 0 for task t's column slice (the axpy's split for `dtype`)."""
+    if dtype in LAYOUTS:
+        return quant_zero_columns_macro(d, sched)
     block, n_blocks, tail = column_split(d, sched)
     threads = sched.threads
 

@@ -21,13 +21,17 @@ from collections.abc import Callable
 from tvm.script import tirx as T
 
 from .common import dtype_bytes
+from .quant_blocks import is_quantized, value_at, weight_buffer
 from .schedule import GpuSchedule
 
 FP32_GROUP = 4  # fp32 lanes per vector instruction (float4): wider fp32 vectors have no CUDA type
 
 
 def vector_elems(d: int, dtype: str, sched: GpuSchedule) -> int:
-    """Elements one lane loads at once: the widest power of two <= vector_bytes / element size dividing d."""
+    """Elements one lane loads at once: the widest power of two <= vector_bytes / element size dividing d.
+    Quantized rows: 1 (lane l reads column l of a group: a warp reads one whole block, coalesced)."""
+    if is_quantized(dtype):
+        return 1
     v = sched.vector_bytes // dtype_bytes(dtype)
     while v > 1 and d % v:
         v //= 2
@@ -47,19 +51,23 @@ def warp_dot_macro(d: int, dtype: str, sched: GpuSchedule):
     C = L * V
     n_chunk, rem = d // C, d % C  # rem is a multiple of V
     rounds = shuffle_rounds(L)
+    quantized, storage = is_quantized(dtype), weight_buffer(1, 1, dtype)[1]
 
     @T.macro
     def step(w, row, x, m, k0, acc, wv):
-        for v in T.vectorized(V):
-            wv[v] = w[row, k0 + v]  # one 4/8/16-byte load per lane
-        for q in T.unroll(V // G):
-            for v in T.vectorized(G):
-                acc[q * G + v] = acc[q * G + v] + T.Cast("float32", wv[q * G + v]) * x[m, k0 + q * G + v]
+        if quantized:  # V = 1: dequantized in a register (the block's scale is one broadcast load per warp)
+            acc[0] = acc[0] + value_at(dtype, w, row, k0) * x[m, k0]
+        else:
+            for v in T.vectorized(V):
+                wv[v] = w[row, k0 + v]  # one 4/8/16-byte load per lane
+            for q in T.unroll(V // G):
+                for v in T.vectorized(G):
+                    acc[q * G + v] = acc[q * G + v] + T.Cast("float32", wv[q * G + v]) * x[m, k0 + q * G + v]
 
     @T.macro
     def warp_dot(w, row, x, m, lane, s):
         acc = T.alloc_buffer((V,), "float32", scope="local")
-        wv = T.alloc_buffer((V,), dtype, scope="local")
+        wv = T.alloc_buffer((V,), storage, scope="local")
         for q in T.unroll(V // G):
             for v in T.vectorized(G):
                 acc[q * G + v] = T.float32(0)
@@ -90,6 +98,7 @@ def down_macros(d: int, dtype: str, sched: GpuSchedule, row: Callable, count: Ca
     SL = L * V  # columns per block slice
     n_slices = (d + SL - 1) // SL
     per_thread = (SL + T_ - 1) // T_  # slice columns each thread sums over the warps
+    quantized, storage = is_quantized(dtype), weight_buffer(1, 1, dtype)[1]
 
     @T.macro
     def down_parts(w_down_t, h, rows, counts, part, M):
@@ -99,7 +108,7 @@ def down_macros(d: int, dtype: str, sched: GpuSchedule, row: Callable, count: Ca
                     for ty in T.thread_binding(W, "threadIdx.y"):
                         for tx in T.thread_binding(L, "threadIdx.x"):
                             acc = T.alloc_buffer((V,), "float32", scope="local")
-                            wv = T.alloc_buffer((V,), dtype, scope="local")
+                            wv = T.alloc_buffer((V,), storage, scope="local")
                             red = T.alloc_buffer((W, SL), "float32", scope="shared")
                             n: T.let = count(counts, m)
                             p0: T.let = sp * n // splits
@@ -112,11 +121,15 @@ def down_macros(d: int, dtype: str, sched: GpuSchedule, row: Callable, count: Ca
                                 for i in range((p1 - p0 - ty + W - 1) // W):
                                     p: T.let = p0 + ty + i * W
                                     hv: T.let = h[m, p]
-                                    for v in T.vectorized(V):
-                                        wv[v] = w_down_t[row(rows, m, p), col + v]
-                                    for q in T.unroll(V // G):
-                                        for v in T.vectorized(G):
-                                            acc[q * G + v] = acc[q * G + v] + hv * T.Cast("float32", wv[q * G + v])
+                                    if quantized:  # V = 1
+                                        acc[0] = acc[0] + hv * value_at(dtype, w_down_t, row(rows, m, p), col)
+                                    else:
+                                        for v in T.vectorized(V):
+                                            wv[v] = w_down_t[row(rows, m, p), col + v]
+                                        for q in T.unroll(V // G):
+                                            for v in T.vectorized(G):
+                                                acc[q * G + v] = acc[q * G + v] + hv * T.Cast("float32",
+                                                                                              wv[q * G + v])
                             for q in T.unroll(V // G):
                                 for v in T.vectorized(G):
                                     red[ty, tx * V + q * G + v] = acc[q * G + v]

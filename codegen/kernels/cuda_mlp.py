@@ -27,6 +27,7 @@ from tvm.script import tirx as T
 
 from .common import activation, check_dtype, is_active, skipping_value, symbol
 from .cuda_blocks import down_macros, down_splits, shuffle_rounds, warp_dot_macro
+from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
 from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS, check_mlp, mlp_symbol
 from .threshold_mlp import THRESHOLD_GATE_ACTS, check_threshold, threshold_rule
@@ -88,14 +89,15 @@ def _compacting_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, sched: GpuSchedule, 
     by neuron, 0 for a neuron this token drops; a neuron is listed when some token keeps it. Then the up rows of
     the listed neurons (none with `product`: h is already final) and the down rows are read."""
     L, W, T_, splits, warp_dot = k.L, k.W, sched.threads, k.splits, k.warp_dot
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
     act_u = k.act_u
     n_blocks = (n_ff + W - 1) // W
     chunk = (n_ff + T_ - 1) // T_  # flags per thread in the compaction
     scan_rounds = shuffle_rounds(L)[::-1]  # 1, 2, 4, 8, 16
 
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
-               w_down_t: T.Buffer((n_ff, d), dtype), out_h: T.handle):
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
@@ -213,10 +215,11 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     k = _mlp("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[m, p],
              lambda cnt, m: cnt[m])
     L, W, splits = k.L, k.W, k.splits
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
-               w_down_t: T.Buffer((n_ff, d), dtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         K = T.int64()
@@ -250,11 +253,12 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
     k = _mlp("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: p,
              lambda cnt, m: n_ff)
     L, W, splits = k.L, k.W, k.splits
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
     n_blocks = (n_ff + W - 1) // W
 
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
-               w_down_t: T.Buffer((n_ff, d), dtype), out_h: T.handle):
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
@@ -287,6 +291,7 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: GpuSchedule, bias: 
     L, W = sched.warp, sched.warps
     warp_dot = warp_dot_macro(k, dtype, sched)
     n_blocks = (n + W - 1) // W
+    wshape, wdtype = weight_buffer(n, k, dtype)
     name = symbol("cuda", "linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)
 
     @T.macro
@@ -308,7 +313,7 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: GpuSchedule, bias: 
     if bias:
 
         @T.prim_func
-        def kernel(x_h: T.handle, w: T.Buffer((n, k), dtype), b: T.Buffer((n,), "float32"), out_h: T.handle):
+        def kernel(x_h: T.handle, w: T.Buffer(wshape, wdtype), b: T.Buffer((n,), "float32"), out_h: T.handle):
             T.func_attr({"tirx.noalias": True})
             M = T.int64()
             x = T.match_buffer(x_h, (M, k), "float32")
@@ -318,7 +323,7 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: GpuSchedule, bias: 
         return _finish(kernel, name)
 
     @T.prim_func
-    def kernel_nobias(x_h: T.handle, w: T.Buffer((n, k), dtype), out_h: T.handle):
+    def kernel_nobias(x_h: T.handle, w: T.Buffer(wshape, wdtype), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         x = T.match_buffer(x_h, (M, k), "float32")

@@ -16,6 +16,7 @@ from functools import cache
 from tvm.script import tirx as T
 
 from .common import check_dtype, dots_macro, symbol
+from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 
 
@@ -30,6 +31,7 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
     nper = (n + threads - 1) // threads
     name = symbol("linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)
     dots, _ = dots_macro(k, dtype, sched, gathered=False)
+    wshape, wdtype = weight_buffer(n, k, dtype)
 
     @T.macro
     def body(x, w, b, out, M):
@@ -47,7 +49,7 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
     if bias:
 
         @T.prim_func
-        def kernel(x_h: T.handle, w: T.Buffer((n, k), dtype), b: T.Buffer((n,), "float32"), out_h: T.handle):
+        def kernel(x_h: T.handle, w: T.Buffer(wshape, wdtype), b: T.Buffer((n,), "float32"), out_h: T.handle):
             T.func_attr({"tirx.noalias": True})
             M = T.int64()
             x = T.match_buffer(x_h, (M, k), "float32")
@@ -57,7 +59,7 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
         return kernel.with_attr("global_symbol", name)
 
     @T.prim_func
-    def kernel_nobias(x_h: T.handle, w: T.Buffer((n, k), dtype), out_h: T.handle):
+    def kernel_nobias(x_h: T.handle, w: T.Buffer(wshape, wdtype), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         x = T.match_buffer(x_h, (M, k), "float32")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ...ir.quant import LAYOUTS
+
 
 @dataclass(frozen=True)
 class CpuSchedule:
@@ -54,7 +56,7 @@ class CpuSchedule:
         """This schedule for rows of d `dtype` elements: `rows` halved until a step's rows plus the prefetched
         next step's (2 * rows * d * bytes) take at most half the L2 (the rest holds x, h and the output).
         Prefetched rows evicted before use would be read twice."""
-        row_bytes = d * (2 if dtype == "float16" else 4)
+        row_bytes = LAYOUTS[dtype].row_bytes(d) if dtype in LAYOUTS else d * (2 if dtype == "float16" else 4)
         rows = self.rows
         while self.l2_bytes and rows > 1 and 2 * rows * row_bytes > self.l2_bytes // 2:
             rows //= 2

@@ -46,6 +46,7 @@ from .common import (
     threshold_tag,
     zero_columns_macro,
 )
+from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 
 EXACT_GATE_ACTS = ("relu", "fatrelu")
@@ -100,11 +101,12 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
     gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=gate_value)
     up_dots, _ = dots_macro(d, dtype, sched, gathered=not product)
     axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True)
-    zero_cols = zero_columns_macro(d, sched)
+    zero_cols = zero_columns_macro(d, sched, dtype)
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
-               w_down_t: T.Buffer((n_ff, d), dtype), out_h: T.handle):
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
@@ -179,11 +181,12 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g)
     _, up_dot = dots_macro(d, dtype, sched, gathered=True)
     _, axpy = axpy_macro(d, dtype, sched, gathered=True)
-    zero_cols = zero_columns_macro(d, sched)
+    zero_cols = zero_columns_macro(d, sched, dtype)
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
-               w_down_t: T.Buffer((n_ff, d), dtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         K = T.int64()
@@ -229,11 +232,12 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
     gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g)
     up_dots, _ = dots_macro(d, dtype, sched, gathered=False)
     axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False)
-    zero_cols = zero_columns_macro(d, sched)
+    zero_cols = zero_columns_macro(d, sched, dtype)
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer((n_ff, d), dtype), w_up: T.Buffer((n_ff, d), dtype),
-               w_down_t: T.Buffer((n_ff, d), dtype), out_h: T.handle):
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")

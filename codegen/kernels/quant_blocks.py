@@ -1,0 +1,245 @@
+"""Quantized weight rows in the kernels: buffer shapes, in-register dequantization, and the CPU row-dot /
+row-axpy macros over quantized rows.
+
+A quantized weight is one uint8 buffer [rows, row_bytes] of GGUF-style blocks (layouts in `ir.quant`: q8_0,
+q4_0, q4_1; one fp16 scale, optionally an fp16 offset, and 32 codes per group of input columns). A kernel
+asked for `dtype="q4_0"` (etc.) declares its weight buffers that way and reads them through the macros here;
+`common.dots_macro` / `axpy_macro` / `zero_columns_macro` hand over to them for a quantized dtype, so every
+CPU kernel (exact, indexed, threshold, dense, linear) takes quantized weights without a line of its own.
+
+Dequantization happens in registers: per row and group, the scale (and offset) is one scalar; the codes of a
+group are read as two halves of 16 columns (q4: the low and the high nibbles of the same 16 bytes), each half
+as 16 / lanes vectors, converted to fp32, scaled, and accumulated in fp32. Loop indices are written so that no
+division or modulo meets a vector lane (TVM's vectorizer keeps contiguous loads only then).
+
+The down projection's axpy splits the output columns over the tasks by whole groups (each task owns groups
+[t * G / threads, (t + 1) * G / threads); the columns of a last partial group go to the last task), and the
+zeroing of the output uses the same split, so no task touches another's columns.
+"""
+
+from __future__ import annotations
+
+from tvm.script import tirx as T
+
+from ...ir.quant import GROUP, LAYOUTS, QuantLayout
+from .rows import hsum_macro, row_index
+from .schedule import CpuSchedule
+
+HALF = GROUP // 2
+
+
+def is_quantized(dtype: str) -> bool:
+    return dtype in LAYOUTS
+
+
+def weight_buffer(rows: int, cols: int, dtype: str) -> tuple[tuple[int, int], str]:
+    """(shape, storage dtype) of a [rows, cols] weight in `dtype` (a float dtype or a quantized layout)."""
+    if is_quantized(dtype):
+        return (rows, LAYOUTS[dtype].row_bytes(cols)), "uint8"
+    return (rows, cols), dtype
+
+
+def _half(w, row, byte):
+    """The fp16 stored little-endian at w[row, byte], as float32."""
+    bits = T.bitwise_or(T.Cast("uint16", w[row, byte]), T.shift_left(T.Cast("uint16", w[row, byte + 1]), T.uint16(8)))
+    return T.Cast("float32", T.reinterpret("float16", bits))
+
+
+def scale(lay: QuantLayout, w, row, grp):
+    return _half(w, row, grp * lay.block_bytes)
+
+
+def offset(lay: QuantLayout, w, row, grp):
+    return _half(w, row, grp * lay.block_bytes + 2)
+
+
+def code(lay: QuantLayout, w, row, grp, hf, j, centered: bool = True):
+    """The code of column grp * 32 + hf * 16 + j as float32 (scale and offset not applied); q4_0's nibble minus 8
+    when `centered` (else the raw nibble: the dot product then subtracts 8 * sum(x) once per group)."""
+    base = grp * lay.block_bytes + lay.header_bytes
+    if lay.bits == 8:
+        return T.Cast("float32", T.Cast("int8", w[row, base + hf * HALF + j]))
+    nib = T.Cast("float32", T.bitwise_and(T.shift_right(w[row, base + j], T.Cast("uint8", hf * 4)), T.uint8(15)))
+    return nib if lay.offset or not centered else nib - T.float32(8)
+
+
+def value_at(dtype: str, w, row, k):
+    """Weight element (row, k) as float32 for any dtype: the scalar path (tails, GPU lanes)."""
+    if not is_quantized(dtype):
+        return T.Cast("float32", w[row, k])
+    lay = LAYOUTS[dtype]
+    grp, e = k // GROUP, k % GROUP
+    v = code(lay, w, row, grp, e // HALF, e % HALF) * scale(lay, w, row, grp)
+    return v + offset(lay, w, row, grp) if lay.offset else v
+
+
+def _vector_lanes(sched: CpuSchedule) -> int:
+    return min(sched.lanes, HALF)
+
+
+def _prefetch_macro():
+    @T.macro
+    def pf(w, row, byte):
+        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(w[row, byte]),
+                                      T.int32(0), T.int32(2), T.int32(1)))
+
+    return pf
+
+
+def quant_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None):
+    """`common.dots_macro` for quantized rows: (`dots_all`, `dots`) with the same arguments and results."""
+    lay = LAYOUTS[dtype]
+    L, R = _vector_lanes(sched), sched.rows
+    S = HALF // L
+    prefetch = sched.prefetch if prefetch is None else bool(prefetch)
+    store = store or (lambda s: s)
+    n_full = d // GROUP
+    row = row_index(gathered)
+    hsum = hsum_macro(L)
+    pf = _prefetch_macro()
+    off = lay.offset
+    centered_by_sum = lay.bits == 4 and not off  # q4_0
+    sums = off or centered_by_sum  # the group's sum of x is needed
+
+    @T.macro
+    def dots(w, x, m, rows, base, i, end, dst, dcol):
+        # per group and row: g = sum(code * x) in fp32 lanes, then acc += scale * g (+ offset * sum(x)); q4_0's
+        # "- 8" enters g as -8 * sum(x), computed once per group for all rows (fewer operations per weight)
+        acc = T.alloc_buffer((R * L,), "float32", scope="global")
+        xs = T.alloc_buffer((L,), "float32", scope="global")  # the group's x, summed into L lanes
+        for v in T.vectorized(R * L):
+            acc[v] = T.float32(0)
+        for grp in range(n_full):
+            if prefetch:
+                for r in T.unroll(R):
+                    pf(w, row(rows, base, T.min(i + R + r, end - 1)), grp * lay.block_bytes)
+            if sums:
+                for v in T.vectorized(L):
+                    xs[v] = T.float32(0)
+                for hf in T.unroll(2):
+                    for s in T.unroll(S):
+                        for v in T.vectorized(L):
+                            xs[v] = xs[v] + x[m, grp * GROUP + hf * HALF + s * L + v]
+            for r in T.unroll(R):
+                g = T.alloc_buffer((L,), "float32", scope="global")
+                rr: T.let = row(rows, base, T.min(i + r, end - 1))
+                for v in T.vectorized(L):
+                    g[v] = xs[v] * T.float32(-8) if centered_by_sum else T.float32(0)
+                for hf in T.unroll(2):
+                    for s in T.unroll(S):
+                        for v in T.vectorized(L):
+                            g[v] = g[v] + code(lay, w, rr, grp, hf, s * L + v, centered=False) * x[
+                                m, grp * GROUP + hf * HALF + s * L + v]
+                sc: T.let = scale(lay, w, rr, grp)
+                for v in T.vectorized(L):
+                    if off:
+                        acc[r * L + v] = acc[r * L + v] + g[v] * sc + xs[v] * offset(lay, w, rr, grp)
+                    else:
+                        acc[r * L + v] = acc[r * L + v] + g[v] * sc
+        red = T.alloc_buffer((L,), "float32", scope="global")
+        for r in T.unroll(R):
+            for v in T.vectorized(L):
+                red[v] = acc[r * L + v]
+            hsum(red, 0)
+            for k in range(n_full * GROUP, d):
+                red[0] = red[0] + value_at(dtype, w, row(rows, base, T.min(i + r, end - 1)), k) * x[m, k]
+            if i + r < end:
+                dst[m, dcol + i + r] = store(red[0])
+
+    @T.macro
+    def dots_all(w, x, M, rows, base, i, end, dst, dcol):
+        for m in range(M):
+            dots(w, x, m, rows, base, i, end, dst, dcol)
+
+    return dots_all, dots
+
+
+def group_split(d: int, threads: int):
+    """(groups, first, last): task t's whole groups are [first(t), last(t)); columns from groups * 32 on (a last
+    partial group) belong to the last task."""
+    n_full = d // GROUP
+    return n_full, (lambda t: t * n_full // threads), (lambda t: (t + 1) * n_full // threads)
+
+
+def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch=None):
+    """`common.axpy_macro` for quantized rows: (`axpy_all`, `axpy`) with the same arguments and results."""
+    lay = LAYOUTS[dtype]
+    L, R, threads = _vector_lanes(sched), sched.rows, sched.threads
+    S = HALF // L
+    prefetch = sched.prefetch if prefetch is None else bool(prefetch)
+    n_full, first, last = group_split(d, threads)
+    row = row_index(gathered)
+    pf = _prefetch_macro()
+    off = lay.offset
+
+    def axsum(w, rows, base, i, end, hs, grp, hf, j):
+        e = hs[0] * code(lay, w, row(rows, base, T.min(i, end - 1)), grp, hf, j)
+        for r in range(1, R):
+            e = e + hs[r] * code(lay, w, row(rows, base, T.min(i + r, end - 1)), grp, hf, j)
+        return e
+
+    @T.macro
+    def step(w, rows, base, i, end, h, hcol, t, out, m):
+        hv = T.alloc_buffer((R,), "float32", scope="global")
+        hs = T.alloc_buffer((R + 1,), "float32", scope="global")  # h * scale per row; [R]: sum of h * offset
+        for r in T.unroll(R):
+            hv[r] = T.float32(0)
+            if i + r < end:
+                hv[r] = h[m, hcol + i + r]
+        g0: T.let = first(t)
+        for gi in range(last(t) - g0):
+            if prefetch:
+                for r in T.unroll(R):
+                    pf(w, row(rows, base, T.min(i + R + r, end - 1)), (g0 + gi) * lay.block_bytes)
+            hs[R] = T.float32(0)
+            for r in T.unroll(R):
+                hs[r] = hv[r] * scale(lay, w, row(rows, base, T.min(i + r, end - 1)), g0 + gi)
+                if off:
+                    hs[R] = hs[R] + hv[r] * offset(lay, w, row(rows, base, T.min(i + r, end - 1)), g0 + gi)
+            for hf in T.unroll(2):
+                for s in T.unroll(S):
+                    for v in T.vectorized(L):
+                        if off:
+                            out[m, (g0 + gi) * GROUP + hf * HALF + s * L + v] = out[
+                                m, (g0 + gi) * GROUP + hf * HALF + s * L + v] + axsum(
+                                w, rows, base, i, end, hs, g0 + gi, hf, s * L + v) + hs[R]
+                        else:
+                            out[m, (g0 + gi) * GROUP + hf * HALF + s * L + v] = out[
+                                m, (g0 + gi) * GROUP + hf * HALF + s * L + v] + axsum(
+                                w, rows, base, i, end, hs, g0 + gi, hf, s * L + v)
+        if n_full * GROUP < d:
+            if t == threads - 1:
+                for c in range(n_full * GROUP, d):
+                    for r in T.unroll(R):
+                        out[m, c] = out[m, c] + hv[r] * value_at(dtype, w, row(rows, base, T.min(i + r, end - 1)), c)
+
+    @T.macro
+    def axpy(w, rows, base, i, end, h, hcol, t, out, m):
+        step(w, rows, base, i, end, h, hcol, t, out, m)
+
+    @T.macro
+    def axpy_all(w, rows, base, i, end, h, hcol, t, out, M):
+        for m in range(M):
+            step(w, rows, base, i, end, h, hcol, t, out, m)
+
+    return axpy_all, axpy
+
+
+def quant_zero_columns_macro(d: int, sched: CpuSchedule):
+    """`zero_cols(t, out, M)` over task t's columns under `group_split` (the quantized axpy's split)."""
+    threads = sched.threads
+    n_full, first, last = group_split(d, threads)
+
+    @T.macro
+    def zero_cols(t, out, M):
+        g0: T.let = first(t)
+        for m in range(M):
+            for gi in range(last(t) - g0):
+                for v in T.vectorized(GROUP):
+                    out[m, (g0 + gi) * GROUP + v] = T.float32(0)
+            if n_full * GROUP < d:
+                if t == threads - 1:
+                    for c in range(n_full * GROUP, d):
+                        out[m, c] = T.float32(0)
+
+    return zero_cols

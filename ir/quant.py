@@ -1,0 +1,160 @@
+"""Quantized weight layouts: group-wise int8 / int4 with fp16 scales, stored as GGUF-compatible blocks.
+
+A quantized weight of logical shape [rows, cols] is one uint8 array [rows, row_bytes]: each row is a run of
+blocks, one per group of `GROUP` = 32 consecutive input columns, and each block is
+
+    q8_0   scale fp16 | 32 int8 codes                         w = scale * code                  34 B
+    q4_0   scale fp16 | 16 bytes, two codes per byte          w = scale * (nibble - 8)          18 B
+    q4_1   scale fp16 | offset fp16 | 16 bytes of nibbles     w = scale * nibble + offset        20 B
+
+Byte j of a 4-bit block holds column j in its low nibble and column j + 16 in its high nibble. These are
+exactly llama.cpp's Q8_0 / Q4_0 / Q4_1 blocks, so a GGUF tensor of those types is our layout byte for byte
+(lossless, no conversion), and a block's 16 low nibbles are 16 consecutive columns (one SIMD unpack).
+
+Why one array per weight rather than separate code / scale arrays: a row is then one contiguous stream (the
+kernels prefetch and gather whole rows; the scales sit beside their codes), and every kernel keeps the same
+buffer signature whatever the layout. In the IR a quantized weight is a `weight` node with the logical type
+(f32[rows, cols]) and the attribute `layout`; the graph holds the blob. The reference interpreter dequantizes.
+
+Rows whose length 32 does not divide keep their last group partial: it is padded with zero weights (codes
+that decode to exactly 0), so nothing is lost and no input column is dropped. Other group sizes are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ActsparseError
+
+GROUP = 32
+
+
+class QuantizationError(ActsparseError):
+    """A weight cannot be quantized or stored as requested (unknown kind, group size, malformed blob)."""
+
+
+@dataclass(frozen=True)
+class QuantLayout:
+    """One block layout: `bits` per code, an fp16 `offset` after the scale or not (see the module docstring)."""
+
+    name: str
+    bits: int
+    offset: bool
+
+    @property
+    def header_bytes(self) -> int:
+        return 4 if self.offset else 2
+
+    @property
+    def block_bytes(self) -> int:
+        return self.header_bytes + GROUP * self.bits // 8
+
+    def groups(self, cols: int) -> int:
+        return -(-cols // GROUP)
+
+    def row_bytes(self, cols: int) -> int:
+        return self.groups(cols) * self.block_bytes
+
+
+LAYOUTS = {lay.name: lay for lay in (QuantLayout("q8_0", 8, False), QuantLayout("q4_0", 4, False),
+                                      QuantLayout("q4_1", 4, True))}
+QUANTIZE_KINDS = {"int8": "q8_0", "int4": "q4_0"}  # user-facing `quantize=` values -> the layout they produce
+
+
+def layout(name: str) -> QuantLayout:
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise QuantizationError(f"unknown weight layout {name!r}; known: {', '.join(LAYOUTS)}") from None
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """A quantized [rows, cols] weight: `blob` uint8 [rows, layout.row_bytes(cols)] in layout `layout`."""
+
+    blob: np.ndarray
+    layout: str
+    shape: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        check_blob(self.blob, self.layout, self.shape)
+
+    def dequantize(self) -> np.ndarray:
+        return dequantize(self.blob, self.layout, self.shape[1])
+
+
+def check_blob(blob: np.ndarray, layout_name: str, shape) -> None:
+    lay = layout(layout_name)
+    rows, cols = shape
+    want = (rows, lay.row_bytes(cols))
+    if blob.dtype != np.uint8 or blob.shape != want:
+        raise QuantizationError(f"a {layout_name} weight of shape {tuple(shape)} is uint8 {list(want)}, "
+                                f"got {blob.dtype} {list(blob.shape)}")
+
+
+def quantize(w: np.ndarray, kind: str, group_size: int = GROUP) -> QuantizedWeight:
+    """w [rows, cols] float -> QuantizedWeight; kind "int8" (q8_0) or "int4" (q4_0), or a layout name.
+
+    Symmetric, one fp16 scale per group of 32 input columns. int8: scale = max|w| / 127, code = round(w / scale).
+    int4: llama.cpp's q4_0 rule (scale = -m / 8 with m the group's value of largest magnitude, so m itself
+    is exact and the code range -8..7 is used fully). q4_1: scale = (max - min) / 15, offset = min.
+    """
+    if group_size != GROUP:
+        raise QuantizationError(f"group size {group_size} is not supported: the kernels and GGUF's blocks use "
+                                f"{GROUP}; a row whose length {GROUP} does not divide is padded with zero "
+                                "weights in its last group, so use the default")
+    name = QUANTIZE_KINDS.get(kind, kind)
+    lay = layout(name) if name in LAYOUTS else None
+    if lay is None:
+        raise QuantizationError(f"unknown quantization {kind!r}; valid: {', '.join(QUANTIZE_KINDS)}")
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2:
+        raise QuantizationError(f"only 2-d weights [out, in] are quantized, got shape {list(w.shape)}")
+    rows, cols = w.shape
+    g = lay.groups(cols)
+    padded = np.zeros((rows, g * GROUP), np.float32)
+    padded[:, :cols] = w
+    blocks = padded.reshape(rows, g, GROUP)
+    header = np.zeros((rows, g, lay.header_bytes // 2), np.float16)
+    if name == "q8_0":
+        amax = np.abs(blocks).max(-1)
+        scale = amax / 127
+        inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
+        codes = np.clip(np.rint(blocks * inv[..., None]), -127, 127).astype(np.int8).view(np.uint8)
+        header[..., 0] = scale
+    elif name == "q4_0":
+        idx = np.abs(blocks).argmax(-1)
+        m = np.take_along_axis(blocks, idx[..., None], -1)[..., 0]
+        scale = m / -8
+        inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+        codes = np.minimum(15, (blocks * inv[..., None] + 8.5).astype(np.int8)).astype(np.uint8)
+        header[..., 0] = scale
+    else:  # q4_1
+        lo, hi = blocks.min(-1), blocks.max(-1)
+        scale = (hi - lo) / 15
+        inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+        codes = np.minimum(15, ((blocks - lo[..., None]) * inv[..., None] + 0.5).astype(np.int8)).astype(np.uint8)
+        header[..., 0], header[..., 1] = scale, lo
+    if lay.bits == 4:
+        codes = codes[..., :16] | (codes[..., 16:] << 4)
+    blob = np.concatenate([header.view(np.uint8), codes], -1).reshape(rows, g * lay.block_bytes)
+    return QuantizedWeight(np.ascontiguousarray(blob), name, (rows, cols))
+
+
+def dequantize(blob: np.ndarray, layout_name: str, cols: int) -> np.ndarray:
+    """uint8 [rows, row_bytes] in `layout_name` -> float32 [rows, cols] (the exact values the kernels use)."""
+    lay = layout(layout_name)
+    rows = blob.shape[0]
+    check_blob(blob, layout_name, (rows, cols))
+    g = lay.groups(cols)
+    blocks = blob.reshape(rows, g, lay.block_bytes)
+    header = np.ascontiguousarray(blocks[..., :lay.header_bytes]).view(np.float16).astype(np.float32)
+    raw = blocks[..., lay.header_bytes:]
+    if lay.bits == 8:
+        values = raw.view(np.int8).astype(np.float32) * header[..., :1]
+    else:
+        nibbles = np.concatenate([raw & 15, raw >> 4], -1).astype(np.float32)
+        values = (nibbles * header[..., :1] + header[..., 1:2]) if lay.offset else (nibbles - 8) * header[..., :1]
+    return values.reshape(rows, g * GROUP)[:, :cols].astype(np.float32)

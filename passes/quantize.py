@@ -1,0 +1,112 @@
+"""quantize: the row-streamed weights of the kernels' ops stored group-wise quantized (ir.quant layouts).
+
+    linear(x, @W)                           -> linear(x, @W.q4_0)                     @W.q4_0 : f32[n,k] q4_0
+    gated_mlp(x, @Wg, @Wu, @Wd)             -> gated_mlp(x, @Wg.q4_0, @Wu.q4_0, @Wd.q4_0)        (dense mode)
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t)    -> sparse_gated_mlp(x, @Wg.q4_0, @Wu.q4_0, @Wd.t.q4_0)   (any mode)
+
+What: `kind` "int8" -> q8_0, "int4" -> q4_0: symmetric, one fp16 scale per group of 32 consecutive elements of
+a stored row (int4 two codes per byte). The stored row is what the kernel streams: the input dim for linear,
+gate and up; the sparse ops' down projection is stored one neuron per row (transposed by sparsify), so each
+neuron's groups are contiguous and a skipped neuron skips whole blocks. Biases, norms, embeddings, and weights
+used by other ops stay as they are (a weight shared by an embedding and a linear gets a quantized copy).
+
+Why here: quantization is a property of a weight's storage, not a sparsity mode: the weight node keeps its
+logical type and gains `layout`; every op's semantics (the interpreter dequantizes), every sparse variant and
+every kernel family then take quantized weights unchanged. It runs after the sparsity passes, which read the
+float weights (calibration, transposition).
+
+Pre-quantized weights (`prequantized`: {weight name: QuantizedWeight}, e.g. `read_gguf_quantized`, keyed by
+the HF weight names the frontends keep) are taken as they are where the stored row is that matrix's row (same
+name and shape): lossless, whatever their layout (q8_0 / q4_0 / q4_1). A sparse down projection `@Wd.t` of a
+pre-quantized `@Wd` is re-quantized from its values: the file's groups run along n_ff, the kernel's along d.
+
+The output projection (a `linear` that is a graph output, or whose weight an `embedding` also reads: a tied
+lm_head) is quantized as `output` ("int8" by default): its error lands on every logit, and llama.cpp likewise
+keeps it above 4 bits (Q6_K) in its Q4_0 files. `output=None` quantizes it like the rest.
+
+Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows),
+`output-<kind>` for the output projection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..ir import Graph, Node, rewrite
+from ..ir.graph import quantized_weight_node
+from ..ir.quant import QUANTIZE_KINDS, QuantizationError, quantize
+from .base import Pass, record
+
+# op -> indices of the inputs that are row-streamed weights (by the op's attributes)
+WEIGHT_INPUTS = {
+    "linear": lambda attrs: (1,),
+    "gated_mlp": lambda attrs: (1, 2) if attrs.get("fused") else (1, 2, 3),
+    "sparse_gated_mlp": lambda attrs: (1, 2, 3),
+}
+
+
+@dataclass(frozen=True)
+class Quantize(Pass):
+    name = "quantize"
+    kind: str = "int4"
+    output: str | None = "int8"
+    prequantized: Mapping = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for value in (self.kind, self.output or self.kind):
+            if value not in QUANTIZE_KINDS:
+                raise QuantizationError(f"unknown quantization {value!r}; valid: {', '.join(QUANTIZE_KINDS)}")
+
+    def __str__(self) -> str:  # the pre-quantized weights are data, not an option to print
+        return f"{self.name}{{kind={self.kind},output={self.output}}}"
+
+    def run(self, graph: Graph) -> Graph:
+        new_weights: dict = {}
+        made: dict[tuple, Node] = {}
+        # weights of the output projection: of a linear that is a graph output, or read by an embedding (tied)
+        heads = {n.inputs[0].attrs["name"] for n in graph.nodes if n.op == "embedding" and n.inputs[0].op == "weight"}
+        heads |= {o.inputs[1].attrs["name"] for o in graph.outputs if o.op == "linear" and o.inputs[1].op == "weight"}
+
+        def quantized(w: Node, kind: str) -> Node:
+            key = (w.attrs["name"], kind)
+            if key not in made:
+                made[key] = self._quantized(graph, w, kind, new_weights)
+            return made[key]
+
+        def is_output(node: Node) -> bool:
+            return node.op == "linear" and node.inputs[1].attrs.get("name") in heads
+
+        def visit(node: Node) -> Node | None:
+            pick = WEIGHT_INPUTS.get(node.op)
+            if pick is None:
+                return None
+            slots = [i for i in pick(node.attrs) if node.inputs[i].op == "weight" and node.inputs[i].type.rank == 2
+                     and node.inputs[i].attrs.get("layout", "dense") == "dense"]
+            if not slots:
+                return None
+            inputs = list(node.inputs)
+            kind = self.output if self.output and is_output(node) else self.kind
+            if kind != self.kind:
+                record(f"output-{kind}")
+            for i in slots:
+                inputs[i] = quantized(inputs[i], kind)
+            return Node(node.op, tuple(inputs), node.attrs, node.type, node.loc)
+
+        return rewrite(graph, visit, new_weights)
+
+    def _quantized(self, graph: Graph, w: Node, kind: str, new_weights: dict) -> Node:
+        name = w.attrs["name"]
+        pre = self.prequantized.get(name)
+        if pre is not None and tuple(pre.shape) == tuple(w.shape):
+            record("prequantized")
+            qw = pre
+        else:
+            # a transposed pre-quantized matrix: its float values (the file's, dequantized) quantized anew
+            source = self.prequantized.get(name[:-2]) if name.endswith(".t") else None
+            record("requantized" if source is not None and tuple(source.shape) == tuple(w.shape)[::-1]
+                   else "quantized")
+            qw = quantize(graph.weights[name], kind)
+        qname = f"{name}.{qw.layout}"
+        new_weights[qname] = qw.blob
+        return quantized_weight_node(qname, qw)

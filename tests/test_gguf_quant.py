@@ -1,0 +1,85 @@
+"""GGUF's quantized tensors kept quantized (frontends/gguf_quant.py): on a tiny synthetic Llama GGUF, Q8_0 / Q4_0 /
+Q4_1 matrices come back under their Hugging Face names, byte for byte the file's blocks (q/k rows un-permuted as
+transformers does), and their values equal transformers' own dequantized load; an unreadable type is one error."""
+
+import numpy as np
+import pytest
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("transformers")
+
+D, N_FF, HEADS, VOCAB = 64, 96, 4, 300
+TYPES = {"attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "Q8_0", "attn_output": "Q4_0", "ffn_gate": "Q4_1",
+         "ffn_up": "Q4_0", "ffn_down": "Q8_0"}
+
+
+def write_tiny_llama(path, types=TYPES, seed=0):
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, value in (("context_length", 64), ("embedding_length", D), ("block_count", 1),
+                       ("feed_forward_length", N_FF), ("attention.head_count", HEADS),
+                       ("attention.head_count_kv", HEADS), ("rope.dimension_count", D // HEADS)):
+        w.add_uint32(f"llama.{key}", value)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<0x{i:02X}>" for i in range(256)] + [f"t{i}" for i in range(VOCAB - 256)])
+    w.add_token_types([6] * 256 + [1] * (VOCAB - 256))
+    w.add_token_scores([0.0] * VOCAB)
+    w.add_tensor("token_embd.weight", rng.standard_normal((VOCAB, D)).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(D, np.float32))
+    w.add_tensor("output.weight", rng.standard_normal((VOCAB, D)).astype(np.float32))
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(D, np.float32))
+    w.add_tensor("blk.0.ffn_norm.weight", np.ones(D, np.float32))
+    shapes = {"attn_q": (D, D), "attn_k": (D, D), "attn_v": (D, D), "attn_output": (D, D), "ffn_gate": (N_FF, D),
+              "ffn_up": (N_FF, D), "ffn_down": (D, N_FF)}
+    blobs = {}
+    for name, shape in shapes.items():
+        qtype = getattr(Q, types[name])
+        data = quants.quantize(rng.standard_normal(shape).astype(np.float32), qtype)
+        w.add_tensor(f"blk.0.{name}.weight", data, raw_dtype=qtype)
+        blobs[name] = data
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return blobs
+
+
+def test_quantized_tensors_come_back_losslessly_under_hf_names(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from actsparse.frontends.gguf_quant import gguf_tensor_types, read_gguf_quantized
+
+    blobs = write_tiny_llama(tmp_path / "tiny.gguf")
+    assert gguf_tensor_types(tmp_path / "tiny.gguf") == {"F32": 5, "Q4_0": 3, "Q4_1": 2, "Q8_0": 2}
+    got = read_gguf_quantized(tmp_path / "tiny.gguf")
+    prefix = "model.layers.0."
+    assert sorted(got) == sorted(prefix + n for n in (
+        "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"))
+    assert got[prefix + "mlp.gate_proj.weight"].layout == "q4_1"
+    np.testing.assert_array_equal(got[prefix + "mlp.down_proj.weight"].blob, blobs["ffn_down"])  # no arithmetic
+    assert not np.array_equal(got[prefix + "self_attn.q_proj.weight"].blob, blobs["attn_q"])  # rows un-permuted
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf", dtype=torch.float32)
+    state = model.state_dict()
+    for name, qw in got.items():
+        np.testing.assert_array_equal(qw.dequantize(), state[name].numpy(), err_msg=name)
+
+
+def test_an_unreadable_gguf_type_is_one_clear_error(tmp_path):
+    from gguf import GGMLQuantizationType as Q
+
+    from actsparse.frontends.gguf_quant import GGUFQuantError, read_gguf_quantized
+
+    w = gguf.GGUFWriter(str(tmp_path / "iq.gguf"), "llama")
+    w.add_tensor("blk.0.ffn_up.weight", np.zeros((4, 66), np.uint8), raw_dtype=Q.IQ2_XXS)  # 256 columns a row
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(GGUFQuantError, match="tensor type.* IQ2_XXS are not supported.*Q8_0, Q4_0 or Q4_1"):
+        read_gguf_quantized(tmp_path / "iq.gguf")

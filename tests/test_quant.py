@@ -1,0 +1,62 @@
+"""Quantized layouts (ir.quant): byte-identical to GGUF's Q8_0 / Q4_0 / Q4_1 blocks (gguf.quants is the oracle),
+lossless round trips of what they store, ragged rows padded with exact zeros, and clear errors for bad requests."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from actsparse.ir import quant
+
+GGUF_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1"}
+
+
+@pytest.mark.parametrize("layout", list(GGUF_TYPES))
+def test_quantize_is_byte_identical_to_gguf_and_dequantizes_like_it(layout):
+    gguf = pytest.importorskip("gguf")
+    from gguf import quants
+
+    w = np.random.default_rng(0).standard_normal((6, 128)).astype(np.float32)
+    qtype = getattr(gguf.GGMLQuantizationType, GGUF_TYPES[layout])
+    ours = quant.quantize(w, layout)
+    np.testing.assert_array_equal(ours.blob, quants.quantize(w, qtype))
+    np.testing.assert_array_equal(ours.dequantize(), quants.dequantize(ours.blob, qtype))
+
+
+@settings(max_examples=20)
+@given(kind=st.sampled_from(["int8", "int4", "q4_1"]), rows=st.integers(1, 5), cols=st.integers(1, 100),
+       seed=st.integers(0, 999))
+def test_quantization_error_is_bounded_and_requantizing_is_lossless(kind, rows, cols, seed):
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    q = quant.quantize(w, kind)
+    lay = quant.layout(q.layout)
+    assert q.blob.shape == (rows, lay.row_bytes(cols)) and q.shape == (rows, cols)
+    deq = q.dequantize()
+    groups = np.pad(np.abs(w), ((0, 0), (0, -cols % 32))).reshape(rows, -1, 32).max(-1)
+    # half a step (q8_0: amax / 127; q4_1: (max - min) / 15 <= 2 amax / 15); q4_0 (llama.cpp's rule) one step of
+    # amax / 8: the value of largest magnitude is exact, the opposite side clips at 7 steps
+    err = {"q8_0": groups / 127 * 0.51, "q4_0": groups / 8 * 1.001, "q4_1": groups * 2 / 15 * 0.51}[lay.name]
+    bound = np.repeat(err, 32, axis=1)[:, :cols] + 1e-3 * np.repeat(groups, 32, axis=1)[:, :cols]
+    assert np.all(np.abs(deq - w) <= bound)
+    # the stored values are representable exactly: quantizing them again changes nothing (symmetric layouts)
+    if lay.name != "q4_1":
+        np.testing.assert_array_equal(quant.quantize(deq, q.layout).dequantize(), deq)
+
+
+def test_ragged_rows_pad_their_last_group_with_exact_zeros():
+    w = np.ones((2, 40), np.float32)
+    for kind in ("int8", "int4"):
+        q = quant.quantize(w, kind)
+        full = quant.dequantize(q.blob, q.layout, 64)  # the padded columns decode to exactly 0
+        np.testing.assert_array_equal(full[:, 40:], 0)
+        np.testing.assert_allclose(q.dequantize(), w, rtol=1e-3)  # fp16 scales
+
+
+def test_bad_requests_are_one_clear_error():
+    w = np.zeros((2, 64), np.float32)
+    with pytest.raises(quant.QuantizationError, match="group size 48 is not supported.*padded"):
+        quant.quantize(w, "int4", group_size=48)
+    with pytest.raises(quant.QuantizationError, match="unknown quantization 'int3'; valid: int8, int4"):
+        quant.quantize(w, "int3")
+    with pytest.raises(quant.QuantizationError, match=r"uint8 \[2, 36\]"):
+        quant.QuantizedWeight(np.zeros((2, 35), np.uint8), "q4_0", (2, 64))

@@ -1,0 +1,95 @@
+"""The quantize pass and compile(quantize=...): weights become quantized weight nodes (layout attribute, logical
+type kept), the interpreter computes on their dequantized values, the compiled kernels equal that reference,
+pre-quantized weights are taken losslessly, bad requests are one clear error."""
+
+import numpy as np
+import pytest
+
+import actsparse
+from actsparse.errors import ActsparseError
+from actsparse.ir import evaluate, parse_graph, print_graph, verify
+from actsparse.ir.quant import quantize
+from actsparse.passes import run_pipeline
+from actsparse.passes.densify import Densify
+from actsparse.passes.pipeline import pipeline_for
+from actsparse.passes.quantize import Quantize
+
+from .helpers import gated_mlp_graph, mlp_input
+
+D, N = 40, 72  # the input dim is not a multiple of the 32-column group
+
+
+def exact_graph():
+    return gated_mlp_graph(d=D, n=N, up_relu=True)
+
+
+@pytest.mark.parametrize("kind, layout", [("int8", "q8_0"), ("int4", "q4_0")])
+def test_quantize_pass_rewrites_every_kernel_weight_and_the_reference_dequantizes(kind, layout):
+    graph = exact_graph()
+    result = run_pipeline(graph, [*pipeline_for("exact"), Quantize(kind=kind)])
+    out = result.graph
+    assert result.stats["quantize"] == {"quantized": 3}
+    weights = [n for n in out.nodes if n.op == "weight"]
+    assert {n.attrs.get("layout") for n in weights} == {layout}
+    assert all(n.dtype == "f32" and out.weights[n.attrs["name"]].dtype == np.uint8 for n in weights)
+    text = print_graph(out)
+    assert f"@mlp.down.weight.t.{layout} : f32[{N},{D}] {layout}" in text
+    reparsed = parse_graph(text, dict(out.weights))
+    verify(reparsed)
+    assert print_graph(reparsed) == text
+    x = mlp_input(d=D, seq=4)
+    y_q, y_f = evaluate(out, [x])[0], evaluate(graph, [x])[0]
+    rel = np.abs(y_q - y_f).max() / np.abs(y_f).max()
+    assert 0 < rel < (0.02 if kind == "int8" else 0.3)  # changed, by about the quantization step
+
+
+@pytest.mark.parametrize("mode", ["exact", "dense"])
+def test_compiled_quantized_kernels_equal_the_dequantized_reference(mode, tmp_path):
+    graph = exact_graph()
+    x = mlp_input(d=D, seq=3)
+    cm = actsparse.compile(graph, (x,), mode=mode, quantize="int4")
+    assert cm.report.pass_stats["quantize"] == {"quantized": 3}
+    for seq in (1, 3):
+        xs = mlp_input(d=D, seq=seq, seed=seq)
+        np.testing.assert_allclose(cm(xs), evaluate(cm.graph, [xs])[0], rtol=1e-4, atol=1e-5)
+    if mode == "exact":  # the artifact keeps the blobs and the layouts; its dense twin (bench) runs the same math
+        loaded = actsparse.load(cm.save(tmp_path / "q.actsparse"))
+        np.testing.assert_array_equal(loaded(x), cm(x))
+        twin = run_pipeline(cm.graph, [Densify()])
+        assert twin.stats["densify"] == {"drelu": 1} and "q4_0" in print_graph(twin.graph)
+        y = evaluate(cm.graph, [x])[0]
+        assert np.abs(evaluate(twin.graph, [x])[0] - y).max() < 0.3 * np.abs(y).max()
+
+
+def test_prequantized_weights_are_taken_as_stored():
+    graph = exact_graph()
+    gate = quantize(graph.weights["mlp.gate.weight"], "q4_1")  # any layout: here the GGUF Q4_1 one
+    down = quantize(graph.weights["mlp.down.weight"], "int8")
+    pre = {"mlp.gate.weight": gate, "mlp.down.weight": down}
+    result = run_pipeline(graph, [*pipeline_for("exact"), Quantize(kind="int4", prequantized=pre)])
+    assert result.stats["quantize"] == {"prequantized": 1, "requantized": 1, "quantized": 1}
+    np.testing.assert_array_equal(result.graph.weights["mlp.gate.weight.q4_1"], gate.blob)
+    assert str(Quantize(kind="int8", prequantized=pre)) == "quantize{kind=int8,output=int8}"
+
+
+def test_the_output_projection_is_quantized_int8_under_int4():
+    graph = parse_graph("""graph @main(%x: f32[1,seq,40]) {
+  @head.weight : f32[64,40]
+  @proj.weight : f32[40,40]
+  %0 = linear(%x, @proj.weight) : f32[1,seq,40]
+  %1 = linear(%0, @head.weight) : f32[1,seq,64]
+  return %1
+}""", {"head.weight": np.ones((64, 40), np.float32), "proj.weight": np.ones((40, 40), np.float32)})
+    out = run_pipeline(graph, [Quantize(kind="int4")])
+    assert out.stats["quantize"] == {"quantized": 2, "output-int8": 1}
+    assert {n.attrs.get("layout") for n in out.graph.nodes if n.op == "weight"} == {"q4_0", "q8_0"}
+    plain = run_pipeline(graph, [Quantize(kind="int4", output=None)])
+    assert plain.stats["quantize"] == {"quantized": 2}
+
+
+def test_bad_quantize_requests_are_one_clear_error():
+    graph = exact_graph()
+    with pytest.raises(ActsparseError, match="unknown quantize='int3'; valid: None, 'int8', 'int4'"):
+        actsparse.compile(graph, (mlp_input(d=D),), mode="exact", quantize="int3")
+    with pytest.raises(ActsparseError, match="unknown quantization 'fp8'"):
+        Quantize(kind="fp8")
