@@ -62,6 +62,10 @@ def _act(kind: str, threshold: float, x, dtype: str):
         return R.nn.relu(x)
     if kind == "fatrelu":
         return R.where(R.greater(x, const(threshold, dtype)), x, const(0.0, dtype))
+    if kind == "relu2":
+        return R.square(R.nn.relu(x))
+    if kind == "relu6":
+        return R.clip(x, 0, 6)
     if kind == "silu":
         return R.nn.silu(x)
     return R.nn.gelu_tanh(x) if kind == "gelu_tanh" else R.nn.gelu(x)

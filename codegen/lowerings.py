@@ -46,6 +46,16 @@ def _where(ctx, node, args):
     return R.where(cond, a, b)
 
 
+@lowering("relu2")
+def _relu2(ctx, node, args):
+    return R.square(R.nn.relu(args[0]))
+
+
+@lowering("relu6")
+def _relu6(ctx, node, args):
+    return R.clip(args[0], 0, 6)
+
+
 @lowering("fatrelu")
 def _fatrelu(ctx, node, args):
     x = args[0]

@@ -9,9 +9,11 @@ The pattern name is derived from the activation pair, so the report and the spar
     relu      identity   reglu       (ProSparse)
     relu      relu       drelu       (TurboSparse)
     fatrelu   identity   fatrelu     (where(g > t, g, 0))
+    relu2     identity   relu2-glu   (relu(g)²)
+    relu6     identity   relu6-glu   (min(relu(g), 6))
 
-Only the last three are exactly sparse: a neuron whose gate activation is 0 contributes nothing, so its up and
-down rows need not be read.
+Only the ReLU family (relu, fatrelu, relu2, relu6: `activations.ZERO_BELOW`) is exactly sparse: a neuron
+whose gate activation is 0 contributes nothing, so its up and down rows need not be read.
 
 Inputs: `x, w_gate, w_up, w_down` or, fused, `x, w_gate_up, w_down` (weights [out, in]). With `bias=True` the
 gate/up biases follow: `b_gate, b_up` (fused: `b_gate_up`), inside the activations: act(x·Wgᵀ + bg). A down
@@ -23,11 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .activations import ACTIVATIONS, ZERO_BELOW
 from .types import TensorType
 
-GATE_ACTS = ("silu", "gelu", "gelu_tanh", "relu", "fatrelu")
+GATE_ACTS = ("silu", "gelu", "gelu_tanh", "relu", "fatrelu", "relu2", "relu6")
 UP_ACTS = ("identity", "relu")
-RELU_FAMILY = ("relu", "fatrelu")
+RELU_FAMILY = ZERO_BELOW
 
 GATED_MLP_ATTRS = {"gate_act": "silu", "up_act": "identity", "threshold": 0.0, "fused": False,
                    "gate_first": True, "expert": -1, "bias": False}
@@ -40,6 +43,8 @@ def pattern_name(gate_act: str, up_act: str) -> str:
         return "fatrelu"
     if gate_act == "relu":
         return "drelu" if up_act == "relu" else "reglu"
+    if gate_act in ("relu2", "relu6"):
+        return f"{gate_act}-glu" + ("-relu" if up_act == "relu" else "")
     if gate_act == "silu":
         return "swiglu" if up_act == "identity" else "silu-relu"
     return "geglu" if up_act == "identity" else "gelu-relu"
@@ -50,10 +55,8 @@ def is_exactly_sparse(gate_act: str) -> bool:
 
 
 def apply_gate_act(g: np.ndarray, kind: str, threshold: float = 0.0) -> np.ndarray:
-    if kind == "relu":
-        return np.maximum(g, 0)
-    if kind == "fatrelu":
-        return np.where(g > threshold, g, 0).astype(g.dtype)
+    if kind in ZERO_BELOW:
+        return ACTIVATIONS[kind].reference(g, threshold)
     if kind == "silu":
         return g / (1 + np.exp(-g))
     if kind in ("gelu", "gelu_tanh"):

@@ -91,6 +91,8 @@ UNARY = {
     "tanh": np.tanh, "sigmoid": _sigmoid, "erf": _erf, "sin": np.sin, "cos": np.cos,
     "relu": lambda x: np.maximum(x, 0).astype(x.dtype), "silu": lambda x: (x * _sigmoid(x)).astype(x.dtype),
     "logical_not": np.logical_not,
+    "relu2": lambda x: np.square(np.maximum(x, 0)).astype(x.dtype),
+    "relu6": lambda x: np.clip(x, 0, 6).astype(x.dtype),
 }
 for _name, _fn in UNARY.items():
     define(_name, 1, _unary_type, (lambda fn: lambda x, attrs, env: fn(x))(_fn), elementwise=True)

@@ -24,7 +24,7 @@ from tvm.script import tirx as T
 from .schedule import CpuSchedule
 
 WEIGHT_DTYPES = ("float32", "float16")
-GATE_ACTS = ("relu", "fatrelu", "silu", "gelu", "identity")
+GATE_ACTS = ("relu", "fatrelu", "relu2", "relu6", "silu", "gelu", "identity")
 UP_ACTS = ("identity", "relu")
 CACHE_LINE = 64
 
@@ -51,8 +51,8 @@ def symbol(*parts: object) -> str:
 def activation(kind: str, threshold: float = 0.0) -> Callable:
     """PrimExpr -> PrimExpr for an activation on float32 values.
 
-    relu: max(v, 0); fatrelu: v if v > threshold else 0; silu: v * sigmoid(v);
-    gelu: tanh approximation; identity: v.
+    relu: max(v, 0); fatrelu: v if v > threshold else 0; relu2: max(v, 0)²; relu6: min(max(v, 0), 6);
+    silu: v * sigmoid(v); gelu: tanh approximation; identity: v.
     """
     zero = T.float32(0)
     if kind == "relu":
@@ -60,6 +60,10 @@ def activation(kind: str, threshold: float = 0.0) -> Callable:
     if kind == "fatrelu":
         thr = T.float32(float(threshold))
         return lambda v: T.if_then_else(v > thr, v, zero)
+    if kind == "relu2":
+        return lambda v: T.max(v, zero) * T.max(v, zero)
+    if kind == "relu6":
+        return lambda v: T.min(T.max(v, zero), T.float32(6))
     if kind == "silu":
         return lambda v: v / (T.float32(1) + T.exp(zero - v))
     if kind == "gelu":

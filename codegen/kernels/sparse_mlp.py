@@ -46,7 +46,7 @@ from .common import (
 )
 from .schedule import CpuSchedule
 
-EXACT_GATE_ACTS = ("relu", "fatrelu")
+EXACT_GATE_ACTS = ("relu", "fatrelu", "relu2", "relu6")  # exactly zero below their threshold
 
 
 def check_mlp(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_acts=GATE_ACTS) -> None:
