@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph, Node
+from ..ir.activations import ZERO_BELOW
 from ..ir.mlp import pattern_name
 from .base import Pass, Rule, apply_rules, derived_weight, note, record
 from .match import common_module, commuted
@@ -181,6 +182,8 @@ class DetectGatedMLP(Pass):
             first = _plain_mlp(node)
             if first is not None:
                 record("plain-mlp")
+                if node.inputs[0].op in ZERO_BELOW:
+                    continue  # non-gated but exactly sparse: sparsify-exact takes it (its report row comes from there)
                 note({"location": common_module(node.loc, node.inputs[0].loc) or node.loc,
                       "pattern": "plain-mlp", "mode": "dense", "n_ff": int(first.shape[-1]),
                       "reason": "not gated: act(x·W1)·W2 has no gate to skip neurons on"})

@@ -122,7 +122,8 @@ def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[B
             _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
         h = sparse_intermediate(x.reshape(-1, x.shape[-1]), w_gate, w_up, attrs, b_gate, b_up)
         mode = block.attrs.get("mode", "dense")
-        pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
+        pattern = block.attrs.get("pattern") or (  # a sparse block's own (a non-gated relu-mlp, say)
+            pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else ""))
         expert = attrs.get("expert", -1)
         reports.append(BlockReport(block.loc, pattern, mode, w_gate.shape[0], float(np.mean(h == 0)),
                                    expert=expert if expert >= 0 else None))
