@@ -1,18 +1,19 @@
 """The lowering table entries: IR op -> Relax expression. Kernel-backed ops (linear, gated MLPs) are in
-`lower_kernels.py`; this file holds the ops that map straight onto Relax's own."""
+`lower_kernels.py`; this file holds the ops that map straight onto Relax's own. Activations (relu, silu, gelu,
+fatrelu) take their Relax form from the activation table (ir/activations.py)."""
 
 from __future__ import annotations
 
 from tvm import relax
 
-from . import lower_kernels  # noqa: F401  (registers linear / gated_mlp / sparse_gated_mlp)
-from .lower import TVM_DTYPES, const, lowering
+from ..ir.activations import ACTIVATIONS
+from ..ir.ops import gelu_activation
+from .context import TVM_DTYPES, const, lowering
 
 R = relax.op
 
 UNARY = {"neg": R.negative, "exp": R.exp, "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "abs": R.abs,
-         "tanh": R.tanh, "sigmoid": R.sigmoid, "erf": R.erf, "sin": R.sin, "cos": R.cos, "relu": R.nn.relu,
-         "silu": R.nn.silu, "logical_not": R.logical_not}
+         "tanh": R.tanh, "sigmoid": R.sigmoid, "erf": R.erf, "sin": R.sin, "cos": R.cos, "logical_not": R.logical_not}
 BINARY = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
           "maximum": R.maximum, "minimum": R.minimum, "gt": R.greater, "ge": R.greater_equal, "lt": R.less,
           "le": R.less_equal, "eq": R.equal, "ne": R.not_equal, "logical_and": R.logical_and,
@@ -46,25 +47,10 @@ def _where(ctx, node, args):
     return R.where(cond, a, b)
 
 
-@lowering("relu2")
-def _relu2(ctx, node, args):
-    return R.square(R.nn.relu(args[0]))
-
-
-@lowering("relu6")
-def _relu6(ctx, node, args):
-    return R.clip(args[0], 0, 6)
-
-
-@lowering("fatrelu")
-def _fatrelu(ctx, node, args):
-    x = args[0]
-    return R.where(R.greater(x, const(node.attrs["threshold"], node.dtype)), x, const(0.0, node.dtype))
-
-
-@lowering("gelu")
-def _gelu(ctx, node, args):
-    return R.nn.gelu_tanh(args[0]) if node.attrs.get("approximate", "none") == "tanh" else R.nn.gelu(args[0])
+@lowering("relu", "silu", "fatrelu", "gelu", "relu2", "relu6")
+def _activation(ctx, node, args):
+    name = gelu_activation(node.attrs.get("approximate", "none")) if node.op == "gelu" else node.op
+    return ACTIVATIONS[name].relax(args[0], node.attrs.get("threshold", 0.0), node.dtype)
 
 
 @lowering("reciprocal")
@@ -101,7 +87,9 @@ def _matmul(ctx, node, args):
 @lowering("embedding")
 def _embedding(ctx, node, args):
     w, ids = args
-    return R.take(w, ids, axis=0)
+    # "clip", not TVM's default "fast" (no bounds check: an id past the table reads outside it). The compiled
+    # module rejects such ids before the call (ir/limits.py); clipping is the backstop for computed indices.
+    return R.take(w, ids, axis=0, mode="clip")
 
 
 @lowering("sum", "mean", "max")
@@ -156,7 +144,9 @@ def _concat(ctx, node, args):
 
 @lowering("index_select")
 def _index_select(ctx, node, args):
-    return R.take(args[0], args[1], axis=node.attrs["axis"])
+    # "wrap": negative indices count from the end (as numpy's take, the op's reference; static windows such as
+    # x[:, -1:] use them), and nothing reads outside the tensor (see _embedding)
+    return R.take(args[0], args[1], axis=node.attrs["axis"], mode="wrap")
 
 
 @lowering("topk")

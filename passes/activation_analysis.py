@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Node, op_def
-from ..ir.activations import ACTIVATIONS, ZERO_BELOW
+from ..ir.activations import ACTIVATIONS, THRESHOLDED, ZERO_BELOW
 from ..ir.ops import REQUIRED
 from ..ir.types import np_dtype
 
@@ -96,7 +96,7 @@ def classify(y: Node):
     candidates = sorted({0.0, *(float(v) for v in (_value(n) for n in _constants(nodes)) if v is not None)})
     for name in ZERO_BELOW:
         act = ACTIVATIONS[name]
-        for t in candidates if act.thresholded else [0.0]:
+        for t in candidates if name in THRESHOLDED else [0.0]:
             if np.array_equal(f, act.reference(points, np.float32(t))):
                 return name, t, x
     return None

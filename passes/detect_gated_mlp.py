@@ -183,8 +183,8 @@ class DetectGatedMLP(Pass):
             if first is not None:
                 record("plain-mlp")
                 if node.inputs[0].op in ZERO_BELOW:
-                    continue  # non-gated but exactly sparse: sparsify-exact takes it (its report row comes from there)
-                note({"location": common_module(node.loc, node.inputs[0].loc) or node.loc,
+                    continue  # non-gated but exactly sparse: sparsify-exact takes it (and its report row)
+                note({"kind": "row", "location": common_module(node.loc, node.inputs[0].loc) or node.loc,
                       "pattern": "plain-mlp", "mode": "dense", "n_ff": int(first.shape[-1]),
                       "reason": "not gated: act(x·W1)·W2 has no gate to skip neurons on"})
         return apply_rules(graph, RULES)

@@ -1,16 +1,21 @@
 """The compile report: one row per MLP block found — where it is, its pattern, the mode it runs in, its width,
-the sparsity measured on the example inputs — plus the blocks left dense and why."""
+the sparsity measured on the example inputs — plus the blocks left dense and why.
+
+Every field of a block's row comes from its node: location, pattern (the node's own `pattern` attribute),
+mode (its variant), expert, and the fields its variant's entry declares (`report` in ir/sparse_variants.py:
+threshold, method, calibrated sparsity ...). Nothing is matched up by location strings."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from ..ir import Graph, evaluate
+from ..ir import Graph, Node, evaluate
+from ..ir.activations import exactly_sparse
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.threshold import sparse_intermediate
+from ..ir.sparse_variants import dense_intermediate, split_inputs, variant_of
 
 
 @dataclass
@@ -29,6 +34,20 @@ class BlockReport:
     method: str | None = None
 
 
+_FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "None": (type(None),)}
+
+
+def _check_field_types(obj) -> None:
+    """The dataclass's scalar fields hold what their annotations say (bool is not a number here)."""
+    for f in fields(obj):
+        allowed = [_FIELD_TYPES.get(t.strip()) for t in str(f.type).split("|")]
+        if None in allowed:  # not a scalar annotation (blocks, pass_stats): checked by the caller
+            continue
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, tuple(t for ts in allowed for t in ts)):
+            raise ValueError(f"report field {f.name} should be {f.type}, got {type(value).__name__}")
+
+
 @dataclass
 class Report:
     target: str
@@ -44,8 +63,18 @@ class Report:
 
     @staticmethod
     def from_dict(data: dict) -> Report:
-        return Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
-                      data.get("output_rel_error"))
+        """The inverse of `to_dict`; data of the wrong shape or type (a manifest read from disk) is a ValueError."""
+        if not isinstance(data, dict) or not isinstance(data.get("blocks"), list):
+            raise ValueError("a report is a dict with a list of blocks")
+        report = Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
+                        data.get("output_rel_error"))
+        for obj in (report, *report.blocks):
+            _check_field_types(obj)
+        stats = report.pass_stats
+        if not isinstance(stats, dict) or not all(isinstance(v, dict) and all(type(c) is int for c in v.values())
+                                                  for v in stats.values()):
+            raise ValueError("report pass_stats must map pass names to {pattern: count}")
+        return report
 
     @property
     def mean_sparsity(self) -> float | None:
@@ -107,27 +136,52 @@ def _percent(value: float | None) -> str:
 MLP_OPS = ("gated_mlp", "sparse_gated_mlp")
 
 
-def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[BlockReport]:
-    """Run the reference interpreter once, keeping each MLP's input, and measure its intermediate sparsity."""
+def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str = "dense") -> list[BlockReport]:
+    """One row per gated MLP node, every field from the node (its variant's `report` fields included), and the
+    intermediate sparsity measured by running the reference interpreter once on the example inputs."""
     blocks = [n for n in graph.nodes if n.op in MLP_OPS]
     values = evaluate(graph, example_inputs, keep=[b.inputs[0] for b in blocks]) if blocks else []
     xs = values[len(graph.outputs):]
-    reports = []
-    for block, x in zip(blocks, xs):
-        arrays = [x, *(graph.weights[w.attrs["name"]] for w in block.inputs[1:])]
-        attrs = {"threshold": 0.0, "fused": False, **block.attrs}
-        if block.op == "sparse_gated_mlp":
-            w_gate, w_up, b_gate, b_up = arrays[1], arrays[2], None, None
-        else:
-            _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
-        h = sparse_intermediate(x.reshape(-1, x.shape[-1]), w_gate, w_up, attrs, b_gate, b_up)
-        mode = block.attrs.get("mode", "dense")
-        pattern = block.attrs.get("pattern") or (  # a sparse block's own (a non-gated relu-mlp, say)
-            pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else ""))
-        expert = attrs.get("expert", -1)
-        reports.append(BlockReport(block.loc, pattern, mode, w_gate.shape[0], float(np.mean(h == 0)),
-                                   expert=expert if expert >= 0 else None))
-    return reports
+    return [_block_row(block, x, graph, mode) for block, x in zip(blocks, xs)]
+
+
+def _block_row(block: Node, x: np.ndarray, graph: Graph, mode: str) -> BlockReport:
+    arrays = [x, *(graph.weights[w.attrs["name"]] if w.op == "weight" else None for w in block.inputs[1:])]
+    attrs = {"threshold": 0.0, "fused": False, **block.attrs}
+    x2d = x.reshape(-1, x.shape[-1])
+    expert = attrs.get("expert", -1)
+    fields: dict = {"expert": expert if expert >= 0 else None}
+    if block.op == "sparse_gated_mlp":
+        (_, w_gate, w_up, _), extras = split_inputs(arrays, attrs)
+        variant = variant_of(attrs)
+        h = variant.intermediate(x2d, w_gate, w_up, extras, attrs)
+        row_mode, pattern = variant.name, attrs["pattern"]
+        fields.update(variant.report(attrs))
+    else:
+        _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
+        h = dense_intermediate(x2d, w_gate, w_up, attrs, b_gate, b_up)
+        row_mode = "dense"
+        pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
+        if mode != "dense" and not exactly_sparse(attrs["gate_act"]):
+            fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
+                                f"(act={attrs['gate_act']}); exact mode needs ReLU-family")
+    return BlockReport(block.loc, pattern, row_mode, w_gate.shape[0], float(np.mean(h == 0)), **fields)
+
+
+def finding_rows(notes: Sequence[dict]) -> list[BlockReport]:
+    """Rows for what the passes found but left as ordinary ops (notes with kind 'row', e.g. plain MLPs)."""
+    return [BlockReport(n["location"], n["pattern"], n["mode"], n.get("n_ff", 0), None, n["reason"])
+            for n in notes if n.get("kind") == "row"]
+
+
+def build_report(target: str, mode: str, graph: Graph, dense_graph: Graph | None, example_inputs, pass_stats: dict,
+                 notes: Sequence[dict] = ()) -> Report:
+    """The compile report: a row per gated MLP node, rows for the passes' findings, and for lossy modes
+    (`dense_graph` given) the outputs' relative error vs the dense graph."""
+    report = Report(target, mode, measure_blocks(graph, example_inputs, mode) + finding_rows(notes), pass_stats)
+    if dense_graph is not None:
+        report.output_rel_error = output_rel_error(dense_graph, graph, example_inputs)
+    return report
 
 
 def output_rel_error(dense: Graph, graph: Graph, example_inputs: Sequence[np.ndarray]) -> float:

@@ -33,6 +33,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
+from ...ir.activations import ZERO_BELOW
 from .common import (
     GATE_ACTS,
     UP_ACTS,
@@ -46,7 +47,7 @@ from .common import (
 )
 from .schedule import CpuSchedule
 
-EXACT_GATE_ACTS = ("relu", "fatrelu", "relu2", "relu6")  # exactly zero below their threshold
+EXACT_GATE_ACTS = ZERO_BELOW  # exactly zero below their threshold (the activation table says which)
 
 
 def check_mlp(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_acts=GATE_ACTS) -> None:
