@@ -122,9 +122,10 @@ def test_relu_twin_is_exactly_sparse(hf, case):
     result = run_pipeline(graph, pipeline_for("exact"))
     counts = _relu_counts(ARCHS[case][3])
     assert result.stats["detect-gated-mlp"] == counts
-    n_blocks = counts.get("gated-mlp", 0)
-    assert result.stats["sparsify-exact"] == ({"reglu": n_blocks} if n_blocks else {})
-    assert result.graph.count("sparse_gated_mlp") == n_blocks and result.graph.count("gated_mlp") == 0
+    n_blocks, n_plain = counts.get("gated-mlp", 0), counts.get("plain-mlp", 0)  # relu GPT-2: non-gated, exact too
+    assert result.stats["sparsify-exact"] == {**({"reglu": n_blocks} if n_blocks else {}),
+                                              **({"relu-mlp": n_plain} if n_plain else {})}
+    assert result.graph.count("sparse_gated_mlp") == n_blocks + n_plain and result.graph.count("gated_mlp") == 0
     ids = _ids(seed=2)
     _close(evaluate(result.graph, [ids.numpy()])[0], _torch_out(model, ids))
 
