@@ -47,7 +47,7 @@ def _where(ctx, node, args):
     return R.where(cond, a, b)
 
 
-@lowering("relu", "silu", "fatrelu", "gelu")
+@lowering("relu", "silu", "fatrelu", "gelu", "relu2", "relu6")
 def _activation(ctx, node, args):
     name = gelu_activation(node.attrs.get("approximate", "none")) if node.op == "gelu" else node.op
     return ACTIVATIONS[name].relax(args[0], node.attrs.get("threshold", 0.0), node.dtype)

@@ -89,6 +89,11 @@ def _repeat_interleave(cx, node, x, repeats, dim=None, output_size=None):
     return cx.emit("reshape", [x], shape=cx.out(node).shape)
 
 
+def _numpy_t(cx, node, x):  # x.T on any rank (Falcon) -> permute(x, reversed axes)
+    axes = tuple(reversed(range(x.type.rank)))
+    return x if x.type.rank < 2 else cx.emit("permute", [x], axes=axes)
+
+
 # --- functionalized writes (what torch's decompositions make of `new_empty` + `view.copy_`) ---------------------
 def _empty(cx, node, *args, **kwargs):  # empty -> full(0) (functionalized: every element is written before use)
     ttype = cx.out(node)
@@ -123,5 +128,5 @@ TAIL_TO_IR = {
     "aten.repeat_interleave.self_int": _repeat_interleave,
     # only the functionalized forms: `new_empty` stays unmapped, so its graph is decomposed (and functionalized)
     "aten.empty.memory_format": _empty,
-    "aten.copy.default": _copy, "aten.slice_scatter": _slice_scatter,
+    "aten.numpy_T": _numpy_t, "aten.copy.default": _copy, "aten.slice_scatter": _slice_scatter,
 }

@@ -73,6 +73,14 @@ def _np_gelu_tanh(x, t=0.0):
     return (0.5 * x * (1 + np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x**3)))).astype(x.dtype)
 
 
+def _np_relu2(x, t=0.0):
+    return np.square(np.maximum(x, 0)).astype(x.dtype)
+
+
+def _np_relu6(x, t=0.0):
+    return np.clip(x, 0, 6).astype(x.dtype)
+
+
 def _np_identity(x, t=0.0):
     return x
 
@@ -110,6 +118,19 @@ def _tir_gelu_tanh(t):
 
     c = T.float32(SQRT_2_OVER_PI)
     return lambda v: T.float32(0.5) * v * (T.float32(1) + T.tanh(c * (v + T.float32(0.044715) * v * v * v)))
+
+
+def _tir_relu2(t):
+    from tvm.script import tirx as T
+
+    zero = T.float32(0)
+    return lambda v: T.max(v, zero) * T.max(v, zero)
+
+
+def _tir_relu6(t):
+    from tvm.script import tirx as T
+
+    return lambda v: T.min(T.max(v, T.float32(0)), T.float32(6))
 
 
 def _tir_identity(t):
@@ -152,10 +173,24 @@ def _relax_fatrelu(x, t, dtype):
     return R.where(R.greater(x, _relax_const(t, dtype)), x, _relax_const(0.0, dtype))
 
 
+def _relax_relu2(x, t, dtype):
+    from tvm import relax
+
+    return relax.op.square(relax.op.nn.relu(x))
+
+
+def _relax_relu6(x, t, dtype):
+    from tvm import relax
+
+    return relax.op.clip(x, 0, 6)
+
+
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
     Activation("relu", _np_relu, _tir_relu, _relax_relu, exactly_sparse=True, doc="max(x, 0); relu(NaN) = NaN"),
     Activation("fatrelu", _np_fatrelu, _tir_fatrelu, _relax_fatrelu, exactly_sparse=True,
                doc="FATReLU: x where x > t else 0 (torch's where: NaN -> 0)"),
+    Activation("relu2", _np_relu2, _tir_relu2, _relax_relu2, exactly_sparse=True, doc="max(x, 0)² (Primer)"),
+    Activation("relu6", _np_relu6, _tir_relu6, _relax_relu6, exactly_sparse=True, doc="min(max(x, 0), 6)"),
     Activation("silu", _np_silu, _tir_silu, _relax_op("nn.silu"), doc="x · sigmoid(x)"),
     Activation("gelu", _np_gelu, _tir_gelu, _relax_op("nn.gelu"), doc="0.5·x·(1 + erf(x/√2))"),
     Activation("gelu_tanh", _np_gelu_tanh, _tir_gelu_tanh, _relax_op("nn.gelu_tanh"),
@@ -181,3 +216,7 @@ def apply(name: str, x: np.ndarray, threshold: float = 0.0) -> np.ndarray:
 
 def exactly_sparse(name: str) -> bool:
     return activation(name).exactly_sparse
+
+
+ZERO_BELOW = tuple(name for name, a in ACTIVATIONS.items() if a.exactly_sparse)  # exact mode's activations
+THRESHOLDED = ("fatrelu",)  # the ones whose threshold is an attribute (the others are zero below 0)

@@ -9,9 +9,12 @@ The pattern name is derived from the activation pair, so the report and the spar
     relu      identity   reglu       (ProSparse)
     relu      relu       drelu       (TurboSparse)
     fatrelu   identity   fatrelu     (where(g > t, g, 0))
+    relu2     identity   relu2-glu   (relu(g)²)
+    relu6     identity   relu6-glu   (min(relu(g), 6))
 
-Only the last three are exactly sparse (`exactly_sparse` in the activation table, ir/activations.py): a
-neuron whose gate activation is 0 contributes nothing, so its up and down rows need not be read.
+Only the ReLU family (reglu, drelu, fatrelu, relu2-glu, relu6-glu) is exactly sparse (`exactly_sparse` in
+the activation table, ir/activations.py): a neuron whose gate activation is 0 contributes nothing, so its up
+and down rows need not be read.
 
 Inputs: `x, w_gate, w_up, w_down` or, fused, `x, w_gate_up, w_down` (weights [out, in]). With `bias=True` the
 gate/up biases follow: `b_gate, b_up` (fused: `b_gate_up`), inside the activations: act(x·Wgᵀ + bg). A down
@@ -38,6 +41,8 @@ def pattern_name(gate_act: str, up_act: str) -> str:
         return "fatrelu"
     if gate_act == "relu":
         return "drelu" if up_act == "relu" else "reglu"
+    if gate_act in ("relu2", "relu6"):
+        return f"{gate_act}-glu" + ("-relu" if up_act == "relu" else "")
     if gate_act == "silu":
         return "swiglu" if up_act == "identity" else "silu-relu"
     return "geglu" if up_act == "identity" else "gelu-relu"

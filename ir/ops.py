@@ -82,6 +82,7 @@ UNARY = {
     "rsqrt": lambda x: (1 / np.sqrt(x)).astype(x.dtype), "reciprocal": lambda x: (1 / x).astype(x.dtype),
     "tanh": np.tanh, "sigmoid": _sigmoid, "erf": erf, "sin": np.sin, "cos": np.cos,
     "relu": ACTIVATIONS["relu"].reference, "silu": ACTIVATIONS["silu"].reference, "logical_not": np.logical_not,
+    "relu2": ACTIVATIONS["relu2"].reference, "relu6": ACTIVATIONS["relu6"].reference,
 }
 for _name, _fn in UNARY.items():
     define(_name, 1, _unary_type, (lambda fn: lambda x, attrs, env: fn(x))(_fn), elementwise=True)

@@ -6,8 +6,9 @@ Activation rules (before -> after):
     mul(x, sigmoid(x))                                  -> silu(x)
     mul(mul(x, 0.5), add(erf(mul(x, 0.7071..)), 1))     -> gelu(x)
     mul(mul(x, 0.5), add(tanh(..x + 0.044715·x³..), 1)) -> gelu(x){approximate='tanh'}
-    maximum(x, 0) | where(gt(x, 0), x, 0)               -> relu(x)
-    where(gt(x, t), x, 0)                               -> fatrelu(x){threshold=t}
+    f(x) exactly zero below t, in any spelling          -> relu | fatrelu{threshold=t} | relu2 | relu6 (x)
+        (decided by what f computes: activation_analysis.py probes the elementwise subgraph; e.g.
+         maximum(x, 0), where(gt(x, t), x, 0), mul(x, cast(gt(x, t))), mul(relu(x), relu(x)), clamp(x, 0, 6))
 
 Projection rules (`canonicalize_layout.py`): matmul with a transposed or [in, out] weight, bias adds, the
 flatten/unflatten around a projection and per-expert slices of batched weights all become `linear(x, @W)`.
@@ -20,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 from ..ir import Graph, Node
+from .activation_analysis import classify
 from .base import Pass, Rule, apply_rules
 from .canonicalize_layout import PROJECTION_RULES
 from .match import commuted, is_scalar, scalar_value
@@ -75,24 +77,18 @@ def _gelu(node: Node):
     return None
 
 
-def _relu(node: Node):
-    if node.op == "maximum":
-        for x, zero in commuted(node):
-            if is_scalar(zero, 0.0):
-                return {"x": x, "threshold": None}
-    if node.op == "where":
-        cond, x, zero = node.inputs
-        if cond.op == "gt" and cond.inputs[0] is x and is_scalar(zero, 0.0):
-            t = scalar_value(cond.inputs[1])
-            if t is not None:
-                return {"x": x, "threshold": t if t != 0.0 else None}
-    return None
+def _zero_below(node: Node):
+    found = classify(node)
+    if found is None or (node.op == found[0] and node.inputs[0] is found[2]
+                         and node.attrs.get("threshold", 0.0) == found[1]):
+        return None  # not a ReLU-family activation, or already its canonical op
+    name, threshold, x = found
+    return {"x": x, "name": name, "threshold": threshold}
 
 
-def _build_relu(node: Node, b: dict) -> Node:
-    if b["threshold"] is None:
-        return Node("relu", (b["x"],), {}, node.type, node.loc)
-    return Node("fatrelu", (b["x"],), {"threshold": b["threshold"]}, node.type, node.loc)
+def _build_zero_below(node: Node, b: dict) -> Node:
+    attrs = {"threshold": b["threshold"]} if b["name"] == "fatrelu" else {}
+    return Node(b["name"], (b["x"],), attrs, node.type, node.loc)
 
 
 ACTIVATION_RULES = [
@@ -100,7 +96,8 @@ ACTIVATION_RULES = [
          lambda n, b: Node("silu", (b["x"],), {}, n.type, n.loc)),
     Rule("gelu", "0.5·x·(1 + erf(x/√2) | tanh(...)) -> gelu(x)", _gelu,
          lambda n, b: Node("gelu", (b["x"],), {"approximate": b["approximate"]}, n.type, n.loc)),
-    Rule("relu", "maximum(x, 0) | where(gt(x, t), x, 0) -> relu(x) | fatrelu(x){threshold=t}", _relu, _build_relu),
+    Rule("zero-below", "f(x) == 0 for x <= t, by probing f -> relu | fatrelu{threshold=t} | relu2 | relu6 (x)",
+         _zero_below, _build_zero_below),
 ]
 
 RULES = ACTIVATION_RULES + PROJECTION_RULES

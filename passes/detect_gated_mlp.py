@@ -33,11 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph, Node
+from ..ir.activations import ZERO_BELOW
 from ..ir.mlp import pattern_name
 from .base import Pass, Rule, apply_rules, derived_weight, note, record
 from .match import common_module, commuted
 
-GATE_ACT_OPS = {"silu": "silu", "relu": "relu", "fatrelu": "fatrelu", "gelu": "gelu"}
+GATE_ACT_OPS = {"silu": "silu", "relu": "relu", "fatrelu": "fatrelu", "gelu": "gelu", "relu2": "relu2",
+                "relu6": "relu6"}
 _EXPERT_WEIGHT = re.compile(r"\.e(\d+)(?:\.t)?$")
 _EXPERT_MODULE = re.compile(r"(?:^|\.)experts\.(\d+)(?:\.|$)")
 
@@ -156,7 +158,7 @@ RULES = [Rule("gated-mlp", "linear(act(linear(x,@Wg)) ⊙ up_act(linear(x,@Wu)),
 def _plain_mlp(node: Node) -> Node | None:
     """down(act(P(x, @W1)), @W2) with a pointwise activation: a non-gated (GPT-2 style) MLP -> its first linear."""
     down = _projection(node)
-    if down and down[0].op in ("gelu", "relu", "silu", "fatrelu"):
+    if down and down[0].op in GATE_ACT_OPS:
         first = down[0].inputs[0]
         return first if _projection(first) else None
     return None
@@ -180,6 +182,8 @@ class DetectGatedMLP(Pass):
             first = _plain_mlp(node)
             if first is not None:
                 record("plain-mlp")
+                if node.inputs[0].op in ZERO_BELOW:
+                    continue  # non-gated but exactly sparse: sparsify-exact takes it (and its report row)
                 note({"kind": "row", "location": common_module(node.loc, node.inputs[0].loc) or node.loc,
                       "pattern": "plain-mlp", "mode": "dense", "n_ff": int(first.shape[-1]),
                       "reason": "not gated: act(x·W1)·W2 has no gate to skip neurons on"})

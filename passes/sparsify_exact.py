@@ -20,6 +20,15 @@ with @W.aug = [W | b] and @Wd.t.aug = [Wdᵀ | 0] ([n_ff, d+1]): the same activa
 
 A block whose weights hold NaN or Inf stays dense (in every mode, with a note): torch computes 0 · Inf = NaN for
 an inactive neuron with an infinite up or down weight, which skipping that neuron would hide.
+Non-gated ReLU-family MLPs (OPT/Falcon relu, relu² of Primer/Nemotron/Persimmon, any `ZERO_BELOW` activation)
+are exact too: the first projection plays the gate (computed densely: it decides which neurons are active) and
+the "up" factor is the constant 1, in the same homogeneous coordinates (up rows [0 | 1]):
+
+    linear(act(linear(x, @W1, @b1)), @W2, @b2)
+        -> add(slice(sparse_gated_mlp(concat(x, 1), @W1.aug, @W1.one_up.aug, @W2.t.aug), 0:d), @b2)
+
+so only the down rows of active neurons are read (plus their one-column up rows: a unit row per active
+neuron, d+1 floats, the price of reusing the gated kernels on every target unchanged).
 
 Blocks that are not ReLU-family (SwiGLU, GeGLU) cannot be made exactly sparse. With `on_unsupported="error"`
 (mode "exact") that is an error naming the layer and the ways out; with "keep-dense" (mode "auto") they stay
@@ -33,9 +42,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ModeError
-from ..ir import Graph, Node, rewrite
+from ..ir import Graph, Node, rewrite, weight_node
+from ..ir.activations import ZERO_BELOW
 from ..ir.mlp import is_exactly_sparse, pattern_name
 from .base import Pass, note, record
+from .match import common_module
 from .sparse_layout import to_sparse_layout
 
 
@@ -52,6 +63,9 @@ class SparsifyExact(Pass):
         new_weights: dict[str, np.ndarray] = {}
 
         def visit(node: Node) -> Node | None:
+            plain = _plain_relu_mlp(node)
+            if plain is not None and _finite_weights(node, graph) and _finite_weights(plain["first"], graph):
+                return _sparse_plain(node, plain, graph, new_weights)
             if node.op != "gated_mlp":
                 return None
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
@@ -88,3 +102,40 @@ class SparsifyExact(Pass):
 
 def _finite_weights(node: Node, graph: Graph) -> bool:
     return all(bool(np.isfinite(graph.weights[i.attrs["name"]]).all()) for i in node.inputs[1:] if i.op == "weight")
+def _plain_relu_mlp(node: Node):
+    """linear(act(linear(x, @W1[, @b1])), @W2[, @b2]) with act exactly zero below its threshold -> bindings."""
+    if node.op != "linear" or node.inputs[1].op != "weight" or any(b.op != "weight" for b in node.inputs[2:]):
+        return None
+    act = node.inputs[0]
+    if act.op not in ZERO_BELOW or act.inputs[0].op != "linear":
+        return None
+    first = act.inputs[0]
+    if first.inputs[1].op != "weight" or any(b.op != "weight" for b in first.inputs[2:]):
+        return None
+    return {"act": act, "first": first}
+
+
+def _sparse_plain(node: Node, b: dict, graph: Graph, new_weights: dict) -> Node:
+    """The non-gated block as a gated one with up factor 1 (see the module docstring), then sparse layout."""
+    act, first = b["act"], b["first"]
+    x, w1 = first.inputs[:2]
+    n, d = w1.shape
+    name = w1.attrs["name"]
+    arrays = {f"{name}.one_up": np.zeros((n, d), np.float32), f"{name}.one_up.bias": np.ones(n, np.float32)}
+    if len(first.inputs) < 3:
+        arrays[f"{name}.zero_bias"] = np.zeros(n, np.float32)
+    for key, array in arrays.items():
+        new_weights.setdefault(key, array)
+    b1 = first.inputs[2] if len(first.inputs) > 2 else weight_node(f"{name}.zero_bias", arrays[f"{name}.zero_bias"])
+    up, b_up = (weight_node(k, new_weights[k]) for k in (f"{name}.one_up", f"{name}.one_up.bias"))
+    threshold = float(act.attrs.get("threshold", 0.0))
+    gated = Node("gated_mlp", (x, w1, up, node.inputs[1], b1, b_up),
+                 {"gate_act": act.op, "up_act": "identity", "fused": False, "bias": True,
+                  **({"threshold": threshold} if act.op == "fatrelu" else {})},
+                 node.type, common_module(first.loc, node.loc) or node.loc)
+    pattern = f"{act.op}-mlp"
+    record(pattern)
+    attrs = {"gate_act": act.op, "up_act": "identity", "mode": "exact", "pattern": pattern,
+             **({"threshold": threshold} if act.op == "fatrelu" else {})}
+    out = to_sparse_layout(gated, attrs, graph, new_weights)  # reads the new up arrays from new_weights
+    return out if len(node.inputs) < 3 else Node("add", (out, node.inputs[2]), {}, node.type, node.loc)

@@ -203,11 +203,14 @@ def _assert_close(got, want, what: str) -> None:
 _PATH = re.compile(r"(?:/[\w.@+-]+)+/([\w.-]+\.py)")
 
 
+_EVAL = re.compile(r"<eval_with_key>\.\d+(?::\d+)?")
+
+
 def _reason(err: Exception) -> str:
     """The first line of the error, site-packages paths cut to the file name (rows must not depend on the
     machine)."""
     text = str(err).strip().splitlines()
-    line = _PATH.sub(r"\1", text[0] if text else "")
+    line = _EVAL.sub("<generated>", _PATH.sub(r"\1", text[0] if text else ""))
     return f"{type(err).__name__}: {line[:240]}"
 
 

@@ -31,6 +31,10 @@ def act(kind: str, v: np.ndarray, threshold: float = 0.0) -> np.ndarray:
         return np.maximum(v, 0)
     if kind == "fatrelu":
         return np.where(v > threshold, v, 0)
+    if kind == "relu2":
+        return np.square(np.maximum(v, 0))
+    if kind == "relu6":
+        return np.clip(v, 0, 6)
     if kind == "silu":
         return v / (1 + np.exp(-v))
     if kind == "gelu":
@@ -54,7 +58,9 @@ def mlp_reference(x, wg, wu, wd_t, gate_act="relu", up_act="identity", threshold
     mask [M, n_ff] (indexed mode): 1 for the neurons a token computes, 0 elsewhere."""
     x, wg, wu, wd_t = f64(x, wg, wu, wd_t)
     h = act(gate_act, x @ wg.T, threshold) * act(up_act, x @ wu.T)
-    terms = (np.abs(x) @ np.abs(wg).T) * (np.abs(x) @ np.abs(wu).T)  # bounds |g| * |u| and their errors
+    g_scale = np.abs(x) @ np.abs(wg).T
+    g_scale = 2 * g_scale**2 if gate_act == "relu2" else g_scale  # relu2: |g|² and twice g's relative error
+    terms = g_scale * (np.abs(x) @ np.abs(wu).T)  # bounds |act(g)| * |u| and their errors
     if mask is not None:
         h, terms = h * mask, terms * mask
     return h @ wd_t, terms @ np.abs(wd_t)
@@ -107,7 +113,7 @@ def mlp_inputs(rng, M, d, n_ff, dtype, active: np.ndarray, gate_act="relu"):
     mask = np.zeros(n_ff, bool)
     mask[active] = True
     wg[~mask] = -np.abs(wg[~mask])
-    if gate_act in ("relu", "fatrelu"):
+    if gate_act in ("relu", "fatrelu", "relu2", "relu6"):
         wg[mask] = np.abs(wg[mask])
     wu = rng.standard_normal((n_ff, d)).astype(np.float32)
     wd_t = rng.standard_normal((n_ff, d)).astype(np.float32)

@@ -68,7 +68,8 @@ def test_references_match_torch():
 
     x = torch.from_numpy(VALUES)
     torch_forms = {"relu": F.relu(x), "silu": F.silu(x), "gelu": F.gelu(x), "gelu_tanh": F.gelu(x, approximate="tanh"),
-                   "identity": x, "fatrelu": torch.where(x > THRESHOLD, x, 0.0)}
+                   "identity": x, "fatrelu": torch.where(x > THRESHOLD, x, 0.0), "relu2": torch.square(F.relu(x)),
+                   "relu6": F.relu6(x)}
     assert set(torch_forms) == set(ACTIVATIONS)
     for name, want in torch_forms.items():
         _close(activation(name).reference(VALUES, THRESHOLD), want.numpy())
@@ -87,7 +88,7 @@ def test_exactly_sparse_means_zero_at_or_below_the_threshold():
     for name, entry in ACTIVATIONS.items():  # relu's threshold is 0; fatrelu's its attribute (>= 0)
         assert entry.exactly_sparse == bool(np.all(entry.reference(VALUES[VALUES <= 0], THRESHOLD) == 0)), name
     assert np.all(activation("fatrelu").reference(VALUES[VALUES <= THRESHOLD], THRESHOLD) == 0)
-    assert {n for n, e in ACTIVATIONS.items() if e.exactly_sparse} == {"relu", "fatrelu"}
+    assert {n for n, e in ACTIVATIONS.items() if e.exactly_sparse} == {"relu", "fatrelu", "relu2", "relu6"}
 
 
 def test_ir_ops_interpreter_and_dense_kernel_use_the_table():

@@ -122,9 +122,10 @@ def test_relu_twin_is_exactly_sparse(hf, case):
     result = run_pipeline(graph, pipeline_for("exact"))
     counts = _relu_counts(ARCHS[case][3])
     assert result.stats["detect-gated-mlp"] == counts
-    n_blocks = counts.get("gated-mlp", 0)
-    assert result.stats["sparsify-exact"] == ({"reglu": n_blocks} if n_blocks else {})
-    assert result.graph.count("sparse_gated_mlp") == n_blocks and result.graph.count("gated_mlp") == 0
+    n_blocks, n_plain = counts.get("gated-mlp", 0), counts.get("plain-mlp", 0)  # relu GPT-2: non-gated, exact too
+    assert result.stats["sparsify-exact"] == {**({"reglu": n_blocks} if n_blocks else {}),
+                                              **({"relu-mlp": n_plain} if n_plain else {})}
+    assert result.graph.count("sparse_gated_mlp") == n_blocks + n_plain and result.graph.count("gated_mlp") == 0
     ids = _ids(seed=2)
     _close(evaluate(result.graph, [ids.numpy()])[0], _torch_out(model, ids))
 
@@ -272,7 +273,7 @@ FORMS = {  # name -> (module factory, canonicalize counts it needs, detect-gated
     "gelu-tanh-written-out": (lambda: Gated(lambda g, u: _gelu_tanh(g) * u), {"gelu": 1}, {"geglu": 1}),
     "relu": (lambda: Gated(lambda g, u: F.relu(g) * u), {}, {"reglu": 1}),
     "drelu": (lambda: Gated(lambda g, u: F.relu(g) * F.relu(u)), {}, {"drelu": 1}),
-    "fatrelu-where": (lambda: Gated(lambda g, u: torch.where(g > 0.1, g, 0.0) * u), {"relu": 1}, {"fatrelu": 1}),
+    "fatrelu-where": (lambda: Gated(lambda g, u: torch.where(g > 0.1, g, 0.0) * u), {"zero-below": 1}, {"fatrelu": 1}),
     "fused-slice-gate-first": (lambda: Fused(lambda h: (h[..., :N], h[..., N:])), {}, {"reglu-fused": 1}),
     "fused-chunk-up-first": (lambda: Fused(lambda h: h.chunk(2, dim=-1)[::-1]), {}, {"reglu-fused": 1}),
     "fused-split-gate-first": (lambda: Fused(lambda h: torch.split(h, N, dim=-1), F.silu), {}, {"swiglu-fused": 1}),
@@ -285,14 +286,31 @@ FORMS = {  # name -> (module factory, canonicalize counts it needs, detect-gated
                                       {"reglu-fused": 4, "moe-expert": 4, "biased": 4}),
 }
 
+# exactly-zero-below activations in other spellings: decided by what they compute (activation_analysis.py);
+# checked one by one (AllForms keeps the forms above)
+SPELLING_FORMS = {
+    "fatrelu-where-int-zero": (lambda: Gated(lambda g, u: torch.where(g > 0.25, g, 0) * u), {"zero-below": 1},
+                               {"fatrelu": 1}),
+    "fatrelu-mask-multiply": (lambda: Gated(lambda g, u: g * (g > 0.1).float() * u), {"zero-below": 1},
+                              {"fatrelu": 1}),
+    "fatrelu-threshold-module": (lambda: Gated(lambda g, u: nn.Threshold(0.1, 0.0)(g) * u), {"zero-below": 1},
+                                 {"fatrelu": 1}),
+    "relu-clamp": (lambda: Gated(lambda g, u: g.clamp(min=0) * u), {"zero-below": 1}, {"reglu": 1}),
+    "relu-squared": (lambda: Gated(lambda g, u: torch.square(F.relu(g)) * u), {"zero-below": 1},
+                     {"relu2-glu": 1}),
+    "relu6-hardtanh": (lambda: Gated(lambda g, u: F.hardtanh(g, 0.0, 6.0) * u), {"zero-below": 2},  # max, then min
+                       {"relu6-glu": 1}),
+}
+ALL_FORMS = {**FORMS, **SPELLING_FORMS}
+
 
 def _x(seq: int = SEQ, seed: int = 4) -> torch.Tensor:
     return torch.randn(1, seq, D, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("form", list(ALL_FORMS))
 def test_rewrite_form_is_detected(form):
-    factory, canonical, detected = FORMS[form]
+    factory, canonical, detected = ALL_FORMS[form]
     torch.manual_seed(0)
     model = factory().eval()
     graph = import_torch(model, (_x(),), dynamic_seq=False)

@@ -43,7 +43,7 @@ from .kernel_cases import (
 
 pytest.importorskip("tvm")
 
-EXACT_ACTS = st.tuples(st.sampled_from(["relu", "fatrelu"]), st.sampled_from(["identity", "relu"]),
+EXACT_ACTS = st.tuples(st.sampled_from(["relu", "fatrelu", "relu2", "relu6"]), st.sampled_from(["identity", "relu"]),
                        st.sampled_from([0.0, 0.5, 2.0]))
 ANY_ACTS = st.tuples(st.sampled_from(["relu", "fatrelu", "silu", "gelu", "gelu_tanh", "identity"]),
                      st.sampled_from(["identity", "relu"]), st.sampled_from([0.0, 1.0]))
@@ -147,3 +147,36 @@ def test_cuda_kernels_compile_and_match_numpy_under_emulation(dtype, data):
         check_all(cases, outs)
     for prim in prims.values():
         assert f"{prim.attrs['global_symbol']}_kernel(" in kernels.source
+
+
+@pytest.mark.parametrize("target", ["x86", "arm", "cuda"])
+def test_relu2_and_relu6_exact_kernels_match_numpy_on_every_target(target):
+    """The exactly-zero-below gates found by activation analysis (relu², ReLU6), fixed cases per target family:
+    x86 natively, arm under qemu, cuda under the SIMT emulator (compile-only without it)."""
+    from actsparse import targets
+
+    from . import simt
+    from .kernel_cases import require_cross_tools
+
+    if target == "arm":
+        require_cross_tools()
+    d, n_ff, dtype = 19, 37, "float32"
+    sched = targets.get(target).schedule()
+    acts = [("relu2", "identity"), ("relu6", "relu")]
+    prims = [primfunc("exact", d, n_ff, dtype, sched, (act, up, 0.0)) for act, up in acts]
+    rng = np.random.default_rng(3)
+    jobs = [(prim, [mlp_call("exact", rng, M, d, n_ff, dtype, (act, up, 0.0), active)
+                    for M, active in ((1, np.arange(0, n_ff, 3)), (3, np.arange(5)), (2, np.arange(0)))])
+            for prim, (act, up) in zip(prims, acts)]
+    if target == "x86":
+        outs = [run_native(prim, cases) for prim, cases in jobs]
+    elif target == "arm":
+        outs = [run_cross(prim, cases) for prim, cases in jobs]
+    elif simt.missing():
+        _, source = cuda_build(prims)
+        assert all(f"{p.attrs['global_symbol']}_kernel(" in source for p in prims)
+        pytest.skip(f"CUDA kernels compiled only: {simt.missing()}")
+    else:
+        outs = run_batch(simt_kernels(prims), jobs)
+    for (_, cases), out in zip(jobs, outs):
+        check_all(cases, out)

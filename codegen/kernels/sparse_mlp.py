@@ -33,6 +33,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
+from ...ir.activations import ZERO_BELOW
 from .common import (
     GATE_ACTS,
     UP_ACTS,
@@ -49,7 +50,7 @@ from .common import (
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 
-EXACT_GATE_ACTS = ("relu", "fatrelu")
+EXACT_GATE_ACTS = ZERO_BELOW  # exactly zero below their threshold (the activation table says which)
 
 
 def check_mlp(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_acts=GATE_ACTS) -> None:

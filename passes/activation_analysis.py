@@ -1,0 +1,116 @@
+"""Which exactly-zero-below activation a subgraph computes, decided by what it computes, not how it is spelled.
+
+An activation subgraph is the elementwise nodes between one value x (the pre-activation: a projection, a
+slice of one) and a node y, whose other inputs are scalar constants, so that y = f(x) elementwise. `classify(y)`
+runs the subgraph through the ops' numpy references on chosen probe points and compares f with every entry of
+`ir.activations.ZERO_BELOW` (relu, fatrelu, relu2, relu6) at every candidate threshold: 0 and each constant
+of the subgraph. f must equal the entry exactly (bit for bit) on every probe. Any spelling is decided the same
+way: where(a > t, a, 0), a · (a > t), clamp(a, min=0), threshold(a, t, 0), hardtanh(a, 0, 6), relu(a)², ...
+
+Why probing decides it: every op of such a subgraph is smooth except at points set by its constants (a
+comparison, maximum/minimum/clamp, where), so f is piecewise smooth with breakpoints among those constants.
+The probes are each constant and its float32 neighbours on both sides (where a threshold could sit and where
+`>` and `>=` differ), 0 and its neighbours, and a log-spaced grid over 1e-6..1e6 on both sides; two such
+functions that agree exactly there and on the dense grid between are the same activation for exact mode's
+purpose. Anything that differs anywhere (a leaky slope, an offset, a NaN) is not classified and stays dense.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Node, op_def
+from ..ir.activations import ACTIVATIONS, THRESHOLDED, ZERO_BELOW
+from ..ir.ops import REQUIRED
+from ..ir.types import np_dtype
+
+MAX_NODES = 16  # activation subgraphs are a few ops; bigger elementwise regions are not activations
+# ops through which a subgraph can become exactly zero; without one of them f is not worth probing
+ZEROING = {"maximum", "minimum", "where", "relu", "fatrelu", "relu2", "relu6", "gt", "ge", "lt", "le"}
+GRID = np.concatenate([-np.logspace(6, -6, 97), [0.0], np.logspace(-6, 6, 97)]).astype(np.float32)
+
+
+def activation_subgraph(y: Node):
+    """(x, nodes in evaluation order) when y = f(x) elementwise with scalar constants, else None."""
+    leaves: dict[int, Node] = {}
+    order: list[Node] = []
+    seen: set[int] = set()
+
+    def visit(n: Node) -> bool:
+        if id(n) in seen:
+            return True
+        seen.add(id(n))
+        if n.op == "constant":
+            return np.asarray(n.attrs["value"]).size == 1
+        pointwise = n.op not in ("input", "weight") and op_def(n.op).elementwise
+        if not pointwise:
+            leaves[id(n)] = n
+            return n is not y and len(leaves) == 1
+        if len(order) >= MAX_NODES or not all(visit(i) for i in n.inputs):
+            return False
+        order.append(n)
+        return True
+
+    if not visit(y) or len(leaves) != 1:
+        return None
+    (x,) = leaves.values()
+    if x.dtype not in ("f32", "f16", "f64") or y.dtype != x.dtype or y.shape != x.shape:
+        return None
+    return x, order
+
+
+def probe_points(nodes: list[Node]) -> np.ndarray:
+    """The grid, plus every scalar constant of the subgraph and 0 with their float32 neighbours."""
+    consts = [0.0] + [v for v in (_value(n) for n in _constants(nodes)) if v is not None and np.isfinite(v)]
+    points = [GRID]
+    for c in np.float32(consts):
+        points.append(np.array([np.nextafter(c, np.float32(-np.inf)), c, np.nextafter(c, np.float32(np.inf))],
+                               np.float32))
+    return np.unique(np.concatenate(points))
+
+
+def evaluate_on(x: Node, nodes: list[Node], points: np.ndarray) -> np.ndarray:
+    """f(points): the subgraph's ops run by their numpy references, x bound to the probe points."""
+    values = {id(x): points.astype(np_dtype(x.dtype))}
+    with np.errstate(all="ignore"):
+        for n in _constants(nodes):
+            values[id(n)] = np.asarray(n.attrs["value"], dtype=np_dtype(n.dtype)).reshape(())
+        for n in nodes:
+            opdef = op_def(n.op)
+            attrs = {**{k: v for k, v in opdef.attrs.items() if v is not REQUIRED}, **n.attrs}
+            out = opdef.reference(*(values[id(i)] for i in n.inputs), attrs, {})
+            values[id(n)] = np.asarray(out).astype(np_dtype(n.dtype), copy=False)  # as the interpreter does
+    return np.broadcast_to(values[id(nodes[-1])], points.shape)
+
+
+def classify(y: Node):
+    """(activation name, threshold, x) when y computes an exactly-zero-below activation of x, else None."""
+    found = activation_subgraph(y) if y.op in ZEROING or y.op == "mul" else None
+    if found is None:
+        return None
+    x, nodes = found
+    if not any(n.op in ZEROING for n in nodes):
+        return None
+    points = probe_points(nodes)
+    f = evaluate_on(x, nodes, points).astype(np.float32)
+    candidates = sorted({0.0, *(float(v) for v in (_value(n) for n in _constants(nodes)) if v is not None)})
+    for name in ZERO_BELOW:
+        act = ACTIVATIONS[name]
+        for t in candidates if name in THRESHOLDED else [0.0]:
+            if np.array_equal(f, act.reference(points, np.float32(t))):
+                return name, t, x
+    return None
+
+
+def _constants(nodes: list[Node]):
+    seen = set()
+    for n in nodes:
+        for i in n.inputs:
+            if i.op == "constant" and id(i) not in seen:
+                seen.add(id(i))
+                yield i
+
+
+def _value(n: Node):
+    v = np.asarray(n.attrs["value"], dtype=np.float64)
+    return float(v.reshape(-1)[0]) if v.size == 1 else None
