@@ -16,7 +16,7 @@ from .ir import Graph, TensorType
 from .ir.types import is_float, np_dtype
 from .passes import pipeline_for, run_pipeline
 from .runtime import CompiledModule, Report
-from .runtime.report import measure_blocks, output_rel_error
+from .runtime.report import measure_blocks, measure_blocks_compiled, output_rel_error
 
 MODES = ("dense", "exact", "auto", "threshold")
 LOSSY_MODES = ("threshold",)
@@ -87,15 +87,22 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
         raise ActsparseError(str(err)) from None
     result = run_pipeline(graph, passes)
     arrays = [_to_numpy(x) for x in example_inputs]
-    report = Report(tgt.name, mode, measure_blocks(result.graph, arrays), result.stats)
+    executable, weight_order = build(result.graph, tgt)
+    inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
+    report = Report(tgt.name, mode, [], result.stats)
+    module = CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
+                            len(result.graph.outputs), report, tgt.to_dict())
+    # sparsity from the compiled module's own run where it runs here; the interpreter's forward only for the
+    # lossy modes (their error check runs it anyway) and for modules built for another machine
+    if module.runnable and mode not in LOSSY_MODES:
+        report.blocks = measure_blocks_compiled(module, result.graph, arrays)
+    else:
+        report.blocks = measure_blocks(result.graph, arrays)
     _calibration_notes([n for n in result.notes if n.get("kind") == "calibration"], report)
     report.blocks.extend(_dense_notes([n for n in result.notes if n.get("kind") != "calibration"], report))
     if mode in LOSSY_MODES:
         report.output_rel_error = output_rel_error(graph, result.graph, arrays)
-    executable, weight_order = build(result.graph, tgt)
-    inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
-    return CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
-                          len(result.graph.outputs), report, tgt.to_dict())
+    return module
 
 
 def example_inputs_for(graph: Graph, seq: int = 8, seed: int = 0) -> tuple[np.ndarray, ...]:

@@ -178,21 +178,31 @@ class FfnBench:
         return self._kernels[dtype]
 
     # --- one configuration: weights for a sparsity, the runners, their check -----------------------------------
-    def runners(self, sparsity: float, dtype: str, which=(TORCH, EXACT, INDEXED, DENSE)) -> tuple[dict, int]:
-        """{name: (fn, bytes it must read)} for `sparsity` (exactly that fraction of gates <= 0) and the
-        number of active neurons; the runners' outputs are checked against torch first (AssertionError)."""
-        np, torch = self.np, self.torch
-        import torch.nn.functional as F
-
-        from actsparse.runtime.memory import host_tensor as tv  # numpy-owned aligned memory via DLPack
-
-        d, n_ff, wbytes = self.d, self.n_ff, 2 if dtype == "float16" else 4
+    def gate_for(self, sparsity: float):
+        """(w_gate, active mask): the gate rows' signs flipped so exactly `sparsity` of the neurons are inactive
+        (g <= 0) for the input `x`; the active ones drawn at random."""
+        np, n_ff = self.np, self.n_ff
         n_active = int(round((1.0 - sparsity) * n_ff))
         active = np.zeros(n_ff, bool)
         active[self.rng.choice(n_ff, n_active, replace=False)] = True
         g = self.wg @ self.x[0]
         wg = self.wg * np.where(active == (g > 0), 1.0, -1.0).astype("float32")[:, None]  # g > 0 exactly on active
         assert ((wg @ self.x[0]) > 0).sum() == n_active
+        return wg, active
+
+    def runners(self, sparsity: float, dtype: str, which=(TORCH, EXACT, INDEXED, DENSE), gate=None
+                ) -> tuple[dict, int]:
+        """{name: (fn, bytes it must read)} for `sparsity` (exactly that fraction of gates <= 0; `gate` gives
+        `gate_for`'s (w_gate, active) to reuse) and the number of active neurons; the runners' outputs are
+        checked against torch first (AssertionError)."""
+        np, torch = self.np, self.torch
+        import torch.nn.functional as F
+
+        from actsparse.runtime.memory import host_tensor as tv  # numpy-owned aligned memory via DLPack
+
+        d, n_ff, wbytes = self.d, self.n_ff, 2 if dtype == "float16" else 4
+        wg, active = gate if gate is not None else self.gate_for(sparsity)
+        n_active = int(active.sum())
         idx = np.flatnonzero(active).astype("int32")[None]
         tx, tw = tv(self.x), [tv(w.astype(dtype)) for w in (wg, self.wu, self.wd_t)]
         t_idx = tv(idx if n_active else np.zeros((1, 1), "int32"))

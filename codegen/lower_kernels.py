@@ -19,18 +19,23 @@ from ..ir import TensorType
 from .lower import TVM_DTYPES, lowering
 
 R = relax.op
+KERNEL_DTYPE = "f32"  # the kernels' activations (x, out); weights are float32 or float16, accumulated in float32
 
 
 def _flatten(ctx, x_type, x):
-    """x[..., k] -> (x2d[M, k], the leading dims, M)."""
+    """x[..., k] -> (x2d[M, k] in float32, the kernels' activation type, the leading dims, M)."""
     lead = ctx.shape(x_type.shape[:-1])
     tokens = reduce(lambda a, b: a * b, lead, 1)
-    return ctx.bb.emit(R.reshape(x, [tokens, ctx.dim(x_type.shape[-1])])), lead, tokens
+    x2d = ctx.bb.emit(R.reshape(x, [tokens, ctx.dim(x_type.shape[-1])]))
+    if x_type.dtype != KERNEL_DTYPE:  # a float16 model: its activations enter and leave the kernels as float32
+        x2d = ctx.bb.emit(R.astype(x2d, TVM_DTYPES[KERNEL_DTYPE]))
+    return x2d, lead, tokens
 
 
 def _emit_call(ctx, primfunc, args, tokens, width, dtype):
     gv = ctx.kernel(primfunc)
-    return ctx.bb.emit(relax.call_tir(gv, args, relax.TensorType([tokens, width], TVM_DTYPES[dtype])))
+    out = ctx.bb.emit(relax.call_tir(gv, args, relax.TensorType([tokens, width], TVM_DTYPES[KERNEL_DTYPE])))
+    return out if dtype == KERNEL_DTYPE else ctx.bb.emit(R.astype(out, TVM_DTYPES[dtype]))
 
 
 def linear_call(ctx, x_type: TensorType, x, w_type: TensorType, w, b=None):
@@ -41,6 +46,8 @@ def linear_call(ctx, x_type: TensorType, x, w_type: TensorType, w, b=None):
     x2d, lead, tokens = _flatten(ctx, x_type, x)
     kernel = target_kernel("linear", k, n, dtype=TVM_DTYPES[w_type.dtype], sched=ctx.target.schedule(),
                            bias=b is not None)
+    if b is not None and getattr(b.ty, "dtype", "float32") != "float32":  # the kernels add a float32 bias
+        b = ctx.bb.emit(R.astype(b, "float32"))
     out = _emit_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
     return R.reshape(out, [*lead, n])
 

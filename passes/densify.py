@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph, Node, rewrite, weight_node
+from ..ir.arrays import aligned_contiguous
 from .base import Pass, record
 
 
@@ -28,7 +29,7 @@ class Densify(Pass):
             x, w_gate, w_up, w_down_t = node.inputs
             name = w_down_t.attrs["name"]
             name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
-            array = new_weights.setdefault(name, np.ascontiguousarray(graph.weights[w_down_t.attrs["name"]].T))
+            array = new_weights.setdefault(name, aligned_contiguous(graph.weights[w_down_t.attrs["name"]].T))
             attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "fused": False}
             if node.attrs["gate_act"] == "fatrelu":
                 attrs["threshold"] = node.attrs["threshold"]

@@ -105,28 +105,50 @@ def _percent(value: float | None) -> str:
 
 
 MLP_OPS = ("gated_mlp", "sparse_gated_mlp")
+ROWS_PER_STEP = 1024  # neurons measured at once
 
 
 def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[BlockReport]:
-    """Run the reference interpreter once, keeping each MLP's input, and measure its intermediate sparsity."""
+    """Run the reference interpreter once, keeping each MLP's input, and measure its intermediate sparsity.
+    A full numpy forward: for targets that do not run here and for the lossy modes (which run it anyway)."""
     blocks = [n for n in graph.nodes if n.op in MLP_OPS]
     values = evaluate(graph, example_inputs, keep=[b.inputs[0] for b in blocks]) if blocks else []
-    xs = values[len(graph.outputs):]
-    reports = []
-    for block, x in zip(blocks, xs):
-        arrays = [x, *(graph.weights[w.attrs["name"]] for w in block.inputs[1:])]
-        attrs = {"threshold": 0.0, "fused": False, **block.attrs}
-        if block.op == "sparse_gated_mlp":
-            w_gate, w_up, b_gate, b_up = arrays[1], arrays[2], None, None
-        else:
-            _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
-        h = sparse_intermediate(x.reshape(-1, x.shape[-1]), w_gate, w_up, attrs, b_gate, b_up)
-        mode = block.attrs.get("mode", "dense")
-        pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
-        expert = attrs.get("expert", -1)
-        reports.append(BlockReport(block.loc, pattern, mode, w_gate.shape[0], float(np.mean(h == 0)),
-                                   expert=expert if expert >= 0 else None))
-    return reports
+    return [block_report(graph, block, x) for block, x in zip(blocks, values[len(graph.outputs):])]
+
+
+def measure_blocks_compiled(module, graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[BlockReport]:
+    """The same rows from one run of the compiled module: each block's input is read off the kernel call that
+    takes its gate weight (`CompiledModule.kernel_inputs`), then only that block's gate/up products are
+    computed in numpy (fp32) — no forward of the whole model in the interpreter."""
+    blocks = [n for n in graph.nodes if n.op in MLP_OPS]
+    if not blocks:
+        return []
+    xs = module.kernel_inputs(example_inputs, [b.inputs[1].attrs["name"] for b in blocks])
+    return [block_report(graph, block, xs.get(block.inputs[1].attrs["name"])) for block in blocks]
+
+
+def block_report(graph: Graph, block, x: np.ndarray | None) -> BlockReport:
+    """One block's row; its sparsity (the fraction of h = act(x·Wgᵀ) ⊙ act_u(x·Wuᵀ) exactly zero) from its
+    input `x`, in fp32 (numpy's fp16 matmul has no BLAS); None when the input was not seen."""
+    attrs = {"threshold": 0.0, "fused": False, **block.attrs}
+    arrays = [graph.weights[w.attrs["name"]] for w in block.inputs[1:]]
+    if block.op == "sparse_gated_mlp":
+        w_gate, w_up, b_gate, b_up = arrays[0], arrays[1], None, None
+    else:
+        _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs([None, *arrays], attrs)
+    sparsity = None
+    if x is not None:
+        x32 = np.asarray(x.reshape(-1, x.shape[-1]), np.float32)
+        zeros = 0
+        for start in range(0, w_gate.shape[0], ROWS_PER_STEP):  # a few float32 rows at a time: no weight copy
+            rows = slice(start, start + ROWS_PER_STEP)
+            f32 = [None if a is None else np.asarray(a[rows], np.float32) for a in (w_gate, w_up, b_gate, b_up)]
+            zeros += int(np.count_nonzero(sparse_intermediate(x32, *f32[:2], attrs, *f32[2:]) == 0))
+        sparsity = zeros / (x32.shape[0] * w_gate.shape[0])
+    mode = block.attrs.get("mode", "dense")
+    pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
+    expert = attrs.get("expert", -1)
+    return BlockReport(block.loc, pattern, mode, w_gate.shape[0], sparsity, expert=expert if expert >= 0 else None)
 
 
 def output_rel_error(dense: Graph, graph: Graph, example_inputs: Sequence[np.ndarray]) -> float:
