@@ -24,8 +24,9 @@ import numpy as np
 
 from ..errors import ActsparseError
 from ..ir import Graph, Node, evaluate
-from ..ir.mlp import apply_gate_act, apply_up_act, unpack_gated_inputs
-from ..ir.threshold import sparse_intermediate
+from ..ir.activations import apply
+from ..ir.mlp import unpack_gated_inputs
+from ..ir.sparse_variants import intermediate
 
 METHODS = ("cats", "teal", "topk")
 
@@ -120,13 +121,13 @@ def calibrate_block(block: Node, weights: dict[str, np.ndarray], rows: np.ndarra
         x = np.where(np.abs(x) > input_threshold, x, 0).astype(x.dtype)
     g, u = x @ w_gate.T.astype(x.dtype), x @ w_up.T.astype(x.dtype)
     g, u = (g if b_gate is None else g + b_gate), (u if b_up is None else u + b_up)
-    a = apply_gate_act(g, attrs["gate_act"], attrs["threshold"])
+    a = apply(attrs["gate_act"], g, attrs["threshold"])
     criterion = "gate" if method == "cats" else "product"
-    t = _quantile(np.abs(a if criterion == "gate" else a * apply_up_act(u, attrs["up_act"])), sparsity)
+    t = _quantile(np.abs(a if criterion == "gate" else a * apply(attrs["up_act"], u)), sparsity)
     if attrs["gate_act"] == "fatrelu":
         t = max(t, attrs["threshold"])   # FATReLU already zeroes g <= its own threshold
     final = threshold_attrs(attrs, t, criterion)
-    h = sparse_intermediate(x, w_gate, w_up, final, b_gate, b_up)
+    h = intermediate(x, w_gate, w_up, {}, final, b_gate, b_up)
     return Calibrated(t, criterion, input_threshold, float(np.mean(h == 0)), len(rows))
 
 

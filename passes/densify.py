@@ -1,8 +1,10 @@
-"""densify: the inverse of sparsify-exact, for building a sparse artifact's dense twin (`actsparse bench`).
+"""densify: the inverse of the sparsify passes, for building a sparse artifact's dense twin (`actsparse bench`).
 
-    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t) -> gated_mlp(x, @Wg, @Wu, @Wd)     (@Wd = @Wd.t transposed back)
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, *extra){mode=v} -> gated_mlp(x, @Wg, @Wu, @Wd){v.dense_attrs(attrs)}
+                                                             (@Wd = @Wd.t transposed back, extra inputs dropped)
 
-Lossless: the same math, computed for every neuron.
+The gated_mlp attrs are the variant's (`dense_attrs` of its entry in ir/sparse_variants.py): the same
+activations, every neuron computed (exact mode: the same math; lossy modes: their dense original).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from ..ir import Graph, Node, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous
+from ..ir.sparse_variants import variant_of
 from .base import Pass, record
 
 
@@ -26,15 +29,11 @@ class Densify(Pass):
         def visit(node: Node) -> Node | None:
             if node.op != "sparse_gated_mlp":
                 return None
-            x, w_gate, w_up, w_down_t = node.inputs
+            x, w_gate, w_up, w_down_t = node.inputs[:4]
             name = w_down_t.attrs["name"]
             name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
             array = new_weights.setdefault(name, aligned_contiguous(graph.weights[w_down_t.attrs["name"]].T))
-            attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "fused": False}
-            if node.attrs["gate_act"] == "fatrelu":
-                attrs["threshold"] = node.attrs["threshold"]
-            if node.attrs.get("expert", -1) >= 0:
-                attrs["expert"] = node.attrs["expert"]
+            attrs = variant_of(node.attrs).dense_attrs(dict(node.attrs))
             record(node.attrs.get("pattern", "gated-mlp"))
             return Node("gated_mlp", (x, w_gate, w_up, weight_node(name, array)), attrs, node.type, node.loc)
 

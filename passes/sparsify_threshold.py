@@ -6,10 +6,10 @@ split, biases folded in homogeneous coordinates)
 
     gated_mlp(x, @Wg, @Wu, @Wd) -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t){mode='threshold', threshold=t, criterion=c}
 
-whose semantics (`ir/threshold.py`) zero a neuron for a token when |act(g)| <= t (criterion 'gate', CATS) or
-|act(g)·up| <= t (criterion 'product', TurboSparse's top-k% and TEAL's intermediate). TEAL also sparsifies the
-block's input, which is spelled as ordinary ops in front of the block (no kernel skips input columns yet, so it
-runs densely with a mask):
+whose semantics (the "threshold" entry of `ir/sparse_variants.py`) zero a neuron for a token when |act(g)| <= t
+(criterion 'gate', CATS) or |act(g)·up| <= t (criterion 'product', TurboSparse's top-k% and TEAL's
+intermediate). TEAL also sparsifies the block's input, which is spelled as ordinary ops in front of the block
+(no kernel skips input columns yet, so it runs densely with a mask):
 
     x -> where(gt(abs(x), t_x), x, 0)
 
@@ -22,7 +22,8 @@ Options: `sparsity` (target fraction of inactive neurons per token, 0 < s < 1), 
 blocks; with teal `(location, t, t_x)`), `calibration` (input tuples; not part of the text form),
 `max_tokens` (calibration rows kept per block), `progress` (tqdm bar while calibrating).
 
-Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...).
+Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...). The node carries what calibration
+chose (`method`, `calibrated_sparsity`, `input_threshold`) for the report.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, rewrite
 from ..ir.mlp import pattern_name
-from .base import Pass, note, record
+from .base import Pass, record
 from .calibrate import METHODS, Calibrated, calibrate, threshold_attrs
 from .sparse_layout import to_sparse_layout
 
@@ -91,10 +92,7 @@ class SparsifyThreshold(Pass):
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
             record(pattern)
-            note({"kind": "calibration", "location": node.loc, "threshold": c.threshold, "method": self.method,
-                  "criterion": c.criterion, "input_threshold": c.input_threshold,
-                  "calibrated_sparsity": c.sparsity, "tokens": c.tokens})
-            return _threshold_block(node, c, graph, new_weights)
+            return _threshold_block(node, c, self.method, graph, new_weights)
 
         return rewrite(graph, visit, new_weights)
 
@@ -112,13 +110,18 @@ class SparsifyThreshold(Pass):
                 for b in blocks]
 
 
-def _threshold_block(node: Node, c: Calibrated, graph: Graph, new_weights: dict) -> Node:
+def _threshold_block(node: Node, c: Calibrated, method: str, graph: Graph, new_weights: dict) -> Node:
     x = node.inputs[0]
     if c.input_threshold > 0:   # TEAL: zero the small input entries (dense mask, see the module docstring)
         x = _input_mask(x, c.input_threshold, node.loc)
         node = Node(node.op, (x, *node.inputs[1:]), node.attrs, node.type, node.loc)
     attrs = {"pattern": pattern_name(node.attrs["gate_act"], node.attrs["up_act"]),
-             **threshold_attrs(node.attrs, c.threshold, c.criterion)}
+             **threshold_attrs(node.attrs, c.threshold, c.criterion), "method": method}
+    # what calibration chose rides on the node (the report reads it there): provenance, not semantics
+    if c.sparsity == c.sparsity:  # not NaN: calibrated here, not given
+        attrs["calibrated_sparsity"] = float(c.sparsity)
+    if c.input_threshold > 0:
+        attrs["input_threshold"] = float(c.input_threshold)
     return to_sparse_layout(node, attrs, graph, new_weights)
 
 

@@ -1,16 +1,21 @@
 """The compile report: one row per MLP block found — where it is, its pattern, the mode it runs in, its width,
-the sparsity measured on the example inputs — plus the blocks left dense and why."""
+the sparsity measured on the example inputs — plus the blocks left dense and why.
+
+Every field of a block's row comes from its node: location, pattern (the node's own `pattern` attribute),
+mode (its variant), expert, and the fields its variant's entry declares (`report` in ir/sparse_variants.py:
+threshold, method, calibrated sparsity ...). Nothing is matched up by location strings."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from ..ir import Graph, evaluate
+from ..ir import Graph, Node, evaluate
+from ..ir.activations import exactly_sparse
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.threshold import sparse_intermediate
+from ..ir.sparse_variants import dense_intermediate, split_inputs, variant_of
 
 
 @dataclass
@@ -29,6 +34,20 @@ class BlockReport:
     method: str | None = None
 
 
+_FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "None": (type(None),)}
+
+
+def _check_field_types(obj) -> None:
+    """The dataclass's scalar fields hold what their annotations say (bool is not a number here)."""
+    for f in fields(obj):
+        allowed = [_FIELD_TYPES.get(t.strip()) for t in str(f.type).split("|")]
+        if None in allowed:  # not a scalar annotation (blocks, pass_stats): checked by the caller
+            continue
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, tuple(t for ts in allowed for t in ts)):
+            raise ValueError(f"report field {f.name} should be {f.type}, got {type(value).__name__}")
+
+
 @dataclass
 class Report:
     target: str
@@ -44,8 +63,18 @@ class Report:
 
     @staticmethod
     def from_dict(data: dict) -> Report:
-        return Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
-                      data.get("output_rel_error"))
+        """The inverse of `to_dict`; data of the wrong shape or type (a manifest read from disk) is a ValueError."""
+        if not isinstance(data, dict) or not isinstance(data.get("blocks"), list):
+            raise ValueError("a report is a dict with a list of blocks")
+        report = Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
+                        data.get("output_rel_error"))
+        for obj in (report, *report.blocks):
+            _check_field_types(obj)
+        stats = report.pass_stats
+        if not isinstance(stats, dict) or not all(isinstance(v, dict) and all(type(c) is int for c in v.values())
+                                                  for v in stats.values()):
+            raise ValueError("report pass_stats must map pass names to {pattern: count}")
+        return report
 
     @property
     def mean_sparsity(self) -> float | None:
@@ -105,50 +134,94 @@ def _percent(value: float | None) -> str:
 
 
 MLP_OPS = ("gated_mlp", "sparse_gated_mlp")
-ROWS_PER_STEP = 1024  # neurons measured at once
 
 
-def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[BlockReport]:
-    """Run the reference interpreter once, keeping each MLP's input, and measure its intermediate sparsity.
-    A full numpy forward: for targets that do not run here and for the lossy modes (which run it anyway)."""
+def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str = "dense") -> list[BlockReport]:
+    """One row per gated MLP node, every field from the node (its variant's `report` fields included), and the
+    intermediate sparsity measured by running the reference interpreter once on the example inputs. A full
+    numpy forward: for modules that do not run here and for the lossy modes (whose error check runs it anyway)."""
     blocks = [n for n in graph.nodes if n.op in MLP_OPS]
     values = evaluate(graph, example_inputs, keep=[b.inputs[0] for b in blocks]) if blocks else []
-    return [block_report(graph, block, x) for block, x in zip(blocks, values[len(graph.outputs):])]
+    xs = values[len(graph.outputs):]
+    return [_block_row(block, x, graph, mode) for block, x in zip(blocks, xs)]
 
 
-def measure_blocks_compiled(module, graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[BlockReport]:
+def measure_blocks_compiled(module, graph: Graph, example_inputs: Sequence[np.ndarray],
+                            mode: str = "dense") -> list[BlockReport]:
     """The same rows from one run of the compiled module: each block's input is read off the kernel call that
-    takes its gate weight (`CompiledModule.kernel_inputs`), then only that block's gate/up products are
-    computed in numpy (fp32) — no forward of the whole model in the interpreter."""
+    takes its gate weight (`CompiledModule.kernel_inputs`), then only that block's gate/up products are computed
+    in numpy (float32, a few rows at a time) — no forward of the whole model in the interpreter."""
     blocks = [n for n in graph.nodes if n.op in MLP_OPS]
     if not blocks:
         return []
     xs = module.kernel_inputs(example_inputs, [b.inputs[1].attrs["name"] for b in blocks])
-    return [block_report(graph, block, xs.get(block.inputs[1].attrs["name"])) for block in blocks]
+    return [_block_row(block, xs.get(block.inputs[1].attrs["name"]), graph, mode) for block in blocks]
 
 
-def block_report(graph: Graph, block, x: np.ndarray | None) -> BlockReport:
-    """One block's row; its sparsity (the fraction of h = act(x·Wgᵀ) ⊙ act_u(x·Wuᵀ) exactly zero) from its
-    input `x`, in fp32 (numpy's fp16 matmul has no BLAS); None when the input was not seen."""
+ROWS_PER_STEP = 1024  # neurons measured at once: float32 copies of that many weight rows, not of whole matrices
+
+
+def _block_row(block: Node, x: np.ndarray | None, graph: Graph, mode: str) -> BlockReport:
+    arrays = [x, *(graph.weights[w.attrs["name"]] if w.op == "weight" else None for w in block.inputs[1:])]
     attrs = {"threshold": 0.0, "fused": False, **block.attrs}
-    arrays = [graph.weights[w.attrs["name"]] for w in block.inputs[1:]]
+    expert = attrs.get("expert", -1)
+    fields: dict = {"expert": expert if expert >= 0 else None}
     if block.op == "sparse_gated_mlp":
-        w_gate, w_up, b_gate, b_up = arrays[0], arrays[1], None, None
+        (_, w_gate, w_up, _), extras = split_inputs(arrays, attrs)
+        variant = variant_of(attrs)
+        b_gate = b_up = None
+
+        def intermediate(x2d, wg, wu, bg, bu):
+            return variant.intermediate(x2d, wg, wu, extras, attrs)
+
+        row_mode, pattern = variant.name, attrs["pattern"]
+        fields.update(variant.report(attrs))
     else:
-        _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs([None, *arrays], attrs)
+        _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
+
+        def intermediate(x2d, wg, wu, bg, bu):
+            return dense_intermediate(x2d, wg, wu, attrs, bg, bu)
+
+        row_mode = "dense"
+        pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
+        if mode != "dense" and not exactly_sparse(attrs["gate_act"]):
+            fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
+                                f"(act={attrs['gate_act']}); exact mode needs ReLU-family")
     sparsity = None
     if x is not None:
-        x32 = np.asarray(x.reshape(-1, x.shape[-1]), np.float32)
+        x2d = x.reshape(-1, x.shape[-1])
+        if x2d.dtype == np.float16 or w_gate.dtype == np.float16:  # numpy's float16 matmul has no BLAS
+            x2d = x2d.astype(np.float32)
+        step = w_gate.shape[0] if block.op == "sparse_gated_mlp" and extras else ROWS_PER_STEP  # extras: whole
         zeros = 0
-        for start in range(0, w_gate.shape[0], ROWS_PER_STEP):  # a few float32 rows at a time: no weight copy
-            rows = slice(start, start + ROWS_PER_STEP)
-            f32 = [None if a is None else np.asarray(a[rows], np.float32) for a in (w_gate, w_up, b_gate, b_up)]
-            zeros += int(np.count_nonzero(sparse_intermediate(x32, *f32[:2], attrs, *f32[2:]) == 0))
-        sparsity = zeros / (x32.shape[0] * w_gate.shape[0])
-    mode = block.attrs.get("mode", "dense")
-    pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
-    expert = attrs.get("expert", -1)
-    return BlockReport(block.loc, pattern, mode, w_gate.shape[0], sparsity, expert=expert if expert >= 0 else None)
+        for start in range(0, w_gate.shape[0], step):
+            rows = slice(start, start + step)
+            wg, wu, bg, bu = (None if a is None else np.asarray(a[rows], x2d.dtype)
+                              for a in (w_gate, w_up, b_gate, b_up))
+            zeros += int(np.count_nonzero(intermediate(x2d, wg, wu, bg, bu) == 0))
+        sparsity = zeros / (x2d.shape[0] * w_gate.shape[0])
+    return BlockReport(block.loc, pattern, row_mode, w_gate.shape[0], sparsity, **fields)
+
+
+def finding_rows(notes: Sequence[dict]) -> list[BlockReport]:
+    """Rows for what the passes found but left as ordinary ops (notes with kind 'row', e.g. plain MLPs)."""
+    return [BlockReport(n["location"], n["pattern"], n["mode"], n.get("n_ff", 0), None, n["reason"])
+            for n in notes if n.get("kind") == "row"]
+
+
+def build_report(target: str, mode: str, graph: Graph, dense_graph: Graph | None, example_inputs, pass_stats: dict,
+                 notes: Sequence[dict] = (), module=None) -> Report:
+    """The compile report: a row per gated MLP node, rows for the passes' findings, and for lossy modes
+    (`dense_graph` given) the outputs' relative error vs the dense graph. With `module` (the compiled graph, runnable
+    here) and no lossy mode, the sparsity comes from the module's own run, not from a numpy forward."""
+    if module is not None and module.runnable and dense_graph is None:
+        rows = measure_blocks_compiled(module, graph, example_inputs, mode)
+    else:
+        rows = measure_blocks(graph, example_inputs, mode)
+    report = Report(target, mode, rows + finding_rows(notes), pass_stats)
+    if dense_graph is not None:
+        report.output_rel_error = output_rel_error(dense_graph, graph, example_inputs)
+    return report
 
 
 def output_rel_error(dense: Graph, graph: Graph, example_inputs: Sequence[np.ndarray]) -> float:
