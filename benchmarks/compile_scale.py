@@ -84,7 +84,7 @@ def child(layers: int, dtype: str, act: str, mode: str, small: bool, vocab: int 
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"layers": layers, "weight_bytes": weight_bytes, "compile_s": seconds,
-            "stages_s": getattr(cm, "compile_seconds", {}), "peak_over_base_bytes": peak - base_rss,
+            "peak_over_base_bytes": peak - base_rss,
             "ratio": (peak - base_rss) / weight_bytes, "blocks": len(cm.report.blocks),
             "sparsity": cm.report.mean_sparsity}
 
@@ -129,9 +129,8 @@ def main(argv=None) -> int:
             return 1
         row = json.loads(lines[-1][len("RESULT "):])
         rows.append(row)
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages_s"].items())
         print(f"{layers:3d} layers: weights {row['weight_bytes'] / 1e9:6.2f} GB | compile {row['compile_s']:6.1f} s "
-              f"({stages}) | peak RSS over base {row['peak_over_base_bytes'] / 1e9:6.2f} GB = {row['ratio']:.2f}x the "
+              f"| peak RSS over base {row['peak_over_base_bytes'] / 1e9:6.2f} GB = {row['ratio']:.2f}x the "
               f"weights | load avg {os.getloadavg()[0]:.2f}", flush=True)
     n = args.extrapolate
     t0, t_per, t_n = fit(rows, "compile_s", n)
