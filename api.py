@@ -181,12 +181,14 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
 
         passes.append(Quantize(kind=quantize, prequantized=dict(prequantized or {})))
     result = run_pipeline(graph, passes)
-    report = build_report(tgt.name, mode, result.graph, graph if mode in LOSSY_MODES else None, arrays,
-                          result.stats, result.notes)
     executable, weight_order = build(result.graph, tgt)
     inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
-    return CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
-                          len(result.graph.outputs), report, tgt.to_dict())
+    module = CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
+                            len(result.graph.outputs), None, tgt.to_dict())
+    # the sparsity from the module's own run where it runs here (no numpy forward of the model)
+    module.report = build_report(tgt.name, mode, result.graph, graph if mode in LOSSY_MODES else None, arrays,
+                                 result.stats, result.notes, module=module)
+    return module
 
 
 def _check_mode(mode: str, memory_budget) -> None:

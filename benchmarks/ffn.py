@@ -194,9 +194,23 @@ class FfnBench:
         return self._quantized[key]
 
     # --- one configuration: weights for a sparsity, the runners, their check -----------------------------------
-    def runners(self, sparsity: float, dtype: str, which=(TORCH, EXACT, INDEXED, DENSE)) -> tuple[dict, int]:
-        """{name: (fn, bytes it must read)} for `sparsity` (exactly that fraction of gates <= 0) and the
-        number of active neurons; the runners' outputs are checked against torch first (AssertionError)."""
+    def gate_for(self, sparsity: float):
+        """(w_gate, active mask): the gate rows' signs flipped so exactly `sparsity` of the neurons are inactive
+        (g <= 0) for the input `x`; the active ones drawn at random."""
+        np, n_ff = self.np, self.n_ff
+        n_active = int(round((1.0 - sparsity) * n_ff))
+        active = np.zeros(n_ff, bool)
+        active[self.rng.choice(n_ff, n_active, replace=False)] = True
+        g = self.wg @ self.x[0]
+        wg = self.wg * np.where(active == (g > 0), 1.0, -1.0).astype("float32")[:, None]  # g > 0 exactly on active
+        assert ((wg @ self.x[0]) > 0).sum() == n_active
+        return wg, active
+
+    def runners(self, sparsity: float, dtype: str, which=(TORCH, EXACT, INDEXED, DENSE), gate=None
+                ) -> tuple[dict, int]:
+        """{name: (fn, bytes it must read)} for `sparsity` (exactly that fraction of gates <= 0; `gate` gives
+        `gate_for`'s (w_gate, active) to reuse, float layouts only) and the number of active neurons; the runners'
+        outputs are checked against torch first (AssertionError)."""
         np, torch = self.np, self.torch
         import torch.nn.functional as F
 
@@ -204,13 +218,17 @@ class FfnBench:
 
         d, n_ff = self.d, self.n_ff
         row_bytes = LAYOUTS[dtype].row_bytes(d) if dtype in LAYOUTS else d * (2 if dtype == "float16" else 4)
-        n_active = int(round((1.0 - sparsity) * n_ff))
-        active = np.zeros(n_ff, bool)
-        active[self.rng.choice(n_ff, n_active, replace=False)] = True
         qg = self.quantized(dtype, "wg")  # symmetric quantization commutes with negating a row: flip after it
-        g = (qg.dequantize() if qg else self.wg) @ self.x[0]
-        flip = np.where(active == (g > 0), 1.0, -1.0).astype("float32")[:, None]  # g > 0 exactly on active
-        wg = self.wg * flip
+        if gate is not None and qg is None:
+            wg, active = gate
+            n_active = int(active.sum())
+        else:
+            n_active = int(round((1.0 - sparsity) * n_ff))
+            active = np.zeros(n_ff, bool)
+            active[self.rng.choice(n_ff, n_active, replace=False)] = True
+            g = (qg.dequantize() if qg else self.wg) @ self.x[0]
+            flip = np.where(active == (g > 0), 1.0, -1.0).astype("float32")[:, None]  # g > 0 exactly on active
+            wg = self.wg * flip
         idx = np.flatnonzero(active).astype("int32")[None]
         if qg:  # quantized layouts: the blobs, and the float reference of what they hold (not torch's weights)
             wg_blob = qg.blob.copy()

@@ -79,6 +79,9 @@ def const(value, dtype: str):
     return relax.const(np.asarray(value, dtype=np_dtype(dtype)), TVM_DTYPES[dtype])  # keep i64/f64 as they are
 
 
+KERNEL_DTYPE = "f32"  # the kernels' activations (x, out); weights are float32 or float16, accumulated in float32
+
+
 def flatten_tokens(ctx: LowerContext, x_type: TensorType, x):
     """x[..., k] -> (x2d[M, k], the leading dims, M): kernels take one token axis."""
     from functools import reduce
@@ -87,7 +90,10 @@ def flatten_tokens(ctx: LowerContext, x_type: TensorType, x):
 
     lead = ctx.shape(x_type.shape[:-1])
     tokens = reduce(lambda a, b: a * b, lead, 1)
-    return ctx.bb.emit(relax.op.reshape(x, [tokens, ctx.dim(x_type.shape[-1])])), lead, tokens
+    x2d = ctx.bb.emit(relax.op.reshape(x, [tokens, ctx.dim(x_type.shape[-1])]))
+    if x_type.dtype != KERNEL_DTYPE:  # a float16 model: its activations enter (and leave) the kernels as float32
+        x2d = ctx.bb.emit(relax.op.astype(x2d, TVM_DTYPES[KERNEL_DTYPE]))
+    return x2d, lead, tokens
 
 
 def emit_kernel_call(ctx: LowerContext, primfunc, args, tokens, width: int, dtype: str):
@@ -95,4 +101,5 @@ def emit_kernel_call(ctx: LowerContext, primfunc, args, tokens, width: int, dtyp
     from tvm import relax
 
     gv = ctx.kernel(primfunc)
-    return ctx.bb.emit(relax.call_tir(gv, args, relax.TensorType([tokens, width], TVM_DTYPES[dtype])))
+    out = ctx.bb.emit(relax.call_tir(gv, args, relax.TensorType([tokens, width], TVM_DTYPES[KERNEL_DTYPE])))
+    return out if dtype == KERNEL_DTYPE else ctx.bb.emit(relax.op.astype(out, TVM_DTYPES[dtype]))

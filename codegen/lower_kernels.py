@@ -39,6 +39,8 @@ def linear_call(ctx, x_type: TensorType, x, w_node, w, b=None):
     x2d, lead, tokens = flatten_tokens(ctx, x_type, x)
     kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=schedule_for(ctx.target),
                            bias=b is not None)
+    if b is not None and getattr(b.ty, "dtype", "float32") != "float32":  # the kernels add a float32 bias
+        b = ctx.bb.emit(R.astype(b, "float32"))
     out = emit_kernel_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
     return R.reshape(out, [*lead, n])
 

@@ -291,8 +291,9 @@ class Importer:
         tensor = tensor.detach()
         if tensor.ndim == 0:
             return self.const(tensor.item(), self.dtype(tensor))
-        if tensor.is_floating_point() and tensor.dtype != torch.float32:
-            raise FrontendError(f"weight {target} is {tensor.dtype}; import float32 models (call model.float())")
+        if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float16):
+            raise FrontendError(f"weight {target} is {tensor.dtype}; import float32 or float16 models "
+                                "(call model.float() or model.half())")
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
                tuple(tensor.stride()), tensor.dtype)
         name = self._weight_names.setdefault(key, target[len(self.prefix):] if target.startswith(self.prefix)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..ir import Graph, Node, rewrite, weight_node
+from ..ir.arrays import aligned_contiguous
 
 _STATS: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("actsparse_pass_stats", default=None)
 _NOTES: contextvars.ContextVar[list | None] = contextvars.ContextVar("actsparse_pass_notes", default=None)
@@ -87,7 +88,7 @@ def derived_weight(name: str, make: Callable[[], np.ndarray]) -> Node:
     """A weight node for a new named array computed (once) from existing weights, e.g. `W.t` or `W.e3`."""
     held, derived = _pool()
     if name not in derived:
-        array, base, n = np.ascontiguousarray(make()), name, 0
+        array, base, n = aligned_contiguous(make()), name, 0
         while name in held and not np.array_equal(held[name], array):  # a different weight has the name
             n += 1
             name = f"{base}_{n}"

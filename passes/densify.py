@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph, Node, rewrite, weight_node, weight_value
+from ..ir.arrays import aligned_contiguous
 from ..ir.graph import quantized_weight_node
 from ..ir.quant import quantize
 from ..ir.sparse_variants import variant_of
@@ -42,7 +43,7 @@ class Densify(Pass):
             else:
                 name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
                 down = weight_node(name, new_weights.setdefault(
-                    name, np.ascontiguousarray(graph.weights[w_down_t.attrs["name"]].T)))
+                    name, aligned_contiguous(graph.weights[w_down_t.attrs["name"]].T)))
             attrs = variant_of(node.attrs).dense_attrs(dict(node.attrs))
             record(node.attrs.get("pattern", "gated-mlp"))
             return Node("gated_mlp", (x, w_gate, w_up, down), attrs, node.type, node.loc)

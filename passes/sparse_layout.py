@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import Graph, Node, TensorType, weight_node
+from ..ir.arrays import aligned_contiguous
 from ..ir.mlp import split_fused
 
 
@@ -62,5 +63,7 @@ def _homogeneous(node: Node, x: Node, w_gate: Node, w_up: Node, w_down_t: Node, 
 
 
 def _new_weight(name: str, array: np.ndarray, new_weights: dict) -> Node:
-    array = new_weights.setdefault(name, np.ascontiguousarray(array))
+    if name not in new_weights:
+        new_weights[name] = aligned_contiguous(array)  # the runtime views it in place (see ir/arrays.py)
+    array = new_weights[name]
     return weight_node(name, array)

@@ -71,10 +71,13 @@ class CompiledModule:
             raise ValueError(f"placement: unknown weights or places {sorted(map(str, unknown))}; places: {PLACES}, "
                              f"weights: the module's ({len(weight_order)})")
         self._vm = None
+        self._input_graph = None
         if self.runnable:
             from tvm import relax
 
             self._device = _device_for(target_info)
+            if self._device.dlpack_device_type() == 1:
+                use_threads(int(target_info.get("threads") or 0))
             self._vm = relax.VirtualMachine(executable, self._device)
             self._weight_tensors = [self._weight_tensor(weights[n], self.placement.get(n, "device"))
                                     for n in weight_order]
@@ -128,9 +131,7 @@ class CompiledModule:
         except (ValueError, TypeError) as err:
             raise InputError(f"inputs are not arrays ({err})") from None
         self._check_inputs(arrays)
-        args = [self._to_device(np.ascontiguousarray(a.astype(np_dtype(t.dtype), copy=False)))
-                for a, (_, t) in zip(arrays, self.inputs)]
-        result = self._vm["main"](*args, *self._weight_tensors)
+        result = self._vm["main"](*self._input_tensors(arrays), *self._weight_tensors)
         outs = [result] if self.n_outputs == 1 else [result[i] for i in range(self.n_outputs)]
         outs = [o.numpy() for o in outs]
         if is_torch:
@@ -139,14 +140,44 @@ class CompiledModule:
             outs = [torch.from_numpy(o) for o in outs]
         return outs[0] if self.n_outputs == 1 else tuple(outs)
 
+    def kernel_inputs(self, inputs: Sequence, weight_names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Run once on `inputs` and return, per weight named, the first argument (the activations) of the first
+        kernel call that takes that weight as its second argument: an MLP block's input, read off the compiled
+        run through a VM instrument (what the report measures sparsity on, without a numpy forward)."""
+        from tvm import relax
+
+        tensors = dict(zip(self.weight_order, self._weight_tensors))
+        wanted = {tensors[n].data_ptr(): n for n in weight_names if n in tensors}
+        seen: dict[str, np.ndarray] = {}
+
+        def instrument(func, symbol, before_run, ret_value, *args):
+            if before_run and len(args) > 1 and hasattr(args[1], "data_ptr"):
+                name = wanted.get(args[1].data_ptr())
+                if name is not None and name not in seen:
+                    seen[name] = args[0].numpy()
+            return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+        vm = relax.VirtualMachine(self.executable, self._device)
+        vm.set_instrument(instrument)
+        arrays = [np.asarray(i.detach().cpu().numpy() if type(i).__module__.startswith("torch") else i)
+                  for i in inputs]
+        self._check_inputs(arrays)
+        vm["main"](*self._input_tensors(arrays), *self._weight_tensors)
+        return seen
+
+    def _input_tensors(self, arrays: Sequence[np.ndarray]) -> list:
+        return [self._to_device(np.ascontiguousarray(a.astype(np_dtype(t.dtype), copy=False)))
+                for a, (_, t) in zip(arrays, self.inputs)]
+
     def _check_inputs(self, arrays: Sequence[np.ndarray]) -> None:
         """Shapes, dtypes and value ranges the compiled code can take; anything else is an InputError."""
-        from ..ir import Node
-
         expected = ", ".join(f"{n}: {t}" for n, t in self.inputs)
-        fake = Graph([Node("input", (), {"name": n}, t) for n, t in self.inputs], [])
+        if self._input_graph is None:  # built once: a graph per call cost as much as a small kernel
+            from ..ir import Node
+
+            self._input_graph = Graph([Node("input", (), {"name": n}, t) for n, t in self.inputs], [])
         try:
-            env = bind_symbols(fake, arrays)
+            env = bind_symbols(self._input_graph, arrays)
         except ValueError as err:
             raise InputError(f"{err} (the module was compiled for inputs {expected})") from None
         for array, (name, ttype) in zip(arrays, self.inputs):
@@ -344,6 +375,16 @@ def _check_dtype(name: str, array: np.ndarray, ttype: TensorType) -> None:
         info = np.iinfo(np_dtype(ttype.dtype))
         if array.min() < info.min or array.max() > info.max:
             raise InputError(f"input {name} holds values outside {ttype.dtype}'s range")
+
+
+def use_threads(threads: int) -> None:
+    """Give TVM's CPU thread pool the target's thread count. Unset, TVM takes half the logical CPUs on x86
+    (it assumes hyper-threading), so on a 2-vCPU machine every kernel scheduled for 2 threads ran on one: the
+    public path was 1.4x slower than the same kernel with TVM_NUM_THREADS set. The pool is sized when this
+    thread first launches parallel work, so this runs before the first call; a user's TVM_NUM_THREADS or
+    OMP_NUM_THREADS wins."""
+    if threads > 0 and "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
 
 
 def _device_for(target_info: dict):

@@ -173,34 +173,56 @@ MLP_OPS = ("gated_mlp", "sparse_gated_mlp")
 
 def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str = "dense") -> list[BlockReport]:
     """One row per gated MLP node, every field from the node (its variant's `report` fields included), and the
-    intermediate sparsity measured by running the reference interpreter once on the example inputs."""
+    intermediate sparsity measured by running the reference interpreter once on the example inputs. A full
+    numpy forward: for modules that do not run here and for the lossy modes (whose error check runs it anyway)."""
     blocks = [n for n in graph.nodes if n.op in MLP_OPS]
     # each block's x and its computed extra inputs (e.g. a predictor's scores); weights are read from the graph
     keep = [(b, i) for b in blocks for i in b.inputs if i is b.inputs[0] or (i.op != "weight" and b.op != "gated_mlp")]
     values = evaluate(graph, example_inputs, keep=[i for _, i in keep]) if blocks else []
     computed = {(id(b), id(i)): v for (b, i), v in zip(keep, values[len(graph.outputs):])}
-    return [_block_row(block, computed, graph, mode) for block in blocks]
+    return [_block_row(block, computed[(id(block), id(block.inputs[0]))], graph, mode, computed) for block in blocks]
 
 
-def _block_row(block: Node, computed: dict, graph: Graph, mode: str) -> BlockReport:
-    x = computed[(id(block), id(block.inputs[0]))]
-    arrays = [x, *(weight_value(graph, w) if w.op == "weight" else computed[(id(block), id(w))]
+def measure_blocks_compiled(module, graph: Graph, example_inputs: Sequence[np.ndarray],
+                            mode: str = "dense") -> list[BlockReport]:
+    """The same rows from one run of the compiled module: each block's input is read off the kernel call that
+    takes its gate weight (`CompiledModule.kernel_inputs`), then only that block's gate/up products are computed
+    in numpy (float32, a few rows at a time) — no forward of the whole model in the interpreter."""
+    blocks = [n for n in graph.nodes if n.op in MLP_OPS]
+    if not blocks:
+        return []
+    xs = module.kernel_inputs(example_inputs, [b.inputs[1].attrs["name"] for b in blocks])
+    return [_block_row(block, xs.get(block.inputs[1].attrs["name"]), graph, mode, {}) for block in blocks]
+
+
+ROWS_PER_STEP = 1024  # neurons measured at once: float32 copies of that many weight rows, not of whole matrices
+
+
+def _block_row(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: dict) -> BlockReport:
+    arrays = [x, *(weight_value(graph, w) if w.op == "weight" else computed.get((id(block), id(w)))
                    for w in block.inputs[1:])]
     attrs = {"threshold": 0.0, "fused": False, **block.attrs}
-    x2d = x.reshape(-1, x.shape[-1])
     expert = attrs.get("expert", -1)
     fields: dict = {"expert": expert if expert >= 0 else None}
     measured: dict = {}
     if block.op == "sparse_gated_mlp":
         (_, w_gate, w_up, _), extras = split_inputs(arrays, attrs)
         variant = variant_of(attrs)
-        h = variant.intermediate(x2d, w_gate, w_up, extras, attrs)
+        b_gate = b_up = None
+
+        def intermediate(x2d, wg, wu, bg, bu):
+            return variant.intermediate(x2d, wg, wu, extras, attrs)
+
         row_mode, pattern = variant.name, attrs["pattern"]
         fields.update(variant.report(attrs))
-        measured = variant.measure(x2d, w_gate, w_up, extras, attrs)
+        if x is not None and all(e is not None for e in extras):
+            measured = variant.measure(x.reshape(-1, x.shape[-1]), w_gate, w_up, extras, attrs)
     else:
         _, w_gate, w_up, w_down, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
-        h = dense_intermediate(x2d, w_gate, w_up, attrs, b_gate, b_up)
+
+        def intermediate(x2d, wg, wu, bg, bu):
+            return dense_intermediate(x2d, wg, wu, attrs, bg, bu)
+
         row_mode = "dense"
         pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
         if mode != "dense" and not exactly_sparse(attrs["gate_act"]):
@@ -209,7 +231,19 @@ def _block_row(block: Node, computed: dict, graph: Graph, mode: str) -> BlockRep
         elif mode != "dense" and not all(np.isfinite(w).all() for w in (w_gate, w_up, w_down)):  # sparsify-exact
             fields["reason"] = ("its weights hold NaN/Inf: skipping inactive neurons would hide the NaN that 0 * Inf "
                                 "gives (as torch computes it)")
-    measured.setdefault("sparsity", float(np.mean(h == 0)))
+    if x is not None and "sparsity" not in measured:
+        x2d = x.reshape(-1, x.shape[-1])
+        if x2d.dtype == np.float16 or w_gate.dtype == np.float16:  # numpy's float16 matmul has no BLAS
+            x2d = x2d.astype(np.float32)
+        step = w_gate.shape[0] if block.op == "sparse_gated_mlp" and extras else ROWS_PER_STEP  # extras: whole
+        zeros = 0
+        for start in range(0, w_gate.shape[0], step):
+            rows = slice(start, start + step)
+            wg, wu, bg, bu = (None if a is None else np.asarray(a[rows], x2d.dtype)
+                              for a in (w_gate, w_up, b_gate, b_up))
+            zeros += int(np.count_nonzero(intermediate(x2d, wg, wu, bg, bu) == 0))
+        measured["sparsity"] = zeros / (x2d.shape[0] * w_gate.shape[0])
+    measured.setdefault("sparsity", None)
     return BlockReport(block.loc, pattern, row_mode, w_gate.shape[0], **{**fields, **measured})
 
 
@@ -220,10 +254,15 @@ def finding_rows(notes: Sequence[dict]) -> list[BlockReport]:
 
 
 def build_report(target: str, mode: str, graph: Graph, dense_graph: Graph | None, example_inputs, pass_stats: dict,
-                 notes: Sequence[dict] = ()) -> Report:
+                 notes: Sequence[dict] = (), module=None) -> Report:
     """The compile report: a row per gated MLP node, rows for the passes' findings, and for lossy modes
-    (`dense_graph` given) the outputs' relative error vs the dense graph."""
-    report = Report(target, mode, measure_blocks(graph, example_inputs, mode) + finding_rows(notes), pass_stats)
+    (`dense_graph` given) the outputs' relative error vs the dense graph. With `module` (the compiled graph, runnable
+    here) and no lossy mode, the sparsity comes from the module's own run, not from a numpy forward."""
+    if module is not None and module.runnable and dense_graph is None:
+        rows = measure_blocks_compiled(module, graph, example_inputs, mode)
+    else:
+        rows = measure_blocks(graph, example_inputs, mode)
+    report = Report(target, mode, rows + finding_rows(notes), pass_stats)
     statistics = {n["location"]: n for n in notes if n.get("kind") == "activation-statistics"}
     for b in report.blocks:   # per-neuron data is too big for node attributes: it comes with the pass's notes
         if b.location in statistics:

@@ -1,0 +1,93 @@
+"""The public path costs what the kernels cost: compile() runs no numpy forward of the model, holds no second
+copy of the weights, and the runtime gives TVM's thread pool the threads the kernels were scheduled for."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import actsparse
+from actsparse.models import TinyConfig, TinyLlama
+from actsparse.runtime import module as runtime_module
+from actsparse.runtime import report as runtime_report
+from actsparse.runtime.report import measure_blocks
+
+from .helpers import gated_mlp_graph, mlp_input
+
+
+def _tiny(d=64, n_ff=128, layers=2):
+    torch.manual_seed(0)
+    return TinyLlama(TinyConfig(d_model=d, n_layers=layers, n_heads=4, n_ff=n_ff, max_seq=32, mlp_act="drelu")).eval()
+
+
+def _ids(seq=6):
+    return torch.randint(0, 256, (1, seq), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("mode", ["exact", "dense"])
+def test_report_from_the_compiled_run_equals_the_interpreters(mode):
+    graph = gated_mlp_graph(up_relu=True)
+    x = mlp_input(seq=7)
+    cm = actsparse.compile(graph, (x,), mode=mode)
+    interpreted = measure_blocks(cm.graph, [x])
+    assert [b.location for b in cm.report.blocks] == [b.location for b in interpreted]
+    assert cm.report.blocks[0].sparsity == pytest.approx(interpreted[0].sparsity)
+    assert 0.2 < cm.report.blocks[0].sparsity < 0.9
+
+
+def test_compile_runs_no_numpy_forward(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("compile() ran the reference interpreter over the whole model")
+
+    monkeypatch.setattr(runtime_report, "evaluate", forbidden)
+    model, ids = _tiny(), _ids()
+    cm = actsparse.compile(model, (ids,), mode="exact")
+    assert len(cm.report.blocks) == 2
+    assert all(0.0 < b.sparsity < 1.0 for b in cm.report.blocks)  # dReLU: measured, neither empty nor full
+    with torch.no_grad():
+        np.testing.assert_allclose(cm(ids).numpy(), model(ids).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["dense", "exact"])
+def test_compiled_module_views_the_torch_parameters(mode):
+    """No copy of the weights: the TVM tensors the module runs on are the torch parameters' own memory; exact mode
+    makes the one layout copy its kernel needs (W_down transposed)."""
+    model, ids = _tiny(), _ids()
+    cm = actsparse.compile(model, (ids,), mode=mode)
+    params = {name: p.data_ptr() for name, p in [*model.named_parameters(), *model.named_buffers()]}
+    tensors = dict(zip(cm.weight_order, cm._weight_tensors))
+    shared = [n for n, t in tensors.items() if params.get(n) == t.data_ptr()]
+    copied = sorted(set(tensors) - set(shared))
+    expected = [f"layers.{i}.mlp.down_proj.weight.t" for i in range(2)] if mode == "exact" else []
+    assert copied == expected
+    assert len(shared) == len(tensors) - len(expected)
+
+
+def test_compile_memory_grows_with_the_weights_once():
+    """Peak RSS of a compile, in a subprocess per size: two models that differ only in their vocabulary (so in
+    weights, not in code) differ in peak memory by about their weights' difference, not a multiple of it."""
+    import subprocess
+    import sys
+
+    rows = []
+    for vocab in (16000, 200000):
+        out = subprocess.run([sys.executable, "-m", "actsparse.benchmarks.compile_scale", "--child", "1", "--small",
+                              "--vocab", str(vocab)], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        rows.append(json.loads(out.stdout.splitlines()[-1].removeprefix("RESULT ")))
+    extra_weights = rows[1]["weight_bytes"] - rows[0]["weight_bytes"]
+    extra_peak = rows[1]["peak_over_base_bytes"] - rows[0]["peak_over_base_bytes"]
+    assert extra_weights > 150e6
+    assert extra_peak / extra_weights < 1.5, f"{extra_peak / extra_weights:.2f}x the added weights"
+    assert rows[0]["sparsity"] is not None
+
+
+def test_tvm_gets_the_targets_threads(monkeypatch):
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    runtime_module.use_threads(3)
+    assert runtime_module.os.environ["TVM_NUM_THREADS"] == "3"
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")  # the user's setting wins
+    runtime_module.use_threads(4)
+    assert runtime_module.os.environ["TVM_NUM_THREADS"] == "1"
