@@ -122,12 +122,13 @@ def _lossy_options(mode: str, calibration, sparsity, method) -> dict:
         if method is not None:
             raise ActsparseError(f"method={method!r} applies to mode='threshold', not mode={mode!r}")
         return {}
-    from .passes.calibrate import METHODS, calibration_samples
+    from .passes.calibrate import calibration_samples
+    from .passes.sparsity_methods import DEFAULT_METHOD, METHODS
 
     if sparsity is None or not 0.0 < float(sparsity) < 1.0:
         raise ActsparseError(f"mode={mode!r} needs a target sparsity between 0 and 1, e.g. sparsity=0.5 "
                              f"(got {sparsity!r})")
-    method = method or "cats"
+    method = method or DEFAULT_METHOD
     if method not in METHODS:
         raise ActsparseError(f"unknown threshold method {method!r}; valid methods: {', '.join(METHODS)}")
     return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}
@@ -142,9 +143,8 @@ def _calibration_notes(notes: list[dict], report: Report) -> None:
             block.calibrated_sparsity = n["calibrated_sparsity"]
             block.threshold = n["threshold"]
             block.method = n["method"]
-            if n.get("input_threshold"):
-                block.reason = (f"{n['method']}: input |x| <= {n['input_threshold']:.3g} zeroed by a dense mask "
-                                "(no input-sparse kernel yet)")
+            block.effective_calibrated = n.get("effective_sparsity")
+            block.input_sparsity = n.get("input_sparsity")
 
 
 def _dense_notes(notes: list[dict], report: Report):

@@ -97,7 +97,14 @@ def _threshold(ctx, node, args):
     return lower_threshold(ctx, node, args)
 
 
-MODE_LOWERINGS = {"threshold": _threshold}  # sparse_gated_mlp modes other than 'exact', each with its own kernel
+def _input(ctx, node, args):
+    from .lower_threshold import lower_input
+
+    return lower_input(ctx, node, args)
+
+
+# sparse_gated_mlp modes other than "exact", each with its own kernel
+MODE_LOWERINGS = {"threshold": _threshold, "input": _input}
 
 
 @lowering("sparse_gated_mlp")

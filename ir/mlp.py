@@ -109,6 +109,8 @@ def gated_mlp_type(types, attrs) -> TensorType:
         w_gate_up, w_down = types[1], types[2]
         n_ff, d_in = w_gate_up.shape[0] // 2, w_gate_up.shape[1]
         d_out = w_down.shape[0]
+    elif attrs.get("mode") == "input":  # input-sparse form: w_gate_t [d_in, n_ff], then x_thr [d_in], h_thr [n_ff]
+        return _input_sparse_type(types)
     elif "pattern" in attrs:  # sparse form: w_down_t is [n_ff, d_out]
         n_ff, d_in = types[1].shape
         d_out = types[3].shape[1]
@@ -127,3 +129,15 @@ def gated_mlp_type(types, attrs) -> TensorType:
         raise TypeError(f"gated MLP biases {[str(b) for b in biases]} do not match the projections' width")
     return TensorType((*x.shape[:-1], d_out), x.dtype)
 
+
+
+def _input_sparse_type(types) -> TensorType:
+    x, w_gate_t, w_up_t, w_down_t, *thresholds = types
+    d_in, n_ff = w_gate_t.shape
+    if x.shape[-1] != d_in or w_up_t.shape != w_gate_t.shape or w_down_t.shape[0] != n_ff:
+        raise TypeError(f"input-sparse gated MLP: x {x}, w_gate_t {w_gate_t}, w_up_t {w_up_t}, w_down_t {w_down_t} "
+                        "do not fit ([d], [d, n_ff], [d, n_ff], [n_ff, d_out])")
+    if [t.shape for t in thresholds] != [(d_in,), (n_ff,)]:
+        raise TypeError(f"input-sparse gated MLP takes thresholds x_thr [{d_in}] and h_thr [{n_ff}], got "
+                        f"{[str(t) for t in thresholds]}")
+    return TensorType((*x.shape[:-1], w_down_t.shape[1]), x.dtype)

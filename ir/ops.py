@@ -303,8 +303,12 @@ from .mlp import GATED_MLP_ATTRS, SPARSE_GATED_MLP_ATTRS, gated_mlp_ref, gated_m
 define("gated_mlp", (3, 6), gated_mlp_type, gated_mlp_ref, GATED_MLP_ATTRS,
        "down(act_gate(x·Wg + bg) ⊙ act_up(x·Wu + bu)); inputs x, w_gate, w_up, w_down or x, w_gate_up, w_down "
        "(fused), then with bias=True b_gate, b_up (fused: b_gate_up)")
+from .input_sparse import INPUT_ATTRS  # noqa: E402
 from .threshold import THRESHOLD_ATTRS, sparse_gated_mlp_reference  # noqa: E402
 
-# mode 'exact' (ReLU family, lossless) or 'threshold' (|act| <= threshold counts as 0, see threshold.py)
-define("sparse_gated_mlp", 4, gated_mlp_type, sparse_gated_mlp_reference, {**SPARSE_GATED_MLP_ATTRS, **THRESHOLD_ATTRS},
-       "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row)")
+# mode 'exact' (ReLU family, lossless), 'threshold' (|act| <= threshold counts as 0, see threshold.py) or 'input'
+# (TEAL/WINA input sparsity of each projection, see input_sparse.py)
+define("sparse_gated_mlp", (4, 6), gated_mlp_type, sparse_gated_mlp_reference,
+       {**SPARSE_GATED_MLP_ATTRS, **THRESHOLD_ATTRS, **INPUT_ATTRS},
+       "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row); mode "
+       "'input': x, w_gate_t[d,n], w_up_t[d,n], w_down_t[n,d], x_thr[d], h_thr[n]")

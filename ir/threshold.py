@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .input_sparse import input_sparse_reference
 from .mlp import apply_gate_act, apply_up_act, intermediate
 
 CRITERIA = ("gate", "product")
@@ -41,5 +42,23 @@ def sparse_intermediate(x, w_gate, w_up, attrs, b_gate=None, b_up=None) -> np.nd
     return h.astype(x.dtype)
 
 
-def sparse_gated_mlp_reference(x, w_gate, w_up, w_down_t, attrs, env):
+def sparse_gated_mlp_reference(*args):
+    """Every mode's reference: input mode (input_sparse.py) takes two threshold vectors after the weights."""
+    (x, w_gate, w_up, w_down_t, *thresholds), attrs = args[:-2], args[-2]
+    if attrs.get("mode") == "input":
+        return input_sparse_reference(x, w_gate, w_up, w_down_t, *thresholds, attrs)
     return (sparse_intermediate(x, w_gate, w_up, attrs) @ w_down_t.astype(x.dtype)).astype(x.dtype)
+
+
+def threshold_torch(x, w_gate, w_up, w_down, attrs, act_g):
+    """Threshold mode in torch on the model's own [out, in] weights (the quality benchmarks' forward hooks)."""
+    import torch
+
+    a, u = act_g(x @ w_gate.T), x @ w_up.T
+    t = attrs["threshold"]
+    if attrs.get("criterion", "gate") == "gate":
+        a = torch.where(a.abs() > t, a, 0)
+    h = a * (u.relu() if attrs.get("up_act") == "relu" else u)
+    if attrs.get("criterion", "gate") == "product":
+        h = torch.where(h.abs() > t, h, 0)
+    return h @ w_down.T

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..ir import Graph, evaluate
+from ..ir.input_sparse import input_sparse_parts
 from ..ir.mlp import pattern_name, unpack_gated_inputs
 from ..ir.threshold import sparse_intermediate
 
@@ -27,6 +28,11 @@ class BlockReport:
     calibrated_sparsity: float | None = None
     threshold: float | None = None
     method: str | None = None
+    # fraction of the block's MLP weight bytes a token does not read (what turns into speed), measured on the
+    # example inputs; `effective_calibrated` as calibration estimated it. Input mode: x's own sparsity too.
+    effective_sparsity: float | None = None
+    effective_calibrated: float | None = None
+    input_sparsity: float | None = None
 
 
 @dataclass
@@ -48,6 +54,14 @@ class Report:
                       data.get("output_rel_error"))
 
     @property
+    def effective_sparsity(self) -> float | None:
+        """Model-wide fraction of MLP weight bytes not read per token (blocks weighted by their width)."""
+        rows = [b for b in self.blocks if b.effective_sparsity is not None]
+        if not rows:
+            return None
+        return float(np.average([b.effective_sparsity for b in rows], weights=[max(b.n_ff, 1) for b in rows]))
+
+    @property
     def mean_sparsity(self) -> float | None:
         values = [b.sparsity for b in self.blocks if b.sparsity is not None]
         return float(np.mean(values)) if values else None
@@ -58,15 +72,19 @@ class Report:
         lossy = any(b.calibrated_sparsity is not None for b in self.blocks)
         caption = None if self.output_rel_error is None else (
             f"outputs vs dense: relative error {self.output_rel_error:.2e} (on the example inputs)")
+        if self.effective_sparsity is not None:
+            caption = (caption or "") + (f"; model: {self.effective_sparsity:.1%} of MLP weight bytes not read per "
+                                         "token (effective sparsity)")
         table = Table(title=f"actsparse report — target {self.target}, mode {self.mode}", caption=caption)
-        numeric = ("n_ff", "sparsity", "calibrated", "threshold")
-        columns = ("location", "pattern", "mode", "n_ff", "sparsity", *(("calibrated", "threshold") if lossy else ()),
-                   "note")
+        numeric = ("n_ff", "sparsity", "calibrated", "threshold", "x sparsity", "effective")
+        lossy_columns = ("calibrated", "threshold", "x sparsity", "effective")
+        columns = ("location", "pattern", "mode", "n_ff", "sparsity", *(lossy_columns if lossy else ()), "note")
         for col in columns:
             table.add_column(col, justify="right" if col in numeric else "left")
         for b in self.blocks:
             pattern = b.pattern if b.expert is None else f"{b.pattern} (expert {b.expert})"
-            lossy_cells = (_percent(b.calibrated_sparsity), "-" if b.threshold is None else f"{b.threshold:.3g}")
+            lossy_cells = (_percent(b.calibrated_sparsity), "-" if b.threshold is None else f"{b.threshold:.3g}",
+                           _percent(b.input_sparsity), _percent(b.effective_sparsity))
             table.add_row(b.location, pattern, b.mode, str(b.n_ff), _percent(b.sparsity),
                           *(lossy_cells if lossy else ()), b.reason)
         return table
@@ -116,16 +134,27 @@ def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[B
     for block, x in zip(blocks, xs):
         arrays = [x, *(graph.weights[w.attrs["name"]] for w in block.inputs[1:])]
         attrs = {"threshold": 0.0, "fused": False, **block.attrs}
-        if block.op == "sparse_gated_mlp":
-            w_gate, w_up, b_gate, b_up = arrays[1], arrays[2], None, None
-        else:
-            _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
-        h = sparse_intermediate(x.reshape(-1, x.shape[-1]), w_gate, w_up, attrs, b_gate, b_up)
         mode = block.attrs.get("mode", "dense")
         pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
         expert = attrs.get("expert", -1)
-        reports.append(BlockReport(block.loc, pattern, mode, w_gate.shape[0], float(np.mean(h == 0)),
-                                   expert=expert if expert >= 0 else None))
+        rows = x.reshape(-1, x.shape[-1]).astype(np.float32)
+        if mode == "input":
+            keep_x, keep_h, _ = input_sparse_parts(rows, *arrays[1:3], *arrays[4:6], attrs)
+            sx, sh = float(1 - keep_x.mean()), float(1 - keep_h.mean())
+            report = BlockReport(block.loc, pattern, mode, arrays[1].shape[1], sh, input_sparsity=sx,
+                                 effective_sparsity=(2 * sx + sh) / 3)   # gate + up behind x, down behind h
+        else:
+            if block.op == "sparse_gated_mlp":
+                w_gate, w_up, b_gate, b_up = arrays[1], arrays[2], None, None
+            else:
+                _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
+            s = float(np.mean(sparse_intermediate(rows, w_gate, w_up, attrs, b_gate, b_up) == 0))
+            # exact / gate criterion: up and down rows of the inactive neurons; product: down rows only
+            skipped = {"threshold": 1 / 3 if attrs.get("criterion") == "product" else 2 / 3, "exact": 2 / 3}
+            report = BlockReport(block.loc, pattern, mode, w_gate.shape[0], s,
+                                 effective_sparsity=s * skipped.get(mode, 0.0))
+        report.expert = expert if expert >= 0 else None
+        reports.append(report)
     return reports
 
 

@@ -11,21 +11,24 @@ Submodules import TVM, so they load lazily: `from actsparse.codegen.kernels impo
 import importlib
 
 __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
-           "sparse_mlp", "threshold_mlp", "kernel", "KERNELS"]
+           "sparse_mlp", "threshold_mlp", "input_sparse_mlp", "cuda_input_mlp", "kernel", "KERNELS"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
-_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "schedule", "sparse_mlp", "threshold_mlp")
+_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "schedule", "sparse_mlp", "threshold_mlp",
+               "input_sparse_mlp", "cuda_input_mlp")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
     "CpuSchedule": {"exact": ("sparse_mlp", "sparse_gated_mlp"), "indexed": ("sparse_mlp", "sparse_gated_mlp_indexed"),
                     "dense": ("sparse_mlp", "dense_gated_mlp"), "linear": ("linear", "linear"),
-                    "threshold": ("threshold_mlp", "threshold_gated_mlp")},
+                    "threshold": ("threshold_mlp", "threshold_gated_mlp"),
+                    "input": ("input_sparse_mlp", "input_sparse_gated_mlp")},
     "GpuSchedule": {"exact": ("cuda_mlp", "sparse_gated_mlp"), "indexed": ("cuda_mlp", "sparse_gated_mlp_indexed"),
                     "dense": ("cuda_mlp", "dense_gated_mlp"), "linear": ("cuda_mlp", "linear"),
-                    "threshold": ("cuda_mlp", "threshold_gated_mlp")},
+                    "threshold": ("cuda_mlp", "threshold_gated_mlp"),
+                    "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
-KERNELS = ("exact", "indexed", "dense", "linear", "threshold")
+KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "input")
 
 
 def kernel(name: str, *args, sched, **kwargs):
