@@ -81,7 +81,7 @@ def test_methods_on_one_block_hit_target_and_match_the_reference(method, act):
 def test_relu_family_block_in_threshold_mode_becomes_fatrelu():
     graph = gated_mlp_graph(act="relu")
     cm = actsparse.compile(graph, (mlp_input(seq=64, seed=50),), mode="threshold",
-                           calibration=[(mlp_input(seq=64, seed=s),) for s in range(4)], sparsity=0.9)
+                           calibration=[(mlp_input(seq=64, seed=s),) for s in range(4)], sparsity=0.9, method="cats")
     node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
     assert node.attrs["gate_act"] == "fatrelu" and node.attrs["threshold"] > 0
     assert abs(cm.report.blocks[0].sparsity - 0.9) <= 0.04
