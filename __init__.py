@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import ActsparseError, ArtifactError, ModeError, TargetError  # noqa: E402
+from .errors import ActsparseError, ArtifactError, InputError, ModeError, TargetError  # noqa: E402
 
 
 def compile(model, example_inputs, target="x86", mode="auto", calibration=None, sparsity=None, memory_budget=None,
@@ -28,10 +28,12 @@ def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):
     return _relufy(model, kind, example_inputs, inplace=inplace)
 
 
-def load(path):
+def load(path, expect_sha256=None, public_key=None):
+    """Load an artifact, verifying every file first; `expect_sha256` pins its manifest digest, `public_key` (ed25519,
+    PEM) requires its signature. An artifact holds native code: load only artifacts you trust or pin."""
     from .runtime import load as _load
 
-    return _load(path)
+    return _load(path, expect_sha256=expect_sha256, public_key=public_key)
 
 
 def __getattr__(name):
@@ -42,5 +44,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'actsparse' has no attribute {name!r}")
 
 
-__all__ = ["ActsparseError", "ArtifactError", "ModeError", "TargetError", "__version__", "compile", "load", "recipes",
-           "relufy", "targets"]
+__all__ = ["ActsparseError", "ArtifactError", "InputError", "ModeError", "TargetError", "__version__", "compile",
+           "load", "recipes", "relufy", "targets"]

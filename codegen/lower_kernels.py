@@ -1,36 +1,30 @@
-"""Lowerings that call our own TIR kernels: `linear`, `gated_mlp` (dense) and `sparse_gated_mlp`.
+"""Lowerings that call our own TIR kernels: `linear`, `gated_mlp` (dense) and `sparse_gated_mlp` (every variant).
 
 Each flattens the leading dims of x to one token axis M (symbolic when the sequence is), calls the kernel built
 for the layer's sizes and the target's schedule, and restores the leading dims:
 
     linear(x[..., k], @w[n, k])                 -> reshape(call_tir(linear_k_n, [x2d, w]), [..., n])
-    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t)        -> call_tir(sparse_gated_mlp_d_n_<acts>, [x2d, Wg, Wu, Wd.t])
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, *extra){mode=v}
+                                                -> reshape(call_tir(<kernel of v for the family>,
+                                                                    [x2d, Wg, Wu, Wd.t, *extra]), [..., d_out])
     gated_mlp(x, ...)  (dense mode)             -> linear kernels for gate/up/down + Relax activations
                                                    (gate/up biases, if any, go to the linear kernels)
+
+Which kernel a sparse variant uses per family ("cpu", "cuda") and with which options is the variant's entry
+(ir/sparse_variants.py: `kernels`, `kernel_options`); nothing here names a variant.
 """
 
 from __future__ import annotations
 
-from functools import reduce
-
 from tvm import relax
 
 from ..ir import TensorType
-from .lower import TVM_DTYPES, lowering
+from ..ir.activations import ACTIVATIONS
+from ..ir.sparse_variants import sizes, variant_of
+from .context import TVM_DTYPES, LoweringError, emit_kernel_call, flatten_tokens, lowering
+from .schedules import schedule_for
 
 R = relax.op
-
-
-def _flatten(ctx, x_type, x):
-    """x[..., k] -> (x2d[M, k], the leading dims, M)."""
-    lead = ctx.shape(x_type.shape[:-1])
-    tokens = reduce(lambda a, b: a * b, lead, 1)
-    return ctx.bb.emit(R.reshape(x, [tokens, ctx.dim(x_type.shape[-1])])), lead, tokens
-
-
-def _emit_call(ctx, primfunc, args, tokens, width, dtype):
-    gv = ctx.kernel(primfunc)
-    return ctx.bb.emit(relax.call_tir(gv, args, relax.TensorType([tokens, width], TVM_DTYPES[dtype])))
 
 
 def linear_call(ctx, x_type: TensorType, x, w_type: TensorType, w, b=None):
@@ -38,10 +32,10 @@ def linear_call(ctx, x_type: TensorType, x, w_type: TensorType, w, b=None):
     from .kernels import kernel as target_kernel
 
     n, k = w_type.shape
-    x2d, lead, tokens = _flatten(ctx, x_type, x)
-    kernel = target_kernel("linear", k, n, dtype=TVM_DTYPES[w_type.dtype], sched=ctx.target.schedule(),
+    x2d, lead, tokens = flatten_tokens(ctx, x_type, x)
+    kernel = target_kernel("linear", k, n, dtype=TVM_DTYPES[w_type.dtype], sched=schedule_for(ctx.target),
                            bias=b is not None)
-    out = _emit_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
+    out = emit_kernel_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
     return R.reshape(out, [*lead, n])
 
 
@@ -54,17 +48,7 @@ def _linear(ctx, node, args):
 
 
 def _act(kind: str, threshold: float, x, dtype: str):
-    from .lower import const
-
-    if kind == "identity":
-        return x
-    if kind == "relu":
-        return R.nn.relu(x)
-    if kind == "fatrelu":
-        return R.where(R.greater(x, const(threshold, dtype)), x, const(0.0, dtype))
-    if kind == "silu":
-        return R.nn.silu(x)
-    return R.nn.gelu_tanh(x) if kind == "gelu_tanh" else R.nn.gelu(x)
+    return ACTIVATIONS[kind].relax(x, threshold, dtype)
 
 
 @lowering("gated_mlp")
@@ -91,36 +75,23 @@ def _gated_mlp(ctx, node, args):
     return linear_call(ctx, hidden_type, hidden, w_down_node.type, w_down)
 
 
-def _threshold(ctx, node, args):
-    from .lower_threshold import lower_threshold
-
-    return lower_threshold(ctx, node, args)
-
-
-def _input(ctx, node, args):
-    from .lower_threshold import lower_input
-
-    return lower_input(ctx, node, args)
-
-
-# sparse_gated_mlp modes other than "exact", each with its own kernel
-MODE_LOWERINGS = {"threshold": _threshold, "input": _input}
-
-
 @lowering("sparse_gated_mlp")
 def _sparse_gated_mlp(ctx, node, args):
+    from .kernels import family_of
     from .kernels import kernel as target_kernel
 
-    a = node.attrs
-    if a.get("mode", "exact") in MODE_LOWERINGS:
-        return MODE_LOWERINGS[a["mode"]](ctx, node, args)
+    variant = variant_of(node.attrs)
+    sched = schedule_for(ctx.target)
+    family = family_of(sched)
+    if family not in variant.kernels:
+        raise LoweringError(f"sparse_gated_mlp{{mode={variant.name!r}}} at {node.loc or 'unknown location'} has no "
+                            f"{family} kernel (it has: {', '.join(variant.kernels) or 'none'}); pick another target "
+                            "or mode")
     x_node, w_gate = node.inputs[0], node.inputs[1]
-    n_ff, d = w_gate.shape
+    n_ff, d = sizes(node.attrs, w_gate.shape)
     d_out = node.inputs[3].shape[1]
-    x2d, lead, tokens = _flatten(ctx, x_node.type, args[0])
-    kernel = target_kernel("exact", d, n_ff, gate_act=a["gate_act"], up_act=a["up_act"],
-                           threshold=a.get("threshold", 0.0), dtype=TVM_DTYPES[w_gate.dtype],
-                           sched=ctx.target.schedule())
-    out = _emit_call(ctx, kernel, [x2d, *args[1:]], tokens, d_out, node.dtype)
+    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
+    kernel = target_kernel(variant.kernels[family], d, n_ff, dtype=TVM_DTYPES[w_gate.dtype], sched=sched,
+                           **variant.kernel_options(dict(node.attrs)))
+    out = emit_kernel_call(ctx, kernel, [x2d, *args[1:]], tokens, d_out, node.dtype)
     return R.reshape(out, [*lead, d_out])
-

@@ -1,18 +1,19 @@
 """The lowering table entries: IR op -> Relax expression. Kernel-backed ops (linear, gated MLPs) are in
-`lower_kernels.py`; this file holds the ops that map straight onto Relax's own."""
+`lower_kernels.py`; this file holds the ops that map straight onto Relax's own. Activations (relu, silu, gelu,
+fatrelu) take their Relax form from the activation table (ir/activations.py)."""
 
 from __future__ import annotations
 
 from tvm import relax
 
-from . import lower_kernels  # noqa: F401  (registers linear / gated_mlp / sparse_gated_mlp)
-from .lower import TVM_DTYPES, const, lowering
+from ..ir.activations import ACTIVATIONS
+from ..ir.ops import gelu_activation
+from .context import TVM_DTYPES, const, lowering
 
 R = relax.op
 
 UNARY = {"neg": R.negative, "exp": R.exp, "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "abs": R.abs,
-         "tanh": R.tanh, "sigmoid": R.sigmoid, "erf": R.erf, "sin": R.sin, "cos": R.cos, "relu": R.nn.relu,
-         "silu": R.nn.silu, "logical_not": R.logical_not}
+         "tanh": R.tanh, "sigmoid": R.sigmoid, "erf": R.erf, "sin": R.sin, "cos": R.cos, "logical_not": R.logical_not}
 BINARY = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
           "maximum": R.maximum, "minimum": R.minimum, "gt": R.greater, "ge": R.greater_equal, "lt": R.less,
           "le": R.less_equal, "eq": R.equal, "ne": R.not_equal, "logical_and": R.logical_and,
@@ -46,15 +47,10 @@ def _where(ctx, node, args):
     return R.where(cond, a, b)
 
 
-@lowering("fatrelu")
-def _fatrelu(ctx, node, args):
-    x = args[0]
-    return R.where(R.greater(x, const(node.attrs["threshold"], node.dtype)), x, const(0.0, node.dtype))
-
-
-@lowering("gelu")
-def _gelu(ctx, node, args):
-    return R.nn.gelu_tanh(args[0]) if node.attrs.get("approximate", "none") == "tanh" else R.nn.gelu(args[0])
+@lowering("relu", "silu", "fatrelu", "gelu")
+def _activation(ctx, node, args):
+    name = gelu_activation(node.attrs.get("approximate", "none")) if node.op == "gelu" else node.op
+    return ACTIVATIONS[name].relax(args[0], node.attrs.get("threshold", 0.0), node.dtype)
 
 
 @lowering("reciprocal")
@@ -91,7 +87,9 @@ def _matmul(ctx, node, args):
 @lowering("embedding")
 def _embedding(ctx, node, args):
     w, ids = args
-    return R.take(w, ids, axis=0)
+    # "clip", not TVM's default "fast" (no bounds check: an id past the table reads outside it). The compiled
+    # module rejects such ids before the call (ir/limits.py); clipping is the backstop for computed indices.
+    return R.take(w, ids, axis=0, mode="clip")
 
 
 @lowering("sum", "mean", "max")
@@ -146,7 +144,9 @@ def _concat(ctx, node, args):
 
 @lowering("index_select")
 def _index_select(ctx, node, args):
-    return R.take(args[0], args[1], axis=node.attrs["axis"])
+    # "wrap": negative indices count from the end (as numpy's take, the op's reference; static windows such as
+    # x[:, -1:] use them), and nothing reads outside the tensor (see _embedding)
+    return R.take(args[0], args[1], axis=node.attrs["axis"], mode="wrap")
 
 
 @lowering("topk")
@@ -159,3 +159,25 @@ def _topk(ctx, node, args):
 @lowering("triu", "tril")
 def _tri(ctx, node, args):
     return (R.triu if node.op == "triu" else R.tril)(args[0], node.attrs.get("diagonal", 0))
+
+
+@lowering("gather")
+def _gather(ctx, node, args):
+    return R.gather_elements(args[0], args[1], axis=node.attrs["axis"])
+
+
+@lowering("scatter")
+def _scatter(ctx, node, args):
+    x, index, src = args
+    src = src if node.inputs[2].shape == node.inputs[1].shape else R.broadcast_to(src, ctx.shape(node.inputs[1].shape))
+    return R.scatter_elements(x, index, src, axis=node.attrs["axis"])
+
+
+@lowering("cumsum")
+def _cumsum(ctx, node, args):
+    return R.cumsum(args[0], axis=node.attrs["axis"], dtype=TVM_DTYPES[node.dtype])
+
+
+@lowering("argmax")
+def _argmax(ctx, node, args):
+    return R.astype(R.argmax(args[0], axis=node.attrs["axis"], keepdims=node.attrs.get("keepdim", False)), "int64")

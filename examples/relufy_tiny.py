@@ -200,9 +200,9 @@ def _baseline_text(args, final) -> str:
 
 def _cpu() -> str:
     try:
-        from actsparse.targets.x86 import _cpu_model
+        from actsparse.targets.x86 import cpu_model
 
-        return _cpu_model()
+        return cpu_model()
     except Exception:  # noqa: BLE001 - only a label
         return platform.machine()
 

@@ -82,7 +82,11 @@ class OnnxImporter:
 
         graph = self.proto.graph
         for tensor in graph.initializer:  # (the proto is our own copy from shape inference)
-            array = np.asarray(numpy_helper.to_array(tensor), order="C")
+            try:
+                array = np.asarray(numpy_helper.to_array(tensor), order="C")
+            except (ValueError, TypeError, KeyError) as err:  # data of another size or type than declared
+                raise OnnxImportError(f"{self.source}: initializer {tensor.name} is malformed "
+                                      f"({type(err).__name__}: {str(err)[:160]})") from None
             self.values[tensor.name] = Const(array, self.onnx_dtype(tensor.data_type, tensor.name), tensor.name)
             tensor.ClearField("raw_data")  # the array holds the bytes now: do not keep two copies
         inputs = [self._input(v) for v in graph.input if v.name not in self.values]

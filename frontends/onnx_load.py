@@ -24,6 +24,16 @@ class OnnxImportError(FrontendError):
     """An ONNX model could not be read or validated (corrupt file, bad opset, missing external data, ...)."""
 
 
+def _check_names_are_text(proto, source: str) -> None:
+    """protobuf hands a string field that is not valid UTF-8 back as bytes (a corrupt file): refuse it here."""
+    graph = proto.graph
+    names = [graph.name, *(v.name for v in (*graph.input, *graph.output, *graph.initializer, *graph.value_info))]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output, *(a.name for a in node.attribute)]
+    if not all(isinstance(n, str) for n in names):
+        raise OnnxImportError(f"{source}: not a readable ONNX model (a name is not valid UTF-8; corrupt file?)")
+
+
 def load_model(model) -> tuple[Any, str]:
     """-> (validated ModelProto with weights loaded and shapes inferred, a name for messages)."""
     import onnx
@@ -45,6 +55,7 @@ def load_model(model) -> tuple[Any, str]:
         raise OnnxImportError(f"expected a path to a .onnx file or an onnx.ModelProto, got {type(model).__name__}")
     if not proto.HasField("graph") or not proto.graph.output:
         raise OnnxImportError(f"{source}: not a readable ONNX model (no graph or no outputs; truncated file?)")
+    _check_names_are_text(proto, source)
     _check_opset(proto, source)
     _check_external_data(proto, source, base_dir)
     try:

@@ -65,7 +65,19 @@ def export_program(model, inputs: tuple, dynamic_seq: bool):
     rank-2 integer inputs is symbolic (static shapes, with a warning, if that export fails). Shared with
     `torch_mlir_export.export_mlir`."""
     with per_expert_routing(model):  # batched MoE experts: one visible gated MLP per expert (see moe.py)
-        return _export_with_fallback(model, inputs, dynamic_seq)
+        return decompose_missing(_export_with_fallback(model, inputs, dynamic_seq))
+
+
+def decompose_missing(program):
+    """Ops the table lacks are decomposed by torch's own core-ATen decompositions (only those ops: the ones we
+    map whole, such as linear and sdpa, stay whole), so one table covers the long tail."""
+    missing = {n.target for gm in _graph_modules(program.graph_module) for n in gm.graph.nodes
+               if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
+               and not _is_symbolic(n) and lookup(op_name(n.target), None) is None}
+    if not missing:
+        return program
+    table = {op: fn for op, fn in torch.export.default_decompositions().items() if op in missing}
+    return program.run_decompositions(table) if table else program
 
 
 def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool):
@@ -350,8 +362,13 @@ def _is_symbolic(fx_node) -> bool:
         name.startswith("aten.sym_") or not isinstance(fx_node.target, torch._ops.OpOverload))
 
 
-def _all_nodes(gm: torch.fx.GraphModule):
-    yield from gm.graph.nodes
+def _graph_modules(gm: torch.fx.GraphModule):
+    yield gm
     for sub in gm.children():
         if isinstance(sub, torch.fx.GraphModule):
-            yield from _all_nodes(sub)
+            yield from _graph_modules(sub)
+
+
+def _all_nodes(gm: torch.fx.GraphModule):
+    for module in _graph_modules(gm):
+        yield from module.graph.nodes

@@ -13,6 +13,7 @@ import torch
 from ..ir import Node, TensorType
 from ..ir.types import positive_axis
 from .torch_inplace import in_place
+from .torch_ops_tail import TAIL_TO_IR
 
 BIG = 2**62  # slice ends at or beyond this mean "to the end" (torch spells it 9223372036854775807)
 
@@ -374,6 +375,7 @@ ATEN_TO_IR = {
     **dict.fromkeys(["aten.ones", "aten.ones_like", "aten.new_ones"], _filled(None, 1)),
     **dict.fromkeys(["aten.zeros", "aten.zeros_like", "aten.new_zeros"], _filled(None, 0)),
     **dict.fromkeys(["wrap_with_set_grad_enabled", "wrap_with_autocast"], _higher_order),
+    **TAIL_TO_IR,  # the long tail found by enumerating transformers' decoders (torch_ops_tail.py)
 }
 
 _MISSING = object()

@@ -118,7 +118,7 @@ class Graph:
         return Graph(self.inputs, outputs, {k: v for k, v in pool.items() if k in used}, self.name)
 
     def __str__(self) -> str:
-        from .printer import print_graph
+        from .printing import print_graph
 
         return print_graph(self)
 

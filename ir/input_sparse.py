@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mlp import apply_gate_act, apply_up_act
+from .activations import apply
 
 INPUT_CRITERIA = ("product", "gate")
 INPUT_ATTRS = {"x_keep": 0, "h_keep": 0}
@@ -49,11 +49,24 @@ def input_sparse_parts(x, w_gate_t, w_up_t, x_thr, h_thr, attrs) -> tuple[np.nda
     """(keep_x, keep_h, h): the masks and the masked intermediate of the module docstring."""
     keep_x = keep_mask(x, x_thr, attrs.get("x_keep", 0))
     xs = np.where(keep_x, x, 0).astype(np.float32)
-    a = apply_gate_act(xs @ w_gate_t.astype(np.float32), attrs["gate_act"], attrs.get("threshold", 0.0))
-    h = a * apply_up_act(xs @ w_up_t.astype(np.float32), attrs["up_act"])
+    a = apply(attrs["gate_act"], xs @ w_gate_t.astype(np.float32), attrs.get("threshold", 0.0))
+    h = a * apply(attrs["up_act"], xs @ w_up_t.astype(np.float32))
     score = a if attrs.get("criterion", "product") == "gate" else h
     keep_h = keep_mask(score, h_thr, attrs.get("h_keep", 0))
     return keep_x, keep_h, np.where(keep_h, h, 0).astype(np.float32)
+
+
+def input_intermediate(x, w_gate_t, w_up_t, extras, attrs, b_gate=None, b_up=None) -> np.ndarray:
+    """h of the "input" entry of sparse_variants.py (extras: x_thr, h_thr; no biases in this layout)."""
+    return input_sparse_parts(x, w_gate_t, w_up_t, extras["x_thr"], extras["h_thr"], attrs)[2].astype(x.dtype)
+
+
+def input_measure(x, w_gate_t, w_up_t, extras, attrs, h) -> dict:
+    """Report fields on the example inputs: x's own sparsity and the effective one (weight bytes not read:
+    gate + up behind x, down behind h, equal-size matrices)."""
+    keep_x, keep_h, _ = input_sparse_parts(x, w_gate_t, w_up_t, extras["x_thr"], extras["h_thr"], attrs)
+    sx, sh = float(1 - keep_x.mean()), float(1 - keep_h.mean())
+    return {"input_sparsity": sx, "effective_sparsity": (2 * sx + sh) / 3}
 
 
 def input_sparse_reference(x, w_gate_t, w_up_t, w_down_t, x_thr, h_thr, attrs) -> np.ndarray:
@@ -80,3 +93,17 @@ def input_sparse_torch(x, w_gate, w_up, w_down, x_thr, h_thr, attrs, act_g):
     h = a * (u.relu() if attrs["up_act"] == "relu" else u)
     score = a if attrs.get("criterion", "product") == "gate" else h
     return torch.where(mask(score, h_thr, attrs.get("h_keep", 0)), h, 0) @ w_down.T
+
+
+def threshold_torch(x, w_gate, w_up, w_down, attrs, act_g):
+    """Threshold mode (the "threshold" entry of sparse_variants.py) in torch on the model's own weights."""
+    import torch
+
+    a, u = act_g(x @ w_gate.T), x @ w_up.T
+    t = attrs["threshold"]
+    if attrs.get("criterion", "gate") == "gate":
+        a = torch.where(a.abs() > t, a, 0)
+    h = a * (u.relu() if attrs.get("up_act") == "relu" else u)
+    if attrs.get("criterion", "gate") == "product":
+        h = torch.where(h.abs() > t, h, 0)
+    return h @ w_down.T

@@ -7,13 +7,16 @@ of symbolic dims, needed by ops such as `arange` whose size is a symbol).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .activations import ACTIVATIONS, erf
+from .mlp import GATED_MLP_ATTRS, gated_mlp_ref, gated_mlp_type, sparse_gated_mlp_type
+from .sparse_variants import SPARSE_GATED_MLP_ATTRS, VARIANTS
+from .sparse_variants import reference as sparse_gated_mlp_reference
 from .types import TensorType, broadcast_shapes, is_float, np_dtype, positive_axis, resolve
 
 REQUIRED = object()
@@ -69,18 +72,6 @@ def _unary_type(types, attrs):
     return types[0]
 
 
-def _erf(x):
-    from scipy.special import erf
-
-    return erf(x).astype(x.dtype)
-
-
-def _gelu(x, approximate="none"):
-    if approximate == "tanh":
-        return (0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))).astype(x.dtype)
-    return (0.5 * x * (1 + _erf(x / math.sqrt(2)))).astype(x.dtype)
-
-
 def _sigmoid(x):
     return (1 / (1 + np.exp(-x))).astype(x.dtype)
 
@@ -88,16 +79,15 @@ def _sigmoid(x):
 UNARY = {
     "neg": np.negative, "exp": np.exp, "log": np.log, "sqrt": np.sqrt, "abs": np.abs,
     "rsqrt": lambda x: (1 / np.sqrt(x)).astype(x.dtype), "reciprocal": lambda x: (1 / x).astype(x.dtype),
-    "tanh": np.tanh, "sigmoid": _sigmoid, "erf": _erf, "sin": np.sin, "cos": np.cos,
-    "relu": lambda x: np.maximum(x, 0).astype(x.dtype), "silu": lambda x: (x * _sigmoid(x)).astype(x.dtype),
-    "logical_not": np.logical_not,
+    "tanh": np.tanh, "sigmoid": _sigmoid, "erf": erf, "sin": np.sin, "cos": np.cos,
+    "relu": ACTIVATIONS["relu"].reference, "silu": ACTIVATIONS["silu"].reference, "logical_not": np.logical_not,
 }
 for _name, _fn in UNARY.items():
     define(_name, 1, _unary_type, (lambda fn: lambda x, attrs, env: fn(x))(_fn), elementwise=True)
-define("fatrelu", 1, _unary_type,
-       lambda x, attrs, env: np.where(x > attrs["threshold"], x, 0).astype(x.dtype), {"threshold": 0.0},
-       "FATReLU: x where x > threshold else 0", elementwise=True)
-define("gelu", 1, _unary_type, lambda x, attrs, env: _gelu(x, attrs["approximate"]), {"approximate": "none"},
+define("fatrelu", 1, _unary_type, lambda x, attrs, env: ACTIVATIONS["fatrelu"].reference(x, attrs["threshold"]),
+       {"threshold": 0.0}, ACTIVATIONS["fatrelu"].doc, elementwise=True)
+define("gelu", 1, _unary_type, lambda x, attrs, env: ACTIVATIONS[gelu_activation(attrs["approximate"])].reference(x),
+       {"approximate": "none"}, "approximate 'none': the erf form (activation `gelu`), 'tanh': `gelu_tanh`",
        elementwise=True)
 
 
@@ -298,17 +288,20 @@ define("triu", 1, _unary_type, lambda x, attrs, env: np.triu(x, attrs["diagonal"
 define("tril", 1, _unary_type, lambda x, attrs, env: np.tril(x, attrs["diagonal"]), {"diagonal": 0})
 
 # --- gated MLPs (introduced by passes) ---------------------------------------------------------------------
-from .mlp import GATED_MLP_ATTRS, SPARSE_GATED_MLP_ATTRS, gated_mlp_ref, gated_mlp_type  # noqa: E402
-
 define("gated_mlp", (3, 6), gated_mlp_type, gated_mlp_ref, GATED_MLP_ATTRS,
        "down(act_gate(x·Wg + bg) ⊙ act_up(x·Wu + bu)); inputs x, w_gate, w_up, w_down or x, w_gate_up, w_down "
        "(fused), then with bias=True b_gate, b_up (fused: b_gate_up)")
-from .input_sparse import INPUT_ATTRS  # noqa: E402
-from .threshold import THRESHOLD_ATTRS, sparse_gated_mlp_reference  # noqa: E402
+define("sparse_gated_mlp", (4, -1), sparse_gated_mlp_type, sparse_gated_mlp_reference, SPARSE_GATED_MLP_ATTRS,
+       "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row), then the "
+       f"variant's extra inputs; variants (attr mode, ir/sparse_variants.py): {', '.join(VARIANTS)}")
 
-# mode 'exact' (ReLU family, lossless), 'threshold' (|act| <= threshold counts as 0, see threshold.py) or 'input'
-# (TEAL/WINA input sparsity of each projection, see input_sparse.py)
-define("sparse_gated_mlp", (4, 6), gated_mlp_type, sparse_gated_mlp_reference,
-       {**SPARSE_GATED_MLP_ATTRS, **THRESHOLD_ATTRS, **INPUT_ATTRS},
-       "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row); mode "
-       "'input': x, w_gate_t[d,n], w_up_t[d,n], w_down_t[n,d], x_thr[d], h_thr[n]")
+
+def gelu_activation(approximate: str) -> str:
+    """The activation-table name of `gelu{approximate}`."""
+    return "gelu_tanh" if approximate == "tanh" else "gelu"
+
+
+from .ops_indexing import INDEXING_OPS  # noqa: E402  (gather, scatter, cumsum, argmax)
+
+for _entry in INDEXING_OPS:
+    define(*_entry)

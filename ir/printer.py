@@ -18,71 +18,61 @@ import re
 
 import numpy as np
 
+from ..errors import ActsparseError
 from .graph import Graph, Node
+from .printing import print_graph
 from .types import TensorType, np_dtype
 
-
-def print_graph(graph: Graph) -> str:
-    names: dict[int, str] = {}
-    for node in graph.inputs:
-        names[id(node)] = "%" + node.attrs["name"]
-    params = ", ".join(f"{names[id(n)]}: {n.type}" for n in graph.inputs)
-    lines = [f"graph @{graph.name}({params}) {{"]
-    weight_nodes = {n.attrs["name"]: n for n in graph.nodes if n.op == "weight"}
-    for name in sorted(weight_nodes):
-        lines.append(f"  @{name} : {weight_nodes[name].type}")
-        names[id(weight_nodes[name])] = "@" + name
-    counter = 0
-    for node in graph.nodes:
-        if node.op == "weight":
-            names[id(node)] = "@" + node.attrs["name"]
-            continue
-        if node.op == "input":
-            continue
-        names[id(node)] = f"%{counter}"
-        counter += 1
-        args = ", ".join(names[id(i)] for i in node.inputs)
-        attrs = f" {dict(sorted(node.attrs.items()))!r}" if node.attrs else ""
-        loc = f"  # {node.loc}" if node.loc else ""
-        lines.append(f"  {names[id(node)]} = {node.op}({args}){attrs} : {node.type}{loc}")
-    lines.append("  return " + ", ".join(names[id(o)] for o in graph.outputs))
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
+__all__ = ["ParseError", "parse_graph", "print_graph"]
 
 _HEADER = re.compile(r"^graph @(\S+)\((.*)\) \{$")
 _NODE = re.compile(r"^(%\S+) = ([\w.]+)\(([^)]*)\)(.*)$")
 
 
-class ParseError(ValueError):
+class ParseError(ActsparseError, ValueError):
     pass
 
 
+# what malformed text makes the pieces below raise; each becomes a ParseError naming the line
+_MALFORMED = (TypeError, ValueError, KeyError, IndexError, RecursionError, MemoryError, OverflowError)
+
+
 def parse_graph(text: str, weights: dict[str, np.ndarray] | None = None) -> Graph:
-    """Parse the text form. Weights not given are filled with zeros of their declared type."""
+    """Parse the text form. Weights not given are filled with zeros of their declared type. Any malformed text
+    raises ParseError (and nothing else)."""
+    if not isinstance(text, str):
+        raise ParseError(f"expected the graph's text, got {type(text).__name__}")
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     header = _HEADER.match(lines[0]) if lines else None
     if not header or lines[-1] != "}":
         raise ParseError("expected 'graph @name(...) {' ... '}'")
     values: dict[str, Node] = {}
     inputs = []
-    for param in filter(None, (p.strip() for p in header.group(2).split(", %"))):
-        name, _, type_text = param.lstrip("%").partition(": ")
-        node = Node("input", (), {"name": name}, TensorType.parse(type_text))
-        values["%" + name] = node
-        inputs.append(node)
     held = dict(weights or {})
     outputs = None
-    for lineno, line in enumerate(lines[1:-1], start=2):
-        if line.startswith("@"):
-            name, _, type_text = line[1:].partition(" : ")
-            ttype = TensorType.parse(type_text)
-            held.setdefault(name, np.zeros(tuple(ttype.shape), np_dtype(ttype.dtype)))
-            values["@" + name] = Node("weight", (), {"name": name}, ttype)
-        elif line.startswith("return "):
-            outputs = [_lookup(values, v.strip(), lineno) for v in line[len("return "):].split(",")]
-        else:
-            values.update([_parse_node(line, values, lineno)])
+    lineno = 1
+    try:
+        for param in filter(None, (p.strip() for p in header.group(2).split(", %"))):
+            name, _, type_text = param.lstrip("%").partition(": ")
+            node = Node("input", (), {"name": name}, TensorType.parse(type_text))
+            values["%" + name] = node
+            inputs.append(node)
+        for lineno, line in enumerate(lines[1:-1], start=2):
+            if line.startswith("@"):
+                name, _, type_text = line[1:].partition(" : ")
+                ttype = TensorType.parse(type_text)
+                if not name or any(isinstance(d, str) for d in ttype.shape):
+                    raise ParseError(f"line {lineno}: a weight needs a name and a static shape: {line[:80]!r}")
+                held.setdefault(name, np.zeros(tuple(ttype.shape), np_dtype(ttype.dtype)))
+                values["@" + name] = Node("weight", (), {"name": name}, ttype)
+            elif line.startswith("return "):
+                outputs = [_lookup(values, v.strip(), lineno) for v in line[len("return "):].split(",")]
+            else:
+                values.update([_parse_node(line, values, lineno)])
+    except ParseError:
+        raise
+    except _MALFORMED as err:
+        raise ParseError(f"line {lineno}: {type(err).__name__}: {str(err)[:160]}") from None
     if outputs is None:
         raise ParseError("missing 'return' line")
     return Graph(inputs, outputs, held, header.group(1))
@@ -98,8 +88,10 @@ def _parse_node(line: str, values: dict[str, Node], lineno: int) -> tuple[str, N
     inputs = [_lookup(values, a.strip(), lineno) for a in args.split(",") if a.strip()]
     try:
         attrs = ast.literal_eval(attrs_text.strip()) if attrs_text.strip() else {}
-    except (ValueError, SyntaxError) as err:
-        raise ParseError(f"line {lineno}: bad attributes {attrs_text.strip()!r}: {err}") from None
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as err:
+        raise ParseError(f"line {lineno}: bad attributes {attrs_text.strip()[:80]!r}: {err}") from None
+    if not isinstance(attrs, dict) or not all(isinstance(k, str) for k in attrs):
+        raise ParseError(f"line {lineno}: attributes must be a dict with str keys, got {attrs_text.strip()[:80]!r}")
     return name, Node(op, inputs, attrs, TensorType.parse(type_text), loc)
 
 

@@ -63,9 +63,13 @@ class TensorType:
 
     @staticmethod
     def parse(text: str) -> TensorType:
-        dtype, _, rest = text.strip().partition("[")
-        dims = rest.rstrip("]").strip()
-        shape = tuple(int(d) if d.lstrip("-").isdigit() else d for d in dims.split(",")) if dims else ()
+        dtype, bracket, rest = text.strip().partition("[")
+        if not bracket or not rest.endswith("]"):
+            raise ValueError(f"a tensor type reads like f32[1,seq,64], got {text[:80]!r}")
+        dims = rest[:-1].strip()
+        shape = tuple(int(d) if d.isdigit() else d for d in (x.strip() for x in dims.split(","))) if dims else ()
+        if not all(isinstance(d, int) or d.isidentifier() for d in shape):
+            raise ValueError(f"a dim is a size or a name, got {text[:80]!r}")
         return TensorType(shape, dtype)
 
 

@@ -3,12 +3,13 @@ rule infers; weights exist with the declared type; inputs are the graph's own. R
 
 from __future__ import annotations
 
+from ..errors import ActsparseError
 from .graph import Graph
 from .ops import REQUIRED, op_def
 from .types import TensorType, dtype_of
 
 
-class VerifyError(ValueError):
+class VerifyError(ActsparseError, ValueError):
     pass
 
 
@@ -36,8 +37,9 @@ def verify(graph: Graph) -> Graph:
         attrs = {**{k: v for k, v in opdef.attrs.items() if v is not REQUIRED}, **node.attrs}
         try:
             inferred = opdef.infer([i.type for i in node.inputs], attrs)
-        except (TypeError, ValueError, IndexError) as err:
-            raise VerifyError(f"{where}: {err}") from None
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError, OverflowError,
+                RecursionError) as err:  # an op's type rule on attributes of the wrong kind (text read from a file)
+            raise VerifyError(f"{where}: {type(err).__name__}: {err}") from None
         if inferred != node.type:
             raise VerifyError(f"{where}: declared type {node.type} but inputs give {inferred}")
     return graph

@@ -180,7 +180,7 @@ class DetectGatedMLP(Pass):
             first = _plain_mlp(node)
             if first is not None:
                 record("plain-mlp")
-                note({"location": common_module(node.loc, node.inputs[0].loc) or node.loc,
+                note({"kind": "row", "location": common_module(node.loc, node.inputs[0].loc) or node.loc,
                       "pattern": "plain-mlp", "mode": "dense", "n_ff": int(first.shape[-1]),
                       "reason": "not gated: act(x·W1)·W2 has no gate to skip neurons on"})
         return apply_rules(graph, RULES)

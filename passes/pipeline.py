@@ -1,4 +1,5 @@
-"""The pipelines, top to bottom. Each mode is a list of named passes; the IR is verified after every pass and,
+"""The pipelines, top to bottom. Each mode is a list of named passes (`PIPELINES`, for a target: passes that decide
+by cost read the target's data); the IR is verified after every pass and,
 with ACTSPARSE_DUMP_IR=<dir>, written there as text after every pass (NN-<pass>.ir).
 
 A pipeline can also be written as text, xDSL style:
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .. import targets
 from ..ir import Graph, print_graph, verify
+from ..ir.sparse_variants import VARIANTS
+from ..targets import Target
 from .base import Pass, apply_pass
 from .canonicalize import Canonicalize
 from .densify import Densify
@@ -22,32 +27,63 @@ from .sparsify_threshold import SparsifyThreshold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
                                                      Densify)}
-MODES = ("dense", "exact", "auto", "threshold")
 
 
-def pipeline_for(mode: str, calibration=None, sparsity: float | None = None, method: str = "cats") -> list[Pass]:
-    if mode == "dense":
-        return [
-            Canonicalize(),      # fold decomposed activations / transposed projections into canonical ops
-            DetectGatedMLP(),    # find gated MLPs by dataflow -> gated_mlp (kept dense, but reported)
-        ]
-    if mode in ("exact", "auto"):
-        return [
-            Canonicalize(),
-            DetectGatedMLP(),
-            # exact: a non-ReLU block is an error naming it; auto: it stays dense and the report says why
-            SparsifyExact(on_unsupported="error" if mode == "exact" else "keep-dense"),
-        ]
-    if mode == "threshold":
-        if sparsity is None:
-            raise ValueError("mode 'threshold' needs a target sparsity, e.g. sparsity=0.5")
-        return [
-            Canonicalize(),
-            DetectGatedMLP(),
-            # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
-            SparsifyThreshold(sparsity=sparsity, method=method, calibration=tuple(calibration or ())),
-        ]
-    raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+@dataclass(frozen=True)
+class PipelineOptions:
+    """What a mode's pipeline may depend on. Passes that decide by cost (sparse vs dense, predictor rank, the
+    hot/cold split) take `target` — pure data: its memory levels and bandwidths — never codegen."""
+
+    target_spec: Target | str | None = None   # a Target or a registry name; None: the host (x86)
+    calibration: tuple = ()
+    sparsity: float | None = None
+    method: str = "cats"
+
+    @property
+    def target(self) -> Target:
+        """The Target (resolved when a pass asks: resolving the host's target loads TVM's LLVM)."""
+        return targets.get(self.target_spec if self.target_spec is not None else "x86")
+
+
+def _dense(o: PipelineOptions) -> list[Pass]:
+    return [
+        Canonicalize(),      # fold decomposed activations / transposed projections into canonical ops
+        DetectGatedMLP(),    # find gated MLPs by dataflow -> gated_mlp (kept dense, but reported)
+    ]
+
+
+def _exact(o: PipelineOptions, on_unsupported: str = "error") -> list[Pass]:
+    # exact: a non-ReLU block is an error naming it; auto: it stays dense and the report says why
+    return [*_dense(o), SparsifyExact(on_unsupported=on_unsupported)]
+
+
+def _threshold(o: PipelineOptions) -> list[Pass]:
+    if o.sparsity is None:
+        raise ValueError("mode 'threshold' needs a target sparsity, e.g. sparsity=0.5")
+    # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
+    return [*_dense(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration)]
+
+
+# mode -> its passes, top to bottom. A sparse variant that is a mode of its own (ir/sparse_variants.py) adds a line
+PIPELINES: dict[str, Callable[[PipelineOptions], list[Pass]]] = {
+    "dense": _dense,
+    "exact": _exact,
+    "auto": lambda o: _exact(o, on_unsupported="keep-dense"),   # exact where lossless, dense elsewhere
+    "threshold": _threshold,
+}
+MODES = tuple(PIPELINES)
+LOSSY_MODES = tuple(m for m in MODES if m in VARIANTS and VARIANTS[m].lossy)
+
+
+def pipeline_for(mode: str, target: Target | str | None = None, calibration=None, sparsity: float | None = None,
+                 method: str = "cats") -> list[Pass]:
+    """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target)."""
+    if mode not in PIPELINES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    if target is not None and not isinstance(target, Target):
+        target = targets.get(target)  # an unknown name fails here, listing the valid ones
+    options = PipelineOptions(target, tuple(calibration or ()), sparsity, method)
+    return PIPELINES[mode](options)
 
 
 @dataclass

@@ -71,7 +71,7 @@ class SparsifyExact(Pass):
                 "actsparse.relufy(model) then a recovery fine-tune (actsparse.recipes), mode='threshold' with "
                 "calibration data, or mode='auto' to keep it dense.")
         record("kept-dense")
-        note({"location": node.loc, "pattern": pattern, "mode": "dense",
+        note({"kind": "kept-dense", "location": node.loc, "pattern": pattern, "mode": "dense",
               "reason": f"{pattern} is not exactly sparse (act={node.attrs['gate_act']}); "
                         "exact mode needs ReLU-family"})
         return None

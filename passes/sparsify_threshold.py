@@ -6,8 +6,9 @@ down transposed, fused gate_up split, biases folded in homogeneous coordinates)
 
     gated_mlp(x, @Wg, @Wu, @Wd) -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t){mode='threshold', threshold=t, criterion=c}
 
-whose semantics (`ir/threshold.py`) zero a neuron for a token when |act(g)| <= t (criterion 'gate', CATS) or
-|act(g)·up| <= t (criterion 'product'). Input-sparsity methods (teal, wina, teal-cats, topk, *-greedy) produce
+whose semantics (the "threshold" entry of `ir/sparse_variants.py`) zero a neuron for a token when
+|act(g)| <= t (criterion 'gate', CATS) or |act(g)·up| <= t (criterion 'product'). Input-sparsity methods
+(teal, wina, teal-cats, topk, *-greedy) produce
 
     gated_mlp(x, @Wg, @Wu, @Wd) -> sparse_gated_mlp(x, @Wg.t, @Wu.t, @Wd.t, @x_thr, @h_thr){mode='input', ...}
 
@@ -35,7 +36,7 @@ import numpy as np
 from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.mlp import pattern_name
-from .base import Pass, note, record
+from .base import Pass, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, threshold_attrs
 from .sparse_layout import to_sparse_layout
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
@@ -95,8 +96,7 @@ class SparsifyThreshold(Pass):
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
             record(pattern)
-            note({"kind": "calibration", "location": node.loc, "method": self.method, **_summary(c)})
-            return _threshold_block(node, c, graph, new_weights)
+            return _threshold_block(node, c, {"method": self.method, **_summary(c)}, graph, new_weights)
 
         return rewrite(graph, visit, new_weights)
 
@@ -120,23 +120,22 @@ class SparsifyThreshold(Pass):
 
 
 def _summary(c: NeuronThreshold | InputThresholds) -> dict:
-    """What the report shows of a calibration: the method's own sparsity, the effective one, the thresholds."""
+    """What the node carries of its calibration for the report (the method's own and the effective sparsity)."""
     if isinstance(c, NeuronThreshold):
-        return {"threshold": c.threshold, "criterion": c.criterion, "calibrated_sparsity": c.sparsity,
-                "effective_sparsity": c.effective, "tokens": c.tokens}
-    return {"threshold": float(np.median(c.h_thr)), "input_threshold": float(np.median(c.x_thr)),
-            "criterion": c.criterion, "calibrated_sparsity": c.h_sparsity, "input_sparsity": c.x_sparsity,
-            "effective_sparsity": c.effective, "tokens": c.tokens}
+        nan = c.sparsity != c.sparsity   # explicit thresholds: nothing calibrated
+        return {} if nan else {"calibrated_sparsity": c.sparsity, "effective_calibrated": c.effective}
+    return {"calibrated_sparsity": c.h_sparsity, "input_sparsity": c.x_sparsity, "effective_calibrated": c.effective}
 
 
-def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds, graph: Graph, new_weights: dict) -> Node:
+def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds, provenance: dict, graph: Graph,
+                     new_weights: dict) -> Node:
     pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
     if isinstance(c, NeuronThreshold):
-        attrs = {"pattern": pattern, **threshold_attrs(node.attrs, c.threshold, c.criterion)}
+        attrs = {"pattern": pattern, **threshold_attrs(node.attrs, c.threshold, c.criterion), **provenance}
         return to_sparse_layout(node, attrs, graph, new_weights)
     # input mode: the kernel layout (down transposed, fused split) with gate/up transposed once more
     attrs = {"pattern": pattern, "gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"],
-             "mode": "input", **c.attrs}
+             "mode": "input", "threshold": float(np.median(c.h_thr)), **c.attrs, **provenance}
     base = to_sparse_layout(node, attrs, graph, new_weights)
     x, w_gate, w_up, w_down_t = base.inputs
     arrays = {**graph.weights, **new_weights}

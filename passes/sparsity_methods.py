@@ -1,7 +1,7 @@
 """Training-free sparsity methods as data, their per-block calibration, and TEAL's greedy budget allocation.
 
 Each method is one `Method` entry: which op mode it produces (threshold: per-neuron, input: per input channel of
-every projection, see ir/threshold.py and ir/input_sparse.py), what it scores, and how the sparsity is spread:
+every projection; see their entries in ir/sparse_variants.py), what it scores, and how the sparsity is spread:
 
     cats         threshold  |act(g)| <= t skips up/down rows (CATS)             bytes skipped: 2/3·s
     product      threshold  |act(g)·u| <= t skips down rows (top-k% of h)       bytes skipped: 1/3·s
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ActsparseError
+from ..ir.activations import apply
 from ..ir.input_sparse import input_sparse_parts
-from ..ir.mlp import apply_gate_act, apply_up_act
 
 
 class CalibrationError(ActsparseError):
@@ -145,7 +145,7 @@ def input_thresholds(bw: BlockWeights, rows: np.ndarray, m: Method, sx: float, s
     keep_x, _, h = input_sparse_parts(rows, bw.w_gate.T, bw.w_up.T, x_thr, np.zeros(bw.w_down.shape[1], np.float32),
                                       probe)
     xs = np.where(keep_x, rows, 0)
-    score = apply_gate_act(xs @ bw.w_gate.T, bw.gate_act) if m.criterion == "gate" else h
+    score = apply(bw.gate_act, xs @ bw.w_gate.T) if m.criterion == "gate" else h
     if not np.isfinite(score).all():
         raise CalibrationError("activations overflow (NaN/inf) in calibration; the model's weights or inputs are "
                                "out of float32 range: check the model, or calibrate on in-range text")
@@ -158,7 +158,7 @@ def input_thresholds(bw: BlockWeights, rows: np.ndarray, m: Method, sx: float, s
 
 
 def _dense_out(bw: BlockWeights, rows: np.ndarray) -> np.ndarray:
-    h = apply_gate_act(rows @ bw.w_gate.T, bw.gate_act) * apply_up_act(rows @ bw.w_up.T, bw.up_act)
+    h = apply(bw.gate_act, rows @ bw.w_gate.T) * apply(bw.up_act, rows @ bw.w_up.T)
     return h @ bw.w_down.T
 
 
@@ -268,8 +268,8 @@ class NeuronThreshold:
 
 def neuron_threshold(bw: BlockWeights, rows: np.ndarray, m: Method, sparsity: float) -> NeuronThreshold:
     """Threshold-mode calibration of one block: the `sparsity` quantile of |act(g)| (gate) or |h| (product)."""
-    a = apply_gate_act(rows @ bw.w_gate.T, bw.gate_act)
-    score = np.abs(a if m.criterion == "gate" else a * apply_up_act(rows @ bw.w_up.T, bw.up_act))
+    a = apply(bw.gate_act, rows @ bw.w_gate.T)
+    score = np.abs(a if m.criterion == "gate" else a * apply(bw.up_act, rows @ bw.w_up.T))
     if not np.isfinite(score).all():
         raise CalibrationError("activations overflow (NaN/inf) in calibration; the model's weights or inputs are "
                                "out of float32 range: check the model, or calibrate on in-range text")

@@ -1,8 +1,10 @@
 """A compiled model: the TVM executable, the weights beside it, the final IR and the report.
 
-`save(dir)` writes a self-contained artifact — manifest.json, weights.safetensors, the compiled library and
-the IR text — into a temporary sibling directory and renames it into place, so a failed save leaves nothing
-half-written. `load(dir)` checks every file against the hashes in the manifest before using it.
+`save(dir)` writes a self-contained artifact (manifest.json, weights.safetensors, the compiled library, the IR
+text) atomically, and `load(dir)` verifies every file before anything in it is used (`artifact.py`); the library
+is checked as an ELF file for this machine (`elf.py`) before it is opened. A call checks its inputs against what
+the graph can take (`ir/limits.py`): shapes, dtypes, token ids within the vocabulary, the sequence within the
+model's positions — an out-of-range id would otherwise read outside the embedding table.
 
 A module built for a target that cannot run on this machine (arm on x86, cuda without a GPU) is complete
 but not callable here: calling it raises a TargetError saying where it runs; `save()` still writes the
@@ -12,8 +14,6 @@ compiler is not installed, its object files (model.tar) to link on the target ma
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -22,24 +22,35 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError, TargetError
+from ..errors import ArtifactError, InputError, TargetError
 from ..ir import Graph, TensorType
 from ..ir.interpreter import bind_symbols
+from ..ir.limits import input_limits
 from ..ir.types import np_dtype
+from .artifact import MANIFEST, SIGNATURE, manifest_error, read_artifact, safe_name, write_artifact
 from .memory import host_tensor
 from .report import Report
 
-FORMAT = "actsparse-artifact/1"
+KIND = "module"
+KINDS = ("module", "decoder")  # artifact kinds holding a compiled module (a decoder adds its own files)
 LIB = "model.so"
 LIB_OBJECTS = "model.tar"  # the library's object files, when no linker for the target is installed here
 WEIGHTS = "weights.safetensors"
 IR = "graph.ir"
 
 
+PLACES = ("device", "host")  # where a weight lives: the target's main memory, or the host's (CPU) memory
+
+
 class CompiledModule:
+    """`placement` maps weight names to where each one lives ("device": the target's memory, the default; "host":
+    the host's memory, e.g. the cold neurons of a hot/cold split on a GPU). On a CPU target both are host memory."""
+
     def __init__(self, executable, weights: dict[str, np.ndarray], weight_order: list[str], graph: Graph | None,
                  inputs: list[tuple[str, TensorType]], n_outputs: int, report: Report, target_info: dict,
-                 ir_text: str = "", library: Path | None = None):
+                 ir_text: str = "", library: tuple[str, bytes] | None = None, manifest_sha256: str | None = None,
+                 artifact_files: dict[str, bytes] | None = None, artifact_kind: str = KIND,
+                 placement: dict[str, str] | None = None):
         self.executable = executable
         self.weight_order = weight_order
         self.graph = graph
@@ -48,15 +59,29 @@ class CompiledModule:
         self.report = report
         self.target_info = target_info
         self.ir_text = ir_text or (str(graph) if graph is not None else "")
+        self.limits = input_limits(graph) if graph is not None else None
+        self.manifest_sha256 = manifest_sha256  # of the artifact it was loaded from: pin it with load(expect_sha256=)
+        self.artifact_files = dict(artifact_files or {})  # verified files beside the module's own (a decoder's)
+        self.artifact_kind = artifact_kind
         self._weights = weights
-        self._library = library  # the saved library of a loaded artifact that cannot run here
+        self._library = library  # (name, bytes) of a loaded artifact's library: saved again unchanged
+        self.placement = dict(placement or {})
+        unknown = {p for p in self.placement.values() if p not in PLACES} | (set(self.placement) - set(weight_order))
+        if unknown:
+            raise ValueError(f"placement: unknown weights or places {sorted(map(str, unknown))}; places: {PLACES}, "
+                             f"weights: the module's ({len(weight_order)})")
         self._vm = None
         if self.runnable:
             from tvm import relax
 
             self._device = _device_for(target_info)
             self._vm = relax.VirtualMachine(executable, self._device)
-            self._weight_tensors = [self._weight_tensor(weights[n]) for n in weight_order]
+            self._weight_tensors = [self._weight_tensor(weights[n], self.placement.get(n, "device"))
+                                    for n in weight_order]
+
+    @property
+    def weights(self) -> dict[str, np.ndarray]:
+        return self._weights
 
     @property
     def runnable(self) -> bool:
@@ -68,8 +93,8 @@ class CompiledModule:
 
         return tvm.runtime.tensor(array, device=self._device)
 
-    def _weight_tensor(self, array: np.ndarray):
-        if self._device.dlpack_device_type() == 1:  # CPU: zero-copy, huge-page friendly (see memory.py)
+    def _weight_tensor(self, array: np.ndarray, place: str = "device"):
+        if place == "host" or self._device.dlpack_device_type() == 1:  # CPU: zero-copy, huge pages (memory.py)
             return host_tensor(array)
         return self._to_device(np.ascontiguousarray(array))
 
@@ -79,7 +104,11 @@ class CompiledModule:
             raise TargetError(f"built for {info.get('name', info.get('tvm', {}).get('kind', '?'))}; "
                               f"{info.get('run_hint') or 'run it on a machine of that kind'}")
         is_torch = bool(inputs) and type(inputs[0]).__module__.startswith("torch")
-        arrays = [np.asarray(i.detach().cpu().numpy() if is_torch else i) for i in inputs]
+        try:
+            arrays = [np.asarray(i.detach().cpu().numpy() if type(i).__module__.startswith("torch") else i)
+                      for i in inputs]
+        except (ValueError, TypeError) as err:
+            raise InputError(f"inputs are not arrays ({err})") from None
         self._check_inputs(arrays)
         args = [self._to_device(np.ascontiguousarray(a.astype(np_dtype(t.dtype), copy=False)))
                 for a, (_, t) in zip(arrays, self.inputs)]
@@ -93,50 +122,73 @@ class CompiledModule:
         return outs[0] if self.n_outputs == 1 else tuple(outs)
 
     def _check_inputs(self, arrays: Sequence[np.ndarray]) -> None:
+        """Shapes, dtypes and value ranges the compiled code can take; anything else is an InputError."""
         from ..ir import Node
 
+        expected = ", ".join(f"{n}: {t}" for n, t in self.inputs)
         fake = Graph([Node("input", (), {"name": n}, t) for n, t in self.inputs], [])
         try:
-            bind_symbols(fake, arrays)
+            env = bind_symbols(fake, arrays)
         except ValueError as err:
-            raise ValueError(f"{err} (the module was compiled for inputs "
-                             f"{', '.join(f'{n}: {t}' for n, t in self.inputs)})") from None
+            raise InputError(f"{err} (the module was compiled for inputs {expected})") from None
+        for array, (name, ttype) in zip(arrays, self.inputs):
+            _check_dtype(name, array, ttype)
+        limits = self.limits
+        if limits is None:
+            return
+        for dim, size in env.items():
+            bound = limits.dim_bounds.get(dim)
+            if bound is not None and size > bound:
+                raise InputError(f"{dim} = {size} exceeds the {bound} positions the model has; give at most "
+                                 f"{bound} (for longer text, decode with a sliding window)")
+        for array, (name, _) in zip(arrays, self.inputs):
+            bound = limits.index_bounds.get(name)
+            if bound is not None and array.size and (array.min() < 0 or array.max() >= bound):
+                bad = array.min() if array.min() < 0 else array.max()
+                raise InputError(f"input {name} holds id {bad}, outside the vocabulary of {bound} tokens "
+                                 f"(valid: 0 .. {bound - 1})")
 
     # -- artifacts ------------------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, signing_key=None, extra_files: dict[str, bytes] | None = None,
+             kind: str | None = None) -> Path:
+        """Write the artifact to `path`: a new path, an empty directory, or an actsparse artifact it replaces (never
+        anything else). `signing_key`: an ed25519 private key (PEM file path, bytes or key object) to sign with.
+        `extra_files` (relative name -> bytes; default: those of the artifact this module was loaded from) go
+        beside the module's files, listed and hashed like them; `kind` names the artifact's kind."""
+        extra = self.artifact_files if extra_files is None else extra_files
+        kind = kind or self.artifact_kind
+        if kind not in KINDS:
+            raise ArtifactError(f"unknown artifact kind {kind!r}; valid: {', '.join(KINDS)}")
+        return write_artifact(path, kind, lambda staging: self._write_files(staging, extra), signing_key)
+
+    def _write_files(self, staging: Path, extra: dict[str, bytes]) -> dict:
+        """Write the module's files and `extra` into `staging`; returns the manifest fields (the files are listed by
+        write_artifact)."""
         from safetensors.numpy import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            library = self._save_library(staging)
-            save_file({n: np.ascontiguousarray(self._weights[n]) for n in self.weight_order}, str(staging / WEIGHTS))
-            (staging / IR).write_text(self.ir_text)
-            manifest = {
-                "format": FORMAT,
-                "inputs": [{"name": n, "type": str(t)} for n, t in self.inputs],
-                "n_outputs": self.n_outputs,
-                "library": library,
-                "weight_order": self.weight_order,
-                "target": self.target_info,
-                "report": self.report.to_dict(),
-                "sha256": {f: _sha256(staging / f) for f in (library, WEIGHTS, IR)},
-            }
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            if path.exists():
-                shutil.rmtree(path)
-            staging.rename(path)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return path
+        for name, data in extra.items():
+            if not safe_name(name) or name in (LIB, LIB_OBJECTS, WEIGHTS, IR, MANIFEST, SIGNATURE):
+                raise ArtifactError(f"extra file name {name!r} is not a plain relative path of its own")
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
+        library = self._save_library(staging)
+        save_file({n: np.ascontiguousarray(self._weights[n]) for n in self.weight_order}, str(staging / WEIGHTS))
+        (staging / IR).write_text(self.ir_text)
+        return {
+            "inputs": [{"name": n, "type": str(t)} for n, t in self.inputs],
+            "n_outputs": self.n_outputs,
+            "library": library,
+            "weight_order": self.weight_order,
+            "placement": self.placement,
+            "target": {k: v for k, v in self.target_info.items() if k != "runs_here"},
+            "report": self.report.to_dict(),
+        }
 
     def _save_library(self, staging: Path) -> str:
         """Write the compiled library into `staging`; returns its file name."""
-        if self.executable is None:  # loaded from an artifact that does not run here: keep its library
-            shutil.copyfile(self._library, staging / self._library.name)
-            return self._library.name
+        if self._library is not None:  # loaded from an artifact: its verified library, unchanged
+            (staging / self._library[0]).write_bytes(self._library[1])
+            return self._library[0]
         cc = self.target_info.get("cross_compiler")
         if cc is None:
             self.executable.export_library(str(staging / LIB))
@@ -150,59 +202,131 @@ class CompiledModule:
         return LIB_OBJECTS
 
 
-def load(path: str | os.PathLike) -> CompiledModule:
-    """Load an artifact written by `CompiledModule.save`; runs without the source model or its code."""
-    import tvm
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=None) -> CompiledModule:
+    """Load an artifact written by `CompiledModule.save`; runs without the source model or its code.
 
-    path = Path(path)
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{path} is not an actsparse artifact (no manifest.json); build one with "
-                            "`actsparse build` or CompiledModule.save()")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{manifest_path} is corrupted ({err}); rebuild the artifact") from None
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}; rebuild the artifact")
-    for name, digest in manifest["sha256"].items():
-        file = path / name
-        if not file.is_file():
-            raise ArtifactError(f"{path}: {name} is missing; rebuild the artifact")
-        if _sha256(file) != digest:
-            raise ArtifactError(f"{path}: {name} does not match its checksum (corrupted or edited); rebuild it")
-    try:
-        weights = load_file(str(path / WEIGHTS))
-    except SafetensorError as err:
-        raise ArtifactError(f"{path}: cannot read {WEIGHTS}: {err}") from None
+    Every file is verified before use (see artifact.py). `expect_sha256`: the manifest digest the artifact must
+    have (`cm.manifest_sha256` after a load, printed by `actsparse build`); `public_key`: an ed25519 public key
+    (PEM path, bytes or key object) whose signature the artifact must carry."""
     from ..targets import runs_here
 
-    target_info = {**manifest["target"], "runs_here": runs_here(manifest["target"])}
-    library = path / manifest.get("library", LIB)
-    executable = None
-    if target_info["runs_here"]:
-        from tvm import relax
+    artifact = read_artifact(path, KINDS, expect_sha256, public_key)
+    manifest, files = artifact.manifest, artifact.files
+    try:
+        library = manifest["library"]
+        roles = {"library": library, "weights": WEIGHTS, "IR": IR}
+        for role, name in roles.items():
+            if name not in files:
+                raise ArtifactError(f"the {role} file {str(name)[:80]!r} is not among the artifact's files")
+        inputs = [(i["name"], TensorType.parse(i["type"])) for i in manifest["inputs"]]
+        weight_order, n_outputs = [str(n) for n in manifest["weight_order"]], manifest["n_outputs"]
+        if type(n_outputs) is not int or n_outputs < 1:
+            raise ArtifactError(f"n_outputs must be a positive integer, got {n_outputs!r}")
+        report = Report.from_dict(manifest["report"])
+        target = dict(manifest["target"])
+        target_info = {**target, "runs_here": runs_here(target)}
+        placement = manifest.get("placement") or {}
+        if not isinstance(placement, dict) or not set(placement.values()) <= set(PLACES) \
+                or not set(placement) <= set(weight_order):
+            raise ArtifactError(f"placement must map the module's weights to one of {PLACES}")
+    except (KeyError, TypeError, ValueError, AttributeError, ArtifactError) as err:
+        raise manifest_error(artifact.path, err) from None
+    weights = _weights(artifact.path, files[WEIGHTS])
+    graph = _graph(artifact.path, files[IR], weights, inputs, weight_order)
+    executable = _open_library(library, files[library]) if target_info["runs_here"] else None
+    extra = {name: data for name, data in files.items() if name not in (library, WEIGHTS, IR)}
+    return CompiledModule(executable, weights, weight_order, graph, inputs, n_outputs, report, target_info,
+                          graph_text(files[IR]), library=(library, files[library]),
+                          manifest_sha256=artifact.manifest_sha256, artifact_files=extra,
+                          artifact_kind=manifest.get("kind", KIND), placement=placement)
 
-        executable = tvm.runtime.load_module(str(library))
-        if not isinstance(executable, relax.VMExecutable):
-            executable = relax.VMExecutable(executable)
-    return CompiledModule(
-        executable, weights, manifest["weight_order"], None,
-        [(i["name"], TensorType.parse(i["type"])) for i in manifest["inputs"]], manifest["n_outputs"],
-        Report.from_dict(manifest["report"]), target_info, (path / IR).read_text(), library=library)
+
+def read_report(path: str | os.PathLike) -> tuple[Report, str]:
+    """The report of an artifact of any kind, verified like a load but without opening its library; and the
+    manifest's sha256."""
+    artifact = read_artifact(path)
+    try:
+        report = Report.from_dict(artifact.manifest["report"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise manifest_error(artifact.path, err) from None
+    return report, artifact.manifest_sha256
+
+
+def graph_text(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ArtifactError(f"{IR} is not UTF-8 text ({err}); rebuild the artifact") from None
+
+
+def _weights(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        return load(data)
+    except (SafetensorError, ValueError, TypeError, OverflowError, MemoryError) as err:
+        raise ArtifactError(f"{path}: cannot read {WEIGHTS}: {str(err)[:200]}; rebuild the artifact") from None
+
+
+def _graph(path: Path, data: bytes, weights: dict[str, np.ndarray], inputs, weight_order) -> Graph:
+    """The IR text, parsed and verified, agreeing with the manifest's inputs and holding the weights it declares
+    (shape and dtype): the library reads the weights with the IR's shapes."""
+    from ..ir import ParseError, VerifyError, parse_graph, verify
+
+    try:
+        graph = parse_graph(graph_text(data), weights)
+    except ParseError as err:
+        raise ArtifactError(f"{path}: {IR} is malformed ({str(err)[:200]}); rebuild the artifact") from None
+    if [(n.attrs["name"], n.type) for n in graph.inputs] != list(inputs):
+        raise ArtifactError(f"{path}: the manifest's inputs do not match {IR}'s; rebuild the artifact")
+    declared = {n.attrs["name"]: n.type for n in graph.nodes if n.op == "weight"}
+    if sorted(declared) != sorted(weight_order) or sorted(weights) != sorted(weight_order):
+        raise ArtifactError(f"{path}: {WEIGHTS}, {IR} and the manifest's weight_order name different weights; "
+                            "rebuild the artifact")
+    for name, ttype in declared.items():
+        array = weights[name]
+        if array.shape != tuple(ttype.shape) or array.dtype != np_dtype(ttype.dtype):
+            raise ArtifactError(f"{path}: weight {name} is {array.dtype}{list(array.shape)} but {IR} declares "
+                                f"{ttype}; rebuild the artifact")
+    try:
+        return verify(graph)
+    except VerifyError as err:
+        raise ArtifactError(f"{path}: {IR} is malformed ({str(err)[:200]}); rebuild the artifact") from None
+
+
+def _open_library(name: str, data: bytes):
+    """dlopen the verified bytes (from a private copy, so the file checked is the file opened)."""
+    import tvm
+    from tvm import relax
+
+    from .elf import check_shared_library
+
+    if not name.endswith(".so"):
+        raise ArtifactError(f"library {name} is not a shared object (.so); rebuild the artifact for this machine")
+    check_shared_library(data, name)
+    folder = tempfile.mkdtemp(prefix="actsparse-lib-")
+    try:
+        copy = Path(folder) / "model.so"
+        copy.write_bytes(data)
+        executable = tvm.runtime.load_module(str(copy))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return executable if isinstance(executable, relax.VMExecutable) else relax.VMExecutable(executable)
+
+
+def _check_dtype(name: str, array: np.ndarray, ttype: TensorType) -> None:
+    kind = np.dtype(np_dtype(ttype.dtype)).kind
+    if array.dtype.kind not in {"f": "fiub", "i": "iub", "u": "iub", "b": "b"}.get(kind, "fiub"):
+        raise InputError(f"input {name} expects {ttype.dtype} values, got {array.dtype}"
+                         + (" (token ids are integers)" if kind in "iu" else ""))
+    if kind in "iu" and array.size and array.dtype.kind in "iu":
+        info = np.iinfo(np_dtype(ttype.dtype))
+        if array.min() < info.min or array.max() > info.max:
+            raise InputError(f"input {name} holds values outside {ttype.dtype}'s range")
 
 
 def _device_for(target_info: dict):
     import tvm
 
     return tvm.cuda(0) if target_info.get("tvm", {}).get("kind") == "cuda" else tvm.cpu(0)
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

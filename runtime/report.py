@@ -1,17 +1,21 @@
 """The compile report: one row per MLP block found — where it is, its pattern, the mode it runs in, its width,
-the sparsity measured on the example inputs — plus the blocks left dense and why."""
+the sparsity measured on the example inputs — plus the blocks left dense and why.
+
+Every field of a block's row comes from its node: location, pattern (the node's own `pattern` attribute),
+mode (its variant), expert, and the fields its variant's entry declares (`report` in ir/sparse_variants.py:
+threshold, method, calibrated sparsity ...). Nothing is matched up by location strings."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from ..ir import Graph, evaluate
-from ..ir.input_sparse import input_sparse_parts
+from ..ir import Graph, Node, evaluate
+from ..ir.activations import exactly_sparse
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.threshold import sparse_intermediate
+from ..ir.sparse_variants import dense_intermediate, sizes, split_inputs, variant_of
 
 
 @dataclass
@@ -29,10 +33,24 @@ class BlockReport:
     threshold: float | None = None
     method: str | None = None
     # fraction of the block's MLP weight bytes a token does not read (what turns into speed), measured on the
-    # example inputs; `effective_calibrated` as calibration estimated it. Input mode: x's own sparsity too.
+    # example inputs; `effective_calibrated` as calibration estimated it; input mode: x's own sparsity too
     effective_sparsity: float | None = None
     effective_calibrated: float | None = None
     input_sparsity: float | None = None
+
+
+_FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "None": (type(None),)}
+
+
+def _check_field_types(obj) -> None:
+    """The dataclass's scalar fields hold what their annotations say (bool is not a number here)."""
+    for f in fields(obj):
+        allowed = [_FIELD_TYPES.get(t.strip()) for t in str(f.type).split("|")]
+        if None in allowed:  # not a scalar annotation (blocks, pass_stats): checked by the caller
+            continue
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, tuple(t for ts in allowed for t in ts)):
+            raise ValueError(f"report field {f.name} should be {f.type}, got {type(value).__name__}")
 
 
 @dataclass
@@ -50,8 +68,18 @@ class Report:
 
     @staticmethod
     def from_dict(data: dict) -> Report:
-        return Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
-                      data.get("output_rel_error"))
+        """The inverse of `to_dict`; data of the wrong shape or type (a manifest read from disk) is a ValueError."""
+        if not isinstance(data, dict) or not isinstance(data.get("blocks"), list):
+            raise ValueError("a report is a dict with a list of blocks")
+        report = Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
+                        data.get("output_rel_error"))
+        for obj in (report, *report.blocks):
+            _check_field_types(obj)
+        stats = report.pass_stats
+        if not isinstance(stats, dict) or not all(isinstance(v, dict) and all(type(c) is int for c in v.values())
+                                                  for v in stats.values()):
+            raise ValueError("report pass_stats must map pass names to {pattern: count}")
+        return report
 
     @property
     def effective_sparsity(self) -> float | None:
@@ -72,13 +100,14 @@ class Report:
         lossy = any(b.calibrated_sparsity is not None for b in self.blocks)
         caption = None if self.output_rel_error is None else (
             f"outputs vs dense: relative error {self.output_rel_error:.2e} (on the example inputs)")
-        if self.effective_sparsity is not None:
+        if lossy and self.effective_sparsity is not None:
             caption = (caption or "") + (f"; model: {self.effective_sparsity:.1%} of MLP weight bytes not read per "
                                          "token (effective sparsity)")
         table = Table(title=f"actsparse report — target {self.target}, mode {self.mode}", caption=caption)
         numeric = ("n_ff", "sparsity", "calibrated", "threshold", "x sparsity", "effective")
         lossy_columns = ("calibrated", "threshold", "x sparsity", "effective")
-        columns = ("location", "pattern", "mode", "n_ff", "sparsity", *(lossy_columns if lossy else ()), "note")
+        columns = ("location", "pattern", "mode", "n_ff", "sparsity", *(lossy_columns if lossy else ()),
+                   "note")
         for col in columns:
             table.add_column(col, justify="right" if col in numeric else "left")
         for b in self.blocks:
@@ -125,37 +154,54 @@ def _percent(value: float | None) -> str:
 MLP_OPS = ("gated_mlp", "sparse_gated_mlp")
 
 
-def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray]) -> list[BlockReport]:
-    """Run the reference interpreter once, keeping each MLP's input, and measure its intermediate sparsity."""
+def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str = "dense") -> list[BlockReport]:
+    """One row per gated MLP node, every field from the node (its variant's `report` fields included), and the
+    intermediate sparsity measured by running the reference interpreter once on the example inputs."""
     blocks = [n for n in graph.nodes if n.op in MLP_OPS]
     values = evaluate(graph, example_inputs, keep=[b.inputs[0] for b in blocks]) if blocks else []
     xs = values[len(graph.outputs):]
-    reports = []
-    for block, x in zip(blocks, xs):
-        arrays = [x, *(graph.weights[w.attrs["name"]] for w in block.inputs[1:])]
-        attrs = {"threshold": 0.0, "fused": False, **block.attrs}
-        mode = block.attrs.get("mode", "dense")
+    return [_block_row(block, x, graph, mode) for block, x in zip(blocks, xs)]
+
+
+def _block_row(block: Node, x: np.ndarray, graph: Graph, mode: str) -> BlockReport:
+    arrays = [x, *(graph.weights[w.attrs["name"]] if w.op == "weight" else None for w in block.inputs[1:])]
+    attrs = {"threshold": 0.0, "fused": False, **block.attrs}
+    x2d = x.reshape(-1, x.shape[-1])
+    expert = attrs.get("expert", -1)
+    fields: dict = {"expert": expert if expert >= 0 else None}
+    if block.op == "sparse_gated_mlp":
+        (_, w_gate, w_up, _), extras = split_inputs(arrays, attrs)
+        variant = variant_of(attrs)
+        h = variant.intermediate(x2d, w_gate, w_up, extras, attrs)
+        row_mode, pattern = variant.name, attrs["pattern"]
+        fields.update(variant.report(attrs))
+        fields.update(variant.measure(x2d, w_gate, w_up, extras, attrs, h))
+        n_ff = sizes(attrs, w_gate.shape)[0]
+    else:
+        _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
+        h = dense_intermediate(x2d, w_gate, w_up, attrs, b_gate, b_up)
+        row_mode, n_ff = "dense", w_gate.shape[0]
         pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
-        expert = attrs.get("expert", -1)
-        rows = x.reshape(-1, x.shape[-1]).astype(np.float32)
-        if mode == "input":
-            keep_x, keep_h, _ = input_sparse_parts(rows, *arrays[1:3], *arrays[4:6], attrs)
-            sx, sh = float(1 - keep_x.mean()), float(1 - keep_h.mean())
-            report = BlockReport(block.loc, pattern, mode, arrays[1].shape[1], sh, input_sparsity=sx,
-                                 effective_sparsity=(2 * sx + sh) / 3)   # gate + up behind x, down behind h
-        else:
-            if block.op == "sparse_gated_mlp":
-                w_gate, w_up, b_gate, b_up = arrays[1], arrays[2], None, None
-            else:
-                _, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
-            s = float(np.mean(sparse_intermediate(rows, w_gate, w_up, attrs, b_gate, b_up) == 0))
-            # exact / gate criterion: up and down rows of the inactive neurons; product: down rows only
-            skipped = {"threshold": 1 / 3 if attrs.get("criterion") == "product" else 2 / 3, "exact": 2 / 3}
-            report = BlockReport(block.loc, pattern, mode, w_gate.shape[0], s,
-                                 effective_sparsity=s * skipped.get(mode, 0.0))
-        report.expert = expert if expert >= 0 else None
-        reports.append(report)
-    return reports
+        if mode != "dense" and not exactly_sparse(attrs["gate_act"]):
+            fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
+                                f"(act={attrs['gate_act']}); exact mode needs ReLU-family")
+    return BlockReport(block.loc, pattern, row_mode, n_ff, float(np.mean(h == 0)), **fields)
+
+
+def finding_rows(notes: Sequence[dict]) -> list[BlockReport]:
+    """Rows for what the passes found but left as ordinary ops (notes with kind 'row', e.g. plain MLPs)."""
+    return [BlockReport(n["location"], n["pattern"], n["mode"], n.get("n_ff", 0), None, n["reason"])
+            for n in notes if n.get("kind") == "row"]
+
+
+def build_report(target: str, mode: str, graph: Graph, dense_graph: Graph | None, example_inputs, pass_stats: dict,
+                 notes: Sequence[dict] = ()) -> Report:
+    """The compile report: a row per gated MLP node, rows for the passes' findings, and for lossy modes
+    (`dense_graph` given) the outputs' relative error vs the dense graph."""
+    report = Report(target, mode, measure_blocks(graph, example_inputs, mode) + finding_rows(notes), pass_stats)
+    if dense_graph is not None:
+        report.output_rel_error = output_rel_error(dense_graph, graph, example_inputs)
+    return report
 
 
 def output_rel_error(dense: Graph, graph: Graph, example_inputs: Sequence[np.ndarray]) -> float:

@@ -2,7 +2,8 @@
 # Install the aarch64 cross toolchain and user-mode emulator the ARM tests use:
 #   aarch64-linux-gnu-gcc (links the kernels built for target="arm") and qemu-aarch64 (runs them).
 # Idempotent: does nothing when both are on PATH. Exits non-zero (with the reason on stderr) when they are
-# missing and cannot be installed (no apt-get, no root and no sudo, no network); the ARM tests then skip.
+# missing and cannot be installed (no apt-get, no root and no sudo, no network): a CI step that fails loudly
+# (.ci/run). Tests never run it; without the tools they skip (and fail under CI=true, tests/conftest.py).
 set -euo pipefail
 
 if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && command -v qemu-aarch64 >/dev/null 2>&1; then

@@ -1,4 +1,5 @@
-"""Targets as data, one file each. `get()` accepts a name, a Target, or a TVM target dict."""
+"""Targets as data, one file each. `get()` accepts a name, a Target, or a TVM target dict; `profile()` measures the
+host's memory hierarchy."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 
 from ..errors import TargetError
 from .base import Target
+from .memory import MemoryLevel
 
 
 def _x86() -> Target:
@@ -45,6 +47,16 @@ def get(spec: str | Target | dict) -> Target:
     return REGISTRY[spec]()
 
 
+def profile(seconds_per_level: float = 0.4) -> Target:
+    """The host's CPU target with its memory levels measured here and now (sizes from /sys, each level's read
+    bandwidth from a short streaming read; under ~5 s): what cost-deciding passes should read on this machine."""
+    from dataclasses import replace
+
+    from .memory import measure_host_levels
+
+    return replace(get("x86"), memory=measure_host_levels(seconds_per_level))
+
+
 def runs_here(info: dict) -> bool:
     """Whether a module built for the target `info` (a `Target.to_dict()`, e.g. from an artifact's manifest)
     runs on this machine: the registry rebuilds the target from its name with this machine's facts."""
@@ -52,4 +64,4 @@ def runs_here(info: dict) -> bool:
     return get(name).runs_here if name in REGISTRY else bool(info.get("runs_here", True))
 
 
-__all__ = ["Target", "get", "names", "runs_here"]
+__all__ = ["MemoryLevel", "Target", "get", "names", "profile", "runs_here"]

@@ -1,7 +1,7 @@
 """aarch64 with NEON (128-bit vectors, 32 vector registers), cross-compiled from x86.
 
 On an x86 host, modules built for it do not run in this process: their kernels are linked with
-aarch64-linux-gnu-gcc and run under qemu-aarch64 (tests, `runtime/cross.py`); a compiled model saves an
+aarch64-linux-gnu-gcc and run under qemu-aarch64 (tests, `tests/cross.py`); a compiled model saves an
 aarch64 library (`scripts/install-cross.sh` installs both tools).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 
 from .base import Target
+from .memory import MemoryLevel
 
 CROSS_CC = "aarch64-linux-gnu-gcc"
 
@@ -25,8 +26,10 @@ def target(threads: int = 4) -> Target:
         tvm={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "num-cores": threads},
         vector_bits=128,
         threads=threads,
-        cache_bytes=2 << 20,
-        l2_bytes=1 << 20,  # Neoverse N1/N2, Graviton 2/3: 1 MB per core
+        # Neoverse N1/N2 (Graviton 2/3): 64 KB L1d and 1 MB L2 per core, 32 MB shared L3; nominal one-core read
+        # bandwidths of the reference part (`actsparse.targets.profile()` measures a host)
+        memory=(MemoryLevel("L1", 64 << 10, 100e9, "core"), MemoryLevel("L2", 1 << 20, 50e9, "core"),
+                MemoryLevel("L3", 32 << 20, 30e9), MemoryLevel("DRAM", 64 << 30, 20e9)),
         description="aarch64 NEON" + ("" if native else " (cross-compiled)"),
         runs_here=native,
         features=("neon",),

@@ -1,14 +1,17 @@
-"""A target is data: which TVM target to build for, and the facts kernels are scheduled from.
+"""A target is data: which TVM target to build for, and the facts kernels are scheduled from and passes decide by.
 
-Codegen never branches on a target's name; it reads these fields (vector width, threads, caches, warp size)
-and the kernel factories turn them into schedules. Which schedule family a target gets is a table keyed by
-the TVM target kind (`SCHEDULES`), so adding a GPU or CPU target is adding data.
+Codegen never branches on a target's name; it reads these fields (vector width, threads, warp size, memory
+levels) and turns them into kernel schedules (`codegen/schedules.py`, keyed by the TVM target kind). Passes that
+decide by cost read the memory hierarchy (`memory`: levels fastest first, each with size and read bandwidth,
+see `memory.py`). Nothing here imports codegen: adding a GPU or CPU target is adding data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from .memory import MemoryLevel
 
 
 @dataclass(frozen=True)
@@ -17,8 +20,7 @@ class Target:
     tvm: dict[str, Any]            # TVM target dict, e.g. {"kind": "llvm", "mcpu": "znver3"}
     vector_bits: int               # SIMD register width (CPU) / widest load per thread (GPU); fp32 lanes = /32
     threads: int                   # worker threads (CPU) or threads per block (GPU)
-    cache_bytes: int = 0           # last-level cache (CPU) or shared memory per block (GPU)
-    l2_bytes: int = 0              # a core's mid-level cache (CPU): bounds the rows streamed at once
+    memory: tuple[MemoryLevel, ...] = ()   # fastest first: caches, main memory (GPU: shared, L2, VRAM, host)
     description: str = ""
     host: dict[str, Any] | None = None     # host target for device code (CUDA)
     runs_here: bool = True         # can modules built for it run in this process?
@@ -28,6 +30,7 @@ class Target:
     multiprocessors: int = 1       # streaming multiprocessors (GPU): how many blocks run at once
     cross_compiler: str | None = None  # C compiler that links libraries built for it (when not the host's)
     run_hint: str = ""             # where a module built for it can run, when not here
+    shared_memory_bytes: int = 0   # GPU: shared memory one thread block may use (0 on CPUs)
 
     @property
     def lanes(self) -> int:
@@ -44,27 +47,32 @@ class Target:
             return tvm.target.Target(self.tvm, host=self.host)
         return tvm.target.Target(self.tvm)
 
-    def cpu_schedule(self):
-        from ..codegen.kernels.schedule import CpuSchedule
+    def level(self, name: str) -> MemoryLevel | None:
+        """The memory level called `name` ("L2", "DRAM", "VRAM", ...), or None."""
+        return next((lv for lv in self.memory if lv.name == name), None)
 
-        return CpuSchedule(lanes=self.lanes, threads=self.threads, vector_registers=self.vector_registers,
-                           l2_bytes=self.l2_bytes)
+    @property
+    def l2_bytes(self) -> int:
+        """A core's L2 (CPU; 0: unknown): bounds the weight rows a kernel streams at once."""
+        level = self.level("L2")
+        return level.size_bytes if level is not None and level.per == "core" else 0  # a GPU's L2 is device-wide
 
-    def gpu_schedule(self):
-        from ..codegen.kernels.schedule import GpuSchedule
+    @property
+    def llc_bytes(self) -> int:
+        """The last cache level before main memory (CPU: L3 or L2; GPU: L2), 0 if none is declared: what a benchmark
+        must evict to time reads from main memory."""
+        caches = [lv.size_bytes for lv in self.memory if lv.name.startswith("L")]
+        return max(caches, default=0)
 
-        return GpuSchedule(warp=self.warp_size, threads=self.threads, vector_bytes=self.vector_bits // 8,
-                           multiprocessors=self.multiprocessors, shared_bytes=self.cache_bytes)
-
-    def schedule(self):
-        """The kernel schedule for this target: the family comes from `SCHEDULES[kind]`, its numbers from here."""
-        return getattr(self, SCHEDULES[self.kind])()
+    @property
+    def main_memory(self) -> MemoryLevel | None:
+        """Where the weights live: DRAM on a CPU, VRAM on a GPU."""
+        return self.level("VRAM") or self.level("DRAM")
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "tvm": self.tvm, "vector_bits": self.vector_bits, "threads": self.threads,
-                "cache_bytes": self.cache_bytes, "l2_bytes": self.l2_bytes, "description": self.description,
+                "memory": [lv.to_dict() for lv in self.memory], "shared_memory_bytes": self.shared_memory_bytes,
+                "description": self.description,
                 "features": list(self.features),
                 "runs_here": self.runs_here, "run_hint": self.run_hint, "cross_compiler": self.cross_compiler}
 
-
-SCHEDULES = {"llvm": "cpu_schedule", "c": "cpu_schedule", "cuda": "gpu_schedule"}

@@ -9,24 +9,35 @@ from the table below for the requested architecture.
 from __future__ import annotations
 
 from .base import Target
+from .memory import MemoryLevel, ram_bytes
 
-# streaming multiprocessors of the reference part of each architecture (A100, A10/3090-class, L4/4090, H100/H200)
+# streaming multiprocessors of the reference part of each architecture (V100, T4, A100, A10/3090-class, L4/4090,
+# H100/H200)
 MULTIPROCESSORS = {"sm_70": 80, "sm_75": 40, "sm_80": 108, "sm_86": 84, "sm_89": 128, "sm_90": 132}
+# (L2 bytes, VRAM bytes, VRAM read bytes/s) of the same reference parts (nominal data-sheet figures)
+MEMORY = {"sm_70": (6 << 20, 16 << 30, 0.9e12), "sm_75": (4 << 20, 16 << 30, 0.32e12),
+          "sm_80": (40 << 20, 80 << 30, 2.0e12), "sm_86": (6 << 20, 24 << 30, 0.94e12),
+          "sm_89": (72 << 20, 24 << 30, 1.0e12), "sm_90": (50 << 20, 80 << 30, 3.35e12)}
+SHARED_PER_BLOCK = 48 << 10   # the shared memory a block gets without opting in to more
+PCIE_READ = 25e9              # host memory read by the GPU over PCIe 4.0 x16: where cold neurons would live
 
 
 def target(arch: str | None = None) -> Target:
     from .x86 import host
 
-    device = _device()
+    device = gpu_device()
     if arch is None:
         arch = f"sm_{device['compute'].replace('.', '')}" if device else "sm_80"
     sms = device["sms"] if device else MULTIPROCESSORS.get(arch, 80)
+    l2, vram, vram_read = MEMORY.get(arch, MEMORY["sm_80"])
     return Target(
         name="cuda",
         tvm={"kind": "cuda", "arch": arch},
         vector_bits=128,           # 16-byte vector loads per thread
         threads=256,               # threads per block
-        cache_bytes=48 << 10,      # shared memory per block
+        shared_memory_bytes=SHARED_PER_BLOCK,
+        memory=(MemoryLevel("shared", SHARED_PER_BLOCK, 0.0, "block"), MemoryLevel("L2", l2, 0.0),
+                MemoryLevel("VRAM", vram, vram_read), MemoryLevel("host", ram_bytes(), PCIE_READ)),
         description=f"CUDA {arch}" + (f" ({device['name']})" if device else " (no GPU here: compile only)"),
         host=host().tvm,
         runs_here=device is not None,
@@ -38,7 +49,7 @@ def target(arch: str | None = None) -> Target:
     )
 
 
-def _device() -> dict | None:
+def gpu_device() -> dict | None:
     """The first CUDA device's facts, or None without a GPU (or without TVM's CUDA runtime)."""
     try:
         import tvm

@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .base import Target
+from .memory import host_levels
 
 
 def _cpu_flags() -> set[str]:
@@ -20,7 +21,7 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -30,19 +31,8 @@ def _cpu_model() -> str:
     return "unknown x86-64 CPU"
 
 
-def _cache_bytes(index: int) -> int:
-    """Size of cpu0's cache `index` in /sys (2: L2, 3: L3), 0 when the kernel does not say."""
-    path = Path(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size")
-    try:
-        text = path.read_text().strip().upper()
-        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1)
-        return int(text.rstrip("KM")) * scale
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _llc_bytes() -> int:
-    return _cache_bytes(3) or _cache_bytes(2) or 32 << 20
+# nominal one-core read bandwidths (bytes/s) of current server parts; `actsparse.targets.profile()` measures them
+NOMINAL_READ = {"L1": 100e9, "L2": 50e9, "L3": 30e9, "DRAM": 25e9}
 
 
 def _threads() -> int:
@@ -66,9 +56,8 @@ def host() -> Target:
         tvm={"kind": "llvm", "mcpu": mcpu, "num-cores": threads},
         vector_bits=vector_bits,
         threads=threads,
-        cache_bytes=_llc_bytes(),
-        l2_bytes=_cache_bytes(2),
-        description=f"{_cpu_model()} ({mcpu}, {'/'.join(isa) or 'sse'}, {threads} threads)",
+        memory=host_levels(NOMINAL_READ),   # sizes from /sys
+        description=f"{cpu_model()} ({mcpu}, {'/'.join(isa) or 'sse'}, {threads} threads)",
         features=tuple(isa),
         vector_registers=32 if vector_bits == 512 else 16,
     )

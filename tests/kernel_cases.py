@@ -25,6 +25,7 @@ GELU_C = 0.7978845608028654
 
 # --- activations and references --------------------------------------------------------------------------------
 def act(kind: str, v: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """The activations as the IR defines them: `gelu` is the erf form, `gelu_tanh` the tanh one."""
     if kind == "relu":
         return np.maximum(v, 0)
     if kind == "fatrelu":
@@ -32,17 +33,15 @@ def act(kind: str, v: np.ndarray, threshold: float = 0.0) -> np.ndarray:
     if kind == "silu":
         return v / (1 + np.exp(-v))
     if kind == "gelu":
+        from scipy.special import erf
+
+        return 0.5 * v * (1 + erf(v / np.sqrt(2)))
+    if kind == "gelu_tanh":
         return 0.5 * v * (1 + np.tanh(GELU_C * (v + 0.044715 * v**3)))
     return v
 
 
-def ir_act(kind: str, v: np.ndarray, threshold: float = 0.0) -> np.ndarray:
-    """The IR's activations (threshold kernels): `gelu` is the erf form, `gelu_tanh` the tanh one."""
-    if kind == "gelu":
-        from scipy.special import erf
-
-        return 0.5 * v * (1 + erf(v / np.sqrt(2)))
-    return act("gelu" if kind == "gelu_tanh" else kind, v, threshold)
+ir_act = act  # every kernel family computes the IR's activations (one activation table)
 
 
 def f64(*arrays):
@@ -237,9 +236,9 @@ def run_native(prim, calls: list[Call], target=None):
 
 
 def require_cross_tools():
-    from actsparse.runtime.cross import ensure_tools
+    from .cross import missing_reason
 
-    reason = ensure_tools("aarch64")
+    reason = missing_reason("aarch64")
     if reason:
         pytest.skip(f"ARM tests need qemu-aarch64 and aarch64-linux-gnu-gcc: {reason}")
 
@@ -247,7 +246,8 @@ def require_cross_tools():
 def cross_kernels(prims, target=None):
     """CrossKernels for these PrimFuncs (built, linked and cached once per session)."""
     from actsparse import targets
-    from actsparse.runtime.cross import CrossKernels
+
+    from .cross import CrossKernels
 
     require_cross_tools()
     target = target or targets.get("arm")
@@ -312,9 +312,9 @@ def run_batch(kernels, jobs: list[tuple[object, list[Call]]]):
 
 
 def has_gpu() -> bool:
-    from actsparse.targets.cuda import _device
+    from actsparse.targets.cuda import gpu_device
 
-    return _device() is not None
+    return gpu_device() is not None
 
 
 THOROUGH = os.environ.get("ACTSPARSE_HYPOTHESIS") == "thorough"

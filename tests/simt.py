@@ -5,7 +5,7 @@ the scratch buffers and launches the kernels in order) and the generated CUDA C 
 by the host C++ compiler against a prelude that turns it into plain C++ (cuda_fp16.h's host half type, CUDA's
 vector types) and emulates the GPU: blocks run one after another on blockDim OS threads, `__syncthreads()` is a block
 barrier, warp shuffles exchange values through a per-block slot array between warp barriers (32 threads),
-`__shared__` arrays become function statics (one block runs at a time). A C harness (runtime/cross.py's, with
+`__shared__` arrays become function statics (one block runs at a time). A C harness (tests/cross.py's, with
 tensors on kDLCUDA) provides what TVM's runtime gives the host code: workspace allocation, and the module
 context through which it looks up and launches the kernels — here a table of trampolines that unpack the
 launch arguments (pointers, scalars, then the grid/block extents in the order of `tirx.kernel_launch_params`).
@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from actsparse.runtime.cross import HarnessKernels, ffi_include_dir, harness_source, workdir_for
+from .cross import HarnessKernels, ffi_include_dir, harness_source, workdir_for
 
 TAGS = ["blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z"]
 
@@ -209,7 +209,7 @@ def _trampoline(name: str, params: str) -> tuple[str, int]:
 
 
 class SimtKernels(HarnessKernels):
-    """PrimFuncs built for CUDA, run by the emulator: `run(calls)` as `runtime.cross.CrossKernels.run`."""
+    """PrimFuncs built for CUDA, run by the emulator: `run(calls)` as `cross.CrossKernels.run`."""
 
     def __init__(self, prims: Sequence, target, workdir=None):
         from actsparse.codegen.cuda_support import cuda_source

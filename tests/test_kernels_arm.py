@@ -24,8 +24,9 @@ D, N_FF = 37, 53  # not multiples of the 4 NEON lanes or of the 8-row steps
 
 def arm_schedule():
     from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
 
-    return targets.get("arm").schedule()
+    return schedule_for(targets.get("arm"))
 
 
 def all_kernels():
@@ -41,9 +42,10 @@ def all_kernels():
 
 def test_arm_schedule_comes_from_the_target_data():
     from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
 
     arm = targets.get("arm")
-    sched = arm.schedule()
+    sched = schedule_for(arm)
     assert (sched.lanes, sched.vector_registers, sched.threads) == (4, 32, arm.threads)
     assert arm.tvm["mtriple"].startswith("aarch64") and "+neon" in arm.tvm["mattr"]
 

@@ -28,8 +28,9 @@ ODD_D = 37  # no vector divides it: one-element loads, still one warp per row
 
 def cuda_schedule():
     from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
 
-    return targets.get("cuda").schedule()
+    return schedule_for(targets.get("cuda"))
 
 
 def kernel_source(source: str, prim) -> str:
@@ -53,9 +54,10 @@ def built():
 
 def test_cuda_schedule_comes_from_the_target_data():
     from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
 
     cuda = targets.get("cuda")
-    sched = cuda.schedule()
+    sched = schedule_for(cuda)
     assert (sched.warp, sched.threads, sched.vector_bytes) == (cuda.warp_size, cuda.threads, cuda.vector_bits // 8)
     assert sched.multiprocessors == cuda.multiprocessors and sched.warps == cuda.threads // cuda.warp_size
 

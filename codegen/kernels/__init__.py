@@ -11,7 +11,7 @@ Submodules import TVM, so they load lazily: `from actsparse.codegen.kernels impo
 import importlib
 
 __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
-           "sparse_mlp", "threshold_mlp", "input_sparse_mlp", "cuda_input_mlp", "kernel", "KERNELS"]
+           "sparse_mlp", "threshold_mlp", "input_sparse_mlp", "cuda_input_mlp", "kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
 _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "schedule", "sparse_mlp", "threshold_mlp",
@@ -29,12 +29,22 @@ FAMILIES = {
                     "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
 KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "input")
+FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
+
+
+def family_of(sched) -> str:
+    """"cpu" or "cuda": the kernel family a schedule selects."""
+    try:
+        return FAMILY_NAMES[type(sched).__name__]
+    except KeyError:
+        raise TypeError(f"no kernel family for schedule {type(sched).__name__}; known: {', '.join(FAMILIES)}") \
+            from None
 
 
 def kernel(name: str, *args, sched, **kwargs):
     """The PrimFunc of kernel `name` ("exact" | "indexed" | "dense" | "linear" | "threshold") for `sched`'s family.
 
-    kernel("exact", d, n_ff, gate_act=..., dtype=..., sched=target.schedule()) and so on: the arguments of
+    kernel("exact", d, n_ff, gate_act=..., dtype=..., sched=schedule_for(target)) and so on: the arguments of
     the family's factory (`sparse_mlp.sparse_gated_mlp`, `linear.linear`, ...).
     """
     family = FAMILIES.get(type(sched).__name__)

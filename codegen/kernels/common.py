@@ -1,4 +1,4 @@
-"""Building blocks shared by the CPU kernels: activations, names, and the row-dot / row-axpy macros.
+"""Building blocks shared by the CPU kernels: activations (the table's TIR forms), names, row-dot / row-axpy macros.
 
 Everything here is TVMScript meta-programming: a factory takes the static sizes and a `CpuSchedule`,
 closes over them, and returns `T.macro`s that the kernel PrimFuncs expand inline. The loops are written
@@ -15,17 +15,18 @@ Two TVMScript 0.27 facts the kernels rely on (both checked in the generated LLVM
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Callable
 
 from tvm.script import tirx as T
 
+from ...ir import activations
+from ...ir.activations import ACTIVATIONS
 from .schedule import CpuSchedule
 
 WEIGHT_DTYPES = ("float32", "float16")
-GATE_ACTS = ("relu", "fatrelu", "silu", "gelu", "identity")
-UP_ACTS = ("identity", "relu")
+GATE_ACTS = tuple(ACTIVATIONS)
+UP_ACTS = activations.UP_ACTS
 CACHE_LINE = 64
 
 
@@ -48,33 +49,15 @@ def symbol(*parts: object) -> str:
     return "actsparse_" + "_".join(str(p) for p in parts)
 
 
-def activation(kind: str, threshold: float = 0.0) -> Callable:
-    """PrimExpr -> PrimExpr for an activation on float32 values.
-
-    relu: max(v, 0); fatrelu: v if v > threshold else 0; silu: v * sigmoid(v);
-    gelu: tanh approximation; identity: v.
-    """
-    zero = T.float32(0)
-    if kind == "relu":
-        return lambda v: T.max(v, zero)
-    if kind == "fatrelu":
-        thr = T.float32(float(threshold))
-        return lambda v: T.if_then_else(v > thr, v, zero)
-    if kind == "silu":
-        return lambda v: v / (T.float32(1) + T.exp(zero - v))
-    if kind == "gelu":
-        c = T.float32(0.7978845608028654)
-        return lambda v: T.float32(0.5) * v * (T.float32(1) + T.tanh(c * (v + T.float32(0.044715) * v * v * v)))
-    if kind == "identity":
-        return lambda v: v
-    raise ValueError(f"unknown activation {kind!r}; valid: {GATE_ACTS}")
-
-
-def ir_activation(kind: str, threshold: float = 0.0) -> Callable:
-    """PrimExpr -> PrimExpr for the IR's activation names: `gelu` is the erf form, `gelu_tanh` the tanh one."""
-    if kind == "gelu":
-        return lambda v: T.float32(0.5) * v * (T.float32(1) + T.erf(v * T.float32(1 / math.sqrt(2))))
-    return activation("gelu" if kind == "gelu_tanh" else kind, threshold)
+def activation(kind: str, threshold: float = 0.0, family: str = "cpu") -> Callable:
+    """PrimExpr -> PrimExpr for activation `kind` on float32 values, from the activation table
+    (ir/activations.py: `gelu` is the erf form, `gelu_tanh` the tanh one). `family` "cuda" takes the entry's
+    CUDA form."""
+    try:
+        entry = ACTIVATIONS[kind]
+    except KeyError:
+        raise ValueError(f"unknown activation {kind!r}; valid: {GATE_ACTS}") from None
+    return entry.cuda_expr(threshold) if family == "cuda" else entry.tir_expr(threshold)
 
 
 def loader(dtype: str) -> Callable:

@@ -18,7 +18,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, ir_activation, symbol
+from .common import activation, symbol
 from .cuda_blocks import compact_macro, down_macros, down_splits
 from .input_sparse_mlp import check_input_sparse
 from .schedule import GpuSchedule
@@ -32,7 +32,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
         raise TypeError(f"the CUDA kernels take a GpuSchedule, got {type(sched).__name__}")
     check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
     T_ = sched.threads
-    act_g, act_u, zero = ir_activation(gate_act), activation(up_act), T.float32(0)
+    act_g, act_u, zero = activation(gate_act, 0.0, "cuda"), activation(up_act, 0.0, "cuda"), T.float32(0)
     score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)
     by_slot = lambda rows, m, p: rows[p]  # noqa: E731 - row of a list position, as down_macros takes it
     count = lambda cnt, m: cnt[0]  # noqa: E731

@@ -56,7 +56,7 @@ def _mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, g
     activation and its name in the symbol (threshold mode's IR activations)."""
     _require_gpu_schedule(sched)
     check_mlp(d, n_ff, gate_act, up_act, dtype, gate_acts)
-    act_g, act_u = act_g or activation(gate_act, threshold), activation(up_act)
+    act_g, act_u = act_g or activation(gate_act, threshold, "cuda"), activation(up_act, family="cuda")
     warp_dot = warp_dot_macro(d, dtype, sched)
     splits = down_splits(d, dtype, sched, n_ff)
 
@@ -153,7 +153,7 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate, compaction, up and down over active rows."""
     k = _mlp("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
              lambda cnt, m: cnt[0], EXACT_GATE_ACTS)
-    return _compacting_mlp(k, d, n_ff, dtype, sched, activation(gate_act, threshold), product=False)
+    return _compacting_mlp(k, d, n_ff, dtype, sched, activation(gate_act, threshold, "cuda"), product=False)
 
 
 @cache
@@ -164,7 +164,7 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
     "gate" keeps |act_g(gate)| > t, then reads the kept up and down rows; "product" keeps |h| > t, reading
     every gate and up row and the kept down rows."""
     check_threshold(d, n_ff, gate_act, up_act, dtype, criterion)
-    rule = threshold_rule(gate_act, threshold)
+    rule = threshold_rule(gate_act, threshold, "cuda")
     k = _mlp(f"thr{criterion}", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
              lambda cnt, m: cnt[0], THRESHOLD_GATE_ACTS, act_g=rule.act_g, tag=gate_act.replace("_", ""))
     if criterion == "product":  # the first launch computes h = act_g(g) * act_u(u); drop it where not kept

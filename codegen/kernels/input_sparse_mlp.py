@@ -23,7 +23,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, axpy_macro, column_split, ir_activation, symbol, zero_columns_macro
+from .common import activation, axpy_macro, column_split, symbol, zero_columns_macro
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp
 
@@ -45,7 +45,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
     sched_n, sched_d = sched.fitted(n_ff, dtype), sched.fitted(d, dtype)
     threads, zero = sched.threads, T.float32(0)
-    act_g, act_u = ir_activation(gate_act), activation(up_act)
+    act_g, act_u = activation(gate_act), activation(up_act)
     score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)   # what h_thr is compared with
     axpy_in, _ = axpy_macro(n_ff, dtype, sched_n, gathered=True)
     axpy_down, _ = axpy_macro(d, dtype, sched_d, gathered=True)

@@ -3,7 +3,8 @@
 A kernel factory takes one schedule — `CpuSchedule` (sparse_mlp.py, linear.py: x86, arm) or `GpuSchedule`
 (cuda_mlp.py) — and bakes it into the PrimFunc; the same parameters go into the PrimFunc's `global_symbol`
 (see the `tag` properties), so two kernels that differ only in schedule never collide in one Relax module.
-`Target.schedule()` makes the schedule from the target's data; `kernels.kernel()` picks the family by its type.
+`codegen.schedules.schedule_for(target)` makes the schedule from the target's data; `kernels.kernel()` picks the
+family by its type.
 """
 
 from __future__ import annotations

@@ -26,11 +26,11 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, ir_activation, symbol, threshold_tag
+from .common import GATE_ACTS, activation, symbol, threshold_tag
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp, compacting_gated_mlp
 
-THRESHOLD_GATE_ACTS = ("relu", "fatrelu", "silu", "gelu", "gelu_tanh", "identity")
+THRESHOLD_GATE_ACTS = GATE_ACTS
 CRITERIA = ("gate", "product")
 
 
@@ -45,7 +45,7 @@ def check_threshold(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, c
 class ThresholdRule:
     """The per-neuron decisions of threshold mode as PrimExpr -> PrimExpr maps, shared by the CPU and CUDA kernels.
 
-    act_g        the gate activation (IR names: gelu is the erf form)
+    act_g        the gate activation (the activation table's form for the kernel family)
     masked_gate  criterion "gate": act_g(g) where |act_g(g)| > t, else 0
     kept         criterion "product": |h| > t
     """
@@ -55,9 +55,9 @@ class ThresholdRule:
     kept: Callable
 
 
-def threshold_rule(gate_act: str, threshold: float) -> ThresholdRule:
+def threshold_rule(gate_act: str, threshold: float, family: str = "cpu") -> ThresholdRule:
     thr, zero = T.float32(float(threshold)), T.float32(0)
-    act_g = ir_activation(gate_act, threshold)
+    act_g = activation(gate_act, threshold, family)
     return ThresholdRule(act_g, lambda v: T.if_then_else(T.abs(act_g(v)) > thr, act_g(v), zero),
                          lambda v: T.abs(v) > thr)
 

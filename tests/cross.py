@@ -8,8 +8,8 @@ Arguments go in and results come out through files, several calls per run (one q
     kernels = CrossKernels([prim_a, prim_b], arm_target)     # build + link once
     outs = kernels.run([("actsparse_...", [x, w, out], [2]), ...])   # -> [[out], ...] per call
 
-The tools come from `scripts/install-cross.sh` (Debian: qemu-user, gcc-aarch64-linux-gnu); `tools_missing()`
-says what is missing, `ensure_tools()` runs the script once.
+Test harness only (tests/). The tools come from `scripts/install-cross.sh` (Debian: qemu-user,
+gcc-aarch64-linux-gnu), run by CI before the tests; `missing_reason()` says what is missing.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import subprocess
 import tempfile
 import weakref
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import TargetError
+from actsparse.errors import TargetError
 
-INSTALL_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-cross.sh"
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL_SCRIPT = ROOT / "scripts" / "install-cross.sh"
 TOOLS = {"aarch64": ("aarch64-linux-gnu-gcc", "qemu-aarch64")}  # architecture -> (linker, emulator)
 
 _DLPACK_CODES = {"f": 2, "i": 0, "u": 1, "b": 6}  # kDLFloat, kDLInt, kDLUInt, kDLBool
@@ -148,23 +148,13 @@ def tools_missing(arch: str = "aarch64") -> list[str]:
     return [tool for tool in TOOLS[arch] if shutil.which(tool) is None]
 
 
-@cache
-def ensure_tools(arch: str = "aarch64") -> str | None:
-    """Install the tools with scripts/install-cross.sh when missing; returns None when ready, else the reason."""
-    if not tools_missing(arch):
-        return None
-    if not INSTALL_SCRIPT.exists():
-        return f"{', '.join(tools_missing(arch))} missing and {INSTALL_SCRIPT} not found"
-    try:
-        proc = subprocess.run([shutil.which("bash") or "/bin/bash", str(INSTALL_SCRIPT)], capture_output=True,
-                              text=True, timeout=900)
-        tail = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
-    except (OSError, subprocess.TimeoutExpired) as err:
-        tail = str(err)
+def missing_reason(arch: str = "aarch64") -> str | None:
+    """None when the linker and emulator for `arch` are on PATH, else what is missing and how to install it (tests
+    never install anything: `bash scripts/install-cross.sh` is a CI step of its own)."""
     missing = tools_missing(arch)
-    if missing:
-        return f"{', '.join(missing)} missing and {INSTALL_SCRIPT.name} could not install them ({tail})"
-    return None
+    if not missing:
+        return None
+    return f"{', '.join(missing)} not on PATH (install them with `bash {INSTALL_SCRIPT.relative_to(ROOT)}`)"
 
 
 def ffi_include_dir() -> Path:

@@ -1,0 +1,90 @@
+"""What every lowering needs: the lowering table (`LOWERINGS`, filled by `lowerings.py` and `lower_kernels.py`
+through `@lowering(op, ...)`), the per-module `LowerContext`, dtype names and the kernel-call helpers.
+
+A lowering is `fn(ctx, node, args) -> Relax expression` with `args` the Relax values of the node's inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ActsparseError
+from ..ir import Node, TensorType
+from ..ir.types import np_dtype
+from ..targets import Target
+
+TVM_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32", "bool": "bool"}
+
+
+class LoweringError(ActsparseError):
+    pass
+
+
+@dataclass
+class LowerContext:
+    bb: object
+    target: Target
+    symbols: dict[str, object]  # symbolic dim name -> tirx.Var
+    kernels: dict[str, object] = field(default_factory=dict)  # global_symbol -> GlobalVar
+
+    def dim(self, d):
+        if isinstance(d, int):
+            return d
+        if d not in self.symbols:
+            raise LoweringError(f"symbolic dim {d!r} is not bound by any graph input")
+        return self.symbols[d]
+
+    def shape(self, shape):
+        return [self.dim(d) for d in shape]
+
+    def kernel(self, primfunc):
+        """Add a PrimFunc once per module (kernels are keyed by their global_symbol)."""
+        name = str(primfunc.attrs["global_symbol"])
+        if name not in self.kernels:
+            self.kernels[name] = self.bb.add_func(primfunc, name)
+        return self.kernels[name]
+
+
+LOWERINGS: dict[str, Callable] = {}
+
+
+def lowering(*ops: str):
+    def register(fn):
+        for op in ops:
+            LOWERINGS[op] = fn
+        return fn
+    return register
+
+
+def tensor_sinfo(ctx: LowerContext, node: Node):
+    from tvm import relax
+
+    return relax.TensorType(ctx.shape(node.shape), TVM_DTYPES[node.dtype])
+
+
+def const(value, dtype: str):
+    from tvm import relax
+
+    return relax.const(np.asarray(value, dtype=np_dtype(dtype)), TVM_DTYPES[dtype])  # keep i64/f64 as they are
+
+
+def flatten_tokens(ctx: LowerContext, x_type: TensorType, x):
+    """x[..., k] -> (x2d[M, k], the leading dims, M): kernels take one token axis."""
+    from functools import reduce
+
+    from tvm import relax
+
+    lead = ctx.shape(x_type.shape[:-1])
+    tokens = reduce(lambda a, b: a * b, lead, 1)
+    return ctx.bb.emit(relax.op.reshape(x, [tokens, ctx.dim(x_type.shape[-1])])), lead, tokens
+
+
+def emit_kernel_call(ctx: LowerContext, primfunc, args, tokens, width: int, dtype: str):
+    """call_tir of `primfunc` (added to the module once) writing a [tokens, width] `dtype` result."""
+    from tvm import relax
+
+    gv = ctx.kernel(primfunc)
+    return ctx.bb.emit(relax.call_tir(gv, args, relax.TensorType([tokens, width], TVM_DTYPES[dtype])))

@@ -1,0 +1,127 @@
+"""The long tail of the aten -> IR table, found by enumerating transformers' causal LMs (hf_coverage.py).
+
+Merged into `torch_ops.ATEN_TO_IR`; same handler contract (see torch_ops.py). Grouped by what needs them:
+activations spelled as aten ops (relu², softplus, ReLU6, mish), routers and position ids (gather, scatter,
+cumsum, argmax / max.dim), interleaved rotary tables (repeat_interleave with a constant count). Anything
+still missing is decomposed by torch itself before import (torch_export.decompose_missing).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..ir.types import positive_axis
+
+
+# --- activations -----------------------------------------------------------------------------------------
+def _square(cx, node, x):  # square(x) -> mul(x, x)   (relu² = square(relu(x)): Primer, Nemotron, Persimmon)
+    x = cx.tensor(x, cx.out(node).dtype)
+    return cx.emit("mul", [x, x])
+
+
+def _softplus(cx, node, x, beta=1, threshold=20):  # softplus -> where(βx > t, x, log(1 + exp(βx)) / β)
+    dtype = cx.out(node).dtype
+    bx = x if beta == 1 else cx.emit("mul", [x, cx.const(beta, dtype)])
+    soft = cx.emit("log", [cx.emit("add", [cx.emit("exp", [bx]), cx.const(1.0, dtype)])])
+    soft = soft if beta == 1 else cx.emit("div", [soft, cx.const(beta, dtype)])
+    return cx.emit("where", [cx.emit("gt", [bx, cx.const(threshold, dtype)]), x, soft])
+
+
+def _hardtanh(cx, node, x, lo=-1.0, hi=1.0):  # hardtanh(x, lo, hi) / relu6 -> minimum(maximum(x, lo), hi)
+    dtype = cx.out(node).dtype
+    return cx.emit("minimum", [cx.emit("maximum", [x, cx.const(lo, dtype)]), cx.const(hi, dtype)])
+
+
+def _threshold(cx, node, x, threshold, value):  # threshold(x, t, v) -> where(gt(x, t), x, v)
+    dtype = cx.out(node).dtype
+    return cx.emit("where", [cx.emit("gt", [x, cx.const(threshold, dtype)]), x, cx.const(value, dtype)])
+
+
+def _mish(cx, node, x):  # mish(x) -> x · tanh(softplus(x))
+    return cx.emit("mul", [x, cx.emit("tanh", [_softplus(cx, node, x)])])
+
+
+def _log1p(cx, node, x):  # log1p(x) -> log(add(x, 1))
+    return cx.emit("log", [cx.emit("add", [x, cx.const(1.0, cx.out(node).dtype)])])
+
+
+# --- routers, positions ----------------------------------------------------------------------------------
+def _gather(cx, node, x, dim, index, sparse_grad=False):
+    return cx.emit("gather", [x, index], axis=positive_axis(dim, x.type.rank))
+
+
+def _scatter(cx, node, x, dim, index, src, *args, **kwargs):  # scatter(x, d, i, src | value) -> scatter
+    if args or kwargs.get("reduce"):
+        raise cx.error("scatter with a reduction is not supported (only plain assignment)")
+    axis = positive_axis(dim, x.type.rank)
+    return cx.emit("scatter", [x, index, cx.tensor(src, x.dtype)], axis=axis)
+
+
+def _cumsum(cx, node, x, dim, dtype=None):
+    return cx.emit("cumsum", [cx.tensor(x, cx.out(node).dtype)], axis=positive_axis(dim, x.type.rank))
+
+
+def _argmax(cx, node, x, dim=None, keepdim=False):
+    if dim is None:
+        raise cx.error("argmax over all dims is not supported; give a dim")
+    return cx.emit("argmax", [x], axis=positive_axis(dim, x.type.rank), keepdim=bool(keepdim))
+
+
+def _max_dim(cx, node, x, dim, keepdim=False):  # max.dim -> (max over dim, argmax over dim)
+    axis = positive_axis(dim, x.type.rank)
+    return (cx.emit("max", [x], axes=(axis,), keepdim=bool(keepdim)),
+            cx.emit("argmax", [x], axis=axis, keepdim=bool(keepdim)))
+
+
+# --- tables ----------------------------------------------------------------------------------------------
+def _repeat_interleave(cx, node, x, repeats, dim=None, output_size=None):
+    # repeat_interleave(x, r, d) -> reshape(expand(reshape(x, [.., n, 1, ..]), [.., n, r, ..]), [.., n·r, ..])
+    if not isinstance(repeats, int):
+        raise cx.error("repeat_interleave with per-element repeat counts has a data-dependent shape")
+    if dim is None:
+        x, axis = cx.emit("reshape", [x], shape=(math.prod(x.shape),)), 0
+    else:
+        axis = positive_axis(dim, x.type.rank)
+    shape = x.shape
+    split = (*shape[:axis + 1], 1, *shape[axis + 1:])
+    wide = (*shape[:axis + 1], repeats, *shape[axis + 1:])
+    x = cx.emit("expand", [cx.emit("reshape", [x], shape=split)], shape=wide)
+    return cx.emit("reshape", [x], shape=cx.out(node).shape)
+
+
+# --- functionalized writes (what torch's decompositions make of `new_empty` + `view.copy_`) ---------------------
+def _empty(cx, node, *args, **kwargs):  # empty -> full(0) (functionalized: every element is written before use)
+    ttype = cx.out(node)
+    return cx.full(ttype.shape, ttype.dtype, 0)
+
+
+def _copy(cx, node, dst, src, non_blocking=False):  # copy(dst, src) -> src broadcast to dst's type
+    ttype = cx.out(node)
+    src = cx.tensor(src, ttype.dtype)
+    return src if src.shape == ttype.shape else cx.emit("expand", [src], shape=ttype.shape)
+
+
+def _slice_scatter(cx, node, x, src, dim=0, start=None, end=None, step=1):
+    # slice_scatter(x, src, d, a, b) -> concat(x[:a], src, x[b:]) along d
+    axis = positive_axis(dim, x.type.rank)
+    size = x.shape[axis]
+    start, end = cx.dim(start or 0), size if end is None or (isinstance(end, int) and end >= 2**62) else cx.dim(end)
+    if step != 1 or not all(isinstance(v, int) for v in (start, end, size)):
+        raise cx.error("slice_scatter needs a unit step and static bounds")
+    start, end = start + size if start < 0 else start, end + size if end < 0 else end
+    parts = ([cx.emit("slice", [x], axis=axis, start=0, end=start)] if start > 0 else []) + [src] + \
+        ([cx.emit("slice", [x], axis=axis, start=end, end=size)] if end < size else [])
+    return parts[0] if len(parts) == 1 else cx.emit("concat", parts, axis=axis)
+
+
+TAIL_TO_IR = {
+    "aten.square": _square, "aten.softplus": _softplus, "aten.hardtanh": _hardtanh,
+    "aten.relu6": lambda cx, node, x: _hardtanh(cx, node, x, 0.0, 6.0), "aten.threshold": _threshold,
+    "aten.mish": _mish, "aten.log1p": _log1p,
+    "aten.gather": _gather, **dict.fromkeys(["aten.scatter.src", "aten.scatter.value"], _scatter),
+    "aten.cumsum": _cumsum, "aten.argmax": _argmax, "aten.max.dim": _max_dim,
+    "aten.repeat_interleave.self_int": _repeat_interleave,
+    # only the functionalized forms: `new_empty` stays unmapped, so its graph is decomposed (and functionalized)
+    "aten.empty.memory_format": _empty,
+    "aten.copy.default": _copy, "aten.slice_scatter": _slice_scatter,
+}

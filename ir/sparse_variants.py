@@ -1,0 +1,233 @@
+"""The sparse gated-MLP op family: `sparse_gated_mlp{mode=<variant>}`, one table entry per variant.
+
+Every variant computes
+
+    h = intermediate(x, w_gate, w_up, extras, attrs)       [..., n_ff], zero for the neurons it skips
+    y = h · w_down_t                                        (w_down_t [n_ff, d_out]: one neuron per row)
+
+on the inputs `x, w_gate[n_ff, d], w_up[n_ff, d], w_down_t[n_ff, d_out], *extra_inputs`. Nothing outside this
+file switches on the variant's name: the interpreter, the verifier, the lowering (codegen/lower_kernels.py), the
+dense twin (passes/densify.py), the report (runtime/report.py), the API's mode checks and the pipelines all read
+the entry.
+
+How to add a variant (e.g. "predictor", "hotcold"): add one `SparseVariant` to `VARIANTS` below, with
+
+    name            the value of the node's `mode` attribute (and of `compile(mode=...)` when it is a mode)
+    attrs           the variant's own attributes and their defaults (added to the op's attribute schema;
+                    the common ones are COMMON_ATTRS: gate_act, up_act, threshold, mode, pattern, expert)
+    extra_inputs    names of the inputs after w_down_t, in order (predictor weights, a neuron order, the
+                    hot/cold parts ...); the verifier checks the count, the lowering passes them to the kernel
+                    after w_down_t, `intermediate` gets them as a dict name -> array
+    intermediate    numpy semantics: (x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None) -> h; the biases
+                    are only passed when the report measures a not-yet-sparsified `gated_mlp` through it
+    kernels         kernel family ("cpu" | "cuda") -> kernel name in `codegen.kernels.FAMILIES` ("exact",
+                    "threshold", ...): its lowering per family. A family it lacks is a lowering error naming it
+    kernel_options  attrs -> the kernel factory's keyword arguments (gate_act, up_act, threshold, ...)
+    dense_attrs     attrs -> the `gated_mlp` attrs of its dense twin (densify: same weights, every neuron
+                    computed, extra inputs dropped)
+    report          attrs -> report fields (names of `runtime.report.BlockReport` fields: threshold, method,
+                    calibrated_sparsity, reason, ...) that the node itself carries
+    lossy           whether the variant may change outputs (it then needs calibration and the report shows
+                    the outputs' error)
+    gate_up_layout  "rows": w_gate / w_up are [n_ff, d] (a neuron per row); "columns": [d, n_ff] (an input
+                    channel per row, for kernels that skip inputs); `sizes` reads (n_ff, d) accordingly
+    measure         (x2d, w_gate, w_up, extras, attrs, h) -> report fields measured on the example inputs; the
+                    default gives `effective_sparsity`, the fraction of weight bytes a token does not read
+    doc             one line for error messages and the README
+
+Then add its kernels (codegen/kernels/, an entry in FAMILIES per family), the pass that produces it, and its
+tests. Keep the names stable: artifacts store `mode` in their IR text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import ActsparseError
+from .activations import apply
+from .input_sparse import input_intermediate, input_measure
+
+COMMON_ATTRS = {"gate_act": "relu", "up_act": "identity", "threshold": 0.0, "mode": "exact", "pattern": "reglu",
+                "expert": -1}
+BASE_INPUTS = ("x", "w_gate", "w_up", "w_down_t")
+CRITERIA = ("gate", "product")
+
+
+@dataclass(frozen=True)
+class SparseVariant:
+    name: str
+    attrs: Mapping[str, Any]
+    extra_inputs: tuple[str, ...]
+    intermediate: Callable[..., np.ndarray]
+    kernels: Mapping[str, str]
+    kernel_options: Callable[[dict], dict]
+    dense_attrs: Callable[[dict], dict]
+    report: Callable[[dict], dict] = field(default=lambda attrs: {})
+    lossy: bool = False
+    gate_up_layout: str = "rows"
+    measure: Callable[..., dict] = field(default=lambda x, w_gate, w_up, extras, attrs, h: _neuron_effective(attrs, h))
+    doc: str = ""
+
+
+def _neuron_effective(attrs: dict, h: np.ndarray) -> dict:
+    """Per-neuron variants read every gate row; 'gate' decisions skip the up and down rows of an inactive neuron,
+    'product' ones (which need u) only its down row. Equal-size matrices: a third of the bytes each."""
+    skipped = 1 / 3 if attrs.get("mode") == "threshold" and attrs.get("criterion") == "product" else 2 / 3
+    return {"effective_sparsity": float(np.mean(h == 0)) * skipped}
+
+
+def sizes(attrs: Mapping, w_gate_shape) -> tuple[int, int]:
+    """(n_ff, d) of a sparse_gated_mlp from its w_gate's shape and its variant's layout."""
+    rows, cols = w_gate_shape
+    return (cols, rows) if variant_of(attrs).gate_up_layout == "columns" else (rows, cols)
+
+
+def projections(x, w_gate, w_up, b_gate=None, b_up=None) -> tuple[np.ndarray, np.ndarray]:
+    """g = x·Wgᵀ (+ bg), u = x·Wuᵀ (+ bu)."""
+    g, u = x @ w_gate.T.astype(x.dtype), x @ w_up.T.astype(x.dtype)
+    return (g if b_gate is None else g + b_gate), (u if b_up is None else u + b_up)
+
+
+def dense_intermediate(x, w_gate, w_up, attrs, b_gate=None, b_up=None) -> np.ndarray:
+    """h = act_gate(x·Wgᵀ + bg) ⊙ act_up(x·Wuᵀ + bu): the gated MLP's activations (what sparsity is measured on)."""
+    g, u = projections(x, w_gate, w_up, b_gate, b_up)
+    h = apply(attrs["gate_act"], g, attrs.get("threshold", 0.0)) * apply(attrs["up_act"], u)
+    return h.astype(x.dtype)
+
+
+def _plain_attrs(attrs: dict) -> dict:
+    """The gated_mlp attrs of the same activations (fatrelu keeps its threshold)."""
+    out = {"gate_act": attrs["gate_act"], "up_act": attrs["up_act"], "fused": False}
+    if attrs["gate_act"] == "fatrelu":
+        out["threshold"] = attrs["threshold"]
+    if attrs.get("expert", -1) >= 0:
+        out["expert"] = attrs["expert"]
+    return out
+
+
+def _activation_options(attrs: dict) -> dict:
+    return {"gate_act": attrs["gate_act"], "up_act": attrs.get("up_act", "identity"),
+            "threshold": attrs.get("threshold", 0.0)}
+
+
+def _input_report(attrs: dict) -> dict:
+    return {"threshold": attrs.get("threshold", 0.0), "method": attrs.get("method"),
+            "calibrated_sparsity": attrs.get("calibrated_sparsity"),
+            "effective_calibrated": attrs.get("effective_calibrated")}
+
+
+def _no_top_k(attrs: dict) -> dict:
+    if attrs.get("x_keep", 0) or attrs.get("h_keep", 0):
+        raise ActsparseError("the top-k (fixed count) method has no kernel yet; compile with a threshold "
+                                  "method (method='wina-greedy', 'teal', ...)")
+    return {}
+
+
+# --- exact: ReLU family, lossless ----------------------------------------------------------------------------
+def _exact_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None):
+    return dense_intermediate(x, w_gate, w_up, attrs, b_gate, b_up)
+
+
+# --- threshold: training-free, lossy -------------------------------------------------------------------------
+# A SwiGLU/GeGLU neuron is never exactly zero, but most are small; a neuron counts as inactive for a token when
+#   criterion 'gate'    (CATS):  a = act_g(g); a = a if |a| > t else 0; h = a · act_u(u)
+#   criterion 'product' (TurboSparse's top-k% of |act(g)·u|, TEAL's intermediate): h = act_g(g) · act_u(u);
+#                                h = h if |h| > t else 0
+# A ReLU-family gate in threshold mode is FATReLU at the same t (the pass sets gate_act='fatrelu'), for which the
+# 'gate' mask changes nothing: |fatrelu(g, t)| > t iff g > t.
+def _threshold_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None):
+    criterion, t = attrs.get("criterion", "gate"), attrs["threshold"]
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown threshold criterion {criterion!r}; known: {CRITERIA}")
+    g, u = projections(x, w_gate, w_up, b_gate, b_up)
+    a = apply(attrs["gate_act"], g, t)
+    if criterion == "gate":
+        a = np.where(np.abs(a) > t, a, 0)
+    h = a * apply(attrs["up_act"], u)
+    if criterion == "product":
+        h = np.where(np.abs(h) > t, h, 0)
+    return h.astype(x.dtype)
+
+
+def _threshold_report(attrs: dict) -> dict:
+    fields = {"threshold": attrs["threshold"], "method": attrs.get("method"),
+              "calibrated_sparsity": attrs.get("calibrated_sparsity"),
+              "effective_calibrated": attrs.get("effective_calibrated")}
+    if attrs.get("input_threshold"):
+        fields["reason"] = (f"{attrs.get('method')}: input |x| <= {attrs['input_threshold']:.3g} zeroed by a dense "
+                            "mask (no input-sparse kernel yet)")
+    return fields
+
+
+VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
+    SparseVariant(
+        "exact", attrs={}, extra_inputs=(), intermediate=_exact_intermediate,
+        kernels={"cpu": "exact", "cuda": "exact"}, kernel_options=_activation_options, dense_attrs=_plain_attrs,
+        doc="ReLU-family gates (ReGLU, dReLU, FATReLU): skips exactly-zero neurons, lossless"),
+    SparseVariant(
+        "threshold",
+        # criterion: see above; method, calibrated_sparsity, input_threshold: what calibration chose (provenance
+        # for the report; input_threshold > 0: TEAL's input mask sits in front of the node)
+        attrs={"criterion": "gate", "method": None, "calibrated_sparsity": None, "input_threshold": 0.0},
+        extra_inputs=(), intermediate=_threshold_intermediate,
+        kernels={"cpu": "threshold", "cuda": "threshold"},
+        kernel_options=lambda attrs: {**_activation_options(attrs), "criterion": attrs.get("criterion", "gate")},
+        dense_attrs=_plain_attrs, report=_threshold_report, lossy=True,
+        doc="calibrated per-layer thresholds on |act(gate)| or |h| (CATS, TEAL, top-k%), any gate, lossy"),
+    SparseVariant(
+        "input",
+        # x_keep / h_keep: top-k counts per token (0: thresholds); the semantics are in ir/input_sparse.py
+        attrs={"x_keep": 0, "h_keep": 0, "effective_calibrated": None, "input_sparsity": None},
+        extra_inputs=("x_thr", "h_thr"), intermediate=input_intermediate,
+        kernels={"cpu": "input", "cuda": "input"},
+        kernel_options=lambda attrs: {"gate_act": attrs["gate_act"], "up_act": attrs.get("up_act", "identity"),
+                                      "criterion": attrs.get("criterion", "product"), **_no_top_k(attrs)},
+        dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns",
+        measure=input_measure,
+        doc="TEAL / WINA input sparsity: per-channel thresholds on x and on the down input, skipped weight rows"),
+)}
+
+SPARSE_GATED_MLP_ATTRS = {**COMMON_ATTRS, **{k: v for variant in VARIANTS.values() for k, v in variant.attrs.items()}}
+LOSSY = tuple(name for name, v in VARIANTS.items() if v.lossy)
+
+
+def variant(mode: str) -> SparseVariant:
+    try:
+        return VARIANTS[mode]
+    except KeyError:
+        raise ValueError(f"unknown sparse_gated_mlp mode {mode!r}; known: {', '.join(VARIANTS)}") from None
+
+
+def variant_of(attrs: Mapping) -> SparseVariant:
+    return variant(attrs.get("mode", "exact"))
+
+
+def split_inputs(arrays, attrs) -> tuple[list, dict]:
+    """A sparse_gated_mlp's input values -> ([x, w_gate, w_up, w_down_t], {extra input name: value})."""
+    extra = variant_of(attrs).extra_inputs
+    return list(arrays[:4]), dict(zip(extra, arrays[4:]))
+
+
+def intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None) -> np.ndarray:
+    """h of the node's variant (see the module docstring)."""
+    return variant_of(attrs).intermediate(x, w_gate, w_up, extras, attrs, b_gate, b_up)
+
+
+def reference(*args) -> np.ndarray:
+    """The op's numpy reference: (x, w_gate, w_up, w_down_t, *extras, attrs, env) -> y."""
+    arrays, attrs = args[:-2], args[-2]
+    (x, w_gate, w_up, w_down_t), extras = split_inputs(arrays, attrs)
+    return (intermediate(x, w_gate, w_up, extras, attrs) @ w_down_t.astype(x.dtype)).astype(x.dtype)
+
+
+def check_inputs(n_inputs: int, attrs: Mapping) -> None:
+    """The verifier's arity check: the base inputs plus the variant's extra inputs."""
+    v = variant_of(attrs)
+    want = len(BASE_INPUTS) + len(v.extra_inputs)
+    if n_inputs != want:
+        raise TypeError(f"sparse_gated_mlp{{mode={v.name!r}}} takes {want} inputs "
+                        f"({', '.join(BASE_INPUTS + v.extra_inputs)}), got {n_inputs}")

@@ -1,0 +1,274 @@
+"""Every causal-LM architecture transformers knows, shrunk to a tiny config and tried through the frontend.
+
+    for arch in causal_lm_architectures():          # transformers' MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        result = check_architecture(arch)          # build tiny -> torch.export -> IR -> interpreter vs torch
+
+`tiny_config(arch)` is one generic shrinker, not a config per model: it starts from the architecture's default
+config and rewrites every size it recognises by name (widths, layer counts, heads, experts, vocabulary, LoRA
+ranks of MLA attention) to a small value, keeping the ratios the model code asserts (heads divide the width,
+kv heads divide heads, per-layer lists cut to the layer count). Whatever still fails is reported with the
+precise reason (the stage and the first line of the error), which is what the README table shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WIDTH, FF, LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB, EXPERTS, TOP_K = 32, 64, 2, 4, 2, 8, 128, 4, 2
+SEQ = 6
+
+# config attribute -> tiny value (every spelling transformers' configs use for the same size)
+SIZES = {
+    **dict.fromkeys(["hidden_size", "n_embd", "d_model", "dim", "embed_dim", "model_dim", "word_embed_proj_dim",
+                     "hidden_dim"], WIDTH),
+    **dict.fromkeys(["intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "inner_hidden_size",
+                     "d_ff", "ffn_inner_hidden_size", "dense_intermediate_size"], FF),
+    **dict.fromkeys(["moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size",
+                     "moe_ffn_hidden_size", "intermediate_size_mlp", "ffn_hidden_size_moe",
+                     "shared_intermediate_size"], FF // 2),
+    **dict.fromkeys(["num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers",
+                     "decoder_layers"], LAYERS),
+    **dict.fromkeys(["num_attention_heads", "n_head", "n_heads", "num_heads", "decoder_attention_heads"], HEADS),
+    **dict.fromkeys(["num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
+                     "num_key_value_groups_"], KV_HEADS),
+    **dict.fromkeys(["head_dim", "attention_head_dim", "kv_channels", "v_head_dim", "qk_nope_head_dim",
+                     "qk_rope_head_dim"], HEAD_DIM),
+    "qk_head_dim": 2 * HEAD_DIM,  # MLA: nope + rope
+    **dict.fromkeys(["kv_lora_rank", "q_lora_rank"], 16),
+    **dict.fromkeys(["vocab_size", "n_vocab"], VOCAB),
+    **dict.fromkeys(["num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_"],
+                    EXPERTS),
+    **dict.fromkeys(["num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts", "moe_k",
+                     "num_experts_per_token"], TOP_K),
+    **dict.fromkeys(["n_group", "topk_group", "num_expert_group"], 1),
+    **dict.fromkeys(["max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"], 64),
+    **dict.fromkeys(["sliding_window", "attention_window"], 16),
+    **dict.fromkeys(["first_k_dense_replace"], 1),
+    **dict.fromkeys(["rotary_dim", "rotary_emb_base_"], HEAD_DIM),
+}
+TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
+             "cls_token_id", "mask_token_id", "unk_token_id")
+
+
+def causal_lm_architectures() -> list[str]:
+    """Every `model_type` of transformers' causal-LM auto mapping, sorted."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def tiny_config(arch: str):
+    """The architecture's default config with every recognised size shrunk (see `SIZES`), built again from the
+    shrunk values so that what its `__init__` derives (head dims, layer-type lists) follows them."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    values = _shrink(AutoConfig.for_model(arch).to_dict())
+    config = CONFIG_MAPPING[arch](**values)
+    for key, value in values.items():  # keys __init__ ignores or recomputes from the originals
+        if key in SIZES and _int(getattr(config, key, None)) is not None and getattr(config, key) > value:
+            setattr(config, key, value)
+    return config
+
+
+def _shrink(values: dict) -> dict:
+    out = dict(values)
+    layers = _int(values.get("num_hidden_layers"))
+    for key, value in values.items():
+        if key in SIZES and _int(value) is not None and value > SIZES[key]:
+            out[key] = SIZES[key]
+        elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
+            out[key] = _shrink(value)
+        elif layers and isinstance(value, list) and len(value) == layers:  # per-layer lists follow the count
+            out[key] = value[:out.get("num_hidden_layers", LAYERS)]
+    heads = _int(out.get("num_attention_heads"))
+    if heads and (values.get("num_key_value_heads") in (None, values.get("num_attention_heads"))):
+        out["num_key_value_heads"] = heads  # multi-head (or MLA) attention stays multi-head
+    vocab = _int(out.get("vocab_size")) or VOCAB
+    for key in TOKEN_IDS:
+        value = out.get(key)
+        if _int(value) is not None and value >= vocab:
+            out[key] = vocab - 1
+        elif isinstance(value, list):
+            out[key] = [min(v, vocab - 1) for v in value]
+    if "pad_token_id" in out and out["pad_token_id"] is None:
+        out["pad_token_id"] = 0
+    for key in ("transformers_version", "architectures", "model_type"):
+        out.pop(key, None)
+    return out
+
+
+def _int(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass
+class ArchResult:
+    arch: str
+    stage: str = "config"  # where it stopped: build, import, interpret, compile; "ok" when all passed
+    reason: str = ""
+    gated: int = 0  # gated MLP blocks detected
+    patterns: dict = field(default_factory=dict)  # detect-gated-mlp's per-pattern counts
+    compiled: bool | None = None  # TVM auto-mode build matched torch (None: not tried)
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def imports(self) -> bool:
+        return self.stage in ("compile", "ok")
+
+    def row(self) -> str:
+        """Its README table row (no timings: the row must not change between runs)."""
+        pattern = ", ".join(f"{k}×{v}" for k, v in sorted(self.patterns.items())) or "–"
+        tvm = {None: "not run", True: "yes", False: "no"}[self.compiled]
+        reason = self.reason.replace("|", "\\|") or "–"
+        return (f"| {self.arch} | {'yes' if self.imports else 'no'} | {self.gated} | {pattern} | {tvm} | "
+                f"{reason} |")
+
+
+def build_tiny(arch: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(arch)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).float().eval()
+    return model
+
+
+def example_ids(model, seq: int = SEQ) -> torch.Tensor:
+    vocab = getattr(model.config, "vocab_size", None) or VOCAB
+    return (torch.arange(seq, dtype=torch.long).reshape(1, seq) * 7 + 3) % min(vocab, VOCAB)
+
+
+def check_architecture(arch: str, compile: bool = False) -> ArchResult:
+    """Build the tiny model, import it (torch.export), run the IR interpreter against torch, detect its MLPs;
+    with `compile`, also build it for the host in auto mode and check the compiled outputs against torch."""
+    from ..frontends.hf import CausalLMLogits
+    from ..frontends.torch_export import import_torch
+    from ..ir import evaluate
+    from ..passes import pipeline_for, run_pipeline
+
+    result, clock = ArchResult(arch), time.perf_counter()
+
+    def lap(stage, next_stage):
+        nonlocal clock
+        now = time.perf_counter()
+        result.seconds[stage] = round(now - clock, 2)
+        clock, result.stage = now, next_stage
+
+    try:
+        result.stage = "build"
+        model = build_tiny(arch)
+        ids = example_ids(model)
+        wrapped = CausalLMLogits(model).eval()
+        with torch.no_grad():
+            want = wrapped(ids).numpy()
+        lap("build", "import")
+        graph = import_torch(wrapped, (ids,))
+        lap("import", "interpret")
+        _assert_close(evaluate(graph, [ids.numpy()])[0], want, "the IR interpreter")
+        stats = run_pipeline(graph, pipeline_for("auto")).stats.get("detect-gated-mlp", {})
+        result.gated = stats.get("gated-mlp", 0)
+        result.patterns = {k: v for k, v in stats.items() if k not in ("gated-mlp", "biased", "moe-expert")}
+        lap("interpret", "compile")
+        if compile:
+            import actsparse
+
+            result.compiled = False
+            cm = actsparse.compile(graph, (ids.numpy(),), mode="auto")
+            _assert_close(np.asarray(cm(ids.numpy())), want, "the TVM build")
+            result.compiled = True
+            lap("compile", "ok")
+        else:
+            result.stage = "ok"
+    except Exception as err:  # noqa: BLE001 - the reason is the product here
+        result.reason = _reason(err)
+    return result
+
+
+def _assert_close(got, want, what: str) -> None:
+    err = float(np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-12))
+    if not np.allclose(got, want, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(want).max()))):
+        raise AssertionError(f"{what} differs from torch (max error {err:.2e} of the largest logit)")
+
+
+_PATH = re.compile(r"(?:/[\w.@+-]+)+/([\w.-]+\.py)")
+
+
+def _reason(err: Exception) -> str:
+    """The first line of the error, site-packages paths cut to the file name (rows must not depend on the
+    machine)."""
+    text = str(err).strip().splitlines()
+    line = _PATH.sub(r"\1", text[0] if text else "")
+    return f"{type(err).__name__}: {line[:240]}"
+
+
+# --- the README table --------------------------------------------------------------------------------------
+START, END = "<!-- arch-table:start -->", "<!-- arch-table:end -->"
+HEADER = ("| architecture | imports | gated MLPs | patterns | TVM auto build | reason it stops |\n"
+          "|---|---|---|---|---|---|")
+
+
+def readme_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "README.md"
+
+
+def table_rows(readme: str) -> dict[str, str]:
+    """arch -> row of the generated table in README text (empty if there is none)."""
+    if START not in readme:
+        return {}
+    body = readme.split(START, 1)[1].split(END, 1)[0]
+    return {line.split("|")[1].strip(): line for line in body.splitlines()
+            if line.startswith("| ") and not line.startswith("| architecture") and "---" not in line}
+
+
+def write_table(results: list[ArchResult], path: Path) -> None:
+    """Replace (or append) the generated table; rows of architectures not in `results` are kept."""
+    text = path.read_text()
+    rows = {**table_rows(text), **{r.arch: r.row() for r in results}}
+    ok = sum(row.split("|")[2].strip() == "yes" for row in rows.values())
+    built = sum(row.split("|")[5].strip() == "yes" for row in rows.values())
+    table = "\n".join([START, f"{ok} of {len(rows)} causal-LM architectures of transformers import and match torch; "
+                        f"{built} also built with TVM in auto mode and matched. Generated by "
+                        "`python -m actsparse.scripts.arch_table --write`.", "", HEADER,
+                        *(rows[a] for a in sorted(rows)), END])
+    if START in text:
+        before, rest = text.split(START, 1)
+        text = before + table + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n## Architectures (generated)\n\n" + table + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Try every causal-LM architecture of transformers (tiny configs) "
+                                     "through import, the interpreter and a TVM build; print or write the table.")
+    parser.add_argument("archs", nargs="*", help="architectures (default: all of transformers' causal-LM mapping)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the TVM build")
+    parser.add_argument("--write", action="store_true", help="update the table in README.md")
+    args = parser.parse_args(argv)
+    from tqdm import tqdm
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    results = []
+    for arch in tqdm(args.archs or causal_lm_architectures(), unit="arch"):
+        results.append(check_architecture(arch, compile=not args.no_compile))
+        tqdm.write(f"{results[-1].row()}  {results[-1].seconds}")
+        if args.write:  # after each one: a long run interrupted keeps what it found
+            write_table(results[-1:], readme_path())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

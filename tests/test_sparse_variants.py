@@ -1,0 +1,81 @@
+"""The sparse gated-MLP op family (ir/sparse_variants.py): a variant is one table entry, and the verifier, the
+interpreter, densify and the report read the entry — a new variant with an extra input works through all of them
+without editing them. The report's fields come from the node (a ReGLU block in threshold mode is 'reglu')."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actsparse.ir import evaluate, parse_graph, verify
+from actsparse.ir.sparse_variants import VARIANTS, SparseVariant, dense_intermediate, variant
+from actsparse.ir.verify import VerifyError
+from actsparse.passes import run_pipeline
+from actsparse.passes.densify import Densify
+from actsparse.runtime.report import measure_blocks
+
+from .helpers import gated_mlp_graph, mlp_input
+
+ATTRS = "{{'gate_act': 'silu', 'mode': '{mode}', 'pattern': 'swiglu', 'up_act': 'identity'}}"
+TEXT = ("graph @main(%x: f32[2,8]) {{\n  @keep : f32[16]\n  @wdt : f32[16,8]\n  @wg : f32[16,8]\n  @wu : f32[16,8]\n"
+        "  %0 = sparse_gated_mlp(%x, @wg, @wu, @wdt{extra}) " + ATTRS + " : f32[2,8]  # mlp\n  return %0\n}}\n")
+
+
+def _masked(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None):
+    return dense_intermediate(x, w_gate, w_up, attrs, b_gate, b_up) * extras["keep"]
+
+
+MASKED = SparseVariant("masked", attrs={}, extra_inputs=("keep",), intermediate=_masked,
+                       kernels={}, kernel_options=lambda attrs: {},
+                       dense_attrs=lambda attrs: {"gate_act": attrs["gate_act"], "up_act": attrs["up_act"],
+                                                  "fused": False},
+                       report=lambda attrs: {"reason": "a fixed neuron mask"}, doc="a toy variant for this test")
+
+
+def _weights(seed=0):
+    rng = np.random.default_rng(seed)
+    keep = (rng.random(16) > 0.5).astype(np.float32)
+    return {"keep": keep, **{n: rng.standard_normal(s).astype(np.float32)
+                             for n, s in (("wg", (16, 8)), ("wu", (16, 8)), ("wdt", (16, 8)))}}
+
+
+def test_a_new_variant_with_an_extra_input_is_one_entry(monkeypatch):
+    monkeypatch.setitem(VARIANTS, "masked", MASKED)
+    weights = _weights()
+    graph = verify(parse_graph(TEXT.format(extra=", @keep", mode="masked"), weights))
+    x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    g, u = x @ weights["wg"].T, x @ weights["wu"].T
+    want = (g / (1 + np.exp(-g)) * u * weights["keep"]) @ weights["wdt"]
+    np.testing.assert_allclose(evaluate(graph, [x])[0], want, rtol=1e-5, atol=1e-6)
+    (row,) = measure_blocks(graph, [x], mode="masked")
+    assert (row.location, row.pattern, row.mode, row.n_ff, row.reason) == ("mlp", "swiglu", "masked", 16,
+                                                                           "a fixed neuron mask")
+    assert row.sparsity == pytest.approx(np.mean(np.broadcast_to(weights["keep"], (2, 16)) == 0))
+    dense = run_pipeline(graph, [Densify()])
+    node = next(n for n in dense.graph.nodes if n.op == "gated_mlp")
+    assert len(node.inputs) == 4 and dense.stats["densify"] == {"swiglu": 1}  # the extra input is dropped
+    np.testing.assert_allclose(evaluate(dense.graph, [x])[0], (g / (1 + np.exp(-g)) * u) @ weights["wdt"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_verifier_checks_a_variants_extra_inputs(monkeypatch):
+    monkeypatch.setitem(VARIANTS, "masked", MASKED)
+    with pytest.raises(VerifyError, match=r"mode='masked'\} takes 5 inputs \(x, w_gate, w_up, w_down_t, keep\), got 4"):
+        verify(parse_graph(TEXT.format(extra="", mode="masked"), _weights()))
+    with pytest.raises(VerifyError, match="takes 4 inputs"):
+        verify(parse_graph(TEXT.format(extra=", @keep", mode="exact"), _weights()))
+    with pytest.raises(ValueError, match="unknown sparse_gated_mlp mode 'nope'; known: exact, threshold"):
+        variant("nope")
+
+
+def test_report_of_a_reglu_block_in_threshold_mode_says_reglu():
+    import actsparse
+
+    graph = gated_mlp_graph(act="relu")
+    cm_graph = run_pipeline(graph, actsparse.passes.pipeline_for(
+        "threshold", calibration=[(mlp_input(seq=32, seed=s),) for s in range(3)], sparsity=0.8)).graph
+    node = next(n for n in cm_graph.nodes if n.op == "sparse_gated_mlp")
+    assert (node.attrs["gate_act"], node.attrs["pattern"]) == ("fatrelu", "reglu")
+    (row,) = measure_blocks(cm_graph, [mlp_input(seq=16, seed=9)], mode="threshold")
+    assert (row.pattern, row.mode, row.method) == ("reglu", "threshold", "cats")
+    assert row.threshold == node.attrs["threshold"] and row.calibrated_sparsity == node.attrs["calibrated_sparsity"]

@@ -1,0 +1,82 @@
+"""Targets are data with a memory hierarchy (levels with size and read bandwidth); `profile()` measures the host's
+quickly; schedules come from codegen; pipelines take a target; the runtime places weights per name."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from actsparse import targets
+from actsparse.targets import MemoryLevel
+
+
+@pytest.mark.parametrize("name", ["x86", "arm", "cuda"])
+def test_every_target_declares_its_memory_levels(name):
+    t = targets.get(name)
+    assert t.memory and all(isinstance(lv, MemoryLevel) and lv.size_bytes > 0 for lv in t.memory)
+    assert t.main_memory is not None and t.main_memory.read_bandwidth > 0
+    assert t.llc_bytes > 0
+    if name == "cuda":  # shared memory is the GPU schedule's, not a "cache": two names, no ambiguity
+        assert t.shared_memory_bytes == 48 << 10 and t.l2_bytes == 0
+        assert [lv.name for lv in t.memory] == ["shared", "L2", "VRAM", "host"]
+        assert t.level("VRAM").read_bandwidth > 10 * t.level("host").read_bandwidth  # what hot/cold weighs
+    else:
+        assert t.shared_memory_bytes == 0 and t.l2_bytes > 0 and t.memory[-1].name == "DRAM"
+    assert t.to_dict()["memory"][0]["name"] == t.memory[0].name
+
+
+def test_profile_measures_the_host_quickly():
+    start = time.perf_counter()
+    host = targets.profile(seconds_per_level=0.1)
+    took = time.perf_counter() - start
+    assert took < 5.0, took
+    assert all(lv.measured and lv.read_bandwidth > 1e8 for lv in host.memory)  # > 0.1 GB/s: a real measurement
+    names = [lv.name for lv in host.memory]
+    assert names[-1] == "DRAM" and "L2" in names
+    assert host.level("L2").size_bytes == targets.get("x86").l2_bytes  # sizes as declared (from /sys)
+
+
+def test_schedule_comes_from_codegen_and_targets_import_no_codegen():
+    import ast
+    from pathlib import Path
+
+    from actsparse.codegen.schedules import schedule_for
+
+    x86 = targets.get("x86")
+    sched = schedule_for(x86)
+    assert (sched.lanes, sched.threads, sched.l2_bytes) == (x86.lanes, x86.threads, x86.l2_bytes)
+    assert not hasattr(x86, "schedule") and not hasattr(x86, "cache_bytes")
+    for path in (Path(targets.__file__).parent).glob("*.py"):
+        imported = [n.module or "" for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)]
+        assert not any("codegen" in m for m in imported), path
+
+
+def test_pipeline_for_takes_a_target_and_keeps_the_old_form():
+    from actsparse.passes import pipeline_for
+    from actsparse.passes.pipeline import PipelineOptions
+
+    assert [p.name for p in pipeline_for("exact")] == [p.name for p in pipeline_for("exact", "arm")]
+    assert PipelineOptions(targets.get("arm")).target.name == "arm"
+    assert PipelineOptions().target.name == "x86"  # the default: the host
+    with pytest.raises(Exception, match="unknown target 'tpu'"):
+        pipeline_for("exact", "tpu")
+
+
+def test_runtime_places_each_weight_where_told(tmp_path):
+    import actsparse
+
+    from .helpers import gated_mlp_graph, mlp_input
+
+    cm = actsparse.compile(gated_mlp_graph(), (mlp_input(),), mode="exact")
+    x = mlp_input(seq=3)
+    name = cm.weight_order[0]
+    placed = type(cm)(cm.executable, cm.weights, cm.weight_order, cm.graph, cm.inputs, cm.n_outputs, cm.report,
+                      cm.target_info, placement={name: "host"})
+    np.testing.assert_allclose(placed(x), cm(x), rtol=1e-6)
+    loaded = actsparse.load(placed.save(tmp_path / "m"))
+    assert loaded.placement == {name: "host"}
+    with pytest.raises(ValueError, match="placement: unknown weights or places"):
+        type(cm)(cm.executable, cm.weights, cm.weight_order, cm.graph, cm.inputs, cm.n_outputs, cm.report,
+                 cm.target_info, placement={name: "moon"})
