@@ -16,6 +16,7 @@ from actsparse.errors import ActsparseError
 from actsparse.ir import evaluate
 from actsparse.ir.input_sparse import input_sparse_reference, input_sparse_torch, keep_mask
 from actsparse.passes.sparsity_methods import (
+    DEFAULT_METHOD,
     LEVEL_STEP,
     BlockWeights,
     CalibrationError,
@@ -154,7 +155,7 @@ def test_default_method_reports_effective_sparsity():
     cm = actsparse.compile(graph, (held_out,), mode="threshold", sparsity=0.5,
                            calibration=[(mlp_input(seq=64, seed=s),) for s in range(2, 8)])
     block = cm.report.blocks[0]
-    assert block.method == "wina-greedy" and block.mode == "input"
+    assert block.method == DEFAULT_METHOD and block.mode == "input"
     assert abs(cm.report.effective_sparsity - 0.5) < 0.08 and block.input_sparsity > 0
     assert "effective" in str(cm.report) and "weight bytes not read" in str(cm.report)
     np.testing.assert_allclose(cm(held_out), evaluate(cm.graph, [held_out])[0], rtol=1e-4, atol=1e-5)
