@@ -34,8 +34,9 @@ def _calls(rng, d, n, criterion, gate_act, up_act) -> list[Call]:
 def _jobs(target_name: str):
     from actsparse import targets
     from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.schedules import schedule_for
 
-    sched = targets.get(target_name).schedule()
+    sched = schedule_for(targets.get(target_name))
     rng = np.random.default_rng(0)
     return [(kernel("input", d, n, gate_act=g, up_act=u, criterion=c, dtype="float32", sched=sched),
              _calls(rng, d, n, c, g, u)) for d, n, c, g, u in CASES]
