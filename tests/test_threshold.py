@@ -167,7 +167,7 @@ def test_pass_text_form_and_explicit_thresholds():
     explicit = parse_pipeline("canonicalize,detect-gated-mlp")
     from actsparse.passes.sparsify_threshold import SparsifyThreshold
 
-    result = run_pipeline(graph, [*explicit, SparsifyThreshold(thresholds={"mlp": 0.05})])
+    result = run_pipeline(graph, [*explicit, SparsifyThreshold(method="cats", thresholds={"mlp": 0.05})])
     node = next(n for n in result.graph.nodes if n.op == "sparse_gated_mlp")
     assert (node.attrs["mode"], node.attrs["threshold"], node.attrs["criterion"]) == ("threshold", 0.05, "gate")
     with pytest.raises(ValueError, match="unknown method"):
