@@ -76,9 +76,10 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
             recall: float | None = None, predictor_budget: float | None = None, quantize: str | None = None,
             prequantized=None):
     """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
-    target `sparsity`; `method` picks the threshold calibration ("cats" default, "teal", "topk"). The report then
-    gives each block's calibrated sparsity, the sparsity measured on `example_inputs` (keep them out of the
-    calibration data: they are the held-out check) and the outputs' relative error vs the dense model.
+    target `sparsity`; `method` picks the sparsity method (passes/sparsity_methods.METHODS, default
+    "teal"). The report then gives each block's calibrated sparsity, the sparsity and effective sparsity
+    measured on `example_inputs` (keep them out of the calibration data: they are the held-out check) and the
+    outputs' relative error vs the dense model.
 
     mode="predictor" (ReLU-family blocks): `predictor` = "lowrank" (default, trained) | "svd" | "sign"
     (training-free), `recall` the per-block target (default 0.99), `sparsity` an optional floor on the predicted
@@ -241,13 +242,14 @@ def _lossy_options(mode: str, calibration, sparsity, method, predictor_options: 
             raise ActsparseError(f"{', '.join(given)}: mode={mode!r} does not use them (only "
                                  f"{', '.join(map(repr, LOSSY_MODES))} does); leave them out or pick that mode")
         return {}
-    from .passes.calibrate import METHODS, calibration_samples
+    from .passes.calibrate import calibration_samples
+    from .passes.sparsity_methods import DEFAULT_METHOD, METHODS
 
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)) \
             or not 0.0 < float(sparsity) < 1.0:
         raise ActsparseError(f"mode={mode!r} needs a target sparsity, a number between 0 and 1 (exclusive), "
                              f"e.g. sparsity=0.5 (got {sparsity!r})")
-    method = method or "cats"
+    method = method or DEFAULT_METHOD
     if method not in METHODS:
         raise ActsparseError(f"unknown threshold method {method!r}; valid methods: {', '.join(METHODS)}")
     return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}

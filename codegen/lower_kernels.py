@@ -20,7 +20,7 @@ from tvm import relax
 
 from ..ir import TensorType
 from ..ir.activations import ACTIVATIONS
-from ..ir.sparse_variants import variant_of
+from ..ir.sparse_variants import sizes, variant_of
 from .context import LoweringError, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
 from .schedules import schedule_for
 
@@ -97,7 +97,7 @@ def _sparse_gated_mlp(ctx, node, args):
         return COMPOSITE_KERNELS[variant.kernels[family]](ctx, node, args, sched,
                                                           variant.kernel_options(dict(node.attrs)))
     x_node, w_gate = node.inputs[0], node.inputs[1]
-    n_ff, d = w_gate.shape
+    n_ff, d = sizes(node.attrs, w_gate.shape)
     d_out = node.inputs[3].shape[1]
     x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
     kernel = target_kernel(variant.kernels[family], d, n_ff, dtype=kernel_dtype(w_gate), sched=sched,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import exactly_sparse
-from .sparse_variants import check_inputs, dense_intermediate
+from .sparse_variants import check_inputs, dense_intermediate, sizes
 from .types import TensorType
 
 GATED_MLP_ATTRS = {"gate_act": "silu", "up_act": "identity", "threshold": 0.0, "fused": False,
@@ -79,9 +79,10 @@ def sparse_gated_mlp_type(types, attrs) -> TensorType:
     """x[..., d], w_gate[n, d], w_up[n, d], w_down_t[n, d_out], then the variant's extra inputs."""
     check_inputs(len(types), attrs)
     x, w_gate, w_up, w_down_t = types[:4]
-    if x.shape[-1] != w_gate.shape[1]:
-        raise TypeError(f"gated MLP input {x} does not match gate weight width {w_gate.shape[1]}")
-    if w_up.shape != w_gate.shape or w_down_t.shape[0] != w_gate.shape[0]:
+    n_ff, d = sizes(attrs, w_gate.shape)
+    if x.shape[-1] != d:
+        raise TypeError(f"gated MLP input {x} does not match gate weight width {d}")
+    if w_up.shape != w_gate.shape or w_down_t.shape[0] != n_ff:
         raise TypeError(f"sparse gated MLP weights {w_gate}, {w_up}, {w_down_t} do not share n_ff")
     return TensorType((*x.shape[:-1], w_down_t.shape[1]), x.dtype)
 

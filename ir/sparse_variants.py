@@ -29,6 +29,10 @@ How to add a variant (e.g. "predictor", "hotcold"): add one `SparseVariant` to `
                     calibrated_sparsity, reason, ...) that the node itself carries
     lossy           whether the variant may change outputs (it then needs calibration and the report shows
                     the outputs' error)
+    gate_up_layout  "rows": w_gate / w_up are [n_ff, d] (a neuron per row); "columns": [d, n_ff] (an input
+                    channel per row, for kernels that skip inputs); `sizes` reads (n_ff, d) accordingly
+    measure         (x2d, w_gate, w_up, extras, attrs, h) -> report fields measured on the example inputs; the
+                    default gives `effective_sparsity`, the fraction of weight bytes a token does not read
     doc             one line for error messages and the README
 
 Then add its kernels (codegen/kernels/, an entry in FAMILIES per family), the pass that produces it, and its
@@ -43,7 +47,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ActsparseError
 from .activations import apply
+from .input_sparse import input_intermediate, input_measure
 
 COMMON_ATTRS = {"gate_act": "relu", "up_act": "identity", "threshold": 0.0, "mode": "exact", "pattern": "reglu",
                 "expert": -1}
@@ -62,9 +68,24 @@ class SparseVariant:
     dense_attrs: Callable[[dict], dict]
     report: Callable[[dict], dict] = field(default=lambda attrs: {})
     lossy: bool = False
+    gate_up_layout: str = "rows"
+    # report fields measured on the example inputs beyond the sparsity of h: (x, w_gate, w_up, extras, attrs, h)
+    # -> dict; by default the effective sparsity of a per-neuron variant
+    measure: Callable[..., dict] = field(default=lambda x, w_gate, w_up, extras, attrs, h: _neuron_effective(attrs, h))
     doc: str = ""
-    # report fields measured on the example inputs beyond the sparsity of h: (x, w_gate, w_up, extras, attrs) -> dict
-    measure: Callable[..., dict] = field(default=lambda x, w_gate, w_up, extras, attrs: {})
+
+
+def _neuron_effective(attrs: dict, h: np.ndarray) -> dict:
+    """Per-neuron variants read every gate row; 'gate' decisions skip the up and down rows of an inactive neuron,
+    'product' ones (which need u) only its down row. Equal-size matrices: a third of the bytes each."""
+    skipped = 1 / 3 if attrs.get("mode") == "threshold" and attrs.get("criterion") == "product" else 2 / 3
+    return {"effective_sparsity": float(np.mean(h == 0)) * skipped}
+
+
+def sizes(attrs: Mapping, w_gate_shape) -> tuple[int, int]:
+    """(n_ff, d) of a sparse_gated_mlp from its w_gate's shape and its variant's layout."""
+    rows, cols = w_gate_shape
+    return (cols, rows) if variant_of(attrs).gate_up_layout == "columns" else (rows, cols)
 
 
 def projections(x, w_gate, w_up, b_gate=None, b_up=None) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +116,19 @@ def _activation_options(attrs: dict) -> dict:
             "threshold": attrs.get("threshold", 0.0)}
 
 
+def _input_report(attrs: dict) -> dict:
+    return {"threshold": attrs.get("threshold", 0.0), "method": attrs.get("method"),
+            "calibrated_sparsity": attrs.get("calibrated_sparsity"),
+            "effective_calibrated": attrs.get("effective_calibrated")}
+
+
+def _no_top_k(attrs: dict) -> dict:
+    if attrs.get("x_keep", 0) or attrs.get("h_keep", 0):
+        raise ActsparseError("the top-k (fixed count) method has no kernel yet; compile with a threshold "
+                                  "method (method='wina-greedy', 'teal', ...)")
+    return {}
+
+
 # --- exact: ReLU family, lossless ----------------------------------------------------------------------------
 def _exact_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None):
     return dense_intermediate(x, w_gate, w_up, attrs, b_gate, b_up)
@@ -123,7 +157,8 @@ def _threshold_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=No
 
 def _threshold_report(attrs: dict) -> dict:
     fields = {"threshold": attrs["threshold"], "method": attrs.get("method"),
-              "calibrated_sparsity": attrs.get("calibrated_sparsity")}
+              "calibrated_sparsity": attrs.get("calibrated_sparsity"),
+              "effective_calibrated": attrs.get("effective_calibrated")}
     if attrs.get("input_threshold"):
         fields["reason"] = (f"{attrs.get('method')}: input |x| <= {attrs['input_threshold']:.3g} zeroed by a dense "
                             "mask (no input-sparse kernel yet)")
@@ -139,13 +174,16 @@ def _predictor_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=No
     return np.where(extras["scores"].reshape(h.shape) > attrs["cutoff"], h, 0).astype(x.dtype)
 
 
-def _predictor_measure(x, w_gate, w_up, extras, attrs) -> dict:
+def _predictor_measure(x, w_gate, w_up, extras, attrs, h=None) -> dict:
     """recall (share of the truly active neurons predicted), predicted sparsity, and as `sparsity` the block's own
-    activation sparsity (after the misses it is 1 - recall·(1 - sparsity))."""
+    activation sparsity (after the misses it is 1 - recall·(1 - sparsity)); the effective sparsity is the share of
+    rows of all three matrices not read, less the predictor's own bytes."""
     active = dense_intermediate(x, w_gate, w_up, attrs) != 0
     predicted = extras["scores"].reshape(active.shape) > attrs["cutoff"]
+    predicted_sparsity = 1.0 - float(predicted.mean())
     return {"recall": float((predicted & active).sum() / max(active.sum(), 1)),
-            "predicted_sparsity": 1.0 - float(predicted.mean()), "sparsity": 1.0 - float(active.mean())}
+            "predicted_sparsity": predicted_sparsity, "sparsity": 1.0 - float(active.mean()),
+            "effective_sparsity": predicted_sparsity - (attrs.get("predictor_bytes_pct") or 0.0) / 100}
 
 
 def _predictor_report(attrs: dict) -> dict:
@@ -178,6 +216,17 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         kernels={"cpu": "predicted", "cuda": "predicted"}, kernel_options=_activation_options,
         dense_attrs=_plain_attrs, report=_predictor_report, lossy=True, measure=_predictor_measure,
         doc="a per-layer predictor (lowrank, svd, sign) picks the neurons; ReLU-family gates, lossy"),
+    SparseVariant(
+        "input",
+        # x_keep / h_keep: top-k counts per token (0: thresholds); the semantics are in ir/input_sparse.py
+        attrs={"x_keep": 0, "h_keep": 0, "effective_calibrated": None, "input_sparsity": None},
+        extra_inputs=("x_thr", "h_thr"), intermediate=input_intermediate,
+        kernels={"cpu": "input", "cuda": "input"},
+        kernel_options=lambda attrs: {"gate_act": attrs["gate_act"], "up_act": attrs.get("up_act", "identity"),
+                                      "criterion": attrs.get("criterion", "product"), **_no_top_k(attrs)},
+        dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns",
+        measure=input_measure,
+        doc="TEAL / WINA input sparsity: per-channel thresholds on x and on the down input, skipped weight rows"),
 )}
 
 SPARSE_GATED_MLP_ATTRS = {**COMMON_ATTRS, **{k: v for variant in VARIANTS.values() for k, v in variant.attrs.items()}}

@@ -2,46 +2,36 @@
 
 The graph (after `detect-gated-mlp`) runs on each calibration input in the numpy reference interpreter, keeping
 the input x of every `gated_mlp`; up to `max_tokens` rows of x per block are kept (a uniform sample: each row
-draws a random key and the smallest keys stay). From those rows every method is a quantile at the target
-sparsity s, per block, so each layer hits the target:
-
-    cats   t = quantile(|act(g)|, s)                       -> criterion 'gate'
-    topk   t = quantile(|act(g)·act_u(u)|, s)              -> criterion 'product' (TurboSparse's top-k% kept)
-    teal   t_x = quantile(|x|, s), then with x masked to |x| > t_x:
-           t = quantile(|act(g)·act_u(u)|, s)              -> criterion 'product' + an input mask
+draws a random key and the smallest keys stay). From those rows each method of `sparsity_methods.METHODS`
+chooses its thresholds (per-neuron for cats / product, per input channel of every projection for the TEAL /
+WINA / top-k family, with TEAL's greedy allocation for the `*-greedy` ones).
 
 Calibration runs the dense model, so errors do not compound across layers while calibrating (as in CATS and
-TEAL). Empty calibration data, inputs that do not match the graph, and NaN/inf inputs or activations are errors
-that say which sample or block.
+TEAL). Empty calibration data, inputs that do not match the graph, too few tokens for the asked sparsity, and
+NaN/inf inputs or activations are errors that say which sample or block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ActsparseError
 from ..ir import Graph, Node, evaluate
-from ..ir.activations import apply
 from ..ir.mlp import unpack_gated_inputs
-from ..ir.sparse_variants import intermediate
+from .sparsity_methods import (
+    METHODS,
+    BlockWeights,
+    CalibrationError,
+    InputThresholds,
+    NeuronThreshold,
+    calibrate_blocks,
+    method,
+)
 
-METHODS = ("cats", "teal", "topk")
-
-
-class CalibrationError(ActsparseError):
-    """Calibration data is missing, malformed, or produces non-finite activations."""
-
-
-@dataclass(frozen=True)
-class Calibrated:
-    threshold: float            # on |act(g)| ('gate') or |h| ('product')
-    criterion: str              # 'gate' | 'product'
-    input_threshold: float      # TEAL: x entries with |x| <= input_threshold are zeroed (0: no input mask)
-    sparsity: float             # exact-zero fraction of h on the calibration rows, with these thresholds
-    tokens: int                 # calibration rows the thresholds were chosen on
+__all__ = ["METHODS", "CalibrationError", "InputThresholds", "NeuronThreshold", "calibrate", "calibration_samples",
+           "collect_inputs", "threshold_attrs"]
 
 
 def calibration_samples(calibration, n_inputs: int | None = None) -> list[tuple[np.ndarray, ...]]:
@@ -103,32 +93,23 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
     return [k[1] for k in kept]
 
 
-def _quantile(values: np.ndarray, s: float) -> float:
-    return float(np.quantile(values.ravel(), s))
-
-
-def calibrate_block(block: Node, weights: dict[str, np.ndarray], rows: np.ndarray, method: str,
-                    sparsity: float) -> Calibrated:
-    """Thresholds of one gated_mlp block from its calibration input rows, for `method` at target `sparsity`."""
-    if method not in METHODS:
-        raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")
+def block_weights(block: Node, weights: dict[str, np.ndarray], name: str) -> BlockWeights:
+    """A gated_mlp's weights as the methods take them; input-sparsity methods refuse biases and FATReLU."""
     attrs = {"threshold": 0.0, "fused": False, "gate_first": True, **block.attrs}
-    arrays = [rows, *(weights[w.attrs["name"]] for w in block.inputs[1:])]
-    x, w_gate, w_up, _, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
-    input_threshold = 0.0
-    if method == "teal":
-        input_threshold = _quantile(np.abs(x), sparsity)
-        x = np.where(np.abs(x) > input_threshold, x, 0).astype(x.dtype)
-    g, u = x @ w_gate.T.astype(x.dtype), x @ w_up.T.astype(x.dtype)
-    g, u = (g if b_gate is None else g + b_gate), (u if b_up is None else u + b_up)
-    a = apply(attrs["gate_act"], g, attrs["threshold"])
-    criterion = "gate" if method == "cats" else "product"
-    t = _quantile(np.abs(a if criterion == "gate" else a * apply(attrs["up_act"], u)), sparsity)
-    if attrs["gate_act"] == "fatrelu":
-        t = max(t, attrs["threshold"])   # FATReLU already zeroes g <= its own threshold
-    final = threshold_attrs(attrs, t, criterion)
-    h = intermediate(x, w_gate, w_up, {}, final, b_gate, b_up)
-    return Calibrated(t, criterion, input_threshold, float(np.mean(h == 0)), len(rows))
+    arrays = [None, *(weights[w.attrs["name"]] for w in block.inputs[1:])]
+    _, w_gate, w_up, w_down, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
+    if method(name).mode == "input":
+        if b_gate is not None:
+            raise ActsparseError(f"{block.loc or 'a gated MLP'} has gate/up biases, which input-sparsity method "
+                                 f"{name!r} does not take; use method='cats' or 'product' for it")
+        if attrs["gate_act"] == "fatrelu":
+            raise ActsparseError(f"{block.loc or 'a gated MLP'} is FATReLU (its own threshold); calibrate it with "
+                                 "method='cats', or compile it in mode='exact'")
+    elif b_gate is not None:   # per-neuron scores: biases inside the activations, as homogeneous coordinates
+        w_gate, w_up = (np.concatenate([w, b[:, None]], 1) for w, b in ((w_gate, b_gate), (w_up, b_up)))
+        w_down = np.concatenate([w_down, np.zeros((w_down.shape[0], 1), w_down.dtype)], 1)
+    return BlockWeights(w_gate.astype(np.float32), w_up.astype(np.float32), w_down.astype(np.float32),
+                        attrs["gate_act"], attrs["up_act"])
 
 
 def threshold_attrs(attrs: dict, threshold: float, criterion: str) -> dict:
@@ -143,9 +124,23 @@ def threshold_attrs(attrs: dict, threshold: float, criterion: str) -> dict:
             "criterion": criterion}
 
 
-def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, method: str, sparsity: float,
-              max_tokens: int = 4096, progress: bool = True) -> list[Calibrated]:
+def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str, sparsity: float,
+              max_tokens: int = 4096, progress: bool = True) -> list[NeuronThreshold | InputThresholds]:
     """Thresholds for every block from the calibration inputs (see the module docstring)."""
+    method(name)
     samples = calibration_samples(calibration, len(graph.inputs))
     rows = collect_inputs(graph, blocks, samples, max_tokens, progress=progress)
-    return [calibrate_block(b, graph.weights, r, method, sparsity) for b, r in zip(blocks, rows)]
+    weights = [block_weights(b, graph.weights, name) for b in blocks]
+    # a bias folded into the weights: the rows get their ones column
+    rows = [np.concatenate([r, np.ones((len(r), 1), np.float32)], 1) if bw.w_gate.shape[1] > r.shape[1] else r
+            for r, bw in zip(rows, weights)]
+    plans = calibrate_blocks(weights, rows, name, sparsity, progress, [b.loc or f"block {i}" for i, b in
+                                                                        enumerate(blocks)])
+    fixed = []
+    for b, plan in zip(blocks, plans):
+        if isinstance(plan, NeuronThreshold) and b.attrs["gate_act"] == "fatrelu":
+            # FATReLU already zeroes g <= its own threshold
+            plan = NeuronThreshold(max(plan.threshold, b.attrs.get("threshold", 0.0)), plan.criterion, plan.sparsity,
+                                   plan.effective, plan.tokens)
+        fixed.append(plan)
+    return fixed

@@ -1,7 +1,8 @@
 """densify: the inverse of the sparsify passes, for building a sparse artifact's dense twin (`actsparse bench`).
 
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, *extra){mode=v} -> gated_mlp(x, @Wg, @Wu, @Wd){v.dense_attrs(attrs)}
-                                                             (@Wd = @Wd.t transposed back, extra inputs dropped)
+                                                             (@Wd = @Wd.t transposed back, extra inputs dropped;
+                                                              a "columns" variant's @Wg.t / @Wu.t too)
 
 The gated_mlp attrs are the variant's (`dense_attrs` of its entry in ir/sparse_variants.py): the same
 activations, every neuron computed (exact mode: the same math; lossy modes: their dense original). A quantized
@@ -34,6 +35,9 @@ class Densify(Pass):
             if node.op != "sparse_gated_mlp":
                 return None
             x, w_gate, w_up, w_down_t = node.inputs[:4]
+            variant = variant_of(node.attrs)
+            if variant.gate_up_layout == "columns":   # gate/up stored [d, n_ff]: back to a neuron per row
+                w_gate, w_up = (transposed(w) for w in (w_gate, w_up))
             name = w_down_t.attrs["name"]
             layout = w_down_t.attrs.get("layout", "dense")
             if layout != "dense":
@@ -41,11 +45,14 @@ class Densify(Pass):
                 new_weights.setdefault(f"{name}.back", qw.blob)
                 down = quantized_weight_node(f"{name}.back", qw)
             else:
-                name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
-                down = weight_node(name, new_weights.setdefault(
-                    name, aligned_contiguous(graph.weights[w_down_t.attrs["name"]].T)))
-            attrs = variant_of(node.attrs).dense_attrs(dict(node.attrs))
+                down = transposed(w_down_t)
+            attrs = variant.dense_attrs(dict(node.attrs))
             record(node.attrs.get("pattern", "gated-mlp"))
             return Node("gated_mlp", (x, w_gate, w_up, down), attrs, node.type, node.loc)
+
+        def transposed(w: Node) -> Node:
+            name = w.attrs["name"]
+            name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
+            return weight_node(name, new_weights.setdefault(name, aligned_contiguous(graph.weights[w.attrs["name"]].T)))
 
         return rewrite(graph, visit, new_weights)

@@ -1,48 +1,52 @@
 """sparsify-threshold: training-free sparsity for any gated MLP (SwiGLU, GeGLU, ReLU family) from calibrated
-per-layer thresholds.
+thresholds, by one of the methods of `sparsity_methods.METHODS`.
 
-Matches every `gated_mlp` and produces (weights laid out as in `sparsify-exact`: down transposed, fused gate_up
-split, biases folded in homogeneous coordinates)
+Matches every `gated_mlp`. Per-neuron methods (cats, product) produce (weights laid out as in `sparsify-exact`:
+down transposed, fused gate_up split, biases folded in homogeneous coordinates)
 
     gated_mlp(x, @Wg, @Wu, @Wd) -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t){mode='threshold', threshold=t, criterion=c}
 
-whose semantics (the "threshold" entry of `ir/sparse_variants.py`) zero a neuron for a token when |act(g)| <= t
-(criterion 'gate', CATS) or |act(g)·up| <= t (criterion 'product', TurboSparse's top-k% and TEAL's
-intermediate). TEAL also sparsifies the block's input, which is spelled as ordinary ops in front of the block
-(no kernel skips input columns yet, so it runs densely with a mask):
+whose semantics (the "threshold" entry of `ir/sparse_variants.py`) zero a neuron for a token when
+|act(g)| <= t (criterion 'gate', CATS) or |act(g)·up| <= t (criterion 'product'). Input-sparsity methods
+(teal, wina, teal-cats, topk, *-greedy) produce
 
-    x -> where(gt(abs(x), t_x), x, 0)
+    gated_mlp(x, @Wg, @Wu, @Wd) -> sparse_gated_mlp(x, @Wg.t, @Wu.t, @Wd.t, @x_thr, @h_thr){mode='input', ...}
 
-It is lossy by design: `t` is chosen per block by `calibrate.py` as the quantile of the calibration data's
-activations at the target `sparsity`, so each layer hits the target; the report shows the calibrated sparsity
-next to the sparsity measured on held-out inputs and the error of the outputs.
+(`ir/input_sparse.py`): gate/up transposed so a skipped input channel skips one contiguous weight row, and the
+per-channel thresholds of x and of the down projection's input as weights.
 
-Options: `sparsity` (target fraction of inactive neurons per token, 0 < s < 1), `method` ("cats" | "teal" |
-"topk"), `thresholds` (explicit per-location thresholds, `((location, t), ...)`, that skip calibration for those
-blocks; with teal `(location, t, t_x)`), `calibration` (input tuples; not part of the text form),
-`max_tokens` (calibration rows kept per block), `progress` (tqdm bar while calibrating).
+It is lossy by design: thresholds are chosen by `calibrate.py` on calibration data for the target `sparsity`;
+the report shows the calibrated sparsity, the effective sparsity (weight bytes not read) and the sparsity
+measured on held-out inputs and the error of the outputs.
 
-Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...). The node carries what calibration
-chose (`method`, `calibrated_sparsity`, `input_threshold`) for the report.
+Options: `sparsity` (0 < s < 1: the method's target; for input methods the fraction of MLP weight bytes skipped),
+`method` (see METHODS; default DEFAULT_METHOD), `thresholds` (explicit per-location thresholds
+`((location, t), ...)` for per-neuron methods, skipping calibration for those blocks), `calibration` (input
+tuples; not part of the text form), `max_tokens` (calibration rows kept per block), `progress` (tqdm bars).
+
+Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+import numpy as np
+
 from ..errors import ActsparseError
-from ..ir import Graph, Node, TensorType, rewrite
+from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.mlp import pattern_name
 from .base import Pass, record
-from .calibrate import METHODS, Calibrated, calibrate, threshold_attrs
+from .calibrate import InputThresholds, NeuronThreshold, calibrate, threshold_attrs
 from .sparse_layout import to_sparse_layout
+from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 
 
 @dataclass(frozen=True)
 class SparsifyThreshold(Pass):
     name = "sparsify-threshold"
     sparsity: float = 0.5
-    method: str = "cats"
+    method: str = DEFAULT_METHOD
     thresholds: tuple = ()
     calibration: tuple = field(default=(), repr=False, compare=False)
     max_tokens: int = 4096
@@ -92,43 +96,56 @@ class SparsifyThreshold(Pass):
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
             record(pattern)
-            return _threshold_block(node, c, self.method, graph, new_weights)
+            return _threshold_block(node, c, {"method": self.method, **_summary(c)}, graph, new_weights)
 
         return rewrite(graph, visit, new_weights)
 
-    def _given(self, blocks: list[Node]) -> list[Calibrated | None]:
+    def _given(self, blocks: list[Node]) -> list[NeuronThreshold | None]:
         given = {}
         for entry in self.thresholds:
             loc, t, *rest = entry
-            given[loc] = (float(t), float(rest[0]) if rest else 0.0)
+            if rest:
+                raise ActsparseError(f"sparsify-threshold: thresholds take (location, t) pairs, got {entry!r}")
+            given[loc] = float(t)
+        if given and method(self.method).mode != "threshold":
+            raise ActsparseError(f"sparsify-threshold: explicit thresholds apply to the per-neuron methods (cats, "
+                                 f"product), not {self.method!r}: calibrate it instead")
         unknown = set(given) - {b.loc for b in blocks}
         if unknown:
             raise ActsparseError(f"sparsify-threshold: thresholds given for unknown blocks {sorted(unknown)}; "
                                  f"blocks: {[b.loc for b in blocks]}")
-        criterion = "gate" if self.method == "cats" else "product"
-        return [Calibrated(given[b.loc][0], criterion, given[b.loc][1], float("nan"), 0) if b.loc in given else None
+        criterion = method(self.method).criterion
+        return [NeuronThreshold(given[b.loc], criterion, float("nan"), float("nan"), 0) if b.loc in given else None
                 for b in blocks]
 
 
-def _threshold_block(node: Node, c: Calibrated, method: str, graph: Graph, new_weights: dict) -> Node:
-    x = node.inputs[0]
-    if c.input_threshold > 0:   # TEAL: zero the small input entries (dense mask, see the module docstring)
-        x = _input_mask(x, c.input_threshold, node.loc)
-        node = Node(node.op, (x, *node.inputs[1:]), node.attrs, node.type, node.loc)
-    attrs = {"pattern": pattern_name(node.attrs["gate_act"], node.attrs["up_act"]),
-             **threshold_attrs(node.attrs, c.threshold, c.criterion), "method": method}
-    # what calibration chose rides on the node (the report reads it there): provenance, not semantics
-    if c.sparsity == c.sparsity:  # not NaN: calibrated here, not given
-        attrs["calibrated_sparsity"] = float(c.sparsity)
-    if c.input_threshold > 0:
-        attrs["input_threshold"] = float(c.input_threshold)
-    return to_sparse_layout(node, attrs, graph, new_weights)
+def _summary(c: NeuronThreshold | InputThresholds) -> dict:
+    """What the node carries of its calibration for the report (the method's own and the effective sparsity)."""
+    if isinstance(c, NeuronThreshold):
+        nan = c.sparsity != c.sparsity   # explicit thresholds: nothing calibrated
+        return {} if nan else {"calibrated_sparsity": c.sparsity, "effective_calibrated": c.effective}
+    return {"calibrated_sparsity": c.h_sparsity, "input_sparsity": c.x_sparsity, "effective_calibrated": c.effective}
 
 
-def _input_mask(x: Node, t: float, loc: str) -> Node:
-    """where(gt(abs(x), t), x, 0)."""
-    scalar = TensorType((), x.dtype)
-    magnitude = Node("abs", (x,), {}, x.type, loc)
-    keep = Node("gt", (magnitude, Node("constant", (), {"value": float(t)}, scalar, loc)), {},
-                TensorType(x.shape, "bool"), loc)
-    return Node("where", (keep, x, Node("constant", (), {"value": 0.0}, scalar, loc)), {}, x.type, loc)
+def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds, provenance: dict, graph: Graph,
+                     new_weights: dict) -> Node:
+    pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
+    if isinstance(c, NeuronThreshold):
+        attrs = {"pattern": pattern, **threshold_attrs(node.attrs, c.threshold, c.criterion), **provenance}
+        return to_sparse_layout(node, attrs, graph, new_weights)
+    # input mode: the kernel layout (down transposed, fused split) with gate/up transposed once more
+    attrs = {"pattern": pattern, "gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"],
+             "mode": "input", "threshold": float(np.median(c.h_thr)), **c.attrs, **provenance}
+    base = to_sparse_layout(node, attrs, graph, new_weights)
+    x, w_gate, w_up, w_down_t = base.inputs
+    arrays = {**graph.weights, **new_weights}
+
+    def new(name: str, array: np.ndarray) -> Node:
+        array = new_weights.setdefault(name, np.ascontiguousarray(array))
+        return weight_node(name, array)
+
+    prefix = w_down_t.attrs["name"].removesuffix(".t")
+    inputs = (x, new(f"{w_gate.attrs['name']}.t", arrays[w_gate.attrs["name"]].T),
+              new(f"{w_up.attrs['name']}.t", arrays[w_up.attrs["name"]].T), w_down_t,
+              new(f"{prefix}.x_thr", c.x_thr.astype(np.float32)), new(f"{prefix}.h_thr", c.h_thr.astype(np.float32)))
+    return Node("sparse_gated_mlp", inputs, base.attrs, TensorType(node.shape, node.dtype), node.loc)

@@ -15,7 +15,7 @@ import numpy as np
 from ..ir import Graph, Node, evaluate, weight_value
 from ..ir.activations import exactly_sparse
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.sparse_variants import dense_intermediate, split_inputs, variant_of
+from ..ir.sparse_variants import dense_intermediate, sizes, split_inputs, variant_of
 
 
 @dataclass
@@ -43,6 +43,11 @@ class BlockReport:
     calibrated_recall: float | None = None
     neuron_cdf: list[float] | None = None        # share of activations covered by the top 0%, 5%, ..., 100% neurons
     firing_frequency: list[float] | None = None  # per neuron, on the calibration data
+    # fraction of the block's MLP weight bytes a token does not read (what turns into speed), measured on the
+    # example inputs; `effective_calibrated` as calibration estimated it; input mode: x's own sparsity too
+    effective_sparsity: float | None = None
+    effective_calibrated: float | None = None
+    input_sparsity: float | None = None
 
 
 _FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "None": (type(None),)}
@@ -91,6 +96,14 @@ class Report:
         return report
 
     @property
+    def effective_sparsity(self) -> float | None:
+        """Model-wide fraction of MLP weight bytes not read per token (blocks weighted by their width)."""
+        rows = [b for b in self.blocks if b.effective_sparsity is not None]
+        if not rows:
+            return None
+        return float(np.average([b.effective_sparsity for b in rows], weights=[max(b.n_ff, 1) for b in rows]))
+
+    @property
     def mean_sparsity(self) -> float | None:
         values = [b.sparsity for b in self.blocks if b.sparsity is not None]
         return float(np.mean(values)) if values else None
@@ -104,16 +117,21 @@ class Report:
             f"outputs vs dense: relative error {self.output_rel_error:.2e}"
             + ("" if self.top1_agreement is None else f", top-1 agreement {self.top1_agreement:.1%}")
             + " (on the example inputs)")
+        if lossy and self.effective_sparsity is not None:
+            caption = (caption or "") + (f"; model: {self.effective_sparsity:.1%} of MLP weight bytes not read per "
+                                         "token (effective sparsity)")
         table = Table(title=f"actsparse report — target {self.target}, mode {self.mode}", caption=caption)
         extra = ("recall", "predicted", "rank", "bytes %", "top 20% cover") if predicted else ()
-        numeric = ("n_ff", "sparsity", "calibrated", "threshold", *extra)
-        columns = ("location", "pattern", "mode", "n_ff", "sparsity", *(("calibrated", "threshold") if lossy else ()),
-                   *extra, "note")
+        lossy_columns = ("calibrated", "threshold", "x sparsity", "effective")
+        numeric = ("n_ff", "sparsity", *lossy_columns, *extra)
+        columns = ("location", "pattern", "mode", "n_ff", "sparsity", *(lossy_columns if lossy else ()), *extra,
+                   "note")
         for col in columns:
             table.add_column(col, justify="right" if col in numeric else "left")
         for b in self.blocks:
             pattern = b.pattern if b.expert is None else f"{b.pattern} (expert {b.expert})"
-            lossy_cells = (_percent(b.calibrated_sparsity), "-" if b.threshold is None else f"{b.threshold:.3g}")
+            lossy_cells = (_percent(b.calibrated_sparsity), "-" if b.threshold is None else f"{b.threshold:.3g}",
+                           _percent(b.input_sparsity), _percent(b.effective_sparsity))
             predictor_cells = (_percent(b.recall), _percent(b.predicted_sparsity), str(b.rank or "-"),
                                "-" if b.predictor_bytes_pct is None else f"{b.predictor_bytes_pct:.1f}%",
                                "-" if not b.neuron_cdf else _percent(b.neuron_cdf[len(b.neuron_cdf) // 5]))
@@ -203,27 +221,22 @@ def _block_row(block: Node, x: np.ndarray | None, graph: Graph, mode: str, compu
                    for w in block.inputs[1:])]
     attrs = {"threshold": 0.0, "fused": False, **block.attrs}
     expert = attrs.get("expert", -1)
-    fields: dict = {"expert": expert if expert >= 0 else None}
-    measured: dict = {}
+    fields: dict = {"expert": expert if expert >= 0 else None, "sparsity": None}
+    x2d = None if x is None else x.reshape(-1, x.shape[-1])
+    if x2d is not None and x2d.dtype == np.float16:  # numpy's float16 matmul has no BLAS
+        x2d = x2d.astype(np.float32)
     if block.op == "sparse_gated_mlp":
         (_, w_gate, w_up, _), extras = split_inputs(arrays, attrs)
         variant = variant_of(attrs)
-        b_gate = b_up = None
-
-        def intermediate(x2d, wg, wu, bg, bu):
-            return variant.intermediate(x2d, wg, wu, extras, attrs)
-
-        row_mode, pattern = variant.name, attrs["pattern"]
+        row_mode, pattern, n_ff = variant.name, attrs["pattern"], sizes(attrs, w_gate.shape)[0]
         fields.update(variant.report(attrs))
-        if x is not None and all(e is not None for e in extras):
-            measured = variant.measure(x.reshape(-1, x.shape[-1]), w_gate, w_up, extras, attrs)
+        if x2d is not None and all(e is not None for e in extras):  # the variant's own semantics, whole block
+            h = variant.intermediate(x2d, w_gate, w_up, extras, attrs)
+            fields["sparsity"] = float(np.mean(h == 0))
+            fields.update(variant.measure(x2d, w_gate, w_up, extras, attrs, h))
     else:
         _, w_gate, w_up, w_down, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
-
-        def intermediate(x2d, wg, wu, bg, bu):
-            return dense_intermediate(x2d, wg, wu, attrs, bg, bu)
-
-        row_mode = "dense"
+        row_mode, n_ff = "dense", w_gate.shape[0]
         pattern = pattern_name(attrs["gate_act"], attrs["up_act"]) + ("-fused" if attrs["fused"] else "")
         if mode != "dense" and not exactly_sparse(attrs["gate_act"]):
             fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
@@ -231,20 +244,15 @@ def _block_row(block: Node, x: np.ndarray | None, graph: Graph, mode: str, compu
         elif mode != "dense" and not all(np.isfinite(w).all() for w in (w_gate, w_up, w_down)):  # sparsify-exact
             fields["reason"] = ("its weights hold NaN/Inf: skipping inactive neurons would hide the NaN that 0 * Inf "
                                 "gives (as torch computes it)")
-    if x is not None and "sparsity" not in measured:
-        x2d = x.reshape(-1, x.shape[-1])
-        if x2d.dtype == np.float16 or w_gate.dtype == np.float16:  # numpy's float16 matmul has no BLAS
-            x2d = x2d.astype(np.float32)
-        step = w_gate.shape[0] if block.op == "sparse_gated_mlp" and extras else ROWS_PER_STEP  # extras: whole
-        zeros = 0
-        for start in range(0, w_gate.shape[0], step):
-            rows = slice(start, start + step)
-            wg, wu, bg, bu = (None if a is None else np.asarray(a[rows], x2d.dtype)
-                              for a in (w_gate, w_up, b_gate, b_up))
-            zeros += int(np.count_nonzero(intermediate(x2d, wg, wu, bg, bu) == 0))
-        measured["sparsity"] = zeros / (x2d.shape[0] * w_gate.shape[0])
-    measured.setdefault("sparsity", None)
-    return BlockReport(block.loc, pattern, row_mode, w_gate.shape[0], **{**fields, **measured})
+        if x2d is not None:  # a few rows at a time: float32 copies of ROWS_PER_STEP weight rows, not whole matrices
+            zeros = 0
+            for start in range(0, n_ff, ROWS_PER_STEP):
+                rows = slice(start, start + ROWS_PER_STEP)
+                wg, wu, bg, bu = (None if a is None else np.asarray(a[rows], x2d.dtype)
+                                  for a in (w_gate, w_up, b_gate, b_up))
+                zeros += int(np.count_nonzero(dense_intermediate(x2d, wg, wu, attrs, bg, bu) == 0))
+            fields["sparsity"] = zeros / (x2d.shape[0] * n_ff)
+    return BlockReport(block.loc, pattern, row_mode, n_ff, **fields)
 
 
 def finding_rows(notes: Sequence[dict]) -> list[BlockReport]:

@@ -37,7 +37,7 @@ def swiglu():
 def test_threshold_mode_reaches_target_sparsity_on_heldout_inputs(swiglu, target):
     calibration = [(_ids(32, seed),) for seed in range(10)]
     held_out = (_ids(64, 100),)
-    cm = actsparse.compile(swiglu, held_out, mode="threshold", calibration=calibration, sparsity=target)
+    cm = actsparse.compile(swiglu, held_out, mode="threshold", calibration=calibration, sparsity=target, method="cats")
     assert cm.report.pass_stats["sparsify-threshold"] == {"swiglu": 2}
     assert cm.graph.count("sparse_gated_mlp") == 2 and cm.graph.count("gated_mlp") == 0
     for block in cm.report.blocks:
@@ -55,7 +55,8 @@ def test_threshold_mode_reaches_target_sparsity_on_heldout_inputs(swiglu, target
     assert cm.report.output_rel_error == pytest.approx(error, rel=1e-3, abs=1e-6)
 
 
-@pytest.mark.parametrize("method, act", [("cats", "silu"), ("topk", "silu"), ("teal", "silu"), ("cats", "gelu")])
+@pytest.mark.parametrize("method, act", [("cats", "silu"), ("product", "silu"), ("teal", "silu"), ("cats", "gelu"),
+                                         ("wina", "gelu"), ("teal-cats", "silu"), ("wina-greedy", "silu")])
 def test_methods_on_one_block_hit_target_and_match_the_reference(method, act):
     graph = gated_mlp_graph(d=24, n=40, act=act)
     calibration = [(mlp_input(seq=64, seed=s),) for s in range(2, 10)]
@@ -64,12 +65,15 @@ def test_methods_on_one_block_hit_target_and_match_the_reference(method, act):
     block = cm.report.blocks[0]
     pattern = {"silu": "swiglu", "gelu": "geglu"}[act]
     assert (block.pattern, block.method) == (pattern, method)
-    assert abs(block.sparsity - 0.7) <= 0.04  # 40 neurons x 64 tokens: a noisier estimate than the model test
     node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
-    assert node.attrs["criterion"] == ("gate" if method == "cats" else "product")
-    assert (cm.graph.count("where") == 1) == (method == "teal")  # TEAL's input mask, in front of the block
-    if method == "teal":
-        assert "dense mask" in block.reason
+    assert node.attrs["criterion"] == ("gate" if method in ("cats", "teal-cats") else "product")
+    if node.attrs["mode"] == "input":   # x and h sparse; the target is the fraction of weight bytes skipped
+        assert len(node.inputs) == 6 and node.inputs[1].shape == (24, 40)
+        assert abs(block.effective_sparsity - 0.7) <= 0.06, block
+        assert abs(block.effective_calibrated - 0.7) <= 0.02
+    else:
+        assert abs(block.sparsity - 0.7) <= 0.04  # 40 neurons x 64 tokens: a noisier estimate than the model test
+    assert cm.graph.count("where") == 0   # no dense mask in front: the kernels skip
     for x in (held_out, mlp_input(seq=3, seed=51)):
         np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
 
@@ -77,7 +81,7 @@ def test_methods_on_one_block_hit_target_and_match_the_reference(method, act):
 def test_relu_family_block_in_threshold_mode_becomes_fatrelu():
     graph = gated_mlp_graph(act="relu")
     cm = actsparse.compile(graph, (mlp_input(seq=64, seed=50),), mode="threshold",
-                           calibration=[(mlp_input(seq=64, seed=s),) for s in range(4)], sparsity=0.9)
+                           calibration=[(mlp_input(seq=64, seed=s),) for s in range(4)], sparsity=0.9, method="cats")
     node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
     assert node.attrs["gate_act"] == "fatrelu" and node.attrs["threshold"] > 0
     assert abs(cm.report.blocks[0].sparsity - 0.9) <= 0.04
@@ -130,7 +134,7 @@ def test_threshold_mode_argument_errors():
         actsparse.compile(graph, (x,), mode="threshold", calibration=[(x,)])
     with pytest.raises(ActsparseError, match="needs a target sparsity, a number between 0 and 1"):
         actsparse.compile(graph, (x,), mode="threshold", calibration=[(x,)], sparsity=1.5)
-    with pytest.raises(ActsparseError, match="unknown threshold method 'magic'; valid methods: cats, teal, topk"):
+    with pytest.raises(ActsparseError, match="unknown threshold method 'magic'; valid methods: cats, product, teal"):
         actsparse.compile(graph, (x,), mode="threshold", calibration=[(x,)], sparsity=0.5, method="magic")
     with pytest.raises(ActsparseError, match="mode='exact' does not use them"):
         actsparse.compile(graph, (x,), mode="exact", method="cats")
@@ -140,12 +144,12 @@ def test_report_fields_table_and_round_trip(tmp_path):
     graph = gated_mlp_graph(act="silu")
     x = mlp_input(seq=16, seed=60)
     cm = actsparse.compile(graph, (x,), mode="threshold", calibration=[(mlp_input(seq=32, seed=s),) for s in range(4)],
-                           sparsity=0.6, method="topk")
+                           sparsity=0.6, method="product")
     data = cm.report.to_dict()
     assert data["mode"] == "threshold" and data["output_rel_error"] > 0
     block = data["blocks"][0]
     assert {"sparsity", "calibrated_sparsity", "threshold", "method"} <= set(block)
-    assert block["method"] == "topk" and block["calibrated_sparsity"] == pytest.approx(0.6, abs=0.01)
+    assert block["method"] == "product" and block["calibrated_sparsity"] == pytest.approx(0.6, abs=0.01)
     text = str(cm.report)
     assert "calibrated" in text and "threshold" in text and "relative error" in text
     assert Report.from_dict(data).to_dict() == data
@@ -156,14 +160,14 @@ def test_report_fields_table_and_round_trip(tmp_path):
 
 def test_pass_text_form_and_explicit_thresholds():
     graph = gated_mlp_graph(act="silu")
-    passes = parse_pipeline("canonicalize,detect-gated-mlp,sparsify-threshold{method=topk,sparsity=0.6}")
-    assert str(passes[-1]).startswith("sparsify-threshold{sparsity=0.6,method=topk,")
+    passes = parse_pipeline("canonicalize,detect-gated-mlp,sparsify-threshold{method=product,sparsity=0.6}")
+    assert str(passes[-1]).startswith("sparsify-threshold{sparsity=0.6,method=product,")
     with pytest.raises(ActsparseError, match="no thresholds for mlp: pass calibration data"):
         run_pipeline(graph, passes)
     explicit = parse_pipeline("canonicalize,detect-gated-mlp")
     from actsparse.passes.sparsify_threshold import SparsifyThreshold
 
-    result = run_pipeline(graph, [*explicit, SparsifyThreshold(thresholds={"mlp": 0.05})])
+    result = run_pipeline(graph, [*explicit, SparsifyThreshold(method="cats", thresholds={"mlp": 0.05})])
     node = next(n for n in result.graph.nodes if n.op == "sparse_gated_mlp")
     assert (node.attrs["mode"], node.attrs["threshold"], node.attrs["criterion"]) == ("threshold", 0.05, "gate")
     with pytest.raises(ValueError, match="unknown method"):

@@ -11,11 +11,12 @@ Submodules import TVM, so they load lazily: `from actsparse.codegen.kernels impo
 import importlib
 
 __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
-           "sparse_mlp", "threshold_mlp", "predictor_kernels", "kernel", "KERNELS", "family_of"]
+           "sparse_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "kernel",
+           "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
 _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "rows", "schedule", "sparse_mlp",
-               "threshold_mlp", "predictor_kernels")
+               "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
@@ -23,14 +24,16 @@ FAMILIES = {
                     "dense": ("sparse_mlp", "dense_gated_mlp"), "linear": ("linear", "linear"),
                     "threshold": ("threshold_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score"),
-                    "select": ("predictor_kernels", "select_active")},
+                    "select": ("predictor_kernels", "select_active"),
+                    "input": ("input_sparse_mlp", "input_sparse_gated_mlp")},
     "GpuSchedule": {"exact": ("cuda_mlp", "sparse_gated_mlp"), "indexed": ("cuda_mlp", "sparse_gated_mlp_indexed"),
                     "dense": ("cuda_mlp", "dense_gated_mlp"), "linear": ("cuda_mlp", "linear"),
                     "threshold": ("cuda_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score_cuda"),
-                    "select": ("predictor_kernels", "select_active_cuda")},
+                    "select": ("predictor_kernels", "select_active_cuda"),
+                    "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
-KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "sign_score", "select")
+KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "sign_score", "select", "input")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 

@@ -12,6 +12,10 @@
   slice of each gathered row); the warps' sums meet in shared memory and the block writes its partial
   sums. `splits` is chosen so that slices * splits fill the multiprocessors (`blocks_per_sm` each); a last
   kernel adds the parts (deterministic, no atomics).
+- **compaction** (exact, threshold, input modes): the kept entries of a flag array listed in one block, in
+  ascending order: each thread counts the flags of its contiguous chunk, a warp-shuffle inclusive scan plus the
+  preceding warps' totals (shared memory) gives its offset, then it writes its chunk's indices. Deterministic
+  order (no atomics), so results do not vary from run to run and gathered rows are read in address order.
 """
 
 from __future__ import annotations
@@ -164,3 +168,44 @@ def down_splits(d: int, dtype: str, sched: GpuSchedule, n_rows: int) -> int:
     n_slices = (d + SL - 1) // SL
     want = (sched.multiprocessors * sched.blocks_per_sm + n_slices - 1) // n_slices
     return max(1, min(want, (n_rows + sched.warps - 1) // sched.warps))
+
+
+def compact_macro(n: int, sched: GpuSchedule):
+    """`compact(flag, idx, cnt)`: idx[:cnt[0]] = the j < n with flag[j] != 0, ascending (one block launch)."""
+    L, W, T_ = sched.warp, sched.warps, sched.threads
+    chunk = (n + T_ - 1) // T_  # flags per thread
+    scan_rounds = shuffle_rounds(L)[::-1]  # 1, 2, 4, 8, 16
+
+    @T.macro
+    def compact(flag, idx, cnt):
+        for _ in T.thread_binding(1, "blockIdx.x"):
+            for tx in T.thread_binding(T_, "threadIdx.x"):
+                c = T.alloc_buffer((1,), "int32", scope="local")
+                sc = T.alloc_buffer((1,), "int32", scope="local")
+                base = T.alloc_buffer((1,), "int32", scope="local")
+                wsum = T.alloc_buffer((W,), "int32", scope="shared")
+                j0: T.let = tx * chunk
+                c[0] = 0
+                for i in range(chunk):
+                    if j0 + i < n:
+                        c[0] = c[0] + flag[j0 + i]
+                sc[0] = c[0]
+                for r in T.unroll(len(scan_rounds)):
+                    base[0] = T.tvm_warp_shuffle_up(T.tvm_warp_activemask(), sc[0], T.shift_left(1, r), L, L)
+                    if tx % L >= T.shift_left(1, r):
+                        sc[0] = sc[0] + base[0]
+                if tx % L == L - 1:
+                    wsum[tx // L] = sc[0]
+                T.tvm_storage_sync("shared")
+                base[0] = sc[0] - c[0]
+                for w2 in range(tx // L):
+                    base[0] = base[0] + wsum[w2]
+                for i in range(chunk):
+                    if j0 + i < n:
+                        if flag[j0 + i] != 0:
+                            idx[base[0]] = j0 + i
+                            base[0] = base[0] + 1
+                if tx == T_ - 1:
+                    cnt[0] = base[0]
+
+    return compact

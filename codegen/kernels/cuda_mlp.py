@@ -5,12 +5,9 @@ swaps one family for the other by the schedule's type; here `sched` is a `GpuSch
 sequence of kernel launches written at the level the GPU runs them (explicit blockIdx / threadIdx bindings,
 warp shuffles, shared memory), marked `tirx.is_scheduled` so Relax's dlight rules leave them alone.
 
-The warp dot product and the down projection are in `cuda_blocks.py`. Exact and threshold modes share one
-kernel (`_compacting_mlp`): a dense first launch decides per neuron, then a compaction lists the kept neurons
-in one block, in ascending order: each thread counts the flags of its contiguous chunk, a warp-shuffle
-inclusive scan plus the preceding warps' totals (shared memory) gives its offset, then it writes its chunk's
-indices. Deterministic order (no atomics), so results do not vary from run to run and the gathered rows are
-read in address order.
+The warp dot product, the down projection and the compaction are in `cuda_blocks.py`. Exact and threshold
+modes share one kernel (`_compacting_mlp`): a dense first launch decides per neuron, then a compaction lists
+the kept neurons in ascending order (deterministic, no atomics).
 
 Buffers: x [M, d] float32 (M symbolic), weights [n_ff, d] (float32 | float16, fp32 accumulate), out [M, d];
 the indexed kernel adds idx [M, K] int32 and count [M] int32. Scratch (gate values, hidden values, the
@@ -26,7 +23,7 @@ from functools import cache
 from tvm.script import tirx as T
 
 from .common import activation, check_dtype, is_active, skipping_value, symbol
-from .cuda_blocks import down_macros, down_splits, shuffle_rounds, warp_dot_macro
+from .cuda_blocks import compact_macro, down_macros, down_splits, warp_dot_macro
 from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
 from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS, check_mlp, mlp_symbol
@@ -88,12 +85,11 @@ def _compacting_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, sched: GpuSchedule, 
     neurons it kept. `gate_value(s)` turns the gate dot (product: act_g(gate) * act_u(up)) into the value kept
     by neuron, 0 for a neuron this token drops; a neuron is listed when some token keeps it. Then the up rows of
     the listed neurons (none with `product`: h is already final) and the down rows are read."""
-    L, W, T_, splits, warp_dot = k.L, k.W, sched.threads, k.splits, k.warp_dot
+    L, W, splits, warp_dot = k.L, k.W, k.splits, k.warp_dot
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
     act_u = k.act_u
     n_blocks = (n_ff + W - 1) // W
-    chunk = (n_ff + T_ - 1) // T_  # flags per thread in the compaction
-    scan_rounds = shuffle_rounds(L)[::-1]  # 1, 2, 4, 8, 16
+    compact = compact_macro(n_ff, sched)
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
@@ -129,36 +125,8 @@ def _compacting_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, sched: GpuSchedule, 
                                 g[m, j] = s[0]
                         if tx == 0:
                             flag[j] = live[0]
-        # 2) compaction: one block, thread t owns flags [t * chunk, (t + 1) * chunk)
-        for _ in T.thread_binding(1, "blockIdx.x"):
-            for tx in T.thread_binding(T_, "threadIdx.x"):
-                c = T.alloc_buffer((1,), "int32", scope="local")
-                sc = T.alloc_buffer((1,), "int32", scope="local")
-                base = T.alloc_buffer((1,), "int32", scope="local")
-                wsum = T.alloc_buffer((W,), "int32", scope="shared")
-                j0: T.let = tx * chunk
-                c[0] = 0
-                for i in range(chunk):
-                    if j0 + i < n_ff:
-                        c[0] = c[0] + flag[j0 + i]
-                sc[0] = c[0]
-                for r in T.unroll(len(scan_rounds)):
-                    base[0] = T.tvm_warp_shuffle_up(T.tvm_warp_activemask(), sc[0], T.shift_left(1, r), L, L)
-                    if tx % L >= T.shift_left(1, r):
-                        sc[0] = sc[0] + base[0]
-                if tx % L == L - 1:
-                    wsum[tx // L] = sc[0]
-                T.tvm_storage_sync("shared")
-                base[0] = sc[0] - c[0]
-                for w2 in range(tx // L):
-                    base[0] = base[0] + wsum[w2]
-                for i in range(chunk):
-                    if j0 + i < n_ff:
-                        if flag[j0 + i] != 0:
-                            idx[base[0]] = j0 + i
-                            base[0] = base[0] + 1
-                if tx == T_ - 1:
-                    cnt[0] = base[0]
+        # 2) compaction: the kept neurons, ascending
+        compact(flag, idx, cnt)
         # 3) h by slot: act_g(g) * act_u(up) over the kept rows (product: h gathered, no weight read)
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):

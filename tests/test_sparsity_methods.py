@@ -1,0 +1,185 @@
+"""Training-free sparsity methods (passes/sparsity_methods.py) and input sparsity (mode 'input'): the torch
+forward replacements of the quality benchmark equal the compiled module, the input-sparse kernel equals the IR
+semantics, the greedy allocation spends its budget where errors are cheap, calibration text is tokenized and
+cached, and bad calibration is one clear error."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import actsparse
+from actsparse.errors import ActsparseError
+from actsparse.ir import evaluate
+from actsparse.ir.input_sparse import input_sparse_reference, input_sparse_torch, keep_mask
+from actsparse.passes.sparsity_methods import (
+    DEFAULT_METHOD,
+    LEVEL_STEP,
+    BlockWeights,
+    CalibrationError,
+    calibrate_blocks,
+    greedy_allocation,
+    method,
+)
+
+from .helpers import gated_mlp_graph, mlp_input
+
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(1)
+
+
+def _plans(graph):
+    """The calibrated thresholds of a compiled graph, as the benchmark's `install` takes them."""
+    plans = []
+    for n in (n for n in graph.nodes if n.op == "sparse_gated_mlp"):
+        if n.attrs["mode"] == "input":
+            x_thr, h_thr = (graph.weights[w.attrs["name"]] for w in n.inputs[4:6])
+            plans.append(SimpleNamespace(x_thr=x_thr, h_thr=h_thr, attrs=dict(n.attrs)))
+        else:
+            plans.append(SimpleNamespace(attrs={k: n.attrs[k] for k in ("mode", "threshold", "criterion")}))
+    return plans
+
+
+@pytest.mark.parametrize("name", ["wina-greedy", "teal-cats", "cats"])
+def test_benchmark_hooks_equal_the_compiled_module(name):
+    from actsparse.benchmarks.threshold_frontier import install
+    from actsparse.frontends import CausalLMLogits
+
+    config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=64, vocab_size=128,
+                                      max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    model = CausalLMLogits(hf).eval()
+    ids = [torch.randint(3, 128, (1, 24), generator=torch.Generator().manual_seed(s)) for s in range(5)]
+    cm = actsparse.compile(model, (ids[0],), mode="threshold", calibration=[(i,) for i in ids[1:]], sparsity=0.5,
+                           method=name)
+    assert cm.graph.count("sparse_gated_mlp") == 2
+    install(hf, _plans(cm.graph))
+    with torch.no_grad():
+        hooked = model(ids[0]).numpy()
+    np.testing.assert_allclose(cm(ids[0]).numpy(), hooked, rtol=1e-4, atol=1e-4)
+    install(hf, None)
+    with torch.no_grad():
+        assert np.abs(model(ids[0]).numpy() - hooked).max() > 1e-4   # the hooks did change the outputs
+
+
+def test_torch_mirror_and_top_k_equal_the_numpy_reference():
+    rng = np.random.default_rng(0)
+    d, n = 24, 40
+    x = rng.standard_normal((7, d)).astype(np.float32)
+    wg, wu, wd = (rng.standard_normal(s).astype(np.float32) for s in ((n, d), (n, d), (d, n)))
+    x_thr, h_thr = np.abs(rng.standard_normal(d)).astype(np.float32), np.abs(rng.standard_normal(n)).astype(np.float32)
+    for attrs in ({"x_keep": 0, "h_keep": 0, "criterion": "product"}, {"x_keep": 9, "h_keep": 13, "criterion": "gate"}):
+        attrs = {"gate_act": "silu", "up_act": "identity", **attrs}
+        ref = input_sparse_reference(x, wg.T, wu.T, wd.T, x_thr, h_thr, attrs)
+        got = input_sparse_torch(*map(torch.from_numpy, (x, wg, wu, wd, x_thr, h_thr)), attrs, torch.nn.functional.silu)
+        np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4, atol=1e-5)
+    mask = keep_mask(x, x_thr, 9)
+    assert (mask.sum(-1) == 9).all()   # a fixed count per token
+
+
+def test_input_sparse_kernel_matches_the_reference_and_skips():
+    tvm = pytest.importorskip("tvm")
+    from actsparse.codegen.kernels.common import build_standalone
+    from actsparse.codegen.kernels.input_sparse_mlp import input_sparse_gated_mlp
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    from .test_kernels_x86 import host_target
+
+    d, n = 37, 53
+    rng = np.random.default_rng(1)
+    cases = [("product", "silu", "identity", CpuSchedule(lanes=16, threads=2)),
+             ("gate", "gelu_tanh", "relu", CpuSchedule(lanes=8, threads=3, rows=1, accumulators=3, prefetch=False,
+                                                        vector_registers=16))]
+    for criterion, gate_act, up_act, sched in cases:
+        fn = build_standalone(input_sparse_gated_mlp(d, n, gate_act=gate_act, up_act=up_act, criterion=criterion,
+                                                     sched=sched), host_target())
+        for m in (1, 5):
+            x = rng.standard_normal((m, d)).astype(np.float32)
+            wg, wu = (rng.standard_normal((d, n)).astype(np.float32) for _ in range(2))
+            wd = rng.standard_normal((n, d)).astype(np.float32)
+            x_thr = np.full(d, 0.7, np.float32)
+            h_thr = np.full(n, 0.5, np.float32)
+            attrs = {"gate_act": gate_act, "up_act": up_act, "criterion": criterion}
+            ref = input_sparse_reference(x, wg, wu, wd, x_thr, h_thr, attrs)
+            # the kernel must not read skipped rows: NaN in every row of a channel no token keeps
+            dead = ~(np.abs(x) > x_thr).any(0)
+            assert dead.any()
+            wg[dead], wu[dead] = np.nan, np.nan
+            out = tvm.runtime.tensor(np.full((m, d), np.nan, np.float32))
+            fn(*[tvm.runtime.tensor(np.ascontiguousarray(v)) for v in (x, wg, wu, wd, x_thr, h_thr)], out)
+            np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_allocation_spends_the_budget_where_errors_are_cheap():
+    rng = np.random.default_rng(2)
+    d, n = 16, 32
+    blocks, rows = [], []
+    for scale in (1.0, 1.0):
+        wg, wu = (rng.standard_normal((n, d)).astype(np.float32) / 4 for _ in range(2))
+        blocks.append(BlockWeights(wg, wu, rng.standard_normal((d, n)).astype(np.float32) * scale, "silu"))
+        rows.append(rng.standard_normal((256, d)).astype(np.float32))
+    rows[1][:, : d // 2] *= 0.01   # block 1: half its inputs are tiny, so x sparsity there is nearly free
+    levels = greedy_allocation(blocks, rows, method("teal-greedy"), 0.3, progress=False)
+    shares = blocks[0].byte_shares()
+    reached = np.mean([sx * shares[0] + sh * shares[1] for sx, sh in levels])
+    assert 0.3 <= reached < 0.3 + LEVEL_STEP
+    assert levels[1][0] >= 0.5 > levels[0][0]   # block 1's cheap x went first
+    plans = calibrate_blocks(blocks, rows, "teal-greedy", 0.3, progress=False)
+    assert np.mean([p.effective for p in plans]) == pytest.approx(0.3, abs=0.05)
+
+
+def test_bad_calibration_is_one_clear_error():
+    graph = gated_mlp_graph(act="silu")
+    short = [(mlp_input(seq=8, seed=s),) for s in range(2)]   # 16 tokens
+    with pytest.raises(ActsparseError, match=r"gave 16 tokens at mlp; sparsity 0.5 needs at least 32"):
+        actsparse.compile(graph, (mlp_input(),), mode="threshold", calibration=short, sparsity=0.5, method="wina")
+    enough = [(mlp_input(seq=64, seed=s),) for s in range(2)]
+    with pytest.raises(ActsparseError, match="sparsity 0.97 is out of reach: no matrix is sparsified beyond 0.95"):
+        actsparse.compile(graph, (mlp_input(),), mode="threshold", calibration=enough * 10, sparsity=0.97,
+                          method="wina-greedy")
+    huge = gated_mlp_graph(act="silu")
+    huge.weights["mlp.up.weight"][:] = 1e38   # float32 overflow in the activations
+    with pytest.raises(ActsparseError, match="activations overflow"):
+        actsparse.compile(huge, (mlp_input(),), mode="threshold", calibration=enough, sparsity=0.5, method="teal")
+    assert issubclass(CalibrationError, ActsparseError)
+
+
+def test_default_method_reports_effective_sparsity():
+    graph = gated_mlp_graph(act="silu")
+    held_out = mlp_input(seq=64, seed=50)
+    cm = actsparse.compile(graph, (held_out,), mode="threshold", sparsity=0.5,
+                           calibration=[(mlp_input(seq=64, seed=s),) for s in range(2, 8)])
+    block = cm.report.blocks[0]
+    assert block.method == DEFAULT_METHOD and block.mode == "input"
+    assert abs(cm.report.effective_sparsity - 0.5) < 0.08 and block.input_sparsity > 0
+    assert "effective" in str(cm.report) and "weight bytes not" in str(cm.report)
+    np.testing.assert_allclose(cm(held_out), evaluate(cm.graph, [held_out])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_text_windows_are_cached_and_keyed_by_their_inputs(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from actsparse.passes.calibration_data import text_windows
+
+    words = ["the", "cat", "sat", "on", "a", "mat", "[UNK]"]
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on a mat " * 20)
+    windows = text_windows([text], tokenizer, window=8, max_windows=5, directory=tmp_path / "cache")
+    assert len(windows) == 5 and windows[0][0].shape == (1, 8) and windows[0][0][0, :3].tolist() == [0, 1, 2]
+    cached = list((tmp_path / "cache" / "windows").glob("*.safetensors"))
+    assert len(cached) == 1 and cached[0].with_suffix(".json").exists()
+    again = text_windows([text], tokenizer, window=8, max_windows=5, directory=tmp_path / "cache")
+    assert all((a[0] == b[0]).all() for a, b in zip(windows, again))
+    text.write_text("a mat " * 40)   # changed text: a new key, not the stale entry
+    changed = text_windows([text], tokenizer, window=8, max_windows=5, directory=tmp_path / "cache")
+    assert changed[0][0][0, 0] == 4 and len(list((tmp_path / "cache" / "windows").glob("*.safetensors"))) == 2
+    with pytest.raises(CalibrationError, match="shorter than one window"):
+        text.write_text("the cat")
+        text_windows([text], tokenizer, window=8, directory=tmp_path / "cache")
