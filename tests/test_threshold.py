@@ -172,8 +172,8 @@ def test_pass_text_form_and_explicit_thresholds():
     assert (node.attrs["mode"], node.attrs["threshold"], node.attrs["criterion"]) == ("threshold", 0.05, "gate")
     with pytest.raises(ValueError, match="unknown method"):
         SparsifyThreshold(method="magic")
-    with pytest.raises(ValueError, match="valid modes: dense, exact, auto, threshold"):
-        pipeline_for("predictor")
+    with pytest.raises(ValueError, match="unknown mode 'magic'; valid modes: dense, exact, auto, threshold"):
+        pipeline_for("magic")
 
 
 def test_threshold_kernel_matches_numpy():
