@@ -69,6 +69,7 @@ class SparseVariant:
     report: Callable[[dict], dict] = field(default=lambda attrs: {})
     lossy: bool = False
     gate_up_layout: str = "rows"
+    quantized_kernels: bool = True  # its kernels take quantized weight layouts (passes/quantize.py)
     # report fields measured on the example inputs beyond the sparsity of h: (x, w_gate, w_up, extras, attrs, h)
     # -> dict; by default the effective sparsity of a per-neuron variant
     measure: Callable[..., dict] = field(default=lambda x, w_gate, w_up, extras, attrs, h: _neuron_effective(attrs, h))
@@ -224,7 +225,7 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         kernels={"cpu": "input", "cuda": "input"},
         kernel_options=lambda attrs: {"gate_act": attrs["gate_act"], "up_act": attrs.get("up_act", "identity"),
                                       "criterion": attrs.get("criterion", "product"), **_no_top_k(attrs)},
-        dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns",
+        dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns", quantized_kernels=False,
         measure=input_measure,
         doc="TEAL / WINA input sparsity: per-channel thresholds on x and on the down input, skipped weight rows"),
 )}

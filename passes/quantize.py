@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from ..ir import Graph, Node, rewrite
 from ..ir.graph import quantized_weight_node
 from ..ir.quant import QUANTIZE_KINDS, QuantizationError, quantize
+from ..ir.sparse_variants import variant_of
 from .base import Pass, record
 
 # op -> indices of the inputs that are row-streamed weights (by the op's attributes)
@@ -80,6 +81,9 @@ class Quantize(Pass):
         def visit(node: Node) -> Node | None:
             pick = WEIGHT_INPUTS.get(node.op)
             if pick is None:
+                return None
+            if node.op == "sparse_gated_mlp" and not variant_of(node.attrs).quantized_kernels:
+                record("kept-float")  # e.g. input sparsity: its column-streaming kernels read float weights only
                 return None
             slots = [i for i in pick(node.attrs) if node.inputs[i].op == "weight" and node.inputs[i].type.rank == 2
                      and node.inputs[i].attrs.get("layout", "dense") == "dense"]

@@ -90,6 +90,10 @@ template <class T> T __shfl_sync(unsigned, T v, int s, int w = 32) {
 }
 inline float max(float a, float b) { return fmaxf(a, b); }
 inline float min(float a, float b) { return fminf(a, b); }
+// bit casts (math_constants.h spells CUDART_INF_F / CUDART_NAN_F with them)
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, sizeof f); return f; }
+inline float __int_as_float(unsigned i) { float f; std::memcpy(&f, &i, sizeof f); return f; }
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, sizeof i); return i; }
 using std::max;
 using std::min;
 """

@@ -40,7 +40,7 @@ def test_build_in_threshold_mode_with_a_calibration_file(tmp_path, capsys):
     save_file({"0": np.random.default_rng(0).integers(0, 256, (6, 12)).astype(np.int64)}, str(calib))
     out = tmp_path / "thr.actsparse"
     argv = ["build", "tests.factories:tiny_swiglu_with_inputs", "-m", "threshold", "--calib", str(calib),
-            "--sparsity", "0.6", "--quantize", "int4", "-o", str(out)]
+            "--sparsity", "0.6", "--method", "cats", "--quantize", "int4", "-o", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert printed.count("threshold") >= 3 and printed.count("60.0%") == 2 and (out / "manifest.json").is_file()

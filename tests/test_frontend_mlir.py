@@ -126,7 +126,7 @@ MODULE = """module {{
   }}
 }}
 """
-CUMSUM = ("%1 = torch.aten.cumsum %0, %int1, %none : !torch.vtensor<[3,4],f32>, !torch.int, !torch.none "
+CUMPROD = ("%1 = torch.aten.cumprod %0, %int1, %none : !torch.vtensor<[3,4],f32>, !torch.int, !torch.none "
           "-> !torch.vtensor<[3,4],f32>")
 
 
@@ -139,16 +139,16 @@ def test_malformed_text_names_line_and_column(tmp_path, capsys):
 
 
 def test_unsupported_op_names_the_op_and_its_mlir_location(tmp_path, capsys):
-    path = tmp_path / "cumsum.mlir"
-    path.write_text(MODULE.format(line=CUMSUM))
-    with pytest.raises(UnsupportedOpError, match=r"unsupported operator torch\.aten\.cumsum in module `<unknown>` "
-                                                 r"at \S*cumsum\.mlir:6:10: "):
+    path = tmp_path / "cumprod.mlir"
+    path.write_text(MODULE.format(line=CUMPROD))
+    with pytest.raises(UnsupportedOpError, match=r"unsupported operator torch\.aten\.cumprod in module `<unknown>` "
+                                                 r"at \S*cumprod\.mlir:6:10: "):
         import_mlir(path)
-    _assert_cli_fails_cleanly(path, tmp_path, capsys, "torch.aten.cumsum", "cumsum.mlir:6:10")
+    _assert_cli_fails_cleanly(path, tmp_path, capsys, "torch.aten.cumprod", "cumprod.mlir:6:10")
     # with Python locations (as torch-mlir prints them with debug info): the source line and the text position
     located = tmp_path / "located.mlir"
-    located.write_text(MODULE.format(line=CUMSUM + ' loc(callsite("/src/model.py":12:0 at "/src/run.py":3:0))'))
-    with pytest.raises(UnsupportedOpError, match=r"torch\.aten\.cumsum .*at /src/model\.py:12 .*located\.mlir:6:10,"
+    located.write_text(MODULE.format(line=CUMPROD + ' loc(callsite("/src/model.py":12:0 at "/src/run.py":3:0))'))
+    with pytest.raises(UnsupportedOpError, match=r"torch\.aten\.cumprod .*at /src/model\.py:12 .*located\.mlir:6:10,"
                                                  r" loc\(model\.py:12:0, run\.py:3:0\)"):
         import_mlir(located)
 

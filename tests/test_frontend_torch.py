@@ -132,7 +132,7 @@ class Cumulative(nn.Module):
         self.proj = nn.Linear(8, 8)
 
     def forward(self, x):
-        return torch.cumsum(self.proj(x), dim=-1)  # the line the error must point at
+        return torch.cumprod(self.proj(x), dim=-1)  # the line the error must point at
 
 
 class Wrapper(nn.Module):
@@ -148,8 +148,8 @@ def test_unsupported_op_names_op_module_and_source_line():
     with pytest.raises(UnsupportedOpError) as info:
         import_torch(Wrapper(), (torch.randn(2, 8),), dynamic_seq=False)
     message = str(info.value)
-    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if "torch.cumsum(" in text)
-    assert "aten.cumsum.default" in message
+    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if "torch.cumprod(" in text)
+    assert "aten.cumprod.default" in message
     assert "`block`" in message
     assert f"test_frontend_torch.py:{line}" in message
     assert "file an issue" in message
