@@ -154,6 +154,7 @@ def test_relu2_and_relu6_exact_kernels_match_numpy_on_every_target(target):
     """The exactly-zero-below gates found by activation analysis (relu², ReLU6), fixed cases per target family:
     x86 natively, arm under qemu, cuda under the SIMT emulator (compile-only without it)."""
     from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
 
     from . import simt
     from .kernel_cases import require_cross_tools
@@ -161,7 +162,7 @@ def test_relu2_and_relu6_exact_kernels_match_numpy_on_every_target(target):
     if target == "arm":
         require_cross_tools()
     d, n_ff, dtype = 19, 37, "float32"
-    sched = targets.get(target).schedule()
+    sched = schedule_for(targets.get(target))
     acts = [("relu2", "identity"), ("relu6", "relu")]
     prims = [primfunc("exact", d, n_ff, dtype, sched, (act, up, 0.0)) for act, up in acts]
     rng = np.random.default_rng(3)
