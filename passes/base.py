@@ -42,12 +42,13 @@ def note(entry: dict[str, Any]) -> None:
 @dataclass(frozen=True)
 class Pass:
     name: ClassVar[str] = ""
+    data_options: ClassVar[tuple[str, ...]] = ()  # fields that carry data (calibration samples), not printed
 
     def run(self, graph: Graph) -> Graph:
         raise NotImplementedError
 
     def __str__(self) -> str:
-        opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+        opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.name not in self.data_options)
         return f"{self.name}{{{opts}}}" if opts else self.name
 
 

@@ -50,6 +50,7 @@ WEIGHT_INPUTS = {
 @dataclass(frozen=True)
 class Quantize(Pass):
     name = "quantize"
+    data_options = ("prequantized",)
     kind: str = "int4"
     output: str | None = "int8"
     prequantized: Mapping = field(default_factory=dict, compare=False, hash=False)
@@ -59,8 +60,6 @@ class Quantize(Pass):
             if value not in QUANTIZE_KINDS:
                 raise QuantizationError(f"unknown quantization {value!r}; valid: {', '.join(QUANTIZE_KINDS)}")
 
-    def __str__(self) -> str:  # the pre-quantized weights are data, not an option to print
-        return f"{self.name}{{kind={self.kind},output={self.output}}}"
 
     def run(self, graph: Graph) -> Graph:
         new_weights: dict = {}

@@ -28,7 +28,7 @@ Statistics: one count per pattern rewritten (`reglu`, `drelu`, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,6 +46,7 @@ from .sparse_layout import to_sparse_layout
 @dataclass(frozen=True)
 class SparsifyPredictor(Pass):
     name = "sparsify-predictor"
+    data_options = ("calibration",)
     predictor: str = "lowrank"
     recall: float = 0.99
     sparsity: float = 0.0
@@ -67,9 +68,6 @@ class SparsifyPredictor(Pass):
             raise ValueError(f"sparsify-predictor: recall must be in (0, 1], sparsity in [0, 1), budget in (0, 1]; "
                              f"got recall={self.recall}, sparsity={self.sparsity}, budget={self.budget}")
 
-    def __str__(self) -> str:
-        opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.name != "calibration")
-        return f"{self.name}{{{opts}}}"
 
     def run(self, graph: Graph) -> Graph:
         blocks = [n for n in graph.nodes if n.op == "gated_mlp"]

@@ -29,7 +29,7 @@ Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 @dataclass(frozen=True)
 class SparsifyThreshold(Pass):
     name = "sparsify-threshold"
+    data_options = ("calibration",)
     sparsity: float = 0.5
     method: str = DEFAULT_METHOD
     thresholds: tuple = ()
@@ -66,9 +67,6 @@ class SparsifyThreshold(Pass):
         if not 0.0 < self.sparsity < 1.0:
             raise ValueError(f"sparsify-threshold: sparsity must be between 0 and 1 (exclusive), got {self.sparsity}")
 
-    def __str__(self) -> str:
-        opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.name != "calibration")
-        return f"{self.name}{{{opts}}}"
 
     def run(self, graph: Graph) -> Graph:
         blocks = [n for n in graph.nodes if n.op == "gated_mlp"]
