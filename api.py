@@ -14,10 +14,11 @@ import numpy as np
 from .errors import ActsparseError
 from .ir import Graph, TensorType
 from .ir.examples import example_inputs_for
-from .ir.quant import QUANTIZE_KINDS
+from .ir.quant import QUANTIZE_KINDS, STORAGE_KINDS
 from .passes import pipeline_for, run_pipeline
 from .passes.pipeline import LOSSY_MODES, MODES
 from .runtime import CompiledModule
+from .runtime.progress import Steps, steps
 from .runtime.report import build_report
 
 __all__ = ["LOSSY_MODES", "MODES", "compile", "example_inputs_for", "import_model"]
@@ -85,19 +86,20 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     (training-free), `recall` the per-block target (default 0.99), `sparsity` an optional floor on the predicted
     sparsity per block, `predictor_budget` the predictors' bytes as a fraction of the MLP bytes (default 0.1).
 
-    `quantize` ("int8" | "int4"): the kernels' weights stored group-wise quantized (passes/quantize.py), in any
-    mode; `prequantized` ({weight name: ir.quant.QuantizedWeight}, e.g. `frontends.gguf_quant.read_gguf_quantized`)
-    supplies weights already quantized (taken losslessly where the stored rows match); a .gguf source compiled
-    with `quantize` takes its own Q8_0/Q4_0/Q4_1 tensors that way.
+    `quantize` ("fp16" | "int8" | "int4"): the kernels' weights stored as fp16 or group-wise quantized
+    (passes/quantize.py), in any mode; `prequantized` ({weight name: ir.quant.QuantizedWeight}, e.g.
+    `frontends.gguf_quant.read_gguf_quantized`) supplies weights already quantized (taken losslessly where the
+    stored rows match); a .gguf source compiled with `quantize="int8"|"int4"` takes its own Q8_0/Q4_0/Q4_1
+    tensors that way.
 
     Decoders: a Hugging Face folder, a .gguf file, or a transformers causal LM given without example inputs (or
     with `max_seq`) compiles to a `Decoder` with a KV cache of `max_seq` slots (see `compile_decoder`)."""
     from .frontends.hf_source import is_decoder_source
 
     predictor_options = {"predictor": predictor, "recall": recall, "predictor_budget": predictor_budget}
-    if quantize is not None and quantize not in QUANTIZE_KINDS:
-        raise ActsparseError(f"unknown quantize={quantize!r}; valid: None, {', '.join(map(repr, QUANTIZE_KINDS))}")
-    if prequantized is not None and quantize is None:
+    if quantize is not None and quantize not in STORAGE_KINDS:
+        raise ActsparseError(f"unknown quantize={quantize!r}; valid: None, {', '.join(map(repr, STORAGE_KINDS))}")
+    if prequantized is not None and quantize not in QUANTIZE_KINDS:
         raise ActsparseError("prequantized weights need quantize='int8' or 'int4' (the layout the rest is stored in)")
     quant = {"quantize": quantize, "prequantized": prequantized}
     if is_decoder_source(model) and (isinstance(model, (str, os.PathLike)) or example_inputs is None
@@ -115,11 +117,14 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     options = _lossy_options(mode, calibration, sparsity, method, predictor_options)
     _check_example_inputs(example_inputs)
     target = target_registry.get(target)  # an unknown target fails before the (slow) import
-    graph = import_model(model, example_inputs if example_inputs is not None else ())
-    if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
-        # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
-        example_inputs = example_inputs_for(graph)
-    return compile_graph(graph, [_to_numpy(x) for x in example_inputs], target, mode, options, **quant)
+    with steps(f"actsparse compile ({mode})", 1) as progress:
+        progress.start("import")
+        graph = import_model(model, example_inputs if example_inputs is not None else ())
+        if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
+            # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
+            example_inputs = example_inputs_for(graph)
+        return compile_graph(graph, [_to_numpy(x) for x in example_inputs], target, mode, options, **quant,
+                             progress=progress)
 
 
 def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_seq: int | None = None,
@@ -134,12 +139,22 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
     [1, n] (or tuples whose first element is one), fed as prompts."""
     from . import targets as target_registry
     from .frontends.hf_source import load_causal_lm
-    from .frontends.kv_cache import import_decoder
-    from .runtime.decoder import Decoder, DecoderSpec
 
     _check_mode(mode, memory_budget)
     target = target_registry.get(target)  # an unknown target fails before the (slow) load
-    model, own_tokenizer = load_causal_lm(source)
+    with steps(f"actsparse compile ({mode} decoder)", 2) as progress:
+        progress.start("load")
+        model, own_tokenizer = load_causal_lm(source)
+        progress.start("import (KV-cached decoding graph)")
+        return _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokenizer, calibration,
+                                sparsity, method, prompt, predictor_options, quantize, prequantized, progress)
+
+
+def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokenizer, calibration, sparsity, method,
+                     prompt, predictor_options, quantize, prequantized, progress: Steps):
+    from .frontends.kv_cache import import_decoder
+    from .runtime.decoder import Decoder, DecoderSpec
+
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     max_seq = int(max_seq or min(getattr(config, "max_position_embeddings", None) or 2048, 2048))
     if max_seq < 1:
@@ -155,20 +170,25 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
     options = _lossy_options(mode, calibration, sparsity, method, predictor_options)
     if prompt is None:
         prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
-    if quantize is not None and prequantized is None and isinstance(source, (str, os.PathLike)) \
+    if quantize in QUANTIZE_KINDS and prequantized is None and isinstance(source, (str, os.PathLike)) \
             and str(source).endswith(".gguf"):
         from .frontends.gguf_quant import read_gguf_quantized
 
         prequantized = read_gguf_quantized(source)  # the file's own blocks, kept where the layout allows
-    module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized)
+    module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
+                           progress)
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
                        source if isinstance(source, str) else type(model).__name__)
     return Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
 
 
 def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str, options: dict,
-                  quantize: str | None = None, prequantized=None) -> CompiledModule:
-    """An imported graph through the mode's pipeline, measured on `arrays`, built for the target."""
+                  quantize: str | None = None, prequantized=None, progress: Steps | None = None) -> CompiledModule:
+    """An imported graph through the mode's pipeline, measured on `arrays`, built for the target; `progress`
+    (runtime/progress.py) gets a step per pass, the build and the report."""
+    if progress is None:
+        with steps(f"actsparse compile ({mode})", 0) as progress:
+            return compile_graph(graph, arrays, target, mode, options, quantize, prequantized, progress)
     from . import targets as target_registry
     from .codegen.build import build
 
@@ -181,12 +201,15 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
         from .passes.quantize import Quantize
 
         passes.append(Quantize(kind=quantize, prequantized=dict(prequantized or {})))
-    result = run_pipeline(graph, passes)
+    progress.more(len(passes) + 2)
+    result = run_pipeline(graph, passes, on_pass=lambda p: progress.start(f"pass {p.name}"))
+    progress.start("build (lower to Relax, compile with TVM)")
     executable, weight_order = build(result.graph, tgt)
     inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
     module = CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
                             len(result.graph.outputs), None, tgt.to_dict())
     # the sparsity from the module's own run where it runs here (no numpy forward of the model)
+    progress.start("report")
     module.report = build_report(tgt.name, mode, result.graph, graph if mode in LOSSY_MODES else None, arrays,
                                  result.stats, result.notes, module=module)
     return module

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("-m", "--mode", default="auto")
     build.add_argument("-o", "--out", required=True, help="artifact directory to write")
     build.add_argument("--seq", type=_count, default=16, help="example sequence length when the factory gives none")
-    build.add_argument("--quantize", choices=("int8", "int4"),
-                       help="store the kernels' weights group-wise quantized (groups of 32, fp16 scales)")
+    build.add_argument("--quantize", choices=("fp16", "int8", "int4"),
+                       help="store the kernels' weights as fp16, or group-wise quantized (groups of 32, fp16 scales)")
     build.add_argument("--sign", metavar="KEY", help="sign the artifact with this ed25519 private key (PEM; make one "
                        "with `actsparse keygen KEY`); load it with actsparse.load(OUT, public_key=KEY.pub)")
     build.add_argument("--max-seq", type=_count, help="decoders: KV-cache slots (default: the model's context, "

@@ -61,6 +61,8 @@ class QuantLayout:
 LAYOUTS = {lay.name: lay for lay in (QuantLayout("q8_0", 8, False), QuantLayout("q4_0", 4, False),
                                       QuantLayout("q4_1", 4, True))}
 QUANTIZE_KINDS = {"int8": "q8_0", "int4": "q4_0"}  # user-facing `quantize=` values -> the layout they produce
+FLOAT_KINDS = {"fp16": "float16"}  # `quantize=` values that store plain floats of a narrower dtype
+STORAGE_KINDS = (*FLOAT_KINDS, *QUANTIZE_KINDS)  # every `quantize=` value
 
 
 def layout(name: str) -> QuantLayout:

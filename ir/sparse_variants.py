@@ -228,6 +228,12 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns", quantized_kernels=False,
         measure=input_measure,
         doc="TEAL / WINA input sparsity: per-channel thresholds on x and on the down input, skipped weight rows"),
+    SparseVariant(
+        # the fused dense kernel on the same layout (@Wd.t): dense mode (passes/fuse_gated_mlp.py) and the dense
+        # twin of a sparse artifact (passes/densify.py), so both time the kernel benchmarks/ffn.py times
+        "dense", attrs={}, extra_inputs=(), intermediate=_exact_intermediate,
+        kernels={"cpu": "dense", "cuda": "dense"}, kernel_options=_activation_options, dense_attrs=_plain_attrs,
+        doc="every neuron computed, gate/up/down fused in one kernel (dense mode; any gate activation)"),
 )}
 
 SPARSE_GATED_MLP_ATTRS = {**COMMON_ATTRS, **{k: v for variant in VARIANTS.values() for k, v in variant.attrs.items()}}

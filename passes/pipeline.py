@@ -22,12 +22,13 @@ from .base import Pass, apply_pass
 from .canonicalize import Canonicalize
 from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
+from .fuse_gated_mlp import FuseGatedMLP
 from .sparsify_exact import SparsifyExact
 from .sparsify_predictor import SparsifyPredictor
 from .sparsify_threshold import SparsifyThreshold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
-                                                     SparsifyPredictor, Densify)}
+                                                     SparsifyPredictor, Densify, FuseGatedMLP)}
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ def _dense(o: PipelineOptions) -> list[Pass]:
     ]
 
 
+def _dense_mode(o: PipelineOptions) -> list[Pass]:
+    # every gated MLP onto the fused dense kernel (one call: gate, up, activation, down)
+    return [*_dense(o), FuseGatedMLP()]
+
+
 def _exact(o: PipelineOptions, on_unsupported: str = "error") -> list[Pass]:
     # exact: a non-ReLU block is an error naming it; auto: it stays dense and the report says why
     return [*_dense(o), SparsifyExact(on_unsupported=on_unsupported)]
@@ -76,7 +82,7 @@ def _predictor(o: PipelineOptions) -> list[Pass]:
 
 # mode -> its passes, top to bottom. A sparse variant that is a mode of its own (ir/sparse_variants.py) adds a line
 PIPELINES: dict[str, Callable[[PipelineOptions], list[Pass]]] = {
-    "dense": _dense,
+    "dense": _dense_mode,
     "exact": _exact,
     "auto": lambda o: _exact(o, on_unsupported="keep-dense"),   # exact where lossless, dense elsewhere
     "threshold": _threshold,
@@ -105,7 +111,9 @@ class PipelineResult:
     notes: list[dict] = field(default_factory=list)
 
 
-def run_pipeline(graph: Graph, passes: list[Pass], dump_dir: str | None = None) -> PipelineResult:
+def run_pipeline(graph: Graph, passes: list[Pass], dump_dir: str | None = None,
+                 on_pass: Callable[[Pass], None] | None = None) -> PipelineResult:
+    """`passes` in order over `graph`, verified after each; `on_pass(p)` is told before each pass runs."""
     dump_dir = dump_dir or os.environ.get("ACTSPARSE_DUMP_IR")
     if dump_dir:
         Path(dump_dir).mkdir(parents=True, exist_ok=True)
@@ -113,6 +121,8 @@ def run_pipeline(graph: Graph, passes: list[Pass], dump_dir: str | None = None) 
     verify(graph)
     result = PipelineResult(graph)
     for step, p in enumerate(passes, start=1):
+        if on_pass is not None:
+            on_pass(p)
         out = apply_pass(p, result.graph)
         verify(out.graph)
         result.graph = out.graph

@@ -4,7 +4,8 @@
     gated_mlp(x, @Wg, @Wu, @Wd)             -> gated_mlp(x, @Wg.q4_0, @Wu.q4_0, @Wd.q4_0)        (dense mode)
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t)    -> sparse_gated_mlp(x, @Wg.q4_0, @Wu.q4_0, @Wd.t.q4_0)   (any mode)
 
-What: `kind` "int8" -> q8_0, "int4" -> q4_0: symmetric, one fp16 scale per group of 32 consecutive elements of
+What: `kind` "fp16" -> plain float16 arrays (the kernels read fp16 and accumulate in fp32; the output projection
+stays fp16 too), "int8" -> q8_0, "int4" -> q4_0: symmetric, one fp16 scale per group of 32 consecutive elements of
 a stored row (int4 two codes per byte). The stored row is what the kernel streams: the input dim for linear,
 gate and up; the sparse ops' down projection is stored one neuron per row (transposed by sparsify), so each
 neuron's groups are contiguous and a skipped neuron skips whole blocks. Biases, norms, embeddings, and weights
@@ -33,9 +34,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..ir import Graph, Node, rewrite
+import numpy as np
+
+from ..ir import Graph, Node, rewrite, weight_node
+from ..ir.arrays import aligned_contiguous
 from ..ir.graph import quantized_weight_node
-from ..ir.quant import QUANTIZE_KINDS, QuantizationError, quantize
+from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, quantize
 from ..ir.sparse_variants import variant_of
 from .base import Pass, record
 
@@ -57,8 +61,8 @@ class Quantize(Pass):
 
     def __post_init__(self) -> None:
         for value in (self.kind, self.output or self.kind):
-            if value not in QUANTIZE_KINDS:
-                raise QuantizationError(f"unknown quantization {value!r}; valid: {', '.join(QUANTIZE_KINDS)}")
+            if value not in STORAGE_KINDS:
+                raise QuantizationError(f"unknown quantization {value!r}; valid: {', '.join(STORAGE_KINDS)}")
 
 
     def run(self, graph: Graph) -> Graph:
@@ -89,7 +93,8 @@ class Quantize(Pass):
             if not slots:
                 return None
             inputs = list(node.inputs)
-            kind = self.output if self.output and is_output(node) else self.kind
+            # the output projection's own (higher) precision applies to the integer kinds
+            kind = self.output if self.output and is_output(node) and self.kind in QUANTIZE_KINDS else self.kind
             if kind != self.kind:
                 record(f"output-{kind}")
             for i in slots:
@@ -100,6 +105,14 @@ class Quantize(Pass):
 
     def _quantized(self, graph: Graph, w: Node, kind: str, new_weights: dict) -> Node:
         name = w.attrs["name"]
+        if kind in FLOAT_KINDS:  # a plain narrower float: same layout, no blocks
+            record(kind)
+            array = graph.weights[name]
+            if array.dtype == FLOAT_KINDS[kind]:
+                return w
+            qname = f"{name}.{kind}"
+            new_weights[qname] = aligned_contiguous(array.astype(np.dtype(FLOAT_KINDS[kind])))
+            return weight_node(qname, new_weights[qname])
         pre = self.prequantized.get(name)
         if pre is not None and tuple(pre.shape) == tuple(w.shape):
             record("prequantized")

