@@ -296,7 +296,7 @@ def smollm2_gguf() -> str:
     return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def calibration_prompts(tokenizer, windows: int = 8, length: int = 64) -> list:
+def calibration_prompts(tokenizer, windows: int = 16, length: int = 16) -> list:
     """Token windows of English prose from the standard library (pydoc's topic texts), for threshold mode."""
     import pydoc_data.topics as topics
 
@@ -313,7 +313,7 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float) -> dict:
     import actsparse
 
     path = smollm2_gguf()
-    max_seq = PROMPT_LEN + tokens + 8
+    max_seq = max(PROMPT_LEN + tokens + 8, 24)  # calibration windows are 16 tokens
     row = {"part": "b", "tokens": tokens, "sparsity_target": sparsity, "load": {}, "compile_s": {}, "report": {}}
     decoders = {}
     for name, mode, quant in (("dense", "dense", None), ("threshold", "threshold", None),
