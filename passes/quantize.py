@@ -26,7 +26,9 @@ lm_head) is quantized as `output` ("int8" by default): its error lands on every 
 keeps it above 4 bits (Q6_K) in its Q4_0 files. `output=None` quantizes it like the rest.
 
 Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows),
-`output-<kind>` for the output projection.
+`output-<kind>` for the output projection, `relaid-<layout>` for a gated MLP's weight quantized again into the
+layout of its gate (its one kernel reads the three matrices in one layout: a GGUF may store gate/up Q4_1 and the
+transposed down is re-quantized).
 """
 
 from __future__ import annotations
@@ -99,9 +101,23 @@ class Quantize(Pass):
                 record(f"output-{kind}")
             for i in slots:
                 inputs[i] = quantized(inputs[i], kind)
+            if node.op == "sparse_gated_mlp":  # one kernel reads gate, up and down: one layout for the three
+                layout = inputs[1].attrs.get("layout", "dense")
+                for i in slots:
+                    if inputs[i].attrs.get("layout", "dense") != layout:
+                        record(f"relaid-{layout}")  # e.g. a GGUF's Q4_1 gate beside a re-quantized down
+                        inputs[i] = self._relaid(graph, node.inputs[i], layout, new_weights)
             return Node(node.op, tuple(inputs), node.attrs, node.type, node.loc)
 
         return rewrite(graph, visit, new_weights)
+
+    def _relaid(self, graph: Graph, w: Node, layout: str, new_weights: dict) -> Node:
+        """`w` quantized from its float values in `layout` (a layout name: GGUF's own rule for it)."""
+        name = w.attrs["name"]
+        qw = quantize(graph.weights[name], layout)
+        qname = f"{name}.{qw.layout}"
+        new_weights[qname] = qw.blob
+        return quantized_weight_node(qname, qw)
 
     def _quantized(self, graph: Graph, w: Node, kind: str, new_weights: dict) -> Node:
         name = w.attrs["name"]

@@ -81,8 +81,15 @@ def test_prequantized_weights_are_taken_as_stored():
     down = quantize(graph.weights["mlp.down.weight"], "int8")
     pre = {"mlp.gate.weight": gate, "mlp.down.weight": down}
     result = run_pipeline(graph, [*pipeline_for("exact"), Quantize(kind="int4", prequantized=pre)])
-    assert result.stats["quantize"] == {"prequantized": 1, "requantized": 1, "quantized": 1}
+    # the fused kernel reads the three in one layout: up and down follow the stored gate's (q4_1)
+    assert result.stats["quantize"] == {"prequantized": 1, "requantized": 1, "quantized": 1, "relaid-q4_1": 2}
     np.testing.assert_array_equal(result.graph.weights["mlp.gate.weight.q4_1"], gate.blob)
+    (node,) = [n for n in result.graph.nodes if n.op == "sparse_gated_mlp"]
+    assert [w.attrs["layout"] for w in node.inputs[1:4]] == ["q4_1"] * 3
+    for mode in ("exact", "dense"):  # and it builds and runs (mixed layouts were a kernel type error)
+        x = mlp_input(d=D, seq=2)
+        cm = actsparse.compile(graph, (x,), mode=mode, quantize="int4", prequantized=pre)
+        np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
     assert str(Quantize(kind="int8", prequantized=pre)) == "quantize{kind=int8,output=int8}"
 
 
