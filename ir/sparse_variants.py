@@ -51,8 +51,11 @@ from ..errors import ActsparseError
 from .activations import apply
 from .input_sparse import input_intermediate, input_measure
 
+# group_frequency: mean firing frequency per group of NEURON_GROUP neurons, hottest first, set when the neurons
+# were reordered by frequency (passes/reorder_neurons.py); what the hot/cold split's cost model reads
 COMMON_ATTRS = {"gate_act": "relu", "up_act": "identity", "threshold": 0.0, "mode": "exact", "pattern": "reglu",
-                "expert": -1}
+                "expert": -1, "group_frequency": ()}
+NEURON_GROUP = 64
 BASE_INPUTS = ("x", "w_gate", "w_up", "w_down_t")
 CRITERIA = ("gate", "product")
 

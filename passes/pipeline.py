@@ -22,12 +22,13 @@ from .base import Pass, apply_pass
 from .canonicalize import Canonicalize
 from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
+from .reorder_neurons import ReorderNeurons
 from .sparsify_exact import SparsifyExact
 from .sparsify_predictor import SparsifyPredictor
 from .sparsify_threshold import SparsifyThreshold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
-                                                     SparsifyPredictor, Densify)}
+                                                     SparsifyPredictor, Densify, ReorderNeurons)}
 
 
 @dataclass(frozen=True)
