@@ -26,6 +26,6 @@ class DecodeInputError(InputError):
     """Input a compiled decoder cannot take: a prompt longer than its KV cache, token ids outside its vocabulary."""
 
 
-class MemoryBudgetError(ActsparseError, ValueError):
+class MemoryBudgetError(ActsparseError):
     """A memory_budget the hot/cold split cannot meet: negative, below the bytes that must stay resident, or on a
     target without the memory level the cold neurons would live in."""

@@ -195,6 +195,15 @@ def _predictor_report(attrs: dict) -> dict:
     return {"predictor": attrs["predictor"], "threshold": attrs["cutoff"], **{k: attrs.get(k) for k in provenance}}
 
 
+# --- cold: the cold neurons of a hot/cold split (passes/split_hot_cold.py), read on demand from slow memory ---------
+# The same semantics as its base (exact: h = act_g(g) · act_u(u)); the node holds the neurons that did not fit the
+# memory budget. Its up and down rows live outside the fast memory (CPU: bundled per neuron in a file; GPU: host
+# memory), so its kernel is a host function (runtime/cold_store.py) named by `store`, keeping the `window` most
+# recently active neurons resident. The gate rows stay resident: they decide which neurons fire.
+def _cold_report(attrs: dict) -> dict:
+    return {"reason": f"cold neurons, read on demand ({attrs.get('window', 0)} kept resident)"}
+
+
 VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
     SparseVariant(
         "exact", attrs={}, extra_inputs=(), intermediate=_exact_intermediate,
@@ -231,6 +240,16 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns", quantized_kernels=False,
         measure=input_measure,
         doc="TEAL / WINA input sparsity: per-channel thresholds on x and on the down input, skipped weight rows"),
+    SparseVariant(
+        "cold",
+        # base: the variant whose semantics it keeps; store: the cold store's name (the host function's);
+        # window: neurons kept resident after use (an LRU window)
+        attrs={"base": "exact", "store": "", "window": 0},
+        extra_inputs=(), intermediate=_exact_intermediate,
+        kernels={"cpu": "cold", "cuda": "cold"},
+        kernel_options=lambda attrs: {**_activation_options(attrs), "store": attrs["store"]},
+        dense_attrs=_plain_attrs, report=_cold_report, quantized_kernels=False,
+        doc="the cold part of a hot/cold split: neurons read on demand from slow memory (exact semantics)"),
 )}
 
 SPARSE_GATED_MLP_ATTRS = {**COMMON_ATTRS, **{k: v for variant in VARIANTS.values() for k, v in variant.attrs.items()}}

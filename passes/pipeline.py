@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .. import targets
+from ..errors import MemoryBudgetError
 from ..ir import Graph, print_graph, verify
 from ..ir.sparse_variants import VARIANTS
 from ..targets import Target
@@ -26,9 +27,11 @@ from .reorder_neurons import ReorderNeurons
 from .sparsify_exact import SparsifyExact
 from .sparsify_predictor import SparsifyPredictor
 from .sparsify_threshold import SparsifyThreshold
+from .split_hot_cold import SplitHotCold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
-                                                     SparsifyPredictor, Densify, ReorderNeurons)}
+                                                     SparsifyPredictor, Densify, ReorderNeurons, SplitHotCold)}
+BUDGET_MODES = ("exact", "auto")   # modes whose blocks a memory budget splits into hot and cold neurons
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class PipelineOptions:
     predictor: str = "lowrank"            # predictor mode: its kind, target recall and byte budget
     recall: float = 0.99
     predictor_budget: float = 0.1
+    memory_budget: int | None = None       # bytes of fast memory for the MLP weights: the hot/cold split
 
     @property
     def target(self) -> Target:
@@ -59,7 +63,15 @@ def _dense(o: PipelineOptions) -> list[Pass]:
 
 def _exact(o: PipelineOptions, on_unsupported: str = "error") -> list[Pass]:
     # exact: a non-ReLU block is an error naming it; auto: it stays dense and the report says why
-    return [*_dense(o), SparsifyExact(on_unsupported=on_unsupported)]
+    return [*_dense(o), SparsifyExact(on_unsupported=on_unsupported), *_hot_cold(o)]
+
+
+def _hot_cold(o: PipelineOptions) -> list[Pass]:
+    if o.memory_budget is None:
+        return []
+    # neurons by calibrated frequency, then the hot prefix per layer that the target's memory levels favour
+    return [ReorderNeurons(calibration=o.calibration),
+            SplitHotCold(memory_budget=o.memory_budget, target=o.target)]
 
 
 def _threshold(o: PipelineOptions) -> list[Pass]:
@@ -89,13 +101,19 @@ LOSSY_MODES = tuple(m for m in MODES if m in VARIANTS and VARIANTS[m].lossy)
 
 def pipeline_for(mode: str, target: Target | str | None = None, calibration=None, sparsity: float | None = None,
                  method: str = "cats", predictor: str = "lowrank", recall: float = 0.99,
-                 predictor_budget: float = 0.1) -> list[Pass]:
-    """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target)."""
+                 predictor_budget: float = 0.1, memory_budget: int | None = None) -> list[Pass]:
+    """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target).
+    `memory_budget` (bytes of fast memory for the MLP weights; modes in BUDGET_MODES) adds the hot/cold split,
+    which counts neuron firing on `calibration`."""
     if mode not in PIPELINES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    if memory_budget is not None and mode not in BUDGET_MODES:
+        raise MemoryBudgetError(f"memory_budget applies to modes {', '.join(BUDGET_MODES)} (ReLU-family blocks "
+                                f"split into hot and cold neurons), not mode={mode!r}")
     if target is not None and not isinstance(target, Target):
         target = targets.get(target)  # an unknown name fails here, listing the valid ones
-    options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget)
+    options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget,
+                              memory_budget)
     return PIPELINES[mode](options)
 
 
