@@ -242,3 +242,37 @@ def attach(graph: Graph, cold_file: str | os.PathLike | None, weights: dict[str,
         register(store)
         stores.append(store)
     return stores
+
+
+def save_cold(graph: Graph | None, cold_file: str | os.PathLike | None, staging: Path) -> dict:
+    """Copy the cold file into an artifact being written; returns its manifest field ({"cold": layouts})."""
+    import shutil
+    from dataclasses import asdict
+
+    if cold_file is None or graph is None:
+        return {}
+    shutil.copyfile(cold_file, staging / COLD_FILE)
+    return {"cold": {store: asdict(lay) for store, lay in cold_layouts(graph).items()}}
+
+
+def load_cold(artifact, weights: dict[str, np.ndarray]) -> Path | None:
+    """An artifact's cold file (verified by a streaming hash, `artifact.streamed`): its weights as memory maps added
+    to `weights`; returns the file, or None when the artifact has none."""
+    from ..errors import ArtifactError
+
+    entry = artifact.manifest.get("cold")
+    if not entry:
+        return None
+    path = artifact.streamed.get(COLD_FILE)
+    try:
+        layouts = {store: ColdLayout(**fields) for store, fields in dict(entry).items()}
+        end = max(lay.offset + lay.nbytes for lay in layouts.values())
+        if path is None or path.stat().st_size < end or any(lay.offset % ALIGN or lay.rows < 0 for lay in
+                                                             layouts.values()):
+            raise ValueError(f"{COLD_FILE} is missing or smaller than its layout")
+        views = mapped_weights(path, layouts)
+    except (TypeError, ValueError, OSError) as err:
+        raise ArtifactError(f"{artifact.path}: the cold neurons' layout is malformed ({str(err)[:160]}); rebuild the "
+                            "artifact") from None
+    weights.update(views)
+    return path

@@ -28,6 +28,7 @@ from ..ir.interpreter import bind_symbols
 from ..ir.limits import input_limits
 from ..ir.types import np_dtype
 from .artifact import MANIFEST, SIGNATURE, manifest_error, read_artifact, safe_name, write_artifact
+from .cold_store import COLD_FILE, load_cold, save_cold
 from .cold_store import attach as attach_cold_stores
 from .memory import host_tensor
 from .report import Report
@@ -226,14 +227,16 @@ class CompiledModule:
         from safetensors.numpy import save_file
 
         for name, data in extra.items():
-            if not safe_name(name) or name in (LIB, LIB_OBJECTS, WEIGHTS, IR, MANIFEST, SIGNATURE):
+            if not safe_name(name) or name in (LIB, LIB_OBJECTS, WEIGHTS, IR, MANIFEST, SIGNATURE, COLD_FILE):
                 raise ArtifactError(f"extra file name {name!r} is not a plain relative path of its own")
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(data)
         library = self._save_library(staging)
-        save_file({n: np.ascontiguousarray(self._weights[n]) for n in self.weight_order}, str(staging / WEIGHTS))
+        save_file({n: np.ascontiguousarray(self._weights[n]) for n in self.weight_order
+                   if self.placement.get(n) != "file"}, str(staging / WEIGHTS))   # file-placed: in cold.bin
         (staging / IR).write_text(self.ir_text)
         return {
+            **save_cold(self.graph, self.cold_file, staging),
             "inputs": [{"name": n, "type": str(t)} for n, t in self.inputs],
             "n_outputs": self.n_outputs,
             "library": library,
@@ -291,13 +294,14 @@ def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=N
     except (KeyError, TypeError, ValueError, AttributeError, ArtifactError) as err:
         raise manifest_error(artifact.path, err) from None
     weights = _weights(artifact.path, files[WEIGHTS])
+    cold_file = load_cold(artifact, weights)   # memory maps of the cold neurons' rows, if any
     graph = _graph(artifact.path, files[IR], weights, inputs, weight_order)
     executable = _open_library(library, files[library]) if target_info["runs_here"] else None
     extra = {name: data for name, data in files.items() if name not in (library, WEIGHTS, IR)}
     return CompiledModule(executable, weights, weight_order, graph, inputs, n_outputs, report, target_info,
                           graph_text(files[IR]), library=(library, files[library]),
                           manifest_sha256=artifact.manifest_sha256, artifact_files=extra,
-                          artifact_kind=manifest.get("kind", KIND), placement=placement)
+                          artifact_kind=manifest.get("kind", KIND), placement=placement, cold_file=cold_file)
 
 
 def read_report(path: str | os.PathLike) -> tuple[Report, str]:

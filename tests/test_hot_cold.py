@@ -115,3 +115,23 @@ def test_budget_text_is_parsed():
 
     assert parse_bytes("512M") == 512 << 20 and parse_bytes("1.5G") == 3 << 29 and parse_bytes(4096) == 4096
     assert parse_bytes("64k") == 64 << 10 and parse_bytes("2GiB".replace("B", "")) == 2 << 30
+
+
+def test_artifact_keeps_the_cold_neurons_in_its_own_file(tiny, budgeted, tmp_path):
+    from actsparse.errors import ArtifactError
+
+    model, ids, _, full = tiny
+    cm = budgeted(0.5)
+    path = cm.save(tmp_path / "m.actsparse")
+    loaded = actsparse.load(path)
+    assert loaded.cold_file == path / COLD_FILE and loaded.placement == cm.placement
+    assert (path / COLD_FILE).stat().st_size >= sum(s.layout.nbytes for s in cm.cold_stores)
+    x = np.random.default_rng(5).integers(0, 256, (1, 6))
+    np.testing.assert_allclose(loaded(x), full(x), rtol=1e-4, atol=1e-5)
+    again = loaded.save(tmp_path / "again.actsparse")   # a loaded module saves its cold file again
+    assert (again / COLD_FILE).read_bytes() == (path / COLD_FILE).read_bytes()
+    data = bytearray((path / COLD_FILE).read_bytes())
+    data[100] ^= 0xFF
+    (path / COLD_FILE).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="cold.bin does not match its checksum"):
+        actsparse.load(path)
