@@ -233,6 +233,10 @@ def place_cold(graph: Graph, on_gpu: bool, directory: str | os.PathLike | None =
 def attach(graph: Graph, cold_file: str | os.PathLike | None, weights: dict[str, np.ndarray]) -> list[ColdStore]:
     """A ColdStore per store of the graph, registered as the graph's host functions."""
     stores = []
+    if cold_nodes(graph):
+        # TVM's idle workers spin after each parallel kernel; the cold path's numpy work in between then shares
+        # the cores with them (measured: 8x slower decoding on 2 cores). Set before the pool starts; a user's wins.
+        os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     nodes = {n.attrs["store"]: n for n in cold_nodes(graph)}
     for layout in cold_layouts(graph).values():
         bundles = None
