@@ -9,10 +9,10 @@ and a run of consecutive active neurons is one `preadv`. Each store starts at a 
 A `ColdStore` keeps a window of the most recently active neurons resident (an LRU over `window` slots; a hit costs
 no read). On a GPU target the cold rows are host memory (an array), read by indexing instead of preadv.
 
-The compiled graph calls a store through a host function (`call_dps_packed("actsparse.cold.<store>", x, w_gate)`,
-codegen/lower_cold.py); `register` puts the store's function in TVM's global registry. Per call: the cold gate rows
-(resident) decide which neurons fire, their bundles are fetched once for all tokens of the call, and
-y = (act_g(g) ⊙ act_u(x·Upᵀ))·Down over them.
+The compiled graph calls a store through a host function (`call_dps_packed("actsparse.cold.<store>", x, g)`,
+codegen/lower_cold.py, g = the cold neurons' gate pre-activations from the target's linear kernel over the resident
+gate rows); `register` puts the store's function in TVM's global registry. Per call: g decides which neurons fire,
+their bundles are fetched once for all tokens of the call, and y = (act_g(g) ⊙ act_u(x·Upᵀ))·Down over them.
 """
 
 from __future__ import annotations
@@ -168,10 +168,11 @@ class ColdStore:
                 self.stamp[victims] = self.clock
         return out
 
-    def compute(self, x2d: np.ndarray, w_gate: np.ndarray) -> np.ndarray:
-        """y [tokens, d_out] of the cold neurons for x2d [tokens, d] (exact semantics)."""
+    def compute(self, x2d: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """y [tokens, d_out] of the cold neurons for x2d [tokens, d] and their gate pre-activations g [tokens, rows]
+        (exact semantics)."""
         x2d = np.asarray(x2d, np.float32)
-        a = apply(self.gate_act, x2d @ np.asarray(w_gate, np.float32).T, self.threshold)
+        a = apply(self.gate_act, np.asarray(g, np.float32), self.threshold)
         fires = (a != 0).any(0)
         idx = np.flatnonzero(fires)
         y = np.zeros((x2d.shape[0], self.layout.d_out), np.float32)
@@ -186,10 +187,10 @@ def register(store: ColdStore) -> None:
     """Make the store the compiled graph's host function `actsparse.cold.<store>` (CPU or GPU tensors)."""
     import tvm
 
-    def cold_mlp(x, w_gate, out):
+    def cold_mlp(x, g, out):
         on_cpu = out.device.dlpack_device_type() == 1
         host = (lambda t: np.from_dlpack(t)) if on_cpu else (lambda t: t.numpy())
-        y = store.compute(host(x), host(w_gate) if w_gate.device.dlpack_device_type() == 1 else w_gate.numpy())
+        y = store.compute(host(x), host(g))
         if on_cpu:
             np.from_dlpack(out)[...] = y
         else:
@@ -214,15 +215,14 @@ def drop_from_page_cache(path: str | os.PathLike) -> None:
 def place_cold(graph: Graph, on_gpu: bool, directory: str | os.PathLike | None = None):
     """Where a split graph's cold neurons go: (graph with the file's views as its cold weights, placement, the cold
     file or None). CPU: their up/down rows are written to `directory`/cold.bin (a new temp directory by default)
-    and the graph keeps read-only memory maps of them; GPU: every cold weight stays in host memory."""
+    and the graph keeps read-only memory maps of them; GPU: their up/down rows stay in host memory."""
     import tempfile
 
     layouts = cold_layouts(graph)
     if not layouts:
         return graph, {}, None
-    if on_gpu:
+    if on_gpu:   # the gate rows stay in VRAM (the cost model counts them there): the GPU computes g
         names = {n for lay in layouts.values() for n in (lay.up, lay.down)}
-        names |= {node.inputs[1].attrs["name"] for node in cold_nodes(graph)}
         return graph, dict.fromkeys(names, "host"), None
     path = Path(directory or tempfile.mkdtemp(prefix="actsparse-cold-")) / COLD_FILE
     write_cold_file(path, graph)
