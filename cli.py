@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("artifact")
     bench.add_argument("--seq", type=_count, default=1, help="tokens per call (1 = decoding)")
     bench.add_argument("--repeats", type=_count, default=20)
+    bench.add_argument("--rpc", metavar="HOST:PORT", help="measure the memory levels of a device registered with this "
+                                                          "TVM RPC tracker, for the artifact's target")
+    bench.add_argument("--key", help="with --rpc: the device's key at the tracker")
 
     keygen = sub.add_parser("keygen", help="make an ed25519 key pair for `build --sign` (KEY and KEY.pub)")
     keygen.add_argument("key", help="private key file to write (PEM, mode 600); the public key goes to KEY.pub")
@@ -258,6 +261,14 @@ def _inspect(args) -> int:
 def _bench(args) -> int:
     from .runtime.bench import bench_artifact
 
+    if args.rpc or args.key:
+        from .runtime.bench_remote import bench_remote
+
+        if not (args.rpc and args.key):
+            raise ActsparseError("bench --rpc HOST:PORT needs --key KEY (the device's key at the tracker), and --key "
+                                 "needs --rpc")
+        print(bench_remote(args.artifact, args.rpc, args.key))
+        return 0
     print(bench_artifact(args.artifact, seq=args.seq, repeats=args.repeats))
     return 0
 

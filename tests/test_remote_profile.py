@@ -75,3 +75,16 @@ def test_remote_profile_errors_name_the_way_out():
         targets.profile(rpc="nowhere", key="k")
     with pytest.raises(TargetError, match="needs both"):
         targets.profile(rpc="127.0.0.1:9")
+
+
+def test_cli_bench_through_the_tracker_measures_the_device(tracker, tmp_path, capsys, monkeypatch):
+    import actsparse
+    from actsparse.cli import main
+
+    from .helpers import gated_mlp_graph, mlp_input
+
+    out = actsparse.compile(gated_mlp_graph(), (mlp_input(),), mode="exact").save(tmp_path / "mlp.actsparse")
+    assert main(["bench", str(out), "--rpc", tracker, "--key", "loopback"]) == 0
+    printed = capsys.readouterr().out
+    assert "measured on the device" in printed and "DRAM" in printed and "GB/s" in printed
+    assert main(["bench", str(out), "--rpc", tracker]) == 2
