@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: OpenBLAS's spinning threads slow TVM's down
+# before TVM's thread pool starts (the dense module runs first here): idle workers must not spin while the cold path
+# computes between kernels (runtime/cold_store.py sets it too, but only a pool not yet started reads it)
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 import numpy as np  # noqa: E402
 
 PAGE = 4096
