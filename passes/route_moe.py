@@ -169,8 +169,8 @@ def _build(node: Node, b: dict) -> Node:
     mode, gate_act, up_act, threshold, pattern, _ = b["kind"]
     parts = [_arrays(block) for block in blocks]
     loc = re.sub(r"\.\d+$", "", blocks[0].loc)  # the experts' module (an expert's location ends in its index)
-    prefix = f"{loc}.routed" if loc else _prefix(blocks[0])
-    stacked = [derived_weight(f"{prefix}.routed.{role}", lambda k=k: np.concatenate([p[k] for p in parts]))
+    prefix = f"{loc or _prefix(blocks[0])}.routed"
+    stacked = [derived_weight(f"{prefix}.{role}", lambda k=k: np.concatenate([p[k] for p in parts]))
                for k, role in enumerate(("gate", "up", "down_t"))]
     attrs = {"experts": b["experts"], "gate_act": gate_act, "up_act": up_act, "threshold": threshold, "mode": mode,
              "pattern": pattern}

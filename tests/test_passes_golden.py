@@ -45,6 +45,10 @@ def _inputs(graph, seq=5, seed=1):
                                    "detect-gated-mlp": {"gated-mlp": 1, "swiglu": 1},
                                    "sparsify-exact": {"kept-dense": 1}}),
     ("plain_mlp", "auto", {"detect-gated-mlp": {"plain-mlp": 1}}),
+    # three experts weighted by a top-2 router -> one routed_moe (the experts' weights stacked, down transposed)
+    ("moe_routed", "exact", {"detect-gated-mlp": {"gated-mlp": 3, "reglu": 3, "moe-expert": 3},
+                             "sparsify-exact": {"reglu": 3}, "route-moe": {"routed-moe": 1, "routed-experts": 3}}),
+    ("moe_routed", "dense", {"route-moe": {"routed-moe": 1, "routed-experts": 3}}),
 ])
 def test_pipeline_golden_and_counts(name, mode, expected):
     check_golden_pipeline(name, mode, expected)
@@ -77,7 +81,8 @@ def test_dump_ir_writes_each_pass(tmp_path, monkeypatch):
     monkeypatch.setenv("ACTSPARSE_DUMP_IR", str(tmp_path))
     run_pipeline(_load("reglu_separate"), pipeline_for("exact"))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["00-input.ir", "01-canonicalize.ir", "02-detect-gated-mlp.ir", "03-sparsify-exact.ir"]
+    assert names == ["00-input.ir", "01-canonicalize.ir", "02-detect-gated-mlp.ir", "03-sparsify-exact.ir",
+                     "04-route-moe.ir"]
     assert "sparse_gated_mlp" in (tmp_path / "03-sparsify-exact.ir").read_text()
 
 

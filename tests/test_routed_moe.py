@@ -1,0 +1,48 @@
+"""The routed MoE kernel (codegen/kernels/routed_moe.py) against the op's numpy reference (ir/moe.py): each token's
+top-k experts only. The weights of the experts no token chose are NaN, so a kernel that read them — the all-experts
+form, which multiplies their output by 0 — would return NaN: equality proves they were never read. The pass and
+the decoding path are tested in test_passes_golden.py (golden IR, counts) and test_decode.py (Mixtral, Qwen2-MoE)."""
+
+import numpy as np
+import pytest
+
+from actsparse.ir.moe import routed_moe_ref
+
+tvm = pytest.importorskip("tvm")
+
+from actsparse.codegen.kernels.routed_moe import routed_moe  # noqa: E402
+from actsparse.codegen.kernels.schedule import CpuSchedule  # noqa: E402
+
+from .test_kernels_x86 import run  # noqa: E402
+
+D, N, E, K = 40, 72, 6, 2  # odd sizes: tails in every loop
+SCHED = CpuSchedule(lanes=8, threads=2, rows=4, vector_registers=16)
+
+
+def _case(rng, M: int, relu_sparsity: float):
+    x = rng.standard_normal((M, D)).astype(np.float32)
+    w_gate, w_up, w_down_t = (rng.standard_normal((E * N, D)).astype(np.float32) / D**0.5 for _ in range(3))
+    w_gate[rng.random(E * N) < relu_sparsity] *= 0  # rows of 0: neurons that are exactly 0 for every token
+    route_i = np.stack([rng.choice(E - 2, K, replace=False) for _ in range(M)]).astype(np.int64)  # E-2, E-1 unused
+    route_w = rng.random((M, K)).astype(np.float32)
+    for w in (w_gate, w_up, w_down_t):
+        w[(E - 2) * N:] = np.nan  # the experts no token chose
+    return x, w_gate, w_up, w_down_t, route_w, route_i
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "dense"])
+@pytest.mark.parametrize("M", [1, 5], ids=["decode", "prefill"])
+def test_routed_kernel_runs_only_the_chosen_experts(exact, M):
+    rng = np.random.default_rng(M)
+    x, w_gate, w_up, w_down_t, route_w, route_i = _case(rng, M, relu_sparsity=0.5)
+    attrs = {"experts": E, "gate_act": "relu", "up_act": "identity", "threshold": 0.0}
+    expected = routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, attrs, {})
+    assert np.isfinite(expected).all()
+    kernel = routed_moe(D, N, E, exact=exact, sched=SCHED)
+    got = run(kernel, x, w_gate, w_up, w_down_t, route_w, route_i, out_shape=(M, D))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_routed_kernel_refuses_a_non_relu_gate_in_exact_mode():
+    with pytest.raises(ValueError, match="gate_act"):
+        routed_moe(D, N, E, gate_act="silu", exact=True, sched=SCHED)
