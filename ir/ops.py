@@ -87,6 +87,9 @@ UNARY = {
 }
 for _name, _fn in UNARY.items():
     define(_name, 1, _unary_type, (lambda fn: lambda x, attrs, env: fn(x))(_fn), elementwise=True)
+for _name, _fn in {"isnan": np.isnan, "isinf": np.isinf}.items():  # bool masks of non-finite values
+    define(_name, 1, lambda t, a: TensorType(t[0].shape, "bool"), (lambda fn: lambda x, attrs, env: fn(x))(_fn),
+           elementwise=True)
 define("fatrelu", 1, _unary_type, lambda x, attrs, env: ACTIVATIONS["fatrelu"].reference(x, attrs["threshold"]),
        {"threshold": 0.0}, ACTIVATIONS["fatrelu"].doc, elementwise=True)
 define("gelu", 1, _unary_type, lambda x, attrs, env: ACTIVATIONS[gelu_activation(attrs["approximate"])].reference(x),
