@@ -40,6 +40,7 @@ def main(argv=None) -> None:
     from actsparse.codegen.kernels.common import build_standalone
     from actsparse.codegen.kernels.routed_moe import routed_moe
     from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp
+    from actsparse.ir.arrays import aligned_contiguous
     from actsparse.ir.moe import routed_moe_ref
     from actsparse.runtime.memory import host_tensor as tv
 
@@ -47,7 +48,10 @@ def main(argv=None) -> None:
     bench = FfnBench(d, 8, threads=args.threads)  # its schedule, target, cache evictor and interleaved timing
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, d)).astype("float32")
-    w = {name: (rng.standard_normal((E * n, d)) / np.sqrt(d)).astype("float32") for name in ("gate", "up", "down_t")}
+    w = {}
+    for name in ("gate", "up", "down_t"):  # float32 from the start, aligned: the experts' slices are views, not copies
+        w[name] = aligned_contiguous(rng.standard_normal((E * n, d), dtype=np.float32))
+        w[name] *= np.float32(1 / np.sqrt(d))
     chosen = np.sort(rng.choice(E, k, replace=False))
     route_i = chosen[None].astype("int64")
     route_w = rng.random((1, k)).astype("float32")
@@ -57,7 +61,7 @@ def main(argv=None) -> None:
         rows = slice(e * n, (e + 1) * n)
         active = np.zeros(n, bool)
         active[rng.choice(n, n_active, replace=False)] = True
-        w["gate"][rows] *= np.where(active == (w["gate"][rows] @ x[0] > 0), 1.0, -1.0).astype("float32")[:, None]
+        w["gate"][rows] *= np.where(active == (w["gate"][rows] @ x[0] > 0), 1, -1).astype("float32")[:, None]
     attrs = {"experts": E, "gate_act": "relu", "up_act": "identity", "threshold": 0.0}
     expected = routed_moe_ref(x, w["gate"], w["up"], w["down_t"], route_w, route_i, attrs, {})
 
