@@ -43,6 +43,23 @@ def test_routed_kernel_runs_only_the_chosen_experts(exact, M):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_routed_kernel_takes_quantized_experts():
+    """int8 (q8_0) stacked experts, as passes/quantize.py stores them: the kernel equals the reference on the
+    dequantized weights."""
+    from actsparse.ir.quant import quantize
+
+    rng = np.random.default_rng(7)
+    x, w_gate, w_up, w_down_t, route_w, route_i = _case(rng, 3, relu_sparsity=0.3)
+    d = 64  # q8_0 groups of 32 along a row
+    x = rng.standard_normal((3, d)).astype(np.float32)
+    weights = [quantize(rng.standard_normal((E * N, d)).astype(np.float32) / d**0.5, "q8_0") for _ in range(3)]
+    attrs = {"experts": E, "gate_act": "relu", "up_act": "identity", "threshold": 0.0}
+    expected = routed_moe_ref(x, *(w.dequantize() for w in weights), route_w, route_i, attrs, {})
+    got = run(routed_moe(d, N, E, exact=True, dtype="q8_0", sched=SCHED), x, *(w.blob for w in weights), route_w,
+              route_i, out_shape=(3, d))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_routed_kernel_refuses_a_non_relu_gate_in_exact_mode():
     with pytest.raises(ValueError, match="gate_act"):
         routed_moe(D, N, E, gate_act="silu", exact=True, sched=SCHED)
