@@ -93,3 +93,18 @@ def test_pipeline_text_round_trip_and_unknown_names():
         parse_pipeline("canonicalise")
     with pytest.raises(ValueError, match="valid modes"):
         pipeline_for("fast")
+
+
+def test_routed_moe_densifies_to_the_dense_pipeline_and_parses_back():
+    """densify (bench's dense twin) keeps the experts routed and drops only their neuron sparsity: the exact
+    pipeline's graph densified prints as the dense pipeline's; the routed op's text parses back."""
+    from actsparse.passes.densify import Densify
+
+    graph = _load("moe_routed")
+    exact = run_pipeline(graph, pipeline_for("exact")).graph
+    densified = run_pipeline(exact, [Densify()])
+    assert densified.stats["densify"] == {"routed-moe": 1}
+    assert print_graph(densified.graph) == (GOLDEN / "moe_routed.dense.after.ir").read_text()
+    reparsed = parse_graph(print_graph(exact), dict(exact.weights))
+    inputs = _inputs(graph)
+    np.testing.assert_allclose(evaluate(reparsed, inputs)[0], evaluate(graph, inputs)[0], rtol=1e-4, atol=1e-5)
