@@ -133,7 +133,7 @@ def _routed_moe(ctx, node, args):
     for e in range(experts):
         weights = [ctx.bb.emit(R.strided_slice(w, axes=[0], begin=[e * n_ff], end=[(e + 1) * n_ff])) for w in args[1:4]]
         y = emit_kernel_call(ctx, dense, [x2d, *weights], tokens, d_out, "f32")
-        mask = R.astype(R.equal(route_i, R.const(e, "int64")), "float32")
+        mask = R.astype(R.equal(route_i, relax.const(e, "int64")), "float32")
         term = ctx.bb.emit(R.multiply(y, R.sum(R.multiply(route_w, mask), axis=[1], keepdims=True)))
         out = term if out is None else ctx.bb.emit(R.add(out, term))
     out = out if node.dtype == "f32" else ctx.bb.emit(R.astype(out, "float16" if node.dtype == "f16" else "float32"))

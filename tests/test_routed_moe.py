@@ -1,7 +1,9 @@
 """The routed MoE kernel (codegen/kernels/routed_moe.py) against the op's numpy reference (ir/moe.py): each token's
 top-k experts only. The weights of the experts no token chose are NaN, so a kernel that read them — the all-experts
-form, which multiplies their output by 0 — would return NaN: equality proves they were never read. The pass and
-the decoding path are tested in test_passes_golden.py (golden IR, counts) and test_decode.py (Mixtral, Qwen2-MoE)."""
+form, which multiplies their output by 0 — would return NaN: equality proves they were never read. Then the
+lowering: the routed kernel where the family has one, each expert's dense kernel (weighted) where not, both
+computing the op. The pass and the decoding path are tested in test_passes_golden.py (golden IR, counts, densify)
+and test_decode.py (Mixtral, Qwen2-MoE: generate and prefill logits equal transformers')."""
 
 import numpy as np
 import pytest
@@ -63,3 +65,39 @@ def test_routed_kernel_takes_quantized_experts():
 def test_routed_kernel_refuses_a_non_relu_gate_in_exact_mode():
     with pytest.raises(ValueError, match="gate_act"):
         routed_moe(D, N, E, gate_act="silu", exact=True, sched=SCHED)
+
+
+@pytest.mark.parametrize("target, kernel", [("x86", "routedx"), ("cuda", "dense")])
+def test_lowering_calls_the_routed_kernel_where_the_family_has_one(target, kernel):
+    """x86: one call of the routed kernel; cuda (no routed kernel yet): each expert's dense kernel, weighted."""
+    from actsparse import targets
+    from actsparse.codegen.lower import lower_graph
+    from actsparse.passes import pipeline_for, run_pipeline
+
+    from .test_passes_golden import _load
+
+    graph = run_pipeline(_load("moe_routed"), pipeline_for("exact")).graph
+    assert graph.count("routed_moe") == 1
+    module, _ = lower_graph(graph, targets.get(target))
+    kernels = [str(gv.name_hint) for gv in module.functions if str(gv.name_hint).startswith("actsparse")]
+    assert [k for k in kernels if "gmlp" in k] and all(f"_gmlp_{kernel}" in k for k in kernels if "gmlp" in k)
+    calls = str(module["main"]).count("_gmlp_")
+    assert calls == (1 if target == "x86" else 3)
+
+
+def test_all_experts_fallback_lowering_computes_the_op(monkeypatch):
+    """The lowering a family without a routed kernel gets (cuda today), run on the CPU by hiding the CPU's routed
+    kernel: the compiled graph equals the original's interpretation, routing included."""
+    import actsparse
+    from actsparse.codegen import kernels
+    from actsparse.ir import evaluate
+
+    from .test_passes_golden import _inputs, _load
+
+    cpu = {k: v for k, v in kernels.FAMILIES["CpuSchedule"].items() if k != "routed"}
+    monkeypatch.setitem(kernels.FAMILIES, "CpuSchedule", cpu)
+    graph = _load("moe_routed")
+    x = _inputs(graph, seq=4)
+    cm = actsparse.compile(graph, tuple(x), mode="exact")
+    assert cm.graph.count("routed_moe") == 1
+    np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
