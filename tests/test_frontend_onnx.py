@@ -247,6 +247,17 @@ def test_non_finite_masks_match_onnxruntime(tmp_path, op, attrs):
     np.testing.assert_array_equal(actsparse.compile(str(path), (x,), mode="dense")(x), expected)
 
 
+def test_qwen3_sdpa_export_with_isnan_matches_onnxruntime(tmp_path):
+    """Qwen3 with its default (sdpa) attention exports an IsNaN (the NaN guard of fully masked rows)."""
+    config = transformers.Qwen3Config(**SMALL, head_dim=8)
+    torch.manual_seed(0)
+    path = _export(Logits(transformers.Qwen3ForCausalLM(config)).eval(), tmp_path / "qwen3.onnx", "torchscript")
+    assert "IsNaN" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    graph = import_onnx(path)
+    ids = _ids(6)
+    np.testing.assert_allclose(evaluate(graph, [ids])[0], _onnxruntime(path, ids), rtol=1e-4, atol=1e-5)
+
+
 # --- bad input: one clear error each, nothing written --------------------------------------------------------
 def _tiny(op="Relu", opset=18):
     node = helper.make_node(op, ["x"], ["y"], name="the_node")
