@@ -78,7 +78,7 @@ def test_cold_window_serves_repeated_neurons_without_reads(tiny, budgeted):
     assert all(a[0] > b[0] for a, b in zip(after, before))
 
 
-def test_generate_with_a_memory_budget_equals_transformers():
+def test_generate_with_a_memory_budget_equals_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                       intermediate_size=192, vocab_size=128, max_position_embeddings=64,
@@ -94,6 +94,9 @@ def test_generate_with_a_memory_budget_equals_transformers():
                            calibration=[torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(2))])
     assert sum(lm.module.report.pass_stats["split-hot-cold"].values()) == 2 and lm.module.cold_stores
     assert torch.equal(lm.generate(prompt, 8), expected)
+    loaded = actsparse.load(lm.save(tmp_path / "lm"))   # a decoder artifact keeps its cold file too
+    assert loaded.module.cold_file == tmp_path / "lm" / COLD_FILE
+    assert torch.equal(loaded.generate(prompt, 8), expected)
 
 
 def test_budgets_that_cannot_work_are_one_clear_error(tiny):
