@@ -70,6 +70,9 @@ def test_cuda_kernel_source_has_warp_reductions_and_16_byte_loads(built, kind, d
     launches = {"exact": 5, "indexed": 3, "dense": 3, "linear": 1, "threshold": 5}[kind]
     assert code.count("__global__") == launches
     assert "__shfl_xor_sync" in code  # warp-shuffle butterfly of the row dot products
+    # full warp masks only: __activemask() after a branch may name a subset of the lanes (undefined shuffles)
+    assert "__activemask" not in code
+    assert all(call.startswith("(uint)4294967295") for call in re.findall(r"__shfl_\w+_sync\(([^,]+)", code))
     vector_load = "*(float4*)(w" if dtype == "float32" else "*(uint4*)(w"
     assert vector_load in code  # 16 bytes per lane: a warp reads 512 contiguous bytes
     if kind != "linear":

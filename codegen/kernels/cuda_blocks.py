@@ -31,6 +31,14 @@ from .schedule import GpuSchedule
 FP32_GROUP = 4  # fp32 lanes per vector instruction (float4): wider fp32 vectors have no CUDA type
 
 
+def full_mask():
+    """The member mask of every warp-synchronous call: all 32 lanes. Never `__activemask()`: after a branch the
+    lanes of a warp need not have reconverged (Volta's independent thread scheduling), so it may name only some
+    of them and the shuffle then reads undefined values. Every lane of a warp reaches each shuffle (the guards
+    in front of them are warp-uniform); lanes without work contribute 0, they do not skip the call."""
+    return T.uint32(0xFFFFFFFF)
+
+
 def vector_elems(d: int, dtype: str, sched: GpuSchedule) -> int:
     """Elements one lane loads at once: the widest power of two <= vector_bytes / element size dividing d.
     Quantized rows: 1 (lane l reads column l of a group: a warp reads one whole block, coalesced)."""
@@ -84,7 +92,7 @@ def warp_dot_macro(d: int, dtype: str, sched: GpuSchedule):
         for v in T.unroll(1, V):
             s[0] = s[0] + acc[v]
         for r in T.unroll(len(rounds)):
-            s[0] = s[0] + T.tvm_warp_shuffle_xor(T.tvm_warp_activemask(), s[0], T.shift_right(L, r + 1), L, L)
+            s[0] = s[0] + T.tvm_warp_shuffle_xor(full_mask(), s[0], T.shift_right(L, r + 1), L, L)
 
     return warp_dot
 
@@ -191,7 +199,7 @@ def compact_macro(n: int, sched: GpuSchedule):
                         c[0] = c[0] + flag[j0 + i]
                 sc[0] = c[0]
                 for r in T.unroll(len(scan_rounds)):
-                    base[0] = T.tvm_warp_shuffle_up(T.tvm_warp_activemask(), sc[0], T.shift_left(1, r), L, L)
+                    base[0] = T.tvm_warp_shuffle_up(full_mask(), sc[0], T.shift_left(1, r), L, L)
                     if tx % L >= T.shift_left(1, r):
                         sc[0] = sc[0] + base[0]
                 if tx % L == L - 1:
