@@ -126,6 +126,24 @@ def test_cuda_kernels_match_numpy_under_simt_emulation(dtype):
                 raise AssertionError(f"{kind} {dtype} call {i}: {err}") from None
 
 
+def test_cuda_down_projection_matches_numpy_over_many_rounds_partial_groups_and_idle_lanes():
+    """A schedule that makes every path of the down projection run: one multiprocessor (no split-K), 1-position
+    scan rounds (40 positions per warp: 2 rounds), 3-row groups (partial last groups) and d = 37 (one-element
+    loads; in the second 32-column slice 27 lanes own no column but still take part in every ballot)."""
+    from dataclasses import replace
+
+    sched = replace(cuda_schedule(), multiprocessors=1, blocks_per_sm=1, rows=3, accumulators=2, scan=1)
+    kinds = ("exact", "indexed", "threshold")
+    jobs = []
+    for kind in kinds:
+        prim = primfunc(kind, ODD_D, 320, "float16", sched, ACTS[kind])
+        jobs.append((prim, fixed_calls(kind, ODD_D, 320, "float16", ACTS[kind], seed=3)[:2]))
+    outs = run_batch(simt_kernels([p for p, _ in jobs]), jobs)
+    for (_, calls), got in zip(jobs, outs):
+        for call, out in zip(calls, got):
+            call.check(out)
+
+
 def test_simt_emulation_catches_a_wrong_kernel():
     """The emulator is a real check: a kernel whose warp reduction skips a round gives wrong sums."""
     from . import simt
