@@ -129,7 +129,8 @@ def test_cuda_kernels_match_numpy_under_simt_emulation(dtype):
 def test_cuda_down_projection_matches_numpy_over_many_rounds_partial_groups_and_idle_lanes():
     """A schedule that makes every path of the down projection run: one multiprocessor (no split-K), 1-position
     scan rounds (40 positions per warp: 2 rounds), 3-row groups (partial last groups) and d = 37 (one-element
-    loads; in the second 32-column slice 27 lanes own no column but still take part in every ballot)."""
+    loads; in the second 32-column slice 27 lanes own no column but still take part in every ballot); predictor
+    mode's scored kernel with it."""
     from dataclasses import replace
 
     sched = replace(cuda_schedule(), multiprocessors=1, blocks_per_sm=1, rows=3, accumulators=2, scan=1)
@@ -138,10 +139,26 @@ def test_cuda_down_projection_matches_numpy_over_many_rounds_partial_groups_and_
     for kind in kinds:
         prim = primfunc(kind, ODD_D, 320, "float16", sched, ACTS[kind])
         jobs.append((prim, fixed_calls(kind, ODD_D, 320, "float16", ACTS[kind], seed=3)[:2]))
+    jobs.append((primfunc("scored", ODD_D, 320, "float16", sched, ACTS["indexed"]), scored_calls(ODD_D, 320)))
     outs = run_batch(simt_kernels([p for p, _ in jobs]), jobs)
     for (_, calls), got in zip(jobs, outs):
         for call, out in zip(calls, got):
             call.check(out)
+
+
+def scored_calls(d, n_ff, seed=4):
+    """Predictor mode's CUDA kernel: token m computes the neurons whose score beats the cutoff (a NaN score never)."""
+    from .kernel_cases import Call, mlp_inputs, mlp_reference
+
+    rng, calls = np.random.default_rng(seed), []
+    for M, frac in ((1, 0.1), (3, 0.5)):
+        x, ws = mlp_inputs(rng, M, d, n_ff, "float16", np.arange(n_ff), "silu")
+        scores = rng.random((M, n_ff)).astype(np.float32)
+        scores[0, :3] = np.nan
+        cutoff = np.array([1 - frac], np.float32)
+        ref, scale = mlp_reference(x, *ws, "silu", "identity", 0.0, mask=scores > cutoff)
+        calls.append(Call([x, *ws, scores, cutoff, np.full((M, d), np.nan, np.float32)], ref, scale, "float16"))
+    return calls
 
 
 def test_simt_emulation_catches_a_wrong_kernel():

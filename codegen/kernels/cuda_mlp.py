@@ -201,6 +201,54 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
 
 
 @cache
+def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                     threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
+    """Predictor mode (x, w_gate, w_up, w_down_t, scores, cutoff, out): token m computes the neurons j with
+    scores[m, j] > cutoff[0] (the CPU's select + indexed kernels' semantics, `lower_predictor.py`) in three
+    launches and no index list: a warp per neuron reads its score (the same in every lane: warp-uniform), computes
+    gate and up for the tokens that predict it and flags it; the down launch reads the flagged rows."""
+    row, count, keep = by_flag(n_ff)
+    k = _mlp("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, keep=keep)
+    L, W, splits = k.L, k.W, k.splits
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+    n_blocks = (n_ff + W - 1) // W
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), scores_h: T.handle, cutoff: T.Buffer((1,), "float32"),
+               out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        scores = T.match_buffer(scores_h, (M, n_ff), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        h = T.alloc_buffer((M, n_ff), "float32")
+        flag = T.alloc_buffer((n_ff,), "int32")
+        part = T.alloc_buffer((splits, M, d), "float32")
+        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
+            for ty in T.thread_binding(W, "threadIdx.y"):
+                for tx in T.thread_binding(L, "threadIdx.x"):
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    live = T.alloc_buffer((1,), "int32", scope="local")
+                    j: T.let = bx * W + ty
+                    if j < n_ff:
+                        live[0] = 0
+                        for m in range(M):
+                            s[0] = T.float32(0)
+                            if scores[m, j] > cutoff[0]:
+                                k.gated_dot(w_gate, w_up, j, x, m, tx, s)
+                                live[0] = 1
+                            if tx == 0:
+                                h[m, j] = s[0]
+                        if tx == 0:
+                            flag[j] = live[0]
+        k.down_parts(w_down_t, h, flag, flag, part, M)
+        k.sum_parts(part, out, M)
+
+    return _finish(kernel, k.name)
+
+
+@cache
 def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                     threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
     """Dense gated MLP (x, w_gate, w_up, w_down_t, out): every neuron, gate and up fused per warp."""
