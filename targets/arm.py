@@ -34,6 +34,9 @@ def target(threads: int = 4) -> Target:
         runs_here=native,
         features=("neon",),
         vector_registers=32,
+        # two accumulators: an fp16 weight load fills a whole q register (ldr q, fcvtl + fcvtl2) and the down
+        # projection's FMAs run in two independent chains (the little in-order cores stall on one)
+        accumulators=2,
         cross_compiler=None if native else CROSS_CC,
         run_hint="run it on an aarch64 machine or under qemu-aarch64",
     )
