@@ -13,7 +13,8 @@ from .kernels.schedule import CpuSchedule, GpuSchedule
 
 def cpu_schedule(target: Target) -> CpuSchedule:
     return CpuSchedule(lanes=target.lanes, threads=target.threads, vector_registers=target.vector_registers,
-                       l2_bytes=target.l2_bytes, accumulators=target.accumulators)
+                       l2_bytes=target.l2_bytes, accumulators=target.accumulators,
+                       fp16fml="fp16fml" in target.features)  # a feature the target's data declares
 
 
 def gpu_schedule(target: Target) -> GpuSchedule:

@@ -117,6 +117,40 @@ def test_arm_code_loads_q_registers_prefetches_once_per_line_and_splits_the_down
         assert axpy and all(loop.vector_ops["fmla"] <= 3 * loop.vector_ops["fmul"] for loop in axpy), axpy
 
 
+def test_arm_fhm_target_uses_fmlal_for_fp16_dot_products_and_matches_numpy_under_qemu():
+    """A target whose data declares fp16fml (FEAT_FHM, "arm-fhm") multiplies fp16 weights with x rounded to fp16
+    into fp32 sums (fmlal / fmlal2: the products are exact) instead of widening the weights; within fp16 tolerance
+    of numpy (qemu-aarch64 emulates FEAT_FHM)."""
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    require_cross_tools()
+    fhm = targets.get("arm-fhm")
+    assert "fp16fml" in fhm.features and "+fp16fml" in fhm.tvm["mattr"]
+    assert targets.get(fhm.tvm).features == fhm.features  # a TVM target dict with +fp16fml finds the same data
+    sched = schedule_for(fhm)
+    assert sched.fp16fml and not arm_schedule().fp16fml
+    d, acts = 64, ("relu", "identity", 0.0)
+    prims = {kind: primfunc(kind, d, N_FF, "float16", sched, acts, bias=True) for kind in ("exact", "dense", "linear")}
+    kernels = cross_kernels(list(prims.values()), fhm)
+    text = kernels.disassembly()
+    assert "\tfmlal\t" in text and "\tfmlal2\t" in text
+    rng = np.random.default_rng(5)
+    runs, checks = [], []
+    for kind, prim in prims.items():
+        for M, frac in ((1, 0.3), (5, 0.6)):
+            active = np.flatnonzero(rng.random(N_FF) < frac)
+            call = (linear_call(rng, M, d, N_FF, "float16", bias=True) if kind == "linear"
+                    else mlp_call(kind, rng, M, d, N_FF, "float16", acts, active))
+            runs.append((str(prim.attrs["global_symbol"]), call.args, [len(call.args) - 1]))
+            checks.append((kind, M, call))
+    for (kind, M, call), (out,) in zip(checks, kernels.run(runs)):
+        try:
+            call.check(out)
+        except AssertionError as err:
+            raise AssertionError(f"{kind} M={M}: {err}") from None
+
+
 def test_arm_kernel_errors_come_back_from_the_emulator():
     require_cross_tools()
     prim = primfunc("linear", D, N_FF, "float32", arm_schedule())

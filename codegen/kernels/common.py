@@ -26,7 +26,10 @@ from ...ir.quant import LAYOUTS
 from .quant_blocks import quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
 from .rows import (
     ELEM_BYTES,
+    FMLAL,
     chunks_per_line,
+    column_split,
+    fmlal_macro,
     hsum_macro,
     prefetch_macro,
     row_index,
@@ -128,13 +131,25 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     CPL = chunks_per_line(C, dtype)  # chunks that make one cache line: one prefetch per row and line
     n_line = n_chunk // CPL
 
+    fml = sched.fp16fml and dtype == "float16" and VW == 8 and L == 4  # fmlal: 8 halves into 2 x 4 fp32 sums
+
+    fmlal = fmlal_macro()
+
     @T.macro
     def chunk(w, x, m, rows, base, i, end, acc, kc):
-        for a in T.unroll(C // VW):
-            for r in T.unroll(R):
-                for v in T.vectorized(VW):
-                    acc[r * C + a * VW + v] = acc[r * C + a * VW + v] + ld(
-                        w[row(rows, base, T.min(i + r, end - 1)), kc * C + a * VW + v]) * x[m, kc * C + a * VW + v]
+        if fml:  # acc[0:4] += w[0:4] * x16[0:4] (fmlal), acc[4:8] += w[4:8] * x16[4:8] (fmlal2), exact products
+            for a in T.unroll(C // VW):
+                for r in T.unroll(R):
+                    fmlal(acc, r * C + a * VW, w, row(rows, base, T.min(i + r, end - 1)), x, m, kc * C + a * VW,
+                          FMLAL[0])
+                    fmlal(acc, r * C + a * VW + 4, w, row(rows, base, T.min(i + r, end - 1)), x, m, kc * C + a * VW,
+                          FMLAL[1])
+        else:
+            for a in T.unroll(C // VW):
+                for r in T.unroll(R):
+                    for v in T.vectorized(VW):
+                        acc[r * C + a * VW + v] = acc[r * C + a * VW + v] + ld(
+                            w[row(rows, base, T.min(i + r, end - 1)), kc * C + a * VW + v]) * x[m, kc * C + a * VW + v]
 
     @T.macro
     def dots(w, x, m, rows, base, i, end, dst, dcol):
@@ -239,19 +254,6 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
                 dots(w, x, m, rows, base, i, end, dst, dcol)
 
     return dots_all, dots
-
-
-def column_split(d: int, sched: CpuSchedule, dtype: str = "float32") -> tuple[int, int, int]:
-    """Static split of d output columns into blocks of lanes*accumulators for `threads` tasks.
-
-    Returns (block, n_blocks, tail_start): task t owns blocks [t*n_blocks//threads, (t+1)*n_blocks//threads)
-    rounded to whole cache lines of `dtype` weights (see `line_blocks`); columns [tail_start, d) belong to the
-    last task.
-    """
-    block = sched.lanes * sched.accumulators
-    unit = chunks_per_line(block, dtype)
-    n_blocks = d // block // unit * unit
-    return block, n_blocks, n_blocks * block
 
 
 def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch: bool | None = None):

@@ -10,6 +10,7 @@ from tvm.script import tirx as T
 
 CACHE_LINE = 64
 ELEM_BYTES = {"float32": 4, "float16": 2}
+FMLAL = ("llvm.aarch64.neon.fmlal", "llvm.aarch64.neon.fmlal2")  # low / high four halves of a q register
 
 
 def hsum_macro(lanes: int):
@@ -75,3 +76,29 @@ def task_blocks(t, n_blocks: int, unit: int, threads: int):
     """(b0, b1): task t's column blocks, whole units of `unit` blocks (a cache line of weights)."""
     n_units = n_blocks // unit
     return t * n_units // threads * unit, (t + 1) * n_units // threads * unit
+
+
+def fmlal_macro():
+    """`fmlal(acc, a0, w, wrow, x, m, k0, intrin)`: acc[a0 : a0 + 4] += w[wrow, k0 : k0 + 8] * fp16(x[m, k0 : k0 + 8])
+    on the low (FMLAL[0]) or high (FMLAL[1]) four halves — aarch64 FEAT_FHM; fp16 products are exact in fp32."""
+
+    @T.macro
+    def fmlal(acc, a0, w, wrow, x, m, k0, intrin):
+        acc[T.ramp(a0, 1, 4)] = T.call_llvm_pure_intrin("float32x4", intrin, acc[T.ramp(a0, 1, 4)],
+                                                        w[wrow, T.ramp(k0, 1, 8)],
+                                                        T.Cast("float16x8", x[m, T.ramp(k0, 1, 8)]))
+
+    return fmlal
+
+
+def column_split(d: int, sched, dtype: str = "float32") -> tuple[int, int, int]:
+    """Static split of d output columns into blocks of lanes*accumulators for `threads` tasks.
+
+    Returns (block, n_blocks, tail_start): task t owns blocks [t*n_blocks//threads, (t+1)*n_blocks//threads)
+    rounded to whole cache lines of `dtype` weights (see `line_blocks`); columns [tail_start, d) belong to the
+    last task.
+    """
+    block = sched.lanes * sched.accumulators
+    unit = chunks_per_line(block, dtype)
+    n_blocks = d // block // unit * unit
+    return block, n_blocks, n_blocks * block

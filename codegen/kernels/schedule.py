@@ -33,6 +33,8 @@ class CpuSchedule:
     vector_registers  architectural vector registers: 32 (AVX-512, NEON), 16 (AVX2, SSE).
     l2_bytes      a core's mid-level cache (0: unknown). The rows of a step and the prefetched rows of the
                   next must stay in it, so `fitted` lowers `rows` for long rows (see there).
+    fp16fml       the target multiplies fp16 pairs into fp32 sums (aarch64 FEAT_FHM: fmlal / fmlal2): fp16 weight
+                  dot products then take x rounded to fp16 and skip the widening of the weights.
     """
 
     lanes: int
@@ -43,9 +45,11 @@ class CpuSchedule:
     prefetch: bool = True
     vector_registers: int = 32
     l2_bytes: int = 0
+    fp16fml: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefetch", bool(self.prefetch))
+        object.__setattr__(self, "fp16fml", bool(self.fp16fml))
         if self.lanes not in (1, 2, 4, 8, 16, 32):
             raise ValueError(f"CpuSchedule.lanes must be a power of two <= 32, got {self.lanes}")
         for field in ("threads", "rows", "accumulators", "token_block", "vector_registers"):
@@ -74,7 +78,7 @@ class CpuSchedule:
     def tag(self) -> str:
         """Short identifier-safe encoding, part of every kernel's global_symbol: `l16t2r8a1b4v32p1`."""
         return (f"l{self.lanes}t{self.threads}r{self.rows}a{self.accumulators}b{self.token_block}"
-                f"v{self.vector_registers}p{int(self.prefetch)}")
+                f"v{self.vector_registers}p{int(self.prefetch)}" + ("h1" if self.fp16fml else ""))
 
 
 @dataclass(frozen=True)
