@@ -3,6 +3,8 @@
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, *extra){mode=v} -> gated_mlp(x, @Wg, @Wu, @Wd){v.dense_attrs(attrs)}
                                                              (@Wd = @Wd.t transposed back, extra inputs dropped;
                                                               a "columns" variant's @Wg.t / @Wu.t too)
+    routed_moe(...){mode=exact}                          -> routed_moe(...){mode=dense}   (still routed: the twin
+                                                             differs in the neuron sparsity only)
 
 The gated_mlp attrs are the variant's (`dense_attrs` of its entry in ir/sparse_variants.py): the same
 activations, every neuron computed (exact mode: the same math; lossy modes: their dense original). A quantized
@@ -32,6 +34,9 @@ class Densify(Pass):
         new_weights: dict[str, np.ndarray] = {}
 
         def visit(node: Node) -> Node | None:
+            if node.op == "routed_moe" and node.attrs["mode"] != "dense":
+                record("routed-moe")
+                return node.replace(attrs={**node.attrs, "mode": "dense"})
             if node.op != "sparse_gated_mlp":
                 return None
             x, w_gate, w_up, w_down_t = node.inputs[:4]

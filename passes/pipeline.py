@@ -22,12 +22,13 @@ from .base import Pass, apply_pass
 from .canonicalize import Canonicalize
 from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
+from .route_moe import RouteMoE
 from .sparsify_exact import SparsifyExact
 from .sparsify_predictor import SparsifyPredictor
 from .sparsify_threshold import SparsifyThreshold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
-                                                     SparsifyPredictor, Densify)}
+                                                     SparsifyPredictor, Densify, RouteMoE)}
 
 
 @dataclass(frozen=True)
@@ -49,28 +50,34 @@ class PipelineOptions:
         return targets.get(self.target_spec if self.target_spec is not None else "x86")
 
 
-def _dense(o: PipelineOptions) -> list[Pass]:
+def _detect(o: PipelineOptions) -> list[Pass]:
     return [
         Canonicalize(),      # fold decomposed activations / transposed projections into canonical ops
         DetectGatedMLP(),    # find gated MLPs by dataflow -> gated_mlp (kept dense, but reported)
     ]
 
 
+def _dense(o: PipelineOptions) -> list[Pass]:
+    # MoE experts weighted by their routing -> routed_moe: each runs on its routed tokens only (last: it stacks
+    # the experts' final weights)
+    return [*_detect(o), RouteMoE()]
+
+
 def _exact(o: PipelineOptions, on_unsupported: str = "error") -> list[Pass]:
     # exact: a non-ReLU block is an error naming it; auto: it stays dense and the report says why
-    return [*_dense(o), SparsifyExact(on_unsupported=on_unsupported)]
+    return [*_detect(o), SparsifyExact(on_unsupported=on_unsupported), RouteMoE()]
 
 
 def _threshold(o: PipelineOptions) -> list[Pass]:
     if o.sparsity is None:
         raise ValueError("mode 'threshold' needs a target sparsity, e.g. sparsity=0.5")
     # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
-    return [*_dense(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration)]
+    return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration)]
 
 
 def _predictor(o: PipelineOptions) -> list[Pass]:
     # ReLU-family blocks: a predictor per block picks the neurons, its cutoff calibrated to `recall` (lossy)
-    return [*_dense(o), SparsifyPredictor(predictor=o.predictor, recall=o.recall, sparsity=o.sparsity or 0.0,
+    return [*_detect(o), SparsifyPredictor(predictor=o.predictor, recall=o.recall, sparsity=o.sparsity or 0.0,
                                           budget=o.predictor_budget, calibration=o.calibration)]
 
 

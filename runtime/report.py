@@ -15,7 +15,8 @@ import numpy as np
 from ..ir import Graph, Node, evaluate, weight_value
 from ..ir.activations import exactly_sparse
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.sparse_variants import dense_intermediate, sizes, split_inputs, variant_of
+from ..ir.moe import expert_rows
+from ..ir.sparse_variants import VARIANTS, dense_intermediate, sizes, split_inputs, variant_of
 
 
 @dataclass
@@ -186,7 +187,7 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-MLP_OPS = ("gated_mlp", "sparse_gated_mlp")
+MLP_OPS = ("gated_mlp", "sparse_gated_mlp", "routed_moe")  # routed_moe: a row per expert
 
 
 def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str = "dense") -> list[BlockReport]:
@@ -198,7 +199,8 @@ def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str
     keep = [(b, i) for b in blocks for i in b.inputs if i is b.inputs[0] or (i.op != "weight" and b.op != "gated_mlp")]
     values = evaluate(graph, example_inputs, keep=[i for _, i in keep]) if blocks else []
     computed = {(id(b), id(i)): v for (b, i), v in zip(keep, values[len(graph.outputs):])}
-    return [_block_row(block, computed[(id(block), id(block.inputs[0]))], graph, mode, computed) for block in blocks]
+    return [row for block in blocks for row in _rows(block, computed[(id(block), id(block.inputs[0]))], graph, mode,
+                                                     computed)]
 
 
 def measure_blocks_compiled(module, graph: Graph, example_inputs: Sequence[np.ndarray],
@@ -210,7 +212,31 @@ def measure_blocks_compiled(module, graph: Graph, example_inputs: Sequence[np.nd
     if not blocks:
         return []
     xs = module.kernel_inputs(example_inputs, [b.inputs[1].attrs["name"] for b in blocks])
-    return [_block_row(block, xs.get(block.inputs[1].attrs["name"]), graph, mode, {}) for block in blocks]
+    return [row for block in blocks for row in _rows(block, xs.get(block.inputs[1].attrs["name"]), graph, mode, {})]
+
+
+def _rows(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: dict) -> list[BlockReport]:
+    if block.op != "routed_moe":
+        return [_block_row(block, x, graph, mode, computed)]
+    attrs = {"threshold": 0.0, **block.attrs}
+    w_gate, w_up = (weight_value(graph, w) for w in block.inputs[1:3])
+    x2d = None if x is None else np.asarray(x.reshape(-1, x.shape[-1]), np.float32)
+    rows = []
+    for e in range(attrs["experts"]):  # the sparsity of each expert over every token (the routing is not kept)
+        part = expert_rows(attrs, w_gate.shape[0], e)
+        fields: dict = {"expert": e, "sparsity": None}
+        if mode != "dense" and not exactly_sparse(attrs["gate_act"]):
+            fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
+                                f"(act={attrs['gate_act']}); exact mode needs ReLU-family")
+        if x2d is not None:
+            h = dense_intermediate(x2d, np.asarray(w_gate[part], np.float32), np.asarray(w_up[part], np.float32),
+                                   attrs)
+            fields["sparsity"] = float(np.mean(h == 0))
+            if attrs["mode"] in VARIANTS:
+                fields.update(VARIANTS[attrs["mode"]].measure(x2d, None, None, {}, attrs, h))
+        rows.append(BlockReport(f"{block.loc}.{e}", attrs["pattern"], attrs["mode"], part.stop - part.start,
+                                **fields))
+    return rows
 
 
 ROWS_PER_STEP = 1024  # neurons measured at once: float32 copies of that many weight rows, not of whole matrices
