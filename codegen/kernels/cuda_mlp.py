@@ -139,7 +139,7 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
 @cache
 def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                      threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
-    """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate, compaction, up and down over active rows."""
+    """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate flagging the active rows, their up and down rows."""
     row, count, keep = by_flag(n_ff)
     k = _mlp("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, EXACT_GATE_ACTS, keep=keep)
     return _flagging_mlp(k, d, n_ff, dtype, skipping_value(activation(gate_act, threshold, "cuda")), product=False)
