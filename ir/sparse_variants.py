@@ -171,8 +171,9 @@ def _threshold_report(attrs: dict) -> dict:
 
 # --- predictor: a per-block predictor's scores pick the neurons (ir/predictor.py), ReLU family, lossy ------------
 # h = act_g(g) · act_u(u) where scores > cutoff, else 0. A neuron predicted active whose gate is <= 0 still gives 0,
-# so misses are the only loss. The kernel is the composite "predicted" (codegen/lower_predictor.py): a select
-# kernel turns the scores into an index list, then the indexed kernel reads only those rows.
+# so misses are the only loss. The CPU kernel is the composite "predicted" (codegen/lower_predictor.py): a select
+# kernel turns the scores into an index list, then the indexed kernel reads only those rows; the CUDA one is
+# "scored": one kernel flags the predicted neurons itself (no single-block select launch).
 def _predictor_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None):
     h = dense_intermediate(x, w_gate, w_up, attrs, b_gate, b_up)
     return np.where(extras["scores"].reshape(h.shape) > attrs["cutoff"], h, 0).astype(x.dtype)
@@ -226,7 +227,7 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         attrs={"predictor": "lowrank", "cutoff": 0.0, "rank": None, "predictor_bytes_pct": None,
                "calibrated_recall": None},
         extra_inputs=("scores",), intermediate=_predictor_intermediate,
-        kernels={"cpu": "predicted", "cuda": "predicted"}, kernel_options=_activation_options,
+        kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_activation_options,
         dense_attrs=_plain_attrs, report=_predictor_report, lossy=True, measure=_predictor_measure,
         doc="a per-layer predictor (lowrank, svd, sign) picks the neurons; ReLU-family gates, lossy"),
     SparseVariant(

@@ -22,13 +22,19 @@ def _arm() -> Target:
     return target()
 
 
+def _arm_fhm() -> Target:
+    from .arm import target
+
+    return target(fp16fml=True)
+
+
 def _cuda() -> Target:
     from .cuda import target
 
     return target()
 
 
-REGISTRY: dict[str, Callable[[], Target]] = {"x86": _x86, "cuda": _cuda, "arm": _arm}
+REGISTRY: dict[str, Callable[[], Target]] = {"x86": _x86, "cuda": _cuda, "arm": _arm, "arm-fhm": _arm_fhm}
 
 
 def names() -> list[str]:
@@ -39,7 +45,8 @@ def get(spec: str | Target | dict) -> Target:
     if isinstance(spec, Target):
         return spec
     if isinstance(spec, dict):
-        base = REGISTRY["cuda" if spec.get("kind") == "cuda" else "arm" if "aarch64" in str(spec.get("mtriple", ""))
+        arm = "arm-fhm" if "+fp16fml" in spec.get("mattr", ()) else "arm"
+        base = REGISTRY["cuda" if spec.get("kind") == "cuda" else arm if "aarch64" in str(spec.get("mtriple", ""))
                         else "x86"]()
         return Target(**{**base.__dict__, "tvm": dict(spec)})
     if spec not in REGISTRY:

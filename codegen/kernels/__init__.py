@@ -31,10 +31,10 @@ FAMILIES = {
                     "dense": ("cuda_mlp", "dense_gated_mlp"), "linear": ("cuda_mlp", "linear"),
                     "threshold": ("cuda_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score_cuda"),
-                    "select": ("predictor_kernels", "select_active_cuda"),
+                    "scored": ("cuda_mlp", "scored_gated_mlp"),
                     "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
-KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "sign_score", "select", "input", "routed")
+KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "sign_score", "select", "scored", "input", "routed")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 
