@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ActsparseError
+from .errors import ActsparseError, MemoryBudgetError
 from .ir import Graph, TensorType
 from .ir.examples import example_inputs_for
 from .ir.quant import QUANTIZE_KINDS, STORAGE_KINDS
 from .passes import pipeline_for, run_pipeline
-from .passes.pipeline import LOSSY_MODES, MODES
+from .passes.pipeline import BUDGET_MODES, LOSSY_MODES, MODES
 from .runtime import CompiledModule
+from .runtime.cold_store import place_cold
 from .runtime.progress import Steps, steps
 from .runtime.report import build_report
 
@@ -113,8 +114,10 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
                              f"causal LM), not to a {type(model).__name__}")
     from . import targets as target_registry
 
-    _check_mode(mode, memory_budget)
-    options = _lossy_options(mode, calibration, sparsity, method, predictor_options)
+    memory_budget = _check_mode(mode, memory_budget)
+    budget_calibration = calibration if memory_budget is not None and mode not in LOSSY_MODES else None
+    options = _lossy_options(mode, None if budget_calibration is not None else calibration, sparsity, method,
+                             predictor_options)
     _check_example_inputs(example_inputs)
     target = target_registry.get(target)  # an unknown target fails before the (slow) import
     with steps(f"actsparse compile ({mode})", 1) as progress:
@@ -123,8 +126,10 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
         if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
             # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
             example_inputs = example_inputs_for(graph)
-        return compile_graph(graph, [_to_numpy(x) for x in example_inputs], target, mode, options, **quant,
-                             progress=progress)
+        arrays = [_to_numpy(x) for x in example_inputs]
+        if memory_budget is not None:
+            options.update(_budget_options(memory_budget, budget_calibration, arrays))
+        return compile_graph(graph, arrays, target, mode, options, **quant, progress=progress)
 
 
 def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_seq: int | None = None,
@@ -140,18 +145,19 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
     from . import targets as target_registry
     from .frontends.hf_source import load_causal_lm
 
-    _check_mode(mode, memory_budget)
+    memory_budget = _check_mode(mode, memory_budget)
     target = target_registry.get(target)  # an unknown target fails before the (slow) load
     with steps(f"actsparse compile ({mode} decoder)", 2) as progress:
         progress.start("load")
         model, own_tokenizer = load_causal_lm(source)
         progress.start("import (KV-cached decoding graph)")
         return _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokenizer, calibration,
-                                sparsity, method, prompt, predictor_options, quantize, prequantized, progress)
+                                sparsity, memory_budget, method, prompt, predictor_options, quantize, prequantized,
+                                progress)
 
 
-def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokenizer, calibration, sparsity, method,
-                     prompt, predictor_options, quantize, prequantized, progress: Steps):
+def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokenizer, calibration, sparsity,
+                     memory_budget, method, prompt, predictor_options, quantize, prequantized, progress: Steps):
     from .frontends.kv_cache import import_decoder
     from .runtime.decoder import Decoder, DecoderSpec
 
@@ -162,14 +168,19 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     vocab = int(model.get_input_embeddings().num_embeddings)
     calibration = None if calibration is None else list(calibration)
     predictor_options = predictor_options or {}
-    _lossy_options(mode, calibration, sparsity, method, predictor_options)  # bad options fail before the (slow) import
+    lossy_calibration = None if memory_budget is not None and mode not in LOSSY_MODES else calibration
+    _lossy_options(mode, lossy_calibration, sparsity, method, predictor_options)  # bad options fail before the import
     graph, caches = import_decoder(model, max_seq)
     if calibration is not None:
         calibration = [_decoder_inputs(sample[0] if isinstance(sample, (tuple, list)) else sample, caches)
                        for sample in calibration]
-    options = _lossy_options(mode, calibration, sparsity, method, predictor_options)
+    options = _lossy_options(mode, calibration if lossy_calibration is not None else None, sparsity, method,
+                             predictor_options)
     if prompt is None:
         prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
+    if memory_budget is not None:
+        options.update(_budget_options(memory_budget, calibration if lossy_calibration is None else None,
+                                       _decoder_inputs(prompt, caches)))
     if quantize in QUANTIZE_KINDS and prequantized is None and isinstance(source, (str, os.PathLike)) \
             and str(source).endswith(".gguf"):
         from .frontends.gguf_quant import read_gguf_quantized
@@ -205,9 +216,17 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
     result = run_pipeline(graph, passes, on_pass=lambda p: progress.start(f"pass {p.name}"))
     progress.start("build (lower to Relax, compile with TVM)")
     executable, weight_order = build(result.graph, tgt)
+    # a hot/cold split: the cold neurons' rows to a file (CPU) or host memory (GPU), not the target's memory
+    final, placement, cold_file = place_cold(result.graph, on_gpu=tgt.kind == "cuda")
+    result.graph = final
     inputs = [(n.attrs["name"], TensorType(n.shape, n.dtype)) for n in result.graph.inputs]
     module = CompiledModule(executable, dict(result.graph.weights), weight_order, result.graph, inputs,
-                            len(result.graph.outputs), None, tgt.to_dict())
+                            len(result.graph.outputs), None, tgt.to_dict(), placement=placement, cold_file=cold_file)
+    if cold_file is not None:  # the temporary cold file goes with the module (save() copies it into the artifact)
+        import shutil
+        import weakref
+
+        weakref.finalize(module, shutil.rmtree, str(cold_file.parent), True)
     # the sparsity from the module's own run where it runs here (no numpy forward of the model)
     progress.start("report")
     module.report = build_report(tgt.name, mode, result.graph, graph if mode in LOSSY_MODES else None, arrays,
@@ -215,12 +234,45 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
     return module
 
 
-def _check_mode(mode: str, memory_budget) -> None:
+def _check_mode(mode: str, memory_budget) -> int | None:
+    """The mode is known; the memory budget (bytes, or text like "512M") in bytes, for a mode that splits."""
     if mode not in MODES:
         raise ActsparseError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    if memory_budget is not None:
-        raise ActsparseError("memory_budget (the hot/cold neuron split) is not in this build yet; leave it unset: "
-                             "every neuron's weights stay in the target's main memory")
+    if memory_budget is None:
+        return None
+    budget = parse_bytes(memory_budget)
+    if mode not in BUDGET_MODES:
+        raise MemoryBudgetError(f"memory_budget applies to modes {', '.join(BUDGET_MODES)} (ReLU-family blocks "
+                                f"split into hot and cold neurons), not mode={mode!r}")
+    return budget
+
+
+def parse_bytes(value) -> int:
+    """A byte count: an int, or text such as "512M", "1.5G", "64k", "2GiB" (powers of 1024). Negative is an error."""
+    import re
+
+    pattern = r"([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)i?[bB]?"
+    match = None if isinstance(value, bool) else re.fullmatch(pattern, str(value).strip())
+    try:
+        if match is None or not match.group(1):
+            raise ValueError
+        scale = 1 << (10 * " KMGT".index(match.group(2).upper() or " "))
+        budget = int(float(match.group(1)) * scale)
+    except (ValueError, OverflowError):
+        raise MemoryBudgetError(f"memory_budget must be a number of bytes such as 536870912 or '512M', got "
+                                f"{value!r}") from None
+    if budget < 0:
+        raise MemoryBudgetError(f"memory_budget must not be negative (got {value!r}); give the bytes of fast memory "
+                                "for the MLP weights, e.g. '512M'")
+    return budget
+
+
+def _budget_options(budget: int, calibration, example_arrays) -> dict:
+    """The hot/cold split's options: neuron frequencies come from `calibration`, or else from the example inputs."""
+    from .passes.calibrate import calibration_samples
+
+    samples = calibration_samples(calibration) if calibration is not None else [tuple(example_arrays)]
+    return {"memory_budget": budget, "calibration": samples}
 
 
 def _decoder_inputs(ids, caches) -> tuple:

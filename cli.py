@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="store the kernels' weights as fp16, or group-wise quantized (groups of 32, fp16 scales)")
     build.add_argument("--sign", metavar="KEY", help="sign the artifact with this ed25519 private key (PEM; make one "
                        "with `actsparse keygen KEY`); load it with actsparse.load(OUT, public_key=KEY.pub)")
+    build.add_argument("--memory-budget", metavar="BYTES",
+                       help="-m exact|auto: RAM for the MLP weights, e.g. 512M; hot neurons stay resident, cold ones "
+                            "are read on demand from the artifact's cold.bin (calibration: --calib, else the example)")
     build.add_argument("--max-seq", type=_count, help="decoders: KV-cache slots (default: the model's context, "
                        "at most 2048)")
     _lossy_arguments(build)
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("artifact")
     bench.add_argument("--seq", type=_count, default=1, help="tokens per call (1 = decoding)")
     bench.add_argument("--repeats", type=_count, default=20)
+    bench.add_argument("--rpc", metavar="HOST:PORT", help="measure the memory levels of a device registered with this "
+                                                          "TVM RPC tracker, for the artifact's target")
+    bench.add_argument("--key", help="with --rpc: the device's key at the tracker")
 
     keygen = sub.add_parser("keygen", help="make an ed25519 key pair for `build --sign` (KEY and KEY.pub)")
     keygen.add_argument("key", help="private key file to write (PEM, mode 600); the public key goes to KEY.pub")
@@ -164,7 +170,8 @@ def _build(args) -> int:
     if args.sign and not Path(args.sign).is_file():
         raise ActsparseError(f"signing key {args.sign} does not exist; make one with `actsparse keygen {args.sign}`")
     if is_decoder_source(args.spec):
-        lm = api.compile(args.spec, target=args.target, mode=args.mode, max_seq=args.max_seq, **_lossy_options(args))
+        lm = api.compile(args.spec, target=args.target, mode=args.mode, max_seq=args.max_seq,
+                         memory_budget=args.memory_budget, **_lossy_options(args))
         path = lm.save(args.out, signing_key=args.sign)
         print(lm.report)
         print(f"wrote {path} (decoder: {lm.max_seq} KV-cache slots, tokenizer "
@@ -178,7 +185,7 @@ def _build(args) -> int:
     else:
         model, inputs = load_spec(args.spec, args.seq)
     cm = api.compile(model, inputs, target=args.target, mode=args.mode, quantize=args.quantize,
-                     **_lossy_options(args))
+                     memory_budget=args.memory_budget, **_lossy_options(args))
     path = cm.save(args.out, signing_key=args.sign)
     print(cm.report)
     print(f"wrote {path} (manifest sha256 {read_artifact(path).manifest_sha256}{', signed' if args.sign else ''})")
@@ -254,6 +261,14 @@ def _inspect(args) -> int:
 def _bench(args) -> int:
     from .runtime.bench import bench_artifact
 
+    if args.rpc or args.key:
+        from .runtime.bench_remote import bench_remote
+
+        if not (args.rpc and args.key):
+            raise ActsparseError("bench --rpc HOST:PORT needs --key KEY (the device's key at the tracker), and --key "
+                                 "needs --rpc")
+        print(bench_remote(args.artifact, args.rpc, args.key))
+        return 0
     print(bench_artifact(args.artifact, seq=args.seq, repeats=args.repeats))
     return 0
 

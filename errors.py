@@ -24,3 +24,8 @@ class InputError(ActsparseError, ValueError):
 
 class DecodeInputError(InputError):
     """Input a compiled decoder cannot take: a prompt longer than its KV cache, token ids outside its vocabulary."""
+
+
+class MemoryBudgetError(ActsparseError):
+    """A memory_budget the hot/cold split cannot meet: negative, below the bytes that must stay resident, or on a
+    target without the memory level the cold neurons would live in."""

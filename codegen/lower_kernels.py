@@ -9,6 +9,8 @@ for the layer's sizes and the target's schedule, and restores the leading dims:
                                                                     [x2d, Wg, Wu, Wd.t, *extra]), [..., d_out])
     gated_mlp(x, ...)  (dense mode)             -> linear kernels for gate/up/down + Relax activations
                                                    (gate/up biases, if any, go to the linear kernels)
+    routed_moe(x, @Wg, @Wu, @Wd.t, V, I)        -> reshape(call_tir(routed kernel, [x2d, Wg, Wu, Wd.t, V2d, I2d]))
+                                                   (a family without one: each expert's dense kernel, weighted)
 
 Which kernel a sparse variant uses per family ("cpu", "cuda") and with which options is the variant's entry
 (ir/sparse_variants.py: `kernels`, `kernel_options`); nothing here names a variant.
@@ -103,4 +105,36 @@ def _sparse_gated_mlp(ctx, node, args):
     kernel = target_kernel(variant.kernels[family], d, n_ff, dtype=kernel_dtype(w_gate), sched=sched,
                            **variant.kernel_options(dict(node.attrs)))
     out = emit_kernel_call(ctx, kernel, [x2d, *args[1:]], tokens, d_out, node.dtype)
+    return R.reshape(out, [*lead, d_out])
+
+
+@lowering("routed_moe")
+def _routed_moe(ctx, node, args):
+    from .kernels import FAMILIES
+    from .kernels import kernel as target_kernel
+
+    a = node.attrs
+    x_node, w_gate = node.inputs[0], node.inputs[1]
+    experts, d, d_out, k = a["experts"], w_gate.shape[1], node.shape[-1], node.inputs[4].shape[-1]
+    n_ff = w_gate.shape[0] // experts
+    sched = schedule_for(ctx.target)
+    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
+    route_w = ctx.bb.emit(R.astype(R.reshape(args[4], [tokens, k]), "float32"))
+    route_i = ctx.bb.emit(R.astype(R.reshape(args[5], [tokens, k]), "int64"))
+    options = {"gate_act": a["gate_act"], "up_act": a["up_act"], "threshold": a["threshold"],
+               "dtype": kernel_dtype(w_gate)}
+    if "routed" in FAMILIES[type(sched).__name__]:
+        kernel = target_kernel("routed", d, n_ff, experts, exact=a["mode"] == "exact", sched=sched, **options)
+        out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i], tokens, d_out, node.dtype)
+        return R.reshape(out, [*lead, d_out])
+    # no routed kernel for this family: every expert on every token, weighted (the all-experts form)
+    dense = target_kernel("dense", d, n_ff, sched=sched, **options)
+    out = None
+    for e in range(experts):
+        weights = [ctx.bb.emit(R.strided_slice(w, axes=[0], begin=[e * n_ff], end=[(e + 1) * n_ff])) for w in args[1:4]]
+        y = emit_kernel_call(ctx, dense, [x2d, *weights], tokens, d_out, "f32")
+        mask = R.astype(R.equal(route_i, relax.const(e, "int64")), "float32")
+        term = ctx.bb.emit(R.multiply(y, R.sum(R.multiply(route_w, mask), axis=[1], keepdims=True)))
+        out = term if out is None else ctx.bb.emit(R.add(out, term))
+    out = out if node.dtype == "f32" else ctx.bb.emit(R.astype(out, "float16" if node.dtype == "f16" else "float32"))
     return R.reshape(out, [*lead, d_out])

@@ -6,6 +6,12 @@
            reshape(call_tir(gmlp_indexed_d_n_<acts>, [x2d, Wg, Wu, Wd.t, idx, count]), [..., d_out])
     sign_score(x, @bits){d} -> reshape(call_tir(signscore_d_n, [x2d, bits]), [..., n])
 
+On CUDA the variant declares the composite "scored" instead: one kernel takes the scores and the cutoff, flags the
+predicted neurons itself and reads only their rows (three launches, no index list, no single-block select):
+
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, s){mode='predictor', cutoff=t}
+        -> reshape(call_tir(gmlp_scored_d_n_<acts>, [x2d, Wg, Wu, Wd.t, s2d, t]), [..., d_out])
+
 The scores of the lowrank and svd predictors are ordinary linears in front (the linear kernel); the sign
 predictor is its own kernel. Every kernel is the target family's (`kernels.kernel(...)`), as everywhere.
 """
@@ -39,7 +45,22 @@ def lower_predicted(ctx, node, args, sched, options):
     return R.reshape(out, [*lead, d_out])
 
 
+def lower_scored(ctx, node, args, sched, options):
+    from .kernels import kernel as target_kernel
+
+    x_node, w_gate, scores_node = node.inputs[0], node.inputs[1], node.inputs[4]
+    n_ff, d = w_gate.shape
+    d_out = node.inputs[3].shape[1]
+    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
+    s2d, _, _ = flatten_tokens(ctx, scores_node.type, args[4])
+    cutoff = const([float(node.attrs["cutoff"])], "f32")
+    kernel = target_kernel("scored", d, n_ff, dtype=TVM_DTYPES[w_gate.dtype], sched=sched, **options)
+    out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], s2d, cutoff], tokens, d_out, node.dtype)
+    return R.reshape(out, [*lead, d_out])
+
+
 COMPOSITE_KERNELS["predicted"] = lower_predicted
+COMPOSITE_KERNELS["scored"] = lower_scored
 
 
 @lowering("sign_score")

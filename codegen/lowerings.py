@@ -13,7 +13,8 @@ from .context import TVM_DTYPES, const, lowering
 R = relax.op
 
 UNARY = {"neg": R.negative, "exp": R.exp, "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "abs": R.abs,
-         "tanh": R.tanh, "sigmoid": R.sigmoid, "erf": R.erf, "sin": R.sin, "cos": R.cos, "logical_not": R.logical_not}
+         "tanh": R.tanh, "sigmoid": R.sigmoid, "erf": R.erf, "sin": R.sin, "cos": R.cos, "logical_not": R.logical_not,
+         "isnan": R.isnan, "isinf": R.isinf}
 BINARY = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
           "maximum": R.maximum, "minimum": R.minimum, "gt": R.greater, "ge": R.greater_equal, "lt": R.less,
           "le": R.less_equal, "eq": R.equal, "ne": R.not_equal, "logical_and": R.logical_and,

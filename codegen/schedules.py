@@ -1,7 +1,7 @@
 """Target data -> kernel schedule: which schedule family a target gets is a table keyed by the TVM target kind
 (`SCHEDULES`), its numbers come from the target's fields (targets/ are data and never import codegen).
 
-    llvm / c  -> CpuSchedule(lanes, threads, vector_registers, l2_bytes)      (x86, arm)
+    llvm / c  -> CpuSchedule(lanes, threads, vector_registers, l2_bytes, accumulators)   (x86, arm)
     cuda      -> GpuSchedule(warp, threads, vector_bytes, multiprocessors, shared_bytes)
 """
 
@@ -13,7 +13,8 @@ from .kernels.schedule import CpuSchedule, GpuSchedule
 
 def cpu_schedule(target: Target) -> CpuSchedule:
     return CpuSchedule(lanes=target.lanes, threads=target.threads, vector_registers=target.vector_registers,
-                       l2_bytes=target.l2_bytes)
+                       l2_bytes=target.l2_bytes, accumulators=target.accumulators,
+                       fp16fml="fp16fml" in target.features)  # a feature the target's data declares
 
 
 def gpu_schedule(target: Target) -> GpuSchedule:

@@ -52,6 +52,18 @@ def _variadic(ir_op):  # Max / Min / Sum over any number of inputs -> a chain of
     return handle
 
 
+def _is_inf(cx, node, args, attrs):  # IsInf{detect_positive, detect_negative}: isinf, narrowed by the sign
+    x = args[0]
+    out = cx.op("isinf", [x])
+    positive, negative = attrs.get("detect_positive", 1), attrs.get("detect_negative", 1)
+    if positive and negative:
+        return out
+    if not positive and not negative:
+        return cx.full(False, tuple(x.shape), "bool")
+    zero = Const(np.zeros((), np_dtype(x.dtype)), x.dtype)
+    return cx.op("logical_and", [out, cx.op("gt" if positive else "lt", [x, zero])])
+
+
 def _clip(cx, node, args, attrs):  # Clip(x, lo, hi) -> minimum(maximum(x, lo), hi)
     x, lo, hi = (args + [None, None])[:3]
     x = x if lo is None else cx.op("maximum", [x, lo])
@@ -205,11 +217,12 @@ HANDLERS = {
     **{op: _unary(ir) for op, ir in {
         "Neg": "neg", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Tanh": "tanh",
         "Sigmoid": "sigmoid", "Erf": "erf", "Sin": "sin", "Cos": "cos", "Relu": "relu", "Abs": "abs",
-        "Not": "logical_not"}.items()},
+        "Not": "logical_not", "IsNaN": "isnan"}.items()},
     **{op: _binary(ir) for op, ir in {
         "Add": "add", "Sub": "sub", "Mul": "mul", "Pow": "pow", "Equal": "eq", "Greater": "gt", "Less": "lt",
         "GreaterOrEqual": "ge", "LessOrEqual": "le", "And": "logical_and", "Or": "logical_or"}.items()},
-    "Div": _div, "Clip": _clip, "Max": _variadic("maximum"), "Min": _variadic("minimum"), "Sum": _variadic("add"),
+    "Div": _div, "IsInf": _is_inf, "Clip": _clip, "Max": _variadic("maximum"), "Min": _variadic("minimum"),
+    "Sum": _variadic("add"),
     "Gelu": _gelu, "Softmax": _softmax, "Where": _where, "Cast": _cast, "CastLike": _cast_like,
     "Identity": _identity, "Dropout": _identity,
     "MatMul": _matmul, "Gemm": _gemm,

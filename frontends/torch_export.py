@@ -57,7 +57,16 @@ def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: 
     if not isinstance(example_inputs, tuple):
         example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
     program = export_program(model, example_inputs, dynamic_seq)
-    return Importer(program, getattr(model, "actsparse_prefix", "")).run()
+    try:
+        return Importer(program, getattr(model, "actsparse_prefix", "")).run()
+    except FrontendError as err:
+        sinks = [n for n, m in model.named_modules() if n and isinstance(getattr(m, "sinks", None), torch.nn.Parameter)]
+        # the failure is inside an attention with sinks (its path, less wrapper prefixes, in the message): name them
+        if any(".".join(n.split(".")[i:]) in str(err) for n in sinks for i in range(max(1, n.count(".") - 1))):
+            raise FrontendError(f"attention sinks are not supported (`{sinks[0]}.sinks`: a learned logit per head "
+                                "joined to the attention scores, as gpt-oss has); the IR has no op for them. "
+                                f"Where the import stopped: {err}") from err
+        raise
 
 
 def export_program(model, inputs: tuple, dynamic_seq: bool):

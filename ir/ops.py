@@ -15,6 +15,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS, erf
 from .mlp import GATED_MLP_ATTRS, gated_mlp_ref, gated_mlp_type, sparse_gated_mlp_type
+from .moe import ROUTED_MOE_ATTRS, routed_moe_ref, routed_moe_type
 from .sparse_variants import SPARSE_GATED_MLP_ATTRS, VARIANTS
 from .sparse_variants import reference as sparse_gated_mlp_reference
 from .types import TensorType, broadcast_shapes, is_float, np_dtype, positive_axis, resolve
@@ -86,6 +87,9 @@ UNARY = {
 }
 for _name, _fn in UNARY.items():
     define(_name, 1, _unary_type, (lambda fn: lambda x, attrs, env: fn(x))(_fn), elementwise=True)
+for _name, _fn in {"isnan": np.isnan, "isinf": np.isinf}.items():  # bool masks of non-finite values
+    define(_name, 1, lambda t, a: TensorType(t[0].shape, "bool"), (lambda fn: lambda x, attrs, env: fn(x))(_fn),
+           elementwise=True)
 define("fatrelu", 1, _unary_type, lambda x, attrs, env: ACTIVATIONS["fatrelu"].reference(x, attrs["threshold"]),
        {"threshold": 0.0}, ACTIVATIONS["fatrelu"].doc, elementwise=True)
 define("gelu", 1, _unary_type, lambda x, attrs, env: ACTIVATIONS[gelu_activation(attrs["approximate"])].reference(x),
@@ -307,6 +311,9 @@ define("gated_mlp", (3, 6), gated_mlp_type, gated_mlp_ref, GATED_MLP_ATTRS,
 define("sparse_gated_mlp", (4, -1), sparse_gated_mlp_type, sparse_gated_mlp_reference, SPARSE_GATED_MLP_ATTRS,
        "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row), then the "
        f"variant's extra inputs; variants (attr mode, ir/sparse_variants.py): {', '.join(VARIANTS)}")
+define("routed_moe", 6, routed_moe_type, routed_moe_ref, {**ROUTED_MOE_ATTRS, "experts": REQUIRED},
+       "MoE experts run only on their routed tokens: x, w_gate[E*n,d], w_up[E*n,d], w_down_t[E*n,d_out] (experts "
+       "stacked by rows), route_w[...,k], route_i[...,k]; mode dense|exact (ir/moe.py)")
 
 
 from .predictor import sign_score_reference, sign_score_type  # noqa: E402

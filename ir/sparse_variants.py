@@ -51,8 +51,11 @@ from ..errors import ActsparseError
 from .activations import apply
 from .input_sparse import input_intermediate, input_measure
 
+# group_frequency: mean firing frequency per group of NEURON_GROUP neurons, hottest first, set when the neurons
+# were reordered by frequency (passes/reorder_neurons.py); what the hot/cold split's cost model reads
 COMMON_ATTRS = {"gate_act": "relu", "up_act": "identity", "threshold": 0.0, "mode": "exact", "pattern": "reglu",
-                "expert": -1}
+                "expert": -1, "group_frequency": ()}
+NEURON_GROUP = 64
 BASE_INPUTS = ("x", "w_gate", "w_up", "w_down_t")
 CRITERIA = ("gate", "product")
 
@@ -168,8 +171,9 @@ def _threshold_report(attrs: dict) -> dict:
 
 # --- predictor: a per-block predictor's scores pick the neurons (ir/predictor.py), ReLU family, lossy ------------
 # h = act_g(g) · act_u(u) where scores > cutoff, else 0. A neuron predicted active whose gate is <= 0 still gives 0,
-# so misses are the only loss. The kernel is the composite "predicted" (codegen/lower_predictor.py): a select
-# kernel turns the scores into an index list, then the indexed kernel reads only those rows.
+# so misses are the only loss. The CPU kernel is the composite "predicted" (codegen/lower_predictor.py): a select
+# kernel turns the scores into an index list, then the indexed kernel reads only those rows; the CUDA one is
+# "scored": one kernel flags the predicted neurons itself (no single-block select launch).
 def _predictor_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None):
     h = dense_intermediate(x, w_gate, w_up, attrs, b_gate, b_up)
     return np.where(extras["scores"].reshape(h.shape) > attrs["cutoff"], h, 0).astype(x.dtype)
@@ -190,6 +194,15 @@ def _predictor_measure(x, w_gate, w_up, extras, attrs, h=None) -> dict:
 def _predictor_report(attrs: dict) -> dict:
     provenance = ("rank", "predictor_bytes_pct", "calibrated_recall", "calibrated_sparsity")
     return {"predictor": attrs["predictor"], "threshold": attrs["cutoff"], **{k: attrs.get(k) for k in provenance}}
+
+
+# --- cold: the cold neurons of a hot/cold split (passes/split_hot_cold.py), read on demand from slow memory ---------
+# The same semantics as its base (exact: h = act_g(g) · act_u(u)); the node holds the neurons that did not fit the
+# memory budget. Its up and down rows live outside the fast memory (CPU: bundled per neuron in a file; GPU: host
+# memory), so its kernel is a host function (runtime/cold_store.py) named by `store`, keeping the `window` most
+# recently active neurons resident. The gate rows stay resident: they decide which neurons fire.
+def _cold_report(attrs: dict) -> dict:
+    return {"reason": f"cold neurons, read on demand ({attrs.get('window', 0)} kept resident)"}
 
 
 VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
@@ -214,7 +227,7 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         attrs={"predictor": "lowrank", "cutoff": 0.0, "rank": None, "predictor_bytes_pct": None,
                "calibrated_recall": None},
         extra_inputs=("scores",), intermediate=_predictor_intermediate,
-        kernels={"cpu": "predicted", "cuda": "predicted"}, kernel_options=_activation_options,
+        kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_activation_options,
         dense_attrs=_plain_attrs, report=_predictor_report, lossy=True, measure=_predictor_measure,
         doc="a per-layer predictor (lowrank, svd, sign) picks the neurons; ReLU-family gates, lossy"),
     SparseVariant(
@@ -228,6 +241,16 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns", quantized_kernels=False,
         measure=input_measure,
         doc="TEAL / WINA input sparsity: per-channel thresholds on x and on the down input, skipped weight rows"),
+    SparseVariant(
+        "cold",
+        # base: the variant whose semantics it keeps; store: the cold store's name (the host function's);
+        # window: neurons kept resident after use (an LRU window)
+        attrs={"base": "exact", "store": "", "window": 0},
+        extra_inputs=(), intermediate=_exact_intermediate,
+        kernels={"cpu": "cold", "cuda": "cold"},
+        kernel_options=lambda attrs: {**_activation_options(attrs), "store": attrs["store"]},
+        dense_attrs=_plain_attrs, report=_cold_report, quantized_kernels=False,
+        doc="the cold part of a hot/cold split: neurons read on demand from slow memory (exact semantics)"),
     SparseVariant(
         # the fused dense kernel on the same layout (@Wd.t): dense mode (passes/fuse_gated_mlp.py) and the dense
         # twin of a sparse artifact (passes/densify.py), so both time the kernel benchmarks/ffn.py times

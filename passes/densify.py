@@ -3,6 +3,8 @@
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, *extra){mode=v} -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t){mode='dense'}
                                                              (extra inputs dropped; a "columns" variant's
                                                               @Wg.t / @Wu.t transposed back to a neuron per row)
+    routed_moe(...){mode=exact}                          -> routed_moe(...){mode=dense}   (still routed: the twin
+                                                             differs in the neuron sparsity only)
 
 The dense twin is what dense mode compiles to (passes/fuse_gated_mlp.py): the fused dense kernel on the same
 weights, quantized or not, so the twin shares the artifact's arrays and computes every neuron with the same
@@ -30,6 +32,9 @@ class Densify(Pass):
         new_weights: dict[str, np.ndarray] = {}
 
         def visit(node: Node) -> Node | None:
+            if node.op == "routed_moe" and node.attrs["mode"] != "dense":
+                record("routed-moe")
+                return node.replace(attrs={**node.attrs, "mode": "dense"})
             if node.op != "sparse_gated_mlp" or node.attrs.get("mode") == "dense":
                 return None
             x, w_gate, w_up, w_down_t = node.inputs[:4]

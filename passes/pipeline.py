@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .. import targets
+from ..errors import MemoryBudgetError
 from ..ir import Graph, print_graph, verify
 from ..ir.sparse_variants import VARIANTS
 from ..targets import Target
@@ -23,12 +24,17 @@ from .canonicalize import Canonicalize
 from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
 from .fuse_gated_mlp import FuseGatedMLP
+from .reorder_neurons import ReorderNeurons
+from .route_moe import RouteMoE
 from .sparsify_exact import SparsifyExact
 from .sparsify_predictor import SparsifyPredictor
 from .sparsify_threshold import SparsifyThreshold
+from .split_hot_cold import SplitHotCold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
-                                                     SparsifyPredictor, Densify, FuseGatedMLP)}
+                                                     SparsifyPredictor, Densify, RouteMoE, ReorderNeurons,
+                                                     SplitHotCold, FuseGatedMLP)}
+BUDGET_MODES = ("exact", "auto")   # modes whose blocks a memory budget splits into hot and cold neurons
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class PipelineOptions:
     predictor: str = "lowrank"            # predictor mode: its kind, target recall and byte budget
     recall: float = 0.99
     predictor_budget: float = 0.1
+    memory_budget: int | None = None       # bytes of fast memory for the MLP weights: the hot/cold split
 
     @property
     def target(self) -> Target:
@@ -50,39 +57,50 @@ class PipelineOptions:
         return targets.get(self.target_spec if self.target_spec is not None else "x86")
 
 
-def _dense(o: PipelineOptions) -> list[Pass]:
+def _detect(o: PipelineOptions) -> list[Pass]:
     return [
         Canonicalize(),      # fold decomposed activations / transposed projections into canonical ops
         DetectGatedMLP(),    # find gated MLPs by dataflow -> gated_mlp (kept dense, but reported)
     ]
 
 
-def _dense_mode(o: PipelineOptions) -> list[Pass]:
-    # every gated MLP onto the fused dense kernel (one call: gate, up, activation, down)
-    return [*_dense(o), FuseGatedMLP()]
+def _dense(o: PipelineOptions) -> list[Pass]:
+    # MoE experts weighted by their routing -> routed_moe: each runs on its routed tokens only (it stacks the
+    # experts' final weights); then every other gated MLP onto the fused dense kernel (one call: gate, up,
+    # activation, down)
+    return [*_detect(o), RouteMoE(), FuseGatedMLP()]
 
 
 def _exact(o: PipelineOptions, on_unsupported: str = "error") -> list[Pass]:
     # exact: a non-ReLU block is an error naming it; auto: it stays dense and the report says why
-    return [*_dense(o), SparsifyExact(on_unsupported=on_unsupported)]
+    return [*_detect(o), SparsifyExact(on_unsupported=on_unsupported), RouteMoE(), *_hot_cold(o)]
+
+
+def _hot_cold(o: PipelineOptions) -> list[Pass]:
+    if o.memory_budget is None:
+        return []
+    # neurons by calibrated frequency, then the hot prefix per layer that the target's memory levels favour (routed
+    # MoE experts, stacked by route-moe, are not split)
+    return [ReorderNeurons(calibration=o.calibration),
+            SplitHotCold(memory_budget=o.memory_budget, target=o.target)]
 
 
 def _threshold(o: PipelineOptions) -> list[Pass]:
     if o.sparsity is None:
         raise ValueError("mode 'threshold' needs a target sparsity, e.g. sparsity=0.5")
     # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
-    return [*_dense(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration)]
+    return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration)]
 
 
 def _predictor(o: PipelineOptions) -> list[Pass]:
     # ReLU-family blocks: a predictor per block picks the neurons, its cutoff calibrated to `recall` (lossy)
-    return [*_dense(o), SparsifyPredictor(predictor=o.predictor, recall=o.recall, sparsity=o.sparsity or 0.0,
+    return [*_detect(o), SparsifyPredictor(predictor=o.predictor, recall=o.recall, sparsity=o.sparsity or 0.0,
                                           budget=o.predictor_budget, calibration=o.calibration)]
 
 
 # mode -> its passes, top to bottom. A sparse variant that is a mode of its own (ir/sparse_variants.py) adds a line
 PIPELINES: dict[str, Callable[[PipelineOptions], list[Pass]]] = {
-    "dense": _dense_mode,
+    "dense": _dense,
     "exact": _exact,
     "auto": lambda o: _exact(o, on_unsupported="keep-dense"),   # exact where lossless, dense elsewhere
     "threshold": _threshold,
@@ -94,13 +112,19 @@ LOSSY_MODES = tuple(m for m in MODES if m in VARIANTS and VARIANTS[m].lossy)
 
 def pipeline_for(mode: str, target: Target | str | None = None, calibration=None, sparsity: float | None = None,
                  method: str = "cats", predictor: str = "lowrank", recall: float = 0.99,
-                 predictor_budget: float = 0.1) -> list[Pass]:
-    """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target)."""
+                 predictor_budget: float = 0.1, memory_budget: int | None = None) -> list[Pass]:
+    """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target).
+    `memory_budget` (bytes of fast memory for the MLP weights; modes in BUDGET_MODES) adds the hot/cold split,
+    which counts neuron firing on `calibration`."""
     if mode not in PIPELINES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    if memory_budget is not None and mode not in BUDGET_MODES:
+        raise MemoryBudgetError(f"memory_budget applies to modes {', '.join(BUDGET_MODES)} (ReLU-family blocks "
+                                f"split into hot and cold neurons), not mode={mode!r}")
     if target is not None and not isinstance(target, Target):
         target = targets.get(target)  # an unknown name fails here, listing the valid ones
-    options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget)
+    options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget,
+                              memory_budget)
     return PIPELINES[mode](options)
 
 

@@ -50,6 +50,7 @@ WEIGHT_INPUTS = {
     "linear": lambda attrs: (1,),
     "gated_mlp": lambda attrs: (1, 2) if attrs.get("fused") else (1, 2, 3),
     "sparse_gated_mlp": lambda attrs: (1, 2, 3),
+    "routed_moe": lambda attrs: (1, 2, 3),  # the experts stacked by rows: each row quantized as it is streamed
 }
 
 

@@ -27,7 +27,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ArtifactError
@@ -46,8 +46,14 @@ class Artifact:
     path: Path
     manifest: dict
     manifest_sha256: str  # pin it: load(path, expect_sha256=...)
-    files: dict[str, bytes]  # every listed file's verified contents
+    files: dict[str, bytes]  # every listed file's verified contents (but the STREAMED ones)
     signed: bool  # the signature was checked against a public key
+    streamed: dict[str, Path] = field(default_factory=dict)  # STREAMED files: verified by a streaming hash, not read
+
+
+# files too big to hold in memory while verifying (the cold neurons of a hot/cold split): hashed as a stream and
+# left on disk, where their user maps them (runtime/cold_store.py)
+STREAMED = ("cold.bin",)
 
 
 # -- writing ---------------------------------------------------------------------------------------------------
@@ -162,13 +168,19 @@ def read_artifact(path, kinds: tuple[str, ...] | None = None, expect_sha256: str
     if unlisted:
         raise ArtifactError(f"{path}: {unlisted[0]} is not listed in the manifest (an artifact holds only the "
                             "files it lists, each hashed); remove it or rebuild the artifact")
-    files = {}
+    files, streamed = {}, {}
     for name, entry in listed.items():
+        if name in STREAMED:
+            file = path / name
+            if not _is_regular(file) or file.stat().st_size != entry["bytes"] or _sha256_file(file) != entry["sha256"]:
+                raise ArtifactError(f"{path}: {name} does not match its checksum (corrupted or edited); rebuild it")
+            streamed[name] = file
+            continue
         content = _read(path, name, entry["bytes"])
         if len(content) != entry["bytes"] or hashlib.sha256(content).hexdigest() != entry["sha256"]:
             raise ArtifactError(f"{path}: {name} does not match its checksum (corrupted or edited); rebuild it")
         files[name] = content
-    return Artifact(path, manifest, digest, files, public_key is not None)
+    return Artifact(path, manifest, digest, files, public_key is not None, streamed)
 
 
 def manifest_error(path, err: BaseException) -> ArtifactError:

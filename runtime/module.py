@@ -28,6 +28,8 @@ from ..ir.interpreter import bind_symbols
 from ..ir.limits import input_limits
 from ..ir.types import np_dtype
 from .artifact import MANIFEST, SIGNATURE, manifest_error, read_artifact, safe_name, write_artifact
+from .cold_store import COLD_FILE, load_cold, save_cold
+from .cold_store import attach as attach_cold_stores
 from .memory import host_tensor
 from .report import Report
 
@@ -39,7 +41,9 @@ WEIGHTS = "weights.safetensors"
 IR = "graph.ir"
 
 
-PLACES = ("device", "host")  # where a weight lives: the target's main memory, or the host's (CPU) memory
+# where a weight lives: the target's main memory, the host's (CPU) memory, or a file read on demand (the cold neurons
+# of a hot/cold split on a CPU: the VM gets an untouched placeholder, runtime/cold_store.py reads the rows)
+PLACES = ("device", "host", "file")
 
 
 class CompiledModule:
@@ -50,7 +54,7 @@ class CompiledModule:
                  inputs: list[tuple[str, TensorType]], n_outputs: int, report: Report, target_info: dict,
                  ir_text: str = "", library: tuple[str, bytes] | None = None, manifest_sha256: str | None = None,
                  artifact_files: dict[str, bytes] | None = None, artifact_kind: str = KIND,
-                 placement: dict[str, str] | None = None):
+                 placement: dict[str, str] | None = None, cold_file: str | os.PathLike | None = None):
         self.executable = executable
         self.weight_order = weight_order
         self.graph = graph
@@ -72,15 +76,20 @@ class CompiledModule:
                              f"weights: the module's ({len(weight_order)})")
         self._vm = None
         self._input_graph = None
+        self.cold_file = cold_file
+        self.cold_stores = []
         if self.runnable:
             from tvm import relax
 
             self._device = _device_for(target_info)
             if self._device.dlpack_device_type() == 1:
                 use_threads(int(target_info.get("threads") or 0))
+            if graph is not None:  # the host functions of a hot/cold split's cold neurons, before the VM looks them up
+                self.cold_stores = attach_cold_stores(graph, cold_file, weights)
             self._vm = relax.VirtualMachine(executable, self._device)
             self._weight_tensors = [self._weight_tensor(weights[n], self.placement.get(n, "device"))
                                     for n in weight_order]
+
 
     @property
     def weights(self) -> dict[str, np.ndarray]:
@@ -97,6 +106,8 @@ class CompiledModule:
         return tvm.runtime.tensor(array, device=self._device)
 
     def _weight_tensor(self, array: np.ndarray, place: str = "device"):
+        if place == "file":  # never read by a kernel: an uninitialised tensor of its type, no pages touched
+            return __import__("tvm").runtime.empty(array.shape, str(array.dtype), self._device)
         if place == "host" or self._device.dlpack_device_type() == 1:  # CPU: zero-copy, huge pages (memory.py)
             return host_tensor(array)
         return self._to_device(np.ascontiguousarray(array))
@@ -216,14 +227,16 @@ class CompiledModule:
         from safetensors.numpy import save_file
 
         for name, data in extra.items():
-            if not safe_name(name) or name in (LIB, LIB_OBJECTS, WEIGHTS, IR, MANIFEST, SIGNATURE):
+            if not safe_name(name) or name in (LIB, LIB_OBJECTS, WEIGHTS, IR, MANIFEST, SIGNATURE, COLD_FILE):
                 raise ArtifactError(f"extra file name {name!r} is not a plain relative path of its own")
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(data)
         library = self._save_library(staging)
-        save_file({n: np.ascontiguousarray(self._weights[n]) for n in self.weight_order}, str(staging / WEIGHTS))
+        save_file({n: np.ascontiguousarray(self._weights[n]) for n in self.weight_order
+                   if self.placement.get(n) != "file"}, str(staging / WEIGHTS))   # file-placed: in cold.bin
         (staging / IR).write_text(self.ir_text)
         return {
+            **save_cold(self.graph, self.cold_file, staging),
             "inputs": [{"name": n, "type": str(t)} for n, t in self.inputs],
             "n_outputs": self.n_outputs,
             "library": library,
@@ -281,13 +294,14 @@ def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=N
     except (KeyError, TypeError, ValueError, AttributeError, ArtifactError) as err:
         raise manifest_error(artifact.path, err) from None
     weights = _weights(artifact.path, files[WEIGHTS])
+    cold_file = load_cold(artifact, weights)   # memory maps of the cold neurons' rows, if any
     graph = _graph(artifact.path, files[IR], weights, inputs, weight_order)
     executable = _open_library(library, files[library]) if target_info["runs_here"] else None
     extra = {name: data for name, data in files.items() if name not in (library, WEIGHTS, IR)}
     return CompiledModule(executable, weights, weight_order, graph, inputs, n_outputs, report, target_info,
                           graph_text(files[IR]), library=(library, files[library]),
                           manifest_sha256=artifact.manifest_sha256, artifact_files=extra,
-                          artifact_kind=manifest.get("kind", KIND), placement=placement)
+                          artifact_kind=manifest.get("kind", KIND), placement=placement, cold_file=cold_file)
 
 
 def read_report(path: str | os.PathLike) -> tuple[Report, str]:

@@ -15,7 +15,8 @@ import numpy as np
 from ..ir import Graph, Node, evaluate, weight_value
 from ..ir.activations import exactly_sparse
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.sparse_variants import dense_intermediate, sizes, split_inputs, variant_of
+from ..ir.moe import expert_rows
+from ..ir.sparse_variants import VARIANTS, dense_intermediate, sizes, split_inputs, variant_of
 
 
 @dataclass
@@ -48,6 +49,12 @@ class BlockReport:
     effective_sparsity: float | None = None
     effective_calibrated: float | None = None
     input_sparsity: float | None = None
+    # a hot/cold split under a memory budget (passes/split_hot_cold.py): the layer's neurons in fast memory, those
+    # read on demand, the LRU window kept resident of those, and the cost model's predicted time per token
+    hot_neurons: int | None = None
+    cold_neurons: int | None = None
+    cold_window: int | None = None
+    predicted_us: float | None = None
 
 
 _FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "None": (type(None),)}
@@ -74,11 +81,15 @@ class Report:
     output_rel_error: float | None = None
     # lossy modes on a language model: share of positions whose top-1 next token equals the dense model's
     top1_agreement: float | None = None
+    # a hot/cold split: the budget (bytes) and the solver's objective (predicted MLP time per token, µs)
+    memory_budget: int | None = None
+    solver_objective_us: float | None = None
 
     def to_dict(self) -> dict:
         return {"target": self.target, "mode": self.mode, "blocks": [asdict(b) for b in self.blocks],
                 "pass_stats": self.pass_stats, "output_rel_error": self.output_rel_error,
-                "top1_agreement": self.top1_agreement}
+                "top1_agreement": self.top1_agreement, "memory_budget": self.memory_budget,
+                "solver_objective_us": self.solver_objective_us}
 
     @staticmethod
     def from_dict(data: dict) -> Report:
@@ -86,7 +97,8 @@ class Report:
         if not isinstance(data, dict) or not isinstance(data.get("blocks"), list):
             raise ValueError("a report is a dict with a list of blocks")
         report = Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
-                        data.get("output_rel_error"), data.get("top1_agreement"))
+                        data.get("output_rel_error"), data.get("top1_agreement"), data.get("memory_budget"),
+                        data.get("solver_objective_us"))
         for obj in (report, *report.blocks):
             _check_field_types(obj)
         stats = report.pass_stats
@@ -123,9 +135,10 @@ class Report:
         table = Table(title=f"actsparse report — target {self.target}, mode {self.mode}", caption=caption)
         extra = ("recall", "predicted", "rank", "bytes %", "top 20% cover") if predicted else ()
         lossy_columns = ("calibrated", "threshold", "x sparsity", "effective")
-        numeric = ("n_ff", "sparsity", *lossy_columns, *extra)
+        split = ("hot", "cold", "window", "pred µs") if any(b.hot_neurons is not None for b in self.blocks) else ()
+        numeric = ("n_ff", "sparsity", *lossy_columns, *extra, *split)
         columns = ("location", "pattern", "mode", "n_ff", "sparsity", *(lossy_columns if lossy else ()), *extra,
-                   "note")
+                   *split, "note")
         for col in columns:
             table.add_column(col, justify="right" if col in numeric else "left")
         for b in self.blocks:
@@ -135,8 +148,11 @@ class Report:
             predictor_cells = (_percent(b.recall), _percent(b.predicted_sparsity), str(b.rank or "-"),
                                "-" if b.predictor_bytes_pct is None else f"{b.predictor_bytes_pct:.1f}%",
                                "-" if not b.neuron_cdf else _percent(b.neuron_cdf[len(b.neuron_cdf) // 5]))
+            split_cells = tuple("-" if v is None else f"{v:g}" for v in (b.hot_neurons, b.cold_neurons, b.cold_window,
+                                                                          b.predicted_us))
             table.add_row(b.location, pattern, b.mode, str(b.n_ff), _percent(b.sparsity),
-                          *(lossy_cells if lossy else ()), *(predictor_cells if predicted else ()), b.reason)
+                          *(lossy_cells if lossy else ()), *(predictor_cells if predicted else ()),
+                          *(split_cells if split else ()), b.reason)
         return table
 
     def __str__(self) -> str:
@@ -156,8 +172,14 @@ class Report:
 
         rows = [b for b in self.blocks if b.sparsity is not None]
         cdfs = [b for b in self.blocks if b.neuron_cdf]
-        fig, axes = plt.subplots(1, 2 if cdfs else 1, figsize=(max(4, 0.6 * len(rows) + 2) + (4 if cdfs else 0), 3.2),
+        split = {b.location: b for b in self.blocks if b.hot_neurons is not None}
+        panels = 1 + bool(cdfs) + bool(split)
+        fig, axes = plt.subplots(1, panels, figsize=(max(4, 0.6 * len(rows) + 2) + 4 * (panels - 1), 3.2),
                                  squeeze=False)
+        if split:
+            from .report_plots import plot_hot_cold
+
+            plot_hot_cold(axes[0][panels - 1], list(split.values()), self.memory_budget, self.solver_objective_us)
         ax = axes[0][0]
         ax.bar(range(len(rows)), [100 * b.sparsity for b in rows],
                color=["tab:green" if b.mode != "dense" else "tab:gray" for b in rows])
@@ -186,7 +208,7 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-MLP_OPS = ("gated_mlp", "sparse_gated_mlp")
+MLP_OPS = ("gated_mlp", "sparse_gated_mlp", "routed_moe")  # routed_moe: a row per expert
 
 
 def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str = "dense") -> list[BlockReport]:
@@ -198,7 +220,8 @@ def measure_blocks(graph: Graph, example_inputs: Sequence[np.ndarray], mode: str
     keep = [(b, i) for b in blocks for i in b.inputs if i is b.inputs[0] or (i.op != "weight" and b.op != "gated_mlp")]
     values = evaluate(graph, example_inputs, keep=[i for _, i in keep]) if blocks else []
     computed = {(id(b), id(i)): v for (b, i), v in zip(keep, values[len(graph.outputs):])}
-    return [_block_row(block, computed[(id(block), id(block.inputs[0]))], graph, mode, computed) for block in blocks]
+    return [row for block in blocks for row in _rows(block, computed[(id(block), id(block.inputs[0]))], graph, mode,
+                                                     computed)]
 
 
 def measure_blocks_compiled(module, graph: Graph, example_inputs: Sequence[np.ndarray],
@@ -210,7 +233,31 @@ def measure_blocks_compiled(module, graph: Graph, example_inputs: Sequence[np.nd
     if not blocks:
         return []
     xs = module.kernel_inputs(example_inputs, [b.inputs[1].attrs["name"] for b in blocks])
-    return [_block_row(block, xs.get(block.inputs[1].attrs["name"]), graph, mode, {}) for block in blocks]
+    return [row for block in blocks for row in _rows(block, xs.get(block.inputs[1].attrs["name"]), graph, mode, {})]
+
+
+def _rows(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: dict) -> list[BlockReport]:
+    if block.op != "routed_moe":
+        return [_block_row(block, x, graph, mode, computed)]
+    attrs = {"threshold": 0.0, **block.attrs}
+    w_gate, w_up = (weight_value(graph, w) for w in block.inputs[1:3])
+    x2d = None if x is None else np.asarray(x.reshape(-1, x.shape[-1]), np.float32)
+    rows = []
+    for e in range(attrs["experts"]):  # the sparsity of each expert over every token (the routing is not kept)
+        part = expert_rows(attrs, w_gate.shape[0], e)
+        fields: dict = {"expert": e, "sparsity": None}
+        if mode != "dense" and not exactly_sparse(attrs["gate_act"]):
+            fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
+                                f"(act={attrs['gate_act']}); exact mode needs ReLU-family")
+        if x2d is not None:
+            h = dense_intermediate(x2d, np.asarray(w_gate[part], np.float32), np.asarray(w_up[part], np.float32),
+                                   attrs)
+            fields["sparsity"] = float(np.mean(h == 0))
+            if attrs["mode"] in VARIANTS:
+                fields.update(VARIANTS[attrs["mode"]].measure(x2d, None, None, {}, attrs, h))
+        rows.append(BlockReport(f"{block.loc}.{e}", attrs["pattern"], attrs["mode"], part.stop - part.start,
+                                **fields))
+    return rows
 
 
 ROWS_PER_STEP = 1024  # neurons measured at once: float32 copies of that many weight rows, not of whole matrices
@@ -271,6 +318,13 @@ def build_report(target: str, mode: str, graph: Graph, dense_graph: Graph | None
     else:
         rows = measure_blocks(graph, example_inputs, mode)
     report = Report(target, mode, rows + finding_rows(notes), pass_stats)
+    splits = {n["location"]: n for n in notes if n.get("kind") == "hot-cold"}
+    for b in report.blocks:
+        if b.location in splits:
+            n = splits[b.location]
+            b.hot_neurons, b.cold_neurons, b.cold_window, b.predicted_us = (n["hot"], n["cold"], n["window"],
+                                                                            n["predicted_us"])
+            report.memory_budget, report.solver_objective_us = n["budget"], n["objective_us"]
     statistics = {n["location"]: n for n in notes if n.get("kind") == "activation-statistics"}
     for b in report.blocks:   # per-neuron data is too big for node attributes: it comes with the pass's notes
         if b.location in statistics:

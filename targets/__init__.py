@@ -22,13 +22,19 @@ def _arm() -> Target:
     return target()
 
 
+def _arm_fhm() -> Target:
+    from .arm import target
+
+    return target(fp16fml=True)
+
+
 def _cuda() -> Target:
     from .cuda import target
 
     return target()
 
 
-REGISTRY: dict[str, Callable[[], Target]] = {"x86": _x86, "cuda": _cuda, "arm": _arm}
+REGISTRY: dict[str, Callable[[], Target]] = {"x86": _x86, "cuda": _cuda, "arm": _arm, "arm-fhm": _arm_fhm}
 
 
 def names() -> list[str]:
@@ -39,7 +45,8 @@ def get(spec: str | Target | dict) -> Target:
     if isinstance(spec, Target):
         return spec
     if isinstance(spec, dict):
-        base = REGISTRY["cuda" if spec.get("kind") == "cuda" else "arm" if "aarch64" in str(spec.get("mtriple", ""))
+        arm = "arm-fhm" if "+fp16fml" in spec.get("mattr", ()) else "arm"
+        base = REGISTRY["cuda" if spec.get("kind") == "cuda" else arm if "aarch64" in str(spec.get("mtriple", ""))
                         else "x86"]()
         return Target(**{**base.__dict__, "tvm": dict(spec)})
     if spec not in REGISTRY:
@@ -47,13 +54,24 @@ def get(spec: str | Target | dict) -> Target:
     return REGISTRY[spec]()
 
 
-def profile(seconds_per_level: float = 0.4) -> Target:
+def profile(seconds_per_level: float = 0.4, rpc: str | None = None, key: str | None = None,
+            target: str | Target = "x86") -> Target:
     """The host's CPU target with its memory levels measured here and now (sizes from /sys, each level's read
-    bandwidth from a short streaming read; under ~5 s): what cost-deciding passes should read on this machine."""
+    bandwidth from a short streaming read; under ~5 s): what cost-deciding passes should read on this machine.
+
+    With `rpc="host:port"` and `key`: `target`'s levels measured on the device registered under `key` with that
+    TVM RPC tracker (a streaming-read kernel built here, timed there; `remote.py`)."""
     from dataclasses import replace
 
     from .memory import measure_host_levels
 
+    if rpc is not None or key is not None:
+        from .remote import profile_remote
+
+        if not rpc or not key:
+            raise TargetError("remote profiling needs both rpc='host:port' (the TVM RPC tracker) and key=... (the "
+                              "device's key)")
+        return profile_remote(rpc, key, get(target), seconds_per_level)
     return replace(get("x86"), memory=measure_host_levels(seconds_per_level))
 
 

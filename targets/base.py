@@ -31,6 +31,9 @@ class Target:
     cross_compiler: str | None = None  # C compiler that links libraries built for it (when not the host's)
     run_hint: str = ""             # where a module built for it can run, when not here
     shared_memory_bytes: int = 0   # GPU: shared memory one thread block may use (0 on CPUs)
+    accumulators: int = 1          # CPU: independent vector accumulators per dot product / FMA chains per axpy
+                                   # (in-order cores need more than one to hide FMA latency; 2 also lets fp16
+                                   # weights load a full register of halves at once)
 
     @property
     def lanes(self) -> int:

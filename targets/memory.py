@@ -54,13 +54,26 @@ def ram_bytes() -> int:
         return 0
 
 
+def disk_bytes(directory: str | None = None) -> int:
+    """Free bytes of the file system holding `directory` (default: the temp directory), where cold weights go."""
+    import shutil
+    import tempfile
+
+    try:
+        return int(shutil.disk_usage(directory or tempfile.gettempdir()).free)
+    except OSError:
+        return 0
+
+
 def host_levels(bandwidths: dict[str, float] | None = None) -> tuple[MemoryLevel, ...]:
-    """The host CPU's levels: caches from /sys, then DRAM; `bandwidths` (name -> bytes/s) where known."""
+    """The host CPU's levels: caches from /sys, then DRAM, then the disk (where a hot/cold split keeps its cold
+    neurons); `bandwidths` (name -> bytes/s) where known."""
     bandwidths = bandwidths or {}
     # L1/L2 private to a core (SMT siblings aside), L3 and beyond shared: the layout of every x86/ARM server part
     levels = [MemoryLevel(f"L{n}", size, bandwidths.get(f"L{n}", 0.0), "core" if n <= 2 else "device")
               for n, size in sorted(cpu_cache_sizes().items())]
     levels.append(MemoryLevel("DRAM", ram_bytes(), bandwidths.get("DRAM", 0.0)))
+    levels.append(MemoryLevel("disk", disk_bytes(), bandwidths.get("disk", 0.0)))
     return tuple(levels)
 
 
@@ -86,7 +99,7 @@ def measure_host_levels(seconds_per_level: float = 0.4) -> tuple[MemoryLevel, ..
     Figures are of the moment (other processes compete for bandwidth); `actsparse.targets.get("x86")` keeps the
     declared levels, `actsparse.targets.profile()` gives the host target with these measured ones."""
     declared = host_levels()
-    caches = [lv for lv in declared if lv.name != "DRAM"]
+    caches = [lv for lv in declared if lv.name not in ("DRAM", "disk")]
     measured = []
     for level in caches:
         measured.append(replace(level, read_bandwidth=_read_bandwidth(max(level.size_bytes // 2, 16 * KIB),
@@ -95,4 +108,30 @@ def measure_host_levels(seconds_per_level: float = 0.4) -> tuple[MemoryLevel, ..
     dram = next(lv for lv in declared if lv.name == "DRAM")
     measured.append(replace(dram, read_bandwidth=_read_bandwidth(min(4 * llc, 512 * MIB), seconds_per_level * 2),
                             measured=True))
+    disk = next(lv for lv in declared if lv.name == "disk")
+    measured.append(replace(disk, read_bandwidth=disk_read_bandwidth(), measured=True))
     return tuple(measured)
+
+
+def disk_read_bandwidth(nbytes: int = 32 * MIB, directory: str | None = None) -> float:
+    """Bytes/s of reading a freshly written file of `nbytes` after dropping it from the page cache
+    (posix_fadvise DONTNEED): what reading cold neurons from disk gets. On a RAM-backed file system the drop does
+    nothing and this measures memory."""
+    import tempfile
+
+    chunk = 1 * MIB
+    data = os.urandom(chunk)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix="actsparse-disk-") as f:
+        for _ in range(max(nbytes // chunk, 1)):
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        start, done = time.perf_counter(), 0
+        while True:
+            got = os.pread(f.fileno(), chunk, done)
+            if not got:
+                break
+            done += len(got)
+        return done / max(time.perf_counter() - start, 1e-9)

@@ -32,7 +32,7 @@ def cpu_model() -> str:
 
 
 # nominal one-core read bandwidths (bytes/s) of current server parts; `actsparse.targets.profile()` measures them
-NOMINAL_READ = {"L1": 100e9, "L2": 50e9, "L3": 30e9, "DRAM": 25e9}
+NOMINAL_READ = {"L1": 100e9, "L2": 50e9, "L3": 30e9, "DRAM": 25e9, "disk": 2e9}  # disk: an NVMe SSD
 
 
 def _threads() -> int:

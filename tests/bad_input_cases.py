@@ -619,9 +619,13 @@ def onnx_name_not_utf8(ctx):
     raises(ActsparseError, "not valid UTF-8", actsparse.compile, str(ctx.tmp / "m.onnx"), ())
 
 
-@case("compile", "`memory_budget=` (not in this build)", "ActsparseError (leave it unset)")
-def memory_budget_unsupported(ctx):
-    raises(ActsparseError, "leave it unset", _compile, memory_budget=1 << 30)
+@case("compile", "`memory_budget=-1` or a budget below what must stay resident", "MemoryBudgetError naming the "
+      "feasible range")
+def memory_budget_infeasible(ctx):
+    from actsparse.errors import MemoryBudgetError
+
+    raises(MemoryBudgetError, "must not be negative", _compile, memory_budget=-1)
+    raises(MemoryBudgetError, "memory_budget=1 bytes", _compile, memory_budget=1)
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ PRELUDE = r"""
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <thread>
@@ -58,6 +60,14 @@ struct Block {
 Block *block;
 thread_local int tid;
 
+// a warp-synchronous call names every lane of its warp in `mask` (the kernels use full masks; a partial one,
+// e.g. from __activemask() after a divergent branch, is undefined on Volta and later): abort otherwise
+inline void check_mask(unsigned mask) {
+  int base = tid - tid % 32, lanes = std::min(32, block->threads - base);
+  unsigned want = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
+  if ((mask & want) != want) { std::fprintf(stderr, "simt: warp call with partial mask %#x\n", mask); std::abort(); }
+}
+
 template <class T, class F> T exchange(T v, F src_lane, int width) {
   int lane = tid % 32, base = tid - lane;
   auto &bar = *block->warps[tid / 32];
@@ -76,16 +86,38 @@ template <class T, class F> T exchange(T v, F src_lane, int width) {
 
 inline void __syncthreads() { simt::block->all->arrive_and_wait(); }
 inline unsigned __activemask() { return 0xffffffffu; }
-template <class T> T __shfl_xor_sync(unsigned, T v, int m, int w = 32) {
+// the warp's predicate bits (lane l's at bit l): every lane's predicate exchanged through the slots
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+  simt::check_mask(mask);
+  int base = simt::tid - simt::tid % 32, lanes = std::min(32, simt::block->threads - base);
+  auto &bar = *simt::block->warps[simt::tid / 32];
+  bar.arrive_and_wait();
+  simt::block->slots[simt::tid] = pred ? 1 : 0;
+  bar.arrive_and_wait();
+  unsigned bits = 0;
+  for (int l = 0; l < lanes; ++l) bits |= (unsigned)simt::block->slots[base + l] << l;
+  bar.arrive_and_wait();
+  return bits;
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  simt::check_mask(mask);
+  simt::block->warps[simt::tid / 32]->arrive_and_wait();
+}
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+template <class T> T __shfl_xor_sync(unsigned mask, T v, int m, int w = 32) {
+  simt::check_mask(mask);
   return simt::exchange(v, [&](int l) { return (l ^ m) < w ? (l ^ m) : l; }, w);
 }
-template <class T> T __shfl_up_sync(unsigned, T v, unsigned d, int w = 32) {
+template <class T> T __shfl_up_sync(unsigned mask, T v, unsigned d, int w = 32) {
+  simt::check_mask(mask);
   return simt::exchange(v, [&](int l) { return l >= (int)d ? l - (int)d : l; }, w);
 }
-template <class T> T __shfl_down_sync(unsigned, T v, unsigned d, int w = 32) {
+template <class T> T __shfl_down_sync(unsigned mask, T v, unsigned d, int w = 32) {
+  simt::check_mask(mask);
   return simt::exchange(v, [&](int l) { return l + (int)d < w ? l + (int)d : l; }, w);
 }
-template <class T> T __shfl_sync(unsigned, T v, int s, int w = 32) {
+template <class T> T __shfl_sync(unsigned mask, T v, int s, int w = 32) {
+  simt::check_mask(mask);
   return simt::exchange(v, [&](int) { return s % w; }, w);
 }
 inline float max(float a, float b) { return fmaxf(a, b); }

@@ -85,3 +85,18 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_build_with_a_memory_budget_writes_the_cold_neurons_and_refuses_too_small_budgets(tmp_path, capsys):
+    out = tmp_path / "budget.actsparse"
+    # tiny_drelu: MLP weights 2 layers x 3 x 64 x 128 x 4 B = 192 KiB, of which 64 KiB gate rows stay resident
+    assert main(["build", "tests.factories:tiny_drelu", "-m", "exact", "--memory-budget", "100k", "-o", str(out),
+                 "--seq", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "cold" in printed and (out / "cold.bin").stat().st_size > 0
+    assert main(["bench", str(out), "--repeats", "2"]) == 0
+    capsys.readouterr()
+    assert main(["build", "tests.factories:tiny_drelu", "-m", "exact", "--memory-budget", "1k", "-o",
+                 str(tmp_path / "no.actsparse")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "feasible budgets" in err and "Traceback" not in err

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import actsparse
-from actsparse.errors import ActsparseError, ArtifactError, ModeError, TargetError
+from actsparse.errors import ActsparseError, ArtifactError, MemoryBudgetError, ModeError, TargetError
 from actsparse.ir import evaluate
 
 from .helpers import gated_mlp_graph, mlp_input
@@ -100,8 +100,10 @@ def test_errors_name_the_problem_and_the_way_out():
         actsparse.compile(graph, (mlp_input(),), mode="sparse")
     with pytest.raises(ActsparseError, match="cannot compile a dict"):
         actsparse.compile({}, ())
-    with pytest.raises(ActsparseError, match="memory_budget .* not in this build yet"):
-        actsparse.compile(graph, (mlp_input(),), memory_budget=1 << 30)
+    with pytest.raises(MemoryBudgetError, match="memory_budget must not be negative"):
+        actsparse.compile(graph, (mlp_input(),), memory_budget=-1)
+    with pytest.raises(MemoryBudgetError, match="memory_budget=1 bytes cannot hold"):  # the dense block stays resident
+        actsparse.compile(graph, (mlp_input(),), memory_budget=1)
     cm = actsparse.compile(graph, (mlp_input(),), mode="auto")
     assert cm.report.blocks[0].mode == "dense" and "not exactly sparse" in cm.report.blocks[0].reason
     with pytest.raises(ValueError, match="compiled for inputs"):

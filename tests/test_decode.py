@@ -47,6 +47,9 @@ def reference(model, prompt=PROMPT, new=NEW):
         return model.generate(prompt, max_new_tokens=new, do_sample=False)
 
 
+MOE = {"mixtral": 4, "qwen2-moe": 4}  # experts per layer
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_greedy_generate_equals_transformers_in_dense_and_exact_mode(arch):
     model = hf_model(arch)
@@ -56,6 +59,21 @@ def test_greedy_generate_equals_transformers_in_dense_and_exact_mode(arch):
         assert {b.mode for b in lm.report.blocks if b.pattern != "mlp"} == {mode}
         got = lm.generate(PROMPT, NEW)
         assert torch.equal(got, expected), f"{arch} {mode}: {got.tolist()} != {expected.tolist()}"
+        if arch in MOE:
+            _check_routed(lm, model, MOE[arch], mode)
+
+
+def _check_routed(lm, model, experts: int, mode: str):
+    """The MoE layer runs routed in prefill and step (one compiled graph): the routed op replaced every weighted
+    expert, and the prompt's logits (prefill: several tokens through the gather) equal torch's."""
+    graph = lm.module.graph
+    assert lm.report.pass_stats["route-moe"] == {"routed-moe": 1, "routed-experts": experts}
+    assert [(n.attrs["experts"], n.attrs["mode"]) for n in graph.nodes if n.op == "routed_moe"] == [(experts, mode)]
+    assert not [n for n in graph.nodes if n.op in ("gated_mlp", "sparse_gated_mlp") and n.attrs.get("expert", -1) >= 0]
+    assert sorted(b.expert for b in lm.report.blocks if b.expert is not None) == list(range(experts))
+    with torch.no_grad():
+        expected = model(PROMPT).logits[0, -1].numpy()
+    np.testing.assert_allclose(lm.prefill(PROMPT).logits, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["mistral-window", "gemma2-window-softcap"])

@@ -104,13 +104,15 @@ def test_architecture_blocks_are_detected_per_pattern(hf, case):
     counts = {**ARCHS, **OTHER_ARCHS}[case][3]
     assert result.stats["detect-gated-mlp"] == counts
     blocks = [n for n in result.graph.nodes if n.op == "gated_mlp"]
-    assert len(blocks) == counts.get("gated-mlp", 0)
+    routed = [n for n in result.graph.nodes if n.op == "routed_moe"]
+    assert len(blocks) + sum(n.attrs["experts"] for n in routed) == counts.get("gated-mlp", 0)
     if "geglu" in counts:
         assert {n.attrs["gate_act"] for n in blocks} == {"gelu_tanh"}  # gelu_pytorch_tanh, Gemma's default
-    if "moe-expert" in counts:  # every expert of a layer is its own block, named by its index
-        experts = [n for n in blocks if n.attrs.get("expert", -1) >= 0]
-        assert sorted(n.attrs["expert"] for n in experts if ".layers.0." in n.loc) == [0, 1, 2, 3]
-        assert all(n.loc.endswith(f"mlp.experts.{n.attrs['expert']}") for n in experts)
+    if "moe-expert" in counts:  # every expert was detected, then each MoE layer's experts run routed, in one op
+        assert result.stats["route-moe"] == {"routed-moe": len(routed), "routed-experts": counts["moe-expert"]}
+        assert [n.attrs["experts"] for n in routed if ".layers.0." in n.loc] == [4]
+        assert all(n.loc.endswith("mlp.experts") and n.attrs["mode"] == "dense" for n in routed)
+        assert not any(n.attrs.get("expert", -1) >= 0 for n in blocks)  # no expert left in the all-experts form
         assert not any("forward" in m.__dict__ for m in model.modules())  # the export-time forward is undone
     ids = _ids(seq=7)  # not the export's length: the sequence stays symbolic through every rewrite
     _close(evaluate(result.graph, [ids.numpy()])[0], _torch_out(model, ids))
@@ -125,7 +127,10 @@ def test_relu_twin_is_exactly_sparse(hf, case):
     n_blocks, n_plain = counts.get("gated-mlp", 0), counts.get("plain-mlp", 0)  # relu GPT-2: non-gated, exact too
     assert result.stats["sparsify-exact"] == {**({"reglu": n_blocks} if n_blocks else {}),
                                               **({"relu-mlp": n_plain} if n_plain else {})}
-    assert result.graph.count("sparse_gated_mlp") == n_blocks + n_plain and result.graph.count("gated_mlp") == 0
+    routed_experts = sum(n.attrs["experts"] for n in result.graph.nodes if n.op == "routed_moe")
+    assert routed_experts == counts.get("moe-expert", 0)  # experts run routed, each exactly sparse
+    assert result.graph.count("sparse_gated_mlp") + routed_experts == n_blocks + n_plain
+    assert result.graph.count("gated_mlp") == 0
     ids = _ids(seed=2)
     _close(evaluate(result.graph, [ids.numpy()])[0], _torch_out(model, ids))
 

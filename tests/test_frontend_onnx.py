@@ -230,6 +230,34 @@ def test_misc_ops_match_onnxruntime(tmp_path):
             np.testing.assert_allclose(evaluate(graph, [ids])[0], _onnxruntime(path, ids), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("op, attrs", [("IsNaN", {}), ("IsInf", {}), ("IsInf", {"detect_negative": 0}),
+                                       ("IsInf", {"detect_positive": 0})])
+def test_non_finite_masks_match_onnxruntime(tmp_path, op, attrs):
+    """IsNaN / IsInf (Qwen3's ONNX export masks with IsNaN): imported, interpreted and compiled, as onnxruntime."""
+    nodes = [helper.make_node(op, ["x"], ["m"], name="mask", **attrs),
+             helper.make_node("Where", ["m", "zero", "x"], ["y"], name="where")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+                   [("zero", np.zeros((), np.float32))], opset=20)
+    path = _save(model, tmp_path / "mask.onnx")
+    x = np.array([[1.0, np.nan, np.inf, -np.inf], [-2.0, 0.0, np.inf, np.nan]], np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    graph = import_onnx(path)
+    np.testing.assert_array_equal(evaluate(graph, [x])[0], expected)
+    np.testing.assert_array_equal(actsparse.compile(str(path), (x,), mode="dense")(x), expected)
+
+
+def test_qwen3_sdpa_export_with_isnan_matches_onnxruntime(tmp_path):
+    """Qwen3 with its default (sdpa) attention exports an IsNaN (the NaN guard of fully masked rows)."""
+    config = transformers.Qwen3Config(**SMALL, head_dim=8)
+    torch.manual_seed(0)
+    path = _export(Logits(transformers.Qwen3ForCausalLM(config)).eval(), tmp_path / "qwen3.onnx", "torchscript")
+    assert "IsNaN" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    graph = import_onnx(path)
+    ids = _ids(6)
+    np.testing.assert_allclose(evaluate(graph, [ids])[0], _onnxruntime(path, ids), rtol=1e-4, atol=1e-5)
+
+
 # --- bad input: one clear error each, nothing written --------------------------------------------------------
 def _tiny(op="Relu", opset=18):
     node = helper.make_node(op, ["x"], ["y"], name="the_node")

@@ -83,3 +83,27 @@ def test_an_unreadable_gguf_type_is_one_clear_error(tmp_path):
     w.close()
     with pytest.raises(GGUFQuantError, match="tensor type.* IQ2_XXS are not supported.*Q8_0, Q4_0 or Q4_1"):
         read_gguf_quantized(tmp_path / "iq.gguf")
+
+
+def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transformers(tmp_path):
+    """`actsparse.compile(x.gguf, quantize=...)`: the file's Q8_0/Q4_0/Q4_1 matrices are the kernels' weights as
+    stored (no second rounding), and greedy decoding follows transformers' dequantized model of the same file."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import actsparse
+
+    write_tiny_llama(tmp_path / "tiny.gguf")
+    lm = actsparse.compile(str(tmp_path / "tiny.gguf"), mode="dense", quantize="int4", max_seq=24)
+    stats = lm.report.pass_stats["quantize"]
+    assert stats["prequantized"] == 7, stats   # q, k, v, o, gate, up, down: all taken as the file stores them
+    assert stats.get("output-int8") == 1       # the f32 lm_head is quantized int8 (llama.cpp keeps it high too)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf", dtype=torch.float32).eval()
+    ids = np.array([[5, 77, 123, 9, 260]])
+    with torch.no_grad():
+        ref_logits = model(torch.from_numpy(ids)).logits[0, -1].numpy()
+    logits = lm.prefill(ids).logits
+    # only the lm_head's int8 rounding separates them: within 1% of the logits' scale
+    np.testing.assert_allclose(logits, ref_logits, atol=0.01 * np.abs(ref_logits).max())
+    want = model.generate(torch.from_numpy(ids), max_new_tokens=6, do_sample=False).numpy()
+    np.testing.assert_array_equal(lm.generate(ids, max_new_tokens=6), want)

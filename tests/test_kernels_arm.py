@@ -87,6 +87,70 @@ def test_arm_code_uses_neon_vector_fma_and_fp16_conversion():
     assert "fcvtl" in text  # fp16 weights widened to fp32 four lanes at a time
 
 
+def test_arm_code_loads_q_registers_prefetches_once_per_line_and_splits_the_down_fma_chain():
+    """The ARM kernels' design read from their disassembly at a longer row (d = 512; objdump only, nothing run):
+    - every loop that prefetches reads at least one 64-byte cache line per prefetch (was 8 per line for fp16);
+    - fp16 weights of the decode streams (the loops over `rows` rows) load whole q registers (ldr q, widened by
+      fcvtl + fcvtl2) and no 64-bit ldr d;
+    - the down projection's axpy (the prefetching loops that multiply) sums its 8 rows in 2 independent chains:
+      per output vector 2 fmul start them, so at most 3 fmla follow each (one chain: 7)."""
+    from actsparse import targets
+    from actsparse.codegen.asm_stats import disassemble, innermost_loops, opcode_counts
+    from actsparse.codegen.kernels.common import build_kernels
+
+    require_cross_tools()
+    arm, sched = targets.get("arm"), arm_schedule()
+    assert sched.accumulators == arm.accumulators == 2
+    for dtype in DTYPES:
+        prims = [primfunc(kind, 512, 64, dtype, sched) for kind in ("exact", "indexed", "dense", "linear")]
+        asm = disassemble(build_kernels(prims, arm.tvm_target()))
+        streams = [loop for loop in innermost_loops(asm) if loop.prefetches]
+        assert len(streams) >= 8
+        for loop in streams:
+            assert loop.bytes_per_prefetch >= 64, (dtype, hex(loop.start), loop)
+        decode = [loop for loop in streams if loop.prefetches == sched.rows]
+        assert decode and all(loop.loads["ldr", "q"] + loop.loads["ldp", "q"] > 0 for loop in decode)
+        if dtype == "float16":
+            assert opcode_counts(asm)["fcvtl2"] > 0
+            assert all(loop.loads["ldr", "d"] + loop.loads["ldp", "d"] == 0 for loop in decode), decode
+        axpy = [loop for loop in decode if loop.vector_ops["fmul"]]
+        assert axpy and all(loop.vector_ops["fmla"] <= 3 * loop.vector_ops["fmul"] for loop in axpy), axpy
+
+
+def test_arm_fhm_target_uses_fmlal_for_fp16_dot_products_and_matches_numpy_under_qemu():
+    """A target whose data declares fp16fml (FEAT_FHM, "arm-fhm") multiplies fp16 weights with x rounded to fp16
+    into fp32 sums (fmlal / fmlal2: the products are exact) instead of widening the weights; within fp16 tolerance
+    of numpy (qemu-aarch64 emulates FEAT_FHM)."""
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    require_cross_tools()
+    fhm = targets.get("arm-fhm")
+    assert "fp16fml" in fhm.features and "+fp16fml" in fhm.tvm["mattr"]
+    assert targets.get(fhm.tvm).features == fhm.features  # a TVM target dict with +fp16fml finds the same data
+    sched = schedule_for(fhm)
+    assert sched.fp16fml and not arm_schedule().fp16fml
+    d, acts = 64, ("relu", "identity", 0.0)
+    prims = {kind: primfunc(kind, d, N_FF, "float16", sched, acts, bias=True) for kind in ("exact", "dense", "linear")}
+    kernels = cross_kernels(list(prims.values()), fhm)
+    text = kernels.disassembly()
+    assert "\tfmlal\t" in text and "\tfmlal2\t" in text
+    rng = np.random.default_rng(5)
+    runs, checks = [], []
+    for kind, prim in prims.items():
+        for M, frac in ((1, 0.3), (5, 0.6)):
+            active = np.flatnonzero(rng.random(N_FF) < frac)
+            call = (linear_call(rng, M, d, N_FF, "float16", bias=True) if kind == "linear"
+                    else mlp_call(kind, rng, M, d, N_FF, "float16", acts, active))
+            runs.append((str(prim.attrs["global_symbol"]), call.args, [len(call.args) - 1]))
+            checks.append((kind, M, call))
+    for (kind, M, call), (out,) in zip(checks, kernels.run(runs)):
+        try:
+            call.check(out)
+        except AssertionError as err:
+            raise AssertionError(f"{kind} M={M}: {err}") from None
+
+
 def test_arm_kernel_errors_come_back_from_the_emulator():
     require_cross_tools()
     prim = primfunc("linear", D, N_FF, "float32", arm_schedule())

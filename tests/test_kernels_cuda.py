@@ -67,15 +67,19 @@ def test_cuda_schedule_comes_from_the_target_data():
 def test_cuda_kernel_source_has_warp_reductions_and_16_byte_loads(built, kind, dtype):
     prims, _, source = built
     code = kernel_source(source, prims[kind, dtype])
-    launches = {"exact": 5, "indexed": 3, "dense": 3, "linear": 1, "threshold": 5}[kind]
+    # the design: gate/up, down parts, their sum (no single-block compaction kernel); at most 3 per MLP
+    launches = {"exact": 3, "indexed": 3, "dense": 3, "linear": 1, "threshold": 3}[kind]
     assert code.count("__global__") == launches
     assert "__shfl_xor_sync" in code  # warp-shuffle butterfly of the row dot products
+    # full warp masks only: __activemask() after a branch may name a subset of the lanes (undefined shuffles)
+    assert "__activemask" not in code
+    assert all(call.startswith("(uint)4294967295") for call in re.findall(r"__shfl_\w+_sync\(([^,]+)", code))
     vector_load = "*(float4*)(w" if dtype == "float32" else "*(uint4*)(w"
     assert vector_load in code  # 16 bytes per lane: a warp reads 512 contiguous bytes
     if kind != "linear":
         assert "__shared__" in code and "__syncthreads()" in code  # the down projection's block reduction
-    if kind in ("exact", "threshold"):
-        assert "__shfl_up_sync" in code  # the compaction's warp scan
+    if kind != "linear":  # the down projection's per-warp list: ballot, then the rows' loads all issued first
+        assert "__ballot_sync((uint)4294967295" in code
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -120,6 +124,41 @@ def test_cuda_kernels_match_numpy_under_simt_emulation(dtype):
                 call.check(out)
             except AssertionError as err:
                 raise AssertionError(f"{kind} {dtype} call {i}: {err}") from None
+
+
+def test_cuda_down_projection_matches_numpy_over_many_rounds_partial_groups_and_idle_lanes():
+    """A schedule that makes every path of the down projection run: one multiprocessor (no split-K), 1-position
+    scan rounds (40 positions per warp: 2 rounds), 3-row groups (partial last groups) and d = 37 (one-element
+    loads; in the second 32-column slice 27 lanes own no column but still take part in every ballot); predictor
+    mode's scored kernel with it."""
+    from dataclasses import replace
+
+    sched = replace(cuda_schedule(), multiprocessors=1, blocks_per_sm=1, rows=3, accumulators=2, scan=1)
+    kinds = ("exact", "indexed", "threshold")
+    jobs = []
+    for kind in kinds:
+        prim = primfunc(kind, ODD_D, 320, "float16", sched, ACTS[kind])
+        jobs.append((prim, fixed_calls(kind, ODD_D, 320, "float16", ACTS[kind], seed=3)[:2]))
+    jobs.append((primfunc("scored", ODD_D, 320, "float16", sched, ACTS["indexed"]), scored_calls(ODD_D, 320)))
+    outs = run_batch(simt_kernels([p for p, _ in jobs]), jobs)
+    for (_, calls), got in zip(jobs, outs):
+        for call, out in zip(calls, got):
+            call.check(out)
+
+
+def scored_calls(d, n_ff, seed=4):
+    """Predictor mode's CUDA kernel: token m computes the neurons whose score beats the cutoff (a NaN score never)."""
+    from .kernel_cases import Call, mlp_inputs, mlp_reference
+
+    rng, calls = np.random.default_rng(seed), []
+    for M, frac in ((1, 0.1), (3, 0.5)):
+        x, ws = mlp_inputs(rng, M, d, n_ff, "float16", np.arange(n_ff), "silu")
+        scores = rng.random((M, n_ff)).astype(np.float32)
+        scores[0, :3] = np.nan
+        cutoff = np.array([1 - frac], np.float32)
+        ref, scale = mlp_reference(x, *ws, "silu", "identity", 0.0, mask=scores > cutoff)
+        calls.append(Call([x, *ws, scores, cutoff, np.full((M, d), np.nan, np.float32)], ref, scale, "float16"))
+    return calls
 
 
 def test_simt_emulation_catches_a_wrong_kernel():
@@ -191,7 +230,7 @@ def test_compile_for_cuda_in_threshold_mode_uses_the_cuda_threshold_kernel():
     source = cuda_source(cm.executable.mod)
     launches = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) (actsparse_\w+?)_kernel", source))
     assert any(name.startswith("actsparse_cuda_gmlp_thrgate_d32_f48_silu") for name in launches), launches
-    assert "erff" not in source and "__shfl_up_sync" in source  # silu gate (no erf), the compaction's scan
+    assert "erff" not in source and "__ballot_sync" in source  # silu gate (no erf), the flag mask's ballot
 
 
 def test_compile_for_cuda_schedules_the_other_ops_with_dlight():

@@ -45,6 +45,13 @@ def _inputs(graph, seq=5, seed=1):
                                    "detect-gated-mlp": {"gated-mlp": 1, "swiglu": 1},
                                    "sparsify-exact": {"kept-dense": 1}}),
     ("plain_mlp", "auto", {"detect-gated-mlp": {"plain-mlp": 1}}),
+    # three experts weighted by a top-2 router -> one routed_moe (the experts' weights stacked, down transposed)
+    ("moe_routed", "exact", {"detect-gated-mlp": {"gated-mlp": 3, "reglu": 3, "moe-expert": 3},
+                             "sparsify-exact": {"reglu": 3}, "route-moe": {"routed-moe": 1, "routed-experts": 3}}),
+    ("moe_routed", "dense", {"route-moe": {"routed-moe": 1, "routed-experts": 3}, "fuse-gated-mlp": {}}),
+    # dense mode: every gated MLP onto the fused dense kernel, on exact mode's layout (down transposed)
+    ("drelu_fused", "dense", {"fuse-gated-mlp": {"drelu-fused": 1}}),
+    ("swiglu_decomposed", "dense", {"fuse-gated-mlp": {"swiglu": 1}}),
 ])
 def test_pipeline_golden_and_counts(name, mode, expected):
     check_golden_pipeline(name, mode, expected)
@@ -77,7 +84,8 @@ def test_dump_ir_writes_each_pass(tmp_path, monkeypatch):
     monkeypatch.setenv("ACTSPARSE_DUMP_IR", str(tmp_path))
     run_pipeline(_load("reglu_separate"), pipeline_for("exact"))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["00-input.ir", "01-canonicalize.ir", "02-detect-gated-mlp.ir", "03-sparsify-exact.ir"]
+    assert names == ["00-input.ir", "01-canonicalize.ir", "02-detect-gated-mlp.ir", "03-sparsify-exact.ir",
+                     "04-route-moe.ir"]
     assert "sparse_gated_mlp" in (tmp_path / "03-sparsify-exact.ir").read_text()
 
 
@@ -88,3 +96,18 @@ def test_pipeline_text_round_trip_and_unknown_names():
         parse_pipeline("canonicalise")
     with pytest.raises(ValueError, match="valid modes"):
         pipeline_for("fast")
+
+
+def test_routed_moe_densifies_to_the_dense_pipeline_and_parses_back():
+    """densify (bench's dense twin) keeps the experts routed and drops only their neuron sparsity: the exact
+    pipeline's graph densified prints as the dense pipeline's; the routed op's text parses back."""
+    from actsparse.passes.densify import Densify
+
+    graph = _load("moe_routed")
+    exact = run_pipeline(graph, pipeline_for("exact")).graph
+    densified = run_pipeline(exact, [Densify()])
+    assert densified.stats["densify"] == {"routed-moe": 1}
+    assert print_graph(densified.graph) == (GOLDEN / "moe_routed.dense.after.ir").read_text()
+    reparsed = parse_graph(print_graph(exact), dict(exact.weights))
+    inputs = _inputs(graph)
+    np.testing.assert_allclose(evaluate(reparsed, inputs)[0], evaluate(graph, inputs)[0], rtol=1e-4, atol=1e-5)

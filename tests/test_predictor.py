@@ -195,8 +195,9 @@ def test_sign_predictor_golden_ir_and_full_recall_is_exact_on_its_calibration_ro
                                    atol=1e-5)
 
 
-def test_compile_for_cuda_in_predictor_mode_uses_the_cuda_sign_select_and_indexed_kernels():
-    """Predictor mode picks the kernels by the target's schedule: the CUDA sign, select and indexed kernels."""
+def test_compile_for_cuda_in_predictor_mode_uses_the_cuda_sign_and_scored_kernels():
+    """Predictor mode picks the kernels by the target's schedule: the CUDA sign kernel and the scored MLP kernel
+    (which flags the predicted neurons itself: no select launch)."""
     import re
 
     from actsparse.codegen.cuda_support import cuda_source
@@ -209,8 +210,9 @@ def test_compile_for_cuda_in_predictor_mode_uses_the_cuda_sign_select_and_indexe
                            calibration=_calibration(2, seq=32, d=32), predictor="sign", recall=0.9)
     source = cuda_source(cm.executable.mod)
     launches = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) (actsparse_\w+?)_kernel", source))
-    for prefix in ("actsparse_signscore_d32_n48", "actsparse_select_n48", "actsparse_cuda_gmlp_indexed_d32_f48"):
+    for prefix in ("actsparse_signscore_d32_n48", "actsparse_cuda_gmlp_scored_d32_f48"):
         assert any(name.startswith(prefix) for name in launches), (prefix, launches)
+    assert not any(name.startswith("actsparse_select") for name in launches), launches
     assert "__popc" in source
 
 

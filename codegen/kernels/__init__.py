@@ -11,12 +11,12 @@ Submodules import TVM, so they load lazily: `from actsparse.codegen.kernels impo
 import importlib
 
 __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
-           "sparse_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "kernel",
-           "KERNELS", "family_of"]
+           "sparse_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "routed_moe",
+           "kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
 _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "rows", "schedule", "sparse_mlp",
-               "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp")
+               "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "routed_moe")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
@@ -25,15 +25,16 @@ FAMILIES = {
                     "threshold": ("threshold_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score"),
                     "select": ("predictor_kernels", "select_active"),
-                    "input": ("input_sparse_mlp", "input_sparse_gated_mlp")},
+                    "input": ("input_sparse_mlp", "input_sparse_gated_mlp"),
+                    "routed": ("routed_moe", "routed_moe")},
     "GpuSchedule": {"exact": ("cuda_mlp", "sparse_gated_mlp"), "indexed": ("cuda_mlp", "sparse_gated_mlp_indexed"),
                     "dense": ("cuda_mlp", "dense_gated_mlp"), "linear": ("cuda_mlp", "linear"),
                     "threshold": ("cuda_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score_cuda"),
-                    "select": ("predictor_kernels", "select_active_cuda"),
+                    "scored": ("cuda_mlp", "scored_gated_mlp"),
                     "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
-KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "sign_score", "select", "input")
+KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "sign_score", "select", "scored", "input", "routed")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 

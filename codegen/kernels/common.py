@@ -24,13 +24,23 @@ from ...ir import activations
 from ...ir.activations import ACTIVATIONS
 from ...ir.quant import LAYOUTS
 from .quant_blocks import quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
-from .rows import hsum_macro, row_index
+from .rows import (
+    ELEM_BYTES,
+    FMLAL,
+    chunks_per_line,
+    column_split,
+    fmlal_macro,
+    hsum_macro,
+    prefetch_macro,
+    row_index,
+    task_blocks,
+    wide_load_elems,
+)
 from .schedule import CpuSchedule
 
 WEIGHT_DTYPES = ("float32", "float16")
 GATE_ACTS = tuple(ACTIVATIONS)
 UP_ACTS = activations.UP_ACTS
-CACHE_LINE = 64
 
 
 def check_dtype(dtype: str) -> None:
@@ -40,7 +50,7 @@ def check_dtype(dtype: str) -> None:
 
 
 def dtype_bytes(dtype: str) -> int:
-    return {"float32": 4, "float16": 2}[dtype]
+    return ELEM_BYTES[dtype]
 
 
 def threshold_tag(threshold: float) -> str:
@@ -88,23 +98,6 @@ def loader(dtype: str) -> Callable:
     return lambda e: T.Cast("float32", e)
 
 
-def prefetch_macro(dtype: str):
-    """`pf(w, row, k0, n)`: prefetch the cache lines of w[row, k0 : k0 + n] (n static) into L2.
-
-    Locality 2 (prefetcht1): into L1 the prefetches would compete with the demand misses for the few
-    L1 miss buffers; measured on Zen 4, t1/t2 gave 17 GB/s per core on gathered rows, t0 13 GB/s.
-    """
-    per_line = CACHE_LINE // dtype_bytes(dtype)
-
-    @T.macro
-    def pf(w, row, k0, n):
-        for q in T.unroll((n + per_line - 1) // per_line):
-            T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(w[row, k0 + q * per_line]),
-                                          T.int32(0), T.int32(2), T.int32(1)))
-
-    return pf
-
-
 def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store: Callable | None = None,
                prefetch: bool | None = None):
     """Returns (`dots_all`, `dots`), one step over `sched.rows` rows of a row list for M tokens / one token.
@@ -134,21 +127,47 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     row = row_index(gathered)
     hsum = hsum_macro(L)
     pf = prefetch_macro(dtype)
+    VW = wide_load_elems(dtype, sched)  # elements per weight load: fp16 with paired accumulators: a full register
+    CPL = chunks_per_line(C, dtype)  # chunks that make one cache line: one prefetch per row and line
+    n_line = n_chunk // CPL
+
+    fml = sched.fp16fml and dtype == "float16" and VW == 8 and L == 4  # fmlal: 8 halves into 2 x 4 fp32 sums
+
+    fmlal = fmlal_macro()
+
+    @T.macro
+    def chunk(w, x, m, rows, base, i, end, acc, kc):
+        if fml:  # acc[0:4] += w[0:4] * x16[0:4] (fmlal), acc[4:8] += w[4:8] * x16[4:8] (fmlal2), exact products
+            for a in T.unroll(C // VW):
+                for r in T.unroll(R):
+                    fmlal(acc, r * C + a * VW, w, row(rows, base, T.min(i + r, end - 1)), x, m, kc * C + a * VW,
+                          FMLAL[0])
+                    fmlal(acc, r * C + a * VW + 4, w, row(rows, base, T.min(i + r, end - 1)), x, m, kc * C + a * VW,
+                          FMLAL[1])
+        else:
+            for a in T.unroll(C // VW):
+                for r in T.unroll(R):
+                    for v in T.vectorized(VW):
+                        acc[r * C + a * VW + v] = acc[r * C + a * VW + v] + ld(
+                            w[row(rows, base, T.min(i + r, end - 1)), kc * C + a * VW + v]) * x[m, kc * C + a * VW + v]
 
     @T.macro
     def dots(w, x, m, rows, base, i, end, dst, dcol):
         acc = T.alloc_buffer((R * C,), "float32", scope="global")
         for v in T.vectorized(R * C):
             acc[v] = T.float32(0)
-        for kc in range(n_chunk):
+        for kl in range(n_line):
             if prefetch:
                 for r in T.unroll(R):
-                    pf(w, row(rows, base, T.min(i + R + r, end - 1)), kc * C, C)
-            for a in T.unroll(A):
+                    pf(w, row(rows, base, T.min(i + R + r, end - 1)), kl * CPL * C, 1)
+            for kk in T.unroll(CPL):
+                chunk(w, x, m, rows, base, i, end, acc, kl * CPL + kk)
+        if n_line * CPL < n_chunk:
+            if prefetch:
                 for r in T.unroll(R):
-                    for v in T.vectorized(L):
-                        acc[r * C + a * L + v] = acc[r * C + a * L + v] + ld(
-                            w[row(rows, base, T.min(i + r, end - 1)), kc * C + a * L + v]) * x[m, kc * C + a * L + v]
+                    pf(w, row(rows, base, T.min(i + R + r, end - 1)), n_line * CPL * C, 1)
+            for kc in range(n_line * CPL, n_chunk):
+                chunk(w, x, m, rows, base, i, end, acc, kc)
         if n_vrem > 0:
             if prefetch:
                 for r in T.unroll(R):
@@ -176,23 +195,35 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
                 dst[m, dcol + i + r] = store(red[0])
 
     @T.macro
+    def block_chunk(w, x, m0, rows, base, i, end, acc, kc):
+        # one chunk of RB rows (from position i) for TB tokens: one L-lane accumulator per (row, token)
+        for a in T.unroll(A):
+            for r in T.unroll(RB):
+                for b in T.unroll(TB):
+                    for v in T.vectorized(L):
+                        acc[(r * TB + b) * L + v] = acc[(r * TB + b) * L + v] + ld(
+                            w[row(rows, base, T.min(i + r, end - 1)), kc * C + a * L + v]
+                        ) * x[m0 + b, kc * C + a * L + v]
+
+    @T.macro
     def dots_block(w, x, m0, rows, base, i, end, dst, dcol):
         # tokens m0 .. m0 + TB - 1 against the step's rows, in groups of RB rows (RB * TB accumulators)
         for g in T.unroll(R // RB):
             acc = T.alloc_buffer((RB * TB * L,), "float32", scope="global")
             for v in T.vectorized(RB * TB * L):
                 acc[v] = T.float32(0)
-            for kc in range(n_chunk):
+            for kl in range(n_line):
                 if prefetch:
                     for r in T.unroll(RB):
-                        pf(w, row(rows, base, T.min(i + R + g * RB + r, end - 1)), kc * C, C)
-                for a in T.unroll(A):
+                        pf(w, row(rows, base, T.min(i + R + g * RB + r, end - 1)), kl * CPL * C, 1)
+                for kk in T.unroll(CPL):
+                    block_chunk(w, x, m0, rows, base, i + g * RB, end, acc, kl * CPL + kk)
+            if n_line * CPL < n_chunk:
+                if prefetch:
                     for r in T.unroll(RB):
-                        for b in T.unroll(TB):
-                            for v in T.vectorized(L):
-                                acc[(r * TB + b) * L + v] = acc[(r * TB + b) * L + v] + ld(
-                                    w[row(rows, base, T.min(i + g * RB + r, end - 1)), kc * C + a * L + v]
-                                ) * x[m0 + b, kc * C + a * L + v]
+                        pf(w, row(rows, base, T.min(i + R + g * RB + r, end - 1)), n_line * CPL * C, 1)
+                for kc in range(n_line * CPL, n_chunk):
+                    block_chunk(w, x, m0, rows, base, i + g * RB, end, acc, kc)
             for kr in range(n_vrem):
                 for r in T.unroll(RB):
                     for b in T.unroll(TB):
@@ -225,17 +256,6 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     return dots_all, dots
 
 
-def column_split(d: int, sched: CpuSchedule) -> tuple[int, int, int]:
-    """Static split of d output columns into blocks of lanes*accumulators for `threads` tasks.
-
-    Returns (block, n_blocks, tail_start): task t owns blocks [t*n_blocks//threads, (t+1)*n_blocks//threads);
-    columns [tail_start, d) (fewer than one block) belong to the last task.
-    """
-    block = sched.lanes * sched.accumulators
-    n_blocks = d // block
-    return block, n_blocks, n_blocks * block
-
-
 def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch: bool | None = None):
     """Returns (`axpy_all`, `axpy`), one step over `sched.rows` rows of a row list for M tokens / one token.
 
@@ -251,7 +271,7 @@ def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefet
         return quant_axpy_macro(d, dtype, sched, gathered=gathered, prefetch=prefetch)
     L, R, TB = sched.lanes, sched.rows, sched.token_block
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
-    block, n_blocks, tail = column_split(d, sched)
+    block, n_blocks, tail = column_split(d, sched, dtype)
     threads = sched.threads
     ld = loader(dtype)
     row = row_index(gathered)
@@ -259,11 +279,22 @@ def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefet
     n_tail_vec = (d - tail) // L
     tail_vec_end = tail + n_tail_vec * L
 
+    chains = max(1, min(sched.accumulators, R))
+    CPL = chunks_per_line(block, dtype)  # column blocks per cache line: one prefetch per row and line
+
     def axsum(w, rows, base, i, end, hv, hoff, col):
-        e = hv[hoff] * ld(w[row(rows, base, T.min(i, end - 1)), col])
-        for r in range(1, R):
-            e = e + hv[hoff + r] * ld(w[row(rows, base, T.min(i + r, end - 1)), col])
-        return e
+        # the step's rows summed in `chains` independent FMA chains (row r into chain r % chains), added at the
+        # end: an in-order core then has that many FMAs in flight instead of one R-long dependency chain
+        sums = []
+        for c0 in range(chains):
+            e = hv[hoff + c0] * ld(w[row(rows, base, T.min(i + c0, end - 1)), col])
+            for r in range(c0 + chains, R, chains):
+                e = e + hv[hoff + r] * ld(w[row(rows, base, T.min(i + r, end - 1)), col])
+            sums.append(e)
+        total = sums[0]
+        for e in sums[1:]:
+            total = total + e
+        return total
 
     @T.macro
     def step(w, rows, base, i, end, h, hcol, t, out, m0, nb):
@@ -274,16 +305,18 @@ def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefet
                 hv[b * R + r] = T.float32(0)
                 if i + r < end:
                     hv[b * R + r] = h[m0 + b, hcol + i + r]
-        b0: T.let = t * n_blocks // threads
-        b1: T.let = (t + 1) * n_blocks // threads
-        for cb in range(b1 - b0):
+        b0: T.let = task_blocks(t, n_blocks, CPL, threads)[0]
+        b1: T.let = task_blocks(t, n_blocks, CPL, threads)[1]
+        for cl in range((b1 - b0) // CPL):
             if prefetch:
                 for r in T.unroll(R):
-                    pf(w, row(rows, base, T.min(i + R + r, end - 1)), (b0 + cb) * block, block)
-            for b in T.unroll(nb):
-                for v in T.vectorized(block):
-                    out[m0 + b, (b0 + cb) * block + v] = out[m0 + b, (b0 + cb) * block + v] + axsum(
-                        w, rows, base, i, end, hv, b * R, (b0 + cb) * block + v)
+                    pf(w, row(rows, base, T.min(i + R + r, end - 1)), (b0 + cl * CPL) * block, 1)
+            for kk in T.unroll(CPL):
+                for b in T.unroll(nb):
+                    for v in T.vectorized(block):
+                        out[m0 + b, (b0 + cl * CPL + kk) * block + v] = (
+                            out[m0 + b, (b0 + cl * CPL + kk) * block + v]
+                            + axsum(w, rows, base, i, end, hv, b * R, (b0 + cl * CPL + kk) * block + v))
         if tail < d:
             if t == threads - 1:
                 for b in T.unroll(nb):
@@ -316,13 +349,14 @@ def zero_columns_macro(d: int, sched: CpuSchedule, dtype: str = "float32"):
     """`zero_cols(t, out, M)`: out[:, cols(t)] = 0 for task t's column slice (the axpy's split for `dtype`)."""
     if dtype in LAYOUTS:
         return quant_zero_columns_macro(d, sched)
-    block, n_blocks, tail = column_split(d, sched)
+    block, n_blocks, tail = column_split(d, sched, dtype)
+    unit = chunks_per_line(block, dtype)
     threads = sched.threads
 
     @T.macro
     def zero_cols(t, out, M):
-        b0: T.let = t * n_blocks // threads
-        b1: T.let = (t + 1) * n_blocks // threads
+        b0: T.let = task_blocks(t, n_blocks, unit, threads)[0]
+        b1: T.let = task_blocks(t, n_blocks, unit, threads)[1]
         for m in range(M):
             for b in range(b1 - b0):
                 for v in T.vectorized(block):

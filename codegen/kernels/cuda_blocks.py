@@ -7,15 +7,20 @@
   vector (<= `vector_bytes`) that divides d, so every row starts aligned whatever d is; the last partial
   step is taken by the lanes whose vector lies inside the row.
 - **down** (all modes): a row-gather axpy over the TRANSPOSED down weight (w_down_t[j] is neuron j's
-  output row). A block owns an output slice of warp * V columns and one of `splits` parts of the row list;
-  its warps take every warps-th row of the part, each lane accumulating V columns (coalesced reads of the
-  slice of each gathered row); the warps' sums meet in shared memory and the block writes its partial
-  sums. `splits` is chosen so that slices * splits fill the multiprocessors (`blocks_per_sm` each); a last
-  kernel adds the parts (deterministic, no atomics).
-- **compaction** (exact, threshold, input modes): the kept entries of a flag array listed in one block, in
-  ascending order: each thread counts the flags of its contiguous chunk, a warp-shuffle inclusive scan plus the
-  preceding warps' totals (shared memory) gives its offset, then it writes its chunk's indices. Deterministic
-  order (no atomics), so results do not vary from run to run and gathered rows are read in address order.
+  output row). A block owns an output slice of warp * V columns and one of `splits` parts of the row list
+  (split-K); each warp takes a contiguous share of the part. The list is either positions with a flag mask
+  (exact, threshold, input modes: the neurons some token keeps, flagged by the first launch — no separate
+  compaction kernel, no single-block phase) or an index list (indexed: every position). Per round a warp
+  reads `scan` positions per lane (one coalesced load), a ballot + popcount compacts the listed ones into the
+  warp's shared-memory list (row, coefficient: each index loaded once per warp, then broadcast), and the
+  rows are read `rows` at a time — every load issued before the first FMA, into `accumulators` independent
+  sums — so a warp keeps rows * warp * 16 bytes in flight. The warps' sums meet in shared memory and the block
+  writes its partial sums; a last launch adds the parts (deterministic, no atomics). Nothing in device
+  memory needs clearing between calls (the flags are written whole by the launch before), so a decode step
+  is a fixed sequence of launches on workspace TVM's pool hands out again: capturable in a CUDA graph.
+- **warp-synchronous calls** (shuffles, ballots, __syncwarp) take the full mask and every lane reaches them:
+  the branches around them are warp-uniform (a row per warp; the butterfly leaves the same bits in every
+  lane, so decisions on the dot product agree), and lanes without columns or rows predicate their work.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ from .quant_blocks import is_quantized, value_at, weight_buffer
 from .schedule import GpuSchedule
 
 FP32_GROUP = 4  # fp32 lanes per vector instruction (float4): wider fp32 vectors have no CUDA type
+
+
+def full_mask():
+    """The member mask of every warp-synchronous call: all 32 lanes. Never `__activemask()`: after a branch the
+    lanes of a warp need not have reconverged (Volta's independent thread scheduling), so it may name only some
+    of them and the shuffle then reads undefined values. Every lane of a warp reaches each shuffle (the guards
+    in front of them are warp-uniform); lanes without work contribute 0, they do not skip the call."""
+    return T.uint32(0xFFFFFFFF)
 
 
 def vector_elems(d: int, dtype: str, sched: GpuSchedule) -> int:
@@ -84,25 +97,52 @@ def warp_dot_macro(d: int, dtype: str, sched: GpuSchedule):
         for v in T.unroll(1, V):
             s[0] = s[0] + acc[v]
         for r in T.unroll(len(rounds)):
-            s[0] = s[0] + T.tvm_warp_shuffle_xor(T.tvm_warp_activemask(), s[0], T.shift_right(L, r + 1), L, L)
+            s[0] = s[0] + T.tvm_warp_shuffle_xor(full_mask(), s[0], T.shift_right(L, r + 1), L, L)
 
     return warp_dot
 
 
-def down_macros(d: int, dtype: str, sched: GpuSchedule, row: Callable, count: Callable, splits: int):
+def lanes_below(lane):
+    """Bit mask of the lanes below `lane` (CUDA's %lanemask_lt)."""
+    return T.shift_left(T.uint32(1), T.Cast("uint32", lane)) - T.uint32(1)
+
+
+def ballot(pred):
+    """The warp's predicate bits (bit l: lane l's), every lane taking part (full mask). Not a pure call: TVM
+    would inline a pure one into the branches it guards (and rewrite its predicate there), so bind it to a
+    local buffer."""
+    return T.call_extern("uint32", "__ballot_sync", full_mask(), pred)
+
+
+def popcount(bits):
+    return T.call_pure_extern("int32", "__popc", bits)
+
+
+def by_flag(n: int):
+    """(row, count, keep) of a flag mask over n rows, as `down_macros` takes them: position p is row p, listed
+    when flag[p] != 0."""
+    return (lambda flag, m, p: p), (lambda flag, m: n), (lambda flag, p: flag[p] != 0)
+
+
+def down_macros(d: int, dtype: str, sched: GpuSchedule, row: Callable, count: Callable, splits: int,
+                keep: Callable | None = None):
     """(`down_parts`, `sum_parts`): the two launches of the down projection (see the module docstring).
 
     `down_parts(w_down_t, h, rows, counts, part, M)`: part[s, m, cols] = sum over the s-th part of token
-    m's row list of h[m, p] * w_down_t[row(rows, m, p), cols]; the list is positions p < count(counts, m).
+    m's list of h[m, p] * w_down_t[row(rows, m, p), cols]; the list is the positions p < count(counts, m)
+    with keep(rows, p) (a flag mask; every position without `keep`).
     `sum_parts(part, out, M)`: out = sum over s of part[s].
     """
     L, W, T_ = sched.warp, sched.warps, sched.threads
+    U, A, S = sched.rows, min(sched.accumulators, sched.rows), sched.scan
+    CH = L * S  # list positions a warp compacts per round
     V = vector_elems(d, dtype, sched)
     G = min(V, FP32_GROUP)
     SL = L * V  # columns per block slice
     n_slices = (d + SL - 1) // SL
     per_thread = (SL + T_ - 1) // T_  # slice columns each thread sums over the warps
     quantized, storage = is_quantized(dtype), weight_buffer(1, 1, dtype)[1]
+    listed = keep or (lambda rows, p: True)
 
     @T.macro
     def down_parts(w_down_t, h, rows, counts, part, M):
@@ -111,41 +151,74 @@ def down_macros(d: int, dtype: str, sched: GpuSchedule, row: Callable, count: Ca
                 for sl in T.thread_binding(n_slices, "blockIdx.x"):
                     for ty in T.thread_binding(W, "threadIdx.y"):
                         for tx in T.thread_binding(L, "threadIdx.x"):
-                            acc = T.alloc_buffer((V,), "float32", scope="local")
-                            wv = T.alloc_buffer((V,), storage, scope="local")
+                            acc = T.alloc_buffer((A * V,), "float32", scope="local")
+                            wv = T.alloc_buffer((U * V,), storage, scope="local")
+                            hv = T.alloc_buffer((U,), "float32", scope="local")
+                            c = T.alloc_buffer((1,), "int32", scope="local")
+                            bits = T.alloc_buffer((1,), "uint32", scope="local")
                             red = T.alloc_buffer((W, SL), "float32", scope="shared")
+                            srow = T.alloc_buffer((W, CH), "int32", scope="shared")  # a warp's compacted list
+                            sh = T.alloc_buffer((W, CH), "float32", scope="shared")
                             n: T.let = count(counts, m)
                             p0: T.let = sp * n // splits
                             p1: T.let = (sp + 1) * n // splits
+                            q0: T.let = p0 + ty * (p1 - p0) // W  # the warp's contiguous share of the part
+                            q1: T.let = p0 + (ty + 1) * (p1 - p0) // W
                             col: T.let = sl * SL + tx * V
-                            for q in T.unroll(V // G):
-                                for v in T.vectorized(G):
-                                    acc[q * G + v] = T.float32(0)
-                            if col < d:
-                                for i in range((p1 - p0 - ty + W - 1) // W):
-                                    p: T.let = p0 + ty + i * W
-                                    hv: T.let = h[m, p]
-                                    if quantized:  # V = 1
-                                        acc[0] = acc[0] + hv * value_at(dtype, w_down_t, row(rows, m, p), col)
-                                    else:
-                                        for v in T.vectorized(V):
-                                            wv[v] = w_down_t[row(rows, m, p), col + v]
-                                        for q in T.unroll(V // G):
-                                            for v in T.vectorized(G):
-                                                acc[q * G + v] = acc[q * G + v] + hv * T.Cast("float32",
-                                                                                              wv[q * G + v])
+                            for v in T.unroll(A * V):
+                                acc[v] = T.float32(0)
+                            # the same number of rounds in every warp of the block: TVM puts __syncthreads
+                            # between the writes and reads of the shared lists
+                            for rnd in range(((p1 - p0 + W - 1) // W + CH - 1) // CH):
+                                # compaction: the listed positions of the round, in order, into the warp's list
+                                c[0] = 0
+                                for s in T.unroll(S):
+                                    p: T.let = q0 + rnd * CH + s * L + tx
+                                    ok: T.let = T.And(p < q1, listed(rows, T.min(p, q1 - 1)))
+                                    bits[0] = ballot(ok)
+                                    if ok:
+                                        srow[ty, c[0] + popcount(T.bitwise_and(bits[0], lanes_below(tx)))] = \
+                                            row(rows, m, p)
+                                        sh[ty, c[0] + popcount(T.bitwise_and(bits[0], lanes_below(tx)))] = h[m, p]
+                                    c[0] = c[0] + popcount(bits[0])
+                                T.evaluate(T.call_extern("void", "__syncwarp", full_mask()))
+                                # the listed rows, U at a time: all U loads issued before the first FMA
+                                for grp in range((c[0] + U - 1) // U):
+                                    for u in T.unroll(U):
+                                        if grp * U + u < c[0]:
+                                            hv[u] = sh[ty, grp * U + u]
+                                            if not quantized:
+                                                if col < d:
+                                                    for v in T.vectorized(V):
+                                                        wv[u * V + v] = w_down_t[srow[ty, grp * U + u], col + v]
+                                    for u in T.unroll(U):
+                                        if grp * U + u < c[0]:
+                                            if col < d:
+                                                if quantized:  # V = 1
+                                                    acc[u % A] = acc[u % A] + hv[u] * value_at(
+                                                        dtype, w_down_t, srow[ty, grp * U + u], col)
+                                                else:
+                                                    for q in T.unroll(V // G):
+                                                        for v in T.vectorized(G):
+                                                            acc[(u % A) * V + q * G + v] = (
+                                                                acc[(u % A) * V + q * G + v]
+                                                                + hv[u] * T.Cast("float32", wv[u * V + q * G + v]))
+                                T.evaluate(T.call_extern("void", "__syncwarp", full_mask()))
+                            for a in T.unroll(1, A):
+                                for v in T.unroll(V):
+                                    acc[v] = acc[v] + acc[a * V + v]
                             for q in T.unroll(V // G):
                                 for v in T.vectorized(G):
                                     red[ty, tx * V + q * G + v] = acc[q * G + v]
                             T.tvm_storage_sync("shared")
                             for e in T.unroll(per_thread):
-                                c: T.let = (e * W + ty) * L + tx
-                                if c < SL:
-                                    if sl * SL + c < d:
-                                        acc[0] = red[0, c]
+                                ce: T.let = (e * W + ty) * L + tx
+                                if ce < SL:
+                                    if sl * SL + ce < d:
+                                        acc[0] = red[0, ce]
                                         for y in range(1, W):
-                                            acc[0] = acc[0] + red[y, c]
-                                        part[sp, m, sl * SL + c] = acc[0]
+                                            acc[0] = acc[0] + red[y, ce]
+                                        part[sp, m, sl * SL + ce] = acc[0]
 
     @T.macro
     def sum_parts(part, out, M):
@@ -168,44 +241,3 @@ def down_splits(d: int, dtype: str, sched: GpuSchedule, n_rows: int) -> int:
     n_slices = (d + SL - 1) // SL
     want = (sched.multiprocessors * sched.blocks_per_sm + n_slices - 1) // n_slices
     return max(1, min(want, (n_rows + sched.warps - 1) // sched.warps))
-
-
-def compact_macro(n: int, sched: GpuSchedule):
-    """`compact(flag, idx, cnt)`: idx[:cnt[0]] = the j < n with flag[j] != 0, ascending (one block launch)."""
-    L, W, T_ = sched.warp, sched.warps, sched.threads
-    chunk = (n + T_ - 1) // T_  # flags per thread
-    scan_rounds = shuffle_rounds(L)[::-1]  # 1, 2, 4, 8, 16
-
-    @T.macro
-    def compact(flag, idx, cnt):
-        for _ in T.thread_binding(1, "blockIdx.x"):
-            for tx in T.thread_binding(T_, "threadIdx.x"):
-                c = T.alloc_buffer((1,), "int32", scope="local")
-                sc = T.alloc_buffer((1,), "int32", scope="local")
-                base = T.alloc_buffer((1,), "int32", scope="local")
-                wsum = T.alloc_buffer((W,), "int32", scope="shared")
-                j0: T.let = tx * chunk
-                c[0] = 0
-                for i in range(chunk):
-                    if j0 + i < n:
-                        c[0] = c[0] + flag[j0 + i]
-                sc[0] = c[0]
-                for r in T.unroll(len(scan_rounds)):
-                    base[0] = T.tvm_warp_shuffle_up(T.tvm_warp_activemask(), sc[0], T.shift_left(1, r), L, L)
-                    if tx % L >= T.shift_left(1, r):
-                        sc[0] = sc[0] + base[0]
-                if tx % L == L - 1:
-                    wsum[tx // L] = sc[0]
-                T.tvm_storage_sync("shared")
-                base[0] = sc[0] - c[0]
-                for w2 in range(tx // L):
-                    base[0] = base[0] + wsum[w2]
-                for i in range(chunk):
-                    if j0 + i < n:
-                        if flag[j0 + i] != 0:
-                            idx[base[0]] = j0 + i
-                            base[0] = base[0] + 1
-                if tx == T_ - 1:
-                    cnt[0] = base[0]
-
-    return compact

@@ -1,15 +1,15 @@
 """Input-sparse gated-MLP kernel for CUDA GPUs (TEAL / WINA, mode 'input'): the CPU kernel's buffers and
 semantics (`input_sparse_mlp.py`, `ir/input_sparse.py`) from the blocks of `cuda_blocks.py`:
 
-  1) a thread per input channel flags it when some token keeps it (|x[m, i]| > x_thr[i]);
-  2) compaction lists the flagged channels, ascending; the kept x values are gathered by slot;
-  3) gate and up are row-gather axpys over the listed rows of w_gate_t / w_up_t ([d, n_ff]: a channel's
+  1) a thread per input channel flags it when some token keeps it (|x[m, i]| > x_thr[i]) and writes the
+     token's kept value (0 where it drops it);
+  2) gate and up are row-gather axpys over the flagged rows of w_gate_t / w_up_t ([d, n_ff]: a channel's
      weights are one contiguous row, read coalesced) — the down projection's launches with n_ff output
-     columns — then their parts summed;
-  4) a thread per neuron forms h = act_g(g)·act_u(u), masks it per token by |h| ('product') or |act_g(g)|
-     ('gate') > h_thr, and flags neurons some token keeps; 5) compaction lists them, h is gathered by slot;
-  6) down over the listed rows of w_down_t, parts summed.
-A token reads (1 - s_x)·(gate + up) + (1 - s_h)·down bytes. Deterministic (no atomics).
+     columns, reading the flag mask (no compaction kernel) — then their parts summed;
+  3) a thread per neuron forms h = act_g(g)·act_u(u), masks it per token by |h| ('product') or |act_g(g)|
+     ('gate') > h_thr, and flags neurons some token keeps; 4) down over the flagged rows, parts summed.
+A token reads (1 - s_x)·(gate + up) + (1 - s_h)·down bytes. Deterministic (no atomics); 8 launches, none of
+them a single block.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from functools import cache
 from tvm.script import tirx as T
 
 from .common import activation, symbol
-from .cuda_blocks import compact_macro, down_macros, down_splits
+from .cuda_blocks import by_flag, down_macros, down_splits
 from .input_sparse_mlp import check_input_sparse
 from .schedule import GpuSchedule
 
@@ -34,13 +34,12 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     T_ = sched.threads
     act_g, act_u, zero = activation(gate_act, 0.0, "cuda"), activation(up_act, 0.0, "cuda"), T.float32(0)
     score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)
-    by_slot = lambda rows, m, p: rows[p]  # noqa: E731 - row of a list position, as down_macros takes it
-    count = lambda cnt, m: cnt[0]  # noqa: E731
     split_in = down_splits(n_ff, dtype, sched, d)
     split_out = down_splits(d, dtype, sched, n_ff)
-    in_parts, in_sum = down_macros(n_ff, dtype, sched, by_slot, count, split_in)
-    down_parts, down_sum = down_macros(d, dtype, sched, by_slot, count, split_out)
-    compact_x, compact_h = compact_macro(d, sched), compact_macro(n_ff, sched)
+    row, count, keep = by_flag(d)  # over the flagged channels
+    in_parts, in_sum = down_macros(n_ff, dtype, sched, row, count, split_in, keep)
+    row, count, keep = by_flag(n_ff)  # over the flagged neurons
+    down_parts, down_sum = down_macros(d, dtype, sched, row, count, split_out, keep)
     name = symbol("cuda", "gmlp", "input", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act, dtype,
                   sched.tag)
 
@@ -53,18 +52,13 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
         x = T.match_buffer(x_h, (M, d), "float32")
         out = T.match_buffer(out_h, (M, d), "float32")
         fx = T.alloc_buffer((d,), "int32")
-        xidx = T.alloc_buffer((d,), "int32")
-        nx = T.alloc_buffer((1,), "int32")
-        xs = T.alloc_buffer((M, d), "float32")
+        xs = T.alloc_buffer((M, d), "float32")  # by channel: the kept x values
         pin = T.alloc_buffer((split_in, M, n_ff), "float32")
         g = T.alloc_buffer((M, n_ff), "float32")
         u = T.alloc_buffer((M, n_ff), "float32")
         fh = T.alloc_buffer((n_ff,), "int32")
-        idx = T.alloc_buffer((n_ff,), "int32")
-        nh = T.alloc_buffer((1,), "int32")
-        hs = T.alloc_buffer((M, n_ff), "float32")
         pout = T.alloc_buffer((split_out, M, d), "float32")
-        # 1) channels some token keeps
+        # 1) channels some token keeps, and the kept values
         for b in T.thread_binding((d + T_ - 1) // T_, "blockIdx.x"):
             for tx in T.thread_binding(T_, "threadIdx.x"):
                 live = T.alloc_buffer((1,), "int32", scope="local")
@@ -74,21 +68,16 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
                     for m in range(M):
                         if T.abs(x[m, i]) > x_thr[i]:
                             live[0] = 1
+                            xs[m, i] = x[m, i]
+                        else:
+                            xs[m, i] = zero
                     fx[i] = live[0]
-        # 2) listed, and their values by slot (0 for a token that drops the channel)
-        compact_x(fx, xidx, nx)
-        for b in T.thread_binding((d + T_ - 1) // T_, "blockIdx.x"):
-            for tx in T.thread_binding(T_, "threadIdx.x"):
-                p: T.let = b * T_ + tx
-                if p < nx[0]:
-                    for m in range(M):
-                        xs[m, p] = T.if_then_else(T.abs(x[m, xidx[p]]) > x_thr[xidx[p]], x[m, xidx[p]], zero)
-        # 3) gate and up over the listed rows
-        in_parts(w_gate_t, xs, xidx, nx, pin, M)
+        # 2) gate and up over the flagged rows
+        in_parts(w_gate_t, xs, fx, fx, pin, M)
         in_sum(pin, g, M)
-        in_parts(w_up_t, xs, xidx, nx, pin, M)
+        in_parts(w_up_t, xs, fx, fx, pin, M)
         in_sum(pin, u, M)
-        # 4) h, masked per token; neurons some token keeps flagged
+        # 3) h, masked per token; neurons some token keeps flagged
         for b in T.thread_binding((n_ff + T_ - 1) // T_, "blockIdx.x"):
             for tx in T.thread_binding(T_, "threadIdx.x"):
                 live = T.alloc_buffer((1,), "int32", scope="local")
@@ -104,15 +93,8 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
                         else:
                             u[m, j] = zero
                     fh[j] = live[0]
-        # 5) listed, h by slot; 6) down over the listed rows
-        compact_h(fh, idx, nh)
-        for b in T.thread_binding((n_ff + T_ - 1) // T_, "blockIdx.x"):
-            for tx in T.thread_binding(T_, "threadIdx.x"):
-                p: T.let = b * T_ + tx
-                if p < nh[0]:
-                    for m in range(M):
-                        hs[m, p] = u[m, idx[p]]
-        down_parts(w_down_t, hs, idx, nh, pout, M)
+        # 4) down over the flagged rows
+        down_parts(w_down_t, u, fh, fh, pout, M)
         down_sum(pout, out, M)
 
     return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)

@@ -5,13 +5,16 @@ swaps one family for the other by the schedule's type; here `sched` is a `GpuSch
 sequence of kernel launches written at the level the GPU runs them (explicit blockIdx / threadIdx bindings,
 warp shuffles, shared memory), marked `tirx.is_scheduled` so Relax's dlight rules leave them alone.
 
-The warp dot product, the down projection and the compaction are in `cuda_blocks.py`. Exact and threshold
-modes share one kernel (`_compacting_mlp`): a dense first launch decides per neuron, then a compaction lists
-the kept neurons in ascending order (deterministic, no atomics).
+The warp dot product and the down projection are in `cuda_blocks.py`. Every gated MLP is three launches:
+gate/up (a warp per row), the down projection's split-K parts, their sum. Exact and threshold modes share one
+kernel (`_flagging_mlp`): the first launch decides per neuron, flags the neurons some token keeps and reads
+their up rows in the same warp (the decision is warp-uniform), the down launch reads only flagged rows.
+Deterministic (no atomics), no single-block phase, no host round-trip.
 
 Buffers: x [M, d] float32 (M symbolic), weights [n_ff, d] (float32 | float16, fp32 accumulate), out [M, d];
-the indexed kernel adds idx [M, K] int32 and count [M] int32. Scratch (gate values, hidden values, the
-active list, the partial sums) is allocated in device memory by the runtime for each call.
+the indexed kernel adds idx [M, K] int32 and count [M] int32. Scratch (hidden values, flags, the partial sums)
+is TVM workspace: sized by M only and every word written before it is read, so repeated calls (a CUDA graph)
+need no clearing.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from functools import cache
 from tvm.script import tirx as T
 
 from .common import activation, check_dtype, is_active, skipping_value, symbol
-from .cuda_blocks import compact_macro, down_macros, down_splits, warp_dot_macro
+from .cuda_blocks import by_flag, down_macros, down_splits, warp_dot_macro
 from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
 from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS, check_mlp, mlp_symbol
@@ -51,10 +54,10 @@ class _Mlp:
 
 
 def _mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, gate_acts=GATE_ACTS,
-         act_g=None, tag=None) -> _Mlp:
-    """Checks the parameters (as the CPU kernels do) and builds the shared macros; `row`/`count` map a token's
-    list position to a weight row / give its list length (see `down_macros`). `act_g`/`tag` override the gate
-    activation and its name in the symbol (threshold mode's IR activations)."""
+         act_g=None, tag=None, keep=None) -> _Mlp:
+    """Checks the parameters (as the CPU kernels do) and builds the shared macros; `row`/`count`/`keep` map a
+    token's list position to a weight row / give its list length / say whether it is listed (see `down_macros`).
+    `act_g`/`tag` override the gate activation and its name in the symbol (threshold mode's IR activations)."""
     _require_gpu_schedule(sched)
     check_mlp(d, n_ff, gate_act, up_act, dtype, gate_acts)
     act_g, act_u = act_g or activation(gate_act, threshold, "cuda"), activation(up_act, family="cuda")
@@ -71,25 +74,23 @@ def _mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, g
 
     name = "actsparse_cuda_" + mlp_symbol(kind, d, n_ff, tag or gate_act, up_act, threshold, dtype,
                                           sched).removeprefix("actsparse_")
-    return _Mlp(sched.warp, sched.warps, gated_dot, warp_dot, *down_macros(d, dtype, sched, row, count, splits),
-                splits, act_u, name)
+    return _Mlp(sched.warp, sched.warps, gated_dot, warp_dot,
+                *down_macros(d, dtype, sched, row, count, splits, keep), splits, act_u, name)
 
 
 def _finish(kernel, name: str):
     return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
 
 
-def _compacting_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, sched: GpuSchedule, gate_value: Callable,
-                    product: bool):
-    """The kernel of exact and threshold modes: a dense first pass decides per neuron, the rest reads only the
-    neurons it kept. `gate_value(s)` turns the gate dot (product: act_g(gate) * act_u(up)) into the value kept
-    by neuron, 0 for a neuron this token drops; a neuron is listed when some token keeps it. Then the up rows of
-    the listed neurons (none with `product`: h is already final) and the down rows are read."""
+def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, product: bool):
+    """The kernel of exact and threshold modes: the first launch decides per neuron and reads the up rows of the
+    kept ones, the down launch reads the kept down rows. `gate_value(s)` turns the gate dot (product: act_g(gate)
+    * act_u(up)) into the value kept by neuron, 0 for a neuron this token drops; a neuron is flagged when some
+    token keeps it, and then h = kept value * act_u(up) for every token (product: h is the kept value)."""
     L, W, splits, warp_dot = k.L, k.W, k.splits, k.warp_dot
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
     act_u = k.act_u
     n_blocks = (n_ff + W - 1) // W
-    compact = compact_macro(n_ff, sched)
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
@@ -98,13 +99,10 @@ def _compacting_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, sched: GpuSchedule, 
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
         out = T.match_buffer(out_h, (M, d), "float32")
-        g = T.alloc_buffer((M, n_ff), "float32")  # kept value by neuron: activated gate (product: h)
-        flag = T.alloc_buffer((n_ff,), "int32")  # neuron kept by some token
-        idx = T.alloc_buffer((n_ff,), "int32")  # kept neurons, ascending
-        cnt = T.alloc_buffer((1,), "int32")
-        h = T.alloc_buffer((M, n_ff), "float32")  # by slot of idx
+        h = T.alloc_buffer((M, n_ff), "float32")  # by neuron: the kept gate value, then h (flagged neurons)
+        flag = T.alloc_buffer((n_ff,), "int32")  # neuron kept by some token (written for every neuron)
         part = T.alloc_buffer((splits, M, d), "float32")
-        # 1) gate (product: gate and up): a warp per row, every token; flag the rows some token keeps
+        # 1) a warp per neuron: gate (product: gate and up) for every token; flagged: up, h
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
@@ -119,31 +117,20 @@ def _compacting_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, sched: GpuSchedule, 
                             else:
                                 warp_dot(w_gate, j, x, m, tx, s)
                             s[0] = gate_value(s[0])
-                            if is_active(s[0]):
+                            if is_active(s[0]):  # the same bits in every lane: warp-uniform
                                 live[0] = 1
                             if tx == 0:
-                                g[m, j] = s[0]
+                                h[m, j] = s[0]
+                        if not product:
+                            if live[0] != 0:
+                                for m in range(M):
+                                    warp_dot(w_up, j, x, m, tx, s)
+                                    if tx == 0:
+                                        h[m, j] = h[m, j] * act_u(s[0])
                         if tx == 0:
                             flag[j] = live[0]
-        # 2) compaction: the kept neurons, ascending
-        compact(flag, idx, cnt)
-        # 3) h by slot: act_g(g) * act_u(up) over the kept rows (product: h gathered, no weight read)
-        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
-            for ty in T.thread_binding(W, "threadIdx.y"):
-                for tx in T.thread_binding(L, "threadIdx.x"):
-                    s = T.alloc_buffer((1,), "float32", scope="local")
-                    p: T.let = bx * W + ty
-                    if p < cnt[0]:
-                        for m in range(M):
-                            if product:
-                                if tx == 0:
-                                    h[m, p] = g[m, idx[p]]
-                            else:
-                                warp_dot(w_up, idx[p], x, m, tx, s)
-                                if tx == 0:
-                                    h[m, p] = g[m, idx[p]] * act_u(s[0])
-        # 4) down over the kept rows, then 5) the parts summed
-        k.down_parts(w_down_t, h, idx, cnt, part, M)
+        # 2) down over the flagged rows, 3) the parts summed
+        k.down_parts(w_down_t, h, flag, flag, part, M)
         k.sum_parts(part, out, M)
 
     return _finish(kernel, k.name)
@@ -152,11 +139,10 @@ def _compacting_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, sched: GpuSchedule, 
 @cache
 def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                      threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
-    """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate, compaction, up and down over active rows."""
-    k = _mlp("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
-             lambda cnt, m: cnt[0], EXACT_GATE_ACTS)
-    return _compacting_mlp(k, d, n_ff, dtype, sched, skipping_value(activation(gate_act, threshold, "cuda")),
-                           product=False)
+    """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate flagging the active rows, their up and down rows."""
+    row, count, keep = by_flag(n_ff)
+    k = _mlp("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, EXACT_GATE_ACTS, keep=keep)
+    return _flagging_mlp(k, d, n_ff, dtype, skipping_value(activation(gate_act, threshold, "cuda")), product=False)
 
 
 @cache
@@ -168,12 +154,12 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
     every gate and up row and the kept down rows."""
     check_threshold(d, n_ff, gate_act, up_act, dtype, criterion)
     rule = threshold_rule(gate_act, threshold, "cuda")
-    k = _mlp(f"thr{criterion}", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[p],
-             lambda cnt, m: cnt[0], THRESHOLD_GATE_ACTS, act_g=rule.act_g, tag=gate_act.replace("_", ""))
+    row, count, keep = by_flag(n_ff)
+    k = _mlp(f"thr{criterion}", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count,
+             THRESHOLD_GATE_ACTS, act_g=rule.act_g, tag=gate_act.replace("_", ""), keep=keep)
     if criterion == "product":  # the first launch computes h = act_g(g) * act_u(u); drop it where not kept
-        return _compacting_mlp(k, d, n_ff, dtype, sched, lambda v: T.if_then_else(rule.kept(v), v, T.float32(0)),
-                               True)
-    return _compacting_mlp(k, d, n_ff, dtype, sched, rule.masked_gate, False)
+        return _flagging_mlp(k, d, n_ff, dtype, lambda v: T.if_then_else(rule.kept(v), v, T.float32(0)), True)
+    return _flagging_mlp(k, d, n_ff, dtype, rule.masked_gate, False)
 
 
 @cache
@@ -209,6 +195,54 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
                             if tx == 0:
                                 h[m, p] = s[0]
         k.down_parts(w_down_t, h, idx, count, part, M)
+        k.sum_parts(part, out, M)
+
+    return _finish(kernel, k.name)
+
+
+@cache
+def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                     threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
+    """Predictor mode (x, w_gate, w_up, w_down_t, scores, cutoff, out): token m computes the neurons j with
+    scores[m, j] > cutoff[0] (the CPU's select + indexed kernels' semantics, `lower_predictor.py`) in three
+    launches and no index list: a warp per neuron reads its score (the same in every lane: warp-uniform), computes
+    gate and up for the tokens that predict it and flags it; the down launch reads the flagged rows."""
+    row, count, keep = by_flag(n_ff)
+    k = _mlp("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, keep=keep)
+    L, W, splits = k.L, k.W, k.splits
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+    n_blocks = (n_ff + W - 1) // W
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), scores_h: T.handle, cutoff: T.Buffer((1,), "float32"),
+               out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        scores = T.match_buffer(scores_h, (M, n_ff), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        h = T.alloc_buffer((M, n_ff), "float32")
+        flag = T.alloc_buffer((n_ff,), "int32")
+        part = T.alloc_buffer((splits, M, d), "float32")
+        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
+            for ty in T.thread_binding(W, "threadIdx.y"):
+                for tx in T.thread_binding(L, "threadIdx.x"):
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    live = T.alloc_buffer((1,), "int32", scope="local")
+                    j: T.let = bx * W + ty
+                    if j < n_ff:
+                        live[0] = 0
+                        for m in range(M):
+                            s[0] = T.float32(0)
+                            if scores[m, j] > cutoff[0]:
+                                k.gated_dot(w_gate, w_up, j, x, m, tx, s)
+                                live[0] = 1
+                            if tx == 0:
+                                h[m, j] = s[0]
+                        if tx == 0:
+                            flag[j] = live[0]
+        k.down_parts(w_down_t, h, flag, flag, part, M)
         k.sum_parts(part, out, M)
 
     return _finish(kernel, k.name)

@@ -23,7 +23,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, axpy_macro, column_split, symbol, zero_columns_macro
+from .common import activation, axpy_macro, chunks_per_line, column_split, symbol, task_blocks, zero_columns_macro
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp
 
@@ -49,8 +49,9 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)   # what h_thr is compared with
     axpy_in, _ = axpy_macro(n_ff, dtype, sched_n, gathered=True)
     axpy_down, _ = axpy_macro(d, dtype, sched_d, gathered=True)
-    zero_n, zero_d = zero_columns_macro(n_ff, sched_n), zero_columns_macro(d, sched_d)
-    block, n_blocks, _ = column_split(n_ff, sched_n)
+    zero_n, zero_d = zero_columns_macro(n_ff, sched_n, dtype), zero_columns_macro(d, sched_d, dtype)
+    block, n_blocks, _ = column_split(n_ff, sched_n, dtype)
+    unit = chunks_per_line(block, dtype)  # the axpy's task slices are whole units of blocks
     Rn, Rd = sched_n.rows, sched_d.rows
     name = symbol("gmlp", "input", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act, dtype,
                   sched_n.tag, f"r{Rd}")
@@ -92,8 +93,8 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
             for st in range((n_in + Rn - 1) // Rn):
                 axpy_in(w_gate_t, xidx, 0, st * Rn, n_in, xs, 0, t, g, M)
                 axpy_in(w_up_t, xidx, 0, st * Rn, n_in, xs, 0, t, h, M)
-            j0: T.let = t * n_blocks // threads * block
-            j1: T.let = T.if_then_else(t == threads - 1, n_ff, (t + 1) * n_blocks // threads * block)
+            j0: T.let = task_blocks(t, n_blocks, unit, threads)[0] * block
+            j1: T.let = T.if_then_else(t == threads - 1, n_ff, task_blocks(t, n_blocks, unit, threads)[1] * block)
             c = T.alloc_buffer((1,), "int32", scope="global")
             live = T.alloc_buffer((1,), "int32", scope="global")
             c[0] = 0
@@ -118,7 +119,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
         for t in T.parallel(threads):
             zero_d(t, out, M)
             for t2 in range(threads):
-                s0: T.let = t2 * n_blocks // threads * block
+                s0: T.let = task_blocks(t2, n_blocks, unit, threads)[0] * block
                 n2: T.let = cnt[t2]
                 for st in range((n2 + Rd - 1) // Rd):
                     axpy_down(w_down_t, idx, s0, st * Rd, n2, h, s0, t, out, M)

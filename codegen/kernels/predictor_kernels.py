@@ -1,5 +1,6 @@
 """Predictor-mode kernels: the sign-bit predictor (SparseInfer) and the compaction of predicted neurons into the
-index list the indexed gated-MLP kernels take. One CPU and one CUDA form of each, same buffers:
+index list the indexed gated-MLP kernels take (CPU; on CUDA the scored MLP kernel, `cuda_mlp.scored_gated_mlp`,
+flags the predicted neurons itself, with no single-block select launch). Same buffers in both families:
 
     sign_score     x [M, d] f32, bits [n, words] i32, out [M, n] f32:
                    out[m, j] = d - 2 * popcount(signbits(x[m]) XOR bits[j])  (ir/predictor.py)
@@ -120,43 +121,3 @@ def sign_score_cuda(d: int, n: int, *, sched):
                         out[m, j] = T.Cast("float32", d - 2 * cnt[0])
 
     return _named(kernel, symbol("signscore", f"d{d}", f"n{n}", sched.tag), gpu=True)
-
-
-@cache
-def select_active_cuda(n: int, *, sched):
-    """CUDA: (scores, cutoff, idx, count); one block per token, thread t owns a chunk, offsets by a prefix over
-    the chunks' counts."""
-    T_ = sched.threads
-    chunk = (n + T_ - 1) // T_
-
-    @T.prim_func
-    def kernel(s_h: T.handle, cutoff: T.Buffer((1,), "float32"), idx_h: T.handle, count_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        s = T.match_buffer(s_h, (M, n), "float32")
-        idx = T.match_buffer(idx_h, (M, n), "int32")
-        count = T.match_buffer(count_h, (M,), "int32")
-        for m in T.thread_binding(M, "blockIdx.x"):
-            for tx in T.thread_binding(T_, "threadIdx.x"):
-                c = T.alloc_buffer((1,), "int32", scope="local")
-                base = T.alloc_buffer((1,), "int32", scope="local")
-                counts = T.alloc_buffer((T_,), "int32", scope="shared")
-                c[0] = 0
-                for i in range(chunk):
-                    if tx * chunk + i < n:
-                        if s[m, tx * chunk + i] > cutoff[0]:
-                            c[0] = c[0] + 1
-                counts[tx] = c[0]
-                T.tvm_storage_sync("shared")
-                base[0] = 0
-                for t2 in range(tx):
-                    base[0] = base[0] + counts[t2]
-                for i in range(chunk):
-                    if tx * chunk + i < n:
-                        if s[m, tx * chunk + i] > cutoff[0]:
-                            idx[m, base[0]] = tx * chunk + i
-                            base[0] = base[0] + 1
-                if tx == T_ - 1:
-                    count[m] = base[0]
-
-    return _named(kernel, symbol("select", f"n{n}", sched.tag), gpu=True)

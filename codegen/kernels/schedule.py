@@ -33,6 +33,8 @@ class CpuSchedule:
     vector_registers  architectural vector registers: 32 (AVX-512, NEON), 16 (AVX2, SSE).
     l2_bytes      a core's mid-level cache (0: unknown). The rows of a step and the prefetched rows of the
                   next must stay in it, so `fitted` lowers `rows` for long rows (see there).
+    fp16fml       the target multiplies fp16 pairs into fp32 sums (aarch64 FEAT_FHM: fmlal / fmlal2): fp16 weight
+                  dot products then take x rounded to fp16 and skip the widening of the weights.
     """
 
     lanes: int
@@ -43,9 +45,11 @@ class CpuSchedule:
     prefetch: bool = True
     vector_registers: int = 32
     l2_bytes: int = 0
+    fp16fml: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefetch", bool(self.prefetch))
+        object.__setattr__(self, "fp16fml", bool(self.fp16fml))
         if self.lanes not in (1, 2, 4, 8, 16, 32):
             raise ValueError(f"CpuSchedule.lanes must be a power of two <= 32, got {self.lanes}")
         for field in ("threads", "rows", "accumulators", "token_block", "vector_registers"):
@@ -74,7 +78,7 @@ class CpuSchedule:
     def tag(self) -> str:
         """Short identifier-safe encoding, part of every kernel's global_symbol: `l16t2r8a1b4v32p1`."""
         return (f"l{self.lanes}t{self.threads}r{self.rows}a{self.accumulators}b{self.token_block}"
-                f"v{self.vector_registers}p{int(self.prefetch)}")
+                f"v{self.vector_registers}p{int(self.prefetch)}" + ("h1" if self.fp16fml else ""))
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,13 @@ class GpuSchedule:
     multiprocessors streaming multiprocessors; the down projection splits its row list into enough parts to
                     give every multiprocessor `blocks_per_sm` blocks.
     shared_bytes    shared memory per block available to a kernel.
+    blocks_per_sm   blocks of the down projection per multiprocessor (with the split-K `splits`).
+    rows            down projection: weight rows a warp loads before it uses any (unrolled, all in flight):
+                    rows * warp * vector_bytes bytes per warp (8 x 512 B = 4 KB; 32 KB per 8-warp block).
+                    An H100/H200 needs ~25-40 KB in flight per multiprocessor to reach its bandwidth.
+    accumulators    independent accumulator sets the unrolled rows alternate between (shorter FMA chains).
+    scan            positions of the row list each lane checks per round of the down projection: a warp
+                    compacts warp * scan positions (flag mask or index list) into a shared-memory list.
     """
 
     warp: int = 32
@@ -97,6 +108,9 @@ class GpuSchedule:
     multiprocessors: int = 108
     shared_bytes: int = 48 << 10
     blocks_per_sm: int = 4
+    rows: int = 8
+    accumulators: int = 2
+    scan: int = 4
 
     def __post_init__(self) -> None:
         if self.warp < 1 or self.warp & (self.warp - 1):
@@ -105,7 +119,7 @@ class GpuSchedule:
             raise ValueError(f"GpuSchedule.threads must be a multiple of the warp ({self.warp}), got {self.threads}")
         if self.vector_bytes not in (4, 8, 16):
             raise ValueError(f"GpuSchedule.vector_bytes must be 4, 8 or 16, got {self.vector_bytes}")
-        for field in ("multiprocessors", "shared_bytes", "blocks_per_sm"):
+        for field in ("multiprocessors", "shared_bytes", "blocks_per_sm", "rows", "accumulators", "scan"):
             if getattr(self, field) < 1:
                 raise ValueError(f"GpuSchedule.{field} must be >= 1, got {getattr(self, field)}")
 
@@ -115,5 +129,6 @@ class GpuSchedule:
 
     @property
     def tag(self) -> str:
-        """Identifier-safe encoding, part of every GPU kernel's global_symbol: `w32t256v16s108`."""
-        return f"w{self.warp}t{self.threads}v{self.vector_bytes}s{self.multiprocessors}b{self.blocks_per_sm}"
+        """Identifier-safe encoding, part of every GPU kernel's global_symbol: `w32t256v16s108b4r8a2c4`."""
+        return (f"w{self.warp}t{self.threads}v{self.vector_bytes}s{self.multiprocessors}b{self.blocks_per_sm}"
+                f"r{self.rows}a{self.accumulators}c{self.scan}")

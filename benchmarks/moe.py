@@ -1,0 +1,121 @@
+"""One MoE layer, 8 experts, top-2, batch 1 (a decoding step): routed vs all-experts, and expert x neuron sparsity.
+
+    python -m actsparse.benchmarks.moe [--n-ff 3584] [--experts 8] [--top-k 2] [--sparsity 0.9]
+                                       [--repeats 15] [--threads 2]
+
+Mixtral's dims are d = 4096, n_ff = 14336: eight fp32 experts hold 5.6 GB. The default n_ff is a quarter of that
+(3584, 1.4 GB for the eight experts) to stay within a shared 24 GB machine; `--n-ff 14336` runs the real dims.
+ReGLU experts with synthetic weights: for the token, exactly `sparsity` of each expert's gates are <= 0.
+
+Measured (weights from DRAM: the last-level cache is evicted before every timed call; kernels interleaved):
+  all-experts dense   what actsparse compiled MoE layers to before route-moe: every expert's dense kernel on the
+                      token, each output weighted by its routing weight (0 for the six unchosen experts)
+  routed dense        the routed_moe kernel, dense bodies: only the two chosen experts' rows are read
+  routed exact        the routed_moe kernel, exact bodies: the chosen experts' gate rows, then the up and down rows
+                      of their active neurons only (TurboSparse-Mixtral's expert x neuron sparsity)
+Each output is checked against the op's numpy reference (ir/moe.py) first. Printed: CPU, load average (the figures
+are only comparable within one run on a shared machine), medians, bytes read, ratios; then a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--d", type=int, default=4096)
+    p.add_argument("--n-ff", type=int, default=3584, help="per expert (Mixtral: 14336, 5.6 GB for 8 experts)")
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--sparsity", type=float, default=0.9, help="share of each expert's neurons inactive")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    import numpy as np
+
+    from actsparse.benchmarks.ffn import FfnBench
+    from actsparse.codegen.kernels.common import build_standalone
+    from actsparse.codegen.kernels.routed_moe import routed_moe
+    from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp
+    from actsparse.ir.arrays import aligned_contiguous
+    from actsparse.ir.moe import routed_moe_ref
+    from actsparse.runtime.memory import host_tensor as tv
+
+    d, n, E, k = args.d, args.n_ff, args.experts, args.top_k
+    bench = FfnBench(d, 8, threads=args.threads)  # its schedule, target, cache evictor and interleaved timing
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, d)).astype("float32")
+    w = {}
+    for name in ("gate", "up", "down_t"):  # float32 from the start, aligned: the experts' slices are views, not copies
+        w[name] = aligned_contiguous(rng.standard_normal((E * n, d), dtype=np.float32))
+        w[name] *= np.float32(1 / np.sqrt(d))
+    chosen = np.sort(rng.choice(E, k, replace=False))
+    route_i = chosen[None].astype("int64")
+    route_w = rng.random((1, k)).astype("float32")
+    route_w /= route_w.sum()
+    n_active = int(round((1 - args.sparsity) * n))
+    for e in range(E):  # exactly n_active gates > 0 per expert for x
+        rows = slice(e * n, (e + 1) * n)
+        active = np.zeros(n, bool)
+        active[rng.choice(n, n_active, replace=False)] = True
+        w["gate"][rows] *= np.where(active == (w["gate"][rows] @ x[0] > 0), 1, -1).astype("float32")[:, None]
+    attrs = {"experts": E, "gate_act": "relu", "up_act": "identity", "threshold": 0.0}
+    expected = routed_moe_ref(x, w["gate"], w["up"], w["down_t"], route_w, route_i, attrs, {})
+
+    t0 = time.perf_counter()
+    kw = dict(gate_act="relu", up_act="identity", dtype="float32", sched=bench.sched)
+    dense = build_standalone(dense_gated_mlp(d, n, **kw), bench.target)
+    routed = {exact: build_standalone(routed_moe(d, n, E, exact=exact, **kw), bench.target) for exact in (False, True)}
+    compile_s = time.perf_counter() - t0
+
+    tx, t_rw, t_ri = tv(x), tv(route_w), tv(route_i)
+    per_expert = [[tv(w[name][e * n:(e + 1) * n]) for name in ("gate", "up", "down_t")] for e in range(E)]  # views
+    stacked = [tv(w[name]) for name in ("gate", "up", "down_t")]
+    outs = [tv(np.zeros((1, d), "float32")) for _ in range(E + 2)]
+    routing = np.zeros(E, "float32")
+    routing[chosen] = route_w[0]
+
+    def all_experts():
+        total = np.zeros((1, d), "float32")
+        for e in range(E):
+            dense(tx, *per_expert[e], outs[e])
+            total += routing[e] * outs[e].numpy()
+        return total
+
+    def run_routed(exact: bool):
+        routed[exact](tx, *stacked, t_rw, t_ri, outs[E + exact])
+        return outs[E + exact]
+
+    row = d * 4
+    runners = {
+        "all-experts dense": (all_experts, 3 * E * n * row),
+        "routed dense": (lambda: run_routed(False), 3 * k * n * row),
+        f"routed exact ({args.sparsity:.0%} sparse)": (lambda: run_routed(True), k * (n + 2 * n_active) * row),
+    }
+    for name, (fn, _) in runners.items():
+        out = fn()
+        got = out if isinstance(out, np.ndarray) else out.numpy()
+        err = np.abs(got - expected).max() / np.abs(expected).max()
+        assert err < 1e-4, f"{name}: max rel err vs the reference {err:.2e}"
+
+    load = os.getloadavg()
+    times = bench.time(runners, args.repeats)
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    print(f"CPU: {bench.cpu}")
+    print(f"MoE layer: {E} experts x (d={d}, n_ff={n}) fp32, top-{k}, batch 1; {args.threads} threads; "
+          f"kernels compiled in {compile_s:.1f} s")
+    print(f"load average before timing: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (a shared machine: measured under "
+          f"load), after: {os.getloadavg()[0]:.2f}")
+    base, routed_dense = med["all-experts dense"], med["routed dense"]
+    print("\n| form | median ms | MB read | GB/s | vs all-experts | vs routed dense |")
+    print("|---|---|---|---|---|---|")
+    for name, (_, nbytes) in runners.items():
+        print(f"| {name} | {med[name] * 1e3:.2f} | {nbytes / 1e6:.0f} | {nbytes / med[name] / 1e9:.1f} | "
+              f"{base / med[name]:.2f}x | {routed_dense / med[name]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Routed mixture-of-experts kernel for CPUs: only the experts a token is routed to run (ir/moe.py's `routed_moe`).
+
+Buffers (destination passing, as `relax.call_tir` wants):
+
+    x        [M, d]          float32, M symbolic (decode M = 1, prefill M > 1)
+    w_gate   [E * n_ff, d]   the experts' gate rows stacked: expert e owns rows e * n_ff .. (e + 1) * n_ff - 1
+    w_up     [E * n_ff, d]   likewise
+    w_down_t [E * n_ff, d]   the down projections transposed (one neuron per row), stacked
+    route_w  [M, K]          float32 routing weights of each token's K slots
+    route_i  [M, K]          int64 expert of each slot (the router's top-k indices)
+    out      [M, d]          float32
+
+For each expert e in turn: the tokens routed to e are gathered (with their summed routing weight); an expert no
+token chose is skipped before any of its rows is read, so a decoding step (M = 1) reads k experts' weights, not E.
+The gathered tokens then run the expert's gated MLP with the bodies of `sparse_mlp.py` at a row offset — exact
+mode lists the neurons some gathered token activates and reads only their up and down rows, dense mode reads
+every row — and the expert's output rows are added to `out`, scaled by the tokens' routing weights. Same
+macros, same schedule, same float32 accumulation as the per-block kernels.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from tvm.script import tirx as T
+
+from .common import GATE_ACTS, activation, axpy_macro, dots_macro, is_active, skipping_value, zero_columns_macro
+from .quant_blocks import weight_buffer
+from .schedule import CpuSchedule
+from .sparse_mlp import EXACT_GATE_ACTS, check_mlp, mlp_symbol
+
+
+@cache
+def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_act: str = "identity",
+               threshold: float = 0.0, dtype: str = "float32", exact: bool = True, sched: CpuSchedule):
+    """(x, w_gate, w_up, w_down_t, route_w, route_i, out), see the module docstring. `exact`: skip the neurons
+    whose gate is exactly zero (gate_act of the ReLU family); otherwise every row of a routed expert is read."""
+    check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS if exact else GATE_ACTS)
+    if experts < 1:
+        raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
+    sched = sched.fitted(d, dtype)
+    threads, R = sched.threads, sched.rows
+    nper = (n_ff + threads - 1) // threads
+    act_u = activation(up_act)
+    act_g = activation(gate_act, threshold)
+    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=skipping_value(act_g) if exact else act_g)
+    up_dots, _ = dots_macro(d, dtype, sched, gathered=exact)
+    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=exact)
+    zero_cols = zero_columns_macro(d, sched, dtype)
+    wshape, wdtype = weight_buffer(experts * n_ff, d, dtype)
+    zero = T.float32(0)
+
+    @T.macro
+    def exact_body(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og):
+        # sparse_mlp.compacting_gated_mlp's two regions, rows offset by row0; idx holds absolute rows
+        for t in T.parallel(threads):
+            c = T.alloc_buffer((1,), "int32", scope="global")
+            live = T.alloc_buffer((1,), "int32", scope="global")
+            c[0] = 0
+            j0: T.let = t * nper
+            nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
+            for st in range((nj + R - 1) // R):
+                gate_dots(w_gate, xg, Mx, idx, row0 + j0, st * R, nj, g, j0)
+                for r in range(T.min(R, nj - st * R)):
+                    live[0] = 0
+                    for m in range(Mx):
+                        if is_active(g[m, j0 + st * R + r]):
+                            live[0] = 1
+                    if live[0] != 0:
+                        idx[j0 + c[0]] = row0 + j0 + st * R + r
+                        c[0] = c[0] + 1
+            nl: T.let = c[0]
+            cnt[t] = nl
+            for st in range((nl + R - 1) // R):
+                up_dots(w_up, xg, Mx, idx, j0, st * R, nl, h, j0)
+                for r in range(T.min(R, nl - st * R)):
+                    for m in range(Mx):
+                        h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r] - row0] * act_u(h[m, j0 + st * R + r])
+        for t in T.parallel(threads):
+            zero_cols(t, og, Mx)
+            for t2 in range(threads):
+                n2: T.let = cnt[t2]
+                for st in range((n2 + R - 1) // R):
+                    axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, og, Mx)
+
+    @T.macro
+    def dense_body(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og):
+        # sparse_mlp.dense_gated_mlp's two regions, rows offset by row0
+        for t in T.parallel(threads):
+            j0: T.let = t * nper
+            nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
+            for st in range((nj + R - 1) // R):
+                gate_dots(w_gate, xg, Mx, g, row0 + j0, st * R, nj, g, j0)
+                up_dots(w_up, xg, Mx, h, row0 + j0, st * R, nj, h, j0)
+                for r in range(T.min(R, nj - st * R)):
+                    for m in range(Mx):
+                        h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
+        for t in T.parallel(threads):
+            zero_cols(t, og, Mx)
+            for st in range((n_ff + R - 1) // R):
+                axpy_all(w_down_t, h, row0, st * R, n_ff, h, 0, t, og, Mx)
+
+    body = exact_body if exact else dense_body
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), rw_h: T.handle, ri_h: T.handle, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        K = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        route_w = T.match_buffer(rw_h, (M, K), "float32")
+        route_i = T.match_buffer(ri_h, (M, K), "int64")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        xg = T.alloc_buffer((M, d), "float32")  # the tokens routed to the current expert, gathered
+        og = T.alloc_buffer((M, d), "float32")  # their outputs
+        tok = T.alloc_buffer((M,), "int32")
+        wt = T.alloc_buffer((M,), "float32")
+        g = T.alloc_buffer((M, n_ff), "float32")
+        h = T.alloc_buffer((M, n_ff), "float32")
+        idx = T.alloc_buffer((n_ff,), "int32")
+        cnt = T.alloc_buffer((threads,), "int32")
+        nt = T.alloc_buffer((1,), "int32")
+        wsum = T.alloc_buffer((1,), "float32")
+        hit = T.alloc_buffer((1,), "int32")
+        for m in range(M):
+            for c in T.vectorized(d):
+                out[m, c] = zero
+        for e in range(experts):
+            nt[0] = 0
+            for m in range(M):
+                wsum[0] = zero
+                hit[0] = 0
+                for s in range(K):
+                    if route_i[m, s] == T.int64(e):
+                        wsum[0] = wsum[0] + route_w[m, s]
+                        hit[0] = 1
+                if hit[0] != 0:
+                    tok[nt[0]] = T.Cast("int32", m)
+                    wt[nt[0]] = wsum[0]
+                    for c in T.vectorized(d):
+                        xg[nt[0], c] = x[m, c]
+                    nt[0] = nt[0] + 1
+            Mx: T.let = T.Cast("int64", nt[0])
+            if Mx > 0:  # no token chose expert e: none of its rows is read
+                body(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og)
+                for i in range(Mx):
+                    for c in T.vectorized(d):
+                        out[tok[i], c] = out[tok[i], c] + wt[i] * og[i, c]
+
+    name = mlp_symbol("routed" + ("x" if exact else "d") + f"e{experts}", d, n_ff, gate_act, up_act, threshold,
+                      dtype, sched)
+    return kernel.with_attr("global_symbol", name)
+

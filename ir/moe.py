@@ -1,0 +1,67 @@
+"""Semantics of `routed_moe`: a mixture-of-experts layer whose experts run only on the tokens routed to them.
+
+    routed_moe(x[..., d], w_gate[E·n, d], w_up[E·n, d], w_down_t[E·n, d_out], route_w[..., k], route_i[..., k])
+        out[t] = Σ_j route_w[t, j] · expert_{route_i[t, j]}(x[t])
+        expert_e(x) = (act_gate(x·Wg_eᵀ) ⊙ act_up(x·Wu_eᵀ))·Wd_e,   Wg_e = w_gate[e·n : (e+1)·n]  (likewise Wu, Wd)
+
+The experts' weights are stacked along the rows, one neuron per row (the sparse kernels' layout: the down
+projection transposed), so expert e is a row range and a quantized layout stores it unchanged. `route_i` holds
+expert ids in [0, E) (a router's top-k indices). The expert index is data: a kernel gathers each expert's tokens
+and skips an expert no token chose, so a decoding step reads k experts' weights instead of E.
+
+`mode` is the experts' variant: "dense" (every neuron of a routed expert is read) or "exact" (ReLU-family gates:
+only the neurons some routed token activates; lossless, as `sparse_gated_mlp{mode=exact}`). `pattern` and
+the node's location name the experts for the report (expert e's row is `<loc>.<e>`).
+
+The pass that produces it (passes/route_moe.py) matches the all-experts form Σ_e expert_e(x) · r_e with
+r_e = Σ_j route_w[:, j]·[route_i[:, j] = e]; both forms agree wherever the experts' outputs are finite (the
+all-experts form multiplies an unchosen expert's output by 0, and 0 · Inf is NaN; the routed form, like the
+models' own forward, never computes it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .sparse_variants import dense_intermediate
+from .types import TensorType
+
+ROUTED_MOE_ATTRS = {"experts": None, "gate_act": "relu", "up_act": "identity", "threshold": 0.0, "mode": "exact",
+                    "pattern": "reglu"}
+ROUTED_MODES = ("dense", "exact")  # the expert variants a routed kernel exists for
+
+
+def routed_moe_type(types, attrs) -> TensorType:
+    x, w_gate, w_up, w_down_t, route_w, route_i = types
+    experts = attrs["experts"]
+    if attrs.get("mode", "exact") not in ROUTED_MODES:
+        raise TypeError(f"routed_moe mode must be one of {ROUTED_MODES}, got {attrs.get('mode')!r}")
+    if not isinstance(experts, int) or experts < 1 or w_gate.shape[0] % experts:
+        raise TypeError(f"routed_moe: {experts!r} experts do not divide the stacked weight rows {w_gate}")
+    if x.shape[-1] != w_gate.shape[1] or w_up.shape != w_gate.shape or w_down_t.shape[0] != w_gate.shape[0]:
+        raise TypeError(f"routed_moe weights {w_gate}, {w_up}, {w_down_t} do not match x {x}")
+    if route_w.shape != route_i.shape or route_w.shape[:-1] != x.shape[:-1] or route_i.dtype not in ("i64", "i32"):
+        raise TypeError(f"routed_moe routing {route_w}, {route_i} must be [..., k] (float, int) over x {x}'s tokens")
+    return TensorType((*x.shape[:-1], w_down_t.shape[1]), x.dtype)
+
+
+def expert_rows(attrs, w_gate_rows: int, e: int) -> slice:
+    n = w_gate_rows // attrs["experts"]
+    return slice(e * n, (e + 1) * n)
+
+
+def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, attrs, env):
+    """Per expert: gather the tokens routed to it, run it, add its output scaled by their routing weight."""
+    x2 = x.reshape(-1, x.shape[-1])
+    weights, index = route_w.reshape(len(x2), -1), route_i.reshape(len(x2), -1)
+    out = np.zeros((len(x2), w_down_t.shape[1]), x.dtype)
+    for e in range(attrs["experts"]):
+        hit = index == e
+        tokens = np.flatnonzero(hit.any(-1))
+        if tokens.size == 0:
+            continue
+        rows = expert_rows(attrs, w_gate.shape[0], e)
+        h = dense_intermediate(x2[tokens], w_gate[rows], w_up[rows], attrs)
+        scale = (weights * hit).sum(-1)[tokens, None].astype(x.dtype)
+        out[tokens] += scale * (h @ w_down_t[rows].astype(x.dtype))
+    return out.reshape(*x.shape[:-1], w_down_t.shape[1])

@@ -1,0 +1,195 @@
+"""route-moe: a mixture-of-experts layer whose every expert runs on every token, weighted, becomes one `routed_moe`
+(ir/moe.py), whose kernel runs each expert only on the tokens routed to it.
+
+Matches, by what it computes (after detection and the sparsify passes), a sum with one term per expert:
+
+    add(... mul(B_e, R_e) ...)      B_e = gated_mlp(x, ...) | sparse_gated_mlp{mode=exact}(x, ...)   (no biases)
+                                    R_e = sum(mul(V, cast(eq(I, e))), axes=[-1], keepdim=True)     for e = 0..E-1
+                                    I = topk{output=indices}(scores[..., E]),  V [..., k]
+    -> add(routed_moe(x, @Wg.routed, @Wu.routed, @Wd.t.routed, V, I){experts=E, mode, ...}, the other terms)
+
+(either operand order of each mul / eq; casts of R_e or of the mask are looked through). This is the form
+frontends/moe.py exports transformers' MoE layers in, and the one a hand-written "weight each expert by its
+routing weight" module has. Why it is the same value: I comes from a top-k over E scores, so every index lies in
+[0, E), and the terms cover every e exactly once; then Σ_e B_e(x)·R_e = Σ_j V[:, j]·B_{I[:, j]}(x), which is what
+`routed_moe` computes (wherever the experts' outputs are finite: the sum multiplies an unchosen expert by 0).
+
+The experts' weights are stacked along the rows in the sparse kernels' layout (gate / up [E·n, d], down
+transposed [E·n, d_out]; a fused gate_up is split). Only blocks of one kind route: all dense `gated_mlp`
+(mode dense) or all `sparse_gated_mlp{mode=exact}` (mode exact), same activations, width and d_out = d; other
+sparse variants (threshold, predictor, input), biased experts and a mix stay in the all-experts form, and the
+pass says so in its statistics (`kept-all-experts`) and a note.
+
+Statistics: `routed-moe` (layers rewritten), `routed-experts` (experts in them), `kept-all-experts`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import Graph, Node, TensorType
+from ..ir.mlp import pattern_name, split_fused
+from ..ir.ops import op_def
+from .base import Pass, Rule, apply_rules, derived_weight, note, record, weight_array
+
+BLOCKS = ("gated_mlp", "sparse_gated_mlp")
+
+
+def _strip_casts(node: Node) -> Node:
+    while node.op == "cast":
+        node = node.inputs[0]
+    return node
+
+
+def _expert_id(eq: Node, index: Node) -> int | None:
+    """e when `eq` compares the top-k indices `index` with the integer constant e."""
+    if eq.op != "eq":
+        return None
+    a, b = eq.inputs
+    const = b if a is index else a if b is index else None
+    value = None if const is None or const.op != "constant" else const.attrs["value"]
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _routing(r: Node) -> tuple[Node, Node, int] | None:
+    """(V, I, e) when r = sum(mul(V, cast(eq(I, e))), axes=[last], keepdim=True) with I a top-k's indices."""
+    r = _strip_casts(r)
+    if r.op != "sum" or not r.attrs.get("keepdim") or len(r.attrs["axes"]) != 1:
+        return None
+    product = r.inputs[0]
+    if r.attrs["axes"][0] not in (-1, product.type.rank - 1) or product.op != "mul":
+        return None
+    for v, mask in (product.inputs, product.inputs[::-1]):
+        mask = _strip_casts(mask)
+        if mask.op != "eq":
+            continue
+        for index in mask.inputs:
+            if index.op == "topk" and index.attrs["output"] == "indices" and v is not index:
+                e = _expert_id(mask, index)
+                if e is not None and v.shape == index.shape and v.dtype.startswith("f"):
+                    return v, index, e
+    return None
+
+
+def _term(node: Node) -> tuple[Node, Node, Node, int] | None:
+    """(block, V, I, e) for a leaf mul(B_e, R_e)."""
+    if node.op != "mul":
+        return None
+    for block, r in (node.inputs, node.inputs[::-1]):
+        if block.op in BLOCKS:
+            routing = _routing(r)
+            if routing is not None:
+                return block, *routing
+    return None
+
+
+def _leaves(root: Node) -> list[Node]:
+    leaves, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        if node.op == "add" and node.shape == root.shape:
+            stack.extend(node.inputs[::-1])
+        else:
+            leaves.append(node)
+    return leaves
+
+
+def _experts(index: Node) -> int | None:
+    axis = index.attrs["axis"] % index.inputs[0].type.rank
+    size = index.inputs[0].shape[axis]
+    return size if isinstance(size, int) else None
+
+
+def _match(node: Node) -> dict | None:
+    if node.op != "add":
+        return None
+    leaves = _leaves(node)
+    groups: dict[tuple, dict[int, Node]] = {}
+    for leaf in leaves:
+        term = _term(leaf)
+        if term is not None:
+            block, v, index, e = term
+            groups.setdefault((id(block.inputs[0]), id(v), id(index)), {}).setdefault(e, leaf)
+    for terms in groups.values():
+        block, v, index, _ = _term(next(iter(terms.values())))
+        experts = _experts(index)
+        if experts is not None and experts >= 2 and sorted(terms) == list(range(experts)):
+            blocks = [_term(terms[e])[0] for e in range(experts)]
+            kinds = {_kind(block) for block in blocks}
+            if None in kinds or len(kinds) != 1 or blocks[0].shape[-1] != block.inputs[0].shape[-1]:
+                record("kept-all-experts")
+                note({"kind": "moe", "location": blocks[0].loc, "reason": "experts of different kinds, biased, "
+                      "quantized or of a sparse variant without a routed kernel: every expert runs on every token"})
+                return None
+            return {"blocks": blocks, "kind": kinds.pop(), "x": block.inputs[0], "v": v, "index": index,
+                    "experts": experts,
+                    "others": [leaf for leaf in leaves if all(leaf is not t for t in terms.values())]}
+    return None
+
+
+def _kind(block: Node) -> tuple | None:
+    """What must agree across the experts, or None for a block no routed kernel runs."""
+    a = block.attrs
+    weights = block.inputs[1:]
+    if any(w.op != "weight" or w.attrs.get("layout", "dense") != "dense" for w in weights) or a.get("bias"):
+        return None
+    if block.op == "sparse_gated_mlp":
+        if a.get("mode") != "exact" or len(block.inputs) != 4:
+            return None
+        return "exact", a["gate_act"], a["up_act"], a.get("threshold", 0.0), a["pattern"], block.inputs[1].shape
+    fused = a["fused"]
+    n = block.inputs[1].shape[0] // (2 if fused else 1)
+    pattern = pattern_name(a["gate_act"], a["up_act"]) + ("-fused" if fused else "")
+    return "dense", a["gate_act"], a["up_act"], a.get("threshold", 0.0), pattern, (n, block.inputs[1].shape[1])
+
+
+def _arrays(block: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gate [n, d], up [n, d], down transposed [n, d_out]) of one expert."""
+    w = [weight_array(i) for i in block.inputs[1:]]
+    if block.op == "sparse_gated_mlp":
+        return w[0], w[1], w[2]
+    if block.attrs["fused"]:
+        return (*split_fused(w[0], block.attrs["gate_first"]), w[1].T)
+    return w[0], w[1], w[2].T
+
+
+def _prefix(block: Node) -> str:
+    """A name for the stacked weights: the expert's gate weight name without its expert index (`.e3` of batched
+    expert weights, `experts.3` of a module per expert)."""
+    name = block.inputs[1].attrs["name"]
+    stripped = re.sub(r"\.e\d+(?=\.|$)", "", name)
+    return stripped if stripped != name else re.sub(r"(experts)\.\d+(?=\.|$)", r"\1", name)
+
+
+def _build(node: Node, b: dict) -> Node:
+    blocks, x = b["blocks"], b["x"]
+    mode, gate_act, up_act, threshold, pattern, _ = b["kind"]
+    parts = [_arrays(block) for block in blocks]
+    loc = re.sub(r"\.\d+$", "", blocks[0].loc)  # the experts' module (an expert's location ends in its index)
+    prefix = f"{loc or _prefix(blocks[0])}.routed"
+    stacked = [derived_weight(f"{prefix}.{role}", lambda k=k: np.concatenate([p[k] for p in parts]))
+               for k, role in enumerate(("gate", "up", "down_t"))]
+    attrs = {"experts": b["experts"], "gate_act": gate_act, "up_act": up_act, "threshold": threshold, "mode": mode,
+             "pattern": pattern}
+    routed = Node("routed_moe", (x, *stacked, b["v"], b["index"]), attrs,
+                  TensorType((*x.shape[:-1], blocks[0].shape[-1]), x.dtype), loc)
+    record("routed-experts", b["experts"])
+    out = routed
+    for other in b["others"]:
+        out = Node("add", (out, other), {}, op_def("add").infer([out.type, other.type], {}), node.loc)
+    return out
+
+
+RULES = [Rule("routed-moe", "add(mul(B_e(x), sum(mul(V, eq(topk_indices, e)))) for e < E) -> routed_moe(x, ..., V, I)",
+              _match, _build)]
+
+
+@dataclass(frozen=True)
+class RouteMoE(Pass):
+    name = "route-moe"
+
+    def run(self, graph: Graph) -> Graph:
+        return apply_rules(graph, RULES)
