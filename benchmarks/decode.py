@@ -222,7 +222,8 @@ def torch_rate(model, prompt, tokens: int, repeats: int, threads: int) -> float:
 
 def llama_cpp_rate(path: str, prompt, feed, repeats: int, threads: int, n_ctx: int) -> float | str:
     """llama.cpp's rate (`llama_cpp_run`) in a child process: a crash of its native code (seen: SIGILL in
-    libggml-cpu on a quantized file on one host) becomes a note in the table instead of ending the benchmark."""
+    libggml-cpu's batched path on a quantized file, avoided by feeding one token at a time) becomes a note in the
+    table instead of ending the benchmark."""
     import numpy as np
 
     arg = json.dumps({"path": path, "prompt": np.asarray(prompt).tolist(), "feed": np.asarray(feed).tolist(),
@@ -240,8 +241,11 @@ def llama_cpp_run(path: str, prompt, feed, repeats: int, threads: int, n_ctx: in
     import llama_cpp
     import numpy as np
 
+    # the prompt goes in one token at a time (n_batch = n_ubatch = 1): llama.cpp's batched matmul on quantized
+    # blocks traps (SIGILL) on hosts whose CPU advertises AMX that the VM does not enable, while its one-token
+    # path, the one decoding runs and this times, works; prefill is not timed
     llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                          n_batch=max(len(prompt[0]), 8), use_mmap=False, verbose=False)
+                          n_batch=1, n_ubatch=1, use_mmap=False, verbose=False)
     drop_from_page_cache(path)  # loading read the file: its pages are not what llama.cpp runs from
     vocab = llm.n_vocab()
     rates = []
