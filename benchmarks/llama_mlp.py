@@ -82,7 +82,8 @@ def decode_step_ms(path: str, tokens: int, threads: int) -> float:
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=path, n_ctx=tokens + 16, n_threads=threads, n_batch=8, verbose=False)
+    # one token a batch: the batched quantized path traps (SIGILL) on hosts with AMX the VM does not enable
+    llm = Llama(model_path=path, n_ctx=tokens + 16, n_threads=threads, n_batch=1, n_ubatch=1, verbose=False)
     llm.eval([300, 301, 302])
     times = []
     for i in range(tokens):

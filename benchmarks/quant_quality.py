@@ -101,8 +101,9 @@ def nll_llama(path: str, windows) -> tuple[float, int]:
     import numpy as np
     from llama_cpp import Llama
 
+    # one token a batch: the batched quantized path traps (SIGILL) on hosts with AMX the VM does not enable
     llm = Llama(model_path=path, n_ctx=max(len(w) for w in windows) + 8, n_threads=2, logits_all=True,
-                verbose=False)
+                n_batch=1, n_ubatch=1, verbose=False)
     total, count = 0.0, 0
     for w in windows:
         llm.reset()
