@@ -79,7 +79,7 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
             prequantized=None):
     """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
     target `sparsity`; `method` picks the sparsity method (passes/sparsity_methods.METHODS, default
-    "teal"). The report then gives each block's calibrated sparsity, the sparsity and effective sparsity
+    "wina-greedy"). The report then gives each block's calibrated sparsity, the sparsity and effective sparsity
     measured on `example_inputs` (keep them out of the calibration data: they are the held-out check) and the
     outputs' relative error vs the dense model.
 

@@ -102,7 +102,7 @@ def _lossy_arguments(parser) -> None:
                         "one tensor per model input, named 0, 1, ... in input order; axis 0 indexes the samples, "
                         "each sample keeps it as a batch axis of 1 (token windows: input 0 of shape [samples, seq])")
     parser.add_argument("--sparsity", type=float, help="target sparsity for -m threshold, e.g. 0.9")
-    parser.add_argument("--method", help="sparsity method: teal (default), teal-greedy, wina, wina-greedy, teal-cats, "
+    parser.add_argument("--method", help="sparsity method: wina-greedy (default), wina, teal, teal-greedy, teal-cats, "
                                          "cats, product")
     parser.add_argument("--predictor", help="-m predictor: lowrank (default), svd or sign")
     parser.add_argument("--recall", type=float, help="-m predictor: target recall per layer (default 0.99)")

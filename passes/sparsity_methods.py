@@ -54,7 +54,7 @@ METHODS = {m.name: m for m in (
     Method("topk", "input", "product", weighted=True, fixed_count=True,
            doc="fixed count per token on x and h (WINA scores): stable latency"),
 )}
-DEFAULT_METHOD = "teal"   # the best measured on the frontier so far (BENCHMARKS.md, SmolLM2-135M)
+DEFAULT_METHOD = "wina-greedy"   # the best measured on the frontier (BENCHMARKS.md, SmolLM2-135M, 40%/50%)
 LEVEL_STEP = 0.05            # greedy allocation step
 MAX_LEVEL = 0.95             # no matrix is sparsified beyond this
 MINORITY_TOKENS = 16         # calibration tokens needed on the smaller side of a quantile
