@@ -160,7 +160,7 @@ def relufy(model: nn.Module, kind: str = "drelu", example_inputs: tuple | None =
 def find_gated_mlps(traced: nn.Module, inputs: tuple, root: nn.Module | None = None) -> list[FoundMLP]:
     """Import `traced`, detect its gated MLPs, and map each to module paths under `root` (default `traced`)."""
     from .frontends.torch_export import import_torch
-    from .passes import pipeline_for, run_pipeline
+    from .passes import parse_pipeline, run_pipeline
 
     root = traced if root is None else root
     was_training = traced.training
@@ -168,7 +168,9 @@ def find_gated_mlps(traced: nn.Module, inputs: tuple, root: nn.Module | None = N
         graph = import_torch(traced.eval(), inputs, dynamic_seq=False)
     finally:
         traced.train(was_training)
-    graph = run_pipeline(graph, pipeline_for("dense")).graph
+    # detection only: the dense pipeline goes on to route MoE experts and fuse each block into its kernel's layout,
+    # and relufy maps the plain `gated_mlp` blocks (MoE experts one by one) back to torch modules
+    graph = run_pipeline(graph, parse_pipeline("canonicalize,detect-gated-mlp")).graph
     return [_map_block(node, root) for node in graph.nodes if node.op == "gated_mlp"]
 
 
