@@ -238,7 +238,7 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         kernels={"cpu": "input", "cuda": "input"},
         kernel_options=lambda attrs: {"gate_act": attrs["gate_act"], "up_act": attrs.get("up_act", "identity"),
                                       "criterion": attrs.get("criterion", "product"), **_no_top_k(attrs)},
-        dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns", quantized_kernels=False,
+        dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns",
         measure=input_measure,
         doc="TEAL / WINA input sparsity: per-channel thresholds on x and on the down input, skipped weight rows"),
     SparseVariant(

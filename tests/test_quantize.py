@@ -61,6 +61,25 @@ def test_compiled_quantized_kernels_equal_the_dequantized_reference(mode, tmp_pa
         np.testing.assert_allclose(evaluate(twin.graph, [x])[0], y, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind, layout", [("int8", "q8_0"), ("int4", "q4_0")])
+def test_threshold_mode_input_sparse_kernel_takes_quantized_weights(kind, layout):
+    """Threshold mode's default method (wina-greedy) gives the input-sparse variant; its gate / up ([d, n_ff]:
+    blocks along n_ff) and down ([n_ff, d]) are stored quantized, none kept float, and the compiled module equals
+    the interpreter on the dequantized weights."""
+    graph = gated_mlp_graph(d=D, n=N, act="silu")
+    held_out = mlp_input(d=D, seq=5, seed=50)
+    cm = actsparse.compile(graph, (held_out,), mode="threshold", sparsity=0.5, quantize=kind,
+                           calibration=[(mlp_input(d=D, seq=64, seed=s),) for s in range(2, 6)])
+    assert cm.report.blocks[0].mode == "input"
+    assert cm.report.pass_stats["quantize"] == {"quantized": 3}  # no "kept-float"
+    (node,) = [n for n in cm.graph.nodes if n.op == "sparse_gated_mlp"]
+    assert [(w.attrs["layout"], w.shape) for w in node.inputs[1:4]] == [(layout, (D, N))] * 2 + [(layout, (N, D))]
+    assert cm.graph.weights[node.inputs[1].attrs["name"]].dtype == np.uint8
+    for seq, seed in ((1, 7), (5, 50)):
+        x = mlp_input(d=D, seq=seq, seed=seed)
+        np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["exact", "dense"])
 def test_fp16_storage_keeps_the_kernels_weights_in_half_precision(mode):
     """quantize="fp16": the kernels' weights become float16 arrays (activations stay float32) and the compiled

@@ -22,8 +22,8 @@ from tvm.script import tirx as T
 
 from ...ir import activations
 from ...ir.activations import ACTIVATIONS
-from ...ir.quant import LAYOUTS
-from .quant_blocks import quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
+from ...ir.quant import GROUP, LAYOUTS
+from .quant_blocks import group_split, quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
 from .rows import (
     ELEM_BYTES,
     FMLAL,
@@ -367,6 +367,18 @@ def zero_columns_macro(d: int, sched: CpuSchedule, dtype: str = "float32"):
                         out[m, c] = T.float32(0)
 
     return zero_cols
+
+
+def task_columns(t, d: int, sched: CpuSchedule, dtype: str = "float32"):
+    """(c0, c1): the output columns task t owns under `axpy_macro` / `zero_columns_macro` for `dtype` (float:
+    whole cache lines of column blocks; quantized: whole 32-column groups); the last task also owns the tail."""
+    threads = sched.threads
+    if dtype in LAYOUTS:
+        _, first, last = group_split(d, threads)
+        return first(t) * GROUP, T.if_then_else(t == threads - 1, d, last(t) * GROUP)
+    block, n_blocks, _ = column_split(d, sched, dtype)
+    b0, b1 = task_blocks(t, n_blocks, chunks_per_line(block, dtype), threads)
+    return b0 * block, T.if_then_else(t == threads - 1, d, b1 * block)
 
 
 def build_standalone(primfunc, target):
