@@ -73,3 +73,28 @@ def test_predictor_split_golden():
     x = mlp_input(d=32, seq=5, seed=42)
     unsplit = run_pipeline(graph, pipeline_for("predictor", calibration=calibration, predictor="sign", recall=0.9))
     np.testing.assert_allclose(evaluate(result.graph, [x])[0], evaluate(unsplit.graph, [x])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_predictor_budget_places_the_cold_gate_rows_in_host_memory():
+    """On a GPU target the cold part (gate rows included) is host memory; the host function computes it from the
+    scores the GPU produced. Checked without a GPU: the build, the placement and the cold part's numerics."""
+    from actsparse.runtime.cold_store import ColdStore, cold_layouts, cold_nodes
+
+    from .kernel_cases import require_nvcc
+
+    require_nvcc()
+    graph = gated_mlp_graph(d=D, n=N, act="relu", up_relu=True)
+    cm = actsparse.compile(graph, (mlp_input(d=D, seq=3),), target="cuda", mode="predictor", predictor="sign",
+                           recall=0.9, calibration=_calibration(), memory_budget=int(0.3 * MLP_BYTES))
+    (cold_node,) = cold_nodes(cm.graph)
+    assert cold_node.attrs["mode"] == "cold-predictor" and cm.cold_file is None
+    assert {w.attrs["name"] for w in cold_node.inputs[1:4]} == set(cm.placement)
+    assert set(cm.placement.values()) == {"host"}
+    layout = cold_layouts(cm.graph)[cold_node.attrs["store"]]
+    store = ColdStore(layout, dict(cold_node.attrs),
+                      bundles=np.concatenate([cm.weights[name] for name in layout.names], 1))
+    x = mlp_input(d=D, seq=4, seed=11)
+    env_graph = cm.graph.with_outputs((cold_node.inputs[4], cold_node))
+    scores, expected = evaluate(env_graph, [x])
+    np.testing.assert_allclose(store.compute(x.reshape(-1, D), scores.reshape(-1, layout.rows)),
+                               expected.reshape(-1, D), rtol=1e-4, atol=1e-5)
