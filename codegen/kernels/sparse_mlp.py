@@ -88,7 +88,33 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
 
 def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name: str, *, gate_value, act_u,
                          keep_product=None):
-    """The kernel of exact and threshold modes: (x, w_gate, w_up, w_down_t, out), structure in the module docstring.
+    """The kernel of exact and threshold modes: (x, w_gate, w_up, w_down_t, out), structure in the module docstring;
+    its body is `compacting_body`'s."""
+    threads = sched.threads
+    body = compacting_body(d, n_ff, dtype, sched, gate_value=gate_value, act_u=act_u, keep_product=keep_product)
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        g = T.alloc_buffer((M, n_ff), "float32")  # kept gate value, by neuron
+        # h by slot, task t's slots from t * nper (product: first by neuron, then compacted in place to slots)
+        h = T.alloc_buffer((M, n_ff), "float32")
+        idx = T.alloc_buffer((n_ff,), "int32")  # weight row of each slot
+        cnt = T.alloc_buffer((threads,), "int32")  # used slots per task
+        body(x, M, 0, w_gate, w_up, w_down_t, g, h, idx, cnt, out)
+
+    return kernel.with_attr("global_symbol", name)
+
+
+def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_value, act_u, keep_product=None):
+    """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out)`: the two regions of the exact and threshold
+    kernels over the n_ff neurons whose weights are rows row0 .. row0 + n_ff - 1 (a routed expert's; 0 for a
+    block's own weights). Scratch: g, h [M, n_ff] f32, idx [n_ff] i32 (it lists weight rows), cnt [threads] i32.
 
     `gate_value(s)` maps a gate dot to the value kept by neuron (0: the token drops it). A neuron is listed when
     some token keeps it; then only the listed up and down rows are read. With `keep_product(h) -> bool` (threshold
@@ -103,20 +129,9 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
     up_dots, _ = dots_macro(d, dtype, sched, gathered=not product)
     axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True)
     zero_cols = zero_columns_macro(d, sched, dtype)
-    wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
-    @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        x = T.match_buffer(x_h, (M, d), "float32")
-        out = T.match_buffer(out_h, (M, d), "float32")
-        g = T.alloc_buffer((M, n_ff), "float32")  # kept gate value, by neuron
-        # h by slot, task t's slots from t * nper (product: first by neuron, then compacted in place to slots)
-        h = T.alloc_buffer((M, n_ff), "float32")
-        idx = T.alloc_buffer((n_ff,), "int32")  # neuron of each slot
-        cnt = T.alloc_buffer((threads,), "int32")  # used slots per task
+    @T.macro
+    def body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out):
         # 1) per task: gate over its contiguous rows (product: up too), list the neurons some token keeps
         for t in T.parallel(threads):
             c = T.alloc_buffer((1,), "int32", scope="global")
@@ -125,9 +140,9 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
             for st in range((nj + R - 1) // R):
-                gate_dots(w_gate, x, M, idx, j0, st * R, nj, g, j0)
+                gate_dots(w_gate, x, M, idx, row0 + j0, st * R, nj, g, j0)
                 if product:
-                    up_dots(w_up, x, M, idx, j0, st * R, nj, h, j0)
+                    up_dots(w_up, x, M, idx, row0 + j0, st * R, nj, h, j0)
                 for r in range(T.min(R, nj - st * R)):
                     live[0] = 0
                     for m in range(M):
@@ -144,7 +159,7 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
                             # slot j0 + c <= this neuron's column: compaction never overwrites an unread column
                             for m in range(M):
                                 h[m, j0 + c[0]] = h[m, j0 + st * R + r]
-                        idx[j0 + c[0]] = j0 + st * R + r
+                        idx[j0 + c[0]] = row0 + j0 + st * R + r
                         c[0] = c[0] + 1
             nl: T.let = c[0]
             cnt[t] = nl
@@ -153,7 +168,7 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
                     up_dots(w_up, x, M, idx, j0, st * R, nl, h, j0)
                     for r in range(T.min(R, nl - st * R)):
                         for m in range(M):
-                            h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r]] * act_u(h[m, j0 + st * R + r])
+                            h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r] - row0] * act_u(h[m, j0 + st * R + r])
         # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
         for t in T.parallel(threads):
             zero_cols(t, out, M)
@@ -162,7 +177,7 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
                 for st in range((n2 + R - 1) // R):
                     axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
 
-    return kernel.with_attr("global_symbol", name)
+    return body
 
 
 @cache
@@ -227,13 +242,7 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
     """
     check_mlp(d, n_ff, gate_act, up_act, dtype)
     sched = sched.fitted(d, dtype)
-    threads, R = sched.threads, sched.rows
-    nper = (n_ff + threads - 1) // threads
-    act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g)
-    up_dots, _ = dots_macro(d, dtype, sched, gathered=False)
-    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False)
-    zero_cols = zero_columns_macro(d, sched, dtype)
+    body = dense_body(d, n_ff, dtype, sched, act_g=activation(gate_act, threshold), act_u=activation(up_act))
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
@@ -245,18 +254,35 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
         out = T.match_buffer(out_h, (M, d), "float32")
         g = T.alloc_buffer((M, n_ff), "float32")
         h = T.alloc_buffer((M, n_ff), "float32")
+        body(x, M, 0, w_gate, w_up, w_down_t, g, h, out)
+
+    return kernel.with_attr("global_symbol", mlp_symbol("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+
+
+def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_u):
+    """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, out)`: the dense kernel's two regions over the n_ff neurons
+    whose weights are rows row0 .. row0 + n_ff - 1 (see `compacting_body`). Scratch: g, h [M, n_ff] f32."""
+    threads, R = sched.threads, sched.rows
+    nper = (n_ff + threads - 1) // threads
+    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g)
+    up_dots, _ = dots_macro(d, dtype, sched, gathered=False)
+    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False)
+    zero_cols = zero_columns_macro(d, sched, dtype)
+
+    @T.macro
+    def body(x, M, row0, w_gate, w_up, w_down_t, g, h, out):
         for t in T.parallel(threads):
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
             for st in range((nj + R - 1) // R):
-                gate_dots(w_gate, x, M, g, j0, st * R, nj, g, j0)
-                up_dots(w_up, x, M, h, j0, st * R, nj, h, j0)
+                gate_dots(w_gate, x, M, g, row0 + j0, st * R, nj, g, j0)
+                up_dots(w_up, x, M, h, row0 + j0, st * R, nj, h, j0)
                 for r in range(T.min(R, nj - st * R)):
                     for m in range(M):
                         h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
         for t in T.parallel(threads):
             zero_cols(t, out, M)
             for st in range((n_ff + R - 1) // R):
-                axpy_all(w_down_t, h, 0, st * R, n_ff, h, 0, t, out, M)
+                axpy_all(w_down_t, h, row0, st * R, n_ff, h, 0, t, out, M)
 
-    return kernel.with_attr("global_symbol", mlp_symbol("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return body
