@@ -18,6 +18,7 @@ import sys
 import time
 
 from .ffn import FfnBench, start_sweep, sweep_parser
+from .tables import markdown_table
 
 TORCH = "torch dense SwiGLU (fp32)"
 DENSE = "actsparse dense SwiGLU"
@@ -95,12 +96,11 @@ def main(argv=None) -> int:
     print(f"\n**SwiGLU FFN d={d}, n_ff={n_ff}, batch 1, threshold mode (CATS)** — {bench.cpu}, {args.threads} "
           f"threads; LLC evicted before each call; median of {args.repeats}; load average {load_before:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after\n")
-    print("| weights | sparsity | read limit GB/s | torch dense fp32 ms | actsparse dense ms | threshold ms "
-          "| threshold % limit | vs torch | vs our dense | byte ideal vs dense |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for dt, s, _, lim, tms, dms, thr, pct, vt, vd, ideal in rows:
-        print(f"| {dt} | {s:.0%} | {lim:.1f} | {tms:.2f} | {dms:.2f} | {thr:.2f} | {pct:.0f}% | {vt:.2f}x | "
-              f"{vd:.2f}x | {ideal:.2f}x |")
+    print(markdown_table(
+        ["weights", "sparsity", "read limit GB/s", "torch dense fp32 ms", "actsparse dense ms", "threshold ms",
+         "threshold % limit", "vs torch", "vs our dense", "byte ideal vs dense"],
+        [[dt, f"{s:.0%}", f"{lim:.1f}", f"{tms:.2f}", f"{dms:.2f}", f"{thr:.2f}", f"{pct:.0f}%", f"{vt:.2f}x",
+          f"{vd:.2f}x", f"{ideal:.2f}x"] for dt, s, _, lim, tms, dms, thr, pct, vt, vd, ideal in rows], right_from=1))
     return 0
 
 

@@ -155,6 +155,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     lossy = {"predictor": args.predictor, "recall": args.recall} if args.mode == "predictor" else {}
     import actsparse
+    from actsparse.benchmarks.tables import markdown_table
     from actsparse.ir import parse_graph
     from actsparse.targets.x86 import host
 
@@ -203,12 +204,12 @@ def main(argv=None) -> int:
                   f"{os.getloadavg()[0]:.1f}", file=sys.stderr)
             del cm
     print(f"\nload average at the end: {os.getloadavg()}; CPU {host().description}\n")
-    print("| budget (share of MLP bytes) | hot neurons | hot/cold tok/s (pages dropped per token) | "
-          "hot/cold tok/s (dropped once) | dense mmap tok/s | speed-up vs dense mmap | cold bytes read |")
-    print("|---|---|---|---|---|---|---|")
-    for share, budget, hot, tc, tcached, td, ratio, reads, _ in rows:
-        print(f"| {share:.0%} ({budget / 2**20:.0f} MiB) | {hot} of {layers * n} | {tc:.1f} | {tcached:.1f} | "
-              f"{td:.1f} | {ratio:.2f}x | {reads / 2**20:.0f} MiB |")
+    print(markdown_table(
+        ["budget (share of MLP bytes)", "hot neurons", "hot/cold tok/s (pages dropped per token)",
+         "hot/cold tok/s (dropped once)", "dense mmap tok/s", "speed-up vs dense mmap", "cold bytes read"],
+        [[f"{share:.0%} ({budget / 2**20:.0f} MiB)", f"{hot} of {layers * n}", f"{tc:.1f}", f"{tcached:.1f}",
+          f"{td:.1f}", f"{ratio:.2f}x", f"{reads / 2**20:.0f} MiB"]
+         for share, budget, hot, tc, tcached, td, ratio, reads, _ in rows]))
     return 0
 
 

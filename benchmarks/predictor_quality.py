@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     import actsparse
+    from actsparse.benchmarks.tables import markdown_table
 
     model, calibration, held_out = MODELS[args.model](args)
     load_before = os.getloadavg()[0]
@@ -147,12 +148,12 @@ def main(argv=None) -> int:
     print(f"\n**Predictor kinds on {args.model}** ({len(calibration)} calibration samples of {held_out[0].shape} "
           f"tokens, held-out {tuple(held_out[0].shape)}; target recall {args.recall:.0%}, budget {args.budget:.0%} "
           f"of the MLP bytes; load average {load_before:.1f} before, {load_after:.1f} after)\n")
-    print("| predictor | median recall | min recall | truly active | predicted sparsity | predicted / active "
-          "| bytes % of MLP | rank | logits rel. error | top-1 agreement | compile s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for kind, rec, low, act, pred, ratio, size, rank, err, top1, secs in rows:
-        print(f"| {kind} | {rec:.1%} | {low:.1%} | {act:.1%} | {pred:.1%} | {ratio:.2f}x | {size:.1f}% | {rank} "
-              f"| {err:.2e} | {top1:.1%} | {secs:.0f} |")
+    print(markdown_table(
+        ["predictor", "median recall", "min recall", "truly active", "predicted sparsity", "predicted / active",
+         "bytes % of MLP", "rank", "logits rel. error", "top-1 agreement", "compile s"],
+        [[kind, f"{rec:.1%}", f"{low:.1%}", f"{act:.1%}", f"{pred:.1%}", f"{ratio:.2f}x", f"{size:.1f}%", rank,
+          f"{err:.2e}", f"{top1:.1%}", f"{secs:.0f}"]
+         for kind, rec, low, act, pred, ratio, size, rank, err, top1, secs in rows], right_from=1))
     return 0
 
 

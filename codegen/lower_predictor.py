@@ -27,36 +27,39 @@ from .schedules import schedule_for
 R = relax.op
 
 
+def _lower_scored_block(ctx, node, args, sched, options, name: str, inputs_after_weights):
+    """What both predictor lowerings share: x and the scores flattened to [tokens, .], the cutoff a constant, then
+    the target family's kernel `name` on (x2d, Wg, Wu, Wd.t, *inputs_after_weights(s2d, cutoff, tokens, n_ff)),
+    reshaped back to x's leading dims. `inputs_after_weights` may emit what it needs (the select call)."""
+    from .kernels import kernel as target_kernel
+
+    x_node, w_gate, scores_node = node.inputs[0], node.inputs[1], node.inputs[4]
+    n_ff, d = w_gate.shape
+    d_out = node.inputs[3].shape[1]
+    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
+    s2d, _, _ = flatten_tokens(ctx, scores_node.type, args[4])
+    cutoff = const([float(node.attrs["cutoff"])], "f32")
+    extra = inputs_after_weights(s2d, cutoff, tokens, n_ff)
+    kernel = target_kernel(name, d, n_ff, dtype=TVM_DTYPES[w_gate.dtype], sched=sched, **options)
+    out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], *extra], tokens, d_out, node.dtype)
+    return R.reshape(out, [*lead, d_out])
+
+
 def lower_predicted(ctx, node, args, sched, options):
     from .kernels import kernel as target_kernel
 
-    x_node, w_gate, scores_node = node.inputs[0], node.inputs[1], node.inputs[4]
-    n_ff, d = w_gate.shape
-    d_out = node.inputs[3].shape[1]
-    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
-    s2d, _, _ = flatten_tokens(ctx, scores_node.type, args[4])
-    select = ctx.kernel(target_kernel("select", n_ff, sched=sched))
-    cutoff = const([float(node.attrs["cutoff"])], "f32")
-    picked = ctx.bb.emit(relax.call_tir(select, [s2d, cutoff], [relax.TensorType([tokens, n_ff], "int32"),
-                                                               relax.TensorType([tokens], "int32")]))
-    idx, count = ctx.bb.emit(relax.TupleGetItem(picked, 0)), ctx.bb.emit(relax.TupleGetItem(picked, 1))
-    kernel = target_kernel("indexed", d, n_ff, dtype=TVM_DTYPES[w_gate.dtype], sched=sched, **options)
-    out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], idx, count], tokens, d_out, node.dtype)
-    return R.reshape(out, [*lead, d_out])
+    def index_list(s2d, cutoff, tokens, n_ff):
+        select = ctx.kernel(target_kernel("select", n_ff, sched=sched))
+        picked = ctx.bb.emit(relax.call_tir(select, [s2d, cutoff], [relax.TensorType([tokens, n_ff], "int32"),
+                                                                   relax.TensorType([tokens], "int32")]))
+        return [ctx.bb.emit(relax.TupleGetItem(picked, 0)), ctx.bb.emit(relax.TupleGetItem(picked, 1))]
+
+    return _lower_scored_block(ctx, node, args, sched, options, "indexed", index_list)
 
 
 def lower_scored(ctx, node, args, sched, options):
-    from .kernels import kernel as target_kernel
-
-    x_node, w_gate, scores_node = node.inputs[0], node.inputs[1], node.inputs[4]
-    n_ff, d = w_gate.shape
-    d_out = node.inputs[3].shape[1]
-    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
-    s2d, _, _ = flatten_tokens(ctx, scores_node.type, args[4])
-    cutoff = const([float(node.attrs["cutoff"])], "f32")
-    kernel = target_kernel("scored", d, n_ff, dtype=TVM_DTYPES[w_gate.dtype], sched=sched, **options)
-    out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], s2d, cutoff], tokens, d_out, node.dtype)
-    return R.reshape(out, [*lead, d_out])
+    return _lower_scored_block(ctx, node, args, sched, options, "scored",
+                               lambda s2d, cutoff, tokens, n_ff: [s2d, cutoff])
 
 
 COMPOSITE_KERNELS["predicted"] = lower_predicted

@@ -115,6 +115,16 @@ def _plain_attrs(attrs: dict) -> dict:
     return out
 
 
+def dense_variant_attrs(plain: dict, pattern: str) -> dict:
+    """The attrs of the `dense` variant's node computing the gated MLP of attrs `plain` (its activations, fatrelu's
+    threshold, a routed expert's index): what dense mode (fuse-gated-mlp) and a dense twin (densify) produce."""
+    attrs = {"gate_act": plain["gate_act"], "up_act": plain["up_act"], "mode": "dense", "pattern": pattern,
+             "threshold": plain.get("threshold", 0.0)}
+    if plain.get("expert", -1) >= 0:
+        attrs["expert"] = plain["expert"]
+    return attrs
+
+
 def _activation_options(attrs: dict) -> dict:
     return {"gate_act": attrs["gate_act"], "up_act": attrs.get("up_act", "identity"),
             "threshold": attrs.get("threshold", 0.0)}

@@ -52,6 +52,17 @@ class Pass:
         return f"{self.name}{{{opts}}}" if opts else self.name
 
 
+def coerce_options(p: Pass) -> None:
+    """Options of the text form (`parse_pipeline`) arrive as strings: give the int and float fields their type and
+    read a bool field's string ("0", "false", "no": False). Call it from a pass's `__post_init__`."""
+    for f in fields(p):
+        kind, value = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""), getattr(p, f.name)
+        if kind in ("int", "float"):
+            object.__setattr__(p, f.name, {"int": int, "float": float}[kind](value))
+        elif kind == "bool" and isinstance(value, str):
+            object.__setattr__(p, f.name, value.lower() not in ("0", "false", "no"))
+
+
 @dataclass
 class PassResult:
     graph: Graph

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..ir import Graph, Node, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous
-from ..ir.sparse_variants import variant_of
+from ..ir.sparse_variants import dense_variant_attrs, variant_of
 from .base import Pass, record
 
 
@@ -41,11 +41,7 @@ class Densify(Pass):
             variant = variant_of(node.attrs)
             if variant.gate_up_layout == "columns":   # gate/up stored [d, n_ff]: back to a neuron per row
                 w_gate, w_up = (transposed(w) for w in (w_gate, w_up))
-            plain = variant.dense_attrs(dict(node.attrs))
-            attrs = {"gate_act": plain["gate_act"], "up_act": plain["up_act"], "mode": "dense",
-                     "threshold": plain.get("threshold", 0.0), "pattern": node.attrs.get("pattern", "gated-mlp")}
-            if plain.get("expert", -1) >= 0:
-                attrs["expert"] = plain["expert"]
+            attrs = dense_variant_attrs(variant.dense_attrs(dict(node.attrs)), node.attrs.get("pattern", "gated-mlp"))
             record(attrs["pattern"])
             return Node("sparse_gated_mlp", (x, w_gate, w_up, w_down_t), attrs, node.type, node.loc)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..ir import Graph, Node, rewrite
 from ..ir.mlp import pattern_name
+from ..ir.sparse_variants import dense_variant_attrs
 from .base import Pass, record
 from .sparse_layout import to_sparse_layout
 
@@ -40,8 +41,6 @@ class FuseGatedMLP(Pass):
             a = node.attrs
             pattern = pattern_name(a["gate_act"], a["up_act"]) + ("-fused" if a["fused"] else "")
             record(pattern)
-            attrs = {"gate_act": a["gate_act"], "up_act": a["up_act"], "mode": "dense", "pattern": pattern,
-                     "threshold": a.get("threshold", 0.0)}
-            return to_sparse_layout(node, attrs, graph, new_weights)
+            return to_sparse_layout(node, dense_variant_attrs(a, pattern), graph, new_weights)
 
         return rewrite(graph, visit, new_weights)

@@ -28,7 +28,7 @@ import numpy as np
 from ..ir import Graph, Node, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous
 from ..ir.sparse_variants import NEURON_GROUP, dense_intermediate, variant_of
-from .base import Pass, note, record
+from .base import Pass, coerce_options, note, record
 from .calibrate import calibration_samples, collect_inputs
 from .sparsity_methods import CalibrationError
 
@@ -44,6 +44,9 @@ class ReorderNeurons(Pass):
     progress: bool = True
     calibration: tuple = field(default=(), repr=False, compare=False)
 
+    def __post_init__(self):
+        coerce_options(self)
+
     def run(self, graph: Graph) -> Graph:
         blocks = [n for n in graph.nodes if reorderable(n)]
         if not blocks:
@@ -52,7 +55,7 @@ class ReorderNeurons(Pass):
             raise CalibrationError("reorder-neurons needs calibration data (input tuples like example_inputs) to "
                                    "count how often each neuron fires")
         samples = calibration_samples(self.calibration, len(graph.inputs))
-        rows = collect_inputs(graph, blocks, samples, int(self.max_tokens), progress=self.progress)
+        rows = collect_inputs(graph, blocks, samples, self.max_tokens, progress=self.progress)
         frequency = {id(b): neuron_frequency(b, graph.weights, r) for b, r in zip(blocks, rows)}
         new_weights: dict[str, np.ndarray] = {}
         in_order = iter(blocks)  # rewrite visits nodes in graph order, as `blocks` lists them

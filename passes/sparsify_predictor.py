@@ -36,7 +36,7 @@ from ..errors import ModeError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.mlp import is_exactly_sparse, pattern_name
 from .activation_stats import BlockActivations, block_weights, collect_activations
-from .base import Pass, note, record
+from .base import Pass, coerce_options, note, record
 from .calibrate import calibration_samples
 from .predictor_train import STEPS
 from .predictors import KINDS, Fitted, PredictorError, allocate_ranks, fit_block
@@ -57,11 +57,7 @@ class SparsifyPredictor(Pass):
     calibration: tuple = field(default=(), repr=False, compare=False)
 
     def __post_init__(self):
-        for name, kind in (("recall", float), ("sparsity", float), ("budget", float), ("steps", int),
-                           ("max_tokens", int)):
-            object.__setattr__(self, name, kind(getattr(self, name)))
-        if isinstance(self.progress, str):
-            object.__setattr__(self, "progress", self.progress.lower() not in ("0", "false", "no"))
+        coerce_options(self)
         if self.predictor not in KINDS:
             raise ValueError(f"sparsify-predictor: unknown predictor {self.predictor!r}; valid: {', '.join(KINDS)}")
         if not 0.0 < self.recall <= 1.0 or not 0.0 <= self.sparsity < 1.0 or not 0.0 < self.budget <= 1.0:

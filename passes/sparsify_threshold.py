@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.mlp import pattern_name
-from .base import Pass, record
+from .base import Pass, coerce_options, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, threshold_attrs
 from .sparse_layout import to_sparse_layout
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
@@ -54,11 +54,7 @@ class SparsifyThreshold(Pass):
     progress: bool = True
 
     def __post_init__(self):
-        # the text form passes strings: coerce them
-        object.__setattr__(self, "sparsity", float(self.sparsity))
-        object.__setattr__(self, "max_tokens", int(self.max_tokens))
-        if isinstance(self.progress, str):
-            object.__setattr__(self, "progress", self.progress.lower() not in ("0", "false", "no"))
+        coerce_options(self)
         if isinstance(self.thresholds, dict):
             object.__setattr__(self, "thresholds", tuple((k, *((v,) if isinstance(v, (int, float)) else v))
                                                          for k, v in self.thresholds.items()))

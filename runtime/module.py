@@ -3,8 +3,7 @@
 `save(dir)` writes a self-contained artifact (manifest.json, weights.safetensors, the compiled library, the IR
 text) atomically, and `load(dir)` verifies every file before anything in it is used (`artifact.py`); the library
 is checked as an ELF file for this machine (`elf.py`) before it is opened. A call checks its inputs against what
-the graph can take (`ir/limits.py`): shapes, dtypes, token ids within the vocabulary, the sequence within the
-model's positions — an out-of-range id would otherwise read outside the embedding table.
+the graph can take (`inputs.py`).
 
 A module built for a target that cannot run on this machine (arm on x86, cuda without a GPU) is complete
 but not callable here: calling it raises a TargetError saying where it runs; `save()` still writes the
@@ -22,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError, InputError, TargetError
+from ..errors import ArtifactError, TargetError
 from ..ir import Graph, TensorType
-from ..ir.interpreter import bind_symbols
 from ..ir.limits import input_limits
 from ..ir.types import np_dtype
 from .artifact import MANIFEST, SIGNATURE, manifest_error, read_artifact, safe_name, write_artifact
 from .cold_store import COLD_FILE, load_cold, save_cold
 from .cold_store import attach as attach_cold_stores
+from .inputs import InputCheck, as_arrays, is_torch
 from .memory import host_tensor
 from .report import Report
 
@@ -75,7 +74,7 @@ class CompiledModule:
             raise ValueError(f"placement: unknown weights or places {sorted(map(str, unknown))}; places: {PLACES}, "
                              f"weights: the module's ({len(weight_order)})")
         self._vm = None
-        self._input_graph = None
+        self._check_inputs = InputCheck(inputs, self.limits)
         self.cold_file = cold_file
         self.cold_stores = []
         if self.runnable:
@@ -135,17 +134,13 @@ class CompiledModule:
 
     def __call__(self, *inputs):
         self._check_runnable()
-        is_torch = bool(inputs) and type(inputs[0]).__module__.startswith("torch")
-        try:
-            arrays = [np.asarray(i.detach().cpu().numpy() if type(i).__module__.startswith("torch") else i)
-                      for i in inputs]
-        except (ValueError, TypeError) as err:
-            raise InputError(f"inputs are not arrays ({err})") from None
+        torch_in = bool(inputs) and is_torch(inputs[0])
+        arrays = as_arrays(inputs)
         self._check_inputs(arrays)
         result = self._vm["main"](*self._input_tensors(arrays), *self._weight_tensors)
         outs = [result] if self.n_outputs == 1 else [result[i] for i in range(self.n_outputs)]
         outs = [o.numpy() for o in outs]
-        if is_torch:
+        if torch_in:
             import torch
 
             outs = [torch.from_numpy(o) for o in outs]
@@ -170,8 +165,7 @@ class CompiledModule:
 
         vm = relax.VirtualMachine(self.executable, self._device)
         vm.set_instrument(instrument)
-        arrays = [np.asarray(i.detach().cpu().numpy() if type(i).__module__.startswith("torch") else i)
-                  for i in inputs]
+        arrays = as_arrays(inputs)
         self._check_inputs(arrays)
         vm["main"](*self._input_tensors(arrays), *self._weight_tensors)
         return seen
@@ -179,34 +173,6 @@ class CompiledModule:
     def _input_tensors(self, arrays: Sequence[np.ndarray]) -> list:
         return [self._to_device(np.ascontiguousarray(a.astype(np_dtype(t.dtype), copy=False)))
                 for a, (_, t) in zip(arrays, self.inputs)]
-
-    def _check_inputs(self, arrays: Sequence[np.ndarray]) -> None:
-        """Shapes, dtypes and value ranges the compiled code can take; anything else is an InputError."""
-        expected = ", ".join(f"{n}: {t}" for n, t in self.inputs)
-        if self._input_graph is None:  # built once: a graph per call cost as much as a small kernel
-            from ..ir import Node
-
-            self._input_graph = Graph([Node("input", (), {"name": n}, t) for n, t in self.inputs], [])
-        try:
-            env = bind_symbols(self._input_graph, arrays)
-        except ValueError as err:
-            raise InputError(f"{err} (the module was compiled for inputs {expected})") from None
-        for array, (name, ttype) in zip(arrays, self.inputs):
-            _check_dtype(name, array, ttype)
-        limits = self.limits
-        if limits is None:
-            return
-        for dim, size in env.items():
-            bound = limits.dim_bounds.get(dim)
-            if bound is not None and size > bound:
-                raise InputError(f"{dim} = {size} exceeds the {bound} positions the model has; give at most "
-                                 f"{bound} (for longer text, decode with a sliding window)")
-        for array, (name, _) in zip(arrays, self.inputs):
-            bound = limits.index_bounds.get(name)
-            if bound is not None and array.size and (array.min() < 0 or array.max() >= bound):
-                bad = array.min() if array.min() < 0 else array.max()
-                raise InputError(f"input {name} holds id {bad}, outside the vocabulary of {bound} tokens "
-                                 f"(valid: 0 .. {bound - 1})")
 
     # -- artifacts ------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, signing_key=None, extra_files: dict[str, bytes] | None = None,
@@ -378,17 +344,6 @@ def _open_library(name: str, data: bytes):
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return executable if isinstance(executable, relax.VMExecutable) else relax.VMExecutable(executable)
-
-
-def _check_dtype(name: str, array: np.ndarray, ttype: TensorType) -> None:
-    kind = np.dtype(np_dtype(ttype.dtype)).kind
-    if array.dtype.kind not in {"f": "fiub", "i": "iub", "u": "iub", "b": "b"}.get(kind, "fiub"):
-        raise InputError(f"input {name} expects {ttype.dtype} values, got {array.dtype}"
-                         + (" (token ids are integers)" if kind in "iu" else ""))
-    if kind in "iu" and array.size and array.dtype.kind in "iu":
-        info = np.iinfo(np_dtype(ttype.dtype))
-        if array.min() < info.min or array.max() > info.max:
-            raise InputError(f"input {name} holds values outside {ttype.dtype}'s range")
 
 
 def use_threads(threads: int) -> None:

@@ -19,9 +19,9 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, symbol
+from .common import symbol
 from .cuda_blocks import by_flag, down_macros, down_splits
-from .input_sparse_mlp import check_input_sparse
+from .input_sparse_mlp import check_input_sparse, masked_h_macro
 from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
 
@@ -34,8 +34,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
         raise TypeError(f"the CUDA kernels take a GpuSchedule, got {type(sched).__name__}")
     check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
     T_ = sched.threads
-    act_g, act_u, zero = activation(gate_act, 0.0, "cuda"), activation(up_act, 0.0, "cuda"), T.float32(0)
-    score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)
+    zero, mask_h = T.float32(0), masked_h_macro(gate_act, up_act, criterion, "cuda")
     split_in = down_splits(n_ff, dtype, sched, d)
     split_out = down_splits(d, dtype, sched, n_ff)
     row, count, keep = by_flag(d)  # over the flagged channels
@@ -87,15 +86,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
                 live = T.alloc_buffer((1,), "int32", scope="local")
                 j: T.let = b * T_ + tx
                 if j < n_ff:
-                    live[0] = 0
-                    for m in range(M):
-                        a: T.let = act_g(g[m, j])
-                        hv: T.let = a * act_u(u[m, j])
-                        if T.abs(score(a, hv)) > h_thr[j]:
-                            live[0] = 1
-                            u[m, j] = hv
-                        else:
-                            u[m, j] = zero
+                    mask_h(g, u, h_thr, j, M, live)
                     fh[j] = live[0]
         # 4) down over the flagged rows
         down_parts(w_down_t, u, fh, fh, pout, M)

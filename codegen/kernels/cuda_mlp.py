@@ -6,9 +6,9 @@ sequence of kernel launches written at the level the GPU runs them (explicit blo
 warp shuffles, shared memory), marked `tirx.is_scheduled` so Relax's dlight rules leave them alone.
 
 The warp dot product and the down projection are in `cuda_blocks.py`. Every gated MLP is three launches:
-gate/up (a warp per row), the down projection's split-K parts, their sum. Exact and threshold modes share one
-kernel (`_flagging_mlp`): the first launch decides per neuron, flags the neurons some token keeps and reads
-their up rows in the same warp (the decision is warp-uniform), the down launch reads only flagged rows.
+gate/up (a warp per row), the down projection's split-K parts, their sum. Exact, threshold and predictor modes
+share one body (`_flagging_body`): the first launch decides per neuron, flags the neurons some token keeps and
+reads their up rows in the same warp (the decision is warp-uniform), the down launch reads only flagged rows.
 Deterministic (no atomics), no single-block phase, no host round-trip.
 
 Buffers: x [M, d] float32 (M symbolic), weights [n_ff, d] (float32 | float16, fp32 accumulate), out [M, d];
@@ -82,27 +82,22 @@ def _finish(kernel, name: str):
     return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
 
 
-def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, product: bool):
-    """The kernel of exact and threshold modes: the first launch decides per neuron and reads the up rows of the
-    kept ones, the down launch reads the kept down rows. `gate_value(s)` turns the gate dot (product: act_g(gate)
-    * act_u(up)) into the value kept by neuron, 0 for a neuron this token drops; a neuron is flagged when some
-    token keeps it, and then h = kept value * act_u(up) for every token (product: h is the kept value)."""
-    L, W, splits, warp_dot = k.L, k.W, k.splits, k.warp_dot
-    wshape, wdtype = weight_buffer(n_ff, d, dtype)
-    act_u = k.act_u
+def _flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool):
+    """The body the flagging kernels share: `body(x, w_gate, w_up, w_down_t, scores, cutoff, out, M)` (scores and
+    cutoff: any buffers where `decide` reads none). The first launch runs a warp per neuron j and, per token m,
+    `decide(x, w_gate, w_up, scores, cutoff, j, m, lane, s, live)`, which leaves in s[0] the value the token keeps
+    (0: dropped) and sets live[0] = 1 when it keeps it; h[m, j] = s[0], and j is flagged when some token keeps it.
+    `up_after`: the flagged neurons' up rows are read next, h = kept value * act_u(up). The down launch reads the
+    flagged rows, the last sums the parts."""
+    L, W, splits, warp_dot, act_u = k.L, k.W, k.splits, k.warp_dot, k.act_u
     n_blocks = (n_ff + W - 1) // W
 
-    @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        x = T.match_buffer(x_h, (M, d), "float32")
-        out = T.match_buffer(out_h, (M, d), "float32")
-        h = T.alloc_buffer((M, n_ff), "float32")  # by neuron: the kept gate value, then h (flagged neurons)
+    @T.macro
+    def body(x, w_gate, w_up, w_down_t, scores, cutoff, out, M):
+        h = T.alloc_buffer((M, n_ff), "float32")  # by neuron: the kept value, then h (flagged neurons)
         flag = T.alloc_buffer((n_ff,), "int32")  # neuron kept by some token (written for every neuron)
         part = T.alloc_buffer((splits, M, d), "float32")
-        # 1) a warp per neuron: gate (product: gate and up) for every token; flagged: up, h
+        # 1) a warp per neuron: the decision for every token; up_after: the flagged neurons' up, h
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
@@ -112,16 +107,10 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
                     if j < n_ff:
                         live[0] = 0
                         for m in range(M):
-                            if product:
-                                k.gated_dot(w_gate, w_up, j, x, m, tx, s)
-                            else:
-                                warp_dot(w_gate, j, x, m, tx, s)
-                            s[0] = gate_value(s[0])
-                            if is_active(s[0]):  # the same bits in every lane: warp-uniform
-                                live[0] = 1
+                            decide(x, w_gate, w_up, scores, cutoff, j, m, tx, s, live)
                             if tx == 0:
                                 h[m, j] = s[0]
-                        if not product:
+                        if up_after:
                             if live[0] != 0:
                                 for m in range(M):
                                     warp_dot(w_up, j, x, m, tx, s)
@@ -132,6 +121,38 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
         # 2) down over the flagged rows, 3) the parts summed
         k.down_parts(w_down_t, h, flag, flag, part, M)
         k.sum_parts(part, out, M)
+
+    return body
+
+
+def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, product: bool):
+    """The kernel of exact and threshold modes: the first launch decides per neuron and reads the up rows of the
+    kept ones, the down launch reads the kept down rows. `gate_value(s)` turns the gate dot (product: act_g(gate)
+    * act_u(up)) into the value kept by neuron, 0 for a neuron this token drops; a neuron is flagged when some
+    token keeps it, and then h = kept value * act_u(up) for every token (product: h is the kept value)."""
+    warp_dot = k.warp_dot
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+
+    @T.macro
+    def decide(x, w_gate, w_up, scores, cutoff, j, m, lane, s, live):
+        if product:
+            k.gated_dot(w_gate, w_up, j, x, m, lane, s)
+        else:
+            warp_dot(w_gate, j, x, m, lane, s)
+        s[0] = gate_value(s[0])
+        if is_active(s[0]):  # the same bits in every lane: warp-uniform
+            live[0] = 1
+
+    body = _flagging_body(k, d, n_ff, decide, up_after=not product)
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        body(x, w_gate, w_up, w_down_t, x, x, out, M)
 
     return _finish(kernel, k.name)
 
@@ -209,9 +230,16 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     gate and up for the tokens that predict it and flags it; the down launch reads the flagged rows."""
     row, count, keep = by_flag(n_ff)
     k = _mlp("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, keep=keep)
-    L, W, splits = k.L, k.W, k.splits
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
-    n_blocks = (n_ff + W - 1) // W
+
+    @T.macro
+    def decide(x, w_gate, w_up, scores, cutoff, j, m, lane, s, live):
+        s[0] = T.float32(0)
+        if scores[m, j] > cutoff[0]:
+            k.gated_dot(w_gate, w_up, j, x, m, lane, s)
+            live[0] = 1
+
+    body = _flagging_body(k, d, n_ff, decide, up_after=False)
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
@@ -222,28 +250,7 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
         x = T.match_buffer(x_h, (M, d), "float32")
         scores = T.match_buffer(scores_h, (M, n_ff), "float32")
         out = T.match_buffer(out_h, (M, d), "float32")
-        h = T.alloc_buffer((M, n_ff), "float32")
-        flag = T.alloc_buffer((n_ff,), "int32")
-        part = T.alloc_buffer((splits, M, d), "float32")
-        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
-            for ty in T.thread_binding(W, "threadIdx.y"):
-                for tx in T.thread_binding(L, "threadIdx.x"):
-                    s = T.alloc_buffer((1,), "float32", scope="local")
-                    live = T.alloc_buffer((1,), "int32", scope="local")
-                    j: T.let = bx * W + ty
-                    if j < n_ff:
-                        live[0] = 0
-                        for m in range(M):
-                            s[0] = T.float32(0)
-                            if scores[m, j] > cutoff[0]:
-                                k.gated_dot(w_gate, w_up, j, x, m, tx, s)
-                                live[0] = 1
-                            if tx == 0:
-                                h[m, j] = s[0]
-                        if tx == 0:
-                            flag[j] = live[0]
-        k.down_parts(w_down_t, h, flag, flag, part, M)
-        k.sum_parts(part, out, M)
+        body(x, w_gate, w_up, w_down_t, scores, cutoff, out, M)
 
     return _finish(kernel, k.name)
 

@@ -43,6 +43,28 @@ def check_input_sparse(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str
         raise ValueError(f"criterion must be one of {INPUT_CRITERIA}, got {criterion!r}")
 
 
+def masked_h_macro(gate_act: str, up_act: str, criterion: str, family: str = "cpu"):
+    """`mask(g, h, h_thr, j, M, live)`: neuron j's h for every token m, masked: h[m, j] (u on entry) becomes
+    act_g(g[m, j]) * act_u(u) where |h| ('product') or |act_g(g)| ('gate') > h_thr[j], else 0; live[0] = 1 when
+    some token keeps j. Shared with the CUDA kernel (`family` picks the activations' forms)."""
+    act_g, act_u, zero = activation(gate_act, 0.0, family), activation(up_act, 0.0, family), T.float32(0)
+    score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)   # what h_thr is compared with
+
+    @T.macro
+    def mask(g, h, h_thr, j, M, live):
+        live[0] = 0
+        for m in range(M):
+            a: T.let = act_g(g[m, j])
+            hv: T.let = a * act_u(h[m, j])
+            if T.abs(score(a, hv)) > h_thr[j]:
+                live[0] = 1
+                h[m, j] = hv
+            else:
+                h[m, j] = zero
+
+    return mask
+
+
 @cache
 def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
                            criterion: str = "product", dtype: str = "float32", sched: CpuSchedule):
@@ -50,8 +72,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
     sched_n, sched_d = sched.fitted(n_ff, dtype), sched.fitted(d, dtype)
     threads, zero = sched.threads, T.float32(0)
-    act_g, act_u = activation(gate_act), activation(up_act)
-    score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)   # what h_thr is compared with
+    mask_h = masked_h_macro(gate_act, up_act, criterion)
     axpy_in, _ = axpy_macro(n_ff, dtype, sched_n, gathered=True)
     axpy_down, _ = axpy_macro(d, dtype, sched_d, gathered=True)
     zero_n, zero_d = zero_columns_macro(n_ff, sched_n, dtype), zero_columns_macro(d, sched_d, dtype)
@@ -105,15 +126,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
             live = T.alloc_buffer((1,), "int32", scope="global")
             c[0] = 0
             for jj in range(j1 - j0):
-                live[0] = 0
-                for m in range(M):
-                    a: T.let = act_g(g[m, j0 + jj])
-                    hv: T.let = a * act_u(h[m, j0 + jj])
-                    if T.abs(score(a, hv)) > h_thr[j0 + jj]:
-                        live[0] = 1
-                        h[m, j0 + jj] = hv
-                    else:
-                        h[m, j0 + jj] = zero
+                mask_h(g, h, h_thr, j0 + jj, M, live)
                 if live[0] != 0:
                     # slot j0 + c <= this neuron's column: compaction never overwrites an unread column
                     for m in range(M):

@@ -33,10 +33,24 @@ def _words(d: int) -> int:
     return (d + WORD_BITS - 1) // WORD_BITS
 
 
+def _pack_signs_macro(d: int):
+    """`pack(x, m, w, acc)`: acc[0] = word w of token m's sign bits (bit k set when x[m, 32w + k] < 0)."""
+
+    @T.macro
+    def pack(x, m, w, acc):
+        acc[0] = 0
+        for k in range(WORD_BITS):
+            if w * WORD_BITS + k < d:
+                if x[m, w * WORD_BITS + k] < T.float32(0):
+                    acc[0] = T.bitwise_or(acc[0], T.shift_left(T.int32(1), T.Cast("int32", k)))
+
+    return pack
+
+
 @cache
 def sign_score(d: int, n: int, *, sched):
     """CPU: (x, bits, out); tokens' sign bits packed first, then the rows split over the threads."""
-    words, threads = _words(d), sched.threads
+    words, threads, pack = _words(d), sched.threads, _pack_signs_macro(d)
     nper = (n + threads - 1) // threads
 
     @T.prim_func
@@ -49,11 +63,7 @@ def sign_score(d: int, n: int, *, sched):
         for m in range(M):
             for w in range(words):
                 acc = T.alloc_buffer((1,), "int32", scope="global")
-                acc[0] = 0
-                for k in range(WORD_BITS):
-                    if w * WORD_BITS + k < d:
-                        if x[m, w * WORD_BITS + k] < T.float32(0):
-                            acc[0] = T.bitwise_or(acc[0], T.shift_left(T.int32(1), T.Cast("int32", k)))
+                pack(x, m, w, acc)
                 xb[m, w] = acc[0]
         for t in T.parallel(threads):
             for jj in range(T.max(T.min(nper, n - t * nper), 0)):
@@ -93,7 +103,7 @@ def select_active(n: int, *, sched):
 @cache
 def sign_score_cuda(d: int, n: int, *, sched):
     """CUDA: (x, bits, out); one thread per (token, row), the token's sign bits packed by each thread on the fly."""
-    words, T_ = _words(d), sched.threads
+    words, T_, pack = _words(d), sched.threads, _pack_signs_macro(d)
 
     @T.prim_func
     def kernel(x_h: T.handle, bits: T.Buffer((n, words), "int32"), out_h: T.handle):
@@ -110,11 +120,7 @@ def sign_score_cuda(d: int, n: int, *, sched):
                     if j < n:
                         cnt[0] = 0
                         for w in range(words):
-                            acc[0] = 0
-                            for k in range(WORD_BITS):
-                                if w * WORD_BITS + k < d:
-                                    if x[m, w * WORD_BITS + k] < T.float32(0):
-                                        acc[0] = T.bitwise_or(acc[0], T.shift_left(T.int32(1), T.Cast("int32", k)))
+                            pack(x, m, w, acc)
                             # TVM's CUDA codegen has no popcount lowering: CUDA's own intrinsic
                             cnt[0] = cnt[0] + T.call_pure_extern("int32", "__popc",
                                                                  T.bitwise_xor(acc[0], bits[j, w]))

@@ -24,10 +24,10 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import GATE_ACTS, activation, axpy_macro, dots_macro, is_active, skipping_value, zero_columns_macro
+from .common import GATE_ACTS, activation, skipping_value
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
-from .sparse_mlp import EXACT_GATE_ACTS, check_mlp, mlp_symbol
+from .sparse_mlp import EXACT_GATE_ACTS, check_mlp, compacting_body, dense_body, mlp_symbol
 
 
 @cache
@@ -39,68 +39,21 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
     sched = sched.fitted(d, dtype)
-    threads, R = sched.threads, sched.rows
-    nper = (n_ff + threads - 1) // threads
-    act_u = activation(up_act)
-    act_g = activation(gate_act, threshold)
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=skipping_value(act_g) if exact else act_g)
-    up_dots, _ = dots_macro(d, dtype, sched, gathered=exact)
-    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=exact)
-    zero_cols = zero_columns_macro(d, sched, dtype)
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    # an expert's gated MLP: sparse_mlp's regions at the expert's row offset (exact: idx lists absolute rows)
+    compacting = compacting_body(d, n_ff, dtype, sched, gate_value=skipping_value(act_g), act_u=act_u) \
+        if exact else None
+    dense = None if exact else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u)
+    threads = sched.threads
     wshape, wdtype = weight_buffer(experts * n_ff, d, dtype)
     zero = T.float32(0)
 
     @T.macro
-    def exact_body(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og):
-        # sparse_mlp.compacting_gated_mlp's two regions, rows offset by row0; idx holds absolute rows
-        for t in T.parallel(threads):
-            c = T.alloc_buffer((1,), "int32", scope="global")
-            live = T.alloc_buffer((1,), "int32", scope="global")
-            c[0] = 0
-            j0: T.let = t * nper
-            nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
-            for st in range((nj + R - 1) // R):
-                gate_dots(w_gate, xg, Mx, idx, row0 + j0, st * R, nj, g, j0)
-                for r in range(T.min(R, nj - st * R)):
-                    live[0] = 0
-                    for m in range(Mx):
-                        if is_active(g[m, j0 + st * R + r]):
-                            live[0] = 1
-                    if live[0] != 0:
-                        idx[j0 + c[0]] = row0 + j0 + st * R + r
-                        c[0] = c[0] + 1
-            nl: T.let = c[0]
-            cnt[t] = nl
-            for st in range((nl + R - 1) // R):
-                up_dots(w_up, xg, Mx, idx, j0, st * R, nl, h, j0)
-                for r in range(T.min(R, nl - st * R)):
-                    for m in range(Mx):
-                        h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r] - row0] * act_u(h[m, j0 + st * R + r])
-        for t in T.parallel(threads):
-            zero_cols(t, og, Mx)
-            for t2 in range(threads):
-                n2: T.let = cnt[t2]
-                for st in range((n2 + R - 1) // R):
-                    axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, og, Mx)
-
-    @T.macro
-    def dense_body(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og):
-        # sparse_mlp.dense_gated_mlp's two regions, rows offset by row0
-        for t in T.parallel(threads):
-            j0: T.let = t * nper
-            nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
-            for st in range((nj + R - 1) // R):
-                gate_dots(w_gate, xg, Mx, g, row0 + j0, st * R, nj, g, j0)
-                up_dots(w_up, xg, Mx, h, row0 + j0, st * R, nj, h, j0)
-                for r in range(T.min(R, nj - st * R)):
-                    for m in range(Mx):
-                        h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
-        for t in T.parallel(threads):
-            zero_cols(t, og, Mx)
-            for st in range((n_ff + R - 1) // R):
-                axpy_all(w_down_t, h, row0, st * R, n_ff, h, 0, t, og, Mx)
-
-    body = exact_body if exact else dense_body
+    def expert_mlp(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og):
+        if exact:
+            compacting(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og)
+        else:
+            dense(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, og)
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
@@ -143,7 +96,7 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                     nt[0] = nt[0] + 1
             Mx: T.let = T.Cast("int64", nt[0])
             if Mx > 0:  # no token chose expert e: none of its rows is read
-                body(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og)
+                expert_mlp(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og)
                 for i in range(Mx):
                     for c in T.vectorized(d):
                         out[tok[i], c] = out[tok[i], c] + wt[i] * og[i, c]

@@ -17,19 +17,20 @@ def hsum_macro(lanes: int):
     """`hsum(acc, base)`: acc[base] = sum(acc[base : base + lanes]) by vector halving (log2 steps)."""
 
     @T.macro
+    def fold(acc, base, half):  # acc[base : base + half] += acc[base + half : base + 2 * half]
+        for v in T.vectorized(half):
+            acc[base + v] = acc[base + v] + acc[base + v + half]
+
+    @T.macro
     def hsum(acc, base):
         if lanes >= 32:
-            for v in T.vectorized(16):
-                acc[base + v] = acc[base + v] + acc[base + v + 16]
+            fold(acc, base, 16)
         if lanes >= 16:
-            for v in T.vectorized(8):
-                acc[base + v] = acc[base + v] + acc[base + v + 8]
+            fold(acc, base, 8)
         if lanes >= 8:
-            for v in T.vectorized(4):
-                acc[base + v] = acc[base + v] + acc[base + v + 4]
+            fold(acc, base, 4)
         if lanes >= 4:
-            for v in T.vectorized(2):
-                acc[base + v] = acc[base + v] + acc[base + v + 2]
+            fold(acc, base, 2)
         if lanes >= 2:
             acc[base] = acc[base] + acc[base + 1]
 

@@ -90,22 +90,12 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
 
 def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name: str, *, gate_value, act_u,
                          keep_product=None):
-    """The kernel of exact and threshold modes: (x, w_gate, w_up, w_down_t, out), structure in the module docstring.
-
-    `gate_value(s)` maps a gate dot to the value kept by neuron (0: the token drops it). A neuron is listed when
-    some token keeps it; then only the listed up and down rows are read. With `keep_product(h) -> bool` (threshold
-    mode's "product" criterion) the decision needs u: every up row is read with the gate, h = gate_value(g) *
-    act_u(u) is kept where keep_product(h), compacted in place, and only the listed down rows are read.
-    """
-    threads, R = sched.threads, sched.rows
-    nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
-    zero = T.float32(0)
-    product = keep_product is not None
+    """The kernel of exact and threshold modes: (x, w_gate, w_up, w_down_t, out), structure in the module docstring;
+    its body is `compacting_body`'s."""
+    threads = sched.threads
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=gate_value, x8=x8)
-    up_dots, _ = dots_macro(d, dtype, sched, gathered=not product, x8=x8)
-    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True)
-    zero_cols = zero_columns_macro(d, sched, dtype)
+    body = compacting_body(d, n_ff, dtype, sched, gate_value=gate_value, act_u=act_u, keep_product=keep_product,
+                           x8=x8)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
@@ -123,8 +113,36 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
         g = T.alloc_buffer((M, n_ff), "float32")  # kept gate value, by neuron
         # h by slot, task t's slots from t * nper (product: first by neuron, then compacted in place to slots)
         h = T.alloc_buffer((M, n_ff), "float32")
-        idx = T.alloc_buffer((n_ff,), "int32")  # neuron of each slot
+        idx = T.alloc_buffer((n_ff,), "int32")  # weight row of each slot
         cnt = T.alloc_buffer((threads,), "int32")  # used slots per task
+        body(xd, M, 0, w_gate, w_up, w_down_t, g, h, idx, cnt, out)
+
+    return kernel.with_attr("global_symbol", name)
+
+
+def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_value, act_u, keep_product=None,
+                    x8: bool = False):
+    """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out)`: the two regions of the exact and threshold
+    kernels over the n_ff neurons whose weights are rows row0 .. row0 + n_ff - 1 (a routed expert's; 0 for a
+    block's own weights). Scratch: g, h [M, n_ff] f32, idx [n_ff] i32 (it lists weight rows), cnt [threads] i32.
+    `x8`: x is the 8-bit blocks of `common.x_operand` (the integer row dots), else float32 [M, d].
+
+    `gate_value(s)` maps a gate dot to the value kept by neuron (0: the token drops it). A neuron is listed when
+    some token keeps it; then only the listed up and down rows are read. With `keep_product(h) -> bool` (threshold
+    mode's "product" criterion) the decision needs u: every up row is read with the gate, h = gate_value(g) *
+    act_u(u) is kept where keep_product(h), compacted in place, and only the listed down rows are read.
+    """
+    threads, R = sched.threads, sched.rows
+    nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
+    zero = T.float32(0)
+    product = keep_product is not None
+    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=gate_value, x8=x8)
+    up_dots, _ = dots_macro(d, dtype, sched, gathered=not product, x8=x8)
+    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True)
+    zero_cols = zero_columns_macro(d, sched, dtype)
+
+    @T.macro
+    def body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out):
         # 1) per task: gate over its contiguous rows (product: up too), list the neurons some token keeps
         for t in T.parallel(threads):
             c = T.alloc_buffer((1,), "int32", scope="global")
@@ -133,9 +151,9 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
             for st in range((nj + R - 1) // R):
-                gate_dots(w_gate, xd, M, idx, j0, st * R, nj, g, j0)
+                gate_dots(w_gate, x, M, idx, row0 + j0, st * R, nj, g, j0)
                 if product:
-                    up_dots(w_up, xd, M, idx, j0, st * R, nj, h, j0)
+                    up_dots(w_up, x, M, idx, row0 + j0, st * R, nj, h, j0)
                 for r in range(T.min(R, nj - st * R)):
                     live[0] = 0
                     for m in range(M):
@@ -152,16 +170,16 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
                             # slot j0 + c <= this neuron's column: compaction never overwrites an unread column
                             for m in range(M):
                                 h[m, j0 + c[0]] = h[m, j0 + st * R + r]
-                        idx[j0 + c[0]] = j0 + st * R + r
+                        idx[j0 + c[0]] = row0 + j0 + st * R + r
                         c[0] = c[0] + 1
             nl: T.let = c[0]
             cnt[t] = nl
             if not product:  # only the listed neurons' up rows
                 for st in range((nl + R - 1) // R):
-                    up_dots(w_up, xd, M, idx, j0, st * R, nl, h, j0)
+                    up_dots(w_up, x, M, idx, j0, st * R, nl, h, j0)
                     for r in range(T.min(R, nl - st * R)):
                         for m in range(M):
-                            h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r]] * act_u(h[m, j0 + st * R + r])
+                            h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r] - row0] * act_u(h[m, j0 + st * R + r])
         # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
         for t in T.parallel(threads):
             zero_cols(t, out, M)
@@ -170,7 +188,7 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
                 for st in range((n2 + R - 1) // R):
                     axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
 
-    return kernel.with_attr("global_symbol", name)
+    return body
 
 
 @cache
@@ -241,14 +259,8 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
     """
     check_mlp(d, n_ff, gate_act, up_act, dtype)
     sched = sched.fitted(d, dtype)
-    threads, R = sched.threads, sched.rows
-    nper = (n_ff + threads - 1) // threads
-    act_g, act_u = activation(gate_act, threshold), activation(up_act)
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g, x8=x8)
-    up_dots, _ = dots_macro(d, dtype, sched, gathered=False, x8=x8)
-    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False)
-    zero_cols = zero_columns_macro(d, sched, dtype)
+    body = dense_body(d, n_ff, dtype, sched, act_g=activation(gate_act, threshold), act_u=activation(up_act), x8=x8)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
@@ -265,18 +277,36 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
             xd = T.decl_buffer((M, d), "float32", data=x.data)
         g = T.alloc_buffer((M, n_ff), "float32")
         h = T.alloc_buffer((M, n_ff), "float32")
+        body(xd, M, 0, w_gate, w_up, w_down_t, g, h, out)
+
+    return kernel.with_attr("global_symbol", mlp_symbol("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+
+
+def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_u, x8: bool = False):
+    """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, out)`: the dense kernel's two regions over the n_ff neurons
+    whose weights are rows row0 .. row0 + n_ff - 1 (see `compacting_body`, also for `x8`). Scratch: g, h [M, n_ff]
+    f32."""
+    threads, R = sched.threads, sched.rows
+    nper = (n_ff + threads - 1) // threads
+    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g, x8=x8)
+    up_dots, _ = dots_macro(d, dtype, sched, gathered=False, x8=x8)
+    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False)
+    zero_cols = zero_columns_macro(d, sched, dtype)
+
+    @T.macro
+    def body(x, M, row0, w_gate, w_up, w_down_t, g, h, out):
         for t in T.parallel(threads):
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
             for st in range((nj + R - 1) // R):
-                gate_dots(w_gate, xd, M, g, j0, st * R, nj, g, j0)
-                up_dots(w_up, xd, M, h, j0, st * R, nj, h, j0)
+                gate_dots(w_gate, x, M, g, row0 + j0, st * R, nj, g, j0)
+                up_dots(w_up, x, M, h, row0 + j0, st * R, nj, h, j0)
                 for r in range(T.min(R, nj - st * R)):
                     for m in range(M):
                         h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
         for t in T.parallel(threads):
             zero_cols(t, out, M)
             for st in range((n_ff + R - 1) // R):
-                axpy_all(w_down_t, h, 0, st * R, n_ff, h, 0, t, out, M)
+                axpy_all(w_down_t, h, row0, st * R, n_ff, h, 0, t, out, M)
 
-    return kernel.with_attr("global_symbol", mlp_symbol("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return body
