@@ -171,3 +171,16 @@ def test_decoder_inputs_it_cannot_take_are_clear_errors(llama):
         lm.step(2, state)
     with pytest.raises(ActsparseError, match="max_seq applies to decoders"):
         actsparse.compile(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), max_seq=8)
+
+
+def test_a_square_lowers_to_one_multiply_not_libm_pow():
+    """RMSNorm's x ** 2 runs in every layer of every step: one multiply, not a libm pow call per element."""
+    from actsparse import targets
+    from actsparse.codegen.lower import lower_graph
+    from actsparse.ir import Graph, Node, TensorType
+
+    x = Node("input", (), {"name": "x"}, TensorType((4,), "f32"))
+    squared = Node("pow", (x, Node("constant", (), {"value": 2.0}, TensorType((), "f32"))), {}, TensorType((4,), "f32"))
+    cubed = Node("pow", (x, Node("constant", (), {"value": 3.0}, TensorType((), "f32"))), {}, TensorType((4,), "f32"))
+    text = lower_graph(Graph((x,), (squared, cubed), {}), targets.get("x86"))[0].script()
+    assert text.count("R.multiply(x, x)") == 1 and text.count("R.power(") == 1
