@@ -4,6 +4,7 @@
                                           [--tokens 32] [--repeats 3] [--threads N] [--quick]
                                           [--runners dense,threshold,dense-int4,threshold-int4,llama.cpp,torch]
                                           [--max-seq N]
+    python -m actsparse.benchmarks.decode --artifacts DIR,DIR,... [--runners llama.cpp] [--tokens] [--repeats]
 
 (a) A Mistral-7B-dims ReGLU decoder (d 4096, n_ff 14336, 32 heads, 8 KV heads, head dim 128; `--layers` layers,
     `--vocab` tokens), synthetic weights with ~90% of the MLP neurons inactive per token, as Bamboo-7B / TurboSparse
@@ -23,6 +24,9 @@
     on the same file and transformers `generate` (fp32). `--runners` picks some of them (default: all);
     `--max-seq` sets the KV-cache slots of every runner (default: the prompt and steps, plus 8): a step attends
     over the slots filled so far, so its speed should not depend on it.
+`--artifacts`: saved decoder artifacts (e.g. the same model built by two versions of actsparse; older artifacts
+load and decode too) timed interleaved in one process, as part (b) times its runners, and llama.cpp on the SmolLM2
+file if `--runners` names it: a before/after measured in the same minutes.
 
 Timing: a short prompt is prefilled (untimed), then `--tokens` decoding steps are timed, median of `--repeats`.
 The actsparse and llama.cpp runs feed the same fixed random tokens (so the neurons a sparse step reads change
@@ -392,6 +396,29 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUN
     return row
 
 
+def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, runners) -> None:
+    import numpy as np
+
+    import actsparse
+
+    print(f"load avg {_load()} (before loading)", flush=True)
+    decoders = {path: actsparse.load(path) for path in paths}
+    vocab = min(d.spec.vocab_size for d in decoders.values())
+    rng = np.random.default_rng(1)
+    prompt, feed = rng.integers(0, vocab, (1, PROMPT_LEN)), rng.integers(0, vocab, tokens)
+    before = _load()
+    rates = actsparse_rates(decoders, prompt, feed, repeats)
+    print(f"\n{PROMPT_LEN}-token prompt, then {tokens} steps timed, median of {repeats}, interleaved; load avg "
+          f"{before} → {_load()}\n\n| artifact | max_seq | tokens/s |\n|---|---:|---:|")
+    for path, rate in rates.items():
+        print(f"| {path} | {decoders[path].max_seq} | {rate:.1f} |", flush=True)
+    if "llama.cpp" in runners:
+        del decoders
+        gc.collect()
+        rate = llama_cpp_rate(smollm2_gguf(), prompt, feed, repeats, threads, PROMPT_LEN + tokens + 16)
+        print(f"| llama.cpp (SmolLM2 Q4_1 GGUF) | - | {_rate(rate)} |  (load avg {_load()})", flush=True)
+
+
 # --- the parent: one child per part and dtype, then the tables ------------------------------------------------
 def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) else "n/a"
@@ -446,6 +473,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runners", default=",".join(r.replace(" ", "-") for r in RUNNERS_B),
                     help="part (b)'s runners (default: all): " + ", ".join(r.replace(" ", "-") for r in RUNNERS_B))
     ap.add_argument("--max-seq", type=int, default=0, help="part (b)'s KV-cache slots (default: prompt + steps + 8)")
+    ap.add_argument("--artifacts", default="", help="saved decoder artifacts to time interleaved instead of the parts")
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats (same code path)")
     ap.add_argument("--small", action="store_true", help="part (a) at tiny dims: a smoke test of the script")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -466,6 +494,9 @@ def main(argv=None) -> int:
     from actsparse.targets import x86
 
     threads = args.threads or x86.host().threads
+    if args.artifacts:
+        time_artifacts([a for a in args.artifacts.split(",") if a], args.tokens, args.repeats, threads, runners)
+        return 0
     if args.child:
         part, _, dtype = args.child.partition(":")
         if part == "a":
