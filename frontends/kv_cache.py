@@ -1,19 +1,23 @@
 """A transformers causal LM -> one KV-cached decoding graph, derived from the model's own forward.
 
-    graph(input_ids: i64[1, seq], pos: i64[1], k0, v0, k1, v1, ...) -> (logits f32[1, 1, V], k0', v0', ...)
+    graph(input_ids: i64[1, seq], pos: i64[1], filled: i64[kv], k0, v0, k1, v1, ...) -> (logits f32[1, 1, V], k0', ...)
 
     k_i, v_i:  layer i's cache, [1, kv_heads, max_seq, head_dim] (slot p holds position p)
     pos:       the position of input_ids[0, 0]; the call writes slots pos .. pos + seq - 1
+    filled:    only its length counts: kv = pos + seq, the slots filled once this call has written its own
     k_i', v_i': the cache with those slots written (`index_copy`, which codegen does in place: the runtime owns
                the cache arrays and no step copies them)
 
 Prefill is this graph on the prompt (seq = its length, pos = 0); a decoding step is the same graph on one token.
+Attention reads the filled prefix `cache[:, :, :kv]` only, `kv` a symbolic dim like `seq`: one compiled function
+serves every length, and a step costs what the tokens so far cost, not what `max_seq` would (a length given as a
+shape rather than a value, because the IR's shapes name dims and cannot be computed from tensor values).
 Nothing here knows an architecture: the model runs its own forward with a `Cache` object whose layers are the
 graph's inputs (`ExplicitKVLayer`), so its attention (grouped-query heads, rotary variants, soft-capping, sliding
-windows, MoE routing) is exported exactly as transformers wrote it. The layer reports `max_seq` slots at offset
-0, so transformers' own mask functions build the causal (and, on sliding layers, windowed) mask over absolute
-positions, which is also what keeps the unwritten slots out. Cache shapes come from one eager probe of the model
-on one token, so per-layer head counts and head dims are whatever the model uses.
+windows, MoE routing) is exported exactly as transformers wrote it. The layer reports `kv` slots at offset 0, so
+transformers' own mask functions build the causal (and, on sliding layers, windowed) mask over absolute
+positions. Cache shapes come from one eager probe of the model on one token, so per-layer head counts and head
+dims are whatever the model uses.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from ..ir import Graph
 from .errors import FrontendError
 
 KEYS, VALUES = "k", "v"
+INPUTS = ("input_ids", "pos", "filled")  # the inputs before the caches (the runtime binds them by position)
+SEQ, FILLED = "seq", "kv"  # the symbolic dims: tokens fed, slots filled after the call
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,9 @@ def _layer_classes():
         is_compileable = True
         is_sliding = False
 
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, offset: torch.Tensor):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, offset: torch.Tensor, filled):
             super().__init__()
-            self.keys, self.values, self.offset = keys, values, offset
+            self.keys, self.values, self.offset, self.filled = keys, values, offset, filled
             self.is_initialized = True
 
         def lazy_initialization(self, key_states, value_states) -> None:  # the tensors are given
@@ -59,10 +65,13 @@ def _layer_classes():
             positions = torch.arange(key_states.shape[-2], device=key_states.device) + self.offset
             self.keys = torch.index_copy(self.keys, 2, positions, key_states.to(self.keys.dtype))
             self.values = torch.index_copy(self.values, 2, positions, value_states.to(self.values.dtype))
-            return self.keys, self.values
+            # the filled prefix only: kept slots 0 .. kv - 1 (a slice view would make torch branch on whether it is
+            # contiguous, i.e. on kv == max_seq, a guard that fails the export)
+            filled = torch.arange(self.filled, device=self.keys.device)
+            return self.keys.index_select(2, filled), self.values.index_select(2, filled)
 
         def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-            return self.keys.shape[-2], 0  # every slot, at absolute positions: the mask does the rest
+            return self.filled, 0  # the filled slots, at absolute positions: the mask does the rest
 
         def get_seq_length(self):
             return self.offset
@@ -78,7 +87,7 @@ def _layer_classes():
 
 
 class KVCachedLM(nn.Module):
-    """`(input_ids, pos, *cache) -> (last logits, *updated cache)` around a transformers causal LM."""
+    """`(input_ids, pos, filled, *cache) -> (last logits, *updated cache)` around a transformers causal LM."""
 
     actsparse_prefix = "model"
 
@@ -90,9 +99,10 @@ class KVCachedLM(nn.Module):
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}  # lm_head on 1 token
         self._cache_argument = cache_argument(model)
 
-    def forward(self, input_ids: torch.Tensor, pos: torch.Tensor, cache: tuple[torch.Tensor, ...]):
+    def forward(self, input_ids: torch.Tensor, pos: torch.Tensor, filled: torch.Tensor,
+                cache: tuple[torch.Tensor, ...]):
         offset = pos.reshape(())
-        layers = [self._layer(cache[2 * i], cache[2 * i + 1], offset) for i in range(len(cache) // 2)]
+        layers = [self._layer(cache[2 * i], cache[2 * i + 1], offset, filled.shape[0]) for i in range(len(cache) // 2)]
         positions = (torch.arange(input_ids.shape[1], device=input_ids.device) + offset).unsqueeze(0)
         out = self.model(input_ids=input_ids, position_ids=positions, use_cache=True, **self._last_logits_only,
                          **{self._cache_argument: self._cache(layers)})
@@ -137,6 +147,8 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
     from .moe import per_expert_routing
     from .torch_export import HINTS, Importer
 
+    if max_seq < 3:
+        raise FrontendError(f"max_seq={max_seq}: a decoder needs at least 3 KV-cache slots")
     model = model.eval()
     model.config.use_cache = True
     with quiet_transformers():
@@ -144,28 +156,56 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
     wrapper = KVCachedLM(model)
     ids = torch.zeros(1, 2, dtype=torch.long)
     cache = tuple(torch.zeros(s.shape) for s in specs)
-    seq = torch.export.Dim("seq", min=1, max=max_seq)
-    dynamic = ({1: seq}, None, tuple(None for _ in specs))
+    filled = torch.zeros(3, dtype=torch.long)  # a length other than the example's seq: two distinct dims
+    seq, kv = torch.export.Dim(SEQ, min=1, max=max_seq), torch.export.Dim(FILLED, min=1, max=max_seq)
+    dynamic = ({1: seq}, None, {0: kv}, tuple(None for _ in specs))
     try:
         with per_expert_routing(model), torch.no_grad(), quiet_transformers():
-            program = torch.export.export(wrapper, (ids, torch.zeros(1, dtype=torch.long), cache),
+            program = torch.export.export(wrapper, (ids, torch.zeros(1, dtype=torch.long), filled, cache),
                                           dynamic_shapes=dynamic, strict=False)
     except Exception as err:
         text = str(err).strip().splitlines()
         raise FrontendError(f"torch.export could not export {type(model).__name__} with a KV cache: "
                             f"{type(err).__name__}: {text[0] if text else ''}. Hints: {HINTS}.") from err
-    graph = Importer(program, KVCachedLM.actsparse_prefix).run()
+    importer = Importer(program, KVCachedLM.actsparse_prefix)
+    importer.symbols.update(_dim_symbols(program))
+    graph = importer.run()
     return _named_inputs(graph, specs), specs
 
 
+def _dim_symbols(program) -> dict:
+    """torch's symbols of the two dynamic dims -> their IR names (`seq`, `kv`), read off the user inputs."""
+    from torch.export.graph_signature import InputKind
+
+    placeholders = {n.name: n for n in program.graph_module.graph.nodes if n.op == "placeholder"}
+    users = [placeholders[s.arg.name].meta["val"] for s in program.graph_signature.input_specs
+             if s.kind == InputKind.USER_INPUT]
+    named = {}
+    for val, axis, name in ((users[0], 1, SEQ), (users[2], 0, FILLED)):
+        size = val.shape[axis]
+        if isinstance(size, torch.SymInt) and size.node.expr.is_Symbol:
+            named[size.node.expr] = name
+    return named
+
+
 def _named_inputs(graph: Graph, specs: list[CacheSpec]) -> Graph:
-    """Inputs named input_ids, pos, k0, v0, ... whatever FX called them (the runtime binds them by position)."""
+    """Inputs named input_ids, pos, filled, k0, v0, ... whatever FX called them (the runtime binds them by
+    position), and the filled prefix of each cache read as a slice."""
     from ..ir import Node, verify
     from ..ir.graph import rewrite
 
-    names = ["input_ids", "pos", *(s.name for s in specs)]
+    names = [*INPUTS, *(s.name for s in specs)]
     if len(graph.inputs) != len(names):
         raise FrontendError(f"internal: the decoding graph has {len(graph.inputs)} inputs, expected {len(names)}")
     renamed = {id(n): Node("input", (), {"name": name}, n.type) for n, name in zip(graph.inputs, names)}
-    outputs = rewrite(graph, lambda n: renamed.get(id(n))).outputs
+
+    def rename_or_slice(node: Node) -> Node | None:
+        # index_select(x, arange(kv)){axis} -> slice(x){axis, 0:kv}: the filled prefix as the slice it is
+        if node.op == "index_select" and node.inputs[1].op == "arange" and node.inputs[1].attrs.get("end") == FILLED \
+                and node.inputs[1].attrs.get("start", 0) == 0 and node.inputs[1].attrs.get("step", 1) == 1:
+            prefix = {"axis": node.attrs["axis"], "start": 0, "end": FILLED, "step": 1}
+            return Node("slice", node.inputs[:1], prefix, node.type, node.loc)
+        return renamed.get(id(node))
+
+    outputs = rewrite(graph, rename_or_slice).outputs
     return verify(Graph(tuple(renamed.values()), outputs, graph.weights, graph.name))

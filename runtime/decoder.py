@@ -5,10 +5,12 @@
     logits, state = lm.step(token, state)   # one token at state.position
     ids = lm.generate(ids, max_new_tokens)  # prompt + new ids, as transformers' generate(do_sample=False)
 
-The module is the decoding graph of `frontends/kv_cache.py`: `main(input_ids[1, seq], pos[1], k0, v0, ...) ->
-(logits[1, 1, V], k0', v0', ...)`, where each cache output is written in place into its input (codegen's
+The module is the decoding graph of `frontends/kv_cache.py`: `main(input_ids[1, seq], pos[1], filled[kv], k0, v0,
+...) -> (logits[1, 1, V], k0', v0', ...)`, where each cache output is written in place into its input (codegen's
 `index_copy`), so the state holds the same device tensors for the whole generation and a step moves only its
-own keys and values. Prefill is that function on the prompt; a step is the same function on one token.
+own keys and values; attention reads the first kv = pos + seq slots (`filled` carries kv as its length). Prefill
+is that function on the prompt; a step is the same function on one token. (Artifacts built before `filled`
+existed take `main(input_ids, pos, k0, ...)` and attend over every slot; they still load and decode.)
 
 An artifact of a decoder (kind "decoder") is a compiled module's artifact plus `decoder.json` (cache shapes,
 vocabulary, stop ids) and the tokenizer's own files under `tokenizer/` (never a pickle), all listed and hashed in
@@ -29,6 +31,7 @@ from ..errors import ArtifactError, DecodeInputError
 from .module import CompiledModule
 
 KIND = "decoder"  # the artifact kind (runtime/artifact.py)
+CALL_INPUTS = ("input_ids", "pos", "filled")  # the decoding graph's inputs before the caches (frontends/kv_cache.py)
 DECODER_FILE = "decoder.json"
 TOKENIZER_DIR = "tokenizer"
 
@@ -67,6 +70,8 @@ class Decoder:
         self.module = module
         self.spec = spec
         self.tokenizer = tokenizer
+        self._takes_filled = [name for name, _ in module.inputs[:3]] == list(CALL_INPUTS)
+        self._zeros = np.zeros(spec.max_seq, np.int64)  # `filled` is a prefix of it (only its length is read)
 
     @property
     def report(self):
@@ -128,7 +133,8 @@ class Decoder:
     def _feed(self, ids: np.ndarray, state: DecodeState) -> DecodeState:
         n = ids.shape[1]
         self._check_room(state.position + n)
-        out = self.module.run_device(ids, np.array([state.position], np.int64), *state.caches)
+        filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
+        out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches)
         state.caches = list(out[1:])  # the same buffers, written in place
         state.position += n
         state.logits = out[0].numpy().reshape(-1)

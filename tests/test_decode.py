@@ -105,17 +105,52 @@ def test_prefill_and_step_give_transformers_logits_and_write_the_cache_in_place(
     assert np.abs(keys).sum(axis=(0, 1, 3))[: len(ids)].all()  # every position fed is in the first buffer
     assert not keys[:, :, len(ids):].any()  # slots after the last position are never written
     np.testing.assert_array_equal(keys, state.caches[0].numpy())
+    # the compiled step reads only the filled slots: NaN in the others changes nothing
+    before = lm.step(ids[-1], lm.prefill(torch.tensor([ids[:-1]])))[0]
+    state = lm.prefill(torch.tensor([ids[:-1]]))
+    for c in state.caches:
+        poisoned = c.numpy()
+        poisoned[:, :, len(ids):] = np.nan
+        c.copyfrom(poisoned)
+    np.testing.assert_array_equal(lm.step(ids[-1], state)[0], before)
 
 
-def test_decoding_graph_keeps_the_cache_as_inputs_and_writes_it_with_index_copy():
-    graph, caches = import_decoder(hf_model("llama", num_hidden_layers=2), MAX_SEQ)
-    assert [n.attrs["name"] for n in graph.inputs] == ["input_ids", "pos", "k0", "v0", "k1", "v1"]
-    assert [str(n.type) for n in graph.inputs[:3]] == ["i64[1,seq]", "i64[1]", "f32[1,2,24,16]"]
+@pytest.fixture(scope="module")
+def two_layer_graph():
+    return import_decoder(hf_model("llama", num_hidden_layers=2), MAX_SEQ)
+
+
+def test_decoding_graph_keeps_the_cache_as_inputs_and_writes_it_with_index_copy(two_layer_graph):
+    graph, caches = two_layer_graph
+    assert [n.attrs["name"] for n in graph.inputs] == ["input_ids", "pos", "filled", "k0", "v0", "k1", "v1"]
+    assert [str(n.type) for n in graph.inputs[:4]] == ["i64[1,seq]", "i64[1]", "i64[kv]", "f32[1,2,24,16]"]
     assert graph.count("index_copy") == 4 and len(graph.outputs) == 5
     zeros = [np.zeros(c.shape, np.float32) for c in caches]
-    logits, k0, *_ = evaluate(graph, [PROMPT.numpy(), np.array([0]), *zeros])
+    logits, k0, *_ = evaluate(graph, [PROMPT.numpy(), np.array([0]), np.zeros(6, np.int64), *zeros])
     assert logits.shape == (1, 1, 128)
     assert k0[:, :, :6].any() and not k0[:, :, 6:].any()
+
+
+def test_attention_reads_only_the_filled_slots_of_the_cache(two_layer_graph):
+    """Each written cache is sliced to its first `kv` slots before attention reads it, and nothing but the cache
+    inputs and their in-place writes has a max_seq-sized dim: a step's attention costs kv, not max_seq."""
+    graph, caches = two_layer_graph
+    sliced = [n for n in graph.nodes if n.op == "slice" and n.inputs[0].op == "index_copy"]
+    assert len(sliced) == 4 and {(n.attrs["end"], n.shape[2]) for n in sliced} == {("kv", "kv")}
+    assert {n.op for n in graph.nodes if MAX_SEQ in n.shape} == {"input", "index_copy"}
+    # a step at position 6 over a cache whose unfilled slots hold NaN: finite logits, the same as over zeros
+    # (masking every slot instead would multiply the NaN values by a zero weight: NaN)
+    inputs = [np.array([[4]]), np.array([6]), np.zeros(7, np.int64)]
+    rng = np.random.default_rng(0)
+    prefix = [rng.standard_normal(c.shape).astype(np.float32) for c in caches]
+    for c in prefix:
+        c[:, :, 6:] = 0
+    junk = [c.copy() for c in prefix]
+    for c in junk:
+        c[:, :, 7:] = np.nan
+    expected = evaluate(graph, [*inputs, *prefix])[0]
+    assert np.isfinite(expected).all()
+    np.testing.assert_array_equal(evaluate(graph, [*inputs, *junk])[0], expected)
 
 
 def test_decoder_inputs_it_cannot_take_are_clear_errors(llama):
@@ -136,3 +171,16 @@ def test_decoder_inputs_it_cannot_take_are_clear_errors(llama):
         lm.step(2, state)
     with pytest.raises(ActsparseError, match="max_seq applies to decoders"):
         actsparse.compile(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), max_seq=8)
+
+
+def test_a_square_lowers_to_one_multiply_not_libm_pow():
+    """RMSNorm's x ** 2 runs in every layer of every step: one multiply, not a libm pow call per element."""
+    from actsparse import targets
+    from actsparse.codegen.lower import lower_graph
+    from actsparse.ir import Graph, Node, TensorType
+
+    x = Node("input", (), {"name": "x"}, TensorType((4,), "f32"))
+    squared = Node("pow", (x, Node("constant", (), {"value": 2.0}, TensorType((), "f32"))), {}, TensorType((4,), "f32"))
+    cubed = Node("pow", (x, Node("constant", (), {"value": 3.0}, TensorType((), "f32"))), {}, TensorType((4,), "f32"))
+    text = lower_graph(Graph((x,), (squared, cubed), {}), targets.get("x86"))[0].script()
+    assert text.count("R.multiply(x, x)") == 1 and text.count("R.power(") == 1

@@ -110,8 +110,8 @@ def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transf
     np.testing.assert_array_equal(weights["model.layers.0.mlp.gate_proj.weight.q8_0"], blobs["ffn_gate"])
     model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf", dtype=torch.float32).eval()
     ids = np.array([[5, 77, 123, 9, 260]])
-    caches = [np.zeros(i.type.shape, np.float32) for i in lm.module.graph.inputs[2:]]
-    arrays = [ids.astype(np.int64), np.array([0], np.int64), *caches]
+    caches = [np.zeros(i.type.shape, np.float32) for i in lm.module.graph.inputs[3:]]  # after ids, pos, filled
+    arrays = [ids.astype(np.int64), np.array([0], np.int64), np.zeros(ids.shape[1], np.int64), *caches]
     exact = evaluate(lm.module.graph, arrays)[0].reshape(-1)   # the IR's reference on the stored blocks
     logits = lm.prefill(ids).logits
     np.testing.assert_allclose(logits, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
