@@ -147,9 +147,16 @@ def install(model, plans) -> None:
         ws = (m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight)
         if hasattr(plan, "x_thr"):
             attrs = {"up_act": "identity", **plan.attrs}
-            m.forward = functools.partial(input_sparse_torch, w_gate=ws[0], w_up=ws[1], w_down=ws[2],
-                                          x_thr=torch.from_numpy(plan.x_thr), h_thr=torch.from_numpy(plan.h_thr),
-                                          attrs=attrs, act_g=m.act_fn)
+            rotation = getattr(plan, "rotation", None)   # rotated-*: the block reads x·Q with W·Q
+            w_gate, w_up = ws[0], ws[1]
+            if rotation is not None:
+                q = torch.from_numpy(np.ascontiguousarray(rotation))
+                with torch.no_grad():
+                    w_gate, w_up = w_gate @ q, w_up @ q
+            sparse = functools.partial(input_sparse_torch, w_gate=w_gate, w_up=w_up, w_down=ws[2],
+                                       x_thr=torch.from_numpy(plan.x_thr), h_thr=torch.from_numpy(plan.h_thr),
+                                       attrs=attrs, act_g=m.act_fn)
+            m.forward = sparse if rotation is None else (lambda x, sparse=sparse, q=q: sparse(x @ q))
         else:
             m.forward = functools.partial(threshold_torch, w_gate=ws[0], w_up=ws[1], w_down=ws[2],
                                           attrs={"up_act": "identity", **plan.attrs}, act_g=m.act_fn)

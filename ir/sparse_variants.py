@@ -249,7 +249,8 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
     SparseVariant(
         "input",
         # x_keep / h_keep: top-k counts per token (0: thresholds); the semantics are in ir/input_sparse.py
-        attrs={"x_keep": 0, "h_keep": 0, "effective_calibrated": None, "input_sparsity": None},
+        # rotation_share: a rotated-* method's Q (the linear in front) as a share of the block's weight bytes
+        attrs={"x_keep": 0, "h_keep": 0, "effective_calibrated": None, "input_sparsity": None, "rotation_share": 0.0},
         extra_inputs=("x_thr", "h_thr"), intermediate=input_intermediate,
         kernels={"cpu": "input", "cuda": "input"},
         kernel_options=lambda attrs: {"gate_act": attrs["gate_act"], "up_act": attrs.get("up_act", "identity"),

@@ -131,11 +131,12 @@ def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str
     samples = calibration_samples(calibration, len(graph.inputs))
     rows = collect_inputs(graph, blocks, samples, max_tokens, progress=progress)
     weights = [block_weights(b, graph.weights, name) for b in blocks]
+    dims = [r.shape[1] for r in rows]
     # a bias folded into the weights: the rows get their ones column
     rows = [np.concatenate([r, np.ones((len(r), 1), np.float32)], 1) if bw.w_gate.shape[1] > r.shape[1] else r
             for r, bw in zip(rows, weights)]
     plans = calibrate_blocks(weights, rows, name, sparsity, progress, [b.loc or f"block {i}" for i, b in
-                                                                        enumerate(blocks)])
+                                                                        enumerate(blocks)], input_dims=dims)
     fixed = []
     for b, plan in zip(blocks, plans):
         if isinstance(plan, NeuronThreshold) and b.attrs["gate_act"] == "fatrelu":

@@ -139,7 +139,14 @@ def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds, provenanc
         return weight_node(name, array)
 
     prefix = w_down_t.attrs["name"].removesuffix(".t")
-    inputs = (x, new(f"{w_gate.attrs['name']}.t", arrays[w_gate.attrs["name"]].T),
-              new(f"{w_up.attrs['name']}.t", arrays[w_up.attrs["name"]].T), w_down_t,
-              new(f"{prefix}.x_thr", c.x_thr.astype(np.float32)), new(f"{prefix}.h_thr", c.h_thr.astype(np.float32)))
-    return Node("sparse_gated_mlp", inputs, base.attrs, TensorType(node.shape, node.dtype), node.loc)
+    w_gate_t, w_up_t = arrays[w_gate.attrs["name"]].T, arrays[w_up.attrs["name"]].T
+    suffix = ".t"
+    if c.rotation is not None:   # rotated-*: the block reads x·Q, its gate/up rows turned alike (W·Q)ᵀ = Qᵀ·Wᵀ
+        q = c.rotation
+        x = Node("linear", (x, new(f"{prefix}.rotation", q.T)), {}, x.type, node.loc)
+        w_gate_t, w_up_t, suffix = q.T @ w_gate_t, q.T @ w_up_t, ".rot.t"
+    inputs = (x, new(f"{w_gate.attrs['name']}{suffix}", w_gate_t), new(f"{w_up.attrs['name']}{suffix}", w_up_t),
+              w_down_t, new(f"{prefix}.x_thr", c.x_thr.astype(np.float32)),
+              new(f"{prefix}.h_thr", c.h_thr.astype(np.float32)))
+    attrs = {**base.attrs, "rotation_share": round(c.rotation_share, 5)} if c.rotation is not None else base.attrs
+    return Node("sparse_gated_mlp", inputs, attrs, TensorType(node.shape, node.dtype), node.loc)

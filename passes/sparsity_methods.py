@@ -11,6 +11,10 @@ every projection; see their entries in ir/sparse_variants.py), what it scores, a
     topk         input      WINA scores, a fixed count per token (stable latency)
     *-greedy     input      TEAL's block-wise allocation: per block the x / h sparsity pair that skips s of its
                             bytes at the least output error (error curves measured per block)
+    rotated-*    input      the block input first rotated into its principal axes on the calibration rows
+                            (x' = x·Q, W' = W·Q: LaRoSa's layer-wise rotation), which gathers x's energy in few
+                            channels so magnitude sparsity drops less of it; Q costs d² weights per token, which
+                            the budget pays: the x / h sparsities skip s plus Q's share of the block's bytes
 
 `sparsity` is the method's own target (fraction of the scored entries zeroed); `effective` is the fraction of
 MLP weight bytes a token does not read, which is what turns into speed. Thresholds are quantiles on the
@@ -19,7 +23,7 @@ calibration rows of each block's input (dense model, so errors do not compound w
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -40,6 +44,7 @@ class Method:
     weighted: bool = False       # WINA: scores times the weight column norms
     greedy: bool = False         # TEAL's greedy allocation against the model-wide budget
     fixed_count: bool = False    # top-k per token instead of thresholds
+    rotate: bool = False         # rotate the block input into its PCA basis first (LaRoSa)
     doc: str = ""
 
 
@@ -50,6 +55,8 @@ METHODS = {m.name: m for m in (
     Method("teal-greedy", "input", "product", greedy=True, doc="TEAL with its greedy per-matrix allocation"),
     Method("wina", "input", "product", weighted=True, doc="WINA: |x_i|·‖W[:, i]‖ scores"),
     Method("wina-greedy", "input", "product", weighted=True, greedy=True, doc="WINA scores, greedy allocation"),
+    Method("rotated-wina-greedy", "input", "product", weighted=True, greedy=True, rotate=True,
+           doc="wina-greedy on the block input rotated into its principal axes (LaRoSa-style), rotation paid"),
     Method("teal-cats", "input", "gate", doc="TEAL on x, CATS on the down projection's input"),
     Method("topk", "input", "product", weighted=True, fixed_count=True,
            doc="fixed count per token on x and h (WINA scores): stable latency"),
@@ -105,6 +112,8 @@ class InputThresholds:
     h_sparsity: float
     effective: float
     tokens: int
+    rotation: np.ndarray | None = field(default=None, repr=False)   # Q [d, d]: the block's input is x·Q
+    rotation_share: float = 0.0    # Q's bytes over the block's weight bytes (already taken off `effective`)
 
     @property
     def attrs(self) -> dict:
@@ -220,19 +229,57 @@ def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
             for b, r in tqdm(list(zip(blocks, rows)), desc="allocate", unit="block", disable=not progress or None)]
 
 
+def pca_rotation(rows: np.ndarray, dims: int) -> np.ndarray:
+    """Q [dims, dims] orthogonal: the principal axes of the first `dims` columns of the calibration rows, largest
+    variance first (eigenvectors of XᵀX in float64)."""
+    x = rows[:, :dims].astype(np.float64)
+    _, vectors = np.linalg.eigh(x.T @ x)
+    return np.ascontiguousarray(vectors[:, ::-1]).astype(np.float32)
+
+
+def rotated(bw: BlockWeights, rows: np.ndarray, q: np.ndarray) -> tuple[BlockWeights, np.ndarray]:
+    """The block and its rows in the rotated basis: x' = x·Q, W' = W·Q on the first Q.shape[0] input columns (a
+    folded bias column after them stays as it is)."""
+    k = len(q)
+
+    def turn(a):
+        return np.concatenate([a[:, :k] @ q, a[:, k:]], 1).astype(np.float32)
+
+    return BlockWeights(turn(bw.w_gate), turn(bw.w_up), bw.w_down, bw.gate_act, bw.up_act), turn(rows)
+
+
 def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
-                           progress: bool = True, where: list[str] | None = None, curves=None) -> list[InputThresholds]:
-    """Input-mode thresholds for every block: uniform sparsity, or the greedy allocation for `*-greedy`."""
+                           progress: bool = True, where: list[str] | None = None, curves=None,
+                           input_dims: list[int] | None = None) -> list[InputThresholds]:
+    """Input-mode thresholds for every block: uniform sparsity, or the greedy allocation for `*-greedy`;
+    `rotated-*` first turns each block into its input's principal axes (`input_dims`: the block's own input
+    columns, before a folded bias column) and asks each block to skip `sparsity` plus its rotation's share."""
     m = method(name)
     if m.mode != "input":
         raise ValueError(f"method {name!r} is not an input-sparsity method")
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
+    rotations, shares = [None] * len(blocks), [0.0] * len(blocks)
+    if m.rotate:
+        dims = input_dims or [r.shape[1] for r in rows]
+        rotations = [pca_rotation(r, k) for r, k in zip(rows, dims)]
+        turned = [rotated(b, r, q) for b, r, q in zip(blocks, rows, rotations)]
+        blocks, rows = [t[0] for t in turned], [t[1] for t in turned]
+        shares = [q.size / (b.w_gate.size + b.w_up.size + b.w_down.size) for q, b in zip(rotations, blocks)]
+    budgets = [sparsity + share for share in shares]
+    if max(budgets) > MAX_LEVEL:
+        raise CalibrationError(f"sparsity {sparsity:g} is out of reach for {name}: with the rotation's share "
+                               f"({max(shares):.1%} of a block's bytes) no matrix may go beyond {MAX_LEVEL:g}; ask "
+                               f"for at most {MAX_LEVEL - max(shares):.2f}")
     if m.greedy:
-        levels = greedy_allocation(blocks, rows, m, sparsity, progress=progress, curves=curves)
+        curves = curves or allocation_curves(blocks, rows, m, progress=progress)
+        levels = [greedy_allocation([b], [r], m, budget, curves=[c])[0]
+                  for b, r, c, budget in zip(blocks, rows, curves, budgets)]
     else:
-        levels = [(sparsity, sparsity)] * len(blocks)
-    return [input_thresholds(b, r, m, *lv) for b, r, lv in zip(blocks, rows, levels)]
+        levels = [(budget, budget) for budget in budgets]
+    plans = [input_thresholds(b, r, m, *lv) for b, r, lv in zip(blocks, rows, levels)]
+    return [replace(p, rotation=q, rotation_share=share, effective=p.effective - share)
+            for p, q, share in zip(plans, rotations, shares)]
 
 
 def effective_sparsity(mode: str, criterion: str, sparsity: float, shares: tuple[float, float]) -> float:
@@ -273,12 +320,14 @@ def neuron_threshold(bw: BlockWeights, rows: np.ndarray, m: Method, sparsity: fl
 
 
 def calibrate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
-                     progress: bool = True, where: list[str] | None = None, curves=None):
+                     progress: bool = True, where: list[str] | None = None, curves=None,
+                     input_dims: list[int] | None = None):
     """Every block's calibration for method `name` at `sparsity` (NeuronThreshold or InputThresholds each);
-    `curves`: the greedy allocation's error curves of an earlier call with the same blocks and rows."""
+    `curves`: the greedy allocation's error curves of an earlier call with the same blocks and rows;
+    `input_dims`: each block's input width before a folded bias column (what a rotation turns)."""
     m = method(name)
     if m.mode == "input":
-        return calibrate_input_blocks(blocks, rows, name, sparsity, progress, where, curves)
+        return calibrate_input_blocks(blocks, rows, name, sparsity, progress, where, curves, input_dims)
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
     return [neuron_threshold(b, r, m, sparsity) for b, r in zip(blocks, rows)]
