@@ -150,7 +150,7 @@ def install(model, plans) -> None:
             rotation = getattr(plan, "rotation", None)   # rotated-*: the block reads x·Q with W·Q
             w_gate, w_up = ws[0], ws[1]
             if rotation is not None:
-                q = torch.from_numpy(np.ascontiguousarray(rotation))
+                q = torch.from_numpy(np.ascontiguousarray(rotation, np.float32))
                 with torch.no_grad():
                     w_gate, w_up = w_gate @ q, w_up @ q
             sparse = functools.partial(input_sparse_torch, w_gate=w_gate, w_up=w_up, w_down=ws[2],

@@ -142,9 +142,10 @@ def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds, provenanc
     w_gate_t, w_up_t = arrays[w_gate.attrs["name"]].T, arrays[w_up.attrs["name"]].T
     suffix = ".t"
     if c.rotation is not None:   # rotated-*: the block reads x·Q, its gate/up rows turned alike (W·Q)ᵀ = Qᵀ·Wᵀ
-        q = c.rotation
+        q = c.rotation   # as stored (fp16); the turned weights use the same rounded Q
         x = Node("linear", (x, new(f"{prefix}.rotation", q.T)), {}, x.type, node.loc)
-        w_gate_t, w_up_t, suffix = q.T @ w_gate_t, q.T @ w_up_t, ".rot.t"
+        qt = q.T.astype(np.float32)
+        w_gate_t, w_up_t, suffix = qt @ w_gate_t, qt @ w_up_t, ".rot.t"
     inputs = (x, new(f"{w_gate.attrs['name']}{suffix}", w_gate_t), new(f"{w_up.attrs['name']}{suffix}", w_up_t),
               w_down_t, new(f"{prefix}.x_thr", c.x_thr.astype(np.float32)),
               new(f"{prefix}.h_thr", c.h_thr.astype(np.float32)))

@@ -13,8 +13,8 @@ every projection; see their entries in ir/sparse_variants.py), what it scores, a
                             bytes at the least output error (error curves measured per block)
     rotated-*    input      the block input first rotated into its principal axes on the calibration rows
                             (x' = x·Q, W' = W·Q: LaRoSa's layer-wise rotation), which gathers x's energy in few
-                            channels so magnitude sparsity drops less of it; Q costs d² weights per token, which
-                            the budget pays: the x / h sparsities skip s plus Q's share of the block's bytes
+                            channels so magnitude sparsity drops less of it; Q costs d² fp16 weights per token,
+                            which the budget pays: the x / h sparsities skip s plus its share of the bytes
 
 `sparsity` is the method's own target (fraction of the scored entries zeroed); `effective` is the fraction of
 MLP weight bytes a token does not read, which is what turns into speed. Thresholds are quantiles on the
@@ -229,18 +229,21 @@ def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
             for b, r in tqdm(list(zip(blocks, rows)), desc="allocate", unit="block", disable=not progress or None)]
 
 
+ROTATION_DTYPE = np.float16   # Q is stored (and read per token) in half precision: half the bytes of an fp32 Q
+
+
 def pca_rotation(rows: np.ndarray, dims: int) -> np.ndarray:
-    """Q [dims, dims] orthogonal: the principal axes of the first `dims` columns of the calibration rows, largest
-    variance first (eigenvectors of XᵀX in float64)."""
+    """Q [dims, dims], orthogonal up to its fp16 rounding: the principal axes of the first `dims` columns of the
+    calibration rows, largest variance first (eigenvectors of XᵀX in float64), as stored (ROTATION_DTYPE)."""
     x = rows[:, :dims].astype(np.float64)
     _, vectors = np.linalg.eigh(x.T @ x)
-    return np.ascontiguousarray(vectors[:, ::-1]).astype(np.float32)
+    return np.ascontiguousarray(vectors[:, ::-1]).astype(ROTATION_DTYPE)
 
 
 def rotated(bw: BlockWeights, rows: np.ndarray, q: np.ndarray) -> tuple[BlockWeights, np.ndarray]:
     """The block and its rows in the rotated basis: x' = x·Q, W' = W·Q on the first Q.shape[0] input columns (a
     folded bias column after them stays as it is)."""
-    k = len(q)
+    k, q = len(q), q.astype(np.float32)
 
     def turn(a):
         return np.concatenate([a[:, :k] @ q, a[:, k:]], 1).astype(np.float32)
@@ -265,7 +268,7 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
         rotations = [pca_rotation(r, k) for r, k in zip(rows, dims)]
         turned = [rotated(b, r, q) for b, r, q in zip(blocks, rows, rotations)]
         blocks, rows = [t[0] for t in turned], [t[1] for t in turned]
-        shares = [q.size / (b.w_gate.size + b.w_up.size + b.w_down.size) for q, b in zip(rotations, blocks)]
+        shares = [q.nbytes / (b.w_gate.nbytes + b.w_up.nbytes + b.w_down.nbytes) for q, b in zip(rotations, blocks)]
     budgets = [sparsity + share for share in shares]
     if max(budgets) > MAX_LEVEL:
         raise CalibrationError(f"sparsity {sparsity:g} is out of reach for {name}: with the rotation's share "

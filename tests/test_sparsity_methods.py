@@ -38,7 +38,7 @@ def _plans(graph):
         if n.attrs["mode"] == "input":
             x_thr, h_thr = (graph.weights[w.attrs["name"]] for w in n.inputs[4:6])
             x = n.inputs[0]   # rotated-*: linear(x, @Qᵀ) in front
-            rotation = graph.weights[x.inputs[1].attrs["name"]].T if x.op == "linear" else None
+            rotation = graph.weights[x.inputs[1].attrs["name"]].T.astype(np.float32) if x.op == "linear" else None
             plans.append(SimpleNamespace(x_thr=x_thr, h_thr=h_thr, attrs=dict(n.attrs), rotation=rotation))
         else:
             plans.append(SimpleNamespace(attrs={k: n.attrs[k] for k in ("mode", "threshold", "criterion")}))
@@ -215,7 +215,7 @@ def test_rotated_method_turns_the_input_and_beats_the_plain_one_on_correlated_in
         if name.startswith("rotated"):
             assert node.inputs[0].op == "linear" and cm.graph.weights[node.inputs[0].inputs[1].attrs["name"]].shape \
                 == (48, 48)
-            share = 48 * 48 / (3 * 48 * 96)
+            share = 48 * 48 * 2 / (3 * 48 * 96 * 4)   # Q in fp16, the block in fp32
             assert node.attrs["rotation_share"] == pytest.approx(share, abs=1e-4)
             assert block.effective_calibrated == pytest.approx(0.4, abs=0.03)   # net of the rotation's bytes
         else:
