@@ -204,7 +204,7 @@ def greedy_allocation(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
     if budget > MAX_LEVEL:
         raise CalibrationError(f"sparsity {budget:g} is out of reach: no matrix is sparsified beyond {MAX_LEVEL:g}; "
                                f"ask for at most {MAX_LEVEL:g}")
-    curves = curves or allocation_curves(blocks, rows, m, error_tokens, progress)
+    curves = curves or _curves(blocks, rows, m, error_tokens, progress)
     levels = np.arange(len(curves[0][0])) * LEVEL_STEP
     plan = []
     for block, (cx, ch) in zip(blocks, curves):
@@ -220,8 +220,16 @@ def greedy_allocation(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
 
 
 def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
-                      progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per block, the error curves the greedy allocation reads (levels 0, LEVEL_STEP, ..., MAX_LEVEL)."""
+                      progress: bool = True, input_dims: list[int] | None = None) -> list[tuple]:
+    """Per block, the error curves the greedy allocation reads (levels 0, LEVEL_STEP, ..., MAX_LEVEL); for a
+    rotated-* method on the rotated blocks, as its calibration reads them."""
+    if m.rotate:
+        blocks, rows, _, _ = rotate_blocks(blocks, rows, input_dims)
+    return _curves(blocks, rows, m, error_tokens, progress)
+
+
+def _curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
+            progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
     from tqdm.auto import tqdm
 
     levels = np.arange(0.0, MAX_LEVEL + 1e-9, LEVEL_STEP)
@@ -251,6 +259,16 @@ def rotated(bw: BlockWeights, rows: np.ndarray, q: np.ndarray) -> tuple[BlockWei
     return BlockWeights(turn(bw.w_gate), turn(bw.w_up), bw.w_down, bw.gate_act, bw.up_act), turn(rows)
 
 
+def rotate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], input_dims: list[int] | None = None):
+    """(turned blocks, turned rows, Q per block, Q's share of each block's bytes) for the rotated-* methods."""
+    dims = input_dims or [r.shape[1] for r in rows]
+    rotations = [pca_rotation(r, k) for r, k in zip(rows, dims)]
+    turned = [rotated(b, r, q) for b, r, q in zip(blocks, rows, rotations)]
+    blocks, rows = [t[0] for t in turned], [t[1] for t in turned]
+    shares = [q.nbytes / (b.w_gate.nbytes + b.w_up.nbytes + b.w_down.nbytes) for q, b in zip(rotations, blocks)]
+    return blocks, rows, rotations, shares
+
+
 def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
                            progress: bool = True, where: list[str] | None = None, curves=None,
                            input_dims: list[int] | None = None) -> list[InputThresholds]:
@@ -264,18 +282,14 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
         check_rows(r, sparsity, where[i] if where else f"block {i}")
     rotations, shares = [None] * len(blocks), [0.0] * len(blocks)
     if m.rotate:
-        dims = input_dims or [r.shape[1] for r in rows]
-        rotations = [pca_rotation(r, k) for r, k in zip(rows, dims)]
-        turned = [rotated(b, r, q) for b, r, q in zip(blocks, rows, rotations)]
-        blocks, rows = [t[0] for t in turned], [t[1] for t in turned]
-        shares = [q.nbytes / (b.w_gate.nbytes + b.w_up.nbytes + b.w_down.nbytes) for q, b in zip(rotations, blocks)]
+        blocks, rows, rotations, shares = rotate_blocks(blocks, rows, input_dims)
     budgets = [sparsity + share for share in shares]
-    if max(budgets) > MAX_LEVEL:
+    if max(budgets) > MAX_LEVEL and m.rotate:
         raise CalibrationError(f"sparsity {sparsity:g} is out of reach for {name}: with the rotation's share "
                                f"({max(shares):.1%} of a block's bytes) no matrix may go beyond {MAX_LEVEL:g}; ask "
                                f"for at most {MAX_LEVEL - max(shares):.2f}")
     if m.greedy:
-        curves = curves or allocation_curves(blocks, rows, m, progress=progress)
+        curves = curves or _curves(blocks, rows, m, progress=progress)
         levels = [greedy_allocation([b], [r], m, budget, curves=[c])[0]
                   for b, r, c, budget in zip(blocks, rows, curves, budgets)]
     else:
