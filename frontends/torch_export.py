@@ -39,6 +39,7 @@ from .torch_ops import lookup
 
 TORCH_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.float64: "f64", torch.int64: "i64",
                 torch.int32: "i32", torch.bool: "bool", torch.uint8: "u8"}
+COMPLEX_PARTS = {torch.complex64: "f32", torch.complex128: "f64"}
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 _SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
@@ -317,6 +318,8 @@ class Importer:
                 from None
 
     def tensor_type(self, val) -> TensorType:
+        if val.is_complex():  # complex tensors are real pairs on a last axis of 2 (torch.view_as_real's layout)
+            return TensorType((*self.shape(val), 2), COMPLEX_PARTS.get(val.dtype) or self.dtype(val))
         return TensorType(self.shape(val), self.dtype(val))
 
     def out(self, fx_node) -> TensorType:

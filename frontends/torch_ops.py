@@ -13,6 +13,7 @@ import torch
 from ..ir import Node, TensorType
 from ..ir.types import positive_axis
 from .torch_inplace import in_place
+from .torch_ops_layers import complex_arith
 from .torch_ops_tail import TAIL_TO_IR
 
 BIG = 2**62  # slice ends at or beyond this mean "to the end" (torch spells it 9223372036854775807)
@@ -59,6 +60,8 @@ def _arith(op, identity=None, reverse=False):
     def handle(cx, node, a, b, alpha=1, **_):  # a op b, both cast to torch's result dtype; x+0, x*1 -> x
         if reverse:
             a, b = b, a
+        if node.meta["val"].is_complex():
+            return complex_arith(cx, node, op, a, b, alpha)
         dtype = cx.out(node).dtype
         if alpha != 1:
             b = cx.emit("mul", [cx.tensor(b, dtype), cx.const(alpha, dtype)])

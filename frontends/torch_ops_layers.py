@@ -186,6 +186,40 @@ def _index_put(cx, node, x, indices, values, accumulate=False):
     return cx.emit("where", [mask, cx.tensor(values, x.dtype), x])
 
 
+# --- complex numbers as real pairs (rotary embeddings written with torch.polar / view_as_complex) ---------------
+# A complex tensor is held as a real one with a last axis of 2 (re, im): torch.view_as_real's layout, so
+# view_as_complex / view_as_real are identities and shape ops follow torch's recorded shapes (Importer.tensor_type).
+def _polar(cx, node, magnitude, angle):  # polar(r, θ) -> concat(r·cos θ, r·sin θ) on a new last axis
+    parts = [cx.emit("mul", [magnitude, cx.emit(f, [angle])]) for f in ("cos", "sin")]
+    parts = [cx.emit("reshape", [p], shape=(*p.shape, 1)) for p in parts]
+    return cx.emit("concat", parts, axis=len(parts[0].shape) - 1)
+
+
+def _as_pairs(cx, node, x):  # view_as_complex / view_as_real -> x (the same real pairs)
+    return x
+
+
+def complex_arith(cx, node, op, a, b, alpha=1):
+    # (a0, a1) * (b0, b1) -> (a0·b0 - a1·b1, a0·b1 + a1·b0); ± pairwise; a real operand scales both parts
+    if op not in ("add", "sub", "mul") or alpha != 1:
+        raise cx.error(f"complex {op} is not supported (only +, -, · of complex tensors)")
+    dtype = cx.out(node).dtype
+    vals = [v.meta["val"] if isinstance(v, torch.fx.Node) else v for v in node.args[:2]]
+    if op == "sub" and node.target.overloadpacket is torch.ops.aten.rsub:
+        vals = vals[::-1]
+    complex_in = [isinstance(v, torch.Tensor) and v.is_complex() for v in vals]
+    a, b = (cx.tensor(t, dtype) if c or not isinstance(t, Node) else
+            cx.emit("reshape", [cx.cast(t, dtype)], shape=(*t.shape, 1)) for t, c in zip((a, b), complex_in))
+    if op != "mul" or not all(complex_in):
+        if op != "mul" and not all(complex_in):
+            raise cx.error("adding a real tensor to a complex one is not supported")
+        return cx.emit(op, [a, b])
+    pa, pb = ([cx.emit("slice", [t], axis=t.type.rank - 1, start=i, end=i + 1) for i in (0, 1)] for t in (a, b))
+    real = cx.emit("sub", [cx.emit("mul", [pa[0], pb[0]]), cx.emit("mul", [pa[1], pb[1]])])
+    imag = cx.emit("add", [cx.emit("mul", [pa[0], pb[1]]), cx.emit("mul", [pa[1], pb[0]])])
+    return cx.emit("concat", [real, imag], axis=real.type.rank - 1)
+
+
 def _scalar(cx, node, x):  # _local_scalar_dense (x.item()): kept as torch's symbol; assertions on it are dropped
     return node.meta["val"]
 
@@ -199,4 +233,5 @@ LAYER_TO_IR = {
     "aten.expm1": _expm1, **dict.fromkeys(["aten.log_sigmoid_forward", "aten.log_sigmoid.default"], _log_sigmoid),
     "aten.repeat": _repeat, "aten.select_scatter": _select_scatter,
     "aten.index_put": _index_put, "aten._local_scalar_dense": _scalar,
+    "aten.polar": _polar, "aten.view_as_complex": _as_pairs, "aten.view_as_real": _as_pairs,
 }

@@ -53,6 +53,7 @@ SIZES = {
     **dict.fromkeys(["max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"], 64),
     **dict.fromkeys(["sliding_window", "attention_window"], 16),
     **dict.fromkeys(["first_k_dense_replace"], 1),
+    "num_kv_shared_layers": 0,  # KV shared from earlier layers of the same kind needs more layers than kept
     **dict.fromkeys(["rotary_dim", "rotary_emb_base_"], HEAD_DIM),
 }
 SSM_HEADS = [("mamba_expand", "mamba_n_heads", "mamba_d_head"), ("expand", "num_heads", "head_dim")]
@@ -218,7 +219,7 @@ def check_architecture(arch: str, compile: bool = False) -> ArchResult:
             warnings.simplefilter("always")
             graph = import_torch(wrapped, (ids,))
         if not any(isinstance(d, str) for d in graph.inputs[0].shape):
-            fell_back = [_FELL_BACK.search(str(w.message)) for w in caught]
+            fell_back = [_FELL_BACK.search(str(w.message)) for w in caught]  # import-time fallbacks (new rows)
             why = next((m.group(1) for m in fell_back if m), "")
             result.note = "static sequence length" + (f": {_clean(why)}" if why else "")
         lap("import", "interpret")
@@ -251,7 +252,8 @@ def _assert_close(got, want, what: str) -> None:
 _PATH = re.compile(r"(?:/[\w.@+-]+)+/([\w.-]+\.py)")
 
 
-_FELL_BACK = re.compile(r"symbolic sequence length failed \((.*)\); importing with the example's static", re.S)
+_FELL_BACK = re.compile(r"importing with a symbolic sequence length failed \((.*)\); importing with the example's "
+                        r"static", re.S)
 _EVAL = re.compile(r"<eval_with_key>\.\d+(?::\d+)?")
 
 

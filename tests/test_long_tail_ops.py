@@ -114,3 +114,34 @@ def test_a_size_computed_from_seq_imports_with_static_shapes_and_says_so():
     with pytest.warns(UserWarning, match="static shapes"):
         cm = actsparse.compile(model, (x,), mode="dense")
     np.testing.assert_allclose(cm(x).numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+class ComplexRotary(nn.Module):
+    """Rotary embedding written with complex numbers (Llama 4, DeepSeek-V2): polar, view_as_complex, a complex
+    product, view_as_real."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 8)
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8)), persistent=False)
+
+    def forward(self, ids):
+        x = self.proj(ids)  # [1, seq, 8]
+        positions = torch.arange(ids.shape[1]).float()[None, :, None]
+        freqs = torch.polar(torch.ones_like(positions * self.inv_freq), positions * self.inv_freq) * 0.5
+        pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(pairs * freqs).flatten(2) + torch.view_as_real(freqs - pairs).flatten(2)
+
+
+def test_complex_rotary_matches_torch_as_real_pairs():
+    torch.manual_seed(0)
+    model = ComplexRotary().eval()
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        want = model(ids).numpy()
+    graph = import_torch(model, (ids,))
+    assert graph.inputs[0].shape[1] == "seq"
+    np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-5, atol=1e-6)
+    longer = torch.tensor([[2, 7, 1, 8, 2, 8, 1]])
+    with torch.no_grad():
+        np.testing.assert_allclose(evaluate(graph, [longer.numpy()])[0], model(longer).numpy(), rtol=1e-5, atol=1e-6)
