@@ -145,6 +145,35 @@ def _repeat(cx, node, x, repeats):
     return cx.emit("reshape", [x], shape=cx.out(node).shape)
 
 
+def _unfold(cx, node, x, dimension, size, step):
+    # unfold(x, d, size, step) -> permute(reshape(index_select(x, [windows' positions], d), [.., n, size, ..]),
+    #                                     size last): the sliding windows of a short convolution
+    axis, length = positive_axis(dimension, x.type.rank), x.shape[positive_axis(dimension, x.type.rank)]
+    if isinstance(length, str):
+        raise cx.symbolic_error(f"sliding windows over the symbolic dim `{length}` cannot be expressed; "
+                                "import with dynamic_seq=False")
+    starts = range(0, length - size + 1, step)
+    positions = tuple(s + k for s in starts for k in range(size))
+    index = cx.source_node("constant", TensorType((len(positions),), "i64"), value=positions)
+    x = cx.emit("reshape", [cx.emit("index_select", [x, index], axis=axis)],
+                shape=(*x.shape[:axis], len(starts), size, *x.shape[axis + 1:]))
+    rank = x.type.rank
+    axes = (*range(axis + 1), *range(axis + 2, rank), axis + 1)
+    return x if axes == tuple(range(rank)) else cx.emit("permute", [x], axes=axes)
+
+
+def _flip(cx, node, x, dims):  # flip(x, dims) -> index_select(x, [n-1, ..., 0]) per dim
+    for dim in dims:
+        axis = positive_axis(dim, x.type.rank)
+        length = x.shape[axis]
+        if isinstance(length, str):
+            raise cx.symbolic_error(f"reversing the symbolic dim `{length}` cannot be expressed; "
+                                    "import with dynamic_seq=False")
+        index = cx.source_node("constant", TensorType((length,), "i64"), value=tuple(range(length - 1, -1, -1)))
+        x = cx.emit("index_select", [x, index], axis=axis)
+    return x
+
+
 def _select_scatter(cx, node, x, src, dim, index):  # select_scatter(x, s, d, i) -> slice_scatter(x, s[d:=1], d, i, i+1)
     axis = positive_axis(dim, x.type.rank)
     index = cx.dim(index)
@@ -231,7 +260,7 @@ LAYER_TO_IR = {
     "aten.floor": _rounding("floor"), "aten.trunc": _rounding("trunc"), "aten.fix": _rounding("trunc"),
     "aten.div.Tensor_mode": _div_mode, "aten.div.Scalar_mode": _div_mode,
     "aten.expm1": _expm1, **dict.fromkeys(["aten.log_sigmoid_forward", "aten.log_sigmoid.default"], _log_sigmoid),
-    "aten.repeat": _repeat, "aten.select_scatter": _select_scatter,
+    "aten.repeat": _repeat, "aten.select_scatter": _select_scatter, "aten.unfold": _unfold, "aten.flip": _flip,
     "aten.index_put": _index_put, "aten._local_scalar_dense": _scalar,
     "aten.polar": _polar, "aten.view_as_complex": _as_pairs, "aten.view_as_real": _as_pairs,
 }

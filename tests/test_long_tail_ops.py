@@ -66,7 +66,8 @@ class LayerTail(nn.Module):
         marked = torch.select_scatter(h, h[..., 1] * 2, -1, 0)
         strided = torch.slice_scatter(h, h[..., 1::2] + 1, -1, 0, None, 2)
         masked = torch.ops.aten.index_put(h, [h > 0.2], torch.tensor(0.0))
-        return conv + xielu + buckets + norms + tiled + marked + strided + masked
+        windows = h.unfold(-1, 4, 2).flip(-1).flatten(2)[..., :8]  # 3 windows of 4 channels, each reversed
+        return conv + xielu + buckets + norms + tiled + marked + strided + masked + windows
 
 
 class CausalConv(nn.Module):
@@ -80,7 +81,8 @@ class CausalConv(nn.Module):
     def forward(self, x):
         h = self.proj(x).transpose(1, 2)
         padded = F.pad(h, (2, 0), value=0.5)  # constant_pad_nd
-        return (self.conv(h)[..., : h.shape[-1]] + padded[..., 2:]).transpose(1, 2)
+        windows = F.pad(h, (3, 0)).unfold(-1, 4, 1).flip(-1).sum(-1)  # a causal window sum, newest tap first
+        return (self.conv(h)[..., : h.shape[-1]] + padded[..., 2:] + windows).transpose(1, 2)
 
 
 def test_layer_tail_ops_match_torch_in_the_interpreter_and_tvm():
