@@ -221,7 +221,7 @@ def check_architecture(arch: str, compile: bool = False) -> ArchResult:
         if not any(isinstance(d, str) for d in graph.inputs[0].shape):
             fell_back = [_FELL_BACK.search(str(w.message)) for w in caught]  # import-time fallbacks (new rows)
             why = next((m.group(1) for m in fell_back if m), "")
-            result.note = "static sequence length" + (f": {_clean(why)}" if why else "")
+            result.note = f"static sequence length: {_clean(why)}" if why else ""
         lap("import", "interpret")
         _assert_close(evaluate(graph, [ids.numpy()])[0], want, "the IR interpreter")
         stats = run_pipeline(graph, pipeline_for("auto")).stats.get("detect-gated-mlp", {})
