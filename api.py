@@ -127,8 +127,8 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
             # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
             example_inputs = example_inputs_for(graph)
         arrays = [_to_numpy(x) for x in example_inputs]
-        if memory_budget is not None:
-            options.update(_budget_options(memory_budget, budget_calibration, arrays))
+        if memory_budget is not None:   # a lossy mode's own calibration also counts the neurons' firing
+            options = {**_budget_options(memory_budget, budget_calibration, arrays), **options}
         return compile_graph(graph, arrays, target, mode, options, **quant, progress=progress)
 
 
@@ -178,9 +178,9 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                              predictor_options)
     if prompt is None:
         prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
-    if memory_budget is not None:
-        options.update(_budget_options(memory_budget, calibration if lossy_calibration is None else None,
-                                       _decoder_inputs(prompt, caches)))
+    if memory_budget is not None:   # a lossy mode's own calibration also counts the neurons' firing
+        options = {**_budget_options(memory_budget, calibration if lossy_calibration is None else None,
+                                     _decoder_inputs(prompt, caches)), **options}
     if quantize in QUANTIZE_KINDS and prequantized is None and isinstance(source, (str, os.PathLike)) \
             and str(source).endswith(".gguf"):
         from .frontends.gguf_quant import read_gguf_quantized

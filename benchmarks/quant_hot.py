@@ -3,7 +3,10 @@ dequantizes and accumulates, without DRAM in the way (compare it with the per-co
 
     python -m actsparse.benchmarks.quant_hot [--layouts float32,float16,q8_0,q4_0,q4_1] [--k 4096] [--n 256]
 
-Best of 300 calls (the least disturbed by other load), so it is a ceiling, not a decoding figure.
+Best of 300 calls (the least disturbed by other load), so it is a ceiling, not a decoding figure. Where the host
+has an int8 dot (VNNI: the schedule's `int8_dot`), each quantized layout is timed twice in the same run: on the
+float path (weights dequantized in registers; `int8_dot` off) and on the integer path (x quantized to 8-bit
+blocks once per call, `vpdpbusd`), so the two are compared under the same load.
 """
 
 from __future__ import annotations
@@ -37,18 +40,24 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((args.n, args.k)).astype(np.float32)
     x = rng.standard_normal((1, args.k)).astype(np.float32)
-    print(f"{target.description}; load average {os.getloadavg()[0]:.1f}")
+    print(f"{target.description}; load average {os.getloadavg()[0]:.1f}; int8 dot: {sched.int8_dot or 'none'}")
     for layout in args.layouts.split(","):
         arr = quantize(w, layout).blob if layout in LAYOUTS else w.astype(layout)
-        fn = build_standalone(kernel("linear", args.k, args.n, dtype=layout, sched=sched), target.tvm_target())
-        tensors = [tvm.runtime.tensor(v) for v in (x, arr, np.zeros((1, args.n), np.float32))]
-        best = float("inf")
-        for _ in range(300):
-            t0 = time.perf_counter()
-            fn(*tensors)
-            best = min(best, time.perf_counter() - t0)
-        print(f"{layout}: {best * 1e6:.1f} us, {arr.nbytes / best / 1e9:.1f} GB/s, "
-              f"{args.n * args.k / best / 1e9:.2f} G weights/s (1 thread, hot)", flush=True)
+        paths = [("", replace(sched, int8_dot=""))]
+        if layout in LAYOUTS and sched.int8_dot:
+            paths.append((f" int8 dot ({sched.int8_dot})", sched))
+        for label, path_sched in paths:
+            fn = build_standalone(kernel("linear", args.k, args.n, dtype=layout, sched=path_sched),
+                                  target.tvm_target())
+            tensors = [tvm.runtime.tensor(v) for v in (x, arr, np.zeros((1, args.n), np.float32))]
+            best = float("inf")
+            for _ in range(300):
+                t0 = time.perf_counter()
+                fn(*tensors)
+                best = min(best, time.perf_counter() - t0)
+            print(f"{layout}{label}: {best * 1e6:.1f} us, {arr.nbytes / best / 1e9:.1f} GB/s, "
+                  f"{args.n * args.k / best / 1e9:.2f} G weights/s (1 thread, hot)", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     return 0
 
 

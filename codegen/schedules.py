@@ -1,7 +1,7 @@
 """Target data -> kernel schedule: which schedule family a target gets is a table keyed by the TVM target kind
 (`SCHEDULES`), its numbers come from the target's fields (targets/ are data and never import codegen).
 
-    llvm / c  -> CpuSchedule(lanes, threads, vector_registers, l2_bytes, accumulators)   (x86, arm)
+    llvm / c  -> CpuSchedule(lanes, threads, vector_registers, l2_bytes, accumulators, fp16fml, int8_dot)  (x86, arm)
     cuda      -> GpuSchedule(warp, threads, vector_bytes, multiprocessors, shared_bytes)
 """
 
@@ -10,11 +10,36 @@ from __future__ import annotations
 from ..targets import Target
 from .kernels.schedule import CpuSchedule, GpuSchedule
 
+# int8 dot instructions (kernels/quant_int8.py): (target feature flag, vector bits, LLVM feature that must hold
+# for the TVM target too, the instruction's name in quant_int8.INT8_DOTS), first match wins
+INT8_DOT_FEATURES = (
+    ("avx512_vnni", 512, "avx512vnni", "vpdpbusd512"),
+    ("avx512_vnni", 256, "avx512vnni", "vpdpbusd256"),   # with AVX512-VL, which every VNNI part has
+    ("avx_vnni", 256, "avxvnni", "vpdpbusd256"),
+)
+
+
+def int8_dot(target: Target) -> str:
+    """The int8 dot instruction the kernels may use on `target`: declared by its feature flags (detected from the
+    host, `targets/x86.py`) and confirmed by LLVM for its TVM target (a target dict naming another CPU: that CPU's
+    features), "" if none."""
+    for flag, bits, llvm_feature, name in INT8_DOT_FEATURES:
+        if flag in target.features and target.vector_bits == bits and _llvm_has(target, llvm_feature):
+            return name
+    return ""
+
+
+def _llvm_has(target: Target, feature: str) -> bool:
+    from tvm.target import codegen
+
+    return bool(codegen.llvm_cpu_has_features(feature, target.tvm_target()))
+
 
 def cpu_schedule(target: Target) -> CpuSchedule:
     return CpuSchedule(lanes=target.lanes, threads=target.threads, vector_registers=target.vector_registers,
                        l2_bytes=target.l2_bytes, accumulators=target.accumulators,
-                       fp16fml="fp16fml" in target.features)  # a feature the target's data declares
+                       fp16fml="fp16fml" in target.features,  # features the target's data declares
+                       int8_dot=int8_dot(target))
 
 
 def gpu_schedule(target: Target) -> GpuSchedule:

@@ -191,3 +191,19 @@ def dequantize(blob: np.ndarray, layout_name: str, cols: int) -> np.ndarray:
         nibbles = np.concatenate([raw & 15, raw >> 4], -1).astype(np.float32)
         values = (nibbles * header[..., :1] + header[..., 1:2]) if lay.offset else (nibbles - 8) * header[..., :1]
     return values.reshape(rows, g * GROUP)[:, :cols].astype(np.float32)
+
+
+def round_x8(x: np.ndarray) -> np.ndarray:
+    """x [..., d] as the int8-dot kernels see it (codegen/kernels/quant_int8.py): per group of 32 columns (the last
+    zero-padded), dx = max|x| / 127 and x -> dx * round(x * (127 / max|x|)), rounded half to even in float32. The
+    quantized-weight row dots on a target with an int8 dot equal the float dots on these values."""
+    x = np.asarray(x, np.float32)
+    d = x.shape[-1]
+    g = -(-d // GROUP)
+    padded = np.zeros((*x.shape[:-1], g * GROUP), np.float32)
+    padded[..., :d] = x
+    blocks = padded.reshape(*x.shape[:-1], g, GROUP)
+    amax = np.abs(blocks).max(-1, keepdims=True)
+    inv = np.divide(np.float32(127), amax, out=np.zeros_like(amax), where=amax > 0)
+    codes = np.rint(blocks * inv)
+    return (codes * (amax / np.float32(127))).reshape(padded.shape)[..., :d].astype(np.float32)

@@ -201,8 +201,14 @@ def _predictor_report(attrs: dict) -> dict:
 # memory budget. Its up and down rows live outside the fast memory (CPU: bundled per neuron in a file; GPU: host
 # memory), so its kernel is a host function (runtime/cold_store.py) named by `store`, keeping the `window` most
 # recently active neurons resident. The gate rows stay resident: they decide which neurons fire.
+# "cold-predictor" is the same for predictor mode: the predictor's scores pick the cold neurons, so their gate rows
+# go to slow memory too (bundled with the up and down rows) and only the scores' producer stays resident.
 def _cold_report(attrs: dict) -> dict:
     return {"reason": f"cold neurons, read on demand ({attrs.get('window', 0)} kept resident)"}
+
+
+def _cold_options(attrs: dict) -> dict:
+    return {**_activation_options(attrs), "store": attrs["store"]}
 
 
 VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
@@ -238,7 +244,7 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         kernels={"cpu": "input", "cuda": "input"},
         kernel_options=lambda attrs: {"gate_act": attrs["gate_act"], "up_act": attrs.get("up_act", "identity"),
                                       "criterion": attrs.get("criterion", "product"), **_no_top_k(attrs)},
-        dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns", quantized_kernels=False,
+        dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns",
         measure=input_measure,
         doc="TEAL / WINA input sparsity: per-channel thresholds on x and on the down input, skipped weight rows"),
     SparseVariant(
@@ -248,9 +254,15 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         attrs={"base": "exact", "store": "", "window": 0},
         extra_inputs=(), intermediate=_exact_intermediate,
         kernels={"cpu": "cold", "cuda": "cold"},
-        kernel_options=lambda attrs: {**_activation_options(attrs), "store": attrs["store"]},
-        dense_attrs=_plain_attrs, report=_cold_report, quantized_kernels=False,
+        kernel_options=_cold_options, dense_attrs=_plain_attrs, report=_cold_report, quantized_kernels=False,
         doc="the cold part of a hot/cold split: neurons read on demand from slow memory (exact semantics)"),
+    SparseVariant(
+        "cold-predictor", attrs={"store": "", "window": 0, "cutoff": 0.0},
+        extra_inputs=("scores",), intermediate=_predictor_intermediate,
+        kernels={"cpu": "cold", "cuda": "cold"}, kernel_options=_cold_options, dense_attrs=_plain_attrs,
+        report=_cold_report, lossy=True, quantized_kernels=False, measure=_predictor_measure,
+        doc="the cold part of a predictor-mode hot/cold split: predicted neurons' gate, up and down rows read on "
+            "demand"),
     SparseVariant(
         # the fused dense kernel on the same layout (@Wd.t): dense mode (passes/fuse_gated_mlp.py) and the dense
         # twin of a sparse artifact (passes/densify.py), so both time the kernel benchmarks/ffn.py times
@@ -261,6 +273,8 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
 
 SPARSE_GATED_MLP_ATTRS = {**COMMON_ATTRS, **{k: v for variant in VARIANTS.values() for k, v in variant.attrs.items()}}
 LOSSY = tuple(name for name, v in VARIANTS.items() if v.lossy)
+# variants whose neurons live in slow memory (their kernel is the cold store's host function)
+COLD_MODES = tuple(name for name, v in VARIANTS.items() if "cold" in v.kernels.values())
 
 
 def variant(mode: str) -> SparseVariant:

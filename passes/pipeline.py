@@ -34,7 +34,7 @@ from .split_hot_cold import SplitHotCold
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
                                                      SparsifyPredictor, Densify, RouteMoE, ReorderNeurons,
                                                      SplitHotCold, FuseGatedMLP)}
-BUDGET_MODES = ("exact", "auto")   # modes whose blocks a memory budget splits into hot and cold neurons
+BUDGET_MODES = ("exact", "auto", "predictor")   # modes whose blocks a memory budget splits hot / cold
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def _threshold(o: PipelineOptions) -> list[Pass]:
 def _predictor(o: PipelineOptions) -> list[Pass]:
     # ReLU-family blocks: a predictor per block picks the neurons, its cutoff calibrated to `recall` (lossy)
     return [*_detect(o), SparsifyPredictor(predictor=o.predictor, recall=o.recall, sparsity=o.sparsity or 0.0,
-                                          budget=o.predictor_budget, calibration=o.calibration)]
+                                          budget=o.predictor_budget, calibration=o.calibration), *_hot_cold(o)]
 
 
 # mode -> its passes, top to bottom. A sparse variant that is a mode of its own (ir/sparse_variants.py) adds a line

@@ -8,7 +8,9 @@ What: `kind` "fp16" -> plain float16 arrays (the kernels read fp16 and accumulat
 stays fp16 too), "int8" -> q8_0, "int4" -> q4_0: symmetric, one fp16 scale per group of 32 consecutive elements of
 a stored row (int4 two codes per byte). The stored row is what the kernel streams: the input dim for linear,
 gate and up; the sparse ops' down projection is stored one neuron per row (transposed by sparsify), so each
-neuron's groups are contiguous and a skipped neuron skips whole blocks. Biases, norms, embeddings, and weights
+neuron's groups are contiguous and a skipped neuron skips whole blocks; the input-sparse variant (threshold mode's
+TEAL / WINA methods) stores gate and up transposed too ([d, n_ff], one input channel per row), so their blocks run
+along n_ff and a skipped input channel skips whole blocks. Biases, norms, embeddings, and weights
 used by other ops stay as they are (a weight shared by an embedding and a linear gets a quantized copy).
 
 Why here: quantization is a property of a weight's storage, not a sparsity mode: the weight node keeps its
@@ -89,7 +91,7 @@ class Quantize(Pass):
             if pick is None:
                 return None
             if node.op == "sparse_gated_mlp" and not variant_of(node.attrs).quantized_kernels:
-                record("kept-float")  # e.g. input sparsity: its column-streaming kernels read float weights only
+                record("kept-float")  # e.g. the cold part of a hot/cold split: its host-side store reads floats
                 return None
             slots = [i for i in pick(node.attrs) if node.inputs[i].op == "weight" and node.inputs[i].type.rank == 2
                      and node.inputs[i].attrs.get("layout", "dense") == "dense"]

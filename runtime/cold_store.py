@@ -2,7 +2,9 @@
 
 On a CPU target the cold up and down rows live in one file, bundled per neuron ("LLM in a flash"'s row-column
 bundling): record j of a store is [up row j | down row j], so one read fetches everything an active neuron needs,
-and a run of consecutive active neurons is one `preadv`. Each store starts at a 4 KiB boundary:
+and a run of consecutive active neurons is one `preadv`. In predictor mode ("cold-predictor") the predictor's
+scores decide who fires, so the gate row is bundled too: [gate row j | up row j | down row j]. Each store starts at
+a 4 KiB boundary:
 
     cold.bin:  store 0: [up_0 | down_0] [up_1 | down_1] ...   (pad to 4 KiB)   store 1: ...
 
@@ -11,8 +13,9 @@ no read). On a GPU target the cold rows are host memory (an array), read by inde
 
 The compiled graph calls a store through a host function (`call_dps_packed("actsparse.cold.<store>", x, g)`,
 codegen/lower_cold.py, g = the cold neurons' gate pre-activations from the target's linear kernel over the resident
-gate rows); `register` puts the store's function in TVM's global registry. Per call: g decides which neurons fire,
-their bundles are fetched once for all tokens of the call, and y = (act_g(g) ⊙ act_u(x·Upᵀ))·Down over them.
+gate rows; in predictor mode the cold neurons' scores instead); `register` puts the store's function in TVM's
+global registry. Per call: g (or score > cutoff) decides which neurons fire, their bundles are fetched once for all
+tokens of the call, and y = (act_g(g) ⊙ act_u(x·Upᵀ))·Down over them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 
 from ..ir import Graph, Node
 from ..ir.activations import apply
+from ..ir.sparse_variants import COLD_MODES
 
 ALIGN = 4096
 COLD_FILE = "cold.bin"
@@ -41,10 +45,22 @@ class ColdLayout:
     dtype: str
     up: str      # the IR's weight names of its up and down rows
     down: str
+    gate: str = ""   # predictor mode: the gate rows' name (bundled first); "" when the gate rows stay resident
 
     @property
     def width(self) -> int:
-        return self.d + self.d_out
+        return (self.d if self.gate else 0) + self.d + self.d_out
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The weights bundled per neuron, in record order."""
+        return (self.gate, self.up, self.down) if self.gate else (self.up, self.down)
+
+    def split(self, bundles: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(gate rows or None, up rows, down rows) of bundles [k, width]."""
+        lead = self.d if self.gate else 0
+        gate = bundles[:, :lead] if self.gate else None
+        return gate, bundles[:, lead:lead + self.d], bundles[:, lead + self.d:]
 
     @property
     def nbytes(self) -> int:
@@ -52,7 +68,7 @@ class ColdLayout:
 
 
 def cold_nodes(graph: Graph) -> list[Node]:
-    return [n for n in graph.nodes if n.op == "sparse_gated_mlp" and n.attrs.get("mode") == "cold"]
+    return [n for n in graph.nodes if n.op == "sparse_gated_mlp" and n.attrs.get("mode") in COLD_MODES]
 
 
 def cold_layouts(graph: Graph) -> dict[str, ColdLayout]:
@@ -62,18 +78,19 @@ def cold_layouts(graph: Graph) -> dict[str, ColdLayout]:
         store = node.attrs["store"]
         if store in layouts:
             continue
-        up, down = node.inputs[2], node.inputs[3]
+        gate, up, down = node.inputs[1:4]
         dtype = str(graph.weights[up.attrs["name"]].dtype)
         layout = ColdLayout(store, offset, up.shape[0], up.shape[1], down.shape[1], dtype, up.attrs["name"],
-                            down.attrs["name"])
+                            down.attrs["name"], gate.attrs["name"] if len(node.inputs) > 4 else "")
         layouts[store] = layout
         offset += -(-layout.nbytes // ALIGN) * ALIGN
     return layouts
 
 
 def file_weights(graph: Graph) -> set[str]:
-    """Names of the weights that live in the cold file (up and down rows of the cold nodes)."""
-    return {name for lay in cold_layouts(graph).values() for name in (lay.up, lay.down)}
+    """Names of the weights that live in the cold file (up and down rows of the cold nodes, and gate rows in
+    predictor mode)."""
+    return {name for lay in cold_layouts(graph).values() for name in lay.names}
 
 
 def write_cold_file(path: str | os.PathLike, graph: Graph, rows_per_write: int = 4096) -> dict[str, ColdLayout]:
@@ -82,10 +99,10 @@ def write_cold_file(path: str | os.PathLike, graph: Graph, rows_per_write: int =
     with open(path, "wb") as f:
         for lay in layouts.values():
             f.seek(lay.offset)
-            up, down = graph.weights[lay.up], graph.weights[lay.down]
+            parts = [graph.weights[name] for name in lay.names]
             for start in range(0, lay.rows, rows_per_write):
-                f.write(np.ascontiguousarray(np.concatenate([up[start:start + rows_per_write],
-                                                             down[start:start + rows_per_write]], 1)).tobytes())
+                f.write(np.ascontiguousarray(np.concatenate([p[start:start + rows_per_write] for p in parts],
+                                                            1)).tobytes())
         f.truncate(max((lay.offset + lay.nbytes for lay in layouts.values()), default=0))
     return layouts
 
@@ -97,7 +114,9 @@ def mapped_weights(path: str | os.PathLike, layouts: dict[str, ColdLayout]) -> d
         if lay.rows == 0:
             continue
         bundles = np.memmap(path, dtype=lay.dtype, mode="r", offset=lay.offset, shape=(lay.rows, lay.width))
-        views[lay.up], views[lay.down] = bundles[:, :lay.d], bundles[:, lay.d:]
+        for name, part in zip((lay.gate, lay.up, lay.down), lay.split(bundles)):
+            if part is not None:
+                views[name] = part
     return views
 
 
@@ -109,6 +128,7 @@ class ColdStore:
         self.layout = layout
         self.gate_act, self.up_act = node_attrs["gate_act"], node_attrs.get("up_act", "identity")
         self.threshold = float(node_attrs.get("threshold", 0.0))
+        self.cutoff = float(node_attrs.get("cutoff", 0.0))   # predictor mode: scores above it are computed
         self.bundles = bundles
         self.fd = os.open(path, os.O_RDONLY) if bundles is None else None
         window = min(int(node_attrs.get("window", 0)), layout.rows)
@@ -169,18 +189,25 @@ class ColdStore:
         return out
 
     def compute(self, x2d: np.ndarray, g: np.ndarray) -> np.ndarray:
-        """y [tokens, d_out] of the cold neurons for x2d [tokens, d] and their gate pre-activations g [tokens, rows]
-        (exact semantics)."""
+        """y [tokens, d_out] of the cold neurons for x2d [tokens, d] and, per token and cold neuron [tokens, rows],
+        their gate pre-activations g (exact semantics) or, when the gate rows are bundled (predictor mode), their
+        predictor scores (a neuron is computed where its score exceeds the cutoff)."""
         x2d = np.asarray(x2d, np.float32)
-        a = apply(self.gate_act, np.asarray(g, np.float32), self.threshold)
-        fires = (a != 0).any(0)
-        idx = np.flatnonzero(fires)
-        y = np.zeros((x2d.shape[0], self.layout.d_out), np.float32)
-        if len(idx):
-            bundles = self.rows(idx).astype(np.float32, copy=False)
-            h = a[:, idx] * apply(self.up_act, x2d @ bundles[:, :self.layout.d].T)
-            y = h @ bundles[:, self.layout.d:]
-        return y
+        g = np.asarray(g, np.float32)
+        if self.layout.gate:
+            picked = g > self.cutoff
+        else:
+            a = apply(self.gate_act, g, self.threshold)
+            picked = a != 0
+        idx = np.flatnonzero(picked.any(0))
+        if not len(idx):
+            return np.zeros((x2d.shape[0], self.layout.d_out), np.float32)
+        gate, up, down = self.layout.split(self.rows(idx).astype(np.float32, copy=False))
+        if gate is not None:
+            a = apply(self.gate_act, x2d @ gate.T, self.threshold) * picked[:, idx]
+        else:
+            a = a[:, idx]
+        return (a * apply(self.up_act, x2d @ up.T)) @ down
 
 
 def register(store: ColdStore) -> None:
@@ -222,7 +249,7 @@ def place_cold(graph: Graph, on_gpu: bool, directory: str | os.PathLike | None =
     if not layouts:
         return graph, {}, None
     if on_gpu:   # the gate rows stay in VRAM (the cost model counts them there): the GPU computes g
-        names = {n for lay in layouts.values() for n in (lay.up, lay.down)}
+        names = {n for lay in layouts.values() for n in lay.names}
         return graph, dict.fromkeys(names, "host"), None
     path = Path(directory or tempfile.mkdtemp(prefix="actsparse-cold-")) / COLD_FILE
     write_cold_file(path, graph)
@@ -241,7 +268,7 @@ def attach(graph: Graph, cold_file: str | os.PathLike | None, weights: dict[str,
     for layout in cold_layouts(graph).values():
         bundles = None
         if cold_file is None:
-            bundles = np.concatenate([weights[layout.up], weights[layout.down]], 1)
+            bundles = np.concatenate([weights[name] for name in layout.names], 1)
         store = ColdStore(layout, dict(nodes[layout.store].attrs), cold_file, bundles)
         register(store)
         stores.append(store)

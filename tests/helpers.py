@@ -39,3 +39,18 @@ def mlp_input(d=24, seq=5, seed=1):
     x = np.random.default_rng(seed).standard_normal((1, seq, d)).astype(np.float32)
     x[..., 0] = 1.0
     return x
+
+
+def int8_dot_here() -> bool:
+    """Whether quantized row dots compiled for this host's x86 target take x rounded to 8-bit blocks (VNNI)."""
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    return bool(schedule_for(targets.get("x86")).int8_dot)
+
+
+def x_as_dots_see(x):
+    """An MLP input as the compiled quantized gate / up dots see it on this host (`ir.quant.round_x8` on VNNI)."""
+    from actsparse.ir.quant import round_x8
+
+    return round_x8(x) if int8_dot_here() else x

@@ -194,29 +194,40 @@ def criterion_of(acts) -> str:
     return acts[3] if len(acts) > 3 else "gate"
 
 
-def mlp_call(kind, rng, M, d, n_ff, dtype, acts, active, token_sets=None) -> Call:
-    """acts: (gate_act, up_act, threshold), and the criterion for the threshold kernel."""
+def x_seen(x, x8: bool):
+    """x as the kernel's row dots see it: rounded to 8-bit blocks on the int8-dot path (`ir.quant.round_x8`)."""
+    if not x8:
+        return x
+    from actsparse.ir.quant import round_x8
+
+    return round_x8(x)
+
+
+def mlp_call(kind, rng, M, d, n_ff, dtype, acts, active, token_sets=None, x8=False) -> Call:
+    """acts: (gate_act, up_act, threshold), and the criterion for the threshold kernel. x8: the kernel's gate / up
+    dots take x rounded to 8-bit blocks (the reference does too)."""
     gate_act, up_act, threshold = acts[:3]
     x, ws = mlp_inputs(rng, M, d, n_ff, dtype, active, gate_act)
     kw, ws = kernel_weights(ws, dtype)
     out = np.full((M, d), np.nan, np.float32)
+    xr = x_seen(x, x8)
     if kind == "threshold":
-        ref, scale, slack = threshold_reference(x, *ws, gate_act, up_act, threshold, criterion_of(acts))
+        ref, scale, slack = threshold_reference(xr, *ws, gate_act, up_act, threshold, criterion_of(acts))
         return Call([x, *kw, out], ref, scale, dtype, slack)
     if kind == "indexed":
         idx, count, mask = index_inputs(token_sets, n_ff)
-        ref, scale = mlp_reference(x, *ws, gate_act, up_act, threshold, mask)
+        ref, scale = mlp_reference(xr, *ws, gate_act, up_act, threshold, mask)
         return Call([x, *kw, idx, count, out], ref, scale, dtype)
-    ref, scale = mlp_reference(x, *ws, gate_act, up_act, threshold)
+    ref, scale = mlp_reference(xr, *ws, gate_act, up_act, threshold)
     return Call([x, *kw, out], ref, scale, dtype)
 
 
-def linear_call(rng, M, k, n, dtype, bias) -> Call:
+def linear_call(rng, M, k, n, dtype, bias, x8=False) -> Call:
     x = rng.standard_normal((M, k)).astype(np.float32)
     w = rng.standard_normal((n, k)).astype(dtype if dtype not in QUANT_DTYPES else np.float32)
     (kw,), (w,) = kernel_weights([w], dtype)
     b = rng.standard_normal(n).astype(np.float32) if bias else None
-    ref, scale = linear_reference(x, w, b)
+    ref, scale = linear_reference(x_seen(x, x8), w, b)
     return Call([x, kw, *([b] if bias else []), np.full((M, n), np.nan, np.float32)], ref, scale, dtype)
 
 

@@ -5,6 +5,8 @@ transformers does), and their values equal transformers' own dequantized load; a
 import numpy as np
 import pytest
 
+from .helpers import int8_dot_here
+
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("transformers")
 
@@ -97,7 +99,9 @@ def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transf
 
     # attention as in TYPES (Q4_0 / Q4_1 / Q8_0 mixed); the MLP Q8_0, the layout int8 stores down in
     blobs = write_tiny_llama(tmp_path / "tiny.gguf", types={**TYPES, "ffn_gate": "Q8_0", "ffn_up": "Q8_0"})
-    lm = actsparse.compile(str(tmp_path / "tiny.gguf"), mode="dense", quantize="int8", max_seq=24)
+    # x as it is in every dot (the int8-dot path, which rounds x to 8-bit blocks, is checked at the end)
+    lm = actsparse.compile(str(tmp_path / "tiny.gguf"), target=float_dot_target(), mode="dense", quantize="int8",
+                           max_seq=24)
     stats = lm.report.pass_stats["quantize"]
     # q, k, v, o, gate and up taken as stored; the fused MLP kernel reads down transposed (one neuron per row), so
     # the file's down is quantized anew from its values; the f32 lm_head is quantized from float
@@ -117,3 +121,17 @@ def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transf
     np.testing.assert_allclose(logits, ref_logits, atol=0.02 * np.abs(ref_logits).max())
     want = model.generate(torch.from_numpy(ids), max_new_tokens=6, do_sample=False).numpy()
     np.testing.assert_array_equal(lm.generate(ids, max_new_tokens=6), want)
+    if int8_dot_here():  # the host's default: quantized dots on x rounded to 8-bit blocks (VNNI)
+        lm8 = actsparse.compile(str(tmp_path / "tiny.gguf"), mode="dense", quantize="int8", max_seq=24)
+        np.testing.assert_allclose(lm8.prefill(ids).logits, ref_logits, atol=0.05 * np.abs(ref_logits).max())
+        np.testing.assert_array_equal(lm8.generate(ids, max_new_tokens=6), want)
+
+
+def float_dot_target():
+    """This host's x86 target without its int8-dot flags: quantized rows meet x in fp32."""
+    from dataclasses import replace
+
+    from actsparse import targets
+
+    host = targets.get("x86")
+    return replace(host, features=tuple(f for f in host.features if "vnni" not in f))

@@ -1,13 +1,16 @@
 """The input-sparse (TEAL / WINA) kernels of every family against the IR semantics (`ir/input_sparse.py`): ARM NEON
-under qemu and CUDA under the SIMT emulator (tests/simt.py); x86 is in test_sparsity_methods.py. Rows of input
-channels no token keeps hold NaN, so a kernel that read them would fail."""
+under qemu and CUDA under the SIMT emulator (tests/simt.py); x86 is in test_sparsity_methods.py for float weights,
+here for quantized ones (all three families). Rows of input channels no token keeps hold NaN, so a kernel that
+read them would fail."""
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from actsparse.ir.input_sparse import input_sparse_reference
 
-from .kernel_cases import Call, cross_kernels, run_batch, simt_kernels
+from .kernel_cases import QUANT_DTYPES, Call, cross_kernels, examples, ir_act, run_batch, run_native, simt_kernels
 
 tvm = pytest.importorskip("tvm")
 
@@ -56,3 +59,102 @@ def test_input_sparse_kernel_on_arm_matches_the_reference():
 def test_input_sparse_kernel_on_cuda_matches_the_reference_under_simt():
     jobs = _jobs("cuda")
     _check(jobs, run_batch(simt_kernels([p for p, _ in jobs]), jobs))
+
+
+# --- quantized weights (q8_0 / q4_0 / q4_1): the three matrices stored as blocks along their stored rows ---------
+# Hypothesis draws the layout, sizes that 32 does not divide (a partial last block along n_ff for gate/up and
+# along d for down; task slices of whole blocks, some empty) and the activations; each example's calls hold 0%
+# active (no input channel kept), 100% active (every channel and neuron kept) and a random set. The reference is
+# float64 on the dequantized weights; an h value within float32 rounding of its threshold may go either way,
+# so its whole term is slack. Rows of channels no token keeps are all 0xFF bytes (a NaN scale): reading one fails.
+INPUT_ACTS = [("silu", "identity", "product"), ("gelu_tanh", "relu", "gate"), ("relu", "identity", "gate")]
+ragged = st.integers(1, 100).filter(lambda n: n % 32)
+
+
+def quant_input_reference(x, wg_t, wu_t, wd_t, x_thr, h_thr, gate_act, up_act, criterion):
+    """(out, scale, slack) of the input-sparse kernel in float64 on the dequantized weights."""
+    x, wg_t, wu_t, wd_t = (np.asarray(a, np.float64) for a in (x, wg_t, wu_t, wd_t))
+    xs = np.where(np.abs(x) > x_thr, x, 0)
+    gabs, uabs = np.abs(xs) @ np.abs(wg_t), np.abs(xs) @ np.abs(wu_t)
+    a = ir_act(gate_act, xs @ wg_t)
+    h = a * ir_act(up_act, xs @ wu_t)
+    score, err = (a, 4e-5 * gabs) if criterion == "gate" else (h, 4e-5 * gabs * (uabs + 1))
+    near = np.abs(np.abs(score) - h_thr) <= err + 1e-6
+    out = np.where(np.abs(score) > h_thr, h, 0) @ wd_t
+    return out, (gabs * uabs) @ np.abs(wd_t), 1.01 * (np.abs(h) * near) @ np.abs(wd_t)
+
+
+def quant_input_calls(rng, d, n, dtype, gate_act, up_act, criterion) -> list[Call]:
+    from actsparse.ir.quant import quantize
+
+    calls = []
+    for m, case in ((1, "none"), (3, "all"), (2, "random")):
+        x = rng.standard_normal((m, d)).astype(np.float32)
+        qs = [quantize(rng.standard_normal(shape).astype(np.float32), dtype) for shape in ((d, n), (d, n), (n, d))]
+        blobs, (wg, wu, wd) = [q.blob.copy() for q in qs], [q.dequantize() for q in qs]
+        if case == "none":
+            x_thr, h_thr = np.full(d, np.inf, np.float32), np.zeros(n, np.float32)
+        elif case == "all":
+            x_thr, h_thr = np.zeros(d, np.float32), np.full(n, -1.0, np.float32)
+        else:
+            x_thr = rng.uniform(0, 1.5, d).astype(np.float32)
+            h_thr = rng.uniform(0, 1.0, n).astype(np.float32)
+        ref, scale, slack = quant_input_reference(x, wg, wu, wd, x_thr, h_thr, gate_act, up_act, criterion)
+        dead = ~(np.abs(x) > x_thr).any(0)
+        blobs[0][dead], blobs[1][dead] = 0xFF, 0xFF   # a NaN scale in every block of a skipped channel's row
+        calls.append(Call([x, *blobs, x_thr, h_thr, np.full((m, d), np.nan, np.float32)], ref, scale, dtype, slack))
+    return calls
+
+
+def quant_input_kernel(d, n, dtype, acts, sched):
+    from actsparse.codegen.kernels import kernel
+
+    gate_act, up_act, criterion = acts
+    return kernel("input", d, n, gate_act=gate_act, up_act=up_act, criterion=criterion, dtype=dtype, sched=sched)
+
+
+def check_quant(jobs, outs):
+    for (prim, calls), results in zip(jobs, outs):
+        for i, (call, out) in enumerate(zip(calls, results)):
+            try:
+                call.check(out)
+            except AssertionError as err:
+                raise AssertionError(f"{prim.attrs['global_symbol']} call {i}: {err}") from None
+
+
+@settings(max_examples=examples(4), suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from(QUANT_DTYPES), d=ragged, n=ragged, acts=st.sampled_from(INPUT_ACTS),
+       seed=st.integers(0, 999))
+def test_x86_quantized_input_sparse_kernel_matches_the_dequantized_reference(dtype, d, n, acts, seed):
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    prim = quant_input_kernel(d, n, dtype, acts, schedule_for(targets.get("x86")))
+    calls = quant_input_calls(np.random.default_rng(seed), d, n, dtype, *acts)
+    check_quant([(prim, calls)], [run_native(prim, calls)])
+
+
+def _quant_jobs(target_name: str, d: int, n: int, seed: int):
+    """One kernel per layout (activations rotated), all in one module."""
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    sched, rng = schedule_for(targets.get(target_name)), np.random.default_rng(seed)
+    return [(quant_input_kernel(d, n, dtype, acts, sched), quant_input_calls(rng, d, n, dtype, *acts))
+            for dtype, acts in zip(QUANT_DTYPES, INPUT_ACTS)]
+
+
+@settings(max_examples=1, suppress_health_check=[HealthCheck.too_slow])
+@given(d=st.integers(33, 60).filter(lambda d: d % 32), n=st.integers(33, 70).filter(lambda n: n % 32),
+       seed=st.integers(0, 99))
+def test_arm_quantized_input_sparse_kernels_match_the_dequantized_reference_under_qemu(d, n, seed):
+    jobs = _quant_jobs("arm", d, n, seed)
+    check_quant(jobs, run_batch(cross_kernels([p for p, _ in jobs]), jobs))
+
+
+@settings(max_examples=1, suppress_health_check=[HealthCheck.too_slow])
+@given(d=st.integers(33, 50).filter(lambda d: d % 32), n=st.integers(33, 48).filter(lambda n: n % 32),
+       seed=st.integers(0, 99))
+def test_cuda_quantized_input_sparse_kernels_match_the_dequantized_reference_under_simt(d, n, seed):
+    jobs = _quant_jobs("cuda", d, n, seed)
+    check_quant(jobs, run_batch(simt_kernels([p for p, _ in jobs]), jobs))

@@ -35,16 +35,16 @@ layouts = st.sampled_from(QUANT_DTYPES)
 ragged = st.integers(1, 100).filter(lambda d: d % 32)  # partial last group; > 32: full groups too
 
 
-def quant_calls(kind, rng, d, n_ff, dtype, random_frac):
-    """Calls at 0% and 100% active (decode and prefill) and one random set."""
+def quant_calls(kind, rng, d, n_ff, dtype, random_frac, x8=False):
+    """Calls at 0% and 100% active (decode and prefill) and one random set; x8: the int8-dot path's x rounding."""
     calls = []
     for M, frac in ((1, 0.0), (3, 1.0), (2, random_frac)):
         active = np.flatnonzero(rng.random(n_ff) < frac).astype(np.int32)
         if kind == "linear":
-            calls.append(linear_call(rng, M, d, n_ff, dtype, bias=True))
+            calls.append(linear_call(rng, M, d, n_ff, dtype, bias=True, x8=x8))
         else:
             sets = [rng.permutation(active).astype(np.int32) for _ in range(M)] if kind == "indexed" else None
-            calls.append(mlp_call(kind, rng, M, d, n_ff, dtype, ACTS[kind], active, sets))
+            calls.append(mlp_call(kind, rng, M, d, n_ff, dtype, ACTS[kind], active, sets, x8=x8))
     return calls
 
 
@@ -60,10 +60,14 @@ def check(kind, dtype, calls, outs):
 @settings(max_examples=examples(12), suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=layouts, d=ragged, n_ff=st.integers(1, 48), frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
 def test_x86_quantized_kernel_matches_dequantized_reference(kind, dtype, d, n_ff, frac, seed):
+    """The float path (weights dequantized in registers, x as it is); the int8-dot path: test_kernels_int8.py."""
+    from dataclasses import replace
+
     from actsparse import targets
     from actsparse.codegen.schedules import schedule_for
 
-    prim = primfunc(kind, d, n_ff, dtype, schedule_for(targets.get("x86")), ACTS[kind], bias=True)
+    sched = replace(schedule_for(targets.get("x86")), int8_dot="")
+    prim = primfunc(kind, d, n_ff, dtype, sched, ACTS[kind], bias=True)
     calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac)
     check(kind, dtype, calls, run_native(prim, calls))
 

@@ -14,7 +14,7 @@ from actsparse.passes.densify import Densify
 from actsparse.passes.pipeline import pipeline_for
 from actsparse.passes.quantize import Quantize
 
-from .helpers import gated_mlp_graph, mlp_input
+from .helpers import gated_mlp_graph, mlp_input, x_as_dots_see
 
 D, N = 40, 72  # the input dim is not a multiple of the 32-column group
 
@@ -49,9 +49,9 @@ def test_compiled_quantized_kernels_equal_the_dequantized_reference(mode, tmp_pa
     x = mlp_input(d=D, seq=3)
     cm = actsparse.compile(graph, (x,), mode=mode, quantize="int4")
     assert cm.report.pass_stats["quantize"] == {"quantized": 3}
-    for seq in (1, 3):
+    for seq in (1, 3):  # on a VNNI host the gate / up dots take x rounded to 8-bit blocks: so does the reference
         xs = mlp_input(d=D, seq=seq, seed=seq)
-        np.testing.assert_allclose(cm(xs), evaluate(cm.graph, [xs])[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(cm(xs), evaluate(cm.graph, [x_as_dots_see(xs)])[0], rtol=1e-4, atol=1e-5)
     if mode == "exact":  # the artifact keeps the blobs and the layouts; its dense twin (bench) shares them
         loaded = actsparse.load(cm.save(tmp_path / "q.actsparse"))
         np.testing.assert_array_equal(loaded(x), cm(x))
@@ -59,6 +59,25 @@ def test_compiled_quantized_kernels_equal_the_dequantized_reference(mode, tmp_pa
         assert twin.stats["densify"] == {"drelu": 1} and "q4_0" in print_graph(twin.graph)
         y = evaluate(cm.graph, [x])[0]
         np.testing.assert_allclose(evaluate(twin.graph, [x])[0], y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, layout", [("int8", "q8_0"), ("int4", "q4_0")])
+def test_threshold_mode_input_sparse_kernel_takes_quantized_weights(kind, layout):
+    """Threshold mode's default method (wina-greedy) gives the input-sparse variant; its gate / up ([d, n_ff]:
+    blocks along n_ff) and down ([n_ff, d]) are stored quantized, none kept float, and the compiled module equals
+    the interpreter on the dequantized weights."""
+    graph = gated_mlp_graph(d=D, n=N, act="silu")
+    held_out = mlp_input(d=D, seq=5, seed=50)
+    cm = actsparse.compile(graph, (held_out,), mode="threshold", sparsity=0.5, quantize=kind,
+                           calibration=[(mlp_input(d=D, seq=64, seed=s),) for s in range(2, 6)])
+    assert cm.report.blocks[0].mode == "input"
+    assert cm.report.pass_stats["quantize"] == {"quantized": 3}  # no "kept-float"
+    (node,) = [n for n in cm.graph.nodes if n.op == "sparse_gated_mlp"]
+    assert [(w.attrs["layout"], w.shape) for w in node.inputs[1:4]] == [(layout, (D, N))] * 2 + [(layout, (N, D))]
+    assert cm.graph.weights[node.inputs[1].attrs["name"]].dtype == np.uint8
+    for seq, seed in ((1, 7), (5, 50)):
+        x = mlp_input(d=D, seq=seq, seed=seed)
+        np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["exact", "dense"])
@@ -89,7 +108,7 @@ def test_prequantized_weights_are_taken_as_stored():
     for mode in ("exact", "dense"):  # and it builds and runs (mixed layouts were a kernel type error)
         x = mlp_input(d=D, seq=2)
         cm = actsparse.compile(graph, (x,), mode=mode, quantize="int4", prequantized=pre)
-        np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x_as_dots_see(x)])[0], rtol=1e-4, atol=1e-5)
     assert str(Quantize(kind="int8", prequantized=pre)) == "quantize{kind=int8,output=int8}"
 
 

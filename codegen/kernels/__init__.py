@@ -15,8 +15,8 @@ __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blo
            "kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
-_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "rows", "schedule", "sparse_mlp",
-               "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "routed_moe")
+_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "quant_int8", "rows", "schedule",
+               "sparse_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "routed_moe")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {

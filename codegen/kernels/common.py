@@ -22,8 +22,9 @@ from tvm.script import tirx as T
 
 from ...ir import activations
 from ...ir.activations import ACTIVATIONS
-from ...ir.quant import LAYOUTS
-from .quant_blocks import quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
+from ...ir.quant import GROUP, LAYOUTS
+from .quant_blocks import group_split, quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
+from .quant_int8 import int8_dots_macro, uses_int8_dot, x8_prep_macro, x_blocks
 from .rows import (
     ELEM_BYTES,
     FMLAL,
@@ -98,8 +99,17 @@ def loader(dtype: str) -> Callable:
     return lambda e: T.Cast("float32", e)
 
 
+def x_operand(d: int, dtype: str, sched: CpuSchedule):
+    """(x8, nbytes, prep) for a kernel whose row dots read `dtype` rows of length d: with x8 (the schedule's int8 dot
+    serves the layout, `quant_int8.py`) the kernel allocates xb [M, nbytes] uint8, runs `prep(x, xb, M)` once and
+    hands xb to the dots (made with `x8=True`) instead of x; otherwise (False, 0, None) and the dots read x."""
+    if not uses_int8_dot(dtype, sched):
+        return False, 0, None
+    return True, x_blocks(d, sched).nbytes, x8_prep_macro(d, dtype, sched)
+
+
 def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store: Callable | None = None,
-               prefetch: bool | None = None):
+               prefetch: bool | None = None, x8: bool = False):
     """Returns (`dots_all`, `dots`), one step over `sched.rows` rows of a row list for M tokens / one token.
 
     `dots(w, x, m, rows, base, i, end, dst, dcol)`: for r < rows with p = i + r < end,
@@ -108,11 +118,15 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     row(end - 1) (already cached) and store nothing, so any list length works with one code path.
     With `prefetch`, the rows of the next step are prefetched in step with the stream of this one.
 
+    `x8` (from `x_operand`): x is the prepared 8-bit x and the rows' dots run in integers (`quant_int8.py`).
+
     `dots_all(w, x, M, rows, base, i, end, dst, dcol)`: the same for tokens 0..M-1. The step's rows are
     read from memory once; blocks of `token_block` tokens then share every loaded weight vector, in
     groups of `sched.block_rows` rows (block_rows * token_block register accumulators); the remaining
     tokens go one by one.
     """
+    if x8:  # x is the prepared byte buffer of `x_operand`
+        return int8_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
     if dtype in LAYOUTS:
         return quant_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
     L, A, R, TB = sched.lanes, sched.accumulators, sched.rows, sched.token_block
@@ -367,6 +381,18 @@ def zero_columns_macro(d: int, sched: CpuSchedule, dtype: str = "float32"):
                         out[m, c] = T.float32(0)
 
     return zero_cols
+
+
+def task_columns(t, d: int, sched: CpuSchedule, dtype: str = "float32"):
+    """(c0, c1): the output columns task t owns under `axpy_macro` / `zero_columns_macro` for `dtype` (float:
+    whole cache lines of column blocks; quantized: whole 32-column groups); the last task also owns the tail."""
+    threads = sched.threads
+    if dtype in LAYOUTS:
+        _, first, last = group_split(d, threads)
+        return first(t) * GROUP, T.if_then_else(t == threads - 1, d, last(t) * GROUP)
+    block, n_blocks, _ = column_split(d, sched, dtype)
+    b0, b1 = task_blocks(t, n_blocks, chunks_per_line(block, dtype), threads)
+    return b0 * block, T.if_then_else(t == threads - 1, d, b1 * block)
 
 
 def build_standalone(primfunc, target):

@@ -8,8 +8,9 @@ semantics (`input_sparse_mlp.py`, `ir/input_sparse.py`) from the blocks of `cuda
      columns, reading the flag mask (no compaction kernel) — then their parts summed;
   3) a thread per neuron forms h = act_g(g)·act_u(u), masks it per token by |h| ('product') or |act_g(g)|
      ('gate') > h_thr, and flags neurons some token keeps; 4) down over the flagged rows, parts summed.
-A token reads (1 - s_x)·(gate + up) + (1 - s_h)·down bytes. Deterministic (no atomics); 8 launches, none of
-them a single block.
+A token reads (1 - s_x)·(gate + up) + (1 - s_h)·down bytes. Quantized weights (q8_0 / q4_0 / q4_1) take the
+same path: the down-projection blocks read a quantized row column by column (a warp reads one block).
+Deterministic (no atomics); 8 launches, none of them a single block.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tvm.script import tirx as T
 from .common import activation, symbol
 from .cuda_blocks import by_flag, down_macros, down_splits
 from .input_sparse_mlp import check_input_sparse
+from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
 
 
@@ -40,12 +42,14 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     in_parts, in_sum = down_macros(n_ff, dtype, sched, row, count, split_in, keep)
     row, count, keep = by_flag(n_ff)  # over the flagged neurons
     down_parts, down_sum = down_macros(d, dtype, sched, row, count, split_out, keep)
+    in_shape, wdtype = weight_buffer(d, n_ff, dtype)
+    down_shape, _ = weight_buffer(n_ff, d, dtype)
     name = symbol("cuda", "gmlp", "input", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act, dtype,
                   sched.tag)
 
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate_t: T.Buffer((d, n_ff), dtype), w_up_t: T.Buffer((d, n_ff), dtype),
-               w_down_t: T.Buffer((n_ff, d), dtype), x_thr: T.Buffer((d,), "float32"),
+    def kernel(x_h: T.handle, w_gate_t: T.Buffer(in_shape, wdtype), w_up_t: T.Buffer(in_shape, wdtype),
+               w_down_t: T.Buffer(down_shape, wdtype), x_thr: T.Buffer((d,), "float32"),
                h_thr: T.Buffer((n_ff,), "float32"), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()

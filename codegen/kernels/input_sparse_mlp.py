@@ -5,6 +5,10 @@ Buffers (semantics in `ir/input_sparse.py`):
     x [M, d] f32,  w_gate_t / w_up_t [d, n_ff] (input channel i is row i: contiguous),  w_down_t [n_ff, d],
     x_thr [d] f32,  h_thr [n_ff] f32,  out [M, d] f32
 
+The weights may be float32 / float16 or a quantized layout (q8_0 / q4_0 / q4_1, `ir.quant`): a stored row is
+then a run of blocks along its columns (gate / up: 32 neurons per block; down: 32 output columns), which is
+exactly what the row-axpys stream, so the quantized axpy of `quant_blocks.py` serves all three matrices.
+
 Per call:
   0) one pass over x lists the input channels some token keeps (|x[m, i]| > x_thr[i]) and their values
      (0 for a token that drops the channel): O(M·d), no weight read;
@@ -23,7 +27,8 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, axpy_macro, chunks_per_line, column_split, symbol, task_blocks, zero_columns_macro
+from .common import activation, axpy_macro, symbol, task_columns, zero_columns_macro
+from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp
 
@@ -50,15 +55,15 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     axpy_in, _ = axpy_macro(n_ff, dtype, sched_n, gathered=True)
     axpy_down, _ = axpy_macro(d, dtype, sched_d, gathered=True)
     zero_n, zero_d = zero_columns_macro(n_ff, sched_n, dtype), zero_columns_macro(d, sched_d, dtype)
-    block, n_blocks, _ = column_split(n_ff, sched_n, dtype)
-    unit = chunks_per_line(block, dtype)  # the axpy's task slices are whole units of blocks
     Rn, Rd = sched_n.rows, sched_d.rows
+    in_shape, wdtype = weight_buffer(d, n_ff, dtype)
+    down_shape, _ = weight_buffer(n_ff, d, dtype)
     name = symbol("gmlp", "input", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act, dtype,
                   sched_n.tag, f"r{Rd}")
 
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate_t: T.Buffer((d, n_ff), dtype), w_up_t: T.Buffer((d, n_ff), dtype),
-               w_down_t: T.Buffer((n_ff, d), dtype), x_thr: T.Buffer((d,), "float32"),
+    def kernel(x_h: T.handle, w_gate_t: T.Buffer(in_shape, wdtype), w_up_t: T.Buffer(in_shape, wdtype),
+               w_down_t: T.Buffer(down_shape, wdtype), x_thr: T.Buffer((d,), "float32"),
                h_thr: T.Buffer((n_ff,), "float32"), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
@@ -93,8 +98,9 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
             for st in range((n_in + Rn - 1) // Rn):
                 axpy_in(w_gate_t, xidx, 0, st * Rn, n_in, xs, 0, t, g, M)
                 axpy_in(w_up_t, xidx, 0, st * Rn, n_in, xs, 0, t, h, M)
-            j0: T.let = task_blocks(t, n_blocks, unit, threads)[0] * block
-            j1: T.let = T.if_then_else(t == threads - 1, n_ff, task_blocks(t, n_blocks, unit, threads)[1] * block)
+            # the task's neurons: the columns its axpys wrote
+            j0: T.let = task_columns(t, n_ff, sched_n, dtype)[0]
+            j1: T.let = task_columns(t, n_ff, sched_n, dtype)[1]
             c = T.alloc_buffer((1,), "int32", scope="global")
             live = T.alloc_buffer((1,), "int32", scope="global")
             c[0] = 0
@@ -119,7 +125,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
         for t in T.parallel(threads):
             zero_d(t, out, M)
             for t2 in range(threads):
-                s0: T.let = task_blocks(t2, n_blocks, unit, threads)[0] * block
+                s0: T.let = task_columns(t2, n_ff, sched_n, dtype)[0]
                 n2: T.let = cnt[t2]
                 for st in range((n2 + Rd - 1) // Rd):
                     axpy_down(w_down_t, idx, s0, st * Rd, n2, h, s0, t, out, M)

@@ -1,7 +1,8 @@
 """Linear layer with constant weights for CPUs: out[M, n] = x[M, k] @ w[n, k]^T (+ b[n]).
 
 Buffers (destination passing): x [M, k] float32 with M symbolic (int64), w [n, k] dtype (float32 |
-float16, accumulated in float32), b [n] float32 when `bias`, out [M, n] float32.
+float16 | a quantized layout, accumulated in float32), b [n] float32 when `bias`, out [M, n] float32. Where the
+schedule has an int8 dot, quantized rows meet x quantized once per call to 8-bit blocks (`quant_int8.py`).
 
 Each task streams a contiguous block of weight rows once, `sched.rows` rows at a time (with
 `accumulators` vector accumulators per row); for M > 1 those rows stay in L1/L2 while the tokens, in
@@ -15,7 +16,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import check_dtype, dots_macro, symbol
+from .common import check_dtype, dots_macro, symbol, x_operand
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 
@@ -30,7 +31,8 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
     threads, R = sched.threads, sched.rows
     nper = (n + threads - 1) // threads
     name = symbol("linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)
-    dots, _ = dots_macro(k, dtype, sched, gathered=False)
+    x8, x8_bytes, prep_x = x_operand(k, dtype, sched)
+    dots, _ = dots_macro(k, dtype, sched, gathered=False, x8=x8)
     wshape, wdtype = weight_buffer(n, k, dtype)
 
     @T.macro
@@ -54,7 +56,12 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
             M = T.int64()
             x = T.match_buffer(x_h, (M, k), "float32")
             out = T.match_buffer(out_h, (M, n), "float32")
-            body(x, w, b, out, M)
+            if x8:
+                xb = T.alloc_buffer((M, x8_bytes), "uint8")
+                prep_x(x, xb, M)
+                body(xb, w, b, out, M)
+            else:
+                body(x, w, b, out, M)
 
         return kernel.with_attr("global_symbol", name)
 
@@ -64,6 +71,11 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
         M = T.int64()
         x = T.match_buffer(x_h, (M, k), "float32")
         out = T.match_buffer(out_h, (M, n), "float32")
-        body(x, w, w, out, M)
+        if x8:
+            xb = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xb, M)
+            body(xb, w, w, out, M)
+        else:
+            body(x, w, w, out, M)
 
     return kernel_nobias.with_attr("global_symbol", name)

@@ -39,18 +39,20 @@ def weight_buffer(rows: int, cols: int, dtype: str) -> tuple[tuple[int, int], st
     return (rows, cols), dtype
 
 
-def _half(w, row, byte):
-    """The fp16 stored little-endian at w[row, byte], as float32."""
+def half_at(w, row, byte):
+    """The fp16 stored little-endian at w[row, byte] (as float16: callers widen it, alone or as a vector)."""
     bits = T.bitwise_or(T.Cast("uint16", w[row, byte]), T.shift_left(T.Cast("uint16", w[row, byte + 1]), T.uint16(8)))
-    return T.Cast("float32", T.reinterpret("float16", bits))
+    return T.reinterpret("float16", bits)
 
 
-def scale(lay: QuantLayout, w, row, grp):
-    return _half(w, row, grp * lay.block_bytes)
+def scale(lay: QuantLayout, w, row, grp, widen: bool = True):
+    h = half_at(w, row, grp * lay.block_bytes)
+    return T.Cast("float32", h) if widen else h
 
 
-def offset(lay: QuantLayout, w, row, grp):
-    return _half(w, row, grp * lay.block_bytes + 2)
+def offset(lay: QuantLayout, w, row, grp, widen: bool = True):
+    h = half_at(w, row, grp * lay.block_bytes + 2)
+    return T.Cast("float32", h) if widen else h
 
 
 def code(lay: QuantLayout, w, row, grp, hf, j, centered: bool = True):
@@ -77,7 +79,7 @@ def _vector_lanes(sched: CpuSchedule) -> int:
     return min(sched.lanes, HALF)
 
 
-def _prefetch_macro():
+def block_prefetch_macro():
     @T.macro
     def pf(w, row, byte):
         T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(w[row, byte]),
@@ -96,7 +98,7 @@ def quant_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     n_full = d // GROUP
     row = row_index(gathered)
     hsum = hsum_macro(L)
-    pf = _prefetch_macro()
+    pf = block_prefetch_macro()
     off = lay.offset
     centered_by_sum = lay.bits == 4 and not off  # q4_0
     sums = off or centered_by_sum  # the group's sum of x is needed
@@ -169,7 +171,7 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     n_full, first, last = group_split(d, threads)
     row = row_index(gathered)
-    pf = _prefetch_macro()
+    pf = block_prefetch_macro()
     off = lay.offset
 
     def axsum(w, rows, base, i, end, hs, grp, hf, j):

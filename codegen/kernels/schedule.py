@@ -35,6 +35,9 @@ class CpuSchedule:
                   next must stay in it, so `fitted` lowers `rows` for long rows (see there).
     fp16fml       the target multiplies fp16 pairs into fp32 sums (aarch64 FEAT_FHM: fmlal / fmlal2): fp16 weight
                   dot products then take x rounded to fp16 and skip the widening of the weights.
+    int8_dot      the target's 4-way u8 x s8 -> i32 dot instruction ("" if none; names in `quant_int8.INT8_DOTS`,
+                  e.g. "vpdpbusd512" for AVX512-VNNI): quantized-weight row dots then take x quantized to 8-bit
+                  blocks once per call and multiply in integers (`quant_int8.py`).
     """
 
     lanes: int
@@ -46,6 +49,7 @@ class CpuSchedule:
     vector_registers: int = 32
     l2_bytes: int = 0
     fp16fml: bool = False
+    int8_dot: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefetch", bool(self.prefetch))
@@ -78,7 +82,8 @@ class CpuSchedule:
     def tag(self) -> str:
         """Short identifier-safe encoding, part of every kernel's global_symbol: `l16t2r8a1b4v32p1`."""
         return (f"l{self.lanes}t{self.threads}r{self.rows}a{self.accumulators}b{self.token_block}"
-                f"v{self.vector_registers}p{int(self.prefetch)}" + ("h1" if self.fp16fml else ""))
+                f"v{self.vector_registers}p{int(self.prefetch)}" + ("h1" if self.fp16fml else "")
+                + (f"i{self.int8_dot}" if self.int8_dot else ""))
 
 
 @dataclass(frozen=True)

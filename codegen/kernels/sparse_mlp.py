@@ -24,7 +24,8 @@ the neurons some token activates in its own slot range (no sequential compaction
 gathers the up rows of its list and forms h = act_g(g) * act_u(u). A second region splits the output
 columns over the tasks; each streams its slice of every listed down row (vector FMA). Rows are streamed
 `sched.rows` at a time with the next ones software-prefetched, which keeps gathered rows at the streaming
-bandwidth. The result equals the dense kernel up to float32 summation order.
+bandwidth. The result equals the dense kernel up to float32 summation order (with quantized weights on a target
+with an int8 dot both round x to 8-bit blocks the same way, `quant_int8.py`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .common import (
     skipping_value,
     symbol,
     threshold_tag,
+    x_operand,
     zero_columns_macro,
 )
 from .quant_blocks import weight_buffer
@@ -99,8 +101,9 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
     nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
     zero = T.float32(0)
     product = keep_product is not None
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=gate_value)
-    up_dots, _ = dots_macro(d, dtype, sched, gathered=not product)
+    x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
+    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=gate_value, x8=x8)
+    up_dots, _ = dots_macro(d, dtype, sched, gathered=not product, x8=x8)
     axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True)
     zero_cols = zero_columns_macro(d, sched, dtype)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
@@ -112,6 +115,11 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
         out = T.match_buffer(out_h, (M, d), "float32")
+        if x8:  # x quantized once to 8-bit blocks for the integer row dots
+            xd = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xd, M)
+        else:
+            xd = T.decl_buffer((M, d), "float32", data=x.data)
         g = T.alloc_buffer((M, n_ff), "float32")  # kept gate value, by neuron
         # h by slot, task t's slots from t * nper (product: first by neuron, then compacted in place to slots)
         h = T.alloc_buffer((M, n_ff), "float32")
@@ -125,9 +133,9 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
             for st in range((nj + R - 1) // R):
-                gate_dots(w_gate, x, M, idx, j0, st * R, nj, g, j0)
+                gate_dots(w_gate, xd, M, idx, j0, st * R, nj, g, j0)
                 if product:
-                    up_dots(w_up, x, M, idx, j0, st * R, nj, h, j0)
+                    up_dots(w_up, xd, M, idx, j0, st * R, nj, h, j0)
                 for r in range(T.min(R, nj - st * R)):
                     live[0] = 0
                     for m in range(M):
@@ -150,7 +158,7 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
             cnt[t] = nl
             if not product:  # only the listed neurons' up rows
                 for st in range((nl + R - 1) // R):
-                    up_dots(w_up, x, M, idx, j0, st * R, nl, h, j0)
+                    up_dots(w_up, xd, M, idx, j0, st * R, nl, h, j0)
                     for r in range(T.min(R, nl - st * R)):
                         for m in range(M):
                             h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r]] * act_u(h[m, j0 + st * R + r])
@@ -179,8 +187,9 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     sched = sched.fitted(d, dtype)
     threads, R = sched.threads, sched.rows
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g)
-    _, up_dot = dots_macro(d, dtype, sched, gathered=True)
+    x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
+    _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x8)
+    _, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x8)
     _, axpy = axpy_macro(d, dtype, sched, gathered=True)
     zero_cols = zero_columns_macro(d, sched, dtype)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
@@ -195,6 +204,11 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
         idx = T.match_buffer(idx_h, (M, K), "int32")
         count = T.match_buffer(count_h, (M,), "int32")
         out = T.match_buffer(out_h, (M, d), "float32")
+        if x8:  # x quantized once to 8-bit blocks for the integer row dots
+            xd = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xd, M)
+        else:
+            xd = T.decl_buffer((M, d), "float32", data=x.data)
         flat = T.decl_buffer((M * K,), "int32", data=idx.data)
         g = T.alloc_buffer((M, K), "float32")
         h = T.alloc_buffer((M, K), "float32")
@@ -204,8 +218,8 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
                 i0: T.let = t * count[m] // threads
                 n: T.let = (t + 1) * count[m] // threads - i0
                 for st in range((n + R - 1) // R):
-                    gate_dot(w_gate, x, m, flat, m * K + i0, st * R, n, g, i0)
-                    up_dot(w_up, x, m, flat, m * K + i0, st * R, n, h, i0)
+                    gate_dot(w_gate, xd, m, flat, m * K + i0, st * R, n, g, i0)
+                    up_dot(w_up, xd, m, flat, m * K + i0, st * R, n, h, i0)
                     for r in range(T.min(R, n - st * R)):
                         h[m, i0 + st * R + r] = g[m, i0 + st * R + r] * act_u(h[m, i0 + st * R + r])
         # 2) down: output columns split over the tasks, listed rows streamed
@@ -230,8 +244,9 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g)
-    up_dots, _ = dots_macro(d, dtype, sched, gathered=False)
+    x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
+    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g, x8=x8)
+    up_dots, _ = dots_macro(d, dtype, sched, gathered=False, x8=x8)
     axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False)
     zero_cols = zero_columns_macro(d, sched, dtype)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
@@ -243,14 +258,19 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
         out = T.match_buffer(out_h, (M, d), "float32")
+        if x8:  # x quantized once to 8-bit blocks for the integer row dots
+            xd = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xd, M)
+        else:
+            xd = T.decl_buffer((M, d), "float32", data=x.data)
         g = T.alloc_buffer((M, n_ff), "float32")
         h = T.alloc_buffer((M, n_ff), "float32")
         for t in T.parallel(threads):
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
             for st in range((nj + R - 1) // R):
-                gate_dots(w_gate, x, M, g, j0, st * R, nj, g, j0)
-                up_dots(w_up, x, M, h, j0, st * R, nj, h, j0)
+                gate_dots(w_gate, xd, M, g, j0, st * R, nj, g, j0)
+                up_dots(w_up, xd, M, h, j0, st * R, nj, h, j0)
                 for r in range(T.min(R, nj - st * R)):
                     for m in range(M):
                         h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])

@@ -1,0 +1,242 @@
+"""Row dots of quantized weights as integer dot products against x quantized to 8-bit blocks (x86 VNNI).
+
+What llama.cpp does for its quantized types: x is quantized once per call, per token and group of 32 columns,
+to x̂ = round(x / dx) int8 with dx = max|x| / 127, and a weight block's dot product with x becomes an integer one,
+scaled once per block:
+
+    sum_j w_j x_j  ~=  scale_w * dx * sum_j code_j x̂_j          (+ offset_w * dx * sum_j x̂_j for q4_1)
+
+The integer sum runs on a 4-way u8 x s8 -> i32 dot instruction (`vpdpbusd`: AVX512-VNNI on 512-bit vectors,
+AVX-VNNI / AVX512-VNNI+VL on 256-bit), named by the schedule's `int8_dot` (from the target's feature flags,
+`codegen/schedules.py`) and looked up in `INT8_DOTS`. x's rounding costs at most dx / 2 per element: each dot
+is off by at most sum_groups (dx / 2) * sum_j |w_j| (tests/test_kernels_int8.py checks that bound).
+
+Layout of one dot: P = lanes / 4 rows side by side, 16 code bytes each (a q4 block's 16 bytes, masked to their
+low nibbles for columns 0-15 and shifted for columns 16-31; a q8_0 block's first and second 16 codes), against
+the matching 16 bytes of x̂ repeated P times (prepared so by `x8_prep_macro`); lane 4p..4p+3 of the int32
+result then sums row p's products. q4 nibbles are unsigned, so they are the u8 operand and x̂ the s8 one; q4_0's
+"- 8" enters as -8 * sum(x̂) in lane 4p of the accumulator's initial value. q8_0 codes are signed: x̂ + 128 is
+the u8 operand and a second product with 128s subtracts 128 * sum(code). The per-row scale (x dx) is applied
+per block in fp32 (lanes 4p..4p+3 carry row p's scale), and fp32 accumulates across blocks.
+
+Prepared x (`XBlocks`): per token one byte row: per group the first-half operand, the second-half operand and
+the initial accumulator (lanes * 4 bytes each), then every group's dx (fp32), then dx * sum(x̂) (fp32, q4_1).
+The last partial group of x is padded with zeros (x̂ = 0), so padded weight columns contribute nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.script import tirx as T
+from tvm.tirx import Shuffle
+
+from ...ir.quant import GROUP, LAYOUTS
+from .quant_blocks import block_prefetch_macro, offset, scale
+from .rows import CACHE_LINE, row_index
+from .schedule import CpuSchedule
+
+# int8 dot instruction -> (LLVM intrinsic: i32 lanes = dot(i32 acc, u8 bytes as i32 lanes, s8 bytes as i32 lanes),
+# int32 lanes)
+INT8_DOTS = {
+    "vpdpbusd512": ("llvm.x86.avx512.vpdpbusd.512", 16),
+    "vpdpbusd256": ("llvm.x86.avx512.vpdpbusd.256", 8),
+}
+HALF = GROUP // 2
+
+
+def uses_int8_dot(dtype: str, sched: CpuSchedule) -> bool:
+    """Whether rows of `dtype` take the integer path on `sched` (an int8 dot and a quantized layout)."""
+    return bool(sched.int8_dot) and dtype in LAYOUTS
+
+
+@dataclass(frozen=True)
+class XBlocks:
+    """Byte offsets, within a token's row of the prepared x, of group g's operands and scales."""
+
+    groups: int
+    lanes: int
+
+    def operand(self, g, part: int):
+        """part 0: x̂ of columns 0-15 repeated lanes/4 times; 1: columns 16-31; 2: the accumulator's initial value."""
+        return (g * 3 + part) * 4 * self.lanes
+
+    def dx(self, g):
+        return self.groups * 12 * self.lanes + 4 * g
+
+    def dx_sum(self, g):
+        return self.groups * (12 * self.lanes + 4) + 4 * g
+
+    @property
+    def nbytes(self) -> int:
+        return self.groups * (12 * self.lanes + 8)
+
+
+def x_blocks(d: int, sched: CpuSchedule) -> XBlocks:
+    return XBlocks(-(-d // GROUP), INT8_DOTS[sched.int8_dot][1])
+
+
+def _reduce(buf, op, lanes: int):
+    """buf[0] = op over buf[0:lanes] (lanes a power of two), by vector halving."""
+
+    @T.macro
+    def red():
+        if lanes >= 32:
+            for v in T.vectorized(16):
+                buf[v] = op(buf[v], buf[v + 16])
+        if lanes >= 16:
+            for v in T.vectorized(8):
+                buf[v] = op(buf[v], buf[v + 8])
+        if lanes >= 8:
+            for v in T.vectorized(4):
+                buf[v] = op(buf[v], buf[v + 4])
+        if lanes >= 4:
+            for v in T.vectorized(2):
+                buf[v] = op(buf[v], buf[v + 2])
+        buf[0] = op(buf[0], buf[1])
+
+    return red
+
+
+def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
+    """`prep(x, xb, M)`: xb [M, x_blocks(d, sched).nbytes] uint8 <- x [M, d] float32 quantized (module docstring)."""
+    lay = LAYOUTS[dtype]
+    xl = x_blocks(d, sched)
+    L, P, G, n_full = xl.lanes, xl.lanes // 4, xl.groups, d // GROUP
+    q8, centered = lay.bits == 8, lay.bits == 4 and not lay.offset  # q8_0: x̂ + 128 unsigned; q4_0: the -8 term
+
+    @T.macro
+    def group(xb, m, g, v32):
+        mx = T.alloc_buffer((HALF,), "float32", scope="global")
+        for v in T.vectorized(HALF):
+            mx[v] = T.max(T.abs(v32[v]), T.abs(v32[v + HALF]))
+        _reduce(mx, T.max, HALF)()
+        inv: T.let = T.if_then_else(mx[0] > T.float32(0), T.float32(127) / mx[0], T.float32(0))
+        q = T.alloc_buffer((GROUP,), "int32", scope="global")
+        for v in T.vectorized(GROUP):
+            q[v] = T.Cast("int32", T.nearbyint(v32[v] * inv))
+        s = T.alloc_buffer((HALF,), "int32", scope="global")
+        for v in T.vectorized(HALF):
+            s[v] = q[v] + q[v + HALF]
+        _reduce(s, lambda a, b: a + b, HALF)()
+        for h in T.unroll(2):
+            for p in T.unroll(P):
+                for v in T.vectorized(HALF):
+                    xb[m, xl.operand(g, h) + p * HALF + v] = T.Cast("uint8", q[h * HALF + v] + (128 if q8 else 0))
+        for v in T.vectorized(4 * L):
+            xb[m, xl.operand(g, 2) + v] = T.uint8(0)
+        if centered:  # lane 4p: -8 * sum(x̂)
+            for p in T.unroll(P):
+                xb[m, T.ramp(xl.operand(g, 2) + p * 16, 1, 4)] = T.reinterpret("uint8x4", s[0] * -8)
+        xb[m, T.ramp(xl.dx(g), 1, 4)] = T.reinterpret("uint8x4", mx[0] / T.float32(127))
+        xb[m, T.ramp(xl.dx_sum(g), 1, 4)] = T.reinterpret("uint8x4", mx[0] / T.float32(127) * T.Cast("float32", s[0]))
+
+    @T.macro
+    def prep(x, xb, M):
+        for m in range(M):
+            v32 = T.alloc_buffer((GROUP,), "float32", scope="global")
+            for g in range(n_full):
+                for v in T.vectorized(GROUP):
+                    v32[v] = x[m, g * GROUP + v]
+                group(xb, m, g, v32)
+            if n_full < G:  # the partial last group, zero-padded
+                for v in range(GROUP):
+                    v32[v] = T.if_then_else(n_full * GROUP + v < d, x[m, T.min(n_full * GROUP + v, d - 1)],
+                                            T.float32(0))
+                group(xb, m, n_full, v32)
+
+    return prep
+
+
+def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None):
+    """`common.dots_macro` on the integer path: (`dots_all`, `dots`) with the same arguments, except that x is
+    the prepared byte buffer of `x8_prep_macro`."""
+    lay = LAYOUTS[dtype]
+    intrin, L = INT8_DOTS[sched.int8_dot]
+    xl = x_blocks(d, sched)
+    P, VB, R, G = L // 4, L * 4, sched.rows, xl.groups
+    S = -(-R // P)  # row sets per step
+    bb, hb = lay.block_bytes, lay.header_bytes
+    q8, off = lay.bits == 8, lay.offset
+    prefetch = sched.prefetch if prefetch is None else bool(prefetch)
+    store = store or (lambda v: v)
+    row = row_index(gathered)
+    pf = block_prefetch_macro()
+    ivec = f"int32x{L}"
+    U = max(1, CACHE_LINE // bb)  # blocks per cache line (rounded down): a prefetch every U blocks
+
+    def rr(rows, base, i, end, s, p):  # row p of set s (past the step's rows: its last row again, not stored)
+        return row(rows, base, T.min(i + T.min(s * P + p, R - 1), end - 1))
+
+    def dot(acc, a, b):  # acc + the 4-way u8 (a) x s8 (b) dot per int32 lane; the bytes go in as byte vectors (the
+        # LLVM of TVM 0.27 declares the intrinsic with <64 x i8> operands; <16 x i32> ones fail its verifier)
+        return T.call_llvm_pure_intrin(ivec, intrin, acc, a, b)
+
+    def codes(w, rows, base, i, end, s, grp, second: bool):
+        """uint8 x VB: the set's P rows' code bytes of columns 0-15 (second: 16-31) side by side."""
+        start = grp * bb + hb + (HALF if q8 and second else 0)
+        raw = Shuffle([w[rr(rows, base, i, end, s, p), T.ramp(start, 1, HALF)] for p in range(P)], list(range(VB)))
+        if q8:
+            return raw
+        return T.shift_right(raw, T.Broadcast(T.uint8(4), VB)) if second else T.bitwise_and(
+            raw, T.Broadcast(T.uint8(15), VB))
+
+    def per_row(values, fill=None):
+        """float32 x L from P fp16 values: lanes 4p..4p+3 hold values[p] (fill: lane 4p values[p], the other three
+        `fill`), widened as one vector (one vcvtph2ps rather than one conversion per row)."""
+        vecs = [T.Broadcast(v, 4) for v in values]
+        if fill is None:
+            halves = Shuffle(vecs, list(range(L)))
+        else:
+            halves = Shuffle([*vecs, T.Broadcast(fill, 4)], [v if v % 4 == 0 else 4 * P for v in range(L)])
+        return T.Cast(f"float32x{L}", halves)
+
+    def xvec(xb, m, grp, part):
+        return xb[m, T.ramp(xl.operand(grp, part), 1, VB)]
+
+    def int_dot(w, xb, m, rows, base, i, end, s, grp):
+        """int32 x L: per lane 4p..4p+3, row p's integer products with x̂ (summed over the 4 lanes: the block's)."""
+        lo, hi = codes(w, rows, base, i, end, s, grp, False), codes(w, rows, base, i, end, s, grp, True)
+        if q8:  # (x̂ + 128) . code - 128 . code
+            zero, c128 = T.Broadcast(T.int32(0), L), T.Broadcast(T.uint8(128), VB)
+            return dot(dot(zero, xvec(xb, m, grp, 0), lo), xvec(xb, m, grp, 1), hi) - dot(dot(zero, c128, lo), c128, hi)
+        # nibbles . x̂, from -8 * sum(x̂) (q4_0) or 0 (q4_1) in lane 4p
+        return dot(dot(T.reinterpret(ivec, xvec(xb, m, grp, 2)), lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
+
+    def block_sum(w, xb, m, rows, base, i, end, s, grp, dx, dx_sum):
+        """float32 x L: the set's block dot products (lanes 4p..4p+3 of row p)."""
+        scales = per_row([scale(lay, w, rr(rows, base, i, end, s, p), grp, widen=False) for p in range(P)])
+        v = T.Cast(f"float32x{L}", int_dot(w, xb, m, rows, base, i, end, s, grp)) * (scales * dx)
+        if off:
+            v = v + per_row([offset(lay, w, rr(rows, base, i, end, s, p), grp, widen=False) for p in range(P)],
+                            T.float16(0)) * dx_sum
+        return v
+
+    @T.macro
+    def dots(w, xb, m, rows, base, i, end, dst, dcol):
+        acc = T.alloc_buffer((S * L,), "float32", scope="global")
+        for v in T.vectorized(S * L):
+            acc[v] = T.float32(0)
+        for grp in range(G):
+            if prefetch:  # the next step's rows, one prefetch per row and cache line (every U blocks)
+                if grp % U == 0:
+                    for r in T.unroll(R):
+                        pf(w, row(rows, base, T.min(i + R + r, end - 1)), grp * bb)
+            dx: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx(grp), 1, 4)])
+            dx_sum: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx_sum(grp), 1, 4)])
+            for s in T.unroll(S):
+                acc[T.ramp(s * L, 1, L)] = acc[T.ramp(s * L, 1, L)] + block_sum(w, xb, m, rows, base, i, end, s, grp,
+                                                                                dx, dx_sum)
+        for s in T.unroll(S):
+            for p in T.unroll(P):
+                if s * P + p < R:
+                    if i + s * P + p < end:
+                        dst[m, dcol + i + s * P + p] = store(acc[s * L + p * 4] + acc[s * L + p * 4 + 1]
+                                                             + acc[s * L + p * 4 + 2] + acc[s * L + p * 4 + 3])
+
+    @T.macro
+    def dots_all(w, xb, M, rows, base, i, end, dst, dcol):
+        for m in range(M):
+            dots(w, xb, m, rows, base, i, end, dst, dcol)
+
+    return dots_all, dots

@@ -1,0 +1,98 @@
+"""The int8-dot path of the quantized row dots (codegen/kernels/quant_int8.py: x quantized once per call to 8-bit
+blocks, integer dot products with VNNI `vpdpbusd`): chosen from the target's feature flags and confirmed by LLVM,
+and numerically the float dots on x rounded as `ir.quant.round_x8` rounds it.
+
+Hypothesis draws the kernel (linear, exact, indexed, dense, threshold), the layout (q8_0, q4_0, q4_1), the dot
+width (512-bit AVX512-VNNI: 4 rows per dot; 256-bit: 2 rows) and sizes that 32 does not divide; each example's
+calls hold 0%, 100% and a random set of active neurons. Two checks per call: within fp32 tolerance of a float64
+reference on the dequantized weights and the rounded x; and (linear) within the rounding's bound of the reference
+on x itself: |error| <= sum over groups of (dx / 2) * sum |w| (plus fp32 tolerance). Runs where the host has
+VNNI (the kernels execute here); the feature-selection tests run everywhere.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .kernel_cases import QUANT_DTYPES, examples, linear_reference, primfunc, run_native
+from .test_kernels_quant import ACTS, check, quant_calls
+
+pytest.importorskip("tvm")
+
+KINDS = ("linear", "exact", "indexed", "dense", "threshold")
+DOTS = {"vpdpbusd512": 16, "vpdpbusd256": 8}  # int32 lanes = the kernel's fp32 lanes
+ragged = st.integers(1, 100).filter(lambda d: d % 32)
+
+
+def host_sched(dot: str):
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    host = targets.get("x86")
+    need = {"vpdpbusd512": {"avx512_vnni"}, "vpdpbusd256": {"avx512_vnni", "avx_vnni"}}[dot]
+    if not need & set(host.features):
+        pytest.skip(f"{dot} needs a host with {' or '.join(sorted(need))}: this one has {', '.join(host.features)}")
+    lanes = DOTS[dot]
+    return replace(schedule_for(host), int8_dot=dot, lanes=lanes, vector_registers=32 if lanes == 16 else 16)
+
+
+def test_the_int8_dot_follows_the_target_features():
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    host = targets.get("x86")
+    want = ("vpdpbusd512" if "avx512_vnni" in host.features and host.vector_bits == 512 else
+            "vpdpbusd256" if {"avx512_vnni", "avx_vnni"} & set(host.features) and host.vector_bits == 256 else "")
+    assert schedule_for(host).int8_dot == want
+    # declared by the data, confirmed by LLVM for the TVM target: a VNNI part gets it on any host ...
+    spr = replace(host, tvm={"kind": "llvm", "mcpu": "sapphirerapids"}, vector_bits=512,
+                  features=("avx512f", "avx512_vnni"))
+    assert schedule_for(spr).int8_dot == "vpdpbusd512"
+    assert schedule_for(replace(spr, vector_bits=256, features=("avx2", "avx_vnni"))).int8_dot == "vpdpbusd256"
+    # ... a target dict naming a CPU without it never does, whatever the host
+    assert schedule_for(targets.get({"kind": "llvm", "mcpu": "haswell"})).int8_dot == ""
+    assert schedule_for(replace(spr, features=("avx512f",))).int8_dot == ""
+    assert schedule_for(targets.get("arm")).int8_dot == ""
+
+
+def test_an_int8_dot_kernel_is_built_with_vpdpbusd():
+    """The generated code holds the instruction (TVM 0.27's `call_llvm_pure_intrin` route) and its symbol says so."""
+    import tvm
+
+    from actsparse.codegen.kernels import kernel
+
+    sched = host_sched("vpdpbusd512")
+    prim = kernel("linear", 100, 8, dtype="q4_0", sched=sched)
+    assert "ivpdpbusd512" in str(prim.attrs["global_symbol"])
+    from actsparse import targets
+
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=targets.get("x86").tvm_target())
+    asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+    assert "vpdpbusd" in asm
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from(QUANT_DTYPES), dot=st.sampled_from(tuple(DOTS)), d=ragged, n_ff=st.integers(1, 40),
+       frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
+def test_x86_int8_dot_kernel_equals_the_reference_on_rounded_x(kind, dtype, dot, d, n_ff, frac, seed):
+    prim = primfunc(kind, d, n_ff, dtype, host_sched(dot), ACTS[kind], bias=True)
+    calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac, x8=True)
+    outs = run_native(prim, calls)
+    check(kind, f"{dtype} {dot}", calls, outs)
+    if kind == "linear":  # and within the rounding's bound of the float result on x itself
+        from actsparse.ir.quant import GROUP, dequantize
+
+        for call, out in zip(calls, outs):
+            x, blob, b = call.args[:3]
+            w = dequantize(blob, dtype, d)
+            ref, scale = linear_reference(x, w, b)
+            g = -(-d // GROUP)
+            padded = np.zeros((x.shape[0], g * GROUP))
+            padded[:, :d] = np.abs(x)
+            half_step = np.repeat(padded.reshape(-1, g, GROUP).max(-1) / 127 / 2, GROUP, axis=-1)[:, :d]
+            bound = half_step @ np.abs(w).T.astype(np.float64) * 1.001 + 1e-4 * (scale + 1e-3)
+            assert np.all(np.abs(out - ref) <= bound), np.max(np.abs(out - ref) - bound)
