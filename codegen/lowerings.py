@@ -14,7 +14,7 @@ R = relax.op
 
 UNARY = {"neg": R.negative, "exp": R.exp, "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "abs": R.abs,
          "tanh": R.tanh, "sigmoid": R.sigmoid, "erf": R.erf, "sin": R.sin, "cos": R.cos, "logical_not": R.logical_not,
-         "isnan": R.isnan, "isinf": R.isinf}
+         "isnan": R.isnan, "isinf": R.isinf, "floor": R.floor, "trunc": R.trunc}
 BINARY = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
           "maximum": R.maximum, "minimum": R.minimum, "gt": R.greater, "ge": R.greater_equal, "lt": R.less,
           "le": R.less_equal, "eq": R.equal, "ne": R.not_equal, "logical_and": R.logical_and,
@@ -184,3 +184,11 @@ def _cumsum(ctx, node, args):
 @lowering("argmax")
 def _argmax(ctx, node, args):
     return R.astype(R.argmax(args[0], axis=node.attrs["axis"], keepdims=node.attrs.get("keepdim", False)), "int64")
+
+
+@lowering("conv1d")
+def _conv1d(ctx, node, args):
+    a = node.attrs
+    out = R.nn.conv1d(args[0], args[1], strides=a.get("stride", 1), padding=a.get("padding", 0),
+                      dilation=a.get("dilation", 1), groups=a.get("groups", 1))
+    return out if len(args) == 2 else R.add(out, R.reshape(args[2], [1, -1, 1]))

@@ -9,6 +9,11 @@ class FrontendError(ActsparseError):
     """A model could not be imported (export failed, an unexpressible shape, an unsupported dtype, ...)."""
 
 
+class SymbolicShapeError(FrontendError):
+    """A size the model computes from the symbolic sequence length (`seq + 1`, `Min(2048, seq)`) has no IR form;
+    `import_torch` then imports the model again with the example's static shapes."""
+
+
 class UnsupportedOpError(FrontendError):
     """The model uses an operator the frontend has no mapping for."""
 
@@ -20,4 +25,4 @@ class UnsupportedOpError(FrontendError):
                          "file an issue or rewrite the module to avoid it")
 
 
-__all__ = ["ActsparseError", "FrontendError", "UnsupportedOpError"]
+__all__ = ["ActsparseError", "FrontendError", "SymbolicShapeError", "UnsupportedOpError"]

@@ -32,13 +32,14 @@ from torch.export.graph_signature import InputKind
 
 from ..ir import Graph, Node, TensorType, op_def, verify
 from ..ir.types import is_float, np_dtype
-from .errors import FrontendError, UnsupportedOpError
+from .errors import FrontendError, SymbolicShapeError, UnsupportedOpError
 from .moe import per_expert_routing
-from .torch_inplace import DATA_DEPENDENT
+from .torch_inplace import DATA_DEPENDENT, aliased
 from .torch_ops import lookup
 
 TORCH_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.float64: "f64", torch.int64: "i64",
-                torch.int32: "i32", torch.bool: "bool"}
+                torch.int32: "i32", torch.bool: "bool", torch.uint8: "u8"}
+COMPLEX_PARTS = {torch.complex64: "f32", torch.complex128: "f64"}
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 _SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
@@ -51,14 +52,30 @@ def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: 
     """Export `model` on `example_inputs` and translate it into a verified IR graph.
 
     With `dynamic_seq`, dim 1 of rank-2 integer inputs is symbolic (`seq`), so the graph runs on any sequence
-    length; otherwise (or if torch cannot export it that way) all shapes are those of `example_inputs`.
+    length; otherwise (or if torch cannot export it that way, or the model computes a size from it that the IR
+    cannot name, such as `seq + 3`) all shapes are those of `example_inputs`, with a warning.
     Raises `UnsupportedOpError` for an op without a mapping, `FrontendError` for other failures.
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
     program = export_program(model, example_inputs, dynamic_seq)
     try:
+        return _import(model, program)
+    except SymbolicShapeError as err:
+        if not dynamic_seq:
+            raise
+        # a size computed from seq (a padded conv, a cache window): specialise to the example, as for an export
+        # that fails with a symbolic seq
+        warnings.warn(f"actsparse: importing with a symbolic sequence length failed ({err}); importing with the "
+                      "example's static shapes instead", stacklevel=2)
+        return _import(model, export_program(model, example_inputs, False))
+
+
+def _import(model, program) -> Graph:
+    try:
         return Importer(program, getattr(model, "actsparse_prefix", "")).run()
+    except SymbolicShapeError:
+        raise  # import_torch retries with static shapes
     except FrontendError as err:
         sinks = [n for n, m in model.named_modules() if n and isinstance(getattr(m, "sinks", None), torch.nn.Parameter)]
         # the failure is inside an attention with sinks (its path, less wrapper prefixes, in the message): name them
@@ -79,14 +96,16 @@ def export_program(model, inputs: tuple, dynamic_seq: bool):
 
 def decompose_missing(program):
     """Ops the table lacks are decomposed by torch's own core-ATen decompositions (only those ops: the ones we
-    map whole, such as linear and sdpa, stay whole), so one table covers the long tail."""
-    missing = {n.target for gm in _graph_modules(program.graph_module) for n in gm.graph.nodes
-               if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload)
-               and not _is_symbolic(n) and lookup(op_name(n.target), None) is None}
-    if not missing:
-        return program
+    map whole, such as linear and sdpa, stay whole), so one table covers the long tail. A program that writes
+    in place through a view (`attn[..., i, :i] = row`, a slice assigned in a loop) is functionalized on the way
+    (the writes become `slice_scatter` / `select_scatter`), which the IR, having no aliasing, needs."""
+    nodes = [n for gm in _graph_modules(program.graph_module) for n in gm.graph.nodes
+             if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and not _is_symbolic(n)]
+    missing = {n.target for n in nodes if lookup(op_name(n.target), None) is None}
+    writes_views = any(n.target._schema.is_mutable and n.args and isinstance(n.args[0], torch.fx.Node)
+                       and aliased(n.args[0], n) for n in nodes)
     table = {op: fn for op, fn in torch.export.default_decompositions().items() if op in missing}
-    return program.run_decompositions(table) if table else program
+    return program.run_decompositions(table) if table or writes_views else program
 
 
 def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool):
@@ -100,8 +119,11 @@ def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool):
         except Exception as err:  # noqa: BLE001 - any export failure falls back to static shapes
             warnings.warn(f"actsparse: exporting with a symbolic sequence length failed ({_first_line(err)}); "
                           "importing with the example's static shapes instead", stacklevel=3)
+    # fresh tensors: an export with a dynamic dim marks its example tensors, and a later static export of the
+    # same tensors then fails with "Constraints violated"
+    fresh = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
     try:
-        return torch.export.export(model, inputs, strict=False)
+        return torch.export.export(model, fresh, strict=False)
     except Exception as err:
         raise FrontendError(f"torch.export could not export {type(model).__name__}: {_first_line(err)}. "
                             f"Hints: {HINTS}.") from err
@@ -251,9 +273,13 @@ class Importer:
             return self.module
         return f"{self.module or '<root>'} ({os.path.basename(self.source)})"
 
-    def error(self, message: str) -> FrontendError:
+    def error(self, message: str, kind: type = FrontendError) -> FrontendError:
         where = f"{self.module or '<root>'}" + (f" at {self.source}" if self.source else "")
-        return FrontendError(f"{where}: {message}")
+        return kind(f"{where}: {message}")
+
+    def symbolic_error(self, message: str) -> SymbolicShapeError:
+        """A size or slice of the symbolic seq the IR cannot express (import_torch retries with static shapes)."""
+        return self.error(message, SymbolicShapeError)
 
     # --- types, dims, weights -----------------------------------------------------------------------------
     def _name_symbols(self, val) -> None:
@@ -273,8 +299,12 @@ class Importer:
             if expr in self.symbols:
                 return self.symbols[expr]
             text = str(expr.subs(self.symbols))
-            raise self.error(f"the size `{text}` is a symbolic expression, which IR shapes cannot express (they "
-                             "only name dims); import with dynamic_seq=False to specialise the sequence length")
+            if any(s not in self.symbols for s in expr.free_symbols):  # an unbacked symbol: x.item(), nonzero()
+                raise self.error(f"the size `{text}` depends on tensor values, which IR shapes cannot express; "
+                                 "compute it from shapes or constants instead")
+            raise self.symbolic_error(f"the size `{text}` is a symbolic expression, which IR shapes cannot express "
+                                      "(they only name dims); import with dynamic_seq=False to specialise the "
+                                      "sequence length")
         raise self.error(f"expected a size, got {d!r}")
 
     def shape(self, val) -> tuple:
@@ -288,6 +318,8 @@ class Importer:
                 from None
 
     def tensor_type(self, val) -> TensorType:
+        if val.is_complex():  # complex tensors are real pairs on a last axis of 2 (torch.view_as_real's layout)
+            return TensorType((*self.shape(val), 2), COMPLEX_PARTS.get(val.dtype) or self.dtype(val))
         return TensorType(self.shape(val), self.dtype(val))
 
     def out(self, fx_node) -> TensorType:
@@ -348,8 +380,8 @@ class Importer:
         if isinstance(value, torch.SymInt):
             value = self.dim(value)
             if isinstance(value, str):
-                raise self.error(f"the symbolic size `{value}` is used as a tensor value, which the IR cannot "
-                                 "express; import with dynamic_seq=False")
+                raise self.symbolic_error(f"the symbolic size `{value}` is used as a tensor value, which the IR "
+                                          "cannot express; import with dynamic_seq=False")
         if isinstance(value, (bool, int, float)):
             return self.const(value, dtype)
         raise self.error(f"expected a tensor or a number, got {type(value).__name__}")

@@ -6,8 +6,10 @@ tensor see the result (`Importer.rebind`):
 
     x.div_(y)  ->  div(x, y), rebound to x
 
-That is only the tensor's new value when no other tensor aliases it, so an in-place op on a view, or on a tensor
-a view was taken of before the update, is an error asking for the out-of-place form.
+That is only the tensor's new value when no other tensor aliases it. A program with an in-place op on a view, or
+on a tensor a view was taken of before the update, is functionalized by torch before import
+(`torch_export.decompose_missing`: `x[..., i] = v` becomes `select_scatter`); where that has not happened (a
+program imported as exported) such an op is an error asking for the out-of-place form.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ DATA_DEPENDENT = ("aten.nonzero", "aten.masked_select", "aten.unique", "aten._un
 def in_place(handler):
     def handle(cx, node, *args, **kwargs):  # x.div_(y) -> div(x, y), and later reads of x see the result
         target = node.args[0]
-        if isinstance(target, torch.fx.Node) and _aliased(target, node):
+        if isinstance(target, torch.fx.Node) and aliased(target, node):
             raise cx.error(f"in-place {node.target} on a tensor that shares memory with another (a view, or "
                            "viewed before the update) cannot be expressed; write it out of place (y = x / z)")
         result = handler(cx, node, *args, **kwargs)
@@ -35,7 +37,7 @@ def in_place(handler):
     return handle
 
 
-def _aliased(target, node) -> bool:
+def aliased(target, node) -> bool:
     """`target` is a view, or a view of it was taken before `node` updates it (the view would see the update)."""
     def packet(n):
         return str(getattr(n.target, "overloadpacket", n.target)) if n.op == "call_function" else ""

@@ -13,6 +13,7 @@ import torch
 from ..ir import Node, TensorType
 from ..ir.types import positive_axis
 from .torch_inplace import in_place
+from .torch_ops_layers import complex_arith
 from .torch_ops_tail import TAIL_TO_IR
 
 BIG = 2**62  # slice ends at or beyond this mean "to the end" (torch spells it 9223372036854775807)
@@ -59,6 +60,8 @@ def _arith(op, identity=None, reverse=False):
     def handle(cx, node, a, b, alpha=1, **_):  # a op b, both cast to torch's result dtype; x+0, x*1 -> x
         if reverse:
             a, b = b, a
+        if node.meta["val"].is_complex():
+            return complex_arith(cx, node, op, a, b, alpha)
         dtype = cx.out(node).dtype
         if alpha != 1:
             b = cx.emit("mul", [cx.tensor(b, dtype), cx.const(alpha, dtype)])
@@ -217,7 +220,8 @@ def slice_of(cx, x, axis, start, end, step=1):
     start = 0 if start is None else cx.dim(start)
     end = None if end is None or (isinstance(end, int) and end >= BIG) else cx.dim(end)
     if isinstance(start, str):
-        raise cx.error(f"a slice starting at the symbolic `{start}` cannot be expressed; import with dynamic_seq=False")
+        raise cx.symbolic_error(f"a slice starting at the symbolic `{start}` cannot be expressed; "
+                                "import with dynamic_seq=False")
     if isinstance(dim, int) and not isinstance(end, str):
         start, end, step = slice(start, end, step).indices(dim)
         if (start, end, step) == (0, dim, 1):
@@ -231,8 +235,8 @@ def slice_of(cx, x, axis, start, end, step=1):
     if isinstance(start, int) and isinstance(end, int) and (start < 0) == (end <= 0) and start < end and step == 1:
         index = cx.source_node("constant", TensorType((end - start,), "i64"), value=tuple(range(start, end)))
         return cx.emit("index_select", [x, index], axis=axis)  # a static window of the symbolic dim
-    raise cx.error(f"slice [{start}:{end}:{step}] of the symbolic dim `{dim}` cannot be expressed; "
-                   "import with dynamic_seq=False")
+    raise cx.symbolic_error(f"slice [{start}:{end}:{step}] of the symbolic dim `{dim}` cannot be expressed; "
+                            "import with dynamic_seq=False")
 
 
 def _slice(cx, node, x, dim=0, start=None, end=None, step=1):
@@ -256,7 +260,8 @@ def _split(cx, node, x, *args, **kwargs):  # split / split_with_sizes / chunk / 
     for val in node.meta["val"]:
         size = 1 if unbind else cx.dim(val.shape[axis])
         if isinstance(size, str) and len(node.meta["val"]) > 1:
-            raise cx.error(f"splitting the symbolic dim `{size}` cannot be expressed; import with dynamic_seq=False")
+            raise cx.symbolic_error(f"splitting the symbolic dim `{size}` cannot be expressed; "
+                                    "import with dynamic_seq=False")
         part = slice_of(cx, x, axis, start, start + size if isinstance(size, int) else size)
         parts.append(cx.emit("reshape", [part], shape=cx.shape(val)) if unbind else part)
         start = start + size if isinstance(size, int) else start

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from ..ir.types import positive_axis
+from .torch_ops_layers import LAYER_TO_IR, slice_scatter
 
 
 # --- activations -----------------------------------------------------------------------------------------
@@ -107,16 +108,7 @@ def _copy(cx, node, dst, src, non_blocking=False):  # copy(dst, src) -> src broa
 
 
 def _slice_scatter(cx, node, x, src, dim=0, start=None, end=None, step=1):
-    # slice_scatter(x, src, d, a, b) -> concat(x[:a], src, x[b:]) along d
-    axis = positive_axis(dim, x.type.rank)
-    size = x.shape[axis]
-    start, end = cx.dim(start or 0), size if end is None or (isinstance(end, int) and end >= 2**62) else cx.dim(end)
-    if step != 1 or not all(isinstance(v, int) for v in (start, end, size)):
-        raise cx.error("slice_scatter needs a unit step and static bounds")
-    start, end = start + size if start < 0 else start, end + size if end < 0 else end
-    parts = ([cx.emit("slice", [x], axis=axis, start=0, end=start)] if start > 0 else []) + [src] + \
-        ([cx.emit("slice", [x], axis=axis, start=end, end=size)] if end < size else [])
-    return parts[0] if len(parts) == 1 else cx.emit("concat", parts, axis=axis)
+    return slice_scatter(cx, node, x, src, positive_axis(dim, x.type.rank), start, end, step)
 
 
 TAIL_TO_IR = {
@@ -129,4 +121,5 @@ TAIL_TO_IR = {
     # only the functionalized forms: `new_empty` stays unmapped, so its graph is decomposed (and functionalized)
     "aten.empty.memory_format": _empty,
     "aten.numpy_T": _numpy_t, "aten.copy.default": _copy, "aten.slice_scatter": _slice_scatter,
+    **LAYER_TO_IR,  # convolutions, padding, norms, rounding, repeat (torch_ops_layers.py)
 }

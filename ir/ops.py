@@ -84,6 +84,7 @@ UNARY = {
     "tanh": np.tanh, "sigmoid": _sigmoid, "erf": erf, "sin": np.sin, "cos": np.cos,
     "relu": ACTIVATIONS["relu"].reference, "silu": ACTIVATIONS["silu"].reference, "logical_not": np.logical_not,
     "relu2": ACTIVATIONS["relu2"].reference, "relu6": ACTIVATIONS["relu6"].reference,
+    "floor": np.floor, "trunc": np.trunc,  # rounding divisions (div with rounding_mode), position buckets
 }
 for _name, _fn in UNARY.items():
     define(_name, 1, _unary_type, (lambda fn: lambda x, attrs, env: fn(x))(_fn), elementwise=True)
@@ -327,7 +328,8 @@ def gelu_activation(approximate: str) -> str:
     return "gelu_tanh" if approximate == "tanh" else "gelu"
 
 
+from .ops_conv import CONV_OPS  # noqa: E402  (conv1d)
 from .ops_indexing import INDEXING_OPS  # noqa: E402  (gather, scatter, cumsum, argmax)
 
-for _entry in INDEXING_OPS:
+for _entry in INDEXING_OPS + CONV_OPS:
     define(*_entry)

@@ -40,7 +40,7 @@ SIZES = {
     **dict.fromkeys(["num_attention_heads", "n_head", "n_heads", "num_heads", "decoder_attention_heads"], HEADS),
     **dict.fromkeys(["num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
                      "num_key_value_groups_"], KV_HEADS),
-    **dict.fromkeys(["head_dim", "attention_head_dim", "kv_channels", "v_head_dim", "qk_nope_head_dim",
+    **dict.fromkeys(["head_dim", "d_head", "attention_head_dim", "kv_channels", "v_head_dim", "qk_nope_head_dim",
                      "qk_rope_head_dim"], HEAD_DIM),
     "qk_head_dim": 2 * HEAD_DIM,  # MLA: nope + rope
     **dict.fromkeys(["kv_lora_rank", "q_lora_rank"], 16),
@@ -53,8 +53,13 @@ SIZES = {
     **dict.fromkeys(["max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"], 64),
     **dict.fromkeys(["sliding_window", "attention_window"], 16),
     **dict.fromkeys(["first_k_dense_replace"], 1),
+    "num_kv_shared_layers": 0,  # KV shared from earlier layers of the same kind needs more layers than kept
     **dict.fromkeys(["rotary_dim", "rotary_emb_base_"], HEAD_DIM),
 }
+SSM_HEADS = [("mamba_expand", "mamba_n_heads", "mamba_d_head"), ("expand", "num_heads", "head_dim")]
+MOE_DEFAULTS = {"num_experts_per_tok": TOP_K, "n_routed_experts": EXPERTS, "num_local_experts": EXPERTS,
+                "n_shared_experts": 1, "n_group": 1, "topk_group": 1}
+LAYER_KEYS = [k for k, v in SIZES.items() if v == LAYERS and "layer" in k]
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
              "cls_token_id", "mask_token_id", "unk_token_id")
 
@@ -75,24 +80,47 @@ def tiny_config(arch: str):
     values = _shrink(AutoConfig.for_model(arch).to_dict())
     config = CONFIG_MAPPING[arch](**values)
     for key, value in values.items():  # keys __init__ ignores or recomputes from the originals
-        if key in SIZES and _int(getattr(config, key, None)) is not None and getattr(config, key) > value:
+        if key in SIZES and _int(_attr(config, key)) is not None and _attr(config, key) > value:
             setattr(config, key, value)
     return config
 
 
+def _attr(config, key):
+    try:
+        return getattr(config, key, None)
+    except Exception:  # noqa: BLE001 - per-layer attributes refuse a global read (gemma4)
+        return None
+
+
 def _shrink(values: dict) -> dict:
     out = dict(values)
-    layers = _int(values.get("num_hidden_layers"))
+    layers = next((_int(values[k]) for k in LAYER_KEYS if _int(values.get(k))), None)
+    pick = kept_layers(values.get("layer_types"), layers) if layers else []
     for key, value in values.items():
-        if key in SIZES and _int(value) is not None and value > SIZES[key]:
+        if key in LAYER_KEYS and layers and _int(value) == layers:
+            out[key] = len(pick)
+        elif key in SIZES and _int(value) is not None and value > SIZES[key]:
             out[key] = SIZES[key]
+        elif layers and "layer" in key and isinstance(value, dict) and all(str(k).isdigit() for k in value):
+            out[key] = {type(k)(new): value[k] for new, old in enumerate(pick)  # per-layer settings, renumbered
+                        for k in value if int(k) == old}
         elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
             out[key] = _shrink(value)
-        elif layers and isinstance(value, list) and len(value) == layers:  # per-layer lists follow the count
-            out[key] = value[:out.get("num_hidden_layers", LAYERS)]
+        elif layers and isinstance(value, list) and len(value) == layers:  # per-layer lists follow the pick
+            out[key] = [value[i] for i in pick]
     heads = _int(out.get("num_attention_heads"))
     if heads and (values.get("num_key_value_heads") in (None, values.get("num_attention_heads"))):
         out["num_key_value_heads"] = heads  # multi-head (or MLA) attention stays multi-head
+    if "head_dim" in out and out["head_dim"] is None and heads and _int(out.get("hidden_size")):
+        out["head_dim"] = out["hidden_size"] // heads  # some defaults leave it None for the checkpoint to set
+    for expand, n_heads, d_head in SSM_HEADS:  # SSM heads: n_heads · d_head = expand · width
+        if all(_int(out.get(k)) for k in (expand, n_heads, "hidden_size")) and d_head in out:
+            out[n_heads] = min(out[n_heads], HEADS)
+            out[d_head] = out[expand] * out["hidden_size"] // out[n_heads]
+            if out.get("mamba_d_ssm") is not None:  # the inner width, when given, is expand · width too
+                out["mamba_d_ssm"] = out[expand] * out["hidden_size"]
+    if any("expert" in key for key in out):  # a MoE config: its counts left None for the checkpoint, likewise
+        out.update({k: v for k, v in MOE_DEFAULTS.items() if k in out and out[k] is None})
     vocab = _int(out.get("vocab_size")) or VOCAB
     for key in TOKEN_IDS:
         value = out.get(key)
@@ -107,6 +135,16 @@ def _shrink(values: dict) -> dict:
     return out
 
 
+def kept_layers(types, layers: int) -> list[int]:
+    """The layers a tiny config keeps: the first of each kind in `layer_types` (a hybrid keeps one attention and
+    one linear-attention layer, a sliding-window model one sliding and one full), then the first others, LAYERS
+    in all where the kinds allow."""
+    kinds = isinstance(types, list) and len(types) == layers and all(isinstance(t, str) for t in types)
+    firsts = sorted({t: i for i, t in reversed(list(enumerate(types)))}.values())[:4] if kinds else []
+    rest = [i for i in range(layers) if i not in firsts]
+    return sorted(firsts + rest[:max(0, LAYERS - len(firsts))])
+
+
 def _int(value):
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -119,6 +157,7 @@ class ArchResult:
     gated: int = 0  # gated MLP blocks detected
     patterns: dict = field(default_factory=dict)  # detect-gated-mlp's per-pattern counts
     compiled: bool | None = None  # TVM auto-mode build matched torch (None: not tried)
+    note: str = ""  # why an importing model was specialised to the example's sequence length (if it was)
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -129,7 +168,7 @@ class ArchResult:
         """Its README table row (no timings: the row must not change between runs)."""
         pattern = ", ".join(f"{k}×{v}" for k, v in sorted(self.patterns.items())) or "–"
         tvm = {None: "not run", True: "yes", False: "no"}[self.compiled]
-        reason = self.reason.replace("|", "\\|") or "–"
+        reason = (self.reason or self.note).replace("|", "\\|") or "–"
         return (f"| {self.arch} | {'yes' if self.imports else 'no'} | {self.gated} | {pattern} | {tvm} | "
                 f"{reason} |")
 
@@ -140,6 +179,10 @@ def build_tiny(arch: str, seed: int = 0):
     config = tiny_config(arch)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).float().eval()
+    with torch.no_grad():  # a matrix initialised to zero (AFMoE's router gate) scores every expert the same, and
+        for p in model.parameters():  # torch.topk's order among ties is unspecified: give it small random values
+            if p.ndim >= 2 and p.is_floating_point() and not p.any():
+                p.normal_(0.0, 0.02)
     return model
 
 
@@ -172,7 +215,13 @@ def check_architecture(arch: str, compile: bool = False) -> ArchResult:
         with torch.no_grad():
             want = wrapped(ids).numpy()
         lap("build", "import")
-        graph = import_torch(wrapped, (ids,))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            graph = import_torch(wrapped, (ids,))
+        if not any(isinstance(d, str) for d in graph.inputs[0].shape):
+            fell_back = [_FELL_BACK.search(str(w.message)) for w in caught]  # import-time fallbacks (new rows)
+            why = next((m.group(1) for m in fell_back if m), "")
+            result.note = f"static sequence length: {_clean(why)}" if why else ""
         lap("import", "interpret")
         _assert_close(evaluate(graph, [ids.numpy()])[0], want, "the IR interpreter")
         stats = run_pipeline(graph, pipeline_for("auto")).stats.get("detect-gated-mlp", {})
@@ -203,15 +252,20 @@ def _assert_close(got, want, what: str) -> None:
 _PATH = re.compile(r"(?:/[\w.@+-]+)+/([\w.-]+\.py)")
 
 
+_FELL_BACK = re.compile(r"importing with a symbolic sequence length failed \((.*)\); importing with the example's "
+                        r"static", re.S)
 _EVAL = re.compile(r"<eval_with_key>\.\d+(?::\d+)?")
 
 
 def _reason(err: Exception) -> str:
     """The first line of the error, site-packages paths cut to the file name (rows must not depend on the
     machine)."""
-    text = str(err).strip().splitlines()
-    line = _EVAL.sub("<generated>", _PATH.sub(r"\1", text[0] if text else ""))
-    return f"{type(err).__name__}: {line[:240]}"
+    return f"{type(err).__name__}: {_clean(str(err))}"
+
+
+def _clean(message: str) -> str:
+    text = message.strip().splitlines()
+    return _EVAL.sub("<generated>", _PATH.sub(r"\1", text[0] if text else ""))[:240]
 
 
 # --- the README table --------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from actsparse.scripts.arch_table import (  # noqa: E402
     ArchResult,
     causal_lm_architectures,
     check_architecture,
+    kept_layers,
     readme_path,
     table_rows,
     tiny_config,
@@ -65,6 +66,15 @@ def test_every_config_shrinks():
             if getattr(sub, "hidden_size", 0) and sub.hidden_size > 64 or getattr(sub, "num_hidden_layers", 0) > 4:
                 big.append(arch)
     assert len(big) <= len(ARCHS) // 10, f"configs not shrunk: {big}"
+
+
+def test_tiny_configs_keep_one_layer_of_each_kind():
+    assert kept_layers(["linear_attention"] * 3 + ["full_attention"], 4) == [0, 3]
+    assert kept_layers(["full_attention"] * 6, 6) == [0, 1] and kept_layers(None, 1) == [0]
+    hybrid = tiny_config("qwen3_next")  # linear attention x3, then full attention: both kinds are tested
+    assert hybrid.num_hidden_layers == 2 and set(hybrid.layer_types) == {"linear_attention", "full_attention"}
+    # per-layer settings keyed by layer index keep only kept layers (else its config refuses to build)
+    assert tiny_config("gemma4_text").num_hidden_layers == 2
 
 
 @pytest.mark.parametrize("arch", todays_slice())

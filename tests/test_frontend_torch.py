@@ -13,6 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from actsparse.frontends import FrontendError, UnsupportedOpError, import_hf, import_torch
+from actsparse.frontends.errors import SymbolicShapeError
+from actsparse.frontends.torch_export import Importer, export_program
 from actsparse.ir import evaluate, parse_graph, print_graph, verify
 
 transformers = pytest.importorskip("transformers")
@@ -164,18 +166,22 @@ def test_export_failure_explains_and_hints():
         import_torch(DataDependent(), (torch.ones(1, 4, dtype=torch.long),), dynamic_seq=False)
 
 
-def test_compound_symbolic_shape_asks_for_a_static_import():
+def test_compound_symbolic_shape_falls_back_to_a_static_import_and_says_so():
     class Doubling(nn.Module):
         def forward(self, ids):
             return torch.cat([ids, ids], dim=1)  # [1, 2*seq]
 
-    with pytest.raises(FrontendError, match="dynamic_seq=False"):
-        import_torch(Doubling(), (torch.zeros(1, 4, dtype=torch.long),))
-    graph = import_torch(Doubling(), (torch.zeros(1, 4, dtype=torch.long),), dynamic_seq=False)
+    ids = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(SymbolicShapeError, match="2\\*seq.*dynamic_seq=False"):
+        Importer(export_program(Doubling(), (ids,), True)).run()  # the importer alone names the size
+    with pytest.warns(UserWarning, match="2\\*seq.*importing with the example's static shapes"):
+        graph = import_torch(Doubling(), (ids,))
+    assert str(graph.outputs[0].type) == "i64[1,8]"
+    graph = import_torch(Doubling(), (ids,), dynamic_seq=False)
     assert str(graph.outputs[0].type) == "i64[1,8]"
 
 
-def test_in_place_updates_are_rebound_and_aliased_ones_refused():
+def test_in_place_updates_are_rebound_and_aliased_ones_functionalized():
     class Router(nn.Module):  # a MoE router normalising its top-k weights in place
         def forward(self, x):
             weights, index = x.softmax(-1).topk(2, dim=-1)
@@ -194,5 +200,9 @@ def test_in_place_updates_are_rebound_and_aliased_ones_refused():
     graph = import_torch(Router(), (x,), dynamic_seq=False)
     np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], Router()(x).numpy(), rtol=1e-6)
     assert graph.count("topk") == 2  # values and indices
+    # torch functionalizes a write through an alias before import, so the view sees the update
+    graph = import_torch(Aliased(), (x,), dynamic_seq=False)
+    np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], Aliased()(x).numpy(), rtol=1e-6)
+    program = torch.export.export(Aliased(), (x,), strict=False)  # imported as exported: the backstop refuses it
     with pytest.raises(FrontendError, match="in-place aten.mul_.Tensor.*shares memory.*out of place"):
-        import_torch(Aliased(), (x,), dynamic_seq=False)
+        Importer(program).run()

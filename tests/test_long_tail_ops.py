@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -42,3 +43,107 @@ def test_long_tail_ops_match_torch_in_the_interpreter_and_tvm():
     np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], want, rtol=1e-4, atol=1e-5)
     cm = actsparse.compile(model, (x,), mode="dense")
     np.testing.assert_allclose(cm(x).numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+class LayerTail(nn.Module):
+    """One use of each op of frontends/torch_ops_layers.py on a [1, seq, 8] activation (the length kept)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 8)  # token ids in: their length is the symbolic `seq`
+        self.conv = nn.Conv1d(8, 8, 3, padding=1, groups=4)  # a "same" grouped conv keeps the symbolic length
+        self.norm = nn.RMSNorm(8, eps=1e-5)
+
+    def forward(self, x):
+        h = self.proj(x)
+        conv = self.conv(h.transpose(1, 2)).transpose(1, 2)
+        xielu = torch.where(h > 0, h, torch.expm1(h.clamp(max=0.5)) - h) + F.logsigmoid(h)
+        buckets = torch.floor(h * 3) + torch.div(h * 5, 2, rounding_mode="trunc")
+        buckets = buckets + torch.div(h, 0.3, rounding_mode="floor")
+        norms = self.norm(h) + torch.linalg.vector_norm(h, dim=-1, keepdim=True)
+        norms = norms + torch.linalg.vector_norm(h, 1, -1, True)
+        tiled = h[..., :4].repeat(1, 1, 2)
+        marked = torch.select_scatter(h, h[..., 1] * 2, -1, 0)
+        strided = torch.slice_scatter(h, h[..., 1::2] + 1, -1, 0, None, 2)
+        masked = torch.ops.aten.index_put(h, [h > 0.2], torch.tensor(0.0))
+        windows = h.unfold(-1, 4, 2).flip(-1).flatten(2)[..., :8]  # 3 windows of 4 channels, each reversed
+        return conv + xielu + buckets + norms + tiled + marked + strided + masked + windows
+
+
+class CausalConv(nn.Module):
+    """Mamba's causal depthwise conv: pad both ends by K-1, keep the first seq outputs (length seq + 3 in between)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 8)
+        self.conv = nn.Conv1d(8, 8, 4, padding=3, groups=8)
+
+    def forward(self, x):
+        h = self.proj(x).transpose(1, 2)
+        padded = F.pad(h, (2, 0), value=0.5)  # constant_pad_nd
+        windows = F.pad(h, (3, 0)).unfold(-1, 4, 1).flip(-1).sum(-1)  # a causal window sum, newest tap first
+        return (self.conv(h)[..., : h.shape[-1]] + padded[..., 2:] + windows).transpose(1, 2)
+
+
+def test_layer_tail_ops_match_torch_in_the_interpreter_and_tvm():
+    torch.manual_seed(0)
+    model = LayerTail().eval()
+    x = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        want = model(x).numpy()
+    graph = import_torch(model, (x,))
+    assert {"conv1d", "floor", "trunc", "scatter", "where"} <= {n.op for n in graph.nodes}
+    assert graph.inputs[0].shape[1] == "seq", "a same-length conv keeps the sequence length symbolic"
+    np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], want, rtol=1e-4, atol=1e-5)
+    longer = torch.tensor([[2, 7, 1, 8, 2, 8, 1]])
+    with torch.no_grad():
+        np.testing.assert_allclose(evaluate(graph, [longer.numpy()])[0], model(longer).numpy(), rtol=1e-4, atol=1e-5)
+    cm = actsparse.compile(model, (x,), mode="dense")
+    np.testing.assert_allclose(cm(x).numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_size_computed_from_seq_imports_with_static_shapes_and_says_so():
+    torch.manual_seed(0)
+    model = CausalConv().eval()
+    x = torch.tensor([[3, 1, 4, 1, 5, 9]])
+    with torch.no_grad():
+        want = model(x).numpy()
+    with pytest.warns(UserWarning, match=r"symbolic sequence length failed .*seq \+ [23].*static shapes"):
+        graph = import_torch(model, (x,))
+    assert graph.inputs[0].shape == (1, 6)
+    assert "conv1d" in {n.op for n in graph.nodes}
+    np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], want, rtol=1e-4, atol=1e-5)
+    with pytest.warns(UserWarning, match="static shapes"):
+        cm = actsparse.compile(model, (x,), mode="dense")
+    np.testing.assert_allclose(cm(x).numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+class ComplexRotary(nn.Module):
+    """Rotary embedding written with complex numbers (Llama 4, DeepSeek-V2): polar, view_as_complex, a complex
+    product, view_as_real."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 8)
+        self.register_buffer("inv_freq", 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8)), persistent=False)
+
+    def forward(self, ids):
+        x = self.proj(ids)  # [1, seq, 8]
+        positions = torch.arange(ids.shape[1]).float()[None, :, None]
+        freqs = torch.polar(torch.ones_like(positions * self.inv_freq), positions * self.inv_freq) * 0.5
+        pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(pairs * freqs).flatten(2) + torch.view_as_real(freqs - pairs).flatten(2)
+
+
+def test_complex_rotary_matches_torch_as_real_pairs():
+    torch.manual_seed(0)
+    model = ComplexRotary().eval()
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        want = model(ids).numpy()
+    graph = import_torch(model, (ids,))
+    assert graph.inputs[0].shape[1] == "seq"
+    np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-5, atol=1e-6)
+    longer = torch.tensor([[2, 7, 1, 8, 2, 8, 1]])
+    with torch.no_grad():
+        np.testing.assert_allclose(evaluate(graph, [longer.numpy()])[0], model(longer).numpy(), rtol=1e-5, atol=1e-6)
