@@ -6,8 +6,10 @@
 For each effective sparsity s: the input-sparse kernel with s of x's channels and s of h's entries below their
 thresholds (it reads (1 - s) of every matrix), and CATS at neuron sparsity 1.5·s when that is < 1 (the same bytes
 skipped: it reads every gate row). Thresholds are quantiles of this input's own scores, so exactly that share
-is skipped. Outputs are checked against numpy before timing. Timing as `ffn.py` (`FfnBench`): LLC evicted before
-every call, runners interleaved, a read-sum probe alongside for the read limit.
+is skipped. Also the rotated-* methods' cost at the same effective sparsity: the fp16 d×d rotation (our linear
+kernel) plus the input-sparse kernel skipping s plus the rotation's share of the bytes (a random orthogonal Q:
+the values do not change the speed). Outputs are checked against numpy before timing. Timing as `ffn.py`
+(`FfnBench`): LLC evicted before every call, runners interleaved, a read-sum probe alongside for the read limit.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .ffn import FfnBench, start_sweep, sweep_parser
 DENSE = "actsparse dense"
 INPUT = "input-sparse (TEAL)"
 CATS = "threshold (CATS)"
+ROTATED = "rotated input-sparse (Q + kernel)"
 PROBE = "read-sum probe"
 
 
@@ -28,6 +31,7 @@ def runners(bench: FfnBench, s: float, dtype: str) -> dict:
     np = bench.np
     from actsparse.codegen.kernels.common import build_standalone
     from actsparse.codegen.kernels.input_sparse_mlp import input_sparse_gated_mlp
+    from actsparse.codegen.kernels.linear import linear
     from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp
     from actsparse.codegen.kernels.threshold_mlp import threshold_gated_mlp
     from actsparse.ir.input_sparse import input_sparse_reference
@@ -67,6 +71,26 @@ def runners(bench: FfnBench, s: float, dtype: str) -> dict:
     if k_cats is not None:
         kept = int((np.abs(a) > t_cats).sum())
         result[CATS] = (lambda: k_cats(tx, *t_rows, outs["cats"]), (n_ff + 2 * kept) * d * wb)
+    s_rot = s + d * d * 2 / (3 * d * n_ff * wb)   # the rotation's fp16 bytes paid from the budget
+    if s_rot < 1:
+        q = np.linalg.qr(np.random.default_rng(0).standard_normal((d, d)))[0].astype(np.float16)
+        xr = x @ q.astype(np.float32)
+        xr_thr = np.full(d, np.quantile(np.abs(xr), s_rot), np.float32)
+        xrs = np.where(np.abs(xr) > xr_thr, xr, 0)
+        gr = xrs @ wg_t.astype(np.float32)
+        hr = gr / (1 + np.exp(-gr)) * (xrs @ wu_t.astype(np.float32))
+        hr_thr = np.full(n_ff, np.quantile(np.abs(hr), s_rot), np.float32)
+        k_rot = build_standalone(linear(d, d, dtype="float16", sched=bench.sched), bench.target)
+        t_q, t_xr = tv(np.ascontiguousarray(q.T)), tv(np.zeros((1, d), "float32"))
+        t_rot = [tv(v) for v in (wg_t, wu_t, wd_t, xr_thr, hr_thr)]
+        outs["rot"] = tv(np.zeros((1, d), "float32"))
+        kept_xr, kept_hr = int((np.abs(xr) > xr_thr).sum()), int((np.abs(hr) > hr_thr).sum())
+
+        def rotated():
+            k_rot(tx, t_q, t_xr)
+            k_in(t_xr, *t_rot, outs["rot"])
+
+        result[ROTATED] = (rotated, d * d * 2 + (2 * kept_xr * n_ff + kept_hr * d) * wb)
     for fn, _ in result.values():
         fn()
     err = np.abs(outs["in"].numpy() - ref).max() / np.abs(ref).max()
@@ -85,22 +109,24 @@ def main(argv=None) -> int:
             found[PROBE] = probe
             med = {k: float(np.median(v)) for k, v in bench.time(found, args.repeats).items()}
             limit = probe[1] / med[PROBE]
-            cats = med.get(CATS)
+            cats, rot = med.get(CATS), med.get(ROTATED)
             rows.append((dtype, s, limit / 1e9, med[DENSE] * 1e3, med[INPUT] * 1e3, med[DENSE] / med[INPUT],
                          100 * found[INPUT][1] / med[INPUT] / limit, None if cats is None else med[DENSE] / cats,
-                         1 / (1 - s)))
+                         None if rot is None else med[DENSE] / rot, 1 / (1 - s)))
             print(f"{dtype} {s:.0%}: input-sparse {med[INPUT] * 1e3:.2f} ms | dense {med[DENSE] * 1e3:.2f} ms"
-                  + ("" if cats is None else f" | CATS {cats * 1e3:.2f} ms"), flush=True)
+                  + ("" if cats is None else f" | CATS {cats * 1e3:.2f} ms")
+                  + ("" if rot is None else f" | rotated {rot * 1e3:.2f} ms"), flush=True)
     print(f"\n**SwiGLU FFN d={bench.d}, n_ff={bench.n_ff}, batch 1, input sparsity (TEAL kernel)** — {bench.cpu}, "
           f"{args.threads} threads; LLC evicted before each call; median of {args.repeats}; load average "
           f"{sweep.load_before:.1f} before, {os.getloadavg()[0]:.1f} after\n")
     print("| weights | effective sparsity | read limit GB/s | dense ms | input-sparse ms | speed-up vs dense "
-          "| % of read limit | CATS at same bytes: speed-up | byte ideal |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for dt, s, lim, dms, ims, up, pct, cats, ideal in rows:
+          "| % of read limit | CATS at same bytes: speed-up | rotated at same bytes: speed-up | byte ideal |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for dt, s, lim, dms, ims, up, pct, cats, rot, ideal in rows:
         cats_cell = "-" if cats is None else f"{cats:.2f}x"
+        rot_cell = "-" if rot is None else f"{rot:.2f}x"
         print(f"| {dt} | {s:.0%} | {lim:.1f} | {dms:.2f} | {ims:.2f} | {up:.2f}x | {pct:.0f}% | {cats_cell} | "
-              f"{ideal:.2f}x |")
+              f"{rot_cell} | {ideal:.2f}x |")
     return 0
 
 
