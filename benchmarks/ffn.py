@@ -62,6 +62,7 @@ class FfnBench:
         import tvm
 
         from actsparse.codegen.kernels.schedule import CpuSchedule
+        from actsparse.codegen.schedules import int8_dot
         from actsparse.runtime.timing import CacheEvictor
         from actsparse.targets import x86
 
@@ -71,8 +72,10 @@ class FfnBench:
         self.host = x86.host() if isa == "host" else x86_level(isa)
         self.isa = "avx512" if self.host.vector_bits == 512 else "avx2" if self.host.vector_bits == 256 else "sse"
         self.lanes = lanes or self.host.lanes
+        # the int8 dot product (VNNI) where the target has it, as compile() schedules it: quantized kernels then
+        # take x in 8-bit blocks, which is what users run
         self.sched = CpuSchedule(lanes=self.lanes, threads=threads, vector_registers=self.host.vector_registers,
-                                 l2_bytes=self.host.l2_bytes)
+                                 l2_bytes=self.host.l2_bytes, int8_dot=int8_dot(self.host))
         self.target = tvm.target.Target({**self.host.tvm, "num-cores": threads})
         self.evict = CacheEvictor(self.host.llc_bytes)  # 3x the LLC, written and read before every timed call
         rng = np.random.default_rng(seed)
