@@ -174,6 +174,10 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     if calibration is not None:
         calibration = [_decoder_inputs(sample[0] if isinstance(sample, (tuple, list)) else sample, caches)
                        for sample in calibration]
+        longest = max((c[0].shape[1] for c in calibration), default=0)
+        if longest > max_seq:   # each sample is a prompt into the KV cache: it must fit its max_seq slots
+            raise ActsparseError(f"a calibration sample has {longest} tokens but the decoder has max_seq={max_seq} "
+                                 "KV-cache slots; cut the samples to at most max_seq tokens or raise max_seq")
     options = _lossy_options(mode, calibration if lossy_calibration is not None else None, sparsity, method,
                              predictor_options)
     if prompt is None:

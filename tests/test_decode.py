@@ -171,6 +171,9 @@ def test_decoder_inputs_it_cannot_take_are_clear_errors(llama):
         lm.step(2, state)
     with pytest.raises(ActsparseError, match="max_seq applies to decoders"):
         actsparse.compile(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), max_seq=8)
+    with pytest.raises(ActsparseError, match=f"calibration sample has {MAX_SEQ + 1} tokens"):   # not an IndexError
+        actsparse.compile(llama[0], mode="threshold", sparsity=0.5, max_seq=MAX_SEQ,
+                          calibration=[torch.arange(MAX_SEQ + 1).reshape(1, -1)])
 
 
 def test_a_square_lowers_to_one_multiply_not_libm_pow():
