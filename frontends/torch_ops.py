@@ -60,7 +60,8 @@ def _arith(op, identity=None, reverse=False):
     def handle(cx, node, a, b, alpha=1, **_):  # a op b, both cast to torch's result dtype; x+0, x*1 -> x
         if reverse:
             a, b = b, a
-        if node.meta["val"].is_complex():
+        val = getattr(node, "meta", {}).get("val")   # an FX node; the MLIR frontend's ops carry no meta
+        if val is not None and getattr(val, "is_complex", lambda: False)():
             return complex_arith(cx, node, op, a, b, alpha)
         dtype = cx.out(node).dtype
         if alpha != 1:
