@@ -185,6 +185,54 @@ def _relax_relu6(x, t, dtype):
     return relax.op.clip(x, 0, 6)
 
 
+# --- clamped SwiGLUs of released models: gate c·σ(α·c), c = min(g, L); up clip(u, ±L) + offset -----------------
+# (transformers' GptOssExperts: α 1.702, L = swiglu_limit 7, offset 1; DeepSeek-V4's experts: α 1, L 10, offset
+# 0 — the limits of their configs and checkpoints.) A limit is part of the function, so each is an entry; a model
+# with another limit computes another function: it is not found, and stays dense. One line each in CLAMPED.
+def _clamped_gate(name: str, alpha: float, limit: float) -> Activation:
+    def reference(x, t=0.0):
+        c = np.minimum(x, np.asarray(limit, x.dtype))
+        with np.errstate(over="ignore"):
+            return (c / (1 + np.exp(-np.asarray(alpha, x.dtype) * c))).astype(x.dtype)
+
+    def tir(t):
+        from tvm.script import tirx as T
+
+        return lambda v: (lambda c: c / (T.float32(1) + T.exp(T.float32(-alpha) * c)))(T.min(v, T.float32(limit)))
+
+    def relax_form(x, t, dtype):
+        from tvm import relax
+
+        R = relax.op
+        c = R.minimum(x, _relax_const(limit, dtype))
+        return R.multiply(c, R.sigmoid(R.multiply(c, _relax_const(alpha, dtype)) if alpha != 1 else c))
+
+    return Activation(name, reference, tir, relax_form, doc=f"c·σ({alpha:g}·c), c = min(x, {limit:g})")
+
+
+def _clipped_up(name: str, limit: float, offset: float) -> Activation:
+    def reference(x, t=0.0):
+        return (np.clip(x, -limit, limit) + np.asarray(offset, x.dtype)).astype(x.dtype)
+
+    def tir(t):
+        from tvm.script import tirx as T
+
+        return lambda v: T.min(T.max(v, T.float32(-limit)), T.float32(limit)) + T.float32(offset)
+
+    def relax_form(x, t, dtype):
+        from tvm import relax
+
+        return relax.op.add(relax.op.clip(x, -limit, limit), _relax_const(offset, dtype))
+
+    return Activation(name, reference, tir, relax_form, doc=f"clip(x, ±{limit:g}) + {offset:g}")
+
+
+CLAMPED = (  # gate entry, up entry, the gated pattern they make
+    (_clamped_gate("clamped_swish7", 1.702, 7.0), _clipped_up("clip7_plus1", 7.0, 1.0), "swiglu-clamped7"),  # gpt-oss
+    (_clamped_gate("clamped_silu10", 1.0, 10.0), _clipped_up("clip10", 10.0, 0.0), "swiglu-clamped10"),  # DeepSeek-V4
+)
+
+
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
     Activation("relu", _np_relu, _tir_relu, _relax_relu, exactly_sparse=True, doc="max(x, 0); relu(NaN) = NaN"),
     Activation("fatrelu", _np_fatrelu, _tir_fatrelu, _relax_fatrelu, exactly_sparse=True,
@@ -196,10 +244,13 @@ ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
     Activation("gelu_tanh", _np_gelu_tanh, _tir_gelu_tanh, _relax_op("nn.gelu_tanh"),
                doc="0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))"),
     Activation("identity", _np_identity, _tir_identity, lambda x, t, dtype: x, doc="x"),
+    *(entry for gate, up, _ in CLAMPED for entry in (gate, up)),
 )}
 
 GATE_ACTS = tuple(ACTIVATIONS)
-UP_ACTS = ("identity", "relu")
+UP_ACTS = ("identity", "relu", *(up.name for _, up, _ in CLAMPED))
+PROBED = tuple(e.name for gate, up, _ in CLAMPED for e in (gate, up))  # no op of their own: found by probing
+CLAMPED_PATTERNS = {(gate.name, up.name): pattern for gate, up, pattern in CLAMPED}
 
 
 def activation(name: str) -> Activation:

@@ -11,6 +11,8 @@ The pattern name is derived from the activation pair, so the report and the spar
     fatrelu   identity   fatrelu     (where(g > t, g, 0))
     relu2     identity   relu2-glu   (relu(g)²)
     relu6     identity   relu6-glu   (min(relu(g), 6))
+    clamped_swish7  clip7_plus1  swiglu-clamped7    (gpt-oss: min(g, 7)·σ(1.702·min(g, 7)) · (clip(u, ±7) + 1))
+    clamped_silu10  clip10       swiglu-clamped10   (DeepSeek-V4: silu(min(g, 10)) · clip(u, ±10))
 
 Only the ReLU family (reglu, drelu, fatrelu, relu2-glu, relu6-glu) is exactly sparse (`exactly_sparse` in
 the activation table, ir/activations.py): a neuron whose gate activation is 0 contributes nothing, so its up
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activations import exactly_sparse
+from .activations import CLAMPED_PATTERNS, exactly_sparse
 from .sparse_variants import check_inputs, dense_intermediate, sizes
 from .types import TensorType
 
@@ -43,6 +45,10 @@ def pattern_name(gate_act: str, up_act: str) -> str:
         return "drelu" if up_act == "relu" else "reglu"
     if gate_act in ("relu2", "relu6"):
         return f"{gate_act}-glu" + ("-relu" if up_act == "relu" else "")
+    if (gate_act, up_act) in CLAMPED_PATTERNS:
+        return CLAMPED_PATTERNS[gate_act, up_act]
+    if gate_act not in ("silu", "gelu", "gelu_tanh"):
+        return f"{gate_act}-{up_act}"  # a pairing no model has shown yet: named by its parts
     if gate_act == "silu":
         return "swiglu" if up_act == "identity" else "silu-relu"
     return "geglu" if up_act == "identity" else "gelu-relu"

@@ -102,6 +102,23 @@ def classify(y: Node):
     return None
 
 
+def classify_probed(y: Node, names: tuple[str, ...]):
+    """(activation name, x) when y computes one of the table entries `names` (activations with no op of their
+    own: the clamped SwiGLUs, ir/activations.py CLAMPED) of x on every probe point, to float32 rounding (rtol
+    1e-5), else None."""
+    found = activation_subgraph(y) if y.op in ("mul", "add", "minimum", "maximum", "silu") else None
+    if found is None or not any(n.op in ZEROING for n in found[1]):
+        return None  # the probed entries all clamp: a subgraph without a min/max/where cannot be one of them
+    x, nodes = found
+    points = probe_points(nodes)
+    f = evaluate_on(x, nodes, points).astype(np.float64)
+    for name in names:
+        want = ACTIVATIONS[name].reference(points, 0.0).astype(np.float64)
+        if np.allclose(f, want, rtol=1e-5, atol=1e-30, equal_nan=True):
+            return name, x
+    return None
+
+
 def _constants(nodes: list[Node]):
     seen = set()
     for n in nodes:

@@ -7,6 +7,8 @@ Rules (before -> after):
     reshape(linear(reshape(x, [M, k]), @w..), [.., n])    -> linear(x, @w..)       (M = x's leading dims flattened)
     reshape(slice(@W[E, n, d], axis 0, e:e+1), [n, d])    -> @W.e<e>               (one expert of batched weights)
     index_select(@W[E, n, d], e) (+ reshape to [n, d])    -> @W.e<e>               (also biases @b[E, n])
+    slice(linear(x, @W, @b), last axis, s:e:k), k > 1      -> linear(x, @W.rows<s:e:k>, @b.rows<s:e:k>)
+                                                   (interleaved gate_up, gpt-oss: gate = L[..., ::2], up = L[..., 1::2])
 
 GPT-2's Conv1D (`addmm(b, x.view(-1, k), W[k, n]).view(..., n)`) thus becomes `linear(x, @W.t, @b)`, and the
 per-expert slice `W[e]` of a transformers-5 MoE layer (see `frontends/moe.py`) an ordinary named weight, so the
@@ -100,6 +102,27 @@ def _build_expert_weight(node: Node, b: dict) -> Node:
     return derived_weight(f"{w.attrs['name']}.e{e}", lambda: weight_array(w)[e])
 
 
+def _strided_output_slice(node: Node):
+    """slice(linear(x, @W[, @b]), last axis, step k > 1): the rows s::k of W compute exactly those outputs."""
+    if node.op != "slice" or node.attrs.get("step", 1) == 1 or node.inputs[0].op != "linear":
+        return None
+    lin = node.inputs[0]
+    if node.attrs["axis"] not in (-1, lin.type.rank - 1) or not all(
+            i.op == "weight" and i.attrs.get("layout", "dense") == "dense" for i in lin.inputs[1:]):
+        return None  # (a quantized layout's rows are not the array's rows)
+    if not isinstance(node.attrs.get("end"), (int, type(None))):
+        return None
+    return {"lin": lin, "rows": slice(node.attrs.get("start", 0), node.attrs.get("end"), node.attrs["step"])}
+
+
+def _build_strided(node: Node, b: dict) -> Node:
+    rows = b["rows"]
+    tag = f"rows{rows.start}_{'' if rows.stop is None else rows.stop}_{rows.step}"
+    picked = [derived_weight(f"{w.attrs['name']}.{tag}", (lambda w: lambda: weight_array(w)[rows])(w))
+              for w in b["lin"].inputs[1:]]
+    return Node("linear", (b["lin"].inputs[0], *picked), {}, node.type, node.loc)
+
+
 PROJECTION_RULES = [
     Rule("linear-from-matmul", "matmul(x, permute(@w, (1, 0))) -> linear(x, @w)", _matmul_transposed_weight,
          lambda n, b: Node("linear", (b["x"], b["w"]), {}, n.type, n.loc)),
@@ -111,4 +134,6 @@ PROJECTION_RULES = [
          _flattened_linear, lambda n, b: Node("linear", (b["x"], *b["lin"].inputs[1:]), {}, n.type, b["lin"].loc)),
     Rule("expert-weight", "reshape(slice(@W[E, n, d], 0, e:e+1), [n, d]) -> @W.e<e>", _expert_slice,
          _build_expert_weight),
+    Rule("linear-strided-rows", "slice(linear(x, @W, @b), -1, s:e:k) -> linear(x, @W[s:e:k], @b[s:e:k])",
+         _strided_output_slice, _build_strided),
 ]

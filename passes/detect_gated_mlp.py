@@ -5,8 +5,10 @@ Matches (after `canonicalize`), whatever the modules are called:
     down(act(P(x, @Wg)) ⊙ up_act(P(x, @Wu)))                        separate gate / up projections
     down(act(slice(L, 0:n)) ⊙ up_act(slice(L, n:2n))), L = P(x, @Wgu)   fused gate_up (either order)
 
-with P(x, @W) = linear(x, @W) or linear(x, @W, @b), act ∈ {silu, gelu, relu, fatrelu}, up_act ∈ {identity,
-relu} (dReLU puts relu on both; which side is the "gate" is then a convention — the product is symmetric),
+with P(x, @W) = linear(x, @W) or linear(x, @W, @b), act ∈ {silu, gelu, relu, fatrelu, relu2, relu6} or a
+table activation without an op of its own found by probing its subgraph (the clamped SwiGLUs of gpt-oss and
+DeepSeek-V4, see `activation_analysis.classify_probed`), up_act ∈ {identity, relu, probed: clip(u, ±L) (+ 1)}
+(dReLU puts relu on both; which side is the "gate" is then a convention — the product is symmetric),
 ⊙ in either operand order, and down = P(·, @Wd). Produces `gated_mlp(x, @Wg, @Wu, @Wd)` or, fused,
 `gated_mlp(x, @Wgu, @Wd){fused=True, gate_first=...}`; gate/up biases become inputs (`bias=True`, a missing one
 a zero vector), a down bias an `add` after the block:
@@ -33,13 +35,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph, Node
-from ..ir.activations import ZERO_BELOW
+from ..ir.activations import PROBED, UP_ACTS, ZERO_BELOW
 from ..ir.mlp import pattern_name
+from .activation_analysis import classify_probed
 from .base import Pass, Rule, apply_rules, derived_weight, note, record
 from .match import common_module, commuted
 
 GATE_ACT_OPS = {"silu": "silu", "relu": "relu", "fatrelu": "fatrelu", "gelu": "gelu", "relu2": "relu2",
                 "relu6": "relu6"}
+PROBED_GATE = tuple(n for n in PROBED if n not in UP_ACTS)  # activations without an op: found by probing
+PROBED_UP = tuple(n for n in PROBED if n in UP_ACTS)
 _EXPERT_WEIGHT = re.compile(r"\.e(\d+)(?:\.t)?$")
 _EXPERT_MODULE = re.compile(r"(?:^|\.)experts\.(\d+)(?:\.|$)")
 
@@ -62,7 +67,11 @@ def _fused_half(node: Node):
 
 
 def _gate_side(node: Node):
-    """act(P) -> (act kind, threshold, P)."""
+    """act(P) -> (act kind, threshold, P); a probed activation first (DeepSeek-V4's silu(min(P, 10)) ends in a
+    silu op whose input is not P)."""
+    probed = classify_probed(node, PROBED_GATE)
+    if probed:
+        return probed[0], 0.0, probed[1]
     if node.op in GATE_ACT_OPS:
         kind = node.op
         if kind == "gelu" and node.attrs.get("approximate", "none") == "tanh":
@@ -72,8 +81,11 @@ def _gate_side(node: Node):
 
 
 def _up_side(node: Node):
-    """P or relu(P) -> (up act, P)."""
-    return ("relu", node.inputs[0]) if node.op == "relu" else ("identity", node)
+    """P, relu(P) or a probed up activation of P (gpt-oss's clip(P, ±7) + 1) -> (up act, P)."""
+    if node.op == "relu":
+        return "relu", node.inputs[0]
+    probed = classify_probed(node, PROBED_UP)
+    return probed if probed else ("identity", node)
 
 
 def _match(node: Node):

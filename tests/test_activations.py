@@ -69,7 +69,9 @@ def test_references_match_torch():
     x = torch.from_numpy(VALUES)
     torch_forms = {"relu": F.relu(x), "silu": F.silu(x), "gelu": F.gelu(x), "gelu_tanh": F.gelu(x, approximate="tanh"),
                    "identity": x, "fatrelu": torch.where(x > THRESHOLD, x, 0.0), "relu2": torch.square(F.relu(x)),
-                   "relu6": F.relu6(x)}
+                   "relu6": F.relu6(x), "clip7_plus1": x.clamp(-7.0, 7.0) + 1,
+                   "clamped_swish7": x.clamp(max=7.0) * torch.sigmoid(1.702 * x.clamp(max=7.0)),  # gpt-oss's
+                   "clamped_silu10": F.silu(x.clamp(max=10.0)), "clip10": x.clamp(-10.0, 10.0)}  # DeepSeek-V4's
     assert set(torch_forms) == set(ACTIVATIONS)
     for name, want in torch_forms.items():
         _close(activation(name).reference(VALUES, THRESHOLD), want.numpy())

@@ -305,6 +305,9 @@ SPELLING_FORMS = {
                      {"relu2-glu": 1}),
     "relu6-hardtanh": (lambda: Gated(lambda g, u: F.hardtanh(g, 0.0, 6.0) * u), {"zero-below": 2},  # max, then min
                        {"relu6-glu": 1}),
+    # DeepSeek-V4's experts: clamped, not exactly sparse, found by probing (gpt-oss's: test_clamped_swiglu_...)
+    "clamped-silu-deepseek-v4": (lambda: Gated(lambda g, u: F.silu(g.clamp(max=10.0)) * u.clamp(-10.0, 10.0)), {},
+                                 {"swiglu-clamped10": 1}),
 }
 ALL_FORMS = {**FORMS, **SPELLING_FORMS}
 
@@ -381,6 +384,44 @@ def test_gathering_moe_is_a_clear_error():
 ])
 def test_projection_rules_golden(name, mode, expected):
     check_golden_pipeline(name, mode, expected)
+
+
+class ClampedSwiGLU(nn.Module):
+    """gpt-oss's expert MLP (transformers' GptOssExperts): one biased gate_up projection, gate and up interleaved
+    (even / odd outputs), gate clamped above at `limit`, up clipped to ±limit, gate·σ(1.702·gate)·(up + 1)."""
+
+    def __init__(self, limit: float = 7.0):
+        super().__init__()
+        self.gate_up, self.down, self.limit = nn.Linear(D, 2 * N), nn.Linear(N, D), limit
+        with torch.no_grad():
+            self.gate_up.weight.mul_(20.0)  # pre-activations beyond ±limit: the clamps matter
+
+    def forward(self, x):
+        h = self.gate_up(x)
+        gate, up = h[..., ::2].clamp(max=self.limit), h[..., 1::2].clamp(-self.limit, self.limit)
+        return self.down((up + 1) * (gate * torch.sigmoid(gate * 1.702)))
+
+
+def test_clamped_swiglu_is_a_gated_mlp_not_exact():
+    """Found by what its activations compute (probing), so threshold mode applies; never exactly sparse (auto
+    keeps it dense); the same block with another limit is a different function and is not found."""
+    torch.manual_seed(0)
+    model = ClampedSwiGLU().eval()
+    graph = import_torch(model, (_x(),), dynamic_seq=False)
+    auto = run_pipeline(graph, pipeline_for("auto"))
+    assert auto.stats["canonicalize"]["linear-strided-rows"] == 2  # gate rows 0::2, up rows 1::2
+    assert auto.stats["detect-gated-mlp"] == {"gated-mlp": 1, "swiglu-clamped7": 1, "biased": 1}
+    assert auto.stats["sparsify-exact"] == {"kept-dense": 1}
+    want = _torch_out(model, _x(seed=5))
+    _close(evaluate(auto.graph, [_x(seed=5).numpy()])[0], want)
+    calib = [(_x(seed=s).numpy(),) for s in range(8, 16)]
+    thr = run_pipeline(graph, pipeline_for("threshold", calibration=calib, sparsity=0.5))
+    assert sum(thr.stats["sparsify-threshold"].values()) >= 1 and thr.graph.count("gated_mlp") == 0
+    approx = evaluate(thr.graph, [_x(seed=5).numpy()])[0]
+    assert 0 < np.abs(approx - want).max() < np.abs(want).max()  # lossy, but close to dense
+    other = run_pipeline(import_torch(ClampedSwiGLU(limit=5.0).eval(), (_x(),), dynamic_seq=False),
+                         pipeline_for("auto"))
+    assert other.stats["detect-gated-mlp"] == {}
 
 
 def test_topk_matches_torch():
