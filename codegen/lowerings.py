@@ -18,7 +18,8 @@ UNARY = {"neg": R.negative, "exp": R.exp, "log": R.log, "sqrt": R.sqrt, "rsqrt":
 BINARY = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
           "maximum": R.maximum, "minimum": R.minimum, "gt": R.greater, "ge": R.greater_equal, "lt": R.less,
           "le": R.less_equal, "eq": R.equal, "ne": R.not_equal, "logical_and": R.logical_and,
-          "logical_or": R.logical_or}
+          "logical_or": R.logical_or, "logical_xor": R.logical_xor, "bitwise_and": R.bitwise_and,
+          "bitwise_or": R.bitwise_or, "bitwise_xor": R.bitwise_xor}
 
 
 @lowering(*UNARY)
@@ -38,7 +39,8 @@ def _promoted(node, args):
     """Relax wants equal dtypes; the IR promotes int to float as torch does."""
     types = [i.dtype for i in node.inputs]
     target = node.dtype if node.dtype != "bool" else next((t for t in types if t.startswith("f")), types[0])
-    return [R.astype(a, TVM_DTYPES[target]) if t != target and node.op not in ("logical_and", "logical_or") else a
+    logical = ("logical_and", "logical_or", "logical_xor")
+    return [R.astype(a, TVM_DTYPES[target]) if t != target and node.op not in logical else a
             for a, t in zip(args, types)]
 
 
@@ -157,6 +159,40 @@ def _topk(ctx, node, args):
     a = node.attrs
     ret = "values" if a.get("output", "values") == "values" else "indices"
     return R.topk(args[0], a["k"], a.get("axis", -1), ret_type=ret, largest=a.get("largest", True), dtype="int64")
+
+
+@lowering("sort")
+def _sort(ctx, node, args):
+    a = node.attrs
+    if a.get("output", "values") == "values":
+        return R.sort(args[0], axis=a.get("axis", -1), descending=a.get("descending", False))
+    return R.argsort(args[0], axis=a.get("axis", -1), descending=a.get("descending", False), dtype="int64")
+
+
+# Giles, "Approximating the erfinv function" (GPU Computing Gems, 2011), single precision: two polynomials in
+# w = -log(1 - x²), central (w < 5) and tail; a few ulp in float32. erfinv(±1) = ±inf, |x| > 1 -> NaN (log < 0).
+_ERFINV_CENTRAL = (2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+                   -0.00125372503, -0.00417768164, 0.246640727, 1.50140941)
+_ERFINV_TAIL = (-0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773, -0.0076224613,
+                0.00943887047, 1.00167406, 2.83297682)
+
+
+@lowering("erfinv")
+def _erfinv(ctx, node, args):
+    x, dtype = args[0], node.dtype
+
+    def horner(coeffs, v):
+        p = const(coeffs[0], dtype)
+        for c in coeffs[1:]:
+            p = R.add(const(c, dtype), R.multiply(p, v))
+        return p
+
+    one = const(1.0, dtype)
+    w = R.negative(R.log(R.multiply(R.subtract(one, x), R.add(one, x))))
+    central = horner(_ERFINV_CENTRAL, R.subtract(w, const(2.5, dtype)))
+    tail = horner(_ERFINV_TAIL, R.subtract(R.sqrt(w), const(3.0, dtype)))
+    p = R.multiply(R.where(R.less(w, const(5.0, dtype)), central, tail), x)
+    return R.where(R.equal(R.abs(x), one), R.multiply(x, const(float("inf"), dtype)), p)
 
 
 @lowering("triu", "tril")

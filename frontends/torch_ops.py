@@ -88,9 +88,10 @@ def _compare(op):
 
 
 def _logical(op):
-    def handle(cx, node, a, b):  # __and__ / bitwise_and on bool -> logical_and
-        if cx.out(node).dtype != "bool":
-            raise cx.error(f"bitwise {op[8:]} on integers is not supported (only on bool masks)")
+    def handle(cx, node, a, b):  # __and__ / bitwise_and on bool -> logical_and; on integers -> bitwise_and
+        dtype = cx.out(node).dtype  # (logical_and always gives bool; torch has no bitwise ops on floats)
+        if dtype != "bool":
+            return cx.emit("bitwise" + op[7:], [cx.tensor(a, dtype), cx.tensor(b, dtype)])
         return cx.emit(op, [cx.tensor(a, "bool"), cx.tensor(b, "bool")])
     return handle
 
@@ -349,7 +350,8 @@ ATEN_TO_IR = {
     **dict.fromkeys(["aten.to", "aten._to_copy", "aten.type_as"], _cast),
     "aten.dropout": _dropout,
     **{f"aten.{op}": _unary(op) for op in ["neg", "exp", "log", "sqrt", "rsqrt", "abs", "reciprocal", "tanh",
-                                           "sigmoid", "erf", "sin", "cos", "relu", "silu", "gelu", "logical_not"]},
+                                           "sigmoid", "erf", "sin", "cos", "relu", "silu", "gelu", "logical_not",
+                                           "erfinv"]},
     "aten.bitwise_not": _bitwise_not,
     "aten.add": _arith("add", 0), "aten.sub": _arith("sub", 0), "aten.rsub": _arith("sub", reverse=True),
     "aten.mul": _arith("mul", 1), "aten.pow": _arith("pow", 1),
@@ -358,6 +360,7 @@ ATEN_TO_IR = {
     **{f"aten.{op}": _compare(op) for op in ["gt", "ge", "lt", "le", "eq", "ne"]},
     **dict.fromkeys(["aten.__and__", "aten.bitwise_and", "aten.logical_and"], _logical("logical_and")),
     **dict.fromkeys(["aten.__or__", "aten.bitwise_or", "aten.logical_or"], _logical("logical_or")),
+    **dict.fromkeys(["aten.__xor__", "aten.bitwise_xor", "aten.logical_xor"], _logical("logical_xor")),
     **dict.fromkeys(["aten.where.self", "aten.where.ScalarSelf", "aten.where.ScalarOther", "aten.where.Scalar"],
                     _where), "aten.masked_fill": _masked_fill,
     **dict.fromkeys(["aten.clamp.default", "aten.clamp.Tensor"], _clamp),

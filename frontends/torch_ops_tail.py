@@ -74,6 +74,34 @@ def _max_dim(cx, node, x, dim, keepdim=False):  # max.dim -> (max over dim, argm
             cx.emit("argmax", [x], axis=axis, keepdim=bool(keepdim)))
 
 
+def _sort(cx, node, x, *args, dim=-1, descending=False, stable=None):  # sort -> (sort{values}, sort{indices})
+    if args:  # sort.default(x, dim, descending) spells them positionally
+        dim, descending = (*args, descending)[:2]
+    axis = positive_axis(dim, x.type.rank)
+    return tuple(cx.emit("sort", [x], axis=axis, descending=bool(descending), output=out)
+                 for out in ("values", "indices"))  # stable either way: an unstable sort may order ties anyhow
+
+
+def _std_var(square_root: bool):
+    def handle(cx, node, x, dim=None, *args, correction=None, keepdim=False, unbiased=None):
+        # std / var(x, dim, correction) -> sqrt?(sum((x - mean)²) / (N - correction))
+        if args:  # std.dim(x, dim, unbiased, keepdim)
+            unbiased, keepdim = (*args, keepdim)[:2]
+        correction = correction if correction is not None else (0 if unbiased is False else 1)
+        dims = [dim] if isinstance(dim, int) else list(dim or range(x.type.rank))
+        axes = tuple(positive_axis(d, x.type.rank) for d in dims)
+        if any(isinstance(x.shape[a], str) for a in axes):
+            raise cx.error("std / var over a symbolic dim is not supported")
+        dtype = cx.out(node).dtype
+        x = cx.tensor(x, dtype)
+        centred = cx.emit("sub", [x, cx.emit("mean", [x], axes=axes, keepdim=True)])
+        total = cx.emit("sum", [cx.emit("mul", [centred, centred])], axes=axes, keepdim=bool(keepdim))
+        n = math.prod(x.shape[a] for a in axes)
+        out = cx.emit("div", [total, cx.const(float(max(n - correction, 0)), dtype)])
+        return cx.emit("sqrt", [out]) if square_root else out
+    return handle
+
+
 # --- tables ----------------------------------------------------------------------------------------------
 def _repeat_interleave(cx, node, x, repeats, dim=None, output_size=None):
     # repeat_interleave(x, r, d) -> reshape(expand(reshape(x, [.., n, 1, ..]), [.., n, r, ..]), [.., n·r, ..])
@@ -116,7 +144,8 @@ TAIL_TO_IR = {
     "aten.relu6": lambda cx, node, x: _hardtanh(cx, node, x, 0.0, 6.0), "aten.threshold": _threshold,
     "aten.mish": _mish, "aten.log1p": _log1p,
     "aten.gather": _gather, **dict.fromkeys(["aten.scatter.src", "aten.scatter.value"], _scatter),
-    "aten.cumsum": _cumsum, "aten.argmax": _argmax, "aten.max.dim": _max_dim,
+    "aten.cumsum": _cumsum, "aten.argmax": _argmax, "aten.max.dim": _max_dim, "aten.sort": _sort,
+    "aten.std": _std_var(True), "aten.var": _std_var(False),
     "aten.repeat_interleave.self_int": _repeat_interleave,
     # only the functionalized forms: `new_empty` stays unmapped, so its graph is decomposed (and functionalized)
     "aten.empty.memory_format": _empty,

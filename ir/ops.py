@@ -85,7 +85,14 @@ UNARY = {
     "relu": ACTIVATIONS["relu"].reference, "silu": ACTIVATIONS["silu"].reference, "logical_not": np.logical_not,
     "relu2": ACTIVATIONS["relu2"].reference, "relu6": ACTIVATIONS["relu6"].reference,
     "floor": np.floor, "trunc": np.trunc,  # rounding divisions (div with rounding_mode), position buckets
+    "erfinv": lambda x: _erfinv(x),  # a Gaussian quantile (Gemma-3n's activation-sparsity cutoff)
 }
+
+
+def _erfinv(x):
+    from scipy.special import erfinv
+
+    return erfinv(x).astype(x.dtype)
 for _name, _fn in UNARY.items():
     define(_name, 1, _unary_type, (lambda fn: lambda x, attrs, env: fn(x))(_fn), elementwise=True)
 for _name, _fn in {"isnan": np.isnan, "isinf": np.isinf}.items():  # bool masks of non-finite values
@@ -118,8 +125,12 @@ BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divid
           "maximum": np.maximum, "minimum": np.minimum}
 for _name, _fn in BINARY.items():
     define(_name, 2, _binary_type, _promote(_fn), elementwise=True)
+BITWISE = {"bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or, "bitwise_xor": np.bitwise_xor}
+for _name, _fn in BITWISE.items():  # on integers (bool masks use logical_*): CPM-Ant's segment masks
+    define(_name, 2, _binary_type, _promote(_fn), elementwise=True)
 COMPARE = {"gt": np.greater, "ge": np.greater_equal, "lt": np.less, "le": np.less_equal, "eq": np.equal,
-           "ne": np.not_equal, "logical_and": np.logical_and, "logical_or": np.logical_or}
+           "ne": np.not_equal, "logical_and": np.logical_and, "logical_or": np.logical_or,
+           "logical_xor": np.logical_xor}
 for _name, _fn in COMPARE.items():
     define(_name, 2, _compare_type, (lambda fn: lambda a, b, attrs, env: fn(a, b))(_fn), elementwise=True)
 

@@ -30,6 +30,12 @@ def _argmax_type(types, attrs):
     return TensorType(shape, "i64")
 
 
+def _sort_ref(x, attrs, env):
+    axis = attrs["axis"]
+    order = np.argsort(-x if attrs["descending"] else x, axis=axis, kind="stable")  # ties: the lower index first
+    return np.take_along_axis(x, order, axis=axis) if attrs["output"] == "values" else order.astype(np.int64)
+
+
 # (name, arity, infer, reference, attrs, doc) -> ops.define
 INDEXING_OPS = [
     ("gather", 2, _gather_type, lambda x, i, attrs, env: np.take_along_axis(x, i, axis=attrs["axis"]),
@@ -41,4 +47,8 @@ INDEXING_OPS = [
     ("argmax", 1, _argmax_type,
      lambda x, attrs, env: np.argmax(x, axis=attrs["axis"], keepdims=attrs["keepdim"]).astype(np.int64),
      {"axis": 0, "keepdim": False}, "index of the (first) largest entry along one axis"),
+    ("sort", 1, lambda t, a: TensorType(t[0].shape, t[0].dtype if a.get("output", "values") == "values" else "i64"),
+     _sort_ref,
+     {"axis": -1, "descending": False, "output": "values"},
+     "x sorted along one axis (stable), output 'values' or their 'indices' (torch.sort; JetMoE's router)"),
 ]

@@ -224,9 +224,12 @@ def check_architecture(arch: str, compile: bool = False) -> ArchResult:
             result.note = f"static sequence length: {_clean(why)}" if why else ""
         lap("import", "interpret")
         _assert_close(evaluate(graph, [ids.numpy()])[0], want, "the IR interpreter")
-        stats = run_pipeline(graph, pipeline_for("auto")).stats.get("detect-gated-mlp", {})
+        run = run_pipeline(graph, pipeline_for("auto"))
+        stats = run.stats.get("detect-gated-mlp", {})
         result.gated = stats.get("gated-mlp", 0)
         result.patterns = {k: v for k, v in stats.items() if k not in ("gated-mlp", "biased", "moe-expert")}
+        result.patterns.update({f"{k} exact": v for k, v in run.stats.get("sparsify-exact", {}).items()
+                                if k.endswith("-mlp")})  # non-gated ReLU-family MLPs made exactly sparse
         lap("interpret", "compile")
         if compile:
             import actsparse
