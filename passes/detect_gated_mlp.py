@@ -20,8 +20,11 @@ path `...experts.<i>...` — gets `expert=i`, and its location names the expert 
 Plain MLPs, down(act(P(x, @W1))), are recorded as `plain-mlp`, noted for the report and left alone: nothing
 to gate on.
 
+A block down(g ⊙ P(x)) whose gate g reads a projection of x but is no known activation (Gemma-3n's per-token
+cutoff) is recorded as `unmatched-gate`, with its gate spelled out in a note and a report row: what is missing.
+
 Statistics: `gated-mlp` (all blocks), one count per pattern (`swiglu`, `reglu-fused`, ...), `moe-expert` (blocks
-that are experts), `biased` (blocks with a bias anywhere), `plain-mlp`.
+that are experts), `biased` (blocks with a bias anywhere), `plain-mlp`, `unmatched-gate`.
 
 Why it is correct: the replacement computes the same expression (see `ir/mlp.py`); nodes of the old block that
 other code still reads stay in the graph for those readers.
@@ -176,6 +179,44 @@ def _plain_mlp(node: Node) -> Node | None:
     return None
 
 
+def _spell(node: Node, depth: int = 4) -> str:
+    """A short spelling of a subgraph for the report: P a projection, x another value, … what lies deeper."""
+    if node.op == "linear":
+        return "P"
+    if node.op == "constant" and np.asarray(node.attrs["value"]).size == 1:
+        return f"{float(np.asarray(node.attrs['value']).reshape(-1)[0]):g}"
+    if node.op in ("input", "weight") or not node.inputs:
+        return "x"
+    if depth == 0:
+        return "…"
+    return f"{node.op}({', '.join(_spell(i, depth - 1) for i in node.inputs)})"
+
+
+def _reaches(node: Node, target: Node, depth: int = 6) -> bool:
+    """A projection of `target` lies within `depth` ops above node."""
+    if node.op == "linear" and node.inputs[0] is target:
+        return True
+    return depth > 0 and any(_reaches(i, target, depth - 1) for i in node.inputs)
+
+
+def _unmatched_gate(node: Node) -> Node | None:
+    """down(g ⊙ P(x)) where g also reads a projection of x but is no activation the table knows (Gemma-3n's
+    per-token statistical cutoff gelu(relu(P - mean - z·std))): a gated MLP whose gate was not recognised."""
+    down = _projection(node)
+    if down is None or down[0].op != "mul":
+        return None
+    for gate, up in commuted(down[0]):
+        up_proj = _up_side(up)[1]
+        half = _fused_half(up_proj)
+        up_proj = half[0] if half else up_proj
+        known = _gate_side(gate)  # an activation of a projection: recognised (the block failed on shapes)
+        if known and (_projection(known[2]) or _fused_half(known[2])):
+            continue
+        if _projection(up_proj) and _reaches(gate, up_proj.inputs[0]):
+            return gate
+    return None
+
+
 @dataclass(frozen=True)
 class DetectGatedMLP(Pass):
     name = "detect-gated-mlp"
@@ -190,6 +231,13 @@ class DetectGatedMLP(Pass):
                     record("moe-expert")
                 if bound["b_down"] is not None or any(b is not None for b in bound["biases"]):
                     record("biased")
+                continue
+            gate = _unmatched_gate(node)
+            if gate is not None:
+                record("unmatched-gate")
+                note({"kind": "row", "location": common_module(node.loc, gate.loc) or node.loc,
+                      "pattern": "unmatched-gate", "mode": "dense", "n_ff": int(gate.shape[-1]), "gate": _spell(gate),
+                      "reason": f"the gate {_spell(gate)} is no activation of the table (ir/activations.py)"})
                 continue
             first = _plain_mlp(node)
             if first is not None:

@@ -101,6 +101,9 @@ def _shrink(values: dict) -> dict:
             out[key] = len(pick)
         elif key in SIZES and _int(value) is not None and value > SIZES[key]:
             out[key] = SIZES[key]
+        elif key in SIZES and isinstance(value, list) and value and all(_int(v) for v in value):
+            kept = [value[i] for i in pick] if layers and len(value) == layers else value  # per-layer sizes
+            out[key] = [min(v, SIZES[key]) for v in kept]
         elif layers and "layer" in key and isinstance(value, dict) and all(str(k).isdigit() for k in value):
             out[key] = {type(k)(new): value[k] for new, old in enumerate(pick)  # per-layer settings, renumbered
                         for k in value if int(k) == old}
@@ -230,6 +233,10 @@ def check_architecture(arch: str, compile: bool = False) -> ArchResult:
         result.patterns = {k: v for k, v in stats.items() if k not in ("gated-mlp", "biased", "moe-expert")}
         result.patterns.update({f"{k} exact": v for k, v in run.stats.get("sparsify-exact", {}).items()
                                 if k.endswith("-mlp")})  # non-gated ReLU-family MLPs made exactly sparse
+        gates = sorted({n["gate"] for n in run.notes if n.get("pattern") == "unmatched-gate"})
+        if gates:  # what the detector lacks, spelled out
+            missing = f"gate not a table activation: {'; '.join(gates)}"
+            result.note = f"{missing}; {result.note}" if result.note else missing
         lap("interpret", "compile")
         if compile:
             import actsparse

@@ -424,6 +424,18 @@ def test_clamped_swiglu_is_a_gated_mlp_not_exact():
     assert other.stats["detect-gated-mlp"] == {}
 
 
+def test_unrecognised_gate_is_named_not_hidden():
+    """Gemma-3n's gate (a per-token cutoff: relu(g - mean(g) - 1.6·std(g)), then gelu) is no table activation: the
+    block is recorded as `unmatched-gate`, with a report row that spells the gate out, and computed as before."""
+    model = Gated(lambda g, u: F.gelu(F.relu(g - (g.mean(-1, keepdim=True) + 1.6 * g.std(-1, keepdim=True)))) * u)
+    graph = import_torch(model.eval(), (_x(),), dynamic_seq=False)
+    result = run_pipeline(graph, pipeline_for("auto"))
+    assert result.stats["detect-gated-mlp"] == {"unmatched-gate": 1}
+    (row,) = [n for n in result.notes if n.get("pattern") == "unmatched-gate"]
+    assert row["kind"] == "row" and row["gate"] == "gelu(relu(sub(P, add(…, …))))"
+    _close(evaluate(result.graph, [_x(seed=5).numpy()])[0], _torch_out(model, _x(seed=5)))
+
+
 def test_topk_matches_torch():
     from actsparse.ir.ops import op_def
 
