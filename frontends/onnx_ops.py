@@ -213,6 +213,36 @@ def _range(cx, node, args, attrs):
     return Node("arange", (), {"end": end}, TensorType((end,), dtype), cx.loc)
 
 
+# --- found by enumerating the exports of transformers' decoders (scripts/onnx_table.py) ---------------------
+def _gather_elements(cx, node, args, attrs):  # GatherElements{axis}(x, index) -> gather (torch.gather's export)
+    x, index = args
+    return cx.op("gather", [x, index], axis=positive_axis(attrs.get("axis", 0), len(x.shape)))
+
+
+def _cumsum(cx, node, args, attrs):  # CumSum(x, axis) -> cumsum (positions from a mask)
+    if attrs.get("exclusive", 0) or attrs.get("reverse", 0):
+        raise cx.error("CumSum with exclusive or reverse is not supported")
+    (axis,) = cx.ints(args[1], "the CumSum axis")
+    return cx.op("cumsum", [args[0]], axis=positive_axis(int(axis), len(args[0].shape)))
+
+
+def _softplus(cx, node, args, attrs):  # Softplus(x) -> where(x > 20, x, log(exp(x) + 1)) (torch's threshold)
+    x = args[0]
+    one, limit = (make_const(v, x.dtype) for v in (1.0, 20.0))
+    soft = cx.op("log", [cx.op("add", [cx.op("exp", [x]), one])])
+    return cx.op("where", [cx.op("gt", [x, limit]), x, soft])
+
+
+def _tile(cx, node, args, attrs):  # Tile(x, repeats) -> reshape(expand(reshape(x, [1, s0, 1, s1, ..])), ..)
+    x, repeats = args[0], cx.ints(args[1], "the Tile repeats")
+    if any(r != 1 and not isinstance(d, int) for r, d in zip(repeats, x.shape)):
+        raise cx.error("Tile along a symbolic dim is not supported")
+    split = tuple(v for d in x.shape for v in (1, d))
+    wide = tuple(v for r, d in zip(repeats, x.shape) for v in (int(r), d))
+    out = cx.op("expand", [cx.op("reshape", [x], shape=split)], shape=wide)
+    return cx.op("reshape", [out], shape=tuple(d if r == 1 else int(r) * d for r, d in zip(repeats, x.shape)))
+
+
 HANDLERS = {
     **{op: _unary(ir) for op, ir in {
         "Neg": "neg", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Tanh": "tanh",
@@ -230,6 +260,7 @@ HANDLERS = {
     "LayerNormalization": _layer_norm,
     **SHAPE_HANDLERS, "Trilu": _trilu,
     "Constant": _constant, "ConstantOfShape": _constant_of_shape, "Range": _range,
+    "GatherElements": _gather_elements, "CumSum": _cumsum, "Softplus": _softplus, "Tile": _tile,
 }
 
 __all__ = ["HANDLERS", "attributes"]

@@ -7,7 +7,9 @@
 config and rewrites every size it recognises by name (widths, layer counts, heads, experts, vocabulary, LoRA
 ranks of MLA attention) to a small value, keeping the ratios the model code asserts (heads divide the width,
 kv heads divide heads, per-layer lists cut to the layer count). Whatever still fails is reported with the
-precise reason (the stage and the first line of the error), which is what the README table shows.
+precise reason (the stage and the first line of the error), which is what the README table shows. The patterns
+column holds detect-gated-mlp's counts, the non-gated ReLU-family MLPs sparsify-exact made exact (`relu2-mlp
+exact`), and `unmatched-gate` blocks (a gate that is no table activation), whose gate the reason column spells.
 """
 
 from __future__ import annotations

@@ -217,7 +217,9 @@ def test_misc_ops_match_onnxruntime(tmp_path):
             out = torch.cat([a, a * 2], dim=-1).clamp(-3.0, 3.0) * 0.5
             out = out.masked_fill(out > 2.5, 0.0).flatten(0, 1).permute(0, 2, 1).unsqueeze(0).squeeze(0)
             first, *_ = out.unbind(1)
-            return (out.amax(-1, keepdim=True) + out.select(-1, -1).mean()
+            tail = torch.gather(out, 1, (out[:, :2] > 0).long()).sum(1, keepdim=True)  # GatherElements ([2, 8, seq])
+            tail = tail + F.softplus(out).cumsum(1)[:, -1:] + out[:, :4].repeat(1, 2, 1)  # Softplus, CumSum, Tile
+            return (out.amax(-1, keepdim=True) + out.select(-1, -1).mean() + tail
                     + torch.where(first > 0, first, 0.1).sum()).sigmoid()
 
     torch.manual_seed(0)
