@@ -50,6 +50,7 @@ class PipelineOptions:
     recall: float = 0.99
     predictor_budget: float = 0.1
     memory_budget: int | None = None       # bytes of fast memory for the MLP weights: the hot/cold split
+    storage: str | None = None             # the `quantize=` kind the weights will be stored in (None: as they are)
 
     @property
     def target(self) -> Target:
@@ -89,7 +90,8 @@ def _threshold(o: PipelineOptions) -> list[Pass]:
     if o.sparsity is None:
         raise ValueError("mode 'threshold' needs a target sparsity, e.g. sparsity=0.5")
     # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
-    return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration)]
+    return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration,
+                                           storage=o.storage)]
 
 
 def _predictor(o: PipelineOptions) -> list[Pass]:
@@ -112,10 +114,12 @@ LOSSY_MODES = tuple(m for m in MODES if m in VARIANTS and VARIANTS[m].lossy)
 
 def pipeline_for(mode: str, target: Target | str | None = None, calibration=None, sparsity: float | None = None,
                  method: str = "cats", predictor: str = "lowrank", recall: float = 0.99,
-                 predictor_budget: float = 0.1, memory_budget: int | None = None) -> list[Pass]:
+                 predictor_budget: float = 0.1, memory_budget: int | None = None,
+                 storage: str | None = None) -> list[Pass]:
     """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target).
     `memory_budget` (bytes of fast memory for the MLP weights; modes in BUDGET_MODES) adds the hot/cold split,
-    which counts neuron firing on `calibration`."""
+    which counts neuron firing on `calibration`; `storage`: the `quantize=` kind the weights will get (the
+    quantize pass itself is appended by the caller), which lossy calibration prices bytes in."""
     if mode not in PIPELINES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if memory_budget is not None and mode not in BUDGET_MODES:
@@ -124,7 +128,7 @@ def pipeline_for(mode: str, target: Target | str | None = None, calibration=None
     if target is not None and not isinstance(target, Target):
         target = targets.get(target)  # an unknown name fails here, listing the valid ones
     options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget,
-                              memory_budget)
+                              memory_budget, storage)
     return PIPELINES[mode](options)
 
 
