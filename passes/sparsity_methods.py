@@ -207,27 +207,39 @@ def greedy_allocation(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
         raise CalibrationError(f"sparsity {budget:g} is out of reach: no matrix is sparsified beyond {MAX_LEVEL:g}; "
                                f"ask for at most {MAX_LEVEL:g}")
     curves = curves or _curves(blocks, rows, m, error_tokens, progress)
-    levels = np.arange(len(curves[0][0])) * LEVEL_STEP
     plan = []
-    for block, (cx, ch) in zip(blocks, curves):
-        share_x, share_h = block.byte_shares()
-        skipped = share_x * levels[:, None] + share_h * levels[None, :]
-        error = np.where(skipped >= budget - 1e-9, cx[:, None] + ch[None, :], np.inf)
-        if not np.isfinite(error).any():
+    for block, curve in zip(blocks, curves):
+        best = least_error(block, curve, budget)
+        if best is None:
             raise CalibrationError(f"sparsity {budget:g} is out of reach for {m.name}")
-        # least error; among equal errors the fewest bytes skipped beyond the budget
-        i, j = min(zip(*np.nonzero(error == error.min())), key=lambda ij: skipped[ij])
-        plan.append((round(float(levels[i]), 4), round(float(levels[j]), 4)))
+        plan.append(best[0])
     return plan
+
+
+def least_error(block: BlockWeights, curve: tuple[np.ndarray, np.ndarray], budget: float):
+    """((x level, h level), summed error) of the pair skipping `budget` of the block's bytes at the least error
+    on its curves (among equal errors the fewest bytes beyond the budget); None when no pair reaches it."""
+    cx, ch = curve
+    levels = np.arange(len(cx)) * LEVEL_STEP
+    share_x, share_h = block.byte_shares()
+    skipped = share_x * levels[:, None] + share_h * levels[None, :]
+    error = np.where(skipped >= budget - 1e-9, cx[:, None] + ch[None, :], np.inf)
+    if not np.isfinite(error).any():
+        return None
+    i, j = min(zip(*np.nonzero(error == error.min())), key=lambda ij: skipped[ij])
+    return (round(float(levels[i]), 4), round(float(levels[j]), 4)), float(error[i, j])
 
 
 def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
                       progress: bool = True, input_dims: list[int] | None = None) -> list[tuple]:
     """Per block, the error curves the greedy allocation reads (levels 0, LEVEL_STEP, ..., MAX_LEVEL); for a
-    rotated-* method on the rotated blocks, as its calibration reads them."""
-    if m.rotate:
-        blocks, rows, _, _ = rotate_blocks(blocks, rows, input_dims)
-    return _curves(blocks, rows, m, error_tokens, progress)
+    rotated-* method the pair (curves of the rotated blocks, curves of the blocks as they are), as its
+    calibration reads them."""
+    plain = _curves(blocks, rows, m, error_tokens, progress)
+    if not m.rotate:
+        return plain
+    turned, turned_rows, _, _ = rotate_blocks(blocks, rows, input_dims)
+    return _curves(turned, turned_rows, m, error_tokens, progress), plain
 
 
 def _curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
@@ -288,23 +300,37 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
                            progress: bool = True, where: list[str] | None = None, curves=None,
                            input_dims: list[int] | None = None, storage: str = "fp32") -> list[InputThresholds]:
     """Input-mode thresholds for every block: uniform sparsity, or the greedy allocation for `*-greedy`;
-    `rotated-*` first turns each block into its input's principal axes (`input_dims`: the block's own input
-    columns, before a folded bias column) and asks each block to skip `sparsity` plus its rotation's share."""
+    `rotated-*` turns a block into its input's principal axes (`input_dims`: the block's own input columns,
+    before a folded bias column) and asks it to skip `sparsity` plus its rotation's share — where that fits
+    (≤ MAX_LEVEL) and, for greedy methods, where its calibrated error at that budget is below the unrotated
+    block's at `sparsity`; other blocks stay as they are (no rotation, no share)."""
     m = method(name)
     if m.mode != "input":
         raise ValueError(f"method {name!r} is not an input-sparsity method")
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
+    blocks, rows = list(blocks), list(rows)
     rotations, shares = [None] * len(blocks), [0.0] * len(blocks)
-    if m.rotate:
-        blocks, rows, rotations, shares = rotate_blocks(blocks, rows, input_dims, storage)
-    budgets = [sparsity + share for share in shares]
-    if max(budgets) > MAX_LEVEL and m.rotate:
-        raise CalibrationError(f"sparsity {sparsity:g} is out of reach for {name}: with the rotation's share "
-                               f"({max(shares):.1%} of a block's bytes) no matrix may go beyond {MAX_LEVEL:g}; ask "
-                               f"for at most {MAX_LEVEL - max(shares):.2f}")
     if m.greedy:
-        curves = curves or _curves(blocks, rows, m, progress=progress)
+        if m.rotate:
+            turned_curves, curves = curves or (None, None)
+        curves = list(curves or _curves(blocks, rows, m, progress=progress))
+    if m.rotate:
+        turned, turned_rows, qs, q_shares = rotate_blocks(blocks, rows, input_dims, storage)
+        if m.greedy:
+            turned_curves = turned_curves or _curves(turned, turned_rows, m, progress=progress)
+        for i, share in enumerate(q_shares):
+            if sparsity + share > MAX_LEVEL:
+                continue
+            if m.greedy:
+                mine, theirs = (least_error(turned[i], turned_curves[i], sparsity + share),
+                                least_error(blocks[i], curves[i], sparsity))
+                if mine is None or (theirs is not None and theirs[1] <= mine[1]):
+                    continue
+                curves[i] = turned_curves[i]
+            blocks[i], rows[i], rotations[i], shares[i] = turned[i], turned_rows[i], qs[i], share
+    budgets = [sparsity + share for share in shares]
+    if m.greedy:
         levels = [greedy_allocation([b], [r], m, budget, curves=[c])[0]
                   for b, r, c, budget in zip(blocks, rows, curves, budgets)]
     else:
