@@ -63,7 +63,9 @@ METHODS = {m.name: m for m in (
     Method("topk", "input", "product", weighted=True, fixed_count=True,
            doc="fixed count per token on x and h (WINA scores): stable latency"),
 )}
-DEFAULT_METHOD = "wina-greedy"   # the best measured on the frontier (BENCHMARKS.md, SmolLM2-135M, 40%/50%)
+# the best measured on the frontier (BENCHMARKS.md: SmolLM2-135M and Gemma 3 270M at 30-50%); it rotates only the
+# blocks where that lowers the calibrated error, so it is wina-greedy wherever rotating does not pay (e.g. int4)
+DEFAULT_METHOD = "rotated-wina-greedy"
 LEVEL_STEP = 0.05            # greedy allocation step
 MAX_LEVEL = 0.95             # no matrix is sparsified beyond this
 MINORITY_TOKENS = 16         # calibration tokens needed on the smaller side of a quantile
