@@ -181,9 +181,10 @@ def cutoffs_for_recall_and(gate: np.ndarray, up: np.ndarray, active: np.ndarray,
 
 def fit_block(kind: str, location: str, w_gate: np.ndarray, rows: np.ndarray, active: np.ndarray, rank: int,
               recall: float, min_sparsity: float = 0.0, seed: int = 0, options: dict | None = None,
-              w_up: np.ndarray | None = None) -> Fitted:
+              w_up: np.ndarray | None = None, gate_only_rank: int | None = None) -> Fitted:
     """Fit one block's predictor and place its cutoff at `recall` (see the module docstring). `w_up` (dReLU blocks):
-    the training-free kinds predict gate AND up."""
+    the training-free kinds predict gate AND up; with `gate_only_rank` (the gate-only rank of the same bytes) the
+    gate-only predictor is fitted too and the one predicting fewer neurons at the recall is kept."""
     if kind not in KINDS:
         raise PredictorError(f"unknown predictor {kind!r}; valid predictors: {', '.join(KINDS)}")
     spec = KINDS[kind]
@@ -195,8 +196,24 @@ def fit_block(kind: str, location: str, w_gate: np.ndarray, rows: np.ndarray, ac
     held = order[: max(len(rows) // 5, MIN_CUTOFF_TOKENS)] if spec.trains else order
     train = order[len(held):] if spec.trains else order
     w_up = w_up if spec.predicts_and else None
-    arrays = spec.fit(w_gate, w_up, rows[train], active[train], rank,
-                      {"seed": seed, "desc": location, **(options or {})})
+    options = {"seed": seed, "desc": location, **(options or {})}
+    fitted = _fit_and_cut(kind, w_gate, w_up, rows, active, rank, recall, train, held, options)
+    if w_up is not None and gate_only_rank:   # at a small byte budget the gate-only factor can win: keep the better
+        alone = _fit_and_cut(kind, w_gate, None, rows, active, gate_only_rank, recall, train, held, options)
+        fitted = alone if alone.predicted_sparsity > fitted.predicted_sparsity else fitted
+    rank, predicted_sparsity = fitted.rank, fitted.predicted_sparsity
+    if predicted_sparsity < min_sparsity:
+        raise PredictorError(
+            f"{location}: the {kind} predictor{'' if rank is None or not spec.ranked else f' (rank {rank})'} reaches "
+            f"recall {recall:.1%} only by predicting {1 - predicted_sparsity:.1%} of the neurons active, more than "
+            f"the {1 - min_sparsity:.1%} allowed (sparsity={min_sparsity}); lower the recall, allow less sparsity, "
+            "give the predictor more bytes (predictor_budget) or pick another predictor")
+    return fitted
+
+
+def _fit_and_cut(kind, w_gate, w_up, rows, active, rank, recall, train, held, options) -> Fitted:
+    spec = KINDS[kind]
+    arrays = spec.fit(w_gate, w_up, rows[train], active[train], rank, options)
     fitted = Fitted(kind, arrays, rank if spec.ranked else None, 0.0, 0.0, 0.0, w_gate.shape[1])
     parts, labels = fitted.parts(rows[held]), active[held]
     if len(parts) == 1:
@@ -207,11 +224,4 @@ def fit_block(kind: str, location: str, w_gate: np.ndarray, rows: np.ndarray, ac
         scores = np.minimum(parts[0], parts[1] + arrays["shift"])
     predicted = scores > cutoff
     got = float((predicted & labels).sum() / max(labels.sum(), 1))
-    predicted_sparsity = 1.0 - float(predicted.mean())
-    if predicted_sparsity < min_sparsity:
-        raise PredictorError(
-            f"{location}: the {kind} predictor{'' if rank is None or not spec.ranked else f' (rank {rank})'} reaches "
-            f"recall {recall:.1%} only by predicting {1 - predicted_sparsity:.1%} of the neurons active, more than "
-            f"the {1 - min_sparsity:.1%} allowed (sparsity={min_sparsity}); lower the recall, allow less sparsity, "
-            "give the predictor more bytes (predictor_budget) or pick another predictor")
-    return Fitted(kind, arrays, fitted.rank, cutoff, got, predicted_sparsity, w_gate.shape[1])
+    return Fitted(kind, arrays, fitted.rank, cutoff, got, 1.0 - float(predicted.mean()), w_gate.shape[1])

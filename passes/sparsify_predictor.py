@@ -8,7 +8,8 @@ layout of `sparsify-exact` and the predictor's scores as a 5th input (semantics 
                                                              @Wg.predictor.b)){mode='predictor', cutoff=t}
       svd     -> sparse_gated_mlp(x, ..., linear(linear(x, @Wg.predictor.A), @Wg.predictor.B)){...}
       sign    -> sparse_gated_mlp(x, ..., sign_score(x, @Wg.predictor.bits){d}){...}
-    dReLU blocks, svd and sign predict gate AND up (`predictors.py`), scores = minimum(s_gate, s_up + shift):
+    dReLU blocks: sign, and svd where that predicts fewer neurons than a gate-only factor of the same bytes,
+    predict gate AND up (`predictors.py`), scores = minimum(s_gate, s_up + shift):
       svd     -> h = linear(x, @A); minimum(linear(h, @B), linear(h, @B_up, @shift))
       sign    -> minimum(sign_score(x, @bits), add(sign_score(x, @bits_up), @shift))
 
@@ -115,14 +116,17 @@ class SparsifyPredictor(Pass):
         outputs = [n * (1 if up is None else 2) for (_, n), up in zip(dims, ups)]
         ranks = [allocate_ranks([1 - a.sparsity for a in acts], d, [n for _, n in dims], self.budget, outputs)[i]
                  for i, (d, _) in enumerate(dims)]
+        gate_ranks = [allocate_ranks([1 - a.sparsity for a in acts], d, [n for _, n in dims], self.budget)[i]
+                      if up is not None and KINDS[self.predictor].ranked else None
+                      for i, ((d, _), up) in enumerate(zip(dims, ups))]
         fitted = []
-        bar = tqdm(list(zip(blocks, acts, ranks, ups, strict=True)), desc=f"fit {self.predictor} predictors",
-                   unit="block", disable=not self.progress or None)
-        for block, a, rank, w_up in bar:
+        bar = tqdm(list(zip(blocks, acts, ranks, ups, gate_ranks, strict=True)), unit="block",
+                   desc=f"fit {self.predictor} predictors", disable=not self.progress or None)
+        for block, a, rank, w_up, gate_rank in bar:
             w_gate = block_weights(block, graph.weights)[0]
             fitted.append(fit_block(self.predictor, a.location, w_gate, a.rows, a.active, rank, self.recall,
                                     self.sparsity, options={"steps": self.steps, "progress": self.progress}
-                                    if self.predictor == "lowrank" else None, w_up=w_up))
+                                    if self.predictor == "lowrank" else None, w_up=w_up, gate_only_rank=gate_rank))
         return fitted
 
 

@@ -300,5 +300,7 @@ def test_and_predictor_of_a_drelu_block_predicts_fewer_neurons_than_gate_only_at
     s_gate, s_up = both.parts(rows)
     t_up = both.cutoff - float(both.arrays["shift"][0])
     np.testing.assert_array_equal(both.scores(rows) > both.cutoff, (s_gate > both.cutoff) & (s_up > t_up))
+    chosen = fit_block(kind, "mlp", w_gate, rows, active, rank=24, recall=0.95, w_up=w_up, gate_only_rank=24)
+    assert chosen.predicted_sparsity == max(gate_only.predicted_sparsity, both.predicted_sparsity)
     t_g, t_u = cutoffs_for_recall_and(s_gate, s_up, active, 0.9)
     assert ((s_gate > t_g) & (s_up > t_u) & active).sum() >= 0.9 * active.sum()
