@@ -85,9 +85,13 @@ def _fit_lowrank(w_gate, w_up, rows, active, rank, options):
 
 
 def _whitening(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(C^½, C^-½) of C = E[x xᵀ] over the rows, its small eigenvalues floored (directions x never takes)."""
+    """(C^½, C^-½) of C = E[x xᵀ] over the rows, shrunk toward its diagonal by d / tokens (fewer rows than d
+    leave most directions unseen: whitening them would amplify noise) and its small eigenvalues floored."""
     x = np.asarray(rows, np.float64)
-    values, vectors = np.linalg.eigh(x.T @ x / max(len(x), 1))
+    covariance = x.T @ x / max(len(x), 1)
+    shrink = min(1.0, x.shape[1] / max(len(x), 1))
+    covariance = (1 - shrink) * covariance + shrink * np.diag(np.diag(covariance))
+    values, vectors = np.linalg.eigh(covariance)
     values = np.maximum(values, 1e-6 * max(values.max(), 1e-30))
     return (vectors * np.sqrt(values)) @ vectors.T, (vectors / np.sqrt(values)) @ vectors.T
 
