@@ -16,13 +16,14 @@ INT8_DOT_FEATURES = (
     ("avx512_vnni", 512, "avx512vnni", "vpdpbusd512"),
     ("avx512_vnni", 256, "avx512vnni", "vpdpbusd256"),   # with AVX512-VL, which every VNNI part has
     ("avx_vnni", 256, "avxvnni", "vpdpbusd256"),
+    ("dotprod", 128, "dotprod", "sdot128"),              # aarch64 FEAT_DotProd (targets/arm.py)
 )
 
 
 def int8_dot(target: Target) -> str:
     """The int8 dot instruction the kernels may use on `target`: declared by its feature flags (detected from the
     host, `targets/x86.py`) and confirmed by LLVM for its TVM target (a target dict naming another CPU: that CPU's
-    features), "" if none."""
+    features; aarch64: `targets/arm.py`'s declared or detected ones), "" if none."""
     for flag, bits, llvm_feature, name in INT8_DOT_FEATURES:
         if flag in target.features and target.vector_bits == bits and _llvm_has(target, llvm_feature):
             return name

@@ -17,15 +17,21 @@ def _x86() -> Target:
 
 
 def _arm() -> Target:
-    from .arm import target
+    from .arm import host_features, target
 
-    return target()
+    return target(features=host_features())  # baseline NEON when cross-compiling
 
 
 def _arm_fhm() -> Target:
     from .arm import target
 
-    return target(fp16fml=True)
+    return target(features=("fp16fml",))
+
+
+def _arm_dotprod() -> Target:
+    from .arm import target
+
+    return target(features=("dotprod",))
 
 
 def _cuda() -> Target:
@@ -34,7 +40,8 @@ def _cuda() -> Target:
     return target()
 
 
-REGISTRY: dict[str, Callable[[], Target]] = {"x86": _x86, "cuda": _cuda, "arm": _arm, "arm-fhm": _arm_fhm}
+REGISTRY: dict[str, Callable[[], Target]] = {"x86": _x86, "cuda": _cuda, "arm": _arm, "arm-fhm": _arm_fhm,
+                                             "arm-dotprod": _arm_dotprod}
 
 
 def names() -> list[str]:
@@ -45,9 +52,12 @@ def get(spec: str | Target | dict) -> Target:
     if isinstance(spec, Target):
         return spec
     if isinstance(spec, dict):
-        arm = "arm-fhm" if "+fp16fml" in spec.get("mattr", ()) else "arm"
-        base = REGISTRY["cuda" if spec.get("kind") == "cuda" else arm if "aarch64" in str(spec.get("mtriple", ""))
-                        else "x86"]()
+        if "aarch64" in str(spec.get("mtriple", "")):
+            from .arm import features_of, target
+
+            base = target(features=features_of(spec.get("mattr")))  # the features its mattr enables
+        else:
+            base = REGISTRY["cuda" if spec.get("kind") == "cuda" else "x86"]()
         return Target(**{**base.__dict__, "tvm": dict(spec)})
     if spec not in REGISTRY:
         raise TargetError(f"unknown target {spec!r}; valid targets: {', '.join(names())}")

@@ -173,17 +173,20 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     row = row_index(gathered)
     pf = block_prefetch_macro()
     off = lay.offset
+    folded = lay.bits == 4 and not off  # q4_0: raw nibbles, the "- 8" once per group as -8 * sum(h * scale)
+    const = off or folded  # hs[R] is added once per output element
 
     def axsum(w, rows, base, i, end, hs, grp, hf, j):
-        e = hs[0] * code(lay, w, row(rows, base, T.min(i, end - 1)), grp, hf, j)
+        e = hs[0] * code(lay, w, row(rows, base, T.min(i, end - 1)), grp, hf, j, centered=not folded)
         for r in range(1, R):
-            e = e + hs[r] * code(lay, w, row(rows, base, T.min(i + r, end - 1)), grp, hf, j)
+            e = e + hs[r] * code(lay, w, row(rows, base, T.min(i + r, end - 1)), grp, hf, j, centered=not folded)
         return e
 
     @T.macro
     def step(w, rows, base, i, end, h, hcol, t, out, m):
         hv = T.alloc_buffer((R,), "float32", scope="global")
-        hs = T.alloc_buffer((R + 1,), "float32", scope="global")  # h * scale per row; [R]: sum of h * offset
+        # h * scale per row; [R]: the per-element constant (q4_1: sum of h * offset; q4_0: -8 * sum of h * scale)
+        hs = T.alloc_buffer((R + 1,), "float32", scope="global")
         for r in T.unroll(R):
             hv[r] = T.float32(0)
             if i + r < end:
@@ -198,10 +201,12 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
                 hs[r] = hv[r] * scale(lay, w, row(rows, base, T.min(i + r, end - 1)), g0 + gi)
                 if off:
                     hs[R] = hs[R] + hv[r] * offset(lay, w, row(rows, base, T.min(i + r, end - 1)), g0 + gi)
+                if folded:
+                    hs[R] = hs[R] - T.float32(8) * hs[r]
             for hf in T.unroll(2):
                 for s in T.unroll(S):
                     for v in T.vectorized(L):
-                        if off:
+                        if const:
                             out[m, (g0 + gi) * GROUP + hf * HALF + s * L + v] = out[
                                 m, (g0 + gi) * GROUP + hf * HALF + s * L + v] + axsum(
                                 w, rows, base, i, end, hs, g0 + gi, hf, s * L + v) + hs[R]

@@ -1,4 +1,4 @@
-"""Row dots of quantized weights as integer dot products against x quantized to 8-bit blocks (x86 VNNI).
+"""Row dots of quantized weights as integer dot products against x quantized to 8-bit blocks (x86 VNNI, ARM sdot).
 
 What llama.cpp does for its quantized types: x is quantized once per call, per token and group of 32 columns,
 to x̂ = round(x / dx) int8 with dx = max|x| / 127, and a weight block's dot product with x becomes an integer one,
@@ -6,18 +6,20 @@ scaled once per block:
 
     sum_j w_j x_j  ~=  scale_w * dx * sum_j code_j x̂_j          (+ offset_w * dx * sum_j x̂_j for q4_1)
 
-The integer sum runs on a 4-way u8 x s8 -> i32 dot instruction (`vpdpbusd`: AVX512-VNNI on 512-bit vectors,
-AVX-VNNI / AVX512-VNNI+VL on 256-bit), named by the schedule's `int8_dot` (from the target's feature flags,
-`codegen/schedules.py`) and looked up in `INT8_DOTS`. x's rounding costs at most dx / 2 per element: each dot
-is off by at most sum_groups (dx / 2) * sum_j |w_j| (tests/test_kernels_int8.py checks that bound).
+The integer sum runs on a 4-way 8-bit -> i32 dot instruction (x86 `vpdpbusd`, u8 x s8: AVX512-VNNI on 512-bit
+vectors, AVX-VNNI / AVX512-VNNI+VL on 256-bit; aarch64 `sdot`, s8 x s8: FEAT_DotProd on 128-bit NEON), named by
+the schedule's `int8_dot` (from the target's feature flags, `codegen/schedules.py`) and looked up in `INT8_DOTS`.
+x's rounding costs at most dx / 2 per element: each dot is off by at most sum_groups (dx / 2) * sum_j |w_j|
+(tests/test_kernels_int8.py checks that bound).
 
 Layout of one dot: P = lanes / 4 rows side by side, 16 code bytes each (a q4 block's 16 bytes, masked to their
 low nibbles for columns 0-15 and shifted for columns 16-31; a q8_0 block's first and second 16 codes), against
 the matching 16 bytes of x̂ repeated P times (prepared so by `x8_prep_macro`); lane 4p..4p+3 of the int32
-result then sums row p's products. q4 nibbles are unsigned, so they are the u8 operand and x̂ the s8 one; q4_0's
-"- 8" enters as -8 * sum(x̂) in lane 4p of the accumulator's initial value. q8_0 codes are signed: x̂ + 128 is
-the u8 operand and a second product with 128s subtracts 128 * sum(code). The per-row scale (x dx) is applied
-per block in fp32 (lanes 4p..4p+3 carry row p's scale), and fp32 accumulates across blocks.
+result then sums row p's products. q4 nibbles (0..15) are the first operand, x̂ the second (both signed
+instructions take them as they are); q4_0's "- 8" enters as -8 * sum(x̂) in lane 4p of the accumulator's initial
+value. q8_0 codes are signed: with a u8 x s8 dot x̂ + 128 is the u8 operand and a second product with 128s
+subtracts 128 * sum(code); with an s8 x s8 dot (sdot) codes and x̂ multiply as they are. The per-row scale
+(x dx) is applied per block in fp32 (lanes 4p..4p+3 carry row p's scale), and fp32 accumulates across blocks.
 
 Prepared x (`XBlocks`): per token one byte row: per group the first-half operand, the second-half operand and
 the initial accumulator (lanes * 4 bytes each), then every group's dx (fp32), then dx * sum(x̂) (fp32, q4_1).
@@ -36,11 +38,20 @@ from .quant_blocks import block_prefetch_macro, offset, scale
 from .rows import CACHE_LINE, row_index
 from .schedule import CpuSchedule
 
-# int8 dot instruction -> (LLVM intrinsic: i32 lanes = dot(i32 acc, u8 bytes as i32 lanes, s8 bytes as i32 lanes),
-# int32 lanes)
+
+@dataclass(frozen=True)
+class Int8Dot:
+    """A 4-way dot instruction: int32 lanes = acc + per lane the sum of 4 byte products of a and b."""
+
+    intrinsic: str      # LLVM intrinsic (acc: int32 x lanes, a and b: 8-bit x 4 * lanes)
+    lanes: int          # int32 lanes (= the fp32 lanes the block scaling runs on)
+    signed_a: bool      # a is signed (sdot) rather than unsigned (vpdpbusd's u8): q8_0 codes then go in as they are
+
+
 INT8_DOTS = {
-    "vpdpbusd512": ("llvm.x86.avx512.vpdpbusd.512", 16),
-    "vpdpbusd256": ("llvm.x86.avx512.vpdpbusd.256", 8),
+    "vpdpbusd512": Int8Dot("llvm.x86.avx512.vpdpbusd.512", 16, False),
+    "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False),
+    "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True),
 }
 HALF = GROUP // 2
 
@@ -73,7 +84,7 @@ class XBlocks:
 
 
 def x_blocks(d: int, sched: CpuSchedule) -> XBlocks:
-    return XBlocks(-(-d // GROUP), INT8_DOTS[sched.int8_dot][1])
+    return XBlocks(-(-d // GROUP), INT8_DOTS[sched.int8_dot].lanes)
 
 
 def _reduce(buf, op, lanes: int):
@@ -103,7 +114,8 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
     lay = LAYOUTS[dtype]
     xl = x_blocks(d, sched)
     L, P, G, n_full = xl.lanes, xl.lanes // 4, xl.groups, d // GROUP
-    q8, centered = lay.bits == 8, lay.bits == 4 and not lay.offset  # q8_0: x̂ + 128 unsigned; q4_0: the -8 term
+    q8, centered = lay.bits == 8, lay.bits == 4 and not lay.offset  # q4_0: the -8 term
+    biased = q8 and not INT8_DOTS[sched.int8_dot].signed_a  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
 
     @T.macro
     def group(xb, m, g, v32):
@@ -122,7 +134,7 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
         for h in T.unroll(2):
             for p in T.unroll(P):
                 for v in T.vectorized(HALF):
-                    xb[m, xl.operand(g, h) + p * HALF + v] = T.Cast("uint8", q[h * HALF + v] + (128 if q8 else 0))
+                    xb[m, xl.operand(g, h) + p * HALF + v] = T.Cast("uint8", q[h * HALF + v] + (128 if biased else 0))
         for v in T.vectorized(4 * L):
             xb[m, xl.operand(g, 2) + v] = T.uint8(0)
         if centered:  # lane 4p: -8 * sum(x̂)
@@ -152,7 +164,8 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     """`common.dots_macro` on the integer path: (`dots_all`, `dots`) with the same arguments, except that x is
     the prepared byte buffer of `x8_prep_macro`."""
     lay = LAYOUTS[dtype]
-    intrin, L = INT8_DOTS[sched.int8_dot]
+    ins = INT8_DOTS[sched.int8_dot]
+    intrin, L = ins.intrinsic, ins.lanes
     xl = x_blocks(d, sched)
     P, VB, R, G = L // 4, L * 4, sched.rows, xl.groups
     S = -(-R // P)  # row sets per step
@@ -168,8 +181,8 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     def rr(rows, base, i, end, s, p):  # row p of set s (past the step's rows: its last row again, not stored)
         return row(rows, base, T.min(i + T.min(s * P + p, R - 1), end - 1))
 
-    def dot(acc, a, b):  # acc + the 4-way u8 (a) x s8 (b) dot per int32 lane; the bytes go in as byte vectors (the
-        # LLVM of TVM 0.27 declares the intrinsic with <64 x i8> operands; <16 x i32> ones fail its verifier)
+    def dot(acc, a, b):  # acc + the 4-way a (u8; s8 if `signed_a`) x b (s8) dot per int32 lane; the bytes go in as
+        # byte vectors (TVM 0.27's LLVM declares vpdpbusd with <64 x i8> operands; <16 x i32> ones fail its verifier)
         return T.call_llvm_pure_intrin(ivec, intrin, acc, a, b)
 
     def codes(w, rows, base, i, end, s, grp, second: bool):
@@ -197,6 +210,9 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     def int_dot(w, xb, m, rows, base, i, end, s, grp):
         """int32 x L: per lane 4p..4p+3, row p's integer products with x̂ (summed over the 4 lanes: the block's)."""
         lo, hi = codes(w, rows, base, i, end, s, grp, False), codes(w, rows, base, i, end, s, grp, True)
+        if q8 and ins.signed_a:  # code . x̂
+            zero = T.Broadcast(T.int32(0), L)
+            return dot(dot(zero, lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
         if q8:  # (x̂ + 128) . code - 128 . code
             zero, c128 = T.Broadcast(T.int32(0), L), T.Broadcast(T.uint8(128), VB)
             return dot(dot(zero, xvec(xb, m, grp, 0), lo), xvec(xb, m, grp, 1), hi) - dot(dot(zero, c128, lo), c128, hi)
