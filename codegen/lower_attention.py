@@ -1,0 +1,77 @@
+"""Lowering of `attention` (passes/fuse_attention.py): one call of the CPU attention kernel per layer.
+
+    attention(q, K, V, mask){...}  -> call_tir(attention kernel, [q, K', V', mask as float32 [B, Hm, S, kv]])
+
+K' and V' are the cache tensors themselves when K and V are their filled prefix `slice(cache){axis 2, 0:kv}`:
+the kernel reads kv slots from the mask's shape, so the prefix is never copied. Where the kernel does not apply
+— a family without it (CUDA), a float16 or float64 model — the op is lowered as the Relax ops it stands for
+(the KV heads repeated, matmuls, softmax): correct everywhere, no faster than before the pass.
+"""
+
+from __future__ import annotations
+
+from tvm import relax
+
+from ..ir.attention import ATTENTION_ATTRS
+from .context import TVM_DTYPES, lowering
+from .schedules import schedule_for
+
+R = relax.op
+
+
+@lowering("attention")
+def _attention(ctx, node, args):
+    from .kernels import FAMILIES
+    from .kernels import kernel as target_kernel
+
+    q_node, k_node, _, mask_node = node.inputs
+    sched = schedule_for(ctx.target)
+    b, heads, seq, head_dim = q_node.shape
+    static = all(isinstance(d, int) for d in (b, heads, head_dim))  # the kernel is built per batch and head shape
+    if "attention" not in FAMILIES[type(sched).__name__] or node.dtype != "f32" or k_node.dtype != "f32" or not static:
+        return _composed(ctx, node, args)
+    kv_heads, kv = k_node.shape[1], k_node.shape[2]
+    a = node.attrs
+    mask_heads = heads if len(mask_node.shape) == 4 and mask_node.shape[1] == heads else 1
+    mask = args[3] if mask_node.dtype == "f32" else R.astype(args[3], "float32")
+    mask = ctx.bb.emit(R.broadcast_to(mask, ctx.shape((b, mask_heads, seq, kv))))
+    k, v = (_in_place(ctx, node.inputs[i], args[i]) for i in (1, 2))
+    kernel = target_kernel("attention", b, heads, kv_heads, head_dim, mask_heads, scale=float(a["scale"]),
+                           softcap=float(a["softcap"]), mask_kind=a["mask_kind"], fill=_fill(a), sched=sched)
+    return relax.call_tir(ctx.kernel(kernel), [args[0], k, v, mask],
+                          relax.TensorType(ctx.shape(node.shape), TVM_DTYPES["f32"]))
+
+
+def _in_place(ctx, node, arg):
+    """The filled prefix `slice(cache){axis 2, 0:kv, step 1}` is read from `cache` itself (the Relax value the
+    slice was bound to reads it): the kernel takes kv from the mask, so the prefix copy goes unused."""
+    a = node.attrs
+    if node.op != "slice" or a["axis"] not in (2, -2) or a["start"] != 0 or a["step"] != 1:
+        return arg
+    expr = arg
+    while isinstance(expr, relax.Var) and ctx.bb.lookup_binding(expr) is not None:
+        expr = ctx.bb.lookup_binding(expr)
+        if isinstance(expr, relax.Call) and expr.op.name == "relax.strided_slice":
+            source = expr.args[0]
+            return source if getattr(source.ty, "ndim", -1) == 4 else arg
+    return arg
+
+
+def _fill(attrs) -> float:
+    return float(attrs.get("fill", ATTENTION_ATTRS["fill"]))  # an 'add' mask's op carries no fill
+
+
+def _composed(ctx, node, args):
+    """The Relax ops `attention` stands for (ir/attention.py)."""
+    q, k, v, mask = args
+    a = node.attrs
+    group = node.inputs[0].shape[1] // node.inputs[1].shape[1]
+    if group > 1:
+        k, v = R.repeat(k, group, axis=1), R.repeat(v, group, axis=1)
+    dtype = TVM_DTYPES[node.dtype]
+    s = R.multiply(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])), relax.const(a["scale"], dtype))
+    if a["softcap"] > 0:
+        cap = relax.const(a["softcap"], dtype)
+        s = R.multiply(R.tanh(R.divide(s, cap)), cap)
+    s = R.where(mask, s, relax.const(_fill(a), dtype)) if a["mask_kind"] == "select" else R.add(s, mask)
+    return R.matmul(R.nn.softmax(s, axis=-1), v)
