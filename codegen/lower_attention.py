@@ -30,31 +30,15 @@ def _attention(ctx, node, args):
     static = all(isinstance(d, int) for d in (b, heads, head_dim))  # the kernel is built per batch and head shape
     if "attention" not in FAMILIES[type(sched).__name__] or node.dtype != "f32" or k_node.dtype != "f32" or not static:
         return _composed(ctx, node, args)
-    kv_heads, kv = k_node.shape[1], k_node.shape[2]
+    kv_heads, kv = k_node.shape[1], mask_node.shape[-1]
     a = node.attrs
     mask_heads = heads if len(mask_node.shape) == 4 and mask_node.shape[1] == heads else 1
     mask = args[3] if mask_node.dtype == "f32" else R.astype(args[3], "float32")
     mask = ctx.bb.emit(R.broadcast_to(mask, ctx.shape((b, mask_heads, seq, kv))))
-    k, v = (_in_place(ctx, node.inputs[i], args[i]) for i in (1, 2))
     kernel = target_kernel("attention", b, heads, kv_heads, head_dim, mask_heads, scale=float(a["scale"]),
                            softcap=float(a["softcap"]), mask_kind=a["mask_kind"], fill=_fill(a), sched=sched)
-    return relax.call_tir(ctx.kernel(kernel), [args[0], k, v, mask],
+    return relax.call_tir(ctx.kernel(kernel), [args[0], args[1], args[2], mask],
                           relax.TensorType(ctx.shape(node.shape), TVM_DTYPES["f32"]))
-
-
-def _in_place(ctx, node, arg):
-    """The filled prefix `slice(cache){axis 2, 0:kv, step 1}` is read from `cache` itself (the Relax value the
-    slice was bound to reads it): the kernel takes kv from the mask, so the prefix copy goes unused."""
-    a = node.attrs
-    if node.op != "slice" or a["axis"] not in (2, -2) or a["start"] != 0 or a["step"] != 1:
-        return arg
-    expr = arg
-    while isinstance(expr, relax.Var) and ctx.bb.lookup_binding(expr) is not None:
-        expr = ctx.bb.lookup_binding(expr)
-        if isinstance(expr, relax.Call) and expr.op.name == "relax.strided_slice":
-            source = expr.args[0]
-            return source if getattr(source.ty, "ndim", -1) == 4 else arg
-    return arg
 
 
 def _fill(attrs) -> float:
@@ -65,6 +49,8 @@ def _composed(ctx, node, args):
     """The Relax ops `attention` stands for (ir/attention.py)."""
     q, k, v, mask = args
     a = node.attrs
+    kv = ctx.dim(node.inputs[3].shape[-1])
+    k, v = (R.strided_slice(x, axes=[2], begin=[0], end=[kv]) for x in (k, v))
     group = node.inputs[0].shape[1] // node.inputs[1].shape[1]
     if group > 1:
         k, v = R.repeat(k, group, axis=1), R.repeat(v, group, axis=1)

@@ -1,13 +1,14 @@
 """Semantics of `attention`: scaled dot-product attention with grouped-query heads, one op (passes/fuse_attention.py).
 
-    attention(q[B, H, S, D], k[B, Hk, kv, D], v[B, Hk, kv, D], mask[.., S, kv]){scale, softcap, mask_kind, fill}
+    attention(q[B, H, S, D], k[B, Hk, T, D], v[B, Hk, T, D], mask[.., S, kv]){scale, softcap, mask_kind, fill}
         s[b, h, i, j] = scale * q[b, h, i] . k[b, h // (H / Hk), j]     (query head h reads KV head h // group)
         s             = softcap * tanh(s / softcap)                       (softcap > 0 only: Gemma 2)
         s             = where(mask, s, fill)  (mask_kind 'select', mask bool)  |  s + mask  ('add', mask float)
         out[b, h, i]  = softmax_j(s) @ v[b, h // group]                   (max-subtracted, float32)
 
-The mask (causal, sliding window, padding) stays an input: it is whatever the model computed, so every window
-rule the architecture has is kept without the op knowing it.
+Only the first kv slots of k and v are read (kv: the mask's last dim; T >= kv), so k and v may be a KV cache
+whose filled prefix is kv slots: it is read in place. The mask (causal, sliding window, padding) stays an input:
+it is whatever the model computed, so every window rule the architecture has is kept without the op knowing it.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ def attention_type(types, attrs) -> TensorType:
         raise TypeError(f"attention: k {k} and v {v} do not match q {q}")
     if (mask.dtype == "bool") != (attrs["mask_kind"] == "select"):
         raise TypeError(f"attention: a {attrs['mask_kind']!r} mask cannot be {mask.dtype}")
-    broadcast_shapes(mask.shape, (q.shape[0], heads, q.shape[2], k.shape[2]))
+    kv, slots = (mask.shape[-1] if mask.rank else None), k.shape[2]
+    if kv is None or (isinstance(kv, int) and isinstance(slots, int) and kv > slots):
+        raise TypeError(f"attention: the mask {mask} reads more slots than k {k} holds")
+    broadcast_shapes(mask.shape, (q.shape[0], heads, q.shape[2], mask.shape[-1]))
     return TensorType(q.shape, q.dtype)
 
 
 def attention_ref(q, k, v, mask, attrs, env):
+    kv = np.shape(mask)[-1]
+    k, v = k[:, :, :kv], v[:, :, :kv]
     group = q.shape[1] // k.shape[1]
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
     s = np.matmul(q, np.swapaxes(k, -1, -2)).astype(np.float32) * np.float32(attrs["scale"])

@@ -9,6 +9,9 @@ Matches (rules as data, `RULES`) the chain transformers' eager attention exports
         mask(s)     = where(m, s, fill) | add(s, m)
     -> attention(q, K, V, m){scale, softcap, mask_kind, fill}
 
+K and V that are a cache's filled prefix, `slice(cache){axis 2, 0:kv}` with kv the mask's last dim, become the
+cache itself: the op reads the first kv slots (the mask's), so the prefix is never copied.
+
 (semantics: ir/attention.py). Why: lowered op by op, a decode step's attention is Relax's legalized matmuls,
 softmax and the copies that repeat each KV head for its query heads, a dozen launches and allocations per layer;
 `attention` lowers to one kernel that indexes the KV head as h // G (codegen/lower_attention.py). Attention
@@ -81,7 +84,16 @@ def _attention(node: Node) -> dict | None:
         return None  # no mask: left to the op-by-op lowering (the kernel reads kv from the mask's shape)
     if scores is None or scores["group"] != v_heads[1] or v_heads[0].shape != scores["k"].shape:
         return None
-    return {**scores, **mask, "v": v_heads[0]}
+    kv = mask["mask"].shape[-1] if mask["mask"].type.rank else None
+    return {**scores, **mask, "k": _read_in_place(scores["k"], kv), "v": _read_in_place(v_heads[0], kv)}
+
+
+def _read_in_place(node: Node, kv) -> Node:
+    """The cache under a filled-prefix slice of the mask's kv slots, else the node."""
+    a = node.attrs
+    if node.op == "slice" and a["axis"] in (2, -2) and a["start"] == 0 and a["step"] == 1 and a["end"] == kv:
+        return node.inputs[0]
+    return node
 
 
 def _build(node: Node, b: dict) -> Node:
