@@ -76,3 +76,25 @@ def test_rewrite_golden_statistics_and_values():
               *(rng.standard_normal((1, 2, kv, 8)).astype(np.float32) for _ in range(2)), mask,
               np.where(mask, 0.0, -1e9).astype(np.float32)]
     np.testing.assert_allclose(evaluate(result.graph, inputs)[0], evaluate(before, inputs)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "composed"])
+def test_compiled_equals_interpreter_through_kernel_and_fallback(kernel, monkeypatch):
+    """The golden graph compiled for x86 equals the interpreter, through the kernel and through the Relax ops a
+    family without the kernel (CUDA) lowers `attention` to."""
+    from actsparse.api import compile_graph
+    from actsparse.codegen.kernels import FAMILIES
+
+    if not kernel:
+        monkeypatch.setitem(FAMILIES, "CpuSchedule", {k: v for k, v in FAMILIES["CpuSchedule"].items()
+                                                      if k != "attention"})
+    before = parse_graph((GOLDEN / "attention_gqa.before.ir").read_text())
+    rng = np.random.default_rng(2)
+    seq, kv = 2, 5
+    mask = np.tril(np.ones((seq, kv), bool), kv - seq)[None, None]
+    inputs = [rng.standard_normal((1, 4, seq, 8)).astype(np.float32),
+              *(rng.standard_normal((1, 2, kv, 8)).astype(np.float32) for _ in range(2)), mask,
+              np.where(mask, 0.0, -1e9).astype(np.float32)]
+    module = compile_graph(before, inputs, "x86", "dense", {})
+    assert module.report.pass_stats["fuse-attention"] == {"attention": 2}
+    np.testing.assert_allclose(module(*inputs), evaluate(before, inputs)[0], rtol=1e-4, atol=1e-5)
