@@ -50,12 +50,25 @@ def reference(model, prompt=PROMPT, new=NEW):
 MOE = {"mixtral": 4, "qwen2-moe": 4}  # experts per layer
 
 
+@pytest.fixture(scope="module")
+def compiled():
+    """(arch, mode) -> (transformers model, its decoder), each compiled once per module (the llama fixture below
+    reuses the exact one)."""
+    cache = {}
+
+    def get(arch: str, mode: str):
+        if (arch, mode) not in cache:
+            model = hf_model(arch)
+            cache[arch, mode] = model, actsparse.compile(model, mode=mode, max_seq=MAX_SEQ)
+        return cache[arch, mode]
+    return get
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
-def test_greedy_generate_equals_transformers_in_dense_and_exact_mode(arch):
-    model = hf_model(arch)
-    expected = reference(model)
+def test_greedy_generate_equals_transformers_in_dense_and_exact_mode(arch, compiled):
+    expected = reference(hf_model(arch))
     for mode in ("dense", "exact"):
-        lm = actsparse.compile(model, mode=mode, max_seq=MAX_SEQ)
+        model, lm = compiled(arch, mode)
         assert {b.mode for b in lm.report.blocks if b.pattern != "mlp"} == {mode}
         _check_attention_fused(lm, model.config.num_hidden_layers)
         got = lm.generate(PROMPT, NEW)
@@ -92,9 +105,8 @@ def test_the_sliding_window_changes_the_tokens_it_is_tested_on(arch):
 
 
 @pytest.fixture(scope="module")
-def llama():
-    model = hf_model("llama")
-    return model, actsparse.compile(model, mode="exact", max_seq=MAX_SEQ)
+def llama(compiled):
+    return compiled("llama", "exact")
 
 
 def test_prefill_and_step_give_transformers_logits_and_write_the_cache_in_place(llama):

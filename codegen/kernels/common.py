@@ -23,6 +23,7 @@ from tvm.script import tirx as T
 from ...ir import activations
 from ...ir.activations import ACTIVATIONS
 from ...ir.quant import GROUP, LAYOUTS
+from . import tvmscript_speed  # noqa: F401 - installs the fast T.macro expansion
 from .quant_blocks import group_split, quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
 from .quant_int8 import int8_dots_macro, uses_int8_dot, x8_prep_macro, x_blocks
 from .rows import (
