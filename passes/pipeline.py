@@ -23,6 +23,7 @@ from .base import Pass, apply_pass
 from .canonicalize import Canonicalize
 from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
+from .fuse_attention import FuseAttention
 from .fuse_gated_mlp import FuseGatedMLP
 from .reorder_neurons import ReorderNeurons
 from .route_moe import RouteMoE
@@ -33,7 +34,7 @@ from .split_hot_cold import SplitHotCold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
                                                      SparsifyPredictor, Densify, RouteMoE, ReorderNeurons,
-                                                     SplitHotCold, FuseGatedMLP)}
+                                                     SplitHotCold, FuseGatedMLP, FuseAttention)}
 BUDGET_MODES = ("exact", "auto", "predictor")   # modes whose blocks a memory budget splits hot / cold
 
 
@@ -62,6 +63,7 @@ def _detect(o: PipelineOptions) -> list[Pass]:
     return [
         Canonicalize(),      # fold decomposed activations / transposed projections into canonical ops
         DetectGatedMLP(),    # find gated MLPs by dataflow -> gated_mlp (kept dense, but reported)
+        FuseAttention(),     # each layer's attention chain -> one attention op (one kernel, no KV-head copies)
     ]
 
 
