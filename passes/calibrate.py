@@ -125,8 +125,10 @@ def threshold_attrs(attrs: dict, threshold: float, criterion: str) -> dict:
 
 
 def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str, sparsity: float,
-              max_tokens: int = 4096, progress: bool = True) -> list[NeuronThreshold | InputThresholds]:
-    """Thresholds for every block from the calibration inputs (see the module docstring)."""
+              max_tokens: int = 4096, progress: bool = True,
+              storage: str = "fp32") -> list[NeuronThreshold | InputThresholds]:
+    """Thresholds for every block from the calibration inputs (see the module docstring); `storage`: how the
+    weights will be stored (prices a rotated method's Q against the block)."""
     method(name)
     samples = calibration_samples(calibration, len(graph.inputs))
     rows = collect_inputs(graph, blocks, samples, max_tokens, progress=progress)
@@ -136,7 +138,8 @@ def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str
     rows = [np.concatenate([r, np.ones((len(r), 1), np.float32)], 1) if bw.w_gate.shape[1] > r.shape[1] else r
             for r, bw in zip(rows, weights)]
     plans = calibrate_blocks(weights, rows, name, sparsity, progress, [b.loc or f"block {i}" for i, b in
-                                                                        enumerate(blocks)], input_dims=dims)
+                                                                        enumerate(blocks)], input_dims=dims,
+                           storage=storage)
     fixed = []
     for b, plan in zip(blocks, plans):
         if isinstance(plan, NeuronThreshold) and b.attrs["gate_act"] == "fatrelu":

@@ -23,6 +23,7 @@ from .base import Pass, apply_pass
 from .canonicalize import Canonicalize
 from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
+from .fuse_attention import FuseAttention
 from .fuse_gated_mlp import FuseGatedMLP
 from .reorder_neurons import ReorderNeurons
 from .route_moe import RouteMoE
@@ -33,7 +34,7 @@ from .split_hot_cold import SplitHotCold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
                                                      SparsifyPredictor, Densify, RouteMoE, ReorderNeurons,
-                                                     SplitHotCold, FuseGatedMLP)}
+                                                     SplitHotCold, FuseGatedMLP, FuseAttention)}
 BUDGET_MODES = ("exact", "auto", "predictor")   # modes whose blocks a memory budget splits hot / cold
 
 
@@ -50,6 +51,7 @@ class PipelineOptions:
     recall: float = 0.99
     predictor_budget: float = 0.1
     memory_budget: int | None = None       # bytes of fast memory for the MLP weights: the hot/cold split
+    storage: str | None = None             # the `quantize=` kind the weights will be stored in (None: as they are)
 
     @property
     def target(self) -> Target:
@@ -61,6 +63,7 @@ def _detect(o: PipelineOptions) -> list[Pass]:
     return [
         Canonicalize(),      # fold decomposed activations / transposed projections into canonical ops
         DetectGatedMLP(),    # find gated MLPs by dataflow -> gated_mlp (kept dense, but reported)
+        FuseAttention(),     # each layer's attention chain -> one attention op (one kernel, no KV-head copies)
     ]
 
 
@@ -89,7 +92,8 @@ def _threshold(o: PipelineOptions) -> list[Pass]:
     if o.sparsity is None:
         raise ValueError("mode 'threshold' needs a target sparsity, e.g. sparsity=0.5")
     # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
-    return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration)]
+    return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration,
+                                           storage=o.storage)]
 
 
 def _predictor(o: PipelineOptions) -> list[Pass]:
@@ -112,10 +116,12 @@ LOSSY_MODES = tuple(m for m in MODES if m in VARIANTS and VARIANTS[m].lossy)
 
 def pipeline_for(mode: str, target: Target | str | None = None, calibration=None, sparsity: float | None = None,
                  method: str = "cats", predictor: str = "lowrank", recall: float = 0.99,
-                 predictor_budget: float = 0.1, memory_budget: int | None = None) -> list[Pass]:
+                 predictor_budget: float = 0.1, memory_budget: int | None = None,
+                 storage: str | None = None) -> list[Pass]:
     """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target).
     `memory_budget` (bytes of fast memory for the MLP weights; modes in BUDGET_MODES) adds the hot/cold split,
-    which counts neuron firing on `calibration`."""
+    which counts neuron firing on `calibration`; `storage`: the `quantize=` kind the weights will get (the
+    quantize pass itself is appended by the caller), which lossy calibration prices bytes in."""
     if mode not in PIPELINES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if memory_budget is not None and mode not in BUDGET_MODES:
@@ -124,7 +130,7 @@ def pipeline_for(mode: str, target: Target | str | None = None, calibration=None
     if target is not None and not isinstance(target, Target):
         target = targets.get(target)  # an unknown name fails here, listing the valid ones
     options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget,
-                              memory_budget)
+                              memory_budget, storage)
     return PIPELINES[mode](options)
 
 

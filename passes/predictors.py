@@ -4,10 +4,17 @@ Three kinds, one table (`KINDS`), each fitted from the block's calibration rows 
 (`activation_stats.BlockActivations`) and scoring a neuron active when its score exceeds the cutoff:
 
     lowrank  s = relu(x·Aᵀ)·Bᵀ + b   trained with BCE on the labels (DejaVu / PowerInfer); `predictor_train.py`
-    svd      s = (x·Aᵀ)·Bᵀ           truncated SVD of W_gate (A = S_r V_rᵀ, B = U_r): predicts the gate
-                                     pre-activation, training-free
+    svd      s = (x·Aᵀ)·Bᵀ           truncated SVD of W_gate C^½ (A = S_r V_rᵀ C^-½, B = U_r; C = E[x xᵀ] on the
+                                     calibration rows, as ASVD / SVD-LLM: the error is small where x lives):
+                                     predicts the gate pre-activation, training-free
     sign     s = sign agreements − disagreements of x and each W_gate row (SparseInfer), training-free;
                                      the cutoff is its margin
+
+dReLU blocks (relu on the up projection too) fire only where gate AND up are positive: there svd and sign predict
+both (svd: one low-rank factor of [W_gate; W_up], sign: two sign tests) and score a neuron
+min(s_gate, s_up + t_g − t_u), which exceeds t_g exactly when s_gate > t_g and s_up > t_u. The pair (t_g, t_u) is
+the one with the fewest predicted neurons at the target recall (`cutoffs_for_recall_and`). Gate-only predicts at
+least every neuron whose gate is positive (about twice the active ones in a relufied SwiGLU model).
 
 Recall is what a ReLU-family model loses by (a neuron predicted active whose gate is <= 0 still adds exactly 0),
 so the cutoff is chosen per layer as the largest with recall >= the target on held-out calibration rows (lowrank
@@ -37,80 +44,110 @@ class PredictorError(ActsparseError):
 class Fitted:
     kind: str
     arrays: dict = field(repr=False)     # lowrank: A [r, d], B [n, r], b [n]; svd: A, B; sign: bits [n, words]
+    #                                      AND (dReLU): svd B_up [n, r], sign bits_up; both shift [n] = t_g − t_u
     rank: int | None                     # None for sign (it keeps one bit per weight)
     cutoff: float
     recall: float                        # on the rows the cutoff was chosen on
     predicted_sparsity: float            # share of neurons predicted inactive on those rows
     d: int
 
+    def parts(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(s_gate,) or, for an AND predictor, (s_gate, s_up) before the shift."""
+        return KINDS[self.kind].parts(self, np.asarray(x, np.float32))
+
     def scores(self, x: np.ndarray) -> np.ndarray:
-        return KINDS[self.kind].scores(self, np.asarray(x, np.float32))
+        parts = self.parts(x)
+        return parts[0] if len(parts) == 1 else np.minimum(parts[0], parts[1] + self.arrays["shift"])
 
     @property
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in self.arrays.values()))
 
 
-def _lowrank_scores(p: Fitted, x):
-    return np.maximum(x @ p.arrays["A"].T.astype(np.float32), 0) @ p.arrays["B"].T.astype(np.float32) + p.arrays["b"]
+def _lowrank_parts(p: Fitted, x):
+    return (np.maximum(x @ p.arrays["A"].T.astype(np.float32), 0) @ p.arrays["B"].T.astype(np.float32)
+            + p.arrays["b"],)
 
 
-def _svd_scores(p: Fitted, x):
-    return (x @ p.arrays["A"].T.astype(np.float32)) @ p.arrays["B"].T.astype(np.float32)
+def _svd_parts(p: Fitted, x):
+    hidden = x @ p.arrays["A"].T.astype(np.float32)
+    return tuple(hidden @ p.arrays[b].T.astype(np.float32) for b in ("B", "B_up") if b in p.arrays)
 
 
-def _sign_scores(p: Fitted, x):
-    return sign_scores(x, p.arrays["bits"], p.d)
+def _sign_parts(p: Fitted, x):
+    return tuple(sign_scores(x, p.arrays[b], p.d) for b in ("bits", "bits_up") if b in p.arrays)
 
 
-def _fit_lowrank(w_gate, rows, active, rank, options):
+def _fit_lowrank(w_gate, w_up, rows, active, rank, options):
     from .predictor_train import train_lowrank
 
     return train_lowrank(rows, active, rank, **options)
 
 
-def _fit_svd(w_gate, rows, active, rank, options):
+def _whitening(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C^½, C^-½) of C = E[x xᵀ] over the rows, shrunk toward its diagonal by d / tokens (fewer rows than d
+    leave most directions unseen: whitening them would amplify noise) and its small eigenvalues floored."""
+    x = np.asarray(rows, np.float64)
+    covariance = x.T @ x / max(len(x), 1)
+    shrink = min(1.0, x.shape[1] / max(len(x), 1))
+    covariance = (1 - shrink) * covariance + shrink * np.diag(np.diag(covariance))
+    values, vectors = np.linalg.eigh(covariance)
+    values = np.maximum(values, 1e-6 * max(values.max(), 1e-30))
+    return (vectors * np.sqrt(values)) @ vectors.T, (vectors / np.sqrt(values)) @ vectors.T
+
+
+def _fit_svd(w_gate, w_up, rows, active, rank, options):
     import torch
 
-    w = torch.from_numpy(np.ascontiguousarray(w_gate, np.float32))
+    stacked = np.asarray(w_gate, np.float32) if w_up is None else np.concatenate([w_gate, w_up]).astype(np.float32)
+    root, inverse_root = _whitening(rows)
+    w = torch.from_numpy(np.ascontiguousarray(stacked @ root, np.float32))
     if min(w.shape) <= 1024:
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         u, s, v = u[:, :rank], s[:rank], vh[:rank].T
     else:  # randomized (Halko et al.): the top-r subspace of a 4096 x 14336 matrix in seconds
         u, s, v = torch.svd_lowrank(w, q=min(rank + 16, min(w.shape)), niter=3)
         u, s, v = u[:, :rank], s[:rank], v[:, :rank]
-    return {"A": (s[:, None] * v.T).contiguous().numpy(), "B": u.contiguous().numpy()}
+    a = ((s[:, None] * v.T).numpy().astype(np.float64) @ inverse_root).astype(np.float32)
+    b = u.contiguous().numpy()
+    n = w_gate.shape[0]
+    return {"A": a, "B": np.ascontiguousarray(b[:n])} | ({} if w_up is None else {"B_up": np.ascontiguousarray(b[n:])})
 
 
-def _fit_sign(w_gate, rows, active, rank, options):
-    return {"bits": pack_sign_bits(np.asarray(w_gate, np.float32))}
+def _fit_sign(w_gate, w_up, rows, active, rank, options):
+    bits = {"bits": pack_sign_bits(np.asarray(w_gate, np.float32))}
+    return bits if w_up is None else bits | {"bits_up": pack_sign_bits(np.asarray(w_up, np.float32))}
 
 
 @dataclass(frozen=True)
 class Kind:
-    fit: object          # (w_gate, rows, active, rank, options) -> arrays
-    scores: object       # (Fitted, x) -> [tokens, n_ff]
+    fit: object          # (w_gate, w_up or None, rows, active, rank, options) -> arrays; w_up given: predict AND
+    parts: object        # (Fitted, x) -> ([tokens, n_ff],) or (gate, up) scores of an AND predictor
     trains: bool         # holds rows out for the cutoff, needs MIN_TRAIN_TOKENS
     ranked: bool
+    predicts_and: bool   # predicts gate and up of a dReLU block (the trained kind learns the AND from the labels)
 
 
 KINDS = {
-    "lowrank": Kind(_fit_lowrank, _lowrank_scores, trains=True, ranked=True),
-    "svd": Kind(_fit_svd, _svd_scores, trains=False, ranked=True),
-    "sign": Kind(_fit_sign, _sign_scores, trains=False, ranked=False),
+    "lowrank": Kind(_fit_lowrank, _lowrank_parts, trains=True, ranked=True, predicts_and=False),
+    "svd": Kind(_fit_svd, _svd_parts, trains=False, ranked=True, predicts_and=True),
+    "sign": Kind(_fit_sign, _sign_parts, trains=False, ranked=False, predicts_and=True),
 }
 assert tuple(KINDS) == PREDICTORS
 
 
-def allocate_ranks(densities: list[float], d: int, n_ff: list[int] | int, budget: float) -> list[int]:
-    """Per-layer ranks sharing `budget` (a fraction of the blocks' MLP bytes) in proportion to density."""
+def allocate_ranks(densities: list[float], d: int, n_ff: list[int] | int, budget: float,
+                   outputs: list[int] | None = None) -> list[int]:
+    """Per-layer ranks sharing `budget` (a fraction of the blocks' MLP bytes) in proportion to density; a rank
+    costs d + outputs + 1 weights (outputs: n_ff, or 2 n_ff for an AND predictor's stacked factor)."""
     n_ffs = [n_ff] * len(densities) if isinstance(n_ff, int) else list(n_ff)
+    outputs = n_ffs if outputs is None else list(outputs)
     total = budget * sum(3 * d * n for n in n_ffs)                      # in weights, all layers together
     weights = np.maximum(np.asarray(densities, np.float64), 1e-3)
     share = weights / weights.sum()
     ranks = []
-    for s, n in zip(share, n_ffs):
-        r = int(total * s / (d + n + 1)) // RANK_MULTIPLE * RANK_MULTIPLE
+    for s, n, out in zip(share, n_ffs, outputs):
+        r = int(total * s / (d + out + 1)) // RANK_MULTIPLE * RANK_MULTIPLE
         ranks.append(int(min(max(r, RANK_MULTIPLE), min(d, n))))
     return ranks
 
@@ -124,9 +161,34 @@ def cutoff_for_recall(scores: np.ndarray, active: np.ndarray, recall: float) -> 
     return float(np.nextafter(np.float32(positive[allowed_misses]), np.float32(-np.inf)))
 
 
+def cutoffs_for_recall_and(gate: np.ndarray, up: np.ndarray, active: np.ndarray, recall: float,
+                           grid: int = 32) -> tuple[float, float]:
+    """(t_g, t_u) with recall((gate > t_g) & (up > t_u)) >= `recall` and the fewest predicted neurons on these rows:
+    t_g lets 0 .. (1 − recall) of the active ones go (`grid` steps), t_u is then the largest reaching the recall."""
+    positive_gate, positive_up = gate[active], up[active]
+    if positive_gate.size == 0:
+        return float(gate.max()), float(up.max())
+    needed = int(np.ceil(recall * positive_gate.size - 1e-9))
+    by_gate = np.sort(positive_gate)
+    best = None
+    for q in np.linspace(0.0, 1.0 - recall, grid):
+        t_g = np.nextafter(np.float32(by_gate[int(np.floor(q * by_gate.size + 1e-9))]), np.float32(-np.inf))
+        kept = np.sort(positive_up[positive_gate > t_g])
+        if kept.size < needed or needed == 0:
+            continue
+        t_u = np.nextafter(np.float32(kept[kept.size - needed]), np.float32(-np.inf))
+        count = int(np.count_nonzero((gate > t_g) & (up > t_u)))
+        if best is None or count < best[0]:
+            best = (count, float(t_g), float(t_u))
+    return (float(gate.min()) - 1.0, float(up.min()) - 1.0) if best is None else best[1:]
+
+
 def fit_block(kind: str, location: str, w_gate: np.ndarray, rows: np.ndarray, active: np.ndarray, rank: int,
-              recall: float, min_sparsity: float = 0.0, seed: int = 0, options: dict | None = None) -> Fitted:
-    """Fit one block's predictor and place its cutoff at `recall` (see the module docstring)."""
+              recall: float, min_sparsity: float = 0.0, seed: int = 0, options: dict | None = None,
+              w_up: np.ndarray | None = None, gate_only_rank: int | None = None) -> Fitted:
+    """Fit one block's predictor and place its cutoff at `recall` (see the module docstring). `w_up` (dReLU blocks):
+    the training-free kinds predict gate AND up; with `gate_only_rank` (the gate-only rank of the same bytes) the
+    gate-only predictor is fitted too and the one predicting fewer neurons at the recall is kept."""
     if kind not in KINDS:
         raise PredictorError(f"unknown predictor {kind!r}; valid predictors: {', '.join(KINDS)}")
     spec = KINDS[kind]
@@ -137,17 +199,33 @@ def fit_block(kind: str, location: str, w_gate: np.ndarray, rows: np.ndarray, ac
     order = np.random.default_rng(seed).permutation(len(rows))
     held = order[: max(len(rows) // 5, MIN_CUTOFF_TOKENS)] if spec.trains else order
     train = order[len(held):] if spec.trains else order
-    arrays = spec.fit(w_gate, rows[train], active[train], rank, {"seed": seed, "desc": location, **(options or {})})
-    fitted = Fitted(kind, arrays, rank if spec.ranked else None, 0.0, 0.0, 0.0, w_gate.shape[1])
-    scores, labels = fitted.scores(rows[held]), active[held]
-    cutoff = cutoff_for_recall(scores, labels, recall)
-    predicted = scores > cutoff
-    got = float((predicted & labels).sum() / max(labels.sum(), 1))
-    predicted_sparsity = 1.0 - float(predicted.mean())
+    w_up = w_up if spec.predicts_and else None
+    options = {"seed": seed, "desc": location, **(options or {})}
+    fitted = _fit_and_cut(kind, w_gate, w_up, rows, active, rank, recall, train, held, options)
+    if w_up is not None and gate_only_rank:   # at a small byte budget the gate-only factor can win: keep the better
+        alone = _fit_and_cut(kind, w_gate, None, rows, active, gate_only_rank, recall, train, held, options)
+        fitted = alone if alone.predicted_sparsity > fitted.predicted_sparsity else fitted
+    rank, predicted_sparsity = fitted.rank, fitted.predicted_sparsity
     if predicted_sparsity < min_sparsity:
         raise PredictorError(
             f"{location}: the {kind} predictor{'' if rank is None or not spec.ranked else f' (rank {rank})'} reaches "
             f"recall {recall:.1%} only by predicting {1 - predicted_sparsity:.1%} of the neurons active, more than "
             f"the {1 - min_sparsity:.1%} allowed (sparsity={min_sparsity}); lower the recall, allow less sparsity, "
             "give the predictor more bytes (predictor_budget) or pick another predictor")
-    return Fitted(kind, arrays, fitted.rank, cutoff, got, predicted_sparsity, w_gate.shape[1])
+    return fitted
+
+
+def _fit_and_cut(kind, w_gate, w_up, rows, active, rank, recall, train, held, options) -> Fitted:
+    spec = KINDS[kind]
+    arrays = spec.fit(w_gate, w_up, rows[train], active[train], rank, options)
+    fitted = Fitted(kind, arrays, rank if spec.ranked else None, 0.0, 0.0, 0.0, w_gate.shape[1])
+    parts, labels = fitted.parts(rows[held]), active[held]
+    if len(parts) == 1:
+        scores, cutoff = parts[0], cutoff_for_recall(parts[0], labels, recall)
+    else:
+        cutoff, t_up = cutoffs_for_recall_and(*parts, labels, recall)
+        arrays = arrays | {"shift": np.full(parts[0].shape[-1], cutoff - t_up, np.float32)}
+        scores = np.minimum(parts[0], parts[1] + arrays["shift"])
+    predicted = scores > cutoff
+    got = float((predicted & labels).sum() / max(labels.sum(), 1))
+    return Fitted(kind, arrays, fitted.rank, cutoff, got, 1.0 - float(predicted.mean()), w_gate.shape[1])

@@ -27,6 +27,10 @@ The output projection (a `linear` that is a graph output, or whose weight an `em
 lm_head) is quantized as `output` ("int8" by default): its error lands on every logit, and llama.cpp likewise
 keeps it above 4 bits (Q6_K) in its Q4_0 files. `output=None` quantizes it like the rest.
 
+A rotated threshold method's rotation (`linear(x, @Q)` feeding a `sparse_gated_mlp` with a `rotation_share`) is
+stored as `sparsity_methods.ROTATION_STORAGE` says for `kind` (int8 under int4: Q turns x before all three
+matrices, and calibration priced its bytes so); statistic `rotation-<kind>`.
+
 Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows),
 `output-<kind>` for the output projection, `relaid-<layout>` for a gated MLP's weight quantized again into the
 layout of its gate (its one kernel reads the three matrices in one layout: a GGUF may store gate/up Q4_1 and the
@@ -46,6 +50,7 @@ from ..ir.graph import quantized_weight_node
 from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, quantize
 from ..ir.sparse_variants import variant_of
 from .base import Pass, record
+from .sparsity_methods import ROTATION_STORAGE
 
 # op -> indices of the inputs that are row-streamed weights (by the op's attributes)
 WEIGHT_INPUTS = {
@@ -76,6 +81,8 @@ class Quantize(Pass):
         # weights of the output projection: of a linear that is a graph output, or read by an embedding (tied)
         heads = {n.inputs[0].attrs["name"] for n in graph.nodes if n.op == "embedding" and n.inputs[0].op == "weight"}
         heads |= {o.inputs[1].attrs["name"] for o in graph.outputs if o.op == "linear" and o.inputs[1].op == "weight"}
+        rotations = {n.inputs[0].inputs[1].attrs["name"] for n in graph.nodes
+                     if n.op == "sparse_gated_mlp" and n.attrs.get("rotation_share") and n.inputs[0].op == "linear"}
 
         def quantized(w: Node, kind: str) -> Node:
             key = (w.attrs["name"], kind)
@@ -102,6 +109,9 @@ class Quantize(Pass):
             kind = self.output if self.output and is_output(node) and self.kind in QUANTIZE_KINDS else self.kind
             if kind != self.kind:
                 record(f"output-{kind}")
+            if node.op == "linear" and node.inputs[1].attrs.get("name") in rotations:
+                kind = ROTATION_STORAGE[self.kind]
+                record(f"rotation-{kind}")
             for i in slots:
                 inputs[i] = quantized(inputs[i], kind)
             if node.op == "sparse_gated_mlp":  # one kernel reads gate, up and down: one layout for the three

@@ -33,7 +33,9 @@ from .calibrate import calibration_samples, collect_inputs
 from .sparsity_methods import CalibrationError
 
 # the op that produces a predictor's scores -> its inputs whose rows (axis 0) are one per neuron
-SCORE_ROWS = {"linear": (1, 2), "sign_score": (1,)}
+SCORE_ROWS = {"linear": (1, 2), "sign_score": (1,), "add": (1,)}
+# ... and its inputs that are per-neuron scores themselves (an AND predictor's minimum(s_gate, add(s_up, shift)))
+SCORE_INPUTS = {"minimum": (0, 1), "add": (0,)}
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,11 @@ def _permuted(w: Node, order: np.ndarray, graph: Graph, new_weights: dict) -> No
 
 def _permuted_scores(scores: Node, order: np.ndarray, graph: Graph, new_weights: dict) -> Node:
     """The scores' producer with its per-neuron rows permuted (see the module docstring)."""
-    rows = SCORE_ROWS.get(scores.op)
-    if rows is None:
+    rows, nested = SCORE_ROWS.get(scores.op, ()), SCORE_INPUTS.get(scores.op, ())
+    if not rows and not nested:
         raise CalibrationError(f"reorder-neurons: cannot permute scores made by {scores.op!r}; known producers: "
-                               f"{', '.join(SCORE_ROWS)}")
-    inputs = tuple(_permuted(i, order, graph, new_weights) if k in rows and k < len(scores.inputs) else i
+                               f"{', '.join({**SCORE_ROWS, **SCORE_INPUTS})}")
+    inputs = tuple(_permuted(i, order, graph, new_weights) if k in rows else
+                   _permuted_scores(i, order, graph, new_weights) if k in nested else i
                    for k, i in enumerate(scores.inputs))
     return scores.replace(inputs=inputs)

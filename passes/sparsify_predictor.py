@@ -8,6 +8,10 @@ layout of `sparsify-exact` and the predictor's scores as a 5th input (semantics 
                                                              @Wg.predictor.b)){mode='predictor', cutoff=t}
       svd     -> sparse_gated_mlp(x, ..., linear(linear(x, @Wg.predictor.A), @Wg.predictor.B)){...}
       sign    -> sparse_gated_mlp(x, ..., sign_score(x, @Wg.predictor.bits){d}){...}
+    dReLU blocks: sign, and svd where that predicts fewer neurons than a gate-only factor of the same bytes,
+    predict gate AND up (`predictors.py`), scores = minimum(s_gate, s_up + shift):
+      svd     -> h = linear(x, @A); minimum(linear(h, @B), linear(h, @B_up, @shift))
+      sign    -> minimum(sign_score(x, @bits), add(sign_score(x, @bits_up), @shift))
 
 Why it is right: in a ReLU-family block a neuron predicted active whose gate is <= 0 still adds exactly 0, so the
 only loss is a missed active neuron; the cutoff t is placed per block at the target `recall` on held-out
@@ -108,17 +112,29 @@ class SparsifyPredictor(Pass):
         from tqdm.auto import tqdm
 
         dims = [(a.rows.shape[1], a.active.shape[1]) for a in acts]
-        ranks = [allocate_ranks([1 - a.sparsity for a in acts], d, [n for _, n in dims], self.budget)[i]
+        ups = [_and_up(block, graph, self.predictor) for block in blocks]
+        outputs = [n * (1 if up is None else 2) for (_, n), up in zip(dims, ups)]
+        ranks = [allocate_ranks([1 - a.sparsity for a in acts], d, [n for _, n in dims], self.budget, outputs)[i]
                  for i, (d, _) in enumerate(dims)]
+        gate_ranks = [allocate_ranks([1 - a.sparsity for a in acts], d, [n for _, n in dims], self.budget)[i]
+                      if up is not None and KINDS[self.predictor].ranked else None
+                      for i, ((d, _), up) in enumerate(zip(dims, ups))]
         fitted = []
-        bar = tqdm(list(zip(blocks, acts, ranks)), desc=f"fit {self.predictor} predictors", unit="block",
-                   disable=not self.progress or None)
-        for block, a, rank in bar:
+        bar = tqdm(list(zip(blocks, acts, ranks, ups, gate_ranks, strict=True)), unit="block",
+                   desc=f"fit {self.predictor} predictors", disable=not self.progress or None)
+        for block, a, rank, w_up, gate_rank in bar:
             w_gate = block_weights(block, graph.weights)[0]
             fitted.append(fit_block(self.predictor, a.location, w_gate, a.rows, a.active, rank, self.recall,
                                     self.sparsity, options={"steps": self.steps, "progress": self.progress}
-                                    if self.predictor == "lowrank" else None))
+                                    if self.predictor == "lowrank" else None, w_up=w_up, gate_only_rank=gate_rank))
         return fitted
+
+
+def _and_up(block: Node, graph: Graph, kind: str):
+    """W_up when the predictor should predict gate AND up: a dReLU block (relu on up) and a kind that does so."""
+    if block.attrs["up_act"] != "relu" or not KINDS[kind].predicts_and:
+        return None
+    return block_weights(block, graph.weights)[1]
 
 
 def _predictor_block(node: Node, p: Fitted, pattern: str, provenance: dict, graph: Graph, new_weights: dict) -> Node:
@@ -148,11 +164,24 @@ def _score_nodes(x: Node, p: Fitted, base: str, dtype, new_weights: dict, loc: s
     def linear(value: Node, w: Node, *bias: Node) -> Node:
         return Node("linear", (value, w, *bias), {}, TensorType((*lead, w.shape[0]), x.dtype), loc)
 
-    if p.kind == "sign":
-        bits = weight("bits", p.arrays["bits"])
+    def sign_score(name: str) -> Node:
+        bits = weight(name, p.arrays[name])
         return Node("sign_score", (x, bits), {"d": p.d}, TensorType((*lead, bits.shape[0]), "f32"), loc)
+
+    def both(gate: Node, up: Node) -> Node:   # the AND: min(s_gate, s_up + shift) > cutoff
+        return Node("minimum", (gate, up), {}, gate.type, loc)
+
+    shift = weight("shift", p.arrays["shift"].astype(np.float32)) if "shift" in p.arrays else None
+    if p.kind == "sign":
+        if shift is None:
+            return sign_score("bits")
+        up = sign_score("bits_up")
+        return both(sign_score("bits"), Node("add", (up, shift), {}, up.type, loc))
     a, b = weight("A", p.arrays["A"].astype(dtype)), weight("B", p.arrays["B"].astype(dtype))
     if p.kind == "svd":
-        return linear(linear(x, a), b)
+        hidden = linear(x, a)
+        if shift is None:
+            return linear(hidden, b)
+        return both(linear(hidden, b), linear(hidden, weight("B_up", p.arrays["B_up"].astype(dtype)), shift))
     hidden = linear(x, a)
     return linear(Node("relu", (hidden,), {}, hidden.type, loc), b, weight("b", p.arrays["b"].astype(np.float32)))

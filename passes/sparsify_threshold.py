@@ -22,7 +22,10 @@ measured on held-out inputs and the error of the outputs.
 Options: `sparsity` (0 < s < 1: the method's target; for input methods the fraction of MLP weight bytes skipped),
 `method` (see METHODS; default DEFAULT_METHOD), `thresholds` (explicit per-location thresholds
 `((location, t), ...)` for per-neuron methods, skipping calibration for those blocks), `calibration` (input
-tuples; not part of the text form), `max_tokens` (calibration rows kept per block), `progress` (tqdm bars).
+tuples; not part of the text form), `max_tokens` (calibration rows kept per block), `progress` (tqdm bars),
+`storage` (how the weights will be stored: a `quantize=` value; None: as the graph holds them), which prices a
+rotated method's Q against the block's bytes and tells the quantize pass what Q may become
+(`sparsity_methods.ROTATION_STORAGE`).
 
 Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...).
 """
@@ -52,6 +55,7 @@ class SparsifyThreshold(Pass):
     calibration: tuple = field(default=(), repr=False, compare=False)
     max_tokens: int = 4096
     progress: bool = True
+    storage: str | None = None
 
     def __post_init__(self):
         coerce_options(self)
@@ -77,7 +81,7 @@ class SparsifyThreshold(Pass):
                                      "(compile(..., mode='threshold', calibration=[...], sparsity=...)) or explicit "
                                      "thresholds")
             found = calibrate(graph, [blocks[i] for i in missing], self.calibration, self.method, self.sparsity,
-                              self.max_tokens, self.progress)
+                              self.max_tokens, self.progress, self.storage or _stored_as(graph, blocks[0]))
             for i, c in zip(missing, found):
                 chosen[i] = c
         in_order = iter(chosen)   # rewrite visits graph.nodes in order (rebuilt nodes have a new identity)
@@ -111,6 +115,11 @@ class SparsifyThreshold(Pass):
         criterion = method(self.method).criterion
         return [NeuronThreshold(given[b.loc], criterion, float("nan"), float("nan"), 0) if b.loc in given else None
                 for b in blocks]
+
+
+def _stored_as(graph: Graph, block: Node) -> str:
+    """The storage kind of a block's weights as the graph holds them (no quantize= given)."""
+    return "fp16" if graph.weights[block.inputs[1].attrs["name"]].dtype == np.float16 else "fp32"
 
 
 def _summary(c: NeuronThreshold | InputThresholds) -> dict:

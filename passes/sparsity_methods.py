@@ -13,8 +13,9 @@ every projection; see their entries in ir/sparse_variants.py), what it scores, a
                             bytes at the least output error (error curves measured per block)
     rotated-*    input      the block input first rotated into its principal axes on the calibration rows
                             (x' = x·Q, W' = W·Q: LaRoSa's layer-wise rotation), which gathers x's energy in few
-                            channels so magnitude sparsity drops less of it; Q costs d² fp16 weights per token,
-                            which the budget pays: the x / h sparsities skip s plus its share of the bytes
+                            channels so magnitude sparsity drops less of it; Q costs d² weights per token
+                            (stored as ROTATION_STORAGE says for the weights' storage), which the budget pays:
+                            the x / h sparsities skip s plus Q's share of the bytes
 
 `sparsity` is the method's own target (fraction of the scored entries zeroed); `effective` is the fraction of
 MLP weight bytes a token does not read, which is what turns into speed. Thresholds are quantiles on the
@@ -30,6 +31,7 @@ import numpy as np
 from ..errors import ActsparseError
 from ..ir.activations import apply
 from ..ir.input_sparse import input_sparse_parts
+from ..ir.quant import bytes_per_weight
 
 
 class CalibrationError(ActsparseError):
@@ -61,7 +63,9 @@ METHODS = {m.name: m for m in (
     Method("topk", "input", "product", weighted=True, fixed_count=True,
            doc="fixed count per token on x and h (WINA scores): stable latency"),
 )}
-DEFAULT_METHOD = "wina-greedy"   # the best measured on the frontier (BENCHMARKS.md, SmolLM2-135M, 40%/50%)
+# the best measured on the frontier (BENCHMARKS.md: SmolLM2-135M and Gemma 3 270M at 30-50%); it rotates only the
+# blocks where that lowers the calibrated error, so it is wina-greedy wherever rotating does not pay (e.g. int4)
+DEFAULT_METHOD = "rotated-wina-greedy"
 LEVEL_STEP = 0.05            # greedy allocation step
 MAX_LEVEL = 0.95             # no matrix is sparsified beyond this
 MINORITY_TOKENS = 16         # calibration tokens needed on the smaller side of a quantile
@@ -205,27 +209,39 @@ def greedy_allocation(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
         raise CalibrationError(f"sparsity {budget:g} is out of reach: no matrix is sparsified beyond {MAX_LEVEL:g}; "
                                f"ask for at most {MAX_LEVEL:g}")
     curves = curves or _curves(blocks, rows, m, error_tokens, progress)
-    levels = np.arange(len(curves[0][0])) * LEVEL_STEP
     plan = []
-    for block, (cx, ch) in zip(blocks, curves):
-        share_x, share_h = block.byte_shares()
-        skipped = share_x * levels[:, None] + share_h * levels[None, :]
-        error = np.where(skipped >= budget - 1e-9, cx[:, None] + ch[None, :], np.inf)
-        if not np.isfinite(error).any():
+    for block, curve in zip(blocks, curves):
+        best = least_error(block, curve, budget)
+        if best is None:
             raise CalibrationError(f"sparsity {budget:g} is out of reach for {m.name}")
-        # least error; among equal errors the fewest bytes skipped beyond the budget
-        i, j = min(zip(*np.nonzero(error == error.min())), key=lambda ij: skipped[ij])
-        plan.append((round(float(levels[i]), 4), round(float(levels[j]), 4)))
+        plan.append(best[0])
     return plan
+
+
+def least_error(block: BlockWeights, curve: tuple[np.ndarray, np.ndarray], budget: float):
+    """((x level, h level), summed error) of the pair skipping `budget` of the block's bytes at the least error
+    on its curves (among equal errors the fewest bytes beyond the budget); None when no pair reaches it."""
+    cx, ch = curve
+    levels = np.arange(len(cx)) * LEVEL_STEP
+    share_x, share_h = block.byte_shares()
+    skipped = share_x * levels[:, None] + share_h * levels[None, :]
+    error = np.where(skipped >= budget - 1e-9, cx[:, None] + ch[None, :], np.inf)
+    if not np.isfinite(error).any():
+        return None
+    i, j = min(zip(*np.nonzero(error == error.min())), key=lambda ij: skipped[ij])
+    return (round(float(levels[i]), 4), round(float(levels[j]), 4)), float(error[i, j])
 
 
 def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
                       progress: bool = True, input_dims: list[int] | None = None) -> list[tuple]:
     """Per block, the error curves the greedy allocation reads (levels 0, LEVEL_STEP, ..., MAX_LEVEL); for a
-    rotated-* method on the rotated blocks, as its calibration reads them."""
-    if m.rotate:
-        blocks, rows, _, _ = rotate_blocks(blocks, rows, input_dims)
-    return _curves(blocks, rows, m, error_tokens, progress)
+    rotated-* method the pair (curves of the rotated blocks, curves of the blocks as they are), as its
+    calibration reads them."""
+    plain = _curves(blocks, rows, m, error_tokens, progress)
+    if not m.rotate:
+        return plain
+    turned, turned_rows, _, _ = rotate_blocks(blocks, rows, input_dims)
+    return _curves(turned, turned_rows, m, error_tokens, progress), plain
 
 
 def _curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
@@ -237,7 +253,12 @@ def _curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error
             for b, r in tqdm(list(zip(blocks, rows)), desc="allocate", unit="block", disable=not progress or None)]
 
 
-ROTATION_DTYPE = np.float16   # Q is stored (and read per token) in half precision: half the bytes of an fp32 Q
+ROTATION_DTYPE = np.float16   # Q as calibration makes it (the turned weights W·Q use this rounded Q)
+# how Q is stored (and read per token) for each storage of the block weights ("fp32": not quantized). Q turns x
+# before every matrix of the block, so its error lands on all three: below 8 bits it costs more quality than the
+# bytes it saves (benchmarks: threshold_frontier --quantize int4); fp16 would cost 2x the bytes of int8 (at
+# SmolLM2 dims 44% of an int4 block, against 24% for int8).
+ROTATION_STORAGE = {"fp32": "fp16", "fp16": "fp16", "int8": "int8", "int4": "int8"}
 
 
 def pca_rotation(rows: np.ndarray, dims: int) -> np.ndarray:
@@ -259,37 +280,59 @@ def rotated(bw: BlockWeights, rows: np.ndarray, q: np.ndarray) -> tuple[BlockWei
     return BlockWeights(turn(bw.w_gate), turn(bw.w_up), bw.w_down, bw.gate_act, bw.up_act), turn(rows)
 
 
-def rotate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], input_dims: list[int] | None = None):
-    """(turned blocks, turned rows, Q per block, Q's share of each block's bytes) for the rotated-* methods."""
+def rotation_share(dims: int, bw: BlockWeights, storage: str = "fp32") -> float:
+    """Bytes of a dims x dims rotation over the block's weight bytes, both as stored for weights in `storage`."""
+    weights = bw.w_gate.size + bw.w_up.size + bw.w_down.size
+    return dims * dims * bytes_per_weight(ROTATION_STORAGE[storage]) / (weights * bytes_per_weight(storage))
+
+
+def rotate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], input_dims: list[int] | None = None,
+                  storage: str = "fp32"):
+    """(turned blocks, turned rows, Q per block, Q's share of each block's bytes) for the rotated-* methods;
+    `storage`: how the block weights will be stored (fp32 or a `quantize=` value), which prices Q's share."""
     dims = input_dims or [r.shape[1] for r in rows]
     rotations = [pca_rotation(r, k) for r, k in zip(rows, dims)]
     turned = [rotated(b, r, q) for b, r, q in zip(blocks, rows, rotations)]
+    shares = [rotation_share(len(q), b, storage) for q, b in zip(rotations, blocks)]
     blocks, rows = [t[0] for t in turned], [t[1] for t in turned]
-    shares = [q.nbytes / (b.w_gate.nbytes + b.w_up.nbytes + b.w_down.nbytes) for q, b in zip(rotations, blocks)]
     return blocks, rows, rotations, shares
 
 
 def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
                            progress: bool = True, where: list[str] | None = None, curves=None,
-                           input_dims: list[int] | None = None) -> list[InputThresholds]:
+                           input_dims: list[int] | None = None, storage: str = "fp32") -> list[InputThresholds]:
     """Input-mode thresholds for every block: uniform sparsity, or the greedy allocation for `*-greedy`;
-    `rotated-*` first turns each block into its input's principal axes (`input_dims`: the block's own input
-    columns, before a folded bias column) and asks each block to skip `sparsity` plus its rotation's share."""
+    `rotated-*` turns a block into its input's principal axes (`input_dims`: the block's own input columns,
+    before a folded bias column) and asks it to skip `sparsity` plus its rotation's share — where that fits
+    (≤ MAX_LEVEL) and, for greedy methods, where its calibrated error at that budget is below the unrotated
+    block's at `sparsity`; other blocks stay as they are (no rotation, no share)."""
     m = method(name)
     if m.mode != "input":
         raise ValueError(f"method {name!r} is not an input-sparsity method")
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
+    blocks, rows = list(blocks), list(rows)
     rotations, shares = [None] * len(blocks), [0.0] * len(blocks)
-    if m.rotate:
-        blocks, rows, rotations, shares = rotate_blocks(blocks, rows, input_dims)
-    budgets = [sparsity + share for share in shares]
-    if max(budgets) > MAX_LEVEL and m.rotate:
-        raise CalibrationError(f"sparsity {sparsity:g} is out of reach for {name}: with the rotation's share "
-                               f"({max(shares):.1%} of a block's bytes) no matrix may go beyond {MAX_LEVEL:g}; ask "
-                               f"for at most {MAX_LEVEL - max(shares):.2f}")
     if m.greedy:
-        curves = curves or _curves(blocks, rows, m, progress=progress)
+        if m.rotate:
+            turned_curves, curves = curves or (None, None)
+        curves = list(curves or _curves(blocks, rows, m, progress=progress))
+    if m.rotate:
+        turned, turned_rows, qs, q_shares = rotate_blocks(blocks, rows, input_dims, storage)
+        if m.greedy:
+            turned_curves = turned_curves or _curves(turned, turned_rows, m, progress=progress)
+        for i, share in enumerate(q_shares):
+            if sparsity + share > MAX_LEVEL:
+                continue
+            if m.greedy:
+                mine, theirs = (least_error(turned[i], turned_curves[i], sparsity + share),
+                                least_error(blocks[i], curves[i], sparsity))
+                if mine is None or (theirs is not None and theirs[1] <= mine[1]):
+                    continue
+                curves[i] = turned_curves[i]
+            blocks[i], rows[i], rotations[i], shares[i] = turned[i], turned_rows[i], qs[i], share
+    budgets = [sparsity + share for share in shares]
+    if m.greedy:
         levels = [greedy_allocation([b], [r], m, budget, curves=[c])[0]
                   for b, r, c, budget in zip(blocks, rows, curves, budgets)]
     else:
@@ -338,13 +381,14 @@ def neuron_threshold(bw: BlockWeights, rows: np.ndarray, m: Method, sparsity: fl
 
 def calibrate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
                      progress: bool = True, where: list[str] | None = None, curves=None,
-                     input_dims: list[int] | None = None):
+                     input_dims: list[int] | None = None, storage: str = "fp32"):
     """Every block's calibration for method `name` at `sparsity` (NeuronThreshold or InputThresholds each);
     `curves`: the greedy allocation's error curves of an earlier call with the same blocks and rows;
-    `input_dims`: each block's input width before a folded bias column (what a rotation turns)."""
+    `input_dims`: each block's input width before a folded bias column (what a rotation turns); `storage`: how
+    the weights will be stored ("fp32", "fp16", "int8", "int4": what the rotation's bytes are weighed against)."""
     m = method(name)
     if m.mode == "input":
-        return calibrate_input_blocks(blocks, rows, name, sparsity, progress, where, curves, input_dims)
+        return calibrate_input_blocks(blocks, rows, name, sparsity, progress, where, curves, input_dims, storage)
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
     return [neuron_threshold(b, r, m, sparsity) for b, r in zip(blocks, rows)]

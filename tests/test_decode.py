@@ -70,10 +70,19 @@ def test_greedy_generate_equals_transformers_in_dense_and_exact_mode(arch, compi
     for mode in ("dense", "exact"):
         model, lm = compiled(arch, mode)
         assert {b.mode for b in lm.report.blocks if b.pattern != "mlp"} == {mode}
+        _check_attention_fused(lm, model.config.num_hidden_layers)
         got = lm.generate(PROMPT, NEW)
         assert torch.equal(got, expected), f"{arch} {mode}: {got.tolist()} != {expected.tolist()}"
         if arch in MOE:
             _check_routed(lm, model, MOE[arch], mode)
+
+
+def _check_attention_fused(lm, layers: int):
+    """Each layer's attention is one `attention` op (fuse-attention: one kernel, KV heads indexed, not repeated)."""
+    assert lm.report.pass_stats["fuse-attention"] == {"attention": layers}
+    graph = lm.module.graph
+    assert sum(n.op == "attention" for n in graph.nodes) == layers
+    assert not [n for n in graph.nodes if n.op == "expand"]
 
 
 def _check_routed(lm, model, experts: int, mode: str):

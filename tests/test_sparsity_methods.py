@@ -25,7 +25,7 @@ from actsparse.passes.sparsity_methods import (
     method,
 )
 
-from .helpers import gated_mlp_graph, mlp_input
+from .helpers import gated_mlp_graph, mlp_input, x_as_dots_see
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)
@@ -221,6 +221,37 @@ def test_rotated_method_turns_the_input_and_beats_the_plain_one_on_correlated_in
         else:
             assert node.inputs[0].op == "input"
     assert errors["rotated-wina-greedy"] < 0.5 * errors["wina-greedy"], errors
-    with pytest.raises(CalibrationError, match="rotation"):
-        actsparse.compile(graph, (held_out,), mode="threshold", calibration=calibration, sparsity=0.9,
-                          method="rotated-wina-greedy")
+    # where Q's share does not fit beside the budget (0.9 + 8.3% > 0.95), or on inputs with no preferred
+    # directions (rotating gains nothing and costs Q's bytes), the block is calibrated as it is
+    isotropic = [(np.random.default_rng(s).standard_normal((1, 128, 48)).astype(np.float32),) for s in range(4)]
+    for sparsity, data in ((0.9, calibration), (0.4, isotropic)):
+        cm = actsparse.compile(graph, (held_out,), mode="threshold", calibration=data, sparsity=sparsity,
+                               method="rotated-wina-greedy")
+        node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+        assert node.inputs[0].op == "input" and "rotation_share" not in node.attrs, sparsity
+        assert cm.report.blocks[0].effective_calibrated == pytest.approx(sparsity, abs=0.03)
+
+
+@pytest.mark.parametrize("quantize, q_layout, share", [("int4", "q8_0", 48 * 48 * 34 / (3 * 48 * 96 * 18)),
+                                                       ("fp16", "dense", 1 / 6)])
+def test_rotation_is_stored_and_priced_as_its_table_says_under_quantize(quantize, q_layout, share):
+    """quantize= keeps the rotation at ROTATION_STORAGE's kind (int8 under int4), calibration prices Q's bytes
+    against the block in that storage, and the compiled module equals the IR."""
+    graph = gated_mlp_graph(d=48, n=96, act="silu")
+    rng = np.random.default_rng(5)
+    basis = rng.standard_normal((6, 48)).astype(np.float32)   # energy in a few directions: the rotation pays
+    calibration = [((rng.standard_normal((1, 64, 6)) @ basis + 0.05 * rng.standard_normal((1, 64, 48)))
+                    .astype(np.float32),) for _ in range(3)]
+    x = calibration[0][0][:, :16]
+    cm = actsparse.compile(graph, (x,), mode="threshold", calibration=calibration, sparsity=0.3,
+                           method="rotated-wina-greedy", quantize=quantize)
+    node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+    rotation = node.inputs[0].inputs[1]
+    assert rotation.attrs.get("layout", "dense") == q_layout
+    assert cm.graph.weights[rotation.attrs["name"]].dtype == (np.float16 if quantize == "fp16" else np.uint8)
+    assert node.attrs["rotation_share"] == pytest.approx(share, abs=1e-4)
+    assert cm.report.blocks[0].effective_calibrated == pytest.approx(0.3, abs=0.03)   # net of Q's bytes
+    if quantize == "int4":
+        assert cm.report.pass_stats["quantize"]["rotation-int8"] == 1
+    seen = x_as_dots_see(x) if quantize == "int4" else x   # the q8_0 rotation's dot rounds x to 8 bits on VNNI
+    np.testing.assert_allclose(cm(x), evaluate(cm.graph, [seen])[0], rtol=1e-3, atol=1e-4)

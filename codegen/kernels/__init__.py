@@ -12,11 +12,12 @@ import importlib
 
 __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
            "sparse_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "routed_moe",
-           "kernel", "KERNELS", "family_of"]
+           "attention", "kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
 _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "quant_int8", "rows", "schedule",
-               "sparse_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "routed_moe")
+               "sparse_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "routed_moe",
+               "attention")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
@@ -26,7 +27,8 @@ FAMILIES = {
                     "sign_score": ("predictor_kernels", "sign_score"),
                     "select": ("predictor_kernels", "select_active"),
                     "input": ("input_sparse_mlp", "input_sparse_gated_mlp"),
-                    "routed": ("routed_moe", "routed_moe")},
+                    "routed": ("routed_moe", "routed_moe"),
+                    "attention": ("attention", "attention")},
     "GpuSchedule": {"exact": ("cuda_mlp", "sparse_gated_mlp"), "indexed": ("cuda_mlp", "sparse_gated_mlp_indexed"),
                     "dense": ("cuda_mlp", "dense_gated_mlp"), "linear": ("cuda_mlp", "linear"),
                     "threshold": ("cuda_mlp", "threshold_gated_mlp"),
@@ -34,7 +36,8 @@ FAMILIES = {
                     "scored": ("cuda_mlp", "scored_gated_mlp"),
                     "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
-KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "sign_score", "select", "scored", "input", "routed")
+KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "sign_score", "select", "scored", "input", "routed",
+           "attention")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 

@@ -1,0 +1,63 @@
+"""Lowering of `attention` (passes/fuse_attention.py): one call of the CPU attention kernel per layer.
+
+    attention(q, K, V, mask){...}  -> call_tir(attention kernel, [q, K', V', mask as float32 [B, Hm, S, kv]])
+
+K' and V' are the cache tensors themselves when K and V are their filled prefix `slice(cache){axis 2, 0:kv}`:
+the kernel reads kv slots from the mask's shape, so the prefix is never copied. Where the kernel does not apply
+— a family without it (CUDA), a float16 or float64 model — the op is lowered as the Relax ops it stands for
+(the KV heads repeated, matmuls, softmax): correct everywhere, no faster than before the pass.
+"""
+
+from __future__ import annotations
+
+from tvm import relax
+
+from ..ir.attention import ATTENTION_ATTRS
+from .context import TVM_DTYPES, lowering
+from .schedules import schedule_for
+
+R = relax.op
+
+
+@lowering("attention")
+def _attention(ctx, node, args):
+    from .kernels import FAMILIES
+    from .kernels import kernel as target_kernel
+
+    q_node, k_node, _, mask_node = node.inputs
+    sched = schedule_for(ctx.target)
+    b, heads, seq, head_dim = q_node.shape
+    static = all(isinstance(d, int) for d in (b, heads, head_dim))  # the kernel is built per batch and head shape
+    if "attention" not in FAMILIES[type(sched).__name__] or node.dtype != "f32" or k_node.dtype != "f32" or not static:
+        return _composed(ctx, node, args)
+    kv_heads, kv = k_node.shape[1], mask_node.shape[-1]
+    a = node.attrs
+    mask_heads = heads if len(mask_node.shape) == 4 and mask_node.shape[1] == heads else 1
+    mask = args[3] if mask_node.dtype == "f32" else R.astype(args[3], "float32")
+    mask = ctx.bb.emit(R.broadcast_to(mask, ctx.shape((b, mask_heads, seq, kv))))
+    kernel = target_kernel("attention", b, heads, kv_heads, head_dim, mask_heads, scale=float(a["scale"]),
+                           softcap=float(a["softcap"]), mask_kind=a["mask_kind"], fill=_fill(a), sched=sched)
+    return relax.call_tir(ctx.kernel(kernel), [args[0], args[1], args[2], mask],
+                          relax.TensorType(ctx.shape(node.shape), TVM_DTYPES["f32"]))
+
+
+def _fill(attrs) -> float:
+    return float(attrs.get("fill", ATTENTION_ATTRS["fill"]))  # an 'add' mask's op carries no fill
+
+
+def _composed(ctx, node, args):
+    """The Relax ops `attention` stands for (ir/attention.py)."""
+    q, k, v, mask = args
+    a = node.attrs
+    kv = ctx.dim(node.inputs[3].shape[-1])
+    k, v = (R.strided_slice(x, axes=[2], begin=[0], end=[kv]) for x in (k, v))
+    group = node.inputs[0].shape[1] // node.inputs[1].shape[1]
+    if group > 1:
+        k, v = R.repeat(k, group, axis=1), R.repeat(v, group, axis=1)
+    dtype = TVM_DTYPES[node.dtype]
+    s = R.multiply(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])), relax.const(a["scale"], dtype))
+    if a["softcap"] > 0:
+        cap = relax.const(a["softcap"], dtype)
+        s = R.multiply(R.tanh(R.divide(s, cap)), cap)
+    s = R.where(mask, s, relax.const(_fill(a), dtype)) if a["mask_kind"] == "select" else R.add(s, mask)
+    return R.matmul(R.nn.softmax(s, axis=-1), v)
