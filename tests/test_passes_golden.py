@@ -84,9 +84,9 @@ def test_dump_ir_writes_each_pass(tmp_path, monkeypatch):
     monkeypatch.setenv("ACTSPARSE_DUMP_IR", str(tmp_path))
     run_pipeline(_load("reglu_separate"), pipeline_for("exact"))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["00-input.ir", "01-canonicalize.ir", "02-detect-gated-mlp.ir", "03-sparsify-exact.ir",
-                     "04-route-moe.ir"]
-    assert "sparse_gated_mlp" in (tmp_path / "03-sparsify-exact.ir").read_text()
+    assert names == ["00-input.ir", "01-canonicalize.ir", "02-detect-gated-mlp.ir", "03-fuse-attention.ir",
+                     "04-sparsify-exact.ir", "05-route-moe.ir"]
+    assert "sparse_gated_mlp" in (tmp_path / "04-sparsify-exact.ir").read_text()
 
 
 def test_pipeline_text_round_trip_and_unknown_names():
