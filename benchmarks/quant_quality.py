@@ -74,27 +74,40 @@ def fake_quantized(model, kind: str, down_rows: str, prequantized=None, lm_head:
     quantize pass does with them; their values are the model's own); `lm_head`: its kind if not `kind`."""
     import copy
 
-    import numpy as np
     import torch
-
-    from actsparse.ir.quant import quantize
 
     q = copy.deepcopy(model)
     for name, mod in q.named_modules():
         if not isinstance(mod, torch.nn.Linear):
             continue
-        w = mod.weight.detach().float().numpy()
         transposed = name.endswith("down_proj") and down_rows == "sparse"  # stored transposed: groups along d
         tied = name == "lm_head" and "model.embed_tokens.weight" in (prequantized or {})
         if not transposed and (f"{name}.weight" in (prequantized or {}) or tied):
             continue  # kept as stored: the model's weights are those values already
         this_kind = lm_head if name == "lm_head" and lm_head else kind
-        if transposed:
-            deq = quantize(np.ascontiguousarray(w.T), this_kind).dequantize().T
-        else:
-            deq = quantize(w, this_kind).dequantize()
-        mod.weight = torch.nn.Parameter(torch.from_numpy(np.ascontiguousarray(deq)), requires_grad=False)
+        mod.weight = torch.nn.Parameter(stored(mod.weight, this_kind, "in" if transposed else "out"),
+                                        requires_grad=False)
     return q
+
+
+def stored(w, kind: str | None, rows: str = "out"):
+    """`w` ([out, in] torch) as the kernels see it stored as `kind` (None: as it is): dequantize(quantize(·)) of
+    the stored rows — "out": w's own rows (groups along `in`), "in": its transpose (input-sparse gate / up and
+    every sparse down projection are stored one input channel / neuron per row)."""
+    import numpy as np
+    import torch
+
+    if kind is None:
+        return w
+    from actsparse.ir.quant import FLOAT_KINDS, quantize
+
+    a = w.detach().float().numpy()
+    if kind in FLOAT_KINDS:
+        back = a.astype(FLOAT_KINDS[kind]).astype(np.float32)
+    else:
+        back = quantize(np.ascontiguousarray(a.T if rows == "in" else a), kind).dequantize()
+        back = back.T if rows == "in" else back
+    return torch.from_numpy(np.ascontiguousarray(back, np.float32))
 
 
 def nll_llama(path: str, windows) -> tuple[float, int]:

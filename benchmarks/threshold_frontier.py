@@ -136,25 +136,6 @@ def collect_rows(model, windows, max_tokens: int = 4096) -> list[np.ndarray]:
     return [np.concatenate(r)[:max_tokens].astype(np.float32) for r in rows]
 
 
-def stored(w, kind: str | None, rows: str = "out"):
-    """`w` ([out, in] torch) as the kernels see it stored as `kind` (None: as it is): dequantize(quantize(·)) of
-    the stored rows — "out": w's own rows (groups along `in`), "in": its transpose (input-sparse gate / up and
-    every sparse down projection are stored one input channel / neuron per row)."""
-    import torch
-
-    if kind is None:
-        return w
-    from actsparse.ir.quant import FLOAT_KINDS, quantize
-
-    a = w.detach().float().numpy()
-    if kind in FLOAT_KINDS:
-        back = a.astype(FLOAT_KINDS[kind]).astype(np.float32)
-    else:
-        back = quantize(np.ascontiguousarray(a.T if rows == "in" else a), kind).dequantize()
-        back = back.T if rows == "in" else back
-    return torch.from_numpy(np.ascontiguousarray(back, np.float32))
-
-
 def install(model, plans, quantize: str | None = None, weights=None) -> None:
     """Replace every MLP's forward by the IR semantics of its calibrated plan (None: dense again). `quantize`: the
     MLP weights as the kernels store them in that kind (the rotation as `ROTATION_STORAGE` says), taken from
@@ -163,6 +144,8 @@ def install(model, plans, quantize: str | None = None, weights=None) -> None:
 
     from actsparse.ir.input_sparse import input_sparse_torch, threshold_torch
     from actsparse.passes.sparsity_methods import ROTATION_STORAGE
+
+    from .quant_quality import stored
 
     for i, (m, plan) in enumerate(zip(mlps(model), plans or [None] * len(mlps(model)))):
         if plan is None:
