@@ -42,7 +42,7 @@ from ..ir.mlp import pattern_name
 from .base import Pass, coerce_options, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, threshold_attrs
 from .sparse_layout import to_sparse_layout
-from .sparsity_methods import DEFAULT_METHOD, METHODS, method
+from .sparsity_methods import DEFAULT_METHOD, METHODS, ROTATION_STORAGE, method
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,9 @@ class SparsifyThreshold(Pass):
                                                          for k, v in self.thresholds.items()))
         if self.method not in METHODS:
             raise ValueError(f"sparsify-threshold: unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        if self.storage is not None and self.storage not in ROTATION_STORAGE:
+            raise ValueError(f"sparsify-threshold: unknown storage {self.storage!r}; valid: "
+                             f"{', '.join(ROTATION_STORAGE)}")
         if not 0.0 < self.sparsity < 1.0:
             raise ValueError(f"sparsify-threshold: sparsity must be between 0 and 1 (exclusive), got {self.sparsity}")
 

@@ -137,6 +137,10 @@ def test_greedy_allocation_spends_the_budget_where_errors_are_cheap():
 
 
 def test_bad_calibration_is_one_clear_error():
+    from actsparse.passes.pipeline import parse_pipeline
+
+    with pytest.raises(ValueError, match="unknown storage 'int3'; valid: fp32, fp16, int8, int4"):
+        parse_pipeline("sparsify-threshold{storage=int3}")
     graph = gated_mlp_graph(act="silu")
     short = [(mlp_input(seq=8, seed=s),) for s in range(2)]   # 16 tokens
     with pytest.raises(ActsparseError, match=r"gave 16 tokens at mlp; sparsity 0.5 needs at least 32"):
