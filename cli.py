@@ -171,7 +171,7 @@ def _build(args) -> int:
         raise ActsparseError(f"signing key {args.sign} does not exist; make one with `actsparse keygen {args.sign}`")
     if is_decoder_source(args.spec):
         lm = api.compile(args.spec, target=args.target, mode=args.mode, max_seq=args.max_seq,
-                         memory_budget=args.memory_budget, **_lossy_options(args))
+                         quantize=args.quantize, memory_budget=args.memory_budget, **_lossy_options(args))
         path = lm.save(args.out, signing_key=args.sign)
         print(lm.report)
         print(f"wrote {path} (decoder: {lm.max_seq} KV-cache slots, tokenizer "
