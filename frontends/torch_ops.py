@@ -277,6 +277,8 @@ def _getitem(cx, node, seq, index):
 def _cat(cx, node, tensors, dim=0):
     dtype = cx.out(node).dtype
     tensors = [cx.tensor(t, dtype) for t in tensors]
+    if any(t.type.rank > 1 for t in tensors):  # torch skips 1-D empty parts (the legacy `torch.tensor([])` of
+        tensors = [t for t in tensors if tuple(t.shape) != (0,)] or tensors  # an empty cache, XLM's)
     if len(tensors) == 1:
         return tensors[0]
     return cx.emit("concat", tensors, axis=positive_axis(dim, tensors[0].type.rank))

@@ -15,6 +15,7 @@ exact`), and `unmatched-gate` blocks (a gate that is no table activation), whose
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -31,14 +32,14 @@ SEQ = 6
 # config attribute -> tiny value (every spelling transformers' configs use for the same size)
 SIZES = {
     **dict.fromkeys(["hidden_size", "n_embd", "d_model", "dim", "embed_dim", "model_dim", "word_embed_proj_dim",
-                     "hidden_dim"], WIDTH),
+                     "hidden_dim", "embedding_dim", "hidden_size_global"], WIDTH),
     **dict.fromkeys(["intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "inner_hidden_size",
                      "d_ff", "ffn_inner_hidden_size", "dense_intermediate_size"], FF),
     **dict.fromkeys(["moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size",
                      "moe_ffn_hidden_size", "intermediate_size_mlp", "ffn_hidden_size_moe",
                      "shared_intermediate_size"], FF // 2),
     **dict.fromkeys(["num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers",
-                     "decoder_layers"], LAYERS),
+                     "decoder_layers", "num_blocks"], LAYERS),
     **dict.fromkeys(["num_attention_heads", "n_head", "n_heads", "num_heads", "decoder_attention_heads"], HEADS),
     **dict.fromkeys(["num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
                      "num_key_value_groups_"], KV_HEADS),
@@ -58,7 +59,9 @@ SIZES = {
     "num_kv_shared_layers": 0,  # KV shared from earlier layers of the same kind needs more layers than kept
     **dict.fromkeys(["rotary_dim", "rotary_emb_base_"], HEAD_DIM),
 }
-SSM_HEADS = [("mamba_expand", "mamba_n_heads", "mamba_d_head"), ("expand", "num_heads", "head_dim")]
+SSM_HEADS = [("mamba_expand", "mamba_n_heads", "mamba_d_head"), ("expand", "num_heads", "head_dim"),
+             ("mamba_expand", "n_mamba_heads", "mamba_headdim")]
+SSM_GROUPS = ("n_groups",)  # B/C groups of a Mamba-2 mixer: they must divide its heads
 MOE_DEFAULTS = {"num_experts_per_tok": TOP_K, "n_routed_experts": EXPERTS, "num_local_experts": EXPERTS,
                 "n_shared_experts": 1, "n_group": 1, "topk_group": 1}
 LAYER_KEYS = [k for k, v in SIZES.items() if v == LAYERS and "layer" in k]
@@ -85,6 +88,15 @@ def tiny_config(arch: str):
         if key in SIZES and _int(_attr(config, key)) is not None and _attr(config, key) > value:
             setattr(config, key, value)
     return config
+
+
+def causal_lm_part(config, model_class):
+    """The config `model_class` (the architecture's causal LM) takes: the config itself, or its sub-config of that
+    class when the mapping names a composite (Llama-4's `text_config`; MusicGen's causal LM is its `decoder`)."""
+    wanted = model_class.config_class
+    if isinstance(config, wanted):
+        return config
+    return next((v for v in vars(config).values() if isinstance(v, wanted)), config)
 
 
 def _attr(config, key):
@@ -124,6 +136,16 @@ def _shrink(values: dict) -> dict:
             out[d_head] = out[expand] * out["hidden_size"] // out[n_heads]
             if out.get("mamba_d_ssm") is not None:  # the inner width, when given, is expand · width too
                 out["mamba_d_ssm"] = out[expand] * out["hidden_size"]
+            for groups in (k for k in SSM_GROUPS if _int(out.get(k))):
+                out[groups] = math.gcd(out[groups], out[n_heads])
+    if out.get("rope_parameters") == {} and isinstance(out.get("layer_types"), list):  # left to the checkpoint
+        out["rope_parameters"] = {t: {"rope_type": "default", "rope_theta": 10000.0} for t in set(out["layer_types"])}
+    if out.get("default_language", "") is None and out.get("languages"):  # X-MOD: the adapter to run
+        out["default_language"] = out["languages"][0]
+    if isinstance(out.get("axial_pos_embds_dim"), list):  # Reformer: axial position embeddings split the width
+        half = _int(out.get("hidden_size", WIDTH)) // 2
+        out["axial_pos_embds_dim"] = [half, out.get("hidden_size", WIDTH) - half]
+        out["axial_pos_shape"] = [8, out["max_position_embeddings"] // 8]  # their product is the position count
     if any("expert" in key for key in out):  # a MoE config: its counts left None for the checkpoint, likewise
         out.update({k: v for k, v in MOE_DEFAULTS.items() if k in out and out[k] is None})
     vocab = _int(out.get("vocab_size")) or VOCAB
@@ -182,8 +204,19 @@ def build_tiny(arch: str, seed: int = 0):
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(arch)
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    config = causal_lm_part(config, model_class)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).float().eval()
+    build = model_class._from_config
+    try:
+        model = build(config)
+    except (AssertionError, ValueError) as err:
+        if "is_decoder" not in str(err) or getattr(config, "is_decoder", True):
+            raise
+        config.is_decoder = True  # a causal LM its class will only build as a decoder (Reformer asserts it)
+        torch.manual_seed(seed)
+        model = build(config)
+    model = model.float().eval()
     with torch.no_grad():  # a matrix initialised to zero (AFMoE's router gate) scores every expert the same, and
         for p in model.parameters():  # torch.topk's order among ties is unspecified: give it small random values
             if p.ndim >= 2 and p.is_floating_point() and not p.any():
@@ -193,7 +226,8 @@ def build_tiny(arch: str, seed: int = 0):
 
 def example_ids(model, seq: int = SEQ) -> torch.Tensor:
     vocab = getattr(model.config, "vocab_size", None) or VOCAB
-    return (torch.arange(seq, dtype=torch.long).reshape(1, seq) * 7 + 3) % min(vocab, VOCAB)
+    rows = getattr(model.config, "num_codebooks", None) or 1  # MusicGen's decoder reads a row per codebook
+    return (torch.arange(rows * seq, dtype=torch.long).reshape(rows, seq) * 7 + 3) % min(vocab, VOCAB)
 
 
 def check_architecture(arch: str, compile: bool = False) -> ArchResult:

@@ -14,7 +14,8 @@ from actsparse.ir import evaluate
 
 class EmptyChunks(nn.Module):
     """Whole 128-position chunks of a [1, seq, 8] activation: none when seq < 128, so every op below meets (or
-    makes) an empty tensor — a reshape of it, a cat with it, a sum over it, a product contracting it."""
+    makes) an empty tensor — a reshape of it, a cat with it, a sum over it, a product contracting it — and the
+    legacy 1-D empty tensor torch.cat ignores whatever the other parts' rank."""
 
     def __init__(self):
         super().__init__()
@@ -26,6 +27,7 @@ class EmptyChunks(nn.Module):
         chunks = h[:, :whole].reshape(1, 4, -1, 8)  # [1, 4, 0, 8]
         pooled = chunks.sum(1)  # [1, 0, 8]
         memory = torch.cat([h, pooled, torch.zeros(1, 0, 8)], dim=1)  # [1, seq, 8]: the empty pieces add nothing
+        memory = torch.cat([torch.tensor([]), memory], dim=-2)  # torch skips a 1-D empty part (XLM's empty cache)
         scores = memory @ pooled.transpose(1, 2)  # [1, seq, 0]
         contracted = h[..., :0] @ torch.ones(0, 8)  # a product over an empty axis: zeros
         return memory + contracted + scores.sum(-1, keepdim=True) + chunks.sum((1, 2)).reshape(1, 1, 8)
