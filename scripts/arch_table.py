@@ -32,7 +32,8 @@ SEQ = 6
 # config attribute -> tiny value (every spelling transformers' configs use for the same size)
 SIZES = {
     **dict.fromkeys(["hidden_size", "n_embd", "d_model", "dim", "embed_dim", "model_dim", "word_embed_proj_dim",
-                     "hidden_dim", "embedding_dim", "hidden_size_global"], WIDTH),
+                     "hidden_dim", "embedding_dim", "hidden_size_global", "adapter_in_dim", "adapter_out_dim",
+                     "adapter_input_size", "adapter_output_size"], WIDTH),
     **dict.fromkeys(["intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "inner_hidden_size",
                      "d_ff", "ffn_inner_hidden_size", "dense_intermediate_size"], FF),
     **dict.fromkeys(["moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size",
@@ -65,6 +66,33 @@ SSM_GROUPS = ("n_groups",)  # B/C groups of a Mamba-2 mixer: they must divide it
 MOE_DEFAULTS = {"num_experts_per_tok": TOP_K, "n_routed_experts": EXPERTS, "num_local_experts": EXPERTS,
                 "n_shared_experts": 1, "n_group": 1, "topk_group": 1}
 LAYER_KEYS = [k for k, v in SIZES.items() if v == LAYERS and "layer" in k]
+# values every released checkpoint sets that transformers' default config leaves unset (its model then fails to build)
+CHECKPOINT_VALUES = {
+    "dbrx": {"attn_config": {"rope_theta": 500000.0, "clip_qkv": 8.0}},  # DbrxAttention reads both
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"], "num_hidden_layers": 2},  # one layer of each kind
+}
+# what stops an architecture that still fails, and what would fix it (shown only while its check fails)
+LIMITS = {
+    "blt": "data-dependent: patch lengths come from its entropy model's output; a fixed patching would import",
+    "dbrx": "data-dependent: its experts (DbrxExperts: all experts' weights in one [E·n, d] matrix) loop over the "
+            "experts hit (nonzero); frontends/moe.py's per-expert rewrite does not know that layout",
+    "dory": "the shrinker cannot keep its (attention, mlp) block pairs and input/recurrent/output stages consistent",
+    "gemma3n": "its vision tower is timm's (TimmWrapperModel) and timm (which pulls torchvision) is not installed; "
+               "gemma3n_text, the decoder alone, imports",
+    "gemma4_assistant": "a speculative-decoding draft model whose default config fails transformers' own validation",
+    "gemma4_unified_assistant": "a speculative-decoding draft model: it reads the target model's embeddings and KV "
+                                "states, so it does not run from token ids alone",
+    "jetmoe": "data-dependent: its MoE and mixture-of-attention split tokens by per-expert counts; a per-expert "
+              "rewrite like frontends/moe.py's would import it",
+    "longcat_flash": "data-dependent: its experts loop over the experts hit (nonzero, .item()); frontends/moe.py's "
+                     "per-expert rewrite would need its identity ('zero') experts",
+    "qwen4_exp": "the default config leaves the indexer's sizes unset (indexer_n_heads, _head_dim, _budget, "
+                 "_compress_ratio), which no released checkpoint gives yet",
+    "reformer": "data-dependent: its axial position embeddings are cut to position_ids.max().item() + 1 columns",
+    "xmod": "data-dependent: tokens reach their language's adapter through a boolean mask; a rewrite for one "
+            "language (every token the same adapter) would import",
+}
+LIMITS["qwen4_exp_text"] = LIMITS["qwen4_exp"]
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
              "cls_token_id", "mask_token_id", "unk_token_id")
 
@@ -82,7 +110,10 @@ def tiny_config(arch: str):
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    values = _shrink(AutoConfig.for_model(arch).to_dict())
+    values = AutoConfig.for_model(arch).to_dict()
+    for key, value in CHECKPOINT_VALUES.get(arch, {}).items():
+        values[key] = {**values[key], **value} if isinstance(value, dict) else value
+    values = _shrink(values)
     config = CONFIG_MAPPING[arch](**values)
     for key, value in values.items():  # keys __init__ ignores or recomputes from the originals
         if key in SIZES and _int(_attr(config, key)) is not None and _attr(config, key) > value:
@@ -119,8 +150,8 @@ def _shrink(values: dict) -> dict:
             kept = [value[i] for i in pick] if layers and len(value) == layers else value  # per-layer sizes
             out[key] = [min(v, SIZES[key]) for v in kept]
         elif layers and "layer" in key and isinstance(value, dict) and all(str(k).isdigit() for k in value):
-            out[key] = {type(k)(new): value[k] for new, old in enumerate(pick)  # per-layer settings, renumbered
-                        for k in value if int(k) == old}
+            out[key] = {type(k)(new): _capped(value[k], values) for new, old in enumerate(pick)  # per-layer
+                        for k in value if int(k) == old}  # settings, renumbered, their sizes shrunk too
         elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
             out[key] = _shrink(value)
         elif layers and isinstance(value, list) and len(value) == layers:  # per-layer lists follow the pick
@@ -159,6 +190,20 @@ def _shrink(values: dict) -> dict:
         out["pad_token_id"] = 0
     for key in ("transformers_version", "architectures", "model_type"):
         out.pop(key, None)
+    return out
+
+
+def _capped(values, parent: dict):
+    """One layer's overrides of `parent` (the whole config's values), their sizes shrunk as `_shrink` does."""
+    if not isinstance(values, dict):
+        return values
+    out = {k: min(v, SIZES[k]) if k in SIZES and _int(v) is not None else v for k, v in values.items()}
+    if values.get("num_key_value_heads", 0) == values.get("num_attention_heads"):  # multi-head stays multi-head
+        out["num_key_value_heads"] = out["num_attention_heads"]
+    both = {**parent, **values}
+    if "qk_nope_head_dim" in values and both["qk_nope_head_dim"] + both.get("qk_rope_head_dim", 0) == both.get(
+            "head_dim"):  # an MLA layer whose head_dim is nope + rope (Dots 3's sliding layers) stays so
+        out["head_dim"] = out["qk_nope_head_dim"] + min(both["qk_rope_head_dim"], SIZES["qk_rope_head_dim"])
     return out
 
 
@@ -285,7 +330,7 @@ def check_architecture(arch: str, compile: bool = False) -> ArchResult:
         else:
             result.stage = "ok"
     except Exception as err:  # noqa: BLE001 - the reason is the product here
-        result.reason = _reason(err)
+        result.reason = f"{LIMITS[arch]} ({_reason(err)})" if arch in LIMITS else _reason(err)
     return result
 
 

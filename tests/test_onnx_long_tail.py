@@ -1,0 +1,65 @@
+"""The ONNX long-tail handlers (frontends/onnx_ops_tail.py): Floor, ReduceLogSumExp, Conv (1-d) and ScatterND
+(static and computed indices, negative ones among them), imported, interpreted and compiled, against onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import actsparse  # noqa: E402
+from actsparse.frontends.onnx import import_onnx  # noqa: E402
+from actsparse.frontends.onnx_ops import HANDLERS  # noqa: E402
+from actsparse.ir import evaluate  # noqa: E402
+
+
+def _long_tail_model(keepdims: int):
+    rng = np.random.default_rng(0)
+    inits = {
+        "w": rng.standard_normal((6, 3, 3)).astype(np.float32),  # 6 channels in 2 groups, kernel 3
+        "b": rng.standard_normal(6).astype(np.float32),
+        "three": np.array(3.0, np.float32), "axes": np.array([-1], np.int64),
+        "at": np.array([[0, 1], [1, -1]], np.int64),  # rows (0, 1) and (1, 5) of [2, 6, ·]
+        "rows": rng.standard_normal((2, 5)).astype(np.float32),
+        "planes": rng.standard_normal((3, 6, 5)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["conv"], group=2, pads=[1, 1], kernel_shape=[3]),
+        helper.make_node("Mul", ["x", "three"], ["x3"]), helper.make_node("Floor", ["x3"], ["floor"]),
+        helper.make_node("ReduceLogSumExp", ["x", "axes"], ["lse"], keepdims=keepdims),
+        helper.make_node("ScatterND", ["x", "at", "rows"], ["static"]),
+        helper.make_node("ScatterND", ["x", "idx", "planes"], ["computed"]),  # indices from an input
+        helper.make_node("Add", ["conv", "floor"], ["s1"]), helper.make_node("Add", ["static", "computed"], ["s2"]),
+        helper.make_node("Add", ["s1", "s2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tail",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6, 5]),
+         helper.make_tensor_value_info("idx", TensorProto.INT64, [3, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6, 5]),
+         helper.make_tensor_value_info("lse", TensorProto.FLOAT, [2, 6, 1] if keepdims else [2, 6])],
+        [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("keepdims", [1, 0])
+def test_long_tail_onnx_ops_match_onnxruntime(tmp_path, keepdims):
+    assert {"Floor", "ReduceLogSumExp", "Conv", "ScatterND"} <= set(HANDLERS)
+    path = tmp_path / "tail.onnx"
+    onnx.save(_long_tail_model(keepdims), str(path))
+    x = np.random.default_rng(1).standard_normal((2, 6, 5)).astype(np.float32)
+    idx = np.array([[1], [-2], [0]], np.int64)  # -2: the first dim of size 2, counted from the end
+    idx = np.array([[1], [-1], [0]], np.int64) if keepdims else idx
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x, "idx": idx})
+    graph = import_onnx(path)
+    assert {"conv1d", "floor", "scatter"} <= {n.op for n in graph.nodes}
+    for got, expected in zip(evaluate(graph, [x, idx]), want, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    if keepdims:  # the TVM build as well (one parametrisation: a build takes seconds)
+        got = actsparse.compile(graph, (x, idx), mode="dense")(x, idx)
+        for g, expected in zip(got, want, strict=True):
+            np.testing.assert_allclose(np.asarray(g), expected, rtol=1e-5, atol=1e-5)
