@@ -2,7 +2,8 @@
 
 Merged into `onnx_ops.HANDLERS`; same handler contract (see onnx_ops.py). Floor (position buckets), ReduceLogSumExp
 (Granite's router logits), Conv on [N, C, L] (the depthwise causal convolution of Mamba-style layers) and ScatterND
-(a slice assignment, `q[..., nope:] = q_pe`, as the TorchScript exporter writes it).
+(a slice assignment, `q[..., nope:] = q_pe`, as the TorchScript exporter writes it), Einsum of one or two
+operands (ProphetNet's and the SSD scan's contractions), as permutes and a matmul.
 """
 
 from __future__ import annotations
@@ -75,7 +76,58 @@ def _scatter_nd(cx, node, args, attrs):
     return cx.op("reshape", [cx.op("scatter", [table, index, src], axis=0)], shape=tuple(data.shape))
 
 
+def _einsum(cx, node, args, attrs):
+    # Einsum("bhqd,bhkd->bhqk") -> permute each operand to (shared, own, summed), merge own and summed dims,
+    # matmul (shared dims as its batch), split and permute to the output's order; letters in one operand only and
+    # not in the output are summed first
+    spec = attrs["equation"].replace(" ", "")
+    inputs, _, out = spec.partition("->")
+    terms = inputs.split(",")
+    if "." in spec or "->" not in spec or len(terms) > 2 or any(len(set(t)) != len(t) for t in terms):
+        raise cx.error(f"Einsum {spec!r}: only explicit outputs of one or two operands without ellipsis or repeated "
+                       "letters are supported")
+    operands = []
+    for k, (term, x) in enumerate(zip(terms, args, strict=True)):
+        others = set(out).union(*(set(t) for j, t in enumerate(terms) if j != k))
+        dropped = tuple(i for i, c in enumerate(term) if c not in others)
+        if dropped:
+            x, term = cx.op("sum", [x], axes=dropped, keepdim=False), "".join(c for c in term if c in others)
+        operands.append((term, x))
+    if len(operands) == 1:
+        term, x = operands[0]
+        return cx.op("permute", [x], axes=tuple(term.index(c) for c in out)) if term != out else x
+    (ta, a), (tb, b) = operands
+    size = {c: d for t, x in operands for c, d in zip(t, x.shape, strict=True)}
+    shared = [c for c in ta if c in tb and c in out]
+    summed = [c for c in ta if c in tb and c not in out]
+    own_a, own_b = [c for c in ta if c not in tb], [c for c in tb if c not in ta]
+    a = _grouped(cx, a, ta, shared, own_a, summed, size)
+    b = _grouped(cx, b, tb, shared, summed, own_b, size)
+    y = cx.op("matmul", [a, b])
+    order = shared + own_a + own_b
+    shape = tuple(size[c] for c in order)
+    y = cx.op("reshape", [y], shape=shape) if tuple(y.shape) != shape else y
+    return cx.op("permute", [y], axes=tuple(order.index(c) for c in out)) if order != list(out) else y
+
+
+def _grouped(cx, x, term, lead, rows, cols, size):  # x permuted to (lead, rows, cols), rows and cols merged
+    order = lead + rows + cols
+    if order != list(term):
+        x = cx.op("permute", [x], axes=tuple(term.index(c) for c in order))
+    merged = [_merged(cx, [size[c] for c in rows]), _merged(cx, [size[c] for c in cols])]
+    shape = (*(size[c] for c in lead), *merged)
+    return cx.op("reshape", [x], shape=shape) if shape != tuple(x.shape) else x
+
+
+def _merged(cx, dims):
+    if len(dims) <= 1:
+        return dims[0] if dims else 1
+    if not all(isinstance(d, int) for d in dims):
+        raise cx.error(f"Einsum merges the dims {dims}, one of them symbolic; export the model with static shapes")
+    return math.prod(dims)
+
+
 TAIL_HANDLERS = {
     "Floor": lambda cx, node, args, attrs: cx.op("floor", [args[0]]),
-    "ReduceLogSumExp": _reduce_log_sum_exp, "Conv": _conv, "ScatterND": _scatter_nd,
+    "ReduceLogSumExp": _reduce_log_sum_exp, "Conv": _conv, "ScatterND": _scatter_nd, "Einsum": _einsum,
 }

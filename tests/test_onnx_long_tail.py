@@ -63,3 +63,26 @@ def test_long_tail_onnx_ops_match_onnxruntime(tmp_path, keepdims):
         got = actsparse.compile(graph, (x, idx), mode="dense")(x, idx)
         for g, expected in zip(got, want, strict=True):
             np.testing.assert_allclose(np.asarray(g), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("bhqd,bhkd->bhqk", [(1, 2, 3, 4), (1, 2, 5, 4)]),  # attention scores
+    ("bik,kj->bji", [(2, 3, 4), (4, 5)]),  # a weight, the output transposed
+    ("bnhd,bnd->bnh", [(2, 3, 4, 5), (2, 3, 5)]),  # no own dim on the right
+    ("bclhn,bcshn->bclhs", [(1, 2, 3, 2, 4), (1, 2, 3, 2, 4)]),  # Mamba-2's SSD chunk scan
+    ("abc,cd->db", [(2, 3, 4), (4, 5)]),  # `a` in one operand only: summed first
+    ("abc->cb", [(2, 3, 4)]),  # one operand
+])
+def test_einsum_matches_onnxruntime(tmp_path, equation, shapes):
+    names = ["a", "b"][:len(shapes)]
+    rng = np.random.default_rng(2)
+    arrays = {n: rng.standard_normal(s).astype(np.float32) for n, s in zip(names, shapes, strict=True)}
+    graph = helper.make_graph(
+        [helper.make_node("Einsum", names, ["y"], equation=equation)], "einsum",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in zip(names, shapes, strict=True)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, np.einsum(equation, *arrays.values()).shape)])
+    path = tmp_path / "einsum.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, arrays)[0]
+    got = evaluate(import_onnx(path), list(arrays.values()))[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
