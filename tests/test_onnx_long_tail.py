@@ -86,3 +86,24 @@ def test_einsum_matches_onnxruntime(tmp_path, equation, shapes):
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, arrays)[0]
     got = evaluate(import_onnx(path), list(arrays.values()))[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_d_symbolic_sizes_fold(tmp_path):
+    """`seq - seq` and `seq + 0` on 0-d shape values (GPT-Neo's and MPT's masks compute such) fold to sizes."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["n"], axis=0),  # 0-d: seq
+        helper.make_node("Sub", ["n", "n"], ["zero"]), helper.make_node("Add", ["n", "zero"], ["m"]),
+        helper.make_node("Unsqueeze", ["m", "axis0"], ["m1"]),
+        helper.make_node("Concat", ["minus1", "m1"], ["new"], axis=0),
+        helper.make_node("Reshape", ["x", "new"], ["y"]),
+    ]
+    consts = {"one": np.array(1, np.int64), "axis0": np.array([0], np.int64), "minus1": np.array([-1], np.int64)}
+    graph = helper.make_graph(nodes, "sizes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "seq"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "seq"])],
+                              [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    path = tmp_path / "sizes.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    x = np.arange(10, dtype=np.float32).reshape(2, 5)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(evaluate(import_onnx(path), [x])[0], want)
