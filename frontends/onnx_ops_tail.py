@@ -3,7 +3,7 @@
 Merged into `onnx_ops.HANDLERS`; same handler contract (see onnx_ops.py). Floor (position buckets), ReduceLogSumExp
 (Granite's router logits), Conv on [N, C, L] (the depthwise causal convolution of Mamba-style layers) and ScatterND
 (a slice assignment, `q[..., nope:] = q_pe`, as the TorchScript exporter writes it), Einsum of one or two
-operands (ProphetNet's and the SSD scan's contractions), as permutes and a matmul.
+operands (ProphetNet's and the SSD scan's contractions), as permutes and a matmul, and constant Pad.
 """
 
 from __future__ import annotations
@@ -76,6 +76,25 @@ def _scatter_nd(cx, node, args, attrs):
     return cx.op("reshape", [cx.op("scatter", [table, index, src], axis=0)], shape=tuple(data.shape))
 
 
+def _pad(cx, node, args, attrs):  # Pad(x, pads, value, axes), constant mode -> concat(full(v), x, full(v)) per axis
+    x = args[0]
+    if attrs.get("mode", "constant") != "constant":
+        raise cx.error(f"Pad mode {attrs['mode']!r}: only constant padding is supported")
+    pads = cx.ints(args[1], "the pads") if len(args) > 1 else list(attrs["pads"])
+    value = cx.static(args[2], "the pad value").array.item() if len(args) > 2 and args[2] is not None else 0
+    rank = len(x.shape)
+    axes = [positive_axis(a, rank) for a in cx.ints(args[3], "the pad axes")] if len(args) > 3 and \
+        args[3] is not None else list(range(rank))
+    for axis, lo, hi in zip(axes, pads[:len(axes)], pads[len(axes):], strict=True):
+        if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 0 or hi < 0:
+            raise cx.error(f"Pad by ({lo}, {hi}): only static, non-negative padding is supported")
+        shape = list(x.shape)
+        parts = [cx.full(value, tuple(shape[:axis] + [n] + shape[axis + 1:]), x.dtype) for n in (lo, hi)]
+        pieces = [p for p, n in zip([parts[0], x, parts[1]], [lo, 1, hi]) if n]
+        x = pieces[0] if len(pieces) == 1 else cx.op("concat", pieces, axis=axis)
+    return x
+
+
 def _einsum(cx, node, args, attrs):
     # Einsum("bhqd,bhkd->bhqk") -> permute each operand to (shared, own, summed), merge own and summed dims,
     # matmul (shared dims as its batch), split and permute to the output's order; letters in one operand only and
@@ -130,4 +149,5 @@ def _merged(cx, dims):
 TAIL_HANDLERS = {
     "Floor": lambda cx, node, args, attrs: cx.op("floor", [args[0]]),
     "ReduceLogSumExp": _reduce_log_sum_exp, "Conv": _conv, "ScatterND": _scatter_nd, "Einsum": _einsum,
+    "Pad": _pad,
 }

@@ -107,3 +107,21 @@ def test_zero_d_symbolic_sizes_fold(tmp_path):
     x = np.arange(10, dtype=np.float32).reshape(2, 5)
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(evaluate(import_onnx(path), [x])[0], want)
+
+
+@pytest.mark.parametrize("axes", [None, [-1]])
+def test_constant_pad_matches_onnxruntime(tmp_path, axes):
+    pads = np.array([0, 2, 1, 0, 1, 3] if axes is None else [2, 1], np.int64)
+    inputs = ["x", "pads", "value"] + (["axes"] if axes else [])
+    consts = {"pads": pads, "value": np.array(0.5, np.float32), **({"axes": np.array(axes, np.int64)} if axes else {})}
+    x = np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)
+    out = np.pad(x, [(0, 0), (2, 1), (1, 3)] if axes is None else [(0, 0), (0, 0), (2, 1)], constant_values=0.5)
+    graph = helper.make_graph([helper.make_node("Pad", inputs, ["y"], mode="constant")], "pad",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out.shape)],
+                              [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    path = tmp_path / "pad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(want, out)
+    np.testing.assert_array_equal(evaluate(import_onnx(path), [x])[0], want)
