@@ -86,8 +86,14 @@ def _pad(cx, node, args, attrs):  # Pad(x, pads, value, axes), constant mode -> 
     axes = [positive_axis(a, rank) for a in cx.ints(args[3], "the pad axes")] if len(args) > 3 and \
         args[3] is not None else list(range(rank))
     for axis, lo, hi in zip(axes, pads[:len(axes)], pads[len(axes):], strict=True):
-        if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 0 or hi < 0:
-            raise cx.error(f"Pad by ({lo}, {hi}): only static, non-negative padding is supported")
+        if not (isinstance(lo, int) and isinstance(hi, int)):
+            raise cx.error(f"Pad by ({lo}, {hi}): only static padding is supported")
+        if lo < 0 or hi < 0:  # negative padding crops (RWKV's time shift: pad 1 before, crop 1 after)
+            size = x.shape[axis]
+            if hi < 0 and not isinstance(size, int):
+                raise cx.error("Pad crops the symbolic dim; export the model with static shapes")
+            x = cx.op("slice", [x], axis=axis, start=max(-lo, 0), end=None if hi >= 0 else size + hi)
+            lo, hi = max(lo, 0), max(hi, 0)
         shape = list(x.shape)
         parts = [cx.full(value, tuple(shape[:axis] + [n] + shape[axis + 1:]), x.dtype) for n in (lo, hi)]
         pieces = [p for p, n in zip([parts[0], x, parts[1]], [lo, 1, hi]) if n]

@@ -66,6 +66,7 @@ SSM_GROUPS = ("n_groups",)  # B/C groups of a Mamba-2 mixer: they must divide it
 MOE_DEFAULTS = {"num_experts_per_tok": TOP_K, "n_routed_experts": EXPERTS, "num_local_experts": EXPERTS,
                 "n_shared_experts": 1, "n_group": 1, "topk_group": 1}
 LAYER_KEYS = [k for k, v in SIZES.items() if v == LAYERS and "layer" in k]
+CODEBOOK_ROWS = {"musicgen_decoder", "musicgen_melody_decoder"}  # decoders reading a row of ids per codebook
 # values every released checkpoint sets that transformers' default config leaves unset (its model then fails to build)
 CHECKPOINT_VALUES = {
     "dbrx": {"attn_config": {"rope_theta": 500000.0, "clip_qkv": 8.0}},  # DbrxAttention reads both
@@ -271,7 +272,7 @@ def build_tiny(arch: str, seed: int = 0):
 
 def example_ids(model, seq: int = SEQ) -> torch.Tensor:
     vocab = getattr(model.config, "vocab_size", None) or VOCAB
-    rows = getattr(model.config, "num_codebooks", None) or 1  # MusicGen's decoder reads a row per codebook
+    rows = model.config.num_codebooks if model.config.model_type in CODEBOOK_ROWS else 1
     return (torch.arange(rows * seq, dtype=torch.long).reshape(rows, seq) * 7 + 3) % min(vocab, VOCAB)
 
 
@@ -354,9 +355,9 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {clean_message(str(err))}"
 
 
-def clean_message(message: str) -> str:
+def clean_message(message: str, limit: int | None = 240) -> str:
     text = message.strip().splitlines()
-    return _EVAL.sub("<generated>", _PATH.sub(r"\1", text[0] if text else ""))[:240]
+    return _EVAL.sub("<generated>", _PATH.sub(r"\1", text[0] if text else ""))[:limit]
 
 
 # --- the README table --------------------------------------------------------------------------------------

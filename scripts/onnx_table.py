@@ -198,7 +198,10 @@ def onnxruntime_error(proto, ids) -> str:
         session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
         session.run(None, {session.get_inputs()[0].name: ids.numpy()})
     except Exception as err:  # noqa: BLE001 - the reason is the product here
-        return clean_message(str(err)).split("Status Message: ")[-1][:160]
+        text = clean_message(str(err), limit=None)
+        node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
+        detail = text.split(" was false. ")[-1] if " was false. " in text else text.split("Status Message: ")[-1]
+        return (f"{node.group(1)} {node.group(2)}: " if node else "") + detail[:160]
     return ""
 
 

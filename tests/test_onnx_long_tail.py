@@ -109,13 +109,15 @@ def test_zero_d_symbolic_sizes_fold(tmp_path):
     np.testing.assert_array_equal(evaluate(import_onnx(path), [x])[0], want)
 
 
-@pytest.mark.parametrize("axes", [None, [-1]])
+@pytest.mark.parametrize("axes", [None, [-1], [1]])
 def test_constant_pad_matches_onnxruntime(tmp_path, axes):
-    pads = np.array([0, 2, 1, 0, 1, 3] if axes is None else [2, 1], np.int64)
+    """Pads on every axis, on the last one (opset-18 `axes`), and RWKV's time shift (pad 1 before, crop 1 after)."""
+    pads = np.array({None: [0, 2, 1, 0, 1, 3], -1: [2, 1], 1: [1, -1]}[axes and axes[0]], np.int64)
     inputs = ["x", "pads", "value"] + (["axes"] if axes else [])
     consts = {"pads": pads, "value": np.array(0.5, np.float32), **({"axes": np.array(axes, np.int64)} if axes else {})}
     x = np.random.default_rng(3).standard_normal((2, 3, 4)).astype(np.float32)
     out = np.pad(x, [(0, 0), (2, 1), (1, 3)] if axes is None else [(0, 0), (0, 0), (2, 1)], constant_values=0.5)
+    out = np.pad(x, [(0, 0), (1, 0), (0, 0)], constant_values=0.5)[:, :-1] if axes == [1] else out
     graph = helper.make_graph([helper.make_node("Pad", inputs, ["y"], mode="constant")], "pad",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, out.shape)],
