@@ -3,7 +3,8 @@
 Merged into `onnx_ops.HANDLERS`; same handler contract (see onnx_ops.py). Floor (position buckets), ReduceLogSumExp
 (Granite's router logits), Conv on [N, C, L] (the depthwise causal convolution of Mamba-style layers) and ScatterND
 (a slice assignment, `q[..., nope:] = q_pe`, as the TorchScript exporter writes it), Einsum of one or two
-operands (ProphetNet's and the SSD scan's contractions), as permutes and a matmul, and constant Pad.
+operands (ProphetNet's and the SSD scan's contractions), as permutes and a matmul, constant Pad, Mod and OneHot
+(Mamba-2's chunked scan).
 """
 
 from __future__ import annotations
@@ -101,6 +102,34 @@ def _pad(cx, node, args, attrs):  # Pad(x, pads, value, axes), constant mode -> 
     return x
 
 
+def _mod(cx, node, args, attrs):  # Mod{fmod}: a - b·floor(a / b) (the divisor's sign; fmod=1: C's, trunc)
+    a, b = args
+    fmod = attrs.get("fmod", 0)
+    if isinstance(a, Const) and isinstance(b, Const) and not (a.symbolic or b.symbolic):
+        return Const((np.fmod if fmod else np.mod)(a.array, b.array).astype(a.array.dtype), a.dtype)
+    if isinstance(a, Const) and a.symbolic or isinstance(b, Const) and b.symbolic:
+        raise cx.error("Mod of a symbolic size is no IR size; export the model with static shapes")
+    dtype = a.dtype
+    fa, fb = cx.cast(a, "f64"), cx.cast(b, "f64")  # exact for the integers of positions and sizes
+    quotient = cx.op("trunc" if fmod else "floor", [cx.op("div", [fa, fb])])
+    return cx.cast(cx.op("sub", [fa, cx.op("mul", [fb, quotient])]), dtype)
+
+
+def _one_hot(cx, node, args, attrs):  # OneHot(indices, depth, [off, on]) -> where(indices[.., None] == arange, on, off)
+    indices, depth, values = args
+    depth = int(cx.static(depth, "the OneHot depth").array.reshape(-1)[0])
+    off, on = cx.static(values, "the OneHot values").array.reshape(-1)
+    index = cx.cast(indices, "i64")
+    index = cx.op("where", [cx.op("lt", [index, make_const(0, "i64")]),
+                            cx.op("add", [index, make_const(depth, "i64")]), index])  # negative: from the end
+    axis = positive_axis(attrs.get("axis", -1), len(index.shape) + 1)
+    index = cx.op("reshape", [index], shape=(*index.shape[:axis], 1, *index.shape[axis:]))
+    shape = [1] * len(index.shape)
+    shape[axis] = depth
+    hits = cx.op("eq", [index, Const(np.arange(depth, dtype=np.int64).reshape(shape), "i64")])
+    return cx.op("where", [hits, Const(np.asarray(on), values.dtype), Const(np.asarray(off), values.dtype)])
+
+
 def _einsum(cx, node, args, attrs):
     # Einsum("bhqd,bhkd->bhqk") -> permute each operand to (shared, own, summed), merge own and summed dims,
     # matmul (shared dims as its batch), split and permute to the output's order; letters in one operand only and
@@ -155,5 +184,5 @@ def _merged(cx, dims):
 TAIL_HANDLERS = {
     "Floor": lambda cx, node, args, attrs: cx.op("floor", [args[0]]),
     "ReduceLogSumExp": _reduce_log_sum_exp, "Conv": _conv, "ScatterND": _scatter_nd, "Einsum": _einsum,
-    "Pad": _pad,
+    "Pad": _pad, "Mod": _mod, "OneHot": _one_hot,
 }

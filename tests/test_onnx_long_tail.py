@@ -127,3 +127,24 @@ def test_constant_pad_matches_onnxruntime(tmp_path, axes):
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_array_equal(want, out)
     np.testing.assert_array_equal(evaluate(import_onnx(path), [x])[0], want)
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+def test_mod_and_one_hot_match_onnxruntime(tmp_path, fmod):
+    """Mod (Python's and C's sign rule) on integer tensors, and OneHot with negative indices, as Mamba-2's chunked
+    scan exports them."""
+    nodes = [helper.make_node("Mod", ["i", "seven"], ["m"], fmod=fmod),
+             helper.make_node("OneHot", ["m", "depth", "values"], ["y"], axis=1)]
+    consts = {"seven": np.array(-7 if fmod else 7, np.int64), "depth": np.array(8, np.int64),
+              "values": np.array([0.0, 2.5], np.float32)}
+    graph = helper.make_graph(nodes, "onehot", [helper.make_tensor_value_info("i", TensorProto.INT64, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 5]),
+                               helper.make_tensor_value_info("m", TensorProto.INT64, [2, 5])],
+                              [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    path = tmp_path / "onehot.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    i = np.array([[-9, -1, 0, 6, 13], [20, -14, 3, 7, -3]], np.int64)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"i": i})
+    assert (want[1] < 0).any() == bool(fmod)  # C's rule leaves negative remainders: OneHot wraps them
+    for got, expected in zip(evaluate(import_onnx(path), [i]), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
