@@ -49,3 +49,12 @@ def test_a_model_exported_for_one_token_per_call_still_prefills_and_decodes(monk
     assert torch.equal(lm.generate(ids, 5), expected)
     with pytest.raises(ActsparseError, match="one token per call"):
         actsparse.compile(model, mode="threshold", sparsity=0.3, max_seq=16, calibration=[ids])
+
+
+def test_a_cache_holding_more_than_keys_and_values_is_one_clear_error():
+    """DeepSeek-V3.2 caches its sparse-attention indexer's keys beside K and V: refused by name before the export."""
+    from actsparse.frontends.errors import FrontendError
+    from actsparse.scripts.arch_table import build_tiny
+
+    with pytest.raises(FrontendError, match="indexer_keys"):
+        actsparse.compile(build_tiny("deepseek_v32"), max_seq=16)
