@@ -65,3 +65,14 @@ def test_step_profile_replays_every_kernel_of_a_step_and_counts_their_weight_byt
     for func, _, args in calls:
         func(*args)
     np.testing.assert_allclose(logits_buffers[0].numpy().reshape(-1), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gate_prefilter_certifies_only_inactive_neurons(capsys):
+    """benchmarks/gate_prefilter.py at tiny dims: its bounds certify a share of the inactive neurons and never an
+    active one (the script raises if a certified neuron is active)."""
+    from actsparse.benchmarks import gate_prefilter
+
+    assert gate_prefilter.main(["--small", "--tokens", "16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shares = [float(line.split("certifies ")[1].split("%")[0]) for line in lines if "certifies" in line]
+    assert len(shares) == 2 and all(20.0 < s <= 100.0 for s in shares), lines
