@@ -165,22 +165,25 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
 # How the model is called for export, tried in order until one imports: first it builds its own causal mask from
 # the cache's filled length; models that derive positions from the attention mask (OPT, BioGPT: a cumsum over
 # `ones(past + seq)`, a length read off the `pos` tensor, which neither export nor the IR can make a shape of) get
-# an all-ones mask over the filled slots, a [1, kv] shape torch can name.
-EXPORT_VARIANTS = ({}, {"ones_mask": True})
+# an all-ones mask over the filled slots, a [1, kv] shape torch can name. Last, models whose forward computes
+# sizes from the token count that the IR cannot name (Llama 4's chunked attention) are exported for one token at
+# a time (`seq` fixed to 1): the runtime then feeds a prompt token by token (runtime/decoder.py).
+EXPORT_VARIANTS = ({}, {"ones_mask": True}, {"one_token": True}, {"one_token": True, "ones_mask": True})
 
 
-def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, ones_mask: bool = False) -> Graph:
+def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, ones_mask: bool = False,
+            one_token: bool = False) -> Graph:
     """The decoding graph through torch.export, the model called as the EXPORT_VARIANTS entry says."""
     from .hf_source import quiet_transformers
     from .moe import per_expert_routing
     from .torch_export import HINTS, Importer, decompose_missing
 
     wrapper = KVCachedLM(model, ones_mask)
-    ids = torch.zeros(1, 2, dtype=torch.long)
+    ids = torch.zeros(1, 1 if one_token else 2, dtype=torch.long)
     cache = tuple(torch.zeros(s.shape) for s in specs)
     filled = torch.zeros(3, dtype=torch.long)  # a length other than the example's seq: two distinct dims
     seq, kv = torch.export.Dim(SEQ, min=1, max=max_seq), torch.export.Dim(FILLED, min=1, max=max_seq)
-    dynamic = ({1: seq}, None, {0: kv}, tuple(None for _ in specs))
+    dynamic = (None if one_token else {1: seq}, None, {0: kv}, tuple(None for _ in specs))
     try:
         with per_expert_routing(model), torch.no_grad(), quiet_transformers():
             program = torch.export.export(wrapper, (ids, torch.zeros(1, dtype=torch.long), filled, cache),

@@ -26,3 +26,24 @@ def test_greedy_decoding_equals_transformers(arch, mode):
     if mode == "exact":  # OPT's fc1 -> relu -> fc2 made exactly sparse
         assert sum(lm.report.pass_stats.get("sparsify-exact", {}).values()) >= 1
     assert torch.equal(lm.generate(ids, 6), expected)
+
+
+def test_a_model_exported_for_one_token_per_call_still_prefills_and_decodes(monkeypatch):
+    """The last export variant (seq fixed to 1, for forwards such as Llama 4's chunked attention that compute sizes
+    from the token count) on a tiny Llama: the runtime feeds the prompt token by token and greedy decoding still
+    equals transformers; calibration prompts cannot run through it, which is one clear error."""
+    from actsparse.errors import ActsparseError
+    from actsparse.frontends import kv_cache
+    from actsparse.scripts.arch_table import build_tiny, example_ids
+
+    monkeypatch.setattr(kv_cache, "EXPORT_VARIANTS", ({"one_token": True},))
+    model = build_tiny("llama")
+    ids = example_ids(model)
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
+                                  do_sample=False)
+    lm = actsparse.compile(model, mode="dense", max_seq=16)
+    assert lm.module.inputs[0][1].shape == (1, 1)
+    assert torch.equal(lm.generate(ids, 5), expected)
+    with pytest.raises(ActsparseError, match="one token per call"):
+        actsparse.compile(model, mode="threshold", sparsity=0.3, max_seq=16, calibration=[ids])
