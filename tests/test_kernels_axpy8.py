@@ -28,6 +28,7 @@ from .test_kernels_quant import ACTS, quant_calls
 pytest.importorskip("tvm")
 
 ragged = st.integers(1, 100).filter(lambda d: d % 32)
+AXPY_LAYOUTS = ("q4_0", "q4_1")  # the x86 dots' integer-axpy layouts (INT8_DOTS[...].axpy); q8_0's axpy stays float
 
 
 def steps_of(kind, call, sched, n_ff, m):
@@ -66,7 +67,7 @@ def h_of(kind, call, dtype, d, x):
 
 @pytest.mark.parametrize("kind", ("exact", "indexed", "dense"))
 @settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
-@given(dtype=st.sampled_from(QUANT_DTYPES), dot=st.sampled_from(tuple(DOTS)), d=ragged, n_ff=st.integers(1, 40),
+@given(dtype=st.sampled_from(AXPY_LAYOUTS), dot=st.sampled_from(tuple(DOTS)), d=ragged, n_ff=st.integers(1, 40),
        frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
 def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind, dtype, dot, d, n_ff, frac, seed):
     from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
@@ -99,7 +100,7 @@ def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind,
 
 @pytest.mark.parametrize("kind", ("threshold", "dense"))
 @settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
-@given(dtype=st.sampled_from(QUANT_DTYPES), d=st.integers(33, 160).filter(lambda d: d % 32),
+@given(dtype=st.sampled_from(AXPY_LAYOUTS), d=st.integers(33, 160).filter(lambda d: d % 32),
        n_ff=st.integers(8, 64), frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
 def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, dtype, d, n_ff, frac, seed):
     """Threshold (its kept set can differ near the threshold, so no step-exact reference): the rounding bound on
@@ -139,13 +140,14 @@ def test_the_down_projection_is_built_with_vpdpbusd_where_the_target_has_vnni():
 
 
 def test_the_integer_axpy_follows_the_dot_table():
-    """The x86 dots serve axpys; sdot (ARM) does not yet, so ARM keeps the float axpy; float dtypes never take it."""
+    """The x86 dots serve q4_0 / q4_1 axpys (q8_0's float axpy is as fast); sdot (ARM) none yet; float dtypes never."""
     from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
     from actsparse.codegen.kernels.schedule import CpuSchedule
 
     for dot, lanes in DOTS.items():
-        assert uses_int8_axpy("q4_0", CpuSchedule(lanes=lanes, threads=2, int8_dot=dot))
-        assert not uses_int8_axpy("q4_0", CpuSchedule(lanes=lanes, threads=2, int8_dot=dot, int8_axpy=False))
+        sched = CpuSchedule(lanes=lanes, threads=2, int8_dot=dot)
+        assert [dt for dt in QUANT_DTYPES if uses_int8_axpy(dt, sched)] == list(AXPY_LAYOUTS)
+        assert not uses_int8_axpy("q4_0", replace(sched, int8_axpy=False))
     assert not uses_int8_axpy("float16", CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512"))
     assert not uses_int8_axpy("q4_0", CpuSchedule(lanes=4, threads=2, int8_dot="sdot128"))
     assert not uses_int8_axpy("q4_0", CpuSchedule(lanes=16, threads=2))

@@ -40,8 +40,9 @@ HALF = GROUP // 2
 
 
 def uses_int8_axpy(dtype: str, sched: CpuSchedule) -> bool:
-    """Whether the row axpy of `dtype` rows takes the integer path on `sched` (its int8 dot serves axpys)."""
-    return bool(sched.int8_dot) and sched.int8_axpy and dtype in LAYOUTS and INT8_DOTS[sched.int8_dot].axpy
+    """Whether the row axpy of `dtype` rows takes the integer path on `sched` (its int8 dot serves that layout's
+    axpys, `INT8_DOTS[...].axpy`, and the schedule does not turn it off)."""
+    return bool(sched.int8_dot) and sched.int8_axpy and dtype in INT8_DOTS[sched.int8_dot].axpy
 
 
 def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch=None):
@@ -78,17 +79,23 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", hf * 4), 4 * L)),
                              T.Broadcast(T.uint8(15), 4 * L))
 
-    def int_sum(w, rows, base, i, end, ab, za, grp, hf, v):
-        """int32 x L: Σ_j a_j (u_{j,c} - z) for the L columns (za = -z Σ a_j starts the sum)."""
-        acc = T.Broadcast(za, L)
+    def int_sum(w, rows, base, i, end, ab, grp, hf, v):
+        """int32 x L: Σ_j a_j (u_{j,c} - z) for the L columns."""
+        coefs = [T.reinterpret(f"int8x{4 * L}", T.Broadcast(T.reinterpret("int32", ab[T.ramp(4 * s, 1, 4)]), L))
+                 for s in range(S)]
+        acc = T.Broadcast(T.int32(0), L)
+        if z:  # z * Σ a_j in every lane, by the same dot on z bytes (no horizontal sum; shared by the group's vectors)
+            for s in range(S):
+                acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, T.Broadcast(T.uint8(z), 4 * L), coefs[s])
+            acc = T.Broadcast(T.int32(0), L) - acc
         for s in range(S):
-            coef = T.reinterpret(f"int8x{4 * L}", T.Broadcast(T.reinterpret("int32", ab[T.ramp(4 * s, 1, 4)]), L))
-            acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, codes(w, rows, base, i, end, s, grp, hf, v), coef)
+            acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, codes(w, rows, base, i, end, s, grp, hf, v),
+                                          coefs[s])
         return acc
 
-    def columns(w, rows, base, i, end, ab, za, tt, ofs, grp, hf, v):
+    def columns(w, rows, base, i, end, ab, tt, ofs, grp, hf, v):
         """float32 x L: the step's contribution to the L columns."""
-        e = T.Cast(f"float32x{L}", int_sum(w, rows, base, i, end, ab, za, grp, hf, v)) * T.Broadcast(tt, L)
+        e = T.Cast(f"float32x{L}", int_sum(w, rows, base, i, end, ab, grp, hf, v)) * T.Broadcast(tt, L)
         return e + T.Broadcast(ofs, L) if off else e
 
     def lane_reduce(buf, op):
@@ -115,8 +122,8 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return T.Cast(f"float32x{NV}", Shuffle(halves, list(range(NV))))
 
     @T.macro
-    def coefficients(w, rows, base, i, end, hv, grp, ab, sc, zs):
-        # ab = round(h * scale / t) as int8; sc = [t (+ the step's NaN flag), Σ h * offset]; zs[0] = -z * Σ a
+    def coefficients(w, rows, base, i, end, hv, grp, ab, sc):
+        # ab = round(h * scale / t) as int8; sc = [t (+ the step's NaN flag), Σ h * (o + 8 s)]
         cf = T.alloc_buffer((NV,), "float32", scope="global")
         mx = T.alloc_buffer((NV,), "float32", scope="global")
         q = T.alloc_buffer((NV,), "int32", scope="global")
@@ -126,9 +133,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         inv: T.let = T.if_then_else(mx[0] > T.float32(0), T.float32(127) / mx[0], T.float32(0))
         q[T.ramp(0, 1, NV)] = T.Cast(f"int32x{NV}", T.nearbyint(cf[T.ramp(0, 1, NV)] * T.Broadcast(inv, NV)))
         ab[T.ramp(0, 1, NV)] = T.Cast(f"int8x{NV}", q[T.ramp(0, 1, NV)])
-        lane_reduce(q, lambda a, b: a + b)()
         sc[0] = mx[0] / T.float32(127) + hv[NV]
-        zs[0] = q[0] * T.int32(-z)
         if off:  # Σ h (o + 8 s), in fp32
             mx[T.ramp(0, 1, NV)] = hv[T.ramp(0, 1, NV)] * offsets(w, rows, base, i, end, grp) + cf[
                 T.ramp(0, 1, NV)] * T.Broadcast(T.float32(8), NV)
@@ -140,7 +145,6 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         hv = T.alloc_buffer((NV + 1,), "float32", scope="global")  # [NV]: 0, or NaN if some h is not finite
         ab = T.alloc_buffer((NV,), "int8", scope="global")
         sc = T.alloc_buffer((2,), "float32", scope="global")
-        zs = T.alloc_buffer((1,), "int32", scope="global")
         hv[NV] = T.float32(0)
         for r in T.unroll(NV):
             hv[r] = T.float32(0)
@@ -154,19 +158,19 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                 if (g0 + gi) % U == 0:
                     for r in T.unroll(R):
                         pf(w, row(rows, base, T.min(i + R + r, end - 1)), (g0 + gi) * bb)
-            coefficients(w, rows, base, i, end, hv, g0 + gi, ab, sc, zs)
+            coefficients(w, rows, base, i, end, hv, g0 + gi, ab, sc)
             for hf in T.unroll(2):
                 for v in T.unroll(V):
                     out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] = out[
                         m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] + columns(
-                        w, rows, base, i, end, ab, zs[0], sc[0], sc[1], g0 + gi, hf, v)
+                        w, rows, base, i, end, ab, sc[0], sc[1], g0 + gi, hf, v)
         if tail > 0:
             if t == threads - 1:  # the partial last group: the same sums, only its valid columns stored
                 part = T.alloc_buffer((GROUP,), "float32", scope="global")
-                coefficients(w, rows, base, i, end, hv, n_full, ab, sc, zs)
+                coefficients(w, rows, base, i, end, hv, n_full, ab, sc)
                 for hf in T.unroll(2):
                     for v in T.unroll(V):
-                        part[T.ramp(hf * HALF + v * L, 1, L)] = columns(w, rows, base, i, end, ab, zs[0],
+                        part[T.ramp(hf * HALF + v * L, 1, L)] = columns(w, rows, base, i, end, ab,
                                                                         sc[0], sc[1], n_full, hf, v)
                 for c in range(tail):
                     out[m, n_full * GROUP + c] = out[m, n_full * GROUP + c] + part[c]
