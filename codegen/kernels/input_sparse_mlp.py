@@ -7,7 +7,9 @@ Buffers (semantics in `ir/input_sparse.py`):
 
 The weights may be float32 / float16 or a quantized layout (q8_0 / q4_0 / q4_1, `ir.quant`): a stored row is
 then a run of blocks along its columns (gate / up: 32 neurons per block; down: 32 output columns), which is
-exactly what the row-axpys stream, so the quantized axpy of `quant_blocks.py` serves all three matrices.
+exactly what the row-axpys stream, so the quantized axpy of `quant_blocks.py` serves all three matrices (the down
+one on integer dots where the target has them, `quant_axpy8.py`; gate / up stay float, so the masks see unrounded
+sums).
 
 Per call:
   0) one pass over x lists the input channels some token keeps (|x[m, i]| > x_thr[i]) and their values
