@@ -15,10 +15,10 @@ import actsparse
 from actsparse.errors import ActsparseError
 from actsparse.ir import evaluate
 from actsparse.ir.input_sparse import input_sparse_reference, input_sparse_torch, keep_mask
+from actsparse.passes.block_weights import BlockWeights
 from actsparse.passes.sparsity_methods import (
     DEFAULT_METHOD,
     LEVEL_STEP,
-    BlockWeights,
     CalibrationError,
     calibrate_blocks,
     greedy_allocation,
