@@ -4,6 +4,8 @@ kernel's tests)."""
 
 import numpy as np
 
+from .kernel_cases import act
+
 
 def codes_and_scales(blob, dtype, d):
     """(q [n, G*32] centred codes as float64, scale [n, G] f32, offset [n, G] f32 or None) of a blob: w = s * q
@@ -52,3 +54,19 @@ def down_bound(h_abs, blob, dtype, d):
     q, s, _ = codes_and_scales(blob, dtype, d)
     mx = (h_abs[:, :, None] * np.abs(s)[None].astype(np.float64)).max(1)      # [M, G]
     return (np.repeat(mx / 254, 32, axis=1) * np.abs(q).sum(0))[:, :d] * 1.001
+
+
+def h_of(kind, call, dtype, d, x, acts):
+    """float64 h [M, n_ff] of the reference (x as given), with the indexed kernel's per-token mask."""
+    from actsparse.ir.quant import dequantize
+
+    gate_act, up_act, threshold = acts[:3]
+    wg, wu = (dequantize(b, dtype, d).astype(np.float64) for b in call.args[1:3])
+    h = act(gate_act, x.astype(np.float64) @ wg.T, threshold) * act(up_act, x.astype(np.float64) @ wu.T)
+    if kind == "indexed":
+        idx, count = call.args[4], call.args[5]
+        mask = np.zeros_like(h)
+        for m in range(h.shape[0]):
+            mask[m, idx[m, :count[m]]] = 1
+        h = h * mask
+    return h

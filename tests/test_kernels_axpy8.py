@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .axpy8_cases import down_bound, down_rounded
-from .kernel_cases import QUANT_DTYPES, act, examples, mlp_reference, primfunc, run_native
+from .axpy8_cases import down_bound, down_rounded, h_of
+from .kernel_cases import QUANT_DTYPES, examples, mlp_reference, primfunc, run_native
 from .test_kernels_int8 import DOTS, host_sched
 from .test_kernels_quant import ACTS, quant_calls
 
@@ -49,22 +49,6 @@ def steps_of(kind, call, sched, n_ff, m):
     return steps
 
 
-def h_of(kind, call, dtype, d, x):
-    """float64 h [M, n_ff] of the reference (x as given), with the indexed kernel's per-token mask."""
-    from actsparse.ir.quant import dequantize
-
-    gate_act, up_act, threshold = ACTS[kind][:3]
-    wg, wu = (dequantize(b, dtype, d).astype(np.float64) for b in call.args[1:3])
-    h = act(gate_act, x.astype(np.float64) @ wg.T, threshold) * act(up_act, x.astype(np.float64) @ wu.T)
-    if kind == "indexed":
-        idx, count = call.args[4], call.args[5]
-        mask = np.zeros_like(h)
-        for m in range(h.shape[0]):
-            mask[m, idx[m, :count[m]]] = 1
-        h = h * mask
-    return h
-
-
 @pytest.mark.parametrize("kind", ("exact", "indexed", "dense"))
 @settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(AXPY_LAYOUTS), dot=st.sampled_from(tuple(DOTS)), d=ragged, n_ff=st.integers(1, 40),
@@ -80,7 +64,7 @@ def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind,
     calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac, x8=True)
     for i, (call, out) in enumerate(zip(calls, run_native(prim, calls))):
         x, blob = call.args[0], call.args[3]
-        h = h_of(kind, call, dtype, d, round_x8(x))
+        h = h_of(kind, call, dtype, d, round_x8(x), ACTS[kind])
         call.kept = ((round_x8(x).astype(np.float64) @ dequantize(call.args[1], dtype, d).T) > 0).any(0)
         ref = np.zeros_like(call.ref)
         slack = np.zeros_like(call.ref)
@@ -112,7 +96,7 @@ def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, 
     calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac, x8=True)
     for call, out in zip(calls, run_native(prim, calls)):
         x, blob = call.args[0], call.args[3]
-        h = h_of(kind, call, dtype, d, round_x8(x))
+        h = h_of(kind, call, dtype, d, round_x8(x), ACTS[kind])
         call.slack = call.slack + down_bound(np.abs(h), blob, dtype, d)
         call.check(out)
         ws = [dequantize(b, dtype, d) for b in call.args[1:4]]
@@ -140,14 +124,13 @@ def test_the_down_projection_is_built_with_vpdpbusd_where_the_target_has_vnni():
 
 
 def test_the_integer_axpy_follows_the_dot_table():
-    """The x86 dots serve q4_0 / q4_1 axpys (q8_0's float axpy is as fast); sdot (ARM) none yet; float dtypes never."""
+    """The x86 dots and sdot serve q4_0 / q4_1 axpys (q8_0's float axpy is as fast on x86); float dtypes never."""
     from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
     from actsparse.codegen.kernels.schedule import CpuSchedule
 
-    for dot, lanes in DOTS.items():
+    for dot, lanes in {**DOTS, "sdot128": 4}.items():
         sched = CpuSchedule(lanes=lanes, threads=2, int8_dot=dot)
         assert [dt for dt in QUANT_DTYPES if uses_int8_axpy(dt, sched)] == list(AXPY_LAYOUTS)
         assert not uses_int8_axpy("q4_0", replace(sched, int8_axpy=False))
     assert not uses_int8_axpy("float16", CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512"))
-    assert not uses_int8_axpy("q4_0", CpuSchedule(lanes=4, threads=2, int8_dot="sdot128"))
     assert not uses_int8_axpy("q4_0", CpuSchedule(lanes=16, threads=2))

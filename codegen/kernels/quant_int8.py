@@ -47,14 +47,15 @@ class Int8Dot:
     lanes: int          # int32 lanes (= the fp32 lanes the block scaling runs on)
     signed_a: bool      # a is signed (sdot) rather than unsigned (vpdpbusd's u8): q8_0 codes then go in as they are
     axpy: tuple[str, ...] = ()  # layouts whose row axpy runs on it too (quant_axpy8.py: coefficients rounded per
-                                # step to int8). q8_0 is not one on x86: its float axpy (one widening per 16 codes)
-                                # timed as fast as the integer one (BENCHMARKS.md, session 7)
+                                # step to int8). Not q8_0: on x86 its float axpy (one widening per 16 codes) timed
+                                # as fast; on aarch64 the integer one saves only 409 -> 317 instructions per 8 rows
+                                # x 32 columns (q4: 473 -> 212), untimed (BENCHMARKS.md, session 7)
 
 
 INT8_DOTS = {
     "vpdpbusd512": Int8Dot("llvm.x86.avx512.vpdpbusd.512", 16, False, axpy=("q4_0", "q4_1")),
     "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
-    "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True),
+    "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
 }
 HALF = GROUP // 2
 
