@@ -1,5 +1,6 @@
-"""The row axpy of quantized rows (the down projection, and the input-sparse kernel's row sums) as integer dot
-products: x86 VNNI `vpdpbusd`, aarch64 `sdot` (the schedule's `int8_dot`, `quant_int8.INT8_DOTS`).
+"""The row axpy of quantized rows (the down projection of every gated-MLP kernel) as integer dot products: x86 VNNI
+`vpdpbusd`, aarch64 `sdot` (the schedule's `int8_dot`); the layouts it serves are its table entry's `axpy`
+(`quant_int8.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), `CpuSchedule.int8_axpy=False` turns it off.
 
 A step of the axpy adds R rows j, each times its coefficient h_j, to a task's output columns:
 out[c] += Σ_j h_j · w_{j,c}, with w_{j,c} = s_{j,g} · (u_{j,c} - z) (+ o_{j,g} + 8 s_{j,g} for q4_1) in group
@@ -12,8 +13,9 @@ c_j = h_j · s_{j,g}, and the R coefficients are rounded to int8 with one float 
 
 The integer sum runs on the 4-way dot: one 32-bit lane per output column holds 4 rows' code bytes (4 rows' 16 code
 bytes loaded and interleaved by one byte shuffle; the rows are any 4 active neurons, so the interleave happens in
-registers, per step), against the 4 rows' a_j repeated in every lane; -z · Σ_j a_j starts the accumulator, t
-scales it once per step and group, and q4_1's offsets add Σ_j h_j · (o_{j,g} + 8 s_{j,g}) in fp32.
+registers, per step), against the 4 rows' a_j repeated in every lane; the accumulator starts at -z · Σ_j a_j, formed
+by the same dot on bytes of z (every lane at once, no horizontal sum), t scales it once per step and group, and
+q4_1's offsets add Σ_j h_j · (o_{j,g} + 8 s_{j,g}) in fp32.
 
 Rounding: |c_j - t a_j| <= t / 2, so each output column is off by at most Σ_steps (t / 2) Σ_{j in step} |u_{j,c} - z|,
 i.e. at most (max_j |h_j s_{j,g}| / 254) · Σ_j |q_{j,c}| over the whole list (q the centred code): a relative
@@ -22,7 +24,7 @@ depends on the step (the kernel's row list, cut into runs of R): `tests/test_ker
 
 The column split over the tasks is the float path's (`quant_blocks.group_split`); the last partial group of a row
 (its codes are zero-padded in the blob) runs the same integer code and stores only its valid columns.
-A non-finite coefficient makes t NaN, so the step's columns become NaN as on the float path.
+A non-finite h makes t NaN (the step's flag hv[NV]), so the step's columns become NaN as on the float path.
 """
 
 from __future__ import annotations
