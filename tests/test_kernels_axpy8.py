@@ -134,3 +134,22 @@ def test_the_integer_axpy_follows_the_dot_table():
         assert not uses_int8_axpy("q4_0", replace(sched, int8_axpy=False))
     assert not uses_int8_axpy("float16", CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512"))
     assert not uses_int8_axpy("q4_0", CpuSchedule(lanes=16, threads=2))
+
+
+@pytest.mark.parametrize("kind", ("exact", "dense"))
+def test_a_non_finite_input_reaches_the_output_through_the_integer_paths(kind):
+    """A NaN in one token's x: that token's outputs are all NaN (x's 8-bit blocks carry it in dx, the down axpy in t;
+    `max` alone drops NaN), the other token's stay finite — as on the float path."""
+    from actsparse.ir.quant import quantize
+
+    from .kernel_cases import Call
+
+    sched = host_sched("vpdpbusd512")
+    d, n_ff = 70, 20
+    rng = np.random.default_rng(3)
+    prim = primfunc(kind, d, n_ff, "q4_0", sched, ACTS[kind])
+    x = rng.standard_normal((2, d)).astype(np.float32)
+    x[1, 5] = np.nan
+    blobs = [quantize(rng.standard_normal((n_ff, d)).astype(np.float32), "q4_0").blob for _ in range(3)]
+    (out,) = run_native(prim, [Call([x, *blobs, np.zeros((2, d), np.float32)], None, None, "q4_0")])
+    assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()

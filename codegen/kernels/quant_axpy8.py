@@ -153,7 +153,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             if r < R:
                 if i + r < end:
                     hv[r] = h[m, hcol + i + r]
-                    hv[NV] = hv[NV] + hv[r] * T.float32(0)
+                    hv[NV] = T.if_then_else(T.isfinite(hv[r]), hv[NV], T.float32(float("nan")))
         g0: T.let = first(t)
         for gi in range(last(t) - g0):
             if prefetch:
