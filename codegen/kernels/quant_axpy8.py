@@ -142,18 +142,23 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             lane_reduce(mx, lambda a, b: a + b)()
             sc[1] = mx[0]
 
+    def all_finite(hv):
+        e = T.isfinite(hv[0])
+        for r in range(1, NV):
+            e = T.And(e, T.isfinite(hv[r]))
+        return e
+
     @T.macro
     def step(w, rows, base, i, end, h, hcol, t, out, m):
         hv = T.alloc_buffer((NV + 1,), "float32", scope="global")  # [NV]: 0, or NaN if some h is not finite
         ab = T.alloc_buffer((NV,), "int8", scope="global")
         sc = T.alloc_buffer((2,), "float32", scope="global")
-        hv[NV] = T.float32(0)
         for r in T.unroll(NV):
             hv[r] = T.float32(0)
             if r < R:
                 if i + r < end:
                     hv[r] = h[m, hcol + i + r]
-                    hv[NV] = T.if_then_else(T.isfinite(hv[r]), hv[NV], T.float32(float("nan")))
+        hv[NV] = T.if_then_else(all_finite(hv), T.float32(0), T.float32(float("nan")))
         g0: T.let = first(t)
         for gi in range(last(t) - g0):
             if prefetch:
