@@ -137,6 +137,12 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
         if not isinstance(layer, CacheLayerMixin) or getattr(layer, "keys", None) is None:
             raise FrontendError(f"{type(model).__name__} layer {i} keeps a {type(layer).__name__} state, not "
                                 "attention keys/values; decoding supports attention-only decoders")
+        extra = sorted(name for name, value in vars(layer).items()
+                       if isinstance(value, torch.Tensor) and name not in ("keys", "values"))
+        if extra:
+            raise FrontendError(f"{type(model).__name__} layer {i} keeps more than keys and values in its cache "
+                                f"({', '.join(extra)}: e.g. DeepSeek-V3.2's sparse-attention indexer); decoding "
+                                "caches attention keys and values only")
         k, v = layer.keys, layer.values
         specs.append(CacheSpec(f"{KEYS}{i}", (1, k.shape[1], max_seq, k.shape[3])))
         specs.append(CacheSpec(f"{VALUES}{i}", (1, v.shape[1], max_seq, v.shape[3])))

@@ -2,7 +2,8 @@
 LMs (tiny configs of scripts/arch_table.py): OPT derives positions from the attention mask (exported with an
 all-ones mask over the filled slots), BLOOM computes a length for a branch it does not take (dead code dropped
 before import), DeepSeek-V3's MLA attention uses ops the table lacks (torch's decompositions, as the full-sequence
-import does). Greedy decoding equals transformers' `generate` token for token."""
+import does), DiffLlama's attention reads the cache's filled prefix for K but a tensor computed from it for V
+(fuse-attention then reads neither in place). Greedy decoding equals transformers' `generate` token for token."""
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("arch, mode", [("opt", "exact"), ("bloom", "dense"), ("deepseek_v3", "dense")])
+@pytest.mark.parametrize("arch, mode", [("opt", "exact"), ("bloom", "dense"), ("deepseek_v3", "dense"),
+                                        ("diffllama", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
@@ -47,3 +49,12 @@ def test_a_model_exported_for_one_token_per_call_still_prefills_and_decodes(monk
     assert torch.equal(lm.generate(ids, 5), expected)
     with pytest.raises(ActsparseError, match="one token per call"):
         actsparse.compile(model, mode="threshold", sparsity=0.3, max_seq=16, calibration=[ids])
+
+
+def test_a_cache_holding_more_than_keys_and_values_is_one_clear_error():
+    """DeepSeek-V3.2 caches its sparse-attention indexer's keys beside K and V: refused by name before the export."""
+    from actsparse.frontends.errors import FrontendError
+    from actsparse.scripts.arch_table import build_tiny
+
+    with pytest.raises(FrontendError, match="indexer_keys"):
+        actsparse.compile(build_tiny("deepseek_v32"), max_seq=16)
