@@ -4,7 +4,8 @@ compiled as a KV-cached decoder; greedy decoding compared with transformers' `ge
     python -m actsparse.scripts.decode_table [ARCH ...] [--write]
 
 A row says `yes` when `actsparse.compile(model, mode="dense", max_seq=...)` builds and its `generate` equals
-`model.generate(ids, attention_mask=ones, do_sample=False)` for NEW tokens; `one token per call` when the model
+`model.generate(ids, attention_mask=ones, do_sample=False)` for NEW tokens (a plain greedy generation config: the
+model's own forced-EOS or n-gram rules are decoding policy, not the model); `one token per call` when the model
 could only be exported for one token at a time (prefill then feeds the prompt token by token); otherwise the
 stage and the first line of the error. `--write` updates the README's generated table (rows of architectures not
 run are kept).
@@ -29,18 +30,24 @@ HEADER = ("| architecture | decodes as transformers | export | reason it stops |
 
 def check_decoding(arch: str) -> dict:
     """{arch, decodes ('yes' | 'no' | 'differs'), export, reason, seconds} for one architecture."""
+    from transformers import GenerationConfig
+
     import actsparse
 
     row, clock = {"arch": arch, "decodes": "no", "export": "–", "reason": ""}, time.perf_counter()
     try:
         model = build_tiny(arch)
         ids = example_ids(model)
+        # the model's own config replaced (generate would merge it back): no forced EOS, no n-gram bans
+        model.generation_config = GenerationConfig(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                                                   pad_token_id=model.config.pad_token_id)
         with torch.no_grad():
-            want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, min_new_tokens=NEW,
-                                  do_sample=False)
+            want = model.generate(ids, attention_mask=torch.ones_like(ids))
         lm = actsparse.compile(model, mode="dense", max_seq=ids.shape[1] + NEW + 2)
         row["export"] = "one token per call" if lm.module.inputs[0][1].shape[1] == 1 else "prompt per call"
         got = torch.as_tensor(lm.generate(ids, NEW))
+        if got.shape[1] < want.shape[1] and int(got[0, -1]) in lm.spec.eos_token_ids:
+            want = want[:, :got.shape[1]]  # ours stops at end-of-sequence, where min_new_tokens made it go on
         row["decodes"] = "yes" if torch.equal(got, want) else "differs"
         if row["decodes"] == "differs":
             n = ids.shape[1]
