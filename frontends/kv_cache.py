@@ -137,8 +137,9 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
         if not isinstance(layer, CacheLayerMixin) or getattr(layer, "keys", None) is None:
             raise FrontendError(f"{type(model).__name__} layer {i} keeps a {type(layer).__name__} state, not "
                                 "attention keys/values; decoding supports attention-only decoders")
-        extra = sorted(name for name, value in vars(layer).items()
-                       if isinstance(value, torch.Tensor) and name not in ("keys", "values"))
+        extra = sorted(name for name, value in vars(layer).items()  # cached per-token state, not settings (a
+                       if isinstance(value, torch.Tensor) and value.ndim >= 3  # sliding layer's window size)
+                       and not name.startswith("_") and name not in ("keys", "values"))
         if extra:
             raise FrontendError(f"{type(model).__name__} layer {i} keeps more than keys and values in its cache "
                                 f"({', '.join(extra)}: e.g. DeepSeek-V3.2's sparse-attention indexer); decoding "
