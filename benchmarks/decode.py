@@ -36,7 +36,10 @@ read from DRAM. The GGUF is written, fsynced and dropped from the page cache (po
 llama.cpp loads it without mmap, so llama.cpp runs from its own memory like the others and no second copy sits
 in the page cache. Each part and dtype runs in its own process (peak memory: the fp16 part of (a) builds the
 fp32 model for the import, ~1.8x the fp32 weights of `--layers` layers; 4 layers: ~6.3 GB). `--quick`: fewer
-tokens and repeats (same code path). The load average is printed with every figure: on a shared machine only
+tokens and repeats (same code path). Part (a)'s table also gives the GB/s of weights each runner reads (bytes per
+step x tokens/s: exact reads every gate row and the active share of up and down, dense and llama.cpp every matrix)
+and the byte ideal of exact / llama.cpp (their bytes per step: the ratio at equal bandwidth; exceeding it needs more
+GB/s than llama.cpp gets). The load average is printed with every figure: on a shared machine only
 ratios measured in the same minutes mean anything.
 """
 
@@ -285,6 +288,7 @@ def part_a(dtype: str, layers: int, vocab: int, tokens: int, repeats: int, threa
     model = build_mistral(layers, vocab, max_seq, dtype, small=small)
     row["build_s"] = time.perf_counter() - t0
     row["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    row["step_bytes"] = step_bytes(model)
     row["load"]["torch"] = _load()
     row["torch"] = torch_rate(model, prompt, tokens, repeats, threads)
     print(f"  torch generate {row['torch']:.2f} tokens/s (load {row['load']['torch']})", file=sys.stderr, flush=True)
@@ -298,6 +302,9 @@ def part_a(dtype: str, layers: int, vocab: int, tokens: int, repeats: int, threa
                                   quantize="fp16" if dtype == "float16" else None)
         row["compile_s"] = time.perf_counter() - t0
         row["sparsity"] = [b.sparsity for b in exact.report.blocks]
+        active = 1.0 - sum(row["sparsity"]) / len(row["sparsity"])
+        sb = row["step_bytes"]
+        sb["exact"] = sb["dense"] - sb["mlp"] + sb["mlp"] / 3 * (1 + 2 * active)  # every gate row, active up/down
         from actsparse.runtime.bench import dense_twin
         from actsparse.runtime.decoder import Decoder
 
@@ -316,6 +323,21 @@ def part_a(dtype: str, layers: int, vocab: int, tokens: int, repeats: int, threa
     row["load"]["end"] = _load()
     row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return row
+
+
+def step_bytes(model) -> dict:
+    """Weight bytes one dense decoding step of `model` reads (every matrix once, one embedding row; norms left out:
+    a few KB) as {"dense", "mlp"} (mlp: the MLP matrices' share). A dense GGUF of the same weights (llama.cpp) reads
+    the dense figure; exact mode reads every gate row and the active share of up and down (`part_a` adds it)."""
+    mlp = dense = 0
+    for name, p in model.named_parameters():
+        nbytes = p.numel() * p.element_size()
+        if "embed_tokens" in name:
+            dense += p.shape[1] * p.element_size()
+        elif p.dim() == 2:
+            dense += nbytes
+            mlp += nbytes if ".mlp." in name else 0
+    return {"dense": float(dense), "mlp": float(mlp)}
 
 
 def smollm2_gguf() -> str:
@@ -430,15 +452,24 @@ def _rate(r) -> str:
 
 def table_a(rows: list[dict]) -> str:
     out = ["| weights | actsparse exact | actsparse dense | transformers generate | llama.cpp (dense GGUF) | "
-           "exact / llama.cpp | exact / dense | exact / torch | dense / llama.cpp | MLP sparsity | load avg |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "exact / llama.cpp | exact / dense | exact / torch | dense / llama.cpp | MLP sparsity | "
+           "GB/s exact / dense / llama.cpp | byte ideal exact / llama.cpp | load avg |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         sp = sum(r["sparsity"]) / len(r["sparsity"])
         out.append(f"| {r['dtype']} | {r['exact']:.2f} | {r['dense']:.2f} | {r['torch']:.2f} | {_rate(r['llama.cpp'])} "
                    f"| **{_ratio(r['exact'], r['llama.cpp'])}** | **{r['exact'] / r['dense']:.2f}x** | "
                    f"{r['exact'] / r['torch']:.2f}x | {_ratio(r['dense'], r['llama.cpp'])} | {sp:.1%} | "
+                   f"{_bandwidths(r)} | {r['step_bytes']['dense'] / r['step_bytes']['exact']:.2f}x | "
                    f"{r['load']['torch']} → {r['load']['end']} |")
     return "\n".join(out)
+
+
+def _bandwidths(r: dict) -> str:
+    """GB/s each runner reads weights at: bytes per step (`step_bytes`) x tokens/s."""
+    sb = r["step_bytes"]
+    rates = [(r["exact"], sb["exact"]), (r["dense"], sb["dense"]), (r["llama.cpp"], sb["dense"])]
+    return " / ".join(f"{rate * nbytes / 1e9:.1f}" if isinstance(rate, float) else "n/a" for rate, nbytes in rates)
 
 
 def table_b(r: dict) -> str:

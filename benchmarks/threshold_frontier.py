@@ -97,7 +97,7 @@ def gate_act_name(mlp) -> str:
 
 
 def block_weights(model):
-    from actsparse.passes.sparsity_methods import BlockWeights
+    from actsparse.passes.block_weights import BlockWeights
 
     return [BlockWeights(m.gate_proj.weight.detach().numpy(), m.up_proj.weight.detach().numpy(),
                          m.down_proj.weight.detach().numpy(), gate_act_name(m)) for m in mlps(model)]
@@ -143,7 +143,7 @@ def install(model, plans, quantize: str | None = None, weights=None) -> None:
     import torch
 
     from actsparse.ir.input_sparse import input_sparse_torch, threshold_torch
-    from actsparse.passes.sparsity_methods import ROTATION_STORAGE
+    from actsparse.passes.rotation import ROTATION_STORAGE
 
     from .quant_quality import stored
 

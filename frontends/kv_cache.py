@@ -91,9 +91,10 @@ class KVCachedLM(nn.Module):
 
     actsparse_prefix = "model"
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, ones_mask: bool = False):
         super().__init__()
         self.model = model
+        self.ones_mask = ones_mask  # see EXPORT_VARIANTS
         self._layer, self._cache = _layer_classes()
         takes = inspect.signature(model.forward).parameters
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}  # lm_head on 1 token
@@ -104,8 +105,9 @@ class KVCachedLM(nn.Module):
         offset = pos.reshape(())
         layers = [self._layer(cache[2 * i], cache[2 * i + 1], offset, filled.shape[0]) for i in range(len(cache) // 2)]
         positions = (torch.arange(input_ids.shape[1], device=input_ids.device) + offset).unsqueeze(0)
+        mask = {"attention_mask": torch.ones_like(filled).unsqueeze(0)} if self.ones_mask else {}
         out = self.model(input_ids=input_ids, position_ids=positions, use_cache=True, **self._last_logits_only,
-                         **{self._cache_argument: self._cache(layers)})
+                         **mask, **{self._cache_argument: self._cache(layers)})
         return (out.logits[:, -1:], *(t for layer in layers for t in (layer.keys, layer.values)))
 
 
@@ -135,6 +137,12 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
         if not isinstance(layer, CacheLayerMixin) or getattr(layer, "keys", None) is None:
             raise FrontendError(f"{type(model).__name__} layer {i} keeps a {type(layer).__name__} state, not "
                                 "attention keys/values; decoding supports attention-only decoders")
+        extra = sorted(name for name, value in vars(layer).items()
+                       if isinstance(value, torch.Tensor) and name not in ("keys", "values"))
+        if extra:
+            raise FrontendError(f"{type(model).__name__} layer {i} keeps more than keys and values in its cache "
+                                f"({', '.join(extra)}: e.g. DeepSeek-V3.2's sparse-attention indexer); decoding "
+                                "caches attention keys and values only")
         k, v = layer.keys, layer.values
         specs.append(CacheSpec(f"{KEYS}{i}", (1, k.shape[1], max_seq, k.shape[3])))
         specs.append(CacheSpec(f"{VALUES}{i}", (1, v.shape[1], max_seq, v.shape[3])))
@@ -144,8 +152,6 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
 def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpec]]:
     """Export `model` (a transformers causal LM, float32, eval) as the decoding graph of the module docstring."""
     from .hf_source import quiet_transformers
-    from .moe import per_expert_routing
-    from .torch_export import HINTS, Importer
 
     if max_seq < 3:
         raise FrontendError(f"max_seq={max_seq}: a decoder needs at least 3 KV-cache slots")
@@ -153,12 +159,37 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
     model.config.use_cache = True
     with quiet_transformers():
         specs = cache_specs(model, max_seq)
-    wrapper = KVCachedLM(model)
-    ids = torch.zeros(1, 2, dtype=torch.long)
+    first = None
+    for variant in EXPORT_VARIANTS:
+        try:
+            return _named_inputs(_export(model, specs, max_seq, **variant), specs), specs
+        except FrontendError as err:
+            first = first or err
+    raise first
+
+
+# How the model is called for export, tried in order until one imports: first it builds its own causal mask from
+# the cache's filled length; models that derive positions from the attention mask (OPT, BioGPT: a cumsum over
+# `ones(past + seq)`, a length read off the `pos` tensor, which neither export nor the IR can make a shape of) get
+# an all-ones mask over the filled slots, a [1, kv] shape torch can name. Last, models whose forward computes
+# sizes from the token count that the IR cannot name (Llama 4's chunked attention) are exported for one token at
+# a time (`seq` fixed to 1): the runtime then feeds a prompt token by token (runtime/decoder.py).
+EXPORT_VARIANTS = ({}, {"ones_mask": True}, {"one_token": True}, {"one_token": True, "ones_mask": True})
+
+
+def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, ones_mask: bool = False,
+            one_token: bool = False) -> Graph:
+    """The decoding graph through torch.export, the model called as the EXPORT_VARIANTS entry says."""
+    from .hf_source import quiet_transformers
+    from .moe import per_expert_routing
+    from .torch_export import HINTS, Importer, decompose_missing
+
+    wrapper = KVCachedLM(model, ones_mask)
+    ids = torch.zeros(1, 1 if one_token else 2, dtype=torch.long)
     cache = tuple(torch.zeros(s.shape) for s in specs)
     filled = torch.zeros(3, dtype=torch.long)  # a length other than the example's seq: two distinct dims
     seq, kv = torch.export.Dim(SEQ, min=1, max=max_seq), torch.export.Dim(FILLED, min=1, max=max_seq)
-    dynamic = ({1: seq}, None, {0: kv}, tuple(None for _ in specs))
+    dynamic = (None if one_token else {1: seq}, None, {0: kv}, tuple(None for _ in specs))
     try:
         with per_expert_routing(model), torch.no_grad(), quiet_transformers():
             program = torch.export.export(wrapper, (ids, torch.zeros(1, dtype=torch.long), filled, cache),
@@ -167,10 +198,11 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
         text = str(err).strip().splitlines()
         raise FrontendError(f"torch.export could not export {type(model).__name__} with a KV cache: "
                             f"{type(err).__name__}: {text[0] if text else ''}. Hints: {HINTS}.") from err
+    program.graph_module.graph.eliminate_dead_code()  # lengths computed for branches not taken (BLOOM's past + seq)
+    program = decompose_missing(program)  # as the full-sequence import does: the long tail by torch's decompositions
     importer = Importer(program, KVCachedLM.actsparse_prefix)
     importer.symbols.update(_dim_symbols(program))
-    graph = importer.run()
-    return _named_inputs(graph, specs), specs
+    return importer.run()
 
 
 def _dim_symbols(program) -> dict:

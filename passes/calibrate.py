@@ -20,9 +20,9 @@ import numpy as np
 from ..errors import ActsparseError
 from ..ir import Graph, Node, evaluate
 from ..ir.mlp import unpack_gated_inputs
+from .block_weights import BlockWeights
 from .sparsity_methods import (
     METHODS,
-    BlockWeights,
     CalibrationError,
     InputThresholds,
     NeuronThreshold,

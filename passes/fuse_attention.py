@@ -85,7 +85,10 @@ def _attention(node: Node) -> dict | None:
     if scores is None or scores["group"] != v_heads[1] or v_heads[0].shape != scores["k"].shape:
         return None
     kv = mask["mask"].shape[-1] if mask["mask"].type.rank else None
-    return {**scores, **mask, "k": _read_in_place(scores["k"], kv), "v": _read_in_place(v_heads[0], kv)}
+    k, v = _read_in_place(scores["k"], kv), _read_in_place(v_heads[0], kv)
+    if k.shape != v.shape:  # one is a cache's filled prefix, the other computed from it (DiffLlama's V halves)
+        k, v = scores["k"], v_heads[0]
+    return {**scores, **mask, "k": k, "v": v}
 
 
 def _read_in_place(node: Node, kv) -> Node:

@@ -28,7 +28,7 @@ lm_head) is quantized as `output` ("int8" by default): its error lands on every 
 keeps it above 4 bits (Q6_K) in its Q4_0 files. `output=None` quantizes it like the rest.
 
 A rotated threshold method's rotation (`linear(x, @Q)` feeding a `sparse_gated_mlp` with a `rotation_share`) is
-stored as `sparsity_methods.ROTATION_STORAGE` says for `kind` (int8 under int4: Q turns x before all three
+stored as `rotation.ROTATION_STORAGE` says for `kind` (int8 under int4: Q turns x before all three
 matrices, and calibration priced its bytes so); statistic `rotation-<kind>`.
 
 Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows),
@@ -50,7 +50,7 @@ from ..ir.graph import quantized_weight_node
 from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, quantize
 from ..ir.sparse_variants import variant_of
 from .base import Pass, record
-from .sparsity_methods import ROTATION_STORAGE
+from .rotation import ROTATION_STORAGE
 
 # op -> indices of the inputs that are row-streamed weights (by the op's attributes)
 WEIGHT_INPUTS = {

@@ -25,7 +25,7 @@ Options: `sparsity` (0 < s < 1: the method's target; for input methods the fract
 tuples; not part of the text form), `max_tokens` (calibration rows kept per block), `progress` (tqdm bars),
 `storage` (how the weights will be stored: a `quantize=` value; None: as the graph holds them), which prices a
 rotated method's Q against the block's bytes and tells the quantize pass what Q may become
-(`sparsity_methods.ROTATION_STORAGE`).
+(`rotation.ROTATION_STORAGE`).
 
 Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...).
 """
@@ -41,8 +41,9 @@ from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.mlp import pattern_name
 from .base import Pass, coerce_options, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, threshold_attrs
+from .rotation import ROTATION_STORAGE
 from .sparse_layout import to_sparse_layout
-from .sparsity_methods import DEFAULT_METHOD, METHODS, ROTATION_STORAGE, method
+from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ import numpy as np
 from ..errors import ActsparseError
 from ..ir.activations import apply
 from ..ir.input_sparse import input_sparse_parts
-from ..ir.quant import bytes_per_weight
+from .block_weights import BlockWeights
+from .rotation import rotate_blocks
 
 
 class CalibrationError(ActsparseError):
@@ -76,32 +77,6 @@ def method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise ValueError(f"unknown sparsity method {name!r}; valid methods: {', '.join(METHODS)}") from None
-
-
-@dataclass(frozen=True)
-class BlockWeights:
-    """One block's weights as the model holds them ([out, in]) plus WINA's column norms."""
-    w_gate: np.ndarray
-    w_up: np.ndarray
-    w_down: np.ndarray
-    gate_act: str
-    up_act: str = "identity"
-    x_norm: np.ndarray = field(default=None, repr=False)   # ‖[Wg; Wu][:, i]‖₂
-    h_norm: np.ndarray = field(default=None, repr=False)   # ‖Wd[:, j]‖₂
-
-    def __post_init__(self):
-        norm = np.sqrt(np.square(self.w_gate, dtype=np.float32).sum(0) + np.square(self.w_up, dtype=np.float32).sum(0))
-        object.__setattr__(self, "x_norm", np.maximum(norm, 1e-12).astype(np.float32))
-        object.__setattr__(self, "h_norm", np.maximum(np.linalg.norm(self.w_down, axis=0), 1e-12).astype(np.float32))
-
-    @property
-    def attrs(self) -> dict:
-        return {"gate_act": self.gate_act, "up_act": self.up_act}
-
-    def byte_shares(self) -> tuple[float, float]:
-        """Fractions of the block's weight bytes behind x (gate + up) and behind h (down)."""
-        xb, hb = self.w_gate.size + self.w_up.size, self.w_down.size
-        return xb / (xb + hb), hb / (xb + hb)
 
 
 @dataclass(frozen=True)
@@ -251,51 +226,6 @@ def _curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error
     levels = np.arange(0.0, MAX_LEVEL + 1e-9, LEVEL_STEP)
     return [error_curves(b, r[:error_tokens], m, levels)
             for b, r in tqdm(list(zip(blocks, rows)), desc="allocate", unit="block", disable=not progress or None)]
-
-
-ROTATION_DTYPE = np.float16   # Q as calibration makes it (the turned weights W·Q use this rounded Q)
-# how Q is stored (and read per token) for each storage of the block weights ("fp32": not quantized). Q turns x
-# before every matrix of the block, so its error lands on all three: below 8 bits it costs more quality than the
-# bytes it saves (benchmarks: threshold_frontier --quantize int4); fp16 would cost 2x the bytes of int8 (at
-# SmolLM2 dims 44% of an int4 block, against 24% for int8).
-ROTATION_STORAGE = {"fp32": "fp16", "fp16": "fp16", "int8": "int8", "int4": "int8"}
-
-
-def pca_rotation(rows: np.ndarray, dims: int) -> np.ndarray:
-    """Q [dims, dims], orthogonal up to its fp16 rounding: the principal axes of the first `dims` columns of the
-    calibration rows, largest variance first (eigenvectors of XᵀX in float64), as stored (ROTATION_DTYPE)."""
-    x = rows[:, :dims].astype(np.float64)
-    _, vectors = np.linalg.eigh(x.T @ x)
-    return np.ascontiguousarray(vectors[:, ::-1]).astype(ROTATION_DTYPE)
-
-
-def rotated(bw: BlockWeights, rows: np.ndarray, q: np.ndarray) -> tuple[BlockWeights, np.ndarray]:
-    """The block and its rows in the rotated basis: x' = x·Q, W' = W·Q on the first Q.shape[0] input columns (a
-    folded bias column after them stays as it is)."""
-    k, q = len(q), q.astype(np.float32)
-
-    def turn(a):
-        return np.concatenate([a[:, :k] @ q, a[:, k:]], 1).astype(np.float32)
-
-    return BlockWeights(turn(bw.w_gate), turn(bw.w_up), bw.w_down, bw.gate_act, bw.up_act), turn(rows)
-
-
-def rotation_share(dims: int, bw: BlockWeights, storage: str = "fp32") -> float:
-    """Bytes of a dims x dims rotation over the block's weight bytes, both as stored for weights in `storage`."""
-    weights = bw.w_gate.size + bw.w_up.size + bw.w_down.size
-    return dims * dims * bytes_per_weight(ROTATION_STORAGE[storage]) / (weights * bytes_per_weight(storage))
-
-
-def rotate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], input_dims: list[int] | None = None,
-                  storage: str = "fp32"):
-    """(turned blocks, turned rows, Q per block, Q's share of each block's bytes) for the rotated-* methods;
-    `storage`: how the block weights will be stored (fp32 or a `quantize=` value), which prices Q's share."""
-    dims = input_dims or [r.shape[1] for r in rows]
-    rotations = [pca_rotation(r, k) for r, k in zip(rows, dims)]
-    turned = [rotated(b, r, q) for b, r, q in zip(blocks, rows, rotations)]
-    shares = [rotation_share(len(q), b, storage) for q, b in zip(rotations, blocks)]
-    blocks, rows = [t[0] for t in turned], [t[1] for t in turned]
-    return blocks, rows, rotations, shares
 
 
 def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,

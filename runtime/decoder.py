@@ -72,6 +72,7 @@ class Decoder:
         self.tokenizer = tokenizer
         self._takes_filled = [name for name, _ in module.inputs[:3]] == list(CALL_INPUTS)
         self._zeros = np.zeros(spec.max_seq, np.int64)  # `filled` is a prefix of it (only its length is read)
+        self._one_token = module.inputs[0][1].shape[1] == 1  # input_ids [1, 1]: no symbolic seq
 
     @property
     def report(self):
@@ -132,6 +133,10 @@ class Decoder:
 
     def _feed(self, ids: np.ndarray, state: DecodeState) -> DecodeState:
         n = ids.shape[1]
+        if n > 1 and self._one_token:  # a graph exported for one token at a time (frontends/kv_cache.py)
+            for i in range(n):
+                state = self._feed(ids[:, i:i + 1], state)
+            return state
         self._check_room(state.position + n)
         filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
         out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches)

@@ -56,6 +56,17 @@ def test_kernel_equals_numpy_at_odd_kv_lengths(heads, kv_heads, head_dim, seq, m
         np.testing.assert_allclose(out.numpy(), expected, rtol=1e-4, atol=1e-5, err_msg=f"kv={kv}")
 
 
+def test_kernel_scratch_per_head_is_on_the_stack():
+    """The per-task scratch (lane sums, the head's output accumulator, running max and sum) is stack memory: no
+    workspace allocation per head (measured: 1.4-1.8x slower attention calls with them, kv 8-512)."""
+    import re
+
+    run = _host_kernel(1, 8, 2, 128, 1, scale=0.1, softcap=0.0, mask_kind="select", fill=ATTENTION_ATTRS["fill"])
+    ll = run.mod.inspect_source("ll")
+    fixed = re.findall(r"call ptr %\w+\(i32 1, i32 %dev_id, i64 (\d+),", ll)  # constant-size workspace allocations
+    assert "actsparse_attention" in ll and fixed == [], fixed
+
+
 def test_rewrite_golden_statistics_and_values():
     """Grouped-query attention with a boolean mask, and soft-capped attention with an additive mask and its scale as
     a divide: both become one `attention` each, the IR verifies, and it computes what the chains did."""

@@ -36,3 +36,43 @@ def test_dense_gguf_has_the_llama_tensors(tmp_path):
     assert gate.tensor_type == gguf.GGMLQuantizationType.F16
     np.testing.assert_array_equal(np.asarray(gate.data).reshape(model.model.layers[0].mlp.gate_proj.weight.shape),
                                   model.model.layers[0].mlp.gate_proj.weight.detach().numpy())
+
+
+def test_step_profile_replays_every_kernel_of_a_step_and_counts_their_weight_bytes():
+    """benchmarks/decode_profile.py at tiny dims: the recorded step holds one exact MLP kernel per layer, the q/k/v/o
+    linears and the output projection; the bytes it charges the exact MLP are the gate plus the active share of up
+    and down; replaying the step's calls writes the logits the step itself wrote."""
+    import actsparse
+    from actsparse.benchmarks import decode_profile
+
+    model = decode.build_mistral(layers=1, vocab=512, max_seq=24, dtype="float16", small=True).float()
+    lm = actsparse.compile(model, mode="exact", max_seq=24, quantize="fp16")
+    prompt, feed = np.array([[300, 301, 302]]), np.array([400, 401, 402])
+    per_step, total = decode_profile.profile(lm, prompt, feed, active=0.25, repeats=1)
+    kinds = {k.split()[0]: v for k, v in per_step.items()}
+    mlp = next(v for k, v in kinds.items() if "gmlp_exact" in k)
+    d, n_ff = decode.SMALL["hidden_size"], decode.SMALL["intermediate_size"]
+    assert mlp[2] == 1 and mlp[1] == n_ff * d * 2 * (1 + 2 * 0.25)  # fp16: gate + a quarter of up and down
+    linears = sum(v[2] for k, v in kinds.items() if "_linear_" in k)
+    assert linears == 4 + 1  # q, k, v, o and the output projection
+    assert total > 0 and all(v[0] >= 0 for v in per_step.values())
+    state = lm.prefill(prompt)
+    for token in feed[:-1]:
+        _, state = lm.step(int(token), state)
+    calls = decode_profile.record_step(lm, state, feed[-1])
+    expected, _ = lm.step(int(feed[-1]), lm.prefill(np.concatenate([prompt[0], feed[:-1]])[None]))
+    logits_buffers = [a for _, s, args in calls if "_linear_" in s for a in args[-1:]][-1:]  # lm_head's output
+    for func, _, args in calls:
+        func(*args)
+    np.testing.assert_allclose(logits_buffers[0].numpy().reshape(-1), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gate_prefilter_certifies_only_inactive_neurons(capsys):
+    """benchmarks/gate_prefilter.py at tiny dims: its bounds certify a share of the inactive neurons and never an
+    active one (the script raises if a certified neuron is active)."""
+    from actsparse.benchmarks import gate_prefilter
+
+    assert gate_prefilter.main(["--small", "--tokens", "16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shares = [float(line.split("certifies ")[1].split("%")[0]) for line in lines if "certifies" in line]
+    assert len(shares) == 2 and all(20.0 < s <= 100.0 for s in shares), lines

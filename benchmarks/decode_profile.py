@@ -1,0 +1,176 @@
+"""Where one decode step's time goes: per-kernel wall time and GB/s of part (a)'s decoder (benchmarks/decode.py).
+
+    OPENBLAS_NUM_THREADS=1 python -m actsparse.benchmarks.decode_profile [--dtype float16|float32] [--layers 2]
+                                                                        [--vocab 2048] [--steps 16] [--small]
+
+Builds part (a)'s synthetic Mistral-7B-dims ReGLU decoder (`decode.build_mistral`, ~90% of the neurons inactive
+per token), compiles it in exact mode (`quantize="fp16"` for float16, as decode.py does) and its dense twin, decodes
+`--steps` steps through each, records the calls the VM makes in one more step (kernels and the VM's builtins, through
+a VM instrument) and replays them back to back, each timed (median of 5). Per call kind (the callee's symbol with
+its weight's shape) it prints the milliseconds per step, the weight bytes the call reads (its arguments that are
+module weights; the exact MLP's up and down rows scaled by the measured active fraction) and the GB/s that makes,
+beside the read limit of this machine (`FfnBench.read_probe`, timed just before). "step wall" is the median
+Decoder.step without the instrument; "outside calls" is that minus the replayed calls: the VM's own interpretation
+and Python (negative when replaying from Python costs more than the VM's native calls). Weights beyond the
+last-level cache (2 layers at Mistral dims: ~0.9 GB in fp16) come from DRAM as in real decoding. Peak memory: the
+float32 model of `--layers` layers (~0.9 GB per layer) plus the kernels' fp16 copies (2 layers: ~3 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+
+
+def _load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def record_step(lm, state, token) -> list:
+    """The calls (func, symbol, args) the VM makes in one step of `lm` (a Decoder) at `state`, in order."""
+    module = lm.module
+    calls = []
+
+    def instrument(func, symbol, before_run, ret_value, *args):
+        if before_run:
+            calls.append((func, symbol, args))
+        return 0  # VMInstrumentReturnKind.NO_OP
+
+    module._vm.set_instrument(instrument)
+    try:
+        lm.step(int(token), state)
+    finally:
+        module._vm.set_instrument(None)
+    return calls
+
+
+def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, float]:
+    """({call kind: [seconds per step, bytes per step, calls per step]}, seconds per step of all calls) of one
+    decoding step of `lm` (a Decoder) after `prompt` + `feed`: its calls are recorded once through a VM instrument,
+    then replayed back to back in their order `repeats` times, each timed (median). Replaying, not timing inside
+    the instrument: a Python callback between the calls lets the thread pool's workers fall asleep, which would
+    charge every parallel kernel a wake-up. Builtins that allocate are replayed too (same arguments: same sizes)."""
+    import numpy as np
+
+    module = lm.module
+    weights = {t.data_ptr() for t in module._weight_tensors}
+
+    def kind_of(symbol: str, args) -> tuple[str, float]:
+        if symbol.startswith("vm.builtin.") or symbol == "take":  # builtins read no weights; take one row
+            return symbol, 0.0
+        w = [a for a in args if hasattr(a, "data_ptr") and a.data_ptr() in weights]
+        nbytes = [int(np.prod(a.shape)) * a.dtype.bits // 8 for a in w]
+        if "gmlp_exact" in symbol and len(nbytes) == 3:
+            read = nbytes[0] + active * (nbytes[1] + nbytes[2])
+        else:
+            read = float(sum(nbytes))
+        shape = "x".join(str(int(s)) for s in w[0].shape) if w else ""
+        return (f"{symbol[:60]} {shape}".strip(), read)
+
+    state = lm.prefill(prompt)
+    for token in feed[:-1]:
+        _, state = lm.step(int(token), state)
+    calls = record_step(lm, state, feed[-1])
+    kinds = [kind_of(symbol, args) for _, symbol, args in calls]
+    times = np.zeros((repeats, len(calls)))
+    for rep in range(repeats):
+        clock = time.perf_counter
+        for i, (func, _, args) in enumerate(calls):
+            t0 = clock()
+            func(*args)
+            times[rep, i] = clock() - t0
+    per_call = np.median(times, axis=0)
+    per_step: dict = defaultdict(lambda: [0.0, 0.0, 0])
+    for (kind, read), sec in zip(kinds, per_call):
+        s = per_step[kind]
+        s[0] += sec
+        s[1] += read
+        s[2] += 1
+    return dict(per_step), float(per_call.sum())
+
+
+def step_wall(lm, prompt, feed) -> float:
+    """Median seconds of one Decoder.step (no instrument)."""
+    import numpy as np
+
+    state = lm.prefill(prompt)
+    times = []
+    for token in feed:
+        t0 = time.perf_counter()
+        _, state = lm.step(int(token), state)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def table(name: str, per_step: dict, instrumented: float, wall: float, limit: float) -> str:
+    rows = sorted(per_step.items(), key=lambda kv: -kv[1][0])
+    out = [f"\n{name}: step wall {wall * 1e3:.2f} ms ({1 / wall:.2f} tokens/s), its calls replayed "
+           f"{instrumented * 1e3:.2f} ms, outside calls {(wall - instrumented) * 1e3:.2f} ms; read limit "
+           f"{limit / 1e9:.1f} GB/s", "",
+           "| call | calls/step | ms/step | MB/step | GB/s | % of read limit |", "|---|---:|---:|---:|---:|---:|"]
+    for kind, (sec, nbytes, calls) in rows:
+        gbs = nbytes / sec / 1e9 if nbytes and sec else 0.0
+        pct = f"{gbs * 1e9 / limit:.0%}" if nbytes else ""
+        out.append(f"| `{kind}` | {calls:g} | {sec * 1e3:.2f} | {nbytes / 1e6:.1f} | "
+                   f"{gbs:.1f} | {pct} |" if nbytes else
+                   f"| `{kind}` | {calls:g} | {sec * 1e3:.2f} | | | |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=0, help="threads (default: the cores)")
+    ap.add_argument("--small", action="store_true", help="tiny dims: a smoke test of the script")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import gc
+
+    import numpy as np
+
+    import actsparse
+    from actsparse.benchmarks.decode import MISTRAL, PROMPT_LEN, SMALL, build_mistral
+    from actsparse.benchmarks.ffn import FfnBench
+    from actsparse.runtime.bench import dense_twin
+    from actsparse.runtime.decoder import Decoder
+
+    threads = args.threads or os.cpu_count()
+    dims = SMALL if args.small else MISTRAL
+    bench = FfnBench(dims["hidden_size"], dims["intermediate_size"], threads=threads)
+    probe, probe_bytes = bench.read_probe(small=args.small)
+    rng = np.random.default_rng(1)
+    max_seq = PROMPT_LEN + 2 * args.steps + 8
+    prompt = rng.integers(256, args.vocab, (1, PROMPT_LEN))
+    feed = rng.integers(256, args.vocab, args.steps)
+    model = build_mistral(args.layers, args.vocab, max_seq, args.dtype, small=args.small)
+    if args.dtype == "float16":
+        model = model.float()
+    t0 = time.perf_counter()
+    exact = actsparse.compile(model, mode="exact", max_seq=max_seq,
+                              quantize="fp16" if args.dtype == "float16" else None)
+    print(f"compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    del model
+    gc.collect()
+    dense = Decoder(dense_twin(exact.module), exact.spec)
+    active = 1.0 - float(np.mean([b.sparsity for b in exact.report.blocks]))
+    print(f"# decode step profile, part (a) decoder, {args.layers} layers, {args.dtype} weights, "
+          f"{args.steps} steps; MLP active fraction {active:.1%}; threads {threads}; load avg {_load()}")
+    for name, lm in (("exact", exact), ("dense", dense)):
+        t0 = time.perf_counter()
+        probe()
+        limit = probe_bytes / (time.perf_counter() - t0)
+        wall = step_wall(lm, prompt, feed)
+        per_step, instrumented = profile(lm, prompt, feed, active)
+        print(table(name, per_step, instrumented, wall, limit), flush=True)
+    print(f"\nload avg after: {_load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

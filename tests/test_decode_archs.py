@@ -1,0 +1,60 @@
+"""Decoding architectures whose forward fights the KV-cache export, each found by a sweep of transformers' causal
+LMs (tiny configs of scripts/arch_table.py): OPT derives positions from the attention mask (exported with an
+all-ones mask over the filled slots), BLOOM computes a length for a branch it does not take (dead code dropped
+before import), DeepSeek-V3's MLA attention uses ops the table lacks (torch's decompositions, as the full-sequence
+import does), DiffLlama's attention reads the cache's filled prefix for K but a tensor computed from it for V
+(fuse-attention then reads neither in place). Greedy decoding equals transformers' `generate` token for token."""
+
+import pytest
+import torch
+
+import actsparse
+
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("arch, mode", [("opt", "exact"), ("bloom", "dense"), ("deepseek_v3", "dense"),
+                                        ("diffllama", "dense")])
+def test_greedy_decoding_equals_transformers(arch, mode):
+    from actsparse.scripts.arch_table import build_tiny, example_ids
+
+    model = build_tiny(arch)
+    ids = example_ids(model)
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, min_new_tokens=6,
+                                  do_sample=False)
+    lm = actsparse.compile(model, mode=mode, max_seq=16)
+    if mode == "exact":  # OPT's fc1 -> relu -> fc2 made exactly sparse
+        assert sum(lm.report.pass_stats.get("sparsify-exact", {}).values()) >= 1
+    assert torch.equal(lm.generate(ids, 6), expected)
+
+
+def test_a_model_exported_for_one_token_per_call_still_prefills_and_decodes(monkeypatch):
+    """The last export variant (seq fixed to 1, for forwards such as Llama 4's chunked attention that compute sizes
+    from the token count) on a tiny Llama: the runtime feeds the prompt token by token and greedy decoding still
+    equals transformers; calibration prompts cannot run through it, which is one clear error."""
+    from actsparse.errors import ActsparseError
+    from actsparse.frontends import kv_cache
+    from actsparse.scripts.arch_table import build_tiny, example_ids
+
+    monkeypatch.setattr(kv_cache, "EXPORT_VARIANTS", ({"one_token": True},))
+    model = build_tiny("llama")
+    ids = example_ids(model)
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
+                                  do_sample=False)
+    lm = actsparse.compile(model, mode="dense", max_seq=16)
+    assert lm.module.inputs[0][1].shape == (1, 1)
+    assert torch.equal(lm.generate(ids, 5), expected)
+    with pytest.raises(ActsparseError, match="one token per call"):
+        actsparse.compile(model, mode="threshold", sparsity=0.3, max_seq=16, calibration=[ids])
+
+
+def test_a_cache_holding_more_than_keys_and_values_is_one_clear_error():
+    """DeepSeek-V3.2 caches its sparse-attention indexer's keys beside K and V: refused by name before the export."""
+    from actsparse.frontends.errors import FrontendError
+    from actsparse.scripts.arch_table import build_tiny
+
+    with pytest.raises(FrontendError, match="indexer_keys"):
+        actsparse.compile(build_tiny("deepseek_v32"), max_seq=16)
