@@ -118,6 +118,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.checkpoint and args.model != "smollm2":
         parser.error("--checkpoint applies to --model smollm2 (a recovery of the relufied SmolLM2)")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        parser.error(f"no recovery checkpoint at {args.checkpoint}: run `python examples/relufy_smollm2.py` first")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import numpy as np
 
