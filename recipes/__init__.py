@@ -7,8 +7,9 @@ threshold shifting, with progress display and per-layer sparsity plots.
     plot_layer_sparsity(layer_sparsity(model, heldout_batches), "sparsity.png")
 """
 
+from .checkpoint import load_recovered, read_metadata, save_recovered
 from .fatrelu import ThresholdShift, shift_thresholds
-from .plot import plot_layer_sparsity
+from .plot import plot_layer_sparsity, plot_recovery
 from .prosparse import (
     ActivationCapture,
     RecoveryHistory,
@@ -21,4 +22,5 @@ from .prosparse import (
 )
 
 __all__ = ["ActivationCapture", "RecoveryHistory", "Stage", "ThresholdShift", "l1_factor", "l1_schedule",
-           "layer_sparsity", "lm_loss", "plot_layer_sparsity", "recover", "shift_thresholds"]
+           "layer_sparsity", "lm_loss", "load_recovered", "plot_layer_sparsity", "plot_recovery", "read_metadata",
+           "recover", "save_recovered", "shift_thresholds"]

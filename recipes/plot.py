@@ -50,3 +50,51 @@ def _short_names(names: list[str]) -> list[str]:
         return names
     keep = [i for i in range(len(parts[0])) if len({p[i] for p in parts}) > 1]
     return [".".join(p[i] for i in keep) or n for p, n in zip(parts, names)]
+
+
+def plot_recovery(history, path: str | Path, title: str = "recovery fine-tune", smooth: int = 10) -> Path:
+    """Loss and sparsity curves of a `RecoveryHistory`: task loss and L1-weighted loss (left), the batch's
+    exact-zero fraction and λ (right), per step with a `smooth`-step running mean; periodic evals as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    steps = [r["step"] for r in history.steps]
+    series = {"task loss": [r["loss"] for r in history.steps],
+              "loss + λ·L1": [r["loss"] + r["l1_factor"] * r["l1"] for r in history.steps]}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    for label, values in series.items():
+        left.plot(steps, values, alpha=0.3, linewidth=0.8)
+        left.plot(steps, _running_mean(values, smooth), label=f"{label} (mean of {smooth})")
+    left.set(xlabel="step", ylabel="loss")
+    left.legend(fontsize=7, frameon=False)
+    right.plot(steps, [r["sparsity"] for r in history.steps], alpha=0.3, linewidth=0.8, color="C2")
+    right.plot(steps, _running_mean([r["sparsity"] for r in history.steps], smooth), color="C2",
+               label="training batch sparsity")
+    for key in ("val_sparsity",):
+        points = [(e["step"] - 1, e[key]) for e in history.evals if key in e]
+        if points:
+            right.plot(*zip(*points), "o", color="C3", label="held-out sparsity")
+    right.set(xlabel="step", ylabel="exact-zero fraction")
+    lam = right.twinx()
+    lam.plot(steps, [r["l1_factor"] for r in history.steps], color="C1", linestyle="--", label="λ")
+    lam.set_ylabel("λ (L1 factor)")
+    handles = right.get_legend_handles_labels()[0] + lam.get_legend_handles_labels()[0]
+    right.legend(handles=handles, fontsize=7, frameon=False, loc="lower right")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _running_mean(values: list[float], width: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= width:
+            total -= values[i - width]
+        out.append(total / min(i + 1, width))
+    return out

@@ -216,6 +216,7 @@ def recover(model: nn.Module, batches: Iterable | Callable[[int], object], stage
             loss_fn: Callable = lm_loss, penalize: str = "intermediate", warmup_steps: int = 0,
             min_lr_ratio: float = 0.1, weight_decay: float = 0.0, grad_clip: float | None = 1.0,
             bf16: bool = False, eval_fn: Callable[[nn.Module], dict] | None = None, eval_every: int = 0,
+            on_checkpoint: Callable[[nn.Module, RecoveryHistory], None] | None = None, checkpoint_every: int = 0,
             progress: bool = True) -> RecoveryHistory:
     """Fine-tune a relufied `model` with ProSparse's progressive L1; returns the history.
 
@@ -224,8 +225,10 @@ def recover(model: nn.Module, batches: Iterable | Callable[[int], object], stage
     (or `(steps, l1)` pairs) run in order; λ follows `l1_factor`. lr: AdamW peak learning rate, linear warm-up
     over `warmup_steps`, cosine decay to `min_lr_ratio · lr`; weight decay on matrices only. bf16: autocast the
     forward to bfloat16 (master weights stay float32). eval_fn(model) -> dict of metrics, every `eval_every`
-    steps and at the end. The progress bar (tqdm) shows loss, L1, λ and the batch's exact-zero sparsity. A model
-    without `ReluGatedMLP`s can only be fine-tuned with λ = 0 (the dense baseline a recovery is compared with).
+    steps and at the end; `on_checkpoint(model, history)` likewise every `checkpoint_every` steps and at the end
+    (e.g. `recipes.save_recovered`, so that a cut run leaves a usable model). The progress bar (tqdm) shows
+    loss, L1, λ and the batch's exact-zero sparsity. A model without `ReluGatedMLP`s can only be fine-tuned with
+    λ = 0 (the dense baseline a recovery is compared with).
     """
     from tqdm.auto import tqdm
 
@@ -278,6 +281,9 @@ def recover(model: nn.Module, batches: Iterable | Callable[[int], object], stage
                 history.evals.append(metrics)
                 bar.write("eval " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                               for k, v in metrics.items()))
+            if on_checkpoint is not None and ((checkpoint_every and (step + 1) % checkpoint_every == 0) or last):
+                history.seconds = time.perf_counter() - started
+                on_checkpoint(model, history)
     model.train(was_training)
     history.seconds = time.perf_counter() - started
     return history
