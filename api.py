@@ -104,6 +104,9 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
         raise ActsparseError(f"unknown quantize={quantize!r}; valid: None, {', '.join(map(repr, STORAGE_KINDS))}")
     if prequantized is not None and quantize not in QUANTIZE_KINDS:
         raise ActsparseError("prequantized weights need quantize='int8' or 'int4' (the layout the rest is stored in)")
+    if (predictor or "") == "bound" and quantize in QUANTIZE_KINDS:
+        raise ActsparseError(f"predictor='bound' certifies neurons against float gate rows, but quantize={quantize!r} "
+                             "stores them group-quantized; use quantize='fp16' (or none) with it, or mode='exact'")
     quant = {"quantize": quantize, "prequantized": prequantized}
     if is_decoder_source(model) and (isinstance(model, (str, os.PathLike)) or example_inputs is None
                                      or max_seq is not None):

@@ -3,12 +3,14 @@
 Exact mode reads every gate row to learn which neurons fire. This predictor reads a q8_0 copy of the gate instead
 (`ir/quant.py`: groups of 32, fp16 scales, ~53% of the fp16 bytes) and scores each neuron
 
-    s_j = x·deq(w8_j) (+ b_j) + c_j·‖x‖₂,      c_j = ‖w_j − deq(w8_j)‖₂ + F·(‖deq(w8_j)‖₂ + ‖w_j‖₂)
+    s_j = x·deq(w8_j) (+ b_j) + c_j·‖x‖₂,      c_j = ‖w_j − deq(w8_j)‖₂ + ‖w_j − fp16(w_j)‖₂ + F·(‖deq(w8_j)‖₂ + ‖w_j‖₂)
 
 and the sparse kernel reads the fp16 gate, up and down rows of the neurons with s_j > cutoff only (cutoff: 0, or
 FATReLU's threshold). Why no active neuron is ever dropped: the true gate is g_j = x·w_j + b_j and
 
     |x·w_j − x·deq(w8_j)| <= ‖w_j − deq(w8_j)‖₂‖x‖₂                                (Cauchy–Schwarz)
+    ‖w_j − fp16(w_j)‖₂: quantize="fp16" rounds the sparse kernel's gate rows after this pass (0 for fp16 models);
+         quantize="int8"/"int4" is refused (the kernel's gate would be another int8 copy; use mode='exact')
     the int8 copy's dot runs on the float path (`linear{float_x}`): the int8-dot kernels (quant_int8.py) round x
          to 8 bits per group, which would cost ‖deq(w8_j)‖₂·‖x − x̂‖₂ <= ‖deq(w8_j)‖₂·(√32/254)·‖x‖₂ more; on
          part (a) of benchmarks/decode.py that cuts the certified share from 76% to 9% (44% with a per-group
@@ -44,7 +46,10 @@ def certify_gate(w_gate: np.ndarray) -> dict:
     w64 = w.astype(np.float64)
     error = np.linalg.norm(w64 - deq, axis=1)
     norm_q, norm_w = np.linalg.norm(deq, axis=1), np.linalg.norm(w64, axis=1)
-    coef = error + float_allowance(w.shape[1]) * (norm_q + norm_w)
+    # quantize="fp16" stores the sparse kernel's gate rounded to fp16 after this pass: its rounding is bounded too
+    # (0 where w already holds fp16 values)
+    as_fp16 = np.linalg.norm(w64 - w.astype(np.float16).astype(np.float64), axis=1)
+    coef = error + as_fp16 + float_allowance(w.shape[1]) * (norm_q + norm_w)
     # rounded up to float32, so the stored number is never below the bound
     coef32 = coef.astype(np.float32)
     coef32 = np.where(coef32.astype(np.float64) < coef, np.nextafter(coef32, np.float32(np.inf)), coef32)

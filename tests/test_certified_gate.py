@@ -71,3 +71,16 @@ def test_bound_predictor_refuses_swiglu():
     graph = gated_mlp_graph(d=D, n=N, act="silu")
     with pytest.raises(ModeError, match="predictor='bound'.*ReLU-family.*relufy"):
         actsparse.compile(graph, (mlp_input(d=D),), mode="predictor", predictor="bound")
+
+
+def test_fp16_storage_is_bounded_too_and_int8_storage_is_refused():
+    from actsparse.errors import ActsparseError
+
+    graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)   # fp32 weights, rounded to fp16 by the pass
+    x = mlp_input(d=D, seq=8, seed=4)
+    cm = actsparse.compile(graph, (x,), mode="predictor", predictor="bound", quantize="fp16")
+    dense = actsparse.compile(graph, (x,), mode="dense", quantize="fp16")
+    assert cm.graph.weights["mlp.gate.weight.predictor.coef"].dtype == np.float32
+    np.testing.assert_allclose(cm(x), dense(x), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ActsparseError, match="quantize='int8'.*mode='exact'"):
+        actsparse.compile(graph, (x,), mode="predictor", predictor="bound", quantize="int8")
