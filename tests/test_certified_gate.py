@@ -84,3 +84,24 @@ def test_fp16_storage_is_bounded_too_and_int8_storage_is_refused():
     np.testing.assert_allclose(cm(x), dense(x), rtol=1e-4, atol=1e-6)
     with pytest.raises(ActsparseError, match="quantize='int8'.*mode='exact'"):
         actsparse.compile(graph, (x,), mode="predictor", predictor="bound", quantize="int8")
+
+
+@pytest.mark.parametrize("name", ["drelu_fused", "biased_transposed"])
+def test_bound_predictor_golden_ir_and_exact_outputs(name):
+    """Golden after-IR (a fused dReLU block; a block with a gate bias, which the bound's linear adds); the rewritten
+    graph's reference equals the original's on inputs scaled up and down."""
+    from actsparse.ir import print_graph
+    from actsparse.passes import run_pipeline
+    from actsparse.passes.canonicalize import Canonicalize
+    from actsparse.passes.detect_gated_mlp import DetectGatedMLP
+    from actsparse.passes.sparsify_predictor import SparsifyPredictor
+
+    from .test_passes_golden import _check_golden, _inputs, _load
+
+    graph = _load(name)
+    result = run_pipeline(graph, [Canonicalize(), DetectGatedMLP(), SparsifyPredictor(predictor="bound")])
+    assert sum(result.stats["sparsify-predictor"].values()) == 1
+    _check_golden(name, "predictor-bound", print_graph(result.graph))
+    for seed, scale in ((1, 1.0), (2, 1e-3), (3, 1e3)):
+        x = [a * scale for a in _inputs(graph, seed=seed)]
+        np.testing.assert_allclose(evaluate(result.graph, x)[0], evaluate(graph, x)[0], rtol=1e-4, atol=1e-6 * scale)
