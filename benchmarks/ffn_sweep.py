@@ -30,8 +30,16 @@ def main(argv=None) -> int:
     ap = sweep_parser(__doc__.split("\n\n")[0], "0.5,0.7,0.9,0.95")
     ap.add_argument("--isa", default="host", choices=["host", "avx2"],
                     help="host: the detected ISA; avx2: the AVX2 (x86-64-v3) schedule and code, run on this host")
+    ap.add_argument("--float-axpy", action="store_true",
+                    help="quantized layouts on an int8-dot target: keep the down projection's row axpy float (the "
+                         "A/B of codegen/kernels/quant_axpy8.py; the row dots stay integer)")
     sweep = start_sweep(ap, argv)
     args, bench, probe, load_before = sweep.args, sweep.bench, sweep.probe, sweep.load_before
+    if args.float_axpy:
+        from dataclasses import replace
+
+        bench.sched = replace(bench.sched, int8_axpy=False)
+        print("down projection: float axpy (--float-axpy)", flush=True)
     np, d, n_ff = bench.np, bench.d, bench.n_ff
     rows = []
     for dtype in sweep.dtypes:

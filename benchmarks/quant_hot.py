@@ -11,7 +11,9 @@ blocks once per call, `vpdpbusd`), so the two are compared under the same load.
 
 `--kinds dense` also times the dense gated MLP (ReGLU, d = k, n_ff = n / 2, so its three matrices hold 1.5x the
 linear's weights): gate / up are row dots like the linear's, the down projection is the row axpy over its
-transposed rows (x never rounded there), so the difference shows what the axpy costs per weight.
+transposed rows, so the difference shows what the axpy costs per weight. With an int8 dot the dense kernel is
+timed three ways: float, int8 row dots with the float axpy ("float axpy": `int8_axpy=False`), and both integer
+(the axpy's coefficients rounded per step to int8, `codegen/kernels/quant_axpy8.py`).
 """
 
 from __future__ import annotations
@@ -45,9 +47,12 @@ def main(argv=None) -> int:
     for layout in args.layouts.split(","):
         paths = [("", replace(sched, int8_dot=""))]
         if layout in LAYOUTS and sched.int8_dot:
+            paths.append((f" int8 dot ({sched.int8_dot}), float axpy", replace(sched, int8_axpy=False)))
             paths.append((f" int8 dot ({sched.int8_dot})", sched))
         for label, path_sched in paths:
             for kind in args.kinds.split(","):
+                if kind == "linear" and not path_sched.int8_axpy:
+                    continue  # no axpy in the linear kernel: the same code as the int8-dot path
                 fn, tensors, nbytes, weights = build(kind, layout, path_sched, args.k, args.n, target, rng)
                 best = float("inf")
                 for _ in range(300):

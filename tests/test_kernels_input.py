@@ -84,8 +84,12 @@ def quant_input_reference(x, wg_t, wu_t, wd_t, x_thr, h_thr, gate_act, up_act, c
     return out, (gabs * uabs) @ np.abs(wd_t), 1.01 * (np.abs(h) * near) @ np.abs(wd_t)
 
 
-def quant_input_calls(rng, d, n, dtype, gate_act, up_act, criterion) -> list[Call]:
+def quant_input_calls(rng, d, n, dtype, gate_act, up_act, criterion, int8_axpy=False) -> list[Call]:
+    """int8_axpy: the kernel's down axpy rounds its coefficients to int8 (x86 VNNI, codegen/kernels/quant_axpy8.py):
+    its bound (tests/test_kernels_axpy8.py: `down_bound`, on the unmasked |h|) joins the slack."""
     from actsparse.ir.quant import quantize
+
+    from .axpy8_cases import down_bound
 
     calls = []
     for m, case in ((1, "none"), (3, "all"), (2, "random")):
@@ -100,6 +104,10 @@ def quant_input_calls(rng, d, n, dtype, gate_act, up_act, criterion) -> list[Cal
             x_thr = rng.uniform(0, 1.5, d).astype(np.float32)
             h_thr = rng.uniform(0, 1.0, n).astype(np.float32)
         ref, scale, slack = quant_input_reference(x, wg, wu, wd, x_thr, h_thr, gate_act, up_act, criterion)
+        if int8_axpy:
+            xs = np.where(np.abs(x) > x_thr, x, 0).astype(np.float64)
+            h = ir_act(gate_act, xs @ wg) * ir_act(up_act, xs @ wu)
+            slack = slack + down_bound(np.abs(h), qs[2].blob, dtype, d)
         dead = ~(np.abs(x) > x_thr).any(0)
         blobs[0][dead], blobs[1][dead] = 0xFF, 0xFF   # a NaN scale in every block of a skipped channel's row
         calls.append(Call([x, *blobs, x_thr, h_thr, np.full((m, d), np.nan, np.float32)], ref, scale, dtype, slack))
@@ -127,10 +135,12 @@ def check_quant(jobs, outs):
        seed=st.integers(0, 999))
 def test_x86_quantized_input_sparse_kernel_matches_the_dequantized_reference(dtype, d, n, acts, seed):
     from actsparse import targets
+    from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
     from actsparse.codegen.schedules import schedule_for
 
-    prim = quant_input_kernel(d, n, dtype, acts, schedule_for(targets.get("x86")))
-    calls = quant_input_calls(np.random.default_rng(seed), d, n, dtype, *acts)
+    sched = schedule_for(targets.get("x86"))
+    prim = quant_input_kernel(d, n, dtype, acts, sched)
+    calls = quant_input_calls(np.random.default_rng(seed), d, n, dtype, *acts, int8_axpy=uses_int8_axpy(dtype, sched))
     check_quant([(prim, calls)], [run_native(prim, calls)])
 
 

@@ -14,7 +14,7 @@ from actsparse.passes.densify import Densify
 from actsparse.passes.pipeline import pipeline_for
 from actsparse.passes.quantize import Quantize
 
-from .helpers import gated_mlp_graph, mlp_input, x_as_dots_see
+from .helpers import assert_quantized_close, gated_mlp_graph, mlp_input, x_as_dots_see
 
 D, N = 40, 72  # the input dim is not a multiple of the 32-column group
 
@@ -51,7 +51,7 @@ def test_compiled_quantized_kernels_equal_the_dequantized_reference(mode, tmp_pa
     assert cm.report.pass_stats["quantize"] == {"quantized": 3}
     for seq in (1, 3):  # on a VNNI host the gate / up dots take x rounded to 8-bit blocks: so does the reference
         xs = mlp_input(d=D, seq=seq, seed=seq)
-        np.testing.assert_allclose(cm(xs), evaluate(cm.graph, [x_as_dots_see(xs)])[0], rtol=1e-4, atol=1e-5)
+        assert_quantized_close(cm(xs), evaluate(cm.graph, [x_as_dots_see(xs)])[0])
     if mode == "exact":  # the artifact keeps the blobs and the layouts; its dense twin (bench) shares them
         loaded = actsparse.load(cm.save(tmp_path / "q.actsparse"))
         np.testing.assert_array_equal(loaded(x), cm(x))
@@ -77,7 +77,7 @@ def test_threshold_mode_input_sparse_kernel_takes_quantized_weights(kind, layout
     assert cm.graph.weights[node.inputs[1].attrs["name"]].dtype == np.uint8
     for seq, seed in ((1, 7), (5, 50)):
         x = mlp_input(d=D, seq=seq, seed=seed)
-        np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
+        assert_quantized_close(cm(x), evaluate(cm.graph, [x])[0], layout=layout)
 
 
 @pytest.mark.parametrize("mode", ["exact", "dense"])
@@ -108,7 +108,7 @@ def test_prequantized_weights_are_taken_as_stored():
     for mode in ("exact", "dense"):  # and it builds and runs (mixed layouts were a kernel type error)
         x = mlp_input(d=D, seq=2)
         cm = actsparse.compile(graph, (x,), mode=mode, quantize="int4", prequantized=pre)
-        np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x_as_dots_see(x)])[0], rtol=1e-4, atol=1e-5)
+        assert_quantized_close(cm(x), evaluate(cm.graph, [x_as_dots_see(x)])[0], layout="q4_1")
     assert str(Quantize(kind="int8", prequantized=pre)) == "quantize{kind=int8,output=int8}"
 
 

@@ -24,6 +24,7 @@ from ...ir import activations
 from ...ir.activations import ACTIVATIONS
 from ...ir.quant import GROUP, LAYOUTS
 from . import tvmscript_speed  # noqa: F401 - installs the fast T.macro expansion
+from .quant_axpy8 import int8_axpy_macro, uses_int8_axpy
 from .quant_blocks import group_split, quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
 from .quant_int8 import int8_dots_macro, uses_int8_dot, x8_prep_macro, x_blocks
 from .rows import (
@@ -271,7 +272,8 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     return dots_all, dots
 
 
-def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch: bool | None = None):
+def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch: bool | None = None,
+               int8: bool = True):
     """Returns (`axpy_all`, `axpy`), one step over `sched.rows` rows of a row list for M tokens / one token.
 
     `axpy(w, rows, base, i, end, h, hcol, t, out, m)`: out[m, cols(t)] += sum_r h[m, hcol + i + r] *
@@ -281,7 +283,12 @@ def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefet
 
     `axpy_all(w, rows, base, i, end, h, hcol, t, out, M)`: the same for tokens 0..M-1; blocks of
     `token_block` tokens share each loaded weight vector.
+
+    Quantized rows on a schedule whose int8 dot serves axpys take the integer path (`quant_axpy8.py`: the step's
+    coefficients rounded to int8 per 32-column group) unless `int8` is False.
     """
+    if int8 and uses_int8_axpy(dtype, sched):  # coefficients rounded per step to int8, integer dots (`quant_axpy8.py`)
+        return int8_axpy_macro(d, dtype, sched, gathered=gathered, prefetch=prefetch)
     if dtype in LAYOUTS:
         return quant_axpy_macro(d, dtype, sched, gathered=gathered, prefetch=prefetch)
     L, R, TB = sched.lanes, sched.rows, sched.token_block

@@ -12,7 +12,9 @@ group are read as two halves of 16 columns (q4: the low and the high nibbles of 
 as 16 / lanes vectors, converted to fp32, scaled, and accumulated in fp32. Loop indices are written so that no
 division or modulo meets a vector lane (TVM's vectorizer keeps contiguous loads only then).
 
-The down projection's axpy splits the output columns over the tasks by whole groups (each task owns groups
+On a target whose int8 dot serves the layout's axpys (`quant_axpy8.py`: x86 VNNI for q4_0 / q4_1) `common.axpy_macro`
+takes the integer axpy instead of the float one here. The down projection's axpy splits the output columns over the
+tasks by whole groups (each task owns groups
 [t * G / threads, (t + 1) * G / threads); the columns of a last partial group go to the last task), and the
 zeroing of the output uses the same split, so no task touches another's columns.
 """

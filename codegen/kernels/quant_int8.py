@@ -46,12 +46,16 @@ class Int8Dot:
     intrinsic: str      # LLVM intrinsic (acc: int32 x lanes, a and b: 8-bit x 4 * lanes)
     lanes: int          # int32 lanes (= the fp32 lanes the block scaling runs on)
     signed_a: bool      # a is signed (sdot) rather than unsigned (vpdpbusd's u8): q8_0 codes then go in as they are
+    axpy: tuple[str, ...] = ()  # layouts whose row axpy runs on it too (quant_axpy8.py: coefficients rounded per
+                                # step to int8). Not q8_0: on x86 its float axpy (one widening per 16 codes) timed
+                                # as fast; on aarch64 the integer one saves only 409 -> 317 instructions per 8 rows
+                                # x 32 columns (q4: 473 -> 212), untimed (BENCHMARKS.md, session 7)
 
 
 INT8_DOTS = {
-    "vpdpbusd512": Int8Dot("llvm.x86.avx512.vpdpbusd.512", 16, False),
-    "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False),
-    "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True),
+    "vpdpbusd512": Int8Dot("llvm.x86.avx512.vpdpbusd.512", 16, False, axpy=("q4_0", "q4_1")),
+    "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
+    "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
 }
 HALF = GROUP // 2
 
@@ -123,6 +127,11 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
         for v in T.vectorized(HALF):
             mx[v] = T.max(T.abs(v32[v]), T.abs(v32[v + HALF]))
         _reduce(mx, T.max, HALF)()
+        nan = T.alloc_buffer((HALF,), "float32", scope="global")  # 0, or NaN if some x is not finite (max drops NaN)
+        for v in T.vectorized(HALF):
+            nan[v] = T.if_then_else(T.And(T.isfinite(v32[v]), T.isfinite(v32[v + HALF])), T.float32(0),
+                                    T.float32(float("nan")))  # (x * 0 would be folded to 0 by TVM's simplifier)
+        _reduce(nan, lambda a, b: a + b, HALF)()
         inv: T.let = T.if_then_else(mx[0] > T.float32(0), T.float32(127) / mx[0], T.float32(0))
         q = T.alloc_buffer((GROUP,), "int32", scope="global")
         for v in T.vectorized(GROUP):
@@ -140,8 +149,10 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
         if centered:  # lane 4p: -8 * sum(x̂)
             for p in T.unroll(P):
                 xb[m, T.ramp(xl.operand(g, 2) + p * 16, 1, 4)] = T.reinterpret("uint8x4", s[0] * -8)
-        xb[m, T.ramp(xl.dx(g), 1, 4)] = T.reinterpret("uint8x4", mx[0] / T.float32(127))
-        xb[m, T.ramp(xl.dx_sum(g), 1, 4)] = T.reinterpret("uint8x4", mx[0] / T.float32(127) * T.Cast("float32", s[0]))
+        # a non-finite x makes dx NaN, so its dot products are NaN as on the float path
+        xb[m, T.ramp(xl.dx(g), 1, 4)] = T.reinterpret("uint8x4", mx[0] / T.float32(127) + nan[0])
+        xb[m, T.ramp(xl.dx_sum(g), 1, 4)] = T.reinterpret("uint8x4", (mx[0] / T.float32(127) + nan[0])
+                                                          * T.Cast("float32", s[0]))
 
     @T.macro
     def prep(x, xb, M):

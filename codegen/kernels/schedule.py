@@ -38,6 +38,8 @@ class CpuSchedule:
     int8_dot      the target's 4-way u8 x s8 -> i32 dot instruction ("" if none; names in `quant_int8.INT8_DOTS`,
                   e.g. "vpdpbusd512" for AVX512-VNNI): quantized-weight row dots then take x quantized to 8-bit
                   blocks once per call and multiply in integers (`quant_int8.py`).
+    int8_axpy     the quantized row axpy (down projection) runs on that dot too where the dot serves axpys
+                  (`quant_axpy8.py`: coefficients rounded per step to int8); False keeps it float (A/B timings).
     """
 
     lanes: int
@@ -50,10 +52,12 @@ class CpuSchedule:
     l2_bytes: int = 0
     fp16fml: bool = False
     int8_dot: str = ""
+    int8_axpy: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefetch", bool(self.prefetch))
         object.__setattr__(self, "fp16fml", bool(self.fp16fml))
+        object.__setattr__(self, "int8_axpy", bool(self.int8_axpy))
         if self.lanes not in (1, 2, 4, 8, 16, 32):
             raise ValueError(f"CpuSchedule.lanes must be a power of two <= 32, got {self.lanes}")
         for field in ("threads", "rows", "accumulators", "token_block", "vector_registers"):
@@ -83,7 +87,7 @@ class CpuSchedule:
         """Short identifier-safe encoding, part of every kernel's global_symbol: `l16t2r8a1b4v32p1`."""
         return (f"l{self.lanes}t{self.threads}r{self.rows}a{self.accumulators}b{self.token_block}"
                 f"v{self.vector_registers}p{int(self.prefetch)}" + ("h1" if self.fp16fml else "")
-                + (f"i{self.int8_dot}" if self.int8_dot else ""))
+                + (f"i{self.int8_dot}" if self.int8_dot else "") + ("" if self.int8_axpy else "a0"))
 
 
 @dataclass(frozen=True)

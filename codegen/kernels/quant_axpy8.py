@@ -1,0 +1,194 @@
+"""The row axpy of quantized rows (the down projection of every gated-MLP kernel) as integer dot products: x86 VNNI
+`vpdpbusd`, aarch64 `sdot` (the schedule's `int8_dot`); the layouts it serves are its table entry's `axpy`
+(`quant_int8.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), `CpuSchedule.int8_axpy=False` turns it off.
+
+A step of the axpy adds R rows j, each times its coefficient h_j, to a task's output columns:
+out[c] += Σ_j h_j · w_{j,c}, with w_{j,c} = s_{j,g} · (u_{j,c} - z) (+ o_{j,g} + 8 s_{j,g} for q4_1) in group
+g = c // 32, u the stored unsigned code (q4_0 / q4_1: the nibble, z = 8 — q4_1 centred as well, so the rounding
+meets codes of magnitude <= 8 as q4_0's do; q8_0: the code + 128 on a u8 x s8 dot, z = 128, or the signed code itself
+on an s8 x s8 dot, z = 0). Per step and group the weight scale folds into the coefficient,
+c_j = h_j · s_{j,g}, and the R coefficients are rounded to int8 with one float scale t:
+
+    t = max_j |c_j| / 127,   a_j = round(c_j / t) (half to even),   out[c] += t · Σ_j a_j (u_{j,c} - z)
+
+The integer sum runs on the 4-way dot: one 32-bit lane per output column holds 4 rows' code bytes (4 rows' 16 code
+bytes loaded and interleaved by one byte shuffle; the rows are any 4 active neurons, so the interleave happens in
+registers, per step), against the 4 rows' a_j repeated in every lane; the accumulator starts at -z · Σ_j a_j, formed
+by the same dot on bytes of z (every lane at once, no horizontal sum), t scales it once per step and group, and
+q4_1's offsets add Σ_j h_j · (o_{j,g} + 8 s_{j,g}) in fp32.
+
+Rounding: |c_j - t a_j| <= t / 2, so each output column is off by at most Σ_steps (t / 2) Σ_{j in step} |u_{j,c} - z|,
+i.e. at most (max_j |h_j s_{j,g}| / 254) · Σ_j |q_{j,c}| over the whole list (q the centred code): a relative
+error of half an 8-bit step of the largest coefficient, as x's rounding in the row dots. Which rows share a t
+depends on the step (the kernel's row list, cut into runs of R): `tests/test_kernels_axpy8.py` rebuilds the steps.
+
+The column split over the tasks is the float path's (`quant_blocks.group_split`); the last partial group of a row
+(its codes are zero-padded in the blob) runs the same integer code and stores only its valid columns.
+A non-finite h makes t NaN (the step's flag hv[NV]), so the step's columns become NaN as on the float path.
+"""
+
+from __future__ import annotations
+
+from tvm.script import tirx as T
+from tvm.tirx import Shuffle
+
+from ...ir.quant import GROUP, LAYOUTS
+from .quant_blocks import block_prefetch_macro, group_split, offset, scale
+from .quant_int8 import INT8_DOTS
+from .rows import CACHE_LINE, row_index
+from .schedule import CpuSchedule
+
+HALF = GROUP // 2
+
+
+def uses_int8_axpy(dtype: str, sched: CpuSchedule) -> bool:
+    """Whether the row axpy of `dtype` rows takes the integer path on `sched` (its int8 dot serves that layout's
+    axpys, `INT8_DOTS[...].axpy`, and the schedule does not turn it off)."""
+    return bool(sched.int8_dot) and sched.int8_axpy and dtype in INT8_DOTS[sched.int8_dot].axpy
+
+
+def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch=None):
+    """`common.axpy_macro` on the integer path: (`axpy_all`, `axpy`) with the same arguments and results."""
+    lay = LAYOUTS[dtype]
+    ins = INT8_DOTS[sched.int8_dot]
+    L, R, threads = ins.lanes, sched.rows, sched.threads
+    NV = max(4, 1 << (R - 1).bit_length())  # coefficient lanes: R rounded up to a power of two (rows past R: 0)
+    S = NV // 4  # sets of 4 rows per step
+    V = HALF // L  # L-column vectors per half group
+    bb, hb = lay.block_bytes, lay.header_bytes
+    q8, off = lay.bits == 8, lay.offset
+    flip = q8 and not ins.signed_a  # q8_0 on a u8 operand: code + 128 (xor 0x80)
+    z = 128 if flip else 0 if q8 else 8  # q4_1 centred too: s * nib + o = s * (nib - 8) + (o + 8 s)
+    prefetch = sched.prefetch if prefetch is None else bool(prefetch)
+    n_full, first, last = group_split(d, threads)
+    tail = d - n_full * GROUP
+    row = row_index(gathered)
+    pf = block_prefetch_macro()
+    U = max(1, CACHE_LINE // bb)  # blocks per cache line: one prefetch per row and line
+    ivec = f"int32x{L}"
+
+    def rr(rows, base, i, end, r):  # weight row of step position r (past R or the list: a row read anyway)
+        return row(rows, base, T.min(i + min(r, R - 1), end - 1))
+
+    def codes(w, rows, base, i, end, s, grp, hf, v):
+        """uint8 x 4L: lane c's 4 bytes are the codes of column grp*32 + hf*16 + v*L + c in the set's 4 rows."""
+        start = grp * bb + hb + (hf * HALF if q8 else 0) + v * L
+        loads = [w[rr(rows, base, i, end, 4 * s + p), T.ramp(start, 1, L)] for p in range(4)]
+        raw = Shuffle(loads, [p * L + c for c in range(L) for p in range(4)])
+        if q8:
+            return T.bitwise_xor(raw, T.Broadcast(T.uint8(128), 4 * L)) if flip else raw
+        # hf is a loop variable: the low nibbles (hf 0) or the high ones (LLVM drops the shift by 0 and the mask)
+        return T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", hf * 4), 4 * L)),
+                             T.Broadcast(T.uint8(15), 4 * L))
+
+    def int_sum(w, rows, base, i, end, ab, grp, hf, v):
+        """int32 x L: Σ_j a_j (u_{j,c} - z) for the L columns."""
+        coefs = [T.reinterpret(f"int8x{4 * L}", T.Broadcast(T.reinterpret("int32", ab[T.ramp(4 * s, 1, 4)]), L))
+                 for s in range(S)]
+        acc = T.Broadcast(T.int32(0), L)
+        if z:  # z * Σ a_j in every lane, by the same dot on z bytes (no horizontal sum; shared by the group's vectors)
+            for s in range(S):
+                acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, T.Broadcast(T.uint8(z), 4 * L), coefs[s])
+            acc = T.Broadcast(T.int32(0), L) - acc
+        for s in range(S):
+            acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, codes(w, rows, base, i, end, s, grp, hf, v),
+                                          coefs[s])
+        return acc
+
+    def columns(w, rows, base, i, end, ab, tt, ofs, grp, hf, v):
+        """float32 x L: the step's contribution to the L columns."""
+        e = T.Cast(f"float32x{L}", int_sum(w, rows, base, i, end, ab, grp, hf, v)) * T.Broadcast(tt, L)
+        return e + T.Broadcast(ofs, L) if off else e
+
+    def lane_reduce(buf, op):
+        """buf[0] = op over buf[0:NV] by vector halving (NV a power of two)."""
+
+        @T.macro
+        def red():
+            if NV >= 16:
+                buf[T.ramp(0, 1, 8)] = op(buf[T.ramp(0, 1, 8)], buf[T.ramp(8, 1, 8)])
+            if NV >= 8:
+                buf[T.ramp(0, 1, 4)] = op(buf[T.ramp(0, 1, 4)], buf[T.ramp(4, 1, 4)])
+            buf[T.ramp(0, 1, 2)] = op(buf[T.ramp(0, 1, 2)], buf[T.ramp(2, 1, 2)])
+            buf[0] = op(buf[0], buf[1])
+
+        return red
+
+    def scales(w, rows, base, i, end, grp):
+        """float32 x NV: the step's rows' scales of group grp (widened as one vector)."""
+        halves = [scale(lay, w, rr(rows, base, i, end, r), grp, widen=False) for r in range(NV)]
+        return T.Cast(f"float32x{NV}", Shuffle(halves, list(range(NV))))
+
+    def offsets(w, rows, base, i, end, grp):
+        halves = [offset(lay, w, rr(rows, base, i, end, r), grp, widen=False) for r in range(NV)]
+        return T.Cast(f"float32x{NV}", Shuffle(halves, list(range(NV))))
+
+    @T.macro
+    def coefficients(w, rows, base, i, end, hv, grp, ab, sc):
+        # ab = round(h * scale / t) as int8; sc = [t (+ the step's NaN flag), Σ h * (o + 8 s)]
+        cf = T.alloc_buffer((NV,), "float32", scope="global")
+        mx = T.alloc_buffer((NV,), "float32", scope="global")
+        q = T.alloc_buffer((NV,), "int32", scope="global")
+        cf[T.ramp(0, 1, NV)] = hv[T.ramp(0, 1, NV)] * scales(w, rows, base, i, end, grp)
+        mx[T.ramp(0, 1, NV)] = T.abs(cf[T.ramp(0, 1, NV)])
+        lane_reduce(mx, T.max)()
+        inv: T.let = T.if_then_else(mx[0] > T.float32(0), T.float32(127) / mx[0], T.float32(0))
+        q[T.ramp(0, 1, NV)] = T.Cast(f"int32x{NV}", T.nearbyint(cf[T.ramp(0, 1, NV)] * T.Broadcast(inv, NV)))
+        ab[T.ramp(0, 1, NV)] = T.Cast(f"int8x{NV}", q[T.ramp(0, 1, NV)])
+        sc[0] = mx[0] / T.float32(127) + hv[NV]
+        if off:  # Σ h (o + 8 s), in fp32
+            mx[T.ramp(0, 1, NV)] = hv[T.ramp(0, 1, NV)] * offsets(w, rows, base, i, end, grp) + cf[
+                T.ramp(0, 1, NV)] * T.Broadcast(T.float32(8), NV)
+            lane_reduce(mx, lambda a, b: a + b)()
+            sc[1] = mx[0]
+
+    def all_finite(hv):
+        e = T.isfinite(hv[0])
+        for r in range(1, NV):
+            e = T.And(e, T.isfinite(hv[r]))
+        return e
+
+    @T.macro
+    def step(w, rows, base, i, end, h, hcol, t, out, m):
+        hv = T.alloc_buffer((NV + 1,), "float32", scope="global")  # [NV]: 0, or NaN if some h is not finite
+        ab = T.alloc_buffer((NV,), "int8", scope="global")
+        sc = T.alloc_buffer((2,), "float32", scope="global")
+        for r in T.unroll(NV):
+            hv[r] = T.float32(0)
+            if r < R:
+                if i + r < end:
+                    hv[r] = h[m, hcol + i + r]
+        hv[NV] = T.if_then_else(all_finite(hv), T.float32(0), T.float32(float("nan")))
+        g0: T.let = first(t)
+        for gi in range(last(t) - g0):
+            if prefetch:
+                if (g0 + gi) % U == 0:
+                    for r in T.unroll(R):
+                        pf(w, row(rows, base, T.min(i + R + r, end - 1)), (g0 + gi) * bb)
+            coefficients(w, rows, base, i, end, hv, g0 + gi, ab, sc)
+            for hf in T.unroll(2):
+                for v in T.unroll(V):
+                    out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] = out[
+                        m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] + columns(
+                        w, rows, base, i, end, ab, sc[0], sc[1], g0 + gi, hf, v)
+        if tail > 0:
+            if t == threads - 1:  # the partial last group: the same sums, only its valid columns stored
+                part = T.alloc_buffer((GROUP,), "float32", scope="global")
+                coefficients(w, rows, base, i, end, hv, n_full, ab, sc)
+                for hf in T.unroll(2):
+                    for v in T.unroll(V):
+                        part[T.ramp(hf * HALF + v * L, 1, L)] = columns(w, rows, base, i, end, ab,
+                                                                        sc[0], sc[1], n_full, hf, v)
+                for c in range(tail):
+                    out[m, n_full * GROUP + c] = out[m, n_full * GROUP + c] + part[c]
+
+    @T.macro
+    def axpy(w, rows, base, i, end, h, hcol, t, out, m):
+        step(w, rows, base, i, end, h, hcol, t, out, m)
+
+    @T.macro
+    def axpy_all(w, rows, base, i, end, h, hcol, t, out, M):
+        for m in range(M):
+            step(w, rows, base, i, end, h, hcol, t, out, m)
+
+    return axpy_all, axpy

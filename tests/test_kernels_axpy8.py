@@ -1,0 +1,155 @@
+"""The integer row axpy of quantized rows (codegen/kernels/quant_axpy8.py: the down projection's coefficients
+h_j * scale_{j,g} rounded per step of R rows and 32-column group to int8, summed with VNNI `vpdpbusd`).
+
+Three checks per kernel call, on x86 hosts with VNNI (the kernels execute here):
+- exact, indexed, dense: within fp32 tolerance of a float64 reference that rounds the coefficients as the kernel does
+  (`down_rounded`: the kernel's steps rebuilt from its row lists; a coefficient within float32 noise of a rounding
+  boundary may round either way, so its term is slack);
+- every kernel with a down axpy (also threshold and input-sparse): within the rounding's bound of the unrounded
+  down projection, |error| <= (max_j |h_j s_{j,g}| / 254) * Σ_j |q_{j,c}| (`down_bound`, which no step split changes);
+- end to end against float64 on unrounded x and coefficients: a relative error of at most 2% (x's and h's 8-bit
+  rounding together; measured ~0.3-0.6% on these inputs).
+Sizes that 32 does not divide, 0% / 100% / random active; both dot widths (512-bit: 4 rows x 16 columns per dot;
+256-bit: 4 rows x 8 columns). And the generated code of the down projection holds vpdpbusd where the target has VNNI.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from .axpy8_cases import down_bound, down_rounded, h_of
+from .kernel_cases import QUANT_DTYPES, examples, mlp_reference, primfunc, run_native
+from .test_kernels_int8 import DOTS, host_sched
+from .test_kernels_quant import ACTS, quant_calls
+
+pytest.importorskip("tvm")
+
+ragged = st.integers(1, 100).filter(lambda d: d % 32)
+AXPY_LAYOUTS = ("q4_0", "q4_1")  # the x86 dots' integer-axpy layouts (INT8_DOTS[...].axpy); q8_0's axpy stays float
+
+
+def steps_of(kind, call, sched, n_ff, m):
+    """The weight rows of each step of the kernel's down axpy for token m (sparse_mlp.py's row lists)."""
+    R = sched.rows
+    if kind == "dense":
+        return [range(i, min(i + R, n_ff)) for i in range(0, n_ff, R)]
+    if kind == "indexed":
+        idx, count = call.args[4], call.args[5]
+        listed = idx[m, :count[m]]
+        return [listed[i:i + R] for i in range(0, len(listed), R)]
+    # exact: per task, its contiguous neurons that some token keeps, in order
+    nper = -(-n_ff // sched.threads)
+    steps = []
+    for t in range(sched.threads):
+        listed = [j for j in range(t * nper, min(n_ff, (t + 1) * nper)) if call.kept[j]]
+        steps += [listed[i:i + R] for i in range(0, len(listed), R)]
+    return steps
+
+
+@pytest.mark.parametrize("kind", ("exact", "indexed", "dense"))
+@settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from(AXPY_LAYOUTS), dot=st.sampled_from(tuple(DOTS)), d=ragged, n_ff=st.integers(1, 40),
+       frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
+def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind, dtype, dot, d, n_ff, frac, seed):
+    from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
+    from actsparse.ir.quant import dequantize, round_x8
+
+    sched = host_sched(dot)
+    assert uses_int8_axpy(dtype, sched)
+    prim = primfunc(kind, d, n_ff, dtype, sched, ACTS[kind], bias=True)
+    fitted = sched.fitted(d, dtype)
+    calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac, x8=True)
+    for i, (call, out) in enumerate(zip(calls, run_native(prim, calls))):
+        x, blob = call.args[0], call.args[3]
+        h = h_of(kind, call, dtype, d, round_x8(x), ACTS[kind])
+        call.kept = ((round_x8(x).astype(np.float64) @ dequantize(call.args[1], dtype, d).T) > 0).any(0)
+        ref = np.zeros_like(call.ref)
+        slack = np.zeros_like(call.ref)
+        for m in range(x.shape[0]):
+            ref[m], slack[m] = down_rounded(h[m], blob, dtype, d, steps_of(kind, call, fitted, n_ff, m))
+        call.ref, call.slack = ref, slack * 1.01
+        try:
+            call.check(out)  # fp32 tolerance (scaled by Σ|terms|) + the undecidable roundings
+        except AssertionError as err:
+            raise AssertionError(f"{kind} {dtype} {dot} call {i} (M={x.shape[0]}): {err}") from None
+        # and within the rounding's bound of the unrounded down projection
+        wd = dequantize(blob, dtype, d).astype(np.float64)
+        exact_down = h @ wd
+        bound = down_bound(np.abs(h), blob, dtype, d) + 1e-4 * (call.scale + 1e-3)
+        assert np.all(np.abs(out - exact_down) <= bound), np.max(np.abs(out - exact_down) - bound)
+
+
+@pytest.mark.parametrize("kind", ("threshold", "dense"))
+@settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from(AXPY_LAYOUTS), d=st.integers(33, 160).filter(lambda d: d % 32),
+       n_ff=st.integers(8, 64), frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
+def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, dtype, d, n_ff, frac, seed):
+    """Threshold (its kept set can differ near the threshold, so no step-exact reference): the rounding bound on
+    top of the kernel's own tolerance; both kinds: within 2% (relative, L2) of float64 on unrounded x and h."""
+    from actsparse.ir.quant import dequantize, round_x8
+
+    sched = host_sched("vpdpbusd512")
+    prim = primfunc(kind, d, n_ff, dtype, sched, ACTS[kind], bias=True)
+    calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac, x8=True)
+    for call, out in zip(calls, run_native(prim, calls)):
+        x, blob = call.args[0], call.args[3]
+        h = h_of(kind, call, dtype, d, round_x8(x), ACTS[kind])
+        call.slack = call.slack + down_bound(np.abs(h), blob, dtype, d)
+        call.check(out)
+        ws = [dequantize(b, dtype, d) for b in call.args[1:4]]
+        full, _ = mlp_reference(x, *ws, *ACTS[kind][:3]) if kind == "dense" else (call.ref, None)
+        if kind == "dense":  # x and h unrounded: the whole 8-bit effect
+            norm = np.linalg.norm(full)
+            assert norm == 0 or np.linalg.norm(out - full) <= 0.02 * norm, np.linalg.norm(out - full) / norm
+
+
+def test_the_down_projection_is_built_with_vpdpbusd_where_the_target_has_vnni():
+    """The dense kernel's second parallel region (the down axpy) holds vpdpbusd; with `int8_axpy=False` only the
+    row dots do, so the count drops (the float axpy: vpmovzxbd + vcvtdq2ps + FMA)."""
+    import tvm
+
+    from actsparse import targets
+
+    sched = host_sched("vpdpbusd512")
+    counts = {}
+    for flag in (True, False):
+        prim = primfunc("dense", 100, 8, "q4_0", replace(sched, int8_axpy=flag))
+        lib = tvm.compile(tvm.IRModule({"main": prim}), target=targets.get("x86").tvm_target())
+        asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+        counts[flag] = asm.count("vpdpbusd\t")
+    assert counts[True] > counts[False] > 0, counts
+
+
+def test_the_integer_axpy_follows_the_dot_table():
+    """The x86 dots and sdot serve q4_0 / q4_1 axpys (q8_0's float axpy is as fast on x86); float dtypes never."""
+    from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    for dot, lanes in {**DOTS, "sdot128": 4}.items():
+        sched = CpuSchedule(lanes=lanes, threads=2, int8_dot=dot)
+        assert [dt for dt in QUANT_DTYPES if uses_int8_axpy(dt, sched)] == list(AXPY_LAYOUTS)
+        assert not uses_int8_axpy("q4_0", replace(sched, int8_axpy=False))
+    assert not uses_int8_axpy("float16", CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512"))
+    assert not uses_int8_axpy("q4_0", CpuSchedule(lanes=16, threads=2))
+
+
+@pytest.mark.parametrize("kind", ("exact", "dense"))
+def test_a_non_finite_input_reaches_the_output_through_the_integer_paths(kind):
+    """A NaN in one token's x: that token's outputs are all NaN (x's 8-bit blocks carry it in dx, the down axpy in t;
+    `max` alone drops NaN), the other token's stay finite — as on the float path."""
+    from actsparse.ir.quant import quantize
+
+    from .kernel_cases import Call
+
+    sched = host_sched("vpdpbusd512")
+    d, n_ff = 70, 20
+    rng = np.random.default_rng(3)
+    prim = primfunc(kind, d, n_ff, "q4_0", sched, ACTS[kind])
+    x = rng.standard_normal((2, d)).astype(np.float32)
+    x[1, 5] = np.nan
+    blobs = [quantize(rng.standard_normal((n_ff, d)).astype(np.float32), "q4_0").blob for _ in range(3)]
+    (out,) = run_native(prim, [Call([x, *blobs, np.zeros((2, d), np.float32)], None, None, "q4_0")])
+    assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
