@@ -53,7 +53,10 @@ def lower_graph(graph: Graph, target: Target):
                 fn = LOWERINGS.get(node.op)
                 if fn is None:
                     raise LoweringError(f"no lowering for op {node.op!r} at {node.loc or 'unknown location'}")
-                expr = fn(ctx, node, [values[id(i)] for i in node.inputs])
+                if 0 in node.shape:  # no elements, nothing to compute (and Relax reads a 0 in reshape's new shape
+                    expr = relax.op.zeros(ctx.shape(node.shape), TVM_DTYPES[node.dtype])  # as "copy this dim")
+                else:
+                    expr = fn(ctx, node, [values[id(i)] for i in node.inputs])
                 values[id(node)] = _with_known_shape(ctx, node, bb.emit(expr))
             outs = [values[id(o)] for o in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))

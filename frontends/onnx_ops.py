@@ -14,6 +14,7 @@ import numpy as np
 
 from ..ir import Node, TensorType
 from ..ir.types import is_float, np_dtype, positive_axis
+from .onnx_ops_tail import TAIL_HANDLERS
 from .onnx_shape_ops import SHAPE_HANDLERS
 from .onnx_values import ONNX_DTYPES, Const, make_const
 
@@ -261,6 +262,7 @@ HANDLERS = {
     **SHAPE_HANDLERS, "Trilu": _trilu,
     "Constant": _constant, "ConstantOfShape": _constant_of_shape, "Range": _range,
     "GatherElements": _gather_elements, "CumSum": _cumsum, "Softplus": _softplus, "Tile": _tile,
+    **TAIL_HANDLERS,  # the long tail found by exporting transformers' decoders (onnx_ops_tail.py)
 }
 
 __all__ = ["HANDLERS", "attributes"]

@@ -100,7 +100,8 @@ def fold(cx, op: str, inputs: list[Const], attrs: dict, ttype: TensorType) -> Co
     attrs = {**{k: v for k, v in opdef.attrs.items() if k not in attrs}, **attrs}
     arrays = [i.array for i in inputs]
     if any(i.symbolic for i in inputs):
-        return normalize(_fold_symbolic(cx, op, arrays, attrs, ttype), ttype.dtype)
+        # numpy's object ops give a bare sympy expression, not a 0-d array, for 0-d operands (`seq - seq`)
+        return normalize(np.asarray(_fold_symbolic(cx, op, arrays, attrs, ttype), dtype=object), ttype.dtype)
     with np.errstate(all="ignore"):
         out = opdef.reference(*arrays, attrs, {})
     return Const(np.asarray(out).astype(np_dtype(ttype.dtype)), ttype.dtype)

@@ -277,6 +277,8 @@ def _getitem(cx, node, seq, index):
 def _cat(cx, node, tensors, dim=0):
     dtype = cx.out(node).dtype
     tensors = [cx.tensor(t, dtype) for t in tensors]
+    if any(t.type.rank > 1 for t in tensors):  # torch skips 1-D empty parts (the legacy `torch.tensor([])` of
+        tensors = [t for t in tensors if tuple(t.shape) != (0,)] or tensors  # an empty cache, XLM's)
     if len(tensors) == 1:
         return tensors[0]
     return cx.emit("concat", tensors, axis=positive_axis(dim, tensors[0].type.rank))
@@ -295,26 +297,6 @@ def _index_select(cx, node, x, dim, index):
 
 def _index_copy(cx, node, x, dim, index, src):  # index_copy(cache, 2, positions, new) -> index_copy
     return cx.emit("index_copy", [x, index, cx.cast(src, x.dtype)], axis=positive_axis(dim, x.type.rank))
-
-
-def _index(cx, node, x, indices):
-    # x[i0, i1, ...] where every index but one is on a size-1 dim -> index_select(reshape(x), broadcast(i_k))
-    used = [(d, i) for d, i in enumerate(indices) if i is not None]
-    if any(i.dtype == "bool" for _, i in used):
-        raise cx.error("indexing with a boolean mask has a data-dependent shape and is not supported")
-    wide = [(d, i) for d, i in used if x.shape[d] != 1] or used[:1]
-    dims = [d for d, _ in used]
-    if len(wide) > 1 or dims != list(range(dims[0], dims[0] + len(dims))):
-        raise cx.error("advanced indexing is only supported on adjacent dims, all but one of size 1")
-    keep, index = wide[0]
-    squeezed = tuple(s for d, s in enumerate(x.shape) if d == keep or d not in dims)
-    x = x if squeezed == x.shape else cx.emit("reshape", [x], shape=squeezed)
-    out = cx.out(node).shape
-    first = dims[0]
-    width = len(out) - len(squeezed) + 1  # rank of the broadcast index
-    wanted = out[first:first + width]
-    index = index if index.shape == wanted else cx.emit("expand", [index], shape=wanted)
-    return cx.emit("index_select", [x, index], axis=first)
 
 
 def _triangle(op):
@@ -380,7 +362,7 @@ ATEN_TO_IR = {
     "aten.slice.Tensor": _slice, "aten.narrow": _narrow, "aten.select.int": _select,
     **dict.fromkeys(["aten.split.Tensor", "aten.split_with_sizes", "aten.chunk", "aten.unbind.int"], _split),
     "getitem": _getitem, "aten.cat": _cat, "aten.stack": _stack,
-    "aten.index_select": _index_select, "aten.index.Tensor": _index, "aten.index_copy": _index_copy,
+    "aten.index_select": _index_select, "aten.index_copy": _index_copy,
     "aten.triu": _triangle("triu"), "aten.tril": _triangle("tril"),
     "aten.arange": _arange,
     "aten.full.default": _filled(1), "aten.full_like": _filled(1), "aten.new_full": _filled(2),

@@ -2,7 +2,8 @@
 
 Merged into `torch_ops.ATEN_TO_IR`; same handler contract (see torch_ops.py). Grouped by what needs them:
 activations spelled as aten ops (relu², softplus, ReLU6, mish), routers and position ids (gather, scatter,
-cumsum, argmax / max.dim), interleaved rotary tables (repeat_interleave with a constant count). Anything
+cumsum, argmax / max.dim), interleaved rotary tables (repeat_interleave with a constant count), advanced
+indexing of adjacent dims (mask functions' `mask[batch_idx, kv_idx]`). Anything
 still missing is decomposed by torch itself before import (torch_export.decompose_missing).
 """
 
@@ -139,10 +140,48 @@ def _slice_scatter(cx, node, x, src, dim=0, start=None, end=None, step=1):
     return slice_scatter(cx, node, x, src, positive_axis(dim, x.type.rank), start, end, step)
 
 
+# --- advanced indexing ------------------------------------------------------------------------------------
+def _index(cx, node, x, indices):
+    # x[i0, i1, ...] on adjacent dims -> index_select(x with those dims merged into one, flat index), the flat
+    # index Σ_k i_k · stride_k over the dims not of size 1 (one such dim: its index as it is)
+    used = [(d, i) for d, i in enumerate(indices) if i is not None]
+    if any(i.dtype == "bool" for _, i in used):
+        raise cx.error("indexing with a boolean mask has a data-dependent shape and is not supported")
+    dims = [d for d, _ in used]
+    if dims != list(range(dims[0], dims[0] + len(dims))):
+        raise cx.error("advanced indexing is only supported on adjacent dims (torch moves the result's index dims "
+                       "first otherwise)")
+    wide = [(d, i) for d, i in used if x.shape[d] != 1] or used[:1]
+    if len(wide) > 1 and not all(isinstance(x.shape[d], int) for d, _ in wide):
+        raise cx.symbolic_error("advanced indexing of several dims needs their sizes static (the flat index "
+                                "multiplies by them); import with dynamic_seq=False")
+    first, last = dims[0], dims[-1]
+    index = wide[-1][1]
+    if len(wide) > 1:
+        index = _nonnegative(cx, index, x.shape[wide[-1][0]])
+        for d, i in reversed(wide[:-1]):
+            scaled = cx.emit("mul", [_nonnegative(cx, cx.cast(i, index.dtype), x.shape[d]),
+                                     cx.const(math.prod(x.shape[d + 1:last + 1]), index.dtype)])
+            index = cx.emit("add", [scaled, index])
+    merged = math.prod(x.shape[first:last + 1]) if len(wide) > 1 else x.shape[wide[0][0]]
+    squeezed = (*x.shape[:first], merged, *x.shape[last + 1:])
+    x = x if squeezed == x.shape else cx.emit("reshape", [x], shape=squeezed)
+    out = cx.out(node).shape
+    width = len(out) - len(squeezed) + 1  # rank of the broadcast index
+    wanted = out[first:first + width]
+    index = index if index.shape == wanted else cx.emit("expand", [index], shape=wanted)
+    return cx.emit("index_select", [x, index], axis=first)
+
+
+def _nonnegative(cx, index, size):  # torch counts a negative index from the end of its dim
+    wrapped = cx.emit("add", [index, cx.const(size, index.dtype)])
+    return cx.emit("where", [cx.emit("lt", [index, cx.const(0, index.dtype)]), wrapped, index])
+
+
 TAIL_TO_IR = {
     "aten.square": _square, "aten.softplus": _softplus, "aten.hardtanh": _hardtanh,
     "aten.relu6": lambda cx, node, x: _hardtanh(cx, node, x, 0.0, 6.0), "aten.threshold": _threshold,
-    "aten.mish": _mish, "aten.log1p": _log1p,
+    "aten.mish": _mish, "aten.log1p": _log1p, "aten.index.Tensor": _index,
     "aten.gather": _gather, **dict.fromkeys(["aten.scatter.src", "aten.scatter.value"], _scatter),
     "aten.cumsum": _cumsum, "aten.argmax": _argmax, "aten.max.dim": _max_dim, "aten.sort": _sort,
     "aten.std": _std_var(True), "aten.var": _std_var(False),

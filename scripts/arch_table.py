@@ -15,6 +15,7 @@ exact`), and `unmatched-gate` blocks (a gate that is no table activation), whose
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -31,14 +32,15 @@ SEQ = 6
 # config attribute -> tiny value (every spelling transformers' configs use for the same size)
 SIZES = {
     **dict.fromkeys(["hidden_size", "n_embd", "d_model", "dim", "embed_dim", "model_dim", "word_embed_proj_dim",
-                     "hidden_dim"], WIDTH),
+                     "hidden_dim", "embedding_dim", "hidden_size_global", "adapter_in_dim", "adapter_out_dim",
+                     "adapter_input_size", "adapter_output_size"], WIDTH),
     **dict.fromkeys(["intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "inner_hidden_size",
                      "d_ff", "ffn_inner_hidden_size", "dense_intermediate_size"], FF),
     **dict.fromkeys(["moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size",
                      "moe_ffn_hidden_size", "intermediate_size_mlp", "ffn_hidden_size_moe",
                      "shared_intermediate_size"], FF // 2),
     **dict.fromkeys(["num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers",
-                     "decoder_layers"], LAYERS),
+                     "decoder_layers", "num_blocks"], LAYERS),
     **dict.fromkeys(["num_attention_heads", "n_head", "n_heads", "num_heads", "decoder_attention_heads"], HEADS),
     **dict.fromkeys(["num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
                      "num_key_value_groups_"], KV_HEADS),
@@ -58,10 +60,40 @@ SIZES = {
     "num_kv_shared_layers": 0,  # KV shared from earlier layers of the same kind needs more layers than kept
     **dict.fromkeys(["rotary_dim", "rotary_emb_base_"], HEAD_DIM),
 }
-SSM_HEADS = [("mamba_expand", "mamba_n_heads", "mamba_d_head"), ("expand", "num_heads", "head_dim")]
+SSM_HEADS = [("mamba_expand", "mamba_n_heads", "mamba_d_head"), ("expand", "num_heads", "head_dim"),
+             ("mamba_expand", "n_mamba_heads", "mamba_headdim")]
+SSM_GROUPS = ("n_groups",)  # B/C groups of a Mamba-2 mixer: they must divide its heads
 MOE_DEFAULTS = {"num_experts_per_tok": TOP_K, "n_routed_experts": EXPERTS, "num_local_experts": EXPERTS,
                 "n_shared_experts": 1, "n_group": 1, "topk_group": 1}
 LAYER_KEYS = [k for k, v in SIZES.items() if v == LAYERS and "layer" in k]
+CODEBOOK_ROWS = {"musicgen_decoder", "musicgen_melody_decoder"}  # decoders reading a row of ids per codebook
+# values every released checkpoint sets that transformers' default config leaves unset (its model then fails to build)
+CHECKPOINT_VALUES = {
+    "dbrx": {"attn_config": {"rope_theta": 500000.0, "clip_qkv": 8.0}},  # DbrxAttention reads both
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"], "num_hidden_layers": 2},  # one layer of each kind
+}
+# what stops an architecture that still fails, and what would fix it (shown only while its check fails)
+LIMITS = {
+    "blt": "data-dependent: patch lengths come from its entropy model's output; a fixed patching would import",
+    "dbrx": "data-dependent: its experts (DbrxExperts: all experts' weights in one [E·n, d] matrix) loop over the "
+            "experts hit (nonzero); frontends/moe.py's per-expert rewrite does not know that layout",
+    "dory": "the shrinker cannot keep its (attention, mlp) block pairs and input/recurrent/output stages consistent",
+    "gemma3n": "its vision tower is timm's (TimmWrapperModel) and timm (which pulls torchvision) is not installed; "
+               "gemma3n_text, the decoder alone, imports",
+    "gemma4_assistant": "a speculative-decoding draft model whose default config fails transformers' own validation",
+    "gemma4_unified_assistant": "a speculative-decoding draft model: it reads the target model's embeddings and KV "
+                                "states, so it does not run from token ids alone",
+    "jetmoe": "data-dependent: its MoE and mixture-of-attention split tokens by per-expert counts; a per-expert "
+              "rewrite like frontends/moe.py's would import it",
+    "longcat_flash": "data-dependent: its experts loop over the experts hit (nonzero, .item()); frontends/moe.py's "
+                     "per-expert rewrite would need its identity ('zero') experts",
+    "qwen4_exp": "the default config leaves the indexer's sizes unset (indexer_n_heads, _head_dim, _budget, "
+                 "_compress_ratio), which no released checkpoint gives yet",
+    "reformer": "data-dependent: its axial position embeddings are cut to position_ids.max().item() + 1 columns",
+    "xmod": "data-dependent: tokens reach their language's adapter through a boolean mask; a rewrite for one "
+            "language (every token the same adapter) would import",
+}
+LIMITS["qwen4_exp_text"] = LIMITS["qwen4_exp"]
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
              "cls_token_id", "mask_token_id", "unk_token_id")
 
@@ -79,12 +111,24 @@ def tiny_config(arch: str):
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    values = _shrink(AutoConfig.for_model(arch).to_dict())
+    values = AutoConfig.for_model(arch).to_dict()
+    for key, value in CHECKPOINT_VALUES.get(arch, {}).items():
+        values[key] = {**values[key], **value} if isinstance(value, dict) else value
+    values = _shrink(values)
     config = CONFIG_MAPPING[arch](**values)
     for key, value in values.items():  # keys __init__ ignores or recomputes from the originals
         if key in SIZES and _int(_attr(config, key)) is not None and _attr(config, key) > value:
             setattr(config, key, value)
     return config
+
+
+def causal_lm_part(config, model_class):
+    """The config `model_class` (the architecture's causal LM) takes: the config itself, or its sub-config of that
+    class when the mapping names a composite (Llama-4's `text_config`; MusicGen's causal LM is its `decoder`)."""
+    wanted = model_class.config_class
+    if isinstance(config, wanted):
+        return config
+    return next((v for v in vars(config).values() if isinstance(v, wanted)), config)
 
 
 def _attr(config, key):
@@ -107,8 +151,8 @@ def _shrink(values: dict) -> dict:
             kept = [value[i] for i in pick] if layers and len(value) == layers else value  # per-layer sizes
             out[key] = [min(v, SIZES[key]) for v in kept]
         elif layers and "layer" in key and isinstance(value, dict) and all(str(k).isdigit() for k in value):
-            out[key] = {type(k)(new): value[k] for new, old in enumerate(pick)  # per-layer settings, renumbered
-                        for k in value if int(k) == old}
+            out[key] = {type(k)(new): _capped(value[k], values) for new, old in enumerate(pick)  # per-layer
+                        for k in value if int(k) == old}  # settings, renumbered, their sizes shrunk too
         elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
             out[key] = _shrink(value)
         elif layers and isinstance(value, list) and len(value) == layers:  # per-layer lists follow the pick
@@ -124,6 +168,16 @@ def _shrink(values: dict) -> dict:
             out[d_head] = out[expand] * out["hidden_size"] // out[n_heads]
             if out.get("mamba_d_ssm") is not None:  # the inner width, when given, is expand · width too
                 out["mamba_d_ssm"] = out[expand] * out["hidden_size"]
+            for groups in (k for k in SSM_GROUPS if _int(out.get(k))):
+                out[groups] = math.gcd(out[groups], out[n_heads])
+    if out.get("rope_parameters") == {} and isinstance(out.get("layer_types"), list):  # left to the checkpoint
+        out["rope_parameters"] = {t: {"rope_type": "default", "rope_theta": 10000.0} for t in set(out["layer_types"])}
+    if out.get("default_language", "") is None and out.get("languages"):  # X-MOD: the adapter to run
+        out["default_language"] = out["languages"][0]
+    if isinstance(out.get("axial_pos_embds_dim"), list):  # Reformer: axial position embeddings split the width
+        half = _int(out.get("hidden_size", WIDTH)) // 2
+        out["axial_pos_embds_dim"] = [half, out.get("hidden_size", WIDTH) - half]
+        out["axial_pos_shape"] = [8, out["max_position_embeddings"] // 8]  # their product is the position count
     if any("expert" in key for key in out):  # a MoE config: its counts left None for the checkpoint, likewise
         out.update({k: v for k, v in MOE_DEFAULTS.items() if k in out and out[k] is None})
     vocab = _int(out.get("vocab_size")) or VOCAB
@@ -137,6 +191,20 @@ def _shrink(values: dict) -> dict:
         out["pad_token_id"] = 0
     for key in ("transformers_version", "architectures", "model_type"):
         out.pop(key, None)
+    return out
+
+
+def _capped(values, parent: dict):
+    """One layer's overrides of `parent` (the whole config's values), their sizes shrunk as `_shrink` does."""
+    if not isinstance(values, dict):
+        return values
+    out = {k: min(v, SIZES[k]) if k in SIZES and _int(v) is not None else v for k, v in values.items()}
+    if values.get("num_key_value_heads", 0) == values.get("num_attention_heads"):  # multi-head stays multi-head
+        out["num_key_value_heads"] = out["num_attention_heads"]
+    both = {**parent, **values}
+    if "qk_nope_head_dim" in values and both["qk_nope_head_dim"] + both.get("qk_rope_head_dim", 0) == both.get(
+            "head_dim"):  # an MLA layer whose head_dim is nope + rope (Dots 3's sliding layers) stays so
+        out["head_dim"] = out["qk_nope_head_dim"] + min(both["qk_rope_head_dim"], SIZES["qk_rope_head_dim"])
     return out
 
 
@@ -182,8 +250,19 @@ def build_tiny(arch: str, seed: int = 0):
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(arch)
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    config = causal_lm_part(config, model_class)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).float().eval()
+    build = model_class._from_config
+    try:
+        model = build(config)
+    except (AssertionError, ValueError) as err:
+        if "is_decoder" not in str(err) or getattr(config, "is_decoder", True):
+            raise
+        config.is_decoder = True  # a causal LM its class will only build as a decoder (Reformer asserts it)
+        torch.manual_seed(seed)
+        model = build(config)
+    model = model.float().eval()
     with torch.no_grad():  # a matrix initialised to zero (AFMoE's router gate) scores every expert the same, and
         for p in model.parameters():  # torch.topk's order among ties is unspecified: give it small random values
             if p.ndim >= 2 and p.is_floating_point() and not p.any():
@@ -193,7 +272,8 @@ def build_tiny(arch: str, seed: int = 0):
 
 def example_ids(model, seq: int = SEQ) -> torch.Tensor:
     vocab = getattr(model.config, "vocab_size", None) or VOCAB
-    return (torch.arange(seq, dtype=torch.long).reshape(1, seq) * 7 + 3) % min(vocab, VOCAB)
+    rows = model.config.num_codebooks if model.config.model_type in CODEBOOK_ROWS else 1
+    return (torch.arange(rows * seq, dtype=torch.long).reshape(rows, seq) * 7 + 3) % min(vocab, VOCAB)
 
 
 def check_architecture(arch: str, compile: bool = False) -> ArchResult:
@@ -251,7 +331,7 @@ def check_architecture(arch: str, compile: bool = False) -> ArchResult:
         else:
             result.stage = "ok"
     except Exception as err:  # noqa: BLE001 - the reason is the product here
-        result.reason = _reason(err)
+        result.reason = f"{LIMITS[arch]} ({_reason(err)})" if arch in LIMITS else _reason(err)
     return result
 
 
@@ -275,9 +355,9 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {clean_message(str(err))}"
 
 
-def clean_message(message: str) -> str:
+def clean_message(message: str, limit: int | None = 240) -> str:
     text = message.strip().splitlines()
-    return _EVAL.sub("<generated>", _PATH.sub(r"\1", text[0] if text else ""))[:240]
+    return _EVAL.sub("<generated>", _PATH.sub(r"\1", text[0] if text else ""))[:limit]
 
 
 # --- the README table --------------------------------------------------------------------------------------

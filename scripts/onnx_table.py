@@ -10,8 +10,12 @@ The TorchScript exporter exports once per opset. The dynamo exporter exports at 
 torch.onnx does for any other `opset_version`, the model is converted with `onnx.version_converter` (which has
 no adapters below some ops' versions: such an opset is reported as failing, with the converter's reason).
 A row: architecture, the opsets each exporter produced, the op types our frontend lacks (any exporter or opset),
-and whether our import of one export matched torch. It takes minutes per architecture (the dynamo exporter is
-slow), so this is a script, run by hand; `tests/test_onnx_table.py` checks one row each run.
+and whether our import of one export matched torch. A TorchScript export whose symbolic sequence length makes a
+size the IR cannot name (a padded convolution's `seq + 3`) is imported again from a static-shape export, as
+`import_torch` does ("static shapes" in the row); an export our import fails on is also run by onnxruntime, and
+the row says when onnxruntime fails on it too (the exporter's fault, not the frontend's). It takes minutes per
+architecture (the dynamo exporter is slow), so this is a script, run by hand; `tests/test_onnx_table.py` checks
+one row each run.
 
     python -m actsparse.scripts.onnx_table --write              # every importing architecture
     python -m actsparse.scripts.onnx_table llama opt --write    # some
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -72,8 +77,9 @@ def lacking(ops: set[str]) -> set[str]:
     return {op for op in ops if op not in HANDLERS}
 
 
-def export(model, ids, exporter: str, opsets=OPSETS) -> dict:
-    """opset -> ModelProto, or the first line of why that export failed."""
+def export(model, ids, exporter: str, opsets=OPSETS, dynamic: bool = True) -> dict:
+    """opset -> ModelProto, or the first line of why that export failed (`dynamic`: the sequence length symbolic;
+    the TorchScript exporter only)."""
     import onnx
 
     out: dict = {}
@@ -83,7 +89,8 @@ def export(model, ids, exporter: str, opsets=OPSETS) -> dict:
             try:
                 with torch.no_grad():
                     torch.onnx.export(model, (ids,), buffer, dynamo=False, opset_version=opset,
-                                      input_names=["input_ids"], dynamic_axes={"input_ids": {1: "seq"}})
+                                      input_names=["input_ids"],
+                                      dynamic_axes={"input_ids": {1: "seq"}} if dynamic else None)
                 out[opset] = onnx.load_from_string(buffer.getvalue())
             except Exception as err:  # noqa: BLE001 - the reason is the product here
                 out[opset] = f"{type(err).__name__}: {clean_message(str(err))}"
@@ -128,6 +135,7 @@ class OnnxResult:
 
 def check_onnx(arch: str, exporters=EXPORTERS, opsets=OPSETS) -> OnnxResult:
     """Export the tiny model with each exporter at each opset, list what our frontend lacks, import one export."""
+    from ..frontends.errors import FrontendError
     from ..frontends.hf import CausalLMLogits
     from ..frontends.onnx import import_onnx
     from ..ir import evaluate
@@ -157,14 +165,44 @@ def check_onnx(arch: str, exporters=EXPORTERS, opsets=OPSETS) -> OnnxResult:
     if preferred:
         exporter, opset, proto = preferred[0]
         try:
-            graph = import_onnx(proto)
+            try:
+                graph, how = import_onnx(proto), ""
+            except FrontendError as err:  # a size of seq the IR cannot name: retry on a static-shape export
+                if exporter != "torchscript" or not re.search(r"static shapes|symbolic", str(err)):
+                    raise
+                static = export(model, ids, exporter, (opset,), dynamic=False)[opset]
+                if isinstance(static, str):
+                    raise
+                graph, how, proto = import_onnx(static), ", static shapes", static
             assert_close(evaluate(graph, [ids.numpy()])[0], want, f"our import of the {exporter} export")
-            result.imports = f"yes ({exporter} {opset})"
+            result.imports = f"yes ({exporter} {opset}{how})"
         except Exception as err:  # noqa: BLE001
             result.imports = "no"
-            reasons.insert(0, f"import ({exporter} {opset}): {type(err).__name__}: {clean_message(str(err))}")
+            broken = onnxruntime_error(proto, ids)  # an export onnxruntime cannot run either is the exporter's fault
+            why = f"the export is invalid: onnxruntime fails too ({broken})" if broken else \
+                f"{type(err).__name__}: {clean_message(str(err))}"
+            reasons.insert(0, f"import ({exporter} {opset}): {why}")
     result.reason = "; ".join(reasons)[:300]
     return result
+
+
+def onnxruntime_error(proto, ids) -> str:
+    """Why onnxruntime cannot run `proto` on `ids` (its first line), or "" when it can (or is not installed)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return ""
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # the failure is reported in the row, not logged
+    try:
+        session = onnxruntime.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session.run(None, {session.get_inputs()[0].name: ids.numpy()})
+    except Exception as err:  # noqa: BLE001 - the reason is the product here
+        text = clean_message(str(err), limit=None)
+        node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
+        detail = text.split(" was false. ")[-1] if " was false. " in text else text.split("Status Message: ")[-1]
+        return (f"{node.group(1)} {node.group(2)}: " if node else "") + detail[:160]
+    return ""
 
 
 # --- the README table --------------------------------------------------------------------------------------

@@ -25,8 +25,11 @@ import pytest
 pytest.importorskip("transformers")
 
 from actsparse.scripts.arch_table import (  # noqa: E402
+    CHECKPOINT_VALUES,
+    LIMITS,
     ArchResult,
     causal_lm_architectures,
+    causal_lm_part,
     check_architecture,
     kept_layers,
     readme_path,
@@ -75,6 +78,21 @@ def test_tiny_configs_keep_one_layer_of_each_kind():
     assert hybrid.num_hidden_layers == 2 and set(hybrid.layer_types) == {"linear_attention", "full_attention"}
     # per-layer settings keyed by layer index keep only kept layers (else its config refuses to build)
     assert tiny_config("gemma4_text").num_hidden_layers == 2
+
+
+def test_shrinker_keeps_the_ratios_models_validate():
+    assert set(LIMITS) | set(CHECKPOINT_VALUES) <= set(ARCHS), "an entry names an architecture transformers lacks"
+    mamba2 = tiny_config("mamba2")  # Mamba-2's B/C groups divide its heads
+    assert mamba2.num_heads % mamba2.n_groups == 0
+    zamba2 = tiny_config("zamba2")  # Zamba-2's mamba heads · head dim = expand · width
+    assert zamba2.n_mamba_heads * zamba2.mamba_headdim == zamba2.mamba_expand * zamba2.hidden_size
+    dots = tiny_config("dots3_note_text")  # its sliding layers' MLA head_dim stays nope + rope (validated on build)
+    sliding = dots.per_layer_config["sliding_attention"]
+    assert sliding.head_dim == sliding.qk_nope_head_dim + sliding.qk_rope_head_dim and dots.hidden_size <= 64
+    from transformers import MusicgenForCausalLM
+
+    decoder = causal_lm_part(tiny_config("musicgen"), MusicgenForCausalLM)  # a composite: its decoder is the LM
+    assert type(decoder).__name__ == "MusicgenDecoderConfig" and decoder.hidden_size <= 64
 
 
 @pytest.mark.parametrize("arch", todays_slice())

@@ -152,3 +152,26 @@ def test_complex_rotary_matches_torch_as_real_pairs():
     longer = torch.tensor([[2, 7, 1, 8, 2, 8, 1]])
     with torch.no_grad():
         np.testing.assert_allclose(evaluate(graph, [longer.numpy()])[0], model(longer).numpy(), rtol=1e-5, atol=1e-6)
+
+
+class AdvancedIndex(nn.Module):
+    """Advanced indexing of several adjacent dims, none of size 1 (transformers' mask functions read
+    `mask[batch_idx, kv_idx]`; MusicGen's mask has a row per codebook), with negative indices among them."""
+
+    def forward(self, x):  # x: [4, seq, 8]
+        rows = torch.arange(4).reshape(4, 1) - 2  # -2, -1, 0, 1: negative rows count from the end
+        cols = torch.arange(x.shape[1]).reshape(1, -1)
+        both = x[rows, cols]  # [4, seq, 8]
+        inner = x[:, torch.tensor([[0], [-1]]), torch.tensor([3, 5, -8])]  # dims 1 and 2 -> [4, 2, 3]
+        return both.sum(-1).sum(-1) + inner.sum((1, 2))
+
+
+def test_advanced_indexing_of_several_dims_matches_torch_in_the_interpreter_and_tvm():
+    model = AdvancedIndex().eval()
+    x = torch.randn(4, 5, 8)
+    want = model(x).numpy()
+    graph = import_torch(model, (x,), dynamic_seq=False)
+    assert graph.count("index_select") == 2
+    np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], want, rtol=1e-5, atol=1e-5)
+    cm = actsparse.compile(graph, (x.numpy(),), mode="dense")
+    np.testing.assert_allclose(np.asarray(cm(x.numpy())), want, rtol=1e-5, atol=1e-5)
