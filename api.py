@@ -86,6 +86,8 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     mode="predictor" (ReLU-family blocks): `predictor` = "lowrank" (default, trained) | "svd" | "sign"
     (training-free), `recall` the per-block target (default 0.99), `sparsity` an optional floor on the predicted
     sparsity per block, `predictor_budget` the predictors' bytes as a fraction of the MLP bytes (default 0.1).
+    `predictor="bound"` is lossless and needs no calibration: an int8 gate copy with a per-neuron error bound
+    certifies neurons inactive, the rest are computed exactly (passes/certified_gate.py).
 
     `quantize` ("fp16" | "int8" | "int4"): the kernels' weights stored as fp16 or group-wise quantized
     (passes/quantize.py), in any mode; `prequantized` ({weight name: ir.quant.QuantizedWeight}, e.g.
@@ -102,6 +104,9 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
         raise ActsparseError(f"unknown quantize={quantize!r}; valid: None, {', '.join(map(repr, STORAGE_KINDS))}")
     if prequantized is not None and quantize not in QUANTIZE_KINDS:
         raise ActsparseError("prequantized weights need quantize='int8' or 'int4' (the layout the rest is stored in)")
+    if (predictor or "") == "bound" and quantize in QUANTIZE_KINDS:
+        raise ActsparseError(f"predictor='bound' certifies neurons against float gate rows, but quantize={quantize!r} "
+                             "stores them group-quantized; use quantize='fp16' (or none) with it, or mode='exact'")
     quant = {"quantize": quantize, "prequantized": prequantized}
     if is_decoder_source(model) and (isinstance(model, (str, os.PathLike)) or example_inputs is None
                                      or max_seq is not None):
@@ -345,21 +350,25 @@ def _lossy_options(mode: str, calibration, sparsity, method, predictor_options: 
 def _predictor_options(calibration, sparsity, given: dict) -> dict:
     from .ir.predictor import PREDICTORS
     from .passes.calibrate import calibration_samples
-    from .passes.predictors import PredictorError
+    from .passes.predictors import KINDS, PredictorError
 
-    if calibration is None:
-        raise PredictorError("mode='predictor' needs calibration data to fit the predictors: pass calibration="
-                             "[(input_ids,), ...], input tuples like example_inputs (a few thousand tokens)")
+    calibrated = [k for k, spec in KINDS.items() if spec.calibrated]
+
     kind = given.get("predictor", "lowrank")
     if kind not in PREDICTORS:
         raise ActsparseError(f"unknown predictor {kind!r}; valid predictors: {', '.join(PREDICTORS)}")
+    if calibration is None and kind in calibrated:
+        raise PredictorError("mode='predictor' needs calibration data to fit the predictors: pass calibration="
+                             "[(input_ids,), ...], input tuples like example_inputs (a few thousand tokens); "
+                             "predictor='bound' (lossless) needs none")
     recall, budget = float(given.get("recall", 0.99)), float(given.get("predictor_budget", 0.1))
     if not 0.0 < recall <= 1.0 or not 0.0 < budget <= 1.0:
         raise ActsparseError(f"recall must be in (0, 1] and predictor_budget in (0, 1]; got recall={recall}, "
                              f"predictor_budget={budget}")
     if sparsity is not None and not 0.0 <= float(sparsity) < 1.0:
         raise ActsparseError(f"sparsity (the floor on the predicted sparsity) must be in [0, 1), got {sparsity!r}")
-    return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity or 0.0), "predictor": kind,
+    samples = calibration_samples(calibration) if calibration is not None else []
+    return {"calibration": samples, "sparsity": float(sparsity or 0.0), "predictor": kind,
             "recall": recall, "predictor_budget": budget}
 
 

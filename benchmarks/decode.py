@@ -12,7 +12,8 @@
     attention and down projections are small (the residual stream stays the embedding), and each layer's gate rows
     are random rows orthogonal to u minus b·u, with b calibrated on that layer's own MLP inputs (one forward of 16
     tokens per layer) so that 90% of the gates are <= 0; which neurons fire depends on the token. Per weight dtype
-    (float32, float16): actsparse exact and dense (`actsparse.compile(model, mode=..., max_seq=...)`, fp16 weights
+    (float32, float16): actsparse exact, exact with the int8 gate pre-filter (`predictor="bound"`, lossless) and
+    dense (`actsparse.compile(model, mode=..., max_seq=...)`, fp16 weights
     through `quantize="fp16"`: fp32 activations, as llama.cpp's F16 files), transformers `generate` (greedy, the
     model in that dtype) and llama.cpp (llama-cpp-python, `n_threads` = cores) on the same weights written as a
     dense GGUF. llama.cpp has no GGUF architecture with a ReLU-gated (ReGLU) FFN and Llama attention (`llama` runs
@@ -309,14 +310,24 @@ def part_a(dtype: str, layers: int, vocab: int, tokens: int, repeats: int, threa
         from actsparse.runtime.decoder import Decoder
 
         dense = Decoder(dense_twin(exact.module), exact.spec)  # = compile(mode="dense"), sharing exact's weights
+        # exact's lossless pre-filter: an int8 gate copy certifies neurons inactive (passes/certified_gate.py)
+        bound = actsparse.compile(model, mode="predictor", predictor="bound", max_seq=max_seq,
+                                  quantize="fp16" if dtype == "float16" else None)
+        certified = [b.predicted_sparsity for b in bound.report.blocks]
+        row["bound_certified"] = certified
+        read = 1.0 - sum(certified) / len(certified)
+        # the int8 copy (34 bytes per 32 weights), the uncertified neurons' gate rows, the active ones' up and down
+        # rows (the listed kernel, codegen/kernels/sparse_mlp.py)
+        sb["bound"] = sb["dense"] - sb["mlp"] + sb["mlp"] / 3 * (34 / 32 / (2 if dtype == "float16" else 4) + read
+                                                                 + 2 * active)
         del model
         gc.collect()
         row["load"]["actsparse"] = _load()
-        rates = actsparse_rates({"exact": exact, "dense": dense}, prompt, feed, repeats)
+        rates = actsparse_rates({"exact": exact, "dense": dense, "bound": bound}, prompt, feed, repeats)
         row.update(rates)
-        print(f"  actsparse exact {rates['exact']:.2f} dense {rates['dense']:.2f} tokens/s (load "
-              f"{row['load']['actsparse']})", file=sys.stderr, flush=True)
-        del exact, dense
+        print(f"  actsparse exact {rates['exact']:.2f} dense {rates['dense']:.2f} bound {rates['bound']:.2f} "
+              f"tokens/s (load {row['load']['actsparse']})", file=sys.stderr, flush=True)
+        del exact, dense, bound
         gc.collect()
         row["load"]["llama.cpp"] = _load()
         row["llama.cpp"] = llama_cpp_rate(gguf_path, prompt, feed, repeats, threads, max_seq + 8)
@@ -462,6 +473,15 @@ def table_a(rows: list[dict]) -> str:
                    f"{r['exact'] / r['torch']:.2f}x | {_ratio(r['dense'], r['llama.cpp'])} | {sp:.1%} | "
                    f"{_bandwidths(r)} | {r['step_bytes']['dense'] / r['step_bytes']['exact']:.2f}x | "
                    f"{r['load']['torch']} → {r['load']['end']} |")
+    if any("bound" in r for r in rows):
+        out += ["", "| weights | exact + int8 gate pre-filter (predictor='bound') | bound / exact | "
+                "bound / llama.cpp | certified inactive | byte ideal bound / llama.cpp | load avg |",
+                "|---|---:|---:|---:|---:|---:|---|"]
+        for r in (r for r in rows if "bound" in r):
+            cert = sum(r["bound_certified"]) / len(r["bound_certified"])
+            out.append(f"| {r['dtype']} | {r['bound']:.2f} | {r['bound'] / r['exact']:.2f}x | "
+                       f"**{_ratio(r['bound'], r['llama.cpp'])}** | {cert:.1%} | "
+                       f"{r['step_bytes']['dense'] / r['step_bytes']['bound']:.2f}x | {r['load']['actsparse']} |")
     return "\n".join(out)
 
 

@@ -18,6 +18,8 @@ Which kernel a sparse variant uses per family ("cpu", "cuda") and with which opt
 
 from __future__ import annotations
 
+import dataclasses
+
 from tvm import relax
 
 from ..ir import TensorType
@@ -32,15 +34,17 @@ R = relax.op
 COMPOSITE_KERNELS: dict = {}
 
 
-def linear_call(ctx, x_type: TensorType, x, w_node, w, b=None):
+def linear_call(ctx, x_type: TensorType, x, w_node, w, b=None, float_x: bool = False):
     """x[..., k] @ w[n, k]^T (+ b) through the linear kernel (w_node: the weight's IR node, whose layout may be
-    quantized); returns the un-flattened expression."""
+    quantized; float_x: no int8-dot rounding of x); returns the un-flattened expression."""
     from .kernels import kernel as target_kernel
 
     n, k = w_node.shape
     x2d, lead, tokens = flatten_tokens(ctx, x_type, x)
-    kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=schedule_for(ctx.target),
-                           bias=b is not None)
+    sched = schedule_for(ctx.target)
+    if float_x and getattr(sched, "int8_dot", ""):
+        sched = dataclasses.replace(sched, int8_dot="")
+    kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=sched, bias=b is not None)
     if b is not None and getattr(b.ty, "dtype", "float32") != "float32":  # the kernels add a float32 bias
         b = ctx.bb.emit(R.astype(b, "float32"))
     out = emit_kernel_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
@@ -52,7 +56,8 @@ def _linear(ctx, node, args):
     if node.inputs[1].op != "weight":  # activations times activations: no weight layout to exploit
         out = R.matmul(args[0], R.permute_dims(args[1], [1, 0]))
         return R.add(out, args[2]) if len(args) == 3 else out
-    return linear_call(ctx, node.inputs[0].type, args[0], node.inputs[1], args[1], *args[2:])
+    return linear_call(ctx, node.inputs[0].type, args[0], node.inputs[1], args[1], *args[2:],
+                       float_x=node.attrs.get("float_x", False))
 
 
 def _act(kind: str, threshold: float, x, dtype: str):

@@ -3,7 +3,8 @@
 
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, s){mode='predictor', cutoff=t}
         -> (idx, count) = call_tir(select_n, [s2d, t])           # idx[m, :count[m]] = {j : s[m, j] > t}
-           reshape(call_tir(gmlp_indexed_d_n_<acts>, [x2d, Wg, Wu, Wd.t, idx, count]), [..., d_out])
+           reshape(call_tir(gmlp_listed_d_n_<acts>, [x2d, Wg, Wu, Wd.t, idx, count]), [..., d_out])
+    (the listed kernel: the indexed one, but up and down rows only for the listed neurons whose gate fired)
     sign_score(x, @bits){d} -> reshape(call_tir(signscore_d_n, [x2d, bits]), [..., n])
 
 On CUDA the variant declares the composite "scored" instead: one kernel takes the scores and the cutoff, flags the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from tvm import relax
 
+from ..ir.activations import ZERO_BELOW
 from .context import TVM_DTYPES, const, emit_kernel_call, flatten_tokens, lowering
 from .lower_kernels import COMPOSITE_KERNELS
 from .schedules import schedule_for
@@ -54,7 +56,9 @@ def lower_predicted(ctx, node, args, sched, options):
                                                                    relax.TensorType([tokens], "int32")]))
         return [ctx.bb.emit(relax.TupleGetItem(picked, 0)), ctx.bb.emit(relax.TupleGetItem(picked, 1))]
 
-    return _lower_scored_block(ctx, node, args, sched, options, "indexed", index_list)
+    # ReLU-family gates (all of predictor mode's): a listed neuron whose gate is 0 skips its up and down rows
+    name = "listed" if node.attrs["gate_act"] in ZERO_BELOW else "indexed"
+    return _lower_scored_block(ctx, node, args, sched, options, name, index_list)
 
 
 def lower_scored(ctx, node, args, sched, options):

@@ -168,7 +168,9 @@ def _linear_call(*args):
     return _linear_ref(*arrays, attrs=attrs, env=env)
 
 
-define("linear", (2, 3), _linear_type, _linear_call, doc="x[..., in] @ w[out, in]^T (+ b)")
+# float_x: against a quantized weight, x stays float (no 8-bit rounding of x by an int8-dot kernel): for a dot
+# whose error must stay within a bound computed from the weights alone (passes/certified_gate.py)
+define("linear", (2, 3), _linear_type, _linear_call, {"float_x": False}, doc="x[..., in] @ w[out, in]^T (+ b)")
 
 
 def _matmul_type(types, attrs):

@@ -9,6 +9,8 @@ Three kinds, one table (`KINDS`), each fitted from the block's calibration rows 
                                      predicts the gate pre-activation, training-free
     sign     s = sign agreements − disagreements of x and each W_gate row (SparseInfer), training-free;
                                      the cutoff is its margin
+    bound    s = x·deq(W8)ᵀ + c·‖x‖₂  an int8 gate copy and a per-neuron error bound (`certified_gate.py`): recall
+                                     1 by construction, no calibration; the cutoff is the gate's own (0)
 
 dReLU blocks (relu on the up projection too) fire only where gate AND up are positive: there svd and sign predict
 both (svd: one low-rank factor of [W_gate; W_up], sign: two sign tests) and score a neuron
@@ -30,6 +32,7 @@ import numpy as np
 
 from ..errors import ActsparseError
 from ..ir.predictor import PREDICTORS, pack_sign_bits, sign_scores
+from .certified_gate import certified_scores, certify_gate
 
 MIN_TRAIN_TOKENS = 256    # lowrank: fewer rows than this do not train a predictor worth its bytes
 MIN_CUTOFF_TOKENS = 32    # any kind: rows to place the cutoff on
@@ -119,6 +122,14 @@ def _fit_sign(w_gate, w_up, rows, active, rank, options):
     return bits if w_up is None else bits | {"bits_up": pack_sign_bits(np.asarray(w_up, np.float32))}
 
 
+def _fit_bound(w_gate, w_up, rows, active, rank, options):
+    return certify_gate(w_gate)
+
+
+def _bound_parts(p: Fitted, x):
+    return (certified_scores(p.arrays, x),)
+
+
 @dataclass(frozen=True)
 class Kind:
     fit: object          # (w_gate, w_up or None, rows, active, rank, options) -> arrays; w_up given: predict AND
@@ -126,12 +137,14 @@ class Kind:
     trains: bool         # holds rows out for the cutoff, needs MIN_TRAIN_TOKENS
     ranked: bool
     predicts_and: bool   # predicts gate and up of a dReLU block (the trained kind learns the AND from the labels)
+    calibrated: bool = True  # False: certified (never misses an active neuron), needs no calibration data
 
 
 KINDS = {
     "lowrank": Kind(_fit_lowrank, _lowrank_parts, trains=True, ranked=True, predicts_and=False),
     "svd": Kind(_fit_svd, _svd_parts, trains=False, ranked=True, predicts_and=True),
     "sign": Kind(_fit_sign, _sign_parts, trains=False, ranked=False, predicts_and=True),
+    "bound": Kind(_fit_bound, _bound_parts, trains=False, ranked=False, predicts_and=False, calibrated=False),
 }
 assert tuple(KINDS) == PREDICTORS
 
@@ -181,6 +194,13 @@ def cutoffs_for_recall_and(gate: np.ndarray, up: np.ndarray, active: np.ndarray,
         if best is None or count < best[0]:
             best = (count, float(t_g), float(t_u))
     return (float(gate.min()) - 1.0, float(up.min()) - 1.0) if best is None else best[1:]
+
+
+def certified_block(kind: str, w_gate: np.ndarray, cutoff: float) -> Fitted:
+    """A predictor that needs no calibration (`Kind.calibrated` False): its scores exceed `cutoff` (the gate's own:
+    0, FATReLU's threshold) for every neuron whose gate may exceed it, so its recall is 1."""
+    arrays = KINDS[kind].fit(w_gate, None, None, None, None, None)
+    return Fitted(kind, arrays, None, float(cutoff), 1.0, 0.0, w_gate.shape[1])
 
 
 def fit_block(kind: str, location: str, w_gate: np.ndarray, rows: np.ndarray, active: np.ndarray, rank: int,

@@ -24,8 +24,11 @@ come from `budget` (predictor bytes as a fraction of the MLP bytes, shared by th
 Options: `predictor` ("lowrank" | "svd" | "sign"), `recall` (target per block, default 0.99), `sparsity` (floor on
 the predicted sparsity per block: a block that needs more neurons for the recall is an error naming it; 0 = no
 floor), `budget`, `steps` (lowrank training steps), `max_tokens` (calibration rows kept per block), `progress`.
-Errors: no calibration data, too few tokens, unreachable recall, a block that is not ReLU-family (relufy it, or
-use mode='threshold').
+`predictor="bound"` needs no calibration data and loses nothing: its cutoff is the gate's own (0, or FATReLU's
+threshold) and its scores bound the gate from above, so every neuron it skips is exactly 0.
+
+Errors: no calibration data (calibrated kinds), too few tokens, unreachable recall, a block that is not
+ReLU-family (relufy it, or use mode='threshold').
 
 Statistics: one count per pattern rewritten (`reglu`, `drelu`, ...).
 """
@@ -38,12 +41,15 @@ import numpy as np
 
 from ..errors import ModeError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
+from ..ir.graph import quantized_weight_node
 from ..ir.mlp import is_exactly_sparse, pattern_name
+from ..ir.quant import QuantizedWeight
 from .activation_stats import BlockActivations, block_weights, collect_activations
 from .base import Pass, coerce_options, note, record
 from .calibrate import calibration_samples
+from .certified_gate import LAYOUT
 from .predictor_train import STEPS
-from .predictors import KINDS, Fitted, PredictorError, allocate_ranks, fit_block
+from .predictors import KINDS, Fitted, PredictorError, allocate_ranks, certified_block, fit_block
 from .sparse_layout import to_sparse_layout
 
 
@@ -73,13 +79,23 @@ class SparsifyPredictor(Pass):
         blocks = [n for n in graph.nodes if n.op == "gated_mlp"]
         if not blocks:
             return graph
+        certified = not KINDS[self.predictor].calibrated
         for b in blocks:
+            if certified and not is_exactly_sparse(b.attrs["gate_act"]):
+                raise ModeError(
+                    f"predictor={self.predictor!r} proves a neuron inactive from an upper bound on its gate, so it "
+                    f"needs a ReLU-family gate (exactly 0 when the gate is <= 0), but {b.loc or 'a gated MLP'} is "
+                    f"{pattern_name(b.attrs['gate_act'], b.attrs['up_act'])} (act={b.attrs['gate_act']}). Ways out: "
+                    "actsparse.relufy(model, kind='drelu') then a short recovery fine-tune, or mode='threshold' "
+                    "(lossy) with calibration data.")
             if not is_exactly_sparse(b.attrs["gate_act"]):
                 raise ModeError(
                     f"mode='predictor' needs a ReLU-family MLP, but {b.loc or 'a gated MLP'} is "
                     f"{pattern_name(b.attrs['gate_act'], b.attrs['up_act'])} (act={b.attrs['gate_act']}), whose "
                     "inactive neurons are not exactly zero. Ways out: actsparse.relufy(model, kind='drelu') then a "
                     "short recovery fine-tune (actsparse.recipes), or mode='threshold' with calibration data.")
+        if certified:
+            return self._certify(graph)
         if not self.calibration:
             raise PredictorError(f"mode='predictor' needs calibration data to fit the predictors of "
                                  f"{blocks[0].loc or 'the gated MLPs'}: pass calibration=[(input_ids,), ...], input "
@@ -104,6 +120,24 @@ class SparsifyPredictor(Pass):
                   "calibrated_predicted_sparsity": p.predicted_sparsity})
             provenance = {"rank": p.rank, "predictor_bytes_pct": round(100.0 * p.nbytes / mlp_bytes, 3),
                           "calibrated_recall": round(p.recall, 5), "calibrated_sparsity": round(a.sparsity, 5)}
+            return _predictor_block(node, p, pattern, provenance, graph, new_weights)
+
+        return rewrite(graph, visit, new_weights)
+
+    def _certify(self, graph: Graph) -> Graph:
+        """Calibration-free kinds: one certified predictor per block from its own weights."""
+        new_weights: dict = {}
+
+        def visit(node: Node) -> Node | None:
+            if node.op != "gated_mlp":
+                return None
+            pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
+            record(pattern)
+            w_gate = block_weights(node, graph.weights)[0]
+            cutoff = node.attrs.get("threshold", 0.0) if node.attrs["gate_act"] == "fatrelu" else 0.0
+            p = certified_block(self.predictor, w_gate, cutoff)
+            mlp_bytes = 3 * w_gate.size * np.dtype(graph.weights[node.inputs[1].attrs["name"]].dtype).itemsize
+            provenance = {"predictor_bytes_pct": round(100.0 * p.nbytes / mlp_bytes, 3), "calibrated_recall": 1.0}
             return _predictor_block(node, p, pattern, provenance, graph, new_weights)
 
         return rewrite(graph, visit, new_weights)
@@ -141,7 +175,10 @@ def _predictor_block(node: Node, p: Fitted, pattern: str, provenance: dict, grap
     x = node.inputs[0]
     w_gate = node.inputs[1]
     base = f"{w_gate.attrs['name']}.{'gate.' if node.attrs.get('fused') else ''}predictor"
-    scores = _score_nodes(x, p, base, graph.weights[w_gate.attrs["name"]].dtype, new_weights, node.loc)
+    if p.kind == "bound":
+        scores = _bound_scores(x, p, base, block_weights(node, graph.weights)[2], new_weights, node.loc)
+    else:
+        scores = _score_nodes(x, p, base, graph.weights[w_gate.attrs["name"]].dtype, new_weights, node.loc)
     attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "predictor",
              "pattern": pattern, "predictor": p.kind, "cutoff": float(p.cutoff),
              **{k: v for k, v in provenance.items() if v is not None}}
@@ -185,3 +222,23 @@ def _score_nodes(x: Node, p: Fitted, base: str, dtype, new_weights: dict, loc: s
         return both(linear(hidden, b), linear(hidden, weight("B_up", p.arrays["B_up"].astype(dtype)), shift))
     hidden = linear(x, a)
     return linear(Node("relu", (hidden,), {}, hidden.type, loc), b, weight("b", p.arrays["b"].astype(np.float32)))
+
+
+def _bound_scores(x: Node, p: Fitted, base: str, b_gate, new_weights: dict, loc: str) -> Node:
+    """x·deq(@w8)ᵀ (+ @b) + ‖x‖₂·@coef in float32 (see the module docstring and `certified_gate.py`)."""
+    if x.dtype != "f32":
+        x = Node("cast", (x,), {"dtype": "f32"}, TensorType(x.shape, "f32"), loc)
+    lead, n = x.shape[:-1], p.arrays["coef"].shape[0]
+    w8 = QuantizedWeight(new_weights.setdefault(f"{base}.w8", p.arrays["w8"]), LAYOUT, (n, p.d))
+    coef = new_weights.setdefault(f"{base}.coef", p.arrays["coef"])
+    inputs = [x, quantized_weight_node(f"{base}.w8", w8)]
+    if b_gate is not None:
+        inputs.append(weight_node(f"{base}.b", new_weights.setdefault(f"{base}.b", np.asarray(b_gate, np.float32))))
+    out = TensorType((*lead, n), "f32")
+    approx = Node("linear", tuple(inputs), {"float_x": True}, out, loc)   # x not rounded: the bound assumes it
+    norm_type = TensorType((*lead, 1), "f32")
+    squares = Node("mul", (x, x), {}, x.type, loc)
+    total = Node("sum", (squares,), {"axes": (-1,), "keepdim": True}, norm_type, loc)
+    norm = Node("sqrt", (total,), {}, norm_type, loc)
+    slack = Node("mul", (norm, weight_node(f"{base}.coef", coef)), {}, out, loc)
+    return Node("add", (approx, slack), {}, out, loc)

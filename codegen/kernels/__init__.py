@@ -22,6 +22,7 @@ _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "q
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
     "CpuSchedule": {"exact": ("sparse_mlp", "sparse_gated_mlp"), "indexed": ("sparse_mlp", "sparse_gated_mlp_indexed"),
+                    "listed": ("sparse_mlp", "sparse_gated_mlp_listed"),
                     "dense": ("sparse_mlp", "dense_gated_mlp"), "linear": ("linear", "linear"),
                     "threshold": ("threshold_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score"),
@@ -36,8 +37,8 @@ FAMILIES = {
                     "scored": ("cuda_mlp", "scored_gated_mlp"),
                     "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
-KERNELS = ("exact", "indexed", "dense", "linear", "threshold", "sign_score", "select", "scored", "input", "routed",
-           "attention")
+KERNELS = ("exact", "indexed", "listed", "dense", "linear", "threshold", "sign_score", "select", "scored", "input",
+           "routed", "attention")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 

@@ -310,3 +310,81 @@ def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_
                 axpy_all(w_down_t, h, row0, st * R, n_ff, h, 0, t, out, M)
 
     return body
+
+
+@cache
+def sparse_gated_mlp_listed(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                            threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
+    """Exact mode over given neurons: (x, w_gate, w_up, w_down_t, idx, count, out), a ReLU-family gate.
+
+    As `sparse_gated_mlp_indexed` (token m computes the neurons idx[m, :count[m]]), but like the exact kernel it
+    reads the up and down rows only of the listed neurons whose activated gate is nonzero: each task compacts its
+    share of the list to those in place (slot <= the neuron's position, so nothing unread is overwritten). For a
+    predictor that lists more neurons than fire (predictor mode's misses aside, a certified bound lists every
+    active neuron and some inactive ones) the extra neurons then cost their gate row only.
+    """
+    if gate_act not in ZERO_BELOW:
+        raise ValueError(f"the listed kernel skips neurons whose gate is 0: gate_act must be one of {ZERO_BELOW}, "
+                         f"got {gate_act!r} (use the indexed kernel)")
+    check_mlp(d, n_ff, gate_act, up_act, dtype)
+    sched = sched.fitted(d, dtype)
+    threads, R = sched.threads, sched.rows
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
+    _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x8)
+    _, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x8)
+    _, axpy = axpy_macro(d, dtype, sched, gathered=True)
+    zero_cols = zero_columns_macro(d, sched, dtype)
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        K = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        idx = T.match_buffer(idx_h, (M, K), "int32")
+        count = T.match_buffer(count_h, (M,), "int32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        if x8:  # x quantized once to 8-bit blocks for the integer row dots
+            xd = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xd, M)
+        else:
+            xd = T.decl_buffer((M, d), "float32", data=x.data)
+        flat = T.decl_buffer((M * K,), "int32", data=idx.data)
+        live = T.alloc_buffer((M * K,), "int32")       # the listed neurons whose gate fired, per task's slots
+        kept = T.alloc_buffer((M, threads), "int32")   # how many of them, per token and task
+        g = T.alloc_buffer((M, K), "float32")
+        h = T.alloc_buffer((M, K), "float32")
+        # 1) per token, its listed neurons split evenly over the tasks: gate rows gathered, the fired ones compacted,
+        #    then their up rows gathered
+        for t in T.parallel(threads):
+            c = T.alloc_buffer((1,), "int32", scope="global")
+            for m in range(M):
+                c[0] = 0
+                i0: T.let = t * count[m] // threads
+                n: T.let = (t + 1) * count[m] // threads - i0
+                for st in range((n + R - 1) // R):
+                    gate_dot(w_gate, xd, m, flat, m * K + i0, st * R, n, g, i0)
+                    for r in range(T.min(R, n - st * R)):
+                        if is_active(g[m, i0 + st * R + r]):
+                            g[m, i0 + c[0]] = g[m, i0 + st * R + r]
+                            live[m * K + i0 + c[0]] = flat[m * K + i0 + st * R + r]
+                            c[0] = c[0] + 1
+                nl: T.let = c[0]
+                kept[m, t] = nl
+                for st in range((nl + R - 1) // R):
+                    up_dot(w_up, xd, m, live, m * K + i0, st * R, nl, h, i0)
+                    for r in range(T.min(R, nl - st * R)):
+                        h[m, i0 + st * R + r] = g[m, i0 + st * R + r] * act_u(h[m, i0 + st * R + r])
+        # 2) down: output columns split over the tasks, every task's fired rows streamed
+        for t in T.parallel(threads):
+            zero_cols(t, out, M)
+            for m in range(M):
+                for t2 in range(threads):
+                    j0: T.let = t2 * count[m] // threads
+                    for st in range((kept[m, t2] + R - 1) // R):
+                        axpy(w_down_t, live, m * K + j0, st * R, kept[m, t2], h, j0, t, out, m)
+
+    return kernel.with_attr("global_symbol", mlp_symbol("listed", d, n_ff, gate_act, up_act, threshold, dtype, sched))

@@ -1,0 +1,66 @@
+"""The `bound` predictor: an int8 copy of W_gate whose per-neuron error bound certifies neurons inactive (issue 11).
+
+Exact mode reads every gate row to learn which neurons fire. This predictor reads a q8_0 copy of the gate instead
+(`ir/quant.py`: groups of 32, fp16 scales, ~53% of the fp16 bytes) and scores each neuron
+
+    s_j = x·deq(w8_j) (+ b_j) + c_j·‖x‖₂,      c_j = ‖w_j − deq(w8_j)‖₂ + ‖w_j − fp16(w_j)‖₂ + F·(‖deq(w8_j)‖₂ + ‖w_j‖₂)
+
+and the sparse kernel reads the fp16 gate, up and down rows of the neurons with s_j > cutoff only (cutoff: 0, or
+FATReLU's threshold). Why no active neuron is ever dropped: the true gate is g_j = x·w_j + b_j and
+
+    |x·w_j − x·deq(w8_j)| <= ‖w_j − deq(w8_j)‖₂‖x‖₂                                (Cauchy–Schwarz)
+    ‖w_j − fp16(w_j)‖₂: quantize="fp16" rounds the sparse kernel's gate rows after this pass (0 for fp16 models);
+         quantize="int8"/"int4" is refused (the kernel's gate would be another int8 copy; use mode='exact')
+    the int8 copy's dot runs on the float path (`linear{float_x}`): the int8-dot kernels (quant_int8.py) round x
+         to 8 bits per group, which would cost ‖deq(w8_j)‖₂·‖x − x̂‖₂ <= ‖deq(w8_j)‖₂·(√32/254)·‖x‖₂ more; on
+         part (a) of benchmarks/decode.py that cuts the certified share from 76% to 9% (44% with a per-group
+         max bound), so the float dot it is.
+    F = 2γ, γ = n·u/(1 − n·u), n = d + 8, u = 2⁻²⁴: the worst-case float32 error of a d-term dot in any summation
+         order is γ·Σ|w||x| <= γ·‖w‖₂‖x‖₂, once for the int8 copy's dot and once for the sparse kernel's own gate
+         dot (whose sign decides the output), plus the few roundings of ‖x‖₂ and the adds (the 8 spare terms).
+
+So s_j <= cutoff proves g_j <= cutoff as the sparse kernel computes it: the neuron adds exactly 0, and the output
+is the dense one. No calibration data; only valid for ReLU-family gates (the pass refuses others).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.quant import quantize
+
+LAYOUT = "q8_0"
+UNIT_ROUNDOFF = 2.0 ** -24
+
+
+def float_allowance(d: int) -> float:
+    n = (d + 8) * UNIT_ROUNDOFF
+    return 2 * n / (1 - n)
+
+
+def certify_gate(w_gate: np.ndarray) -> dict:
+    """w_gate [n_ff, d] (the values the sparse kernel reads) -> {"w8": q8_0 blob, "coef": c [n_ff] float32}."""
+    w = np.asarray(w_gate, np.float32)
+    q = quantize(w, LAYOUT)
+    deq = q.dequantize().astype(np.float64)
+    w64 = w.astype(np.float64)
+    error = np.linalg.norm(w64 - deq, axis=1)
+    norm_q, norm_w = np.linalg.norm(deq, axis=1), np.linalg.norm(w64, axis=1)
+    # quantize="fp16" stores the sparse kernel's gate rounded to fp16 after this pass: its rounding is bounded too
+    # (0 where w already holds fp16 values)
+    as_fp16 = np.linalg.norm(w64 - w.astype(np.float16).astype(np.float64), axis=1)
+    coef = error + as_fp16 + float_allowance(w.shape[1]) * (norm_q + norm_w)
+    # rounded up to float32, so the stored number is never below the bound
+    coef32 = coef.astype(np.float32)
+    coef32 = np.where(coef32.astype(np.float64) < coef, np.nextafter(coef32, np.float32(np.inf)), coef32)
+    return {"w8": q.blob, "coef": coef32.astype(np.float32)}
+
+
+def certified_scores(arrays: dict, x: np.ndarray, b_gate: np.ndarray | None = None) -> np.ndarray:
+    """The bound predictor's scores in numpy (tests, the report): [..., d] -> [..., n_ff]."""
+    from ..ir.quant import dequantize
+
+    x = np.asarray(x, np.float32)
+    deq = dequantize(arrays["w8"], LAYOUT, x.shape[-1])
+    s = x @ deq.T + np.linalg.norm(x, axis=-1, keepdims=True) * arrays["coef"]
+    return s if b_gate is None else s + b_gate

@@ -1,0 +1,107 @@
+"""predictor='bound': an int8 gate copy with a per-neuron error bound certifies neurons inactive (lossless, no
+calibration). The bound never drops an active neuron (property test), the compiled block equals dense, the pass
+fired, some neurons are certified, and non-ReLU gates are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import actsparse
+from actsparse.errors import ModeError
+from actsparse.ir import evaluate
+from actsparse.passes.certified_gate import certified_scores, certify_gate
+
+from .helpers import gated_mlp_graph, mlp_input
+
+D, N = 64, 96
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), d=st.integers(1, 100), scale=st.sampled_from([1e-3, 1.0, 1e3]),
+       near=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_the_bound_never_certifies_an_active_neuron(n, d, scale, near, seed):
+    """s_j <= 0 must imply g_j <= 0 for the float32 gate; `near`: gates pushed to within rounding of 0."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n, d)) * scale).astype(np.float32)
+    x = rng.standard_normal((8, d)).astype(np.float32)
+    if near:   # shift each row along x[0] so that token 0's gate is ~0 (tiny positive or negative)
+        g0 = w.astype(np.float64) @ x[0].astype(np.float64)
+        w = (w - np.outer(g0 / (x[0].astype(np.float64) @ x[0]), x[0])).astype(np.float32)
+        w += (rng.standard_normal((n, d)) * scale * 1e-6).astype(np.float32)
+    s = certified_scores(certify_gate(w), x)
+    g32 = x @ w.T                                   # float32, as a kernel would compute it
+    g64 = x.astype(np.float64) @ w.T.astype(np.float64)
+    certified = s <= 0
+    assert not (certified & (g32 > 0)).any() and not (certified & (g64 > 0)).any()
+
+
+def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
+    # gate_shift -0.3 on the constant column: most neurons are off, many near the boundary
+    graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)
+    x = mlp_input(d=D, seq=24, seed=7)
+    cm = actsparse.compile(graph, (x,), mode="predictor", predictor="bound")      # no calibration needed
+    dense = actsparse.compile(graph, (x,), mode="dense")
+    assert cm.report.pass_stats["sparsify-predictor"] == {"reglu": 1}
+    node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+    assert node.attrs["mode"] == "predictor" and node.attrs["predictor"] == "bound" and node.attrs["cutoff"] == 0.0
+    approx = node.inputs[4].inputs[0]
+    assert approx.op == "linear" and approx.attrs["float_x"] and approx.inputs[1].attrs["layout"] == "q8_0"
+    for inp in (x, mlp_input(d=D, seq=1, seed=3)):
+        np.testing.assert_allclose(cm(inp), dense(inp), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(cm(inp), evaluate(graph, [inp])[0], rtol=1e-4, atol=1e-6)
+    block = cm.report.blocks[0]
+    assert block.predictor == "bound" and block.recall == 1.0 and block.calibrated_recall == 1.0
+    assert block.predicted_sparsity > 0.3          # certified inactive share on these inputs
+    assert block.predicted_sparsity <= block.sparsity
+
+
+def test_fatrelu_cutoff_is_its_threshold_and_output_is_exact():
+    graph = gated_mlp_graph(d=D, n=N, act="fatrelu", threshold=0.05)
+    x = mlp_input(d=D, seq=8, seed=2)
+    cm = actsparse.compile(graph, (x,), mode="predictor", predictor="bound")
+    node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+    assert node.attrs["cutoff"] == pytest.approx(0.05)
+    np.testing.assert_allclose(cm(x), evaluate(graph, [x])[0], rtol=1e-4, atol=1e-6)
+
+
+def test_bound_predictor_refuses_swiglu():
+    graph = gated_mlp_graph(d=D, n=N, act="silu")
+    with pytest.raises(ModeError, match="predictor='bound'.*ReLU-family.*relufy"):
+        actsparse.compile(graph, (mlp_input(d=D),), mode="predictor", predictor="bound")
+
+
+def test_fp16_storage_is_bounded_too_and_int8_storage_is_refused():
+    from actsparse.errors import ActsparseError
+
+    graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)   # fp32 weights, rounded to fp16 by the pass
+    x = mlp_input(d=D, seq=8, seed=4)
+    cm = actsparse.compile(graph, (x,), mode="predictor", predictor="bound", quantize="fp16")
+    dense = actsparse.compile(graph, (x,), mode="dense", quantize="fp16")
+    assert cm.graph.weights["mlp.gate.weight.predictor.coef"].dtype == np.float32
+    np.testing.assert_allclose(cm(x), dense(x), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ActsparseError, match="quantize='int8'.*mode='exact'"):
+        actsparse.compile(graph, (x,), mode="predictor", predictor="bound", quantize="int8")
+
+
+@pytest.mark.parametrize("name", ["drelu_fused", "biased_transposed"])
+def test_bound_predictor_golden_ir_and_exact_outputs(name):
+    """Golden after-IR (a fused dReLU block; a block with a gate bias, which the bound's linear adds); the rewritten
+    graph's reference equals the original's on inputs scaled up and down."""
+    from actsparse.ir import print_graph
+    from actsparse.passes import run_pipeline
+    from actsparse.passes.canonicalize import Canonicalize
+    from actsparse.passes.detect_gated_mlp import DetectGatedMLP
+    from actsparse.passes.sparsify_predictor import SparsifyPredictor
+
+    from .test_passes_golden import _check_golden, _inputs, _load
+
+    graph = _load(name)
+    result = run_pipeline(graph, [Canonicalize(), DetectGatedMLP(), SparsifyPredictor(predictor="bound")])
+    assert sum(result.stats["sparsify-predictor"].values()) == 1
+    _check_golden(name, "predictor-bound", print_graph(result.graph))
+    for seed, scale in ((1, 1.0), (2, 1e-3), (3, 1e3)):
+        x = [a * scale for a in _inputs(graph, seed=seed)]
+        np.testing.assert_allclose(evaluate(result.graph, x)[0], evaluate(graph, x)[0], rtol=1e-4, atol=1e-6 * scale)
