@@ -3,7 +3,7 @@
     OPENBLAS_NUM_THREADS=1 python -m actsparse.benchmarks.decode_profile [--dtype float16|float32] [--layers 2]
                                                                         [--vocab 2048] [--steps 16] [--small]
 
-Builds part (a)'s synthetic Mistral-7B-dims ReGLU decoder (`decode.build_mistral`, ~90% of the neurons inactive
+Builds part (a)'s synthetic Mistral-7B-dims ReGLU decoder (`decode_models.build_mistral`, ~90% of the neurons inactive
 per token), compiles it in exact mode (`quantize="fp16"` for float16, as decode.py does) and its dense twin, decodes
 `--steps` steps through each, records the calls the VM makes in one more step (kernels and the VM's builtins, through
 a VM instrument) and replays them back to back, each timed (median of 5). Per call kind (the callee's symbol with
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     import actsparse
-    from actsparse.benchmarks.decode import MISTRAL, PROMPT_LEN, SMALL, build_mistral
+    from actsparse.benchmarks.decode import PROMPT_LEN
+    from actsparse.benchmarks.decode_models import MISTRAL, SMALL, build_mistral
     from actsparse.benchmarks.ffn import FfnBench
     from actsparse.runtime.bench import dense_twin
     from actsparse.runtime.decoder import Decoder

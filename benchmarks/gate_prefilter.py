@@ -12,7 +12,7 @@ when
 with ||w_j - deq(w8_j)||_2 one compile-time number per neuron and margin_j a float32-accumulation allowance
 (1e-5 * sum|w_j||x|). Only the other neurons' fp16 gate rows are read. The result is exactly the dense one.
 
-On layer 0 of part (a)'s synthetic decoder (`decode.build_mistral`; ~90% of the neurons inactive per token, fresh
+On layer 0 of part (a)'s synthetic decoder (`decode_models.build_mistral`; ~90% of the neurons inactive per token, fresh
 tokens), this prints the inactive fraction, the fraction each bound certifies, and the bytes per step that would
 follow. The bounds are the per-row one above, and a per-group one: sum over groups of ||e_g||_2 ||x_g||_2. It
 asserts that no certified neuron is active. Peak memory: one layer in fp32 (~0.9 GB).
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from actsparse.benchmarks.decode import build_mistral
+    from actsparse.benchmarks.decode_models import build_mistral
 
     model = build_mistral(1, 2048, 40, "float16", small=args.small)
     mlp = model.model.layers[0].mlp

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from actsparse.benchmarks import decode
+from actsparse.benchmarks import decode_models
 
 
 def test_synthetic_decoder_has_about_ninety_percent_inactive_neurons_per_token():
-    model = decode.build_mistral(layers=2, vocab=512, max_seq=32, dtype="float32", small=True)
+    model = decode_models.build_mistral(layers=2, vocab=512, max_seq=32, dtype="float32", small=True)
     seen = []
     hooks = [layer.mlp.act_fn.register_forward_hook(lambda mod, args, out: seen.append(out.detach()))
              for layer in model.model.layers]
@@ -26,9 +26,9 @@ def test_synthetic_decoder_has_about_ninety_percent_inactive_neurons_per_token()
 
 def test_dense_gguf_has_the_llama_tensors(tmp_path):
     gguf = pytest.importorskip("gguf")
-    model = decode.build_mistral(layers=2, vocab=512, max_seq=32, dtype="float16", small=True)
+    model = decode_models.build_mistral(layers=2, vocab=512, max_seq=32, dtype="float16", small=True)
     path = tmp_path / "m.gguf"
-    decode.write_llama_gguf(model, str(path), "float16")
+    decode_models.write_llama_gguf(model, str(path), "float16")
     reader = gguf.GGUFReader(str(path))
     names = {t.name for t in reader.tensors}
     assert len(names) == 3 + 9 * 2 and {"token_embd.weight", "blk.1.ffn_down.weight"} <= names
@@ -45,13 +45,13 @@ def test_step_profile_replays_every_kernel_of_a_step_and_counts_their_weight_byt
     import actsparse
     from actsparse.benchmarks import decode_profile
 
-    model = decode.build_mistral(layers=1, vocab=512, max_seq=24, dtype="float16", small=True).float()
+    model = decode_models.build_mistral(layers=1, vocab=512, max_seq=24, dtype="float16", small=True).float()
     lm = actsparse.compile(model, mode="exact", max_seq=24, quantize="fp16")
     prompt, feed = np.array([[300, 301, 302]]), np.array([400, 401, 402])
     per_step, total = decode_profile.profile(lm, prompt, feed, active=0.25, repeats=1)
     kinds = {k.split()[0]: v for k, v in per_step.items()}
     mlp = next(v for k, v in kinds.items() if "gmlp_exact" in k)
-    d, n_ff = decode.SMALL["hidden_size"], decode.SMALL["intermediate_size"]
+    d, n_ff = decode_models.SMALL["hidden_size"], decode_models.SMALL["intermediate_size"]
     assert mlp[2] == 1 and mlp[1] == n_ff * d * 2 * (1 + 2 * 0.25)  # fp16: gate + a quarter of up and down
     linears = sum(v[2] for k, v in kinds.items() if "_linear_" in k)
     assert linears == 4 + 1  # q, k, v, o and the output projection
