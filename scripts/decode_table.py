@@ -40,7 +40,8 @@ def check_decoding(arch: str) -> dict:
         ids = example_ids(model)
         # the model's own config replaced (generate would merge it back): no forced EOS, no n-gram bans
         model.generation_config = GenerationConfig(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
-                                                   pad_token_id=model.config.pad_token_id)
+                                                   pad_token_id=getattr(model.config.get_text_config(),
+                                                                        "pad_token_id", None))
         with torch.no_grad():
             want = model.generate(ids, attention_mask=torch.ones_like(ids))
         lm = actsparse.compile(model, mode="dense", max_seq=ids.shape[1] + NEW + 2)
