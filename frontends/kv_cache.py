@@ -126,8 +126,12 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
     """The cache tensors of `model`, from one eager step on one token with transformers' own DynamicCache."""
     from transformers.cache_utils import CacheLayerMixin
 
-    with torch.no_grad():
-        out = model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True)
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True)
+    except (ValueError, TypeError, AttributeError) as err:  # hybrids whose recurrent layers refuse the probe
+        raise FrontendError(f"{type(model).__name__} failed a one-token forward with use_cache=True ({err}); "
+                            "decoding supports decoders whose caches hold attention keys and values") from err
     layers = getattr(returned_cache(out), "layers", None)
     if not layers:
         raise FrontendError(f"{type(model).__name__} returned no KV cache from a forward with use_cache=True; "
