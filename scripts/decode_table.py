@@ -34,19 +34,20 @@ def check_decoding(arch: str) -> dict:
 
     import actsparse
 
-    row, clock = {"arch": arch, "decodes": "no", "export": "–", "reason": ""}, time.perf_counter()
+    row, clock, stage = {"arch": arch, "decodes": "no", "export": "–", "reason": ""}, time.perf_counter(), ""
     try:
         model = build_tiny(arch)
         ids = example_ids(model)
+        lm = actsparse.compile(model, mode="dense", max_seq=ids.shape[1] + NEW + 2)
+        row["export"] = "one token per call" if lm.module.inputs[0][1].shape[1] == 1 else "prompt per call"
+        got = torch.as_tensor(lm.generate(ids, NEW))
+        stage = "transformers' generate: "  # ours ran; what follows is the reference
         # the model's own config replaced (generate would merge it back): no forced EOS, no n-gram bans
         model.generation_config = GenerationConfig(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
                                                    pad_token_id=getattr(model.config.get_text_config(),
                                                                         "pad_token_id", None))
         with torch.no_grad():
             want = model.generate(ids, attention_mask=torch.ones_like(ids))
-        lm = actsparse.compile(model, mode="dense", max_seq=ids.shape[1] + NEW + 2)
-        row["export"] = "one token per call" if lm.module.inputs[0][1].shape[1] == 1 else "prompt per call"
-        got = torch.as_tensor(lm.generate(ids, NEW))
         if got.shape[1] < want.shape[1] and int(got[0, -1]) in lm.spec.eos_token_ids:
             want = want[:, :got.shape[1]]  # ours stops at end-of-sequence, where min_new_tokens made it go on
         row["decodes"] = "yes" if torch.equal(got, want) else "differs"
@@ -54,7 +55,7 @@ def check_decoding(arch: str) -> dict:
             n = ids.shape[1]
             row["reason"] = f"new tokens {got[0, n:].tolist()} vs transformers' {want[0, n:].tolist()}"
     except Exception as err:  # noqa: BLE001 - the reason is the product here
-        row["reason"] = f"{type(err).__name__}: {clean_message(str(err))}"
+        row["reason"] = f"{stage}{type(err).__name__}: {clean_message(str(err))}"
     row["seconds"] = round(time.perf_counter() - clock, 1)
     return row
 
