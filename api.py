@@ -170,7 +170,11 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     max_seq = int(max_seq or min(getattr(config, "max_position_embeddings", None) or 2048, 2048))
     if max_seq < 1:
         raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
-    vocab = int(model.get_input_embeddings().num_embeddings)
+    embeddings = model.get_input_embeddings()
+    if not hasattr(embeddings, "num_embeddings"):  # e.g. MusicGen: one table per audio codebook
+        raise ActsparseError(f"{type(model).__name__} embeds tokens with a {type(embeddings).__name__}, not one "
+                             "embedding table; decoding takes text decoders with one token vocabulary")
+    vocab = int(embeddings.num_embeddings)
     calibration = None if calibration is None else list(calibration)
     predictor_options = predictor_options or {}
     lossy_calibration = None if memory_budget is not None and mode not in LOSSY_MODES else calibration

@@ -129,7 +129,7 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
     try:
         with torch.no_grad():
             out = model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True)
-    except (ValueError, TypeError, AttributeError) as err:  # hybrids whose recurrent layers refuse the probe
+    except (ValueError, TypeError, AttributeError, IndexError, RuntimeError) as err:  # hybrids, looped layers
         raise FrontendError(f"{type(model).__name__} failed a one-token forward with use_cache=True ({err}); "
                             "decoding supports decoders whose caches hold attention keys and values") from err
     layers = getattr(returned_cache(out), "layers", None)
