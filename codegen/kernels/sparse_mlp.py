@@ -191,6 +191,22 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     return body
 
 
+def _gathered_parts(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str,
+                    sched: CpuSchedule):
+    """What both kernels over given neurons (indexed, listed) build from: the fitted schedule, the up activation,
+    x's operand, the gathered gate / up row dots, the gathered down axpy, the column zeroing and the weights'
+    buffer type."""
+    check_mlp(d, n_ff, gate_act, up_act, dtype)
+    sched = sched.fitted(d, dtype)
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    x_op = x_operand(d, dtype, sched)
+    _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x_op[0])
+    _, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x_op[0])
+    _, axpy = axpy_macro(d, dtype, sched, gathered=True)
+    return (sched, act_u, x_op, gate_dot, up_dot, axpy, zero_columns_macro(d, sched, dtype),
+            weight_buffer(n_ff, d, dtype))
+
+
 @cache
 def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                              threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
@@ -201,16 +217,9 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     keep silu / gelu on the selected neurons). idx entries must lie in [0, n_ff); ascending order
     reads memory best.
     """
-    check_mlp(d, n_ff, gate_act, up_act, dtype)
-    sched = sched.fitted(d, dtype)
+    sched, act_u, (x8, x8_bytes, prep_x), gate_dot, up_dot, axpy, zero_cols, (wshape, wdtype) = \
+        _gathered_parts(d, n_ff, gate_act, up_act, threshold, dtype, sched)
     threads, R = sched.threads, sched.rows
-    act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
-    _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x8)
-    _, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x8)
-    _, axpy = axpy_macro(d, dtype, sched, gathered=True)
-    zero_cols = zero_columns_macro(d, sched, dtype)
-    wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
@@ -326,16 +335,9 @@ def sparse_gated_mlp_listed(d: int, n_ff: int, *, gate_act: str = "relu", up_act
     if gate_act not in ZERO_BELOW:
         raise ValueError(f"the listed kernel skips neurons whose gate is 0: gate_act must be one of {ZERO_BELOW}, "
                          f"got {gate_act!r} (use the indexed kernel)")
-    check_mlp(d, n_ff, gate_act, up_act, dtype)
-    sched = sched.fitted(d, dtype)
+    sched, act_u, (x8, x8_bytes, prep_x), gate_dot, up_dot, axpy, zero_cols, (wshape, wdtype) = \
+        _gathered_parts(d, n_ff, gate_act, up_act, threshold, dtype, sched)
     threads, R = sched.threads, sched.rows
-    act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
-    _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x8)
-    _, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x8)
-    _, axpy = axpy_macro(d, dtype, sched, gathered=True)
-    zero_cols = zero_columns_macro(d, sched, dtype)
-    wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
