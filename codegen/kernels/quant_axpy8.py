@@ -33,7 +33,7 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import block_prefetch_macro, group_split, offset, scale
+from .quant_blocks import axpy_macros, block_prefetch_macro, group_split, offset, scale
 from .quant_int8 import INT8_DOTS
 from .rows import CACHE_LINE, row_index
 from .schedule import CpuSchedule
@@ -182,13 +182,4 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                 for c in range(tail):
                     out[m, n_full * GROUP + c] = out[m, n_full * GROUP + c] + part[c]
 
-    @T.macro
-    def axpy(w, rows, base, i, end, h, hcol, t, out, m):
-        step(w, rows, base, i, end, h, hcol, t, out, m)
-
-    @T.macro
-    def axpy_all(w, rows, base, i, end, h, hcol, t, out, M):
-        for m in range(M):
-            step(w, rows, base, i, end, h, hcol, t, out, m)
-
-    return axpy_all, axpy
+    return axpy_macros(step)

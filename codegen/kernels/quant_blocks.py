@@ -222,16 +222,7 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
                     for r in T.unroll(R):
                         out[m, c] = out[m, c] + hv[r] * value_at(dtype, w, row(rows, base, T.min(i + r, end - 1)), c)
 
-    @T.macro
-    def axpy(w, rows, base, i, end, h, hcol, t, out, m):
-        step(w, rows, base, i, end, h, hcol, t, out, m)
-
-    @T.macro
-    def axpy_all(w, rows, base, i, end, h, hcol, t, out, M):
-        for m in range(M):
-            step(w, rows, base, i, end, h, hcol, t, out, m)
-
-    return axpy_all, axpy
+    return axpy_macros(step)
 
 
 def quant_zero_columns_macro(d: int, sched: CpuSchedule):
@@ -252,3 +243,19 @@ def quant_zero_columns_macro(d: int, sched: CpuSchedule):
                         out[m, c] = T.float32(0)
 
     return zero_cols
+
+
+def axpy_macros(step):
+    """(axpy_all, axpy) of `common.axpy_macro` around a one-token axpy `step` (float here, integer in
+    quant_axpy8.py): every token, or token m."""
+
+    @T.macro
+    def axpy(w, rows, base, i, end, h, hcol, t, out, m):
+        step(w, rows, base, i, end, h, hcol, t, out, m)
+
+    @T.macro
+    def axpy_all(w, rows, base, i, end, h, hcol, t, out, M):
+        for m in range(M):
+            step(w, rows, base, i, end, h, hcol, t, out, m)
+
+    return axpy_all, axpy
