@@ -298,6 +298,8 @@ def _budget_options(budget: int, calibration, example_arrays) -> dict:
 def _decoder_inputs(ids, caches) -> tuple:
     """A decoding graph's inputs for a prompt at position 0 with an empty cache (`caches`: its CacheSpecs)."""
     ids = np.asarray(_to_numpy(ids), np.int64).reshape(1, -1)
+    if not caches:  # a model without a cache: the graph takes the token ids only (frontends/kv_cache.py)
+        return (ids,)
     filled = np.zeros(ids.shape[1], np.int64)  # its length: the slots filled after the prompt is written
     return (ids, np.zeros(1, np.int64), filled, *(np.zeros(c.shape, np.float32) for c in caches))
 

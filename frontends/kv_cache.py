@@ -18,6 +18,11 @@ windows, MoE routing) is exported exactly as transformers wrote it. The layer re
 transformers' own mask functions build the causal (and, on sliding layers, windowed) mask over absolute
 positions. Cache shapes come from one eager probe of the model on one token, so per-layer head counts and head
 dims are whatever the model uses.
+
+Recurrent mixers (Mamba, Mamba-2, gated DeltaNet, short convolutions: whatever transformers keeps in a linear-attention
+cache layer) add their fixed-size states to the caches, `c{layer}_{i}` (convolution window) and `r{layer}_{i}`
+(recurrent state), inputs and outputs like K and V but replaced, not written by slot; such a model is exported for
+one token per call (its recurrent branch, cache_layers.py).
 """
 
 from __future__ import annotations
@@ -29,61 +34,30 @@ import torch
 from torch import nn
 
 from ..ir import Graph
+from .cache_layers import layer_classes
 from .errors import FrontendError
 
 KEYS, VALUES = "k", "v"
 INPUTS = ("input_ids", "pos", "filled")  # the inputs before the caches (the runtime binds them by position)
 SEQ, FILLED = "seq", "kv"  # the symbolic dims: tokens fed, slots filled after the call
+SEQ_EXAMPLE = 4  # tokens of the example a cacheless model is exported on
 
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """One cache tensor of the decoding graph: its input name and shape."""
+    """One cache tensor of the decoding graph: its input name, shape, and where the model's cache holds it."""
 
     name: str
     shape: tuple[int, ...]
+    layer: int = -1  # the index the model reads it by (`cache.layers[layer]`)
+    kind: str = "keys"  # one of KINDS
+    index: int = 0  # which of the layer's conv / recurrent states
 
 
-def _layer_classes():
-    from transformers.cache_utils import Cache, CacheLayerMixin
-
-    class ExplicitKVLayer(CacheLayerMixin):
-        """A static cache layer whose tensors are graph inputs; `update` writes functionally (index_copy)."""
-
-        is_compileable = True
-        is_sliding = False
-
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, offset: torch.Tensor, filled):
-            super().__init__()
-            self.keys, self.values, self.offset, self.filled = keys, values, offset, filled
-            self.is_initialized = True
-
-        def lazy_initialization(self, key_states, value_states) -> None:  # the tensors are given
-            pass
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            positions = torch.arange(key_states.shape[-2], device=key_states.device) + self.offset
-            self.keys = torch.index_copy(self.keys, 2, positions, key_states.to(self.keys.dtype))
-            self.values = torch.index_copy(self.values, 2, positions, value_states.to(self.values.dtype))
-            # the filled prefix only: kept slots 0 .. kv - 1 (a slice view would make torch branch on whether it is
-            # contiguous, i.e. on kv == max_seq, a guard that fails the export)
-            filled = torch.arange(self.filled, device=self.keys.device)
-            return self.keys.index_select(2, filled), self.values.index_select(2, filled)
-
-        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-            return self.filled, 0  # the filled slots, at absolute positions: the mask does the rest
-
-        def get_seq_length(self):
-            return self.offset
-
-        def get_max_length(self) -> int:
-            return self.keys.shape[-2]
-
-    class ExplicitKVCache(Cache):
-        def __init__(self, layers):
-            super().__init__(layers=layers)
-
-    return ExplicitKVLayer, ExplicitKVCache
+# keys and values grow by position (max_seq slots, written in place); the states of recurrent mixers (Mamba's
+# convolution window and SSM state, DeltaNet's memory) have a fixed size and are replaced by each call
+KINDS = ("keys", "values", "conv", "recurrent")
+STATE_KINDS = KINDS[2:]
 
 
 class KVCachedLM(nn.Module):
@@ -91,24 +65,56 @@ class KVCachedLM(nn.Module):
 
     actsparse_prefix = "model"
 
-    def __init__(self, model: nn.Module, ones_mask: bool = False):
+    def __init__(self, model: nn.Module, ones_mask: bool = False, specs: tuple[CacheSpec, ...] = ()):
         super().__init__()
         self.model = model
         self.ones_mask = ones_mask  # see EXPORT_VARIANTS
-        self._layer, self._cache = _layer_classes()
+        # which cache layer each tensor belongs to: a model may size its cache by a count larger than the layers
+        # that write it (BART-style decoders count the encoder's layers too); a layer between them stays empty
+        self.specs = specs
+        self._classes = layer_classes()
         takes = inspect.signature(model.forward).parameters
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}  # lm_head on 1 token
         self._cache_argument = cache_argument(model)
 
     def forward(self, input_ids: torch.Tensor, pos: torch.Tensor, filled: torch.Tensor,
                 cache: tuple[torch.Tensor, ...]):
+        from transformers.cache_utils import DummyLayer
+
         offset = pos.reshape(())
-        layers = [self._layer(cache[2 * i], cache[2 * i + 1], offset, filled.shape[0]) for i in range(len(cache) // 2)]
+        used = self._layers(cache, offset, filled.shape[0])
+        layers = [used.get(i) or DummyLayer() for i in range(max(used, default=-1) + 1)]  # DummyLayer: holds nothing
         positions = (torch.arange(input_ids.shape[1], device=input_ids.device) + offset).unsqueeze(0)
         mask = {"attention_mask": torch.ones_like(filled).unsqueeze(0)} if self.ones_mask else {}
         out = self.model(input_ids=input_ids, position_ids=positions, use_cache=True, **self._last_logits_only,
-                         **mask, **{self._cache_argument: self._cache(layers)})
-        return (out.logits[:, -1:], *(t for layer in layers for t in (layer.keys, layer.values)))
+                         **mask, **{self._cache_argument: self._classes[-1](layers)})
+        return (out.logits[:, -1:], *(_read(used[s.layer], s) for s in self.specs))
+
+    def _layers(self, cache, offset, filled) -> dict:
+        kv_layer, state_layer, hybrid_layer, _ = self._classes
+        parts: dict[int, dict] = {}
+        for spec, tensor in zip(self.specs, cache, strict=True):
+            part = parts.setdefault(spec.layer, {"conv": {}, "recurrent": {}})
+            if spec.kind in STATE_KINDS:
+                part[spec.kind][spec.index] = tensor
+            else:
+                part[spec.kind] = tensor
+        layers = {}
+        for i, part in parts.items():
+            has_kv, has_state = "keys" in part, bool(part["conv"] or part["recurrent"])
+            if has_kv and has_state:
+                layers[i] = hybrid_layer(part["keys"], part["values"], offset, filled, part["conv"], part["recurrent"])
+            elif has_kv:
+                layers[i] = kv_layer(part["keys"], part["values"], offset, filled)
+            else:
+                layers[i] = state_layer(part["conv"], part["recurrent"])
+        return layers
+
+
+def _read(layer, spec: CacheSpec) -> torch.Tensor:
+    """The tensor `spec` names in `layer` after the forward (written or replaced by it)."""
+    return getattr(layer, spec.kind) if spec.kind not in STATE_KINDS else getattr(layer, f"{spec.kind}_states")[
+        spec.index]
 
 
 def cache_argument(model: nn.Module) -> str:
@@ -124,7 +130,7 @@ def returned_cache(out):
 
 def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
     """The cache tensors of `model`, from one eager step on one token with transformers' own DynamicCache."""
-    from transformers.cache_utils import CacheLayerMixin
+    from transformers.cache_utils import CacheLayerMixin, DummyLayer, LinearAttentionCacheLayerMixin
 
     try:
         with torch.no_grad():
@@ -132,30 +138,49 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
     except (ValueError, TypeError, AttributeError, IndexError, RuntimeError) as err:  # hybrids, looped layers
         raise FrontendError(f"{type(model).__name__} failed a one-token forward with use_cache=True ({err}); "
                             "decoding supports decoders whose caches hold attention keys and values") from err
-    layers = getattr(returned_cache(out), "layers", None)
+    cache = returned_cache(out)
+    if cache is None:
+        return []  # a model without a cache (BERT-style LM heads): decoding recomputes the sequence, as transformers'
+    layers = getattr(cache, "layers", None)
     if not layers:
-        raise FrontendError(f"{type(model).__name__} returned no KV cache from a forward with use_cache=True; "
-                            "only decoders with attention caches can be compiled for decoding")
-    specs = []
+        raise FrontendError(f"{type(model).__name__} returned a {type(cache).__name__} without layers from a forward "
+                            "with use_cache=True; only decoders with attention caches can be compiled for decoding")
+    specs: list[CacheSpec] = []  # layers nothing wrote (sized by a count beyond the decoder's own) are left out
     for i, layer in enumerate(layers):
-        if not isinstance(layer, CacheLayerMixin) or getattr(layer, "keys", None) is None:
-            raise FrontendError(f"{type(model).__name__} layer {i} keeps a {type(layer).__name__} state, not "
-                                "attention keys/values; decoding supports attention-only decoders")
-        extra = sorted(name for name, value in vars(layer).items()  # cached per-token state, not settings (a
-                       if isinstance(value, torch.Tensor) and value.ndim >= 3  # sliding layer's window size)
-                       and not name.startswith("_") and name not in ("keys", "values"))
-        if extra:
-            raise FrontendError(f"{type(model).__name__} layer {i} keeps more than keys and values in its cache "
-                                f"({', '.join(extra)}: e.g. DeepSeek-V3.2's sparse-attention indexer); decoding "
-                                "caches attention keys and values only")
-        k, v = layer.keys, layer.values
-        specs.append(CacheSpec(f"{KEYS}{i}", (1, k.shape[1], max_seq, k.shape[3])))
-        specs.append(CacheSpec(f"{VALUES}{i}", (1, v.shape[1], max_seq, v.shape[3])))
+        attends, recurs = isinstance(layer, CacheLayerMixin), isinstance(layer, LinearAttentionCacheLayerMixin)
+        if isinstance(layer, DummyLayer):  # a layer without attention or recurrence (an MLP-only block)
+            continue
+        if not attends and not recurs:
+            raise FrontendError(f"{type(model).__name__} layer {i} keeps a {type(layer).__name__} state, neither "
+                                "attention keys/values nor a recurrent layer's states; decoding supports these two")
+        if attends and getattr(layer, "keys", None) is not None:
+            specs += _kv_specs(model, i, layer, max_seq)
+        if recurs:  # fixed-size states, as the probe left them
+            specs += [CacheSpec(f"{kind[0]}{i}_{index}", tuple(state.shape), i, kind, index)
+                      for kind in STATE_KINDS for index, state in getattr(layer, f"{kind}_states").items()
+                      if state is not None]
+    if not specs:
+        raise FrontendError(f"{type(model).__name__} wrote no layer of its KV cache in a forward with use_cache=True; "
+                            "only decoders with attention caches can be compiled for decoding")
     return specs
 
 
+def _kv_specs(model: nn.Module, i: int, layer, max_seq: int) -> list[CacheSpec]:
+    extra = sorted(name for name, value in vars(layer).items()  # cached per-token state, not settings (a sliding
+                   if isinstance(value, torch.Tensor) and value.ndim >= 3  # layer's window size)
+                   and not name.startswith("_") and name not in ("keys", "values"))
+    if extra:
+        raise FrontendError(f"{type(model).__name__} layer {i} keeps more than keys and values in its cache "
+                            f"({', '.join(extra)}: e.g. DeepSeek-V3.2's sparse-attention indexer); decoding "
+                            "caches attention keys and values only")
+    k, v = layer.keys, layer.values
+    return [CacheSpec(f"{KEYS}{i}", (1, k.shape[1], max_seq, k.shape[3]), i, "keys"),
+            CacheSpec(f"{VALUES}{i}", (1, v.shape[1], max_seq, v.shape[3]), i, "values")]
+
+
 def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpec]]:
-    """Export `model` (a transformers causal LM, float32, eval) as the decoding graph of the module docstring."""
+    """Export `model` (a transformers causal LM, float32, eval) as the decoding graph of the module docstring, or,
+    for a model that keeps no cache at all, as `graph(input_ids) -> last logits` with no caches (`_recompute_graph`)."""
     from .hf_source import quiet_transformers
 
     if max_seq < 3:
@@ -164,8 +189,11 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
     model.config.use_cache = True
     with quiet_transformers():
         specs = cache_specs(model, max_seq)
+    if not specs:
+        return _recompute_graph(model), specs
+    recurrent = any(s.kind in STATE_KINDS for s in specs)  # the one-token branch only (see cache_layers.py)
     first = None
-    for variant in EXPORT_VARIANTS:
+    for variant in (v for v in EXPORT_VARIANTS if v.get("one_token") or not recurrent):
         try:
             return _named_inputs(_export(model, specs, max_seq, **variant), specs), specs
         except FrontendError as err:
@@ -185,11 +213,13 @@ EXPORT_VARIANTS = ({}, {"ones_mask": True}, {"one_token": True}, {"one_token": T
 def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, ones_mask: bool = False,
             one_token: bool = False) -> Graph:
     """The decoding graph through torch.export, the model called as the EXPORT_VARIANTS entry says."""
+    from torch.export.graph_signature import OutputKind
+
     from .hf_source import quiet_transformers
     from .moe import per_expert_routing
     from .torch_export import HINTS, Importer, decompose_missing
 
-    wrapper = KVCachedLM(model, ones_mask)
+    wrapper = KVCachedLM(model, ones_mask, tuple(specs))
     ids = torch.zeros(1, 1 if one_token else 2, dtype=torch.long)
     cache = tuple(torch.zeros(s.shape) for s in specs)
     filled = torch.zeros(3, dtype=torch.long)  # a length other than the example's seq: two distinct dims
@@ -207,7 +237,55 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, ones_mask: b
     program = decompose_missing(program)  # as the full-sequence import does: the long tail by torch's decompositions
     importer = Importer(program, KVCachedLM.actsparse_prefix)
     importer.symbols.update(_dim_symbols(program))
-    return importer.run()
+    graph = importer.run()
+    # a recurrent kernel that writes a state in place (`conv_state.copy_`) adds an output for that input mutation
+    # ahead of the user outputs; the wrapper returns the written state itself, so only the user outputs are kept
+    kinds = [spec.kind for spec in program.graph_signature.output_specs]
+    return graph.with_outputs(o for o, kind in zip(graph.outputs, kinds, strict=True) if kind == OutputKind.USER_OUTPUT)
+
+
+class LastLogits(nn.Module):
+    """`input_ids -> the last position's logits [1, 1, V]`: a model without a cache, run on the whole sequence."""
+
+    actsparse_prefix = "model"
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        takes = inspect.signature(model.forward).parameters
+        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
+        self._positions = "position_ids" in takes  # given as transformers' generate gives them (0, 1, ...), which
+        # is not what RoBERTa-style models derive themselves (padding_idx + 1 + i)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = {"position_ids": torch.arange(input_ids.shape[1]).unsqueeze(0)} if self._positions else {}
+        out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
+                         **positions, **self._last_logits_only)
+        return out.logits[:, -1:]
+
+
+def _recompute_graph(model: nn.Module) -> Graph:
+    """`graph(input_ids: i64[1, seq]) -> logits f32[1, 1, V]` for a model that keeps no cache (its attention may
+    see later positions, as BERT-style LM heads without is_decoder do, so no cache could be reused): transformers'
+    `generate` runs it on the whole sequence each step, and so does the runtime (runtime/decoder.py)."""
+    import warnings
+
+    from ..ir import Node, verify
+    from ..ir.graph import rewrite
+    from .hf_source import quiet_transformers
+    from .torch_export import import_torch
+
+    vocab = max(2, model.get_input_embeddings().num_embeddings)
+    ids = torch.arange(SEQ_EXAMPLE, dtype=torch.long).reshape(1, -1) % vocab
+    with torch.no_grad(), quiet_transformers(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fallback to static shapes is checked below
+        graph = import_torch(LastLogits(model), (ids,), dynamic_seq=True)
+    if len(graph.inputs) != 1 or graph.inputs[0].type.shape[1] != SEQ:
+        raise FrontendError(f"{type(model).__name__} keeps no KV cache and its forward could only be exported for a "
+                            f"fixed sequence length, so it cannot be run on a growing sequence either")
+    named = Node("input", (), {"name": INPUTS[0]}, graph.inputs[0].type)
+    outputs = rewrite(graph, lambda n: named if n is graph.inputs[0] else None).outputs
+    return verify(Graph((named,), outputs, graph.weights, graph.name))
 
 
 def _dim_symbols(program) -> dict:

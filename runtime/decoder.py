@@ -8,8 +8,12 @@
 The module is the decoding graph of `frontends/kv_cache.py`: `main(input_ids[1, seq], pos[1], filled[kv], k0, v0,
 ...) -> (logits[1, 1, V], k0', v0', ...)`, where each cache output is written in place into its input (codegen's
 `index_copy`), so the state holds the same device tensors for the whole generation and a step moves only its
-own keys and values; attention reads the first kv = pos + seq slots (`filled` carries kv as its length). Prefill
-is that function on the prompt; a step is the same function on one token. (Artifacts built before `filled`
+own keys and values; attention reads the first kv = pos + seq slots (`filled` carries kv as its length). The
+states of recurrent mixers (Mamba's convolution window and SSM state) are caches too, of fixed size: the call
+returns them anew and the state takes the returned tensors. Prefill
+is that function on the prompt; a step is the same function on one token. A model that keeps no cache (BERT-style
+LM heads) is `main(input_ids[1, seq]) -> logits[1, 1, V]`: the state then holds the tokens so far and every call
+runs the whole sequence, as transformers' `generate` does for it. (Artifacts built before `filled`
 existed take `main(input_ids, pos, k0, ...)` and attend over every slot; they still load and decode.)
 
 An artifact of a decoder (kind "decoder") is a compiled module's artifact plus `decoder.json` (cache shapes,
@@ -61,6 +65,7 @@ class DecodeState:
     caches: list
     position: int = 0
     logits: np.ndarray | None = field(default=None, repr=False)  # of the last token fed
+    tokens: list = field(default_factory=list, repr=False)  # the ids so far, for a module without a cache
 
 
 class Decoder:
@@ -73,6 +78,7 @@ class Decoder:
         self._takes_filled = [name for name, _ in module.inputs[:3]] == list(CALL_INPUTS)
         self._zeros = np.zeros(spec.max_seq, np.int64)  # `filled` is a prefix of it (only its length is read)
         self._one_token = module.inputs[0][1].shape[1] == 1  # input_ids [1, 1]: no symbolic seq
+        self.recomputes = [name for name, _ in module.inputs] == list(CALL_INPUTS[:1])  # no cache: the whole sequence
 
     @property
     def report(self):
@@ -138,9 +144,13 @@ class Decoder:
                 state = self._feed(ids[:, i:i + 1], state)
             return state
         self._check_room(state.position + n)
-        filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
-        out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches)
-        state.caches = list(out[1:])  # the same buffers, written in place
+        if self.recomputes:
+            state.tokens.extend(int(t) for t in ids[0])
+            out = self.module.run_device(np.array([state.tokens], np.int64))
+        else:
+            filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
+            out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches)
+            state.caches = list(out[1:])  # the same buffers, written in place
         state.position += n
         state.logits = out[0].numpy().reshape(-1)
         return state

@@ -6,7 +6,8 @@ compiled as a KV-cached decoder; greedy decoding compared with transformers' `ge
 A row says `yes` when `actsparse.compile(model, mode="dense", max_seq=...)` builds and its `generate` equals
 `model.generate(ids, attention_mask=ones, do_sample=False)` for NEW tokens (a plain greedy generation config: the
 model's own forced-EOS or n-gram rules are decoding policy, not the model); `one token per call` when the model
-could only be exported for one token at a time (prefill then feeds the prompt token by token); otherwise the
+could only be exported for one token at a time (prefill then feeds the prompt token by token); `whole sequence per
+call (no cache)` when the model keeps no cache and each step runs it on all tokens so far; otherwise the
 stage and the first line of the error. `--write` updates the README's generated table (rows of architectures not
 run are kept).
 """
@@ -39,7 +40,8 @@ def check_decoding(arch: str) -> dict:
         model = build_tiny(arch)
         ids = example_ids(model)
         lm = actsparse.compile(model, mode="dense", max_seq=ids.shape[1] + NEW + 2)
-        row["export"] = "one token per call" if lm.module.inputs[0][1].shape[1] == 1 else "prompt per call"
+        row["export"] = ("whole sequence per call (no cache)" if lm.recomputes else "one token per call"
+                         if lm.module.inputs[0][1].shape[1] == 1 else "prompt per call")
         got = torch.as_tensor(lm.generate(ids, NEW))
         stage = "transformers' generate: "  # ours ran; what follows is the reference
         # the model's own config replaced (generate would merge it back): no forced EOS, no n-gram bans

@@ -3,7 +3,11 @@ LMs (tiny configs of scripts/arch_table.py): OPT derives positions from the atte
 all-ones mask over the filled slots), BLOOM computes a length for a branch it does not take (dead code dropped
 before import), DeepSeek-V3's MLA attention uses ops the table lacks (torch's decompositions, as the full-sequence
 import does), DiffLlama's attention reads the cache's filled prefix for K but a tensor computed from it for V
-(fuse-attention then reads neither in place). Greedy decoding equals transformers' `generate` token for token."""
+(fuse-attention then reads neither in place), BART-style decoders size their cache by the encoder's layer count
+too (layers nothing writes are left out), RoBERTa-style LM heads keep no cache (each call runs the whole sequence,
+positions given as transformers' generate gives them), Mamba keeps a convolution window and an SSM state per layer
+(inputs and outputs beside K and V; one token per call). Greedy decoding equals transformers' `generate` token for
+token."""
 
 import pytest
 import torch
@@ -15,18 +19,24 @@ torch.set_num_threads(1)
 
 
 @pytest.mark.parametrize("arch, mode", [("opt", "exact"), ("bloom", "dense"), ("deepseek_v3", "dense"),
-                                        ("diffllama", "dense")])
+                                        ("diffllama", "dense"), ("bart", "dense"), ("camembert", "dense"),
+                                        ("mamba", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
     model = build_tiny(arch)
     ids = example_ids(model)
+    # plain greedy, as scripts/decode_table.py: BART's default config bans repeated 3-grams and forces an EOS
+    model.generation_config = transformers.GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                                            pad_token_id=model.config.pad_token_id)
     with torch.no_grad():
-        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, min_new_tokens=6,
-                                  do_sample=False)
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids))
     lm = actsparse.compile(model, mode=mode, max_seq=16)
     if mode == "exact":  # OPT's fc1 -> relu -> fc2 made exactly sparse
         assert sum(lm.report.pass_stats.get("sparsify-exact", {}).values()) >= 1
+    assert lm.recomputes == (arch == "camembert")  # no cache: the whole sequence per call; the others keep state
+    kinds = {name[0] for name, _ in lm.spec.caches}
+    assert kinds == ({"c", "r"} if arch == "mamba" else set() if lm.recomputes else {"k", "v"})
     assert torch.equal(lm.generate(ids, 6), expected)
 
 

@@ -1,0 +1,103 @@
+"""Cache layers whose tensors are inputs of the exported decoding graph (frontends/kv_cache.py), one class per kind
+of layer transformers' own caches have:
+
+    ExplicitKVLayer      attention keys and values: [1, kv_heads, max_seq, head_dim], written at the call's
+                         positions with `index_copy` (functional), read as the filled prefix
+    ExplicitStateLayer   a recurrent mixer's fixed-size states (Mamba's convolution window and SSM state, gated
+                         DeltaNet's ...): `conv_states[i]`, `recurrent_states[i]`, replaced by each call
+    ExplicitHybridLayer  both, for layers that hold attention and a recurrent state (Falcon-H1)
+
+The state layers always report a previous state: the states start as zeros, and a zero convolution window and a zero
+recurrent state are what the models' first-token paths assume, so the model takes its one-token (recurrent) branch
+from the first token on; the graph is then exported for one token per call (kv_cache.EXPORT_VARIANTS). A model's
+recurrent kernels may write a state in place (`conv_state.copy_(...)`); the export records that as an input mutation,
+and the layer's tensor then reads the written value, which the graph returns as the state's output.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def layer_classes():
+    """(ExplicitKVLayer, ExplicitStateLayer, ExplicitHybridLayer, ExplicitCache), built on first use (transformers
+    is imported lazily)."""
+    from transformers.cache_utils import Cache, CacheLayerMixin, LinearAttentionCacheLayerMixin
+
+    class ExplicitKVLayer(CacheLayerMixin):
+        """A static cache layer whose tensors are graph inputs; `update` writes functionally (index_copy)."""
+
+        is_compileable = True
+        is_sliding = False
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, offset: torch.Tensor, filled):
+            CacheLayerMixin.__init__(self)
+            self.keys, self.values, self.offset, self.filled = keys, values, offset, filled
+            self.is_initialized = True
+
+        def _write(self, cache: torch.Tensor, new: torch.Tensor, axis: int) -> torch.Tensor:
+            positions = torch.arange(new.shape[axis], device=new.device) + self.offset
+            return torch.index_copy(cache, axis, positions, new.to(cache.dtype))
+
+        def _filled(self, cache: torch.Tensor, axis: int) -> torch.Tensor:
+            # the filled prefix only: slots 0 .. kv - 1 (a slice view would make torch branch on whether it is
+            # contiguous, i.e. on kv == max_seq, a guard that fails the export)
+            return cache.index_select(axis, torch.arange(self.filled, device=cache.device))
+
+        def lazy_initialization(self, *args, **kwargs) -> None:  # the tensors are given
+            pass
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            self.keys, self.values = self._write(self.keys, key_states, 2), self._write(self.values, value_states, 2)
+            return self._filled(self.keys, 2), self._filled(self.values, 2)
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.filled, 0  # the filled slots, at absolute positions: the mask does the rest
+
+        def get_seq_length(self):
+            return self.offset
+
+        def get_max_length(self) -> int:
+            return self.keys.shape[-2]
+
+    class ExplicitStateLayer(LinearAttentionCacheLayerMixin):
+        """Recurrent states that are graph inputs; an update replaces the tensor (functional)."""
+
+        is_compileable = True
+
+        def __init__(self, conv: dict[int, torch.Tensor], recurrent: dict[int, torch.Tensor]):
+            LinearAttentionCacheLayerMixin.__init__(self, number_of_states=max([*conv, *recurrent], default=0) + 1)
+            for i, state in conv.items():
+                self.conv_states[i], self.conv_kernel_size[i] = state, state.shape[-1]
+                self.is_conv_states_initialized[i] = True
+            for i, state in recurrent.items():
+                self.recurrent_states[i] = state
+                self.is_recurrent_states_initialized[i] = True
+            self.has_previous_state = dict.fromkeys(self.has_previous_state, True)  # zeros: see the module docstring
+
+        def lazy_initialization(self, *args, **kwargs) -> None:  # the tensors are given
+            pass
+
+        def update_conv_state(self, conv_states, state_idx: int = 0, **kwargs):
+            # the window so far followed by the new columns (what the model's convolution reads), the last
+            # kernel-size columns kept, as transformers' LinearAttentionLayer does
+            full = torch.cat([self.conv_states[state_idx], conv_states.to(self.conv_states[state_idx].dtype)], dim=-1)
+            self.conv_states[state_idx] = full[..., -self.conv_kernel_size[state_idx]:]
+            return full
+
+        def update_recurrent_state(self, recurrent_states, state_idx: int = 0, **kwargs):
+            self.recurrent_states[state_idx] = recurrent_states.to(self.recurrent_states[state_idx].dtype)
+            return self.recurrent_states[state_idx]
+
+    class ExplicitHybridLayer(ExplicitStateLayer, ExplicitKVLayer):
+        """Attention keys/values and recurrent states in one layer."""
+
+        def __init__(self, keys, values, offset, filled, conv, recurrent):
+            ExplicitKVLayer.__init__(self, keys, values, offset, filled)
+            ExplicitStateLayer.__init__(self, conv, recurrent)
+
+    class ExplicitCache(Cache):
+        def __init__(self, layers):
+            super().__init__(layers=layers)
+
+    return ExplicitKVLayer, ExplicitStateLayer, ExplicitHybridLayer, ExplicitCache
