@@ -208,6 +208,8 @@ def _gather(ctx, node, args):
 @lowering("scatter")
 def _scatter(ctx, node, args):
     x, index, src = args
+    if 0 in node.inputs[1].shape:  # nothing written (an empty section of interleaved M-RoPE): TVM's kernel would
+        return x  # divide by the zero extent
     src = src if node.inputs[2].shape == node.inputs[1].shape else R.broadcast_to(src, ctx.shape(node.inputs[1].shape))
     return R.scatter_elements(x, index, src, axis=node.attrs["axis"])
 
