@@ -63,8 +63,7 @@ SIZES = {
 SSM_HEADS = [("mamba_expand", "mamba_n_heads", "mamba_d_head"), ("expand", "num_heads", "head_dim"),
              ("mamba_expand", "n_mamba_heads", "mamba_headdim")]
 SSM_GROUPS = ("n_groups",)  # B/C groups of a Mamba-2 mixer: they must divide its heads
-# per-layer kinds (attention, linear attention, hybrid, ...): a tiny config keeps one layer of each kind
-KIND_LISTS = ("layer_types", "layers_block_type", "block_types")
+# layers of a kind every `period` layers from `offset` on (Jamba's attention): a tiny config keeps one of them
 PERIODS = (("attn_layer_period", "attn_layer_offset"), ("expert_layer_period", "expert_layer_offset"))
 MOE_DEFAULTS = {"num_experts_per_tok": TOP_K, "n_routed_experts": EXPERTS, "num_local_experts": EXPERTS,
                 "n_shared_experts": 1, "n_group": 1, "topk_group": 1}
@@ -144,8 +143,7 @@ def _attr(config, key):
 def _shrink(values: dict) -> dict:
     out = dict(values)
     layers = next((_int(values[k]) for k in LAYER_KEYS if _int(values.get(k))), None)
-    kinds = next((values[k] for k in KIND_LISTS if isinstance(values.get(k), list)), None)
-    pick = kept_layers(kinds, layers) if layers else []
+    pick = kept_layers(values.get("layer_types"), layers) if layers else []
     for key, value in values.items():
         if key in LAYER_KEYS and layers and _int(value) == layers:
             out[key] = len(pick)
@@ -164,10 +162,6 @@ def _shrink(values: dict) -> dict:
     for period, offset in PERIODS:  # every `period`-th layer from `offset` on is of a kind: keep one of them
         if _int(out.get(period)) and _int(out.get(offset)) is not None and out[period] > LAYERS:
             out[period], out[offset] = LAYERS, min(out[offset], LAYERS - 1)
-    for key in (k for k in KIND_LISTS if isinstance(values.get(k), list) and layers):  # a cycle of kinds shorter
-        cycle = values[key]  # than the layers (RecurrentGemma's recurrent, recurrent, attention): one of each kind
-        if len(cycle) < layers and all(isinstance(t, str) for t in cycle):
-            out[key] = list(dict.fromkeys(cycle))
     heads = _int(out.get("num_attention_heads"))
     if heads and (values.get("num_key_value_heads") in (None, values.get("num_attention_heads"))):
         out["num_key_value_heads"] = heads  # multi-head (or MLA) attention stays multi-head

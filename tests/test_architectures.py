@@ -76,6 +76,8 @@ def test_tiny_configs_keep_one_layer_of_each_kind():
     assert kept_layers(["full_attention"] * 6, 6) == [0, 1] and kept_layers(None, 1) == [0]
     hybrid = tiny_config("qwen3_next")  # linear attention x3, then full attention: both kinds are tested
     assert hybrid.num_hidden_layers == 2 and set(hybrid.layer_types) == {"linear_attention", "full_attention"}
+    jamba = tiny_config("jamba")  # attention every 8th layer from the 4th: kept as one of the two layers
+    assert set(jamba.layers_block_type) == {"mamba", "attention"}
     # per-layer settings keyed by layer index keep only kept layers (else its config refuses to build)
     assert tiny_config("gemma4_text").num_hidden_layers == 2
 

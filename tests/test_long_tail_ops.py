@@ -175,3 +175,20 @@ def test_advanced_indexing_of_several_dims_matches_torch_in_the_interpreter_and_
     np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], want, rtol=1e-5, atol=1e-5)
     cm = actsparse.compile(graph, (x.numpy(),), mode="dense")
     np.testing.assert_allclose(np.asarray(cm(x.numpy())), want, rtol=1e-5, atol=1e-5)
+
+
+class EmptyScatter(nn.Module):
+    """A scatter that writes nothing (an empty section of Qwen3.5's interleaved M-RoPE at small head dims)."""
+
+    def forward(self, x):
+        h = x * 2
+        return h.scatter(-1, torch.zeros(*h.shape[:-1], 0, dtype=torch.long), h[..., :0]) + 1
+
+
+def test_a_scatter_of_nothing_builds_and_leaves_its_input():
+    """TVM's scatter kernel divides by the index extent; an empty index lowers to its input instead."""
+    x = torch.randn(1, 3, 8)
+    graph = import_torch(EmptyScatter(), (x,))
+    assert "scatter" in {n.op for n in graph.nodes}
+    cm = actsparse.compile(EmptyScatter(), (x,), mode="dense")
+    np.testing.assert_allclose(cm(x).numpy(), (x * 2 + 1).numpy(), rtol=1e-6)
