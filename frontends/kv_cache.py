@@ -136,8 +136,9 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
         with torch.no_grad():
             out = model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True)
     except (ValueError, TypeError, AttributeError, IndexError, RuntimeError) as err:  # hybrids, looped layers
-        raise FrontendError(f"{type(model).__name__} failed a one-token forward with use_cache=True ({err}); "
-                            "decoding supports decoders whose caches hold attention keys and values") from err
+        raise FrontendError(f"{type(model).__name__} failed a one-token forward with use_cache=True ({err}); decoding "
+                            "supports decoders whose caches hold attention keys and values or recurrent states") \
+                            from err
     cache = returned_cache(out)
     if cache is None:
         return []  # a model without a cache (BERT-style LM heads): decoding recomputes the sequence, as transformers'
