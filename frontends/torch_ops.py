@@ -219,6 +219,8 @@ def _transpose(cx, node, x, d0=0, d1=1):  # transpose(x, i, j) / t(x) -> permute
 def slice_of(cx, x, axis, start, end, step=1):
     """x[start:end:step] along `axis`; on the symbolic dim: [:seq], or a static window as an index_select."""
     dim = x.shape[axis]
+    if _minus(cx, start) == dim:  # x[-n:] of an axis n long (XLM's ids[:, -(n - cached):] with nothing cached)
+        start = 0
     start = 0 if start is None else cx.dim(start)
     end = None if end is None or (isinstance(end, int) and end >= BIG) else cx.dim(end)
     if isinstance(start, str):
@@ -239,6 +241,12 @@ def slice_of(cx, x, axis, start, end, step=1):
         return cx.emit("index_select", [x, index], axis=axis)  # a static window of the symbolic dim
     raise cx.symbolic_error(f"slice [{start}:{end}:{step}] of the symbolic dim `{dim}` cannot be expressed; "
                             "import with dynamic_seq=False")
+
+
+def _minus(cx, size):
+    """The dim name `n` of a symbolic size `-n`, else None."""
+    expr = getattr(getattr(size, "node", None), "expr", None)
+    return cx.symbols.get(-expr) if expr is not None and (-expr).is_Symbol else None
 
 
 def _slice(cx, node, x, dim=0, start=None, end=None, step=1):

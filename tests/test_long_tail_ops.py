@@ -192,3 +192,25 @@ def test_a_scatter_of_nothing_builds_and_leaves_its_input():
     assert "scatter" in {n.op for n in graph.nodes}
     cm = actsparse.compile(EmptyScatter(), (x,), mode="dense")
     np.testing.assert_allclose(cm(x).numpy(), (x * 2 + 1).numpy(), rtol=1e-6)
+
+
+class TailOfAll(nn.Module):
+    """`h[:, -n:]` of a sequence n long (XLM keeps the ids not yet cached: `ids[:, -(n - cached):]`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 8)
+
+    def forward(self, ids):
+        h = self.proj(ids)
+        return h[:, -ids.shape[1]:] * 2
+
+
+def test_a_slice_from_minus_the_symbolic_length_keeps_it_symbolic():
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    model = TailOfAll().eval()
+    graph = import_torch(model, (ids,))
+    assert graph.inputs[0].shape[1] == "seq", "x[-seq:] is all of x: no fallback to static shapes"
+    longer = torch.tensor([[2, 7, 1, 8, 2, 8, 1]])
+    with torch.no_grad():
+        np.testing.assert_allclose(evaluate(graph, [longer.numpy()])[0], model(longer).numpy(), rtol=1e-6)
