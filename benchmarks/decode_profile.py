@@ -2,18 +2,22 @@
 
     OPENBLAS_NUM_THREADS=1 python -m actsparse.benchmarks.decode_profile [--dtype float16|float32] [--layers 2]
                                                                         [--vocab 2048] [--steps 16] [--small]
+                                                                        [--modes exact,bound,dense]
 
-Builds part (a)'s synthetic Mistral-7B-dims ReGLU decoder (`decode_models.build_mistral`, ~90% of the neurons inactive
-per token), compiles it in exact mode (`quantize="fp16"` for float16, as decode.py does) and its dense twin, decodes
-`--steps` steps through each, records the calls the VM makes in one more step (kernels and the VM's builtins, through
-a VM instrument) and replays them back to back, each timed (median of 5). Per call kind (the callee's symbol with
-its weight's shape) it prints the milliseconds per step, the weight bytes the call reads (its arguments that are
-module weights; the exact MLP's up and down rows scaled by the measured active fraction) and the GB/s that makes,
-beside the read limit of this machine (`FfnBench.read_probe`, timed just before). "step wall" is the median
-Decoder.step without the instrument; "outside calls" is that minus the replayed calls: the VM's own interpretation
-and Python (negative when replaying from Python costs more than the VM's native calls). Weights beyond the
-last-level cache (2 layers at Mistral dims: ~0.9 GB in fp16) come from DRAM as in real decoding. Peak memory: the
-float32 model of `--layers` layers (~0.9 GB per layer) plus the kernels' fp16 copies (2 layers: ~3 GB).
+Builds part (a)'s synthetic Mistral-7B-dims ReGLU decoder (`decode_models.build_mistral`, ~90% of the neurons
+inactive per token), compiles it in exact mode (`quantize="fp16"` for float16, as decode.py does) and its dense
+twin, decodes `--steps` steps through each (`--modes`: exact, bound = predictor mode with the certified int8 gate
+pre-filter, dense = exact's dense twin), records the calls the VM makes in one more step (kernels and the VM's
+builtins, through a VM instrument) and replays them back to back, each timed (median of 5). Per call kind (the
+callee's symbol with its weight's shape) it prints the milliseconds per step, the weight bytes the call reads (its
+arguments that are module weights; the exact MLP's up and down rows scaled by the measured active fraction, the
+listed kernel's gate rows by the listed fraction of the replayed step and its up and down rows by the active
+fraction) and the GB/s that makes, beside the read limit of this machine (`FfnBench.read_probe`, timed just before).
+"step wall" is the median Decoder.step without the instrument; "outside calls" is that minus the replayed calls: the
+VM's own interpretation and Python (negative when replaying from Python costs more than the VM's native calls).
+Weights beyond the last-level cache (2 layers at Mistral dims: ~0.9 GB in fp16) come from DRAM as in real decoding.
+Peak memory: the float32 model of `--layers` layers (~0.9 GB per layer) plus the kernels' fp16 copies (2 layers: ~3
+GB).
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ def record_step(lm, state, token) -> list:
     return calls
 
 
+def _listed_fraction(args) -> float:
+    """The listed kernel's (x, w_gate, w_up, w_down_t, idx, count, out): the share of neurons its count lists."""
+    count = args[5].numpy()
+    return float(count.sum()) / (count.size * int(args[4].shape[-1]))
+
+
 def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, float]:
     """({call kind: [seconds per step, bytes per step, calls per step]}, seconds per step of all calls) of one
     decoding step of `lm` (a Decoder) after `prompt` + `feed`: its calls are recorded once through a VM instrument,
@@ -65,6 +75,8 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
         nbytes = [int(np.prod(a.shape)) * a.dtype.bits // 8 for a in w]
         if "gmlp_exact" in symbol and len(nbytes) == 3:
             read = nbytes[0] + active * (nbytes[1] + nbytes[2])
+        elif "gmlp_listed" in symbol and len(nbytes) == 3:  # after the replay: count is the select's output
+            read = lambda: _listed_fraction(args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
         else:
             read = float(sum(nbytes))
         shape = "x".join(str(int(s)) for s in w[0].shape) if w else ""
@@ -84,6 +96,7 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
             times[rep, i] = clock() - t0
     per_call = np.median(times, axis=0)
     per_step: dict = defaultdict(lambda: [0.0, 0.0, 0])
+    kinds = [(kind, read() if callable(read) else read) for kind, read in kinds]
     for (kind, read), sec in zip(kinds, per_call):
         s = per_step[kind]
         s[0] += sec
@@ -128,6 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="threads (default: the cores)")
     ap.add_argument("--small", action="store_true", help="tiny dims: a smoke test of the script")
+    ap.add_argument("--modes", default="exact,dense", help="comma list of exact, bound, dense (default exact,dense)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import gc
@@ -152,17 +166,26 @@ def main(argv=None) -> int:
     model = build_mistral(args.layers, args.vocab, max_seq, args.dtype, small=args.small)
     if args.dtype == "float16":
         model = model.float()
+    modes = args.modes.split(",")
+    if not set(modes) <= {"exact", "bound", "dense"}:
+        ap.error(f"--modes takes exact, bound, dense; got {args.modes!r}")
+    quantize = "fp16" if args.dtype == "float16" else None
     t0 = time.perf_counter()
-    exact = actsparse.compile(model, mode="exact", max_seq=max_seq,
-                              quantize="fp16" if args.dtype == "float16" else None)
+    exact = actsparse.compile(model, mode="exact", max_seq=max_seq, quantize=quantize)
+    decoders = {"exact": exact}
+    if "bound" in modes:
+        decoders["bound"] = actsparse.compile(model, mode="predictor", predictor="bound", max_seq=max_seq,
+                                              quantize=quantize)
     print(f"compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     del model
     gc.collect()
-    dense = Decoder(dense_twin(exact.module), exact.spec)
+    if "dense" in modes:
+        decoders["dense"] = Decoder(dense_twin(exact.module), exact.spec)
     active = 1.0 - float(np.mean([b.sparsity for b in exact.report.blocks]))
     print(f"# decode step profile, part (a) decoder, {args.layers} layers, {args.dtype} weights, "
           f"{args.steps} steps; MLP active fraction {active:.1%}; threads {threads}; load avg {_load()}")
-    for name, lm in (("exact", exact), ("dense", dense)):
+    for name in modes:
+        lm = decoders[name]
         t0 = time.perf_counter()
         probe()
         limit = probe_bytes / (time.perf_counter() - t0)

@@ -49,6 +49,10 @@ def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
     assert node.attrs["mode"] == "predictor" and node.attrs["predictor"] == "bound" and node.attrs["cutoff"] == 0.0
     approx = node.inputs[4].inputs[0]
     assert approx.op == "linear" and approx.attrs["float_x"] and approx.inputs[1].attrs["layout"] == "q8_0"
+    # one kernel makes the neuron list from the scores (kernels/scored_mlp.py): no select call before it
+    calls = [line.split()[1] for line in cm.executable.as_text().splitlines() if line.strip().startswith("call ")]
+    assert any(c.startswith(f"actsparse_gmlp_scored_d{D}_f{N}") for c in calls), calls
+    assert not any(c.startswith(("actsparse_select", "actsparse_gmlp_listed")) for c in calls), calls
     for inp in (x, mlp_input(d=D, seq=1, seed=3)):
         np.testing.assert_allclose(cm(inp), dense(inp), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(cm(inp), evaluate(graph, [inp])[0], rtol=1e-4, atol=1e-6)
