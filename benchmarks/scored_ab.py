@@ -11,7 +11,8 @@ weights (gate rows sign-flipped so exactly `--active` of the neurons fire for x,
 scores, interleaved, with the LLC evicted and the thread pool woken before every call (`FfnBench.time`:
 weights from DRAM as in decoding), and are checked
 against each other first. Also timed: the bound predictor's own score pass (the q8_0 copy of the gate through the
-linear kernel's float path), for its share of the step. Prints medians, the bytes each reads and the load average.
+linear kernel's float path), for its share of the step, and the exact kernel (every gate row streamed) for the
+GB/s a contiguous stream reaches here. Prints medians, the bytes each reads and the load average.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     from actsparse.codegen.kernels.linear import linear
     from actsparse.codegen.kernels.predictor_kernels import select_active
     from actsparse.codegen.kernels.scored_mlp import scored_gated_mlp
-    from actsparse.codegen.kernels.sparse_mlp import sparse_gated_mlp_listed
+    from actsparse.codegen.kernels.sparse_mlp import sparse_gated_mlp, sparse_gated_mlp_listed
     from actsparse.ir.quant import quantize
     from actsparse.runtime.memory import host_tensor as tv
 
@@ -58,13 +59,14 @@ def main(argv=None) -> int:
     kw = dict(gate_act="relu", up_act="identity", dtype=args.dtype, sched=sched)
     select_f, listed_f, scored_f = (select_active(n_ff, sched=sched), sparse_gated_mlp_listed(d, n_ff, **kw),
                                     scored_gated_mlp(d, n_ff, **kw))
+    exact_f = sparse_gated_mlp(d, n_ff, **kw)
     float_sched = dataclasses.replace(sched, int8_dot="")  # the bound predictor's scores: x not rounded
     score_f = linear(d, n_ff, dtype="q8_0", sched=float_sched)
-    mods = {f: build_standalone(f, target) for f in (select_f, listed_f, scored_f, score_f)}
+    mods = {f: build_standalone(f, target) for f in (select_f, listed_f, scored_f, score_f, exact_f)}
     w8 = tv(quantize(wg, "q8_0").blob)
     s, idx, count = tv(scores), tv(np.zeros((1, n_ff), "int32")), tv(np.zeros(1, "int32"))
-    out_a, out_b, s_out = (tv(np.zeros((1, d), "float32")), tv(np.zeros((1, d), "float32")),
-                           tv(np.zeros((1, n_ff), "float32")))
+    out_a, out_b, out_c, s_out = (tv(np.zeros((1, d), "float32")), tv(np.zeros((1, d), "float32")),
+                                  tv(np.zeros((1, d), "float32")), tv(np.zeros((1, n_ff), "float32")))
 
     def before():
         mods[select_f](s, cutoff, idx, count)
@@ -72,6 +74,9 @@ def main(argv=None) -> int:
 
     def after():
         mods[scored_f](x, *w, s, cutoff, out_b)
+
+    def exact():
+        mods[exact_f](x, *w, out_c)
 
     def score_pass():
         mods[score_f](x, w8, s_out)
@@ -82,18 +87,20 @@ def main(argv=None) -> int:
     row = d * np.dtype(args.dtype).itemsize
     mlp_bytes = n_ff * row * (args.listed + 2 * args.active)
     runners = {"select + listed (before)": (before, mlp_bytes), "scored (after)": (after, mlp_bytes),
-               "bound scores: q8_0 linear, float x": (score_pass, n_ff * (d + d // 32 * 2))}
+               "bound scores: q8_0 linear, float x": (score_pass, n_ff * (d + d // 32 * 2)),
+               "exact kernel (reference: every gate row streamed)": (exact, n_ff * row * (1 + 2 * args.active))}
     load0 = os.getloadavg()
     times = bench.time(runners, args.repeats)  # interleaved, LLC evicted and thread pool woken before each call
     print(f"# predictor mode's MLP at d {d}, n_ff {n_ff}, {args.dtype}: {args.listed:.0%} listed, {args.active:.0%} "
           f"active; {bench.threads} threads, {args.repeats} interleaved repeats, LLC evicted; {bench.cpu}")
-    print("| runner | median ms | min ms | MB read | GB/s (median) |\n|---|---:|---:|---:|---:|")
+    print("| runner | median ms | min ms | MB read | GB/s (median) | GB/s (min) |\n|---|---:|---:|---:|---:|---:|")
     for name, (_, nbytes) in runners.items():
         t = np.array(times[name])
         print(f"| {name} | {np.median(t) * 1e3:.3f} | {t.min() * 1e3:.3f} | {nbytes / 1e6:.1f} | "
-              f"{nbytes / np.median(t) / 1e9:.1f} |")
-    a, b = (np.median(times[k]) for k in list(runners)[:2])
-    print(f"\nscored / (select + listed): {a / b:.3f}x faster; load avg before {'/'.join(f'{v:.1f}' for v in load0)}, "
+              f"{nbytes / np.median(t) / 1e9:.1f} | {nbytes / t.min() / 1e9:.1f} |")
+    (a, b), (a0, b0) = ([f(times[k]) for k in list(runners)[:2]] for f in (np.median, np.min))
+    print(f"\nscored vs select + listed: {a / b:.3f}x faster (median), {a0 / b0:.3f}x (min); "
+          f"load avg before {'/'.join(f'{v:.1f}' for v in load0)}, "
           f"after {'/'.join(f'{v:.1f}' for v in os.getloadavg())}")
     return 0
 
