@@ -11,7 +11,7 @@ pre-filter, dense = exact's dense twin), records the calls the VM makes in one m
 builtins, through a VM instrument) and replays them back to back, each timed (median of 5). Per call kind (the
 callee's symbol with its weight's shape) it prints the milliseconds per step, the weight bytes the call reads (its
 arguments that are module weights; the exact MLP's up and down rows scaled by the measured active fraction, the
-listed kernel's gate rows by the listed fraction of the replayed step and its up and down rows by the active
+scored kernel's gate rows by the listed fraction of the replayed step and its up and down rows by the active
 fraction) and the GB/s that makes, beside the read limit of this machine (`FfnBench.read_probe`, timed just before).
 "step wall" is the median Decoder.step without the instrument; "outside calls" is that minus the replayed calls: the
 VM's own interpretation and Python (negative when replaying from Python costs more than the VM's native calls).
@@ -52,9 +52,9 @@ def record_step(lm, state, token) -> list:
 
 
 def _listed_fraction(args) -> float:
-    """The listed kernel's (x, w_gate, w_up, w_down_t, idx, count, out): the share of neurons its count lists."""
-    count = args[5].numpy()
-    return float(count.sum()) / (count.size * int(args[4].shape[-1]))
+    """The scored kernel's (x, w_gate, w_up, w_down_t, scores, cutoff, out): the share of neurons some token's
+    score lists (the gate rows it reads)."""
+    return float((args[4].numpy() > args[5].numpy()[0]).any(axis=0).mean())
 
 
 def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, float]:
@@ -75,7 +75,7 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
         nbytes = [int(np.prod(a.shape)) * a.dtype.bits // 8 for a in w]
         if "gmlp_exact" in symbol and len(nbytes) == 3:
             read = nbytes[0] + active * (nbytes[1] + nbytes[2])
-        elif "gmlp_listed" in symbol and len(nbytes) == 3:  # after the replay: count is the select's output
+        elif "gmlp_scored" in symbol and len(nbytes) == 3:  # after the replay: the scores are the step's
             read = lambda: _listed_fraction(args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
         else:
             read = float(sum(nbytes))
