@@ -41,9 +41,9 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     nper = (n_ff + threads - 1) // threads  # neurons per task; also each task's slot range in idx / g / h
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x8)
-    up_dots, _ = dots_macro(d, dtype, sched, gathered=True, x8=x8)
-    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True)
+    gate_dots, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x8)
+    up_dots, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x8)
+    axpy_all, axpy = axpy_macro(d, dtype, sched, gathered=True)
     zero_cols = zero_columns_macro(d, sched, dtype)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
     zero = T.float32(0)
@@ -86,7 +86,10 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
                     c[0] = c[0] + 1
             nl: T.let = c[0]
             for st in range((nl + R - 1) // R):
-                gate_dots(w_gate, xd, M, idx, j0, st * R, nl, g, j0)
+                if M == 1:  # decoding: the one-token row dots (no token blocks)
+                    gate_dot(w_gate, xd, 0, idx, j0, st * R, nl, g, j0)
+                else:
+                    gate_dots(w_gate, xd, M, idx, j0, st * R, nl, g, j0)
                 for r in range(T.min(R, nl - st * R)):
                     live[0] = 0
                     for m in range(M):
@@ -103,7 +106,10 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
             nk: T.let = kept[0]
             cnt[t] = nk
             for st in range((nk + R - 1) // R):
-                up_dots(w_up, xd, M, idx, j0, st * R, nk, h, j0)
+                if M == 1:
+                    up_dot(w_up, xd, 0, idx, j0, st * R, nk, h, j0)
+                else:
+                    up_dots(w_up, xd, M, idx, j0, st * R, nk, h, j0)
                 for r in range(T.min(R, nk - st * R)):
                     for m in range(M):
                         h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
@@ -113,6 +119,9 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
             for t2 in range(threads):
                 n2: T.let = cnt[t2]
                 for st in range((n2 + R - 1) // R):
-                    axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
+                    if M == 1:
+                        axpy(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, 0)
+                    else:
+                        axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
 
     return kernel.with_attr("global_symbol", mlp_symbol("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched))
