@@ -45,8 +45,8 @@ def test_quant_predictor_compiles_to_a_float_x_shadow_linear_and_matches_the_ref
     for x in (held_out, mlp_input(d=D, seq=1, seed=5)):
         np.testing.assert_allclose(cm(x), evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
     block = cm.report.blocks[0]
-    # >= 0.95 up to the float rounding of the AND's shifted up score
-    assert block.predictor == kind and block.rank is None and block.calibrated_recall >= 0.949
+    # the cutoff aims at 0.95 + margin 0.2 x 0.05 = 0.96 (up to the float rounding of the AND's shifted up score)
+    assert block.predictor == kind and block.rank is None and block.calibrated_recall >= 0.959
     assert block.recall > 0.93                                   # held out: the target less a little slack
     # a 4-bit gate's error is far below the gate's spread: about the truly active neurons are predicted
     assert (1 - block.predicted_sparsity) < 1.1 * (1 - block.sparsity)
