@@ -8,12 +8,12 @@ layout of `sparsify-exact` and the predictor's scores as a 5th input (semantics 
                                                              @Wg.predictor.b)){mode='predictor', cutoff=t}
       svd     -> sparse_gated_mlp(x, ..., linear(linear(x, @Wg.predictor.A), @Wg.predictor.B)){...}
       sign    -> sparse_gated_mlp(x, ..., sign_score(x, @Wg.predictor.bits){d}){...}
-      quant   -> sparse_gated_mlp(x, ..., linear(x, @Wg.predictor.w.q4_0){float_x}){...}   (quant8: q8_0)
+      quant   -> sparse_gated_mlp(x, ..., linear(x, @Wg.predictor.w.q4_0)){...}   (quant8: q8_0)
     dReLU blocks: sign, and svd where that predicts fewer neurons than a gate-only factor of the same bytes,
     predict gate AND up (`predictors.py`), scores = minimum(s_gate, s_up + shift):
       svd     -> h = linear(x, @A); minimum(linear(h, @B), linear(h, @B_up, @shift))
       sign    -> minimum(sign_score(x, @bits), add(sign_score(x, @bits_up), @shift))
-      quant   -> minimum(linear(x, @w.q4_0){float_x}, linear(x, @w_up.q4_0, @shift){float_x})
+      quant   -> minimum(linear(x, @w.q4_0), linear(x, @w_up.q4_0, @shift))
 
 Why it is right: in a ReLU-family block a neuron predicted active whose gate is <= 0 still adds exactly 0, so the
 only loss is a missed active neuron; the cutoff t is placed per block at the target `recall` on held-out
@@ -230,12 +230,14 @@ def _score_nodes(x: Node, p: Fitted, base: str, dtype, new_weights: dict, loc: s
 
 
 def _shadow_linear(x: Node, p: Fitted, base: str, name: str, new_weights: dict, loc: str, *bias: Node) -> Node:
-    """x·deq(@name)ᵀ (+ bias) on the float path (`float_x`: x not rounded to 8 bits, so the compiled scores are the
-    ones the cutoff was calibrated on)."""
+    """x·deq(@name)ᵀ (+ bias) by the target's fastest quantized dot: where it has an int8 dot (VNNI) x is rounded to
+    8 bits per group of 32 (`ir.quant.round_x8`), 2.4x the float path's speed on q4_0 (BENCHMARKS.md); the cutoff
+    was placed on float dots, and that rounding moves a score by far less than the scores' spread (unlike bound's,
+    a calibrated cutoff needs no proof)."""
     layout = KINDS[p.kind].layout
     n = p.arrays[name].shape[0]
     shadow = QuantizedWeight(new_weights.setdefault(f"{base}.{name}", p.arrays[name]), layout, (n, p.d))
-    return Node("linear", (x, quantized_weight_node(f"{base}.{name}", shadow), *bias), {"float_x": True},
+    return Node("linear", (x, quantized_weight_node(f"{base}.{name}", shadow), *bias), {},
                 TensorType((*x.shape[:-1], n), "f32"), loc)
 
 
