@@ -158,3 +158,19 @@ def test_compile_for_cuda_scores_with_the_cuda_q4_0_linear_and_the_scored_kernel
     for prefix in ("actsparse_cuda_linear_k32_n48_nobias_q4_0", "actsparse_cuda_linear_k32_n48_bias_q4_0",
                    "actsparse_cuda_gmlp_scored_d32_f48"):
         assert any(name.startswith(prefix) for name in launches), (prefix, launches)
+
+
+@pytest.mark.parametrize("storage", ["int8", "int4"])
+def test_predictor_mode_with_quantized_storage_reads_the_quantized_rows(storage):
+    """quantize='int8'|'int4' after predictor mode: the listed kernel reads the quantized gate / up / down rows (its
+    lowering once asked for float32 rows and failed on the q8_0 blob); the output stays the reference's up to the
+    quantized kernels' 8-bit rounding of x."""
+    graph = gated_mlp_graph(d=D, n=N, act="relu", up_relu=True)
+    x = mlp_input(d=D, seq=32, seed=9)
+    cm = actsparse.compile(graph, (x,), mode="predictor", calibration=_calibration(), predictor="quant",
+                           recall=0.95, quantize=storage)
+    node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+    assert [w.attrs["layout"] for w in node.inputs[1:4]] == [{"int8": "q8_0", "int4": "q4_0"}[storage]] * 3
+    assert cm.report.pass_stats["quantize"] == {"quantized": 3}    # the shadows were quantized by the predictor
+    y, reference = cm(x), evaluate(cm.graph, [x])[0]
+    assert np.linalg.norm(y - reference) / np.linalg.norm(reference) < 2e-2
