@@ -79,3 +79,21 @@ def test_select_kernel_lists_what_the_scored_kernel_reads():
 def test_scored_kernel_refuses_a_gate_that_is_not_relu_family():
     with pytest.raises(ValueError, match="ZERO_BELOW|gate_act must be one of"):
         scored_gated_mlp(D, N_FF, gate_act="silu", sched=SCHEDS["avx512"])
+
+
+@pytest.mark.parametrize("layout,M", [("q8_0", 1), ("q4_0", 3)])
+def test_scored_kernel_reads_quantized_rows(layout, M):
+    """quantize='int8'|'int4' after predictor mode: the kernel streams the blocks (float x on this schedule) and
+    equals the float reference on the dequantized weights, in the one-token and the token-blocked paths."""
+    from actsparse.ir.quant import quantize
+
+    d = 64  # whole blocks of 32
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((M, d)).astype("float32")
+    q = [quantize(rng.standard_normal((N_FF, d)).astype("float32"), layout) for _ in range(3)]
+    scores = rng.standard_normal((M, N_FF)).astype("float32")
+    cutoff = np.zeros(1, "float32")
+    kernel = scored_gated_mlp(d, N_FF, dtype=layout, sched=SCHEDS["avx512"])
+    out = run(kernel, x, *[w.blob for w in q], scores, cutoff, out_shape=(M, d))
+    ref = _reference(x, *[w.dequantize() for w in q], scores, 0.0, "relu", 0.0)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
