@@ -1,6 +1,7 @@
 """The row axpy of quantized rows (the down projection of every gated-MLP kernel) as integer dot products: x86 VNNI
 `vpdpbusd`, aarch64 `sdot` (the schedule's `int8_dot`); the layouts it serves are its table entry's `axpy`
-(`quant_int8.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), `CpuSchedule.int8_axpy=False` turns it off.
+(`quant_int8.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), for the kernels the schedule names
+(`CpuSchedule.int8_axpy`: the target's `int8_axpy_kernels`, by default the dense kernel only).
 
 A step of the axpy adds R rows j, each times its coefficient h_j, to a task's output columns:
 out[c] += Σ_j h_j · w_{j,c}, with w_{j,c} = s_{j,g} · (u_{j,c} - z) (+ o_{j,g} + 8 s_{j,g} for q4_1) in group
@@ -41,10 +42,11 @@ from .schedule import CpuSchedule
 HALF = GROUP // 2
 
 
-def uses_int8_axpy(dtype: str, sched: CpuSchedule) -> bool:
-    """Whether the row axpy of `dtype` rows takes the integer path on `sched` (its int8 dot serves that layout's
-    axpys, `INT8_DOTS[...].axpy`, and the schedule does not turn it off)."""
-    return bool(sched.int8_dot) and sched.int8_axpy and dtype in INT8_DOTS[sched.int8_dot].axpy
+def uses_int8_axpy(dtype: str, sched: CpuSchedule, kernel: str) -> bool:
+    """Whether the down projection (row axpy) of `kernel` (a name of `schedule.AXPY_KERNELS`) over `dtype` rows takes
+    the integer path on `sched`: its int8 dot serves that layout's axpys (`INT8_DOTS[...].axpy`) and the schedule
+    gives that kernel the integer axpy (`CpuSchedule.int8_axpy`, from the target's table)."""
+    return bool(sched.int8_dot) and sched.integer_axpy(kernel) and dtype in INT8_DOTS[sched.int8_dot].axpy
 
 
 def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch=None):
