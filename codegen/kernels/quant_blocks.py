@@ -50,7 +50,7 @@ def flat_rows(w, rows: int, row_bytes: int):
     """A 1-D view of the weight w [rows, row_bytes]: with rows addressed by precomputed int64 byte offsets LLVM
     keeps one pointer per row and steps them together, rather than re-deriving (and SLP-vectorizing, then
     extracting) 32-bit row offsets in every group."""
-    return T.decl_buffer((rows * row_bytes,), "uint8", data=w.data)
+    return T.decl_buffer((T.int64(int(rows) * row_bytes),), "uint8", data=w.data)  # int64: stacked experts pass 2^31
 
 
 def half_at(w, row, byte):
