@@ -43,7 +43,7 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
     gate_dots, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x8)
     up_dots, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x8)
-    axpy_all, axpy = axpy_macro(d, dtype, sched, gathered=True)
+    axpy_all, axpy = axpy_macro(d, dtype, sched, gathered=True, kernel="scored")
     zero_cols = zero_columns_macro(d, sched, dtype)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
     zero = T.float32(0)
