@@ -94,7 +94,7 @@ def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind,
        n_ff=st.integers(8, 64), frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
 def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, dtype, d, n_ff, frac, seed):
     """Threshold (its kept set can differ near the threshold, so no step-exact reference): the rounding bound on
-    top of the kernel's own tolerance; both kinds: within 2% (relative, L2) of float64 on unrounded x and h."""
+    top of the kernel's own tolerance; dense: within 5% (relative, L2) of float64 on unrounded x and h."""
     from actsparse.ir.quant import dequantize, round_x8
 
     sched = host_sched("vpdpbusd512")
@@ -107,9 +107,11 @@ def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, 
         call.check(out)
         ws = [dequantize(b, dtype, d) for b in call.args[1:4]]
         full, _ = mlp_reference(x, *ws, *ACTS[kind][:3]) if kind == "dense" else (call.ref, None)
-        if kind == "dense":  # x and h unrounded: the whole 8-bit effect
+        if kind == "dense":  # x and h unrounded: the whole 8-bit effect. A sanity figure, not a bound (the step
+            # check above is the bound): with few terms (n_ff 8, d 33) two 8-bit roundings reached 2.6% of the
+            # norm in a valid case; a wrong row, scale or group gives tens of percent
             norm = np.linalg.norm(full)
-            assert norm == 0 or np.linalg.norm(out - full) <= 0.02 * norm, np.linalg.norm(out - full) / norm
+            assert norm == 0 or np.linalg.norm(out - full) <= 0.05 * norm, np.linalg.norm(out - full) / norm
 
 
 def test_the_down_projection_is_built_with_vpdpbusd_where_the_target_has_vnni():
