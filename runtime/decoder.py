@@ -32,6 +32,7 @@ from .module import CompiledModule
 
 KIND = "decoder"  # the artifact kind (runtime/artifact.py)
 CALL_INPUTS = ("input_ids", "pos", "filled")  # the decoding graph's inputs before the caches (frontends/kv_cache.py)
+STEP_FUNCTION = "step"  # main specialized to one token, where the module has it (codegen/build.py)
 DECODER_FILE = "decoder.json"
 TOKENIZER_DIR = "tokenizer"
 
@@ -73,6 +74,8 @@ class Decoder:
         self._takes_filled = [name for name, _ in module.inputs[:3]] == list(CALL_INPUTS)
         self._zeros = np.zeros(spec.max_seq, np.int64)  # `filled` is a prefix of it (only its length is read)
         self._one_token = module.inputs[0][1].shape[1] == 1  # input_ids [1, 1]: no symbolic seq
+        # the module's one-token function (static shapes, codegen/build.py); artifacts built before it: main
+        self._step_function = STEP_FUNCTION if module.runnable and module.has_function(STEP_FUNCTION) else "main"
 
     @property
     def report(self):
@@ -139,7 +142,8 @@ class Decoder:
             return state
         self._check_room(state.position + n)
         filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
-        out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches)
+        out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches,
+                                     function=self._step_function if n == 1 else "main")
         state.caches = list(out[1:])  # the same buffers, written in place
         state.position += n
         state.logits = out[0].numpy().reshape(-1)
