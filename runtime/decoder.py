@@ -9,8 +9,10 @@ The module is the decoding graph of `frontends/kv_cache.py`: `main(input_ids[1, 
 ...) -> (logits[1, 1, V], k0', v0', ...)`, where each cache output is written in place into its input (codegen's
 `index_copy`), so the state holds the same device tensors for the whole generation and a step moves only its
 own keys and values; attention reads the first kv = pos + seq slots (`filled` carries kv as its length). Prefill
-is that function on the prompt; a step is the same function on one token. (Artifacts built before `filled`
-existed take `main(input_ids, pos, k0, ...)` and attend over every slot; they still load and decode.)
+is that function on the prompt; a step is the same graph on one token, compiled as the module's `step` function
+(`seq` fixed to 1: static shapes, codegen/build.py) where the module has one, else `main`. (Artifacts built
+before `filled` existed take `main(input_ids, pos, k0, ...)` and attend over every slot; they still load and
+decode.)
 
 An artifact of a decoder (kind "decoder") is a compiled module's artifact plus `decoder.json` (cache shapes,
 vocabulary, stop ids) and the tokenizer's own files under `tokenizer/` (never a pickle), all listed and hashed in
