@@ -22,7 +22,7 @@ from __future__ import annotations
 from tvm import relax
 
 from ..ir.activations import ZERO_BELOW
-from .context import TVM_DTYPES, const, emit_kernel_call, flatten_tokens, lowering
+from .context import const, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
 from .lower_kernels import COMPOSITE_KERNELS
 from .schedules import schedule_for
 
@@ -42,7 +42,7 @@ def _lower_scored_block(ctx, node, args, sched, options, name: str, inputs_after
     s2d, _, _ = flatten_tokens(ctx, scores_node.type, args[4])
     cutoff = const([float(node.attrs["cutoff"])], "f32")
     extra = inputs_after_weights(s2d, cutoff, tokens, n_ff)
-    kernel = target_kernel(name, d, n_ff, dtype=TVM_DTYPES[w_gate.dtype], sched=sched, **options)
+    kernel = target_kernel(name, d, n_ff, dtype=kernel_dtype(w_gate), sched=sched, **options)   # quantized: its layout
     out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], *extra], tokens, d_out, node.dtype)
     return R.reshape(out, [*lead, d_out])
 
