@@ -83,9 +83,10 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     measured on `example_inputs` (keep them out of the calibration data: they are the held-out check) and the
     outputs' relative error vs the dense model.
 
-    mode="predictor" (ReLU-family blocks): `predictor` = "lowrank" (default, trained) | "svd" | "sign"
-    (training-free), `recall` the per-block target (default 0.99), `sparsity` an optional floor on the predicted
-    sparsity per block, `predictor_budget` the predictors' bytes as a fraction of the MLP bytes (default 0.1).
+    mode="predictor" (ReLU-family blocks): `predictor` = "lowrank" (default, trained) | "svd" | "sign" | "quant"
+    (q4_0 shadow of the gate) | "quant8" (training-free), `recall` the per-block target (default 0.99), `sparsity`
+    an optional floor on the predicted sparsity per block, `predictor_budget` the predictors' bytes as a fraction
+    of the MLP bytes (default 0.1).
     `predictor="bound"` is lossless and needs no calibration: an int8 gate copy with a per-neuron error bound
     certifies neurons inactive, the rest are computed exactly (passes/certified_gate.py).
 

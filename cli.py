@@ -104,7 +104,7 @@ def _lossy_arguments(parser) -> None:
     parser.add_argument("--sparsity", type=float, help="target sparsity for -m threshold, e.g. 0.9")
     parser.add_argument("--method", help="sparsity method: wina-greedy (default), wina, teal, teal-greedy, teal-cats, "
                                          "cats, product")
-    parser.add_argument("--predictor", help="-m predictor: lowrank (default), svd or sign")
+    parser.add_argument("--predictor", help="-m predictor: lowrank (default), svd, sign, quant, quant8 or bound")
     parser.add_argument("--recall", type=float, help="-m predictor: target recall per layer (default 0.99)")
 
 

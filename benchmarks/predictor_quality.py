@@ -1,6 +1,6 @@
-"""Predictor quality: the three predictor kinds on a ReLU-family model, compiled in predictor mode, one table.
+"""Predictor quality: the calibrated predictor kinds on a ReLU-family model, compiled in predictor mode, one table.
 
-    python -m actsparse.benchmarks.predictor_quality [--model tiny|smollm2] [--kinds lowrank,svd,sign]
+    python -m actsparse.benchmarks.predictor_quality [--model tiny|smollm2] [--kinds lowrank,svd,sign,quant]
         [--recall 0.99] [--budget 0.1] [--calib-windows 32] [--seq 128] [--heldout-windows 4] [--layers N]
         [--no-build] [--steps 300] [--checkpoint out/smollm2_drelu_recovered.safetensors]
 
@@ -103,7 +103,7 @@ def passes_only(model, held_out, calibration, kind, args):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="tiny")
-    parser.add_argument("--kinds", default="lowrank,svd,sign")
+    parser.add_argument("--kinds", default="lowrank,svd,sign,quant")
     parser.add_argument("--recall", type=float, default=0.99)
     parser.add_argument("--budget", type=float, default=0.1)
     parser.add_argument("--calib-windows", type=int, default=32)

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
                        key=lambda lp: lp.end - lp.start)
             ops = ", ".join(f"{op} {n}" for op, n in loop.vector_ops.most_common(6))
             path = (sched.int8_dot or "float") if args.kind == "linear" else (
-                "sdot" if uses_int8_axpy(layout, sched) else "float")
+                "sdot" if uses_int8_axpy(layout, sched, "dense") else "float")
             print(f"| {layout} | {name} | {path} | {(loop.end - loop.start) // 4} | {ops} |", flush=True)
     return 0
 

@@ -3,7 +3,13 @@
 Our kernels enter as `call_tir`s of PrimFuncs that are already scheduled (CPU: explicit parallel/vector
 loops; CUDA: explicit thread bindings, marked `tirx.is_scheduled`). Everything else is legalized by TVM's
 default pipeline for the target kind: on CUDA that pipeline schedules the legalized ops with the dlight
-GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback), which skip our scheduled kernels.
+GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback), which skip our scheduled kernels. On CPU
+`tvm.compile`'s generic pipeline does not fuse, so a decoder step made ~15 small legalized calls per layer
+(RMSNorm's five, rotary's eight, ...), each an allocation and a VM call: CPU takes TVM's CPU pipeline, which
+fuses them (FuseOps + FuseTIR). Our kernels are marked opaque so that fusion never merges into them.
+
+A decoder's graph (first input `input_ids[1, seq]`) also gets a `step` function with that token dim fixed to 1:
+static shapes for every op outside attention, so the VM no longer builds and checks a shape per value.
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from __future__ import annotations
 from ..ir import Graph
 from ..targets import Target
 from .lower import lower_graph
+
+STEP = "step"  # the one-token function of a decoder's module (runtime/decoder.py calls it when present)
+OPAQUE = 8  # TVM's OpPatternKind kOpaque: FuseOps leaves such a PrimFunc alone
 
 
 def _cuda_setup() -> None:
@@ -22,13 +31,36 @@ def _cuda_setup() -> None:
 SETUP = {"cuda": _cuda_setup}  # TVM target kind -> what building for it needs first
 
 
+def _cpu_pipeline(tvm_target):
+    from tvm.relax.backend.cpu_generic import get_default_pipeline
+
+    return get_default_pipeline(tvm_target)
+
+
+PIPELINES = {"llvm": _cpu_pipeline}  # TVM target kind -> its Relax pipeline (others: tvm.compile's default)
+
+
+def specializations(graph: Graph) -> dict[str, dict[str, int]]:
+    """{function name: {symbolic dim: value}} to build beside `main`: a decoder's one-token `step`."""
+    first = graph.inputs[0] if graph.inputs else None
+    if first is not None and first.attrs.get("name") == "input_ids" and len(first.shape) == 2 \
+            and isinstance(first.shape[1], str):
+        return {STEP: {first.shape[1]: 1}}
+    return {}
+
+
 def build(graph: Graph, target: Target):
-    """Returns (executable, weight names in the order the executable's `main` takes them after the inputs)."""
+    """Returns (executable, weight names in the order the executable's functions take them after the inputs)."""
     import tvm
 
-    mod, weight_order = lower_graph(graph, target)
+    mod, weight_order = lower_graph(graph, target, specializations(graph))
+    for gv, func in list(mod.functions.items()):  # before legalization: only our own kernels are PrimFuncs here
+        if isinstance(func, tvm.tirx.PrimFunc):
+            mod[gv] = func.with_attr("op_pattern", OPAQUE)
     SETUP.get(target.kind, lambda: None)()
     tvm_target = target.tvm_target()
+    pipeline = PIPELINES.get(tvm_target.kind.name)
     with tvm_target:  # nvcc and dlight read the current target
-        executable = tvm.compile(mod, target=tvm_target)
+        executable = tvm.compile(mod, target=tvm_target,
+                                 relax_pipeline=pipeline(tvm_target) if pipeline else "default")
     return executable, weight_order

@@ -18,30 +18,43 @@ from .context import LOWERINGS, TVM_DTYPES, LowerContext, LoweringError, const, 
 __all__ = ["LOWERINGS", "TVM_DTYPES", "LowerContext", "LoweringError", "const", "lower_graph"]
 
 
-def lower_graph(graph: Graph, target: Target):
-    """Build the Relax IRModule for `graph`; returns (module, weight names in parameter order)."""
+def lower_graph(graph: Graph, target: Target, specialized: dict[str, dict[str, int]] | None = None):
+    """Build the Relax IRModule for `graph`: `main` over the graph's own (symbolic) shapes, plus one function per
+    entry of `specialized` (name -> {symbolic dim: value}) with those dims fixed, sharing the kernels (a decoder's
+    one-token `step`: static shapes, so the VM computes and checks far fewer shapes per call). Returns (module,
+    weight names in parameter order)."""
     import tvm
-    from tvm import relax, tirx
+    from tvm import relax
 
     from . import lower_attention, lower_cold, lower_kernels, lower_predictor, lower_state, lowerings  # noqa: F401
+
+    bb = relax.BlockBuilder()
+    kernels: dict[str, object] = {}
+    weight_names = sorted(graph.weights)
+    for name, bound in {"main": {}, **(specialized or {})}.items():
+        _lower_function(bb, graph, target, name, bound, kernels, weight_names)
+    return tvm.ir.IRModule(bb.get().functions), weight_names
+
+
+def _lower_function(bb, graph: Graph, target: Target, name: str, bound: dict[str, int], kernels: dict,
+                    weight_names: list[str]) -> None:
+    from tvm import relax, tirx
 
     symbols: dict[str, object] = {}
     for node in graph.inputs:
         for d in node.shape:
             if isinstance(d, str) and d not in symbols:
-                symbols[d] = tirx.Var(d, "int64")
-    bb = relax.BlockBuilder()
-    ctx = LowerContext(bb, target, symbols)
+                symbols[d] = bound.get(d) or tirx.Var(d, "int64")
+    ctx = LowerContext(bb, target, symbols, kernels)
     for read in [i for node in graph.nodes for i in node.inputs] + list(graph.outputs):  # outputs read too
         ctx.users[id(read)] = ctx.users.get(id(read), 0) + 1
-    weight_names = sorted(graph.weights)
     params = [relax.Var(n.attrs["name"], tensor_sinfo(ctx, n)) for n in graph.inputs]
     weight_params = {}
-    for name in weight_names:
-        array = graph.weights[name]
-        weight_params[name] = relax.Var("w_" + name.replace(".", "_"),
-                                        relax.TensorType(list(array.shape), TVM_DTYPES[_ir_dtype(array)]))
-    with bb.function("main", [*params, *weight_params.values()]):
+    for wname in weight_names:
+        array = graph.weights[wname]
+        weight_params[wname] = relax.Var("w_" + wname.replace(".", "_"),
+                                         relax.TensorType(list(array.shape), TVM_DTYPES[_ir_dtype(array)]))
+    with bb.function(name, [*params, *weight_params.values()]):
         with bb.dataflow():
             values = {id(n): p for n, p in zip(graph.inputs, params)}
             for node in graph.nodes:
@@ -61,8 +74,6 @@ def lower_graph(graph: Graph, target: Target):
             outs = [values[id(o)] for o in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
-    mod = bb.get()
-    return tvm.ir.IRModule(mod.functions), weight_names
 
 
 def _with_known_shape(ctx: LowerContext, node: Node, var):

@@ -1,10 +1,13 @@
 """Lowering of predictor mode (the `predictor` entry of ir/sparse_variants.py declares the composite kernel
-"predicted"): the scores become an index list, the indexed kernel reads only those rows.
+"predicted"): ReLU-family gates (all the predictors but a hand-made one) take the CPU's scored kernel, which makes
+the neuron list itself (`kernels/scored_mlp.py`: each task scans its own neurons' scores, reads the gate rows of the
+listed ones and the up and down rows only of those whose gate fired); other gates get an index list first:
 
-    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, s){mode='predictor', cutoff=t}
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, s){mode='predictor', cutoff=t, gate_act=relu|fatrelu}
+        -> reshape(call_tir(gmlp_scored_d_n_<acts>, [x2d, Wg, Wu, Wd.t, s2d, t]), [..., d_out])
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, s){mode='predictor', cutoff=t, gate_act=silu|...}
         -> (idx, count) = call_tir(select_n, [s2d, t])           # idx[m, :count[m]] = {j : s[m, j] > t}
-           reshape(call_tir(gmlp_listed_d_n_<acts>, [x2d, Wg, Wu, Wd.t, idx, count]), [..., d_out])
-    (the listed kernel: the indexed one, but up and down rows only for the listed neurons whose gate fired)
+           reshape(call_tir(gmlp_indexed_d_n_<acts>, [x2d, Wg, Wu, Wd.t, idx, count]), [..., d_out])
     sign_score(x, @bits){d} -> reshape(call_tir(signscore_d_n, [x2d, bits]), [..., n])
 
 On CUDA the variant declares the composite "scored" instead: one kernel takes the scores and the cutoff, flags the
@@ -22,7 +25,7 @@ from __future__ import annotations
 from tvm import relax
 
 from ..ir.activations import ZERO_BELOW
-from .context import TVM_DTYPES, const, emit_kernel_call, flatten_tokens, lowering
+from .context import const, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
 from .lower_kernels import COMPOSITE_KERNELS
 from .schedules import schedule_for
 
@@ -42,7 +45,7 @@ def _lower_scored_block(ctx, node, args, sched, options, name: str, inputs_after
     s2d, _, _ = flatten_tokens(ctx, scores_node.type, args[4])
     cutoff = const([float(node.attrs["cutoff"])], "f32")
     extra = inputs_after_weights(s2d, cutoff, tokens, n_ff)
-    kernel = target_kernel(name, d, n_ff, dtype=TVM_DTYPES[w_gate.dtype], sched=sched, **options)
+    kernel = target_kernel(name, d, n_ff, dtype=kernel_dtype(w_gate), sched=sched, **options)   # quantized: its layout
     out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], *extra], tokens, d_out, node.dtype)
     return R.reshape(out, [*lead, d_out])
 
@@ -56,9 +59,11 @@ def lower_predicted(ctx, node, args, sched, options):
                                                                    relax.TensorType([tokens], "int32")]))
         return [ctx.bb.emit(relax.TupleGetItem(picked, 0)), ctx.bb.emit(relax.TupleGetItem(picked, 1))]
 
-    # ReLU-family gates (all of predictor mode's): a listed neuron whose gate is 0 skips its up and down rows
-    name = "listed" if node.attrs["gate_act"] in ZERO_BELOW else "indexed"
-    return _lower_scored_block(ctx, node, args, sched, options, name, index_list)
+    # ReLU-family gates (all of predictor mode's): one kernel lists, and a listed neuron whose gate is 0 skips its
+    # up and down rows
+    if node.attrs["gate_act"] in ZERO_BELOW:
+        return lower_scored(ctx, node, args, sched, options)
+    return _lower_scored_block(ctx, node, args, sched, options, "indexed", index_list)
 
 
 def lower_scored(ctx, node, args, sched, options):

@@ -1,7 +1,8 @@
 """Target data -> kernel schedule: which schedule family a target gets is a table keyed by the TVM target kind
 (`SCHEDULES`), its numbers come from the target's fields (targets/ are data and never import codegen).
 
-    llvm / c  -> CpuSchedule(lanes, threads, vector_registers, l2_bytes, accumulators, fp16fml, int8_dot)  (x86, arm)
+    llvm / c  -> CpuSchedule(lanes, threads, vector_registers, l2_bytes, accumulators, fp16fml, int8_dot,
+                 int8_axpy)  (x86, arm)
     cuda      -> GpuSchedule(warp, threads, vector_bytes, multiprocessors, shared_bytes)
 """
 
@@ -40,7 +41,7 @@ def cpu_schedule(target: Target) -> CpuSchedule:
     return CpuSchedule(lanes=target.lanes, threads=target.threads, vector_registers=target.vector_registers,
                        l2_bytes=target.l2_bytes, accumulators=target.accumulators,
                        fp16fml="fp16fml" in target.features,  # features the target's data declares
-                       int8_dot=int8_dot(target))
+                       int8_dot=int8_dot(target), int8_axpy=target.int8_axpy_kernels)
 
 
 def gpu_schedule(target: Target) -> GpuSchedule:

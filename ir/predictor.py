@@ -5,13 +5,15 @@ the sparse gated MLP computes; every other neuron counts as 0 (the `predictor` e
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, s){mode='predictor', predictor=kind, cutoff=t}
         h = (act_g(x·Wgᵀ) ⊙ act_u(x·Wuᵀ)) where s > t, else 0;   y = h · Wd.t
 
-The scores come from one of three predictors (`passes/predictors.py` fits them):
+The scores come from one of these predictors (`passes/predictors.py` fits them):
 
     lowrank   s = relu(x·Aᵀ)·Bᵀ + b        A [r, d], B [n_ff, r], b [n_ff]  (DejaVu / PowerInfer, trained)
     svd       s = (x·Aᵀ)·Bᵀ                A = S_r V_rᵀ, B = U_r of W_gate   (training-free)
     sign      s = sign_score(x, @bits)     d − 2·popcount(signbits(x) XOR signbits(W_gate[j]))  (SparseInfer)
     bound     s = x·deq(@W8)ᵀ (+ b) + c·‖x‖₂   an int8 (q8_0) gate copy plus a per-neuron error bound: s <= cutoff
                                      proves the gate inactive, so nothing is lost (passes/certified_gate.py)
+    quant     s = x·deq(@W4)ᵀ              a q4_0 shadow copy of W_gate (quant8: q8_0) predicts the gate itself;
+                                     the cutoff is calibrated to the recall
 
 `sign_score` is the one new op: the number of sign agreements minus disagreements of x and each W_gate row, from
 packed sign bits (bit k of word w of a row is 1 when element 32·w + k is negative; padding bits are 0 on both
@@ -27,7 +29,7 @@ import numpy as np
 
 from .types import TensorType
 
-PREDICTORS = ("lowrank", "svd", "sign", "bound")
+PREDICTORS = ("lowrank", "svd", "sign", "bound", "quant", "quant8")
 WORD_BITS = 32
 
 

@@ -181,9 +181,10 @@ def _threshold_report(attrs: dict) -> dict:
 
 # --- predictor: a per-block predictor's scores pick the neurons (ir/predictor.py), ReLU family, lossy ------------
 # h = act_g(g) · act_u(u) where scores > cutoff, else 0. A neuron predicted active whose gate is <= 0 still gives 0,
-# so misses are the only loss. The CPU kernel is the composite "predicted" (codegen/lower_predictor.py): a select
-# kernel turns the scores into an index list, then the indexed kernel reads only those rows; the CUDA one is
-# "scored": one kernel flags the predicted neurons itself (no single-block select launch).
+# so misses are the only loss. The CPU kernel is the composite "predicted" (codegen/lower_predictor.py): for
+# ReLU-family gates the scored kernel lists the neurons itself (no select call), otherwise a select kernel turns the
+# scores into an index list for the indexed kernel; the CUDA one is "scored": one kernel flags the predicted
+# neurons itself (no single-block select launch).
 def _predictor_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None):
     h = dense_intermediate(x, w_gate, w_up, attrs, b_gate, b_up)
     return np.where(extras["scores"].reshape(h.shape) > attrs["cutoff"], h, 0).astype(x.dtype)

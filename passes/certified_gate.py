@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir.arrays import aligned_contiguous
 from ..ir.quant import quantize
 
 LAYOUT = "q8_0"
@@ -38,9 +39,21 @@ def float_allowance(d: int) -> float:
     return 2 * n / (1 - n)
 
 
-def certify_gate(w_gate: np.ndarray) -> dict:
-    """w_gate [n_ff, d] (the values the sparse kernel reads) -> {"w8": q8_0 blob, "coef": c [n_ff] float32}."""
-    w = np.asarray(w_gate, np.float32)
+def certify_gate(w_gate: np.ndarray, rows: int = 1024) -> dict:
+    """w_gate [n_ff, d] (the values the sparse kernel reads) -> {"w8": q8_0 blob, "coef": c [n_ff] float32}.
+
+    `rows` rows at a time: the float64 error terms of a whole Mistral-size gate would take ~2 GB at once (every
+    number is per row, so the result is the same)."""
+    w_all = np.asarray(w_gate)
+    blobs, coefs = [], []
+    for r0 in range(0, w_all.shape[0], rows):
+        blob, coef = _certify_rows(np.asarray(w_all[r0:r0 + rows], np.float32))
+        blobs.append(blob)
+        coefs.append(coef)
+    return {"w8": aligned_contiguous(np.concatenate(blobs)), "coef": np.concatenate(coefs)}
+
+
+def _certify_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q = quantize(w, LAYOUT)
     deq = q.dequantize().astype(np.float64)
     w64 = w.astype(np.float64)
@@ -53,7 +66,7 @@ def certify_gate(w_gate: np.ndarray) -> dict:
     # rounded up to float32, so the stored number is never below the bound
     coef32 = coef.astype(np.float32)
     coef32 = np.where(coef32.astype(np.float64) < coef, np.nextafter(coef32, np.float32(np.inf)), coef32)
-    return {"w8": q.blob, "coef": coef32.astype(np.float32)}
+    return q.blob, coef32.astype(np.float32)
 
 
 def certified_scores(arrays: dict, x: np.ndarray, b_gate: np.ndarray | None = None) -> np.ndarray:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir import Graph, Node, rewrite, weight_node
-from ..ir.arrays import aligned_contiguous
+from ..ir.arrays import aligned_contiguous, shared_copy
 from ..ir.graph import quantized_weight_node
 from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, quantize
 from ..ir.sparse_variants import variant_of
@@ -140,7 +140,8 @@ class Quantize(Pass):
             if array.dtype == FLOAT_KINDS[kind]:
                 return w
             qname = f"{name}.{kind}"
-            new_weights[qname] = aligned_contiguous(array.astype(np.dtype(FLOAT_KINDS[kind])))
+            # a second compile of the same weights (another mode) shares the first one's copy: bit-identical
+            new_weights[qname] = shared_copy(qname, aligned_contiguous(array.astype(np.dtype(FLOAT_KINDS[kind]))))
             return weight_node(qname, new_weights[qname])
         pre = self.prequantized.get(name)
         if pre is not None and tuple(pre.shape) == tuple(w.shape):

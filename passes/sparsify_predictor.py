@@ -8,10 +8,12 @@ layout of `sparsify-exact` and the predictor's scores as a 5th input (semantics 
                                                              @Wg.predictor.b)){mode='predictor', cutoff=t}
       svd     -> sparse_gated_mlp(x, ..., linear(linear(x, @Wg.predictor.A), @Wg.predictor.B)){...}
       sign    -> sparse_gated_mlp(x, ..., sign_score(x, @Wg.predictor.bits){d}){...}
+      quant   -> sparse_gated_mlp(x, ..., linear(x, @Wg.predictor.w.q4_0)){...}   (quant8: q8_0)
     dReLU blocks: sign, and svd where that predicts fewer neurons than a gate-only factor of the same bytes,
     predict gate AND up (`predictors.py`), scores = minimum(s_gate, s_up + shift):
       svd     -> h = linear(x, @A); minimum(linear(h, @B), linear(h, @B_up, @shift))
       sign    -> minimum(sign_score(x, @bits), add(sign_score(x, @bits_up), @shift))
+      quant   -> minimum(linear(x, @w.q4_0), linear(x, @w_up.q4_0, @shift))
 
 Why it is right: in a ReLU-family block a neuron predicted active whose gate is <= 0 still adds exactly 0, so the
 only loss is a missed active neuron; the cutoff t is placed per block at the target `recall` on held-out
@@ -21,9 +23,10 @@ predictor runs inside the compiled graph.
 The calibration data runs once through the reference interpreter (`activation_stats.py`, a progress bar); ranks
 come from `budget` (predictor bytes as a fraction of the MLP bytes, shared by the layers by density).
 
-Options: `predictor` ("lowrank" | "svd" | "sign"), `recall` (target per block, default 0.99), `sparsity` (floor on
-the predicted sparsity per block: a block that needs more neurons for the recall is an error naming it; 0 = no
-floor), `budget`, `steps` (lowrank training steps), `max_tokens` (calibration rows kept per block), `progress`.
+Options: `predictor` ("lowrank" | "svd" | "sign" | "quant" | "quant8" | "bound"), `recall` (target per block,
+default 0.99), `sparsity` (floor on the predicted sparsity per block: a block that needs more neurons for the
+recall is an error naming it; 0 = no floor), `budget`, `steps` (lowrank training steps), `max_tokens` (calibration
+rows kept per block), `progress`.
 `predictor="bound"` needs no calibration data and loses nothing: its cutoff is the gate's own (0, or FATReLU's
 threshold) and its scores bound the gate from above, so every neuron it skips is exactly 0.
 
@@ -177,6 +180,8 @@ def _predictor_block(node: Node, p: Fitted, pattern: str, provenance: dict, grap
     base = f"{w_gate.attrs['name']}.{'gate.' if node.attrs.get('fused') else ''}predictor"
     if p.kind == "bound":
         scores = _bound_scores(x, p, base, block_weights(node, graph.weights)[2], new_weights, node.loc)
+    elif KINDS[p.kind].layout:
+        scores = _shadow_scores(x, p, base, new_weights, node.loc)
     else:
         scores = _score_nodes(x, p, base, graph.weights[w_gate.attrs["name"]].dtype, new_weights, node.loc)
     attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "predictor",
@@ -222,6 +227,29 @@ def _score_nodes(x: Node, p: Fitted, base: str, dtype, new_weights: dict, loc: s
         return both(linear(hidden, b), linear(hidden, weight("B_up", p.arrays["B_up"].astype(dtype)), shift))
     hidden = linear(x, a)
     return linear(Node("relu", (hidden,), {}, hidden.type, loc), b, weight("b", p.arrays["b"].astype(np.float32)))
+
+
+def _shadow_linear(x: Node, p: Fitted, base: str, name: str, new_weights: dict, loc: str, *bias: Node) -> Node:
+    """x·deq(@name)ᵀ (+ bias) by the target's fastest quantized dot: where it has an int8 dot (VNNI) x is rounded to
+    8 bits per group of 32 (`ir.quant.round_x8`), 2.4x the float path's speed on q4_0 (BENCHMARKS.md); the cutoff
+    was placed on float dots, and that rounding moves a score by far less than the scores' spread (unlike bound's,
+    a calibrated cutoff needs no proof)."""
+    layout = KINDS[p.kind].layout
+    n = p.arrays[name].shape[0]
+    shadow = QuantizedWeight(new_weights.setdefault(f"{base}.{name}", p.arrays[name]), layout, (n, p.d))
+    return Node("linear", (x, quantized_weight_node(f"{base}.{name}", shadow), *bias), {},
+                TensorType((*x.shape[:-1], n), "f32"), loc)
+
+
+def _shadow_scores(x: Node, p: Fitted, base: str, new_weights: dict, loc: str) -> Node:
+    """A quant kind's scores: the gate's shadow, and for an AND predictor the up's shifted (module docstring)."""
+    if x.dtype != "f32":
+        x = Node("cast", (x,), {"dtype": "f32"}, TensorType(x.shape, "f32"), loc)
+    gate = _shadow_linear(x, p, base, "w", new_weights, loc)
+    if "shift" not in p.arrays:
+        return gate
+    shift = weight_node(f"{base}.shift", new_weights.setdefault(f"{base}.shift", p.arrays["shift"]))
+    return Node("minimum", (gate, _shadow_linear(x, p, base, "w_up", new_weights, loc, shift)), {}, gate.type, loc)
 
 
 def _bound_scores(x: Node, p: Fitted, base: str, b_gate, new_weights: dict, loc: str) -> Node:

@@ -34,6 +34,12 @@ class Target:
     accumulators: int = 1          # CPU: independent vector accumulators per dot product / FMA chains per axpy
                                    # (in-order cores need more than one to hide FMA latency; 2 also lets fp16
                                    # weights load a full register of halves at once)
+    # CPU kernels whose quantized down projection (the row axpy) runs on the int8 dot, where the target has one
+    # (codegen/kernels/quant_axpy8.py: each step's coefficients rounded to int8); the others dequantize in
+    # registers. Measured on a VNNI Xeon, q4_0 at Mistral-7B dims (BENCHMARKS.md, sessions 7-8): the integer axpy
+    # makes dense 14-19% faster (every row, streamed contiguously) and the gathered sparse kernels (exact, indexed,
+    # listed, threshold, input, routed: ~10% of the rows) 0-18% slower (the per-step rounding costs more than it saves)
+    int8_axpy_kernels: tuple[str, ...] = ("dense",)
 
     @property
     def lanes(self) -> int:

@@ -49,23 +49,26 @@ def int8_dot_here() -> bool:
     return bool(schedule_for(targets.get("x86")).int8_dot)
 
 
-def int8_axpy_here(layout: str = "q4_0") -> bool:
+def int8_axpy_here(layout: str = "q4_0", kernels=None) -> bool:
     """Whether row axpys (the down projection) of `layout` rows compiled for this host round each step's
-    coefficients to int8 per 32-column group (VNNI, codegen/kernels/quant_axpy8.py)."""
+    coefficients to int8 per 32-column group (VNNI, codegen/kernels/quant_axpy8.py) in one of `kernels` (names of
+    `schedule.AXPY_KERNELS`; None: any kernel)."""
     from actsparse import targets
     from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
+    from actsparse.codegen.kernels.schedule import AXPY_KERNELS
     from actsparse.codegen.schedules import schedule_for
 
-    return uses_int8_axpy(layout, schedule_for(targets.get("x86")))
+    sched = schedule_for(targets.get("x86"))
+    return any(uses_int8_axpy(layout, sched, k) for k in (AXPY_KERNELS if kernels is None else kernels))
 
 
-def assert_quantized_close(got, want, rtol=1e-4, atol=1e-5, layout="q4_0"):
+def assert_quantized_close(got, want, rtol=1e-4, atol=1e-5, layout="q4_0", kernels=None):
     """A compiled quantized module against the interpreter on the same weights: within fp32 tolerance, or, where
-    the down projection of `layout` rows rounds its coefficients to 8 bits (`int8_axpy_here`; its bound is checked in
-    tests/test_kernels_axpy8.py), within 2% of the output's largest magnitude and 1% in relative L2 norm (measured:
-    0.2-0.5%)."""
+    the down projection of `layout` rows in one of `kernels` (None: any) rounds its coefficients to 8 bits
+    (`int8_axpy_here`; its bound is checked in tests/test_kernels_axpy8.py), within 2% of the output's largest
+    magnitude and 1% in relative L2 norm (measured: 0.2-0.5%)."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    if not int8_axpy_here(layout):
+    if not int8_axpy_here(layout, kernels):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
         return
     scale = np.abs(want).max(initial=0.0)

@@ -49,6 +49,10 @@ def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
     assert node.attrs["mode"] == "predictor" and node.attrs["predictor"] == "bound" and node.attrs["cutoff"] == 0.0
     approx = node.inputs[4].inputs[0]
     assert approx.op == "linear" and approx.attrs["float_x"] and approx.inputs[1].attrs["layout"] == "q8_0"
+    # one kernel makes the neuron list from the scores (kernels/scored_mlp.py): no select call before it
+    calls = [line.split()[1] for line in cm.executable.as_text().splitlines() if line.strip().startswith("call ")]
+    assert any(c.startswith(f"actsparse_gmlp_scored_d{D}_f{N}") for c in calls), calls
+    assert not any(c.startswith(("actsparse_select", "actsparse_gmlp_listed")) for c in calls), calls
     for inp in (x, mlp_input(d=D, seq=1, seed=3)):
         np.testing.assert_allclose(cm(inp), dense(inp), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(cm(inp), evaluate(graph, [inp])[0], rtol=1e-4, atol=1e-6)
@@ -105,3 +109,20 @@ def test_bound_predictor_golden_ir_and_exact_outputs(name):
     for seed, scale in ((1, 1.0), (2, 1e-3), (3, 1e3)):
         x = [a * scale for a in _inputs(graph, seed=seed)]
         np.testing.assert_allclose(evaluate(result.graph, x)[0], evaluate(graph, x)[0], rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_a_second_fp16_compile_of_the_same_weights_shares_the_first_ones_copies():
+    """exact then bound from one model (benchmarks/decode.py's part (a)): the fp16 copies of W_gate, W_up and W_down.t
+    are the first compile's arrays (bit-identical, shared), so the process holds them once; outputs unchanged."""
+    graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)
+    x = mlp_input(d=D, seq=6, seed=2)
+    exact = actsparse.compile(graph, (x,), mode="exact", quantize="fp16")
+    bound = actsparse.compile(graph, (x,), mode="predictor", predictor="bound", quantize="fp16")
+    fp16 = [name for name in exact.graph.weights if name.endswith(".fp16")]
+    assert len(fp16) == 3, fp16
+    for name in fp16:
+        assert bound.graph.weights[name] is exact.graph.weights[name], name
+    np.testing.assert_allclose(bound(x), exact(x), rtol=1e-4, atol=1e-6)
+    # a model with other values under the same names gets its own copies
+    other = actsparse.compile(gated_mlp_graph(d=D, n=N, act="relu", seed=9), (x,), mode="exact", quantize="fp16")
+    assert all(other.graph.weights[name] is not exact.graph.weights[name] for name in fp16)

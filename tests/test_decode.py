@@ -136,6 +136,38 @@ def test_prefill_and_step_give_transformers_logits_and_write_the_cache_in_place(
     np.testing.assert_array_equal(lm.step(ids[-1], state)[0], before)
 
 
+def test_a_step_runs_the_one_token_function_with_the_small_ops_fused(llama):
+    """codegen/build.py: the decoder's module has `step` (main with seq = 1: static shapes) and fuses the small
+    legalized ops; a step through it gives main's logits and makes fewer VM calls (shape builtins) than main."""
+    _, lm = llama
+    assert lm.module.has_function("step") and not lm.module.has_function("no_such_function")
+
+    def one_token(function: str):
+        state = lm.prefill(PROMPT)
+        calls = []
+
+        def instrument(func, symbol, before_run, ret_value, *args):
+            if before_run:
+                calls.append(symbol)
+            return 0  # run the call as usual
+
+        lm.module._vm.set_instrument(instrument)
+        try:
+            out = lm.module.run_device(np.array([[7]]), np.array([PROMPT.shape[1]]), np.zeros(PROMPT.shape[1] + 1),
+                                       *state.caches, function=function)
+        finally:
+            lm.module._vm.set_instrument(None)
+        return out[0].numpy(), calls
+
+    main_logits, main_calls = one_token("main")
+    step_logits, step_calls = one_token("step")
+    np.testing.assert_allclose(step_logits, main_logits, rtol=1e-5, atol=1e-6)
+    assert len(step_calls) < len(main_calls)
+    assert sum(s == "vm.builtin.make_shape" for s in step_calls) < sum(s == "vm.builtin.make_shape" for s in main_calls)
+    assert any(s.startswith("fused_") for s in step_calls)  # FuseOps fired
+    assert any(s.startswith("actsparse_attention") for s in step_calls)  # ... and left our kernels whole
+
+
 @pytest.fixture(scope="module")
 def two_layer_graph():
     return import_decoder(hf_model("llama", num_hidden_layers=2), MAX_SEQ)

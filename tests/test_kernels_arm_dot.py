@@ -73,7 +73,7 @@ def test_arm_sdot_kernels_match_the_reference_on_rounded_x_under_qemu(dtype, d, 
     from actsparse.ir.quant import round_x8
 
     for kind, (_, calls) in zip(KINDS, jobs):
-        if kind != "linear" and uses_int8_axpy(layout_of[kind], sched):  # the down axpy's coefficient rounding
+        if kind != "linear" and uses_int8_axpy(layout_of[kind], sched, kind):  # the down axpy's coefficient rounding
             for call in calls:
                 h = h_of(kind, call, layout_of[kind], d, round_x8(call.args[0]), ACTS[kind])
                 call.slack = call.slack + down_bound(np.abs(h), call.args[3], layout_of[kind], d)

@@ -22,13 +22,19 @@ from hypothesis import strategies as st
 
 from .axpy8_cases import down_bound, down_rounded, h_of
 from .kernel_cases import QUANT_DTYPES, examples, mlp_reference, primfunc, run_native
-from .test_kernels_int8 import DOTS, host_sched
+from .test_kernels_int8 import DOTS
+from .test_kernels_int8 import host_sched as detected_sched
 from .test_kernels_quant import ACTS, quant_calls
 
 pytest.importorskip("tvm")
 
 ragged = st.integers(1, 100).filter(lambda d: d % 32)
 AXPY_LAYOUTS = ("q4_0", "q4_1")  # the x86 dots' integer-axpy layouts (INT8_DOTS[...].axpy); q8_0's axpy stays float
+
+
+def host_sched(dot):
+    """The host's schedule with the integer axpy in every kernel (the target's table gives it to dense only)."""
+    return replace(detected_sched(dot), int8_axpy=True)
 
 
 def steps_of(kind, call, sched, n_ff, m):
@@ -58,7 +64,7 @@ def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind,
     from actsparse.ir.quant import dequantize, round_x8
 
     sched = host_sched(dot)
-    assert uses_int8_axpy(dtype, sched)
+    assert uses_int8_axpy(dtype, sched, kind)
     prim = primfunc(kind, d, n_ff, dtype, sched, ACTS[kind], bias=True)
     fitted = sched.fitted(d, dtype)
     calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac, x8=True)
@@ -88,7 +94,7 @@ def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind,
        n_ff=st.integers(8, 64), frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
 def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, dtype, d, n_ff, frac, seed):
     """Threshold (its kept set can differ near the threshold, so no step-exact reference): the rounding bound on
-    top of the kernel's own tolerance; both kinds: within 2% (relative, L2) of float64 on unrounded x and h."""
+    top of the kernel's own tolerance; dense: within 5% (relative, L2) of float64 on unrounded x and h."""
     from actsparse.ir.quant import dequantize, round_x8
 
     sched = host_sched("vpdpbusd512")
@@ -101,9 +107,11 @@ def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, 
         call.check(out)
         ws = [dequantize(b, dtype, d) for b in call.args[1:4]]
         full, _ = mlp_reference(x, *ws, *ACTS[kind][:3]) if kind == "dense" else (call.ref, None)
-        if kind == "dense":  # x and h unrounded: the whole 8-bit effect
+        if kind == "dense":  # x and h unrounded: the whole 8-bit effect. A sanity figure, not a bound (the step
+            # check above is the bound): with few terms (n_ff 8, d 33) two 8-bit roundings reached 2.6% of the
+            # norm in a valid case; a wrong row, scale or group gives tens of percent
             norm = np.linalg.norm(full)
-            assert norm == 0 or np.linalg.norm(out - full) <= 0.02 * norm, np.linalg.norm(out - full) / norm
+            assert norm == 0 or np.linalg.norm(out - full) <= 0.05 * norm, np.linalg.norm(out - full) / norm
 
 
 def test_the_down_projection_is_built_with_vpdpbusd_where_the_target_has_vnni():
@@ -130,10 +138,41 @@ def test_the_integer_axpy_follows_the_dot_table():
 
     for dot, lanes in {**DOTS, "sdot128": 4}.items():
         sched = CpuSchedule(lanes=lanes, threads=2, int8_dot=dot)
-        assert [dt for dt in QUANT_DTYPES if uses_int8_axpy(dt, sched)] == list(AXPY_LAYOUTS)
-        assert not uses_int8_axpy("q4_0", replace(sched, int8_axpy=False))
-    assert not uses_int8_axpy("float16", CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512"))
-    assert not uses_int8_axpy("q4_0", CpuSchedule(lanes=16, threads=2))
+        assert [dt for dt in QUANT_DTYPES if uses_int8_axpy(dt, sched, "dense")] == list(AXPY_LAYOUTS)
+        assert not uses_int8_axpy("q4_0", replace(sched, int8_axpy=False), "dense")
+    assert not uses_int8_axpy("float16", CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512"), "dense")
+    assert not uses_int8_axpy("q4_0", CpuSchedule(lanes=16, threads=2), "dense")
+
+
+def test_each_kernel_takes_the_down_projection_path_the_target_table_gives_it():
+    """`Target.int8_axpy_kernels` (data) -> `CpuSchedule.int8_axpy` -> each kernel's down projection: integer
+    (vpdpbusd in the down region) for the kernels the table names, float for the others; the path is in the symbol."""
+    import tvm
+
+    from actsparse import targets
+    from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
+    from actsparse.codegen.kernels.schedule import AXPY_KERNELS
+    from actsparse.codegen.schedules import schedule_for
+
+    host = targets.get("x86")
+    assert host.int8_axpy_kernels == ("dense",)   # measured: integer pays for dense only (BENCHMARKS.md, session 8)
+    assert schedule_for(host).int8_axpy == ("dense",)
+    sched = detected_sched("vpdpbusd512")
+    assert [k for k in AXPY_KERNELS if uses_int8_axpy("q4_0", sched, k)] == ["dense"]
+    flipped = replace(host, int8_axpy_kernels=("exact", "indexed"))   # another target's table: followed as given
+    assert schedule_for(flipped).int8_axpy == ("exact", "indexed")
+    with pytest.raises(ValueError, match="no kernel with a down projection"):
+        replace(sched, int8_axpy=("linear",))
+    counts = {}
+    for kind in ("dense", "exact", "indexed"):
+        for table in (("dense",), ("exact", "indexed")):
+            prim = primfunc(kind, 100, 8, "q4_0", replace(sched, int8_axpy=table))
+            lib = tvm.compile(tvm.IRModule({"main": prim}), target=host.tvm_target())
+            asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+            counts[kind, kind in table] = (asm.count("vpdpbusd\t"), str(prim.attrs["global_symbol"]))
+    for kind in ("dense", "exact", "indexed"):   # integer > float (the row dots use vpdpbusd on both)
+        (integer, sym_i), (floating, sym_f) = counts[kind, True], counts[kind, False]
+        assert integer > floating > 0 and sym_i != sym_f, (kind, counts)
 
 
 @pytest.mark.parametrize("kind", ("exact", "dense"))

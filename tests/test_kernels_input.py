@@ -132,15 +132,21 @@ def check_quant(jobs, outs):
 
 @settings(max_examples=examples(4), suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(QUANT_DTYPES), d=ragged, n=ragged, acts=st.sampled_from(INPUT_ACTS),
-       seed=st.integers(0, 999))
-def test_x86_quantized_input_sparse_kernel_matches_the_dequantized_reference(dtype, d, n, acts, seed):
+       seed=st.integers(0, 999), every_integer=st.booleans())
+def test_x86_quantized_input_sparse_kernel_matches_the_dequantized_reference(dtype, d, n, acts, seed, every_integer):
+    """The target's schedule (its table keeps this kernel's down axpy float) or every axpy integer where the host
+    has VNNI (the A/B path, `ffn_sweep --axpy integer`)."""
+    from dataclasses import replace
+
     from actsparse import targets
     from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
     from actsparse.codegen.schedules import schedule_for
 
     sched = schedule_for(targets.get("x86"))
+    sched = replace(sched, int8_axpy=True) if every_integer else sched
     prim = quant_input_kernel(d, n, dtype, acts, sched)
-    calls = quant_input_calls(np.random.default_rng(seed), d, n, dtype, *acts, int8_axpy=uses_int8_axpy(dtype, sched))
+    integer = uses_int8_axpy(dtype, sched, "input")
+    calls = quant_input_calls(np.random.default_rng(seed), d, n, dtype, *acts, int8_axpy=integer)
     check_quant([(prim, calls)], [run_native(prim, calls)])
 
 

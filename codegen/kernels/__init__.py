@@ -11,13 +11,13 @@ Submodules import TVM, so they load lazily: `from actsparse.codegen.kernels impo
 import importlib
 
 __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
-           "sparse_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "routed_moe",
-           "attention", "kernel", "KERNELS", "family_of"]
+           "sparse_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp",
+           "routed_moe", "attention", "kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
 _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "quant_int8", "rows", "schedule",
-               "sparse_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp", "routed_moe",
-               "attention")
+               "sparse_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp",
+               "routed_moe", "attention")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
@@ -27,6 +27,7 @@ FAMILIES = {
                     "threshold": ("threshold_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score"),
                     "select": ("predictor_kernels", "select_active"),
+                    "scored": ("scored_mlp", "scored_gated_mlp"),
                     "input": ("input_sparse_mlp", "input_sparse_gated_mlp"),
                     "routed": ("routed_moe", "routed_moe"),
                     "attention": ("attention", "attention")},

@@ -273,7 +273,7 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
 
 
 def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch: bool | None = None,
-               int8: bool = True):
+               kernel: str = ""):
     """Returns (`axpy_all`, `axpy`), one step over `sched.rows` rows of a row list for M tokens / one token.
 
     `axpy(w, rows, base, i, end, h, hcol, t, out, m)`: out[m, cols(t)] += sum_r h[m, hcol + i + r] *
@@ -284,10 +284,11 @@ def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefet
     `axpy_all(w, rows, base, i, end, h, hcol, t, out, M)`: the same for tokens 0..M-1; blocks of
     `token_block` tokens share each loaded weight vector.
 
-    Quantized rows on a schedule whose int8 dot serves axpys take the integer path (`quant_axpy8.py`: the step's
-    coefficients rounded to int8 per 32-column group) unless `int8` is False.
+    `kernel`: the down projection of that kernel (`schedule.AXPY_KERNELS`). Quantized rows take the integer path
+    (`quant_axpy8.py`: the step's coefficients rounded to int8 per 32-column group) where the schedule gives it to
+    that kernel and its int8 dot serves the layout's axpys; "" (not a down projection): always float.
     """
-    if int8 and uses_int8_axpy(dtype, sched):  # coefficients rounded per step to int8, integer dots (`quant_axpy8.py`)
+    if kernel and uses_int8_axpy(dtype, sched, kernel):  # coefficients rounded per step to int8 (`quant_axpy8.py`)
         return int8_axpy_macro(d, dtype, sched, gathered=gathered, prefetch=prefetch)
     if dtype in LAYOUTS:
         return quant_axpy_macro(d, dtype, sched, gathered=gathered, prefetch=prefetch)

@@ -76,8 +76,8 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     threads, zero = sched.threads, T.float32(0)
     mask_h = masked_h_macro(gate_act, up_act, criterion)
     # the gate / up sums stay float (their rounding would move the threshold decisions); the down axpy may be integer
-    axpy_in, _ = axpy_macro(n_ff, dtype, sched_n, gathered=True, int8=False)
-    axpy_down, _ = axpy_macro(d, dtype, sched_d, gathered=True)
+    axpy_in, _ = axpy_macro(n_ff, dtype, sched_n, gathered=True)
+    axpy_down, _ = axpy_macro(d, dtype, sched_d, gathered=True, kernel="input")
     zero_n, zero_d = zero_columns_macro(n_ff, sched_n, dtype), zero_columns_macro(d, sched_d, dtype)
     Rn, Rd = sched_n.rows, sched_d.rows
     in_shape, wdtype = weight_buffer(d, n_ff, dtype)

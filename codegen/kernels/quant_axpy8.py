@@ -1,6 +1,7 @@
 """The row axpy of quantized rows (the down projection of every gated-MLP kernel) as integer dot products: x86 VNNI
 `vpdpbusd`, aarch64 `sdot` (the schedule's `int8_dot`); the layouts it serves are its table entry's `axpy`
-(`quant_int8.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), `CpuSchedule.int8_axpy=False` turns it off.
+(`quant_int8.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), for the kernels the schedule names
+(`CpuSchedule.int8_axpy`: the target's `int8_axpy_kernels`, by default the dense kernel only).
 
 A step of the axpy adds R rows j, each times its coefficient h_j, to a task's output columns:
 out[c] += Σ_j h_j · w_{j,c}, with w_{j,c} = s_{j,g} · (u_{j,c} - z) (+ o_{j,g} + 8 s_{j,g} for q4_1) in group
@@ -33,7 +34,7 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import axpy_macros, block_prefetch_macro, group_split, offset, scale
+from .quant_blocks import axpy_macros, block_prefetch_macro, flat_rows, group_split, offset, scale
 from .quant_int8 import INT8_DOTS
 from .rows import CACHE_LINE, row_index
 from .schedule import CpuSchedule
@@ -41,10 +42,11 @@ from .schedule import CpuSchedule
 HALF = GROUP // 2
 
 
-def uses_int8_axpy(dtype: str, sched: CpuSchedule) -> bool:
-    """Whether the row axpy of `dtype` rows takes the integer path on `sched` (its int8 dot serves that layout's
-    axpys, `INT8_DOTS[...].axpy`, and the schedule does not turn it off)."""
-    return bool(sched.int8_dot) and sched.int8_axpy and dtype in INT8_DOTS[sched.int8_dot].axpy
+def uses_int8_axpy(dtype: str, sched: CpuSchedule, kernel: str) -> bool:
+    """Whether the down projection (row axpy) of `kernel` (a name of `schedule.AXPY_KERNELS`) over `dtype` rows takes
+    the integer path on `sched`: its int8 dot serves that layout's axpys (`INT8_DOTS[...].axpy`) and the schedule
+    gives that kernel the integer axpy (`CpuSchedule.int8_axpy`, from the target's table)."""
+    return bool(sched.int8_dot) and sched.integer_axpy(kernel) and dtype in INT8_DOTS[sched.int8_dot].axpy
 
 
 def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch=None):
@@ -66,14 +68,15 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     pf = block_prefetch_macro()
     U = max(1, CACHE_LINE // bb)  # blocks per cache line: one prefetch per row and line
     ivec = f"int32x{L}"
+    row_bytes = lay.row_bytes(d)
 
-    def rr(rows, base, i, end, r):  # weight row of step position r (past R or the list: a row read anyway)
-        return row(rows, base, T.min(i + min(r, R - 1), end - 1))
+    def rr(ro, r):  # byte offset of the row at step position r (past R or the list: a row read anyway)
+        return ro[min(r, R - 1)]
 
-    def codes(w, rows, base, i, end, s, grp, hf, v):
+    def codes(w, ro, s, grp, hf, v):
         """uint8 x 4L: lane c's 4 bytes are the codes of column grp*32 + hf*16 + v*L + c in the set's 4 rows."""
         start = grp * bb + hb + (hf * HALF if q8 else 0) + v * L
-        loads = [w[rr(rows, base, i, end, 4 * s + p), T.ramp(start, 1, L)] for p in range(4)]
+        loads = [w[T.ramp(rr(ro, 4 * s + p) + T.Cast("int64", start), T.int64(1), L)] for p in range(4)]
         raw = Shuffle(loads, [p * L + c for c in range(L) for p in range(4)])
         if q8:
             return T.bitwise_xor(raw, T.Broadcast(T.uint8(128), 4 * L)) if flip else raw
@@ -81,7 +84,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", hf * 4), 4 * L)),
                              T.Broadcast(T.uint8(15), 4 * L))
 
-    def int_sum(w, rows, base, i, end, ab, grp, hf, v):
+    def int_sum(w, ro, ab, grp, hf, v):
         """int32 x L: Σ_j a_j (u_{j,c} - z) for the L columns."""
         coefs = [T.reinterpret(f"int8x{4 * L}", T.Broadcast(T.reinterpret("int32", ab[T.ramp(4 * s, 1, 4)]), L))
                  for s in range(S)]
@@ -91,13 +94,13 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                 acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, T.Broadcast(T.uint8(z), 4 * L), coefs[s])
             acc = T.Broadcast(T.int32(0), L) - acc
         for s in range(S):
-            acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, codes(w, rows, base, i, end, s, grp, hf, v),
+            acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, codes(w, ro, s, grp, hf, v),
                                           coefs[s])
         return acc
 
-    def columns(w, rows, base, i, end, ab, tt, ofs, grp, hf, v):
+    def columns(w, ro, ab, tt, ofs, grp, hf, v):
         """float32 x L: the step's contribution to the L columns."""
-        e = T.Cast(f"float32x{L}", int_sum(w, rows, base, i, end, ab, grp, hf, v)) * T.Broadcast(tt, L)
+        e = T.Cast(f"float32x{L}", int_sum(w, ro, ab, grp, hf, v)) * T.Broadcast(tt, L)
         return e + T.Broadcast(ofs, L) if off else e
 
     def lane_reduce(buf, op):
@@ -114,22 +117,22 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
 
         return red
 
-    def scales(w, rows, base, i, end, grp):
+    def scales(w, ro, grp):
         """float32 x NV: the step's rows' scales of group grp (widened as one vector)."""
-        halves = [scale(lay, w, rr(rows, base, i, end, r), grp, widen=False) for r in range(NV)]
+        halves = [scale(lay, w, rr(ro, r), grp, widen=False) for r in range(NV)]
         return T.Cast(f"float32x{NV}", Shuffle(halves, list(range(NV))))
 
-    def offsets(w, rows, base, i, end, grp):
-        halves = [offset(lay, w, rr(rows, base, i, end, r), grp, widen=False) for r in range(NV)]
+    def offsets(w, ro, grp):
+        halves = [offset(lay, w, rr(ro, r), grp, widen=False) for r in range(NV)]
         return T.Cast(f"float32x{NV}", Shuffle(halves, list(range(NV))))
 
     @T.macro
-    def coefficients(w, rows, base, i, end, hv, grp, ab, sc):
+    def coefficients(w, ro, hv, grp, ab, sc):
         # ab = round(h * scale / t) as int8; sc = [t (+ the step's NaN flag), Σ h * (o + 8 s)]
         cf = T.alloc_buffer((NV,), "float32", scope="global")
         mx = T.alloc_buffer((NV,), "float32", scope="global")
         q = T.alloc_buffer((NV,), "int32", scope="global")
-        cf[T.ramp(0, 1, NV)] = hv[T.ramp(0, 1, NV)] * scales(w, rows, base, i, end, grp)
+        cf[T.ramp(0, 1, NV)] = hv[T.ramp(0, 1, NV)] * scales(w, ro, grp)
         mx[T.ramp(0, 1, NV)] = T.abs(cf[T.ramp(0, 1, NV)])
         lane_reduce(mx, T.max)()
         inv: T.let = T.if_then_else(mx[0] > T.float32(0), T.float32(127) / mx[0], T.float32(0))
@@ -137,7 +140,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         ab[T.ramp(0, 1, NV)] = T.Cast(f"int8x{NV}", q[T.ramp(0, 1, NV)])
         sc[0] = mx[0] / T.float32(127) + hv[NV]
         if off:  # Σ h (o + 8 s), in fp32
-            mx[T.ramp(0, 1, NV)] = hv[T.ramp(0, 1, NV)] * offsets(w, rows, base, i, end, grp) + cf[
+            mx[T.ramp(0, 1, NV)] = hv[T.ramp(0, 1, NV)] * offsets(w, ro, grp) + cf[
                 T.ramp(0, 1, NV)] * T.Broadcast(T.float32(8), NV)
             lane_reduce(mx, lambda a, b: a + b)()
             sc[1] = mx[0]
@@ -150,6 +153,10 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
 
     @T.macro
     def step(w, rows, base, i, end, h, hcol, t, out, m):
+        wf = flat_rows(w, w.shape[0], row_bytes)
+        ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
+        for r in T.unroll(2 * R):
+            ro[r] = T.Cast("int64", row(rows, base, T.min(i + r, end - 1))) * T.int64(row_bytes)
         hv = T.alloc_buffer((NV + 1,), "float32", scope="global")  # [NV]: 0, or NaN if some h is not finite
         ab = T.alloc_buffer((NV,), "int8", scope="global")
         sc = T.alloc_buffer((2,), "float32", scope="global")
@@ -164,20 +171,20 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             if prefetch:
                 if (g0 + gi) % U == 0:
                     for r in T.unroll(R):
-                        pf(w, row(rows, base, T.min(i + R + r, end - 1)), (g0 + gi) * bb)
-            coefficients(w, rows, base, i, end, hv, g0 + gi, ab, sc)
+                        pf(wf, ro[R + r], (g0 + gi) * bb)
+            coefficients(wf, ro, hv, g0 + gi, ab, sc)
             for hf in T.unroll(2):
                 for v in T.unroll(V):
                     out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] = out[
                         m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] + columns(
-                        w, rows, base, i, end, ab, sc[0], sc[1], g0 + gi, hf, v)
+                        wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
         if tail > 0:
             if t == threads - 1:  # the partial last group: the same sums, only its valid columns stored
                 part = T.alloc_buffer((GROUP,), "float32", scope="global")
-                coefficients(w, rows, base, i, end, hv, n_full, ab, sc)
+                coefficients(wf, ro, hv, n_full, ab, sc)
                 for hf in T.unroll(2):
                     for v in T.unroll(V):
-                        part[T.ramp(hf * HALF + v * L, 1, L)] = columns(w, rows, base, i, end, ab,
+                        part[T.ramp(hf * HALF + v * L, 1, L)] = columns(wf, ro, ab,
                                                                         sc[0], sc[1], n_full, hf, v)
                 for c in range(tail):
                     out[m, n_full * GROUP + c] = out[m, n_full * GROUP + c] + part[c]

@@ -24,7 +24,7 @@ from __future__ import annotations
 from tvm.script import tirx as T
 
 from ...ir.quant import GROUP, LAYOUTS, QuantLayout
-from .rows import hsum_macro, row_index
+from .rows import CACHE_LINE, hsum_macro, row_index
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
@@ -41,9 +41,22 @@ def weight_buffer(rows: int, cols: int, dtype: str) -> tuple[tuple[int, int], st
     return (rows, cols), dtype
 
 
+def byte_at(w, row, byte):
+    """w[row, byte]; on a flat view of the weight (`flat_rows`) `row` is the row's int64 byte offset."""
+    return w[row + byte] if len(w.shape) == 1 else w[row, byte]
+
+
+def flat_rows(w, rows: int, row_bytes: int):
+    """A 1-D view of the weight w [rows, row_bytes]: with rows addressed by precomputed int64 byte offsets LLVM
+    keeps one pointer per row and steps them together, rather than re-deriving (and SLP-vectorizing, then
+    extracting) 32-bit row offsets in every group."""
+    return T.decl_buffer((T.int64(int(rows) * row_bytes),), "uint8", data=w.data)  # int64: stacked experts pass 2^31
+
+
 def half_at(w, row, byte):
     """The fp16 stored little-endian at w[row, byte] (as float16: callers widen it, alone or as a vector)."""
-    bits = T.bitwise_or(T.Cast("uint16", w[row, byte]), T.shift_left(T.Cast("uint16", w[row, byte + 1]), T.uint16(8)))
+    bits = T.bitwise_or(T.Cast("uint16", byte_at(w, row, byte)),
+                        T.shift_left(T.Cast("uint16", byte_at(w, row, byte + 1)), T.uint16(8)))
     return T.reinterpret("float16", bits)
 
 
@@ -62,8 +75,9 @@ def code(lay: QuantLayout, w, row, grp, hf, j, centered: bool = True):
     when `centered` (else the raw nibble: the dot product then subtracts 8 * sum(x) once per group)."""
     base = grp * lay.block_bytes + lay.header_bytes
     if lay.bits == 8:
-        return T.Cast("float32", T.Cast("int8", w[row, base + hf * HALF + j]))
-    nib = T.Cast("float32", T.bitwise_and(T.shift_right(w[row, base + j], T.Cast("uint8", hf * 4)), T.uint8(15)))
+        return T.Cast("float32", T.Cast("int8", byte_at(w, row, base + hf * HALF + j)))
+    nib = T.Cast("float32", T.bitwise_and(T.shift_right(byte_at(w, row, base + j), T.Cast("uint8", hf * 4)),
+                                          T.uint8(15)))
     return nib if lay.offset or not centered else nib - T.float32(8)
 
 
@@ -84,7 +98,7 @@ def _vector_lanes(sched: CpuSchedule) -> int:
 def block_prefetch_macro():
     @T.macro
     def pf(w, row, byte):
-        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(w[row, byte]),
+        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(byte_at(w, row, byte)),
                                       T.int32(0), T.int32(2), T.int32(1)))
 
     return pf
@@ -178,14 +192,21 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     folded = lay.bits == 4 and not off  # q4_0: raw nibbles, the "- 8" once per group as -8 * sum(h * scale)
     const = off or folded  # hs[R] is added once per output element
 
-    def axsum(w, rows, base, i, end, hs, grp, hf, j):
-        e = hs[0] * code(lay, w, row(rows, base, T.min(i, end - 1)), grp, hf, j, centered=not folded)
+    row_bytes = lay.row_bytes(d)
+    U = max(1, CACHE_LINE // lay.block_bytes)  # blocks per cache line (rounded down)
+
+    def axsum(wf, ro, hs, grp, hf, j):
+        e = hs[0] * code(lay, wf, ro[0], grp, hf, j, centered=not folded)
         for r in range(1, R):
-            e = e + hs[r] * code(lay, w, row(rows, base, T.min(i + r, end - 1)), grp, hf, j, centered=not folded)
+            e = e + hs[r] * code(lay, wf, ro[r], grp, hf, j, centered=not folded)
         return e
 
     @T.macro
     def step(w, rows, base, i, end, h, hcol, t, out, m):
+        wf = flat_rows(w, w.shape[0], row_bytes)
+        ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
+        for r in T.unroll(2 * R):
+            ro[r] = T.Cast("int64", row(rows, base, T.min(i + r, end - 1))) * T.int64(row_bytes)
         hv = T.alloc_buffer((R,), "float32", scope="global")
         # h * scale per row; [R]: the per-element constant (q4_1: sum of h * offset; q4_0: -8 * sum of h * scale)
         hs = T.alloc_buffer((R + 1,), "float32", scope="global")
@@ -195,14 +216,15 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
                 hv[r] = h[m, hcol + i + r]
         g0: T.let = first(t)
         for gi in range(last(t) - g0):
-            if prefetch:
-                for r in T.unroll(R):
-                    pf(w, row(rows, base, T.min(i + R + r, end - 1)), (g0 + gi) * lay.block_bytes)
+            if prefetch:  # one prefetch per row and cache line (every U blocks)
+                if (g0 + gi) % U == 0:
+                    for r in T.unroll(R):
+                        pf(wf, ro[R + r], (g0 + gi) * lay.block_bytes)
             hs[R] = T.float32(0)
             for r in T.unroll(R):
-                hs[r] = hv[r] * scale(lay, w, row(rows, base, T.min(i + r, end - 1)), g0 + gi)
+                hs[r] = hv[r] * scale(lay, wf, ro[r], g0 + gi)
                 if off:
-                    hs[R] = hs[R] + hv[r] * offset(lay, w, row(rows, base, T.min(i + r, end - 1)), g0 + gi)
+                    hs[R] = hs[R] + hv[r] * offset(lay, wf, ro[r], g0 + gi)
                 if folded:
                     hs[R] = hs[R] - T.float32(8) * hs[r]
             for hf in T.unroll(2):
@@ -211,11 +233,11 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
                         if const:
                             out[m, (g0 + gi) * GROUP + hf * HALF + s * L + v] = out[
                                 m, (g0 + gi) * GROUP + hf * HALF + s * L + v] + axsum(
-                                w, rows, base, i, end, hs, g0 + gi, hf, s * L + v) + hs[R]
+                                wf, ro, hs, g0 + gi, hf, s * L + v) + hs[R]
                         else:
                             out[m, (g0 + gi) * GROUP + hf * HALF + s * L + v] = out[
                                 m, (g0 + gi) * GROUP + hf * HALF + s * L + v] + axsum(
-                                w, rows, base, i, end, hs, g0 + gi, hf, s * L + v)
+                                wf, ro, hs, g0 + gi, hf, s * L + v)
         if n_full * GROUP < d:
             if t == threads - 1:
                 for c in range(n_full * GROUP, d):

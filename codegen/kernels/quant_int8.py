@@ -34,7 +34,7 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import block_prefetch_macro, offset, scale
+from .quant_blocks import block_prefetch_macro, flat_rows, offset, scale
 from .rows import CACHE_LINE, row_index
 from .schedule import CpuSchedule
 
@@ -189,17 +189,19 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     ivec = f"int32x{L}"
     U = max(1, CACHE_LINE // bb)  # blocks per cache line (rounded down): a prefetch every U blocks
 
-    def rr(rows, base, i, end, s, p):  # row p of set s (past the step's rows: its last row again, not stored)
-        return row(rows, base, T.min(i + T.min(s * P + p, R - 1), end - 1))
+    row_bytes = lay.row_bytes(d)
+
+    def rr(ro, s, p):  # byte offset of row p of set s (past the step's rows: its last row again, not stored)
+        return ro[T.min(s * P + p, R - 1)]
 
     def dot(acc, a, b):  # acc + the 4-way a (u8; s8 if `signed_a`) x b (s8) dot per int32 lane; the bytes go in as
         # byte vectors (TVM 0.27's LLVM declares vpdpbusd with <64 x i8> operands; <16 x i32> ones fail its verifier)
         return T.call_llvm_pure_intrin(ivec, intrin, acc, a, b)
 
-    def codes(w, rows, base, i, end, s, grp, second: bool):
+    def codes(w, ro, s, grp, second: bool):
         """uint8 x VB: the set's P rows' code bytes of columns 0-15 (second: 16-31) side by side."""
-        start = grp * bb + hb + (HALF if q8 and second else 0)
-        raw = Shuffle([w[rr(rows, base, i, end, s, p), T.ramp(start, 1, HALF)] for p in range(P)], list(range(VB)))
+        start = T.Cast("int64", grp * bb + hb + (HALF if q8 and second else 0))
+        raw = Shuffle([w[T.ramp(rr(ro, s, p) + start, T.int64(1), HALF)] for p in range(P)], list(range(VB)))
         if q8:
             return raw
         return T.shift_right(raw, T.Broadcast(T.uint8(4), VB)) if second else T.bitwise_and(
@@ -218,9 +220,9 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     def xvec(xb, m, grp, part):
         return xb[m, T.ramp(xl.operand(grp, part), 1, VB)]
 
-    def int_dot(w, xb, m, rows, base, i, end, s, grp):
+    def int_dot(w, xb, m, ro, s, grp):
         """int32 x L: per lane 4p..4p+3, row p's integer products with x̂ (summed over the 4 lanes: the block's)."""
-        lo, hi = codes(w, rows, base, i, end, s, grp, False), codes(w, rows, base, i, end, s, grp, True)
+        lo, hi = codes(w, ro, s, grp, False), codes(w, ro, s, grp, True)
         if q8 and ins.signed_a:  # code . x̂
             zero = T.Broadcast(T.int32(0), L)
             return dot(dot(zero, lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
@@ -230,17 +232,22 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
         # nibbles . x̂, from -8 * sum(x̂) (q4_0) or 0 (q4_1) in lane 4p
         return dot(dot(T.reinterpret(ivec, xvec(xb, m, grp, 2)), lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
 
-    def block_sum(w, xb, m, rows, base, i, end, s, grp, dx, dx_sum):
-        """float32 x L: the set's block dot products (lanes 4p..4p+3 of row p)."""
-        scales = per_row([scale(lay, w, rr(rows, base, i, end, s, p), grp, widen=False) for p in range(P)])
-        v = T.Cast(f"float32x{L}", int_dot(w, xb, m, rows, base, i, end, s, grp)) * (scales * dx)
+    def block_sum(w, xb, m, ro, s, grp, dx, dx_sum):
+        """float32 x L: the set's block dot products (lanes 4p..4p+3 of row p); w the flat view, ro the rows'
+        byte offsets (`flat_rows`)."""
+        scales = per_row([scale(lay, w, rr(ro, s, p), grp, widen=False) for p in range(P)])
+        v = T.Cast(f"float32x{L}", int_dot(w, xb, m, ro, s, grp)) * (scales * dx)
         if off:
-            v = v + per_row([offset(lay, w, rr(rows, base, i, end, s, p), grp, widen=False) for p in range(P)],
+            v = v + per_row([offset(lay, w, rr(ro, s, p), grp, widen=False) for p in range(P)],
                             T.float16(0)) * dx_sum
         return v
 
     @T.macro
     def dots(w, xb, m, rows, base, i, end, dst, dcol):
+        wf = flat_rows(w, w.shape[0], row_bytes)
+        ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
+        for r in T.unroll(2 * R):
+            ro[r] = T.Cast("int64", row(rows, base, T.min(i + r, end - 1))) * T.int64(row_bytes)
         acc = T.alloc_buffer((S * L,), "float32", scope="global")
         for v in T.vectorized(S * L):
             acc[v] = T.float32(0)
@@ -248,12 +255,12 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
             if prefetch:  # the next step's rows, one prefetch per row and cache line (every U blocks)
                 if grp % U == 0:
                     for r in T.unroll(R):
-                        pf(w, row(rows, base, T.min(i + R + r, end - 1)), grp * bb)
+                        pf(wf, ro[R + r], grp * bb)
             dx: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx(grp), 1, 4)])
             dx_sum: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx_sum(grp), 1, 4)])
             for s in T.unroll(S):
-                acc[T.ramp(s * L, 1, L)] = acc[T.ramp(s * L, 1, L)] + block_sum(w, xb, m, rows, base, i, end, s, grp,
-                                                                                dx, dx_sum)
+                acc[T.ramp(s * L, 1, L)] = acc[T.ramp(s * L, 1, L)] + block_sum(wf, xb, m, ro, s, grp, dx,
+                                                                                dx_sum)
         for s in T.unroll(S):
             for p in T.unroll(P):
                 if s * P + p < R:

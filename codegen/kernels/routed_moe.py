@@ -41,9 +41,9 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
     sched = sched.fitted(d, dtype)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     # an expert's gated MLP: sparse_mlp's regions at the expert's row offset (exact: idx lists absolute rows)
-    compacting = compacting_body(d, n_ff, dtype, sched, gate_value=skipping_value(act_g), act_u=act_u) \
-        if exact else None
-    dense = None if exact else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u)
+    compacting = compacting_body(d, n_ff, dtype, sched, gate_value=skipping_value(act_g), act_u=act_u,
+                                 kernel="routed") if exact else None
+    dense = None if exact else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, kernel="routed")
     threads = sched.threads
     wshape, wdtype = weight_buffer(experts * n_ff, d, dtype)
     zero = T.float32(0)

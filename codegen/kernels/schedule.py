@@ -13,6 +13,16 @@ from dataclasses import dataclass, replace
 
 from ...ir.quant import LAYOUTS
 
+# the CPU kernels with a down projection (a row axpy), in the bit order of the schedule's tag
+AXPY_KERNELS = ("dense", "exact", "indexed", "listed", "threshold", "input", "routed", "scored")
+
+
+def _axpy_tag(kernels: tuple[str, ...]) -> str:
+    """"" when every kernel's axpy may be integer, else "a" + the hex mask of those that may ("a0": none)."""
+    if kernels == AXPY_KERNELS:
+        return ""
+    return f"a{sum(1 << AXPY_KERNELS.index(k) for k in kernels):x}"
+
 
 @dataclass(frozen=True)
 class CpuSchedule:
@@ -38,8 +48,10 @@ class CpuSchedule:
     int8_dot      the target's 4-way u8 x s8 -> i32 dot instruction ("" if none; names in `quant_int8.INT8_DOTS`,
                   e.g. "vpdpbusd512" for AVX512-VNNI): quantized-weight row dots then take x quantized to 8-bit
                   blocks once per call and multiply in integers (`quant_int8.py`).
-    int8_axpy     the quantized row axpy (down projection) runs on that dot too where the dot serves axpys
-                  (`quant_axpy8.py`: coefficients rounded per step to int8); False keeps it float (A/B timings).
+    int8_axpy     the kernels (names of `kernels.KERNELS` with a down projection, `AXPY_KERNELS`) whose quantized row
+                  axpy runs on that dot too where the dot serves axpys (`quant_axpy8.py`: coefficients rounded per
+                  step to int8); the others keep it float. From the target's data (`Target.int8_axpy_kernels`);
+                  True / False: every kernel / none (A/B timings). Ask `integer_axpy(kernel)`.
     """
 
     lanes: int
@@ -52,12 +64,17 @@ class CpuSchedule:
     l2_bytes: int = 0
     fp16fml: bool = False
     int8_dot: str = ""
-    int8_axpy: bool = True
+    int8_axpy: tuple[str, ...] | bool = AXPY_KERNELS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefetch", bool(self.prefetch))
         object.__setattr__(self, "fp16fml", bool(self.fp16fml))
-        object.__setattr__(self, "int8_axpy", bool(self.int8_axpy))
+        kernels = AXPY_KERNELS if self.int8_axpy is True else () if self.int8_axpy is False else self.int8_axpy
+        unknown = set(kernels) - set(AXPY_KERNELS)
+        if unknown:
+            raise ValueError(f"CpuSchedule.int8_axpy names no kernel with a down projection: {sorted(unknown)}; "
+                             f"known: {', '.join(AXPY_KERNELS)}")
+        object.__setattr__(self, "int8_axpy", tuple(k for k in AXPY_KERNELS if k in kernels))
         if self.lanes not in (1, 2, 4, 8, 16, 32):
             raise ValueError(f"CpuSchedule.lanes must be a power of two <= 32, got {self.lanes}")
         for field in ("threads", "rows", "accumulators", "token_block", "vector_registers"):
@@ -74,6 +91,11 @@ class CpuSchedule:
             rows //= 2
         return self if rows == self.rows else replace(self, rows=rows)
 
+    def integer_axpy(self, kernel: str) -> bool:
+        """Whether `kernel`'s down projection may take the integer path (`quant_axpy8.uses_int8_axpy` also asks the
+        dot and the layout)."""
+        return kernel in self.int8_axpy
+
     @property
     def block_rows(self) -> int:
         """Rows per register block on the token-blocked (M > 1) path: the largest divisor of `rows` whose
@@ -87,7 +109,7 @@ class CpuSchedule:
         """Short identifier-safe encoding, part of every kernel's global_symbol: `l16t2r8a1b4v32p1`."""
         return (f"l{self.lanes}t{self.threads}r{self.rows}a{self.accumulators}b{self.token_block}"
                 f"v{self.vector_registers}p{int(self.prefetch)}" + ("h1" if self.fp16fml else "")
-                + (f"i{self.int8_dot}" if self.int8_dot else "") + ("" if self.int8_axpy else "a0"))
+                + (f"i{self.int8_dot}" if self.int8_dot else "") + _axpy_tag(self.int8_axpy))
 
 
 @dataclass(frozen=True)

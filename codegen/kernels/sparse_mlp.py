@@ -85,17 +85,17 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     sched = sched.fitted(d, dtype)
     name = mlp_symbol("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched)
     return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=skipping_value(activation(gate_act, threshold)),
-                                act_u=activation(up_act))
+                                act_u=activation(up_act), kernel="exact")
 
 
 def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name: str, *, gate_value, act_u,
-                         keep_product=None):
-    """The kernel of exact and threshold modes: (x, w_gate, w_up, w_down_t, out), structure in the module docstring;
-    its body is `compacting_body`'s."""
+                         keep_product=None, kernel: str):
+    """The kernel of exact and threshold modes (`kernel`: "exact" / "threshold"): (x, w_gate, w_up, w_down_t, out),
+    structure in the module docstring; its body is `compacting_body`'s."""
     threads = sched.threads
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
     body = compacting_body(d, n_ff, dtype, sched, gate_value=gate_value, act_u=act_u, keep_product=keep_product,
-                           x8=x8)
+                           x8=x8, kernel=kernel)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
@@ -121,11 +121,12 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
 
 
 def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_value, act_u, keep_product=None,
-                    x8: bool = False):
+                    x8: bool = False, kernel: str):
     """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out)`: the two regions of the exact and threshold
     kernels over the n_ff neurons whose weights are rows row0 .. row0 + n_ff - 1 (a routed expert's; 0 for a
     block's own weights). Scratch: g, h [M, n_ff] f32, idx [n_ff] i32 (it lists weight rows), cnt [threads] i32.
-    `x8`: x is the 8-bit blocks of `common.x_operand` (the integer row dots), else float32 [M, d].
+    `x8`: x is the 8-bit blocks of `common.x_operand` (the integer row dots), else float32 [M, d]. `kernel`: the
+    kernel it is the body of, which picks the down projection's path (`CpuSchedule.int8_axpy`).
 
     `gate_value(s)` maps a gate dot to the value kept by neuron (0: the token drops it). A neuron is listed when
     some token keeps it; then only the listed up and down rows are read. With `keep_product(h) -> bool` (threshold
@@ -138,7 +139,7 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     product = keep_product is not None
     gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=gate_value, x8=x8)
     up_dots, _ = dots_macro(d, dtype, sched, gathered=not product, x8=x8)
-    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True)
+    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True, kernel=kernel)
     zero_cols = zero_columns_macro(d, sched, dtype)
 
     @T.macro
@@ -191,18 +192,18 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     return body
 
 
-def _gathered_parts(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str,
+def _gathered_parts(kernel: str, d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str,
                     sched: CpuSchedule):
-    """What both kernels over given neurons (indexed, listed) build from: the fitted schedule, the up activation,
-    x's operand, the gathered gate / up row dots, the gathered down axpy, the column zeroing and the weights'
-    buffer type."""
+    """What both kernels over given neurons (`kernel`: indexed, listed) build from: the fitted schedule, the up
+    activation, x's operand, the gathered gate / up row dots, the gathered down axpy, the column zeroing and the
+    weights' buffer type."""
     check_mlp(d, n_ff, gate_act, up_act, dtype)
     sched = sched.fitted(d, dtype)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     x_op = x_operand(d, dtype, sched)
     _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x_op[0])
     _, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x_op[0])
-    _, axpy = axpy_macro(d, dtype, sched, gathered=True)
+    _, axpy = axpy_macro(d, dtype, sched, gathered=True, kernel=kernel)
     return (sched, act_u, x_op, gate_dot, up_dot, axpy, zero_columns_macro(d, sched, dtype),
             weight_buffer(n_ff, d, dtype))
 
@@ -218,7 +219,7 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     reads memory best.
     """
     sched, act_u, (x8, x8_bytes, prep_x), gate_dot, up_dot, axpy, zero_cols, (wshape, wdtype) = \
-        _gathered_parts(d, n_ff, gate_act, up_act, threshold, dtype, sched)
+        _gathered_parts("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched)
     threads, R = sched.threads, sched.rows
 
     @T.prim_func
@@ -269,7 +270,8 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
     check_mlp(d, n_ff, gate_act, up_act, dtype)
     sched = sched.fitted(d, dtype)
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
-    body = dense_body(d, n_ff, dtype, sched, act_g=activation(gate_act, threshold), act_u=activation(up_act), x8=x8)
+    body = dense_body(d, n_ff, dtype, sched, act_g=activation(gate_act, threshold), act_u=activation(up_act), x8=x8,
+                      kernel="dense")
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
@@ -291,15 +293,16 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
     return kernel.with_attr("global_symbol", mlp_symbol("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))
 
 
-def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_u, x8: bool = False):
+def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_u, x8: bool = False,
+               kernel: str):
     """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, out)`: the dense kernel's two regions over the n_ff neurons
-    whose weights are rows row0 .. row0 + n_ff - 1 (see `compacting_body`, also for `x8`). Scratch: g, h [M, n_ff]
-    f32."""
+    whose weights are rows row0 .. row0 + n_ff - 1 (see `compacting_body`, also for `x8` and `kernel`). Scratch:
+    g, h [M, n_ff] f32."""
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads
     gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g, x8=x8)
     up_dots, _ = dots_macro(d, dtype, sched, gathered=False, x8=x8)
-    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False)
+    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False, kernel=kernel)
     zero_cols = zero_columns_macro(d, sched, dtype)
 
     @T.macro
@@ -336,7 +339,7 @@ def sparse_gated_mlp_listed(d: int, n_ff: int, *, gate_act: str = "relu", up_act
         raise ValueError(f"the listed kernel skips neurons whose gate is 0: gate_act must be one of {ZERO_BELOW}, "
                          f"got {gate_act!r} (use the indexed kernel)")
     sched, act_u, (x8, x8_bytes, prep_x), gate_dot, up_dot, axpy, zero_cols, (wshape, wdtype) = \
-        _gathered_parts(d, n_ff, gate_act, up_act, threshold, dtype, sched)
+        _gathered_parts("listed", d, n_ff, gate_act, up_act, threshold, dtype, sched)
     threads, R = sched.threads, sched.rows
 
     @T.prim_func

@@ -77,5 +77,6 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
                   f"t{threshold_tag(threshold)}", dtype, sched.tag)
     if criterion == "product":
         return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=rule.act_g, act_u=act_u,
-                                    keep_product=rule.kept)
-    return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=rule.masked_gate, act_u=act_u)
+                                    keep_product=rule.kept, kernel="threshold")
+    return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=rule.masked_gate, act_u=act_u,
+                                kernel="threshold")

@@ -1,0 +1,118 @@
+"""Before / after one kernel change, in ONE process: the exact, indexed and dense MLP kernels built from two source
+trees (e.g. a `git archive` of the last commit and the working tree), timed interleaved call by call on the same
+weights, so a shared machine's drifting load hits both alike (separate runs on a loaded machine differ by 2x).
+
+    python -m actsparse.benchmarks.kernel_ab --trees /tmp/before,/work/wt/x [--dtype q4_0] [--sparsity 0.9]
+                                             [--repeats 15] [--threads 2] [--axpy auto|integer|float]
+
+Each tree is a directory holding the `actsparse` package; a subprocess per tree imports it from there, builds the
+three kernels at Mistral-7B dims with the schedule `ffn.FfnBench` uses (the tree's own target table for the down
+projection, unless --axpy says otherwise) and exports them to a shared library; this process loads both and times
+them with `FfnBench` (LLC evicted before every call, outputs checked against float64 first). Printed: per kernel and
+tree the median ms and % of the read limit (a read-sum probe timed in the same loop), and after / before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .ffn import DENSE, EXACT, INDEXED, MISTRAL, SMALL, FfnBench
+
+KINDS = {EXACT: "exact", INDEXED: "indexed", DENSE: "dense"}
+PROBE = "read-sum probe"
+
+BUILD = """
+import json, sys
+from dataclasses import replace
+from actsparse.codegen.kernels.common import build_kernels
+from actsparse.codegen.kernels.schedule import CpuSchedule
+from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp, sparse_gated_mlp, sparse_gated_mlp_indexed
+from actsparse.codegen.schedules import int8_dot
+from actsparse.targets import x86
+import tvm
+d, n_ff, threads, dtype, axpy, out = json.loads(sys.argv[1])
+host = x86.host()
+sched = CpuSchedule(lanes=host.lanes, threads=threads, vector_registers=host.vector_registers,
+                    l2_bytes=host.l2_bytes, int8_dot=int8_dot(host), int8_axpy=host.int8_axpy_kernels)
+if axpy is not None:
+    sched = replace(sched, int8_axpy=axpy)
+kw = dict(gate_act="relu", up_act="identity", dtype=dtype, sched=sched)
+prims = {"exact": sparse_gated_mlp(d, n_ff, **kw), "indexed": sparse_gated_mlp_indexed(d, n_ff, **kw),
+         "dense": dense_gated_mlp(d, n_ff, **kw)}
+build_kernels(list(prims.values()), tvm.target.Target({**host.tvm, "num-cores": threads})).export_library(out)
+print(json.dumps({k: str(p.attrs["global_symbol"]) for k, p in prims.items()}))
+"""
+
+
+def build_tree(tree: str, d: int, n_ff: int, threads: int, dtype: str, axpy, out: Path) -> dict[str, str]:
+    """Build the three kernels from `tree` into the library `out`; returns kernel -> symbol."""
+    env = {**os.environ, "PYTHONPATH": tree}
+    res = subprocess.run([sys.executable, "-c", BUILD, json.dumps([d, n_ff, threads, dtype, axpy, str(out)])],
+                         env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"building the kernels of {tree} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trees", required=True, help="before,after: directories that hold the actsparse package")
+    ap.add_argument("--dtype", default="q4_0")
+    ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--axpy", choices=("auto", "integer", "float"), default="auto")
+    ap.add_argument("--small", action="store_true", help="d=256, n_ff=1024 (a smoke test)")
+    args = ap.parse_args(argv)
+    trees = args.trees.split(",")
+    if len(trees) != 2:
+        print("kernel_ab: --trees takes two directories, before,after", file=sys.stderr)
+        return 2
+    import numpy as np
+    import tvm
+
+    d, n_ff = SMALL if args.small else MISTRAL
+    axpy = {"auto": None, "integer": True, "float": False}[args.axpy]
+    load_before = os.getloadavg()[0]
+    bench = FfnBench(d, n_ff, threads=args.threads)
+    runners = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for tag, tree in zip(("before", "after"), trees):
+            lib_path = Path(tmp) / f"{tag}.so"
+            syms = build_tree(tree, d, n_ff, args.threads, args.dtype, axpy, lib_path)
+            lib = tvm.runtime.load_module(str(lib_path))
+            bench._kernels[args.dtype] = {k: lib[s] for k, s in syms.items()}
+            found, _ = bench.runners(args.sparsity, args.dtype, which=tuple(KINDS))
+            runners.update({f"{tag} {KINDS[name]}": r for name, r in found.items()})
+        probe = bench.read_probe()
+        runners[PROBE] = probe
+        times = bench.time(runners, args.repeats)
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    limit = probe[1] / med[PROBE] / 1e9
+    print(f"\n{bench.cpu}; {args.dtype}, {args.sparsity:.0%} inactive, d={d}, n_ff={n_ff}, {args.threads} threads, "
+          f"--axpy {args.axpy}; median of {args.repeats}, interleaved; read limit {limit:.1f} GB/s; load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    print(f"before: {trees[0]}\nafter:  {trees[1]}")
+    best = {name: float(np.min(t)) for name, t in times.items()}
+    # medians against the probe's median; the best calls (least disturbed by other load) as a second view
+    print("\n| kernel | before ms (% limit) | after ms (% limit) | after / before | best of n: before / after ms "
+          "| after / before (best) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for k in KINDS.values():
+        b, a = med[f"before {k}"], med[f"after {k}"]
+        nbytes = runners[f"after {k}"][1]
+        bb, ba = best[f"before {k}"], best[f"after {k}"]
+        print(f"| {k} | {b * 1e3:.2f} ({100 * nbytes / b / 1e9 / limit:.0f}%) | {a * 1e3:.2f} "
+              f"({100 * nbytes / a / 1e9 / limit:.0f}%) | {a / b:.2f} | {bb * 1e3:.2f} / {ba * 1e3:.2f} "
+              f"| {ba / bb:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
