@@ -8,21 +8,14 @@
 The module is the decoding graph of `frontends/kv_cache.py`: `main(input_ids[1, seq], pos[1], filled[kv], k0, v0,
 ...) -> (logits[1, 1, V], k0', v0', ...)`, where each cache output is written in place into its input (codegen's
 `index_copy`), so the state holds the same device tensors for the whole generation and a step moves only its
-<<<<<<< HEAD
 own keys and values; attention reads the first kv = pos + seq slots (`filled` carries kv as its length). The
 states of recurrent mixers (Mamba's convolution window and SSM state) are caches too, of fixed size: the call
-returns them anew and the state takes the returned tensors. Prefill
-is that function on the prompt; a step is the same function on one token. A model that keeps no cache (BERT-style
-LM heads) is `main(input_ids[1, seq]) -> logits[1, 1, V]`: the state then holds the tokens so far and every call
-runs the whole sequence, as transformers' `generate` does for it. (Artifacts built before `filled`
-existed take `main(input_ids, pos, k0, ...)` and attend over every slot; they still load and decode.)
-=======
-own keys and values; attention reads the first kv = pos + seq slots (`filled` carries kv as its length). Prefill
-is that function on the prompt; a step is the same graph on one token, compiled as the module's `step` function
-(`seq` fixed to 1: static shapes, codegen/build.py) where the module has one, else `main`. (Artifacts built
-before `filled` existed take `main(input_ids, pos, k0, ...)` and attend over every slot; they still load and
-decode.)
->>>>>>> main
+returns them anew and the state takes the returned tensors. Prefill is that function on the prompt; a step is the
+same graph on one token, compiled as the module's `step` function (`seq` fixed to 1: static shapes,
+codegen/build.py) where the module has one, else `main`. A model that keeps no cache (BERT-style LM heads) is
+`main(input_ids[1, seq]) -> logits[1, 1, V]`: the state then holds the tokens so far and every call runs the whole
+sequence through `main`, as transformers' `generate` does for it. (Artifacts built before `filled` existed take
+`main(input_ids, pos, k0, ...)` and attend over every slot; they still load and decode.)
 
 An artifact of a decoder (kind "decoder") is a compiled module's artifact plus `decoder.json` (cache shapes,
 vocabulary, stop ids) and the tokenizer's own files under `tokenizer/` (never a pickle), all listed and hashed in
@@ -87,12 +80,9 @@ class Decoder:
         self._takes_filled = [name for name, _ in module.inputs[:3]] == list(CALL_INPUTS)
         self._zeros = np.zeros(spec.max_seq, np.int64)  # `filled` is a prefix of it (only its length is read)
         self._one_token = module.inputs[0][1].shape[1] == 1  # input_ids [1, 1]: no symbolic seq
-<<<<<<< HEAD
         self.recomputes = [name for name, _ in module.inputs] == list(CALL_INPUTS[:1])  # no cache: the whole sequence
-=======
         # the module's one-token function (static shapes, codegen/build.py); artifacts built before it: main
         self._step_function = STEP_FUNCTION if module.runnable and module.has_function(STEP_FUNCTION) else "main"
->>>>>>> main
 
     @property
     def report(self):
@@ -158,20 +148,14 @@ class Decoder:
                 state = self._feed(ids[:, i:i + 1], state)
             return state
         self._check_room(state.position + n)
-<<<<<<< HEAD
-        if self.recomputes:
+        if self.recomputes:  # the whole sequence each call: `main` (the one-token function would not fit it)
             state.tokens.extend(int(t) for t in ids[0])
             out = self.module.run_device(np.array([state.tokens], np.int64))
         else:
             filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
-            out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches)
+            out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches,
+                                         function=self._step_function if n == 1 else "main")
             state.caches = list(out[1:])  # the same buffers, written in place
-=======
-        filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
-        out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches,
-                                     function=self._step_function if n == 1 else "main")
-        state.caches = list(out[1:])  # the same buffers, written in place
->>>>>>> main
         state.position += n
         state.logits = out[0].numpy().reshape(-1)
         return state
