@@ -38,13 +38,16 @@ def _cpu_pipeline(tvm_target):
 
 
 PIPELINES = {"llvm": _cpu_pipeline}  # TVM target kind -> its Relax pipeline (others: tvm.compile's default)
+# TVM target kinds whose decoders get the one-token `step`: on CUDA, dlight's GEMV rule (TVM 0.27) asserts on the
+# static one-token attention matmuls, so GPU decoders keep calling `main` (runtime/decoder.py falls back to it)
+ONE_TOKEN_STEP = {"llvm"}
 
 
-def specializations(graph: Graph) -> dict[str, dict[str, int]]:
+def specializations(graph: Graph, tvm_kind: str = "llvm") -> dict[str, dict[str, int]]:
     """{function name: {symbolic dim: value}} to build beside `main`: a decoder's one-token `step`."""
     first = graph.inputs[0] if graph.inputs else None
-    if first is not None and first.attrs.get("name") == "input_ids" and len(first.shape) == 2 \
-            and isinstance(first.shape[1], str):
+    if tvm_kind in ONE_TOKEN_STEP and first is not None and first.attrs.get("name") == "input_ids" \
+            and len(first.shape) == 2 and isinstance(first.shape[1], str):
         return {STEP: {first.shape[1]: 1}}
     return {}
 
@@ -53,12 +56,12 @@ def build(graph: Graph, target: Target):
     """Returns (executable, weight names in the order the executable's functions take them after the inputs)."""
     import tvm
 
-    mod, weight_order = lower_graph(graph, target, specializations(graph))
+    tvm_target = target.tvm_target()
+    mod, weight_order = lower_graph(graph, target, specializations(graph, tvm_target.kind.name))
     for gv, func in list(mod.functions.items()):  # before legalization: only our own kernels are PrimFuncs here
         if isinstance(func, tvm.tirx.PrimFunc):
             mod[gv] = func.with_attr("op_pattern", OPAQUE)
     SETUP.get(target.kind, lambda: None)()
-    tvm_target = target.tvm_target()
     pipeline = PIPELINES.get(tvm_target.kind.name)
     with tvm_target:  # nvcc and dlight read the current target
         executable = tvm.compile(mod, target=tvm_target,

@@ -131,18 +131,21 @@ def test_a_gguf_of_an_architecture_transformers_lacks_is_a_clear_error(tmp_path,
     assert main(["generate", str(tmp_path / "missing.gguf"), "--prompt", "a"]) == 2
 
 
-def test_a_folder_of_a_model_without_attention_caches_is_a_clear_error(tmp_path, capsys):
-    """Mamba imports into transformers but keeps recurrent state, not keys and values: no decoder, one line."""
-    folder = tmp_path / "mamba"
-    config = transformers.MambaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, state_size=4)
-    transformers.MambaForCausalLM(config).save_pretrained(folder)
+def test_a_folder_of_a_model_whose_cache_is_not_keys_values_or_states_is_a_clear_error(tmp_path, capsys):
+    """RWKV keeps its own cache (not transformers' key/value or recurrent-state layers) and its forward exports for
+    a fixed length only: no decoder, one line naming the model.
+    (Mamba's recurrent states decode since session 8: tests/test_decode_archs.py.)"""
+    folder = tmp_path / "rwkv"
+    config = transformers.RwkvConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
+                                     intermediate_size=32, context_length=32)
+    transformers.RwkvForCausalLM(config).save_pretrained(folder)
     capsys.readouterr()  # drop save_pretrained's own progress bar: only the CLI's output is checked
     out = tmp_path / "out"
     assert main(["build", str(folder), "-o", str(out)]) == 2
     err = capsys.readouterr().err  # transformers' "Loading weights" progress bar, then our one line
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("actsparse build: error: ") and "Traceback" not in err
-    assert "attention" in errors[0] and "MambaForCausalLM" in errors[0]
+    assert "KV cache" in errors[0] and "RwkvForCausalLM" in errors[0]
     assert not out.exists()
 
 
