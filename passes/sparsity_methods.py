@@ -218,16 +218,26 @@ def greedy_allocation(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
 
 def least_error(block: BlockWeights, curve: tuple[np.ndarray, np.ndarray], budget: float):
     """((x level, h level), summed error) of the pair skipping `budget` of the block's bytes at the least error
-    on its curves (among equal errors the fewest bytes beyond the budget); None when no pair reaches it."""
+    on its curves; None when no pair reaches it. One level of the pair is on the curves' grid, the other the
+    exact rest of the budget (its error interpolated on its curve), so the block skips the budget, not the next
+    grid point beyond it (which cost Gemma 3 1.5 points of sparsity it did not need at 50%)."""
     cx, ch = curve
     levels = np.arange(len(cx)) * LEVEL_STEP
     share_x, share_h = block.byte_shares()
-    skipped = share_x * levels[:, None] + share_h * levels[None, :]
-    error = np.where(skipped >= budget - 1e-9, cx[:, None] + ch[None, :], np.inf)
-    if not np.isfinite(error).any():
-        return None
-    i, j = min(zip(*np.nonzero(error == error.min())), key=lambda ij: skipped[ij])
-    return (round(float(levels[i]), 4), round(float(levels[j]), 4)), float(error[i, j])
+    best = None
+    for grid, other, share_grid, share_other, x_first in ((cx, ch, share_x, share_h, True),
+                                                          (ch, cx, share_h, share_x, False)):
+        rest = np.maximum((budget - share_grid * levels) / share_other, 0.0)
+        rest = np.ceil(rest * 1e4 - 1e-6) / 1e4   # 4 decimals, never below the budget
+        fits = rest <= levels[-1] + 1e-9
+        error = np.where(fits, grid + np.interp(rest, levels, other), np.inf)
+        skipped = share_grid * levels + share_other * rest
+        for i in np.nonzero(fits)[0]:
+            pair = (round(float(levels[i]), 4), float(rest[i]))
+            key = (float(error[i]), float(skipped[i]))
+            if best is None or key < best[0]:
+                best = (key, pair if x_first else pair[::-1])
+    return None if best is None else (best[1], best[0][0])
 
 
 def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
