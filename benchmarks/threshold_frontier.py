@@ -161,8 +161,7 @@ def install(model, plans, quantize: str | None = None, weights=None) -> None:
                 q = torch.from_numpy(np.ascontiguousarray(rotation, np.float32))
                 with torch.no_grad():
                     w_gate, w_up = w_gate @ q, w_up @ q
-                if quantize is not None:   # linear(x, @Qᵀ): the rows of Qᵀ are stored
-                    q = stored(q.T, ROTATION_STORAGE[quantize]).T
+                q = stored(q.T, ROTATION_STORAGE[quantize or "fp32"]).T   # linear(x, @Qᵀ): Qᵀ's rows stored
             w_gate, w_up = stored(w_gate, quantize, "in"), stored(w_up, quantize, "in")
             ws = (w_gate, w_up, stored(ws[2], quantize, "in"))
             sparse = functools.partial(input_sparse_torch, w_gate=w_gate, w_up=w_up, w_down=ws[2],

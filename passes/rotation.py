@@ -11,11 +11,13 @@ from ..ir.quant import bytes_per_weight
 from .block_weights import BlockWeights
 
 ROTATION_DTYPE = np.float16   # Q as calibration makes it (the turned weights W·Q use this rounded Q)
-# how Q is stored (and read per token) for each storage of the block weights ("fp32": not quantized). Q turns x
-# before every matrix of the block, so its error lands on all three: below 8 bits it costs more quality than the
-# bytes it saves (benchmarks: threshold_frontier --quantize int4); fp16 would cost 2x the bytes of int8 (at
-# SmolLM2 dims 44% of an int4 block, against 24% for int8).
-ROTATION_STORAGE = {"fp32": "fp16", "fp16": "fp16", "int8": "int8", "int4": "int8"}
+# how Q is stored (and read per token) for each storage of the block weights ("fp32": not quantized): q8_0
+# everywhere. Q turns x before every matrix of the block, so its error lands on all three: below 8 bits it costs
+# more quality than the bytes it saves (benchmarks: threshold_frontier --quantize int4); fp16 costs twice the
+# bytes of int8 and the budget pays them: at sparsity 0.5 SmolLM2-135M (fp32) went from +7.3% perplexity with an
+# fp16 Q (6.25% of the block's bytes) to +4.7% with an int8 Q (3.3%), Gemma 3 270M from +8.3% to +5.7%
+# (BENCHMARKS.md, session 9).
+ROTATION_STORAGE = {"fp32": "int8", "fp16": "int8", "int8": "int8", "int4": "int8"}
 
 
 def pca_rotation(rows: np.ndarray, dims: int) -> np.ndarray:

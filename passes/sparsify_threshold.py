@@ -27,7 +27,8 @@ tuples; not part of the text form), `max_tokens` (calibration rows kept per bloc
 rotated method's Q against the block's bytes and tells the quantize pass what Q may become
 (`rotation.ROTATION_STORAGE`).
 
-Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...).
+Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `rotation-<kind>` per rotation stored
+(`int8`: q8_0, see `rotation.ROTATION_STORAGE`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ import numpy as np
 
 from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
+from ..ir.graph import quantized_weight_node
 from ..ir.mlp import pattern_name
+from ..ir.quant import FLOAT_KINDS, quantize
 from .base import Pass, coerce_options, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, threshold_attrs
 from .rotation import ROTATION_STORAGE
@@ -77,6 +80,7 @@ class SparsifyThreshold(Pass):
         if not blocks:
             return graph
         chosen = self._given(blocks)
+        storage = self.storage or _stored_as(graph, blocks[0])
         missing = [i for i, b in enumerate(blocks) if chosen[i] is None]
         if missing:
             if not self.calibration:
@@ -85,7 +89,7 @@ class SparsifyThreshold(Pass):
                                      "(compile(..., mode='threshold', calibration=[...], sparsity=...)) or explicit "
                                      "thresholds")
             found = calibrate(graph, [blocks[i] for i in missing], self.calibration, self.method, self.sparsity,
-                              self.max_tokens, self.progress, self.storage or _stored_as(graph, blocks[0]))
+                              self.max_tokens, self.progress, storage)
             for i, c in zip(missing, found):
                 chosen[i] = c
         in_order = iter(chosen)   # rewrite visits graph.nodes in order (rebuilt nodes have a new identity)
@@ -98,7 +102,8 @@ class SparsifyThreshold(Pass):
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
             record(pattern)
-            return _threshold_block(node, c, {"method": self.method, **_summary(c)}, graph, new_weights)
+            return _threshold_block(node, c, {"method": self.method, **_summary(c)}, graph, new_weights,
+                                    ROTATION_STORAGE[storage])
 
         return rewrite(graph, visit, new_weights)
 
@@ -134,8 +139,20 @@ def _summary(c: NeuronThreshold | InputThresholds) -> dict:
     return {"calibrated_sparsity": c.h_sparsity, "input_sparsity": c.x_sparsity, "effective_calibrated": c.effective}
 
 
+def _rotation_weight(name: str, q_t: np.ndarray, kind: str, new_weights: dict) -> Node:
+    """Qᵀ (the rows `linear` streams) stored as `kind` says (rotation.ROTATION_STORAGE: what calibration priced);
+    a later quantize pass leaves a weight that already has a layout as it is."""
+    record(f"rotation-{kind}")
+    if kind in FLOAT_KINDS:
+        array = new_weights.setdefault(name, np.ascontiguousarray(q_t.astype(FLOAT_KINDS[kind])))
+        return weight_node(name, array)
+    qw = quantize(np.ascontiguousarray(q_t, np.float32), kind)
+    new_weights[f"{name}.{qw.layout}"] = qw.blob
+    return quantized_weight_node(f"{name}.{qw.layout}", qw)
+
+
 def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds, provenance: dict, graph: Graph,
-                     new_weights: dict) -> Node:
+                     new_weights: dict, kind: str) -> Node:
     pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
     if isinstance(c, NeuronThreshold):
         attrs = {"pattern": pattern, **threshold_attrs(node.attrs, c.threshold, c.criterion), **provenance}
@@ -155,8 +172,9 @@ def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds, provenanc
     w_gate_t, w_up_t = arrays[w_gate.attrs["name"]].T, arrays[w_up.attrs["name"]].T
     suffix = ".t"
     if c.rotation is not None:   # rotated-*: the block reads x·Q, its gate/up rows turned alike (W·Q)ᵀ = Qᵀ·Wᵀ
-        q = c.rotation   # as stored (fp16); the turned weights use the same rounded Q
-        x = Node("linear", (x, new(f"{prefix}.rotation", q.T)), {}, x.type, node.loc)
+        q = c.rotation   # as calibration rounded it (fp16); the turned weights use that Q
+        x = Node("linear", (x, _rotation_weight(f"{prefix}.rotation", q.T, kind, new_weights)), {}, x.type,
+                 node.loc)
         qt = q.T.astype(np.float32)
         w_gate_t, w_up_t, suffix = qt @ w_gate_t, qt @ w_up_t, ".rot.t"
     inputs = (x, new(f"{w_gate.attrs['name']}{suffix}", w_gate_t), new(f"{w_up.attrs['name']}{suffix}", w_up_t),
