@@ -7,8 +7,8 @@ Under CI=true (`.ci/run` installs the cross tools first, failing loudly) the ARM
 tests must run: a skip of theirs is turned into a failure. On a developer machine they skip with the reason.
 
 CI runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): tests are handed out one by one, except
-that the tests of a module with a module-scoped fixture (a compiled model, an RPC tracker) stay on one worker
-(`xdist_group` = the module), so that fixture is built once, not once per worker.
+that the tests of a module that use one of its module-scoped fixtures (a compiled model, an RPC tracker) stay on
+one worker (`xdist_group` = the module), so that fixture is built once, not once per worker.
 """
 
 import os
@@ -36,11 +36,10 @@ def _module_scoped(item) -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into the scheduler's groups
 def pytest_collection_modifyitems(config, items):
-    """A module with a module-scoped fixture runs on one xdist worker; `@pytest.mark.gpu` tests need a CUDA GPU:
+    """The tests sharing a module-scoped fixture run on one xdist worker; `@pytest.mark.gpu` tests need a CUDA GPU:
     skip them, with the reason, where there is none."""
-    shared = {item.module.__name__ for item in items if hasattr(item, "module") and _module_scoped(item)}
     for item in items:
-        if hasattr(item, "module") and item.module.__name__ in shared and not item.get_closest_marker("xdist_group"):
+        if hasattr(item, "module") and _module_scoped(item) and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     _skip_gpu_tests(items)
 
