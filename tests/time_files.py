@@ -4,6 +4,7 @@ beside each, and pytest's per-test durations in a log per file.
 
     python tests/time_files.py OUT_DIR tests/test_cli.py tests/test_demo.py ...   # serial
     python tests/time_files.py OUT_DIR -n 2 tests/test_cli.py ...                 # with pytest-xdist, 2 workers
+    python tests/time_files.py OUT_DIR -n 2 tests/test_cli.py,tests/test_demo.py  # files run together
 """
 
 import os
@@ -30,9 +31,9 @@ def main(argv: list[str]) -> int:
         load = os.getloadavg()
         start, used = time.perf_counter(), _cpu()
         proc = subprocess.run(["nice", "-n", "10", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "--durations=0", *extra, path], capture_output=True, text=True)
+                               "--durations=0", *extra, *path.split(",")], capture_output=True, text=True)
         wall, cpu = time.perf_counter() - start, _cpu() - used
-        name = Path(path).stem
+        name = "+".join(Path(p).stem for p in path.split(","))
         (out / f"{name}.{tag}.log").write_text(proc.stdout + proc.stderr)
         tail = (proc.stdout.strip().splitlines() or ["?"])[-1]
         line = (f"{name}\t{tag}\twall {wall:.1f}s\tcpu {cpu:.1f}s\trc={proc.returncode}\tload {load[0]:.2f} -> "
