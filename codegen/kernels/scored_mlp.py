@@ -166,9 +166,12 @@ SCORE_LAYOUT = "q8_0"  # the bound predictor's int8 copy (passes/certified_gate.
 
 @cache
 def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                        threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule, block: int = 0):
+                        threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule, block: int = 0,
+                        ahead: bool = True):
     """(x, w_gate, w_up, w_down_t, w8, coef, cutoff, out): the scored kernel with the bound predictor's scores
-    computed inside, `block` neurons (0: 4 row steps) scored ahead of the gate rows read (module docstring)."""
+    computed inside, `block` neurons (0: 4 row steps) scored ahead of the gate rows read (module docstring).
+    `ahead`: a listed neuron's whole gate row is prefetched when it is listed; else the gate dots prefetch the next
+    step's rows as they stream (as in the scored kernel)."""
     sched = _fitted(d, n_ff, gate_act, up_act, dtype, sched)
     if dtype not in ("float32", "float16"):
         raise ValueError(f"the certified kernel reads float gate rows (the bound refuses quantized ones), "
@@ -181,7 +184,7 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
     nblk = (nper + B - 1) // B
     # the listed rows were prefetched a block ahead: the gate dots' own prefetch of the next step would repeat it
     x8, x8_bytes, prep_x, gate_step, up_phase, down_phase = _phases(d, n_ff, gate_act, up_act, threshold, dtype,
-                                                                    sched, gate_prefetch=False)
+                                                                    sched, gate_prefetch=False if ahead else None)
     # the float path: x not rounded to 8 bits (the bound assumes float dots)
     score_dots, score_dot = dots_macro(d, SCORE_LAYOUT, sched, gathered=False)
     pf = prefetch_macro(dtype)
@@ -247,7 +250,8 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
                     if live[0] != 0:
                         idx[j0 + c[0]] = jb + j
                         c[0] = c[0] + 1
-                        pf(w_gate, jb + j, 0, d)
+                        if ahead:
+                            pf(w_gate, jb + j, 0, d)
                 # ... and read block b - 1's, prefetched while block b streamed
                 gate_range(w_gate, xd, s, cutoff, M, idx, g, j0, done[0], listed0, kept, live)
                 done[0] = listed0
@@ -256,6 +260,6 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
             up_phase(w_up, xd, M, idx, g, h, j0, kept[0])
         down_phase(w_down_t, idx, h, cnt, out, M)
 
-    tag = f"b{B}"
+    tag = f"b{B}" + ("" if ahead else "s")
     return kernel.with_attr("global_symbol",
                             mlp_symbol("certified" + tag, d, n_ff, gate_act, up_act, threshold, dtype, sched))
