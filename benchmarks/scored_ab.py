@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=31)
     ap.add_argument("--threads", type=int, default=0, help="threads (default: the cores)")
     ap.add_argument("--small", action="store_true", help="tiny dims: a smoke test")
-    ap.add_argument("--ahead", default="1", help="comma list of 1 (gate rows prefetched whole when listed) / 0 (the "
+    ap.add_argument("--ahead", default="0", help="comma list of 1 (gate rows prefetched whole when listed) / 0 (the "
                                                  "gate dots' own next-step prefetch), crossed with --block")
     ap.add_argument("--certified", action="store_true", help="also the certified kernel vs score pass + scored")
     ap.add_argument("--block", default="0", help="the certified kernel's neurons scored ahead, a comma list: one "
