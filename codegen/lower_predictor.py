@@ -38,6 +38,10 @@ from .schedules import schedule_for
 
 R = relax.op
 CERTIFIED_DTYPES = ("float32", "float16")  # gate rows the certified kernel reads (the bound refuses quantized ones)
+# the bound predictor's scores inside the certified kernel (True) or a score linear + the scored kernel (False):
+# interleaved under load the kernel alone was a wash (0.86-1.13x, BENCHMARKS.md session 9); it saves ~6 small calls
+# and allocations per layer. `benchmarks/scored_ab --certified` on a quiet machine decides.
+CERTIFIED_IN_KERNEL = True
 
 
 def _lower_scored_block(ctx, node, args, sched, options, name: str, inputs_after_weights):
@@ -85,7 +89,7 @@ def lower_predicted(ctx, node, args, sched, options):
 
     # the bound predictor's scores: the certified kernel computes them itself, and the score nodes lowered before
     # this one go unused (lower.py drops them)
-    parts = certified_inputs(node)
+    parts = certified_inputs(node) if CERTIFIED_IN_KERNEL else None
     if parts and node.attrs["gate_act"] in ZERO_BELOW and kernel_dtype(node.inputs[1]) in CERTIFIED_DTYPES:
         w8, coef = (ctx.values[id(p)] for p in parts)
         return _lower_scored_block(ctx, node, args, sched, options, "certified",

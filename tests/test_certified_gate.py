@@ -64,6 +64,22 @@ def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
     assert block.predicted_sparsity <= block.sparsity
 
 
+def test_bound_scores_outside_the_kernel_when_the_lowering_says_so(monkeypatch):
+    """CERTIFIED_IN_KERNEL off (the quiet A/B's other outcome): a q8_0 score linear, then the scored kernel; the
+    same exact output."""
+    from actsparse.codegen import lower_predictor
+
+    monkeypatch.setattr(lower_predictor, "CERTIFIED_IN_KERNEL", False)
+    graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)
+    x = mlp_input(d=D, seq=5, seed=9)
+    cm = actsparse.compile(graph, (x,), mode="predictor", predictor="bound")
+    calls = _calls(cm)
+    assert any(c.startswith("actsparse_gmlp_scored") for c in calls), calls
+    assert any(c.startswith("actsparse_linear") and "q8_0" in c for c in calls), calls
+    assert not any(c.startswith("actsparse_gmlp_certified") for c in calls), calls
+    np.testing.assert_allclose(cm(x), evaluate(graph, [x])[0], rtol=1e-4, atol=1e-6)
+
+
 def _calls(cm) -> list[str]:
     return [line.split()[1] for line in cm.executable.as_text().splitlines() if line.strip().startswith("call ")]
 

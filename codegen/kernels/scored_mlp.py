@@ -19,11 +19,11 @@ certify) costs its gate row only.
     (x [M, d] f32, w_gate, w_up, w_down_t [n_ff, d] dtype, w8 [n_ff, q8_0 row bytes] u8, coef [n_ff] f32,
      cutoff [1] f32, out [M, d] f32),  scores = x·deq(w8_j) + ‖x‖₂·coef_j
 
-Each task scores its neurons a block at a time (the q8_0 rows on the linear kernel's float path: x not rounded, as
-the bound assumes) and lists the uncertified ones; the gate rows of block b are read after block b + 1 is scored,
-next to the int8 rows just streamed (optionally each listed row prefetched whole when listed: `ahead`). One call
-per layer replaces the score linear, the ‖x‖₂ ops and the scored kernel. Separately the score pass streamed at
-~25 GB/s and the gathered gate rows came at ~15 (BENCHMARKS.md, session 8).
+Each task scores its neurons a block at a time (128 row steps by default; the q8_0 rows on the linear kernel's float
+path: x not rounded, as the bound assumes) and lists the uncertified ones; the gate rows of block b are read after
+block b + 1 is scored, next to the int8 rows just streamed (optionally each listed row prefetched whole when
+listed: `ahead`). One call per layer replaces the score linear, the ‖x‖₂ ops and the scored kernel. Separately the
+score pass streamed at ~25 GB/s and the gathered gate rows came at ~15 (BENCHMARKS.md, session 8).
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
                         threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule, block: int = 0,
                         ahead: bool = False):
     """(x, w_gate, w_up, w_down_t, w8, coef, cutoff, out): the scored kernel with the bound predictor's scores
-    computed inside, `block` neurons (0: 16 row steps) scored ahead of the gate rows read (module docstring).
+    computed inside, `block` neurons (0: 128 row steps) scored ahead of the gate rows read (module docstring).
     `ahead`: a listed neuron's whole gate row is prefetched when it is listed; else the gate dots prefetch the next
     step's rows as they stream (as in the scored kernel)."""
     sched = _fitted(d, n_ff, gate_act, up_act, dtype, sched)
@@ -189,7 +189,7 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
                          f"got {dtype!r}")
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads
-    B = block or 16 * R  # under load (BENCHMARKS.md, session 9) 128 beat 32 neurons, and whole-row prefetch lost
+    B = block or 128 * R  # under load (BENCHMARKS.md, session 9): 1024 neurons beat 128 and 32; whole rows lost
     if B % R:
         raise ValueError(f"block must be a multiple of the schedule's rows ({R}), got {block}")
     nblk = (nper + B - 1) // B
