@@ -8,6 +8,8 @@ A decoding graph takes each layer's KV cache as an input and returns the updated
 no other reader, the kernel writes the new rows into the caller's buffer and the output aliases it, so a step
 touches only the T rows it writes. Otherwise (any other reader of the old value) the kernel copies first.
 Reshapes to 3-D [outer, S, inner] are views (no copy), so one kernel serves every rank and axis.
+On a GPU target the same copies run as one launch each, a thread per element (`tirx.is_scheduled`: dlight's rules
+take only block-form PrimFuncs and would reject these loops).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from tvm import relax
 from tvm.script import tirx as T
 
 from .context import TVM_DTYPES, lowering
+from .kernels.schedule import GpuSchedule
+from .schedules import schedule_for
 
 R = relax.op
 
@@ -50,6 +54,46 @@ def index_copy_rows(outer: int, rows: int, inner: int, dtype: str, in_place: boo
     return (write if in_place else copy).with_attr("global_symbol", name)
 
 
+@cache
+def index_copy_rows_gpu(outer: int, rows: int, inner: int, dtype: str, in_place: bool, threads: int):
+    """`index_copy_rows` for a GPU: each copy one launch of a thread per element."""
+    name = f"index_copy_{outer}_{rows}_{inner}_{dtype}_{'inplace' if in_place else 'copy'}_gpu{threads}"
+    whole = outer * rows * inner
+
+    @T.macro
+    def put(x, idx, src, n):
+        for b in T.thread_binding((outer * n * inner + threads - 1) // threads, "blockIdx.x"):
+            for tx in T.thread_binding(threads, "threadIdx.x"):
+                e: T.let = b * threads + tx
+                if e < outer * n * inner:
+                    x[e // (n * inner), idx[e // inner % n], e % inner] = src[e // (n * inner), e // inner % n,
+                                                                             e % inner]
+
+    @T.prim_func
+    def write(x: T.Buffer((outer, rows, inner), dtype), idx_h: T.handle, src_h: T.handle):
+        n = T.int64()
+        idx = T.match_buffer(idx_h, (n,), "int64")
+        src = T.match_buffer(src_h, (outer, n, inner), dtype)
+        put(x, idx, src, n)
+
+    @T.prim_func
+    def copy(x: T.Buffer((outer, rows, inner), dtype), idx_h: T.handle, src_h: T.handle,
+             out: T.Buffer((outer, rows, inner), dtype)):
+        n = T.int64()
+        idx = T.match_buffer(idx_h, (n,), "int64")
+        src = T.match_buffer(src_h, (outer, n, inner), dtype)
+        for b in T.thread_binding((whole + threads - 1) // threads, "blockIdx.x"):
+            for tx in T.thread_binding(threads, "threadIdx.x"):
+                e: T.let = b * threads + tx
+                if e < whole:
+                    out[e // (rows * inner), e // inner % rows, e % inner] = x[e // (rows * inner), e // inner % rows,
+                                                                             e % inner]
+        put(out, idx, src, n)
+
+    kernel = write if in_place else copy
+    return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+
+
 @lowering("index_copy")
 def _index_copy(ctx, node, args):
     x_node, index_node, src_node = node.inputs
@@ -66,7 +110,10 @@ def _index_copy(ctx, node, args):
     index = args[1] if index_node.dtype == "i64" else R.astype(args[1], "int64")
     in_place = x_node.op == "input" and ctx.users.get(id(x_node), 0) == 1
     out_type = relax.TensorType([outer, shape[axis], inner], dtype)
-    kernel = ctx.kernel(index_copy_rows(outer, shape[axis], inner, dtype, in_place))
+    sched = schedule_for(ctx.target)
+    kernel = ctx.kernel(index_copy_rows_gpu(outer, shape[axis], inner, dtype, in_place, sched.threads)
+                        if isinstance(sched, GpuSchedule) else index_copy_rows(outer, shape[axis], inner, dtype,
+                                                                                in_place))
     if in_place:
         out = ctx.bb.emit(relax.call_tir_inplace(kernel, [x3, index, src3], [0], out_type))
     else:

@@ -233,26 +233,6 @@ def test_compile_for_cuda_in_threshold_mode_uses_the_cuda_threshold_kernel():
     assert "erff" not in source and "__ballot_sync" in source  # silu gate (no erf), the flag mask's ballot
 
 
-def test_compile_for_cuda_schedules_the_other_ops_with_dlight():
-    """A small Llama: attention, norms, softmax, embedding go through TVM's legalization + dlight GPU rules."""
-    import torch
-
-    import actsparse
-    from actsparse.codegen.cuda_support import cuda_source
-    from actsparse.models import TinyConfig, TinyLlama
-
-    require_nvcc()
-    torch.manual_seed(0)
-    model = TinyLlama(TinyConfig(d_model=32, n_layers=1, n_heads=2, n_ff=64, max_seq=16, mlp_act="drelu")).eval()
-    cm = actsparse.compile(model, (torch.randint(0, 256, (1, 5)),), target="cuda", mode="exact")
-    source = cuda_source(cm.executable.mod)
-    ours = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) (actsparse_\w+?)_kernel", source))
-    others = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) ((?!actsparse_)\w+?)(?:_kernel\w*)?\(", source))
-    assert any("gmlp_exact" in k for k in ours) and any("linear" in k for k in ours)
-    assert len(others) >= 5  # softmax, norm, rotary, matmuls of attention, ... scheduled by dlight
-    assert "threadIdx.x" in source
-
-
 # --- numerics on a real GPU: only where one is present ---------------------------------------------------
 def run_gpu(prim, calls):
     from actsparse import targets
