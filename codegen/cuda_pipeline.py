@@ -12,7 +12,7 @@ as in TVM's default pipeline; our own kernels are `tirx.is_scheduled`, which dli
 from __future__ import annotations
 
 
-def _reduces_over_one(func) -> bool:
+def _nothing_to_reduce(func) -> bool:
     """The block GEMV would schedule reduces over nothing: dlight's normalization keeps no reduction axis (those
     of extent 1 are dropped)."""
     from tvm import s_tir
@@ -35,7 +35,7 @@ def one_token_safe_gemv():
 
     class OneTokenSafeGemv(dl.gpu.GEMV):
         def apply(self, func, target, tunable):
-            return None if _reduces_over_one(func) else super().apply(func, target, tunable)
+            return None if _nothing_to_reduce(func) else super().apply(func, target, tunable)
 
     return OneTokenSafeGemv()
 

@@ -26,38 +26,24 @@ from .schedules import schedule_for
 R = relax.op
 
 
-@cache
-def index_copy_rows(outer: int, rows: int, inner: int, dtype: str, in_place: bool):
-    """PrimFunc (x [outer, rows, inner], index [T] int64, src [outer, T, inner][, out]) with T symbolic:
-    in place, x[:, index[t], :] = src[:, t, :]; otherwise out = x with those rows replaced."""
-    name = f"index_copy_{outer}_{rows}_{inner}_{dtype}_{'inplace' if in_place else 'copy'}"
+def _cpu_copies(outer: int, rows: int, inner: int):
+    """(put, copy_all) as loops: put(x, idx, src, n) writes the n rows, copy_all(x, out) copies x whole."""
 
-    @T.prim_func
-    def write(x: T.Buffer((outer, rows, inner), dtype), idx_h: T.handle, src_h: T.handle):
-        n = T.int64()
-        idx = T.match_buffer(idx_h, (n,), "int64")
-        src = T.match_buffer(src_h, (outer, n, inner), dtype)
+    @T.macro
+    def put(x, idx, src, n):
         for o, t, i in T.grid(outer, n, inner):
             x[o, idx[t], i] = src[o, t, i]
 
-    @T.prim_func
-    def copy(x: T.Buffer((outer, rows, inner), dtype), idx_h: T.handle, src_h: T.handle,
-             out: T.Buffer((outer, rows, inner), dtype)):
-        n = T.int64()
-        idx = T.match_buffer(idx_h, (n,), "int64")
-        src = T.match_buffer(src_h, (outer, n, inner), dtype)
+    @T.macro
+    def copy_all(x, out):
         for o, r, i in T.grid(outer, rows, inner):
             out[o, r, i] = x[o, r, i]
-        for o, t, i in T.grid(outer, n, inner):
-            out[o, idx[t], i] = src[o, t, i]
 
-    return (write if in_place else copy).with_attr("global_symbol", name)
+    return put, copy_all
 
 
-@cache
-def index_copy_rows_gpu(outer: int, rows: int, inner: int, dtype: str, in_place: bool, threads: int):
-    """`index_copy_rows` for a GPU: each copy one launch of a thread per element."""
-    name = f"index_copy_{outer}_{rows}_{inner}_{dtype}_{'inplace' if in_place else 'copy'}_gpu{threads}"
+def _gpu_copies(outer: int, rows: int, inner: int, threads: int):
+    """(put, copy_all) as launches of a thread per element."""
     whole = outer * rows * inner
 
     @T.macro
@@ -68,6 +54,26 @@ def index_copy_rows_gpu(outer: int, rows: int, inner: int, dtype: str, in_place:
                 if e < outer * n * inner:
                     x[e // (n * inner), idx[e // inner % n], e % inner] = src[e // (n * inner), e // inner % n,
                                                                              e % inner]
+
+    @T.macro
+    def copy_all(x, out):
+        for b in T.thread_binding((whole + threads - 1) // threads, "blockIdx.x"):
+            for tx in T.thread_binding(threads, "threadIdx.x"):
+                e: T.let = b * threads + tx
+                if e < whole:
+                    out[e // (rows * inner), e // inner % rows, e % inner] = x[e // (rows * inner), e // inner % rows,
+                                                                             e % inner]
+
+    return put, copy_all
+
+
+@cache
+def index_copy_rows(outer: int, rows: int, inner: int, dtype: str, in_place: bool, gpu_threads: int = 0):
+    """PrimFunc (x [outer, rows, inner], index [T] int64, src [outer, T, inner][, out]) with T symbolic:
+    in place, x[:, index[t], :] = src[:, t, :]; otherwise out = x with those rows replaced. `gpu_threads`: as GPU
+    launches of that many threads per block, marked scheduled."""
+    name = f"index_copy_{outer}_{rows}_{inner}_{dtype}_{'inplace' if in_place else 'copy'}"
+    put, copy_all = _gpu_copies(outer, rows, inner, gpu_threads) if gpu_threads else _cpu_copies(outer, rows, inner)
 
     @T.prim_func
     def write(x: T.Buffer((outer, rows, inner), dtype), idx_h: T.handle, src_h: T.handle):
@@ -82,16 +88,12 @@ def index_copy_rows_gpu(outer: int, rows: int, inner: int, dtype: str, in_place:
         n = T.int64()
         idx = T.match_buffer(idx_h, (n,), "int64")
         src = T.match_buffer(src_h, (outer, n, inner), dtype)
-        for b in T.thread_binding((whole + threads - 1) // threads, "blockIdx.x"):
-            for tx in T.thread_binding(threads, "threadIdx.x"):
-                e: T.let = b * threads + tx
-                if e < whole:
-                    out[e // (rows * inner), e // inner % rows, e % inner] = x[e // (rows * inner), e // inner % rows,
-                                                                             e % inner]
+        copy_all(x, out)
         put(out, idx, src, n)
 
-    kernel = write if in_place else copy
-    return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+    kernel = (write if in_place else copy).with_attr("global_symbol", name + (f"_gpu{gpu_threads}" if gpu_threads
+                                                                                  else ""))
+    return kernel.with_attr("tirx.is_scheduled", True) if gpu_threads else kernel
 
 
 @lowering("index_copy")
@@ -111,9 +113,8 @@ def _index_copy(ctx, node, args):
     in_place = x_node.op == "input" and ctx.users.get(id(x_node), 0) == 1
     out_type = relax.TensorType([outer, shape[axis], inner], dtype)
     sched = schedule_for(ctx.target)
-    kernel = ctx.kernel(index_copy_rows_gpu(outer, shape[axis], inner, dtype, in_place, sched.threads)
-                        if isinstance(sched, GpuSchedule) else index_copy_rows(outer, shape[axis], inner, dtype,
-                                                                                in_place))
+    gpu_threads = sched.threads if isinstance(sched, GpuSchedule) else 0
+    kernel = ctx.kernel(index_copy_rows(outer, shape[axis], inner, dtype, in_place, gpu_threads))
     if in_place:
         out = ctx.bb.emit(relax.call_tir_inplace(kernel, [x3, index, src3], [0], out_type))
     else:

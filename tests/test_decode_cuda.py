@@ -107,3 +107,26 @@ def test_the_decode_step_is_ready_for_a_cuda_graph(decoder):
     assert len(linears) == 1 and "n128" in linears[0]  # the logits (vocab 128); q, k, v, o projections captured
     assert sum(c.startswith("actsparse_cuda_linear") for c in captured) == 4
     assert not any(c in HOST_SYNCS for name in fns if name.startswith("step") for c in fns[name])
+
+
+def test_the_gpu_cache_write_kernels_copy_the_rows_under_simt_emulation():
+    """index_copy for a GPU (a thread per element): out = cache with rows idx replaced by src, at sizes that leave
+    the last block partly idle (2 * 5 * 300 elements, 256 threads)."""
+    import numpy as np
+
+    from actsparse.codegen.lower_state import index_copy_rows
+
+    from .kernel_cases import Call, run_batch, simt_kernels
+
+    prim = index_copy_rows(2, 5, 300, "float32", False, 256)
+    rng = np.random.default_rng(0)
+    calls = []
+    for idx in ([3], [4, 0]):
+        x = rng.standard_normal((2, 5, 300)).astype(np.float32)
+        src = rng.standard_normal((2, len(idx), 300)).astype(np.float32)
+        ref = x.copy()
+        ref[:, idx, :] = src
+        calls.append(Call([x, np.array(idx, np.int64), src, np.full_like(x, np.nan)], ref, np.abs(ref), "float32"))
+    (outs,) = run_batch(simt_kernels([prim]), [(prim, calls)])
+    for call, out in zip(calls, outs):
+        np.testing.assert_array_equal(out, call.ref)

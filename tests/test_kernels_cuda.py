@@ -118,12 +118,17 @@ def test_cuda_kernels_match_numpy_under_simt_emulation(dtype):
     sched = cuda_schedule()
     prims = {kind: primfunc(kind, D, N_FF, dtype, sched, ACTS[kind], bias=True) for kind in KINDS}
     jobs = [(prims[kind], fixed_calls(kind, D, N_FF, dtype, ACTS[kind])) for kind in KINDS]
-    for kind, (_, calls), outs in zip(KINDS, jobs, run_batch(simt_kernels(prims.values()), jobs)):
-        for i, (call, out) in enumerate(zip(calls, outs)):
+    check_jobs([f"{kind} {dtype}" for kind in KINDS], jobs, run_batch(simt_kernels(prims.values()), jobs))
+
+
+def check_jobs(labels, jobs, outs):
+    """Every call of every job checked; a failure names its job and call."""
+    for label, (_, calls), got in zip(labels, jobs, outs):
+        for i, (call, out) in enumerate(zip(calls, got)):
             try:
                 call.check(out)
             except AssertionError as err:
-                raise AssertionError(f"{kind} {dtype} call {i}: {err}") from None
+                raise AssertionError(f"{label} call {i}: {err}") from None
 
 
 def test_cuda_down_projection_matches_numpy_over_many_rounds_partial_groups_and_idle_lanes():
@@ -189,12 +194,7 @@ def test_fp16_kernels_stage_x_once_per_block_as_fp16_and_sum_in_fp32(monkeypatch
             assert "*(uint4*)(xs" in first, kind
     assert "__syncthreads_or" in kernel_source(source, prims["exact"])  # up rows only where some warp kept one
     jobs = [(prims[kind], x16_calls(kind, d, 53, X16_ACTS[kind], monkeypatch)) for kind, d in X16.items()]
-    for kind, (_, calls), outs in zip(X16, jobs, run_batch(simt_kernels(prims.values()), jobs)):
-        for i, (call, out) in enumerate(zip(calls, outs)):
-            try:
-                call.check(out)
-            except AssertionError as err:
-                raise AssertionError(f"{kind} call {i}: {err}") from None
+    check_jobs(list(X16), jobs, run_batch(simt_kernels(prims.values()), jobs))
 
 
 def scored_calls(d, n_ff, seed=4, x16=False):
