@@ -18,19 +18,26 @@ transformers = pytest.importorskip("transformers")
 HOST_SYNCS = ("vm.builtin.tensor_to_shape", "vm.builtin.copy_tensor_from_to", "vm.builtin.to_device")
 
 
-@pytest.fixture(scope="module")
-def decoder():
-    import actsparse
-
-    require_nvcc()
+def tiny_llama():
     config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
                                       num_key_value_heads=2, intermediate_size=96, vocab_size=128,
                                       max_position_embeddings=64, pad_token_id=0, bos_token_id=None, eos_token_id=None,
-                                      hidden_act="relu")
+                                      hidden_act="relu", initializer_range=0.1)
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": True}):
-        lm = actsparse.compile(model, target="cuda", mode="exact", max_seq=16)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def compile_for_cuda(model, cuda_graph: bool):
+    import actsparse
+
+    with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": cuda_graph}):
+        return actsparse.compile(model, target="cuda", mode="exact", max_seq=16)
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    require_nvcc()
+    lm = compile_for_cuda(tiny_llama(), cuda_graph=True)
     return lm, lm.module.executable.as_text()
 
 
@@ -130,3 +137,16 @@ def test_the_gpu_cache_write_kernels_copy_the_rows_under_simt_emulation():
     (outs,) = run_batch(simt_kernels([prim]), [(prim, calls)])
     for call, out in zip(calls, outs):
         np.testing.assert_array_equal(out, call.ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True], ids=["plain", "cuda-graph"])
+def test_greedy_decoding_on_the_gpu_equals_transformers(cuda_graph):
+    """On a GPU: prefill by `main`, then one `step` call per token (captured in CUDA graphs where asked)."""
+    model = tiny_llama()
+    lm = compile_for_cuda(model, cuda_graph)
+    assert lm.module.has_function("step")
+    prompt = torch.tensor([[5, 6, 7, 9, 11, 3]])
+    with torch.no_grad():
+        want = model.generate(prompt, max_new_tokens=10, do_sample=False)
+    assert lm.generate(prompt, max_new_tokens=10).tolist() == want.tolist()
