@@ -235,8 +235,11 @@ class FfnBench:
             wg = self.wg * flip
         idx = np.flatnonzero(active).astype("int32")[None]
         if qg:  # quantized layouts: the blobs, and the float reference of what they hold (not torch's weights)
-            wg_blob = qg.blob.copy()
-            wg_blob.reshape(n_ff, -1, LAYOUTS[dtype].block_bytes)[flip[:, 0] < 0, :, 1] ^= 0x80  # fp16 scale sign
+            from actsparse.ir.quant import from_gguf_blocks, to_gguf_blocks
+
+            blocks = to_gguf_blocks(qg.blob, dtype, d).copy()
+            blocks.reshape(n_ff, -1, LAYOUTS[dtype].block_bytes)[flip[:, 0] < 0, :, 1] ^= 0x80  # fp16 scale sign
+            wg_blob = from_gguf_blocks(blocks, dtype, d)
             tw = [tv(wg_blob), tv(self.quantized(dtype, "wu").blob), tv(self.quantized(dtype, "wd_t").blob)]
             deq = [qg.dequantize() * flip, self.quantized(dtype, "wu").dequantize(),
                    self.quantized(dtype, "wd_t").dequantize()]
