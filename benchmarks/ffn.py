@@ -87,6 +87,8 @@ class FfnBench:
         self.wd = (rng.standard_normal((d, n_ff)) / np.sqrt(n_ff)).astype("float32")  # torch layout [d, n_ff]
         self.wd_t = np.ascontiguousarray(self.wd.T)
         self._kernels: dict = {}
+        # blob -> the bytes the kernels read (kernel_ab: another tree's kernels may read GGUF's blocks)
+        self.kernel_blob = lambda blob, dtype, cols: blob
         self._quantized: dict = {}
         self.compile_s = 0.0
         self._wake = self._wakers()
@@ -240,7 +242,8 @@ class FfnBench:
             blocks = to_gguf_blocks(qg.blob, dtype, d).copy()
             blocks.reshape(n_ff, -1, LAYOUTS[dtype].block_bytes)[flip[:, 0] < 0, :, 1] ^= 0x80  # fp16 scale sign
             wg_blob = from_gguf_blocks(blocks, dtype, d)
-            tw = [tv(wg_blob), tv(self.quantized(dtype, "wu").blob), tv(self.quantized(dtype, "wd_t").blob)]
+            tw = [tv(self.kernel_blob(b, dtype, d)) for b in (wg_blob, self.quantized(dtype, "wu").blob,
+                                                                self.quantized(dtype, "wd_t").blob)]
             deq = [qg.dequantize() * flip, self.quantized(dtype, "wu").dequantize(),
                    self.quantized(dtype, "wd_t").dequantize()]
             assert ((deq[0] @ self.x[0]) > 0).sum() == n_active

@@ -9,11 +9,11 @@ consecutive input columns at a time, each group holding
 
 Byte j of a 4-bit group holds column j in its low nibble and column j + 16 in its high nibble. q8_0 and q4_1 rows
 are runs of these blocks, exactly llama.cpp's Q8_0 / Q4_1 blocks (a GGUF tensor is our layout byte for byte).
-q4_0 rows are split (`QuantLayout.split`): first every group's 16 code bytes, then every group's fp16 scale, the
-groups padded with empty ones (scale 0) to a multiple of `SPLIT_GROUPS`: a 64-byte vector then holds 4 whole
-groups of one row and 4 scales are one 8-byte load (the row dots read llama.cpp's 18-byte blocks at 64-68% of the
-read limit, ~40% of the loop gathering per-block scales: BENCHMARKS.md, session 8). The same bytes as GGUF's
-Q4_0 blocks, rearranged: `from_gguf_blocks` / `to_gguf_blocks` convert losslessly.
+q4_0 rows are split (`QuantLayout.split`): first every group's 16 code bytes, then every group's fp16 scale (the
+same 18 bytes a group, nothing padded): a 64-byte vector then holds 4 whole groups of one row and their 4 scales
+are one 8-byte load (the row dots read llama.cpp's 18-byte blocks at 64-68% of the read limit, ~40% of the loop
+gathering per-block scales: BENCHMARKS.md, session 8). The same bytes as GGUF's Q4_0 blocks, rearranged:
+`from_gguf_blocks` / `to_gguf_blocks` convert losslessly.
 
 Why one array per weight rather than separate code / scale arrays: a row is then one contiguous stream (the
 kernels prefetch and gather whole rows; the scales sit beside their codes), and every kernel keeps the same
@@ -60,9 +60,8 @@ class QuantLayout:
         return -(-cols // GROUP)
 
     def stored_groups(self, cols: int) -> int:
-        """Groups a row stores: split rows pad to a multiple of SPLIT_GROUPS with empty groups."""
-        g = self.groups(cols)
-        return -(-g // SPLIT_GROUPS) * SPLIT_GROUPS if self.split else g
+        """Groups a row stores (the scale positions of split rows depend on it)."""
+        return self.groups(cols)
 
     def row_bytes(self, cols: int) -> int:
         return self.stored_groups(cols) * self.block_bytes
@@ -80,7 +79,6 @@ class QuantLayout:
         return grp * (GROUP * self.bits // 8) if self.split else grp * self.block_bytes + self.header_bytes
 
 
-SPLIT_GROUPS = 4  # a split row's groups pad to a multiple of this: 64 code bytes, one AVX-512 vector
 LAYOUTS = {lay.name: lay for lay in (QuantLayout("q8_0", 8, False), QuantLayout("q4_0", 4, False, split=True),
                                       QuantLayout("q4_1", 4, True))}
 QUANTIZE_KINDS = {"int8": "q8_0", "int4": "q4_0"}  # user-facing `quantize=` values -> the layout they produce
@@ -183,7 +181,7 @@ def quantize(w: np.ndarray, kind: str, group_size: int = GROUP) -> QuantizedWeig
 
 def from_gguf_blocks(blocks: np.ndarray, layout_name: str, cols: int) -> np.ndarray:
     """GGUF's blocks uint8 [rows, groups * block_bytes] -> our blob of `layout_name` (the same bytes; split
-    layouts move every scale behind the codes and pad the groups)."""
+    layouts move every scale behind the row's codes)."""
     lay = layout(layout_name)
     blocks = np.ascontiguousarray(blocks, np.uint8)
     if not lay.split:
@@ -195,7 +193,7 @@ def from_gguf_blocks(blocks: np.ndarray, layout_name: str, cols: int) -> np.ndar
     b = blocks.reshape(rows, g, lay.block_bytes)
     hb = lay.header_bytes
     codes = np.zeros((rows, sg, lay.block_bytes - hb), np.uint8)
-    header = np.zeros((rows, sg, hb), np.uint8)   # padded groups: scale 0, so their codes decode to 0
+    header = np.zeros((rows, sg, hb), np.uint8)
     codes[:, :g], header[:, :g] = b[..., hb:], b[..., :hb]
     return np.ascontiguousarray(np.concatenate([codes.reshape(rows, -1), header.reshape(rows, -1)], -1))
 

@@ -66,7 +66,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     row = row_index(gathered)
     ivec = f"int32x{L}"
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
-    pf_group = group_prefetch_macro(lay, stored)  # one prefetch per row and cache line
+    pf_group, pf_scales = group_prefetch_macro(lay, stored, R)  # one prefetch per row and cache line
 
     def rr(ro, r):  # byte offset of the row at step position r (past R or the list: a row read anyway)
         return ro[min(r, R - 1)]
@@ -165,10 +165,11 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                     hv[r] = h[m, hcol + i + r]
         hv[NV] = T.if_then_else(all_finite(hv), T.float32(0), T.float32(float("nan")))
         g0: T.let = first(t)
+        if prefetch:
+            pf_scales(wf, ro, R, g0, last(t))
         for gi in range(last(t) - g0):
-            if prefetch:
-                for r in T.unroll(R):
-                    pf_group(wf, ro[R + r], g0 + gi)
+            if prefetch:  # the next step's rows
+                pf_group(wf, ro, R, g0 + gi)
             coefficients(wf, ro, hv, g0 + gi, ab, sc)
             for hf in T.unroll(2):
                 for v in T.unroll(V):

@@ -112,30 +112,29 @@ def block_prefetch_macro():
     return pf
 
 
-def group_prefetch_macro(lay: QuantLayout, stored: int):
-    """`pf_group(w, row, grp)`: prefetch what group grp of a row needs when grp starts a cache line of its codes
-    (block layouts: every `CACHE_LINE // block_bytes` blocks; split: every 4 groups' codes, every 32 groups'
-    scales), so a streamed row costs one prefetch per line."""
+def group_prefetch_macro(lay: QuantLayout, stored: int, rows: int):
+    """(`pf_group(w, ro, first, grp)`, `pf_scales(w, ro, first, g0, g1)`): prefetch in the `rows` rows at byte
+    offsets ro[first:first + rows]. `pf_group`: what group grp needs when grp starts a cache line of codes (block
+    layouts: every `CACHE_LINE // block_bytes` blocks; split: every 4 groups), one test per group for all rows.
+    `pf_scales` (split layouts; once per step): the scale lines of groups [g0, g1). Why not a second test per group
+    for the scales: LLVM speculates nested conditional prefetches (aarch64: 16 per group instead of 8 per 4)."""
     pf = block_prefetch_macro()
-    if not lay.split:
-        U = max(1, CACHE_LINE // lay.block_bytes)
-
-        @T.macro
-        def pf_block(w, row, grp):
-            if grp % U == 0:
-                pf(w, row, grp * lay.block_bytes)
-
-        return pf_block
-    per_line = CACHE_LINE // (lay.block_bytes - 2)
+    per_line = CACHE_LINE // (lay.block_bytes - 2) if lay.split else max(1, CACHE_LINE // lay.block_bytes)
 
     @T.macro
-    def pf_split(w, row, grp):
+    def pf_group(w, ro, first, grp):
         if grp % per_line == 0:
-            pf(w, row, lay.codes_byte(grp, stored))
-        if grp % (CACHE_LINE // 2) == 0:
-            pf(w, row, lay.scale_byte(grp, stored))
+            for r in T.unroll(rows):
+                pf(w, ro[first + r], lay.codes_byte(grp, stored))
 
-    return pf_split
+    @T.macro
+    def pf_scales(w, ro, first, g0, g1):
+        if lay.split:
+            for ln in range((lay.scale_byte(g1, stored) - lay.scale_byte(g0, stored) + CACHE_LINE - 1) // CACHE_LINE):
+                for r in T.unroll(rows):
+                    pf(w, ro[first + r], lay.scale_byte(g0, stored) + ln * CACHE_LINE)
+
+    return pf_group, pf_scales
 
 
 def quant_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None):
@@ -227,7 +226,7 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     const = off or folded  # hs[R] is added once per output element
 
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
-    pf_group = group_prefetch_macro(lay, stored)
+    pf_group, pf_scales = group_prefetch_macro(lay, stored, R)
 
     def axsum(wf, ro, hs, grp, hf, j):
         e = hs[0] * code(lay, wf, ro[0], grp, hf, j, centered=not folded, stored=stored)
@@ -249,10 +248,11 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
             if i + r < end:
                 hv[r] = h[m, hcol + i + r]
         g0: T.let = first(t)
+        if prefetch:
+            pf_scales(wf, ro, R, g0, last(t))
         for gi in range(last(t) - g0):
-            if prefetch:  # one prefetch per row and cache line
-                for r in T.unroll(R):
-                    pf_group(wf, ro[R + r], g0 + gi)
+            if prefetch:  # the next step's rows, one prefetch per row and cache line
+                pf_group(wf, ro, R, g0 + gi)
             hs[R] = T.float32(0)
             for r in T.unroll(R):
                 hs[r] = hv[r] * scale(lay, wf, ro[r], g0 + gi, stored=stored)

@@ -187,7 +187,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     ivec = f"int32x{L}"
 
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
-    pf_group = group_prefetch_macro(lay, stored)
+    pf_group = group_prefetch_macro(lay, stored, R)[0]  # block layouts only here (split rows: quant_split.py)
 
     def rr(ro, s, p):  # byte offset of row p of set s (past the step's rows: its last row again, not stored)
         return ro[T.min(s * P + p, R - 1)]
@@ -251,8 +251,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
             acc[v] = T.float32(0)
         for grp in range(G):
             if prefetch:  # the next step's rows, one prefetch per row and cache line
-                for r in T.unroll(R):
-                    pf_group(wf, ro[R + r], grp)
+                pf_group(wf, ro, R, grp)
             dx: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx(grp), 1, 4)])
             dx_sum: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx_sum(grp), 1, 4)])
             for s in T.unroll(S):

@@ -10,12 +10,12 @@ and spread by one shuffle; x's side of the same K groups is laid out to match, s
     lanes 4k..4k+3 (group g = K c + k of chunk c):  dot(dot(init, nibbles & 15, x̂ lo), nibbles >> 4, x̂ hi)
     acc[row] += float(that) * (scale_g * dx_g)        (init: -8 * sum(x̂_g) in lane 4k, the q4_0 offset)
 
-and one horizontal sum per row at the end. Rows and x are padded to whole chunks (`ir.quant.SPLIT_GROUPS`; K
-divides it for 4, 8 and 16 lanes): padded groups have scale 0 and x̂ 0, so no tail code is needed.
+and one horizontal sum per row at the end. A row's last G % K groups (G its groups) are one more chunk, emitted on
+its own: its groups loaded one by one, zeros in the missing lanes (nothing is read past a row's codes and scales).
 
-Prepared x (`SplitX`, per token one byte row, Gs = the row's stored groups): x̂ of every group's columns 0-15
-(16 B per group), of its columns 16-31, the int32 accumulator start (4 lanes per group: -8 * sum(x̂_g), 0, 0, 0),
-and dx_g as fp32 repeated 4 times; 64 * Gs bytes.
+Prepared x (`SplitX`, per token one byte row, Gs = G rounded up to a multiple of 4 with zero groups, whole
+chunks for every K): x̂ of every group's columns 0-15 (16 B per group), of its columns 16-31, the int32 accumulator
+start (4 lanes per group: -8 * sum(x̂_g), 0, 0, 0), and dx_g as fp32 repeated 4 times; 64 * Gs bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import block_prefetch_macro, flat_rows
+from .quant_blocks import block_prefetch_macro, flat_rows, half_at
 from .quant_int8 import INT8_DOTS, reduce_lanes
 from .rows import CACHE_LINE, hsum_macro, row_index
 from .schedule import CpuSchedule
@@ -42,7 +42,7 @@ def is_split(dtype: str) -> bool:
 class SplitX:
     """Byte offsets within a token's row of the prepared x (module docstring)."""
 
-    stored: int  # groups, padded as the weight rows
+    stored: int  # groups, rounded up to a multiple of 4 (zero groups)
 
     def lo(self, g):
         return 16 * g
@@ -62,7 +62,7 @@ class SplitX:
 
 
 def split_x(d: int, dtype: str) -> SplitX:
-    return SplitX(LAYOUTS[dtype].stored_groups(d))
+    return SplitX(-(-LAYOUTS[dtype].groups(d) // 4) * 4)
 
 
 def split_prep_macro(d: int, dtype: str, sched: CpuSchedule):
@@ -136,9 +136,9 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     intrin, L = ins.intrinsic, ins.lanes
     K, VB, R = L // 4, 4 * L, sched.rows  # groups per vector, bytes per vector, rows per step
     xl = split_x(d, dtype)
-    Gs = xl.stored
-    chunks = Gs // K
-    scales_at = Gs * (lay.block_bytes - 2)
+    G = lay.groups(d)
+    chunks, tail = G // K, G % K  # whole chunks, groups of the last partial one
+    scales_at = lay.scale_byte(0, lay.stored_groups(d))
     row_bytes = lay.row_bytes(d)
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda v: v)
@@ -147,7 +147,7 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     hsum = hsum_macro(L)
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     code_lines = max(1, CACHE_LINE // VB)  # chunks per cache line of codes
-    scale_lines = CACHE_LINE // (2 * K)  # chunks per cache line of scales
+    scale_lines = -(-2 * G // CACHE_LINE)  # cache lines of a row's scales
 
     def dot(acc, a, b):
         return T.call_llvm_pure_intrin(ivec, intrin, acc, a, b)
@@ -155,19 +155,31 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     def xvec(xb, m, byte):
         return xb[m, T.ramp(byte, 1, VB)]
 
-    def scales(wf, ro_r, c):
-        """float32 x L: lanes 4k..4k+3 hold the scale of the chunk's group k (one load, one conversion)."""
+    def scales(wf, ro_r, c, n):
+        """float32 x L: lanes 4k..4k+3 hold the scale of the chunk's group k (one load, one conversion; the n < K
+        groups of a last partial chunk one by one, 0 past them)."""
+        if n < K:
+            halves = [half_at(wf, ro_r, scales_at + (c * K + k) * 2) if k < n else T.float16(0) for k in range(K)]
+            return T.Cast(fvec, Shuffle([T.Broadcast(h, 4) for h in halves], list(range(L))))
         raw = wf[T.ramp(ro_r + T.Cast("int64", scales_at + c * 2 * K), T.int64(1), 2 * K)]
         halves = T.reinterpret(f"float16x{K}" if K > 1 else "float16", raw)
         # (TVM's Shuffle takes no more indices than input lanes: the halves 4 times)
         spread = Shuffle([halves] * 4, [v // 4 for v in range(L)]) if K > 1 else T.Broadcast(halves, L)
         return T.Cast(fvec, spread)
 
-    def chunk_sum(wf, xb, m, ro_r, c, dxv, xlo, xhi, init):
-        raw = wf[T.ramp(ro_r + T.Cast("int64", c * VB), T.int64(1), VB)]
+    def codes(wf, ro_r, c, n):
+        """uint8 x VB: the code bytes of the chunk's groups (n < K: its n groups, then zeros)."""
+        if n == K:
+            return wf[T.ramp(ro_r + T.Cast("int64", c * VB), T.int64(1), VB)]
+        parts = [wf[T.ramp(ro_r + T.Cast("int64", (c * K + k) * HALF), T.int64(1), HALF)] if k < n
+                 else T.Broadcast(T.uint8(0), HALF) for k in range(K)]
+        return Shuffle(parts, list(range(VB)))
+
+    def chunk_sum(wf, xb, m, ro_r, c, dxv, xlo, xhi, init, n=K):
+        raw = codes(wf, ro_r, c, n)
         lo = T.bitwise_and(raw, T.Broadcast(T.uint8(15), VB))
         hi = T.shift_right(raw, T.Broadcast(T.uint8(4), VB))
-        return T.Cast(fvec, dot(dot(init, lo, xlo), hi, xhi)) * (scales(wf, ro_r, c) * dxv)
+        return T.Cast(fvec, dot(dot(init, lo, xlo), hi, xhi)) * (scales(wf, ro_r, c, n) * dxv)
 
     @T.macro
     def dots(w, xb, m, rows, base, i, end, dst, dcol):
@@ -178,14 +190,15 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
         acc = T.alloc_buffer((R * L,), "float32", scope="global")
         for v in T.vectorized(R * L):
             acc[v] = T.float32(0)
+        if prefetch:  # the next step's scales, all at once (a conditional prefetch per chunk: LLVM speculates it)
+            for r in T.unroll(R):
+                for ln in T.unroll(scale_lines):
+                    pf(wf, ro[R + r], scales_at + ln * CACHE_LINE)
         for c in range(chunks):
-            if prefetch:  # the next step's rows, one prefetch per row and cache line
+            if prefetch:  # the next step's codes, one prefetch per row and cache line
                 if c % code_lines == 0:
                     for r in T.unroll(R):
                         pf(wf, ro[R + r], c * VB)
-                if c % scale_lines == 0:
-                    for r in T.unroll(R):
-                        pf(wf, ro[R + r], scales_at + c * 2 * K)
             dxv: T.let = T.reinterpret(fvec, xvec(xb, m, xl.dx(c * K)))
             xlo: T.let = xvec(xb, m, xl.lo(c * K))
             xhi: T.let = xvec(xb, m, xl.hi(c * K))
@@ -193,6 +206,12 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
             for r in T.unroll(R):
                 acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + chunk_sum(wf, xb, m, ro[r], c, dxv, xlo, xhi,
                                                                                 init)
+        if tail > 0:  # the last partial chunk (x's side is zero past the row's groups)
+            for r in T.unroll(R):
+                acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + chunk_sum(
+                    wf, xb, m, ro[r], chunks, T.reinterpret(fvec, xvec(xb, m, xl.dx(chunks * K))),
+                    xvec(xb, m, xl.lo(chunks * K)), xvec(xb, m, xl.hi(chunks * K)),
+                    T.reinterpret(ivec, xvec(xb, m, xl.init(chunks * K))), tail)
         red = T.alloc_buffer((L,), "float32", scope="global")
         for r in T.unroll(R):
             for v in T.vectorized(L):
