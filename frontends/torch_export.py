@@ -31,6 +31,7 @@ import torch
 from torch.export.graph_signature import InputKind
 
 from ..ir import Graph, Node, TensorType, op_def, verify
+from ..ir.dims import affine
 from ..ir.types import is_float, np_dtype
 from .errors import FrontendError, SymbolicShapeError, UnsupportedOpError
 from .moe import per_expert_routing
@@ -156,6 +157,7 @@ class Importer:
         self.program = program
         self.prefix = prefix + "." if prefix else ""
         self.symbols: dict = {}  # sympy symbol -> IR dim name
+        self.bounds: dict[str, tuple[int, int]] = {}  # IR dim name -> (least, most) the caller guarantees
         self.weights: dict[str, np.ndarray] = {}
         self._weight_names: dict[tuple, str] = {}  # storage identity -> weight name (tied weights share one)
         self._weight_nodes: dict[str, Node] = {}
@@ -302,10 +304,35 @@ class Importer:
             if any(s not in self.symbols for s in expr.free_symbols):  # an unbacked symbol: x.item(), nonzero()
                 raise self.error(f"the size `{text}` depends on tensor values, which IR shapes cannot express; "
                                  "compute it from shapes or constants instead")
+            dim = self._affine(expr)
+            if dim is not None:
+                return dim
             raise self.symbolic_error(f"the size `{text}` is a symbolic expression, which IR shapes cannot express "
-                                      "(they only name dims); import with dynamic_seq=False to specialise the "
-                                      "sequence length")
+                                      "(they name dims and affine sums of them); import with dynamic_seq=False to "
+                                      "specialise the sequence length")
         raise self.error(f"expected a size, got {d!r}")
+
+    def _affine(self, expr):
+        """`expr` as an IR dim when it is affine in named dims with integer coefficients (kv + 1, kv - seq), once
+        the dims' bounds decide its min/max (kv <= max_seq <= 2048: min(2048, kv) is kv)."""
+        from torch.utils._sympy.functions import Max, Min
+        from torch.utils._sympy.value_ranges import ValueRanges, bound_sympy
+
+        ranges = {s: ValueRanges(*self.bounds[n]) for s, n in self.symbols.items() if n in self.bounds}
+
+        def decide(e):
+            spans = [bound_sympy(a, ranges) for a in e.args]
+            for i, (arg, span) in enumerate(zip(e.args, spans)):
+                others = [o for j, o in enumerate(spans) if j != i]
+                if all(span.upper <= o.lower if isinstance(e, Min) else span.lower >= o.upper for o in others):
+                    return arg
+            return e
+
+        expr = expr.replace(lambda e: isinstance(e, (Min, Max)), decide) if ranges else expr
+        parts = expr.as_coefficients_dict()
+        if not all(k == 1 or k in self.symbols for k in parts) or not all(v.is_Integer for v in parts.values()):
+            return None
+        return affine({self.symbols[k]: int(v) for k, v in parts.items() if k != 1}, int(parts.get(1, 0)))
 
     def shape(self, val) -> tuple:
         return tuple(self.dim(d) for d in val.shape)

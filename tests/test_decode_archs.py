@@ -61,10 +61,13 @@ def test_a_model_exported_for_one_token_per_call_still_prefills_and_decodes(monk
         actsparse.compile(model, mode="threshold", sparsity=0.3, max_seq=16, calibration=[ids])
 
 
-def test_a_cache_holding_more_than_keys_and_values_is_one_clear_error():
-    """DeepSeek-V3.2 caches its sparse-attention indexer's keys beside K and V: refused by name before the export."""
+def test_a_cache_holding_an_unknown_per_position_tensor_is_one_clear_error(monkeypatch):
+    """DeepSeek-V3.2 caches its sparse-attention indexer's keys beside K and V (cache_layers.POSITION_CACHES); a
+    cache tensor that table does not know is refused by name before the export."""
+    from actsparse.frontends import kv_cache
     from actsparse.frontends.errors import FrontendError
     from actsparse.scripts.arch_table import build_tiny
 
-    with pytest.raises(FrontendError, match="indexer_keys"):
+    monkeypatch.setattr(kv_cache, "POSITION_CACHES", {})
+    with pytest.raises(FrontendError, match="indexer_keys.*POSITION_CACHES"):
         actsparse.compile(build_tiny("deepseek_v32"), max_seq=16)
