@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from torch.export.graph_signature import InputKind
 
+from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, op_def, verify
-from ..ir.dims import affine
 from ..ir.types import is_float, np_dtype
 from .errors import FrontendError, SymbolicShapeError, UnsupportedOpError
 from .moe import per_expert_routing
+from .torch_dims import affine_dim
 from .torch_inplace import DATA_DEPENDENT, aliased
 from .torch_ops import lookup
 
@@ -62,11 +63,13 @@ def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: 
     program = export_program(model, example_inputs, dynamic_seq)
     try:
         return _import(model, program)
-    except SymbolicShapeError as err:
+    except UnsupportedOpError:
+        raise  # the same either way
+    except (ActsparseError, TypeError, ValueError) as err:
         if not dynamic_seq:
             raise
-        # a size computed from seq (a padded conv, a cache window): specialise to the example, as for an export
-        # that fails with a symbolic seq
+        # a size computed from seq that the IR cannot name (seq², min(seq, n)), or an op whose rule does not take
+        # an affine dim such as seq+3: specialise to the example, as for an export that fails with a symbolic seq
         warnings.warn(f"actsparse: importing with a symbolic sequence length failed ({err}); importing with the "
                       "example's static shapes instead", stacklevel=2)
         return _import(model, export_program(model, example_inputs, False))
@@ -304,35 +307,13 @@ class Importer:
             if any(s not in self.symbols for s in expr.free_symbols):  # an unbacked symbol: x.item(), nonzero()
                 raise self.error(f"the size `{text}` depends on tensor values, which IR shapes cannot express; "
                                  "compute it from shapes or constants instead")
-            dim = self._affine(expr)
+            dim = affine_dim(expr, self.symbols, self.bounds)
             if dim is not None:
                 return dim
             raise self.symbolic_error(f"the size `{text}` is a symbolic expression, which IR shapes cannot express "
                                       "(they name dims and affine sums of them); import with dynamic_seq=False to "
                                       "specialise the sequence length")
         raise self.error(f"expected a size, got {d!r}")
-
-    def _affine(self, expr):
-        """`expr` as an IR dim when it is affine in named dims with integer coefficients (kv + 1, kv - seq), once
-        the dims' bounds decide its min/max (kv <= max_seq <= 2048: min(2048, kv) is kv)."""
-        from torch.utils._sympy.functions import Max, Min
-        from torch.utils._sympy.value_ranges import ValueRanges, bound_sympy
-
-        ranges = {s: ValueRanges(*self.bounds[n]) for s, n in self.symbols.items() if n in self.bounds}
-
-        def decide(e):
-            spans = [bound_sympy(a, ranges) for a in e.args]
-            for i, (arg, span) in enumerate(zip(e.args, spans)):
-                others = [o for j, o in enumerate(spans) if j != i]
-                if all(span.upper <= o.lower if isinstance(e, Min) else span.lower >= o.upper for o in others):
-                    return arg
-            return e
-
-        expr = expr.replace(lambda e: isinstance(e, (Min, Max)), decide) if ranges else expr
-        parts = expr.as_coefficients_dict()
-        if not all(k == 1 or k in self.symbols for k in parts) or not all(v.is_Integer for v in parts.values()):
-            return None
-        return affine({self.symbols[k]: int(v) for k, v in parts.items() if k != 1}, int(parts.get(1, 0)))
 
     def shape(self, val) -> tuple:
         return tuple(self.dim(d) for d in val.shape)
@@ -406,9 +387,8 @@ class Importer:
             return self.cast(value, dtype)
         if isinstance(value, torch.SymInt):
             value = self.dim(value)
-            if isinstance(value, str):
-                raise self.symbolic_error(f"the symbolic size `{value}` is used as a tensor value, which the IR "
-                                          "cannot express; import with dynamic_seq=False")
+            if isinstance(value, str):  # a size as a number (positions from the sequence length): count its ones
+                return self.cast(self.emit("sum", [self.full((value,), "i64", 1)], axes=(0,)), dtype)
         if isinstance(value, (bool, int, float)):
             return self.const(value, dtype)
         raise self.error(f"expected a tensor or a number, got {type(value).__name__}")

@@ -25,7 +25,7 @@ def test_dims_are_canonical_affine_sums():
 
 class Sinks(nn.Module):
     """Softmax over the scores and one learned sink column, the sink then dropped (gpt-oss), plus a window of a
-    static table that starts at a symbolic position (GPT-Neo's causal-mask rows)."""
+    static table that starts at a symbolic position (GPT-Neo's causal-mask rows), plus the length as a value."""
 
     def __init__(self):
         super().__init__()
@@ -39,7 +39,7 @@ class Sinks(nn.Module):
         sink = self.sink.expand(1, scores.shape[1], 1)
         probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]  # [1, seq, seq+1] -> [.., seq]
         rows = self.table[32 - ids.shape[1]:]  # [seq, 8], starting at 32 - seq
-        return probs @ x + rows
+        return probs @ x + rows + ids.shape[1]  # the length as a number (positions from it: TrOCR, MVP)
 
 
 def test_a_sink_column_and_a_symbolic_slice_start_import_compile_and_match_torch():
