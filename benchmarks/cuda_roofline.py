@@ -8,7 +8,11 @@ For each kernel (exact, indexed, dense, threshold, scored) at the given dims, we
 - bytes touched per call: weight rows read (DRAM, unique) and scratch written and read back (mostly L2);
 - bytes in flight per SM, from the unroll and the occupancy: the down launch keeps `rows` 16-byte loads per
   lane in flight (a warp's compacted list permitting: at sparsity s a warp holds about (1 - s) of its positions),
-  the gate launch the unrolled chunk loads of one row per warp.
+  the gate launch the chunk loads of one row per warp that nvcc unrolled (16-byte global loads in its PTX over
+  the 2 row dots: gate and up);
+- x read by the gate/up launch per token (L1/L2 traffic, not DRAM): fp16 weights stage x once per block in shared
+  memory (4·d bytes per block, again for the up pass of blocks where some warp kept its neuron), fp32 weights read
+  it per warp and row (4·d bytes per row dot).
 Nothing here is timed: these are the design's figures (what the code asks of the memory system), not speed.
 
     python -m actsparse.benchmarks.cuda_roofline [--dtype float16] [--sparsity 0.9] [--arch sm_90] [--small]
@@ -63,7 +67,28 @@ def launches(source: str, symbol: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def figures(kind: str, d: int, n_ff: int, dtype: str, sparsity: float, sched, source: str, usage: dict) -> dict:
+def x_reads(kind: str, d: int, n_ff: int, dtype: str, sparsity: float, warps: int) -> float:
+    """Bytes of x the gate/up launch reads per token (see the module docstring)."""
+    from actsparse.codegen.kernels.cuda_blocks import stages_x
+
+    active = (1 - sparsity) * n_ff
+    if not stages_x(dtype):  # a row dot per warp reads all of x: gate rows, then up rows
+        dots = {"exact": n_ff + active, "threshold": n_ff + active, "dense": 2 * n_ff}.get(kind, 2 * active)
+        return dots * 4 * d
+    blocks = -(-n_ff // warps)
+    stagings = {"exact": blocks * (2 - sparsity ** warps), "threshold": blocks * (2 - sparsity ** warps),
+                "indexed": -(-active // warps)}.get(kind, blocks)  # dense, scored: every block stages once
+    return stagings * 4 * d
+
+
+def unrolled_loads(ptx: str, name: str, dots: int = 2) -> int:
+    """16-byte global loads per row dot in the PTX of launch `name` (the chunk loop's unroll)."""
+    body = re.split(r"\.entry ", ptx.split(f".entry {name}(", 1)[1], maxsplit=1)[0] if f".entry {name}(" in ptx else ""
+    return max(1, len(re.findall(r"ld\.global(?:\.nc)?\.v4", body)) // dots)
+
+
+def figures(kind: str, d: int, n_ff: int, dtype: str, sparsity: float, sched, source: str, usage: dict,
+            ptx: str = "") -> dict:
     from actsparse.codegen.kernels.cuda_blocks import down_splits, vector_elems
 
     wb = 2 if dtype == "float16" else 4
@@ -90,10 +115,12 @@ def figures(kind: str, d: int, n_ff: int, dtype: str, sparsity: float, sched, so
     down_flight = down_blocks * sched.warps * down_rows * sched.warp * lane_bytes
     gate_chunks = -(-d // (sched.warp * vector_elems(d, dtype, sched)))  # unrolled 16-byte loads per lane per row
     gate_blocks = per_launch[0][3] if per_launch else 0
-    gate_flight = gate_blocks * sched.warps * gate_chunks * sched.warp * lane_bytes
+    in_flight = min(gate_chunks, unrolled_loads(ptx, names[0])) if ptx and names else gate_chunks
+    gate_flight = gate_blocks * sched.warps * in_flight * sched.warp * lane_bytes
     return {"kind": kind, "launches": len(names), "per_launch": per_launch, "weight_MB": weights / 1e6,
             "scratch_MB": scratch / 1e6, "splits": splits, "gate_inflight_KB": gate_flight / 1024,
-            "down_inflight_KB": down_flight / 1024, "down_rows_per_warp": down_rows}
+            "down_inflight_KB": down_flight / 1024, "down_rows_per_warp": down_rows,
+            "x_MB": x_reads(kind, d, n_ff, dtype, sparsity, sched.warps) / 1e6}
 
 
 def kind_symbol(source: str, kind: str) -> str:
@@ -114,23 +141,25 @@ def build(d: int, n_ff: int, dtype: str, arch: str):
     sched = schedule_for(target)
     prims = [kernel(k, d, n_ff, dtype=dtype, sched=sched, gate_act="silu" if k == "threshold" else "relu",
                     **({"criterion": "gate"} if k == "threshold" else {})) for k in KINDS]
+    from actsparse.codegen.cuda_support import compile_ptx
+
     source = cuda_source(build_kernels(prims, target.tvm_target()).mod)
-    return sched, source, ptxas_usage(source, arch)
+    return sched, source, ptxas_usage(source, arch), compile_ptx(source, arch)
 
 
 def report(d: int, n_ff: int, dtype: str, sparsity: float, arch: str) -> list[dict]:
-    sched, source, usage = build(d, n_ff, dtype, arch)
-    rows = [figures(k, d, n_ff, dtype, sparsity, sched, source, usage) for k in KINDS]
+    sched, source, usage, ptx = build(d, n_ff, dtype, arch)
+    rows = [figures(k, d, n_ff, dtype, sparsity, sched, source, usage, ptx) for k in KINDS]
     print(f"\n**Roofline of the generated CUDA code** — d={d}, n_ff={n_ff}, weights {dtype}, {arch} "
           f"({sched.multiprocessors} SMs), {sparsity:.0%} inactive; computed from the source and ptxas, not timed\n")
     print("| kernel | launches | regs / smem B / blocks per SM (per launch) | weights MB | scratch MB | split-K | "
-          "in flight per SM: gate KB | down KB (rows/warp) |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+          "in flight per SM: gate KB | down KB (rows/warp) | x read by gate/up MB (L1/L2) |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         occ = "; ".join(f"{regs}/{smem}/{blocks}" for _, regs, smem, blocks in r["per_launch"])
         print(f"| {r['kind']} | {r['launches']} | {occ} | {r['weight_MB']:.1f} | {r['scratch_MB']:.2f} | "
               f"{r['splits']} | {r['gate_inflight_KB']:.0f} | {r['down_inflight_KB']:.0f} "
-              f"({r['down_rows_per_warp']:.1f}) |")
+              f"({r['down_rows_per_warp']:.1f}) | {r['x_MB']:.1f} |")
     return rows
 
 

@@ -17,8 +17,9 @@ pre-filter, dense = exact's dense twin), records the calls the VM makes in one m
 builtins, through a VM instrument) and replays them back to back, each timed (median of 5). Per call kind (the
 callee's symbol with its weight's shape) it prints the milliseconds per step, the weight bytes the call reads (its
 arguments that are module weights; the exact MLP's up and down rows scaled by the measured active fraction, the
-scored kernel's gate rows by the listed fraction of the replayed step and its up and down rows by the active
-fraction) and the GB/s that makes, beside the read limit of this machine (`FfnBench.read_probe`, timed just before).
+scored and certified kernels' gate rows by the listed fraction of the replayed step and their up and down rows by
+the active fraction) and the GB/s that makes, beside the read limit of this machine (`FfnBench.read_probe`, timed
+just before).
 "step wall" is the median Decoder.step without the instrument; "outside calls" is that minus the replayed calls: the
 VM's own interpretation and Python (negative when replaying from Python costs more than the VM's native calls).
 Weights beyond the last-level cache (2 layers at Mistral dims: ~0.9 GB in fp16) come from DRAM as in real decoding.
@@ -63,6 +64,15 @@ def _listed_fraction(args) -> float:
     return float((args[4].numpy() > args[5].numpy()[0]).any(axis=0).mean())
 
 
+def _certified_fraction(args) -> float:
+    """The certified kernel's (x, w_gate, w_up, w_down_t, w8, coef, cutoff, out): the share of neurons whose scores
+    (computed here as the kernel does, passes/certified_gate.py) some token lists."""
+    from actsparse.passes.certified_gate import certified_scores
+
+    s = certified_scores({"w8": args[4].numpy(), "coef": args[5].numpy()}, args[0].numpy())
+    return float((s > args[6].numpy()[0]).any(axis=0).mean())
+
+
 def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, float]:
     """({call kind: [seconds per step, bytes per step, calls per step]}, seconds per step of all calls) of one
     decoding step of `lm` (a Decoder) after `prompt` + `feed`: its calls are recorded once through a VM instrument,
@@ -83,6 +93,9 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
             read = nbytes[0] + active * (nbytes[1] + nbytes[2])
         elif "gmlp_scored" in symbol and len(nbytes) == 3:  # after the replay: the scores are the step's
             read = lambda: _listed_fraction(args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
+        elif "gmlp_certified" in symbol and len(nbytes) == 5:  # the int8 copy and coef whole, the gate rows listed
+            read = lambda: (_certified_fraction(args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
+                            + nbytes[3] + nbytes[4])
         else:
             read = float(sum(nbytes))
         shape = "x".join(str(int(s)) for s in w[0].shape) if w else ""

@@ -87,6 +87,8 @@ class FfnBench:
         self.wd = (rng.standard_normal((d, n_ff)) / np.sqrt(n_ff)).astype("float32")  # torch layout [d, n_ff]
         self.wd_t = np.ascontiguousarray(self.wd.T)
         self._kernels: dict = {}
+        # blob -> the bytes the kernels read (kernel_ab: another tree's kernels may read GGUF's blocks)
+        self.kernel_blob = lambda blob, dtype, cols: blob
         self._quantized: dict = {}
         self.compile_s = 0.0
         self._wake = self._wakers()
@@ -235,9 +237,13 @@ class FfnBench:
             wg = self.wg * flip
         idx = np.flatnonzero(active).astype("int32")[None]
         if qg:  # quantized layouts: the blobs, and the float reference of what they hold (not torch's weights)
-            wg_blob = qg.blob.copy()
-            wg_blob.reshape(n_ff, -1, LAYOUTS[dtype].block_bytes)[flip[:, 0] < 0, :, 1] ^= 0x80  # fp16 scale sign
-            tw = [tv(wg_blob), tv(self.quantized(dtype, "wu").blob), tv(self.quantized(dtype, "wd_t").blob)]
+            from actsparse.ir.quant import from_gguf_blocks, to_gguf_blocks
+
+            blocks = to_gguf_blocks(qg.blob, dtype, d).copy()
+            blocks.reshape(n_ff, -1, LAYOUTS[dtype].block_bytes)[flip[:, 0] < 0, :, 1] ^= 0x80  # fp16 scale sign
+            wg_blob = from_gguf_blocks(blocks, dtype, d)
+            tw = [tv(self.kernel_blob(b, dtype, d)) for b in (wg_blob, self.quantized(dtype, "wu").blob,
+                                                                self.quantized(dtype, "wd_t").blob)]
             deq = [qg.dequantize() * flip, self.quantized(dtype, "wu").dequantize(),
                    self.quantized(dtype, "wd_t").dequantize()]
             assert ((deq[0] @ self.x[0]) > 0).sum() == n_active

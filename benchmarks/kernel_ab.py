@@ -4,6 +4,7 @@ weights, so a shared machine's drifting load hits both alike (separate runs on a
 
     python -m actsparse.benchmarks.kernel_ab --trees /tmp/before,/work/wt/x [--dtype q4_0] [--sparsity 0.9]
                                              [--repeats 15] [--threads 2] [--axpy auto|integer|float]
+                                             [--clock wall|cpu]
 
 Each tree is a directory holding the `actsparse` package; a subprocess per tree imports it from there, builds the
 three kernels at Mistral-7B dims with the schedule `ffn.FfnBench` uses (the tree's own target table for the down
@@ -46,18 +47,45 @@ kw = dict(gate_act="relu", up_act="identity", dtype=dtype, sched=sched)
 prims = {"exact": sparse_gated_mlp(d, n_ff, **kw), "indexed": sparse_gated_mlp_indexed(d, n_ff, **kw),
          "dense": dense_gated_mlp(d, n_ff, **kw)}
 build_kernels(list(prims.values()), tvm.target.Target({**host.tvm, "num-cores": threads})).export_library(out)
-print(json.dumps({k: str(p.attrs["global_symbol"]) for k, p in prims.items()}))
+from actsparse.ir.quant import LAYOUTS
+split = getattr(LAYOUTS.get(dtype), "split", False)
+print(json.dumps({"symbols": {k: str(p.attrs["global_symbol"]) for k, p in prims.items()}, "split": split}))
 """
 
 
-def build_tree(tree: str, d: int, n_ff: int, threads: int, dtype: str, axpy, out: Path) -> dict[str, str]:
-    """Build the three kernels from `tree` into the library `out`; returns kernel -> symbol."""
+def build_tree(tree: str, d: int, n_ff: int, threads: int, dtype: str, axpy, out: Path) -> dict:
+    """Build the three kernels from `tree` into the library `out`; returns {"symbols": kernel -> symbol, "split":
+    whether that tree's layout splits the rows (ir.quant; False: GGUF's blocks as they are)}."""
     env = {**os.environ, "PYTHONPATH": tree}
     res = subprocess.run([sys.executable, "-c", BUILD, json.dumps([d, n_ff, threads, dtype, axpy, str(out)])],
                          env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"building the kernels of {tree} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def cpu_times(bench, runners: dict, repeats: int) -> dict[str, list[float]]:
+    """`FfnBench.time` on the process's CPU clock (LLC evicted before every call, interleaved)."""
+    import time
+
+    times = {name: [] for name in runners}
+    for rep in range(repeats + 2):  # two warm-up rounds
+        for name, (fn, _) in runners.items():
+            bench.evict()
+            t0 = time.process_time()
+            fn()
+            if rep >= 2:
+                times[name].append(time.process_time() - t0)
+    return times
+
+
+def kernel_blob_for(split: bool):
+    from actsparse.ir.quant import LAYOUTS, to_gguf_blocks
+
+    def blob(b, dtype, cols):
+        return b if split or not getattr(LAYOUTS.get(dtype), "split", False) else to_gguf_blocks(b, dtype, cols)
+
+    return blob
 
 
 def main(argv=None) -> int:
@@ -69,6 +97,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--axpy", choices=("auto", "integer", "float"), default="auto")
     ap.add_argument("--small", action="store_true", help="d=256, n_ff=1024 (a smoke test)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: the process's CPU time per call (with --threads 1: the kernel's time on a core, what "
+                         "a loaded machine's waits for a core leave out; memory stalls count)")
     args = ap.parse_args(argv)
     trees = args.trees.split(",")
     if len(trees) != 2:
@@ -85,18 +116,21 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for tag, tree in zip(("before", "after"), trees):
             lib_path = Path(tmp) / f"{tag}.so"
-            syms = build_tree(tree, d, n_ff, args.threads, args.dtype, axpy, lib_path)
+            built = build_tree(tree, d, n_ff, args.threads, args.dtype, axpy, lib_path)
             lib = tvm.runtime.load_module(str(lib_path))
-            bench._kernels[args.dtype] = {k: lib[s] for k, s in syms.items()}
+            bench._kernels[args.dtype] = {k: lib[s] for k, s in built["symbols"].items()}
+            # a tree from before the split q4_0 rows reads GGUF's blocks: hand it those bytes
+            bench.kernel_blob = kernel_blob_for(built["split"])
             found, _ = bench.runners(args.sparsity, args.dtype, which=tuple(KINDS))
             runners.update({f"{tag} {KINDS[name]}": r for name, r in found.items()})
         probe = bench.read_probe()
         runners[PROBE] = probe
-        times = bench.time(runners, args.repeats)
+        times = bench.time(runners, args.repeats) if args.clock == "wall" else cpu_times(bench, runners, args.repeats)
     med = {name: float(np.median(t)) for name, t in times.items()}
     limit = probe[1] / med[PROBE] / 1e9
     print(f"\n{bench.cpu}; {args.dtype}, {args.sparsity:.0%} inactive, d={d}, n_ff={n_ff}, {args.threads} threads, "
-          f"--axpy {args.axpy}; median of {args.repeats}, interleaved; read limit {limit:.1f} GB/s; load average "
+          f"--axpy {args.axpy}; --clock {args.clock}; median of {args.repeats}, interleaved; read limit {limit:.1f} "
+          f"GB/s; load average "
           f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(f"before: {trees[0]}\nafter:  {trees[1]}")
     best = {name: float(np.min(t)) for name, t in times.items()}

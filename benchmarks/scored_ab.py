@@ -13,6 +13,11 @@ weights from DRAM as in decoding), and are checked
 against each other first. Also timed: the bound predictor's own score pass (the q8_0 copy of the gate through the
 linear kernel's float path), for its share of the step, and the exact kernel (every gate row streamed) for the
 GB/s a contiguous stream reaches here. Prints medians, the bytes each reads and the load average.
+
+`--certified` adds the certified kernel (the score pass inside the MLP kernel, `scored_mlp.certified_gated_mlp`)
+against the two calls it replaces, score pass + scored kernel, on the same list (its error-bound coefficients set
+so the in-kernel scores list exactly the `--listed` neurons); `--block 0,128` times one certified kernel per
+block size (neurons scored ahead of the gate rows read; 0: the kernel's default).
 """
 
 from __future__ import annotations
@@ -31,6 +36,11 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=31)
     ap.add_argument("--threads", type=int, default=0, help="threads (default: the cores)")
     ap.add_argument("--small", action="store_true", help="tiny dims: a smoke test")
+    ap.add_argument("--ahead", default="0", help="comma list of 1 (gate rows prefetched whole when listed) / 0 (the "
+                                                 "gate dots' own next-step prefetch), crossed with --block")
+    ap.add_argument("--certified", action="store_true", help="also the certified kernel vs score pass + scored")
+    ap.add_argument("--block", default="0", help="the certified kernel's neurons scored ahead, a comma list: one "
+                                                 "runner each (0: the kernel's default)")
     args = ap.parse_args(argv)
     if not 0 < args.active <= args.listed <= 1:
         ap.error("need 0 < --active <= --listed <= 1 (the scores list every active neuron)")
@@ -40,7 +50,7 @@ def main(argv=None) -> int:
     from actsparse.codegen.kernels.common import build_standalone
     from actsparse.codegen.kernels.linear import linear
     from actsparse.codegen.kernels.predictor_kernels import select_active
-    from actsparse.codegen.kernels.scored_mlp import scored_gated_mlp
+    from actsparse.codegen.kernels.scored_mlp import certified_gated_mlp, scored_gated_mlp
     from actsparse.codegen.kernels.sparse_mlp import sparse_gated_mlp, sparse_gated_mlp_listed
     from actsparse.ir.quant import quantize
     from actsparse.runtime.memory import host_tensor as tv
@@ -62,8 +72,15 @@ def main(argv=None) -> int:
     exact_f = sparse_gated_mlp(d, n_ff, **kw)
     float_sched = dataclasses.replace(sched, int8_dot="")  # the bound predictor's scores: x not rounded
     score_f = linear(d, n_ff, dtype="q8_0", sched=float_sched)
-    mods = {f: build_standalone(f, target) for f in (select_f, listed_f, scored_f, score_f, exact_f)}
-    w8 = tv(quantize(wg, "q8_0").blob)
+    variants = [(int(b), bool(int(a))) for b in args.block.split(",") for a in args.ahead.split(",")]
+    variants = variants if args.certified else []
+    cert_fs = [certified_gated_mlp(d, n_ff, block=b, ahead=a, **kw) for b, a in variants]
+    mods = {f: build_standalone(f, target) for f in (select_f, listed_f, scored_f, score_f, exact_f, *cert_fs)}
+    q8 = quantize(wg, "q8_0")
+    w8 = tv(q8.blob)
+    # coefficients that make the in-kernel scores x·deq(w8) + ‖x‖·coef come out +1 where listed, -1 elsewhere
+    approx = bench.x.astype("float64") @ q8.dequantize().astype("float64").T
+    coef = tv(((np.where(listed, 1.0, -1.0) - approx[0]) / np.linalg.norm(bench.x)).astype("float32"))
     s, idx, count = tv(scores), tv(np.zeros((1, n_ff), "int32")), tv(np.zeros(1, "int32"))
     out_a, out_b, out_c, s_out = (tv(np.zeros((1, d), "float32")), tv(np.zeros((1, d), "float32")),
                                   tv(np.zeros((1, d), "float32")), tv(np.zeros((1, n_ff), "float32")))
@@ -81,14 +98,32 @@ def main(argv=None) -> int:
     def score_pass():
         mods[score_f](x, w8, s_out)
 
+    def score_then_scored():
+        mods[score_f](x, w8, s_out)
+        mods[scored_f](x, *w, s, cutoff, out_b)
+
+    out_d = tv(np.zeros((1, d), "float32"))
+
+    def certified(f):
+        return lambda: mods[f](x, *w, w8, coef, cutoff, out_d)
+
     before()
     after()
     np.testing.assert_allclose(out_b.numpy(), out_a.numpy(), rtol=1e-4, atol=1e-4 * np.abs(out_a.numpy()).max())
+    for f in cert_fs:
+        certified(f)()
+        np.testing.assert_allclose(out_d.numpy(), out_a.numpy(), rtol=1e-4, atol=1e-4 * np.abs(out_a.numpy()).max())
     row = d * np.dtype(args.dtype).itemsize
     mlp_bytes = n_ff * row * (args.listed + 2 * args.active)
     runners = {"select + listed (before)": (before, mlp_bytes), "scored (after)": (after, mlp_bytes),
                "bound scores: q8_0 linear, float x": (score_pass, n_ff * (d + d // 32 * 2)),
                "exact kernel (reference: every gate row streamed)": (exact, n_ff * row * (1 + 2 * args.active))}
+    score_bytes = n_ff * (d + d // 32 * 2)
+    if cert_fs:
+        runners["score pass + scored (bound before)"] = (score_then_scored, score_bytes + mlp_bytes)
+    for (b, a), f in zip(variants, cert_fs):
+        runners[f"certified: scores inside (block {b or 'default'}, {'rows ahead' if a else 'step prefetch'})"] = (
+            certified(f), score_bytes + mlp_bytes)
     load0 = os.getloadavg()
     times = bench.time(runners, args.repeats)  # interleaved, LLC evicted and thread pool woken before each call
     print(f"# predictor mode's MLP at d {d}, n_ff {n_ff}, {args.dtype}: {args.listed:.0%} listed, {args.active:.0%} "
@@ -102,6 +137,10 @@ def main(argv=None) -> int:
     print(f"\nscored vs select + listed: {a / b:.3f}x faster (median), {a0 / b0:.3f}x (min); "
           f"load avg before {'/'.join(f'{v:.1f}' for v in load0)}, "
           f"after {'/'.join(f'{v:.1f}' for v in os.getloadavg())}")
+    base = "score pass + scored (bound before)"
+    for name in (k for k in runners if k.startswith("certified")):
+        a, b = np.median(times[base]), np.median(times[name])
+        print(f"{name} vs {base}: {a / b:.3f}x faster (median), {np.min(times[base]) / np.min(times[name]):.3f}x (min)")
     return 0
 
 

@@ -10,6 +10,10 @@ fuses them (FuseOps + FuseTIR). Our kernels are marked opaque so that fusion nev
 
 A decoder's graph (first input `input_ids[1, seq]`) also gets a `step` function with that token dim fixed to 1:
 static shapes for every op outside attention, so the VM no longer builds and checks a shape per value.
+
+Each Relax function says how many of its parameters are inputs (`num_input`); the rest are weights, whose
+addresses do not change between calls. TVM's RewriteCUDAGraph (on with the PassContext option
+`relax.backend.use_cuda_graph`) needs that to capture the kernels reading weights in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -37,16 +41,21 @@ def _cpu_pipeline(tvm_target):
     return get_default_pipeline(tvm_target)
 
 
-PIPELINES = {"llvm": _cpu_pipeline}  # TVM target kind -> its Relax pipeline (others: tvm.compile's default)
-# TVM target kinds whose decoders get the one-token `step`: on CUDA, dlight's GEMV rule (TVM 0.27) asserts on the
-# static one-token attention matmuls, so GPU decoders keep calling `main` (runtime/decoder.py falls back to it)
-ONE_TOKEN_STEP = {"llvm"}
+def _cuda_pipeline(tvm_target):
+    from .cuda_pipeline import cuda_pipeline
+
+    return cuda_pipeline(tvm_target)
 
 
-def specializations(graph: Graph, tvm_kind: str = "llvm") -> dict[str, dict[str, int]]:
-    """{function name: {symbolic dim: value}} to build beside `main`: a decoder's one-token `step`."""
+# TVM target kind -> its Relax pipeline (others: tvm.compile's default). CUDA: TVM's own, with a GEMV rule that
+# declines the one-token step's extent-1 attention matmuls where dlight's asserts (codegen/cuda_pipeline.py)
+PIPELINES = {"llvm": _cpu_pipeline, "cuda": _cuda_pipeline}
+
+
+def specializations(graph: Graph) -> dict[str, dict[str, int]]:
+    """{function name: {symbolic dim: value}} to build beside `main`: a decoder's one-token `step` (every target)."""
     first = graph.inputs[0] if graph.inputs else None
-    if tvm_kind in ONE_TOKEN_STEP and first is not None and first.attrs.get("name") == "input_ids" \
+    if first is not None and first.attrs.get("name") == "input_ids" \
             and len(first.shape) == 2 and isinstance(first.shape[1], str):
         return {STEP: {first.shape[1]: 1}}
     return {}
@@ -57,10 +66,12 @@ def build(graph: Graph, target: Target):
     import tvm
 
     tvm_target = target.tvm_target()
-    mod, weight_order = lower_graph(graph, target, specializations(graph, tvm_target.kind.name))
+    mod, weight_order = lower_graph(graph, target, specializations(graph))
     for gv, func in list(mod.functions.items()):  # before legalization: only our own kernels are PrimFuncs here
         if isinstance(func, tvm.tirx.PrimFunc):
             mod[gv] = func.with_attr("op_pattern", OPAQUE)
+        elif isinstance(func, tvm.relax.Function):  # the parameters after the inputs are weights: fixed addresses
+            mod[gv] = func.with_attr("num_input", len(graph.inputs))
     SETUP.get(target.kind, lambda: None)()
     pipeline = PIPELINES.get(tvm_target.kind.name)
     with tvm_target:  # nvcc and dlight read the current target

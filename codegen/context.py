@@ -38,6 +38,7 @@ class LowerContext:
     symbols: dict[str, object]  # symbolic dim name -> tirx.Var
     kernels: dict[str, object] = field(default_factory=dict)  # global_symbol -> GlobalVar
     users: dict[int, int] = field(default_factory=dict)  # id(node) -> how many nodes (and outputs) read it
+    values: dict[int, object] = field(default_factory=dict)  # id(node) -> its Relax value, for nodes lowered so far
 
     def dim(self, d):
         """An IR dim as TVM sees it: an int, a graph input's dim variable, or an affine PrimExpr of them (kv+1)."""

@@ -33,7 +33,9 @@ def lower_graph(graph: Graph, target: Target, specialized: dict[str, dict[str, i
     weight_names = sorted(graph.weights)
     for name, bound in {"main": {}, **(specialized or {})}.items():
         _lower_function(bb, graph, target, name, bound, kernels, weight_names)
-    return tvm.ir.IRModule(bb.get().functions), weight_names
+    # a kernel that absorbs its inputs' computation (the certified MLP computes its scores) leaves them unused
+    entries = ["main", *(specialized or {})]
+    return relax.transform.DeadCodeElimination(entries)(tvm.ir.IRModule(bb.get().functions)), weight_names
 
 
 def _lower_function(bb, graph: Graph, target: Target, name: str, bound: dict[str, int], kernels: dict,
@@ -56,7 +58,8 @@ def _lower_function(bb, graph: Graph, target: Target, name: str, bound: dict[str
                                          relax.TensorType(list(array.shape), TVM_DTYPES[_ir_dtype(array)]))
     with bb.function(name, [*params, *weight_params.values()]):
         with bb.dataflow():
-            values = {id(n): p for n, p in zip(graph.inputs, params)}
+            values = ctx.values  # a lowering may read values further up its inputs (lower_predictor's certified)
+            values.update({id(n): p for n, p in zip(graph.inputs, params)})
             for node in graph.nodes:
                 if id(node) in values:
                     continue

@@ -50,7 +50,9 @@ def _composed(ctx, node, args):
     q, k, v, mask = args
     a = node.attrs
     kv = ctx.dim(node.inputs[3].shape[-1])
-    k, v = (R.strided_slice(x, axes=[2], begin=[0], end=[kv]) for x in (k, v))
+    # in bounds (kv <= the cache's slots, the runtime checks room): a shape of kv, not min(kv, slots), which the
+    # mask's kv would not match (the scores' shape, then softmax's, would be unknown and fail to legalize)
+    k, v = (R.strided_slice(x, axes=[2], begin=[0], end=[kv], assume_inbound=True) for x in (k, v))
     group = node.inputs[0].shape[1] // node.inputs[1].shape[1]
     if group > 1:
         k, v = R.repeat(k, group, axis=1), R.repeat(v, group, axis=1)

@@ -2,8 +2,9 @@
 
     read_gguf_quantized("model.gguf") -> {"model.layers.0.mlp.gate_proj.weight": QuantizedWeight(q4_1), ...}
 
-Q8_0, Q4_0 and Q4_1 blocks are our layouts byte for byte (ir.quant), so those tensors are taken as they are:
-lossless, no arithmetic. llama.cpp stores the rows of Llama's q/k projections permuted for its rotary layout;
+Q8_0 and Q4_1 blocks are our layouts byte for byte (ir.quant), so those tensors are taken as they are; Q4_0's
+bytes are rearranged into our split rows (`ir.quant.from_gguf_blocks`): lossless, no arithmetic either way.
+llama.cpp stores the rows of Llama's q/k projections permuted for its rotary layout;
 transformers' tensor processor undoes that permutation, which moves whole rows, so it applies to the blob as
 well. Other types are left out of the result (the model's dequantized weights cover them):
 K-quants and the other dequantizable types (Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, Q5_0, Q5_1) have a super-block layout
@@ -20,10 +21,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ..ir.quant import QuantizedWeight
+from ..ir.quant import QuantizedWeight, from_gguf_blocks
 from .errors import FrontendError
 
-KEPT = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}  # GGUF type -> our identical layout
+KEPT = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}  # GGUF type -> our layout of the same bytes
 DEQUANTIZED = ("Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "Q5_0", "Q5_1", "Q8_K")
 FLOATS = ("F32", "F16", "BF16")
 
@@ -87,5 +88,5 @@ def read_gguf_quantized(path) -> dict[str, QuantizedWeight]:
             continue
         blob = np.ascontiguousarray(processor.process(np.asarray(t.data), t.name).weights)
         rows, cols = int(t.shape[1]), int(t.shape[0])  # GGUF lists dims innermost first
-        out[names[t.name]] = QuantizedWeight(blob, layout, (rows, cols))
+        out[names[t.name]] = QuantizedWeight(from_gguf_blocks(blob, layout, cols), layout, (rows, cols))
     return out

@@ -1,15 +1,19 @@
-"""Quantized weight layouts: group-wise int8 / int4 with fp16 scales, stored as GGUF-compatible blocks.
+"""Quantized weight layouts: group-wise int8 / int4 with fp16 scales, GGUF's blocks (q4_0: split per row).
 
-A quantized weight of logical shape [rows, cols] is one uint8 array [rows, row_bytes]: each row is a run of
-blocks, one per group of `GROUP` = 32 consecutive input columns, and each block is
+A quantized weight of logical shape [rows, cols] is one uint8 array [rows, row_bytes], one group of `GROUP` = 32
+consecutive input columns at a time, each group holding
 
     q8_0   scale fp16 | 32 int8 codes                         w = scale * code                  34 B
     q4_0   scale fp16 | 16 bytes, two codes per byte          w = scale * (nibble - 8)          18 B
     q4_1   scale fp16 | offset fp16 | 16 bytes of nibbles     w = scale * nibble + offset        20 B
 
-Byte j of a 4-bit block holds column j in its low nibble and column j + 16 in its high nibble. These are
-exactly llama.cpp's Q8_0 / Q4_0 / Q4_1 blocks, so a GGUF tensor of those types is our layout byte for byte
-(lossless, no conversion), and a block's 16 low nibbles are 16 consecutive columns (one SIMD unpack).
+Byte j of a 4-bit group holds column j in its low nibble and column j + 16 in its high nibble. q8_0 and q4_1 rows
+are runs of these blocks, exactly llama.cpp's Q8_0 / Q4_1 blocks (a GGUF tensor is our layout byte for byte).
+q4_0 rows are split (`QuantLayout.split`): first every group's 16 code bytes, then every group's fp16 scale (the
+same 18 bytes a group, nothing padded): a 64-byte vector then holds 4 whole groups of one row and their 4 scales
+are one 8-byte load (the row dots read llama.cpp's 18-byte blocks at 64-68% of the read limit, ~40% of the loop
+gathering per-block scales: BENCHMARKS.md, session 8). The same bytes as GGUF's Q4_0 blocks, rearranged:
+`from_gguf_blocks` / `to_gguf_blocks` convert losslessly.
 
 Why one array per weight rather than separate code / scale arrays: a row is then one contiguous stream (the
 kernels prefetch and gather whole rows; the scales sit beside their codes), and every kernel keeps the same
@@ -42,6 +46,7 @@ class QuantLayout:
     name: str
     bits: int
     offset: bool
+    split: bool = False  # codes of every group, then the scales (module docstring); else one block per group
 
     @property
     def header_bytes(self) -> int:
@@ -54,11 +59,27 @@ class QuantLayout:
     def groups(self, cols: int) -> int:
         return -(-cols // GROUP)
 
+    def stored_groups(self, cols: int) -> int:
+        """Groups a row stores (the scale positions of split rows depend on it)."""
+        return self.groups(cols)
+
     def row_bytes(self, cols: int) -> int:
-        return self.groups(cols) * self.block_bytes
+        return self.stored_groups(cols) * self.block_bytes
+
+    def scale_byte(self, grp, stored: int):
+        """Byte offset within a row of group grp's fp16 scale (`stored`: the row's stored groups)."""
+        return stored * (self.block_bytes - 2) + 2 * grp if self.split else grp * self.block_bytes
+
+    def offset_byte(self, grp, stored: int):
+        assert self.offset and not self.split
+        return grp * self.block_bytes + 2
+
+    def codes_byte(self, grp, stored: int):
+        """Byte offset within a row of group grp's first code byte."""
+        return grp * (GROUP * self.bits // 8) if self.split else grp * self.block_bytes + self.header_bytes
 
 
-LAYOUTS = {lay.name: lay for lay in (QuantLayout("q8_0", 8, False), QuantLayout("q4_0", 4, False),
+LAYOUTS = {lay.name: lay for lay in (QuantLayout("q8_0", 8, False), QuantLayout("q4_0", 4, False, split=True),
                                       QuantLayout("q4_1", 4, True))}
 QUANTIZE_KINDS = {"int8": "q8_0", "int4": "q4_0"}  # user-facing `quantize=` values -> the layout they produce
 FLOAT_KINDS = {"fp16": "float16"}  # `quantize=` values that store plain floats of a narrower dtype
@@ -154,8 +175,40 @@ def quantize(w: np.ndarray, kind: str, group_size: int = GROUP) -> QuantizedWeig
         header[..., 0], header[..., 1] = scale, lo
     if lay.bits == 4:
         codes = codes[..., :16] | (codes[..., 16:] << 4)
-    blob = np.concatenate([header.view(np.uint8), codes], -1).reshape(rows, g * lay.block_bytes)
-    return QuantizedWeight(np.ascontiguousarray(blob), name, (rows, cols))
+    blocks = np.concatenate([header.view(np.uint8), codes], -1).reshape(rows, g * lay.block_bytes)
+    return QuantizedWeight(from_gguf_blocks(blocks, name, cols), name, (rows, cols))
+
+
+def from_gguf_blocks(blocks: np.ndarray, layout_name: str, cols: int) -> np.ndarray:
+    """GGUF's blocks uint8 [rows, groups * block_bytes] -> our blob of `layout_name` (the same bytes; split
+    layouts move every scale behind the row's codes)."""
+    lay = layout(layout_name)
+    blocks = np.ascontiguousarray(blocks, np.uint8)
+    if not lay.split:
+        return blocks
+    rows, g, sg = blocks.shape[0], lay.groups(cols), lay.stored_groups(cols)
+    if blocks.shape != (rows, g * lay.block_bytes):
+        raise QuantizationError(f"{layout_name} blocks of a [{rows}, {cols}] weight are uint8 "
+                                f"[{rows}, {g * lay.block_bytes}], got {list(blocks.shape)}")
+    b = blocks.reshape(rows, g, lay.block_bytes)
+    hb = lay.header_bytes
+    codes = np.zeros((rows, sg, lay.block_bytes - hb), np.uint8)
+    header = np.zeros((rows, sg, hb), np.uint8)
+    codes[:, :g], header[:, :g] = b[..., hb:], b[..., :hb]
+    return np.ascontiguousarray(np.concatenate([codes.reshape(rows, -1), header.reshape(rows, -1)], -1))
+
+
+def to_gguf_blocks(blob: np.ndarray, layout_name: str, cols: int) -> np.ndarray:
+    """Our blob -> GGUF's blocks uint8 [rows, groups * block_bytes] (inverse of `from_gguf_blocks`)."""
+    lay = layout(layout_name)
+    rows = blob.shape[0]
+    check_blob(blob, layout_name, (rows, cols))
+    if not lay.split:
+        return blob
+    g, sg, hb = lay.groups(cols), lay.stored_groups(cols), lay.header_bytes
+    codes = blob[:, :sg * (lay.block_bytes - hb)].reshape(rows, sg, -1)[:, :g]
+    header = blob[:, sg * (lay.block_bytes - hb):].reshape(rows, sg, hb)[:, :g]
+    return np.ascontiguousarray(np.concatenate([header, codes], -1).reshape(rows, g * lay.block_bytes))
 
 
 SEARCH_STEPS = np.arange(-10, 11) * 0.1   # candidate code magnitudes for the largest value: 7.0 .. 9.0
@@ -191,9 +244,8 @@ def dequantize(blob: np.ndarray, layout_name: str, cols: int) -> np.ndarray:
     """uint8 [rows, row_bytes] in `layout_name` -> float32 [rows, cols] (the exact values the kernels use)."""
     lay = layout(layout_name)
     rows = blob.shape[0]
-    check_blob(blob, layout_name, (rows, cols))
     g = lay.groups(cols)
-    blocks = blob.reshape(rows, g, lay.block_bytes)
+    blocks = to_gguf_blocks(blob, layout_name, cols).reshape(rows, g, lay.block_bytes)
     header = np.ascontiguousarray(blocks[..., :lay.header_bytes]).view(np.float16).astype(np.float32)
     raw = blocks[..., lay.header_bytes:]
     if lay.bits == 8:

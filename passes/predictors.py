@@ -170,6 +170,9 @@ class Kind:
     predicts_and: bool   # predicts gate and up of a dReLU block (the trained kind learns the AND from the labels)
     calibrated: bool = True  # False: certified (never misses an active neuron), needs no calibration data
     layout: str | None = None  # quant kinds: the layout of the gate's shadow copy (ir/quant.py)
+    # how sparsify-predictor writes the scores into the graph (its SCORE_GRAPHS): "factors" (ops on the fitted
+    # arrays), "shadow" (the quantized gate copy's linear), "certified" (int8 copy + error bound, certified_gate.py)
+    scores: str = "factors"
     # share of the miss budget (1 − recall) kept in reserve: the cutoff is placed at recall + margin·(1 − recall) on
     # the calibration rows, since new text misses a little more (SmolLM2: 95% there was 94.3–95.5% held out)
     margin: float = 0.0
@@ -179,11 +182,12 @@ KINDS = {
     "lowrank": Kind(_fit_lowrank, _lowrank_parts, trains=True, ranked=True, predicts_and=False),
     "svd": Kind(_fit_svd, _svd_parts, trains=False, ranked=True, predicts_and=True),
     "sign": Kind(_fit_sign, _sign_parts, trains=False, ranked=False, predicts_and=True),
-    "bound": Kind(_fit_bound, _bound_parts, trains=False, ranked=False, predicts_and=False, calibrated=False),
+    "bound": Kind(_fit_bound, _bound_parts, trains=False, ranked=False, predicts_and=False, calibrated=False,
+                  scores="certified"),
     "quant": Kind(_quant_fit("q4_0"), _quant_parts, trains=False, ranked=False, predicts_and=True, layout="q4_0",
-                  margin=QUANT_MARGIN),
+                  margin=QUANT_MARGIN, scores="shadow"),
     "quant8": Kind(_quant_fit("q8_0"), _quant_parts, trains=False, ranked=False, predicts_and=True, layout="q8_0",
-                   margin=QUANT_MARGIN),
+                   margin=QUANT_MARGIN, scores="shadow"),
 }
 assert tuple(KINDS) == PREDICTORS
 

@@ -178,12 +178,7 @@ def _predictor_block(node: Node, p: Fitted, pattern: str, provenance: dict, grap
     x = node.inputs[0]
     w_gate = node.inputs[1]
     base = f"{w_gate.attrs['name']}.{'gate.' if node.attrs.get('fused') else ''}predictor"
-    if p.kind == "bound":
-        scores = _bound_scores(x, p, base, block_weights(node, graph.weights)[2], new_weights, node.loc)
-    elif KINDS[p.kind].layout:
-        scores = _shadow_scores(x, p, base, new_weights, node.loc)
-    else:
-        scores = _score_nodes(x, p, base, graph.weights[w_gate.attrs["name"]].dtype, new_weights, node.loc)
+    scores = SCORE_GRAPHS[KINDS[p.kind].scores](x, p, base, node, graph, new_weights)
     attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "predictor",
              "pattern": pattern, "predictor": p.kind, "cutoff": float(p.cutoff),
              **{k: v for k, v in provenance.items() if v is not None}}
@@ -270,3 +265,15 @@ def _bound_scores(x: Node, p: Fitted, base: str, b_gate, new_weights: dict, loc:
     norm = Node("sqrt", (total,), {}, norm_type, loc)
     slack = Node("mul", (norm, weight_node(f"{base}.coef", coef)), {}, out, loc)
     return Node("add", (approx, slack), {}, out, loc)
+
+
+# the scores' subgraph per `Kind.scores` (passes/predictors.py): (x, fitted, weight-name base, block, graph,
+# new weights) -> scores node
+SCORE_GRAPHS = {
+    "factors": lambda x, p, base, node, graph, new: _score_nodes(
+        x, p, base, graph.weights[node.inputs[1].attrs["name"]].dtype, new, node.loc),
+    "shadow": lambda x, p, base, node, graph, new: _shadow_scores(x, p, base, new, node.loc),
+    "certified": lambda x, p, base, node, graph, new: _bound_scores(
+        x, p, base, block_weights(node, graph.weights)[2], new, node.loc),
+}
+assert {k.scores for k in KINDS.values()} <= set(SCORE_GRAPHS)

@@ -10,11 +10,11 @@ from .kernel_cases import act
 def codes_and_scales(blob, dtype, d):
     """(q [n, G*32] centred codes as float64, scale [n, G] f32, offset [n, G] f32 or None) of a blob: w = s * q
     (+ o + 8 s for q4_1, whose q is the nibble - 8 as the kernel centres it)."""
-    from actsparse.ir.quant import GROUP, LAYOUTS
+    from actsparse.ir.quant import GROUP, LAYOUTS, to_gguf_blocks
 
     lay = LAYOUTS[dtype]
     n, G = blob.shape[0], lay.groups(d)
-    blocks = blob.reshape(n, G, lay.block_bytes)
+    blocks = to_gguf_blocks(blob, dtype, d).reshape(n, G, lay.block_bytes)
     header = np.ascontiguousarray(blocks[..., :lay.header_bytes]).view(np.float16).astype(np.float32)
     raw = blocks[..., lay.header_bytes:]
     if lay.bits == 8:

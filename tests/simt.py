@@ -85,6 +85,17 @@ template <class T, class F> T exchange(T v, F src_lane, int width) {
 }  // namespace simt
 
 inline void __syncthreads() { simt::block->all->arrive_and_wait(); }
+// a block barrier returning whether `pred` holds in some thread of the block (every thread gets the same answer)
+inline int __syncthreads_or(int pred) {
+  auto &all = *simt::block->all;
+  all.arrive_and_wait();
+  simt::block->slots[simt::tid] = pred ? 1 : 0;
+  all.arrive_and_wait();
+  int any = 0;
+  for (int t = 0; t < simt::block->threads; ++t) any |= simt::block->slots[t] != 0;
+  all.arrive_and_wait();
+  return any;
+}
 inline unsigned __activemask() { return 0xffffffffu; }
 // the warp's predicate bits (lane l's at bit l): every lane's predicate exchanged through the slots
 inline unsigned __ballot_sync(unsigned mask, int pred) {

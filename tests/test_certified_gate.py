@@ -49,10 +49,12 @@ def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
     assert node.attrs["mode"] == "predictor" and node.attrs["predictor"] == "bound" and node.attrs["cutoff"] == 0.0
     approx = node.inputs[4].inputs[0]
     assert approx.op == "linear" and approx.attrs["float_x"] and approx.inputs[1].attrs["layout"] == "q8_0"
-    # one kernel makes the neuron list from the scores (kernels/scored_mlp.py): no select call before it
-    calls = [line.split()[1] for line in cm.executable.as_text().splitlines() if line.strip().startswith("call ")]
-    assert any(c.startswith(f"actsparse_gmlp_scored_d{D}_f{N}") for c in calls), calls
-    assert not any(c.startswith(("actsparse_select", "actsparse_gmlp_listed")) for c in calls), calls
+    # one kernel scores the int8 rows and makes the neuron list (kernels/scored_mlp.py, certified): no score linear,
+    # no select call before it (the score nodes' lowered calls are dropped as unused)
+    calls = _calls(cm)
+    assert any(c.startswith("actsparse_gmlp_certified") and f"_d{D}_f{N}_" in c for c in calls), calls
+    assert not any(c.startswith(("actsparse_select", "actsparse_gmlp_listed", "actsparse_gmlp_scored",
+                                 "actsparse_linear")) for c in calls), calls
     for inp in (x, mlp_input(d=D, seq=1, seed=3)):
         np.testing.assert_allclose(cm(inp), dense(inp), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(cm(inp), evaluate(graph, [inp])[0], rtol=1e-4, atol=1e-6)
@@ -60,6 +62,26 @@ def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
     assert block.predictor == "bound" and block.recall == 1.0 and block.calibrated_recall == 1.0
     assert block.predicted_sparsity > 0.3          # certified inactive share on these inputs
     assert block.predicted_sparsity <= block.sparsity
+
+
+def test_bound_scores_outside_the_kernel_when_the_lowering_says_so(monkeypatch):
+    """CERTIFIED_IN_KERNEL off (the quiet A/B's other outcome): a q8_0 score linear, then the scored kernel; the
+    same exact output."""
+    from actsparse.codegen import lower_predictor
+
+    monkeypatch.setattr(lower_predictor, "CERTIFIED_IN_KERNEL", False)
+    graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)
+    x = mlp_input(d=D, seq=5, seed=9)
+    cm = actsparse.compile(graph, (x,), mode="predictor", predictor="bound")
+    calls = _calls(cm)
+    assert any(c.startswith("actsparse_gmlp_scored") for c in calls), calls
+    assert any(c.startswith("actsparse_linear") and "q8_0" in c for c in calls), calls
+    assert not any(c.startswith("actsparse_gmlp_certified") for c in calls), calls
+    np.testing.assert_allclose(cm(x), evaluate(graph, [x])[0], rtol=1e-4, atol=1e-6)
+
+
+def _calls(cm) -> list[str]:
+    return [line.split()[1] for line in cm.executable.as_text().splitlines() if line.strip().startswith("call ")]
 
 
 def test_fatrelu_cutoff_is_its_threshold_and_output_is_exact():
@@ -85,6 +107,7 @@ def test_fp16_storage_is_bounded_too_and_int8_storage_is_refused():
     cm = actsparse.compile(graph, (x,), mode="predictor", predictor="bound", quantize="fp16")
     dense = actsparse.compile(graph, (x,), mode="dense", quantize="fp16")
     assert cm.graph.weights["mlp.gate.weight.predictor.coef"].dtype == np.float32
+    assert any(c.startswith("actsparse_gmlp_certified") and "float16" in c for c in _calls(cm))
     np.testing.assert_allclose(cm(x), dense(x), rtol=1e-4, atol=1e-6)
     with pytest.raises(ActsparseError, match="quantize='int8'.*mode='exact'"):
         actsparse.compile(graph, (x,), mode="predictor", predictor="bound", quantize="int8")

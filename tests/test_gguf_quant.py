@@ -55,6 +55,7 @@ def test_quantized_tensors_come_back_losslessly_under_hf_names(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from actsparse.frontends.gguf_quant import gguf_tensor_types, read_gguf_quantized
+    from actsparse.ir.quant import to_gguf_blocks
 
     blobs = write_tiny_llama(tmp_path / "tiny.gguf")
     assert gguf_tensor_types(tmp_path / "tiny.gguf") == {"F32": 5, "Q4_0": 3, "Q4_1": 2, "Q8_0": 2}
@@ -65,6 +66,8 @@ def test_quantized_tensors_come_back_losslessly_under_hf_names(tmp_path):
         "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"))
     assert got[prefix + "mlp.gate_proj.weight"].layout == "q4_1"
     np.testing.assert_array_equal(got[prefix + "mlp.down_proj.weight"].blob, blobs["ffn_down"])  # no arithmetic
+    up = got[prefix + "mlp.up_proj.weight"]  # Q4_0: the same bytes, split per row (ir.quant)
+    np.testing.assert_array_equal(to_gguf_blocks(up.blob, "q4_0", up.shape[1]), blobs["ffn_up"])
     assert not np.array_equal(got[prefix + "self_attn.q_proj.weight"].blob, blobs["attn_q"])  # rows un-permuted
     model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf", dtype=torch.float32)
     state = model.state_dict()

@@ -118,12 +118,17 @@ def test_cuda_kernels_match_numpy_under_simt_emulation(dtype):
     sched = cuda_schedule()
     prims = {kind: primfunc(kind, D, N_FF, dtype, sched, ACTS[kind], bias=True) for kind in KINDS}
     jobs = [(prims[kind], fixed_calls(kind, D, N_FF, dtype, ACTS[kind])) for kind in KINDS]
-    for kind, (_, calls), outs in zip(KINDS, jobs, run_batch(simt_kernels(prims.values()), jobs)):
-        for i, (call, out) in enumerate(zip(calls, outs)):
+    check_jobs([f"{kind} {dtype}" for kind in KINDS], jobs, run_batch(simt_kernels(prims.values()), jobs))
+
+
+def check_jobs(labels, jobs, outs):
+    """Every call of every job checked; a failure names its job and call."""
+    for label, (_, calls), got in zip(labels, jobs, outs):
+        for i, (call, out) in enumerate(zip(calls, got)):
             try:
                 call.check(out)
             except AssertionError as err:
-                raise AssertionError(f"{kind} {dtype} call {i}: {err}") from None
+                raise AssertionError(f"{label} call {i}: {err}") from None
 
 
 def test_cuda_down_projection_matches_numpy_over_many_rounds_partial_groups_and_idle_lanes():
@@ -146,8 +151,55 @@ def test_cuda_down_projection_matches_numpy_over_many_rounds_partial_groups_and_
             call.check(out)
 
 
-def scored_calls(d, n_ff, seed=4):
-    """Predictor mode's CUDA kernel: token m computes the neurons whose score beats the cutoff (a NaN score never)."""
+def x16_calls(kind, d, n_ff, acts, monkeypatch, seed=5):
+    """fp16-weight calls whose reference takes x rounded to fp16 (the kernels stage x as fp16 in shared memory),
+    checked at float32's tolerance: the only rounding besides fp32 summation is x's, once."""
+    from . import kernel_cases
+    from .kernel_cases import Call
+
+    monkeypatch.setattr(kernel_cases, "x_seen", lambda x, rounded: x.astype(np.float16).astype(np.float32))
+    rng, calls = np.random.default_rng(seed), []
+    for M, frac in ((1, 0.1), (3, 0.5)):
+        active = np.flatnonzero(rng.random(n_ff) < frac)
+        if kind == "linear":
+            calls.append(kernel_cases.linear_call(rng, M, d, n_ff, "float16", bias=True, x8=True))
+        elif kind == "scored":
+            calls.append(scored_calls(d, n_ff, seed, x16=True)[M > 1])
+        else:
+            sets = [rng.permutation(active).astype(np.int32) for _ in range(M)] if kind == "indexed" else None
+            calls.append(kernel_cases.mlp_call(kind, rng, M, d, n_ff, "float16", acts, active, sets, x8=True))
+    return [Call(c.args, c.ref, c.scale, "float32", c.slack) for c in calls]
+
+
+X16 = {"exact": 300, "threshold": 37, "scored": 300, "indexed": 37, "dense": 300, "linear": 37}  # d: 2 staging
+# rounds of 256 threads with 4-half loads, or one-element loads where lanes and warps diverge; n_ff 53 (odd)
+X16_ACTS = {**ACTS, "threshold": ("silu", "identity", 0.3, "gate"), "scored": ACTS["indexed"]}
+
+
+def test_fp16_kernels_stage_x_once_per_block_as_fp16_and_sum_in_fp32(monkeypatch):
+    """Gate/up (every mode, incl. threshold and predictor) and linear with fp16 weights: x[m] is copied into the
+    block's shared memory as fp16 between barriers every thread reaches, the warps' dots read it there (16-byte
+    lanes where d allows), convert both factors to fp32 and accumulate in fp32: equal to the fp16-rounded-x
+    reference within fp32 summation error, at odd sizes where lanes and warps diverge."""
+    sched = cuda_schedule()
+    prims = {kind: primfunc(kind, d, 53, "float16", sched, X16_ACTS[kind], bias=True) for kind, d in X16.items()}
+    _, source = cuda_build(prims.values())
+    for kind, prim in prims.items():
+        first = kernel_source(source, prim).split("__global__")[1]  # the gate/up (or linear) launch
+        assert re.search(r"__shared__ alignas\(\d+\) half xs\w*\[" + str(X16[kind]) + r"\]", first), kind
+        assert re.search(r"xs\w*\[[^]]+\] = \(\(half\)x_ptr\[", first), kind  # staged: x rounded to fp16
+        assert len(re.findall(r"\bx_ptr\[", first)) == first.count("(half)x_ptr["), kind  # no other read of x
+        assert "__hfma2" not in first and "__hmul" not in first, kind  # products in fp32, not half
+        if X16[kind] % 8 == 0:
+            assert "*(uint4*)(xs" in first, kind
+    assert "__syncthreads_or" in kernel_source(source, prims["exact"])  # up rows only where some warp kept one
+    jobs = [(prims[kind], x16_calls(kind, d, 53, X16_ACTS[kind], monkeypatch)) for kind, d in X16.items()]
+    check_jobs(list(X16), jobs, run_batch(simt_kernels(prims.values()), jobs))
+
+
+def scored_calls(d, n_ff, seed=4, x16=False):
+    """Predictor mode's CUDA kernel: token m computes the neurons whose score beats the cutoff (a NaN score never).
+    x16: the reference takes x rounded to fp16."""
     from .kernel_cases import Call, mlp_inputs, mlp_reference
 
     rng, calls = np.random.default_rng(seed), []
@@ -156,7 +208,8 @@ def scored_calls(d, n_ff, seed=4):
         scores = rng.random((M, n_ff)).astype(np.float32)
         scores[0, :3] = np.nan
         cutoff = np.array([1 - frac], np.float32)
-        ref, scale = mlp_reference(x, *ws, "silu", "identity", 0.0, mask=scores > cutoff)
+        xr = x.astype(np.float16).astype(np.float32) if x16 else x
+        ref, scale = mlp_reference(xr, *ws, "silu", "identity", 0.0, mask=scores > cutoff)
         calls.append(Call([x, *ws, scores, cutoff, np.full((M, d), np.nan, np.float32)], ref, scale, "float16"))
     return calls
 
@@ -231,26 +284,6 @@ def test_compile_for_cuda_in_threshold_mode_uses_the_cuda_threshold_kernel():
     launches = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) (actsparse_\w+?)_kernel", source))
     assert any(name.startswith("actsparse_cuda_gmlp_thrgate_d32_f48_silu") for name in launches), launches
     assert "erff" not in source and "__ballot_sync" in source  # silu gate (no erf), the flag mask's ballot
-
-
-def test_compile_for_cuda_schedules_the_other_ops_with_dlight():
-    """A small Llama: attention, norms, softmax, embedding go through TVM's legalization + dlight GPU rules."""
-    import torch
-
-    import actsparse
-    from actsparse.codegen.cuda_support import cuda_source
-    from actsparse.models import TinyConfig, TinyLlama
-
-    require_nvcc()
-    torch.manual_seed(0)
-    model = TinyLlama(TinyConfig(d_model=32, n_layers=1, n_heads=2, n_ff=64, max_seq=16, mlp_act="drelu")).eval()
-    cm = actsparse.compile(model, (torch.randint(0, 256, (1, 5)),), target="cuda", mode="exact")
-    source = cuda_source(cm.executable.mod)
-    ours = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) (actsparse_\w+?)_kernel", source))
-    others = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) ((?!actsparse_)\w+?)(?:_kernel\w*)?\(", source))
-    assert any("gmlp_exact" in k for k in ours) and any("linear" in k for k in ours)
-    assert len(others) >= 5  # softmax, norm, rotary, matmuls of attention, ... scheduled by dlight
-    assert "threadIdx.x" in source
 
 
 # --- numerics on a real GPU: only where one is present ---------------------------------------------------

@@ -76,6 +76,43 @@ def test_an_int8_dot_kernel_is_built_with_vpdpbusd():
     assert "vpdpbusd" in asm
 
 
+def innermost_loops(asm: str) -> list[list[str]]:
+    """x86 assembly text -> the mnemonics of each innermost loop (a backward jump whose range holds no other)."""
+    import re
+
+    lines = asm.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\.?L\w+):", line))}
+    loops = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^\s+j\w+\s+(\.?L\w+)", line)
+        if m and m.group(1) in labels and labels[m.group(1)] < i:
+            loops.append((labels[m.group(1)], i))
+    inner = [(s, e) for s, e in loops if not any(s < s2 and e2 < e for s2, e2 in loops)]
+    return [[x.split()[0] for x in lines[s + 1:e + 1] if x.strip() and not x.strip().startswith((".", "#"))
+             and not x.endswith(":")] for s, e in inner]
+
+
+def test_split_q4_0_row_dots_load_4_groups_and_their_scales_at_once():
+    """q4_0 rows are split (ir.quant): the row-dot loop reads 4 whole groups of a row per 64-byte vector and their
+    4 scales with one load and one conversion, so per row and 128 columns: 2 vpdpbusd, 1 vcvtph2ps and no per-row
+    scale gather (GGUF's blocks took 4 vpbroadcastw + 2 inserts + a blend per 4 rows and 32 columns)."""
+    import tvm
+
+    from actsparse.codegen.kernels import kernel
+
+    prim = kernel("linear", 1024, 64, dtype="q4_0", sched=host_sched("vpdpbusd512"))
+    spr = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids"})  # compiled only: any host
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=spr)
+    asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+    loops = [body for body in innermost_loops(asm) if "vpdpbusd" in body]
+    assert loops, "no row-dot loop with vpdpbusd"
+    for body in loops:
+        dots = body.count("vpdpbusd")
+        widen = sum(op.startswith("vcvtph2ps") for op in body)
+        assert widen * 2 == dots and "vpbroadcastw" not in body, body
+        assert sum(op.startswith("vinserti") for op in body) == 0, body
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(QUANT_DTYPES), dot=st.sampled_from(tuple(DOTS)), d=ragged, n_ff=st.integers(1, 40),

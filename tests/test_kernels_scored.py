@@ -97,3 +97,33 @@ def test_scored_kernel_reads_quantized_rows(layout, M):
     out = run(kernel, x, *[w.blob for w in q], scores, cutoff, out_shape=(M, d))
     ref = _reference(x, *[w.dequantize() for w in q], scores, 0.0, "relu", 0.0)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("sched,dtype,gate_act,M,block,ahead", [
+    (SCHEDS["avx512"], "float16", "relu", 1, 8, True),
+    (SCHEDS["avx512"], "float32", "relu", 3, 0, False),
+    (SCHEDS["avx2-3t-1row"], "float16", "fatrelu", 2, 2, False),
+], ids=["avx512-f16-M1-blocks-ahead", "avx512-f32-M3", "avx2-fatrelu-M2"])
+def test_certified_kernel_scores_inside_and_equals_the_scored_kernel(sched, dtype, gate_act, M, block, ahead):
+    """The bound predictor's scores computed in the kernel (blocks of `block` neurons scored ahead of the gate
+    rows read; `ahead`: listed rows prefetched whole): the output equals the scored kernel fed numpy's scores,
+    and the dense MLP (the bound drops no active neuron)."""
+    from actsparse.codegen.kernels.scored_mlp import certified_gated_mlp
+    from actsparse.passes.certified_gate import certified_scores, certify_gate
+
+    d = 96  # whole q8_0 groups
+    rng = np.random.default_rng(5 + M)
+    x = rng.standard_normal((M, d)).astype("float32")
+    wg, wu, wd_t = (rng.standard_normal((N_FF, d)).astype(dtype) for _ in range(3))
+    arrays = certify_gate(wg.astype("float32"))
+    threshold = 0.5 if gate_act == "fatrelu" else 0.0
+    cutoff = np.array([threshold], "float32")
+    scores = certified_scores(arrays, x).astype("float32")
+    assert 0 < (scores <= threshold).mean() < 1  # some neurons certified, some listed
+    kw = dict(gate_act=gate_act, up_act="identity", threshold=threshold, dtype=dtype, sched=sched)
+    out = run(certified_gated_mlp(d, N_FF, block=block, ahead=ahead, **kw), x, wg, wu, wd_t, arrays["w8"],
+              arrays["coef"], cutoff, out_shape=(M, d))
+    scored = run(scored_gated_mlp(d, N_FF, **kw), x, wg, wu, wd_t, scores, cutoff, out_shape=(M, d))
+    ref = _reference(x, wg, wu, wd_t, np.ones_like(scores), 0.0, gate_act, threshold)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(out, scored, rtol=1e-5, atol=1e-5 * np.abs(ref).max())

@@ -19,8 +19,22 @@ def test_quantize_is_byte_identical_to_gguf_and_dequantizes_like_it(layout):
     w = np.random.default_rng(0).standard_normal((6, 128)).astype(np.float32)
     qtype = getattr(gguf.GGMLQuantizationType, GGUF_TYPES[layout])
     ours = quant.quantize(w, layout)
-    np.testing.assert_array_equal(ours.blob, quants.quantize(w, qtype))
-    np.testing.assert_array_equal(ours.dequantize(), quants.dequantize(ours.blob, qtype))
+    blocks = quant.to_gguf_blocks(ours.blob, layout, 128)
+    np.testing.assert_array_equal(blocks, quants.quantize(w, qtype))
+    np.testing.assert_array_equal(ours.dequantize(), quants.dequantize(blocks, qtype))
+    np.testing.assert_array_equal(quant.from_gguf_blocks(blocks, layout, 128), ours.blob)  # lossless both ways
+
+
+@given(rows=st.integers(1, 3), cols=st.integers(1, 200), seed=st.integers(0, 99))
+@settings(max_examples=15)
+def test_split_q4_0_rows_hold_the_codes_then_the_scales(rows, cols, seed):
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    q = quant.quantize(w, "q4_0")
+    g = sg = -(-cols // 32)
+    assert q.blob.shape == (rows, 18 * g)  # GGUF's size: nothing padded
+    blocks = quant.to_gguf_blocks(q.blob, "q4_0", cols).reshape(rows, g, 18)
+    np.testing.assert_array_equal(q.blob[:, :16 * g].reshape(rows, g, 16), blocks[..., 2:])
+    np.testing.assert_array_equal(q.blob[:, 16 * sg:16 * sg + 2 * g].reshape(rows, g, 2), blocks[..., :2])
 
 
 @settings(max_examples=20)

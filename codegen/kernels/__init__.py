@@ -28,6 +28,7 @@ FAMILIES = {
                     "sign_score": ("predictor_kernels", "sign_score"),
                     "select": ("predictor_kernels", "select_active"),
                     "scored": ("scored_mlp", "scored_gated_mlp"),
+                    "certified": ("scored_mlp", "certified_gated_mlp"),
                     "input": ("input_sparse_mlp", "input_sparse_gated_mlp"),
                     "routed": ("routed_moe", "routed_moe"),
                     "attention": ("attention", "attention")},
@@ -38,8 +39,8 @@ FAMILIES = {
                     "scored": ("cuda_mlp", "scored_gated_mlp"),
                     "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
-KERNELS = ("exact", "indexed", "listed", "dense", "linear", "threshold", "sign_score", "select", "scored", "input",
-           "routed", "attention")
+KERNELS = ("exact", "indexed", "listed", "dense", "linear", "threshold", "sign_score", "select", "scored", "certified",
+           "input", "routed", "attention")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 

@@ -27,6 +27,7 @@ from . import tvmscript_speed  # noqa: F401 - installs the fast T.macro expansio
 from .quant_axpy8 import int8_axpy_macro, uses_int8_axpy
 from .quant_blocks import group_split, quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
 from .quant_int8 import int8_dots_macro, uses_int8_dot, x8_prep_macro, x_blocks
+from .quant_split import is_split, split_dots_macro, split_prep_macro, split_x
 from .rows import (
     ELEM_BYTES,
     FMLAL,
@@ -107,6 +108,8 @@ def x_operand(d: int, dtype: str, sched: CpuSchedule):
     hands xb to the dots (made with `x8=True`) instead of x; otherwise (False, 0, None) and the dots read x."""
     if not uses_int8_dot(dtype, sched):
         return False, 0, None
+    if is_split(dtype):  # split rows: x laid out per group to match (`quant_split.py`)
+        return True, split_x(d, dtype).nbytes, split_prep_macro(d, dtype, sched)
     return True, x_blocks(d, sched).nbytes, x8_prep_macro(d, dtype, sched)
 
 
@@ -128,7 +131,8 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     tokens go one by one.
     """
     if x8:  # x is the prepared byte buffer of `x_operand`
-        return int8_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
+        dots = split_dots_macro if is_split(dtype) else int8_dots_macro
+        return dots(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
     if dtype in LAYOUTS:
         return quant_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
     L, A, R, TB = sched.lanes, sched.accumulators, sched.rows, sched.token_block

@@ -18,6 +18,11 @@
   writes its partial sums; a last launch adds the parts (deterministic, no atomics). Nothing in device
   memory needs clearing between calls (the flags are written whole by the launch before), so a decode step
   is a fixed sequence of launches on workspace TVM's pool hands out again: capturable in a CUDA graph.
+- **x staged once per block** (fp16 weights): every thread of a block copies its share of the token's x into
+  shared memory as fp16 (a block barrier on each side), and the warps' dots read 16 bytes of x per lane from
+  there — where each warp read 32 bytes of fp32 x per lane from global memory (through L1) for 16 bytes of
+  weights. The products of two fp16 values are exact in fp32 and sums stay fp32: the one difference to fp32 x
+  is x rounded to fp16 once (as an fp16 model rounds its activations; |x| > 65504 would overflow).
 - **warp-synchronous calls** (shuffles, ballots, __syncwarp) take the full mask and every lane reaches them:
   the branches around them are warp-uniform (a row per warp; the butterfly leaves the same bits in every
   lane, so decisions on the dot product agree), and lanes without columns or rows predicate their work.
@@ -55,13 +60,50 @@ def vector_elems(d: int, dtype: str, sched: GpuSchedule) -> int:
     return v
 
 
+def stages_x(dtype: str) -> bool:
+    """Whether the warp dots read x staged in shared memory as fp16 (see the module docstring): fp16 weights."""
+    return dtype == "float16"
+
+
+def x_stage_buffer(d: int, dtype: str):
+    """(shape, dtype) of the block's shared x: the token's d values as fp16, or one unused word."""
+    return ((d,), "float16") if stages_x(dtype) else ((1,), "float32")
+
+
+def stage_x_macro(d: int, dtype: str, sched: GpuSchedule):
+    """`stage(x, m, xs, ty, tx)`: xs[:d] = fp16(x[m, :d]), every thread of the block copying a strided share
+    (coalesced), between two block barriers (the last token's reads are done, this token's writes are seen).
+    Reached by every thread of the block: the calls stand outside the warps' branches. Nothing for other dtypes."""
+    T_, L = sched.threads, sched.warp
+    staged = stages_x(dtype)
+
+    @T.macro
+    def stage(x, m, xs, ty, tx):
+        if staged:
+            T.tvm_storage_sync("shared")
+            for i in range((d + T_ - 1) // T_):
+                e: T.let = i * T_ + ty * L + tx
+                if e < d:
+                    xs[e] = T.Cast("float16", x[m, e])
+            T.tvm_storage_sync("shared")
+
+    return stage
+
+
+def block_any(pred):
+    """A block barrier that returns nonzero in every thread when `pred` holds in some thread of the block: a
+    block-uniform condition (CUDA's __syncthreads_or)."""
+    return T.call_extern("int32", "__syncthreads_or", pred)
+
+
 def shuffle_rounds(warp: int) -> list[int]:
     return [warp >> (i + 1) for i in range(warp.bit_length() - 1)]  # 16, 8, 4, 2, 1 for a 32-lane warp
 
 
 def warp_dot_macro(d: int, dtype: str, sched: GpuSchedule):
-    """`warp_dot(w, row, x, m, lane, s)`: s[0] = dot(w[row, :d], x[m, :d]) in every lane of the warp
-    (s: a local float32 (1,) buffer of the calling thread; the partial sums live in registers)."""
+    """`warp_dot(w, row, x, xs, m, lane, s)`: s[0] = dot(w[row, :d], x[m, :d]) in every lane of the warp (s: a
+    local float32 (1,) buffer of the calling thread; the partial sums live in registers). Where `stages_x`, x[m]
+    is read from xs, the block's shared fp16 copy (`stage_x_macro`)."""
     L = sched.warp
     V = vector_elems(d, dtype, sched)
     G = min(V, FP32_GROUP)
@@ -69,11 +111,21 @@ def warp_dot_macro(d: int, dtype: str, sched: GpuSchedule):
     n_chunk, rem = d // C, d % C  # rem is a multiple of V
     rounds = shuffle_rounds(L)
     quantized, storage = is_quantized(dtype), weight_buffer(1, 1, dtype)[1]
+    staged = stages_x(dtype)
 
     @T.macro
-    def step(w, row, x, m, k0, acc, wv):
+    def step(w, row, x, xs, m, k0, acc, wv, xv):
         if quantized:  # V = 1: dequantized in a register (the block's scale is one broadcast load per warp)
             acc[0] = acc[0] + value_at(dtype, w, row, k0) * x[m, k0]
+        elif staged:
+            for v in T.vectorized(V):
+                wv[v] = w[row, k0 + v]  # 16 bytes of weights and 16 bytes of x (shared) per lane
+            for v in T.vectorized(V):
+                xv[v] = xs[k0 + v]
+            for q in T.unroll(V // G):
+                for v in T.vectorized(G):
+                    acc[q * G + v] = acc[q * G + v] + (T.Cast("float32", wv[q * G + v])
+                                                       * T.Cast("float32", xv[q * G + v]))
         else:
             for v in T.vectorized(V):
                 wv[v] = w[row, k0 + v]  # one 4/8/16-byte load per lane
@@ -82,17 +134,18 @@ def warp_dot_macro(d: int, dtype: str, sched: GpuSchedule):
                     acc[q * G + v] = acc[q * G + v] + T.Cast("float32", wv[q * G + v]) * x[m, k0 + q * G + v]
 
     @T.macro
-    def warp_dot(w, row, x, m, lane, s):
+    def warp_dot(w, row, x, xs, m, lane, s):
         acc = T.alloc_buffer((V,), "float32", scope="local")
         wv = T.alloc_buffer((V,), storage, scope="local")
+        xv = T.alloc_buffer((V,), "float16", scope="local")
         for q in T.unroll(V // G):
             for v in T.vectorized(G):
                 acc[q * G + v] = T.float32(0)
         for c in range(n_chunk):
-            step(w, row, x, m, c * C + lane * V, acc, wv)
+            step(w, row, x, xs, m, c * C + lane * V, acc, wv, xv)
         if rem > 0:
             if lane * V < rem:
-                step(w, row, x, m, n_chunk * C + lane * V, acc, wv)
+                step(w, row, x, xs, m, n_chunk * C + lane * V, acc, wv, xv)
         s[0] = acc[0]
         for v in T.unroll(1, V):
             s[0] = s[0] + acc[v]

@@ -26,7 +26,15 @@ from functools import cache
 from tvm.script import tirx as T
 
 from .common import activation, check_dtype, is_active, skipping_value, symbol
-from .cuda_blocks import by_flag, down_macros, down_splits, warp_dot_macro
+from .cuda_blocks import (
+    block_any,
+    by_flag,
+    down_macros,
+    down_splits,
+    stage_x_macro,
+    warp_dot_macro,
+    x_stage_buffer,
+)
 from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
 from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS, check_mlp, mlp_symbol
@@ -44,8 +52,11 @@ class _Mlp:
 
     L: int
     W: int
-    gated_dot: object  # macro (w_gate, w_up, row, x, m, lane, s): s[0] = act_g(gate . x) * act_u(up . x)
+    gated_dot: object  # macro (w_gate, w_up, row, x, xs, m, lane, s): s[0] = act_g(gate . x) * act_u(up . x)
     warp_dot: object
+    stage: object  # macro (x, m, xs, ty, tx): x[m] into the block's shared xs where the dots read it from there
+    xs_shape: tuple
+    xs_dtype: str
     down_parts: object
     sum_parts: object
     splits: int
@@ -65,17 +76,18 @@ def _mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, g
     splits = down_splits(d, dtype, sched, n_ff)
 
     @T.macro
-    def gated_dot(w_gate, w_up, j, x, m, lane, s):
+    def gated_dot(w_gate, w_up, j, x, xs, m, lane, s):
         gs = T.alloc_buffer((1,), "float32", scope="local")
-        warp_dot(w_gate, j, x, m, lane, s)
+        warp_dot(w_gate, j, x, xs, m, lane, s)
         gs[0] = act_g(s[0])
-        warp_dot(w_up, j, x, m, lane, s)
+        warp_dot(w_up, j, x, xs, m, lane, s)
         s[0] = gs[0] * act_u(s[0])
 
     name = "actsparse_cuda_" + mlp_symbol(kind, d, n_ff, tag or gate_act, up_act, threshold, dtype,
                                           sched).removeprefix("actsparse_")
-    return _Mlp(sched.warp, sched.warps, gated_dot, warp_dot,
-                *down_macros(d, dtype, sched, row, count, splits, keep), splits, act_u, name)
+    return _Mlp(sched.warp, sched.warps, gated_dot, warp_dot, stage_x_macro(d, dtype, sched),
+                *x_stage_buffer(d, dtype), *down_macros(d, dtype, sched, row, count, splits, keep), splits, act_u,
+                name)
 
 
 def _finish(kernel, name: str):
@@ -89,7 +101,7 @@ def _flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool):
     (0: dropped) and sets live[0] = 1 when it keeps it; h[m, j] = s[0], and j is flagged when some token keeps it.
     `up_after`: the flagged neurons' up rows are read next, h = kept value * act_u(up). The down launch reads the
     flagged rows, the last sums the parts."""
-    L, W, splits, warp_dot, act_u = k.L, k.W, k.splits, k.warp_dot, k.act_u
+    L, W, splits, warp_dot, act_u, stage = k.L, k.W, k.splits, k.warp_dot, k.act_u, k.stage
     n_blocks = (n_ff + W - 1) // W
 
     @T.macro
@@ -97,25 +109,32 @@ def _flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool):
         h = T.alloc_buffer((M, n_ff), "float32")  # by neuron: the kept value, then h (flagged neurons)
         flag = T.alloc_buffer((n_ff,), "int32")  # neuron kept by some token (written for every neuron)
         part = T.alloc_buffer((splits, M, d), "float32")
-        # 1) a warp per neuron: the decision for every token; up_after: the flagged neurons' up, h
+        # 1) a warp per neuron: the decision for every token; up_after: the flagged neurons' up, h. The staging
+        # of x and its barriers stand outside the warps' branches: every thread of the block reaches them
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
                     s = T.alloc_buffer((1,), "float32", scope="local")
                     live = T.alloc_buffer((1,), "int32", scope="local")
+                    xs = T.alloc_buffer(k.xs_shape, k.xs_dtype, scope="shared")
                     j: T.let = bx * W + ty
-                    if j < n_ff:
-                        live[0] = 0
-                        for m in range(M):
-                            decide(x, w_gate, w_up, scores, cutoff, j, m, tx, s, live)
+                    live[0] = 0
+                    for m in range(M):
+                        stage(x, m, xs, ty, tx)
+                        if j < n_ff:
+                            decide(x, xs, w_gate, w_up, scores, cutoff, j, m, tx, s, live)
                             if tx == 0:
                                 h[m, j] = s[0]
-                        if up_after:
-                            if live[0] != 0:
-                                for m in range(M):
-                                    warp_dot(w_up, j, x, m, tx, s)
-                                    if tx == 0:
-                                        h[m, j] = h[m, j] * act_u(s[0])
+                    if up_after:
+                        if block_any(live[0]) != 0:  # block-uniform: some warp of the block kept its neuron
+                            for m in range(M):
+                                stage(x, m, xs, ty, tx)
+                                if j < n_ff:
+                                    if live[0] != 0:
+                                        warp_dot(w_up, j, x, xs, m, tx, s)
+                                        if tx == 0:
+                                            h[m, j] = h[m, j] * act_u(s[0])
+                    if j < n_ff:
                         if tx == 0:
                             flag[j] = live[0]
         # 2) down over the flagged rows, 3) the parts summed
@@ -134,11 +153,11 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.macro
-    def decide(x, w_gate, w_up, scores, cutoff, j, m, lane, s, live):
+    def decide(x, xs, w_gate, w_up, scores, cutoff, j, m, lane, s, live):
         if product:
-            k.gated_dot(w_gate, w_up, j, x, m, lane, s)
+            k.gated_dot(w_gate, w_up, j, x, xs, m, lane, s)
         else:
-            warp_dot(w_gate, j, x, m, lane, s)
+            warp_dot(w_gate, j, x, xs, m, lane, s)
         s[0] = gate_value(s[0])
         if is_active(s[0]):  # the same bits in every lane: warp-uniform
             live[0] = 1
@@ -210,9 +229,11 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
                 for ty in T.thread_binding(W, "threadIdx.y"):
                     for tx in T.thread_binding(L, "threadIdx.x"):
                         s = T.alloc_buffer((1,), "float32", scope="local")
+                        xs = T.alloc_buffer(k.xs_shape, k.xs_dtype, scope="shared")
                         p: T.let = bx * W + ty
+                        k.stage(x, m, xs, ty, tx)
                         if p < T.Cast("int64", count[m]):
-                            k.gated_dot(w_gate, w_up, idx[m, p], x, m, tx, s)
+                            k.gated_dot(w_gate, w_up, idx[m, p], x, xs, m, tx, s)
                             if tx == 0:
                                 h[m, p] = s[0]
         k.down_parts(w_down_t, h, idx, count, part, M)
@@ -233,10 +254,10 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.macro
-    def decide(x, w_gate, w_up, scores, cutoff, j, m, lane, s, live):
+    def decide(x, xs, w_gate, w_up, scores, cutoff, j, m, lane, s, live):
         s[0] = T.float32(0)
         if scores[m, j] > cutoff[0]:
-            k.gated_dot(w_gate, w_up, j, x, m, lane, s)
+            k.gated_dot(w_gate, w_up, j, x, xs, m, lane, s)
             live[0] = 1
 
     body = _flagging_body(k, d, n_ff, decide, up_after=False)
@@ -278,10 +299,12 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
                     s = T.alloc_buffer((1,), "float32", scope="local")
+                    xs = T.alloc_buffer(k.xs_shape, k.xs_dtype, scope="shared")
                     j: T.let = bx * W + ty
-                    if j < n_ff:
-                        for m in range(M):
-                            k.gated_dot(w_gate, w_up, j, x, m, tx, s)
+                    for m in range(M):
+                        k.stage(x, m, xs, ty, tx)
+                        if j < n_ff:
+                            k.gated_dot(w_gate, w_up, j, x, xs, m, tx, s)
                             if tx == 0:
                                 h[m, j] = s[0]
         k.down_parts(w_down_t, h, h, h, part, M)
@@ -298,7 +321,8 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: GpuSchedule, bias: 
     if k < 1 or n < 1:
         raise ValueError(f"k and n must be positive, got k={k}, n={n}")
     L, W = sched.warp, sched.warps
-    warp_dot = warp_dot_macro(k, dtype, sched)
+    warp_dot, stage = warp_dot_macro(k, dtype, sched), stage_x_macro(k, dtype, sched)
+    xs_shape, xs_dtype = x_stage_buffer(k, dtype)
     n_blocks = (n + W - 1) // W
     wshape, wdtype = weight_buffer(n, k, dtype)
     name = symbol("cuda", "linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)
@@ -309,10 +333,12 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: GpuSchedule, bias: 
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
                     s = T.alloc_buffer((1,), "float32", scope="local")
+                    xs = T.alloc_buffer(xs_shape, xs_dtype, scope="shared")
                     j: T.let = bx * W + ty
-                    if j < n:
-                        for m in range(M):
-                            warp_dot(w, j, x, m, tx, s)
+                    for m in range(M):
+                        stage(x, m, xs, ty, tx)
+                        if j < n:
+                            warp_dot(w, j, x, xs, m, tx, s)
                             if tx == 0:
                                 if bias:
                                     out[m, j] = s[0] + b[j]

@@ -34,9 +34,9 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import axpy_macros, block_prefetch_macro, flat_rows, group_split, offset, scale
+from .quant_blocks import axpy_macros, flat_rows, group_prefetch_macro, group_split, offset, scale
 from .quant_int8 import INT8_DOTS
-from .rows import CACHE_LINE, row_index
+from .rows import row_index
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
@@ -57,7 +57,6 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     NV = max(4, 1 << (R - 1).bit_length())  # coefficient lanes: R rounded up to a power of two (rows past R: 0)
     S = NV // 4  # sets of 4 rows per step
     V = HALF // L  # L-column vectors per half group
-    bb, hb = lay.block_bytes, lay.header_bytes
     q8, off = lay.bits == 8, lay.offset
     flip = q8 and not ins.signed_a  # q8_0 on a u8 operand: code + 128 (xor 0x80)
     z = 128 if flip else 0 if q8 else 8  # q4_1 centred too: s * nib + o = s * (nib - 8) + (o + 8 s)
@@ -65,17 +64,16 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     n_full, first, last = group_split(d, threads)
     tail = d - n_full * GROUP
     row = row_index(gathered)
-    pf = block_prefetch_macro()
-    U = max(1, CACHE_LINE // bb)  # blocks per cache line: one prefetch per row and line
     ivec = f"int32x{L}"
-    row_bytes = lay.row_bytes(d)
+    row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
+    pf_group, pf_scales = group_prefetch_macro(lay, stored, R)  # one prefetch per row and cache line
 
     def rr(ro, r):  # byte offset of the row at step position r (past R or the list: a row read anyway)
         return ro[min(r, R - 1)]
 
     def codes(w, ro, s, grp, hf, v):
         """uint8 x 4L: lane c's 4 bytes are the codes of column grp*32 + hf*16 + v*L + c in the set's 4 rows."""
-        start = grp * bb + hb + (hf * HALF if q8 else 0) + v * L
+        start = lay.codes_byte(grp, stored) + (hf * HALF if q8 else 0) + v * L
         loads = [w[T.ramp(rr(ro, 4 * s + p) + T.Cast("int64", start), T.int64(1), L)] for p in range(4)]
         raw = Shuffle(loads, [p * L + c for c in range(L) for p in range(4)])
         if q8:
@@ -119,11 +117,11 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
 
     def scales(w, ro, grp):
         """float32 x NV: the step's rows' scales of group grp (widened as one vector)."""
-        halves = [scale(lay, w, rr(ro, r), grp, widen=False) for r in range(NV)]
+        halves = [scale(lay, w, rr(ro, r), grp, widen=False, stored=stored) for r in range(NV)]
         return T.Cast(f"float32x{NV}", Shuffle(halves, list(range(NV))))
 
     def offsets(w, ro, grp):
-        halves = [offset(lay, w, rr(ro, r), grp, widen=False) for r in range(NV)]
+        halves = [offset(lay, w, rr(ro, r), grp, widen=False, stored=stored) for r in range(NV)]
         return T.Cast(f"float32x{NV}", Shuffle(halves, list(range(NV))))
 
     @T.macro
@@ -167,11 +165,11 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                     hv[r] = h[m, hcol + i + r]
         hv[NV] = T.if_then_else(all_finite(hv), T.float32(0), T.float32(float("nan")))
         g0: T.let = first(t)
+        if prefetch:
+            pf_scales(wf, ro, R, g0, last(t))
         for gi in range(last(t) - g0):
-            if prefetch:
-                if (g0 + gi) % U == 0:
-                    for r in T.unroll(R):
-                        pf(wf, ro[R + r], (g0 + gi) * bb)
+            if prefetch:  # the next step's rows
+                pf_group(wf, ro, R, g0 + gi)
             coefficients(wf, ro, hv, g0 + gi, ab, sc)
             for hf in T.unroll(2):
                 for v in T.unroll(V):

@@ -60,20 +60,28 @@ def half_at(w, row, byte):
     return T.reinterpret("float16", bits)
 
 
-def scale(lay: QuantLayout, w, row, grp, widen: bool = True):
-    h = half_at(w, row, grp * lay.block_bytes)
+def stored_groups(lay: QuantLayout, w, stored: int | None = None) -> int:
+    """Groups a row of w stores (what a split layout's scale position needs): `stored`, else from w's row bytes
+    (a flat view, `flat_rows`, has none: its callers pass `stored`)."""
+    if stored is not None or not lay.split:
+        return stored or 0
+    return int(w.shape[1]) // lay.block_bytes
+
+
+def scale(lay: QuantLayout, w, row, grp, widen: bool = True, stored: int | None = None):
+    h = half_at(w, row, lay.scale_byte(grp, stored_groups(lay, w, stored)))
     return T.Cast("float32", h) if widen else h
 
 
-def offset(lay: QuantLayout, w, row, grp, widen: bool = True):
-    h = half_at(w, row, grp * lay.block_bytes + 2)
+def offset(lay: QuantLayout, w, row, grp, widen: bool = True, stored: int | None = None):
+    h = half_at(w, row, lay.offset_byte(grp, stored_groups(lay, w, stored)))
     return T.Cast("float32", h) if widen else h
 
 
-def code(lay: QuantLayout, w, row, grp, hf, j, centered: bool = True):
+def code(lay: QuantLayout, w, row, grp, hf, j, centered: bool = True, stored: int | None = None):
     """The code of column grp * 32 + hf * 16 + j as float32 (scale and offset not applied); q4_0's nibble minus 8
     when `centered` (else the raw nibble: the dot product then subtracts 8 * sum(x) once per group)."""
-    base = grp * lay.block_bytes + lay.header_bytes
+    base = lay.codes_byte(grp, stored_groups(lay, w, stored))
     if lay.bits == 8:
         return T.Cast("float32", T.Cast("int8", byte_at(w, row, base + hf * HALF + j)))
     nib = T.Cast("float32", T.bitwise_and(T.shift_right(byte_at(w, row, base + j), T.Cast("uint8", hf * 4)),
@@ -104,6 +112,31 @@ def block_prefetch_macro():
     return pf
 
 
+def group_prefetch_macro(lay: QuantLayout, stored: int, rows: int):
+    """(`pf_group(w, ro, first, grp)`, `pf_scales(w, ro, first, g0, g1)`): prefetch in the `rows` rows at byte
+    offsets ro[first:first + rows]. `pf_group`: what group grp needs when grp starts a cache line of codes (block
+    layouts: every `CACHE_LINE // block_bytes` blocks; split: every 4 groups), one test per group for all rows.
+    `pf_scales` (split layouts; once per step): the scale lines of groups [g0, g1). Why not a second test per group
+    for the scales: LLVM speculates nested conditional prefetches (aarch64: 16 per group instead of 8 per 4)."""
+    pf = block_prefetch_macro()
+    per_line = CACHE_LINE // (lay.block_bytes - 2) if lay.split else max(1, CACHE_LINE // lay.block_bytes)
+
+    @T.macro
+    def pf_group(w, ro, first, grp):
+        if grp % per_line == 0:
+            for r in T.unroll(rows):
+                pf(w, ro[first + r], lay.codes_byte(grp, stored))
+
+    @T.macro
+    def pf_scales(w, ro, first, g0, g1):
+        if lay.split:
+            for ln in range((lay.scale_byte(g1, stored) - lay.scale_byte(g0, stored) + CACHE_LINE - 1) // CACHE_LINE):
+                for r in T.unroll(rows):
+                    pf(w, ro[first + r], lay.scale_byte(g0, stored) + ln * CACHE_LINE)
+
+    return pf_group, pf_scales
+
+
 def quant_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None):
     """`common.dots_macro` for quantized rows: (`dots_all`, `dots`) with the same arguments and results."""
     lay = LAYOUTS[dtype]
@@ -112,6 +145,7 @@ def quant_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda s: s)
     n_full = d // GROUP
+    stored = lay.stored_groups(d)
     row = row_index(gathered)
     hsum = hsum_macro(L)
     pf = block_prefetch_macro()
@@ -130,7 +164,7 @@ def quant_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
         for grp in range(n_full):
             if prefetch:
                 for r in T.unroll(R):
-                    pf(w, row(rows, base, T.min(i + R + r, end - 1)), grp * lay.block_bytes)
+                    pf(w, row(rows, base, T.min(i + R + r, end - 1)), lay.codes_byte(grp, stored))
             if sums:
                 for v in T.vectorized(L):
                     xs[v] = T.float32(0)
@@ -187,18 +221,17 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     n_full, first, last = group_split(d, threads)
     row = row_index(gathered)
-    pf = block_prefetch_macro()
     off = lay.offset
     folded = lay.bits == 4 and not off  # q4_0: raw nibbles, the "- 8" once per group as -8 * sum(h * scale)
     const = off or folded  # hs[R] is added once per output element
 
-    row_bytes = lay.row_bytes(d)
-    U = max(1, CACHE_LINE // lay.block_bytes)  # blocks per cache line (rounded down)
+    row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
+    pf_group, pf_scales = group_prefetch_macro(lay, stored, R)
 
     def axsum(wf, ro, hs, grp, hf, j):
-        e = hs[0] * code(lay, wf, ro[0], grp, hf, j, centered=not folded)
+        e = hs[0] * code(lay, wf, ro[0], grp, hf, j, centered=not folded, stored=stored)
         for r in range(1, R):
-            e = e + hs[r] * code(lay, wf, ro[r], grp, hf, j, centered=not folded)
+            e = e + hs[r] * code(lay, wf, ro[r], grp, hf, j, centered=not folded, stored=stored)
         return e
 
     @T.macro
@@ -215,16 +248,16 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
             if i + r < end:
                 hv[r] = h[m, hcol + i + r]
         g0: T.let = first(t)
+        if prefetch:
+            pf_scales(wf, ro, R, g0, last(t))
         for gi in range(last(t) - g0):
-            if prefetch:  # one prefetch per row and cache line (every U blocks)
-                if (g0 + gi) % U == 0:
-                    for r in T.unroll(R):
-                        pf(wf, ro[R + r], (g0 + gi) * lay.block_bytes)
+            if prefetch:  # the next step's rows, one prefetch per row and cache line
+                pf_group(wf, ro, R, g0 + gi)
             hs[R] = T.float32(0)
             for r in T.unroll(R):
-                hs[r] = hv[r] * scale(lay, wf, ro[r], g0 + gi)
+                hs[r] = hv[r] * scale(lay, wf, ro[r], g0 + gi, stored=stored)
                 if off:
-                    hs[R] = hs[R] + hv[r] * offset(lay, wf, ro[r], g0 + gi)
+                    hs[R] = hs[R] + hv[r] * offset(lay, wf, ro[r], g0 + gi, stored=stored)
                 if folded:
                     hs[R] = hs[R] - T.float32(8) * hs[r]
             for hf in T.unroll(2):

@@ -34,8 +34,8 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import block_prefetch_macro, flat_rows, offset, scale
-from .rows import CACHE_LINE, row_index
+from .quant_blocks import flat_rows, group_prefetch_macro, offset, scale
+from .rows import row_index
 from .schedule import CpuSchedule
 
 
@@ -91,7 +91,7 @@ def x_blocks(d: int, sched: CpuSchedule) -> XBlocks:
     return XBlocks(-(-d // GROUP), INT8_DOTS[sched.int8_dot].lanes)
 
 
-def _reduce(buf, op, lanes: int):
+def reduce_lanes(buf, op, lanes: int):
     """buf[0] = op over buf[0:lanes] (lanes a power of two), by vector halving."""
 
     @T.macro
@@ -126,12 +126,12 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
         mx = T.alloc_buffer((HALF,), "float32", scope="global")
         for v in T.vectorized(HALF):
             mx[v] = T.max(T.abs(v32[v]), T.abs(v32[v + HALF]))
-        _reduce(mx, T.max, HALF)()
+        reduce_lanes(mx, T.max, HALF)()
         nan = T.alloc_buffer((HALF,), "float32", scope="global")  # 0, or NaN if some x is not finite (max drops NaN)
         for v in T.vectorized(HALF):
             nan[v] = T.if_then_else(T.And(T.isfinite(v32[v]), T.isfinite(v32[v + HALF])), T.float32(0),
                                     T.float32(float("nan")))  # (x * 0 would be folded to 0 by TVM's simplifier)
-        _reduce(nan, lambda a, b: a + b, HALF)()
+        reduce_lanes(nan, lambda a, b: a + b, HALF)()
         inv: T.let = T.if_then_else(mx[0] > T.float32(0), T.float32(127) / mx[0], T.float32(0))
         q = T.alloc_buffer((GROUP,), "int32", scope="global")
         for v in T.vectorized(GROUP):
@@ -139,7 +139,7 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
         s = T.alloc_buffer((HALF,), "int32", scope="global")
         for v in T.vectorized(HALF):
             s[v] = q[v] + q[v + HALF]
-        _reduce(s, lambda a, b: a + b, HALF)()
+        reduce_lanes(s, lambda a, b: a + b, HALF)()
         for h in T.unroll(2):
             for p in T.unroll(P):
                 for v in T.vectorized(HALF):
@@ -180,16 +180,14 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     xl = x_blocks(d, sched)
     P, VB, R, G = L // 4, L * 4, sched.rows, xl.groups
     S = -(-R // P)  # row sets per step
-    bb, hb = lay.block_bytes, lay.header_bytes
     q8, off = lay.bits == 8, lay.offset
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda v: v)
     row = row_index(gathered)
-    pf = block_prefetch_macro()
     ivec = f"int32x{L}"
-    U = max(1, CACHE_LINE // bb)  # blocks per cache line (rounded down): a prefetch every U blocks
 
-    row_bytes = lay.row_bytes(d)
+    row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
+    pf_group = group_prefetch_macro(lay, stored, R)[0]  # block layouts only here (split rows: quant_split.py)
 
     def rr(ro, s, p):  # byte offset of row p of set s (past the step's rows: its last row again, not stored)
         return ro[T.min(s * P + p, R - 1)]
@@ -200,7 +198,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
 
     def codes(w, ro, s, grp, second: bool):
         """uint8 x VB: the set's P rows' code bytes of columns 0-15 (second: 16-31) side by side."""
-        start = T.Cast("int64", grp * bb + hb + (HALF if q8 and second else 0))
+        start = T.Cast("int64", lay.codes_byte(grp, stored) + (HALF if q8 and second else 0))
         raw = Shuffle([w[T.ramp(rr(ro, s, p) + start, T.int64(1), HALF)] for p in range(P)], list(range(VB)))
         if q8:
             return raw
@@ -235,10 +233,10 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     def block_sum(w, xb, m, ro, s, grp, dx, dx_sum):
         """float32 x L: the set's block dot products (lanes 4p..4p+3 of row p); w the flat view, ro the rows'
         byte offsets (`flat_rows`)."""
-        scales = per_row([scale(lay, w, rr(ro, s, p), grp, widen=False) for p in range(P)])
+        scales = per_row([scale(lay, w, rr(ro, s, p), grp, widen=False, stored=stored) for p in range(P)])
         v = T.Cast(f"float32x{L}", int_dot(w, xb, m, ro, s, grp)) * (scales * dx)
         if off:
-            v = v + per_row([offset(lay, w, rr(ro, s, p), grp, widen=False) for p in range(P)],
+            v = v + per_row([offset(lay, w, rr(ro, s, p), grp, widen=False, stored=stored) for p in range(P)],
                             T.float16(0)) * dx_sum
         return v
 
@@ -252,10 +250,8 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
         for v in T.vectorized(S * L):
             acc[v] = T.float32(0)
         for grp in range(G):
-            if prefetch:  # the next step's rows, one prefetch per row and cache line (every U blocks)
-                if grp % U == 0:
-                    for r in T.unroll(R):
-                        pf(wf, ro[R + r], grp * bb)
+            if prefetch:  # the next step's rows, one prefetch per row and cache line
+                pf_group(wf, ro, R, grp)
             dx: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx(grp), 1, 4)])
             dx_sum: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx_sum(grp), 1, 4)])
             for s in T.unroll(S):

@@ -13,6 +13,17 @@ neurons some token kept (in place: a slot never passes the position it is read f
 The second region streams each task's output-column slice of every kept down row, as in the exact kernel. So a
 listed neuron whose gate is 0 (the bound predictor lists every active neuron and the inactive ones it cannot
 certify) costs its gate row only.
+
+`certified_gated_mlp` is the same kernel with the `bound` predictor's score pass inside (passes/certified_gate.py):
+
+    (x [M, d] f32, w_gate, w_up, w_down_t [n_ff, d] dtype, w8 [n_ff, q8_0 row bytes] u8, coef [n_ff] f32,
+     cutoff [1] f32, out [M, d] f32),  scores = x·deq(w8_j) + ‖x‖₂·coef_j
+
+Each task scores its neurons a block at a time (128 row steps by default; the q8_0 rows on the linear kernel's float
+path: x not rounded, as the bound assumes) and lists the uncertified ones; the gate rows of block b are read after
+block b + 1 is scored, next to the int8 rows just streamed (optionally each listed row prefetched whole when
+listed: `ahead`). One call per layer replaces the score linear, the ‖x‖₂ ops and the scored kernel. Separately the
+score pass streamed at ~25 GB/s and the gathered gate rows came at ~15 (BENCHMARKS.md, session 8).
 """
 
 from __future__ import annotations
@@ -24,29 +35,96 @@ from tvm.script import tirx as T
 from ...ir.activations import ZERO_BELOW
 from .common import activation, axpy_macro, dots_macro, is_active, x_operand, zero_columns_macro
 from .quant_blocks import weight_buffer
+from .rows import prefetch_macro
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp, mlp_symbol
+
+
+def _phases(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str, sched: CpuSchedule,
+            *, gate_prefetch: bool | None = None):
+    """What the scored and the certified kernels share, as macros over the kernel's buffers:
+    (x8, x8_bytes, prep_x, gate_step, up_phase, down_phase) with
+
+    gate_step(w_gate, xd, s, cutoff, M, idx, g, j0, p, end, kept, live): the gate rows of list slots p .. p + R - 1
+        (< end), each token's score test (a slot not this token's counts as 0), then the slot compacted to `kept`
+        if some token kept it (kept <= p: compaction overwrites only what was read);
+    up_phase(w_up, xd, M, idx, g, h, j0, nk): h = g · act_u(up row) of the nk kept slots;
+    down_phase(w_down_t, idx, h, cnt, out, M): the output, task t streaming its column slice of every kept down row.
+    """
+    R, threads = sched.rows, sched.threads
+    nper = (n_ff + threads - 1) // threads
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
+    gate_dots, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x8, prefetch=gate_prefetch)
+    up_dots, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x8)
+    axpy_all, axpy = axpy_macro(d, dtype, sched, gathered=True, kernel="scored")
+    zero_cols = zero_columns_macro(d, sched, dtype)
+    zero = T.float32(0)
+
+    @T.macro
+    def gate_step(w_gate, xd, s, cutoff, M, idx, g, j0, p, end, kept, live):
+        if M == 1:  # decoding: the one-token row dots (no token blocks)
+            gate_dot(w_gate, xd, 0, idx, j0, p, end, g, j0)
+        else:
+            gate_dots(w_gate, xd, M, idx, j0, p, end, g, j0)
+        for r in range(T.min(R, end - p)):
+            live[0] = 0
+            for m in range(M):
+                if s[m, idx[j0 + p + r]] <= cutoff[0]:  # not this token's: it counts as 0
+                    g[m, j0 + p + r] = zero
+                elif is_active(g[m, j0 + p + r]):
+                    live[0] = 1
+            if live[0] != 0:
+                for m in range(M):
+                    g[m, j0 + kept[0]] = g[m, j0 + p + r]
+                idx[j0 + kept[0]] = idx[j0 + p + r]
+                kept[0] = kept[0] + 1
+
+    @T.macro
+    def up_phase(w_up, xd, M, idx, g, h, j0, nk):
+        for st in range((nk + R - 1) // R):
+            if M == 1:
+                up_dot(w_up, xd, 0, idx, j0, st * R, nk, h, j0)
+            else:
+                up_dots(w_up, xd, M, idx, j0, st * R, nk, h, j0)
+            for r in range(T.min(R, nk - st * R)):
+                for m in range(M):
+                    h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
+
+    @T.macro
+    def down_phase(w_down_t, idx, h, cnt, out, M):
+        # task t owns a slice of the output columns and streams that slice of every kept row
+        for t in T.parallel(threads):
+            zero_cols(t, out, M)
+            for t2 in range(threads):
+                n2: T.let = cnt[t2]
+                for st in range((n2 + R - 1) // R):
+                    if M == 1:
+                        axpy(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, 0)
+                    else:
+                        axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
+
+    return x8, x8_bytes, prep_x, gate_step, up_phase, down_phase
+
+
+def _fitted(d, n_ff, gate_act, up_act, dtype, sched):
+    if gate_act not in ZERO_BELOW:
+        raise ValueError(f"the scored kernel skips neurons whose gate is 0: gate_act must be one of {ZERO_BELOW}, "
+                         f"got {gate_act!r} (use select + the indexed kernel)")
+    check_mlp(d, n_ff, gate_act, up_act, dtype)
+    return sched.fitted(d, dtype)
 
 
 @cache
 def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                      threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
     """(x, w_gate, w_up, w_down_t, scores, cutoff, out), see the module docstring; gate_act one of ZERO_BELOW."""
-    if gate_act not in ZERO_BELOW:
-        raise ValueError(f"the scored kernel skips neurons whose gate is 0: gate_act must be one of {ZERO_BELOW}, "
-                         f"got {gate_act!r} (use select + the indexed kernel)")
-    check_mlp(d, n_ff, gate_act, up_act, dtype)
-    sched = sched.fitted(d, dtype)
+    sched = _fitted(d, n_ff, gate_act, up_act, dtype, sched)
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # neurons per task; also each task's slot range in idx / g / h
-    act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
-    gate_dots, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x8)
-    up_dots, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x8)
-    axpy_all, axpy = axpy_macro(d, dtype, sched, gathered=True, kernel="scored")
-    zero_cols = zero_columns_macro(d, sched, dtype)
+    x8, x8_bytes, prep_x, gate_step, up_phase, down_phase = _phases(d, n_ff, gate_act, up_act, threshold, dtype,
+                                                                    sched)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
-    zero = T.float32(0)
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
@@ -86,42 +164,113 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
                     c[0] = c[0] + 1
             nl: T.let = c[0]
             for st in range((nl + R - 1) // R):
-                if M == 1:  # decoding: the one-token row dots (no token blocks)
-                    gate_dot(w_gate, xd, 0, idx, j0, st * R, nl, g, j0)
-                else:
-                    gate_dots(w_gate, xd, M, idx, j0, st * R, nl, g, j0)
-                for r in range(T.min(R, nl - st * R)):
-                    live[0] = 0
-                    for m in range(M):
-                        if s[m, idx[j0 + st * R + r]] <= cutoff[0]:  # not this token's: it counts as 0
-                            g[m, j0 + st * R + r] = zero
-                        elif is_active(g[m, j0 + st * R + r]):
-                            live[0] = 1
-                    if live[0] != 0:
-                        # slot kept <= this position: compaction overwrites only what was read
-                        for m in range(M):
-                            g[m, j0 + kept[0]] = g[m, j0 + st * R + r]
-                        idx[j0 + kept[0]] = idx[j0 + st * R + r]
-                        kept[0] = kept[0] + 1
-            nk: T.let = kept[0]
-            cnt[t] = nk
-            for st in range((nk + R - 1) // R):
-                if M == 1:
-                    up_dot(w_up, xd, 0, idx, j0, st * R, nk, h, j0)
-                else:
-                    up_dots(w_up, xd, M, idx, j0, st * R, nk, h, j0)
-                for r in range(T.min(R, nk - st * R)):
-                    for m in range(M):
-                        h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
-        # 2) down: task t owns a slice of the output columns and streams that slice of every kept row
-        for t in T.parallel(threads):
-            zero_cols(t, out, M)
-            for t2 in range(threads):
-                n2: T.let = cnt[t2]
-                for st in range((n2 + R - 1) // R):
-                    if M == 1:
-                        axpy(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, 0)
-                    else:
-                        axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
+                gate_step(w_gate, xd, s, cutoff, M, idx, g, j0, st * R, nl, kept, live)
+            cnt[t] = kept[0]
+            up_phase(w_up, xd, M, idx, g, h, j0, kept[0])
+        down_phase(w_down_t, idx, h, cnt, out, M)
 
     return kernel.with_attr("global_symbol", mlp_symbol("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+
+
+SCORE_LAYOUT = "q8_0"  # the bound predictor's int8 copy (passes/certified_gate.LAYOUT)
+
+
+@cache
+def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                        threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule, block: int = 0,
+                        ahead: bool = False):
+    """(x, w_gate, w_up, w_down_t, w8, coef, cutoff, out): the scored kernel with the bound predictor's scores
+    computed inside, `block` neurons (0: 128 row steps) scored ahead of the gate rows read (module docstring).
+    `ahead`: a listed neuron's whole gate row is prefetched when it is listed; else the gate dots prefetch the next
+    step's rows as they stream (as in the scored kernel)."""
+    sched = _fitted(d, n_ff, gate_act, up_act, dtype, sched)
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"the certified kernel reads float gate rows (the bound refuses quantized ones), "
+                         f"got {dtype!r}")
+    threads, R = sched.threads, sched.rows
+    nper = (n_ff + threads - 1) // threads
+    B = block or 128 * R  # under load (BENCHMARKS.md, session 9): 1024 neurons beat 128 and 32; whole rows lost
+    if B % R:
+        raise ValueError(f"block must be a multiple of the schedule's rows ({R}), got {block}")
+    nblk = (nper + B - 1) // B
+    # the listed rows were prefetched a block ahead: the gate dots' own prefetch of the next step would repeat it
+    x8, x8_bytes, prep_x, gate_step, up_phase, down_phase = _phases(d, n_ff, gate_act, up_act, threshold, dtype,
+                                                                    sched, gate_prefetch=False if ahead else None)
+    # the float path: x not rounded to 8 bits (the bound assumes float dots)
+    score_dots, score_dot = dots_macro(d, SCORE_LAYOUT, sched, gathered=False)
+    pf = prefetch_macro(dtype)
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+    w8shape, w8dtype = weight_buffer(n_ff, d, SCORE_LAYOUT)
+
+    @T.macro
+    def gate_range(w_gate, xd, s, cutoff, M, idx, g, j0, p0, end, kept, live):
+        for st in range((end - p0 + R - 1) // R):
+            gate_step(w_gate, xd, s, cutoff, M, idx, g, j0, p0 + st * R, end, kept, live)
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), w8: T.Buffer(w8shape, w8dtype), coef: T.Buffer((n_ff,), "float32"),
+               cutoff: T.Buffer((1,), "float32"), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        if x8:
+            xd = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xd, M)
+        else:
+            xd = T.decl_buffer((M, d), "float32", data=x.data)
+        s = T.alloc_buffer((M, n_ff), "float32")  # the scores, by neuron
+        norm = T.alloc_buffer((M,), "float32")
+        g = T.alloc_buffer((M, n_ff), "float32")
+        h = T.alloc_buffer((M, n_ff), "float32")
+        idx = T.alloc_buffer((n_ff,), "int32")
+        cnt = T.alloc_buffer((threads,), "int32")
+        for m in range(M):
+            norm[m] = T.float32(0)
+            for k in range(d):
+                norm[m] = norm[m] + x[m, k] * x[m, k]
+            norm[m] = T.sqrt(norm[m])
+        for t in T.parallel(threads):
+            c = T.alloc_buffer((1,), "int32", scope="global")
+            kept = T.alloc_buffer((1,), "int32", scope="global")
+            live = T.alloc_buffer((1,), "int32", scope="global")
+            done = T.alloc_buffer((1,), "int32", scope="global")  # list slots whose gate rows are read
+            c[0] = 0
+            kept[0] = 0
+            done[0] = 0
+            j0: T.let = t * nper
+            nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
+            for b in range(nblk):
+                jb: T.let = j0 + b * B
+                nb: T.let = T.max(T.min(B, nj - b * B), 0)
+                listed0: T.let = c[0]
+                # score block b (contiguous int8 rows) ...
+                for st in range((nb + R - 1) // R):
+                    if M == 1:
+                        score_dot(w8, x, 0, idx, jb, st * R, nb, s, jb)
+                    else:
+                        score_dots(w8, x, M, idx, jb, st * R, nb, s, jb)
+                # ... list what it cannot certify and start loading those gate rows ...
+                for j in range(nb):
+                    live[0] = 0
+                    for m in range(M):
+                        s[m, jb + j] = s[m, jb + j] + norm[m] * coef[jb + j]
+                        if s[m, jb + j] > cutoff[0]:
+                            live[0] = 1
+                    if live[0] != 0:
+                        idx[j0 + c[0]] = jb + j
+                        c[0] = c[0] + 1
+                        if ahead:
+                            pf(w_gate, jb + j, 0, d)
+                # ... and read block b - 1's, prefetched while block b streamed
+                gate_range(w_gate, xd, s, cutoff, M, idx, g, j0, done[0], listed0, kept, live)
+                done[0] = listed0
+            gate_range(w_gate, xd, s, cutoff, M, idx, g, j0, done[0], c[0], kept, live)
+            cnt[t] = kept[0]
+            up_phase(w_up, xd, M, idx, g, h, j0, kept[0])
+        down_phase(w_down_t, idx, h, cnt, out, M)
+
+    tag = f"b{B}" + ("" if ahead else "s")
+    return kernel.with_attr("global_symbol",
+                            mlp_symbol("certified" + tag, d, n_ff, gate_act, up_act, threshold, dtype, sched))

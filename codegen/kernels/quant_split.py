@@ -1,0 +1,228 @@
+"""Row dots of split q4 rows (ir.quant: a row's code bytes, then its fp16 scales) on the int8 dot (x86 VNNI
+`vpdpbusd`, aarch64 `sdot`), against x quantized to 8-bit blocks as in `quant_int8.py`.
+
+Why a kernel of its own: on GGUF's 18-byte blocks a vector held 16 code bytes of each of lanes / 4 rows, so every
+row's scale had to be gathered and spread over its lanes per group (4 `vpbroadcastw` + 2 inserts + a blend per 4
+rows and group, ~40% of the loop: BENCHMARKS.md, session 8). In a split row K = lanes / 4 consecutive groups are
+one contiguous vector load (AVX-512: 64 bytes = 4 groups) and their K scales one 2K-byte load, converted together
+and spread by one shuffle; x's side of the same K groups is laid out to match, so the dot needs no row shuffles:
+
+    lanes 4k..4k+3 (group g = K c + k of chunk c):  dot(dot(init, nibbles & 15, x̂ lo), nibbles >> 4, x̂ hi)
+    acc[row] += float(that) * (scale_g * dx_g)        (init: -8 * sum(x̂_g) in lane 4k, the q4_0 offset)
+
+and one horizontal sum per row at the end. A row's last G % K groups (G its groups) are one more chunk, emitted on
+its own: its groups loaded one by one, zeros in the missing lanes (nothing is read past a row's codes and scales).
+
+Prepared x (`SplitX`, per token one byte row, Gs = G rounded up to a multiple of 4 with zero groups, whole
+chunks for every K): x̂ of every group's columns 0-15 (16 B per group), of its columns 16-31, the int32 accumulator
+start (4 lanes per group: -8 * sum(x̂_g), 0, 0, 0), and dx_g as fp32 repeated 4 times; 64 * Gs bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.script import tirx as T
+from tvm.tirx import Shuffle
+
+from ...ir.quant import GROUP, LAYOUTS
+from .quant_blocks import block_prefetch_macro, flat_rows, half_at
+from .quant_int8 import INT8_DOTS, reduce_lanes
+from .rows import CACHE_LINE, hsum_macro, row_index
+from .schedule import CpuSchedule
+
+HALF = GROUP // 2
+
+
+def is_split(dtype: str) -> bool:
+    return dtype in LAYOUTS and LAYOUTS[dtype].split
+
+
+@dataclass(frozen=True)
+class SplitX:
+    """Byte offsets within a token's row of the prepared x (module docstring)."""
+
+    stored: int  # groups, rounded up to a multiple of 4 (zero groups)
+
+    def lo(self, g):
+        return 16 * g
+
+    def hi(self, g):
+        return 16 * (self.stored + g)
+
+    def init(self, g):
+        return 16 * (2 * self.stored + g)
+
+    def dx(self, g):
+        return 16 * (3 * self.stored + g)
+
+    @property
+    def nbytes(self) -> int:
+        return 64 * self.stored
+
+
+def split_x(d: int, dtype: str) -> SplitX:
+    return SplitX(-(-LAYOUTS[dtype].groups(d) // 4) * 4)
+
+
+def split_prep_macro(d: int, dtype: str, sched: CpuSchedule):
+    """`prep(x, xb, M)`: xb [M, split_x(d, dtype).nbytes] uint8 <- x [M, d] float32 quantized per group."""
+    lay = LAYOUTS[dtype]
+    xl = split_x(d, dtype)
+    G, n_full = lay.groups(d), d // GROUP
+    centered = lay.bits == 4 and not lay.offset
+    assert lay.split and lay.bits == 4, "split rows of 4-bit codes only"
+
+    @T.macro
+    def group(xb, m, g, v32):
+        mx = T.alloc_buffer((HALF,), "float32", scope="global")
+        for v in T.vectorized(HALF):
+            mx[v] = T.max(T.abs(v32[v]), T.abs(v32[v + HALF]))
+        reduce_lanes(mx, T.max, HALF)()
+        nan = T.alloc_buffer((HALF,), "float32", scope="global")  # 0, or NaN if some x is not finite (max drops NaN)
+        for v in T.vectorized(HALF):
+            nan[v] = T.if_then_else(T.And(T.isfinite(v32[v]), T.isfinite(v32[v + HALF])), T.float32(0),
+                                    T.float32(float("nan")))
+        reduce_lanes(nan, lambda a, b: a + b, HALF)()
+        inv: T.let = T.if_then_else(mx[0] > T.float32(0), T.float32(127) / mx[0], T.float32(0))
+        q = T.alloc_buffer((GROUP,), "int32", scope="global")
+        for v in T.vectorized(GROUP):
+            q[v] = T.Cast("int32", T.nearbyint(v32[v] * inv))
+        s = T.alloc_buffer((HALF,), "int32", scope="global")
+        for v in T.vectorized(HALF):
+            s[v] = q[v] + q[v + HALF]
+        reduce_lanes(s, lambda a, b: a + b, HALF)()
+        for v in T.vectorized(HALF):
+            xb[m, xl.lo(g) + v] = T.Cast("uint8", q[v])
+        for v in T.vectorized(HALF):
+            xb[m, xl.hi(g) + v] = T.Cast("uint8", q[HALF + v])
+        for v in T.vectorized(16):
+            xb[m, xl.init(g) + v] = T.uint8(0)
+        if centered:  # lane 4k: -8 * sum(x̂)
+            xb[m, T.ramp(xl.init(g), 1, 4)] = T.reinterpret("uint8x4", s[0] * -8)
+        for k in T.unroll(4):  # a non-finite x makes dx NaN, so its dot products are NaN as on the float path
+            xb[m, T.ramp(xl.dx(g) + 4 * k, 1, 4)] = T.reinterpret("uint8x4", mx[0] / T.float32(127) + nan[0])
+
+    @T.macro
+    def prep(x, xb, M):
+        for m in range(M):
+            v32 = T.alloc_buffer((GROUP,), "float32", scope="global")
+            for g in range(n_full):
+                for v in T.vectorized(GROUP):
+                    v32[v] = x[m, g * GROUP + v]
+                group(xb, m, g, v32)
+            if n_full < G:  # the partial last group, zero-padded
+                for v in range(GROUP):
+                    v32[v] = T.if_then_else(n_full * GROUP + v < d, x[m, T.min(n_full * GROUP + v, d - 1)],
+                                            T.float32(0))
+                group(xb, m, n_full, v32)
+            for v in range(xl.lo(G), xl.hi(0)):  # padded groups: x̂ = 0, dx = 0
+                xb[m, v] = T.uint8(0)
+            for v in range(xl.hi(G), xl.init(0)):
+                xb[m, v] = T.uint8(0)
+            for v in range(xl.init(G), xl.dx(0)):
+                xb[m, v] = T.uint8(0)
+            for v in range(xl.dx(G), xl.nbytes):
+                xb[m, v] = T.uint8(0)
+
+    return prep
+
+
+def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None):
+    """`common.dots_macro` for split rows on the integer path: (`dots_all`, `dots`), x the prepared bytes of
+    `split_prep_macro`."""
+    lay = LAYOUTS[dtype]
+    ins = INT8_DOTS[sched.int8_dot]
+    intrin, L = ins.intrinsic, ins.lanes
+    K, VB, R = L // 4, 4 * L, sched.rows  # groups per vector, bytes per vector, rows per step
+    xl = split_x(d, dtype)
+    G = lay.groups(d)
+    chunks, tail = G // K, G % K  # whole chunks, groups of the last partial one
+    scales_at = lay.scale_byte(0, lay.stored_groups(d))
+    row_bytes = lay.row_bytes(d)
+    prefetch = sched.prefetch if prefetch is None else bool(prefetch)
+    store = store or (lambda v: v)
+    row = row_index(gathered)
+    pf = block_prefetch_macro()
+    hsum = hsum_macro(L)
+    ivec, fvec = f"int32x{L}", f"float32x{L}"
+    code_lines = max(1, CACHE_LINE // VB)  # chunks per cache line of codes
+    scale_lines = -(-2 * G // CACHE_LINE)  # cache lines of a row's scales
+
+    def dot(acc, a, b):
+        return T.call_llvm_pure_intrin(ivec, intrin, acc, a, b)
+
+    def xvec(xb, m, byte):
+        return xb[m, T.ramp(byte, 1, VB)]
+
+    def scales(wf, ro_r, c, n):
+        """float32 x L: lanes 4k..4k+3 hold the scale of the chunk's group k (one load, one conversion; the n < K
+        groups of a last partial chunk one by one, 0 past them)."""
+        if n < K:
+            halves = [half_at(wf, ro_r, scales_at + (c * K + k) * 2) if k < n else T.float16(0) for k in range(K)]
+            return T.Cast(fvec, Shuffle([T.Broadcast(h, 4) for h in halves], list(range(L))))
+        raw = wf[T.ramp(ro_r + T.Cast("int64", scales_at + c * 2 * K), T.int64(1), 2 * K)]
+        halves = T.reinterpret(f"float16x{K}" if K > 1 else "float16", raw)
+        # (TVM's Shuffle takes no more indices than input lanes: the halves 4 times)
+        spread = Shuffle([halves] * 4, [v // 4 for v in range(L)]) if K > 1 else T.Broadcast(halves, L)
+        return T.Cast(fvec, spread)
+
+    def codes(wf, ro_r, c, n):
+        """uint8 x VB: the code bytes of the chunk's groups (n < K: its n groups, then zeros)."""
+        if n == K:
+            return wf[T.ramp(ro_r + T.Cast("int64", c * VB), T.int64(1), VB)]
+        parts = [wf[T.ramp(ro_r + T.Cast("int64", (c * K + k) * HALF), T.int64(1), HALF)] if k < n
+                 else T.Broadcast(T.uint8(0), HALF) for k in range(K)]
+        return Shuffle(parts, list(range(VB)))
+
+    def chunk_sum(wf, xb, m, ro_r, c, dxv, xlo, xhi, init, n=K):
+        raw = codes(wf, ro_r, c, n)
+        lo = T.bitwise_and(raw, T.Broadcast(T.uint8(15), VB))
+        hi = T.shift_right(raw, T.Broadcast(T.uint8(4), VB))
+        return T.Cast(fvec, dot(dot(init, lo, xlo), hi, xhi)) * (scales(wf, ro_r, c, n) * dxv)
+
+    @T.macro
+    def dots(w, xb, m, rows, base, i, end, dst, dcol):
+        wf = flat_rows(w, w.shape[0], row_bytes)
+        ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
+        for r in T.unroll(2 * R):
+            ro[r] = T.Cast("int64", row(rows, base, T.min(i + r, end - 1))) * T.int64(row_bytes)
+        acc = T.alloc_buffer((R * L,), "float32", scope="global")
+        for v in T.vectorized(R * L):
+            acc[v] = T.float32(0)
+        if prefetch:  # the next step's scales, all at once (a conditional prefetch per chunk: LLVM speculates it)
+            for r in T.unroll(R):
+                for ln in T.unroll(scale_lines):
+                    pf(wf, ro[R + r], scales_at + ln * CACHE_LINE)
+        for c in range(chunks):
+            if prefetch:  # the next step's codes, one prefetch per row and cache line
+                if c % code_lines == 0:
+                    for r in T.unroll(R):
+                        pf(wf, ro[R + r], c * VB)
+            dxv: T.let = T.reinterpret(fvec, xvec(xb, m, xl.dx(c * K)))
+            xlo: T.let = xvec(xb, m, xl.lo(c * K))
+            xhi: T.let = xvec(xb, m, xl.hi(c * K))
+            init: T.let = T.reinterpret(ivec, xvec(xb, m, xl.init(c * K)))
+            for r in T.unroll(R):
+                acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + chunk_sum(wf, xb, m, ro[r], c, dxv, xlo, xhi,
+                                                                                init)
+        if tail > 0:  # the last partial chunk (x's side is zero past the row's groups)
+            for r in T.unroll(R):
+                acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + chunk_sum(
+                    wf, xb, m, ro[r], chunks, T.reinterpret(fvec, xvec(xb, m, xl.dx(chunks * K))),
+                    xvec(xb, m, xl.lo(chunks * K)), xvec(xb, m, xl.hi(chunks * K)),
+                    T.reinterpret(ivec, xvec(xb, m, xl.init(chunks * K))), tail)
+        red = T.alloc_buffer((L,), "float32", scope="global")
+        for r in T.unroll(R):
+            for v in T.vectorized(L):
+                red[v] = acc[r * L + v]
+            hsum(red, 0)
+            if i + r < end:
+                dst[m, dcol + i + r] = store(red[0])
+
+    @T.macro
+    def dots_all(w, xb, M, rows, base, i, end, dst, dcol):
+        for m in range(M):
+            dots(w, xb, m, rows, base, i, end, dst, dcol)
+
+    return dots_all, dots
