@@ -5,6 +5,10 @@ Profiles: `ci` (fast, derandomized, no deadline — CI machines are slow and sha
 
 Under CI=true (`.ci/run` installs the cross tools first, failing loudly) the ARM (qemu), CUDA-emulation and torch-mlir
 tests must run: a skip of theirs is turned into a failure. On a developer machine they skip with the reason.
+
+CI runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): tests are handed out one by one, except
+that the tests of a module that use one of its module-scoped fixtures (a compiled model, an RPC tracker) stay on
+one worker (`xdist_group` = the module), so that fixture is built once, not once per worker.
 """
 
 import os
@@ -21,10 +25,26 @@ settings.register_profile("thorough", max_examples=300, deadline=None,
 settings.load_profile(os.environ.get("ACTSPARSE_HYPOTHESIS", "ci"))
 
 
-def pytest_collection_modifyitems(config, items):
-    """`@pytest.mark.gpu` tests need a CUDA GPU: skip them, with the reason, where there is none."""
-    import pytest
+import pytest  # noqa: E402
 
+
+def _module_scoped(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return bool(info) and any(defs and defs[-1].scope in ("module", "package", "class")
+                              for defs in info.name2fixturedefs.values())
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marks into the scheduler's groups
+def pytest_collection_modifyitems(config, items):
+    """The tests sharing a module-scoped fixture run on one xdist worker; `@pytest.mark.gpu` tests need a CUDA GPU:
+    skip them, with the reason, where there is none."""
+    for item in items:
+        if hasattr(item, "module") and _module_scoped(item) and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    _skip_gpu_tests(items)
+
+
+def _skip_gpu_tests(items) -> None:
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return
@@ -58,9 +78,6 @@ def _forbidden_skip(report) -> str | None:
 def _fail(report, reason: str) -> None:
     report.outcome = "failed"
     report.longrepr = f"skipped under CI=true, where this test must run: {reason}"
-
-
-import pytest  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -64,18 +64,20 @@ def test_compiled_module_views_the_torch_parameters(mode):
     assert len(shared) == len(tensors) - len(expected)
 
 
-def test_compile_memory_grows_with_the_weights_once():
+def test_compile_memory_grows_with_the_weights_once(tmp_path):
     """Peak RSS of a compile, in a subprocess per size: two models that differ only in their vocabulary (so in
     weights, not in code) differ in peak memory by about their weights' difference, not a multiple of it."""
     import subprocess
     import sys
 
-    rows = []
-    for vocab in (16000, 200000):
-        out = subprocess.run([sys.executable, "-m", "actsparse.benchmarks.compile_scale", "--child", "1", "--small",
-                              "--vocab", str(vocab)], capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-2000:]
-        rows.append(json.loads(out.stdout.splitlines()[-1].removeprefix("RESULT ")))
+    vocabs, rows, children = (16000, 200000), [], []
+    for vocab in vocabs:  # side by side: each child measures its own peak RSS
+        with open(tmp_path / f"{vocab}.out", "w") as out, open(tmp_path / f"{vocab}.err", "w") as err:
+            children.append(subprocess.Popen([sys.executable, "-m", "actsparse.benchmarks.compile_scale", "--child",
+                                              "1", "--small", "--vocab", str(vocab)], stdout=out, stderr=err))
+    for vocab, child in zip(vocabs, children):
+        assert child.wait(timeout=600) == 0, (tmp_path / f"{vocab}.err").read_text()[-2000:]
+        rows.append(json.loads((tmp_path / f"{vocab}.out").read_text().splitlines()[-1].removeprefix("RESULT ")))
     extra_weights = rows[1]["weight_bytes"] - rows[0]["weight_bytes"]
     extra_peak = rows[1]["peak_over_base_bytes"] - rows[0]["peak_over_base_bytes"]
     assert extra_weights > 150e6

@@ -18,6 +18,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def long_sessions(monkeypatch):
+    """Sessions of 10 min instead of targets.remote.connect's 60 s: on a loaded machine (two pytest-xdist workers in
+    CI, more on a shared one) a profile through RPC can outlast 60 s; how long it takes is not what is checked."""
+    from actsparse.targets import remote
+
+    monkeypatch.setattr(remote.connect, "__defaults__", (600.0,))
+
+
 @pytest.fixture(scope="module")
 def tracker():
     for module in ("tornado", "cloudpickle", "psutil"):
