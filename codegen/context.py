@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ActsparseError
 from ..ir import Node, TensorType
+from ..ir.dims import terms
 from ..ir.types import np_dtype
 from ..targets import Target
 
@@ -40,11 +41,17 @@ class LowerContext:
     values: dict[int, object] = field(default_factory=dict)  # id(node) -> its Relax value, for nodes lowered so far
 
     def dim(self, d):
+        """An IR dim as TVM sees it: an int, a graph input's dim variable, or an affine PrimExpr of them (kv+1)."""
         if isinstance(d, int):
             return d
-        if d not in self.symbols:
-            raise LoweringError(f"symbolic dim {d!r} is not bound by any graph input")
-        return self.symbols[d]
+        coefs, const = terms(d)
+        unbound = [n for n in coefs if n not in self.symbols]
+        if unbound:
+            raise LoweringError(f"symbolic dim {d!r}: {', '.join(unbound)} bound by no graph input")
+        if d in self.symbols:
+            return self.symbols[d]
+        parts = [self.symbols[n] if c == 1 else c * self.symbols[n] for n, c in coefs.items()]
+        return sum(parts[1:], parts[0]) + const if const else sum(parts[1:], parts[0])
 
     def shape(self, shape):
         return [self.dim(d) for d in shape]

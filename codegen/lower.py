@@ -45,7 +45,7 @@ def _lower_function(bb, graph: Graph, target: Target, name: str, bound: dict[str
     symbols: dict[str, object] = {}
     for node in graph.inputs:
         for d in node.shape:
-            if isinstance(d, str) and d not in symbols:
+            if isinstance(d, str) and d not in symbols:  # inputs name their dims (no expression: see ir/dims.py)
                 symbols[d] = bound.get(d) or tirx.Var(d, "int64")
     ctx = LowerContext(bb, target, symbols, kernels)
     for read in [i for node in graph.nodes for i in node.inputs] + list(graph.outputs):  # outputs read too

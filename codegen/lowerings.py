@@ -138,8 +138,9 @@ def _slice(ctx, node, args):
     clamp = end is None or (isinstance(in_dim, int) and isinstance(end, int) and end > in_dim)
     # in bounds by construction (the frontend's guards prove e.g. seq <= table size); without it Relax infers
     # min(seq, dim) and then loses the shape at the next broadcast
-    return R.strided_slice(args[0], axes=[axis], begin=[a.get("start", 0)], end=[ctx.dim(in_dim if clamp else end)],
-                           strides=[a.get("step", 1)], assume_inbound=True)
+    begin, end = ctx.dim(a.get("start", 0)), ctx.dim(in_dim if clamp else end)
+    return R.strided_slice(args[0], axes=[axis], begin=[begin], end=[end], strides=[a.get("step", 1)],
+                           assume_inbound=True)
 
 
 @lowering("concat")

@@ -7,6 +7,10 @@ of layer transformers' own caches have:
                          DeltaNet's ...): `conv_states[i]`, `recurrent_states[i]`, replaced by each call
     ExplicitHybridLayer  both, for layers that hold attention and a recurrent state (Falcon-H1)
 
+A KV layer may hold more per-position tensors than K and V (`POSITION_CACHES`: DeepSeek-V3.2's sparse-attention
+indexer keys, [1, max_seq, d]); they are graph inputs written at the call's positions as K and V are, through the
+method transformers' cache calls for them (`cache.update_indexer`).
+
 The state layers always report a previous state: the states start as zeros, and a zero convolution window and a zero
 recurrent state are what the models' first-token paths assume, so the model takes its one-token (recurrent) branch
 from the first token on; the graph is then exported for one token per call (kv_cache.EXPORT_VARIANTS). A model's
@@ -16,7 +20,24 @@ and the layer's tensor then reads the written value, which the graph returns as 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass(frozen=True)
+class PositionCache:
+    """A per-position tensor a cache layer keeps beside K and V: written by `update` (the layer method transformers'
+    `Cache` forwards to), one slot per position along `axis`."""
+
+    update: str
+    axis: int
+    prefix: str  # its graph input's name: prefix + layer index
+
+
+# the cache layer attribute -> how it is written (transformers' DynamicIndexedLayer: `indexer_keys` [b, seq, d],
+# written by `update_indexer`); a new kind of per-position cache is one entry here
+POSITION_CACHES = {"indexer_keys": PositionCache("update_indexer", 1, "ik")}
 
 
 def layer_classes():
@@ -30,9 +51,11 @@ def layer_classes():
         is_compileable = True
         is_sliding = False
 
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, offset: torch.Tensor, filled):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, offset: torch.Tensor, filled, extras=None):
             CacheLayerMixin.__init__(self)
             self.keys, self.values, self.offset, self.filled = keys, values, offset, filled
+            for name, tensor in (extras or {}).items():  # POSITION_CACHES tensors
+                setattr(self, name, tensor)
             self.is_initialized = True
 
         def _write(self, cache: torch.Tensor, new: torch.Tensor, axis: int) -> torch.Tensor:
@@ -51,6 +74,11 @@ def layer_classes():
             self.keys, self.values = self._write(self.keys, key_states, 2), self._write(self.values, value_states, 2)
             return self._filled(self.keys, 2), self._filled(self.values, 2)
 
+        def _update_position_cache(self, name: str, new: torch.Tensor) -> torch.Tensor:
+            axis = POSITION_CACHES[name].axis
+            setattr(self, name, self._write(getattr(self, name), new, axis))
+            return self._filled(getattr(self, name), axis)
+
         def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
             return self.filled, 0  # the filled slots, at absolute positions: the mask does the rest
 
@@ -59,6 +87,9 @@ def layer_classes():
 
         def get_max_length(self) -> int:
             return self.keys.shape[-2]
+
+    for name, cache in POSITION_CACHES.items():  # e.g. update_indexer(new) -> the filled indexer keys
+        setattr(ExplicitKVLayer, cache.update, _position_update(name))
 
     class ExplicitStateLayer(LinearAttentionCacheLayerMixin):
         """Recurrent states that are graph inputs; an update replaces the tensor (functional)."""
@@ -92,8 +123,8 @@ def layer_classes():
     class ExplicitHybridLayer(ExplicitStateLayer, ExplicitKVLayer):
         """Attention keys/values and recurrent states in one layer."""
 
-        def __init__(self, keys, values, offset, filled, conv, recurrent):
-            ExplicitKVLayer.__init__(self, keys, values, offset, filled)
+        def __init__(self, keys, values, offset, filled, conv, recurrent, extras=None):
+            ExplicitKVLayer.__init__(self, keys, values, offset, filled, extras)
             ExplicitStateLayer.__init__(self, conv, recurrent)
 
     class ExplicitCache(Cache):
@@ -101,3 +132,10 @@ def layer_classes():
             super().__init__(layers=layers)
 
     return ExplicitKVLayer, ExplicitStateLayer, ExplicitHybridLayer, ExplicitCache
+
+
+def _position_update(name: str):
+    def update(self, new: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return self._update_position_cache(name, new)
+
+    return update

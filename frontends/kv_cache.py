@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..ir import Graph
-from .cache_layers import layer_classes
+from .cache_layers import POSITION_CACHES, layer_classes
 from .errors import FrontendError
 
 KEYS, VALUES = "k", "v"
@@ -50,7 +50,7 @@ class CacheSpec:
     name: str
     shape: tuple[int, ...]
     layer: int = -1  # the index the model reads it by (`cache.layers[layer]`)
-    kind: str = "keys"  # one of KINDS
+    kind: str = "keys"  # one of KINDS, or a POSITION_CACHES attribute
     index: int = 0  # which of the layer's conv / recurrent states
 
 
@@ -102,10 +102,12 @@ class KVCachedLM(nn.Module):
         layers = {}
         for i, part in parts.items():
             has_kv, has_state = "keys" in part, bool(part["conv"] or part["recurrent"])
+            extras = {name: part[name] for name in POSITION_CACHES if name in part}
             if has_kv and has_state:
-                layers[i] = hybrid_layer(part["keys"], part["values"], offset, filled, part["conv"], part["recurrent"])
+                layers[i] = hybrid_layer(part["keys"], part["values"], offset, filled, part["conv"], part["recurrent"],
+                                         extras)
             elif has_kv:
-                layers[i] = kv_layer(part["keys"], part["values"], offset, filled)
+                layers[i] = kv_layer(part["keys"], part["values"], offset, filled, extras)
             else:
                 layers[i] = state_layer(part["conv"], part["recurrent"])
         return layers
@@ -170,13 +172,21 @@ def _kv_specs(model: nn.Module, i: int, layer, max_seq: int) -> list[CacheSpec]:
     extra = sorted(name for name, value in vars(layer).items()  # cached per-token state, not settings (a sliding
                    if isinstance(value, torch.Tensor) and value.ndim >= 3  # layer's window size)
                    and not name.startswith("_") and name not in ("keys", "values"))
-    if extra:
+    unknown = [name for name in extra if name not in POSITION_CACHES]
+    if unknown:
         raise FrontendError(f"{type(model).__name__} layer {i} keeps more than keys and values in its cache "
-                            f"({', '.join(extra)}: e.g. DeepSeek-V3.2's sparse-attention indexer); decoding "
-                            "caches attention keys and values only")
+                            f"({', '.join(unknown)}); decoding caches attention keys and values and the per-position "
+                            f"tensors of frontends/cache_layers.POSITION_CACHES ({', '.join(POSITION_CACHES)})")
     k, v = layer.keys, layer.values
+    slots = [CacheSpec(f"{POSITION_CACHES[name].prefix}{i}", _with_slots(getattr(layer, name), max_seq,
+                                                                          POSITION_CACHES[name].axis), i, name)
+             for name in extra]  # max_seq slots along its position axis, as K and V have
     return [CacheSpec(f"{KEYS}{i}", (1, k.shape[1], max_seq, k.shape[3]), i, "keys"),
-            CacheSpec(f"{VALUES}{i}", (1, v.shape[1], max_seq, v.shape[3]), i, "values")]
+            CacheSpec(f"{VALUES}{i}", (1, v.shape[1], max_seq, v.shape[3]), i, "values"), *slots]
+
+
+def _with_slots(tensor: torch.Tensor, max_seq: int, axis: int) -> tuple[int, ...]:
+    return tuple(max_seq if a == axis else n for a, n in enumerate(tensor.shape))
 
 
 def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpec]]:
@@ -224,12 +234,10 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, ones_mask: b
     ids = torch.zeros(1, 1 if one_token else 2, dtype=torch.long)
     cache = tuple(torch.zeros(s.shape) for s in specs)
     filled = torch.zeros(3, dtype=torch.long)  # a length other than the example's seq: two distinct dims
-    seq, kv = torch.export.Dim(SEQ, min=1, max=max_seq), torch.export.Dim(FILLED, min=1, max=max_seq)
-    dynamic = (None if one_token else {1: seq}, None, {0: kv}, tuple(None for _ in specs))
     try:
         with per_expert_routing(model), torch.no_grad(), quiet_transformers():
-            program = torch.export.export(wrapper, (ids, torch.zeros(1, dtype=torch.long), filled, cache),
-                                          dynamic_shapes=dynamic, strict=False)
+            program = _export_dynamic(wrapper, (ids, torch.zeros(1, dtype=torch.long), filled, cache), max_seq,
+                                      one_token)
     except Exception as err:
         text = str(err).strip().splitlines()
         raise FrontendError(f"torch.export could not export {type(model).__name__} with a KV cache: "
@@ -238,11 +246,28 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, ones_mask: b
     program = decompose_missing(program)  # as the full-sequence import does: the long tail by torch's decompositions
     importer = Importer(program, KVCachedLM.actsparse_prefix)
     importer.symbols.update(_dim_symbols(program))
+    importer.bounds = {SEQ: (1, max_seq), FILLED: (1, max_seq)}  # what the runtime feeds (runtime/decoder.py)
     graph = importer.run()
     # a recurrent kernel that writes a state in place (`conv_state.copy_`) adds an output for that input mutation
     # ahead of the user outputs; the wrapper returns the written state itself, so only the user outputs are kept
     kinds = [spec.kind for spec in program.graph_signature.output_specs]
     return graph.with_outputs(o for o, kind in zip(graph.outputs, kinds, strict=True) if kind == OutputKind.USER_OUTPUT)
+
+
+def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bool):
+    """torch.export with `seq` and `kv` dynamic in 1 .. max_seq; where torch's solver cannot prove a guard over that
+    range that holds on it (DeepSeek-V3.2's `min(index_topk, kv) <= kv`), with both left DYNAMIC instead (the
+    importer then bounds them by max_seq itself: Importer.bounds)."""
+    from torch.export.dynamic_shapes import Dim
+
+    ranged = (Dim(SEQ, min=1, max=max_seq), Dim(FILLED, min=1, max=max_seq))
+    for seq, kv in (ranged, (Dim.DYNAMIC, Dim.DYNAMIC)):
+        dynamic = (None if one_token else {1: seq}, None, {0: kv}, tuple(None for _ in args[3]))
+        try:
+            return torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
+        except torch._dynamo.exc.UserError as err:
+            if "Constraints violated" not in str(err) or seq is Dim.DYNAMIC:
+                raise
 
 
 class LastLogits(nn.Module):

@@ -30,10 +30,12 @@ import numpy as np
 import torch
 from torch.export.graph_signature import InputKind
 
+from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, op_def, verify
 from ..ir.types import is_float, np_dtype
 from .errors import FrontendError, SymbolicShapeError, UnsupportedOpError
 from .moe import per_expert_routing
+from .torch_dims import affine_dim
 from .torch_inplace import DATA_DEPENDENT, aliased
 from .torch_ops import lookup
 
@@ -61,11 +63,13 @@ def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: 
     program = export_program(model, example_inputs, dynamic_seq)
     try:
         return _import(model, program)
-    except SymbolicShapeError as err:
+    except UnsupportedOpError:
+        raise  # the same either way
+    except (ActsparseError, TypeError, ValueError) as err:
         if not dynamic_seq:
             raise
-        # a size computed from seq (a padded conv, a cache window): specialise to the example, as for an export
-        # that fails with a symbolic seq
+        # a size computed from seq that the IR cannot name (seq², min(seq, n)), or an op whose rule does not take
+        # an affine dim such as seq+3: specialise to the example, as for an export that fails with a symbolic seq
         warnings.warn(f"actsparse: importing with a symbolic sequence length failed ({err}); importing with the "
                       "example's static shapes instead", stacklevel=2)
         return _import(model, export_program(model, example_inputs, False))
@@ -156,6 +160,7 @@ class Importer:
         self.program = program
         self.prefix = prefix + "." if prefix else ""
         self.symbols: dict = {}  # sympy symbol -> IR dim name
+        self.bounds: dict[str, tuple[int, int]] = {}  # IR dim name -> (least, most) the caller guarantees
         self.weights: dict[str, np.ndarray] = {}
         self._weight_names: dict[tuple, str] = {}  # storage identity -> weight name (tied weights share one)
         self._weight_nodes: dict[str, Node] = {}
@@ -302,9 +307,12 @@ class Importer:
             if any(s not in self.symbols for s in expr.free_symbols):  # an unbacked symbol: x.item(), nonzero()
                 raise self.error(f"the size `{text}` depends on tensor values, which IR shapes cannot express; "
                                  "compute it from shapes or constants instead")
+            dim = affine_dim(expr, self.symbols, self.bounds)
+            if dim is not None:
+                return dim
             raise self.symbolic_error(f"the size `{text}` is a symbolic expression, which IR shapes cannot express "
-                                      "(they only name dims); import with dynamic_seq=False to specialise the "
-                                      "sequence length")
+                                      "(they name dims and affine sums of them); import with dynamic_seq=False to "
+                                      "specialise the sequence length")
         raise self.error(f"expected a size, got {d!r}")
 
     def shape(self, val) -> tuple:
@@ -379,9 +387,8 @@ class Importer:
             return self.cast(value, dtype)
         if isinstance(value, torch.SymInt):
             value = self.dim(value)
-            if isinstance(value, str):
-                raise self.symbolic_error(f"the symbolic size `{value}` is used as a tensor value, which the IR "
-                                          "cannot express; import with dynamic_seq=False")
+            if isinstance(value, str):  # a size as a number (positions from the sequence length): count its ones
+                return self.cast(self.emit("sum", [self.full((value,), "i64", 1)], axes=(0,)), dtype)
         if isinstance(value, (bool, int, float)):
             return self.const(value, dtype)
         raise self.error(f"expected a tensor or a number, got {type(value).__name__}")

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..ir import Node, TensorType
+from ..ir import Node, TensorType, dims
 from ..ir.types import positive_axis
 from .torch_inplace import in_place
 from .torch_ops_layers import complex_arith
@@ -173,8 +173,13 @@ def _reduce(op):
 
 
 def _topk(cx, node, x, k, dim=-1, largest=True, sorted=True):  # topk -> (topk{values}, topk{indices})
-    axis = positive_axis(dim, x.type.rank)
-    return tuple(cx.emit("topk", [x], k=int(k), axis=axis, largest=bool(largest), output=out)
+    axis, k = positive_axis(dim, x.type.rank), cx.dim(k)
+    if isinstance(k, str) and k == x.shape[axis]:  # all of a symbolic axis (DSA's min(index_topk, kv)): a sort
+        return tuple(cx.emit("sort", [x], axis=axis, descending=bool(largest), output=out)
+                     for out in ("values", "indices"))
+    if isinstance(k, str):
+        raise cx.symbolic_error(f"topk of a symbolic `{k}` entries of an axis of {x.shape[axis]} cannot be expressed")
+    return tuple(cx.emit("topk", [x], k=k, axis=axis, largest=bool(largest), output=out)
                  for out in ("values", "indices"))
 
 
@@ -217,16 +222,14 @@ def _transpose(cx, node, x, d0=0, d1=1):  # transpose(x, i, j) / t(x) -> permute
 
 
 def slice_of(cx, x, axis, start, end, step=1):
-    """x[start:end:step] along `axis`; on the symbolic dim: [:seq], or a static window as an index_select."""
+    """x[start:end:step] along `axis`; with a symbolic dim or bounds: a static window of the symbolic dim as an
+    index_select, else a slice whose bounds and length are affine dims (ir/dims.py: [:-1] of kv+1 is kv)."""
     dim = x.shape[axis]
     if _minus(cx, start) == dim:  # x[-n:] of an axis n long (XLM's ids[:, -(n - cached):] with nothing cached)
         start = 0
     start = 0 if start is None else cx.dim(start)
     end = None if end is None or (isinstance(end, int) and end >= BIG) else cx.dim(end)
-    if isinstance(start, str):
-        raise cx.symbolic_error(f"a slice starting at the symbolic `{start}` cannot be expressed; "
-                                "import with dynamic_seq=False")
-    if isinstance(dim, int) and not isinstance(end, str):
+    if isinstance(dim, int) and isinstance(start, int) and not isinstance(end, str):
         start, end, step = slice(start, end, step).indices(dim)
         if (start, end, step) == (0, dim, 1):
             return x
@@ -239,6 +242,10 @@ def slice_of(cx, x, axis, start, end, step=1):
     if isinstance(start, int) and isinstance(end, int) and (start < 0) == (end <= 0) and start < end and step == 1:
         index = cx.source_node("constant", TensorType((end - start,), "i64"), value=tuple(range(start, end)))
         return cx.emit("index_select", [x, index], axis=axis)  # a static window of the symbolic dim
+    if step == 1:  # bounds in range by construction (torch's guards); negative ints count from the end, and an
+        # end of 0 here is x[-n:]'s
+        start, end = (dims.add(dim, b) if isinstance(b, int) and b < 0 else b for b in (start, end or dim))
+        return x if (start, end) == (0, dim) else cx.emit("slice", [x], axis=axis, start=start, end=end)
     raise cx.symbolic_error(f"slice [{start}:{end}:{step}] of the symbolic dim `{dim}` cannot be expressed; "
                             "import with dynamic_seq=False")
 

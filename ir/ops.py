@@ -7,6 +7,7 @@ of symbolic dims, needed by ops such as `arange` whose size is a symbol).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS, erf
 from .attention import ATTENTION_ATTRS, attention_ref, attention_type
+from .dims import add, evaluate, sub
 from .mlp import GATED_MLP_ATTRS, gated_mlp_ref, gated_mlp_type, sparse_gated_mlp_type
 from .moe import ROUTED_MOE_ATTRS, routed_moe_ref, routed_moe_type
 from .sparse_variants import SPARSE_GATED_MLP_ATTRS, VARIANTS
@@ -239,13 +241,15 @@ define("expand", 1, lambda t, a: TensorType(tuple(a["shape"]), t[0].dtype),
 
 
 def _slice_len(dim, start, end, step):
-    if isinstance(end, str) and start == 0 and step == 1:
-        return end  # e.g. a static rotary table cut to the (symbolic) sequence length
-    if isinstance(dim, str):
-        if start == 0 and step == 1 and (end is None or end == dim):
-            return dim
-        raise TypeError(f"slice of symbolic dim {dim} needs constant bounds")
-    return len(range(*slice(start, end, step).indices(dim)))
+    if isinstance(dim, int) and isinstance(start, int) and (end is None or isinstance(end, int)):
+        return len(range(*slice(start, end, step).indices(dim)))
+    if step != 1:
+        raise TypeError(f"slice of symbolic dim {dim} or with symbolic bounds needs step 1")
+    # symbolic: bounds in range by construction (the frontend's guards), a negative int counting from the end,
+    # e.g. a static rotary table cut to `seq`, scores with a sink column cut back to `kv` (kv+1 [:-1]), a causal
+    # mask's rows kv-seq .. kv
+    start, end = (add(dim, b) if isinstance(b, int) and b < 0 else b for b in (start, dim if end is None else end))
+    return sub(end, start)
 
 
 def _slice_type(types, attrs):
@@ -257,10 +261,9 @@ def _slice_type(types, attrs):
 
 
 def _slice_ref(x, attrs, env):
-    end = attrs["end"]
-    end = env[end] if isinstance(end, str) else end
+    start, end = (b if b is None else evaluate(b, env) for b in (attrs["start"], attrs["end"]))
     index = [slice(None)] * x.ndim
-    index[attrs["axis"]] = slice(attrs["start"], end, attrs["step"])
+    index[attrs["axis"]] = slice(start, end, attrs["step"])
     return x[tuple(index)]
 
 
@@ -270,7 +273,7 @@ define("slice", 1, _slice_type, _slice_ref, {"axis": REQUIRED, "start": 0, "end"
 def _concat_type(types, attrs):
     axis = positive_axis(attrs["axis"], types[0].rank)
     dims = [t.shape[axis] for t in types]
-    total = sum(dims) if all(isinstance(d, int) for d in dims) else "+".join(map(str, dims))
+    total = functools.reduce(add, dims)
     shape = list(types[0].shape)
     shape[axis] = total
     return TensorType(tuple(shape), types[0].dtype)

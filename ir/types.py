@@ -6,11 +6,10 @@ Dtypes are short names (`f32`, `i64`, ...) so the text form stays readable; `np_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
-Dim = Union[int, str]
+from .dims import Dim, evaluate, is_dim_text
 
 DTYPES = {
     "f32": np.float32,
@@ -69,8 +68,8 @@ class TensorType:
             raise ValueError(f"a tensor type reads like f32[1,seq,64], got {text[:80]!r}")
         dims = rest[:-1].strip()
         shape = tuple(int(d) if d.isdigit() else d for d in (x.strip() for x in dims.split(","))) if dims else ()
-        if not all(isinstance(d, int) or d.isidentifier() for d in shape):
-            raise ValueError(f"a dim is a size or a name, got {text[:80]!r}")
+        if not all(isinstance(d, int) or is_dim_text(d) for d in shape):
+            raise ValueError(f"a dim is a size, a name or an affine expression of names (kv+1), got {text[:80]!r}")
         return TensorType(shape, dtype)
 
 
@@ -88,4 +87,4 @@ def broadcast_shapes(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
 
 
 def resolve(shape: tuple[Dim, ...], env: dict[str, int]) -> tuple[int, ...]:
-    return tuple(d if isinstance(d, int) else env[d] for d in shape)
+    return tuple(evaluate(d, env) for d in shape)

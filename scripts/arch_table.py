@@ -3,19 +3,16 @@
     for arch in causal_lm_architectures():          # transformers' MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
         result = check_architecture(arch)          # build tiny -> torch.export -> IR -> interpreter vs torch
 
-`tiny_config(arch)` is one generic shrinker, not a config per model: it starts from the architecture's default
-config and rewrites every size it recognises by name (widths, layer counts, heads, experts, vocabulary, LoRA
-ranks of MLA attention) to a small value, keeping the ratios the model code asserts (heads divide the width,
-kv heads divide heads, per-layer lists cut to the layer count). Whatever still fails is reported with the
-precise reason (the stage and the first line of the error), which is what the README table shows. The patterns
-column holds detect-gated-mlp's counts, the non-gated ReLU-family MLPs sparsify-exact made exact (`relu2-mlp
-exact`), and `unmatched-gate` blocks (a gate that is no table activation), whose gate the reason column spells.
+`tiny_config(arch)` (scripts/tiny_config.py) is one generic shrinker, not a config per model. Whatever still
+fails is reported with the precise reason (the stage and the first line of the error), which is what the README
+table shows. The patterns column holds detect-gated-mlp's counts, the non-gated ReLU-family MLPs sparsify-exact
+made exact (`relu2-mlp exact`), and `unmatched-gate` blocks (a gate that is no table activation), whose gate the
+reason column spells.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 import time
@@ -26,54 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WIDTH, FF, LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB, EXPERTS, TOP_K = 32, 64, 2, 4, 2, 8, 128, 4, 2
-SEQ = 6
+from .tiny_config import (  # noqa: F401 - the shrinker's names, imported from here by the other tables and tests
+    CHECKPOINT_VALUES,
+    SEQ,
+    build_tiny,
+    causal_lm_part,
+    example_ids,
+    kept_layers,
+    tiny_config,
+)
 
-# config attribute -> tiny value (every spelling transformers' configs use for the same size)
-SIZES = {
-    **dict.fromkeys(["hidden_size", "n_embd", "d_model", "dim", "embed_dim", "model_dim", "word_embed_proj_dim",
-                     "hidden_dim", "embedding_dim", "hidden_size_global", "adapter_in_dim", "adapter_out_dim",
-                     "adapter_input_size", "adapter_output_size"], WIDTH),
-    **dict.fromkeys(["intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size", "inner_hidden_size",
-                     "d_ff", "ffn_inner_hidden_size", "dense_intermediate_size"], FF),
-    **dict.fromkeys(["moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size",
-                     "moe_ffn_hidden_size", "intermediate_size_mlp", "ffn_hidden_size_moe",
-                     "shared_intermediate_size"], FF // 2),
-    **dict.fromkeys(["num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers",
-                     "decoder_layers", "num_blocks"], LAYERS),
-    **dict.fromkeys(["num_attention_heads", "n_head", "n_heads", "num_heads", "decoder_attention_heads"], HEADS),
-    **dict.fromkeys(["num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num",
-                     "num_key_value_groups_"], KV_HEADS),
-    **dict.fromkeys(["head_dim", "d_head", "attention_head_dim", "kv_channels", "v_head_dim", "qk_nope_head_dim",
-                     "qk_rope_head_dim"], HEAD_DIM),
-    "qk_head_dim": 2 * HEAD_DIM,  # MLA: nope + rope
-    **dict.fromkeys(["kv_lora_rank", "q_lora_rank"], 16),
-    **dict.fromkeys(["vocab_size", "n_vocab"], VOCAB),
-    **dict.fromkeys(["num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_"],
-                    EXPERTS),
-    **dict.fromkeys(["num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts", "moe_k",
-                     "num_experts_per_token"], TOP_K),
-    **dict.fromkeys(["n_group", "topk_group", "num_expert_group"], 1),
-    **dict.fromkeys(["max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"], 64),
-    **dict.fromkeys(["sliding_window", "attention_window"], 16),
-    **dict.fromkeys(["first_k_dense_replace"], 1),
-    "num_kv_shared_layers": 0,  # KV shared from earlier layers of the same kind needs more layers than kept
-    **dict.fromkeys(["rotary_dim", "rotary_emb_base_"], HEAD_DIM),
-}
-SSM_HEADS = [("mamba_expand", "mamba_n_heads", "mamba_d_head"), ("expand", "num_heads", "head_dim"),
-             ("mamba_expand", "n_mamba_heads", "mamba_headdim")]
-SSM_GROUPS = ("n_groups",)  # B/C groups of a Mamba-2 mixer: they must divide its heads
-# layers of a kind every `period` layers from `offset` on (Jamba's attention): a tiny config keeps one of them
-PERIODS = (("attn_layer_period", "attn_layer_offset"), ("expert_layer_period", "expert_layer_offset"))
-MOE_DEFAULTS = {"num_experts_per_tok": TOP_K, "n_routed_experts": EXPERTS, "num_local_experts": EXPERTS,
-                "n_shared_experts": 1, "n_group": 1, "topk_group": 1}
-LAYER_KEYS = [k for k, v in SIZES.items() if v == LAYERS and "layer" in k]
-CODEBOOK_ROWS = {"musicgen_decoder", "musicgen_melody_decoder"}  # decoders reading a row of ids per codebook
-# values every released checkpoint sets that transformers' default config leaves unset (its model then fails to build)
-CHECKPOINT_VALUES = {
-    "dbrx": {"attn_config": {"rope_theta": 500000.0, "clip_qkv": 8.0}},  # DbrxAttention reads both
-    "lfm2_moe": {"layer_types": ["conv", "full_attention"], "num_hidden_layers": 2},  # one layer of each kind
-}
 # what stops an architecture that still fails, and what would fix it (shown only while its check fails)
 LIMITS = {
     "blt": "data-dependent: patch lengths come from its entropy model's output; a fixed patching would import",
@@ -96,8 +55,6 @@ LIMITS = {
             "language (every token the same adapter) would import",
 }
 LIMITS["qwen4_exp_text"] = LIMITS["qwen4_exp"]
-TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
-             "cls_token_id", "mask_token_id", "unk_token_id")
 
 
 def causal_lm_architectures() -> list[str]:
@@ -105,126 +62,6 @@ def causal_lm_architectures() -> list[str]:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
-
-
-def tiny_config(arch: str):
-    """The architecture's default config with every recognised size shrunk (see `SIZES`), built again from the
-    shrunk values so that what its `__init__` derives (head dims, layer-type lists) follows them."""
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    values = AutoConfig.for_model(arch).to_dict()
-    for key, value in CHECKPOINT_VALUES.get(arch, {}).items():
-        values[key] = {**values[key], **value} if isinstance(value, dict) else value
-    values = _shrink(values)
-    config = CONFIG_MAPPING[arch](**values)
-    for key, value in values.items():  # keys __init__ ignores or recomputes from the originals
-        if key in SIZES and _int(_attr(config, key)) is not None and _attr(config, key) > value:
-            setattr(config, key, value)
-    return config
-
-
-def causal_lm_part(config, model_class):
-    """The config `model_class` (the architecture's causal LM) takes: the config itself, or its sub-config of that
-    class when the mapping names a composite (Llama-4's `text_config`; MusicGen's causal LM is its `decoder`)."""
-    wanted = model_class.config_class
-    if isinstance(config, wanted):
-        return config
-    return next((v for v in vars(config).values() if isinstance(v, wanted)), config)
-
-
-def _attr(config, key):
-    try:
-        return getattr(config, key, None)
-    except Exception:  # noqa: BLE001 - per-layer attributes refuse a global read (gemma4)
-        return None
-
-
-def _shrink(values: dict) -> dict:
-    out = dict(values)
-    layers = next((_int(values[k]) for k in LAYER_KEYS if _int(values.get(k))), None)
-    pick = kept_layers(values.get("layer_types"), layers) if layers else []
-    for key, value in values.items():
-        if key in LAYER_KEYS and layers and _int(value) == layers:
-            out[key] = len(pick)
-        elif key in SIZES and _int(value) is not None and value > SIZES[key]:
-            out[key] = SIZES[key]
-        elif key in SIZES and isinstance(value, list) and value and all(_int(v) for v in value):
-            kept = [value[i] for i in pick] if layers and len(value) == layers else value  # per-layer sizes
-            out[key] = [min(v, SIZES[key]) for v in kept]
-        elif layers and "layer" in key and isinstance(value, dict) and all(str(k).isdigit() for k in value):
-            out[key] = {type(k)(new): _capped(value[k], values) for new, old in enumerate(pick)  # per-layer
-                        for k in value if int(k) == old}  # settings, renumbered, their sizes shrunk too
-        elif isinstance(value, dict) and ("model_type" in value or key.endswith("_config")):
-            out[key] = _shrink(value)
-        elif layers and isinstance(value, list) and len(value) == layers:  # per-layer lists follow the pick
-            out[key] = [value[i] for i in pick]
-    for period, offset in PERIODS:  # every `period`-th layer from `offset` on is of a kind: keep one of them
-        if _int(out.get(period)) and _int(out.get(offset)) is not None and out[period] > LAYERS:
-            out[period], out[offset] = LAYERS, min(out[offset], LAYERS - 1)
-    heads = _int(out.get("num_attention_heads"))
-    if heads and (values.get("num_key_value_heads") in (None, values.get("num_attention_heads"))):
-        out["num_key_value_heads"] = heads  # multi-head (or MLA) attention stays multi-head
-    if "head_dim" in out and out["head_dim"] is None and heads and _int(out.get("hidden_size")):
-        out["head_dim"] = out["hidden_size"] // heads  # some defaults leave it None for the checkpoint to set
-    for expand, n_heads, d_head in SSM_HEADS:  # SSM heads: n_heads · d_head = expand · width
-        if all(_int(out.get(k)) for k in (expand, n_heads, "hidden_size")) and d_head in out:
-            out[n_heads] = min(out[n_heads], HEADS)
-            out[d_head] = out[expand] * out["hidden_size"] // out[n_heads]
-            if out.get("mamba_d_ssm") is not None:  # the inner width, when given, is expand · width too
-                out["mamba_d_ssm"] = out[expand] * out["hidden_size"]
-            for groups in (k for k in SSM_GROUPS if _int(out.get(k))):
-                out[groups] = math.gcd(out[groups], out[n_heads])
-    if out.get("rope_parameters") == {} and isinstance(out.get("layer_types"), list):  # left to the checkpoint
-        out["rope_parameters"] = {t: {"rope_type": "default", "rope_theta": 10000.0} for t in set(out["layer_types"])}
-    if out.get("default_language", "") is None and out.get("languages"):  # X-MOD: the adapter to run
-        out["default_language"] = out["languages"][0]
-    if isinstance(out.get("axial_pos_embds_dim"), list):  # Reformer: axial position embeddings split the width
-        half = _int(out.get("hidden_size", WIDTH)) // 2
-        out["axial_pos_embds_dim"] = [half, out.get("hidden_size", WIDTH) - half]
-        out["axial_pos_shape"] = [8, out["max_position_embeddings"] // 8]  # their product is the position count
-    if any("expert" in key for key in out):  # a MoE config: its counts left None for the checkpoint, likewise
-        out.update({k: v for k, v in MOE_DEFAULTS.items() if k in out and out[k] is None})
-    vocab = _int(out.get("vocab_size")) or VOCAB
-    for key in TOKEN_IDS:
-        value = out.get(key)
-        if _int(value) is not None and value >= vocab:
-            out[key] = vocab - 1
-        elif isinstance(value, list):
-            out[key] = [min(v, vocab - 1) for v in value]
-    if "pad_token_id" in out and out["pad_token_id"] is None:
-        out["pad_token_id"] = 0
-    for key in ("transformers_version", "architectures", "model_type"):
-        out.pop(key, None)
-    return out
-
-
-def _capped(values, parent: dict):
-    """One layer's overrides of `parent` (the whole config's values), their sizes shrunk as `_shrink` does."""
-    if not isinstance(values, dict):
-        return values
-    out = {k: min(v, SIZES[k]) if k in SIZES and _int(v) is not None else v for k, v in values.items()}
-    if values.get("num_key_value_heads", 0) == values.get("num_attention_heads"):  # multi-head stays multi-head
-        out["num_key_value_heads"] = out["num_attention_heads"]
-    both = {**parent, **values}
-    if "qk_nope_head_dim" in values and both["qk_nope_head_dim"] + both.get("qk_rope_head_dim", 0) == both.get(
-            "head_dim"):  # an MLA layer whose head_dim is nope + rope (Dots 3's sliding layers) stays so
-        out["head_dim"] = out["qk_nope_head_dim"] + min(both["qk_rope_head_dim"], SIZES["qk_rope_head_dim"])
-    return out
-
-
-def kept_layers(types, layers: int) -> list[int]:
-    """The layers a tiny config keeps: the first of each kind in `layer_types` (a hybrid keeps one attention and
-    one linear-attention layer, a sliding-window model one sliding and one full), then the first others, LAYERS
-    in all where the kinds allow."""
-    kinds = isinstance(types, list) and len(types) == layers and all(isinstance(t, str) for t in types)
-    firsts = sorted({t: i for i, t in reversed(list(enumerate(types)))}.values())[:4] if kinds else []
-    rest = [i for i in range(layers) if i not in firsts]
-    return sorted(firsts + rest[:max(0, LAYERS - len(firsts))])
-
-
-def _int(value):
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass
@@ -249,36 +86,6 @@ class ArchResult:
         reason = (self.reason or self.note).replace("|", "\\|") or "–"
         return (f"| {self.arch} | {'yes' if self.imports else 'no'} | {self.gated} | {pattern} | {tvm} | "
                 f"{reason} |")
-
-
-def build_tiny(arch: str, seed: int = 0):
-    from transformers import AutoModelForCausalLM
-
-    config = tiny_config(arch)
-    model_class = AutoModelForCausalLM._model_mapping[type(config)]
-    config = causal_lm_part(config, model_class)
-    torch.manual_seed(seed)
-    build = model_class._from_config
-    try:
-        model = build(config)
-    except (AssertionError, ValueError) as err:
-        if "is_decoder" not in str(err) or getattr(config, "is_decoder", True):
-            raise
-        config.is_decoder = True  # a causal LM its class will only build as a decoder (Reformer asserts it)
-        torch.manual_seed(seed)
-        model = build(config)
-    model = model.float().eval()
-    with torch.no_grad():  # a matrix initialised to zero (AFMoE's router gate) scores every expert the same, and
-        for p in model.parameters():  # torch.topk's order among ties is unspecified: give it small random values
-            if p.ndim >= 2 and p.is_floating_point() and not p.any():
-                p.normal_(0.0, 0.02)
-    return model
-
-
-def example_ids(model, seq: int = SEQ) -> torch.Tensor:
-    vocab = getattr(model.config, "vocab_size", None) or VOCAB
-    rows = model.config.num_codebooks if model.config.model_type in CODEBOOK_ROWS else 1
-    return (torch.arange(rows * seq, dtype=torch.long).reshape(rows, seq) * 7 + 3) % min(vocab, VOCAB)
 
 
 def check_architecture(arch: str, compile: bool = False) -> ArchResult:

@@ -78,6 +78,14 @@ def test_tiny_configs_keep_one_layer_of_each_kind():
     assert hybrid.num_hidden_layers == 2 and set(hybrid.layer_types) == {"linear_attention", "full_attention"}
     jamba = tiny_config("jamba")  # attention every 8th layer from the 4th: kept as one of the two layers
     assert set(jamba.layers_block_type) == {"mamba", "attention"}
+    # however a config spells its kinds: a pattern repeated over the layers, a list of the attention layers'
+    # indices (renumbered), per-layer names; two of a kind where the architecture needs them (Zamba's tying)
+    assert tiny_config("recurrent_gemma").block_types == ["recurrent", "attention"]
+    bamba = tiny_config("bamba")
+    assert bamba.num_hidden_layers == 2 and bamba.attn_layer_indices == [1]
+    assert tiny_config("zamba2").layers_block_type == ["linear_attention", "hybrid"]
+    assert tiny_config("zamba").layers_block_type == ["linear_attention"] * 2 + ["hybrid"] * 2
+    assert kept_layers(["a", "a", "b", "a", "b"], 5, per_kind=2) == [0, 1, 2, 4]
     # per-layer settings keyed by layer index keep only kept layers (else its config refuses to build)
     assert tiny_config("gemma4_text").num_hidden_layers == 2
 

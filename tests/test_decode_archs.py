@@ -6,8 +6,10 @@ import does), DiffLlama's attention reads the cache's filled prefix for K but a 
 (fuse-attention then reads neither in place), BART-style decoders size their cache by the encoder's layer count
 too (layers nothing writes are left out), RoBERTa-style LM heads keep no cache (each call runs the whole sequence,
 positions given as transformers' generate gives them), Mamba keeps a convolution window and an SSM state per layer
-(inputs and outputs beside K and V; one token per call), Falcon-H1 both in one layer. Greedy decoding equals
-transformers' `generate` token for token."""
+(inputs and outputs beside K and V; one token per call), Falcon-H1 both in one layer, Zamba2 a hybrid whose tiny
+config keeps an attention layer (scripts/tiny_config.py), DeepSeek-V3.2 its sparse-attention indexer's keys as a
+third per-position cache, gpt-oss attention sinks (scores of kv+1 columns: an affine dim, ir/dims.py). Greedy
+decoding equals transformers' `generate` token for token."""
 
 import pytest
 import torch
@@ -20,7 +22,8 @@ torch.set_num_threads(1)
 
 @pytest.mark.parametrize("arch, mode", [("opt", "exact"), ("bloom", "dense"), ("deepseek_v3", "dense"),
                                         ("diffllama", "dense"), ("bart", "dense"), ("camembert", "dense"),
-                                        ("mamba", "dense"), ("falcon_h1", "dense")])
+                                        ("mamba", "dense"), ("falcon_h1", "dense"), ("zamba2", "dense"),
+                                        ("deepseek_v32", "dense"), ("gpt_oss", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
@@ -36,7 +39,8 @@ def test_greedy_decoding_equals_transformers(arch, mode):
         assert sum(lm.report.pass_stats.get("sparsify-exact", {}).values()) >= 1
     assert lm.recomputes == (arch == "camembert")  # no cache: the whole sequence per call; the others keep state
     kinds = {name[0] for name, _ in lm.spec.caches}
-    assert kinds == {"mamba": {"c", "r"}, "falcon_h1": {"k", "v", "c", "r"}, "camembert": set()}.get(arch, {"k", "v"})
+    assert kinds == {"mamba": {"c", "r"}, "falcon_h1": {"k", "v", "c", "r"}, "zamba2": {"k", "v", "c", "r"},
+                     "deepseek_v32": {"k", "v", "i"}, "camembert": set()}.get(arch, {"k", "v"})
     assert torch.equal(lm.generate(ids, 6), expected)
 
 
@@ -61,10 +65,13 @@ def test_a_model_exported_for_one_token_per_call_still_prefills_and_decodes(monk
         actsparse.compile(model, mode="threshold", sparsity=0.3, max_seq=16, calibration=[ids])
 
 
-def test_a_cache_holding_more_than_keys_and_values_is_one_clear_error():
-    """DeepSeek-V3.2 caches its sparse-attention indexer's keys beside K and V: refused by name before the export."""
+def test_a_cache_holding_an_unknown_per_position_tensor_is_one_clear_error(monkeypatch):
+    """DeepSeek-V3.2 caches its sparse-attention indexer's keys beside K and V (cache_layers.POSITION_CACHES); a
+    cache tensor that table does not know is refused by name before the export."""
+    from actsparse.frontends import kv_cache
     from actsparse.frontends.errors import FrontendError
     from actsparse.scripts.arch_table import build_tiny
 
-    with pytest.raises(FrontendError, match="indexer_keys"):
+    monkeypatch.setattr(kv_cache, "POSITION_CACHES", {})
+    with pytest.raises(FrontendError, match="indexer_keys.*POSITION_CACHES"):
         actsparse.compile(build_tiny("deepseek_v32"), max_seq=16)
