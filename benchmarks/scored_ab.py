@@ -17,7 +17,9 @@ GB/s a contiguous stream reaches here. Prints medians, the bytes each reads and 
 `--certified` adds the certified kernel (the score pass inside the MLP kernel, `scored_mlp.certified_gated_mlp`)
 against the two calls it replaces, score pass + scored kernel, on the same list (its error-bound coefficients set
 so the in-kernel scores list exactly the `--listed` neurons); `--block 0,128` times one certified kernel per
-block size (neurons scored ahead of the gate rows read; 0: the kernel's default).
+block size (neurons scored ahead of the gate rows read; 0: the kernel's default); `--int16 0,1` crosses them with
+the score pass's x: float (0) or rounded to int16 on vpdpwssd (1, codegen/kernels/score_int16.py; hosts without
+VNNI fall back to float and say so), interleaved, for the A/B that decides `scored_mlp.INT16_SCORES`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--certified", action="store_true", help="also the certified kernel vs score pass + scored")
     ap.add_argument("--block", default="0", help="the certified kernel's neurons scored ahead, a comma list: one "
                                                  "runner each (0: the kernel's default)")
+    ap.add_argument("--int16", default="", help="comma list of 0 (float x) / 1 (int16 x) for the certified kernel's "
+                                                "score pass, crossed with --block (default: the kernel's default)")
     args = ap.parse_args(argv)
     if not 0 < args.active <= args.listed <= 1:
         ap.error("need 0 < --active <= --listed <= 1 (the scores list every active neuron)")
@@ -50,7 +54,8 @@ def main(argv=None) -> int:
     from actsparse.codegen.kernels.common import build_standalone
     from actsparse.codegen.kernels.linear import linear
     from actsparse.codegen.kernels.predictor_kernels import select_active
-    from actsparse.codegen.kernels.scored_mlp import certified_gated_mlp, scored_gated_mlp
+    from actsparse.codegen.kernels.score_int16 import has_int16_scores
+    from actsparse.codegen.kernels.scored_mlp import INT16_SCORES, certified_gated_mlp, scored_gated_mlp
     from actsparse.codegen.kernels.sparse_mlp import sparse_gated_mlp, sparse_gated_mlp_listed
     from actsparse.ir.quant import quantize
     from actsparse.runtime.memory import host_tensor as tv
@@ -72,9 +77,12 @@ def main(argv=None) -> int:
     exact_f = sparse_gated_mlp(d, n_ff, **kw)
     float_sched = dataclasses.replace(sched, int8_dot="")  # the bound predictor's scores: x not rounded
     score_f = linear(d, n_ff, dtype="q8_0", sched=float_sched)
-    variants = [(int(b), bool(int(a))) for b in args.block.split(",") for a in args.ahead.split(",")]
+    int16s = [bool(int(i)) for i in args.int16.split(",")] if args.int16 else [None]
+    if any(int16s) and not has_int16_scores(sched):
+        print(f"# no int16 dot on this host ({sched.int8_dot or 'no VNNI'}): the int16 runners score on the float path")
+    variants = [(int(b), bool(int(a)), i) for b in args.block.split(",") for a in args.ahead.split(",") for i in int16s]
     variants = variants if args.certified else []
-    cert_fs = [certified_gated_mlp(d, n_ff, block=b, ahead=a, **kw) for b, a in variants]
+    cert_fs = [certified_gated_mlp(d, n_ff, block=b, ahead=a, int16=i, **kw) for b, a, i in variants]
     mods = {f: build_standalone(f, target) for f in (select_f, listed_f, scored_f, score_f, exact_f, *cert_fs)}
     q8 = quantize(wg, "q8_0")
     w8 = tv(q8.blob)
@@ -121,9 +129,10 @@ def main(argv=None) -> int:
     score_bytes = n_ff * (d + d // 32 * 2)
     if cert_fs:
         runners["score pass + scored (bound before)"] = (score_then_scored, score_bytes + mlp_bytes)
-    for (b, a), f in zip(variants, cert_fs):
-        runners[f"certified: scores inside (block {b or 'default'}, {'rows ahead' if a else 'step prefetch'})"] = (
-            certified(f), score_bytes + mlp_bytes)
+    for (b, a, i), f in zip(variants, cert_fs):
+        xs = "int16 x" if (INT16_SCORES if i is None else i) else "float x"
+        runners[f"certified: scores inside (block {b or 'default'}, {'rows ahead' if a else 'step prefetch'}, "
+                f"{xs})"] = (certified(f), score_bytes + mlp_bytes)
     load0 = os.getloadavg()
     times = bench.time(runners, args.repeats)  # interleaved, LLC evicted and thread pool woken before each call
     print(f"# predictor mode's MLP at d {d}, n_ff {n_ff}, {args.dtype}: {args.listed:.0%} listed, {args.active:.0%} "

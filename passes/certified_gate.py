@@ -3,7 +3,8 @@
 Exact mode reads every gate row to learn which neurons fire. This predictor reads a q8_0 copy of the gate instead
 (`ir/quant.py`: groups of 32, fp16 scales, ~53% of the fp16 bytes) and scores each neuron
 
-    s_j = x·deq(w8_j) (+ b_j) + c_j·‖x‖₂,      c_j = ‖w_j − deq(w8_j)‖₂ + ‖w_j − fp16(w_j)‖₂ + F·(‖deq(w8_j)‖₂ + ‖w_j‖₂)
+    s_j = x·deq(w8_j) (+ b_j) + c_j·‖x‖₂,
+    c_j = ‖w_j − deq(w8_j)‖₂ + ‖w_j − fp16(w_j)‖₂ + (F + X16)·‖deq(w8_j)‖₂ + F·‖w_j‖₂
 
 and the sparse kernel reads the fp16 gate, up and down rows of the neurons with s_j > cutoff only (cutoff: 0, or
 FATReLU's threshold). Why no active neuron is ever dropped: the true gate is g_j = x·w_j + b_j and
@@ -15,6 +16,10 @@ FATReLU's threshold). Why no active neuron is ever dropped: the true gate is g_j
          to 8 bits per group, which would cost ‖deq(w8_j)‖₂·‖x − x̂‖₂ <= ‖deq(w8_j)‖₂·(√32/254)·‖x‖₂ more; on
          part (a) of benchmarks/decode.py that cuts the certified share from 76% to 9% (44% with a per-group
          max bound), so the float dot it is.
+    X16 = 0.52·√32/32767 (~9e-5, `X16_ROUNDING`): the CPU kernel may score against x rounded to int16 per group of
+         32 (codegen/kernels/score_int16.py), which costs ‖deq(w8_j)‖₂·‖x − x̂‖₂ <= ‖deq(w8_j)‖₂·0.51·√32/32767·‖x‖₂
+         (0.52: the float ‖x‖₂ may fall short by γ; the kernel adds a 2⁻¹⁰⁰ floor for tiny groups). Carried on
+         every path so that the choice stays the kernel's: it loosens the float path's bound by ~2%.
     F = 2γ, γ = n·u/(1 − n·u), n = d + 8, u = 2⁻²⁴: the worst-case float32 error of a d-term dot in any summation
          order is γ·Σ|w||x| <= γ·‖w‖₂‖x‖₂, once for the int8 copy's dot and once for the sparse kernel's own gate
          dot (whose sign decides the output), plus the few roundings of ‖x‖₂ and the adds (the 8 spare terms).
@@ -32,6 +37,7 @@ from ..ir.quant import quantize
 
 LAYOUT = "q8_0"
 UNIT_ROUNDOFF = 2.0 ** -24
+X16_ROUNDING = 0.52 * np.sqrt(32) / 32767  # x rounded to int16 per group of 32 (module docstring)
 
 
 def float_allowance(d: int) -> float:
@@ -62,18 +68,30 @@ def _certify_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # quantize="fp16" stores the sparse kernel's gate rounded to fp16 after this pass: its rounding is bounded too
     # (0 where w already holds fp16 values)
     as_fp16 = np.linalg.norm(w64 - w.astype(np.float16).astype(np.float64), axis=1)
-    coef = error + as_fp16 + float_allowance(w.shape[1]) * (norm_q + norm_w)
+    coef = error + as_fp16 + float_allowance(w.shape[1]) * (norm_q + norm_w) + X16_ROUNDING * norm_q
     # rounded up to float32, so the stored number is never below the bound
     coef32 = coef.astype(np.float32)
     coef32 = np.where(coef32.astype(np.float64) < coef, np.nextafter(coef32, np.float32(np.inf)), coef32)
     return q.blob, coef32.astype(np.float32)
 
 
-def certified_scores(arrays: dict, x: np.ndarray, b_gate: np.ndarray | None = None) -> np.ndarray:
-    """The bound predictor's scores in numpy (tests, the report): [..., d] -> [..., n_ff]."""
+def certified_scores(arrays: dict, x: np.ndarray, b_gate: np.ndarray | None = None, x16: bool = False) -> np.ndarray:
+    """The bound predictor's scores in numpy (tests, the report): [..., d] -> [..., n_ff]. `x16`: against x rounded
+    to int16 per group of 32 as the CPU kernel's int16 score pass does (codegen/kernels/score_int16.py)."""
     from ..ir.quant import dequantize
 
     x = np.asarray(x, np.float32)
-    deq = dequantize(arrays["w8"], LAYOUT, x.shape[-1])
-    s = x @ deq.T + np.linalg.norm(x, axis=-1, keepdims=True) * arrays["coef"]
+    d = x.shape[-1]
+    deq = dequantize(arrays["w8"], LAYOUT, d)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    if x16:
+        groups = -(-d // 32)
+        xg = np.zeros((*x.shape[:-1], groups * 32), np.float32)
+        xg[..., :d] = x
+        xg = xg.reshape(*x.shape[:-1], groups, 32)
+        dx = np.maximum(np.abs(xg).max(-1, keepdims=True), np.float32(2.0 ** -100)) / np.float32(32767)
+        xq = np.clip(np.rint(xg * (np.float32(1) / dx)), -32767, 32767)
+        x = (xq * dx.astype(np.float64)).reshape(*x.shape[:-1], groups * 32)[..., :d]
+        norm = norm + np.sqrt(groups) * 2.0 ** -100
+    s = x @ deq.T + norm * arrays["coef"]
     return s if b_gate is None else s + b_gate

@@ -21,9 +21,10 @@ D, N = 64, 96
 
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 40), d=st.integers(1, 100), scale=st.sampled_from([1e-3, 1.0, 1e3]),
-       near=st.booleans(), seed=st.integers(0, 2 ** 16))
-def test_the_bound_never_certifies_an_active_neuron(n, d, scale, near, seed):
-    """s_j <= 0 must imply g_j <= 0 for the float32 gate; `near`: gates pushed to within rounding of 0."""
+       near=st.booleans(), seed=st.integers(0, 2 ** 16), x16=st.booleans())
+def test_the_bound_never_certifies_an_active_neuron(n, d, scale, near, seed, x16):
+    """s_j <= 0 must imply g_j <= 0 for the float32 gate; `near`: gates pushed to within rounding of 0; `x16`: the
+    scores against x rounded to int16 per group (the CPU kernel's int16 score pass)."""
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((n, d)) * scale).astype(np.float32)
     x = rng.standard_normal((8, d)).astype(np.float32)
@@ -31,7 +32,7 @@ def test_the_bound_never_certifies_an_active_neuron(n, d, scale, near, seed):
         g0 = w.astype(np.float64) @ x[0].astype(np.float64)
         w = (w - np.outer(g0 / (x[0].astype(np.float64) @ x[0]), x[0])).astype(np.float32)
         w += (rng.standard_normal((n, d)) * scale * 1e-6).astype(np.float32)
-    s = certified_scores(certify_gate(w), x)
+    s = certified_scores(certify_gate(w), x, x16=x16)
     g32 = x @ w.T                                   # float32, as a kernel would compute it
     g64 = x.astype(np.float64) @ w.T.astype(np.float64)
     certified = s <= 0

@@ -3,6 +3,8 @@ inside) against numpy, and against the select + listed kernel pair it replaces, 
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 tvm = pytest.importorskip("tvm")
 
@@ -10,6 +12,7 @@ from actsparse.codegen.kernels.predictor_kernels import select_active  # noqa: E
 from actsparse.codegen.kernels.scored_mlp import scored_gated_mlp  # noqa: E402
 from actsparse.codegen.kernels.sparse_mlp import sparse_gated_mlp_listed  # noqa: E402
 
+from .test_kernels_int8 import host_sched  # noqa: E402
 from .test_kernels_x86 import N_FF, SCHEDS, D, run  # noqa: E402
 
 
@@ -127,3 +130,64 @@ def test_certified_kernel_scores_inside_and_equals_the_scored_kernel(sched, dtyp
     ref = _reference(x, wg, wu, wd_t, np.ones_like(scores), 0.0, gate_act, threshold)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     np.testing.assert_allclose(out, scored, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+@settings(max_examples=5, deadline=None)
+@given(dot=st.sampled_from(["vpdpbusd512", "vpdpbusd256"]), d=st.sampled_from([33, 75, 96]), M=st.integers(1, 3),
+       near=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_certified_kernel_with_int16_scores_equals_dense(dot, d, M, near, seed):
+    """The certified kernel scoring against x rounded to int16 (vpdpwssd, codegen/kernels/score_int16.py) at odd
+    sizes equals the dense MLP (the bound drops no active neuron; `near`: token 0's gates within rounding of 0,
+    compared with the scored kernel listing every neuron: the same fp32 gate dots), and with coefficients that put
+    the last token's scores at ±1 at random it equals the scored kernel fed numpy's scores: the in-kernel int16
+    scores are the right ones (that listing drops active neurons, so a wrong score would show)."""
+    from actsparse.codegen.kernels.scored_mlp import certified_gated_mlp
+    from actsparse.ir.quant import dequantize
+    from actsparse.passes.certified_gate import certified_scores, certify_gate
+
+    sched = host_sched(dot)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((M, d)).astype("float32")
+    wg, wu, wd_t = (rng.standard_normal((N_FF, d)).astype("float16") for _ in range(3))
+    if near:  # shift each gate row along x[0]: token 0's gates ~0, either sign
+        g0 = wg.astype(np.float64) @ x[0].astype(np.float64)
+        wg = (wg - np.outer(g0 / (x[0].astype(np.float64) @ x[0]), x[0])).astype("float16")
+    arrays = certify_gate(wg.astype("float32"))
+    kw = dict(gate_act="relu", up_act="identity", dtype="float16", sched=sched)
+    kernel, scored = certified_gated_mlp(d, N_FF, block=16, int16=True, **kw), scored_gated_mlp(d, N_FF, **kw)
+    assert str(kernel.attrs["global_symbol"]).startswith("actsparse_gmlp_certifiedb16sw_")
+    cutoff = np.zeros(1, "float32")
+    out = run(kernel, x, wg, wu, wd_t, arrays["w8"], arrays["coef"], cutoff, out_shape=(M, d))
+    dense = run(scored, x, wg, wu, wd_t, np.ones((M, N_FF), "float32"), cutoff, out_shape=(M, d))
+    ref = _reference(x, wg, wu, wd_t, np.ones((M, N_FF), "float32"), 0.0, "relu", 0.0)
+    np.testing.assert_allclose(dense, ref, rtol=1e-4, atol=1e-3 * np.abs(ref).max())
+    np.testing.assert_allclose(out, dense, rtol=1e-5, atol=1e-6 * np.abs(dense).max())
+    target = np.where(rng.random(N_FF) < 0.5, 1.0, -1.0)
+    t = M - 1  # the token whose scores are forced (not a `near` one unless M is 1)
+    approx = x[t].astype(np.float64) @ dequantize(arrays["w8"], "q8_0", d).astype(np.float64).T
+    forced = dict(arrays, coef=((target - approx) / np.linalg.norm(x[t])).astype("float32"))
+    scores = certified_scores(forced, x).astype("float32")
+    out1 = run(kernel, x, wg, wu, wd_t, arrays["w8"], forced["coef"], cutoff, out_shape=(M, d))
+    listed = run(scored, x, wg, wu, wd_t, scores, cutoff, out_shape=(M, d))
+    np.testing.assert_allclose(out1, listed, rtol=1e-5, atol=1e-6 * np.abs(dense).max())
+    if not (near and t == 0):  # the forced listing drops active neurons of token t: a wrong score would show
+        assert np.abs(out1[t] - dense[t]).max() > 1e-3 * np.abs(dense[t]).max()
+
+
+def test_int16_scores_run_on_vpdpwssd():
+    """The int16 score pass's code: byte codes widened to int16 (vpmovsxbw) into the 2-way int16 dot (vpdpwssd;
+    LLVM writes the first of a chain, whose start is 0, as vpmaddwd, the same dot), and none of the float path's
+    widening to int32 (vpmovsxbd); the float path has them the other way round."""
+    import tvm as tvm_
+
+    from actsparse import targets
+    from actsparse.codegen.kernels.scored_mlp import certified_gated_mlp
+
+    sched = host_sched("vpdpbusd256")  # two dots per group: the chained vpdpwssd shows
+    asm = {}
+    for int16 in (True, False):
+        prim = certified_gated_mlp(96, N_FF, dtype="float16", sched=sched, int16=int16)
+        lib = tvm_.compile(tvm_.IRModule({"main": prim}), target=targets.get("x86").tvm_target())
+        asm[int16] = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+    assert "vpdpwssd" in asm[True] and "vpmovsxbw" in asm[True] and "vpmovsxbd" not in asm[True]
+    assert "vpdpwssd" not in asm[False] and "vpmovsxbd" in asm[False]

@@ -37,6 +37,7 @@ from .common import activation, axpy_macro, dots_macro, is_active, x_operand, ze
 from .quant_blocks import weight_buffer
 from .rows import prefetch_macro
 from .schedule import CpuSchedule
+from .score_int16 import has_int16_scores, int16_score_macro, norm_floor, x16_prep_macro
 from .sparse_mlp import check_mlp, mlp_symbol
 
 
@@ -173,16 +174,20 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
 
 
 SCORE_LAYOUT = "q8_0"  # the bound predictor's int8 copy (passes/certified_gate.LAYOUT)
+# score with x rounded to int16 (score_int16.py) where the schedule has the instruction; else the float path.
+# Off until a quiet interleaved A/B (`benchmarks/scored_ab --certified --int16 0,1`) says it is faster.
+INT16_SCORES = False
 
 
 @cache
 def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                         threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule, block: int = 0,
-                        ahead: bool = False):
+                        ahead: bool = False, int16: bool | None = None):
     """(x, w_gate, w_up, w_down_t, w8, coef, cutoff, out): the scored kernel with the bound predictor's scores
     computed inside, `block` neurons (0: 128 row steps) scored ahead of the gate rows read (module docstring).
     `ahead`: a listed neuron's whole gate row is prefetched when it is listed; else the gate dots prefetch the next
-    step's rows as they stream (as in the scored kernel)."""
+    step's rows as they stream (as in the scored kernel). `int16`: score against x rounded to int16 (score_int16.py;
+    None: `INT16_SCORES`), only where the schedule has the instruction."""
     sched = _fitted(d, n_ff, gate_act, up_act, dtype, sched)
     if dtype not in ("float32", "float16"):
         raise ValueError(f"the certified kernel reads float gate rows (the bound refuses quantized ones), "
@@ -198,6 +203,10 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
                                                                     sched, gate_prefetch=False if ahead else None)
     # the float path: x not rounded to 8 bits (the bound assumes float dots)
     score_dots, score_dot = dots_macro(d, SCORE_LAYOUT, sched, gathered=False)
+    int16 = (INT16_SCORES if int16 is None else int16) and has_int16_scores(sched)
+    G16 = -(-d // 32)
+    if int16:
+        prep16, score16 = x16_prep_macro(d), int16_score_macro(d, sched)
     pf = prefetch_macro(dtype)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
     w8shape, w8dtype = weight_buffer(n_ff, d, SCORE_LAYOUT)
@@ -226,11 +235,15 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
         h = T.alloc_buffer((M, n_ff), "float32")
         idx = T.alloc_buffer((n_ff,), "int32")
         cnt = T.alloc_buffer((threads,), "int32")
+        xq = T.alloc_buffer((M, G16 * 32 if int16 else 1), "int16")  # x rounded to int16, per group its dx
+        dxs = T.alloc_buffer((M, G16 if int16 else 1), "float32")
+        if int16:
+            prep16(x, xq, dxs, M)
         for m in range(M):
             norm[m] = T.float32(0)
             for k in range(d):
                 norm[m] = norm[m] + x[m, k] * x[m, k]
-            norm[m] = T.sqrt(norm[m])
+            norm[m] = T.sqrt(norm[m]) + T.float32(norm_floor(d) if int16 else 0)
         for t in T.parallel(threads):
             c = T.alloc_buffer((1,), "int32", scope="global")
             kept = T.alloc_buffer((1,), "int32", scope="global")
@@ -247,7 +260,10 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
                 listed0: T.let = c[0]
                 # score block b (contiguous int8 rows) ...
                 for st in range((nb + R - 1) // R):
-                    if M == 1:
+                    if int16:
+                        for m in range(M):
+                            score16(w8, xq, dxs, m, jb, st * R, nb, s, jb)
+                    elif M == 1:
                         score_dot(w8, x, 0, idx, jb, st * R, nb, s, jb)
                     else:
                         score_dots(w8, x, M, idx, jb, st * R, nb, s, jb)
@@ -271,6 +287,6 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
             up_phase(w_up, xd, M, idx, g, h, j0, kept[0])
         down_phase(w_down_t, idx, h, cnt, out, M)
 
-    tag = f"b{B}" + ("" if ahead else "s")
+    tag = f"b{B}" + ("" if ahead else "s") + ("w" if int16 else "")
     return kernel.with_attr("global_symbol",
                             mlp_symbol("certified" + tag, d, n_ff, gate_act, up_act, threshold, dtype, sched))
