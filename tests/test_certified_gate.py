@@ -56,6 +56,16 @@ def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
     assert any(c.startswith("actsparse_gmlp_certified") and f"_d{D}_f{N}_" in c for c in calls), calls
     assert not any(c.startswith(("actsparse_select", "actsparse_gmlp_listed", "actsparse_gmlp_scored",
                                  "actsparse_linear")) for c in calls), calls
+    # a host with a VNNI int16 dot scores against x rounded to int16 (score_int16.py; symbol tag "w")
+    from actsparse import targets
+    from actsparse.codegen.kernels.score_int16 import has_int16_scores
+    from actsparse.codegen.kernels.scored_mlp import INT16_SCORES
+    from actsparse.codegen.schedules import schedule_for
+    from actsparse.targets.arm import on_aarch64
+
+    int16 = INT16_SCORES and not on_aarch64() and has_int16_scores(schedule_for(targets.get("x86")))
+    cert = next(c for c in calls if c.startswith("actsparse_gmlp_certified"))
+    assert cert.split("_d")[0].endswith("w") == int16, cert
     for inp in (x, mlp_input(d=D, seq=1, seed=3)):
         np.testing.assert_allclose(cm(inp), dense(inp), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(cm(inp), evaluate(graph, [inp])[0], rtol=1e-4, atol=1e-6)

@@ -175,8 +175,9 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
 
 SCORE_LAYOUT = "q8_0"  # the bound predictor's int8 copy (passes/certified_gate.LAYOUT)
 # score with x rounded to int16 (score_int16.py) where the schedule has the instruction; else the float path.
-# Off until a quiet interleaved A/B (`benchmarks/scored_ab --certified --int16 0,1`) says it is faster.
-INT16_SCORES = False
+# `benchmarks/scored_ab --certified --int16 0,1` under heavy load (BENCHMARKS.md, session 9): 7.12 vs 7.73 ms
+# median at Mistral dims (1.09x); a quiet rerun decides for good.
+INT16_SCORES = True
 
 
 @cache
