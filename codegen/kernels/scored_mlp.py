@@ -19,8 +19,9 @@ certify) costs its gate row only.
     (x [M, d] f32, w_gate, w_up, w_down_t [n_ff, d] dtype, w8 [n_ff, q8_0 row bytes] u8, coef [n_ff] f32,
      cutoff [1] f32, out [M, d] f32),  scores = x·deq(w8_j) + ‖x‖₂·coef_j
 
-Each task scores its neurons a block at a time (128 row steps by default; the q8_0 rows on the linear kernel's float
-path: x not rounded, as the bound assumes) and lists the uncertified ones; the gate rows of block b are read after
+Each task scores its neurons a block at a time (128 row steps by default; the q8_0 rows against x rounded to int16
+on VNNI's vpdpwssd, `score_int16.py`, whose rounding the bound covers; else on the linear kernel's float path) and
+lists the uncertified ones; the gate rows of block b are read after
 block b + 1 is scored, next to the int8 rows just streamed (optionally each listed row prefetched whole when
 listed: `ahead`). One call per layer replaces the score linear, the ‖x‖₂ ops and the scored kernel. Separately the
 score pass streamed at ~25 GB/s and the gathered gate rows came at ~15 (BENCHMARKS.md, session 8).
