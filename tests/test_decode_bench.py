@@ -67,9 +67,10 @@ def test_step_profile_replays_every_kernel_of_a_step_and_counts_their_weight_byt
     np.testing.assert_allclose(logits_buffers[0].numpy().reshape(-1), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_step_profile_charges_the_bound_predictors_scored_kernel_its_listed_gate_rows():
-    """decode_profile on the bound predictor (tiny dims): one scored MLP kernel per layer and no select call; its
-    bytes are the gate rows of the neurons the step's scores list plus the active share of up and down."""
+def test_step_profile_charges_the_bound_predictors_certified_kernel_its_listed_gate_rows():
+    """decode_profile on the bound predictor (tiny dims): one certified MLP kernel per layer (the scores computed
+    inside it) and no select, listed or score-linear call; its bytes are the int8 copy and the per-neuron
+    coefficients whole, the gate rows of the neurons the step's scores list, and the active share of up and down."""
     import actsparse
     from actsparse.benchmarks import decode_profile
 
@@ -78,10 +79,12 @@ def test_step_profile_charges_the_bound_predictors_scored_kernel_its_listed_gate
     prompt, feed = np.array([[300, 301, 302]]), np.array([400, 401, 402])
     per_step, _ = decode_profile.profile(lm, prompt, feed, active=0.25, repeats=1)
     kinds = {k.split()[0]: v for k, v in per_step.items()}
-    assert not any(k.startswith(("actsparse_select", "actsparse_gmlp_listed")) for k in kinds), list(kinds)
-    mlp = next(v for k, v in kinds.items() if "gmlp_scored" in k)
+    assert not any(k.startswith(("actsparse_select", "actsparse_gmlp_listed", "actsparse_gmlp_scored"))
+                   for k in kinds), list(kinds)
+    mlp = next(v for k, v in kinds.items() if "gmlp_certified" in k)
     d, n_ff = decode_models.SMALL["hidden_size"], decode_models.SMALL["intermediate_size"]
-    listed = (mlp[1] - n_ff * d * 2 * 2 * 0.25) / (n_ff * d * 2)   # the gate rows' share the bytes imply
+    whole = n_ff * d * 34 // 32 + n_ff * 4          # the q8_0 copy of W_gate and one float32 coefficient per neuron
+    listed = (mlp[1] - whole - n_ff * d * 2 * 2 * 0.25) / (n_ff * d * 2)   # the gate rows' share the bytes imply
     assert mlp[2] == 1 and 0.0 < listed <= 1.0 and abs(listed * n_ff - round(listed * n_ff)) < 1e-6
 
 
