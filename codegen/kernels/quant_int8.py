@@ -117,7 +117,7 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
     """`prep(x, xb, M)`: xb [M, x_blocks(d, sched).nbytes] uint8 <- x [M, d] float32 quantized (module docstring)."""
     lay = LAYOUTS[dtype]
     xl = x_blocks(d, sched)
-    L, P, G, n_full = xl.lanes, xl.lanes // 4, xl.groups, d // GROUP
+    L, P, G = xl.lanes, xl.lanes // 4, xl.groups
     q8, centered = lay.bits == 8, lay.bits == 4 and not lay.offset  # q4_0: the -8 term
     biased = q8 and not INT8_DOTS[sched.int8_dot].signed_a  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
 
@@ -154,6 +154,14 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
         xb[m, T.ramp(xl.dx_sum(g), 1, 4)] = T.reinterpret("uint8x4", (mx[0] / T.float32(127) + nan[0])
                                                           * T.Cast("float32", s[0]))
 
+    return each_x_group(d, G, group)
+
+
+def each_x_group(d: int, groups: int, group):
+    """The macro prep(x, xb, M) that hands every token's groups of GROUP x values, as float32, to the per-group
+    macro `group(xb, m, g, v32)` (the partial last group zero-padded): the walk every 8-bit x layout shares."""
+    n_full = d // GROUP
+
     @T.macro
     def prep(x, xb, M):
         for m in range(M):
@@ -162,7 +170,7 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
                 for v in T.vectorized(GROUP):
                     v32[v] = x[m, g * GROUP + v]
                 group(xb, m, g, v32)
-            if n_full < G:  # the partial last group, zero-padded
+            if n_full < groups:  # the partial last group, zero-padded
                 for v in range(GROUP):
                     v32[v] = T.if_then_else(n_full * GROUP + v < d, x[m, T.min(n_full * GROUP + v, d - 1)],
                                             T.float32(0))

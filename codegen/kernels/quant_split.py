@@ -27,7 +27,7 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
 from .quant_blocks import block_prefetch_macro, flat_rows, half_at
-from .quant_int8 import INT8_DOTS, reduce_lanes
+from .quant_int8 import INT8_DOTS, each_x_group, reduce_lanes
 from .rows import CACHE_LINE, hsum_macro, row_index
 from .schedule import CpuSchedule
 
@@ -69,7 +69,7 @@ def split_prep_macro(d: int, dtype: str, sched: CpuSchedule):
     """`prep(x, xb, M)`: xb [M, split_x(d, dtype).nbytes] uint8 <- x [M, d] float32 quantized per group."""
     lay = LAYOUTS[dtype]
     xl = split_x(d, dtype)
-    G, n_full = lay.groups(d), d // GROUP
+    G = lay.groups(d)
     centered = lay.bits == 4 and not lay.offset
     assert lay.split and lay.bits == 4, "split rows of 4-bit codes only"
 
@@ -103,19 +103,12 @@ def split_prep_macro(d: int, dtype: str, sched: CpuSchedule):
         for k in T.unroll(4):  # a non-finite x makes dx NaN, so its dot products are NaN as on the float path
             xb[m, T.ramp(xl.dx(g) + 4 * k, 1, 4)] = T.reinterpret("uint8x4", mx[0] / T.float32(127) + nan[0])
 
+    walk = each_x_group(d, G, group)
+
     @T.macro
     def prep(x, xb, M):
+        walk(x, xb, M)
         for m in range(M):
-            v32 = T.alloc_buffer((GROUP,), "float32", scope="global")
-            for g in range(n_full):
-                for v in T.vectorized(GROUP):
-                    v32[v] = x[m, g * GROUP + v]
-                group(xb, m, g, v32)
-            if n_full < G:  # the partial last group, zero-padded
-                for v in range(GROUP):
-                    v32[v] = T.if_then_else(n_full * GROUP + v < d, x[m, T.min(n_full * GROUP + v, d - 1)],
-                                            T.float32(0))
-                group(xb, m, n_full, v32)
             for v in range(xl.lo(G), xl.hi(0)):  # padded groups: x̂ = 0, dx = 0
                 xb[m, v] = T.uint8(0)
             for v in range(xl.hi(G), xl.init(0)):
