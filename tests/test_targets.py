@@ -1,5 +1,5 @@
-"""Targets are data with a memory hierarchy (levels with size and read bandwidth); `profile()` measures the host's memory
-levels; schedules come from codegen; pipelines take a target; the runtime places weights per name."""
+"""Targets are data with a memory hierarchy (levels with size and read bandwidth); `profile()` measures the host's
+memory levels; schedules come from codegen; pipelines take a target; the runtime places weights per name."""
 
 from __future__ import annotations
 
