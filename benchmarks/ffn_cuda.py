@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     from actsparse import targets
     from actsparse.codegen.kernels import kernel
     from actsparse.codegen.kernels.common import build_standalone
+    from actsparse.codegen.kernels.scratch import scratch_shapes
     from actsparse.codegen.schedules import schedule_for
 
     target = targets.get("cuda")
@@ -83,8 +84,8 @@ def main(argv=None) -> int:
     print(f"GPU: {props.name} ({target.tvm['arch']}, {props.multi_processor_count} SMs) | FFN d={d} n_ff={n_ff} "
           f"weights {args.dtype} | schedule {sched}")
     kw = dict(gate_act="relu", up_act="identity", dtype=args.dtype, sched=sched)
-    built = {name: build_standalone(kernel(name, d, n_ff, **kw), target.tvm_target())
-             for name in ("exact", "indexed", "dense")}
+    prims = {name: kernel(name, d, n_ff, **kw) for name in ("exact", "indexed", "dense")}
+    built = {name: build_standalone(prim, target.tvm_target()) for name, prim in prims.items()}
     flush = torch.empty(4 * max(props.L2_cache_size, 1 << 20) // 4, dtype=torch.float32, device=dev)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(1, d, generator=g).to(dev)
@@ -119,16 +120,23 @@ def main(argv=None) -> int:
         count = torch.tensor([n_active], dtype=torch.int32, device=dev)
         outs = {k: torch.zeros(1, d, device=dev) for k in built}
         tx, tg, tu, tdt = (tvm_of(t) for t in (x, wg, wu, wd_t))
+        args = {"exact": [x, wg, wu, wd_t, outs["exact"]], "dense": [x, wg, wu, wd_t, outs["dense"]],
+                "indexed": [x, wg, wu, wd_t, idx, count, outs["indexed"]]}
+        scratch = {k: [tvm_of(torch.empty(shape, dtype=getattr(torch, dtype), device=dev))  # the caller's, as in
+                       for shape, dtype in scratch_shapes(prims[k], [tuple(t.shape) for t in a])]  # a model
+                   for k, a in args.items()}
         runners = {
             f"cuBLAS dense ({args.dtype})": (lambda: F.linear(F.relu(F.linear(x.to(dt), wg)) * F.linear(x.to(dt), wu),
                                                               wd), 3 * n_ff * d * wbytes),
             "cuBLAS dense (float32)": (lambda: F.linear(F.relu(F.linear(x, wg32)) * F.linear(x, wu32), wd32),
                                        3 * n_ff * d * 4),
-            "actsparse exact": (lambda: built["exact"](tx, tg, tu, tdt, tvm_of(outs["exact"])),
+            "actsparse exact": (lambda: built["exact"](tx, tg, tu, tdt, tvm_of(outs["exact"]), *scratch["exact"]),
                                 n_ff * d * wbytes + 2 * n_active * d * wbytes),
             "actsparse indexed": (lambda: built["indexed"](tx, tg, tu, tdt, tvm_of(idx), tvm_of(count),
-                                                           tvm_of(outs["indexed"])), 3 * n_active * d * wbytes),
-            "actsparse dense": (lambda: built["dense"](tx, tg, tu, tdt, tvm_of(outs["dense"])), 3 * n_ff * d * wbytes),
+                                                           tvm_of(outs["indexed"]), *scratch["indexed"]),
+                                  3 * n_active * d * wbytes),
+            "actsparse dense": (lambda: built["dense"](tx, tg, tu, tdt, tvm_of(outs["dense"]), *scratch["dense"]),
+                                3 * n_ff * d * wbytes),
         }
         with torch.no_grad():
             ref = F.linear(F.relu(F.linear(x, wg32)) * F.linear(x, wu32), wd32)
