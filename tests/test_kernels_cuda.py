@@ -100,6 +100,19 @@ def test_cuda_mlp_kernels_take_their_scratch_as_parameters_and_allocate_nothing(
     assert "TVMBackendAllocWorkspace" not in host
 
 
+def test_scratch_shapes_take_the_token_count_and_list_width_from_the_arguments():
+    from actsparse.codegen.kernels.cuda_blocks import down_splits
+    from actsparse.codegen.kernels.scratch import scratch_shapes
+
+    sched = cuda_schedule()
+    prim = primfunc("indexed", D, N_FF, "float16", sched)
+    shapes = [(3, D), *[(N_FF, D)] * 3, (3, 7), (3,), (3, D)]  # x, weights, idx [M, K], count, out
+    assert scratch_shapes(prim, shapes) == [([3, 7], "float32"), ([down_splits(D, "float16", sched, N_FF), 3, D],
+                                                                  "float32")]
+    with pytest.raises(ValueError, match="6 argument shapes for the 7 non-scratch parameters"):
+        scratch_shapes(prim, shapes[:-1])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", MLP_KINDS)
 def test_cuda_down_projection_lists_rows_once_per_warp_and_issues_them_unrolled(built, kind, dtype):
