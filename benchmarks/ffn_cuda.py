@@ -40,6 +40,17 @@ def gpu_or_reason() -> str | None:
     return None
 
 
+def scratch_tensors(prim, tensors) -> list:
+    """Torch tensors for a kernel's scratch parameters (`scratch.py`), on the device of `tensors` (its other
+    arguments): allocated once by the caller, as Relax does in a model."""
+    import torch
+
+    from actsparse.codegen.kernels.scratch import scratch_shapes
+
+    return [torch.empty(shape, dtype=getattr(torch, dtype), device=tensors[0].device)
+            for shape, dtype in scratch_shapes(prim, [tuple(t.shape) for t in tensors])]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="weight dtype")
@@ -72,7 +83,6 @@ def main(argv=None) -> int:
     from actsparse import targets
     from actsparse.codegen.kernels import kernel
     from actsparse.codegen.kernels.common import build_standalone
-    from actsparse.codegen.kernels.scratch import scratch_shapes
     from actsparse.codegen.schedules import schedule_for
 
     target = targets.get("cuda")
@@ -120,11 +130,9 @@ def main(argv=None) -> int:
         count = torch.tensor([n_active], dtype=torch.int32, device=dev)
         outs = {k: torch.zeros(1, d, device=dev) for k in built}
         tx, tg, tu, tdt = (tvm_of(t) for t in (x, wg, wu, wd_t))
-        args = {"exact": [x, wg, wu, wd_t, outs["exact"]], "dense": [x, wg, wu, wd_t, outs["dense"]],
-                "indexed": [x, wg, wu, wd_t, idx, count, outs["indexed"]]}
-        scratch = {k: [tvm_of(torch.empty(shape, dtype=getattr(torch, dtype), device=dev))  # the caller's, as in
-                       for shape, dtype in scratch_shapes(prims[k], [tuple(t.shape) for t in a])]  # a model
-                   for k, a in args.items()}
+        calls = {"exact": [x, wg, wu, wd_t, outs["exact"]], "dense": [x, wg, wu, wd_t, outs["dense"]],
+                 "indexed": [x, wg, wu, wd_t, idx, count, outs["indexed"]]}
+        scratch = {k: [tvm_of(t) for t in scratch_tensors(prims[k], a)] for k, a in calls.items()}
         runners = {
             f"cuBLAS dense ({args.dtype})": (lambda: F.linear(F.relu(F.linear(x.to(dt), wg)) * F.linear(x.to(dt), wu),
                                                               wd), 3 * n_ff * d * wbytes),

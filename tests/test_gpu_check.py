@@ -28,3 +28,22 @@ def test_gpu_check_runs_every_test_file_that_has_gpu_tests():
 def test_gpu_check_refuses_a_budget_too_short_for_any_step(capsys):
     assert gpu_check.main(["--budget", "5"]) == 2
     assert "--budget 5 s is too short" in capsys.readouterr().err
+
+
+def test_ffn_cuda_gives_each_kernel_its_scratch_on_the_arguments_device():
+    """The timed part of ffn_cuda runs only on a GPU; its scratch allocation is checked here on CPU tensors."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    from actsparse import targets
+    from actsparse.benchmarks.ffn_cuda import scratch_tensors
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.schedules import schedule_for
+
+    prim = kernel("indexed", 64, 53, dtype="float16", sched=schedule_for(targets.get("cuda")))
+    weights = [torch.zeros(53, 64, dtype=torch.float16)] * 3
+    args = [torch.zeros(2, 64), *weights, torch.zeros(2, 5, dtype=torch.int32), torch.zeros(2, dtype=torch.int32),
+            torch.zeros(2, 64)]
+    h, part = scratch_tensors(prim, args)
+    assert h.shape == (2, 5) and part.shape[1:] == (2, 64) and h.dtype == part.dtype == torch.float32
+    assert h.device == args[0].device
