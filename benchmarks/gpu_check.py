@@ -11,7 +11,8 @@ Steps, each a subprocess under its own share of the time budget, its output appe
     and in CUDA graphs) against transformers, the hot/cold hybrid.
 The figures come first: if time runs out, the tests are what is cut. `--dry-run` writes the plan (commands and
 their limits) and the machine section, and runs nothing else. Exit status 0 when every step passed, 1 when one
-failed or ran out of time, 2 on bad arguments.
+failed or ran out of time, 2 on bad arguments. It needs this checkout importable as `actsparse` and TVM installed
+on the GPU machine (BENCHMARKS.md, session 10: the lent H200 image has no TVM).
 """
 
 from __future__ import annotations
