@@ -33,15 +33,22 @@ STEPS = (
     ("pytest -m gpu", 0.6, [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider",
                             *GPU_TEST_FILES]),
 )
-MACHINE = """import os, torch, tvm
-print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
-if torch.cuda.is_available():
-    p = torch.cuda.get_device_properties(0)
-    print("device", p.name, "SMs", p.multi_processor_count, "memory GiB", round(p.total_memory / 2**30, 1))
-print("tvm", tvm.__version__)
-from actsparse.targets.cuda import gpu_device
-print("TVM runtime finds", gpu_device())
+MACHINE = """import os
 print("load average", os.getloadavg())
+try:
+    import torch
+    print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        print("device", p.name, "SMs", p.multi_processor_count, "memory GiB", round(p.total_memory / 2**30, 1))
+except ImportError as err:
+    print("torch:", err)
+try:
+    import tvm
+    from actsparse.targets.cuda import gpu_device
+    print("tvm", tvm.__version__, "| TVM runtime finds", gpu_device())
+except ImportError as err:
+    print("tvm:", err, "(every step below needs TVM)")
 """
 
 
