@@ -24,6 +24,7 @@ import argparse
 import re
 import subprocess
 import tempfile
+from functools import cache
 from pathlib import Path
 
 MISTRAL = (4096, 14336)
@@ -129,8 +130,10 @@ def kind_symbol(source: str, kind: str) -> str:
     return m.group(1)
 
 
+@cache
 def build(d: int, n_ff: int, dtype: str, arch: str):
-    """(schedule, CUDA source, ptxas usage) of every kernel kind at these dims (one nvcc run)."""
+    """(schedule, CUDA source, ptxas usage, PTX) of every kernel kind at these dims (one build per process: the
+    report at several sparsities reuses it)."""
     from actsparse.codegen.cuda_support import cuda_source
     from actsparse.codegen.kernels import kernel
     from actsparse.codegen.kernels.common import build_kernels

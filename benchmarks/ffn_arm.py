@@ -5,10 +5,11 @@ no ARM board needed) and, only on an aarch64 machine, how fast it runs against t
                                            [--small] [--repeats 5]
 
 Static part (codegen/asm_stats.py on `aarch64-linux-gnu-objdump -d` of the built kernels): per kernel the decode
-streams' loads by register width (q = 128 bit), the fewest bytes loaded per prefetch in any prefetching loop (>= 64:
-at most one prefetch per cache line), the down projection's FMA chains (fmla per fmul), fmlal use, and the bytes a
-call reads at the given sparsity. Measured part (aarch64 only): median ms per call with the weights evicted from
-the caches (several weight copies rotated), the bandwidth that makes and its share of a numpy copy's bandwidth.
+streams' and the token-blocked prefill dots' loads by register width (q = 128 bit), the fewest bytes loaded per
+prefetch in any prefetching loop (>= 64: at most one prefetch per cache line), the down projection's FMA chains
+(fmla per fmul), fmlal use, and the bytes a call reads at the given sparsity. Measured part (aarch64 only): median
+ms per call with the weights evicted from the caches (several weight copies rotated), the bandwidth that makes and
+its share of a numpy copy's bandwidth.
 """
 
 from __future__ import annotations
@@ -38,21 +39,24 @@ def static_report(d: int, n_ff: int, dtype: str, sparsity: float, target_name: s
     reads = {"exact": n_ff * d * wb + 2 * active * d * wb, "indexed": 3 * active * d * wb, "dense": 3 * n_ff * d * wb}
     print(f"\n**Generated aarch64 code** — {target.description}, d={d}, n_ff={n_ff}, weights {dtype}, "
           f"{sparsity:.0%} inactive, schedule {sched.tag}; read from the disassembly, not timed\n")
-    print("| kernel | decode-stream loads (ldr/ldp q : d) | min bytes per prefetch | down fmla per fmul (chain) | "
-          "fmlal | prefetch ahead per task | MB read per call |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| kernel | decode-stream loads (ldr/ldp q : d) | prefill-dot loads (q : d) | min bytes per prefetch | "
+          "down fmla per fmul (chain) | fmlal | prefetch ahead per task | MB read per call |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for kind in KINDS:
         prim = kernel(kind, d, n_ff, dtype=dtype, sched=sched, gate_act="relu")
         asm = disassemble(build_kernels([prim], target.tvm_target()))
         streams = [loop for loop in innermost_loops(asm) if loop.prefetches]
-        decode = [loop for loop in streams if loop.prefetches == sched.fitted(d, dtype).rows]
-        q = sum(loop.loads["ldr", "q"] + loop.loads["ldp", "q"] for loop in decode)
-        dd = sum(loop.loads["ldr", "d"] + loop.loads["ldp", "d"] for loop in decode)
+        fitted = sched.fitted(d, dtype)
+        decode = [loop for loop in streams if loop.prefetches == fitted.rows]
+        prefill = [loop for loop in streams if loop.prefetches == fitted.block_rows < fitted.rows]  # M >= token_block
+        q, dd = (sum(loop.loads["ldr", w] + loop.loads["ldp", w] for loop in decode) for w in "qd")
+        pq, pd = (sum(loop.loads["ldr", w] + loop.loads["ldp", w] for loop in prefill) for w in "qd")
         axpy = [loop for loop in decode if loop.vector_ops["fmul"]]
         chain = max((loop.vector_ops["fmla"] / loop.vector_ops["fmul"] for loop in axpy), default=float("nan"))
         counts = opcode_counts(asm)
         ahead = sched.fitted(d, dtype).rows * d * wb  # the next step's rows, one prefetch per line
-        print(f"| {kind} | {q} : {dd} | {min(loop.bytes_per_prefetch for loop in streams):.0f} | {chain:.1f} | "
+        print(f"| {kind} | {q} : {dd} | {pq} : {pd} | {min(loop.bytes_per_prefetch for loop in streams):.0f} | "
+              f"{chain:.1f} | "
               f"{counts['fmlal'] + counts['fmlal2']} | {ahead / 1024:.0f} KB | {reads[kind] / 1e6:.1f} |")
 
 

@@ -40,6 +40,17 @@ def gpu_or_reason() -> str | None:
     return None
 
 
+def scratch_tensors(prim, tensors) -> list:
+    """Torch tensors for a kernel's scratch parameters (`scratch.py`), on the device of `tensors` (its other
+    arguments): allocated once by the caller, as Relax does in a model."""
+    import torch
+
+    from actsparse.codegen.kernels.scratch import scratch_shapes
+
+    return [torch.empty(shape, dtype=getattr(torch, dtype), device=tensors[0].device)
+            for shape, dtype in scratch_shapes(prim, [tuple(t.shape) for t in tensors])]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="weight dtype")
@@ -83,8 +94,8 @@ def main(argv=None) -> int:
     print(f"GPU: {props.name} ({target.tvm['arch']}, {props.multi_processor_count} SMs) | FFN d={d} n_ff={n_ff} "
           f"weights {args.dtype} | schedule {sched}")
     kw = dict(gate_act="relu", up_act="identity", dtype=args.dtype, sched=sched)
-    built = {name: build_standalone(kernel(name, d, n_ff, **kw), target.tvm_target())
-             for name in ("exact", "indexed", "dense")}
+    prims = {name: kernel(name, d, n_ff, **kw) for name in ("exact", "indexed", "dense")}
+    built = {name: build_standalone(prim, target.tvm_target()) for name, prim in prims.items()}
     flush = torch.empty(4 * max(props.L2_cache_size, 1 << 20) // 4, dtype=torch.float32, device=dev)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(1, d, generator=g).to(dev)
@@ -119,16 +130,21 @@ def main(argv=None) -> int:
         count = torch.tensor([n_active], dtype=torch.int32, device=dev)
         outs = {k: torch.zeros(1, d, device=dev) for k in built}
         tx, tg, tu, tdt = (tvm_of(t) for t in (x, wg, wu, wd_t))
+        calls = {"exact": [x, wg, wu, wd_t, outs["exact"]], "dense": [x, wg, wu, wd_t, outs["dense"]],
+                 "indexed": [x, wg, wu, wd_t, idx, count, outs["indexed"]]}
+        scratch = {k: [tvm_of(t) for t in scratch_tensors(prims[k], a)] for k, a in calls.items()}
         runners = {
             f"cuBLAS dense ({args.dtype})": (lambda: F.linear(F.relu(F.linear(x.to(dt), wg)) * F.linear(x.to(dt), wu),
                                                               wd), 3 * n_ff * d * wbytes),
             "cuBLAS dense (float32)": (lambda: F.linear(F.relu(F.linear(x, wg32)) * F.linear(x, wu32), wd32),
                                        3 * n_ff * d * 4),
-            "actsparse exact": (lambda: built["exact"](tx, tg, tu, tdt, tvm_of(outs["exact"])),
+            "actsparse exact": (lambda: built["exact"](tx, tg, tu, tdt, tvm_of(outs["exact"]), *scratch["exact"]),
                                 n_ff * d * wbytes + 2 * n_active * d * wbytes),
             "actsparse indexed": (lambda: built["indexed"](tx, tg, tu, tdt, tvm_of(idx), tvm_of(count),
-                                                           tvm_of(outs["indexed"])), 3 * n_active * d * wbytes),
-            "actsparse dense": (lambda: built["dense"](tx, tg, tu, tdt, tvm_of(outs["dense"])), 3 * n_ff * d * wbytes),
+                                                           tvm_of(outs["indexed"]), *scratch["indexed"]),
+                                  3 * n_active * d * wbytes),
+            "actsparse dense": (lambda: built["dense"](tx, tg, tu, tdt, tvm_of(outs["dense"]), *scratch["dense"]),
+                                3 * n_ff * d * wbytes),
         }
         with torch.no_grad():
             ref = F.linear(F.relu(F.linear(x, wg32)) * F.linear(x, wu32), wd32)

@@ -105,9 +105,18 @@ def flatten_tokens(ctx: LowerContext, x_type: TensorType, x):
 
 
 def emit_kernel_call(ctx: LowerContext, primfunc, args, tokens, width: int, dtype: str):
-    """call_tir of `primfunc` (added to the module once) writing a [tokens, width] `dtype` result."""
+    """call_tir of `primfunc` (added to the module once) writing a [tokens, width] `dtype` result. A kernel's scratch
+    parameters (`kernels/scratch.py`) are further outputs of the call, unused after it: Relax allocates them."""
     from tvm import relax
 
+    from .kernels.scratch import scratch_count, scratch_shapes
+
     gv = ctx.kernel(primfunc)
-    out = ctx.bb.emit(relax.call_tir(gv, args, relax.TensorType([tokens, width], TVM_DTYPES[KERNEL_DTYPE])))
+    result = relax.TensorType([tokens, width], TVM_DTYPES[KERNEL_DTYPE])
+    if scratch_count(primfunc):
+        scratch = scratch_shapes(primfunc, [list(a.ty.shape.values) for a in args] + [[tokens, width]])
+        outs = ctx.bb.emit(relax.call_tir(gv, args, [result, *(relax.TensorType(s, t) for s, t in scratch)]))
+        out = ctx.bb.emit(relax.TupleGetItem(outs, 0))
+    else:
+        out = ctx.bb.emit(relax.call_tir(gv, args, result))
     return out if dtype == KERNEL_DTYPE else ctx.bb.emit(relax.op.astype(out, TVM_DTYPES[dtype]))

@@ -337,7 +337,10 @@ def simt_kernels(prims, target=None):
 
 def run_batch(kernels, jobs: list[tuple[object, list[Call]]]):
     """Run (primfunc, calls) jobs on HarnessKernels in one process; returns the outputs per job."""
-    flat = [(str(prim.attrs["global_symbol"]), c.args, [len(c.args) - 1]) for prim, calls in jobs for c in calls]
+    from actsparse.codegen.kernels.scratch import scratch_arrays
+
+    flat = [(str(prim.attrs["global_symbol"]), [*c.args, *scratch_arrays(prim, c.args)], [len(c.args) - 1])
+            for prim, calls in jobs for c in calls]
     results = iter(kernels.run(flat))
     return [[next(results)[0] for _ in calls] for _, calls in jobs]
 

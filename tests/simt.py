@@ -1,7 +1,8 @@
 """A SIMT emulator for the CUDA kernels, so their numerics are tested on machines without a GPU.
 
-What runs is exactly what TVM built for CUDA: the host object (x86 code that checks the arguments, allocates
-the scratch buffers and launches the kernels in order) and the generated CUDA C source. The source is compiled
+What runs is exactly what TVM built for CUDA: the host object (x86 code that checks the arguments, including the
+scratch buffers the caller passes — `kernel_cases.run_batch` allocates them — and launches the kernels in order)
+and the generated CUDA C source. The source is compiled
 by the host C++ compiler against a prelude that turns it into plain C++ (cuda_fp16.h's host half type, CUDA's
 vector types) and emulates the GPU: blocks run one after another on blockDim OS threads, `__syncthreads()` is a block
 barrier, warp shuffles exchange values through a per-block slot array between warp barriers (32 threads),

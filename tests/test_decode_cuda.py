@@ -116,6 +116,33 @@ def test_the_decode_step_is_ready_for_a_cuda_graph(decoder):
     assert not any(c in HOST_SYNCS for name in fns if name.startswith("step") for c in fns[name])
 
 
+def calls_with_args(text: str, function: str) -> list[tuple[str, list[str], str]]:
+    """(callee, argument registers, destination) of each call in one VM function, in order."""
+    body = re.search(rf"^@{function}:\n(.*?)(?:\n\n|\Z)", text, re.S | re.M).group(1)
+    return [(m.group(1), [a.strip() for a in m.group(2).split(",")], m.group(3))
+            for m in re.finditer(r"call\s+([\w.]+)\s+in: (.*?)\s+dst: (%\w+)", body)]
+
+
+def test_the_step_allocates_nothing_inside_its_cuda_graphs(decoder):
+    """The design: the MLP kernels' scratch (h, flags, split-K parts) are call_tir outputs that Relax allocates, so
+    inside every captured region of the step the only allocations are tensors placed in storage that the graphs'
+    one-time allocation function made (no alloc_storage, no workspace pool: the host code has no
+    TVMBackendAllocWorkspace at all), and no builtin reads a value back to the host."""
+    lm, text = decoder
+    fns = functions(text)
+    regions = [name for name in fns if name.startswith("step_cuda_graph_capture")]
+    assert regions and set(fns["cuda_graph_alloc"]) <= {"vm.builtin.alloc_storage", "vm.builtin.make_tuple",
+                                                          "vm.builtin.null_value"}
+    for name in regions:
+        assert "vm.builtin.alloc_storage" not in fns[name], name
+        assert not any(c in HOST_SYNCS for c in fns[name]), name
+    (name, mlp), = [(r, c) for r in regions for c in calls_with_args(text, r) if c[0].startswith("actsparse_cuda_gmlp")]
+    placed = {dst for callee, _, dst in calls_with_args(text, name) if callee == "vm.builtin.alloc_tensor"}
+    assert len(mlp[1]) == 8 and set(mlp[1][-4:]) <= placed  # out, h, flag, part: placed inside the region
+    host = lm.module.executable.mod.imports[0].inspect_source("ll")
+    assert f"@{mlp[0]}" in host and "TVMBackendAllocWorkspace" not in host
+
+
 def test_the_gpu_cache_write_kernels_copy_the_rows_under_simt_emulation():
     """index_copy for a GPU (a thread per element): out = cache with rows idx replaced by src, at sizes that leave
     the last block partly idle (2 * 5 * 300 elements, 256 threads)."""

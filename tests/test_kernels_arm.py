@@ -90,8 +90,8 @@ def test_arm_code_uses_neon_vector_fma_and_fp16_conversion():
 def test_arm_code_loads_q_registers_prefetches_once_per_line_and_splits_the_down_fma_chain():
     """The ARM kernels' design read from their disassembly at a longer row (d = 512; objdump only, nothing run):
     - every loop that prefetches reads at least one 64-byte cache line per prefetch (was 8 per line for fp16);
-    - fp16 weights of the decode streams (the loops over `rows` rows) load whole q registers (ldr q, widened by
-      fcvtl + fcvtl2) and no 64-bit ldr d;
+    - fp16 weights load whole q registers (ldr q, widened by fcvtl + fcvtl2) and no 64-bit ldr d in every stream:
+      the decode streams (the loops over `rows` rows) and the token-blocked prefill dots (`block_rows` rows);
     - the down projection's axpy (the prefetching loops that multiply) sums its 8 rows in 2 independent chains:
       per output vector 2 fmul start them, so at most 3 fmla follow each (one chain: 7)."""
     from actsparse import targets
@@ -110,9 +110,12 @@ def test_arm_code_loads_q_registers_prefetches_once_per_line_and_splits_the_down
             assert loop.bytes_per_prefetch >= 64, (dtype, hex(loop.start), loop)
         decode = [loop for loop in streams if loop.prefetches == sched.rows]
         assert decode and all(loop.loads["ldr", "q"] + loop.loads["ldp", "q"] > 0 for loop in decode)
+        prefill = [loop for loop in streams if loop.prefetches == sched.block_rows < sched.rows]
+        assert prefill and all(loop.vector_ops["fmla"] and not loop.vector_ops["fmul"] for loop in prefill)
         if dtype == "float16":
             assert opcode_counts(asm)["fcvtl2"] > 0
-            assert all(loop.loads["ldr", "d"] + loop.loads["ldp", "d"] == 0 for loop in decode), decode
+            assert all(loop.loads["ldr", "d"] + loop.loads["ldp", "d"] == 0 for loop in streams), streams
+            assert all(loop.vector_ops["fcvtl2"] > 0 for loop in prefill), prefill
         axpy = [loop for loop in decode if loop.vector_ops["fmul"]]
         assert axpy and all(loop.vector_ops["fmla"] <= 3 * loop.vector_ops["fmul"] for loop in axpy), axpy
 
@@ -122,6 +125,7 @@ def test_arm_fhm_target_uses_fmlal_for_fp16_dot_products_and_matches_numpy_under
     into fp32 sums (fmlal / fmlal2: the products are exact) instead of widening the weights; within fp16 tolerance
     of numpy (qemu-aarch64 emulates FEAT_FHM)."""
     from actsparse import targets
+    from actsparse.codegen.asm_stats import innermost_loops
     from actsparse.codegen.schedules import schedule_for
 
     require_cross_tools()
@@ -135,6 +139,8 @@ def test_arm_fhm_target_uses_fmlal_for_fp16_dot_products_and_matches_numpy_under
     kernels = cross_kernels(list(prims.values()), fhm)
     text = kernels.disassembly()
     assert "\tfmlal\t" in text and "\tfmlal2\t" in text
+    dots = [loop for loop in innermost_loops(text) if loop.prefetches == sched.rows and not loop.vector_ops["fmul"]]
+    assert dots and all(loop.vector_ops["fmlal"] and not loop.vector_ops["fcvtl"] for loop in dots), dots
     rng = np.random.default_rng(5)
     runs, checks = [], []
     for kind, prim in prims.items():

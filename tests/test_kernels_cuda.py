@@ -47,7 +47,7 @@ def built():
     """Every kernel x dtype at (D, N_FF), built for CUDA in one module (one nvcc run)."""
     sched = cuda_schedule()
     prims = {(kind, dtype): primfunc(kind, D, N_FF, dtype, sched, ("relu", "identity", 0.0), bias=True)
-             for kind in KINDS for dtype in DTYPES}
+             for kind in (*KINDS, "scored") for dtype in DTYPES}
     module, source = cuda_build(prims.values())
     return prims, module, source
 
@@ -80,6 +80,64 @@ def test_cuda_kernel_source_has_warp_reductions_and_16_byte_loads(built, kind, d
         assert "__shared__" in code and "__syncthreads()" in code  # the down projection's block reduction
     if kind != "linear":  # the down projection's per-warp list: ballot, then the rows' loads all issued first
         assert "__ballot_sync((uint)4294967295" in code
+
+
+MLP_KINDS = ("exact", "indexed", "dense", "threshold", "scored")  # scored: predictor mode's MLP (after its score)
+
+
+def test_cuda_mlp_kernels_take_their_scratch_as_parameters_and_allocate_nothing(built):
+    """The scratch between an MLP's launches (h, flags, split-K parts) are the parameters after `out`: the caller
+    allocates them (Relax's memory planning, lifted into a CUDA graph's one-time allocation), and the kernels' host
+    code asks TVM's workspace pool for nothing (a cudaMalloc inside a graph capture)."""
+    from actsparse.codegen.kernels.scratch import scratch_count
+
+    prims, module, _ = built
+    counts = {kind: scratch_count(prims[kind, "float16"]) for kind in (*MLP_KINDS, "linear")}
+    assert counts == {"exact": 3, "indexed": 2, "dense": 2, "threshold": 3, "scored": 3, "linear": 0}
+    assert [p.name for p in prims["exact", "float16"].params][-4:] == ["out", "h", "flag", "part"]
+    host = module.mod.inspect_source("ll")
+    assert all(f"@{prim.attrs['global_symbol']}" in host for prim in prims.values())  # their host functions
+    assert "TVMBackendAllocWorkspace" not in host
+
+
+def test_scratch_shapes_take_the_token_count_and_list_width_from_the_arguments():
+    from actsparse.codegen.kernels.cuda_blocks import down_splits
+    from actsparse.codegen.kernels.scratch import scratch_shapes
+
+    sched = cuda_schedule()
+    prim = primfunc("indexed", D, N_FF, "float16", sched)
+    shapes = [(3, D), *[(N_FF, D)] * 3, (3, 7), (3,), (3, D)]  # x, weights, idx [M, K], count, out
+    assert scratch_shapes(prim, shapes) == [([3, 7], "float32"), ([down_splits(D, "float16", sched, N_FF), 3, D],
+                                                                  "float32")]
+    with pytest.raises(ValueError, match="6 argument shapes for the 7 non-scratch parameters"):
+        scratch_shapes(prim, shapes[:-1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", MLP_KINDS)
+def test_cuda_down_projection_lists_rows_once_per_warp_and_issues_them_unrolled(built, kind, dtype):
+    """The issue's design, read from the generated source: 3 launches per MLP (gate/up, down parts, their sum); the
+    down launch reads the list (index or flag) once per position, one lane each, compacts it by ballot into the
+    warp's shared list and takes the row numbers from there; the `rows` row loads of a group (16 bytes per lane)
+    are all issued before the first FMA, which go into `accumulators` independent sums."""
+    from actsparse.codegen.kernels.cuda_blocks import vector_elems
+
+    prims, _, source = built
+    sched = cuda_schedule()
+    launches = kernel_source(source, prims[kind, dtype]).split("__global__")[1:]
+    assert len(launches) == 3
+    down = launches[1]
+    assert "__ballot_sync((uint)4294967295" in down and "__popc(" in down
+    vec = "uint4" if dtype == "float16" else "float4"
+    loads = [m.start() for m in re.finditer(rf"= \*\({vec}\*\)\(w_down_t_ptr \+ \(\(srow_ptr\[", down)]
+    assert len(loads) == sched.rows == down.count("w_down_t_ptr +")  # every row load: unrolled, row from the list
+    assert loads[-1] < down.index("hv_ptr[0], hv_ptr[0]")  # the group's first FMA after its last load
+    if kind == "indexed":  # each index loaded by one lane per round position (`scan` of them), into the list
+        reads = [line.strip() for line in down.splitlines() if "idx_ptr[" in line]
+        assert len(reads) == sched.scan and all(line.startswith("srow_ptr[") for line in reads)
+    V = vector_elems(D, dtype, sched)
+    sums = set(re.findall(r"\*\(float4\*\)\(acc_ptr \+ (\d+)\) = ", down))
+    assert len(sums) == min(sched.accumulators, sched.rows) * V // 4  # float4 slots of the independent sums
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -290,13 +348,14 @@ def test_compile_for_cuda_in_threshold_mode_uses_the_cuda_threshold_kernel():
 def run_gpu(prim, calls):
     from actsparse import targets
     from actsparse.codegen.kernels.common import build_standalone
+    from actsparse.codegen.kernels.scratch import scratch_arrays
 
     module = build_standalone(prim, targets.get("cuda").tvm_target())
     dev = tvm.cuda(0)
     outs = []
     for call in calls:
         tensors = [tvm.runtime.tensor(np.ascontiguousarray(a), device=dev) for a in call.args]
-        module(*tensors)
+        module(*tensors, *(tvm.runtime.empty(a.shape, str(a.dtype), dev) for a in scratch_arrays(prim, call.args)))
         outs.append(tensors[-1].numpy())
     return outs
 

@@ -216,14 +216,18 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
 
     @T.macro
     def block_chunk(w, x, m0, rows, base, i, end, acc, kc):
-        # one chunk of RB rows (from position i) for TB tokens: one L-lane accumulator per (row, token)
-        for a in T.unroll(A):
+        # one chunk of RB rows (from position i) for TB tokens: one L-lane accumulator per (row, token); a row's
+        # weights are loaded VW at a time (fp16: a full register, widened once) and shared by the TB tokens
+        wv = T.alloc_buffer((VW,), "float32", scope="global")
+        for a in T.unroll(C // VW):
             for r in T.unroll(RB):
-                for b in T.unroll(TB):
-                    for v in T.vectorized(L):
-                        acc[(r * TB + b) * L + v] = acc[(r * TB + b) * L + v] + ld(
-                            w[row(rows, base, T.min(i + r, end - 1)), kc * C + a * L + v]
-                        ) * x[m0 + b, kc * C + a * L + v]
+                for v in T.vectorized(VW):
+                    wv[v] = ld(w[row(rows, base, T.min(i + r, end - 1)), kc * C + a * VW + v])
+                for q in T.unroll(VW // L):
+                    for b in T.unroll(TB):
+                        for v in T.vectorized(L):
+                            acc[(r * TB + b) * L + v] = (acc[(r * TB + b) * L + v]
+                                                         + wv[q * L + v] * x[m0 + b, kc * C + a * VW + q * L + v])
 
     @T.macro
     def dots_block(w, x, m0, rows, base, i, end, dst, dcol):

@@ -17,7 +17,7 @@
   sums — so a warp keeps rows * warp * 16 bytes in flight. The warps' sums meet in shared memory and the block
   writes its partial sums; a last launch adds the parts (deterministic, no atomics). Nothing in device
   memory needs clearing between calls (the flags are written whole by the launch before), so a decode step
-  is a fixed sequence of launches on workspace TVM's pool hands out again: capturable in a CUDA graph.
+  is a fixed sequence of launches on scratch its caller allocated (`scratch.py`): capturable in a CUDA graph.
 - **x staged once per block** (fp16 weights): every thread of a block copies its share of the token's x into
   shared memory as fp16 (a block barrier on each side), and the warps' dots read 16 bytes of x per lane from
   there — where each warp read 32 bytes of fp32 x per lane from global memory (through L1) for 16 bytes of

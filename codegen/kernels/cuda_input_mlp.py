@@ -10,7 +10,8 @@ semantics (`input_sparse_mlp.py`, `ir/input_sparse.py`) from the blocks of `cuda
      ('gate') > h_thr, and flags neurons some token keeps; 4) down over the flagged rows, parts summed.
 A token reads (1 - s_x)·(gate + up) + (1 - s_h)·down bytes. Quantized weights (q8_0 / q4_0 / q4_1) take the
 same path: the down-projection blocks read a quantized row column by column (a warp reads one block).
-Deterministic (no atomics); 8 launches, none of them a single block.
+Deterministic (no atomics); 8 launches, none of them a single block. The scratch between the launches (flags,
+kept values, partial sums, g and u) are the parameters after `out` (`scratch.py`): the caller allocates them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tvm.script import tirx as T
 
 from .common import symbol
 from .cuda_blocks import by_flag, down_macros, down_splits
+from .cuda_mlp import finish, tokens
 from .input_sparse_mlp import check_input_sparse, masked_h_macro
 from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
@@ -46,21 +48,16 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     name = symbol("cuda", "gmlp", "input", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act, dtype,
                   sched.tag)
 
+    M = tokens()
+
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate_t: T.Buffer(in_shape, wdtype), w_up_t: T.Buffer(in_shape, wdtype),
-               w_down_t: T.Buffer(down_shape, wdtype), x_thr: T.Buffer((d,), "float32"),
-               h_thr: T.Buffer((n_ff,), "float32"), out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        x = T.match_buffer(x_h, (M, d), "float32")
-        out = T.match_buffer(out_h, (M, d), "float32")
-        fx = T.alloc_buffer((d,), "int32")
-        xs = T.alloc_buffer((M, d), "float32")  # by channel: the kept x values
-        pin = T.alloc_buffer((split_in, M, n_ff), "float32")
-        g = T.alloc_buffer((M, n_ff), "float32")
-        u = T.alloc_buffer((M, n_ff), "float32")
-        fh = T.alloc_buffer((n_ff,), "int32")
-        pout = T.alloc_buffer((split_out, M, d), "float32")
+    def kernel(x: T.Buffer((M, d), "float32"), w_gate_t: T.Buffer(in_shape, wdtype),
+               w_up_t: T.Buffer(in_shape, wdtype), w_down_t: T.Buffer(down_shape, wdtype),
+               x_thr: T.Buffer((d,), "float32"), h_thr: T.Buffer((n_ff,), "float32"), out: T.Buffer((M, d), "float32"),
+               fx: T.Buffer((d,), "int32"), xs: T.Buffer((M, d), "float32"),  # xs by channel: the kept x values
+               pin: T.Buffer((split_in, M, n_ff), "float32"), g: T.Buffer((M, n_ff), "float32"),
+               u: T.Buffer((M, n_ff), "float32"), fh: T.Buffer((n_ff,), "int32"),
+               pout: T.Buffer((split_out, M, d), "float32")):
         # 1) channels some token keeps, and the kept values
         for b in T.thread_binding((d + T_ - 1) // T_, "blockIdx.x"):
             for tx in T.thread_binding(T_, "threadIdx.x"):
@@ -92,4 +89,4 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
         down_parts(w_down_t, u, fh, fh, pout, M)
         down_sum(pout, out, M)
 
-    return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+    return finish(kernel, name, 7)

@@ -12,9 +12,10 @@ reads their up rows in the same warp (the decision is warp-uniform), the down la
 Deterministic (no atomics), no single-block phase, no host round-trip.
 
 Buffers: x [M, d] float32 (M symbolic), weights [n_ff, d] (float32 | float16, fp32 accumulate), out [M, d];
-the indexed kernel adds idx [M, K] int32 and count [M] int32. Scratch (hidden values, flags, the partial sums)
-is TVM workspace: sized by M only and every word written before it is read, so repeated calls (a CUDA graph)
-need no clearing.
+the indexed kernel adds idx [M, K] int32 and count [M] int32. After `out` come the scratch parameters (`scratch.py`):
+h [M, n_ff] (indexed: [M, K]), flag [n_ff] (the flagging kernels), part [splits, M, d] — allocated by the caller
+(Relax's memory planning), not by TVM's workspace pool inside the call, so a CUDA graph captures the launches and
+nothing else; every scratch word is written before it is read, so repeated calls need no clearing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
+from tvm import tirx
 from tvm.script import tirx as T
 
 from .common import activation, check_dtype, is_active, skipping_value, symbol
@@ -37,6 +39,7 @@ from .cuda_blocks import (
 )
 from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
+from .scratch import with_scratch
 from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS, check_mlp, mlp_symbol
 from .threshold_mlp import THRESHOLD_GATE_ACTS, check_threshold, threshold_rule
 
@@ -90,25 +93,34 @@ def _mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, g
                 name)
 
 
-def _finish(kernel, name: str):
-    return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+FLAGGING_SCRATCH = 3  # h [M, n_ff], flag [n_ff], part [splits, M, d]
+
+
+def tokens() -> tirx.Var:
+    """The token count M of a kernel's buffers: symbolic, a call takes any number of tokens. A kernel declares its
+    buffers in its signature with it (`x: T.Buffer((M, d), "float32")`): no handles matched inside the body."""
+    return tirx.Var("M", "int64")
+
+
+def finish(kernel, name: str, scratch: int = 0):
+    """The kernel as the lowering takes it: named, no aliasing between its buffers, scheduled (dlight leaves it
+    alone), its last `scratch` parameters scratch the caller allocates (`scratch.py`)."""
+    kernel = kernel.with_attr("global_symbol", name).with_attr("tirx.noalias", True)
+    return with_scratch(kernel.with_attr("tirx.is_scheduled", True), scratch)
 
 
 def _flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool):
-    """The body the flagging kernels share: `body(x, w_gate, w_up, w_down_t, scores, cutoff, out, M)` (scores and
-    cutoff: any buffers where `decide` reads none). The first launch runs a warp per neuron j and, per token m,
-    `decide(x, w_gate, w_up, scores, cutoff, j, m, lane, s, live)`, which leaves in s[0] the value the token keeps
-    (0: dropped) and sets live[0] = 1 when it keeps it; h[m, j] = s[0], and j is flagged when some token keeps it.
-    `up_after`: the flagged neurons' up rows are read next, h = kept value * act_u(up). The down launch reads the
-    flagged rows, the last sums the parts."""
-    L, W, splits, warp_dot, act_u, stage = k.L, k.W, k.splits, k.warp_dot, k.act_u, k.stage
+    """The body the flagging kernels share: `body(x, w_gate, w_up, w_down_t, scores, cutoff, out, h, flag, part, M)`
+    (scores and cutoff: any buffers where `decide` reads none; h, flag, part: the kernel's scratch parameters). The
+    first launch runs a warp per neuron j and, per token m, `decide(x, w_gate, w_up, scores, cutoff, j, m, lane, s,
+    live)`, which leaves in s[0] the value the token keeps (0: dropped) and sets live[0] = 1 when it keeps it;
+    h[m, j] = s[0], and j is flagged when some token keeps it. `up_after`: the flagged neurons' up rows are read
+    next, h = kept value * act_u(up). The down launch reads the flagged rows, the last sums the parts."""
+    L, W, warp_dot, act_u, stage = k.L, k.W, k.warp_dot, k.act_u, k.stage
     n_blocks = (n_ff + W - 1) // W
 
     @T.macro
-    def body(x, w_gate, w_up, w_down_t, scores, cutoff, out, M):
-        h = T.alloc_buffer((M, n_ff), "float32")  # by neuron: the kept value, then h (flagged neurons)
-        flag = T.alloc_buffer((n_ff,), "int32")  # neuron kept by some token (written for every neuron)
-        part = T.alloc_buffer((splits, M, d), "float32")
+    def body(x, w_gate, w_up, w_down_t, scores, cutoff, out, h, flag, part, M):
         # 1) a warp per neuron: the decision for every token; up_after: the flagged neurons' up, h. The staging
         # of x and its barriers stand outside the warps' branches: every thread of the block reaches them
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
@@ -164,16 +176,16 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
 
     body = _flagging_body(k, d, n_ff, decide, up_after=not product)
 
-    @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        x = T.match_buffer(x_h, (M, d), "float32")
-        out = T.match_buffer(out_h, (M, d), "float32")
-        body(x, w_gate, w_up, w_down_t, x, x, out, M)
+    M = tokens()
 
-    return _finish(kernel, k.name)
+    @T.prim_func
+    def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), out: T.Buffer((M, d), "float32"),
+               h: T.Buffer((M, n_ff), "float32"), flag: T.Buffer((n_ff,), "int32"),
+               part: T.Buffer((k.splits, M, d), "float32")):
+        body(x, w_gate, w_up, w_down_t, x, x, out, h, flag, part, M)
+
+    return finish(kernel, k.name, FLAGGING_SCRATCH)
 
 
 @cache
@@ -211,18 +223,13 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     L, W, splits = k.L, k.W, k.splits
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
+    M, K = tokens(), tirx.Var("K", "int64")
+
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        K = T.int64()
-        x = T.match_buffer(x_h, (M, d), "float32")
-        idx = T.match_buffer(idx_h, (M, K), "int32")
-        count = T.match_buffer(count_h, (M,), "int32")
-        out = T.match_buffer(out_h, (M, d), "float32")
-        h = T.alloc_buffer((M, K), "float32")
-        part = T.alloc_buffer((splits, M, d), "float32")
+    def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), idx: T.Buffer((M, K), "int32"), count: T.Buffer((M,), "int32"),
+               out: T.Buffer((M, d), "float32"), h: T.Buffer((M, K), "float32"),
+               part: T.Buffer((splits, M, d), "float32")):
         # 1) gate and up of each listed row: a warp per (token, row)
         for m in T.thread_binding(M, "blockIdx.y"):
             for bx in T.thread_binding((K + W - 1) // W, "blockIdx.x"):
@@ -239,7 +246,7 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
         k.down_parts(w_down_t, h, idx, count, part, M)
         k.sum_parts(part, out, M)
 
-    return _finish(kernel, k.name)
+    return finish(kernel, k.name, 2)
 
 
 @cache
@@ -262,18 +269,17 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
 
     body = _flagging_body(k, d, n_ff, decide, up_after=False)
 
-    @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), scores_h: T.handle, cutoff: T.Buffer((1,), "float32"),
-               out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        x = T.match_buffer(x_h, (M, d), "float32")
-        scores = T.match_buffer(scores_h, (M, n_ff), "float32")
-        out = T.match_buffer(out_h, (M, d), "float32")
-        body(x, w_gate, w_up, w_down_t, scores, cutoff, out, M)
+    M = tokens()
 
-    return _finish(kernel, k.name)
+    @T.prim_func
+    def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), scores: T.Buffer((M, n_ff), "float32"),
+               cutoff: T.Buffer((1,), "float32"), out: T.Buffer((M, d), "float32"),
+               h: T.Buffer((M, n_ff), "float32"), flag: T.Buffer((n_ff,), "int32"),
+               part: T.Buffer((k.splits, M, d), "float32")):
+        body(x, w_gate, w_up, w_down_t, scores, cutoff, out, h, flag, part, M)
+
+    return finish(kernel, k.name, FLAGGING_SCRATCH)
 
 
 @cache
@@ -286,15 +292,12 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
     n_blocks = (n_ff + W - 1) // W
 
+    M = tokens()
+
     @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        x = T.match_buffer(x_h, (M, d), "float32")
-        out = T.match_buffer(out_h, (M, d), "float32")
-        h = T.alloc_buffer((M, n_ff), "float32")
-        part = T.alloc_buffer((splits, M, d), "float32")
+    def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), out: T.Buffer((M, d), "float32"),
+               h: T.Buffer((M, n_ff), "float32"), part: T.Buffer((splits, M, d), "float32")):
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
@@ -310,7 +313,7 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
         k.down_parts(w_down_t, h, h, h, part, M)
         k.sum_parts(part, out, M)
 
-    return _finish(kernel, k.name)
+    return finish(kernel, k.name, 2)
 
 
 @cache
@@ -345,24 +348,18 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: GpuSchedule, bias: 
                                 else:
                                     out[m, j] = s[0]
 
+    M = tokens()
     if bias:
 
         @T.prim_func
-        def kernel(x_h: T.handle, w: T.Buffer(wshape, wdtype), b: T.Buffer((n,), "float32"), out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            M = T.int64()
-            x = T.match_buffer(x_h, (M, k), "float32")
-            out = T.match_buffer(out_h, (M, n), "float32")
+        def kernel(x: T.Buffer((M, k), "float32"), w: T.Buffer(wshape, wdtype), b: T.Buffer((n,), "float32"),
+                   out: T.Buffer((M, n), "float32")):
             body(x, w, b, out, M)
 
-        return _finish(kernel, name)
+        return finish(kernel, name)
 
     @T.prim_func
-    def kernel_nobias(x_h: T.handle, w: T.Buffer(wshape, wdtype), out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        x = T.match_buffer(x_h, (M, k), "float32")
-        out = T.match_buffer(out_h, (M, n), "float32")
+    def kernel_nobias(x: T.Buffer((M, k), "float32"), w: T.Buffer(wshape, wdtype), out: T.Buffer((M, n), "float32")):
         body(x, w, w, out, M)
 
-    return _finish(kernel_nobias, name)
+    return finish(kernel_nobias, name)
