@@ -81,7 +81,8 @@ def main(argv=None) -> int:
             del runners
 
     print(f"\n**ReGLU FFN d={d}, n_ff={n_ff}, batch 1** — {bench.cpu}, {args.threads} threads; LLC evicted before "
-          f"each call; median of {args.repeats}; read limit: a 1 GB TVM read-sum timed alongside; load "
+          f"each call; median of {args.repeats}; read limit: a 1 GB TVM read-sum timed alongside (quantized "
+          f"layouts: or one over the kernels' weights, the faster); load "
           f"average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; compile {bench.compile_s:.0f} s\n")
     print("| weights | sparsity | read limit GB/s | torch dense fp32 ms | exact ms | exact GB/s | exact % limit "
           "| exact vs torch | indexed ms | indexed GB/s | indexed % limit | indexed vs torch |")
