@@ -245,10 +245,10 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
             e = e + hs[r] * code(lay, wf, ro[r], grp, hf, j, centered=not folded, stored=stored)
         return e
 
-    def looked_up(wf, ro_r, grp, hf):
+    def looked_up(wf, ro_r, grp, hf, four):
         """float32 x 16: the codes of columns grp * 32 + hf * 16 + 0..15 of a row, by the table lookup."""
         raw = wf[T.ramp(ro_r + T.Cast("int64", lay.codes_byte(grp, stored)), T.int64(1), L)]
-        idx = T.shift_right(T.Cast(f"int32x{L}", raw), T.Broadcast(hf * 4, L))  # the lookup reads the low 4 bits
+        idx = T.shift_right(T.Cast(f"int32x{L}", raw), T.Broadcast(hf * four, L))  # the lookup reads the low 4 bits
         return T.call_llvm_pure_intrin(fvec, lookup, table, idx)
 
     def scales_from(wf, ro_r, grp):
@@ -256,10 +256,10 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
         raw = wf[T.ramp(ro_r + T.Cast("int64", lay.scale_byte(grp, stored)), T.int64(1), 2 * TV)]
         return T.Cast(f"float32x{TV}", T.reinterpret(f"float16x{TV}", raw))
 
-    def axsum_vec(wf, ro, hs, grp, hf):
-        e = T.Broadcast(hs[0], L) * looked_up(wf, ro[0], grp, hf)
+    def axsum_vec(wf, ro, hs, grp, hf, four):
+        e = T.Broadcast(hs[0], L) * looked_up(wf, ro[0], grp, hf, four)
         for r in range(1, R):
-            e = e + T.Broadcast(hs[r], L) * looked_up(wf, ro[r], grp, hf)
+            e = e + T.Broadcast(hs[r], L) * looked_up(wf, ro[r], grp, hf, four)
         return e + T.Broadcast(hs[R], L) if const else e
 
     @T.macro
@@ -277,6 +277,11 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
             if i + r < end:
                 hv[r] = h[m, hcol + i + r]
         g0: T.let = first(t)
+        # the high nibble's shift: 4 in every step that runs (end >= 1; at end <= 0 every h is 0 and the shift does not
+        # matter), written so that LLVM cannot fold it: a constant shift of the widened bytes it narrows to a byte
+        # shift before the widening, i.e. two widenings per 16 code bytes instead of one (82 instead of 99
+        # instructions per 8 rows x 32 columns; hot exact / indexed 0.94x, BENCHMARKS.md session 10)
+        four: T.let = T.min(T.int32(4), T.Cast("int32", end) * 4)
         if prefetch:
             pf_scales(wf, ro, R, g0, last(t))
         if tabled:  # h * scale of every row and group of the task, 16 groups per load and conversion
@@ -301,7 +306,7 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
             for hf in T.unroll(2):
                 if looked:
                     out[m, T.ramp((g0 + gi) * GROUP + hf * HALF, 1, L)] = out[
-                        m, T.ramp((g0 + gi) * GROUP + hf * HALF, 1, L)] + axsum_vec(wf, ro, hs, g0 + gi, hf)
+                        m, T.ramp((g0 + gi) * GROUP + hf * HALF, 1, L)] + axsum_vec(wf, ro, hs, g0 + gi, hf, four)
                 else:
                     for s in T.unroll(S):
                         for v in T.vectorized(L):
