@@ -250,6 +250,7 @@ class FfnBench:
         else:
             assert ((wg @ self.x[0]) > 0).sum() == n_active
             tw = [tv(w.astype(dtype)) for w in (wg, self.wu, self.wd_t)]
+        self.weights = tw  # the tensors the kernels read (weights_probe.py reads the same)
         tx = tv(self.x)
         t_idx = tv(idx if n_active else np.zeros((1, 1), "int32"))
         t_count = tv(np.array([n_active], "int32"))

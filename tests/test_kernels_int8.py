@@ -136,3 +136,42 @@ def test_x86_int8_dot_kernel_equals_the_reference_on_rounded_x(kind, dtype, dot,
             half_step = np.repeat(padded.reshape(-1, g, GROUP).max(-1) / 127 / 2, GROUP, axis=-1)[:, :d]
             bound = half_step @ np.abs(w).T.astype(np.float64) * 1.001 + 1e-4 * (scale + 1e-3)
             assert np.all(np.abs(out - ref) <= bound), np.max(np.abs(out - ref) - bound)
+
+
+def test_the_float_down_projection_of_q4_0_looks_codes_up_and_reads_a_scale_table():
+    """AVX-512 (the dot table's `nibble_lookup`, vpermps): the float down projection of q4_0 rows turns 16 codes into
+    floats with one table lookup (nibble - 8: no int -> float conversion, no -8 * sum(h * scale) per group) and
+    takes h * scale from a per-step table (one broadcast per row and group: no per-row scale load and conversion).
+    Per 8 rows x 32 columns: 8 widenings, 16 lookups, 16 multiply-adds. (Session 9: 172 instructions with mask,
+    two widenings and two conversions per 16 code bytes; now ~80.)"""
+    import tvm
+
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    sched = CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512", int8_axpy=False)  # compiled only: any host
+    prim = kernel("exact", 4096, 64, gate_act="relu", up_act="identity", dtype="q4_0", sched=sched)
+    spr = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids"})
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=spr)
+    asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+    loops = [body for body in innermost_loops(asm)  # the down loop (x's preparation permutes too, without FMAs)
+             if any(op in ("vpermd", "vpermps") for op in body) and "vfmadd231ps" in body]
+    assert len(loops) == 1, loops
+    body = loops[0]
+    lookups = sum(op in ("vpermd", "vpermps") for op in body)
+    products = sum(op.startswith(("vfmadd", "vmulps")) and "ss" not in op for op in body)
+    assert lookups == 16 and products >= 16, body
+    assert not [op for op in body if op.startswith(("vcvtdq2ps", "vcvtph2ps", "vpinsrw", "vsubss"))], body
+    # one widening per row and 16 code bytes: the high nibble shifted after it (no byte shift, no second widening)
+    assert sum(op.startswith("vpmovzxbd") for op in body) == 8 and "vgf2p8affineqb" not in body, body
+    assert len(body) < 100, len(body)
+
+
+@pytest.mark.parametrize("kind", ("exact", "indexed"))
+def test_the_float_down_projection_table_path_on_long_rows(kind):
+    """Rows of 1100 columns (34 groups, 17 per task: one 16-group vector of the scale table and one group more, then
+    a partial group): the lookup / table path of the float down projection against float64 on the rounded x."""
+    d, n_ff = 1100, 20
+    prim = primfunc(kind, d, n_ff, "q4_0", replace(host_sched("vpdpbusd512"), int8_axpy=False), ACTS[kind], bias=True)
+    calls = quant_calls(kind, np.random.default_rng(7), d, n_ff, "q4_0", 0.5, x8=True)
+    check(kind, "q4_0 table path", calls, run_native(prim, calls))

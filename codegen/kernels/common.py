@@ -26,7 +26,7 @@ from ...ir.quant import GROUP, LAYOUTS
 from . import tvmscript_speed  # noqa: F401 - installs the fast T.macro expansion
 from .quant_axpy8 import int8_axpy_macro, uses_int8_axpy
 from .quant_blocks import group_split, quant_axpy_macro, quant_dots_macro, quant_zero_columns_macro
-from .quant_int8 import int8_dots_macro, uses_int8_dot, x8_prep_macro, x_blocks
+from .quant_int8 import INT8_DOTS, int8_dots_macro, uses_int8_dot, x8_prep_macro, x_blocks
 from .quant_split import is_split, split_dots_macro, split_prep_macro, split_x
 from .rows import (
     ELEM_BYTES,
@@ -299,7 +299,8 @@ def axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefet
     if kernel and uses_int8_axpy(dtype, sched, kernel):  # coefficients rounded per step to int8 (`quant_axpy8.py`)
         return int8_axpy_macro(d, dtype, sched, gathered=gathered, prefetch=prefetch)
     if dtype in LAYOUTS:
-        return quant_axpy_macro(d, dtype, sched, gathered=gathered, prefetch=prefetch)
+        lookup = INT8_DOTS[sched.int8_dot].nibble_lookup if sched.int8_dot else ""
+        return quant_axpy_macro(d, dtype, sched, gathered=gathered, prefetch=prefetch, lookup=lookup)
     L, R, TB = sched.lanes, sched.rows, sched.token_block
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     block, n_blocks, tail = column_split(d, sched, dtype)

@@ -50,10 +50,14 @@ class Int8Dot:
                                 # step to int8). Not q8_0: on x86 its float axpy (one widening per 16 codes) timed
                                 # as fast; on aarch64 the integer one saves only 409 -> 317 instructions per 8 rows
                                 # x 32 columns (q4: 473 -> 212), untimed (BENCHMARKS.md, session 7)
+    nibble_lookup: str = ""  # the same ISA's 16-entry fp32 table lookup by the low 4 bits of int32 lanes (LLVM
+                             # intrinsic (table, indices) -> float32 x 16), which the float axpy of q4 rows takes
+                             # instead of mask / shift / widen / convert (quant_blocks.quant_axpy_macro); "": none
 
 
 INT8_DOTS = {
-    "vpdpbusd512": Int8Dot("llvm.x86.avx512.vpdpbusd.512", 16, False, axpy=("q4_0", "q4_1")),
+    "vpdpbusd512": Int8Dot("llvm.x86.avx512.vpdpbusd.512", 16, False, axpy=("q4_0", "q4_1"),
+                           nibble_lookup="llvm.x86.avx512.permvar.sf.512"),  # vpermps
     "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
     "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
 }
