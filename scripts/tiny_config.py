@@ -36,7 +36,7 @@ SIZES = {
                      "qk_rope_head_dim"], HEAD_DIM),
     "qk_head_dim": 2 * HEAD_DIM,  # MLA: nope + rope
     **dict.fromkeys(["kv_lora_rank", "q_lora_rank"], 16),
-    **dict.fromkeys(["vocab_size", "n_vocab"], VOCAB),
+    **dict.fromkeys(["vocab_size", "n_vocab", "unpadded_vocab_size"], VOCAB),  # Inkling2: lm_head rows
     **dict.fromkeys(["num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_"],
                     EXPERTS),
     **dict.fromkeys(["num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts", "moe_k",

@@ -8,7 +8,9 @@ too (layers nothing writes are left out), RoBERTa-style LM heads keep no cache (
 positions given as transformers' generate gives them), Mamba keeps a convolution window and an SSM state per layer
 (inputs and outputs beside K and V; one token per call), Falcon-H1 both in one layer, Zamba2 a hybrid whose tiny
 config keeps an attention layer (scripts/tiny_config.py), DeepSeek-V3.2 its sparse-attention indexer's keys as a
-third per-position cache, gpt-oss attention sinks (scores of kv+1 columns: an affine dim, ir/dims.py). Greedy
+third per-position cache, gpt-oss attention sinks (scores of kv+1 columns: an affine dim, ir/dims.py), RWKV its
+recurrent state as a forward keyword and MiniMax its lightning attention's state in a list of its own Cache subclass
+(frontends/model_states.py: states outside transformers' cache layers, one token per call). Greedy
 decoding equals transformers' `generate` token for token."""
 
 import pytest
@@ -23,7 +25,8 @@ torch.set_num_threads(1)
 @pytest.mark.parametrize("arch, mode", [("opt", "exact"), ("bloom", "dense"), ("deepseek_v3", "dense"),
                                         ("diffllama", "dense"), ("bart", "dense"), ("camembert", "dense"),
                                         ("mamba", "dense"), ("falcon_h1", "dense"), ("zamba2", "dense"),
-                                        ("deepseek_v32", "dense"), ("gpt_oss", "dense")])
+                                        ("deepseek_v32", "dense"), ("gpt_oss", "dense"), ("rwkv", "dense"),
+                                        ("minimax", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
@@ -31,7 +34,7 @@ def test_greedy_decoding_equals_transformers(arch, mode):
     ids = example_ids(model)
     # plain greedy, as scripts/decode_table.py: BART's default config bans repeated 3-grams and forces an EOS
     model.generation_config = transformers.GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                                                            pad_token_id=model.config.pad_token_id)
+                                                            pad_token_id=getattr(model.config, "pad_token_id", None))
     with torch.no_grad():
         expected = model.generate(ids, attention_mask=torch.ones_like(ids))
     lm = actsparse.compile(model, mode=mode, max_seq=16)
@@ -40,7 +43,8 @@ def test_greedy_decoding_equals_transformers(arch, mode):
     assert lm.recomputes == (arch == "camembert")  # no cache: the whole sequence per call; the others keep state
     kinds = {name[0] for name, _ in lm.spec.caches}
     assert kinds == {"mamba": {"c", "r"}, "falcon_h1": {"k", "v", "c", "r"}, "zamba2": {"k", "v", "c", "r"},
-                     "deepseek_v32": {"k", "v", "i"}, "camembert": set()}.get(arch, {"k", "v"})
+                     "deepseek_v32": {"k", "v", "i"}, "camembert": set(), "rwkv": {"s"},
+                     "minimax": {"k", "v", "l"}}.get(arch, {"k", "v"})
     assert torch.equal(lm.generate(ids, 6), expected)
 
 
