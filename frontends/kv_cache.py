@@ -221,7 +221,9 @@ def _kv_specs(model: nn.Module, i: int, layer, max_seq: int) -> list[CacheSpec]:
     extra = sorted(name for name, value in vars(layer).items()  # cached per-token state, not settings (a sliding
                    if isinstance(value, torch.Tensor) and value.ndim >= 3  # layer's window size)
                    and not name.startswith("_") and name not in ("keys", "values"))
-    unknown = [name for name in extra if name not in POSITION_CACHES]
+    unknown = [name for name in extra if name not in POSITION_CACHES] + sorted(  # per-entry dicts of tensors
+        name for name, value in vars(layer).items() if isinstance(value, dict) and not name.startswith("_")
+        and any(isinstance(t, torch.Tensor) for t in value.values()))  # (DeepSeek-V4's compressor buffers)
     if unknown:
         raise FrontendError(f"{type(model).__name__} layer {i} keeps more than keys and values in its cache "
                             f"({', '.join(unknown)}); decoding caches attention keys and values and the per-position "
@@ -253,13 +255,17 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
         return _recompute_graph(model), specs
     # the one-token branch only (see cache_layers.py, model_states.py)
     recurrent = any(s.kind in STATE_KINDS or s.kind in CARRIERS for s in specs)
-    first = None
+    errors = []
     for variant in (v for v in EXPORT_VARIANTS if v.get("one_token") or not recurrent):
         try:
             return _named_inputs(_export(model, specs, max_seq, own_cache, **variant), specs), specs
         except FrontendError as err:
-            first = first or err
-    raise first
+            errors.append(err)
+    # the first error, unless it is a size read off a value, which the later variants exist to avoid: then theirs
+    raise next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
+
+
+DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "depends on tensor values")  # what torch / the importer say
 
 
 # How the model is called for export, tried in order until one imports: first it builds its own causal mask from
@@ -301,10 +307,25 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: t
     importer.symbols.update(_dim_symbols(program))
     importer.bounds = {SEQ: (1, max_seq), FILLED: (1, max_seq)}  # what the runtime feeds (runtime/decoder.py)
     graph = importer.run()
+    if seen_from_shapes:
+        _check_symbolic_starts(graph, type(model).__name__)
     # a recurrent kernel that writes a state in place (`conv_state.copy_`) adds an output for that input mutation
     # ahead of the user outputs; the wrapper returns the written state itself, so only the user outputs are kept
     kinds = [spec.kind for spec in program.graph_signature.output_specs]
     return graph.with_outputs(o for o, kind in zip(graph.outputs, kinds, strict=True) if kind == OutputKind.USER_OUTPUT)
+
+
+def _check_symbolic_starts(graph: Graph, model_name: str) -> None:
+    """Positions counted from the cache's length as a size (arange(kv-seq, kv)) cannot be lowered: codegen's arange
+    takes a constant start. Refused here by name rather than as an error of the build."""
+    from ..ir.graph import topo_order
+
+    for node in topo_order(graph.outputs):
+        if node.op == "arange" and not isinstance(node.attrs.get("start", 0), int):
+            raise FrontendError(f"{model_name} counts positions from the cache length (arange({node.attrs['start']}, "
+                                f"{node.attrs['end']}): learned position embeddings indexed after the cached tokens); "
+                                "with the length as a size that needs an arange with a symbolic start, which codegen "
+                                "does not lower, and with the length as a value the sizes depend on tensor values")
 
 
 def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bool):

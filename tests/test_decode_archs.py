@@ -79,3 +79,21 @@ def test_a_cache_holding_an_unknown_per_position_tensor_is_one_clear_error(monke
     monkeypatch.setattr(kv_cache, "POSITION_CACHES", {})
     with pytest.raises(FrontendError, match="indexer_keys.*POSITION_CACHES"):
         actsparse.compile(build_tiny("deepseek_v32"), max_seq=16)
+
+
+def test_a_model_exported_with_the_cache_length_as_a_size_still_decodes(monkeypatch):
+    """The `seen_from_shapes` export variant (for forwards such as MPT's that slice a bias table by the cache's
+    length: get_seq_length reports kv - seq, a size, instead of the `pos` value) on a tiny Llama: greedy decoding
+    still equals transformers, prompts fed whole."""
+    from actsparse.frontends import kv_cache
+    from actsparse.scripts.arch_table import build_tiny, example_ids
+
+    monkeypatch.setattr(kv_cache, "EXPORT_VARIANTS", ({"seen_from_shapes": True},))
+    model = build_tiny("llama")
+    ids = example_ids(model)
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
+                                  do_sample=False)
+    lm = actsparse.compile(model, mode="dense", max_seq=16)
+    assert lm.module.inputs[0][1].shape == (1, "seq")
+    assert torch.equal(lm.generate(ids, 5), expected)
