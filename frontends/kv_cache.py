@@ -67,6 +67,7 @@ class CacheSpec:
 # convolution window and SSM state, DeltaNet's memory) have a fixed size and are replaced by each call
 KINDS = ("keys", "values", "conv", "recurrent")
 STATE_KINDS = KINDS[2:]
+RECURRENT_STATES = tuple(f"{kind}_states" for kind in STATE_KINDS)  # their dicts in a linear-attention layer
 
 
 class KVCachedLM(nn.Module):
@@ -223,7 +224,8 @@ def _kv_specs(model: nn.Module, i: int, layer, max_seq: int) -> list[CacheSpec]:
                    and not name.startswith("_") and name not in ("keys", "values"))
     unknown = [name for name in extra if name not in POSITION_CACHES] + sorted(  # per-entry dicts of tensors
         name for name, value in vars(layer).items() if isinstance(value, dict) and not name.startswith("_")
-        and any(isinstance(t, torch.Tensor) for t in value.values()))  # (DeepSeek-V4's compressor buffers)
+        and name not in RECURRENT_STATES and any(isinstance(t, torch.Tensor) for t in value.values()))
+    # (DeepSeek-V4's compressor buffers; a hybrid layer's own recurrent states are read as STATE_KINDS)
     if unknown:
         raise FrontendError(f"{type(model).__name__} layer {i} keeps more than keys and values in its cache "
                             f"({', '.join(unknown)}); decoding caches attention keys and values and the per-position "

@@ -57,7 +57,7 @@ def probe_states(model: nn.Module, out, cache, before: dict[str, object]) -> lis
     found = []
     takes = inspect.signature(model.forward).parameters
     for field, value in (out.items() if hasattr(out, "items") else ()):
-        if field in takes and not _is_cache(value) and _tensors(value):
+        if field in takes and not _is_cache(value) and _tensors(value) and _fixed_size(model, field, value):
             found += [("argument", field, i, tuple(t.shape)) for i, t in enumerate(value)]
     if cache is None and not found:  # set by the forward where there was nothing before, per batch row (a lazily
         for path, value in attribute_snapshot(model).items():  # built rotary table is not batched)
@@ -73,6 +73,18 @@ def probe_states(model: nn.Module, out, cache, before: dict[str, object]) -> lis
                 found += [("cache_list", field, i, tuple(t.shape)) for i, t in enumerate(value)
                           if isinstance(t, torch.Tensor)]
     return found
+
+
+def _fixed_size(model: nn.Module, field: str, value: list) -> bool:
+    """Whether the state comes back from a second step the size it went in (RWKV's does; XLNet's `mems` grow by a
+    position each step: a memory of past tokens, not a recurrent state)."""
+    try:
+        with torch.no_grad():
+            again = model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True,
+                          **{field: [t.clone() for t in value]})[field]
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError):
+        return False  # it does not take its own output back: not a state
+    return _tensors(again) and [t.shape for t in again] == [t.shape for t in value]
 
 
 def _is_cache(value) -> bool:

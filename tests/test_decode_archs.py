@@ -53,18 +53,9 @@ def test_a_model_exported_for_one_token_per_call_still_prefills_and_decodes(monk
     from the token count) on a tiny Llama: the runtime feeds the prompt token by token and greedy decoding still
     equals transformers; calibration prompts cannot run through it, which is one clear error."""
     from actsparse.errors import ActsparseError
-    from actsparse.frontends import kv_cache
-    from actsparse.scripts.arch_table import build_tiny, example_ids
 
-    monkeypatch.setattr(kv_cache, "EXPORT_VARIANTS", ({"one_token": True},))
-    model = build_tiny("llama")
-    ids = example_ids(model)
-    with torch.no_grad():
-        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
-                                  do_sample=False)
-    lm = actsparse.compile(model, mode="dense", max_seq=16)
+    model, ids, lm = _llama_decoding_as_transformers(monkeypatch, {"one_token": True})
     assert lm.module.inputs[0][1].shape == (1, 1)
-    assert torch.equal(lm.generate(ids, 5), expected)
     with pytest.raises(ActsparseError, match="one token per call"):
         actsparse.compile(model, mode="threshold", sparsity=0.3, max_seq=16, calibration=[ids])
 
@@ -85,15 +76,22 @@ def test_a_model_exported_with_the_cache_length_as_a_size_still_decodes(monkeypa
     """The `seen_from_shapes` export variant (for forwards such as MPT's that slice a bias table by the cache's
     length: get_seq_length reports kv - seq, a size, instead of the `pos` value) on a tiny Llama: greedy decoding
     still equals transformers, prompts fed whole."""
+    _, _, lm = _llama_decoding_as_transformers(monkeypatch, {"seen_from_shapes": True})
+    assert lm.module.inputs[0][1].shape == (1, "seq")
+
+
+def _llama_decoding_as_transformers(monkeypatch, variant: dict):
+    """A tiny Llama compiled with only the export variant `variant`; asserts its greedy decoding equals
+    transformers' and returns (model, prompt ids, decoder)."""
     from actsparse.frontends import kv_cache
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
-    monkeypatch.setattr(kv_cache, "EXPORT_VARIANTS", ({"seen_from_shapes": True},))
+    monkeypatch.setattr(kv_cache, "EXPORT_VARIANTS", (variant,))
     model = build_tiny("llama")
     ids = example_ids(model)
     with torch.no_grad():
         expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
                                   do_sample=False)
     lm = actsparse.compile(model, mode="dense", max_seq=16)
-    assert lm.module.inputs[0][1].shape == (1, "seq")
     assert torch.equal(lm.generate(ids, 5), expected)
+    return model, ids, lm
