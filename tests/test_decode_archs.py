@@ -72,6 +72,16 @@ def test_a_cache_holding_an_unknown_per_position_tensor_is_one_clear_error(monke
         actsparse.compile(build_tiny("deepseek_v32"), max_seq=16)
 
 
+def test_a_cache_layer_with_buffers_of_its_own_is_one_clear_error():
+    """DeepSeek-V4's cache layers keep compressor buffers (per-entry dicts of tensors that grow by a compressed
+    entry every few tokens): neither K/V slots nor a fixed-size state, refused by name before the export."""
+    from actsparse.frontends.errors import FrontendError
+    from actsparse.scripts.arch_table import build_tiny
+
+    with pytest.raises(FrontendError, match="buffer_gate, buffer_kv, compressed_kv"):
+        actsparse.compile(build_tiny("deepseek_v4"), max_seq=16)
+
+
 def test_a_model_exported_with_the_cache_length_as_a_size_still_decodes(monkeypatch):
     """The `seen_from_shapes` export variant (for forwards such as MPT's that slice a bias table by the cache's
     length: get_seq_length reports kv - seq, a size, instead of the `pos` value) on a tiny Llama: greedy decoding
