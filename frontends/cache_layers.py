@@ -54,6 +54,8 @@ def layer_classes():
         def __init__(self, keys: torch.Tensor, values: torch.Tensor, offset: torch.Tensor, filled, extras=None):
             CacheLayerMixin.__init__(self)
             self.keys, self.values, self.offset, self.filled = keys, values, offset, filled
+            self.seen = offset  # the tokens before this call, as get_seq_length reports them (kv_cache.py's
+            # `seen_from_shapes` variant makes it kv - seq, a size, for forwards that slice by it)
             for name, tensor in (extras or {}).items():  # POSITION_CACHES tensors
                 setattr(self, name, tensor)
             self.is_initialized = True
@@ -83,7 +85,7 @@ def layer_classes():
             return self.filled, 0  # the filled slots, at absolute positions: the mask does the rest
 
         def get_seq_length(self):
-            return self.offset
+            return self.seen
 
         def get_max_length(self) -> int:
             return self.keys.shape[-2]
@@ -128,7 +130,7 @@ def layer_classes():
             ExplicitStateLayer.__init__(self, conv, recurrent)
 
     class ExplicitCache(Cache):
-        def __init__(self, layers):
+        def __init__(self, layers, lists=None):  # lists: only a model's own cache class has them (model_states.py)
             super().__init__(layers=layers)
 
     return ExplicitKVLayer, ExplicitStateLayer, ExplicitHybridLayer, ExplicitCache

@@ -36,6 +36,14 @@ from torch import nn
 from ..ir import Graph
 from .cache_layers import POSITION_CACHES, layer_classes
 from .errors import FrontendError
+from .model_states import (
+    CARRIERS,
+    CarriedStates,
+    attribute_snapshot,
+    cache_class_with_lists,
+    probe_states,
+    restore_attributes,
+)
 
 KEYS, VALUES = "k", "v"
 INPUTS = ("input_ids", "pos", "filled")  # the inputs before the caches (the runtime binds them by position)
@@ -50,14 +58,16 @@ class CacheSpec:
     name: str
     shape: tuple[int, ...]
     layer: int = -1  # the index the model reads it by (`cache.layers[layer]`)
-    kind: str = "keys"  # one of KINDS, or a POSITION_CACHES attribute
-    index: int = 0  # which of the layer's conv / recurrent states
+    kind: str = "keys"  # one of KINDS, a POSITION_CACHES attribute or a model_states.CARRIERS kind
+    index: int = 0  # which of the layer's conv / recurrent states (of a carried list's tensors)
+    path: str = ""  # a carried state: the keyword, module attribute or cache list holding it (model_states.py)
 
 
 # keys and values grow by position (max_seq slots, written in place); the states of recurrent mixers (Mamba's
 # convolution window and SSM state, DeltaNet's memory) have a fixed size and are replaced by each call
 KINDS = ("keys", "values", "conv", "recurrent")
 STATE_KINDS = KINDS[2:]
+RECURRENT_STATES = tuple(f"{kind}_states" for kind in STATE_KINDS)  # their dicts in a linear-attention layer
 
 
 class KVCachedLM(nn.Module):
@@ -65,14 +75,18 @@ class KVCachedLM(nn.Module):
 
     actsparse_prefix = "model"
 
-    def __init__(self, model: nn.Module, ones_mask: bool = False, specs: tuple[CacheSpec, ...] = ()):
+    def __init__(self, model: nn.Module, ones_mask: bool = False, specs: tuple[CacheSpec, ...] = (),
+                 own_cache: type | None = None, seen_from_shapes: bool = False):
         super().__init__()
         self.model = model
-        self.ones_mask = ones_mask  # see EXPORT_VARIANTS
+        self.ones_mask, self.seen_from_shapes = ones_mask, seen_from_shapes  # see EXPORT_VARIANTS
         # which cache layer each tensor belongs to: a model may size its cache by a count larger than the layers
         # that write it (BART-style decoders count the encoder's layers too); a layer between them stays empty
         self.specs = specs
         self._classes = layer_classes()
+        self._carried = CarriedStates(model, specs)  # states outside cache layers (model_states.py)
+        self._cache_class = cache_class_with_lists(own_cache) if own_cache else self._classes[-1]
+        self._takes_cache = any(s.kind not in CARRIERS or s.kind == "cache_list" for s in specs)
         takes = inspect.signature(model.forward).parameters
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}  # lm_head on 1 token
         self._cache_argument = cache_argument(model)
@@ -83,17 +97,29 @@ class KVCachedLM(nn.Module):
 
         offset = pos.reshape(())
         used = self._layers(cache, offset, filled.shape[0])
+        for layer in used.values() if self.seen_from_shapes else ():
+            layer.seen = filled.shape[0] - input_ids.shape[1]  # kv - seq: a size, not a value read off `pos`
         layers = [used.get(i) or DummyLayer() for i in range(max(used, default=-1) + 1)]  # DummyLayer: holds nothing
         positions = (torch.arange(input_ids.shape[1], device=input_ids.device) + offset).unsqueeze(0)
         mask = {"attention_mask": torch.ones_like(filled).unsqueeze(0)} if self.ones_mask else {}
-        out = self.model(input_ids=input_ids, position_ids=positions, use_cache=True, **self._last_logits_only,
-                         **mask, **{self._cache_argument: self._classes[-1](layers)})
-        return (out.logits[:, -1:], *(_read(used[s.layer], s) for s in self.specs))
+        named = {s.name: t for s, t in zip(self.specs, cache, strict=True)}
+        own = self._cache_class(layers, self._carried.cache_lists(named)) if self._takes_cache else None
+        was = self._carried.set_attributes(named)
+        try:
+            out = self.model(input_ids=input_ids, position_ids=positions, use_cache=True, **self._last_logits_only,
+                             **mask, **self._carried.arguments(named),
+                             **({self._cache_argument: own} if own is not None else {}))
+            return (out.logits[:, -1:], *(self._carried.read(s, out, own) if s.kind in CARRIERS
+                                          else _read(used[s.layer], s) for s in self.specs))
+        finally:
+            restore_attributes(self.model, was)
 
     def _layers(self, cache, offset, filled) -> dict:
         kv_layer, state_layer, hybrid_layer, _ = self._classes
         parts: dict[int, dict] = {}
         for spec, tensor in zip(self.specs, cache, strict=True):
+            if spec.kind in CARRIERS:
+                continue
             part = parts.setdefault(spec.layer, {"conv": {}, "recurrent": {}})
             if spec.kind in STATE_KINDS:
                 part[spec.kind][spec.index] = tensor
@@ -130,22 +156,49 @@ def returned_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
-    """The cache tensors of `model`, from one eager step on one token with transformers' own DynamicCache."""
-    from transformers.cache_utils import CacheLayerMixin, DummyLayer, LinearAttentionCacheLayerMixin
+def cache_specs(model: nn.Module, max_seq: int) -> tuple[list[CacheSpec], type | None]:
+    """The cache tensors of `model`, from one eager step on one token with transformers' own cache, and the model's
+    own Cache subclass where the wrapper must build one (it keeps states beside its layers: model_states.py)."""
+    before = attribute_snapshot(model)
+    try:
+        out = _probe(model)
+        cache = returned_cache(out)
+        carried = probe_states(model, out, cache, before)
+        if cache is None and any(kind == "attribute" for kind, *_ in carried):  # KV kept out of sight too: probe
+            from transformers.cache_utils import DynamicCache  # again with a cache the forward is given
 
+            restore_attributes(model, before)
+            cache = DynamicCache(config=model.config)
+            _probe(model, {cache_argument(model): cache})
+    finally:
+        restore_attributes(model, before)  # the probe's states are not the model's
+    specs = _layer_specs(model, cache, max_seq) if cache is not None else []
+    specs += [CacheSpec(f"{CARRIERS[kind]}{n}", shape, -1, kind, index, path)
+              for n, (kind, path, index, shape) in enumerate(carried)]
+    if cache is None and not specs:
+        return [], None  # a model without a cache (BERT-style LM heads): decoding recomputes the sequence
+    if not specs:
+        raise FrontendError(f"{type(model).__name__} wrote no layer of its KV cache in a forward with use_cache=True; "
+                            "only decoders with attention caches can be compiled for decoding")
+    return specs, type(cache) if any(s.kind == "cache_list" for s in specs) else None
+
+
+def _probe(model: nn.Module, given: dict | None = None):
     try:
         with torch.no_grad():
-            out = model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True)
+            return model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True, **(given or {}))
     except (ValueError, TypeError, AttributeError, IndexError, RuntimeError) as err:  # hybrids, looped layers
         raise FrontendError(f"{type(model).__name__} failed a one-token forward with use_cache=True ({err}); decoding "
                             "supports decoders whose caches hold attention keys and values or recurrent states") \
                             from err
-    cache = returned_cache(out)
-    if cache is None:
-        return []  # a model without a cache (BERT-style LM heads): decoding recomputes the sequence, as transformers'
+
+
+def _layer_specs(model: nn.Module, cache, max_seq: int) -> list[CacheSpec]:
+    """The tensors of the cache's layers (K and V, per-position caches, linear-attention states)."""
+    from transformers.cache_utils import CacheLayerMixin, DummyLayer, LinearAttentionCacheLayerMixin
+
     layers = getattr(cache, "layers", None)
-    if not layers:
+    if layers is None:
         raise FrontendError(f"{type(model).__name__} returned a {type(cache).__name__} without layers from a forward "
                             "with use_cache=True; only decoders with attention caches can be compiled for decoding")
     specs: list[CacheSpec] = []  # layers nothing wrote (sized by a count beyond the decoder's own) are left out
@@ -162,9 +215,6 @@ def cache_specs(model: nn.Module, max_seq: int) -> list[CacheSpec]:
             specs += [CacheSpec(f"{kind[0]}{i}_{index}", tuple(state.shape), i, kind, index)
                       for kind in STATE_KINDS for index, state in getattr(layer, f"{kind}_states").items()
                       if state is not None]
-    if not specs:
-        raise FrontendError(f"{type(model).__name__} wrote no layer of its KV cache in a forward with use_cache=True; "
-                            "only decoders with attention caches can be compiled for decoding")
     return specs
 
 
@@ -172,7 +222,10 @@ def _kv_specs(model: nn.Module, i: int, layer, max_seq: int) -> list[CacheSpec]:
     extra = sorted(name for name, value in vars(layer).items()  # cached per-token state, not settings (a sliding
                    if isinstance(value, torch.Tensor) and value.ndim >= 3  # layer's window size)
                    and not name.startswith("_") and name not in ("keys", "values"))
-    unknown = [name for name in extra if name not in POSITION_CACHES]
+    unknown = [name for name in extra if name not in POSITION_CACHES] + sorted(  # per-entry dicts of tensors
+        name for name, value in vars(layer).items() if isinstance(value, dict) and not name.startswith("_")
+        and name not in RECURRENT_STATES and any(isinstance(t, torch.Tensor) for t in value.values()))
+    # (DeepSeek-V4's compressor buffers; a hybrid layer's own recurrent states are read as STATE_KINDS)
     if unknown:
         raise FrontendError(f"{type(model).__name__} layer {i} keeps more than keys and values in its cache "
                             f"({', '.join(unknown)}); decoding caches attention keys and values and the per-position "
@@ -199,17 +252,22 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
     model = model.eval()
     model.config.use_cache = True
     with quiet_transformers():
-        specs = cache_specs(model, max_seq)
+        specs, own_cache = cache_specs(model, max_seq)
     if not specs:
         return _recompute_graph(model), specs
-    recurrent = any(s.kind in STATE_KINDS for s in specs)  # the one-token branch only (see cache_layers.py)
-    first = None
+    # the one-token branch only (see cache_layers.py, model_states.py)
+    recurrent = any(s.kind in STATE_KINDS or s.kind in CARRIERS for s in specs)
+    errors = []
     for variant in (v for v in EXPORT_VARIANTS if v.get("one_token") or not recurrent):
         try:
-            return _named_inputs(_export(model, specs, max_seq, **variant), specs), specs
+            return _named_inputs(_export(model, specs, max_seq, own_cache, **variant), specs), specs
         except FrontendError as err:
-            first = first or err
-    raise first
+            errors.append(err)
+    # the first error, unless it is a size read off a value, which the later variants exist to avoid: then theirs
+    raise next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
+
+
+DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "depends on tensor values")  # what torch / the importer say
 
 
 # How the model is called for export, tried in order until one imports: first it builds its own causal mask from
@@ -217,12 +275,15 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
 # `ones(past + seq)`, a length read off the `pos` tensor, which neither export nor the IR can make a shape of) get
 # an all-ones mask over the filled slots, a [1, kv] shape torch can name. Last, models whose forward computes
 # sizes from the token count that the IR cannot name (Llama 4's chunked attention) are exported for one token at
-# a time (`seq` fixed to 1): the runtime then feeds a prompt token by token (runtime/decoder.py).
-EXPORT_VARIANTS = ({}, {"ones_mask": True}, {"one_token": True}, {"one_token": True, "ones_mask": True})
+# a time (`seq` fixed to 1): the runtime then feeds a prompt token by token (runtime/decoder.py). Last, models that
+# slice a table by the cache's length (MPT's ALiBi bias: `bias[:, past + seq - kv:]`) get the length as a size,
+# kv - seq, instead of the `pos` value, which would make the slice's size depend on tensor values.
+EXPORT_VARIANTS = ({}, {"ones_mask": True}, {"one_token": True}, {"one_token": True, "ones_mask": True},
+                   {"seen_from_shapes": True}, {"one_token": True, "seen_from_shapes": True})
 
 
-def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, ones_mask: bool = False,
-            one_token: bool = False) -> Graph:
+def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: type | None = None,
+            ones_mask: bool = False, one_token: bool = False, seen_from_shapes: bool = False) -> Graph:
     """The decoding graph through torch.export, the model called as the EXPORT_VARIANTS entry says."""
     from torch.export.graph_signature import OutputKind
 
@@ -230,7 +291,7 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, ones_mask: b
     from .moe import per_expert_routing
     from .torch_export import HINTS, Importer, decompose_missing
 
-    wrapper = KVCachedLM(model, ones_mask, tuple(specs))
+    wrapper = KVCachedLM(model, ones_mask, tuple(specs), own_cache, seen_from_shapes)
     ids = torch.zeros(1, 1 if one_token else 2, dtype=torch.long)
     cache = tuple(torch.zeros(s.shape) for s in specs)
     filled = torch.zeros(3, dtype=torch.long)  # a length other than the example's seq: two distinct dims
@@ -248,10 +309,25 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, ones_mask: b
     importer.symbols.update(_dim_symbols(program))
     importer.bounds = {SEQ: (1, max_seq), FILLED: (1, max_seq)}  # what the runtime feeds (runtime/decoder.py)
     graph = importer.run()
+    if seen_from_shapes:
+        _check_symbolic_starts(graph, type(model).__name__)
     # a recurrent kernel that writes a state in place (`conv_state.copy_`) adds an output for that input mutation
     # ahead of the user outputs; the wrapper returns the written state itself, so only the user outputs are kept
     kinds = [spec.kind for spec in program.graph_signature.output_specs]
     return graph.with_outputs(o for o, kind in zip(graph.outputs, kinds, strict=True) if kind == OutputKind.USER_OUTPUT)
+
+
+def _check_symbolic_starts(graph: Graph, model_name: str) -> None:
+    """Positions counted from the cache's length as a size (arange(kv-seq, kv)) cannot be lowered: codegen's arange
+    takes a constant start. Refused here by name rather than as an error of the build."""
+    from ..ir.graph import topo_order
+
+    for node in topo_order(graph.outputs):
+        if node.op == "arange" and not isinstance(node.attrs.get("start", 0), int):
+            raise FrontendError(f"{model_name} counts positions from the cache length (arange({node.attrs['start']}, "
+                                f"{node.attrs['end']}): learned position embeddings indexed after the cached tokens); "
+                                "with the length as a size that needs an arange with a symbolic start, which codegen "
+                                "does not lower, and with the length as a value the sizes depend on tensor values")
 
 
 def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bool):

@@ -36,7 +36,7 @@ SIZES = {
                      "qk_rope_head_dim"], HEAD_DIM),
     "qk_head_dim": 2 * HEAD_DIM,  # MLA: nope + rope
     **dict.fromkeys(["kv_lora_rank", "q_lora_rank"], 16),
-    **dict.fromkeys(["vocab_size", "n_vocab"], VOCAB),
+    **dict.fromkeys(["vocab_size", "n_vocab", "unpadded_vocab_size"], VOCAB),  # Inkling2: lm_head rows
     **dict.fromkeys(["num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_"],
                     EXPERTS),
     **dict.fromkeys(["num_experts_per_tok", "moe_topk", "top_k", "num_selected_experts", "moe_k",
@@ -65,6 +65,9 @@ CHECKPOINT_VALUES = {
     "lfm2_moe": {"layer_types": ["conv", "full_attention"], "num_hidden_layers": 2},  # one layer of each kind
     "bamba": {"attn_layer_indices": [9, 18, 27]},  # Bamba-9B's attention layers (the default has none)
     "granitemoehybrid": {"layer_types": ["linear_attention", "full_attention"], "num_hidden_layers": 2},  # Granite 4
+    # HRM's cache has a slot per (cycle, layer): num_hidden_layers = per-stack layers * H_cycles * (L_cycles + 1),
+    # which the default config derives from its own 16 layers; one layer per stack and one cycle of each make it 2
+    "hrm_text": {"num_layers_per_stack": 1, "H_cycles": 1, "L_cycles": 1},
 }
 # layers a tiny config keeps of each kind where one is not enough: Zamba ties one shared attention block across
 # its hybrid layers, and transformers' tying fails when a single hybrid layer is left to tie

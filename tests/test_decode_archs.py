@@ -8,7 +8,9 @@ too (layers nothing writes are left out), RoBERTa-style LM heads keep no cache (
 positions given as transformers' generate gives them), Mamba keeps a convolution window and an SSM state per layer
 (inputs and outputs beside K and V; one token per call), Falcon-H1 both in one layer, Zamba2 a hybrid whose tiny
 config keeps an attention layer (scripts/tiny_config.py), DeepSeek-V3.2 its sparse-attention indexer's keys as a
-third per-position cache, gpt-oss attention sinks (scores of kv+1 columns: an affine dim, ir/dims.py). Greedy
+third per-position cache, gpt-oss attention sinks (scores of kv+1 columns: an affine dim, ir/dims.py), RWKV its
+recurrent state as a forward keyword and MiniMax its lightning attention's state in a list of its own Cache subclass
+(frontends/model_states.py: states outside transformers' cache layers, one token per call). Greedy
 decoding equals transformers' `generate` token for token."""
 
 import pytest
@@ -23,7 +25,8 @@ torch.set_num_threads(1)
 @pytest.mark.parametrize("arch, mode", [("opt", "exact"), ("bloom", "dense"), ("deepseek_v3", "dense"),
                                         ("diffllama", "dense"), ("bart", "dense"), ("camembert", "dense"),
                                         ("mamba", "dense"), ("falcon_h1", "dense"), ("zamba2", "dense"),
-                                        ("deepseek_v32", "dense"), ("gpt_oss", "dense")])
+                                        ("deepseek_v32", "dense"), ("gpt_oss", "dense"), ("rwkv", "dense"),
+                                        ("minimax", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
@@ -31,7 +34,7 @@ def test_greedy_decoding_equals_transformers(arch, mode):
     ids = example_ids(model)
     # plain greedy, as scripts/decode_table.py: BART's default config bans repeated 3-grams and forces an EOS
     model.generation_config = transformers.GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                                                            pad_token_id=model.config.pad_token_id)
+                                                            pad_token_id=getattr(model.config, "pad_token_id", None))
     with torch.no_grad():
         expected = model.generate(ids, attention_mask=torch.ones_like(ids))
     lm = actsparse.compile(model, mode=mode, max_seq=16)
@@ -40,7 +43,8 @@ def test_greedy_decoding_equals_transformers(arch, mode):
     assert lm.recomputes == (arch == "camembert")  # no cache: the whole sequence per call; the others keep state
     kinds = {name[0] for name, _ in lm.spec.caches}
     assert kinds == {"mamba": {"c", "r"}, "falcon_h1": {"k", "v", "c", "r"}, "zamba2": {"k", "v", "c", "r"},
-                     "deepseek_v32": {"k", "v", "i"}, "camembert": set()}.get(arch, {"k", "v"})
+                     "deepseek_v32": {"k", "v", "i"}, "camembert": set(), "rwkv": {"s"},
+                     "minimax": {"k", "v", "l"}}.get(arch, {"k", "v"})
     assert torch.equal(lm.generate(ids, 6), expected)
 
 
@@ -49,18 +53,9 @@ def test_a_model_exported_for_one_token_per_call_still_prefills_and_decodes(monk
     from the token count) on a tiny Llama: the runtime feeds the prompt token by token and greedy decoding still
     equals transformers; calibration prompts cannot run through it, which is one clear error."""
     from actsparse.errors import ActsparseError
-    from actsparse.frontends import kv_cache
-    from actsparse.scripts.arch_table import build_tiny, example_ids
 
-    monkeypatch.setattr(kv_cache, "EXPORT_VARIANTS", ({"one_token": True},))
-    model = build_tiny("llama")
-    ids = example_ids(model)
-    with torch.no_grad():
-        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
-                                  do_sample=False)
-    lm = actsparse.compile(model, mode="dense", max_seq=16)
+    model, ids, lm = _llama_decoding_as_transformers(monkeypatch, {"one_token": True})
     assert lm.module.inputs[0][1].shape == (1, 1)
-    assert torch.equal(lm.generate(ids, 5), expected)
     with pytest.raises(ActsparseError, match="one token per call"):
         actsparse.compile(model, mode="threshold", sparsity=0.3, max_seq=16, calibration=[ids])
 
@@ -75,3 +70,38 @@ def test_a_cache_holding_an_unknown_per_position_tensor_is_one_clear_error(monke
     monkeypatch.setattr(kv_cache, "POSITION_CACHES", {})
     with pytest.raises(FrontendError, match="indexer_keys.*POSITION_CACHES"):
         actsparse.compile(build_tiny("deepseek_v32"), max_seq=16)
+
+
+def test_a_cache_layer_with_buffers_of_its_own_is_one_clear_error():
+    """DeepSeek-V4's cache layers keep compressor buffers (per-entry dicts of tensors that grow by a compressed
+    entry every few tokens): neither K/V slots nor a fixed-size state, refused by name before the export."""
+    from actsparse.frontends.errors import FrontendError
+    from actsparse.scripts.arch_table import build_tiny
+
+    with pytest.raises(FrontendError, match="buffer_gate, buffer_kv, compressed_kv"):
+        actsparse.compile(build_tiny("deepseek_v4"), max_seq=16)
+
+
+def test_a_model_exported_with_the_cache_length_as_a_size_still_decodes(monkeypatch):
+    """The `seen_from_shapes` export variant (for forwards such as MPT's that slice a bias table by the cache's
+    length: get_seq_length reports kv - seq, a size, instead of the `pos` value) on a tiny Llama: greedy decoding
+    still equals transformers, prompts fed whole."""
+    _, _, lm = _llama_decoding_as_transformers(monkeypatch, {"seen_from_shapes": True})
+    assert lm.module.inputs[0][1].shape == (1, "seq")
+
+
+def _llama_decoding_as_transformers(monkeypatch, variant: dict):
+    """A tiny Llama compiled with only the export variant `variant`; asserts its greedy decoding equals
+    transformers' and returns (model, prompt ids, decoder)."""
+    from actsparse.frontends import kv_cache
+    from actsparse.scripts.arch_table import build_tiny, example_ids
+
+    monkeypatch.setattr(kv_cache, "EXPORT_VARIANTS", (variant,))
+    model = build_tiny("llama")
+    ids = example_ids(model)
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
+                                  do_sample=False)
+    lm = actsparse.compile(model, mode="dense", max_seq=16)
+    assert torch.equal(lm.generate(ids, 5), expected)
+    return model, ids, lm
