@@ -33,14 +33,6 @@ def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):
     return _relufy(model, kind, example_inputs, inplace=inplace)
 
 
-def rotate_residual(model, windows=None, q=None):
-    """A pre-norm decoder with one rotation of its residual stream folded into its weights (same logits): the MLPs
-    read their input in its principal axes on `windows` (token ids) at no run-time cost (`residual_rotation.py`)."""
-    from .residual_rotation import rotate_residual as _rotate
-
-    return _rotate(model, windows, q)
-
-
 def load(path, expect_sha256=None, public_key=None):
     """Load an artifact, verifying every file first; `expect_sha256` pins its manifest digest, `public_key` (ed25519,
     PEM) requires its signature. An artifact holds native code: load only artifacts you trust or pin. A decoder's

