@@ -155,13 +155,15 @@ def install(model, plans, quantize: str | None = None, weights=None) -> None:
             tuple(torch.from_numpy(a) for a in (weights[i].w_gate, weights[i].w_up, weights[i].w_down))
         if hasattr(plan, "x_thr"):
             attrs = {"up_act": "identity", **plan.attrs}
-            rotation = getattr(plan, "rotation", None)   # rotated-*: the block reads x·Q with W·Q
+            rotation = getattr(plan, "rotation", None)   # rotated-*: the block reads x·T with W·T⁻ᵀ
             w_gate, w_up = ws[0], ws[1]
             if rotation is not None:
                 q = torch.from_numpy(np.ascontiguousarray(rotation, np.float32))
+                turn = getattr(plan, "turn", None)   # T⁻ᵀ (pca: Q itself)
+                turn = q if turn is None else torch.from_numpy(np.ascontiguousarray(turn, np.float32))
                 with torch.no_grad():
-                    w_gate, w_up = w_gate @ q, w_up @ q
-                q = stored(q.T, ROTATION_STORAGE[quantize or "fp32"]).T   # linear(x, @Qᵀ): Qᵀ's rows stored
+                    w_gate, w_up = w_gate @ turn, w_up @ turn
+                q = stored(q.T, ROTATION_STORAGE[quantize or "fp32"]).T   # linear(x, @Tᵀ): Tᵀ's rows stored
             w_gate, w_up = stored(w_gate, quantize, "in"), stored(w_up, quantize, "in")
             ws = (w_gate, w_up, stored(ws[2], quantize, "in"))
             sparse = functools.partial(input_sparse_torch, w_gate=w_gate, w_up=w_up, w_down=ws[2],

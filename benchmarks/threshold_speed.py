@@ -6,10 +6,12 @@
 For each effective sparsity s: the input-sparse kernel with s of x's channels and s of h's entries below their
 thresholds (it reads (1 - s) of every matrix), and CATS at neuron sparsity 1.5·s when that is < 1 (the same bytes
 skipped: it reads every gate row). Thresholds are quantiles of this input's own scores, so exactly that share
-is skipped. Also the rotated-* methods' cost at the same effective sparsity: the fp16 d×d rotation (our linear
-kernel) plus the input-sparse kernel skipping s plus the rotation's share of the bytes (a random orthogonal Q:
-the values do not change the speed). Outputs are checked against numpy before timing. Timing as `ffn.py`
-(`FfnBench`): LLC evicted before every call, runners interleaved, a read-sum probe alongside for the read limit.
+is skipped. Also the rotated-* methods' cost at the same effective sparsity: the d×d rotation stored as the
+pass stores it (`rotation.ROTATION_STORAGE`: q8_0; our linear kernel) plus the input-sparse kernel skipping s plus
+the rotation's share of the bytes (a random orthogonal Q: the values do not change the speed); a rotation folded
+into the residual stream (`actsparse.rotate_residual`) costs nothing per token: the plain input-sparse row. Outputs
+are checked against numpy before timing. Timing as `ffn.py` (`FfnBench`): LLC evicted before every call, runners
+interleaved, a read-sum probe alongside for the read limit.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def runners(bench: FfnBench, s: float, dtype: str) -> dict:
     from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp
     from actsparse.codegen.kernels.threshold_mlp import threshold_gated_mlp
     from actsparse.ir.input_sparse import input_sparse_reference
+    from actsparse.ir.quant import quantize
+    from actsparse.passes.rotation import ROTATION_STORAGE
     from actsparse.runtime.memory import host_tensor as tv
 
     d, n_ff, wb = bench.d, bench.n_ff, 2 if dtype == "float16" else 4
@@ -71,17 +75,20 @@ def runners(bench: FfnBench, s: float, dtype: str) -> dict:
     if k_cats is not None:
         kept = int((np.abs(a) > t_cats).sum())
         result[CATS] = (lambda: k_cats(tx, *t_rows, outs["cats"]), (n_ff + 2 * kept) * d * wb)
-    s_rot = s + d * d * 2 / (3 * d * n_ff * wb)   # the rotation's fp16 bytes paid from the budget
+    # the rotation as the pass stores it (q8_0 rows of Qᵀ), its bytes paid from the budget
+    q = np.linalg.qr(np.random.default_rng(0).standard_normal((d, d)))[0].astype(np.float16)
+    q_stored = quantize(np.ascontiguousarray(q.T, np.float32), ROTATION_STORAGE["fp16" if wb == 2 else "fp32"])
+    s_rot = s + q_stored.blob.nbytes / (3 * d * n_ff * wb)
     if s_rot < 1:
-        q = np.linalg.qr(np.random.default_rng(0).standard_normal((d, d)))[0].astype(np.float16)
-        xr = x @ q.astype(np.float32)
+        q = q_stored.dequantize().T
+        xr = x @ q
         xr_thr = np.full(d, np.quantile(np.abs(xr), s_rot), np.float32)
         xrs = np.where(np.abs(xr) > xr_thr, xr, 0)
         gr = xrs @ wg_t.astype(np.float32)
         hr = gr / (1 + np.exp(-gr)) * (xrs @ wu_t.astype(np.float32))
         hr_thr = np.full(n_ff, np.quantile(np.abs(hr), s_rot), np.float32)
-        k_rot = build_standalone(linear(d, d, dtype="float16", sched=bench.sched), bench.target)
-        t_q, t_xr = tv(np.ascontiguousarray(q.T)), tv(np.zeros((1, d), "float32"))
+        k_rot = build_standalone(linear(d, d, dtype=q_stored.layout, sched=bench.sched), bench.target)
+        t_q, t_xr = tv(q_stored.blob), tv(np.zeros((1, d), "float32"))
         t_rot = [tv(v) for v in (wg_t, wu_t, wd_t, xr_thr, hr_thr)]
         outs["rot"] = tv(np.zeros((1, d), "float32"))
         kept_xr, kept_hr = int((np.abs(xr) > xr_thr).sum()), int((np.abs(hr) > hr_thr).sum())
@@ -90,7 +97,7 @@ def runners(bench: FfnBench, s: float, dtype: str) -> dict:
             k_rot(tx, t_q, t_xr)
             k_in(t_xr, *t_rot, outs["rot"])
 
-        result[ROTATED] = (rotated, d * d * 2 + (2 * kept_xr * n_ff + kept_hr * d) * wb)
+        result[ROTATED] = (rotated, q_stored.blob.nbytes + (2 * kept_xr * n_ff + kept_hr * d) * wb)
     for fn, _ in result.values():
         fn()
     err = np.abs(outs["in"].numpy() - ref).max() / np.abs(ref).max()

@@ -1,7 +1,15 @@
-"""The rotated-* methods' block rotation (LaRoSa's layer-wise rotation): each block's input turned into its
-principal axes on the calibration rows (x' = x·Q, W' = W·Q), so magnitude sparsity on x' drops less of x's energy;
-Q costs d² weights per token, priced in the storage ROTATION_STORAGE gives it. Calibration
-(sparsity_methods.calibrate_input_blocks) decides per block whether the rotation pays."""
+"""The rotated-* methods' block rotation (LaRoSa's layer-wise rotation): each block's input turned by T
+(x' = x·T) and its gate/up weights by T⁻ᵀ (W' = W·T⁻ᵀ, so W'·x'ᵀ = W·xᵀ). Two bases (`BASES`):
+
+    pca     T = Q, the input's principal axes on the calibration rows (orthogonal: T⁻ᵀ = Q)
+    metric  T = M^½·V (M = WᵀW, W = [W_gate; W_up]; V the eigenvectors of M^½·XᵀX·M^½): the turned components are
+            uncorrelated on the calibration rows AND their weight columns orthonormal, so dropping one costs exactly
+            its own share of the gate/up pre-activations' error (WINA's column-orthogonality, met exactly)
+
+T costs d² weights per token, priced in the storage ROTATION_STORAGE gives it. Calibration
+(sparsity_methods.calibrate_input_blocks) decides per block whether the rotation pays. At sparsity 0.5 (exactly
+50% effective, T q8_0 paid) the metric basis took SmolLM2-135M from +4.70% to +2.08% perplexity but Gemma 3 270M
+from +5.72% to +8.06% (BENCHMARKS.md, session 10): pca stays the default's basis."""
 
 from __future__ import annotations
 
@@ -10,7 +18,6 @@ import numpy as np
 from ..ir.quant import bytes_per_weight
 from .block_weights import BlockWeights
 
-ROTATION_DTYPE = np.float16   # Q as calibration makes it (the turned weights W·Q use this rounded Q)
 # how Q is stored (and read per token) for each storage of the block weights ("fp32": not quantized): q8_0
 # everywhere. Q turns x before every matrix of the block, so its error lands on all three: below 8 bits it costs
 # more quality than the bytes it saves (benchmarks: threshold_frontier --quantize int4); fp16 costs twice the
@@ -18,6 +25,7 @@ ROTATION_DTYPE = np.float16   # Q as calibration makes it (the turned weights W�
 # fp16 Q (6.25% of the block's bytes) to +4.7% with an int8 Q (3.3%), Gemma 3 270M from +8.3% to +5.7%
 # (BENCHMARKS.md, session 9).
 ROTATION_STORAGE = {"fp32": "int8", "fp16": "int8", "int8": "int8", "int4": "int8"}
+ROTATION_DTYPE = np.float16   # the pca Q as calibration makes it (the turned weights W·Q use this rounded Q)
 
 
 def pca_rotation(rows: np.ndarray, dims: int) -> np.ndarray:
@@ -28,15 +36,35 @@ def pca_rotation(rows: np.ndarray, dims: int) -> np.ndarray:
     return np.ascontiguousarray(vectors[:, ::-1]).astype(ROTATION_DTYPE)
 
 
-def rotated(bw: BlockWeights, rows: np.ndarray, q: np.ndarray) -> tuple[BlockWeights, np.ndarray]:
-    """The block and its rows in the rotated basis: x' = x·Q, W' = W·Q on the first Q.shape[0] input columns (a
-    folded bias column after them stays as it is)."""
-    k, q = len(q), q.astype(np.float32)
+def metric_rotation(rows: np.ndarray, bw: BlockWeights, dims: int) -> np.ndarray:
+    """T [dims, dims] (float32) for the first `dims` input columns: T = M^½·V with M = WᵀW
+    (W = [W_gate; W_up]) and V the eigenvectors of M^½·XᵀX·M^½, largest first (float64). Then W' = W·T⁻ᵀ has
+    W'ᵀW' = I and the turned rows X·T have the diagonal Gram matrix VᵀM^½XᵀXM^½V."""
+    x = rows[:, :dims].astype(np.float64)
+    w = np.concatenate([bw.w_gate[:, :dims], bw.w_up[:, :dims]]).astype(np.float64)
+    lam, u = np.linalg.eigh(w.T @ w)
+    root = (u * np.sqrt(np.maximum(lam, lam.max() * 1e-12))) @ u.T   # M^½; a null direction kept invertible
+    _, v = np.linalg.eigh(root @ (x.T @ x) @ root)
+    return np.ascontiguousarray(root @ v[:, ::-1]).astype(np.float32)
 
-    def turn(a):
-        return np.concatenate([a[:, :k] @ q, a[:, k:]], 1).astype(np.float32)
 
-    return BlockWeights(turn(bw.w_gate), turn(bw.w_up), bw.w_down, bw.gate_act, bw.up_act), turn(rows)
+def weight_turn(t: np.ndarray) -> np.ndarray:
+    """T⁻ᵀ (float32): the gate/up weights' turn (W' = W·T⁻ᵀ) of a metric T."""
+    return np.linalg.inv(t.astype(np.float64)).T.astype(np.float32)
+
+
+def rotated(bw: BlockWeights, rows: np.ndarray, t: np.ndarray, turn: np.ndarray) -> tuple[BlockWeights, np.ndarray]:
+    """The block and its rows in the turned basis: x' = x·T, W' = W·turn (turn = T⁻ᵀ) on the first T.shape[0]
+    input columns (a folded bias column after them stays as it is)."""
+    k = len(t)
+
+    def apply(a, m):
+        return np.concatenate([a[:, :k] @ m.astype(np.float32), a[:, k:]], 1).astype(np.float32)
+
+    return BlockWeights(apply(bw.w_gate, turn), apply(bw.w_up, turn), bw.w_down, bw.gate_act, bw.up_act), apply(rows, t)
+
+
+BASES = {"pca": lambda rows, bw, dims: pca_rotation(rows, dims), "metric": metric_rotation}
 
 
 def rotation_share(dims: int, bw: BlockWeights, storage: str = "fp32") -> float:
@@ -46,12 +74,14 @@ def rotation_share(dims: int, bw: BlockWeights, storage: str = "fp32") -> float:
 
 
 def rotate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], input_dims: list[int] | None = None,
-                  storage: str = "fp32"):
-    """(turned blocks, turned rows, Q per block, Q's share of each block's bytes) for the rotated-* methods;
-    `storage`: how the block weights will be stored (fp32 or a `quantize=` value), which prices Q's share."""
+                  storage: str = "fp32", basis: str = "pca"):
+    """(turned blocks, turned rows, T per block, T's share of each block's bytes, the weights' turn T⁻ᵀ per block)
+    for the rotated-* methods; `storage`: how the block weights will be stored (fp32 or a `quantize=` value), which
+    prices T's share; `basis`: a key of BASES."""
     dims = input_dims or [r.shape[1] for r in rows]
-    rotations = [pca_rotation(r, k) for r, k in zip(rows, dims)]
-    turned = [rotated(b, r, q) for b, r, q in zip(blocks, rows, rotations)]
+    rotations = [BASES[basis](r, b, k) for r, b, k in zip(rows, blocks, dims)]
+    turns = [q if basis == "pca" else weight_turn(q) for q in rotations]   # pca: orthogonal, Q⁻ᵀ = Q
+    turned = [rotated(b, r, q, s) for b, r, q, s in zip(blocks, rows, rotations, turns)]
     shares = [rotation_share(len(q), b, storage) for q, b in zip(rotations, blocks)]
     blocks, rows = [t[0] for t in turned], [t[1] for t in turned]
-    return blocks, rows, rotations, shares
+    return blocks, rows, rotations, shares, turns

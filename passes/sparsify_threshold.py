@@ -171,12 +171,12 @@ def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds, provenanc
     prefix = w_down_t.attrs["name"].removesuffix(".t")
     w_gate_t, w_up_t = arrays[w_gate.attrs["name"]].T, arrays[w_up.attrs["name"]].T
     suffix = ".t"
-    if c.rotation is not None:   # rotated-*: the block reads x·Q, its gate/up rows turned alike (W·Q)ᵀ = Qᵀ·Wᵀ
-        q = c.rotation   # as calibration rounded it (fp16); the turned weights use that Q
-        x = Node("linear", (x, _rotation_weight(f"{prefix}.rotation", q.T, kind, new_weights)), {}, x.type,
+    if c.rotation is not None:   # rotated-*: the block reads x·T, its gate/up rows turned by T⁻ᵀ: (W·T⁻ᵀ)ᵀ = T⁻¹·Wᵀ
+        t = c.rotation   # as calibration made it (pca: fp16); the turned weights use that T
+        x = Node("linear", (x, _rotation_weight(f"{prefix}.rotation", t.T, kind, new_weights)), {}, x.type,
                  node.loc)
-        qt = q.T.astype(np.float32)
-        w_gate_t, w_up_t, suffix = qt @ w_gate_t, qt @ w_up_t, ".rot.t"
+        turn_t = c.turn.T.astype(np.float32)
+        w_gate_t, w_up_t, suffix = turn_t @ w_gate_t, turn_t @ w_up_t, ".rot.t"
     inputs = (x, new(f"{w_gate.attrs['name']}{suffix}", w_gate_t), new(f"{w_up.attrs['name']}{suffix}", w_up_t),
               w_down_t, new(f"{prefix}.x_thr", c.x_thr.astype(np.float32)),
               new(f"{prefix}.h_thr", c.h_thr.astype(np.float32)))

@@ -11,11 +11,12 @@ every projection; see their entries in ir/sparse_variants.py), what it scores, a
     topk         input      WINA scores, a fixed count per token (stable latency)
     *-greedy     input      TEAL's block-wise allocation: per block the x / h sparsity pair that skips s of its
                             bytes at the least output error (error curves measured per block)
-    rotated-*    input      the block input first rotated into its principal axes on the calibration rows
-                            (x' = x·Q, W' = W·Q: LaRoSa's layer-wise rotation), which gathers x's energy in few
-                            channels so magnitude sparsity drops less of it; Q costs d² weights per token
-                            (stored as ROTATION_STORAGE says for the weights' storage), which the budget pays:
-                            the x / h sparsities skip s plus Q's share of the bytes
+    rotated-*    input      the block input first turned (x' = x·T, W' = W·T⁻ᵀ: LaRoSa's layer-wise rotation):
+                            into its principal axes on the calibration rows (rotated-wina-greedy), which gathers
+                            x's energy in few channels so magnitude sparsity drops less of it, or (rotated-metric-
+                            wina-greedy) into axes that are uncorrelated AND whose weight columns are orthonormal
+                            (rotation.BASES); T costs d² weights per token (stored as ROTATION_STORAGE says for the
+                            weights' storage), which the budget pays: the x / h sparsities skip s plus T's share
 
 `sparsity` is the method's own target (fraction of the scored entries zeroed); `effective` is the fraction of
 MLP weight bytes a token does not read, which is what turns into speed. Thresholds are quantiles on the
@@ -47,7 +48,8 @@ class Method:
     weighted: bool = False       # WINA: scores times the weight column norms
     greedy: bool = False         # TEAL's greedy allocation against the model-wide budget
     fixed_count: bool = False    # top-k per token instead of thresholds
-    rotate: bool = False         # rotate the block input into its PCA basis first (LaRoSa)
+    rotate: bool = False         # turn the block input first (LaRoSa), in `basis` (rotation.BASES)
+    basis: str = "pca"
     doc: str = ""
 
 
@@ -60,6 +62,8 @@ METHODS = {m.name: m for m in (
     Method("wina-greedy", "input", "product", weighted=True, greedy=True, doc="WINA scores, greedy allocation"),
     Method("rotated-wina-greedy", "input", "product", weighted=True, greedy=True, rotate=True,
            doc="wina-greedy on the block input rotated into its principal axes (LaRoSa-style), rotation paid"),
+    Method("rotated-metric-wina-greedy", "input", "product", weighted=True, greedy=True, rotate=True, basis="metric",
+           doc="rotated-wina-greedy with T in the weights' metric (uncorrelated inputs, orthonormal columns)"),
     Method("teal-cats", "input", "gate", doc="TEAL on x, CATS on the down projection's input"),
     Method("topk", "input", "product", weighted=True, fixed_count=True,
            doc="fixed count per token on x and h (WINA scores): stable latency"),
@@ -91,7 +95,8 @@ class InputThresholds:
     h_sparsity: float
     effective: float
     tokens: int
-    rotation: np.ndarray | None = field(default=None, repr=False)   # Q [d, d]: the block's input is x·Q
+    rotation: np.ndarray | None = field(default=None, repr=False)   # T [d, d]: the block's input is x·T
+    turn: np.ndarray | None = field(default=None, repr=False)       # T⁻ᵀ: the gate/up weights are W·turn
     rotation_share: float = 0.0    # Q's bytes over the block's weight bytes (already taken off `effective`)
 
     @property
@@ -248,7 +253,7 @@ def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
     plain = _curves(blocks, rows, m, error_tokens, progress)
     if not m.rotate:
         return plain
-    turned, turned_rows, _, _ = rotate_blocks(blocks, rows, input_dims)
+    turned, turned_rows, _, _, _ = rotate_blocks(blocks, rows, input_dims, basis=m.basis)
     return _curves(turned, turned_rows, m, error_tokens, progress), plain
 
 
@@ -265,7 +270,7 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
                            progress: bool = True, where: list[str] | None = None, curves=None,
                            input_dims: list[int] | None = None, storage: str = "fp32") -> list[InputThresholds]:
     """Input-mode thresholds for every block: uniform sparsity, or the greedy allocation for `*-greedy`;
-    `rotated-*` turns a block into its input's principal axes (`input_dims`: the block's own input columns,
+    `rotated-*` turns a block into its method's basis (rotation.BASES; `input_dims`: the block's own input columns,
     before a folded bias column) and asks it to skip `sparsity` plus its rotation's share — where that fits
     (≤ MAX_LEVEL) and, for greedy methods, where its calibrated error at that budget is below the unrotated
     block's at `sparsity`; other blocks stay as they are (no rotation, no share)."""
@@ -275,13 +280,13 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
     blocks, rows = list(blocks), list(rows)
-    rotations, shares = [None] * len(blocks), [0.0] * len(blocks)
+    rotations, shares, turns = [None] * len(blocks), [0.0] * len(blocks), [None] * len(blocks)
     if m.greedy:
         if m.rotate:
             turned_curves, curves = curves or (None, None)
         curves = list(curves or _curves(blocks, rows, m, progress=progress))
     if m.rotate:
-        turned, turned_rows, qs, q_shares = rotate_blocks(blocks, rows, input_dims, storage)
+        turned, turned_rows, qs, q_shares, q_turns = rotate_blocks(blocks, rows, input_dims, storage, m.basis)
         if m.greedy:
             turned_curves = turned_curves or _curves(turned, turned_rows, m, progress=progress)
         for i, share in enumerate(q_shares):
@@ -293,7 +298,7 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
                 if mine is None or (theirs is not None and theirs[1] <= mine[1]):
                     continue
                 curves[i] = turned_curves[i]
-            blocks[i], rows[i], rotations[i], shares[i] = turned[i], turned_rows[i], qs[i], share
+            blocks[i], rows[i], rotations[i], shares[i], turns[i] = turned[i], turned_rows[i], qs[i], share, q_turns[i]
     budgets = [sparsity + share for share in shares]
     if m.greedy:
         levels = [greedy_allocation([b], [r], m, budget, curves=[c])[0]
@@ -301,8 +306,8 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
     else:
         levels = [(budget, budget) for budget in budgets]
     plans = [input_thresholds(b, r, m, *lv) for b, r, lv in zip(blocks, rows, levels)]
-    return [replace(p, rotation=q, rotation_share=share, effective=p.effective - share)
-            for p, q, share in zip(plans, rotations, shares)]
+    return [replace(p, rotation=q, turn=turn, rotation_share=share, effective=p.effective - share)
+            for p, q, share, turn in zip(plans, rotations, shares, turns)]
 
 
 def effective_sparsity(mode: str, criterion: str, sparsity: float, shares: tuple[float, float]) -> float:

@@ -43,13 +43,17 @@ def _plans(graph):
             if x.op == "linear":
                 q = x.inputs[1]
                 rotation = dequantize(graph.weights[q.attrs["name"]], q.attrs["layout"], q.shape[1]).T
-            plans.append(SimpleNamespace(x_thr=x_thr, h_thr=h_thr, attrs=dict(n.attrs), rotation=rotation))
+            turn = None   # pca: orthogonal, the weights turn by Q itself; metric: by T⁻ᵀ (of T as stored)
+            if rotation is not None and not np.allclose(rotation.T @ rotation, np.eye(len(rotation)), atol=0.05):
+                turn = np.linalg.inv(rotation.astype(np.float64)).T
+            plans.append(SimpleNamespace(x_thr=x_thr, h_thr=h_thr, attrs=dict(n.attrs), rotation=rotation, turn=turn))
         else:
             plans.append(SimpleNamespace(attrs={k: n.attrs[k] for k in ("mode", "threshold", "criterion")}))
     return plans
 
 
-@pytest.mark.parametrize("name", ["wina-greedy", "teal-cats", "cats", "rotated-wina-greedy"])
+@pytest.mark.parametrize("name", ["wina-greedy", "teal-cats", "cats", "rotated-wina-greedy",
+                                  "rotated-metric-wina-greedy"])
 def test_benchmark_hooks_equal_the_compiled_module(name):
     from actsparse.benchmarks.threshold_frontier import install
     from actsparse.frontends import CausalLMLogits
@@ -288,3 +292,24 @@ def test_rotation_is_stored_and_priced_as_its_table_says_under_quantize(quantize
         assert_quantized_close(cm(x), evaluate(cm.graph, [seen])[0], rtol=1e-3, atol=1e-4)
     else:
         np.testing.assert_allclose(cm(x), evaluate(cm.graph, [seen])[0], rtol=1e-3, atol=1e-4)
+
+
+def test_metric_rotation_makes_components_uncorrelated_and_weight_columns_orthonormal():
+    """rotated-metric-*'s basis: x' = x·T has a diagonal Gram matrix on the calibration rows, W' = W·T⁻ᵀ orthonormal
+    columns, and the block's gate/up pre-activations are unchanged (W'·x'ᵀ = W·xᵀ)."""
+    from actsparse.passes.rotation import metric_rotation, rotated, weight_turn
+
+    rng = np.random.default_rng(0)
+    w_gate, w_up, w_down = (rng.standard_normal(shape).astype(np.float32) for shape in ((40, 16), (40, 16), (16, 40)))
+    bw = BlockWeights(w_gate, w_up, w_down, "silu")
+    rows = (rng.standard_normal((256, 4)) @ rng.standard_normal((4, 16)) + 0.1 * rng.standard_normal((256, 16)))
+    t = metric_rotation(rows.astype(np.float32), bw, 16)
+    turned, turned_rows = rotated(bw, rows.astype(np.float32), t, weight_turn(t))
+    w = np.concatenate([turned.w_gate, turned.w_up]).astype(np.float64)
+    np.testing.assert_allclose(w.T @ w, np.eye(16), atol=2e-3)
+    gram = turned_rows.astype(np.float64).T @ turned_rows
+    off = gram - np.diag(np.diag(gram))
+    assert np.abs(off).max() < 1e-2 * np.abs(np.diag(gram)).max()
+    assert np.all(np.diff(np.diag(gram)) <= 1e-3 * gram[0, 0])   # largest first
+    np.testing.assert_allclose(turned_rows @ turned.w_gate.T, rows @ bw.w_gate.T, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(weight_turn(t).T @ t.astype(np.float32), np.eye(16), atol=1e-4)
