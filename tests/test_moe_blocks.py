@@ -7,6 +7,8 @@ rewritten graph equal to torch (interpreter, fp32, rtol 1e-4).
 - gpt-oss: attention sinks (a learned logit per head joined to the scores), biased experts (gate/up biases in
   the block, the down bias added after it), a clamped SwiGLU. Not routed: `route-moe` says the biases are why.
 - Cohere-2-MoE: Cohere's parallel block (attention and MLP both read one norm of x) with routed experts. Routed.
+- LongCat-Flash style: experts with transformers' interface but not its decorator, and identity ("zero") experts
+  past the last expert's weights (frontends/moe.py).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 pytest.importorskip("transformers")
 
 from actsparse.frontends.hf import CausalLMLogits  # noqa: E402
+from actsparse.frontends.moe import per_expert_routing  # noqa: E402
 from actsparse.frontends.torch_export import import_torch  # noqa: E402
 from actsparse.ir import evaluate  # noqa: E402
 from actsparse.passes import pipeline_for, run_pipeline  # noqa: E402
@@ -86,3 +90,47 @@ def test_cohere2_moe_parallel_block_runs_routed():
     run, _ = _auto(build_tiny("cohere2_moe"))
     assert run.stats["route-moe"] == {"routed-moe": 2, "routed-experts": 8}
     assert run.graph.count("routed_moe") == 2
+
+
+class ZeroExperts(nn.Module):
+    """LongCat-Flash's experts, small: 3 weighted experts and 2 identity ones, an eager loop over routed tokens."""
+
+    def __init__(self, d=8, n=6, experts=3, zero=2):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.randn(experts, 2 * n, d) * 0.3)
+        self.down_proj = nn.Parameter(torch.randn(experts, d, n) * 0.3)
+        self.act_fn, self.total_experts = nn.SiLU(), experts + zero
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        out = torch.zeros_like(hidden_states)
+        for e in range(self.total_experts):
+            token, k = torch.where(top_k_index == e)  # data-dependent: exported only once rewritten per expert
+            x = hidden_states[token]
+            if e < self.down_proj.shape[0]:
+                gate, up = nn.functional.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)
+                x = nn.functional.linear(self.act_fn(gate) * up, self.down_proj[e])
+            out.index_add_(0, token, x * top_k_weights[token, k, None])
+        return out
+
+
+class ZeroExpertMoE(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.router, self.experts = nn.Linear(d, 5), ZeroExperts(d)
+
+    def forward(self, x):
+        weights, index = self.router(x).softmax(-1).topk(2, dim=-1)
+        return self.experts(x, index, weights)
+
+
+def test_undecorated_experts_with_identity_experts_import_per_expert():
+    torch.manual_seed(0)
+    model, x = ZeroExpertMoE().eval(), torch.randn(7, 8)
+    with torch.no_grad():
+        want = model(x).numpy()
+    with per_expert_routing(model) as patched:
+        assert patched == 1  # recognised by the interface: forward(hidden_states, top_k_index, top_k_weights)
+    graph = import_torch(model, (x,), dynamic_seq=False)
+    np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], want, rtol=1e-4, atol=1e-5)
+    run = run_pipeline(graph, pipeline_for("auto"))
+    assert run.stats["detect-gated-mlp"]["moe-expert"] == 3
