@@ -36,10 +36,9 @@ from .tiny_config import (  # noqa: F401 - the shrinker's names, imported from h
 # what stops an architecture that still fails, and what would fix it (shown only while its check fails)
 LIMITS = {
     "blt": "data-dependent: patch lengths come from its entropy model's output; a fixed patching would import",
-    "dbrx": "data-dependent: its experts module (DbrxExperts: all experts' weights in one [E·n, d] matrix, no "
-            "transformers experts interface) loops in Python over the experts hit (`for e in mask.nonzero()`), "
-            "which torch.export cannot trace; frontends/moe.py's per-expert rewrite knows only the [E, ...] "
-            "batched layout",
+    "dbrx": "data-dependent: its experts (DbrxExperts) keep each projection of all experts in one 2-D [E·n, d] "
+            "matrix, not the [E, ...] batched layout frontends/moe.py rewrites per expert, and loop in Python over "
+            "the experts hit (`for e in mask.nonzero()`), which torch.export cannot trace",
     "dory": "the shrinker cannot keep its (attention, mlp) block pairs and input/recurrent/output stages consistent",
     "gemma3n": "its vision tower is timm's (TimmWrapperModel) and timm (which pulls torchvision) is not installed; "
                "gemma3n_text, the decoder alone, imports",
