@@ -161,6 +161,7 @@ class Importer:
         self.prefix = prefix + "." if prefix else ""
         self.symbols: dict = {}  # sympy symbol -> IR dim name
         self.bounds: dict[str, tuple[int, int]] = {}  # IR dim name -> (least, most) the caller guarantees
+        self.masked_rows: dict = {}  # unbacked row count of an x[mask] -> its mask (torch_masked_rows.py)
         self.weights: dict[str, np.ndarray] = {}
         self._weight_names: dict[tuple, str] = {}  # storage identity -> weight name (tied weights share one)
         self._weight_nodes: dict[str, Node] = {}

@@ -41,8 +41,8 @@ def _dropout(cx, node, x, p=0.5, train=False):
 # --- elementwise -----------------------------------------------------------------------------------------
 def _unary(op):
     def handle(cx, node, x, **attrs):  # int inputs of float ops (sin, rsqrt, ...) are cast first, as torch does
-        dtype = cx.out(node).dtype
-        return cx.emit(op, [x if op == "logical_not" else cx.tensor(x, dtype)], **attrs)
+        dtype = cx.out(node).dtype  # logical_not: bool, so a number is first cast to bool (x != 0), as torch reads it
+        return cx.emit(op, [cx.tensor(x, dtype)], **attrs)
     return handle
 
 

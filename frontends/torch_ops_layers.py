@@ -16,6 +16,7 @@ import torch
 
 from ..ir import Node, TensorType
 from ..ir.types import is_float, positive_axis
+from .torch_masked_rows import masked_write_back
 
 
 def _int_list(value, rank: int = 1) -> list:
@@ -207,6 +208,9 @@ def _index_put(cx, node, x, indices, values, accumulate=False):
     if accumulate or len(used) != 1 or len(indices) != 1 or used[0].dtype != "bool":
         raise cx.error("index_put is only supported as x[bool_mask] = value (no integer indices, no accumulate)")
     mask = used[0]
+    back = masked_write_back(cx, node, x, mask, values) if hasattr(cx, "masked_rows") else None
+    if back is not None:  # y[mask] = f(x[mask]), f row-wise: where(mask, f(x), y) (torch_masked_rows.py)
+        return back
     if mask.type.rank < x.type.rank:  # a mask over the leading dims selects whole trailing slices
         mask = cx.emit("reshape", [mask], shape=(*mask.shape, *(1,) * (x.type.rank - mask.type.rank)))
     if isinstance(values, Node) and values.type.rank and values.shape != x.shape:

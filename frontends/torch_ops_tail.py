@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ..ir.types import positive_axis
+from .torch_masked_rows import masked_rows
 from .torch_ops_layers import LAYER_TO_IR, slice_scatter
 
 
@@ -146,6 +149,8 @@ def _index(cx, node, x, indices):
     # index Σ_k i_k · stride_k over the dims not of size 1 (one such dim: its index as it is)
     used = [(d, i) for d, i in enumerate(indices) if i is not None]
     if any(i.dtype == "bool" for _, i in used):
+        if len(indices) == 1 and hasattr(cx, "masked_rows") and isinstance(node, torch.fx.Node):
+            return masked_rows(cx, node, x, indices[0])  # every row, kept where the mask holds by its write-back
         raise cx.error("indexing with a boolean mask has a data-dependent shape and is not supported")
     dims = [d for d, _ in used]
     if dims != list(range(dims[0], dims[0] + len(dims))):

@@ -17,8 +17,9 @@ routing weight" module has. Why it is the same value: I comes from a top-k over 
 The experts' weights are stacked along the rows in the sparse kernels' layout (gate / up [E·n, d], down
 transposed [E·n, d_out]; a fused gate_up is split). Only blocks of one kind route: all dense `gated_mlp`
 (mode dense) or all `sparse_gated_mlp{mode=exact}` (mode exact), same activations, width and d_out = d; other
-sparse variants (threshold, predictor, input), biased experts and a mix stay in the all-experts form, and the
-pass says so in its statistics (`kept-all-experts`) and a note.
+sparse variants (threshold, predictor, input), biased experts (a bias inside the block, or one added after it as
+gpt-oss adds its down bias) and a mix stay in the all-experts form, and the pass says so in its statistics
+(`kept-all-experts`) and a note that names the cause.
 
 Statistics: `routed-moe` (layers rewritten), `routed-experts` (experts in them), `kept-all-experts`.
 """
@@ -79,11 +80,28 @@ def _term(node: Node) -> tuple[Node, Node, Node, int] | None:
     if node.op != "mul":
         return None
     for block, r in (node.inputs, node.inputs[::-1]):
+        block = _unbiased(block)
         if block.op in BLOCKS:
             routing = _routing(r)
             if routing is not None:
                 return block, *routing
     return None
+
+
+def _unbiased(node: Node) -> Node:
+    """The block of add(block, bias weight): an expert's down-projection bias (gpt-oss's) is added after its block.
+    Such a term is found only so that the pass can say why its layer stays all-experts (`_biased`)."""
+    if node.op == "add":
+        for block, bias in (node.inputs, node.inputs[::-1]):
+            if block.op in BLOCKS and bias.op == "weight":
+                return block
+    return node
+
+
+def _biased(leaf: Node) -> bool:
+    """Whether the expert of term `leaf` has a bias: inside its block, or added after it."""
+    block = next(i for i in leaf.inputs if _unbiased(i).op in BLOCKS)
+    return block.op not in BLOCKS or bool(block.attrs.get("bias"))
 
 
 def _leaves(root: Node) -> list[Node]:
@@ -119,10 +137,13 @@ def _match(node: Node) -> dict | None:
         if experts is not None and experts >= 2 and sorted(terms) == list(range(experts)):
             blocks = [_term(terms[e])[0] for e in range(experts)]
             kinds = {_kind(block) for block in blocks}
-            if None in kinds or len(kinds) != 1 or blocks[0].shape[-1] != block.inputs[0].shape[-1]:
+            biased = any(_biased(terms[e]) for e in range(experts))
+            if biased or None in kinds or len(kinds) != 1 or blocks[0].shape[-1] != block.inputs[0].shape[-1]:
                 record("kept-all-experts")
-                note({"kind": "moe", "location": blocks[0].loc, "reason": "experts of different kinds, biased, "
-                      "quantized or of a sparse variant without a routed kernel: every expert runs on every token"})
+                why = ("experts with biases (gpt-oss has gate, up and down biases): routed_moe takes no bias inputs"
+                       if biased else "experts of different kinds, quantized or of a sparse variant without a "
+                       "routed kernel")
+                note({"kind": "moe", "location": blocks[0].loc, "reason": f"{why}: every expert runs on every token"})
                 return None
             return {"blocks": blocks, "kind": kinds.pop(), "x": block.inputs[0], "v": v, "index": index,
                     "experts": experts,

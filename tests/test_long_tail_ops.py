@@ -32,6 +32,7 @@ class LongTail(nn.Module):
         more = torch.erfinv(torch.tanh(h) * 0.999) + h.std(-1, keepdim=True) + torch.var(h, -1, correction=0)[..., None]
         values, order = torch.sort(h, dim=-1, descending=True)  # JetMoE's router sorts
         bits = ((h > 0).long() | ((h < -0.5).long() * 2)) + ((h > 0.3).int() & 1) + ((h > 1).long() ^ 3)  # CPM-Ant
+        bits = bits + torch.logical_not((h > 0.2).long())  # of a number: x == 0 (CPM-Ant's context mask)
         more = more + values + order + bits
         return acts + ranks + best + picked.sum(-1, keepdim=True) + marked + rot + h.argmax(-1, keepdim=True) + more
 

@@ -1,0 +1,136 @@
+"""The MoE blocks of DeepSeek-V3, gpt-oss and Cohere-2-MoE end to end (issue 16, item 5): imported, their experts
+detected, routed where the routed kernel can run them (or kept all-experts with a note naming why), and the
+rewritten graph equal to torch (interpreter, fp32, rtol 1e-4).
+
+- DeepSeek-V3: sigmoid routing scores with a correction bias added for the choice only, group-limited top-k
+  (n_group=2, topk_group=1: `scatter_` of a group mask), a shared expert beside the routed ones. Routed.
+- gpt-oss: attention sinks (a learned logit per head joined to the scores), biased experts (gate/up biases in
+  the block, the down bias added after it), a clamped SwiGLU. Not routed: `route-moe` says the biases are why.
+- Cohere-2-MoE: Cohere's parallel block (attention and MLP both read one norm of x) with routed experts. Routed.
+- LongCat-Flash style: experts with transformers' interface but not its decorator, and identity ("zero") experts
+  past the last expert's weights (frontends/moe.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("transformers")
+
+from actsparse.frontends.hf import CausalLMLogits  # noqa: E402
+from actsparse.frontends.moe import per_expert_routing  # noqa: E402
+from actsparse.frontends.torch_export import import_torch  # noqa: E402
+from actsparse.ir import evaluate  # noqa: E402
+from actsparse.passes import pipeline_for, run_pipeline  # noqa: E402
+from actsparse.scripts.arch_table import build_tiny, example_ids, tiny_config  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _deepseek_v3_group_limited():
+    """DeepSeek-V3 with 2 expert groups of which each token may use 1, and a nonzero choice bias."""
+    from transformers import DeepseekV3ForCausalLM
+
+    config = tiny_config("deepseek_v3")
+    config.n_group, config.topk_group = 2, 1
+    torch.manual_seed(0)
+    model = DeepseekV3ForCausalLM(config).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("mlp.gate.weight") or not p.any():  # router and experts start at zero
+                p.normal_(0.0, 0.5 if name.endswith("mlp.gate.weight") else 0.02)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(torch.tensor([-1.0, -1.0, 1.0, 1.0]))  # favours group 1
+    return model
+
+
+def _auto(model):
+    ids = example_ids(model)
+    wrapped = CausalLMLogits(model).eval()
+    with torch.no_grad():
+        want = wrapped(ids).numpy()
+    run = run_pipeline(import_torch(wrapped, (ids,)), pipeline_for("auto"))
+    got = evaluate(run.graph, [ids.numpy()])[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    return run, want
+
+
+def test_deepseek_v3_sigmoid_group_limited_routing_with_a_shared_expert_runs_routed():
+    model = _deepseek_v3_group_limited()
+    run, want = _auto(model)
+    assert run.stats["detect-gated-mlp"]["moe-expert"] == 4  # the one MoE layer's 4 experts (layer 0 is dense)
+    assert run.stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4}
+    routed = [n for n in run.graph.nodes if n.op == "routed_moe"]
+    assert [n.attrs["experts"] for n in routed] == [4]
+    shared = [n for n in run.graph.nodes if n.op in ("gated_mlp", "sparse_gated_mlp") and "shared_experts" in n.loc]
+    assert len(shared) == 1  # the shared expert stays a block of its own, beside the routed sum
+    with torch.no_grad():  # the choice bias matters here: without it the routing (and so the logits) differ
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.zero_()
+        unbiased = CausalLMLogits(model).eval()(example_ids(model)).numpy()
+    assert not np.allclose(unbiased, want, rtol=1e-4)
+
+
+def test_gpt_oss_biased_experts_stay_all_experts_with_the_reason():
+    run, _ = _auto(build_tiny("gpt_oss"))  # its attention sinks import too
+    detected = run.stats["detect-gated-mlp"]
+    assert detected["moe-expert"] == 8 and detected["biased"] == 8
+    assert run.stats["route-moe"] == {"kept-all-experts": 2}
+    reasons = {n["reason"] for n in run.notes if n.get("kind") == "moe"}
+    assert len(reasons) == 1 and "experts with biases" in reasons.pop()
+    assert run.graph.count("routed_moe") == 0
+
+
+def test_cohere2_moe_parallel_block_runs_routed():
+    run, _ = _auto(build_tiny("cohere2_moe"))
+    assert run.stats["route-moe"] == {"routed-moe": 2, "routed-experts": 8}
+    assert run.graph.count("routed_moe") == 2
+
+
+class ZeroExperts(nn.Module):
+    """LongCat-Flash's experts, small: 3 weighted experts and 2 identity ones, an eager loop over routed tokens."""
+
+    def __init__(self, d=8, n=6, experts=3, zero=2):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.randn(experts, 2 * n, d) * 0.3)
+        self.down_proj = nn.Parameter(torch.randn(experts, d, n) * 0.3)
+        self.act_fn, self.total_experts = nn.SiLU(), experts + zero
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        out = torch.zeros_like(hidden_states)
+        for e in range(self.total_experts):
+            token, k = torch.where(top_k_index == e)  # data-dependent: exported only once rewritten per expert
+            x = hidden_states[token]
+            if e < self.down_proj.shape[0]:
+                gate, up = nn.functional.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)
+                x = nn.functional.linear(self.act_fn(gate) * up, self.down_proj[e])
+            out.index_add_(0, token, x * top_k_weights[token, k, None])
+        return out
+
+
+class ZeroExpertMoE(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.router, self.experts = nn.Linear(d, 5), ZeroExperts(d)
+
+    def forward(self, x):
+        weights, index = self.router(x).softmax(-1).topk(2, dim=-1)
+        return self.experts(x, index, weights)
+
+
+def test_undecorated_experts_with_identity_experts_import_per_expert():
+    torch.manual_seed(0)
+    model, x = ZeroExpertMoE().eval(), torch.randn(7, 8)
+    with torch.no_grad():
+        want = model(x).numpy()
+    with per_expert_routing(model) as patched:
+        assert patched == 1  # recognised by the interface: forward(hidden_states, top_k_index, top_k_weights)
+    graph = import_torch(model, (x,), dynamic_seq=False)
+    np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], want, rtol=1e-4, atol=1e-5)
+    run = run_pipeline(graph, pipeline_for("auto"))
+    assert run.stats["detect-gated-mlp"]["moe-expert"] == 3
