@@ -42,11 +42,15 @@ def test_step_profile_replays_every_kernel_of_a_step_and_counts_their_weight_byt
     """benchmarks/decode_profile.py at tiny dims: the recorded step holds one exact MLP kernel per layer, the q/k/v/o
     linears and the output projection; the bytes it charges the exact MLP are the gate plus the active share of up
     and down; replaying the step's calls writes the logits the step itself wrote."""
+    from dataclasses import replace
+
     import actsparse
+    from actsparse import targets
     from actsparse.benchmarks import decode_profile
 
     model = decode_models.build_mistral(layers=1, vocab=512, max_seq=24, dtype="float16", small=True).float()
-    lm = actsparse.compile(model, mode="exact", max_seq=24, quantize="fp16")
+    every_gate_row = replace(targets.get("x86"), exact_gate="dense")   # the exact kernel (not the certified one)
+    lm = actsparse.compile(model, target=every_gate_row, mode="exact", max_seq=24, quantize="fp16")
     prompt, feed = np.array([[300, 301, 302]]), np.array([400, 401, 402])
     per_step, total = decode_profile.profile(lm, prompt, feed, active=0.25, repeats=1)
     kinds = {k.split()[0]: v for k, v in per_step.items()}
