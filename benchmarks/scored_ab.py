@@ -19,7 +19,8 @@ against the two calls it replaces, score pass + scored kernel, on the same list 
 so the in-kernel scores list exactly the `--listed` neurons); `--block 0,128` times one certified kernel per
 block size (neurons scored ahead of the gate rows read; 0: the kernel's default); `--int16 0,1` crosses them with
 the score pass's x: float (0) or rounded to int16 on vpdpwssd (1, codegen/kernels/score_int16.py; hosts without
-VNNI fall back to float and say so), interleaved, for the A/B that decides `scored_mlp.INT16_SCORES`.
+VNNI fall back to float and say so), interleaved, for the A/B that decides the target's `certified_scores` (the
+schedule field `CpuSchedule.certified_scores`: "int16" or "float").
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     from actsparse.codegen.kernels.linear import linear
     from actsparse.codegen.kernels.predictor_kernels import select_active
     from actsparse.codegen.kernels.score_int16 import has_int16_scores
-    from actsparse.codegen.kernels.scored_mlp import INT16_SCORES, certified_gated_mlp, scored_gated_mlp
+    from actsparse.codegen.kernels.scored_mlp import certified_gated_mlp, scored_gated_mlp
     from actsparse.codegen.kernels.sparse_mlp import sparse_gated_mlp, sparse_gated_mlp_listed
     from actsparse.ir.quant import quantize
     from actsparse.runtime.memory import host_tensor as tv
@@ -82,7 +83,11 @@ def main(argv=None) -> int:
         print(f"# no int16 dot on this host ({sched.int8_dot or 'no VNNI'}): the int16 runners score on the float path")
     variants = [(int(b), bool(int(a)), i) for b in args.block.split(",") for a in args.ahead.split(",") for i in int16s]
     variants = variants if args.certified else []
-    cert_fs = [certified_gated_mlp(d, n_ff, block=b, ahead=a, int16=i, **kw) for b, a, i in variants]
+    def scores_sched(int16):   # the schedule's score pass: the target's default (None), int16 or float x
+        return sched if int16 is None else dataclasses.replace(sched, certified_scores="int16" if int16 else "float")
+
+    cert_fs = [certified_gated_mlp(d, n_ff, block=b, ahead=a, **{**kw, "sched": scores_sched(i)})
+               for b, a, i in variants]
     mods = {f: build_standalone(f, target) for f in (select_f, listed_f, scored_f, score_f, exact_f, *cert_fs)}
     q8 = quantize(wg, "q8_0")
     w8 = tv(q8.blob)
@@ -130,7 +135,7 @@ def main(argv=None) -> int:
     if cert_fs:
         runners["score pass + scored (bound before)"] = (score_then_scored, score_bytes + mlp_bytes)
     for (b, a, i), f in zip(variants, cert_fs):
-        xs = "int16 x" if (INT16_SCORES if i is None else i) else "float x"
+        xs = "int16 x" if scores_sched(i).certified_scores == "int16" else "float x"
         runners[f"certified: scores inside (block {b or 'default'}, {'rows ahead' if a else 'step prefetch'}, "
                 f"{xs})"] = (certified(f), score_bytes + mlp_bytes)
     load0 = os.getloadavg()

@@ -38,10 +38,6 @@ from .schedules import schedule_for
 
 R = relax.op
 CERTIFIED_DTYPES = ("float32", "float16")  # gate rows the certified kernel reads (the bound refuses quantized ones)
-# the bound predictor's scores inside the certified kernel (True) or a score linear + the scored kernel (False):
-# interleaved under load the kernel alone was a wash (0.86-1.13x, BENCHMARKS.md session 9); it saves ~6 small calls
-# and allocations per layer. `benchmarks/scored_ab --certified` on a quiet machine decides.
-CERTIFIED_IN_KERNEL = True
 
 
 def _lower_scored_block(ctx, node, args, sched, options, name: str, inputs_after_weights):
@@ -68,7 +64,7 @@ def _flat_scores(ctx, node, args):
 
 def certified_inputs(node):
     """(w8, coef) weight nodes when the scores are the bound predictor's x·deq(w8)ᵀ + ‖x‖₂·coef on the block's own
-    x with no gate bias (passes/sparsify_predictor._bound_scores), else None."""
+    x with no gate bias (passes/sparsify_predictor.bound_scores), else None."""
     x, scores = node.inputs[0], node.inputs[4]
     if scores.op != "add" or [i.op for i in scores.inputs] != ["linear", "mul"]:
         return None
@@ -88,8 +84,10 @@ def lower_predicted(ctx, node, args, sched, options):
     from .kernels import kernel as target_kernel
 
     # the bound predictor's scores: the certified kernel computes them itself, and the score nodes lowered before
-    # this one go unused (lower.py drops them)
-    parts = certified_inputs(node) if CERTIFIED_IN_KERNEL else None
+    # this one go unused (lower.py drops them). The schedule's `certified_in_kernel` (target data) may say a score
+    # linear + the scored kernel instead: quiet, the fused kernel was neutral in time (BENCHMARKS.md session 9)
+    # and saves ~6 small calls and allocations per layer
+    parts = certified_inputs(node) if sched.certified_in_kernel else None
     if parts and node.attrs["gate_act"] in ZERO_BELOW and kernel_dtype(node.inputs[1]) in CERTIFIED_DTYPES:
         w8, coef = (ctx.values[id(p)] for p in parts)
         return _lower_scored_block(ctx, node, args, sched, options, "certified",

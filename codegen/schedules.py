@@ -2,7 +2,7 @@
 (`SCHEDULES`), its numbers come from the target's fields (targets/ are data and never import codegen).
 
     llvm / c  -> CpuSchedule(lanes, threads, vector_registers, l2_bytes, accumulators, fp16fml, int8_dot,
-                 int8_axpy)  (x86, arm)
+                 int8_axpy, certified_scores, certified_in_kernel)  (x86, arm)
     cuda      -> GpuSchedule(warp, threads, vector_bytes, multiprocessors, shared_bytes)
 """
 
@@ -41,7 +41,8 @@ def cpu_schedule(target: Target) -> CpuSchedule:
     return CpuSchedule(lanes=target.lanes, threads=target.threads, vector_registers=target.vector_registers,
                        l2_bytes=target.l2_bytes, accumulators=target.accumulators,
                        fp16fml="fp16fml" in target.features,  # features the target's data declares
-                       int8_dot=int8_dot(target), int8_axpy=target.int8_axpy_kernels)
+                       int8_dot=int8_dot(target), int8_axpy=target.int8_axpy_kernels,
+                       certified_scores=target.certified_scores, certified_in_kernel=target.certified_in_kernel)
 
 
 def gpu_schedule(target: Target) -> GpuSchedule:

@@ -48,6 +48,30 @@ def evaluate(graph: Graph, arrays: Sequence[np.ndarray], keep: Sequence[Node] = 
     return [values[id(n)] for n in (*graph.outputs, *keep)]
 
 
+def evaluate_from(graph: Graph, node: Node, known: dict[int, np.ndarray]) -> np.ndarray:
+    """`node`'s value from the values of nodes it depends on (`known`: id(node) -> array), running only the nodes
+    between them and weights (e.g. a sparse block's scores from the block's input). A path to a graph input not in
+    `known` is a KeyError naming it."""
+    values = dict(known)
+    order: list[Node] = []
+    seen: set[int] = set()
+
+    def visit(n: Node) -> None:
+        if id(n) in values or id(n) in seen:
+            return
+        if n.op == "input":
+            raise KeyError(f"{node.op} depends on input %{n.attrs['name']}, whose value was not given")
+        seen.add(id(n))
+        for i in n.inputs:
+            visit(i)
+        order.append(n)
+
+    visit(node)
+    for n in order:
+        values[id(n)] = _run(n, values, graph, {})
+    return values[id(node)]
+
+
 def weight_value(graph: Graph, node: Node) -> np.ndarray:
     """A weight node's values: the graph's array, dequantized when the node has a quantized `layout` (ir.quant)."""
     array = graph.weights[node.attrs["name"]]

@@ -34,6 +34,7 @@ How to add a variant (e.g. "predictor", "hotcold"): add one `SparseVariant` to `
     measure         (x2d, w_gate, w_up, extras, attrs, h) -> report fields measured on the example inputs; the
                     default gives `effective_sparsity`, the fraction of weight bytes a token does not read
     doc             one line for error messages and the README
+    report_mode     the mode its report row shows when not its name (a lossless way to run another mode)
 
 Then add its kernels (codegen/kernels/, an entry in FAMILIES per family), the pass that produces it, and its
 tests. Keep the names stable: artifacts store `mode` in their IR text.
@@ -73,6 +74,7 @@ class SparseVariant:
     lossy: bool = False
     gate_up_layout: str = "rows"
     quantized_kernels: bool = True  # its kernels take quantized weight layouts (passes/quantize.py)
+    report_mode: str = ""  # the mode its report row shows ("": its name), e.g. a lossless form of exact mode
     # report fields measured on the example inputs beyond the sparsity of h: (x, w_gate, w_up, extras, attrs, h)
     # -> dict; by default the effective sparsity of a per-neuron variant
     measure: Callable[..., dict] = field(default=lambda x, w_gate, w_up, extras, attrs, h: _neuron_effective(attrs, h))
@@ -207,6 +209,25 @@ def _predictor_report(attrs: dict) -> dict:
     return {"predictor": attrs["predictor"], "threshold": attrs["cutoff"], **{k: attrs.get(k) for k in provenance}}
 
 
+# --- certified: exact mode with an int8 gate pre-filter (passes/certify_exact_gate.py), lossless ------------------
+# The bound predictor's scores (passes/certified_gate.py) as the 5th input: every neuron they do not list has a gate
+# <= the cutoff, so h is exact mode's (the scores only tell the kernel which gate rows it may skip). The CPU kernel
+# is the predictor variant's ("predicted": the certified kernel scores the int8 rows itself).
+def _certified_report(attrs: dict) -> dict:
+    return {"exact_gate": "certified", "predictor": attrs.get("predictor"), "threshold": attrs.get("cutoff", 0.0),
+            "predictor_bytes_pct": attrs.get("predictor_bytes_pct"),
+            "reason": "exact; an int8 gate copy certifies inactive neurons first (lossless)"}
+
+
+def _certified_measure(x, w_gate, w_up, extras, attrs, h) -> dict:
+    """Exact mode's effective sparsity; the certified share where the scores were computed (the compiled module's
+    run gives the block's input only)."""
+    fields = _neuron_effective(attrs, h)
+    if extras.get("scores") is not None:
+        fields["predicted_sparsity"] = 1.0 - float(np.mean(extras["scores"].reshape(h.shape) > attrs["cutoff"]))
+    return fields
+
+
 # --- cold: the cold neurons of a hot/cold split (passes/split_hot_cold.py), read on demand from slow memory ---------
 # The same semantics as its base (exact: h = act_g(g) · act_u(u)); the node holds the neurons that did not fit the
 # memory budget. Its up and down rows live outside the fast memory (CPU: bundled per neuron in a file; GPU: host
@@ -247,6 +268,11 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_activation_options,
         dense_attrs=_plain_attrs, report=_predictor_report, lossy=True, measure=_predictor_measure,
         doc="a per-layer predictor (lowrank, svd, sign) picks the neurons; ReLU-family gates, lossy"),
+    SparseVariant(
+        "certified", attrs={}, extra_inputs=("scores",), intermediate=_exact_intermediate,
+        kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_activation_options, dense_attrs=_plain_attrs,
+        report=_certified_report, measure=_certified_measure, report_mode="exact",
+        doc="exact mode whose gate rows are read only for neurons an int8 gate copy cannot certify inactive"),
     SparseVariant(
         "input",
         # x_keep / h_keep: top-k counts per token (0: thresholds); the semantics are in ir/input_sparse.py

@@ -21,6 +21,7 @@ from ..ir.sparse_variants import VARIANTS
 from ..targets import Target
 from .base import Pass, apply_pass
 from .canonicalize import Canonicalize
+from .certify_exact_gate import CertifyExactGate
 from .densify import Densify
 from .detect_gated_mlp import DetectGatedMLP
 from .fuse_attention import FuseAttention
@@ -34,7 +35,7 @@ from .split_hot_cold import SplitHotCold
 
 PASSES: dict[str, type[Pass]] = {p.name: p for p in (Canonicalize, DetectGatedMLP, SparsifyExact, SparsifyThreshold,
                                                      SparsifyPredictor, Densify, RouteMoE, ReorderNeurons,
-                                                     SplitHotCold, FuseGatedMLP, FuseAttention)}
+                                                     SplitHotCold, FuseGatedMLP, FuseAttention, CertifyExactGate)}
 BUDGET_MODES = ("exact", "auto", "predictor")   # modes whose blocks a memory budget splits hot / cold
 
 
@@ -76,7 +77,11 @@ def _dense(o: PipelineOptions) -> list[Pass]:
 
 def _exact(o: PipelineOptions, on_unsupported: str = "error") -> list[Pass]:
     # exact: a non-ReLU block is an error naming it; auto: it stays dense and the report says why
-    return [*_detect(o), SparsifyExact(on_unsupported=on_unsupported), RouteMoE(), *_hot_cold(o)]
+    # then, where the target's data says an int8 gate copy pays (and no memory budget claims the bytes), each block
+    # reads the gate rows only of the neurons the copy cannot certify inactive: the same outputs
+    return [*_detect(o), SparsifyExact(on_unsupported=on_unsupported), RouteMoE(),
+            CertifyExactGate(exact_gate=o.target.exact_gate, storage=o.storage or "",
+                             memory_budget=-1 if o.memory_budget is None else o.memory_budget), *_hot_cold(o)]
 
 
 def _hot_cold(o: PipelineOptions) -> list[Pass]:

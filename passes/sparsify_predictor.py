@@ -247,7 +247,7 @@ def _shadow_scores(x: Node, p: Fitted, base: str, new_weights: dict, loc: str) -
     return Node("minimum", (gate, _shadow_linear(x, p, base, "w_up", new_weights, loc, shift)), {}, gate.type, loc)
 
 
-def _bound_scores(x: Node, p: Fitted, base: str, b_gate, new_weights: dict, loc: str) -> Node:
+def bound_scores(x: Node, p: Fitted, base: str, b_gate, new_weights: dict, loc: str) -> Node:
     """x·deq(@w8)ᵀ (+ @b) + ‖x‖₂·@coef in float32 (see the module docstring and `certified_gate.py`)."""
     if x.dtype != "f32":
         x = Node("cast", (x,), {"dtype": "f32"}, TensorType(x.shape, "f32"), loc)
@@ -273,7 +273,7 @@ SCORE_GRAPHS = {
     "factors": lambda x, p, base, node, graph, new: _score_nodes(
         x, p, base, graph.weights[node.inputs[1].attrs["name"]].dtype, new, node.loc),
     "shadow": lambda x, p, base, node, graph, new: _shadow_scores(x, p, base, new, node.loc),
-    "certified": lambda x, p, base, node, graph, new: _bound_scores(
+    "certified": lambda x, p, base, node, graph, new: bound_scores(
         x, p, base, block_weights(node, graph.weights)[2], new, node.loc),
 }
 assert {k.scores for k in KINDS.values()} <= set(SCORE_GRAPHS)

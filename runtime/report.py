@@ -14,6 +14,7 @@ import numpy as np
 
 from ..ir import Graph, Node, evaluate, weight_value
 from ..ir.activations import exactly_sparse
+from ..ir.interpreter import evaluate_from
 from ..ir.mlp import pattern_name, unpack_gated_inputs
 from ..ir.moe import expert_rows
 from ..ir.sparse_variants import VARIANTS, dense_intermediate, sizes, split_inputs, variant_of
@@ -55,6 +56,9 @@ class BlockReport:
     cold_neurons: int | None = None
     cold_window: int | None = None
     predicted_us: float | None = None
+    # exact mode: "certified" where an int8 gate copy certifies neurons inactive before the gate rows are read
+    # (passes/certify_exact_gate.py); None: every gate row read
+    exact_gate: str | None = None
 
 
 _FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "None": (type(None),)}
@@ -275,9 +279,13 @@ def _block_row(block: Node, x: np.ndarray | None, graph: Graph, mode: str, compu
     if block.op == "sparse_gated_mlp":
         (_, w_gate, w_up, _), extras = split_inputs(arrays, attrs)
         variant = variant_of(attrs)
-        row_mode, pattern, n_ff = variant.name, attrs["pattern"], sizes(attrs, w_gate.shape)[0]
+        if x is not None and not variant.lossy:   # e.g. the certified variant's scores: from the block's input
+            extras = {name: _from_input(graph, block, node, x) if value is None else value
+                      for (name, value), node in zip(extras.items(), block.inputs[4:])}
+        row_mode, pattern, n_ff = variant.report_mode or variant.name, attrs["pattern"], sizes(attrs, w_gate.shape)[0]
         fields.update(variant.report(attrs))
-        if x2d is not None and all(e is not None for e in extras):  # the variant's own semantics, whole block
+        # the variant's own semantics, whole block (a lossless variant's h needs no extra input)
+        if x2d is not None and (not variant.lossy or all(e is not None for e in extras)):
             h = variant.intermediate(x2d, w_gate, w_up, extras, attrs)
             fields["sparsity"] = float(np.mean(h == 0))
             fields.update(variant.measure(x2d, w_gate, w_up, extras, attrs, h))
@@ -300,6 +308,14 @@ def _block_row(block: Node, x: np.ndarray | None, graph: Graph, mode: str, compu
                 zeros += int(np.count_nonzero(dense_intermediate(x2d, wg, wu, attrs, bg, bu) == 0))
             fields["sparsity"] = zeros / (x2d.shape[0] * n_ff)
     return BlockReport(block.loc, pattern, row_mode, n_ff, **fields)
+
+
+def _from_input(graph: Graph, block: Node, node: Node, x: np.ndarray) -> np.ndarray | None:
+    """An extra input of `block` computed from the block's input `x` alone (None when it needs more)."""
+    try:
+        return evaluate_from(graph, node, {id(block.inputs[0]): np.asarray(x, np.float32)})
+    except KeyError:
+        return None
 
 
 def finding_rows(notes: Sequence[dict]) -> list[BlockReport]:

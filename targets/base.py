@@ -13,6 +13,9 @@ from typing import Any
 
 from .memory import MemoryLevel
 
+EXACT_GATES = ("dense", "certified")
+CERTIFIED_SCORES = ("int16", "float")
+
 
 @dataclass(frozen=True)
 class Target:
@@ -40,6 +43,23 @@ class Target:
     # makes dense 14-19% faster (every row, streamed contiguously) and the gathered sparse kernels (exact, indexed,
     # listed, threshold, input, routed: ~10% of the rows) 0-18% slower (the per-step rounding costs more than it saves)
     int8_axpy_kernels: tuple[str, ...] = ("dense",)
+    # how exact mode finds a ReLU-family block's active neurons: "dense" reads every gate row; "certified" reads an
+    # int8 copy of the gate first and only the gate rows of the neurons its error bound cannot certify inactive
+    # (passes/certify_exact_gate.py: the same outputs, ~1.06 extra bytes per gate weight held). Worth it where the
+    # CPU scores int8 rows on an integer dot (VNNI: codegen/kernels/score_int16.py); x86.host() sets it from that
+    exact_gate: str = "dense"
+    # the certified kernel's score pass (codegen/kernels/scored_mlp.py): "int16" scores against x rounded to int16
+    # where the schedule has the dot (else the float path), "float" always the float path; `certified_in_kernel`
+    # False scores in a q8_0 linear before the scored kernel instead (the A/Bs of benchmarks/scored_ab.py)
+    certified_scores: str = "int16"
+    certified_in_kernel: bool = True
+
+    def __post_init__(self) -> None:
+        if self.exact_gate not in EXACT_GATES:
+            raise ValueError(f"Target.exact_gate must be one of {', '.join(EXACT_GATES)}, got {self.exact_gate!r}")
+        if self.certified_scores not in CERTIFIED_SCORES:
+            raise ValueError(f"Target.certified_scores must be one of {', '.join(CERTIFIED_SCORES)}, got "
+                             f"{self.certified_scores!r}")
 
     @property
     def lanes(self) -> int:

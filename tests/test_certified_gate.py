@@ -59,11 +59,11 @@ def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
     # a host with a VNNI int16 dot scores against x rounded to int16 (score_int16.py; symbol tag "w")
     from actsparse import targets
     from actsparse.codegen.kernels.score_int16 import has_int16_scores
-    from actsparse.codegen.kernels.scored_mlp import INT16_SCORES
     from actsparse.codegen.schedules import schedule_for
     from actsparse.targets.arm import on_aarch64
 
-    int16 = INT16_SCORES and not on_aarch64() and has_int16_scores(schedule_for(targets.get("x86")))
+    sched = schedule_for(targets.get("x86"))
+    int16 = sched.certified_scores == "int16" and not on_aarch64() and has_int16_scores(sched)
     cert = next(c for c in calls if c.startswith("actsparse_gmlp_certified"))
     assert cert.split("_d")[0].endswith("w") == int16, cert
     for inp in (x, mlp_input(d=D, seq=1, seed=3)):
@@ -75,15 +75,17 @@ def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
     assert block.predicted_sparsity <= block.sparsity
 
 
-def test_bound_scores_outside_the_kernel_when_the_lowering_says_so(monkeypatch):
-    """CERTIFIED_IN_KERNEL off (the quiet A/B's other outcome): a q8_0 score linear, then the scored kernel; the
-    same exact output."""
-    from actsparse.codegen import lower_predictor
+def test_bound_scores_outside_the_kernel_when_the_target_says_so():
+    """A target with `certified_in_kernel` off (the quiet A/B's other outcome): a q8_0 score linear, then the scored
+    kernel; the same exact output."""
+    from dataclasses import replace
 
-    monkeypatch.setattr(lower_predictor, "CERTIFIED_IN_KERNEL", False)
+    from actsparse import targets
+
+    target = replace(targets.get("x86"), certified_in_kernel=False)
     graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)
     x = mlp_input(d=D, seq=5, seed=9)
-    cm = actsparse.compile(graph, (x,), mode="predictor", predictor="bound")
+    cm = actsparse.compile(graph, (x,), target=target, mode="predictor", predictor="bound")
     calls = _calls(cm)
     assert any(c.startswith("actsparse_gmlp_scored") for c in calls), calls
     assert any(c.startswith("actsparse_linear") and "q8_0" in c for c in calls), calls
@@ -160,3 +162,68 @@ def test_a_second_fp16_compile_of_the_same_weights_shares_the_first_ones_copies(
     # a model with other values under the same names gets its own copies
     other = actsparse.compile(gated_mlp_graph(d=D, n=N, act="relu", seed=9), (x,), mode="exact", quantize="fp16")
     assert all(other.graph.weights[name] is not exact.graph.weights[name] for name in fp16)
+
+
+def test_exact_mode_reads_an_int8_gate_copy_first_where_the_target_says_so():
+    """A target whose `exact_gate` is "certified": exact mode's block becomes the lossless `certified` variant (the
+    bound's scores as its 5th input, the certified kernel), the report still says exact and which block got the
+    copy, and the output equals dense; "dense" keeps the exact kernel; a memory budget or group-quantized
+    storage keeps every gate row (the pass counts them)."""
+    from dataclasses import replace
+
+    from actsparse import targets
+    from actsparse.passes import pipeline_for, run_pipeline
+    from actsparse.passes.certify_exact_gate import CertifyExactGate
+
+    host = targets.get("x86")
+    graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)
+    x = mlp_input(d=D, seq=6, seed=5)
+    cm = actsparse.compile(graph, (x,), target=replace(host, exact_gate="certified"), mode="exact")
+    assert cm.report.pass_stats["certify-exact-gate"] == {"reglu": 1}
+    node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+    assert node.attrs["mode"] == "certified" and node.inputs[4].inputs[0].inputs[1].attrs["layout"] == "q8_0"
+    assert any(c.startswith("actsparse_gmlp_certified") for c in _calls(cm))
+    block = cm.report.blocks[0]
+    assert (block.mode, block.exact_gate, block.predictor) == ("exact", "certified", "bound")
+    assert 0.3 < block.predicted_sparsity <= block.sparsity   # from the compiled run's block input
+    np.testing.assert_allclose(cm(x), actsparse.compile(graph, (x,), mode="dense")(x), rtol=1e-4, atol=1e-6)
+    plain = actsparse.compile(graph, (x,), target=replace(host, exact_gate="dense"), mode="exact")
+    assert plain.report.pass_stats["certify-exact-gate"] == {"kept-dense-gate": 1}
+    assert any(c.startswith("actsparse_gmlp_exact") for c in _calls(plain))
+    assert plain.report.blocks[0].exact_gate is None
+    exact = run_pipeline(graph, pipeline_for("exact", "x86")[:-1]).graph   # every pass before certify-exact-gate
+    for kept in (CertifyExactGate(memory_budget=1 << 30), CertifyExactGate(storage="int8")):
+        assert run_pipeline(exact, [kept]).stats["certify-exact-gate"] == {"kept-dense-gate": 1}
+
+
+def test_exact_decoding_with_the_certified_gate_equals_transformers_and_the_dense_gate():
+    """A tiny ReLU Llama decoded in exact mode with the certified gate: the greedy tokens are transformers' and
+    each step's logits are those of the exact kernel that reads every gate row (rtol 1e-4)."""
+    from dataclasses import replace
+
+    import torch
+
+    from actsparse import targets
+
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=96, vocab_size=128,
+                                      max_position_embeddings=64, hidden_act="relu", initializer_range=0.1,
+                                      pad_token_id=0, bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    prompt = torch.tensor([[5, 6, 7, 9, 11, 3]])
+    host = targets.get("x86")
+    lms = {gate: actsparse.compile(model, target=replace(host, exact_gate=gate), mode="exact", max_seq=24)
+           for gate in ("certified", "dense")}
+    assert lms["certified"].report.pass_stats["certify-exact-gate"] == {"reglu": 1}
+    assert lms["dense"].report.pass_stats["certify-exact-gate"] == {"kept-dense-gate": 1}
+    with torch.no_grad():
+        expected = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    assert torch.equal(lms["certified"].generate(prompt, 8), expected)
+    states = {gate: lm.prefill(prompt.numpy()) for gate, lm in lms.items()}
+    for token in expected[0, prompt.shape[1]:].tolist():
+        logits = {}
+        for gate, lm in lms.items():
+            logits[gate], states[gate] = lm.step(token, states[gate])
+        np.testing.assert_allclose(logits["certified"], logits["dense"], rtol=1e-4, atol=1e-5)

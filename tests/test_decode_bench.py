@@ -42,11 +42,15 @@ def test_step_profile_replays_every_kernel_of_a_step_and_counts_their_weight_byt
     """benchmarks/decode_profile.py at tiny dims: the recorded step holds one exact MLP kernel per layer, the q/k/v/o
     linears and the output projection; the bytes it charges the exact MLP are the gate plus the active share of up
     and down; replaying the step's calls writes the logits the step itself wrote."""
+    from dataclasses import replace
+
     import actsparse
+    from actsparse import targets
     from actsparse.benchmarks import decode_profile
 
     model = decode_models.build_mistral(layers=1, vocab=512, max_seq=24, dtype="float16", small=True).float()
-    lm = actsparse.compile(model, mode="exact", max_seq=24, quantize="fp16")
+    every_gate_row = replace(targets.get("x86"), exact_gate="dense")   # the exact kernel (not the certified one)
+    lm = actsparse.compile(model, target=every_gate_row, mode="exact", max_seq=24, quantize="fp16")
     prompt, feed = np.array([[300, 301, 302]]), np.array([400, 401, 402])
     per_step, total = decode_profile.profile(lm, prompt, feed, active=0.25, repeats=1)
     kinds = {k.split()[0]: v for k, v in per_step.items()}
@@ -97,3 +101,27 @@ def test_gate_prefilter_certifies_only_inactive_neurons(capsys):
     lines = capsys.readouterr().out.splitlines()
     shares = [float(line.split("certifies ")[1].split("%")[0]) for line in lines if "certifies" in line]
     assert len(shares) == 2 and all(20.0 < s <= 100.0 for s in shares), lines
+
+
+def test_decode_rounds_interleave_the_runners_and_take_ratios_within_a_round():
+    """benchmarks/decode.py part (a): every runner once per round, the first one rotating; medians, spreads, a failed
+    runner's note, and ratios as medians of the per-round ratios (a slow round hits both sides alike)."""
+    from actsparse.benchmarks import decode
+
+    calls, rates = [], iter([4.0, 2.0, 8.0, 4.0, 2.0, 1.0])   # in call order
+
+    def runner(name):
+        def run():
+            calls.append(name)
+            return next(rates) if name != "llama.cpp" else "failed (exit 1)"
+        return run
+
+    got = decode.round_robin({"exact": runner("exact"), "dense": runner("dense"), "llama.cpp": runner("llama.cpp")},
+                             3, settle=0.0)
+    assert calls == ["exact", "dense", "llama.cpp", "dense", "llama.cpp", "exact", "llama.cpp", "exact", "dense"]
+    assert got["exact"] == [4.0, 4.0, 2.0] and got["dense"] == [2.0, 8.0, 1.0]
+    summary = decode.summarize(got)
+    assert summary["exact"] == 4.0 and summary["spread"]["dense"] == [1.0, 2.0, 8.0]
+    assert summary["llama.cpp"] == "failed (exit 1)" and "llama.cpp" not in summary["spread"]
+    ratios = decode.round_ratios(got, [("exact", "dense"), ("exact", "llama.cpp")])
+    assert ratios == {"exact / dense": 2.0}   # per round 2.0, 0.5, 2.0; the failed runner gives no ratio

@@ -154,7 +154,7 @@ def test_certified_kernel_with_int16_scores_equals_dense(dot, d, M, near, seed):
         wg = (wg - np.outer(g0 / (x[0].astype(np.float64) @ x[0]), x[0])).astype("float16")
     arrays = certify_gate(wg.astype("float32"))
     kw = dict(gate_act="relu", up_act="identity", dtype="float16", sched=sched)
-    kernel, scored = certified_gated_mlp(d, N_FF, block=16, int16=True, **kw), scored_gated_mlp(d, N_FF, **kw)
+    kernel, scored = certified_gated_mlp(d, N_FF, block=16, **kw), scored_gated_mlp(d, N_FF, **kw)  # int16: default
     assert str(kernel.attrs["global_symbol"]).startswith("actsparse_gmlp_certifiedb16sw_")
     cutoff = np.zeros(1, "float32")
     out = run(kernel, x, wg, wu, wd_t, arrays["w8"], arrays["coef"], cutoff, out_shape=(M, d))
@@ -178,6 +178,8 @@ def test_int16_scores_run_on_vpdpwssd():
     """The int16 score pass's code: byte codes widened to int16 (vpmovsxbw) into the 2-way int16 dot (vpdpwssd;
     LLVM writes the first of a chain, whose start is 0, as vpmaddwd, the same dot), and none of the float path's
     widening to int32 (vpmovsxbd); the float path has them the other way round."""
+    from dataclasses import replace
+
     import tvm as tvm_
 
     from actsparse import targets
@@ -185,8 +187,9 @@ def test_int16_scores_run_on_vpdpwssd():
 
     sched = host_sched("vpdpbusd256")  # two dots per group: the chained vpdpwssd shows
     asm = {}
-    for int16 in (True, False):
-        prim = certified_gated_mlp(96, N_FF, dtype="float16", sched=sched, int16=int16)
+    for int16 in (True, False):   # the schedule's score pass (target data), flipped as benchmarks/scored_ab.py does
+        prim = certified_gated_mlp(96, N_FF, dtype="float16",
+                                   sched=replace(sched, certified_scores="int16" if int16 else "float"))
         lib = tvm_.compile(tvm_.IRModule({"main": prim}), target=targets.get("x86").tvm_target())
         asm[int16] = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
     assert "vpdpwssd" in asm[True] and "vpmovsxbw" in asm[True] and "vpmovsxbd" not in asm[True]

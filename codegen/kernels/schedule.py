@@ -52,6 +52,12 @@ class CpuSchedule:
                   axpy runs on that dot too where the dot serves axpys (`quant_axpy8.py`: coefficients rounded per
                   step to int8); the others keep it float. From the target's data (`Target.int8_axpy_kernels`);
                   True / False: every kernel / none (A/B timings). Ask `integer_axpy(kernel)`.
+    certified_scores  the certified kernel's score pass (scored_mlp.certified_gated_mlp): "int16" (x rounded to
+                  int16 on the int16 dot of `score_int16.SCORE_DOTS` where `int8_dot` names one, else the float
+                  path) or "float" (always the float path); the kernel's symbol says which it got.
+    certified_in_kernel  the bound's scores computed inside the certified kernel (True) or by a q8_0 linear before
+                  the scored kernel (False; codegen/lower_predictor.py). Both from the target's data
+                  (`Target.certified_scores`, `.certified_in_kernel`); benchmarks/scored_ab.py flips them.
     """
 
     lanes: int
@@ -65,6 +71,8 @@ class CpuSchedule:
     fp16fml: bool = False
     int8_dot: str = ""
     int8_axpy: tuple[str, ...] | bool = AXPY_KERNELS
+    certified_scores: str = "int16"
+    certified_in_kernel: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefetch", bool(self.prefetch))
@@ -75,6 +83,9 @@ class CpuSchedule:
             raise ValueError(f"CpuSchedule.int8_axpy names no kernel with a down projection: {sorted(unknown)}; "
                              f"known: {', '.join(AXPY_KERNELS)}")
         object.__setattr__(self, "int8_axpy", tuple(k for k in AXPY_KERNELS if k in kernels))
+        if self.certified_scores not in ("int16", "float"):
+            raise ValueError(f"CpuSchedule.certified_scores must be 'int16' or 'float', got {self.certified_scores!r}")
+        object.__setattr__(self, "certified_in_kernel", bool(self.certified_in_kernel))
         if self.lanes not in (1, 2, 4, 8, 16, 32):
             raise ValueError(f"CpuSchedule.lanes must be a power of two <= 32, got {self.lanes}")
         for field in ("threads", "rows", "accumulators", "token_block", "vector_registers"):

@@ -175,21 +175,18 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
 
 
 SCORE_LAYOUT = "q8_0"  # the bound predictor's int8 copy (passes/certified_gate.LAYOUT)
-# score with x rounded to int16 (score_int16.py) where the schedule has the instruction; else the float path.
-# `benchmarks/scored_ab --certified --int16 0,1` under heavy load (BENCHMARKS.md, session 9): 7.12 vs 7.73 ms
-# median at Mistral dims (1.09x); a quiet rerun decides for good.
-INT16_SCORES = True
 
 
 @cache
 def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                         threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule, block: int = 0,
-                        ahead: bool = False, int16: bool | None = None):
+                        ahead: bool = False):
     """(x, w_gate, w_up, w_down_t, w8, coef, cutoff, out): the scored kernel with the bound predictor's scores
     computed inside, `block` neurons (0: 128 row steps) scored ahead of the gate rows read (module docstring).
     `ahead`: a listed neuron's whole gate row is prefetched when it is listed; else the gate dots prefetch the next
-    step's rows as they stream (as in the scored kernel). `int16`: score against x rounded to int16 (score_int16.py;
-    None: `INT16_SCORES`), only where the schedule has the instruction."""
+    step's rows as they stream (as in the scored kernel). The score pass runs against x rounded to int16
+    (score_int16.py) where `sched.certified_scores` is "int16" and the schedule has the instruction (quiet A/B,
+    BENCHMARKS.md session 9: 1.12x the float path at Mistral dims), else on the float path."""
     sched = _fitted(d, n_ff, gate_act, up_act, dtype, sched)
     if dtype not in ("float32", "float16"):
         raise ValueError(f"the certified kernel reads float gate rows (the bound refuses quantized ones), "
@@ -205,7 +202,7 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
                                                                     sched, gate_prefetch=False if ahead else None)
     # the float path: x not rounded to 8 bits (the bound assumes float dots)
     score_dots, score_dot = dots_macro(d, SCORE_LAYOUT, sched, gathered=False)
-    int16 = (INT16_SCORES if int16 is None else int16) and has_int16_scores(sched)
+    int16 = sched.certified_scores == "int16" and has_int16_scores(sched)
     G16 = -(-d // 32)
     if int16:
         prep16, score16 = x16_prep_macro(d), int16_score_macro(d, sched)
