@@ -33,9 +33,10 @@ from .calibrate import calibration_samples, collect_inputs
 from .sparsity_methods import CalibrationError
 
 # the op that produces a predictor's scores -> its inputs whose rows (axis 0) are one per neuron
-SCORE_ROWS = {"linear": (1, 2), "sign_score": (1,), "add": (1,)}
-# ... and its inputs that are per-neuron scores themselves (an AND predictor's minimum(s_gate, add(s_up, shift)))
-SCORE_INPUTS = {"minimum": (0, 1), "add": (0,)}
+SCORE_ROWS = {"linear": (1, 2), "sign_score": (1,), "add": (1,), "mul": (1,)}
+# ... and its inputs that are per-neuron scores themselves (an AND predictor's minimum(s_gate, add(s_up, shift)); the
+# bound's add(linear(x, W8), mul(‖x‖, coef)), whose second term is a product, not a weight)
+SCORE_INPUTS = {"minimum": (0, 1), "add": (0, 1)}
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,14 @@ def _permuted(w: Node, order: np.ndarray, graph: Graph, new_weights: dict) -> No
         raise CalibrationError(f"reorder-neurons: expected a weight, got {w.op} (a sparse_gated_mlp's weights are "
                                "named constants)")
     name = f"{w.attrs['name']}.ordered"
+    array = graph.weights[w.attrs["name"]]
+    if w.attrs.get("layout") and array.shape[0] != w.type.shape[0]:
+        raise CalibrationError(f"reorder-neurons: {w.attrs['name']} is stored as {w.attrs['layout']} without one "
+                               "stored row per neuron; reorder before quantizing")
     if name not in new_weights:
-        new_weights[name] = aligned_contiguous(graph.weights[w.attrs["name"]][order])
+        new_weights[name] = aligned_contiguous(array[order])
+    if w.attrs.get("layout"):  # a quantized copy (the certified gate's q8_0 rows): one stored row per neuron
+        return w.replace(attrs={**w.attrs, "name": name})
     return weight_node(name, new_weights[name])
 
 
@@ -119,7 +126,7 @@ def _permuted_scores(scores: Node, order: np.ndarray, graph: Graph, new_weights:
     if not rows and not nested:
         raise CalibrationError(f"reorder-neurons: cannot permute scores made by {scores.op!r}; known producers: "
                                f"{', '.join({**SCORE_ROWS, **SCORE_INPUTS})}")
-    inputs = tuple(_permuted(i, order, graph, new_weights) if k in rows else
+    inputs = tuple(_permuted(i, order, graph, new_weights) if k in rows and (i.op == "weight" or k not in nested) else
                    _permuted_scores(i, order, graph, new_weights) if k in nested else i
                    for k, i in enumerate(scores.inputs))
     return scores.replace(inputs=inputs)

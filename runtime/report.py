@@ -128,7 +128,9 @@ class Report:
         from rich.table import Table
 
         lossy = any(b.calibrated_sparsity is not None for b in self.blocks)
-        predicted = any(b.predictor is not None for b in self.blocks)
+        # exact mode's certified gate carries the bound predictor's figures: one "certified" column is enough there
+        predicted = any(b.predictor is not None and b.exact_gate is None for b in self.blocks)
+        certified = not predicted and any(b.exact_gate == "certified" for b in self.blocks)
         caption = None if self.output_rel_error is None else (
             f"outputs vs dense: relative error {self.output_rel_error:.2e}"
             + ("" if self.top1_agreement is None else f", top-1 agreement {self.top1_agreement:.1%}")
@@ -137,14 +139,16 @@ class Report:
             caption = (caption or "") + (f"; model: {self.effective_sparsity:.1%} of MLP weight bytes not read per "
                                          "token (effective sparsity)")
         table = Table(title=f"actsparse report — target {self.target}, mode {self.mode}", caption=caption)
-        extra = ("recall", "predicted", "rank", "bytes %", "top 20% cover") if predicted else ()
+        extra = (("recall", "predicted", "rank", "bytes %", "top 20% cover") if predicted else
+                 ("certified",) if certified else ())
         lossy_columns = ("calibrated", "threshold", "x sparsity", "effective")
         split = ("hot", "cold", "window", "pred µs") if any(b.hot_neurons is not None for b in self.blocks) else ()
         numeric = ("n_ff", "sparsity", *lossy_columns, *extra, *split)
         columns = ("location", "pattern", "mode", "n_ff", "sparsity", *(lossy_columns if lossy else ()), *extra,
                    *split, "note")
-        for col in columns:
-            table.add_column(col, justify="right" if col in numeric else "left")
+        for col in columns:  # the cells that name a block never wrap: a long note wraps instead
+            table.add_column(col, justify="right" if col in numeric else "left",
+                             no_wrap=col in ("location", "pattern", "mode", "certified"), overflow="fold")
         for b in self.blocks:
             pattern = b.pattern if b.expert is None else f"{b.pattern} (expert {b.expert})"
             lossy_cells = (_percent(b.calibrated_sparsity), "-" if b.threshold is None else f"{b.threshold:.3g}",
@@ -155,7 +159,8 @@ class Report:
             split_cells = tuple("-" if v is None else f"{v:g}" for v in (b.hot_neurons, b.cold_neurons, b.cold_window,
                                                                           b.predicted_us))
             table.add_row(b.location, pattern, b.mode, str(b.n_ff), _percent(b.sparsity),
-                          *(lossy_cells if lossy else ()), *(predictor_cells if predicted else ()),
+                          *(lossy_cells if lossy else ()),
+                          *(predictor_cells if predicted else (_percent(b.predicted_sparsity),) if certified else ()),
                           *(split_cells if split else ()), b.reason)
         return table
 

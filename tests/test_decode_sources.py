@@ -132,20 +132,20 @@ def test_a_gguf_of_an_architecture_transformers_lacks_is_a_clear_error(tmp_path,
 
 
 def test_a_folder_of_a_model_whose_cache_is_not_keys_values_or_states_is_a_clear_error(tmp_path, capsys):
-    """RWKV keeps its own cache (not transformers' key/value or recurrent-state layers) and its forward exports for
-    a fixed length only: no decoder, one line naming the model.
-    (Mamba's recurrent states decode since session 8: tests/test_decode_archs.py.)"""
-    folder = tmp_path / "rwkv"
-    config = transformers.RwkvConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, attention_hidden_size=16,
-                                     intermediate_size=32, context_length=32)
-    transformers.RwkvForCausalLM(config).save_pretrained(folder)
+    """DeepSeek-V4's cache layers keep compressor buffers of their own (neither key/value slots nor a fixed-size
+    recurrent state): no decoder, one line naming what is missing. (RWKV's and Mamba's recurrent states decode:
+    tests/test_decode_archs.py.)"""
+    from actsparse.scripts.arch_table import build_tiny
+
+    folder = tmp_path / "deepseek_v4"
+    build_tiny("deepseek_v4").save_pretrained(folder)
     capsys.readouterr()  # drop save_pretrained's own progress bar: only the CLI's output is checked
     out = tmp_path / "out"
     assert main(["build", str(folder), "-o", str(out)]) == 2
     err = capsys.readouterr().err  # transformers' "Loading weights" progress bar, then our one line
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("actsparse build: error: ") and "Traceback" not in err
-    assert "KV cache" in errors[0] and "RwkvForCausalLM" in errors[0]
+    assert "buffer_kv" in errors[0]
     assert not out.exists()
 
 

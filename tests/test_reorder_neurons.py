@@ -1,12 +1,14 @@
 """reorder-neurons: the neurons of each sparse gated MLP sorted by calibrated frequency, semantics unchanged."""
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from actsparse import targets
 from actsparse.ir import evaluate, parse_graph, print_graph
 from actsparse.passes import pipeline_for, run_pipeline
 from actsparse.passes.reorder_neurons import ReorderNeurons, neuron_frequency
@@ -31,8 +33,9 @@ def _calibration(n=6):
 
 def test_reorder_golden_stats_and_order():
     graph = _skewed_graph()
-    result = run_pipeline(graph, [*pipeline_for("exact"), ReorderNeurons(calibration=tuple(_calibration()),
-                                                                         progress=False)])
+    dense_gate = replace(targets.get("x86"), exact_gate="dense")   # the golden must not depend on the host
+    result = run_pipeline(graph, [*pipeline_for("exact", dense_gate),
+                                  ReorderNeurons(calibration=tuple(_calibration()), progress=False)])
     assert result.stats["reorder-neurons"] == {"reordered": 1}
     text = print_graph(result.graph)
     path = GOLDEN / "reglu_skewed.reorder.after.ir"
@@ -50,6 +53,20 @@ def test_reorder_golden_stats_and_order():
     np.testing.assert_allclose(evaluate(result.graph, [x])[0], evaluate(graph, [x])[0], rtol=1e-4, atol=1e-6)
 
 
+def test_reorder_permutes_a_certified_gate_with_its_int8_copy():
+    """Exact mode's certified gate (an int8 q8_0 copy of W_gate and per-neuron coefficients feeding the scores) is
+    permuted with the block: the int8 rows and coefficients follow the neurons, the output stays the dense one."""
+    graph = _skewed_graph()
+    certified = replace(targets.get("x86"), exact_gate="certified")
+    result = run_pipeline(graph, [*pipeline_for("exact", certified),
+                                  ReorderNeurons(calibration=tuple(_calibration()), progress=False)])
+    assert result.stats["certify-exact-gate"] and result.stats["reorder-neurons"] == {"reordered": 1}
+    names = {n.attrs["name"] for n in result.graph.nodes if n.op == "weight"}
+    assert {"mlp.gate.weight.certified.w8.ordered", "mlp.gate.weight.certified.coef.ordered"} <= names
+    x = mlp_input(d=16, seq=5, seed=99)
+    np.testing.assert_allclose(evaluate(result.graph, [x])[0], evaluate(graph, [x])[0], rtol=1e-4, atol=1e-6)
+
+
 def test_reorder_tiny_llama_matches_torch():
     from actsparse.frontends.torch_export import import_torch
     from actsparse.models import TinyConfig, TinyLlama
@@ -60,7 +77,7 @@ def test_reorder_tiny_llama_matches_torch():
     ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(1))
     graph = import_torch(model, (ids,))
     calib = tuple((np.random.default_rng(s).integers(0, 256, (1, 12)),) for s in range(4))
-    sparse = run_pipeline(graph, pipeline_for("exact")).graph
+    sparse = run_pipeline(graph, pipeline_for("exact", replace(targets.get("x86"), exact_gate="dense"))).graph
     out = apply_pass(ReorderNeurons(calibration=calib, progress=False), sparse)
     assert out.stats == {"reordered": 2}
     names = [w for w in out.graph.weights if w.endswith(".ordered")]
