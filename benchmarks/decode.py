@@ -288,8 +288,10 @@ def part_a(dtype: str, layers: int, vocab: int, tokens: int, repeats: int, threa
     row["weight_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     sb = row["step_bytes"] = step_bytes(model)
     quantize = "fp16" if dtype == "float16" else None
+    from actsparse.codegen.schedules import int8_dot
+
     host = targets.get("x86")   # exact with the certified gate (opt-in) where the host has an int8 dot to score with
-    host = replace(host, exact_gate="certified" if {"avx512_vnni", "avx_vnni"} & set(host.features) else "dense")
+    host = replace(host, exact_gate="certified" if int8_dot(host) else "dense")
     row["exact_gate"] = host.exact_gate
     with tempfile.TemporaryDirectory(dir=os.environ.get("ACTSPARSE_BENCH_TMP")) as tmp:
         gguf_path = os.path.join(tmp, f"mistral_dims_{dtype}.gguf")
