@@ -60,6 +60,18 @@ def steps_of(kind, call, sched, n_ff, m):
 @given(dtype=st.sampled_from(AXPY_LAYOUTS), dot=st.sampled_from(tuple(DOTS)), d=ragged, n_ff=st.integers(1, 40),
        frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
 def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind, dtype, dot, d, n_ff, frac, seed):
+    check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed)
+
+
+@pytest.mark.parametrize("kind", ("exact", "indexed", "dense"))
+def test_the_coefficient_table_path_on_long_rows(kind):
+    """Split rows (q4_0) on AVX-512 round a step's coefficients 16 groups per vector into a table (`coefficient_table`):
+    rows of 1100 columns (34 groups, 17 per task: one 16-group vector and one group more, then a partial group) take
+    the vector, the one-by-one and the partial-group paths, against the same step-exact reference."""
+    check_against_the_steps(kind, "q4_0", "vpdpbusd512", 1100, 20, 0.5, 7)
+
+
+def check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed):
     from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
     from actsparse.ir.quant import dequantize, round_x8
 

@@ -23,6 +23,13 @@ i.e. at most (max_j |h_j s_{j,g}| / 254) · Σ_j |q_{j,c}| over the whole list (
 error of half an 8-bit step of the largest coefficient, as x's rounding in the row dots. Which rows share a t
 depends on the step (the kernel's row list, cut into runs of R): `tests/test_kernels_axpy8.py` rebuilds the steps.
 
+On split rows (q4_0) where the dot's table entry says so (`Int8Dot.coefficient_table`: AVX-512) the a_j, t and
+-z · Σ_j a_j of every group the task owns are computed before the group loop, 16 groups per vector (a row's 16 scales
+one load; the max over rows, the division and the rounding lane by lane, the same operations as per group, so the same
+values) and stored transposed (a group's 4 rows one int32); the group loop then reads them with three broadcasts and
+holds no scale gather, horizontal max, division or z dots: 44 instead of 82 instructions per 8 rows x 32 columns on
+znver4 (dense q4_0, 1 thread: 0.79x the time; BENCHMARKS.md, session 11).
+
 The column split over the tasks is the float path's (`quant_blocks.group_split`); the last partial group of a row
 (its codes are zero-padded in the blob) runs the same integer code and stores only its valid columns.
 A non-finite h makes t NaN (the step's flag hv[NV]), so the step's columns become NaN as on the float path.
@@ -34,7 +41,7 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import axpy_macros, flat_rows, group_prefetch_macro, group_split, offset, scale
+from .quant_blocks import axpy_macros, flat_rows, group_prefetch_macro, group_split, offset, scale, split_scales
 from .quant_int8 import INT8_DOTS
 from .rows import row_index
 from .schedule import CpuSchedule
@@ -66,6 +73,10 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     row = row_index(gathered)
     ivec = f"int32x{L}"
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
+    # split rows hold a row's scales contiguously: the step's coefficients rounded TV groups per vector into a table
+    # before the group loop (`coefficient_table`), so the loop holds no scale gather, reduction, division or z dots
+    tabled = lay.split and ins.coefficient_table and not off
+    TV, NG = 16, -(-n_full // threads)  # NG: the most groups a task owns
     pf_group, pf_scales = group_prefetch_macro(lay, stored, R)  # one prefetch per row and cache line
 
     def rr(ro, r):  # byte offset of the row at step position r (past R or the list: a row read anyway)
@@ -82,12 +93,13 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", hf * 4), 4 * L)),
                              T.Broadcast(T.uint8(15), 4 * L))
 
-    def int_sum(w, ro, ab, grp, hf, v):
-        """int32 x L: Σ_j a_j (u_{j,c} - z) for the L columns."""
-        coefs = [T.reinterpret(f"int8x{4 * L}", T.Broadcast(T.reinterpret("int32", ab[T.ramp(4 * s, 1, 4)]), L))
+    def int_sum(w, ro, ab, grp, hf, v, at=0, zsum=None):
+        """int32 x L: Σ_j a_j (u_{j,c} - z) for the L columns; a_j at ab[at + j]; zsum: -z Σ_j a_j (else computed)."""
+        coefs = [T.reinterpret(f"int8x{4 * L}", T.Broadcast(T.reinterpret("int32", ab[T.ramp(at + 4 * s, 1, 4)]), L))
                  for s in range(S)]
-        acc = T.Broadcast(T.int32(0), L)
-        if z:  # z * Σ a_j in every lane, by the same dot on z bytes (no horizontal sum; shared by the group's vectors)
+        acc = T.Broadcast(T.int32(0), L) if zsum is None else T.Broadcast(zsum, L)
+        if z and zsum is None:  # z * Σ a_j in every lane, by the same dot on z bytes (no horizontal sum; shared by
+            # the group's vectors)
             for s in range(S):
                 acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, T.Broadcast(T.uint8(z), 4 * L), coefs[s])
             acc = T.Broadcast(T.int32(0), L) - acc
@@ -96,9 +108,9 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                                           coefs[s])
         return acc
 
-    def columns(w, ro, ab, tt, ofs, grp, hf, v):
+    def columns(w, ro, ab, tt, ofs, grp, hf, v, at=0, zsum=None):
         """float32 x L: the step's contribution to the L columns."""
-        e = T.Cast(f"float32x{L}", int_sum(w, ro, ab, grp, hf, v)) * T.Broadcast(tt, L)
+        e = T.Cast(f"float32x{L}", int_sum(w, ro, ab, grp, hf, v, at, zsum)) * T.Broadcast(tt, L)
         return e + T.Broadcast(ofs, L) if off else e
 
     def lane_reduce(buf, op):
@@ -143,6 +155,45 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             lane_reduce(mx, lambda a, b: a + b)()
             sc[1] = mx[0]
 
+    def sum_rows(q, lanes=TV):
+        """int32 x lanes: Σ_j q[j * lanes : (j + 1) * lanes] (lanes 1: a scalar, the int8 a_j widened)."""
+        e = None
+        for r in range(NV):
+            term = q[T.ramp(r * lanes, 1, lanes)] if lanes > 1 else T.Cast("int32", q[r])
+            e = term if e is None else e + term
+        return e
+
+    @T.macro
+    def coefficient_table(wf, ro, hv, g0, ng, ab, sc, abt, zt, tt):
+        # `coefficients` for the task's ng groups from g0, TV groups per vector: abt[gi * NV + j] = a_j (a group's 4
+        # rows one int32, as the dots read them), zt[gi] = -z Σ_j a_j, tt[gi] = t (+ the NaN flag); the same
+        # operations lane by lane, so the same a_j and t as `coefficients`
+        cf = T.alloc_buffer((NV * TV,), "float32", scope="global")
+        mx = T.alloc_buffer((TV,), "float32", scope="global")
+        q = T.alloc_buffer((NV * TV,), "int32", scope="global")
+        for c in range(ng // TV):
+            for r in T.unroll(NV):
+                cf[T.ramp(r * TV, 1, TV)] = T.Broadcast(hv[r], TV) * split_scales(lay, stored, wf, ro[T.min(r, R - 1)],
+                                                                                  g0 + c * TV, TV)
+            mx[T.ramp(0, 1, TV)] = T.abs(cf[T.ramp(0, 1, TV)])
+            for r in T.unroll(NV - 1):
+                mx[T.ramp(0, 1, TV)] = T.max(mx[T.ramp(0, 1, TV)], T.abs(cf[T.ramp((r + 1) * TV, 1, TV)]))
+            for r in T.unroll(NV):
+                q[T.ramp(r * TV, 1, TV)] = T.Cast(f"int32x{TV}", T.nearbyint(cf[T.ramp(r * TV, 1, TV)] * T.Select(
+                    mx[T.ramp(0, 1, TV)] > T.Broadcast(T.float32(0), TV),
+                    T.Broadcast(T.float32(127), TV) / mx[T.ramp(0, 1, TV)], T.Broadcast(T.float32(0), TV))))
+            tt[T.ramp(c * TV, 1, TV)] = mx[T.ramp(0, 1, TV)] / T.Broadcast(T.float32(127), TV) + T.Broadcast(
+                hv[NV], TV)
+            zt[T.ramp(c * TV, 1, TV)] = T.Broadcast(T.int32(-z), TV) * sum_rows(q)
+            abt[T.ramp(c * TV * NV, 1, TV * NV)] = T.Shuffle(  # transposed: row-major [r][g] -> [g][r]
+                [T.Cast(f"int8x{TV}", q[T.ramp(r * TV, 1, TV)]) for r in range(NV)],
+                [(k % NV) * TV + k // NV for k in range(TV * NV)])
+        for gi in range(ng // TV * TV, ng):  # the last ng % TV groups one by one
+            coefficients(wf, ro, hv, g0 + gi, ab, sc)
+            abt[T.ramp(gi * NV, 1, NV)] = ab[T.ramp(0, 1, NV)]
+            zt[gi] = T.int32(-z) * sum_rows(ab, 1)
+            tt[gi] = sc[0]
+
     def all_finite(hv):
         e = T.isfinite(hv[0])
         for r in range(1, NV):
@@ -165,17 +216,29 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                     hv[r] = h[m, hcol + i + r]
         hv[NV] = T.if_then_else(all_finite(hv), T.float32(0), T.float32(float("nan")))
         g0: T.let = first(t)
+        abt = T.alloc_buffer((NG * NV if tabled else 1,), "int8", scope="global")
+        zt = T.alloc_buffer((NG if tabled else 1,), "int32", scope="global")
+        tt = T.alloc_buffer((NG if tabled else 1,), "float32", scope="global")
         if prefetch:
             pf_scales(wf, ro, R, g0, last(t))
+        if tabled:
+            coefficient_table(wf, ro, hv, g0, last(t) - g0, ab, sc, abt, zt, tt)
         for gi in range(last(t) - g0):
             if prefetch:  # the next step's rows
                 pf_group(wf, ro, R, g0 + gi)
-            coefficients(wf, ro, hv, g0 + gi, ab, sc)
-            for hf in T.unroll(2):
-                for v in T.unroll(V):
-                    out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] = out[
-                        m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] + columns(
-                        wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
+            if tabled:
+                for hf in T.unroll(2):
+                    for v in T.unroll(V):
+                        out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] = out[
+                            m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] + columns(
+                            wf, ro, abt, tt[gi], 0, g0 + gi, hf, v, gi * NV, zt[gi])
+            else:
+                coefficients(wf, ro, hv, g0 + gi, ab, sc)
+                for hf in T.unroll(2):
+                    for v in T.unroll(V):
+                        out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] = out[
+                            m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] + columns(
+                            wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
         if tail > 0:
             if t == threads - 1:  # the partial last group: the same sums, only its valid columns stored
                 part = T.alloc_buffer((GROUP,), "float32", scope="global")

@@ -99,6 +99,13 @@ def value_at(dtype: str, w, row, k):
     return v + offset(lay, w, row, grp) if lay.offset else v
 
 
+def split_scales(lay: QuantLayout, stored: int, wf, ro_r, grp, n: int):
+    """float32 x n: a split row's scales of groups grp .. grp + n - 1 (one load, one conversion); wf the flat view,
+    ro_r the row's byte offset (`flat_rows`)."""
+    raw = wf[T.ramp(ro_r + T.Cast("int64", lay.scale_byte(grp, stored)), T.int64(1), 2 * n)]
+    return T.Cast(f"float32x{n}", T.reinterpret(f"float16x{n}", raw))
+
+
 def _vector_lanes(sched: CpuSchedule) -> int:
     return min(sched.lanes, HALF)
 
@@ -251,11 +258,6 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
         idx = T.shift_right(T.Cast(f"int32x{L}", raw), T.Broadcast(hf * four, L))  # the lookup reads the low 4 bits
         return T.call_llvm_pure_intrin(fvec, lookup, table, idx)
 
-    def scales_from(wf, ro_r, grp):
-        """float32 x TV: a split row's scales of groups grp .. grp + TV - 1 (one load, one conversion)."""
-        raw = wf[T.ramp(ro_r + T.Cast("int64", lay.scale_byte(grp, stored)), T.int64(1), 2 * TV)]
-        return T.Cast(f"float32x{TV}", T.reinterpret(f"float16x{TV}", raw))
-
     def axsum_vec(wf, ro, hs, grp, hf, four):
         e = T.Broadcast(hs[0], L) * looked_up(wf, ro[0], grp, hf, four)
         for r in range(1, R):
@@ -287,7 +289,8 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
         if tabled:  # h * scale of every row and group of the task, 16 groups per load and conversion
             for r in T.unroll(R):
                 for c in range((last(t) - g0) // TV):
-                    hst[T.ramp(r * NG + c * TV, 1, TV)] = T.Broadcast(hv[r], TV) * scales_from(wf, ro[r], g0 + c * TV)
+                    hst[T.ramp(r * NG + c * TV, 1, TV)] = T.Broadcast(hv[r], TV) * split_scales(
+                        lay, stored, wf, ro[r], g0 + c * TV, TV)
                 for c in range((last(t) - g0) // TV * TV, last(t) - g0):
                     hst[r * NG + c] = hv[r] * scale(lay, wf, ro[r], g0 + c, stored=stored)
         for gi in range(last(t) - g0):

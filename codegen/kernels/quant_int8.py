@@ -53,11 +53,14 @@ class Int8Dot:
     nibble_lookup: str = ""  # the same ISA's 16-entry fp32 table lookup by the low 4 bits of int32 lanes (LLVM
                              # intrinsic (table, indices) -> float32 x 16), which the float axpy of q4 rows takes
                              # instead of mask / shift / widen / convert (quant_blocks.quant_axpy_macro); "": none
+    coefficient_table: bool = False  # the integer axpy of split rows (q4_0) rounds a step's coefficients for 16
+                                     # groups per vector into a table before its group loop (quant_axpy8.py);
+                                     # measured on AVX-512 only (BENCHMARKS.md, session 11)
 
 
 INT8_DOTS = {
     "vpdpbusd512": Int8Dot("llvm.x86.avx512.vpdpbusd.512", 16, False, axpy=("q4_0", "q4_1"),
-                           nibble_lookup="llvm.x86.avx512.permvar.sf.512"),  # vpermps
+                           nibble_lookup="llvm.x86.avx512.permvar.sf.512", coefficient_table=True),  # vpermps
     "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
     "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
 }
