@@ -143,6 +143,32 @@ def test_the_down_projection_is_built_with_vpdpbusd_where_the_target_has_vnni():
     assert counts[True] > counts[False] > 0, counts
 
 
+def test_the_integer_down_loop_of_split_rows_reads_its_coefficients_from_the_table():
+    """AVX-512, split q4_0 rows (`Int8Dot.coefficient_table`): the down projection's group loop takes each group's
+    int8 coefficients, t and -z Σ a_j from the step's table: per 8 rows x 32 columns 4 vpdpbusd (no z dots), no
+    per-row scale gather (vpinsrw), no conversion of scales, no division (main, session 10: 82 instructions with 6
+    vpdpbusd, 8 vpinsrw and a vdivss; now ~44). The table itself is filled 16 groups per vector (vdivps)."""
+    import tvm
+
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    from .test_kernels_int8 import innermost_loops
+
+    sched = CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512", int8_axpy=True)  # compiled only: any host
+    prim = primfunc("exact", 4096, 64, "q4_0", sched, ACTS["exact"])
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+    asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+    # the row dots convert their scales in the loop (vcvtph2ps); the down loop does not
+    loops = [body for body in innermost_loops(asm) if "vpdpbusd" in body and "vcvtph2ps" not in body]
+    assert len(loops) == 1, loops
+    body = loops[0]
+    assert body.count("vpdpbusd") == 4, body
+    assert not [op for op in body if op.startswith(("vpinsrw", "vdiv", "vcvtph2ps", "vmaxps", "vrndscale"))], body
+    assert len(body) < 60, len(body)
+    fills = [body for body in innermost_loops(asm) if "vdivps" in body]
+    assert fills and all("vpdpbusd" not in body for body in fills), fills
+
+
 def test_the_integer_axpy_follows_the_dot_table():
     """The x86 dots and sdot serve q4_0 / q4_1 axpys (q8_0's float axpy is as fast on x86); float dtypes never."""
     from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
