@@ -66,4 +66,14 @@ def host() -> Target:
         # run, BENCHMARKS.md session 10) but costs +2.5 s compile and +0.33 GB peak per Llama-2-7B layer, which breaks
         # the 7B compile goals (< 60 s, < 1.5x the weights); opt in with exact_gate="certified"
         exact_gate="dense",
+        int8_axpy_kernels=gathered_int8_axpy(flags, vector_bits),
     )
+
+
+def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:
+    """The kernels whose quantized down projection takes the int8 dot on this host (`Target.int8_axpy_kernels`): on
+    AVX512-VNNI the integer axpy reads split q4_0 rows' int8 coefficients from a per-step table (quant_axpy8.py), which
+    makes it faster than the float lookup axpy for exact and indexed too (q4_0, 1 thread, interleaved: 0.86-0.97x the
+    time, BENCHMARKS.md session 11); elsewhere dense only (sessions 7-8). q4_1's gathered kernels follow untimed (the
+    FFN benchmark takes symmetric layouts only)."""
+    return ("dense", "exact", "indexed") if vector_bits == 512 and "avx512_vnni" in flags else ("dense",)
