@@ -142,13 +142,10 @@ using std::max;
 using std::min;
 """
 
-RUNTIME = r"""
-#include <tvm/ffi/c_api.h>
-
+LAUNCH = r"""
 struct SimtKernel { const char *name; void (*tramp)(const int64_t *); int n_params; int n_launch; int tags[6]; };
 extern const SimtKernel simt_kernels[];
 extern const int simt_n_kernels;
-static int set_device_sentinel;
 
 static void launch(const SimtKernel *k, const int64_t *raw) {
   unsigned dims[6] = {1, 1, 1, 1, 1, 1};  // grid x y z, block x y z
@@ -178,6 +175,12 @@ static void launch(const SimtKernel *k, const int64_t *raw) {
     });
   for (auto &th : pool) th.join();
 }
+"""
+
+RUNTIME = LAUNCH + r"""
+#include <tvm/ffi/c_api.h>
+
+static int set_device_sentinel;
 
 extern "C" {
 static int init_once(void **handle, int (*init)(void **)) { return *handle ? 0 : init(handle); }
