@@ -102,3 +102,13 @@ def test_manifest_launches_reproduce_the_simt_emulation(bundle, tmp_path):
         np.testing.assert_array_equal(ours, theirs, err_msg=mlp["name"])
         # the kernels round h to fp16 before the down projection (kernel_cases.RTOL: 1e-3 for fp16 weights)
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-3 * np.abs(ref).max(), err_msg=mlp["name"])
+
+
+def test_runner_compiles_the_bundle_source_with_nvcc(bundle, tmp_path):
+    """The runner's own nvcc command (a cubin for the device's architecture) takes TVM's source as it is."""
+    from actsparse.benchmarks.cuda_bundle_run import compile_cubin
+
+    folder, manifest = bundle
+    image = compile_cubin(folder / "tiny.cu", "sm_90", tmp_path)
+    assert image[:4] == b"\x7fELF"
+    assert all(launch["kernel"].encode() in image for mlp in manifest["mlps"] for launch in mlp["launches"])
