@@ -63,9 +63,8 @@ def _children(stmt):
             yield from (value if field == "seq" else [value])
 
 
-def host_calls(prims, tvm_target) -> dict[str, tuple[list, list]]:
-    """PrimFunc symbol -> (its kernel launches in issue order, the host code's bound variables): TVM's default
-    TIR pipeline for `tvm_target`, then the host half's `tirx.call_ffi_kernel` calls."""
+def lowered(prims, tvm_target):
+    """(host module, {target: device module}): the PrimFuncs through TVM's default TIR pipeline, as a build does."""
     import tvm
     from tvm.tirx.build import split_host_device_mods
 
@@ -74,7 +73,13 @@ def host_calls(prims, tvm_target) -> dict[str, tuple[list, list]]:
     pipeline, _, _ = tvm.tirx.get_default_tir_pipeline(tvm_target)
     with tvm_target:
         mod = pipeline(mod)
-    host, _ = split_host_device_mods(mod)
+    return split_host_device_mods(mod)
+
+
+def host_calls(prims, tvm_target) -> dict[str, tuple[list, list]]:
+    """PrimFunc symbol -> (its kernel launches in issue order, the host code's bound variables): the host half's
+    `tirx.call_ffi_kernel` calls after TVM's lowering."""
+    host, _ = lowered(prims, tvm_target)
     found = {}
     for gv, func in host.functions.items():
         calls, binds, stack = [], [], [func.body]
