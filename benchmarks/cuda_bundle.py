@@ -6,7 +6,7 @@ TVM's host code would do with them:
 
     python -m actsparse.benchmarks.cuda_bundle [--out out/cuda_bundle] [--arch sm_90] [--sizes small,mistral]
 
-writes `<size>.cu` (the CUDA source of one module holding the exact, indexed, dense and threshold kernels at
+writes `<size>.cu` (the CUDA source of one module holding the exact, indexed, dense, threshold and input kernels at
 that size, fp16 weights) and `manifest.json`: for each MLP (size x kind x sparsity, batch M = 1) its tensors
 (name, shape, dtype, role, how the runner fills it) and its launch sequence — kernel name, every argument (a
 tensor by name, or an integer with its C type), grid and block extents, dynamic shared memory. The launches are
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 SIZES = {"small": (512, 2048), "mistral": (4096, 14336)}
-KINDS = ("exact", "indexed", "dense", "threshold")
+KINDS = ("exact", "indexed", "dense", "threshold", "input")
 SPARSITIES = (0.5, 0.9, 0.95)
 DEFAULT_OUT = Path("out/cuda_bundle")
 MANIFEST = "manifest.json"
@@ -37,7 +37,8 @@ TAG_SLOT = {"blockIdx.x": ("grid", 0), "blockIdx.y": ("grid", 1), "blockIdx.z": 
             "threadIdx.x": ("block", 0), "threadIdx.y": ("block", 1), "threadIdx.z": ("block", 2)}
 DYN_SHARED_TAG = "tirx.use_dyn_shared_memory"
 # how the runner fills each parameter the kernels take, by name; everything after the output is scratch
-FILLS = {"x": "x", "w_gate": "w_gate", "w_up": "w_up", "w_down_t": "w_down_t", "idx": "idx", "count": "count"}
+FILLS = {name: name for name in ("x", "w_gate", "w_up", "w_down_t", "idx", "count", "w_gate_t", "w_up_t", "x_thr",
+                                 "h_thr")}
 # integer evaluation of the host code's launch arguments (sizes, extents)
 _OPS = {"Add": operator.add, "Sub": operator.sub, "Mul": operator.mul, "FloorDiv": operator.floordiv,
         "FloorMod": operator.mod, "Min": min, "Max": max,
@@ -48,12 +49,16 @@ CTYPES = {"int64_t": "int64", "int": "int32", "int32_t": "int32", "unsigned int"
 
 
 def mlp_prims(d: int, n_ff: int, dtype: str, sched) -> dict:
-    """kind -> the PrimFunc a model's MLP gets (ReGLU: relu gate, identity up; threshold 0 on the gate)."""
+    """kind -> the PrimFunc a model's MLP gets (ReGLU: relu gate, identity up; threshold 0 on the gate; input
+    mode, TEAL on SwiGLU: silu gate, |h| against its threshold)."""
     from actsparse.codegen.kernels import kernel
 
     kw = dict(gate_act="relu", up_act="identity", threshold=0.0, dtype=dtype, sched=sched)
-    return {kind: kernel(kind, d, n_ff, **kw, **({"criterion": "gate"} if kind == "threshold" else {}))
-            for kind in KINDS}
+    prims = {kind: kernel(kind, d, n_ff, **kw, **({"criterion": "gate"} if kind == "threshold" else {}))
+             for kind in KINDS if kind != "input"}
+    prims["input"] = kernel("input", d, n_ff, gate_act="silu", up_act="identity", criterion="product", dtype=dtype,
+                            sched=sched)
+    return prims
 
 
 def _children(stmt):
@@ -182,7 +187,10 @@ def tensors(prim, sizes: dict[str, int]) -> list[dict]:
 
 def bytes_read(kind: str, d: int, n_ff: int, n_active: int, wbytes: int) -> int:
     """Weight bytes the MLP must read at batch 1 (as ffn_cuda): the gate in full where the kernel decides
-    activity itself, up and down rows of the active neurons; all three matrices in full for dense."""
+    activity itself, up and down rows of the active neurons; all three matrices in full for dense; input mode:
+    the kept channels' gate and up rows ([d, n_ff] layout) and the kept neurons' down rows (as many of each)."""
+    if kind == "input":
+        return (2 * n_active * n_ff + n_active * d) * wbytes
     return {"exact": (n_ff + 2 * n_active), "threshold": (n_ff + 2 * n_active), "indexed": 3 * n_active,
             "dense": 3 * n_ff}[kind] * d * wbytes
 

@@ -52,21 +52,26 @@ def _base(d: int, n_ff: int, wdt: str, seed: int):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, d), np.float32)
     ws = [(rng.standard_normal((n_ff, d), np.float32) / scale).astype(wdt) for scale in (d**0.5, d**0.5, n_ff**0.5)]
-    return x, *ws, rng.permutation(n_ff)
+    return x, *ws, rng.permutation(n_ff), rng.permutation(d)
 
 
 def make_inputs(mlp: dict, seed: int = 0) -> dict:
     """numpy arrays for every tensor of `mlp` (manifest entry): x, weights with the gate's row signs set so that
-    relu(gate) > 0 exactly on `n_active` neurons, their index list and count, zeroed output and scratch."""
+    relu(gate) > 0 exactly on `n_active` neurons, their index list and count, zeroed output and scratch. Input
+    mode: thresholds 0 on `n_active` channels and neurons, inf on the others (kept exactly where sampled)."""
     import numpy as np
 
     d, n_ff, n_active, wdt = mlp["d"], mlp["n_ff"], mlp["n_active"], mlp["dtype"]
-    x, wg, wu, wd_t, order = _base(d, n_ff, wdt, seed)
+    x, wg, wu, wd_t, order, channels = _base(d, n_ff, wdt, seed)
     active = np.zeros(n_ff, bool)
     active[order[:n_active]] = True
-    g = wg.astype(np.float32) @ x[0]
-    wg = wg * np.where(active == (g > 0), 1, -1).astype(wdt)[:, None]  # negation is exact in fp16
-    made = {"x": x, "w_gate": wg, "w_up": wu, "w_down_t": wd_t}
+    made = {"x": x, "w_up": wu, "w_down_t": wd_t, "w_gate_t": np.ascontiguousarray(wg.T),
+            "w_up_t": np.ascontiguousarray(wu.T),
+            "x_thr": np.where(np.isin(np.arange(d), channels[:n_active]), 0, np.inf).astype(np.float32),
+            "h_thr": np.where(active, 0, np.inf).astype(np.float32)}
+    if mlp["kind"] != "input":
+        g = wg.astype(np.float32) @ x[0]
+        made["w_gate"] = wg * np.where(active == (g > 0), 1, -1).astype(wdt)[:, None]  # negation is exact in fp16
     out = {}
     for t in mlp["tensors"]:
         if t["fill"] == "idx":
@@ -83,13 +88,17 @@ def make_inputs(mlp: dict, seed: int = 0) -> dict:
     return out
 
 
-def reference(inputs: dict):
-    """The dense MLP in float64 over the same (fp16) weights: down(relu(gate x) * up x)."""
-    import numpy as np
-
-    x = inputs["x"].astype(np.float64)
-    wg, wu, wd_t = (inputs[k].astype(np.float64) for k in ("w_gate", "w_up", "w_down_t"))
-    return (np.maximum(x @ wg.T, 0) * (x @ wu.T)) @ wd_t
+def reference(t: dict, kind: str, exp):
+    """The MLP in float64 over the same (fp16) weights, from `t` (the inputs as float64 numpy arrays or torch
+    tensors; `exp` numpy's or torch's): down(relu(gate x) * up x); input mode: x kept where |x| > x_thr,
+    h = silu(gate x) * up x kept where |h| > h_thr."""
+    if kind != "input":
+        g = t["x"] @ t["w_gate"].T
+        return (g * (g > 0) * (t["x"] @ t["w_up"].T)) @ t["w_down_t"]
+    xs = t["x"] * (abs(t["x"]) > t["x_thr"])
+    g = xs @ t["w_gate_t"]
+    h = g / (1 + exp(-g)) * (xs @ t["w_up_t"])
+    return (h * (abs(h) > t["h_thr"])) @ t["w_down_t"]
 
 
 def output_name(mlp: dict) -> str:
@@ -223,8 +232,10 @@ def run(bundle: Path, manifest: dict, mlps: list[dict], repeats: int) -> int:
             for fn, launch, (params, _) in zip(fns, mlp["launches"], packed):
                 driver.launch(fn, launch, params, stream)
 
-        x16 = tensors["x"].to(torch.float16)
-        wg, wu, wd = tensors["w_gate"], tensors["w_up"], tensors["w_down_t"].t().contiguous()
+        x16 = tensors["x"].to(torch.float16)  # cuBLAS: the same dense ReGLU for every kind (input mode's SiLU aside)
+        wg = tensors["w_gate"] if "w_gate" in tensors else tensors["w_gate_t"].t().contiguous()
+        wu = tensors["w_up"] if "w_up" in tensors else tensors["w_up_t"].t().contiguous()
+        wd = tensors["w_down_t"].t().contiguous()
         src = torch.empty(mlp["bytes_read"] // 2, dtype=torch.float16, device=dev)
         dst = torch.empty_like(src)
         runners = {"actsparse": ours, "cuBLAS fp16 dense": lambda: F.linear(F.relu(F.linear(x16, wg)) *
@@ -233,8 +244,7 @@ def run(bundle: Path, manifest: dict, mlps: list[dict], repeats: int) -> int:
         with torch.no_grad():
             ours()
             torch.cuda.synchronize()
-            xd, wgd, wud, wdd = (tensors[k].double() for k in ("x", "w_gate", "w_up", "w_down_t"))
-            ref = (F.relu(xd @ wgd.T) * (xd @ wud.T)) @ wdd  # `reference` in float64, on the GPU
+            ref = reference({k: t.double() for k, t in tensors.items()}, mlp["kind"], torch.exp)  # on the GPU
             err = float((tensors[output_name(mlp)].double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
             if not err <= TOLERANCE:
                 failed.append(f"{mlp['name']}: max error / max |ref| {err:.2e} > {TOLERANCE:g}")
