@@ -9,13 +9,14 @@ compiles each source with nvcc for the GPU's architecture (a cubin), loads it th
 current stream, the arguments packed from torch tensors' data pointers and the manifest's integers.
 
 For each MLP (batch 1, fp16 weights, ReGLU; the gate's signs chosen so that exactly the sampled neurons are
-active): the output is checked against torch's dense MLP in fp32 over the same fp16 weights (max error / max |ref|
-≤ 1e-2); then, interleaved, the launch sequence, cuBLAS fp16 dense (torch F.linear) and a torch copy of the bytes
-the MLP must read are each timed with CUDA events, the L2 flushed (4x its size rewritten) before every call.
-Printed: median microseconds, the MLP's weight bytes read per second, that as a share of the copy's bandwidth
-(read + write bytes per second) and of a 1 GiB copy's, and the speed-up over cuBLAS fp16. `--dry-run` needs no
-GPU: it packs every launch's arguments over CPU tensors and checks them against the manifest (as
-tests/test_cuda_bundle.py does).
+active; input mode: SwiGLU with thresholds that keep exactly the sampled channels and neurons): the output is
+checked against the same MLP in float64 over the same fp16 weights, on the GPU (max error / max |ref| ≤ 1e-2);
+then, interleaved, the launch sequence (replayed from a CUDA graph, and launched eagerly), cuBLAS fp16 dense
+(torch F.linear, from a CUDA graph) and a torch copy of the bytes the MLP must read are each timed with CUDA
+events, the L2 flushed (4x its size rewritten) before every call. Printed: median microseconds, the MLP's weight
+bytes read per second, that as a share of the copy's bandwidth (read + write bytes per second) and of a 1 GiB
+copy's, and the speed-up over cuBLAS fp16. `--dry-run` needs no GPU: it packs every launch's arguments over CPU
+tensors and checks them against the manifest (as tests/test_cuda_bundle.py does).
 """
 
 from __future__ import annotations
@@ -196,6 +197,25 @@ def copy_bandwidth(torch, flush) -> float:
     return 2 * src.numel() * 4 / float(np.median([timed(torch, lambda: dst.copy_(src), flush) for _ in range(5)])) / 1e3
 
 
+def in_graph(torch, fn):
+    """`fn` captured in a CUDA graph: its replay (no host work between its launches), or None when the capture
+    fails (the error printed; the eager figure then stands alone)."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()  # warm-up off the default stream, as torch asks before a capture
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        torch.cuda.synchronize()
+        return graph.replay
+    except RuntimeError as err:
+        print(f"CUDA graph capture failed: {err}", file=sys.stderr)
+        return None
+
+
 def run(bundle: Path, manifest: dict, mlps: list[dict], repeats: int) -> int:
     import numpy as np
     import torch
@@ -213,14 +233,15 @@ def run(bundle: Path, manifest: dict, mlps: list[dict], repeats: int) -> int:
         modules = {src: driver.load(compile_cubin(Path(bundle) / src, arch, Path(tmp))) for src in manifest["sources"]
                    if any(m["source"] == src for m in mlps)}
     flush = torch.empty(max(props.L2_cache_size, 1 << 20), dtype=torch.float32, device=dev)  # 4x L2 in bytes
-    stream = torch.cuda.current_stream().cuda_stream
     peak_gbs = copy_bandwidth(torch, flush)
     print(f"\n**CUDA MLP kernels from the bundle (TVM-generated source, launched through libcuda)** — {props.name}; "
           f"batch 1, fp16 weights; L2 flushed before each call; median of {repeats} (CUDA events); 1 GiB copy "
           f"{peak_gbs:.0f} GB/s (read + write)\n")
-    print("| MLP | launches | median us | cuBLAS fp16 us | copy us | MB read | GB/s | % of copy BW | % of 1 GiB copy | "
-          "vs cuBLAS | max err |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("Each MLP and cuBLAS's chain is timed replayed from a CUDA graph (device time, no host between launches); "
+          "'eager' launches ours one by one through ctypes (includes the host's launch gaps).\n")
+    print("| MLP | launches | median us | eager us | cuBLAS fp16 us | copy us | MB read | GB/s | % of copy BW | "
+          "% of 1 GiB copy | vs cuBLAS | max err |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     failed = []
     for mlp in mlps:
         host = make_inputs(mlp)
@@ -228,7 +249,8 @@ def run(bundle: Path, manifest: dict, mlps: list[dict], repeats: int) -> int:
         fns = [driver.function(modules[mlp["source"]], launch["kernel"]) for launch in mlp["launches"]]
         packed = [pack(launch, {k: t.data_ptr() for k, t in tensors.items()}) for launch in mlp["launches"]]
 
-        def ours():
+        def ours():  # on torch's current stream: the capture stream inside a graph capture
+            stream = torch.cuda.current_stream().cuda_stream
             for fn, launch, (params, _) in zip(fns, mlp["launches"], packed):
                 driver.launch(fn, launch, params, stream)
 
@@ -238,9 +260,11 @@ def run(bundle: Path, manifest: dict, mlps: list[dict], repeats: int) -> int:
         wd = tensors["w_down_t"].t().contiguous()
         src = torch.empty(mlp["bytes_read"] // 2, dtype=torch.float16, device=dev)
         dst = torch.empty_like(src)
-        runners = {"actsparse": ours, "cuBLAS fp16 dense": lambda: F.linear(F.relu(F.linear(x16, wg)) *
-                                                                            F.linear(x16, wu), wd),
-                   "copy of the bytes read": lambda: dst.copy_(src)}
+
+        def dense():
+            return F.linear(F.relu(F.linear(x16, wg)) * F.linear(x16, wu), wd)
+
+        runners = {"eager": ours, "copy of the bytes read": lambda: dst.copy_(src)}
         with torch.no_grad():
             ours()
             torch.cuda.synchronize()
@@ -249,6 +273,8 @@ def run(bundle: Path, manifest: dict, mlps: list[dict], repeats: int) -> int:
             if not err <= TOLERANCE:
                 failed.append(f"{mlp['name']}: max error / max |ref| {err:.2e} > {TOLERANCE:g}")
                 continue
+            runners["actsparse"] = in_graph(torch, ours) or ours
+            runners["cuBLAS fp16 dense"] = in_graph(torch, dense) or dense
             for fn in runners.values():
                 fn()
             times = {name: [] for name in runners}
@@ -258,7 +284,8 @@ def run(bundle: Path, manifest: dict, mlps: list[dict], repeats: int) -> int:
         us = {name: float(np.median(t)) for name, t in times.items()}
         copy_gbs = 2 * mlp["bytes_read"] / us["copy of the bytes read"] / 1e3
         gbs = mlp["bytes_read"] / us["actsparse"] / 1e3
-        print(f"| {mlp['name']} | {len(mlp['launches'])} | {us['actsparse']:.1f} | {us['cuBLAS fp16 dense']:.1f} | "
+        print(f"| {mlp['name']} | {len(mlp['launches'])} | {us['actsparse']:.1f} | {us['eager']:.1f} | "
+              f"{us['cuBLAS fp16 dense']:.1f} | "
               f"{us['copy of the bytes read']:.1f} | {mlp['bytes_read'] / 1e6:.1f} | {gbs:.0f} | "
               f"{gbs / copy_gbs:.0%} | {gbs / peak_gbs:.0%} | {us['cuBLAS fp16 dense'] / us['actsparse']:.2f}x | "
               f"{err:.1e} |", flush=True)
