@@ -1,7 +1,8 @@
 """The GPU check for the day a machine with an NVIDIA GPU is lent (issue 18): one command, under 8 minutes on an
 H100/H200, every result in one file.
 
-    python -m actsparse.benchmarks.gpu_check [--out gpu_check.md] [--budget 470] [--dry-run]
+    python -m actsparse.benchmarks.gpu_check [--out gpu_check.md] [--budget 470] [--bundle out/cuda_bundle]
+                                             [--without-tvm] [--dry-run]
 
 Steps, each a subprocess under its own share of the time budget, its output appended to `--out` as it finishes:
  1. the machine: nvidia-smi, the torch and TVM builds, the GPU TVM's runtime finds, the load average;
@@ -9,10 +10,14 @@ Steps, each a subprocess under its own share of the time budget, its output appe
     generated code, then exact / indexed / dense against cuBLAS fp16 (torch) with the device's copy bandwidth;
  3. `pytest -m gpu` on the test files with GPU tests: every CUDA kernel's numerics on the GPU, the decoder (plain
     and in CUDA graphs) against transformers, the hot/cold hybrid.
+Where TVM is not installed (the H200 image lent here has PyTorch and nvcc only; `--without-tvm` forces it), steps 2
+and 3 give way to `cuda_bundle_run` over the bundle `cuda_bundle.py` wrote beforehand on a machine with TVM (carried
+along): the same kernels' source as TVM emits it, compiled by nvcc there, checked against torch and timed against
+cuBLAS fp16 and a copy of the bytes each MLP reads (small and Mistral-7B dims; exact, indexed, dense, threshold).
 The figures come first: if time runs out, the tests are what is cut. `--dry-run` writes the plan (commands and
 their limits) and the machine section, and runs nothing else. Exit status 0 when every step passed, 1 when one
-failed or ran out of time, 2 on bad arguments. It needs this checkout importable as `actsparse` and TVM installed
-on the GPU machine (BENCHMARKS.md, session 10: the lent H200 image has no TVM).
+failed or ran out of time, 2 on bad arguments (or, without TVM, no bundle). It needs this checkout importable as
+`actsparse` (its parent folder on PYTHONPATH, a link named actsparse to it is enough).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1]  # the repository root (tests/ is here)
+PACKAGE = Path(__file__).absolute().parents[1]  # the repository root (tests/ is here); not resolved: a
+# link named actsparse to a checkout of another name makes its parent importable
 GPU_TEST_FILES = ("tests/test_kernels_cuda.py", "tests/test_decode_cuda.py", "tests/test_hot_cold_cuda.py")
 # (name, share of the budget, command): the share is a ceiling; the last step gets whatever time is left
 STEPS = (
@@ -33,6 +39,22 @@ STEPS = (
     ("pytest -m gpu", 0.6, [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider",
                             *GPU_TEST_FILES]),
 )
+DEFAULT_BUNDLE = Path("out/cuda_bundle")  # relative to the repository root, as cuda_bundle writes it
+
+
+def bundle_steps(bundle: Path):
+    """The steps where TVM is absent: the bundled kernels, timed without TVM (the decoder tests need TVM)."""
+    return (("cuda_bundle_run", 1.0, [sys.executable, "-m", "actsparse.benchmarks.cuda_bundle_run", str(bundle)]),)
+
+
+def has_tvm() -> bool:
+    try:
+        import tvm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 MACHINE = """import os
 print("load average", os.getloadavg())
 try:
@@ -48,7 +70,7 @@ try:
     from actsparse.targets.cuda import gpu_device
     print("tvm", tvm.__version__, "| TVM runtime finds", gpu_device())
 except ImportError as err:
-    print("tvm:", err, "(every step below needs TVM)")
+    print("tvm:", err, "(the kernels run from the bundle: cuda_bundle_run)")
 """
 
 
@@ -98,11 +120,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("gpu_check.md"), help="the one file the results go to")
     ap.add_argument("--budget", type=float, default=470.0, help="seconds for all steps together")
     ap.add_argument("--dry-run", action="store_true", help="write the plan and the machine section, run nothing")
+    ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE,
+                    help="where TVM is absent: the kernel bundle (python -m actsparse.benchmarks.cuda_bundle)")
+    ap.add_argument("--without-tvm", action="store_true", help="time the bundle even where TVM is installed")
     args = ap.parse_args(argv)
     if args.budget < 60:
         print(f"error: --budget {args.budget:g} s is too short for any step; give at least 60", file=sys.stderr)
         return 2
-    steps = [(name, share, with_workers(cmd) if name.startswith("pytest") else cmd) for name, share, cmd in STEPS]
+    if args.without_tvm or not has_tvm():
+        bundle = args.bundle if args.bundle.is_absolute() else PACKAGE / args.bundle
+        if not (bundle / "manifest.json").is_file():
+            print(f"error: no TVM here and no kernel bundle at {bundle}: write it on a machine with TVM "
+                  f"(python -m actsparse.benchmarks.cuda_bundle --out {args.bundle}) and carry it", file=sys.stderr)
+            return 2
+        steps = list(bundle_steps(bundle))
+    else:
+        steps = [(name, share, with_workers(cmd) if name.startswith("pytest") else cmd) for name, share, cmd in STEPS]
     limits = [f"at most {share * args.budget:.0f} s" for _, share, _ in steps[:-1]] + ["the time left"]
     plan = ["## Plan", ""] + [f"- {name} ({limit}): `{' '.join(cmd)}`" for (name, _, cmd), limit in zip(steps, limits)]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -142,13 +142,10 @@ using std::max;
 using std::min;
 """
 
-RUNTIME = r"""
-#include <tvm/ffi/c_api.h>
-
+LAUNCH = r"""
 struct SimtKernel { const char *name; void (*tramp)(const int64_t *); int n_params; int n_launch; int tags[6]; };
 extern const SimtKernel simt_kernels[];
 extern const int simt_n_kernels;
-static int set_device_sentinel;
 
 static void launch(const SimtKernel *k, const int64_t *raw) {
   unsigned dims[6] = {1, 1, 1, 1, 1, 1};  // grid x y z, block x y z
@@ -178,6 +175,12 @@ static void launch(const SimtKernel *k, const int64_t *raw) {
     });
   for (auto &th : pool) th.join();
 }
+"""
+
+RUNTIME = LAUNCH + r"""
+#include <tvm/ffi/c_api.h>
+
+static int set_device_sentinel;
 
 extern "C" {
 static int init_once(void **handle, int (*init)(void **)) { return *handle ? 0 : init(handle); }
@@ -234,16 +237,9 @@ def missing() -> str | None:
 
 def launch_params(prims, target) -> dict[str, list[str]]:
     """Device kernel name -> its launch parameter tags, from TVM's own lowering of the PrimFuncs."""
-    import tvm
-    from tvm.tirx.build import split_host_device_mods
+    from actsparse.benchmarks.cuda_bundle import lowered
 
-    tvm_target = target.tvm_target()
-    mod = tvm.IRModule({str(p.attrs["global_symbol"]): p for p in prims})
-    mod = tvm.tirx.transform.BindTarget(tvm_target.with_host(tvm_target.host))(mod)
-    pipeline, _, _ = tvm.tirx.get_default_tir_pipeline(tvm_target)
-    with tvm_target:
-        mod = pipeline(mod)
-    _, devices = split_host_device_mods(mod)
+    _, devices = lowered(prims, target.tvm_target())
     return {gv.name_hint: [str(t) for t in fn.attrs["tirx.kernel_launch_params"]]
             for dm in devices.values() for gv, fn in dm.functions.items()}
 

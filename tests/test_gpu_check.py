@@ -47,3 +47,18 @@ def test_ffn_cuda_gives_each_kernel_its_scratch_on_the_arguments_device():
     h, part = scratch_tensors(prim, args)
     assert h.shape == (2, 5) and part.shape[1:] == (2, 64) and h.dtype == part.dtype == torch.float32
     assert h.device == args[0].device
+
+
+def test_gpu_check_without_tvm_times_the_bundle_and_needs_one(tmp_path, capsys, monkeypatch):
+    out, bundle = tmp_path / "check.md", tmp_path / "bundle"
+    assert gpu_check.main(["--dry-run", "--without-tvm", "--bundle", str(bundle), "--out", str(out)]) == 2
+    assert "no kernel bundle at" in capsys.readouterr().err and not out.exists()
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    assert gpu_check.main(["--dry-run", "--without-tvm", "--bundle", str(bundle), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"-m actsparse.benchmarks.cuda_bundle_run {bundle}" in text
+    assert "pytest -m gpu" not in text and "ffn_cuda" not in text  # both need TVM
+    monkeypatch.setattr(gpu_check, "has_tvm", lambda: False)  # the lent H200 image: the bundle path by itself
+    assert gpu_check.main(["--dry-run", "--bundle", str(bundle), "--out", str(out)]) == 0
+    assert "cuda_bundle_run" in out.read_text()

@@ -383,3 +383,19 @@ def test_compiled_model_on_the_gpu_matches_the_cpu():
     gpu = actsparse.compile(graph, (x,), target="cuda", mode="exact")
     cpu = actsparse.compile(graph, (x,), target="x86", mode="exact")
     np.testing.assert_allclose(gpu(x), cpu(x), rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_input_sparse_kernel_sums_gate_and_up_parts_in_the_neuron_launch():
+    """Input (TEAL) mode: channel flags, gate parts, up parts, [gate and up sums + h mask + neuron flags], down parts,
+    their sum — 6 launches (8 when gate and up had a sum launch each); numerics: test_kernels_input.py (SIMT)."""
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.kernels.scratch import scratch_count
+
+    prim = kernel("input", D, N_FF, gate_act="silu", up_act="identity", criterion="product", dtype="float16",
+                  sched=cuda_schedule())
+    _, source = cuda_build([prim])
+    launches = kernel_source(source, prim).split("__global__")[1:]
+    assert len(launches) == 6 and scratch_count(prim) == 8
+    assert [p.name for p in prim.params][-8:] == ["fx", "xs", "pin", "pin_u", "g", "u", "fh", "pout"]
+    neuron = launches[3]  # reads both parts' buffers and writes g, u
+    assert all(re.search(rf"\b{name}_ptr\[", neuron) for name in ("pin", "pin_u", "g", "u"))
