@@ -80,6 +80,33 @@ def test_float32_certificate_is_never_below_the_exact_bound_on_adversarial_rows(
             assert (coef <= exact * (1 + 1e-4) + 1e-20).all()   # + the underflow allowance of tiny rows
 
 
+def test_the_reference_scores_never_dequantize_the_whole_int8_copy(monkeypatch):
+    """The interpreter evaluates linear(x, @w8) a block of rows at a time (the compile report does, per certified
+    block: a whole 7B gate dequantized is 180 MB, which the process kept): the same scores as the whole
+    dequantized copy, and no call dequantizes more rows than a block."""
+    from actsparse.ir import interpreter, quant
+    from actsparse.passes import run_pipeline
+    from actsparse.passes.canonicalize import Canonicalize
+    from actsparse.passes.detect_gated_mlp import DetectGatedMLP
+    from actsparse.passes.sparsify_predictor import SparsifyPredictor
+
+    graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)
+    x = mlp_input(d=D, seq=5, seed=3)
+    bound = run_pipeline(graph, [Canonicalize(), DetectGatedMLP(), SparsifyPredictor(predictor="bound")]).graph
+    block = next(n for n in bound.nodes if n.op == "sparse_gated_mlp")
+    scores = block.inputs[4]
+    rows_seen = []
+    real = quant.dequantize
+    monkeypatch.setattr(quant, "dequantize", lambda blob, *a: rows_seen.append(blob.shape[0]) or real(blob, *a))
+    monkeypatch.setattr(interpreter, "QUANTIZED_ROWS_PER_STEP", 32)
+    got = interpreter.evaluate_from(bound, scores, {id(block.inputs[0]): x})
+    assert rows_seen and max(rows_seen) == 32 and sum(rows_seen) == N
+    w8 = bound.weights[scores.inputs[0].inputs[1].attrs["name"]]
+    want = certified_scores({"w8": w8, "coef": bound.weights[scores.inputs[1].inputs[1].attrs["name"]]}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(evaluate(bound, [x])[0], evaluate(graph, [x])[0], rtol=1e-4, atol=1e-6)
+
+
 def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
     # gate_shift -0.3 on the constant column: most neurons are off, many near the boundary
     graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)
