@@ -2,6 +2,7 @@
 
     python -m actsparse.benchmarks.compile_scale [--layers 2,4,8] [--dtype float16] [--act relu] [--mode exact]
     python -m actsparse.benchmarks.compile_scale --layers 32        # the full model: needs ~15 GB of RAM
+    python -m actsparse.benchmarks.compile_scale --layers 2,8 --exact-gate certified   # or dense; default: the host's
 
 Each size runs in a fresh subprocess: the model (transformers LlamaForCausalLM, Llama-2-7B dims, random weights,
 `--act relu` as ReluLLaMA / ProSparse so exact mode applies) is built first, then `actsparse.compile()` is timed
@@ -20,6 +21,9 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
+
+from ..targets.base import EXACT_GATES
 
 # Llama-2-7B: d 4096, n_ff 11008, 32 heads (no GQA), vocab 32000
 LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32, "num_key_value_heads": 32,
@@ -65,7 +69,7 @@ def _fill_rows(p, gen, rows: int = 256) -> None:
         block.copy_(torch.randn(block.shape, generator=gen, dtype=torch.float32).mul_(0.02))
 
 
-def child(layers: int, dtype: str, act: str, mode: str, small: bool, vocab: int = 0) -> dict:
+def child(layers: int, dtype: str, act: str, mode: str, small: bool, vocab: int = 0, exact_gate: str = "") -> dict:
     import torch
     import transformers  # noqa: F401  (the libraries' own memory is not the weights': count from after them)
     import tvm  # noqa: F401
@@ -74,19 +78,19 @@ def child(layers: int, dtype: str, act: str, mode: str, small: bool, vocab: int 
     from actsparse.frontends.hf import CausalLMLogits
     from actsparse.targets import x86
 
-    x86.host()
+    target = x86.host() if not exact_gate else replace(x86.host(), exact_gate=exact_gate)
     base_rss = _rss_bytes()
     model = build_model(layers, dtype, act, small, vocab)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     ids = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(1))
     t0 = time.perf_counter()
-    cm = actsparse.compile(CausalLMLogits(model), (ids,), target="x86", mode=mode)
+    cm = actsparse.compile(CausalLMLogits(model), (ids,), target=target, mode=mode)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"layers": layers, "weight_bytes": weight_bytes, "compile_s": seconds,
             "peak_over_base_bytes": peak - base_rss,
             "ratio": (peak - base_rss) / weight_bytes, "blocks": len(cm.report.blocks),
-            "sparsity": cm.report.mean_sparsity}
+            "sparsity": cm.report.mean_sparsity, "exact_gate": target.exact_gate}
 
 
 def fit(rows: list[dict], key: str, layers: int) -> tuple[float, float, float]:
@@ -108,10 +112,12 @@ def main(argv=None) -> int:
     ap.add_argument("--extrapolate", type=int, default=32, help="layer count to extrapolate to (default 32)")
     ap.add_argument("--small", action="store_true", help="tiny dims, for a smoke test")
     ap.add_argument("--vocab", type=int, default=0, help="vocabulary size (default: the model's, 32000)")
+    ap.add_argument("--exact-gate", default="", choices=["", *EXACT_GATES],
+                    help="how exact mode finds active neurons (Target.exact_gate; default: the host target's)")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        row = child(args.child, args.dtype, args.act, args.mode, args.small, args.vocab)
+        row = child(args.child, args.dtype, args.act, args.mode, args.small, args.vocab, args.exact_gate)
         print("RESULT " + json.dumps(row), flush=True)
         return 0
 
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
     for layers in [int(n) for n in args.layers.split(",")]:
         cmd = [sys.executable, "-m", "actsparse.benchmarks.compile_scale", "--child", str(layers), "--dtype",
                args.dtype, "--act", args.act, "--mode", args.mode, "--vocab", str(args.vocab),
-               *(["--small"] if args.small else [])]
+               "--exact-gate", args.exact_gate, *(["--small"] if args.small else [])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
@@ -131,7 +137,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{layers:3d} layers: weights {row['weight_bytes'] / 1e9:6.2f} GB | compile {row['compile_s']:6.1f} s "
               f"| peak RSS over base {row['peak_over_base_bytes'] / 1e9:6.2f} GB = {row['ratio']:.2f}x the "
-              f"weights | load avg {os.getloadavg()[0]:.2f}", flush=True)
+              f"weights | exact_gate {row['exact_gate']} | load avg {os.getloadavg()[0]:.2f}", flush=True)
     n = args.extrapolate
     t0, t_per, t_n = fit(rows, "compile_s", n)
     m0, m_per, m_n = fit(rows, "peak_over_base_bytes", n)

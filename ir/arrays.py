@@ -23,11 +23,18 @@ def aligned_contiguous(array: np.ndarray, alignment: int = ALIGNMENT) -> np.ndar
     array = np.asarray(array)
     if is_aligned(array, alignment):
         return array
-    raw = np.empty(array.nbytes + alignment, np.uint8)
-    offset = (-raw.ctypes.data) % alignment
-    out = raw[offset:offset + array.nbytes].view(array.dtype).reshape(array.shape)
+    out = aligned_empty(array.shape, array.dtype, alignment)
     out[...] = array
     return out
+
+
+def aligned_empty(shape, dtype, alignment: int = ALIGNMENT) -> np.ndarray:
+    """An uninitialized aligned C-contiguous array: a pass fills it in place instead of copying a result in."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
 # key -> an array some compiled model holds; weak: an entry lives only as long as a model (or graph) keeps it

@@ -38,8 +38,9 @@ def evaluate(graph: Graph, arrays: Sequence[np.ndarray], keep: Sequence[Node] = 
     for node in graph.nodes:
         for i in node.inputs:
             remaining[id(i)] += 1
+    streamed = _streamed_weights(graph.nodes)
     for node in graph.nodes:
-        if id(node) not in values:
+        if id(node) not in values and id(node) not in streamed:
             values[id(node)] = _run(node, values, graph, env)
         for i in node.inputs:  # free intermediates early: full-model graphs hold many activations
             remaining[id(i)] -= 1
@@ -67,8 +68,10 @@ def evaluate_from(graph: Graph, node: Node, known: dict[int, np.ndarray]) -> np.
         order.append(n)
 
     visit(node)
+    streamed = _streamed_weights(order)
     for n in order:
-        values[id(n)] = _run(n, values, graph, {})
+        if id(n) not in streamed:
+            values[id(n)] = _run(n, values, graph, {})
     return values[id(node)]
 
 
@@ -82,10 +85,44 @@ def weight_value(graph: Graph, node: Node) -> np.ndarray:
     return dequantize(array, node.attrs["layout"], node.shape[-1])
 
 
+QUANTIZED_ROWS_PER_STEP = 1024   # rows of a quantized weight dequantized at once by `_quantized_linear`
+
+
+def _streamed_weights(nodes: Sequence[Node]) -> set[int]:
+    """ids of the quantized weight nodes that `nodes` read only as a float32 linear's weight: those are never
+    dequantized whole (`_quantized_linear` dequantizes a block of rows at a time)."""
+    uses: dict[int, list[bool]] = {}
+    for n in nodes:
+        for k, i in enumerate(n.inputs):
+            if i.op == "weight" and i.attrs.get("layout", "dense") != "dense":
+                uses.setdefault(id(i), []).append(n.op == "linear" and k == 1 and n.dtype == "f32")
+    return {i for i, linear_only in uses.items() if all(linear_only)}
+
+
+def _quantized_linear(node: Node, values, graph: Graph) -> np.ndarray:
+    """linear(x, @w_quantized) without the whole dequantized weight: `QUANTIZED_ROWS_PER_STEP` rows at a time. The
+    compile report evaluates each certified gate's scores this way (runtime/report.py); a Llama-2-7B gate
+    dequantized at once is 180 MB, and the process kept that much per layer (compile_scale, issue 11 item 4)."""
+    from .quant import dequantize
+
+    x = values[id(node.inputs[0])].astype(np.float32, copy=False)
+    w = node.inputs[1]
+    blob, cols = graph.weights[w.attrs["name"]], w.shape[-1]
+    out = np.empty((*x.shape[:-1], blob.shape[0]), np.float32)
+    for a in range(0, blob.shape[0], QUANTIZED_ROWS_PER_STEP):
+        b = a + QUANTIZED_ROWS_PER_STEP
+        out[..., a:b] = x @ dequantize(blob[a:b], w.attrs["layout"], cols).T
+    if len(node.inputs) == 3:
+        out += values[id(node.inputs[2])]
+    return out
+
+
 def _run(node: Node, values, graph: Graph, env) -> np.ndarray:
     dtype = np_dtype(node.dtype)
     if node.op == "weight":
         return weight_value(graph, node)
+    if node.op == "linear" and id(node.inputs[1]) not in values:   # a streamed weight (`_streamed_weights`)
+        return _quantized_linear(node, values, graph)
     if node.op == "constant":
         return np.asarray(node.attrs["value"], dtype=dtype)
     opdef = op_def(node.op)

@@ -26,6 +26,16 @@ FATReLU's threshold). Why no active neuron is ever dropped: the true gate is g_j
 
 So s_j <= cutoff proves g_j <= cutoff as the sparse kernel computes it: the neuron adds exactly 0, and the output
 is the dense one. No calibration data; only valid for ReLU-family gates (the pass refuses others).
+
+How c_j is computed (exact mode certifies every gate at compile time, so this is on a 7B model's critical path):
+32 rows at a time in float32 scratch, with the q8_0 codes written straight into the result. The four norms come
+from float32 sums of squares ŝ, made upper bounds in float64 on the [n_ff] vectors (`_norm_upper`): Σa² <=
+(ŝ + n·2⁻¹⁴⁹) / (1 − γ_n) for a sum of n squares in any order (γ_n = n·u/(1 − n·u); 2⁻¹⁴⁹ for squares that
+underflow), ‖a‖ <= ‖â‖ / (1 − u) where a = w − deq or w − fp16(w) was itself a rounded float32 difference, then
+× (1 + 10⁻¹²) for the float64 arithmetic and rounded up to float32. So the stored c_j is never below the bound
+with exact norms (tests/test_certified_gate.py checks it on adversarial rows against fsum), and looser than the
+float64 computation this replaced by ~γ_n/2 relative (1.2e-4 at d = 4096: no visible change in the certified
+share). Rows whose float32 sums overflow are redone in float64.
 """
 
 from __future__ import annotations
@@ -35,12 +45,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..ir.arrays import aligned_contiguous
-from ..ir.quant import quantize
+from ..ir.arrays import aligned_empty
+from ..ir.quant import GROUP, dequantize, layout
 
 LAYOUT = "q8_0"
+BLOCK_BYTES = layout(LAYOUT).block_bytes   # an fp16 scale, then 32 int8 codes
 UNIT_ROUNDOFF = 2.0 ** -24
 X16_ROUNDING = 0.52 * np.sqrt(32) / 32767  # x rounded to int16 per group of 32 (module docstring)
+SMALLEST_SUBNORMAL = 2.0 ** -149           # float32: a square that underflows loses at most half of this
+ROWS_PER_STEP = 32                         # rows of float32 scratch at a time: 0.5 MB at d=4096, stays in L2
+FLOAT64_SLACK = 1e-12                      # covers the few float64 roundings of the per-row bound (~1e-15 each)
 
 
 def float_allowance(d: int) -> float:
@@ -48,47 +62,111 @@ def float_allowance(d: int) -> float:
     return 2 * n / (1 - n)
 
 
-def certify_gate(w_gate: np.ndarray, rows: int = 1024) -> dict:
+def _gamma(k: int) -> float:
+    """γ_k = k·u / (1 − k·u): the relative error bound of k float32 roundings in a row (Higham, Lemma 3.1)."""
+    return k * UNIT_ROUNDOFF / (1 - k * UNIT_ROUNDOFF)
+
+
+def certify_gate(w_gate: np.ndarray, workers: int = 0) -> dict:
     """w_gate [n_ff, d] (the values the sparse kernel reads) -> {"w8": q8_0 blob, "coef": c [n_ff] float32}.
 
-    `rows` rows at a time: the float64 error terms of a whole Mistral-size gate would take ~2 GB at once (every
-    number is per row, so the result is the same)."""
+    Cheap enough to run on every gate of exact mode at compile time (issue 11 item 4: a 7B model in < 60 s and
+    < 1.5x the weights): the q8_0 codes go straight into one preallocated aligned blob (byte for byte what
+    `ir.quant.quantize(w, "q8_0")` gives), and each step works on `ROWS_PER_STEP` rows in float32 scratch buffers
+    reused across steps — no full-size temporaries, no second copy of the gate, no float64 arrays but the
+    [n_ff] ones. `workers` threads (numpy releases the GIL) take contiguous row ranges; 0: the host's cores, up to 4.
+
+    The row norms are float32 sums of squares, made upper bounds (`_norm_upper`): outward rounding in float64 on the
+    [n_ff] results, so the stored coefficient is never below the float64 bound of the module docstring."""
     w_all = np.asarray(w_gate)
-    starts = range(0, w_all.shape[0], rows)
-    # numpy's array ops release the GIL: chunks on the cores side by side (each chunk's temporaries ~50 MB)
-    with ThreadPoolExecutor(max(1, min(len(starts), os.cpu_count() or 1, 4))) as pool:
-        parts = list(pool.map(lambda r0: _certify_rows(np.asarray(w_all[r0:r0 + rows], np.float32)), starts))
-    return {"w8": aligned_contiguous(np.concatenate([b for b, _ in parts])),
-            "coef": np.concatenate([c for _, c in parts])}
-
-
-def _row_norms(a: np.ndarray) -> np.ndarray:
-    """‖a_j‖₂ per row in float64 (a float64 sum of squares, as np.linalg.norm computes it, ~7x faster: exact mode
-    certifies every gate at compile time, passes/certify_exact_gate.py)."""
-    return np.sqrt(np.einsum("ij,ij->i", a, a))
-
-
-def _certify_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    q = quantize(w, LAYOUT)
-    deq = q.dequantize().astype(np.float64)
-    w64 = w.astype(np.float64)
-    error = _row_norms(w64 - deq)
-    norm_q, norm_w = _row_norms(deq), _row_norms(w64)
+    n_ff, d = w_all.shape
+    cols = -(-d // GROUP) * GROUP
+    blob = aligned_empty((n_ff, cols // GROUP * BLOCK_BYTES), np.uint8)
+    sums = np.empty((4, n_ff), np.float32)   # Σ (w − deq)², Σ deq², Σ w², Σ (w − fp16(w))², each rounded
+    workers = workers or max(1, min(os.cpu_count() or 1, 4))
+    bounds = np.linspace(0, n_ff, min(workers, max(1, n_ff // ROWS_PER_STEP)) + 1).astype(int)
+    ranges = list(zip(bounds[:-1], bounds[1:]))
+    if len(ranges) == 1:
+        _certify_range(w_all, blob, sums, *ranges[0])
+    else:
+        with ThreadPoolExecutor(len(ranges)) as pool:
+            list(pool.map(lambda r: _certify_range(w_all, blob, sums, *r), ranges))
+    error, norm_q, norm_w, as_fp16 = (_norm_upper(s, cols, rounded_terms=t)
+                                      for s, t in zip(sums, (True, False, False, True)))
+    overflow = np.flatnonzero(~np.isfinite(sums).all(0))   # a square above float32's range: those rows in float64
+    if overflow.size:
+        parts = _norms64(w_all[overflow], blob[overflow])
+        for norm, exact in zip((error, norm_q, norm_w, as_fp16), parts):
+            norm[overflow] = exact
     # quantize="fp16" stores the sparse kernel's gate rounded to fp16 after this pass: its rounding is bounded too
     # (0 where w already holds fp16 values)
-    as_fp16 = _row_norms(w64 - w.astype(np.float16).astype(np.float64))
-    coef = error + as_fp16 + float_allowance(w.shape[1]) * (norm_q + norm_w) + X16_ROUNDING * norm_q
+    coef = (error + as_fp16 + float_allowance(d) * (norm_q + norm_w) + X16_ROUNDING * norm_q) * (1 + FLOAT64_SLACK)
     # rounded up to float32, so the stored number is never below the bound
     coef32 = coef.astype(np.float32)
     coef32 = np.where(coef32.astype(np.float64) < coef, np.nextafter(coef32, np.float32(np.inf)), coef32)
-    return q.blob, coef32.astype(np.float32)
+    return {"w8": blob, "coef": coef32.astype(np.float32)}
+
+
+def _certify_range(w_all: np.ndarray, blob: np.ndarray, sums: np.ndarray, r0: int, r1: int) -> None:
+    """Rows [r0, r1) of the gate: their q8_0 codes into `blob`, their four float32 sums of squares into `sums`."""
+    d = w_all.shape[1]
+    cols = -(-d // GROUP) * GROUP
+    step = ROWS_PER_STEP
+    w = np.zeros((step, cols), np.float32)         # zero padding past d: codes 0, as quantize() pads
+    deq, scratch = np.empty_like(w), np.empty_like(w)
+    same_fp16 = w_all.dtype == np.float16          # fp16 weights round to themselves: that sum is 0
+    for a in range(r0, r1, step):
+        b = min(a + step, r1)
+        k = b - a
+        wk, dk, tk = w[:k], deq[:k], scratch[:k]
+        wk[:, :d] = w_all[a:b]
+        groups = wk.reshape(k, -1, GROUP)
+        amax = np.abs(wk, out=tk).reshape(k, -1, GROUP).max(-1)
+        scale = amax / np.float32(127)            # as ir.quant.quantize: codes from the float32 scale
+        inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
+        codes = np.multiply(groups, inv[..., None], out=tk.reshape(k, -1, GROUP))
+        np.clip(np.rint(codes, out=codes), -127, 127, out=codes)
+        rows = blob[a:b].reshape(k, -1, BLOCK_BYTES)
+        scale16 = scale.astype(np.float16)
+        rows[..., :2] = scale16.view(np.uint8).reshape(k, -1, 2)
+        rows[..., 2:] = codes.astype(np.int8).view(np.uint8)
+        # the values the kernels use: code × the fp16 scale, exact in float32 (11 × 8 bits)
+        np.multiply(codes, scale16.astype(np.float32)[..., None], out=dk.reshape(k, -1, GROUP))
+        sums[1, a:b] = np.einsum("ij,ij->i", dk, dk)
+        sums[2, a:b] = np.einsum("ij,ij->i", wk, wk)
+        np.subtract(wk, dk, out=tk)
+        sums[0, a:b] = np.einsum("ij,ij->i", tk, tk)
+        if same_fp16:
+            sums[3, a:b] = 0
+        else:
+            np.subtract(wk, wk.astype(np.float16), out=tk)
+            sums[3, a:b] = np.einsum("ij,ij->i", tk, tk)
+
+
+def _norms64(w: np.ndarray, blob: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The four row norms of a few rows in float64 (the rows whose float32 sums of squares overflowed)."""
+    w64 = np.asarray(w, np.float64)
+    deq = dequantize(blob, LAYOUT, w.shape[1]).astype(np.float64)
+    norm = lambda a: np.sqrt(np.einsum("ij,ij->i", a, a))   # noqa: E731
+    return norm(w64 - deq), norm(deq), norm(w64), norm(w64 - np.asarray(w, np.float16).astype(np.float64))
+
+
+def _norm_upper(sum32: np.ndarray, n: int, rounded_terms: bool) -> np.ndarray:
+    """An upper bound in float64 on ‖a‖₂ from ŝ, the float32 sum of the n squares of a row, in any order.
+
+    Each square and each add rounds with relative error <= u, so Σ a² <= ŝ / (1 − γ_n) (n − 1 adds and the
+    square: n roundings per term; an add of subnormals is exact, a square that underflows loses < 2⁻¹⁴⁹ absolute,
+    hence + n·2⁻¹⁴⁹). `rounded_terms`: the a_i were themselves float32 differences (w − deq, w − fp16(w)), each off
+    by a factor (1 ± u): ‖a‖ <= ‖â‖ / (1 − u). Rows whose sum overflowed (inf) stay inf: their neurons are never
+    certified."""
+    s = (sum32.astype(np.float64) + n * SMALLEST_SUBNORMAL) / (1 - _gamma(n))
+    norm = np.sqrt(s)
+    return norm / (1 - UNIT_ROUNDOFF) if rounded_terms else norm
 
 
 def certified_scores(arrays: dict, x: np.ndarray, b_gate: np.ndarray | None = None, x16: bool = False) -> np.ndarray:
     """The bound predictor's scores in numpy (tests, the report): [..., d] -> [..., n_ff]. `x16`: against x rounded
     to int16 per group of 32 as the CPU kernel's int16 score pass does (codegen/kernels/score_int16.py)."""
-    from ..ir.quant import dequantize
-
     x = np.asarray(x, np.float32)
     d = x.shape[-1]
     deq = dequantize(arrays["w8"], LAYOUT, d)

@@ -39,6 +39,74 @@ def test_the_bound_never_certifies_an_active_neuron(n, d, scale, near, seed, x16
     assert not (certified & (g32 > 0)).any() and not (certified & (g64 > 0)).any()
 
 
+def _exact_coefficients(w: np.ndarray, w8: np.ndarray) -> np.ndarray:
+    """The bound of certified_gate.py with every norm exact (fsum over float64 squares, which float32 values and
+    their differences give exactly), per row."""
+    import math
+
+    from actsparse.ir.quant import dequantize
+    from actsparse.passes.certified_gate import X16_ROUNDING, float_allowance
+
+    w64, deq = w.astype(np.float64), dequantize(w8, "q8_0", w.shape[1]).astype(np.float64)
+    as16 = w.astype(np.float16).astype(np.float64)
+    norm = lambda a: math.sqrt(math.fsum(a * a))   # noqa: E731
+    return np.array([norm(r - q) + norm(r - h) + float_allowance(w.shape[1]) * (norm(q) + norm(r))
+                     + X16_ROUNDING * norm(q) for r, q, h in zip(w64, deq, as16)])
+
+
+def test_float32_certificate_is_never_below_the_exact_bound_on_adversarial_rows():
+    """certify_gate sums squares in float32 and rounds outward: on rows built to stress that (a wide dynamic
+    range, tiny values whose squares underflow, one outlier per group, constant rows, fp16 gates, d not a multiple
+    of 32, rows split over 2 workers) each coefficient is >= the bound with exact norms, and within 1e-4 of it;
+    the int8 copy is ir.quant.quantize's byte for byte."""
+    from actsparse.ir.quant import quantize
+
+    rng = np.random.default_rng(7)
+    n, d = 70, 100
+    rows = [rng.standard_normal((10, d)) * np.exp(rng.uniform(-18, 8, (10, d))),   # 1e-8 .. 3e3 within a row
+            rng.standard_normal((10, d)) * 1e-21,                                  # squares below float32's range
+            rng.standard_normal((10, d)) * 1e-3 + (rng.random((10, d)) < 0.03) * 1e3,   # outliers
+            np.full((10, d), 0.1), np.zeros((10, d)),
+            rng.standard_normal((20, d))]
+    w32 = np.concatenate(rows).astype(np.float32)
+    assert w32.shape == (n, d)
+    for w in (w32, w32.astype(np.float16), w32[:, :64]):
+        for workers in (1, 2):
+            got = certify_gate(w, workers=workers)
+            np.testing.assert_array_equal(got["w8"], quantize(np.asarray(w, np.float32), "q8_0").blob)
+            exact = _exact_coefficients(np.asarray(w, np.float32), got["w8"])
+            coef = got["coef"].astype(np.float64)
+            assert (coef >= exact).all(), np.flatnonzero(coef < exact)
+            assert (coef <= exact * (1 + 1e-4) + 1e-20).all()   # + the underflow allowance of tiny rows
+
+
+def test_the_reference_scores_never_dequantize_the_whole_int8_copy(monkeypatch):
+    """The interpreter evaluates linear(x, @w8) a block of rows at a time (the compile report does, per certified
+    block: a whole 7B gate dequantized is 180 MB, which the process kept): the same scores as the whole
+    dequantized copy, and no call dequantizes more rows than a block."""
+    from actsparse.ir import interpreter, quant
+    from actsparse.passes import run_pipeline
+    from actsparse.passes.canonicalize import Canonicalize
+    from actsparse.passes.detect_gated_mlp import DetectGatedMLP
+    from actsparse.passes.sparsify_predictor import SparsifyPredictor
+
+    graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)
+    x = mlp_input(d=D, seq=5, seed=3)
+    bound = run_pipeline(graph, [Canonicalize(), DetectGatedMLP(), SparsifyPredictor(predictor="bound")]).graph
+    block = next(n for n in bound.nodes if n.op == "sparse_gated_mlp")
+    scores = block.inputs[4]
+    rows_seen = []
+    real = quant.dequantize
+    monkeypatch.setattr(quant, "dequantize", lambda blob, *a: rows_seen.append(blob.shape[0]) or real(blob, *a))
+    monkeypatch.setattr(interpreter, "QUANTIZED_ROWS_PER_STEP", 32)
+    got = interpreter.evaluate_from(bound, scores, {id(block.inputs[0]): x})
+    assert rows_seen and max(rows_seen) == 32 and sum(rows_seen) == N
+    w8 = bound.weights[scores.inputs[0].inputs[1].attrs["name"]]
+    want = certified_scores({"w8": w8, "coef": bound.weights[scores.inputs[1].inputs[1].attrs["name"]]}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(evaluate(bound, [x])[0], evaluate(graph, [x])[0], rtol=1e-4, atol=1e-6)
+
+
 def test_compiled_bound_predictor_equals_dense_and_certifies_neurons():
     # gate_shift -0.3 on the constant column: most neurons are off, many near the boundary
     graph = gated_mlp_graph(d=D, n=N, act="relu", gate_shift=-0.3)
