@@ -277,7 +277,8 @@ DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "depends on tensor values")  # 
 # sizes from the token count that the IR cannot name (Llama 4's chunked attention) are exported for one token at
 # a time (`seq` fixed to 1): the runtime then feeds a prompt token by token (runtime/decoder.py). Last, models that
 # slice a table by the cache's length (MPT's ALiBi bias: `bias[:, past + seq - kv:]`) get the length as a size,
-# kv - seq, instead of the `pos` value, which would make the slice's size depend on tensor values.
+# kv - seq, instead of the `pos` value, which would make the slice's size depend on tensor values; so do models
+# that count learned positions from it (MVP, TrOCR: `arange(past, past + seq)` becomes arange(kv-seq, kv)).
 EXPORT_VARIANTS = ({}, {"ones_mask": True}, {"one_token": True}, {"one_token": True, "ones_mask": True},
                    {"seen_from_shapes": True}, {"one_token": True, "seen_from_shapes": True})
 
@@ -309,25 +310,10 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: t
     importer.symbols.update(_dim_symbols(program))
     importer.bounds = {SEQ: (1, max_seq), FILLED: (1, max_seq)}  # what the runtime feeds (runtime/decoder.py)
     graph = importer.run()
-    if seen_from_shapes:
-        _check_symbolic_starts(graph, type(model).__name__)
     # a recurrent kernel that writes a state in place (`conv_state.copy_`) adds an output for that input mutation
     # ahead of the user outputs; the wrapper returns the written state itself, so only the user outputs are kept
     kinds = [spec.kind for spec in program.graph_signature.output_specs]
     return graph.with_outputs(o for o, kind in zip(graph.outputs, kinds, strict=True) if kind == OutputKind.USER_OUTPUT)
-
-
-def _check_symbolic_starts(graph: Graph, model_name: str) -> None:
-    """Positions counted from the cache's length as a size (arange(kv-seq, kv)) cannot be lowered: codegen's arange
-    takes a constant start. Refused here by name rather than as an error of the build."""
-    from ..ir.graph import topo_order
-
-    for node in topo_order(graph.outputs):
-        if node.op == "arange" and not isinstance(node.attrs.get("start", 0), int):
-            raise FrontendError(f"{model_name} counts positions from the cache length (arange({node.attrs['start']}, "
-                                f"{node.attrs['end']}): learned position embeddings indexed after the cached tokens); "
-                                "with the length as a size that needs an arange with a symbolic start, which codegen "
-                                "does not lower, and with the length as a value the sizes depend on tensor values")
 
 
 def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bool):

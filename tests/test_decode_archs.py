@@ -10,7 +10,8 @@ positions given as transformers' generate gives them), Mamba keeps a convolution
 config keeps an attention layer (scripts/tiny_config.py), DeepSeek-V3.2 its sparse-attention indexer's keys as a
 third per-position cache, gpt-oss attention sinks (scores of kv+1 columns: an affine dim, ir/dims.py), RWKV its
 recurrent state as a forward keyword and MiniMax its lightning attention's state in a list of its own Cache subclass
-(frontends/model_states.py: states outside transformers' cache layers, one token per call). Greedy
+(frontends/model_states.py: states outside transformers' cache layers, one token per call), MVP and TrOCR learned
+positions counted from the cache's length as a size (arange(kv-seq, kv): an arange with a symbolic start). Greedy
 decoding equals transformers' `generate` token for token."""
 
 import pytest
@@ -26,7 +27,7 @@ torch.set_num_threads(1)
                                         ("diffllama", "dense"), ("bart", "dense"), ("camembert", "dense"),
                                         ("mamba", "dense"), ("falcon_h1", "dense"), ("zamba2", "dense"),
                                         ("deepseek_v32", "dense"), ("gpt_oss", "dense"), ("rwkv", "dense"),
-                                        ("minimax", "dense")])
+                                        ("minimax", "dense"), ("mvp", "dense"), ("trocr", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
