@@ -94,10 +94,10 @@ def test_a_model_exported_with_the_cache_length_as_a_size_still_decodes(monkeypa
 def _llama_decoding_as_transformers(monkeypatch, variant: dict):
     """A tiny Llama compiled with only the export variant `variant`; asserts its greedy decoding equals
     transformers' and returns (model, prompt ids, decoder)."""
-    from actsparse.frontends import kv_cache
+    from actsparse.frontends import decoder_export
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
-    monkeypatch.setattr(kv_cache, "EXPORT_VARIANTS", (variant,))
+    monkeypatch.setattr(decoder_export, "EXPORT_VARIANTS", (variant,))
     model = build_tiny("llama")
     ids = example_ids(model)
     with torch.no_grad():
