@@ -74,7 +74,8 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: t
 
     from .hf_source import quiet_transformers
     from .moe import per_expert_routing
-    from .torch_export import HINTS, Importer, decompose_missing
+    from .torch_export import HINTS, decompose_missing
+    from .torch_importer import Importer
 
     wrapper = KVCachedLM(model, ones_mask, tuple(specs), own_cache, seen_from_shapes)
     ids = torch.zeros(1, 1 if one_token else 2, dtype=torch.long)
