@@ -129,12 +129,32 @@ class LastLogits(nn.Module):
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
         self._positions = "position_ids" in takes  # given as transformers' generate gives them (0, 1, ...), which
         # is not what RoBERTa-style models derive themselves (padding_idx + 1 + i)
+        self._own_inputs = _rewrites_generation_ids(model)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self._own_inputs:  # what the model's generate feeds (XLM: a mask token appended, whose logits predict)
+            given = self.model.prepare_inputs_for_generation(input_ids)
+            out = self.model(**{k: v for k, v in given.items() if isinstance(v, torch.Tensor)}, use_cache=False,
+                             **self._last_logits_only)
+            return out.logits[:, -1:]
         positions = {"position_ids": torch.arange(input_ids.shape[1]).unsqueeze(0)} if self._positions else {}
         out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
                          **positions, **self._last_logits_only)
         return out.logits[:, -1:]
+
+
+def _rewrites_generation_ids(model: nn.Module) -> bool:
+    """Whether the model's own `prepare_inputs_for_generation` feeds its forward other token ids than the sequence
+    so far (XLM appends its mask token and a language id per token): generate then predicts from those, and so
+    must the recomputed graph."""
+    from transformers.generation.utils import GenerationMixin
+
+    own = getattr(type(model), "prepare_inputs_for_generation", None)
+    if own is None or own is GenerationMixin.prepare_inputs_for_generation:
+        return False
+    ids = torch.zeros(1, SEQ_EXAMPLE, dtype=torch.long)
+    given = model.prepare_inputs_for_generation(ids).get("input_ids")
+    return isinstance(given, torch.Tensor) and given.shape != ids.shape
 
 
 def _recompute_graph(model: nn.Module) -> Graph:
