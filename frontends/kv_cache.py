@@ -29,6 +29,8 @@ one token per call (its recurrent branch, cache_layers.py).
 from __future__ import annotations
 
 import inspect
+import os
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -185,9 +187,13 @@ def _probe(model: nn.Module, given: dict | None = None):
         with torch.no_grad():
             return model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True, **(given or {}))
     except (ValueError, TypeError, AttributeError, IndexError, RuntimeError) as err:  # hybrids, looped layers
-        raise FrontendError(f"{type(model).__name__} failed a one-token forward with use_cache=True ({err}); decoding "
-                            "supports decoders whose caches hold attention keys and values or recurrent states") \
-                            from err
+        # the call is transformers' own (nothing of ours in it but a cache it is given): say so, and where it broke
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        call = (f"model(input_ids=zeros(1, 1), use_cache=True{', ' if given else ''}"
+                f"{', '.join(f'{k}={type(v).__name__}()' for k, v in (given or {}).items())})")
+        raise FrontendError(f"{type(model).__name__}'s cached forward fails in transformers itself "
+                            f"({os.path.basename(frame.filename)}:{frame.lineno}): `{call}` raised "
+                            f"{type(err).__name__}: {err}; decoding needs that forward to run") from err
 
 
 def _layer_specs(model: nn.Module, cache, max_seq: int) -> list[CacheSpec]:
