@@ -12,9 +12,9 @@ third per-position cache, gpt-oss attention sinks (scores of kv+1 columns: an af
 recurrent state as a forward keyword and MiniMax its lightning attention's state in a list of its own Cache subclass
 (frontends/model_states.py: states outside transformers' cache layers, one token per call), MVP and TrOCR learned
 positions counted from the cache's length as a size (arange(kv-seq, kv): an arange with a symbolic start), XLM
-predicts at a mask token its own generation inputs append (and slices those seq+1 ids by -(seq+1)), GIT pads its
-mask's block ids by kv - seq (a pad of a symbolic amount: a full of that affine size). Greedy decoding equals
-transformers' `generate` token for token."""
+predicts at a mask token its own generation inputs append (and slices those seq+1 ids by -(seq+1)), GIT and Gemma 4
+(unified) pad their mask's block ids by kv - seq (a pad of a symbolic amount: a full of that affine size). Greedy
+decoding equals transformers' `generate` token for token."""
 
 import pytest
 import torch
@@ -30,7 +30,7 @@ torch.set_num_threads(1)
                                         ("mamba", "dense"), ("falcon_h1", "dense"), ("zamba2", "dense"),
                                         ("deepseek_v32", "dense"), ("gpt_oss", "dense"), ("rwkv", "dense"),
                                         ("minimax", "dense"), ("mvp", "dense"), ("trocr", "dense"),
-                                        ("xlm", "dense"), ("git", "dense")])
+                                        ("xlm", "dense"), ("git", "dense"), ("gemma4_unified", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
