@@ -164,7 +164,7 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
 
 def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokenizer, calibration, sparsity,
                      memory_budget, method, prompt, predictor_options, quantize, prequantized, progress: Steps):
-    from .frontends.kv_cache import import_decoder
+    from .frontends.decoder_export import import_decoder
     from .runtime.decoder import Decoder, DecoderSpec
 
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -181,7 +181,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     lossy_calibration = None if memory_budget is not None and mode not in LOSSY_MODES else calibration
     _lossy_options(mode, lossy_calibration, sparsity, method, predictor_options)  # bad options fail before the import
     graph, caches = import_decoder(model, max_seq)
-    one_token = graph.inputs[0].type.shape[1] == 1  # exported for one token at a time (frontends/kv_cache.py)
+    one_token = graph.inputs[0].type.shape[1] == 1  # exported for one token at a time (frontends/decoder_export.py)
     if one_token and calibration is not None:
         raise ActsparseError(f"{type(model).__name__} decodes one token per call (its forward computes sizes from "
                              "the token count that a symbolic length cannot carry), so calibration prompts cannot "
@@ -299,7 +299,7 @@ def _budget_options(budget: int, calibration, example_arrays) -> dict:
 def _decoder_inputs(ids, caches) -> tuple:
     """A decoding graph's inputs for a prompt at position 0 with an empty cache (`caches`: its CacheSpecs)."""
     ids = np.asarray(_to_numpy(ids), np.int64).reshape(1, -1)
-    if not caches:  # a model without a cache: the graph takes the token ids only (frontends/kv_cache.py)
+    if not caches:  # a model without a cache: the graph takes the token ids only (frontends/decoder_export.py)
         return (ids,)
     filled = np.zeros(ids.shape[1], np.int64)  # its length: the slots filled after the prompt is written
     return (ids, np.zeros(1, np.int64), filled, *(np.zeros(c.shape, np.float32) for c in caches))

@@ -76,7 +76,13 @@ def _constant(ctx, node, args):
 @lowering("arange")
 def _arange(ctx, node, args):
     a = node.attrs
-    return R.arange(a.get("start", 0), ctx.dim(a["end"]), a.get("step", 1), TVM_DTYPES[node.dtype])
+    start, end, step, dtype = a.get("start", 0), ctx.dim(a["end"]), a.get("step", 1), TVM_DTYPES[node.dtype]
+    if isinstance(start, int):
+        return R.arange(start, end, step, dtype)
+    # a symbolic start (positions after a cache: arange(kv-seq, kv)) as a slice of arange(0, end): Relax's arange
+    # takes it as a value argument, which FuseTIR then fails to fuse with its shape variables ("VarRemapGet")
+    return R.strided_slice(R.arange(0, end, 1, dtype), axes=[0], begin=[ctx.dim(start)], end=[end],
+                           strides=[step], assume_inbound=True)
 
 
 @lowering("full")

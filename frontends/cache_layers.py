@@ -13,7 +13,7 @@ method transformers' cache calls for them (`cache.update_indexer`).
 
 The state layers always report a previous state: the states start as zeros, and a zero convolution window and a zero
 recurrent state are what the models' first-token paths assume, so the model takes its one-token (recurrent) branch
-from the first token on; the graph is then exported for one token per call (kv_cache.EXPORT_VARIANTS). A model's
+from the first token on; the graph is then exported for one token per call (decoder_export.EXPORT_VARIANTS). A model's
 recurrent kernels may write a state in place (`conv_state.copy_(...)`); the export records that as an input mutation,
 and the layer's tensor then reads the written value, which the graph returns as the state's output.
 """

@@ -1,4 +1,5 @@
-"""A transformers causal LM -> one KV-cached decoding graph, derived from the model's own forward.
+"""A transformers causal LM as one KV-cached decoding function, derived from the model's own forward: the wrapper
+module (`KVCachedLM`) and the cache tensors it takes (`cache_specs`); decoder_export.py exports it as this graph:
 
     graph(input_ids: i64[1, seq], pos: i64[1], filled: i64[kv], k0, v0, k1, v1, ...) -> (logits f32[1, 1, V], k0', ...)
 
@@ -28,12 +29,13 @@ one token per call (its recurrent branch, cache_layers.py).
 from __future__ import annotations
 
 import inspect
+import os
+import traceback
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..ir import Graph
 from .cache_layers import POSITION_CACHES, layer_classes
 from .errors import FrontendError
 from .model_states import (
@@ -46,9 +48,6 @@ from .model_states import (
 )
 
 KEYS, VALUES = "k", "v"
-INPUTS = ("input_ids", "pos", "filled")  # the inputs before the caches (the runtime binds them by position)
-SEQ, FILLED = "seq", "kv"  # the symbolic dims: tokens fed, slots filled after the call
-SEQ_EXAMPLE = 4  # tokens of the example a cacheless model is exported on
 
 
 @dataclass(frozen=True)
@@ -188,9 +187,13 @@ def _probe(model: nn.Module, given: dict | None = None):
         with torch.no_grad():
             return model(input_ids=torch.zeros(1, 1, dtype=torch.long), use_cache=True, **(given or {}))
     except (ValueError, TypeError, AttributeError, IndexError, RuntimeError) as err:  # hybrids, looped layers
-        raise FrontendError(f"{type(model).__name__} failed a one-token forward with use_cache=True ({err}); decoding "
-                            "supports decoders whose caches hold attention keys and values or recurrent states") \
-                            from err
+        # the call is transformers' own (nothing of ours in it but a cache it is given): say so, and where it broke
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        call = (f"model(input_ids=zeros(1, 1), use_cache=True{', ' if given else ''}"
+                f"{', '.join(f'{k}={type(v).__name__}()' for k, v in (given or {}).items())})")
+        raise FrontendError(f"{type(model).__name__}'s cached forward fails in transformers itself "
+                            f"({os.path.basename(frame.filename)}:{frame.lineno}): `{call}` raised "
+                            f"{type(err).__name__}: {err}; decoding needs that forward to run") from err
 
 
 def _layer_specs(model: nn.Module, cache, max_seq: int) -> list[CacheSpec]:
@@ -240,189 +243,3 @@ def _kv_specs(model: nn.Module, i: int, layer, max_seq: int) -> list[CacheSpec]:
 
 def _with_slots(tensor: torch.Tensor, max_seq: int, axis: int) -> tuple[int, ...]:
     return tuple(max_seq if a == axis else n for a, n in enumerate(tensor.shape))
-
-
-def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpec]]:
-    """Export `model` (a transformers causal LM, float32, eval) as the decoding graph of the module docstring, or,
-    for a model that keeps no cache at all, as `graph(input_ids) -> last logits` with no caches (`_recompute_graph`)."""
-    from .hf_source import quiet_transformers
-
-    if max_seq < 3:
-        raise FrontendError(f"max_seq={max_seq}: a decoder needs at least 3 KV-cache slots")
-    model = model.eval()
-    model.config.use_cache = True
-    with quiet_transformers():
-        specs, own_cache = cache_specs(model, max_seq)
-    if not specs:
-        return _recompute_graph(model), specs
-    # the one-token branch only (see cache_layers.py, model_states.py)
-    recurrent = any(s.kind in STATE_KINDS or s.kind in CARRIERS for s in specs)
-    errors = []
-    for variant in (v for v in EXPORT_VARIANTS if v.get("one_token") or not recurrent):
-        try:
-            return _named_inputs(_export(model, specs, max_seq, own_cache, **variant), specs), specs
-        except FrontendError as err:
-            errors.append(err)
-    # the first error, unless it is a size read off a value, which the later variants exist to avoid: then theirs
-    raise next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
-
-
-DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "depends on tensor values")  # what torch / the importer say
-
-
-# How the model is called for export, tried in order until one imports: first it builds its own causal mask from
-# the cache's filled length; models that derive positions from the attention mask (OPT, BioGPT: a cumsum over
-# `ones(past + seq)`, a length read off the `pos` tensor, which neither export nor the IR can make a shape of) get
-# an all-ones mask over the filled slots, a [1, kv] shape torch can name. Last, models whose forward computes
-# sizes from the token count that the IR cannot name (Llama 4's chunked attention) are exported for one token at
-# a time (`seq` fixed to 1): the runtime then feeds a prompt token by token (runtime/decoder.py). Last, models that
-# slice a table by the cache's length (MPT's ALiBi bias: `bias[:, past + seq - kv:]`) get the length as a size,
-# kv - seq, instead of the `pos` value, which would make the slice's size depend on tensor values.
-EXPORT_VARIANTS = ({}, {"ones_mask": True}, {"one_token": True}, {"one_token": True, "ones_mask": True},
-                   {"seen_from_shapes": True}, {"one_token": True, "seen_from_shapes": True})
-
-
-def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: type | None = None,
-            ones_mask: bool = False, one_token: bool = False, seen_from_shapes: bool = False) -> Graph:
-    """The decoding graph through torch.export, the model called as the EXPORT_VARIANTS entry says."""
-    from torch.export.graph_signature import OutputKind
-
-    from .hf_source import quiet_transformers
-    from .moe import per_expert_routing
-    from .torch_export import HINTS, Importer, decompose_missing
-
-    wrapper = KVCachedLM(model, ones_mask, tuple(specs), own_cache, seen_from_shapes)
-    ids = torch.zeros(1, 1 if one_token else 2, dtype=torch.long)
-    cache = tuple(torch.zeros(s.shape) for s in specs)
-    filled = torch.zeros(3, dtype=torch.long)  # a length other than the example's seq: two distinct dims
-    try:
-        with per_expert_routing(model), torch.no_grad(), quiet_transformers():
-            program = _export_dynamic(wrapper, (ids, torch.zeros(1, dtype=torch.long), filled, cache), max_seq,
-                                      one_token)
-    except Exception as err:
-        text = str(err).strip().splitlines()
-        raise FrontendError(f"torch.export could not export {type(model).__name__} with a KV cache: "
-                            f"{type(err).__name__}: {text[0] if text else ''}. Hints: {HINTS}.") from err
-    program.graph_module.graph.eliminate_dead_code()  # lengths computed for branches not taken (BLOOM's past + seq)
-    program = decompose_missing(program)  # as the full-sequence import does: the long tail by torch's decompositions
-    importer = Importer(program, KVCachedLM.actsparse_prefix)
-    importer.symbols.update(_dim_symbols(program))
-    importer.bounds = {SEQ: (1, max_seq), FILLED: (1, max_seq)}  # what the runtime feeds (runtime/decoder.py)
-    graph = importer.run()
-    if seen_from_shapes:
-        _check_symbolic_starts(graph, type(model).__name__)
-    # a recurrent kernel that writes a state in place (`conv_state.copy_`) adds an output for that input mutation
-    # ahead of the user outputs; the wrapper returns the written state itself, so only the user outputs are kept
-    kinds = [spec.kind for spec in program.graph_signature.output_specs]
-    return graph.with_outputs(o for o, kind in zip(graph.outputs, kinds, strict=True) if kind == OutputKind.USER_OUTPUT)
-
-
-def _check_symbolic_starts(graph: Graph, model_name: str) -> None:
-    """Positions counted from the cache's length as a size (arange(kv-seq, kv)) cannot be lowered: codegen's arange
-    takes a constant start. Refused here by name rather than as an error of the build."""
-    from ..ir.graph import topo_order
-
-    for node in topo_order(graph.outputs):
-        if node.op == "arange" and not isinstance(node.attrs.get("start", 0), int):
-            raise FrontendError(f"{model_name} counts positions from the cache length (arange({node.attrs['start']}, "
-                                f"{node.attrs['end']}): learned position embeddings indexed after the cached tokens); "
-                                "with the length as a size that needs an arange with a symbolic start, which codegen "
-                                "does not lower, and with the length as a value the sizes depend on tensor values")
-
-
-def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bool):
-    """torch.export with `seq` and `kv` dynamic in 1 .. max_seq; where torch's solver cannot prove a guard over that
-    range that holds on it (DeepSeek-V3.2's `min(index_topk, kv) <= kv`), with both left DYNAMIC instead (the
-    importer then bounds them by max_seq itself: Importer.bounds)."""
-    from torch.export.dynamic_shapes import Dim
-
-    ranged = (Dim(SEQ, min=1, max=max_seq), Dim(FILLED, min=1, max=max_seq))
-    for seq, kv in (ranged, (Dim.DYNAMIC, Dim.DYNAMIC)):
-        dynamic = (None if one_token else {1: seq}, None, {0: kv}, tuple(None for _ in args[3]))
-        try:
-            return torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
-        except torch._dynamo.exc.UserError as err:
-            if "Constraints violated" not in str(err) or seq is Dim.DYNAMIC:
-                raise
-
-
-class LastLogits(nn.Module):
-    """`input_ids -> the last position's logits [1, 1, V]`: a model without a cache, run on the whole sequence."""
-
-    actsparse_prefix = "model"
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        takes = inspect.signature(model.forward).parameters
-        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}
-        self._positions = "position_ids" in takes  # given as transformers' generate gives them (0, 1, ...), which
-        # is not what RoBERTa-style models derive themselves (padding_idx + 1 + i)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = {"position_ids": torch.arange(input_ids.shape[1]).unsqueeze(0)} if self._positions else {}
-        out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), use_cache=False,
-                         **positions, **self._last_logits_only)
-        return out.logits[:, -1:]
-
-
-def _recompute_graph(model: nn.Module) -> Graph:
-    """`graph(input_ids: i64[1, seq]) -> logits f32[1, 1, V]` for a model that keeps no cache (its attention may
-    see later positions, as BERT-style LM heads without is_decoder do, so no cache could be reused): transformers'
-    `generate` runs it on the whole sequence each step, and so does the runtime (runtime/decoder.py)."""
-    import warnings
-
-    from ..ir import Node, verify
-    from ..ir.graph import rewrite
-    from .hf_source import quiet_transformers
-    from .torch_export import import_torch
-
-    vocab = max(2, model.get_input_embeddings().num_embeddings)
-    ids = torch.arange(SEQ_EXAMPLE, dtype=torch.long).reshape(1, -1) % vocab
-    with torch.no_grad(), quiet_transformers(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a fallback to static shapes is checked below
-        graph = import_torch(LastLogits(model), (ids,), dynamic_seq=True)
-    if len(graph.inputs) != 1 or graph.inputs[0].type.shape[1] != SEQ:
-        raise FrontendError(f"{type(model).__name__} keeps no KV cache and its forward could only be exported for a "
-                            f"fixed sequence length, so it cannot be run on a growing sequence either")
-    named = Node("input", (), {"name": INPUTS[0]}, graph.inputs[0].type)
-    outputs = rewrite(graph, lambda n: named if n is graph.inputs[0] else None).outputs
-    return verify(Graph((named,), outputs, graph.weights, graph.name))
-
-
-def _dim_symbols(program) -> dict:
-    """torch's symbols of the two dynamic dims -> their IR names (`seq`, `kv`), read off the user inputs."""
-    from torch.export.graph_signature import InputKind
-
-    placeholders = {n.name: n for n in program.graph_module.graph.nodes if n.op == "placeholder"}
-    users = [placeholders[s.arg.name].meta["val"] for s in program.graph_signature.input_specs
-             if s.kind == InputKind.USER_INPUT]
-    named = {}
-    for val, axis, name in ((users[0], 1, SEQ), (users[2], 0, FILLED)):
-        size = val.shape[axis]
-        if isinstance(size, torch.SymInt) and size.node.expr.is_Symbol:
-            named[size.node.expr] = name
-    return named
-
-
-def _named_inputs(graph: Graph, specs: list[CacheSpec]) -> Graph:
-    """Inputs named input_ids, pos, filled, k0, v0, ... whatever FX called them (the runtime binds them by
-    position), and the filled prefix of each cache read as a slice."""
-    from ..ir import Node, verify
-    from ..ir.graph import rewrite
-
-    names = [*INPUTS, *(s.name for s in specs)]
-    if len(graph.inputs) != len(names):
-        raise FrontendError(f"internal: the decoding graph has {len(graph.inputs)} inputs, expected {len(names)}")
-    renamed = {id(n): Node("input", (), {"name": name}, n.type) for n, name in zip(graph.inputs, names)}
-
-    def rename_or_slice(node: Node) -> Node | None:
-        # index_select(x, arange(kv)){axis} -> slice(x){axis, 0:kv}: the filled prefix as the slice it is
-        if node.op == "index_select" and node.inputs[1].op == "arange" and node.inputs[1].attrs.get("end") == FILLED \
-                and node.inputs[1].attrs.get("start", 0) == 0 and node.inputs[1].attrs.get("step", 1) == 1:
-            prefix = {"axis": node.attrs["axis"], "start": 0, "end": FILLED, "step": 1}
-            return Node("slice", node.inputs[:1], prefix, node.type, node.loc)
-        return renamed.get(id(node))
-
-    outputs = rewrite(graph, rename_or_slice).outputs
-    return verify(Graph(tuple(renamed.values()), outputs, graph.weights, graph.name))

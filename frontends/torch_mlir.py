@@ -38,7 +38,7 @@ import numpy as np
 
 from ..ir import Graph, Node, TensorType, verify
 from .errors import FrontendError, UnsupportedOpError
-from .torch_export import Importer
+from .torch_importer import Importer
 from .torch_mlir_load import (
     HINT,
     Loaded,

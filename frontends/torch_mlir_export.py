@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .torch_export import export_program, op_name
+from .torch_export import export_program
+from .torch_importer import op_name
 from .torch_mlir_load import main_func, torch_mlir_bindings
 
 WRAPPERS = ("wrap_with_set_grad_enabled", "wrap_with_autocast")

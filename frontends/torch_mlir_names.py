@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .onnx_names import sanitize, wrapper_prefix
-from .torch_export import TORCH_DTYPES
+from .torch_importer import TORCH_DTYPES
 from .torch_mlir_load import Loaded, resource_key
 
 AUTO_BLOB = re.compile(r"^torch_tensor_[\d_]*_?torch\.\w+?(_\d+)?$")  # torch-mlir's own blob names

@@ -22,7 +22,7 @@ import torch
 
 from ..ir import Node
 from ..ir.types import positive_axis
-from .torch_export import TORCH_DTYPES
+from .torch_importer import TORCH_DTYPES
 from .torch_mlir_load import attr_string
 from .torch_ops import lookup, slice_of
 

@@ -12,6 +12,7 @@ import torch
 
 from ..ir import Node, TensorType, dims
 from ..ir.types import positive_axis
+from .torch_dims import affine_dim
 from .torch_inplace import in_place
 from .torch_ops_layers import complex_arith
 from .torch_ops_tail import TAIL_TO_IR
@@ -251,9 +252,11 @@ def slice_of(cx, x, axis, start, end, step=1):
 
 
 def _minus(cx, size):
-    """The dim name `n` of a symbolic size `-n`, else None."""
+    """The dim `n` of a symbolic size `-n` (a name, or affine: XLM slices its seq+1 ids by -(seq+1)), else None."""
     expr = getattr(getattr(size, "node", None), "expr", None)
-    return cx.symbols.get(-expr) if expr is not None and (-expr).is_Symbol else None
+    if expr is None or not (-expr).free_symbols <= set(cx.symbols):
+        return None
+    return cx.symbols.get(-expr) if (-expr).is_Symbol else affine_dim(-expr, cx.symbols, cx.bounds)
 
 
 def _slice(cx, node, x, dim=0, start=None, end=None, step=1):

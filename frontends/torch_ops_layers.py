@@ -57,11 +57,13 @@ def _constant_pad(cx, node, x, pad, value=0):
     x = cx.tensor(x, dtype)
     for i in range(len(pad) // 2):
         axis = x.type.rank - 1 - i
-        lo, hi = (cx.dim(p) for p in pad[2 * i: 2 * i + 2])
-        if isinstance(lo, str) or isinstance(hi, str):
-            raise cx.symbolic_error("padding by a symbolic amount cannot be expressed; import with dynamic_seq=False")
+        lo, hi = (cx.dim(p) for p in pad[2 * i: 2 * i + 2])  # a symbolic amount (GIT pads its mask's groups by
+        # kv - seq) is a full of that affine size, which torch's guards keep non-negative
         size = x.shape[axis]
-        if lo < 0 or hi < 0:  # negative padding crops
+        if any(isinstance(p, int) and p < 0 for p in (lo, hi)):  # negative padding crops
+            if not (isinstance(lo, int) and isinstance(hi, int)):
+                raise cx.symbolic_error("cropping by a symbolic amount cannot be expressed; import with "
+                                        "dynamic_seq=False")
             end = None if hi >= 0 else (size + hi if isinstance(size, int) else None)
             if not isinstance(size, int) and hi < 0:
                 raise cx.symbolic_error("cropping the symbolic dim cannot be expressed; import with dynamic_seq=False")

@@ -64,8 +64,10 @@ define("constant", 0, _no_infer, lambda attrs, env: None, {"value": REQUIRED},
        "a small literal (scalar or nested tuple)")
 define(
     "arange", 0, _no_infer,
-    lambda attrs, env: np.arange(attrs["start"], resolve((attrs["end"],), env)[0], attrs["step"]),
-    {"start": 0, "end": REQUIRED, "step": 1}, "0-d sources whose size may be symbolic (positions, masks)",
+    lambda attrs, env: np.arange(evaluate(attrs["start"], env), resolve((attrs["end"],), env)[0], attrs["step"]),
+    {"start": 0, "end": REQUIRED, "step": 1},
+    "0-d sources whose size may be symbolic (positions, masks); start and end are dims, so positions after a "
+    "cache are arange(kv-seq, kv)",
 )
 define(
     "full", 0, _no_infer, lambda attrs, env: np.full(resolve(attrs["shape"], env), attrs["value"]),

@@ -143,7 +143,7 @@ class Decoder:
 
     def _feed(self, ids: np.ndarray, state: DecodeState) -> DecodeState:
         n = ids.shape[1]
-        if n > 1 and self._one_token:  # a graph exported for one token at a time (frontends/kv_cache.py)
+        if n > 1 and self._one_token:  # a graph exported for one token at a time (frontends/decoder_export.py)
             for i in range(n):
                 state = self._feed(ids[:, i:i + 1], state)
             return state

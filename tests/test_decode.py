@@ -8,7 +8,7 @@ import torch
 
 import actsparse
 from actsparse.errors import ActsparseError, DecodeInputError
-from actsparse.frontends.kv_cache import import_decoder
+from actsparse.frontends.decoder_export import import_decoder
 from actsparse.ir import evaluate
 
 transformers = pytest.importorskip("transformers")

@@ -10,7 +10,10 @@ positions given as transformers' generate gives them), Mamba keeps a convolution
 config keeps an attention layer (scripts/tiny_config.py), DeepSeek-V3.2 its sparse-attention indexer's keys as a
 third per-position cache, gpt-oss attention sinks (scores of kv+1 columns: an affine dim, ir/dims.py), RWKV its
 recurrent state as a forward keyword and MiniMax its lightning attention's state in a list of its own Cache subclass
-(frontends/model_states.py: states outside transformers' cache layers, one token per call). Greedy
+(frontends/model_states.py: states outside transformers' cache layers, one token per call), MVP and TrOCR learned
+positions counted from the cache's length as a size (arange(kv-seq, kv): an arange with a symbolic start), XLM
+predicts at a mask token its own generation inputs append (and slices those seq+1 ids by -(seq+1)), GIT and Gemma 4
+(unified) pad their mask's block ids by kv - seq (a pad of a symbolic amount: a full of that affine size). Greedy
 decoding equals transformers' `generate` token for token."""
 
 import pytest
@@ -26,7 +29,8 @@ torch.set_num_threads(1)
                                         ("diffllama", "dense"), ("bart", "dense"), ("camembert", "dense"),
                                         ("mamba", "dense"), ("falcon_h1", "dense"), ("zamba2", "dense"),
                                         ("deepseek_v32", "dense"), ("gpt_oss", "dense"), ("rwkv", "dense"),
-                                        ("minimax", "dense")])
+                                        ("minimax", "dense"), ("mvp", "dense"), ("trocr", "dense"),
+                                        ("xlm", "dense"), ("git", "dense"), ("gemma4_unified", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
@@ -40,10 +44,10 @@ def test_greedy_decoding_equals_transformers(arch, mode):
     lm = actsparse.compile(model, mode=mode, max_seq=16)
     if mode == "exact":  # OPT's fc1 -> relu -> fc2 made exactly sparse
         assert sum(lm.report.pass_stats.get("sparsify-exact", {}).values()) >= 1
-    assert lm.recomputes == (arch == "camembert")  # no cache: the whole sequence per call; the others keep state
+    assert lm.recomputes == (arch in ("camembert", "xlm"))  # no cache: the whole sequence per call
     kinds = {name[0] for name, _ in lm.spec.caches}
     assert kinds == {"mamba": {"c", "r"}, "falcon_h1": {"k", "v", "c", "r"}, "zamba2": {"k", "v", "c", "r"},
-                     "deepseek_v32": {"k", "v", "i"}, "camembert": set(), "rwkv": {"s"},
+                     "deepseek_v32": {"k", "v", "i"}, "camembert": set(), "xlm": set(), "rwkv": {"s"},
                      "minimax": {"k", "v", "l"}}.get(arch, {"k", "v"})
     assert torch.equal(lm.generate(ids, 6), expected)
 
@@ -93,10 +97,10 @@ def test_a_model_exported_with_the_cache_length_as_a_size_still_decodes(monkeypa
 def _llama_decoding_as_transformers(monkeypatch, variant: dict):
     """A tiny Llama compiled with only the export variant `variant`; asserts its greedy decoding equals
     transformers' and returns (model, prompt ids, decoder)."""
-    from actsparse.frontends import kv_cache
+    from actsparse.frontends import decoder_export
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
-    monkeypatch.setattr(kv_cache, "EXPORT_VARIANTS", (variant,))
+    monkeypatch.setattr(decoder_export, "EXPORT_VARIANTS", (variant,))
     model = build_tiny("llama")
     ids = example_ids(model)
     with torch.no_grad():

@@ -14,7 +14,8 @@ from torch.nn import functional as F
 
 from actsparse.frontends import FrontendError, UnsupportedOpError, import_hf, import_torch
 from actsparse.frontends.errors import SymbolicShapeError
-from actsparse.frontends.torch_export import Importer, export_program
+from actsparse.frontends.torch_export import export_program
+from actsparse.frontends.torch_importer import Importer
 from actsparse.ir import evaluate, parse_graph, print_graph, verify
 
 transformers = pytest.importorskip("transformers")
