@@ -228,6 +228,8 @@ def slice_of(cx, x, axis, start, end, step=1):
     if _minus(cx, start) == dim:  # x[-n:] of an axis n long (XLM's ids[:, -(n - cached):] with nothing cached)
         start = 0
     start = 0 if start is None else cx.dim(start)
+    if isinstance(start, str) and dims.add(dim, start) == 0:  # x[-(n + 3):] of an axis n + 3 long (a padded conv)
+        start = 0
     end = None if end is None or (isinstance(end, int) and end >= BIG) else cx.dim(end)
     if isinstance(dim, int) and isinstance(start, int) and not isinstance(end, str):
         start, end, step = slice(start, end, step).indices(dim)
