@@ -212,7 +212,7 @@ def _build(node: Node, b: dict) -> Node:
     stacked = [derived_weight(f"{prefix}.{role}", lambda k=k, role=role: stack.get(role, np.concatenate)(
         [p[k].astype(np.float32) if k >= 3 else p[k] for p in parts])) for k, role in enumerate(roles)]
     attrs = {"experts": b["experts"], "gate_act": gate_act, "up_act": up_act, "threshold": threshold, "mode": mode,
-             "pattern": pattern, "bias": b["biased"]}
+             "pattern": pattern, **({"bias": True} if b["biased"] else {})}  # unbiased: the golden IR unchanged
     routed = Node("routed_moe", (x, *stacked[:3], b["v"], b["index"], *stacked[3:]), attrs,
                   TensorType((*x.shape[:-1], blocks[0].shape[-1]), x.dtype), loc)
     record("routed-experts", b["experts"])
