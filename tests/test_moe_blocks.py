@@ -6,6 +6,7 @@ rewritten graph equal to torch (interpreter, fp32, rtol 1e-4).
   (n_group=2, topk_group=1: `scatter_` of a group mask), a shared expert beside the routed ones. Routed.
 - gpt-oss: attention sinks (a learned logit per head joined to the scores), biased experts (gate/up biases in
   the block, the down bias added after it), a clamped SwiGLU. Routed with its biases (`routed_moe{bias}`).
+- DBRX and JetMoE: expert layouts frontends/moe.py rewrites per expert (a [E·n, d] matrix; a split by counts).
 - Cohere-2-MoE: Cohere's parallel block (attention and MLP both read one norm of x) with routed experts. Routed.
 - LongCat-Flash style: experts with transformers' interface but not its decorator, and identity ("zero") experts
   past the last expert's weights (frontends/moe.py).
@@ -90,6 +91,18 @@ def test_gpt_oss_biased_experts_run_routed_and_match_torch_compiled():
     ids = example_ids(model)
     compiled = actsparse.compile(run.graph, (ids.numpy(),), mode="auto")  # the biased routed kernel
     np.testing.assert_allclose(np.asarray(compiled(ids.numpy())), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("arch, layers", [("dbrx", 2), ("jetmoe", 2)])
+def test_dbrx_and_jetmoe_expert_layouts_import_and_run_routed(arch, layers):
+    """DBRX's [E·n, d] expert matrices with a loop over the experts hit, JetMoE's tokens split by per-expert counts
+    (its MLP experts and its mixture-of-attention): rewritten per expert by frontends/moe.py's LAYOUTS."""
+    run, _ = _auto(build_tiny(arch))
+    experts = build_tiny(arch).config.to_dict()
+    experts = experts.get("ffn_config", {}).get("moe_num_experts") or experts.get("num_local_experts")
+    assert run.stats["detect-gated-mlp"]["gated-mlp"] == layers * experts
+    assert run.stats["route-moe"] == {"routed-moe": layers, "routed-experts": layers * experts}
+    assert run.graph.count("routed_moe") == layers
 
 
 def test_cohere2_moe_parallel_block_runs_routed():
