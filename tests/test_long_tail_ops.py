@@ -242,3 +242,23 @@ def test_a_slice_from_minus_the_symbolic_length_keeps_it_symbolic():
     longer = torch.tensor([[2, 7, 1, 8, 2, 8, 1]])
     with torch.no_grad():
         np.testing.assert_allclose(evaluate(graph, [longer.numpy()])[0], model(longer).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["lfm3", "zaya"])
+def test_short_conv_architectures_import_with_a_dynamic_length_and_match_torch_at_two_lengths(arch):
+    """LFM3's short convolution (kernel 7, padding 6, then `[..., :seq]`) and ZAYA's depthwise conv over seq + 2:
+    one import, run at two sequence lengths."""
+    pytest.importorskip("transformers")
+    from actsparse.frontends.hf import CausalLMLogits
+    from actsparse.scripts.arch_table import build_tiny, example_ids
+
+    model = build_tiny(arch)
+    wrapped = CausalLMLogits(model).eval()
+    graph = import_torch(wrapped, (example_ids(model),))
+    assert graph.inputs[0].shape[-1] == "seq"
+    assert any(n.op == "conv1d" and isinstance(n.shape[-1], str) and n.shape[-1] != "seq" for n in graph.nodes)
+    for seq in (3, 9):
+        ids = example_ids(model, seq)
+        with torch.no_grad():
+            want = wrapped(ids).numpy()
+        np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
