@@ -100,7 +100,7 @@ def _expert_slice(node: Node):
 
 def _weight_rows(node: Node):
     """slice(@W, axis 0, s:e) of a 2-D weight with constant bounds (two rows or more, not all) -> (W, rows)."""
-    if node.op != "slice" or node.attrs["axis"] != 0 or node.attrs["step"] != 1 or node.inputs[0].op != "weight":
+    if node.op != "slice" or node.attrs["axis"] != 0 or node.attrs.get("step", 1) != 1 or node.inputs[0].op != "weight":
         return None
     w, start, end = node.inputs[0], node.attrs.get("start", 0), node.attrs.get("end")
     if w.type.rank != 2 or not isinstance(start, int) or not isinstance(end, int) or \
