@@ -11,6 +11,7 @@ Measured (weights from DRAM: the last-level cache is evicted before every timed 
   all-experts dense   what actsparse compiled MoE layers to before route-moe: every expert's dense kernel on the
                       token, each output weighted by its routing weight (0 for the six unchosen experts)
   routed dense        the routed_moe kernel, dense bodies: only the two chosen experts' rows are read
+  routed dense biased the routed_moe kernel with gate/up/down biases (gpt-oss's experts), dense bodies
   routed exact        the routed_moe kernel, exact bodies: the chosen experts' gate rows, then the up and down rows
                       of their active neurons only (TurboSparse-Mixtral's expert x neuron sparsity)
 Each output is checked against the op's numpy reference (ir/moe.py) first. Printed: CPU, load average (the figures
@@ -64,17 +65,23 @@ def main(argv=None) -> None:
         w["gate"][rows] *= np.where(active == (w["gate"][rows] @ x[0] > 0), 1, -1).astype("float32")[:, None]
     attrs = {"experts": E, "gate_act": "relu", "up_act": "identity", "threshold": 0.0}
     expected = routed_moe_ref(x, w["gate"], w["up"], w["down_t"], route_w, route_i, attrs, {})
+    biases = [rng.standard_normal(E * n).astype("float32") * 0.1 for _ in range(2)] + [
+        rng.standard_normal((E, d)).astype("float32") * 0.1]
+    expected_biased = routed_moe_ref(x, w["gate"], w["up"], w["down_t"], route_w, route_i, *biases,
+                                     {**attrs, "bias": True, "mode": "dense"}, {})
 
     t0 = time.perf_counter()
     kw = dict(gate_act="relu", up_act="identity", dtype="float32", sched=bench.sched)
     dense = build_standalone(dense_gated_mlp(d, n, **kw), bench.target)
     routed = {exact: build_standalone(routed_moe(d, n, E, exact=exact, **kw), bench.target) for exact in (False, True)}
+    biased = build_standalone(routed_moe(d, n, E, exact=False, bias=True, **kw), bench.target)
     compile_s = time.perf_counter() - t0
 
     tx, t_rw, t_ri = tv(x), tv(route_w), tv(route_i)
     per_expert = [[tv(w[name][e * n:(e + 1) * n]) for name in ("gate", "up", "down_t")] for e in range(E)]  # views
     stacked = [tv(w[name]) for name in ("gate", "up", "down_t")]
-    outs = [tv(np.zeros((1, d), "float32")) for _ in range(E + 2)]
+    outs = [tv(np.zeros((1, d), "float32")) for _ in range(E + 3)]
+    t_biases = [tv(b) for b in biases]
     routing = np.zeros(E, "float32")
     routing[chosen] = route_w[0]
 
@@ -89,20 +96,26 @@ def main(argv=None) -> None:
         routed[exact](tx, *stacked, t_rw, t_ri, outs[E + exact])
         return outs[E + exact]
 
+    def run_biased():
+        biased(tx, *stacked, t_rw, t_ri, *t_biases, outs[E + 2])
+        return outs[E + 2]
+
     row = d * 4
     runners = {
-        "all-experts dense": (all_experts, 3 * E * n * row),
-        "routed dense": (lambda: run_routed(False), 3 * k * n * row),
-        f"routed exact ({args.sparsity:.0%} sparse)": (lambda: run_routed(True), k * (n + 2 * n_active) * row),
+        "all-experts dense": (all_experts, 3 * E * n * row, expected),
+        "routed dense": (lambda: run_routed(False), 3 * k * n * row, expected),
+        "routed dense biased": (run_biased, 3 * k * n * row + k * (2 * n + d) * 4, expected_biased),
+        f"routed exact ({args.sparsity:.0%} sparse)": (lambda: run_routed(True), k * (n + 2 * n_active) * row,
+                                                        expected),
     }
-    for name, (fn, _) in runners.items():
+    for name, (fn, _, want) in runners.items():
         out = fn()
         got = out if isinstance(out, np.ndarray) else out.numpy()
-        err = np.abs(got - expected).max() / np.abs(expected).max()
+        err = np.abs(got - want).max() / np.abs(want).max()
         assert err < 1e-4, f"{name}: max rel err vs the reference {err:.2e}"
 
     load = os.getloadavg()
-    times = bench.time(runners, args.repeats)
+    times = bench.time({name: (fn, nbytes) for name, (fn, nbytes, _) in runners.items()}, args.repeats)
     med = {name: float(np.median(t)) for name, t in times.items()}
     print(f"CPU: {bench.cpu}")
     print(f"MoE layer: {E} experts x (d={d}, n_ff={n}) fp32, top-{k}, batch 1; {args.threads} threads; "
@@ -112,7 +125,7 @@ def main(argv=None) -> None:
     base, routed_dense = med["all-experts dense"], med["routed dense"]
     print("\n| form | median ms | MB read | GB/s | vs all-experts | vs routed dense |")
     print("|---|---|---|---|---|---|")
-    for name, (_, nbytes) in runners.items():
+    for name, (_, nbytes, _) in runners.items():
         print(f"| {name} | {med[name] * 1e3:.2f} | {nbytes / 1e6:.0f} | {nbytes / med[name] / 1e9:.1f} | "
               f"{base / med[name]:.2f}x | {routed_dense / med[name]:.2f}x |")
 

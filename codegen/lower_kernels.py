@@ -9,8 +9,10 @@ for the layer's sizes and the target's schedule, and restores the leading dims:
                                                                     [x2d, Wg, Wu, Wd.t, *extra]), [..., d_out])
     gated_mlp(x, ...)  (dense mode)             -> linear kernels for gate/up/down + Relax activations
                                                    (gate/up biases, if any, go to the linear kernels)
-    routed_moe(x, @Wg, @Wu, @Wd.t, V, I)        -> reshape(call_tir(routed kernel, [x2d, Wg, Wu, Wd.t, V2d, I2d]))
-                                                   (a family without one: each expert's dense kernel, weighted)
+    routed_moe(x, @Wg, @Wu, @Wd.t, V, I[, @bg, @bu, @bd])
+                                                -> reshape(call_tir(routed kernel, [x2d, Wg, Wu, Wd.t, V2d, I2d, ...]))
+                                                   (a family without one: each expert's dense kernel, weighted;
+                                                   biased experts in Relax ops)
 
 Which kernel a sparse variant uses per family ("cpu", "cuda") and with which options is the variant's entry
 (ir/sparse_variants.py: `kernels`, `kernel_options`); nothing here names a variant.
@@ -128,18 +130,46 @@ def _routed_moe(ctx, node, args):
     route_i = ctx.bb.emit(R.astype(R.reshape(args[5], [tokens, k]), "int64"))
     options = {"gate_act": a["gate_act"], "up_act": a["up_act"], "threshold": a["threshold"],
                "dtype": kernel_dtype(w_gate)}
+    biases = [ctx.bb.emit(R.astype(b, "float32")) for b in args[6:9]]  # bias=True: b_gate, b_up, b_down
     if "routed" in FAMILIES[type(sched).__name__]:
-        kernel = target_kernel("routed", d, n_ff, experts, exact=a["mode"] == "exact", sched=sched, **options)
-        out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i], tokens, d_out, node.dtype)
+        kernel = target_kernel("routed", d, n_ff, experts, exact=a["mode"] == "exact", sched=sched, **options,
+                               **({"bias": True} if biases else {}))
+        out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i, *biases], tokens, d_out, node.dtype)
         return R.reshape(out, [*lead, d_out])
     # no routed kernel for this family: every expert on every token, weighted (the all-experts form)
-    dense = target_kernel("dense", d, n_ff, sched=sched, **options)
+    dense = None if biases else target_kernel("dense", d, n_ff, sched=sched, **options)
     out = None
     for e in range(experts):
         weights = [ctx.bb.emit(R.strided_slice(w, axes=[0], begin=[e * n_ff], end=[(e + 1) * n_ff])) for w in args[1:4]]
-        y = emit_kernel_call(ctx, dense, [x2d, *weights], tokens, d_out, "f32")
+        parts = [_expert_slice(ctx, b, e, n_ff, k == 2) for k, b in enumerate(biases)]
+        y = (_biased_expert(ctx, node, x2d, weights, parts) if biases
+             else emit_kernel_call(ctx, dense, [x2d, *weights], tokens, d_out, "f32"))
         mask = R.astype(R.equal(route_i, relax.const(e, "int64")), "float32")
         term = ctx.bb.emit(R.multiply(y, R.sum(R.multiply(route_w, mask), axis=[1], keepdims=True)))
         out = term if out is None else ctx.bb.emit(R.add(out, term))
     out = out if node.dtype == "f32" else ctx.bb.emit(R.astype(out, "float16" if node.dtype == "f16" else "float32"))
     return R.reshape(out, [*lead, d_out])
+
+
+def _expert_slice(ctx, bias, e: int, n_ff: int, per_expert: bool):
+    """Expert e's part of a stacked bias: rows e·n .. (e+1)·n of b_gate / b_up, row e of b_down [E, d_out]."""
+    rows = (e, e + 1) if per_expert else (e * n_ff, (e + 1) * n_ff)
+    part = ctx.bb.emit(R.strided_slice(bias, axes=[0], begin=[rows[0]], end=[rows[1]]))
+    return ctx.bb.emit(R.reshape(part, [-1]))
+
+
+def _biased_expert(ctx, node, x2d, weights, biases):
+    """One biased expert on every token in Relax ops (a family without a routed kernel): act_gate(x·Wgᵀ + bg) ⊙
+    act_up(x·Wuᵀ + bu), times Wd (stored transposed, one neuron per row), + bd, in float32."""
+    if any(w.attrs.get("layout", "dense") != "dense" for w in node.inputs[1:4]):
+        raise LoweringError(f"routed_moe at {node.loc or 'unknown location'}: biased experts with quantized weights "
+                            "need the routed kernel, which this target's family lacks; keep the experts' weights "
+                            "unquantized or pick a CPU target")
+    a = node.attrs
+    w_gate, w_up, w_down_t = (ctx.bb.emit(R.astype(w, "float32")) for w in weights)
+    x = ctx.bb.emit(R.astype(x2d, "float32"))
+    gate = ctx.bb.emit(R.add(R.matmul(x, R.permute_dims(w_gate, [1, 0])), biases[0]))
+    up = ctx.bb.emit(R.add(R.matmul(x, R.permute_dims(w_up, [1, 0])), biases[1]))
+    hidden = ctx.bb.emit(R.multiply(_act(a["gate_act"], a["threshold"], gate, "f32"),
+                                    _act(a["up_act"], 0.0, up, "f32")))
+    return ctx.bb.emit(R.add(R.matmul(hidden, w_down_t), biases[2]))

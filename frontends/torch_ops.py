@@ -230,6 +230,8 @@ def slice_of(cx, x, axis, start, end, step=1):
         start = 0
     start = 0 if start is None else cx.dim(start)
     end = None if end is None or (isinstance(end, int) and end >= BIG) else cx.dim(end)
+    if isinstance(dim, str):  # a bound below 0 for every length counts from the end: x[-(n + 3):] of n + 3 rows
+        start, end = (dims.add(dim, b) if _always_negative(b) else b for b in (start, end))
     if isinstance(dim, int) and isinstance(start, int) and not isinstance(end, str):
         start, end, step = slice(start, end, step).indices(dim)
         if (start, end, step) == (0, dim, 1):
@@ -249,6 +251,14 @@ def slice_of(cx, x, axis, start, end, step=1):
         return x if (start, end) == (0, dim) else cx.emit("slice", [x], axis=axis, start=start, end=end)
     raise cx.symbolic_error(f"slice [{start}:{end}:{step}] of the symbolic dim `{dim}` cannot be expressed; "
                             "import with dynamic_seq=False")
+
+
+def _always_negative(bound) -> bool:
+    """Whether a symbolic bound is negative for every positive length (`-seq-3`; not `-seq+32`)."""
+    if not isinstance(bound, str):
+        return False
+    coefs, const = dims.terms(bound)
+    return all(c < 0 for c in coefs.values()) and const <= 0
 
 
 def _minus(cx, size):

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..ir import Node, TensorType
+from ..ir import Node, TensorType, dims
 from ..ir.types import is_float, positive_axis
 from .torch_masked_rows import masked_write_back
 
@@ -151,10 +151,15 @@ def _repeat(cx, node, x, repeats):
 def _unfold(cx, node, x, dimension, size, step):
     # unfold(x, d, size, step) -> permute(reshape(index_select(x, [windows' positions], d), [.., n, size, ..]),
     #                                     size last): the sliding windows of a short convolution
+    #   symbolic length, step 1: concat(reshape(slice(x, d, k, L - size + 1 + k), [.., 1]) for k < size, last axis)
     axis, length = positive_axis(dimension, x.type.rank), x.shape[positive_axis(dimension, x.type.rank)]
     if isinstance(length, str):
-        raise cx.symbolic_error(f"sliding windows over the symbolic dim `{length}` cannot be expressed; "
-                                "import with dynamic_seq=False")
+        if step != 1:
+            raise cx.symbolic_error(f"sliding windows with step {step} over the symbolic dim `{length}` cannot be "
+                                    "expressed; import with dynamic_seq=False")
+        taps = [cx.emit("slice", [x], axis=axis, start=k, end=dims.add(length, k - size + 1)) for k in range(size)]
+        taps = [cx.emit("reshape", [t], shape=(*t.shape, 1)) for t in taps]
+        return taps[0] if size == 1 else cx.emit("concat", taps, axis=-1)
     starts = range(0, length - size + 1, step)
     positions = tuple(s + k for s in starts for k in range(size))
     index = cx.source_node("constant", TensorType((len(positions),), "i64"), value=positions)

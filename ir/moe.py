@@ -9,6 +9,10 @@ projection transposed), so expert e is a row range and a quantized layout stores
 expert ids in [0, E) (a router's top-k indices). The expert index is data: a kernel gathers each expert's tokens
 and skips an expert no token chose, so a decoding step reads k experts' weights instead of E.
 
+With `bias` (gpt-oss's experts) three stacked biases follow the routing, each a row range per expert as the
+weights: b_gate[E·n] and b_up[E·n] inside the activations, act_gate(x·Wg_eᵀ + bg_e), and b_down[E, d_out] added
+to each expert's output before its routing weight scales it. Which inputs follow is data (`routed_inputs`).
+
 `mode` is the experts' variant: "dense" (every neuron of a routed expert is read) or "exact" (ReLU-family gates:
 only the neurons some routed token activates; lossless, as `sparse_gated_mlp{mode=exact}`). `pattern` and
 the node's location name the experts for the report (expert e's row is `<loc>.<e>`).
@@ -27,21 +31,39 @@ from .sparse_variants import dense_intermediate
 from .types import TensorType
 
 ROUTED_MOE_ATTRS = {"experts": None, "gate_act": "relu", "up_act": "identity", "threshold": 0.0, "mode": "exact",
-                    "pattern": "reglu"}
+                    "pattern": "reglu", "bias": False}
 ROUTED_MODES = ("dense", "exact")  # the expert variants a routed kernel exists for
+ROUTED_INPUTS = ("x", "w_gate", "w_up", "w_down_t", "route_w", "route_i")
+ROUTED_BIASES = ("b_gate", "b_up", "b_down")  # follow the routing when attrs["bias"]: [E·n], [E·n], [E, d_out]
+BIASED_MODES = ("dense",)  # a bias inside the gate moves its zero: exact mode's skipping would not hold
+
+
+def routed_inputs(attrs) -> tuple[str, ...]:
+    """The names of a routed_moe's inputs, in order, for its attrs."""
+    return ROUTED_INPUTS + (ROUTED_BIASES if attrs.get("bias") else ())
 
 
 def routed_moe_type(types, attrs) -> TensorType:
-    x, w_gate, w_up, w_down_t, route_w, route_i = types
+    names = routed_inputs(attrs)
+    if len(types) != len(names):
+        raise TypeError(f"routed_moe with bias={bool(attrs.get('bias'))} takes {len(names)} inputs "
+                        f"({', '.join(names)}), got {len(types)}")
+    x, w_gate, w_up, w_down_t, route_w, route_i = types[:6]
     experts = attrs["experts"]
     if attrs.get("mode", "exact") not in ROUTED_MODES:
         raise TypeError(f"routed_moe mode must be one of {ROUTED_MODES}, got {attrs.get('mode')!r}")
+    if attrs.get("bias") and attrs.get("mode", "exact") not in BIASED_MODES:
+        raise TypeError(f"routed_moe with biases runs in mode {' or '.join(BIASED_MODES)}, got {attrs.get('mode')!r}")
     if not isinstance(experts, int) or experts < 1 or w_gate.shape[0] % experts:
         raise TypeError(f"routed_moe: {experts!r} experts do not divide the stacked weight rows {w_gate}")
     if x.shape[-1] != w_gate.shape[1] or w_up.shape != w_gate.shape or w_down_t.shape[0] != w_gate.shape[0]:
         raise TypeError(f"routed_moe weights {w_gate}, {w_up}, {w_down_t} do not match x {x}")
     if route_w.shape != route_i.shape or route_w.shape[:-1] != x.shape[:-1] or route_i.dtype not in ("i64", "i32"):
         raise TypeError(f"routed_moe routing {route_w}, {route_i} must be [..., k] (float, int) over x {x}'s tokens")
+    want = ((w_gate.shape[0],), (w_gate.shape[0],), (experts, w_down_t.shape[1]))
+    if any(b.shape != shape for b, shape in zip(types[6:], want)):
+        raise TypeError(f"routed_moe biases {[str(b) for b in types[6:]]} must be b_gate, b_up [{w_gate.shape[0]}] "
+                        f"and b_down [{experts}, {w_down_t.shape[1]}]")
     return TensorType((*x.shape[:-1], w_down_t.shape[1]), x.dtype)
 
 
@@ -50,8 +72,10 @@ def expert_rows(attrs, w_gate_rows: int, e: int) -> slice:
     return slice(e * n, (e + 1) * n)
 
 
-def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, attrs, env):
+def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, *rest):
     """Per expert: gather the tokens routed to it, run it, add its output scaled by their routing weight."""
+    *biases, attrs, _ = rest
+    b_gate, b_up, b_down = biases or (None, None, None)
     x2 = x.reshape(-1, x.shape[-1])
     weights, index = route_w.reshape(len(x2), -1), route_i.reshape(len(x2), -1)
     out = np.zeros((len(x2), w_down_t.shape[1]), x.dtype)
@@ -61,7 +85,8 @@ def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, attrs, env):
         if tokens.size == 0:
             continue
         rows = expert_rows(attrs, w_gate.shape[0], e)
-        h = dense_intermediate(x2[tokens], w_gate[rows], w_up[rows], attrs)
-        scale = (weights * hit).sum(-1)[tokens, None].astype(x.dtype)
-        out[tokens] += scale * (h @ w_down_t[rows].astype(x.dtype))
+        h = dense_intermediate(x2[tokens], w_gate[rows], w_up[rows], attrs,
+                               *((b_gate[rows], b_up[rows]) if biases else ()))
+        y = h @ w_down_t[rows].astype(x.dtype) + (0 if b_down is None else b_down[e].astype(x.dtype))
+        out[tokens] += (weights * hit).sum(-1)[tokens, None].astype(x.dtype) * y
     return out.reshape(*x.shape[:-1], w_down_t.shape[1])

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dims import add
 from .types import TensorType
 
 
 def conv1d_length(length, kernel: int, stride: int, padding: int, dilation: int):
-    """The output length of a 1-d convolution (an int, or the input's symbolic dim when the size is kept)."""
+    """The output length of a 1-d convolution: an int, or an affine dim of a symbolic length. With stride 1 the
+    length moves by a constant (a causal convolution padded by kernel-1 on both ends: `seq` -> `seq+3`, which the
+    layer then cuts back with `[..., :seq]`); a stride divides it, which an affine dim cannot say."""
     if isinstance(length, str):
-        if stride == 1 and 2 * padding == dilation * (kernel - 1):
-            return length  # a "same" convolution keeps the symbolic length
-        raise TypeError(f"conv1d on the symbolic length {length} changes it (kernel {kernel}, padding {padding})")
+        if stride != 1:
+            raise TypeError(f"conv1d with stride {stride} on the symbolic length {length} divides it, which a dim "
+                            "cannot name; import with a static sequence length")
+        return add(length, 2 * padding - dilation * (kernel - 1))
     return (length + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 

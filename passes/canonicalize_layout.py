@@ -7,6 +7,7 @@ Rules (before -> after):
     reshape(linear(reshape(x, [M, k]), @w..), [.., n])    -> linear(x, @w..)       (M = x's leading dims flattened)
     reshape(slice(@W[E, n, d], axis 0, e:e+1), [n, d])    -> @W.e<e>               (one expert of batched weights)
     index_select(@W[E, n, d], e) (+ reshape to [n, d])    -> @W.e<e>               (also biases @b[E, n])
+    slice(@W[E·n, d], axis 0, s:e)                        -> @W.rows<s_e_1>        (an expert's rows: DBRX's [E·n, d])
     slice(linear(x, @W, @b), last axis, s:e:k), k > 1      -> linear(x, @W.rows<s:e:k>, @b.rows<s:e:k>)
                                                    (interleaved gate_up, gpt-oss: gate = L[..., ::2], up = L[..., 1::2])
 
@@ -97,6 +98,25 @@ def _expert_slice(node: Node):
     return {"w": w, "e": e}
 
 
+def _weight_rows(node: Node):
+    """slice(@W, axis 0, s:e) of a 2-D weight with constant bounds (two rows or more, not all) -> (W, rows)."""
+    if node.op != "slice" or node.attrs["axis"] != 0 or node.attrs.get("step", 1) != 1 or node.inputs[0].op != "weight":
+        return None
+    w, start, end = node.inputs[0], node.attrs.get("start", 0), node.attrs.get("end")
+    if w.type.rank != 2 or not isinstance(start, int) or not isinstance(end, int) or \
+            w.attrs.get("layout", "dense") != "dense":
+        return None
+    rows = slice(*slice(start, end).indices(w.shape[0])[:2])
+    if rows.stop - rows.start < 2 or (rows.start, rows.stop) == (0, w.shape[0]):
+        return None  # one row: an expert's bias of a batched [E, n] (the expert-weight rule's, named .e<e>)
+    return {"w": w, "rows": rows}
+
+
+def _build_weight_rows(node: Node, b: dict) -> Node:
+    w, rows = b["w"], b["rows"]
+    return derived_weight(f"{w.attrs['name']}.rows{rows.start}_{rows.stop}_1", lambda: weight_array(w)[rows])
+
+
 def _build_expert_weight(node: Node, b: dict) -> Node:
     w, e = b["w"], b["e"]
     return derived_weight(f"{w.attrs['name']}.e{e}", lambda: weight_array(w)[e])
@@ -134,6 +154,7 @@ PROJECTION_RULES = [
          _flattened_linear, lambda n, b: Node("linear", (b["x"], *b["lin"].inputs[1:]), {}, n.type, b["lin"].loc)),
     Rule("expert-weight", "reshape(slice(@W[E, n, d], 0, e:e+1), [n, d]) -> @W.e<e>", _expert_slice,
          _build_expert_weight),
+    Rule("weight-rows", "slice(@W[E·n, d], 0, s:e) -> @W.rows<s_e_1>", _weight_rows, _build_weight_rows),
     Rule("linear-strided-rows", "slice(linear(x, @W, @b), -1, s:e:k) -> linear(x, @W[s:e:k], @b[s:e:k])",
          _strided_output_slice, _build_strided),
 ]

@@ -3,10 +3,12 @@
 
 Matches, by what it computes (after detection and the sparsify passes), a sum with one term per expert:
 
-    add(... mul(B_e, R_e) ...)      B_e = gated_mlp(x, ...) | sparse_gated_mlp{mode=exact}(x, ...)   (no biases)
+    add(... mul(B_e, R_e) ...)      B_e = gated_mlp(x, ...) | sparse_gated_mlp{mode=exact}(x, ...)
+                                          (| add(gated_mlp, @b_down_e): gpt-oss adds its down bias after the block)
                                     R_e = sum(mul(V, cast(eq(I, e))), axes=[-1], keepdim=True)     for e = 0..E-1
                                     I = topk{output=indices}(scores[..., E]),  V [..., k]
-    -> add(routed_moe(x, @Wg.routed, @Wu.routed, @Wd.t.routed, V, I){experts=E, mode, ...}, the other terms)
+    -> add(routed_moe(x, @Wg.routed, @Wu.routed, @Wd.t.routed, V, I[, @bg, @bu, @bd]){experts=E, mode, bias},
+           the other terms)
 
 (either operand order of each mul / eq; casts of R_e or of the mask are looked through). This is the form
 frontends/moe.py exports transformers' MoE layers in, and the one a hand-written "weight each expert by its
@@ -16,12 +18,14 @@ routing weight" module has. Why it is the same value: I comes from a top-k over 
 
 The experts' weights are stacked along the rows in the sparse kernels' layout (gate / up [E·n, d], down
 transposed [E·n, d_out]; a fused gate_up is split). Only blocks of one kind route: all dense `gated_mlp`
-(mode dense) or all `sparse_gated_mlp{mode=exact}` (mode exact), same activations, width and d_out = d; other
-sparse variants (threshold, predictor, input), biased experts (a bias inside the block, or one added after it as
-gpt-oss adds its down bias) and a mix stay in the all-experts form, and the pass says so in its statistics
-(`kept-all-experts`) and a note that names the cause.
+(mode dense) or all `sparse_gated_mlp{mode=exact}` (mode exact), same activations, width and d_out = d. Biased
+experts (gpt-oss: gate and up biases inside the block, a down bias added after it) route in mode dense with their
+biases stacked the same way (`bias=True`; an expert without one of them gets zeros); other sparse variants
+(threshold, predictor, input), exact experts with a bias and a mix stay in the all-experts form, and the pass says
+so in its statistics (`kept-all-experts`) and a note that names the cause.
 
-Statistics: `routed-moe` (layers rewritten), `routed-experts` (experts in them), `kept-all-experts`.
+Statistics: `routed-moe` (layers rewritten), `routed-experts` (experts in them), `routed-biased` (biased layers
+among them), `kept-all-experts`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 
 from ..ir import Graph, Node, TensorType
 from ..ir.mlp import pattern_name, split_fused
+from ..ir.moe import BIASED_MODES
 from ..ir.ops import op_def
 from .base import Pass, Rule, apply_rules, derived_weight, note, record, weight_array
 
@@ -89,8 +94,7 @@ def _term(node: Node) -> tuple[Node, Node, Node, int] | None:
 
 
 def _unbiased(node: Node) -> Node:
-    """The block of add(block, bias weight): an expert's down-projection bias (gpt-oss's) is added after its block.
-    Such a term is found only so that the pass can say why its layer stays all-experts (`_biased`)."""
+    """The block of add(block, bias weight): an expert's down-projection bias (gpt-oss's) is added after its block."""
     if node.op == "add":
         for block, bias in (node.inputs, node.inputs[::-1]):
             if block.op in BLOCKS and bias.op == "weight":
@@ -98,10 +102,15 @@ def _unbiased(node: Node) -> Node:
     return node
 
 
+def _down_bias(leaf: Node) -> Node | None:
+    """The down-bias weight added after the block of term `leaf`, if any."""
+    block = next(i for i in leaf.inputs if _unbiased(i).op in BLOCKS)
+    return None if block.op in BLOCKS else next(i for i in block.inputs if i.op == "weight")
+
+
 def _biased(leaf: Node) -> bool:
     """Whether the expert of term `leaf` has a bias: inside its block, or added after it."""
-    block = next(i for i in leaf.inputs if _unbiased(i).op in BLOCKS)
-    return block.op not in BLOCKS or bool(block.attrs.get("bias"))
+    return _down_bias(leaf) is not None or bool(_term(leaf)[0].attrs.get("bias"))
 
 
 def _leaves(root: Node) -> list[Node]:
@@ -138,15 +147,16 @@ def _match(node: Node) -> dict | None:
             blocks = [_term(terms[e])[0] for e in range(experts)]
             kinds = {_kind(block) for block in blocks}
             biased = any(_biased(terms[e]) for e in range(experts))
-            if biased or None in kinds or len(kinds) != 1 or blocks[0].shape[-1] != block.inputs[0].shape[-1]:
+            biased_exact = biased and any(kind and kind[0] not in BIASED_MODES for kind in kinds)
+            if biased_exact or None in kinds or len(kinds) != 1 or blocks[0].shape[-1] != block.inputs[0].shape[-1]:
                 record("kept-all-experts")
-                why = ("experts with biases (gpt-oss has gate, up and down biases): routed_moe takes no bias inputs"
-                       if biased else "experts of different kinds, quantized or of a sparse variant without a "
+                why = (f"exact experts with biases: routed_moe takes biases in mode {', '.join(BIASED_MODES)} only"
+                       if biased_exact else "experts of different kinds, quantized or of a sparse variant without a "
                        "routed kernel")
                 note({"kind": "moe", "location": blocks[0].loc, "reason": f"{why}: every expert runs on every token"})
                 return None
             return {"blocks": blocks, "kind": kinds.pop(), "x": block.inputs[0], "v": v, "index": index,
-                    "experts": experts,
+                    "experts": experts, "biased": biased, "down_biases": [_down_bias(terms[e]) for e in range(experts)],
                     "others": [leaf for leaf in leaves if all(leaf is not t for t in terms.values())]}
     return None
 
@@ -155,26 +165,32 @@ def _kind(block: Node) -> tuple | None:
     """What must agree across the experts, or None for a block no routed kernel runs."""
     a = block.attrs
     weights = block.inputs[1:]
-    if any(w.op != "weight" or w.attrs.get("layout", "dense") != "dense" for w in weights) or a.get("bias"):
+    if any(w.op != "weight" or w.attrs.get("layout", "dense") != "dense" for w in weights):
         return None
     if block.op == "sparse_gated_mlp":
-        if a.get("mode") != "exact" or len(block.inputs) != 4:
+        if a.get("mode") != "exact" or len(block.inputs) != 4 or a.get("bias"):
             return None
         return "exact", a["gate_act"], a["up_act"], a.get("threshold", 0.0), a["pattern"], block.inputs[1].shape
     fused = a["fused"]
-    n = block.inputs[1].shape[0] // (2 if fused else 1)
+    n = (block.inputs[1].shape[0] // 2) if fused else block.inputs[1].shape[0]
     pattern = pattern_name(a["gate_act"], a["up_act"]) + ("-fused" if fused else "")
     return "dense", a["gate_act"], a["up_act"], a.get("threshold", 0.0), pattern, (n, block.inputs[1].shape[1])
 
 
-def _arrays(block: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gate [n, d], up [n, d], down transposed [n, d_out]) of one expert."""
+def _arrays(block: Node, down_bias: Node | None) -> tuple[np.ndarray, ...]:
+    """(gate [n, d], up [n, d], down transposed [n, d_out], b_gate [n], b_up [n], b_down [d_out]) of one expert;
+    a bias it lacks is zeros."""
     w = [weight_array(i) for i in block.inputs[1:]]
     if block.op == "sparse_gated_mlp":
-        return w[0], w[1], w[2]
-    if block.attrs["fused"]:
-        return (*split_fused(w[0], block.attrs["gate_first"]), w[1].T)
-    return w[0], w[1], w[2].T
+        gate, up, down_t, biases = w[0], w[1], w[2], []
+    elif block.attrs["fused"]:
+        (gate, up), down_t = split_fused(w[0], block.attrs["gate_first"]), w[1].T
+        biases = list(split_fused(w[2], block.attrs["gate_first"])) if block.attrs.get("bias") else []
+    else:
+        gate, up, down_t, biases = w[0], w[1], w[2].T, w[3:] if block.attrs.get("bias") else []
+    b_gate, b_up = biases or (np.zeros(len(gate), np.float32),) * 2
+    b_down = np.zeros(down_t.shape[1], np.float32) if down_bias is None else weight_array(down_bias)
+    return gate, up, down_t, b_gate, b_up, b_down
 
 
 def _prefix(block: Node) -> str:
@@ -188,16 +204,20 @@ def _prefix(block: Node) -> str:
 def _build(node: Node, b: dict) -> Node:
     blocks, x = b["blocks"], b["x"]
     mode, gate_act, up_act, threshold, pattern, _ = b["kind"]
-    parts = [_arrays(block) for block in blocks]
+    parts = [_arrays(block, bias) for block, bias in zip(blocks, b["down_biases"])]
     loc = re.sub(r"\.\d+$", "", blocks[0].loc)  # the experts' module (an expert's location ends in its index)
     prefix = f"{loc or _prefix(blocks[0])}.routed"
-    stacked = [derived_weight(f"{prefix}.{role}", lambda k=k: np.concatenate([p[k] for p in parts]))
-               for k, role in enumerate(("gate", "up", "down_t"))]
+    roles = ("gate", "up", "down_t") + (("b_gate", "b_up", "b_down") if b["biased"] else ())
+    stack = {"b_down": np.stack}  # one row per expert; the others are row ranges
+    stacked = [derived_weight(f"{prefix}.{role}", lambda k=k, role=role: stack.get(role, np.concatenate)(
+        [p[k].astype(np.float32) if k >= 3 else p[k] for p in parts])) for k, role in enumerate(roles)]
     attrs = {"experts": b["experts"], "gate_act": gate_act, "up_act": up_act, "threshold": threshold, "mode": mode,
-             "pattern": pattern}
-    routed = Node("routed_moe", (x, *stacked, b["v"], b["index"]), attrs,
+             "pattern": pattern, **({"bias": True} if b["biased"] else {})}  # unbiased: the golden IR unchanged
+    routed = Node("routed_moe", (x, *stacked[:3], b["v"], b["index"], *stacked[3:]), attrs,
                   TensorType((*x.shape[:-1], blocks[0].shape[-1]), x.dtype), loc)
     record("routed-experts", b["experts"])
+    if b["biased"]:
+        record("routed-biased")
     out = routed
     for other in b["others"]:
         out = Node("add", (out, other), {}, op_def("add").infer([out.type, other.type], {}), node.loc)

@@ -259,8 +259,9 @@ def _rows(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: 
             fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
                                 f"(act={attrs['gate_act']}); exact mode needs ReLU-family")
         if x2d is not None:
+            biases = [np.asarray(weight_value(graph, b), np.float32)[part] for b in block.inputs[6:8]]  # bias=True
             h = dense_intermediate(x2d, np.asarray(w_gate[part], np.float32), np.asarray(w_up[part], np.float32),
-                                   attrs)
+                                   attrs, *biases)
             fields["sparsity"] = float(np.mean(h == 0))
             if attrs["mode"] in VARIANTS:
                 fields.update(VARIANTS[attrs["mode"]].measure(x2d, None, None, {}, attrs, h))

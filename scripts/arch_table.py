@@ -36,18 +36,12 @@ from .tiny_config import (  # noqa: F401 - the shrinker's names, imported from h
 # what stops an architecture that still fails, and what would fix it (shown only while its check fails)
 LIMITS = {
     "blt": "data-dependent: patch lengths come from its entropy model's output; a fixed patching would import",
-    "dbrx": "data-dependent: its experts (DbrxExperts) keep each projection of all experts in one 2-D [E·n, d] "
-            "matrix, not the [E, ...] batched layout frontends/moe.py rewrites per expert, and loop in Python over "
-            "the experts hit (`for e in mask.nonzero()`), which torch.export cannot trace",
     "dory": "the shrinker cannot keep its (attention, mlp) block pairs and input/recurrent/output stages consistent",
     "gemma3n": "its vision tower is timm's (TimmWrapperModel) and timm (which pulls torchvision) is not installed; "
                "gemma3n_text, the decoder alone, imports",
     "gemma4_assistant": "a speculative-decoding draft model whose default config fails transformers' own validation",
     "gemma4_unified_assistant": "a speculative-decoding draft model: it reads the target model's embeddings and KV "
                                 "states, so it does not run from token ids alone",
-    "jetmoe": "data-dependent: its MoE and mixture-of-attention sort tokens by expert and split them by per-expert "
-              "counts (`expert_size.tolist()`), sizes the IR cannot name; the boolean-mask import "
-              "(frontends/torch_masked_rows.py) covers masks, not splits by counts",
     "qwen4_exp": "the default config leaves the indexer's sizes unset (indexer_n_heads, _head_dim, _budget, "
                  "_compress_ratio), which no released checkpoint gives yet",
     "reformer": "data-dependent: its axial position embeddings are cut to position_ids.max().item() + 1 columns",

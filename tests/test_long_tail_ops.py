@@ -108,20 +108,47 @@ def test_layer_tail_ops_match_torch_in_the_interpreter_and_tvm():
     np.testing.assert_allclose(cm(x).numpy(), want, rtol=1e-4, atol=1e-5)
 
 
-def test_a_size_computed_from_seq_imports_with_static_shapes_and_says_so():
+def test_a_padded_causal_conv_imports_with_a_symbolic_length_and_matches_torch_at_two_lengths():
     torch.manual_seed(0)
     model = CausalConv().eval()
     x = torch.tensor([[3, 1, 4, 1, 5, 9]])
+    graph = import_torch(model, (x,))
+    assert graph.inputs[0].shape == (1, "seq")  # no fallback to static shapes
+    conv = next(n for n in graph.nodes if n.op == "conv1d")
+    assert conv.shape[-1] == "seq+3"  # kernel 4, padding 3 on both ends; `[..., :seq]` cuts it back
+    cm = actsparse.compile(graph, (x.numpy(),), mode="dense")
+    for ids in (x, torch.tensor([[2, 7, 1]]), torch.tensor([[2, 7, 1, 8, 2, 8, 1, 8, 2]])):
+        with torch.no_grad():
+            want = model(ids).numpy()
+        np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(cm(ids.numpy())), want, rtol=1e-4, atol=1e-5)
+
+
+class ChunkPadded(nn.Module):
+    """A chunked scan's padding (Mamba-2, gated DeltaNet): the length rounded up to a multiple of the chunk, a size
+    (seq + (4 - seq % 4) % 4) that no affine dim names."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 8)
+
+    def forward(self, x):
+        h = self.proj(x)
+        length = h.shape[1]
+        chunks = F.pad(h, (0, 0, 0, (4 - length % 4) % 4)).reshape(1, -1, 4, 8).cumsum(2)
+        return chunks.reshape(1, -1, 8)[:, :length]
+
+
+def test_a_size_computed_from_seq_imports_with_static_shapes_and_says_so():
+    torch.manual_seed(0)
+    model = ChunkPadded().eval()
+    x = torch.tensor([[3, 1, 4, 1, 5, 9]])
     with torch.no_grad():
         want = model(x).numpy()
-    with pytest.warns(UserWarning, match=r"symbolic sequence length failed .*seq ?\+ ?[23].*static shapes"):
+    with pytest.warns(UserWarning, match=r"symbolic sequence length failed .*Mod.*static shapes"):
         graph = import_torch(model, (x,))
     assert graph.inputs[0].shape == (1, 6)
-    assert "conv1d" in {n.op for n in graph.nodes}
     np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], want, rtol=1e-4, atol=1e-5)
-    with pytest.warns(UserWarning, match="static shapes"):
-        cm = actsparse.compile(model, (x,), mode="dense")
-    np.testing.assert_allclose(cm(x).numpy(), want, rtol=1e-4, atol=1e-5)
 
 
 class ComplexRotary(nn.Module):
@@ -215,3 +242,23 @@ def test_a_slice_from_minus_the_symbolic_length_keeps_it_symbolic():
     longer = torch.tensor([[2, 7, 1, 8, 2, 8, 1]])
     with torch.no_grad():
         np.testing.assert_allclose(evaluate(graph, [longer.numpy()])[0], model(longer).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["lfm3", "zaya"])
+def test_short_conv_architectures_import_with_a_dynamic_length_and_match_torch_at_two_lengths(arch):
+    """LFM3's short convolution (kernel 7, padding 6, then `[..., :seq]`) and ZAYA's depthwise conv over seq + 2:
+    one import, run at two sequence lengths."""
+    pytest.importorskip("transformers")
+    from actsparse.frontends.hf import CausalLMLogits
+    from actsparse.scripts.arch_table import build_tiny, example_ids
+
+    model = build_tiny(arch)
+    wrapped = CausalLMLogits(model).eval()
+    graph = import_torch(wrapped, (example_ids(model),))
+    assert graph.inputs[0].shape[-1] == "seq"
+    assert any(n.op == "conv1d" and isinstance(n.shape[-1], str) and n.shape[-1] != "seq" for n in graph.nodes)
+    for seq in (3, 9):
+        ids = example_ids(model, seq)
+        with torch.no_grad():
+            want = wrapped(ids).numpy()
+        np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

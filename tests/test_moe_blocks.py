@@ -5,7 +5,8 @@ rewritten graph equal to torch (interpreter, fp32, rtol 1e-4).
 - DeepSeek-V3: sigmoid routing scores with a correction bias added for the choice only, group-limited top-k
   (n_group=2, topk_group=1: `scatter_` of a group mask), a shared expert beside the routed ones. Routed.
 - gpt-oss: attention sinks (a learned logit per head joined to the scores), biased experts (gate/up biases in
-  the block, the down bias added after it), a clamped SwiGLU. Not routed: `route-moe` says the biases are why.
+  the block, the down bias added after it), a clamped SwiGLU. Routed with its biases (`routed_moe{bias}`).
+- DBRX and JetMoE: expert layouts frontends/moe.py rewrites per expert (a [E·n, d] matrix; a split by counts).
 - Cohere-2-MoE: Cohere's parallel block (attention and MLP both read one norm of x) with routed experts. Routed.
 - LongCat-Flash style: experts with transformers' interface but not its decorator, and identity ("zero") experts
   past the last expert's weights (frontends/moe.py).
@@ -76,14 +77,32 @@ def test_deepseek_v3_sigmoid_group_limited_routing_with_a_shared_expert_runs_rou
     assert not np.allclose(unbiased, want, rtol=1e-4)
 
 
-def test_gpt_oss_biased_experts_stay_all_experts_with_the_reason():
-    run, _ = _auto(build_tiny("gpt_oss"))  # its attention sinks import too
+def test_gpt_oss_biased_experts_run_routed_and_match_torch_compiled():
+    import actsparse
+
+    model = build_tiny("gpt_oss")
+    run, want = _auto(model)  # its attention sinks import too
     detected = run.stats["detect-gated-mlp"]
     assert detected["moe-expert"] == 8 and detected["biased"] == 8
-    assert run.stats["route-moe"] == {"kept-all-experts": 2}
-    reasons = {n["reason"] for n in run.notes if n.get("kind") == "moe"}
-    assert len(reasons) == 1 and "experts with biases" in reasons.pop()
-    assert run.graph.count("routed_moe") == 0
+    assert run.stats["route-moe"] == {"routed-moe": 2, "routed-experts": 8, "routed-biased": 2}
+    routed = [n for n in run.graph.nodes if n.op == "routed_moe"]
+    assert [(n.attrs["bias"], n.attrs["mode"], len(n.inputs)) for n in routed] == [(True, "dense", 9)] * 2
+    assert not any(n.op == "gated_mlp" for n in run.graph.nodes)  # no expert left in the all-experts form
+    ids = example_ids(model)
+    compiled = actsparse.compile(run.graph, (ids.numpy(),), mode="auto")  # the biased routed kernel
+    np.testing.assert_allclose(np.asarray(compiled(ids.numpy())), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("arch, layers", [("dbrx", 2), ("jetmoe", 2)])
+def test_dbrx_and_jetmoe_expert_layouts_import_and_run_routed(arch, layers):
+    """DBRX's [E·n, d] expert matrices with a loop over the experts hit, JetMoE's tokens split by per-expert counts
+    (its MLP experts and its mixture-of-attention): rewritten per expert by frontends/moe.py's LAYOUTS."""
+    run, _ = _auto(build_tiny(arch))
+    experts = build_tiny(arch).config.to_dict()
+    experts = experts.get("ffn_config", {}).get("moe_num_experts") or experts.get("num_local_experts")
+    assert run.stats["detect-gated-mlp"]["gated-mlp"] == layers * experts
+    assert run.stats["route-moe"] == {"routed-moe": layers, "routed-experts": layers * experts}
+    assert run.graph.count("routed_moe") == layers
 
 
 def test_cohere2_moe_parallel_block_runs_routed():

@@ -45,6 +45,28 @@ def test_routed_kernel_runs_only_the_chosen_experts(exact, M):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("M", [1, 5], ids=["decode", "prefill"])
+def test_biased_routed_kernel_adds_the_chosen_experts_biases_only(M):
+    """gpt-oss's experts: gate/up biases inside a clamped SwiGLU, a down bias per expert; the unchosen experts'
+    biases are NaN too."""
+    rng = np.random.default_rng(10 + M)
+    x, w_gate, w_up, w_down_t, route_w, route_i = _case(rng, M, relu_sparsity=0.0)
+    b_gate, b_up = (rng.standard_normal(E * N).astype(np.float32) for _ in range(2))
+    b_down = rng.standard_normal((E, D)).astype(np.float32)
+    for b in (b_gate, b_up):
+        b[(E - 2) * N:] = np.nan
+    b_down[E - 2:] = np.nan
+    attrs = {"experts": E, "gate_act": "clamped_swish7", "up_act": "clip7_plus1", "threshold": 0.0, "bias": True,
+             "mode": "dense"}
+    expected = routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, b_gate, b_up, b_down, attrs, {})
+    assert np.isfinite(expected).all()
+    kernel = routed_moe(D, N, E, gate_act="clamped_swish7", up_act="clip7_plus1", exact=False, bias=True, sched=SCHED)
+    got = run(kernel, x, w_gate, w_up, w_down_t, route_w, route_i, b_gate, b_up, b_down, out_shape=(M, D))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    unbiased = routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, {**attrs, "bias": False}, {})
+    assert not np.allclose(unbiased, expected, rtol=1e-3)  # the biases matter here
+
+
 def test_routed_kernel_takes_quantized_experts():
     """int8 (q8_0) stacked experts, as passes/quantize.py stores them: the kernel equals the reference on the
     dequantized weights."""
@@ -65,6 +87,8 @@ def test_routed_kernel_takes_quantized_experts():
 def test_routed_kernel_refuses_a_non_relu_gate_in_exact_mode():
     with pytest.raises(ValueError, match="gate_act"):
         routed_moe(D, N, E, gate_act="silu", exact=True, sched=SCHED)
+    with pytest.raises(ValueError, match="biases run dense"):
+        routed_moe(D, N, E, exact=True, bias=True, sched=SCHED)
 
 
 @pytest.mark.parametrize("target, kernel", [("x86", "routedx"), ("cuda", "dense")])

@@ -8,14 +8,15 @@ Buffers (destination passing, as `relax.call_tir` wants):
     w_down_t [E * n_ff, d]   the down projections transposed (one neuron per row), stacked
     route_w  [M, K]          float32 routing weights of each token's K slots
     route_i  [M, K]          int64 expert of each slot (the router's top-k indices)
+    (biased) b_gate, b_up [E * n_ff], b_down [E, d]   float32 (gpt-oss's experts; dense mode)
     out      [M, d]          float32
 
 For each expert e in turn: the tokens routed to e are gathered (with their summed routing weight); an expert no
 token chose is skipped before any of its rows is read, so a decoding step (M = 1) reads k experts' weights, not E.
 The gathered tokens then run the expert's gated MLP with the bodies of `sparse_mlp.py` at a row offset — exact
 mode lists the neurons some gathered token activates and reads only their up and down rows, dense mode reads
-every row — and the expert's output rows are added to `out`, scaled by the tokens' routing weights. Same
-macros, same schedule, same float32 accumulation as the per-block kernels.
+every row — and the expert's output rows (plus its down bias) are added to `out`, scaled by the tokens' routing
+weights. Same macros, same schedule, same float32 accumulation as the per-block kernels.
 """
 
 from __future__ import annotations
@@ -32,33 +33,36 @@ from .sparse_mlp import EXACT_GATE_ACTS, check_mlp, compacting_body, dense_body,
 
 @cache
 def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_act: str = "identity",
-               threshold: float = 0.0, dtype: str = "float32", exact: bool = True, sched: CpuSchedule):
+               threshold: float = 0.0, dtype: str = "float32", exact: bool = True, bias: bool = False,
+               sched: CpuSchedule):
     """(x, w_gate, w_up, w_down_t, route_w, route_i, out), see the module docstring. `exact`: skip the neurons
-    whose gate is exactly zero (gate_act of the ReLU family); otherwise every row of a routed expert is read."""
+    whose gate is exactly zero (gate_act of the ReLU family); otherwise every row of a routed expert is read.
+    `bias`: (x, ..., route_i, b_gate, b_up, b_down, out), dense mode only."""
     check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS if exact else GATE_ACTS)
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
+    if bias and exact:
+        raise ValueError("routed experts with biases run dense (exact=False): a gate bias moves the gate's zero")
     sched = sched.fitted(d, dtype)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     # an expert's gated MLP: sparse_mlp's regions at the expert's row offset (exact: idx lists absolute rows)
     compacting = compacting_body(d, n_ff, dtype, sched, gate_value=skipping_value(act_g), act_u=act_u,
                                  kernel="routed") if exact else None
-    dense = None if exact else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, kernel="routed")
+    dense = None if exact else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, kernel="routed",
+                                          biased=bias)
     threads = sched.threads
     wshape, wdtype = weight_buffer(experts * n_ff, d, dtype)
     zero = T.float32(0)
 
     @T.macro
-    def expert_mlp(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og):
+    def expert_mlp(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og, b_gate, b_up):
         if exact:
             compacting(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og)
         else:
-            dense(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, og)
+            dense(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, og, b_gate, b_up)
 
-    @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), rw_h: T.handle, ri_h: T.handle, out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down):
         M = T.int64()
         K = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
@@ -96,12 +100,30 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                     nt[0] = nt[0] + 1
             Mx: T.let = T.Cast("int64", nt[0])
             if Mx > 0:  # no token chose expert e: none of its rows is read
-                expert_mlp(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og)
+                expert_mlp(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og, b_gate, b_up)
                 for i in range(Mx):
                     for c in T.vectorized(d):
-                        out[tok[i], c] = out[tok[i], c] + wt[i] * og[i, c]
+                        if bias:
+                            out[tok[i], c] = out[tok[i], c] + wt[i] * (og[i, c] + b_down[e, c])
+                        else:
+                            out[tok[i], c] = out[tok[i], c] + wt[i] * og[i, c]
 
-    name = mlp_symbol("routed" + ("x" if exact else "d") + f"e{experts}", d, n_ff, gate_act, up_act, threshold,
-                      dtype, sched)
+    if bias:
+        @T.prim_func
+        def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+                   w_down_t: T.Buffer(wshape, wdtype), rw_h: T.handle, ri_h: T.handle,
+                   b_gate: T.Buffer((experts * n_ff,), "float32"), b_up: T.Buffer((experts * n_ff,), "float32"),
+                   b_down: T.Buffer((experts, d), "float32"), out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down)
+    else:
+        @T.prim_func
+        def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+                   w_down_t: T.Buffer(wshape, wdtype), rw_h: T.handle, ri_h: T.handle, out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, None, None, None)
+
+    name = mlp_symbol("routed" + ("x" if exact else "d") + ("b" if bias else "") + f"e{experts}", d, n_ff, gate_act,
+                      up_act, threshold, dtype, sched)
     return kernel.with_attr("global_symbol", name)
 

@@ -294,19 +294,20 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
 
 
 def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_u, x8: bool = False,
-               kernel: str):
+               kernel: str, biased: bool = False):
     """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, out)`: the dense kernel's two regions over the n_ff neurons
     whose weights are rows row0 .. row0 + n_ff - 1 (see `compacting_body`, also for `x8` and `kernel`). Scratch:
-    g, h [M, n_ff] f32."""
+    g, h [M, n_ff] f32. `biased`: the body also takes `b_gate, b_up` (float32, indexed by weight row), added to
+    the dots before the activations (gpt-oss's experts)."""
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=act_g, x8=x8)
+    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=None if biased else act_g, x8=x8)
     up_dots, _ = dots_macro(d, dtype, sched, gathered=False, x8=x8)
     axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False, kernel=kernel)
     zero_cols = zero_columns_macro(d, sched, dtype)
 
     @T.macro
-    def body(x, M, row0, w_gate, w_up, w_down_t, g, h, out):
+    def body(x, M, row0, w_gate, w_up, w_down_t, g, h, out, b_gate=None, b_up=None):
         for t in T.parallel(threads):
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
@@ -314,8 +315,12 @@ def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_
                 gate_dots(w_gate, x, M, g, row0 + j0, st * R, nj, g, j0)
                 up_dots(w_up, x, M, h, row0 + j0, st * R, nj, h, j0)
                 for r in range(T.min(R, nj - st * R)):
+                    j: T.let = j0 + st * R + r
                     for m in range(M):
-                        h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
+                        if biased:
+                            h[m, j] = act_g(g[m, j] + b_gate[row0 + j]) * act_u(h[m, j] + b_up[row0 + j])
+                        else:
+                            h[m, j] = g[m, j] * act_u(h[m, j])
         for t in T.parallel(threads):
             zero_cols(t, out, M)
             for st in range((n_ff + R - 1) // R):
