@@ -142,8 +142,12 @@ def loss_sensitivity(model, windows, max_tokens: int) -> list[np.ndarray]:
     import torch
 
     outputs: list = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: (out.retain_grad(), outputs.append(out)))
-             for m in mlps(model)]
+
+    def keep(module, args, out) -> None:   # returns None: the output stays as it is
+        out.retain_grad()
+        outputs.append(out)
+
+    hooks = [m.register_forward_hook(keep) for m in mlps(model)]
     grads: list[list] = [[] for _ in mlps(model)]
     try:
         for w in windows:
