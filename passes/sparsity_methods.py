@@ -25,6 +25,7 @@ calibration rows of each block's input (dense model, so errors do not compound w
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -34,6 +35,7 @@ from ..ir.activations import apply
 from ..ir.input_sparse import input_sparse_parts, keep_mask
 from .block_weights import BlockWeights
 from .rotation import rotate_blocks
+from .sensitivity_allocation import pooled_budgets
 
 
 class CalibrationError(ActsparseError):
@@ -161,8 +163,10 @@ def _error(bw: BlockWeights, rows: np.ndarray, dense: np.ndarray, th: InputThres
     return float(np.square(h @ bw.w_down.T - dense).sum() / max(np.square(dense).sum(), 1e-30))
 
 
-def error_curves(bw: BlockWeights, rows: np.ndarray, m: Method, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Relative output error of one block with only x (first) or only h (second) sparsified at each level.
+def error_curves(bw: BlockWeights, rows: np.ndarray, m: Method, levels: np.ndarray,
+                 weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Relative output error of one block with only x (first) or only h (second) sparsified at each level;
+    with `weights` ([tokens, d_out], aligned with rows) the weighted squared error Σ weights·(y − y_dense)².
 
     The same errors as `_error(input_thresholds(...))` level by level, computed with one gate/up product per x
     level and one for the whole h curve (h alone does not change x): the curves dominate calibration time."""
@@ -170,6 +174,8 @@ def error_curves(bw: BlockWeights, rows: np.ndarray, m: Method, levels: np.ndarr
     scale = max(np.square(dense).sum(), 1e-30)
 
     def error(h: np.ndarray) -> float:
+        if weights is not None:
+            return float((weights * np.square(h @ bw.w_down.T - dense)).sum())
         return float(np.square(h @ bw.w_down.T - dense).sum() / scale)
 
     def parts(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -246,60 +252,81 @@ def least_error(block: BlockWeights, curve: tuple[np.ndarray, np.ndarray], budge
 
 
 def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
-                      progress: bool = True, input_dims: list[int] | None = None) -> list[tuple]:
+                      progress: bool = True, input_dims: list[int] | None = None,
+                      sensitivity: list[np.ndarray] | None = None) -> list[tuple]:
     """Per block, the error curves the greedy allocation reads (levels 0, LEVEL_STEP, ..., MAX_LEVEL); for a
     rotated-* method the pair (curves of the rotated blocks, curves of the blocks as they are), as its
-    calibration reads them."""
-    plain = _curves(blocks, rows, m, error_tokens, progress)
+    calibration reads them; `sensitivity`: see calibrate_input_blocks."""
+    plain = _curves(blocks, rows, m, error_tokens, progress, sensitivity)
     if not m.rotate:
         return plain
     turned, turned_rows, _, _, _ = rotate_blocks(blocks, rows, input_dims, basis=m.basis)
-    return _curves(turned, turned_rows, m, error_tokens, progress), plain
+    return _curves(turned, turned_rows, m, error_tokens, progress, sensitivity), plain
 
 
 def _curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
-            progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+            progress: bool = True, sensitivity: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     from tqdm.auto import tqdm
 
     levels = np.arange(0.0, MAX_LEVEL + 1e-9, LEVEL_STEP)
+    if sensitivity is not None:
+        return [error_curves(b, r[:error_tokens], m, levels, g[:error_tokens])
+                for b, r, g in tqdm(list(zip(blocks, rows, sensitivity)), desc="allocate", unit="block",
+                                    disable=not progress or None)]
     return [error_curves(b, r[:error_tokens], m, levels)
             for b, r in tqdm(list(zip(blocks, rows)), desc="allocate", unit="block", disable=not progress or None)]
 
 
 def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
                            progress: bool = True, where: list[str] | None = None, curves=None,
-                           input_dims: list[int] | None = None, storage: str = "fp32") -> list[InputThresholds]:
+                           input_dims: list[int] | None = None, storage: str = "fp32",
+                           sensitivity: list[np.ndarray] | None = None) -> list[InputThresholds]:
     """Input-mode thresholds for every block: uniform sparsity, or the greedy allocation for `*-greedy`;
     `rotated-*` turns a block into its method's basis (rotation.BASES; `input_dims`: the block's own input columns,
     before a folded bias column) and asks it to skip `sparsity` plus its rotation's share — where that fits
     (≤ MAX_LEVEL) and, for greedy methods, where its calibrated error at that budget is below the unrotated
-    block's at `sparsity`; other blocks stay as they are (no rotation, no share)."""
+    block's at `sparsity`; other blocks stay as they are (no rotation, no share). `sensitivity` (greedy methods;
+    per block [tokens, d_out] weights of the squared output error, aligned with the rows, e.g. g² of the loss):
+    errors in the loss's unit, so the budget is pooled across blocks (sensitivity_allocation.py); `curves` are
+    then those of `allocation_curves(..., sensitivity=)`."""
     m = method(name)
     if m.mode != "input":
         raise ValueError(f"method {name!r} is not an input-sparsity method")
+    if sensitivity is not None and not m.greedy:
+        raise ValueError(f"sensitivity pools a greedy allocation; method {name!r} is not greedy")
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
     blocks, rows = list(blocks), list(rows)
     rotations, shares, turns = [None] * len(blocks), [0.0] * len(blocks), [None] * len(blocks)
+    targets = [sparsity] * len(blocks)
     if m.greedy:
         if m.rotate:
             turned_curves, curves = curves or (None, None)
-        curves = list(curves or _curves(blocks, rows, m, progress=progress))
+        curves = list(curves or _curves(blocks, rows, m, progress=progress, sensitivity=sensitivity))
     if m.rotate:
         turned, turned_rows, qs, q_shares, q_turns = rotate_blocks(blocks, rows, input_dims, storage, m.basis)
         if m.greedy:
-            turned_curves = turned_curves or _curves(turned, turned_rows, m, progress=progress)
+            turned_curves = turned_curves or _curves(turned, turned_rows, m, progress=progress,
+                                                     sensitivity=sensitivity)
+    if sensitivity is not None:
+        def least(i: int, budget: float) -> float:
+            errors = [_least(blocks[i], curves[i], budget)]
+            if m.rotate and budget + q_shares[i] <= MAX_LEVEL:
+                errors.append(_least(turned[i], turned_curves[i], budget + q_shares[i]))
+            return min(errors)
+        targets = pooled_budgets([functools.partial(least, i) for i in range(len(blocks))], sparsity)
+    if m.rotate:
         for i, share in enumerate(q_shares):
-            if sparsity + share > MAX_LEVEL:
+            if targets[i] + share > MAX_LEVEL:
                 continue
             if m.greedy:
-                mine, theirs = (least_error(turned[i], turned_curves[i], sparsity + share),
-                                least_error(blocks[i], curves[i], sparsity))
+                mine, theirs = (least_error(turned[i], turned_curves[i], targets[i] + share),
+                                least_error(blocks[i], curves[i], targets[i]))
                 if mine is None or (theirs is not None and theirs[1] <= mine[1]):
                     continue
                 curves[i] = turned_curves[i]
             blocks[i], rows[i], rotations[i], shares[i], turns[i] = turned[i], turned_rows[i], qs[i], share, q_turns[i]
-    budgets = [sparsity + share for share in shares]
+    budgets = [target + share for target, share in zip(targets, shares)]
     if m.greedy:
         levels = [greedy_allocation([b], [r], m, budget, curves=[c])[0]
                   for b, r, c, budget in zip(blocks, rows, curves, budgets)]
@@ -308,6 +335,11 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
     plans = [input_thresholds(b, r, m, *lv) for b, r, lv in zip(blocks, rows, levels)]
     return [replace(p, rotation=q, turn=turn, rotation_share=share, effective=p.effective - share)
             for p, q, share, turn in zip(plans, rotations, shares, turns)]
+
+
+def _least(block: BlockWeights, curve, budget: float) -> float:
+    best = least_error(block, curve, budget) if budget <= MAX_LEVEL else None
+    return np.inf if best is None else best[1]
 
 
 def effective_sparsity(mode: str, criterion: str, sparsity: float, shares: tuple[float, float]) -> float:
@@ -349,14 +381,17 @@ def neuron_threshold(bw: BlockWeights, rows: np.ndarray, m: Method, sparsity: fl
 
 def calibrate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
                      progress: bool = True, where: list[str] | None = None, curves=None,
-                     input_dims: list[int] | None = None, storage: str = "fp32"):
+                     input_dims: list[int] | None = None, storage: str = "fp32",
+                     sensitivity: list[np.ndarray] | None = None):
     """Every block's calibration for method `name` at `sparsity` (NeuronThreshold or InputThresholds each);
     `curves`: the greedy allocation's error curves of an earlier call with the same blocks and rows;
     `input_dims`: each block's input width before a folded bias column (what a rotation turns); `storage`: how
-    the weights will be stored ("fp32", "fp16", "int8", "int4": what the rotation's bytes are weighed against)."""
+    the weights will be stored ("fp32", "fp16", "int8", "int4": what the rotation's bytes are weighed against);
+    `sensitivity`: see calibrate_input_blocks."""
     m = method(name)
     if m.mode == "input":
-        return calibrate_input_blocks(blocks, rows, name, sparsity, progress, where, curves, input_dims, storage)
+        return calibrate_input_blocks(blocks, rows, name, sparsity, progress, where, curves, input_dims, storage,
+                                      sensitivity)
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
     return [neuron_threshold(b, r, m, sparsity) for b, r in zip(blocks, rows)]

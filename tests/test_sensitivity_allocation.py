@@ -1,0 +1,57 @@
+"""Budget pooled across blocks by the loss's sensitivity (passes/sensitivity_allocation.py): the knapsack keeps the
+mean budget and moves sparsity to the block whose errors cost the loss less; calibration with sensitivities uses
+the weighted curves and rotates where it pays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actsparse.passes.block_weights import BlockWeights
+from actsparse.passes.sensitivity_allocation import SPAN, STEP, pooled_budgets
+from actsparse.passes.sparsity_methods import calibrate_blocks, error_curves, method
+
+
+def test_pooled_budgets_keep_the_mean_and_favour_the_cheap_block():
+    costs = (0.1, 10.0, 1.0)
+    budgets = pooled_budgets([lambda s, c=c: c * s * s for c in costs], 0.5)
+    assert np.mean(budgets) == pytest.approx(0.5)
+    assert budgets[0] > budgets[2] > budgets[1]          # cheapest block sparsified most
+    assert max(budgets) <= 0.5 + SPAN + 1e-9 and min(budgets) >= 0.5 - SPAN - 1e-9
+    # a block that cannot go beyond its budget (inf) keeps the others' pooled mean at the budget
+    capped = pooled_budgets([lambda s: 0.1 * s if s <= 0.5 else np.inf, lambda s: s * s], 0.5)
+    assert capped[0] <= 0.5 + 1e-9 and np.mean(capped) == pytest.approx(0.5)
+
+
+def _blocks(rng, d=16, n=32):
+    blocks, rows = [], []
+    for _ in range(2):
+        wg, wu = (rng.standard_normal((n, d)).astype(np.float32) / 4 for _ in range(2))
+        blocks.append(BlockWeights(wg, wu, rng.standard_normal((d, n)).astype(np.float32), "silu"))
+        rows.append(rng.standard_normal((256, d)).astype(np.float32))
+    return blocks, rows
+
+
+def test_weighted_curves_are_the_weighted_output_error():
+    rng = np.random.default_rng(0)
+    (block, _), (rows, _) = _blocks(rng)
+    weights = rng.random((len(rows), block.w_down.shape[0])).astype(np.float32)
+    levels = np.array([0.0, 0.5])
+    x_curve, h_curve = error_curves(block, rows, method("wina-greedy"), levels, weights)
+    assert x_curve[0] == pytest.approx(0.0, abs=1e-6) and h_curve[0] == pytest.approx(0.0, abs=1e-6)
+    doubled = error_curves(block, rows, method("wina-greedy"), levels, 2 * weights)
+    assert doubled[0][1] == pytest.approx(2 * x_curve[1], rel=1e-5) and x_curve[1] > 0
+
+
+@pytest.mark.parametrize("name", ["wina-greedy", "rotated-wina-greedy"])
+def test_sensitivity_moves_sparsity_to_the_insensitive_block(name):
+    rng = np.random.default_rng(1)
+    blocks, rows = _blocks(rng)
+    d = blocks[0].w_down.shape[0]
+    sensitivity = [np.full((256, d), 1e-3, np.float32), np.full((256, d), 1e3, np.float32)]
+    plans = calibrate_blocks(blocks, rows, name, 0.4, progress=False, sensitivity=sensitivity)
+    effective = [p.effective for p in plans]
+    assert effective[0] >= effective[1] + 2 * STEP                 # block 0's errors cost the loss little
+    assert np.mean(effective) == pytest.approx(0.4, abs=0.03)      # the model still skips the budget
+    with pytest.raises(ValueError, match="not greedy"):
+        calibrate_blocks(blocks, rows, "wina", 0.4, progress=False, sensitivity=sensitivity)
