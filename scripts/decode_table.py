@@ -25,6 +25,14 @@ from .arch_table import table_rows as _rows_between
 
 NEW = 8
 START, END = "<!-- decode-table:start -->", "<!-- decode-table:end -->"
+# what stops an architecture whose decoding still fails, found by reading its modeling code (shown only while the
+# check fails, before the error itself)
+CAUSES = {
+    "cpmant": "its cached forward takes the whole sequence every step and keeps the prompt in the cache, so the "
+              "mask spans prompt + seq while the keys span the cache",
+    "prophetnet": "its positions are a Python int (padding_idx + cache length + seq) that export fixes to one value, "
+                  "and its cached forward takes one token only",
+}
 HEADER = ("| architecture | decodes as transformers | export | reason it stops |\n"
           "|---|---|---|---|")
 
@@ -58,6 +66,8 @@ def check_decoding(arch: str) -> dict:
             row["reason"] = f"new tokens {got[0, n:].tolist()} vs transformers' {want[0, n:].tolist()}"
     except Exception as err:  # noqa: BLE001 - the reason is the product here
         row["reason"] = f"{stage}{type(err).__name__}: {clean_message(str(err))}"
+        if arch in CAUSES:
+            row["reason"] = f"{CAUSES[arch]} ({row['reason']})"
     row["seconds"] = round(time.perf_counter() - clock, 1)
     return row
 
