@@ -8,9 +8,10 @@ diagonal of the empirical Fisher), puts every block's error in the same unit, an
 
     error_b(s) = Σ_tokens Σ_channels g² · (y_sparse − y_dense)²
 
-Then the blocks' budgets may differ: a multiple-choice knapsack over budgets s ± SPAN in steps of STEP (exact
-dynamic programme over the summed offsets) keeps the mean at s (equal-size blocks: the model skips s of its MLP
-bytes) at the least summed error. The curves are sparsity_methods.error_curves with weights g². g needs a
+Then the blocks' budgets may differ: a multiple-choice knapsack over budgets s ± SPAN in steps of STEP, solved
+exactly by HiGHS through `scipy.optimize.milp` (as passes/hot_cold_solver.py does), keeps the mean at s
+(equal-size blocks: the model skips s of its MLP bytes) at the least summed error.
+The curves are sparsity_methods.error_curves with weights g². g needs a
 backward pass of the model on the calibration text, which the numpy reference interpreter does not do: the
 sensitivities come from the caller (benchmarks/threshold_frontier computes them with torch).
 """
@@ -30,17 +31,23 @@ STEP = 0.025
 def pooled_budgets(options: list, budget: float, span: float = SPAN, step: float = STEP) -> list[float]:
     """Per block the budget (s + k·step, |k·step| ≤ span) minimising the summed error, the budgets' mean exactly
     `budget`. `options[b]`: a function budget -> least error of block b there (inf: out of reach)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    if not options:
+        return []
     k = int(round(span / step))
-    offsets = range(-k, k + 1)
-    table: dict[int, tuple[float, list[int]]] = {0: (0.0, [])}
-    for error_at in options:
-        errors = [error_at(budget + j * step) if budget + j * step > 0 else np.inf for j in offsets]
-        grown: dict[int, tuple[float, list[int]]] = {}
-        for total, (summed, chosen) in table.items():
-            for j, e in zip(offsets, errors):
-                if np.isfinite(e) and (total + j not in grown or summed + e < grown[total + j][0]):
-                    grown[total + j] = (summed + e, chosen + [j])
-        table = grown
-    if 0 not in table:
-        return [budget] * len(options)
-    return [budget + j * step for j in table[0][1]]
+    offsets = np.arange(-k, k + 1)
+    errors = np.array([[error_at(budget + j * step) if budget + j * step > 0 else np.inf for j in offsets]
+                       for error_at in options], np.float64)
+    reachable = np.isfinite(errors).ravel()
+    # one binary per (block, offset): each block picks one offset, the offsets sum to 0 (the mean stays `budget`)
+    n_blocks, n_offsets = errors.shape
+    one_each = np.kron(np.eye(n_blocks), np.ones(n_offsets))
+    summed = np.tile(offsets, n_blocks)[None, :]
+    result = milp(np.where(reachable, errors.ravel(), 0.0), integrality=np.ones(errors.size),
+                  bounds=Bounds(0, reachable.astype(float)),
+                  constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(summed, 0, 0)])
+    if result.x is None:   # no choice keeps the mean: every block at the budget
+        return [budget] * n_blocks
+    chosen = np.round(result.x).reshape(n_blocks, n_offsets).argmax(1)
+    return [budget + int(offsets[j]) * step for j in chosen]
