@@ -18,11 +18,13 @@ from .context import LOWERINGS, TVM_DTYPES, LowerContext, LoweringError, const, 
 __all__ = ["LOWERINGS", "TVM_DTYPES", "LowerContext", "LoweringError", "const", "lower_graph"]
 
 
-def lower_graph(graph: Graph, target: Target, specialized: dict[str, dict[str, int]] | None = None):
+def lower_graph(graph: Graph, target: Target, specialized: dict[str, dict[str, int]] | None = None,
+                graphs: dict[str, Graph] | None = None):
     """Build the Relax IRModule for `graph`: `main` over the graph's own (symbolic) shapes, plus one function per
     entry of `specialized` (name -> {symbolic dim: value}) with those dims fixed, sharing the kernels (a decoder's
-    one-token `step`: static shapes, so the VM computes and checks far fewer shapes per call). Returns (module,
-    weight names in parameter order)."""
+    one-token `step`: static shapes, so the VM computes and checks far fewer shapes per call); such a function
+    computes `graphs[name]` where given (the same inputs and weights, other outputs). Returns (module, weight
+    names in parameter order)."""
     import tvm
     from tvm import relax
 
@@ -32,7 +34,7 @@ def lower_graph(graph: Graph, target: Target, specialized: dict[str, dict[str, i
     kernels: dict[str, object] = {}
     weight_names = sorted(graph.weights)
     for name, bound in {"main": {}, **(specialized or {})}.items():
-        _lower_function(bb, graph, target, name, bound, kernels, weight_names)
+        _lower_function(bb, (graphs or {}).get(name, graph), target, name, bound, kernels, weight_names)
     # a kernel that absorbs its inputs' computation (the certified MLP computes its scores) leaves them unused
     entries = ["main", *(specialized or {})]
     return relax.transform.DeadCodeElimination(entries)(tvm.ir.IRModule(bb.get().functions)), weight_names

@@ -14,7 +14,12 @@ returns them anew and the state takes the returned tensors. Prefill is that func
 same graph on one token, compiled as the module's `step` function (`seq` fixed to 1: static shapes,
 codegen/build.py) where the module has one, else `main`. A model that keeps no cache (BERT-style LM heads) is
 `main(input_ids[1, seq]) -> logits[1, 1, V]`: the state then holds the tokens so far and every call runs the whole
-sequence through `main`, as transformers' `generate` does for it. (Artifacts built before `filled` existed take
+sequence through `main`, as transformers' `generate` does for it. A module built for a target that captures decode
+steps in a graph (CUDA) has `step_graph` (codegen/static_step.py: static shapes, logits only, every parameter
+fixed), which a step calls instead: the decoder then owns the one KV cache and the step's input buffers (token,
+position, `filled`), allocated once and reused by every state (one generation at a time per decoder; a new
+prefill overwrites the cache), and copies each step's token and position into them before the call, so the
+captured graph replays on the same addresses. (Artifacts built before `filled` existed take
 `main(input_ids, pos, k0, ...)` and attend over every slot; they still load and decode.)
 
 An artifact of a decoder (kind "decoder") is a compiled module's artifact plus `decoder.json` (cache shapes,
@@ -32,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codegen.static_step import STEP_GRAPH
 from ..errors import ArtifactError, DecodeInputError
 from .module import CompiledModule
 
@@ -83,6 +89,8 @@ class Decoder:
         self.recomputes = [name for name, _ in module.inputs] == list(CALL_INPUTS[:1])  # no cache: the whole sequence
         # the module's one-token function (static shapes, codegen/build.py); artifacts built before it: main
         self._step_function = STEP_FUNCTION if module.runnable and module.has_function(STEP_FUNCTION) else "main"
+        self.graph_step = module.runnable and module.has_function(STEP_GRAPH)  # see the module docstring
+        self._owned: tuple[list, list] | None = None  # (the cache, the step's input buffers), made once
 
     @property
     def report(self):
@@ -94,7 +102,18 @@ class Decoder:
 
     # -- decoding ------------------------------------------------------------------------------------------
     def new_state(self) -> DecodeState:
-        return DecodeState([self.module.device_tensor(np.zeros(shape, np.float32)) for _, shape in self.spec.caches])
+        if self.graph_step:  # the decoder's own cache, at the addresses the captured step was recorded with
+            return DecodeState(list(self._owned_buffers()[0]))
+        return DecodeState(self._zero_caches())
+
+    def _zero_caches(self) -> list:
+        return [self.module.device_tensor(np.zeros(shape, np.float32)) for _, shape in self.spec.caches]
+
+    def _owned_buffers(self) -> tuple[list, list]:
+        if self._owned is None:
+            inputs = [np.zeros((1, 1), np.int64), np.zeros(1, np.int64), self._zeros]
+            self._owned = self._zero_caches(), [self.module.device_tensor(a) for a in inputs]
+        return self._owned
 
     def prefill(self, ids) -> DecodeState:
         """A fresh cache filled with the prompt `ids` ([1, n] or [n] ints); `.logits` predicts the next token."""
@@ -151,6 +170,11 @@ class Decoder:
         if self.recomputes:  # the whole sequence each call: `main` (the one-token function would not fit it)
             state.tokens.extend(int(t) for t in ids[0])
             out = self.module.run_device(np.array([state.tokens], np.int64))
+        elif n == 1 and self.graph_step:
+            caches, (token, pos, filled) = self._owned_buffers()
+            token.copyfrom(ids)
+            pos.copyfrom(np.array([state.position], np.int64))
+            out = self.module.run_device(token, pos, filled, *caches, function=STEP_GRAPH, n_outputs=1)
         else:
             filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
             out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches,

@@ -126,15 +126,17 @@ class CompiledModule:
         """Whether the compiled module has a function `name` beside `main` (a decoder's `step`)."""
         return self._vm is not None and self._vm.module.implements_function(name)
 
-    def run_device(self, *inputs, function: str = "main") -> list:
+    def run_device(self, *inputs, function: str = "main", n_outputs: int | None = None) -> list:
         """Run `function` (default `main`) on numpy arrays or device tensors without converting the results back:
         a list of device tensors. Inputs already on the device are passed as they are (a KV cache written in place
-        stays put). The caller checks the inputs (a `Decoder` does)."""
+        stays put). `n_outputs`: the function's, where not `main`'s (a decoder's `step_graph` returns the logits
+        only). The caller checks the inputs (a `Decoder` does)."""
         self._check_runnable()
         args = [self._to_device(np.ascontiguousarray(np.asarray(a).astype(np_dtype(t.dtype), copy=False)))
                 if isinstance(a, np.ndarray) else a for a, (_, t) in zip(inputs, self.inputs)]
         result = self._vm[function](*args, *self._weight_tensors)
-        return [result] if self.n_outputs == 1 else [result[i] for i in range(self.n_outputs)]
+        n = n_outputs or self.n_outputs
+        return [result] if n == 1 else [result[i] for i in range(n)]
 
     def __call__(self, *inputs):
         self._check_runnable()

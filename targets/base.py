@@ -53,6 +53,9 @@ class Target:
     # False scores in a q8_0 linear before the scored kernel instead (the A/Bs of benchmarks/scored_ab.py)
     certified_scores: str = "int16"
     certified_in_kernel: bool = True
+    # whether a decoder's step is built to be captured whole in a graph (CUDA graphs: codegen/static_step.py adds
+    # `step_graph`, every shape static and its inputs in fixed buffers that runtime/decoder.py owns)
+    graph_capture: bool = False
 
     def __post_init__(self) -> None:
         if self.exact_gate not in EXACT_GATES:

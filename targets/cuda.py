@@ -46,6 +46,7 @@ def target(arch: str | None = None) -> Target:
         warp_size=32,
         multiprocessors=sms,
         run_hint="run it on a machine with an NVIDIA GPU",
+        graph_capture=True,        # a decode step as one CUDA graph (build with relax.backend.use_cuda_graph)
     )
 
 

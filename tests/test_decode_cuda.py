@@ -1,8 +1,10 @@
 """A KV-cache decoder built for CUDA without a GPU: TVM's ops are scheduled by dlight, the module has the one-token
-`step` function, and TVM's CUDA-graph rewrite captures our kernels of the step (what stays outside is listed).
+`step` function, and TVM's CUDA-graph rewrite captures our kernels of the step (what stays outside is listed);
+the static `step_graph` (codegen/static_step.py) is captured whole, and the same rewrite built for llvm decodes
+as transformers does.
 
-One build (tiny Llama, exact mode) with `relax.backend.use_cuda_graph` on serves every test here; that option only
-adds the capture regions, the functions and kernels are those of a default build."""
+One build (tiny Llama, exact mode) with `relax.backend.use_cuda_graph` on serves every CUDA test here; that option
+only adds the capture regions, the functions and kernels are those of a default build."""
 
 import re
 
@@ -43,17 +45,9 @@ def decoder():
 
 def functions(text: str) -> dict[str, list[str]]:
     """VM bytecode function name -> the names it calls, in order."""
-    out, name = {}, None
-    for line in text.splitlines():
-        head = re.match(r"@(\w+):$", line)
-        if head:
-            name = head.group(1)
-            out[name] = []
-        elif line.startswith("@"):
-            name = None
-        elif name and (call := re.match(r"\s+call\s+([\w.]+)", line)):
-            out[name].append(call.group(1))
-    return out
+    from actsparse.codegen.step_launches import vm_functions
+
+    return vm_functions(text)
 
 
 def test_a_cuda_decoder_build_has_the_one_token_step_function(decoder):
@@ -116,6 +110,67 @@ def test_the_decode_step_is_ready_for_a_cuda_graph(decoder):
     assert not any(c in HOST_SYNCS for name in fns if name.startswith("step") for c in fns[name])
 
 
+def test_the_static_step_is_one_cuda_graph_and_its_launches_are_counted(decoder):
+    """The design (codegen/static_step.py): `step_graph` is one capture region holding every launch of the step
+    (embedding, norms, rotary, the cache writes, attention over all max_seq slots, the MLP's 3, the logits
+    projection); outside it, per step, only the copy producing the result and its one allocation (TVM leaves the
+    returned value's producer outside); nothing inside allocates or makes the host wait for the device."""
+    from actsparse.codegen.step_launches import ALLOC_STORAGE, step_launches
+
+    lm, text = decoder
+    fns = functions(text)
+    launches = step_launches(lm.module.executable)
+    print(f"step_graph: {len(launches.regions)} capture region, {launches.captured_launches} launches captured, "
+          f"{launches.outside_launches} outside ({', '.join(c for c, _ in launches.outside)}), "
+          f"{launches.allocations_outside} allocation per step")
+    assert launches.regions == ("step_graph_cuda_graph_capture",)
+    assert fns["step_graph"].count("vm.builtin.cuda_graph.run_or_capture") == 1
+    assert launches.outside_launches == 1 and launches.allocations_outside == 1
+    assert ALLOC_STORAGE not in fns["step_graph_cuda_graph_capture"]
+    assert not any(c in HOST_SYNCS for c in fns["step_graph"] + fns["step_graph_cuda_graph_capture"])
+    captured = dict(launches.captured)
+    mlp = [c for c in captured if c.startswith("actsparse_cuda_gmlp_exact")]
+    linears = [c for c, _ in launches.captured if c.startswith("actsparse_cuda_linear")]
+    assert len(mlp) == 1 and captured[mlp[0]] == 3  # exact mode: 3 launches per MLP (issue 18)
+    assert len(linears) == 5 and "n128" in linears[-1]  # q, k, v, o and the logits projection: all captured
+    assert sum(c.startswith("index_copy") for c, _ in launches.captured) == 2  # K and V written inside the graph
+    assert any(c.startswith("softmax") for c in captured)  # attention (over max_seq slots: static) inside too
+    # tiny Llama: 31 launches in the graph at one layer, 56 at two: 25 per layer + 6 once per step (embedding,
+    # rotary tables, final norm, logits); the launches by call are in the assertion message when this changes
+    assert launches.captured_launches == CAPTURED_LAUNCHES_ONE_LAYER, launches.captured
+
+
+CAPTURED_LAUNCHES_ONE_LAYER = 31
+
+
+def test_the_static_step_built_for_llvm_decodes_as_transformers():
+    """The static-shape rewrite itself, on CPU: a target with `graph_capture` gets `step_graph` (attention over all
+    max_seq slots, masked by position; inputs in the decoder's fixed buffers); its logits match transformers'
+    per step and greedy decoding matches token for token, twice over the decoder's one reused cache."""
+    import dataclasses
+
+    import numpy as np
+
+    import actsparse
+    from actsparse import targets
+
+    model = tiny_llama()
+    lm = actsparse.compile(model, target=dataclasses.replace(targets.get("x86"), graph_capture=True), mode="exact",
+                           max_seq=16)
+    assert lm.graph_step and lm.module.has_function("step_graph")
+    for prompt, new in (([5, 6, 7, 9, 11, 3], 10), ([1, 2], 6)):
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            want = model.generate(ids, max_new_tokens=new, do_sample=False)
+        assert lm.generate(ids, max_new_tokens=new).tolist() == want.tolist()
+    state = lm.prefill(np.array([[4, 8]]))
+    for token in (15, 16, 23):
+        logits, state = lm.step(token, state)
+        with torch.no_grad():
+            ref = model(torch.tensor([[4, 8, 15, 16, 23][:state.position]])).logits[0, -1].numpy()
+        np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-5)
+
+
 def calls_with_args(text: str, function: str) -> list[tuple[str, list[str], str]]:
     """(callee, argument registers, destination) of each call in one VM function, in order."""
     body = re.search(rf"^@{function}:\n(.*?)(?:\n\n|\Z)", text, re.S | re.M).group(1)
@@ -172,7 +227,7 @@ def test_greedy_decoding_on_the_gpu_equals_transformers(cuda_graph):
     """On a GPU: prefill by `main`, then one `step` call per token (captured in CUDA graphs where asked)."""
     model = tiny_llama()
     lm = compile_for_cuda(model, cuda_graph)
-    assert lm.module.has_function("step")
+    assert lm.module.has_function("step") and lm.graph_step  # steps through the static step_graph
     prompt = torch.tensor([[5, 6, 7, 9, 11, 3]])
     with torch.no_grad():
         want = model.generate(prompt, max_new_tokens=10, do_sample=False)
