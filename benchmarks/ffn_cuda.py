@@ -2,7 +2,9 @@
 dense (torch F.linear chain), batch 1, for a few sparsities.
 
 First, always (no GPU needed): the roofline figures computed from the generated code (`cuda_roofline.py`:
-launches, registers and occupancy from ptxas, bytes touched, bytes in flight per SM). Then, only on a machine with
+launches, registers and occupancy from ptxas, bytes touched, bytes in flight per SM), and the kernel launches of a
+whole decode step of a 32-layer 7B-shape decoder (`cuda_step.py`: how many CUDA graphs and launches per token;
+two tiny decoder builds, about a minute; `--no-step` skips it). Then, only on a machine with
 an NVIDIA GPU and torch's CUDA build, the timed part — marked "measured on <GPU>"; without one it says why and
 skips it (exit status 0; `--require-gpu`: 2).
 
@@ -59,6 +61,7 @@ def main(argv=None) -> int:
     ap.add_argument("--small", action="store_true", help=f"dims {SMALL} for a smoke test")
     ap.add_argument("--arch", default=None, help="architecture of the roofline figures (default: the GPU's, or sm_90)")
     ap.add_argument("--require-gpu", action="store_true", help="exit 2 when no GPU is here (after the roofline)")
+    ap.add_argument("--no-step", action="store_true", help="skip the decode step's launch count (cuda_step.py)")
     args = ap.parse_args(argv)
     from actsparse.targets.cuda import gpu_device
 
@@ -70,6 +73,10 @@ def main(argv=None) -> int:
     d, n_ff = SMALL if args.small else MISTRAL
     for sparsity in (float(s) for s in args.sparsities.split(",")):
         report(d, n_ff, args.dtype, sparsity, arch)
+    if not args.no_step:
+        from .cuda_step import report as step_report
+
+        step_report()
     reason = gpu_or_reason()
     if reason:
         print(f"\nGPU-measured part (achieved vs copy bandwidth, vs cuBLAS): SKIPPED — no GPU here: {reason}. "
