@@ -16,12 +16,17 @@ in-place logits write, `call_tir_inplace`, does not build under `use_cuda_graph`
 defined").
 
 Only graphs this argument holds for get a `step_graph`: the first three inputs as kv_cache.py names them, every
-cache output an `index_copy` into its own input (K and V: no recurrent state, which is replaced, not written in
-place), and attention masked by a comparison over the `kv` slots (the mask is built from positions, not assumed
-from the slice's length). Others keep only `step` (runtime/decoder.py falls back to it).
+cache output an `index_copy` into its own input read by the step (K and V: no recurrent state, which is replaced,
+not written in place), attention masked by a comparison over the `kv` slots (the mask is built from positions,
+not assumed from the slice's length), and `kv` entering only as a slot count: `filled` itself read by nothing and
+no size computed from `kv` (the ones-mask and seen-from-shapes export variants, decoder_export.EXPORT_VARIANTS,
+derive positions or offsets from it, which max_seq would shift). Others keep only `step` (runtime/decoder.py
+falls back to it).
 """
 
 from __future__ import annotations
+
+import re
 
 from ..ir import Graph
 from ..ir.graph import topo_order
@@ -46,7 +51,7 @@ def static_step(graph: Graph) -> tuple[Graph, dict[str, int]] | None:
         if out.op != "index_copy" or id(out.inputs[0]) not in caches:
             return None  # a state the call replaces (recurrent mixers): its output must be returned
         slots.add(out.shape[out.attrs["axis"]])
-    if len(slots) != 1 or not _masked_by_position(graph, kv):
+    if len(slots) != 1 or not _masked_by_position(graph, kv) or not _kv_only_counts_slots(graph, kv):
         return None
     read = set(map(id, topo_order(graph.outputs[:1])))
     if not all(id(out) in read for out in graph.outputs[1:]):
@@ -59,3 +64,20 @@ def _masked_by_position(graph: Graph, kv: str) -> bool:
     """Whether some comparison yields a mask over the `kv` slots (its last dim): the one slots past the position
     fail, so attention over max_seq slots equals attention over the filled ones."""
     return any(n.op in COMPARISONS and n.shape and n.shape[-1] == kv for n in graph.nodes)
+
+
+def _kv_only_counts_slots(graph: Graph, kv: str) -> bool:
+    """Whether `kv` is read only as the number of slots: `filled` (whose length it is) has no reader, and no shape
+    or attribute is an expression of it (`kv - seq`, a position derived from the filled length)."""
+    filled = graph.inputs[2]
+    if any(i is filled for n in graph.nodes for i in n.inputs):
+        return False
+
+    def dims(value):
+        if isinstance(value, (tuple, list)):
+            return [d for v in value for d in dims(v)]
+        return [value] if isinstance(value, str) else []
+
+    named = re.compile(rf"\b{re.escape(kv)}\b")  # the dim in an expression, not inside another name
+    return all(d == kv or not named.search(d) for n in graph.nodes if n.op not in ("input", "weight")
+               for d in dims(n.shape) + dims(list(n.attrs.values())))

@@ -171,6 +171,20 @@ def test_the_static_step_built_for_llvm_decodes_as_transformers():
         np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_the_static_step_rewrite_fixes_the_slots_and_declines_replaced_states():
+    """static_step on tiny Llama's decoding graph: one token, kv = max_seq, the logits only; a graph whose cache
+    output is not written in place (a state the call replaces) keeps only `step`."""
+    from actsparse.codegen.static_step import static_step
+    from actsparse.frontends.decoder_export import import_decoder
+    from actsparse.ir import Graph
+
+    graph, _ = import_decoder(tiny_llama(), 16)
+    step, bound = static_step(graph)
+    assert bound == {"kv": 16, "seq": 1} and step.outputs == graph.outputs[:1] and step.inputs == graph.inputs
+    replaced = Graph(graph.inputs, (*graph.outputs[:2], graph.outputs[2].inputs[2]), graph.weights, graph.name)
+    assert static_step(replaced) is None
+
+
 def calls_with_args(text: str, function: str) -> list[tuple[str, list[str], str]]:
     """(callee, argument registers, destination) of each call in one VM function, in order."""
     body = re.search(rf"^@{function}:\n(.*?)(?:\n\n|\Z)", text, re.S | re.M).group(1)
