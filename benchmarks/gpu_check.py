@@ -8,10 +8,12 @@ Steps, each a subprocess under its own share of the time budget, its output appe
  1. the machine: nvidia-smi, the torch and TVM builds, the GPU TVM's runtime finds, the load average;
  2. `ffn_cuda --require-gpu` (Mistral-7B dims, fp16 weights, 50 / 90 / 95% inactive): the roofline figures of the
     generated code, then exact / indexed / dense against cuBLAS fp16 (torch) with the device's copy bandwidth;
- 3. `pytest -m gpu` on the test files with GPU tests: every CUDA kernel's numerics on the GPU, the decoder (plain
+ 3. `cuda_step --time`: a 4-layer decoder's greedy decoding through `step` and through `step_graph` (one CUDA
+    graph per step), µs per token and the same tokens from both;
+ 4. `pytest -m gpu` on the test files with GPU tests: every CUDA kernel's numerics on the GPU, the decoder (plain
     and in CUDA graphs) against transformers, the hot/cold hybrid.
 Where TVM is not installed (the H200 image lent here has PyTorch and nvcc only; `--without-tvm` forces it), steps 2
-and 3 give way to `cuda_bundle_run` over the bundle `cuda_bundle.py` wrote beforehand on a machine with TVM (carried
+to 4 give way to `cuda_bundle_run` over the bundle `cuda_bundle.py` wrote beforehand on a machine with TVM (carried
 along): the same kernels' source as TVM emits it, compiled by nvcc there, checked against torch and timed against
 cuBLAS fp16 and a copy of the bytes each MLP reads (small and Mistral-7B dims; exact, indexed, dense, threshold).
 The figures come first: if time runs out, the tests are what is cut. `--dry-run` writes the plan (commands and
@@ -35,7 +37,9 @@ PACKAGE = Path(__file__).absolute().parents[1]  # the repository root (tests/ is
 GPU_TEST_FILES = ("tests/test_kernels_cuda.py", "tests/test_decode_cuda.py", "tests/test_hot_cold_cuda.py")
 # (name, share of the budget, command): the share is a ceiling; the last step gets whatever time is left
 STEPS = (
-    ("ffn_cuda", 0.4, [sys.executable, "-m", "actsparse.benchmarks.ffn_cuda", "--require-gpu", "--dtype", "float16"]),
+    ("ffn_cuda", 0.4, [sys.executable, "-m", "actsparse.benchmarks.ffn_cuda", "--require-gpu", "--dtype", "float16",
+                       "--no-step"]),  # the step's launch count needs no GPU: counted where it is built
+    ("decode step", 0.15, [sys.executable, "-m", "actsparse.benchmarks.cuda_step", "--time", "--require-gpu"]),
     ("pytest -m gpu", 0.6, [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rA", "-p", "no:cacheprovider",
                             *GPU_TEST_FILES]),
 )
