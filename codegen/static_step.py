@@ -11,9 +11,10 @@ same; a step then costs attention over max_seq slots instead of kv. The caches a
 `index_copy`) and read by attention afterwards, so only the logits are returned: a step's outputs no longer
 escape from the region that writes them. With `num_input = 0` every parameter counts as fixed, so the runtime
 passes the same device buffers each step (runtime/decoder.py copies the token and position into them) and TVM
-captures everything but the logits' producer (its result is the function's, allocated per call by the VM; an
-in-place logits write, `call_tir_inplace`, does not build under `use_cuda_graph` in TVM 0.27: "Var res is not
-defined").
+captures the whole step, the logits projection included, in one graph; only the op producing the returned value
+(a reshape's copy) runs outside, into a tensor the VM allocates per call (an in-place write into a runtime-owned
+logits buffer, `call_tir_inplace`, failed to build under `use_cuda_graph` in TVM 0.27 last session: "Var res is
+not defined"). tests/test_decode_cuda.py asserts this on a build for sm_90.
 
 Only graphs this argument holds for get a `step_graph`: the first three inputs as kv_cache.py names them, every
 cache output an `index_copy` into its own input read by the step (K and V: no recurrent state, which is replaced,
