@@ -15,7 +15,8 @@ Each Relax function says how many of its parameters are inputs (`num_input`); th
 addresses do not change between calls. TVM's RewriteCUDAGraph (on with the PassContext option
 `relax.backend.use_cuda_graph`) needs that to capture the kernels reading weights in a CUDA graph. A target that
 captures a decode step (`Target.graph_capture`) also gets `step_graph` (codegen/static_step.py): every shape
-static and `num_input = 0`, its inputs held in fixed buffers by the runtime, so one graph captures the step.
+static and `num_input = 0`, its inputs held in fixed buffers by the runtime, so one graph captures the step; such
+a decoder is built with `relax.backend.use_cuda_graph` on unless the caller's PassContext sets it (False: no graphs).
 """
 
 from __future__ import annotations
@@ -85,7 +86,25 @@ def build(graph: Graph, target: Target):
             mod[gv] = func.with_attr("num_input", 0 if gv.name_hint == STEP_GRAPH else len(graph.inputs))
     SETUP.get(target.kind, lambda: None)()
     pipeline = PIPELINES.get(tvm_target.kind.name)
-    with tvm_target:  # nvcc and dlight read the current target
+    with tvm_target, _capturing(STEP_GRAPH in graphs):  # nvcc and dlight read the current target
         executable = tvm.compile(mod, target=tvm_target,
                                  relax_pipeline=pipeline(tvm_target) if pipeline else "default")
     return executable, weight_order
+
+
+CUDA_GRAPH_OPTION = "relax.backend.use_cuda_graph"
+
+
+def _capturing(step_graph: bool):
+    """The PassContext to build in: the caller's, with TVM's CUDA-graph rewrite turned on for a module with a
+    `step_graph` unless the caller set the option either way."""
+    import contextlib
+
+    import tvm
+
+    current = tvm.transform.PassContext.current()
+    if not step_graph or CUDA_GRAPH_OPTION in current.config:
+        return contextlib.nullcontext()
+    return tvm.transform.PassContext(opt_level=current.opt_level, required_pass=current.required_pass,
+                                     disabled_pass=current.disabled_pass, instruments=current.instruments,
+                                     config={**dict(current.config), CUDA_GRAPH_OPTION: True})

@@ -3,8 +3,9 @@
 the static `step_graph` (codegen/static_step.py) is captured whole, and the same rewrite built for llvm decodes
 as transformers does.
 
-One build (tiny Llama, exact mode) with `relax.backend.use_cuda_graph` on serves every CUDA test here; that option
-only adds the capture regions, the functions and kernels are those of a default build."""
+One build (tiny Llama, exact mode) serves every CUDA test here; it sets no PassContext, so it also checks that a
+decoder for CUDA is built with `relax.backend.use_cuda_graph` on by default (codegen/build.py). That option only
+adds the capture regions, the functions and kernels are those of a build without it."""
 
 import re
 
@@ -29,17 +30,21 @@ def tiny_llama():
     return transformers.LlamaForCausalLM(config).eval()
 
 
-def compile_for_cuda(model, cuda_graph: bool):
+def compile_for_cuda(model, cuda_graph: bool | None = None):
+    """None: as users build it (the CUDA-graph rewrite on by default); True / False: set by the caller."""
+    import contextlib
+
     import actsparse
 
-    with tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": cuda_graph}):
+    option = {"relax.backend.use_cuda_graph": cuda_graph}
+    with tvm.transform.PassContext(config=option) if cuda_graph is not None else contextlib.nullcontext():
         return actsparse.compile(model, target="cuda", mode="exact", max_seq=16)
 
 
 @pytest.fixture(scope="module")
 def decoder():
     require_nvcc()
-    lm = compile_for_cuda(tiny_llama(), cuda_graph=True)
+    lm = compile_for_cuda(tiny_llama())
     return lm, lm.module.executable.as_text()
 
 
