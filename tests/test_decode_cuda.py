@@ -148,6 +148,14 @@ def test_the_static_step_is_one_cuda_graph_and_its_launches_are_counted(decoder)
 CAPTURED_LAUNCHES_ONE_LAYER = 31
 
 
+def test_a_7b_steps_launches_are_the_tiny_builds_extrapolated_per_layer():
+    """benchmarks/cuda_step.py: (regions, captured, outside) at 1 and 2 layers -> at 32 layers, once + per layer."""
+    from actsparse.benchmarks.cuda_step import extrapolate
+
+    assert extrapolate((1, 31, 1), (1, 56, 1), 32) == (1, 806, 1)
+    assert extrapolate((6, 31, 13), (6, 43, 23), 1) == (6, 31, 13)
+
+
 def test_the_static_step_built_for_llvm_decodes_as_transformers():
     """The static-shape rewrite itself, on CPU: a target with `graph_capture` gets `step_graph` (attention over all
     max_seq slots, masked by position; inputs in the decoder's fixed buffers); its logits match transformers'
