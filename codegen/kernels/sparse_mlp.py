@@ -35,11 +35,11 @@ from functools import cache
 from tvm.script import tirx as T
 
 from ...ir.activations import ZERO_BELOW
+from .axpy import axpy_macro, zero_columns_macro
 from .common import (
     GATE_ACTS,
     UP_ACTS,
     activation,
-    axpy_macro,
     check_dtype,
     dots_macro,
     is_active,
@@ -47,7 +47,6 @@ from .common import (
     symbol,
     threshold_tag,
     x_operand,
-    zero_columns_macro,
 )
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
