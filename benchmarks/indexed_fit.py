@@ -25,7 +25,7 @@ from .weights_probe import weights_probe
 def fractions(text: str) -> list[float]:
     values = [float(v) for v in text.split(",")]
     if len(values) < 2 or any(not 0 <= v < 1 for v in values):
-        raise ValueError(f"--active takes two or more fractions in [0, 1), comma-separated, got {text!r}")
+        raise argparse.ArgumentTypeError(f"two or more fractions in [0, 1), comma-separated, expected; got {text!r}")
     return values
 
 
@@ -39,16 +39,13 @@ def fit(xs, ys) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dtype", default="q4_0")
-    ap.add_argument("--active", default="0,0.02,0.05,0.1,0.2", help="active fractions (comma-separated)")
+    ap.add_argument("--dtype", default="q4_0", choices=("q4_0", "q8_0"), help="a symmetric quantized layout")
+    ap.add_argument("--active", type=fractions, default="0,0.02,0.05,0.1,0.2",
+                    help="active fractions (comma-separated)")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    try:
-        active = fractions(args.active)
-    except ValueError as e:
-        print(f"indexed_fit: {e}", file=sys.stderr)
-        return 2
+    args = ap.parse_args(argv)  # a bad --active: one line from argparse, exit 2
+    active = args.active
     import numpy as np
 
     load = os.getloadavg()[0]
