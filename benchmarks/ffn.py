@@ -99,62 +99,13 @@ class FfnBench:
 
     # --- read bandwidth: multi-threaded vectorized read-sums over 1 GB ----------------------------------------
     def read_probe(self, small: bool = False) -> tuple:
-        """A runner (fn, bytes) reading 1 GB (64 MB with `small`) as fast as TVM code can: of two read-sums — 1
-        stream per thread, and 8 streams per thread with software prefetch (what the kernels do with gathered
-        rows) — the faster here. Time it interleaved with the kernels: on a shared machine the memory bandwidth
-        a VM gets moves (23-53 GB/s seen on one machine within minutes), so only a probe measured alongside
-        says which share of the limit a kernel reaches."""
-        np = self.np
-        from tvm.script import tirx as T
+        """A runner (fn, bytes) reading 1 GB (64 MB with `small`) as fast as TVM code can (`weights_probe.
+        buffer_probe`). Time it interleaved with the kernels: on a shared machine the memory bandwidth a VM gets
+        moves (23-53 GB/s seen on one machine within minutes), so only a probe measured alongside says which share
+        of the limit a kernel reaches."""
+        from .weights_probe import buffer_probe
 
-        from actsparse.codegen.kernels.common import build_standalone
-        from actsparse.runtime.memory import host_tensor
-
-        threads, bw_n, L = self.threads, (64 << 20) if small else (256 << 20), self.lanes
-        per = bw_n // threads
-
-        def probe(streams: int, prefetch: bool):
-            sub = per // streams
-
-            @T.prim_func
-            def read_sum(a: T.Buffer((bw_n,), "float32"), o: T.Buffer((threads, L), "float32")):
-                T.func_attr({"tirx.noalias": True})
-                for t in T.parallel(threads):
-                    acc = T.alloc_buffer((streams * L,), "float32", scope="global")  # stack: see common.py
-                    for v in T.vectorized(streams * L):
-                        acc[v] = T.float32(0)
-                    for c in range(sub // L):
-                        if prefetch:
-                            for s in T.unroll(streams):
-                                T.evaluate(T.call_llvm_intrin(
-                                    "void", "llvm.prefetch.p0",
-                                    T.address_of(a[T.min(t * per + s * sub + c * L + 512, bw_n - 1)]),
-                                    T.int32(0), T.int32(2), T.int32(1)))
-                        for s in T.unroll(streams):
-                            for v in T.vectorized(L):
-                                acc[s * L + v] = acc[s * L + v] + a[t * per + s * sub + c * L + v]
-                    for s in T.unroll(1, streams):  # every stream feeds the result: no load is dead code
-                        for v in T.vectorized(L):
-                            acc[v] = acc[v] + acc[s * L + v]
-                    for v in T.vectorized(L):
-                        o[t, v] = acc[v]
-
-            return build_standalone(read_sum.with_attr("global_symbol", f"bench_read_sum_{streams}_{int(prefetch)}"),
-                                    self.target)
-
-        a = host_tensor(np.ones(bw_n, "float32"))  # numpy memory (huge pages), like the weights
-        o = host_tensor(np.zeros((threads, L), "float32"))
-        best, best_t = None, float("inf")
-        for rs in (probe(1, False), probe(8, True)):
-            rs(a, o)
-            times = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                rs(a, o)
-                times.append(time.perf_counter() - t0)
-            if float(np.median(times)) < best_t:
-                best, best_t = rs, float(np.median(times))
-        return (lambda: best(a, o)), bw_n * 4
+        return buffer_probe(self, small)
 
     def read_bandwidth(self, small: bool = False) -> float:
         """The read limit measured now: median of 7 runs of `read_probe`."""

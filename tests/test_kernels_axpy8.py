@@ -42,10 +42,11 @@ def steps_of(kind, call, sched, n_ff, m):
     R = sched.rows
     if kind == "dense":
         return [range(i, min(i + R, n_ff)) for i in range(0, n_ff, R)]
-    if kind == "indexed":
+    if kind == "indexed":  # per task, its even share of the token's list
         idx, count = call.args[4], call.args[5]
-        listed = idx[m, :count[m]]
-        return [listed[i:i + R] for i in range(0, len(listed), R)]
+        listed, T_ = idx[m, :count[m]], sched.threads
+        shares = [listed[t * len(listed) // T_:(t + 1) * len(listed) // T_] for t in range(T_)]
+        return [s[i:i + R] for s in shares for i in range(0, len(s), R)]
     # exact: per task, its contiguous neurons that some token keeps, in order
     nper = -(-n_ff // sched.threads)
     steps = []

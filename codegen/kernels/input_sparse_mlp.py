@@ -29,7 +29,8 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, axpy_macro, symbol, task_columns, zero_columns_macro
+from .axpy import axpy_macro, task_columns, zero_columns_macro
+from .common import activation, symbol
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp

@@ -57,7 +57,7 @@ def uses_int8_axpy(dtype: str, sched: CpuSchedule, kernel: str) -> bool:
 
 
 def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch=None):
-    """`common.axpy_macro` on the integer path: (`axpy_all`, `axpy`) with the same arguments and results."""
+    """`axpy.axpy_macro` on the integer path: (`axpy_all`, `axpy`) with the same arguments and results."""
     lay = LAYOUTS[dtype]
     ins = INT8_DOTS[sched.int8_dot]
     L, R, threads = ins.lanes, sched.rows, sched.threads

@@ -4,7 +4,7 @@ row-axpy macros over quantized rows.
 A quantized weight is one uint8 buffer [rows, row_bytes] of GGUF-style blocks (layouts in `ir.quant`: q8_0,
 q4_0, q4_1; one fp16 scale, optionally an fp16 offset, and 32 codes per group of input columns). A kernel
 asked for `dtype="q4_0"` (etc.) declares its weight buffers that way and reads them through the macros here;
-`common.dots_macro` / `axpy_macro` / `zero_columns_macro` hand over to them for a quantized dtype, so every
+`common.dots_macro` / `axpy.axpy_macro` / `axpy.zero_columns_macro` hand over to them for a quantized dtype, so every
 CPU kernel (exact, indexed, threshold, dense, linear) takes quantized weights without a line of its own.
 
 Dequantization happens in registers: per row and group, the scale (and offset) is one scalar; the codes of a
@@ -12,7 +12,7 @@ group are read as two halves of 16 columns (q4: the low and the high nibbles of 
 as 16 / lanes vectors, converted to fp32, scaled, and accumulated in fp32. Loop indices are written so that no
 division or modulo meets a vector lane (TVM's vectorizer keeps contiguous loads only then).
 
-On a target whose int8 dot serves the layout's axpys (`quant_axpy8.py`: x86 VNNI for q4_0 / q4_1) `common.axpy_macro`
+On a target whose int8 dot serves the layout's axpys (`quant_axpy8.py`: x86 VNNI for q4_0 / q4_1) `axpy.axpy_macro`
 takes the integer axpy instead of the float one here. The down projection's axpy splits the output columns over the
 tasks by whole groups (each task owns groups
 [t * G / threads, (t + 1) * G / threads); the columns of a last partial group go to the last task), and the
@@ -221,7 +221,7 @@ def group_split(d: int, threads: int):
 
 
 def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch=None, lookup: str = ""):
-    """`common.axpy_macro` for quantized rows: (`axpy_all`, `axpy`) with the same arguments and results.
+    """`axpy.axpy_macro` for quantized rows: (`axpy_all`, `axpy`) with the same arguments and results.
 
     `lookup` (`quant_int8.Int8Dot.nibble_lookup`, x86 AVX-512: `vpermps`): q4 codes become floats by a 16-entry
     table lookup on the widened bytes, the low nibble by the low 4 bits as they are and the high one after a 4-bit
@@ -351,7 +351,7 @@ def quant_zero_columns_macro(d: int, sched: CpuSchedule):
 
 
 def axpy_macros(step):
-    """(axpy_all, axpy) of `common.axpy_macro` around a one-token axpy `step` (float here, integer in
+    """(axpy_all, axpy) of `axpy.axpy_macro` around a one-token axpy `step` (float here, integer in
     quant_axpy8.py): every token, or token m."""
 
     @T.macro

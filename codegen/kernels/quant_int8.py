@@ -129,6 +129,29 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
     biased = q8 and not INT8_DOTS[sched.int8_dot].signed_a  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
 
     @T.macro
+    def store(xb, m, g, q, s, dx):
+        for h in T.unroll(2):
+            for p in T.unroll(P):
+                for v in T.vectorized(HALF):
+                    xb[m, xl.operand(g, h) + p * HALF + v] = T.Cast("uint8", q[h * HALF + v] + (128 if biased else 0))
+        for v in T.vectorized(4 * L):
+            xb[m, xl.operand(g, 2) + v] = T.uint8(0)
+        if centered:  # lane 4p: -8 * sum(x̂)
+            for p in T.unroll(P):
+                xb[m, T.ramp(xl.operand(g, 2) + p * 16, 1, 4)] = T.reinterpret("uint8x4", s[0] * -8)
+        xb[m, T.ramp(xl.dx(g), 1, 4)] = T.reinterpret("uint8x4", dx)
+        xb[m, T.ramp(xl.dx_sum(g), 1, 4)] = T.reinterpret("uint8x4", dx * T.Cast("float32", s[0]))
+
+    return quantized_x_groups(d, G, store)
+
+
+def quantized_x_groups(d: int, groups: int, store):
+    """The macro prep(x, xb, M) that rounds every token's groups of GROUP x values to int8 (module docstring:
+    x̂ = round(x / dx), dx = max|x| / 127) and hands each group to `store(xb, m, g, q, s, dx)`: q [GROUP] int32 the
+    x̂, s[0] their sum, dx the scale (NaN if some x of the group is not finite, so its dot products are NaN as on
+    the float path): the rounding every 8-bit x layout shares, `store` its own byte layout."""
+
+    @T.macro
     def group(xb, m, g, v32):
         mx = T.alloc_buffer((HALF,), "float32", scope="global")
         for v in T.vectorized(HALF):
@@ -147,21 +170,9 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
         for v in T.vectorized(HALF):
             s[v] = q[v] + q[v + HALF]
         reduce_lanes(s, lambda a, b: a + b, HALF)()
-        for h in T.unroll(2):
-            for p in T.unroll(P):
-                for v in T.vectorized(HALF):
-                    xb[m, xl.operand(g, h) + p * HALF + v] = T.Cast("uint8", q[h * HALF + v] + (128 if biased else 0))
-        for v in T.vectorized(4 * L):
-            xb[m, xl.operand(g, 2) + v] = T.uint8(0)
-        if centered:  # lane 4p: -8 * sum(x̂)
-            for p in T.unroll(P):
-                xb[m, T.ramp(xl.operand(g, 2) + p * 16, 1, 4)] = T.reinterpret("uint8x4", s[0] * -8)
-        # a non-finite x makes dx NaN, so its dot products are NaN as on the float path
-        xb[m, T.ramp(xl.dx(g), 1, 4)] = T.reinterpret("uint8x4", mx[0] / T.float32(127) + nan[0])
-        xb[m, T.ramp(xl.dx_sum(g), 1, 4)] = T.reinterpret("uint8x4", (mx[0] / T.float32(127) + nan[0])
-                                                          * T.Cast("float32", s[0]))
+        store(xb, m, g, q, s, mx[0] / T.float32(127) + nan[0])
 
-    return each_x_group(d, G, group)
+    return each_x_group(d, groups, group)
 
 
 def each_x_group(d: int, groups: int, group):

@@ -27,7 +27,7 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
 from .quant_blocks import block_prefetch_macro, flat_rows, half_at
-from .quant_int8 import INT8_DOTS, each_x_group, reduce_lanes
+from .quant_int8 import INT8_DOTS, quantized_x_groups
 from .rows import CACHE_LINE, hsum_macro, row_index
 from .schedule import CpuSchedule
 
@@ -74,24 +74,7 @@ def split_prep_macro(d: int, dtype: str, sched: CpuSchedule):
     assert lay.split and lay.bits == 4, "split rows of 4-bit codes only"
 
     @T.macro
-    def group(xb, m, g, v32):
-        mx = T.alloc_buffer((HALF,), "float32", scope="global")
-        for v in T.vectorized(HALF):
-            mx[v] = T.max(T.abs(v32[v]), T.abs(v32[v + HALF]))
-        reduce_lanes(mx, T.max, HALF)()
-        nan = T.alloc_buffer((HALF,), "float32", scope="global")  # 0, or NaN if some x is not finite (max drops NaN)
-        for v in T.vectorized(HALF):
-            nan[v] = T.if_then_else(T.And(T.isfinite(v32[v]), T.isfinite(v32[v + HALF])), T.float32(0),
-                                    T.float32(float("nan")))
-        reduce_lanes(nan, lambda a, b: a + b, HALF)()
-        inv: T.let = T.if_then_else(mx[0] > T.float32(0), T.float32(127) / mx[0], T.float32(0))
-        q = T.alloc_buffer((GROUP,), "int32", scope="global")
-        for v in T.vectorized(GROUP):
-            q[v] = T.Cast("int32", T.nearbyint(v32[v] * inv))
-        s = T.alloc_buffer((HALF,), "int32", scope="global")
-        for v in T.vectorized(HALF):
-            s[v] = q[v] + q[v + HALF]
-        reduce_lanes(s, lambda a, b: a + b, HALF)()
+    def store(xb, m, g, q, s, dx):
         for v in T.vectorized(HALF):
             xb[m, xl.lo(g) + v] = T.Cast("uint8", q[v])
         for v in T.vectorized(HALF):
@@ -100,10 +83,10 @@ def split_prep_macro(d: int, dtype: str, sched: CpuSchedule):
             xb[m, xl.init(g) + v] = T.uint8(0)
         if centered:  # lane 4k: -8 * sum(x̂)
             xb[m, T.ramp(xl.init(g), 1, 4)] = T.reinterpret("uint8x4", s[0] * -8)
-        for k in T.unroll(4):  # a non-finite x makes dx NaN, so its dot products are NaN as on the float path
-            xb[m, T.ramp(xl.dx(g) + 4 * k, 1, 4)] = T.reinterpret("uint8x4", mx[0] / T.float32(127) + nan[0])
+        for k in T.unroll(4):
+            xb[m, T.ramp(xl.dx(g) + 4 * k, 1, 4)] = T.reinterpret("uint8x4", dx)
 
-    walk = each_x_group(d, G, group)
+    walk = quantized_x_groups(d, G, store)
 
     @T.macro
     def prep(x, xb, M):

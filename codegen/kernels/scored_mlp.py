@@ -34,7 +34,8 @@ from functools import cache
 from tvm.script import tirx as T
 
 from ...ir.activations import ZERO_BELOW
-from .common import activation, axpy_macro, dots_macro, is_active, x_operand, zero_columns_macro
+from .axpy import axpy_macro, zero_columns_macro
+from .common import activation, dots_macro, is_active, x_operand
 from .quant_blocks import weight_buffer
 from .rows import prefetch_macro
 from .schedule import CpuSchedule

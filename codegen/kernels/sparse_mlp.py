@@ -30,16 +30,17 @@ with an int8 dot both round x to 8-bit blocks the same way, `quant_int8.py`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 
 from tvm.script import tirx as T
 
 from ...ir.activations import ZERO_BELOW
+from .axpy import axpy_macro, zero_columns_macro
 from .common import (
     GATE_ACTS,
     UP_ACTS,
     activation,
-    axpy_macro,
     check_dtype,
     dots_macro,
     is_active,
@@ -47,7 +48,6 @@ from .common import (
     symbol,
     threshold_tag,
     x_operand,
-    zero_columns_macro,
 )
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
@@ -216,11 +216,18 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     For token m only the neurons idx[m, :count[m]] are computed (gate, up and down rows gathered);
     every other neuron counts as 0. gate_act may be any of GATE_ACTS (threshold / predictor modes
     keep silu / gelu on the selected neurons). idx entries must lie in [0, n_ff); ascending order
-    reads memory best.
+    reads memory best. Each task takes an even share of the list and reads whole rows of it, gate, up and down,
+    the down rows into its own partial output; a second region sums the partial outputs (session 12: the down
+    projection split by columns read every listed row in halves, each task walking the whole list).
     """
-    sched, act_u, (x8, x8_bytes, prep_x), gate_dot, up_dot, axpy, zero_cols, (wshape, wdtype) = \
+    sched, act_u, (x8, x8_bytes, prep_x), gate_dot, up_dot, _, _, (wshape, wdtype) = \
         _gathered_parts("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched)
     threads, R = sched.threads, sched.rows
+    # each task's down axpy covers every output column of its own rows (one task's column split)
+    whole = replace(sched, threads=1)
+    _, axpy = axpy_macro(d, dtype, whole, gathered=True, kernel="indexed")
+    zero_part = zero_columns_macro(d, whole, dtype)
+    cpt = -(-d // (threads * 16)) * 16  # output columns per task in the sum of the partial outputs
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
@@ -240,8 +247,12 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
         flat = T.decl_buffer((M * K,), "int32", data=idx.data)
         g = T.alloc_buffer((M, K), "float32")
         h = T.alloc_buffer((M, K), "float32")
-        # 1) per token, its listed neurons split evenly over the tasks: gate and up rows gathered
+        parts = T.alloc_buffer((threads * M, d), "float32")  # each task's partial output
+        # 1) per token, its listed neurons split evenly over the tasks; each task gathers their gate and up rows,
+        #    then streams their whole down rows into its own partial output (no second region over the same list)
         for t in T.parallel(threads):
+            part = T.decl_buffer((M, d), "float32", data=parts.data, elem_offset=t * M * d)
+            zero_part(0, part, M)
             for m in range(M):
                 i0: T.let = t * count[m] // threads
                 n: T.let = (t + 1) * count[m] // threads - i0
@@ -250,12 +261,15 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
                     up_dot(w_up, xd, m, flat, m * K + i0, st * R, n, h, i0)
                     for r in range(T.min(R, n - st * R)):
                         h[m, i0 + st * R + r] = g[m, i0 + st * R + r] * act_u(h[m, i0 + st * R + r])
-        # 2) down: output columns split over the tasks, listed rows streamed
+                for st in range((n + R - 1) // R):
+                    axpy(w_down_t, flat, m * K + i0, st * R, n, h, i0, 0, part, m)
+        # 2) the partial outputs summed, output columns split over the tasks
         for t in T.parallel(threads):
-            zero_cols(t, out, M)
             for m in range(M):
-                for st in range((count[m] + R - 1) // R):
-                    axpy(w_down_t, flat, m * K, st * R, count[m], h, 0, t, out, m)
+                for c in range(T.max(T.min(cpt, d - t * cpt), 0)):
+                    out[m, t * cpt + c] = parts[m, t * cpt + c]
+                    for t2 in range(1, threads):
+                        out[m, t * cpt + c] = out[m, t * cpt + c] + parts[t2 * M + m, t * cpt + c]
 
     return kernel.with_attr("global_symbol", mlp_symbol("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
 
