@@ -5,8 +5,9 @@
 The model is wrapped as kv_cache.py describes (`KVCachedLM`: the KV cache as explicit inputs and outputs) and
 exported with the token count `seq` and the filled length `kv` as symbolic dims, called each way of
 EXPORT_VARIANTS until one imports; the graph's inputs are then named as the runtime binds them (input_ids, pos,
-filled, k0, v0, ...) and each cache's filled prefix is read as a slice. A model that keeps no cache at all is
-imported as `graph(input_ids) -> last logits`, run on the whole sequence each step (`_recompute_graph`).
+filled, k0, v0, ...) and each cache's filled prefix is read as a slice. A model that keeps no cache at all, or
+whose cached forward exports in no variant, is imported as `graph(input_ids) -> last logits`, run on the whole
+sequence each step (`_recompute_graph`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ SEQ_EXAMPLE = 4  # tokens of the example a cacheless model is exported on
 
 def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpec]]:
     """Export `model` (a transformers causal LM, float32, eval) as the decoding graph of the module docstring, or,
-    for a model that keeps no cache at all, as `graph(input_ids) -> last logits` with no caches (`_recompute_graph`)."""
+    for a model that keeps no cache at all or whose cache exports in no variant, as `graph(input_ids) -> last
+    logits` with no caches (`_recompute_graph`)."""
     from .hf_source import quiet_transformers
 
     if max_seq < 3:
@@ -48,7 +50,14 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
         except FrontendError as err:
             errors.append(err)
     # the first error, unless it is a size read off a value, which the later variants exist to avoid: then theirs
-    raise next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
+    cached = next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
+    # a cache that does not export (CPM-Ant's cached forward re-feeds the whole sequence and keeps the prompt in
+    # it): the model is run without it on the whole sequence each step, as a model without a cache is, when its
+    # uncached forward exports at a dynamic length (attention over the whole sequence gives what the cache would)
+    try:
+        return _recompute_graph(model), []
+    except FrontendError as uncached:
+        raise FrontendError(f"{cached} Without its cache: {uncached}") from cached
 
 
 DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "depends on tensor values")  # what torch / the importer say
@@ -79,7 +88,7 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: t
 
     wrapper = KVCachedLM(model, ones_mask, tuple(specs), own_cache, seen_from_shapes)
     ids = torch.zeros(1, 1 if one_token else 2, dtype=torch.long)
-    cache = tuple(torch.zeros(s.shape) for s in specs)
+    cache = tuple(torch.zeros(s.shape, dtype=s.dtype) for s in specs)
     filled = torch.zeros(3, dtype=torch.long)  # a length other than the example's seq: two distinct dims
     try:
         with per_expert_routing(model), torch.no_grad(), quiet_transformers():
@@ -174,8 +183,8 @@ def _recompute_graph(model: nn.Module) -> Graph:
         warnings.simplefilter("ignore")  # a fallback to static shapes is checked below
         graph = import_torch(LastLogits(model), (ids,), dynamic_seq=True)
     if len(graph.inputs) != 1 or graph.inputs[0].type.shape[1] != SEQ:
-        raise FrontendError(f"{type(model).__name__} keeps no KV cache and its forward could only be exported for a "
-                            f"fixed sequence length, so it cannot be run on a growing sequence either")
+        raise FrontendError(f"{type(model).__name__}'s forward without a cache could only be exported for a fixed "
+                            "sequence length, so it cannot be run on a growing sequence either")
     named = Node("input", (), {"name": INPUTS[0]}, graph.inputs[0].type)
     outputs = rewrite(graph, lambda n: named if n is graph.inputs[0] else None).outputs
     return verify(Graph((named,), outputs, graph.weights, graph.name))

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, DecodeInputError
+from ..ir.types import np_dtype
 from .module import CompiledModule
 
 KIND = "decoder"  # the artifact kind (runtime/artifact.py)
@@ -94,7 +95,9 @@ class Decoder:
 
     # -- decoding ------------------------------------------------------------------------------------------
     def new_state(self) -> DecodeState:
-        return DecodeState([self.module.device_tensor(np.zeros(shape, np.float32)) for _, shape in self.spec.caches])
+        dtypes = {name: np_dtype(t.dtype) for name, t in self.module.inputs}  # float, or a carried counter's int
+        return DecodeState([self.module.device_tensor(np.zeros(shape, dtypes.get(name, np.float32)))
+                            for name, shape in self.spec.caches])
 
     def prefill(self, ids) -> DecodeState:
         """A fresh cache filled with the prompt `ids` ([1, n] or [n] ints); `.logits` predicts the next token."""
