@@ -28,10 +28,22 @@ START, END = "<!-- decode-table:start -->", "<!-- decode-table:end -->"
 # what stops an architecture whose decoding still fails, found by reading its modeling code (shown only while the
 # check fails, before the error itself)
 CAUSES = {
-    "cpmant": "its cached forward takes the whole sequence every step and keeps the prompt in the cache, so the "
-              "mask spans prompt + seq while the keys span the cache",
-    "prophetnet": "its positions are a Python int (padding_idx + cache length + seq) that export fixes to one value, "
-                  "and its cached forward takes one token only",
+    "cpmant": "its cached forward re-feeds the whole sequence and keeps the prompt in the cache (the mask spans "
+              "prompt + seq while the keys span the cache), and its forward without a cache builds its padding mask "
+              "from a Python list of seq - prompt_length ints, which export fixes to one length: neither runs at a "
+              "growing length",
+    "deepseek_v4": "its cache layers are sliding windows (the last window - 1 keys, concatenated each call) with "
+                   "compressor buffers of 0 to compress_rate - 1 pending tokens, compressed entries that grow by one "
+                   "every compress_rate tokens and Python-int entry counts: sizes that follow the position modulo the "
+                   "rate, neither K/V slots nor a fixed-size state; its import also stops at `128*(seq//128)`, a "
+                   "floor division the IR's dims cannot name yet",
+    "prophetnet": "its cached forward takes one token only, whose position is `int(padding_idx + cache length + 1)`, "
+                  "a Python int that export fixes to the example's value (the one-token export specialises kv to a "
+                  "constant); without its cache, its n-gram streams split the symbolic sequence length",
+    "xlnet": "its generate re-feeds the last two tokens and a dummy one with `mems`, hidden states of past tokens that "
+             "grow a position per step (neither K/V slots nor a fixed-size state); recomputed on the whole sequence "
+             "instead, its generation inputs write `perm_mask[:, :, -1] = 1` (aten.fill.Tensor, unmapped) and its "
+             "relative attention sizes `(seq**2)//seq`, a floor division the IR's dims cannot name yet",
 }
 HEADER = ("| architecture | decodes as transformers | export | reason it stops |\n"
           "|---|---|---|---|")
