@@ -37,8 +37,11 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
         raise FrontendError(f"max_seq={max_seq}: a decoder needs at least 3 KV-cache slots")
     model = model.eval()
     model.config.use_cache = True
-    with quiet_transformers():
-        specs, own_cache = cache_specs(model, max_seq)
+    try:
+        with quiet_transformers():
+            specs, own_cache = cache_specs(model, max_seq)
+    except FrontendError as err:  # a cache holding what decoding cannot carry (DeepSeek-V4's compressor buffers)
+        return _recompute_instead(model, err), []
     if not specs:
         return _recompute_graph(model), specs
     # the one-token branch only (see cache_layers.py, model_states.py)
@@ -51,11 +54,16 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
             errors.append(err)
     # the first error, unless it is a size read off a value, which the later variants exist to avoid: then theirs
     cached = next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
-    # a cache that does not export (CPM-Ant's cached forward re-feeds the whole sequence and keeps the prompt in
-    # it): the model is run without it on the whole sequence each step, as a model without a cache is, when its
-    # uncached forward exports at a dynamic length (attention over the whole sequence gives what the cache would)
+    return _recompute_instead(model, cached), []
+
+
+def _recompute_instead(model: nn.Module, cached: FrontendError) -> Graph:
+    """The whole-sequence graph of a model whose cache cannot be carried (`cached` says why: ProphetNet's cached
+    forward takes one token at a position export fixes), run without it on all tokens so far each step, as a model
+    without a cache is: attention over the whole sequence gives what the cache would. Where that does not export at
+    a dynamic length either, one error with both reasons."""
     try:
-        return _recompute_graph(model), []
+        return _recompute_graph(model)
     except FrontendError as uncached:
         raise FrontendError(f"{cached} Without its cache: {uncached}") from cached
 

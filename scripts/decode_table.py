@@ -83,11 +83,16 @@ def check_decoding(arch: str) -> dict:
 
 
 def recomputed_because(model) -> str:
-    """Why a decoder runs the whole sequence each call: the model keeps no cache, or keeps one whose cached forward
-    exports in no variant (frontends/decoder_export.py falls back to its uncached forward)."""
+    """Why a decoder runs the whole sequence each call: the model keeps no cache, or keeps one that decoding cannot
+    carry or whose cached forward exports in no variant (frontends/decoder_export.py falls back to its uncached
+    forward)."""
+    from actsparse.frontends.errors import FrontendError
     from actsparse.frontends.kv_cache import cache_specs
 
-    return "its cached forward does not export" if cache_specs(model, NEW)[0] else "no cache"
+    try:
+        return "its cached forward does not export" if cache_specs(model, NEW)[0] else "no cache"
+    except FrontendError:  # refused by name before the export (DeepSeek-V4's compressor buffers)
+        return "its cache cannot be carried"
 
 
 def format_row(r: dict) -> str:
