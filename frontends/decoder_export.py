@@ -65,7 +65,7 @@ def _recompute_instead(model: nn.Module, cached: FrontendError) -> Graph:
     try:
         return _recompute_graph(model)
     except FrontendError as uncached:
-        raise FrontendError(f"{cached} Without its cache: {uncached}") from cached
+        raise FrontendError(f"{cached}; without its cache: {uncached}") from cached
 
 
 DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "depends on tensor values")  # what torch / the importer say
@@ -187,12 +187,13 @@ def _recompute_graph(model: nn.Module) -> Graph:
 
     vocab = max(2, model.get_input_embeddings().num_embeddings)
     ids = torch.arange(SEQ_EXAMPLE, dtype=torch.long).reshape(1, -1) % vocab
-    with torch.no_grad(), quiet_transformers(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a fallback to static shapes is checked below
+    with torch.no_grad(), quiet_transformers(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a fallback to static shapes is checked below, its warning kept as the why
         graph = import_torch(LastLogits(model), (ids,), dynamic_seq=True)
     if len(graph.inputs) != 1 or graph.inputs[0].type.shape[1] != SEQ:
+        why = next((f" ({w.message})" for w in caught if "symbolic sequence length" in str(w.message)), "")
         raise FrontendError(f"{type(model).__name__}'s forward without a cache could only be exported for a fixed "
-                            "sequence length, so it cannot be run on a growing sequence either")
+                            f"sequence length, so it cannot be run on a growing sequence either{why}")
     named = Node("input", (), {"name": INPUTS[0]}, graph.inputs[0].type)
     outputs = rewrite(graph, lambda n: named if n is graph.inputs[0] else None).outputs
     return verify(Graph((named,), outputs, graph.weights, graph.name))
