@@ -23,7 +23,9 @@ dims are whatever the model uses.
 Recurrent mixers (Mamba, Mamba-2, gated DeltaNet, short convolutions: whatever transformers keeps in a linear-attention
 cache layer) add their fixed-size states to the caches, `c{layer}_{i}` (convolution window) and `r{layer}_{i}`
 (recurrent state), inputs and outputs like K and V but replaced, not written by slot; such a model is exported for
-one token per call (its recurrent branch, cache_layers.py).
+one token per call (its recurrent branch, cache_layers.py). States outside the cache layers (a forward keyword,
+module attributes, lists of the model's own Cache subclass, or every tensor of a cache object that is not a
+transformers Cache, xLSTM's) are carried the same way (model_states.py).
 """
 
 from __future__ import annotations
