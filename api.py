@@ -302,7 +302,8 @@ def _decoder_inputs(ids, caches) -> tuple:
     if not caches:  # a model without a cache: the graph takes the token ids only (frontends/decoder_export.py)
         return (ids,)
     filled = np.zeros(ids.shape[1], np.int64)  # its length: the slots filled after the prompt is written
-    return (ids, np.zeros(1, np.int64), filled, *(np.zeros(c.shape, np.float32) for c in caches))
+    return (ids, np.zeros(1, np.int64), filled, *(np.zeros(c.shape, str(c.dtype).removeprefix("torch."))
+                                                       for c in caches))
 
 
 def _eos_ids(model) -> tuple[int, ...]:

@@ -5,8 +5,9 @@
 The model is wrapped as kv_cache.py describes (`KVCachedLM`: the KV cache as explicit inputs and outputs) and
 exported with the token count `seq` and the filled length `kv` as symbolic dims, called each way of
 EXPORT_VARIANTS until one imports; the graph's inputs are then named as the runtime binds them (input_ids, pos,
-filled, k0, v0, ...) and each cache's filled prefix is read as a slice. A model that keeps no cache at all is
-imported as `graph(input_ids) -> last logits`, run on the whole sequence each step (`_recompute_graph`).
+filled, k0, v0, ...) and each cache's filled prefix is read as a slice. A model that keeps no cache at all, or
+whose cached forward exports in no variant, is imported as `graph(input_ids) -> last logits`, run on the whole
+sequence each step (`_recompute_graph`).
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ SEQ_EXAMPLE = 4  # tokens of the example a cacheless model is exported on
 
 def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpec]]:
     """Export `model` (a transformers causal LM, float32, eval) as the decoding graph of the module docstring, or,
-    for a model that keeps no cache at all, as `graph(input_ids) -> last logits` with no caches (`_recompute_graph`)."""
+    for a model that keeps no cache at all or whose cache exports in no variant, as `graph(input_ids) -> last
+    logits` with no caches (`_recompute_graph`)."""
     from .hf_source import quiet_transformers
 
     if max_seq < 3:
         raise FrontendError(f"max_seq={max_seq}: a decoder needs at least 3 KV-cache slots")
     model = model.eval()
     model.config.use_cache = True
-    with quiet_transformers():
-        specs, own_cache = cache_specs(model, max_seq)
+    try:
+        with quiet_transformers():
+            specs, own_cache = cache_specs(model, max_seq)
+    except FrontendError as err:  # a cache holding what decoding cannot carry (DeepSeek-V4's compressor buffers)
+        return _recompute_instead(model, err), []
     if not specs:
         return _recompute_graph(model), specs
     # the one-token branch only (see cache_layers.py, model_states.py)
@@ -48,7 +53,19 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
         except FrontendError as err:
             errors.append(err)
     # the first error, unless it is a size read off a value, which the later variants exist to avoid: then theirs
-    raise next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
+    cached = next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
+    return _recompute_instead(model, cached), []
+
+
+def _recompute_instead(model: nn.Module, cached: FrontendError) -> Graph:
+    """The whole-sequence graph of a model whose cache cannot be carried (`cached` says why: ProphetNet's cached
+    forward takes one token at a position export fixes), run without it on all tokens so far each step, as a model
+    without a cache is: attention over the whole sequence gives what the cache would. Where that does not export at
+    a dynamic length either, one error with both reasons."""
+    try:
+        return _recompute_graph(model)
+    except FrontendError as uncached:
+        raise FrontendError(f"{cached}; without its cache: {uncached}") from cached
 
 
 DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "depends on tensor values")  # what torch / the importer say
@@ -79,7 +96,7 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: t
 
     wrapper = KVCachedLM(model, ones_mask, tuple(specs), own_cache, seen_from_shapes)
     ids = torch.zeros(1, 1 if one_token else 2, dtype=torch.long)
-    cache = tuple(torch.zeros(s.shape) for s in specs)
+    cache = tuple(torch.zeros(s.shape, dtype=s.dtype) for s in specs)
     filled = torch.zeros(3, dtype=torch.long)  # a length other than the example's seq: two distinct dims
     try:
         with per_expert_routing(model), torch.no_grad(), quiet_transformers():
@@ -170,12 +187,13 @@ def _recompute_graph(model: nn.Module) -> Graph:
 
     vocab = max(2, model.get_input_embeddings().num_embeddings)
     ids = torch.arange(SEQ_EXAMPLE, dtype=torch.long).reshape(1, -1) % vocab
-    with torch.no_grad(), quiet_transformers(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a fallback to static shapes is checked below
+    with torch.no_grad(), quiet_transformers(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # a fallback to static shapes is checked below, its warning kept as the why
         graph = import_torch(LastLogits(model), (ids,), dynamic_seq=True)
     if len(graph.inputs) != 1 or graph.inputs[0].type.shape[1] != SEQ:
-        raise FrontendError(f"{type(model).__name__} keeps no KV cache and its forward could only be exported for a "
-                            f"fixed sequence length, so it cannot be run on a growing sequence either")
+        why = next((f" ({w.message})" for w in caught if "symbolic sequence length" in str(w.message)), "")
+        raise FrontendError(f"{type(model).__name__}'s forward without a cache could only be exported for a fixed "
+                            f"sequence length, so it cannot be run on a growing sequence either{why}")
     named = Node("input", (), {"name": INPUTS[0]}, graph.inputs[0].type)
     outputs = rewrite(graph, lambda n: named if n is graph.inputs[0] else None).outputs
     return verify(Graph((named,), outputs, graph.weights, graph.name))

@@ -23,7 +23,9 @@ dims are whatever the model uses.
 Recurrent mixers (Mamba, Mamba-2, gated DeltaNet, short convolutions: whatever transformers keeps in a linear-attention
 cache layer) add their fixed-size states to the caches, `c{layer}_{i}` (convolution window) and `r{layer}_{i}`
 (recurrent state), inputs and outputs like K and V but replaced, not written by slot; such a model is exported for
-one token per call (its recurrent branch, cache_layers.py).
+one token per call (its recurrent branch, cache_layers.py). States outside the cache layers (a forward keyword,
+module attributes, lists of the model's own Cache subclass, or every tensor of a cache object that is not a
+transformers Cache, xLSTM's) are carried the same way (model_states.py).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class CacheSpec:
     kind: str = "keys"  # one of KINDS, a POSITION_CACHES attribute or a model_states.CARRIERS kind
     index: int = 0  # which of the layer's conv / recurrent states (of a carried list's tensors)
     path: str = ""  # a carried state: the keyword, module attribute or cache list holding it (model_states.py)
+    dtype: torch.dtype = torch.float32  # a carried state may be a counter (xLSTM's seqlen_offset: int64)
 
 
 # keys and values grow by position (max_seq slots, written in place); the states of recurrent mixers (Mamba's
@@ -75,7 +78,7 @@ class KVCachedLM(nn.Module):
     actsparse_prefix = "model"
 
     def __init__(self, model: nn.Module, ones_mask: bool = False, specs: tuple[CacheSpec, ...] = (),
-                 own_cache: type | None = None, seen_from_shapes: bool = False):
+                 own_cache: type | object | None = None, seen_from_shapes: bool = False):
         super().__init__()
         self.model = model
         self.ones_mask, self.seen_from_shapes = ones_mask, seen_from_shapes  # see EXPORT_VARIANTS
@@ -84,8 +87,11 @@ class KVCachedLM(nn.Module):
         self.specs = specs
         self._classes = layer_classes()
         self._carried = CarriedStates(model, specs)  # states outside cache layers (model_states.py)
-        self._cache_class = cache_class_with_lists(own_cache) if own_cache else self._classes[-1]
-        self._takes_cache = any(s.kind not in CARRIERS or s.kind == "cache_list" for s in specs)
+        # own_cache: the model's Cache subclass, or (`cache_field` states) the model's own cache object, a template
+        self._template = own_cache if own_cache is not None and not isinstance(own_cache, type) else None
+        self._cache_class = (cache_class_with_lists(own_cache) if own_cache and self._template is None
+                             else self._classes[-1])
+        self._takes_cache = any(s.kind not in CARRIERS or s.kind in ("cache_list", "cache_field") for s in specs)
         takes = inspect.signature(model.forward).parameters
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in takes else {}  # lm_head on 1 token
         self._cache_argument = cache_argument(model)
@@ -102,7 +108,8 @@ class KVCachedLM(nn.Module):
         positions = (torch.arange(input_ids.shape[1], device=input_ids.device) + offset).unsqueeze(0)
         mask = {"attention_mask": torch.ones_like(filled).unsqueeze(0)} if self.ones_mask else {}
         named = {s.name: t for s, t in zip(self.specs, cache, strict=True)}
-        own = self._cache_class(layers, self._carried.cache_lists(named)) if self._takes_cache else None
+        own = (None if not self._takes_cache else self._carried.cache_object(self._template, named)
+               if self._template is not None else self._cache_class(layers, self._carried.cache_lists(named)))
         was = self._carried.set_attributes(named)
         try:
             out = self.model(input_ids=input_ids, position_ids=positions, use_cache=True, **self._last_logits_only,
@@ -155,9 +162,10 @@ def returned_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def cache_specs(model: nn.Module, max_seq: int) -> tuple[list[CacheSpec], type | None]:
+def cache_specs(model: nn.Module, max_seq: int) -> tuple[list[CacheSpec], type | object | None]:
     """The cache tensors of `model`, from one eager step on one token with transformers' own cache, and the model's
-    own Cache subclass where the wrapper must build one (it keeps states beside its layers: model_states.py)."""
+    own Cache subclass where the wrapper must build one (it keeps states beside its layers: model_states.py), or
+    its own cache object where that is not a transformers Cache (the wrapper copies it: model_states.py)."""
     before = attribute_snapshot(model)
     try:
         out = _probe(model)
@@ -171,15 +179,16 @@ def cache_specs(model: nn.Module, max_seq: int) -> tuple[list[CacheSpec], type |
             _probe(model, {cache_argument(model): cache})
     finally:
         restore_attributes(model, before)  # the probe's states are not the model's
-    specs = _layer_specs(model, cache, max_seq) if cache is not None else []
-    specs += [CacheSpec(f"{CARRIERS[kind]}{n}", shape, -1, kind, index, path)
-              for n, (kind, path, index, shape) in enumerate(carried)]
+    own_object = any(kind == "cache_field" for kind, *_ in carried)
+    specs = _layer_specs(model, cache, max_seq) if cache is not None and not own_object else []
+    specs += [CacheSpec(f"{CARRIERS[kind]}{n}", shape, -1, kind, index, path, dtype)
+              for n, (kind, path, index, shape, dtype) in enumerate(carried)]
     if cache is None and not specs:
         return [], None  # a model without a cache (BERT-style LM heads): decoding recomputes the sequence
     if not specs:
         raise FrontendError(f"{type(model).__name__} wrote no layer of its KV cache in a forward with use_cache=True; "
                             "only decoders with attention caches can be compiled for decoding")
-    return specs, type(cache) if any(s.kind == "cache_list" for s in specs) else None
+    return specs, cache if own_object else type(cache) if any(s.kind == "cache_list" for s in specs) else None
 
 
 def _probe(model: nn.Module, given: dict | None = None):

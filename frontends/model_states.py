@@ -7,6 +7,10 @@ writes on one probing step, one entry of CARRIERS per way a model carries them:
                 (RecurrentGemma's `conv1d_state` and `rg_lru.recurrent_states`)
     cache_list  the model's own Cache subclass keeps a list of tensors beside its attention layers
                 (MiniMax's `linear_cache`: lightning attention's K^T V per layer)
+    cache_field the model's cache is an object of its own, not a transformers Cache with layers: every tensor it
+                holds, however nested in dicts, lists and tuples (xLSTM's `rnn_state[layer]` = (C, n, m) and its
+                `seqlen_offset` counter), is a state; the forward is given a copy of the probe's object whose
+                tensors are the graph's inputs (its other attributes as one step left them: a cache in use)
 
 Each state is a graph input and output like K and V (frontends/kv_cache.py), of fixed size, replaced by each call,
 zeros at the start. A zero state is what these models' first-token paths assume (RWKV's running maximum starts
@@ -18,13 +22,15 @@ writes them in place (RWKV) then writes a copy, and the graph has no input mutat
 
 from __future__ import annotations
 
+import copy
 import inspect
+import json
 
 import torch
 from torch import nn
 
 # kind -> the prefix of its graph inputs' names (prefix + running index)
-CARRIERS = {"argument": "s", "attribute": "m", "cache_list": "l"}
+CARRIERS = {"argument": "s", "attribute": "m", "cache_list": "l", "cache_field": "o"}
 
 
 def _tensors(value) -> bool:
@@ -51,28 +57,62 @@ def _owner(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(name) if name else model), attr
 
 
-def probe_states(model: nn.Module, out, cache, before: dict[str, object]) -> list[tuple[str, str, int, tuple]]:
-    """(kind, path, index, shape) of each state the probing forward left: `out` its output, `cache` the cache it
-    returned (or None), `before` the attribute snapshot taken before it."""
+def probe_states(model: nn.Module, out, cache, before: dict[str, object]) -> list[tuple]:
+    """(kind, path, index, shape, dtype) of each state the probing forward left: `out` its output, `cache` the cache
+    it returned (or None), `before` the attribute snapshot taken before it."""
+    if cache is not None and not _is_cache(cache):  # the model's own cache object (`cache_field`)
+        return [("cache_field", json.dumps(path), 0, tuple(t.shape), t.dtype) for path, t in object_tensors(cache)]
     found = []
     takes = inspect.signature(model.forward).parameters
     for field, value in (out.items() if hasattr(out, "items") else ()):
         if field in takes and not _is_cache(value) and _tensors(value) and _fixed_size(model, field, value):
-            found += [("argument", field, i, tuple(t.shape)) for i, t in enumerate(value)]
+            found += [("argument", field, i, tuple(t.shape), t.dtype) for i, t in enumerate(value)]
     if cache is None and not found:  # set by the forward where there was nothing before, per batch row (a lazily
         for path, value in attribute_snapshot(model).items():  # built rotary table is not batched)
             if isinstance(value, torch.Tensor) and value.is_floating_point() and before.get(path) is None \
                     and value.ndim >= 2 and value.shape[0] == 1:
-                found.append(("attribute", path, 0, tuple(value.shape)))
+                found.append(("attribute", path, 0, tuple(value.shape), value.dtype))
     if cache is not None:
         for field, value in vars(cache).items():  # a list of per-layer tensors ([] where a layer has none)
             if field.startswith("_") or not isinstance(value, list) or field == "layers":
                 continue
             if any(isinstance(t, torch.Tensor) for t in value) and all(isinstance(t, torch.Tensor) or t == []
                                                                        for t in value):
-                found += [("cache_list", field, i, tuple(t.shape)) for i, t in enumerate(value)
+                found += [("cache_list", field, i, tuple(t.shape), t.dtype) for i, t in enumerate(value)
                           if isinstance(t, torch.Tensor)]
     return found
+
+
+def object_tensors(obj) -> list[tuple[list, torch.Tensor]]:
+    """([attribute, key or index, ...], tensor) for every tensor a cache object holds in its public attributes,
+    through nested dicts, lists and tuples."""
+    return [([field, *path], t) for field, value in vars(obj).items() if not field.startswith("_")
+            for path, t in _leaves(value)]
+
+
+def _leaves(value) -> list[tuple[list, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        return [([], value)]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    return [([key, *path], t) for key, item in items for path, t in _leaves(item)]
+
+
+def _with_leaves(value, prefix: tuple, given: dict[tuple, torch.Tensor]):
+    """`value` rebuilt (its containers new, so the template is never written) with the tensor at each path of
+    `given` replaced by a clone of the given one (the model may write it in place: the copy is written)."""
+    if isinstance(value, torch.Tensor):
+        return given[prefix].clone() if prefix in given else value
+    if isinstance(value, dict):
+        return {k: _with_leaves(v, (*prefix, k), given) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_with_leaves(v, (*prefix, i), given) for i, v in enumerate(value))
+    return value
+
+
+def _at(value, path: list):
+    for key in path:
+        value = value[key] if isinstance(value, (dict, list, tuple)) else getattr(value, key)
+    return value
 
 
 def _fixed_size(model: nn.Module, field: str, value: list) -> bool:
@@ -128,8 +168,18 @@ class CarriedStates:
                 held[spec.index] = tensors[spec.name]
         return lists
 
+    def cache_object(self, template, tensors: dict):
+        """A copy of the model's own cache object `template` holding the graph's `cache_field` states."""
+        given = {tuple(json.loads(s.path)): tensors[s.name] for s in self.specs if s.kind == "cache_field"}
+        obj = copy.copy(template)
+        for field in {path[0] for path in given}:
+            setattr(obj, field, _with_leaves(getattr(template, field), (field,), given))
+        return obj
+
     def read(self, spec, out, cache) -> torch.Tensor:
         """The state `spec` names after the forward."""
+        if spec.kind == "cache_field":
+            return _at(cache, json.loads(spec.path))
         if spec.kind == "argument":
             return out[spec.path][spec.index]
         if spec.kind == "attribute":

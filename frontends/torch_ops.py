@@ -287,14 +287,11 @@ def _split(cx, node, x, *args, **kwargs):  # split / split_with_sizes / chunk / 
     unbind = node.target.overloadpacket is torch.ops.aten.unbind
     dim = (args if unbind else args[1:])[:1] or [kwargs.get("dim", 0)]
     axis, parts, start = positive_axis(dim[0], x.type.rank), [], 0
-    for val in node.meta["val"]:
-        size = 1 if unbind else cx.dim(val.shape[axis])
-        if isinstance(size, str) and len(node.meta["val"]) > 1:
-            raise cx.symbolic_error(f"splitting the symbolic dim `{size}` cannot be expressed; "
-                                    "import with dynamic_seq=False")
-        part = slice_of(cx, x, axis, start, start + size if isinstance(size, int) else size)
+    for val in node.meta["val"]:  # each part from the sum of torch's sizes before it (chunks of 3*seq: affine)
+        size = 1 if unbind else val.shape[axis]
+        part = slice_of(cx, x, axis, start, start + size)
         parts.append(cx.emit("reshape", [part], shape=cx.shape(val)) if unbind else part)
-        start = start + size if isinstance(size, int) else start
+        start = start + size
     return tuple(parts)
 
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..codegen.static_step import STEP_GRAPH
 from ..errors import ArtifactError, DecodeInputError
+from ..ir.types import np_dtype
 from .module import CompiledModule
 
 KIND = "decoder"  # the artifact kind (runtime/artifact.py)
@@ -107,7 +108,9 @@ class Decoder:
         return DecodeState(self._zero_caches())
 
     def _zero_caches(self) -> list:
-        return [self.module.device_tensor(np.zeros(shape, np.float32)) for _, shape in self.spec.caches]
+        dtypes = {name: np_dtype(t.dtype) for name, t in self.module.inputs}  # float, or a carried counter's int
+        return [self.module.device_tensor(np.zeros(shape, dtypes.get(name, np.float32)))
+                for name, shape in self.spec.caches]
 
     def _owned_buffers(self) -> tuple[list, list]:
         if self._owned is None:

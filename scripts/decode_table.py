@@ -7,7 +7,8 @@ A row says `yes` when `actsparse.compile(model, mode="dense", max_seq=...)` buil
 `model.generate(ids, attention_mask=ones, do_sample=False)` for NEW tokens (a plain greedy generation config: the
 model's own forced-EOS or n-gram rules are decoding policy, not the model); `one token per call` when the model
 could only be exported for one token at a time (prefill then feeds the prompt token by token); `whole sequence per
-call (no cache)` when the model keeps no cache and each step runs it on all tokens so far; otherwise the
+call` when each step runs the model on all tokens so far, because it keeps no cache or because its cached forward
+exports in no variant (ProphetNet's takes one token at a position export fixes); otherwise the
 stage and the first line of the error. `--write` updates the README's generated table (rows of architectures not
 run are kept).
 """
@@ -28,10 +29,19 @@ START, END = "<!-- decode-table:start -->", "<!-- decode-table:end -->"
 # what stops an architecture whose decoding still fails, found by reading its modeling code (shown only while the
 # check fails, before the error itself)
 CAUSES = {
-    "cpmant": "its cached forward takes the whole sequence every step and keeps the prompt in the cache, so the "
-              "mask spans prompt + seq while the keys span the cache",
-    "prophetnet": "its positions are a Python int (padding_idx + cache length + seq) that export fixes to one value, "
-                  "and its cached forward takes one token only",
+    "cpmant": "its cached forward re-feeds the whole sequence and keeps the prompt in the cache (the mask spans "
+              "prompt + seq while the keys span the cache), and its forward without a cache builds its padding mask "
+              "from a Python list of seq - prompt_length ints, which export fixes to one length: neither runs at a "
+              "growing length",
+    "deepseek_v4": "its cache layers are sliding windows (the last window - 1 keys, concatenated each call) with "
+                   "compressor buffers of 0 to compress_rate - 1 pending tokens, compressed entries that grow by one "
+                   "every compress_rate tokens and Python-int entry counts: sizes that follow the position modulo the "
+                   "rate, neither K/V slots nor a fixed-size state; its import also stops at `128*(seq//128)`, a "
+                   "floor division the IR's dims cannot name yet",
+    "xlnet": "its generate re-feeds the last two tokens and a dummy one with `mems`, hidden states of past tokens that "
+             "grow a position per step (neither K/V slots nor a fixed-size state); recomputed on the whole sequence "
+             "instead, its generation inputs write `perm_mask[:, :, -1] = 1` (aten.fill.Tensor, unmapped) and its "
+             "relative attention sizes `(seq**2)//seq`, a floor division the IR's dims cannot name yet",
 }
 HEADER = ("| architecture | decodes as transformers | export | reason it stops |\n"
           "|---|---|---|---|")
@@ -48,8 +58,8 @@ def check_decoding(arch: str) -> dict:
         model = build_tiny(arch)
         ids = example_ids(model)
         lm = actsparse.compile(model, mode="dense", max_seq=ids.shape[1] + NEW + 2)
-        row["export"] = ("whole sequence per call (no cache)" if lm.recomputes else "one token per call"
-                         if lm.module.inputs[0][1].shape[1] == 1 else "prompt per call")
+        row["export"] = (f"whole sequence per call ({recomputed_because(model)})" if lm.recomputes
+                         else "one token per call" if lm.module.inputs[0][1].shape[1] == 1 else "prompt per call")
         got = torch.as_tensor(lm.generate(ids, NEW))
         stage = "transformers' generate: "  # ours ran; what follows is the reference
         # the model's own config replaced (generate would merge it back): no forced EOS, no n-gram bans
@@ -70,6 +80,19 @@ def check_decoding(arch: str) -> dict:
             row["reason"] = f"{CAUSES[arch]} ({row['reason']})"
     row["seconds"] = round(time.perf_counter() - clock, 1)
     return row
+
+
+def recomputed_because(model) -> str:
+    """Why a decoder runs the whole sequence each call: the model keeps no cache, or keeps one that decoding cannot
+    carry or whose cached forward exports in no variant (frontends/decoder_export.py falls back to its uncached
+    forward)."""
+    from actsparse.frontends.errors import FrontendError
+    from actsparse.frontends.kv_cache import cache_specs
+
+    try:
+        return "its cached forward does not export" if cache_specs(model, NEW)[0] else "no cache"
+    except FrontendError:  # refused by name before the export (DeepSeek-V4's compressor buffers)
+        return "its cache cannot be carried"
 
 
 def format_row(r: dict) -> str:

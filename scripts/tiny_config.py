@@ -72,6 +72,10 @@ CHECKPOINT_VALUES = {
 # layers a tiny config keeps of each kind where one is not enough: Zamba ties one shared attention block across
 # its hybrid layers, and transformers' tying fails when a single hybrid layer is left to tie
 PER_KIND = {"zamba": 2}
+# widths where WIDTH does not fit the model: xLSTM's cache rounds its state dims up to a multiple of 64
+# (xLSTMConfig.qk_dim, v_dim) while its layers use width * factor unrounded, so its cached forward runs only where
+# width * qk_dim_factor (0.5) is a multiple of 64, as in every released checkpoint
+WIDTHS = {"xlstm": 128}
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "sep_token_id",
              "cls_token_id", "mask_token_id", "unk_token_id")
 
@@ -86,6 +90,8 @@ def tiny_config(arch: str):
     for key, value in CHECKPOINT_VALUES.get(arch, {}).items():
         values[key] = {**values[key], **value} if isinstance(value, dict) else value
     values = _shrink(values, PER_KIND.get(arch, 1))
+    if arch in WIDTHS:
+        values.update({k: WIDTHS[arch] for k, v in SIZES.items() if v == WIDTH and k in values})
     config = CONFIG_MAPPING[arch](**values)
     for key, value in values.items():  # keys __init__ ignores or recomputes from the originals
         if key in SIZES and _int(_attr(config, key)) is not None and _attr(config, key) > value:

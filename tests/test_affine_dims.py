@@ -60,3 +60,33 @@ def test_a_sink_column_and_a_symbolic_slice_start_import_compile_and_match_torch
             want = model(ids).numpy()
         np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(compiled(ids.numpy())), want, rtol=1e-4, atol=1e-5)
+
+
+class Streams(nn.Module):
+    """A main stream and two predicting streams along the sequence ([1, 3*seq, 8], as ProphetNet's n-gram
+    attention concatenates them), chunked back into three parts of `seq` rows each."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(16, 8)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        main, first, second = torch.cat([x, 2 * x, x + 1], dim=1).chunk(3, dim=1)
+        return main * first + second
+
+
+def test_chunks_of_a_symbolic_dim_slice_at_affine_bounds_and_match_torch():
+    from actsparse.frontends.torch_export import import_torch
+    from actsparse.ir import evaluate
+
+    model = Streams().eval()
+    graph = import_torch(model, (torch.arange(5).reshape(1, 5) % 16,))
+    assert graph.inputs[0].shape == (1, "seq")
+    assert {(n.attrs["start"], n.attrs["end"]) for n in graph.nodes if n.op == "slice"} >= {("seq", "2*seq"),
+                                                                                           ("2*seq", "3*seq")}
+    for n in (3, 7):
+        ids = (torch.arange(n).reshape(1, n) * 3) % 16
+        with torch.no_grad():
+            want = model(ids).numpy()
+        np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-5, atol=1e-6)

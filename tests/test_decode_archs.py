@@ -13,8 +13,10 @@ recurrent state as a forward keyword and MiniMax its lightning attention's state
 (frontends/model_states.py: states outside transformers' cache layers, one token per call), MVP and TrOCR learned
 positions counted from the cache's length as a size (arange(kv-seq, kv): an arange with a symbolic start), XLM
 predicts at a mask token its own generation inputs append (and slices those seq+1 ids by -(seq+1)), GIT and Gemma 4
-(unified) pad their mask's block ids by kv - seq (a pad of a symbolic amount: a full of that affine size). Greedy
-decoding equals transformers' `generate` token for token."""
+(unified) pad their mask's block ids by kv - seq (a pad of a symbolic amount: a full of that affine size), xLSTM
+keeps its states in a cache object of its own, not a transformers Cache (every tensor it holds carried, its int64
+position counter too: model_states.py's `cache_field`). Greedy decoding equals transformers' `generate` token for
+token."""
 
 import pytest
 import torch
@@ -30,7 +32,8 @@ torch.set_num_threads(1)
                                         ("mamba", "dense"), ("falcon_h1", "dense"), ("zamba2", "dense"),
                                         ("deepseek_v32", "dense"), ("gpt_oss", "dense"), ("rwkv", "dense"),
                                         ("minimax", "dense"), ("mvp", "dense"), ("trocr", "dense"),
-                                        ("xlm", "dense"), ("git", "dense"), ("gemma4_unified", "dense")])
+                                        ("xlm", "dense"), ("git", "dense"), ("gemma4_unified", "dense"),
+                                        ("xlstm", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
@@ -48,7 +51,7 @@ def test_greedy_decoding_equals_transformers(arch, mode):
     kinds = {name[0] for name, _ in lm.spec.caches}
     assert kinds == {"mamba": {"c", "r"}, "falcon_h1": {"k", "v", "c", "r"}, "zamba2": {"k", "v", "c", "r"},
                      "deepseek_v32": {"k", "v", "i"}, "camembert": set(), "xlm": set(), "rwkv": {"s"},
-                     "minimax": {"k", "v", "l"}}.get(arch, {"k", "v"})
+                     "minimax": {"k", "v", "l"}, "xlstm": {"o"}}.get(arch, {"k", "v"})
     assert torch.equal(lm.generate(ids, 6), expected)
 
 
@@ -78,11 +81,12 @@ def test_a_cache_holding_an_unknown_per_position_tensor_is_one_clear_error(monke
 
 def test_a_cache_layer_with_buffers_of_its_own_is_one_clear_error():
     """DeepSeek-V4's cache layers keep compressor buffers (per-entry dicts of tensors that grow by a compressed
-    entry every few tokens): neither K/V slots nor a fixed-size state, refused by name before the export."""
+    entry every few tokens): neither K/V slots nor a fixed-size state, refused by name before the export; the
+    recomputation it then falls back to stops too (at a floor-division size), and the error says both."""
     from actsparse.frontends.errors import FrontendError
     from actsparse.scripts.arch_table import build_tiny
 
-    with pytest.raises(FrontendError, match="buffer_gate, buffer_kv, compressed_kv"):
+    with pytest.raises(FrontendError, match=r"buffer_gate, buffer_kv, compressed_kv.*; without its cache: .*128\*"):
         actsparse.compile(build_tiny("deepseek_v4"), max_seq=16)
 
 
@@ -109,3 +113,18 @@ def _llama_decoding_as_transformers(monkeypatch, variant: dict):
     lm = actsparse.compile(model, mode="dense", max_seq=16)
     assert torch.equal(lm.generate(ids, 5), expected)
     return model, ids, lm
+
+
+def test_a_model_whose_cache_exports_in_no_variant_decodes_by_recomputation(monkeypatch):
+    """A cached forward that no export variant takes (ProphetNet's takes one token at a position `int()` fixes)
+    falls back to the uncached forward on the whole sequence each step, where that exports at a dynamic length: on
+    a tiny Llama with every cached export failing, greedy decoding still equals transformers'."""
+    from actsparse.frontends import decoder_export
+    from actsparse.frontends.errors import FrontendError
+
+    def no_cached_export(*args, **kwargs):
+        raise FrontendError("torch.export could not export it with a KV cache (this test's stand-in)")
+
+    monkeypatch.setattr(decoder_export, "_export", no_cached_export)
+    _, _, lm = _llama_decoding_as_transformers(monkeypatch, {})
+    assert lm.recomputes and not lm.spec.caches
