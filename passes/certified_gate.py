@@ -28,8 +28,9 @@ So s_j <= cutoff proves g_j <= cutoff as the sparse kernel computes it: the neur
 is the dense one. No calibration data; only valid for ReLU-family gates (the pass refuses others).
 
 How c_j is computed (exact mode certifies every gate at compile time, so this is on a 7B model's critical path):
-32 rows at a time in float32 scratch, with the q8_0 codes written straight into the result. The four norms come
-from float32 sums of squares ŝ, made upper bounds in float64 on the [n_ff] vectors (`_norm_upper`): Σa² <=
+32 rows at a time in float32 scratch, with the q8_0 codes (`ir.quant.q8_0_codes`, the rule `quantize` applies)
+written straight into the result. The four norms come from float32 sums of squares ŝ, made upper bounds in float64
+on the [n_ff] vectors (`_norm_upper`): Σa² <=
 (ŝ + n·2⁻¹⁴⁹) / (1 − γ_n) for a sum of n squares in any order (γ_n = n·u/(1 − n·u); 2⁻¹⁴⁹ for squares that
 underflow), ‖a‖ <= ‖â‖ / (1 − u) where a = w − deq or w − fp16(w) was itself a rounded float32 difference, then
 × (1 + 10⁻¹²) for the float64 arithmetic and rounded up to float32. So the stored c_j is never below the bound
@@ -46,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..ir.arrays import aligned_empty
-from ..ir.quant import GROUP, dequantize, layout
+from ..ir.quant import GROUP, dequantize, layout, q8_0_codes
 
 LAYOUT = "q8_0"
 BLOCK_BYTES = layout(LAYOUT).block_bytes   # an fp16 scale, then 32 int8 codes
@@ -120,12 +121,7 @@ def _certify_range(w_all: np.ndarray, blob: np.ndarray, sums: np.ndarray, r0: in
         k = b - a
         wk, dk, tk = w[:k], deq[:k], scratch[:k]
         wk[:, :d] = w_all[a:b]
-        groups = wk.reshape(k, -1, GROUP)
-        amax = np.abs(wk, out=tk).reshape(k, -1, GROUP).max(-1)
-        scale = amax / np.float32(127)            # as ir.quant.quantize: codes from the float32 scale
-        inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
-        codes = np.multiply(groups, inv[..., None], out=tk.reshape(k, -1, GROUP))
-        np.clip(np.rint(codes, out=codes), -127, 127, out=codes)
+        scale, codes = q8_0_codes(wk.reshape(k, -1, GROUP), out=tk.reshape(k, -1, GROUP))   # quantize()'s rule
         rows = blob[a:b].reshape(k, -1, BLOCK_BYTES)
         scale16 = scale.astype(np.float16)
         rows[..., :2] = scale16.view(np.uint8).reshape(k, -1, 2)
