@@ -104,7 +104,7 @@ def _quantized_linear(node: Node, values, graph: Graph, reference, attrs: dict, 
     `QUANTIZED_ROWS_PER_STEP` dequantized rows at a time, each block of outputs written into one result. The
     compile report evaluates each certified gate's scores this way (runtime/report.py); a Llama-2-7B gate
     dequantized at once is 180 MB, and the process kept that much per layer (compile_scale, issue 11 item 4)."""
-    from . import quant
+    from .quant import dequantize
 
     x, w = values[id(node.inputs[0])], node.inputs[1]
     bias = values[id(node.inputs[2])] if len(node.inputs) == 3 else None
@@ -112,7 +112,7 @@ def _quantized_linear(node: Node, values, graph: Graph, reference, attrs: dict, 
     out = np.empty((*x.shape[:-1], blob.shape[0]), np_dtype(node.dtype))
     for a in range(0, blob.shape[0], QUANTIZED_ROWS_PER_STEP):
         rows = slice(a, a + QUANTIZED_ROWS_PER_STEP)
-        out[..., rows] = reference(x, quant.dequantize(blob[rows], w.attrs["layout"], cols),
+        out[..., rows] = reference(x, dequantize(blob[rows], w.attrs["layout"], cols),
                                    *(() if bias is None else (bias[..., rows],)), attrs, env)
     return out
 
