@@ -85,7 +85,8 @@ def weight_value(graph: Graph, node: Node) -> np.ndarray:
     return dequantize(array, node.attrs["layout"], node.shape[-1])
 
 
-QUANTIZED_ROWS_PER_STEP = 1024   # rows of a quantized weight dequantized at once by `_quantized_linear`
+QUANTIZED_ROWS_PER_STEP = 4096   # rows dequantized at once by `_quantized_linear` (a 7B gate: 3 BLAS calls, not 11:
+#                                 each multi-threaded OpenBLAS call cost ~2.5x more under load; 64 MB transient)
 
 
 def _streamed_weights(nodes: Sequence[Node]) -> set[int]:
