@@ -85,7 +85,8 @@ def weight_value(graph: Graph, node: Node) -> np.ndarray:
     return dequantize(array, node.attrs["layout"], node.shape[-1])
 
 
-QUANTIZED_ROWS_PER_STEP = 1024   # rows of a quantized weight dequantized at once by `_quantized_linear`
+QUANTIZED_ROWS_PER_STEP = 4096   # rows dequantized at once by `_quantized_linear` (a 7B gate: 3 BLAS calls, not 11:
+#                                 each multi-threaded OpenBLAS call cost ~2.5x more under load; 64 MB transient)
 
 
 def _streamed_weights(nodes: Sequence[Node]) -> set[int]:
@@ -99,21 +100,21 @@ def _streamed_weights(nodes: Sequence[Node]) -> set[int]:
     return {i for i, linear_only in uses.items() if all(linear_only)}
 
 
-def _quantized_linear(node: Node, values, graph: Graph) -> np.ndarray:
-    """linear(x, @w_quantized) without the whole dequantized weight: `QUANTIZED_ROWS_PER_STEP` rows at a time. The
+def _quantized_linear(node: Node, values, graph: Graph, reference, attrs: dict, env) -> np.ndarray:
+    """linear(x, @w_quantized) without the whole dequantized weight: the op table's linear (`reference`) on
+    `QUANTIZED_ROWS_PER_STEP` dequantized rows at a time, each block of outputs written into one result. The
     compile report evaluates each certified gate's scores this way (runtime/report.py); a Llama-2-7B gate
     dequantized at once is 180 MB, and the process kept that much per layer (compile_scale, issue 11 item 4)."""
     from .quant import dequantize
 
-    x = values[id(node.inputs[0])].astype(np.float32, copy=False)
-    w = node.inputs[1]
+    x, w = values[id(node.inputs[0])], node.inputs[1]
+    bias = values[id(node.inputs[2])] if len(node.inputs) == 3 else None
     blob, cols = graph.weights[w.attrs["name"]], w.shape[-1]
-    out = np.empty((*x.shape[:-1], blob.shape[0]), np.float32)
+    out = np.empty((*x.shape[:-1], blob.shape[0]), np_dtype(node.dtype))
     for a in range(0, blob.shape[0], QUANTIZED_ROWS_PER_STEP):
-        b = a + QUANTIZED_ROWS_PER_STEP
-        out[..., a:b] = x @ dequantize(blob[a:b], w.attrs["layout"], cols).T
-    if len(node.inputs) == 3:
-        out += values[id(node.inputs[2])]
+        rows = slice(a, a + QUANTIZED_ROWS_PER_STEP)
+        out[..., rows] = reference(x, dequantize(blob[rows], w.attrs["layout"], cols),
+                                   *(() if bias is None else (bias[..., rows],)), attrs, env)
     return out
 
 
@@ -121,11 +122,11 @@ def _run(node: Node, values, graph: Graph, env) -> np.ndarray:
     dtype = np_dtype(node.dtype)
     if node.op == "weight":
         return weight_value(graph, node)
-    if node.op == "linear" and id(node.inputs[1]) not in values:   # a streamed weight (`_streamed_weights`)
-        return _quantized_linear(node, values, graph)
     if node.op == "constant":
         return np.asarray(node.attrs["value"], dtype=dtype)
     opdef = op_def(node.op)
     attrs = {**{k: v for k, v in opdef.attrs.items() if v is not REQUIRED}, **node.attrs}
+    if node.op == "linear" and id(node.inputs[1]) not in values:   # a streamed weight (`_streamed_weights`)
+        return _quantized_linear(node, values, graph, opdef.reference, attrs, env)
     out = opdef.reference(*(values[id(i)] for i in node.inputs), attrs, env)
     return np.asarray(out).astype(dtype, copy=False)

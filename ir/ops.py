@@ -163,7 +163,7 @@ def _linear_type(types, attrs):
 
 
 def _linear_ref(x, w, b=None, attrs=None, env=None):
-    out = x @ w.T.astype(x.dtype)
+    out = x @ w.T.astype(x.dtype, copy=False)   # no copy of a weight already in x's dtype
     return (out + b if b is not None else out).astype(x.dtype)
 
 

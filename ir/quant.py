@@ -155,10 +155,8 @@ def quantize(w: np.ndarray, kind: str, group_size: int = GROUP) -> QuantizedWeig
     blocks = padded.reshape(rows, g, GROUP)
     header = np.zeros((rows, g, lay.header_bytes // 2), np.float16)
     if name == "q8_0":
-        amax = np.abs(blocks).max(-1)
-        scale = amax / 127
-        inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)
-        codes = np.clip(np.rint(blocks * inv[..., None]), -127, 127).astype(np.int8).view(np.uint8)
+        scale, codes = q8_0_codes(blocks)
+        codes = codes.astype(np.int8).view(np.uint8)
         header[..., 0] = scale
     elif name == "q4_0":
         idx = np.abs(blocks).argmax(-1)
@@ -177,6 +175,22 @@ def quantize(w: np.ndarray, kind: str, group_size: int = GROUP) -> QuantizedWeig
         codes = codes[..., :16] | (codes[..., 16:] << 4)
     blocks = np.concatenate([header.view(np.uint8), codes], -1).reshape(rows, g * lay.block_bytes)
     return QuantizedWeight(from_gguf_blocks(blocks, name, cols), name, (rows, cols))
+
+
+def q8_0_codes(blocks: np.ndarray, out: np.ndarray | None = None,
+               amax: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """float32 groups [..., 32] -> (scale float32 [...], codes [..., 32]: integers -127..127 held as float32), GGUF's
+    Q8_0 rule: scale = max|w| / 127, code = w / scale rounded half to even (0 in an all-zero group). The block
+    stores fp16(scale); the codes come from the float32 scale, as ggml computes them. `out` (float32, the shape of
+    `blocks`, not `blocks` itself) takes the codes, so that a caller quantizing a few rows at a time
+    (passes/certified_gate.py) reuses one scratch buffer instead of allocating full-size temporaries; `amax` (the
+    groups' max |w|, when the caller has it: numpy reduces a group of 32 slowly) skips that reduction."""
+    if amax is None:
+        amax = np.abs(blocks, out=out).max(-1)
+    scale = amax / np.float32(127)
+    inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
+    codes = np.multiply(blocks, inv[..., None], out=out)
+    return scale, np.clip(np.rint(codes, out=codes), -127, 127, out=codes)
 
 
 def from_gguf_blocks(blocks: np.ndarray, layout_name: str, cols: int) -> np.ndarray:
