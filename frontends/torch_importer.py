@@ -29,7 +29,7 @@ from torch.export.graph_signature import InputKind
 from ..ir import Graph, Node, TensorType, op_def, verify
 from ..ir.types import is_float, np_dtype
 from .errors import FrontendError, SymbolicShapeError, UnsupportedOpError
-from .torch_dims import affine_dim
+from .torch_dims import sympy_dim
 from .torch_inplace import DATA_DEPENDENT
 from .torch_ops import lookup
 
@@ -203,11 +203,12 @@ class Importer:
             if any(s not in self.symbols for s in expr.free_symbols):  # an unbacked symbol: x.item(), nonzero()
                 raise self.error(f"the size `{text}` depends on tensor values, which IR shapes cannot express; "
                                  "compute it from shapes or constants instead")
-            dim = affine_dim(expr, self.symbols, self.bounds)
+            dim = sympy_dim(expr, self.symbols, self.bounds)
             if dim is not None:
                 return dim
             raise self.symbolic_error(f"the size `{text}` is a symbolic expression, which IR shapes cannot express "
-                                      "(they name dims and affine sums of them); import with dynamic_seq=False to "
+                                      "(they name dims, sums of them and floor divisions by constants); import with "
+                                      "dynamic_seq=False to "
                                       "specialise the sequence length")
         raise self.error(f"expected a size, got {d!r}")
 

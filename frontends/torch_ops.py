@@ -12,7 +12,7 @@ import torch
 
 from ..ir import Node, TensorType, dims
 from ..ir.types import positive_axis
-from .torch_dims import affine_dim
+from .torch_dims import sympy_dim
 from .torch_inplace import in_place
 from .torch_ops_layers import complex_arith
 from .torch_ops_tail import TAIL_TO_IR
@@ -266,7 +266,7 @@ def _minus(cx, size):
     expr = getattr(getattr(size, "node", None), "expr", None)
     if expr is None or not (-expr).free_symbols <= set(cx.symbols):
         return None
-    return cx.symbols.get(-expr) if (-expr).is_Symbol else affine_dim(-expr, cx.symbols, cx.bounds)
+    return cx.symbols.get(-expr) if (-expr).is_Symbol else sympy_dim(-expr, cx.symbols, cx.bounds)
 
 
 def _slice(cx, node, x, dim=0, start=None, end=None, step=1):
