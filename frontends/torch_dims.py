@@ -11,10 +11,11 @@ from ..ir import dims
 from ..ir.dims import Dim
 
 
-def sympy_dim(expr, symbols: dict, bounds: dict[str, tuple[int, int]]) -> Dim | None:
+def sympy_dim(expr, symbols: dict, bounds: dict[str, tuple[int, int]], facts: dict[str, int] | None = None
+              ) -> Dim | None:
     """`expr` as an IR dim, or None when the dim algebra cannot hold it (a product of symbols, a min the bounds do
     not decide, a division by a symbol); `symbols`: sympy symbol -> dim name, `bounds`: dim name -> (least, most)
-    the caller guarantees."""
+    the caller guarantees, `facts`: atoms torch's export fixed to a value (`guard_facts`)."""
     from torch.utils._sympy.functions import Max, Min
     from torch.utils._sympy.value_ranges import ValueRanges, bound_sympy
 
@@ -30,9 +31,38 @@ def sympy_dim(expr, symbols: dict, bounds: dict[str, tuple[int, int]]) -> Dim | 
 
     expr = expr.replace(lambda e: isinstance(e, (Min, Max)), decide) if ranges else expr
     try:
-        return _convert(expr, symbols)
+        dim = _convert(expr, symbols)
     except _NotADim:
         return None
+    if not facts or isinstance(dim, int):
+        return dim
+    coefs, const = dims.terms(dim)
+    const += sum(c * facts[a] for a, c in coefs.items() if a in facts)
+    return dims.affine({a: c for a, c in coefs.items() if a not in facts}, const)
+
+
+def guard_facts(guards, symbols: dict) -> dict[str, int]:
+    """Atoms of the dim algebra that torch's export fixed to a value (IR atom text -> value). A Python loop over a
+    chunked scan's chunks (`for i in range(num_chunks)`, gated-DeltaNet layers) specialises the chunk count to the
+    example's, `Eq((seq + 63)//64, 1)`, without narrowing the length's range: the program then holds for lengths
+    up to that many chunks, and its shapes say so (the padded length is static; a slice back to `seq` of it bounds
+    the length the compiled module accepts, ir/limits.py)."""
+    facts: dict[str, int] = {}
+    for guard in guards:
+        expr = getattr(guard, "expr", guard)
+        if not getattr(expr, "is_Relational", False) or expr.rel_op != "==":
+            continue
+        lhs, rhs = (expr.lhs, expr.rhs) if expr.rhs.is_Integer else (expr.rhs, expr.lhs)
+        if not rhs.is_Integer or not lhs.free_symbols or not lhs.free_symbols <= set(symbols):
+            continue
+        dim = sympy_dim(lhs, symbols, {})
+        coefs, const = dims.terms(dim) if isinstance(dim, str) else ({}, 0)
+        if len(coefs) == 1:
+            (atom, coef), = coefs.items()
+            value, rest = divmod(int(rhs) - const, coef)
+            if not rest and not atom.isidentifier():  # a division fixed, not the length itself
+                facts[atom] = value
+    return facts
 
 
 class _NotADim(Exception):
@@ -69,9 +99,8 @@ def _convert(expr, symbols: dict) -> Dim:
             product *= f if isinstance(f, int) else 1
         return dims.mul(symbolic[0], product) if symbolic else product
     divide = {FloorDiv: dims.floordiv, CleanDiv: dims.floordiv, Mod: dims.mod, PythonMod: dims.mod}.get(expr.func)
-    if divide is not None and not expr.args[1].is_Integer:  # P // (P // 8) of a padded P: a multiple of a dim
-        k = _multiple(_convert(expr.args[0], symbols), _convert(expr.args[1], symbols))
-        return k if divide is dims.floordiv else 0
+    if divide is not None and not expr.args[1].is_Integer:  # by a symbolic size: exact quotients only
+        return _exact_quotient(expr, symbols, divide is dims.floordiv)
     if divide is not None or expr.func in (CeilDiv, ModularIndexing):
         divisor = _constant(expr.args[-1 if expr.func is not ModularIndexing else 1])
         if divisor < 1:
@@ -86,6 +115,18 @@ def _convert(expr, symbols: dict) -> Dim:
             return dims.mod(dims.floordiv(x, divisor), modulus)
         return divide(x, divisor)
     raise _NotADim
+
+
+def _exact_quotient(expr, symbols: dict, floor: bool) -> Dim:
+    """`a // b` or `a % b` for a symbolic `b` that divides `a`: XLNet's `seq**2 // seq` (a polynomial quotient),
+    a reshape's `P // (P // 8)` next to a padded length P (a multiple of a dim)."""
+    import sympy
+
+    a, b = expr.args[:2]
+    quotient = sympy.cancel(a / b)
+    if quotient.is_polynomial() and sympy.fraction(quotient)[1] == 1:
+        return _convert(sympy.expand(quotient), symbols) if floor else 0
+    return _multiple(_convert(a, symbols), _convert(b, symbols)) if floor else 0
 
 
 def _multiple(a: Dim, b: Dim) -> int:

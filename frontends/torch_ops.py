@@ -266,7 +266,7 @@ def _minus(cx, size):
     expr = getattr(getattr(size, "node", None), "expr", None)
     if expr is None or not (-expr).free_symbols <= set(cx.symbols):
         return None
-    return cx.symbols.get(-expr) if (-expr).is_Symbol else sympy_dim(-expr, cx.symbols, cx.bounds)
+    return cx.symbols.get(-expr) if (-expr).is_Symbol else sympy_dim(-expr, cx.symbols, cx.bounds, cx.facts)
 
 
 def _slice(cx, node, x, dim=0, start=None, end=None, step=1):
