@@ -30,6 +30,7 @@ def sympy_dim(expr, symbols: dict, bounds: dict[str, tuple[int, int]], facts: di
         return e
 
     expr = expr.replace(lambda e: isinstance(e, (Min, Max)), decide) if ranges else expr
+    expr = expr.replace(_is_polynomial_quotient, _polynomial_quotient)  # XLNet's ((2*seq-1)*(seq**2//seq))//seq
     try:
         dim = _convert(expr, symbols)
     except _NotADim:
@@ -63,6 +64,15 @@ def guard_facts(guards, symbols: dict) -> dict[str, int]:
             if not rest and not atom.isidentifier():  # a division fixed, not the length itself
                 facts[atom] = value
     return facts
+
+
+def facts_hold_up_to(facts: dict[str, int], name: str, least: int, most: int = 1 << 16) -> int | None:
+    """The largest length n such that every fact holds for all lengths least..n, or None when one fails at
+    `least` (a fact that holds only from some length on is a lower bound no graph input can carry)."""
+    n = least
+    while n <= most and all(dims.evaluate(atom, {name: n}) == value for atom, value in facts.items()):
+        n += 1
+    return n - 1 if n > least else None
 
 
 class _NotADim(Exception):
@@ -117,16 +127,27 @@ def _convert(expr, symbols: dict) -> Dim:
     raise _NotADim
 
 
-def _exact_quotient(expr, symbols: dict, floor: bool) -> Dim:
-    """`a // b` or `a % b` for a symbolic `b` that divides `a`: XLNet's `seq**2 // seq` (a polynomial quotient),
-    a reshape's `P // (P // 8)` next to a padded length P (a multiple of a dim)."""
+def _polynomial_quotient(expr):
     import sympy
 
-    a, b = expr.args[:2]
-    quotient = sympy.cancel(a / b)
-    if quotient.is_polynomial() and sympy.fraction(quotient)[1] == 1:
-        return _convert(sympy.expand(quotient), symbols) if floor else 0
-    return _multiple(_convert(a, symbols), _convert(b, symbols)) if floor else 0
+    return sympy.expand(sympy.cancel(expr.args[0] / expr.args[1]))
+
+
+def _is_polynomial_quotient(expr) -> bool:
+    """A floor division of polynomials by a symbolic one that divides them (XLNet's `seq**2 // seq`)."""
+    import sympy
+    from torch.utils._sympy.functions import FloorDiv
+
+    if not isinstance(expr, FloorDiv) or expr.args[1].is_Integer or expr.args[0].has(FloorDiv):
+        return False
+    quotient = sympy.cancel(expr.args[0] / expr.args[1])
+    return sympy.fraction(quotient)[1] == 1 and quotient.is_polynomial()
+
+
+def _exact_quotient(expr, symbols: dict, floor: bool) -> Dim:
+    """`a // b` or `a % b` for a symbolic `b` that divides `a` term for term: a reshape's `P // (P // 8)` next to
+    a padded length P (a multiple of a dim)."""
+    return _multiple(_convert(expr.args[0], symbols), _convert(expr.args[1], symbols)) if floor else 0
 
 
 def _multiple(a: Dim, b: Dim) -> int:

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch.export.graph_signature import InputKind
 
-from ..ir import Graph, Node, TensorType, op_def, verify
+from ..ir import Graph, Node, TensorType, dims, op_def, verify
+from ..ir.limits import input_limits
 from ..ir.types import is_float, np_dtype
 from .errors import FrontendError, SymbolicShapeError, UnsupportedOpError
-from .torch_dims import guard_facts, sympy_dim
+from .torch_dims import facts_hold_up_to, guard_facts, sympy_dim
 from .torch_inplace import DATA_DEPENDENT
 from .torch_ops import lookup
 
@@ -86,8 +87,25 @@ class Importer:
         bad = [i for i, o in enumerate(outputs) if not isinstance(o, Node)]
         if bad:
             raise FrontendError(f"model outputs {bad} are not tensors; return only tensors (e.g. the logits)")
-        graph = Graph(inputs, outputs, self.weights)
-        return verify(graph.with_outputs(graph.outputs))  # drops weights nothing reads
+        graph = verify(Graph(inputs, outputs, self.weights).with_outputs(outputs))  # drops weights nothing reads
+        self._check_facts_bounded(graph)
+        return graph
+
+    def _check_facts_bounded(self, graph: Graph) -> None:
+        """Atoms torch's export fixed (`facts`) hold for lengths up to some n only: the graph must itself refuse
+        longer ones (a slice of a static length back to `seq`, ir/limits.py), or it would be wrong past n."""
+        names = {n for atom in self.facts for n in dims.names(atom)}
+        if not names:
+            return
+        limits = input_limits(graph).dim_bounds
+        for name in names:
+            facts = {a: v for a, v in self.facts.items() if dims.names(a) == [name]}
+            most = facts_hold_up_to(facts, name, self.bounds.get(name, (1, 0))[0])
+            if most is None or limits.get(name, most + 1) > most:
+                fixed = ", ".join(f"{a} = {v}" for a, v in facts.items())
+                raise self.symbolic_error(f"torch's export fixed {fixed}, which holds for {name} up to "
+                                          f"{most if most is not None else '(none)'} only, and the graph does not "
+                                          "bound it there; import with dynamic_seq=False")
 
     def walk(self, gm: torch.fx.GraphModule, env: dict) -> list:
         self._envs.append(env)
