@@ -149,3 +149,24 @@ def test_a_chunk_padded_scan_imports_with_a_dynamic_length_and_matches_torch():
             want = model(ids).numpy()
         np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(compiled(ids.numpy())), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_chunk_count_torch_fixes_bounds_the_length_the_compiled_module_takes():
+    """An example of one chunk (5 tokens, chunk 8): torch's export fixes the chunk count, `(seq+7)//8 = 1`; the
+    graph holds for lengths up to 8, its padded length is static, and the compiled module refuses 9 by name."""
+    import actsparse
+    from actsparse.errors import ActsparseError
+    from actsparse.frontends.torch_export import import_torch
+
+    model = ChunkScan().eval()
+    ids = torch.arange(5).reshape(1, 5)
+    graph = import_torch(model, (ids,))
+    assert graph.inputs[0].shape == (1, "seq")
+    assert any(n.op == "pad" or "-seq+8" in n.shape for n in graph.nodes)  # the padding: 8 - seq rows
+    compiled = actsparse.compile(graph, (ids.numpy(),), mode="dense")
+    for n in (3, 8):
+        ids = (torch.arange(n).reshape(1, n) * 5) % 16
+        with torch.no_grad():
+            np.testing.assert_allclose(np.asarray(compiled(ids.numpy())), model(ids).numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ActsparseError, match="seq = 9 exceeds"):
+        compiled(np.zeros((1, 9), np.int64))
