@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ActsparseError
 from ..ir import Node, TensorType
-from ..ir.dims import terms
+from ..ir.dims import build, names
 from ..ir.types import np_dtype
 from ..targets import Target
 
@@ -41,17 +41,18 @@ class LowerContext:
     values: dict[int, object] = field(default_factory=dict)  # id(node) -> its Relax value, for nodes lowered so far
 
     def dim(self, d):
-        """An IR dim as TVM sees it: an int, a graph input's dim variable, or an affine PrimExpr of them (kv+1)."""
+        """An IR dim as TVM sees it: an int, a graph input's dim variable, or a PrimExpr of them (kv+1, and floor
+        divisions by constants as tirx.floordiv: a chunked scan's `64*((seq+63)//64)`)."""
         if isinstance(d, int):
             return d
-        coefs, const = terms(d)
-        unbound = [n for n in coefs if n not in self.symbols]
+        unbound = [n for n in names(d) if n not in self.symbols]
         if unbound:
             raise LoweringError(f"symbolic dim {d!r}: {', '.join(unbound)} bound by no graph input")
         if d in self.symbols:
             return self.symbols[d]
-        parts = [self.symbols[n] if c == 1 else c * self.symbols[n] for n, c in coefs.items()]
-        return sum(parts[1:], parts[0]) + const if const else sum(parts[1:], parts[0])
+        from tvm import tirx
+
+        return build(d, self.symbols.__getitem__, tirx.floordiv)
 
     def shape(self, shape):
         return [self.dim(d) for d in shape]

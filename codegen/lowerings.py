@@ -81,8 +81,13 @@ def _arange(ctx, node, args):
         return R.arange(start, end, step, dtype)
     # a symbolic start (positions after a cache: arange(kv-seq, kv)) as a slice of arange(0, end): Relax's arange
     # takes it as a value argument, which FuseTIR then fails to fuse with its shape variables ("VarRemapGet")
-    return R.strided_slice(R.arange(0, end, 1, dtype), axes=[0], begin=[ctx.dim(start)], end=[end],
-                           strides=[step], assume_inbound=True)
+    if step == 1:
+        return R.strided_slice(R.arange(0, end, 1, dtype), axes=[0], begin=[ctx.dim(start)], end=[end],
+                               assume_inbound=True)
+    # another step (XLNet's relative positions, arange(seq, -seq, -1)): start + step * arange(0, length)
+    first = R.astype(R.shape_to_tensor(relax.ShapeExpr([ctx.dim(start)])), dtype)
+    steps = R.arange(0, ctx.dim(node.shape[0]), 1, dtype)
+    return R.add(R.multiply(steps, relax.const(step, dtype)), first)
 
 
 @lowering("full")

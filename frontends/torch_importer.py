@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch.export.graph_signature import InputKind
 
-from ..ir import Graph, Node, TensorType, op_def, verify
+from ..ir import Graph, Node, TensorType, dims, op_def, verify
+from ..ir.limits import input_limits
 from ..ir.types import is_float, np_dtype
 from .errors import FrontendError, SymbolicShapeError, UnsupportedOpError
-from .torch_dims import affine_dim
+from .torch_dims import facts_hold_up_to, guard_facts, sympy_dim
 from .torch_inplace import DATA_DEPENDENT
 from .torch_ops import lookup
 
@@ -56,6 +57,7 @@ class Importer:
         self.prefix = prefix + "." if prefix else ""
         self.symbols: dict = {}  # sympy symbol -> IR dim name
         self.bounds: dict[str, tuple[int, int]] = {}  # IR dim name -> (least, most) the caller guarantees
+        self.facts: dict[str, int] = {}  # division atoms the export fixed (a chunk count: torch_dims.guard_facts)
         self.masked_rows: dict = {}  # unbacked row count of an x[mask] -> its mask (torch_masked_rows.py)
         self.weights: dict[str, np.ndarray] = {}
         self._weight_names: dict[tuple, str] = {}  # storage identity -> weight name (tied weights share one)
@@ -74,6 +76,7 @@ class Importer:
             self.module, self.source = "", ""
             if spec.kind == InputKind.USER_INPUT:
                 self._name_symbols(fx_node.meta["val"])
+                self._read_facts(fx_node.meta["val"])
                 env[fx_node] = Node("input", (), {"name": fx_node.name}, self.tensor_type(fx_node.meta["val"]))
                 inputs.append(env[fx_node])
             elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
@@ -84,8 +87,25 @@ class Importer:
         bad = [i for i, o in enumerate(outputs) if not isinstance(o, Node)]
         if bad:
             raise FrontendError(f"model outputs {bad} are not tensors; return only tensors (e.g. the logits)")
-        graph = Graph(inputs, outputs, self.weights)
-        return verify(graph.with_outputs(graph.outputs))  # drops weights nothing reads
+        graph = verify(Graph(inputs, outputs, self.weights).with_outputs(outputs))  # drops weights nothing reads
+        self._check_facts_bounded(graph)
+        return graph
+
+    def _check_facts_bounded(self, graph: Graph) -> None:
+        """Atoms torch's export fixed (`facts`) hold for lengths up to some n only: the graph must itself refuse
+        longer ones (a slice of a static length back to `seq`, ir/limits.py), or it would be wrong past n."""
+        names = {n for atom in self.facts for n in dims.names(atom)}
+        if not names:
+            return
+        limits = input_limits(graph).dim_bounds
+        for name in names:
+            facts = {a: v for a, v in self.facts.items() if dims.names(a) == [name]}
+            most = facts_hold_up_to(facts, name, self.bounds.get(name, (1, 0))[0])
+            if most is None or limits.get(name, most + 1) > most:
+                fixed = ", ".join(f"{a} = {v}" for a, v in facts.items())
+                raise self.symbolic_error(f"torch's export fixed {fixed}, which holds for {name} up to "
+                                          f"{most if most is not None else '(none)'} only, and the graph does not "
+                                          "bound it there; import with dynamic_seq=False")
 
     def walk(self, gm: torch.fx.GraphModule, env: dict) -> list:
         self._envs.append(env)
@@ -189,6 +209,16 @@ class Importer:
             if expr is not None and expr.is_Symbol and expr not in self.symbols:
                 self.symbols[expr] = "seq" if not self.symbols else f"dyn{len(self.symbols)}"
 
+    def _read_facts(self, val) -> None:
+        shape_env = next((d.node.shape_env for d in getattr(val, "shape", ()) if isinstance(d, torch.SymInt)), None)
+        if shape_env is not None and self.symbols:
+            self.facts = guard_facts(shape_env.guards, self.symbols)
+            for symbol, name in self.symbols.items():  # torch's own range, where the caller gave none: MPT's
+                span = shape_env.var_to_range.get(symbol)  # `Max(0, 1 - seq)` is 0 for the seq >= 2 it exports
+                if span is not None and name not in self.bounds and span.lower.is_Integer:
+                    upper = int(span.upper) if span.upper.is_Integer else 2**62
+                    self.bounds[name] = (int(span.lower), upper)
+
     def dim(self, d):
         """An int or symbolic size as an IR dim: an int, or the name of a symbol such as `seq`."""
         if isinstance(d, (int, np.integer)) and not isinstance(d, bool):
@@ -203,11 +233,12 @@ class Importer:
             if any(s not in self.symbols for s in expr.free_symbols):  # an unbacked symbol: x.item(), nonzero()
                 raise self.error(f"the size `{text}` depends on tensor values, which IR shapes cannot express; "
                                  "compute it from shapes or constants instead")
-            dim = affine_dim(expr, self.symbols, self.bounds)
+            dim = sympy_dim(expr, self.symbols, self.bounds, self.facts)
             if dim is not None:
                 return dim
             raise self.symbolic_error(f"the size `{text}` is a symbolic expression, which IR shapes cannot express "
-                                      "(they name dims and affine sums of them); import with dynamic_seq=False to "
+                                      "(they name dims, sums of them and floor divisions by constants); import with "
+                                      "dynamic_seq=False to "
                                       "specialise the sequence length")
         raise self.error(f"expected a size, got {d!r}")
 

@@ -24,7 +24,8 @@ from ..ir import Node
 from ..ir.types import positive_axis
 from .torch_importer import TORCH_DTYPES
 from .torch_mlir_load import attr_string
-from .torch_ops import lookup, slice_of
+from .torch_ops import lookup
+from .torch_ops_shape import slice_of
 
 IR_TO_TORCH = {v: k for k, v in TORCH_DTYPES.items()}
 _SCALAR_TYPES = ("!torch.int", "!torch.float", "!torch.bool", "!torch.number")

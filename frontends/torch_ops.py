@@ -1,7 +1,9 @@
 """The aten -> IR table: `ATEN_TO_IR[name] = handler`, looked up by overload (`aten.split.Tensor`) then packet
 (`aten.split`). A handler gets the importer `cx`, the FX node and the node's arguments with FX nodes replaced
 by IR nodes (sizes stay torch `SymInt`s: read them with `cx.dim`); it returns an IR node, a tuple, or None.
-`cx.out(node)` is the type torch recorded, and results are checked against it afterwards.
+`cx.out(node)` is the type torch recorded, and results are checked against it afterwards. The handlers live by
+op family: elementwise, linear algebra, reductions and sources here; views, slices and indexing in
+torch_ops_shape.py; the long tail in torch_ops_tail.py and torch_ops_layers.py.
 """
 
 from __future__ import annotations
@@ -10,14 +12,12 @@ import math
 
 import torch
 
-from ..ir import Node, TensorType, dims
+from ..ir import Node
 from ..ir.types import positive_axis
-from .torch_dims import affine_dim
 from .torch_inplace import in_place
 from .torch_ops_layers import complex_arith
+from .torch_ops_shape import SHAPE_TO_IR
 from .torch_ops_tail import TAIL_TO_IR
-
-BIG = 2**62  # slice ends at or beyond this mean "to the end" (torch spells it 9223372036854775807)
 
 
 # --- no-ops, casts ---------------------------------------------------------------------------------------
@@ -198,138 +198,6 @@ def _layer_norm(cx, node, x, shape, weight=None, bias=None, eps=1e-5, *args):
     return out if node.target is torch.ops.aten.layer_norm.default else (out, None, None)
 
 
-# --- shapes ----------------------------------------------------------------------------------------------
-def _reshape(cx, node, x, *args, **kwargs):  # view / unsqueeze / squeeze / flatten -> reshape to torch's shape
-    shape = cx.out(node).shape
-    return x if x.shape == shape else cx.emit("reshape", [x], shape=shape)
-
-
-def _expand(cx, node, x, *args, **kwargs):
-    shape = cx.out(node).shape
-    return x if x.shape == shape else cx.emit("expand", [x], shape=shape)
-
-
-def _permute(cx, node, x, dims):
-    axes = tuple(positive_axis(d, x.type.rank) for d in dims)
-    return x if axes == tuple(range(x.type.rank)) else cx.emit("permute", [x], axes=axes)
-
-
-def _transpose(cx, node, x, d0=0, d1=1):  # transpose(x, i, j) / t(x) -> permute
-    axes = list(range(x.type.rank))
-    if x.type.rank >= 2:
-        i, j = positive_axis(d0, x.type.rank), positive_axis(d1, x.type.rank)
-        axes[i], axes[j] = axes[j], axes[i]
-    return _permute(cx, node, x, axes)
-
-
-def slice_of(cx, x, axis, start, end, step=1):
-    """x[start:end:step] along `axis`; with a symbolic dim or bounds: a static window of the symbolic dim as an
-    index_select, else a slice whose bounds and length are affine dims (ir/dims.py: [:-1] of kv+1 is kv)."""
-    dim = x.shape[axis]
-    if _minus(cx, start) == dim:  # x[-n:] of an axis n long (XLM's ids[:, -(n - cached):] with nothing cached)
-        start = 0
-    start = 0 if start is None else cx.dim(start)
-    end = None if end is None or (isinstance(end, int) and end >= BIG) else cx.dim(end)
-    if isinstance(dim, str):  # a bound below 0 for every length counts from the end: x[-(n + 3):] of n + 3 rows
-        start, end = (dims.add(dim, b) if _always_negative(b) else b for b in (start, end))
-    if isinstance(dim, int) and isinstance(start, int) and not isinstance(end, str):
-        start, end, step = slice(start, end, step).indices(dim)
-        if (start, end, step) == (0, dim, 1):
-            return x
-        return cx.emit("slice", [x], axis=axis, start=start, end=end, step=step)
-    if start == 0 and step == 1 and end in (None, dim):
-        return x
-    if start == 0 and step == 1 and isinstance(end, str):
-        return cx.emit("slice", [x], axis=axis, start=0, end=end)
-    end = 0 if end is None and isinstance(start, int) and start < 0 else end
-    if isinstance(start, int) and isinstance(end, int) and (start < 0) == (end <= 0) and start < end and step == 1:
-        index = cx.source_node("constant", TensorType((end - start,), "i64"), value=tuple(range(start, end)))
-        return cx.emit("index_select", [x, index], axis=axis)  # a static window of the symbolic dim
-    if step == 1:  # bounds in range by construction (torch's guards); negative ints count from the end, and an
-        # end of 0 here is x[-n:]'s
-        start, end = (dims.add(dim, b) if isinstance(b, int) and b < 0 else b for b in (start, end or dim))
-        return x if (start, end) == (0, dim) else cx.emit("slice", [x], axis=axis, start=start, end=end)
-    raise cx.symbolic_error(f"slice [{start}:{end}:{step}] of the symbolic dim `{dim}` cannot be expressed; "
-                            "import with dynamic_seq=False")
-
-
-def _always_negative(bound) -> bool:
-    """Whether a symbolic bound is negative for every positive length (`-seq-3`; not `-seq+32`)."""
-    if not isinstance(bound, str):
-        return False
-    coefs, const = dims.terms(bound)
-    return all(c < 0 for c in coefs.values()) and const <= 0
-
-
-def _minus(cx, size):
-    """The dim `n` of a symbolic size `-n` (a name, or affine: XLM slices its seq+1 ids by -(seq+1)), else None."""
-    expr = getattr(getattr(size, "node", None), "expr", None)
-    if expr is None or not (-expr).free_symbols <= set(cx.symbols):
-        return None
-    return cx.symbols.get(-expr) if (-expr).is_Symbol else affine_dim(-expr, cx.symbols, cx.bounds)
-
-
-def _slice(cx, node, x, dim=0, start=None, end=None, step=1):
-    return slice_of(cx, x, positive_axis(dim, x.type.rank), start, end, step)
-
-
-def _narrow(cx, node, x, dim, start, length):
-    return slice_of(cx, x, positive_axis(dim, x.type.rank), start, cx.dim(start) + cx.dim(length))
-
-
-def _select(cx, node, x, dim, index):  # select(x, d, i) -> reshape(slice(x, d, i:i+1))
-    axis, index = positive_axis(dim, x.type.rank), cx.dim(index)
-    part = slice_of(cx, x, axis, index, None if index == -1 else index + 1)
-    return cx.emit("reshape", [part], shape=cx.out(node).shape)
-
-
-def _split(cx, node, x, *args, **kwargs):  # split / split_with_sizes / chunk / unbind -> slices (sizes per torch)
-    unbind = node.target.overloadpacket is torch.ops.aten.unbind
-    dim = (args if unbind else args[1:])[:1] or [kwargs.get("dim", 0)]
-    axis, parts, start = positive_axis(dim[0], x.type.rank), [], 0
-    for val in node.meta["val"]:  # each part from the sum of torch's sizes before it (chunks of 3*seq: affine)
-        size = 1 if unbind else val.shape[axis]
-        part = slice_of(cx, x, axis, start, start + size)
-        parts.append(cx.emit("reshape", [part], shape=cx.shape(val)) if unbind else part)
-        start = start + size
-    return tuple(parts)
-
-
-def _getitem(cx, node, seq, index):
-    return seq[index]
-
-
-def _cat(cx, node, tensors, dim=0):
-    dtype = cx.out(node).dtype
-    tensors = [cx.tensor(t, dtype) for t in tensors]
-    if any(t.type.rank > 1 for t in tensors):  # torch skips 1-D empty parts (the legacy `torch.tensor([])` of
-        tensors = [t for t in tensors if tuple(t.shape) != (0,)] or tensors  # an empty cache, XLM's)
-    if len(tensors) == 1:
-        return tensors[0]
-    return cx.emit("concat", tensors, axis=positive_axis(dim, tensors[0].type.rank))
-
-
-def _stack(cx, node, tensors, dim=0):  # stack -> concat of unsqueezed parts
-    axis = positive_axis(dim, tensors[0].type.rank + 1)
-    parts = [cx.emit("reshape", [t], shape=(*t.shape[:axis], 1, *t.shape[axis:])) for t in tensors]
-    parts = [cx.cast(p, cx.out(node).dtype) for p in parts]
-    return parts[0] if len(parts) == 1 else cx.emit("concat", parts, axis=axis)
-
-
-def _index_select(cx, node, x, dim, index):
-    return cx.emit("index_select", [x, index], axis=positive_axis(dim, x.type.rank))
-
-
-def _index_copy(cx, node, x, dim, index, src):  # index_copy(cache, 2, positions, new) -> index_copy
-    return cx.emit("index_copy", [x, index, cx.cast(src, x.dtype)], axis=positive_axis(dim, x.type.rank))
-
-
-def _triangle(op):
-    def handle(cx, node, x, diagonal=0):
-        return cx.emit(op, [x], diagonal=diagonal)
-    return handle
-
-
 # --- sources ---------------------------------------------------------------------------------------------
 def _arange(cx, node, *args, **kwargs):  # arange(end) | arange(start, end[, step])
     start, end, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
@@ -380,15 +248,7 @@ ATEN_TO_IR = {
     "aten.max.default": _reduce("max"),
     **dict.fromkeys(["aten.softmax.int", "aten._softmax"], _softmax), "aten.topk": _topk,
     **dict.fromkeys(["aten.layer_norm", "aten.native_layer_norm"], _layer_norm),
-    **dict.fromkeys(["aten.view", "aten._unsafe_view", "aten.reshape", "aten.flatten.using_ints", "aten.unflatten",
-                     "aten.unsqueeze", "aten.squeeze", "aten.view_as", "aten.reshape_as"], _reshape),
-    **dict.fromkeys(["aten.expand", "aten.expand_as"], _expand),
-    "aten.permute": _permute, **dict.fromkeys(["aten.transpose.int", "aten.t", "aten.swapaxes"], _transpose),
-    "aten.slice.Tensor": _slice, "aten.narrow": _narrow, "aten.select.int": _select,
-    **dict.fromkeys(["aten.split.Tensor", "aten.split_with_sizes", "aten.chunk", "aten.unbind.int"], _split),
-    "getitem": _getitem, "aten.cat": _cat, "aten.stack": _stack,
-    "aten.index_select": _index_select, "aten.index_copy": _index_copy,
-    "aten.triu": _triangle("triu"), "aten.tril": _triangle("tril"),
+    **SHAPE_TO_IR,  # views, slices, splits, concatenation, indexing (torch_ops_shape.py)
     "aten.arange": _arange,
     "aten.full.default": _filled(1), "aten.full_like": _filled(1), "aten.new_full": _filled(2),
     "aten.fill.Scalar": _filled(1), "aten.scalar_tensor": _filled(0),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dims import Dim, evaluate, is_dim_text
+from .dims import Dim, canonical, evaluate, is_dim_text
 
 DTYPES = {
     "f32": np.float32,
@@ -69,8 +69,9 @@ class TensorType:
         dims = rest[:-1].strip()
         shape = tuple(int(d) if d.isdigit() else d for d in (x.strip() for x in dims.split(","))) if dims else ()
         if not all(isinstance(d, int) or is_dim_text(d) for d in shape):
-            raise ValueError(f"a dim is a size, a name or an affine expression of names (kv+1), got {text[:80]!r}")
-        return TensorType(shape, dtype)
+            raise ValueError(f"a dim is a size, a name or an affine expression of names and floor divisions by "
+                             f"constants (kv+1, (seq+63)//64), got {text[:80]!r}")
+        return TensorType(tuple(canonical(d) if isinstance(d, str) else d for d in shape), dtype)
 
 
 def broadcast_shapes(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:

@@ -90,3 +90,113 @@ def test_chunks_of_a_symbolic_dim_slice_at_affine_bounds_and_match_torch():
         with torch.no_grad():
             want = model(ids).numpy()
         np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-5, atol=1e-6)
+
+
+# --- floor division and modulo by constants (a chunked scan's padding, DeepSeek-V4's compressed length) -----------
+PAD_TO_64 = "seq + (64 - seq % 64) % 64"  # torch's Mod(64 - Mod(seq, 64), 64) padding, spelled as Python
+
+
+@pytest.mark.parametrize("text, canonical", [
+    (PAD_TO_64, "64*((seq+63)//64)"),  # a padded length is a multiple of the chunk
+    (f"({PAD_TO_64}) // 64", "(seq+63)//64"),  # ... and the number of chunks a ceiling division
+    ("seq % 8 % 8", "seq-8*(seq//8)"),  # Mod(Mod(x, c), c) = Mod(x, c); a modulo is held through its division
+    ("(seq + 24) % 8", "seq-8*(seq//8)"),  # (x + c*k) mod c = x mod c
+    ("(seq + 24) // 8", "seq//8+3"),  # multiples of c leave the division
+    ("(2*seq + 1) // 4", "seq//2"),  # a common factor of the coefficients and the divisor
+    ("(-seq) // 64", "-((seq+63)//64)"),  # floor(-x / c) = -ceil(x / c)
+    ("seq // 4 // 2", "seq//8"),  # nested divisions
+    ("128*(seq//128)", "128*(seq//128)"),
+    ("seq//8*8 + seq%8", "seq"),
+    ("kv - seq + (kv + 1) // 1", "2*kv-seq+1"),
+    ("(seq + 3) % 1", 0),
+])
+def test_floor_division_and_modulo_rewrite_to_one_canonical_form(text, canonical):
+    assert dims.canonical(text) == canonical
+    if isinstance(canonical, str):
+        assert dims.canonical(canonical) == canonical  # the printed form reads back as itself
+        for seq in (0, 1, 5, 63, 64, 65, 200):  # and means what the text means (Python's floor semantics)
+            env = {"seq": seq, "kv": seq + 3}
+            assert dims.evaluate(canonical, env) == eval(text, {}, env) == eval(canonical, {}, env)
+
+
+def test_dims_with_divisions_build_parse_and_lower():
+    pad = dims.add("seq", dims.mod(dims.sub(64, dims.mod("seq", 64)), 64))
+    assert pad == "64*((seq+63)//64)" and dims.floordiv(pad, 64) == "(seq+63)//64" and dims.names(pad) == ["seq"]
+    assert dims.mod(pad, 64) == 0 and dims.sub(pad, "seq") == "64*((seq+63)//64)-seq"
+    assert dims.terms("64*((seq+63)//64)-seq") == ({"(seq+63)//64": 64, "seq": -1}, 0)
+    assert TensorType.parse("f32[1,64*((seq+63)//64),(seq+63)//64]").shape == (1, pad, "(seq+63)//64")
+    assert TensorType.parse("f32[seq + (64 - seq % 64) % 64]").shape == (pad,)  # read in canonical form
+    for bad in ("seq//kv", "seq%0", "kv*seq", "(seq+1"):
+        with pytest.raises(ValueError, match="affine expression"):
+            TensorType.parse(f"f32[{bad}]")
+    tirx = pytest.importorskip("tvm").tirx
+    seq = tirx.Var("seq", "int64")
+    expr = dims.build(pad, {"seq": seq}.__getitem__, tirx.floordiv)
+    assert str(expr) == str(64 * tirx.floordiv(seq + 63, 64))
+
+
+class ChunkScan(nn.Module):
+    """A chunked scan as Mamba-2 and gated-DeltaNet layers write it: pad the sequence to a multiple of the chunk,
+    scan within and across chunks, slice the padding off."""
+
+    def __init__(self, chunk=8):
+        super().__init__()
+        self.chunk = chunk
+        self.emb = nn.Embedding(16, 4)
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        seq = x.shape[1]
+        padded = nn.functional.pad(x, (0, 0, 0, (self.chunk - seq % self.chunk) % self.chunk))
+        chunks = padded.reshape(x.shape[0], -1, self.chunk, 4)
+        within = torch.cumsum(chunks, dim=2)
+        carry = torch.cumsum(within[:, :, -1:], dim=1) - within[:, :, -1:]
+        return self.proj((within + carry).reshape(x.shape[0], -1, 4)[:, :seq])
+
+
+def test_a_chunk_padded_scan_imports_with_a_dynamic_length_and_matches_torch():
+    import warnings
+
+    import actsparse
+    from actsparse.frontends.torch_export import import_torch
+    from actsparse.ir import evaluate
+    from actsparse.ir.printer import parse_graph, print_graph
+
+    model = ChunkScan().eval()
+    ids = torch.arange(16).reshape(1, 16)  # two chunks: torch specialises a chunk count of 1 in the example
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="actsparse")  # no fallback to the example's static length
+        graph = import_torch(model, (ids,))
+    shapes = {d for n in graph.nodes for d in n.shape if isinstance(d, str)}
+    assert graph.inputs[0].shape == (1, "seq") and {"8*((seq+7)//8)", "(seq+7)//8"} <= shapes
+    text = print_graph(graph)
+    assert print_graph(parse_graph(text, graph.weights)) == text
+    compiled = actsparse.compile(graph, (ids.numpy(),), mode="dense")
+    for n in (5, 16):  # one not a multiple of the chunk
+        ids = (torch.arange(n).reshape(1, n) * 5) % 16
+        with torch.no_grad():
+            want = model(ids).numpy()
+        np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(compiled(ids.numpy())), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_chunk_count_torch_fixes_bounds_the_length_the_compiled_module_takes():
+    """An example of one chunk (5 tokens, chunk 8): torch's export fixes the chunk count, `(seq+7)//8 = 1`; the
+    graph holds for lengths up to 8, its padded length is static, and the compiled module refuses 9 by name."""
+    import actsparse
+    from actsparse.errors import ActsparseError
+    from actsparse.frontends.torch_export import import_torch
+
+    model = ChunkScan().eval()
+    ids = torch.arange(5).reshape(1, 5)
+    graph = import_torch(model, (ids,))
+    assert graph.inputs[0].shape == (1, "seq")
+    assert any(n.op == "pad" or "-seq+8" in n.shape for n in graph.nodes)  # the padding: 8 - seq rows
+    compiled = actsparse.compile(graph, (ids.numpy(),), mode="dense")
+    for n in (3, 8):
+        ids = (torch.arange(n).reshape(1, n) * 5) % 16
+        with torch.no_grad():
+            np.testing.assert_allclose(np.asarray(compiled(ids.numpy())), model(ids).numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ActsparseError, match="seq = 9 exceeds"):
+        compiled(np.zeros((1, 9), np.int64))
