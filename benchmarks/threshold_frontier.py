@@ -2,7 +2,7 @@
 
     python -m actsparse.benchmarks.threshold_frontier [--models smollm2,gemma3] [--methods all]
         [--sparsities 0.3,0.4,0.5,0.6,0.7] [--eval-windows 8] [--calib-windows 16] [--window 256]
-        [--quantize int4] [--sensitivity fisher] [--speed] [--plot frontier.png] [--json frontier.json]
+        [--quantize int4] [--sensitivity fisher|none] [--speed] [--plot frontier.png] [--json frontier.json]
 
 Quality: perplexity on held-out English prose (Python's own `pydoc_data/topics.py`: calibration on its first
 part, evaluation on a disjoint later part; no download). Each method runs through forward replacements of the
@@ -136,34 +136,6 @@ def collect_rows(model, windows, max_tokens: int = 4096) -> list[np.ndarray]:
     return [np.concatenate(r)[:max_tokens].astype(np.float32) for r in rows]
 
 
-def loss_sensitivity(model, windows, max_tokens: int) -> list[np.ndarray]:
-    """Per MLP, g² ([tokens, d], the rows of `collect_rows`): g = ∂(summed next-token loss)/∂(MLP output) on the
-    calibration windows, the diagonal Fisher weights of sensitivity_allocation.py (one backward per window)."""
-    import torch
-
-    outputs: list = []
-
-    def keep(module, args, out) -> None:   # returns None: the output stays as it is
-        out.retain_grad()
-        outputs.append(out)
-
-    hooks = [m.register_forward_hook(keep) for m in mlps(model)]
-    grads: list[list] = [[] for _ in mlps(model)]
-    try:
-        for w in windows:
-            outputs.clear()
-            ids = torch.from_numpy(w)
-            logits = model(ids).logits[0, :-1].float()
-            torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").backward()
-            for i, out in enumerate(outputs):
-                grads[i].append(out.grad.reshape(-1, out.shape[-1]).numpy().copy())
-            model.zero_grad(set_to_none=True)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [np.square(np.concatenate(g)[:max_tokens]).astype(np.float32) for g in grads]
-
-
 def install(model, plans, quantize: str | None = None, weights=None) -> None:
     """Replace every MLP's forward by the IR semantics of its calibrated plan (None: dense again). `quantize`: the
     MLP weights as the kernels store them in that kind (the rotation as `ROTATION_STORAGE` says), taken from
@@ -235,10 +207,10 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     rows = [cached[str(i)] for i in range(len(cached))]
     blocks = block_weights(model)
     sensitivity = None
-    if args.sensitivity == "fisher":
-        sensitivity = cached_arrays("mlp-fisher", key, lambda: {str(i): g for i, g in enumerate(
-            loss_sensitivity(model, calib, args.calib_windows * args.window))}, {"model": model_name})
-        sensitivity = [sensitivity[str(i)] for i in range(len(sensitivity))]
+    if args.sensitivity == "fisher":   # compile()'s default for a decoder (api._fisher_weights), the same rows
+        from actsparse.passes.loss_sensitivity import cached_fisher_weights
+
+        sensitivity = [g[:len(r)] for g, r in zip(cached_fisher_weights(model, calib, progress=False), rows)]
     quantize = args.quantize
     if quantize:   # the other linears as compile(quantize=) stores them (lm_head int8); the MLPs by `install`
         from .quant_quality import fake_quantized
@@ -317,9 +289,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quantize", choices=("fp16", "int8", "int4"), default=None,
                    help="weights as compile(quantize=) stores them (the dense row is then that model)")
-    p.add_argument("--sensitivity", choices=("fisher",), default=None,
+    p.add_argument("--sensitivity", choices=("fisher", "none"), default="fisher",
                    help="greedy methods: pool the budget across blocks by the loss's diagonal Fisher "
-                        "(passes/sensitivity_allocation.py) instead of the same budget in every block")
+                        "(passes/sensitivity_allocation.py; the default, as compile() does for a decoder), or "
+                        "'none': the same budget in every block")
     p.add_argument("--speed", action="store_true", help="also time the MLP kernels at Mistral dims")
     p.add_argument("--plot", default="frontier.png")
     p.add_argument("--json", default="frontier.json")
