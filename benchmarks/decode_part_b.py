@@ -28,15 +28,18 @@ def smollm2_gguf() -> str:
     return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def calibration_prompts(tokenizer, windows: int = 16, length: int = 16) -> list:
-    """Token windows of English prose from the standard library (pydoc's topic texts), for threshold mode."""
-    import pydoc_data.topics as topics
+CALIBRATION_WINDOWS, WINDOW = 16, 256   # threshold_frontier's defaults: 16 windows of 256 tokens (and a BOS)
 
-    import numpy as np
 
-    text = " ".join(list(topics.topics.values())[:40])
-    ids = tokenizer(text)["input_ids"]
-    return [np.array([ids[i * length:(i + 1) * length]], np.int64) for i in range(windows)]
+def text_tokens(tokenizer, tokens: int) -> tuple:
+    """(calibration windows, prompt [1, PROMPT_LEN], feed [tokens]) of pydoc's topic prose: calibration windows from
+    its first part, the prompt and the teacher-forced continuation from the held-out part (as threshold_frontier
+    splits it), so the steps read the neurons real text activates."""
+    from .threshold_frontier import prose_windows
+
+    calibration = prose_windows(tokenizer, "calib", WINDOW, CALIBRATION_WINDOWS)
+    held = prose_windows(tokenizer, "eval", PROMPT_LEN + tokens, 1)[0]   # BOS, then the passage
+    return calibration, held[:, :PROMPT_LEN], held[0, PROMPT_LEN:PROMPT_LEN + tokens]
 
 
 # part (b)'s actsparse runners: name -> (mode, quantize); `--runners` spells the names with "-" for " "
@@ -51,31 +54,31 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUN
     import actsparse
 
     path = smollm2_gguf()
-    max_seq = max_seq or max(PROMPT_LEN + tokens + 8, 24)  # calibration windows are 16 tokens
+    from actsparse.frontends.hf_source import load_causal_lm
+
+    calibration, prompt, feed = text_tokens(load_causal_lm(path)[1], tokens)
+    passage = np.concatenate([prompt[0], feed])[None]   # what the report measures sparsity on (held-out text)
+    max_seq = max_seq or max(PROMPT_LEN + tokens + 8, calibration[0].shape[1])  # a calibration window must fit
     row = {"part": "b", "tokens": tokens, "sparsity_target": sparsity, "max_seq": max_seq, "load": {},
            "compile_s": {}, "report": {}}
-    decoders, tokenizer = {}, None
+    decoders = {}
     for name, (mode, quant) in ACTSPARSE_B.items():
         if name not in runners:
             continue
         options = {}
         if mode == "threshold":
-            if tokenizer is None:
-                from actsparse.frontends.hf_source import load_causal_lm
-
-                tokenizer = next(iter(decoders.values())).tokenizer if decoders else load_causal_lm(path)[1]
-            options = {"calibration": calibration_prompts(tokenizer), "sparsity": sparsity}
+            options = {"calibration": calibration, "sparsity": sparsity}
         t0 = time.perf_counter()
-        decoders[name] = actsparse.compile(path, mode=mode, max_seq=max_seq, quantize=quant, **options)
+        decoders[name] = actsparse.compile(path, (passage,), mode=mode, max_seq=max_seq, quantize=quant, **options)
         row["compile_s"][name] = time.perf_counter() - t0
         blocks = decoders[name].report.blocks
         row["report"][name] = {"effective_sparsity": float(np.mean([b.effective_sparsity or 0.0 for b in blocks])),
-                               "method": blocks[0].method if blocks else None}
+                               "effective_calibrated": float(np.mean([b.effective_calibrated or 0.0
+                                                                      for b in blocks])),
+                               "method": blocks[0].method if blocks else None,
+                               "fisher": "fisher-allocation" in decoders[name].report.pass_stats.get(
+                                   "sparsify-threshold", {})}
         print(f"  compiled {name} in {row['compile_s'][name]:.0f} s", file=sys.stderr, flush=True)
-    vocab = next(iter(decoders.values())).spec.vocab_size if decoders else 49152  # SmolLM2's
-    rng = np.random.default_rng(1)
-    prompt = rng.integers(0, vocab, (1, PROMPT_LEN))
-    feed = rng.integers(0, vocab, tokens)
     row["load"]["actsparse"] = load_average()
     if decoders:
         row.update(actsparse_rates(decoders, prompt, feed, repeats))
@@ -127,8 +130,10 @@ def table_b(r: dict) -> str:
                           ("dense int4", "the file's Q4_1/Q8_0"), ("threshold int4", "the file's Q4_1/Q8_0")):
         if name not in r:
             continue
-        eff = r["report"][name]["effective_sparsity"]
-        label = f"actsparse {name}" + (f" ({r['report'][name]['method']}, effective sparsity {eff:.0%})"
+        rep = r["report"][name]
+        label = f"actsparse {name}" + (f" ({rep['method']}{'+fisher' if rep.get('fisher') else ''}, effective "
+                                       f"sparsity {rep['effective_sparsity']:.0%} on the held-out passage, "
+                                       f"{rep.get('effective_calibrated', float('nan')):.0%} calibrated)"
                                        if "threshold" in name else "")
         out.append(f"| {label} | {weights} | {r[name]:.1f} | {ratio_cell(r[name], lc)} | "
                    f"{ratio_cell(r[name], torch_)} |")
