@@ -115,3 +115,30 @@ def test_compile_chooses_what_the_benchmark_path_chooses(decoded):
         assert node.attrs.get("rotation_share", 0.0) == pytest.approx(plan.rotation_share, abs=1e-5)
         x_thr = weights[node.inputs[4].attrs["name"]]
         np.testing.assert_allclose(x_thr, plan.x_thr, rtol=1e-3, atol=1e-6)
+
+
+def test_too_few_calibration_tokens_per_channel_do_not_rotate(monkeypatch):
+    """A rotated method's basis from fewer rows than channels leaves axes with no calibration energy; their
+    thresholds zero them on calibration rows only: 50% calibrated, far less on held-out rows (SmolLM2, 16 windows
+    of 16 tokens: 9%). Such blocks stay unrotated and reach the asked sparsity on held-out rows too."""
+    from actsparse.passes import sparsity_methods
+    from actsparse.passes.block_weights import BlockWeights
+    from actsparse.passes.sparsity_methods import calibrate_blocks, measured_effective
+
+    rng = np.random.default_rng(3)
+    d, n = 64, 96
+    mix = rng.standard_normal((d, d)).astype(np.float32) / 8
+    block = BlockWeights(*(rng.standard_normal(s).astype(np.float32) / 4 for s in ((n, d), (n, d), (d, n))), "silu")
+    calib, held = (rng.standard_normal((k, d)).astype(np.float32) @ mix for k in (40, 4000))
+
+    def held_out(per_channel: int) -> tuple[float, bool]:
+        monkeypatch.setattr(sparsity_methods, "ROTATION_TOKENS_PER_CHANNEL", per_channel)
+        plan = calibrate_blocks([block], [calib], "rotated-wina-greedy", SPARSITY, progress=False)[0]
+        assert plan.effective == pytest.approx(SPARSITY, abs=0.01)   # on its own rows, either way
+        return measured_effective(block, plan, held), plan.rotation is not None
+
+    per_channel = sparsity_methods.ROTATION_TOKENS_PER_CHANNEL
+    rotated, turned = held_out(0)   # the old behaviour: rotate whatever the row count
+    assert turned and rotated < SPARSITY - 0.15
+    kept, turned = held_out(per_channel)
+    assert not turned and kept == pytest.approx(SPARSITY, abs=0.06)
