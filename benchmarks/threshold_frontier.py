@@ -192,7 +192,7 @@ def perplexity(model, windows) -> float:
 def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]:
     import torch
 
-    from actsparse.passes.sparsity_methods import allocation_curves, calibrate_blocks, method
+    from actsparse.passes.sparsity_methods import allocation_curves, calibrate_blocks, measured_effective, method
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -205,6 +205,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     cached = cached_arrays("mlp-inputs", key, lambda: {str(i): r for i, r in enumerate(
         collect_rows(model, calib, args.calib_windows * args.window))}, {"model": model_name})
     rows = [cached[str(i)] for i in range(len(cached))]
+    held_rows = collect_rows(model, held)   # what the effective sparsity is measured on besides calibration
     blocks = block_weights(model)
     sensitivity = None
     if args.sensitivity == "fisher":   # compile()'s default for a decoder (api._fisher_weights), the same rows
@@ -233,13 +234,16 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
             ppl = perplexity(model, held)
             install(model, None)
             eff = float(np.mean([p.effective for p in plans]))
+            held_eff = float(np.mean([measured_effective(b, p, r) for b, p, r in zip(blocks, plans, held_rows)])) \
+                if hasattr(plans[0], "x_thr") else None
             own = float(np.mean([getattr(p, "sparsity", None) or (p.x_sparsity + p.h_sparsity) / 2 for p in plans]))
             label = name + ("+fisher" if weights else "")
             out.append({"model": model_name, "method": label, "sparsity": s, "own_sparsity": own, "effective": eff,
-                        "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize,
+                        "held_out_effective": held_eff, "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize,
                         "rotated_blocks": sum(getattr(p, "rotation", None) is not None for p in plans),
                         "per_block_effective": [round(p.effective, 4) for p in plans]})
-            _log(f"{model_name} {name:12s} s={s:.0%}: effective {eff:.1%} ppl {ppl:.3f} ({ppl / base - 1:+.1%}) "
+            _log(f"{model_name} {name:12s} s={s:.0%}: effective {eff:.1%} (held-out {held_eff or 0:.1%}) "
+                 f"ppl {ppl:.3f} ({ppl / base - 1:+.1%}) "
                  f"rotated blocks {out[-1]['rotated_blocks']} [{time.perf_counter() - t1:.0f} s, "
                  f"load {os.getloadavg()[0]:.1f}]")
             t1 = time.perf_counter()
@@ -267,12 +271,12 @@ def plot(results: list[dict], path: str) -> None:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | method | target | own sparsity | effective | perplexity | vs dense |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | method | target | own sparsity | effective | effective on held-out text | perplexity | "
+             "vs dense |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        own = r.get("own_sparsity", 0.0)
+        own, held = r.get("own_sparsity", 0.0), r.get("held_out_effective")
         lines.append(f"| {r['model']} | {r['method']} | {r['sparsity']:.0%} | {own:.1%} | {r['effective']:.1%} | "
-                     f"{r['ppl']:.3f} | {100 * r['delta']:+.1f}% |")
+                     f"{'-' if held is None else f'{held:.1%}'} | {r['ppl']:.3f} | {100 * r['delta']:+.1f}% |")
     return "\n".join(lines)
 
 

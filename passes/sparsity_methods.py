@@ -80,7 +80,7 @@ MINORITY_TOKENS = 16         # calibration tokens needed on the smaller side of 
 # comes from the rows' covariance, and with fewer rows than channels (16 windows of 16 tokens for SmolLM2's 576)
 # the axes outside the rows' span hold no calibration energy, so their thresholds zero them all — 50% effective
 # sparsity calibrated, 9% measured on held-out text (BENCHMARKS.md, session 12)
-ROTATION_TOKENS_PER_CHANNEL = 4
+ROTATION_TOKENS_PER_CHANNEL = 2
 
 
 def method(name: str) -> Method:
