@@ -232,7 +232,10 @@ def _fisher_weights(model, options: dict, progress: Steps) -> list | None:
         return None
     progress.more(1)
     progress.start("loss sensitivity (diagonal Fisher, one torch backward per calibration prompt)")
-    return cached_fisher_weights(model, [sample[0] for sample in options["calibration"]])
+    try:
+        return cached_fisher_weights(model, [sample[0] for sample in options["calibration"]])
+    except ValueError:   # MLPs whose outputs are not one tensor (routed MoE): the same budget in every block
+        return None
 
 
 def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str, options: dict,

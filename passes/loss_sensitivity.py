@@ -36,6 +36,8 @@ def fisher_weights(model, windows, progress: bool = True) -> list[np.ndarray]:
     outputs: list = []
 
     def keep(module, args, out) -> None:   # returns None: the output stays as it is
+        if not isinstance(out, torch.Tensor):   # e.g. a routed MoE block's (hidden, router logits)
+            raise ValueError(f"{type(module).__name__} returns a {type(out).__name__}, not one tensor")
         out.retain_grad()
         outputs.append(out)
 

@@ -38,11 +38,14 @@ def text_windows():
 
 
 @pytest.fixture(scope="module")
-def decoded():
+def decoded(tmp_path_factory):
     """compile_decoder's pipeline (no build) on the tiny model: (model, graph after the pipeline, its stats,
-    options given to the pipeline, the report's measuring input)."""
+    options given to the pipeline, the report's measuring input). The Fisher cache goes to a fresh folder."""
     model = tiny_llama()
     seen = {}
+    patch = pytest.MonkeyPatch()
+    seen["cache"] = tmp_path_factory.mktemp("cache")
+    patch.setenv("ACTSPARSE_CACHE", str(seen["cache"]))
 
     def pipeline_only(graph, arrays, target, mode, options, *rest):
         seen.update(graph=graph, options=options, arrays=arrays)
@@ -58,6 +61,7 @@ def decoded():
         pass
     finally:
         api.compile_graph = original
+        patch.undo()
     return model, seen
 
 
@@ -82,6 +86,7 @@ def test_compile_decoder_pools_the_budget_by_the_fisher_weights(decoded):
     weights = seen["options"]["sensitivity"]
     assert len(weights) == LAYERS and weights[0].shape == (WINDOWS * WINDOW, 32) and (weights[0] > 0).any()
     assert seen["result"].stats["sparsify-threshold"].get("fisher-allocation") == 1
+    assert len(list((seen["cache"] / "mlp-fisher").glob("*.safetensors"))) == 1   # cached for the next compile
     pooled = _effective(seen["result"].graph)
     # the same calibration without the weights: the same budget in every block
     options = {**seen["options"], "sensitivity": None}
