@@ -79,9 +79,11 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
             prequantized=None):
     """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
     target `sparsity`; `method` picks the sparsity method (passes/sparsity_methods.METHODS, default
-    "wina-greedy"). The report then gives each block's calibrated sparsity, the sparsity and effective sparsity
-    measured on `example_inputs` (keep them out of the calibration data: they are the held-out check) and the
-    outputs' relative error vs the dense model.
+    "rotated-wina-greedy"; a decoder with its torch model at hand pools a greedy method's budget across blocks by
+    the loss's diagonal Fisher, passes/loss_sensitivity.py). The report then gives each block's calibrated
+    sparsity, the sparsity and effective sparsity measured on `example_inputs` (keep them out of the calibration
+    data: they are the held-out check) and the outputs' relative error vs the dense model (a decoder without a
+    prompt: measured on the last calibration sample).
 
     mode="predictor" (ReLU-family blocks): `predictor` = "lowrank" (default, trained) | "svd" | "sign" | "quant"
     (q4_0 shadow of the gate) | "quant8" (training-free), `recall` the per-block target (default 0.99), `sparsity`
@@ -146,8 +148,9 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
     The decoding graph comes from the model's own forward with its KV cache as graph inputs
     (`frontends/kv_cache.py`); the mode's pipeline and the build are those of any graph. `max_seq` (KV-cache
     slots) defaults to the model's context length, at most 2048. `prompt` (token ids [1, n]) is what the report
-    measures sparsity on (default: 8 random ids). Calibration samples for lossy modes are token id arrays
-    [1, n] (or tuples whose first element is one), fed as prompts."""
+    measures sparsity on (default: the last calibration sample where there is calibration, else 8 random ids;
+    random ids activate other neurons than text: a threshold calibrated on text skips less of them). Calibration
+    samples for lossy modes are token id arrays [1, n] (or tuples whose first element is one), fed as prompts."""
     from . import targets as target_registry
     from .frontends.hf_source import load_causal_lm
 
@@ -195,6 +198,10 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                                  "KV-cache slots; cut the samples to at most max_seq tokens or raise max_seq")
     options = _lossy_options(mode, calibration if lossy_calibration is not None else None, sparsity, method,
                              predictor_options)
+    if mode == "threshold":
+        options["sensitivity"] = _fisher_weights(model, options, progress)
+    if prompt is None and calibration:   # text the model reads, not random ids: the last calibration prompt
+        prompt = calibration[-1][0]
     if prompt is None:
         prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
     if one_token:
@@ -212,6 +219,23 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
                        source if isinstance(source, str) else type(model).__name__)
     return Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
+
+
+def _fisher_weights(model, options: dict, progress: Steps) -> list | None:
+    """Threshold mode's default allocation where the torch model is at hand: per block g² of the loss on the
+    calibration prompts (one backward each, cached), which pools a greedy method's budget across blocks
+    (passes/sensitivity_allocation.py); None for a method that is not greedy or layers it does not know."""
+    from .passes.loss_sensitivity import cached_fisher_weights, decoder_mlps
+    from .passes.sparsity_methods import method
+
+    if not method(options["method"]).greedy or decoder_mlps(model) is None:
+        return None
+    progress.more(1)
+    progress.start("loss sensitivity (diagonal Fisher, one torch backward per calibration prompt)")
+    try:
+        return cached_fisher_weights(model, [sample[0] for sample in options["calibration"]])
+    except ValueError:   # MLPs whose outputs are not one tensor (routed MoE): the same budget in every block
+        return None
 
 
 def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str, options: dict,

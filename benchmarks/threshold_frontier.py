@@ -2,7 +2,7 @@
 
     python -m actsparse.benchmarks.threshold_frontier [--models smollm2,gemma3] [--methods all]
         [--sparsities 0.3,0.4,0.5,0.6,0.7] [--eval-windows 8] [--calib-windows 16] [--window 256]
-        [--quantize int4] [--sensitivity fisher] [--speed] [--plot frontier.png] [--json frontier.json]
+        [--quantize int4] [--sensitivity fisher|none] [--speed] [--plot frontier.png] [--json frontier.json]
 
 Quality: perplexity on held-out English prose (Python's own `pydoc_data/topics.py`: calibration on its first
 part, evaluation on a disjoint later part; no download). Each method runs through forward replacements of the
@@ -136,34 +136,6 @@ def collect_rows(model, windows, max_tokens: int = 4096) -> list[np.ndarray]:
     return [np.concatenate(r)[:max_tokens].astype(np.float32) for r in rows]
 
 
-def loss_sensitivity(model, windows, max_tokens: int) -> list[np.ndarray]:
-    """Per MLP, g² ([tokens, d], the rows of `collect_rows`): g = ∂(summed next-token loss)/∂(MLP output) on the
-    calibration windows, the diagonal Fisher weights of sensitivity_allocation.py (one backward per window)."""
-    import torch
-
-    outputs: list = []
-
-    def keep(module, args, out) -> None:   # returns None: the output stays as it is
-        out.retain_grad()
-        outputs.append(out)
-
-    hooks = [m.register_forward_hook(keep) for m in mlps(model)]
-    grads: list[list] = [[] for _ in mlps(model)]
-    try:
-        for w in windows:
-            outputs.clear()
-            ids = torch.from_numpy(w)
-            logits = model(ids).logits[0, :-1].float()
-            torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").backward()
-            for i, out in enumerate(outputs):
-                grads[i].append(out.grad.reshape(-1, out.shape[-1]).numpy().copy())
-            model.zero_grad(set_to_none=True)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [np.square(np.concatenate(g)[:max_tokens]).astype(np.float32) for g in grads]
-
-
 def install(model, plans, quantize: str | None = None, weights=None) -> None:
     """Replace every MLP's forward by the IR semantics of its calibrated plan (None: dense again). `quantize`: the
     MLP weights as the kernels store them in that kind (the rotation as `ROTATION_STORAGE` says), taken from
@@ -220,7 +192,7 @@ def perplexity(model, windows) -> float:
 def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]:
     import torch
 
-    from actsparse.passes.sparsity_methods import allocation_curves, calibrate_blocks, method
+    from actsparse.passes.sparsity_methods import allocation_curves, calibrate_blocks, measured_effective, method
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -233,12 +205,13 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     cached = cached_arrays("mlp-inputs", key, lambda: {str(i): r for i, r in enumerate(
         collect_rows(model, calib, args.calib_windows * args.window))}, {"model": model_name})
     rows = [cached[str(i)] for i in range(len(cached))]
+    held_rows = collect_rows(model, held)   # what the effective sparsity is measured on besides calibration
     blocks = block_weights(model)
     sensitivity = None
-    if args.sensitivity == "fisher":
-        sensitivity = cached_arrays("mlp-fisher", key, lambda: {str(i): g for i, g in enumerate(
-            loss_sensitivity(model, calib, args.calib_windows * args.window))}, {"model": model_name})
-        sensitivity = [sensitivity[str(i)] for i in range(len(sensitivity))]
+    if args.sensitivity == "fisher":   # compile()'s default for a decoder (api._fisher_weights), the same rows
+        from actsparse.passes.loss_sensitivity import cached_fisher_weights
+
+        sensitivity = [g[:len(r)] for g, r in zip(cached_fisher_weights(model, calib, progress=False), rows)]
     quantize = args.quantize
     if quantize:   # the other linears as compile(quantize=) stores them (lm_head int8); the MLPs by `install`
         from .quant_quality import fake_quantized
@@ -261,13 +234,16 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
             ppl = perplexity(model, held)
             install(model, None)
             eff = float(np.mean([p.effective for p in plans]))
+            held_eff = float(np.mean([measured_effective(b, p, r) for b, p, r in zip(blocks, plans, held_rows)])) \
+                if hasattr(plans[0], "x_thr") else None
             own = float(np.mean([getattr(p, "sparsity", None) or (p.x_sparsity + p.h_sparsity) / 2 for p in plans]))
             label = name + ("+fisher" if weights else "")
             out.append({"model": model_name, "method": label, "sparsity": s, "own_sparsity": own, "effective": eff,
-                        "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize,
+                        "held_out_effective": held_eff, "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize,
                         "rotated_blocks": sum(getattr(p, "rotation", None) is not None for p in plans),
                         "per_block_effective": [round(p.effective, 4) for p in plans]})
-            _log(f"{model_name} {name:12s} s={s:.0%}: effective {eff:.1%} ppl {ppl:.3f} ({ppl / base - 1:+.1%}) "
+            _log(f"{model_name} {name:12s} s={s:.0%}: effective {eff:.1%} (held-out {held_eff or 0:.1%}) "
+                 f"ppl {ppl:.3f} ({ppl / base - 1:+.1%}) "
                  f"rotated blocks {out[-1]['rotated_blocks']} [{time.perf_counter() - t1:.0f} s, "
                  f"load {os.getloadavg()[0]:.1f}]")
             t1 = time.perf_counter()
@@ -295,12 +271,12 @@ def plot(results: list[dict], path: str) -> None:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | method | target | own sparsity | effective | perplexity | vs dense |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | method | target | own sparsity | effective | effective on held-out text | perplexity | "
+             "vs dense |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        own = r.get("own_sparsity", 0.0)
+        own, held = r.get("own_sparsity", 0.0), r.get("held_out_effective")
         lines.append(f"| {r['model']} | {r['method']} | {r['sparsity']:.0%} | {own:.1%} | {r['effective']:.1%} | "
-                     f"{r['ppl']:.3f} | {100 * r['delta']:+.1f}% |")
+                     f"{'-' if held is None else f'{held:.1%}'} | {r['ppl']:.3f} | {100 * r['delta']:+.1f}% |")
     return "\n".join(lines)
 
 
@@ -317,9 +293,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quantize", choices=("fp16", "int8", "int4"), default=None,
                    help="weights as compile(quantize=) stores them (the dense row is then that model)")
-    p.add_argument("--sensitivity", choices=("fisher",), default=None,
+    p.add_argument("--sensitivity", choices=("fisher", "none"), default="fisher",
                    help="greedy methods: pool the budget across blocks by the loss's diagonal Fisher "
-                        "(passes/sensitivity_allocation.py) instead of the same budget in every block")
+                        "(passes/sensitivity_allocation.py; the default, as compile() does for a decoder), or "
+                        "'none': the same budget in every block")
     p.add_argument("--speed", action="store_true", help="also time the MLP kernels at Mistral dims")
     p.add_argument("--plot", default="frontier.png")
     p.add_argument("--json", default="frontier.json")

