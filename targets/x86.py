@@ -42,6 +42,10 @@ def _threads() -> int:
         return os.cpu_count() or 1
 
 
+# hosts whose int8 dot the certified exact gate was measured on (AVX2-VNNI parts: not yet measured, so "dense")
+CERTIFIED_GATE_FLAGS = ("avx512_vnni",)
+
+
 @lru_cache(maxsize=1)
 def host() -> Target:
     from tvm.target import codegen
@@ -62,16 +66,12 @@ def host() -> Target:
         description=f"{cpu_model()} ({mcpu}, {'/'.join(isa) or 'sse'}, {threads} threads)",
         features=tuple(isa),
         vector_registers=32 if vector_bits == 512 else 16,
-        # exact mode reads every gate row by default: the certified gate decodes 1.12x faster on a VNNI host (quiet
-        # run, BENCHMARKS.md session 10). Its compile cost per Llama-2-7B layer was +1.17 s and +0.24 GB over this
-        # default (32 layers: 88 s, 1.82x the weights); session 11 cut it to +0.05 GB (the int8 copy itself:
-        # 32 layers ~1.37x) and +4% compile time per layer, ~55 s estimated at 32 layers from an A/B under load
-        # (BENCHMARKS.md session 11); quietly it measured +0.80 s per layer (75 s at 32 layers). Session 12 cut the
-        # certificate to ~0.4x its CPU (0.15 s per 7B gate) and the report's score evaluation to ~0.4x under load;
-        # unconfirmed quietly and the tests not swept for it: the quiet `compile_scale --layers 2,8 --exact-gate
-        # certified|dense` decides whether this becomes "certified" on hosts with an int8 dot. Opt in with
-        # exact_gate="certified"
-        exact_gate="dense",
+        # exact mode's gate: "certified" (an int8 copy of W_gate and a per-neuron bound decide most inactive neurons,
+        # passes/certify_exact_gate.py) where the host has the AVX512-VNNI int8 dot it was measured with; elsewhere
+        # every gate row is read. Quiet, Zen 4 (BENCHMARKS.md session 12): compile per Llama-2-7B layer +1.36 s vs
+        # +1.24 s for "dense" (32 layers: 50 s vs 44 s; peak 1.37x vs 1.25x the weights, goals < 60 s / < 1.5x);
+        # decode part (a) fp32 2.53x llama.cpp vs 1.89x reading every gate row (session 11)
+        exact_gate="certified" if any(f in flags for f in CERTIFIED_GATE_FLAGS) else "dense",
         int8_axpy_kernels=gathered_int8_axpy(flags, vector_bits),
     )
 
