@@ -36,12 +36,11 @@ CAUSES = {
     "deepseek_v4": "its cache layers are sliding windows (the last window - 1 keys, concatenated each call) with "
                    "compressor buffers of 0 to compress_rate - 1 pending tokens, compressed entries that grow by one "
                    "every compress_rate tokens and Python-int entry counts: sizes that follow the position modulo the "
-                   "rate, neither K/V slots nor a fixed-size state; its import also stops at `128*(seq//128)`, a "
-                   "floor division the IR's dims cannot name yet",
+                   "rate, neither K/V slots nor a fixed-size state; recomputed on the whole sequence instead, its "
+                   "import stops where torch's export fixes `seq//4 = 1` (true for 4 to 7 tokens only)",
     "xlnet": "its generate re-feeds the last two tokens and a dummy one with `mems`, hidden states of past tokens that "
              "grow a position per step (neither K/V slots nor a fixed-size state); recomputed on the whole sequence "
-             "instead, its generation inputs write `perm_mask[:, :, -1] = 1` (aten.fill.Tensor, unmapped) and its "
-             "relative attention sizes `(seq**2)//seq`, a floor division the IR's dims cannot name yet",
+             "instead, its generation inputs write `perm_mask[:, :, -1] = 1` (aten.fill.Tensor, unmapped)",
 }
 HEADER = ("| architecture | decodes as transformers | export | reason it stops |\n"
           "|---|---|---|---|")
