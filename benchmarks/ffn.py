@@ -121,11 +121,8 @@ class FfnBench:
     def kernels(self, dtype: str) -> dict:
         if dtype not in self._kernels:
             from actsparse.codegen.kernels.common import build_standalone
-            from actsparse.codegen.kernels.sparse_mlp import (
-                dense_gated_mlp,
-                sparse_gated_mlp,
-                sparse_gated_mlp_indexed,
-            )
+            from actsparse.codegen.kernels.gathered_mlp import sparse_gated_mlp_indexed
+            from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp, sparse_gated_mlp
 
             kw = dict(gate_act="relu", up_act="identity", dtype=dtype, sched=self.sched)
             t0 = time.perf_counter()

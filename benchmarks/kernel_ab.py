@@ -38,7 +38,12 @@ import json, sys
 from dataclasses import replace
 from actsparse.codegen.kernels.common import build_kernels
 from actsparse.codegen.kernels.schedule import CpuSchedule
-from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp, sparse_gated_mlp, sparse_gated_mlp_indexed
+from actsparse.codegen.kernels import sparse_mlp
+from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp, sparse_gated_mlp
+try:  # session 13 moved the kernels over given neurons to gathered_mlp.py; older trees have them in sparse_mlp.py
+    from actsparse.codegen.kernels.gathered_mlp import sparse_gated_mlp_indexed
+except ImportError:
+    sparse_gated_mlp_indexed = sparse_mlp.sparse_gated_mlp_indexed
 from actsparse.codegen.schedules import int8_dot
 from actsparse.targets import x86
 import tvm

@@ -53,11 +53,12 @@ def main(argv=None) -> int:
 
     from actsparse.benchmarks.ffn import FfnBench
     from actsparse.codegen.kernels.common import build_standalone
+    from actsparse.codegen.kernels.gathered_mlp import sparse_gated_mlp_listed
     from actsparse.codegen.kernels.linear import linear
     from actsparse.codegen.kernels.predictor_kernels import select_active
     from actsparse.codegen.kernels.score_int16 import has_int16_scores
     from actsparse.codegen.kernels.scored_mlp import certified_gated_mlp, scored_gated_mlp
-    from actsparse.codegen.kernels.sparse_mlp import sparse_gated_mlp, sparse_gated_mlp_listed
+    from actsparse.codegen.kernels.sparse_mlp import sparse_gated_mlp
     from actsparse.ir.quant import quantize
     from actsparse.runtime.memory import host_tensor as tv
 

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 tvm = pytest.importorskip("tvm")
 
+from actsparse.codegen.kernels.gathered_mlp import sparse_gated_mlp_listed  # noqa: E402
 from actsparse.codegen.kernels.predictor_kernels import select_active  # noqa: E402
 from actsparse.codegen.kernels.scored_mlp import scored_gated_mlp  # noqa: E402
-from actsparse.codegen.kernels.sparse_mlp import sparse_gated_mlp_listed  # noqa: E402
 
 from .test_kernels_int8 import host_sched  # noqa: E402
 from .test_kernels_x86 import N_FF, SCHEDS, D, run  # noqa: E402

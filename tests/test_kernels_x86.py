@@ -11,13 +11,10 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 from actsparse.codegen.kernels.common import build_standalone  # noqa: E402
+from actsparse.codegen.kernels.gathered_mlp import sparse_gated_mlp_indexed  # noqa: E402
 from actsparse.codegen.kernels.linear import linear  # noqa: E402
 from actsparse.codegen.kernels.schedule import CpuSchedule  # noqa: E402
-from actsparse.codegen.kernels.sparse_mlp import (  # noqa: E402
-    dense_gated_mlp,
-    sparse_gated_mlp,
-    sparse_gated_mlp_indexed,
-)
+from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp, sparse_gated_mlp  # noqa: E402
 
 D, N_FF = 37, 53
 SCHEDS = {

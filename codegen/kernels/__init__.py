@@ -11,18 +11,19 @@ Submodules import TVM, so they load lazily: `from actsparse.codegen.kernels impo
 import importlib
 
 __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
-           "sparse_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp",
-           "routed_moe", "attention", "kernel", "KERNELS", "family_of"]
+           "sparse_mlp", "gathered_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp",
+           "cuda_input_mlp", "routed_moe", "attention", "kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
 _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "quant_int8", "rows", "schedule",
-               "sparse_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp", "cuda_input_mlp",
-               "routed_moe", "attention")
+               "sparse_mlp", "gathered_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp",
+               "cuda_input_mlp", "routed_moe", "attention")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
-    "CpuSchedule": {"exact": ("sparse_mlp", "sparse_gated_mlp"), "indexed": ("sparse_mlp", "sparse_gated_mlp_indexed"),
-                    "listed": ("sparse_mlp", "sparse_gated_mlp_listed"),
+    "CpuSchedule": {"exact": ("sparse_mlp", "sparse_gated_mlp"),
+                    "indexed": ("gathered_mlp", "sparse_gated_mlp_indexed"),
+                    "listed": ("gathered_mlp", "sparse_gated_mlp_listed"),
                     "dense": ("sparse_mlp", "dense_gated_mlp"), "linear": ("linear", "linear"),
                     "threshold": ("threshold_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score"),

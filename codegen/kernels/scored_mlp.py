@@ -4,7 +4,7 @@
 
 Token m computes the neurons j with scores[m, j] > cutoff (the `predictor` variant's semantics, ir/predictor.py);
 every other neuron counts as 0. It replaces the select kernel + listed kernel pair (`predictor_kernels.select_active`
-then `sparse_mlp.sparse_gated_mlp_listed`), which on part (a) of benchmarks/decode.py cost a single-threaded scan of
+then `gathered_mlp.sparse_gated_mlp_listed`), which on part (a) of benchmarks/decode.py cost a single-threaded scan of
 every score per layer, one more parallel launch and the index tensors between them. Here, in one parallel region,
 each task scans its contiguous range of neurons' scores (the exact kernel's split: the gate rows a task gathers lie
 in its own range, in ascending order), gathers the gate rows of the neurons some token scores above the cutoff,
