@@ -41,9 +41,17 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import axpy_macros, flat_rows, group_prefetch_macro, group_split, offset, scale, split_scales
+from .quant_blocks import (
+    axpy_macros,
+    flat_rows,
+    group_prefetch_macro,
+    group_split,
+    offset,
+    row_offsets_macro,
+    scale,
+    split_scales,
+)
 from .quant_int8 import INT8_DOTS
-from .rows import row_index
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
@@ -70,14 +78,14 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     n_full, first, last = group_split(d, threads)
     tail = d - n_full * GROUP
-    row = row_index(gathered)
     ivec = f"int32x{L}"
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
+    row_offsets = row_offsets_macro(gathered, R, row_bytes)
     # split rows hold a row's scales contiguously: the step's coefficients rounded TV groups per vector into a table
     # before the group loop (`coefficient_table`), so the loop holds no scale gather, reduction, division or z dots
     tabled = lay.split and ins.coefficient_table and not off
     TV, NG = 16, -(-n_full // threads)  # NG: the most groups a task owns
-    pf_group, pf_scales = group_prefetch_macro(lay, stored, R)  # one prefetch per row and cache line
+    pf_group, pf_scales = group_prefetch_macro(lay, stored, R, once_per_line=gathered)
 
     def rr(ro, r):  # byte offset of the row at step position r (past R or the list: a row read anyway)
         return ro[min(r, R - 1)]
@@ -204,8 +212,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     def step(w, rows, base, i, end, h, hcol, t, out, m):
         wf = flat_rows(w, w.shape[0], row_bytes)
         ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
-        for r in T.unroll(2 * R):
-            ro[r] = T.Cast("int64", row(rows, base, T.min(i + r, end - 1))) * T.int64(row_bytes)
+        row_offsets(ro, rows, base, i, end)
         hv = T.alloc_buffer((NV + 1,), "float32", scope="global")  # [NV]: 0, or NaN if some h is not finite
         ab = T.alloc_buffer((NV,), "int8", scope="global")
         sc = T.alloc_buffer((2,), "float32", scope="global")

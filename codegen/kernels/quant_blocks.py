@@ -53,6 +53,20 @@ def flat_rows(w, rows: int, row_bytes: int):
     return T.decl_buffer((T.int64(int(rows) * row_bytes),), "uint8", data=w.data)  # int64: stacked experts pass 2^31
 
 
+def row_offsets_macro(gathered: bool, rows: int, row_bytes: int):
+    """`offsets(ro, row_list, base, i, end)`: ro[r] <- the int64 byte offset in `flat_rows`' view of the row at step
+    position i + r (`common.dots_macro`'s row(), past the list its last row again) for r < 2 * rows: the step's rows,
+    then the next step's (what the prefetches read). Every quantized row dot and axpy steps its rows so."""
+    row = row_index(gathered)
+
+    @T.macro
+    def offsets(ro, row_list, base, i, end):
+        for r in T.unroll(2 * rows):
+            ro[r] = T.Cast("int64", row(row_list, base, T.min(i + r, end - 1))) * T.int64(row_bytes)
+
+    return offsets
+
+
 def half_at(w, row, byte):
     """The fp16 stored little-endian at w[row, byte] (as float16: callers widen it, alone or as a vector)."""
     bits = T.bitwise_or(T.Cast("uint16", byte_at(w, row, byte)),
@@ -119,18 +133,29 @@ def block_prefetch_macro():
     return pf
 
 
-def group_prefetch_macro(lay: QuantLayout, stored: int, rows: int):
+def group_prefetch_macro(lay: QuantLayout, stored: int, rows: int, once_per_line: bool = False):
     """(`pf_group(w, ro, first, grp)`, `pf_scales(w, ro, first, g0, g1)`): prefetch in the `rows` rows at byte
     offsets ro[first:first + rows]. `pf_group`: what group grp needs when grp starts a cache line of codes (block
-    layouts: every `CACHE_LINE // block_bytes` blocks; split: every 4 groups), one test per group for all rows.
+    layouts: every `CACHE_LINE // block_bytes` blocks, i.e. q8_0's 34-byte blocks at every block; split: every 4
+    groups), one test per group for all rows. `once_per_line` (gathered rows), block layouts whose blocks do not tile
+    a line (q8_0, q4_1): the line that holds the block's last byte when it is not the previous block's, so each line
+    once. Indexed q8_0, 1 thread, interleaved: 0.84x the time hot, 0.92-0.97x from DRAM; on streamed rows it cost
+    exact and dense 5-7% from DRAM (BENCHMARKS.md, session 13), so they keep a prefetch per block.
     `pf_scales` (split layouts; once per step): the scale lines of groups [g0, g1). Why not a second test per group
     for the scales: LLVM speculates nested conditional prefetches (aarch64: 16 per group instead of 8 per 4)."""
     pf = block_prefetch_macro()
-    per_line = CACHE_LINE // (lay.block_bytes - 2) if lay.split else max(1, CACHE_LINE // lay.block_bytes)
+    B = lay.block_bytes
+    per_line = CACHE_LINE // (B - 2) if lay.split else max(1, CACHE_LINE // B)
+    # a block's last byte decides (B < CACHE_LINE: every line holds some block's last byte)
+    by_end = once_per_line and not lay.split and CACHE_LINE % B != 0
 
     @T.macro
     def pf_group(w, ro, first, grp):
-        if grp % per_line == 0:
+        if by_end:
+            if ((grp + 1) * B - 1) // CACHE_LINE != (grp * B + CACHE_LINE - 1) // CACHE_LINE - 1:
+                for r in T.unroll(rows):
+                    pf(w, ro[first + r], (grp + 1) * B - 1)
+        elif grp % per_line == 0:
             for r in T.unroll(rows):
                 pf(w, ro[first + r], lay.codes_byte(grp, stored))
 
@@ -244,7 +269,8 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     table = T.Cast(fvec, T.ramp(-8 if lay.bits == 4 and not off else 0, 1, L))  # nibble -> code (q4_0: centred)
 
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
-    pf_group, pf_scales = group_prefetch_macro(lay, stored, R)
+    row_offsets = row_offsets_macro(gathered, R, row_bytes)
+    pf_group, pf_scales = group_prefetch_macro(lay, stored, R, once_per_line=gathered)
 
     def axsum(wf, ro, hs, grp, hf, j):
         e = hs[0] * code(lay, wf, ro[0], grp, hf, j, centered=not folded, stored=stored)
@@ -268,8 +294,7 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     def step(w, rows, base, i, end, h, hcol, t, out, m):
         wf = flat_rows(w, w.shape[0], row_bytes)
         ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
-        for r in T.unroll(2 * R):
-            ro[r] = T.Cast("int64", row(rows, base, T.min(i + r, end - 1))) * T.int64(row_bytes)
+        row_offsets(ro, rows, base, i, end)
         hv = T.alloc_buffer((R,), "float32", scope="global")
         # h * scale per row; [R]: the per-element constant (q4_1: sum of h * offset; q4_0: -8 * sum of h * scale)
         hs = T.alloc_buffer((R + 1,), "float32", scope="global")

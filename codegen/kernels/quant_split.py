@@ -26,9 +26,9 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import block_prefetch_macro, flat_rows, half_at
+from .quant_blocks import block_prefetch_macro, flat_rows, half_at, row_offsets_macro
 from .quant_int8 import INT8_DOTS, quantized_x_groups
-from .rows import CACHE_LINE, hsum_macro, row_index
+from .rows import CACHE_LINE, hsum_macro
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
@@ -116,9 +116,9 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     chunks, tail = G // K, G % K  # whole chunks, groups of the last partial one
     scales_at = lay.scale_byte(0, lay.stored_groups(d))
     row_bytes = lay.row_bytes(d)
+    row_offsets = row_offsets_macro(gathered, R, row_bytes)
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda v: v)
-    row = row_index(gathered)
     pf = block_prefetch_macro()
     hsum = hsum_macro(L)
     ivec, fvec = f"int32x{L}", f"float32x{L}"
@@ -161,8 +161,7 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     def dots(w, xb, m, rows, base, i, end, dst, dcol):
         wf = flat_rows(w, w.shape[0], row_bytes)
         ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
-        for r in T.unroll(2 * R):
-            ro[r] = T.Cast("int64", row(rows, base, T.min(i + r, end - 1))) * T.int64(row_bytes)
+        row_offsets(ro, rows, base, i, end)
         acc = T.alloc_buffer((R * L,), "float32", scope="global")
         for v in T.vectorized(R * L):
             acc[v] = T.float32(0)
