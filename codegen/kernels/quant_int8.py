@@ -17,12 +17,11 @@ low nibbles for columns 0-15 and shifted for columns 16-31; a q8_0 block's first
 the matching 16 bytes of x̂ repeated P times (prepared so by `x8_prep_macro`); lane 4p..4p+3 of the int32
 result then sums row p's products. q4 nibbles (0..15) are the first operand, x̂ the second (both signed
 instructions take them as they are); q4_0's "- 8" enters as -8 * sum(x̂) in lane 4p of the accumulator's initial
-value. q8_0 codes are signed: with a u8 x s8 dot the codes go in as code + 128 (xor 0x80, the u8 operand) and x̂ as
-it is, and -128 * sum(x̂) in lane 4p of the initial value takes the 128s out again (as q4_0's -8), so a block is two dots
-as for q4 (session 12 had x̂ + 128 as the u8 operand and a second pair of dots with 128s for -128 * sum(code): four
-dots and two xors per block, 77 -> 65 instructions per 8 gathered rows and group); with an s8 x s8 dot (sdot) codes
-and x̂ multiply as they are. The per-row scale
-(x dx) is applied per block in fp32 (lanes 4p..4p+3 carry row p's scale), and fp32 accumulates across blocks.
+value. q8_0 codes are signed: with a u8 x s8 dot x̂ + 128 is the u8 operand and a second product with 128s
+subtracts 128 * sum(code); with an s8 x s8 dot (sdot) codes and x̂ multiply as they are (session 13 tried codes xor
+0x80 as the u8 operand from -128 * sum(x̂): two dots per block instead of four, 77 -> 73 instructions per 8 rows and
+group, but 1.00-1.09x the time interleaved, BENCHMARKS.md: not kept). The per-row scale (x dx) is applied per
+block in fp32 (lanes 4p..4p+3 carry row p's scale), and fp32 accumulates across blocks.
 
 Prepared x (`XBlocks`): per token one byte row: per group the first-half operand, the second-half operand and
 the initial accumulator (lanes * 4 bytes each), then every group's dx (fp32), then dx * sum(x̂) (fp32, q4_1).
@@ -127,22 +126,20 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
     lay = LAYOUTS[dtype]
     xl = x_blocks(d, sched)
     L, P, G = xl.lanes, xl.lanes // 4, xl.groups
-    q8 = lay.bits == 8
-    # the code offset z whose -z * sum(x̂) starts lane 4p: q4_0's nibbles (z 8), q8_0's codes + 128 on a u8 x s8 dot
-    z = 8 if lay.bits == 4 and not lay.offset else 128 if q8 and not INT8_DOTS[sched.int8_dot].signed_a else 0
-    centered = z != 0
+    q8, centered = lay.bits == 8, lay.bits == 4 and not lay.offset  # q4_0: the -8 term
+    biased = q8 and not INT8_DOTS[sched.int8_dot].signed_a  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
 
     @T.macro
     def store(xb, m, g, q, s, dx):
         for h in T.unroll(2):
             for p in T.unroll(P):
                 for v in T.vectorized(HALF):
-                    xb[m, xl.operand(g, h) + p * HALF + v] = T.Cast("uint8", q[h * HALF + v])
+                    xb[m, xl.operand(g, h) + p * HALF + v] = T.Cast("uint8", q[h * HALF + v] + (128 if biased else 0))
         for v in T.vectorized(4 * L):
             xb[m, xl.operand(g, 2) + v] = T.uint8(0)
-        if centered:  # lane 4p: -z * sum(x̂)
+        if centered:  # lane 4p: -8 * sum(x̂)
             for p in T.unroll(P):
-                xb[m, T.ramp(xl.operand(g, 2) + p * 16, 1, 4)] = T.reinterpret("uint8x4", s[0] * -z)
+                xb[m, T.ramp(xl.operand(g, 2) + p * 16, 1, 4)] = T.reinterpret("uint8x4", s[0] * -8)
         xb[m, T.ramp(xl.dx(g), 1, 4)] = T.reinterpret("uint8x4", dx)
         xb[m, T.ramp(xl.dx_sum(g), 1, 4)] = T.reinterpret("uint8x4", dx * T.Cast("float32", s[0]))
 
@@ -255,10 +252,10 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
         if q8 and ins.signed_a:  # code . x̂
             zero = T.Broadcast(T.int32(0), L)
             return dot(dot(zero, lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
-        if q8:  # (code + 128) . x̂ from -128 * sum(x̂) in lane 4p
-            c128 = T.Broadcast(T.uint8(128), VB)
-            lo, hi = T.bitwise_xor(lo, c128), T.bitwise_xor(hi, c128)
-        # u8 codes . x̂, from -8 * sum(x̂) (q4_0), -128 * sum(x̂) (q8_0) or 0 (q4_1) in lane 4p
+        if q8:  # (x̂ + 128) . code - 128 . code
+            zero, c128 = T.Broadcast(T.int32(0), L), T.Broadcast(T.uint8(128), VB)
+            return dot(dot(zero, xvec(xb, m, grp, 0), lo), xvec(xb, m, grp, 1), hi) - dot(dot(zero, c128, lo), c128, hi)
+        # nibbles . x̂, from -8 * sum(x̂) (q4_0) or 0 (q4_1) in lane 4p
         return dot(dot(T.reinterpret(ivec, xvec(xb, m, grp, 2)), lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
 
     def block_sum(w, xb, m, ro, s, grp, dx, dx_sum):
