@@ -39,6 +39,32 @@ def _gathered_parts(kernel: str, d: int, n_ff: int, gate_act: str, up_act: str, 
             weight_buffer(n_ff, d, dtype))
 
 
+def gathered_kernel(d: int, wshape, wdtype: str, x8: bool, x8_bytes: int, prep_x, body):
+    """The PrimFunc (x, w_gate, w_up, w_down_t, idx, count, out) both kernels here share: buffers matched, x prepared
+    once (`common.x_operand`), then `body(xd, M, K, flat, count, w_gate, w_up, w_down_t, out)` with flat the token
+    lists as one [M * K] buffer."""
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        K = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        idx = T.match_buffer(idx_h, (M, K), "int32")
+        count = T.match_buffer(count_h, (M,), "int32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        if x8:  # x quantized once to 8-bit blocks for the integer row dots
+            xd = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xd, M)
+        else:
+            xd = T.decl_buffer((M, d), "float32", data=x.data)
+        flat = T.decl_buffer((M * K,), "int32", data=idx.data)
+        body(xd, M, K, flat, count, w_gate, w_up, w_down_t, out)
+
+    return kernel
+
+
 @cache
 def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                              threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
@@ -60,22 +86,8 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     zero_part = zero_columns_macro(d, whole, dtype)
     cpt = -(-d // (threads * 16)) * 16  # output columns per task in the sum of the partial outputs
 
-    @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        K = T.int64()
-        x = T.match_buffer(x_h, (M, d), "float32")
-        idx = T.match_buffer(idx_h, (M, K), "int32")
-        count = T.match_buffer(count_h, (M,), "int32")
-        out = T.match_buffer(out_h, (M, d), "float32")
-        if x8:  # x quantized once to 8-bit blocks for the integer row dots
-            xd = T.alloc_buffer((M, x8_bytes), "uint8")
-            prep_x(x, xd, M)
-        else:
-            xd = T.decl_buffer((M, d), "float32", data=x.data)
-        flat = T.decl_buffer((M * K,), "int32", data=idx.data)
+    @T.macro
+    def body(xd, M, K, flat, count, w_gate, w_up, w_down_t, out):
         g = T.alloc_buffer((M, K), "float32")
         h = T.alloc_buffer((M, K), "float32")
         parts = T.alloc_buffer((threads * M, d), "float32")  # each task's partial output
@@ -102,7 +114,8 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
                     for t2 in range(1, threads):
                         out[m, t * cpt + c] = out[m, t * cpt + c] + parts[t2 * M + m, t * cpt + c]
 
-    return kernel.with_attr("global_symbol", mlp_symbol("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return gathered_kernel(d, wshape, wdtype, x8, x8_bytes, prep_x, body).with_attr("global_symbol", mlp_symbol(
+        "indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
 
 
 @cache
@@ -123,22 +136,8 @@ def sparse_gated_mlp_listed(d: int, n_ff: int, *, gate_act: str = "relu", up_act
         _gathered_parts("listed", d, n_ff, gate_act, up_act, threshold, dtype, sched)
     threads, R = sched.threads, sched.rows
 
-    @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        K = T.int64()
-        x = T.match_buffer(x_h, (M, d), "float32")
-        idx = T.match_buffer(idx_h, (M, K), "int32")
-        count = T.match_buffer(count_h, (M,), "int32")
-        out = T.match_buffer(out_h, (M, d), "float32")
-        if x8:  # x quantized once to 8-bit blocks for the integer row dots
-            xd = T.alloc_buffer((M, x8_bytes), "uint8")
-            prep_x(x, xd, M)
-        else:
-            xd = T.decl_buffer((M, d), "float32", data=x.data)
-        flat = T.decl_buffer((M * K,), "int32", data=idx.data)
+    @T.macro
+    def body(xd, M, K, flat, count, w_gate, w_up, w_down_t, out):
         live = T.alloc_buffer((M * K,), "int32")       # the listed neurons whose gate fired, per task's slots
         kept = T.alloc_buffer((M, threads), "int32")   # how many of them, per token and task
         g = T.alloc_buffer((M, K), "float32")
@@ -173,4 +172,5 @@ def sparse_gated_mlp_listed(d: int, n_ff: int, *, gate_act: str = "relu", up_act
                     for st in range((kept[m, t2] + R - 1) // R):
                         axpy(w_down_t, live, m * K + j0, st * R, kept[m, t2], h, j0, t, out, m)
 
-    return kernel.with_attr("global_symbol", mlp_symbol("listed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return gathered_kernel(d, wshape, wdtype, x8, x8_bytes, prep_x, body).with_attr("global_symbol", mlp_symbol(
+        "listed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
