@@ -80,6 +80,7 @@ def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:
     """The kernels whose quantized down projection takes the int8 dot on this host (`Target.int8_axpy_kernels`): on
     AVX512-VNNI the integer axpy reads split q4_0 rows' int8 coefficients from a per-step table (quant_axpy8.py), which
     makes it faster than the float lookup axpy for exact and indexed too (q4_0, 1 thread, interleaved: 0.86-0.97x the
-    time, BENCHMARKS.md session 11); elsewhere dense only (sessions 7-8). q4_1's gathered kernels follow untimed (the
-    FFN benchmark takes symmetric layouts only)."""
-    return ("dense", "exact", "indexed") if vector_bits == 512 and "avx512_vnni" in flags else ("dense",)
+    time, BENCHMARKS.md session 11), and for the input-sparse kernel, whose gate / up axpys then take it too: float,
+    it ran no faster at 50% skipped than dense at SmolLM2-135M's 576 x 1536 q4_0 (session 13); elsewhere dense only
+    (sessions 7-8). q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only)."""
+    return ("dense", "exact", "indexed", "input") if vector_bits == 512 and "avx512_vnni" in flags else ("dense",)
