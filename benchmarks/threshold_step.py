@@ -10,7 +10,7 @@ stores it, q4_1 as SmolLM2's GGUF), the input-sparse kernel on q4_0 with the flo
 with the target's table (x86 AVX512-VNNI: every axpy integer), each on `--layers` weight copies called in turn
 (30 SmolLM2 layers: 45 MB, beyond the last-level cache, as in a decode step), x's and h's thresholds the quantiles
 of this x's own scores (exactly s of each skipped). Runners interleaved per round, µs per call (min and median
-over rounds).
+over rounds, the first runner of a round rotating).
 
 Why: on SmolLM2-135M (d 576, n_ff 1536) decode part (b) measures threshold mode per step against dense; this
 isolates one MLP, batch 1, so the per-call cost of the threshold kernel (x's channel list, the gathered-row axpys,
@@ -112,10 +112,11 @@ def time_kernels(args) -> int:
     for s in (float(v) for v in args.sparsities.split(",")):
         runners = kernel_runners(d, n_ff, s, args.threads, args.layers)
         times: dict[str, list] = {k: [] for k in runners}
-        for _ in range(args.rounds):
-            for name, fn in runners.items():
+        names = list(runners)
+        for r in range(args.rounds):   # the first runner rotates: a round's slow start hits each alike
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 start = time.perf_counter()
-                fn()
+                runners[name]()
                 times[name].append((time.perf_counter() - start) / args.layers * 1e6)
         base = times["dense q4_0"]
         for name, t in times.items():
