@@ -187,3 +187,24 @@ def test_arm_quantized_input_sparse_kernels_match_the_dequantized_reference_unde
 def test_cuda_quantized_input_sparse_kernels_match_the_dequantized_reference_under_simt(d, n, seed):
     jobs = _quant_jobs("cuda", d, n, seed)
     check_quant(jobs, run_batch(simt_kernels([p for p, _ in jobs]), jobs))
+
+
+
+def test_the_integer_input_kernel_runs_its_axpys_on_vpdpbusd():
+    """Where the target's table gives "input" the integer axpy (x86 AVX512-VNNI) the kernel's axpys take vpdpbusd;
+    without it none does (the kernel has no row dots), and the two kernels' symbols differ. Gate / up and down are
+    the same macro over 96 columns here, so the three inlined axpys hold the same count each. Compiled only
+    (znver4): any host."""
+    import tvm
+
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    counts = {}
+    for table in (("input",), ()):
+        sched = CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512", int8_axpy=table)
+        prim = quant_input_kernel(96, 96, "q4_0", INPUT_ACTS[0], sched)
+        lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+        asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+        counts[table] = (asm.count("vpdpbusd\t"), str(prim.attrs["global_symbol"]))
+    (integer, sym_i), (floating, sym_f) = counts[("input",)], counts[()]
+    assert floating == 0 and integer >= 3 and integer % 3 == 0 and sym_i != sym_f, counts
