@@ -2,6 +2,15 @@
 
     python -m actsparse.benchmarks.threshold_step [--dims 576,1536] [--quantize int4] [--sparsity 0.5]
                                                   [--methods rotated-wina-greedy,wina-greedy] [--repeats 2000]
+    python -m actsparse.benchmarks.threshold_step --kernels [--dims 576,1536] [--sparsities 0.3,0.5,0.7]
+                                                  [--threads 2] [--layers 30] [--rounds 40]
+
+`--kernels`: the kernels alone, before / after in one run: the dense kernel (q4_0 as compile(quantize="int4")
+stores it, q4_1 as SmolLM2's GGUF), the input-sparse kernel on q4_0 with the float axpys (before session 13) and
+with the target's table (x86 AVX512-VNNI: every axpy integer), each on `--layers` weight copies called in turn
+(30 SmolLM2 layers: 45 MB, beyond the last-level cache, as in a decode step), x's and h's thresholds the quantiles
+of this x's own scores (exactly s of each skipped). Runners interleaved per round, µs per call (min and median
+over rounds, the first runner of a round rotating).
 
 Why: on SmolLM2-135M (d 576, n_ff 1536) decode part (b) measures threshold mode per step against dense; this
 isolates one MLP, batch 1, so the per-call cost of the threshold kernel (x's channel list, the gathered-row axpys,
@@ -39,6 +48,84 @@ def swiglu(d: int, n_ff: int):
     return MLP().eval()
 
 
+def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int) -> dict:
+    """name -> fn() calling that kernel once on each of `layers` weight copies (see `--kernels`)."""
+    from dataclasses import replace
+
+    import tvm
+
+    from actsparse import targets
+    from actsparse.codegen.kernels.common import build_kernels
+    from actsparse.codegen.kernels.input_sparse_mlp import input_sparse_gated_mlp
+    from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp
+    from actsparse.codegen.schedules import schedule_for
+    from actsparse.ir.quant import quantize
+    from actsparse.runtime.memory import host_tensor
+
+    host = targets.get("x86")
+    host = replace(host, threads=threads, tvm={**host.tvm, "num-cores": threads})
+    sched = schedule_for(host)
+    before = replace(sched, int8_axpy=tuple(k for k in sched.int8_axpy if k != "input"))
+    prims = {"dense q4_0": dense_gated_mlp(d, n_ff, gate_act="silu", dtype="q4_0", sched=sched),
+             "dense q4_1": dense_gated_mlp(d, n_ff, gate_act="silu", dtype="q4_1", sched=sched),
+             "input q4_0, float axpys (before)": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype="q4_0",
+                                                                        sched=before),
+             "input q4_0, the target's axpys": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype="q4_0",
+                                                                      sched=sched)}
+    module = build_kernels(list(prims.values()), tvm.target.Target(host.tvm))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, d)).astype(np.float32)
+    x_thr = np.full(d, np.quantile(np.abs(x), sparsity), np.float32)
+    xs = np.where(np.abs(x) > x_thr, x, 0)
+    copies = []
+    for _ in range(layers):
+        wg, wu, wd = (rng.standard_normal(shape).astype(np.float32) / np.sqrt(d)
+                      for shape in ((n_ff, d), (n_ff, d), (d, n_ff)))
+        g = xs @ wg.T
+        h = g / (1 + np.exp(-g)) * (xs @ wu.T)
+        h_thr = np.full(n_ff, np.quantile(np.abs(h), sparsity), np.float32)
+        rows = {lay: [host_tensor(quantize(np.ascontiguousarray(w), lay).blob) for w in (wg, wu, wd.T)]
+                for lay in ("q4_0", "q4_1")}
+        cols = [host_tensor(quantize(np.ascontiguousarray(w), "q4_0").blob) for w in (wg.T, wu.T, wd.T)]
+        copies.append((rows, [*cols, host_tensor(x_thr), host_tensor(h_thr)]))
+    tx, out = host_tensor(x), host_tensor(np.zeros((1, d), np.float32))
+
+    def runner(name: str):
+        fn = module[str(prims[name].attrs["global_symbol"])]
+        if name.startswith("dense"):
+            args = [rows[name.split()[1]] for rows, _ in copies]
+        else:
+            args = [cols for _, cols in copies]
+        return lambda: [fn(tx, *a, out) for a in args]
+
+    return {name: runner(name) for name in prims}
+
+
+def time_kernels(args) -> int:
+    os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
+    d, n_ff = (int(v) for v in args.dims.split(","))
+    load = os.getloadavg()[0]
+    print(f"\n**kernels alone, d={d}, n_ff={n_ff}, batch 1, {args.threads} thread(s), {args.layers} weight copies "
+          f"called in turn; µs per call, min / median of {args.rounds} interleaved rounds; load avg {load:.1f}**\n")
+    print("| effective sparsity | kernel | min µs | median µs | vs dense q4_0 (min) | vs dense q4_0 (median) |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for s in (float(v) for v in args.sparsities.split(",")):
+        runners = kernel_runners(d, n_ff, s, args.threads, args.layers)
+        times: dict[str, list] = {k: [] for k in runners}
+        names = list(runners)
+        for r in range(args.rounds):   # the first runner rotates: a round's slow start hits each alike
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                start = time.perf_counter()
+                runners[name]()
+                times[name].append((time.perf_counter() - start) / args.layers * 1e6)
+        base = times["dense q4_0"]
+        for name, t in times.items():
+            print(f"| {s:.0%} | {name} | {min(t):.1f} | {np.median(t):.1f} | {min(base) / min(t):.2f}x | "
+                  f"{np.median(base) / np.median(t):.2f}x |", flush=True)
+    print(f"\nload avg after: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dims", default="576,1536", help="d,n_ff (default SmolLM2-135M's)")
@@ -46,7 +133,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--methods", default="rotated-wina-greedy,wina-greedy")
     ap.add_argument("--repeats", type=int, default=2000, help="calls per runner and round (5 rounds)")
+    ap.add_argument("--kernels", action="store_true", help="the kernels alone, before / after (see above)")
+    ap.add_argument("--sparsities", default="0.3,0.5,0.7", help="--kernels: effective sparsities")
+    ap.add_argument("--threads", type=int, default=2, help="--kernels: threads")
+    ap.add_argument("--layers", type=int, default=30, help="--kernels: weight copies called in turn")
+    ap.add_argument("--rounds", type=int, default=40, help="--kernels: interleaved rounds")
     args = ap.parse_args(argv)
+    if args.kernels:
+        return time_kernels(args)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import actsparse
 

@@ -304,8 +304,10 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
     SparseVariant(
         # the fused dense kernel on the same layout (@Wd.t): dense mode (passes/fuse_gated_mlp.py) and the dense
         # twin of a sparse artifact (passes/densify.py), so both time the kernel benchmarks/ffn.py times
-        "dense", attrs={}, extra_inputs=(), intermediate=_exact_intermediate,
+        # reason: why a sparse mode kept this block dense (threshold mode's cost rule), for the report
+        "dense", attrs={"reason": ""}, extra_inputs=(), intermediate=_exact_intermediate,
         kernels={"cpu": "dense", "cuda": "dense"}, kernel_options=_activation_options, dense_attrs=_plain_attrs,
+        report=lambda attrs: {"reason": attrs["reason"]} if attrs.get("reason") else {},
         doc="every neuron computed, gate/up/down fused in one kernel (dense mode; any gate activation)"),
 )}
 

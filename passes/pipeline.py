@@ -99,7 +99,7 @@ def _threshold(o: PipelineOptions) -> list[Pass]:
         raise ValueError("mode 'threshold' needs a target sparsity, e.g. sparsity=0.5")
     # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
     return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration,
-                                           storage=o.storage, sensitivity=o.sensitivity)]
+                                           storage=o.storage, sensitivity=o.sensitivity, target=o.target)]
 
 
 def _predictor(o: PipelineOptions) -> list[Pass]:

@@ -29,9 +29,14 @@ method then pools the budget across blocks by it, sensitivity_allocation.py; not
 rotated method's Q against the block's bytes and tells the quantize pass what Q may become
 (`rotation.ROTATION_STORAGE`).
 
+Cost rule (`target`, its `input_byte_cost`): an input-mode block whose kernel would read (1 - s) of the bytes at a
+higher cost per byte than the dense kernel pays nothing when (1 - s) x cost >= 1 (s its calibrated effective
+sparsity, a rotation's bytes already subtracted); it stays on the dense kernel (`sparse_gated_mlp{mode='dense'}`, the
+report's row gives the reason) and counts as `kept-dense-by-cost`.
+
 Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `fisher-allocation` once when the
 budget was pooled by `sensitivity`; `rotation-<kind>` per rotation stored
-(`int8`: q8_0, see `rotation.ROTATION_STORAGE`).
+(`int8`: q8_0, see `rotation.ROTATION_STORAGE`); `kept-dense-by-cost` per block the cost rule kept dense.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import pattern_name
 from ..ir.quant import FLOAT_KINDS, quantize
+from ..ir.sparse_variants import dense_variant_attrs
+from ..targets import Target
 from .base import Pass, coerce_options, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, threshold_attrs
 from .rotation import ROTATION_STORAGE
@@ -55,7 +62,7 @@ from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 @dataclass(frozen=True)
 class SparsifyThreshold(Pass):
     name = "sparsify-threshold"
-    data_options = ("calibration", "sensitivity")
+    data_options = ("calibration", "sensitivity", "target")
     sparsity: float = 0.5
     method: str = DEFAULT_METHOD
     thresholds: tuple = ()
@@ -64,6 +71,7 @@ class SparsifyThreshold(Pass):
     max_tokens: int = 4096
     progress: bool = True
     storage: str | None = None
+    target: Target | None = field(default=None, repr=False, compare=False)   # its input_byte_cost: the cost rule
 
     def __post_init__(self):
         coerce_options(self)
@@ -103,6 +111,7 @@ class SparsifyThreshold(Pass):
                               [self.sensitivity[i] for i in missing] if weighted else None)
             for i, c in zip(missing, found):
                 chosen[i] = c
+        cost = (self.target.input_byte_cost if self.target is not None else {}).get(storage, 1.0)
         in_order = iter(chosen)   # rewrite visits graph.nodes in order (rebuilt nodes have a new identity)
         new_weights: dict = {}
 
@@ -112,6 +121,11 @@ class SparsifyThreshold(Pass):
             c = next(in_order)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
+            reason = _dense_pays(c, cost)
+            if reason:
+                record("kept-dense-by-cost")
+                return to_sparse_layout(node, {**dense_variant_attrs(node.attrs, pattern), "reason": reason}, graph,
+                                        new_weights)
             record(pattern)
             return _threshold_block(node, c, {"method": self.method, **_summary(c)}, graph, new_weights,
                                     ROTATION_STORAGE[storage])
@@ -140,6 +154,15 @@ class SparsifyThreshold(Pass):
 def _stored_as(graph: Graph, block: Node) -> str:
     """The storage kind of a block's weights as the graph holds them (no quantize= given)."""
     return "fp16" if graph.weights[block.inputs[1].attrs["name"]].dtype == np.float16 else "fp32"
+
+
+def _dense_pays(c: NeuronThreshold | InputThresholds, cost: float) -> str:
+    """Why the dense kernel is at least as fast as the input-sparse one for this block ("" when it is not): reading
+    (1 - s) of the bytes at `cost` times dense's time per byte (module docstring)."""
+    if not isinstance(c, InputThresholds) or (1.0 - c.effective) * cost < 1.0:
+        return ""
+    return (f"kept dense by cost: {c.effective:.0%} effective sparsity reads {1 - c.effective:.0%} of the bytes at "
+            f"{cost:g}x dense's time per byte (the target's input_byte_cost), no faster than dense")
 
 
 def _summary(c: NeuronThreshold | InputThresholds) -> dict:

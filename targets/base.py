@@ -53,6 +53,10 @@ class Target:
     # False scores in a q8_0 linear before the scored kernel instead (the A/Bs of benchmarks/scored_ab.py)
     certified_scores: str = "int16"
     certified_in_kernel: bool = True
+    # threshold mode's input-sparse kernel against the dense one: its time per weight byte it reads over dense's, by
+    # storage (a `quantize=` kind, "fp32" unquantized; missing: 1.0). passes/sparsify_threshold.py keeps a block
+    # dense where (1 - effective sparsity) x this >= 1: skipping would not pay for the slower gathered reads
+    input_byte_cost: dict[str, float] = field(default_factory=dict)
     # whether a decoder's step is built to be captured whole in a graph (CUDA graphs: codegen/static_step.py adds
     # `step_graph`, every shape static and its inputs in fixed buffers that runtime/decoder.py owns)
     graph_capture: bool = False

@@ -73,13 +73,24 @@ def host() -> Target:
         # decode part (a) fp32 2.53x llama.cpp vs 1.89x reading every gate row (session 11)
         exact_gate="certified" if any(f in flags for f in CERTIFIED_GATE_FLAGS) else "dense",
         int8_axpy_kernels=gathered_int8_axpy(flags, vector_bits),
+        input_byte_cost=INPUT_BYTE_COST if "input" in gathered_int8_axpy(flags, vector_bits) else {},
     )
+
+
+# the integer input-sparse kernel (q4_0, gathered int8 axpys) over the dense one (streamed int8 dots) per byte read:
+# fitted to `threshold_step --kernels --threads 1` at SmolLM2-135M's 576 x 1536 (input / dense q4_1 time 0.77 at 50%
+# skipped, 0.51 at 70%: 1.3 per byte read plus ~12% of a block fixed; 1 thread, minima of interleaved rounds, UNDER
+# LOAD, BENCHMARKS.md session 13; a second run fitted 0.93 per byte plus ~26% fixed: both break even at 20-32% skipped).
+# So a block skipping less than 23% stays dense. The fixed part is left out of the
+# rule (measured at these dims only; as bytes it would keep every tiny block dense). fp32 / fp16 not measured: 1.0
+INPUT_BYTE_COST = {"int4": 1.3}
 
 
 def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:
     """The kernels whose quantized down projection takes the int8 dot on this host (`Target.int8_axpy_kernels`): on
     AVX512-VNNI the integer axpy reads split q4_0 rows' int8 coefficients from a per-step table (quant_axpy8.py), which
     makes it faster than the float lookup axpy for exact and indexed too (q4_0, 1 thread, interleaved: 0.86-0.97x the
-    time, BENCHMARKS.md session 11); elsewhere dense only (sessions 7-8). q4_1's gathered kernels follow untimed (the
-    FFN benchmark takes symmetric layouts only)."""
-    return ("dense", "exact", "indexed") if vector_bits == 512 and "avx512_vnni" in flags else ("dense",)
+    time, BENCHMARKS.md session 11), and for the input-sparse kernel, whose gate / up axpys then take it too: float,
+    it ran no faster at 50% skipped than dense at SmolLM2-135M's 576 x 1536 q4_0 (session 13); elsewhere dense only
+    (sessions 7-8). q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only)."""
+    return ("dense", "exact", "indexed", "input") if vector_bits == 512 and "avx512_vnni" in flags else ("dense",)

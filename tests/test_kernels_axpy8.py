@@ -195,14 +195,15 @@ def test_each_kernel_takes_the_down_projection_path_the_target_table_gives_it():
 
     host = targets.get("x86")
     # measured: integer pays for dense only (BENCHMARKS.md, session 8), on AVX512-VNNI with the coefficient table for
-    # exact and indexed too (session 11)
-    table = ("dense", "exact", "indexed") if host.vector_bits == 512 and "avx512_vnni" in host.features else ("dense",)
+    # exact and indexed too (session 11) and the input-sparse kernel (session 13)
+    table = (("dense", "exact", "indexed", "input") if host.vector_bits == 512 and "avx512_vnni" in host.features
+             else ("dense",))
     assert host.int8_axpy_kernels == table
     assert schedule_for(host).int8_axpy == table
     from actsparse.targets.x86 import gathered_int8_axpy
 
     assert gathered_int8_axpy({"avx2", "avx_vnni"}, 256) == ("dense",)  # no coefficient table on 256-bit VNNI
-    assert gathered_int8_axpy({"avx512f", "avx512_vnni"}, 512) == ("dense", "exact", "indexed")
+    assert gathered_int8_axpy({"avx512f", "avx512_vnni"}, 512) == ("dense", "exact", "indexed", "input")
     sched = detected_sched("vpdpbusd512")
     assert [k for k in AXPY_KERNELS if uses_int8_axpy("q4_0", sched, k)] == list(table)
     flipped = replace(host, int8_axpy_kernels=("exact", "indexed"))   # another target's table: followed as given

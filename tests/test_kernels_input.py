@@ -71,22 +71,33 @@ INPUT_ACTS = [("silu", "identity", "product"), ("gelu_tanh", "relu", "gate"), ("
 ragged = st.integers(1, 100).filter(lambda n: n % 32)
 
 
-def quant_input_reference(x, wg_t, wu_t, wd_t, x_thr, h_thr, gate_act, up_act, criterion):
-    """(out, scale, slack) of the input-sparse kernel in float64 on the dequantized weights."""
+# the activations' steepest slope (gelu_tanh's, 1.13; silu 1.10, relu / identity 1): an error e in a pre-activation
+# moves the activation by at most SLOPE * e
+SLOPE = 1.13
+
+
+def quant_input_reference(x, wg_t, wu_t, wd_t, x_thr, h_thr, gate_act, up_act, criterion, rounded=None):
+    """(out, scale, slack, err_h) of the input-sparse kernel in float64 on the dequantized weights; `rounded`: the
+    bounds (e_g, e_u) [M, n] of the gate / up sums' integer rounding (integer axpy), which widen the masks' margin
+    and the slack."""
     x, wg_t, wu_t, wd_t = (np.asarray(a, np.float64) for a in (x, wg_t, wu_t, wd_t))
     xs = np.where(np.abs(x) > x_thr, x, 0)
     gabs, uabs = np.abs(xs) @ np.abs(wg_t), np.abs(xs) @ np.abs(wu_t)
-    a = ir_act(gate_act, xs @ wg_t)
-    h = a * ir_act(up_act, xs @ wu_t)
-    score, err = (a, 4e-5 * gabs) if criterion == "gate" else (h, 4e-5 * gabs * (uabs + 1))
+    a, b = ir_act(gate_act, xs @ wg_t), ir_act(up_act, xs @ wu_t)
+    h = a * b
+    e_a, e_b = (np.zeros_like(h), np.zeros_like(h)) if rounded is None else (SLOPE * rounded[0], SLOPE * rounded[1])
+    err_h = e_a * (np.abs(b) + e_b) + np.abs(a) * e_b
+    score, err = (a, 4e-5 * gabs + e_a) if criterion == "gate" else (h, 4e-5 * gabs * (uabs + 1) + err_h)
     near = np.abs(np.abs(score) - h_thr) <= err + 1e-6
     out = np.where(np.abs(score) > h_thr, h, 0) @ wd_t
-    return out, (gabs * uabs) @ np.abs(wd_t), 1.01 * (np.abs(h) * near) @ np.abs(wd_t)
+    slack = 1.01 * ((np.abs(h) + err_h) * near + err_h) @ np.abs(wd_t)
+    return out, (gabs * uabs) @ np.abs(wd_t), slack, err_h
 
 
 def quant_input_calls(rng, d, n, dtype, gate_act, up_act, criterion, int8_axpy=False) -> list[Call]:
-    """int8_axpy: the kernel's down axpy rounds its coefficients to int8 (x86 VNNI, codegen/kernels/quant_axpy8.py):
-    its bound (tests/test_kernels_axpy8.py: `down_bound`, on the unmasked |h|) joins the slack."""
+    """int8_axpy: the kernel's axpys round their coefficients to int8 (x86 VNNI, codegen/kernels/quant_axpy8.py):
+    gate / up's bound (tests/test_kernels_axpy8.py: `down_bound`, on |x| kept) widens the masks' margin and joins
+    the slack through h, the down axpy's (on the unmasked |h| plus its error) joins the slack."""
     from actsparse.ir.quant import quantize
 
     from .axpy8_cases import down_bound
@@ -103,11 +114,13 @@ def quant_input_calls(rng, d, n, dtype, gate_act, up_act, criterion, int8_axpy=F
         else:
             x_thr = rng.uniform(0, 1.5, d).astype(np.float32)
             h_thr = rng.uniform(0, 1.0, n).astype(np.float32)
-        ref, scale, slack = quant_input_reference(x, wg, wu, wd, x_thr, h_thr, gate_act, up_act, criterion)
+        xs = np.where(np.abs(x) > x_thr, x, 0).astype(np.float64)
+        rounded = tuple(down_bound(np.abs(xs), q.blob, dtype, n) for q in qs[:2]) if int8_axpy else None
+        ref, scale, slack, err_h = quant_input_reference(x, wg, wu, wd, x_thr, h_thr, gate_act, up_act, criterion,
+                                                         rounded)
         if int8_axpy:
-            xs = np.where(np.abs(x) > x_thr, x, 0).astype(np.float64)
             h = ir_act(gate_act, xs @ wg) * ir_act(up_act, xs @ wu)
-            slack = slack + down_bound(np.abs(h), qs[2].blob, dtype, d)
+            slack = slack + down_bound(np.abs(h) + err_h, qs[2].blob, dtype, d)
         dead = ~(np.abs(x) > x_thr).any(0)
         blobs[0][dead], blobs[1][dead] = 0xFF, 0xFF   # a NaN scale in every block of a skipped channel's row
         calls.append(Call([x, *blobs, x_thr, h_thr, np.full((m, d), np.nan, np.float32)], ref, scale, dtype, slack))
@@ -174,3 +187,24 @@ def test_arm_quantized_input_sparse_kernels_match_the_dequantized_reference_unde
 def test_cuda_quantized_input_sparse_kernels_match_the_dequantized_reference_under_simt(d, n, seed):
     jobs = _quant_jobs("cuda", d, n, seed)
     check_quant(jobs, run_batch(simt_kernels([p for p, _ in jobs]), jobs))
+
+
+
+def test_the_integer_input_kernel_runs_its_axpys_on_vpdpbusd():
+    """Where the target's table gives "input" the integer axpy (x86 AVX512-VNNI) the kernel's axpys take vpdpbusd;
+    without it none does (the kernel has no row dots), and the two kernels' symbols differ. Gate / up and down are
+    the same macro over 96 columns here, so the three inlined axpys hold the same count each. Compiled only
+    (znver4): any host."""
+    import tvm
+
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    counts = {}
+    for table in (("input",), ()):
+        sched = CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512", int8_axpy=table)
+        prim = quant_input_kernel(96, 96, "q4_0", INPUT_ACTS[0], sched)
+        lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+        asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+        counts[table] = (asm.count("vpdpbusd\t"), str(prim.attrs["global_symbol"]))
+    (integer, sym_i), (floating, sym_f) = counts[("input",)], counts[()]
+    assert floating == 0 and integer >= 3 and integer % 3 == 0 and sym_i != sym_f, counts

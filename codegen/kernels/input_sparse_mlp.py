@@ -7,9 +7,13 @@ Buffers (semantics in `ir/input_sparse.py`):
 
 The weights may be float32 / float16 or a quantized layout (q8_0 / q4_0 / q4_1, `ir.quant`): a stored row is
 then a run of blocks along its columns (gate / up: 32 neurons per block; down: 32 output columns), which is
-exactly what the row-axpys stream, so the quantized axpy of `quant_blocks.py` serves all three matrices (the down
-one on integer dots where the target has them, `quant_axpy8.py`; gate / up stay float, so the masks see unrounded
-sums).
+exactly what the row-axpys stream, so the quantized axpy of `quant_blocks.py` serves all three matrices. Where the
+schedule gives this kernel the integer axpy (`CpuSchedule.integer_axpy("input")`, from the target's table) all
+three take it (`quant_axpy8.py`: a step's coefficients — x's kept values for gate / up, h for down — rounded to
+int8 per 32-column group, as the dense kernel rounds x for its row dots): at SmolLM2-135M's 576 x 1536 q4_0 the
+float axpy over half the rows cost as much as the dense kernel's integer dots over all of them (BENCHMARKS.md,
+session 13). The masks then see the rounded sums (a neuron within the rounding of its threshold may fall on
+either side, as with the dense kernel's rounded x).
 
 Per call:
   0) one pass over x lists the input channels some token keeps (|x[m, i]| > x_thr[i]) and their values
@@ -76,8 +80,8 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     sched_n, sched_d = sched.fitted(n_ff, dtype), sched.fitted(d, dtype)
     threads, zero = sched.threads, T.float32(0)
     mask_h = masked_h_macro(gate_act, up_act, criterion)
-    # the gate / up sums stay float (their rounding would move the threshold decisions); the down axpy may be integer
-    axpy_in, _ = axpy_macro(n_ff, dtype, sched_n, gathered=True)
+    # gate / up and down on the integer axpy where the schedule gives it to this kernel (module docstring)
+    axpy_in, _ = axpy_macro(n_ff, dtype, sched_n, gathered=True, kernel="input")
     axpy_down, _ = axpy_macro(d, dtype, sched_d, gathered=True, kernel="input")
     zero_n, zero_d = zero_columns_macro(n_ff, sched_n, dtype), zero_columns_macro(d, sched_d, dtype)
     Rn, Rd = sched_n.rows, sched_d.rows
