@@ -12,7 +12,8 @@ every projection; see their entries in ir/sparse_variants.py), what it scores, a
     *-greedy     input      TEAL's block-wise allocation: per block the x / h sparsity pair that skips s of its
                             bytes at the least output error (error curves measured per block)
     rotated-*    input      the block input first turned (x' = x·T, W' = W·T⁻ᵀ: LaRoSa's layer-wise rotation):
-                            into its principal axes on the calibration rows (rotated-wina-greedy), which gathers
+                            into its principal axes on half the calibration rows, its thresholds calibrated on the
+                            other half (rotation.crossfit_halves) (rotated-wina-greedy), which gathers
                             x's energy in few channels so magnitude sparsity drops less of it, or (rotated-metric-
                             wina-greedy) into axes that are uncorrelated AND whose weight columns are orthonormal
                             (rotation.BASES); T costs d² weights per token (stored as ROTATION_STORAGE says for the
@@ -34,7 +35,7 @@ from ..errors import ActsparseError
 from ..ir.activations import apply
 from ..ir.input_sparse import input_sparse_parts, keep_mask
 from .block_weights import BlockWeights
-from .rotation import rotate_blocks
+from .rotation import crossfit_halves, rotate_blocks
 from .sensitivity_allocation import pooled_budgets
 
 
@@ -79,7 +80,9 @@ MINORITY_TOKENS = 16         # calibration tokens needed on the smaller side of 
 # a rotated-* method turns a block only with at least this many calibration tokens per input channel: its basis
 # comes from the rows' covariance, and with fewer rows than channels (16 windows of 16 tokens for SmolLM2's 576)
 # the axes outside the rows' span hold no calibration energy, so their thresholds zero them all — 50% effective
-# sparsity calibrated, 9% measured on held-out text (BENCHMARKS.md, session 12)
+# sparsity calibrated, 9% measured on held-out text (BENCHMARKS.md, session 12). Since the thresholds are
+# calibrated on the other half of the rows (rotation.crossfit_halves) such axes no longer skew the sparsity, but a
+# basis from so few rows is still noise: the count is of the rows the basis is fitted on
 ROTATION_TOKENS_PER_CHANNEL = 2
 
 
@@ -120,6 +123,27 @@ def check_rows(rows: np.ndarray, sparsity: float, where: str) -> None:
     if len(rows) < needed:
         raise CalibrationError(f"calibration gave {len(rows)} tokens at {where}; sparsity {sparsity:g} needs at "
                                f"least {needed}: give more or longer calibration text")
+
+
+def enough_rows(rows: np.ndarray, sparsity: float) -> bool:
+    try:
+        check_rows(rows, sparsity, "")
+    except CalibrationError:
+        return False
+    return True
+
+
+def crossfit_rotation(blocks: list[BlockWeights], rows: list[np.ndarray], input_dims: list[int] | None,
+                      storage: str, basis: str, sensitivity: list[np.ndarray] | None = None):
+    """(rotate_blocks' tuple, the turned rows' sensitivity): each block's T fitted on the first half of its rows
+    and the turned rows the other half (rotation.crossfit_halves), so the curves, the rotate-or-not choice and the
+    thresholds of a turned block never see the rows its basis was fitted on."""
+    halves = [crossfit_halves(r) for r in rows]
+    turned = rotate_blocks(blocks, [h[1] for h in halves], input_dims, storage, basis,
+                           fit_rows=[h[0] for h in halves])
+    if sensitivity is None:
+        return turned, None
+    return turned, [g[len(f):len(f) + len(h)] for g, (f, h) in zip(sensitivity, halves)]
 
 
 def _scores(values: np.ndarray, norm: np.ndarray, weighted: bool) -> np.ndarray:
@@ -265,8 +289,9 @@ def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
     plain = _curves(blocks, rows, m, error_tokens, progress, sensitivity)
     if not m.rotate:
         return plain
-    turned, turned_rows, _, _, _ = rotate_blocks(blocks, rows, input_dims, basis=m.basis)
-    return _curves(turned, turned_rows, m, error_tokens, progress, sensitivity), plain
+    (turned, turned_rows, *_), turned_sensitivity = crossfit_rotation(blocks, rows, input_dims, "fp32", m.basis,
+                                                                       sensitivity)
+    return _curves(turned, turned_rows, m, error_tokens, progress, turned_sensitivity), plain
 
 
 def _curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method, error_tokens: int = 256,
@@ -310,20 +335,24 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
         curves = list(curves or _curves(blocks, rows, m, progress=progress, sensitivity=sensitivity))
     if m.rotate:
         dims = input_dims or [r.shape[1] for r in rows]
-        turned, turned_rows, qs, q_shares, q_turns = rotate_blocks(blocks, rows, input_dims, storage, m.basis)
+        (turned, turned_rows, qs, q_shares, q_turns), turned_sensitivity = crossfit_rotation(
+            blocks, rows, input_dims, storage, m.basis, sensitivity)
+        # enough rows to fit the basis on (ROTATION_TOKENS_PER_CHANNEL) and to calibrate on the other half
+        may_rotate = [len(r) - len(t) >= ROTATION_TOKENS_PER_CHANNEL * k and enough_rows(t, sparsity)
+                      for r, t, k in zip(rows, turned_rows, dims)]
         if m.greedy:
             turned_curves = turned_curves or _curves(turned, turned_rows, m, progress=progress,
-                                                     sensitivity=sensitivity)
+                                                     sensitivity=turned_sensitivity)
     if sensitivity is not None:
         def least(i: int, budget: float) -> float:
             errors = [_least(blocks[i], curves[i], budget)]
-            if m.rotate and budget + q_shares[i] <= MAX_LEVEL and len(rows[i]) >= ROTATION_TOKENS_PER_CHANNEL * dims[i]:
+            if m.rotate and budget + q_shares[i] <= MAX_LEVEL and may_rotate[i]:
                 errors.append(_least(turned[i], turned_curves[i], budget + q_shares[i]))
             return min(errors)
         targets = pooled_budgets([functools.partial(least, i) for i in range(len(blocks))], sparsity)
     if m.rotate:
         for i, share in enumerate(q_shares):
-            if targets[i] + share > MAX_LEVEL or len(rows[i]) < ROTATION_TOKENS_PER_CHANNEL * dims[i]:
+            if targets[i] + share > MAX_LEVEL or not may_rotate[i]:
                 continue
             if m.greedy:
                 mine, theirs = (least_error(turned[i], turned_curves[i], targets[i] + share),
