@@ -70,8 +70,9 @@ METHODS = {m.name: m for m in (
     Method("topk", "input", "product", weighted=True, fixed_count=True,
            doc="fixed count per token on x and h (WINA scores): stable latency"),
 )}
-# the best measured on the frontier (BENCHMARKS.md: SmolLM2-135M and Gemma 3 270M at 30-50%); it rotates only the
-# blocks where that lowers the calibrated error, so it is wina-greedy wherever rotating does not pay (e.g. int4)
+# the best measured on the frontier at *delivered* (held-out) sparsity (BENCHMARKS.md, session 13: SmolLM2-135M and
+# Gemma 3 270M at 30-50%, cross-fitted); it rotates only the blocks where that lowers the error measured off the
+# basis's fitting rows, so it is wina-greedy wherever rotating does not pay (e.g. int4)
 DEFAULT_METHOD = "rotated-wina-greedy"
 # a rotated-* method turns a block only with at least this many calibration tokens per input channel: its basis
 # comes from the rows' covariance, and with fewer rows than channels (16 windows of 16 tokens for SmolLM2's 576)
