@@ -74,14 +74,32 @@ def rotation_share(dims: int, bw: BlockWeights, storage: str = "fp32") -> float:
 
 
 def rotate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], input_dims: list[int] | None = None,
-                  storage: str = "fp32", basis: str = "pca"):
+                  storage: str = "fp32", basis: str = "pca", fit_rows: list[np.ndarray] | None = None):
     """(turned blocks, turned rows, T per block, T's share of each block's bytes, the weights' turn T⁻ᵀ per block)
     for the rotated-* methods; `storage`: how the block weights will be stored (fp32 or a `quantize=` value), which
-    prices T's share; `basis`: a key of BASES."""
+    prices T's share; `basis`: a key of BASES; `fit_rows`: the rows T is fitted on (default: `rows` themselves;
+    calibration passes the other half, see `crossfit_halves`)."""
     dims = input_dims or [r.shape[1] for r in rows]
-    rotations = [BASES[basis](r, b, k) for r, b, k in zip(rows, blocks, dims)]
+    fit_rows = rows if fit_rows is None else fit_rows
+    rotations = [BASES[basis](f, b, k) for f, b, k in zip(fit_rows, blocks, dims)]
     turns = [q if basis == "pca" else weight_turn(q) for q in rotations]   # pca: orthogonal, Q⁻ᵀ = Q
     turned = [rotated(b, r, q, s) for b, r, q, s in zip(blocks, rows, rotations, turns)]
     shares = [rotation_share(len(q), b, storage) for q, b in zip(rotations, blocks)]
     blocks, rows = [t[0] for t in turned], [t[1] for t in turned]
     return blocks, rows, rotations, shares, turns
+
+
+# the share of a block's calibration rows (the first ones, in text order) its rotation is fitted on; the rest
+# calibrate the thresholds and error curves of the turned block. A basis fitted on the rows it is calibrated on
+# underestimates their smallest components (a sample covariance's tail), so a quantile set to skip 50% there
+# skipped 38-42% of held-out bytes on Gemma 3 270M and SmolLM2-135M (BENCHMARKS.md, session 12)
+FIT_SHARE = 0.5
+
+
+def crossfit_halves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows a basis is fitted on, rows its thresholds are calibrated on): the first FIT_SHARE of the rows and the
+    rest. Calibration rows are in text order (calibrate.collect_inputs keeps them so, threshold_frontier collects
+    them window by window), so the halves are two stretches of text, split by window but for the one window the
+    cut falls in: no neighbouring tokens on both sides, as a split by row would have."""
+    cut = int(len(rows) * FIT_SHARE)
+    return rows[:cut], rows[cut:]

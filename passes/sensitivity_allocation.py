@@ -1,7 +1,7 @@
 """Budget allocation across blocks by the loss's sensitivity to each block's output (diagonal Fisher).
 
 The greedy methods spend the same budget in every block, split between x and h at the least *relative* output
-error (sparsity_methods.least_error): relative errors of different blocks are not comparable, so they cannot be
+error (greedy_allocation.least_error): relative errors of different blocks are not comparable, so they cannot be
 pooled (session 4: a pooled allocation of relative errors cost +46% perplexity on SmolLM2-135M). Weighting each
 block's squared output error per token and channel by g², g = ∂loss/∂(block output) on the calibration text (the
 diagonal of the empirical Fisher), puts every block's error in the same unit, an estimate of the loss increase:
@@ -11,7 +11,7 @@ diagonal of the empirical Fisher), puts every block's error in the same unit, an
 Then the blocks' budgets may differ: a multiple-choice knapsack over budgets s ± SPAN in steps of STEP, solved
 exactly by HiGHS through `scipy.optimize.milp` (as passes/hot_cold_solver.py does), keeps the mean at s
 (equal-size blocks: the model skips s of its MLP bytes) at the least summed error.
-The curves are sparsity_methods.error_curves with weights g². g needs a
+The curves are greedy_allocation.error_curves with weights g². g needs a
 backward pass of the model on the calibration text, which the numpy reference interpreter does not do: the
 sensitivities come from the torch model (passes/loss_sensitivity.py; compile_decoder's default for threshold mode,
 benchmarks/threshold_frontier's too); without a torch model (ONNX, a graph) every block keeps the same budget.

@@ -149,19 +149,20 @@ def test_greedy_allocation_spends_the_budget_where_errors_are_cheap():
 
 @pytest.mark.parametrize("name", ["teal", "wina", "teal-cats", "topk"])
 def test_error_curves_equal_the_level_by_level_block_errors(name):
-    from actsparse.passes.sparsity_methods import _dense_out, _error, error_curves, input_thresholds
+    from actsparse.passes.greedy_allocation import error_curves
+    from actsparse.passes.input_thresholds import dense_out, input_thresholds, relative_error
 
     rng = np.random.default_rng(3)
     d, n = 24, 48
     bw = BlockWeights(*(rng.standard_normal(s).astype(np.float32) / 4 for s in ((n, d), (n, d), (d, n))), "silu")
     rows = (rng.standard_normal((200, d)) * np.linspace(0.1, 3, d)).astype(np.float32)
     levels = np.arange(0, 0.951, 0.1)
-    m, dense = method(name), _dense_out(bw, rows)
+    m, dense = method(name), dense_out(bw, rows)
     cx, ch = error_curves(bw, rows, m, levels)
-    np.testing.assert_allclose(cx, [_error(bw, rows, dense, input_thresholds(bw, rows, m, lv, 0.0)) for lv in levels],
-                               rtol=1e-6)
-    np.testing.assert_allclose(ch, [_error(bw, rows, dense, input_thresholds(bw, rows, m, 0.0, lv)) for lv in levels],
-                               rtol=1e-6)
+    np.testing.assert_allclose(cx, [relative_error(bw, rows, dense, input_thresholds(bw, rows, m, lv, 0.0))
+                                    for lv in levels], rtol=1e-6)
+    np.testing.assert_allclose(ch, [relative_error(bw, rows, dense, input_thresholds(bw, rows, m, 0.0, lv))
+                                    for lv in levels], rtol=1e-6)
     assert cx[0] == ch[0] == 0.0 and cx[-1] > 0.01 and ch[-1] > 0.01   # the levels do cost
 
 
