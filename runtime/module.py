@@ -134,6 +134,7 @@ class CompiledModule:
         self._check_runnable()
         args = [self._to_device(np.ascontiguousarray(np.asarray(a).astype(np_dtype(t.dtype), copy=False)))
                 if isinstance(a, np.ndarray) else a for a, (_, t) in zip(inputs, self.inputs)]
+        args += inputs[len(self.inputs):]  # device buffers past main's inputs (step_graph's logits) as they are
         result = self._vm[function](*args, *self._weight_tensors)
         n = n_outputs or self.n_outputs
         return [result] if n == 1 else [result[i] for i in range(n)]
