@@ -1,6 +1,6 @@
 """Kernel launches per decode step on CUDA for a 7B-shape decoder, counted in TVM's lowered executable (no GPU).
 
-    python -m actsparse.benchmarks.cuda_step [--layers 32] [--mode exact] [--time]
+    python -m actsparse.benchmarks.cuda_step [--layers 32] [--mode exact] [--bytes] [--time]
 
 A 32-layer Llama-2/Mistral-7B-shape model is too large to build here for a count, and the count does not depend on
 the dims: every kernel of the step is one launch at any size except the MLP's (3 in exact mode at any size,
@@ -10,6 +10,12 @@ architecture (Llama with a ReLU MLP and grouped-query attention) are built for C
 two terms read off the two builds (codegen/step_launches.py). Printed for the decoder's two step functions:
 `step_graph` (codegen/static_step.py: one captured graph) and `step` (attention over the filled slots: several
 graphs with launches between them).
+
+`--bytes`: the bytes per token attention moves at Mistral-7B's attention dims (32 query heads of 128, 8 KV heads,
+32 layers, fp32 cache, max_seq 2048) for a token at position 100 and at 2000, read from the Relax module the CUDA
+build compiles (after TVM's pipeline: fused kernels, their argument tensors) for a 1-layer decoder of those dims:
+each step function over S slots (codegen/static_step.py's buckets) launches some kernels no other bucket has — the
+attention over its slots — and their arguments' bytes are counted, a cache argument as the S slots its slice reads.
 
 `--time`, only on a machine with an NVIDIA GPU and TVM (without one it says why and exits 0; `--require-gpu`: 2):
 a 4-layer decoder at hidden 1024 (Llama, ReLU MLP, GQA, fp32, exact mode, max_seq 256) built with
@@ -21,6 +27,7 @@ from both.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -81,6 +88,88 @@ def report(layers: int = LAYERS_7B, mode: str = "exact") -> dict[str, tuple[int,
     return at
 
 
+ATTENTION_7B = {"hidden": 4096, "heads": 32, "kv_heads": 8, "layers": 32, "max_seq": 2048}  # Mistral-7B's attention
+POSITIONS = (100, 2000)  # the tokens --bytes reports
+
+
+def bucket_attention_bytes(max_seq: int = ATTENTION_7B["max_seq"]) -> dict[str, tuple[int, int]]:
+    """{step function: (slots, bytes per layer of the kernels only it launches)} for a 1-layer CUDA decoder of
+    Mistral-7B's attention dims (module docstring: `--bytes`); no GPU, no nvcc (the Relax pipeline only)."""
+    import transformers
+    import tvm
+
+    from actsparse import targets
+    from actsparse.codegen.build import relax_module
+    from actsparse.codegen.cuda_pipeline import cuda_pipeline
+    from actsparse.codegen.static_step import bucket_function, bucket_slots
+    from actsparse.frontends.decoder_export import import_decoder
+
+    a = ATTENTION_7B
+    config = transformers.LlamaConfig(hidden_size=a["hidden"], num_hidden_layers=1, num_attention_heads=a["heads"],
+                                      num_key_value_heads=a["kv_heads"], intermediate_size=128, vocab_size=128,
+                                      max_position_embeddings=max_seq, pad_token_id=0, bos_token_id=None,
+                                      eos_token_id=None, hidden_act="relu")
+    graph, _ = import_decoder(transformers.LlamaForCausalLM(config).eval(), max_seq)
+    target = targets.get("cuda")
+    mod, _, _ = relax_module(graph, target)
+    with target.tvm_target(), tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": False}):
+        mod = cuda_pipeline(target.tvm_target())(mod)
+    functions = {bucket_function(s, max_seq): s for s in bucket_slots(max_seq)}
+    calls = {f: kernel_calls(mod, f) for f in functions}
+    shared = set.intersection(*({name for name, _ in c} for c in calls.values()))
+    return {f: (s, sum(_bytes(t, s, max_seq) for name, args in calls[f] if name not in shared for t in args))
+            for f, s in functions.items()}
+
+
+def kernel_calls(mod, function: str) -> list[tuple[str, list]]:
+    """(PrimFunc name, argument types) of every kernel call of a Relax function after TVM's pipeline, in order."""
+    import tvm
+    from tvm import relax
+
+    return [(b.value.op.name_hint, [arg.ty for arg in b.value.args]) for block in mod[function].body.blocks
+            for b in block.bindings if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.GlobalVar)
+            and isinstance(mod[b.value.op], tvm.tirx.PrimFunc)]
+
+
+def _bytes(ty, slots: int, max_seq: int) -> int:
+    """A tensor argument's bytes; a cache (a dim of max_seq: [1, kv_heads, max_seq, head_dim] or a view of it) counts
+    the `slots` its slice reads."""
+    import tvm
+    from tvm import relax
+
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        return 0
+    dims = [int(d) for d in ty.shape.values]
+    count = math.prod(dims) // max_seq * slots if max_seq in dims else math.prod(dims)
+    return count * tvm.DataType(ty.dtype).bits // 8
+
+
+def bytes_report(max_seq: int = ATTENTION_7B["max_seq"]) -> dict[int, float]:
+    """Prints and returns {position: attention MB per token at 32 layers} (module docstring: `--bytes`)."""
+    start = time.perf_counter()
+    per_bucket = bucket_attention_bytes(max_seq)
+    seconds = time.perf_counter() - start
+    layers = ATTENTION_7B["layers"]
+    print(f"\n**Attention bytes per token at Mistral-7B dims** (32 heads of 128, 8 KV heads, {layers} layers, fp32 "
+          f"cache, max_seq {max_seq}) — the bucket's own kernels in the lowered CUDA step ({seconds:.0f} s, load avg "
+          f"{os.getloadavg()[0]:.1f}); nothing timed\n")
+    print("| step function | slots | attention MB per layer | MB per token | positions |")
+    print("|---|---:|---:|---:|---|")
+    smaller = 0
+    for function, (slots, per_layer) in sorted(per_bucket.items(), key=lambda kv: kv[1][0]):
+        print(f"| {function} | {slots} | {per_layer / 1e6:.1f} | {per_layer * layers / 1e6:.0f} | "
+              f"{smaller}–{slots - 1} |")
+        smaller = slots
+    at = {}
+    for position in POSITIONS:
+        slots, per_layer = min((v for v in per_bucket.values() if v[0] > position), key=lambda v: v[0])
+        at[position] = per_layer * layers / 1e6
+        print(f"\nposition {position}: {slots} slots, {at[position]:.0f} MB per token", end="")
+    full = per_bucket["step_graph"][1] * layers / 1e6
+    print(f"\n\nevery step over all {max_seq} slots (before buckets): {full:.0f} MB per token")
+    return at
+
+
 def time_steps(require_gpu: bool = False) -> int:
     """`--time` (module docstring): µs per token through `step` and `step_graph`, interleaved; exit status."""
     import numpy as np
@@ -123,9 +212,13 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default="exact", help="compile mode (exact, dense, ...)")
     ap.add_argument("--time", action="store_true", help="on a GPU: time both step functions (module docstring)")
     ap.add_argument("--require-gpu", action="store_true", help="with --time: exit 2 when no GPU is here")
+    ap.add_argument("--bytes", action="store_true", help="attention bytes per token per bucket (module docstring)")
     args = ap.parse_args(argv)
     if args.time:
         return time_steps(args.require_gpu)
+    if args.bytes:
+        bytes_report()
+        return 0
     if args.layers < 1:
         print(f"--layers must be at least 1, got {args.layers}", file=sys.stderr)
         return 2

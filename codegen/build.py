@@ -77,6 +77,19 @@ def build(graph: Graph, target: Target):
     import tvm
 
     tvm_target = target.tvm_target()
+    mod, weight_order, static = relax_module(graph, target)
+    SETUP.get(target.kind, lambda: None)()
+    pipeline = PIPELINES.get(tvm_target.kind.name)
+    with tvm_target, _capturing(static):  # nvcc and dlight read the current target
+        executable = tvm.compile(mod, target=tvm_target,
+                                 relax_pipeline=pipeline(tvm_target) if pipeline else "default")
+    return executable, weight_order
+
+
+def relax_module(graph: Graph, target: Target):
+    """(the Relax module `build` compiles, weight names in parameter order, whether it has static steps)."""
+    import tvm
+
     bound, graphs = specializations(graph, target)
     mod, weight_order = lower_graph(graph, target, bound, graphs)
     for gv, func in list(mod.functions.items()):  # before legalization: only our own kernels are PrimFuncs here
@@ -86,12 +99,7 @@ def build(graph: Graph, target: Target):
             mod[gv] = returned_through_view(func).with_attr("num_input", 0)  # whole step is capturable
         elif isinstance(func, tvm.relax.Function):  # the parameters after the inputs are weights: fixed addresses
             mod[gv] = func.with_attr("num_input", len(graph.inputs))
-    SETUP.get(target.kind, lambda: None)()
-    pipeline = PIPELINES.get(tvm_target.kind.name)
-    with tvm_target, _capturing(bool(graphs)):  # nvcc and dlight read the current target
-        executable = tvm.compile(mod, target=tvm_target,
-                                 relax_pipeline=pipeline(tvm_target) if pipeline else "default")
-    return executable, weight_order
+    return mod, weight_order, bool(graphs)
 
 
 CUDA_GRAPH_OPTION = "relax.backend.use_cuda_graph"
