@@ -171,6 +171,34 @@ def bytes_report(max_seq: int = ATTENTION_7B["max_seq"]) -> dict[int, float]:
     return at
 
 
+def decode_variants(lm, prompt, tokens: int, rounds: int) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """({variant: median µs per token}, {variant: the ids it decoded}): greedy decoding of `tokens` ids after `prompt`
+    on one decoder three ways, interleaved `rounds` times: `step` (several graphs per step), `step_graph` in the
+    bucket holding the position (one graph) and `step_graph` over every max_seq slot (one graph; the buckets' gain
+    is the difference). The decoder is left as it was."""
+    import numpy as np
+
+    graph_step, buckets = lm.graph_step, list(lm._buckets)
+    variants = {"step": (False, buckets), "step_graph (buckets)": (True, buckets),
+                "step_graph (max_seq only)": (True, buckets[-1:])}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    decoded: dict[str, list[int]] = {}
+    try:
+        for _ in range(rounds):
+            for name, (graph, usable) in variants.items():
+                lm.graph_step, lm._buckets = graph, usable
+                state = lm.prefill(prompt)
+                out, start = [int(np.argmax(state.logits))], time.perf_counter()
+                for _ in range(tokens - 1):
+                    logits, state = lm.step(out[-1], state)
+                    out.append(int(np.argmax(logits)))
+                times[name].append((time.perf_counter() - start) / (tokens - 1) * 1e6)
+                decoded[name] = out
+    finally:
+        lm.graph_step, lm._buckets = graph_step, buckets
+    return {v: float(np.median(times[v])) for v in variants}, decoded
+
+
 def time_steps(require_gpu: bool = False) -> int:
     """`--time` (module docstring): µs per token through `step`, `step_graph` with its buckets and `step_graph` over
     max_seq only, interleaved; exit status."""
@@ -189,23 +217,7 @@ def time_steps(require_gpu: bool = False) -> int:
                                max_seq=t["max_seq"])
     prompt = np.arange(1, 9, dtype=np.int64).reshape(1, -1)
     buckets = list(lm._buckets)
-    # the same module three ways: `step` (several graphs per step), `step_graph` in the bucket holding the position
-    # (one graph), and `step_graph` over every max_seq slot (one graph; the buckets' gain is the difference)
-    variants = {"step": (False, buckets), "step_graph (buckets)": (True, buckets),
-                "step_graph (max_seq only)": (True, buckets[-1:])}
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    tokens: dict[str, list] = {}
-    for _ in range(t["rounds"]):
-        for name, (graph, usable) in variants.items():
-            lm.graph_step, lm._buckets = graph, usable
-            state = lm.prefill(prompt)
-            out, start = [int(np.argmax(state.logits))], time.perf_counter()
-            for _ in range(t["tokens"] - 1):
-                logits, state = lm.step(out[-1], state)
-                out.append(int(np.argmax(logits)))
-            times[name].append((time.perf_counter() - start) / (t["tokens"] - 1) * 1e6)
-            tokens[name] = out
-    median = {v: float(np.median(times[v])) for v in variants}
+    median, tokens = decode_variants(lm, prompt, t["tokens"], t["rounds"])
     print(f"\n**Decode step on {tvm.cuda(0).device_name}**: {t['layers']} layers, hidden {t['hidden']}, fp32, exact, "
           f"max_seq {t['max_seq']} (buckets {', '.join(str(b) for b, _ in buckets)} slots), positions "
           f"{prompt.shape[1]}–{prompt.shape[1] + t['tokens'] - 2}; median of {t['rounds']} x {t['tokens'] - 1} tokens "

@@ -198,6 +198,26 @@ def test_the_static_step_built_for_llvm_decodes_as_transformers():
         with torch.no_grad():
             ref = model(torch.tensor([[4, 8, 15, 16, 23][:state.position]])).logits[0, -1].numpy()
         np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-5)
+    # cuda_step --time's loop (run on a GPU only): step, step_graph in buckets 4/8/16, step_graph over 16 slots only
+    from actsparse.benchmarks.cuda_step import decode_variants
+
+    medians, decoded = decode_variants(lm, np.array([[5, 6]]), 8, 1)  # positions 2..8
+    with torch.no_grad():
+        want = model.generate(torch.tensor([[5, 6]]), max_new_tokens=8, do_sample=False)[0, 2:].tolist()
+    assert set(decoded) == set(medians) == {"step", "step_graph (buckets)", "step_graph (max_seq only)"}
+    assert all(out == want for out in decoded.values()), decoded
+    assert lm.graph_step and len(lm._buckets) == 3  # the decoder left as it was
+
+
+def test_the_attention_bytes_count_a_cache_argument_as_the_slots_a_bucket_reads():
+    """cuda_step --bytes: a tensor with a max_seq dim (the cache, or a view of it) counts only the bucket's slots."""
+    from tvm import relax
+
+    from actsparse.benchmarks.cuda_step import _bytes
+
+    assert _bytes(relax.TensorType((1, 8, 2048, 128), "float32"), 128, 2048) == 8 * 128 * 128 * 4
+    assert _bytes(relax.TensorType((8, 2048, 128), "float32"), 64, 2048) == 8 * 64 * 128 * 4
+    assert _bytes(relax.TensorType((1, 32, 128, 128), "float16"), 128, 2048) == 32 * 128 * 128 * 2
 
 
 def test_the_static_step_rewrite_fixes_the_slots_and_declines_replaced_states():
