@@ -104,6 +104,7 @@ def bucket_attention_bytes(max_seq: int = ATTENTION_7B["max_seq"]) -> dict[str, 
     from actsparse.codegen.cuda_pipeline import cuda_pipeline
     from actsparse.codegen.static_step import bucket_function, bucket_slots
     from actsparse.frontends.decoder_export import import_decoder
+    from actsparse.passes import pipeline_for, run_pipeline
 
     a = ATTENTION_7B
     config = transformers.LlamaConfig(hidden_size=a["hidden"], num_hidden_layers=1, num_attention_heads=a["heads"],
@@ -112,6 +113,7 @@ def bucket_attention_bytes(max_seq: int = ATTENTION_7B["max_seq"]) -> dict[str, 
                                       eos_token_id=None, hidden_act="relu")
     graph, _ = import_decoder(transformers.LlamaForCausalLM(config).eval(), max_seq)
     target = targets.get("cuda")
+    graph = run_pipeline(graph, pipeline_for("exact", target)).graph  # as compile() builds it (fuse-attention, ...)
     mod, _, _ = relax_module(graph, target)
     with target.tvm_target(), tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": False}):
         mod = cuda_pipeline(target.tvm_target())(mod)
