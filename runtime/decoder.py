@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codegen.static_step import STEP_GRAPH, bucket_function, bucket_slots
+from ..codegen.static_step import LOGITS, STEP_GRAPH, bucket_function, bucket_slots
 from ..errors import ArtifactError, DecodeInputError
 from ..ir.types import np_dtype
 from .module import CompiledModule
@@ -104,7 +104,9 @@ class Decoder:
         self.recomputes = [name for name, _ in module.inputs] == list(CALL_INPUTS[:1])  # no cache: the whole sequence
         # the module's one-token function (static shapes, codegen/build.py); artifacts built before it: main
         self._step_function = STEP_FUNCTION if module.runnable and module.has_function(STEP_FUNCTION) else "main"
-        self.graph_step = module.runnable and module.has_function(STEP_GRAPH)  # see the module docstring
+        # see the module docstring; an older step_graph without the logits buffer (artifacts) is left to `step`
+        self.graph_step = module.runnable and module.has_function(STEP_GRAPH) \
+            and LOGITS in module.function_params(STEP_GRAPH)
         # the static step's buckets, smallest first: (slots, function); step_graph itself spans max_seq
         self._buckets = [(s, bucket_function(s, spec.max_seq)) for s in sorted(bucket_slots(spec.max_seq))
                          if self.graph_step and module.has_function(bucket_function(s, spec.max_seq))]

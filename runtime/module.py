@@ -126,6 +126,11 @@ class CompiledModule:
         """Whether the compiled module has a function `name` beside `main` (a decoder's `step`)."""
         return self._vm is not None and self._vm.module.implements_function(name)
 
+    def function_params(self, name: str) -> list[str]:
+        """The parameter names of the compiled function `name` (its inputs, then the weights)."""
+        vm = self._vm.module
+        return [vm["get_function_param_name"](name, i) for i in range(vm["get_function_arity"](name))]
+
     def run_device(self, *inputs, function: str = "main", n_outputs: int | None = None) -> list:
         """Run `function` (default `main`) on numpy arrays or device tensors without converting the results back:
         a list of device tensors. Inputs already on the device are passed as they are (a KV cache written in place
