@@ -8,8 +8,9 @@ Steps, each a subprocess under its own share of the time budget, its output appe
  1. the machine: nvidia-smi, the torch and TVM builds, the GPU TVM's runtime finds, the load average;
  2. `ffn_cuda --require-gpu` (Mistral-7B dims, fp16 weights, 50 / 90 / 95% inactive): the roofline figures of the
     generated code, then exact / indexed / dense against cuBLAS fp16 (torch) with the device's copy bandwidth;
- 3. `cuda_step --time`: a 4-layer decoder's greedy decoding through `step` and through `step_graph` (one CUDA
-    graph per step), µs per token and the same tokens from both;
+ 3. `cuda_step --time`: a 4-layer decoder's greedy decoding through `step`, through `step_graph` in its max_seq
+    buckets (one CUDA graph per step, attention over the bucket's slots) and through `step_graph` over all max_seq
+    slots, µs per token and the same tokens from all three;
  4. `pytest -m gpu` on the test files with GPU tests: every CUDA kernel's numerics on the GPU, the decoder (plain
     and in CUDA graphs) against transformers, the hot/cold hybrid.
 Where TVM is not installed (the H200 image lent here has PyTorch and nvcc only; `--without-tvm` forces it), steps 2

@@ -14,9 +14,10 @@ static shapes for every op outside attention, so the VM no longer builds and che
 Each Relax function says how many of its parameters are inputs (`num_input`); the rest are weights, whose
 addresses do not change between calls. TVM's RewriteCUDAGraph (on with the PassContext option
 `relax.backend.use_cuda_graph`) needs that to capture the kernels reading weights in a CUDA graph. A target that
-captures a decode step (`Target.graph_capture`) also gets `step_graph` (codegen/static_step.py): every shape
-static and `num_input = 0`, its inputs held in fixed buffers by the runtime, so one graph captures the step; such
-a decoder is built with `relax.backend.use_cuda_graph` on unless the caller's PassContext sets it (False: no graphs).
+captures a decode step (`Target.graph_capture`) also gets `step_graph` and its smaller buckets `step_graph_S`
+(codegen/static_step.py): every shape static and `num_input = 0`, its inputs and the logits held in fixed buffers by
+the runtime, so one graph captures the step; such a decoder is built with `relax.backend.use_cuda_graph` on unless
+the caller's PassContext sets it (False: no graphs).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 from ..ir import Graph
 from ..targets import Target
 from .lower import lower_graph
-from .static_step import STEP_GRAPH, static_step
+from .static_step import returned_through_view, static_steps
 
 STEP = "step"  # the one-token function of a decoder's module (runtime/decoder.py calls it when present)
 OPAQUE = 8  # TVM's OpPatternKind kOpaque: FuseOps leaves such a PrimFunc alone
@@ -58,16 +59,16 @@ PIPELINES = {"llvm": _cpu_pipeline, "cuda": _cuda_pipeline}
 
 def specializations(graph: Graph, target: Target | None = None) -> tuple[dict[str, dict[str, int]], dict[str, Graph]]:
     """({function name: {symbolic dim: value}} to build beside `main`, {function name: the graph it computes where
-    not `graph`}): a decoder's one-token `step` (every target), and its static `step_graph` where the target
-    captures decode steps in a graph and the rewrite holds (codegen/static_step.py)."""
+    not `graph`}): a decoder's one-token `step` (every target), and its static `step_graph` functions (one per
+    bucket of slots) where the target captures decode steps in a graph and the rewrite holds
+    (codegen/static_step.py)."""
     first = graph.inputs[0] if graph.inputs else None
     bound, graphs = {}, {}
     if first is not None and first.attrs.get("name") == "input_ids" \
             and len(first.shape) == 2 and isinstance(first.shape[1], str):
         bound[STEP] = {first.shape[1]: 1}
-    static = static_step(graph) if target is not None and target.graph_capture else None
-    if static is not None:
-        graphs[STEP_GRAPH], bound[STEP_GRAPH] = static
+    for name, (step, dims) in (static_steps(graph) if target is not None and target.graph_capture else {}).items():
+        graphs[name], bound[name] = step, dims
     return bound, graphs
 
 
@@ -76,20 +77,29 @@ def build(graph: Graph, target: Target):
     import tvm
 
     tvm_target = target.tvm_target()
+    mod, weight_order, static = relax_module(graph, target)
+    SETUP.get(target.kind, lambda: None)()
+    pipeline = PIPELINES.get(tvm_target.kind.name)
+    with tvm_target, _capturing(static):  # nvcc and dlight read the current target
+        executable = tvm.compile(mod, target=tvm_target,
+                                 relax_pipeline=pipeline(tvm_target) if pipeline else "default")
+    return executable, weight_order
+
+
+def relax_module(graph: Graph, target: Target):
+    """(the Relax module `build` compiles, weight names in parameter order, whether it has static steps)."""
+    import tvm
+
     bound, graphs = specializations(graph, target)
     mod, weight_order = lower_graph(graph, target, bound, graphs)
     for gv, func in list(mod.functions.items()):  # before legalization: only our own kernels are PrimFuncs here
         if isinstance(func, tvm.tirx.PrimFunc):
             mod[gv] = func.with_attr("op_pattern", OPAQUE)
+        elif gv.name_hint in graphs:  # a static step: the runtime keeps every parameter in a fixed buffer, so the
+            mod[gv] = returned_through_view(func).with_attr("num_input", 0)  # whole step is capturable
         elif isinstance(func, tvm.relax.Function):  # the parameters after the inputs are weights: fixed addresses
-            # (step_graph's inputs too: the runtime keeps them in fixed buffers, so the whole step is capturable)
-            mod[gv] = func.with_attr("num_input", 0 if gv.name_hint == STEP_GRAPH else len(graph.inputs))
-    SETUP.get(target.kind, lambda: None)()
-    pipeline = PIPELINES.get(tvm_target.kind.name)
-    with tvm_target, _capturing(STEP_GRAPH in graphs):  # nvcc and dlight read the current target
-        executable = tvm.compile(mod, target=tvm_target,
-                                 relax_pipeline=pipeline(tvm_target) if pipeline else "default")
-    return executable, weight_order
+            mod[gv] = func.with_attr("num_input", len(graph.inputs))
+    return mod, weight_order, bool(graphs)
 
 
 CUDA_GRAPH_OPTION = "relax.backend.use_cuda_graph"

@@ -5,7 +5,7 @@
 K' and V' are the cache tensors themselves when K and V are their filled prefix `slice(cache){axis 2, 0:kv}`:
 the kernel reads kv slots from the mask's shape, so the prefix is never copied. Where the kernel does not apply
 — a family without it (CUDA), a float16 or float64 model — the op is lowered as the Relax ops it stands for
-(the KV heads repeated, matmuls, softmax): correct everywhere, no faster than before the pass.
+(matmuls per KV head over its query heads, softmax): correct everywhere, no copy of K or V per query head.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from tvm import relax
 
 from ..ir.attention import ATTENTION_ATTRS
+from ..ir.dims import mul
 from .context import TVM_DTYPES, lowering
 from .schedules import schedule_for
 
@@ -46,20 +47,33 @@ def _fill(attrs) -> float:
 
 
 def _composed(ctx, node, args):
-    """The Relax ops `attention` stands for (ir/attention.py)."""
+    """The Relax ops `attention` stands for (ir/attention.py). Grouped-query heads: each KV head's G query heads
+    are one [G*seq, head_dim] matrix against that head's keys and values (q and the probabilities reshaped, which
+    are views), so K and V are never copied once per query head: at Mistral-7B's 32 query and 8 KV heads the
+    repeated copies were 4x the slots' bytes, written and read again (BENCHMARKS.md, session 13)."""
     q, k, v, mask = args
     a = node.attrs
     kv = ctx.dim(node.inputs[3].shape[-1])
     # in bounds (kv <= the cache's slots, the runtime checks room): a shape of kv, not min(kv, slots), which the
     # mask's kv would not match (the scores' shape, then softmax's, would be unknown and fail to legalize)
     k, v = (R.strided_slice(x, axes=[2], begin=[0], end=[kv], assume_inbound=True) for x in (k, v))
-    group = node.inputs[0].shape[1] // node.inputs[1].shape[1]
-    if group > 1:
-        k, v = R.repeat(k, group, axis=1), R.repeat(v, group, axis=1)
+    b, heads, seq, head_dim = node.inputs[0].shape
+    kv_heads = node.inputs[1].shape[1]
+    group = heads // kv_heads if isinstance(heads, int) and isinstance(kv_heads, int) else 1
+    grouped = ctx.shape((b, kv_heads, mul(seq, group), head_dim))
+    if group > 1:  # [B, Hk*G, seq, D] -> [B, Hk, G*seq, D]: query head h uses KV head h // G, as repeat did
+        q = R.reshape(q, grouped)
     dtype = TVM_DTYPES[node.dtype]
-    s = R.multiply(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])), relax.const(a["scale"], dtype))
+    s = R.matmul(q, R.permute_dims(k, [0, 1, 3, 2]))
+    if group > 1:
+        s = R.reshape(s, ctx.shape((b, heads, seq, node.inputs[3].shape[-1])))
+    s = R.multiply(s, relax.const(a["scale"], dtype))
     if a["softcap"] > 0:
         cap = relax.const(a["softcap"], dtype)
         s = R.multiply(R.tanh(R.divide(s, cap)), cap)
     s = R.where(mask, s, relax.const(_fill(a), dtype)) if a["mask_kind"] == "select" else R.add(s, mask)
-    return R.matmul(R.nn.softmax(s, axis=-1), v)
+    p = R.nn.softmax(s, axis=-1)
+    if group == 1:
+        return R.matmul(p, v)
+    p = R.reshape(p, ctx.shape((b, kv_heads, mul(seq, group), node.inputs[3].shape[-1])))
+    return R.reshape(R.matmul(p, v), ctx.shape(node.shape))

@@ -15,12 +15,14 @@ same graph on one token, compiled as the module's `step` function (`seq` fixed t
 codegen/build.py) where the module has one, else `main`. A model that keeps no cache (BERT-style LM heads) is
 `main(input_ids[1, seq]) -> logits[1, 1, V]`: the state then holds the tokens so far and every call runs the whole
 sequence through `main`, as transformers' `generate` does for it. A module built for a target that captures decode
-steps in a graph (CUDA) has `step_graph` (codegen/static_step.py: static shapes, logits only, every parameter
-fixed), which a step calls instead: the decoder then owns the one KV cache and the step's input buffers (token,
-position, `filled`), allocated once and reused by every state (one generation at a time per decoder; a new
-prefill overwrites the cache), and copies each step's token and position into them before the call, so the
-captured graph replays on the same addresses. (Artifacts built before `filled` existed take
-`main(input_ids, pos, k0, ...)` and attend over every slot; they still load and decode.)
+steps in a graph (CUDA) has `step_graph` and its buckets `step_graph_S` (codegen/static_step.py: static shapes,
+attention over the first S slots, the logits written into a buffer, every parameter fixed), which a step calls
+instead, the smallest bucket holding its position: the decoder then owns the one KV cache, the step's input
+buffers (token, position, `filled` per bucket) and the logits buffer, allocated once and reused by every state
+(one generation at a time per decoder; a new prefill overwrites the cache), and copies each step's token and
+position into them before the call, so each bucket's captured graph replays on the same addresses. (Artifacts
+built before `filled` existed take `main(input_ids, pos, k0, ...)` and attend over every slot; they still load and
+decode.)
 
 An artifact of a decoder (kind "decoder") is a compiled module's artifact plus `decoder.json` (cache shapes,
 vocabulary, stop ids) and the tokenizer's own files under `tokenizer/` (never a pickle), all listed and hashed in
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codegen.static_step import STEP_GRAPH
+from ..codegen.static_step import LOGITS, STEP_GRAPH, bucket_function, bucket_slots
 from ..errors import ArtifactError, DecodeInputError
 from ..ir.types import np_dtype
 from .module import CompiledModule
@@ -67,6 +69,18 @@ class DecoderSpec:
                    tuple(d.get("eos_token_ids", ())), d.get("source", ""))
 
 
+@dataclass(frozen=True)
+class OwnedBuffers:
+    """The device buffers a static step (`step_graph`) reads and writes, at the addresses its graphs were captured
+    with: the KV cache, the token and position, `filled` per bucket (its length is the bucket's slots), the logits."""
+
+    caches: list
+    token: Any
+    pos: Any
+    filled: dict
+    logits: Any
+
+
 @dataclass
 class DecodeState:
     """The KV cache (device tensors, written in place) and the next position to write."""
@@ -90,8 +104,13 @@ class Decoder:
         self.recomputes = [name for name, _ in module.inputs] == list(CALL_INPUTS[:1])  # no cache: the whole sequence
         # the module's one-token function (static shapes, codegen/build.py); artifacts built before it: main
         self._step_function = STEP_FUNCTION if module.runnable and module.has_function(STEP_FUNCTION) else "main"
-        self.graph_step = module.runnable and module.has_function(STEP_GRAPH)  # see the module docstring
-        self._owned: tuple[list, list] | None = None  # (the cache, the step's input buffers), made once
+        # see the module docstring; an older step_graph without the logits buffer (artifacts) is left to `step`
+        self.graph_step = module.runnable and module.has_function(STEP_GRAPH) \
+            and LOGITS in module.function_params(STEP_GRAPH)
+        # the static step's buckets, smallest first: (slots, function); step_graph itself spans max_seq
+        self._buckets = [(s, bucket_function(s, spec.max_seq)) for s in sorted(bucket_slots(spec.max_seq))
+                         if self.graph_step and module.has_function(bucket_function(s, spec.max_seq))]
+        self._owned: OwnedBuffers | None = None  # made once, on the first static step
 
     @property
     def report(self):
@@ -104,7 +123,7 @@ class Decoder:
     # -- decoding ------------------------------------------------------------------------------------------
     def new_state(self) -> DecodeState:
         if self.graph_step:  # the decoder's own cache, at the addresses the captured step was recorded with
-            return DecodeState(list(self._owned_buffers()[0]))
+            return DecodeState(list(self._owned_buffers().caches))
         return DecodeState(self._zero_caches())
 
     def _zero_caches(self) -> list:
@@ -112,11 +131,24 @@ class Decoder:
         return [self.module.device_tensor(np.zeros(shape, dtypes.get(name, np.float32)))
                 for name, shape in self.spec.caches]
 
-    def _owned_buffers(self) -> tuple[list, list]:
+    def _owned_buffers(self) -> OwnedBuffers:
         if self._owned is None:
-            inputs = [np.zeros((1, 1), np.int64), np.zeros(1, np.int64), self._zeros]
-            self._owned = self._zero_caches(), [self.module.device_tensor(a) for a in inputs]
+            tensor = self.module.device_tensor
+            self._owned = OwnedBuffers(self._zero_caches(), tensor(np.zeros((1, 1), np.int64)),
+                                       tensor(np.zeros(1, np.int64)),
+                                       {s: tensor(self._zeros[:s]) for s, _ in self._buckets},
+                                       tensor(np.zeros((1, 1, self._logits_size()), np.float32)))
         return self._owned
+
+    def _logits_size(self) -> int:
+        """The logits' length: the graph's, where the module has it (an LM head may be wider than the embedding)."""
+        graph = self.module.graph
+        return graph.outputs[0].shape[-1] if graph is not None else self.spec.vocab_size
+
+    def step_function(self, position: int) -> tuple[int, str]:
+        """(slots, name) of the static step function that decodes the token at `position`: the smallest bucket whose
+        slots hold it (attention reads those slots of the cache)."""
+        return next(b for b in self._buckets if b[0] > position)
 
     def prefill(self, ids) -> DecodeState:
         """A fresh cache filled with the prompt `ids` ([1, n] or [n] ints); `.logits` predicts the next token."""
@@ -174,10 +206,11 @@ class Decoder:
             state.tokens.extend(int(t) for t in ids[0])
             out = self.module.run_device(np.array([state.tokens], np.int64))
         elif n == 1 and self.graph_step:
-            caches, (token, pos, filled) = self._owned_buffers()
-            token.copyfrom(ids)
-            pos.copyfrom(np.array([state.position], np.int64))
-            out = self.module.run_device(token, pos, filled, *caches, function=STEP_GRAPH, n_outputs=1)
+            owned, (slots, function) = self._owned_buffers(), self.step_function(state.position)
+            owned.token.copyfrom(ids)
+            owned.pos.copyfrom(np.array([state.position], np.int64))
+            out = self.module.run_device(owned.token, owned.pos, owned.filled[slots], *owned.caches, owned.logits,
+                                         function=function, n_outputs=1)
         else:
             filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
             out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches,

@@ -126,6 +126,11 @@ class CompiledModule:
         """Whether the compiled module has a function `name` beside `main` (a decoder's `step`)."""
         return self._vm is not None and self._vm.module.implements_function(name)
 
+    def function_params(self, name: str) -> list[str]:
+        """The parameter names of the compiled function `name` (its inputs, then the weights)."""
+        vm = self._vm.module
+        return [vm["get_function_param_name"](name, i) for i in range(vm["get_function_arity"](name))]
+
     def run_device(self, *inputs, function: str = "main", n_outputs: int | None = None) -> list:
         """Run `function` (default `main`) on numpy arrays or device tensors without converting the results back:
         a list of device tensors. Inputs already on the device are passed as they are (a KV cache written in place
@@ -134,6 +139,7 @@ class CompiledModule:
         self._check_runnable()
         args = [self._to_device(np.ascontiguousarray(np.asarray(a).astype(np_dtype(t.dtype), copy=False)))
                 if isinstance(a, np.ndarray) else a for a, (_, t) in zip(inputs, self.inputs)]
+        args += inputs[len(self.inputs):]  # device buffers past main's inputs (step_graph's logits) as they are
         result = self._vm[function](*args, *self._weight_tensors)
         n = n_outputs or self.n_outputs
         return [result] if n == 1 else [result[i] for i in range(n)]

@@ -116,43 +116,52 @@ def test_the_decode_step_is_ready_for_a_cuda_graph(decoder):
 
 
 def test_the_static_step_is_one_cuda_graph_and_its_launches_are_counted(decoder):
-    """The design (codegen/static_step.py): `step_graph` is one capture region holding every launch of the step
-    (embedding, norms, rotary, the cache writes, attention over all max_seq slots, the MLP's 3, the logits
-    projection); outside it, per step, only the copy producing the result and its one allocation (TVM leaves the
-    returned value's producer outside); nothing inside allocates or makes the host wait for the device."""
+    """The design (codegen/static_step.py): each bucket's `step_graph` function is one capture region holding every
+    launch of the step (embedding, norms, rotary, the cache writes, attention over the bucket's slots, the MLP's 3,
+    the logits projection and its write into the runtime's logits buffer); outside it, per step, no launch and no
+    allocation (the result leaves through `vm.builtin.reshape`, a view); nothing inside allocates or makes the host
+    wait for the device."""
     from actsparse.codegen.step_launches import ALLOC_STORAGE, step_launches
 
     lm, text = decoder
     fns = functions(text)
-    launches = step_launches(lm.module.executable)
-    print(f"step_graph: {len(launches.regions)} capture region, {launches.captured_launches} launches captured, "
-          f"{launches.outside_launches} outside ({', '.join(c for c, _ in launches.outside)}), "
-          f"{launches.allocations_outside} allocation per step")
-    assert launches.regions == ("step_graph_cuda_graph_capture",)
-    assert fns["step_graph"].count("vm.builtin.cuda_graph.run_or_capture") == 1
-    assert launches.outside_launches == 1 and launches.allocations_outside == 1
-    assert ALLOC_STORAGE not in fns["step_graph_cuda_graph_capture"]
-    assert not any(c in HOST_SYNCS for c in fns["step_graph"] + fns["step_graph_cuda_graph_capture"])
-    captured = dict(launches.captured)
-    mlp = [c for c in captured if c.startswith("actsparse_cuda_gmlp_exact")]
-    linears = [c for c, _ in launches.captured if c.startswith("actsparse_cuda_linear")]
-    assert len(mlp) == 1 and captured[mlp[0]] == 3  # exact mode: 3 launches per MLP (issue 18)
-    assert len(linears) == 5 and "n128" in linears[-1]  # q, k, v, o and the logits projection: all captured
-    assert sum(c.startswith("index_copy") for c, _ in launches.captured) == 2  # K and V written inside the graph
-    assert any(c.startswith("softmax") for c in captured)  # attention (over max_seq slots: static) inside too
-    # tiny Llama: 31 launches in the graph at one layer, 56 at two: 25 per layer + 6 once per step (embedding,
-    # rotary tables, final norm, logits); the launches by call are in the assertion message when this changes
-    assert launches.captured_launches == CAPTURED_LAUNCHES_ONE_LAYER, launches.captured
+    assert sorted(f for f in fns if f.startswith("step_graph") and "capture" not in f) == sorted(BUCKETS_MAX_SEQ_16)
+    for function in BUCKETS_MAX_SEQ_16:
+        launches = step_launches(lm.module.executable, function)
+        print(f"{function}: {len(launches.regions)} capture region, {launches.captured_launches} launches captured, "
+              f"{launches.outside_launches} outside, {launches.allocations_outside} allocations per step")
+        region = function + "_cuda_graph_capture"
+        assert launches.regions == (region,)
+        assert fns[function].count("vm.builtin.cuda_graph.run_or_capture") == 1
+        assert launches.outside == () and launches.allocations_outside == 0  # the logits too: inside the graph
+        assert fns[function][-2:] == ["vm.builtin.reshape", "vm.builtin.null_value"]  # the view returned
+        assert ALLOC_STORAGE not in fns[region]
+        assert not any(c in HOST_SYNCS for c in fns[function] + fns[region])
+        captured = dict(launches.captured)
+        mlp = [c for c in captured if c.startswith("actsparse_cuda_gmlp_exact")]
+        linears = [c for c, _ in launches.captured if c.startswith("actsparse_cuda_linear")]
+        assert len(mlp) == 1 and captured[mlp[0]] == 3  # exact mode: 3 launches per MLP (issue 18)
+        assert len(linears) == 5 and "n128" in linears[-1]  # q, k, v, o and the logits projection: all captured
+        writes = [c for c, _ in launches.captured if c.startswith("index_copy")]
+        cache, logits = "index_copy_2_16_16_float32_inplace_gpu256", "index_copy_1_1_128_float32_inplace_gpu256"
+        assert writes == [cache, cache, logits]
+        assert launches.captured[-1][0] == writes[-1]  # K, V, then the logits written in place, last
+        assert any(c.startswith("softmax") for c in captured)  # attention (over the bucket's slots: static) inside
+        # tiny Llama: 32 launches in the graph at one layer, 57 at two: 25 per layer + 7 once per step (embedding,
+        # rotary tables, final norm, logits and their write); a smaller bucket 1 more per layer (V's slots sliced:
+        # over all max_seq slots the slice is the cache itself); the launches by call are in the message if it changes
+        assert launches.captured_launches == CAPTURED_LAUNCHES_ONE_LAYER[function], launches.captured
 
 
-CAPTURED_LAUNCHES_ONE_LAYER = 31
+CAPTURED_LAUNCHES_ONE_LAYER = {"step_graph": 32, "step_graph_8": 33, "step_graph_4": 33}
+BUCKETS_MAX_SEQ_16 = ["step_graph", "step_graph_8", "step_graph_4"]  # slots 16 (max_seq), 8, 4
 
 
 def test_a_7b_steps_launches_are_the_tiny_builds_extrapolated_per_layer():
     """benchmarks/cuda_step.py: (regions, captured, outside) at 1 and 2 layers -> at 32 layers, once + per layer."""
     from actsparse.benchmarks.cuda_step import extrapolate
 
-    assert extrapolate((1, 31, 1), (1, 56, 1), 32) == (1, 806, 1)
+    assert extrapolate((1, 32, 0), (1, 57, 0), 32) == (1, 807, 0)
     assert extrapolate((6, 31, 13), (6, 43, 23), 1) == (6, 31, 13)
 
 
@@ -171,29 +180,83 @@ def test_the_static_step_built_for_llvm_decodes_as_transformers():
     lm = actsparse.compile(model, target=dataclasses.replace(targets.get("x86"), graph_capture=True), mode="exact",
                            max_seq=16)
     assert lm.graph_step and lm.module.has_function("step_graph")
-    for prompt, new in (([5, 6, 7, 9, 11, 3], 10), ([1, 2], 6)):
+    assert lm._buckets == [(4, "step_graph_4"), (8, "step_graph_8"), (16, "step_graph")]  # max_seq 16 halved
+    called = []
+    run_device = lm.module.run_device
+    lm.module.run_device = lambda *a, **k: called.append(k.get("function", "main")) or run_device(*a, **k)
+    # across bucket boundaries: positions 6..14 (slots 8, then 16) and 2..6 (slots 4, then 8)
+    for prompt, new, functions in (([5, 6, 7, 9, 11, 3], 10, ["step_graph_8"] * 2 + ["step_graph"] * 7),
+                                   ([1, 2], 6, ["step_graph_4"] * 2 + ["step_graph_8"] * 3)):
         ids = torch.tensor([prompt])
         with torch.no_grad():
             want = model.generate(ids, max_new_tokens=new, do_sample=False)
+        called.clear()
         assert lm.generate(ids, max_new_tokens=new).tolist() == want.tolist()
+        assert called == ["main", *functions]  # prefill, then one step per new token but the last
     state = lm.prefill(np.array([[4, 8]]))
     for token in (15, 16, 23):
         logits, state = lm.step(token, state)
         with torch.no_grad():
             ref = model(torch.tensor([[4, 8, 15, 16, 23][:state.position]])).logits[0, -1].numpy()
         np.testing.assert_allclose(logits, ref, rtol=1e-4, atol=1e-5)
+    # cuda_step --time's loop (run on a GPU only): step, step_graph in buckets 4/8/16, step_graph over 16 slots only
+    from actsparse.benchmarks.cuda_step import decode_variants
+
+    medians, decoded = decode_variants(lm, np.array([[5, 6]]), 8, 1)  # positions 2..8
+    with torch.no_grad():
+        want = model.generate(torch.tensor([[5, 6]]), max_new_tokens=8, do_sample=False)[0, 2:].tolist()
+    assert set(decoded) == set(medians) == {"step", "step_graph (buckets)", "step_graph (max_seq only)"}
+    assert all(out == want for out in decoded.values()), decoded
+    assert lm.graph_step and len(lm._buckets) == 3  # the decoder left as it was
+
+
+def test_the_static_step_through_cudas_attention_lowering_decodes_as_transformers(monkeypatch):
+    """The attention CUDA builds (the Relax ops `attention` stands for: grouped query heads against their KV head,
+    no copy per query head), here built for llvm with `graph_capture` by taking the CPU kernel away: greedy
+    decoding across the buckets 4 -> 8 equals transformers token for token."""
+    import dataclasses
+
+    import actsparse
+    from actsparse import targets
+    from actsparse.codegen.kernels import FAMILIES
+
+    monkeypatch.setitem(FAMILIES, "CpuSchedule", {k: v for k, v in FAMILIES["CpuSchedule"].items() if k != "attention"})
+    model = tiny_llama()  # 4 query heads, 2 KV heads
+    lm = actsparse.compile(model, target=dataclasses.replace(targets.get("x86"), graph_capture=True), mode="exact",
+                           max_seq=16)
+    assert lm.module.report.pass_stats["fuse-attention"] == {"attention": 1}
+    ids = torch.tensor([[1, 2, 9]])
+    with torch.no_grad():
+        want = model.generate(ids, max_new_tokens=7, do_sample=False)
+    assert lm.generate(ids, max_new_tokens=7).tolist() == want.tolist()
+
+
+def test_the_attention_bytes_count_a_cache_argument_as_the_slots_a_bucket_reads():
+    """cuda_step --bytes: a tensor with a max_seq dim (the cache, or a view of it) counts only the bucket's slots."""
+    from tvm import relax
+
+    from actsparse.benchmarks.cuda_step import _bytes
+
+    assert _bytes(relax.TensorType((1, 8, 2048, 128), "float32"), 128, 2048) == 8 * 128 * 128 * 4
+    assert _bytes(relax.TensorType((8, 2048, 128), "float32"), 64, 2048) == 8 * 64 * 128 * 4
+    assert _bytes(relax.TensorType((1, 32, 128, 128), "float16"), 128, 2048) == 32 * 128 * 128 * 2
 
 
 def test_the_static_step_rewrite_fixes_the_slots_and_declines_replaced_states():
     """static_step on tiny Llama's decoding graph: one token, kv = max_seq, the logits only; a graph whose cache
     output is not written in place (a state the call replaces) keeps only `step`."""
-    from actsparse.codegen.static_step import static_step
+    from actsparse.codegen.static_step import static_step, static_steps
     from actsparse.frontends.decoder_export import import_decoder
     from actsparse.ir import Graph
 
     graph, _ = import_decoder(tiny_llama(), 16)
     step, bound = static_step(graph)
-    assert bound == {"kv": 16, "seq": 1} and step.outputs == graph.outputs[:1] and step.inputs == graph.inputs
+    assert bound == {"kv": 16, "seq": 1} and step.inputs[:-1] == graph.inputs
+    (write,) = step.outputs  # the logits, written into the runtime's buffer (the step's last input)
+    assert write.op == "index_copy" and write.inputs[0] is step.inputs[-1] and write.inputs[2] is graph.outputs[0]
+    assert step.inputs[-1].attrs["name"] == "logits" and step.inputs[-1].shape == (1, 1, 128)
+    assert {name: b["kv"] for name, (_, b) in static_steps(graph).items()} == {"step_graph": 16, "step_graph_8": 8,
+                                                                                "step_graph_4": 4}
     replaced = Graph(graph.inputs, (*graph.outputs[:2], graph.outputs[2].inputs[2]), graph.weights, graph.name)
     assert static_step(replaced) is None
 
