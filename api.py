@@ -183,7 +183,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     predictor_options = predictor_options or {}
     lossy_calibration = None if memory_budget is not None and mode not in LOSSY_MODES else calibration
     _lossy_options(mode, lossy_calibration, sparsity, method, predictor_options)  # bad options fail before the import
-    graph, caches = import_decoder(model, max_seq)
+    graph, caches, recomputes_because = import_decoder(model, max_seq)
     one_token = graph.inputs[0].type.shape[1] == 1  # exported for one token at a time (frontends/decoder_export.py)
     if one_token and calibration is not None:
         raise ActsparseError(f"{type(model).__name__} decodes one token per call (its forward computes sizes from "
@@ -217,8 +217,11 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
                            progress)
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
-                       source if isinstance(source, str) else type(model).__name__)
-    return Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
+                       source if isinstance(source, str) else type(model).__name__, recomputes_because)
+    lm = Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
+    if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
+        module.report.notes.append(lm.decoding_note)
+    return lm
 
 
 def _fisher_weights(model, options: dict, progress: Steps) -> list | None:

@@ -191,7 +191,7 @@ def test_the_static_step_rewrite_fixes_the_slots_and_declines_replaced_states():
     from actsparse.frontends.decoder_export import import_decoder
     from actsparse.ir import Graph
 
-    graph, _ = import_decoder(tiny_llama(), 16)
+    graph, _, _ = import_decoder(tiny_llama(), 16)
     step, bound = static_step(graph)
     assert bound == {"kv": 16, "seq": 1} and step.outputs == graph.outputs[:1] and step.inputs == graph.inputs
     replaced = Graph(graph.inputs, (*graph.outputs[:2], graph.outputs[2].inputs[2]), graph.weights, graph.name)
