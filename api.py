@@ -176,8 +176,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
     embeddings = model.get_input_embeddings()
     if not hasattr(embeddings, "num_embeddings"):  # e.g. MusicGen: one table per audio codebook
-        raise ActsparseError(f"{type(model).__name__} embeds tokens with a {type(embeddings).__name__}, not one "
-                             "embedding table; decoding takes text decoders with one token vocabulary")
+        raise ActsparseError(_not_one_token_stream(model, embeddings))
     vocab = int(embeddings.num_embeddings)
     calibration = None if calibration is None else list(calibration)
     predictor_options = predictor_options or {}
@@ -222,6 +221,19 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)
     return lm
+
+
+def _not_one_token_stream(model, embeddings) -> str:
+    """Why a model that embeds tokens with several tables (or none) cannot keep a decoder's contract."""
+    name = type(model).__name__
+    children = embeddings.children() if hasattr(embeddings, "children") else ()
+    tables = [m for m in children if hasattr(m, "num_embeddings")]
+    if len(tables) > 1:  # MusicGen: [batch × codebooks, seq] ids, a token per codebook each step, delayed per codebook
+        return (f"{name} embeds {len(tables)} codebooks, one table each (ids [batch × {len(tables)} codebooks, seq], "
+                "a token per codebook per step); a decoder's generate takes one token stream (ids [1, n] -> [1, n + "
+                "new]): use transformers' generate for it")
+    return (f"{name} embeds tokens with a {type(embeddings).__name__}, not one embedding table; decoding takes "
+            "text decoders with one token vocabulary")
 
 
 def _fisher_weights(model, options: dict, progress: Steps) -> list | None:

@@ -42,7 +42,7 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
         with quiet_transformers():
             specs, own_cache = cache_specs(model, max_seq)
     except FrontendError as err:  # a cache holding what decoding cannot carry (DeepSeek-V4's compressor buffers)
-        return _recompute_instead(model, err), [], _refused(err, "its cache cannot be carried")
+        return _recompute_instead(model, err), [], _refused(err, CACHE_REFUSED)
     if not specs:
         return _recompute_graph(model), specs, NO_CACHE
     # the one-token branch only (see cache_layers.py, model_states.py)
@@ -55,7 +55,7 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
             errors.append(err)
     # the first error, unless it is a size read off a value, which the later variants exist to avoid: then theirs
     cached = next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
-    return _recompute_instead(model, cached), [], _refused(cached, "its cached forward exports in no variant")
+    return _recompute_instead(model, cached), [], _refused(cached, NO_VARIANT)
 
 
 def _recompute_instead(model: nn.Module, cached: FrontendError) -> Graph:
@@ -69,7 +69,10 @@ def _recompute_instead(model: nn.Module, cached: FrontendError) -> Graph:
         raise FrontendError(f"{cached}; without its cache: {uncached}") from cached
 
 
+# why a decoder recomputes (the start of `recomputes_because`)
 NO_CACHE = "the model keeps no KV cache (its attention may see later positions, as BERT-style LM heads' does)"
+CACHE_REFUSED = "its cache cannot be carried"
+NO_VARIANT = "its cached forward exports in no variant"
 REASON_CHARS = 300  # of the refusing error in a report note: its first sentence, not export's hints
 
 

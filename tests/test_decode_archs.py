@@ -96,6 +96,18 @@ def test_a_cache_layer_with_buffers_of_its_own_is_one_clear_error():
         actsparse.compile(build_tiny("deepseek_v4"), max_seq=16)
 
 
+def test_a_model_of_several_codebooks_is_one_clear_error():
+    """MusicGen embeds one table per audio codebook (ids [batch × codebooks, seq], a token per codebook each step):
+    not the one token stream a decoder's generate keeps, said before any export."""
+    from actsparse.errors import ActsparseError
+    from actsparse.scripts.arch_table import build_tiny
+
+    model = build_tiny("musicgen")
+    codebooks = model.config.num_codebooks
+    with pytest.raises(ActsparseError, match=rf"embeds {codebooks} codebooks.*one token stream"):
+        actsparse.compile(model, max_seq=16)
+
+
 def test_a_model_exported_with_the_cache_length_as_a_size_still_decodes(monkeypatch):
     """The `seen_from_shapes` export variant (for forwards such as MPT's that slice a bias table by the cache's
     length: get_seq_length reports kv - seq, a size, instead of the `pos` value) on a tiny Llama: greedy decoding
