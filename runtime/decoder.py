@@ -115,9 +115,9 @@ class Decoder:
         """For a decoder that recomputes: why, and what a step costs ("" for one with its cache)."""
         if not self.recomputes:
             return ""
-        why = self.spec.recomputes_because or "the artifact does not say why (built before decoders recorded it)"
-        return (f"decoding recomputes without a KV cache: {why}; each step runs a forward over the whole sequence so "
-                "far, so a token costs about as much as a prefill of that length")
+        why = self.spec.recomputes_because or "of a reason this artifact does not record (built before decoders did)"
+        return (f"decoding recomputes, without a KV cache, because {why}; each step runs a forward over the whole "
+                "sequence so far, so a token costs about as much as a prefill of that length")
 
     # -- decoding ------------------------------------------------------------------------------------------
     def new_state(self) -> DecodeState:
