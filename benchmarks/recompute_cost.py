@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 import warnings
 from unittest import mock
 
@@ -33,18 +32,6 @@ def decoders(max_seq: int):
     return cached, recomputing
 
 
-def steps_per_second(lm, prompt, steps: int) -> float:
-    import numpy as np
-
-    state = lm.prefill(prompt)
-    token = int(np.argmax(state.logits))
-    start = time.perf_counter()
-    for _ in range(steps):
-        logits, state = lm.step(token, state)
-        token = int(np.argmax(logits))
-    return steps / (time.perf_counter() - start)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="16,64,112", help="generation lengths, comma-separated")
@@ -52,6 +39,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import numpy as np
     import torch
+
+    from actsparse.runtime.bench import _decode_rate  # what `actsparse bench` times: steps/s after a prefill
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -62,8 +51,8 @@ def main(argv=None) -> int:
     for steps in lengths:
         rates = {"kv-cache": [], "recompute": []}
         for _ in range(args.repeats):  # interleaved: both see the same load
-            rates["kv-cache"].append(steps_per_second(cached, prompt, steps))
-            rates["recompute"].append(steps_per_second(recomputing, prompt, steps))
+            rates["kv-cache"].append(_decode_rate(cached, prompt, steps, 1))
+            rates["recompute"].append(_decode_rate(recomputing, prompt, steps, 1))
         kv, re = (statistics.median(rates[k]) for k in ("kv-cache", "recompute"))
         print(f"{steps:4d} steps after an 8-token prompt: kv-cache {kv:8.1f} steps/s, recompute {re:8.1f} steps/s, "
               f"kv-cache {kv / re:.2f}x (load average {os.getloadavg()[0]:.1f})", flush=True)
