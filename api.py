@@ -216,7 +216,8 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
                            progress)
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
-                       source if isinstance(source, str) else type(model).__name__, recomputes_because)
+                       source if isinstance(source, str) else type(model).__name__,
+                       recomputes_because=recomputes_because)
     lm = Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)

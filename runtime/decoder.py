@@ -68,7 +68,8 @@ class DecoderSpec:
     @classmethod
     def from_dict(cls, d: dict) -> DecoderSpec:
         return cls(int(d["max_seq"]), int(d["vocab_size"]), tuple((c["name"], tuple(c["shape"])) for c in d["caches"]),
-                   tuple(d.get("eos_token_ids", ())), d.get("source", ""), str(d.get("recomputes_because", "")))
+                   tuple(d.get("eos_token_ids", ())), d.get("source", ""),
+                   recomputes_because=str(d.get("recomputes_because", "")))
 
 
 @dataclass
