@@ -176,14 +176,13 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
     embeddings = model.get_input_embeddings()
     if not hasattr(embeddings, "num_embeddings"):  # e.g. MusicGen: one table per audio codebook
-        raise ActsparseError(f"{type(model).__name__} embeds tokens with a {type(embeddings).__name__}, not one "
-                             "embedding table; decoding takes text decoders with one token vocabulary")
+        raise ActsparseError(_not_one_token_stream(model, embeddings))
     vocab = int(embeddings.num_embeddings)
     calibration = None if calibration is None else list(calibration)
     predictor_options = predictor_options or {}
     lossy_calibration = None if memory_budget is not None and mode not in LOSSY_MODES else calibration
     _lossy_options(mode, lossy_calibration, sparsity, method, predictor_options)  # bad options fail before the import
-    graph, caches = import_decoder(model, max_seq)
+    graph, caches, recomputes_because = import_decoder(model, max_seq)
     one_token = graph.inputs[0].type.shape[1] == 1  # exported for one token at a time (frontends/decoder_export.py)
     if one_token and calibration is not None:
         raise ActsparseError(f"{type(model).__name__} decodes one token per call (its forward computes sizes from "
@@ -217,8 +216,25 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
                            progress)
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
-                       source if isinstance(source, str) else type(model).__name__)
-    return Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
+                       source if isinstance(source, str) else type(model).__name__,
+                       recomputes_because=recomputes_because)
+    lm = Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
+    if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
+        module.report.notes.append(lm.decoding_note)
+    return lm
+
+
+def _not_one_token_stream(model, embeddings) -> str:
+    """Why a model that embeds tokens with several tables (or none) cannot keep a decoder's contract."""
+    name = type(model).__name__
+    children = embeddings.children() if hasattr(embeddings, "children") else ()
+    tables = [m for m in children if hasattr(m, "num_embeddings")]
+    if len(tables) > 1:  # MusicGen: [batch × codebooks, seq] ids, a token per codebook each step, delayed per codebook
+        return (f"{name} embeds {len(tables)} codebooks, one table each (ids [batch × {len(tables)} codebooks, seq], "
+                "a token per codebook per step); a decoder's generate takes one token stream (ids [1, n] -> [1, n + "
+                "new]): use transformers' generate for it")
+    return (f"{name} embeds tokens with a {type(embeddings).__name__}, not one embedding table; decoding takes "
+            "text decoders with one token vocabulary")
 
 
 def _fisher_weights(model, options: dict, progress: Steps) -> list | None:

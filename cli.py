@@ -237,6 +237,8 @@ def _generate(args) -> int:
     rate = f"{(tokens - 1) / seconds:.1f} tokens/s" if tokens > 1 and seconds > 0 else "too few steps to time"
     print(f"-- {tokens} new tokens, decode {rate} (mode {lm.report.mode}, after a {len(args.prompt)}-character "
           "prompt's prefill)")
+    if lm.decoding_note:
+        print(f"-- note: {lm.decoding_note}")
     return 0
 
 

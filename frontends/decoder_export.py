@@ -1,13 +1,14 @@
 """The decoding graph of a transformers causal LM through torch.export: `import_decoder`.
 
-    graph, caches = import_decoder(model, max_seq)
+    graph, caches, recomputes_because = import_decoder(model, max_seq)
 
 The model is wrapped as kv_cache.py describes (`KVCachedLM`: the KV cache as explicit inputs and outputs) and
 exported with the token count `seq` and the filled length `kv` as symbolic dims, called each way of
 EXPORT_VARIANTS until one imports; the graph's inputs are then named as the runtime binds them (input_ids, pos,
 filled, k0, v0, ...) and each cache's filled prefix is read as a slice. A model that keeps no cache at all, or
 whose cached forward exports in no variant, is imported as `graph(input_ids) -> last logits`, run on the whole
-sequence each step (`_recompute_graph`).
+sequence each step (`_recompute_graph`); `recomputes_because` then says why the cache is not used (the decoder's
+report shows it: each step costs a forward over the whole sequence), and is "" for a graph with its cache.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ SEQ, FILLED = "seq", "kv"  # the symbolic dims: tokens fed, slots filled after t
 SEQ_EXAMPLE = 4  # tokens of the example a cacheless model is exported on
 
 
-def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpec]]:
+def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpec], str]:
     """Export `model` (a transformers causal LM, float32, eval) as the decoding graph of the module docstring, or,
     for a model that keeps no cache at all or whose cache exports in no variant, as `graph(input_ids) -> last
-    logits` with no caches (`_recompute_graph`)."""
+    logits` with no caches (`_recompute_graph`) and the reason the cache is not used."""
     from .hf_source import quiet_transformers
 
     if max_seq < 3:
@@ -41,20 +42,20 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
         with quiet_transformers():
             specs, own_cache = cache_specs(model, max_seq)
     except FrontendError as err:  # a cache holding what decoding cannot carry (DeepSeek-V4's compressor buffers)
-        return _recompute_instead(model, err), []
+        return _recompute_instead(model, err), [], _refused(err, CACHE_REFUSED)
     if not specs:
-        return _recompute_graph(model), specs
+        return _recompute_graph(model), specs, NO_CACHE
     # the one-token branch only (see cache_layers.py, model_states.py)
     recurrent = any(s.kind in STATE_KINDS or s.kind in CARRIERS for s in specs)
     errors = []
     for variant in (v for v in EXPORT_VARIANTS if v.get("one_token") or not recurrent):
         try:
-            return _named_inputs(_export(model, specs, max_seq, own_cache, **variant), specs), specs
+            return _named_inputs(_export(model, specs, max_seq, own_cache, **variant), specs), specs, ""
         except FrontendError as err:
             errors.append(err)
     # the first error, unless it is a size read off a value, which the later variants exist to avoid: then theirs
     cached = next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
-    return _recompute_instead(model, cached), []
+    return _recompute_instead(model, cached), [], _refused(cached, NO_VARIANT)
 
 
 def _recompute_instead(model: nn.Module, cached: FrontendError) -> Graph:
@@ -66,6 +67,20 @@ def _recompute_instead(model: nn.Module, cached: FrontendError) -> Graph:
         return _recompute_graph(model)
     except FrontendError as uncached:
         raise FrontendError(f"{cached}; without its cache: {uncached}") from cached
+
+
+# why a decoder recomputes (the start of `recomputes_because`)
+NO_CACHE = "the model keeps no KV cache (its attention may see later positions, as BERT-style LM heads' does)"
+CACHE_REFUSED = "its cache cannot be carried"
+NO_VARIANT = "its cached forward exports in no variant"
+REASON_CHARS = 300  # of the refusing error in a report note: its first sentence, not export's hints
+
+
+def _refused(err: FrontendError, what: str) -> str:
+    """`what` and the start of the error that refused the cache: why decoding recomputes, for the report."""
+    text = str(err).split(". Hints:")[0].strip().splitlines()
+    first = text[0] if text else type(err).__name__
+    return f"{what} ({first if len(first) <= REASON_CHARS else first[:REASON_CHARS - 1] + '…'})"
 
 
 DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "depends on tensor values")  # what torch / the importer say

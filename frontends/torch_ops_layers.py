@@ -185,18 +185,25 @@ def _flip(cx, node, x, dims):  # flip(x, dims) -> index_select(x, [n-1, ..., 0])
 def _select_scatter(cx, node, x, src, dim, index):  # select_scatter(x, s, d, i) -> slice_scatter(x, s[d:=1], d, i, i+1)
     axis = positive_axis(dim, x.type.rank)
     index = cx.dim(index)
-    index = index + x.shape[axis] if isinstance(index, int) and index < 0 and isinstance(x.shape[axis], int) else index
+    index = dims.add(x.shape[axis], index) if isinstance(index, int) and index < 0 else index  # from the end
     src = cx.emit("reshape", [src], shape=_with(x.shape, axis, 1))
-    return slice_scatter(cx, node, x, src, axis, index, index + 1, 1)
+    return slice_scatter(cx, node, x, src, axis, index, dims.add(index, 1), 1)
 
 
 def slice_scatter(cx, node, x, src, axis, start, end, step):
     # slice_scatter(x, src, d, a, b) -> concat(x[:a], src, x[b:]) along d; with a step s > 1:
     #   scatter(x, expand(arange(a, b, s) along d, src's shape), src, d)
     size = x.shape[axis]
-    start, end = cx.dim(start or 0), size if end is None or (isinstance(end, int) and end >= 2**62) else cx.dim(end)
+    start, end = (b if b is None or isinstance(b, str) else cx.dim(b) for b in (start or 0, end))  # or IR dims
+    end = size if end is None or (isinstance(end, int) and end >= 2**62) else end
     if not all(isinstance(v, int) for v in (start, end, size)):
-        raise cx.symbolic_error("slice_scatter on a symbolic dim cannot be expressed; import with dynamic_seq=False")
+        # a symbolic dim (XLNet's `perm_mask[:, :, -1] = 1` on a [1, seq+1, seq+1] mask): the same concat, bounds
+        # as dims (a negative int counts from the end); torch's guards keep them in 0 .. size
+        if step != 1:
+            raise cx.symbolic_error("slice_scatter with a step on a symbolic dim cannot be expressed; import with "
+                                    "dynamic_seq=False")
+        start, end = (dims.add(size, b) if isinstance(b, int) and b < 0 else b for b in (start, end))
+        return _concat_around(cx, x, src, axis, start, end, size)
     start, end, step = slice(start, end, step).indices(size)
     if step != 1:
         positions = tuple(range(start, end, step))
@@ -204,8 +211,12 @@ def slice_scatter(cx, node, x, src, axis, start, end, step):
         index = cx.emit("reshape", [index], shape=tuple(len(positions) if d == axis else 1 for d in range(x.type.rank)))
         index = cx.emit("expand", [index], shape=src.shape)
         return cx.emit("scatter", [x, index, cx.cast(src, x.dtype)], axis=axis)
-    parts = ([cx.emit("slice", [x], axis=axis, start=0, end=start)] if start > 0 else []) + [cx.cast(src, x.dtype)] + \
-        ([cx.emit("slice", [x], axis=axis, start=end, end=size)] if end < size else [])
+    return _concat_around(cx, x, src, axis, start, end, size)
+
+
+def _concat_around(cx, x, src, axis, start, end, size):  # concat(x[:start], src, x[end:]), empty parts left out
+    parts = ([cx.emit("slice", [x], axis=axis, start=0, end=start)] if start != 0 else []) + [cx.cast(src, x.dtype)] + \
+        ([cx.emit("slice", [x], axis=axis, start=end, end=size)] if dims.sub(size, end) != 0 else [])
     return parts[0] if len(parts) == 1 else cx.emit("concat", parts, axis=axis)
 
 

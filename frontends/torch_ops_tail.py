@@ -194,5 +194,6 @@ TAIL_TO_IR = {
     # only the functionalized forms: `new_empty` stays unmapped, so its graph is decomposed (and functionalized)
     "aten.empty.memory_format": _empty,
     "aten.numpy_T": _numpy_t, "aten.copy.default": _copy, "aten.slice_scatter": _slice_scatter,
+    "aten.fill.Tensor": _copy,  # fill(x, v: 0-d tensor) -> v broadcast to x's type (XLNet's `perm_mask[..., -1] = 1`)
     **LAYER_TO_IR,  # convolutions, padding, norms, rounding, repeat (torch_ops_layers.py)
 }

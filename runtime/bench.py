@@ -48,7 +48,8 @@ def bench_decoder(lm, path: str, tokens: int = 32, repeats: int = 3, prompt_len:
     return (f"{path}: decoder, mode {mode}, {prompt_len}-token prompt then {tokens} greedy steps, "
             f"{artifact_target(lm.module).description}\n"
             f"  {mode} {rates['sparse']:8.1f} tokens/s   dense twin {rates['dense']:8.1f} tokens/s   "
-            f"speed-up {rates['sparse'] / rates['dense']:.2f}x (median of {repeats} runs)")
+            f"speed-up {rates['sparse'] / rates['dense']:.2f}x (median of {repeats} runs)"
+            + (f"\n  note: {lm.decoding_note}" if lm.decoding_note else ""))
 
 
 def _decode_rate(lm, prompt: np.ndarray, tokens: int, repeats: int) -> float:

@@ -14,7 +14,9 @@ returns them anew and the state takes the returned tensors. Prefill is that func
 same graph on one token, compiled as the module's `step` function (`seq` fixed to 1: static shapes,
 codegen/build.py) where the module has one, else `main`. A model that keeps no cache (BERT-style LM heads) is
 `main(input_ids[1, seq]) -> logits[1, 1, V]`: the state then holds the tokens so far and every call runs the whole
-sequence through `main`, as transformers' `generate` does for it. A module built for a target that captures decode
+sequence through `main`, as transformers' `generate` does for it, as does a model whose cache the import refused
+(`lm.decoding` is then "recompute", else "kv-cache"; `lm.decoding_note` and the report say why and what it costs).
+A module built for a target that captures decode
 steps in a graph (CUDA) has `step_graph` and its buckets `step_graph_S` (codegen/static_step.py: static shapes,
 attention over the first S slots, the logits written into a buffer, every parameter fixed), which a step calls
 instead, the smallest bucket holding its position: the decoder then owns the one KV cache, the step's input
@@ -58,15 +60,18 @@ class DecoderSpec:
     caches: tuple[tuple[str, tuple[int, ...]], ...]  # (input name, shape) per cache tensor, in input order
     eos_token_ids: tuple[int, ...] = ()
     source: str = ""
+    recomputes_because: str = ""  # why a decoder without a cache has none (frontends/decoder_export.py)
 
     def to_dict(self) -> dict:
         return {"max_seq": self.max_seq, "vocab_size": self.vocab_size, "eos_token_ids": list(self.eos_token_ids),
-                "caches": [{"name": n, "shape": list(s)} for n, s in self.caches], "source": self.source}
+                "caches": [{"name": n, "shape": list(s)} for n, s in self.caches], "source": self.source,
+                "recomputes_because": self.recomputes_because}
 
     @classmethod
     def from_dict(cls, d: dict) -> DecoderSpec:
         return cls(int(d["max_seq"]), int(d["vocab_size"]), tuple((c["name"], tuple(c["shape"])) for c in d["caches"]),
-                   tuple(d.get("eos_token_ids", ())), d.get("source", ""))
+                   tuple(d.get("eos_token_ids", ())), d.get("source", ""),
+                   recomputes_because=str(d.get("recomputes_because", "")))
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,20 @@ class Decoder:
     @property
     def max_seq(self) -> int:
         return self.spec.max_seq
+
+    @property
+    def decoding(self) -> str:
+        """"kv-cache" (a step feeds one token against the cache) or "recompute" (a step runs the whole sequence)."""
+        return "recompute" if self.recomputes else "kv-cache"
+
+    @property
+    def decoding_note(self) -> str:
+        """For a decoder that recomputes: why, and what a step costs ("" for one with its cache)."""
+        if not self.recomputes:
+            return ""
+        why = self.spec.recomputes_because or "of a reason this artifact does not record (built before decoders did)"
+        return (f"decoding recomputes, without a KV cache, because {why}; each step runs a forward over the whole "
+                "sequence so far, so a token costs about as much as a prefill of that length")
 
     # -- decoding ------------------------------------------------------------------------------------------
     def new_state(self) -> DecodeState:

@@ -88,12 +88,14 @@ class Report:
     # a hot/cold split: the budget (bytes) and the solver's objective (predicted MLP time per token, µs)
     memory_budget: int | None = None
     solver_objective_us: float | None = None
+    # what the user should know about the whole model, one sentence each (a decoder that recomputes: why, the cost)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"target": self.target, "mode": self.mode, "blocks": [asdict(b) for b in self.blocks],
                 "pass_stats": self.pass_stats, "output_rel_error": self.output_rel_error,
                 "top1_agreement": self.top1_agreement, "memory_budget": self.memory_budget,
-                "solver_objective_us": self.solver_objective_us}
+                "solver_objective_us": self.solver_objective_us, "notes": list(self.notes)}
 
     @staticmethod
     def from_dict(data: dict) -> Report:
@@ -102,7 +104,9 @@ class Report:
             raise ValueError("a report is a dict with a list of blocks")
         report = Report(data["target"], data["mode"], [BlockReport(**b) for b in data["blocks"]], data["pass_stats"],
                         data.get("output_rel_error"), data.get("top1_agreement"), data.get("memory_budget"),
-                        data.get("solver_objective_us"))
+                        data.get("solver_objective_us"), data.get("notes", []))
+        if not isinstance(report.notes, list) or not all(isinstance(n, str) for n in report.notes):
+            raise ValueError("report notes must be a list of strings")
         for obj in (report, *report.blocks):
             _check_field_types(obj)
         stats = report.pass_stats
@@ -162,7 +166,12 @@ class Report:
                           *(lossy_cells if lossy else ()),
                           *(predictor_cells if predicted else (_percent(b.predicted_sparsity),) if certified else ()),
                           *(split_cells if split else ()), b.reason)
-        return table
+        if not self.notes:
+            return table
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(table, *(Text(f"note: {note}") for note in self.notes))
 
     def __str__(self) -> str:
         from io import StringIO

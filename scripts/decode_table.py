@@ -38,9 +38,6 @@ CAUSES = {
                    "every compress_rate tokens and Python-int entry counts: sizes that follow the position modulo the "
                    "rate, neither K/V slots nor a fixed-size state; recomputed on the whole sequence instead, its "
                    "import stops where torch's export fixes `seq//4 = 1` (true for 4 to 7 tokens only)",
-    "xlnet": "its generate re-feeds the last two tokens and a dummy one with `mems`, hidden states of past tokens that "
-             "grow a position per step (neither K/V slots nor a fixed-size state); recomputed on the whole sequence "
-             "instead, its generation inputs write `perm_mask[:, :, -1] = 1` (aten.fill.Tensor, unmapped)",
 }
 HEADER = ("| architecture | decodes as transformers | export | reason it stops |\n"
           "|---|---|---|---|")
@@ -57,7 +54,7 @@ def check_decoding(arch: str) -> dict:
         model = build_tiny(arch)
         ids = example_ids(model)
         lm = actsparse.compile(model, mode="dense", max_seq=ids.shape[1] + NEW + 2)
-        row["export"] = (f"whole sequence per call ({recomputed_because(model)})" if lm.recomputes
+        row["export"] = (f"whole sequence per call ({recomputed_because(lm)})" if lm.recomputes
                          else "one token per call" if lm.module.inputs[0][1].shape[1] == 1 else "prompt per call")
         got = torch.as_tensor(lm.generate(ids, NEW))
         stage = "transformers' generate: "  # ours ran; what follows is the reference
@@ -81,17 +78,15 @@ def check_decoding(arch: str) -> dict:
     return row
 
 
-def recomputed_because(model) -> str:
-    """Why a decoder runs the whole sequence each call: the model keeps no cache, or keeps one that decoding cannot
-    carry or whose cached forward exports in no variant (frontends/decoder_export.py falls back to its uncached
-    forward)."""
-    from actsparse.frontends.errors import FrontendError
-    from actsparse.frontends.kv_cache import cache_specs
+def recomputed_because(lm) -> str:
+    """Why a decoder runs the whole sequence each call, in short, from the reason its import recorded: the model
+    keeps no cache, or keeps one that decoding cannot carry or whose cached forward exports in no variant
+    (frontends/decoder_export.py falls back to its uncached forward)."""
+    from actsparse.frontends.decoder_export import CACHE_REFUSED, NO_CACHE
 
-    try:
-        return "its cached forward does not export" if cache_specs(model, NEW)[0] else "no cache"
-    except FrontendError:  # refused by name before the export (DeepSeek-V4's compressor buffers)
-        return "its cache cannot be carried"
+    why = lm.spec.recomputes_because
+    return "no cache" if why == NO_CACHE else CACHE_REFUSED if why.startswith(CACHE_REFUSED) else \
+        "its cached forward does not export"
 
 
 def format_row(r: dict) -> str:

@@ -254,7 +254,8 @@ def manifest_fields_wrong_type(ctx):
              lambda m: m["report"].update(blocks=[{**m["report"]["blocks"][0], "sparsity": "high"}]),
              lambda m: m.update(weight_order=None), lambda m: m.pop("library"), lambda m: m.update(library=None),
              lambda m: m["report"]["blocks"][0].update(location=["a list"]),  # (fuzzing: rich failed on it)
-             lambda m: m["report"].update(pass_stats={"x": {"y": "1"}})]
+             lambda m: m["report"].update(pass_stats={"x": {"y": "1"}}),
+             lambda m: m["report"].update(notes="one string"), lambda m: m["report"].update(notes=[3])]
     for edit in edits:
         _edited(ctx, edit, "malformed manifest.json")
 

@@ -174,7 +174,8 @@ def two_layer_graph():
 
 
 def test_decoding_graph_keeps_the_cache_as_inputs_and_writes_it_with_index_copy(two_layer_graph):
-    graph, caches = two_layer_graph
+    graph, caches, recomputes_because = two_layer_graph
+    assert recomputes_because == ""  # the cache is used
     assert [n.attrs["name"] for n in graph.inputs] == ["input_ids", "pos", "filled", "k0", "v0", "k1", "v1"]
     assert [str(n.type) for n in graph.inputs[:4]] == ["i64[1,seq]", "i64[1]", "i64[kv]", "f32[1,2,24,16]"]
     assert graph.count("index_copy") == 4 and len(graph.outputs) == 5
@@ -187,7 +188,7 @@ def test_decoding_graph_keeps_the_cache_as_inputs_and_writes_it_with_index_copy(
 def test_attention_reads_only_the_filled_slots_of_the_cache(two_layer_graph):
     """Each written cache is sliced to its first `kv` slots before attention reads it, and nothing but the cache
     inputs and their in-place writes has a max_seq-sized dim: a step's attention costs kv, not max_seq."""
-    graph, caches = two_layer_graph
+    graph, caches, _ = two_layer_graph
     sliced = [n for n in graph.nodes if n.op == "slice" and n.inputs[0].op == "index_copy"]
     assert len(sliced) == 4 and {(n.attrs["end"], n.shape[2]) for n in sliced} == {("kv", "kv")}
     assert {n.op for n in graph.nodes if MAX_SEQ in n.shape} == {"input", "index_copy"}

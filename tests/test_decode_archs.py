@@ -33,7 +33,7 @@ torch.set_num_threads(1)
                                         ("deepseek_v32", "dense"), ("gpt_oss", "dense"), ("rwkv", "dense"),
                                         ("minimax", "dense"), ("mvp", "dense"), ("trocr", "dense"),
                                         ("xlm", "dense"), ("git", "dense"), ("gemma4_unified", "dense"),
-                                        ("xlstm", "dense")])
+                                        ("xlstm", "dense"), ("xlnet", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
@@ -47,11 +47,13 @@ def test_greedy_decoding_equals_transformers(arch, mode):
     lm = actsparse.compile(model, mode=mode, max_seq=16)
     if mode == "exact":  # OPT's fc1 -> relu -> fc2 made exactly sparse
         assert sum(lm.report.pass_stats.get("sparsify-exact", {}).values()) >= 1
-    assert lm.recomputes == (arch in ("camembert", "xlm"))  # no cache: the whole sequence per call
+    assert lm.recomputes == (arch in ("camembert", "xlm", "xlnet"))  # no cache: the whole sequence per call
+    assert lm.decoding == ("recompute" if lm.recomputes else "kv-cache")
+    assert lm.report.notes == ([lm.decoding_note] if lm.recomputes else [])  # said where the report is read
     kinds = {name[0] for name, _ in lm.spec.caches}
     assert kinds == {"mamba": {"c", "r"}, "falcon_h1": {"k", "v", "c", "r"}, "zamba2": {"k", "v", "c", "r"},
                      "deepseek_v32": {"k", "v", "i"}, "camembert": set(), "xlm": set(), "rwkv": {"s"},
-                     "minimax": {"k", "v", "l"}, "xlstm": {"o"}}.get(arch, {"k", "v"})
+                     "minimax": {"k", "v", "l"}, "xlstm": {"o"}, "xlnet": set()}.get(arch, {"k", "v"})
     assert torch.equal(lm.generate(ids, 6), expected)
 
 
@@ -94,6 +96,18 @@ def test_a_cache_layer_with_buffers_of_its_own_is_one_clear_error():
         actsparse.compile(build_tiny("deepseek_v4"), max_seq=16)
 
 
+def test_a_model_of_several_codebooks_is_one_clear_error():
+    """MusicGen embeds one table per audio codebook (ids [batch × codebooks, seq], a token per codebook each step):
+    not the one token stream a decoder's generate keeps, said before any export."""
+    from actsparse.errors import ActsparseError
+    from actsparse.scripts.arch_table import build_tiny
+
+    model = build_tiny("musicgen")
+    codebooks = model.config.num_codebooks
+    with pytest.raises(ActsparseError, match=rf"embeds {codebooks} codebooks.*one token stream"):
+        actsparse.compile(model, max_seq=16)
+
+
 def test_a_model_exported_with_the_cache_length_as_a_size_still_decodes(monkeypatch):
     """The `seen_from_shapes` export variant (for forwards such as MPT's that slice a bias table by the cache's
     length: get_seq_length reports kv - seq, a size, instead of the `pos` value) on a tiny Llama: greedy decoding
@@ -119,16 +133,32 @@ def _llama_decoding_as_transformers(monkeypatch, variant: dict):
     return model, ids, lm
 
 
-def test_a_model_whose_cache_exports_in_no_variant_decodes_by_recomputation(monkeypatch):
+def test_a_model_whose_cache_exports_in_no_variant_decodes_by_recomputation_and_says_so(monkeypatch, tmp_path,
+                                                                                         capsys):
     """A cached forward that no export variant takes (ProphetNet's takes one token at a position `int()` fixes)
     falls back to the uncached forward on the whole sequence each step, where that exports at a dynamic length: on
-    a tiny Llama with every cached export failing, greedy decoding still equals transformers'."""
+    a tiny Llama with every cached export failing, greedy decoding still equals transformers'. The fallback is said
+    out loud: `lm.decoding`, a report note with the refusing error and the cost, kept by the artifact, and printed
+    once by `actsparse generate`."""
+    from actsparse.cli import main
     from actsparse.frontends import decoder_export
     from actsparse.frontends.errors import FrontendError
 
+    from .test_decode_sources import char_tokenizer
+
     def no_cached_export(*args, **kwargs):
-        raise FrontendError("torch.export could not export it with a KV cache (this test's stand-in)")
+        raise FrontendError("torch.export could not export it with a KV cache (this test's stand-in). Hints: none")
 
     monkeypatch.setattr(decoder_export, "_export", no_cached_export)
     _, _, lm = _llama_decoding_as_transformers(monkeypatch, {})
-    assert lm.recomputes and not lm.spec.caches
+    assert lm.recomputes and not lm.spec.caches and lm.decoding == "recompute"
+    assert "exports in no variant" in lm.decoding_note and "(this test's stand-in)" in lm.decoding_note
+    assert "Hints" not in lm.decoding_note and "whole sequence" in lm.decoding_note
+    assert lm.report.notes == [lm.decoding_note] and "note: decoding recomputes" in str(lm.report)
+    lm.tokenizer = char_tokenizer()
+    lm.save(tmp_path / "recomputes")
+    loaded = actsparse.load(tmp_path / "recomputes")
+    assert loaded.decoding == "recompute" and loaded.decoding_note == lm.decoding_note
+    assert loaded.report.notes == lm.report.notes
+    assert main(["generate", str(tmp_path / "recomputes"), "--prompt", "abc", "-n", "3"]) == 0
+    assert capsys.readouterr().out.count("decoding recomputes") == 1

@@ -249,7 +249,7 @@ def test_the_static_step_rewrite_fixes_the_slots_and_declines_replaced_states():
     from actsparse.frontends.decoder_export import import_decoder
     from actsparse.ir import Graph
 
-    graph, _ = import_decoder(tiny_llama(), 16)
+    graph, _, _ = import_decoder(tiny_llama(), 16)
     step, bound = static_step(graph)
     assert bound == {"kv": 16, "seq": 1} and step.inputs[:-1] == graph.inputs
     (write,) = step.outputs  # the logits, written into the runtime's buffer (the step's last input)

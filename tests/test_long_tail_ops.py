@@ -124,6 +124,42 @@ def test_a_padded_causal_conv_imports_with_a_symbolic_length_and_matches_torch_a
         np.testing.assert_allclose(np.asarray(cm(ids.numpy())), want, rtol=1e-4, atol=1e-5)
 
 
+class LastColumnWritten(nn.Module):
+    """XLNet's generation inputs at a symbolic length: a [1, seq+1, seq+1] mask whose last column and last row are
+    written (`m[:, :, -1] = 1`: a select_scatter at an index counted from a symbolic end), and a view filled in place
+    with a 0-d tensor's value (aten.fill.Tensor once functionalized)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 8)
+
+    def forward(self, x):
+        h = self.proj(x)
+        n = x.shape[1] + 1
+        mask = torch.zeros(1, n, n)
+        mask[:, :, -1] = 1.0
+        mask[:, -1, :] = 2.0
+        weights = mask.cumsum(-1).sum(-1)[:, 1:, None]  # row i < seq: 1; the last row: 2 + 4 + ... + 2n
+        filled = h.clone()
+        filled[:, :, 2:5].fill_(h[0, -1, 0])  # functionalized after the table was read: fill.Tensor + slice_scatter
+        return weights * h + filled
+
+
+def test_writes_at_a_symbolic_end_and_a_fill_by_a_tensor_keep_the_length_symbolic():
+    torch.manual_seed(0)
+    model = LastColumnWritten().eval()
+    x = torch.tensor([[3, 1, 4, 1]])
+    graph = import_torch(model, (x,))
+    assert graph.inputs[0].shape == (1, "seq")  # no fallback to static shapes
+    assert any(n.op == "concat" and n.shape[-1] == "seq+1" for n in graph.nodes)  # the written column, concatenated
+    cm = actsparse.compile(graph, (x.numpy(),), mode="dense")
+    for ids in (x, torch.tensor([[2, 7]]), torch.tensor([[2, 7, 1, 8, 2, 8, 1]])):
+        with torch.no_grad():
+            want = model(ids).numpy()
+        np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(cm(ids.numpy())), want, rtol=1e-4, atol=1e-5)
+
+
 class ChunkPadded(nn.Module):
     """A chunked scan's padding (Mamba-2, gated DeltaNet): the length rounded up to a multiple of the chunk, a size
     (seq + (4 - seq % 4) % 4) that a floor-division dim names: 4*((seq+3)//4) (ir/dims.py)."""
