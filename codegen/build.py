@@ -71,19 +71,40 @@ def specializations(graph: Graph, target: Target | None = None) -> tuple[dict[st
     return bound, graphs
 
 
-def build(graph: Graph, target: Target):
-    """Returns (executable, weight names in the order the executable's functions take them after the inputs)."""
+def with_functions_weights(graph: Graph, functions: dict[str, Graph]) -> Graph:
+    """`graph` holding the weights of every function too (each function is lowered with all of them as parameters:
+    one weight list for the module). A name two graphs hold must be the same array: the functions come from one
+    model through one pipeline (a decoder's `prefill`, frontends/prefill.py), so a pass derives the same weight."""
+    import numpy as np
+
+    weights = dict(graph.weights)
+    for name, function in functions.items():
+        for wname, array in function.weights.items():
+            held = weights.setdefault(wname, array)
+            if held is not array and not np.shares_memory(held, array) and not (
+                    held.shape == array.shape and held.dtype == array.dtype and np.array_equal(held, array)):
+                raise ValueError(f"internal: function {name!r} holds another weight {wname!r} than main")
+    return Graph(graph.inputs, graph.outputs, weights, graph.name)
+
+
+def build(graph: Graph, target: Target, functions: dict[str, Graph] | None = None):
+    """Returns (executable, weight names in the order the executable's functions take them after the inputs).
+    `functions`: graphs built beside `main` under their names (a decoder's `prefill`), whose weights `graph` holds
+    (`with_functions_weights`)."""
     import tvm
 
     tvm_target = target.tvm_target()
     bound, graphs = specializations(graph, target)
+    for name, function in (functions or {}).items():
+        bound[name], graphs[name] = {}, Graph(function.inputs, function.outputs, graph.weights, name)
     mod, weight_order = lower_graph(graph, target, bound, graphs)
     for gv, func in list(mod.functions.items()):  # before legalization: only our own kernels are PrimFuncs here
         if isinstance(func, tvm.tirx.PrimFunc):
             mod[gv] = func.with_attr("op_pattern", OPAQUE)
         elif isinstance(func, tvm.relax.Function):  # the parameters after the inputs are weights: fixed addresses
             # (step_graph's inputs too: the runtime keeps them in fixed buffers, so the whole step is capturable)
-            mod[gv] = func.with_attr("num_input", 0 if gv.name_hint == STEP_GRAPH else len(graph.inputs))
+            inputs = len(graphs.get(gv.name_hint, graph).inputs)
+            mod[gv] = func.with_attr("num_input", 0 if gv.name_hint == STEP_GRAPH else inputs)
     SETUP.get(target.kind, lambda: None)()
     pipeline = PIPELINES.get(tvm_target.kind.name)
     with tvm_target, _capturing(STEP_GRAPH in graphs):  # nvcc and dlight read the current target

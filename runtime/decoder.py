@@ -45,6 +45,7 @@ from .module import CompiledModule
 KIND = "decoder"  # the artifact kind (runtime/artifact.py)
 CALL_INPUTS = ("input_ids", "pos", "filled")  # the decoding graph's inputs before the caches (frontends/kv_cache.py)
 STEP_FUNCTION = "step"  # main specialized to one token, where the module has it (codegen/build.py)
+PREFILL_FUNCTION = "prefill"  # 2 .. spec.prefill_tokens tokens, beside a one-token main (frontends/prefill.py)
 DECODER_FILE = "decoder.json"
 TOKENIZER_DIR = "tokenizer"
 
@@ -56,15 +57,17 @@ class DecoderSpec:
     caches: tuple[tuple[str, tuple[int, ...]], ...]  # (input name, shape) per cache tensor, in input order
     eos_token_ids: tuple[int, ...] = ()
     source: str = ""
+    prefill_tokens: int = 0  # the most tokens a call of the module's `prefill` takes (0: it has none)
 
     def to_dict(self) -> dict:
         return {"max_seq": self.max_seq, "vocab_size": self.vocab_size, "eos_token_ids": list(self.eos_token_ids),
-                "caches": [{"name": n, "shape": list(s)} for n, s in self.caches], "source": self.source}
+                "caches": [{"name": n, "shape": list(s)} for n, s in self.caches], "source": self.source,
+                "prefill_tokens": self.prefill_tokens}
 
     @classmethod
     def from_dict(cls, d: dict) -> DecoderSpec:
         return cls(int(d["max_seq"]), int(d["vocab_size"]), tuple((c["name"], tuple(c["shape"])) for c in d["caches"]),
-                   tuple(d.get("eos_token_ids", ())), d.get("source", ""))
+                   tuple(d.get("eos_token_ids", ())), d.get("source", ""), int(d.get("prefill_tokens", 0)))
 
 
 @dataclass
@@ -87,6 +90,8 @@ class Decoder:
         self._takes_filled = [name for name, _ in module.inputs[:3]] == list(CALL_INPUTS)
         self._zeros = np.zeros(spec.max_seq, np.int64)  # `filled` is a prefix of it (only its length is read)
         self._one_token = module.inputs[0][1].shape[1] == 1  # input_ids [1, 1]: no symbolic seq
+        # a one-token main's whole-prompt function (hybrids), at most this many tokens a call
+        self._prefill_tokens = spec.prefill_tokens if module.runnable and module.has_function(PREFILL_FUNCTION) else 0
         self.recomputes = [name for name, _ in module.inputs] == list(CALL_INPUTS[:1])  # no cache: the whole sequence
         # the module's one-token function (static shapes, codegen/build.py); artifacts built before it: main
         self._step_function = STEP_FUNCTION if module.runnable and module.has_function(STEP_FUNCTION) else "main"
@@ -163,11 +168,16 @@ class Decoder:
         seconds = time.perf_counter() - start
         return self.tokenizer.decode(new, skip_special_tokens=True), len(new), seconds
 
-    def _feed(self, ids: np.ndarray, state: DecodeState) -> DecodeState:
+    def _feed(self, ids: np.ndarray, state: DecodeState, function: str | None = None) -> DecodeState:
         n = ids.shape[1]
-        if n > 1 and self._one_token:  # a graph exported for one token at a time (frontends/decoder_export.py)
-            for i in range(n):
-                state = self._feed(ids[:, i:i + 1], state)
+        if n > 1 and self._one_token and function is None:  # main exported for one token at a time (decoder_export.py):
+            # pieces of at most `_prefill_tokens` through `prefill`, each from the states the last left; a last
+            # single token (or every token, without `prefill`) through the one-token main
+            self._check_room(state.position + n)
+            most = self._prefill_tokens or 1
+            for i in range(0, n, most):
+                piece = ids[:, i:i + most]
+                state = self._feed(piece, state, PREFILL_FUNCTION if piece.shape[1] > 1 else None)
             return state
         self._check_room(state.position + n)
         if self.recomputes:  # the whole sequence each call: `main` (the one-token function would not fit it)
@@ -181,7 +191,7 @@ class Decoder:
         else:
             filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
             out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches,
-                                         function=self._step_function if n == 1 else "main")
+                                         function=function or (self._step_function if n == 1 else "main"))
             state.caches = list(out[1:])  # the same buffers, written in place
         state.position += n
         state.logits = out[0].numpy().reshape(-1)
