@@ -214,29 +214,30 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         from .frontends.gguf_quant import read_gguf_quantized
 
         prequantized = read_gguf_quantized(source)  # the file's own blocks, kept where the layout allows
-    functions, prefill_tokens = _prefill_function(model, max_seq, caches, one_token and calibration is None
-                                                  and memory_budget is None, progress)
+    functions, prefill_tokens, continues = _prefill_function(model, max_seq, caches, one_token and calibration is None
+                                                             and memory_budget is None, progress)
     module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
                            progress, functions)
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
-                       source if isinstance(source, str) else type(model).__name__, prefill_tokens)
+                       source if isinstance(source, str) else type(model).__name__, prefill_tokens, continues)
     return Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
 
 
-def _prefill_function(model, max_seq: int, caches, wanted: bool, progress: Steps) -> tuple[dict, int]:
-    """({"prefill": its graph}, the most tokens a call takes) for a decoder whose step takes one token per call
-    because of recurrent states (frontends/prefill.py), or ({}, 0): the prompt then goes token by token. Not with
-    calibration or a memory budget (`wanted` False): those passes measure each graph's own activations, and the
-    two functions must share one set of weights."""
-    from .frontends.prefill import import_prefill, needs_prefill, prefill_tokens
+def _prefill_function(model, max_seq: int, caches, wanted: bool, progress: Steps) -> tuple[dict, int, bool]:
+    """({"prefill": its graph}, the most tokens a call takes, whether a call may continue a prompt) for a decoder
+    whose step takes one token per call because of recurrent states (frontends/prefill.py), or ({}, 0, False): the
+    prompt then goes token by token. Not with calibration or a memory budget (`wanted` False): those passes measure
+    each graph's own activations, and the two functions must share one set of weights."""
+    from .frontends.prefill import import_prefill, needs_prefill
     from .runtime.decoder import PREFILL_FUNCTION
 
     if not wanted or not needs_prefill(caches):
-        return {}, 0
+        return {}, 0, False
     progress.more(1)
     progress.start("import (whole-prompt prefill graph)")
-    graph, _ = import_prefill(model, max_seq, caches)
-    return ({PREFILL_FUNCTION: graph}, prefill_tokens(graph, max_seq)) if graph is not None else ({}, 0)
+    found = import_prefill(model, max_seq, caches)
+    return ({PREFILL_FUNCTION: found.graph}, found.tokens, found.continues) if found.graph is not None \
+        else ({}, 0, False)
 
 
 def _fisher_weights(model, options: dict, progress: Steps) -> list | None:

@@ -58,16 +58,18 @@ class DecoderSpec:
     eos_token_ids: tuple[int, ...] = ()
     source: str = ""
     prefill_tokens: int = 0  # the most tokens a call of the module's `prefill` takes (0: it has none)
+    prefill_continues: bool = False  # whether `prefill` may start from states that are not zero, or starts prompts
 
     def to_dict(self) -> dict:
         return {"max_seq": self.max_seq, "vocab_size": self.vocab_size, "eos_token_ids": list(self.eos_token_ids),
                 "caches": [{"name": n, "shape": list(s)} for n, s in self.caches], "source": self.source,
-                "prefill_tokens": self.prefill_tokens}
+                "prefill_tokens": self.prefill_tokens, "prefill_continues": self.prefill_continues}
 
     @classmethod
     def from_dict(cls, d: dict) -> DecoderSpec:
         return cls(int(d["max_seq"]), int(d["vocab_size"]), tuple((c["name"], tuple(c["shape"])) for c in d["caches"]),
-                   tuple(d.get("eos_token_ids", ())), d.get("source", ""), int(d.get("prefill_tokens", 0)))
+                   tuple(d.get("eos_token_ids", ())), d.get("source", ""), int(d.get("prefill_tokens", 0)),
+                   bool(d.get("prefill_continues", False)))
 
 
 @dataclass
@@ -171,13 +173,15 @@ class Decoder:
     def _feed(self, ids: np.ndarray, state: DecodeState, function: str | None = None) -> DecodeState:
         n = ids.shape[1]
         if n > 1 and self._one_token and function is None:  # main exported for one token at a time (decoder_export.py):
-            # pieces of at most `_prefill_tokens` through `prefill`, each from the states the last left; a last
-            # single token (or every token, without `prefill`) through the one-token main
+            # pieces of at most `_prefill_tokens` through `prefill`, each from the states the last left (where it
+            # continues states; else only a prompt's first piece); the rest one token at a time through main
             self._check_room(state.position + n)
-            most = self._prefill_tokens or 1
-            for i in range(0, n, most):
-                piece = ids[:, i:i + most]
-                state = self._feed(piece, state, PREFILL_FUNCTION if piece.shape[1] > 1 else None)
+            i = 0
+            while i < n:
+                whole = self._prefill_tokens and (state.position == 0 or self.spec.prefill_continues)
+                take = min(self._prefill_tokens, n - i) if whole else 1
+                state = self._feed(ids[:, i:i + take], state, PREFILL_FUNCTION if take > 1 else None)
+                i += take
             return state
         self._check_room(state.position + n)
         if self.recomputes:  # the whole sequence each call: `main` (the one-token function would not fit it)
