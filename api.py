@@ -213,11 +213,14 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         from .frontends.gguf_quant import read_gguf_quantized
 
         prequantized = read_gguf_quantized(source)  # the file's own blocks, kept where the layout allows
+    functions, prefill_tokens, continues = _prefill_function(model, max_seq, caches, one_token and calibration is None
+                                                             and memory_budget is None, progress)
     module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
-                           progress)
+                           progress, functions)
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
                        source if isinstance(source, str) else type(model).__name__,
-                       recomputes_because=recomputes_because)
+                       recomputes_because=recomputes_because, prefill_tokens=prefill_tokens,
+                       prefill_continues=continues)
     lm = Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)
@@ -235,6 +238,23 @@ def _not_one_token_stream(model, embeddings) -> str:
                 "new]): use transformers' generate for it")
     return (f"{name} embeds tokens with a {type(embeddings).__name__}, not one embedding table; decoding takes "
             "text decoders with one token vocabulary")
+
+
+def _prefill_function(model, max_seq: int, caches, wanted: bool, progress: Steps) -> tuple[dict, int, bool]:
+    """({"prefill": its graph}, the most tokens a call takes, whether a call may continue a prompt) for a decoder
+    whose step takes one token per call because of recurrent states (frontends/prefill.py), or ({}, 0, False): the
+    prompt then goes token by token. Not with calibration or a memory budget (`wanted` False): those passes measure
+    each graph's own activations, and the two functions must share one set of weights."""
+    from .frontends.prefill import import_prefill, needs_prefill
+    from .runtime.decoder import PREFILL_FUNCTION
+
+    if not wanted or not needs_prefill(caches):
+        return {}, 0, False
+    progress.more(1)
+    progress.start("import (whole-prompt prefill graph)")
+    found = import_prefill(model, max_seq, caches)
+    return ({PREFILL_FUNCTION: found.graph}, found.tokens, found.continues) if found.graph is not None \
+        else ({}, 0, False)
 
 
 def _fisher_weights(model, options: dict, progress: Steps) -> list | None:
@@ -255,14 +275,16 @@ def _fisher_weights(model, options: dict, progress: Steps) -> list | None:
 
 
 def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str, options: dict,
-                  quantize: str | None = None, prequantized=None, progress: Steps | None = None) -> CompiledModule:
+                  quantize: str | None = None, prequantized=None, progress: Steps | None = None,
+                  functions: dict[str, Graph] | None = None) -> CompiledModule:
     """An imported graph through the mode's pipeline, measured on `arrays`, built for the target; `progress`
-    (runtime/progress.py) gets a step per pass, the build and the report."""
+    (runtime/progress.py) gets a step per pass, the build and the report. `functions`: more graphs of the same
+    model (a decoder's `prefill`), each through the same pipeline, built beside `main` under their names."""
     if progress is None:
         with steps(f"actsparse compile ({mode})", 0) as progress:
-            return compile_graph(graph, arrays, target, mode, options, quantize, prequantized, progress)
+            return compile_graph(graph, arrays, target, mode, options, quantize, prequantized, progress, functions)
     from . import targets as target_registry
-    from .codegen.build import build
+    from .codegen.build import build, with_functions_weights
 
     tgt = target_registry.get(target)
     try:
@@ -275,8 +297,13 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
         passes.append(Quantize(kind=quantize, prequantized=dict(prequantized or {})))
     progress.more(len(passes) + 2)
     result = run_pipeline(graph, passes, on_pass=lambda p: progress.start(f"pass {p.name}"))
+    functions = functions or {}
+    progress.more(len(passes) * len(functions))
+    functions = {name: run_pipeline(function, passes, on_pass=lambda p, n=name: progress.start(f"{n}: pass {p.name}"))
+                 .graph for name, function in functions.items()}
+    result.graph = with_functions_weights(result.graph, functions)
     progress.start("build (lower to Relax, compile with TVM)")
-    executable, weight_order = build(result.graph, tgt)
+    executable, weight_order = build(result.graph, tgt, functions)
     # a hot/cold split: the cold neurons' rows to a file (CPU) or host memory (GPU), not the target's memory
     final, placement, cold_file = place_cold(result.graph, on_gpu=tgt.kind == "cuda")
     result.graph = final

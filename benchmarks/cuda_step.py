@@ -111,7 +111,7 @@ def bucket_attention_bytes(max_seq: int = ATTENTION_7B["max_seq"]) -> dict[str, 
                                       num_key_value_heads=a["kv_heads"], intermediate_size=128, vocab_size=128,
                                       max_position_embeddings=max_seq, pad_token_id=0, bos_token_id=None,
                                       eos_token_id=None, hidden_act="relu")
-    graph, _ = import_decoder(transformers.LlamaForCausalLM(config).eval(), max_seq)
+    graph, _, _ = import_decoder(transformers.LlamaForCausalLM(config).eval(), max_seq)
     target = targets.get("cuda")
     graph = run_pipeline(graph, pipeline_for("exact", target)).graph  # as compile() builds it (fuse-attention, ...)
     mod, _, _ = relax_module(graph, target)

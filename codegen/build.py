@@ -72,12 +72,30 @@ def specializations(graph: Graph, target: Target | None = None) -> tuple[dict[st
     return bound, graphs
 
 
-def build(graph: Graph, target: Target):
-    """Returns (executable, weight names in the order the executable's functions take them after the inputs)."""
+def with_functions_weights(graph: Graph, functions: dict[str, Graph]) -> Graph:
+    """`graph` holding the weights of every function too (each function is lowered with all of them as parameters:
+    one weight list for the module). A name two graphs hold must be the same array: the functions come from one
+    model through one pipeline (a decoder's `prefill`, frontends/prefill.py), so a pass derives the same weight."""
+    import numpy as np
+
+    weights = dict(graph.weights)
+    for name, function in functions.items():
+        for wname, array in function.weights.items():
+            held = weights.setdefault(wname, array)
+            if held is not array and not np.shares_memory(held, array) and not (
+                    held.shape == array.shape and held.dtype == array.dtype and np.array_equal(held, array)):
+                raise ValueError(f"internal: function {name!r} holds another weight {wname!r} than main")
+    return Graph(graph.inputs, graph.outputs, weights, graph.name)
+
+
+def build(graph: Graph, target: Target, functions: dict[str, Graph] | None = None):
+    """Returns (executable, weight names in the order the executable's functions take them after the inputs).
+    `functions`: graphs built beside `main` under their names (a decoder's `prefill`), whose weights `graph` holds
+    (`with_functions_weights`)."""
     import tvm
 
     tvm_target = target.tvm_target()
-    mod, weight_order, static = relax_module(graph, target)
+    mod, weight_order, static = relax_module(graph, target, functions)
     SETUP.get(target.kind, lambda: None)()
     pipeline = PIPELINES.get(tvm_target.kind.name)
     with tvm_target, _capturing(static):  # nvcc and dlight read the current target
@@ -86,20 +104,23 @@ def build(graph: Graph, target: Target):
     return executable, weight_order
 
 
-def relax_module(graph: Graph, target: Target):
+def relax_module(graph: Graph, target: Target, functions: dict[str, Graph] | None = None):
     """(the Relax module `build` compiles, weight names in parameter order, whether it has static steps)."""
     import tvm
 
     bound, graphs = specializations(graph, target)
+    static = set(graphs)
+    for name, function in (functions or {}).items():
+        bound[name], graphs[name] = {}, Graph(function.inputs, function.outputs, graph.weights, name)
     mod, weight_order = lower_graph(graph, target, bound, graphs)
     for gv, func in list(mod.functions.items()):  # before legalization: only our own kernels are PrimFuncs here
         if isinstance(func, tvm.tirx.PrimFunc):
             mod[gv] = func.with_attr("op_pattern", OPAQUE)
-        elif gv.name_hint in graphs:  # a static step: the runtime keeps every parameter in a fixed buffer, so the
+        elif gv.name_hint in static:  # a static step: the runtime keeps every parameter in a fixed buffer, so the
             mod[gv] = returned_through_view(func).with_attr("num_input", 0)  # whole step is capturable
         elif isinstance(func, tvm.relax.Function):  # the parameters after the inputs are weights: fixed addresses
-            mod[gv] = func.with_attr("num_input", len(graph.inputs))
-    return mod, weight_order, bool(graphs)
+            mod[gv] = func.with_attr("num_input", len(graphs.get(gv.name_hint, graph).inputs))
+    return mod, weight_order, bool(static)
 
 
 CUDA_GRAPH_OPTION = "relax.backend.use_cuda_graph"

@@ -52,7 +52,7 @@ class LowerContext:
             return self.symbols[d]
         from tvm import tirx
 
-        return build(d, self.symbols.__getitem__, tirx.floordiv)
+        return build(d, self.symbols.__getitem__, tirx.floordiv, tirx.min, tirx.max)
 
     def shape(self, shape):
         return [self.dim(d) for d in shape]

@@ -100,8 +100,10 @@ EXPORT_VARIANTS = ({}, {"ones_mask": True}, {"one_token": True}, {"one_token": T
 
 
 def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: type | None = None,
-            ones_mask: bool = False, one_token: bool = False, seen_from_shapes: bool = False) -> Graph:
-    """The decoding graph through torch.export, the model called as the EXPORT_VARIANTS entry says."""
+            ones_mask: bool = False, one_token: bool = False, seen_from_shapes: bool = False,
+            min_seq: int = 1) -> Graph:
+    """The decoding graph through torch.export, the model called as the EXPORT_VARIANTS entry says, for `min_seq`
+    .. max_seq tokens per call (a prefill graph's 2 .. max_seq: prefill.py)."""
     from torch.export.graph_signature import OutputKind
 
     from .hf_source import quiet_transformers
@@ -116,7 +118,7 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: t
     try:
         with per_expert_routing(model), torch.no_grad(), quiet_transformers():
             program = _export_dynamic(wrapper, (ids, torch.zeros(1, dtype=torch.long), filled, cache), max_seq,
-                                      one_token)
+                                      one_token, min_seq)
     except Exception as err:
         text = str(err).strip().splitlines()
         raise FrontendError(f"torch.export could not export {type(model).__name__} with a KV cache: "
@@ -125,7 +127,7 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: t
     program = decompose_missing(program)  # as the full-sequence import does: the long tail by torch's decompositions
     importer = Importer(program, KVCachedLM.actsparse_prefix)
     importer.symbols.update(_dim_symbols(program))
-    importer.bounds = {SEQ: (1, max_seq), FILLED: (1, max_seq)}  # what the runtime feeds (runtime/decoder.py)
+    importer.bounds = {SEQ: (min_seq, max_seq), FILLED: (1, max_seq)}  # what the runtime feeds (runtime/decoder.py)
     graph = importer.run()
     # a recurrent kernel that writes a state in place (`conv_state.copy_`) adds an output for that input mutation
     # ahead of the user outputs; the wrapper returns the written state itself, so only the user outputs are kept
@@ -133,13 +135,13 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: t
     return graph.with_outputs(o for o, kind in zip(graph.outputs, kinds, strict=True) if kind == OutputKind.USER_OUTPUT)
 
 
-def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bool):
-    """torch.export with `seq` and `kv` dynamic in 1 .. max_seq; where torch's solver cannot prove a guard over that
-    range that holds on it (DeepSeek-V3.2's `min(index_topk, kv) <= kv`), with both left DYNAMIC instead (the
-    importer then bounds them by max_seq itself: Importer.bounds)."""
+def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bool, min_seq: int = 1):
+    """torch.export with `seq` dynamic in min_seq .. max_seq and `kv` in 1 .. max_seq; where torch's solver cannot
+    prove a guard over that range that holds on it (DeepSeek-V3.2's `min(index_topk, kv) <= kv`), with both left
+    DYNAMIC instead (the importer then bounds them by max_seq itself: Importer.bounds)."""
     from torch.export.dynamic_shapes import Dim
 
-    ranged = (Dim(SEQ, min=1, max=max_seq), Dim(FILLED, min=1, max=max_seq))
+    ranged = (Dim(SEQ, min=min_seq, max=max_seq), Dim(FILLED, min=1, max=max_seq))
     for seq, kv in (ranged, (Dim.DYNAMIC, Dim.DYNAMIC)):
         dynamic = (None if one_token else {1: seq}, None, {0: kv}, tuple(None for _ in args[3]))
         try:

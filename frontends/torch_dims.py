@@ -86,7 +86,7 @@ def _constant(expr) -> int:
 
 
 def _convert(expr, symbols: dict) -> Dim:
-    from torch.utils._sympy.functions import CeilDiv, CleanDiv, FloorDiv, Mod, ModularIndexing, PythonMod
+    from torch.utils._sympy.functions import CeilDiv, CleanDiv, FloorDiv, Max, Min, Mod, ModularIndexing, PythonMod
 
     if expr.is_Integer:
         return int(expr)
@@ -108,6 +108,13 @@ def _convert(expr, symbols: dict) -> Dim:
         for f in factors:
             product *= f if isinstance(f, int) else 1
         return dims.mul(symbolic[0], product) if symbolic else product
+    if expr.func in (Min, Max):  # what the bounds do not decide (sympy_dim): min(2048, seq) as a dim of its own
+        bound = dims.minimum if expr.func is Min else dims.maximum
+        args = [_convert(a, symbols) for a in expr.args]
+        result = args[0]
+        for arg in args[1:]:
+            result = bound(result, arg)
+        return result
     divide = {FloorDiv: dims.floordiv, CleanDiv: dims.floordiv, Mod: dims.mod, PythonMod: dims.mod}.get(expr.func)
     if divide is not None and not expr.args[1].is_Integer:  # by a symbolic size: exact quotients only
         return _exact_quotient(expr, symbols, divide is dims.floordiv)

@@ -178,6 +178,10 @@ def _topk(cx, node, x, k, dim=-1, largest=True, sorted=True):  # topk -> (topk{v
     if isinstance(k, str) and k == x.shape[axis]:  # all of a symbolic axis (DSA's min(index_topk, kv)): a sort
         return tuple(cx.emit("sort", [x], axis=axis, descending=bool(largest), output=out)
                      for out in ("values", "indices"))
+    if isinstance(k, str) and isinstance(x.shape[axis], str):  # min(seq, 2048) of seq (a top-k indexer): the
+        # first k of the sorted axis, whatever k is
+        return tuple(cx.emit("slice", [cx.emit("sort", [x], axis=axis, descending=bool(largest), output=out)],
+                             axis=axis, start=0, end=k, step=1) for out in ("values", "indices"))
     if isinstance(k, str):
         raise cx.symbolic_error(f"topk of a symbolic `{k}` entries of an axis of {x.shape[axis]} cannot be expressed")
     return tuple(cx.emit("topk", [x], k=k, axis=axis, largest=bool(largest), output=out)

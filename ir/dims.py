@@ -30,7 +30,8 @@ from typing import TypeVar, Union
 Dim = Union[int, str]
 T = TypeVar("T")
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_]\w*)|(//|[-+*%()]))")
+_TOKEN = re.compile(r"\s*(?:(\d+)|([A-Za-z_]\w*)|(//|[-+*%(),]))")
+BOUNDS = ("min", "max")  # the two-argument functions an atom may be (`min(seq,2048)`)
 
 
 def is_dim_text(text: str) -> bool:
@@ -106,7 +107,8 @@ def floordiv(a: Dim, c: int) -> Dim:
     if inside[first] < 0:  # floor(A / c) = -floor((-A + c - 1) / c)
         flipped = floordiv(affine({n: -v for n, v in inside.items()}, -const + c - 1), c)
         return sub(affine(outside, outside_const), flipped)
-    if len(inside) == 1 and inside[first] == 1 and const == 0 and not _is_name(first):
+    if len(inside) == 1 and inside[first] == 1 and const == 0 and not _is_name(first) \
+            and _atom_parts(first)[0] == "//":
         inner, divisor = _split_division(first)  # (A // a) // c = A // (a*c)
         return add(affine(outside, outside_const), floordiv(inner, divisor * c))
     inner_text = str(affine(inside, const))
@@ -120,17 +122,42 @@ def mod(a: Dim, c: int) -> Dim:
     return sub(a, mul(floordiv(a, c), c))
 
 
+def minimum(a: Dim, b: Dim) -> Dim:
+    """`min(a, b)` in canonical form (the rules in the module docstring)."""
+    return _bound("min", a, b)
+
+
+def maximum(a: Dim, b: Dim) -> Dim:
+    """`max(a, b)`, held as `-min(-a, -b)`'s canonical form."""
+    return _bound("max", a, b)
+
+
+def _bound(kind: str, a: Dim, b: Dim) -> Dim:
+    pick = min if kind == "min" else max
+    gap = sub(a, b)
+    if isinstance(gap, int):  # a = b + gap: min(a, b) = b + min(gap, 0)
+        return add(b, pick(gap, 0))
+    (ca, ka), (cb, kb) = terms(a), terms(b)
+    x, kx, y = (b, kb, a) if not ca or (cb and str(affine(cb)) < str(affine(ca))) else (a, ka, b)  # x symbolic
+    x, y = sub(x, kx), sub(y, kx)  # min(X + k, Y) = k + min(X, Y - k)
+    if terms(x)[0][min(terms(x)[0])] < 0:  # min(X, Y) = -max(-X, -Y): the first argument's lead made positive
+        return sub(kx, _bound("max" if kind == "min" else "min", mul(x, -1), mul(y, -1)))
+    return affine({f"{kind}({x},{y})": 1}, kx)  # built, not added (adding would parse the atom being read)
+
+
 def names(dim: Dim) -> list[str]:
-    """The input-bound names a dim reads, inside its divisions too."""
+    """The input-bound names a dim reads, inside its divisions and bounds too."""
     found: set[str] = set()
     for atom in terms(dim)[0]:
-        found.update([atom] if _is_name(atom) else names(_split_division(atom)[0]))
+        found.update([atom] if _is_name(atom) else [n for part in _atom_parts(atom)[1] for n in names(part)])
     return sorted(found)
 
 
-def build(dim: Dim, name: Callable[[str], T], divide: Callable[[T, int], T]):
-    """A dim as another algebra's expression: `name(n)` for each name, `divide(x, c)` for floor division, and
-    + and * by ints (numbers, TVM PrimExprs). Terms keep their canonical order."""
+def build(dim: Dim, name: Callable[[str], T], divide: Callable[[T, int], T], minimum: Callable = min,
+          maximum: Callable = max):
+    """A dim as another algebra's expression: `name(n)` for each name, `divide(x, c)` for floor division,
+    `minimum(x, y)` / `maximum(x, y)` for the bounds, and + and * by ints (numbers, TVM PrimExprs). Terms keep their
+    canonical order."""
     if isinstance(dim, int):
         return dim
     coefs, const = terms(dim)
@@ -139,8 +166,9 @@ def build(dim: Dim, name: Callable[[str], T], divide: Callable[[T, int], T]):
         if _is_name(atom):
             value = name(atom)
         else:
-            inner, c = _split_division(atom)
-            value = divide(build(inner, name, divide), c)
+            kind, args = _atom_parts(atom)
+            built = [build(a, name, divide, minimum, maximum) for a in args]
+            value = divide(built[0], args[1]) if kind == "//" else (minimum if kind == "min" else maximum)(*built)
         parts.append(value if coef == 1 else coef * value)
     total = parts[0]
     for part in parts[1:]:
@@ -158,11 +186,34 @@ def _is_name(atom: str) -> bool:
     return atom.isidentifier()
 
 
+def _atom_parts(atom: str) -> tuple[str, tuple[Dim, Dim]]:
+    """A composite atom -> ("//", (A, c)) for `(A)//c`, ("min" | "max", (A, B)) for `min(A,B)`."""
+    head = atom.partition("(")[0]
+    if head in BOUNDS and atom.endswith(")"):
+        depth = 0
+        for i, ch in enumerate(atom[len(head) + 1:-1], start=len(head) + 1):
+            depth += (ch == "(") - (ch == ")")
+            if ch == "," and depth == 0:
+                return head, (_as_dim(atom[len(head) + 1:i]), _as_dim(atom[i + 1:-1]))
+    return "//", _split_division(atom)
+
+
 def _split_division(atom: str) -> tuple[Dim, int]:
     """`(A)//c` or `name//c` -> (A, c)."""
     inner, _, divisor = atom.rpartition("//")
     inner = inner[1:-1] if inner.startswith("(") else inner
     return _as_dim(inner), int(divisor)
+
+
+def split_dims(text: str) -> list[str]:
+    """A shape's dims, split at the commas outside parentheses (`1,min(seq,64)` is two dims)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
 
 
 def _as_dim(text: str) -> Dim:
@@ -275,6 +326,15 @@ class _Reader:
             return value
         if token.isdigit():
             return int(token)
+        if token in BOUNDS and self.peek() == "(":  # min(A, B), max(A, B)
+            self.take()
+            first = self.sum()
+            if self.take() != ",":
+                raise self.error(f"{token} takes two arguments")
+            second = self.sum()
+            if self.take() != ")":
+                raise self.error("unbalanced parentheses")
+            return minimum(first, second) if token == "min" else maximum(first, second)
         if _is_name(token):
             return token
         raise self.error(f"unexpected {token!r}")

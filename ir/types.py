@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dims import Dim, canonical, evaluate, is_dim_text
+from .dims import Dim, canonical, evaluate, is_dim_text, split_dims
 
 DTYPES = {
     "f32": np.float32,
@@ -67,7 +67,7 @@ class TensorType:
         if not bracket or not rest.endswith("]"):
             raise ValueError(f"a tensor type reads like f32[1,seq,64], got {text[:80]!r}")
         dims = rest[:-1].strip()
-        shape = tuple(int(d) if d.isdigit() else d for d in (x.strip() for x in dims.split(","))) if dims else ()
+        shape = tuple(int(d) if d.isdigit() else d for d in (x.strip() for x in split_dims(dims))) if dims else ()
         if not all(isinstance(d, int) or is_dim_text(d) for d in shape):
             raise ValueError(f"a dim is a size, a name or an affine expression of names and floor divisions by "
                              f"constants (kv+1, (seq+63)//64), got {text[:80]!r}")

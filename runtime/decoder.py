@@ -49,6 +49,7 @@ from .module import CompiledModule
 KIND = "decoder"  # the artifact kind (runtime/artifact.py)
 CALL_INPUTS = ("input_ids", "pos", "filled")  # the decoding graph's inputs before the caches (frontends/kv_cache.py)
 STEP_FUNCTION = "step"  # main specialized to one token, where the module has it (codegen/build.py)
+PREFILL_FUNCTION = "prefill"  # 2 .. spec.prefill_tokens tokens, beside a one-token main (frontends/prefill.py)
 DECODER_FILE = "decoder.json"
 TOKENIZER_DIR = "tokenizer"
 
@@ -61,17 +62,22 @@ class DecoderSpec:
     eos_token_ids: tuple[int, ...] = ()
     source: str = ""
     recomputes_because: str = ""  # why a decoder without a cache has none (frontends/decoder_export.py)
+    prefill_tokens: int = 0  # the most tokens a call of the module's `prefill` takes (0: it has none)
+    prefill_continues: bool = False  # whether `prefill` may start from states that are not zero, or starts prompts
 
     def to_dict(self) -> dict:
         return {"max_seq": self.max_seq, "vocab_size": self.vocab_size, "eos_token_ids": list(self.eos_token_ids),
                 "caches": [{"name": n, "shape": list(s)} for n, s in self.caches], "source": self.source,
-                "recomputes_because": self.recomputes_because}
+                "recomputes_because": self.recomputes_because,
+                "prefill_tokens": self.prefill_tokens, "prefill_continues": self.prefill_continues}
 
     @classmethod
     def from_dict(cls, d: dict) -> DecoderSpec:
         return cls(int(d["max_seq"]), int(d["vocab_size"]), tuple((c["name"], tuple(c["shape"])) for c in d["caches"]),
                    tuple(d.get("eos_token_ids", ())), d.get("source", ""),
-                   recomputes_because=str(d.get("recomputes_because", "")))
+                   recomputes_because=str(d.get("recomputes_because", "")),
+                   prefill_tokens=int(d.get("prefill_tokens", 0)),
+                   prefill_continues=bool(d.get("prefill_continues", False)))
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,8 @@ class Decoder:
         self._takes_filled = [name for name, _ in module.inputs[:3]] == list(CALL_INPUTS)
         self._zeros = np.zeros(spec.max_seq, np.int64)  # `filled` is a prefix of it (only its length is read)
         self._one_token = module.inputs[0][1].shape[1] == 1  # input_ids [1, 1]: no symbolic seq
+        # a one-token main's whole-prompt function (hybrids), at most this many tokens a call
+        self._prefill_tokens = spec.prefill_tokens if module.runnable and module.has_function(PREFILL_FUNCTION) else 0
         self.recomputes = [name for name, _ in module.inputs] == list(CALL_INPUTS[:1])  # no cache: the whole sequence
         # the module's one-token function (static shapes, codegen/build.py); artifacts built before it: main
         self._step_function = STEP_FUNCTION if module.runnable and module.has_function(STEP_FUNCTION) else "main"
@@ -214,26 +222,33 @@ class Decoder:
         seconds = time.perf_counter() - start
         return self.tokenizer.decode(new, skip_special_tokens=True), len(new), seconds
 
-    def _feed(self, ids: np.ndarray, state: DecodeState) -> DecodeState:
+    def _feed(self, ids: np.ndarray, state: DecodeState, function: str | None = None) -> DecodeState:
         n = ids.shape[1]
-        if n > 1 and self._one_token:  # a graph exported for one token at a time (frontends/decoder_export.py)
-            for i in range(n):
-                state = self._feed(ids[:, i:i + 1], state)
+        if n > 1 and self._one_token and function is None:  # main exported for one token at a time (decoder_export.py):
+            # pieces of at most `_prefill_tokens` through `prefill`, each from the states the last left (where it
+            # continues states; else only a prompt's first piece); the rest one token at a time through main
+            self._check_room(state.position + n)
+            i = 0
+            while i < n:
+                whole = self._prefill_tokens and (state.position == 0 or self.spec.prefill_continues)
+                take = min(self._prefill_tokens, n - i) if whole else 1
+                state = self._feed(ids[:, i:i + take], state, PREFILL_FUNCTION if take > 1 else None)
+                i += take
             return state
         self._check_room(state.position + n)
         if self.recomputes:  # the whole sequence each call: `main` (the one-token function would not fit it)
             state.tokens.extend(int(t) for t in ids[0])
             out = self.module.run_device(np.array([state.tokens], np.int64))
         elif n == 1 and self.graph_step:
-            owned, (slots, function) = self._owned_buffers(), self.step_function(state.position)
+            owned, (slots, bucket) = self._owned_buffers(), self.step_function(state.position)
             owned.token.copyfrom(ids)
             owned.pos.copyfrom(np.array([state.position], np.int64))
             out = self.module.run_device(owned.token, owned.pos, owned.filled[slots], *owned.caches, owned.logits,
-                                         function=function, n_outputs=1)
+                                         function=bucket, n_outputs=1)
         else:
             filled = (self._zeros[:state.position + n],) if self._takes_filled else ()
             out = self.module.run_device(ids, np.array([state.position], np.int64), *filled, *state.caches,
-                                         function=self._step_function if n == 1 else "main")
+                                         function=function or (self._step_function if n == 1 else "main"))
             state.caches = list(out[1:])  # the same buffers, written in place
         state.position += n
         state.logits = out[0].numpy().reshape(-1)

@@ -6,7 +6,9 @@ compiled as a KV-cached decoder; greedy decoding compared with transformers' `ge
 A row says `yes` when `actsparse.compile(model, mode="dense", max_seq=...)` builds and its `generate` equals
 `model.generate(ids, attention_mask=ones, do_sample=False)` for NEW tokens (a plain greedy generation config: the
 model's own forced-EOS or n-gram rules are decoding policy, not the model); `one token per call` when the model
-could only be exported for one token at a time (prefill then feeds the prompt token by token); `whole sequence per
+could only be exported for one token at a time (prefill then feeds the prompt token by token), `prompt per call
+(prefill), then one token per call` when such a model (recurrent states) has a whole-prompt `prefill` function
+besides (frontends/prefill.py); `whole sequence per
 call` when each step runs the model on all tokens so far, because it keeps no cache or because its cached forward
 exports in no variant (ProphetNet's takes one token at a position export fixes); otherwise the
 stage and the first line of the error. `--write` updates the README's generated table (rows of architectures not
@@ -54,8 +56,7 @@ def check_decoding(arch: str) -> dict:
         model = build_tiny(arch)
         ids = example_ids(model)
         lm = actsparse.compile(model, mode="dense", max_seq=ids.shape[1] + NEW + 2)
-        row["export"] = (f"whole sequence per call ({recomputed_because(lm)})" if lm.recomputes
-                         else "one token per call" if lm.module.inputs[0][1].shape[1] == 1 else "prompt per call")
+        row["export"] = export_kind(lm)
         got = torch.as_tensor(lm.generate(ids, NEW))
         stage = "transformers' generate: "  # ours ran; what follows is the reference
         # the model's own config replaced (generate would merge it back): no forced EOS, no n-gram bans
@@ -76,6 +77,22 @@ def check_decoding(arch: str) -> dict:
             row["reason"] = f"{CAUSES[arch]} ({row['reason']})"
     row["seconds"] = round(time.perf_counter() - clock, 1)
     return row
+
+
+def export_kind(lm) -> str:
+    """How the decoder takes tokens: the whole sequence, the prompt per call, or one token per call (and then
+    whether a `prefill` function takes the prompt: frontends/prefill.py)."""
+    if lm.recomputes:
+        return f"whole sequence per call ({recomputed_because(lm)})"
+    if lm.module.inputs[0][1].shape[1] != 1:
+        return "prompt per call"
+    if not lm.spec.prefill_tokens:
+        return "one token per call"
+    if not lm.spec.prefill_continues:
+        return "prompt per call from a fresh cache (prefill), then one token per call"
+    if lm.spec.prefill_tokens < lm.max_seq:
+        return f"prompt per {lm.spec.prefill_tokens} tokens (prefill), then one token per call"
+    return "prompt per call (prefill), then one token per call"
 
 
 def recomputed_because(lm) -> str:

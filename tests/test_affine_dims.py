@@ -135,6 +135,65 @@ def test_dims_with_divisions_build_parse_and_lower():
     assert str(expr) == str(64 * tirx.floordiv(seq + 63, 64))
 
 
+@pytest.mark.parametrize("text, canonical", [
+    ("min(2048, seq)", "min(seq,2048)"),  # a top-k indexer's k: the symbolic argument first
+    ("max(0, 64 - seq)", "-(min(seq,64))+64"),  # MPT's bias offset: max(x, y) = -min(-x, -y), constants out
+    ("64 - max(0, 64 - seq)", "min(seq,64)"),  # ... so the slice it starts is min(seq, 64) long
+    ("min(seq + 3, seq)", "seq"),  # arguments a constant apart are decided
+    ("min(kv, seq) + min(seq, kv)", "2*(min(kv,seq))"),  # arguments in one order
+    ("(min(seq, 64) + 63) // 64", "(min(seq,64)+63)//64"),  # a bound inside a division ...
+    ("min((seq + 63) // 64, 3)", "min((seq+63)//64,3)"),  # ... and a division inside a bound
+])
+def test_min_and_max_of_dims_rewrite_to_one_canonical_form(text, canonical):
+    assert dims.canonical(text) == canonical
+    assert dims.canonical(canonical) == canonical and dims.is_dim_text(canonical)
+    for seq in (0, 1, 5, 63, 64, 65, 200):
+        env = {"seq": seq, "kv": seq + 3}
+        assert dims.evaluate(canonical, env) == eval(text, {}, env) == eval(canonical, {}, env)
+    assert TensorType.parse(f"f32[1,{text}]").shape == (1, canonical)
+
+
+def test_min_and_max_dims_lower_to_tvm_min_and_max():
+    tirx = pytest.importorskip("tvm").tirx
+    seq = tirx.Var("seq", "int64")
+    expr = dims.build("-(min(seq,64))+64", {"seq": seq}.__getitem__, tirx.floordiv, tirx.min, tirx.max)
+    assert str(expr) == str(-1 * tirx.min(seq, 64) + 64)
+
+
+class TopK(nn.Module):
+    """A top-k indexer as DeepSeek-V3.2's: k = min(4, seq) of a length-dependent score row."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(16, 4)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        scores = x.sum(-1)
+        k = torch.sym_min(4, x.shape[1])  # as transformers writes it: a size torch keeps symbolic
+        values, _ = scores.topk(k, dim=-1)
+        return values
+
+
+def test_a_top_k_of_min_c_and_the_length_imports_with_a_dynamic_length():
+    """torch sizes the top-k by `Min(4, seq)`: the graph keeps it as a dim of its own (the first k of the sorted
+    axis), and the interpreter and the TVM build match torch on both sides of the bound."""
+    import actsparse
+    from actsparse.frontends.torch_export import import_torch
+    from actsparse.ir import evaluate
+
+    torch.manual_seed(0)
+    model = TopK().eval()
+    graph = import_torch(model, (torch.randint(0, 16, (1, 6)),), dynamic_seq=True)
+    assert graph.outputs[0].shape == (1, "min(seq,4)")
+    cm = actsparse.compile(graph, (np.zeros((1, 6), np.int64),), mode="dense")
+    for n in (2, 6, 9):
+        ids = torch.randint(0, 16, (1, n))
+        want = model(ids).detach().numpy()
+        np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-5)
+        np.testing.assert_allclose(cm(ids.numpy()), want, rtol=1e-5)
+
+
 class ChunkScan(nn.Module):
     """A chunked scan as Mamba-2 and gated-DeltaNet layers write it: pad the sequence to a multiple of the chunk,
     scan within and across chunks, slice the padding off."""

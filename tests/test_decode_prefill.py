@@ -1,0 +1,101 @@
+"""Hybrids (recurrent states beside or instead of K/V) prefill a whole prompt in one call: the module's one-token
+`main` takes the recurrent branch for decoding, and its `prefill` function (frontends/prefill.py) takes the model's
+multi-token branch from the states given. Greedy decoding still equals transformers' token for token, and a
+prompt costs one call, or one per 64 tokens where the graph bounds a call (gated DeltaNet's chunk loop)."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import actsparse
+
+transformers = pytest.importorskip("transformers")
+torch.set_num_threads(1)
+
+NEW = 5
+
+
+def _counted_generate(arch: str, prompt: int, tmp_path=None):
+    """(decoder, the `function` of every module call of one greedy generation, whether it equals transformers')
+    for a tiny `arch` on a random prompt of `prompt` tokens; with `tmp_path`, through a saved and loaded artifact."""
+    from actsparse.scripts.arch_table import build_tiny
+
+    model = build_tiny(arch)
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(vocab, (1, prompt), generator=torch.Generator().manual_seed(1))
+    model.generation_config = transformers.GenerationConfig(
+        max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+        pad_token_id=getattr(model.config.get_text_config(), "pad_token_id", None))
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids))
+    lm = actsparse.compile(model, mode="dense", max_seq=prompt + NEW + 1)
+    if tmp_path is not None:
+        lm = actsparse.load(lm.save(tmp_path / "lm.actsparse"))
+    calls = []
+    run = lm.module.run_device
+
+    def counted(*inputs, **kwargs):
+        calls.append(kwargs.get("function", "main"))
+        return run(*inputs, **kwargs)
+
+    lm.module.run_device = counted
+    return lm, calls, torch.equal(torch.as_tensor(lm.generate(ids, NEW)), expected)
+
+
+def test_a_zamba2_prompt_of_20_tokens_is_one_call_and_decodes_as_transformers(tmp_path):
+    """Zamba2 keeps Mamba-2 states (convolution window, SSM state) and an attention layer's K/V: 20 prompt tokens
+    are one `prefill` call (not 20 one-token calls), the rest one-token steps, through a saved and loaded artifact.
+    Its chunked scan starts from the states it is given, so tokens fed after a prompt go through `prefill` too, to
+    the logits the whole prompt gives; a prefill that only starts prompts (`prefill_continues` False) feeds them one
+    per call instead, to the same logits."""
+    lm, calls, equal = _counted_generate("zamba2", 20, tmp_path)
+    assert lm.module.inputs[0][1].shape == (1, 1)  # the step: the recurrent branch, one token per call
+    assert (lm.spec.prefill_tokens, lm.spec.prefill_continues) == (lm.max_seq, True)
+    assert calls == ["prefill"] + ["main"] * (NEW - 1)
+    assert equal
+    ids = np.arange(8).reshape(1, -1) % lm.spec.vocab_size
+    whole = lm.prefill(ids).logits
+    for continues, expected in ((True, ["prefill"] * 2), (False, ["prefill"] + ["main"] * 5)):
+        lm.spec = dataclasses.replace(lm.spec, prefill_continues=continues)
+        del calls[:]
+        logits, _ = lm.step(ids[:, 3:], lm.prefill(ids[:, :3]))
+        assert calls == expected
+        np.testing.assert_allclose(logits, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_a_gated_deltanet_prompt_prefills_in_pieces_of_64_tokens():
+    """Kimi-Linear's delta-rule scan loops over 64-token chunks in Python, so its prefill graph takes at most 64
+    tokens a call (ir/limits.py reads the bound off the graph): a prompt of 130 tokens is ceil(130/64) = 3 calls,
+    64 + 64 + 2, each continuing from the states the last returned, and decoding still equals transformers."""
+    lm, calls, equal = _counted_generate("kimi_linear", 130)
+    assert (lm.spec.prefill_tokens, lm.spec.prefill_continues) == (64, True)
+    assert calls[:math.ceil(130 / 64)] == ["prefill"] * 3 and calls[3:] == ["main"] * (NEW - 1)
+    assert equal
+
+
+def test_the_check_finds_a_multi_token_forward_that_ignores_its_states(monkeypatch):
+    """The prefill may continue a prompt only where the model's multi-token branch starts from the states it is
+    given (checked eagerly against one-token steps, from zero states and from the first token's): a Mamba-2 whose
+    multi-token calls see zero states whatever they are given (this test's stand-in for such a model; Mamba's own
+    selective scan is one, but its forward does not export at a dynamic length) passes from zero states only."""
+    from actsparse.frontends import prefill
+    from actsparse.frontends.kv_cache import cache_specs
+    from actsparse.scripts.arch_table import build_tiny
+
+    model = build_tiny("mamba2")
+    specs, own = cache_specs(model, 8)
+    assert prefill._continues_states(model, specs, own, 8) == ("", "")
+    real = prefill.KVCachedLM.forward
+
+    def forgetful(self, input_ids, pos, filled, cache):
+        if input_ids.shape[1] > 1:
+            cache = tuple(torch.zeros_like(c) if s.kind in ("conv", "recurrent") else c
+                          for s, c in zip(self.specs, cache, strict=True))
+        return real(self, input_ids, pos, filled, cache)
+
+    monkeypatch.setattr(prefill.KVCachedLM, "forward", forgetful)
+    fresh, later = prefill._continues_states(model, specs, own, 8)
+    assert fresh == "" and "does not continue from the states" in later and "after the first" in later, later
