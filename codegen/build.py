@@ -6,7 +6,8 @@ default pipeline for the target kind: on CUDA that pipeline schedules the legali
 GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback), which skip our scheduled kernels. On CPU
 `tvm.compile`'s generic pipeline does not fuse, so a decoder step made ~15 small legalized calls per layer
 (RMSNorm's five, rotary's eight, ...), each an allocation and a VM call: CPU takes TVM's CPU pipeline, which
-fuses them (FuseOps + FuseTIR). Our kernels are marked opaque so that fusion never merges into them.
+fuses them (FuseOps + FuseTIR). Our kernels are marked opaque so that fusion never merges into them. The matmuls it
+legalizes (two activations: a hybrid prefill's chunked scan) get a CPU schedule there too (codegen/cpu_matmul.py).
 
 A decoder's graph (first input `input_ids[1, seq]`) also gets a `step` function with that token dim fixed to 1:
 static shapes for every op outside attention, so the VM no longer builds and checks a shape per value.
@@ -40,13 +41,26 @@ def _cuda_setup() -> None:
 SETUP = {"cuda": _cuda_setup}  # TVM target kind -> what building for it needs first
 
 
-def _cpu_pipeline(tvm_target):
-    from tvm.relax.backend.cpu_generic import get_default_pipeline
+def _cpu_pipeline(tvm_target, target: Target):
+    """TVM's CPU pipeline with the legalized matmuls scheduled right after legalization (codegen/cpu_matmul.py)."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    return get_default_pipeline(tvm_target)
+    from .cpu_matmul import schedule_legalized_matmuls
+
+    legalize = cpu.legalize_passes(tvm_target)  # LegalizeOps first, then pattern annotation and fusion
+    passes = (cpu.library_dispatch_passes(tvm_target) + legalize[:1] + [schedule_legalized_matmuls(target.lanes)]
+              + legalize[1:] + cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target))
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod, _ctx):
+        with tvm_target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
 
 
-def _cuda_pipeline(tvm_target):
+def _cuda_pipeline(tvm_target, _target: Target):
     from .cuda_pipeline import cuda_pipeline
 
     return cuda_pipeline(tvm_target)
@@ -100,7 +114,7 @@ def build(graph: Graph, target: Target, functions: dict[str, Graph] | None = Non
     pipeline = PIPELINES.get(tvm_target.kind.name)
     with tvm_target, _capturing(static):  # nvcc and dlight read the current target
         executable = tvm.compile(mod, target=tvm_target,
-                                 relax_pipeline=pipeline(tvm_target) if pipeline else "default")
+                                 relax_pipeline=pipeline(tvm_target, target) if pipeline else "default")
     return executable, weight_order
 
 
