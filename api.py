@@ -222,6 +222,13 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                        recomputes_because=recomputes_because, prefill_tokens=prefill_tokens,
                        prefill_continues=continues)
     lm = Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
+    if functions and module.runnable:  # a hybrid's prefill: from which piece length it beats token by token
+        from .runtime.prefill_rule import settle_prefill_from
+
+        progress.more(1)
+        progress.start("measure from which prompt length prefill beats token by token")
+        note = settle_prefill_from(lm)
+        module.report.notes.extend([note] if note else [])
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)
     return lm

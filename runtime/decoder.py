@@ -64,12 +64,15 @@ class DecoderSpec:
     recomputes_because: str = ""  # why a decoder without a cache has none (frontends/decoder_export.py)
     prefill_tokens: int = 0  # the most tokens a call of the module's `prefill` takes (0: it has none)
     prefill_continues: bool = False  # whether `prefill` may start from states that are not zero, or starts prompts
+    prefill_from: int = 2  # the fewest tokens a piece needs to go through `prefill` (runtime/prefill_rule.py);
+    # above prefill_tokens: never. Artifacts without it: 2, any piece of two tokens or more (as they were built)
 
     def to_dict(self) -> dict:
         return {"max_seq": self.max_seq, "vocab_size": self.vocab_size, "eos_token_ids": list(self.eos_token_ids),
                 "caches": [{"name": n, "shape": list(s)} for n, s in self.caches], "source": self.source,
                 "recomputes_because": self.recomputes_because,
-                "prefill_tokens": self.prefill_tokens, "prefill_continues": self.prefill_continues}
+                "prefill_tokens": self.prefill_tokens, "prefill_continues": self.prefill_continues,
+                "prefill_from": self.prefill_from}
 
     @classmethod
     def from_dict(cls, d: dict) -> DecoderSpec:
@@ -77,7 +80,8 @@ class DecoderSpec:
                    tuple(d.get("eos_token_ids", ())), d.get("source", ""),
                    recomputes_because=str(d.get("recomputes_because", "")),
                    prefill_tokens=int(d.get("prefill_tokens", 0)),
-                   prefill_continues=bool(d.get("prefill_continues", False)))
+                   prefill_continues=bool(d.get("prefill_continues", False)),
+                   prefill_from=int(d.get("prefill_from", 2)))
 
 
 @dataclass(frozen=True)
@@ -226,12 +230,14 @@ class Decoder:
         n = ids.shape[1]
         if n > 1 and self._one_token and function is None:  # main exported for one token at a time (decoder_export.py):
             # pieces of at most `_prefill_tokens` through `prefill`, each from the states the last left (where it
-            # continues states; else only a prompt's first piece); the rest one token at a time through main
+            # continues states; else only a prompt's first piece), where a piece has at least `spec.prefill_from` tokens
+            # (below, the steps were measured faster); the rest one token at a time through main
             self._check_room(state.position + n)
             i = 0
             while i < n:
-                whole = self._prefill_tokens and (state.position == 0 or self.spec.prefill_continues)
-                take = min(self._prefill_tokens, n - i) if whole else 1
+                take = min(self._prefill_tokens, n - i)
+                whole = take >= self.spec.prefill_from and (state.position == 0 or self.spec.prefill_continues)
+                take = take if whole else 1
                 state = self._feed(ids[:, i:i + take], state, PREFILL_FUNCTION if take > 1 else None)
                 i += take
             return state

@@ -32,8 +32,13 @@ def _counted_generate(arch: str, prompt: int, tmp_path=None):
     with torch.no_grad():
         expected = model.generate(ids, attention_mask=torch.ones_like(ids))
     lm = actsparse.compile(model, mode="dense", max_seq=prompt + NEW + 1)
+    measured = lm.spec.prefill_from  # runtime/prefill_rule.py, at compile time: a figure of this machine's load
+    assert 2 <= measured <= lm.spec.prefill_tokens + 1
+    assert any("go through prefill" in note for note in lm.report.notes)
     if tmp_path is not None:
         lm = actsparse.load(lm.save(tmp_path / "lm.actsparse"))
+        assert lm.spec.prefill_from == measured  # decoder.json keeps the rule
+    lm.spec = dataclasses.replace(lm.spec, prefill_from=2)  # the calls counted below: every piece through prefill
     calls = []
     run = lm.module.run_device
 
@@ -99,3 +104,66 @@ def test_the_check_finds_a_multi_token_forward_that_ignores_its_states(monkeypat
     monkeypatch.setattr(prefill.KVCachedLM, "forward", forgetful)
     fresh, later = prefill._continues_states(model, specs, own, 8)
     assert fresh == "" and "does not continue from the states" in later and "after the first" in later, later
+
+
+class _StandInModule:
+    """A hybrid's compiled module for runtime/decoder.py's routing only: a one-token `main` and a `prefill`, one
+    recurrent state of one number (the tokens fed so far), each call recorded as (function, tokens)."""
+
+    runnable = True
+    graph = None
+
+    def __init__(self):
+        self.inputs = [(name, dataclasses.make_dataclass("T", ["shape", "dtype"])(shape, dtype)) for name, shape, dtype
+                       in (("input_ids", (1, 1), "i64"), ("pos", (1,), "i64"), ("filled", (1,), "i64"),
+                           ("state", (1,), "f32"))]
+        self.calls = []
+
+    def has_function(self, name):
+        return name == "prefill"
+
+    def device_tensor(self, array):
+        return array
+
+    def run_device(self, ids, pos, filled, state, function="main"):
+        self.calls.append((function, ids.shape[1]))
+        out = type("Out", (), {"numpy": lambda self_: self_.value})
+        logits, new_state = out(), state + ids.shape[1]
+        logits.value = np.array([float(new_state[0])])
+        return [logits, new_state]
+
+
+@pytest.mark.parametrize("prefill_from, prompt, expected", [
+    (3, 2, [("main", 1)] * 2),                       # shorter than the crossover: token by token
+    (3, 3, [("prefill", 3)]),                        # from it on: one call
+    (3, 9, [("prefill", 4)] * 2 + [("main", 1)]),    # pieces of at most 4, the 1-token rest a step
+    (3, 10, [("prefill", 4)] * 2 + [("main", 1)] * 2),  # a 2-token rest is below the crossover: steps
+    (5, 9, [("main", 1)] * 9),                       # above the most a call takes: never
+])
+def test_the_decoder_takes_prefill_only_from_the_measured_piece_length(prefill_from, prompt, expected):
+    """The rule of runtime/prefill_rule.py, both ways, on a stand-in module (4 tokens a prefill call at most):
+    a piece goes through `prefill` where it has at least `spec.prefill_from` tokens, else token by token; every
+    token is fed either way (the stand-in's state counts them)."""
+    from actsparse.runtime.decoder import Decoder, DecoderSpec
+
+    module = _StandInModule()
+    spec = DecoderSpec(16, 8, (("state", (1,)),), prefill_tokens=4, prefill_continues=True, prefill_from=prefill_from)
+    state = Decoder(module, spec).prefill(np.zeros((1, prompt), np.int64))
+    assert module.calls == expected
+    assert (state.position, float(state.logits[0])) == (prompt, prompt)
+
+
+def test_the_crossover_is_where_one_prefill_call_beats_the_steps():
+    """`crossover`: a prefill whose cost is flat (a padded chunk) at 10 ms against 1 ms steps wins from 11 tokens;
+    one cheaper than two steps wins from 2; one that never catches up within the most a call takes (or costs a
+    step or more per extra token) never does (the most + 1); artifacts without the field keep 2 (as built)."""
+    from actsparse.runtime.decoder import DecoderSpec
+    from actsparse.runtime.prefill_rule import crossover
+
+    assert crossover((2, 0.010), (64, 0.010), 0.001, 64) == 11
+    assert crossover((2, 0.0015), (64, 0.020), 0.001, 64) == 2
+    assert crossover((2, 0.100), (64, 0.100), 0.001, 64) == 65
+    assert crossover((2, 0.003), (64, 0.070), 0.001, 64) == 65
+    old = DecoderSpec(8, 4, ()).to_dict()
+    del old["prefill_from"]
+    assert DecoderSpec.from_dict(old).prefill_from == 2
