@@ -10,7 +10,9 @@ compiled in dense mode; both paths run the same compiled module (`prefill` vs `m
 alternating, and must give the same last logits. `--before` also builds the module with TVM's legalized matmuls
 left unscheduled (as before codegen/cpu_matmul.py) and times it the same way, interleaved with the scheduled one.
 Printed per module: median ms of each path, their ratio, the module calls each made, the piece length from which
-the decoder takes `prefill` (measured at compile time: runtime/prefill_rule.py), and the load average.
+the decoder takes `prefill` (measured at compile time: runtime/prefill_rule.py), and the load average. `--profile N`
+also prints the N callees (kernels, legalized ops, VM builtins) where one prefill call spends most, timed around
+each call through a VM instrument (the Python callback between calls adds a little to each; shares, not totals).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections import defaultdict
 
 # option -> the config attributes it sets (the names the shrinker uses for that size, scripts/tiny_config.py)
 WIDENED = {"hidden": ("hidden_size",), "layers": ("num_hidden_layers",), "state": ("state_size", "mamba_d_state"),
@@ -50,6 +53,30 @@ def build_model(arch: str, sizes: dict):
     return model_class._from_config(causal_lm_part(config, model_class)).float().eval()
 
 
+def profile_prefill(decoder, ids, top: int) -> list[str]:
+    """The `top` callees of one prefill of `ids` by `decoder` (time around each call, see the module docstring)."""
+    spent, calls, started = defaultdict(float), defaultdict(int), {}
+
+    def instrument(func, symbol, before_run, ret_value, *args):
+        if before_run:
+            started[symbol] = time.perf_counter()
+        else:
+            spent[symbol] += time.perf_counter() - started[symbol]
+            calls[symbol] += 1
+        return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+    decoder.spec = dataclasses.replace(decoder.spec, prefill_from=2)
+    decoder.module._vm.set_instrument(instrument)
+    try:
+        start = time.perf_counter()
+        decoder.prefill(ids)
+        total = time.perf_counter() - start
+    finally:
+        decoder.module._vm.set_instrument(None)
+    ranked = sorted(spent.items(), key=lambda item: -item[1])[:top]
+    return [f"    {1e3 * t:8.2f} ms {100 * t / total:5.1f}%  x{calls[name]:<3} {name[:100]}" for name, t in ranked]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="mamba2", help="a hybrid architecture of transformers (tiny config)")
@@ -57,6 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     for option in WIDENED:
         parser.add_argument("--" + option.replace("_", "-"), type=int, help=f"set {', '.join(WIDENED[option])}")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print one prefill's N costliest callees")
     parser.add_argument("--before", action="store_true",
                         help="also time a build with TVM's legalized matmuls unscheduled (before cpu_matmul.py)")
     args = parser.parse_args(argv)
@@ -105,7 +133,10 @@ def main(argv=None) -> int:
         whole, steps = ms[label, "prefill"], ms[label, "token by token"]
         print(f"  {label}: prefill {whole:.2f} ms ({calls} call(s)); token by token {steps:.2f} ms "
               f"({args.prompt} calls); token by token / prefill = {steps / whole:.2f}x; the decoder takes prefill "
-              f"from {measured[label]} tokens (max {decoder.spec.prefill_tokens})")
+              + (f"from {measured[label]} tokens" if measured[label] <= decoder.spec.prefill_tokens else "never")
+              + f" (measured at compile time; at most {decoder.spec.prefill_tokens} tokens a call)")
+        if args.profile:
+            print("\n".join(profile_prefill(decoder, ids, args.profile)))
     return 0
 
 

@@ -7,7 +7,8 @@ GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback), which skip our 
 `tvm.compile`'s generic pipeline does not fuse, so a decoder step made ~15 small legalized calls per layer
 (RMSNorm's five, rotary's eight, ...), each an allocation and a VM call: CPU takes TVM's CPU pipeline, which
 fuses them (FuseOps + FuseTIR). Our kernels are marked opaque so that fusion never merges into them. The matmuls it
-legalizes (two activations: a hybrid prefill's chunked scan) get a CPU schedule there too (codegen/cpu_matmul.py).
+legalizes (two activations: a hybrid prefill's chunked scan) and the functions it fuses get a CPU schedule there
+too (codegen/cpu_matmul.py, codegen/cpu_fused.py).
 
 A decoder's graph (first input `input_ids[1, seq]`) also gets a `step` function with that token dim fixed to 1:
 static shapes for every op outside attention, so the VM no longer builds and checks a shape per value.
@@ -42,15 +43,18 @@ SETUP = {"cuda": _cuda_setup}  # TVM target kind -> what building for it needs f
 
 
 def _cpu_pipeline(tvm_target, target: Target):
-    """TVM's CPU pipeline with the legalized matmuls scheduled right after legalization (codegen/cpu_matmul.py)."""
+    """TVM's CPU pipeline with the legalized matmuls scheduled right after legalization (codegen/cpu_matmul.py)
+    and the fused functions after fusion (codegen/cpu_fused.py)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from .cpu_fused import schedule_fused_functions
     from .cpu_matmul import schedule_legalized_matmuls
 
     legalize = cpu.legalize_passes(tvm_target)  # LegalizeOps first, then pattern annotation and fusion
     passes = (cpu.library_dispatch_passes(tvm_target) + legalize[:1] + [schedule_legalized_matmuls(target.lanes)]
-              + legalize[1:] + cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target))
+              + legalize[1:] + [schedule_fused_functions()] + cpu.dataflow_lower_passes(tvm_target)
+              + cpu.finalize_passes(tvm_target))
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod, _ctx):
