@@ -7,8 +7,9 @@ GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback), which skip our 
 `tvm.compile`'s generic pipeline does not fuse, so a decoder step made ~15 small legalized calls per layer
 (RMSNorm's five, rotary's eight, ...), each an allocation and a VM call: CPU takes TVM's CPU pipeline, which
 fuses them (FuseOps + FuseTIR). Our kernels are marked opaque so that fusion never merges into them. The matmuls it
-legalizes (two activations: a hybrid prefill's chunked scan) and the functions it fuses get a CPU schedule there
-too (codegen/cpu_matmul.py, codegen/cpu_fused.py).
+legalizes (two activations: a hybrid prefill's chunked scan) get a CPU schedule there too, and so do the functions
+it fuses that only a whole-prompt function (`functions`: a hybrid's `prefill`) calls (codegen/cpu_matmul.py,
+codegen/cpu_fused.py).
 
 A decoder's graph (first input `input_ids[1, seq]`) also gets a `step` function with that token dim fixed to 1:
 static shapes for every op outside attention, so the VM no longer builds and checks a shape per value.
@@ -42,9 +43,9 @@ def _cuda_setup() -> None:
 SETUP = {"cuda": _cuda_setup}  # TVM target kind -> what building for it needs first
 
 
-def _cpu_pipeline(tvm_target, target: Target):
+def _cpu_pipeline(tvm_target, target: Target, whole_prompt: tuple[str, ...] = ()):
     """TVM's CPU pipeline with the legalized matmuls scheduled right after legalization (codegen/cpu_matmul.py)
-    and the fused functions after fusion (codegen/cpu_fused.py)."""
+    and, after fusion, the fused functions that only the `whole_prompt` functions call (codegen/cpu_fused.py)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
@@ -53,7 +54,7 @@ def _cpu_pipeline(tvm_target, target: Target):
 
     legalize = cpu.legalize_passes(tvm_target)  # LegalizeOps first, then pattern annotation and fusion
     passes = (cpu.library_dispatch_passes(tvm_target) + legalize[:1] + [schedule_legalized_matmuls(target.lanes)]
-              + legalize[1:] + [schedule_fused_functions()] + cpu.dataflow_lower_passes(tvm_target)
+              + legalize[1:] + [schedule_fused_functions(whole_prompt)] + cpu.dataflow_lower_passes(tvm_target)
               + cpu.finalize_passes(tvm_target))
 
     @tvm.transform.module_pass(opt_level=0)
@@ -64,7 +65,7 @@ def _cpu_pipeline(tvm_target, target: Target):
     return pipeline
 
 
-def _cuda_pipeline(tvm_target, _target: Target):
+def _cuda_pipeline(tvm_target, _target: Target, _whole_prompt: tuple[str, ...] = ()):
     from .cuda_pipeline import cuda_pipeline
 
     return cuda_pipeline(tvm_target)
@@ -117,8 +118,8 @@ def build(graph: Graph, target: Target, functions: dict[str, Graph] | None = Non
     SETUP.get(target.kind, lambda: None)()
     pipeline = PIPELINES.get(tvm_target.kind.name)
     with tvm_target, _capturing(static):  # nvcc and dlight read the current target
-        executable = tvm.compile(mod, target=tvm_target,
-                                 relax_pipeline=pipeline(tvm_target, target) if pipeline else "default")
+        relax_pipeline = pipeline(tvm_target, target, tuple(functions or ())) if pipeline else "default"
+        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline)
     return executable, weight_order
 
 

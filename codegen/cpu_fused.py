@@ -7,7 +7,8 @@ hybrid's whole-prompt `prefill` (frontends/prefill.py) Mamba-2's segment sums ar
 256 x 256 floats = 6 MB at 768 wide), so one fused chain of twelve ops wrote and read twelve such buffers, one thread,
 and was the largest item of the call (BENCHMARKS.md, session 14).
 
-The schedule is what dlight's GPU fallback does before binding threads (`try_inline`: every intermediate block that
+Only the functions a whole-prompt function alone calls are scheduled (`schedule_fused_functions(callers)`). The
+schedule is what dlight's GPU fallback does before binding threads (`try_inline`: every intermediate block that
 can be is computed inline into its consumer, or its consumer into it), then, per block left, its leading spatial
 loops fused into one loop run in parallel where the block has enough iterations to pay for waking the thread pool
 (PARALLEL_ITERATIONS). Our own kernels and the scheduled matmuls (codegen/cpu_matmul.py) are opaque and left alone;
@@ -57,15 +58,31 @@ def schedule_fused(func):
     return sch.mod["main"]
 
 
-def schedule_fused_functions():
-    """The module pass: every PrimFunc that is not ours or already scheduled, through `schedule_fused`."""
+def _called_only_from(mod, callers: tuple[str, ...]) -> set[str]:
+    """The names of the PrimFuncs that only the Relax functions named `callers` call."""
+    from tvm import relax
+
+    called: dict[str, set[str]] = {}
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            for callee in relax.analysis.all_global_vars(func):
+                called.setdefault(callee.name_hint, set()).add(gv.name_hint)
+    return {name for name, by in called.items() if by <= set(callers)}
+
+
+def schedule_fused_functions(callers: tuple[str, ...]):
+    """The module pass: every PrimFunc that only the functions `callers` call (a hybrid decoder's `prefill`) and
+    that is not ours or already scheduled, through `schedule_fused`. Not the one-token step's: its tensors are a
+    few rows, and on a loaded machine a parallel loop waits for the slowest of its threads (a 768-wide mamba2
+    step ran 2.8x slower with its fused functions parallel, load ~7 on 2 cores)."""
     import tvm
 
     @tvm.transform.module_pass(opt_level=0, name="ScheduleFusedFunctions")
     def transform(mod, _ctx):
         mod = mod.clone()  # the pass's input stays as it was
-        for gv, func in list(mod.functions.items()) if not left_plain_now() else ():
-            if _schedulable(func):
+        wanted = _called_only_from(mod, callers) if callers and not left_plain_now() else set()
+        for gv, func in list(mod.functions.items()):
+            if gv.name_hint in wanted and _schedulable(func):
                 try:
                     scheduled = schedule_fused(func)
                 except Exception:  # noqa: BLE001 - see the module docstring: unscheduled is slow, not wrong

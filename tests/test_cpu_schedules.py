@@ -54,7 +54,8 @@ def test_a_legalized_matmul_is_scheduled_and_equals_numpy(shape_a, shape_b, n):
 
 def test_a_fused_chain_is_inlined_and_equals_numpy():
     """tril mask (where) -> exp -> transpose -> multiply -> transpose, fused by FuseOps into one function of several
-    blocks: the schedule leaves fewer, and the result is numpy's, at a short and a long symbolic length."""
+    blocks: scheduled where only a whole-prompt function calls it (here `main` stands for one), none left, and the
+    result is numpy's, at a short and a long symbolic length; left alone where another function calls it."""
     from tvm import relax
 
     from actsparse.codegen.build import _cpu_pipeline
@@ -74,15 +75,17 @@ def test_a_fused_chain_is_inlined_and_equals_numpy():
         bb.emit_func_output(out)
     mod = bb.get()
     target = host()
-    fused = relax.transform.FuseTIR()(relax.transform.FuseOps()(relax.transform.AnnotateTIROpPattern()(
-        relax.transform.LegalizeOps()(mod))))
-    scheduled = schedule_fused_functions()(fused)
     def intermediates(module):
         return sum(f.script().count("alloc_buffer") for f in module.functions.values()
                    if isinstance(f, tvm.tirx.PrimFunc))
 
+    fused = relax.transform.FuseTIR()(relax.transform.FuseOps()(relax.transform.AnnotateTIROpPattern()(
+        relax.transform.LegalizeOps()(mod))))
+    assert intermediates(schedule_fused_functions(("prefill",))(fused)) == intermediates(fused)  # main's: left
+    scheduled = schedule_fused_functions(("main",))(fused)
     assert intermediates(fused) >= 5 and intermediates(scheduled) == 0  # the rewrite fired: every one inlined
-    executable = tvm.compile(mod, target=target.tvm_target(), relax_pipeline=_cpu_pipeline(target.tvm_target(), target))
+    pipeline = _cpu_pipeline(target.tvm_target(), target, ("main",))
+    executable = tvm.compile(mod, target=target.tvm_target(), relax_pipeline=pipeline)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     rng = np.random.default_rng(0)
     for length in (4, 130):
