@@ -7,9 +7,8 @@
 The model is the architecture's tiny config (scripts/tiny_config.py), widened where asked (`--hidden` etc. set
 every spelling of that size the config has, as the shrinker does; the heads follow hidden x expand / head dim),
 compiled in dense mode; both paths run the same compiled module (`prefill` vs `main`) on the same prompt,
-alternating, and must give the same last logits. `--before` also builds the module with TVM's legalized matmuls and
-fused functions left unscheduled (as before codegen/cpu_matmul.py and cpu_fused.py) and times it the same way,
-interleaved with the scheduled one.
+alternating, and must give the same last logits. `--before` also builds the module with TVM's legalized matmuls
+left unscheduled (as before codegen/cpu_matmul.py) and times it the same way, interleaved with the scheduled one.
 Printed per module: median ms of each path, their ratio, the module calls each made, the piece length from which
 the decoder takes `prefill` (measured at compile time: runtime/prefill_rule.py), and the load average. `--profile N`
 also prints the N callees (kernels, legalized ops, VM builtins) where one prefill call spends most, timed around
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
         parser.add_argument("--" + option.replace("_", "-"), type=int, help=f"set {', '.join(WIDENED[option])}")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print one prefill's N costliest callees")
     parser.add_argument("--before", action="store_true",
-                        help="also time a build with TVM's legalized ops unscheduled (before cpu_matmul/cpu_fused.py)")
+                        help="also time a build with TVM's legalized matmuls unscheduled (before cpu_matmul.py)")
     args = parser.parse_args(argv)
 
     import numpy as np

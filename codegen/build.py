@@ -7,9 +7,7 @@ GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback), which skip our 
 `tvm.compile`'s generic pipeline does not fuse, so a decoder step made ~15 small legalized calls per layer
 (RMSNorm's five, rotary's eight, ...), each an allocation and a VM call: CPU takes TVM's CPU pipeline, which
 fuses them (FuseOps + FuseTIR). Our kernels are marked opaque so that fusion never merges into them. The matmuls it
-legalizes (two activations: a hybrid prefill's chunked scan) get a CPU schedule there too, and so do the functions
-it fuses that only a whole-prompt function (`functions`: a hybrid's `prefill`) calls (codegen/cpu_matmul.py,
-codegen/cpu_fused.py).
+legalizes (two activations: a hybrid prefill's chunked scan) get a CPU schedule there too (codegen/cpu_matmul.py).
 
 A decoder's graph (first input `input_ids[1, seq]`) also gets a `step` function with that token dim fixed to 1:
 static shapes for every op outside attention, so the VM no longer builds and checks a shape per value.
@@ -43,19 +41,16 @@ def _cuda_setup() -> None:
 SETUP = {"cuda": _cuda_setup}  # TVM target kind -> what building for it needs first
 
 
-def _cpu_pipeline(tvm_target, target: Target, whole_prompt: tuple[str, ...] = ()):
-    """TVM's CPU pipeline with the legalized matmuls scheduled right after legalization (codegen/cpu_matmul.py)
-    and, after fusion, the fused functions that only the `whole_prompt` functions call (codegen/cpu_fused.py)."""
+def _cpu_pipeline(tvm_target, target: Target):
+    """TVM's CPU pipeline with the legalized matmuls scheduled right after legalization (codegen/cpu_matmul.py)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from .cpu_fused import schedule_fused_functions
     from .cpu_matmul import schedule_legalized_matmuls
 
     legalize = cpu.legalize_passes(tvm_target)  # LegalizeOps first, then pattern annotation and fusion
     passes = (cpu.library_dispatch_passes(tvm_target) + legalize[:1] + [schedule_legalized_matmuls(target.lanes)]
-              + legalize[1:] + [schedule_fused_functions(whole_prompt)] + cpu.dataflow_lower_passes(tvm_target)
-              + cpu.finalize_passes(tvm_target))
+              + legalize[1:] + cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target))
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod, _ctx):
@@ -65,7 +60,7 @@ def _cpu_pipeline(tvm_target, target: Target, whole_prompt: tuple[str, ...] = ()
     return pipeline
 
 
-def _cuda_pipeline(tvm_target, _target: Target, _whole_prompt: tuple[str, ...] = ()):
+def _cuda_pipeline(tvm_target, _target: Target):
     from .cuda_pipeline import cuda_pipeline
 
     return cuda_pipeline(tvm_target)
@@ -118,8 +113,8 @@ def build(graph: Graph, target: Target, functions: dict[str, Graph] | None = Non
     SETUP.get(target.kind, lambda: None)()
     pipeline = PIPELINES.get(tvm_target.kind.name)
     with tvm_target, _capturing(static):  # nvcc and dlight read the current target
-        relax_pipeline = pipeline(tvm_target, target, tuple(functions or ())) if pipeline else "default"
-        executable = tvm.compile(mod, target=tvm_target, relax_pipeline=relax_pipeline)
+        executable = tvm.compile(mod, target=tvm_target,
+                                 relax_pipeline=pipeline(tvm_target, target) if pipeline else "default")
     return executable, weight_order
 
 

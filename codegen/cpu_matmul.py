@@ -90,18 +90,12 @@ _LEFT_PLAIN = []  # non-empty inside `left_plain()`
 
 @contextlib.contextmanager
 def left_plain():
-    """Builds inside leave the legalized ops as TVM made them: matmuls here, fused functions in cpu_fused.py
-    (benchmarks/hybrid_prefill.py's before/after)."""
+    """Builds inside leave the legalized matmuls as TVM made them (benchmarks/hybrid_prefill.py's before/after)."""
     _LEFT_PLAIN.append(True)
     try:
         yield
     finally:
         _LEFT_PLAIN.pop()
-
-
-def left_plain_now() -> bool:
-    """Whether a build runs inside `left_plain()`."""
-    return bool(_LEFT_PLAIN)
 
 
 def schedule_legalized_matmuls(lanes: int):
