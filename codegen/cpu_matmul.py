@@ -11,8 +11,8 @@ nest ran at ~0.25 GFLOP/s and made one prefill call slower than 64 one-token ste
 The schedule is the textbook register block: rows in blocks of ROWS, columns in vectors of `lanes`, the reduction
 between them (`b, i/ROWS, j/lanes, k, i%ROWS, j%lanes`): each k broadcasts ROWS values of A against one contiguous
 vector of B into ROWS vector accumulators; the batch and row blocks run in parallel where the matmul is large enough
-to pay for waking the thread pool (PARALLEL_WORK). A dim that is symbolic or not
-a multiple of the block is not split (no tails: the loop stays whole, the rest still applies). Scheduled matmuls
+to pay for waking the thread pool (PARALLEL_WORK). Each dim is blocked by the largest power of two up to its block
+that divides it, 1 where it is symbolic (no tail loops; the reorder and the rest still apply). Scheduled matmuls
 are marked opaque, as our own kernels are (codegen/build.py), so fusion does not merge an epilogue into them.
 """
 
