@@ -102,8 +102,8 @@ class Importer:
         limits = input_limits(graph).dim_bounds
         for name, most in self.assumed.items():
             if limits.get(name, most + 1) > most:
-                raise self.symbolic_error(f"torch's export assumed sizes equal that are for {name} up to {most} "
-                                          "only, and the graph does not bound it there; import with "
+                raise self.symbolic_error(f"torch's export assumed sizes equal that are equal only for {name} up "
+                                          f"to {most}, and the graph does not bound it there; import with "
                                           "dynamic_seq=False")
         for name in names:
             facts = {a: v for a, v in self.facts.items() if dims.names(a) == [name]}
@@ -238,7 +238,7 @@ class Importer:
             if most is None:
                 raise self.symbolic_error(f"torch's export assumed {mine[0][0]} = {mine[0][1]}, which fails at "
                                           f"the least length {name} = {least}; import with dynamic_seq=False")
-            if most < upper:
+            if most < min(upper, 1 << 16):  # equal up to 65536 tokens: taken as equal at every length
                 self.bounds[name], self.assumed[name] = (least, most), most
 
     def dim(self, d):

@@ -78,7 +78,7 @@ def _from_end(cx, bound, size):
     least, most = dims.interval(bound, known)
     if least >= 0 or (most >= 0 and len(dims.names(bound)) > 1):
         return bound
-    spans = ", ".join(f"{n} in [{known.get(n, (1, '∞'))[0]}, {known.get(n, (1, '∞'))[1]}]" for n in dims.names(bound))
+    spans = ", ".join("{} in [{}, {}]".format(n, *known.get(n, (1, "∞"))) for n in dims.names(bound))
     if most >= 0:
         raise cx.symbolic_error(f"the slice bound `{bound}` of the dim `{size}` is negative for some lengths and not "
                                 f"for others ({spans}): torch counts a negative bound from the end, so the slice has "

@@ -126,3 +126,11 @@ def test_intervals_of_dims_never_narrower_than_their_values():
         for dim in ("-min(seq,256)+256", "max(seq,7)-3", "-((seq+63)//64)"):
             least, most = dims.interval(dim, {"seq": (1, 299)})
             assert least <= dims.evaluate(dim, {"seq": n}) <= most
+
+
+def test_sizes_assumed_equal_hold_up_to_where_they_part():
+    from actsparse.frontends.torch_dims import equalities_hold_up_to
+
+    assert equalities_hold_up_to([("seq", "min(seq,64)")], "seq", 2) == 64  # MPT's bias columns
+    assert equalities_hold_up_to([("seq", "min(seq,64)"), ("seq", "min(seq,32)")], "seq", 2) == 32
+    assert equalities_hold_up_to([("seq", "min(seq,64)")], "seq", 65) is None
