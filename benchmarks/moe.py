@@ -36,10 +36,11 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     import numpy as np
+    import tvm
 
     from actsparse.benchmarks.ffn import FfnBench
     from actsparse.codegen.kernels.common import build_standalone
-    from actsparse.codegen.kernels.routed_moe import routed_moe
+    from actsparse.codegen.kernels.routed_moe import absent_biases, routed_moe
     from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp
     from actsparse.ir.arrays import aligned_contiguous
     from actsparse.ir.moe import routed_moe_ref
@@ -82,6 +83,8 @@ def main(argv=None) -> None:
     stacked = [tv(w[name]) for name in ("gate", "up", "down_t")]
     outs = [tv(np.zeros((1, d), "float32")) for _ in range(E + 3)]
     t_biases = [tv(b) for b in biases]
+    no_biases = [tvm.runtime.tensor(b) for b in absent_biases(d)]  # the unbiased kernel's empty biases (copied:
+    # DLPack refuses an empty array's unaligned pointer)
     routing = np.zeros(E, "float32")
     routing[chosen] = route_w[0]
 
@@ -93,7 +96,7 @@ def main(argv=None) -> None:
         return total
 
     def run_routed(exact: bool):
-        routed[exact](tx, *stacked, t_rw, t_ri, outs[E + exact])
+        routed[exact](tx, *stacked, t_rw, t_ri, *no_biases, outs[E + exact])
         return outs[E + exact]
 
     def run_biased():

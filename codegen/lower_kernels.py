@@ -119,6 +119,7 @@ def _sparse_gated_mlp(ctx, node, args):
 def _routed_moe(ctx, node, args):
     from .kernels import FAMILIES
     from .kernels import kernel as target_kernel
+    from .kernels.routed_moe import absent_biases
 
     a = node.attrs
     x_node, w_gate = node.inputs[0], node.inputs[1]
@@ -131,10 +132,11 @@ def _routed_moe(ctx, node, args):
     options = {"gate_act": a["gate_act"], "up_act": a["up_act"], "threshold": a["threshold"],
                "dtype": kernel_dtype(w_gate)}
     biases = [ctx.bb.emit(R.astype(b, "float32")) for b in args[6:9]]  # bias=True: b_gate, b_up, b_down
-    if "routed" in FAMILIES[type(sched).__name__]:
+    if "routed" in FAMILIES[type(sched).__name__]:  # one parameter list: an unbiased call passes empty biases
         kernel = target_kernel("routed", d, n_ff, experts, exact=a["mode"] == "exact", sched=sched, **options,
-                               **({"bias": True} if biases else {}))
-        out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i, *biases], tokens, d_out, node.dtype)
+                               bias=bool(biases))
+        given = biases or [relax.const(b) for b in absent_biases(d)]
+        out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i, *given], tokens, d_out, node.dtype)
         return R.reshape(out, [*lead, d_out])
     # no routed kernel for this family: every expert on every token, weighted (the all-experts form)
     dense = None if biases else target_kernel("dense", d, n_ff, sched=sched, **options)

@@ -66,6 +66,32 @@ def guard_facts(guards, symbols: dict) -> dict[str, int]:
     return facts
 
 
+def guard_equalities(guards, symbols: dict) -> list[tuple[Dim, Dim]]:
+    """Equalities of two symbolic sizes of one length that torch's export assumed (`Eq(seq, 64 - Max(0, 64 - seq))`:
+    MPT adds `seq` score columns to a bias of `min(seq, 64)` columns) without narrowing the length's range: the
+    program holds only for the lengths where they do (`equalities_hold_up_to`)."""
+    found = []
+    for guard in guards:
+        expr = getattr(guard, "expr", guard)
+        if not getattr(expr, "is_Relational", False) or expr.rel_op != "==" or expr.lhs.is_Integer \
+                or expr.rhs.is_Integer or not expr.free_symbols <= set(symbols) or len(expr.free_symbols) != 1:
+            continue
+        sides = sympy_dim(expr.lhs, symbols, {}), sympy_dim(expr.rhs, symbols, {})
+        if None not in sides and sides[0] != sides[1]:
+            found.append(sides)
+    return found
+
+
+def equalities_hold_up_to(equalities: list[tuple[Dim, Dim]], name: str, least: int, most: int = 1 << 16
+                          ) -> int | None:
+    """The largest length n <= most such that each equality holds for all lengths least..n (None when one fails at
+    `least`)."""
+    n = least
+    while n <= most and all(dims.evaluate(a, {name: n}) == dims.evaluate(b, {name: n}) for a, b in equalities):
+        n += 1
+    return n - 1 if n > least else None
+
+
 def facts_hold_up_to(facts: dict[str, int], name: str, least: int, most: int = 1 << 16) -> int | None:
     """The largest length n such that every fact holds for all lengths least..n, or None when one fails at
     `least` (a fact that holds only from some length on is a lower bound no graph input can carry)."""

@@ -30,7 +30,7 @@ from ..ir import Graph, Node, TensorType, dims, op_def, verify
 from ..ir.limits import input_limits
 from ..ir.types import is_float, np_dtype
 from .errors import FrontendError, SymbolicShapeError, UnsupportedOpError
-from .torch_dims import facts_hold_up_to, guard_facts, sympy_dim
+from .torch_dims import equalities_hold_up_to, facts_hold_up_to, guard_equalities, guard_facts, sympy_dim
 from .torch_inplace import DATA_DEPENDENT
 from .torch_ops import lookup
 
@@ -58,6 +58,7 @@ class Importer:
         self.symbols: dict = {}  # sympy symbol -> IR dim name
         self.bounds: dict[str, tuple[int, int]] = {}  # IR dim name -> (least, most) the caller guarantees
         self.facts: dict[str, int] = {}  # division atoms the export fixed (a chunk count: torch_dims.guard_facts)
+        self.assumed: dict[str, int] = {}  # dim name -> most its export's equalities hold for (guard_equalities)
         self.masked_rows: dict = {}  # unbacked row count of an x[mask] -> its mask (torch_masked_rows.py)
         self.weights: dict[str, np.ndarray] = {}
         self._weight_names: dict[tuple, str] = {}  # storage identity -> weight name (tied weights share one)
@@ -92,12 +93,18 @@ class Importer:
         return graph
 
     def _check_facts_bounded(self, graph: Graph) -> None:
-        """Atoms torch's export fixed (`facts`) hold for lengths up to some n only: the graph must itself refuse
-        longer ones (a slice of a static length back to `seq`, ir/limits.py), or it would be wrong past n."""
+        """Atoms torch's export fixed (`facts`) and sizes it assumed equal (`assumed`) hold for lengths up to some n
+        only: the graph must itself refuse longer ones (a slice of a static length back to `seq`, or one starting
+        at `64 - seq`: ir/limits.py), or it would be wrong past n."""
         names = {n for atom in self.facts for n in dims.names(atom)}
-        if not names:
+        if not names and not self.assumed:
             return
         limits = input_limits(graph).dim_bounds
+        for name, most in self.assumed.items():
+            if limits.get(name, most + 1) > most:
+                raise self.symbolic_error(f"torch's export assumed sizes equal that are equal only for {name} up "
+                                          f"to {most}, and the graph does not bound it there; import with "
+                                          "dynamic_seq=False")
         for name in names:
             facts = {a: v for a, v in self.facts.items() if dims.names(a) == [name]}
             most = facts_hold_up_to(facts, name, self.bounds.get(name, (1, 0))[0])
@@ -218,6 +225,21 @@ class Importer:
                 if span is not None and name not in self.bounds and span.lower.is_Integer:
                     upper = int(span.upper) if span.upper.is_Integer else 2**62
                     self.bounds[name] = (int(span.lower), upper)
+            self._narrow_to_equalities(guard_equalities(shape_env.guards, self.symbols))
+
+    def _narrow_to_equalities(self, equalities) -> None:
+        """Sizes torch's export assumed equal (MPT: `seq` score columns and `min(seq, 64)` bias columns) bound the
+        length where they stop being equal: the dims' bounds say so (`min(seq, 64)` is then `seq`), and the graph
+        must refuse longer lengths (`_check_facts_bounded`)."""
+        for name in {n for pair in equalities for side in pair for n in dims.names(side)}:
+            least, upper = self.bounds.get(name, (1, 2**62))
+            mine = [pair for pair in equalities if {n for side in pair for n in dims.names(side)} == {name}]
+            most = equalities_hold_up_to(mine, name, least, min(upper, 1 << 16))
+            if most is None:
+                raise self.symbolic_error(f"torch's export assumed {mine[0][0]} = {mine[0][1]}, which fails at "
+                                          f"the least length {name} = {least}; import with dynamic_seq=False")
+            if most < min(upper, 1 << 16):  # equal up to 65536 tokens: taken as equal at every length
+                self.bounds[name], self.assumed[name] = (least, most), most
 
     def dim(self, d):
         """An int or symbolic size as an IR dim: an int, or the name of a symbol such as `seq`."""

@@ -45,8 +45,7 @@ def slice_of(cx, x, axis, start, end, step=1):
         start = 0
     start = 0 if start is None else cx.dim(start)
     end = None if end is None or (isinstance(end, int) and end >= BIG) else cx.dim(end)
-    if isinstance(dim, str):  # a bound below 0 for every length counts from the end: x[-(n + 3):] of n + 3 rows
-        start, end = (dims.add(dim, b) if _always_negative(b) else b for b in (start, end))
+    start, end = (_from_end(cx, b, dim) for b in (start, end))
     if isinstance(dim, int) and isinstance(start, int) and not isinstance(end, str):
         start, end, step = slice(start, end, step).indices(dim)
         if (start, end, step) == (0, dim, 1):
@@ -68,12 +67,29 @@ def slice_of(cx, x, axis, start, end, step=1):
                             "import with dynamic_seq=False")
 
 
-def _always_negative(bound) -> bool:
-    """Whether a symbolic bound is negative for every positive length (`-seq-3`; not `-seq+32`)."""
+def _from_end(cx, bound, size):
+    """A symbolic slice bound as a position: counted from the end of `size` where it is negative for every length
+    the dims' bounds allow (x[-(n + 3):] of n + 3 rows; MiniMax's key_decay[:, -min(seq, 256):]), as is where it
+    is never negative. One whose sign the bounds do not decide has no single size: a precise error. A bound of
+    several names (`kv - seq`) is ordered by the caller (a decoder's kv >= seq), which no interval says: as is."""
     if not isinstance(bound, str):
-        return False
-    coefs, const = dims.terms(bound)
-    return all(c < 0 for c in coefs.values()) and const <= 0
+        return bound
+    known = getattr(cx, "bounds", {})
+    least, most = dims.interval(bound, known)
+    if least >= 0 or (most >= 0 and len(dims.names(bound)) > 1):
+        return bound
+    spans = ", ".join("{} in [{}, {}]".format(n, *known.get(n, (1, "∞"))) for n in dims.names(bound))
+    if most >= 0:
+        raise cx.symbolic_error(f"the slice bound `{bound}` of the dim `{size}` is negative for some lengths and not "
+                                f"for others ({spans}): torch counts a negative bound from the end, so the slice has "
+                                "no single size; import with dynamic_seq=False")
+    position = dims.add(size, bound)
+    # torch clamps a start before the first row to 0 (checked against a static size; of a symbolic one the
+    # intervals lose that both sides grow with the length, and torch's shape check stands in)
+    if isinstance(size, int) and dims.interval(position, known)[0] < 0:
+        raise cx.symbolic_error(f"the slice bound `{bound}` counts back past the start of the dim `{size}` for some "
+                                f"lengths ({spans}), where torch clamps it to 0; import with dynamic_seq=False")
+    return position
 
 
 def _minus(cx, size):

@@ -181,6 +181,57 @@ def evaluate(dim: Dim, env: dict[str, int]) -> int:
     return int(build(dim, env.__getitem__, lambda x, c: x // c))
 
 
+def interval(dim: Dim, bounds: dict[str, tuple[int, int]], default: tuple[float, float] = (1, math.inf)
+             ) -> tuple[float, float]:
+    """The least and most a dim can be when each name lies within its `bounds` (name -> (least, most); `default`
+    for names without: a length is at least 1). Interval arithmetic, so the span may be wider than the dim's
+    true range (it ignores that `seq - seq` is 0) but never narrower: a sign it decides holds for every length."""
+    def name(n):
+        return _Interval(*bounds.get(n, default))
+
+    built = build(dim, name, lambda x, c: _Interval.of(x).floordiv(c), lambda a, b: _Interval.of(a).min(b),
+                  lambda a, b: _Interval.of(a).max(b))
+    span = _Interval.of(built)
+    return span.lo, span.hi
+
+
+class _Interval:
+    """[lo, hi] with the operations `build` applies: + (of intervals and ints), * by an int, // by a positive
+    int, min and max."""
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi = lo, hi
+
+    @staticmethod
+    def of(x) -> _Interval:
+        return x if isinstance(x, _Interval) else _Interval(x, x)
+
+    def __add__(self, other):
+        other = _Interval.of(other)
+        return _Interval(self.lo + other.lo, self.hi + other.hi)
+
+    __radd__ = __add__
+
+    def __mul__(self, k: int):
+        return _Interval(self.lo * k, self.hi * k) if k >= 0 else _Interval(self.hi * k, self.lo * k)
+
+    __rmul__ = __mul__
+
+    def floordiv(self, c: int) -> _Interval:
+        def divide(x):  # inf // c is nan in Python
+            return x if math.isinf(x) else x // c
+
+        return _Interval(divide(self.lo), divide(self.hi))
+
+    def min(self, other) -> _Interval:
+        other = _Interval.of(other)
+        return _Interval(min(self.lo, other.lo), min(self.hi, other.hi))
+
+    def max(self, other) -> _Interval:
+        other = _Interval.of(other)
+        return _Interval(max(self.lo, other.lo), max(self.hi, other.hi))
+
+
 # --- text -----------------------------------------------------------------------------------------------------
 def _is_name(atom: str) -> bool:
     return atom.isidentifier()

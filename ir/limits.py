@@ -4,7 +4,9 @@
   shape-only ops must hold values in [0, rows): a token id past the vocabulary would read outside the table
   (torch raises there).
 - A symbolic dim used as a slice's end over a table of static length (the rotary or position table sliced to the
-  sequence length) may not exceed that length: the model has that many positions.
+  sequence length) may not exceed that length: the model has that many positions. So may a slice's symbolic
+  start not fall before the table's first row: `table[64 - seq:]` (MPT's ALiBi bias, MiniMax's key decay) holds
+  for seq <= 64.
 
 The compiled module checks these before every call; the numpy interpreter raises on its own.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import dims
 from .graph import Graph, Node
 
 SHAPE_ONLY = ("reshape", "permute", "expand", "slice", "cast")  # keep the values they pass on
@@ -41,7 +44,22 @@ def input_limits(graph: Graph) -> InputLimits:
             if isinstance(size, int):
                 end = node.attrs["end"]
                 dim_bounds[end] = min(size, dim_bounds.get(end, size))
+        if node.op == "slice" and isinstance(node.attrs.get("start"), str):
+            axis = node.attrs["axis"] % max(node.inputs[0].type.rank, 1)
+            if isinstance(node.inputs[0].shape[axis], int):
+                name, most = _start_bound(node.attrs["start"])
+                if name is not None:
+                    dim_bounds[name] = min(most, dim_bounds.get(name, most))
     return InputLimits(index_bounds, dim_bounds)
+
+
+def _start_bound(start: str) -> tuple[str | None, int]:
+    """(name, most) where a start `c - k*name` is >= 0 for name <= most; (None, 0) for any other start."""
+    coefs, const = dims.terms(start)
+    if len(coefs) != 1:
+        return None, 0
+    (name, coef), = coefs.items()
+    return (name, const // -coef) if coef < 0 and name.isidentifier() else (None, 0)
 
 
 def _indexed(node: Node) -> tuple[Node, object] | None:

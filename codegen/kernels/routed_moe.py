@@ -8,7 +8,8 @@ Buffers (destination passing, as `relax.call_tir` wants):
     w_down_t [E * n_ff, d]   the down projections transposed (one neuron per row), stacked
     route_w  [M, K]          float32 routing weights of each token's K slots
     route_i  [M, K]          int64 expert of each slot (the router's top-k indices)
-    (biased) b_gate, b_up [E * n_ff], b_down [E, d]   float32 (gpt-oss's experts; dense mode)
+    b_gate, b_up [E * n_ff], b_down [E, d]   float32 biases (gpt-oss's experts; dense mode), or, unbiased,
+                             the empty [0], [0], [0, d] of `absent_biases`: one parameter list either way
     out      [M, d]          float32
 
 For each expert e in turn: the tokens routed to e are gathered (with their summed routing weight); an expert no
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from functools import cache
 
+import numpy as np
 from tvm.script import tirx as T
 
 from .common import GATE_ACTS, activation, skipping_value
@@ -35,9 +37,9 @@ from .sparse_mlp import EXACT_GATE_ACTS, check_mlp, compacting_body, dense_body,
 def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_act: str = "identity",
                threshold: float = 0.0, dtype: str = "float32", exact: bool = True, bias: bool = False,
                sched: CpuSchedule):
-    """(x, w_gate, w_up, w_down_t, route_w, route_i, out), see the module docstring. `exact`: skip the neurons
-    whose gate is exactly zero (gate_act of the ReLU family); otherwise every row of a routed expert is read.
-    `bias`: (x, ..., route_i, b_gate, b_up, b_down, out), dense mode only."""
+    """(x, w_gate, w_up, w_down_t, route_w, route_i, b_gate, b_up, b_down, out), see the module docstring.
+    `exact`: skip the neurons whose gate is exactly zero (gate_act of the ReLU family); otherwise every row of a
+    routed expert is read. `bias`: the biases are read (dense mode only); else they are `absent_biases(d)`."""
     check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS if exact else GATE_ACTS)
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
@@ -108,22 +110,22 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                         else:
                             out[tok[i], c] = out[tok[i], c] + wt[i] * og[i, c]
 
-    if bias:
-        @T.prim_func
-        def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-                   w_down_t: T.Buffer(wshape, wdtype), rw_h: T.handle, ri_h: T.handle,
-                   b_gate: T.Buffer((experts * n_ff,), "float32"), b_up: T.Buffer((experts * n_ff,), "float32"),
-                   b_down: T.Buffer((experts, d), "float32"), out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down)
-    else:
-        @T.prim_func
-        def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-                   w_down_t: T.Buffer(wshape, wdtype), rw_h: T.handle, ri_h: T.handle, out_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, None, None, None)
+    bias_rows, down_rows = (experts * n_ff, experts) if bias else (0, 0)  # unbiased: empty, never read
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), rw_h: T.handle, ri_h: T.handle,
+               b_gate: T.Buffer((bias_rows,), "float32"), b_up: T.Buffer((bias_rows,), "float32"),
+               b_down: T.Buffer((down_rows, d), "float32"), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down)
 
     name = mlp_symbol("routed" + ("x" if exact else "d") + ("b" if bias else "") + f"e{experts}", d, n_ff, gate_act,
                       up_act, threshold, dtype, sched)
     return kernel.with_attr("global_symbol", name)
+
+
+def absent_biases(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """b_gate, b_up, b_down of an unbiased kernel: empty arrays (one calling convention; nothing reads them)."""
+    return np.zeros((0,), np.float32), np.zeros((0,), np.float32), np.zeros((0, d), np.float32)
 
