@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ActsparseError, MemoryBudgetError
+from .compile_options import budget_options, check_example_inputs, check_mode, lossy_options
+from .errors import ActsparseError
 from .ir import Graph, TensorType
 from .ir.examples import example_inputs_for
 from .ir.quant import QUANTIZE_KINDS, STORAGE_KINDS
 from .passes import pipeline_for, run_pipeline
-from .passes.pipeline import BUDGET_MODES, LOSSY_MODES, MODES
+from .passes.pipeline import LOSSY_MODES, MODES
 from .runtime import CompiledModule
 from .runtime.cold_store import place_cold
 from .runtime.progress import Steps, steps
@@ -122,11 +123,11 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
                              f"causal LM), not to a {type(model).__name__}")
     from . import targets as target_registry
 
-    memory_budget = _check_mode(mode, memory_budget)
+    memory_budget = check_mode(mode, memory_budget)
     budget_calibration = calibration if memory_budget is not None and mode not in LOSSY_MODES else None
-    options = _lossy_options(mode, None if budget_calibration is not None else calibration, sparsity, method,
+    options = lossy_options(mode, None if budget_calibration is not None else calibration, sparsity, method,
                              predictor_options)
-    _check_example_inputs(example_inputs)
+    check_example_inputs(example_inputs)
     target = target_registry.get(target)  # an unknown target fails before the (slow) import
     with steps(f"actsparse compile ({mode})", 1) as progress:
         progress.start("import")
@@ -136,7 +137,7 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
             example_inputs = example_inputs_for(graph)
         arrays = [_to_numpy(x) for x in example_inputs]
         if memory_budget is not None:   # a lossy mode's own calibration also counts the neurons' firing
-            options = {**_budget_options(memory_budget, budget_calibration, arrays), **options}
+            options = {**budget_options(memory_budget, budget_calibration, arrays), **options}
         return compile_graph(graph, arrays, target, mode, options, **quant, progress=progress)
 
 
@@ -154,7 +155,7 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
     from . import targets as target_registry
     from .frontends.hf_source import load_causal_lm
 
-    memory_budget = _check_mode(mode, memory_budget)
+    memory_budget = check_mode(mode, memory_budget)
     target = target_registry.get(target)  # an unknown target fails before the (slow) load
     with steps(f"actsparse compile ({mode} decoder)", 2) as progress:
         progress.start("load")
@@ -181,7 +182,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     calibration = None if calibration is None else list(calibration)
     predictor_options = predictor_options or {}
     lossy_calibration = None if memory_budget is not None and mode not in LOSSY_MODES else calibration
-    _lossy_options(mode, lossy_calibration, sparsity, method, predictor_options)  # bad options fail before the import
+    lossy_options(mode, lossy_calibration, sparsity, method, predictor_options)  # bad options fail before the import
     graph, caches, recomputes_because = import_decoder(model, max_seq)
     one_token = graph.inputs[0].type.shape[1] == 1  # exported for one token at a time (frontends/decoder_export.py)
     if one_token and calibration is not None:
@@ -195,7 +196,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         if longest > max_seq:   # each sample is a prompt into the KV cache: it must fit its max_seq slots
             raise ActsparseError(f"a calibration sample has {longest} tokens but the decoder has max_seq={max_seq} "
                                  "KV-cache slots; cut the samples to at most max_seq tokens or raise max_seq")
-    options = _lossy_options(mode, calibration if lossy_calibration is not None else None, sparsity, method,
+    options = lossy_options(mode, calibration if lossy_calibration is not None else None, sparsity, method,
                              predictor_options)
     if mode == "threshold":
         options["sensitivity"] = _fisher_weights(model, options, progress)
@@ -206,7 +207,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     if one_token:
         prompt = np.asarray(_to_numpy(prompt), np.int64).reshape(1, -1)[:, :1]
     if memory_budget is not None:   # a lossy mode's own calibration also counts the neurons' firing
-        options = {**_budget_options(memory_budget, calibration if lossy_calibration is None else None,
+        options = {**budget_options(memory_budget, calibration if lossy_calibration is None else None,
                                      _decoder_inputs(prompt, caches)), **options}
     if quantize in QUANTIZE_KINDS and prequantized is None and isinstance(source, (str, os.PathLike)) \
             and str(source).endswith(".gguf"):
@@ -329,47 +330,6 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
     return module
 
 
-def _check_mode(mode: str, memory_budget) -> int | None:
-    """The mode is known; the memory budget (bytes, or text like "512M") in bytes, for a mode that splits."""
-    if mode not in MODES:
-        raise ActsparseError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    if memory_budget is None:
-        return None
-    budget = parse_bytes(memory_budget)
-    if mode not in BUDGET_MODES:
-        raise MemoryBudgetError(f"memory_budget applies to modes {', '.join(BUDGET_MODES)} (ReLU-family blocks "
-                                f"split into hot and cold neurons), not mode={mode!r}")
-    return budget
-
-
-def parse_bytes(value) -> int:
-    """A byte count: an int, or text such as "512M", "1.5G", "64k", "2GiB" (powers of 1024). Negative is an error."""
-    import re
-
-    pattern = r"([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgGtT]?)i?[bB]?"
-    match = None if isinstance(value, bool) else re.fullmatch(pattern, str(value).strip())
-    try:
-        if match is None or not match.group(1):
-            raise ValueError
-        scale = 1 << (10 * " KMGT".index(match.group(2).upper() or " "))
-        budget = int(float(match.group(1)) * scale)
-    except (ValueError, OverflowError):
-        raise MemoryBudgetError(f"memory_budget must be a number of bytes such as 536870912 or '512M', got "
-                                f"{value!r}") from None
-    if budget < 0:
-        raise MemoryBudgetError(f"memory_budget must not be negative (got {value!r}); give the bytes of fast memory "
-                                "for the MLP weights, e.g. '512M'")
-    return budget
-
-
-def _budget_options(budget: int, calibration, example_arrays) -> dict:
-    """The hot/cold split's options: neuron frequencies come from `calibration`, or else from the example inputs."""
-    from .passes.calibrate import calibration_samples
-
-    samples = calibration_samples(calibration) if calibration is not None else [tuple(example_arrays)]
-    return {"memory_budget": budget, "calibration": samples}
-
-
 def _decoder_inputs(ids, caches) -> tuple:
     """A decoding graph's inputs for a prompt at position 0 with an empty cache (`caches`: its CacheSpecs)."""
     ids = np.asarray(_to_numpy(ids), np.int64).reshape(1, -1)
@@ -385,73 +345,6 @@ def _eos_ids(model) -> tuple[int, ...]:
     eos = getattr(generation, "eos_token_id", None)
     eos = getattr(model.config, "eos_token_id", None) if eos is None else eos
     return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None)
-
-
-def _check_example_inputs(example_inputs) -> None:
-    """A tuple (or list) of inputs, one per model input; a bare tensor is refused rather than unpacked along its
-    batch axis."""
-    if example_inputs is None or isinstance(example_inputs, (tuple, list)):
-        return
-    if hasattr(example_inputs, "shape"):
-        raise ActsparseError(f"example_inputs must be a tuple with one entry per model input, got a bare "
-                             f"{type(example_inputs).__name__}; wrap it: (input_ids,)")
-    raise ActsparseError(f"example_inputs must be a tuple with one entry per model input, got a "
-                         f"{type(example_inputs).__name__}")
-
-
-def _lossy_options(mode: str, calibration, sparsity, method, predictor_options: dict) -> dict:
-    """Check a lossy mode's arguments before the (slow) import; returns pipeline_for's options. An option the
-    mode does not use is an error, not silently ignored."""
-    given = {k: v for k, v in predictor_options.items() if v is not None}
-    if mode != "predictor" and given:
-        raise ActsparseError(f"{', '.join(given)} apply to mode='predictor', not mode={mode!r}")
-    if mode == "predictor":
-        if method is not None:
-            raise ActsparseError(f"method={method!r} applies to mode='threshold', not mode={mode!r}")
-        return _predictor_options(calibration, sparsity, given)
-    if mode not in LOSSY_MODES:
-        given = [f"{k}={v!r}"[:60] for k, v in (("calibration", calibration), ("sparsity", sparsity),
-                                                 ("method", method)) if v is not None]
-        if given:
-            raise ActsparseError(f"{', '.join(given)}: mode={mode!r} does not use them (only "
-                                 f"{', '.join(map(repr, LOSSY_MODES))} does); leave them out or pick that mode")
-        return {}
-    from .passes.calibrate import calibration_samples
-    from .passes.sparsity_methods import DEFAULT_METHOD, METHODS
-
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)) \
-            or not 0.0 < float(sparsity) < 1.0:
-        raise ActsparseError(f"mode={mode!r} needs a target sparsity, a number between 0 and 1 (exclusive), "
-                             f"e.g. sparsity=0.5 (got {sparsity!r})")
-    method = method or DEFAULT_METHOD
-    if method not in METHODS:
-        raise ActsparseError(f"unknown threshold method {method!r}; valid methods: {', '.join(METHODS)}")
-    return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}
-
-
-def _predictor_options(calibration, sparsity, given: dict) -> dict:
-    from .ir.predictor import PREDICTORS
-    from .passes.calibrate import calibration_samples
-    from .passes.predictors import KINDS, PredictorError
-
-    calibrated = [k for k, spec in KINDS.items() if spec.calibrated]
-
-    kind = given.get("predictor", "lowrank")
-    if kind not in PREDICTORS:
-        raise ActsparseError(f"unknown predictor {kind!r}; valid predictors: {', '.join(PREDICTORS)}")
-    if calibration is None and kind in calibrated:
-        raise PredictorError("mode='predictor' needs calibration data to fit the predictors: pass calibration="
-                             "[(input_ids,), ...], input tuples like example_inputs (a few thousand tokens); "
-                             "predictor='bound' (lossless) needs none")
-    recall, budget = float(given.get("recall", 0.99)), float(given.get("predictor_budget", 0.1))
-    if not 0.0 < recall <= 1.0 or not 0.0 < budget <= 1.0:
-        raise ActsparseError(f"recall must be in (0, 1] and predictor_budget in (0, 1]; got recall={recall}, "
-                             f"predictor_budget={budget}")
-    if sparsity is not None and not 0.0 <= float(sparsity) < 1.0:
-        raise ActsparseError(f"sparsity (the floor on the predicted sparsity) must be in [0, 1), got {sparsity!r}")
-    samples = calibration_samples(calibration) if calibration is not None else []
-    return {"calibration": samples, "sparsity": float(sparsity or 0.0), "predictor": kind,
-            "recall": recall, "predictor_budget": budget}
 
 
 def _to_numpy(x) -> np.ndarray:

@@ -114,7 +114,7 @@ def test_budgets_that_cannot_work_are_one_clear_error(tiny):
 
 
 def test_budget_text_is_parsed():
-    from actsparse.api import parse_bytes
+    from actsparse.compile_options import parse_bytes
 
     assert parse_bytes("512M") == 512 << 20 and parse_bytes("1.5G") == 3 << 29 and parse_bytes(4096) == 4096
     assert parse_bytes("64k") == 64 << 10 and parse_bytes("2GiB".replace("B", "")) == 2 << 30
