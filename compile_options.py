@@ -72,7 +72,7 @@ def lossy_options(mode: str, calibration, sparsity, method, predictor_options: d
     if mode == "predictor":
         if method is not None:
             raise ActsparseError(f"method={method!r} applies to mode='threshold', not mode={mode!r}")
-        return predictor_options(calibration, sparsity, given)
+        return predictor_settings(calibration, sparsity, given)
     if mode not in LOSSY_MODES:
         given = [f"{k}={v!r}"[:60] for k, v in (("calibration", calibration), ("sparsity", sparsity),
                                                  ("method", method)) if v is not None]
@@ -93,7 +93,7 @@ def lossy_options(mode: str, calibration, sparsity, method, predictor_options: d
     return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}
 
 
-def predictor_options(calibration, sparsity, given: dict) -> dict:
+def predictor_settings(calibration, sparsity, given: dict) -> dict:
     from .ir.predictor import PREDICTORS
     from .passes.calibrate import calibration_samples
     from .passes.predictors import KINDS, PredictorError
