@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from ..ir import Graph
 from ..targets import Target
+from .kernels.common import OPAQUE
 from .lower import lower_graph
 from .static_step import returned_through_view, static_steps
 
 STEP = "step"  # the one-token function of a decoder's module (runtime/decoder.py calls it when present)
-OPAQUE = 8  # TVM's OpPatternKind kOpaque: FuseOps leaves such a PrimFunc alone
 
 
 def _cuda_setup() -> None:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 
+from .kernels.common import OPAQUE
+
 ROWS = 4  # rows of A per register block (ROWS vector accumulators of C)
 # multiply-adds below which a matmul runs on one thread: waking the pool costs more than a small matmul (a
 # [4, 2, 2] x [4, 2, 2048] one of a one-token step: 0.017 ms on one thread, 0.044 ms parallel, 2 cores, load ~14)
 PARALLEL_WORK = 1 << 18
 SYMBOLIC_EXTENT = 64  # what a symbolic loop counts as towards PARALLEL_WORK (a prompt's tokens: tens and more)
-OPAQUE = 8  # TVM's OpPatternKind kOpaque (as codegen/build.py)
 
 
 def _extent(sch, loop):

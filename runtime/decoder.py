@@ -49,6 +49,7 @@ from .module import CompiledModule
 KIND = "decoder"  # the artifact kind (runtime/artifact.py)
 CALL_INPUTS = ("input_ids", "pos", "filled")  # the decoding graph's inputs before the caches (frontends/kv_cache.py)
 STEP_FUNCTION = "step"  # main specialized to one token, where the module has it (codegen/build.py)
+PREFILL_MIN_TOKENS = 2  # a prefill call's least token count (one token goes through the step)
 PREFILL_FUNCTION = "prefill"  # 2 .. spec.prefill_tokens tokens, beside a one-token main (frontends/prefill.py)
 DECODER_FILE = "decoder.json"
 TOKENIZER_DIR = "tokenizer"
@@ -64,8 +65,9 @@ class DecoderSpec:
     recomputes_because: str = ""  # why a decoder without a cache has none (frontends/decoder_export.py)
     prefill_tokens: int = 0  # the most tokens a call of the module's `prefill` takes (0: it has none)
     prefill_continues: bool = False  # whether `prefill` may start from states that are not zero, or starts prompts
-    prefill_from: int = 2  # the fewest tokens a piece needs to go through `prefill` (runtime/prefill_rule.py);
-    # above prefill_tokens: never. Artifacts without it: 2, any piece of two tokens or more (as they were built)
+    # the fewest tokens a piece needs to go through `prefill` (runtime/prefill_rule.py); above prefill_tokens:
+    # never. Artifacts without it: any piece of PREFILL_MIN_TOKENS or more (as they were built)
+    prefill_from: int = PREFILL_MIN_TOKENS
 
     def to_dict(self) -> dict:
         return {"max_seq": self.max_seq, "vocab_size": self.vocab_size, "eos_token_ids": list(self.eos_token_ids),
@@ -81,7 +83,7 @@ class DecoderSpec:
                    recomputes_because=str(d.get("recomputes_because", "")),
                    prefill_tokens=int(d.get("prefill_tokens", 0)),
                    prefill_continues=bool(d.get("prefill_continues", False)),
-                   prefill_from=int(d.get("prefill_from", 2)))
+                   prefill_from=int(d.get("prefill_from", PREFILL_MIN_TOKENS)))
 
 
 @dataclass(frozen=True)

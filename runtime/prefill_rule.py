@@ -21,8 +21,8 @@ from dataclasses import replace
 import numpy as np
 
 from .decoder import PREFILL_FUNCTION
+from .decoder import PREFILL_MIN_TOKENS as MIN_TOKENS  # one token is a step (frontends/prefill.py)
 
-MIN_TOKENS = 2  # the fewest tokens a prefill call takes (one token is a step: frontends/prefill.py)
 LONG_TOKENS = 64  # the longer measured piece, at most (a call at real dims and max_seq tokens could take seconds)
 REPEATS = 3  # median of this many calls per measured point
 STEPS = 8  # one-token steps per measured step time (their mean)

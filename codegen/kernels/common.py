@@ -41,6 +41,7 @@ from .rows import (
 from .schedule import CpuSchedule
 
 WEIGHT_DTYPES = ("float32", "float16")
+OPAQUE = 8  # TVM's OpPatternKind kOpaque: FuseOps merges nothing into a PrimFunc marked so
 GATE_ACTS = tuple(ACTIVATIONS)
 UP_ACTS = activations.UP_ACTS
 

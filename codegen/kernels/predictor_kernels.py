@@ -18,10 +18,9 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import symbol
+from .common import OPAQUE, symbol
 
 WORD_BITS = 32
-OPAQUE = 8   # relax OpPatternKind.kOpaque: these kernels are fused with nothing
 
 
 def _named(kernel, name: str, gpu: bool = False):
