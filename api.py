@@ -254,7 +254,7 @@ def _prefill_function(model, max_seq: int, caches, wanted: bool, progress: Steps
     prompt then goes token by token. Not with calibration or a memory budget (`wanted` False): those passes measure
     each graph's own activations, and the two functions must share one set of weights."""
     from .frontends.prefill import import_prefill, needs_prefill
-    from .runtime.decoder import PREFILL_FUNCTION
+    from .ir.decoding import PREFILL_FUNCTION
 
     if not wanted or not needs_prefill(caches):
         return {}, 0, False

@@ -24,12 +24,11 @@ the caller's PassContext sets it (False: no graphs).
 from __future__ import annotations
 
 from ..ir import Graph
+from ..ir.decoding import STEP_FUNCTION as STEP
 from ..targets import Target
 from .kernels.common import OPAQUE
 from .lower import lower_graph
 from .static_step import returned_through_view, static_steps
-
-STEP = "step"  # the one-token function of a decoder's module (runtime/decoder.py calls it when present)
 
 
 def _cuda_setup() -> None:

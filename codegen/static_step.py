@@ -35,13 +35,12 @@ falls back to it).
 from __future__ import annotations
 
 from ..ir import Graph
+from ..ir.decoding import CALL_INPUTS as INPUTS
+from ..ir.decoding import LOGITS, STEP_GRAPH
 from ..ir.dims import is_dim_text, names
 from ..ir.graph import Node, topo_order
 from ..ir.types import TensorType
 
-STEP_GRAPH = "step_graph"  # the static one-token function over max_seq slots (runtime/decoder.py calls it)
-INPUTS = ("input_ids", "pos", "filled")  # frontends/kv_cache.py's inputs before the caches
-LOGITS = "logits"  # the input after the caches: the runtime-owned buffer the step writes its logits into
 COMPARISONS = ("le", "lt", "ge", "gt")  # how a mask compares slot indices with positions
 BUCKETS = 6  # step functions per decoder at most: max_seq, max_seq // 2, ... (each a captured graph, compiled once)
 SMALLEST_BUCKET = 4  # slots; fewer would add functions for the first few tokens only

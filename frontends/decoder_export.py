@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from ..ir import Graph
+from ..ir.decoding import CALL_INPUTS as INPUTS  # the runtime binds them by position
 from .errors import FrontendError
 from .kv_cache import STATE_KINDS, CacheSpec, KVCachedLM, cache_specs
 from .model_states import CARRIERS
 
-INPUTS = ("input_ids", "pos", "filled")  # the inputs before the caches (the runtime binds them by position)
 SEQ, FILLED = "seq", "kv"  # the symbolic dims: tokens fed, slots filled after the call
 SEQ_EXAMPLE = 4  # tokens of the example a cacheless model is exported on
 

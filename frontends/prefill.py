@@ -30,12 +30,12 @@ import torch
 from torch import nn
 
 from ..ir import Graph
+from ..ir.decoding import PREFILL_MIN_TOKENS as MIN_TOKENS
 from ..ir.limits import input_limits
 from .errors import FrontendError
 from .kv_cache import STATE_KINDS, CacheSpec, KVCachedLM, cache_specs
 from .model_states import CARRIERS
 
-MIN_TOKENS = 2  # a prefill call's least token count: one token goes through the step (the recurrent branch)
 CHECK_TOKENS = 4  # tokens of the eager check that the multi-token branch continues from the given states
 # the export variants a prefill tries (decoder_export.EXPORT_VARIANTS without the one-token ones), in that order
 VARIANTS = ({}, {"ones_mask": True}, {"seen_from_shapes": True})

@@ -35,22 +35,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..codegen.static_step import LOGITS, STEP_GRAPH, bucket_function, bucket_slots
+from ..codegen.static_step import bucket_function, bucket_slots
 from ..errors import ArtifactError, DecodeInputError
+from ..ir.decoding import CALL_INPUTS, LOGITS, PREFILL_FUNCTION, PREFILL_MIN_TOKENS, STEP_FUNCTION, STEP_GRAPH
 from ..ir.types import np_dtype
 from .module import CompiledModule
 
 KIND = "decoder"  # the artifact kind (runtime/artifact.py)
-CALL_INPUTS = ("input_ids", "pos", "filled")  # the decoding graph's inputs before the caches (frontends/kv_cache.py)
-STEP_FUNCTION = "step"  # main specialized to one token, where the module has it (codegen/build.py)
-PREFILL_MIN_TOKENS = 2  # a prefill call's least token count (one token goes through the step)
-PREFILL_FUNCTION = "prefill"  # 2 .. spec.prefill_tokens tokens, beside a one-token main (frontends/prefill.py)
 DECODER_FILE = "decoder.json"
 TOKENIZER_DIR = "tokenizer"
 
@@ -70,20 +67,27 @@ class DecoderSpec:
     prefill_from: int = PREFILL_MIN_TOKENS
 
     def to_dict(self) -> dict:
-        return {"max_seq": self.max_seq, "vocab_size": self.vocab_size, "eos_token_ids": list(self.eos_token_ids),
-                "caches": [{"name": n, "shape": list(s)} for n, s in self.caches], "source": self.source,
-                "recomputes_because": self.recomputes_because,
-                "prefill_tokens": self.prefill_tokens, "prefill_continues": self.prefill_continues,
-                "prefill_from": self.prefill_from}
+        """decoder.json's fields: every field by its name, `caches` as [{"name", "shape"}]."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["caches"] = [{"name": n, "shape": list(s)} for n, s in self.caches]
+        d["eos_token_ids"] = list(self.eos_token_ids)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> DecoderSpec:
-        return cls(int(d["max_seq"]), int(d["vocab_size"]), tuple((c["name"], tuple(c["shape"])) for c in d["caches"]),
-                   tuple(d.get("eos_token_ids", ())), d.get("source", ""),
-                   recomputes_because=str(d.get("recomputes_because", "")),
-                   prefill_tokens=int(d.get("prefill_tokens", 0)),
-                   prefill_continues=bool(d.get("prefill_continues", False)),
-                   prefill_from=int(d.get("prefill_from", PREFILL_MIN_TOKENS)))
+        """The inverse of `to_dict`, each value converted to its field's type (decoder.json is read from an
+        artifact); a field an older artifact lacks keeps its default, a missing required one is a KeyError."""
+        read = {f.name: _SPEC_READERS.get(f.name) or _READERS[f.type] for f in fields(cls)}
+        values = {name: convert(d[name]) for name, convert in read.items() if name in d}
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in values]
+        if missing:
+            raise KeyError(", ".join(missing))
+        return cls(**values)
+
+
+_READERS = {"int": int, "str": str, "bool": bool}  # DecoderSpec's field types (annotations are strings here)
+_SPEC_READERS = {"caches": lambda v: tuple((c["name"], tuple(int(n) for n in c["shape"])) for c in v),
+                 "eos_token_ids": lambda v: tuple(int(i) for i in v)}
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,20 @@ class Decoder:
     @property
     def max_seq(self) -> int:
         return self.spec.max_seq
+
+    @property
+    def prefill_tokens(self) -> int:
+        """The most tokens one call of the module's `prefill` takes (0: it has none; prompts go token by token)."""
+        return self._prefill_tokens
+
+    def prefill_call(self, ids, state: DecodeState) -> DecodeState:
+        """One call of `prefill` on all of `ids` (2 .. prefill_tokens tokens) from `state`, whatever
+        `spec.prefill_from` says: the prefill rule (runtime/prefill_rule.py) times it against steps."""
+        ids = self._ids(ids)
+        if not PREFILL_MIN_TOKENS <= ids.shape[1] <= self._prefill_tokens:
+            raise DecodeInputError(f"a prefill call takes {PREFILL_MIN_TOKENS} .. {self._prefill_tokens} tokens, "
+                                   f"got {ids.shape[1]}")
+        return self._feed(ids, state, PREFILL_FUNCTION)
 
     @property
     def decoding(self) -> str:

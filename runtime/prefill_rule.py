@@ -20,8 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .decoder import PREFILL_FUNCTION
-from .decoder import PREFILL_MIN_TOKENS as MIN_TOKENS  # one token is a step (frontends/prefill.py)
+from ..ir.decoding import PREFILL_MIN_TOKENS as MIN_TOKENS  # one token is a step
 
 LONG_TOKENS = 64  # the longer measured piece, at most (a call at real dims and max_seq tokens could take seconds)
 REPEATS = 3  # median of this many calls per measured point
@@ -43,7 +42,7 @@ def crossover(short: tuple[int, float], long: tuple[int, float], step: float, mo
 def measure_prefill_from(decoder) -> tuple[int, str]:
     """(`prefill_from` for `decoder`, a note with the measured figures): see the module docstring. A decoder without
     a prefill function (or a module this machine cannot run) keeps MIN_TOKENS."""
-    most = decoder._prefill_tokens
+    most = decoder.prefill_tokens
     if not most or not decoder.module.runnable:
         return MIN_TOKENS, ""
     long = min(most, LONG_TOKENS)
@@ -54,12 +53,12 @@ def measure_prefill_from(decoder) -> tuple[int, str]:
         for name, tokens in (("short", MIN_TOKENS), ("long", long)):
             state = decoder.new_state()
             start = time.perf_counter()
-            decoder._feed(ids[:, :tokens], state, PREFILL_FUNCTION)
+            decoder.prefill_call(ids[:, :tokens], state)
             times[name].append(time.perf_counter() - start)
-        state = decoder._feed(ids[:, :1], decoder.new_state())
+        state = decoder.prefill(ids[:, :1])
         start = time.perf_counter()
         for i in range(1, steps + 1):
-            state = decoder._feed(ids[:, i % long:i % long + 1], state)
+            _, state = decoder.step(ids[:, i % long:i % long + 1], state)
         times["step"].append((time.perf_counter() - start) / steps)
     t = {name: float(np.median(values[1:])) for name, values in times.items()}
     start_at = crossover((MIN_TOKENS, t["short"]), (long, t["long"]), t["step"], most)

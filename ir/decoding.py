@@ -1,0 +1,16 @@
+"""The decoding interface: the names and sizes the frontends export, codegen builds and the runtime calls.
+
+A decoder's graph (frontends/decoder_export.py, frontends/kv_cache.py) takes CALL_INPUTS, then one input per cache
+tensor; codegen/build.py builds it as `main` and, beside it, STEP_FUNCTION (main specialized to one token),
+PREFILL_FUNCTION (a hybrid's whole-prompt graph, frontends/prefill.py: PREFILL_MIN_TOKENS .. its bound tokens a
+call) and, for static decoding, STEP_GRAPH with the runtime-owned LOGITS buffer after the caches
+(codegen/static_step.py). runtime/decoder.py calls them by these names and binds the inputs by position, so each
+name is defined here once.
+"""
+
+CALL_INPUTS = ("input_ids", "pos", "filled")  # the decoding graph's inputs before the caches
+STEP_FUNCTION = "step"  # main specialized to one token
+PREFILL_FUNCTION = "prefill"  # a one-token main's whole-prompt function
+PREFILL_MIN_TOKENS = 2  # a prefill call's least token count: one token goes through the step
+STEP_GRAPH = "step_graph"  # the static one-token function over max_seq slots
+LOGITS = "logits"  # the static step's input after the caches: the buffer it writes its logits into
