@@ -58,6 +58,7 @@ def model_graph():
 
 
 IDS = np.array([[1, 2, 3, 15]])
+REFUSED = "refusing"
 
 
 @functools.lru_cache(maxsize=1)
@@ -182,7 +183,8 @@ def intact(folder: Path) -> None:
     assert (folder / "thesis.tex").read_text() == "years of work"
 
 
-from . import bad_input_cases  # noqa: E402, F401  (registers the cases, in table order)
+if __name__ != "__main__":  # register the cases, in table order (run as a script, the module below does)
+    from . import bad_input_artifacts, bad_input_trust, bad_input_use  # noqa: F401
 
 
 def markdown() -> str:
