@@ -13,6 +13,12 @@ The probes are each constant and its float32 neighbours on both sides (where a t
 `>` and `>=` differ), 0 and its neighbours, and a log-spaced grid over 1e-6..1e6 on both sides; two such
 functions that agree exactly there and on the dense grid between are the same activation for exact mode's
 purpose. Anything that differs anywhere (a leaky slope, an offset, a NaN) is not classified and stays dense.
+
+`classify_shifted(y)` takes one step more: y = f(P - c) with c one number per token (a value whose last axis is 1),
+as Gemma 3n's gate gelu_tanh(relu(P - mean(P) - z·std(P))). Which node is P - c is read off the subgraph (its add /
+sub / neg nodes summed symbolically: P with coefficient +1, the rest per-token terms, in any order or sign), and f,
+a function of that node alone, is probed as above — against every exactly-sparse entry, including those without an
+op of their own (gelu_tanh_relu). c itself may be any per-token value: the block is exactly zero wherever P <= c.
 """
 
 from __future__ import annotations
