@@ -3,6 +3,8 @@ active neurons only) vs dense (the same graph's ops on the linear kernels) vs to
 
     python -m actsparse.benchmarks.gemma3n_mlp [--dtype float32|float16] [--repeats 15] [--small]
 
+(float16: the weights stored as `quantize="fp16"` stores them; torch eager runs the float32 model.)
+
 The block is transformers' own `Gemma3nTextMLP` at E2B/E4B dims (hidden 2048, n_ff 16384) with the first layers'
 `activation_sparsity_pattern` 0.95: its gate gelu_tanh(relu(P - mean(P) - 1.645·std(P))) cuts ~95% of the neurons
 per token by its own statistic, on random weights and a random input as on trained ones. Every call follows a
@@ -56,18 +58,21 @@ def main(argv=None) -> int:
     d, n_ff = SMALL if args.small else E2B
     bench = FfnBench(d, n_ff, args.threads or x86.host().threads)
     load_before = os.getloadavg()[0]
-    model = gemma3n_mlp(bench.wg, bench.wu, bench.wd, args.dtype)
+    model = gemma3n_mlp(bench.wg, bench.wu, bench.wd, "float32")
     del bench.wd_t, bench.wg  # the bench's own copies: only its x, eviction and timing are used
-    x = bench.x.reshape(1, 1, d).astype(args.dtype)
-    exact = actsparse.compile(model, (x,), mode="exact")
-    dense = actsparse.compile(model, (x,), mode="dense")
+    x = bench.x.reshape(1, 1, d)
+    # fp16 weights as `quantize="fp16"` stores them (activations float32): a float16 model's own graph would take
+    # its mean / std over 16384 neurons in float16, as torch does not (it accumulates them in float32)
+    quantize = "fp16" if args.dtype == "float16" else None
+    exact = actsparse.compile(model, (x,), mode="exact", quantize=quantize)
+    dense = actsparse.compile(model, (x,), mode="dense", quantize=quantize)
     assert exact.report.pass_stats["sparsify-exact"] == {"geglu-cutoff": 1}, exact.report.pass_stats
     xt = torch.from_numpy(x)
     with torch.no_grad():
         want = model(xt).float().numpy().astype("float64")
     err = {name: np.abs(np.asarray(f(x), "float64") - want).max() / np.abs(want).max()
            for name, f in ((EXACT, exact), (DENSE, dense))}
-    tol = 1e-4 if args.dtype == "float32" else 1e-2
+    tol = 1e-4 if args.dtype == "float32" else 2e-2
     if max(err.values()) > tol:
         print(f"MISMATCH vs torch: {err}")
         return 1

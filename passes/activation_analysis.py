@@ -82,8 +82,8 @@ def probe_points(nodes: list[Node]) -> np.ndarray:
 
 def evaluate_on(x: Node, nodes: list[Node], points: np.ndarray) -> np.ndarray:
     """f(points): the subgraph's ops run by their numpy references, x bound to the probe points."""
-    values = {id(x): points.astype(np_dtype(x.dtype))}
     with np.errstate(all="ignore"):
+        values = {id(x): points.astype(np_dtype(x.dtype))}
         for n in _constants(nodes):
             values[id(n)] = np.asarray(n.attrs["value"], dtype=np_dtype(n.dtype)).reshape(())
         for n in nodes:
@@ -110,11 +110,16 @@ def _zero_below(x: Node, nodes: list[Node], names: tuple[str, ...]):
     """(name, threshold) of the first entry of `names` that f (the subgraph from x) equals on every probe point."""
     points = probe_points(nodes)
     f = evaluate_on(x, nodes, points).astype(np.float32)
+    dtype = np_dtype(x.dtype)
+    with np.errstate(over="ignore"):  # the grid's ends are inf in float16, on both sides alike
+        at = points.astype(dtype)  # the entry at x's own precision: a float16 gelu rounds as the graph's does
     candidates = sorted({0.0, *(float(v) for v in (_value(n) for n in _constants(nodes)) if v is not None)})
     for name in names:
         act = ACTIVATIONS[name]
         for t in candidates if name in THRESHOLDED else [0.0]:
-            if np.array_equal(f, act.reference(points, np.float32(t))):
+            with np.errstate(all="ignore"):
+                want = act.reference(at, dtype.type(t)).astype(np.float32)
+            if np.array_equal(f, want, equal_nan=True):
                 return name, t
     return None
 
