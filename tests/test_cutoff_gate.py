@@ -121,3 +121,19 @@ def test_gemma3n_greedy_decoding_equals_transformers():
     lm = actsparse.compile(model, mode="exact", max_seq=16)
     assert lm.report.pass_stats["sparsify-exact"] == {"geglu-cutoff": 2}
     assert torch.equal(lm.generate(ids, 6), expected)
+
+
+@pytest.mark.parametrize("quantize, rtol", [("fp16", 2e-3), ("int8", 3e-2)])
+def test_quantized_weights_run_the_cutoff_kernel(quantize, rtol):
+    """The cutoff kernel reads the exact kernel's weight layouts: fp16 and int8 up/down rows (and the gate linear on
+    the same stored gate); outputs as torch's within the storage's rounding."""
+    torch.manual_seed(0)
+    model, x = CutGates().eval(), torch.randn(1, 6, 16)
+    with torch.no_grad():
+        want = model(x).numpy()
+    cm = actsparse.compile(model, (x,), mode="exact", quantize=quantize)
+    assert cm.report.pass_stats["sparsify-exact"] == {"geglu-cutoff": 2}
+    up = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp").inputs[2]
+    assert (up.dtype, up.attrs.get("layout")) == {"fp16": ("f16", None), "int8": ("f32", "q8_0")}[quantize]
+    got = np.asarray(cm(x.numpy()))
+    assert np.abs(got - want).max() <= rtol * np.abs(want).max()
