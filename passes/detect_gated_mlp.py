@@ -95,17 +95,22 @@ def _up_side(node: Node):
     return probed if probed else ("identity", node)
 
 
-def _match(node: Node):
+def _sides(node: Node, gate_side):
+    """For down(g ⊙ u, @Wd[, @bd]), each operand order whose g `gate_side` recognises: (g, what gate_side gave,
+    u, u's activation, u's projection, Wd, bd or None)."""
     down = _projection(node)
     if down is None or down[0].op != "mul":
-        return None
+        return
     product, w_down, b_down = down
     for gate_node, up_node in commuted(product):
-        gate = _gate_side(gate_node)
-        if gate is None:
-            continue
+        gate = gate_side(gate_node)
+        if gate is not None:
+            yield (gate_node, gate, up_node, *_up_side(up_node), w_down, b_down)
+
+
+def _match(node: Node):
+    for gate_node, gate, up_node, up_act, up_proj, w_down, b_down in _sides(node, _gate_side):
         gate_act, threshold, gate_proj = gate
-        up_act, up_proj = _up_side(up_node)
         base = {"gate_act": gate_act, "threshold": threshold, "up_act": up_act, "w_down": w_down, "b_down": b_down,
                 "locs": (gate_node.loc, up_node.loc, node.loc)}
         separate = _projection(gate_proj), _projection(up_proj)
@@ -215,16 +220,8 @@ def cutoff_block(node: Node):
     """down(act(P(x, @Wg) - c) ⊙ up_act(P(x, @Wu))[, @bd]) with c per token and act exactly zero below
     (`classify_shifted`), no gate/up bias -> bindings (x, gate: the activated gate node, weights, activations,
     pattern), else None."""
-    down = _projection(node)
-    if down is None or down[0].op != "mul":
-        return None
-    product, w_down, b_down = down
-    for gate_node, up_node in commuted(product):
-        shifted = classify_shifted(gate_node)
-        if shifted is None:
-            continue
+    for gate_node, shifted, up_node, up_act, up_proj, w_down, b_down in _sides(node, classify_shifted):
         gate_act, threshold, p, _ = shifted
-        up_act, up_proj = _up_side(up_node)
         gate, up = _projection(p), _projection(up_proj)
         if (gate and up and gate[0] is up[0] and gate[2] is None and up[2] is None and gate[1].shape == up[1].shape
                 and w_down.shape[1] == gate[1].shape[0]):

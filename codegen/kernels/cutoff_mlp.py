@@ -49,17 +49,17 @@ def cutoff_gated_mlp(d: int, n_ff: int, *, up_act: str = "identity", dtype: str 
                w_down_t: T.Buffer(wshape, wdtype), a_h: T.handle, out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
+        a = T.match_buffer(a_h, (M, n_ff), "float32")  # the activated gate: g of the exact kernel's body
         x = T.match_buffer(x_h, (M, d), "float32")
-        a = T.match_buffer(a_h, (M, n_ff), "float32")
         out = T.match_buffer(out_h, (M, d), "float32")
-        if x8:  # x quantized once to 8-bit blocks for the integer row dots
+        h = T.alloc_buffer((M, n_ff), "float32")
+        idx = T.alloc_buffer((n_ff,), "int32")
+        cnt = T.alloc_buffer((threads,), "int32")
+        if x8:  # x quantized once to 8-bit blocks for the integer (up) row dots
             xd = T.alloc_buffer((M, x8_bytes), "uint8")
             prep_x(x, xd, M)
         else:
             xd = T.decl_buffer((M, d), "float32", data=x.data)
-        h = T.alloc_buffer((M, n_ff), "float32")
-        idx = T.alloc_buffer((n_ff,), "int32")
-        cnt = T.alloc_buffer((threads,), "int32")
         body(xd, M, 0, a, w_up, w_down_t, a, h, idx, cnt, out)
 
     return kernel.with_attr("global_symbol", name)
