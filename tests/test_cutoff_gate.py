@@ -137,3 +137,36 @@ def test_quantized_weights_run_the_cutoff_kernel(quantize, rtol):
     assert (up.dtype, up.attrs.get("layout")) == {"fp16": ("f16", None), "int8": ("f32", "q8_0")}[quantize]
     got = np.asarray(cm(x.numpy()))
     assert np.abs(got - want).max() <= rtol * np.abs(want).max()
+
+
+@pytest.mark.parametrize("target", ["x86", "arm"])
+def test_the_cutoff_kernel_reads_only_active_rows_and_matches_numpy(target):
+    """The kernel alone, at sizes that are no multiple of the vector lanes or row steps, on x86 and (qemu) ARM: out =
+    (a ⊙ x·W_upᵀ)·W_down_t over the neurons with a != 0; NaN in the up and down rows of inactive neurons (rows it must
+    not read) leaves the output finite."""
+    from actsparse import targets
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.schedules import schedule_for
+
+    from .kernel_cases import cross_kernels, run_native
+
+    d, n_ff, rng = 37, 53, np.random.default_rng(0)
+    prim = kernel("cutoff", d, n_ff, up_act="identity", dtype="float32", sched=schedule_for(targets.get(target)))
+    calls = []
+    for m in (1, 3):
+        x = rng.standard_normal((m, d)).astype(np.float32)
+        w_gate, w_up, w_down_t = (rng.standard_normal((n_ff, d)).astype(np.float32) for _ in range(3))
+        a = np.where(rng.random((m, n_ff)) < 0.2, rng.random((m, n_ff)), 0).astype(np.float32)
+        idle = ~(a != 0).any(0)
+        want = (a * (x @ w_up.T)) @ w_down_t
+        w_up[idle], w_down_t[idle] = np.nan, np.nan
+        calls.append(([x, w_gate, w_up, w_down_t, a, np.full((m, d), np.nan, np.float32)], want))
+    if target == "x86":
+        from .kernel_cases import Call
+
+        outs = run_native(prim, [Call(args, want, np.ones(1), "float32") for args, want in calls])
+    else:
+        name = str(prim.attrs["global_symbol"])
+        outs = [r[0] for r in cross_kernels([prim]).run([(name, args, [5]) for args, _ in calls])]
+    for out, (_, want) in zip(outs, calls):
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
