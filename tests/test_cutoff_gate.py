@@ -73,6 +73,18 @@ def test_a_leaky_cutoff_is_not_exactly_sparse_and_stays_dense():
         np.testing.assert_allclose(evaluate(run.graph, [x.numpy()])[0], model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_a_cutoff_block_has_no_fused_dense_twin_one_clear_error():
+    """`actsparse bench` times an artifact against its dense twin (passes/densify.py); a cut gate has no fused dense
+    kernel (its gate is cut per token before the block), so the twin is refused, naming the way out."""
+    from actsparse.errors import ActsparseError
+    from actsparse.passes.densify import Densify
+
+    torch.manual_seed(0)
+    _, run = _blocks(CutGates().eval(), torch.randn(1, 6, 16))
+    with pytest.raises(ActsparseError, match="geglu-cutoff block has no dense twin.*mode='dense'"):
+        run_pipeline(run.graph, [Densify()])
+
+
 def test_a_target_without_the_cutoff_kernel_keeps_the_ops_with_a_reason():
     torch.manual_seed(0)
     model, x = CutGates().eval(), torch.randn(1, 6, 16)
