@@ -28,7 +28,7 @@ def lower_graph(graph: Graph, target: Target, specialized: dict[str, dict[str, i
     import tvm
     from tvm import relax
 
-    from . import lower_attention, lower_cold, lower_kernels, lower_predictor, lower_state, lowerings  # noqa: F401
+    from . import lower_attention, lower_cold, lower_cutoff, lower_kernels, lower_predictor, lower_state, lowerings  # noqa: F401
 
     bb = relax.BlockBuilder()
     kernels: dict[str, object] = {}

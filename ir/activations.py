@@ -81,6 +81,10 @@ def _np_relu6(x, t=0.0):
     return np.clip(x, 0, 6).astype(x.dtype)
 
 
+def _np_gelu_tanh_relu(x, t=0.0):
+    return _np_gelu_tanh(_np_relu(x))
+
+
 def _np_identity(x, t=0.0):
     return x
 
@@ -133,6 +137,13 @@ def _tir_relu6(t):
     return lambda v: T.min(T.max(v, T.float32(0)), T.float32(6))
 
 
+def _tir_gelu_tanh_relu(t):
+    from tvm.script import tirx as T
+
+    gelu = _tir_gelu_tanh(t)
+    return lambda v: gelu(T.max(v, T.float32(0)))
+
+
 def _tir_identity(t):
     return lambda v: v
 
@@ -171,6 +182,12 @@ def _relax_fatrelu(x, t, dtype):
 
     R = relax.op
     return R.where(R.greater(x, _relax_const(t, dtype)), x, _relax_const(0.0, dtype))
+
+
+def _relax_gelu_tanh_relu(x, t, dtype):
+    from tvm import relax
+
+    return relax.op.nn.gelu_tanh(relax.op.nn.relu(x))
 
 
 def _relax_relu2(x, t, dtype):
@@ -239,6 +256,10 @@ ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
                doc="FATReLU: x where x > t else 0 (torch's where: NaN -> 0)"),
     Activation("relu2", _np_relu2, _tir_relu2, _relax_relu2, exactly_sparse=True, doc="max(x, 0)² (Primer)"),
     Activation("relu6", _np_relu6, _tir_relu6, _relax_relu6, exactly_sparse=True, doc="min(max(x, 0), 6)"),
+    # Gemma 3n's gate after its per-token cutoff, gelu_tanh(relu(P - c)) (passes/activation_analysis.classify_shifted
+    # finds the cutoff c): zero for x <= 0, so exactly sparse
+    Activation("gelu_tanh_relu", _np_gelu_tanh_relu, _tir_gelu_tanh_relu, _relax_gelu_tanh_relu, exactly_sparse=True,
+               doc="gelu_tanh(max(x, 0)): zero for x <= 0"),
     Activation("silu", _np_silu, _tir_silu, _relax_op("nn.silu"), doc="x · sigmoid(x)"),
     Activation("gelu", _np_gelu, _tir_gelu, _relax_op("nn.gelu"), doc="0.5·x·(1 + erf(x/√2))"),
     Activation("gelu_tanh", _np_gelu_tanh, _tir_gelu_tanh, _relax_op("nn.gelu_tanh"),

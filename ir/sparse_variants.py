@@ -228,6 +228,21 @@ def _certified_measure(x, w_gate, w_up, extras, attrs, h) -> dict:
     return fields
 
 
+# --- cutoff: exact mode of a gate cut at a per-token cutoff (Gemma 3n: gelu_tanh(relu(P - mean(P) - z·std(P)))) -------
+# The cutoff needs all of P before any neuron is known inactive, so the activated gate a is computed before the node
+# by the graph's own ops (the dense gate projection, the cutoff, the activation) and comes in as the extra input
+# "gate"; the node reads the up and down rows of the neurons with a != 0 only. w_gate stays an input (the report and
+# the weight layouts read it) but the kernel does not read it: the gate projection before the node does.
+def _cutoff_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None):
+    a = np.asarray(extras["gate"]).reshape(-1, w_up.shape[0]).astype(x.dtype)
+    return (a * apply(attrs["up_act"], x @ w_up.T.astype(x.dtype))).astype(x.dtype)
+
+
+def _cutoff_dense(attrs: dict) -> dict:
+    raise ActsparseError(f"a {attrs.get('pattern', 'cutoff')} block has no dense twin of the fused kernel (its gate is "
+                         "cut per token before the block): compile the model with mode='dense' for the dense form")
+
+
 # --- cold: the cold neurons of a hot/cold split (passes/split_hot_cold.py), read on demand from slow memory ---------
 # The same semantics as its base (exact: h = act_g(g) · act_u(u)); the node holds the neurons that did not fit the
 # memory budget. Its up and down rows live outside the fast memory (CPU: bundled per neuron in a file; GPU: host
@@ -301,6 +316,13 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         report=_cold_report, lossy=True, quantized_kernels=False, measure=_predictor_measure,
         doc="the cold part of a predictor-mode hot/cold split: predicted neurons' gate, up and down rows read on "
             "demand"),
+    SparseVariant(
+        "cutoff", attrs={}, extra_inputs=("gate",), intermediate=_cutoff_intermediate, kernels={"cpu": "cutoff"},
+        kernel_options=lambda attrs: {"up_act": attrs.get("up_act", "identity")}, dense_attrs=_cutoff_dense,
+        report=lambda attrs: {"reason": "per-token cutoff: gate computed densely, up/down rows of active neurons"},
+        report_mode="exact",
+        doc="exact mode of a gate cut at a per-token cutoff (Gemma 3n): the activated gate computed first, the up and "
+            "down rows of its nonzero neurons read"),
     SparseVariant(
         # the fused dense kernel on the same layout (@Wd.t): dense mode (passes/fuse_gated_mlp.py) and the dense
         # twin of a sparse artifact (passes/densify.py), so both time the kernel benchmarks/ffn.py times

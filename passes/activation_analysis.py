@@ -13,6 +13,12 @@ The probes are each constant and its float32 neighbours on both sides (where a t
 `>` and `>=` differ), 0 and its neighbours, and a log-spaced grid over 1e-6..1e6 on both sides; two such
 functions that agree exactly there and on the dense grid between are the same activation for exact mode's
 purpose. Anything that differs anywhere (a leaky slope, an offset, a NaN) is not classified and stays dense.
+
+`classify_shifted(y)` takes one step more: y = f(P - c) with c one number per token (a value whose last axis is 1),
+as Gemma 3n's gate gelu_tanh(relu(P - mean(P) - z·std(P))). Which node is P - c is read off the subgraph (its add /
+sub / neg nodes summed symbolically: P with coefficient +1, the rest per-token terms, in any order or sign), and f,
+a function of that node alone, is probed as above — against every exactly-sparse entry, including those without an
+op of their own (gelu_tanh_relu). c itself may be any per-token value: the block is exactly zero wherever P <= c.
 """
 
 from __future__ import annotations
@@ -21,17 +27,19 @@ import numpy as np
 
 from ..ir import Node, op_def
 from ..ir.activations import ACTIVATIONS, THRESHOLDED, ZERO_BELOW
-from ..ir.ops import REQUIRED
+from ..ir.ops import OPS, REQUIRED
 from ..ir.types import np_dtype
 
+ZERO_BELOW_OPS = tuple(name for name in ZERO_BELOW if name in OPS)  # those canonicalize can name as an op
 MAX_NODES = 16  # activation subgraphs are a few ops; bigger elementwise regions are not activations
 # ops through which a subgraph can become exactly zero; without one of them f is not worth probing
 ZEROING = {"maximum", "minimum", "where", "relu", "fatrelu", "relu2", "relu6", "gt", "ge", "lt", "le"}
 GRID = np.concatenate([-np.logspace(6, -6, 97), [0.0], np.logspace(-6, 6, 97)]).astype(np.float32)
 
 
-def activation_subgraph(y: Node):
-    """(x, nodes in evaluation order) when y = f(x) elementwise with scalar constants, else None."""
+def activation_subgraph(y: Node, leaf: Node | None = None):
+    """(x, nodes in evaluation order) when y = f(x) elementwise with scalar constants, else None. `leaf`: a node
+    taken as x even if it is elementwise itself (the shifted value P - c of `classify_shifted`)."""
     leaves: dict[int, Node] = {}
     order: list[Node] = []
     seen: set[int] = set()
@@ -40,6 +48,9 @@ def activation_subgraph(y: Node):
         if id(n) in seen:
             return True
         seen.add(id(n))
+        if n is leaf:
+            leaves[id(n)] = n
+            return True
         if n.op == "constant":
             return np.asarray(n.attrs["value"]).size == 1
         pointwise = n.op not in ("input", "weight") and op_def(n.op).elementwise
@@ -71,8 +82,8 @@ def probe_points(nodes: list[Node]) -> np.ndarray:
 
 def evaluate_on(x: Node, nodes: list[Node], points: np.ndarray) -> np.ndarray:
     """f(points): the subgraph's ops run by their numpy references, x bound to the probe points."""
-    values = {id(x): points.astype(np_dtype(x.dtype))}
     with np.errstate(all="ignore"):
+        values = {id(x): points.astype(np_dtype(x.dtype))}
         for n in _constants(nodes):
             values[id(n)] = np.asarray(n.attrs["value"], dtype=np_dtype(n.dtype)).reshape(())
         for n in nodes:
@@ -91,15 +102,93 @@ def classify(y: Node):
     x, nodes = found
     if not any(n.op in ZEROING for n in nodes):
         return None
+    found = _zero_below(x, nodes, ZERO_BELOW_OPS)
+    return None if found is None else (*found, x)
+
+
+def _zero_below(x: Node, nodes: list[Node], names: tuple[str, ...]):
+    """(name, threshold) of the first entry of `names` that f (the subgraph from x) equals on every probe point."""
     points = probe_points(nodes)
     f = evaluate_on(x, nodes, points).astype(np.float32)
+    dtype = np_dtype(x.dtype)
+    with np.errstate(over="ignore"):  # the grid's ends are inf in float16, on both sides alike
+        at = points.astype(dtype)  # the entry at x's own precision: a float16 gelu rounds as the graph's does
     candidates = sorted({0.0, *(float(v) for v in (_value(n) for n in _constants(nodes)) if v is not None)})
-    for name in ZERO_BELOW:
+    for name in names:
         act = ACTIVATIONS[name]
         for t in candidates if name in THRESHOLDED else [0.0]:
-            if np.array_equal(f, act.reference(points, np.float32(t))):
-                return name, t, x
+            with np.errstate(all="ignore"):
+                want = act.reference(at, dtype.type(t)).astype(np.float32)
+            if np.array_equal(f, want, equal_nan=True):
+                return name, t
     return None
+
+
+def classify_shifted(y: Node):
+    """(activation name, threshold, P, v) when y = act(v) with v = P - c: P a value of y's shape (a projection), c
+    one number per token (a value whose last axis is 1, e.g. Gemma-3n's mean(P) + z·std(P), or a sum of such), and
+    act an exactly-zero-below entry of the table (compared bit for bit on the probe points, as `classify`), else
+    None. Then y is exactly 0 wherever P <= c (+ the threshold), whatever c is.
+
+    v is read off the subgraph, not matched by spelling: the add / sub / neg nodes between P and the activation
+    are summed symbolically (P - c, -c + P, (P - mean) - z·std, P + (-c) all give P with coefficient +1 and
+    per-token terms); the rest, y as a function of v, is probed."""
+    if y.type.rank == 0 or y.shape[-1] == 1 or y.dtype not in ("f32", "f16", "f64"):
+        return None
+    for v in _elementwise_nodes(y):
+        terms = _affine_terms(v, y.shape)
+        if terms is None:
+            continue
+        full, per_token = terms
+        if len(full) != 1 or not per_token or next(iter(full.values()))[1] != 1:
+            continue
+        found = activation_subgraph(y, leaf=v)
+        if found is None or not any(n.op in ZEROING for n in found[1]):
+            continue
+        match = _zero_below(v, found[1], ZERO_BELOW)
+        if match is not None:
+            return (*match, next(iter(full.values()))[0], v)
+    return None
+
+
+def _elementwise_nodes(y: Node):
+    """The add / sub / neg nodes of y's shape below y through elementwise nodes of y's shape, nearest first."""
+    order, seen, frontier = [], set(), [y]
+    while frontier and len(seen) < MAX_NODES:
+        n = frontier.pop(0)
+        if id(n) in seen or n.shape != y.shape or n.op in ("input", "weight", "constant"):
+            continue
+        if not op_def(n.op).elementwise:
+            continue
+        seen.add(id(n))
+        if n.op in ("add", "sub", "neg"):
+            order.append(n)
+        frontier.extend(n.inputs)
+    return order
+
+
+def _affine_terms(v: Node, shape: tuple):
+    """v as a signed sum of add / sub / neg over its leaves -> ({id: (leaf, coef)} of y's shape, the same of
+    per-token leaves (last axis 1)), or None when anything else (a scale, a scalar offset) takes part."""
+    full: dict[int, list] = {}
+    per_token: dict[int, list] = {}
+
+    def walk(n: Node, sign: int) -> bool:
+        if n.shape == shape and n.op in ("add", "sub"):
+            return walk(n.inputs[0], sign) and walk(n.inputs[1], -sign if n.op == "sub" else sign)
+        if n.shape == shape and n.op == "neg":
+            return walk(n.inputs[0], -sign)
+        if n.type.rank == len(shape) and n.shape[-1] == 1 and n.op != "constant":
+            per_token.setdefault(id(n), [n, 0])[1] += sign
+            return True
+        if n.shape == shape and n.op != "constant":
+            full.setdefault(id(n), [n, 0])[1] += sign
+            return True
+        return False
+
+    if not walk(v, 1):
+        return None
+    return {k: tuple(e) for k, e in full.items() if e[1]}, {k: tuple(e) for k, e in per_token.items() if e[1]}
 
 
 def classify_probed(y: Node, names: tuple[str, ...]):

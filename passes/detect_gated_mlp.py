@@ -20,11 +20,15 @@ path `...experts.<i>...` — gets `expert=i`, and its location names the expert 
 Plain MLPs, down(act(P(x, @W1))), are recorded as `plain-mlp`, noted for the report and left alone: nothing
 to gate on.
 
-A block down(g ⊙ P(x)) whose gate g reads a projection of x but is no known activation (Gemma-3n's per-token
-cutoff) is recorded as `unmatched-gate`, with its gate spelled out in a note and a report row: what is missing.
+A block whose gate is an exactly-zero-below activation of P(x, @Wg) - c, c one number per token (Gemma-3n's
+gelu_tanh(relu(P - mean(P) - z·std(P))), found by `activation_analysis.classify_shifted`), is recorded under its
+pattern (`geglu-cutoff`) and left as it is: sparsify-exact rewrites it (`cutoff_block`), dense mode keeps its ops.
+Any other block down(g ⊙ P(x)) whose gate g reads a projection of x but is no known activation is recorded as
+`unmatched-gate`, with its gate spelled out in a note and a report row: what is missing.
 
 Statistics: `gated-mlp` (all blocks), one count per pattern (`swiglu`, `reglu-fused`, ...), `moe-expert` (blocks
-that are experts), `biased` (blocks with a bias anywhere), `plain-mlp`, `unmatched-gate`.
+that are experts), `biased` (blocks with a bias anywhere), `plain-mlp`, the cutoff patterns (`geglu-cutoff`),
+`unmatched-gate`.
 
 Why it is correct: the replacement computes the same expression (see `ir/mlp.py`); nodes of the old block that
 other code still reads stay in the graph for those readers.
@@ -40,7 +44,7 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ir.activations import PROBED, UP_ACTS, ZERO_BELOW
 from ..ir.mlp import pattern_name
-from .activation_analysis import classify_probed
+from .activation_analysis import classify_probed, classify_shifted
 from .base import Pass, Rule, apply_rules, derived_weight, note, record
 from .match import common_module, commuted
 
@@ -91,17 +95,22 @@ def _up_side(node: Node):
     return probed if probed else ("identity", node)
 
 
-def _match(node: Node):
+def _sides(node: Node, gate_side):
+    """For down(g ⊙ u, @Wd[, @bd]), each operand order whose g `gate_side` recognises: (g, what gate_side gave,
+    u, u's activation, u's projection, Wd, bd or None)."""
     down = _projection(node)
     if down is None or down[0].op != "mul":
-        return None
+        return
     product, w_down, b_down = down
     for gate_node, up_node in commuted(product):
-        gate = _gate_side(gate_node)
-        if gate is None:
-            continue
+        gate = gate_side(gate_node)
+        if gate is not None:
+            yield (gate_node, gate, up_node, *_up_side(up_node), w_down, b_down)
+
+
+def _match(node: Node):
+    for gate_node, gate, up_node, up_act, up_proj, w_down, b_down in _sides(node, _gate_side):
         gate_act, threshold, gate_proj = gate
-        up_act, up_proj = _up_side(up_node)
         base = {"gate_act": gate_act, "threshold": threshold, "up_act": up_act, "w_down": w_down, "b_down": b_down,
                 "locs": (gate_node.loc, up_node.loc, node.loc)}
         separate = _projection(gate_proj), _projection(up_proj)
@@ -199,6 +208,30 @@ def _reaches(node: Node, target: Node, depth: int = 6) -> bool:
     return depth > 0 and any(_reaches(i, target, depth - 1) for i in node.inputs)
 
 
+CUTOFF_BASES = {"gelu_tanh_relu": "geglu"}  # the pattern a cut gate's activation names (others: `pattern_name`'s)
+
+
+def cutoff_pattern(gate_act: str, up_act: str) -> str:
+    """`geglu-cutoff` for Gemma 3n's gelu_tanh(relu(P - c)) ⊙ u, `reglu-cutoff` for relu(P - c) ⊙ u, ..."""
+    return f"{CUTOFF_BASES.get(gate_act) or pattern_name(gate_act, up_act)}-cutoff"
+
+
+def cutoff_block(node: Node):
+    """down(act(P(x, @Wg) - c) ⊙ up_act(P(x, @Wu))[, @bd]) with c per token and act exactly zero below
+    (`classify_shifted`), no gate/up bias -> bindings (x, gate: the activated gate node, weights, activations,
+    pattern), else None."""
+    for gate_node, shifted, up_node, up_act, up_proj, w_down, b_down in _sides(node, classify_shifted):
+        gate_act, threshold, p, _ = shifted
+        gate, up = _projection(p), _projection(up_proj)
+        if (gate and up and gate[0] is up[0] and gate[2] is None and up[2] is None and gate[1].shape == up[1].shape
+                and w_down.shape[1] == gate[1].shape[0]):
+            return {"x": gate[0], "gate": gate_node, "w_gate": gate[1], "w_up": up[1], "w_down": w_down,
+                    "b_down": b_down, "gate_act": gate_act, "threshold": threshold, "up_act": up_act,
+                    "pattern": cutoff_pattern(gate_act, up_act),
+                    "location": common_module(gate_node.loc, up_node.loc, node.loc) or node.loc}
+    return None
+
+
 def _unmatched_gate(node: Node) -> Node | None:
     """down(g ⊙ P(x)) where g also reads a projection of x but is no activation the table knows (Gemma-3n's
     per-token statistical cutoff gelu(relu(P - mean - z·std))): a gated MLP whose gate was not recognised."""
@@ -231,6 +264,10 @@ class DetectGatedMLP(Pass):
                     record("moe-expert")
                 if bound["b_down"] is not None or any(b is not None for b in bound["biases"]):
                     record("biased")
+                continue
+            cutoff = cutoff_block(node)
+            if cutoff is not None:
+                record(cutoff["pattern"])  # sparsify-exact rewrites it and gives its report row
                 continue
             gate = _unmatched_gate(node)
             if gate is not None:

@@ -80,7 +80,7 @@ def _exact(o: PipelineOptions, on_unsupported: str = "error") -> list[Pass]:
     # exact: a non-ReLU block is an error naming it; auto: it stays dense and the report says why
     # then, where the target's data says an int8 gate copy pays (and no memory budget claims the bytes), each block
     # reads the gate rows only of the neurons the copy cannot certify inactive: the same outputs
-    return [*_detect(o), SparsifyExact(on_unsupported=on_unsupported), RouteMoE(),
+    return [*_detect(o), SparsifyExact(on_unsupported=on_unsupported, kernel_family=o.target.kernel_family), RouteMoE(),
             CertifyExactGate(exact_gate=o.target.exact_gate, storage=o.storage or "",
                              memory_budget=-1 if o.memory_budget is None else o.memory_budget), *_hot_cold(o)]
 

@@ -84,9 +84,10 @@ class ReorderNeurons(Pass):
 
 
 def reorderable(node: Node) -> bool:
-    """A sparse gated MLP with one neuron per weight row, not yet split into hot and cold parts."""
+    """A sparse gated MLP with one neuron per weight row, not yet split into hot and cold parts (nor a cutoff block:
+    its activated gate comes in computed by ops in the neurons' original order)."""
     return node.op == "sparse_gated_mlp" and variant_of(node.attrs).gate_up_layout == "rows" \
-        and not node.attrs.get("group_frequency")
+        and not node.attrs.get("group_frequency") and node.attrs.get("mode") != "cutoff"
 
 
 def neuron_frequency(block: Node, weights: dict, rows: np.ndarray, chunk: int = 2048) -> np.ndarray:

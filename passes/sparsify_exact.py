@@ -30,6 +30,18 @@ the "up" factor is the constant 1, in the same homogeneous coordinates (up rows 
 so only the down rows of active neurons are read (plus their one-column up rows: a unit row per active
 neuron, d+1 floats, the price of reusing the gated kernels on every target unchanged).
 
+A gate cut at a per-token cutoff (Gemma 3n: gelu_tanh(relu(P - mean(P) - z·std(P))), detect-gated-mlp's
+`cutoff_block`) is exactly zero wherever P <= c, but which neurons those are is known only once all of P is: the
+gate projection, the cutoff and the activation stay the graph's own ops (dense; bit for bit what torch computes)
+and the activated gate a becomes an input of the sparse node, which reads the up and down rows of a's nonzero
+neurons only:
+
+    linear(mul(a, linear(x, @Wu)), @Wd), a = act(linear(x, @Wg) - c)
+        -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a){mode='cutoff'}     (a still computed from linear(x, @Wg))
+
+A target whose kernel family the `cutoff` variant has no kernel for (`kernel_family`, from the target's data;
+CUDA today) keeps such a block's ops, with a report row saying so.
+
 Blocks that are not ReLU-family (SwiGLU, GeGLU) cannot be made exactly sparse. With `on_unsupported="error"`
 (mode "exact") that is an error naming the layer and the ways out; with "keep-dense" (mode "auto") they stay
 `gated_mlp` and the report says why.
@@ -45,7 +57,9 @@ from ..errors import ModeError
 from ..ir import Graph, Node, rewrite, weight_node
 from ..ir.activations import ZERO_BELOW
 from ..ir.mlp import is_exactly_sparse, pattern_name
+from ..ir.sparse_variants import VARIANTS
 from .base import Pass, note, record
+from .detect_gated_mlp import cutoff_block
 from .match import common_module
 from .sparse_layout import to_sparse_layout
 
@@ -54,6 +68,7 @@ from .sparse_layout import to_sparse_layout
 class SparsifyExact(Pass):
     name = "sparsify-exact"
     on_unsupported: str = "error"  # "error" | "keep-dense"
+    kernel_family: str = "cpu"     # the target's (Target.kernel_family): whether the cutoff variant has a kernel
 
     def __post_init__(self):
         if self.on_unsupported not in ("error", "keep-dense"):
@@ -66,6 +81,9 @@ class SparsifyExact(Pass):
             plain = _plain_relu_mlp(node)
             if plain is not None and _finite_weights(node, graph) and _finite_weights(plain["first"], graph):
                 return _sparse_plain(node, plain, graph, new_weights)
+            cutoff = cutoff_block(node)
+            if cutoff is not None:
+                return self._cutoff(node, cutoff, graph, new_weights)
             if node.op != "gated_mlp":
                 return None
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
@@ -85,6 +103,30 @@ class SparsifyExact(Pass):
             return to_sparse_layout(node, attrs, graph, new_weights)
 
         return rewrite(graph, visit, new_weights)
+
+    def _cutoff(self, node: Node, b: dict, graph: Graph, new_weights: dict) -> Node | None:
+        """The cut-gate block as sparse_gated_mlp{mode='cutoff'} taking its activated gate (module docstring)."""
+        pattern, variant = b["pattern"], VARIANTS["cutoff"]
+        reason = ""
+        if self.kernel_family not in variant.kernels:
+            reason = (f"no {self.kernel_family} kernel for a per-token cutoff gate (the cutoff variant's kernels: "
+                      f"{', '.join(variant.kernels)}); its ops run dense")
+        elif not all(np.isfinite(graph.weights[w.attrs["name"]]).all() for w in (b["w_up"], b["w_down"])):
+            reason = ("its weights hold NaN/Inf: skipping inactive neurons would hide the NaN that 0 * Inf gives (as "
+                      "torch computes it)")
+        if reason:
+            record("kept-dense")
+            note({"kind": "row", "location": b["location"], "pattern": pattern, "mode": "dense",
+                  "n_ff": int(b["w_gate"].shape[0]), "reason": reason})
+            return None
+        record(pattern)
+        gated = Node("gated_mlp", (b["x"], b["w_gate"], b["w_up"], b["w_down"]),
+                     {"gate_act": b["gate_act"], "up_act": b["up_act"], "fused": False}, node.type, b["location"])
+        attrs = {"gate_act": b["gate_act"], "up_act": b["up_act"], "mode": "cutoff", "pattern": pattern,
+                 "threshold": b["threshold"]}
+        sparse = to_sparse_layout(gated, attrs, graph, new_weights)
+        out = sparse.replace(inputs=(*sparse.inputs, b["gate"]))
+        return out if b["b_down"] is None else Node("add", (out, b["b_down"]), {}, node.type, node.loc)
 
     def _unsupported(self, node: Node, pattern: str) -> None:
         if self.on_unsupported == "error":

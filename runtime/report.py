@@ -327,8 +327,12 @@ def _block_row(block: Node, x: np.ndarray | None, graph: Graph, mode: str, compu
 
 def _from_input(graph: Graph, block: Node, node: Node, x: np.ndarray) -> np.ndarray | None:
     """An extra input of `block` computed from the block's input `x` alone (None when it needs more)."""
+    x = np.asarray(x, np.float32)
+    rank = block.inputs[0].type.rank
+    if x.ndim < rank:  # the kernel call's flattened tokens: ops of one token at a time see the same rows
+        x = x.reshape((1,) * (rank - x.ndim) + x.shape)
     try:
-        return evaluate_from(graph, node, {id(block.inputs[0]): np.asarray(x, np.float32)})
+        return evaluate_from(graph, node, {id(block.inputs[0]): x})
     except KeyError:
         return None
 

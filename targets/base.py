@@ -17,6 +17,9 @@ EXACT_GATES = ("dense", "certified")
 CERTIFIED_SCORES = ("int16", "float")
 
 
+KERNEL_FAMILIES = {"llvm": "cpu", "c": "cpu", "cuda": "cuda"}  # TVM target kind -> kernel family (codegen/schedules)
+
+
 @dataclass(frozen=True)
 class Target:
     name: str                      # registry name: "x86", "cuda", "arm"
@@ -75,6 +78,12 @@ class Target:
     @property
     def kind(self) -> str:
         return self.tvm["kind"]
+
+    @property
+    def kernel_family(self) -> str:
+        """"cpu" or "cuda": the kernel family its TVM kind selects (the names sparse variants declare kernels under,
+        ir/sparse_variants.py), so a pass can ask a variant's entry whether this target has its kernel."""
+        return KERNEL_FAMILIES.get(self.kind, self.kind)
 
     def tvm_target(self):
         import tvm

@@ -71,7 +71,8 @@ def test_references_match_torch():
                    "identity": x, "fatrelu": torch.where(x > THRESHOLD, x, 0.0), "relu2": torch.square(F.relu(x)),
                    "relu6": F.relu6(x), "clip7_plus1": x.clamp(-7.0, 7.0) + 1,
                    "clamped_swish7": x.clamp(max=7.0) * torch.sigmoid(1.702 * x.clamp(max=7.0)),  # gpt-oss's
-                   "clamped_silu10": F.silu(x.clamp(max=10.0)), "clip10": x.clamp(-10.0, 10.0)}  # DeepSeek-V4's
+                   "clamped_silu10": F.silu(x.clamp(max=10.0)), "clip10": x.clamp(-10.0, 10.0),  # DeepSeek-V4's
+                   "gelu_tanh_relu": F.gelu(F.relu(x), approximate="tanh")}  # Gemma 3n's, after its cutoff
     assert set(torch_forms) == set(ACTIVATIONS)
     for name, want in torch_forms.items():
         _close(activation(name).reference(VALUES, THRESHOLD), want.numpy())
@@ -90,7 +91,8 @@ def test_exactly_sparse_means_zero_at_or_below_the_threshold():
     for name, entry in ACTIVATIONS.items():  # relu's threshold is 0; fatrelu's its attribute (>= 0)
         assert entry.exactly_sparse == bool(np.all(entry.reference(VALUES[VALUES <= 0], THRESHOLD) == 0)), name
     assert np.all(activation("fatrelu").reference(VALUES[VALUES <= THRESHOLD], THRESHOLD) == 0)
-    assert {n for n, e in ACTIVATIONS.items() if e.exactly_sparse} == {"relu", "fatrelu", "relu2", "relu6"}
+    assert {n for n, e in ACTIVATIONS.items() if e.exactly_sparse} == {"relu", "fatrelu", "relu2", "relu6",
+                                                                       "gelu_tanh_relu"}
 
 
 def test_ir_ops_interpreter_and_dense_kernel_use_the_table():

@@ -427,8 +427,9 @@ def test_clamped_swiglu_is_a_gated_mlp_not_exact():
 
 
 def test_unrecognised_gate_is_named_not_hidden():
-    """Gemma-3n's gate (a per-token cutoff: relu(g - mean(g) - 1.6·std(g)), then gelu) is no table activation: the
-    block is recorded as `unmatched-gate`, with a report row that spells the gate out, and computed as before."""
+    """A per-token cutoff then the erf gelu, gelu(relu(g - mean(g) - 1.6·std(g))), is no table activation (Gemma 3n's
+    own gate, with gelu_tanh, is: tests/test_cutoff_gate.py): the block is recorded as `unmatched-gate`, with a report
+    row that spells the gate out, and computed as before."""
     model = Gated(lambda g, u: F.gelu(F.relu(g - (g.mean(-1, keepdim=True) + 1.6 * g.std(-1, keepdim=True)))) * u)
     graph = import_torch(model.eval(), (_x(),), dynamic_seq=False)
     result = run_pipeline(graph, pipeline_for("auto"))

@@ -17,7 +17,7 @@ __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blo
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
 _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "quant_int8", "rows", "schedule",
                "sparse_mlp", "gathered_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp",
-               "cuda_input_mlp", "routed_moe", "attention")
+               "cuda_input_mlp", "routed_moe", "cutoff_mlp", "attention")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
@@ -32,6 +32,7 @@ FAMILIES = {
                     "certified": ("scored_mlp", "certified_gated_mlp"),
                     "input": ("input_sparse_mlp", "input_sparse_gated_mlp"),
                     "routed": ("routed_moe", "routed_moe"),
+                    "cutoff": ("cutoff_mlp", "cutoff_gated_mlp"),
                     "attention": ("attention", "attention")},
     "GpuSchedule": {"exact": ("cuda_mlp", "sparse_gated_mlp"), "indexed": ("cuda_mlp", "sparse_gated_mlp_indexed"),
                     "dense": ("cuda_mlp", "dense_gated_mlp"), "linear": ("cuda_mlp", "linear"),
@@ -41,7 +42,7 @@ FAMILIES = {
                     "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
 KERNELS = ("exact", "indexed", "listed", "dense", "linear", "threshold", "sign_score", "select", "scored", "certified",
-           "input", "routed", "attention")
+           "input", "routed", "cutoff", "attention")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 

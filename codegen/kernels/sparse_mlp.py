@@ -121,7 +121,7 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
 
 
 def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_value, act_u, keep_product=None,
-                    x8: bool = False, kernel: str):
+                    x8: bool = False, kernel: str, gate_dots=None):
     """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out)`: the two regions of the exact and threshold
     kernels over the n_ff neurons whose weights are rows row0 .. row0 + n_ff - 1 (a routed expert's; 0 for a
     block's own weights). Scratch: g, h [M, n_ff] f32, idx [n_ff] i32 (it lists weight rows), cnt [threads] i32.
@@ -132,12 +132,15 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     some token keeps it; then only the listed up and down rows are read. With `keep_product(h) -> bool` (threshold
     mode's "product" criterion) the decision needs u: every up row is read with the gate, h = gate_value(g) *
     act_u(u) is kept where keep_product(h), compacted in place, and only the listed down rows are read.
+    `gate_dots`: a macro in place of the gate row dots (same arguments), e.g. one that leaves g as computed before
+    the kernel (cutoff_mlp.py: the activated gate is an input).
     """
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
     zero = T.float32(0)
     product = keep_product is not None
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=gate_value, x8=x8)
+    if gate_dots is None:
+        gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=gate_value, x8=x8)
     up_dots, _ = dots_macro(d, dtype, sched, gathered=not product, x8=x8)
     axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True, kernel=kernel)
     zero_cols = zero_columns_macro(d, sched, dtype)

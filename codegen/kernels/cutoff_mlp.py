@@ -1,0 +1,65 @@
+"""The gated-MLP kernel for CPUs whose activated gate comes in computed: Gemma 3n's per-token cutoff.
+
+Gemma 3n's gate is gelu_tanh(relu(P - c)) with P = x·W_gateᵀ and c = mean(P) + z·std(P) per token: the cutoff needs
+every gate value of the token before any neuron is known to be inactive. So the gate projection runs densely before
+this kernel (a linear kernel), the cutoff and the activation run as the graph's own elementwise ops (bit for bit what
+the interpreter computes), and this kernel takes the activated gate a [M, n_ff] and reads the up and down rows only
+of the neurons some token activates:
+
+    out[m] = sum_{j : a[m, j] != 0} a[m, j] * act_u(w_up[j] . x[m]) * w_down_t[j]
+
+It is the exact kernel (`sparse_mlp.compacting_body`) with its gate row dots replaced by nothing: g is a itself, so
+the listing, the gathered up rows and the down projection are the exact kernel's, for every weight layout it takes.
+Buffers: (x [M, d] f32, w_gate (not read: the gate is an input; kept so every sparse variant has the same weights),
+w_up, w_down_t [n_ff, d] dtype, a [M, n_ff] f32, out [M, d] f32).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from tvm.script import tirx as T
+
+from .common import activation, x_operand
+from .quant_blocks import weight_buffer
+from .schedule import CpuSchedule
+from .sparse_mlp import check_mlp, compacting_body, mlp_symbol
+
+
+@T.macro
+def _gate_given(a, x, M, rows, base, i, end, dst, dcol):
+    """In place of the gate dots: g is the activated gate the kernel was given (nothing to compute)."""
+    T.evaluate(0)
+
+
+@cache
+def cutoff_gated_mlp(d: int, n_ff: int, *, up_act: str = "identity", dtype: str = "float32", sched: CpuSchedule):
+    """(x, w_gate, w_up, w_down_t, a, out): see the module docstring."""
+    check_mlp(d, n_ff, "identity", up_act, dtype)
+    sched = sched.fitted(d, dtype)
+    name = mlp_symbol("cutoff", d, n_ff, "given", up_act, 0.0, dtype, sched)
+    threads = sched.threads
+    x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
+    body = compacting_body(d, n_ff, dtype, sched, gate_value=None, act_u=activation(up_act), x8=x8, kernel="exact",
+                           gate_dots=_gate_given)
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), a_h: T.handle, out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        a = T.match_buffer(a_h, (M, n_ff), "float32")  # the activated gate: g of the exact kernel's body
+        x = T.match_buffer(x_h, (M, d), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        h = T.alloc_buffer((M, n_ff), "float32")
+        idx = T.alloc_buffer((n_ff,), "int32")
+        cnt = T.alloc_buffer((threads,), "int32")
+        if x8:  # x quantized once to 8-bit blocks for the integer (up) row dots
+            xd = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xd, M)
+        else:
+            xd = T.decl_buffer((M, d), "float32", data=x.data)
+        body(xd, M, 0, a, w_up, w_down_t, a, h, idx, cnt, out)
+
+    return kernel.with_attr("global_symbol", name)
