@@ -215,7 +215,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
     row_offsets = row_offsets_macro(gathered, R, row_bytes)
     # block layouts only here (split rows: quant_split.py)
-    pf_group = group_prefetch_macro(lay, stored, R, once_per_line=gathered)[0]
+    pf_group = group_prefetch_macro(lay, stored, R)[0]
 
     def rr(ro, s, p):  # byte offset of row p of set s (past the step's rows: its last row again, not stored)
         return ro[T.min(s * P + p, R - 1)]
@@ -277,7 +277,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
         for v in T.vectorized(S * L):
             acc[v] = T.float32(0)
         for grp in range(G):
-            if prefetch:  # the next step's rows, one prefetch per row and cache line
+            if prefetch:  # the next step's rows, one prefetch per row and block (q8_0) or line
                 pf_group(wf, ro, R, grp)
             dx: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx(grp), 1, 4)])
             dx_sum: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx_sum(grp), 1, 4)])
