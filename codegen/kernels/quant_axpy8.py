@@ -85,7 +85,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     # before the group loop (`coefficient_table`), so the loop holds no scale gather, reduction, division or z dots
     tabled = lay.split and ins.coefficient_table and not off
     TV, NG = 16, -(-n_full // threads)  # NG: the most groups a task owns
-    pf_group, pf_scales = group_prefetch_macro(lay, stored, R, once_per_line=gathered)
+    pf_group, pf_scales = group_prefetch_macro(lay, stored, R)
 
     def rr(ro, r):  # byte offset of the row at step position r (past R or the list: a row read anyway)
         return ro[min(r, R - 1)]

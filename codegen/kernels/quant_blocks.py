@@ -133,29 +133,21 @@ def block_prefetch_macro():
     return pf
 
 
-def group_prefetch_macro(lay: QuantLayout, stored: int, rows: int, once_per_line: bool = False):
+def group_prefetch_macro(lay: QuantLayout, stored: int, rows: int):
     """(`pf_group(w, ro, first, grp)`, `pf_scales(w, ro, first, g0, g1)`): prefetch in the `rows` rows at byte
     offsets ro[first:first + rows]. `pf_group`: what group grp needs when grp starts a cache line of codes (block
     layouts: every `CACHE_LINE // block_bytes` blocks, i.e. q8_0's 34-byte blocks at every block; split: every 4
-    groups), one test per group for all rows. `once_per_line` (gathered rows), block layouts whose blocks do not tile
-    a line (q8_0, q4_1): the line that holds the block's last byte when it is not the previous block's, so each line
-    once. Indexed q8_0, 1 thread, interleaved: 0.84x the time hot, 0.92-0.97x from DRAM; on streamed rows it cost
-    exact and dense 5-7% from DRAM (BENCHMARKS.md, session 13), so they keep a prefetch per block.
+    groups), one test per group for all rows, gathered and streamed rows alike. Session 13 prefetched gathered q8_0
+    rows once per line (the line of a block's last byte); quietly that was 1.08x the time of indexed q8_0 at 2 threads
+    from DRAM, and interleaved again in session 15 1.04-1.08x (1 thread 1.01x): dropped (BENCHMARKS.md, session 15).
     `pf_scales` (split layouts; once per step): the scale lines of groups [g0, g1). Why not a second test per group
     for the scales: LLVM speculates nested conditional prefetches (aarch64: 16 per group instead of 8 per 4)."""
     pf = block_prefetch_macro()
-    B = lay.block_bytes
-    per_line = CACHE_LINE // (B - 2) if lay.split else max(1, CACHE_LINE // B)
-    # a block's last byte decides (B < CACHE_LINE: every line holds some block's last byte)
-    by_end = once_per_line and not lay.split and CACHE_LINE % B != 0
+    per_line = CACHE_LINE // (lay.block_bytes - 2) if lay.split else max(1, CACHE_LINE // lay.block_bytes)
 
     @T.macro
     def pf_group(w, ro, first, grp):
-        if by_end:
-            if ((grp + 1) * B - 1) // CACHE_LINE != (grp * B + CACHE_LINE - 1) // CACHE_LINE - 1:
-                for r in T.unroll(rows):
-                    pf(w, ro[first + r], (grp + 1) * B - 1)
-        elif grp % per_line == 0:
+        if grp % per_line == 0:
             for r in T.unroll(rows):
                 pf(w, ro[first + r], lay.codes_byte(grp, stored))
 
@@ -270,7 +262,7 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
 
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
     row_offsets = row_offsets_macro(gathered, R, row_bytes)
-    pf_group, pf_scales = group_prefetch_macro(lay, stored, R, once_per_line=gathered)
+    pf_group, pf_scales = group_prefetch_macro(lay, stored, R)
 
     def axsum(wf, ro, hs, grp, hf, j):
         e = hs[0] * code(lay, wf, ro[0], grp, hf, j, centered=not folded, stored=stored)
@@ -319,7 +311,7 @@ def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
                 for c in range((last(t) - g0) // TV * TV, last(t) - g0):
                     hst[r * NG + c] = hv[r] * scale(lay, wf, ro[r], g0 + c, stored=stored)
         for gi in range(last(t) - g0):
-            if prefetch:  # the next step's rows, one prefetch per row and cache line
+            if prefetch:  # the next step's rows, one prefetch per row and block (q8_0) or line
                 pf_group(wf, ro, R, g0 + gi)
             hs[R] = T.float32(0)
             for r in T.unroll(R):
