@@ -46,6 +46,11 @@ def _fill(attrs) -> float:
     return float(attrs.get("fill", ATTENTION_ATTRS["fill"]))  # an 'add' mask's op carries no fill
 
 
+def _as(x, ir_dtype: str, dtype: str):
+    """x, whose IR dtype is `ir_dtype`, in `dtype` (a cast only where it is another: float32 graphs keep their ops)."""
+    return x if TVM_DTYPES[ir_dtype] == dtype else R.astype(x, dtype)
+
+
 def _composed(ctx, node, args):
     """The Relax ops `attention` stands for (ir/attention.py). Grouped-query heads: each KV head's G query heads
     are one [G*seq, head_dim] matrix against that head's keys and values (q and the probabilities reshaped, which
@@ -63,17 +68,21 @@ def _composed(ctx, node, args):
     grouped = ctx.shape((b, kv_heads, mul(seq, group), head_dim))
     if group > 1:  # [B, Hk*G, seq, D] -> [B, Hk, G*seq, D]: query head h uses KV head h // G, as repeat did
         q = R.reshape(q, grouped)
-    dtype = TVM_DTYPES[node.dtype]
-    s = R.matmul(q, R.permute_dims(k, [0, 1, 3, 2]))
+    # scores, softmax and the weighted sum accumulate in float32 whatever q's dtype (as torch's attention and the
+    # reference, ir/attention.py): a float16 sum over a long context stalls; the probabilities go back to q's dtype
+    dtype = "float32"
+    s = R.matmul(q, R.permute_dims(k, [0, 1, 3, 2]), out_dtype=dtype)
     if group > 1:
         s = R.reshape(s, ctx.shape((b, heads, seq, node.inputs[3].shape[-1])))
     s = R.multiply(s, relax.const(a["scale"], dtype))
     if a["softcap"] > 0:
         cap = relax.const(a["softcap"], dtype)
         s = R.multiply(R.tanh(R.divide(s, cap)), cap)
-    s = R.where(mask, s, relax.const(_fill(a), dtype)) if a["mask_kind"] == "select" else R.add(s, mask)
-    p = R.nn.softmax(s, axis=-1)
-    if group == 1:
-        return R.matmul(p, v)
-    p = R.reshape(p, ctx.shape((b, kv_heads, mul(seq, group), node.inputs[3].shape[-1])))
-    return R.reshape(R.matmul(p, v), ctx.shape(node.shape))
+    own = TVM_DTYPES[node.dtype]
+    s = R.where(mask, s, relax.const(_fill(a), dtype)) if a["mask_kind"] == "select" \
+        else R.add(s, _as(mask, node.inputs[3].dtype, dtype))
+    p = _as(R.nn.softmax(s, axis=-1), "f32", own)
+    if group > 1:
+        p = R.reshape(p, ctx.shape((b, kv_heads, mul(seq, group), node.inputs[3].shape[-1])))
+    out = _as(R.matmul(p, v, out_dtype=dtype), "f32", own)
+    return out if group == 1 else R.reshape(out, ctx.shape(node.shape))

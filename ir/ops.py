@@ -207,15 +207,21 @@ def _reduce_type(types, attrs):
     return TensorType(shape, t.dtype)
 
 
+def _wide(x: np.ndarray) -> np.ndarray:
+    """float16 -> float32: the precision sums accumulate in (as torch's, and the compiled module's)."""
+    return x.astype(np.float32) if x.dtype == np.float16 else x
+
+
 for _name, _fn in {"sum": np.sum, "mean": np.mean, "max": np.max}.items():
     define(_name, 1, _reduce_type,
            (lambda fn: lambda x, attrs, env:
-            fn(x, axis=tuple(attrs["axes"]), keepdims=attrs["keepdim"]).astype(x.dtype))(_fn),
+            fn(_wide(x), axis=tuple(attrs["axes"]), keepdims=attrs["keepdim"]).astype(x.dtype))(_fn),
            {"axes": REQUIRED, "keepdim": False})
 
 
 def _softmax(x, attrs, env):
-    e = np.exp(x - x.max(axis=attrs["axis"], keepdims=True))
+    w = _wide(x)
+    e = np.exp(w - w.max(axis=attrs["axis"], keepdims=True))
     return (e / e.sum(axis=attrs["axis"], keepdims=True)).astype(x.dtype)
 
 
