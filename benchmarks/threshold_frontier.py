@@ -245,7 +245,9 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
         for (mode, span), s in ((v, s) for v in variants for s in sparsities):
             weights = sensitivity if mode != "none" else None
             if greedy and (weights is not None) not in curves:
-                curves[weights is not None] = allocation_curves(blocks, rows, method(name), sensitivity=weights)
+                curves[weights is not None] = cached_curves(
+                    (key, name, weights is not None),
+                    lambda: allocation_curves(blocks, rows, method(name), sensitivity=weights))
             costs: list[float] = []   # each block's measured Δloss (nats/token) at the pooled plan
             plans = calibrate_blocks(blocks, rows, name, s, progress=False,
                                      curves=curves.get(weights is not None), storage=quantize or "fp32",
@@ -259,7 +261,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
             held_eff = float(np.mean([measured_effective(b, p, r) for b, p, r in zip(blocks, plans, held_rows)])) \
                 if hasattr(plans[0], "x_thr") else None
             own = float(np.mean([getattr(p, "sparsity", None) or (p.x_sparsity + p.h_sparsity) / 2 for p in plans]))
-            label = name + {"none": "", "fisher": "+fisher", "measured": f"+measured±{span:g}"}[mode]
+            label = name + (f"+measured±{span:g}" if mode == "measured" else "+fisher" if weights else "")
             out.append({"model": model_name, "method": label, "sparsity": s, "own_sparsity": own, "effective": eff,
                         "held_out_effective": held_eff, "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize,
                         "rotated_blocks": sum(getattr(p, "rotation", None) is not None for p in plans),
@@ -273,6 +275,24 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
                  + ("; probe Δloss·1e3 " + " ".join(f"{1e3 * c:.2f}" for c in costs) if costs else ""))
             t1 = time.perf_counter()
     return out
+
+
+def cached_curves(key, compute):
+    """allocation_curves' result cached on disk under `key` (the rows' digest, method, weighted or not): the
+    curves are most of a calibration's time (a Gemma 3 one: minutes), and runs that differ only in the budget's
+    pooling read the same ones. Delete ~/.cache/actsparse/frontier-curves after changing how curves are measured."""
+    from actsparse.passes.calibration_data import cached_arrays, digest
+
+    def flat():
+        found = compute()
+        parts = found if isinstance(found, tuple) else (found,)
+        return {f"{k}.{i}.{j}": c for k, part in enumerate(parts) for i, pair in enumerate(part)
+                for j, c in enumerate(pair)}
+    arrays = cached_arrays("frontier-curves", digest(*key), flat, {"key": list(map(str, key))})
+    parts = sorted({int(k.split(".")[0]) for k in arrays})
+    rebuilt = tuple([(arrays[f"{k}.{i}.0"], arrays[f"{k}.{i}.1"]) for i in range(len(arrays) // (2 * len(parts)))]
+                    for k in parts)
+    return rebuilt if len(rebuilt) > 1 else rebuilt[0]
 
 
 def delivered(result: dict) -> float:
