@@ -23,9 +23,10 @@ increase measured (a few calibration windows, one forward each per block: loss_s
 block's Fisher curve is rescaled to pass through its measured cost at its probed budget (the curve keeps its
 shape, the slope between budgets, and takes the measured level), and the budgets are pooled again on those.
 Not the default (sparsity_methods.calibrate_blocks' `loss_probe=`; benchmarks/threshold_frontier
-`--sensitivity measured`): on SmolLM2-135M at 0.5 it cost +7.49% perplexity against the Fisher pooling's +4.72%,
-as a block's cost alone on 4 calibration windows is small next to how it varies from text to text (12 of 30
-blocks measured a *lower* loss with their plan alone, consistently at 0.4 and 0.5; BENCHMARKS.md, session 15).
+`--sensitivity measured`): at 0.5 it cost SmolLM2-135M +7.49% perplexity (Fisher pooling: +4.72%) and Gemma 3
+270M +14.59% (Fisher: +10.74%). A block's cost alone on a few calibration windows does not predict its cost on
+other text: 12 of SmolLM2's 30 blocks measured a *lower* loss with their plan alone, and Gemma's blocks 3 and 5,
+the costliest alone on held-out text, measured below zero on the calibration windows (BENCHMARKS.md, session 15).
 """
 
 from __future__ import annotations
