@@ -2,7 +2,9 @@
 
     python -m actsparse.benchmarks.threshold_frontier [--models smollm2,gemma3] [--methods all]
         [--sparsities 0.3,0.4,0.5,0.6,0.7] [--eval-windows 8] [--calib-windows 16] [--window 256]
-        [--quantize int4] [--sensitivity fisher|none] [--speed] [--plot frontier.png] [--json frontier.json]
+        [--speed] [--plot frontier.png] [--json frontier.json]
+        [--quantize int4] [--sensitivity fisher|measured|none[,...]]
+        [--probe-windows 4] [--probe-span 0.05[,0.1]]
     python -m actsparse.benchmarks.threshold_frontier --replot a.json b.json --plot frontier.png
 
 Quality: perplexity on held-out English prose (Python's own `pydoc_data/topics.py`: calibration on its first
@@ -211,8 +213,9 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     rows = [cached[str(i)] for i in range(len(cached))]
     held_rows = collect_rows(model, held)   # what the effective sparsity is measured on besides calibration
     blocks = block_weights(model)
+    modes = args.sensitivity.split(",")
     sensitivity = None
-    if args.sensitivity == "fisher":   # compile()'s default for a decoder (api._fisher_weights), the same rows
+    if {"fisher", "measured"} & set(modes):   # compile()'s default for a decoder (api._fisher_weights), same rows
         from actsparse.passes.loss_sensitivity import cached_fisher_weights
 
         sensitivity = [g[:len(r)] for g, r in zip(cached_fisher_weights(model, calib, progress=False), rows)]
@@ -221,19 +224,36 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
         from .quant_quality import fake_quantized
 
         model = fake_quantized(model, quantize, "sparse", lm_head="int8" if quantize != "fp16" else None)
+    probe = None
+    if "measured" in modes:   # the pooled plan's blocks probed alone on the first calibration windows
+        from actsparse.passes.loss_sensitivity import block_loss_probe
+
+        probe = block_loss_probe(model, calib, functools.partial(install, model, quantize=quantize, weights=blocks),
+                                 args.probe_windows)
     base = perplexity(model, held)
     _log(f"{model_name}: dense perplexity {base:.3f} on {sum(w.shape[1] - 1 for w in held)} held-out tokens "
          f"({time.perf_counter() - t0:.0f} s to load and calibrate inputs)")
     out = [{"model": model_name, "method": "dense", "sparsity": 0.0, "effective": 0.0, "ppl": base, "delta": 0.0,
             "quantize": quantize}]
+    spans = [float(x) for x in str(args.probe_span).split(",")]
     for name in methods:
         t1 = time.perf_counter()
         greedy = method(name).greedy
-        weights = sensitivity if greedy else None
-        curves = allocation_curves(blocks, rows, method(name), sensitivity=weights) if greedy else None
-        for s in sparsities:
-            plans = calibrate_blocks(blocks, rows, name, s, progress=False, curves=curves,
-                                     storage=quantize or "fp32", sensitivity=weights)
+        curves = {}   # by weighted or not: the Fisher and measured variants read the same curves
+        variants = [(mode, span) for mode in (modes if greedy else ["none"])
+                    for span in (spans if mode == "measured" else [None])]
+        for (mode, span), s in ((v, s) for v in variants for s in sparsities):
+            weights = sensitivity if mode != "none" else None
+            if greedy and (weights is not None) not in curves:
+                curves[weights is not None] = cached_curves(
+                    (key, name, weights is not None),
+                    lambda: allocation_curves(blocks, rows, method(name), sensitivity=weights))
+            costs: list[float] = []   # each block's measured Δloss (nats/token) at the pooled plan
+            plans = calibrate_blocks(blocks, rows, name, s, progress=False,
+                                     curves=curves.get(weights is not None), storage=quantize or "fp32",
+                                     sensitivity=weights, probe_span=span or 0.0,
+                                     loss_probe=(lambda i, plan: costs.append(probe(i, plan)) or costs[-1])
+                                     if mode == "measured" else None)
             install(model, plans, quantize, blocks)
             ppl = perplexity(model, held)
             install(model, None)
@@ -241,17 +261,38 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
             held_eff = float(np.mean([measured_effective(b, p, r) for b, p, r in zip(blocks, plans, held_rows)])) \
                 if hasattr(plans[0], "x_thr") else None
             own = float(np.mean([getattr(p, "sparsity", None) or (p.x_sparsity + p.h_sparsity) / 2 for p in plans]))
-            label = name + ("+fisher" if weights else "")
+            label = name + (f"+measured±{span:g}" if mode == "measured" else "+fisher" if weights else "")
             out.append({"model": model_name, "method": label, "sparsity": s, "own_sparsity": own, "effective": eff,
                         "held_out_effective": held_eff, "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize,
                         "rotated_blocks": sum(getattr(p, "rotation", None) is not None for p in plans),
-                        "per_block_effective": [round(p.effective, 4) for p in plans]})
-            _log(f"{model_name} {name:12s} s={s:.0%}: effective {eff:.1%} (held-out {held_eff or 0:.1%}) "
-                 f"ppl {ppl:.3f} ({ppl / base - 1:+.1%}) "
+                        "per_block_effective": [round(p.effective, 4) for p in plans],
+                        "probe_costs": [round(c, 6) for c in costs]})
+            _log(f"{model_name} {label:12s} s={s:.0%}: effective {eff:.1%} (held-out {held_eff or 0:.1%}) "
+                 f"ppl {ppl:.3f} ({ppl / base - 1:+.2%}) "
                  f"rotated blocks {out[-1]['rotated_blocks']} [{time.perf_counter() - t1:.0f} s, "
-                 f"load {os.getloadavg()[0]:.1f}]")
+                 f"load {os.getloadavg()[0]:.1f}]; per block effective "
+                 + " ".join(f"{p.effective:.3f}" for p in plans)
+                 + ("; probe Δloss·1e3 " + " ".join(f"{1e3 * c:.2f}" for c in costs) if costs else ""))
             t1 = time.perf_counter()
     return out
+
+
+def cached_curves(key, compute):
+    """allocation_curves' result cached on disk under `key` (the rows' digest, method, weighted or not): the
+    curves are most of a calibration's time (a Gemma 3 one: minutes), and runs that differ only in the budget's
+    pooling read the same ones. Delete ~/.cache/actsparse/frontier-curves after changing how curves are measured."""
+    from actsparse.passes.calibration_data import cached_arrays, digest
+
+    def flat():
+        found = compute()
+        parts = found if isinstance(found, tuple) else (found,)
+        return {f"{k}.{i}.{j}": c for k, part in enumerate(parts) for i, pair in enumerate(part)
+                for j, c in enumerate(pair)}
+    arrays = cached_arrays("frontier-curves", digest(*key), flat, {"key": list(map(str, key))})
+    parts = sorted({int(k.split(".")[0]) for k in arrays})
+    rebuilt = tuple([(arrays[f"{k}.{i}.0"], arrays[f"{k}.{i}.1"]) for i in range(len(arrays) // (2 * len(parts)))]
+                    for k in parts)
+    return rebuilt if len(rebuilt) > 1 else rebuilt[0]
 
 
 def delivered(result: dict) -> float:
@@ -304,10 +345,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quantize", choices=("fp16", "int8", "int4"), default=None,
                    help="weights as compile(quantize=) stores them (the dense row is then that model)")
-    p.add_argument("--sensitivity", choices=("fisher", "none"), default="fisher",
+    p.add_argument("--sensitivity", default="fisher",
                    help="greedy methods: pool the budget across blocks by the loss's diagonal Fisher "
                         "(passes/sensitivity_allocation.py; the default, as compile() does for a decoder), or "
-                        "'none': the same budget in every block")
+                        "'none': the same budget in every block; 'measured': Fisher, then each block's plan probed "
+                        "alone on the calibration loss and the budget pooled again on the measured costs; a comma "
+                        "list runs each on the same curves")
+    p.add_argument("--probe-windows", type=int, default=4, help="calibration windows a measured probe runs on")
+    p.add_argument("--probe-span", default="0.05",
+                   help="measured: a block's budget within s ± this (a comma list: each)")
     p.add_argument("--speed", action="store_true", help="also time the MLP kernels at Mistral dims")
     p.add_argument("--plot", default="frontier.png")
     p.add_argument("--json", default="frontier.json")

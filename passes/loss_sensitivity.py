@@ -6,6 +6,10 @@ The numpy reference interpreter has no backward, so g comes from the torch causa
 a progress bar, the result cached on disk (calibration_data.cached_arrays) keyed by the MLP weights and the
 windows. Rows are the windows' tokens in order (window by window), as the calibration interpreter collects the
 MLP inputs, so row i of g² belongs to calibration row i.
+
+`block_loss_probe` measures instead of estimating: the calibration loss's increase with one block's plan installed
+alone (sensitivity_allocation.measured_budgets rescales each block's curve by it), on the first PROBE_WINDOWS
+calibration windows: one forward per window per block, e.g. 18 blocks x 4 windows = 72 forwards for Gemma 3 270M.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from .calibration_data import cached_arrays, digest
+
+# calibration windows a loss probe runs on (the first ones): enough to rank blocks whose costs differ 10-30x
+# (BENCHMARKS.md, session 15), few enough that probing every block costs less than the error curves
+PROBE_WINDOWS = 4
 
 
 def decoder_mlps(model) -> list | None:
@@ -78,3 +86,40 @@ def cached_fisher_weights(model, windows, progress: bool = True, directory=None)
         fisher_weights(model, windows, progress))}, {"model": type(model).__name__, "windows": len(windows)},
                           directory)
     return [found[str(i)] for i in range(len(found))]
+
+
+def mean_loss(model, windows) -> float:
+    """Mean next-token cross-entropy (nats per token) of the torch causal LM on `windows` ([1, n] token ids)."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            ids = torch.as_tensor(np.asarray(w, np.int64).reshape(1, -1))
+            logits = model(ids).logits[0, :-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            count += ids.shape[1] - 1
+    return total / max(count, 1)
+
+
+def block_loss_probe(model, windows, install, probe_windows: int = PROBE_WINDOWS):
+    """A `loss_probe(i, plan)` for sparsity_methods.calibrate_blocks: the mean loss's increase on the first
+    `probe_windows` of `windows` with block i alone at `plan`. `install(plans)` puts a list of per-block plans
+    (None: dense) into the model's MLPs, `install(None)` makes it dense again. The probe keeps what it measured
+    (`probe.measured`: {(block, plan digest): cost}) and measures a plan it has seen once only."""
+    windows = list(windows)[:probe_windows]
+    install(None)
+    dense = mean_loss(model, windows)
+    n = len(decoder_mlps(model) or [])
+
+    def probe(i: int, plan) -> float:
+        key = (i, digest(plan.x_thr, plan.h_thr, plan.rotation is not None))
+        if key not in probe.measured:
+            install([plan if j == i else None for j in range(n)])
+            try:
+                probe.measured[key] = mean_loss(model, windows) - dense
+            finally:
+                install(None)
+        return probe.measured[key]
+    probe.measured = {}
+    return probe

@@ -53,7 +53,7 @@ from .input_thresholds import (
     input_thresholds,
 )
 from .rotation import crossfit_halves, rotate_blocks
-from .sensitivity_allocation import pooled_budgets
+from .sensitivity_allocation import SPAN, measured_budgets, pooled_budgets
 
 METHODS = {m.name: m for m in (
     Method("cats", "threshold", "gate", doc="CATS: |act(gate)| threshold, skips up/down rows"),
@@ -120,7 +120,8 @@ def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
 def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
                            progress: bool = True, where: list[str] | None = None, curves=None,
                            input_dims: list[int] | None = None, storage: str = "fp32",
-                           sensitivity: list[np.ndarray] | None = None) -> list[InputThresholds]:
+                           sensitivity: list[np.ndarray] | None = None, loss_probe=None,
+                           probe_span: float = SPAN) -> list[InputThresholds]:
     """Input-mode thresholds for every block: uniform sparsity, or the greedy allocation for `*-greedy`;
     `rotated-*` turns a block into its method's basis (rotation.BASES; `input_dims`: the block's own input columns,
     before a folded bias column) and asks it to skip `sparsity` plus its rotation's share — where that fits
@@ -128,7 +129,9 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
     block's at `sparsity`; other blocks stay as they are (no rotation, no share). `sensitivity` (greedy methods;
     per block [tokens, d_out] weights of the squared output error, aligned with the rows, e.g. g² of the loss):
     errors in the loss's unit, so the budget is pooled across blocks (sensitivity_allocation.py); `curves` are
-    then those of `allocation_curves(..., sensitivity=)`."""
+    then those of `allocation_curves(..., sensitivity=)`. `loss_probe(i, plan)` (with `sensitivity`): the
+    calibration loss's increase with block i alone at `plan`; each block of the pooled plan is probed once and the
+    budget pooled again on the measured costs (sensitivity_allocation.measured_budgets, within ± `probe_span`)."""
     m = method(name)
     if m.mode != "input":
         raise ValueError(f"method {name!r} is not an input-sparsity method")
@@ -136,8 +139,9 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
         raise ValueError(f"sensitivity pools a greedy allocation; method {name!r} is not greedy")
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
+    if loss_probe is not None and sensitivity is None:
+        raise ValueError("loss_probe rescales the sensitivity-pooled allocation: pass sensitivity= too")
     blocks, rows = list(blocks), list(rows)
-    rotations, shares, turns = [None] * len(blocks), [0.0] * len(blocks), [None] * len(blocks)
     targets = [sparsity] * len(blocks)
     if m.greedy:
         if m.rotate:
@@ -159,9 +163,14 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
             if m.rotate and budget + q_shares[i] <= MAX_LEVEL and may_rotate[i]:
                 errors.append(least_summed_error(turned[i], turned_curves[i], budget + q_shares[i]))
             return min(errors)
-        targets = pooled_budgets([functools.partial(least, i) for i in range(len(blocks))], sparsity)
-    if m.rotate:
-        for i, share in enumerate(q_shares):
+        options = [functools.partial(least, i) for i in range(len(blocks))]
+        targets = pooled_budgets(options, sparsity)
+
+    def plans_at(targets: list[float]) -> list[InputThresholds]:
+        """Every block's plan at its budget (a rotated-* block turned where that pays)."""
+        chosen_blocks, chosen_rows, chosen_curves = list(blocks), list(rows), list(curves or [None] * len(blocks))
+        rotations, shares, turns = [None] * len(blocks), [0.0] * len(blocks), [None] * len(blocks)
+        for i, share in enumerate(q_shares if m.rotate else ()):
             if targets[i] + share > MAX_LEVEL or not may_rotate[i]:
                 continue
             if m.greedy:
@@ -169,17 +178,27 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
                                 least_error(blocks[i], curves[i], targets[i]))
                 if mine is None or (theirs is not None and theirs[1] <= mine[1]):
                     continue
-                curves[i] = turned_curves[i]
-            blocks[i], rows[i], rotations[i], shares[i], turns[i] = turned[i], turned_rows[i], qs[i], share, q_turns[i]
-    budgets = [target + share for target, share in zip(targets, shares)]
-    if m.greedy:
-        levels = [greedy_allocation([b], [r], m, budget, curves=[c])[0]
-                  for b, r, c, budget in zip(blocks, rows, curves, budgets)]
-    else:
-        levels = [(budget, budget) for budget in budgets]
-    plans = [input_thresholds(b, r, m, *lv) for b, r, lv in zip(blocks, rows, levels)]
-    return [replace(p, rotation=q, turn=turn, rotation_share=share, effective=p.effective - share)
-            for p, q, share, turn in zip(plans, rotations, shares, turns)]
+                chosen_curves[i] = turned_curves[i]
+            chosen_blocks[i], chosen_rows[i] = turned[i], turned_rows[i]
+            rotations[i], shares[i], turns[i] = qs[i], share, q_turns[i]
+        budgets = [target + share for target, share in zip(targets, shares)]
+        if m.greedy:
+            levels = [greedy_allocation([b], [r], m, budget, curves=[c])[0]
+                      for b, r, c, budget in zip(chosen_blocks, chosen_rows, chosen_curves, budgets)]
+        else:
+            levels = [(budget, budget) for budget in budgets]
+        plans = [input_thresholds(b, r, m, *lv) for b, r, lv in zip(chosen_blocks, chosen_rows, levels)]
+        return [replace(p, rotation=q, turn=turn, rotation_share=share, effective=p.effective - share)
+                for p, q, share, turn in zip(plans, rotations, shares, turns)]
+
+    if loss_probe is not None:   # re-pool on the loss measured with each block's plan alone
+        from tqdm.auto import tqdm
+
+        probed = plans_at(targets)
+        costs = [loss_probe(i, plan) for i, plan in enumerate(tqdm(probed, desc="loss probe", unit="block",
+                                                                    disable=not progress or None))]
+        targets = measured_budgets(options, targets, costs, sparsity, probe_span)
+    return plans_at(targets)
 
 
 def measured_effective(block: BlockWeights, plan: InputThresholds, rows: np.ndarray) -> float:
@@ -234,16 +253,16 @@ def neuron_threshold(bw: BlockWeights, rows: np.ndarray, m: Method, sparsity: fl
 def calibrate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
                      progress: bool = True, where: list[str] | None = None, curves=None,
                      input_dims: list[int] | None = None, storage: str = "fp32",
-                     sensitivity: list[np.ndarray] | None = None):
+                     sensitivity: list[np.ndarray] | None = None, loss_probe=None, probe_span: float = SPAN):
     """Every block's calibration for method `name` at `sparsity` (NeuronThreshold or InputThresholds each);
     `curves`: the greedy allocation's error curves of an earlier call with the same blocks and rows;
     `input_dims`: each block's input width before a folded bias column (what a rotation turns); `storage`: how
     the weights will be stored ("fp32", "fp16", "int8", "int4": what the rotation's bytes are weighed against);
-    `sensitivity`: see calibrate_input_blocks."""
+    `sensitivity`, `loss_probe`, `probe_span`: see calibrate_input_blocks."""
     m = method(name)
     if m.mode == "input":
         return calibrate_input_blocks(blocks, rows, name, sparsity, progress, where, curves, input_dims, storage,
-                                      sensitivity)
+                                      sensitivity, loss_probe, probe_span)
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
     return [neuron_threshold(b, r, m, sparsity) for b, r in zip(blocks, rows)]
