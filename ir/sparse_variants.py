@@ -317,7 +317,8 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         doc="the cold part of a predictor-mode hot/cold split: predicted neurons' gate, up and down rows read on "
             "demand"),
     SparseVariant(
-        "cutoff", attrs={}, extra_inputs=("gate",), intermediate=_cutoff_intermediate, kernels={"cpu": "cutoff"},
+        "cutoff", attrs={}, extra_inputs=("gate",), intermediate=_cutoff_intermediate,
+        kernels={"cpu": "cutoff", "cuda": "cutoff"},
         kernel_options=lambda attrs: {"up_act": attrs.get("up_act", "identity")}, dense_attrs=_cutoff_dense,
         report=lambda attrs: {"reason": "per-token cutoff: gate computed densely, up/down rows of active neurons"},
         report_mode="exact",

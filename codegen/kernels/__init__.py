@@ -39,6 +39,7 @@ FAMILIES = {
                     "threshold": ("cuda_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score_cuda"),
                     "scored": ("cuda_mlp", "scored_gated_mlp"),
+                    "cutoff": ("cuda_mlp", "cutoff_gated_mlp"),
                     "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
 KERNELS = ("exact", "indexed", "listed", "dense", "linear", "threshold", "sign_score", "select", "scored", "certified",

@@ -109,13 +109,14 @@ def finish(kernel, name: str, scratch: int = 0):
     return with_scratch(kernel.with_attr("tirx.is_scheduled", True), scratch)
 
 
-def _flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool):
+def _flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool, decide_reads_x: bool = True):
     """The body the flagging kernels share: `body(x, w_gate, w_up, w_down_t, scores, cutoff, out, h, flag, part, M)`
     (scores and cutoff: any buffers where `decide` reads none; h, flag, part: the kernel's scratch parameters). The
     first launch runs a warp per neuron j and, per token m, `decide(x, w_gate, w_up, scores, cutoff, j, m, lane, s,
     live)`, which leaves in s[0] the value the token keeps (0: dropped) and sets live[0] = 1 when it keeps it;
     h[m, j] = s[0], and j is flagged when some token keeps it. `up_after`: the flagged neurons' up rows are read
-    next, h = kept value * act_u(up). The down launch reads the flagged rows, the last sums the parts."""
+    next, h = kept value * act_u(up). The down launch reads the flagged rows, the last sums the parts.
+    `decide_reads_x` False: the decisions read no x (a given gate), so the decision loop stages none."""
     L, W, warp_dot, act_u, stage = k.L, k.W, k.warp_dot, k.act_u, k.stage
     n_blocks = (n_ff + W - 1) // W
 
@@ -132,7 +133,8 @@ def _flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool):
                     j: T.let = bx * W + ty
                     live[0] = 0
                     for m in range(M):
-                        stage(x, m, xs, ty, tx)
+                        if decide_reads_x:
+                            stage(x, m, xs, ty, tx)
                         if j < n_ff:
                             decide(x, xs, w_gate, w_up, scores, cutoff, j, m, tx, s, live)
                             if tx == 0:
@@ -278,6 +280,36 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
                h: T.Buffer((M, n_ff), "float32"), flag: T.Buffer((n_ff,), "int32"),
                part: T.Buffer((k.splits, M, d), "float32")):
         body(x, w_gate, w_up, w_down_t, scores, cutoff, out, h, flag, part, M)
+
+    return finish(kernel, k.name, FLAGGING_SCRATCH)
+
+
+@cache
+def cutoff_gated_mlp(d: int, n_ff: int, *, up_act: str = "identity", dtype: str = "float32", sched: GpuSchedule):
+    """A gate cut per token (Gemma 3n, `cutoff_mlp.py`) given activated (x, w_gate, w_up, w_down_t, a, out): the exact
+    kernel's three launches with its gate dots replaced by reading a[m, j] (the same word in every lane:
+    warp-uniform); a neuron some token has a != 0 for (or NaN) is flagged, its up rows read, h = a * act_u(up), and
+    the down launch reads the flagged rows. w_gate is not read (the gate projection ran before the kernel)."""
+    row, count, keep = by_flag(n_ff)
+    k = _mlp("cutoff", d, n_ff, "identity", up_act, 0.0, dtype, sched, row, count, keep=keep, tag="given")
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+
+    @T.macro
+    def decide(x, xs, w_gate, w_up, a, cutoff, j, m, lane, s, live):
+        s[0] = a[m, j]
+        if is_active(s[0]):
+            live[0] = 1
+
+    body = _flagging_body(k, d, n_ff, decide, up_after=True, decide_reads_x=False)
+
+    M = tokens()
+
+    @T.prim_func
+    def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), a: T.Buffer((M, n_ff), "float32"),
+               out: T.Buffer((M, d), "float32"), h: T.Buffer((M, n_ff), "float32"), flag: T.Buffer((n_ff,), "int32"),
+               part: T.Buffer((k.splits, M, d), "float32")):
+        body(x, w_gate, w_up, w_down_t, a, a, out, h, flag, part, M)
 
     return finish(kernel, k.name, FLAGGING_SCRATCH)
 
