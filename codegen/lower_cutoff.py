@@ -1,5 +1,6 @@
 """The lowering of `sparse_gated_mlp{mode='cutoff'}` (ir/sparse_variants.py): the activated gate (an input computed
-by the graph's own ops) flattened to [M, n_ff] like x, then the cutoff kernel (codegen/kernels/cutoff_mlp.py).
+by the graph's own ops) flattened to [M, n_ff] like x, then the target family's cutoff kernel (CPUs:
+codegen/kernels/cutoff_mlp.py; CUDA: cuda_mlp.cutoff_gated_mlp, the exact kernel's three launches reading a).
 
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a){mode='cutoff'} -> reshape(call_tir(cutoff, [x2d, Wg, Wu, Wd.t, a2d]))
 """

@@ -86,13 +86,23 @@ def test_a_cutoff_block_has_no_fused_dense_twin_one_clear_error():
 
 
 def test_a_target_without_the_cutoff_kernel_keeps_the_ops_with_a_reason():
+    """CUDA has the cutoff kernel (tests/test_cutoff_cuda.py); a kernel family the variant declares none for keeps
+    the graph's ops, with the reason in the report."""
+    from dataclasses import replace
+
+    from actsparse.passes.sparsify_exact import SparsifyExact
+
     torch.manual_seed(0)
     model, x = CutGates().eval(), torch.randn(1, 6, 16)
-    _, run = _blocks(model, x, mode="exact", target="cuda")
+    graph, run = _blocks(model, x, mode="exact", target="cuda")
+    assert run.stats["sparsify-exact"] == {"geglu-cutoff": 2}
+    passes = [replace(p, kernel_family="metal") if isinstance(p, SparsifyExact) else p
+              for p in pipeline_for("exact", "cuda")]
+    run = run_pipeline(graph, passes)
     assert run.stats["sparsify-exact"] == {"kept-dense": 2}
     assert not run.graph.count("sparse_gated_mlp")
     reasons = [n["reason"] for n in run.notes if n.get("pattern") == "geglu-cutoff"]
-    assert len(reasons) == 2 and all("no cuda kernel for a per-token cutoff gate" in r for r in reasons)
+    assert len(reasons) == 2 and all("no metal kernel for a per-token cutoff gate" in r for r in reasons)
 
 
 def _gemma3n(pattern):

@@ -8,7 +8,8 @@ warp shuffles, shared memory), marked `tirx.is_scheduled` so Relax's dlight rule
 The warp dot product and the down projection are in `cuda_blocks.py`. Every gated MLP is three launches:
 gate/up (a warp per row), the down projection's split-K parts, their sum. Exact, threshold and predictor modes
 share one body (`_flagging_body`): the first launch decides per neuron, flags the neurons some token keeps and
-reads their up rows in the same warp (the decision is warp-uniform), the down launch reads only flagged rows.
+reads their up rows in the same warp (the decision is warp-uniform), the down launch reads only flagged rows; the
+cutoff variant's kernel (Gemma 3n: the activated gate computed before it) decides by reading that gate.
 Deterministic (no atomics), no single-block phase, no host round-trip.
 
 Buffers: x [M, d] float32 (M symbolic), weights [n_ff, d] (float32 | float16, fp32 accumulate), out [M, d];
