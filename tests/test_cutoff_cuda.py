@@ -25,21 +25,22 @@ def cuda_schedule():
     return schedule_for(targets.get("cuda"))
 
 
-def cutoff_kernel(dtype, d=D, n_ff=N_FF, up_act="identity", sched=None):
+def cutoff_kernel(dtype, d=D, n_ff=N_FF, up_act="identity", name="cutoff"):
     from actsparse.codegen.kernels import kernel
 
-    return kernel("cutoff", d, n_ff, up_act=up_act, dtype=dtype, sched=sched or cuda_schedule())
+    return kernel(name, d, n_ff, up_act=up_act, dtype=dtype, sched=cuda_schedule())
 
 
 def up_value(kind, v):
     return np.maximum(v, 0) if kind == "relu" else v
 
 
-def cutoff_calls(dtype, d=D, n_ff=N_FF, up_act="identity", seed=0):
+def cutoff_calls(dtype, d=D, n_ff=N_FF, up_act="identity", seed=0, sparse=True):
     """Decode (1 token) and prefill (3 tokens) calls per active share; a is gelu_tanh-like (positive) where active,
     one token's activity independent of the other's (so a flagged neuron may be 0 for some token: lanes of a warp
     and warps of a block diverge). w_gate is all NaN (the kernel must not read it), the up and down rows of neurons no
-    token activates are NaN (rows it must not read). Reference in float64 on the weights' stored values."""
+    token activates are NaN (rows it must not read; `sparse` False: the dense twin reads them, they stay finite).
+    Reference in float64 on the weights' stored values."""
     from .kernel_cases import QUANT_DTYPES, kernel_weights
 
     rng, calls = np.random.default_rng(seed), []
@@ -58,7 +59,7 @@ def cutoff_calls(dtype, d=D, n_ff=N_FF, up_act="identity", seed=0):
             want = (a64 * up_value(up_act, u)) @ wd
             scale = (a64 * (np.abs(x64) @ np.abs(wu).T)) @ np.abs(wd)
             kw = [np.full_like(kw[0], np.nan) if dtype not in QUANT_DTYPES else kw[0], *kw[1:]]
-            if dtype not in QUANT_DTYPES:
+            if dtype not in QUANT_DTYPES and sparse:
                 kw[1][idle], kw[2][idle] = np.nan, np.nan
             calls.append(Call([x, *kw, a, np.full((M, d), np.nan, np.float32)], want, scale,
                               dtype if dtype != "q8_0" else "float32"))
@@ -99,14 +100,32 @@ def test_cutoff_cuda_kernel_has_the_exact_kernels_design_and_never_reads_the_gat
     assert vector_load in code  # 16 bytes per lane where d allows
 
 
+def test_the_dense_twin_reads_every_row_in_the_dense_kernels_launches():
+    """The twin (`actsparse bench`'s reference) is the dense kernel given a: 3 launches, no flags (no scratch for
+    them, no ballot over flags in the down launch), w_gate never read, full warp masks."""
+    from actsparse.codegen.kernels.scratch import scratch_count
+
+    prim = cutoff_kernel("float16", d=64, n_ff=53, name="cutoff-dense")
+    _, source = cuda_build([prim])
+    code = kernel_source(source, prim)
+    assert code.count("__global__") == 3 and scratch_count(prim) == 2
+    assert [p.name for p in prim.params][4:] == ["a", "out", "h", "part"]
+    assert "w_gate_ptr[" not in code and "w_gate_ptr +" not in code and "flag" not in code
+    assert "__activemask" not in code and "a_ptr[" in code.split("__global__")[1]
+    assert all(call.startswith("(uint)4294967295") for call in re.findall(r"__shfl_\w+_sync\(([^,]+)", code))
+
+
 def test_cutoff_cuda_kernel_matches_numpy_under_simt_emulation():
     """fp32, fp16 and q8_0 weights at d = 37, n_ff = 70; 1 and 3 tokens at 0%, ~5% and 100% active; NaN in w_gate and
     in the idle neurons' up and down rows; a relu up activation once. Within the float32 summation bound of the
-    float64 reference (fp16: x is staged as fp16, so that kernel's tolerance is the fp16 one)."""
+    float64 reference (fp16: x is staged as fp16, so that kernel's tolerance is the fp16 one). The dense twin
+    (`cutoff-dense`) likewise, w_gate still NaN."""
     jobs = [(cutoff_kernel(dtype), cutoff_calls(dtype)) for dtype in DTYPES]
     jobs.append((cutoff_kernel("float32", up_act="relu"), cutoff_calls("float32", up_act="relu", seed=1)))
+    jobs += [(cutoff_kernel(dtype, name="cutoff-dense"), cutoff_calls(dtype, seed=2, sparse=False))
+             for dtype in ("float32", "float16")]
     outs = run_batch(simt_kernels([p for p, _ in jobs]), jobs)
-    for label, (_, calls), got in zip([*DTYPES, "relu up"], jobs, outs):
+    for label, (_, calls), got in zip([*DTYPES, "relu up", "twin float32", "twin float16"], jobs, outs):
         for i, (call, out) in enumerate(zip(calls, got)):
             try:
                 call.check(out)
@@ -128,10 +147,12 @@ def test_a_nan_gate_value_reaches_the_output_as_torch_gives_it():
 
 def test_tiny_gemma3n_compiled_for_cuda_runs_its_cut_layer_exact():
     """Layer 0 cut at 95%, layer 1 a plain GeGLU: built for "cuda" (nvcc, no GPU), the cut layer is the cutoff
-    kernel's launches in the module and its report row says exact; no block was kept dense for want of a kernel."""
+    kernel's launches in the module and its report row says exact; no block was kept dense for want of a kernel; its
+    dense twin (`actsparse bench`) builds for cuda with the twin kernel."""
     import actsparse
     from actsparse.codegen.cuda_support import cuda_source
     from actsparse.frontends.hf import CausalLMLogits
+    from actsparse.runtime.bench import dense_twin
     from actsparse.scripts.arch_table import example_ids
 
     from .test_cutoff_gate import _gemma3n
@@ -147,6 +168,8 @@ def test_tiny_gemma3n_compiled_for_cuda_runs_its_cut_layer_exact():
     rows = [b for b in cm.report.blocks if b.pattern == "geglu-cutoff"]
     assert [(b.location, b.mode) for b in rows] == [("model.layers.0.mlp", "exact")]
     assert not any("no cuda kernel" in (b.reason or "") for b in cm.report.blocks)
+    twin = dense_twin(cm)  # `actsparse bench`'s reference, built for the artifact's target: the twin kernel
+    assert "actsparse_cuda_gmlp_cutoffdense_" in cuda_source(twin.executable.mod)
 
 
 @pytest.mark.gpu
