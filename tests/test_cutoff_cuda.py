@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 
 from .kernel_cases import Call, cuda_build, require_nvcc, run_batch, simt_kernels
+from .test_kernels_cuda import check_jobs, cuda_schedule, kernel_source
 
 tvm = pytest.importorskip("tvm")
 
 D, N_FF = 37, 70  # d: one-element loads, lanes own no column in the 2nd slice; n_ff: no multiple of the 8 warps
 DTYPES = ("float32", "float16", "q8_0")
 ACTIVE = (0.0, 0.05, 1.0)  # share of (token, neuron) pairs with a != 0
-
-
-def cuda_schedule():
-    from actsparse import targets
-    from actsparse.codegen.schedules import schedule_for
-
-    return schedule_for(targets.get("cuda"))
 
 
 def cutoff_kernel(dtype, d=D, n_ff=N_FF, up_act="identity", name="cutoff"):
@@ -64,14 +58,6 @@ def cutoff_calls(dtype, d=D, n_ff=N_FF, up_act="identity", seed=0, sparse=True):
             calls.append(Call([x, *kw, a, np.full((M, d), np.nan, np.float32)], want, scale,
                               dtype if dtype != "q8_0" else "float32"))
     return calls
-
-
-def kernel_source(source: str, prim) -> str:
-    name = str(prim.attrs["global_symbol"])
-    bodies = re.findall(rf"__global__ void __launch_bounds__\(\d+\) {name}_kernel(?:_\d+)?\([^)]*\) {{.*?\n}}\n",
-                        source, re.S)
-    assert bodies, f"no launches of {name} in the source"
-    return "\n".join(bodies)
 
 
 @pytest.mark.parametrize("dtype", ("float32", "float16"))
@@ -124,13 +110,8 @@ def test_cutoff_cuda_kernel_matches_numpy_under_simt_emulation():
     jobs.append((cutoff_kernel("float32", up_act="relu"), cutoff_calls("float32", up_act="relu", seed=1)))
     jobs += [(cutoff_kernel(dtype, name="cutoff-dense"), cutoff_calls(dtype, seed=2, sparse=False))
              for dtype in ("float32", "float16")]
-    outs = run_batch(simt_kernels([p for p, _ in jobs]), jobs)
-    for label, (_, calls), got in zip([*DTYPES, "relu up", "twin float32", "twin float16"], jobs, outs):
-        for i, (call, out) in enumerate(zip(calls, got)):
-            try:
-                call.check(out)
-            except AssertionError as err:
-                raise AssertionError(f"{label} call {i}: {err}") from None
+    labels = [*DTYPES, "relu up", "twin float32", "twin float16"]
+    check_jobs(labels, jobs, run_batch(simt_kernels([p for p, _ in jobs]), jobs))
 
 
 def test_a_nan_gate_value_reaches_the_output_as_torch_gives_it():
@@ -173,11 +154,12 @@ def test_tiny_gemma3n_compiled_for_cuda_runs_its_cut_layer_exact():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("name", ("cutoff", "cutoff-dense"))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cutoff_cuda_kernel_matches_numpy_on_the_gpu(dtype):
+def test_cutoff_cuda_kernel_matches_numpy_on_the_gpu(dtype, name):
     from .test_kernels_cuda import run_gpu
 
-    prim = cutoff_kernel(dtype)
-    calls = cutoff_calls(dtype)
+    prim = cutoff_kernel(dtype, name=name)
+    calls = cutoff_calls(dtype, sparse=name == "cutoff")
     for call, out in zip(calls, run_gpu(prim, calls)):
         call.check(out)
