@@ -1,8 +1,9 @@
-"""Gemma 3n's cut-gate MLP on CUDA without a GPU: the cutoff variant's CUDA kernel (codegen/kernels/cuda_mlp.py
-`cutoff_gated_mlp`: the exact kernel's launches, the gate dots replaced by reading the given activated gate a) has
-the exact kernel's design in its generated source (3 launches, full warp masks, w_gate never read), matches a float64
-numpy reference under the SIMT emulator (tests/simt.py) at odd sizes where lanes diverge, 0% / ~5% / 100% active,
-with NaN in the rows it must not read; and a tiny Gemma 3n compiled for "cuda" runs its cut layer exact."""
+"""Gemma 3n's cut-gate MLP on CUDA without a GPU: the cutoff variant's CUDA kernel
+(codegen/kernels/cuda_cutoff_mlp.py: the exact kernel's launches, the gate dots replaced by reading the given
+activated gate a) has the exact kernel's design in its generated source (3 launches, full warp masks, w_gate never
+read), matches a float64 numpy reference under the SIMT emulator (tests/simt.py) at odd sizes where lanes diverge,
+0% / ~5% / 100% active, with NaN in the rows it must not read; so does its dense twin (`cutoff-dense`, every row
+read); and a tiny Gemma 3n decoder built for "cuda" runs its cut layer exact and builds its twin."""
 
 import re
 
@@ -126,30 +127,27 @@ def test_a_nan_gate_value_reaches_the_output_as_torch_gives_it():
     assert np.isnan(outs[0][0]).all() and np.array_equal(outs[0][1], np.zeros(D, np.float32))
 
 
-def test_tiny_gemma3n_compiled_for_cuda_runs_its_cut_layer_exact():
-    """Layer 0 cut at 95%, layer 1 a plain GeGLU: built for "cuda" (nvcc, no GPU), the cut layer is the cutoff
-    kernel's launches in the module and its report row says exact; no block was kept dense for want of a kernel; its
-    dense twin (`actsparse bench`) builds for cuda with the twin kernel."""
+def test_tiny_gemma3n_decoder_built_for_cuda_runs_its_cut_layer_exact():
+    """Layer 0 cut at 95%, layer 1 a plain GeGLU: the KV-cache decoder built for "cuda" (nvcc, no GPU) runs the cut
+    layer's cutoff kernel inside the one-token step's CUDA-graph captures, its report row says exact, no block was
+    kept dense for want of a kernel; its dense twin (`actsparse bench`) builds for cuda with the twin kernel."""
     import actsparse
     from actsparse.codegen.cuda_support import cuda_source
-    from actsparse.frontends.hf import CausalLMLogits
+    from actsparse.codegen.step_launches import vm_functions
     from actsparse.runtime.bench import dense_twin
-    from actsparse.scripts.arch_table import example_ids
 
     from .test_cutoff_gate import _gemma3n
 
     require_nvcc()
-    model = _gemma3n([0.95, 0.0])
-    ids = example_ids(model)
-    cm = actsparse.compile(CausalLMLogits(model).eval(), (ids,), target="cuda", mode="auto")
-    assert cm.report.pass_stats["sparsify-exact"] == {"geglu-cutoff": 1, "kept-dense": 1}  # layer 1: plain GeGLU
-    launches = set(re.findall(r"__global__ void __launch_bounds__\(\d+\) (actsparse_\w+?)_kernel",
-                              cuda_source(cm.executable.mod)))
-    assert any(name.startswith("actsparse_cuda_gmlp_cutoff_") for name in launches), launches
-    rows = [b for b in cm.report.blocks if b.pattern == "geglu-cutoff"]
+    lm = actsparse.compile(_gemma3n([0.95, 0.0]), target="cuda", mode="auto", max_seq=16)
+    assert lm.report.pass_stats["sparsify-exact"] == {"geglu-cutoff": 1, "kept-dense": 1}  # layer 1: plain GeGLU
+    calls = vm_functions(lm.module.executable.as_text())
+    captured = [c for name, cs in calls.items() if name.startswith("step_cuda_graph_capture") for c in cs]
+    assert sum(c.startswith("actsparse_cuda_gmlp_cutoff_") for c in captured) == 1, captured
+    rows = [b for b in lm.report.blocks if b.pattern == "geglu-cutoff"]
     assert [(b.location, b.mode) for b in rows] == [("model.layers.0.mlp", "exact")]
-    assert not any("no cuda kernel" in (b.reason or "") for b in cm.report.blocks)
-    twin = dense_twin(cm)  # `actsparse bench`'s reference, built for the artifact's target: the twin kernel
+    assert not any("no cuda kernel" in (b.reason or "") for b in lm.report.blocks)
+    twin = dense_twin(lm.module)  # `actsparse bench`'s reference, built for the artifact's target: the twin kernel
     assert "actsparse_cuda_gmlp_cutoffdense_" in cuda_source(twin.executable.mod)
 
 
