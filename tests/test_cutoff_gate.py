@@ -73,10 +73,12 @@ def test_a_leaky_cutoff_is_not_exactly_sparse_and_stays_dense():
         np.testing.assert_allclose(evaluate(run.graph, [x.numpy()])[0], model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_a_cutoff_blocks_dense_twin_keeps_the_gate_and_matches_torch():
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_cutoff_blocks_dense_twin_keeps_the_gate_and_matches_torch(quantize):
     """`actsparse bench` times an artifact against its dense twin (passes/densify.py, runtime/bench.dense_twin): a cut
     block's twin is `cutoff-dense`, which keeps the activated gate as its input (no dense kernel can cut the gate) and
-    reads every up and down row; built and run on the CPU it gives torch's outputs; densify leaves it as it is."""
+    reads every up and down row; built and run on the CPU it gives torch's outputs (int8: the artifact's, which
+    reads the same quantized rows); densify leaves it as it is."""
     from actsparse.passes.densify import Densify
     from actsparse.runtime.bench import dense_twin
 
@@ -84,7 +86,7 @@ def test_a_cutoff_blocks_dense_twin_keeps_the_gate_and_matches_torch():
     model, x = CutGates().eval(), torch.randn(1, 6, 16)
     with torch.no_grad():
         want = model(x).numpy()
-    cm = actsparse.compile(model, (x,), mode="exact")
+    cm = actsparse.compile(model, (x,), mode="exact", quantize=quantize)
     twin_run = run_pipeline(cm.graph, [Densify()])
     assert twin_run.stats["densify"] == {"geglu-cutoff": 2}
     twins = [n for n in twin_run.graph.nodes if n.op == "sparse_gated_mlp"]
@@ -94,6 +96,8 @@ def test_a_cutoff_blocks_dense_twin_keeps_the_gate_and_matches_torch():
     calls = [line.split()[1] for line in twin.executable.as_text().splitlines() if line.strip().startswith("call ")]
     assert sum(c.startswith("actsparse_gmlp_cutoffdense_d16_f64_given") for c in calls) == 2, calls
     assert not any(c.startswith("actsparse_gmlp_cutoff_") for c in calls), calls
+    if quantize:
+        want = np.asarray(cm(x.numpy()))
     np.testing.assert_allclose(np.asarray(twin(x.numpy())), want, rtol=1e-4, atol=1e-5)
 
 
