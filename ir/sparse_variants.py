@@ -25,6 +25,8 @@ How to add a variant (e.g. "predictor", "hotcold"): add one `SparseVariant` to `
     kernel_options  attrs -> the kernel factory's keyword arguments (gate_act, up_act, threshold, ...)
     dense_attrs     attrs -> the `gated_mlp` attrs of its dense twin (densify: same weights, every neuron
                     computed, extra inputs dropped)
+    dense_twin      the variant of that twin ("dense"; one with extra inputs keeps the node's, e.g. the cutoff
+                    variant's activated gate, which no dense kernel could compute)
     report          attrs -> report fields (names of `runtime.report.BlockReport` fields: threshold, method,
                     calibrated_sparsity, reason, ...) that the node itself carries
     lossy           whether the variant may change outputs (it then needs calibration and the report shows
@@ -75,6 +77,7 @@ class SparseVariant:
     gate_up_layout: str = "rows"
     quantized_kernels: bool = True  # its kernels take quantized weight layouts (passes/quantize.py)
     report_mode: str = ""  # the mode its report row shows ("": its name), e.g. a lossless form of exact mode
+    dense_twin: str = "dense"  # the variant of its dense twin (passes/densify.py); itself: it is a dense twin
     # report fields measured on the example inputs beyond the sparsity of h: (x, w_gate, w_up, extras, attrs, h)
     # -> dict; by default the effective sparsity of a per-neuron variant
     measure: Callable[..., dict] = field(default=lambda x, w_gate, w_up, extras, attrs, h: _neuron_effective(attrs, h))
@@ -238,9 +241,10 @@ def _cutoff_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None)
     return (a * apply(attrs["up_act"], x @ w_up.T.astype(x.dtype))).astype(x.dtype)
 
 
-def _cutoff_dense(attrs: dict) -> dict:
-    raise ActsparseError(f"a {attrs.get('pattern', 'cutoff')} block has no dense twin of the fused kernel (its gate is "
-                         "cut per token before the block): compile the model with mode='dense' for the dense form")
+# Its dense twin "cutoff-dense" keeps a as its input (no dense kernel could cut the gate: the cutoff needs all of P) and
+# reads every up and down row: the dense kernel with its gate dots replaced by a, as the cutoff kernel is the exact one.
+def _cutoff_options(attrs: dict) -> dict:
+    return {"up_act": attrs.get("up_act", "identity")}
 
 
 # --- cold: the cold neurons of a hot/cold split (passes/split_hot_cold.py), read on demand from slow memory ---------
@@ -317,12 +321,17 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         doc="the cold part of a predictor-mode hot/cold split: predicted neurons' gate, up and down rows read on "
             "demand"),
     SparseVariant(
-        "cutoff", attrs={}, extra_inputs=("gate",), intermediate=_cutoff_intermediate, kernels={"cpu": "cutoff"},
-        kernel_options=lambda attrs: {"up_act": attrs.get("up_act", "identity")}, dense_attrs=_cutoff_dense,
+        "cutoff", attrs={}, extra_inputs=("gate",), intermediate=_cutoff_intermediate,
+        kernels={"cpu": "cutoff", "cuda": "cutoff"}, kernel_options=_cutoff_options, dense_attrs=_plain_attrs,
         report=lambda attrs: {"reason": "per-token cutoff: gate computed densely, up/down rows of active neurons"},
-        report_mode="exact",
+        report_mode="exact", dense_twin="cutoff-dense",
         doc="exact mode of a gate cut at a per-token cutoff (Gemma 3n): the activated gate computed first, the up and "
             "down rows of its nonzero neurons read"),
+    SparseVariant(
+        "cutoff-dense", attrs={}, extra_inputs=("gate",), intermediate=_cutoff_intermediate,
+        kernels={"cpu": "cutoff-dense", "cuda": "cutoff-dense"}, kernel_options=_cutoff_options,
+        dense_attrs=_plain_attrs, report_mode="dense", dense_twin="cutoff-dense",
+        doc="the dense twin of a cutoff block: the activated gate given, every up and down row read"),
     SparseVariant(
         # the fused dense kernel on the same layout (@Wd.t): dense mode (passes/fuse_gated_mlp.py) and the dense
         # twin of a sparse artifact (passes/densify.py), so both time the kernel benchmarks/ffn.py times

@@ -3,6 +3,9 @@
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, *extra){mode=v} -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t){mode='dense'}
                                                              (extra inputs dropped; a "columns" variant's
                                                               @Wg.t / @Wu.t transposed back to a neuron per row)
+    sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a){mode='cutoff'} -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a)
+                                                             {mode='cutoff-dense'}   (a variant's `dense_twin`
+                                                             with extra inputs keeps them: the given gate)
     routed_moe(...){mode=exact}                          -> routed_moe(...){mode=dense}   (still routed: the twin
                                                              differs in the neuron sparsity only)
 
@@ -20,7 +23,7 @@ import numpy as np
 
 from ..ir import Graph, Node, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous
-from ..ir.sparse_variants import dense_variant_attrs, variant_of
+from ..ir.sparse_variants import dense_variant_attrs, variant, variant_of
 from .base import Pass, record
 
 
@@ -35,15 +38,20 @@ class Densify(Pass):
             if node.op == "routed_moe" and node.attrs["mode"] != "dense":
                 record("routed-moe")
                 return node.replace(attrs={**node.attrs, "mode": "dense"})
-            if node.op != "sparse_gated_mlp" or node.attrs.get("mode") == "dense":
+            if node.op != "sparse_gated_mlp":
+                return None
+            own = variant_of(node.attrs)
+            if own.dense_twin == own.name:   # a dense twin already
                 return None
             x, w_gate, w_up, w_down_t = node.inputs[:4]
-            variant = variant_of(node.attrs)
-            if variant.gate_up_layout == "columns":   # gate/up stored [d, n_ff]: back to a neuron per row
+            twin = variant(own.dense_twin)
+            if own.gate_up_layout == "columns":   # gate/up stored [d, n_ff]: back to a neuron per row
                 w_gate, w_up = (transposed(w) for w in (w_gate, w_up))
-            attrs = dense_variant_attrs(variant.dense_attrs(dict(node.attrs)), node.attrs.get("pattern", "gated-mlp"))
+            attrs = dense_variant_attrs(own.dense_attrs(dict(node.attrs)), node.attrs.get("pattern", "gated-mlp"))
+            attrs["mode"] = twin.name
             record(attrs["pattern"])
-            return Node("sparse_gated_mlp", (x, w_gate, w_up, w_down_t), attrs, node.type, node.loc)
+            kept = node.inputs[4:4 + len(twin.extra_inputs)]   # a twin with extra inputs takes its variant's
+            return Node("sparse_gated_mlp", (x, w_gate, w_up, w_down_t, *kept), attrs, node.type, node.loc)
 
         def transposed(w: Node) -> Node:
             name = w.attrs["name"]

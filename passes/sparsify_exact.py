@@ -40,7 +40,7 @@ neurons only:
         -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a){mode='cutoff'}     (a still computed from linear(x, @Wg))
 
 A target whose kernel family the `cutoff` variant has no kernel for (`kernel_family`, from the target's data;
-CUDA today) keeps such a block's ops, with a report row saying so.
+none today: CPUs and CUDA have one) keeps such a block's ops, with a report row saying so.
 
 Blocks that are not ReLU-family (SwiGLU, GeGLU) cannot be made exactly sparse. With `on_unsupported="error"`
 (mode "exact") that is an error naming the layer and the ways out; with "keep-dense" (mode "auto") they stay

@@ -73,26 +73,52 @@ def test_a_leaky_cutoff_is_not_exactly_sparse_and_stays_dense():
         np.testing.assert_allclose(evaluate(run.graph, [x.numpy()])[0], model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_a_cutoff_block_has_no_fused_dense_twin_one_clear_error():
-    """`actsparse bench` times an artifact against its dense twin (passes/densify.py); a cut gate has no fused dense
-    kernel (its gate is cut per token before the block), so the twin is refused, naming the way out."""
-    from actsparse.errors import ActsparseError
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_cutoff_blocks_dense_twin_keeps_the_gate_and_matches_torch(quantize):
+    """`actsparse bench` times an artifact against its dense twin (passes/densify.py, runtime/bench.dense_twin): a cut
+    block's twin is `cutoff-dense`, which keeps the activated gate as its input (no dense kernel can cut the gate) and
+    reads every up and down row; built and run on the CPU it gives torch's outputs (int8: the artifact's, which
+    reads the same quantized rows); densify leaves it as it is."""
     from actsparse.passes.densify import Densify
+    from actsparse.runtime.bench import dense_twin
 
     torch.manual_seed(0)
-    _, run = _blocks(CutGates().eval(), torch.randn(1, 6, 16))
-    with pytest.raises(ActsparseError, match="geglu-cutoff block has no dense twin.*mode='dense'"):
-        run_pipeline(run.graph, [Densify()])
+    model, x = CutGates().eval(), torch.randn(1, 6, 16)
+    with torch.no_grad():
+        want = model(x).numpy()
+    cm = actsparse.compile(model, (x,), mode="exact", quantize=quantize)
+    twin_run = run_pipeline(cm.graph, [Densify()])
+    assert twin_run.stats["densify"] == {"geglu-cutoff": 2}
+    twins = [n for n in twin_run.graph.nodes if n.op == "sparse_gated_mlp"]
+    assert [(n.attrs["mode"], len(n.inputs)) for n in twins] == [("cutoff-dense", 5)] * 2
+    assert run_pipeline(twin_run.graph, [Densify()]).stats.get("densify", {}) == {}
+    twin = dense_twin(cm)
+    calls = [line.split()[1] for line in twin.executable.as_text().splitlines() if line.strip().startswith("call ")]
+    assert sum(c.startswith("actsparse_gmlp_cutoffdense_d16_f64_given") for c in calls) == 2, calls
+    assert not any(c.startswith("actsparse_gmlp_cutoff_") for c in calls), calls
+    if quantize:
+        want = np.asarray(cm(x.numpy()))
+    np.testing.assert_allclose(np.asarray(twin(x.numpy())), want, rtol=1e-4, atol=1e-5)
 
 
 def test_a_target_without_the_cutoff_kernel_keeps_the_ops_with_a_reason():
+    """CUDA has the cutoff kernel (tests/test_cutoff_cuda.py); a kernel family the variant declares none for keeps
+    the graph's ops, with the reason in the report."""
+    from dataclasses import replace
+
+    from actsparse.passes.sparsify_exact import SparsifyExact
+
     torch.manual_seed(0)
     model, x = CutGates().eval(), torch.randn(1, 6, 16)
-    _, run = _blocks(model, x, mode="exact", target="cuda")
+    graph, run = _blocks(model, x, mode="exact", target="cuda")
+    assert run.stats["sparsify-exact"] == {"geglu-cutoff": 2}
+    passes = [replace(p, kernel_family="metal") if isinstance(p, SparsifyExact) else p
+              for p in pipeline_for("exact", "cuda")]
+    run = run_pipeline(graph, passes)
     assert run.stats["sparsify-exact"] == {"kept-dense": 2}
     assert not run.graph.count("sparse_gated_mlp")
     reasons = [n["reason"] for n in run.notes if n.get("pattern") == "geglu-cutoff"]
-    assert len(reasons) == 2 and all("no cuda kernel for a per-token cutoff gate" in r for r in reasons)
+    assert len(reasons) == 2 and all("no metal kernel for a per-token cutoff gate" in r for r in reasons)
 
 
 def _gemma3n(pattern):

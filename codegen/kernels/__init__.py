@@ -17,7 +17,7 @@ __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blo
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
 _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "quant_int8", "rows", "schedule",
                "sparse_mlp", "gathered_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp",
-               "cuda_input_mlp", "routed_moe", "cutoff_mlp", "attention")
+               "cuda_input_mlp", "routed_moe", "cutoff_mlp", "cuda_cutoff_mlp", "attention")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
@@ -33,16 +33,19 @@ FAMILIES = {
                     "input": ("input_sparse_mlp", "input_sparse_gated_mlp"),
                     "routed": ("routed_moe", "routed_moe"),
                     "cutoff": ("cutoff_mlp", "cutoff_gated_mlp"),
+                    "cutoff-dense": ("cutoff_mlp", "cutoff_dense_gated_mlp"),
                     "attention": ("attention", "attention")},
     "GpuSchedule": {"exact": ("cuda_mlp", "sparse_gated_mlp"), "indexed": ("cuda_mlp", "sparse_gated_mlp_indexed"),
                     "dense": ("cuda_mlp", "dense_gated_mlp"), "linear": ("cuda_mlp", "linear"),
                     "threshold": ("cuda_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score_cuda"),
                     "scored": ("cuda_mlp", "scored_gated_mlp"),
+                    "cutoff": ("cuda_cutoff_mlp", "cutoff_gated_mlp"),
+                    "cutoff-dense": ("cuda_cutoff_mlp", "cutoff_dense_gated_mlp"),
                     "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
 }
 KERNELS = ("exact", "indexed", "listed", "dense", "linear", "threshold", "sign_score", "select", "scored", "certified",
-           "input", "routed", "cutoff", "attention")
+           "input", "routed", "cutoff", "cutoff-dense", "attention")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 

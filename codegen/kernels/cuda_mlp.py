@@ -7,8 +7,9 @@ warp shuffles, shared memory), marked `tirx.is_scheduled` so Relax's dlight rule
 
 The warp dot product and the down projection are in `cuda_blocks.py`. Every gated MLP is three launches:
 gate/up (a warp per row), the down projection's split-K parts, their sum. Exact, threshold and predictor modes
-share one body (`_flagging_body`): the first launch decides per neuron, flags the neurons some token keeps and
-reads their up rows in the same warp (the decision is warp-uniform), the down launch reads only flagged rows.
+share one body (`flagging_body`): the first launch decides per neuron, flags the neurons some token keeps and
+reads their up rows in the same warp (the decision is warp-uniform), the down launch reads only flagged rows; the
+cutoff variant's kernels (`cuda_cutoff_mlp.py`) are this body and the dense one reading a given activated gate.
 Deterministic (no atomics), no single-block phase, no host round-trip.
 
 Buffers: x [M, d] float32 (M symbolic), weights [n_ff, d] (float32 | float16, fp32 accumulate), out [M, d];
@@ -67,7 +68,7 @@ class _Mlp:
     name: str
 
 
-def _mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, gate_acts=GATE_ACTS,
+def mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, gate_acts=GATE_ACTS,
          act_g=None, tag=None, keep=None) -> _Mlp:
     """Checks the parameters (as the CPU kernels do) and builds the shared macros; `row`/`count`/`keep` map a
     token's list position to a weight row / give its list length / say whether it is listed (see `down_macros`).
@@ -109,13 +110,14 @@ def finish(kernel, name: str, scratch: int = 0):
     return with_scratch(kernel.with_attr("tirx.is_scheduled", True), scratch)
 
 
-def _flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool):
+def flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool, decide_reads_x: bool = True):
     """The body the flagging kernels share: `body(x, w_gate, w_up, w_down_t, scores, cutoff, out, h, flag, part, M)`
     (scores and cutoff: any buffers where `decide` reads none; h, flag, part: the kernel's scratch parameters). The
     first launch runs a warp per neuron j and, per token m, `decide(x, w_gate, w_up, scores, cutoff, j, m, lane, s,
     live)`, which leaves in s[0] the value the token keeps (0: dropped) and sets live[0] = 1 when it keeps it;
     h[m, j] = s[0], and j is flagged when some token keeps it. `up_after`: the flagged neurons' up rows are read
-    next, h = kept value * act_u(up). The down launch reads the flagged rows, the last sums the parts."""
+    next, h = kept value * act_u(up). The down launch reads the flagged rows, the last sums the parts.
+    `decide_reads_x` False: the decisions read no x (a given gate), so the decision loop stages none."""
     L, W, warp_dot, act_u, stage = k.L, k.W, k.warp_dot, k.act_u, k.stage
     n_blocks = (n_ff + W - 1) // W
 
@@ -132,7 +134,8 @@ def _flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool):
                     j: T.let = bx * W + ty
                     live[0] = 0
                     for m in range(M):
-                        stage(x, m, xs, ty, tx)
+                        if decide_reads_x:
+                            stage(x, m, xs, ty, tx)
                         if j < n_ff:
                             decide(x, xs, w_gate, w_up, scores, cutoff, j, m, tx, s, live)
                             if tx == 0:
@@ -174,7 +177,7 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
         if is_active(s[0]):  # the same bits in every lane: warp-uniform
             live[0] = 1
 
-    body = _flagging_body(k, d, n_ff, decide, up_after=not product)
+    body = flagging_body(k, d, n_ff, decide, up_after=not product)
 
     M = tokens()
 
@@ -193,7 +196,7 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
                      threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
     """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate flagging the active rows, their up and down rows."""
     row, count, keep = by_flag(n_ff)
-    k = _mlp("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, EXACT_GATE_ACTS, keep=keep)
+    k = mlp_parts("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, EXACT_GATE_ACTS, keep=keep)
     return _flagging_mlp(k, d, n_ff, dtype, skipping_value(activation(gate_act, threshold, "cuda")), product=False)
 
 
@@ -207,7 +210,7 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
     check_threshold(d, n_ff, gate_act, up_act, dtype, criterion)
     rule = threshold_rule(gate_act, threshold, "cuda")
     row, count, keep = by_flag(n_ff)
-    k = _mlp(f"thr{criterion}", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count,
+    k = mlp_parts(f"thr{criterion}", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count,
              THRESHOLD_GATE_ACTS, act_g=rule.act_g, tag=gate_act.replace("_", ""), keep=keep)
     if criterion == "product":  # the first launch computes h = act_g(g) * act_u(u); drop it where not kept
         return _flagging_mlp(k, d, n_ff, dtype, lambda v: T.if_then_else(rule.kept(v), v, T.float32(0)), True)
@@ -218,7 +221,7 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
 def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                              threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
     """Given neurons (x, w_gate, w_up, w_down_t, idx, count, out): token m computes idx[m, :count[m]] only."""
-    k = _mlp("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[m, p],
+    k = mlp_parts("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[m, p],
              lambda cnt, m: cnt[m])
     L, W, splits = k.L, k.W, k.splits
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
@@ -257,7 +260,7 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     launches and no index list: a warp per neuron reads its score (the same in every lane: warp-uniform), computes
     gate and up for the tokens that predict it and flags it; the down launch reads the flagged rows."""
     row, count, keep = by_flag(n_ff)
-    k = _mlp("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, keep=keep)
+    k = mlp_parts("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, keep=keep)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.macro
@@ -267,7 +270,7 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
             k.gated_dot(w_gate, w_up, j, x, xs, m, lane, s)
             live[0] = 1
 
-    body = _flagging_body(k, d, n_ff, decide, up_after=False)
+    body = flagging_body(k, d, n_ff, decide, up_after=False)
 
     M = tokens()
 
@@ -282,22 +285,15 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     return finish(kernel, k.name, FLAGGING_SCRATCH)
 
 
-@cache
-def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                    threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
-    """Dense gated MLP (x, w_gate, w_up, w_down_t, out): every neuron, gate and up fused per warp."""
-    k = _mlp("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: p,
-             lambda cnt, m: n_ff)
-    L, W, splits = k.L, k.W, k.splits
-    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+def dense_body(k: _Mlp, n_ff: int, neuron):
+    """`body(x, w_gate, w_up, w_down_t, a, out, h, part, M)` of the dense kernels: a warp per neuron j computes
+    `neuron(w_gate, w_up, j, x, xs, m, lane, s, a)` (h[m, j] into s[0]) for every token, the down launch reads every
+    row, the last sums the parts."""
+    L, W = k.L, k.W
     n_blocks = (n_ff + W - 1) // W
 
-    M = tokens()
-
-    @T.prim_func
-    def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), out: T.Buffer((M, d), "float32"),
-               h: T.Buffer((M, n_ff), "float32"), part: T.Buffer((splits, M, d), "float32")):
+    @T.macro
+    def body(x, w_gate, w_up, w_down_t, a, out, h, part, M):
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
@@ -307,11 +303,40 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
                     for m in range(M):
                         k.stage(x, m, xs, ty, tx)
                         if j < n_ff:
-                            k.gated_dot(w_gate, w_up, j, x, xs, m, tx, s)
+                            neuron(w_gate, w_up, j, x, xs, m, tx, s, a)
                             if tx == 0:
                                 h[m, j] = s[0]
         k.down_parts(w_down_t, h, h, h, part, M)
         k.sum_parts(part, out, M)
+
+    return body
+
+
+def dense_mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, **mlp_options) -> _Mlp:
+    """`mlp_parts` of a dense kernel: the down launch reads every row (position p is row p)."""
+    return mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: p,
+                     lambda cnt, m: n_ff, **mlp_options)
+
+
+@cache
+def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
+                    threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
+    """Dense gated MLP (x, w_gate, w_up, w_down_t, out): every neuron, gate and up fused per warp."""
+    k = dense_mlp("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched)
+    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+
+    @T.macro
+    def neuron(w_gate, w_up, j, x, xs, m, lane, s, a):
+        k.gated_dot(w_gate, w_up, j, x, xs, m, lane, s)
+
+    body = dense_body(k, n_ff, neuron)
+    M = tokens()
+
+    @T.prim_func
+    def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(wshape, wdtype), out: T.Buffer((M, d), "float32"),
+               h: T.Buffer((M, n_ff), "float32"), part: T.Buffer((k.splits, M, d), "float32")):
+        body(x, w_gate, w_up, w_down_t, x, out, h, part, M)
 
     return finish(kernel, k.name, 2)
 

@@ -229,14 +229,15 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
 
 
 def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_u, x8: bool = False,
-               kernel: str, biased: bool = False):
+               kernel: str, biased: bool = False, gate_dots=None):
     """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, out)`: the dense kernel's two regions over the n_ff neurons
     whose weights are rows row0 .. row0 + n_ff - 1 (see `compacting_body`, also for `x8` and `kernel`). Scratch:
     g, h [M, n_ff] f32. `biased`: the body also takes `b_gate, b_up` (float32, indexed by weight row), added to
-    the dots before the activations (gpt-oss's experts)."""
+    the dots before the activations (gpt-oss's experts). `gate_dots`: as in `compacting_body` (a given gate)."""
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads
-    gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=None if biased else act_g, x8=x8)
+    if gate_dots is None:
+        gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=None if biased else act_g, x8=x8)
     up_dots, _ = dots_macro(d, dtype, sched, gathered=False, x8=x8)
     axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False, kernel=kernel)
     zero_cols = zero_columns_macro(d, sched, dtype)
