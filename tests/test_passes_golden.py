@@ -95,8 +95,9 @@ def test_dump_ir_writes_each_pass(tmp_path, monkeypatch):
 
 
 def test_pipeline_text_round_trip_and_unknown_names():
-    passes = parse_pipeline("canonicalize,detect-gated-mlp,sparsify-exact{on_unsupported=keep-dense}")
-    assert [str(p) for p in passes] == ["canonicalize", "detect-gated-mlp", "sparsify-exact{on_unsupported=keep-dense}"]
+    passes = parse_pipeline("canonicalize,detect-gated-mlp,sparsify-exact{on_unsupported=keep-dense,kernel_family=cpu}")
+    assert [str(p) for p in passes] == ["canonicalize", "detect-gated-mlp",
+                                        "sparsify-exact{on_unsupported=keep-dense,kernel_family=cpu}"]
     with pytest.raises(ValueError, match="valid passes: canonicalize, certify-exact-gate, densify, detect-gated-mlp"):
         parse_pipeline("canonicalise")
     with pytest.raises(ValueError, match="valid modes"):
