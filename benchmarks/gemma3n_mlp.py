@@ -25,18 +25,16 @@ EXACT, DENSE, TORCH = "compile() exact", "compile() dense", "torch eager"
 
 def gemma3n_mlp(wg, wu, wd, dtype: str, sparsity: float = 0.95):
     """transformers' Gemma3nTextMLP (layer 0, cut at `sparsity`) holding these weights."""
-    import torch
     from transformers.models.gemma3n.configuration_gemma3n import Gemma3nTextConfig
     from transformers.models.gemma3n.modeling_gemma3n import Gemma3nTextMLP
+
+    from actsparse.benchmarks.torch_weights import with_weights
 
     n_ff, d = wg.shape
     config = Gemma3nTextConfig(hidden_size=d, intermediate_size=[n_ff], num_hidden_layers=1,
                                activation_sparsity_pattern=[sparsity], layer_types=["full_attention"])
     mlp = Gemma3nTextMLP(config, layer_idx=0)
-    with torch.no_grad():
-        for layer, w in ((mlp.gate_proj, wg), (mlp.up_proj, wu), (mlp.down_proj, wd)):
-            layer.weight.copy_(torch.from_numpy(w))
-    return mlp.to(getattr(torch, dtype)).eval()
+    return with_weights(mlp, ((mlp.gate_proj, wg), (mlp.up_proj, wu), (mlp.down_proj, wd)), dtype)
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,8 @@ def reglu_module(wg, wu, wd, dtype: str):
     import torch
     from torch import nn
 
+    from actsparse.benchmarks.torch_weights import with_weights
+
     class ReGLU(nn.Module):
         def __init__(self):
             super().__init__()
@@ -39,10 +41,7 @@ def reglu_module(wg, wu, wd, dtype: str):
             return self.down(torch.relu(self.gate(x)) * self.up(x))
 
     model = ReGLU()
-    with torch.no_grad():
-        for layer, w in ((model.gate, wg), (model.up, wu), (model.down, wd)):
-            layer.weight.copy_(torch.from_numpy(w))
-    return model.to(getattr(torch, dtype)).eval()
+    return with_weights(model, ((model.gate, wg), (model.up, wu), (model.down, wd)), dtype)
 
 
 def main(argv=None) -> int:
