@@ -14,6 +14,7 @@ from tvm import relax
 
 from ..ir.attention import ATTENTION_ATTRS
 from ..ir.dims import mul
+from ..ir.ops import accumulation_dtype
 from .context import TVM_DTYPES, lowering
 from .schedules import schedule_for
 
@@ -68,9 +69,11 @@ def _composed(ctx, node, args):
     grouped = ctx.shape((b, kv_heads, mul(seq, group), head_dim))
     if group > 1:  # [B, Hk*G, seq, D] -> [B, Hk, G*seq, D]: query head h uses KV head h // G, as repeat did
         q = R.reshape(q, grouped)
-    # scores, softmax and the weighted sum accumulate in float32 whatever q's dtype (as torch's attention and the
-    # reference, ir/attention.py): a float16 sum over a long context stalls; the probabilities go back to q's dtype
-    dtype = "float32"
+    # scores, softmax and the weighted sum accumulate in the op's summing dtype (the op table's `accumulate`: float32
+    # for float16, as torch's attention and the reference): a float16 sum over a long context stalls; the
+    # probabilities go back to q's dtype
+    wide = accumulation_dtype("attention", node.dtype)
+    dtype = TVM_DTYPES[wide]
     s = R.matmul(q, R.permute_dims(k, [0, 1, 3, 2]), out_dtype=dtype)
     if group > 1:
         s = R.reshape(s, ctx.shape((b, heads, seq, node.inputs[3].shape[-1])))
@@ -81,8 +84,8 @@ def _composed(ctx, node, args):
     own = TVM_DTYPES[node.dtype]
     s = R.where(mask, s, relax.const(_fill(a), dtype)) if a["mask_kind"] == "select" \
         else R.add(s, _as(mask, node.inputs[3].dtype, dtype))
-    p = _as(R.nn.softmax(s, axis=-1), "f32", own)
+    p = _as(R.nn.softmax(s, axis=-1), wide, own)
     if group > 1:
         p = R.reshape(p, ctx.shape((b, kv_heads, mul(seq, group), node.inputs[3].shape[-1])))
-    out = _as(R.matmul(p, v, out_dtype=dtype), "f32", own)
+    out = _as(R.matmul(p, v, out_dtype=dtype), wide, own)
     return out if group == 1 else R.reshape(out, ctx.shape(node.shape))

@@ -9,7 +9,7 @@ from functools import partial
 from tvm import relax
 
 from ..ir.activations import ACTIVATIONS
-from ..ir.ops import gelu_activation
+from ..ir.ops import accumulation_dtype, gelu_activation
 from .context import TVM_DTYPES, const, lowering
 
 R = relax.op
@@ -97,24 +97,20 @@ def _full(ctx, node, args):
     return R.full(ctx.shape(node.attrs["shape"]), const(node.attrs["value"], node.dtype), TVM_DTYPES[node.dtype])
 
 
-ACCUMULATE = {"f16": "float32"}  # float16 sums accumulate in float32, as torch's (a float16 sum of 16384 values of
-# about 1 stalls at 2048, where each addend is below half the spacing: a mean 0.33 where torch gives 1.0)
-
-
 def accumulated(node, x, fn):
-    """fn(x) computed at the accumulation precision of node's dtype, returned in its dtype."""
-    wide = ACCUMULATE.get(node.dtype)
-    if wide is None:
+    """fn(x) computed in the dtype node's op runs its sums in (the op table's `accumulate`), returned in its dtype."""
+    wide = accumulation_dtype(node.op, node.dtype)
+    if wide == node.dtype:
         return fn(x)
-    return R.astype(fn(R.astype(x, wide)), TVM_DTYPES[node.dtype])
+    return R.astype(fn(R.astype(x, TVM_DTYPES[wide])), TVM_DTYPES[node.dtype])
 
 
 @lowering("matmul")
 def _matmul(ctx, node, args):
-    wide = ACCUMULATE.get(node.dtype)
-    if wide is None or node.inputs[0].dtype != node.dtype:
+    wide = accumulation_dtype(node.op, node.dtype)
+    if wide == node.dtype or node.inputs[0].dtype != node.dtype:
         return R.matmul(*args)
-    return R.astype(R.matmul(*args, out_dtype=wide), TVM_DTYPES[node.dtype])  # the operands stay float16
+    return R.astype(R.matmul(*args, out_dtype=TVM_DTYPES[wide]), TVM_DTYPES[node.dtype])  # operands stay float16
 
 
 @lowering("embedding")
@@ -129,7 +125,7 @@ def _embedding(ctx, node, args):
 def _reduce(ctx, node, args):
     fn = {"sum": R.sum, "mean": R.mean, "max": R.max}[node.op]
     reduce = partial(fn, axis=list(node.attrs["axes"]), keepdims=node.attrs.get("keepdim", False))
-    return reduce(args[0]) if node.op == "max" else accumulated(node, args[0], reduce)
+    return accumulated(node, args[0], reduce)  # max does not accumulate: in its own dtype
 
 
 @lowering("softmax")

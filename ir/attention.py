@@ -4,7 +4,8 @@
         s[b, h, i, j] = scale * q[b, h, i] . k[b, h // (H / Hk), j]     (query head h reads KV head h // group)
         s             = softcap * tanh(s / softcap)                       (softcap > 0 only: Gemma 2)
         s             = where(mask, s, fill)  (mask_kind 'select', mask bool)  |  s + mask  ('add', mask float)
-        out[b, h, i]  = softmax_j(s) @ v[b, h // group]                   (max-subtracted, float32)
+        out[b, h, i]  = softmax_j(s) @ v[b, h // group]                   (max-subtracted)
+s and softmax in float32 for float16 and float32 q (the op accumulates: types.summing_dtype), float64 in float64.
 
 Only the first kv slots of k and v are read (kv: the mask's last dim; T >= kv), so k and v may be a KV cache
 whose filled prefix is kv slots: it is read in place. The mask (causal, sliding window, padding) stays an input:
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .types import TensorType, broadcast_shapes
+from .types import TensorType, broadcast_shapes, dtype_of, np_dtype, summing_dtype
 
 ATTENTION_ATTRS = {"scale": 1.0, "softcap": 0.0, "mask_kind": "select", "fill": float(np.finfo(np.float32).min)}
 MASK_KINDS = ("select", "add")
@@ -46,7 +47,7 @@ def attention_ref(q, k, v, mask, attrs, env):
     k, v = k[:, :, :kv], v[:, :, :kv]
     group = q.shape[1] // k.shape[1]
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
-    s = np.matmul(q, np.swapaxes(k, -1, -2)).astype(np.float32) * np.float32(attrs["scale"])
+    s = np.matmul(q, np.swapaxes(k, -1, -2)).astype(np_dtype(summing_dtype(dtype_of(q)))) * np.float32(attrs["scale"])
     if attrs["softcap"] > 0:
         cap = np.float32(attrs["softcap"])
         s = np.tanh(s / cap) * cap

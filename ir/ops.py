@@ -2,7 +2,9 @@
 
 Frontends map onto these ops, the interpreter runs them through `reference`, the verifier checks `infer`, and
 codegen has one lowering per op name. Reference functions take numpy arrays, the attrs, and `env` (the values
-of symbolic dims, needed by ops such as `arange` whose size is a symbol).
+of symbolic dims, needed by ops such as `arange` whose size is a symbol). An op marked `accumulate` sums over an
+axis and runs its sums in the wider dtype `accumulation_dtype` names (float16 -> float32, as torch), in its
+reference and its lowering alike.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .mlp import GATED_MLP_ATTRS, gated_mlp_ref, gated_mlp_type, sparse_gated_ml
 from .moe import ROUTED_MOE_ATTRS, routed_moe_ref, routed_moe_type
 from .sparse_variants import SPARSE_GATED_MLP_ATTRS, VARIANTS
 from .sparse_variants import reference as sparse_gated_mlp_reference
-from .types import TensorType, broadcast_shapes, is_float, np_dtype, positive_axis, resolve
+from .types import TensorType, broadcast_shapes, dtype_of, is_float, np_dtype, positive_axis, resolve, summing_dtype
 
 REQUIRED = object()
 
@@ -35,14 +37,15 @@ class OpDef:
     reference: Callable[..., np.ndarray]
     doc: str = ""
     elementwise: bool = field(default=False)
+    accumulate: bool = field(default=False)  # sums over an axis, in types.summing_dtype (f16 -> f32, as torch)
 
 
 OPS: dict[str, OpDef] = {}
 
 
-def define(name, arity, infer, reference, attrs=None, doc="", elementwise=False):
+def define(name, arity, infer, reference, attrs=None, doc="", elementwise=False, accumulate=False):
     arity = (arity, arity) if isinstance(arity, int) else arity
-    OPS[name] = OpDef(name, arity, attrs or {}, infer, reference, doc, elementwise)
+    OPS[name] = OpDef(name, arity, attrs or {}, infer, reference, doc, elementwise, accumulate)
 
 
 def op_def(name: str) -> OpDef:
@@ -50,6 +53,11 @@ def op_def(name: str) -> OpDef:
         return OPS[name]
     except KeyError:
         raise KeyError(f"unknown op {name!r}; known ops: {', '.join(sorted(OPS))}") from None
+
+
+def accumulation_dtype(op: str, dtype: str) -> str:
+    """The dtype `op` runs its sums in for a result of `dtype`: a wider one where the op accumulates, else dtype."""
+    return summing_dtype(dtype) if op_def(op).accumulate else dtype
 
 
 # --- sources --------------------------------------------------------------------------------------------
@@ -185,7 +193,8 @@ def _matmul_type(types, attrs):
     return TensorType((*batch, a.shape[-2], b.shape[-1]), a.dtype)
 
 
-define("matmul", 2, _matmul_type, lambda a, b, attrs, env: np.matmul(a, b))
+define("matmul", 2, _matmul_type, lambda a, b, attrs, env: np.matmul(a, b),  # numpy's float16 loop sums in float32
+       accumulate=True)
 
 
 def _embedding_type(types, attrs):
@@ -207,25 +216,26 @@ def _reduce_type(types, attrs):
     return TensorType(shape, t.dtype)
 
 
-def _wide(x: np.ndarray) -> np.ndarray:
-    """float16 -> float32: the precision sums accumulate in (as torch's, and the compiled module's)."""
-    return x.astype(np.float32) if x.dtype == np.float16 else x
+def _accumulating(op: str, x: np.ndarray) -> np.ndarray:
+    """x in the dtype `op` runs its sums in (see accumulation_dtype)."""
+    return x.astype(np_dtype(accumulation_dtype(op, dtype_of(x))), copy=False)
 
 
-for _name, _fn in {"sum": np.sum, "mean": np.mean, "max": np.max}.items():
+for _name, _fn, _sums in (("sum", np.sum, True), ("mean", np.mean, True), ("max", np.max, False)):
     define(_name, 1, _reduce_type,
-           (lambda fn: lambda x, attrs, env:
-            fn(_wide(x), axis=tuple(attrs["axes"]), keepdims=attrs["keepdim"]).astype(x.dtype))(_fn),
-           {"axes": REQUIRED, "keepdim": False})
+           (lambda name, fn: lambda x, attrs, env:
+            fn(_accumulating(name, x), axis=tuple(attrs["axes"]), keepdims=attrs["keepdim"]).astype(x.dtype))(
+               _name, _fn),
+           {"axes": REQUIRED, "keepdim": False}, accumulate=_sums)
 
 
 def _softmax(x, attrs, env):
-    w = _wide(x)
+    w = _accumulating("softmax", x)
     e = np.exp(w - w.max(axis=attrs["axis"], keepdims=True))
     return (e / e.sum(axis=attrs["axis"], keepdims=True)).astype(x.dtype)
 
 
-define("softmax", 1, _unary_type, _softmax, {"axis": -1})
+define("softmax", 1, _unary_type, _softmax, {"axis": -1}, accumulate=True)
 
 
 def _layer_norm(x, w, b, attrs, env):
@@ -339,7 +349,7 @@ define("sparse_gated_mlp", (4, -1), sparse_gated_mlp_type, sparse_gated_mlp_refe
        f"variant's extra inputs; variants (attr mode, ir/sparse_variants.py): {', '.join(VARIANTS)}")
 define("attention", 4, attention_type, attention_ref, ATTENTION_ATTRS,
        "softmax(scale * q k^T (soft-capped, masked)) v with grouped-query heads: q[B,H,S,D], k, v[B,Hk,kv,D], mask "
-       "(bool 'select' or float 'add'); query head h reads KV head h // (H / Hk) (ir/attention.py)")
+       "(bool 'select' or float 'add'); query head h reads KV head h // (H / Hk) (ir/attention.py)", accumulate=True)
 define("routed_moe", (6, 9), routed_moe_type, routed_moe_ref, {**ROUTED_MOE_ATTRS, "experts": REQUIRED},
        "MoE experts run only on their routed tokens: x, w_gate[E*n,d], w_up[E*n,d], w_down_t[E*n,d_out] (experts "
        "stacked by rows), route_w[...,k], route_i[...,k], then with bias=True b_gate[E*n], b_up[E*n], b_down[E,d_out]; "

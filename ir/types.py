@@ -34,6 +34,17 @@ def dtype_of(array: np.ndarray) -> str:
         raise TypeError(f"dtype {array.dtype} has no IR equivalent; supported: {sorted(DTYPES)}") from None
 
 
+# the dtype sums over values of a dtype run in where an op accumulates (ops marked `accumulate`, ir/ops.py); others
+# their own. A float16 sum of 16384 values near 1 stalls at 2048, where each addend is below half the spacing: a
+# mean 0.33 where torch, which sums float16 in float32, gives 1.0
+ACCUMULATION_DTYPES = {"f16": "f32"}
+
+
+def summing_dtype(dtype: str) -> str:
+    """The dtype sums over `dtype` values run in (float16 -> float32, as torch's)."""
+    return ACCUMULATION_DTYPES.get(dtype, dtype)
+
+
 def is_float(dtype: str) -> bool:
     return dtype.startswith("f")
 
