@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from actsparse.benchmarks.tables import markdown_table
 from actsparse.ir.quant import LAYOUTS
 
 MISTRAL = (4096, 14336)
@@ -365,10 +366,8 @@ def main(argv=None) -> int:
           f"{bench.cpu}, {args.threads} threads, LLC evicted before each call, median of {args.repeats}; "
           f"read bandwidth {read_bw / 1e9:.1f} GB/s; equal-bandwidth ideal of exact vs torch {ideal:.2f}x; "
           f"load average {load_before:.1f}\n")
-    print("| kernel | median ms | MB read | GB/s | vs torch dense |")
-    print("|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]:.2f} | {r[3]:.0f} | {r[4]:.1f} | {r[5]:.2f}x |")
+    print(markdown_table(("kernel", "median ms", "MB read", "GB/s", "vs torch dense"),
+                         ((r[0], f"{r[1]:.2f}", f"{r[3]:.0f}", f"{r[4]:.1f}", f"{r[5]:.2f}x") for r in rows), 1))
     return 0
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from actsparse.benchmarks.tables import markdown_table
+
 MISTRAL = (4096, 14336)
 SMALL = (512, 2048)
 
@@ -177,11 +179,10 @@ def main(argv=None) -> int:
                          nbytes / us / 1e3 / copy_gbs))
     print(f"\n**ReGLU FFN d={d}, n_ff={n_ff}, batch 1, weights {args.dtype}** — measured on {props.name}; L2 flushed "
           f"before each call; median of {args.repeats} (CUDA events); copy bandwidth {copy_gbs:.0f} GB/s\n")
-    print(f"| sparsity | kernel | median us | MB read | GB/s | % of copy BW | vs cuBLAS {args.dtype} "
-          "| vs cuBLAS fp32 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.0f} | {r[7]:.0%} | {r[5]:.2f}x | {r[6]:.2f}x |")
+    columns = ("sparsity", "kernel", "median us", "MB read", "GB/s", "% of copy BW", f"vs cuBLAS {args.dtype}",
+               "vs cuBLAS fp32")
+    print(markdown_table(columns, ((r[0], r[1], f"{r[2]:.1f}", f"{r[3]:.1f}", f"{r[4]:.0f}", f"{r[7]:.0%}",
+                                    f"{r[5]:.2f}x", f"{r[6]:.2f}x") for r in rows), 2))
     return 0
 
 
