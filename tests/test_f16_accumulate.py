@@ -1,8 +1,8 @@
-"""Float16 graphs accumulate their sums in float32, as torch does (codegen/lowerings.py `accumulated`,
-codegen/lower_attention.py, ir/ops.py's references): a float16 sum of 16384 values near 1 stalls at 2048 (each
-addend below half the spacing there), which made a compiled mean 0.33 where torch gives 1.0 (Gemma 3n's per-token
-cutoff takes mean and std over 16384 neurons). Compiled and interpreted graphs against torch eager on the same
-float16 inputs."""
+"""Float16 graphs accumulate their sums in float32, as torch does (the op table's `accumulate`, ir/ops.py, read by its
+references, codegen/lowerings.py `accumulated` and codegen/lower_attention.py): a float16 sum of 16384 values near 1
+stalls at 2048 (each addend below half the spacing there), which made a compiled mean 0.33 where torch gives 1.0
+(Gemma 3n's per-token cutoff takes mean and std over 16384 neurons). Compiled and interpreted graphs against torch
+eager on the same float16 inputs."""
 
 import numpy as np
 import pytest
@@ -57,3 +57,12 @@ def test_float16_attention_over_a_long_context_matches_torch():
     v += 2  # a mean far from 0: the weighted sum's partial sums grow, as a stalling float16 sum would show
     ref = Attend()(q, k, v)
     assert _relative(actsparse.compile(Attend(), (q, k, v))(q, k, v), ref) < 2e-3
+
+
+def test_the_op_table_says_which_ops_accumulate_in_float32():
+    from actsparse.ir.ops import OPS, accumulation_dtype
+
+    accumulating = {name for name, op in OPS.items() if op.accumulate}
+    assert {"sum", "mean", "softmax", "matmul", "attention"} <= accumulating and "max" not in accumulating
+    assert [accumulation_dtype("mean", t) for t in ("f16", "f32", "f64")] == ["f32", "f32", "f64"]
+    assert accumulation_dtype("max", "f16") == "f16"  # exact in its own dtype: no widening
