@@ -217,7 +217,9 @@ def _reduce_type(types, attrs):
 
 
 def _accumulating(op: str, x: np.ndarray) -> np.ndarray:
-    """x in the dtype `op` runs its sums in (see accumulation_dtype)."""
+    """x in the dtype `op` runs its sums in (see accumulation_dtype); integer and bool arrays as they are."""
+    if x.dtype.kind != "f":
+        return x
     return x.astype(np_dtype(accumulation_dtype(op, dtype_of(x))), copy=False)
 
 
