@@ -43,7 +43,7 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
 from .quant_blocks import flat_rows, group_prefetch_macro, offset, row_offsets_macro, scale
-from .rows import hsum_macro
+from .rows import per_token, row_sums_macro
 from .schedule import CpuSchedule
 
 
@@ -359,7 +359,7 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, row_offsets, pf_
     L, G = ins.lanes, xl.groups
     VB, pairs = 4 * L, G // 2
     ivec, fvec = f"int32x{L}", f"float32x{L}"
-    hsum = hsum_macro(L)
+    row_sums = row_sums_macro(R, L, store)
 
     def dot(acc, a, b):
         return T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, a, b)
@@ -401,17 +401,6 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, row_offsets, pf_
         if G % 2 == 1:  # the odd last group
             for r in T.unroll(R):
                 acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + pair_sum(wf, xb, m, ro[r], pairs, False)
-        red = T.alloc_buffer((L,), "float32", scope="global")
-        for r in T.unroll(R):
-            for v in T.vectorized(L):
-                red[v] = acc[r * L + v]
-            hsum(red, 0)
-            if i + r < end:
-                dst[m, dcol + i + r] = store(red[0])
+        row_sums(acc, m, i, end, dst, dcol)
 
-    @T.macro
-    def dots_all(w, xb, M, rows, base, i, end, dst, dcol):
-        for m in range(M):
-            dots(w, xb, m, rows, base, i, end, dst, dcol)
-
-    return dots_all, dots
+    return per_token(dots), dots
