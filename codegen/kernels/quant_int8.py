@@ -23,11 +23,13 @@ subtracts 128 * sum(code); with an s8 x s8 dot (sdot) codes and x̂ multiply as 
 group, but 1.00-1.09x the time interleaved, BENCHMARKS.md: not kept). The per-row scale (x dx) is applied per
 block in fp32 (lanes 4p..4p+3 carry row p's scale), and fp32 accumulates across blocks.
 
-q8_0 on AVX512-VNNI (16 lanes, u8 x s8) takes a layout of its own (`paired_dots`): one row per vector, its two
+q8_0 on AVX512-VNNI (16 lanes, u8 x s8) may take a layout of its own (`paired_dots`): one row per vector, its two
 consecutive 32-code blocks side by side (one load and one insert), xor 0x80 as the u8 operand against x̂ of both
 groups, -128 * sum(x̂) in x's accumulator start: one dot per row and two groups, no row shuffles and no
 128 * sum(code) correction (67 instead of 77 instructions per 8 rows and group; indexed q8_0 0.84x hot, 0.92-0.93x
 from DRAM at 1 thread, BENCHMARKS.md session 15). Session 13's xor form on the 4-rows layout saved only 4 of 77.
+Streamed rows (dense, exact's gate) were 1.03-1.04x slower with it, and x's layout is one per kernel, so the kernel
+chooses (`CpuSchedule.paired_q8`: the indexed kernel by default; `kernel` of `x8_prep_macro` / `int8_dots_macro`).
 
 Prepared x (`XBlocks`): per token one byte row: per group the first-half operand, the second-half operand and
 the initial accumulator (lanes * 4 bytes each), then every group's dx (fp32), then dx * sum(x̂) (fp32, q4_1).
@@ -75,9 +77,11 @@ INT8_DOTS = {
 HALF = GROUP // 2
 
 
-def paired_q8(dtype: str, ins: Int8Dot) -> bool:
-    """q8_0 on a 16-lane u8 x s8 dot (AVX512-VNNI): a row's two consecutive blocks in one vector (`paired_dots`)."""
-    return LAYOUTS[dtype].bits == 8 and not ins.signed_a and ins.lanes == 16
+def paired_q8(dtype: str, sched: CpuSchedule, kernel: str) -> bool:
+    """Whether `kernel`'s `dtype` rows take `paired_dots` (a row's two consecutive blocks in one vector): q8_0 on a
+    16-lane u8 x s8 dot (AVX512-VNNI), for the kernels the schedule names (`CpuSchedule.paired_q8`)."""
+    ins = INT8_DOTS[sched.int8_dot]
+    return LAYOUTS[dtype].bits == 8 and not ins.signed_a and ins.lanes == 16 and sched.pairs_q8(kernel)
 
 
 def uses_int8_dot(dtype: str, sched: CpuSchedule) -> bool:
@@ -133,14 +137,15 @@ def reduce_lanes(buf, op, lanes: int):
     return red
 
 
-def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
-    """`prep(x, xb, M)`: xb [M, x_blocks(d, sched).nbytes] uint8 <- x [M, d] float32 quantized (module docstring)."""
+def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
+    """`prep(x, xb, M)`: xb [M, x_blocks(d, sched).nbytes] uint8 <- x [M, d] float32 quantized (module docstring), laid
+    out for `kernel`'s row dots (`paired_q8`)."""
     lay = LAYOUTS[dtype]
     xl = x_blocks(d, sched)
     L, P, G = xl.lanes, xl.lanes // 4, xl.groups
     q8, centered = lay.bits == 8, lay.bits == 4 and not lay.offset  # q4_0: the -8 term
     biased = q8 and not INT8_DOTS[sched.int8_dot].signed_a  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
-    if paired_q8(dtype, INT8_DOTS[sched.int8_dot]):
+    if paired_q8(dtype, sched, kernel):
         return paired_prep_macro(d, xl)
 
     @T.macro
@@ -242,9 +247,10 @@ def each_x_group(d: int, groups: int, group):
     return prep
 
 
-def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None):
+def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None,
+                    kernel: str = ""):
     """`common.dots_macro` on the integer path: (`dots_all`, `dots`) with the same arguments, except that x is
-    the prepared byte buffer of `x8_prep_macro`."""
+    the prepared byte buffer of `x8_prep_macro` (for the same `kernel`)."""
     lay = LAYOUTS[dtype]
     ins = INT8_DOTS[sched.int8_dot]
     intrin, L = ins.intrinsic, ins.lanes
@@ -312,7 +318,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
                             T.float16(0)) * dx_sum
         return v
 
-    if paired_q8(dtype, ins):
+    if paired_q8(dtype, sched, kernel):
         return paired_dots(d, lay, ins, xl, R, row_offsets, pf_group, row_bytes, prefetch, store)
 
     @T.macro
