@@ -44,7 +44,7 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import flat_rows, group_prefetch_macro, offset, row_offsets_macro, scale
+from .quant_blocks import flat_rows, group_prefetch_macro, offset, scale, step_start_macro
 from .rows import per_token, row_sums_macro
 from .schedule import CpuSchedule
 
@@ -263,7 +263,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     ivec = f"int32x{L}"
 
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
-    row_offsets = row_offsets_macro(gathered, R, row_bytes)
+    start = step_start_macro(gathered, R, row_bytes, R * L if paired_q8(dtype, sched, kernel) else S * L)
     # block layouts only here (split rows: quant_split.py)
     pf_group = group_prefetch_macro(lay, stored, R)[0]
 
@@ -319,16 +319,14 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
         return v
 
     if paired_q8(dtype, sched, kernel):
-        return paired_dots(d, lay, ins, xl, R, row_offsets, pf_group, row_bytes, prefetch, store)
+        return paired_dots(d, lay, ins, xl, R, start, pf_group, row_bytes, prefetch, store)
 
     @T.macro
     def dots(w, xb, m, rows, base, i, end, dst, dcol):
         wf = flat_rows(w, w.shape[0], row_bytes)
         ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
-        row_offsets(ro, rows, base, i, end)
         acc = T.alloc_buffer((S * L,), "float32", scope="global")
-        for v in T.vectorized(S * L):
-            acc[v] = T.float32(0)
+        start(ro, acc, rows, base, i, end)
         for grp in range(G):
             if prefetch:  # the next step's rows, one prefetch per row and block (q8_0) or line
                 pf_group(wf, ro, R, grp)
@@ -352,7 +350,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     return dots_all, dots
 
 
-def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, row_offsets, pf_group, row_bytes: int, prefetch: bool,
+def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, start, pf_group, row_bytes: int, prefetch: bool,
                 store):
     """(`dots_all`, `dots`) of `int8_dots_macro` for q8_0 on AVX512-VNNI: one row per vector, its blocks 2c and
     2c + 1 (32 code bytes each, 34 bytes apart: one load and one insert) against x̂ of both groups (`paired_prep_macro`):
@@ -361,7 +359,7 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, row_offsets, pf_
 
     codes xor 0x80 = code + 128 as the u8 operand; init (-128 * sum(x̂) in lanes 0 and 8) takes the 128 * sum(x̂)
     back. One dot per row and two groups instead of four per four rows and group, and no row shuffles: per 8 rows
-    and group 77 -> ~50 instructions. A row's odd last group: its half of the vector zero."""
+    and group 77 -> 67 instructions. A row's odd last group: its half of the vector zero."""
     L, G = ins.lanes, xl.groups
     VB, pairs = 4 * L, G // 2
     ivec, fvec = f"int32x{L}", f"float32x{L}"
@@ -394,10 +392,8 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, row_offsets, pf_
     def dots(w, xb, m, rows, base, i, end, dst, dcol):
         wf = flat_rows(w, w.shape[0], row_bytes)
         ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
-        row_offsets(ro, rows, base, i, end)
         acc = T.alloc_buffer((R * L,), "float32", scope="global")
-        for v in T.vectorized(R * L):
-            acc[v] = T.float32(0)
+        start(ro, acc, rows, base, i, end)
         for c in range(pairs):
             if prefetch:  # the next step's rows, one prefetch per row and block
                 pf_group(wf, ro, R, 2 * c)

@@ -26,7 +26,7 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import block_prefetch_macro, flat_rows, half_at, row_offsets_macro
+from .quant_blocks import block_prefetch_macro, flat_rows, half_at, step_start_macro
 from .quant_int8 import INT8_DOTS, quantized_x_groups
 from .rows import CACHE_LINE, per_token, row_sums_macro
 from .schedule import CpuSchedule
@@ -116,7 +116,7 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     chunks, tail = G // K, G % K  # whole chunks, groups of the last partial one
     scales_at = lay.scale_byte(0, lay.stored_groups(d))
     row_bytes = lay.row_bytes(d)
-    row_offsets = row_offsets_macro(gathered, R, row_bytes)
+    start = step_start_macro(gathered, R, row_bytes, R * L)
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda v: v)
     pf = block_prefetch_macro()
@@ -161,10 +161,8 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     def dots(w, xb, m, rows, base, i, end, dst, dcol):
         wf = flat_rows(w, w.shape[0], row_bytes)
         ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
-        row_offsets(ro, rows, base, i, end)
         acc = T.alloc_buffer((R * L,), "float32", scope="global")
-        for v in T.vectorized(R * L):
-            acc[v] = T.float32(0)
+        start(ro, acc, rows, base, i, end)
         if prefetch:  # the next step's scales, all at once (a conditional prefetch per chunk: LLVM speculates it)
             for r in T.unroll(R):
                 for ln in T.unroll(scale_lines):
