@@ -113,25 +113,65 @@ def test_split_q4_0_row_dots_load_4_groups_and_their_scales_at_once():
         assert sum(op.startswith("vinserti") for op in body) == 0, body
 
 
-def test_q8_0_rows_prefetch_at_every_block_gathered_and_streamed():
-    """q8_0's 34-byte blocks do not tile a cache line: gathered rows (indexed) and streamed rows (dense) alike prefetch
-    the next step's rows at every block, unconditionally (no jump before the prefetches). Session 13's once-per-line
-    form for gathered rows was 1.04-1.08x the time of indexed q8_0 at 2 threads from DRAM (BENCHMARKS.md session 15)."""
+@pytest.mark.parametrize("kind", ("indexed", "exact"))
+@pytest.mark.parametrize("d", (20, 80, 100))
+def test_paired_q8_0_row_dots_equal_the_reference_on_rounded_x(kind, d):
+    """q8_0 on AVX512-VNNI in the kernels that choose it (`CpuSchedule.paired_q8`: indexed by default, exact asked
+    here for its streamed rows) reads a row's two consecutive blocks per vector (quant_int8.paired_dots): one group (its
+    half of the vector zero), three (a pair and the odd last group) and four groups with a ragged last one, against
+    float64 on the rounded x; 0% and 100% active among the calls."""
+    sched = replace(host_sched("vpdpbusd512"), int8_axpy=False, paired_q8=(kind,))
+    prim = primfunc(kind, d, 12, "q8_0", sched, ACTS[kind], bias=True)
+    calls = quant_calls(kind, np.random.default_rng(d), d, 12, "q8_0", 0.5, x8=True)
+    check(kind, f"q8_0 paired d={d}", calls, run_native(prim, calls))
+
+
+def test_paired_q8_0_is_a_kernel_choice_named_by_the_schedule():
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    base = CpuSchedule(lanes=16, threads=1, int8_dot="vpdpbusd512")
+    assert base.paired_q8 == ("indexed",) and base.pairs_q8("indexed") and not base.pairs_q8("dense")
+    assert "q" not in base.tag.split("ivpdpbusd512")[1]  # the default adds nothing to the symbols
+    assert replace(base, paired_q8=()).tag != base.tag
+    with pytest.raises(ValueError, match="paired_q8 names no kernel"):
+        replace(base, paired_q8=("linear",))
+
+
+def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_block():
+    """The q8_0 row-dot loops on AVX512-VNNI. indexed (gathered rows, `CpuSchedule.paired_q8`): per row and pair of
+    groups one code load and insert, one xor and one vpdpbusd (the 128 * sum(x̂) is in x's side), no 128 * sum(code)
+    correction (vpsubd): at most 70 instructions per 8 rows and group (session 13: 77). dense (streamed rows: paired
+    it was 1.03-1.04x slower, session 15) keeps 4 rows per dot and the correction, its code the same whether or not
+    the schedule pairs any kernel. Both prefetch the next step's rows at every 34-byte block, unconditionally (no jump
+    before the prefetches): session 13's once-per-line form for gathered rows was 1.04-1.08x the time of indexed q8_0
+    at 2 threads from DRAM (BENCHMARKS.md session 15)."""
     import tvm
 
     from actsparse.codegen.kernels import kernel
 
     sched = replace(host_sched("vpdpbusd512"), int8_axpy=False)
     spr = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids"})  # compiled only: any host
-    for kind in ("indexed", "dense"):
-        lib = tvm.compile(tvm.IRModule({"main": kernel(kind, 256, 32, dtype="q8_0", sched=sched)}), target=spr)
-        asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+
+    def asm_of(kind, sched):
+        prim = kernel(kind, 4096, 32, dtype="q8_0", sched=sched)
+        lib = tvm.compile(tvm.IRModule({"main": prim}), target=spr)
+        return lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+
+    for kind, paired in (("indexed", True), ("dense", False)):
+        asm = asm_of(kind, sched)
         loops = [body for body in innermost_loops(asm) if "vpdpbusd" in body and "prefetcht1" in body]
         assert loops, f"{kind}: no prefetching row-dot loop"
         for body in loops:
+            if paired:
+                assert body.count("vpdpbusd") == sched.rows and body.count("vinserti64x4") == sched.rows, body
+                assert "vpsubd" not in body and len(body) <= 2 * 70, (len(body), body)
+            else:  # x̂ + 128 against 4 rows' codes, minus 128 * sum(code)
+                assert "vpsubd" in body and body.count("vinserti64x4") == sched.rows // 2, body
             first_pf = body.index("prefetcht1")
             assert not any(op.startswith("j") for op in body[:first_pf]), (kind, body)
-            assert body.count("prefetcht1") == sched.rows, (kind, body)
+            assert body.count("prefetcht1") == (2 if paired else 1) * sched.rows, (kind, body)
+    dense, unpaired = asm_of("dense", sched), asm_of("dense", replace(sched, paired_q8=()))
+    assert innermost_loops(dense) == innermost_loops(unpaired)
 
 
 @pytest.mark.parametrize("kind", KINDS)

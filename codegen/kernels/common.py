@@ -101,19 +101,20 @@ def loader(dtype: str) -> Callable:
     return lambda e: T.Cast("float32", e)
 
 
-def x_operand(d: int, dtype: str, sched: CpuSchedule):
+def x_operand(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
     """(x8, nbytes, prep) for a kernel whose row dots read `dtype` rows of length d: with x8 (the schedule's int8 dot
     serves the layout, `quant_int8.py`) the kernel allocates xb [M, nbytes] uint8, runs `prep(x, xb, M)` once and
-    hands xb to the dots (made with `x8=True`) instead of x; otherwise (False, 0, None) and the dots read x."""
+    hands xb to the dots (made with `x8=True` and the same `kernel`: x's layout may be the kernel's choice,
+    `CpuSchedule.paired_q8`) instead of x; otherwise (False, 0, None) and the dots read x."""
     if not uses_int8_dot(dtype, sched):
         return False, 0, None
     if is_split(dtype):  # split rows: x laid out per group to match (`quant_split.py`)
         return True, split_x(d, dtype).nbytes, split_prep_macro(d, dtype, sched)
-    return True, x_blocks(d, sched).nbytes, x8_prep_macro(d, dtype, sched)
+    return True, x_blocks(d, sched).nbytes, x8_prep_macro(d, dtype, sched, kernel)
 
 
 def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store: Callable | None = None,
-               prefetch: bool | None = None, x8: bool = False):
+               prefetch: bool | None = None, x8: bool = False, kernel: str = ""):
     """Returns (`dots_all`, `dots`), one step over `sched.rows` rows of a row list for M tokens / one token.
 
     `dots(w, x, m, rows, base, i, end, dst, dcol)`: for r < rows with p = i + r < end,
@@ -122,7 +123,8 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     row(end - 1) (already cached) and store nothing, so any list length works with one code path.
     With `prefetch`, the rows of the next step are prefetched in step with the stream of this one.
 
-    `x8` (from `x_operand`): x is the prepared 8-bit x and the rows' dots run in integers (`quant_int8.py`).
+    `x8` (from `x_operand` for the same `kernel`): x is the prepared 8-bit x and the rows' dots run in integers
+    (`quant_int8.py`).
 
     `dots_all(w, x, M, rows, base, i, end, dst, dcol)`: the same for tokens 0..M-1. The step's rows are
     read from memory once; blocks of `token_block` tokens then share every loaded weight vector, in
@@ -130,8 +132,9 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     tokens go one by one.
     """
     if x8:  # x is the prepared byte buffer of `x_operand`
-        dots = split_dots_macro if is_split(dtype) else int8_dots_macro
-        return dots(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
+        if is_split(dtype):
+            return split_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
+        return int8_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch, kernel=kernel)
     if dtype in LAYOUTS:
         return quant_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
     L, A, R, TB = sched.lanes, sched.accumulators, sched.rows, sched.token_block

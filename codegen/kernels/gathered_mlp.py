@@ -31,9 +31,9 @@ def _gathered_parts(kernel: str, d: int, n_ff: int, gate_act: str, up_act: str, 
     check_mlp(d, n_ff, gate_act, up_act, dtype)
     sched = sched.fitted(d, dtype)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    x_op = x_operand(d, dtype, sched)
-    _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x_op[0])
-    _, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x_op[0])
+    x_op = x_operand(d, dtype, sched, kernel)  # x's layout: the kernel's (`CpuSchedule.paired_q8`)
+    _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x_op[0], kernel=kernel)
+    _, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x_op[0], kernel=kernel)
     _, axpy = axpy_macro(d, dtype, sched, gathered=True, kernel=kernel)
     return (sched, act_u, x_op, gate_dot, up_dot, axpy, zero_columns_macro(d, sched, dtype),
             weight_buffer(n_ff, d, dtype))

@@ -67,6 +67,20 @@ def row_offsets_macro(gathered: bool, rows: int, row_bytes: int):
     return offsets
 
 
+def step_start_macro(gathered: bool, rows: int, row_bytes: int, acc_lanes: int):
+    """`start(ro, acc, row_list, base, i, end)`: the start of a step of integer row dots (`quant_int8.py`,
+    `quant_split.py`): ro <- the rows' byte offsets (`row_offsets_macro`), acc[0 : acc_lanes] <- 0."""
+    row_offsets = row_offsets_macro(gathered, rows, row_bytes)
+
+    @T.macro
+    def start(ro, acc, row_list, base, i, end):
+        row_offsets(ro, row_list, base, i, end)
+        for v in T.vectorized(acc_lanes):
+            acc[v] = T.float32(0)
+
+    return start
+
+
 def half_at(w, row, byte):
     """The fp16 stored little-endian at w[row, byte] (as float16: callers widen it, alone or as a vector)."""
     bits = T.bitwise_or(T.Cast("uint16", byte_at(w, row, byte)),

@@ -26,9 +26,9 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import block_prefetch_macro, flat_rows, half_at, row_offsets_macro
+from .quant_blocks import block_prefetch_macro, flat_rows, half_at, step_start_macro
 from .quant_int8 import INT8_DOTS, quantized_x_groups
-from .rows import CACHE_LINE, hsum_macro
+from .rows import CACHE_LINE, per_token, row_sums_macro
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
@@ -116,11 +116,11 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     chunks, tail = G // K, G % K  # whole chunks, groups of the last partial one
     scales_at = lay.scale_byte(0, lay.stored_groups(d))
     row_bytes = lay.row_bytes(d)
-    row_offsets = row_offsets_macro(gathered, R, row_bytes)
+    start = step_start_macro(gathered, R, row_bytes, R * L)
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda v: v)
     pf = block_prefetch_macro()
-    hsum = hsum_macro(L)
+    row_sums = row_sums_macro(R, L, store)
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     code_lines = max(1, CACHE_LINE // VB)  # chunks per cache line of codes
     scale_lines = -(-2 * G // CACHE_LINE)  # cache lines of a row's scales
@@ -161,10 +161,8 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     def dots(w, xb, m, rows, base, i, end, dst, dcol):
         wf = flat_rows(w, w.shape[0], row_bytes)
         ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
-        row_offsets(ro, rows, base, i, end)
         acc = T.alloc_buffer((R * L,), "float32", scope="global")
-        for v in T.vectorized(R * L):
-            acc[v] = T.float32(0)
+        start(ro, acc, rows, base, i, end)
         if prefetch:  # the next step's scales, all at once (a conditional prefetch per chunk: LLVM speculates it)
             for r in T.unroll(R):
                 for ln in T.unroll(scale_lines):
@@ -187,17 +185,6 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
                     wf, xb, m, ro[r], chunks, T.reinterpret(fvec, xvec(xb, m, xl.dx(chunks * K))),
                     xvec(xb, m, xl.lo(chunks * K)), xvec(xb, m, xl.hi(chunks * K)),
                     T.reinterpret(ivec, xvec(xb, m, xl.init(chunks * K))), tail)
-        red = T.alloc_buffer((L,), "float32", scope="global")
-        for r in T.unroll(R):
-            for v in T.vectorized(L):
-                red[v] = acc[r * L + v]
-            hsum(red, 0)
-            if i + r < end:
-                dst[m, dcol + i + r] = store(red[0])
+        row_sums(acc, m, i, end, dst, dcol)
 
-    @T.macro
-    def dots_all(w, xb, M, rows, base, i, end, dst, dcol):
-        for m in range(M):
-            dots(w, xb, m, rows, base, i, end, dst, dcol)
-
-    return dots_all, dots
+    return per_token(dots), dots

@@ -37,6 +37,37 @@ def hsum_macro(lanes: int):
     return hsum
 
 
+def row_sums_macro(rows: int, lanes: int, store: Callable):
+    """`sums(acc, m, i, end, dst, dcol)`: the end of a step of row dots with one accumulator of `lanes` fp32 lanes per
+    row, acc[r * lanes : (r + 1) * lanes]: each row's lanes summed and, for step positions i + r < end, stored as
+    dst[m, dcol + i + r] = store(sum)."""
+    hsum = hsum_macro(lanes)
+
+    @T.macro
+    def sums(acc, m, i, end, dst, dcol):
+        red = T.alloc_buffer((lanes,), "float32", scope="global")
+        for r in T.unroll(rows):
+            for v in T.vectorized(lanes):
+                red[v] = acc[r * lanes + v]
+            hsum(red, 0)
+            if i + r < end:
+                dst[m, dcol + i + r] = store(red[0])
+
+    return sums
+
+
+def per_token(dots):
+    """`dots_all(w, x, M, rows, base, i, end, dst, dcol)`: the one-token macro `dots` (same arguments, m for M) for
+    tokens 0..M-1 in turn."""
+
+    @T.macro
+    def dots_all(w, x, M, rows, base, i, end, dst, dcol):
+        for m in range(M):
+            dots(w, x, m, rows, base, i, end, dst, dcol)
+
+    return dots_all
+
+
 def row_index(gathered: bool) -> Callable:
     """Position p of a row list -> weight row: rows[base + p] when gathered, base + p when contiguous."""
     if gathered:

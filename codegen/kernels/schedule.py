@@ -24,6 +24,13 @@ def _axpy_tag(kernels: tuple[str, ...]) -> str:
     return f"a{sum(1 << AXPY_KERNELS.index(k) for k in kernels):x}"
 
 
+def _paired_tag(kernels: tuple[str, ...]) -> str:
+    """"" for the default paired_q8 (the indexed kernel), else "q" + the hex mask of its kernels ("q0": none)."""
+    if kernels == ("indexed",):
+        return ""
+    return f"q{sum(1 << AXPY_KERNELS.index(k) for k in kernels):x}"
+
+
 @dataclass(frozen=True)
 class CpuSchedule:
     """How a CPU kernel is vectorized, unrolled and split across threads.
@@ -52,6 +59,10 @@ class CpuSchedule:
                   axpy runs on that dot too where the dot serves axpys (`quant_axpy8.py`: coefficients rounded per
                   step to int8); the others keep it float. From the target's data (`Target.int8_axpy_kernels`);
                   True / False: every kernel / none (A/B timings). Ask `integer_axpy(kernel)`.
+    paired_q8     the kernels (`AXPY_KERNELS` names) whose q8_0 row dots take a row's two blocks per vector where the
+                  int8 dot is AVX512-VNNI (`quant_int8.paired_dots`, x laid out to match by `x8_prep_macro`): on
+                  gathered rows (indexed) 0.92x the time, on streamed ones (dense) 1.03-1.04x (BENCHMARKS.md, sessions
+                  15 and 16), so a kernel's choice, not the layout's. Ask `pairs_q8(kernel)`.
     certified_scores  the certified kernel's score pass (scored_mlp.certified_gated_mlp): "int16" (x rounded to
                   int16 on the int16 dot of `score_int16.SCORE_DOTS` where `int8_dot` names one, else the float
                   path) or "float" (always the float path); the kernel's symbol says which it got.
@@ -71,6 +82,7 @@ class CpuSchedule:
     fp16fml: bool = False
     int8_dot: str = ""
     int8_axpy: tuple[str, ...] | bool = AXPY_KERNELS
+    paired_q8: tuple[str, ...] = ("indexed",)
     certified_scores: str = "int16"
     certified_in_kernel: bool = True
 
@@ -83,6 +95,11 @@ class CpuSchedule:
             raise ValueError(f"CpuSchedule.int8_axpy names no kernel with a down projection: {sorted(unknown)}; "
                              f"known: {', '.join(AXPY_KERNELS)}")
         object.__setattr__(self, "int8_axpy", tuple(k for k in AXPY_KERNELS if k in kernels))
+        unpaired = set(self.paired_q8) - set(AXPY_KERNELS)
+        if unpaired:
+            raise ValueError(f"CpuSchedule.paired_q8 names no kernel with a down projection: {sorted(unpaired)}; "
+                             f"known: {', '.join(AXPY_KERNELS)}")
+        object.__setattr__(self, "paired_q8", tuple(k for k in AXPY_KERNELS if k in self.paired_q8))
         if self.certified_scores not in ("int16", "float"):
             raise ValueError(f"CpuSchedule.certified_scores must be 'int16' or 'float', got {self.certified_scores!r}")
         object.__setattr__(self, "certified_in_kernel", bool(self.certified_in_kernel))
@@ -107,6 +124,10 @@ class CpuSchedule:
         dot and the layout)."""
         return kernel in self.int8_axpy
 
+    def pairs_q8(self, kernel: str) -> bool:
+        """Whether `kernel`'s q8_0 row dots may take the paired form (`quant_int8.paired_q8` also asks the dot)."""
+        return kernel in self.paired_q8
+
     @property
     def block_rows(self) -> int:
         """Rows per register block on the token-blocked (M > 1) path: the largest divisor of `rows` whose
@@ -120,7 +141,8 @@ class CpuSchedule:
         """Short identifier-safe encoding, part of every kernel's global_symbol: `l16t2r8a1b4v32p1`."""
         return (f"l{self.lanes}t{self.threads}r{self.rows}a{self.accumulators}b{self.token_block}"
                 f"v{self.vector_registers}p{int(self.prefetch)}" + ("h1" if self.fp16fml else "")
-                + (f"i{self.int8_dot}" if self.int8_dot else "") + _axpy_tag(self.int8_axpy))
+                + (f"i{self.int8_dot}" if self.int8_dot else "") + _axpy_tag(self.int8_axpy)
+                + _paired_tag(self.paired_q8))
 
 
 @dataclass(frozen=True)
