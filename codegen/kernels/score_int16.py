@@ -25,7 +25,7 @@ from tvm.script import tirx as T
 from ...ir.quant import GROUP, LAYOUTS
 from .quant_blocks import flat_rows, group_prefetch_macro, scale
 from .quant_int8 import reduce_lanes
-from .rows import hsum_macro
+from .rows import row_sums_macro
 from .schedule import CpuSchedule
 
 X_MAX = 32767
@@ -98,7 +98,7 @@ def int16_score_macro(d: int, sched: CpuSchedule):
     K = 2 * L  # int16 per dot
     G, row_bytes = lay.stored_groups(d), lay.row_bytes(d)
     pf_group = group_prefetch_macro(lay, G, R)[0]
-    hsum = hsum_macro(L)
+    sums = row_sums_macro(R, L, lambda total: total)
 
     def codes16(wf, ro, grp, h):  # the row's 32 codes -> K int16, sign-extended (vpmovsxbw)
         raw = wf[T.ramp(ro + T.Cast("int64", lay.codes_byte(grp, G) + h * K), T.int64(1), K)]
@@ -129,12 +129,6 @@ def int16_score_macro(d: int, sched: CpuSchedule):
                 sc: T.let = scale(lay, wf, ro[r], grp, stored=G) * dx
                 acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + T.Cast(
                     f"float32x{L}", group_dot(wf, xq, m, ro[r], grp)) * T.Broadcast(sc, L)
-        red = T.alloc_buffer((L,), "float32", scope="global")
-        for r in T.unroll(R):
-            for v in T.vectorized(L):
-                red[v] = acc[r * L + v]
-            hsum(red, 0)
-            if i + r < end:
-                dst[m, dcol + i + r] = red[0]
+        sums(acc, m, i, end, dst, dcol)
 
     return dot
