@@ -8,7 +8,10 @@ variant fits each block's compensation on the calibration rows (never the held-o
 delivered sparsity (held-out text) and the perplexity. Variants: `none` (the plan as it is), a side of SIDES
 (fitted on the dense model's rows), `<side>-nobias` (no down bias), `<side>-seq` (block by block on the inputs of
 the model whose earlier blocks are already sparsified and compensated, against the dense block on those inputs,
-as GPTQ propagates), `<side>-seqglobal` (the same inputs, against the dense *model's* block output).
+as GPTQ propagates), `<side>-seqglobal` (the same inputs, against the dense *model's* block output),
+`lowrank<r>` (R-Sparse: a rank-r correction (x − x_sparse)·R·L of the gate/up pre-activations, fitted on the
+calibration rows; its bytes paid: the plan asks s + their share, the delivered sparsity is net of them; `lowrank0`
+is the control: the plan through the same forward) and `lowrank<r>free` (the same at s, the factors not paid).
 """
 
 from __future__ import annotations
@@ -106,12 +109,13 @@ def install_lowrank(model, blocks, plans, factors, kept: list) -> None:
                                       x_thr=torch.from_numpy(p.x_thr), h_thr=torch.from_numpy(p.h_thr))
 
 
-def lowrank_point(model, blocks, rows, held, s, rank, calibrate) -> tuple[float, float, float]:
+def lowrank_point(model, blocks, rows, held, s, rank, free, calibrate) -> tuple[float, float, float]:
     """(delivered effective sparsity net of the factors' bytes, perplexity, share): the plan asked s + the
-    factors' share, R/L fitted on the calibration rows, measured on the held-out windows."""
+    factors' share (`free`: s, the factors' bytes not counted), R/L fitted on the calibration rows, measured on
+    the held-out windows."""
     from actsparse.passes.error_compensation import fit_lowrank, lowrank_share
 
-    share = lowrank_share(blocks[0], rank)
+    share = 0.0 if free else lowrank_share(blocks[0], rank)
     plans = calibrate(s + share)
     factors = [fit_lowrank(b, p, r, rank) for b, p, r in zip(blocks, plans, rows)]
     kept = [[0, 0, 0] for _ in blocks]
@@ -169,9 +173,10 @@ def main(argv=None) -> int:
         for variant in args.variants.split(","):
             t0 = time.perf_counter()
             if variant.startswith("lowrank"):
-                eff, ppl, share = lowrank_point(model, blocks, rows, held, s, int(variant[7:]), functools.partial(
+                rank, free = int(variant[7:].removesuffix("free")), variant.endswith("free")
+                eff, ppl, share = lowrank_point(model, blocks, rows, held, s, rank, free, functools.partial(
                     calibrate_blocks, blocks, rows, args.method, progress=False, curves=curves, sensitivity=weights))
-                print(f"| {args.model} | {s:.2f} | {variant} (factors {share:.1%} of the bytes, paid) | {eff:.1%} | "
+                print(f"| {args.model} | {s:.2f} | {variant} (factors {share:.1%} of the bytes paid) | {eff:.1%} | "
                       f"- | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% |", flush=True)
                 print(f"  [{time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}]", file=sys.stderr)
                 continue

@@ -13,7 +13,13 @@ the kernels add no bias there). Sides (`SIDES`): 'x' fits the gate and up rows a
 A plan whose x side is corrected gets its h thresholds re-set at the same h sparsity (the corrected h is larger).
 
 `Compensation` is what a plan carries (InputThresholds.compensation); `compensated_weights` the block as the
-kernels then read it.
+kernels then read it. `fit_lowrank` is R-Sparse's alternative (not free: rank-r factors read per token): the gate/up
+pre-activations' error of x's dropped part predicted by a rank-r map of that part.
+
+Measured (BENCHMARKS.md, session 16): the fitted scales are 1.00 ± 0.03, the fits remove 1–3% of the block output
+error, and every variant (x, h, h without bias, rank 32) raises perplexity on Gemma 3 270M and SmolLM2-135M at
+sparsity 0.5, so no method or the compiled path uses them; the benchmarks measure them
+(benchmarks/threshold_compensation.py).
 """
 
 from __future__ import annotations

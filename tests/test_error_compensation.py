@@ -101,3 +101,27 @@ def test_lowrank_factors_capture_the_dropped_inputs_error_and_are_exact_at_full_
         left.append(np.square(error - dropped @ r @ lo).sum() / np.square(error).sum())
     assert left[0] < 0.9 and left[0] > left[1] > left[2] and left[2] < 1e-8   # rank d: exact
     assert lowrank_share(block, 8) == pytest.approx(8 * (16 + 64) / (3 * 16 * 32))
+
+
+def test_lowrank_forward_at_full_rank_equals_the_block_with_dense_x():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from actsparse.benchmarks.threshold_compensation import install_lowrank
+    from actsparse.ir.input_sparse import input_sparse_reference
+    from actsparse.passes.error_compensation import fit_lowrank
+
+    block, rows = _block_and_rows(4)
+    plan = calibrate_blocks([block], [rows], "rotated-wina-greedy", 0.5, progress=False)[0]
+    mlp = torch.nn.Module()
+    mlp.act_fn = torch.nn.SiLU()
+    model = SimpleNamespace(model=SimpleNamespace(layers=[SimpleNamespace(mlp=mlp)]))
+    kept = [[0, 0, 0]]
+    install_lowrank(model, [block], [plan], [fit_lowrank(block, plan, rows, 16)], kept)
+    with torch.no_grad():
+        got = mlp.forward(torch.from_numpy(rows)).numpy()
+    dense_x = replace(plan, x_thr=np.full_like(plan.x_thr, -1.0))   # every x entry kept
+    want = input_sparse_reference(rows, block.w_gate.T, block.w_up.T, block.w_down.T, dense_x.x_thr, plan.h_thr,
+                                  {**block.attrs, **plan.attrs})
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * np.abs(want).max())   # Q stored q8_0 in the hook
+    assert kept[0][0] == len(rows) and 0 < kept[0][1] < kept[0][0] * 16
