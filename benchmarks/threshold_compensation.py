@@ -6,9 +6,10 @@
 Calibrates as threshold_frontier does (same text, windows, cached rows, Fisher weights and error curves), then per
 variant fits each block's compensation on the calibration rows (never the held-out windows) and reports the
 delivered sparsity (held-out text) and the perplexity. Variants: `none` (the plan as it is), a side of SIDES
-(fitted on the dense model's rows), `<side>-nobias` (no down bias), `<side>-seq` (block by block on the inputs of
-the model whose earlier blocks are already sparsified and compensated, against the dense block on those inputs,
-as GPTQ propagates), `<side>-seqglobal` (the same inputs, against the dense *model's* block output),
+(fitted on the dense model's rows), `<side>-nobias` (no down bias), `<side>-keeph` (the plan's h thresholds
+kept after an x correction), `<side>-seq` (block by block on the inputs of the model whose earlier blocks are
+already sparsified and compensated, against the dense block on those inputs, as GPTQ propagates),
+`<side>-seqglobal` (the same inputs, against the dense *model's* block output),
 `lowrank<r>` (R-Sparse: a rank-r correction (x − x_sparse)·R·L of the gate/up pre-activations, fitted on the
 calibration rows; its bytes paid: the plan asks s + their share, the delivered sparsity is net of them; `lowrank0`
 is the control: the plan through the same forward) and `lowrank<r>free` (the same at s, the factors not paid).
@@ -62,7 +63,8 @@ def compensate(model, blocks, plans, rows, calib, variant: str, weighted: bool, 
     side, _, how = variant.partition("-")
     bias = how != "nobias"
     if how not in ("seq", "seqglobal"):
-        return [fit_compensation(b, p, r, side, weighted, bias) for b, p, r in zip(blocks, plans, rows)]
+        return [fit_compensation(b, p, r, side, weighted, bias, reset_h=how != "keeph")
+                for b, p, r in zip(blocks, plans, rows)]
     done: list = []
     for i, (b, p) in enumerate(zip(blocks, plans)):
         frontier.install(model, done + [None] * (len(plans) - len(done)), None, blocks)

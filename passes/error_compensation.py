@@ -80,11 +80,12 @@ def _turned(block: BlockWeights, plan: InputThresholds, rows: np.ndarray):
 
 def fit_compensation(block: BlockWeights, plan: InputThresholds, rows: np.ndarray, side: str = "both",
                      weighted: bool = True, bias: bool = True,
-                     targets: np.ndarray | None = None) -> InputThresholds:
+                     targets: np.ndarray | None = None, reset_h: bool = True) -> InputThresholds:
     """`plan` with a Compensation fitted on `rows` (calibration rows of the block's input, original basis).
     `weighted`: the plan's h scores are WINA's (re-set h thresholds the same way); `targets`: the dense block
     output the h side is fitted against (default: the dense block on `rows`; e.g. the dense *model's* block output
-    when `rows` come from an already sparsified model)."""
+    when `rows` come from an already sparsified model); `reset_h`: re-set the h thresholds after an x correction
+    (False: keep the plan's)."""
     if side not in SIDES:
         raise ValueError(f"compensation side must be one of {', '.join(SIDES)}, got {side!r}")
     x, w_gate, w_up = _turned(block, plan, rows)
@@ -99,7 +100,8 @@ def fit_compensation(block: BlockWeights, plan: InputThresholds, rows: np.ndarra
     a = apply(block.gate_act, g)
     h = a * apply(block.up_act, u)
     score = a if plan.criterion == "gate" else h
-    if gate_scale is not None and plan.h_sparsity > 0 and plan.h_keep == 0:   # the same h sparsity, corrected h
+    if reset_h and gate_scale is not None and plan.h_sparsity > 0 and plan.h_keep == 0:
+        # the same h sparsity on the corrected h
         h_thr, _ = level_thresholds(channel_scores(score, block.h_norm, weighted), block.h_norm, weighted,
                                     plan.h_sparsity, False)
     hs = np.where(keep_mask(score, h_thr, plan.h_keep), h, 0).astype(np.float32)
