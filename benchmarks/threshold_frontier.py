@@ -161,6 +161,10 @@ def install(model, plans, quantize: str | None = None, weights=None) -> None:
             tuple(torch.from_numpy(a) for a in (weights[i].w_gate, weights[i].w_up, weights[i].w_down))
         if hasattr(plan, "x_thr"):
             attrs = {"up_act": "identity", **plan.attrs}
+            comp = getattr(plan, "compensation", None)   # error_compensation: rows scaled, a bias after down
+            if comp is not None:
+                ws = tuple(w if sc is None else w * torch.from_numpy(sc)[:, None]
+                           for w, sc in zip(ws, (comp.gate_scale, comp.up_scale, comp.down_scale)))
             rotation = getattr(plan, "rotation", None)   # rotated-*: the block reads x·T with W·T⁻ᵀ
             w_gate, w_up = ws[0], ws[1]
             if rotation is not None:
@@ -176,6 +180,9 @@ def install(model, plans, quantize: str | None = None, weights=None) -> None:
                                        x_thr=torch.from_numpy(plan.x_thr), h_thr=torch.from_numpy(plan.h_thr),
                                        attrs=attrs, act_g=m.act_fn)
             m.forward = sparse if rotation is None else (lambda x, sparse=sparse, q=q: sparse(x @ q))
+            if comp is not None and comp.down_bias is not None:
+                bias = torch.from_numpy(comp.down_bias)
+                m.forward = lambda x, f=m.forward, b=bias: f(x) + b
         else:
             ws = (stored(ws[0], quantize), stored(ws[1], quantize), stored(ws[2], quantize, "in"))
             m.forward = functools.partial(threshold_torch, w_gate=ws[0], w_up=ws[1], w_down=ws[2],

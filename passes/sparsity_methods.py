@@ -35,6 +35,7 @@ import numpy as np
 from ..ir.activations import apply
 from ..ir.input_sparse import input_sparse_parts
 from .block_weights import BlockWeights
+from .error_compensation import compensated_weights
 from .greedy_allocation import (  # noqa: F401 (LEVEL_STEP, error_curves: this module's API before the split)
     LEVEL_STEP,
     MAX_LEVEL,
@@ -204,6 +205,7 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
 def measured_effective(block: BlockWeights, plan: InputThresholds, rows: np.ndarray) -> float:
     """The effective sparsity an input-mode plan gives on `rows` (e.g. held-out text), net of its rotation's bytes,
     as the report measures it (ir/input_sparse.input_measure)."""
+    block = compensated_weights(block, plan.compensation)
     x, w_gate, w_up = rows, block.w_gate, block.w_up
     if plan.rotation is not None:
         x, w_gate, w_up = rows @ plan.rotation, w_gate @ plan.turn, w_up @ plan.turn
