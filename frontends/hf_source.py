@@ -5,7 +5,11 @@
     model, tokenizer = load_causal_lm(causal_lm)             # its tokenizer: None (pass one to compile)
 
 Everything loads from local files only (`local_files_only`, HF_HUB_OFFLINE): nothing is downloaded. Weights come
-as float32 (the frontend's dtype). Each failure is one `SourceError` naming the file and the way out.
+as float32 (the frontend's dtype). Each failure is one `FrontendError` naming the file and the way out: a GGUF file
+is first read by our own checked reader (gguf_read.py: truncated or corrupt files), then loaded by transformers,
+whose every failure (a safetensors header that lies, config.json not JSON, no weights) is one `SourceError`; so are
+weights that would decode garbage without an error (a shape the config disagrees with, a weight the files lack,
+NaN or infinity). A tokenizer that encodes nothing (transformers builds one from a config alone) counts as none.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from .errors import FrontendError
+from .gguf_read import read_gguf
 
 
 class SourceError(FrontendError):
@@ -39,6 +44,7 @@ def load_causal_lm(source):
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise SourceError(f"{path}: no such GGUF file")
+        read_gguf(path)  # truncated or corrupt: one error here, before transformers' parser meets it
         return _load(path.parent, {"gguf_file": path.name}, f"GGUF file {path}")
     if not path.is_dir():
         raise SourceError(f"{path}: no such folder or .gguf file; give a Hugging Face model folder (config.json + "
@@ -84,18 +90,76 @@ def _offline():
 
 def _load(folder: Path, extra: dict, what: str):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     kwargs = {"local_files_only": True, **extra}
     with _offline(), quiet_transformers():
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
-        except (ValueError, KeyError, OSError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise SourceError(f"cannot load {what} as a causal LM with transformers: {first}. Its architecture "
-                              "must be one transformers knows (a decoder-only LM)") from None
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
-        except (ValueError, KeyError, OSError, TypeError):
-            tokenizer = None  # weights without tokenizer files still decode token ids
+        try:  # mismatched shapes are let through (transformers would re-initialise them) and refused below, by name
+            model, info = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                               ignore_mismatched_sizes=True, output_loading_info=True,
+                                                               **kwargs)
+        except Exception as err:  # noqa: BLE001 - parsing files a user gave: each failure becomes one SourceError
+            raise SourceError(_why_not_loaded(what, err)) from None
+        _check_weights(model, info, what)
+        tokenizer = _tokenizer(folder, kwargs)
     return model.eval(), tokenizer
+
+
+# transformers' message -> what the user should do; the first whose fragment the message holds (lower case)
+LOAD_FAILURES = (
+    (("does not recognize this architecture", "unrecognized model", "model_type", "gguf model with architecture",
+      "not supported", "architecture"),
+     "its architecture must be one transformers knows (a decoder-only LM), named by `model_type` in config.json"),
+    (("not a valid json",), "a JSON file of the folder (config.json, the shard index) is not valid JSON; re-save the "
+                            "model with save_pretrained"),
+    (("no file named", "does not appear to have a file"),
+     "the folder has no weights: put the model's *.safetensors (and model.safetensors.index.json when sharded) "
+     "next to config.json, e.g. with model.save_pretrained(dir)"),
+)
+CORRUPT = "the weights file is truncated or corrupt (its header, offsets, dtypes or sizes disagree); re-download or "\
+          "re-save it"
+
+
+def _why_not_loaded(what: str, err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    lowered = text.lower()
+    way_out = next((hint for fragments, hint in LOAD_FAILURES if any(f in lowered for f in fragments)), CORRUPT)
+    return f"cannot load {what} as a causal LM with transformers ({type(err).__name__}: {text[:240]}): {way_out}"
+
+
+def _check_weights(model, info: dict, what: str) -> None:
+    """Refuse weights that would decode garbage silently: a shape that disagrees with the config, a weight the
+    file lacks (transformers would initialise it at random), a NaN or infinity."""
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        name, stored, wanted = mismatched[0]
+        raise SourceError(f"{what}: weight {name} is stored as {list(stored)} but its config asks for {list(wanted)} "
+                          f"({len(mismatched)} weight(s) disagree); the config and the weights belong to different "
+                          "models: use the config.json saved with these weights")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise SourceError(f"{what} lacks {len(missing)} weight(s) its config needs ({', '.join(missing[:3])}"
+                          f"{', ...' if len(missing) > 3 else ''}): the weights are incomplete (a shard missing?) or "
+                          "of another model; re-save or re-download them")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            bad = int((~tensor.isfinite()).sum())
+            raise SourceError(f"{what}: weight {name} holds {bad} NaN or infinite value(s), which reach "
+                              "the logits as NaN; the file is corrupt (or the model diverged in training): use "
+                              "an intact copy of the weights")
+
+
+def _tokenizer(folder: Path, kwargs: dict):
+    """The source's tokenizer, or None where it has none: transformers may build an empty one from the config
+    alone (a Qwen2 folder without tokenizer files gives a tokenizer of 1 token that encodes text to nothing)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    except Exception:  # noqa: BLE001 - no tokenizer files, or unreadable ones: weights still decode token ids
+        return None
+    try:
+        encodes = len(tokenizer) > 1 and len(tokenizer("a")["input_ids"]) > 0
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode is none
+        encodes = False
+    return tokenizer if encodes else None
