@@ -42,8 +42,8 @@ def gguf_tensor_types(path) -> dict[str, int]:
     bad = sorted(set(counts) - set(KEPT) - set(DEQUANTIZED) - set(FLOATS))
     if bad:
         raise GGUFQuantError(f"{path}: tensor type(s) {', '.join(bad)} are not supported; actsparse keeps "
-                             f"{', '.join(KEPT)} quantized and dequantizes {', '.join(DEQUANTIZED)}: re-quantize the "
-                             "model with llama.cpp's llama-quantize to Q8_0, Q4_0 or Q4_1")
+                             f"{', '.join(KEPT)} quantized and dequantizes the K-quants, Q5_0, Q5_1, IQ*, TQ* and "
+                             "MXFP4: re-quantize the model with llama.cpp's llama-quantize to Q8_0, Q4_0 or Q4_1")
     return dict(counts)
 
 

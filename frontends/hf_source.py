@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from .errors import FrontendError
-from .gguf_read import read_gguf
+from .gguf_quant import gguf_tensor_types
 
 
 class SourceError(FrontendError):
@@ -44,7 +44,7 @@ def load_causal_lm(source):
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise SourceError(f"{path}: no such GGUF file")
-        read_gguf(path)  # truncated or corrupt: one error here, before transformers' parser meets it
+        gguf_tensor_types(path)  # truncated, corrupt or of a type nothing reads: one error before transformers
         return _load(path.parent, {"gguf_file": path.name}, f"GGUF file {path}")
     if not path.is_dir():
         raise SourceError(f"{path}: no such folder or .gguf file; give a Hugging Face model folder (config.json + "
