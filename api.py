@@ -172,9 +172,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     from .runtime.decoder import Decoder, DecoderSpec
 
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    max_seq = int(max_seq or min(getattr(config, "max_position_embeddings", None) or 2048, 2048))
-    if max_seq < 1:
-        raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
+    max_seq = _checked_max_seq(max_seq, config, type(model).__name__)
     embeddings = model.get_input_embeddings()
     if not hasattr(embeddings, "num_embeddings"):  # e.g. MusicGen: one table per audio codebook
         raise ActsparseError(_not_one_token_stream(model, embeddings))
@@ -233,6 +231,28 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)
     return lm
+
+
+# where configs keep the number of positions a model was trained for (absolute tables or rotary training length)
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
+
+
+def _checked_max_seq(max_seq, config, name: str) -> int:
+    """KV-cache slots: by default the model's context, at most 2048; else a whole number from 1 to that context
+    (past it an absolute position table has no row, and a rotary model reads positions it never trained on; a
+    huge max_seq would also allocate its cache before anything failed)."""
+    found = [(f, v) for f in CONTEXT_FIELDS if isinstance(v := getattr(config, f, None), int) and v > 0]
+    field, context = found[0] if found else ("", None)
+    if max_seq is None:
+        return min(context or 2048, 2048)
+    if isinstance(max_seq, bool) or not isinstance(max_seq, (int, np.integer)):
+        raise ActsparseError(f"max_seq must be a whole number of KV-cache slots, got {max_seq!r}")
+    if max_seq < 1:
+        raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
+    if context is not None and max_seq > context:
+        raise ActsparseError(f"max_seq={max_seq} exceeds the {context} positions {name} has (its config's {field}); "
+                             f"give max_seq <= {context}")
+    return int(max_seq)
 
 
 def _not_one_token_stream(model, embeddings) -> str:

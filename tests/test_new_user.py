@@ -193,3 +193,14 @@ def test_an_empty_operand_of_concat_survives_save_and_load(tmp_path):
     cm = actsparse.compile(RotaryTail(), (x,), mode="dense")
     loaded = actsparse.load(cm.save(tmp_path / "tail.actsparse"))
     np.testing.assert_allclose(np.asarray(loaded(x.numpy())), (x * 2.0).numpy(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("max_seq,fragment", [(0, "positive"), (-4, "positive"), ("16", "whole number"),
+                                              (2.5, "whole number"), (10**9, "exceeds the 32 positions")])
+def test_a_max_seq_out_of_range_is_one_clear_error(sources, max_seq, fragment):
+    """0 was taken as 'not given' (the default cache), 10**9 would allocate its cache before anything failed."""
+    import actsparse
+    from actsparse.errors import ActsparseError
+
+    with pytest.raises(ActsparseError, match=fragment):
+        actsparse.compile(str(sources / "hf"), mode="dense", max_seq=max_seq)
