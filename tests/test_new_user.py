@@ -204,3 +204,23 @@ def test_a_max_seq_out_of_range_is_one_clear_error(sources, max_seq, fragment):
 
     with pytest.raises(ActsparseError, match=fragment):
         actsparse.compile(str(sources / "hf"), mode="dense", max_seq=max_seq)
+
+
+def test_a_decoder_json_edited_after_build_is_refused(sources, tmp_path):
+    """Hashes cover an edit, not an edit whose manifest was rehashed: decoder.json must still agree with the module
+    it describes (a max_seq past the cache's slots would write past its end)."""
+    import actsparse
+    from actsparse.errors import ArtifactError
+
+    from .bad_inputs import raises, write_and_rehash
+
+    built = actsparse.compile(str(sources / "hf"), mode="dense", max_seq=8).save(tmp_path / "lm.actsparse")
+    spec = json.loads((built / "decoder.json").read_text())
+    assert actsparse.load(built).max_seq == 8
+    edits = {"max_seq": ({"max_seq": 10**9}, "max_seq 1000000000, the KV cache has 8 slots"),
+             "vocab": ({"vocab_size": 10**6}, "vocab_size 1000000, the logits have 64"),
+             "cache": ({"caches": [{**c, "shape": [1, 1, 4, 16]} for c in spec["caches"]]}, "cache k0 [1, 1, 4, 16]")}
+    for name, (change, fragment) in edits.items():
+        edited = Path(shutil.copytree(built, tmp_path / name))
+        write_and_rehash(edited, "decoder.json", json.dumps({**spec, **change}).encode())
+        raises(ArtifactError, fragment, actsparse.load, edited)
