@@ -9,7 +9,8 @@ as float32 (the frontend's dtype). Each failure is one `FrontendError` naming th
 is first read by our own checked reader (gguf_read.py: truncated or corrupt files), then loaded by transformers,
 whose every failure (a safetensors header that lies, config.json not JSON, no weights) is one `SourceError`; so are
 weights that would decode garbage without an error (a shape the config disagrees with, a weight the files lack,
-NaN or infinity). A tokenizer that encodes nothing (transformers builds one from a config alone) counts as none.
+NaN or infinity). A tokenizer that encodes text to nothing or to special tokens only (transformers builds one from a
+config alone) counts as none.
 """
 
 from __future__ import annotations
@@ -151,15 +152,17 @@ def _check_weights(model, info: dict, what: str) -> None:
 
 def _tokenizer(folder: Path, kwargs: dict):
     """The source's tokenizer, or None where it has none: transformers may build an empty one from the config
-    alone (a Qwen2 folder without tokenizer files gives a tokenizer of 1 token that encodes text to nothing)."""
+    alone (a Qwen2 folder without tokenizer files gives one that encodes text to nothing, a Gemma2 folder one of 5
+    special tokens that encodes any text to <unk>)."""
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
     except Exception:  # noqa: BLE001 - no tokenizer files, or unreadable ones: weights still decode token ids
         return None
-    try:
-        encodes = len(tokenizer) > 1 and len(tokenizer("a")["input_ids"]) > 0
+    try:  # text to ids of its own: not nothing, not only special tokens (<unk>)
+        ids = tokenizer("hello", add_special_tokens=False)["input_ids"]
+        encodes = any(i not in set(tokenizer.all_special_ids) for i in ids)
     except Exception:  # noqa: BLE001 - a tokenizer that cannot encode is none
         encodes = False
     return tokenizer if encodes else None

@@ -168,16 +168,23 @@ def test_a_bad_model_file_is_one_clear_error_and_writes_nothing(sources, tmp_pat
 
 
 def test_a_folder_without_tokenizer_files_has_no_tokenizer(tmp_path):
-    """transformers builds a Qwen2 tokenizer from config.json alone: 1 token, encoding any text to no ids; the
-    decoder must say it has no tokenizer rather than fail on an empty prompt."""
+    """transformers builds a tokenizer from config.json alone: Qwen2's encodes any text to no ids, Gemma2's holds 5
+    special tokens and encodes any text to <unk>; the decoder must say it has no tokenizer rather than decode
+    an empty or <unk> prompt. The same folder with tokenizer files keeps its tokenizer."""
     from actsparse.frontends.hf_source import load_causal_lm
 
+    from .test_decode_sources import char_tokenizer
+
     torch.manual_seed(0)
-    config = transformers.Qwen2Config(**{**TINY, "hidden_act": "silu"})
-    with contextlib.redirect_stderr(io.StringIO()):
-        transformers.Qwen2ForCausalLM(config).save_pretrained(tmp_path / "qwen2")
-    model, tokenizer = load_causal_lm(tmp_path / "qwen2")
-    assert tokenizer is None and model.config.model_type == "qwen2"
+    configs = {"qwen2": transformers.Qwen2Config(**{**TINY, "hidden_act": "silu"}),
+               "gemma2": transformers.Gemma2Config(**{**TINY, "hidden_activation": "relu"}, head_dim=16)}
+    for name, config in configs.items():
+        with contextlib.redirect_stderr(io.StringIO()):
+            transformers.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / name)
+        model, tokenizer = load_causal_lm(tmp_path / name)
+        assert tokenizer is None and model.config.model_type == name
+    char_tokenizer().save_pretrained(tmp_path / "qwen2")
+    assert load_causal_lm(tmp_path / "qwen2")[1]("ab")["input_ids"] == [66, 67]
 
 
 def test_an_empty_operand_of_concat_survives_save_and_load(tmp_path):
