@@ -234,8 +234,12 @@ class Decoder:
     def generate_text(self, prompt: str, max_new_tokens: int = 32) -> tuple[str, int, float]:
         """Tokenize `prompt`, generate greedily; returns (new text, new tokens, decode seconds after prefill)."""
         if self.tokenizer is None:
-            raise DecodeInputError("this decoder has no tokenizer (its source had none); pass token ids to generate()")
-        prompt_ids = np.array([self.tokenizer(prompt)["input_ids"]], np.int64)
+            raise DecodeInputError("this decoder has no tokenizer (its source had none: a model folder needs the files "
+                                   "tokenizer.save_pretrained(dir) writes, e.g. tokenizer.json); pass token ids to "
+                                   "generate(), or add them to the folder and compile again")
+        prompt_ids = np.array([self.tokenizer(prompt)["input_ids"]], np.int64).reshape(1, -1)
+        if prompt_ids.size == 0:
+            raise DecodeInputError(f"the prompt {prompt!r} encodes to no tokens; give a prompt with text in it")
         self._check_room(prompt_ids.shape[1] + max_new_tokens - 1)
         state = self.prefill(prompt_ids)
         new = [int(np.argmax(state.logits))]

@@ -213,7 +213,38 @@ def test_a_max_seq_out_of_range_is_one_clear_error(sources, max_seq, fragment):
         actsparse.compile(str(sources / "hf"), mode="dense", max_seq=max_seq)
 
 
-def test_a_decoder_json_edited_after_build_is_refused(sources, tmp_path):
+@pytest.fixture(scope="module")
+def built(sources, tmp_path_factory):
+    """The tiny folder (no tokenizer files) compiled to a decoder artifact with 8 KV-cache slots."""
+    import actsparse
+
+    return actsparse.compile(str(sources / "hf"), mode="dense", max_seq=8).save(
+        tmp_path_factory.mktemp("built") / "lm.actsparse")
+
+
+def test_without_a_tokenizer_ids_decode_and_text_is_one_clear_error(sources, built, capsys):
+    import actsparse
+    from actsparse.errors import DecodeInputError
+
+    from .test_decode_sources import char_tokenizer
+
+    lm = actsparse.load(built)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(sources / "hf").eval()
+    ids = torch.tensor([[3, 1, 4]])
+    with torch.no_grad():
+        assert torch.equal(lm.generate(ids, 4), reference.generate(ids, max_new_tokens=4, do_sample=False))
+    with pytest.raises(DecodeInputError, match="no tokenizer .*tokenizer.json"):
+        lm.generate_text("abc", 4)
+    assert main(["generate", str(built), "--prompt", "abc", "-n", "2"]) == 2
+    err = capsys.readouterr().err  # the library's load may log a line of its own before ours
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "no tokenizer" in lines[0] and "Traceback" not in err, err
+    lm.tokenizer = char_tokenizer()
+    with pytest.raises(DecodeInputError, match="encodes to no tokens"):  # was: 'expected token ids of shape [1, n]'
+        lm.generate_text("", 4)
+
+
+def test_a_decoder_json_edited_after_build_is_refused(built, tmp_path):
     """Hashes cover an edit, not an edit whose manifest was rehashed: decoder.json must still agree with the module
     it describes (a max_seq past the cache's slots would write past its end)."""
     import actsparse
@@ -221,7 +252,6 @@ def test_a_decoder_json_edited_after_build_is_refused(sources, tmp_path):
 
     from .bad_inputs import raises, write_and_rehash
 
-    built = actsparse.compile(str(sources / "hf"), mode="dense", max_seq=8).save(tmp_path / "lm.actsparse")
     spec = json.loads((built / "decoder.json").read_text())
     assert actsparse.load(built).max_seq == 8
     edits = {"max_seq": ({"max_seq": 10**9}, "max_seq 1000000000, the KV cache has 8 slots"),
