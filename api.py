@@ -172,7 +172,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     from .runtime.decoder import Decoder, DecoderSpec
 
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    max_seq = _checked_max_seq(max_seq, config, type(model).__name__)
+    max_seq = _checked_max_seq(max_seq, model, config)
     embeddings = model.get_input_embeddings()
     if not hasattr(embeddings, "num_embeddings"):  # e.g. MusicGen: one table per audio codebook
         raise ActsparseError(_not_one_token_stream(model, embeddings))
@@ -237,10 +237,11 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
 
 
-def _checked_max_seq(max_seq, config, name: str) -> int:
-    """KV-cache slots: by default the model's context, at most 2048; else a whole number from 1 to that context
-    (past it an absolute position table has no row, and a rotary model reads positions it never trained on; a
-    huge max_seq would also allocate its cache before anything failed)."""
+def _checked_max_seq(max_seq, model, config) -> int:
+    """KV-cache slots: by default the model's context, at most 2048; else a whole number >= 1, at most the context
+    where the model has a learned table of absolute positions (past it no row exists: GPT-2's wpe, OPT's), and a
+    cache that fits this machine's memory (a huge max_seq would allocate it before anything failed). Rotary, ALiBi
+    and position-free models may go past their training context, as in transformers."""
     found = [(f, v) for f in CONTEXT_FIELDS if isinstance(v := getattr(config, f, None), int) and v > 0]
     field, context = found[0] if found else ("", None)
     if max_seq is None:
@@ -249,9 +250,17 @@ def _checked_max_seq(max_seq, config, name: str) -> int:
         raise ActsparseError(f"max_seq must be a whole number of KV-cache slots, got {max_seq!r}")
     if max_seq < 1:
         raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
-    if context is not None and max_seq > context:
-        raise ActsparseError(f"max_seq={max_seq} exceeds the {context} positions {name} has (its config's {field}); "
-                             f"give max_seq <= {context}")
+    name, tokens = type(model).__name__, model.get_input_embeddings()
+    tables = [m for m in model.modules() if isinstance(m, type(tokens)) and m is not tokens
+              and context is not None and getattr(m, "num_embeddings", 0) >= context]
+    if tables and max_seq > context:
+        raise ActsparseError(f"max_seq={max_seq} exceeds the {context} positions of {name}'s position table (its "
+                             f"config's {field}); give max_seq <= {context}")
+    per_slot = 2 * 4 * int(getattr(config, "num_hidden_layers", 0) or 0) * int(getattr(config, "hidden_size", 0) or 0)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if per_slot * max_seq > memory:  # K and V of every layer, fp32, at most hidden_size wide per slot
+        raise ActsparseError(f"max_seq={max_seq} asks for a KV cache of up to {per_slot * max_seq / 2**30:.0f} GiB, "
+                             f"more than this machine's {memory / 2**30:.0f} GiB of memory; give a smaller max_seq")
     return int(max_seq)
 
 

@@ -203,9 +203,10 @@ def test_an_empty_operand_of_concat_survives_save_and_load(tmp_path):
 
 
 @pytest.mark.parametrize("max_seq,fragment", [(0, "positive"), (-4, "positive"), ("16", "whole number"),
-                                              (2.5, "whole number"), (10**9, "exceeds the 32 positions")])
+                                              (2.5, "whole number"), (10**12, "more than this machine's")])
 def test_a_max_seq_out_of_range_is_one_clear_error(sources, max_seq, fragment):
-    """0 was taken as 'not given' (the default cache), 10**9 would allocate its cache before anything failed."""
+    """0 was taken as 'not given' (the default cache), 10**12 would allocate its cache before anything failed.
+    (Past the 32 positions of its config a rotary Llama may go, as in transformers; GPT-2's table: below.)"""
     import actsparse
     from actsparse.errors import ActsparseError
 
@@ -261,3 +262,14 @@ def test_a_decoder_json_edited_after_build_is_refused(built, tmp_path):
         edited = Path(shutil.copytree(built, tmp_path / name))
         write_and_rehash(edited, "decoder.json", json.dumps({**spec, **change}).encode())
         raises(ArtifactError, fragment, actsparse.load, edited)
+
+
+def test_max_seq_past_an_absolute_position_table_is_one_clear_error(tmp_path):
+    import actsparse
+    from actsparse.errors import ActsparseError
+
+    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=16, vocab_size=64)
+    with contextlib.redirect_stderr(io.StringIO()):
+        transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ActsparseError, match="exceeds the 16 positions of GPT2LMHeadModel's position table"):
+        actsparse.compile(str(tmp_path / "gpt2"), mode="dense", max_seq=17)
