@@ -250,9 +250,11 @@ def _checked_max_seq(max_seq, model, config) -> int:
         raise ActsparseError(f"max_seq must be a whole number of KV-cache slots, got {max_seq!r}")
     if max_seq < 1:
         raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
+    import torch
+
     name, tokens = type(model).__name__, model.get_input_embeddings()
-    tables = [m for m in model.modules() if isinstance(m, type(tokens)) and m is not tokens
-              and context is not None and getattr(m, "num_embeddings", 0) >= context]
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m is not tokens  # OPT's: 2 more
+              and context is not None and context <= m.num_embeddings <= context + 2]
     if tables and max_seq > context:
         raise ActsparseError(f"max_seq={max_seq} exceeds the {context} positions of {name}'s position table (its "
                              f"config's {field}); give max_seq <= {context}")
