@@ -230,6 +230,9 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         module.report.notes.extend([note] if note else [])
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)
+    from .frontends.hf_source import greedy_differences
+
+    module.report.notes.extend(note for note in [greedy_differences(model)] if note)
     return lm
 
 

@@ -273,3 +273,15 @@ def test_max_seq_past_an_absolute_position_table_is_one_clear_error(tmp_path):
         transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ActsparseError, match="exceeds the 16 positions of GPT2LMHeadModel's position table"):
         actsparse.compile(str(tmp_path / "gpt2"), mode="dense", max_seq=17)
+
+
+def test_generation_settings_that_change_greedy_decoding_are_named(sources):
+    """transformers' generate(do_sample=False) still applies generation_config's repetition_penalty (Qwen2.5-Instruct
+    ships 1.05); ours is plain argmax: the compile report says so instead of leaving a silent mismatch."""
+    from actsparse.frontends.hf_source import greedy_differences
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(sources / "hf")
+    assert greedy_differences(model) == ""
+    model.generation_config.repetition_penalty = 1.05
+    note = greedy_differences(model)
+    assert "repetition_penalty=1.05" in note and "generate(..., repetition_penalty=1.0)" in note
