@@ -232,7 +232,8 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         module.report.notes.append(lm.decoding_note)
     from .frontends.hf_source import greedy_differences
 
-    module.report.notes.extend(note for note in [greedy_differences(model)] if note)
+    if isinstance(source, (str, os.PathLike)):  # a file's generation_config, not one the caller set on a model
+        module.report.notes.extend(note for note in [greedy_differences(model)] if note)
     return lm
 
 
