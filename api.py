@@ -172,9 +172,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     from .runtime.decoder import Decoder, DecoderSpec
 
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    max_seq = int(max_seq or min(getattr(config, "max_position_embeddings", None) or 2048, 2048))
-    if max_seq < 1:
-        raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
+    max_seq = _checked_max_seq(max_seq, model, config)
     embeddings = model.get_input_embeddings()
     if not hasattr(embeddings, "num_embeddings"):  # e.g. MusicGen: one table per audio codebook
         raise ActsparseError(_not_one_token_stream(model, embeddings))
@@ -232,7 +230,44 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         module.report.notes.extend([note] if note else [])
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)
+    from .frontends.hf_source import greedy_differences
+
+    if isinstance(source, (str, os.PathLike)):  # a file's generation_config, not one the caller set on a model
+        module.report.notes.extend(note for note in [greedy_differences(model)] if note)
     return lm
+
+
+# where configs keep the number of positions a model was trained for (absolute tables or rotary training length)
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
+
+
+def _checked_max_seq(max_seq, model, config) -> int:
+    """KV-cache slots: by default the model's context, at most 2048; else a whole number >= 1, at most the context
+    where the model has a learned table of absolute positions (past it no row exists: GPT-2's wpe, OPT's), and a
+    cache that fits this machine's memory (a huge max_seq would allocate it before anything failed). Rotary, ALiBi
+    and position-free models may go past their training context, as in transformers."""
+    found = [(f, v) for f in CONTEXT_FIELDS if isinstance(v := getattr(config, f, None), int) and v > 0]
+    field, context = found[0] if found else ("", None)
+    if max_seq is None:
+        return min(context or 2048, 2048)
+    if isinstance(max_seq, bool) or not isinstance(max_seq, (int, np.integer)):
+        raise ActsparseError(f"max_seq must be a whole number of KV-cache slots, got {max_seq!r}")
+    if max_seq < 1:
+        raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
+    import torch
+
+    name, tokens = type(model).__name__, model.get_input_embeddings()
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m is not tokens  # OPT's: 2 more
+              and context is not None and context <= m.num_embeddings <= context + 2]
+    if tables and max_seq > context:
+        raise ActsparseError(f"max_seq={max_seq} exceeds the {context} positions of {name}'s position table (its "
+                             f"config's {field}); give max_seq <= {context}")
+    per_slot = 2 * 4 * int(getattr(config, "num_hidden_layers", 0) or 0) * int(getattr(config, "hidden_size", 0) or 0)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if per_slot * max_seq > memory:  # K and V of every layer, fp32, at most hidden_size wide per slot
+        raise ActsparseError(f"max_seq={max_seq} asks for a KV cache of up to {per_slot * max_seq / 2**30:.0f} GiB, "
+                             f"more than this machine's {memory / 2**30:.0f} GiB of memory; give a smaller max_seq")
+    return int(max_seq)
 
 
 def _not_one_token_stream(model, embeddings) -> str:

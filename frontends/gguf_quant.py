@@ -7,8 +7,8 @@ bytes are rearranged into our split rows (`ir.quant.from_gguf_blocks`): lossless
 llama.cpp stores the rows of Llama's q/k projections permuted for its rotary layout;
 transformers' tensor processor undoes that permutation, which moves whole rows, so it applies to the blob as
 well. Other types are left out of the result (the model's dequantized weights cover them):
-K-quants and the other dequantizable types (Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, Q5_0, Q5_1) have a super-block layout
-with 6-bit sub-scales that ours cannot hold exactly; they are dequantized by transformers and, when
+K-quants and the other dequantizable types (Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, Q5_0, Q5_1, the IQ types) have
+super-blocks and sub-scales that ours cannot hold exactly; they are dequantized by transformers and, when
 `quantize=` asks for it, re-quantized by the quantize pass (a second rounding; `gguf_tensor_types` lets the
 report say which). A tensor type nothing here can read is one `GGUFQuantError`.
 
@@ -19,13 +19,16 @@ the meta device from the file's config), so every architecture transformers load
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 from ..ir.quant import QuantizedWeight, from_gguf_blocks
 from .errors import FrontendError
+from .gguf_read import read_gguf
 
 KEPT = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}  # GGUF type -> our layout of the same bytes
-DEQUANTIZED = ("Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "Q5_0", "Q5_1", "Q8_K")
+# the types the gguf package dequantizes (gguf.quants, which transformers' GGUF loader calls); Q8_K, Q8_1 and the
+# integer types are not among them: a file holding one is one GGUFQuantError, not a loader's NotImplementedError
+DEQUANTIZED = ("Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "Q5_0", "Q5_1", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+               "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4")
 FLOATS = ("F32", "F16", "BF16")
 
 
@@ -33,23 +36,14 @@ class GGUFQuantError(FrontendError):
     """A GGUF tensor type actsparse cannot read (neither kept quantized nor dequantized)."""
 
 
-def _reader(path):
-    from gguf import GGUFReader
-
-    path = Path(path)
-    if not path.is_file():
-        raise FrontendError(f"GGUF file {path} does not exist")
-    return GGUFReader(str(path))
-
-
 def gguf_tensor_types(path) -> dict[str, int]:
     """Tensor type name -> count, after checking that every type is one actsparse can read."""
-    counts = Counter(t.tensor_type.name for t in _reader(path).tensors)
+    counts = Counter(t.tensor_type.name for t in read_gguf(path).tensors)
     bad = sorted(set(counts) - set(KEPT) - set(DEQUANTIZED) - set(FLOATS))
     if bad:
         raise GGUFQuantError(f"{path}: tensor type(s) {', '.join(bad)} are not supported; actsparse keeps "
-                             f"{', '.join(KEPT)} quantized and dequantizes {', '.join(DEQUANTIZED)}: re-quantize the "
-                             "model with llama.cpp's llama-quantize to Q8_0, Q4_0 or Q4_1")
+                             f"{', '.join(KEPT)} quantized and dequantizes the K-quants, Q5_0, Q5_1, IQ*, TQ* and "
+                             "MXFP4: re-quantize the model with llama.cpp's llama-quantize to Q8_0, Q4_0 or Q4_1")
     return dict(counts)
 
 
@@ -79,7 +73,7 @@ def read_gguf_quantized(path) -> dict[str, QuantizedWeight]:
     import numpy as np
 
     gguf_tensor_types(path)  # one clear error for an unreadable type, before any work
-    reader = _reader(path)
+    reader = read_gguf(path)
     names, processor = _hf_names(path)
     out = {}
     for t in reader.tensors:

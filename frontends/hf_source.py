@@ -5,7 +5,12 @@
     model, tokenizer = load_causal_lm(causal_lm)             # its tokenizer: None (pass one to compile)
 
 Everything loads from local files only (`local_files_only`, HF_HUB_OFFLINE): nothing is downloaded. Weights come
-as float32 (the frontend's dtype). Each failure is one `SourceError` naming the file and the way out.
+as float32 (the frontend's dtype). Each failure is one `FrontendError` naming the file and the way out: a GGUF file
+is first read by our own checked reader (gguf_read.py: truncated or corrupt files), then loaded by transformers,
+whose every failure (a safetensors header that lies, config.json not JSON, no weights) is one `SourceError`; so are
+weights that would decode garbage without an error (a shape the config disagrees with, a weight the files lack,
+NaN or infinity). A tokenizer that encodes text to nothing or to special tokens only (transformers builds one from a
+config alone) counts as none.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from .errors import FrontendError
+from .gguf_quant import gguf_tensor_types
 
 
 class SourceError(FrontendError):
@@ -39,6 +45,7 @@ def load_causal_lm(source):
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise SourceError(f"{path}: no such GGUF file")
+        gguf_tensor_types(path)  # truncated, corrupt or of a type nothing reads: one error before transformers
         return _load(path.parent, {"gguf_file": path.name}, f"GGUF file {path}")
     if not path.is_dir():
         raise SourceError(f"{path}: no such folder or .gguf file; give a Hugging Face model folder (config.json + "
@@ -84,18 +91,100 @@ def _offline():
 
 def _load(folder: Path, extra: dict, what: str):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     kwargs = {"local_files_only": True, **extra}
     with _offline(), quiet_transformers():
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
-        except (ValueError, KeyError, OSError, RuntimeError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise SourceError(f"cannot load {what} as a causal LM with transformers: {first}. Its architecture "
-                              "must be one transformers knows (a decoder-only LM)") from None
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
-        except (ValueError, KeyError, OSError, TypeError):
-            tokenizer = None  # weights without tokenizer files still decode token ids
+        try:  # mismatched shapes are let through (transformers would re-initialise them) and refused below, by name
+            model, info = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                               ignore_mismatched_sizes=True, output_loading_info=True,
+                                                               **kwargs)
+        except Exception as err:  # noqa: BLE001 - parsing files a user gave: each failure becomes one SourceError
+            raise SourceError(_why_not_loaded(what, err)) from None
+        _check_weights(model, info, what)
+        tokenizer = _tokenizer(folder, kwargs)
     return model.eval(), tokenizer
+
+
+# transformers' message -> what the user should do; the first whose fragment the message holds (lower case)
+LOAD_FAILURES = (
+    (("does not recognize this architecture", "unrecognized model", "model_type", "gguf model with architecture",
+      "not supported", "architecture"),
+     "its architecture must be one transformers knows (a decoder-only LM), named by `model_type` in config.json"),
+    (("not a valid json",), "a JSON file of the folder (config.json, the shard index) is not valid JSON; re-save the "
+                            "model with save_pretrained"),
+    (("no file named", "does not appear to have a file"),
+     "the folder has no weights: put the model's *.safetensors (and model.safetensors.index.json when sharded) "
+     "next to config.json, e.g. with model.save_pretrained(dir)"),
+)
+CORRUPT = "the weights file is truncated or corrupt (its header, offsets, dtypes or sizes disagree); re-download or "\
+          "re-save it"
+
+
+def _why_not_loaded(what: str, err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    lowered = text.lower()
+    way_out = next((hint for fragments, hint in LOAD_FAILURES if any(f in lowered for f in fragments)), CORRUPT)
+    return f"cannot load {what} as a causal LM with transformers ({type(err).__name__}: {text[:240]}): {way_out}"
+
+
+def _check_weights(model, info: dict, what: str) -> None:
+    """Refuse weights that would decode garbage silently: a shape that disagrees with the config, a weight the
+    file lacks (transformers would initialise it at random), a NaN or infinity."""
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        name, stored, wanted = mismatched[0]
+        raise SourceError(f"{what}: weight {name} is stored as {list(stored)} but its config asks for {list(wanted)} "
+                          f"({len(mismatched)} weight(s) disagree); the config and the weights belong to different "
+                          "models: use the config.json saved with these weights")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise SourceError(f"{what} lacks {len(missing)} weight(s) its config needs ({', '.join(missing[:3])}"
+                          f"{', ...' if len(missing) > 3 else ''}): the weights are incomplete (a shard missing?) or "
+                          "of another model; re-save or re-download them")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            bad = int((~tensor.isfinite()).sum())
+            raise SourceError(f"{what}: weight {name} holds {bad} NaN or infinite value(s), which reach "
+                              "the logits as NaN; the file is corrupt (or the model diverged in training): use "
+                              "an intact copy of the weights")
+
+
+def _tokenizer(folder: Path, kwargs: dict):
+    """The source's tokenizer, or None where it has none: transformers may build an empty one from the config
+    alone (a Qwen2 folder without tokenizer files gives one that encodes text to nothing, a Gemma2 folder one of 5
+    special tokens that encodes any text to <unk>)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    except Exception:  # noqa: BLE001 - no tokenizer files, or unreadable ones: weights still decode token ids
+        return None
+    try:  # text to ids of its own: not nothing, not only special tokens (<unk>)
+        ids = tokenizer("hello", add_special_tokens=False)["input_ids"]
+        encodes = any(i not in set(tokenizer.all_special_ids) for i in ids)
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot encode is none
+        encodes = False
+    return tokenizer if encodes else None
+
+
+# generation_config.json settings transformers' generate applies even with do_sample=False, with their neutral value;
+# actsparse's generate is plain greedy (argmax, stopping at eos ids), so with any of these set the two differ
+GREEDY_CHANGERS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
+                   "min_new_tokens": None, "min_length": 0, "suppress_tokens": None, "begin_suppress_tokens": None,
+                   "bad_words_ids": None, "sequence_bias": None, "forced_bos_token_id": None,
+                   "forced_eos_token_id": None}
+
+
+def greedy_differences(model) -> str:
+    """A note naming the generation_config settings that make transformers' greedy generate differ from plain
+    argmax decoding ("" where there are none): Qwen2.5-Instruct's repetition_penalty=1.05, for one."""
+    generation = getattr(model, "generation_config", None)
+    found = [f"{k}={getattr(generation, k)!r}" for k, neutral in GREEDY_CHANGERS.items()
+             if getattr(generation, k, neutral) not in (neutral, None, [], {})]
+    if not found:
+        return ""
+    return (f"the model's generation_config sets {', '.join(found)}, which transformers' generate applies even "
+            "with do_sample=False; actsparse's generate is plain greedy (argmax until an eos id), so their tokens "
+            "may differ: compare with transformers' generate(..., " + ", ".join(
+                f"{f.split('=')[0]}={GREEDY_CHANGERS[f.split('=')[0]]!r}" for f in found) + ")")

@@ -234,8 +234,12 @@ class Decoder:
     def generate_text(self, prompt: str, max_new_tokens: int = 32) -> tuple[str, int, float]:
         """Tokenize `prompt`, generate greedily; returns (new text, new tokens, decode seconds after prefill)."""
         if self.tokenizer is None:
-            raise DecodeInputError("this decoder has no tokenizer (its source had none); pass token ids to generate()")
-        prompt_ids = np.array([self.tokenizer(prompt)["input_ids"]], np.int64)
+            raise DecodeInputError("this decoder has no tokenizer (its source had none: a model folder needs the files "
+                                   "tokenizer.save_pretrained(dir) writes, e.g. tokenizer.json); pass token ids to "
+                                   "generate(), or add them to the folder and compile again")
+        prompt_ids = np.array([self.tokenizer(prompt)["input_ids"]], np.int64).reshape(1, -1)
+        if prompt_ids.size == 0:
+            raise DecodeInputError(f"the prompt {prompt!r} encodes to no tokens; give a prompt with text in it")
         self._check_room(prompt_ids.shape[1] + max_new_tokens - 1)
         state = self.prefill(prompt_ids)
         new = [int(np.argmax(state.logits))]
@@ -332,8 +336,29 @@ def as_decoder(module: CompiledModule):
         spec = DecoderSpec.from_dict(json.loads(files[DECODER_FILE]))
     except (KeyError, ValueError, TypeError) as err:
         raise ArtifactError(f"decoder artifact without a readable {DECODER_FILE} ({err}); rebuild it") from None
+    why = _spec_disagrees(spec, module)
+    if why:
+        raise ArtifactError(f"{DECODER_FILE} does not match the compiled module ({why}): the artifact was edited "
+                            "after it was built; rebuild it")
     return Decoder(module, spec, _tokenizer({name[len(TOKENIZER_DIR) + 1:]: data for name, data in files.items()
                                              if name.startswith(TOKENIZER_DIR + "/")}))
+
+
+def _spec_disagrees(spec: DecoderSpec, module: CompiledModule) -> str:
+    """Why decoder.json cannot describe `module` ("" where it can): a manifest rehashed after an edit passes the
+    hashes, and a max_seq past the KV cache's slots would write past its end, a vocabulary past the logits read
+    past theirs."""
+    inputs = {name: tuple(t.shape) for name, t in module.inputs}
+    for name, shape in spec.caches:
+        if inputs.get(name) != tuple(shape):
+            return f"cache {name} {list(shape)}; the module takes {list(inputs.get(name) or ())}"
+    slots = [shape[2] for name, shape in spec.caches if name[:1] in "kv" and name[1:].isdigit() and len(shape) == 4]
+    if not 1 <= spec.max_seq <= min(slots, default=spec.max_seq):
+        return f"max_seq {spec.max_seq}, the KV cache has {min(slots, default=0)} slots"
+    width = module.graph.outputs[0].shape[-1] if module.graph is not None else None
+    if not 1 <= spec.vocab_size <= (width if isinstance(width, int) else spec.vocab_size):
+        return f"vocab_size {spec.vocab_size}, the logits have {width}"
+    return ""
 
 
 def _tokenizer(files: dict[str, bytes]):

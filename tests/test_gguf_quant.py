@@ -78,16 +78,19 @@ def test_quantized_tensors_come_back_losslessly_under_hf_names(tmp_path):
 def test_an_unreadable_gguf_type_is_one_clear_error(tmp_path):
     from gguf import GGMLQuantizationType as Q
 
-    from actsparse.frontends.gguf_quant import GGUFQuantError, read_gguf_quantized
+    from actsparse.frontends.gguf_quant import GGUFQuantError, gguf_tensor_types, read_gguf_quantized
 
-    w = gguf.GGUFWriter(str(tmp_path / "iq.gguf"), "llama")
-    w.add_tensor("blk.0.ffn_up.weight", np.zeros((4, 66), np.uint8), raw_dtype=Q.IQ2_XXS)  # 256 columns a row
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    with pytest.raises(GGUFQuantError, match="tensor type.* IQ2_XXS are not supported.*Q8_0, Q4_0 or Q4_1"):
-        read_gguf_quantized(tmp_path / "iq.gguf")
+    for name, qtype, row_bytes in (("iq", Q.IQ2_XXS, 66), ("q8k", Q.Q8_K, 292)):  # 256 columns a row
+        w = gguf.GGUFWriter(str(tmp_path / f"{name}.gguf"), "llama")
+        w.add_tensor("blk.0.ffn_up.weight", np.zeros((4, row_bytes), np.uint8), raw_dtype=qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    # IQ types are dequantized (the gguf package reads them); Q8_K, llama.cpp's internal dot type, nothing reads
+    assert gguf_tensor_types(tmp_path / "iq.gguf") == {"IQ2_XXS": 1}
+    with pytest.raises(GGUFQuantError, match="tensor type.* Q8_K are not supported.*Q8_0, Q4_0 or Q4_1"):
+        read_gguf_quantized(tmp_path / "q8k.gguf")
 
 
 def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transformers(tmp_path):
