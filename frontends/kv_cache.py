@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..ir.decoding import KEYS, VALUES
 from .cache_layers import POSITION_CACHES, layer_classes
 from .errors import FrontendError
 from .model_states import (
@@ -48,8 +49,6 @@ from .model_states import (
     probe_states,
     restore_attributes,
 )
-
-KEYS, VALUES = "k", "v"
 
 
 @dataclass(frozen=True)

@@ -14,3 +14,9 @@ PREFILL_FUNCTION = "prefill"  # a one-token main's whole-prompt function
 PREFILL_MIN_TOKENS = 2  # a prefill call's least token count: one token goes through the step
 STEP_GRAPH = "step_graph"  # the static one-token function over max_seq slots
 LOGITS = "logits"  # the static step's input after the caches: the buffer it writes its logits into
+KEYS, VALUES = "k", "v"  # layer i's key and value caches are the inputs KEYS + "i" and VALUES + "i"
+
+
+def is_kv_cache(name: str) -> bool:
+    """Whether the cache input `name` holds keys or values by position (dim 2: max_seq slots), not a state."""
+    return name[:1] in (KEYS, VALUES) and name[1:].isdigit()

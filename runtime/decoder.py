@@ -43,7 +43,15 @@ import numpy as np
 
 from ..codegen.static_step import bucket_function, bucket_slots
 from ..errors import ArtifactError, DecodeInputError
-from ..ir.decoding import CALL_INPUTS, LOGITS, PREFILL_FUNCTION, PREFILL_MIN_TOKENS, STEP_FUNCTION, STEP_GRAPH
+from ..ir.decoding import (
+    CALL_INPUTS,
+    LOGITS,
+    PREFILL_FUNCTION,
+    PREFILL_MIN_TOKENS,
+    STEP_FUNCTION,
+    STEP_GRAPH,
+    is_kv_cache,
+)
 from ..ir.types import np_dtype
 from .module import CompiledModule
 
@@ -352,7 +360,7 @@ def _spec_disagrees(spec: DecoderSpec, module: CompiledModule) -> str:
     for name, shape in spec.caches:
         if inputs.get(name) != tuple(shape):
             return f"cache {name} {list(shape)}; the module takes {list(inputs.get(name) or ())}"
-    slots = [shape[2] for name, shape in spec.caches if name[:1] in "kv" and name[1:].isdigit() and len(shape) == 4]
+    slots = [shape[2] for name, shape in spec.caches if is_kv_cache(name) and len(shape) == 4]
     if not 1 <= spec.max_seq <= min(slots, default=spec.max_seq):
         return f"max_seq {spec.max_seq}, the KV cache has {min(slots, default=0)} slots"
     width = module.graph.outputs[0].shape[-1] if module.graph is not None else None
