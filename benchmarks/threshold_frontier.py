@@ -222,7 +222,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     blocks = block_weights(model)
     modes = args.sensitivity.split(",")
     sensitivity = None
-    if {"fisher", "measured"} & set(modes):   # compile()'s decoder default (decoder_setup.fisher_weights), same rows
+    if {"fisher", "measured"} & set(modes):   # compile()'s default for a decoder (api._fisher_weights), same rows
         from actsparse.passes.loss_sensitivity import cached_fisher_weights
 
         sensitivity = [g[:len(r)] for g, r in zip(cached_fisher_weights(model, calib, progress=False), rows)]
