@@ -200,6 +200,26 @@ def test_cli_generation_flags_are_checked_before_anything_runs(folder):
         assert fragment in cli("generate", str(folder[0]), "--prompt", "a", *flags)
 
 
+def test_cli_generate_takes_the_settings(compiled, tmp_path, capsys):
+    """`actsparse generate` with settings over the artifact's: sampling with top_k=1 prints the greedy text, and
+    --no-repeat-ngram-size 0 the text of generate_text(..., no_repeat_ngram_size=0)."""
+    from actsparse.cli import main
+
+    from .test_decode_sources import char_tokenizer
+
+    compiled.tokenizer = char_tokenizer()  # ids 1..95 for printable ASCII; "ABC" is inside the tiny vocabulary
+    built = str(compiled.save(tmp_path / "lm.actsparse"))
+
+    def text(*flags):
+        assert main(["generate", built, "--prompt", "ABC", "-n", "6", *flags]) == 0
+        return capsys.readouterr().out.splitlines()[0]
+
+    greedy = text()
+    assert greedy == "ABC" + compiled.generate_text("ABC", 6)[0]
+    assert text("--do-sample", "--top-k", "1", "--seed", "3") == greedy
+    assert text("--no-repeat-ngram-size", "0") == "ABC" + compiled.generate_text("ABC", 6, no_repeat_ngram_size=0)[0]
+
+
 def test_the_folders_unapplied_settings_and_sampling_are_named():
     generation = transformers.GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, num_beams=4,
                                                repetition_penalty=1.05)
