@@ -72,7 +72,9 @@ def _biases(value):
     if not isinstance(pairs, (list, tuple)) or not pairs or not all(isinstance(p, (list, tuple)) and len(p) == 2
                                                                     for p in pairs):
         raise ValueError(f"expected {{(token ids): bias}} or [[token ids, bias], ...], got {value!r}")
-    return [[_sequences([ids])[0], _number(float, what="a float bias")(bias)] for ids, bias in pairs]
+    # one bias per sequence, the last given (transformers keeps them in a dict keyed by the sequence)
+    unique = {tuple(_sequences([ids])[0]): _number(float, what="a float bias")(bias) for ids, bias in pairs}
+    return [[list(ids), bias] for ids, bias in unique.items()]
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,8 @@ def from_generation_config(generation, vocab_size: int) -> tuple[dict, list[str]
                  if (v := getattr(generation, k, None)) not in neutral]
     if unapplied:
         notes.append(f"the model's generation_config sets {', '.join(unapplied)}, which transformers' generate applies "
-                     "and actsparse's does not, so their tokens may differ")
+                     "(typical_p, epsilon/eta_cutoff and top_h when sampling) and actsparse's does not, so their "
+                     "tokens may differ")
     if getattr(generation, "do_sample", False):
         warpers = ", ".join(f"{s.name}={settings.get(s.name, s.default)!r}" for s in SETTINGS if s.sampling)
         notes.append("the model's generation_config asks for sampling (do_sample=True); actsparse's generate stays "
@@ -200,10 +203,13 @@ class TokenChooser:
     def __call__(self, logits: np.ndarray, ids: list) -> int:
         if self.steps:
             context = lp.Context(np.asarray(ids, np.int64), **self.context)
-            logits = logits.astype(np.float32)
+            logits = logits.astype(np.float32)  # a copy: the processors change it in place
             for apply, value in self.steps:
                 logits = apply(logits, context, value)
         if self.rng is None:
             return int(np.argmax(logits))
-        probs = np.exp(logits.astype(np.float64) - logits.max())
-        return int(self.rng.choice(probs.shape[0], p=probs / probs.sum()))
+        token = lp.draw(logits, self.rng)
+        if token is None:
+            raise GenerationSettingError(f"the generation settings leave no token to draw after {len(ids)} ids (every "
+                                         "logit is -inf): suppress or ban fewer tokens")
+        return token

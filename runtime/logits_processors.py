@@ -1,9 +1,12 @@
 """The logits processors and warpers of transformers' generate (generation/logits_process.py), in numpy, for one
-sequence: each is `(logits [V] float32, Context, value) -> logits` and returns the processed logits (a copy where it
-changes them). runtime/generation.py lists them in transformers' order, with their checks and neutral values.
+sequence: each is `(logits [V] float32, Context, value) -> logits`, changing `logits` in place where it can (the
+chooser passes its own copy) and returning the processed logits. runtime/generation.py lists them in transformers'
+order, with their checks and neutral values.
 
-Each follows its transformers class step for step (same float32 arithmetic, -inf where it puts -inf), so greedy
-decoding over the processed logits picks the token transformers' generate(do_sample=False) picks.
+Each computes what its transformers class computes (same float32 arithmetic, -inf where it puts -inf), so greedy
+decoding over the processed logits picks the token transformers' generate(do_sample=False) picks. They touch only
+the entries they change, and the warpers only the entries still finite (after top_k, a handful), so a step at a
+150k vocabulary pays a few passes over the logits, not a sort of them (benchmarks/generation_cost.py).
 """
 
 from __future__ import annotations
@@ -30,25 +33,25 @@ class Context:
 
 def _masked(logits: np.ndarray, tokens, fill=NEG_INF) -> np.ndarray:
     """`logits` with the in-vocabulary ids among `tokens` set to `fill` (ids past the logits cannot be drawn)."""
-    tokens = np.asarray([t for t in tokens if 0 <= t < logits.shape[-1]], np.int64)
-    out = logits.copy()
-    out[tokens] = fill
-    return out
+    tokens = np.asarray(tokens, np.int64)
+    logits[tokens[(tokens >= 0) & (tokens < logits.shape[-1])]] = fill
+    return logits
 
 
 def sequence_bias(logits, ctx: Context, biases) -> np.ndarray:
     """SequenceBiasLogitsProcessor: each [ids, bias] adds bias to its last id where the ids so far end with the rest
-    (a one-id sequence: always); the biases are summed first, then added, as transformers does."""
-    bias = np.zeros_like(logits)
-    for sequence, value in biases:
+    (a one-id sequence: always). As transformers: one bias per id, the one-id sequences' assigned first, the longer
+    ones' summed onto it (in float32), then added to the logits."""
+    bias: dict[int, np.float32] = {}
+    for sequence, value in sorted(biases, key=lambda b: len(b[0]) > 1):  # one-id sequences first (stable)
         *prefix, last = sequence
-        if len(prefix) > ctx.ids.shape[0]:
-            continue
         if not prefix:
-            bias[last] = value  # length-1 biases are assigned, longer ones accumulated (index_add)
-        elif np.array_equal(ctx.ids[len(ctx.ids) - len(prefix):], prefix):
-            bias[last] += np.float32(value)
-    return logits + bias
+            bias[last] = np.float32(value)
+        elif len(prefix) <= ctx.ids.shape[0] and np.array_equal(ctx.ids[len(ctx.ids) - len(prefix):], prefix):
+            bias[last] = bias.get(last, np.float32(0)) + np.float32(value)
+    for token, value in bias.items():
+        logits[token] += value
+    return logits
 
 
 def bad_words(logits, ctx: Context, bad_words_ids) -> np.ndarray:
@@ -61,10 +64,9 @@ def repetition_penalty(logits, ctx: Context, penalty) -> np.ndarray:
     """RepetitionPenaltyLogitsProcessor: each id seen so far (prompt included) divided by the penalty where its
     logit is positive, multiplied where negative."""
     seen = np.unique(ctx.ids[ctx.ids < logits.shape[-1]])
-    out = logits.copy()
-    score = out[seen]
-    out[seen] = np.where(score < 0, score * np.float32(penalty), score / np.float32(penalty))
-    return out
+    score = logits[seen]
+    logits[seen] = np.where(score < 0, score * np.float32(penalty), score / np.float32(penalty))
+    return logits
 
 
 def no_repeat_ngram(logits, ctx: Context, n) -> np.ndarray:
@@ -119,6 +121,11 @@ def suppress_at_begin(logits, ctx: Context, tokens) -> np.ndarray:
     return _masked(logits, tokens) if ctx.ids.shape[0] == ctx.begin_index else logits
 
 
+def _finite(logits: np.ndarray) -> np.ndarray:
+    """The ids whose logit is not -inf: the only ones a warper can still remove (exp(-inf) is 0 in any softmax)."""
+    return np.flatnonzero(logits > NEG_INF)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     exp = np.exp(logits - logits.max())
     return exp / exp.sum()
@@ -127,34 +134,50 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 # -- warpers (sampling only) --------------------------------------------------------------------------------------
 def temperature(logits, ctx: Context, t) -> np.ndarray:
     """TemperatureLogitsWarper."""
-    return logits / np.float32(t)
+    logits /= np.float32(t)
+    return logits
 
 
 def top_k(logits, ctx: Context, k) -> np.ndarray:
     """TopKLogitsWarper: only ids at least as likely as the k-th most likely."""
-    kth = np.sort(logits)[-min(k, logits.shape[-1])]
-    return np.where(logits < kth, NEG_INF, logits)
+    k = min(k, logits.shape[-1])
+    kth = np.partition(logits, logits.shape[-1] - k)[logits.shape[-1] - k]
+    logits[logits < kth] = NEG_INF
+    return logits
 
 
 def top_p(logits, ctx: Context, p) -> np.ndarray:
     """TopPLogitsWarper: the most likely ids whose probabilities sum to p (at least one)."""
-    order = np.argsort(logits, kind="stable")
-    remove = np.cumsum(_softmax(logits[order])) <= 1 - p
-    remove[-1] = False
-    out = logits.copy()
-    out[order[remove]] = NEG_INF
-    return out
+    keep = _finite(logits)
+    if keep.size:
+        order = keep[np.argsort(logits[keep], kind="stable")]
+        remove = np.cumsum(_softmax(logits[order])) <= 1 - p
+        remove[-1] = False
+        logits[order[remove]] = NEG_INF
+    return logits
 
 
 def min_p(logits, ctx: Context, p) -> np.ndarray:
     """MinPLogitsWarper: only ids at least p times as likely as the most likely one."""
-    probs = _softmax(logits)
-    remove = probs < np.float32(p) * probs.max()
-    remove[np.argmax(probs)] = False
-    return np.where(remove, NEG_INF, logits)
+    keep = _finite(logits)
+    if keep.size:
+        probs = _softmax(logits[keep])
+        remove = probs < np.float32(p) * probs.max()
+        remove[np.argmax(probs)] = False
+        logits[keep[remove]] = NEG_INF
+    return logits
 
 
 def renormalize(logits, ctx: Context, _on) -> np.ndarray:
     """LogitNormalization: log-softmax (last, after any warper)."""
     shifted = logits - logits.max()
     return shifted - np.log(np.exp(shifted).sum())
+
+
+def draw(logits: np.ndarray, rng: np.random.Generator) -> int | None:
+    """A token drawn with probability softmax(logits) (None where every logit is -inf): over the finite ids only."""
+    keep = _finite(logits)
+    if not keep.size:
+        return None
+    cumulative = np.cumsum(np.exp(logits[keep].astype(np.float64) - logits[keep].max()))
+    return int(keep[min(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"), keep.size - 1)])
