@@ -164,8 +164,12 @@ def from_generation_config(generation, vocab_size: int) -> tuple[dict, list[str]
     if generation is None:
         return {}, []
     settings = {s.name: getattr(generation, s.name, None) for s in SETTINGS if s.name not in CALL_ONLY}
-    settings = check_settings({k: v for k, v in settings.items() if v is not None and v != BY_NAME[k].default},
-                              vocab_size)
+    try:
+        settings = check_settings({k: v for k, v in settings.items() if v is not None and v != BY_NAME[k].default},
+                                  vocab_size)
+    except GenerationSettingError as err:
+        raise GenerationSettingError(f"the model's generation_config: {err}; correct it in generation_config.json "
+                                     "(or model.generation_config) and compile again") from None
     notes = []
     unapplied = [f"{k}={v!r}" for k, neutral in NOT_APPLIED.items()
                  if (v := getattr(generation, k, None)) not in neutral]

@@ -227,3 +227,6 @@ def test_the_folders_unapplied_settings_and_sampling_are_named():
     assert settings == {"repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8}
     assert len(notes) == 2 and "num_beams=4" in notes[0]
     assert "stays greedy" in notes[1] and "temperature=0.7, top_k=50, top_p=0.8" in notes[1]
+    generation.suppress_tokens = [V]
+    with pytest.raises(GenerationSettingError, match="generation_config: generation setting suppress_tokens names"):
+        from_generation_config(generation, V)
