@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from ..runtime.generation import TokenChooser, resolve
+from actsparse.runtime.generation import TokenChooser, resolve
 
 CASES = {  # Qwen2.5-Instruct's generation_config.json: repetition_penalty 1.05, temperature 0.7, top_p 0.8, top_k 20
     "greedy": {},
