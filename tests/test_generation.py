@@ -89,6 +89,19 @@ def test_the_table_knows_every_setting_transformers_applies():
         assert s.default == defaults.get(s.name), s.name
 
 
+def test_every_setting_transformers_processors_read_is_applied_or_named():
+    """Each generation_config field transformers' _get_logits_processor reads is in the table or in NOT_APPLIED (a
+    newer transformers with one more processor fails here instead of being silently ignored)."""
+    import inspect
+    import re
+
+    source = inspect.getsource(transformers.GenerationMixin._get_logits_processor)
+    read = set(re.findall(r"generation_config\.(\w+)", source))
+    # what a processor is given, not a processor of its own: the stop ids, the length, beam counts, the cache
+    context = {"_eos_token_tensor", "max_length", "num_return_sequences", "use_cache"}
+    assert read - context - set(BY_NAME) - set(NOT_APPLIED) == set()
+
+
 @pytest.mark.parametrize("settings, fragment", [
     ({"temperature": -1.0}, "temperature: expected a float > 0"), ({"top_p": 1.5}, r"top_p: expected a float in \(0"),
     ({"top_p": 0}, "top_p"), ({"top_k": 2.5}, "top_k"), ({"min_p": 2}, "min_p"),
