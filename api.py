@@ -12,6 +12,15 @@ from typing import Any
 import numpy as np
 
 from .compile_options import budget_options, check_example_inputs, check_mode, lossy_options
+from .decoder_setup import (
+    checked_max_seq,
+    decoder_inputs,
+    eos_ids,
+    fisher_weights,
+    not_one_token_stream,
+    prefill_function,
+    to_numpy,
+)
 from .errors import ActsparseError
 from .ir import Graph, TensorType
 from .ir.examples import example_inputs_for
@@ -135,7 +144,7 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
         if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
             # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
             example_inputs = example_inputs_for(graph)
-        arrays = [_to_numpy(x) for x in example_inputs]
+        arrays = [to_numpy(x) for x in example_inputs]
         if memory_budget is not None:   # a lossy mode's own calibration also counts the neurons' firing
             options = {**budget_options(memory_budget, budget_calibration, arrays), **options}
         return compile_graph(graph, arrays, target, mode, options, **quant, progress=progress)
@@ -173,10 +182,10 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     from .runtime.generation import from_generation_config
 
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    max_seq = _checked_max_seq(max_seq, model, config)
+    max_seq = checked_max_seq(max_seq, model, config)
     embeddings = model.get_input_embeddings()
     if not hasattr(embeddings, "num_embeddings"):  # e.g. MusicGen: one table per audio codebook
-        raise ActsparseError(_not_one_token_stream(model, embeddings))
+        raise ActsparseError(not_one_token_stream(model, embeddings))
     vocab = int(embeddings.num_embeddings)
     generation, generation_notes = from_generation_config(getattr(model, "generation_config", None), vocab)
     calibration = None if calibration is None else list(calibration)
@@ -190,7 +199,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                              "the token count that a symbolic length cannot carry), so calibration prompts cannot "
                              "run through it; use mode='dense' or 'exact', or a model of another architecture")
     if calibration is not None:
-        calibration = [_decoder_inputs(sample[0] if isinstance(sample, (tuple, list)) else sample, caches)
+        calibration = [decoder_inputs(sample[0] if isinstance(sample, (tuple, list)) else sample, caches)
                        for sample in calibration]
         longest = max((c[0].shape[1] for c in calibration), default=0)
         if longest > max_seq:   # each sample is a prompt into the KV cache: it must fit its max_seq slots
@@ -199,26 +208,26 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     options = lossy_options(mode, calibration if lossy_calibration is not None else None, sparsity, method,
                              predictor_options)
     if mode == "threshold":
-        options["sensitivity"] = _fisher_weights(model, options, progress)
+        options["sensitivity"] = fisher_weights(model, options, progress)
     if prompt is None and calibration:   # text the model reads, not random ids: the last calibration prompt
         prompt = calibration[-1][0]
     if prompt is None:
         prompt = np.random.default_rng(0).integers(0, vocab, (1, min(8, max_seq)), dtype=np.int64)
     if one_token:
-        prompt = np.asarray(_to_numpy(prompt), np.int64).reshape(1, -1)[:, :1]
+        prompt = np.asarray(to_numpy(prompt), np.int64).reshape(1, -1)[:, :1]
     if memory_budget is not None:   # a lossy mode's own calibration also counts the neurons' firing
         options = {**budget_options(memory_budget, calibration if lossy_calibration is None else None,
-                                     _decoder_inputs(prompt, caches)), **options}
+                                     decoder_inputs(prompt, caches)), **options}
     if quantize in QUANTIZE_KINDS and prequantized is None and isinstance(source, (str, os.PathLike)) \
             and str(source).endswith(".gguf"):
         from .frontends.gguf_quant import read_gguf_quantized
 
         prequantized = read_gguf_quantized(source)  # the file's own blocks, kept where the layout allows
-    functions, prefill_tokens, continues = _prefill_function(model, max_seq, caches, one_token and calibration is None
+    functions, prefill_tokens, continues = prefill_function(model, max_seq, caches, one_token and calibration is None
                                                              and memory_budget is None, progress)
-    module = compile_graph(graph, _decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
+    module = compile_graph(graph, decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
                            progress, functions)
-    spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), _eos_ids(model),
+    spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), eos_ids(model),
                        source if isinstance(source, str) else type(model).__name__,
                        recomputes_because=recomputes_because, prefill_tokens=prefill_tokens,
                        prefill_continues=continues, generation=generation)
@@ -234,86 +243,6 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         module.report.notes.append(lm.decoding_note)
     module.report.notes.extend(generation_notes)  # settings generate does not apply, sampling it does not follow
     return lm
-
-
-# where configs keep the number of positions a model was trained for (absolute tables or rotary training length)
-CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
-
-
-def _checked_max_seq(max_seq, model, config) -> int:
-    """KV-cache slots: by default the model's context, at most 2048; else a whole number >= 1, at most the context
-    where the model has a learned table of absolute positions (past it no row exists: GPT-2's wpe, OPT's), and a
-    cache that fits this machine's memory (a huge max_seq would allocate it before anything failed). Rotary, ALiBi
-    and position-free models may go past their training context, as in transformers."""
-    found = [(f, v) for f in CONTEXT_FIELDS if isinstance(v := getattr(config, f, None), int) and v > 0]
-    field, context = found[0] if found else ("", None)
-    if max_seq is None:
-        return min(context or 2048, 2048)
-    if isinstance(max_seq, bool) or not isinstance(max_seq, (int, np.integer)):
-        raise ActsparseError(f"max_seq must be a whole number of KV-cache slots, got {max_seq!r}")
-    if max_seq < 1:
-        raise ActsparseError(f"max_seq must be a positive number of KV-cache slots, got {max_seq}")
-    import torch
-
-    name, tokens = type(model).__name__, model.get_input_embeddings()
-    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m is not tokens  # OPT's: 2 more
-              and context is not None and context <= m.num_embeddings <= context + 2]
-    if tables and max_seq > context:
-        raise ActsparseError(f"max_seq={max_seq} exceeds the {context} positions of {name}'s position table (its "
-                             f"config's {field}); give max_seq <= {context}")
-    per_slot = 2 * 4 * int(getattr(config, "num_hidden_layers", 0) or 0) * int(getattr(config, "hidden_size", 0) or 0)
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if per_slot * max_seq > memory:  # K and V of every layer, fp32, at most hidden_size wide per slot
-        raise ActsparseError(f"max_seq={max_seq} asks for a KV cache of up to {per_slot * max_seq / 2**30:.0f} GiB, "
-                             f"more than this machine's {memory / 2**30:.0f} GiB of memory; give a smaller max_seq")
-    return int(max_seq)
-
-
-def _not_one_token_stream(model, embeddings) -> str:
-    """Why a model that embeds tokens with several tables (or none) cannot keep a decoder's contract."""
-    name = type(model).__name__
-    children = embeddings.children() if hasattr(embeddings, "children") else ()
-    tables = [m for m in children if hasattr(m, "num_embeddings")]
-    if len(tables) > 1:  # MusicGen: [batch × codebooks, seq] ids, a token per codebook each step, delayed per codebook
-        return (f"{name} embeds {len(tables)} codebooks, one table each (ids [batch × {len(tables)} codebooks, seq], "
-                "a token per codebook per step); a decoder's generate takes one token stream (ids [1, n] -> [1, n + "
-                "new]): use transformers' generate for it")
-    return (f"{name} embeds tokens with a {type(embeddings).__name__}, not one embedding table; decoding takes "
-            "text decoders with one token vocabulary")
-
-
-def _prefill_function(model, max_seq: int, caches, wanted: bool, progress: Steps) -> tuple[dict, int, bool]:
-    """({"prefill": its graph}, the most tokens a call takes, whether a call may continue a prompt) for a decoder
-    whose step takes one token per call because of recurrent states (frontends/prefill.py), or ({}, 0, False): the
-    prompt then goes token by token. Not with calibration or a memory budget (`wanted` False): those passes measure
-    each graph's own activations, and the two functions must share one set of weights."""
-    from .frontends.prefill import import_prefill, needs_prefill
-    from .ir.decoding import PREFILL_FUNCTION
-
-    if not wanted or not needs_prefill(caches):
-        return {}, 0, False
-    progress.more(1)
-    progress.start("import (whole-prompt prefill graph)")
-    found = import_prefill(model, max_seq, caches)
-    return ({PREFILL_FUNCTION: found.graph}, found.tokens, found.continues) if found.graph is not None \
-        else ({}, 0, False)
-
-
-def _fisher_weights(model, options: dict, progress: Steps) -> list | None:
-    """Threshold mode's default allocation where the torch model is at hand: per block g² of the loss on the
-    calibration prompts (one backward each, cached), which pools a greedy method's budget across blocks
-    (passes/sensitivity_allocation.py); None for a method that is not greedy or layers it does not know."""
-    from .passes.loss_sensitivity import cached_fisher_weights, decoder_mlps
-    from .passes.sparsity_methods import method
-
-    if not method(options["method"]).greedy or decoder_mlps(model) is None:
-        return None
-    progress.more(1)
-    progress.start("loss sensitivity (diagonal Fisher, one torch backward per calibration prompt)")
-    try:
-        return cached_fisher_weights(model, [sample[0] for sample in options["calibration"]])
-    except ValueError:   # MLPs whose outputs are not one tensor (routed MoE): the same budget in every block
-        return None
 
 
 def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str, options: dict,
@@ -362,26 +291,3 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
     module.report = build_report(tgt.name, mode, result.graph, graph if mode in LOSSY_MODES else None, arrays,
                                  result.stats, result.notes, module=module)
     return module
-
-
-def _decoder_inputs(ids, caches) -> tuple:
-    """A decoding graph's inputs for a prompt at position 0 with an empty cache (`caches`: its CacheSpecs)."""
-    ids = np.asarray(_to_numpy(ids), np.int64).reshape(1, -1)
-    if not caches:  # a model without a cache: the graph takes the token ids only (frontends/decoder_export.py)
-        return (ids,)
-    filled = np.zeros(ids.shape[1], np.int64)  # its length: the slots filled after the prompt is written
-    return (ids, np.zeros(1, np.int64), filled, *(np.zeros(c.shape, str(c.dtype).removeprefix("torch."))
-                                                       for c in caches))
-
-
-def _eos_ids(model) -> tuple[int, ...]:
-    generation = getattr(model, "generation_config", None)
-    eos = getattr(generation, "eos_token_id", None)
-    eos = getattr(model.config, "eos_token_id", None) if eos is None else eos
-    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None)
-
-
-def _to_numpy(x) -> np.ndarray:
-    if type(x).__module__.startswith("torch"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)

@@ -45,16 +45,17 @@ def _cpu_pipeline(tvm_target, target: Target):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from .cpu_matmul import schedule_legalized_matmuls
+    from .cpu_matmul import calls_matmul, schedule_legalized_matmuls
 
     legalize = cpu.legalize_passes(tvm_target)  # LegalizeOps first, then pattern annotation and fusion
-    passes = (cpu.library_dispatch_passes(tvm_target) + legalize[:1] + [schedule_legalized_matmuls(target.lanes)]
-              + legalize[1:] + cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target))
+    head = cpu.library_dispatch_passes(tvm_target) + legalize[:1]
+    tail = legalize[1:] + cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target)
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod, _ctx):
+        schedule = [schedule_legalized_matmuls(target.lanes)] if calls_matmul(mod) else []  # none: nothing to do
         with tvm_target:
-            return tvm.transform.Sequential(passes)(mod)
+            return tvm.transform.Sequential(head + schedule + tail)(mod)
 
     return pipeline
 

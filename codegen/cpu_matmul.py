@@ -99,6 +99,30 @@ def left_plain():
         _LEFT_PLAIN.pop()
 
 
+def calls_matmul(mod) -> bool:
+    """Whether a Relax function of `mod` (before legalization) calls `R.matmul`, the op legalized into the loop nest
+    scheduled here. Without one the pass has nothing to do, yet deciding so costs a Schedule per PrimFunc (~2 ms
+    each: ~0.15 s of a dense tiny Llama's build, benchmarks/cpu_matmul_cost.py), so the build leaves it out. Reads
+    the bindings (~2 µs each; a Python visitor of every expression took 10x that); a body of another shape (an If,
+    a nested function) counts as calling it."""
+    import tvm
+    from tvm import relax
+
+    matmul = tvm.ir.Op.get("relax.matmul")
+    for func in mod.functions.values():
+        if not isinstance(func, relax.Function):
+            continue
+        if not isinstance(func.body, relax.SeqExpr):
+            return True
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                value = binding.value
+                if isinstance(value, (relax.If, relax.Function)) or (
+                        isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.same_as(matmul)):
+                    return True
+    return False
+
+
 def schedule_legalized_matmuls(lanes: int):
     """The module pass: every legalized matmul PrimFunc of the module scheduled (`schedule_matmul`); one the
     schedule cannot take is left as it was (a plain loop nest is slow, not wrong)."""

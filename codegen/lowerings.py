@@ -170,10 +170,8 @@ def _slice(ctx, node, args):
 
 @lowering("concat")
 def _concat(ctx, node, args):
-    # an operand with a 0-sized dim adds nothing (Phi-3's rotary concatenates an empty pass-through part); kept,
-    # Relax folds it to an empty constant that a saved VM executable cannot load ("Invalid DLTensor file format")
-    kept = [arg for arg, value in zip(args, node.inputs) if 0 not in value.shape]
-    return R.concat(kept or args, axis=node.attrs["axis"])
+    # empty operands were dropped by canonicalize (concat-empty-operand): Relax would fold one into an empty constant
+    return R.concat(args, axis=node.attrs["axis"])
 
 
 @lowering("index_select")

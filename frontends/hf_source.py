@@ -142,8 +142,15 @@ def _check_weights(model, info: dict, what: str) -> None:
         raise SourceError(f"{what} lacks {len(missing)} weight(s) its config needs ({', '.join(missing[:3])}"
                           f"{', ...' if len(missing) > 3 else ''}): the weights are incomplete (a shard missing?) or "
                           "of another model; re-save or re-download them")
+    seen = set()
     for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+        if not tensor.is_floating_point() or (tensor.data_ptr(), tensor.shape) in seen:  # tied: checked once
+            continue
+        seen.add((tensor.data_ptr(), tensor.shape))
+        # a NaN or infinity makes the sum NaN or infinite, so a finite sum clears the tensor in one read of it
+        # (isfinite() writes a mask as large as the tensor); only a non-finite sum (or an fp16 sum's overflow) looks
+        # at each element
+        if not bool(tensor.sum().isfinite()) and not bool(tensor.isfinite().all()):
             bad = int((~tensor.isfinite()).sum())
             raise SourceError(f"{what}: weight {name} holds {bad} NaN or infinite value(s), which reach "
                               "the logits as NaN; the file is corrupt (or the model diverged in training): use "

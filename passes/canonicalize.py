@@ -10,6 +10,11 @@ Activation rules (before -> after):
         (decided by what f computes: activation_analysis.py probes the elementwise subgraph; e.g.
          maximum(x, 0), where(gt(x, t), x, 0), mul(x, cast(gt(x, t))), mul(relu(x), relu(x)), clamp(x, 0, 6))
 
+Empty-operand rules (an operand with a 0-sized dim adds nothing; Phi-3's rotary concatenates an empty pass-through
+slice, which Relax folds into an empty constant that a saved executable cannot load, "Invalid DLTensor file format"):
+    concat(x, e[..,0,..], y)                            -> concat(x, y)        (one operand left: that operand)
+    concat(e1, e2) with every operand empty             -> full(shape, 0)      (no values to read)
+
 Projection rules (`canonicalize_layout.py`): matmul with a transposed or [in, out] weight, bias adds, the
 flatten/unflatten around a projection and per-expert slices of batched weights all become `linear(x, @W)`.
 """
@@ -100,7 +105,33 @@ ACTIVATION_RULES = [
          _zero_below, _build_zero_below),
 ]
 
-RULES = ACTIVATION_RULES + PROJECTION_RULES
+def _is_empty(node: Node) -> bool:
+    return any(d == 0 for d in node.type.shape)  # a symbolic dim is never taken as 0
+
+
+def _empty_operand(node: Node):
+    if node.op == "concat" and any(map(_is_empty, node.inputs)):
+        kept = tuple(i for i in node.inputs if not _is_empty(i))
+        return {"kept": kept} if kept else None
+    return None
+
+
+def _build_without_empty(node: Node, b: dict) -> Node:
+    # the operands' other dims equal the output's, so one operand left has the concat's type
+    return b["kept"][0] if len(b["kept"]) == 1 else node.replace(inputs=b["kept"])
+
+
+def _all_empty(node: Node):
+    return {} if node.op == "concat" and all(map(_is_empty, node.inputs)) else None
+
+
+EMPTY_RULES = [
+    Rule("concat-empty-operand", "concat(x, e[..,0,..], y) -> concat(x, y) | x", _empty_operand, _build_without_empty),
+    Rule("concat-all-empty", "concat(e1[..,0,..], e2) -> full(shape, 0)", _all_empty,
+         lambda n, b: Node("full", (), {"shape": n.type.shape, "value": 0}, n.type, n.loc)),
+]
+
+RULES = ACTIVATION_RULES + EMPTY_RULES + PROJECTION_RULES
 
 
 @dataclass(frozen=True)

@@ -49,3 +49,32 @@ def test_a_legalized_matmul_is_scheduled_and_equals_numpy(shape_a, shape_b, n):
     out = vm["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b)).numpy()
     np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-4, atol=1e-5)
 
+
+
+def test_a_module_without_matmul_builds_without_the_schedule_pass(monkeypatch):
+    """The pass decides by a Schedule per PrimFunc (~2 ms each, ~0.15 s of a dense tiny Llama's build): a module
+    calling no R.matmul leaves it out; one that calls it keeps it (the case above)."""
+    from tvm import relax
+
+    from actsparse.codegen import cpu_matmul
+    from actsparse.codegen.build import _cpu_pipeline
+    from actsparse.targets.x86 import host
+
+    looked_at = []
+    original = cpu_matmul.is_legalized_matmul
+    monkeypatch.setattr(cpu_matmul, "is_legalized_matmul", lambda f: looked_at.append(f) or original(f))
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType([4, 8], "float32"))
+    with bb.function("main", [a]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.add(relax.op.exp(a), a))
+        bb.emit_func_output(out)
+    plain = bb.get()
+    assert not cpu_matmul.calls_matmul(plain) and cpu_matmul.calls_matmul(_matmul_module((6, 16), (16, 32)))
+    target = host()
+    tvm_target = target.tvm_target()
+    executable = tvm.compile(plain, target=tvm_target, relax_pipeline=_cpu_pipeline(tvm_target, target))
+    assert looked_at == []  # the pass never ran
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    out = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(out, np.exp(x) + x, rtol=1e-5)

@@ -44,3 +44,24 @@ def test_ops_at_a_zero_size_dim_match_torch_in_the_interpreter_and_tvm():
     np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], want, rtol=1e-5, atol=1e-6)
     cm = actsparse.compile(graph, (x.numpy(),), mode="dense")  # Relax read the 0 of [1, 4, 0, 8] as "copy dim 2"
     np.testing.assert_allclose(np.asarray(cm(x.numpy())), want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_concat_of_empty_operands_only_becomes_zeros_of_its_shape():
+    """canonicalize's concat-all-empty: no operand holds a value, so no backend sees a concat of empty tensors
+    (the one-operand-left case is the golden `concat_empty` in test_passes_golden.py)."""
+    from actsparse.ir import parse_graph
+    from actsparse.passes import run_pipeline
+    from actsparse.passes.canonicalize import Canonicalize
+
+    graph = parse_graph("""graph @main(%x: f32[2,0,8]) {
+  %0 = slice(%x) {'axis': 2, 'end': 4, 'start': 4, 'step': 1} : f32[2,0,0]
+  %1 = concat(%0, %x) {'axis': 2} : f32[2,0,8]
+  return %1
+}""")
+    result = run_pipeline(graph, [Canonicalize()])
+    assert result.stats["canonicalize"] == {"concat-all-empty": 1}
+    (out,) = result.graph.outputs
+    assert (out.op, out.attrs["shape"], str(out.type)) == ("full", (2, 0, 8), "f32[2,0,8]")
+    x = np.zeros((2, 0, 8), np.float32)
+    got, want = evaluate(result.graph, [x])[0], evaluate(graph, [x])[0]
+    assert got.shape == want.shape == (2, 0, 8) and got.dtype == want.dtype

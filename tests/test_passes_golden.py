@@ -52,6 +52,8 @@ def _inputs(graph, seq=5, seed=1):
     # dense mode: every gated MLP onto the fused dense kernel, on exact mode's layout (down transposed)
     ("drelu_fused", "dense", {"fuse-gated-mlp": {"drelu-fused": 1}}),
     ("swiglu_decomposed", "dense", {"fuse-gated-mlp": {"swiglu": 1}}),
+    # Phi-3's rotary concatenates an empty pass-through slice: dropped before any backend sees it
+    ("concat_empty", "dense", {"canonicalize": {"concat-empty-operand": 2}}),
 ])
 def test_pipeline_golden_and_counts(name, mode, expected):
     check_golden_pipeline(name, mode, expected)

@@ -247,6 +247,24 @@ def each_x_group(d: int, groups: int, group):
     return prep
 
 
+def row_dots_frame(gathered: bool, rows: int, row_bytes: int, acc_lanes: int, body):
+    """`dots(w, x, m, row_list, base, i, end, dst, dcol)` of an integer row-dot kernel (here and `quant_split.py`):
+    w's flat view wf (`flat_rows`), the step's row byte offsets ro [2 rows] and fp32 accumulators acc [acc_lanes]
+    set up (`step_start_macro`), then the kernel's `body(wf, x, m, ro, acc, i, end, dst, dcol)`. (TVMScript macros
+    return no buffers, so the shared start calls the body rather than handing ro and acc back.)"""
+    start = step_start_macro(gathered, rows, row_bytes, acc_lanes)
+
+    @T.macro
+    def dots(w, x, m, row_list, base, i, end, dst, dcol):
+        wf = flat_rows(w, w.shape[0], row_bytes)
+        ro = T.alloc_buffer((2 * rows,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
+        acc = T.alloc_buffer((acc_lanes,), "float32", scope="global")
+        start(ro, acc, row_list, base, i, end)
+        body(wf, x, m, ro, acc, i, end, dst, dcol)
+
+    return dots
+
+
 def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None,
                     kernel: str = ""):
     """`common.dots_macro` on the integer path: (`dots_all`, `dots`) with the same arguments, except that x is
@@ -263,7 +281,6 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     ivec = f"int32x{L}"
 
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
-    start = step_start_macro(gathered, R, row_bytes, R * L if paired_q8(dtype, sched, kernel) else S * L)
     # block layouts only here (split rows: quant_split.py)
     pf_group = group_prefetch_macro(lay, stored, R)[0]
 
@@ -319,14 +336,10 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
         return v
 
     if paired_q8(dtype, sched, kernel):
-        return paired_dots(d, lay, ins, xl, R, start, pf_group, row_bytes, prefetch, store)
+        return paired_dots(d, lay, ins, xl, R, gathered, pf_group, row_bytes, prefetch, store)
 
     @T.macro
-    def dots(w, xb, m, rows, base, i, end, dst, dcol):
-        wf = flat_rows(w, w.shape[0], row_bytes)
-        ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
-        acc = T.alloc_buffer((S * L,), "float32", scope="global")
-        start(ro, acc, rows, base, i, end)
+    def body(wf, xb, m, ro, acc, i, end, dst, dcol):
         for grp in range(G):
             if prefetch:  # the next step's rows, one prefetch per row and block (q8_0) or line
                 pf_group(wf, ro, R, grp)
@@ -342,16 +355,12 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
                         dst[m, dcol + i + s * P + p] = store(acc[s * L + p * 4] + acc[s * L + p * 4 + 1]
                                                              + acc[s * L + p * 4 + 2] + acc[s * L + p * 4 + 3])
 
-    @T.macro
-    def dots_all(w, xb, M, rows, base, i, end, dst, dcol):
-        for m in range(M):
-            dots(w, xb, m, rows, base, i, end, dst, dcol)
-
-    return dots_all, dots
+    dots = row_dots_frame(gathered, R, row_bytes, S * L, body)
+    return per_token(dots), dots
 
 
-def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, start, pf_group, row_bytes: int, prefetch: bool,
-                store):
+def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, gathered: bool, pf_group, row_bytes: int,
+                prefetch: bool, store):
     """(`dots_all`, `dots`) of `int8_dots_macro` for q8_0 on AVX512-VNNI: one row per vector, its blocks 2c and
     2c + 1 (32 code bytes each, 34 bytes apart: one load and one insert) against x̂ of both groups (`paired_prep_macro`):
 
@@ -389,11 +398,7 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, start, pf_group,
         return T.Cast(fvec, v) * (scales(wf, ro_r, c, both) * T.reinterpret(fvec, xvec(xb, m, 2 * c, 1)))
 
     @T.macro
-    def dots(w, xb, m, rows, base, i, end, dst, dcol):
-        wf = flat_rows(w, w.shape[0], row_bytes)
-        ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
-        acc = T.alloc_buffer((R * L,), "float32", scope="global")
-        start(ro, acc, rows, base, i, end)
+    def body(wf, xb, m, ro, acc, i, end, dst, dcol):
         for c in range(pairs):
             if prefetch:  # the next step's rows, one prefetch per row and block
                 pf_group(wf, ro, R, 2 * c)
@@ -405,4 +410,5 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, start, pf_group,
                 acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + pair_sum(wf, xb, m, ro[r], pairs, False)
         row_sums(acc, m, i, end, dst, dcol)
 
+    dots = row_dots_frame(gathered, R, row_bytes, R * L, body)
     return per_token(dots), dots

@@ -26,8 +26,8 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .quant_blocks import block_prefetch_macro, flat_rows, half_at, step_start_macro
-from .quant_int8 import INT8_DOTS, quantized_x_groups
+from .quant_blocks import block_prefetch_macro, half_at
+from .quant_int8 import INT8_DOTS, quantized_x_groups, row_dots_frame
 from .rows import CACHE_LINE, per_token, row_sums_macro
 from .schedule import CpuSchedule
 
@@ -116,7 +116,6 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     chunks, tail = G // K, G % K  # whole chunks, groups of the last partial one
     scales_at = lay.scale_byte(0, lay.stored_groups(d))
     row_bytes = lay.row_bytes(d)
-    start = step_start_macro(gathered, R, row_bytes, R * L)
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda v: v)
     pf = block_prefetch_macro()
@@ -158,11 +157,7 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
         return T.Cast(fvec, dot(dot(init, lo, xlo), hi, xhi)) * (scales(wf, ro_r, c, n) * dxv)
 
     @T.macro
-    def dots(w, xb, m, rows, base, i, end, dst, dcol):
-        wf = flat_rows(w, w.shape[0], row_bytes)
-        ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
-        acc = T.alloc_buffer((R * L,), "float32", scope="global")
-        start(ro, acc, rows, base, i, end)
+    def body(wf, xb, m, ro, acc, i, end, dst, dcol):
         if prefetch:  # the next step's scales, all at once (a conditional prefetch per chunk: LLVM speculates it)
             for r in T.unroll(R):
                 for ln in T.unroll(scale_lines):
@@ -187,4 +182,5 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
                     T.reinterpret(ivec, xvec(xb, m, xl.init(chunks * K))), tail)
         row_sums(acc, m, i, end, dst, dcol)
 
+    dots = row_dots_frame(gathered, R, row_bytes, R * L, body)
     return per_token(dots), dots
