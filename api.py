@@ -179,6 +179,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                      memory_budget, method, prompt, predictor_options, quantize, prequantized, progress: Steps):
     from .frontends.decoder_export import import_decoder
     from .runtime.decoder import Decoder, DecoderSpec
+    from .runtime.generation import from_generation_config
 
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     max_seq = checked_max_seq(max_seq, model, config)
@@ -186,6 +187,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     if not hasattr(embeddings, "num_embeddings"):  # e.g. MusicGen: one table per audio codebook
         raise ActsparseError(not_one_token_stream(model, embeddings))
     vocab = int(embeddings.num_embeddings)
+    generation, generation_notes = from_generation_config(getattr(model, "generation_config", None), vocab)
     calibration = None if calibration is None else list(calibration)
     predictor_options = predictor_options or {}
     lossy_calibration = None if memory_budget is not None and mode not in LOSSY_MODES else calibration
@@ -228,7 +230,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), eos_ids(model),
                        source if isinstance(source, str) else type(model).__name__,
                        recomputes_because=recomputes_because, prefill_tokens=prefill_tokens,
-                       prefill_continues=continues)
+                       prefill_continues=continues, generation=generation)
     lm = Decoder(module, spec, tokenizer if tokenizer is not None else own_tokenizer)
     if functions and module.runnable:  # a hybrid's prefill: from which piece length it beats token by token
         from .runtime.prefill_rule import settle_prefill_from
@@ -239,10 +241,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         module.report.notes.extend([note] if note else [])
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)
-    from .frontends.hf_source import greedy_differences
-
-    if isinstance(source, (str, os.PathLike)):  # a file's generation_config, not one the caller set on a model
-        module.report.notes.extend(note for note in [greedy_differences(model)] if note)
+    module.report.notes.extend(generation_notes)  # settings generate does not apply, sampling it does not follow
     return lm
 
 

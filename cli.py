@@ -56,13 +56,15 @@ def main(argv: list[str] | None = None) -> int:
                        "at most 2048)")
     _lossy_arguments(build)
 
-    generate = sub.add_parser("generate", help="decode greedily with the KV cache: the text and tokens/s")
+    generate = sub.add_parser("generate", help="decode with the KV cache (greedy unless --do-sample): the text and "
+                              "tokens/s")
     generate.add_argument("what", help="decoder artifact directory, Hugging Face model folder or file.gguf")
     generate.add_argument("--prompt", required=True)
     generate.add_argument("-n", "--tokens", type=_count, default=64, help="new tokens to generate at most")
     generate.add_argument("-t", "--target", default="x86", help="when compiling a model folder or GGUF")
     generate.add_argument("-m", "--mode", default="auto", help="when compiling a model folder or GGUF")
     generate.add_argument("--max-seq", type=_count, help="when compiling: KV-cache slots")
+    _generation_arguments(generate)
 
     inspect = sub.add_parser("inspect", help="print the report of an artifact or of a model spec")
     inspect.add_argument("what", help="artifact directory, module:factory, file.onnx or file.mlir")
@@ -95,6 +97,27 @@ def main(argv: list[str] | None = None) -> int:
         message = "interrupted"
     print(f"actsparse {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
+
+
+def _generation_arguments(parser) -> None:
+    """One flag per generation setting with a CLI type (runtime/generation.py SETTINGS), e.g. --repetition-penalty;
+    each given one overrides the model's generation_config for this run."""
+    from .runtime.generation import SETTINGS
+
+    group = parser.add_argument_group("generation settings (default: the model's generation_config, as "
+                                      "transformers' generate applies it)")
+    for setting in SETTINGS:
+        flag = "--" + setting.name.replace("_", "-")
+        if setting.flag is bool:
+            group.add_argument(flag, action="store_true", default=None, dest=setting.name)
+        elif setting.flag is not None:
+            group.add_argument(flag, type=setting.flag, dest=setting.name, metavar=setting.flag.__name__.upper())
+
+
+def _generation_overrides(args) -> dict:
+    from .runtime.generation import SETTINGS
+
+    return {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name, None) is not None}
 
 
 def _lossy_arguments(parser) -> None:
@@ -220,7 +243,10 @@ def _generate(args) -> int:
     from . import api
     from .frontends.hf_source import is_decoder_source
     from .runtime.decoder import Decoder
+    from .runtime.generation import check_settings
 
+    overrides = _generation_overrides(args)
+    check_settings(overrides, vocab_size=sys.maxsize)  # bad values before any compile (token ids: at generate)
     path = Path(args.what)
     if (path / "manifest.json").is_file():
         lm = actsparse.load(path)
@@ -232,7 +258,7 @@ def _generate(args) -> int:
     else:
         raise ActsparseError(f"{args.what}: expected a decoder artifact directory, a Hugging Face model folder or a "
                              ".gguf file")
-    text, tokens, seconds = lm.generate_text(args.prompt, args.tokens)
+    text, tokens, seconds = lm.generate_text(args.prompt, args.tokens, **overrides)
     print(args.prompt + text)
     rate = f"{(tokens - 1) / seconds:.1f} tokens/s" if tokens > 1 and seconds > 0 else "too few steps to time"
     print(f"-- {tokens} new tokens, decode {rate} (mode {lm.report.mode}, after a {len(args.prompt)}-character "

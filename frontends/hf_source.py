@@ -173,25 +173,3 @@ def _tokenizer(folder: Path, kwargs: dict):
     except Exception:  # noqa: BLE001 - a tokenizer that cannot encode is none
         encodes = False
     return tokenizer if encodes else None
-
-
-# generation_config.json settings transformers' generate applies even with do_sample=False, with their neutral value;
-# actsparse's generate is plain greedy (argmax, stopping at eos ids), so with any of these set the two differ
-GREEDY_CHANGERS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
-                   "min_new_tokens": None, "min_length": 0, "suppress_tokens": None, "begin_suppress_tokens": None,
-                   "bad_words_ids": None, "sequence_bias": None, "forced_bos_token_id": None,
-                   "forced_eos_token_id": None}
-
-
-def greedy_differences(model) -> str:
-    """A note naming the generation_config settings that make transformers' greedy generate differ from plain
-    argmax decoding ("" where there are none): Qwen2.5-Instruct's repetition_penalty=1.05, for one."""
-    generation = getattr(model, "generation_config", None)
-    found = [f"{k}={getattr(generation, k)!r}" for k, neutral in GREEDY_CHANGERS.items()
-             if getattr(generation, k, neutral) not in (neutral, None, [], {})]
-    if not found:
-        return ""
-    return (f"the model's generation_config sets {', '.join(found)}, which transformers' generate applies even "
-            "with do_sample=False; actsparse's generate is plain greedy (argmax until an eos id), so their tokens "
-            "may differ: compare with transformers' generate(..., " + ", ".join(
-                f"{f.split('=')[0]}={GREEDY_CHANGERS[f.split('=')[0]]!r}" for f in found) + ")")

@@ -1,9 +1,10 @@
-"""A compiled decoder: greedy generation over a KV cache that the runtime owns.
+"""A compiled decoder: generation over a KV cache that the runtime owns.
 
     lm = actsparse.compile("hf_dir" | "model.gguf" | causal_lm, mode="exact", max_seq=512)
     state = lm.prefill(ids)                 # ids [1, n] (or [n]); state.logits: the last position's logits
     logits, state = lm.step(token, state)   # one token at state.position
     ids = lm.generate(ids, max_new_tokens)  # prompt + new ids, as transformers' generate(do_sample=False)
+    ids = lm.generate(ids, 32, repetition_penalty=1.1, do_sample=True, top_p=0.9, seed=0)  # runtime/generation.py
 
 The module is the decoding graph of `frontends/kv_cache.py`: `main(input_ids[1, seq], pos[1], filled[kv], k0, v0,
 ...) -> (logits[1, 1, V], k0', v0', ...)`, where each cache output is written in place into its input (codegen's
@@ -27,8 +28,9 @@ built before `filled` existed take `main(input_ids, pos, k0, ...)` and attend ov
 decode.)
 
 An artifact of a decoder (kind "decoder") is a compiled module's artifact plus `decoder.json` (cache shapes,
-vocabulary, stop ids) and the tokenizer's own files under `tokenizer/` (never a pickle), all listed and hashed in
-the manifest; `actsparse.load` verifies them with the module's files and gives the Decoder back.
+vocabulary, stop ids, the model's generation settings) and the tokenizer's own files under `tokenizer/` (never a
+pickle), all listed and hashed in the manifest; `actsparse.load` verifies them with the module's files and gives
+the Decoder back.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..codegen.static_step import bucket_function, bucket_slots
-from ..errors import ArtifactError, DecodeInputError
+from ..errors import ActsparseError, ArtifactError, DecodeInputError
 from ..ir.decoding import (
     CALL_INPUTS,
     LOGITS,
@@ -53,7 +55,9 @@ from ..ir.decoding import (
     is_kv_cache,
 )
 from ..ir.types import np_dtype
+from .generation import TokenChooser, check_settings, resolve
 from .module import CompiledModule
+from .tokenizer_files import tokenizer_files, tokenizer_from_files
 
 KIND = "decoder"  # the artifact kind (runtime/artifact.py)
 DECODER_FILE = "decoder.json"
@@ -73,6 +77,8 @@ class DecoderSpec:
     # the fewest tokens a piece needs to go through `prefill` (runtime/prefill_rule.py); above prefill_tokens:
     # never. Artifacts without it: any piece of PREFILL_MIN_TOKENS or more (as they were built)
     prefill_from: int = PREFILL_MIN_TOKENS
+    # the model's generation_config settings generate applies (runtime/generation.py), those away from the defaults
+    generation: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """decoder.json's fields: every field by its name, `caches` as [{"name", "shape"}]."""
@@ -95,7 +101,8 @@ class DecoderSpec:
 
 _READERS = {"int": int, "str": str, "bool": bool}  # DecoderSpec's field types (annotations are strings here)
 _SPEC_READERS = {"caches": lambda v: tuple((c["name"], tuple(int(n) for n in c["shape"])) for c in v),
-                 "eos_token_ids": lambda v: tuple(int(i) for i in v)}
+                 "eos_token_ids": lambda v: tuple(int(i) for i in v),
+                 "generation": lambda v: dict(v)}  # checked against the module by _spec_disagrees
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ class DecodeState:
 
 
 class Decoder:
-    """Prefill, step and greedy generate over one compiled decoding module (see the module docstring)."""
+    """Prefill, step and generate over one compiled decoding module (see the module docstring)."""
 
     def __init__(self, module: CompiledModule, spec: DecoderSpec, tokenizer: Any = None):
         self.module = module
@@ -219,28 +226,23 @@ class Decoder:
         state = self._feed(self._ids(token), state)
         return state.logits, state
 
-    def generate(self, ids, max_new_tokens: int = 32):
-        """Greedy decoding: the prompt followed by up to `max_new_tokens` ids (stops after an end-of-sequence
-        id). Returns the type given (torch tensor or numpy array) of shape [1, n + new]."""
+    def generate(self, ids, max_new_tokens: int = 32, **settings):
+        """The prompt followed by up to `max_new_tokens` ids (stops after an end-of-sequence id), chosen as
+        transformers' generate does with the model's generation_config and these `settings` over it
+        (repetition_penalty=, do_sample=, temperature=, top_k=, top_p=, seed=, ...: runtime/generation.py); greedy
+        unless do_sample=True.
+        Returns the type given (torch tensor or numpy array) of shape [1, n + new]."""
         prompt = self._ids(ids)
-        self._check_room(prompt.shape[1] + max_new_tokens - 1)
-        out = list(prompt[0])
-        if max_new_tokens > 0:
-            state = self.prefill(prompt)
-            for i in range(max_new_tokens):
-                out.append(int(np.argmax(state.logits)))
-                if out[-1] in self.spec.eos_token_ids or i == max_new_tokens - 1:
-                    break
-                _, state = self.step(out[-1], state)
-        result = np.array([out], np.int64)
+        new, _ = self._decode(prompt, max_new_tokens, settings)
+        result = np.array([list(prompt[0]) + new], np.int64)
         if type(ids).__module__.startswith("torch"):
             import torch
 
             return torch.from_numpy(result)
         return result
 
-    def generate_text(self, prompt: str, max_new_tokens: int = 32) -> tuple[str, int, float]:
-        """Tokenize `prompt`, generate greedily; returns (new text, new tokens, decode seconds after prefill)."""
+    def generate_text(self, prompt: str, max_new_tokens: int = 32, **settings) -> tuple[str, int, float]:
+        """Tokenize `prompt`, generate as `generate`; returns (new text, new tokens, decode seconds after prefill)."""
         if self.tokenizer is None:
             raise DecodeInputError("this decoder has no tokenizer (its source had none: a model folder needs the files "
                                    "tokenizer.save_pretrained(dir) writes, e.g. tokenizer.json); pass token ids to "
@@ -248,15 +250,24 @@ class Decoder:
         prompt_ids = np.array([self.tokenizer(prompt)["input_ids"]], np.int64).reshape(1, -1)
         if prompt_ids.size == 0:
             raise DecodeInputError(f"the prompt {prompt!r} encodes to no tokens; give a prompt with text in it")
-        self._check_room(prompt_ids.shape[1] + max_new_tokens - 1)
-        state = self.prefill(prompt_ids)
-        new = [int(np.argmax(state.logits))]
-        start = time.perf_counter()
-        while len(new) < max_new_tokens and new[-1] not in self.spec.eos_token_ids:
-            logits, state = self.step(new[-1], state)
-            new.append(int(np.argmax(logits)))
-        seconds = time.perf_counter() - start
+        new, seconds = self._decode(prompt_ids, max_new_tokens, settings)
         return self.tokenizer.decode(new, skip_special_tokens=True), len(new), seconds
+
+    def _decode(self, prompt: np.ndarray, max_new_tokens: int, settings: dict) -> tuple[list[int], float]:
+        """(the new ids, the seconds the steps after the prefill took)."""
+        choose = TokenChooser(resolve(self.spec.generation, settings, self.spec.vocab_size), prompt.shape[1],
+                              max_new_tokens, self.spec.eos_token_ids)
+        self._check_room(prompt.shape[1] + max_new_tokens - 1)
+        ids, start = list(prompt[0]), time.perf_counter()
+        if max_new_tokens > 0:
+            state = self.prefill(prompt)
+            start = time.perf_counter()
+            while True:
+                ids.append(choose(state.logits, ids))
+                if ids[-1] in self.spec.eos_token_ids or len(ids) - prompt.shape[1] == max_new_tokens:
+                    break
+                _, state = self.step(ids[-1], state)
+        return ids[prompt.shape[1]:], time.perf_counter() - start
 
     def _feed(self, ids: np.ndarray, state: DecodeState, function: str | None = None) -> DecodeState:
         n = ids.shape[1]
@@ -323,17 +334,6 @@ class Decoder:
         return self.module.save(path, signing_key=signing_key, extra_files=files, kind=KIND)
 
 
-def tokenizer_files(tokenizer) -> dict[str, bytes]:
-    """A transformers tokenizer's own files (tokenizer.json, its config, ...), as save_pretrained writes them."""
-    if tokenizer is None:
-        return {}
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        return {p.name: p.read_bytes() for p in sorted(Path(tmp).iterdir()) if p.is_file()}
-
-
 def as_decoder(module: CompiledModule):
     """A loaded module of a "decoder" artifact -> its Decoder (from the files the loader verified); any other
     module is returned as it is."""
@@ -348,8 +348,9 @@ def as_decoder(module: CompiledModule):
     if why:
         raise ArtifactError(f"{DECODER_FILE} does not match the compiled module ({why}): the artifact was edited "
                             "after it was built; rebuild it")
-    return Decoder(module, spec, _tokenizer({name[len(TOKENIZER_DIR) + 1:]: data for name, data in files.items()
-                                             if name.startswith(TOKENIZER_DIR + "/")}))
+    prefix = TOKENIZER_DIR + "/"
+    return Decoder(module, spec, tokenizer_from_files({name[len(prefix):]: data for name, data in files.items()
+                                                       if name.startswith(prefix)}))
 
 
 def _spec_disagrees(spec: DecoderSpec, module: CompiledModule) -> str:
@@ -366,18 +367,8 @@ def _spec_disagrees(spec: DecoderSpec, module: CompiledModule) -> str:
     width = module.graph.outputs[0].shape[-1] if module.graph is not None else None
     if not 1 <= spec.vocab_size <= (width if isinstance(width, int) else spec.vocab_size):
         return f"vocab_size {spec.vocab_size}, the logits have {width}"
+    try:  # a setting naming a token past the logits would index past them
+        check_settings(spec.generation, spec.vocab_size)
+    except ActsparseError as err:
+        return str(err)
     return ""
-
-
-def _tokenizer(files: dict[str, bytes]):
-    """A transformers tokenizer from its (verified) files; written to a private temporary folder to load."""
-    if not files:
-        return None
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, data in files.items():
-            (Path(tmp) / Path(name).name).write_bytes(data)
-        return AutoTokenizer.from_pretrained(tmp, local_files_only=True)

@@ -275,13 +275,17 @@ def test_max_seq_past_an_absolute_position_table_is_one_clear_error(tmp_path):
         actsparse.compile(str(tmp_path / "gpt2"), mode="dense", max_seq=17)
 
 
-def test_generation_settings_that_change_greedy_decoding_are_named(sources):
-    """transformers' generate(do_sample=False) still applies generation_config's repetition_penalty (Qwen2.5-Instruct
-    ships 1.05); ours is plain argmax: the compile report says so instead of leaving a silent mismatch."""
-    from actsparse.frontends.hf_source import greedy_differences
+def test_generation_settings_of_a_folder_are_applied_and_the_rest_named(sources):
+    """transformers' generate(do_sample=False) applies generation_config's repetition_penalty (Qwen2.5-Instruct
+    ships 1.05): compile takes it into the decoder (runtime/generation.py applies it); a setting actsparse does not
+    apply (beam search) is named in the report instead of leaving a silent mismatch."""
+    from actsparse.runtime.generation import from_generation_config
 
     model = transformers.AutoModelForCausalLM.from_pretrained(sources / "hf")
-    assert greedy_differences(model) == ""
+    assert from_generation_config(model.generation_config, 64) == ({}, [])
     model.generation_config.repetition_penalty = 1.05
-    note = greedy_differences(model)
-    assert "repetition_penalty=1.05" in note and "generate(..., repetition_penalty=1.0)" in note
+    assert from_generation_config(model.generation_config, 64) == ({"repetition_penalty": 1.05}, [])
+    model.generation_config.num_beams = 3
+    settings, notes = from_generation_config(model.generation_config, 64)
+    assert settings == {"repetition_penalty": 1.05} and len(notes) == 1
+    assert "num_beams=3" in notes[0] and "actsparse's does not" in notes[0]
