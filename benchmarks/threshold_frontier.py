@@ -3,7 +3,7 @@
     python -m actsparse.benchmarks.threshold_frontier [--models smollm2,gemma3] [--methods all]
         [--sparsities 0.3,0.4,0.5,0.6,0.7] [--eval-windows 8] [--calib-windows 16] [--window 256]
         [--speed] [--plot frontier.png] [--json frontier.json]
-        [--quantize int4] [--sensitivity fisher|none[,...]] [--scores wina|fisher[,...]]
+        [--quantize int4] [--sensitivity fisher|none[,...]]
         [--max-loss-increase none|0.05[,...]] [--guard-windows 4]
     python -m actsparse.benchmarks.threshold_frontier --replot a.json b.json --plot frontier.png
 
@@ -104,13 +104,11 @@ def gate_act_name(mlp) -> str:
             "pytorchgelutanh": "gelu_tanh", "geluactivation": "gelu"}.get(name, name)
 
 
-def block_weights(model, channel_fisher=None):
-    """Each MLP's BlockWeights; `channel_fisher` (loss_sensitivity.channel_fisher): Fisher-weighted column norms."""
+def block_weights(model):
     from actsparse.passes.block_weights import BlockWeights
 
     return [BlockWeights(m.gate_proj.weight.detach().numpy(), m.up_proj.weight.detach().numpy(),
-                         m.down_proj.weight.detach().numpy(), gate_act_name(m), channel_fisher=f)
-            for m, f in zip(mlps(model), channel_fisher or [None] * len(mlps(model)))]
+                         m.down_proj.weight.detach().numpy(), gate_act_name(m)) for m in mlps(model)]
 
 
 def prose_windows(tokenizer, part: str, window: int, count: int) -> list:
@@ -179,12 +177,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
         collect_rows(model, calib, args.calib_windows * args.window))}, {"model": model_name})
     rows = [cached[str(i)] for i in range(len(cached))]
     held_rows = collect_rows(model, held)   # what the effective sparsity is measured on besides calibration
-    scored = {"wina": block_weights(model)}
-    if "fisher" in args.scores.split(","):   # WINA's column norms weighted by the outputs' diagonal Fisher
-        from actsparse.passes.loss_sensitivity import cached_channel_fisher
-
-        scored["fisher"] = block_weights(model, cached_channel_fisher(model, calib, progress=False))
-    blocks = scored["wina"]
+    blocks = block_weights(model)
     modes = args.sensitivity.split(",")
     sensitivity = None
     if "fisher" in modes:   # compile()'s default for a decoder (api._fisher_weights), same rows
@@ -211,8 +204,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
          f"({time.perf_counter() - t0:.0f} s to load and calibrate inputs)")
     out = [{"model": model_name, "method": "dense", "sparsity": 0.0, "effective": 0.0, "ppl": base, "delta": 0.0,
             "quantize": quantize}]
-    for scores, name in ((scores, name) for scores in args.scores.split(",") for name in methods):
-        blocks = scored[scores]
+    for name in methods:
         t1 = time.perf_counter()
         greedy = method(name).greedy
         curves = {}   # by weighted or not: the guarded and unguarded variants read the same curves
@@ -221,7 +213,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
             weights = sensitivity if mode != "none" else None
             if greedy and (weights is not None) not in curves:
                 curves[weights is not None] = cached_curves(
-                    (key, name, weights is not None) + ((scores,) if scores != "wina" else ()),
+                    (key, name, weights is not None),
                     lambda: allocation_curves(blocks, rows, method(name), sensitivity=weights))
             loss_guard = None if tolerance is None else LossGuard(guard.increase, tolerance)
             plans = calibrate_blocks(blocks, rows, name, s, progress=False,
@@ -234,8 +226,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
             held_eff = float(np.mean([measured_effective(b, p, r) for b, p, r in zip(blocks, plans, held_rows)])) \
                 if hasattr(plans[0], "x_thr") else None
             own = float(np.mean([getattr(p, "sparsity", None) or (p.x_sparsity + p.h_sparsity) / 2 for p in plans]))
-            label = name + ("+fisher" if weights else "") + ("+fisher-scores" if scores != "wina" else "") + \
-                (f"+guard{tolerance:g}" if tolerance is not None else "")
+            label = name + ("+fisher" if weights else "") + (f"+guard{tolerance:g}" if tolerance is not None else "")
             out.append({"model": model_name, "method": label, "sparsity": s, "own_sparsity": own, "effective": eff,
                         "held_out_effective": held_eff, "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize,
                         "rotated_blocks": sum(getattr(p, "rotation", None) is not None for p in plans),
@@ -323,9 +314,6 @@ def main(argv=None) -> int:
                    help="greedy methods: pool the budget across blocks by the loss's diagonal Fisher "
                         "(passes/sensitivity_allocation.py; the default, as compile() does for a decoder), or "
                         "'none': the same budget in every block; a comma list runs each")
-    p.add_argument("--scores", default="wina",
-                   help="weighted methods' column norms: 'wina' (‖W[:, i]‖) or 'fisher' (sqrt(Σ_c F_c W[c, i]²), F "
-                        "the loss's diagonal Fisher at each matrix's outputs); a comma list runs each")
     p.add_argument("--max-loss-increase", default="none",
                    help="the quality guard (passes/quality_guard.py): lower the sparsity until exp(Δ mean loss) − 1 "
                         "on the guard windows is at most this ('none': no guard; a comma list runs each)")

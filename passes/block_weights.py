@@ -18,16 +18,11 @@ class BlockWeights:
     up_act: str = "identity"
     x_norm: np.ndarray = field(default=None, repr=False)   # ‖[Wg; Wu][:, i]‖₂
     h_norm: np.ndarray = field(default=None, repr=False)   # ‖Wd[:, j]‖₂
-    # (F_gate [d_ff], F_up [d_ff], F_down [d_out]): the loss's diagonal Fisher E[g²] of each matrix's output
-    # channels; given, the column norms are Fisher-weighted, sqrt(Σ_c F_c W[c, i]²) (loss_sensitivity.channel_fisher)
-    channel_fisher: tuple | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        f_gate, f_up, f_down = self.channel_fisher or (None, None, None)
-        norm = np.sqrt(_column_energy(self.w_gate, f_gate) + _column_energy(self.w_up, f_up))
+        norm = np.sqrt(np.square(self.w_gate, dtype=np.float32).sum(0) + np.square(self.w_up, dtype=np.float32).sum(0))
         object.__setattr__(self, "x_norm", np.maximum(norm, 1e-12).astype(np.float32))
-        object.__setattr__(self, "h_norm", np.maximum(np.sqrt(_column_energy(self.w_down, f_down)), 1e-12)
-                           .astype(np.float32))
+        object.__setattr__(self, "h_norm", np.maximum(np.linalg.norm(self.w_down, axis=0), 1e-12).astype(np.float32))
 
     @property
     def attrs(self) -> dict:
@@ -37,9 +32,3 @@ class BlockWeights:
         """Fractions of the block's weight bytes behind x (gate + up) and behind h (down)."""
         xb, hb = self.w_gate.size + self.w_up.size, self.w_down.size
         return xb / (xb + hb), hb / (xb + hb)
-
-
-def _column_energy(w: np.ndarray, fisher: np.ndarray | None) -> np.ndarray:
-    """Σ_c F_c W[c, i]² per column (F = 1 without Fisher weights)."""
-    squared = np.square(w, dtype=np.float32)
-    return squared.sum(0) if fisher is None else (fisher.astype(np.float32)[:, None] * squared).sum(0)

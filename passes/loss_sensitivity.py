@@ -33,23 +33,6 @@ def fisher_weights(model, windows, progress: bool = True) -> list[np.ndarray]:
     return [np.square(np.concatenate(g)).astype(np.float32) for g in output_grads(model, windows, modules, progress)]
 
 
-# the gate and up projections' module names in the MLPs this knows (Llama, Gemma, Qwen, Mistral, SmolLM: HF's own)
-PROJECTIONS = ("gate_proj", "up_proj")
-
-
-def channel_fisher(model, windows, progress: bool = True) -> list[tuple[np.ndarray, ...]] | None:
-    """Per MLP (F_gate [d_ff], F_up [d_ff], F_down [d]): the mean over the windows' tokens of g² at the gate and
-    up projections' outputs and at the MLP's output (block_weights.BlockWeights.channel_fisher: Fisher-weighted
-    column norms); None for MLPs without `gate_proj` / `up_proj` modules."""
-    mlps = decoder_mlps(model)
-    if mlps is None or not all(hasattr(m, name) for m in mlps for name in PROJECTIONS):
-        return None
-    modules = [module for m in mlps for module in (getattr(m, PROJECTIONS[0]), getattr(m, PROJECTIONS[1]), m)]
-    means = [np.square(np.concatenate(g)).mean(0).astype(np.float32)
-             for g in output_grads(model, windows, modules, progress)]
-    return [tuple(means[3 * i:3 * i + 3]) for i in range(len(mlps))]
-
-
 def output_grads(model, windows, modules: list, progress: bool = True) -> list[list[np.ndarray]]:
     """Per module, g = ∂ summed next-token loss / ∂ (its output) per window ([tokens, d] each); one backward per
     window, no parameter gradients."""
@@ -98,17 +81,6 @@ def cached_fisher_weights(model, windows, progress: bool = True, directory=None)
         fisher_weights(model, windows, progress))}, {"model": type(model).__name__, "windows": len(windows)},
                           directory)
     return [found[str(i)] for i in range(len(found))]
-
-
-def cached_channel_fisher(model, windows, progress: bool = True, directory=None):
-    """`channel_fisher`, computed once per (MLP weights, windows) and then read from the cache."""
-    mlps = decoder_mlps(model)
-    if mlps is None or not all(hasattr(m, name) for m in mlps for name in PROJECTIONS):
-        return None
-    found = cached_arrays("mlp-channel-fisher", _mlps_key(model, windows), lambda: {
-        f"{i}.{j}": f for i, fs in enumerate(channel_fisher(model, windows, progress)) for j, f in enumerate(fs)},
-                          {"model": type(model).__name__, "windows": len(windows)}, directory)
-    return [tuple(found[f"{i}.{j}"] for j in range(3)) for i in range(len(found) // 3)]
 
 
 def _mlps_key(model, windows) -> str:

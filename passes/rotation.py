@@ -61,9 +61,7 @@ def rotated(bw: BlockWeights, rows: np.ndarray, t: np.ndarray, turn: np.ndarray)
     def apply(a, m):
         return np.concatenate([a[:, :k] @ m.astype(np.float32), a[:, k:]], 1).astype(np.float32)
 
-    turned = BlockWeights(apply(bw.w_gate, turn), apply(bw.w_up, turn), bw.w_down, bw.gate_act, bw.up_act,
-                          channel_fisher=bw.channel_fisher)   # a turn changes the inputs, not the outputs
-    return turned, apply(rows, t)
+    return BlockWeights(apply(bw.w_gate, turn), apply(bw.w_up, turn), bw.w_down, bw.gate_act, bw.up_act), apply(rows, t)
 
 
 BASES = {"pca": lambda rows, bw, dims: pca_rotation(rows, dims), "metric": metric_rotation}

@@ -109,26 +109,3 @@ def test_torch_loss_guard_measures_the_held_out_perplexity_ratio():
     install(model, None)
     assert mean_loss(model, windows[2:]) == dense      # the guard leaves the model dense
 
-
-def test_fisher_weighted_column_norms():
-    from actsparse.passes.loss_sensitivity import channel_fisher, fisher_weights
-    from actsparse.passes.rotation import rotated
-
-    model, windows = _tiny_llama()
-    found = channel_fisher(model, windows[:2], progress=False)
-    down = fisher_weights(model, windows[:2], progress=False)
-    assert len(found) == 2 and [f.shape for f in found[0]] == [(64,), (64,), (32,)]
-    assert found[1][2] == pytest.approx(down[1].mean(0), rel=1e-5)   # the MLP output's g², averaged
-    assert all((f > 0).all() for fs in found for f in fs)
-    rng = np.random.default_rng(2)
-    wg, wu, wd = (rng.standard_normal(shape).astype(np.float32) for shape in ((8, 4), (8, 4), (4, 8)))
-    plain = BlockWeights(wg, wu, wd, "silu")
-    ones = BlockWeights(wg, wu, wd, "silu", channel_fisher=(np.ones(8), np.ones(8), np.ones(4)))
-    assert ones.x_norm == pytest.approx(plain.x_norm) and ones.h_norm == pytest.approx(plain.h_norm)
-    f_down = np.array([1.0, 0, 0, 0])   # only output channel 0 matters to the loss
-    only = BlockWeights(wg, wu, wd, "silu", channel_fisher=(np.ones(8), np.zeros(8), f_down))
-    assert only.h_norm == pytest.approx(np.abs(wd[0]))
-    assert only.x_norm == pytest.approx(np.linalg.norm(wg, axis=0))
-    turned, _ = rotated(only, rng.standard_normal((6, 4)).astype(np.float32), np.eye(4, dtype=np.float32),
-                        np.eye(4, dtype=np.float32))
-    assert turned.h_norm == pytest.approx(only.h_norm)   # a turn keeps the outputs' weights
