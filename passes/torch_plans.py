@@ -9,6 +9,7 @@ import functools
 
 import numpy as np
 
+from .input_thresholds import CalibrationError
 from .loss_sensitivity import decoder_mlps, mean_loss
 from .quality_guard import MAX_LOSS_INCREASE, LossGuard
 
@@ -98,6 +99,9 @@ def held_out_guard(model, samples: list, tolerance: float | None) -> tuple[list,
     curves, the Fisher weights and the thresholds then never see."""
     if tolerance is None:
         return samples, None, ""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < np.inf:
+        raise CalibrationError(f"max_loss_increase must be a number >= 0 (0.05: at most +5% perplexity on held-out "
+                               f"calibration samples) or None (no guard), got {tolerance!r}")
     mlps = decoder_mlps(model)
     if mlps is None or not all(hasattr(m, a) for m in mlps for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
         return samples, None, (f"no quality guard: {type(model).__name__}'s MLPs are not gate_proj/up_proj/down_proj "

@@ -109,3 +109,12 @@ def test_torch_loss_guard_measures_the_held_out_perplexity_ratio():
     install(model, None)
     assert mean_loss(model, windows[2:]) == dense      # the guard leaves the model dense
 
+
+
+@pytest.mark.parametrize("bad", [-0.01, "0.05", float("nan"), True])
+def test_a_bad_max_loss_increase_is_one_clear_error(bad):
+    from actsparse.passes.input_thresholds import CalibrationError
+    from actsparse.passes.torch_plans import held_out_guard
+
+    with pytest.raises(CalibrationError, match="max_loss_increase must be a number >= 0"):
+        held_out_guard(object(), [], bad)
