@@ -107,8 +107,8 @@ def held_out_guard(model, samples: list, tolerance: float | None) -> tuple[list,
         return samples, None, (f"no quality guard: {type(model).__name__}'s MLPs are not gate_proj/up_proj/down_proj "
                                "modules this can run a plan in")
     if len(samples) < 2:
-        return samples, None, ("no quality guard: it holds out calibration samples to measure the loss on, and there "
-                               "is one; give more (or max_loss_increase=None)")
+        return samples, None, (f"no quality guard: it holds out calibration samples to measure the loss on, and there "
+                               f"are {len(samples)}; give more (or max_loss_increase=None)")
     held = max(1, int(round(GUARD_SHARE * len(samples))))
     guard = torch_loss_guard(model, [s[0] for s in samples[-held:]], functools.partial(install_plans, model),
                              tolerance)
