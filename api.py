@@ -86,7 +86,7 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
             calibration=None, sparsity: float | None = None, memory_budget: int | None = None,
             method: str | None = None, max_seq: int | None = None, tokenizer=None, predictor: str | None = None,
             recall: float | None = None, predictor_budget: float | None = None, quantize: str | None = None,
-            prequantized=None):
+            prequantized=None, max_loss_increase: float | None = None):
     """See the package docstring and DESIGN.md. Lossy modes: `calibration` (iterable of input tuples) and the
     target `sparsity`; `method` picks the sparsity method (passes/sparsity_methods.METHODS, default
     "rotated-wina-greedy"; a decoder with its torch model at hand pools a greedy method's budget across blocks by
@@ -108,6 +108,10 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     stored rows match); a .gguf source compiled with `quantize="int8"|"int4"` takes its own Q8_0/Q4_0/Q4_1
     tensors that way.
 
+    `max_loss_increase` (threshold mode, a decoder with its torch model): the sparsity is lowered until
+    exp(Δ mean next-token loss) − 1 on calibration samples held out of the fit is at most this (e.g. 0.05: +5%
+    perplexity; passes/quality_guard.py); the report says what was kept. None (the default): the asked sparsity.
+
     Decoders: a Hugging Face folder, a .gguf file, or a transformers causal LM given without example inputs (or
     with `max_seq`) compiles to a `Decoder` with a KV cache of `max_seq` slots (see `compile_decoder`)."""
     from .frontends.hf_source import is_decoder_source
@@ -126,7 +130,8 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
         prompt = example_inputs[0] if example_inputs else None  # the report's sparsity is measured on it
         return compile_decoder(model, target=target, mode=mode, max_seq=max_seq, tokenizer=tokenizer,
                                calibration=calibration, sparsity=sparsity, memory_budget=memory_budget,
-                               method=method, prompt=prompt, predictor_options=predictor_options, **quant)
+                               method=method, prompt=prompt, predictor_options=predictor_options,
+                               max_loss_increase=max_loss_increase, **quant)
     if max_seq is not None:
         raise ActsparseError("max_seq applies to decoders (a Hugging Face folder, a .gguf file or a transformers "
                              f"causal LM), not to a {type(model).__name__}")
@@ -152,7 +157,8 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
 
 def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_seq: int | None = None,
                     tokenizer=None, calibration=None, sparsity=None, memory_budget=None, method=None, prompt=None,
-                    predictor_options: dict | None = None, quantize: str | None = None, prequantized=None):
+                    predictor_options: dict | None = None, quantize: str | None = None, prequantized=None,
+                    max_loss_increase: float | None = None):
     """A decoder source (HF folder, .gguf, transformers causal LM) -> `Decoder` (prefill / step / generate).
 
     The decoding graph comes from the model's own forward with its KV cache as graph inputs
@@ -172,11 +178,12 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
         progress.start("import (KV-cached decoding graph)")
         return _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokenizer, calibration,
                                 sparsity, memory_budget, method, prompt, predictor_options, quantize, prequantized,
-                                progress)
+                                progress, max_loss_increase)
 
 
 def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokenizer, calibration, sparsity,
-                     memory_budget, method, prompt, predictor_options, quantize, prequantized, progress: Steps):
+                     memory_budget, method, prompt, predictor_options, quantize, prequantized, progress: Steps,
+                     max_loss_increase: float | None = None):
     from .frontends.decoder_export import import_decoder
     from .runtime.decoder import Decoder, DecoderSpec
     from .runtime.generation import from_generation_config
@@ -207,7 +214,12 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                                  "KV-cache slots; cut the samples to at most max_seq tokens or raise max_seq")
     options = lossy_options(mode, calibration if lossy_calibration is not None else None, sparsity, method,
                              predictor_options)
-    if mode == "threshold":
+    guard_note = ""
+    if mode == "threshold":   # the quality guard's samples held out first: the Fisher weights never see them
+        from .passes.torch_plans import held_out_guard
+
+        options["calibration"], options["loss_guard"], guard_note = held_out_guard(
+            model, options["calibration"], max_loss_increase)
         options["sensitivity"] = fisher_weights(model, options, progress)
     if prompt is None and calibration:   # text the model reads, not random ids: the last calibration prompt
         prompt = calibration[-1][0]
@@ -239,6 +251,10 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         progress.start("measure from which prompt length prefill beats token by token")
         note = settle_prefill_from(lm)
         module.report.notes.extend([note] if note else [])
+    guard = options.get("loss_guard")
+    if guard is not None:
+        guard_note = guard.describe() if guard.outcome else "no quality guard: the graph's blocks are not its MLPs"
+    module.report.notes.extend([guard_note] if guard_note else [])
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)
     module.report.notes.extend(generation_notes)  # settings generate does not apply, sampling it does not follow

@@ -29,6 +29,8 @@ import os
 import sys
 import tempfile
 
+from actsparse.passes.torch_plans import stored  # noqa: F401 (the MLP benchmarks import it here)
+
 
 def held_out_text() -> str:
     """English prose shipped with CPython (the help topics), independent of the model's training mix choice here."""
@@ -77,26 +79,6 @@ def fake_quantized(model, kind: str, down_rows: str, prequantized=None, lm_head:
         mod.weight = torch.nn.Parameter(stored(mod.weight, this_kind, "in" if transposed else "out"),
                                         requires_grad=False)
     return q
-
-
-def stored(w, kind: str | None, rows: str = "out"):
-    """`w` ([out, in] torch) as the kernels see it stored as `kind` (None: as it is): dequantize(quantize(·)) of
-    the stored rows — "out": w's own rows (groups along `in`), "in": its transpose (input-sparse gate / up and
-    every sparse down projection are stored one input channel / neuron per row)."""
-    import numpy as np
-    import torch
-
-    if kind is None:
-        return w
-    from actsparse.ir.quant import FLOAT_KINDS, quantize
-
-    a = w.detach().float().numpy()
-    if kind in FLOAT_KINDS:
-        back = a.astype(FLOAT_KINDS[kind]).astype(np.float32)
-    else:
-        back = quantize(np.ascontiguousarray(a.T if rows == "in" else a), kind).dequantize()
-        back = back.T if rows == "in" else back
-    return torch.from_numpy(np.ascontiguousarray(back, np.float32))
 
 
 def nll_llama(path: str, windows) -> tuple[float, int]:

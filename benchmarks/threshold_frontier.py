@@ -3,8 +3,8 @@
     python -m actsparse.benchmarks.threshold_frontier [--models smollm2,gemma3] [--methods all]
         [--sparsities 0.3,0.4,0.5,0.6,0.7] [--eval-windows 8] [--calib-windows 16] [--window 256]
         [--speed] [--plot frontier.png] [--json frontier.json]
-        [--quantize int4] [--sensitivity fisher|measured|none[,...]]
-        [--probe-windows 4] [--probe-span 0.05[,0.1]]
+        [--quantize int4] [--sensitivity fisher|none[,...]]
+        [--max-loss-increase none|0.05[,...]] [--guard-windows 4]
     python -m actsparse.benchmarks.threshold_frontier --replot a.json b.json --plot frontier.png
 
 Quality: perplexity on held-out English prose (Python's own `pydoc_data/topics.py`: calibration on its first
@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from actsparse.passes.torch_plans import install_plans as install  # noqa: F401 (tests, tools)
 
 SPARSITIES = (0.3, 0.4, 0.5, 0.6, 0.7)
 TEXT_SPLIT = 0.6   # calibration text: the first 60% of the characters; evaluation: the rest
@@ -142,53 +144,6 @@ def collect_rows(model, windows, max_tokens: int = 4096) -> list[np.ndarray]:
     return [np.concatenate(r)[:max_tokens].astype(np.float32) for r in rows]
 
 
-def install(model, plans, quantize: str | None = None, weights=None) -> None:
-    """Replace every MLP's forward by the IR semantics of its calibrated plan (None: dense again). `quantize`: the
-    MLP weights as the kernels store them in that kind (the rotation as `ROTATION_STORAGE` says), taken from
-    `weights` (BlockWeights, float: what calibration and the quantize pass read) or the model's own."""
-    import torch
-
-    from actsparse.ir.input_sparse import input_sparse_torch, threshold_torch
-    from actsparse.passes.rotation import ROTATION_STORAGE
-
-    from .quant_quality import stored
-
-    for i, (m, plan) in enumerate(zip(mlps(model), plans or [None] * len(mlps(model)))):
-        if plan is None:
-            m.__dict__.pop("forward", None)
-            continue
-        ws = (m.gate_proj.weight, m.up_proj.weight, m.down_proj.weight) if weights is None else \
-            tuple(torch.from_numpy(a) for a in (weights[i].w_gate, weights[i].w_up, weights[i].w_down))
-        if hasattr(plan, "x_thr"):
-            attrs = {"up_act": "identity", **plan.attrs}
-            comp = getattr(plan, "compensation", None)   # error_compensation: rows scaled, a bias after down
-            if comp is not None:
-                ws = tuple(w if sc is None else w * torch.from_numpy(sc)[:, None]
-                           for w, sc in zip(ws, (comp.gate_scale, comp.up_scale, comp.down_scale)))
-            rotation = getattr(plan, "rotation", None)   # rotated-*: the block reads x·T with W·T⁻ᵀ
-            w_gate, w_up = ws[0], ws[1]
-            if rotation is not None:
-                q = torch.from_numpy(np.ascontiguousarray(rotation, np.float32))
-                turn = getattr(plan, "turn", None)   # T⁻ᵀ (pca: Q itself)
-                turn = q if turn is None else torch.from_numpy(np.ascontiguousarray(turn, np.float32))
-                with torch.no_grad():
-                    w_gate, w_up = w_gate @ turn, w_up @ turn
-                q = stored(q.T, ROTATION_STORAGE[quantize or "fp32"]).T   # linear(x, @Tᵀ): Tᵀ's rows stored
-            w_gate, w_up = stored(w_gate, quantize, "in"), stored(w_up, quantize, "in")
-            ws = (w_gate, w_up, stored(ws[2], quantize, "in"))
-            sparse = functools.partial(input_sparse_torch, w_gate=w_gate, w_up=w_up, w_down=ws[2],
-                                       x_thr=torch.from_numpy(plan.x_thr), h_thr=torch.from_numpy(plan.h_thr),
-                                       attrs=attrs, act_g=m.act_fn)
-            m.forward = sparse if rotation is None else (lambda x, sparse=sparse, q=q: sparse(x @ q))
-            if comp is not None and comp.down_bias is not None:
-                bias = torch.from_numpy(comp.down_bias)
-                m.forward = lambda x, f=m.forward, b=bias: f(x) + b
-        else:
-            ws = (stored(ws[0], quantize), stored(ws[1], quantize), stored(ws[2], quantize, "in"))
-            m.forward = functools.partial(threshold_torch, w_gate=ws[0], w_up=ws[1], w_down=ws[2],
-                                          attrs={"up_act": "identity", **plan.attrs}, act_g=m.act_fn)
-
-
 def perplexity(model, windows) -> float:
     import torch
 
@@ -205,12 +160,15 @@ def perplexity(model, windows) -> float:
 def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]:
     import torch
 
+    from actsparse.passes.quality_guard import LossGuard
     from actsparse.passes.sparsity_methods import allocation_curves, calibrate_blocks, measured_effective, method
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model, tok = load_model(model_name)
-    calib = prose_windows(tok, "calib", args.window, args.calib_windows)
+    # the quality guard's windows: calibration text after the calibration windows (the curves never see them)
+    calib = prose_windows(tok, "calib", args.window, args.calib_windows + args.guard_windows)
+    calib, guard_windows = calib[:args.calib_windows], calib[args.calib_windows:]
     held = prose_windows(tok, "eval", args.window, args.eval_windows)
     from actsparse.passes.calibration_data import cached_arrays, digest
 
@@ -222,7 +180,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     blocks = block_weights(model)
     modes = args.sensitivity.split(",")
     sensitivity = None
-    if {"fisher", "measured"} & set(modes):   # compile()'s default for a decoder (api._fisher_weights), same rows
+    if "fisher" in modes:   # compile()'s default for a decoder (api._fisher_weights), same rows
         from actsparse.passes.loss_sensitivity import cached_fisher_weights
 
         sensitivity = [g[:len(r)] for g, r in zip(cached_fisher_weights(model, calib, progress=False), rows)]
@@ -231,36 +189,36 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
         from .quant_quality import fake_quantized
 
         model = fake_quantized(model, quantize, "sparse", lm_head="int8" if quantize != "fp16" else None)
-    probe = None
-    if "measured" in modes:   # the pooled plan's blocks probed alone on the first calibration windows
-        from actsparse.passes.loss_sensitivity import block_loss_probe
+    tolerances = [None if t == "none" else float(t) for t in args.max_loss_increase.split(",")]
+    guard = None
+    if any(t is not None for t in tolerances):
+        from actsparse.passes.torch_plans import torch_loss_guard
 
-        probe = block_loss_probe(model, calib, functools.partial(install, model, quantize=quantize, weights=blocks),
-                                 args.probe_windows)
+        if len(guard_windows) < args.guard_windows:
+            raise SystemExit(f"the calibration text gives {len(guard_windows)} guard windows after the calibration "
+                             f"ones, not {args.guard_windows}: ask fewer --calib-windows or --guard-windows")
+        guard = torch_loss_guard(model, guard_windows, functools.partial(install, model, quantize=quantize,
+                                                                           weights=blocks))
     base = perplexity(model, held)
     _log(f"{model_name}: dense perplexity {base:.3f} on {sum(w.shape[1] - 1 for w in held)} held-out tokens "
          f"({time.perf_counter() - t0:.0f} s to load and calibrate inputs)")
     out = [{"model": model_name, "method": "dense", "sparsity": 0.0, "effective": 0.0, "ppl": base, "delta": 0.0,
             "quantize": quantize}]
-    spans = [float(x) for x in str(args.probe_span).split(",")]
     for name in methods:
         t1 = time.perf_counter()
         greedy = method(name).greedy
-        curves = {}   # by weighted or not: the Fisher and measured variants read the same curves
-        variants = [(mode, span) for mode in (modes if greedy else ["none"])
-                    for span in (spans if mode == "measured" else [None])]
-        for (mode, span), s in ((v, s) for v in variants for s in sparsities):
+        curves = {}   # by weighted or not: the guarded and unguarded variants read the same curves
+        variants = [(mode, tolerance) for mode in (modes if greedy else ["none"]) for tolerance in tolerances]
+        for (mode, tolerance), s in ((v, s) for v in variants for s in sparsities):
             weights = sensitivity if mode != "none" else None
             if greedy and (weights is not None) not in curves:
                 curves[weights is not None] = cached_curves(
                     (key, name, weights is not None),
                     lambda: allocation_curves(blocks, rows, method(name), sensitivity=weights))
-            costs: list[float] = []   # each block's measured Δloss (nats/token) at the pooled plan
+            loss_guard = None if tolerance is None else LossGuard(guard.increase, tolerance)
             plans = calibrate_blocks(blocks, rows, name, s, progress=False,
                                      curves=curves.get(weights is not None), storage=quantize or "fp32",
-                                     sensitivity=weights, probe_span=span or 0.0,
-                                     loss_probe=(lambda i, plan: costs.append(probe(i, plan)) or costs[-1])
-                                     if mode == "measured" else None)
+                                     sensitivity=weights, loss_guard=loss_guard)
             install(model, plans, quantize, blocks)
             ppl = perplexity(model, held)
             install(model, None)
@@ -268,18 +226,18 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
             held_eff = float(np.mean([measured_effective(b, p, r) for b, p, r in zip(blocks, plans, held_rows)])) \
                 if hasattr(plans[0], "x_thr") else None
             own = float(np.mean([getattr(p, "sparsity", None) or (p.x_sparsity + p.h_sparsity) / 2 for p in plans]))
-            label = name + (f"+measured±{span:g}" if mode == "measured" else "+fisher" if weights else "")
+            label = name + ("+fisher" if weights else "") + (f"+guard{tolerance:g}" if tolerance is not None else "")
             out.append({"model": model_name, "method": label, "sparsity": s, "own_sparsity": own, "effective": eff,
                         "held_out_effective": held_eff, "ppl": ppl, "delta": ppl / base - 1, "quantize": quantize,
                         "rotated_blocks": sum(getattr(p, "rotation", None) is not None for p in plans),
                         "per_block_effective": [round(p.effective, 4) for p in plans],
-                        "probe_costs": [round(c, 6) for c in costs]})
+                        "guard": None if loss_guard is None else list(loss_guard.outcome)})
             _log(f"{model_name} {label:12s} s={s:.0%}: effective {eff:.1%} (held-out {held_eff or 0:.1%}) "
                  f"ppl {ppl:.3f} ({ppl / base - 1:+.2%}) "
                  f"rotated blocks {out[-1]['rotated_blocks']} [{time.perf_counter() - t1:.0f} s, "
                  f"load {os.getloadavg()[0]:.1f}]; per block effective "
                  + " ".join(f"{p.effective:.3f}" for p in plans)
-                 + ("; probe Δloss·1e3 " + " ".join(f"{1e3 * c:.2f}" for c in costs) if costs else ""))
+                 + (f"; guard: {loss_guard.describe()}, {loss_guard.outcome[3]} probes" if loss_guard else ""))
             t1 = time.perf_counter()
     return out
 
@@ -355,12 +313,12 @@ def main(argv=None) -> int:
     p.add_argument("--sensitivity", default="fisher",
                    help="greedy methods: pool the budget across blocks by the loss's diagonal Fisher "
                         "(passes/sensitivity_allocation.py; the default, as compile() does for a decoder), or "
-                        "'none': the same budget in every block; 'measured': Fisher, then each block's plan probed "
-                        "alone on the calibration loss and the budget pooled again on the measured costs; a comma "
-                        "list runs each on the same curves")
-    p.add_argument("--probe-windows", type=int, default=4, help="calibration windows a measured probe runs on")
-    p.add_argument("--probe-span", default="0.05",
-                   help="measured: a block's budget within s ± this (a comma list: each)")
+                        "'none': the same budget in every block; a comma list runs each")
+    p.add_argument("--max-loss-increase", default="none",
+                   help="the quality guard (passes/quality_guard.py): lower the sparsity until exp(Δ mean loss) − 1 "
+                        "on the guard windows is at most this ('none': no guard; a comma list runs each)")
+    p.add_argument("--guard-windows", type=int, default=4,
+                   help="calibration-text windows after the calibration windows the guard measures the loss on")
     p.add_argument("--speed", action="store_true", help="also time the MLP kernels at Mistral dims")
     p.add_argument("--plot", default="frontier.png")
     p.add_argument("--json", default="frontier.json")

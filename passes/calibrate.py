@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import ActsparseError
 from ..ir import Graph, Node, evaluate
 from ..ir.mlp import unpack_gated_inputs
+from .base import record
 from .block_weights import BlockWeights
 from .sparsity_methods import (
     METHODS,
@@ -131,11 +132,13 @@ def threshold_attrs(attrs: dict, threshold: float, criterion: str) -> dict:
 
 def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str, sparsity: float,
               max_tokens: int = 4096, progress: bool = True, storage: str = "fp32",
-              sensitivity=None) -> list[NeuronThreshold | InputThresholds]:
+              sensitivity=None, loss_guard=None) -> list[NeuronThreshold | InputThresholds]:
     """Thresholds for every block from the calibration inputs (see the module docstring); `storage`: how the
     weights will be stored (prices a rotated method's Q against the block); `sensitivity` (greedy methods): per
     block g² of the loss ([rows of all the samples, d_out], sample by sample, passes/loss_sensitivity.py), which
-    pools the budget across blocks (sensitivity_allocation.py)."""
+    pools the budget across blocks (sensitivity_allocation.py); `loss_guard` (quality_guard.LossGuard, plans of
+    every block of the torch model): the sparsity lowered until the held-out loss holds; dropped where a block's
+    weights fold a bias (the torch MLP's own weights are not the plan's)."""
     method(name)
     samples = calibration_samples(calibration, len(graph.inputs))
     rows, index = collect_inputs(graph, blocks, samples, max_tokens, progress=progress, with_index=True)
@@ -151,9 +154,12 @@ def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str
     # a bias folded into the weights: the rows get their ones column
     rows = [np.concatenate([r, np.ones((len(r), 1), np.float32)], 1) if bw.w_gate.shape[1] > r.shape[1] else r
             for r, bw in zip(rows, weights)]
+    if loss_guard is not None and any(bw.w_gate.shape[1] > k for bw, k in zip(weights, dims)):
+        record("quality-guard-unmatched")
+        loss_guard = None
     plans = calibrate_blocks(weights, rows, name, sparsity, progress, [b.loc or f"block {i}" for i, b in
                                                                         enumerate(blocks)], input_dims=dims,
-                           storage=storage, sensitivity=sensitivity)
+                           storage=storage, sensitivity=sensitivity, loss_guard=loss_guard)
     fixed = []
     for b, plan in zip(blocks, plans):
         if isinstance(plan, NeuronThreshold) and b.attrs["gate_act"] == "fatrelu":

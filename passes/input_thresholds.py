@@ -52,7 +52,6 @@ class InputThresholds:
     rotation: np.ndarray | None = field(default=None, repr=False)   # T [d, d]: the block's input is x·T
     turn: np.ndarray | None = field(default=None, repr=False)       # T⁻ᵀ: the gate/up weights are W·turn
     rotation_share: float = 0.0    # Q's bytes over the block's weight bytes (already taken off `effective`)
-    compensation: object = field(default=None, repr=False)   # error_compensation.Compensation: rows scaled, bias
 
     @property
     def attrs(self) -> dict:

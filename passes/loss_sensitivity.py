@@ -6,10 +6,6 @@ The numpy reference interpreter has no backward, so g comes from the torch causa
 a progress bar, the result cached on disk (calibration_data.cached_arrays) keyed by the MLP weights and the
 windows. Rows are the windows' tokens in order (window by window), as the calibration interpreter collects the
 MLP inputs, so row i of g² belongs to calibration row i.
-
-`block_loss_probe` measures instead of estimating: the calibration loss's increase with one block's plan installed
-alone (sensitivity_allocation.measured_budgets rescales each block's curve by it), on the first PROBE_WINDOWS
-calibration windows: one forward per window per block, e.g. 18 blocks x 4 windows = 72 forwards for Gemma 3 270M.
 """
 
 from __future__ import annotations
@@ -17,10 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from .calibration_data import cached_arrays, digest
-
-# calibration windows a loss probe runs on (the first ones): enough to rank blocks whose costs differ 10-30x
-# (BENCHMARKS.md, session 15), few enough that probing every block costs less than the error curves
-PROBE_WINDOWS = 4
 
 
 def decoder_mlps(model) -> list | None:
@@ -35,12 +27,18 @@ def decoder_mlps(model) -> list | None:
 
 def fisher_weights(model, windows, progress: bool = True) -> list[np.ndarray]:
     """Per MLP, g² ([tokens of all windows, d]) on `windows` (token id arrays [1, n]); one backward per window."""
-    import torch
-    from tqdm.auto import tqdm
-
     modules = decoder_mlps(model)
     if modules is None:
         raise ValueError(f"{type(model).__name__}: no decoder layers with an `mlp` module to weight")
+    return [np.square(np.concatenate(g)).astype(np.float32) for g in output_grads(model, windows, modules, progress)]
+
+
+def output_grads(model, windows, modules: list, progress: bool = True) -> list[list[np.ndarray]]:
+    """Per module, g = ∂ summed next-token loss / ∂ (its output) per window ([tokens, d] each); one backward per
+    window, no parameter gradients."""
+    import torch
+    from tqdm.auto import tqdm
+
     outputs: list = []
 
     def keep(module, args, out) -> None:   # returns None: the output stays as it is
@@ -72,20 +70,23 @@ def fisher_weights(model, windows, progress: bool = True) -> list[np.ndarray]:
         for p in params:
             p.requires_grad_(True)
         model.train(was_training)
-    return [np.square(np.concatenate(g)).astype(np.float32) for g in grads]
+    return grads
 
 
 def cached_fisher_weights(model, windows, progress: bool = True, directory=None) -> list[np.ndarray]:
     """`fisher_weights`, computed once per (MLP weights, windows) and then read from the cache."""
-    modules = decoder_mlps(model)
-    if modules is None:
+    if decoder_mlps(model) is None:
         raise ValueError(f"{type(model).__name__}: no decoder layers with an `mlp` module to weight")
-    weights = [p.detach().float().numpy() for m in modules for p in m.parameters()]
-    key = digest(type(model).__name__, *weights, [np.asarray(w).tolist() for w in windows])
-    found = cached_arrays("mlp-fisher", key, lambda: {str(i): g for i, g in enumerate(
+    found = cached_arrays("mlp-fisher", _mlps_key(model, windows), lambda: {str(i): g for i, g in enumerate(
         fisher_weights(model, windows, progress))}, {"model": type(model).__name__, "windows": len(windows)},
                           directory)
     return [found[str(i)] for i in range(len(found))]
+
+
+def _mlps_key(model, windows) -> str:
+    """The cache key of a per-MLP result: the model class, its MLP weights and the windows."""
+    weights = [p.detach().float().numpy() for m in decoder_mlps(model) for p in m.parameters()]
+    return digest(type(model).__name__, *weights, [np.asarray(w).tolist() for w in windows])
 
 
 def mean_loss(model, windows) -> float:
@@ -101,25 +102,3 @@ def mean_loss(model, windows) -> float:
             count += ids.shape[1] - 1
     return total / max(count, 1)
 
-
-def block_loss_probe(model, windows, install, probe_windows: int = PROBE_WINDOWS):
-    """A `loss_probe(i, plan)` for sparsity_methods.calibrate_blocks: the mean loss's increase on the first
-    `probe_windows` of `windows` with block i alone at `plan`. `install(plans)` puts a list of per-block plans
-    (None: dense) into the model's MLPs, `install(None)` makes it dense again. The probe keeps what it measured
-    (`probe.measured`: {(block, plan digest): cost}) and measures a plan it has seen once only."""
-    windows = list(windows)[:probe_windows]
-    install(None)
-    dense = mean_loss(model, windows)
-    n = len(decoder_mlps(model) or [])
-
-    def probe(i: int, plan) -> float:
-        key = (i, digest(plan.x_thr, plan.h_thr, plan.rotation is not None))
-        if key not in probe.measured:
-            install([plan if j == i else None for j in range(n)])
-            try:
-                probe.measured[key] = mean_loss(model, windows) - dense
-            finally:
-                install(None)
-        return probe.measured[key]
-    probe.measured = {}
-    return probe

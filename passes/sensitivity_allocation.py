@@ -16,17 +16,10 @@ backward pass of the model on the calibration text, which the numpy reference in
 sensitivities come from the torch model (passes/loss_sensitivity.py; compile_decoder's default for threshold mode,
 benchmarks/threshold_frontier's too); without a torch model (ONNX, a graph) every block keeps the same budget.
 
-Measured costs (`measured_budgets`): the dense model's g² does not rank every block's cost right (Gemma 3 270M at
-0.5: blocks 3 and 5 cost the loss 10-30x per byte what blocks 0/2/4 cost, and the Fisher pooling had already given
-them the least; BENCHMARKS.md, session 14). So each block's plan is installed alone and the calibration loss's
-increase measured (a few calibration windows, one forward each per block: loss_sensitivity.block_loss_costs); each
-block's Fisher curve is rescaled to pass through its measured cost at its probed budget (the curve keeps its
-shape, the slope between budgets, and takes the measured level), and the budgets are pooled again on those.
-Not the default (sparsity_methods.calibrate_blocks' `loss_probe=`; benchmarks/threshold_frontier
-`--sensitivity measured`): at 0.5 it cost SmolLM2-135M +7.49% perplexity (Fisher pooling: +4.72%) and Gemma 3
-270M +14.59% (Fisher: +10.74%). A block's cost alone on a few calibration windows does not predict its cost on
-other text: 12 of SmolLM2's 30 blocks measured a *lower* loss with their plan alone, and Gemma's blocks 3 and 5,
-the costliest alone on held-out text, measured below zero on the calibration windows (BENCHMARKS.md, session 15).
+Tried and removed (BENCHMARKS.md, session 15): rescaling each block's curve by its loss increase measured with its
+plan alone on a few calibration windows (`measured_budgets`): +7.49% on SmolLM2-135M and +14.59% on Gemma 3 270M
+at 0.5 against the Fisher pooling's +4.72% / +10.74%; a block's cost alone on a few windows does not predict its
+cost on other text. What bounds the loss now is quality_guard.py (the whole plan, held-out windows).
 """
 
 from __future__ import annotations
@@ -39,8 +32,6 @@ import numpy as np
 # session 11)
 SPAN = 0.05
 STEP = 0.025
-# a measured cost at or below zero counts as this fraction of the blocks' mean positive cost (measured_budgets)
-COST_FLOOR = 0.05
 
 
 def pooled_budgets(options: list, budget: float, span: float = SPAN, step: float = STEP) -> list[float]:
@@ -67,19 +58,3 @@ def pooled_budgets(options: list, budget: float, span: float = SPAN, step: float
     chosen = np.round(result.x).reshape(n_blocks, n_offsets).argmax(1)
     return [budget + int(offsets[j]) * step for j in chosen]
 
-
-def measured_budgets(options: list, probed: list[float], costs: list[float], budget: float,
-                     span: float = SPAN, step: float = STEP) -> list[float]:
-    """`pooled_budgets` on each block's error curve rescaled to its measured loss increase: `options[b]` as for
-    pooled_budgets, `probed[b]` the budget block b was probed at, `costs[b]` the calibration loss's increase with
-    block b alone sparsified there. A cost at or below zero (the block alone did not raise the loss on the
-    probe's text) is taken as COST_FLOOR of the mean positive cost, not zero: the probe's text is short, and a
-    zero would let that block take any budget."""
-    positive = [c for c in costs if c > 0]
-    floor = COST_FLOOR * (float(np.mean(positive)) if positive else 1.0)
-    scaled = []
-    for error_at, at, cost in zip(options, probed, costs):
-        reference = error_at(at)
-        scale = max(cost, floor) / reference if np.isfinite(reference) and reference > 0 else 1.0
-        scaled.append(lambda s, error_at=error_at, scale=scale: scale * error_at(s))
-    return pooled_budgets(scaled, budget, span, step)

@@ -62,7 +62,7 @@ from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 @dataclass(frozen=True)
 class SparsifyThreshold(Pass):
     name = "sparsify-threshold"
-    data_options = ("calibration", "sensitivity", "target")
+    data_options = ("calibration", "sensitivity", "target", "loss_guard")
     sparsity: float = 0.5
     method: str = DEFAULT_METHOD
     thresholds: tuple = ()
@@ -72,6 +72,7 @@ class SparsifyThreshold(Pass):
     progress: bool = True
     storage: str | None = None
     target: Target | None = field(default=None, repr=False, compare=False)   # its input_byte_cost: the cost rule
+    loss_guard: object = field(default=None, repr=False, compare=False)   # quality_guard.LossGuard
 
     def __post_init__(self):
         coerce_options(self)
@@ -106,9 +107,15 @@ class SparsifyThreshold(Pass):
                 weighted = False
             if weighted:
                 record("fisher-allocation")   # the budget pooled across blocks by the loss's sensitivity
+            guard = self.loss_guard
+            if guard is not None and len(missing) != len(blocks):   # it installs every block's plan, or none
+                record("quality-guard-unmatched")
+                guard = None
             found = calibrate(graph, [blocks[i] for i in missing], self.calibration, self.method, self.sparsity,
                               self.max_tokens, self.progress, storage,
-                              [self.sensitivity[i] for i in missing] if weighted else None)
+                              [self.sensitivity[i] for i in missing] if weighted else None, guard)
+            if guard is not None and guard.outcome is not None:
+                record("quality-guard" if guard.outcome[1] == guard.outcome[0] else "quality-guard-lowered")
             for i, c in zip(missing, found):
                 chosen[i] = c
         cost = (self.target.input_byte_cost if self.target is not None else {}).get(storage, 1.0)
@@ -191,10 +198,6 @@ def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds, provenanc
     if isinstance(c, NeuronThreshold):
         attrs = {"pattern": pattern, **threshold_attrs(node.attrs, c.threshold, c.criterion), **provenance}
         return to_sparse_layout(node, attrs, graph, new_weights)
-    if c.compensation is not None:   # benchmarks/threshold_compensation's experiment (it lost): not lowered
-        raise ActsparseError(f"{node.loc or 'a gated MLP'}: its input-threshold plan carries an error compensation "
-                             "(passes/error_compensation), which the compiled kernels do not apply; calibrate "
-                             "without it (no method sets it: it is a benchmark experiment)")
     # input mode: the kernel layout (down transposed, fused split) with gate/up transposed once more
     attrs = {"pattern": pattern, "gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"],
              "mode": "input", "threshold": float(np.median(c.h_thr)), **c.attrs, **provenance}

@@ -35,7 +35,6 @@ import numpy as np
 from ..ir.activations import apply
 from ..ir.input_sparse import input_sparse_parts
 from .block_weights import BlockWeights
-from .error_compensation import compensated_weights
 from .greedy_allocation import (  # noqa: F401 (LEVEL_STEP, error_curves: this module's API before the split)
     LEVEL_STEP,
     MAX_LEVEL,
@@ -53,8 +52,9 @@ from .input_thresholds import (
     enough_rows,
     input_thresholds,
 )
+from .quality_guard import LossGuard, guarded_plans
 from .rotation import crossfit_halves, rotate_blocks
-from .sensitivity_allocation import SPAN, measured_budgets, pooled_budgets
+from .sensitivity_allocation import pooled_budgets
 
 METHODS = {m.name: m for m in (
     Method("cats", "threshold", "gate", doc="CATS: |act(gate)| threshold, skips up/down rows"),
@@ -121,8 +121,8 @@ def allocation_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Met
 def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
                            progress: bool = True, where: list[str] | None = None, curves=None,
                            input_dims: list[int] | None = None, storage: str = "fp32",
-                           sensitivity: list[np.ndarray] | None = None, loss_probe=None,
-                           probe_span: float = SPAN) -> list[InputThresholds]:
+                           sensitivity: list[np.ndarray] | None = None,
+                           loss_guard: LossGuard | None = None) -> list[InputThresholds]:
     """Input-mode thresholds for every block: uniform sparsity, or the greedy allocation for `*-greedy`;
     `rotated-*` turns a block into its method's basis (rotation.BASES; `input_dims`: the block's own input columns,
     before a folded bias column) and asks it to skip `sparsity` plus its rotation's share — where that fits
@@ -130,9 +130,9 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
     block's at `sparsity`; other blocks stay as they are (no rotation, no share). `sensitivity` (greedy methods;
     per block [tokens, d_out] weights of the squared output error, aligned with the rows, e.g. g² of the loss):
     errors in the loss's unit, so the budget is pooled across blocks (sensitivity_allocation.py); `curves` are
-    then those of `allocation_curves(..., sensitivity=)`. `loss_probe(i, plan)` (with `sensitivity`): the
-    calibration loss's increase with block i alone at `plan`; each block of the pooled plan is probed once and the
-    budget pooled again on the measured costs (sensitivity_allocation.measured_budgets, within ± `probe_span`)."""
+    then those of `allocation_curves(..., sensitivity=)`. `loss_guard` (quality_guard.py): the plans' loss increase
+    on held-out text checked, and the model-wide sparsity lowered until it is within the guard's tolerance
+    (`loss_guard.outcome` then says what was kept)."""
     m = method(name)
     if m.mode != "input":
         raise ValueError(f"method {name!r} is not an input-sparsity method")
@@ -140,10 +140,7 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
         raise ValueError(f"sensitivity pools a greedy allocation; method {name!r} is not greedy")
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
-    if loss_probe is not None and sensitivity is None:
-        raise ValueError("loss_probe rescales the sensitivity-pooled allocation: pass sensitivity= too")
     blocks, rows = list(blocks), list(rows)
-    targets = [sparsity] * len(blocks)
     if m.greedy:
         if m.rotate:
             turned_curves, curves = curves or (None, None)
@@ -165,7 +162,10 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
                 errors.append(least_summed_error(turned[i], turned_curves[i], budget + q_shares[i]))
             return min(errors)
         options = [functools.partial(least, i) for i in range(len(blocks))]
-        targets = pooled_budgets(options, sparsity)
+
+    def targets_at(s: float) -> list[float]:
+        """Each block's budget at model-wide sparsity s: pooled by the loss's sensitivity, or s everywhere."""
+        return [s] * len(blocks) if sensitivity is None else pooled_budgets(options, s)
 
     def plans_at(targets: list[float]) -> list[InputThresholds]:
         """Every block's plan at its budget (a rotated-* block turned where that pays)."""
@@ -192,20 +192,14 @@ def calibrate_input_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], n
         return [replace(p, rotation=q, turn=turn, rotation_share=share, effective=p.effective - share)
                 for p, q, share, turn in zip(plans, rotations, shares, turns)]
 
-    if loss_probe is not None:   # re-pool on the loss measured with each block's plan alone
-        from tqdm.auto import tqdm
-
-        probed = plans_at(targets)
-        costs = [loss_probe(i, plan) for i, plan in enumerate(tqdm(probed, desc="loss probe", unit="block",
-                                                                    disable=not progress or None))]
-        targets = measured_budgets(options, targets, costs, sparsity, probe_span)
-    return plans_at(targets)
+    if loss_guard is not None:
+        return guarded_plans(lambda s: plans_at(targets_at(s)), sparsity, loss_guard, progress)
+    return plans_at(targets_at(sparsity))
 
 
 def measured_effective(block: BlockWeights, plan: InputThresholds, rows: np.ndarray) -> float:
     """The effective sparsity an input-mode plan gives on `rows` (e.g. held-out text), net of its rotation's bytes,
     as the report measures it (ir/input_sparse.input_measure)."""
-    block = compensated_weights(block, plan.compensation)
     x, w_gate, w_up = rows, block.w_gate, block.w_up
     if plan.rotation is not None:
         x, w_gate, w_up = rows @ plan.rotation, w_gate @ plan.turn, w_up @ plan.turn
@@ -255,16 +249,19 @@ def neuron_threshold(bw: BlockWeights, rows: np.ndarray, m: Method, sparsity: fl
 def calibrate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,
                      progress: bool = True, where: list[str] | None = None, curves=None,
                      input_dims: list[int] | None = None, storage: str = "fp32",
-                     sensitivity: list[np.ndarray] | None = None, loss_probe=None, probe_span: float = SPAN):
+                     sensitivity: list[np.ndarray] | None = None, loss_guard: LossGuard | None = None):
     """Every block's calibration for method `name` at `sparsity` (NeuronThreshold or InputThresholds each);
     `curves`: the greedy allocation's error curves of an earlier call with the same blocks and rows;
     `input_dims`: each block's input width before a folded bias column (what a rotation turns); `storage`: how
     the weights will be stored ("fp32", "fp16", "int8", "int4": what the rotation's bytes are weighed against);
-    `sensitivity`, `loss_probe`, `probe_span`: see calibrate_input_blocks."""
+    `sensitivity`, `loss_guard`: see calibrate_input_blocks."""
     m = method(name)
     if m.mode == "input":
         return calibrate_input_blocks(blocks, rows, name, sparsity, progress, where, curves, input_dims, storage,
-                                      sensitivity, loss_probe, probe_span)
+                                      sensitivity, loss_guard)
     for i, r in enumerate(rows):
         check_rows(r, sparsity, where[i] if where else f"block {i}")
-    return [neuron_threshold(b, r, m, sparsity) for b, r in zip(blocks, rows)]
+
+    def plans_at(s: float) -> list[NeuronThreshold]:
+        return [neuron_threshold(b, r, m, s) for b, r in zip(blocks, rows)]
+    return plans_at(sparsity) if loss_guard is None else guarded_plans(plans_at, sparsity, loss_guard, progress)

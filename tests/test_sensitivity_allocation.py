@@ -57,58 +57,64 @@ def test_sensitivity_moves_sparsity_to_the_insensitive_block(name):
         calibrate_blocks(blocks, rows, "wina", 0.4, progress=False, sensitivity=sensitivity)
 
 
-def test_measured_budgets_follow_the_measured_cost_not_the_curve():
-    from actsparse.passes.sensitivity_allocation import measured_budgets
-
-    same = [lambda s: s * s] * 3                 # the Fisher curves rank the blocks alike...
-    budgets = measured_budgets(same, [0.5] * 3, [1.0, 30.0, 3.0], 0.5)   # ...the loss does not
-    assert np.mean(budgets) == pytest.approx(0.5)
-    assert budgets[0] > budgets[2] > budgets[1]  # the costliest block measured gets the least
-    # a block that did not raise the loss is floored, not free: it takes the most, the budget still holds
-    floored = measured_budgets(same, [0.5] * 3, [-0.01, 1.0, 1.0], 0.5, span=0.1)
-    assert floored[0] == pytest.approx(0.6) and np.mean(floored) == pytest.approx(0.5)
-
-
-def test_loss_probe_moves_sparsity_away_from_the_costly_block():
-    rng = np.random.default_rng(1)
-    blocks, rows = _blocks(rng)
-    d = blocks[0].w_down.shape[0]
-    sensitivity = [np.ones((256, d), np.float32)] * 2
-    pooled = calibrate_blocks(blocks, rows, "wina-greedy", 0.4, progress=False, sensitivity=sensitivity)
-    probed = []
-
-    def probe(i, plan):   # block 1 costs the loss 100x what its curve says, relative to block 0
-        probed.append(i)
-        return (100.0 if i == 1 else 1.0) * plan.effective
-    plans = calibrate_blocks(blocks, rows, "wina-greedy", 0.4, progress=False, sensitivity=sensitivity,
-                             loss_probe=probe)
-    assert sorted(probed) == [0, 1]              # each block probed once
-    effective = [p.effective for p in plans]
-    assert effective[0] >= effective[1] + 2 * STEP
-    assert effective[1] < pooled[1].effective    # the rule fired: block 1 gave budget up
-    assert np.mean(effective) == pytest.approx(0.4, abs=0.03)
-    with pytest.raises(ValueError, match="sensitivity"):
-        calibrate_blocks(blocks, rows, "wina-greedy", 0.4, progress=False, loss_probe=probe)
-
-
-def test_block_loss_probe_is_the_loss_with_that_block_alone_sparsified():
+def _tiny_llama():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from actsparse.benchmarks.threshold_frontier import block_weights, collect_rows, install
-    from actsparse.passes.loss_sensitivity import block_loss_probe, mean_loss
-
     config = transformers.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                       num_key_value_heads=2, intermediate_size=64, vocab_size=128,
                                       max_position_embeddings=64, pad_token_id=0)
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()
-    windows = [torch.randint(3, 128, (1, 24), generator=torch.Generator().manual_seed(s)).numpy() for s in range(3)]
-    plans = calibrate_blocks(block_weights(model), collect_rows(model, windows), "wina-greedy", 0.5, progress=False)
-    probe = block_loss_probe(model, windows, lambda p: install(model, p), probe_windows=2)
-    dense = mean_loss(model, windows[:2])
-    cost = probe(1, plans[1])
-    install(model, [None, plans[1]])
-    assert cost == pytest.approx(mean_loss(model, windows[:2]) - dense, rel=1e-6) and cost != 0
+    windows = [torch.randint(3, 128, (1, 24), generator=torch.Generator().manual_seed(s)).numpy() for s in range(4)]
+    return model, windows
+
+
+def test_guard_keeps_the_largest_sparsity_within_the_tolerance():
+    from actsparse.passes.quality_guard import LossGuard, QualityGuardError
+
+    rng = np.random.default_rng(1)
+    blocks, rows = _blocks(rng)
+    seen = []
+
+    def increase(plans):   # a loss that grows with the plans' sparsity: 0.2 per unit of effective sparsity
+        seen.append(np.mean([p.effective for p in plans]))
+        return 0.2 * seen[-1]
+    guard = LossGuard(increase, tolerance=0.05)
+    plans = calibrate_blocks(blocks, rows, "wina-greedy", 0.4, progress=False, loss_guard=guard)
+    asked, kept, measured, probes = guard.outcome
+    assert asked == 0.4 and kept < 0.4 and measured <= 0.05          # the guard fired and holds
+    assert np.mean([p.effective for p in plans]) == pytest.approx(kept, abs=0.02)
+    assert 0.2 * (kept + guard.step) > 0.05 - 1e-3                   # the next sparsity up would not hold
+    assert probes == len(seen) < 8 and "kept" in guard.describe() and "max_loss_increase=None" in guard.describe()
+    loose = LossGuard(increase, tolerance=0.5)
+    calibrate_blocks(blocks, rows, "wina-greedy", 0.4, progress=False, loss_guard=loose)
+    assert loose.outcome[:2] == (0.4, 0.4) and loose.outcome[3] == 1   # within the tolerance: one probe
+    with pytest.raises(QualityGuardError, match="max_loss_increase"):
+        calibrate_blocks(blocks, rows, "wina-greedy", 0.4, progress=False, loss_guard=LossGuard(lambda p: 1.0))
+
+
+def test_torch_loss_guard_measures_the_held_out_perplexity_ratio():
+    from actsparse.benchmarks.threshold_frontier import block_weights, collect_rows, install
+    from actsparse.passes.loss_sensitivity import mean_loss
+    from actsparse.passes.torch_plans import torch_loss_guard
+
+    model, windows = _tiny_llama()
+    plans = calibrate_blocks(block_weights(model), collect_rows(model, windows[:2]), "wina-greedy", 0.5,
+                             progress=False)
+    guard = torch_loss_guard(model, windows[2:], lambda p: install(model, p))
+    dense = mean_loss(model, windows[2:])
+    increase = guard.increase(plans)
+    install(model, plans)
+    assert increase == pytest.approx(np.expm1(mean_loss(model, windows[2:]) - dense), rel=1e-6) and increase != 0
     install(model, None)
-    assert mean_loss(model, windows[:2]) == dense      # the probe leaves the model dense
-    assert probe(1, plans[1]) == cost and len(probe.measured) == 1   # measured once
+    assert mean_loss(model, windows[2:]) == dense      # the guard leaves the model dense
+
+
+
+@pytest.mark.parametrize("bad", [-0.01, "0.05", float("nan"), True])
+def test_a_bad_max_loss_increase_is_one_clear_error(bad):
+    from actsparse.passes.input_thresholds import CalibrationError
+    from actsparse.passes.torch_plans import held_out_guard
+
+    with pytest.raises(CalibrationError, match="max_loss_increase must be a number >= 0"):
+        held_out_guard(object(), [], bad)

@@ -1,6 +1,7 @@
-"""Threshold mode through compile_decoder on a tiny Llama: the Fisher-weighted allocation is its default (the torch
-model's g² reach the pass, budgets move between blocks, their mean stays the asked sparsity), it chooses what the
-benchmark's path (threshold_frontier: torch rows, the same g²) chooses, and the report measures on text.
+"""Threshold mode through compile_decoder on a tiny Llama: the Fisher-weighted allocation and the quality guard are
+its defaults (the torch model's g² reach the pass, budgets move between blocks, their mean stays the asked
+sparsity; the guard measures on a held-out window), it chooses what the benchmark's path (threshold_frontier: torch
+rows, the same g²) chooses, and the report measures on text.
 
 The pipeline runs without the TVM build (`compile_graph` replaced): what is checked is the calibration."""
 
@@ -39,12 +40,19 @@ def text_windows():
 
 @pytest.fixture(scope="module")
 def decoded(tmp_path_factory):
-    """compile_decoder's pipeline (no build) on the tiny model: (model, graph after the pipeline, its stats,
-    options given to the pipeline, the report's measuring input). The Fisher cache goes to a fresh folder."""
+    """compile_decoder's pipeline (no build) on the tiny model with the quality guard on (max_loss_increase=0.05: it holds the last
+    calibration window out): (model, graph after the pipeline, its stats, options given to the pipeline, the
+    report's measuring input). The Fisher cache goes to a fresh folder."""
+    from actsparse.passes.quality_guard import MAX_LOSS_INCREASE
+
+    return pipeline_of_compile(tmp_path_factory.mktemp("cache"), MAX_LOSS_INCREASE)
+
+
+def pipeline_of_compile(cache, max_loss_increase):
     model = tiny_llama()
     seen = {}
     patch = pytest.MonkeyPatch()
-    seen["cache"] = tmp_path_factory.mktemp("cache")
+    seen["cache"] = cache
     patch.setenv("ACTSPARSE_CACHE", str(seen["cache"]))
 
     def pipeline_only(graph, arrays, target, mode, options, *rest):
@@ -56,7 +64,7 @@ def decoded(tmp_path_factory):
     api.compile_graph = pipeline_only
     try:
         api._compile_decoder(model, None, model, "x86", "threshold", WINDOW, None, text_windows(), SPARSITY, None,
-                             None, None, None, None, None, _NoSteps())
+                             None, None, None, None, None, _NoSteps(), max_loss_increase)
     except _PipelineDone:   # only the pipeline is wanted here, not the build
         pass
     finally:
@@ -84,7 +92,8 @@ def _effective(graph):
 def test_compile_decoder_pools_the_budget_by_the_fisher_weights(decoded):
     model, seen = decoded
     weights = seen["options"]["sensitivity"]
-    assert len(weights) == LAYERS and weights[0].shape == (WINDOWS * WINDOW, 32) and (weights[0] > 0).any()
+    # the guard's window held out: the weights (like the curves and thresholds) come from the other three
+    assert len(weights) == LAYERS and weights[0].shape == ((WINDOWS - 1) * WINDOW, 32) and (weights[0] > 0).any()
     assert seen["result"].stats["sparsify-threshold"].get("fisher-allocation") == 1
     assert len(list((seen["cache"] / "mlp-fisher").glob("*.safetensors"))) == 1   # cached for the next compile
     pooled = _effective(seen["result"].graph)
@@ -109,7 +118,7 @@ def test_compile_chooses_what_the_benchmark_path_chooses(decoded):
     from actsparse.passes.sparsity_methods import DEFAULT_METHOD, calibrate_blocks
 
     model, seen = decoded
-    windows = text_windows()
+    windows = text_windows()[:-1]   # the last one is the quality guard's
     rows = collect_rows(model, windows)
     plans = calibrate_blocks(block_weights(model), rows, DEFAULT_METHOD, SPARSITY, progress=False,
                              sensitivity=fisher_weights(model, windows, progress=False))
@@ -167,3 +176,16 @@ def test_rotation_calibrated_off_its_fitting_rows_delivers_the_asked_sparsity():
     assert plan.rotation is not None
     assert measured_effective(block, plan, fresh) == pytest.approx(SPARSITY, abs=0.015)
     assert plan.tokens == 2 * d   # calibrated on the half of the rows the basis was not fitted on
+
+
+
+def test_compile_decoder_guards_the_loss_on_held_out_samples(decoded):
+    """The quality guard (max_loss_increase=0.05, opt-in) measured the plans on the held-out window and kept the
+    asked sparsity (the tiny model's loss hardly moves; the lowering and the error: test_sensitivity_allocation)."""
+    from actsparse.passes.quality_guard import MAX_LOSS_INCREASE
+
+    _, seen = decoded
+    guard = seen["options"]["loss_guard"]
+    assert guard.outcome[:2] == (SPARSITY, SPARSITY) and guard.outcome[2] <= MAX_LOSS_INCREASE
+    assert seen["result"].stats["sparsify-threshold"].get("quality-guard") == 1
+    assert "tolerance" in guard.describe()
