@@ -22,7 +22,8 @@ import numpy as np
 from .input_thresholds import CalibrationError
 from .sensitivity_allocation import STEP
 
-# exp(Δ mean next-token loss) − 1 a guard allows unless told: issue 15's "+5% perplexity" (compile() takes no guard unless asked)
+# exp(Δ mean next-token loss) − 1 a guard allows unless told: issue 15's "+5% perplexity" (compile() guards only
+# where asked: max_loss_increase=None by default)
 MAX_LOSS_INCREASE = 0.05
 # the sparsities the guard tries below the asked one: asked − k·GUARD_STEP (the Fisher pooling's own step)
 GUARD_STEP = STEP

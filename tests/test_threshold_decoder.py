@@ -40,9 +40,9 @@ def text_windows():
 
 @pytest.fixture(scope="module")
 def decoded(tmp_path_factory):
-    """compile_decoder's pipeline (no build) on the tiny model with the quality guard on (max_loss_increase=0.05: it holds the last
-    calibration window out): (model, graph after the pipeline, its stats, options given to the pipeline, the
-    report's measuring input). The Fisher cache goes to a fresh folder."""
+    """compile_decoder's pipeline (no build) on the tiny model with the quality guard on (max_loss_increase=0.05:
+    it holds the last calibration window out): (model, graph after the pipeline, its stats, options given to the
+    pipeline, the report's measuring input). The Fisher cache goes to a fresh folder."""
     from actsparse.passes.quality_guard import MAX_LOSS_INCREASE
 
     return pipeline_of_compile(tmp_path_factory.mktemp("cache"), MAX_LOSS_INCREASE)
