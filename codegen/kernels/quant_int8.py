@@ -66,6 +66,20 @@ class Int8Dot:
     coefficient_table: bool = False  # the integer axpy of split rows (q4_0) rounds a step's coefficients for 16
                                      # groups per vector into a table before its group loop (quant_axpy8.py);
                                      # measured on AVX-512 only (BENCHMARKS.md, session 11)
+    pair_sum: str = ""  # "": `intrinsic` is the accumulating 4-way dot. Else the dot takes two steps (AVX2, no
+                        # VNNI): `intrinsic` multiplies a (u8) by b (s8) and sums byte pairs to int16, saturating
+                        # (vpmaddubsw), this one sums int16 pairs against ones to int32 (vpmaddwd), added to acc
+    layouts: tuple[str, ...] = tuple(LAYOUTS)  # the layouts whose row dots it serves (others keep the float
+                                               # path): a saturating pair sum may serve only those whose byte
+                                               # pairs fit int16 (q4 nibbles x x̂: |pair| <= 2 * 15 * 128)
+
+    def dot(self, acc, a, b):
+        """int32 x lanes: acc + per lane the sum of 4 byte products of a and b (byte vectors, 4 * lanes)."""
+        ivec = f"int32x{self.lanes}"
+        if not self.pair_sum:
+            return T.call_llvm_pure_intrin(ivec, self.intrinsic, acc, a, b)
+        pairs = T.call_llvm_pure_intrin(f"int16x{2 * self.lanes}", self.intrinsic, a, b)
+        return acc + T.call_llvm_pure_intrin(ivec, self.pair_sum, pairs, T.Broadcast(T.int16(1), 2 * self.lanes))
 
 
 INT8_DOTS = {
@@ -73,6 +87,10 @@ INT8_DOTS = {
                            nibble_lookup="llvm.x86.avx512.permvar.sf.512", coefficient_table=True),  # vpermps
     "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
     "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
+    # AVX2 without VNNI (Zen 3, Haswell..Skylake client): llama.cpp's q4 dot. q8_0 (x̂ + 128 times codes: pairs up to
+    # 65280) would saturate, so it keeps the float path; the integer axpy is unmeasured here
+    "pmaddubsw256": Int8Dot("llvm.x86.avx2.pmadd.ub.sw", 8, False, pair_sum="llvm.x86.avx2.pmadd.wd",
+                            layouts=("q4_0", "q4_1")),
 }
 HALF = GROUP // 2
 
@@ -86,7 +104,7 @@ def paired_q8(dtype: str, sched: CpuSchedule, kernel: str) -> bool:
 
 def uses_int8_dot(dtype: str, sched: CpuSchedule) -> bool:
     """Whether rows of `dtype` take the integer path on `sched` (an int8 dot and a quantized layout)."""
-    return bool(sched.int8_dot) and dtype in LAYOUTS
+    return bool(sched.int8_dot) and dtype in INT8_DOTS[sched.int8_dot].layouts
 
 
 @dataclass(frozen=True)
@@ -271,7 +289,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     the prepared byte buffer of `x8_prep_macro` (for the same `kernel`)."""
     lay = LAYOUTS[dtype]
     ins = INT8_DOTS[sched.int8_dot]
-    intrin, L = ins.intrinsic, ins.lanes
+    L = ins.lanes
     xl = x_blocks(d, sched)
     P, VB, R, G = L // 4, L * 4, sched.rows, xl.groups
     S = -(-R // P)  # row sets per step
@@ -289,7 +307,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
 
     def dot(acc, a, b):  # acc + the 4-way a (u8; s8 if `signed_a`) x b (s8) dot per int32 lane; the bytes go in as
         # byte vectors (TVM 0.27's LLVM declares vpdpbusd with <64 x i8> operands; <16 x i32> ones fail its verifier)
-        return T.call_llvm_pure_intrin(ivec, intrin, acc, a, b)
+        return ins.dot(acc, a, b)
 
     def codes(w, ro, s, grp, second: bool):
         """uint8 x VB: the set's P rows' code bytes of columns 0-15 (second: 16-31) side by side."""
@@ -374,8 +392,7 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, gathered: bool, 
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     row_sums = row_sums_macro(R, L, store)
 
-    def dot(acc, a, b):
-        return T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, a, b)
+    dot = ins.dot
 
     def xvec(xb, m, grp, part):
         return xb[m, T.ramp(xl.operand(grp, part), 1, VB)]
