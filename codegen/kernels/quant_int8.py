@@ -78,8 +78,23 @@ class Int8Dot:
         ivec = f"int32x{self.lanes}"
         if not self.pair_sum:
             return T.call_llvm_pure_intrin(ivec, self.intrinsic, acc, a, b)
-        pairs = T.call_llvm_pure_intrin(f"int16x{2 * self.lanes}", self.intrinsic, a, b)
-        return acc + T.call_llvm_pure_intrin(ivec, self.pair_sum, pairs, T.Broadcast(T.int16(1), 2 * self.lanes))
+        return self.dots(acc, (a, b))
+
+    def dots(self, acc, *operands):
+        """acc + the dots of each (a, b) of `operands`. With `pair_sum`, the int16 pair sums of all add up before one
+        widening to int32 (one vpmaddwd and one add per block, not per half): a layout it serves keeps them within
+        int16 (q4: two halves' pairs, |sum| <= 2 * 2 * 15 * 128)."""
+        if not self.pair_sum:
+            for a, b in operands:
+                acc = self.dot(acc, a, b)
+            return acc
+        pvec = f"int16x{2 * self.lanes}"
+        pairs = [T.call_llvm_pure_intrin(pvec, self.intrinsic, a, b) for a, b in operands]
+        total = pairs[0]
+        for p in pairs[1:]:
+            total = total + p
+        ivec = f"int32x{self.lanes}"
+        return acc + T.call_llvm_pure_intrin(ivec, self.pair_sum, total, T.Broadcast(T.int16(1), 2 * self.lanes))
 
 
 INT8_DOTS = {
@@ -341,7 +356,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
             zero, c128 = T.Broadcast(T.int32(0), L), T.Broadcast(T.uint8(128), VB)
             return dot(dot(zero, xvec(xb, m, grp, 0), lo), xvec(xb, m, grp, 1), hi) - dot(dot(zero, c128, lo), c128, hi)
         # nibbles . x̂, from -8 * sum(x̂) (q4_0) or 0 (q4_1) in lane 4p
-        return dot(dot(T.reinterpret(ivec, xvec(xb, m, grp, 2)), lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
+        return ins.dots(T.reinterpret(ivec, xvec(xb, m, grp, 2)), (lo, xvec(xb, m, grp, 0)), (hi, xvec(xb, m, grp, 1)))
 
     def block_sum(w, xb, m, ro, s, grp, dx, dx_sum):
         """float32 x L: the set's block dot products (lanes 4p..4p+3 of row p); w the flat view, ro the rows'

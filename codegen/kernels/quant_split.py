@@ -124,8 +124,6 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     code_lines = max(1, CACHE_LINE // VB)  # chunks per cache line of codes
     scale_lines = -(-2 * G // CACHE_LINE)  # cache lines of a row's scales
 
-    dot = ins.dot
-
     def xvec(xb, m, byte):
         return xb[m, T.ramp(byte, 1, VB)]
 
@@ -153,7 +151,7 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
         raw = codes(wf, ro_r, c, n)
         lo = T.bitwise_and(raw, T.Broadcast(T.uint8(15), VB))
         hi = T.shift_right(raw, T.Broadcast(T.uint8(4), VB))
-        return T.Cast(fvec, dot(dot(init, lo, xlo), hi, xhi)) * (scales(wf, ro_r, c, n) * dxv)
+        return T.Cast(fvec, ins.dots(init, (lo, xlo), (hi, xhi))) * (scales(wf, ro_r, c, n) * dxv)
 
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
