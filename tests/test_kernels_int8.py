@@ -332,9 +332,9 @@ def test_the_avx2_dot_kernel_is_built_with_vpmaddubsw():
         asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
         loops = [body for body in innermost_loops(asm) if "vpmaddubsw" in body]
         assert loops, f"{dtype}: no row-dot loop with vpmaddubsw"
-        for body in loops:  # integer dots (a vpmaddwd per one or two vpmaddubsw), no
-            # widening of codes to int32
-            assert body.count("vpmaddubsw") >= body.count("vpmaddwd") > 0, body
+        for body in loops:  # integer dots (a block's two halves' int16 pair sums added: one vpmaddwd per two
+            # vpmaddubsw, `Int8Dot.dots`), no widening of codes to int32
+            assert body.count("vpmaddubsw") == 2 * body.count("vpmaddwd") > 0, body
             assert not any(op.startswith("vpmovzxbd") for op in body), body
 
 

@@ -1,4 +1,5 @@
-"""Row dots of quantized weights as integer dot products against x quantized to 8-bit blocks (x86 VNNI, ARM sdot).
+"""Row dots of quantized weights as integer dot products against x quantized to 8-bit blocks (x86 VNNI or AVX2,
+ARM sdot).
 
 What llama.cpp does for its quantized types: x is quantized once per call, per token and group of 32 columns,
 to x̂ = round(x / dx) int8 with dx = max|x| / 127, and a weight block's dot product with x becomes an integer one,
@@ -9,6 +10,9 @@ scaled once per block:
 The integer sum runs on a 4-way 8-bit -> i32 dot instruction (x86 `vpdpbusd`, u8 x s8: AVX512-VNNI on 512-bit
 vectors, AVX-VNNI / AVX512-VNNI+VL on 256-bit; aarch64 `sdot`, s8 x s8: FEAT_DotProd on 128-bit NEON), named by
 the schedule's `int8_dot` (from the target's feature flags, `codegen/schedules.py`) and looked up in `INT8_DOTS`.
+x86 with AVX2 and no VNNI takes llama.cpp's two-step form (`Int8Dot.pair_sum`): vpmaddubsw (u8 x s8, byte pairs
+summed to int16, saturating) and vpmaddwd against ones; it serves the layouts whose pairs fit int16 (q4_0, q4_1:
+`Int8Dot.layouts`), q8_0 keeps the float path there.
 x's rounding costs at most dx / 2 per element: each dot is off by at most sum_groups (dx / 2) * sum_j |w_j|
 (tests/test_kernels_int8.py checks that bound).
 
