@@ -258,16 +258,22 @@ def test_the_float_down_projection_table_path_on_long_rows(kind):
 
 def extreme_case(dtype: str, n: int = 8, d: int = 96):
     """x and weights at the extremes of the integer dot's operands: |x̂| = 127 everywhere (x = ±1) and codes at
-    their ends (q8_0: ±127; q4: nibbles 0 and 15), with rows whose signs follow x's (every byte pair's products
+    their ends (q8_0: 127 and -128; q4: nibbles 0 and 15), with rows whose signs follow x's (every byte pair's products
     add up: the largest pair sums a layout can make) and rows against it. Returns (x, blob, the float64 reference
     on the rounded x)."""
-    from actsparse.ir.quant import dequantize, quantize, round_x8
+    from actsparse.ir.quant import GROUP, LAYOUTS, dequantize, quantize, round_x8
 
     sign = np.where(np.arange(d) % 3 == 0, -1.0, 1.0)
     x = np.stack([np.ones(d), sign]).astype(np.float32)  # x̂ = 127 (x̂ + 128 = 255 as a u8 operand) and mixed
     rows = [np.ones(d), -np.ones(d), sign, -sign, np.where(np.arange(d) % 2, 1.0, -1.0)]
     w = np.stack([rows[i % len(rows)] * (1 + i) for i in range(n)]).astype(np.float32)
     blob = quantize(w, dtype).blob
+    if dtype == "q8_0":  # codes of -128 (a GGUF file may hold them; our rounding stops at -127): |code| = 128
+        lay = LAYOUTS[dtype]
+        rows = blob.reshape(n, lay.row_bytes(d))
+        for g in range(lay.groups(d)):
+            at = lay.codes_byte(g, lay.stored_groups(d))
+            rows[1::2, at:at + GROUP] = 0x80
     ref = round_x8(x).astype(np.float64) @ dequantize(blob, dtype, d).astype(np.float64).T
     return x, blob, ref
 
@@ -287,7 +293,7 @@ def run_linear(prim, x, blob, n):
 @pytest.mark.parametrize("dtype", QUANT_DTYPES)
 def test_int8_dots_at_the_operands_extremes_equal_the_reference(dtype):
     """Codes and x̂ at their extremes, for every dot this host executes that serves `dtype`: a saturating pair sum
-    (vpmaddubsw's int16) would show here; the float path (q8_0 on AVX2) is exact to fp32 either way."""
+    (vpmaddubsw's int16) would show here."""
     from actsparse.codegen.kernels import kernel
 
     x, blob, ref = extreme_case(dtype)
@@ -300,20 +306,22 @@ def test_int8_dots_at_the_operands_extremes_equal_the_reference(dtype):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max(), err_msg=f"{dtype} on {dot}")
 
 
-def test_avx2_dot_serves_the_q4_layouts_only_because_q8_0_would_saturate(monkeypatch):
-    """The AVX2 dot's `layouts` leave q8_0 on the float path; served anyway (the field widened), its x̂ + 128 (255)
-    times codes (127) sums byte pairs past int16 (2 * 255 * 127 = 64770) and the extremes' dots come out wrong."""
-    from actsparse.codegen.kernels import kernel, quant_int8
+def test_avx2_dot_takes_q8_0_by_the_sign_trick_because_biased_codes_would_saturate(monkeypatch):
+    """The AVX2 dot serves q8_0 as |code| times sign(x̂, code) (`Int8Dot.sign_trick`: pairs <= 2 * 128 * 127); without
+    the trick q8_0 would go in as on VNNI, x̂ + 128 (255) times codes (127), and byte pairs would sum past int16
+    (2 * 255 * 127 = 64770): the extremes' dots come out far off."""
+    from actsparse.codegen.kernels import quant_int8
+    from actsparse.codegen.kernels.linear import linear
     from actsparse.codegen.kernels.quant_int8 import INT8_DOTS, uses_int8_dot
 
     sched = replace(host_sched("pmaddubsw256"), int8_axpy=False)
-    assert INT8_DOTS["pmaddubsw256"].layouts == ("q4_0", "q4_1")
-    assert uses_int8_dot("q4_0", sched) and uses_int8_dot("q4_1", sched) and not uses_int8_dot("q8_0", sched)
-    monkeypatch.setitem(quant_int8.INT8_DOTS, "pmaddubsw256",
-                        replace(INT8_DOTS["pmaddubsw256"], layouts=tuple(QUANT_DTYPES)))
-    assert uses_int8_dot("q8_0", sched)
+    assert all(uses_int8_dot(dtype, sched) for dtype in QUANT_DTYPES) and INT8_DOTS["pmaddubsw256"].signed_codes
+    monkeypatch.setitem(quant_int8.INT8_DOTS, "pmaddubsw256", replace(INT8_DOTS["pmaddubsw256"], sign_trick=""))
+    assert not INT8_DOTS["pmaddubsw256"].signed_codes
     x, blob, ref = extreme_case("q8_0")
-    got = run_linear(kernel("linear", x.shape[1], ref.shape[1], dtype="q8_0", sched=sched), x, blob, ref.shape[1])
+    # the factory uncached: kernels are cached per schedule, which names the dot, not the table's fields
+    prim = linear.__wrapped__(x.shape[1], ref.shape[1], dtype="q8_0", sched=sched)
+    got = run_linear(prim, x, blob, ref.shape[1])
     assert np.abs(got - ref).max() > 0.1 * np.abs(ref).max()  # saturated: far off, not rounding
 
 

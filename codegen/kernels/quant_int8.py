@@ -11,8 +11,8 @@ The integer sum runs on a 4-way 8-bit -> i32 dot instruction (x86 `vpdpbusd`, u8
 vectors, AVX-VNNI / AVX512-VNNI+VL on 256-bit; aarch64 `sdot`, s8 x s8: FEAT_DotProd on 128-bit NEON), named by
 the schedule's `int8_dot` (from the target's feature flags, `codegen/schedules.py`) and looked up in `INT8_DOTS`.
 x86 with AVX2 and no VNNI takes llama.cpp's two-step form (`Int8Dot.pair_sum`): vpmaddubsw (u8 x s8, byte pairs
-summed to int16, saturating) and vpmaddwd against ones; it serves the layouts whose pairs fit int16 (q4_0, q4_1:
-`Int8Dot.layouts`), q8_0 keeps the float path there.
+summed to int16, saturating) and vpmaddwd against ones. Its pairs must fit int16: q4 nibbles x x̂ do; q8_0 goes in
+by the sign trick (`Int8Dot.sign_trick`: |code| x sign(x̂, code), x̂ signed as for sdot) rather than as x̂ + 128.
 x's rounding costs at most dx / 2 per element: each dot is off by at most sum_groups (dx / 2) * sum_j |w_j|
 (tests/test_kernels_int8.py checks that bound).
 
@@ -76,6 +76,22 @@ class Int8Dot:
     layouts: tuple[str, ...] = tuple(LAYOUTS)  # the layouts whose row dots it serves (others keep the float
                                                # path): a saturating pair sum may serve only those whose byte
                                                # pairs fit int16 (q4 nibbles x x̂: |pair| <= 2 * 15 * 128)
+    sign_trick: str = ""  # the byte-sign intrinsic (vpsignb) by which signed q8_0 codes go in on the u8 x s8 dot:
+                          # |code| (u8, 0..128) times sign(x̂, code) (|x̂| <= 127): pairs <= 2 * 128 * 127 fit int16,
+                          # where x̂ + 128 times codes (up to 2 * 255 * 127) would saturate; x̂ then goes in signed
+
+    @property
+    def signed_codes(self) -> bool:
+        """q8_0 codes and x̂ multiply as they are (signed), on an s8 x s8 dot or by the sign trick."""
+        return self.signed_a or bool(self.sign_trick)
+
+    def signed_dot(self, acc, codes, x):
+        """acc + the 4-way dot of signed codes and x̂ per lane (`dot`, or on a u8 operand by `sign_trick`)."""
+        if not self.sign_trick:
+            return self.dot(acc, codes, x)
+        vec = f"uint8x{4 * self.lanes}"
+        return self.dot(acc, T.call_llvm_pure_intrin(vec, self.sign_trick, codes, codes),
+                        T.call_llvm_pure_intrin(vec, self.sign_trick, x, codes))
 
     def dot(self, acc, a, b):
         """int32 x lanes: acc + per lane the sum of 4 byte products of a and b (byte vectors, 4 * lanes)."""
@@ -106,10 +122,10 @@ INT8_DOTS = {
                            nibble_lookup="llvm.x86.avx512.permvar.sf.512", coefficient_table=True),  # vpermps
     "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
     "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
-    # AVX2 without VNNI (Zen 3, Haswell..Skylake client): llama.cpp's q4 dot. q8_0 (x̂ + 128 times codes: pairs up to
-    # 65280) would saturate, so it keeps the float path; the integer axpy is unmeasured here
+    # AVX2 without VNNI (Zen 3, Haswell..Skylake client): llama.cpp's dots, q8_0 by the sign trick; the integer axpy
+    # is unmeasured here
     "pmaddubsw256": Int8Dot("llvm.x86.avx2.pmadd.ub.sw", 8, False, pair_sum="llvm.x86.avx2.pmadd.wd",
-                            layouts=("q4_0", "q4_1")),
+                            sign_trick="llvm.x86.avx2.psign.b"),
 }
 HALF = GROUP // 2
 
@@ -181,7 +197,7 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
     xl = x_blocks(d, sched)
     L, P, G = xl.lanes, xl.lanes // 4, xl.groups
     q8, centered = lay.bits == 8, lay.bits == 4 and not lay.offset  # q4_0: the -8 term
-    biased = q8 and not INT8_DOTS[sched.int8_dot].signed_a  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
+    biased = q8 and not INT8_DOTS[sched.int8_dot].signed_codes  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
     if paired_q8(dtype, sched, kernel):
         return paired_prep_macro(d, xl)
 
@@ -353,9 +369,9 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     def int_dot(w, xb, m, ro, s, grp):
         """int32 x L: per lane 4p..4p+3, row p's integer products with x̂ (summed over the 4 lanes: the block's)."""
         lo, hi = codes(w, ro, s, grp, False), codes(w, ro, s, grp, True)
-        if q8 and ins.signed_a:  # code . x̂
+        if q8 and ins.signed_codes:  # code . x̂ (each half widened apart: a sign-trick pair may near int16's limit)
             zero = T.Broadcast(T.int32(0), L)
-            return dot(dot(zero, lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
+            return ins.signed_dot(ins.signed_dot(zero, lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
         if q8:  # (x̂ + 128) . code - 128 . code
             zero, c128 = T.Broadcast(T.int32(0), L), T.Broadcast(T.uint8(128), VB)
             return dot(dot(zero, xvec(xb, m, grp, 0), lo), xvec(xb, m, grp, 1), hi) - dot(dot(zero, c128, lo), c128, hi)
