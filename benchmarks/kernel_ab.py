@@ -67,8 +67,10 @@ def build_tree(tree: str, d: int, n_ff: int, threads: int, dtype: str, axpy, out
     """Build the three kernels from `tree` into the library `out`; returns {"symbols": kernel -> symbol, "split":
     whether that tree's layout splits the rows (ir.quant; False: GGUF's blocks as they are)}."""
     env = {**os.environ, "PYTHONPATH": tree}
+    # run in out's folder: `python -c` puts its working directory ahead of PYTHONPATH, so started from a folder that
+    # holds an actsparse package, both trees would build that one
     res = subprocess.run([sys.executable, "-c", BUILD, json.dumps([d, n_ff, threads, dtype, axpy, str(out)])],
-                         env=env, capture_output=True, text=True)
+                         env=env, capture_output=True, text=True, cwd=out.parent)
     if res.returncode != 0:
         raise SystemExit(f"building the kernels of {tree} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

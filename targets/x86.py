@@ -53,7 +53,8 @@ def host() -> Target:
     flags = _cpu_flags()
     mcpu = codegen.llvm_get_system_cpu()
     vector_bits = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
-    # avx512_vnni / avx_vnni: the int8 dot (vpdpbusd) the quantized kernels use (codegen/schedules.py)
+    # avx512_vnni / avx_vnni / avx2: the int8 dot the quantized kernels use (vpdpbusd; vpmaddubsw + vpmaddwd without
+    # VNNI: codegen/schedules.py)
     isa = [f for f in ("avx512f", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx2", "fma", "f16c")
            if f in flags]
     threads = _threads()

@@ -41,12 +41,15 @@ def mlp_input(d=24, seq=5, seed=1):
     return x
 
 
-def int8_dot_here() -> bool:
-    """Whether quantized row dots compiled for this host's x86 target take x rounded to 8-bit blocks (VNNI)."""
+def int8_dot_here(layout: str | None = None) -> bool:
+    """Whether quantized row dots (of `layout` rows; None: of some layout) compiled for this host's x86 target take
+    x rounded to 8-bit blocks: the host's int8 dot (VNNI, AVX2) serves the layout (`Int8Dot.layouts`)."""
     from actsparse import targets
+    from actsparse.codegen.kernels.quant_int8 import INT8_DOTS
     from actsparse.codegen.schedules import schedule_for
 
-    return bool(schedule_for(targets.get("x86")).int8_dot)
+    dot = schedule_for(targets.get("x86")).int8_dot
+    return bool(dot) and (layout is None or layout in INT8_DOTS[dot].layouts)
 
 
 def int8_axpy_here(layout: str = "q4_0", kernels=None) -> bool:
@@ -76,8 +79,9 @@ def assert_quantized_close(got, want, rtol=1e-4, atol=1e-5, layout="q4_0", kerne
     assert np.linalg.norm(got - want) <= 0.01 * np.linalg.norm(want) + atol, np.linalg.norm(got - want) / scale
 
 
-def x_as_dots_see(x):
-    """An MLP input as the compiled quantized gate / up dots see it on this host (`ir.quant.round_x8` on VNNI)."""
+def x_as_dots_see(x, layout: str | None = None):
+    """An MLP input as the compiled quantized gate / up dots (of `layout` rows) see it on this host
+    (`ir.quant.round_x8` where its int8 dot serves the layout, `int8_dot_here`)."""
     from actsparse.ir.quant import round_x8
 
-    return round_x8(x) if int8_dot_here() else x
+    return round_x8(x) if int8_dot_here(layout) else x

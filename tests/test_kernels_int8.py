@@ -23,7 +23,8 @@ from .test_kernels_quant import ACTS, check, quant_calls
 pytest.importorskip("tvm")
 
 KINDS = ("linear", "exact", "indexed", "dense", "threshold")
-DOTS = {"vpdpbusd512": 16, "vpdpbusd256": 8}  # int32 lanes = the kernel's fp32 lanes
+DOTS = {"vpdpbusd512": 16, "vpdpbusd256": 8, "pmaddubsw256": 8}  # int32 lanes = the kernel's fp32 lanes
+NEEDS = {"vpdpbusd512": {"avx512_vnni"}, "vpdpbusd256": {"avx512_vnni", "avx_vnni"}, "pmaddubsw256": {"avx2"}}
 ragged = st.integers(1, 100).filter(lambda d: d % 32)
 
 
@@ -32,7 +33,7 @@ def host_sched(dot: str):
     from actsparse.codegen.schedules import schedule_for
 
     host = targets.get("x86")
-    need = {"vpdpbusd512": {"avx512_vnni"}, "vpdpbusd256": {"avx512_vnni", "avx_vnni"}}[dot]
+    need = NEEDS[dot]
     if not need & set(host.features):
         pytest.skip(f"{dot} needs a host with {' or '.join(sorted(need))}: this one has {', '.join(host.features)}")
     lanes = DOTS[dot]
@@ -46,16 +47,21 @@ def test_the_int8_dot_follows_the_target_features():
 
     host = targets.get("x86")
     want = ("vpdpbusd512" if "avx512_vnni" in host.features and host.vector_bits == 512 else
-            "vpdpbusd256" if {"avx512_vnni", "avx_vnni"} & set(host.features) and host.vector_bits == 256 else "")
+            "vpdpbusd256" if {"avx512_vnni", "avx_vnni"} & set(host.features) and host.vector_bits == 256 else
+            "pmaddubsw256" if "avx2" in host.features and host.vector_bits == 256 else "")
     assert schedule_for(host).int8_dot == want
     # declared by the data, confirmed by LLVM for the TVM target: a VNNI part gets it on any host ...
     spr = replace(host, tvm={"kind": "llvm", "mcpu": "sapphirerapids"}, vector_bits=512,
                   features=("avx512f", "avx512_vnni"))
     assert schedule_for(spr).int8_dot == "vpdpbusd512"
     assert schedule_for(replace(spr, vector_bits=256, features=("avx2", "avx_vnni"))).int8_dot == "vpdpbusd256"
-    # ... a target dict naming a CPU without it never does, whatever the host
-    assert schedule_for(targets.get({"kind": "llvm", "mcpu": "haswell"})).int8_dot == ""
+    # ... AVX2 without VNNI takes the two-step dot (vpmaddubsw + vpmaddwd) ...
+    assert schedule_for(targets.get({"kind": "llvm", "mcpu": "haswell"})).int8_dot == "pmaddubsw256"
+    # ... a target dict naming a CPU without a dot never does, whatever the host, and AVX-512 without VNNI keeps
+    # the float path it was measured with
+    assert schedule_for(targets.get({"kind": "llvm", "mcpu": "nehalem"})).int8_dot == ""
     assert schedule_for(replace(spr, features=("avx512f",))).int8_dot == ""
+    assert schedule_for(replace(spr, features=("avx512f", "avx2"))).int8_dot == ""
     if not on_aarch64():  # a cross target without FEAT_DotProd (arm-dotprod: tests/test_kernels_arm_dot.py)
         assert schedule_for(targets.get("arm")).int8_dot == ""
 
@@ -174,12 +180,24 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_bloc
     assert innermost_loops(dense) == innermost_loops(unpaired)
 
 
+def served_here() -> list[tuple[str, str]]:
+    """(layout, dot) for every dot this host executes and every layout that dot serves (`Int8Dot.layouts`)."""
+    from actsparse import targets
+    from actsparse.codegen.kernels.quant_int8 import INT8_DOTS
+
+    features = set(targets.get("x86").features)
+    return [(dtype, dot) for dot in DOTS if NEEDS[dot] & features for dtype in INT8_DOTS[dot].layouts]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
-@given(dtype=st.sampled_from(QUANT_DTYPES), dot=st.sampled_from(tuple(DOTS)), d=ragged, n_ff=st.integers(1, 40),
-       frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
-def test_x86_int8_dot_kernel_equals_the_reference_on_rounded_x(kind, dtype, dot, d, n_ff, frac, seed):
+@given(data=st.data(), d=ragged, n_ff=st.integers(1, 40), frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
+def test_x86_int8_dot_kernel_equals_the_reference_on_rounded_x(kind, data, d, n_ff, frac, seed):
     # the row dots alone: the down axpy float (its own rounding: tests/test_kernels_axpy8.py)
+    served = served_here()
+    if not served:
+        pytest.skip("no x86 int8 dot executes here (needs AVX2, AVX-VNNI or AVX512-VNNI)")
+    dtype, dot = data.draw(st.sampled_from(served), label="layout, dot")
     prim = primfunc(kind, d, n_ff, dtype, replace(host_sched(dot), int8_axpy=False), ACTS[kind], bias=True)
     calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac, x8=True)
     outs = run_native(prim, calls)
@@ -236,3 +254,100 @@ def test_the_float_down_projection_table_path_on_long_rows(kind):
     prim = primfunc(kind, d, n_ff, "q4_0", replace(host_sched("vpdpbusd512"), int8_axpy=False), ACTS[kind], bias=True)
     calls = quant_calls(kind, np.random.default_rng(7), d, n_ff, "q4_0", 0.5, x8=True)
     check(kind, "q4_0 table path", calls, run_native(prim, calls))
+
+
+def extreme_case(dtype: str, n: int = 8, d: int = 96):
+    """x and weights at the extremes of the integer dot's operands: |x̂| = 127 everywhere (x = ±1) and codes at
+    their ends (q8_0: 127 and -128; q4: nibbles 0 and 15), with rows whose signs follow x's (every byte pair's products
+    add up: the largest pair sums a layout can make) and rows against it. Returns (x, blob, the float64 reference
+    on the rounded x)."""
+    from actsparse.ir.quant import GROUP, LAYOUTS, dequantize, quantize, round_x8
+
+    sign = np.where(np.arange(d) % 3 == 0, -1.0, 1.0)
+    x = np.stack([np.ones(d), sign]).astype(np.float32)  # x̂ = 127 (x̂ + 128 = 255 as a u8 operand) and mixed
+    rows = [np.ones(d), -np.ones(d), sign, -sign, np.where(np.arange(d) % 2, 1.0, -1.0)]
+    w = np.stack([rows[i % len(rows)] * (1 + i) for i in range(n)]).astype(np.float32)
+    blob = quantize(w, dtype).blob
+    if dtype == "q8_0":  # codes of -128 (a GGUF file may hold them; our rounding stops at -127): |code| = 128
+        lay = LAYOUTS[dtype]
+        rows = blob.reshape(n, lay.row_bytes(d))
+        for g in range(lay.groups(d)):
+            at = lay.codes_byte(g, lay.stored_groups(d))
+            rows[1::2, at:at + GROUP] = 0x80
+    ref = round_x8(x).astype(np.float64) @ dequantize(blob, dtype, d).astype(np.float64).T
+    return x, blob, ref
+
+
+def run_linear(prim, x, blob, n):
+    import tvm
+
+    from actsparse import targets
+    from actsparse.codegen.kernels.common import build_standalone
+
+    f = build_standalone(prim, targets.get("x86").tvm_target())  # not run_native's cache: same symbol, other code
+    out = tvm.runtime.tensor(np.full((x.shape[0], n), np.nan, np.float32))
+    f(tvm.runtime.tensor(x), tvm.runtime.tensor(blob), out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("dtype", QUANT_DTYPES)
+def test_int8_dots_at_the_operands_extremes_equal_the_reference(dtype):
+    """Codes and x̂ at their extremes, for every dot this host executes that serves `dtype`: a saturating pair sum
+    (vpmaddubsw's int16) would show here."""
+    from actsparse.codegen.kernels import kernel
+
+    x, blob, ref = extreme_case(dtype)
+    dots = [dot for layout, dot in served_here() if layout == dtype]
+    if not dots:
+        pytest.skip(f"no int8 dot serving {dtype} executes here")
+    for dot in dots:
+        prim = kernel("linear", x.shape[1], ref.shape[1], dtype=dtype, sched=replace(host_sched(dot), int8_axpy=False))
+        got = run_linear(prim, x, blob, ref.shape[1])
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4 * np.abs(ref).max(), err_msg=f"{dtype} on {dot}")
+
+
+def test_avx2_dot_takes_q8_0_by_the_sign_trick_because_biased_codes_would_saturate(monkeypatch):
+    """The AVX2 dot serves q8_0 as |code| times sign(x̂, code) (`Int8Dot.sign_trick`: pairs <= 2 * 128 * 127); without
+    the trick q8_0 would go in as on VNNI, x̂ + 128 (255) times codes (127), and byte pairs would sum past int16
+    (2 * 255 * 127 = 64770): the extremes' dots come out far off."""
+    from actsparse.codegen.kernels import quant_int8
+    from actsparse.codegen.kernels.linear import linear
+    from actsparse.codegen.kernels.quant_int8 import INT8_DOTS, uses_int8_dot
+
+    sched = replace(host_sched("pmaddubsw256"), int8_axpy=False)
+    assert all(uses_int8_dot(dtype, sched) for dtype in QUANT_DTYPES) and INT8_DOTS["pmaddubsw256"].signed_codes
+    monkeypatch.setitem(quant_int8.INT8_DOTS, "pmaddubsw256", replace(INT8_DOTS["pmaddubsw256"], sign_trick=""))
+    assert not INT8_DOTS["pmaddubsw256"].signed_codes
+    x, blob, ref = extreme_case("q8_0")
+    # the factory uncached: kernels are cached per schedule, which names the dot, not the table's fields
+    prim = linear.__wrapped__(x.shape[1], ref.shape[1], dtype="q8_0", sched=sched)
+    got = run_linear(prim, x, blob, ref.shape[1])
+    assert np.abs(got - ref).max() > 0.1 * np.abs(ref).max()  # saturated: far off, not rounding
+
+
+def test_the_avx2_dot_kernel_is_built_with_vpmaddubsw():
+    """Compiled for a Haswell (AVX2, no VNNI: any x86 host builds it), the q4 row dots hold vpmaddubsw and vpmaddwd
+    and no fp32 dequantization of the codes (vcvtdq2ps) in their loop."""
+    import tvm
+
+    from actsparse.codegen.kernels import kernel
+
+    sched = replace(_avx2_sched(), int8_axpy=False)
+    for dtype in ("q4_0", "q4_1"):
+        prim = kernel("linear", 1024, 32, dtype=dtype, sched=sched)
+        assert "ipmaddubsw256" in str(prim.attrs["global_symbol"])
+        lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
+        asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+        loops = [body for body in innermost_loops(asm) if "vpmaddubsw" in body]
+        assert loops, f"{dtype}: no row-dot loop with vpmaddubsw"
+        for body in loops:  # integer dots (a block's two halves' int16 pair sums added: one vpmaddwd per two
+            # vpmaddubsw, `Int8Dot.dots`), no widening of codes to int32
+            assert body.count("vpmaddubsw") == 2 * body.count("vpmaddwd") > 0, body
+            assert not any(op.startswith("vpmovzxbd") for op in body), body
+
+
+def _avx2_sched():
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    return schedule_for(targets.get({"kind": "llvm", "mcpu": "haswell"}))

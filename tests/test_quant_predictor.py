@@ -37,11 +37,14 @@ def _expected(graph, node, x):
     w = {n.attrs["name"]: graph.weights[n.attrs["name"]].astype(np.float32) if n.attrs.get("layout", "dense") == "dense"
          else dequantize(graph.weights[n.attrs["name"]], n.attrs["layout"], n.shape[1])
          for n in graph.nodes if n.op == "weight"}
-    xs = round_x8(x) if int8_dot_here() else x
+
+    def x_seen(layout):  # the layout's dot on this host rounds x (its int8 dot serves the layout) or not
+        return round_x8(x) if int8_dot_here(layout) else x
+
     scores = node.inputs[4]
     shadows = [scores] if scores.op == "linear" else list(scores.inputs)
-    parts = [xs @ w[s.inputs[1].attrs["name"]].T + (w[s.inputs[2].attrs["name"]] if len(s.inputs) > 2 else 0)
-             for s in shadows]
+    parts = [x_seen(s.inputs[1].attrs["layout"]) @ w[s.inputs[1].attrs["name"]].T
+             + (w[s.inputs[2].attrs["name"]] if len(s.inputs) > 2 else 0) for s in shadows]
     s = parts[0] if len(parts) == 1 else np.minimum(*parts)
     names = [i.attrs["name"] for i in node.inputs[1:4]]
     h = dense_intermediate(x, w[names[0]], w[names[1]], node.attrs)

@@ -51,7 +51,7 @@ def test_compiled_quantized_kernels_equal_the_dequantized_reference(mode, tmp_pa
     assert cm.report.pass_stats["quantize"] == {"quantized": 3}
     for seq in (1, 3):  # on a VNNI host the gate / up dots take x rounded to 8-bit blocks: so does the reference
         xs = mlp_input(d=D, seq=seq, seed=seq)
-        assert_quantized_close(cm(xs), evaluate(cm.graph, [x_as_dots_see(xs)])[0], kernels=(mode,))
+        assert_quantized_close(cm(xs), evaluate(cm.graph, [x_as_dots_see(xs, "q4_0")])[0], kernels=(mode,))
     if mode == "exact":  # the artifact keeps the blobs and the layouts; its dense twin (bench) shares them
         loaded = actsparse.load(cm.save(tmp_path / "q.actsparse"))
         np.testing.assert_array_equal(loaded(x), cm(x))
@@ -110,7 +110,7 @@ def test_prequantized_weights_are_taken_as_stored():
     for mode in ("exact", "dense"):  # and it builds and runs (mixed layouts were a kernel type error)
         x = mlp_input(d=D, seq=2)
         cm = actsparse.compile(graph, (x,), mode=mode, quantize="int4", prequantized=pre)
-        assert_quantized_close(cm(x), evaluate(cm.graph, [x_as_dots_see(x)])[0], layout="q4_1", kernels=(mode,))
+        assert_quantized_close(cm(x), evaluate(cm.graph, [x_as_dots_see(x, "q4_1")])[0], layout="q4_1", kernels=(mode,))
     assert str(Quantize(kind="int8", prequantized=pre)) == "quantize{kind=int8,output=int8}"
 
 

@@ -71,7 +71,7 @@ def test_benchmark_hooks_equal_the_compiled_module(name):
     install(hf, _plans(cm.graph))
     with torch.no_grad():
         hooked = model(ids[0]).numpy()
-    if name.startswith("rotated") and int8_dot_here():   # the q8_0 rotation's dot rounds x to 8 bits (VNNI)
+    if name.startswith("rotated") and int8_dot_here("q8_0"):   # the q8_0 rotation's dot rounds x to 8 bits (VNNI)
         assert np.abs(cm(ids[0]).numpy() - hooked).max() <= 0.02 * np.abs(hooked).max()
     else:
         np.testing.assert_allclose(cm(ids[0]).numpy(), hooked, rtol=1e-4, atol=1e-4)
@@ -243,7 +243,7 @@ def test_rotated_method_turns_the_input_and_beats_the_plain_one_on_correlated_in
                                method=name)
         node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
         assert node.attrs["mode"] == "input"
-        seen = x_as_dots_see(held_out) if name.startswith("rotated") else held_out   # the q8_0 Q's dot (VNNI)
+        seen = x_as_dots_see(held_out, "q8_0") if name.startswith("rotated") else held_out   # the q8_0 Q's dot (VNNI)
         np.testing.assert_allclose(cm(held_out), evaluate(cm.graph, [seen])[0], rtol=1e-4, atol=1e-5)
         errors[name] = float(np.linalg.norm(cm(held_out) - dense) / np.linalg.norm(dense))
         block = cm.report.blocks[0]
@@ -288,7 +288,7 @@ def test_rotation_is_stored_and_priced_as_its_table_says_under_quantize(quantize
     assert node.attrs["rotation_share"] == pytest.approx(share, abs=1e-4)
     assert cm.report.blocks[0].effective_calibrated == pytest.approx(0.3, abs=0.03)   # net of Q's bytes
     assert cm.report.pass_stats["sparsify-threshold"]["rotation-int8"] == 1   # quantize leaves it as it is
-    seen = x_as_dots_see(x)   # the q8_0 rotation's dot rounds x to 8 bits on VNNI
+    seen = x_as_dots_see(x, "q8_0")   # the q8_0 rotation's dot rounds x to 8 bits on VNNI
     if quantize == "int4":  # and the down projection its coefficients (VNNI: codegen/kernels/quant_axpy8.py)
         assert_quantized_close(cm(x), evaluate(cm.graph, [seen])[0], rtol=1e-3, atol=1e-4)
     else:

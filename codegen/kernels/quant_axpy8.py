@@ -78,7 +78,6 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     n_full, first, last = group_split(d, threads)
     tail = d - n_full * GROUP
-    ivec = f"int32x{L}"
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
     row_offsets = row_offsets_macro(gathered, R, row_bytes)
     # split rows hold a row's scales contiguously: the step's coefficients rounded TV groups per vector into a table
@@ -109,11 +108,10 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         if z and zsum is None:  # z * Σ a_j in every lane, by the same dot on z bytes (no horizontal sum; shared by
             # the group's vectors)
             for s in range(S):
-                acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, T.Broadcast(T.uint8(z), 4 * L), coefs[s])
+                acc = ins.dot(acc, T.Broadcast(T.uint8(z), 4 * L), coefs[s])
             acc = T.Broadcast(T.int32(0), L) - acc
         for s in range(S):
-            acc = T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, codes(w, ro, s, grp, hf, v),
-                                          coefs[s])
+            acc = ins.dot(acc, codes(w, ro, s, grp, hf, v), coefs[s])
         return acc
 
     def columns(w, ro, ab, tt, ofs, grp, hf, v, at=0, zsum=None):

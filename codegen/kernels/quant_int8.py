@@ -1,4 +1,5 @@
-"""Row dots of quantized weights as integer dot products against x quantized to 8-bit blocks (x86 VNNI, ARM sdot).
+"""Row dots of quantized weights as integer dot products against x quantized to 8-bit blocks (x86 VNNI or AVX2,
+ARM sdot).
 
 What llama.cpp does for its quantized types: x is quantized once per call, per token and group of 32 columns,
 to x̂ = round(x / dx) int8 with dx = max|x| / 127, and a weight block's dot product with x becomes an integer one,
@@ -9,6 +10,9 @@ scaled once per block:
 The integer sum runs on a 4-way 8-bit -> i32 dot instruction (x86 `vpdpbusd`, u8 x s8: AVX512-VNNI on 512-bit
 vectors, AVX-VNNI / AVX512-VNNI+VL on 256-bit; aarch64 `sdot`, s8 x s8: FEAT_DotProd on 128-bit NEON), named by
 the schedule's `int8_dot` (from the target's feature flags, `codegen/schedules.py`) and looked up in `INT8_DOTS`.
+x86 with AVX2 and no VNNI takes llama.cpp's two-step form (`Int8Dot.pair_sum`): vpmaddubsw (u8 x s8, byte pairs
+summed to int16, saturating) and vpmaddwd against ones. Its pairs must fit int16: q4 nibbles x x̂ do; q8_0 goes in
+by the sign trick (`Int8Dot.sign_trick`: |code| x sign(x̂, code), x̂ signed as for sdot) rather than as x̂ + 128.
 x's rounding costs at most dx / 2 per element: each dot is off by at most sum_groups (dx / 2) * sum_j |w_j|
 (tests/test_kernels_int8.py checks that bound).
 
@@ -66,6 +70,51 @@ class Int8Dot:
     coefficient_table: bool = False  # the integer axpy of split rows (q4_0) rounds a step's coefficients for 16
                                      # groups per vector into a table before its group loop (quant_axpy8.py);
                                      # measured on AVX-512 only (BENCHMARKS.md, session 11)
+    pair_sum: str = ""  # "": `intrinsic` is the accumulating 4-way dot. Else the dot takes two steps (AVX2, no
+                        # VNNI): `intrinsic` multiplies a (u8) by b (s8) and sums byte pairs to int16, saturating
+                        # (vpmaddubsw), this one sums int16 pairs against ones to int32 (vpmaddwd), added to acc
+    layouts: tuple[str, ...] = tuple(LAYOUTS)  # the layouts whose row dots it serves (others keep the float
+                                               # path): a saturating pair sum may serve only those whose byte
+                                               # pairs fit int16 (q4 nibbles x x̂: |pair| <= 2 * 15 * 128)
+    sign_trick: str = ""  # the byte-sign intrinsic (vpsignb) by which signed q8_0 codes go in on the u8 x s8 dot:
+                          # |code| (u8, 0..128) times sign(x̂, code) (|x̂| <= 127): pairs <= 2 * 128 * 127 fit int16,
+                          # where x̂ + 128 times codes (up to 2 * 255 * 127) would saturate; x̂ then goes in signed
+
+    @property
+    def signed_codes(self) -> bool:
+        """q8_0 codes and x̂ multiply as they are (signed), on an s8 x s8 dot or by the sign trick."""
+        return self.signed_a or bool(self.sign_trick)
+
+    def signed_dot(self, acc, codes, x):
+        """acc + the 4-way dot of signed codes and x̂ per lane (`dot`, or on a u8 operand by `sign_trick`)."""
+        if not self.sign_trick:
+            return self.dot(acc, codes, x)
+        vec = f"uint8x{4 * self.lanes}"
+        return self.dot(acc, T.call_llvm_pure_intrin(vec, self.sign_trick, codes, codes),
+                        T.call_llvm_pure_intrin(vec, self.sign_trick, x, codes))
+
+    def dot(self, acc, a, b):
+        """int32 x lanes: acc + per lane the sum of 4 byte products of a and b (byte vectors, 4 * lanes)."""
+        ivec = f"int32x{self.lanes}"
+        if not self.pair_sum:
+            return T.call_llvm_pure_intrin(ivec, self.intrinsic, acc, a, b)
+        return self.dots(acc, (a, b))
+
+    def dots(self, acc, *operands):
+        """acc + the dots of each (a, b) of `operands`. With `pair_sum`, the int16 pair sums of all add up before one
+        widening to int32 (one vpmaddwd and one add per block, not per half): a layout it serves keeps them within
+        int16 (q4: two halves' pairs, |sum| <= 2 * 2 * 15 * 128)."""
+        if not self.pair_sum:
+            for a, b in operands:
+                acc = self.dot(acc, a, b)
+            return acc
+        pvec = f"int16x{2 * self.lanes}"
+        pairs = [T.call_llvm_pure_intrin(pvec, self.intrinsic, a, b) for a, b in operands]
+        total = pairs[0]
+        for p in pairs[1:]:
+            total = total + p
+        ivec = f"int32x{self.lanes}"
+        return acc + T.call_llvm_pure_intrin(ivec, self.pair_sum, total, T.Broadcast(T.int16(1), 2 * self.lanes))
 
 
 INT8_DOTS = {
@@ -73,6 +122,10 @@ INT8_DOTS = {
                            nibble_lookup="llvm.x86.avx512.permvar.sf.512", coefficient_table=True),  # vpermps
     "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
     "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
+    # AVX2 without VNNI (Zen 3, Haswell..Skylake client): llama.cpp's dots, q8_0 by the sign trick; the integer axpy
+    # is unmeasured here
+    "pmaddubsw256": Int8Dot("llvm.x86.avx2.pmadd.ub.sw", 8, False, pair_sum="llvm.x86.avx2.pmadd.wd",
+                            sign_trick="llvm.x86.avx2.psign.b"),
 }
 HALF = GROUP // 2
 
@@ -86,7 +139,7 @@ def paired_q8(dtype: str, sched: CpuSchedule, kernel: str) -> bool:
 
 def uses_int8_dot(dtype: str, sched: CpuSchedule) -> bool:
     """Whether rows of `dtype` take the integer path on `sched` (an int8 dot and a quantized layout)."""
-    return bool(sched.int8_dot) and dtype in LAYOUTS
+    return bool(sched.int8_dot) and dtype in INT8_DOTS[sched.int8_dot].layouts
 
 
 @dataclass(frozen=True)
@@ -144,7 +197,7 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
     xl = x_blocks(d, sched)
     L, P, G = xl.lanes, xl.lanes // 4, xl.groups
     q8, centered = lay.bits == 8, lay.bits == 4 and not lay.offset  # q4_0: the -8 term
-    biased = q8 and not INT8_DOTS[sched.int8_dot].signed_a  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
+    biased = q8 and not INT8_DOTS[sched.int8_dot].signed_codes  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
     if paired_q8(dtype, sched, kernel):
         return paired_prep_macro(d, xl)
 
@@ -271,7 +324,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     the prepared byte buffer of `x8_prep_macro` (for the same `kernel`)."""
     lay = LAYOUTS[dtype]
     ins = INT8_DOTS[sched.int8_dot]
-    intrin, L = ins.intrinsic, ins.lanes
+    L = ins.lanes
     xl = x_blocks(d, sched)
     P, VB, R, G = L // 4, L * 4, sched.rows, xl.groups
     S = -(-R // P)  # row sets per step
@@ -289,7 +342,7 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
 
     def dot(acc, a, b):  # acc + the 4-way a (u8; s8 if `signed_a`) x b (s8) dot per int32 lane; the bytes go in as
         # byte vectors (TVM 0.27's LLVM declares vpdpbusd with <64 x i8> operands; <16 x i32> ones fail its verifier)
-        return T.call_llvm_pure_intrin(ivec, intrin, acc, a, b)
+        return ins.dot(acc, a, b)
 
     def codes(w, ro, s, grp, second: bool):
         """uint8 x VB: the set's P rows' code bytes of columns 0-15 (second: 16-31) side by side."""
@@ -316,14 +369,14 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     def int_dot(w, xb, m, ro, s, grp):
         """int32 x L: per lane 4p..4p+3, row p's integer products with x̂ (summed over the 4 lanes: the block's)."""
         lo, hi = codes(w, ro, s, grp, False), codes(w, ro, s, grp, True)
-        if q8 and ins.signed_a:  # code . x̂
+        if q8 and ins.signed_codes:  # code . x̂ (each half widened apart: a sign-trick pair may near int16's limit)
             zero = T.Broadcast(T.int32(0), L)
-            return dot(dot(zero, lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
+            return ins.signed_dot(ins.signed_dot(zero, lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
         if q8:  # (x̂ + 128) . code - 128 . code
             zero, c128 = T.Broadcast(T.int32(0), L), T.Broadcast(T.uint8(128), VB)
             return dot(dot(zero, xvec(xb, m, grp, 0), lo), xvec(xb, m, grp, 1), hi) - dot(dot(zero, c128, lo), c128, hi)
         # nibbles . x̂, from -8 * sum(x̂) (q4_0) or 0 (q4_1) in lane 4p
-        return dot(dot(T.reinterpret(ivec, xvec(xb, m, grp, 2)), lo, xvec(xb, m, grp, 0)), hi, xvec(xb, m, grp, 1))
+        return ins.dots(T.reinterpret(ivec, xvec(xb, m, grp, 2)), (lo, xvec(xb, m, grp, 0)), (hi, xvec(xb, m, grp, 1)))
 
     def block_sum(w, xb, m, ro, s, grp, dx, dx_sum):
         """float32 x L: the set's block dot products (lanes 4p..4p+3 of row p); w the flat view, ro the rows'
@@ -374,8 +427,7 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, gathered: bool, 
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     row_sums = row_sums_macro(R, L, store)
 
-    def dot(acc, a, b):
-        return T.call_llvm_pure_intrin(ivec, ins.intrinsic, acc, a, b)
+    dot = ins.dot
 
     def xvec(xb, m, grp, part):
         return xb[m, T.ramp(xl.operand(grp, part), 1, VB)]

@@ -109,7 +109,7 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     `split_prep_macro`."""
     lay = LAYOUTS[dtype]
     ins = INT8_DOTS[sched.int8_dot]
-    intrin, L = ins.intrinsic, ins.lanes
+    L = ins.lanes
     K, VB, R = L // 4, 4 * L, sched.rows  # groups per vector, bytes per vector, rows per step
     xl = split_x(d, dtype)
     G = lay.groups(d)
@@ -123,9 +123,6 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     code_lines = max(1, CACHE_LINE // VB)  # chunks per cache line of codes
     scale_lines = -(-2 * G // CACHE_LINE)  # cache lines of a row's scales
-
-    def dot(acc, a, b):
-        return T.call_llvm_pure_intrin(ivec, intrin, acc, a, b)
 
     def xvec(xb, m, byte):
         return xb[m, T.ramp(byte, 1, VB)]
@@ -154,7 +151,7 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
         raw = codes(wf, ro_r, c, n)
         lo = T.bitwise_and(raw, T.Broadcast(T.uint8(15), VB))
         hi = T.shift_right(raw, T.Broadcast(T.uint8(4), VB))
-        return T.Cast(fvec, dot(dot(init, lo, xlo), hi, xhi)) * (scales(wf, ro_r, c, n) * dxv)
+        return T.Cast(fvec, ins.dots(init, (lo, xlo), (hi, xhi))) * (scales(wf, ro_r, c, n) * dxv)
 
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):

@@ -53,8 +53,9 @@ class CpuSchedule:
     fp16fml       the target multiplies fp16 pairs into fp32 sums (aarch64 FEAT_FHM: fmlal / fmlal2): fp16 weight
                   dot products then take x rounded to fp16 and skip the widening of the weights.
     int8_dot      the target's 4-way u8 x s8 -> i32 dot instruction ("" if none; names in `quant_int8.INT8_DOTS`,
-                  e.g. "vpdpbusd512" for AVX512-VNNI): quantized-weight row dots then take x quantized to 8-bit
-                  blocks once per call and multiply in integers (`quant_int8.py`).
+                  e.g. "vpdpbusd512" for AVX512-VNNI, "pmaddubsw256" for AVX2 without VNNI): quantized-weight row
+                  dots of the layouts it serves then take x quantized to 8-bit blocks once per call and multiply in
+                  integers (`quant_int8.py`).
     int8_axpy     the kernels (names of `kernels.KERNELS` with a down projection, `AXPY_KERNELS`) whose quantized row
                   axpy runs on that dot too where the dot serves axpys (`quant_axpy8.py`: coefficients rounded per
                   step to int8); the others keep it float. From the target's data (`Target.int8_axpy_kernels`);
