@@ -12,7 +12,7 @@ from ..targets import Target
 from .kernels.schedule import CpuSchedule, GpuSchedule
 
 # int8 dot instructions (kernels/quant_int8.py): (target feature flag, vector bits, LLVM feature that must hold
-# for the TVM target too, the instruction's name in quant_int8.INT8_DOTS), first match wins
+# for the TVM target too, the instruction's name in int8_dots.INT8_DOTS), first match wins
 INT8_DOT_FEATURES = (
     ("avx512_vnni", 512, "avx512vnni", "vpdpbusd512"),
     ("avx512_vnni", 256, "avx512vnni", "vpdpbusd256"),   # with AVX512-VL, which every VNNI part has

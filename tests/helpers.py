@@ -45,7 +45,7 @@ def int8_dot_here(layout: str | None = None) -> bool:
     """Whether quantized row dots (of `layout` rows; None: of some layout) compiled for this host's x86 target take
     x rounded to 8-bit blocks: the host's int8 dot (VNNI, AVX2) serves the layout (`Int8Dot.layouts`)."""
     from actsparse import targets
-    from actsparse.codegen.kernels.quant_int8 import INT8_DOTS
+    from actsparse.codegen.kernels.int8_dots import INT8_DOTS
     from actsparse.codegen.schedules import schedule_for
 
     dot = schedule_for(targets.get("x86")).int8_dot

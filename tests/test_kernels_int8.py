@@ -183,7 +183,7 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_bloc
 def served_here() -> list[tuple[str, str]]:
     """(layout, dot) for every dot this host executes and every layout that dot serves (`Int8Dot.layouts`)."""
     from actsparse import targets
-    from actsparse.codegen.kernels.quant_int8 import INT8_DOTS
+    from actsparse.codegen.kernels.int8_dots import INT8_DOTS
 
     features = set(targets.get("x86").features)
     return [(dtype, dot) for dot in DOTS if NEEDS[dot] & features for dtype in INT8_DOTS[dot].layouts]

@@ -15,7 +15,8 @@ __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blo
            "cuda_input_mlp", "routed_moe", "attention", "kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
-_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "quant_int8", "rows", "schedule",
+_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "int8_dots", "quant_int8", "rows",
+               "schedule",
                "sparse_mlp", "gathered_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp",
                "cuda_input_mlp", "routed_moe", "cutoff_mlp", "cuda_cutoff_mlp", "attention")
 

@@ -10,9 +10,9 @@ from tvm.script import tirx as T
 
 from ...ir.quant import GROUP, LAYOUTS
 from .common import loader
+from .int8_dots import INT8_DOTS
 from .quant_axpy8 import int8_axpy_macro, uses_int8_axpy
 from .quant_blocks import group_split, quant_axpy_macro, quant_zero_columns_macro
-from .quant_int8 import INT8_DOTS
 from .rows import chunks_per_line, column_split, prefetch_macro, row_index, task_blocks
 from .schedule import CpuSchedule
 

@@ -1,6 +1,6 @@
 """The row axpy of quantized rows (the down projection of every gated-MLP kernel) as integer dot products: x86 VNNI
 `vpdpbusd`, aarch64 `sdot` (the schedule's `int8_dot`); the layouts it serves are its table entry's `axpy`
-(`quant_int8.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), for the kernels the schedule names
+(`int8_dots.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), for the kernels the schedule names
 (`CpuSchedule.int8_axpy`: the target's `int8_axpy_kernels`, by default the dense kernel only).
 
 A step of the axpy adds R rows j, each times its coefficient h_j, to a task's output columns:
@@ -41,6 +41,7 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
+from .int8_dots import INT8_DOTS
 from .quant_blocks import (
     axpy_macros,
     flat_rows,
@@ -51,7 +52,6 @@ from .quant_blocks import (
     scale,
     split_scales,
 )
-from .quant_int8 import INT8_DOTS
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2

@@ -254,7 +254,7 @@ def group_split(d: int, threads: int):
 def quant_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, prefetch=None, lookup: str = ""):
     """`axpy.axpy_macro` for quantized rows: (`axpy_all`, `axpy`) with the same arguments and results.
 
-    `lookup` (`quant_int8.Int8Dot.nibble_lookup`, x86 AVX-512: `vpermps`): q4 codes become floats by a 16-entry
+    `lookup` (`int8_dots.Int8Dot.nibble_lookup`, x86 AVX-512: `vpermps`): q4 codes become floats by a 16-entry
     table lookup on the widened bytes, the low nibble by the low 4 bits as they are and the high one after a 4-bit
     shift of the int32 lanes; q4_0's table holds nibble - 8. Per row and 32 columns that is one widening load, one
     shift and two lookups instead of mask, shift, two widenings and two conversions, and no -8 * sum(h * scale)."""

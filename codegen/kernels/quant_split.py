@@ -26,8 +26,9 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
+from .int8_dots import INT8_DOTS
 from .quant_blocks import block_prefetch_macro, half_at
-from .quant_int8 import INT8_DOTS, quantized_x_groups, row_dots_frame
+from .quant_int8 import quantized_x_groups, row_dots_frame
 from .rows import CACHE_LINE, per_token, row_sums_macro
 from .schedule import CpuSchedule
 

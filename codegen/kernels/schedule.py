@@ -52,7 +52,7 @@ class CpuSchedule:
                   next must stay in it, so `fitted` lowers `rows` for long rows (see there).
     fp16fml       the target multiplies fp16 pairs into fp32 sums (aarch64 FEAT_FHM: fmlal / fmlal2): fp16 weight
                   dot products then take x rounded to fp16 and skip the widening of the weights.
-    int8_dot      the target's 4-way u8 x s8 -> i32 dot instruction ("" if none; names in `quant_int8.INT8_DOTS`,
+    int8_dot      the target's 4-way u8 x s8 -> i32 dot instruction ("" if none; names in `int8_dots.INT8_DOTS`,
                   e.g. "vpdpbusd512" for AVX512-VNNI, "pmaddubsw256" for AVX2 without VNNI): quantized-weight row
                   dots of the layouts it serves then take x quantized to 8-bit blocks once per call and multiply in
                   integers (`quant_int8.py`).
