@@ -19,7 +19,8 @@ benchmarks/threshold_frontier's too); without a torch model (ONNX, a graph) ever
 Tried and removed (BENCHMARKS.md, session 15): rescaling each block's curve by its loss increase measured with its
 plan alone on a few calibration windows (`measured_budgets`): +7.49% on SmolLM2-135M and +14.59% on Gemma 3 270M
 at 0.5 against the Fisher pooling's +4.72% / +10.74%; a block's cost alone on a few windows does not predict its
-cost on other text. What bounds the loss now is quality_guard.py (the whole plan, held-out windows).
+cost on other text. What measures the whole plan's loss is quality_guard.py (opt-in, `max_loss_increase=`; it
+bounds the loss on text like its held-out windows only).
 """
 
 from __future__ import annotations
