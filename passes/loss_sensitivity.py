@@ -27,18 +27,12 @@ def decoder_mlps(model) -> list | None:
 
 def fisher_weights(model, windows, progress: bool = True) -> list[np.ndarray]:
     """Per MLP, g² ([tokens of all windows, d]) on `windows` (token id arrays [1, n]); one backward per window."""
-    modules = decoder_mlps(model)
-    if modules is None:
-        raise ValueError(f"{type(model).__name__}: no decoder layers with an `mlp` module to weight")
-    return [np.square(np.concatenate(g)).astype(np.float32) for g in output_grads(model, windows, modules, progress)]
-
-
-def output_grads(model, windows, modules: list, progress: bool = True) -> list[list[np.ndarray]]:
-    """Per module, g = ∂ summed next-token loss / ∂ (its output) per window ([tokens, d] each); one backward per
-    window, no parameter gradients."""
     import torch
     from tqdm.auto import tqdm
 
+    modules = decoder_mlps(model)
+    if modules is None:
+        raise ValueError(f"{type(model).__name__}: no decoder layers with an `mlp` module to weight")
     outputs: list = []
 
     def keep(module, args, out) -> None:   # returns None: the output stays as it is
@@ -70,23 +64,20 @@ def output_grads(model, windows, modules: list, progress: bool = True) -> list[l
         for p in params:
             p.requires_grad_(True)
         model.train(was_training)
-    return grads
+    return [np.square(np.concatenate(g)).astype(np.float32) for g in grads]
 
 
 def cached_fisher_weights(model, windows, progress: bool = True, directory=None) -> list[np.ndarray]:
     """`fisher_weights`, computed once per (MLP weights, windows) and then read from the cache."""
-    if decoder_mlps(model) is None:
+    modules = decoder_mlps(model)
+    if modules is None:
         raise ValueError(f"{type(model).__name__}: no decoder layers with an `mlp` module to weight")
-    found = cached_arrays("mlp-fisher", _mlps_key(model, windows), lambda: {str(i): g for i, g in enumerate(
+    weights = [p.detach().float().numpy() for m in modules for p in m.parameters()]
+    key = digest(type(model).__name__, *weights, [np.asarray(w).tolist() for w in windows])
+    found = cached_arrays("mlp-fisher", key, lambda: {str(i): g for i, g in enumerate(
         fisher_weights(model, windows, progress))}, {"model": type(model).__name__, "windows": len(windows)},
                           directory)
     return [found[str(i)] for i in range(len(found))]
-
-
-def _mlps_key(model, windows) -> str:
-    """The cache key of a per-MLP result: the model class, its MLP weights and the windows."""
-    weights = [p.detach().float().numpy() for m in decoder_mlps(model) for p in m.parameters()]
-    return digest(type(model).__name__, *weights, [np.asarray(w).tolist() for w in windows])
 
 
 def mean_loss(model, windows) -> float:
@@ -101,4 +92,3 @@ def mean_loss(model, windows) -> float:
             total += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
             count += ids.shape[1] - 1
     return total / max(count, 1)
-
