@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actsparse.passes.loss_sensitivity import decoder_mlps
 from actsparse.passes.torch_plans import install_plans as install  # noqa: F401 (tests, tools)
 
 SPARSITIES = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -94,10 +95,6 @@ def load_model(name: str):
     return model.eval(), AutoTokenizer.from_pretrained(str(cached))
 
 
-def mlps(model) -> list:
-    return [layer.mlp for layer in model.model.layers]
-
-
 def gate_act_name(mlp) -> str:
     name = type(mlp.act_fn).__name__.lower()
     return {"siluactivation": "silu", "silu": "silu", "geluTanh".lower(): "gelu_tanh",
@@ -108,7 +105,7 @@ def block_weights(model):
     from actsparse.passes.block_weights import BlockWeights
 
     return [BlockWeights(m.gate_proj.weight.detach().numpy(), m.up_proj.weight.detach().numpy(),
-                         m.down_proj.weight.detach().numpy(), gate_act_name(m)) for m in mlps(model)]
+                         m.down_proj.weight.detach().numpy(), gate_act_name(m)) for m in decoder_mlps(model)]
 
 
 def prose_windows(tokenizer, part: str, window: int, count: int) -> list:
@@ -130,10 +127,10 @@ def collect_rows(model, windows, max_tokens: int = 4096) -> list[np.ndarray]:
     """Each MLP's input rows over the windows (dense model), at most max_tokens per block."""
     import torch
 
-    rows: list[list] = [[] for _ in mlps(model)]
+    rows: list[list] = [[] for _ in decoder_mlps(model)]
     hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: rows[i].append(args[0].reshape(-1, args[0].shape[-1])
                                                                                 .numpy().copy()))
-             for i, m in enumerate(mlps(model))]
+             for i, m in enumerate(decoder_mlps(model))]
     try:
         with torch.no_grad():
             for w in windows:
@@ -180,7 +177,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     blocks = block_weights(model)
     modes = args.sensitivity.split(",")
     sensitivity = None
-    if "fisher" in modes:   # compile()'s default for a decoder (api._fisher_weights), same rows
+    if "fisher" in modes:   # compile()'s default for a decoder (decoder_setup.fisher_weights), same rows
         from actsparse.passes.loss_sensitivity import cached_fisher_weights
 
         sensitivity = [g[:len(r)] for g, r in zip(cached_fisher_weights(model, calib, progress=False), rows)]
