@@ -18,7 +18,7 @@ INT8_DOT_FEATURES = (
     ("avx512_vnni", 256, "avx512vnni", "vpdpbusd256"),   # with AVX512-VL, which every VNNI part has
     ("avx_vnni", 256, "avxvnni", "vpdpbusd256"),
     ("dotprod", 128, "dotprod", "sdot128"),              # aarch64 FEAT_DotProd (targets/arm.py)
-    ("avx2", 256, "avx2", "pmaddubsw256"),               # x86 without VNNI: the two-step AVX2 dot (q4 layouts only)
+    ("avx2", 256, "avx2", "pmaddubsw256"),               # x86 without VNNI: the two-step AVX2 dot
 )
 
 
