@@ -170,8 +170,13 @@ def _slice(ctx, node, args):
 
 @lowering("concat")
 def _concat(ctx, node, args):
-    # empty operands were dropped by canonicalize (concat-empty-operand): Relax would fold one into an empty constant
-    return R.concat(args, axis=node.attrs["axis"])
+    # empty operands are dropped by canonicalize (concat-empty-operand): Relax would fold one into an empty constant,
+    # which a saved artifact cannot hold (the failure would surface only at save)
+    axis = node.attrs["axis"]
+    if any(x.shape[axis] == 0 for x in node.inputs):
+        raise ValueError(f"internal: a concat ({node.loc or 'no location'}) has an empty operand at codegen; the "
+                         "canonicalize pass drops them (passes/canonicalize.py EMPTY_RULES): run it first")
+    return R.concat(args, axis=axis)
 
 
 @lowering("index_select")

@@ -4,6 +4,7 @@ short prompt) through the interpreter and the TVM build, against torch eager."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -65,3 +66,19 @@ def test_a_concat_of_empty_operands_only_becomes_zeros_of_its_shape():
     x = np.zeros((2, 0, 8), np.float32)
     got, want = evaluate(result.graph, [x])[0], evaluate(graph, [x])[0]
     assert got.shape == want.shape == (2, 0, 8) and got.dtype == want.dtype
+
+
+def test_codegen_refuses_an_empty_concat_operand_with_the_pass_that_drops_it():
+    """A pass list without canonicalize (direct `build` callers) would fold the empty operand into an empty Relax
+    constant that fails only at save; the lowering names the pass instead."""
+    from actsparse import targets
+    from actsparse.codegen.build import build
+    from actsparse.ir import parse_graph
+
+    graph = parse_graph("""graph @main(%x: f32[2,3,8]) {
+  %0 = slice(%x) {'axis': 2, 'end': 4, 'start': 4, 'step': 1} : f32[2,3,0]
+  %1 = concat(%0, %x) {'axis': 2} : f32[2,3,8]
+  return %1
+}""")
+    with pytest.raises(ValueError, match="empty operand at codegen.*canonicalize"):
+        build(graph, targets.get("x86"))
