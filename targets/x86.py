@@ -92,6 +92,15 @@ def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:
     AVX512-VNNI the integer axpy reads split q4_0 rows' int8 coefficients from a per-step table (quant_axpy8.py), which
     makes it faster than the float lookup axpy for exact and indexed too (q4_0, 1 thread, interleaved: 0.86-0.97x the
     time, BENCHMARKS.md session 11), and for the input-sparse kernel, whose gate / up axpys then take it too: float,
-    it ran no faster at 50% skipped than dense at SmolLM2-135M's 576 x 1536 q4_0 (session 13); elsewhere dense only
-    (sessions 7-8). q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only)."""
-    return ("dense", "exact", "indexed", "input") if vector_bits == 512 and "avx512_vnni" in flags else ("dense",)
+    it ran no faster at 50% skipped than dense at SmolLM2-135M's 576 x 1536 q4_0 (session 13). On AVX2 without VNNI
+    (the two-step `vpmaddubsw` dot, with the table too) likewise: q4_0 at Mistral-7B dims, 1 thread, under load,
+    0.63-0.74x the float axpy's time for exact / indexed / dense (session 18). 256-bit VNNI: dense only (sessions 7-8,
+    no table). q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only)."""
+    if vector_bits == 512 and "avx512_vnni" in flags:
+        return GATHERED_INT8_AXPY
+    if vector_bits == 256 and "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags):
+        return GATHERED_INT8_AXPY
+    return ("dense",)
+
+
+GATHERED_INT8_AXPY = ("dense", "exact", "indexed", "input")
