@@ -82,6 +82,8 @@ def host() -> Target:
 # fitted to `threshold_step --kernels --threads 1` at SmolLM2-135M's 576 x 1536 (input / dense q4_1 time 0.77 at 50%
 # skipped, 0.51 at 70%: 1.3 per byte read plus ~12% of a block fixed; 1 thread, minima of interleaved rounds, UNDER
 # LOAD, BENCHMARKS.md session 13; a second run fitted 0.93 per byte plus ~26% fixed: both break even at 20-32% skipped).
+# AVX2 without VNNI (Zen 3, the same command and table, 80 rounds, under load, session 18): 1.05 per byte plus ~21%
+# fixed, break-even at 25% skipped, where the rule's 1.3 puts it at 23%: the same value serves both.
 # So a block skipping less than 23% stays dense. The fixed part is left out of the
 # rule (measured at these dims only; as bytes it would keep every tiny block dense). fp32 / fp16 not measured: 1.0
 INPUT_BYTE_COST = {"int4": 1.3}
