@@ -96,13 +96,9 @@ def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:
     time, BENCHMARKS.md session 11), and for the input-sparse kernel, whose gate / up axpys then take it too: float,
     it ran no faster at 50% skipped than dense at SmolLM2-135M's 576 x 1536 q4_0 (session 13). On AVX2 without VNNI
     (the two-step `vpmaddubsw` dot, with the table too) likewise: q4_0 at Mistral-7B dims, 1 thread, under load,
-    0.63-0.74x the float axpy's time for exact / indexed / dense (session 18). 256-bit VNNI: dense only (sessions 7-8,
-    no table). q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only)."""
-    if vector_bits == 512 and "avx512_vnni" in flags:
-        return GATHERED_INT8_AXPY
-    if vector_bits == 256 and "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags):
-        return GATHERED_INT8_AXPY
-    return ("dense",)
-
-
-GATHERED_INT8_AXPY = ("dense", "exact", "indexed", "input")
+    exact / indexed / dense 0.87 / 0.76 / 0.67x main's float-axpy time (medians of 31; best 0.79 / 0.69 / 0.61x), the
+    input-sparse kernel 1.36x dense at 50% skipped (session 18). 256-bit VNNI: dense only (sessions 7-8, no table).
+    q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only)."""
+    vnni512 = vector_bits == 512 and "avx512_vnni" in flags
+    avx2_only = vector_bits == 256 and "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+    return ("dense", "exact", "indexed", "input") if vnni512 or avx2_only else ("dense",)

@@ -64,8 +64,9 @@ from .quant_blocks import (
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
-# sets of 4 rows whose int16 pair sums (`Int8Dot.pair_sum`) add up before one widening: q4 codes (<= 15, or z = 8)
-# times |a_j| <= 127 make a pair <= 2 * 15 * 127 = 3810, so 8 sets stay within int16 (a step of R <= 32 rows: one)
+# int16 pair sums per lane that add up before one widening on a pair-sum dot (`Int8Dot.pair_sum`: one per set of 4
+# rows; `axpy_interleave` 2: one per row pair): q4 codes (<= 15, or z = 8) times |a_j| <= 127 make a pair <= 2 * 15 *
+# 127 = 3810, so 8 stay within int16 (one widening per step of R <= 32 rows, or R <= 16 in row pairs)
 SETS_PER_WIDENING = 32767 // (2 * 15 * 127)
 
 
