@@ -284,3 +284,27 @@ def test_a_non_finite_input_reaches_the_output_through_the_integer_paths(kind):
     blobs = [quantize(rng.standard_normal((n_ff, d)).astype(np.float32), "q4_0").blob for _ in range(3)]
     (out,) = run_native(prim, [Call([x, *blobs, np.zeros((2, d), np.float32)], None, None, "q4_0")])
     assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
+
+
+def test_a_pair_sum_dot_widens_before_its_int16_sums_could_wrap():
+    """On AVX2's pair-sum dot the int16 sums of a step's rows widen every `SETS_PER_WIDENING` pairs: 32 rows of down
+    codes 15 (0..15) under 32 equal coefficients (all a_j = 127) sum to 32 * 15 * 127 = 60960 per column, past int16
+    (one sum would wrap to a wrong sign); the kernel's output equals the float64 MLP."""
+    from actsparse.ir.quant import dequantize, quantize
+
+    from .kernel_cases import Call
+
+    if "pmaddubsw256" not in HERE:
+        pytest.skip("the AVX2 pair-sum dot does not execute on this host")
+    sched = replace(host_sched("pmaddubsw256"), rows=32, threads=1)
+    d, n_ff = 64, 32
+    gate_up = np.tile(np.linspace(0.5, 1.0, d, dtype=np.float32), (n_ff, 1))   # every neuron alike: equal h
+    down = np.full((n_ff, d), 7.0, np.float32)
+    down[:, ::32] = -8.0   # a group's largest magnitude -8: scale 1, the 7s stored as code 15
+    blobs = [quantize(w, "q4_0").blob for w in (gate_up, gate_up, down)]
+    x = np.ones((1, d), np.float32)
+    prim = primfunc("dense", d, n_ff, "q4_0", sched, ("relu", "identity", 0.0))
+    (out,) = run_native(prim, [Call([x, *blobs, np.zeros((1, d), np.float32)], None, None, "q4_0")])
+    ws = [dequantize(b, "q4_0", d) for b in blobs]
+    ref, _ = mlp_reference(x, *ws, "relu", "identity", 0.0)
+    np.testing.assert_allclose(out, ref, rtol=0.02, atol=0.02 * np.abs(ref).max())
