@@ -7,7 +7,7 @@
 
 `--kernels`: the kernels alone, before / after in one run: the dense kernel (q4_0 as compile(quantize="int4")
 stores it, q4_1 as SmolLM2's GGUF), the input-sparse kernel on q4_0 with the float axpys (before session 13) and
-with the target's table (x86 AVX512-VNNI: every axpy integer), each on `--layers` weight copies called in turn
+with the target's table (x86 AVX512-VNNI and AVX2: every axpy integer), each on `--layers` weight copies called in turn
 (30 SmolLM2 layers: 45 MB, beyond the last-level cache, as in a decode step), x's and h's thresholds the quantiles
 of this x's own scores (exactly s of each skipped). Runners interleaved per round, µs per call (min and median
 over rounds, the first runner of a round rotating).

@@ -82,6 +82,8 @@ def host() -> Target:
 # fitted to `threshold_step --kernels --threads 1` at SmolLM2-135M's 576 x 1536 (input / dense q4_1 time 0.77 at 50%
 # skipped, 0.51 at 70%: 1.3 per byte read plus ~12% of a block fixed; 1 thread, minima of interleaved rounds, UNDER
 # LOAD, BENCHMARKS.md session 13; a second run fitted 0.93 per byte plus ~26% fixed: both break even at 20-32% skipped).
+# AVX2 without VNNI (Zen 3, the same command and table, 80 rounds, under load, session 18): 1.05 per byte plus ~21%
+# fixed, break-even at 25% skipped, where the rule's 1.3 puts it at 23%: the same value serves both.
 # So a block skipping less than 23% stays dense. The fixed part is left out of the
 # rule (measured at these dims only; as bytes it would keep every tiny block dense). fp32 / fp16 not measured: 1.0
 INPUT_BYTE_COST = {"int4": 1.3}
@@ -92,6 +94,11 @@ def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:
     AVX512-VNNI the integer axpy reads split q4_0 rows' int8 coefficients from a per-step table (quant_axpy8.py), which
     makes it faster than the float lookup axpy for exact and indexed too (q4_0, 1 thread, interleaved: 0.86-0.97x the
     time, BENCHMARKS.md session 11), and for the input-sparse kernel, whose gate / up axpys then take it too: float,
-    it ran no faster at 50% skipped than dense at SmolLM2-135M's 576 x 1536 q4_0 (session 13); elsewhere dense only
-    (sessions 7-8). q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only)."""
-    return ("dense", "exact", "indexed", "input") if vector_bits == 512 and "avx512_vnni" in flags else ("dense",)
+    it ran no faster at 50% skipped than dense at SmolLM2-135M's 576 x 1536 q4_0 (session 13). On AVX2 without VNNI
+    (the two-step `vpmaddubsw` dot, with the table too) likewise: q4_0 at Mistral-7B dims, 1 thread, under load,
+    exact / indexed / dense 0.87 / 0.76 / 0.67x main's float-axpy time (medians of 31; best 0.79 / 0.69 / 0.61x), the
+    input-sparse kernel 1.36x dense at 50% skipped (session 18). 256-bit VNNI: dense only (sessions 7-8, no table).
+    q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only)."""
+    vnni512 = vector_bits == 512 and "avx512_vnni" in flags
+    avx2_only = vector_bits == 256 and "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+    return ("dense", "exact", "indexed", "input") if vnni512 or avx2_only else ("dense",)

@@ -1,7 +1,8 @@
 """The integer row axpy of quantized rows (codegen/kernels/quant_axpy8.py: the down projection's coefficients
-h_j * scale_{j,g} rounded per step of R rows and 32-column group to int8, summed with VNNI `vpdpbusd`).
+h_j * scale_{j,g} rounded per step of R rows and 32-column group to int8, summed with VNNI `vpdpbusd`, or on AVX2
+without VNNI with `vpmaddubsw` + `vpmaddwd`).
 
-Three checks per kernel call, on x86 hosts with VNNI (the kernels execute here):
+Three checks per kernel call, for every x86 dot with an integer axpy that this host executes (the kernels run here):
 - exact, indexed, dense: within fp32 tolerance of a float64 reference that rounds the coefficients as the kernel does
   (`down_rounded`: the kernel's steps rebuilt from its row lists; a coefficient within float32 noise of a rounding
   boundary may round either way, so its term is slack);
@@ -9,8 +10,8 @@ Three checks per kernel call, on x86 hosts with VNNI (the kernels execute here):
   down projection, |error| <= (max_j |h_j s_{j,g}| / 254) * Σ_j |q_{j,c}| (`down_bound`, which no step split changes);
 - end to end against float64 on unrounded x and coefficients: a relative error of at most 2% (x's and h's 8-bit
   rounding together; measured ~0.3-0.6% on these inputs).
-Sizes that 32 does not divide, 0% / 100% / random active; both dot widths (512-bit: 4 rows x 16 columns per dot;
-256-bit: 4 rows x 8 columns). And the generated code of the down projection holds vpdpbusd where the target has VNNI.
+Sizes that 32 does not divide, 0% / 100% / random active; every dot width (512-bit: 4 rows x 16 columns per dot;
+256-bit: 4 rows x 8 columns). And the generated code of the down projection holds the host's dot instruction.
 """
 
 from dataclasses import replace
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from .axpy8_cases import down_bound, down_rounded, h_of
 from .kernel_cases import QUANT_DTYPES, examples, mlp_reference, primfunc, run_native
-from .test_kernels_int8 import DOTS
+from .test_kernels_int8 import DOTS, NEEDS
 from .test_kernels_int8 import host_sched as detected_sched
 from .test_kernels_quant import ACTS, quant_calls
 
@@ -30,12 +31,25 @@ pytest.importorskip("tvm")
 
 ragged = st.integers(1, 100).filter(lambda d: d % 32)
 AXPY_LAYOUTS = ("q4_0", "q4_1")  # the x86 dots' integer-axpy layouts (INT8_DOTS[...].axpy); q8_0's axpy stays float
-AXPY_DOTS = ("vpdpbusd512", "vpdpbusd256")  # the x86 dots with an integer axpy (not the AVX2 one: unmeasured)
+AXPY_DOTS = ("vpdpbusd512", "vpdpbusd256", "pmaddubsw256")  # the x86 dots with an integer axpy
+MNEMONIC = {"vpdpbusd512": "vpdpbusd", "vpdpbusd256": "vpdpbusd", "pmaddubsw256": "vpmaddubsw"}
 
 
-def host_sched(dot):
-    """The host's schedule with the integer axpy in every kernel (the target's table gives it to dense only)."""
-    return replace(detected_sched(dot), int8_axpy=True)
+def axpy_dots_here() -> tuple[str, ...]:
+    """The x86 dots with an integer axpy that this host executes (widest first)."""
+    from actsparse import targets
+
+    features = set(targets.get("x86").features)
+    return tuple(dot for dot in AXPY_DOTS if NEEDS[dot] & features)
+
+
+HERE = axpy_dots_here()
+needs_a_dot = pytest.mark.skipif(not HERE, reason="no x86 int8 dot with an integer axpy executes on this host")
+
+
+def host_sched(dot=None):
+    """The host's schedule on `dot` (default: the widest one it executes) with the integer axpy in every kernel."""
+    return replace(detected_sched(dot or HERE[0]), int8_axpy=True)
 
 
 def steps_of(kind, call, sched, n_ff, m):
@@ -57,9 +71,10 @@ def steps_of(kind, call, sched, n_ff, m):
     return steps
 
 
+@needs_a_dot
 @pytest.mark.parametrize("kind", ("exact", "indexed", "dense"))
 @settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
-@given(dtype=st.sampled_from(AXPY_LAYOUTS), dot=st.sampled_from(AXPY_DOTS), d=ragged, n_ff=st.integers(1, 40),
+@given(dtype=st.sampled_from(AXPY_LAYOUTS), dot=st.sampled_from(HERE or AXPY_DOTS), d=ragged, n_ff=st.integers(1, 40),
        frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
 def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind, dtype, dot, d, n_ff, frac, seed):
     check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed)
@@ -67,10 +82,17 @@ def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind,
 
 @pytest.mark.parametrize("kind", ("exact", "indexed", "dense"))
 def test_the_coefficient_table_path_on_long_rows(kind):
-    """Split rows (q4_0) on AVX-512 round a step's coefficients 16 groups per vector into a table (`coefficient_table`):
-    rows of 1100 columns (34 groups, 17 per task: one 16-group vector and one group more, then a partial group) take
-    the vector, the one-by-one and the partial-group paths, against the same step-exact reference."""
-    check_against_the_steps(kind, "q4_0", "vpdpbusd512", 1100, 20, 0.5, 7)
+    """Split rows (q4_0) on AVX-512 and AVX2 round a step's coefficients 16 groups per vector into a table
+    (`coefficient_table`): rows of 1100 columns (34 groups, 17 per task: one 16-group vector and one group more, then
+    a partial group) take the vector, the one-by-one and the partial-group paths, against the same step-exact
+    reference, on every such dot this host executes."""
+    from actsparse.codegen.kernels.int8_dots import INT8_DOTS
+
+    tabled = [dot for dot in HERE if INT8_DOTS[dot].coefficient_table]
+    if not tabled:
+        pytest.skip("no int8 dot with a coefficient table executes on this host")
+    for dot in tabled:
+        check_against_the_steps(kind, "q4_0", dot, 1100, 20, 0.5, 7)
 
 
 def check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed):
@@ -102,6 +124,7 @@ def check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed):
         assert np.all(np.abs(out - exact_down) <= bound), np.max(np.abs(out - exact_down) - bound)
 
 
+@needs_a_dot
 @pytest.mark.parametrize("kind", ("threshold", "dense"))
 @settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(AXPY_LAYOUTS), d=st.integers(33, 160).filter(lambda d: d % 32),
@@ -111,7 +134,7 @@ def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, 
     top of the kernel's own tolerance; dense: within 5% (relative, L2) of float64 on unrounded x and h."""
     from actsparse.ir.quant import dequantize, round_x8
 
-    sched = host_sched("vpdpbusd512")
+    sched = host_sched()
     prim = primfunc(kind, d, n_ff, dtype, sched, ACTS[kind], bias=True)
     calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac, x8=True)
     for call, out in zip(calls, run_native(prim, calls)):
@@ -128,58 +151,70 @@ def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, 
             assert norm == 0 or np.linalg.norm(out - full) <= 0.05 * norm, np.linalg.norm(out - full) / norm
 
 
-def test_the_down_projection_is_built_with_vpdpbusd_where_the_target_has_vnni():
-    """The dense kernel's second parallel region (the down axpy) holds vpdpbusd; with `int8_axpy=False` only the
-    row dots do, so the count drops (the float axpy: vpmovzxbd + vcvtdq2ps + FMA)."""
+@needs_a_dot
+def test_the_down_projection_is_built_with_the_hosts_dot():
+    """The dense kernel's second parallel region (the down axpy) holds the host's dot (vpdpbusd, or vpmaddubsw on
+    AVX2); with `int8_axpy=False` only the row dots do, so the count drops (the float axpy: vpmovzxbd + vcvtdq2ps +
+    FMA)."""
     import tvm
 
     from actsparse import targets
 
-    sched = host_sched("vpdpbusd512")
+    sched = host_sched()
     counts = {}
     for flag in (True, False):
         prim = primfunc("dense", 100, 8, "q4_0", replace(sched, int8_axpy=flag))
         lib = tvm.compile(tvm.IRModule({"main": prim}), target=targets.get("x86").tvm_target())
         asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
-        counts[flag] = asm.count("vpdpbusd\t")
+        counts[flag] = asm.count(MNEMONIC[HERE[0]] + "\t")
     assert counts[True] > counts[False] > 0, counts
 
 
-def test_the_integer_down_loop_of_split_rows_reads_its_coefficients_from_the_table():
-    """AVX-512, split q4_0 rows (`Int8Dot.coefficient_table`): the down projection's group loop takes each group's
-    int8 coefficients, t and -z Σ a_j from the step's table: per 8 rows x 32 columns 4 vpdpbusd (no z dots), no
-    per-row scale gather (vpinsrw), no conversion of scales, no division (main, session 10: 82 instructions with 6
-    vpdpbusd, 8 vpinsrw and a vdivss; now ~44). The table itself is filled 16 groups per vector (vdivps)."""
+# (dot, fp32 lanes, LLVM CPU, dots per 8 rows x 32 columns, most instructions in that loop)
+TABLED_LOOPS = (("vpdpbusd512", 16, "znver4", 4, 60), ("pmaddubsw256", 8, "haswell", 8, 115))
+
+
+@pytest.mark.parametrize("dot,lanes,mcpu,dots,most", TABLED_LOOPS)
+def test_the_integer_down_loop_of_split_rows_reads_its_coefficients_from_the_table(dot, lanes, mcpu, dots, most):
+    """AVX-512 and AVX2, split q4_0 rows (`Int8Dot.coefficient_table`): the down projection's group loop takes each
+    group's int8 coefficients, t and -z Σ a_j from the step's table: per 8 rows x 32 columns 4 vpdpbusd (AVX2: 8
+    vpmaddubsw) and no z dots, no per-row scale gather (vpinsrw), no conversion of scales, no division (AVX-512 main,
+    session 10: 82 instructions with 6 vpdpbusd, 8 vpinsrw and a vdivss; now ~44; AVX2, 2 rows per int16 lane:
+    ~102, no vpmaddwd). The table itself is filled 16 groups per vector (vdivps). Compiled only: any host."""
     import tvm
 
     from actsparse.codegen.kernels.schedule import CpuSchedule
 
     from .test_kernels_int8 import innermost_loops
 
-    sched = CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512", int8_axpy=True)  # compiled only: any host
+    sched = CpuSchedule(lanes=lanes, threads=2, vector_registers=32 if lanes == 16 else 16, int8_dot=dot,
+                        int8_axpy=True)
     prim = primfunc("exact", 4096, 64, "q4_0", sched, ACTS["exact"])
-    lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": "znver4"}))
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
     asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
     # the row dots convert their scales in the loop (vcvtph2ps); the down loop does not
-    loops = [body for body in innermost_loops(asm) if "vpdpbusd" in body and "vcvtph2ps" not in body]
+    op = MNEMONIC[dot]
+    loops = [body for body in innermost_loops(asm) if op in body and "vcvtph2ps" not in body]
     assert len(loops) == 1, loops
     body = loops[0]
-    assert body.count("vpdpbusd") == 4, body
-    assert not [op for op in body if op.startswith(("vpinsrw", "vdiv", "vcvtph2ps", "vmaxps", "vrndscale"))], body
-    assert len(body) < 60, len(body)
+    assert body.count(op) == dots, body
+    assert not [op for op in body if op.startswith(("vpinsrw", "vdiv", "vcvtph2ps", "vmaxps", "vrndscale",
+                                                    "vroundps", "vpmaddwd"))], body
+    assert len(body) < most, len(body)
     fills = [body for body in innermost_loops(asm) if "vdivps" in body]
-    assert fills and all("vpdpbusd" not in body for body in fills), fills
+    assert fills and all(op not in body for body in fills), fills
 
 
 def test_the_integer_axpy_follows_the_dot_table():
-    """The VNNI dots and sdot serve q4_0 / q4_1 axpys (q8_0's float axpy is as fast on x86), the AVX2 dot none
-    (its integer axpy is unmeasured); float dtypes never."""
+    """The VNNI dots, sdot and the AVX2 dot serve q4_0 / q4_1 axpys (q8_0's float axpy is as fast on x86; on AVX2
+    its biased codes would saturate); float dtypes never."""
     from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
     from actsparse.codegen.kernels.schedule import CpuSchedule
 
     for dot, lanes in {**DOTS, "sdot128": 4}.items():
         sched = CpuSchedule(lanes=lanes, threads=2, int8_dot=dot)
-        want = list(AXPY_LAYOUTS) if dot in (*AXPY_DOTS, "sdot128") else []
+        assert dot in (*AXPY_DOTS, "sdot128")
+        want = list(AXPY_LAYOUTS)
         assert [dt for dt in QUANT_DTYPES if uses_int8_axpy(dt, sched, "dense")] == want
         assert not uses_int8_axpy("q4_0", replace(sched, int8_axpy=False), "dense")
     assert not uses_int8_axpy("float16", CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512"), "dense")
@@ -198,16 +233,22 @@ def test_each_kernel_takes_the_down_projection_path_the_target_table_gives_it():
 
     host = targets.get("x86")
     # measured: integer pays for dense only (BENCHMARKS.md, session 8), on AVX512-VNNI with the coefficient table for
-    # exact and indexed too (session 11) and the input-sparse kernel (session 13)
-    table = (("dense", "exact", "indexed", "input") if host.vector_bits == 512 and "avx512_vnni" in host.features
-             else ("dense",))
+    # exact and indexed too (session 11) and the input-sparse kernel (session 13), likewise on AVX2 (session 18)
+    every = ("dense", "exact", "indexed", "input")
+    vnni = {"avx512_vnni", "avx_vnni"} & set(host.features)
+    table = (every if host.vector_bits == 512 and "avx512_vnni" in host.features
+             or host.vector_bits == 256 and "avx2" in host.features and not vnni else ("dense",))
     assert host.int8_axpy_kernels == table
     assert schedule_for(host).int8_axpy == table
     from actsparse.targets.x86 import gathered_int8_axpy
 
     assert gathered_int8_axpy({"avx2", "avx_vnni"}, 256) == ("dense",)  # no coefficient table on 256-bit VNNI
-    assert gathered_int8_axpy({"avx512f", "avx512_vnni"}, 512) == ("dense", "exact", "indexed", "input")
-    sched = detected_sched("vpdpbusd512")
+    assert gathered_int8_axpy({"avx512f", "avx512_vnni"}, 512) == every
+    assert gathered_int8_axpy({"avx2", "fma"}, 256) == every
+    if not HERE:
+        pytest.skip("no x86 int8 dot with an integer axpy executes on this host")
+    sched = detected_sched(HERE[0])
+    op = MNEMONIC[HERE[0]]
     assert [k for k in AXPY_KERNELS if uses_int8_axpy("q4_0", sched, k)] == list(table)
     flipped = replace(host, int8_axpy_kernels=("exact", "indexed"))   # another target's table: followed as given
     assert schedule_for(flipped).int8_axpy == ("exact", "indexed")
@@ -219,12 +260,13 @@ def test_each_kernel_takes_the_down_projection_path_the_target_table_gives_it():
             prim = primfunc(kind, 100, 8, "q4_0", replace(sched, int8_axpy=table))
             lib = tvm.compile(tvm.IRModule({"main": prim}), target=host.tvm_target())
             asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
-            counts[kind, kind in table] = (asm.count("vpdpbusd\t"), str(prim.attrs["global_symbol"]))
-    for kind in ("dense", "exact", "indexed"):   # integer > float (the row dots use vpdpbusd on both)
+            counts[kind, kind in table] = (asm.count(op + "\t"), str(prim.attrs["global_symbol"]))
+    for kind in ("dense", "exact", "indexed"):   # integer > float (the row dots use the dot on both)
         (integer, sym_i), (floating, sym_f) = counts[kind, True], counts[kind, False]
         assert integer > floating > 0 and sym_i != sym_f, (kind, counts)
 
 
+@needs_a_dot
 @pytest.mark.parametrize("kind", ("exact", "dense"))
 def test_a_non_finite_input_reaches_the_output_through_the_integer_paths(kind):
     """A NaN in one token's x: that token's outputs are all NaN (x's 8-bit blocks carry it in dx, the down axpy in t;
@@ -233,7 +275,7 @@ def test_a_non_finite_input_reaches_the_output_through_the_integer_paths(kind):
 
     from .kernel_cases import Call
 
-    sched = host_sched("vpdpbusd512")
+    sched = host_sched()
     d, n_ff = 70, 20
     rng = np.random.default_rng(3)
     prim = primfunc(kind, d, n_ff, "q4_0", sched, ACTS[kind])
@@ -242,3 +284,27 @@ def test_a_non_finite_input_reaches_the_output_through_the_integer_paths(kind):
     blobs = [quantize(rng.standard_normal((n_ff, d)).astype(np.float32), "q4_0").blob for _ in range(3)]
     (out,) = run_native(prim, [Call([x, *blobs, np.zeros((2, d), np.float32)], None, None, "q4_0")])
     assert np.isnan(out[1]).all() and np.isfinite(out[0]).all()
+
+
+def test_a_pair_sum_dot_widens_before_its_int16_sums_could_wrap():
+    """On AVX2's pair-sum dot the int16 sums of a step's rows widen every `SETS_PER_WIDENING` pairs: 32 rows of down
+    codes 15 (0..15) under 32 equal coefficients (all a_j = 127) sum to 32 * 15 * 127 = 60960 per column, past int16
+    (one sum would wrap to a wrong sign); the kernel's output equals the float64 MLP."""
+    from actsparse.ir.quant import dequantize, quantize
+
+    from .kernel_cases import Call
+
+    if "pmaddubsw256" not in HERE:
+        pytest.skip("the AVX2 pair-sum dot does not execute on this host")
+    sched = replace(host_sched("pmaddubsw256"), rows=32, threads=1)
+    d, n_ff = 64, 32
+    gate_up = np.tile(np.linspace(0.5, 1.0, d, dtype=np.float32), (n_ff, 1))   # every neuron alike: equal h
+    down = np.full((n_ff, d), 7.0, np.float32)
+    down[:, ::32] = -8.0   # a group's largest magnitude -8: scale 1, the 7s stored as code 15
+    blobs = [quantize(w, "q4_0").blob for w in (gate_up, gate_up, down)]
+    x = np.ones((1, d), np.float32)
+    prim = primfunc("dense", d, n_ff, "q4_0", sched, ("relu", "identity", 0.0))
+    (out,) = run_native(prim, [Call([x, *blobs, np.zeros((1, d), np.float32)], None, None, "q4_0")])
+    ws = [dequantize(b, "q4_0", d) for b in blobs]
+    ref, _ = mlp_reference(x, *ws, "relu", "identity", 0.0)
+    np.testing.assert_allclose(out, ref, rtol=0.02, atol=0.02 * np.abs(ref).max())

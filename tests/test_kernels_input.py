@@ -147,8 +147,8 @@ def check_quant(jobs, outs):
 @given(dtype=st.sampled_from(QUANT_DTYPES), d=ragged, n=ragged, acts=st.sampled_from(INPUT_ACTS),
        seed=st.integers(0, 999), every_integer=st.booleans())
 def test_x86_quantized_input_sparse_kernel_matches_the_dequantized_reference(dtype, d, n, acts, seed, every_integer):
-    """The target's schedule (its table keeps this kernel's down axpy float) or every axpy integer where the host
-    has VNNI (the A/B path, `ffn_sweep --axpy integer`)."""
+    """The target's schedule (its table gives this kernel the integer axpys on AVX512-VNNI and AVX2 hosts, else
+    float) or every axpy integer where the host has an int8 dot (the A/B path, `ffn_sweep --axpy integer`)."""
     from dataclasses import replace
 
     from actsparse import targets

@@ -28,14 +28,19 @@ class Int8Dot:
                              # intrinsic (table, indices) -> float32 x 16), which the float axpy of q4 rows takes
                              # instead of mask / shift / widen / convert (quant_blocks.quant_axpy_macro); "": none
     coefficient_table: bool = False  # the integer axpy of split rows (q4_0) rounds a step's coefficients for 16
-                                     # groups per vector into a table before its group loop (quant_axpy8.py);
-                                     # measured on AVX-512 only (BENCHMARKS.md, session 11)
+                                     # groups per vector into a table before its group loop (quant_axpy8.py):
+                                     # AVX-512 0.79x the time (dense, BENCHMARKS.md session 11), AVX2 0.73x
+                                     # (session 18)
     pair_sum: str = ""  # "": `intrinsic` is the accumulating 4-way dot. Else the dot takes two steps (AVX2, no
                         # VNNI): `intrinsic` multiplies a (u8) by b (s8) and sums byte pairs to int16, saturating
                         # (vpmaddubsw), this one sums int16 pairs against ones to int32 (vpmaddwd), added to acc
     layouts: tuple[str, ...] = tuple(LAYOUTS)  # the layouts whose row dots it serves (others keep the float
                                                # path): a saturating pair sum may serve only those whose byte
                                                # pairs fit int16 (q4 nibbles x x̂: |pair| <= 2 * 15 * 128)
+    axpy_interleave: int = 4  # rows whose code bytes share an output column's lane in the integer q4 axpy
+                              # (quant_axpy8.py): 4, the 4-way dot's int32 lane; 2, a pair-sum dot's int16 lane
+                              # (`intrinsic` alone, the pairs' int16 sums sign-extended per group: AVX2 has no
+                              # cross-lane byte shuffle, so a 4-row interleave costs ~13 shuffles per 8 columns)
     sign_trick: str = ""  # the byte-sign intrinsic (vpsignb) by which signed q8_0 codes go in on the u8 x s8 dot:
                           # |code| (u8, 0..128) times sign(x̂, code) (|x̂| <= 127): pairs <= 2 * 128 * 127 fit int16,
                           # where x̂ + 128 times codes (up to 2 * 255 * 127) would saturate; x̂ then goes in signed
@@ -82,8 +87,9 @@ INT8_DOTS = {
                            nibble_lookup="llvm.x86.avx512.permvar.sf.512", coefficient_table=True),  # vpermps
     "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
     "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
-    # AVX2 without VNNI (Zen 3, Haswell..Skylake client): llama.cpp's dots, q8_0 by the sign trick; the integer axpy
-    # is unmeasured here
-    "pmaddubsw256": Int8Dot("llvm.x86.avx2.pmadd.ub.sw", 8, False, pair_sum="llvm.x86.avx2.pmadd.wd",
-                            sign_trick="llvm.x86.avx2.psign.b"),
+    # AVX2 without VNNI (Zen 3, Haswell..Skylake client): llama.cpp's dots, q8_0 by the sign trick; the q4 axpys
+    # too (nibbles as the u8 operand times a_j: pairs <= 2 * 15 * 127, quant_axpy8.SETS_PER_WIDENING; q8_0's code
+    # + 128 would saturate)
+    "pmaddubsw256": Int8Dot("llvm.x86.avx2.pmadd.ub.sw", 8, False, axpy=("q4_0", "q4_1"), coefficient_table=True,
+                            axpy_interleave=2, pair_sum="llvm.x86.avx2.pmadd.wd", sign_trick="llvm.x86.avx2.psign.b"),
 }

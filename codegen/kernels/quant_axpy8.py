@@ -1,7 +1,7 @@
 """The row axpy of quantized rows (the down projection of every gated-MLP kernel) as integer dot products: x86 VNNI
-`vpdpbusd`, aarch64 `sdot` (the schedule's `int8_dot`); the layouts it serves are its table entry's `axpy`
-(`int8_dots.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), for the kernels the schedule names
-(`CpuSchedule.int8_axpy`: the target's `int8_axpy_kernels`, by default the dense kernel only).
+`vpdpbusd`, aarch64 `sdot`, AVX2's `vpmaddubsw` (the schedule's `int8_dot`); the layouts it serves are its table
+entry's `axpy` (`int8_dots.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), for the kernels the schedule
+names (`CpuSchedule.int8_axpy`: the target's `int8_axpy_kernels`, by default the dense kernel only).
 
 A step of the axpy adds R rows j, each times its coefficient h_j, to a task's output columns:
 out[c] += Σ_j h_j · w_{j,c}, with w_{j,c} = s_{j,g} · (u_{j,c} - z) (+ o_{j,g} + 8 s_{j,g} for q4_1) in group
@@ -17,6 +17,15 @@ bytes loaded and interleaved by one byte shuffle; the rows are any 4 active neur
 registers, per step), against the 4 rows' a_j repeated in every lane; the accumulator starts at -z · Σ_j a_j, formed
 by the same dot on bytes of z (every lane at once, no horizontal sum), t scales it once per step and group, and
 q4_1's offsets add Σ_j h_j · (o_{j,g} + 8 s_{j,g}) in fp32.
+
+On a pair-sum dot (AVX2 `vpmaddubsw`, u8 x s8 -> int16 sums of byte pairs) whose entry says
+`axpy_interleave = 2`, one int16 lane per output column holds 2 rows' code bytes (two rows' 16 code bytes
+interleaved: an in-lane unpack, where 4 rows per 32-bit lane take ~13 shuffles per 8 columns without a cross-lane
+byte shuffle), against the pair's (a_j, a_j+1) in every lane; the pairs' int16 sums add up (q4 codes <= 15,
+|a_j| <= 127: a pair <= 3810, `SETS_PER_WIDENING` pairs at most) and are sign-extended to int32 once per 16 columns,
+where -z · Σ_j a_j is added (from the table, or summed from the a_j). The same integers, so the same rounding.
+Session 18, Zen 3, q4_0 at Mistral-7B dims, 1 thread, under load: 102 instead of 131 instructions per 8 rows x 32
+columns; hot 0.93-0.98x the 4-row form's time, from DRAM within the noise (BENCHMARKS.md).
 
 Rounding: |c_j - t a_j| <= t / 2, so each output column is off by at most Σ_steps (t / 2) Σ_{j in step} |u_{j,c} - z|,
 i.e. at most (max_j |h_j s_{j,g}| / 254) · Σ_j |q_{j,c}| over the whole list (q the centred code): a relative
@@ -55,6 +64,10 @@ from .quant_blocks import (
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
+# int16 pair sums per lane that add up before one widening on a pair-sum dot (`Int8Dot.pair_sum`: one per set of 4
+# rows; `axpy_interleave` 2: one per row pair): q4 codes (<= 15, or z = 8) times |a_j| <= 127 make a pair <= 2 * 15 *
+# 127 = 3810, so 8 stay within int16 (one widening per step of R <= 32 rows, or R <= 16 in row pairs)
+SETS_PER_WIDENING = 32767 // (2 * 15 * 127)
 
 
 def uses_int8_axpy(dtype: str, sched: CpuSchedule, kernel: str) -> bool:
@@ -71,8 +84,10 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     L, R, threads = ins.lanes, sched.rows, sched.threads
     NV = max(4, 1 << (R - 1).bit_length())  # coefficient lanes: R rounded up to a power of two (rows past R: 0)
     S = NV // 4  # sets of 4 rows per step
-    V = HALF // L  # L-column vectors per half group
     q8, off = lay.bits == 8, lay.offset
+    paired = ins.axpy_interleave == 2 and not q8  # 2 rows per int16 lane (module docstring; q4 codes only)
+    W = 2 * L if paired else L  # columns per vector: one per int16 lane, else one per int32 lane
+    V = HALF // W  # W-column vectors per half group
     flip = q8 and not ins.signed_a  # q8_0 on a u8 operand: code + 128 (xor 0x80)
     z = 128 if flip else 0 if q8 else 8  # q4_1 centred too: s * nib + o = s * (nib - 8) + (o + 8 s)
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
@@ -89,16 +104,32 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     def rr(ro, r):  # byte offset of the row at step position r (past R or the list: a row read anyway)
         return ro[min(r, R - 1)]
 
-    def codes(w, ro, s, grp, hf, v):
-        """uint8 x 4L: lane c's 4 bytes are the codes of column grp*32 + hf*16 + v*L + c in the set's 4 rows."""
-        start = lay.codes_byte(grp, stored) + (hf * HALF if q8 else 0) + v * L
-        loads = [w[T.ramp(rr(ro, 4 * s + p) + T.Cast("int64", start), T.int64(1), L)] for p in range(4)]
-        raw = Shuffle(loads, [p * L + c for c in range(L) for p in range(4)])
+    def codes(w, ro, s, grp, hf, v, k=4):
+        """uint8 x kW: lane c's k bytes are the codes of column grp*32 + hf*16 + v*W + c in rows k*s.. k*s+k-1."""
+        start = lay.codes_byte(grp, stored) + (hf * HALF if q8 else 0) + v * W
+        loads = [w[T.ramp(rr(ro, k * s + p) + T.Cast("int64", start), T.int64(1), W)] for p in range(k)]
+        raw = Shuffle(loads, [p * W + c for c in range(W) for p in range(k)])
         if q8:
-            return T.bitwise_xor(raw, T.Broadcast(T.uint8(128), 4 * L)) if flip else raw
+            return T.bitwise_xor(raw, T.Broadcast(T.uint8(128), k * W)) if flip else raw
         # hf is a loop variable: the low nibbles (hf 0) or the high ones (LLVM drops the shift by 0 and the mask)
-        return T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", hf * 4), 4 * L)),
-                             T.Broadcast(T.uint8(15), 4 * L))
+        return T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", hf * 4), k * W)),
+                             T.Broadcast(T.uint8(15), k * W))
+
+    def paired_sum(w, ro, ab, grp, hf, v, at, zsum):
+        """int32 x W: `int_sum` with 2 rows per int16 lane: per row pair the pair-sum intrinsic (vpmaddubsw) of
+        the codes and (a_j, a_j+1), summed in int16 (SETS_PER_WIDENING pairs at most), then sign-extended."""
+        zsum = T.int32(-z) * sum_rows(ab, 1) if zsum is None else zsum
+        acc = T.Broadcast(zsum, W)
+        sums = [T.call_llvm_pure_intrin(
+            f"int16x{W}", ins.intrinsic, codes(w, ro, p, grp, hf, v, 2),
+            T.reinterpret(f"int8x{2 * W}", T.Broadcast(T.reinterpret("int16", ab[T.ramp(at + 2 * p, 1, 2)]), W)))
+            for p in range(NV // 2)]
+        for first_pair in range(0, len(sums), SETS_PER_WIDENING):
+            total = sums[first_pair]
+            for more in sums[first_pair + 1:first_pair + SETS_PER_WIDENING]:
+                total = total + more
+            acc = acc + T.Cast(f"int32x{W}", total)
+        return acc
 
     def int_sum(w, ro, ab, grp, hf, v, at=0, zsum=None):
         """int32 x L: Σ_j a_j (u_{j,c} - z) for the L columns; a_j at ab[at + j]; zsum: -z Σ_j a_j (else computed)."""
@@ -107,17 +138,22 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         acc = T.Broadcast(T.int32(0), L) if zsum is None else T.Broadcast(zsum, L)
         if z and zsum is None:  # z * Σ a_j in every lane, by the same dot on z bytes (no horizontal sum; shared by
             # the group's vectors)
-            for s in range(S):
-                acc = ins.dot(acc, T.Broadcast(T.uint8(z), 4 * L), coefs[s])
+            acc = set_dots(acc, [(T.Broadcast(T.uint8(z), 4 * L), coefs[s]) for s in range(S)])
             acc = T.Broadcast(T.int32(0), L) - acc
-        for s in range(S):
-            acc = ins.dot(acc, codes(w, ro, s, grp, hf, v), coefs[s])
+        return set_dots(acc, [(codes(w, ro, s, grp, hf, v), coefs[s]) for s in range(S)])
+
+    def set_dots(acc, operands):
+        """acc + the dots of the sets' (codes, coefficients); on a pair-sum dot the sets' int16 pair sums add up
+        before one widening, SETS_PER_WIDENING sets at most (q4 codes <= 15, |a_j| <= 127: a set's pair <= 3810)."""
+        for at in range(0, len(operands), SETS_PER_WIDENING):
+            acc = ins.dots(acc, *operands[at:at + SETS_PER_WIDENING])
         return acc
 
     def columns(w, ro, ab, tt, ofs, grp, hf, v, at=0, zsum=None):
-        """float32 x L: the step's contribution to the L columns."""
-        e = T.Cast(f"float32x{L}", int_sum(w, ro, ab, grp, hf, v, at, zsum)) * T.Broadcast(tt, L)
-        return e + T.Broadcast(ofs, L) if off else e
+        """float32 x W: the step's contribution to the W columns."""
+        e = T.Cast(f"float32x{W}", (paired_sum if paired else int_sum)(w, ro, ab, grp, hf, v, at, zsum)) * \
+            T.Broadcast(tt, W)
+        return e + T.Broadcast(ofs, W) if off else e
 
     def lane_reduce(buf, op):
         """buf[0] = op over buf[0:NV] by vector halving (NV a power of two)."""
@@ -234,15 +270,15 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             if tabled:
                 for hf in T.unroll(2):
                     for v in T.unroll(V):
-                        out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] = out[
-                            m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] + columns(
+                        out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
+                            m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
                             wf, ro, abt, tt[gi], 0, g0 + gi, hf, v, gi * NV, zt[gi])
             else:
                 coefficients(wf, ro, hv, g0 + gi, ab, sc)
                 for hf in T.unroll(2):
                     for v in T.unroll(V):
-                        out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] = out[
-                            m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * L, 1, L)] + columns(
+                        out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
+                            m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
                             wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
         if tail > 0:
             if t == threads - 1:  # the partial last group: the same sums, only its valid columns stored
@@ -250,7 +286,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                 coefficients(wf, ro, hv, n_full, ab, sc)
                 for hf in T.unroll(2):
                     for v in T.unroll(V):
-                        part[T.ramp(hf * HALF + v * L, 1, L)] = columns(wf, ro, ab,
+                        part[T.ramp(hf * HALF + v * W, 1, W)] = columns(wf, ro, ab,
                                                                         sc[0], sc[1], n_full, hf, v)
                 for c in range(tail):
                     out[m, n_full * GROUP + c] = out[m, n_full * GROUP + c] + part[c]
