@@ -6,10 +6,11 @@
 
 SETTINGS holds one entry per generation_config setting we apply, in the order transformers'
 `_get_logits_processor` (generation/utils.py) applies them: the logits processors (applied greedy or not), then the
-warpers (only when sampling: temperature, top_k, top_p, min_p), then renormalize_logits; each with transformers'
-default (`GenerationConfig._get_default_generation_params`), a check of its value and its numpy function
-(runtime/logits_processors.py). NOT_APPLIED names the settings transformers has that this table lacks: a model
-that sets one gets a note in its compile report, a caller who passes one gets an error, never silence.
+warpers (only when sampling: temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff), then
+renormalize_logits; each with transformers' default (`GenerationConfig._get_default_generation_params`), a check of
+its value and its numpy function (runtime/logits_processors.py). NOT_APPLIED names the settings transformers has
+that this table lacks: a model that sets one gets a note in its compile report, a caller who passes one gets an
+error, never silence.
 
 Sampling: greedy stays the default even where the model's generation_config says do_sample=True (Qwen2.5-Instruct
 does): a compiled decoder gives the same tokens on every call, as transformers' generate(do_sample=False), and the
@@ -34,13 +35,15 @@ class GenerationSettingError(InputError):
     """A generation setting that is unknown, not applied by actsparse, or out of its range."""
 
 
-def _number(kind, low=None, high=None, low_open=False, what=""):
-    """A check: a number of `kind` (int or float) in [low, high] ((low, high] where low_open) -> that number."""
+def _number(kind, low=None, high=None, low_open=False, what="", high_open=False):
+    """A check: a number of `kind` (int or float) in [low, high] (an end excluded where low_open / high_open) -> that
+    number."""
     def check(value):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or (kind is int and value != int(value)):
             raise ValueError(f"expected {what or kind.__name__}, got {value!r}")
         value = kind(value)
-        if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+        if (low is not None and (value <= low if low_open else value < low)) or \
+                (high is not None and (value >= high if high_open else value > high)):
             raise ValueError(f"expected {what}, got {value!r}")
         return value
     return check
@@ -123,6 +126,12 @@ SETTINGS = (  # in transformers' order (generation/utils.py _get_logits_processo
     Setting("top_p", 1.0, _is(1.0), _number(float, 0, 1, low_open=True, what="a float in (0, 1]"), lp.top_p,
             sampling=True, flag=float),
     Setting("min_p", None, _none, _number(float, 0, 1, what="a float in [0, 1]"), lp.min_p, sampling=True, flag=float),
+    Setting("typical_p", 1.0, _is(1.0), _number(float, 0, 1, low_open=True, what="a float in (0, 1]"), lp.typical_p,
+            sampling=True, flag=float),
+    Setting("epsilon_cutoff", 0.0, _is(0.0), _number(float, 0, 1, high_open=True, what="a float in [0, 1)"),
+            lp.epsilon_cutoff, sampling=True, flag=float),
+    Setting("eta_cutoff", 0.0, _is(0.0), _number(float, 0, 1, high_open=True, what="a float in [0, 1)"),
+            lp.eta_cutoff, sampling=True, flag=float),
     Setting("renormalize_logits", None, _is(False), _flag, lp.renormalize),
     Setting("do_sample", False, _is(False), _flag, flag=bool),  # the chooser: draw instead of argmax
     Setting("seed", None, _none, _number(int, 0, what="a whole number >= 0"), flag=int),  # the draw's Generator
@@ -133,8 +142,7 @@ CALL_ONLY = ("do_sample", "seed")  # per call; never taken from a model's genera
 # transformers' settings that change generate's tokens and that SETTINGS lacks, with the values that change nothing
 NOT_APPLIED = {"num_beams": (None, 1), "penalty_alpha": (None, 0.0), "guidance_scale": (None, 1.0),
                "encoder_repetition_penalty": (None, 1.0), "encoder_no_repeat_ngram_size": (None, 0),
-               "exponential_decay_length_penalty": (None,), "typical_p": (None, 1.0), "epsilon_cutoff": (None, 0.0),
-               "eta_cutoff": (None, 0.0), "top_h": (None,), "watermarking_config": (None,)}
+               "exponential_decay_length_penalty": (None,), "top_h": (None,), "watermarking_config": (None,)}
 
 
 def check_settings(settings: dict, vocab_size: int) -> dict:
@@ -175,7 +183,7 @@ def from_generation_config(generation, vocab_size: int) -> tuple[dict, list[str]
                  if (v := getattr(generation, k, None)) not in neutral]
     if unapplied:
         notes.append(f"the model's generation_config sets {', '.join(unapplied)}, which transformers' generate applies "
-                     "(typical_p, epsilon/eta_cutoff and top_h when sampling) and actsparse's does not, so their "
+                     "(top_h when sampling) and actsparse's does not, so their "
                      "tokens may differ")
     if getattr(generation, "do_sample", False):
         warpers = ", ".join(f"{s.name}={settings.get(s.name, s.default)!r}" for s in SETTINGS if s.sampling)

@@ -59,6 +59,9 @@ CASES = [
     ("top_k", 5, tp.TopKLogitsWarper(5), _ctx()),
     ("top_p", 0.8, tp.TopPLogitsWarper(0.8), _ctx()),
     ("min_p", 0.1, tp.MinPLogitsWarper(0.1), _ctx()),
+    ("typical_p", 0.6, tp.TypicalLogitsWarper(0.6), _ctx()),
+    ("epsilon_cutoff", 0.03, tp.EpsilonLogitsWarper(0.03), _ctx()),
+    ("eta_cutoff", 0.05, tp.EtaLogitsWarper(0.05), _ctx()),
     ("renormalize_logits", True, tp.LogitNormalization(), _ctx()),
 ]
 
