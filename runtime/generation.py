@@ -63,6 +63,14 @@ def _token_ids(value):
     return [int(t) for t in value]
 
 
+def _early_stopping(value):
+    """True, False or "never" (transformers' early_stopping; the CLI's text "true"/"false" too)."""
+    value = {"true": True, "false": False}.get(value.lower(), value) if isinstance(value, str) else value
+    if value not in (True, False, "never") or isinstance(value, numbers.Real) and not isinstance(value, bool):
+        raise ValueError(f"expected True, False or \"never\", got {value!r}")
+    return value
+
+
 def _sequences(value):
     if not isinstance(value, (list, tuple)) or not value or not all(isinstance(s, (list, tuple)) and s for s in value):
         raise ValueError(f"expected a non-empty list of non-empty lists of token ids, got {value!r}")
@@ -133,6 +141,13 @@ SETTINGS = (  # in transformers' order (generation/utils.py _get_logits_processo
     Setting("eta_cutoff", 0.0, _is(0.0), _number(float, 0, 1, high_open=True, what="a float in [0, 1)"),
             lp.eta_cutoff, sampling=True, flag=float),
     Setting("renormalize_logits", None, _is(False), _flag, lp.renormalize),
+    # read by generate itself, not by a processor: the length, the beams (runtime/beam_search.py), the draw
+    Setting("max_new_tokens", None, _none, _number(int, 0, what="a whole number >= 0")),  # CLI: -n
+    Setting("max_length", 20, _is(20), _number(int, 1, what="a whole number >= 1 (prompt included)"), flag=int),
+    Setting("num_beams", 1, _is(1), _number(int, 1, what="a whole number >= 1"), flag=int),
+    Setting("length_penalty", 1.0, _is(1.0), _number(float, what="a float"), flag=float),
+    Setting("early_stopping", False, _is(False), _early_stopping, flag=_early_stopping),
+    Setting("num_return_sequences", 1, _is(1), _number(int, 1, what="a whole number >= 1"), flag=int),
     Setting("do_sample", False, _is(False), _flag, flag=bool),  # the chooser: draw instead of argmax
     Setting("seed", None, _none, _number(int, 0, what="a whole number >= 0"), flag=int),  # the draw's Generator
 )
@@ -140,7 +155,8 @@ BY_NAME = {s.name: s for s in SETTINGS}
 CALL_ONLY = ("do_sample", "seed")  # per call; never taken from a model's generation_config (see the docstring)
 
 # transformers' settings that change generate's tokens and that SETTINGS lacks, with the values that change nothing
-NOT_APPLIED = {"num_beams": (None, 1), "penalty_alpha": (None, 0.0), "guidance_scale": (None, 1.0),
+NOT_APPLIED = {"num_beam_groups": (None, 1), "diversity_penalty": (None, 0.0), "constraints": (None,),
+               "force_words_ids": (None,), "penalty_alpha": (None, 0.0), "guidance_scale": (None, 1.0),
                "encoder_repetition_penalty": (None, 1.0), "encoder_no_repeat_ngram_size": (None, 0),
                "exponential_decay_length_penalty": (None,), "top_h": (None,), "watermarking_config": (None,)}
 
@@ -198,6 +214,23 @@ def resolve(model_settings: dict, overrides: dict, vocab_size: int) -> dict:
     return {**{s.name: s.default for s in SETTINGS}, **model_settings, **check_settings(overrides, vocab_size)}
 
 
+DEFAULT_NEW_TOKENS = 32  # generate's length where neither the caller nor the model's generation_config gives one
+
+
+def new_tokens(asked: int | None, given: dict, prompt_length: int, room: int) -> tuple[int, str]:
+    """(how many tokens generate makes at most, why): the caller's count; else `given`'s (the model's settings, the
+    call's over them) max_new_tokens, or max_length minus the prompt, as transformers' generate reads them, cut to
+    the `room` left in the KV cache; else DEFAULT_NEW_TOKENS."""
+    if asked is not None:
+        return asked, "the call's max_new_tokens"
+    for name, count in (("max_new_tokens", given.get("max_new_tokens")),
+                        ("max_length", given.get("max_length") and max(0, given["max_length"] - prompt_length))):
+        if count is not None:
+            why = f"the generation settings' {name}={given[name]}"
+            return (count, why) if count <= room else (room, f"{why}, cut to the {room} the KV cache has room for")
+    return DEFAULT_NEW_TOKENS, f"actsparse's default of {DEFAULT_NEW_TOKENS} (the generation settings set no length)"
+
+
 class TokenChooser:
     """Picks each next token as transformers' generate does: the processors (and, sampling, the warpers) of
     `settings` in table order, then argmax or a draw."""
@@ -212,12 +245,17 @@ class TokenChooser:
         self.context = dict(prompt_length=prompt_length, max_length=prompt_length + max_new_tokens,
                             eos_ids=tuple(eos_ids), begin_index=begin)
 
-    def __call__(self, logits: np.ndarray, ids: list) -> int:
+    def process(self, logits: np.ndarray, ids: list) -> np.ndarray:
+        """`logits` (float32, changed in place) after the processors (and, sampling, the warpers), in table order."""
         if self.steps:
             context = lp.Context(np.asarray(ids, np.int64), **self.context)
-            logits = logits.astype(np.float32)  # a copy: the processors change it in place
             for apply, value in self.steps:
                 logits = apply(logits, context, value)
+        return logits
+
+    def __call__(self, logits: np.ndarray, ids: list) -> int:
+        if self.steps:
+            logits = self.process(logits.astype(np.float32), ids)  # a copy: the processors change it in place
         if self.rng is None:
             return int(np.argmax(logits))
         token = lp.draw(logits, self.rng)
