@@ -9,14 +9,14 @@ length) join the finished hypotheses (scored / generated length ** length_penalt
 search stops as transformers' does (early_stopping True / False / "never"). Scores are float32 as in torch, with
 its -1e9 masks, so the same continuations win (ties between exactly equal scores aside).
 
-The KV cache: one cache state per beam, k in all, each the size of the decoder's one (the memory free is checked
-before the second is made). After each step a new beam continues one parent: the first child of a parent takes the parent's
-state as it is (no copy); only a second child of the same parent takes a state nobody continues and gets the
-parent's filled slots copied in (keys and values up to the position; a recurrent mixer's state whole). So a step
-costs k decoder steps plus one cache copy (of the filled part) per beam that changed parent, none where each beam
-keeps its own; the first step copies the prompt's cache k - 1 times. Beams are stepped through the module's step
-function with their own caches (`Decoder.own_state`), also where the decoder has a captured step graph (CUDA), whose
-graph is recorded on the decoder's single cache.
+The KV cache: one cache state per beam, k in all, each the size of the decoder's one (the memory free is
+checked before the second is made). After each step a new beam continues one parent: the first child of a parent
+takes the parent's state as it is (no copy); only a second child of the same parent takes a state no child
+continues and gets the parent's filled slots copied in (keys and values up to the position; a recurrent mixer's
+state whole). So a step costs k decoder steps (batch 1 each) plus one copy of the filled cache per parent's second,
+third... child, none where every beam keeps its own parent; the first step copies the prompt's cache k - 1 times.
+Beams step through the module's step function with their own caches (`Decoder.own_state`), also where the decoder
+has a captured step graph (CUDA), whose graph is recorded on the decoder's single cache.
 """
 
 from __future__ import annotations

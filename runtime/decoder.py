@@ -57,7 +57,7 @@ from ..ir.decoding import (
 )
 from ..ir.types import np_dtype
 from .beam_search import beam_search, check_beams
-from .generation import GenerationSettingError, TokenChooser, check_settings, new_tokens, resolve
+from .generation import TokenChooser, check_settings, new_tokens, resolve
 from .module import CompiledModule
 from .tokenizer_files import tokenizer_files, tokenizer_from_files
 
@@ -282,9 +282,6 @@ class Decoder:
             start = time.perf_counter()
             sequences = beam_search(self, prompt, settings, max_new_tokens)
             return [s[prompt.shape[1]:] for s in sequences], time.perf_counter() - start
-        if settings["num_return_sequences"] > 1:
-            raise GenerationSettingError("num_return_sequences > 1 needs num_beams >= num_return_sequences (greedy "
-                                         "decoding and sampling return one sequence here)")
         choose = TokenChooser(settings, prompt.shape[1], max_new_tokens, self.spec.eos_token_ids)
         ids, start = list(prompt[0]), time.perf_counter()
         if max_new_tokens > 0:

@@ -15,7 +15,12 @@ error, never silence.
 Sampling: greedy stays the default even where the model's generation_config says do_sample=True (Qwen2.5-Instruct
 does): a compiled decoder gives the same tokens on every call, as transformers' generate(do_sample=False), and the
 compile report says the model asks for sampling. `generate(..., do_sample=True, seed=0)` samples with the model's
-temperature/top_k/top_p/min_p (or the caller's), from a numpy Generator seeded with `seed`.
+temperature/top_k/top_p/min_p/... (or the caller's), from a numpy Generator seeded with `seed`.
+
+Beams: num_beams > 1 is beam search (runtime/beam_search.py), the processors applied to each beam's
+log-probabilities as transformers' _beam_search does; beam sampling, beam groups (diverse beam search) and
+constrained beams are not applied. Length: the caller's max_new_tokens, else the settings' max_new_tokens, else
+their max_length minus the prompt (as transformers reads them), else DEFAULT_NEW_TOKENS (`new_tokens`).
 """
 
 from __future__ import annotations
@@ -88,6 +93,27 @@ def _biases(value):
     return [[list(ids), bias] for ids, bias in unique.items()]
 
 
+def _text_bias(value: str) -> tuple[str, float]:
+    """"TEXT=BIAS" (the CLI's --sequence-bias) -> (text, bias)."""
+    text, _, bias = value.rpartition("=")
+    try:
+        if text:
+            return text, float(bias)
+    except ValueError:
+        pass
+    raise ValueError(f"expected TEXT=BIAS (e.g. 'hello=-2.5'), got {value!r}")
+
+
+@dataclass(frozen=True)
+class ListFlag:
+    """A CLI flag taking several values (`--suppress-tokens 5 7`, `--bad-words "an ad" spam`, repeatable): token ids,
+    or text that `from_text(values, encode)` turns into the setting's value with the decoder's tokenizer."""
+
+    item: Callable  # one value as typed on the command line -> its value (argparse's type)
+    name: str = ""  # the flag, where not the setting's name
+    from_text: Callable | None = None  # (values, encode: text -> ids) -> the setting's value; None: ids as they are
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -97,7 +123,7 @@ class Setting:
     apply: Callable | None = None  # (logits, Context, value) -> logits; None: read by the chooser itself
     sampling: bool = False  # a warper: only when do_sample
     tokens: Callable[[Any], list] = lambda value: []  # the token ids a value names (each must be in the vocabulary)
-    flag: type | None = None  # `actsparse generate --name-with-dashes` of this type (None: no CLI flag)
+    flag: Callable | ListFlag | None = None  # `actsparse generate --name-with-dashes` of this type (None: none)
 
 
 def _none(value) -> bool:
@@ -113,20 +139,23 @@ def _flat(value) -> list:
 
 
 SETTINGS = (  # in transformers' order (generation/utils.py _get_logits_processor)
-    Setting("sequence_bias", None, _none, _biases, lp.sequence_bias, tokens=lambda v: _flat([s for s, _ in v])),
+    Setting("sequence_bias", None, _none, _biases, lp.sequence_bias, tokens=lambda v: _flat([s for s, _ in v]),
+            flag=ListFlag(_text_bias, from_text=lambda values, encode: [[encode(t), b] for t, b in values])),
     Setting("repetition_penalty", 1.0, _is(1.0), _number(float, 0, low_open=True, what="a float > 0"),
             lp.repetition_penalty, flag=float),
     Setting("no_repeat_ngram_size", 0, _is(0), _number(int, 0, what="a whole number >= 0"), lp.no_repeat_ngram,
             flag=int),
-    Setting("bad_words_ids", None, _none, _sequences, lp.bad_words, tokens=_flat),
+    Setting("bad_words_ids", None, _none, _sequences, lp.bad_words, tokens=_flat,
+            flag=ListFlag(str, "bad_words", lambda values, encode: [encode(t) for t in values])),
     Setting("min_length", 0, _is(0), _number(int, 0, what="a whole number >= 0"), lp.min_length, flag=int),
     Setting("min_new_tokens", None, _is(0), _number(int, 0, what="a whole number >= 0"), lp.min_new_tokens, flag=int),
     Setting("forced_bos_token_id", None, _none, _number(int, 0, what="a token id"), lp.forced_bos,
             tokens=lambda v: [v], flag=int),
-    Setting("forced_eos_token_id", None, _none, _token_ids, lp.forced_eos, tokens=_flat),
+    Setting("forced_eos_token_id", None, _none, _token_ids, lp.forced_eos, tokens=_flat, flag=ListFlag(int)),
     Setting("remove_invalid_values", False, _is(False), _flag, lp.remove_invalid),
-    Setting("suppress_tokens", None, _none, _token_ids, lp.suppress, tokens=_flat),
-    Setting("begin_suppress_tokens", None, _none, _token_ids, lp.suppress_at_begin, tokens=_flat),
+    Setting("suppress_tokens", None, _none, _token_ids, lp.suppress, tokens=_flat, flag=ListFlag(int)),
+    Setting("begin_suppress_tokens", None, _none, _token_ids, lp.suppress_at_begin, tokens=_flat,
+            flag=ListFlag(int)),
     Setting("temperature", 1.0, _is(1.0), _number(float, 0, low_open=True, what="a float > 0"), lp.temperature,
             sampling=True, flag=float),
     Setting("top_k", 50, _is(0), _number(int, 0, what="a whole number >= 0 (0: off)"), lp.top_k, sampling=True,
@@ -199,13 +228,13 @@ def from_generation_config(generation, vocab_size: int) -> tuple[dict, list[str]
                  if (v := getattr(generation, k, None)) not in neutral]
     if unapplied:
         notes.append(f"the model's generation_config sets {', '.join(unapplied)}, which transformers' generate applies "
-                     "(top_h when sampling) and actsparse's does not, so their "
-                     "tokens may differ")
+                     "(top_h when sampling) and actsparse's does not, so their tokens may differ")
     if getattr(generation, "do_sample", False):
         warpers = ", ".join(f"{s.name}={settings.get(s.name, s.default)!r}" for s in SETTINGS if s.sampling)
+        beams = " (beam search, not beam sampling)" if settings.get("num_beams", 1) > 1 else ""
         notes.append("the model's generation_config asks for sampling (do_sample=True); actsparse's generate stays "
-                     "greedy, as transformers' generate(do_sample=False), unless called with do_sample=True (actsparse "
-                     f"generate --do-sample), which then samples with {warpers}")
+                     f"greedy{beams}, as transformers' generate(do_sample=False), unless called with do_sample=True "
+                     f"(actsparse generate --do-sample), which then samples with {warpers}")
     return settings, notes
 
 
