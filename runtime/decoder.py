@@ -241,7 +241,8 @@ class Decoder:
         runtime/generation.py); greedy unless do_sample=True, beam search where num_beams > 1. `max_new_tokens`
         None: the settings' max_new_tokens or max_length, else 32 (`new_tokens`).
         Returns the type given (torch tensor or numpy array) of shape [1, n + new] ([num_return_sequences, ...]
-        with beams, the best first, a shorter one padded with the first eos id as transformers does)."""
+        with beams, the best first, a shorter one padded with the first eos id, as transformers does where the model
+        sets no pad id)."""
         prompt = self._ids(ids)
         sequences, _ = self._decode(prompt, max_new_tokens, settings)
         width = max(len(s) for s in sequences)
