@@ -35,7 +35,8 @@ def beam_cost(model: str, beams: int, new: int, max_seq: int) -> None:
 
     lm = actsparse.compile(model, mode="dense", max_seq=max_seq)
     prompt = np.array([lm.tokenizer("The quick brown fox jumps over the lazy dog. Once upon a time")["input_ids"]])
-    spent, calls = {"decoder steps": 0.0, "cache copies": 0.0}, {"decoder steps": 0, "cache copies": 0}
+    spent = {"prefill": 0.0, "decoder steps": 0.0, "cache copies": 0.0}
+    calls = dict.fromkeys(spent, 0)
 
     def timed(name, function):
         def call(*args):
@@ -52,20 +53,22 @@ def beam_cost(model: str, beams: int, new: int, max_seq: int) -> None:
     start = time.perf_counter()
     lm.generate(prompt, new, **fixed)
     greedy = (time.perf_counter() - start) / new
-    step, copy = lm.step, beam_search.copy_state
+    step, copy, prefill = lm.step, beam_search.copy_state, lm.prefill
     lm.step, beam_search.copy_state = timed("decoder steps", step), timed("cache copies", copy)
+    lm.prefill = timed("prefill", prefill)
     try:
         start = time.perf_counter()
         lm.generate(prompt, new, num_beams=beams, **fixed)
         total = time.perf_counter() - start
     finally:
-        lm.step, beam_search.copy_state = step, copy
+        lm.step, beam_search.copy_state, lm.prefill = step, copy, prefill
     steps = new - 1
     print(f"load average {os.getloadavg()[0]:.2f}; {model}: vocab {lm.spec.vocab_size}, cache "
           f"{beam_search.cache_bytes(lm) / 2**20:.1f} MiB, prompt {prompt.shape[1]}, {new} new tokens")
     print(f"greedy: {greedy * 1e3:.1f} ms/token (prefill included)")
     rest = total - sum(spent.values())
-    print(f"beam search k={beams}: {total / steps * 1e3:.1f} ms/step (prefill included), of which decoder steps "
+    print(f"beam search k={beams}: prefill {spent['prefill'] * 1e3:.0f} ms, then "
+          f"{(total - spent['prefill']) / steps * 1e3:.1f} ms/step, of which decoder steps "
           f"{spent['decoder steps'] / steps * 1e3:.1f}, cache copies {spent['cache copies'] / steps * 1e3:.2f} "
           f"({calls['cache copies']} copies, {calls['decoder steps']} decoder steps in {steps} steps), the rest "
           f"{rest / steps * 1e3:.1f}")
