@@ -115,7 +115,7 @@ def _generation_arguments(parser) -> None:
             group.add_argument(name, action="store_true", default=None, dest=setting.name)
         elif isinstance(flag, ListFlag):
             group.add_argument(name, type=parse, nargs="+", action="extend", dest=setting.name,
-                               metavar="ID" if flag.item is int else "TEXT" if flag.item is str else "TEXT=BIAS")
+                               metavar=flag.metavar)
         elif flag is not None:
             group.add_argument(name, type=parse, dest=setting.name, metavar=flag.__name__.strip("_").upper())
 

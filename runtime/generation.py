@@ -110,6 +110,7 @@ class ListFlag:
     or text that `from_text(values, encode)` turns into the setting's value with the decoder's tokenizer."""
 
     item: Callable  # one value as typed on the command line -> its value (argparse's type)
+    metavar: str = "ID"  # what --help calls one value
     name: str = ""  # the flag, where not the setting's name
     from_text: Callable | None = None  # (values, encode: text -> ids) -> the setting's value; None: ids as they are
 
@@ -140,13 +141,13 @@ def _flat(value) -> list:
 
 SETTINGS = (  # in transformers' order (generation/utils.py _get_logits_processor)
     Setting("sequence_bias", None, _none, _biases, lp.sequence_bias, tokens=lambda v: _flat([s for s, _ in v]),
-            flag=ListFlag(_text_bias, from_text=lambda values, encode: [[encode(t), b] for t, b in values])),
+            flag=ListFlag(_text_bias, "TEXT=BIAS", from_text=lambda texts, encode: [[encode(t), b] for t, b in texts])),
     Setting("repetition_penalty", 1.0, _is(1.0), _number(float, 0, low_open=True, what="a float > 0"),
             lp.repetition_penalty, flag=float),
     Setting("no_repeat_ngram_size", 0, _is(0), _number(int, 0, what="a whole number >= 0"), lp.no_repeat_ngram,
             flag=int),
     Setting("bad_words_ids", None, _none, _sequences, lp.bad_words, tokens=_flat,
-            flag=ListFlag(str, "bad_words", lambda values, encode: [encode(t) for t in values])),
+            flag=ListFlag(str, "TEXT", "bad_words", lambda values, encode: [encode(t) for t in values])),
     Setting("min_length", 0, _is(0), _number(int, 0, what="a whole number >= 0"), lp.min_length, flag=int),
     Setting("min_new_tokens", None, _is(0), _number(int, 0, what="a whole number >= 0"), lp.min_new_tokens, flag=int),
     Setting("forced_bos_token_id", None, _none, _number(int, 0, what="a token id"), lp.forced_bos,
@@ -176,7 +177,7 @@ SETTINGS = (  # in transformers' order (generation/utils.py _get_logits_processo
     Setting("num_beams", 1, _is(1), _number(int, 1, what="a whole number >= 1"), flag=int),
     Setting("length_penalty", 1.0, _is(1.0), _number(float, what="a float"), flag=float),
     Setting("early_stopping", False, _is(False), _early_stopping, flag=_early_stopping),
-    Setting("num_return_sequences", 1, _is(1), _number(int, 1, what="a whole number >= 1"), flag=int),
+    Setting("num_return_sequences", 1, _is(1), _number(int, 1, what="a whole number >= 1")),  # CLI: prints one
     Setting("do_sample", False, _is(False), _flag, flag=bool),  # the chooser: draw instead of argmax
     Setting("seed", None, _none, _number(int, 0, what="a whole number >= 0"), flag=int),  # the draw's Generator
 )
