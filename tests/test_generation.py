@@ -244,6 +244,8 @@ def test_cli_generate_takes_the_settings(compiled, tmp_path, capsys):
     banned = text("--bad-words", first, "XY")
     assert banned[3] != first and banned == "ABC" + compiled.generate_text(
         "ABC", 6, bad_words_ids=[compiled.tokenizer(first)["input_ids"], compiled.tokenizer("XY")["input_ids"]])[0]
+    assert text("--sequence-bias", f"{first}=-50") == "ABC" + compiled.generate_text(
+        "ABC", 6, sequence_bias=[[compiled.tokenizer(first)["input_ids"], -50.0]])[0]
     suppressed = compiled.tokenizer(first + greedy[4])["input_ids"]
     assert text("--suppress-tokens", *map(str, suppressed)) == "ABC" + compiled.generate_text(
         "ABC", 6, suppress_tokens=suppressed)[0]
