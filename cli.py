@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                               "tokens/s")
     generate.add_argument("what", help="decoder artifact directory, Hugging Face model folder or file.gguf")
     generate.add_argument("--prompt", required=True)
-    generate.add_argument("-n", "--tokens", type=_count, default=64, help="new tokens to generate at most")
+    generate.add_argument("-n", "--tokens", type=_count, help="new tokens to generate at most (default: the "
+                          "model's generation_config max_new_tokens, or max_length minus the prompt, else 32)")
     generate.add_argument("-t", "--target", default="x86", help="when compiling a model folder or GGUF")
     generate.add_argument("-m", "--mode", default="auto", help="when compiling a model folder or GGUF")
     generate.add_argument("--max-seq", type=_count, help="when compiling: KV-cache slots")
@@ -100,24 +101,47 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _generation_arguments(parser) -> None:
-    """One flag per generation setting with a CLI type (runtime/generation.py SETTINGS), e.g. --repetition-penalty;
-    each given one overrides the model's generation_config for this run."""
-    from .runtime.generation import SETTINGS
+    """One flag per generation setting with a CLI type (runtime/generation.py SETTINGS), e.g. --repetition-penalty,
+    --num-beams, --suppress-tokens 5 7, --bad-words TEXT...; each given one overrides the model's generation_config
+    for this run."""
+    from .runtime.generation import SETTINGS, ListFlag
 
     group = parser.add_argument_group("generation settings (default: the model's generation_config, as "
                                       "transformers' generate applies it)")
     for setting in SETTINGS:
-        flag = "--" + setting.name.replace("_", "-")
-        if setting.flag is bool:
-            group.add_argument(flag, action="store_true", default=None, dest=setting.name)
-        elif setting.flag is not None:
-            group.add_argument(flag, type=setting.flag, dest=setting.name, metavar=setting.flag.__name__.upper())
+        flag, parse = setting.flag, _flag_type(setting.flag)
+        name = "--" + (getattr(flag, "name", "") or setting.name).replace("_", "-")
+        if flag is bool:
+            group.add_argument(name, action="store_true", default=None, dest=setting.name)
+        elif isinstance(flag, ListFlag):
+            group.add_argument(name, type=parse, nargs="+", action="extend", dest=setting.name,
+                               metavar=flag.metavar)
+        elif flag is not None:
+            group.add_argument(name, type=parse, dest=setting.name, metavar=flag.__name__.strip("_").upper())
 
 
-def _generation_overrides(args) -> dict:
+def _flag_type(flag):
+    """argparse's type for a setting's flag: a ValueError of the table's check becomes argparse's one-line error."""
+    item = getattr(flag, "item", flag)
+    if item in (int, float, str, bool, None):
+        return item
+
+    def parse(text):
+        try:
+            return item(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
+
+
+def _generation_overrides(args, encode=None) -> dict:
+    """The settings given on the command line; text ones (--bad-words) tokenized with `encode` (text -> ids), left
+    out where it is None (before a decoder and its tokenizer exist)."""
     from .runtime.generation import SETTINGS
 
-    return {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name, None) is not None}
+    given = {s: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name, None) is not None}
+    return {s.name: (value if getattr(s.flag, "from_text", None) is None else s.flag.from_text(value, encode))
+            for s, value in given.items() if encode is not None or getattr(s.flag, "from_text", None) is None}
 
 
 def _lossy_arguments(parser) -> None:
@@ -258,14 +282,29 @@ def _generate(args) -> int:
     else:
         raise ActsparseError(f"{args.what}: expected a decoder artifact directory, a Hugging Face model folder or a "
                              ".gguf file")
+    overrides = _generation_overrides(args, lambda text: _encode(lm, text))
     text, tokens, seconds = lm.generate_text(args.prompt, args.tokens, **overrides)
     print(args.prompt + text)
+    _, why = lm.new_tokens(len(lm.tokenizer(args.prompt)["input_ids"]), args.tokens, **overrides)
+    print(f"-- length: {why}")
     rate = f"{(tokens - 1) / seconds:.1f} tokens/s" if tokens > 1 and seconds > 0 else "too few steps to time"
     print(f"-- {tokens} new tokens, decode {rate} (mode {lm.report.mode}, after a {len(args.prompt)}-character "
           "prompt's prefill)")
     if lm.decoding_note:
         print(f"-- note: {lm.decoding_note}")
     return 0
+
+
+def _encode(lm, text: str) -> list[int]:
+    """A --bad-words / --sequence-bias text -> its token ids, as transformers' docs tokenize them (no special
+    tokens)."""
+    if lm.tokenizer is None:
+        raise ActsparseError("--bad-words and --sequence-bias take text and this decoder has no tokenizer; build it "
+                             "from a folder with the tokenizer's files")
+    ids = list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise ActsparseError(f"{text!r} encodes to no tokens; give text with something in it")
+    return ids
 
 
 def _inspect(args) -> int:

@@ -5,6 +5,7 @@
     logits, state = lm.step(token, state)   # one token at state.position
     ids = lm.generate(ids, max_new_tokens)  # prompt + new ids, as transformers' generate(do_sample=False)
     ids = lm.generate(ids, 32, repetition_penalty=1.1, do_sample=True, top_p=0.9, seed=0)  # runtime/generation.py
+    ids = lm.generate(ids, 32, num_beams=4)  # beam search (runtime/beam_search.py): one cache state per beam
 
 The module is the decoding graph of `frontends/kv_cache.py`: `main(input_ids[1, seq], pos[1], filled[kv], k0, v0,
 ...) -> (logits[1, 1, V], k0', v0', ...)`, where each cache output is written in place into its input (codegen's
@@ -55,7 +56,8 @@ from ..ir.decoding import (
     is_kv_cache,
 )
 from ..ir.types import np_dtype
-from .generation import TokenChooser, check_settings, resolve
+from .beam_search import beam_search, check_beams
+from .generation import TokenChooser, check_settings, new_tokens, resolve
 from .module import CompiledModule
 from .tokenizer_files import tokenizer_files, tokenizer_from_files
 
@@ -216,33 +218,45 @@ class Decoder:
         slots hold it (attention reads those slots of the cache)."""
         return next(b for b in self._buckets if b[0] > position)
 
-    def prefill(self, ids) -> DecodeState:
-        """A fresh cache filled with the prompt `ids` ([1, n] or [n] ints); `.logits` predicts the next token."""
-        state = self.new_state()
-        return self._feed(self._ids(ids), state)
+    def prefill(self, ids, state: DecodeState | None = None) -> DecodeState:
+        """A fresh cache (or `state`'s, e.g. `own_state()`) filled with the prompt `ids` ([1, n] or [n] ints);
+        `.logits` predicts the next token."""
+        return self._feed(self._ids(ids), state or self.new_state())
+
+    # -- several states at once (beam search) -------------------------------------------------------------
+    def own_state(self) -> DecodeState:
+        """A state with a cache of its own, zeroed: several can decode side by side (beam search), each step
+        through the module's step function, never the captured step graph (recorded on the decoder's one cache)."""
+        return DecodeState(self._zero_caches())
 
     def step(self, token, state: DecodeState) -> tuple[np.ndarray, DecodeState]:
         """Feed one token at `state.position`; returns its logits [vocab] and the advanced state."""
         state = self._feed(self._ids(token), state)
         return state.logits, state
 
-    def generate(self, ids, max_new_tokens: int = 32, **settings):
+    def generate(self, ids, max_new_tokens: int | None = None, **settings):
         """The prompt followed by up to `max_new_tokens` ids (stops after an end-of-sequence id), chosen as
         transformers' generate does with the model's generation_config and these `settings` over it
-        (repetition_penalty=, do_sample=, temperature=, top_k=, top_p=, seed=, ...: runtime/generation.py); greedy
-        unless do_sample=True.
-        Returns the type given (torch tensor or numpy array) of shape [1, n + new]."""
+        (repetition_penalty=, do_sample=, temperature=, top_k=, top_p=, seed=, num_beams=, ...:
+        runtime/generation.py); greedy unless do_sample=True, beam search where num_beams > 1. `max_new_tokens`
+        None: the settings' max_new_tokens or max_length, else 32 (`new_tokens`).
+        Returns the type given (torch tensor or numpy array) of shape [1, n + new] ([num_return_sequences, ...]
+        with beams, the best first, a shorter one padded with the first eos id, as transformers does where the model
+        sets no pad id)."""
         prompt = self._ids(ids)
-        new, _ = self._decode(prompt, max_new_tokens, settings)
-        result = np.array([list(prompt[0]) + new], np.int64)
+        sequences, _ = self._decode(prompt, max_new_tokens, settings)
+        width = max(len(s) for s in sequences)
+        pad = self.spec.eos_token_ids[0] if self.spec.eos_token_ids else -1
+        result = np.array([list(prompt[0]) + s + [pad] * (width - len(s)) for s in sequences], np.int64)
         if type(ids).__module__.startswith("torch"):
             import torch
 
             return torch.from_numpy(result)
         return result
 
-    def generate_text(self, prompt: str, max_new_tokens: int = 32, **settings) -> tuple[str, int, float]:
-        """Tokenize `prompt`, generate as `generate`; returns (new text, new tokens, decode seconds after prefill)."""
+    def generate_text(self, prompt: str, max_new_tokens: int | None = None, **settings) -> tuple[str, int, float]:
+        """Tokenize `prompt`, generate as `generate`; returns (new text, new tokens, decode seconds after prefill)
+        of the (best) sequence."""
         if self.tokenizer is None:
             raise DecodeInputError("this decoder has no tokenizer (its source had none: a model folder needs the files "
                                    "tokenizer.save_pretrained(dir) writes, e.g. tokenizer.json); pass token ids to "
@@ -250,14 +264,26 @@ class Decoder:
         prompt_ids = np.array([self.tokenizer(prompt)["input_ids"]], np.int64).reshape(1, -1)
         if prompt_ids.size == 0:
             raise DecodeInputError(f"the prompt {prompt!r} encodes to no tokens; give a prompt with text in it")
-        new, seconds = self._decode(prompt_ids, max_new_tokens, settings)
+        (new, *_), seconds = self._decode(prompt_ids, max_new_tokens, settings)
         return self.tokenizer.decode(new, skip_special_tokens=True), len(new), seconds
 
-    def _decode(self, prompt: np.ndarray, max_new_tokens: int, settings: dict) -> tuple[list[int], float]:
-        """(the new ids, the seconds the steps after the prefill took)."""
-        choose = TokenChooser(resolve(self.spec.generation, settings, self.spec.vocab_size), prompt.shape[1],
-                              max_new_tokens, self.spec.eos_token_ids)
+    def new_tokens(self, prompt_length: int, max_new_tokens: int | None = None, **settings) -> tuple[int, str]:
+        """(the most new tokens generate makes after a prompt of `prompt_length` ids, why: runtime/generation.py
+        `new_tokens`)."""
+        given = {**self.spec.generation, **check_settings(settings, self.spec.vocab_size)}
+        return new_tokens(max_new_tokens, given, prompt_length, self.spec.max_seq + 1 - prompt_length)
+
+    def _decode(self, prompt: np.ndarray, max_new_tokens: int | None, settings: dict) -> tuple[list[list[int]], float]:
+        """(the new ids of each sequence returned, the seconds the steps after the prefill took)."""
+        max_new_tokens, _ = self.new_tokens(prompt.shape[1], max_new_tokens, **settings)
+        settings = resolve(self.spec.generation, settings, self.spec.vocab_size)
+        check_beams(settings)
         self._check_room(prompt.shape[1] + max_new_tokens - 1)
+        if settings["num_beams"] > 1 and max_new_tokens > 0:
+            start = time.perf_counter()
+            sequences = beam_search(self, prompt, settings, max_new_tokens)
+            return [s[prompt.shape[1]:] for s in sequences], time.perf_counter() - start
+        choose = TokenChooser(settings, prompt.shape[1], max_new_tokens, self.spec.eos_token_ids)
         ids, start = list(prompt[0]), time.perf_counter()
         if max_new_tokens > 0:
             state = self.prefill(prompt)
@@ -267,7 +293,7 @@ class Decoder:
                 if ids[-1] in self.spec.eos_token_ids or len(ids) - prompt.shape[1] == max_new_tokens:
                     break
                 _, state = self.step(ids[-1], state)
-        return ids[prompt.shape[1]:], time.perf_counter() - start
+        return [ids[prompt.shape[1]:]], time.perf_counter() - start
 
     def _feed(self, ids: np.ndarray, state: DecodeState, function: str | None = None) -> DecodeState:
         n = ids.shape[1]
@@ -288,7 +314,7 @@ class Decoder:
         if self.recomputes:  # the whole sequence each call: `main` (the one-token function would not fit it)
             state.tokens.extend(int(t) for t in ids[0])
             out = self.module.run_device(np.array([state.tokens], np.int64))
-        elif n == 1 and self.graph_step:
+        elif n == 1 and self.graph_step and self._owns(state):
             owned, (slots, bucket) = self._owned_buffers(), self.step_function(state.position)
             owned.token.copyfrom(ids)
             owned.pos.copyfrom(np.array([state.position], np.int64))
@@ -302,6 +328,10 @@ class Decoder:
         state.position += n
         state.logits = out[0].numpy().reshape(-1)
         return state
+
+    def _owns(self, state: DecodeState) -> bool:
+        """Whether `state` decodes in the decoder's own cache (that the captured step graph was recorded on)."""
+        return bool(state.caches) and state.caches[0] is self._owned_buffers().caches[0]
 
     def _ids(self, ids) -> np.ndarray:
         if type(ids).__module__.startswith("torch"):

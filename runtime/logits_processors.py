@@ -168,10 +168,55 @@ def min_p(logits, ctx: Context, p) -> np.ndarray:
     return logits
 
 
-def renormalize(logits, ctx: Context, _on) -> np.ndarray:
-    """LogitNormalization: log-softmax (last, after any warper)."""
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max()
     return shifted - np.log(np.exp(shifted).sum())
+
+
+def typical_p(logits, ctx: Context, mass) -> np.ndarray:
+    """TypicalLogitsWarper: the ids whose surprise is closest to the entropy, up to probability `mass` (at least
+    one)."""
+    keep = _finite(logits)
+    if keep.size:
+        normalized = _log_softmax(logits[keep])
+        entropy = -(normalized * np.exp(normalized)).sum()
+        shifted = np.abs(-normalized - entropy)
+        order = np.argsort(shifted, kind="stable")
+        last = min(int((np.cumsum(_softmax(logits[keep][order])) < np.float32(mass)).sum()), keep.size - 1)
+        remove = shifted[order] > shifted[order][last]
+        remove[0] = False
+        logits[keep[order[remove]]] = NEG_INF
+    return logits
+
+
+def _below(logits: np.ndarray, keep: np.ndarray, probs: np.ndarray, cutoff) -> np.ndarray:
+    """`logits` with the ids of `keep` whose probability is under `cutoff` removed, except the most likely one."""
+    remove = (probs < cutoff) & (logits[keep] < logits[keep].max())
+    logits[keep[remove]] = NEG_INF
+    return logits
+
+
+def epsilon_cutoff(logits, ctx: Context, epsilon) -> np.ndarray:
+    """EpsilonLogitsWarper: only ids of probability >= epsilon (and the most likely one)."""
+    keep = _finite(logits)
+    return _below(logits, keep, _softmax(logits[keep]), np.float32(epsilon)) if keep.size else logits
+
+
+def eta_cutoff(logits, ctx: Context, epsilon) -> np.ndarray:
+    """EtaLogitsWarper: only ids of probability >= min(epsilon, sqrt(epsilon) * exp(-entropy)) (and the most likely)."""
+    keep = _finite(logits)
+    if not keep.size:
+        return logits
+    normalized = _log_softmax(logits[keep])
+    probs = np.exp(normalized)
+    entropy = -(probs * normalized).sum()
+    eta = min(np.float32(epsilon), np.sqrt(np.float32(epsilon)) * np.exp(-entropy))
+    return _below(logits, keep, probs, eta)
+
+
+def renormalize(logits, ctx: Context, _on) -> np.ndarray:
+    """LogitNormalization: log-softmax (last, after any warper)."""
+    return _log_softmax(logits)
 
 
 def draw(logits: np.ndarray, rng: np.random.Generator) -> int | None:

@@ -59,6 +59,9 @@ CASES = [
     ("top_k", 5, tp.TopKLogitsWarper(5), _ctx()),
     ("top_p", 0.8, tp.TopPLogitsWarper(0.8), _ctx()),
     ("min_p", 0.1, tp.MinPLogitsWarper(0.1), _ctx()),
+    ("typical_p", 0.6, tp.TypicalLogitsWarper(0.6), _ctx()),
+    ("epsilon_cutoff", 0.03, tp.EpsilonLogitsWarper(0.03), _ctx()),
+    ("eta_cutoff", 0.05, tp.EtaLogitsWarper(0.05), _ctx()),
     ("renormalize_logits", True, tp.LogitNormalization(), _ctx()),
 ]
 
@@ -107,7 +110,10 @@ def test_every_setting_transformers_processors_read_is_applied_or_named():
     ({"top_p": 0}, "top_p"), ({"top_k": 2.5}, "top_k"), ({"min_p": 2}, "min_p"),
     ({"do_sample": "yes"}, "True or False"),
     ({"topk": 3}, "no such generation setting; the settings are sequence_bias, "),
-    ({"num_beams": 4}, "does not apply it"), ({"suppress_tokens": [3, V]}, f"token id {V}, outside the vocabulary"),
+    ({"num_beam_groups": 2}, "does not apply it"),
+    ({"suppress_tokens": [3, V]}, f"token id {V}, outside the vocabulary"),
+    ({"num_beams": 0}, "num_beams: expected a whole number >= 1"),
+    ({"early_stopping": "soon"}, 'True, False or "never"'),
     ({"bad_words_ids": [[]]}, "non-empty lists")])
 def test_a_bad_setting_is_one_clear_error(settings, fragment):
     with pytest.raises(GenerationSettingError, match=fragment):
@@ -209,7 +215,9 @@ def test_cli_generation_flags_are_checked_before_anything_runs(folder):
     from .bad_inputs import cli
 
     for flags, fragment in [(["--top-p", "1.5"], "top_p"), (["--temperature", "-1"], "temperature"),
-                            (["--top-k", "x"], "invalid int value")]:
+                            (["--top-k", "x"], "invalid int value"), (["--suppress-tokens", "3", "x"], "invalid int"),
+                            (["--sequence-bias", "ab"], "expected TEXT=BIAS"), (["--num-beams", "0"], "num_beams"),
+                            (["--early-stopping", "soon"], 'True, False or "never"')]:
         assert fragment in cli("generate", str(folder[0]), "--prompt", "a", *flags)
 
 
@@ -231,15 +239,82 @@ def test_cli_generate_takes_the_settings(compiled, tmp_path, capsys):
     assert greedy == "ABC" + compiled.generate_text("ABC", 6)[0]
     assert text("--do-sample", "--top-k", "1", "--seed", "3") == greedy
     assert text("--no-repeat-ngram-size", "0") == "ABC" + compiled.generate_text("ABC", 6, no_repeat_ngram_size=0)[0]
+    # list-valued flags: ids, text tokenized with the artifact's tokenizer, beams
+    first = greedy[3]
+    banned = text("--bad-words", first, "XY")
+    assert banned[3] != first and banned == "ABC" + compiled.generate_text(
+        "ABC", 6, bad_words_ids=[compiled.tokenizer(first)["input_ids"], compiled.tokenizer("XY")["input_ids"]])[0]
+    assert text("--sequence-bias", f"{first}=-50") == "ABC" + compiled.generate_text(
+        "ABC", 6, sequence_bias=[[compiled.tokenizer(first)["input_ids"], -50.0]])[0]
+    suppressed = compiled.tokenizer(first + greedy[4])["input_ids"]
+    assert text("--suppress-tokens", *map(str, suppressed)) == "ABC" + compiled.generate_text(
+        "ABC", 6, suppress_tokens=suppressed)[0]
+    assert text("--num-beams", "3", "--early-stopping", "never") == "ABC" + compiled.generate_text(
+        "ABC", 6, num_beams=3, early_stopping="never")[0]
+    assert main(["generate", built, "--prompt", "ABC", "--max-length", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()  # a 3-token prompt: 2 new tokens, and why
+    assert lines[1] == "-- length: the generation settings' max_length=5" and lines[2].startswith("-- 2 new tokens")
 
 
 def test_the_folders_unapplied_settings_and_sampling_are_named():
-    generation = transformers.GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, num_beams=4,
-                                               repetition_penalty=1.05)
+    generation = transformers.GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, guidance_scale=1.5,
+                                               repetition_penalty=1.05, max_new_tokens=20)
     settings, notes = from_generation_config(generation, V)
-    assert settings == {"repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8}
-    assert len(notes) == 2 and "num_beams=4" in notes[0]
+    assert settings == {"repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8, "max_new_tokens": 20}
+    assert len(notes) == 2 and "guidance_scale=1.5" in notes[0]
     assert "stays greedy" in notes[1] and "temperature=0.7, top_k=50, top_p=0.8" in notes[1]
     generation.suppress_tokens = [V]
     with pytest.raises(GenerationSettingError, match="generation_config: generation setting suppress_tokens names"):
         from_generation_config(generation, V)
+
+
+# -- the default length and beam search, through the compiled folder -----------------------------------------------
+def test_the_models_length_is_generates_default(folder, compiled):
+    """No max_new_tokens: the settings' max_new_tokens, else max_length minus the prompt, as transformers' generate
+    (whose own default is max_length=20); cut to the KV cache's room; else actsparse's 32."""
+    import dataclasses
+
+    from actsparse.runtime.decoder import Decoder
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder[0]).eval()
+    for length, fields in [(5, {"max_new_tokens": 5}), (12 - PROMPT.shape[1], {"max_length": 12})]:
+        lm = Decoder(compiled.module, dataclasses.replace(compiled.spec, generation={**compiled.spec.generation,
+                                                                                     **fields}))
+        model.generation_config.update(**{"max_new_tokens": None, "max_length": 20, **fields})
+        with torch.no_grad():
+            expected = model.generate(PROMPT, do_sample=False)
+        assert expected.shape[1] == PROMPT.shape[1] + length  # no eos before: the length is the one asked
+        assert torch.equal(lm.generate(PROMPT), expected)
+        assert lm.new_tokens(PROMPT.shape[1])[1] == f"the generation settings' {next(iter(fields.items()))[0]}=" \
+                                                    f"{next(iter(fields.values()))}"
+    assert compiled.new_tokens(8, max_length=100) == (17, "the generation settings' max_length=100, cut to the 17 "
+                                                          "the KV cache has room for")
+    assert compiled.new_tokens(8)[0] == 32 and compiled.new_tokens(8, 3)[0] == 3
+
+
+BEAMS = [dict(num_beams=4), dict(num_beams=3, early_stopping=True, length_penalty=0.5),
+         dict(num_beams=4, early_stopping="never", length_penalty=2.0, num_return_sequences=3),
+         dict(num_beams=2, repetition_penalty=1.0, no_repeat_ngram_size=0, min_new_tokens=0)]
+
+
+def test_beam_search_equals_transformers_with_the_folders_processors(folder, compiled):
+    """Beam search applies the folder's processors (repetition penalty, n-grams, min_new_tokens, bad words) to
+    each beam's log-probabilities as transformers' _beam_search does: the same sequences, best first."""
+    path, _ = folder
+    greedy = compiled.generate(PROMPT, NEW)
+    results = []
+    for settings in BEAMS:
+        expected = _transformers_generate(path, do_sample=False, **settings)
+        got = compiled.generate(PROMPT, NEW, **settings)
+        assert torch.equal(got, expected), f"{settings}: {got.tolist()} != {expected.tolist()}"
+        results.append(got[0].tolist())
+    assert any(r != greedy[0].tolist() for r in results)  # beams find what greedy does not
+    assert len({tuple(r) for r in results}) > 1  # the settings change the result
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    (dict(num_beams=2, do_sample=True), "beam sampling"), (dict(num_beams=2, num_return_sequences=3), "<= num_beams"),
+    (dict(num_return_sequences=2), "more sequences than num_beams=1")])
+def test_beam_settings_transformers_refuses_are_one_error(compiled, settings, fragment):
+    with pytest.raises(GenerationSettingError, match=fragment):
+        compiled.generate(PROMPT, 3, **settings)

@@ -278,14 +278,14 @@ def test_max_seq_past_an_absolute_position_table_is_one_clear_error(tmp_path):
 def test_generation_settings_of_a_folder_are_applied_and_the_rest_named(sources):
     """transformers' generate(do_sample=False) applies generation_config's repetition_penalty (Qwen2.5-Instruct
     ships 1.05): compile takes it into the decoder (runtime/generation.py applies it); a setting actsparse does not
-    apply (beam search) is named in the report instead of leaving a silent mismatch."""
+    apply (classifier-free guidance) is named in the report instead of leaving a silent mismatch."""
     from actsparse.runtime.generation import from_generation_config
 
     model = transformers.AutoModelForCausalLM.from_pretrained(sources / "hf")
     assert from_generation_config(model.generation_config, 64) == ({}, [])
     model.generation_config.repetition_penalty = 1.05
     assert from_generation_config(model.generation_config, 64) == ({"repetition_penalty": 1.05}, [])
-    model.generation_config.num_beams = 3
+    model.generation_config.guidance_scale = 1.5
     settings, notes = from_generation_config(model.generation_config, 64)
     assert settings == {"repetition_penalty": 1.05} and len(notes) == 1
-    assert "num_beams=3" in notes[0] and "actsparse's does not" in notes[0]
+    assert "guidance_scale=1.5" in notes[0] and "actsparse's does not" in notes[0]
