@@ -237,8 +237,8 @@ class Importer:
         shown = [str(g.expr).replace(str(symbol), name) for g in guards
                  if getattr(g.expr, "is_Relational", False) and g.expr.rel_op in (">=", ">", "<=", "<")
                  and symbol in g.expr.free_symbols and not g.expr.subs(symbol, 1)]  # those failing at 1
-        raise self.symbolic_error(f"torch's export holds for {name} >= {least} only ({', '.join(shown[:3])}), "
-                                  "a least length no graph input carries; import with dynamic_seq=False")
+        raise SymbolicShapeError(f"torch's export holds for {name} >= {least} only ({', '.join(shown[:3])}), "
+                                 "a least length no graph input carries; import with dynamic_seq=False")
 
     def _narrow_to_equalities(self, equalities) -> None:
         """Sizes torch's export assumed equal (MPT: `seq` score columns and `min(seq, 64)` bias columns) bound the
