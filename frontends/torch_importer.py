@@ -229,16 +229,23 @@ class Importer:
             self._narrow_to_equalities(guard_equalities(shape_env.guards, self.symbols))
 
     def _check_least(self, guards, symbol, name: str, least: int) -> None:
-        """A program torch's export traced for lengths from `least` > 2 on (a branch on the length, DeepSeek-V4's
-        `if n_windows > 1`) is wrong below it, and no graph input carries a least length (a one-token step would
-        run it at 1): refused, so import_torch specialises to the example's length."""
+        """A program torch's export traced for lengths from `least` > 2 on because of a branch on a count derived
+        from the length (a floor division: chunks, windows, compressed entries; DeepSeek-V4's `if n_windows > 1`)
+        has another structure below it, and no graph input carries a least length (a one-token step would run it
+        at 1): refused, so import_torch specialises to the example's length. A bound on the length itself is left
+        as before (Inkling-2's `seq >= 4`, whose program matches torch at 1 to 3 tokens as well)."""
+        from torch.utils._sympy.functions import FloorDiv
+
         if least <= 2:  # torch's own least for a symbolic dim (0 and 1 are specialised)
             return
-        shown = [str(g.expr).replace(str(symbol), name) for g in guards
-                 if getattr(g.expr, "is_Relational", False) and g.expr.rel_op in (">=", ">", "<=", "<")
-                 and symbol in g.expr.free_symbols and not g.expr.subs(symbol, 1)]  # those failing at 1
-        raise SymbolicShapeError(f"torch's export holds for {name} >= {least} only ({', '.join(shown[:3])}), "
-                                 "a least length no graph input carries; import with dynamic_seq=False")
+        failing = [g.expr for g in guards if getattr(g.expr, "is_Relational", False)
+                   and g.expr.rel_op in (">=", ">", "<=", "<") and symbol in g.expr.free_symbols
+                   and not g.expr.subs(symbol, 1)]  # the guards that fail at one token
+        if not any(e.has(FloorDiv) for e in failing):
+            return
+        shown = ", ".join(str(e).replace(str(symbol), name) for e in failing[:3])
+        raise SymbolicShapeError(f"torch's export holds for {name} >= {least} only ({shown}), a least length no "
+                                 "graph input carries; import with dynamic_seq=False")
 
     def _narrow_to_equalities(self, equalities) -> None:
         """Sizes torch's export assumed equal (MPT: `seq` score columns and `min(seq, 64)` bias columns) bound the
