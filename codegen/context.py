@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ActsparseError
 from ..ir import Node, TensorType
-from ..ir.dims import build, names
+from ..ir.dims import build, evaluate, names
 from ..ir.types import np_dtype
 from ..targets import Target
 
@@ -50,6 +50,9 @@ class LowerContext:
             raise LoweringError(f"symbolic dim {d!r}: {', '.join(unbound)} bound by no graph input")
         if d in self.symbols:
             return self.symbols[d]
+        values = {n: self.symbols[n] for n in names(d)}
+        if all(isinstance(v, int) for v in values.values()):  # a function specialised to static sizes: a number
+            return evaluate(d, values)  # (tirx.floordiv of Python ints is an int32 constant Relax shapes refuse)
         from tvm import tirx
 
         return build(d, self.symbols.__getitem__, tirx.floordiv, tirx.min, tirx.max)

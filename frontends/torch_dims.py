@@ -193,3 +193,40 @@ def _multiple(a: Dim, b: Dim) -> int:
     if rest or k < 1 or any(ca[n] != k * cb[n] for n in cb) or ka != k * kb:
         raise _NotADim
     return k
+
+
+# ops whose result holds the same values as their first operand (rearranged, repeated or cast)
+VALUE_KEEPING = ("aten.unsqueeze", "aten.expand", "aten.view", "aten.reshape", "aten._unsafe_view", "aten.clone",
+                 "aten._to_copy", "aten.to", "aten.alias", "aten.squeeze", "aten.contiguous", "aten.detach",
+                 "aten.lift_fresh_copy")
+EXTREMES = {"aten.max.default": True, "aten.amax.default": True, "aten.min.default": False,
+            "aten.amin.default": False}
+
+
+def arange_extreme(fx_node, dim) -> Dim | None:
+    """`x.max()` / `x.min()` over all of x, x an arange (through value-keeping views and added integers) whose
+    bounds are sizes, as an IR dim (Reformer's `position_ids.max().item() + 1` columns: `seq`); None otherwise.
+    `dim` reads a torch size (int or SymInt) as an IR dim."""
+    largest = EXTREMES.get(str(getattr(fx_node, "target", "")))
+    if largest is None or any(a not in ([], ()) for a in fx_node.args[1:]) or fx_node.kwargs:  # over all of x
+        return None
+    shift, source = 0, fx_node.args[0]
+    while True:
+        name = str(getattr(source, "target", ""))
+        packet = name.rsplit(".", 1)[0] if name.count(".") > 1 else name
+        if packet in VALUE_KEEPING:
+            source = source.args[0]
+        elif name in ("aten.add.Scalar", "aten.add.Tensor", "aten.sub.Scalar", "aten.sub.Tensor") \
+                and isinstance(source.args[1], int) and not source.kwargs:
+            shift += source.args[1] if packet == "aten.add" else -source.args[1]
+            source = source.args[0]
+        else:
+            break
+    if packet != "aten.arange" or source.kwargs.get("step", 1) != 1:
+        return None
+    bounds = [a.meta.get("val") if hasattr(a, "meta") else a for a in source.args]
+    start, end, *step = [0, *bounds] if len(bounds) == 1 else bounds
+    if step and step[0] != 1 or not all(isinstance(b, int) or type(b).__name__ == "SymInt" for b in (start, end)):
+        return None
+    start, end = dim(start), dim(end)
+    return dims.add(dims.sub(end, 1) if largest else start, shift)  # a non-empty arange: every length >= 1

@@ -225,7 +225,27 @@ class Importer:
                 if span is not None and name not in self.bounds and span.lower.is_Integer:
                     upper = int(span.upper) if span.upper.is_Integer else 2**62
                     self.bounds[name] = (int(span.lower), upper)
+                    self._check_least(shape_env.guards, symbol, name, int(span.lower))
             self._narrow_to_equalities(guard_equalities(shape_env.guards, self.symbols))
+
+    def _check_least(self, guards, symbol, name: str, least: int) -> None:
+        """A program torch's export traced for lengths from `least` > 2 on because of a branch on a count derived
+        from the length (a floor division: chunks, windows, compressed entries; DeepSeek-V4's `if n_windows > 1`)
+        has another structure below it, and no graph input carries a least length (a one-token step would run it
+        at 1): refused, so import_torch specialises to the example's length. A bound on the length itself is left
+        as before (Inkling-2's `seq >= 4`, whose program matches torch at 1 to 3 tokens as well)."""
+        from torch.utils._sympy.functions import FloorDiv
+
+        if least <= 2:  # torch's own least for a symbolic dim (0 and 1 are specialised)
+            return
+        failing = [g.expr for g in guards if getattr(g.expr, "is_Relational", False)
+                   and g.expr.rel_op in (">=", ">", "<=", "<") and symbol in g.expr.free_symbols
+                   and not g.expr.subs(symbol, 1)]  # the guards that fail at one token
+        if not any(e.has(FloorDiv) for e in failing):
+            return
+        shown = ", ".join(str(e).replace(str(symbol), name) for e in failing[:3])
+        raise SymbolicShapeError(f"torch's export holds for {name} >= {least} only ({shown}), a least length no "
+                                 "graph input carries; import with dynamic_seq=False")
 
     def _narrow_to_equalities(self, equalities) -> None:
         """Sizes torch's export assumed equal (MPT: `seq` score columns and `min(seq, 64)` bias columns) bound the
@@ -317,15 +337,26 @@ class Importer:
         return Node(op, (), attrs, ttype, self.loc)
 
     def const(self, value, dtype: str) -> Node:
-        """A 0-d constant; ±inf becomes the dtype's extreme value (the IR text form cannot spell inf)."""
+        """A 0-d constant; ±inf becomes the dtype's extreme value (the IR text form cannot spell inf). A size
+        (`SymInt`, such as a compressed length `seq//4` a model fills an index with) is computed from the dims."""
+        if isinstance(value, torch.SymInt) and not isinstance(self.dim(value), int):
+            return self.tensor(value, dtype)
         return self.source_node("constant", TensorType((), dtype), value=literal(value, dtype))
 
     def full(self, shape: tuple, dtype: str, value) -> Node:
-        """A tensor filled with `value` (a 0-d constant when the shape is empty)."""
-        if not shape:
-            return self.const(value, dtype)
+        """A tensor filled with `value` (a 0-d constant when the shape is empty; a symbolic size broadcast)."""
         shape = tuple(shape)
+        if not shape or isinstance(value, torch.SymInt) and not isinstance(self.dim(value), int):
+            scalar = self.const(value, dtype)
+            return self.emit("expand", [scalar], shape=shape) if shape else scalar
         return self.source_node("full", TensorType(shape, dtype), shape=shape, value=literal(value, dtype))
+
+    def size_value(self, dim, dtype: str) -> Node:
+        """An IR dim (int or symbolic, such as `seq` or `4*seq`) as a 0-d tensor of `dtype`: a symbolic one is
+        the count of ones of that length (positions from the sequence length, strides of a flat index)."""
+        if isinstance(dim, int):
+            return self.const(dim, dtype)
+        return self.cast(self.emit("sum", [self.full((dim,), "i64", 1)], axes=(0,)), dtype)
 
     def cast(self, x: Node, dtype: str) -> Node:
         return x if x.dtype == dtype else self.emit("cast", [x], dtype=dtype)
@@ -336,8 +367,8 @@ class Importer:
             return self.cast(value, dtype)
         if isinstance(value, torch.SymInt):
             value = self.dim(value)
-            if isinstance(value, str):  # a size as a number (positions from the sequence length): count its ones
-                return self.cast(self.emit("sum", [self.full((value,), "i64", 1)], axes=(0,)), dtype)
+            if isinstance(value, str):
+                return self.size_value(value, dtype)
         if isinstance(value, (bool, int, float)):
             return self.const(value, dtype)
         raise self.error(f"expected a tensor or a number, got {type(value).__name__}")
@@ -345,6 +376,9 @@ class Importer:
 
 def literal(value, dtype: str):
     """A Python scalar of the IR dtype's kind, finite for floats (±inf -> ±finfo.max)."""
+    if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)) and not value.node.expr.is_number:
+        # int() of a symbolic size is its example value: the graph would be right at the example's length only
+        raise FrontendError(f"internal: the symbolic value {value} was about to be taken as a constant")
     if dtype == "bool":
         return bool(value)
     if not is_float(dtype):

@@ -69,8 +69,13 @@ def _arith(op, identity=None, reverse=False):
             b = cx.emit("mul", [cx.tensor(b, dtype), cx.const(alpha, dtype)])
         if _is(b, identity) and isinstance(a, Node) and a.type == cx.out(node):
             return a
-        return cx.emit(op, [cx.tensor(a, dtype), cx.tensor(b, dtype)])
+        name = BOOL_ARITH.get(op, op) if dtype == "bool" else op
+        return cx.emit(name, [cx.tensor(a, dtype), cx.tensor(b, dtype)])
     return handle
+
+
+# arithmetic on bools is logic (torch: True * x is `and`, a + b is `or`); the TVM kernels multiply numbers only
+BOOL_ARITH = {"mul": "logical_and", "add": "logical_or"}
 
 
 def _common_dtype(cx, node) -> str:

@@ -16,6 +16,7 @@ import torch
 
 from ..ir import Node, TensorType, dims
 from ..ir.types import is_float, positive_axis
+from .torch_dims import arange_extreme
 from .torch_masked_rows import masked_write_back
 
 
@@ -272,7 +273,11 @@ def complex_arith(cx, node, op, a, b, alpha=1):
 
 
 def _scalar(cx, node, x):  # _local_scalar_dense (x.item()): kept as torch's symbol; assertions on it are dropped
-    return node.meta["val"]
+    value = node.meta["val"]
+    known = arange_extreme(node.args[0], cx.dim) if isinstance(value, torch.SymInt) else None
+    if known is not None and value.node.expr.is_Symbol:  # the largest position of an arange: a size after all
+        cx.symbols[value.node.expr] = known
+    return value
 
 
 LAYER_TO_IR = {

@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from ..ir import dims
 from ..ir.types import positive_axis
 from .torch_masked_rows import masked_rows
 from .torch_ops_layers import LAYER_TO_IR, slice_scatter
@@ -157,18 +158,18 @@ def _index(cx, node, x, indices):
         raise cx.error("advanced indexing is only supported on adjacent dims (torch moves the result's index dims "
                        "first otherwise)")
     wide = [(d, i) for d, i in used if x.shape[d] != 1] or used[:1]
-    if len(wide) > 1 and not all(isinstance(x.shape[d], int) for d, _ in wide):
-        raise cx.symbolic_error("advanced indexing of several dims needs their sizes static (the flat index "
-                                "multiplies by them); import with dynamic_seq=False")
     first, last = dims[0], dims[-1]
+    merged = _size_product(x.shape[first:last + 1]) if len(wide) > 1 else x.shape[wide[0][0]]
+    if merged is None:
+        raise cx.symbolic_error("advanced indexing of several dims, two of them symbolic: the merged dim would be "
+                                "their product, which IR dims cannot name; import with dynamic_seq=False")
     index = wide[-1][1]
-    if len(wide) > 1:
+    if len(wide) > 1:  # strides and sizes may be symbolic (one dim of the product at most): tensors of the dims
         index = _nonnegative(cx, index, x.shape[wide[-1][0]])
         for d, i in reversed(wide[:-1]):
-            scaled = cx.emit("mul", [_nonnegative(cx, cx.cast(i, index.dtype), x.shape[d]),
-                                     cx.const(math.prod(x.shape[d + 1:last + 1]), index.dtype)])
+            stride = cx.size_value(_size_product(x.shape[d + 1:last + 1]), index.dtype)
+            scaled = cx.emit("mul", [_nonnegative(cx, cx.cast(i, index.dtype), x.shape[d]), stride])
             index = cx.emit("add", [scaled, index])
-    merged = math.prod(x.shape[first:last + 1]) if len(wide) > 1 else x.shape[wide[0][0]]
     squeezed = (*x.shape[:first], merged, *x.shape[last + 1:])
     x = x if squeezed == x.shape else cx.emit("reshape", [x], shape=squeezed)
     out = cx.out(node).shape
@@ -178,8 +179,17 @@ def _index(cx, node, x, indices):
     return cx.emit("index_select", [x, index], axis=first)
 
 
+def _size_product(sizes):
+    """The product of IR dims as an IR dim (constants times one symbolic dim at most), or None."""
+    symbolic = [d for d in sizes if not isinstance(d, int)]
+    if len(symbolic) > 1:
+        return None
+    constant = math.prod(d for d in sizes if isinstance(d, int))
+    return dims.mul(symbolic[0], constant) if symbolic else constant
+
+
 def _nonnegative(cx, index, size):  # torch counts a negative index from the end of its dim
-    wrapped = cx.emit("add", [index, cx.const(size, index.dtype)])
+    wrapped = cx.emit("add", [index, cx.size_value(size, index.dtype)])
     return cx.emit("where", [cx.emit("lt", [index, cx.const(0, index.dtype)]), wrapped, index])
 
 

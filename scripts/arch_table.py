@@ -42,9 +42,10 @@ LIMITS = {
     "gemma4_assistant": "a speculative-decoding draft model whose default config fails transformers' own validation",
     "gemma4_unified_assistant": "a speculative-decoding draft model: it reads the target model's embeddings and KV "
                                 "states, so it does not run from token ids alone",
-    "qwen4_exp": "the default config leaves the indexer's sizes unset (indexer_n_heads, _head_dim, _budget, "
-                 "_compress_ratio), which no released checkpoint gives yet",
-    "reformer": "data-dependent: its axial position embeddings are cut to position_ids.max().item() + 1 columns",
+    "qwen4_exp": "data-dependent: its QSA indexer loops over the queries in Python, takes each one's visible keys "
+                 "with torch.nonzero over its mask row and branches on their count (`if num_complete_blocks > 0`), "
+                 "which torch.export cannot trace at any length; the rest (block means, topk, index_select, a "
+                 "scatter into the mask) the frontend has rules for",
 }
 LIMITS["qwen4_exp_text"] = LIMITS["qwen4_exp"]
 

@@ -39,7 +39,8 @@ CAUSES = {
                    "compressor buffers of 0 to compress_rate - 1 pending tokens, compressed entries that grow by one "
                    "every compress_rate tokens and Python-int entry counts: sizes that follow the position modulo the "
                    "rate, neither K/V slots nor a fixed-size state; recomputed on the whole sequence instead, its "
-                   "import stops where torch's export fixes `seq//4 = 1` (true for 4 to 7 tokens only)",
+                   "export holds from a least length on only (its compressors branch on the count of compressed "
+                   "entries: `if chunk_kv.shape[1] > 0`, `if n_windows > 1`), which no graph input carries",
 }
 HEADER = ("| architecture | decodes as transformers | export | reason it stops |\n"
           "|---|---|---|---|")

@@ -47,6 +47,11 @@ SIZES = {
     **dict.fromkeys(["first_k_dense_replace"], 1),
     "num_kv_shared_layers": 0,  # KV shared from earlier layers of the same kind needs more layers than kept
     **dict.fromkeys(["rotary_dim", "rotary_emb_base_"], HEAD_DIM),
+    # sparse-attention indexers (DeepSeek-V4): their heads, and how many compressed entries each query keeps
+    "index_n_heads": HEADS, "index_head_dim": HEAD_DIM, "index_topk": 2,
+    # tokens compressed into one entry (per attention kind): 2 gives a tiny sequence several entries, so the graph
+    # takes the branches of a long one (DeepSeek-V4's 128 would leave its compressor empty below 128 tokens)
+    "compress_rates": 2,
 }
 # sizes a model derives as a multiple of its width (Zamba's attention reads [hidden; embeddings]: 2x): kept so
 WIDTH_MULTIPLES = ("attention_hidden_size", "lru_width")
@@ -59,6 +64,8 @@ MOE_DEFAULTS = {"num_experts_per_tok": TOP_K, "n_routed_experts": EXPERTS, "num_
                 "n_shared_experts": 1, "n_group": 1, "topk_group": 1}
 LAYER_KEYS = [k for k, v in SIZES.items() if v == LAYERS and "layer" in k]
 CODEBOOK_ROWS = {"musicgen_decoder", "musicgen_melody_decoder"}  # decoders reading a row of ids per codebook
+QSA_INDEXER = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": HEAD_DIM, "indexer_budget": 4,
+               "indexer_compress_ratio": 2}
 # values every released checkpoint sets that transformers' default config leaves unset (its model then fails to build)
 CHECKPOINT_VALUES = {
     "dbrx": {"attn_config": {"rope_theta": 500000.0, "clip_qkv": 8.0}},  # DbrxAttention reads both
@@ -68,6 +75,10 @@ CHECKPOINT_VALUES = {
     # HRM's cache has a slot per (cycle, layer): num_hidden_layers = per-stack layers * H_cycles * (L_cycles + 1),
     # which the default config derives from its own 16 layers; one layer per stack and one cycle of each make it 2
     "hrm_text": {"num_layers_per_stack": 1, "H_cycles": 1, "L_cycles": 1},
+    # Qwen4-Exp's QSA indexer: no default and no released checkpoint yet; sizes its config validates (one key head,
+    # head dim >= the rotary dim, budget a multiple of the block), 2-token blocks so a tiny prompt has several
+    "qwen4_exp_text": QSA_INDEXER,
+    "qwen4_exp": {"text_config": QSA_INDEXER},
 }
 # layers a tiny config keeps of each kind where one is not enough: Zamba ties one shared attention block across
 # its hybrid layers, and transformers' tying fails when a single hybrid layer is left to tie
@@ -128,6 +139,8 @@ def _shrink(values: dict, per_kind: int = 1) -> dict:
             out[key] = len(pick)
         elif key in SIZES and _int(value) is not None and value > SIZES[key]:
             out[key] = SIZES[key]
+        elif key in SIZES and isinstance(value, dict) and value and all(_int(v) for v in value.values()):
+            out[key] = {k: min(v, SIZES[key]) for k, v in value.items()}  # a size per kind
         elif key in SIZES and isinstance(value, list) and value and all(_int(v) for v in value):
             kept = [value[i] for i in pick] if layers and len(value) == layers else value  # per-layer sizes
             out[key] = [min(v, SIZES[key]) for v in kept]

@@ -90,8 +90,8 @@ def test_a_cache_holding_an_unknown_per_position_tensor_decodes_by_recomputation
 def test_a_cache_layer_with_buffers_of_its_own_is_one_clear_error():
     """DeepSeek-V4's cache layers keep compressor buffers (per-entry dicts of tensors that grow by a compressed
     entry every few tokens): neither K/V slots nor a fixed-size state, refused by name before the export; the
-    recomputation it then falls back to stops too (torch fixes a floor division of the length that holds for a few
-    lengths only), and the error says both."""
+    recomputation it then falls back to stops too (its compressors branch on the count of compressed entries, so
+    torch's export holds from a least length on only, which no graph input carries), and the error says both."""
     from actsparse.frontends.errors import FrontendError
     from actsparse.scripts.arch_table import build_tiny
 
