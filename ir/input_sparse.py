@@ -17,14 +17,6 @@ Per token:
     keep_h  = score_j > h_thr_j                   (h_keep = k > 0: the k largest score_j / h_thr_j)
     y       = where(keep_h, h, 0)·w_down_t
 
-Centred (SCAP's mode-centring; x_centre [d], h_centre [n_ff], absent: zero): the tests and the kept values are
-around a calibrated per-channel centre c, and a dropped entry reads as c instead of 0:
-
-    keep_x  = |x_i − cx_i| > x_thr_i;   x' = where(keep_x, x, cx)      (h likewise with ch, criterion 'product')
-
-which is W·sparse(x − c) + W·c: the kernels read the kept rows times (x_i − c_i) and add the constant W·c as a
-bias (folded offline), so a centred entry costs no bytes.
-
 Per-channel thresholds hold every method in one form: TEAL's per-matrix magnitude threshold t is the constant
 vector t; WINA's weight-informed score |x_i|·‖W[:, i]‖₂ > t is x_thr_i = t / ‖W[:, i]‖₂. Top-k (a fixed count
 per token: stable latency) ranks the same ratios. `x_thr_i = 0` keeps every nonzero entry (no x sparsity).
@@ -53,19 +45,15 @@ def keep_mask(values: np.ndarray, thr: np.ndarray, keep: int) -> np.ndarray:
     return mask
 
 
-def input_sparse_parts(x, w_gate_t, w_up_t, x_thr, h_thr, attrs, x_centre=None,
-                       h_centre=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(keep_x, keep_h, h): the masks and the masked intermediate of the module docstring (centred: dropped
-    entries read as their centre)."""
-    cx = np.float32(0) if x_centre is None else x_centre
-    ch = np.float32(0) if h_centre is None else h_centre
-    keep_x = keep_mask(x - cx, x_thr, attrs.get("x_keep", 0))
-    xs = np.where(keep_x, x, cx).astype(np.float32)
+def input_sparse_parts(x, w_gate_t, w_up_t, x_thr, h_thr, attrs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keep_x, keep_h, h): the masks and the masked intermediate of the module docstring."""
+    keep_x = keep_mask(x, x_thr, attrs.get("x_keep", 0))
+    xs = np.where(keep_x, x, 0).astype(np.float32)
     a = apply(attrs["gate_act"], xs @ w_gate_t.astype(np.float32), attrs.get("threshold", 0.0))
     h = a * apply(attrs["up_act"], xs @ w_up_t.astype(np.float32))
-    score = a if attrs.get("criterion", "product") == "gate" else h - ch
+    score = a if attrs.get("criterion", "product") == "gate" else h
     keep_h = keep_mask(score, h_thr, attrs.get("h_keep", 0))
-    return keep_x, keep_h, np.where(keep_h, h, ch).astype(np.float32)
+    return keep_x, keep_h, np.where(keep_h, h, 0).astype(np.float32)
 
 
 def input_intermediate(x, w_gate_t, w_up_t, extras, attrs, b_gate=None, b_up=None) -> np.ndarray:
@@ -86,7 +74,7 @@ def input_sparse_reference(x, w_gate_t, w_up_t, w_down_t, x_thr, h_thr, attrs) -
     return (h @ w_down_t.astype(np.float32)).astype(x.dtype)
 
 
-def input_sparse_torch(x, w_gate, w_up, w_down, x_thr, h_thr, attrs, act_g, x_centre=None, h_centre=None):
+def input_sparse_torch(x, w_gate, w_up, w_down, x_thr, h_thr, attrs, act_g):
     """The same semantics in torch on the model's own weights ([out, in], as nn.Linear holds them): the forward
     hooks of the quality benchmarks, so perplexity needs no compile. `act_g` is the model's gate activation."""
     import torch
@@ -99,14 +87,12 @@ def input_sparse_torch(x, w_gate, w_up, w_down, x_thr, h_thr, attrs, act_g, x_ce
         order = torch.argsort(-ratio, dim=-1, stable=True)[..., :keep]
         return torch.zeros_like(values, dtype=torch.bool).scatter_(-1, order, True)
 
-    cx = 0 if x_centre is None else x_centre
-    ch = 0 if h_centre is None else h_centre
-    xs = torch.where(mask(x - cx, x_thr, attrs.get("x_keep", 0)), x, cx)
+    xs = torch.where(mask(x, x_thr, attrs.get("x_keep", 0)), x, 0)
     a = act_g(xs @ w_gate.T)
     u = xs @ w_up.T
     h = a * (u.relu() if attrs["up_act"] == "relu" else u)
-    score = a if attrs.get("criterion", "product") == "gate" else h - ch
-    return torch.where(mask(score, h_thr, attrs.get("h_keep", 0)), h, ch) @ w_down.T
+    score = a if attrs.get("criterion", "product") == "gate" else h
+    return torch.where(mask(score, h_thr, attrs.get("h_keep", 0)), h, 0) @ w_down.T
 
 
 def threshold_torch(x, w_gate, w_up, w_down, attrs, act_g):

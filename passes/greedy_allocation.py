@@ -9,7 +9,6 @@ import numpy as np
 from ..ir.activations import apply
 from ..ir.input_sparse import keep_mask
 from .block_weights import BlockWeights
-from .centring import block_centres
 from .input_thresholds import CalibrationError, Method, channel_scores, dense_out, level_thresholds
 
 LEVEL_STEP = 0.05            # greedy allocation step
@@ -17,14 +16,13 @@ MAX_LEVEL = 0.95             # no matrix is sparsified beyond this
 
 
 def error_curves(bw: BlockWeights, rows: np.ndarray, m: Method, levels: np.ndarray,
-                 weights: np.ndarray | None = None, centres=(None, None)) -> tuple[np.ndarray, np.ndarray]:
+                 weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Relative output error of one block with only x (first) or only h (second) sparsified at each level;
     with `weights` ([tokens, d_out], aligned with rows) the weighted squared error Σ weights·(y − y_dense)².
 
     The same errors as input_thresholds.py's `relative_error(input_thresholds(...))` level by level, computed
     with one gate/up product per x level and one for the whole h curve (h alone does not change x): the curves
-    dominate calibration time. `centres`: (x, h) centres of a centring method (centring.block_centres)."""
-    cx, ch = (np.float32(0) if c is None else c for c in centres)
+    dominate calibration time."""
     dense = dense_out(bw, rows)
     scale = max(np.square(dense).sum(), 1e-30)
 
@@ -37,14 +35,14 @@ def error_curves(bw: BlockWeights, rows: np.ndarray, m: Method, levels: np.ndarr
         a = apply(bw.gate_act, xs @ bw.w_gate.T)
         return a, a * apply(bw.up_act, xs @ bw.w_up.T)
 
-    x_scores = channel_scores(rows - cx, bw.x_norm, m.weighted)
+    x_scores = channel_scores(rows, bw.x_norm, m.weighted)
     x_curve = []
     for lv in levels:
         thr, keep = level_thresholds(x_scores, bw.x_norm, m.weighted, lv, m.fixed_count)
-        h = parts(np.where(keep_mask(rows - cx, thr, keep), rows, cx).astype(np.float32))[1]
+        h = parts(np.where(keep_mask(rows, thr, keep), rows, 0).astype(np.float32))[1]
         x_curve.append(error(np.where(h != 0, h, 0)))
     a, h = parts(np.where(rows != 0, rows, 0).astype(np.float32))
-    score = a if m.criterion == "gate" else h - ch
+    score = a if m.criterion == "gate" else h
     if not np.isfinite(score).all():
         raise CalibrationError("activations overflow (NaN/inf) in calibration; the model's weights or inputs are "
                                "out of float32 range: check the model, or calibrate on in-range text")
@@ -52,7 +50,7 @@ def error_curves(bw: BlockWeights, rows: np.ndarray, m: Method, levels: np.ndarr
     h_curve = []
     for lv in levels:
         thr, keep = level_thresholds(h_scores, bw.h_norm, m.weighted, lv, m.fixed_count)
-        h_curve.append(error(np.where(keep_mask(score, thr, keep), h, ch).astype(np.float32)))
+        h_curve.append(error(np.where(keep_mask(score, thr, keep), h, 0).astype(np.float32)))
     return np.asarray(x_curve), np.asarray(h_curve)
 
 
@@ -111,11 +109,12 @@ def measure_curves(blocks: list[BlockWeights], rows: list[np.ndarray], m: Method
     from tqdm.auto import tqdm
 
     levels = np.arange(0.0, MAX_LEVEL + 1e-9, LEVEL_STEP)
-    # the centres from all the rows, as input_thresholds estimates them
-    return [error_curves(b, r[:error_tokens], m, levels, None if g is None else g[:error_tokens],
-                         block_centres(b, r, m.centre, m.centre_estimate))
-            for b, r, g in tqdm(list(zip(blocks, rows, sensitivity or [None] * len(blocks))), desc="allocate",
-                                unit="block", disable=not progress or None)]
+    if sensitivity is not None:
+        return [error_curves(b, r[:error_tokens], m, levels, g[:error_tokens])
+                for b, r, g in tqdm(list(zip(blocks, rows, sensitivity)), desc="allocate", unit="block",
+                                    disable=not progress or None)]
+    return [error_curves(b, r[:error_tokens], m, levels)
+            for b, r in tqdm(list(zip(blocks, rows)), desc="allocate", unit="block", disable=not progress or None)]
 
 
 

@@ -16,7 +16,6 @@ from ..errors import ActsparseError
 from ..ir.activations import apply
 from ..ir.input_sparse import input_sparse_parts
 from .block_weights import BlockWeights
-from .centring import block_centres
 
 MINORITY_TOKENS = 16         # calibration tokens needed on the smaller side of a quantile
 
@@ -35,8 +34,6 @@ class Method:
     fixed_count: bool = False    # top-k per token instead of thresholds
     rotate: bool = False         # turn the block input first (LaRoSa), in `basis` (rotation.BASES)
     basis: str = "pca"
-    centre: str = ""             # inputs thresholded around a calibrated centre (centring.py): "x", "h", "xh"
-    centre_estimate: str = "mode"   # how (centring.CENTRES)
     doc: str = ""
 
 
@@ -55,13 +52,6 @@ class InputThresholds:
     rotation: np.ndarray | None = field(default=None, repr=False)   # T [d, d]: the block's input is x·T
     turn: np.ndarray | None = field(default=None, repr=False)       # T⁻ᵀ: the gate/up weights are W·turn
     rotation_share: float = 0.0    # Q's bytes over the block's weight bytes (already taken off `effective`)
-    x_centre: np.ndarray | None = field(default=None, repr=False)   # centring.py (in the turned basis if rotated)
-    h_centre: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def centres(self) -> dict:
-        """The centres as input_sparse_parts' keywords."""
-        return {"x_centre": self.x_centre, "h_centre": self.h_centre}
 
     @property
     def attrs(self) -> dict:
@@ -104,28 +94,24 @@ def level_thresholds(scores: np.ndarray, norm: np.ndarray, weighted: bool, level
 
 
 def input_thresholds(bw: BlockWeights, rows: np.ndarray, m: Method, sx: float, sh: float) -> InputThresholds:
-    """Input-mode thresholds of one block at x sparsity `sx` and down-input sparsity `sh` (around the method's
-    centres, centring.py, estimated on these rows)."""
-    cx, ch = block_centres(bw, rows, m.centre, m.centre_estimate)
-    centres = {"x_centre": cx, "h_centre": ch}
-    x_thr, x_keep = level_thresholds(channel_scores(rows if cx is None else rows - cx, bw.x_norm, m.weighted),
-                                     bw.x_norm, m.weighted, sx, m.fixed_count)
+    """Input-mode thresholds of one block at x sparsity `sx` and down-input sparsity `sh`."""
+    x_thr, x_keep = level_thresholds(channel_scores(rows, bw.x_norm, m.weighted), bw.x_norm, m.weighted, sx,
+                                     m.fixed_count)
     probe = {**bw.attrs, "criterion": m.criterion, "x_keep": x_keep, "h_keep": 0}
     keep_x, _, h = input_sparse_parts(rows, bw.w_gate.T, bw.w_up.T, x_thr, np.zeros(bw.w_down.shape[1], np.float32),
-                                      probe, **centres)
-    xs = np.where(keep_x, rows, 0 if cx is None else cx)
-    score = apply(bw.gate_act, xs @ bw.w_gate.T) if m.criterion == "gate" else (h if ch is None else h - ch)
+                                      probe)
+    xs = np.where(keep_x, rows, 0)
+    score = apply(bw.gate_act, xs @ bw.w_gate.T) if m.criterion == "gate" else h
     if not np.isfinite(score).all():
         raise CalibrationError("activations overflow (NaN/inf) in calibration; the model's weights or inputs are "
                                "out of float32 range: check the model, or calibrate on in-range text")
     h_thr, h_keep = level_thresholds(channel_scores(score, bw.h_norm, m.weighted), bw.h_norm, m.weighted, sh,
                                      m.fixed_count)
     attrs = {**bw.attrs, "criterion": m.criterion, "x_keep": x_keep, "h_keep": h_keep}
-    keep_x, keep_h, _ = input_sparse_parts(rows, bw.w_gate.T, bw.w_up.T, x_thr, h_thr, attrs, **centres)
+    keep_x, keep_h, _ = input_sparse_parts(rows, bw.w_gate.T, bw.w_up.T, x_thr, h_thr, attrs)
     px, ph = float(1 - keep_x.mean()), float(1 - keep_h.mean())
     share_x, share_h = bw.byte_shares()
-    return InputThresholds(x_thr, h_thr, x_keep, h_keep, m.criterion, px, ph, share_x * px + share_h * ph, len(rows),
-                           x_centre=cx, h_centre=ch)
+    return InputThresholds(x_thr, h_thr, x_keep, h_keep, m.criterion, px, ph, share_x * px + share_h * ph, len(rows))
 
 
 def dense_out(bw: BlockWeights, rows: np.ndarray) -> np.ndarray:
@@ -135,5 +121,5 @@ def dense_out(bw: BlockWeights, rows: np.ndarray) -> np.ndarray:
 
 def relative_error(bw: BlockWeights, rows: np.ndarray, dense: np.ndarray, th: InputThresholds) -> float:
     attrs = {**bw.attrs, **th.attrs}
-    _, _, h = input_sparse_parts(rows, bw.w_gate.T, bw.w_up.T, th.x_thr, th.h_thr, attrs, **th.centres)
+    _, _, h = input_sparse_parts(rows, bw.w_gate.T, bw.w_up.T, th.x_thr, th.h_thr, attrs)
     return float(np.square(h @ bw.w_down.T - dense).sum() / max(np.square(dense).sum(), 1e-30))

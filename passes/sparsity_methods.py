@@ -67,14 +67,6 @@ METHODS = {m.name: m for m in (
            doc="wina-greedy on the block input rotated into its principal axes (LaRoSa-style), rotation paid"),
     Method("rotated-metric-wina-greedy", "input", "product", weighted=True, greedy=True, rotate=True, basis="metric",
            doc="rotated-wina-greedy with T in the weights' metric (uncorrelated inputs, orthonormal columns)"),
-    Method("rotated-wina-greedy-scap", "input", "product", weighted=True, greedy=True, rotate=True, centre="xh",
-           doc="rotated-wina-greedy thresholding x (turned) and h around their per-channel modes (SCAP)"),
-    Method("rotated-wina-greedy-scap-h", "input", "product", weighted=True, greedy=True, rotate=True, centre="h",
-           doc="rotated-wina-greedy, h thresholded around its per-channel mode (SCAP)"),
-    Method("rotated-wina-greedy-scap-x", "input", "product", weighted=True, greedy=True, rotate=True, centre="x",
-           doc="rotated-wina-greedy, x (turned) thresholded around its per-channel mode (SCAP)"),
-    Method("rotated-wina-greedy-scap-median", "input", "product", weighted=True, greedy=True, rotate=True,
-           centre="xh", centre_estimate="median", doc="rotated-wina-greedy-scap with medians for modes"),
     Method("teal-cats", "input", "gate", doc="TEAL on x, CATS on the down projection's input"),
     Method("topk", "input", "product", weighted=True, fixed_count=True,
            doc="fixed count per token on x and h (WINA scores): stable latency"),
@@ -212,8 +204,7 @@ def measured_effective(block: BlockWeights, plan: InputThresholds, rows: np.ndar
     if plan.rotation is not None:
         x, w_gate, w_up = rows @ plan.rotation, w_gate @ plan.turn, w_up @ plan.turn
     attrs = {**block.attrs, **plan.attrs}
-    keep_x, keep_h, _ = input_sparse_parts(x.astype(np.float32), w_gate.T, w_up.T, plan.x_thr, plan.h_thr, attrs,
-                                           **plan.centres)
+    keep_x, keep_h, _ = input_sparse_parts(x.astype(np.float32), w_gate.T, w_up.T, plan.x_thr, plan.h_thr, attrs)
     share_x, share_h = block.byte_shares()
     return share_x * float(1 - keep_x.mean()) + share_h * float(1 - keep_h.mean()) - plan.rotation_share
 

@@ -45,9 +45,7 @@ def install_plans(model, plans, quantize: str | None = None, weights=None) -> No
             ws = (w_gate, w_up, stored(ws[2], quantize, "in"))
             sparse = functools.partial(input_sparse_torch, w_gate=w_gate, w_up=w_up, w_down=ws[2],
                                        x_thr=torch.from_numpy(plan.x_thr), h_thr=torch.from_numpy(plan.h_thr),
-                                       attrs=attrs, act_g=m.act_fn,
-                                       **{k: None if c is None else torch.from_numpy(c)
-                                          for k, c in getattr(plan, "centres", {}).items()})
+                                       attrs=attrs, act_g=m.act_fn)
             m.forward = sparse if rotation is None else (lambda x, sparse=sparse, q=q: sparse(x @ q))
         else:
             ws = (stored(ws[0], quantize), stored(ws[1], quantize), stored(ws[2], quantize, "in"))

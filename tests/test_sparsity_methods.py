@@ -95,38 +95,6 @@ def test_torch_mirror_and_top_k_equal_the_numpy_reference():
     assert (mask.sum(-1) == 9).all()   # a fixed count per token
 
 
-def test_centred_semantics_are_a_sparse_shifted_product_plus_a_folded_bias():
-    """SCAP's centring (ir/input_sparse.py): W·sparse(x − c) + W·c, in numpy and in the torch mirror."""
-    from actsparse.ir.input_sparse import input_sparse_parts
-
-    rng = np.random.default_rng(4)
-    d, n = 24, 40
-    x = (rng.standard_normal((7, d)) + 2.0).astype(np.float32)   # every channel peaks away from zero
-    wg, wu, wd = (rng.standard_normal(s).astype(np.float32) for s in ((n, d), (n, d), (d, n)))
-    x_thr, h_thr = np.full(d, 0.8, np.float32), np.full(n, 0.5, np.float32)
-    cx, ch = np.full(d, 2.0, np.float32), rng.standard_normal(n).astype(np.float32)
-    attrs = {"gate_act": "silu", "up_act": "identity", "criterion": "product"}
-    keep_x, keep_h, h = input_sparse_parts(x, wg.T, wu.T, x_thr, h_thr, attrs, x_centre=cx, h_centre=ch)
-    assert 0.2 < keep_x.mean() < 0.8   # around 2, not around 0 (where nearly every entry would be kept)
-    xs = np.where(np.abs(x - cx) > x_thr, x - cx, 0)
-    pre_g, pre_u = xs @ wg.T + cx @ wg.T, xs @ wu.T + cx @ wu.T   # the bias form the kernels compute
-    dense_h = torch.nn.functional.silu(torch.from_numpy(pre_g)).numpy() * pre_u
-    np.testing.assert_allclose(h, np.where(np.abs(dense_h - ch) > h_thr, dense_h, ch), rtol=1e-4, atol=1e-4)
-    got = input_sparse_torch(*map(torch.from_numpy, (x, wg, wu, wd, x_thr, h_thr)), attrs, torch.nn.functional.silu,
-                             x_centre=torch.from_numpy(cx), h_centre=torch.from_numpy(ch))
-    np.testing.assert_allclose(got.numpy(), h @ wd.T, rtol=1e-4, atol=1e-4)
-
-
-def test_channel_modes_find_the_peak_of_a_skewed_distribution():
-    from actsparse.passes.centring import CENTRES
-
-    rng = np.random.default_rng(5)
-    values = np.concatenate([rng.normal(0.5, 0.05, (2000, 3)), rng.exponential(1.0, (1800, 3)) + 1.0])
-    modes, medians = CENTRES["mode"](values), CENTRES["median"](values)
-    np.testing.assert_allclose(modes, 0.5, atol=0.1)
-    assert (medians > 0.55).all()   # the median is pulled towards the tail; the mode is not
-
-
 def test_input_sparse_kernel_matches_the_reference_and_skips():
     tvm = pytest.importorskip("tvm")
     from actsparse.codegen.kernels.common import build_standalone
