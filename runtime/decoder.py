@@ -127,6 +127,7 @@ class DecodeState:
     position: int = 0
     logits: np.ndarray | None = field(default=None, repr=False)  # of the last token fed
     tokens: list = field(default_factory=list, repr=False)  # the ids so far, for a module without a cache
+    owned: bool = field(default=False, repr=False)  # caches are the decoder's own (the captured step's) buffers
 
 
 class Decoder:
@@ -191,7 +192,7 @@ class Decoder:
     # -- decoding ------------------------------------------------------------------------------------------
     def new_state(self) -> DecodeState:
         if self.graph_step:  # the decoder's own cache, at the addresses the captured step was recorded with
-            return DecodeState(list(self._owned_buffers().caches))
+            return DecodeState(list(self._owned_buffers().caches), owned=True)
         return DecodeState(self._zero_caches())
 
     def _zero_caches(self) -> list:
@@ -330,8 +331,9 @@ class Decoder:
         return state
 
     def _owns(self, state: DecodeState) -> bool:
-        """Whether `state` decodes in the decoder's own cache (that the captured step graph was recorded on)."""
-        return bool(state.caches) and state.caches[0] is self._owned_buffers().caches[0]
+        """Whether `state` decodes in the decoder's own cache (that the captured step graph was recorded on); a
+        flag, not object identity: a call's outputs are new handles of the same, in-place written buffers."""
+        return state.owned
 
     def _ids(self, ids) -> np.ndarray:
         if type(ids).__module__.startswith("torch"):

@@ -48,7 +48,7 @@ SIZES = {
     "num_kv_shared_layers": 0,  # KV shared from earlier layers of the same kind needs more layers than kept
     **dict.fromkeys(["rotary_dim", "rotary_emb_base_"], HEAD_DIM),
     # sparse-attention indexers (DeepSeek-V4): their heads, and how many compressed entries each query keeps
-    "index_n_heads": HEADS, "index_head_dim": HEAD_DIM, "index_topk": 2,
+    "index_n_heads": HEADS, "index_head_dim": HEAD_DIM,
     # tokens compressed into one entry (per attention kind): 2 gives a tiny sequence several entries, so the graph
     # takes the branches of a long one (DeepSeek-V4's 128 would leave its compressor empty below 128 tokens)
     "compress_rates": 2,
@@ -77,6 +77,10 @@ CHECKPOINT_VALUES = {
     "hrm_text": {"num_layers_per_stack": 1, "H_cycles": 1, "L_cycles": 1},
     # Qwen4-Exp's QSA indexer: no default and no released checkpoint yet; sizes its config validates (one key head,
     # head dim >= the rotary dim, budget a multiple of the block), 2-token blocks so a tiny prompt has several
+    # not a checkpoint value: DeepSeek-V4's indexer keeping 2 compressed entries per query, so a tiny sequence takes
+    # the selection (its top-k sentinel); in SIZES it also cut DeepSeek-V3.2's, whose topk(min(k, seq)) then holds
+    # from 2 tokens on only and its one-token decoding step fails
+    "deepseek_v4": {"index_topk": 2},
     "qwen4_exp_text": QSA_INDEXER,
     "qwen4_exp": {"text_config": QSA_INDEXER},
 }
