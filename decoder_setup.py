@@ -4,12 +4,11 @@ threshold mode's Fisher weights, the decoding graph's inputs for a prompt and th
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .errors import ActsparseError
 from .runtime.progress import Steps
+from .targets.memory import ram_bytes
 
 # where configs keep the number of positions a model was trained for (absolute tables or rotary training length)
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
@@ -37,8 +36,8 @@ def checked_max_seq(max_seq, model, config) -> int:
         raise ActsparseError(f"max_seq={max_seq} exceeds the {context} positions of {name}'s position table (its "
                              f"config's {field}); give max_seq <= {context}")
     per_slot = 2 * 4 * int(getattr(config, "num_hidden_layers", 0) or 0) * int(getattr(config, "hidden_size", 0) or 0)
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if per_slot * max_seq > memory:  # K and V of every layer, fp32, at most hidden_size wide per slot
+    memory = ram_bytes()
+    if memory and per_slot * max_seq > memory:  # K and V of every layer, fp32, at most hidden_size wide per slot
         raise ActsparseError(f"max_seq={max_seq} asks for a KV cache of up to {per_slot * max_seq / 2**30:.0f} GiB, "
                              f"more than this machine's {memory / 2**30:.0f} GiB of memory; give a smaller max_seq")
     return int(max_seq)

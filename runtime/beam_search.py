@@ -21,13 +21,12 @@ has a captured step graph (CUDA), whose graph is recorded on the decoder's singl
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..errors import DecodeInputError
 from ..ir.decoding import is_kv_cache
 from ..ir.types import np_dtype
+from ..targets.memory import available_ram_bytes
 from .generation import GenerationSettingError, TokenChooser
 
 NEG = np.float32(-1.0e9)  # transformers' mask for a beam that may not run or a hypothesis that may not finish
@@ -165,11 +164,7 @@ def free_memory(state) -> int:
         return 0
     if device.dlpack_device_type() != 1:
         return int(getattr(device, "available_global_memory", 0) or 0)
-    try:
-        meminfo = Path("/proc/meminfo").read_text().split("\n")
-        return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return 0
+    return available_ram_bytes()
 
 
 def _check_memory(decoder, k: int, first) -> None:

@@ -54,6 +54,15 @@ def ram_bytes() -> int:
         return 0
 
 
+def available_ram_bytes() -> int:
+    """Bytes the kernel says a new allocation can take without swapping (MemAvailable; 0 if unknown)."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text().split("\n")
+        return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0
+
+
 def disk_bytes(directory: str | None = None) -> int:
     """Free bytes of the file system holding `directory` (default: the temp directory), where cold weights go."""
     import shutil
