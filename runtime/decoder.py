@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..codegen.static_step import bucket_function, bucket_slots
-from ..errors import ActsparseError, ArtifactError, DecodeInputError
+from ..errors import ArtifactError, DecodeInputError
 from ..ir.decoding import (
     CALL_INPUTS,
     LOGITS,
@@ -53,10 +53,10 @@ from ..ir.decoding import (
     PREFILL_MIN_TOKENS,
     STEP_FUNCTION,
     STEP_GRAPH,
-    is_kv_cache,
 )
 from ..ir.types import np_dtype
 from .beam_search import beam_search, check_beams
+from .decoder_spec import DecoderSpec, spec_disagrees
 from .generation import TokenChooser, check_settings, new_tokens, resolve
 from .module import CompiledModule
 from .tokenizer_files import tokenizer_files, tokenizer_from_files
@@ -64,47 +64,6 @@ from .tokenizer_files import tokenizer_files, tokenizer_from_files
 KIND = "decoder"  # the artifact kind (runtime/artifact.py)
 DECODER_FILE = "decoder.json"
 TOKENIZER_DIR = "tokenizer"
-
-
-@dataclass(frozen=True)
-class DecoderSpec:
-    max_seq: int
-    vocab_size: int
-    caches: tuple[tuple[str, tuple[int, ...]], ...]  # (input name, shape) per cache tensor, in input order
-    eos_token_ids: tuple[int, ...] = ()
-    source: str = ""
-    recomputes_because: str = ""  # why a decoder without a cache has none (frontends/decoder_export.py)
-    prefill_tokens: int = 0  # the most tokens a call of the module's `prefill` takes (0: it has none)
-    prefill_continues: bool = False  # whether `prefill` may start from states that are not zero, or starts prompts
-    # the fewest tokens a piece needs to go through `prefill` (runtime/prefill_rule.py); above prefill_tokens:
-    # never. Artifacts without it: any piece of PREFILL_MIN_TOKENS or more (as they were built)
-    prefill_from: int = PREFILL_MIN_TOKENS
-    # the model's generation_config settings generate applies (runtime/generation.py), those away from the defaults
-    generation: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """decoder.json's fields: every field by its name, `caches` as [{"name", "shape"}]."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["caches"] = [{"name": n, "shape": list(s)} for n, s in self.caches]
-        d["eos_token_ids"] = list(self.eos_token_ids)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DecoderSpec:
-        """The inverse of `to_dict`, each value converted to its field's type (decoder.json is read from an
-        artifact); a field an older artifact lacks keeps its default, a missing required one is a KeyError."""
-        read = {f.name: _SPEC_READERS.get(f.name) or _READERS[f.type] for f in fields(cls)}
-        values = {name: convert(d[name]) for name, convert in read.items() if name in d}
-        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in values]
-        if missing:
-            raise KeyError(", ".join(missing))
-        return cls(**values)
-
-
-_READERS = {"int": int, "str": str, "bool": bool}  # DecoderSpec's field types (annotations are strings here)
-_SPEC_READERS = {"caches": lambda v: tuple((c["name"], tuple(int(n) for n in c["shape"])) for c in v),
-                 "eos_token_ids": lambda v: tuple(int(i) for i in v),
-                 "generation": lambda v: dict(v)}  # checked against the module by _spec_disagrees
 
 
 @dataclass(frozen=True)
@@ -242,12 +201,16 @@ class Decoder:
         runtime/generation.py); greedy unless do_sample=True, beam search where num_beams > 1. `max_new_tokens`
         None: the settings' max_new_tokens or max_length, else 32 (`new_tokens`).
         Returns the type given (torch tensor or numpy array) of shape [1, n + new] ([num_return_sequences, ...]
-        with beams, the best first, a shorter one padded with the first eos id, as transformers does where the model
-        sets no pad id)."""
+        with beams, the best first, a shorter one padded as transformers' beam search pads: with pad_token_id (the
+        caller's, else the model's) where it is set and not 0, else the first eos id; -1 without eos ids)."""
         prompt = self._ids(ids)
         sequences, _ = self._decode(prompt, max_new_tokens, settings)
         width = max(len(s) for s in sequences)
-        pad = self.spec.eos_token_ids[0] if self.spec.eos_token_ids else -1
+        pad = resolve(self.spec.generation, settings, self.spec.vocab_size)["pad_token_id"]
+        # transformers' _beam_search fill, `pad_token_id or eos_token_id[0] if eos_token_id is not None else -1`:
+        # a pad id of 0 (falsy) gives way to the first eos id, and without eos ids it is -1 whatever the pad id
+        eos = self.spec.eos_token_ids
+        pad = (pad or eos[0]) if eos else -1
         result = np.array([list(prompt[0]) + s + [pad] * (width - len(s)) for s in sequences], np.int64)
         if type(ids).__module__.startswith("torch"):
             import torch
@@ -376,31 +339,10 @@ def as_decoder(module: CompiledModule):
         spec = DecoderSpec.from_dict(json.loads(files[DECODER_FILE]))
     except (KeyError, ValueError, TypeError) as err:
         raise ArtifactError(f"decoder artifact without a readable {DECODER_FILE} ({err}); rebuild it") from None
-    why = _spec_disagrees(spec, module)
+    why = spec_disagrees(spec, module)
     if why:
         raise ArtifactError(f"{DECODER_FILE} does not match the compiled module ({why}): the artifact was edited "
                             "after it was built; rebuild it")
     prefix = TOKENIZER_DIR + "/"
     return Decoder(module, spec, tokenizer_from_files({name[len(prefix):]: data for name, data in files.items()
                                                        if name.startswith(prefix)}))
-
-
-def _spec_disagrees(spec: DecoderSpec, module: CompiledModule) -> str:
-    """Why decoder.json cannot describe `module` ("" where it can): a manifest rehashed after an edit passes the
-    hashes, and a max_seq past the KV cache's slots would write past its end, a vocabulary past the logits read
-    past theirs."""
-    inputs = {name: tuple(t.shape) for name, t in module.inputs}
-    for name, shape in spec.caches:
-        if inputs.get(name) != tuple(shape):
-            return f"cache {name} {list(shape)}; the module takes {list(inputs.get(name) or ())}"
-    slots = [shape[2] for name, shape in spec.caches if is_kv_cache(name) and len(shape) == 4]
-    if not 1 <= spec.max_seq <= min(slots, default=spec.max_seq):
-        return f"max_seq {spec.max_seq}, the KV cache has {min(slots, default=0)} slots"
-    width = module.graph.outputs[0].shape[-1] if module.graph is not None else None
-    if not 1 <= spec.vocab_size <= (width if isinstance(width, int) else spec.vocab_size):
-        return f"vocab_size {spec.vocab_size}, the logits have {width}"
-    try:  # a setting naming a token past the logits would index past them
-        check_settings(spec.generation, spec.vocab_size)
-    except ActsparseError as err:
-        return str(err)
-    return ""

@@ -178,6 +178,9 @@ SETTINGS = (  # in transformers' order (generation/utils.py _get_logits_processo
     Setting("length_penalty", 1.0, _is(1.0), _number(float, what="a float"), flag=float),
     Setting("early_stopping", False, _is(False), _early_stopping, flag=_early_stopping),
     Setting("num_return_sequences", 1, _is(1), _number(int, 1, what="a whole number >= 1")),  # CLI: prints one
+    # what pads a returned sequence that ended early (beams); None: the first eos id, as transformers does. Only
+    # written into the output, never fed to the model: any integer, as transformers takes it (some models use -1)
+    Setting("pad_token_id", None, _none, _number(int, what="an integer token id"), flag=int),
     Setting("do_sample", False, _is(False), _flag, flag=bool),  # the chooser: draw instead of argmax
     Setting("seed", None, _none, _number(int, 0, what="a whole number >= 0"), flag=int),  # the draw's Generator
 )

@@ -54,3 +54,17 @@ def test_beams_that_do_not_fit_are_one_clear_error(mistral, monkeypatch):
     with pytest.raises(DecodeInputError, match=r"num_beams=4 needs 4 KV caches of .* MiB free; give fewer beams"):
         lm.generate(PROMPT, 4, num_beams=4)
     assert lm.generate(PROMPT, 4, num_beams=3).shape == (1, PROMPT.shape[1] + 4)
+
+
+def test_returned_sequences_are_padded_as_transformers_pads_them(mistral):
+    """A hypothesis that ended on eos is padded to the longest: with the pad id where it is set and not 0 (here the
+    call's 7), else the first eos id (the model's pad id is 0: transformers' `pad or eos[0]`)."""
+    model, lm = mistral
+    settings = dict(num_beams=4, num_return_sequences=4, early_stopping="never", length_penalty=-1.0)
+    for extra, fill in [({}, EOS), ({"pad_token_id": 7}, 7)]:
+        with torch.no_grad():
+            expected = model.generate(PROMPT, max_new_tokens=NEW, **settings, **extra)
+        got = lm.generate(PROMPT, NEW, **settings, **extra)
+        assert torch.equal(got, expected), f"{extra}: {got.tolist()} != {expected.tolist()}"
+        ended = [row for row in got.tolist() if EOS in row[PROMPT.shape[1]:]]
+        assert ended and ended[0][-2:] == [fill, fill]  # padded after its eos
