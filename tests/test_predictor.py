@@ -141,7 +141,6 @@ def test_report_plot_draws_the_neuron_cdf(tmp_path):
 def test_lowrank_training_under_torchrun_ddp_gives_the_single_process_predictor(tmp_path):
     """2 CPU processes (gloo) split every global batch; averaged gradients give the same predictor."""
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
@@ -153,14 +152,14 @@ def test_lowrank_training_under_torchrun_ddp_gives_the_single_process_predictor(
 
     from .ddp_worker import OPTIONS, problem
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp.npz"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                    "127.0.0.1", "--master_port", str(port), str(Path(__file__).parent / "ddp_worker.py"), str(out)],
-                   check=True, env=env, timeout=240, capture_output=True)
+    # --standalone: torchrun's own rendezvous takes a free port itself (a port picked here and released could be
+    # taken by a parallel test before torchrun binds it)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(Path(__file__).parent / "ddp_worker.py"), str(out)],
+                         env=env, timeout=240, capture_output=True, text=True)
+    assert run.returncode == 0, f"torchrun exited {run.returncode}: {run.stderr[-3000:]}"
     ddp = dict(np.load(out))
     assert int(ddp.pop("world")) == 2
     rows, active = problem()
