@@ -1,10 +1,12 @@
-"""Beam search over a compiled decoder, as transformers' `generate(num_beams=k, do_sample=False)` (one prompt).
+"""Beam search over a compiled decoder, as transformers' `generate(num_beams=k)` (one prompt); with do_sample=True
+beam sampling: the warpers apply too, and each step draws its continuations instead of taking the best.
 
     sequences = beam_search(decoder, prompt, settings, max_new_tokens)   # [num_return_sequences][ids], best first
 
 Each step follows transformers' `_beam_search` (generation/utils.py): every running beam's logits go through
 log-softmax, then the table's processors (runtime/generation.py, with that beam's ids), plus the beam's running
-score; the best `max(2, 1 + eos ids) * k` continuations of all beams are kept; those that end (an eos id, or the
+score; the best `max(2, 1 + eos ids) * k` continuations of all beams are kept (sampling: that many drawn without
+replacement from the softmax of all beams' scores, then ordered by score); those that end (an eos id, or the
 length) join the finished hypotheses (scored / generated length ** length_penalty), the best k others run on. The
 search stops as transformers' does (early_stopping True / False / "never"). Scores are float32 as in torch, with
 its -1e9 masks, so the same continuations win (ties between exactly equal scores aside).
@@ -44,12 +46,22 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.lexsort((part, -scores[part]))]
 
 
+def _sample(totals: np.ndarray, keep: int, rng: np.random.Generator) -> np.ndarray:
+    """Beam sampling's continuations: `keep` indices drawn without replacement from softmax(totals) (transformers'
+    torch.multinomial), ordered by score, best first."""
+    p = np.exp(totals.astype(np.float64) - totals.max())
+    p /= p.sum()
+    if np.count_nonzero(p) < keep:
+        raise GenerationSettingError(f"beam sampling draws {keep} continuations a step (max(2, 1 + eos ids) x "
+                                     f"num_beams) and the warpers leave {np.count_nonzero(p)} with any probability: "
+                                     "raise top_k / top_p, or give fewer beams")
+    drawn = rng.choice(p.size, size=keep, replace=False, p=p)
+    return drawn[np.argsort(-totals[drawn], kind="stable")]
+
+
 def check_beams(settings: dict) -> None:
-    """Beam settings transformers would refuse, or beam sampling (not applied): one clear error."""
+    """Beam settings transformers would refuse: one clear error."""
     k, returned = settings["num_beams"], settings["num_return_sequences"]
-    if k > 1 and settings["do_sample"]:
-        raise GenerationSettingError("num_beams > 1 with do_sample=True is beam sampling, which actsparse's generate "
-                                     "does not apply; use num_beams=1 to sample, or do_sample=False for beam search")
     if returned > k:
         raise GenerationSettingError(f"num_return_sequences={returned} asks for more sequences than num_beams={k} "
                                      "keeps; give num_return_sequences <= num_beams")
@@ -79,7 +91,7 @@ def beam_search(decoder, prompt: np.ndarray, settings: dict, max_new_tokens: int
                               for s, ids in zip(states, running)])
         vocab = log_probs.shape[1]
         totals = (log_probs + running_scores[:, None]).reshape(-1)
-        picked = _top(totals, keep)
+        picked = _top(totals, keep) if chooser.rng is None else _sample(totals, keep, chooser.rng)
         scores, parents, tokens = totals[picked], picked // vocab, picked % vocab
         ends = np.array([t in eos or cur_len + 1 >= max_length for t in tokens.tolist()])
 

@@ -18,9 +18,10 @@ compile report says the model asks for sampling. `generate(..., do_sample=True, 
 temperature/top_k/top_p/min_p/... (or the caller's), from a numpy Generator seeded with `seed`.
 
 Beams: num_beams > 1 is beam search (runtime/beam_search.py), the processors applied to each beam's
-log-probabilities as transformers' _beam_search does; beam sampling, beam groups (diverse beam search) and
-constrained beams are not applied. Length: the caller's max_new_tokens, else the settings' max_new_tokens, else
-their max_length minus the prompt (as transformers reads them), else DEFAULT_NEW_TOKENS (`new_tokens`).
+log-probabilities as transformers' _beam_search does (with do_sample=True beam sampling: the warpers too, the
+continuations drawn); beam groups (diverse beam search) and constrained beams are not applied. Length: the
+caller's max_new_tokens, else the settings' max_new_tokens, else their max_length minus the prompt (as transformers
+reads them), else DEFAULT_NEW_TOKENS (`new_tokens`).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import torch
 import actsparse
 from actsparse.errors import DecodeInputError
 from actsparse.runtime import beam_search
+from actsparse.runtime.generation import GenerationSettingError
 
 transformers = pytest.importorskip("transformers")
 
@@ -68,3 +69,25 @@ def test_returned_sequences_are_padded_as_transformers_pads_them(mistral):
         assert torch.equal(got, expected), f"{extra}: {got.tolist()} != {expected.tolist()}"
         ended = [row for row in got.tolist() if EOS in row[PROMPT.shape[1]:]]
         assert ended and ended[0][-2:] == [fill, fill]  # padded after its eos
+
+
+def test_beam_sampling_draws_from_the_warped_beams(mistral):
+    """do_sample=True with beams: each step draws max(2, 1 + eos ids) * k continuations without replacement from all
+    beams' warped scores. Where the warpers leave exactly that many (top_k = 4 of one live beam at the first step),
+    the draw takes them all and equals transformers'; otherwise every drawn token is one the warpers kept, a seed
+    reproduces a draw, and seeds differ; warpers that leave too few are one error (torch's multinomial fails)."""
+    model, lm = mistral
+    one = dict(num_beams=2, do_sample=True, top_k=4, temperature=2.0, num_return_sequences=2)
+    with torch.no_grad():
+        expected = model.generate(PROMPT, max_new_tokens=1, **one)
+    assert torch.equal(lm.generate(PROMPT, 1, seed=3, **one), expected)
+
+    settings = dict(num_beams=2, do_sample=True, top_k=6, temperature=2.0)
+    with torch.no_grad():
+        allowed = set(torch.topk(model(PROMPT).logits[0, -1], 6).indices.tolist())
+    drawn = [tuple(lm.generate(PROMPT, 3, seed=seed, **settings)[0, PROMPT.shape[1]:].tolist()) for seed in range(12)]
+    assert {d[0] for d in drawn} <= allowed
+    assert len(set(drawn)) > 1
+    assert tuple(lm.generate(PROMPT, 3, seed=5, **settings)[0, PROMPT.shape[1]:].tolist()) == drawn[5]
+    with pytest.raises(GenerationSettingError, match="leave 2 with any probability: raise top_k"):
+        lm.generate(PROMPT, 2, num_beams=2, do_sample=True, top_k=2)
