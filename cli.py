@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     generate = sub.add_parser("generate", help="decode with the KV cache (greedy unless --do-sample): the text and "
                               "tokens/s")
     generate.add_argument("what", help="decoder artifact directory, Hugging Face model folder or file.gguf")
-    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--prompt", required=True, help="the text to continue; with --chat, the user's message")
+    generate.add_argument("--chat", action="store_true", help="a chat turn: the prompt (and --system) through the "
+                          "model's chat template; prints the assistant's reply")
+    generate.add_argument("--system", help="with --chat: a system message before the user's")
     generate.add_argument("-n", "--tokens", type=_count, help="new tokens to generate at most (default: the "
                           "model's generation_config max_new_tokens, or max_length minus the prompt, else 32)")
     generate.add_argument("-t", "--target", default="x86", help="when compiling a model folder or GGUF")
@@ -271,6 +274,8 @@ def _generate(args) -> int:
 
     overrides = _generation_overrides(args)
     check_settings(overrides, vocab_size=sys.maxsize)  # bad values before any compile (token ids: at generate)
+    if args.system and not args.chat:
+        raise ActsparseError("--system is a chat message: give it with --chat")
     path = Path(args.what)
     if (path / "manifest.json").is_file():
         lm = actsparse.load(path)
@@ -283,9 +288,23 @@ def _generate(args) -> int:
         raise ActsparseError(f"{args.what}: expected a decoder artifact directory, a Hugging Face model folder or a "
                              ".gguf file")
     overrides = _generation_overrides(args, lambda text: _encode(lm, text))
-    text, tokens, seconds = lm.generate_text(args.prompt, args.tokens, **overrides)
-    print(args.prompt + text)
-    _, why = lm.new_tokens(len(lm.tokenizer(args.prompt)["input_ids"]), args.tokens, **overrides)
+
+    shown = []
+
+    def show(piece: str) -> None:  # the text as it is decoded (a completion after its prompt)
+        print(("" if shown or args.chat else args.prompt) + piece, end="", flush=True)
+        shown.append(piece)
+
+    if args.chat:
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        messages.append({"role": "user", "content": args.prompt})
+        text, tokens, seconds = lm.chat(messages, args.tokens, on_text=show, **overrides)
+        prompt_length = lm.chat_ids(messages).shape[1]
+    else:
+        text, tokens, seconds = lm.generate_text(args.prompt, args.tokens, on_text=show, **overrides)
+        prompt_length = len(lm.tokenizer(args.prompt)["input_ids"])
+    print("" if shown or args.chat else args.prompt)
+    _, why = lm.new_tokens(prompt_length, args.tokens, **overrides)
     print(f"-- length: {why}")
     rate = f"{(tokens - 1) / seconds:.1f} tokens/s" if tokens > 1 and seconds > 0 else "too few steps to time"
     print(f"-- {tokens} new tokens, decode {rate} (mode {lm.report.mode}, after a {len(args.prompt)}-character "

@@ -37,6 +37,7 @@ the Decoder back.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,18 +219,60 @@ class Decoder:
             return torch.from_numpy(result)
         return result
 
-    def generate_text(self, prompt: str, max_new_tokens: int | None = None, **settings) -> tuple[str, int, float]:
+    def generate_text(self, prompt: str, max_new_tokens: int | None = None, on_text=None,
+                      **settings) -> tuple[str, int, float]:
         """Tokenize `prompt`, generate as `generate`; returns (new text, new tokens, decode seconds after prefill)
-        of the (best) sequence."""
-        if self.tokenizer is None:
-            raise DecodeInputError("this decoder has no tokenizer (its source had none: a model folder needs the files "
-                                   "tokenizer.save_pretrained(dir) writes, e.g. tokenizer.json); pass token ids to "
-                                   "generate(), or add them to the folder and compile again")
-        prompt_ids = np.array([self.tokenizer(prompt)["input_ids"]], np.int64).reshape(1, -1)
+        of the (best) sequence. `on_text(piece)`: called with each new piece of text as it is decoded (streaming;
+        beam search calls it once, at the end, with the whole text)."""
+        tokenizer = self._tokenizer_for("generate_text()", "pass token ids to generate()")
+        prompt_ids = np.array([tokenizer(prompt)["input_ids"]], np.int64).reshape(1, -1)
         if prompt_ids.size == 0:
             raise DecodeInputError(f"the prompt {prompt!r} encodes to no tokens; give a prompt with text in it")
-        (new, *_), seconds = self._decode(prompt_ids, max_new_tokens, settings)
-        return self.tokenizer.decode(new, skip_special_tokens=True), len(new), seconds
+        return self._text(prompt_ids, max_new_tokens, settings, on_text)
+
+    def chat(self, messages, max_new_tokens: int | None = None, on_text=None, **settings) -> tuple[str, int, float]:
+        """One assistant turn: `messages` (the user's text, or [{"role": ..., "content": ...}, ...]) through the
+        tokenizer's chat template with the assistant's generation prompt, then as `generate_text`; returns (the
+        reply, new tokens, decode seconds after prefill)."""
+        return self._text(self.chat_ids(messages), max_new_tokens, settings, on_text)
+
+    def chat_ids(self, messages) -> np.ndarray:
+        """The token ids [1, n] of `messages` (as `chat`) through the chat template, ready for the reply."""
+        tokenizer = self._tokenizer_for("chat()", "pass token ids to generate()")
+        if not getattr(tokenizer, "chat_template", None):
+            raise DecodeInputError("this model's tokenizer has no chat template (a base model, or a folder without "
+                                   "one): give the prompt as plain text to generate_text() (actsparse generate "
+                                   "without --chat)")
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as err:  # noqa: BLE001 - the template's own checks (roles, order) say what is wrong
+            raise DecodeInputError(f"the chat template refuses these messages: {err}") from None
+        # the template writes the special tokens itself (a bos, the role markers): encode without adding more
+        return np.array([tokenizer(text, add_special_tokens=False)["input_ids"]], np.int64).reshape(1, -1)
+
+    def _tokenizer_for(self, what: str, way_out: str):
+        if self.tokenizer is None:
+            raise DecodeInputError(f"this decoder has no tokenizer, which {what} needs (its source had none: a model "
+                                   "folder needs the files tokenizer.save_pretrained(dir) writes, e.g. "
+                                   f"tokenizer.json); {way_out}, or add them to the folder and compile again")
+        return self.tokenizer
+
+    def _text(self, prompt_ids: np.ndarray, max_new_tokens, settings: dict, on_text) -> tuple[str, int, float]:
+        shown = [""]
+
+        def stream(new_ids: list[int]) -> None:  # the text so far, decoded whole: a piece is what it adds
+            text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+            if text.startswith(shown[0]) and not text.endswith("\ufffd"):  # not inside a multi-byte character
+                on_text(text[len(shown[0]):])
+                shown[0] = text
+
+        (new, *_), seconds = self._decode(prompt_ids, max_new_tokens, settings, stream if on_text else None)
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        if on_text and text != shown[0]:  # the rest (beams: all of it); past what was shown where decoding whole
+            on_text(text[len(os.path.commonprefix([text, shown[0]])):])  # changed an earlier character
+        return text, len(new), seconds
 
     def new_tokens(self, prompt_length: int, max_new_tokens: int | None = None, **settings) -> tuple[int, str]:
         """(the most new tokens generate makes after a prompt of `prompt_length` ids, why: runtime/generation.py
@@ -237,8 +280,10 @@ class Decoder:
         given = {**self.spec.generation, **check_settings(settings, self.spec.vocab_size)}
         return new_tokens(max_new_tokens, given, prompt_length, self.spec.max_seq + 1 - prompt_length)
 
-    def _decode(self, prompt: np.ndarray, max_new_tokens: int | None, settings: dict) -> tuple[list[list[int]], float]:
-        """(the new ids of each sequence returned, the seconds the steps after the prefill took)."""
+    def _decode(self, prompt: np.ndarray, max_new_tokens: int | None, settings: dict,
+                on_token=None) -> tuple[list[list[int]], float]:
+        """(the new ids of each sequence returned, the seconds the steps after the prefill took); `on_token(new ids
+        so far)` after each token chosen (not for beams, whose best sequence is known at the end only)."""
         max_new_tokens, _ = self.new_tokens(prompt.shape[1], max_new_tokens, **settings)
         settings = resolve(self.spec.generation, settings, self.spec.vocab_size)
         check_beams(settings)
@@ -254,6 +299,8 @@ class Decoder:
             start = time.perf_counter()
             while True:
                 ids.append(choose(state.logits, ids))
+                if on_token is not None:
+                    on_token(ids[prompt.shape[1]:])
                 if ids[-1] in self.spec.eos_token_ids or len(ids) - prompt.shape[1] == max_new_tokens:
                     break
                 _, state = self.step(ids[-1], state)

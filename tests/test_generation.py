@@ -256,6 +256,33 @@ def test_cli_generate_takes_the_settings(compiled, tmp_path, capsys):
     assert lines[1] == "-- length: the generation settings' max_length=5" and lines[2].startswith("-- 2 new tokens")
 
 
+def test_chat_and_streamed_text(compiled, tmp_path, capsys):
+    """`chat` puts the messages through the tokenizer's chat template and generates the reply; `on_text` streams
+    the text piece by piece (the pieces join to it); `actsparse generate --chat --system` prints that reply; a
+    tokenizer without a template, or --system without --chat, is one error."""
+    from actsparse.cli import main
+    from actsparse.errors import DecodeInputError
+
+    from .test_decode_sources import char_tokenizer
+
+    compiled.tokenizer = char_tokenizer()  # printable ASCII: the template's markers are inside the tiny vocabulary
+    with pytest.raises(DecodeInputError, match="no chat template"):
+        compiled.chat("ABC", 4)
+    compiled.tokenizer.chat_template = ("{% for m in messages %}{{ m['role'][0] | upper }}:{{ m['content'] }}/"
+                                        "{% endfor %}{% if add_generation_prompt %}A:{% endif %}")
+    pieces = []
+    reply, tokens, _ = compiled.chat("ABC", 6, on_text=pieces.append)
+    assert reply == compiled.generate_text("U:ABC/A:", 6)[0] and tokens == 6
+    assert "".join(pieces) == reply and len(pieces) > 1  # streamed, not printed at the end
+    messages = [{"role": "system", "content": "HI"}, {"role": "user", "content": "ABC"}]
+    assert compiled.chat_ids(messages).tolist() == [compiled.tokenizer("S:HI/U:ABC/A:")["input_ids"]]
+    built = str(compiled.save(tmp_path / "chat.actsparse"))  # the template travels with the tokenizer's files
+    assert main(["generate", built, "--chat", "--system", "HI", "--prompt", "ABC", "-n", "6"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == compiled.chat(messages, 6)[0]
+    assert main(["generate", built, "--system", "Hi", "--prompt", "ABC"]) == 2
+    assert "--system is a chat message" in capsys.readouterr().err
+
+
 def test_the_folders_unapplied_settings_and_sampling_are_named():
     generation = transformers.GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, guidance_scale=1.5,
                                                repetition_penalty=1.05, max_new_tokens=20)
