@@ -8,6 +8,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from .cli_decoding import chat_command, count, decoder_arguments, generate_command
 from .errors import ActsparseError
 
 
@@ -18,24 +19,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _count(text: str) -> int:
-    """An integer option that must be >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="actsparse", description="Compile LLM MLP activation sparsity into speed.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="compile the embedded tiny model in exact mode, generate, report")
     demo.add_argument("--prompt", default="class Stack:\n    def __init__(self):\n        self.")
-    demo.add_argument("--tokens", type=_count, default=48, help="bytes to generate greedily")
+    demo.add_argument("--tokens", type=count, default=48, help="bytes to generate greedily")
     demo.add_argument("--plot", help="write the per-layer sparsity plot here (PNG)")
 
     build = sub.add_parser("build", help="compile a model to a deployable artifact directory")
@@ -44,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("-t", "--target", default="x86")
     build.add_argument("-m", "--mode", default="auto")
     build.add_argument("-o", "--out", required=True, help="artifact directory to write")
-    build.add_argument("--seq", type=_count, default=16, help="example sequence length when the factory gives none")
+    build.add_argument("--seq", type=count, default=16, help="example sequence length when the factory gives none")
     build.add_argument("--quantize", choices=("fp16", "int8", "int4"),
                        help="store the kernels' weights as fp16, or group-wise quantized (groups of 32, fp16 scales)")
     build.add_argument("--sign", metavar="KEY", help="sign the artifact with this ed25519 private key (PEM; make one "
@@ -52,35 +42,31 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--memory-budget", metavar="BYTES",
                        help="-m exact|auto: RAM for the MLP weights, e.g. 512M; hot neurons stay resident, cold ones "
                             "are read on demand from the artifact's cold.bin (calibration: --calib, else the example)")
-    build.add_argument("--max-seq", type=_count, help="decoders: KV-cache slots (default: the model's context, "
+    build.add_argument("--max-seq", type=count, help="decoders: KV-cache slots (default: the model's context, "
                        "at most 2048)")
     _lossy_arguments(build)
 
     generate = sub.add_parser("generate", help="decode with the KV cache (greedy unless --do-sample): the text and "
                               "tokens/s")
-    generate.add_argument("what", help="decoder artifact directory, Hugging Face model folder or file.gguf")
     generate.add_argument("--prompt", required=True, help="the text to continue; with --chat, the user's message")
     generate.add_argument("--chat", action="store_true", help="a chat turn: the prompt (and --system) through the "
                           "model's chat template; prints the assistant's reply")
-    generate.add_argument("--system", help="with --chat: a system message before the user's")
-    generate.add_argument("-n", "--tokens", type=_count, help="new tokens to generate at most (default: the "
-                          "model's generation_config max_new_tokens, or max_length minus the prompt, else 32)")
-    generate.add_argument("-t", "--target", default="x86", help="when compiling a model folder or GGUF")
-    generate.add_argument("-m", "--mode", default="auto", help="when compiling a model folder or GGUF")
-    generate.add_argument("--max-seq", type=_count, help="when compiling: KV-cache slots")
-    _generation_arguments(generate)
+    decoder_arguments(generate)
+    chat = sub.add_parser("chat", help="a conversation on stdin through the model's chat template, the KV cache "
+                          "kept between turns (/reset starts over, /exit or EOF ends)")
+    decoder_arguments(chat)
 
     inspect = sub.add_parser("inspect", help="print the report of an artifact or of a model spec")
     inspect.add_argument("what", help="artifact directory, module:factory, file.onnx or file.mlir")
     inspect.add_argument("-m", "--mode", default="auto")
-    inspect.add_argument("--seq", type=_count, default=16)
+    inspect.add_argument("--seq", type=count, default=16)
     inspect.add_argument("--plot", help="also write the sparsity plot (PNG)")
     _lossy_arguments(inspect)
 
     bench = sub.add_parser("bench", help="time an artifact against its dense twin on this machine")
     bench.add_argument("artifact")
-    bench.add_argument("--seq", type=_count, default=1, help="tokens per call (1 = decoding)")
-    bench.add_argument("--repeats", type=_count, default=20)
+    bench.add_argument("--seq", type=count, default=1, help="tokens per call (1 = decoding)")
+    bench.add_argument("--repeats", type=count, default=20)
     bench.add_argument("--rpc", metavar="HOST:PORT", help="measure the memory levels of a device registered with this "
                                                           "TVM RPC tracker, for the artifact's target")
     bench.add_argument("--key", help="with --rpc: the device's key at the tracker")
@@ -89,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     keygen.add_argument("key", help="private key file to write (PEM, mode 600); the public key goes to KEY.pub")
 
     args = parser.parse_args(argv)
-    commands = {"demo": _demo, "build": _build, "generate": _generate, "inspect": _inspect, "bench": _bench,
-                "keygen": _keygen}
+    commands = {"demo": _demo, "build": _build, "generate": generate_command, "chat": chat_command, "inspect": _inspect,
+                "bench": _bench, "keygen": _keygen}
     try:
         return commands[args.command](args)
     except ActsparseError as err:
@@ -101,50 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         message = "interrupted"
     print(f"actsparse {args.command}: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
-
-
-def _generation_arguments(parser) -> None:
-    """One flag per generation setting with a CLI type (runtime/generation.py SETTINGS), e.g. --repetition-penalty,
-    --num-beams, --suppress-tokens 5 7, --bad-words TEXT...; each given one overrides the model's generation_config
-    for this run."""
-    from .runtime.generation import SETTINGS, ListFlag
-
-    group = parser.add_argument_group("generation settings (default: the model's generation_config, as "
-                                      "transformers' generate applies it)")
-    for setting in SETTINGS:
-        flag, parse = setting.flag, _flag_type(setting.flag)
-        name = "--" + (getattr(flag, "name", "") or setting.name).replace("_", "-")
-        if flag is bool:
-            group.add_argument(name, action="store_true", default=None, dest=setting.name)
-        elif isinstance(flag, ListFlag):
-            group.add_argument(name, type=parse, nargs="+", action="extend", dest=setting.name,
-                               metavar=flag.metavar)
-        elif flag is not None:
-            group.add_argument(name, type=parse, dest=setting.name, metavar=flag.__name__.strip("_").upper())
-
-
-def _flag_type(flag):
-    """argparse's type for a setting's flag: a ValueError of the table's check becomes argparse's one-line error."""
-    item = getattr(flag, "item", flag)
-    if item in (int, float, str, bool, None):
-        return item
-
-    def parse(text):
-        try:
-            return item(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-    return parse
-
-
-def _generation_overrides(args, encode=None) -> dict:
-    """The settings given on the command line; text ones (--bad-words) tokenized with `encode` (text -> ids), left
-    out where it is None (before a decoder and its tokenizer exist)."""
-    from .runtime.generation import SETTINGS
-
-    given = {s: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name, None) is not None}
-    return {s.name: (value if getattr(s.flag, "from_text", None) is None else s.flag.from_text(value, encode))
-            for s, value in given.items() if encode is not None or getattr(s.flag, "from_text", None) is None}
 
 
 def _lossy_arguments(parser) -> None:
@@ -262,68 +204,6 @@ def _keygen(args) -> int:
                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
     print(f"wrote {key} (private: keep it secret) and {public} (give it to whoever loads your artifacts)")
     return 0
-
-
-def _generate(args) -> int:
-    import actsparse
-
-    from . import api
-    from .frontends.hf_source import is_decoder_source
-    from .runtime.decoder import Decoder
-    from .runtime.generation import check_settings
-
-    overrides = _generation_overrides(args)
-    check_settings(overrides, vocab_size=sys.maxsize)  # bad values before any compile (token ids: at generate)
-    if args.system and not args.chat:
-        raise ActsparseError("--system is a chat message: give it with --chat")
-    path = Path(args.what)
-    if (path / "manifest.json").is_file():
-        lm = actsparse.load(path)
-        if not isinstance(lm, Decoder):
-            raise ActsparseError(f"{path} is an artifact of a model without a KV cache, not a decoder; build one from "
-                                 "a Hugging Face model folder or a .gguf file")
-    elif is_decoder_source(args.what):
-        lm = api.compile(args.what, target=args.target, mode=args.mode, max_seq=args.max_seq)
-    else:
-        raise ActsparseError(f"{args.what}: expected a decoder artifact directory, a Hugging Face model folder or a "
-                             ".gguf file")
-    overrides = _generation_overrides(args, lambda text: _encode(lm, text))
-
-    shown = []
-
-    def show(piece: str) -> None:  # the text as it is decoded (a completion after its prompt)
-        print(("" if shown or args.chat else args.prompt) + piece, end="", flush=True)
-        shown.append(piece)
-
-    if args.chat:
-        messages = [{"role": "system", "content": args.system}] if args.system else []
-        messages.append({"role": "user", "content": args.prompt})
-        text, tokens, seconds = lm.chat(messages, args.tokens, on_text=show, **overrides)
-        prompt_length = lm.chat_ids(messages).shape[1]
-    else:
-        text, tokens, seconds = lm.generate_text(args.prompt, args.tokens, on_text=show, **overrides)
-        prompt_length = len(lm.tokenizer(args.prompt)["input_ids"])
-    print("" if shown or args.chat else args.prompt)
-    _, why = lm.new_tokens(prompt_length, args.tokens, **overrides)
-    print(f"-- length: {why}")
-    rate = f"{(tokens - 1) / seconds:.1f} tokens/s" if tokens > 1 and seconds > 0 else "too few steps to time"
-    print(f"-- {tokens} new tokens, decode {rate} (mode {lm.report.mode}, after a {len(args.prompt)}-character "
-          "prompt's prefill)")
-    if lm.decoding_note:
-        print(f"-- note: {lm.decoding_note}")
-    return 0
-
-
-def _encode(lm, text: str) -> list[int]:
-    """A --bad-words / --sequence-bias text -> its token ids, as transformers' docs tokenize them (no special
-    tokens)."""
-    if lm.tokenizer is None:
-        raise ActsparseError("--bad-words and --sequence-bias take text and this decoder has no tokenizer; build it "
-                             "from a folder with the tokenizer's files")
-    ids = list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-    if not ids:
-        raise ActsparseError(f"{text!r} encodes to no tokens; give text with something in it")
-    return ids
 
 
 def _inspect(args) -> int:

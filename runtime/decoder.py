@@ -86,7 +86,7 @@ class DecodeState:
     caches: list
     position: int = 0
     logits: np.ndarray | None = field(default=None, repr=False)  # of the last token fed
-    tokens: list = field(default_factory=list, repr=False)  # the ids so far, for a module without a cache
+    tokens: list = field(default_factory=list, repr=False)  # the ids fed (a module without a cache runs them all)
     owned: bool = field(default=False, repr=False)  # caches are the decoder's own (the captured step's) buffers
 
 
@@ -205,7 +205,7 @@ class Decoder:
         with beams, the best first, a shorter one padded as transformers' beam search pads: with pad_token_id (the
         caller's, else the model's) where it is set and not 0, else the first eos id; -1 without eos ids)."""
         prompt = self._ids(ids)
-        sequences, _ = self._decode(prompt, max_new_tokens, settings)
+        sequences, _, _ = self._decode(prompt, max_new_tokens, settings)
         width = max(len(s) for s in sequences)
         pad = resolve(self.spec.generation, settings, self.spec.vocab_size)["pad_token_id"]
         # transformers' _beam_search fill, `pad_token_id or eos_token_id[0] if eos_token_id is not None else -1`:
@@ -228,13 +228,19 @@ class Decoder:
         prompt_ids = np.array([tokenizer(prompt)["input_ids"]], np.int64).reshape(1, -1)
         if prompt_ids.size == 0:
             raise DecodeInputError(f"the prompt {prompt!r} encodes to no tokens; give a prompt with text in it")
-        return self._text(prompt_ids, max_new_tokens, settings, on_text)
+        return self.text_after(prompt_ids, max_new_tokens, on_text, **settings)[:3]
 
     def chat(self, messages, max_new_tokens: int | None = None, on_text=None, **settings) -> tuple[str, int, float]:
         """One assistant turn: `messages` (the user's text, or [{"role": ..., "content": ...}, ...]) through the
         tokenizer's chat template with the assistant's generation prompt, then as `generate_text`; returns (the
         reply, new tokens, decode seconds after prefill)."""
-        return self._text(self.chat_ids(messages), max_new_tokens, settings, on_text)
+        return self.text_after(self.chat_ids(messages), max_new_tokens, on_text, **settings)[:3]
+
+    def start_chat(self, system: str | None = None, max_new_tokens: int | None = None, **settings):
+        """A conversation that keeps this decoder's KV cache between turns: `.send(text)` (runtime/chat.py)."""
+        from .chat import Chat
+
+        return Chat(self, system, max_new_tokens, **settings)
 
     def chat_ids(self, messages) -> np.ndarray:
         """The token ids [1, n] of `messages` (as `chat`) through the chat template, ready for the reply."""
@@ -259,7 +265,11 @@ class Decoder:
                                    f"tokenizer.json); {way_out}, or add them to the folder and compile again")
         return self.tokenizer
 
-    def _text(self, prompt_ids: np.ndarray, max_new_tokens, settings: dict, on_text) -> tuple[str, int, float]:
+    def text_after(self, prompt_ids: np.ndarray, max_new_tokens: int | None = None, on_text=None, prefill=None,
+                   **settings) -> tuple[str, int, float, DecodeState | None]:
+        """(the new text after `prompt_ids` [1, n], new tokens, decode seconds after prefill, the state after the
+        last token fed: None for beams) as `generate_text`; `prefill(prompt_ids) -> state` puts the prompt into a
+        cache (default: a fresh one, `prefill`; runtime/chat.py continues the last turn's)."""
         shown = [""]
 
         def stream(new_ids: list[int]) -> None:  # the text so far, decoded whole: a piece is what it adds
@@ -268,11 +278,12 @@ class Decoder:
                 on_text(text[len(shown[0]):])
                 shown[0] = text
 
-        (new, *_), seconds = self._decode(prompt_ids, max_new_tokens, settings, stream if on_text else None)
+        (new, *_), seconds, state = self._decode(prompt_ids, max_new_tokens, settings, stream if on_text else None,
+                                                 prefill)
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         if on_text and text != shown[0]:  # the rest (beams: all of it); past what was shown where decoding whole
             on_text(text[len(os.path.commonprefix([text, shown[0]])):])  # changed an earlier character
-        return text, len(new), seconds
+        return text, len(new), seconds, state
 
     def new_tokens(self, prompt_length: int, max_new_tokens: int | None = None, **settings) -> tuple[int, str]:
         """(the most new tokens generate makes after a prompt of `prompt_length` ids, why: runtime/generation.py
@@ -280,10 +291,11 @@ class Decoder:
         given = {**self.spec.generation, **check_settings(settings, self.spec.vocab_size)}
         return new_tokens(max_new_tokens, given, prompt_length, self.spec.max_seq + 1 - prompt_length)
 
-    def _decode(self, prompt: np.ndarray, max_new_tokens: int | None, settings: dict,
-                on_token=None) -> tuple[list[list[int]], float]:
-        """(the new ids of each sequence returned, the seconds the steps after the prefill took); `on_token(new ids
-        so far)` after each token chosen (not for beams, whose best sequence is known at the end only)."""
+    def _decode(self, prompt: np.ndarray, max_new_tokens: int | None, settings: dict, on_token=None,
+                prefill=None) -> tuple[list[list[int]], float, DecodeState | None]:
+        """(the new ids of each sequence returned, the seconds the steps after the prefill took, the last state: None
+        for beams); `on_token(new ids so far)` after each token chosen (not for beams, whose best sequence is known
+        at the end only); `prefill` as `text_after`'s."""
         max_new_tokens, _ = self.new_tokens(prompt.shape[1], max_new_tokens, **settings)
         settings = resolve(self.spec.generation, settings, self.spec.vocab_size)
         check_beams(settings)
@@ -291,11 +303,11 @@ class Decoder:
         if settings["num_beams"] > 1 and max_new_tokens > 0:
             start = time.perf_counter()
             sequences = beam_search(self, prompt, settings, max_new_tokens)
-            return [s[prompt.shape[1]:] for s in sequences], time.perf_counter() - start
+            return [s[prompt.shape[1]:] for s in sequences], time.perf_counter() - start, None
         choose = TokenChooser(settings, prompt.shape[1], max_new_tokens, self.spec.eos_token_ids)
-        ids, start = list(prompt[0]), time.perf_counter()
+        ids, start, state = list(prompt[0]), time.perf_counter(), None
         if max_new_tokens > 0:
-            state = self.prefill(prompt)
+            state = (prefill or self.prefill)(prompt)
             start = time.perf_counter()
             while True:
                 ids.append(choose(state.logits, ids))
@@ -304,7 +316,7 @@ class Decoder:
                 if ids[-1] in self.spec.eos_token_ids or len(ids) - prompt.shape[1] == max_new_tokens:
                     break
                 _, state = self.step(ids[-1], state)
-        return [ids[prompt.shape[1]:]], time.perf_counter() - start
+        return [ids[prompt.shape[1]:]], time.perf_counter() - start, state
 
     def _feed(self, ids: np.ndarray, state: DecodeState, function: str | None = None) -> DecodeState:
         n = ids.shape[1]
@@ -322,8 +334,8 @@ class Decoder:
                 i += take
             return state
         self._check_room(state.position + n)
+        state.tokens.extend(int(t) for t in ids[0])
         if self.recomputes:  # the whole sequence each call: `main` (the one-token function would not fit it)
-            state.tokens.extend(int(t) for t in ids[0])
             out = self.module.run_device(np.array([state.tokens], np.int64))
         elif n == 1 and self.graph_step and self._owns(state):
             owned, (slots, bucket) = self._owned_buffers(), self.step_function(state.position)

@@ -283,6 +283,35 @@ def test_chat_and_streamed_text(compiled, tmp_path, capsys):
     assert "--system is a chat message" in capsys.readouterr().err
 
 
+def test_a_chat_keeps_its_cache_between_turns(compiled, tmp_path, capsys, monkeypatch):
+    """`start_chat().send` renders the whole history through the template and replies as a fresh `chat(messages)`
+    does, feeding only what the cache lacks; a history edited behind its back rolls the cache back to the common
+    prefix (still the fresh reply); `actsparse chat` reads turns from stdin (/reset starts over)."""
+    from actsparse.cli import main
+
+    from .test_decode_sources import char_tokenizer
+
+    compiled.tokenizer = char_tokenizer()  # a short template: three turns fit the fixture's 24 slots
+    compiled.tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}/{% endfor %}"
+    chat = compiled.start_chat(system="H", max_new_tokens=3)
+    first = chat.send("A")
+    assert first == compiled.chat(chat.messages[:2], 3)[0] and chat.last.reused == 0
+    second = chat.send("D")
+    assert second == compiled.chat(chat.messages[:4], 3)[0]
+    assert len("H/A/") <= chat.last.reused < chat.last.prompt_tokens  # the first turn came from the cache
+    chat.messages[1]["content"] = "X"  # an earlier turn changed: the cache goes back to "H/"
+    third = chat.send("F")
+    assert third == compiled.chat(chat.messages[:6], 3)[0] and chat.last.reused == len("H/")
+
+    built = str(compiled.save(tmp_path / "chat.actsparse"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("A\n\nD\n/reset\nA\n/exit\nnot read\n"))
+    assert main(["chat", built, "--system", "H", "-n", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    replies, stats = out[0::2], out[1::2]
+    assert replies == [first, second, first] and len(stats) == 3
+    assert " 0 of the" in stats[0] and " 0 of the" not in stats[1] and " 0 of the" in stats[2]
+
+
 def test_the_folders_unapplied_settings_and_sampling_are_named():
     generation = transformers.GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, guidance_scale=1.5,
                                                repetition_penalty=1.05, max_new_tokens=20)
