@@ -46,7 +46,7 @@ class QuantizationError(ActsparseError):
 
 @dataclass(frozen=True)
 class QuantLayout:
-    """One block layout: `bits` per code, an fp16 `offset` after the scale or not (see the module docstring)."""
+    """One layout: `bits` per code, an fp16 `offset` per group or not, `split` rows or blocks (module docstring)."""
 
     name: str
     bits: int
