@@ -139,8 +139,6 @@ class FfnBench:
         """The weight `which` ("wg", "wu", "wd_t") quantized in layout `dtype` (cached), or None for a float dtype."""
         if dtype not in LAYOUTS:
             return None
-        if LAYOUTS[dtype].offset:  # the sparsity setup negates quantized rows, exact only for symmetric layouts
-            raise ValueError(f"the FFN benchmark takes symmetric layouts (q8_0, q4_0), not {dtype}")
         key = (dtype, which)
         if key not in self._quantized:
             from actsparse.ir.quant import quantize
@@ -173,7 +171,7 @@ class FfnBench:
 
         d, n_ff = self.d, self.n_ff
         row_bytes = LAYOUTS[dtype].row_bytes(d) if dtype in LAYOUTS else d * (2 if dtype == "float16" else 4)
-        qg = self.quantized(dtype, "wg")  # symmetric quantization commutes with negating a row: flip after it
+        qg = self.quantized(dtype, "wg")  # negating a row's fp16 scales (and offsets) negates it exactly: flip after
         if gate is not None and qg is None:
             wg, active = gate
             n_active = int(active.sum())
@@ -189,7 +187,8 @@ class FfnBench:
             from actsparse.ir.quant import from_gguf_blocks, to_gguf_blocks
 
             blocks = to_gguf_blocks(qg.blob, dtype, d).copy()
-            blocks.reshape(n_ff, -1, LAYOUTS[dtype].block_bytes)[flip[:, 0] < 0, :, 1] ^= 0x80  # fp16 scale sign
+            lay = LAYOUTS[dtype]  # the sign bits of every fp16 in a block's header (scale; q4_1: offset too)
+            blocks.reshape(n_ff, -1, lay.block_bytes)[flip[:, 0] < 0, :, 1:lay.header_bytes:2] ^= 0x80
             wg_blob = from_gguf_blocks(blocks, dtype, d)
             tw = [tv(self.kernel_blob(b, dtype, d)) for b in (wg_blob, self.quantized(dtype, "wu").blob,
                                                                 self.quantized(dtype, "wd_t").blob)]

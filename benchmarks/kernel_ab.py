@@ -2,7 +2,7 @@
 trees (e.g. a `git archive` of the last commit and the working tree), timed interleaved call by call on the same
 weights, so a shared machine's drifting load hits both alike (separate runs on a loaded machine differ by 2x).
 
-    python -m actsparse.benchmarks.kernel_ab --trees /tmp/before,/work/wt/x [--dtype q4_0] [--sparsity 0.9]
+    python -m actsparse.benchmarks.kernel_ab --trees /tmp/before,/work/wt/x [--dtype q4_0|q4_1|q8_0] [--sparsity 0.9]
                                              [--repeats 15] [--threads 2] [--axpy auto|integer|float]
                                              [--clock wall|cpu] [--hot] [--n-ff N]
 
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
             built = build_tree(tree, d, n_ff, args.threads, args.dtype, axpy, lib_path)
             lib = tvm.runtime.load_module(str(lib_path))
             bench._kernels[args.dtype] = {k: lib[s] for k, s in built["symbols"].items()}
-            # a tree from before the split q4_0 rows reads GGUF's blocks: hand it those bytes
+            # a tree from before the split q4_0 (session 8) / q4_1 (session 19) rows reads GGUF's blocks: hand it those
             bench.kernel_blob = kernel_blob_for(built["split"])
             found, _ = bench.runners(args.sparsity, args.dtype, which=tuple(KINDS))
             runners.update({f"{tag} {KINDS[name]}": r for name, r in found.items()})

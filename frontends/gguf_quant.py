@@ -2,7 +2,7 @@
 
     read_gguf_quantized("model.gguf") -> {"model.layers.0.mlp.gate_proj.weight": QuantizedWeight(q4_1), ...}
 
-Q8_0 and Q4_1 blocks are our layouts byte for byte (ir.quant), so those tensors are taken as they are; Q4_0's
+Q8_0 blocks are our layout byte for byte (ir.quant), so those tensors are taken as they are; Q4_0's and Q4_1's
 bytes are rearranged into our split rows (`ir.quant.from_gguf_blocks`): lossless, no arithmetic either way.
 llama.cpp stores the rows of Llama's q/k projections permuted for its rotary layout;
 transformers' tensor processor undoes that permutation, which moves whole rows, so it applies to the blob as

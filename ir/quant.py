@@ -1,4 +1,4 @@
-"""Quantized weight layouts: group-wise int8 / int4 with fp16 scales, GGUF's blocks (q4_0: split per row).
+"""Quantized weight layouts: group-wise int8 / int4 with fp16 scales, GGUF's blocks (q4_0 / q4_1: split per row).
 
 A quantized weight of logical shape [rows, cols] is one uint8 array [rows, row_bytes], one group of `GROUP` = 32
 consecutive input columns at a time, each group holding
@@ -7,13 +7,18 @@ consecutive input columns at a time, each group holding
     q4_0   scale fp16 | 16 bytes, two codes per byte          w = scale * (nibble - 8)          18 B
     q4_1   scale fp16 | offset fp16 | 16 bytes of nibbles     w = scale * nibble + offset        20 B
 
-Byte j of a 4-bit group holds column j in its low nibble and column j + 16 in its high nibble. q8_0 and q4_1 rows
-are runs of these blocks, exactly llama.cpp's Q8_0 / Q4_1 blocks (a GGUF tensor is our layout byte for byte).
-q4_0 rows are split (`QuantLayout.split`): first every group's 16 code bytes, then every group's fp16 scale (the
-same 18 bytes a group, nothing padded): a 64-byte vector then holds 4 whole groups of one row and their 4 scales
-are one 8-byte load (the row dots read llama.cpp's 18-byte blocks at 64-68% of the read limit, ~40% of the loop
-gathering per-block scales: BENCHMARKS.md, session 8). The same bytes as GGUF's Q4_0 blocks, rearranged:
-`from_gguf_blocks` / `to_gguf_blocks` convert losslessly.
+Byte j of a 4-bit group holds column j in its low nibble and column j + 16 in its high nibble. q8_0 rows are runs
+of these blocks, exactly llama.cpp's Q8_0 blocks (a GGUF tensor is our layout byte for byte).
+q4_0 and q4_1 rows are split (`QuantLayout.split`): first every group's 16 code bytes, then every group's fp16
+scale, then (q4_1) every group's fp16 offset (the same bytes a group, nothing padded): a 64-byte vector then holds
+4 whole groups of one row and their 4 scales are one 8-byte load (the row dots read llama.cpp's 18-byte blocks at
+64-68% of the read limit, ~40% of the loop gathering per-block scales: BENCHMARKS.md, session 8). The same bytes as
+GGUF's blocks, rearranged: `from_gguf_blocks` / `to_gguf_blocks` convert losslessly.
+
+Why q4_1's offsets are a run of their own behind the scales rather than (scale, offset) pairs per group: every
+kernel that reads split scales (the row dots' K scales of a chunk, the axpys' 16-group coefficient tables) then
+reads them exactly as q4_0's, and the offsets are one more contiguous load of the same shape, converted the same
+way; pairs would make both a strided deinterleave (a shuffle per load) and q4_1's scale code differ from q4_0's.
 
 Why one array per weight rather than separate code / scale arrays: a row is then one contiguous stream (the
 kernels prefetch and gather whole rows; the scales sit beside their codes), and every kernel keeps the same
@@ -41,16 +46,21 @@ class QuantizationError(ActsparseError):
 
 @dataclass(frozen=True)
 class QuantLayout:
-    """One block layout: `bits` per code, an fp16 `offset` after the scale or not (see the module docstring)."""
+    """One layout: `bits` per code, an fp16 `offset` per group or not, `split` rows or blocks (module docstring)."""
 
     name: str
     bits: int
     offset: bool
-    split: bool = False  # codes of every group, then the scales (module docstring); else one block per group
+    split: bool = False  # codes of every group, then the scales, then the offsets (module docstring); else blocks
 
     @property
     def header_bytes(self) -> int:
         return 4 if self.offset else 2
+
+    @property
+    def code_bytes(self) -> int:
+        """Code bytes of one group."""
+        return GROUP * self.bits // 8
 
     @property
     def block_bytes(self) -> int:
@@ -68,19 +78,20 @@ class QuantLayout:
 
     def scale_byte(self, grp, stored: int):
         """Byte offset within a row of group grp's fp16 scale (`stored`: the row's stored groups)."""
-        return stored * (self.block_bytes - 2) + 2 * grp if self.split else grp * self.block_bytes
+        return stored * self.code_bytes + 2 * grp if self.split else grp * self.block_bytes
 
     def offset_byte(self, grp, stored: int):
-        assert self.offset and not self.split
-        return grp * self.block_bytes + 2
+        """Byte offset within a row of group grp's fp16 offset (layouts with `offset`)."""
+        assert self.offset, f"{self.name} stores no offsets"
+        return stored * (self.code_bytes + 2) + 2 * grp if self.split else grp * self.block_bytes + 2
 
     def codes_byte(self, grp, stored: int):
         """Byte offset within a row of group grp's first code byte."""
-        return grp * (GROUP * self.bits // 8) if self.split else grp * self.block_bytes + self.header_bytes
+        return grp * self.code_bytes if self.split else grp * self.block_bytes + self.header_bytes
 
 
 LAYOUTS = {lay.name: lay for lay in (QuantLayout("q8_0", 8, False), QuantLayout("q4_0", 4, False, split=True),
-                                      QuantLayout("q4_1", 4, True))}
+                                      QuantLayout("q4_1", 4, True, split=True))}
 QUANTIZE_KINDS = {"int8": "q8_0", "int4": "q4_0"}  # user-facing `quantize=` values -> the layout they produce
 FLOAT_KINDS = {"fp16": "float16"}  # `quantize=` values that store plain floats of a narrower dtype
 STORAGE_KINDS = (*FLOAT_KINDS, *QUANTIZE_KINDS)  # every `quantize=` value
@@ -195,7 +206,7 @@ def q8_0_codes(blocks: np.ndarray, out: np.ndarray | None = None,
 
 def from_gguf_blocks(blocks: np.ndarray, layout_name: str, cols: int) -> np.ndarray:
     """GGUF's blocks uint8 [rows, groups * block_bytes] -> our blob of `layout_name` (the same bytes; split
-    layouts move every scale behind the row's codes)."""
+    layouts move every scale behind the row's codes, then every offset)."""
     lay = layout(layout_name)
     blocks = np.ascontiguousarray(blocks, np.uint8)
     if not lay.split:
@@ -209,7 +220,8 @@ def from_gguf_blocks(blocks: np.ndarray, layout_name: str, cols: int) -> np.ndar
     codes = np.zeros((rows, sg, lay.block_bytes - hb), np.uint8)
     header = np.zeros((rows, sg, hb), np.uint8)
     codes[:, :g], header[:, :g] = b[..., hb:], b[..., :hb]
-    return np.ascontiguousarray(np.concatenate([codes.reshape(rows, -1), header.reshape(rows, -1)], -1))
+    fields = header.reshape(rows, sg, hb // 2, 2).transpose(0, 2, 1, 3)  # [rows, field, group, 2]: scales, offsets
+    return np.ascontiguousarray(np.concatenate([codes.reshape(rows, -1), fields.reshape(rows, -1)], -1))
 
 
 def to_gguf_blocks(blob: np.ndarray, layout_name: str, cols: int) -> np.ndarray:
@@ -220,8 +232,9 @@ def to_gguf_blocks(blob: np.ndarray, layout_name: str, cols: int) -> np.ndarray:
     if not lay.split:
         return blob
     g, sg, hb = lay.groups(cols), lay.stored_groups(cols), lay.header_bytes
-    codes = blob[:, :sg * (lay.block_bytes - hb)].reshape(rows, sg, -1)[:, :g]
-    header = blob[:, sg * (lay.block_bytes - hb):].reshape(rows, sg, hb)[:, :g]
+    codes = blob[:, :sg * lay.code_bytes].reshape(rows, sg, -1)[:, :g]
+    fields = blob[:, sg * lay.code_bytes:].reshape(rows, hb // 2, sg, 2)[:, :, :g]  # [rows, field, group, 2]
+    header = fields.transpose(0, 2, 1, 3).reshape(rows, g, hb)
     return np.ascontiguousarray(np.concatenate([header, codes], -1).reshape(rows, g * lay.block_bytes))
 
 

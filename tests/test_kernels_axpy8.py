@@ -80,19 +80,20 @@ def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind,
     check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed)
 
 
-@pytest.mark.parametrize("kind", ("exact", "indexed", "dense"))
-def test_the_coefficient_table_path_on_long_rows(kind):
-    """Split rows (q4_0) on AVX-512 and AVX2 round a step's coefficients 16 groups per vector into a table
-    (`coefficient_table`): rows of 1100 columns (34 groups, 17 per task: one 16-group vector and one group more, then
-    a partial group) take the vector, the one-by-one and the partial-group paths, against the same step-exact
-    reference, on every such dot this host executes."""
+@pytest.mark.parametrize("kind,dtype", (("exact", "q4_0"), ("indexed", "q4_0"), ("dense", "q4_0"),
+                                        ("exact", "q4_1"), ("dense", "q4_1")))
+def test_the_coefficient_table_path_on_long_rows(kind, dtype):
+    """Split rows (q4_0, q4_1: its per-group offset constant in the table too) on AVX-512 and AVX2 round a step's
+    coefficients 16 groups per vector into a table (`coefficient_table`): rows of 1100 columns (34 groups, 17 per
+    task: one 16-group vector and one group more, then a partial group) take the vector, the one-by-one and the
+    partial-group paths, against the same step-exact reference, on every such dot this host executes."""
     from actsparse.codegen.kernels.int8_dots import INT8_DOTS
 
     tabled = [dot for dot in HERE if INT8_DOTS[dot].coefficient_table]
     if not tabled:
         pytest.skip("no int8 dot with a coefficient table executes on this host")
     for dot in tabled:
-        check_against_the_steps(kind, "q4_0", dot, 1100, 20, 0.5, 7)
+        check_against_the_steps(kind, dtype, dot, 1100, 20, 0.5, 7)
 
 
 def check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed):
@@ -170,17 +171,20 @@ def test_the_down_projection_is_built_with_the_hosts_dot():
     assert counts[True] > counts[False] > 0, counts
 
 
-# (dot, fp32 lanes, LLVM CPU, dots per 8 rows x 32 columns, most instructions in that loop)
-TABLED_LOOPS = (("vpdpbusd512", 16, "znver4", 4, 60), ("pmaddubsw256", 8, "haswell", 8, 115))
+# (dot, fp32 lanes, LLVM CPU, dots per 8 rows x 32 columns, most instructions in that loop, layout)
+TABLED_LOOPS = (("vpdpbusd512", 16, "znver4", 4, 60, "q4_0"), ("pmaddubsw256", 8, "haswell", 8, 115, "q4_0"),
+                ("pmaddubsw256", 8, "haswell", 8, 125, "q4_1"))
 
 
-@pytest.mark.parametrize("dot,lanes,mcpu,dots,most", TABLED_LOOPS)
-def test_the_integer_down_loop_of_split_rows_reads_its_coefficients_from_the_table(dot, lanes, mcpu, dots, most):
-    """AVX-512 and AVX2, split q4_0 rows (`Int8Dot.coefficient_table`): the down projection's group loop takes each
-    group's int8 coefficients, t and -z Σ a_j from the step's table: per 8 rows x 32 columns 4 vpdpbusd (AVX2: 8
-    vpmaddubsw) and no z dots, no per-row scale gather (vpinsrw), no conversion of scales, no division (AVX-512 main,
-    session 10: 82 instructions with 6 vpdpbusd, 8 vpinsrw and a vdivss; now ~44; AVX2, 2 rows per int16 lane:
-    ~102, no vpmaddwd). The table itself is filled 16 groups per vector (vdivps). Compiled only: any host."""
+@pytest.mark.parametrize("dot,lanes,mcpu,dots,most,dtype", TABLED_LOOPS)
+def test_the_integer_down_loop_of_split_rows_reads_its_coefficients_from_the_table(dot, lanes, mcpu, dots, most,
+                                                                                      dtype):
+    """AVX-512 and AVX2, split q4_0 / q4_1 rows (`Int8Dot.coefficient_table`): the down projection's group loop takes
+    each group's int8 coefficients, t and -z Σ a_j (q4_1: and its offset constant) from the step's table: per 8 rows
+    x 32 columns 4 vpdpbusd (AVX2: 8 vpmaddubsw) and no z dots, no per-row scale gather (vpinsrw), no conversion of
+    scales or offsets, no division (AVX-512 main, session 10: 82 instructions with 6 vpdpbusd, 8 vpinsrw and a
+    vdivss; now ~44; AVX2, 2 rows per int16 lane: ~102, no vpmaddwd). The table itself is filled 16 groups per
+    vector (vdivps). Compiled only: any host."""
     import tvm
 
     from actsparse.codegen.kernels.schedule import CpuSchedule
@@ -189,7 +193,7 @@ def test_the_integer_down_loop_of_split_rows_reads_its_coefficients_from_the_tab
 
     sched = CpuSchedule(lanes=lanes, threads=2, vector_registers=32 if lanes == 16 else 16, int8_dot=dot,
                         int8_axpy=True)
-    prim = primfunc("exact", 4096, 64, "q4_0", sched, ACTS["exact"])
+    prim = primfunc("exact", 4096, 64, dtype, sched, ACTS["exact"])
     lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
     asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
     # the row dots convert their scales in the loop (vcvtph2ps); the down loop does not

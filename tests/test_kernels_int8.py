@@ -98,15 +98,19 @@ def innermost_loops(asm: str) -> list[list[str]]:
              and not x.endswith(":")] for s, e in inner]
 
 
-def test_split_q4_0_row_dots_load_4_groups_and_their_scales_at_once():
-    """q4_0 rows are split (ir.quant): the row-dot loop reads 4 whole groups of a row per 64-byte vector and their
-    4 scales with one load and one conversion, so per row and 128 columns: 2 vpdpbusd, 1 vcvtph2ps and no per-row
-    scale gather (GGUF's blocks took 4 vpbroadcastw + 2 inserts + a blend per 4 rows and 32 columns)."""
+@pytest.mark.parametrize("dtype,fields", (("q4_0", 1), ("q4_1", 2)))
+def test_split_q4_row_dots_load_4_groups_and_their_scales_at_once(dtype, fields):
+    """q4_0 / q4_1 rows are split (ir.quant): the row-dot loop reads 4 whole groups of a row per 64-byte vector and
+    their 4 scales with one load and one conversion (q4_1: their 4 offsets with one more), so per row and 128
+    columns: 2 vpdpbusd, 1 vcvtph2ps per header field and no per-row scale gather (GGUF's blocks took 4 vpbroadcastw
+    + 2 inserts + a blend per 4 rows and 32 columns)."""
     import tvm
 
     from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.kernels.schedule import CpuSchedule
 
-    prim = kernel("linear", 1024, 64, dtype="q4_0", sched=host_sched("vpdpbusd512"))
+    sched = CpuSchedule(lanes=16, threads=2, vector_registers=32, int8_dot="vpdpbusd512")  # compiled only: any host
+    prim = kernel("linear", 1024, 64, dtype=dtype, sched=sched)
     spr = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids"})  # compiled only: any host
     lib = tvm.compile(tvm.IRModule({"main": prim}), target=spr)
     asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
@@ -115,7 +119,7 @@ def test_split_q4_0_row_dots_load_4_groups_and_their_scales_at_once():
     for body in loops:
         dots = body.count("vpdpbusd")
         widen = sum(op.startswith("vcvtph2ps") for op in body)
-        assert widen * 2 == dots and "vpbroadcastw" not in body, body
+        assert widen * 2 == dots * fields and "vpbroadcastw" not in body, body
         assert sum(op.startswith("vinserti") for op in body) == 0, body
 
 

@@ -25,16 +25,41 @@ def test_quantize_is_byte_identical_to_gguf_and_dequantizes_like_it(layout):
     np.testing.assert_array_equal(quant.from_gguf_blocks(blocks, layout, 128), ours.blob)  # lossless both ways
 
 
-@given(rows=st.integers(1, 3), cols=st.integers(1, 200), seed=st.integers(0, 99))
+@given(layout=st.sampled_from(["q4_0", "q4_1"]), rows=st.integers(1, 3), cols=st.integers(1, 200),
+       seed=st.integers(0, 99))
 @settings(max_examples=15)
-def test_split_q4_0_rows_hold_the_codes_then_the_scales(rows, cols, seed):
+def test_split_q4_rows_hold_the_codes_then_the_scales_then_the_offsets(layout, rows, cols, seed):
     w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
-    q = quant.quantize(w, "q4_0")
-    g = sg = -(-cols // 32)
-    assert q.blob.shape == (rows, 18 * g)  # GGUF's size: nothing padded
-    blocks = quant.to_gguf_blocks(q.blob, "q4_0", cols).reshape(rows, g, 18)
-    np.testing.assert_array_equal(q.blob[:, :16 * g].reshape(rows, g, 16), blocks[..., 2:])
-    np.testing.assert_array_equal(q.blob[:, 16 * sg:16 * sg + 2 * g].reshape(rows, g, 2), blocks[..., :2])
+    q = quant.quantize(w, layout)
+    lay = quant.layout(layout)
+    assert lay.split
+    g = -(-cols // 32)
+    hb, bb = lay.header_bytes, lay.block_bytes
+    assert q.blob.shape == (rows, bb * g)  # GGUF's size: nothing padded
+    blocks = quant.to_gguf_blocks(q.blob, layout, cols).reshape(rows, g, bb)
+    np.testing.assert_array_equal(q.blob[:, :16 * g].reshape(rows, g, 16), blocks[..., hb:])
+    np.testing.assert_array_equal(q.blob[:, 16 * g:18 * g].reshape(rows, g, 2), blocks[..., :2])  # scales
+    if lay.offset:  # then the offsets, where the layout says they are
+        np.testing.assert_array_equal(q.blob[:, 18 * g:].reshape(rows, g, 2), blocks[..., 2:4])
+        assert lay.offset_byte(1, g) == 18 * g + 2 and lay.scale_byte(1, g) == 16 * g + 2
+
+
+@given(layout=st.sampled_from(["q8_0", "q4_0", "q4_1"]), rows=st.integers(1, 4), groups=st.integers(1, 9),
+       seed=st.integers(0, 999))
+@settings(max_examples=20)
+def test_random_gguf_blocks_convert_losslessly_both_ways(layout, rows, groups, seed):
+    """Any bytes of GGUF blocks (NaN / Inf halves included) come back unchanged through our layout, and a blob of
+    random bytes through GGUF's: the conversion moves bytes, never values."""
+    lay = quant.layout(layout)
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (rows, groups * lay.block_bytes), dtype=np.uint8)
+    cols = groups * 32 - int(rng.integers(0, 32))  # a partial last group keeps its stored bytes too
+    blob = quant.from_gguf_blocks(blocks, layout, cols)
+    assert blob.shape == (rows, lay.row_bytes(cols))
+    np.testing.assert_array_equal(quant.to_gguf_blocks(blob, layout, cols), blocks)
+    other = rng.integers(0, 256, blob.shape, dtype=np.uint8)
+    np.testing.assert_array_equal(quant.from_gguf_blocks(quant.to_gguf_blocks(other, layout, cols), layout, cols),
+                                  other)
 
 
 @settings(max_examples=20)

@@ -32,12 +32,14 @@ i.e. at most (max_j |h_j s_{j,g}| / 254) · Σ_j |q_{j,c}| over the whole list (
 error of half an 8-bit step of the largest coefficient, as x's rounding in the row dots. Which rows share a t
 depends on the step (the kernel's row list, cut into runs of R): `tests/test_kernels_axpy8.py` rebuilds the steps.
 
-On split rows (q4_0) where the dot's table entry says so (`Int8Dot.coefficient_table`: AVX-512) the a_j, t and
--z · Σ_j a_j of every group the task owns are computed before the group loop, 16 groups per vector (a row's 16 scales
-one load; the max over rows, the division and the rounding lane by lane, the same operations as per group, so the same
-values) and stored transposed (a group's 4 rows one int32); the group loop then reads them with three broadcasts and
-holds no scale gather, horizontal max, division or z dots: 44 instead of 82 instructions per 8 rows x 32 columns on
-znver4 (dense q4_0, 1 thread: 0.79x the time; BENCHMARKS.md, session 11).
+On split rows (q4_0, q4_1) where the dot's table entry says so (`Int8Dot.coefficient_table`: AVX-512, AVX2) the a_j,
+t and -z · Σ_j a_j of every group the task owns are computed before the group loop, 16 groups per vector (a row's 16
+scales one load; the max over rows, the division and the rounding lane by lane, the same operations as per group, so
+the same values) and stored transposed (a group's 4 rows one int32); the group loop then reads them with three
+broadcasts and holds no scale gather, horizontal max, division or z dots: 44 instead of 82 instructions per 8 rows x
+32 columns on znver4 (dense q4_0, 1 thread: 0.79x the time; BENCHMARKS.md, session 11). q4_1's per-group constant
+Σ_j h_j · (o_{j,g} + 8 s_{j,g}) goes into the table the same way (a row's 16 offsets one load, summed over the rows
+lane by lane), one more broadcast per group: added once per group's columns, not gathered per group.
 
 The column split over the tasks is the float path's (`quant_blocks.group_split`); the last partial group of a row
 (its codes are zero-padded in the blob) runs the same integer code and stores only its valid columns.
@@ -97,7 +99,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     row_offsets = row_offsets_macro(gathered, R, row_bytes)
     # split rows hold a row's scales contiguously: the step's coefficients rounded TV groups per vector into a table
     # before the group loop (`coefficient_table`), so the loop holds no scale gather, reduction, division or z dots
-    tabled = lay.split and ins.coefficient_table and not off
+    tabled = lay.split and ins.coefficient_table
     TV, NG = 16, -(-n_full // threads)  # NG: the most groups a task owns
     pf_group, pf_scales = group_prefetch_macro(lay, stored, R)
 
@@ -208,8 +210,8 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     @T.macro
     def coefficient_table(wf, ro, hv, g0, ng, ab, sc, abt, zt, tt):
         # `coefficients` for the task's ng groups from g0, TV groups per vector: abt[gi * NV + j] = a_j (a group's 4
-        # rows one int32, as the dots read them), zt[gi] = -z Σ_j a_j, tt[gi] = t (+ the NaN flag); the same
-        # operations lane by lane, so the same a_j and t as `coefficients`
+        # rows one int32, as the dots read them), zt[gi] = -z Σ_j a_j, tt[gi] = t (+ the NaN flag), tt[NG + gi]
+        # (q4_1) = Σ_j h_j (o_j + 8 s_j); the same operations lane by lane, so the same a_j and t as `coefficients`
         cf = T.alloc_buffer((NV * TV,), "float32", scope="global")
         mx = T.alloc_buffer((TV,), "float32", scope="global")
         q = T.alloc_buffer((NV * TV,), "int32", scope="global")
@@ -230,11 +232,20 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             abt[T.ramp(c * TV * NV, 1, TV * NV)] = T.Shuffle(  # transposed: row-major [r][g] -> [g][r]
                 [T.Cast(f"int8x{TV}", q[T.ramp(r * TV, 1, TV)]) for r in range(NV)],
                 [(k % NV) * TV + k // NV for k in range(TV * NV)])
+            if off:  # Σ_j h_j o_j + 8 c_j, in fp32 (mx is free again)
+                mx[T.ramp(0, 1, TV)] = T.Broadcast(T.float32(0), TV)
+                for r in T.unroll(NV):
+                    mx[T.ramp(0, 1, TV)] = mx[T.ramp(0, 1, TV)] + T.Broadcast(hv[r], TV) * split_scales(
+                        lay, stored, wf, ro[T.min(r, R - 1)], g0 + c * TV, TV, offsets=True) + cf[
+                        T.ramp(r * TV, 1, TV)] * T.Broadcast(T.float32(8), TV)
+                tt[T.ramp(NG + c * TV, 1, TV)] = mx[T.ramp(0, 1, TV)]
         for gi in range(ng // TV * TV, ng):  # the last ng % TV groups one by one
             coefficients(wf, ro, hv, g0 + gi, ab, sc)
             abt[T.ramp(gi * NV, 1, NV)] = ab[T.ramp(0, 1, NV)]
             zt[gi] = T.int32(-z) * sum_rows(ab, 1)
             tt[gi] = sc[0]
+            if off:
+                tt[NG + gi] = sc[1]
 
     def all_finite(hv):
         e = T.isfinite(hv[0])
@@ -259,7 +270,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         g0: T.let = first(t)
         abt = T.alloc_buffer((NG * NV if tabled else 1,), "int8", scope="global")
         zt = T.alloc_buffer((NG if tabled else 1,), "int32", scope="global")
-        tt = T.alloc_buffer((NG if tabled else 1,), "float32", scope="global")
+        tt = T.alloc_buffer(((2 if off else 1) * NG if tabled else 1,), "float32", scope="global")  # t; q4_1: then ofs
         if prefetch:
             pf_scales(wf, ro, R, g0, last(t))
         if tabled:
@@ -272,7 +283,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                     for v in T.unroll(V):
                         out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
                             m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
-                            wf, ro, abt, tt[gi], 0, g0 + gi, hf, v, gi * NV, zt[gi])
+                            wf, ro, abt, tt[gi], tt[NG + gi] if off else 0, g0 + gi, hf, v, gi * NV, zt[gi])
             else:
                 coefficients(wf, ro, hv, g0 + gi, ab, sc)
                 for hf in T.unroll(2):

@@ -1,8 +1,9 @@
 """Quantized weight rows in the kernels: buffer shapes, in-register dequantization, and the CPU row-dot /
 row-axpy macros over quantized rows.
 
-A quantized weight is one uint8 buffer [rows, row_bytes] of GGUF-style blocks (layouts in `ir.quant`: q8_0,
-q4_0, q4_1; one fp16 scale, optionally an fp16 offset, and 32 codes per group of input columns). A kernel
+A quantized weight is one uint8 buffer [rows, row_bytes] of GGUF-style blocks or split rows (layouts in
+`ir.quant`: q8_0, q4_0, q4_1; one fp16 scale, optionally an fp16 offset, and 32 codes per group of input columns:
+the kernels ask the layout where each sits). A kernel
 asked for `dtype="q4_0"` (etc.) declares its weight buffers that way and reads them through the macros here;
 `common.dots_macro` / `axpy.axpy_macro` / `axpy.zero_columns_macro` hand over to them for a quantized dtype, so every
 CPU kernel (exact, indexed, threshold, dense, linear) takes quantized weights without a line of its own.
@@ -127,10 +128,11 @@ def value_at(dtype: str, w, row, k):
     return v + offset(lay, w, row, grp) if lay.offset else v
 
 
-def split_scales(lay: QuantLayout, stored: int, wf, ro_r, grp, n: int):
-    """float32 x n: a split row's scales of groups grp .. grp + n - 1 (one load, one conversion); wf the flat view,
-    ro_r the row's byte offset (`flat_rows`)."""
-    raw = wf[T.ramp(ro_r + T.Cast("int64", lay.scale_byte(grp, stored)), T.int64(1), 2 * n)]
+def split_scales(lay: QuantLayout, stored: int, wf, ro_r, grp, n: int, offsets: bool = False):
+    """float32 x n: a split row's scales (`offsets`: its offsets) of groups grp .. grp + n - 1 (one load, one
+    conversion); wf the flat view, ro_r the row's byte offset (`flat_rows`)."""
+    at = lay.offset_byte(grp, stored) if offsets else lay.scale_byte(grp, stored)
+    raw = wf[T.ramp(ro_r + T.Cast("int64", at), T.int64(1), 2 * n)]
     return T.Cast(f"float32x{n}", T.reinterpret(f"float16x{n}", raw))
 
 
@@ -154,10 +156,11 @@ def group_prefetch_macro(lay: QuantLayout, stored: int, rows: int):
     groups), one test per group for all rows, gathered and streamed rows alike. Session 13 prefetched gathered q8_0
     rows once per line (the line of a block's last byte); quietly that was 1.08x the time of indexed q8_0 at 2 threads
     from DRAM, and interleaved again in session 15 1.04-1.08x (1 thread 1.01x): dropped (BENCHMARKS.md, session 15).
-    `pf_scales` (split layouts; once per step): the scale lines of groups [g0, g1). Why not a second test per group
-    for the scales: LLVM speculates nested conditional prefetches (aarch64: 16 per group instead of 8 per 4)."""
+    `pf_scales` (split layouts; once per step): the scale (and offset) lines of groups [g0, g1). Why not a second
+    test per group for the scales: LLVM speculates nested conditional prefetches (aarch64: 16 per group instead of 8
+    per 4)."""
     pf = block_prefetch_macro()
-    per_line = CACHE_LINE // (lay.block_bytes - 2) if lay.split else max(1, CACHE_LINE // lay.block_bytes)
+    per_line = CACHE_LINE // lay.code_bytes if lay.split else max(1, CACHE_LINE // lay.block_bytes)
 
     @T.macro
     def pf_group(w, ro, first, grp):
@@ -171,6 +174,11 @@ def group_prefetch_macro(lay: QuantLayout, stored: int, rows: int):
             for ln in range((lay.scale_byte(g1, stored) - lay.scale_byte(g0, stored) + CACHE_LINE - 1) // CACHE_LINE):
                 for r in T.unroll(rows):
                     pf(w, ro[first + r], lay.scale_byte(g0, stored) + ln * CACHE_LINE)
+            if lay.offset:
+                for ln in range((lay.offset_byte(g1, stored) - lay.offset_byte(g0, stored) + CACHE_LINE - 1) //
+                                CACHE_LINE):
+                    for r in T.unroll(rows):
+                        pf(w, ro[first + r], lay.offset_byte(g0, stored) + ln * CACHE_LINE)
 
     return pf_group, pf_scales
 

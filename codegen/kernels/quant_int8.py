@@ -36,7 +36,8 @@ Streamed rows (dense, exact's gate) were 1.03-1.04x slower with it, and x's layo
 chooses (`CpuSchedule.paired_q8`: the indexed kernel by default; `kernel` of `x8_prep_macro` / `int8_dots_macro`).
 
 Prepared x (`XBlocks`): per token one byte row: per group the first-half operand, the second-half operand and
-the initial accumulator (lanes * 4 bytes each), then every group's dx (fp32), then dx * sum(x̂) (fp32, q4_1).
+the initial accumulator (lanes * 4 bytes each), then every group's dx (fp32), then dx * sum(x̂) (fp32, for a block
+layout with offsets: q4_1 had one until its rows were split, session 19; split rows take `quant_split.py`).
 The last partial group of x is padded with zeros (x̂ = 0), so padded weight columns contribute nothing.
 """
 

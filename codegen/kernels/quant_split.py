@@ -1,5 +1,6 @@
-"""Row dots of split q4 rows (ir.quant: a row's code bytes, then its fp16 scales) on the int8 dot (x86 VNNI
-`vpdpbusd`, aarch64 `sdot`), against x quantized to 8-bit blocks as in `quant_int8.py`.
+"""Row dots of split q4 rows (ir.quant: a row's code bytes, then its fp16 scales, then q4_1's fp16 offsets) on the
+int8 dot (x86 VNNI `vpdpbusd`, AVX2 `vpmaddubsw`, aarch64 `sdot`), against x quantized to 8-bit blocks as in
+`quant_int8.py`.
 
 Why a kernel of its own: on GGUF's 18-byte blocks a vector held 16 code bytes of each of lanes / 4 rows, so every
 row's scale had to be gathered and spread over its lanes per group (4 `vpbroadcastw` + 2 inserts + a blend per 4
@@ -9,13 +10,16 @@ and spread by one shuffle; x's side of the same K groups is laid out to match, s
 
     lanes 4k..4k+3 (group g = K c + k of chunk c):  dot(dot(init, nibbles & 15, x̂ lo), nibbles >> 4, x̂ hi)
     acc[row] += float(that) * (scale_g * dx_g)        (init: -8 * sum(x̂_g) in lane 4k, the q4_0 offset)
+              (+ offset_g * (dx_g * sum(x̂_g)) in lane 4k: q4_1's offsets, one more load like the scales')
 
 and one horizontal sum per row at the end. A row's last G % K groups (G its groups) are one more chunk, emitted on
 its own: its groups loaded one by one, zeros in the missing lanes (nothing is read past a row's codes and scales).
 
 Prepared x (`SplitX`, per token one byte row, Gs = G rounded up to a multiple of 4 with zero groups, whole
 chunks for every K): x̂ of every group's columns 0-15 (16 B per group), of its columns 16-31, the int32 accumulator
-start (4 lanes per group: -8 * sum(x̂_g), 0, 0, 0), and dx_g as fp32 repeated 4 times; 64 * Gs bytes.
+start (4 lanes per group: -8 * sum(x̂_g), 0, 0, 0), and dx_g as fp32 repeated 4 times; 64 * Gs bytes. Layouts with
+offsets (q4_1) add dx_g * sum(x̂_g) as fp32 lanes (that, 0, 0, 0) per group: 80 * Gs bytes. q4_1's offset term is
+a float multiply-add per chunk rather than part of the integer start (offset_g / scale_g is no integer).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class SplitX:
     """Byte offsets within a token's row of the prepared x (module docstring)."""
 
     stored: int  # groups, rounded up to a multiple of 4 (zero groups)
+    offsets: bool = False  # the layout has offsets: dx * sum(x̂) per group follows
 
     def lo(self, g):
         return 16 * g
@@ -57,13 +62,17 @@ class SplitX:
     def dx(self, g):
         return 16 * (3 * self.stored + g)
 
+    def dx_sum(self, g):
+        return 16 * (4 * self.stored + g)
+
     @property
     def nbytes(self) -> int:
-        return 64 * self.stored
+        return (80 if self.offsets else 64) * self.stored
 
 
 def split_x(d: int, dtype: str) -> SplitX:
-    return SplitX(-(-LAYOUTS[dtype].groups(d) // 4) * 4)
+    lay = LAYOUTS[dtype]
+    return SplitX(-(-lay.groups(d) // 4) * 4, lay.offset)
 
 
 def split_prep_macro(d: int, dtype: str, sched: CpuSchedule):
@@ -86,6 +95,10 @@ def split_prep_macro(d: int, dtype: str, sched: CpuSchedule):
             xb[m, T.ramp(xl.init(g), 1, 4)] = T.reinterpret("uint8x4", s[0] * -8)
         for k in T.unroll(4):
             xb[m, T.ramp(xl.dx(g) + 4 * k, 1, 4)] = T.reinterpret("uint8x4", dx)
+        if xl.offsets:  # lanes (dx * sum(x̂), 0, 0, 0)
+            for v in T.vectorized(16):
+                xb[m, xl.dx_sum(g) + v] = T.uint8(0)
+            xb[m, T.ramp(xl.dx_sum(g), 1, 4)] = T.reinterpret("uint8x4", dx * T.Cast("float32", s[0]))
 
     walk = quantized_x_groups(d, G, store)
 
@@ -99,8 +112,11 @@ def split_prep_macro(d: int, dtype: str, sched: CpuSchedule):
                 xb[m, v] = T.uint8(0)
             for v in range(xl.init(G), xl.dx(0)):
                 xb[m, v] = T.uint8(0)
-            for v in range(xl.dx(G), xl.nbytes):
+            for v in range(xl.dx(G), xl.dx(0) + 16 * xl.stored):
                 xb[m, v] = T.uint8(0)
+            if xl.offsets:
+                for v in range(xl.dx_sum(G), xl.nbytes):
+                    xb[m, v] = T.uint8(0)
 
     return prep
 
@@ -116,6 +132,7 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     G = lay.groups(d)
     chunks, tail = G // K, G % K  # whole chunks, groups of the last partial one
     scales_at = lay.scale_byte(0, lay.stored_groups(d))
+    offsets_at = lay.offset_byte(0, lay.stored_groups(d)) if lay.offset else None
     row_bytes = lay.row_bytes(d)
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda v: v)
@@ -123,18 +140,18 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     row_sums = row_sums_macro(R, L, store)
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     code_lines = max(1, CACHE_LINE // VB)  # chunks per cache line of codes
-    scale_lines = -(-2 * G // CACHE_LINE)  # cache lines of a row's scales
+    scale_lines = -(-lay.header_bytes * G // CACHE_LINE)  # cache lines of a row's scales (and offsets)
 
     def xvec(xb, m, byte):
         return xb[m, T.ramp(byte, 1, VB)]
 
-    def scales(wf, ro_r, c, n):
+    def scales(wf, ro_r, c, n, at=scales_at):
         """float32 x L: lanes 4k..4k+3 hold the scale of the chunk's group k (one load, one conversion; the n < K
-        groups of a last partial chunk one by one, 0 past them)."""
+        groups of a last partial chunk one by one, 0 past them); at=offsets_at: the offsets."""
         if n < K:
-            halves = [half_at(wf, ro_r, scales_at + (c * K + k) * 2) if k < n else T.float16(0) for k in range(K)]
+            halves = [half_at(wf, ro_r, at + (c * K + k) * 2) if k < n else T.float16(0) for k in range(K)]
             return T.Cast(fvec, Shuffle([T.Broadcast(h, 4) for h in halves], list(range(L))))
-        raw = wf[T.ramp(ro_r + T.Cast("int64", scales_at + c * 2 * K), T.int64(1), 2 * K)]
+        raw = wf[T.ramp(ro_r + T.Cast("int64", at + c * 2 * K), T.int64(1), 2 * K)]
         halves = T.reinterpret(f"float16x{K}" if K > 1 else "float16", raw)
         # (TVM's Shuffle takes no more indices than input lanes: the halves 4 times)
         spread = Shuffle([halves] * 4, [v // 4 for v in range(L)]) if K > 1 else T.Broadcast(halves, L)
@@ -152,7 +169,10 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
         raw = codes(wf, ro_r, c, n)
         lo = T.bitwise_and(raw, T.Broadcast(T.uint8(15), VB))
         hi = T.shift_right(raw, T.Broadcast(T.uint8(4), VB))
-        return T.Cast(fvec, ins.dots(init, (lo, xlo), (hi, xhi))) * (scales(wf, ro_r, c, n) * dxv)
+        v = T.Cast(fvec, ins.dots(init, (lo, xlo), (hi, xhi))) * (scales(wf, ro_r, c, n) * dxv)
+        if offsets_at is None:
+            return v
+        return v + scales(wf, ro_r, c, n, offsets_at) * T.reinterpret(fvec, xvec(xb, m, xl.dx_sum(c * K)))
 
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
