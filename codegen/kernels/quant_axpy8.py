@@ -99,6 +99,9 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     # before the group loop (`coefficient_table`), so the loop holds no scale gather, reduction, division or z dots
     tabled = lay.split and ins.coefficient_table and not off
     TV, NG = 16, -(-n_full // threads)  # NG: the most groups a task owns
+    # paired and tabled with a vector of two groups' code bytes (AVX2: 32 = 2 x 16): two groups per iteration, their
+    # bytes interleaved by in-lane unpacks of whole-vector loads (`twin_codes`), no cross-lane shuffle
+    twin = paired and tabled and W == HALF
     pf_group, pf_scales = group_prefetch_macro(lay, stored, R)
 
     def rr(ro, r):  # byte offset of the row at step position r (past R or the list: a row read anyway)
@@ -130,6 +133,56 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                 total = total + more
             acc = acc + T.Cast(f"int32x{W}", total)
         return acc
+
+    def twin_codes(w, ro, p, grp, u):
+        """uint8 x 2W: rows 2p and 2p + 1's code bytes 8u .. 8u + 7 of groups grp (lane 0) and grp + 1 (lane 1),
+        byte-interleaved: one load of both groups' bytes per row (2 x 16 contiguous in a split row), then what LLVM
+        emits as one in-lane unpack (vpunpcklbw / vpunpckhbw)."""
+        start = T.Cast("int64", lay.codes_byte(grp, stored))
+        loads = [w[T.ramp(rr(ro, 2 * p + q) + start, T.int64(1), 2 * HALF)] for q in range(2)]
+        return Shuffle(loads, [q * 2 * HALF + k * HALF + 8 * u + c
+                               for k in range(2) for c in range(8) for q in range(2)])
+
+    def twin_coefficients(ab, at, p):
+        """int8 x 2W: (a_2p, a_2p+1) of the table's group at `at` in every int16 of lane 0, of the next group in
+        lane 1."""
+        raw = ab[T.ramp(at, 1, 2 * NV)]
+        return Shuffle([raw, raw], [k * NV + 2 * p + c % 2 for k in range(2) for c in range(W)])
+
+    def twin_sum(wf, ro, abt, zt, gi, g, u, nib):
+        """int32 x W: lane k's sums for its group's columns nib * 16 + 8u .. + 7 (groups g, g + 1), plus -z Σ_j a_j of
+        that group: the row pairs' int16 sums added (SETS_PER_WIDENING at most per widening), then widened."""
+        sums = []
+        for p in range(NV // 2):
+            raw = twin_codes(wf, ro, p, g, u)
+            codes = T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", nib * 4), 2 * W)),
+                                  T.Broadcast(T.uint8(15), 2 * W))
+            sums.append(T.call_llvm_pure_intrin(f"int16x{W}", ins.intrinsic, codes, T.reinterpret(
+                f"int8x{2 * W}", twin_coefficients(abt, gi * NV, p))))
+        acc = Shuffle([T.Broadcast(zt[gi], W // 2), T.Broadcast(zt[gi + 1], W // 2)], list(range(W)))
+        for first_pair in range(0, len(sums), SETS_PER_WIDENING):
+            total = sums[first_pair]
+            for more in sums[first_pair + 1:first_pair + SETS_PER_WIDENING]:
+                total = total + more
+            acc = acc + T.Cast(f"int32x{W}", total)
+        return acc
+
+    @T.macro
+    def twin_out(wf, ro, abt, zt, tt, g, gi, out, m, u, nib, part):
+        part[T.ramp(0, 1, W)] = twin_sum(wf, ro, abt, zt, gi, g, u, nib)
+        for k in T.unroll(2):
+            out[m, T.ramp((g + k) * GROUP + nib * HALF + u * 8, 1, 8)] = out[
+                m, T.ramp((g + k) * GROUP + nib * HALF + u * 8, 1, 8)] + T.Cast(
+                "float32x8", part[T.ramp(k * 8, 1, 8)]) * T.Broadcast(tt[gi + k], 8)
+
+    @T.macro
+    def twin_columns(wf, ro, abt, zt, tt, g, gi, out, m, part):
+        # groups g and g + 1 (table entries gi, gi + 1) per unpack half u and nibble (literals: Python ints in
+        # twin_sum), each vector of int16 sums widened once into part for both groups' 8 columns
+        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 0, 0, part)
+        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 0, 1, part)
+        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 1, 0, part)
+        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 1, 1, part)
 
     def int_sum(w, ro, ab, grp, hf, v, at=0, zsum=None):
         """int32 x L: Σ_j a_j (u_{j,c} - z) for the L columns; a_j at ab[at + j]; zsum: -z Σ_j a_j (else computed)."""
@@ -264,7 +317,14 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             pf_scales(wf, ro, R, g0, last(t))
         if tabled:
             coefficient_table(wf, ro, hv, g0, last(t) - g0, ab, sc, abt, zt, tt)
-        for gi in range(last(t) - g0):
+        pairs: T.let = (last(t) - g0) // 2 if twin else 0
+        wide = T.alloc_buffer((W,), "int32", scope="global")  # `twin_out`'s widened sums of two groups
+        for gp in range(pairs):
+            if prefetch:  # the next step's rows
+                pf_group(wf, ro, R, g0 + 2 * gp)
+                pf_group(wf, ro, R, g0 + 2 * gp + 1)
+            twin_columns(wf, ro, abt, zt, tt, g0 + 2 * gp, 2 * gp, out, m, wide)
+        for gi in range(2 * pairs, last(t) - g0):
             if prefetch:  # the next step's rows
                 pf_group(wf, ro, R, g0 + gi)
             if tabled:
