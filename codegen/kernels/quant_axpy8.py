@@ -296,6 +296,24 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return e
 
     @T.macro
+    def group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m):
+        if prefetch:  # the next step's rows
+            pf_group(wf, ro, R, g0 + gi)
+        if tabled:
+            for hf in T.unroll(2):
+                for v in T.unroll(V):
+                    out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
+                        m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
+                        wf, ro, abt, tt[gi], 0, g0 + gi, hf, v, gi * NV, zt[gi])
+        else:
+            coefficients(wf, ro, hv, g0 + gi, ab, sc)
+            for hf in T.unroll(2):
+                for v in T.unroll(V):
+                    out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
+                        m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
+                        wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
+
+    @T.macro
     def step(w, rows, base, i, end, h, hcol, t, out, m):
         wf = flat_rows(w, w.shape[0], row_bytes)
         ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
@@ -317,29 +335,19 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             pf_scales(wf, ro, R, g0, last(t))
         if tabled:
             coefficient_table(wf, ro, hv, g0, last(t) - g0, ab, sc, abt, zt, tt)
-        pairs: T.let = (last(t) - g0) // 2 if twin else 0
-        wide = T.alloc_buffer((W,), "int32", scope="global")  # `twin_out`'s widened sums of two groups
-        for gp in range(pairs):
-            if prefetch:  # the next step's rows
-                pf_group(wf, ro, R, g0 + 2 * gp)
-                pf_group(wf, ro, R, g0 + 2 * gp + 1)
-            twin_columns(wf, ro, abt, zt, tt, g0 + 2 * gp, 2 * gp, out, m, wide)
-        for gi in range(2 * pairs, last(t) - g0):
-            if prefetch:  # the next step's rows
-                pf_group(wf, ro, R, g0 + gi)
-            if tabled:
-                for hf in T.unroll(2):
-                    for v in T.unroll(V):
-                        out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
-                            m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
-                            wf, ro, abt, tt[gi], 0, g0 + gi, hf, v, gi * NV, zt[gi])
-            else:
-                coefficients(wf, ro, hv, g0 + gi, ab, sc)
-                for hf in T.unroll(2):
-                    for v in T.unroll(V):
-                        out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
-                            m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
-                            wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
+        if twin:  # two groups per iteration, then a last odd group as below
+            pairs: T.let = (last(t) - g0) // 2
+            wide = T.alloc_buffer((W,), "int32", scope="global")  # `twin_out`'s widened sums of two groups
+            for gp in range(pairs):
+                if prefetch:  # the next step's rows
+                    pf_group(wf, ro, R, g0 + 2 * gp)
+                    pf_group(wf, ro, R, g0 + 2 * gp + 1)
+                twin_columns(wf, ro, abt, zt, tt, g0 + 2 * gp, 2 * gp, out, m, wide)
+            for gi in range(2 * pairs, last(t) - g0):
+                group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m)
+        else:
+            for gi in range(last(t) - g0):
+                group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m)
         if tail > 0:
             if t == threads - 1:  # the partial last group: the same sums, only its valid columns stored
                 part = T.alloc_buffer((GROUP,), "float32", scope="global")
