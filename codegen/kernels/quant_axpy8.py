@@ -26,6 +26,10 @@ byte shuffle), against the pair's (a_j, a_j+1) in every lane; the pairs' int16 s
 where -z · Σ_j a_j is added (from the table, or summed from the a_j). The same integers, so the same rounding.
 Session 18, Zen 3, q4_0 at Mistral-7B dims, 1 thread, under load: 102 instead of 131 instructions per 8 rows x 32
 columns; hot 0.93-0.98x the 4-row form's time, from DRAM within the noise (BENCHMARKS.md).
+With the coefficient table (split q4_0) a vector of 2W code bytes holds two groups' 16 bytes of a row: the loop then
+takes two groups per iteration, one 32-byte load per row and in-lane unpacks (lane k: group g + k; no broadcasts or
+cross-lane permutes of the codes): 158 instead of 2 x 95 instructions per 8 rows x 64 columns (znver3); indexed 0.96x,
+dense 0.94x the time from DRAM, 1 thread (BENCHMARKS.md, session 19). A last odd group takes the one-group loop.
 
 Rounding: |c_j - t a_j| <= t / 2, so each output column is off by at most Σ_steps (t / 2) Σ_{j in step} |u_{j,c} - z|,
 i.e. at most (max_j |h_j s_{j,g}| / 254) · Σ_j |q_{j,c}| over the whole list (q the centred code): a relative
@@ -118,6 +122,15 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", hf * 4), k * W)),
                              T.Broadcast(T.uint8(15), k * W))
 
+    def widened(acc, sums):
+        """acc (int32 x W) + the int16 pair sums `sums`, added SETS_PER_WIDENING at a time, each total sign-extended."""
+        for first_pair in range(0, len(sums), SETS_PER_WIDENING):
+            total = sums[first_pair]
+            for more in sums[first_pair + 1:first_pair + SETS_PER_WIDENING]:
+                total = total + more
+            acc = acc + T.Cast(f"int32x{W}", total)
+        return acc
+
     def paired_sum(w, ro, ab, grp, hf, v, at, zsum):
         """int32 x W: `int_sum` with 2 rows per int16 lane: per row pair the pair-sum intrinsic (vpmaddubsw) of
         the codes and (a_j, a_j+1), summed in int16 (SETS_PER_WIDENING pairs at most), then sign-extended."""
@@ -127,12 +140,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             f"int16x{W}", ins.intrinsic, codes(w, ro, p, grp, hf, v, 2),
             T.reinterpret(f"int8x{2 * W}", T.Broadcast(T.reinterpret("int16", ab[T.ramp(at + 2 * p, 1, 2)]), W)))
             for p in range(NV // 2)]
-        for first_pair in range(0, len(sums), SETS_PER_WIDENING):
-            total = sums[first_pair]
-            for more in sums[first_pair + 1:first_pair + SETS_PER_WIDENING]:
-                total = total + more
-            acc = acc + T.Cast(f"int32x{W}", total)
-        return acc
+        return widened(acc, sums)
 
     def twin_codes(w, ro, p, grp, u):
         """uint8 x 2W: rows 2p and 2p + 1's code bytes 8u .. 8u + 7 of groups grp (lane 0) and grp + 1 (lane 1),
@@ -160,12 +168,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             sums.append(T.call_llvm_pure_intrin(f"int16x{W}", ins.intrinsic, codes, T.reinterpret(
                 f"int8x{2 * W}", twin_coefficients(abt, gi * NV, p))))
         acc = Shuffle([T.Broadcast(zt[gi], W // 2), T.Broadcast(zt[gi + 1], W // 2)], list(range(W)))
-        for first_pair in range(0, len(sums), SETS_PER_WIDENING):
-            total = sums[first_pair]
-            for more in sums[first_pair + 1:first_pair + SETS_PER_WIDENING]:
-                total = total + more
-            acc = acc + T.Cast(f"int32x{W}", total)
-        return acc
+        return widened(acc, sums)
 
     @T.macro
     def twin_out(wf, ro, abt, zt, tt, g, gi, out, m, u, nib, part):
