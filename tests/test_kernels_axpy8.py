@@ -171,9 +171,10 @@ def test_the_down_projection_is_built_with_the_hosts_dot():
     assert counts[True] > counts[False] > 0, counts
 
 
-# (dot, fp32 lanes, LLVM CPU, dots per 8 rows x 32 columns, most instructions in that loop, layout)
-TABLED_LOOPS = (("vpdpbusd512", 16, "znver4", 4, 60, "q4_0"), ("pmaddubsw256", 8, "haswell", 8, 115, "q4_0"),
-                ("pmaddubsw256", 8, "haswell", 8, 125, "q4_1"))
+# (dot, fp32 lanes, LLVM CPU, dots per 8 rows x one iteration's columns, most instructions in that loop, layout):
+# AVX-512's iteration is one group (32 columns), AVX2's two (64 columns: one 32-byte load per row, in-lane unpacks)
+TABLED_LOOPS = (("vpdpbusd512", 16, "znver4", 4, 60, "q4_0"), ("pmaddubsw256", 8, "haswell", 16, 170, "q4_0"),
+                ("pmaddubsw256", 8, "haswell", 16, 185, "q4_1"))
 
 
 @pytest.mark.parametrize("dot,lanes,mcpu,dots,most,dtype", TABLED_LOOPS)
@@ -181,10 +182,11 @@ def test_the_integer_down_loop_of_split_rows_reads_its_coefficients_from_the_tab
                                                                                       dtype):
     """AVX-512 and AVX2, split q4_0 / q4_1 rows (`Int8Dot.coefficient_table`): the down projection's group loop takes
     each group's int8 coefficients, t and -z Σ a_j (q4_1: and its offset constant) from the step's table: per 8 rows
-    x 32 columns 4 vpdpbusd (AVX2: 8 vpmaddubsw) and no z dots, no per-row scale gather (vpinsrw), no conversion of
-    scales or offsets, no division (AVX-512 main, session 10: 82 instructions with 6 vpdpbusd, 8 vpinsrw and a
-    vdivss; now ~44; AVX2, 2 rows per int16 lane: ~102, no vpmaddwd). The table itself is filled 16 groups per
-    vector (vdivps). Compiled only: any host."""
+    x 32 columns 4 vpdpbusd (AVX2: per 8 rows x 64 columns, two groups, 16 vpmaddubsw) and no z dots, no per-row
+    scale gather (vpinsrw), no conversion of scales or offsets, no division (AVX-512 main, session 10: 82
+    instructions with 6 vpdpbusd, 8 vpinsrw and a vdivss; now ~44; AVX2, 2 rows per int16 lane: ~102 per group in
+    session 18, now ~158 per two groups, no vpmaddwd). The table itself is filled 16 groups per vector (vdivps).
+    Compiled only: any host."""
     import tvm
 
     from actsparse.codegen.kernels.schedule import CpuSchedule
@@ -205,6 +207,8 @@ def test_the_integer_down_loop_of_split_rows_reads_its_coefficients_from_the_tab
     assert not [op for op in body if op.startswith(("vpinsrw", "vdiv", "vcvtph2ps", "vmaxps", "vrndscale",
                                                     "vroundps", "vpmaddwd"))], body
     assert len(body) < most, len(body)
+    if dot == "pmaddubsw256":  # two groups' code bytes per 32-byte load, rows interleaved in-lane (no broadcasts)
+        assert "vpunpckhbw" in body and "vbroadcasti128" not in body, body
     fills = [body for body in innermost_loops(asm) if "vdivps" in body]
     assert fills and all(op not in body for body in fills), fills
 

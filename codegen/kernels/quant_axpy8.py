@@ -26,6 +26,11 @@ byte shuffle), against the pair's (a_j, a_j+1) in every lane; the pairs' int16 s
 where -z · Σ_j a_j is added (from the table, or summed from the a_j). The same integers, so the same rounding.
 Session 18, Zen 3, q4_0 at Mistral-7B dims, 1 thread, under load: 102 instead of 131 instructions per 8 rows x 32
 columns; hot 0.93-0.98x the 4-row form's time, from DRAM within the noise (BENCHMARKS.md).
+With the coefficient table (split q4_0 and q4_1) a vector of 2W code bytes holds two groups' 16 bytes of a row: the
+loop then takes two groups per iteration, one 32-byte load per row and in-lane unpacks (lane k: group g + k; no
+broadcasts or cross-lane permutes of the codes): 158 instead of 2 x 95 instructions per 8 rows x 64 columns (znver3);
+indexed 0.96x, dense 0.94x the time from DRAM, 1 thread (BENCHMARKS.md, session 19). A last odd group takes the
+one-group loop.
 
 Rounding: |c_j - t a_j| <= t / 2, so each output column is off by at most Σ_steps (t / 2) Σ_{j in step} |u_{j,c} - z|,
 i.e. at most (max_j |h_j s_{j,g}| / 254) · Σ_j |q_{j,c}| over the whole list (q the centred code): a relative
@@ -101,6 +106,9 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     # before the group loop (`coefficient_table`), so the loop holds no scale gather, reduction, division or z dots
     tabled = lay.split and ins.coefficient_table
     TV, NG = 16, -(-n_full // threads)  # NG: the most groups a task owns
+    # paired and tabled with a vector of two groups' code bytes (AVX2: 32 = 2 x 16): two groups per iteration, their
+    # bytes interleaved by in-lane unpacks of whole-vector loads (`twin_codes`), no cross-lane shuffle
+    twin = paired and tabled and W == HALF
     pf_group, pf_scales = group_prefetch_macro(lay, stored, R)
 
     def rr(ro, r):  # byte offset of the row at step position r (past R or the list: a row read anyway)
@@ -117,6 +125,15 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", hf * 4), k * W)),
                              T.Broadcast(T.uint8(15), k * W))
 
+    def widened(acc, sums):
+        """acc (int32 x W) + the int16 pair sums `sums`, added SETS_PER_WIDENING at a time, each total sign-extended."""
+        for first_pair in range(0, len(sums), SETS_PER_WIDENING):
+            total = sums[first_pair]
+            for more in sums[first_pair + 1:first_pair + SETS_PER_WIDENING]:
+                total = total + more
+            acc = acc + T.Cast(f"int32x{W}", total)
+        return acc
+
     def paired_sum(w, ro, ab, grp, hf, v, at, zsum):
         """int32 x W: `int_sum` with 2 rows per int16 lane: per row pair the pair-sum intrinsic (vpmaddubsw) of
         the codes and (a_j, a_j+1), summed in int16 (SETS_PER_WIDENING pairs at most), then sign-extended."""
@@ -126,12 +143,58 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             f"int16x{W}", ins.intrinsic, codes(w, ro, p, grp, hf, v, 2),
             T.reinterpret(f"int8x{2 * W}", T.Broadcast(T.reinterpret("int16", ab[T.ramp(at + 2 * p, 1, 2)]), W)))
             for p in range(NV // 2)]
-        for first_pair in range(0, len(sums), SETS_PER_WIDENING):
-            total = sums[first_pair]
-            for more in sums[first_pair + 1:first_pair + SETS_PER_WIDENING]:
-                total = total + more
-            acc = acc + T.Cast(f"int32x{W}", total)
-        return acc
+        return widened(acc, sums)
+
+    def twin_codes(w, ro, p, grp, u):
+        """uint8 x 2W: rows 2p and 2p + 1's code bytes 8u .. 8u + 7 of groups grp (lane 0) and grp + 1 (lane 1),
+        byte-interleaved: one load of both groups' bytes per row (2 x 16 contiguous in a split row), then what LLVM
+        emits as one in-lane unpack (vpunpcklbw / vpunpckhbw)."""
+        start = T.Cast("int64", lay.codes_byte(grp, stored))
+        loads = [w[T.ramp(rr(ro, 2 * p + q) + start, T.int64(1), 2 * HALF)] for q in range(2)]
+        return Shuffle(loads, [q * 2 * HALF + k * HALF + 8 * u + c
+                               for k in range(2) for c in range(8) for q in range(2)])
+
+    def twin_coefficients(ab, at, p):
+        """int8 x 2W: (a_2p, a_2p+1) of the table's group at `at` in every int16 of lane 0, of the next group in
+        lane 1."""
+        raw = ab[T.ramp(at, 1, 2 * NV)]
+        return Shuffle([raw, raw], [k * NV + 2 * p + c % 2 for k in range(2) for c in range(W)])
+
+    def twin_sum(wf, ro, abt, zt, gi, g, u, nib):
+        """int32 x W: lane k's sums for its group's columns nib * 16 + 8u .. + 7 (groups g, g + 1), plus -z Σ_j a_j of
+        that group: the row pairs' int16 sums added (SETS_PER_WIDENING at most per widening), then widened."""
+        sums = []
+        for p in range(NV // 2):
+            raw = twin_codes(wf, ro, p, g, u)
+            codes = T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", nib * 4), 2 * W)),
+                                  T.Broadcast(T.uint8(15), 2 * W))
+            sums.append(T.call_llvm_pure_intrin(f"int16x{W}", ins.intrinsic, codes, T.reinterpret(
+                f"int8x{2 * W}", twin_coefficients(abt, gi * NV, p))))
+        acc = Shuffle([T.Broadcast(zt[gi], W // 2), T.Broadcast(zt[gi + 1], W // 2)], list(range(W)))
+        return widened(acc, sums)
+
+    @T.macro
+    def twin_out(wf, ro, abt, zt, tt, g, gi, out, m, u, nib, part):
+        part[T.ramp(0, 1, W)] = twin_sum(wf, ro, abt, zt, gi, g, u, nib)
+        for k in T.unroll(2):
+            if off:  # q4_1: the group's constant Σ_j h_j (o_j + 8 s_j) in every column (`coefficient_table`)
+                out[m, T.ramp((g + k) * GROUP + nib * HALF + u * 8, 1, 8)] = out[
+                    m, T.ramp((g + k) * GROUP + nib * HALF + u * 8, 1, 8)] + T.Cast(
+                    "float32x8", part[T.ramp(k * 8, 1, 8)]) * T.Broadcast(tt[gi + k], 8) + T.Broadcast(
+                    tt[NG + gi + k], 8)
+            else:
+                out[m, T.ramp((g + k) * GROUP + nib * HALF + u * 8, 1, 8)] = out[
+                    m, T.ramp((g + k) * GROUP + nib * HALF + u * 8, 1, 8)] + T.Cast(
+                    "float32x8", part[T.ramp(k * 8, 1, 8)]) * T.Broadcast(tt[gi + k], 8)
+
+    @T.macro
+    def twin_columns(wf, ro, abt, zt, tt, g, gi, out, m, part):
+        # groups g and g + 1 (table entries gi, gi + 1) per unpack half u and nibble (literals: Python ints in
+        # twin_sum), each vector of int16 sums widened once into part for both groups' 8 columns
+        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 0, 0, part)
+        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 0, 1, part)
+        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 1, 0, part)
+        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 1, 1, part)
 
     def int_sum(w, ro, ab, grp, hf, v, at=0, zsum=None):
         """int32 x L: Σ_j a_j (u_{j,c} - z) for the L columns; a_j at ab[at + j]; zsum: -z Σ_j a_j (else computed)."""
@@ -228,10 +291,6 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                     T.Broadcast(T.float32(127), TV) / mx[T.ramp(0, 1, TV)], T.Broadcast(T.float32(0), TV))))
             tt[T.ramp(c * TV, 1, TV)] = mx[T.ramp(0, 1, TV)] / T.Broadcast(T.float32(127), TV) + T.Broadcast(
                 hv[NV], TV)
-            zt[T.ramp(c * TV, 1, TV)] = T.Broadcast(T.int32(-z), TV) * sum_rows(q)
-            abt[T.ramp(c * TV * NV, 1, TV * NV)] = T.Shuffle(  # transposed: row-major [r][g] -> [g][r]
-                [T.Cast(f"int8x{TV}", q[T.ramp(r * TV, 1, TV)]) for r in range(NV)],
-                [(k % NV) * TV + k // NV for k in range(TV * NV)])
             if off:  # Σ_j h_j o_j + 8 c_j, in fp32 (mx is free again)
                 mx[T.ramp(0, 1, TV)] = T.Broadcast(T.float32(0), TV)
                 for r in T.unroll(NV):
@@ -239,6 +298,10 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                         lay, stored, wf, ro[T.min(r, R - 1)], g0 + c * TV, TV, offsets=True) + cf[
                         T.ramp(r * TV, 1, TV)] * T.Broadcast(T.float32(8), TV)
                 tt[T.ramp(NG + c * TV, 1, TV)] = mx[T.ramp(0, 1, TV)]
+            zt[T.ramp(c * TV, 1, TV)] = T.Broadcast(T.int32(-z), TV) * sum_rows(q)
+            abt[T.ramp(c * TV * NV, 1, TV * NV)] = T.Shuffle(  # transposed: row-major [r][g] -> [g][r]
+                [T.Cast(f"int8x{TV}", q[T.ramp(r * TV, 1, TV)]) for r in range(NV)],
+                [(k % NV) * TV + k // NV for k in range(TV * NV)])
         for gi in range(ng // TV * TV, ng):  # the last ng % TV groups one by one
             coefficients(wf, ro, hv, g0 + gi, ab, sc)
             abt[T.ramp(gi * NV, 1, NV)] = ab[T.ramp(0, 1, NV)]
@@ -252,6 +315,24 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         for r in range(1, NV):
             e = T.And(e, T.isfinite(hv[r]))
         return e
+
+    @T.macro
+    def group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m):
+        if prefetch:  # the next step's rows
+            pf_group(wf, ro, R, g0 + gi)
+        if tabled:
+            for hf in T.unroll(2):
+                for v in T.unroll(V):
+                    out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
+                        m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
+                        wf, ro, abt, tt[gi], tt[NG + gi] if off else 0, g0 + gi, hf, v, gi * NV, zt[gi])
+        else:
+            coefficients(wf, ro, hv, g0 + gi, ab, sc)
+            for hf in T.unroll(2):
+                for v in T.unroll(V):
+                    out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
+                        m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
+                        wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
 
     @T.macro
     def step(w, rows, base, i, end, h, hcol, t, out, m):
@@ -275,22 +356,19 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             pf_scales(wf, ro, R, g0, last(t))
         if tabled:
             coefficient_table(wf, ro, hv, g0, last(t) - g0, ab, sc, abt, zt, tt)
-        for gi in range(last(t) - g0):
-            if prefetch:  # the next step's rows
-                pf_group(wf, ro, R, g0 + gi)
-            if tabled:
-                for hf in T.unroll(2):
-                    for v in T.unroll(V):
-                        out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
-                            m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
-                            wf, ro, abt, tt[gi], tt[NG + gi] if off else 0, g0 + gi, hf, v, gi * NV, zt[gi])
-            else:
-                coefficients(wf, ro, hv, g0 + gi, ab, sc)
-                for hf in T.unroll(2):
-                    for v in T.unroll(V):
-                        out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
-                            m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
-                            wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
+        if twin:  # two groups per iteration, then a last odd group as below
+            pairs: T.let = (last(t) - g0) // 2
+            wide = T.alloc_buffer((W,), "int32", scope="global")  # `twin_out`'s widened sums of two groups
+            for gp in range(pairs):
+                if prefetch:  # the next step's rows
+                    pf_group(wf, ro, R, g0 + 2 * gp)
+                    pf_group(wf, ro, R, g0 + 2 * gp + 1)
+                twin_columns(wf, ro, abt, zt, tt, g0 + 2 * gp, 2 * gp, out, m, wide)
+            for gi in range(2 * pairs, last(t) - g0):
+                group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m)
+        else:
+            for gi in range(last(t) - g0):
+                group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m)
         if tail > 0:
             if t == threads - 1:  # the partial last group: the same sums, only its valid columns stored
                 part = T.alloc_buffer((GROUP,), "float32", scope="global")
