@@ -211,7 +211,7 @@ def _recompute_graph(model: nn.Module) -> Graph:
         why = next((f" ({w.message})" for w in caught if "symbolic sequence length" in str(w.message)), "")
         raise FrontendError(f"{type(model).__name__}'s forward without a cache could only be exported for a fixed "
                             f"sequence length, so it cannot be run on a growing sequence either{why}")
-    named = Node("input", (), {"name": INPUTS[0]}, graph.inputs[0].type)
+    named = Node("input", (), {**graph.inputs[0].attrs, "name": INPUTS[0]}, graph.inputs[0].type)  # `least` kept
     outputs = rewrite(graph, lambda n: named if n is graph.inputs[0] else None).outputs
     return verify(Graph((named,), outputs, graph.weights, graph.name))
 
@@ -240,7 +240,7 @@ def _named_inputs(graph: Graph, specs: list[CacheSpec]) -> Graph:
     names = [*INPUTS, *(s.name for s in specs)]
     if len(graph.inputs) != len(names):
         raise FrontendError(f"internal: the decoding graph has {len(graph.inputs)} inputs, expected {len(names)}")
-    renamed = {id(n): Node("input", (), {"name": name}, n.type) for n, name in zip(graph.inputs, names)}
+    renamed = {id(n): Node("input", (), {**n.attrs, "name": name}, n.type) for n, name in zip(graph.inputs, names)}
 
     def rename_or_slice(node: Node) -> Node | None:
         # index_select(x, arange(kv)){axis} -> slice(x){axis, 0:kv}: the filled prefix as the slice it is
