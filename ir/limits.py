@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import dims
+from .dims import terms
 from .graph import Graph, Node
 
 SHAPE_ONLY = ("reshape", "permute", "expand", "slice", "cast")  # keep the values they pass on
@@ -76,7 +76,7 @@ def least_sizes(inputs) -> dict[str, int]:
 
 def _start_bound(start: str) -> tuple[str | None, int]:
     """(name, most) where a start `c - k*name` is >= 0 for name <= most; (None, 0) for any other start."""
-    coefs, const = dims.terms(start)
+    coefs, const = terms(start)
     if len(coefs) != 1:
         return None, 0
     (name, coef), = coefs.items()

@@ -33,8 +33,10 @@ START, END = "<!-- decode-table:start -->", "<!-- decode-table:end -->"
 CAUSES = {
     "cpmant": "its cached forward re-feeds the whole sequence and keeps the prompt in the cache (the mask spans "
               "prompt + seq while the keys span the cache), and its forward without a cache builds its padding mask "
-              "from a Python list of seq - prompt_length ints, which export fixes to one length: neither runs at a "
-              "growing length",
+              "from a Python list of seq - prompt_length ints (`list(range(seqlen - self.prompt_length))`), which "
+              "export fixes to one length: `range` reads the symbolic length as a Python int (a guard on its value) "
+              "before any op exists, so no op or shape rule of the frontend sees it; neither runs at a growing "
+              "length",
 }
 HEADER = ("| architecture | decodes as transformers | export | reason it stops |\n"
           "|---|---|---|---|")
