@@ -49,6 +49,7 @@ def verify(graph: Graph) -> Graph:
 
 
 def _least_ok(node) -> bool:
+    """An input's least sizes (ir/limits.py) name its own symbolic dims and are positive ints (text read back)."""
     least = node.attrs.get("least")
     return least is None or isinstance(least, dict) and all(
         d in node.shape and isinstance(d, str) and type(n) is int and n >= 1 for d, n in least.items())
