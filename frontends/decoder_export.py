@@ -18,9 +18,10 @@ import inspect
 import torch
 from torch import nn
 
+from ..errors import ActsparseError
 from ..ir import Graph
 from ..ir.decoding import CALL_INPUTS as INPUTS  # the runtime binds them by position
-from .errors import FrontendError
+from .errors import FrontendError, UnsupportedOpError
 from .kv_cache import STATE_KINDS, CacheSpec, KVCachedLM, cache_specs
 from .model_states import CARRIERS
 
@@ -207,12 +208,20 @@ def _recompute_graph(model: nn.Module, max_seq: int) -> Graph:
     from .torch_export import import_torch
 
     vocab = max(2, model.get_input_embeddings().num_embeddings)
+    lengths = [n for i, n in enumerate(RECOMPUTE_EXAMPLES) if i == 0 or n <= max_seq]
     why = ""
-    for length in (n for i, n in enumerate(RECOMPUTE_EXAMPLES) if i == 0 or n <= max_seq):
+    for length in lengths:
         ids = torch.arange(length, dtype=torch.long).reshape(1, -1) % vocab
+        last = length == lengths[-1]  # only the last example falls back to static shapes (to say why)
         with torch.no_grad(), quiet_transformers(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # a fallback to static shapes is checked below, its warning kept as why
-            graph = import_torch(LastLogits(model), (ids,), dynamic_seq=True)
+            try:
+                graph = import_torch(LastLogits(model), (ids,), dynamic_seq=True, fallback=last)
+            except (ActsparseError, TypeError, ValueError) as err:  # what import_torch falls back on
+                if last or isinstance(err, UnsupportedOpError):
+                    raise
+                why = why or f" ({err})"
+                continue
         if len(graph.inputs) == 1 and graph.inputs[0].type.shape[1] == SEQ:
             named = Node("input", (), {**graph.inputs[0].attrs, "name": INPUTS[0]}, graph.inputs[0].type)  # `least`
             outputs = rewrite(graph, lambda n, named=named, graph=graph: named if n is graph.inputs[0] else None)
