@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from ..ir import Graph
 from ..ir.decoding import STEP_FUNCTION as STEP
+from ..ir.limits import least_sizes
 from ..targets import Target
 from .kernels.common import OPAQUE
 from .lower import lower_graph
@@ -78,9 +79,9 @@ def specializations(graph: Graph, target: Target | None = None) -> tuple[dict[st
     (codegen/static_step.py)."""
     first = graph.inputs[0] if graph.inputs else None
     bound, graphs = {}, {}
-    if first is not None and first.attrs.get("name") == "input_ids" \
-            and len(first.shape) == 2 and isinstance(first.shape[1], str):
-        bound[STEP] = {first.shape[1]: 1}
+    if first is not None and first.attrs.get("name") == "input_ids" and len(first.shape) == 2 \
+            and isinstance(first.shape[1], str) and least_sizes(graph.inputs).get(first.shape[1], 1) <= 1:
+        bound[STEP] = {first.shape[1]: 1}  # not below the least length the graph holds for (ir/limits.py)
     for name, (step, dims) in (static_steps(graph) if target is not None and target.graph_capture else {}).items():
         graphs[name], bound[name] = step, dims
     return bound, graphs

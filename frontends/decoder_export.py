@@ -18,14 +18,16 @@ import inspect
 import torch
 from torch import nn
 
+from ..errors import ActsparseError
 from ..ir import Graph
 from ..ir.decoding import CALL_INPUTS as INPUTS  # the runtime binds them by position
-from .errors import FrontendError
+from .errors import FrontendError, UnsupportedOpError
 from .kv_cache import STATE_KINDS, CacheSpec, KVCachedLM, cache_specs
 from .model_states import CARRIERS
 
 SEQ, FILLED = "seq", "kv"  # the symbolic dims: tokens fed, slots filled after the call
 SEQ_EXAMPLE = 4  # tokens of the example a cacheless model is exported on
+RECOMPUTE_EXAMPLES = (SEQ_EXAMPLE, 2 * SEQ_EXAMPLE)  # then a longer one, where that holds for its length only
 
 
 def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpec], str]:
@@ -42,9 +44,9 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
         with quiet_transformers():
             specs, own_cache = cache_specs(model, max_seq)
     except FrontendError as err:  # a cache holding what decoding cannot carry (DeepSeek-V4's compressor buffers)
-        return _recompute_instead(model, err), [], _refused(err, CACHE_REFUSED)
+        return _recompute_instead(model, err, max_seq), [], _refused(err, CACHE_REFUSED)
     if not specs:
-        return _recompute_graph(model), specs, NO_CACHE
+        return _recompute_graph(model, max_seq), specs, NO_CACHE
     # the one-token branch only (see cache_layers.py, model_states.py)
     recurrent = any(s.kind in STATE_KINDS or s.kind in CARRIERS for s in specs)
     errors = []
@@ -55,16 +57,16 @@ def import_decoder(model: nn.Module, max_seq: int) -> tuple[Graph, list[CacheSpe
             errors.append(err)
     # the first error, unless it is a size read off a value, which the later variants exist to avoid: then theirs
     cached = next((e for e in errors if not any(m in str(e) for m in DATA_DEPENDENT)), errors[0])
-    return _recompute_instead(model, cached), [], _refused(cached, NO_VARIANT)
+    return _recompute_instead(model, cached, max_seq), [], _refused(cached, NO_VARIANT)
 
 
-def _recompute_instead(model: nn.Module, cached: FrontendError) -> Graph:
+def _recompute_instead(model: nn.Module, cached: FrontendError, max_seq: int) -> Graph:
     """The whole-sequence graph of a model whose cache cannot be carried (`cached` says why: ProphetNet's cached
     forward takes one token at a position export fixes), run without it on all tokens so far each step, as a model
     without a cache is: attention over the whole sequence gives what the cache would. Where that does not export at
     a dynamic length either, one error with both reasons."""
     try:
-        return _recompute_graph(model)
+        return _recompute_graph(model, max_seq)
     except FrontendError as uncached:
         raise FrontendError(f"{cached}; without its cache: {uncached}") from cached
 
@@ -191,10 +193,13 @@ def _rewrites_generation_ids(model: nn.Module) -> bool:
     return isinstance(given, torch.Tensor) and given.shape != ids.shape
 
 
-def _recompute_graph(model: nn.Module) -> Graph:
+def _recompute_graph(model: nn.Module, max_seq: int) -> Graph:
     """`graph(input_ids: i64[1, seq]) -> logits f32[1, 1, V]` for a model that keeps no cache (its attention may
     see later positions, as BERT-style LM heads without is_decoder do, so no cache could be reused): transformers'
-    `generate` runs it on the whole sequence each step, and so does the runtime (runtime/decoder.py)."""
+    `generate` runs it on the whole sequence each step, and so does the runtime (runtime/decoder.py). A model whose
+    export at SEQ_EXAMPLE tokens holds for that length only (a branch on a count derived from the length, taken
+    another way by longer sequences: DeepSeek-V4's compressors) is exported again on a longer example; its graph
+    then holds from a least length on, which its input carries and the runtime checks (ir/limits.py)."""
     import warnings
 
     from ..ir import Node, verify
@@ -203,17 +208,27 @@ def _recompute_graph(model: nn.Module) -> Graph:
     from .torch_export import import_torch
 
     vocab = max(2, model.get_input_embeddings().num_embeddings)
-    ids = torch.arange(SEQ_EXAMPLE, dtype=torch.long).reshape(1, -1) % vocab
-    with torch.no_grad(), quiet_transformers(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")  # a fallback to static shapes is checked below, its warning kept as the why
-        graph = import_torch(LastLogits(model), (ids,), dynamic_seq=True)
-    if len(graph.inputs) != 1 or graph.inputs[0].type.shape[1] != SEQ:
-        why = next((f" ({w.message})" for w in caught if "symbolic sequence length" in str(w.message)), "")
-        raise FrontendError(f"{type(model).__name__}'s forward without a cache could only be exported for a fixed "
-                            f"sequence length, so it cannot be run on a growing sequence either{why}")
-    named = Node("input", (), {"name": INPUTS[0]}, graph.inputs[0].type)
-    outputs = rewrite(graph, lambda n: named if n is graph.inputs[0] else None).outputs
-    return verify(Graph((named,), outputs, graph.weights, graph.name))
+    lengths = [n for i, n in enumerate(RECOMPUTE_EXAMPLES) if i == 0 or n <= max_seq]
+    why = ""
+    for length in lengths:
+        ids = torch.arange(length, dtype=torch.long).reshape(1, -1) % vocab
+        last = length == lengths[-1]  # only the last example falls back to static shapes (to say why)
+        with torch.no_grad(), quiet_transformers(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # a fallback to static shapes is checked below, its warning kept as why
+            try:
+                graph = import_torch(LastLogits(model), (ids,), dynamic_seq=True, fallback=last)
+            except (ActsparseError, TypeError, ValueError) as err:  # what import_torch falls back on
+                if last or isinstance(err, UnsupportedOpError):
+                    raise
+                why = why or f" ({err})"
+                continue
+        if len(graph.inputs) == 1 and graph.inputs[0].type.shape[1] == SEQ:
+            named = Node("input", (), {**graph.inputs[0].attrs, "name": INPUTS[0]}, graph.inputs[0].type)  # `least`
+            outputs = rewrite(graph, lambda n, named=named, graph=graph: named if n is graph.inputs[0] else None)
+            return verify(Graph((named,), outputs.outputs, graph.weights, graph.name))
+        why = why or next((f" ({w.message})" for w in caught if "symbolic sequence length" in str(w.message)), "")
+    raise FrontendError(f"{type(model).__name__}'s forward without a cache could only be exported for a fixed "
+                        f"sequence length, so it cannot be run on a growing sequence either{why}")
 
 
 def _dim_symbols(program) -> dict:
@@ -240,7 +255,7 @@ def _named_inputs(graph: Graph, specs: list[CacheSpec]) -> Graph:
     names = [*INPUTS, *(s.name for s in specs)]
     if len(graph.inputs) != len(names):
         raise FrontendError(f"internal: the decoding graph has {len(graph.inputs)} inputs, expected {len(names)}")
-    renamed = {id(n): Node("input", (), {"name": name}, n.type) for n, name in zip(graph.inputs, names)}
+    renamed = {id(n): Node("input", (), {**n.attrs, "name": name}, n.type) for n, name in zip(graph.inputs, names)}
 
     def rename_or_slice(node: Node) -> Node | None:
         # index_select(x, arange(kv)){axis} -> slice(x){axis, 0:kv}: the filled prefix as the slice it is

@@ -94,7 +94,7 @@ def equalities_hold_up_to(equalities: list[tuple[Dim, Dim]], name: str, least: i
 
 def facts_hold_up_to(facts: dict[str, int], name: str, least: int, most: int = 1 << 16) -> int | None:
     """The largest length n such that every fact holds for all lengths least..n, or None when one fails at
-    `least` (a fact that holds only from some length on is a lower bound no graph input can carry)."""
+    `least` (`least`: the least length the graph holds for, which its input carries: ir/limits.py)."""
     n = least
     while n <= most and all(dims.evaluate(atom, {name: n}) == value for atom, value in facts.items()):
         n += 1

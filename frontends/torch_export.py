@@ -29,23 +29,25 @@ HINTS = ("Python control flow on tensor values cannot be exported (use torch.whe
          "give small configs a pad_token_id inside the vocabulary")
 
 
-def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: bool = True) -> Graph:
+def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: bool = True,
+                 fallback: bool = True) -> Graph:
     """Export `model` on `example_inputs` and translate it into a verified IR graph.
 
     With `dynamic_seq`, dim 1 of rank-2 integer inputs is symbolic (`seq`), so the graph runs on any sequence
     length; otherwise (or if torch cannot export it that way, or the model computes a size from it that the IR
     cannot name, such as `seq + 3`) all shapes are those of `example_inputs`, with a warning.
-    Raises `UnsupportedOpError` for an op without a mapping, `FrontendError` for other failures.
+    Raises `UnsupportedOpError` for an op without a mapping, `FrontendError` for other failures (with
+    `fallback=False`, also where the symbolic length fails, instead of importing the static shapes).
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
-    program = export_program(model, example_inputs, dynamic_seq)
+    program = export_program(model, example_inputs, dynamic_seq, fallback)
     try:
         return _import(model, program)
     except UnsupportedOpError:
         raise  # the same either way
     except (ActsparseError, TypeError, ValueError) as err:
-        if not dynamic_seq:
+        if not dynamic_seq or not fallback:
             raise
         # a size computed from seq that the IR cannot name (seq², min(seq, n)), or an op whose rule does not take
         # an affine dim such as seq+3: specialise to the example, as for an export that fails with a symbolic seq
@@ -69,12 +71,12 @@ def _import(model, program) -> Graph:
         raise
 
 
-def export_program(model, inputs: tuple, dynamic_seq: bool):
+def export_program(model, inputs: tuple, dynamic_seq: bool, fallback: bool = True):
     """`model` through `torch.export` on `inputs`, batched MoE experts unrolled; with `dynamic_seq`, dim 1 of
     rank-2 integer inputs is symbolic (static shapes, with a warning, if that export fails). Shared with
     `torch_mlir_export.export_mlir`."""
     with per_expert_routing(model):  # batched MoE experts: one visible gated MLP per expert (see moe.py)
-        return decompose_missing(_export_with_fallback(model, inputs, dynamic_seq))
+        return decompose_missing(_export_with_fallback(model, inputs, dynamic_seq, fallback))
 
 
 def decompose_missing(program):
@@ -91,7 +93,7 @@ def decompose_missing(program):
     return program.run_decompositions(table) if table or writes_views else program
 
 
-def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool):
+def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool, fallback: bool = True):
     spec = _dynamic_shapes(inputs) if dynamic_seq else None
     if dynamic_seq and spec is None:
         warnings.warn("actsparse: no rank-2 integer input with at least 2 positions to make symbolic; importing "
@@ -100,6 +102,8 @@ def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool):
         try:
             return torch.export.export(model, inputs, strict=False, dynamic_shapes=spec)
         except Exception as err:  # noqa: BLE001 - any export failure falls back to static shapes
+            if not fallback:
+                raise FrontendError(f"exporting with a symbolic sequence length failed ({_first_line(err)})") from err
             warnings.warn(f"actsparse: exporting with a symbolic sequence length failed ({_first_line(err)}); "
                           "importing with the example's static shapes instead", stacklevel=3)
     # fresh tensors: an export with a dynamic dim marks its example tensors, and a later static export of the

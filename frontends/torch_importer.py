@@ -27,7 +27,7 @@ import torch
 from torch.export.graph_signature import InputKind
 
 from ..ir import Graph, Node, TensorType, dims, op_def, verify
-from ..ir.limits import input_limits
+from ..ir.limits import LEAST, input_limits
 from ..ir.types import is_float, np_dtype
 from .errors import FrontendError, SymbolicShapeError, UnsupportedOpError
 from .torch_dims import equalities_hold_up_to, facts_hold_up_to, guard_equalities, guard_facts, sympy_dim
@@ -59,6 +59,7 @@ class Importer:
         self.bounds: dict[str, tuple[int, int]] = {}  # IR dim name -> (least, most) the caller guarantees
         self.facts: dict[str, int] = {}  # division atoms the export fixed (a chunk count: torch_dims.guard_facts)
         self.assumed: dict[str, int] = {}  # dim name -> most its export's equalities hold for (guard_equalities)
+        self.least: dict[str, int] = {}  # dim name -> least length the program holds for (`_record_least`)
         self.masked_rows: dict = {}  # unbacked row count of an x[mask] -> its mask (torch_masked_rows.py)
         self.weights: dict[str, np.ndarray] = {}
         self._weight_names: dict[tuple, str] = {}  # storage identity -> weight name (tied weights share one)
@@ -78,7 +79,9 @@ class Importer:
             if spec.kind == InputKind.USER_INPUT:
                 self._name_symbols(fx_node.meta["val"])
                 self._read_facts(fx_node.meta["val"])
-                env[fx_node] = Node("input", (), {"name": fx_node.name}, self.tensor_type(fx_node.meta["val"]))
+                ttype = self.tensor_type(fx_node.meta["val"])
+                least = {d: n for d, n in self.least.items() if d in ttype.shape}  # checked before each call
+                env[fx_node] = Node("input", (), {"name": fx_node.name, **({LEAST: least} if least else {})}, ttype)
                 inputs.append(env[fx_node])
             elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
                 env[fx_node] = self._weight(spec.target)
@@ -225,15 +228,16 @@ class Importer:
                 if span is not None and name not in self.bounds and span.lower.is_Integer:
                     upper = int(span.upper) if span.upper.is_Integer else 2**62
                     self.bounds[name] = (int(span.lower), upper)
-                    self._check_least(shape_env.guards, symbol, name, int(span.lower))
+                    self._record_least(shape_env.guards, symbol, name, int(span.lower))
             self._narrow_to_equalities(guard_equalities(shape_env.guards, self.symbols))
 
-    def _check_least(self, guards, symbol, name: str, least: int) -> None:
+    def _record_least(self, guards, symbol, name: str, least: int) -> None:
         """A program torch's export traced for lengths from `least` > 2 on because of a branch on a count derived
         from the length (a floor division: chunks, windows, compressed entries; DeepSeek-V4's `if n_windows > 1`)
-        has another structure below it, and no graph input carries a least length (a one-token step would run it
-        at 1): refused, so import_torch specialises to the example's length. A bound on the length itself is left
-        as before (Inkling-2's `seq >= 4`, whose program matches torch at 1 to 3 tokens as well)."""
+        has another structure below it: the least length becomes a property of the graph's inputs (their `least`
+        attribute, ir/limits.py), which the compiled module and the interpreter check before each call. A bound on
+        the length itself is left as before (Inkling-2's `seq >= 4`, whose program matches torch at 1 to 3 tokens
+        as well, and whose one-token decoding step would be refused)."""
         from torch.utils._sympy.functions import FloorDiv
 
         if least <= 2:  # torch's own least for a symbolic dim (0 and 1 are specialised)
@@ -241,11 +245,8 @@ class Importer:
         failing = [g.expr for g in guards if getattr(g.expr, "is_Relational", False)
                    and g.expr.rel_op in (">=", ">", "<=", "<") and symbol in g.expr.free_symbols
                    and not g.expr.subs(symbol, 1)]  # the guards that fail at one token
-        if not any(e.has(FloorDiv) for e in failing):
-            return
-        shown = ", ".join(str(e).replace(str(symbol), name) for e in failing[:3])
-        raise SymbolicShapeError(f"torch's export holds for {name} >= {least} only ({shown}), a least length no "
-                                 "graph input carries; import with dynamic_seq=False")
+        if any(e.has(FloorDiv) for e in failing):
+            self.least[name] = least
 
     def _narrow_to_equalities(self, equalities) -> None:
         """Sizes torch's export assumed equal (MPT: `seq` score columns and `min(seq, 64)` bias columns) bound the

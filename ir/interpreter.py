@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .graph import Graph, Node
+from .limits import least_sizes, too_short
 from .ops import REQUIRED, op_def
 from .types import np_dtype
 
@@ -24,6 +25,9 @@ def bind_symbols(graph: Graph, arrays: Sequence[np.ndarray]) -> dict[str, int]:
                     raise ValueError(f"symbolic dim {dim} bound to both {env[dim]} and {size}")
             elif dim != size:
                 raise ValueError(f"input %{node.attrs['name']} expects {node.type}, got shape {np.shape(array)}")
+    for dim, least in least_sizes(graph.inputs).items():
+        if env.get(dim, least) < least:
+            raise ValueError(too_short(dim, env[dim], least))
     return env
 
 

@@ -65,7 +65,8 @@ def _no_infer(types, attrs):
     raise TypeError("source ops carry their own type")
 
 
-define("input", 0, _no_infer, lambda attrs, env: None, {"name": REQUIRED}, "a graph input")
+define("input", 0, _no_infer, lambda attrs, env: None, {"name": REQUIRED, "least": None},
+       "a graph input; `least` ({dim: size}, ir/limits.py) bounds its symbolic dims from below")
 define("weight", 0, _no_infer, lambda attrs, env: None, {"name": REQUIRED, "layout": "dense"},
        "a named constant held by the graph; `layout` names a quantized storage (ir.quant) of the logical type")
 define("constant", 0, _no_infer, lambda attrs, env: None, {"value": REQUIRED},

@@ -54,7 +54,8 @@ def parse_graph(text: str, weights: dict[str, np.ndarray] | None = None) -> Grap
     try:
         for param in filter(None, (p.strip() for p in header.group(2).split(", %"))):
             name, _, type_text = param.lstrip("%").partition(": ")
-            node = Node("input", (), {"name": name}, TensorType.parse(type_text))
+            type_text, _, attrs_text = type_text.partition(" ")  # attributes besides the name (`least`)
+            node = Node("input", (), {**_attrs(attrs_text, lineno), "name": name}, TensorType.parse(type_text))
             values["%" + name] = node
             inputs.append(node)
         for lineno, line in enumerate(lines[1:-1], start=2):
@@ -93,13 +94,17 @@ def _parse_node(line: str, values: dict[str, Node], lineno: int) -> tuple[str, N
         raise ParseError(f"line {lineno}: cannot read {line!r}")
     name, op, args, attrs_text = match.groups()
     inputs = [_lookup(values, a.strip(), lineno) for a in args.split(",") if a.strip()]
+    return name, Node(op, inputs, _attrs(attrs_text, lineno), TensorType.parse(type_text), loc)
+
+
+def _attrs(text: str, lineno: int) -> dict:
     try:
-        attrs = ast.literal_eval(attrs_text.strip()) if attrs_text.strip() else {}
+        attrs = ast.literal_eval(text.strip()) if text.strip() else {}
     except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as err:
-        raise ParseError(f"line {lineno}: bad attributes {attrs_text.strip()[:80]!r}: {err}") from None
+        raise ParseError(f"line {lineno}: bad attributes {text.strip()[:80]!r}: {err}") from None
     if not isinstance(attrs, dict) or not all(isinstance(k, str) for k in attrs):
-        raise ParseError(f"line {lineno}: attributes must be a dict with str keys, got {attrs_text.strip()[:80]!r}")
-    return name, Node(op, inputs, attrs, TensorType.parse(type_text), loc)
+        raise ParseError(f"line {lineno}: attributes must be a dict with str keys, got {text.strip()[:80]!r}")
+    return attrs
 
 
 def _lookup(values: dict[str, Node], name: str, lineno: int) -> Node:

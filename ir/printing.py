@@ -8,7 +8,7 @@ def print_graph(graph) -> str:
     names: dict[int, str] = {}
     for node in graph.inputs:
         names[id(node)] = "%" + node.attrs["name"]
-    params = ", ".join(f"{names[id(n)]}: {n.type}" for n in graph.inputs)
+    params = ", ".join(f"{names[id(n)]}: {n.type}{_input_attrs(n)}" for n in graph.inputs)
     lines = [f"graph @{graph.name}({params}) {{"]
     weight_nodes = {n.attrs["name"]: n for n in graph.nodes if n.op == "weight"}
     for name in sorted(weight_nodes):
@@ -31,3 +31,9 @@ def print_graph(graph) -> str:
     lines.append("  return " + ", ".join(names[id(o)] for o in graph.outputs))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _input_attrs(node) -> str:
+    """An input's attributes besides its name (a dim's least size, ir/limits.py), after its type."""
+    attrs = {k: v for k, v in sorted(node.attrs.items()) if k != "name"}
+    return f" {attrs!r}" if attrs else ""

@@ -30,6 +30,9 @@ def verify(graph: Graph) -> Graph:
             raise VerifyError(f"{where}: missing attrs {missing}, unknown attrs {unknown}")
         if node.op == "input" and id(node) not in graph_inputs:
             raise VerifyError(f"{where}: input %{node.attrs['name']} is not among the graph's inputs")
+        if node.op == "input" and not _least_ok(node):
+            raise VerifyError(f"{where}: input %{node.attrs['name']}'s least sizes must map its symbolic dims to "
+                              f"positive ints, got {node.attrs.get('least')!r}")
         if node.op == "weight":
             _verify_weight(graph, node, where)
         if lo == hi == 0:
@@ -43,6 +46,13 @@ def verify(graph: Graph) -> Graph:
         if inferred != node.type:
             raise VerifyError(f"{where}: declared type {node.type} but inputs give {inferred}")
     return graph
+
+
+def _least_ok(node) -> bool:
+    """An input's least sizes (ir/limits.py) name its own symbolic dims and are positive ints (text read back)."""
+    least = node.attrs.get("least")
+    return least is None or isinstance(least, dict) and all(
+        d in node.shape and isinstance(d, str) and type(n) is int and n >= 1 for d, n in least.items())
 
 
 def _verify_weight(graph: Graph, node, where: str) -> None:

@@ -103,6 +103,8 @@ class Decoder:
         # a one-token main's whole-prompt function (hybrids), at most this many tokens a call
         self._prefill_tokens = spec.prefill_tokens if module.runnable and module.has_function(PREFILL_FUNCTION) else 0
         self.recomputes = [name for name, _ in module.inputs] == list(CALL_INPUTS[:1])  # no cache: the whole sequence
+        # the fewest tokens the recomputed graph holds for (ir/limits.py: a branch on the length's windows)
+        self._least_tokens = max((module.limits.dim_least if module.limits else {}).values(), default=1)
         # the module's one-token function (static shapes, codegen/build.py); artifacts built before it: main
         self._step_function = STEP_FUNCTION if module.runnable and module.has_function(STEP_FUNCTION) else "main"
         # see the module docstring; an older step_graph without the logits buffer (artifacts) is left to `step`
@@ -334,6 +336,10 @@ class Decoder:
                 i += take
             return state
         self._check_room(state.position + n)
+        if self.recomputes and len(state.tokens) + n < self._least_tokens:
+            raise DecodeInputError(f"a prompt of {len(state.tokens) + n} tokens is shorter than the "
+                                   f"{self._least_tokens} this model's graph holds for (its export branches on "
+                                   "the length: shorter sequences take other branches); give a longer prompt")
         state.tokens.extend(int(t) for t in ids[0])
         if self.recomputes:  # the whole sequence each call: `main` (the one-token function would not fit it)
             out = self.module.run_device(np.array([state.tokens], np.int64))

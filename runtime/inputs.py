@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import InputError
 from ..ir import Graph, Node, TensorType
 from ..ir.interpreter import bind_symbols
-from ..ir.limits import InputLimits
+from ..ir.limits import InputLimits, too_short
 from ..ir.types import np_dtype
 
 
@@ -55,6 +55,8 @@ class InputCheck:
             if bound is not None and size > bound:
                 raise InputError(f"{dim} = {size} exceeds the {bound} positions the model has; give at most "
                                  f"{bound} (for longer text, decode with a sliding window)")
+            if size < limits.dim_least.get(dim, 0):
+                raise InputError(too_short(dim, size, limits.dim_least[dim]))
         for array, (name, _) in zip(arrays, self.inputs):
             bound = limits.index_bounds.get(name)
             if bound is not None and array.size and (array.min() < 0 or array.max() >= bound):

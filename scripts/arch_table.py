@@ -35,8 +35,10 @@ from .tiny_config import (  # noqa: F401 - the shrinker's names, imported from h
 
 # what stops an architecture that still fails, and what would fix it (shown only while its check fails)
 LIMITS = {
-    "blt": "data-dependent: patch lengths come from its entropy model's output; a fixed patching would import",
-    "dory": "the shrinker cannot keep its (attention, mlp) block pairs and input/recurrent/output stages consistent",
+    "blt": "data-dependent: its patch count is the count of its entropy model's outputs over a threshold "
+           "(process_patch_lengths: `int(segment_counts.max().item())`), and it sizes every tensor after the "
+           "patcher; IR shapes are functions of input sizes, so no general shape rule holds it (a fixed patching "
+           "would import)",
     "gemma3n": "its vision tower is timm's (TimmWrapperModel) and timm (which pulls torchvision) is not installed; "
                "gemma3n_text, the decoder alone, imports",
     "gemma4_assistant": "a speculative-decoding draft model whose default config fails transformers' own validation",

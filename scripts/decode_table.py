@@ -33,14 +33,10 @@ START, END = "<!-- decode-table:start -->", "<!-- decode-table:end -->"
 CAUSES = {
     "cpmant": "its cached forward re-feeds the whole sequence and keeps the prompt in the cache (the mask spans "
               "prompt + seq while the keys span the cache), and its forward without a cache builds its padding mask "
-              "from a Python list of seq - prompt_length ints, which export fixes to one length: neither runs at a "
-              "growing length",
-    "deepseek_v4": "its cache layers are sliding windows (the last window - 1 keys, concatenated each call) with "
-                   "compressor buffers of 0 to compress_rate - 1 pending tokens, compressed entries that grow by one "
-                   "every compress_rate tokens and Python-int entry counts: sizes that follow the position modulo the "
-                   "rate, neither K/V slots nor a fixed-size state; recomputed on the whole sequence instead, its "
-                   "export holds from a least length on only (its compressors branch on the count of compressed "
-                   "entries: `if chunk_kv.shape[1] > 0`, `if n_windows > 1`), which no graph input carries",
+              "from a Python list of seq - prompt_length ints (`list(range(seqlen - self.prompt_length))`), which "
+              "export fixes to one length: `range` reads the symbolic length as a Python int (a guard on its value) "
+              "before any op exists, so no op or shape rule of the frontend sees it; neither runs at a growing "
+              "length",
 }
 HEADER = ("| architecture | decodes as transformers | export | reason it stops |\n"
           "|---|---|---|---|")

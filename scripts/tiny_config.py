@@ -10,6 +10,7 @@ its config spells the kinds: a per-layer list of names, a list of layer indices,
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -133,9 +134,15 @@ def _attr(config, key):
 def _shrink(values: dict, per_kind: int = 1) -> dict:
     out = dict(values)
     layers = next((_int(values[k]) for k in LAYER_KEYS if _int(values.get(k))), None)
-    pick = kept_layers(layer_kinds(values, layers), layers, per_kind) if layers else []
+    stages = stage_keys(values, layers) if layers else []
+    kinds = layer_kinds(values, layers) if layers else None
+    unit = block_unit(kinds) if stages and all(values[k] % block_unit(kinds) == 0 for k in stages) else 1
+    pick = kept_layers(kinds, layers, per_kind, unit, stage_ranges(values, stages)) if layers else []
     for key, value in values.items():
-        if layers and _layer_indices(key, value, layers):  # indices of the layers of a kind, renumbered
+        if key in stages:  # a stage keeps the picked layers within its range
+            start, end = stage_ranges(values, stages)[stages.index(key)]
+            out[key] = sum(start <= i < end for i in pick)
+        elif layers and _layer_indices(key, value, layers):  # indices of the layers of a kind, renumbered
             out[key] = [pick.index(i) for i in value if i in pick]
         elif layers and _layer_pattern(key, value, layers):  # a pattern repeated over the layers: its kept part
             out[key] = [value[i % len(value)] for i in pick]
@@ -237,10 +244,42 @@ def _layer_indices(key: str, value, layers: int) -> bool:
             and all(_int(v) is not None and 0 <= v < layers for v in value))
 
 
-def kept_layers(types, layers: int, per_kind: int = 1) -> list[int]:
+def stage_keys(values: dict, layers: int) -> list[str]:
+    """Counts of consecutive stages of the layers, in the config's order, that sum to the layer count (Dory's
+    n_input_layers + n_recurrent_layers + n_output_layers): a tiny config keeps each stage's picked layers."""
+    keys = [k for k, v in values.items() if "layers" in k and k not in LAYER_KEYS and _int(v) and v < layers]
+    return keys if len(keys) > 1 and sum(values[k] for k in keys) == layers else []
+
+
+def stage_ranges(values: dict, stages: list[str]) -> list[tuple[int, int]]:
+    """(first layer, past the last) of each stage in `stages`."""
+    ends = list(itertools.accumulate(values[k] for k in stages))
+    return list(zip([0, *ends[:-1]], ends))
+
+
+def block_unit(kinds) -> int:
+    """How many entries of the per-layer kinds make one layer: 2 where every second entry is a block of its own
+    kind (Dory's released configs list each layer as (attention kind, "mlp")), else 1. Read only where stage counts
+    must stay whole layers (`stage_keys`): an alternating local / global pattern looks the same."""
+    if not isinstance(kinds, list):
+        return 1
+    for unit in (2, 3, 4):
+        if len(kinds) % unit == 0 and len(kinds) > unit and all(
+                len(set(kinds[r::unit])) == 1 and kinds[r] not in kinds[::unit] for r in range(1, unit)):
+            return unit
+    return 1
+
+
+def kept_layers(types, layers: int, per_kind: int = 1, unit: int = 1, stages: list[tuple[int, int]] = ()
+                ) -> list[int]:
     """The layers a tiny config keeps: the first of each kind in `types` (`layer_kinds`: a hybrid keeps one
     attention and one linear-attention layer, a sliding-window model one sliding and one full), then the first
-    others, LAYERS in all where the kinds allow; the first `per_kind` of each kind where one is not enough."""
+    others, LAYERS in all where the kinds allow; the first `per_kind` of each kind where one is not enough; the
+    first of each stage (`stage_keys`) that has none of those. With a `unit` of entries per layer (`block_unit`),
+    whole units."""
+    if unit > 1:
+        units = kept_layers(types[::unit], layers // unit, per_kind, 1, [(a // unit, b // unit) for a, b in stages])
+        return [u * unit + r for u in units for r in range(unit)]
     kinds = isinstance(types, list) and len(types) == layers
     seen: dict = {}
     for i, kind in enumerate(types if kinds else []):
@@ -249,7 +288,8 @@ def kept_layers(types, layers: int, per_kind: int = 1) -> list[int]:
             seen[kind].append(i)
     firsts = sorted(i for kept in seen.values() for i in kept)
     rest = [i for i in range(layers) if i not in firsts]
-    return sorted(firsts + rest[:max(0, LAYERS - len(firsts))])
+    picked = firsts + rest[:max(0, LAYERS - len(firsts))]
+    return sorted(picked + [a for a, b in stages if not any(a <= i < b for i in picked)])
 
 
 def _int(value):

@@ -103,6 +103,13 @@ def test_shrinker_keeps_the_ratios_models_validate():
 
     decoder = causal_lm_part(tiny_config("musicgen"), MusicgenForCausalLM)  # a composite: its decoder is the LM
     assert type(decoder).__name__ == "MusicgenDecoderConfig" and decoder.hidden_size <= 64
+    # stages that sum to the layer count keep their picked layers, each stage at least one, whole (attention, mlp)
+    # pairs where the config lists a layer as two entries (Dory: input / recurrent / output stages)
+    dory = tiny_config("dory")
+    stages = (dory.n_input_layers, dory.n_recurrent_layers, dory.n_output_layers)
+    assert sum(stages) == dory.num_hidden_layers == len(dory.layer_types) and min(stages) >= 1
+    assert {"sliding_attention", "full_attention"} <= set(dory.layer_types) and "mlp" not in dory.layer_types
+    assert kept_layers(list("abab" * 3), 12, unit=2, stages=[(0, 4), (4, 10), (10, 12)]) == [0, 1, 2, 3, 4, 5, 10, 11]
 
 
 @pytest.mark.parametrize("arch", todays_slice())

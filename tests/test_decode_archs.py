@@ -8,8 +8,9 @@ too (layers nothing writes are left out), RoBERTa-style LM heads keep no cache (
 positions given as transformers' generate gives them), Mamba keeps a convolution window and an SSM state per layer
 (inputs and outputs beside K and V; one token per call), Falcon-H1 both in one layer, Zamba2 a hybrid whose tiny
 config keeps an attention layer (scripts/tiny_config.py), DeepSeek-V3.2 its sparse-attention indexer's keys as a
-third per-position cache, gpt-oss attention sinks (scores of kv+1 columns: an affine dim, ir/dims.py), RWKV its
-recurrent state as a forward keyword and MiniMax its lightning attention's state in a list of its own Cache subclass
+third per-position cache, gpt-oss attention sinks (scores of kv+1 columns: an affine dim, ir/dims.py), DeepSeek-V4
+compressor buffers (decoded by recomputation from the least length its graph holds for), RWKV its recurrent state
+as a forward keyword and MiniMax its lightning attention's state in a list of its own Cache subclass
 (frontends/model_states.py: states outside transformers' cache layers, one token per call), MVP and TrOCR learned
 positions counted from the cache's length as a size (arange(kv-seq, kv): an arange with a symbolic start), XLM
 predicts at a mask token its own generation inputs append (and slices those seq+1 ids by -(seq+1)), GIT and Gemma 4
@@ -87,17 +88,31 @@ def test_a_cache_holding_an_unknown_per_position_tensor_decodes_by_recomputation
     assert row["export"].startswith("whole sequence per call"), row["export"]
 
 
-def test_a_cache_layer_with_buffers_of_its_own_is_one_clear_error():
+def test_a_cache_layer_with_buffers_of_its_own_decodes_by_recomputation_from_its_least_length():
     """DeepSeek-V4's cache layers keep compressor buffers (per-entry dicts of tensors that grow by a compressed
-    entry every few tokens): neither K/V slots nor a fixed-size state, refused by name before the export; the
-    recomputation it then falls back to stops too (its compressors branch on the count of compressed entries, so
-    torch's export holds from a least length on only, which no graph input carries), and the error says both."""
-    from actsparse.frontends.errors import FrontendError
-    from actsparse.scripts.arch_table import build_tiny
+    entry every few tokens): neither K/V slots nor a fixed-size state, refused by name before the export. It decodes
+    by recomputation instead: its compressors branch on the count of compressed entries, so its export at a short
+    example holds for that length only and it is exported again on a longer one, whose graph holds from a least
+    length on (the input's `least`, ir/limits.py). Greedy decoding equals transformers'; a shorter prompt is one
+    clear error."""
+    from actsparse.errors import DecodeInputError
+    from actsparse.frontends.decoder_export import CACHE_REFUSED
+    from actsparse.scripts.arch_table import build_tiny, example_ids
 
-    with pytest.raises(FrontendError,
-                       match=r"buffer_gate, buffer_kv, compressed_kv.*; without its cache: .*fixed sequence length"):
-        actsparse.compile(build_tiny("deepseek_v4"), max_seq=16)
+    model = build_tiny("deepseek_v4")
+    ids = example_ids(model)
+    lm = actsparse.compile(model, mode="dense", max_seq=16)  # with the model's own generation config (its EOS)
+    model.generation_config = transformers.GenerationConfig(max_new_tokens=6, do_sample=False, pad_token_id=0,
+                                                            eos_token_id=list(lm.spec.eos_token_ids))
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids))
+    assert lm.recomputes and lm.spec.recomputes_because.startswith(CACHE_REFUSED)
+    assert "buffer_gate, buffer_kv, compressed_kv" in lm.spec.recomputes_because
+    least = lm.module.limits.dim_least["seq"]
+    assert 2 < least <= ids.shape[1]
+    assert torch.equal(lm.generate(ids, 6), expected)
+    with pytest.raises(DecodeInputError, match=f"a prompt of {least - 1} tokens is shorter than the {least}"):
+        lm.generate(ids[:, :least - 1], 2)
 
 
 def test_a_model_of_several_codebooks_is_one_clear_error():

@@ -1,16 +1,22 @@
 """Sizes as values in the torch frontend: a size used as a number (a fill value, a flat index's stride), the largest
-position of an arange read with `.item()`, and a program torch's export holds only from some length on. Each
+position of an arange read with `.item()`, and a program torch's export holds only from some length on (its least
+length carried by the graph's input and checked). Each
 graph keeps the sequence length symbolic where it can and matches torch eager at two lengths (the second one
 different from the example's, where a size baked in as the example's value would show)."""
 
-import warnings
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
+import actsparse
+from actsparse.codegen.build import specializations
+from actsparse.errors import InputError
 from actsparse.frontends.torch_export import import_torch
-from actsparse.ir import evaluate
+from actsparse.ir import evaluate, parse_graph, print_graph
+from actsparse.ir.decoding import STEP_FUNCTION
+from actsparse.ir.limits import input_limits
 
 torch.set_num_threads(1)
 
@@ -98,15 +104,25 @@ class BranchOnLength(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(16, 4)
 
-    def forward(self, x):
-        h = self.emb(x)
-        if x.shape[1] // 2 > 1:
+    def forward(self, input_ids):  # the name a decoder's one-token step is built for (codegen/build.py)
+        h = self.emb(input_ids)
+        if input_ids.shape[1] // 2 > 1:
             return h + h[:, :1]
         return h
 
 
-def test_a_program_that_holds_from_a_least_length_on_is_specialised():
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert_matches_torch(BranchOnLength(), lengths=(6,), symbolic=False)
-    assert any("seq >= 4 only" in str(w.message) for w in caught), [str(w.message) for w in caught]
+def test_a_program_that_holds_from_a_least_length_on_carries_it():
+    """The least length is a property of the graph's input (`least`), kept through the text form, and checked by
+    the interpreter and the compiled module with one clear error; no one-token step is built below it."""
+    model = BranchOnLength()
+    graph = assert_matches_torch(model, lengths=(6, 4, 11))
+    assert dict(graph.inputs[0].attrs["least"]) == {"seq": 4}
+    assert input_limits(parse_graph(print_graph(graph))).dim_least == {"seq": 4}
+    with pytest.raises(ValueError, match=r"seq = 3 is below the least seq = 4 .*give at least 4"):
+        evaluate(graph, [ids(3).numpy()])
+    module = actsparse.compile(graph, (ids(6).numpy(),), mode="dense")
+    assert STEP_FUNCTION not in specializations(graph)[0]  # a one-token step would take the other branch
+    with torch.no_grad():
+        np.testing.assert_allclose(module(ids(5).numpy()), model(ids(5)).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match=r"seq = 2 is below the least seq = 4"):
+        module(ids(2).numpy())
