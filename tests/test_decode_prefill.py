@@ -112,6 +112,7 @@ class _StandInModule:
 
     runnable = True
     graph = None
+    limits = None  # no least length: every prompt length runs
 
     def __init__(self):
         self.inputs = [(name, dataclasses.make_dataclass("T", ["shape", "dtype"])(shape, dtype)) for name, shape, dtype
