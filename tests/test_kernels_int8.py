@@ -355,3 +355,41 @@ def _avx2_sched():
     from actsparse.codegen.schedules import schedule_for
 
     return schedule_for(targets.get({"kind": "llvm", "mcpu": "haswell"}))
+
+
+@pytest.mark.parametrize("dtype,fields", (("q4_0", 1), ("q4_1", 2)))
+def test_avx2_split_row_dots_scale_two_chunks_at_once(dtype, fields):
+    """AVX2 (`quant_split.PAIRED_CHUNKS`): the split rows' dot loop takes 2 chunks (4 groups) of a row per iteration
+    and sums their int32 lanes pairwise in-lane (vpunpckldq / vpunpckhdq, one add), so per row and 4 groups one
+    int -> float conversion, one scale load and conversion per header field, where each 2-group chunk had its own:
+    q4_0 at most 240 instructions per 8 rows x 128 columns (session 19: 2 x 150)."""
+    import tvm
+
+    from actsparse.codegen.kernels import kernel
+
+    sched = replace(_avx2_sched(), int8_axpy=False)
+    prim = kernel("indexed", 4096, 64, gate_act="relu", up_act="identity", dtype=dtype, sched=sched)
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": "znver3"}))
+    asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+    loops = [body for body in innermost_loops(asm) if "vpunpckldq" in body and "vpmaddwd" in body]
+    assert loops, "no row-dot loop over chunk pairs"
+    R = sched.fitted(4096, dtype).rows
+    for body in loops:
+        assert body.count("vpmaddubsw") == 4 * R and body.count("vpmaddwd") == 2 * R, body
+        assert body.count("vpunpckldq") == body.count("vpunpckhdq") == R, body
+        # one conversion per row (and one of x's init for all rows), one per row and header field
+        assert R <= body.count("vcvtdq2ps") <= R + 1 and body.count("vcvtph2ps") == fields * R, body
+        assert dtype != "q4_0" or len(body) <= 240, len(body)
+
+
+@pytest.mark.parametrize("kind", ("linear", "indexed"))
+def test_avx2_split_row_dots_over_chunk_pairs_and_the_rest(kind):
+    """Rows of 1100 columns (35 groups: 8 chunk pairs, one 2-group chunk more, a last partial group) and of 200 (7
+    groups: one pair, a last partial group): the AVX2 row dots against float64 on the rounded x, q4_0 and q4_1."""
+    if "pmaddubsw256" not in {dot for _, dot in served_here()}:
+        pytest.skip("the AVX2 dot does not execute here (needs AVX2)")
+    for d, dtype in ((1100, "q4_0"), (200, "q4_1")):
+        prim = primfunc(kind, d, 20, dtype, replace(host_sched("pmaddubsw256"), int8_axpy=False), ACTS[kind],
+                        bias=True)
+        calls = quant_calls(kind, np.random.default_rng(11), d, 20, dtype, 0.5, x8=True)
+        check(kind, f"{dtype} d={d}", calls, run_native(prim, calls))

@@ -15,6 +15,18 @@ and spread by one shuffle; x's side of the same K groups is laid out to match, s
 and one horizontal sum per row at the end. A row's last G % K groups (G its groups) are one more chunk, emitted on
 its own: its groups loaded one by one, zeros in the missing lanes (nothing is read past a row's codes and scales).
 
+Where the dot is in `PAIRED_CHUNKS` (AVX2), a row's float work is per two chunks (4 groups) instead of per chunk: the
+two chunks' int32 dots (without init) are summed pairwise in-lane (vpunpckldq / vpunpckhdq, one vpaddd: exact), so
+
+    lane v (group g = 2 (v % 2) + v // 4 of the pair, 2 lanes each):
+        acc[row] += scale_g * (float(its 2 of g's 4 lanes) * dx_g + init_g * dx_g)   (init_g in one of g's 2 lanes)
+
+with the pair's 4 scales one 8-byte load, one shuffle and one conversion, x's dx and init * dx gathered into that
+order once per pair for all rows (a last odd chunk takes the per-chunk form). Session 20 (znver3): 120 instead of 150
+instructions per 8 rows x 64 columns; 0.80-0.89x the time with the weights in the caches, within the noise from DRAM
+at Mistral-7B dims on one thread (BENCHMARKS.md). Four chunks per iteration, reduced to one lane per group (vphaddd
+or unpacks), counted 105 but ran 1.1x slower from DRAM: the 4-chunk loop alone did.
+
 Prepared x (`SplitX`, per token one byte row, Gs = G rounded up to a multiple of 4 with zero groups, whole
 chunks for every K): x̂ of every group's columns 0-15 (16 B per group), of its columns 16-31, the int32 accumulator
 start (4 lanes per group: -8 * sum(x̂_g), 0, 0, 0), and dx_g as fp32 repeated 4 times; 64 * Gs bytes. Layouts with
@@ -37,6 +49,10 @@ from .rows import CACHE_LINE, per_token, row_sums_macro
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
+# int8 dots (`int8_dots.INT8_DOTS` names) whose split-row dots take two chunks per iteration and sum each group's int32
+# lanes pairwise (in-lane unpacks and adds) before the float scaling: AVX2, where the float work per row and chunk
+# (init add, conversion, scale load / shuffle / conversion, product, FMA) was ~half the loop's instructions
+PAIRED_CHUNKS = ("pmaddubsw256",)
 
 
 def is_split(dtype: str) -> bool:
@@ -174,24 +190,79 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
             return v
         return v + scales(wf, ro_r, c, n, offsets_at) * T.reinterpret(fvec, xvec(xb, m, xl.dx_sum(c * K)))
 
+    # `PAIRED_CHUNKS`: two chunks per iteration, a group's lanes summed pairwise in int32, the float work per 4 groups.
+    # Lane v of a pair's reduced vector: group K * (v % 2) + v // 4 of the pair (chunk v % 2, its 128-bit half v // 4);
+    # two lanes per group (v % 4 < 2 the first: x's init and dx * sum(x̂) there, 0 in the second)
+    pairs = chunks // 2 if sched.int8_dot in PAIRED_CHUNKS else 0
+    assert not pairs or L == 8, "paired chunks: 256-bit vectors of two groups"
+    group_lanes = [(v % 2) * L + v // 4 * 4 for v in range(L)]  # from chunk v % 2's vector: a lane of v's group
+    first_lanes = [k + (0 if v % 4 < 2 else 1) for v, k in enumerate(group_lanes)]  # ... its first lane, else a 0
+
+    def pair_x(xb, m, p, section, vec, lanes=group_lanes):
+        """vec (int32 / float32 x L): x's `section` (dx; with first_lanes: init, dx_sum) of the pair's chunks in the
+        reduced order."""
+        return Shuffle([T.reinterpret(vec, xvec(xb, m, section((2 * p + j) * K))) for j in range(2)], lanes)
+
+    def pair_scales(wf, ro_r, p, at=scales_at):
+        """float32 x L: the pair's 2K scales (at=offsets_at: offsets), one load and one conversion, reduced order."""
+        raw = wf[T.ramp(ro_r + T.Cast("int64", at + p * 4 * K), T.int64(1), 4 * K)]
+        halves = T.reinterpret(f"float16x{2 * K}", raw)  # (a Shuffle takes no more indices than its inputs' lanes)
+        return T.Cast(fvec, Shuffle([halves] * (L // (2 * K)), [K * (v % 2) + v // 4 for v in range(L)]))
+
+    def pair_sum(wf, xb, m, ro_r, p, init_dx, dxv):
+        """float32 x L: the pair's 2K groups of row ro_r, two lanes each (reduced order): per chunk the dot without x's
+        init, the two chunks' lanes summed pairwise by in-lane unpacks (vpunpck[lh]dq) and an add (exact int32), then
+        scaled once, x's init folded in as init * dx (`init_dx`: a multiply-add instead of an int32 add and a
+        product); q4_1: plus the offsets times x's dx * sum(x̂)."""
+        sums = []
+        for j in range(2):
+            c = 2 * p + j
+            raw = codes(wf, ro_r, c, K)
+            lo = T.bitwise_and(raw, T.Broadcast(T.uint8(15), VB))
+            hi = T.shift_right(raw, T.Broadcast(T.uint8(4), VB))
+            sums.append(ins.dots(T.Broadcast(T.int32(0), L), (lo, xvec(xb, m, xl.lo(c * K))),
+                                 (hi, xvec(xb, m, xl.hi(c * K)))))
+        low = [k for h in (0, 4) for k in (h, L + h, h + 1, L + h + 1)]  # (a0, b0, a1, b1) per half
+        paired = Shuffle(sums, low) + Shuffle(sums, [k + 2 for k in low])  # (a0 + a2, b0 + b2, a1 + a3, b1 + b3)
+        v = pair_scales(wf, ro_r, p) * (T.Cast(fvec, paired) * dxv + init_dx)
+        if offsets_at is None:
+            return v
+        return v + pair_scales(wf, ro_r, p, offsets_at) * pair_x(xb, m, p, xl.dx_sum, fvec, first_lanes)
+
+    @T.macro
+    def chunk_step(wf, xb, m, ro, acc, c):
+        if prefetch:  # the next step's codes, one prefetch per row and cache line
+            if c % code_lines == 0:
+                for r in T.unroll(R):
+                    pf(wf, ro[R + r], c * VB)
+        dxv: T.let = T.reinterpret(fvec, xvec(xb, m, xl.dx(c * K)))
+        xlo: T.let = xvec(xb, m, xl.lo(c * K))
+        xhi: T.let = xvec(xb, m, xl.hi(c * K))
+        init: T.let = T.reinterpret(ivec, xvec(xb, m, xl.init(c * K)))
+        for r in T.unroll(R):
+            acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + chunk_sum(wf, xb, m, ro[r], c, dxv, xlo, xhi, init)
+
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
         if prefetch:  # the next step's scales, all at once (a conditional prefetch per chunk: LLVM speculates it)
             for r in T.unroll(R):
                 for ln in T.unroll(scale_lines):
                     pf(wf, ro[R + r], scales_at + ln * CACHE_LINE)
-        for c in range(chunks):
-            if prefetch:  # the next step's codes, one prefetch per row and cache line
-                if c % code_lines == 0:
+        if pairs > 0:
+            for p in range(pairs):
+                if prefetch:  # the next step's codes, one prefetch per row and cache line (a pair's 64 bytes)
                     for r in T.unroll(R):
-                        pf(wf, ro[R + r], c * VB)
-            dxv: T.let = T.reinterpret(fvec, xvec(xb, m, xl.dx(c * K)))
-            xlo: T.let = xvec(xb, m, xl.lo(c * K))
-            xhi: T.let = xvec(xb, m, xl.hi(c * K))
-            init: T.let = T.reinterpret(ivec, xvec(xb, m, xl.init(c * K)))
-            for r in T.unroll(R):
-                acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + chunk_sum(wf, xb, m, ro[r], c, dxv, xlo, xhi,
-                                                                                init)
+                        for ln in T.unroll(-(-2 * VB // CACHE_LINE)):
+                            pf(wf, ro[R + r], p * 2 * VB + ln * CACHE_LINE)
+                pdx: T.let = pair_x(xb, m, p, xl.dx, fvec)
+                pinit: T.let = T.Cast(fvec, pair_x(xb, m, p, xl.init, ivec, first_lanes)) * pdx
+                for r in T.unroll(R):
+                    acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + pair_sum(wf, xb, m, ro[r], p, pinit, pdx)
+            for c in range(2 * pairs, chunks):
+                chunk_step(wf, xb, m, ro, acc, c)
+        else:
+            for c in range(chunks):
+                chunk_step(wf, xb, m, ro, acc, c)
         if tail > 0:  # the last partial chunk (x's side is zero past the row's groups)
             for r in T.unroll(R):
                 acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + chunk_sum(
