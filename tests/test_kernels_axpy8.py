@@ -227,6 +227,30 @@ def test_the_integer_down_loop_of_split_rows_reads_its_coefficients_from_the_tab
     assert fills and all(op not in body for body in fills), fills
 
 
+def test_the_int16_q8_0_down_loop_holds_only_the_pair_sums():
+    """AVX2, q8_0 rows (`Int8Dot.int16_axpy`, quant_axpy16.py): the down projection's group loop is, per 8 rows x 32
+    columns, 16 sign-extending loads (vpmovsxbw), 16 word unpacks, 16 vpmaddwd, 4 conversions and 4 FMAs: no scale
+    load, conversion or division (the coefficient table holds them), no byte pair sum: 94 instructions in the dense
+    kernel on one thread (znver3), 117 here (22 movq reloading gathered rows' pointers), where main's float loop took
+    148 (32 vpmovsxbd, 32 vcvtdq2ps, 28 FMAs, 8 vpinsrw + 8 vcvtph2ps of scales). Compiled only: any host."""
+    import tvm
+
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    from .test_kernels_int8 import innermost_loops
+
+    sched = CpuSchedule(lanes=8, threads=2, vector_registers=16, int8_dot="pmaddubsw256", int8_axpy=True)
+    prim = primfunc("exact", 4096, 64, "q8_0", sched, ACTS["exact"])
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
+    asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+    loops = [body for body in innermost_loops(asm) if "vpmaddwd" in body and "vpmaddubsw" not in body]
+    assert len(loops) == 1, loops
+    body = loops[0]
+    assert body.count("vpmaddwd") == 16 and body.count("vpmovsxbw") == 16 and body.count("vcvtdq2ps") == 4, body
+    assert not [op for op in body if op.startswith(("vpinsrw", "vdiv", "vcvtph2ps", "vpmovsxbd", "vpsignb"))], body
+    assert len(body) < 125, len(body)
+
+
 def test_the_integer_axpy_follows_the_dot_table():
     """The VNNI dots, sdot and the AVX2 dot serve q4_0 / q4_1 axpys, the AVX2 dot q8_0's too (int16 coefficients on
     vpmaddwd; q8_0's float axpy is as fast on VNNI); float dtypes never."""

@@ -112,3 +112,34 @@ def interleaved_pair(q, pair, lanes: int):
     group's (a_2p, a_2p+1) is one int32 of the pair-major table (one unpack per 8 groups)."""
     rows = [T.Cast(f"int16x{lanes}", q[T.ramp((2 * pair + k) * lanes, 1, lanes)]) for k in range(2)]
     return Shuffle(rows, [(k % 2) * lanes + k // 2 for k in range(2 * lanes)])
+
+
+def word_macros(ins, lay: QuantLayout, stored: int, R: int, NV: int, NG: int):
+    """(`word_sum(w, ro, ab, grp, hf, v, at)`: int32 x 8, `word_pair_sum` of a step's NV rows (byte offsets ro, rows
+    past R read as row R - 1) with a_j at ab[at + j]; `word_columns(wf, ro, abt, tt, g, gi, out, m, half_sums)`:
+    out[m, group g's 32 columns] += t * the sums, from table entry gi of the pair-major table abt (row pair p of
+    entry gi at (p * NG + gi) * 2, t at tt[gi]), half_sums an int32 x 16 scratch) for quant_axpy8.py's step."""
+
+    def row_at(ro):
+        return lambda j: ro[min(j, R - 1)]
+
+    def word_sum(w, ro, ab, grp, hf, v, at):
+        return word_pair_sum(ins, lay, stored, w, row_at(ro), ab, lambda p: at + 2 * p, grp, hf, v, NV)
+
+    @T.macro
+    def word_out(wf, ro, abt, tt, g, gi, out, m, hf, half_sums):
+        # hf a literal (a Python int in word_half_sum)
+        half_sums[T.ramp(0, 1, HALF)] = word_half_sum(ins, lay, stored, wf, row_at(ro), abt,
+                                                      lambda p: (p * NG + gi) * 2, g, hf, NV)
+        for v in T.unroll(2):
+            out[m, T.ramp(g * GROUP + hf * HALF + v * 8, 1, 8)] = out[
+                m, T.ramp(g * GROUP + hf * HALF + v * 8, 1, 8)] + T.Cast(
+                "float32x8", half_sums[T.ramp(v * 8, 1, 8)]) * T.Broadcast(tt[gi], 8)
+
+    @T.macro
+    def word_columns(wf, ro, abt, tt, g, gi, out, m, half_sums):
+        word_out(wf, ro, abt, tt, g, gi, out, m, 0, half_sums)
+        word_out(wf, ro, abt, tt, g, gi, out, m, 1, half_sums)
+
+    return word_sum, word_columns
+

@@ -59,7 +59,7 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
 from .int8_dots import INT8_DOTS
-from .quant_axpy16 import MAX_ROWS, coefficient_levels, interleaved_pair, row_scales, word_half_sum, word_pair_sum
+from .quant_axpy16 import MAX_ROWS, coefficient_levels, interleaved_pair, row_scales, word_macros
 from .quant_blocks import (
     axpy_macros,
     flat_rows,
@@ -222,29 +222,13 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             acc = ins.dots(acc, *operands[at:at + SETS_PER_WIDENING])
         return acc
 
-    def word_sum(w, ro, ab, grp, hf, v, at, zsum):
-        """int32 x W: `int_sum` on the int16 pair sum (z = 0: the codes go in signed), a_j at ab[at + j]."""
-        return word_pair_sum(ins, lay, stored, w, lambda j: rr(ro, j), ab, lambda p: at + 2 * p, grp, hf, v, NV)
-
-    @T.macro
-    def word_out(wf, ro, abt, tt, g, gi, out, m, hf, part):
-        # half group hf (a literal: Python int in word_half_sum) from the pair-major table, via part (int32 x 16)
-        part[T.ramp(0, 1, HALF)] = word_half_sum(ins, lay, stored, wf, lambda j: rr(ro, j), abt,
-                                                 lambda p: (p * NG + gi) * 2, g, hf, NV)
-        for v in T.unroll(2):
-            out[m, T.ramp(g * GROUP + hf * HALF + v * W, 1, W)] = out[
-                m, T.ramp(g * GROUP + hf * HALF + v * W, 1, W)] + T.Cast(
-                f"float32x{W}", part[T.ramp(v * W, 1, W)]) * T.Broadcast(tt[gi], W)
-
-    @T.macro
-    def word_columns(wf, ro, abt, tt, g, gi, out, m, part):
-        word_out(wf, ro, abt, tt, g, gi, out, m, 0, part)
-        word_out(wf, ro, abt, tt, g, gi, out, m, 1, part)
+    word_sum, word_columns = word_macros(ins, lay, stored, R, NV, NG)
 
     def columns(w, ro, ab, tt, ofs, grp, hf, v, at=0, zsum=None):
         """float32 x W: the step's contribution to the W columns."""
-        e = T.Cast(f"float32x{W}", (word_sum if word else paired_sum if paired else int_sum)(
-            w, ro, ab, grp, hf, v, at, zsum)) * T.Broadcast(tt, W)
+        total = word_sum(w, ro, ab, grp, hf, v, at) if word else (paired_sum if paired else int_sum)(
+            w, ro, ab, grp, hf, v, at, zsum)
+        e = T.Cast(f"float32x{W}", total) * T.Broadcast(tt, W)
         return e + T.Broadcast(ofs, W) if off else e
 
     def lane_reduce(buf, op):
