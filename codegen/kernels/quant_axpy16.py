@@ -4,10 +4,12 @@ pieces quant_axpy8.py's step takes in place of its int8 ones for such a layout.
 Why its own form: the u8 x s8 pair sum (`vpmaddubsw`) cannot take q8_0's codes in the down axpy. Biased (code + 128)
 they saturate its int16 pairs; by the sign trick a pair reaches 2 * 128 * 127, so no two pairs may add in int16 and
 every pair needs its own widening: no cheaper than the float axpy (BENCHMARKS.md, session 19). The int16 x int16 pair
-sum to int32 (`vpmaddwd`) takes them as they are: a row pair's code bytes interleaved (an in-lane byte unpack of the
-two rows' 16 bytes), sign-extended to int16 (one `vpmovsxbw` per 8 columns), times the pair's (a_j, a_j+1) in every
-lane, each pair's int32 exact and added in int32. Per 8 rows x 32 columns that is 16 `vpmaddwd` where the float axpy
-takes 32 widenings, 32 conversions and 32 FMAs.
+sum to int32 (`vpmaddwd`) takes them as they are: each row's 16 codes of a half group one sign-extending load
+(`vpmovsxbw`), a row pair's int16 interleaved in-lane (`vpunpck{l,h}wd`), times the pair's (a_j, a_j+1) in every
+lane, each pair's int32 exact and added in int32, the sums put back in column order once per half group
+(`word_half_sum`; the partial last group interleaves bytes, `word_pair_sum`). Per 8 rows x 32 columns the group loop
+is 94 instructions (16 `vpmaddwd`) where the float axpy's is 148 (32 widenings, 32 conversions, 28 FMAs); the down
+axpy alone, hot, 0.82x the time; kernels from DRAM 0.96-0.99x, hot 0.84-0.90x (BENCHMARKS.md, session 20).
 
 The coefficients are the int8 axpy's rounding with 15 bits instead of 7 (the lanes are int16 anyway; same instruction
 count): per step and group c_j = h_j * s_{j,g}, t = max_j |c_j| / 32767, a_j = round(c_j / t) (half to even),
@@ -21,7 +23,9 @@ per vector, `Int8Dot.coefficient_table`) gathers a row's 16 scales with 16 scala
 row's are one load; the rounding then runs lane by lane as for split rows. The table is stored pair-major
 (`interleaved_pair`: row pair p's (a_2p, a_2p+1) of the task's groups one int32 each, two rows' vectors interleaved
 by an unpack), so the group loop reads a pair's coefficients with one broadcast and the fill holds no 16 x 8
-transpose (the q4 table's group-major order cost ~25 of ~40 instructions per group here).
+transpose (group-major as q4's, the fill took 650 instead of 438 instructions per 8 rows x 16 groups). Each 16
+groups' entries are filled just ahead of their columns (`coefficient_table`), so the scales' loads and the codes'
+meet the rows' lines once.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ def row_scales(lay: QuantLayout, stored: int, wf, ro_r, grp, n: int):
     beside its group's codes) by n 16-bit loads packed 4 per 64-bit integer, one conversion; wf the flat view, ro_r
     the row's byte offset. Why packed: built as a vector of n fp16 loads LLVM inserts each (vpinsrw) and merges them
     by ~2 unpacks per scale, all on the vector shuffle pipes the group loop needs; the shifts and ors run on the
-    integer ALUs (the down axpy alone, 1024 x 4096 hot: 0.86x the time; an 8-lane vpgatherdd: 1.0x)."""
+    integer ALUs. The down axpy alone (1024 x 4096 hot, the byte interleave): packed 0.95x main's float axpy, an
+    8-lane vpgatherdd per 8 scales 1.11-1.17x (~17 cycles a gather on Zen 3)."""
     if lay.split:
         return split_scales(lay, stored, wf, ro_r, grp, n)
     assert n % 4 == 0, n
@@ -126,11 +131,14 @@ def word_macros(ins, lay: QuantLayout, stored: int, R: int, NV: int, NG: int):
     def word_sum(w, ro, ab, grp, hf, v, at):
         return word_pair_sum(ins, lay, stored, w, row_at(ro), ab, lambda p: at + 2 * p, grp, hf, v, NV)
 
+    def table_half_sum(wf, ro, abt, g, gi, hf):
+        # a plain function: TVMScript's evaluator does not take a lambda written in a macro's body
+        return word_half_sum(ins, lay, stored, wf, row_at(ro), abt, lambda p: (p * NG + gi) * 2, g, hf, NV)
+
     @T.macro
     def word_out(wf, ro, abt, tt, g, gi, out, m, hf, half_sums):
         # hf a literal (a Python int in word_half_sum)
-        half_sums[T.ramp(0, 1, HALF)] = word_half_sum(ins, lay, stored, wf, row_at(ro), abt,
-                                                      lambda p: (p * NG + gi) * 2, g, hf, NV)
+        half_sums[T.ramp(0, 1, HALF)] = table_half_sum(wf, ro, abt, g, gi, hf)
         for v in T.unroll(2):
             out[m, T.ramp(g * GROUP + hf * HALF + v * 8, 1, 8)] = out[
                 m, T.ramp(g * GROUP + hf * HALF + v * 8, 1, 8)] + T.Cast(
