@@ -24,9 +24,12 @@ def codes_and_scales(blob, dtype, d):
     return q.reshape(n, G * GROUP), header[..., 0], header[..., 1] if lay.offset else None
 
 
-def down_rounded(h, blob, dtype, d, steps):
+def down_rounded(h, blob, dtype, d, steps, levels=127):
     """(out [d], slack [d]) for one token: Σ over steps of t * Σ_j a_j q_j (+ Σ_j h_j o_j), in float64, with the
-    kernel's float32 rounding of the coefficients (quant_axpy8.py); `steps` lists each step's weight rows."""
+    kernel's float32 rounding of the coefficients (quant_axpy8.py); `steps` lists each step's weight rows; `levels`
+    the largest |a_j| (127: int8; 32767: the int16 q8_0 axpy, quant_axpy16.py). The slack window is absolute: at
+    32767 levels h's float32 noise can move a_j by more than it, but one step of a_j is then 1/32767 of the largest
+    term, inside the fp32 tolerance."""
     q, s, o = codes_and_scales(blob, dtype, d)
     G = s.shape[1]
     out, slack = np.zeros(G * 32), np.zeros(G * 32)
@@ -36,10 +39,10 @@ def down_rounded(h, blob, dtype, d, steps):
             continue
         c = h[rows].astype(np.float32)[:, None] * s[rows]                        # [r, G] float32
         mx = np.abs(c).max(0)
-        inv = np.divide(np.float32(127), mx, out=np.zeros_like(mx), where=mx > 0).astype(np.float32)
+        inv = np.divide(np.float32(levels), mx, out=np.zeros_like(mx), where=mx > 0).astype(np.float32)
         v = (c * inv).astype(np.float32)
         a = np.rint(v).astype(np.float64)
-        t = (mx / np.float32(127)).astype(np.float64)
+        t = (mx / np.float32(levels)).astype(np.float64)
         qr = q[rows].reshape(len(rows), G, 32)
         out += (t[:, None] * np.einsum("rg,rgc->gc", a, qr)).reshape(-1)
         near = np.abs(np.abs(v - np.trunc(v)) - 0.5) < 2e-3                    # may round either way in the kernel
@@ -49,11 +52,12 @@ def down_rounded(h, blob, dtype, d, steps):
     return out[:d], slack[:d]
 
 
-def down_bound(h_abs, blob, dtype, d):
-    """[M, d]: the rounding's bound, (max_j |h_j s_{j,g}| / 254) * Σ_j |q_{j,c}|, for tokens' |h| [M, n]."""
+def down_bound(h_abs, blob, dtype, d, levels=127):
+    """[M, d]: the rounding's bound, (max_j |h_j s_{j,g}| / (2 levels)) * Σ_j |q_{j,c}|, for tokens' |h| [M, n]
+    (levels: the largest |a_j|, 127 or 32767)."""
     q, s, _ = codes_and_scales(blob, dtype, d)
     mx = (h_abs[:, :, None] * np.abs(s)[None].astype(np.float64)).max(1)      # [M, G]
-    return (np.repeat(mx / 254, 32, axis=1) * np.abs(q).sum(0))[:, :d] * 1.001
+    return (np.repeat(mx / (2 * levels), 32, axis=1) * np.abs(q).sum(0))[:, :d] * 1.001
 
 
 def h_of(kind, call, dtype, d, x, acts):

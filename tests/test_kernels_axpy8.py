@@ -1,6 +1,7 @@
 """The integer row axpy of quantized rows (codegen/kernels/quant_axpy8.py: the down projection's coefficients
 h_j * scale_{j,g} rounded per step of R rows and 32-column group to int8, summed with VNNI `vpdpbusd`, or on AVX2
-without VNNI with `vpmaddubsw` + `vpmaddwd`).
+without VNNI with `vpmaddubsw` + `vpmaddwd`; q8_0 on AVX2 rounded to int16 and summed with `vpmaddwd` alone,
+quant_axpy16.py).
 
 Three checks per kernel call, for every x86 dot with an integer axpy that this host executes (the kernels run here):
 - exact, indexed, dense: within fp32 tolerance of a float64 reference that rounds the coefficients as the kernel does
@@ -30,7 +31,8 @@ from .test_kernels_quant import ACTS, quant_calls
 pytest.importorskip("tvm")
 
 ragged = st.integers(1, 100).filter(lambda d: d % 32)
-AXPY_LAYOUTS = ("q4_0", "q4_1")  # the x86 dots' integer-axpy layouts (INT8_DOTS[...].axpy); q8_0's axpy stays float
+AXPY_LAYOUTS = ("q4_0", "q4_1")  # every x86 dot's integer-axpy layouts (INT8_DOTS[...].axpy)
+WORD_LAYOUTS = {"pmaddubsw256": ("q8_0",)}  # and on AVX2's, q8_0 by the int16 pair sum (`Int8Dot.int16_axpy`)
 AXPY_DOTS = ("vpdpbusd512", "vpdpbusd256", "pmaddubsw256")  # the x86 dots with an integer axpy
 MNEMONIC = {"vpdpbusd512": "vpdpbusd", "vpdpbusd256": "vpdpbusd", "pmaddubsw256": "vpmaddubsw"}
 
@@ -45,6 +47,13 @@ def axpy_dots_here() -> tuple[str, ...]:
 
 HERE = axpy_dots_here()
 needs_a_dot = pytest.mark.skipif(not HERE, reason="no x86 int8 dot with an integer axpy executes on this host")
+# (dot, layout) pairs whose down axpy is integer on this host (any x86 pairs when none executes: those tests skip)
+COMBOS = [(dot, dt) for dot in HERE or AXPY_DOTS for dt in (*AXPY_LAYOUTS, *WORD_LAYOUTS.get(dot, ()))]
+
+
+def levels_of(dot, dtype) -> int:
+    """The largest |a_j| of the kernel's coefficients: int8 (127), or int16 (32767) on the int16 q8_0 axpy."""
+    return 32767 if dtype in WORD_LAYOUTS.get(dot, ()) else 127
 
 
 def host_sched(dot=None):
@@ -74,24 +83,27 @@ def steps_of(kind, call, sched, n_ff, m):
 @needs_a_dot
 @pytest.mark.parametrize("kind", ("exact", "indexed", "dense"))
 @settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
-@given(dtype=st.sampled_from(AXPY_LAYOUTS), dot=st.sampled_from(HERE or AXPY_DOTS), d=ragged, n_ff=st.integers(1, 40),
-       frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
-def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind, dtype, dot, d, n_ff, frac, seed):
+@given(combo=st.sampled_from(COMBOS), d=ragged, n_ff=st.integers(1, 40), frac=st.floats(0.05, 0.95),
+       seed=st.integers(0, 999))
+def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind, combo, d, n_ff, frac, seed):
+    dot, dtype = combo
     check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed)
 
 
 @pytest.mark.parametrize("kind,dtype", (("exact", "q4_0"), ("indexed", "q4_0"), ("dense", "q4_0"),
-                                        ("exact", "q4_1"), ("dense", "q4_1")))
+                                        ("exact", "q4_1"), ("dense", "q4_1"), ("exact", "q8_0"),
+                                        ("indexed", "q8_0"), ("dense", "q8_0")))
 def test_the_coefficient_table_path_on_long_rows(kind, dtype):
-    """Split rows (q4_0, q4_1: its per-group offset constant in the table too) on AVX-512 and AVX2 round a step's
-    coefficients 16 groups per vector into a table (`coefficient_table`): rows of 1100 columns (34 groups, 17 per
-    task: one 16-group vector and one group more, then a partial group) take the vector, the one-by-one and the
-    partial-group paths, against the same step-exact reference, on every such dot this host executes."""
+    """Split rows (q4_0, q4_1: its per-group offset constant in the table too) on AVX-512 and AVX2, and q8_0's
+    blocks on AVX2 (each row's 16 scales gathered), round a step's coefficients 16 groups per vector into a table
+    (`coefficient_table`): rows of 1100 columns (34 groups, 17 per task: one 16-group vector and one group more,
+    then a partial group) take the vector, the one-by-one and the partial-group paths, against the same step-exact
+    reference, on every such dot this host executes."""
     from actsparse.codegen.kernels.int8_dots import INT8_DOTS
 
-    tabled = [dot for dot in HERE if INT8_DOTS[dot].coefficient_table]
+    tabled = [dot for dot in HERE if INT8_DOTS[dot].coefficient_table and (dot, dtype) in COMBOS]
     if not tabled:
-        pytest.skip("no int8 dot with a coefficient table executes on this host")
+        pytest.skip(f"no int8 dot with a coefficient table for {dtype} executes on this host")
     for dot in tabled:
         check_against_the_steps(kind, dtype, dot, 1100, 20, 0.5, 7)
 
@@ -102,6 +114,7 @@ def check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed):
 
     sched = host_sched(dot)
     assert uses_int8_axpy(dtype, sched, kind)
+    levels = levels_of(dot, dtype)
     prim = primfunc(kind, d, n_ff, dtype, sched, ACTS[kind], bias=True)
     fitted = sched.fitted(d, dtype)
     calls = quant_calls(kind, np.random.default_rng(seed), d, n_ff, dtype, frac, x8=True)
@@ -112,7 +125,7 @@ def check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed):
         ref = np.zeros_like(call.ref)
         slack = np.zeros_like(call.ref)
         for m in range(x.shape[0]):
-            ref[m], slack[m] = down_rounded(h[m], blob, dtype, d, steps_of(kind, call, fitted, n_ff, m))
+            ref[m], slack[m] = down_rounded(h[m], blob, dtype, d, steps_of(kind, call, fitted, n_ff, m), levels)
         call.ref, call.slack = ref, slack * 1.01
         try:
             call.check(out)  # fp32 tolerance (scaled by Σ|terms|) + the undecidable roundings
@@ -121,15 +134,16 @@ def check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed):
         # and within the rounding's bound of the unrounded down projection
         wd = dequantize(blob, dtype, d).astype(np.float64)
         exact_down = h @ wd
-        bound = down_bound(np.abs(h), blob, dtype, d) + 1e-4 * (call.scale + 1e-3)
+        bound = down_bound(np.abs(h), blob, dtype, d, levels) + 1e-4 * (call.scale + 1e-3)
         assert np.all(np.abs(out - exact_down) <= bound), np.max(np.abs(out - exact_down) - bound)
 
 
 @needs_a_dot
 @pytest.mark.parametrize("kind", ("threshold", "dense"))
 @settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
-@given(dtype=st.sampled_from(AXPY_LAYOUTS), d=st.integers(33, 160).filter(lambda d: d % 32),
-       n_ff=st.integers(8, 64), frac=st.floats(0.05, 0.95), seed=st.integers(0, 999))
+@given(dtype=st.sampled_from([dt for dot, dt in COMBOS if dot == (HERE or AXPY_DOTS)[0]]),
+       d=st.integers(33, 160).filter(lambda d: d % 32), n_ff=st.integers(8, 64), frac=st.floats(0.05, 0.95),
+       seed=st.integers(0, 999))
 def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, dtype, d, n_ff, frac, seed):
     """Threshold (its kept set can differ near the threshold, so no step-exact reference): the rounding bound on
     top of the kernel's own tolerance; dense: within 5% (relative, L2) of float64 on unrounded x and h."""
@@ -141,7 +155,7 @@ def test_integer_down_projection_is_within_its_bound_and_close_end_to_end(kind, 
     for call, out in zip(calls, run_native(prim, calls)):
         x, blob = call.args[0], call.args[3]
         h = h_of(kind, call, dtype, d, round_x8(x), ACTS[kind])
-        call.slack = call.slack + down_bound(np.abs(h), blob, dtype, d)
+        call.slack = call.slack + down_bound(np.abs(h), blob, dtype, d, levels_of(HERE[0], dtype))
         call.check(out)
         ws = [dequantize(b, dtype, d) for b in call.args[1:4]]
         full, _ = mlp_reference(x, *ws, *ACTS[kind][:3]) if kind == "dense" else (call.ref, None)
@@ -213,17 +227,41 @@ def test_the_integer_down_loop_of_split_rows_reads_its_coefficients_from_the_tab
     assert fills and all(op not in body for body in fills), fills
 
 
+def test_the_int16_q8_0_down_loop_holds_only_the_pair_sums():
+    """AVX2, q8_0 rows (`Int8Dot.int16_axpy`, quant_axpy16.py): the down projection's group loop is, per 8 rows x 32
+    columns, 16 sign-extending loads (vpmovsxbw), 16 word unpacks, 16 vpmaddwd, 4 conversions and 4 FMAs: no scale
+    load, conversion or division (the coefficient table holds them), no byte pair sum: 94 instructions in the dense
+    kernel on one thread (znver3), 117 here (22 movq reloading gathered rows' pointers), where main's float loop took
+    148 (32 vpmovsxbd, 32 vcvtdq2ps, 28 FMAs, 8 vpinsrw + 8 vcvtph2ps of scales). Compiled only: any host."""
+    import tvm
+
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    from .test_kernels_int8 import innermost_loops
+
+    sched = CpuSchedule(lanes=8, threads=2, vector_registers=16, int8_dot="pmaddubsw256", int8_axpy=True)
+    prim = primfunc("exact", 4096, 64, "q8_0", sched, ACTS["exact"])
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}))
+    asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+    loops = [body for body in innermost_loops(asm) if "vpmaddwd" in body and "vpmaddubsw" not in body]
+    assert len(loops) == 1, loops
+    body = loops[0]
+    assert body.count("vpmaddwd") == 16 and body.count("vpmovsxbw") == 16 and body.count("vcvtdq2ps") == 4, body
+    assert not [op for op in body if op.startswith(("vpinsrw", "vdiv", "vcvtph2ps", "vpmovsxbd", "vpsignb"))], body
+    assert len(body) < 125, len(body)
+
+
 def test_the_integer_axpy_follows_the_dot_table():
-    """The VNNI dots, sdot and the AVX2 dot serve q4_0 / q4_1 axpys (q8_0's float axpy is as fast on x86; on AVX2
-    its biased codes would saturate); float dtypes never."""
+    """The VNNI dots, sdot and the AVX2 dot serve q4_0 / q4_1 axpys, the AVX2 dot q8_0's too (int16 coefficients on
+    vpmaddwd; q8_0's float axpy is as fast on VNNI); float dtypes never."""
     from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
     from actsparse.codegen.kernels.schedule import CpuSchedule
 
     for dot, lanes in {**DOTS, "sdot128": 4}.items():
         sched = CpuSchedule(lanes=lanes, threads=2, int8_dot=dot)
         assert dot in (*AXPY_DOTS, "sdot128")
-        want = list(AXPY_LAYOUTS)
-        assert [dt for dt in QUANT_DTYPES if uses_int8_axpy(dt, sched, "dense")] == want
+        want = {*AXPY_LAYOUTS, *WORD_LAYOUTS.get(dot, ())}
+        assert {dt for dt in QUANT_DTYPES if uses_int8_axpy(dt, sched, "dense")} == want
         assert not uses_int8_axpy("q4_0", replace(sched, int8_axpy=False), "dense")
     assert not uses_int8_axpy("float16", CpuSchedule(lanes=16, threads=2, int8_dot="vpdpbusd512"), "dense")
     assert not uses_int8_axpy("q4_0", CpuSchedule(lanes=16, threads=2), "dense")
@@ -316,3 +354,97 @@ def test_a_pair_sum_dot_widens_before_its_int16_sums_could_wrap():
     ws = [dequantize(b, "q4_0", d) for b in blobs]
     ref, _ = mlp_reference(x, *ws, "relu", "identity", 0.0)
     np.testing.assert_allclose(out, ref, rtol=0.02, atol=0.02 * np.abs(ref).max())
+
+
+def q8_0_blob(codes, scales):
+    """A q8_0 blob from codes [n, G * 32] (int, -128..127) and scales [n, G] (exact in fp16), byte for byte."""
+    n, G = scales.shape
+    blocks = np.zeros((n, G, 34), np.uint8)
+    blocks[..., :2] = scales.astype(np.float16)[..., None].view(np.uint8)
+    blocks[..., 2:] = codes.astype(np.int8).reshape(n, G, 32).view(np.uint8)
+    return blocks.reshape(n, G * 34)
+
+
+def exact_h_inputs(gate_a, gate_e, up_b, d):
+    """(x [3, d], gate and up blobs) whose h the kernel computes exactly: gate row j holds codes a_j (column 0) and e_j
+    (column 1), up row j b_j (column 0), all scales 1; x is 127 at column 0 (token 0: every neuron with a_j > 0
+    active), -127 there (token 1: none) or 5 there and 127 at column 1 (token 2: those with 5 a_j + 127 e_j > 0), so
+    x rounds to itself (dx = 1) and h is an integer below 2^24, e.g. relu(127 a_j) * 127 b_j on token 0."""
+    n, G = len(gate_a), -(-d // 32)
+    ones = np.ones((n, G))
+    gate, up = np.zeros((n, G * 32)), np.zeros((n, G * 32))
+    gate[:, 0], gate[:, 1], up[:, 0] = gate_a, gate_e, up_b
+    x = np.zeros((3, d), np.float32)
+    x[0, 0], x[1, 0], x[2, 1] = 127, -127, 127
+    x[2, 0] = 5  # token 2's up is 5 b_j
+    return x, q8_0_blob(gate, ones), q8_0_blob(up, ones)
+
+
+def run_word_axpy(sched, d, gate_a, gate_e, up_b, down_codes, down_scales):
+    """(out [3, d], h [3, n] float64) of the dense q8_0 kernel on `exact_h_inputs` and the given down blob."""
+    from .kernel_cases import Call
+
+    x, gate, up = exact_h_inputs(gate_a, gate_e, up_b, d)
+    down = q8_0_blob(down_codes, down_scales)
+    prim = primfunc("dense", d, len(gate_a), "q8_0", sched, ("relu", "identity", 0.0))
+    (out,) = run_native(prim, [Call([x, gate, up, down, np.zeros((3, d), np.float32)], None, None, "q8_0")])
+    a, e, b = (np.asarray(v, float) for v in (gate_a, gate_e, up_b))
+    g, u = np.stack([127 * a, -127 * a, 5 * a + 127 * e]), np.stack([127 * b, -127 * b, 5 * b])
+    return out, np.maximum(g, 0) * u, down
+
+
+@pytest.mark.parametrize("d", (1100, 80))
+def test_the_int16_q8_0_axpy_is_step_exact_on_exact_coefficients(d):
+    """AVX2's q8_0 down axpy (int16 coefficients on vpmaddwd, quant_axpy16.py) on inputs whose h is exact in float32:
+    the output equals the numpy model of its steps (t = max|h s| / 32767, a_j = rint(h_j s_j / t)) within 2e-6 of
+    Σ|terms| (float32's per-step conversion and sums), where the unrounded down projection is off by more (rows
+    whose h is 10-1000x below their step's largest: a_j of tens to hundreds, a visible rounding) and an int8
+    rounding far more. Tokens at 100%, 0% and about half active; rows of 1100 columns (the 16-group table, one group
+    more and a partial group per task) and of 80 (groups one by one)."""
+    if "pmaddubsw256" not in HERE:
+        pytest.skip("the AVX2 pair-sum dot does not execute on this host")
+    from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
+
+    sched = host_sched("pmaddubsw256")
+    assert uses_int8_axpy("q8_0", sched, "dense")
+    rng = np.random.default_rng(11)
+    n, G = 20, -(-d // 32)
+    gate_a = rng.integers(1, 4, n)          # every neuron active on token 0, none on token 1
+    gate_a[::8] = 40                        # each step's largest h (steps of sched.rows = 8 rows)
+    gate_e = rng.choice([-3, -1, 1, 2], n)  # token 2: the rows with e_j > 0
+    up_b = rng.integers(1, 4, n) * rng.choice([-1, 1], n)
+    up_b[::8] = 25
+    codes = rng.integers(-128, 128, (n, G * 32))
+    scales = rng.integers(32, 128, (n, G)) / 64  # exact in fp16
+    out, h, down = run_word_axpy(sched, d, gate_a, gate_e, up_b, codes, scales)
+    steps = [range(i, min(i + sched.rows, n)) for i in range(0, n, sched.rows)]
+    wd = codes[:, :d] * np.repeat(scales, 32, axis=1)[:, :d]
+    terms = np.abs(h) @ np.abs(wd)
+    assert not out[1].any()  # 0% active: h = 0, every a_j and t 0
+    assert (h[0] != 0).all() and 0 < np.count_nonzero(h[2]) < n
+    for m in (0, 2):
+        model, slack = down_rounded(h[m], down, "q8_0", d, steps, levels=32767)
+        err = np.abs(out[m] - model)
+        assert np.all(err <= 2e-6 * terms[m] + slack), np.max((err - slack) / terms[m])
+    # token 0, each step's first row ~200x the others: their a_j of tens to hundreds round visibly
+    unrounded = np.max(np.abs(h[0] @ wd - out[0]) / terms[0])
+    int8, _ = down_rounded(h[0], down, "q8_0", d, steps, levels=127)
+    assert unrounded > 4e-6 and np.max(np.abs(int8 - out[0]) / terms[0]) > 1e-4, unrounded
+
+
+def test_the_int16_q8_0_axpy_holds_the_int32_bound():
+    """The extremes of vpmaddwd's int32 sums: 32 rows in one step (16 row pairs) with equal h, so every a_j is
+    32767, over codes -128 (even columns) and 127 (odd ones): per column 32 * 32767 * -128 = -134213632 and
+    32 * 32767 * 127, exact in int32; the output equals the model and the float64 down projection."""
+    if "pmaddubsw256" not in HERE:
+        pytest.skip("the AVX2 pair-sum dot does not execute on this host")
+    sched = replace(host_sched("pmaddubsw256"), rows=32, threads=1)
+    d, n = 70, 32
+    codes = np.tile(np.where(np.arange(96) % 2, 127, -128), (n, 1))
+    scales = np.full((n, 3), 0.5)
+    out, h, down = run_word_axpy(sched, d, np.full(n, 2), np.full(n, -1), np.full(n, 3), codes, scales)
+    model, _ = down_rounded(h[0], down, "q8_0", d, [range(n)], levels=32767)
+    exact = h[0] @ (codes[:, :d] * 0.5)
+    np.testing.assert_allclose(model, exact, rtol=1e-7)  # equal coefficients: a_j = 32767, t's float32 rounding only
+    np.testing.assert_allclose(out[0], exact, rtol=1e-6)
+    assert exact[0] == 32 * 254 * 381 * 0.5 * -128 and not out[1].any() and not out[2].any()

@@ -21,9 +21,9 @@ class Int8Dot:
     lanes: int          # int32 lanes (= the fp32 lanes the block scaling runs on)
     signed_a: bool      # a is signed (sdot) rather than unsigned (vpdpbusd's u8): q8_0 codes then go in as they are
     axpy: tuple[str, ...] = ()  # layouts whose row axpy runs on it too (quant_axpy8.py: coefficients rounded per
-                                # step to int8). Not q8_0: on x86 its float axpy (one widening per 16 codes) timed
-                                # as fast; on aarch64 the integer one saves only 409 -> 317 instructions per 8 rows
-                                # x 32 columns (q4: 473 -> 212), untimed (BENCHMARKS.md, session 7)
+                                # step to int8). Not q8_0 on VNNI: its float axpy (one widening per 16 codes)
+                                # timed as fast; on aarch64 the integer one saves only 409 -> 317 instructions per
+                                # 8 rows x 32 columns (q4: 473 -> 212), untimed (BENCHMARKS.md, session 7)
     nibble_lookup: str = ""  # the same ISA's 16-entry fp32 table lookup by the low 4 bits of int32 lanes (LLVM
                              # intrinsic (table, indices) -> float32 x 16), which the float axpy of q4 rows takes
                              # instead of mask / shift / widen / convert (quant_blocks.quant_axpy_macro); "": none
@@ -44,6 +44,10 @@ class Int8Dot:
     sign_trick: str = ""  # the byte-sign intrinsic (vpsignb) by which signed q8_0 codes go in on the u8 x s8 dot:
                           # |code| (u8, 0..128) times sign(x̂, code) (|x̂| <= 127): pairs <= 2 * 128 * 127 fit int16,
                           # where x̂ + 128 times codes (up to 2 * 255 * 127) would saturate; x̂ then goes in signed
+    int16_axpy: tuple[str, ...] = ()  # layouts of `axpy` whose row axpy runs on `pair_sum` alone (vpmaddwd: int16 x
+                                      # int16 pairs -> int32), codes sign-extended to int16 and the coefficients
+                                      # rounded to int16 (quant_axpy16.py): q8_0 on AVX2, whose codes saturate
+                                      # `intrinsic`'s pairs
 
     @property
     def signed_codes(self) -> bool:
@@ -88,8 +92,9 @@ INT8_DOTS = {
     "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
     "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
     # AVX2 without VNNI (Zen 3, Haswell..Skylake client): llama.cpp's dots, q8_0 by the sign trick; the q4 axpys
-    # too (nibbles as the u8 operand times a_j: pairs <= 2 * 15 * 127, quant_axpy8.SETS_PER_WIDENING; q8_0's code
-    # + 128 would saturate)
-    "pmaddubsw256": Int8Dot("llvm.x86.avx2.pmadd.ub.sw", 8, False, axpy=("q4_0", "q4_1"), coefficient_table=True,
-                            axpy_interleave=2, pair_sum="llvm.x86.avx2.pmadd.wd", sign_trick="llvm.x86.avx2.psign.b"),
+    # too (nibbles as the u8 operand times a_j: pairs <= 2 * 15 * 127, quant_axpy8.SETS_PER_WIDENING); q8_0's axpy on
+    # vpmaddwd alone (its code + 128 would saturate vpmaddubsw; quant_axpy16.py)
+    "pmaddubsw256": Int8Dot("llvm.x86.avx2.pmadd.ub.sw", 8, False, axpy=("q4_0", "q4_1", "q8_0"),
+                            coefficient_table=True, axpy_interleave=2, pair_sum="llvm.x86.avx2.pmadd.wd",
+                            sign_trick="llvm.x86.avx2.psign.b", int16_axpy=("q8_0",)),
 }

@@ -1,7 +1,8 @@
 """The row axpy of quantized rows (the down projection of every gated-MLP kernel) as integer dot products: x86 VNNI
 `vpdpbusd`, aarch64 `sdot`, AVX2's `vpmaddubsw` (the schedule's `int8_dot`); the layouts it serves are its table
-entry's `axpy` (`int8_dots.INT8_DOTS`: q4_0 and q4_1; q8_0's float axpy was as fast), for the kernels the schedule
-names (`CpuSchedule.int8_axpy`: the target's `int8_axpy_kernels`, by default the dense kernel only).
+entry's `axpy` (`int8_dots.INT8_DOTS`: q4_0 and q4_1; q8_0 on AVX2 only, on `vpmaddwd` with int16 coefficients,
+quant_axpy16.py: its entry's `int16_axpy`; on VNNI q8_0's float axpy was as fast), for the kernels the schedule names
+(`CpuSchedule.int8_axpy`: the target's `int8_axpy_kernels`, by default the dense kernel only).
 
 A step of the axpy adds R rows j, each times its coefficient h_j, to a task's output columns:
 out[c] += Σ_j h_j · w_{j,c}, with w_{j,c} = s_{j,g} · (u_{j,c} - z) (+ o_{j,g} + 8 s_{j,g} for q4_1) in group
@@ -58,6 +59,7 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
 from .int8_dots import INT8_DOTS
+from .quant_axpy16 import MAX_ROWS, coefficient_levels, interleaved_pair, row_scales, word_macros
 from .quant_blocks import (
     axpy_macros,
     flat_rows,
@@ -93,9 +95,15 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     S = NV // 4  # sets of 4 rows per step
     q8, off = lay.bits == 8, lay.offset
     paired = ins.axpy_interleave == 2 and not q8  # 2 rows per int16 lane (module docstring; q4 codes only)
+    word = dtype in ins.int16_axpy  # int16 codes and coefficients on `pair_sum` alone (quant_axpy16.py)
+    levels = coefficient_levels(ins, dtype)  # the largest |a_j|: 127, or 32767 on the int16 form
+    coef = "int16" if word else "int8"
+    if word and (L != 8 or NV > MAX_ROWS):
+        raise ValueError(f"the int16 q8_0 axpy takes 8 int32 lanes and at most {MAX_ROWS} rows per step, got "
+                         f"{L} lanes and {R} rows: give {sched.int8_dot!r} no int16_axpy, or fewer rows")
     W = 2 * L if paired else L  # columns per vector: one per int16 lane, else one per int32 lane
     V = HALF // W  # W-column vectors per half group
-    flip = q8 and not ins.signed_a  # q8_0 on a u8 operand: code + 128 (xor 0x80)
+    flip = q8 and not ins.signed_a and not word  # q8_0 on a u8 operand: code + 128 (xor 0x80)
     z = 128 if flip else 0 if q8 else 8  # q4_1 centred too: s * nib + o = s * (nib - 8) + (o + 8 s)
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     n_full, first, last = group_split(d, threads)
@@ -104,7 +112,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     row_offsets = row_offsets_macro(gathered, R, row_bytes)
     # split rows hold a row's scales contiguously: the step's coefficients rounded TV groups per vector into a table
     # before the group loop (`coefficient_table`), so the loop holds no scale gather, reduction, division or z dots
-    tabled = lay.split and ins.coefficient_table
+    tabled = (lay.split or word) and ins.coefficient_table  # q8_0's blocks: each row's 16 scales gathered
     TV, NG = 16, -(-n_full // threads)  # NG: the most groups a task owns
     # paired and tabled with a vector of two groups' code bytes (AVX2: 32 = 2 x 16): two groups per iteration, their
     # bytes interleaved by in-lane unpacks of whole-vector loads (`twin_codes`), no cross-lane shuffle
@@ -214,10 +222,13 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             acc = ins.dots(acc, *operands[at:at + SETS_PER_WIDENING])
         return acc
 
+    word_sum, word_columns = word_macros(ins, lay, stored, R, NV, NG)
+
     def columns(w, ro, ab, tt, ofs, grp, hf, v, at=0, zsum=None):
         """float32 x W: the step's contribution to the W columns."""
-        e = T.Cast(f"float32x{W}", (paired_sum if paired else int_sum)(w, ro, ab, grp, hf, v, at, zsum)) * \
-            T.Broadcast(tt, W)
+        total = word_sum(w, ro, ab, grp, hf, v, at) if word else (paired_sum if paired else int_sum)(
+            w, ro, ab, grp, hf, v, at, zsum)
+        e = T.Cast(f"float32x{W}", total) * T.Broadcast(tt, W)
         return e + T.Broadcast(ofs, W) if off else e
 
     def lane_reduce(buf, op):
@@ -252,10 +263,10 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         cf[T.ramp(0, 1, NV)] = hv[T.ramp(0, 1, NV)] * scales(w, ro, grp)
         mx[T.ramp(0, 1, NV)] = T.abs(cf[T.ramp(0, 1, NV)])
         lane_reduce(mx, T.max)()
-        inv: T.let = T.if_then_else(mx[0] > T.float32(0), T.float32(127) / mx[0], T.float32(0))
+        inv: T.let = T.if_then_else(mx[0] > T.float32(0), T.float32(levels) / mx[0], T.float32(0))
         q[T.ramp(0, 1, NV)] = T.Cast(f"int32x{NV}", T.nearbyint(cf[T.ramp(0, 1, NV)] * T.Broadcast(inv, NV)))
-        ab[T.ramp(0, 1, NV)] = T.Cast(f"int8x{NV}", q[T.ramp(0, 1, NV)])
-        sc[0] = mx[0] / T.float32(127) + hv[NV]
+        ab[T.ramp(0, 1, NV)] = T.Cast(f"{coef}x{NV}", q[T.ramp(0, 1, NV)])
+        sc[0] = mx[0] / T.float32(levels) + hv[NV]
         if off:  # Σ h (o + 8 s), in fp32
             mx[T.ramp(0, 1, NV)] = hv[T.ramp(0, 1, NV)] * offsets(w, ro, grp) + cf[
                 T.ramp(0, 1, NV)] * T.Broadcast(T.float32(8), NV)
@@ -270,46 +281,6 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             e = term if e is None else e + term
         return e
 
-    @T.macro
-    def coefficient_table(wf, ro, hv, g0, ng, ab, sc, abt, zt, tt):
-        # `coefficients` for the task's ng groups from g0, TV groups per vector: abt[gi * NV + j] = a_j (a group's 4
-        # rows one int32, as the dots read them), zt[gi] = -z Σ_j a_j, tt[gi] = t (+ the NaN flag), tt[NG + gi]
-        # (q4_1) = Σ_j h_j (o_j + 8 s_j); the same operations lane by lane, so the same a_j and t as `coefficients`
-        cf = T.alloc_buffer((NV * TV,), "float32", scope="global")
-        mx = T.alloc_buffer((TV,), "float32", scope="global")
-        q = T.alloc_buffer((NV * TV,), "int32", scope="global")
-        for c in range(ng // TV):
-            for r in T.unroll(NV):
-                cf[T.ramp(r * TV, 1, TV)] = T.Broadcast(hv[r], TV) * split_scales(lay, stored, wf, ro[T.min(r, R - 1)],
-                                                                                  g0 + c * TV, TV)
-            mx[T.ramp(0, 1, TV)] = T.abs(cf[T.ramp(0, 1, TV)])
-            for r in T.unroll(NV - 1):
-                mx[T.ramp(0, 1, TV)] = T.max(mx[T.ramp(0, 1, TV)], T.abs(cf[T.ramp((r + 1) * TV, 1, TV)]))
-            for r in T.unroll(NV):
-                q[T.ramp(r * TV, 1, TV)] = T.Cast(f"int32x{TV}", T.nearbyint(cf[T.ramp(r * TV, 1, TV)] * T.Select(
-                    mx[T.ramp(0, 1, TV)] > T.Broadcast(T.float32(0), TV),
-                    T.Broadcast(T.float32(127), TV) / mx[T.ramp(0, 1, TV)], T.Broadcast(T.float32(0), TV))))
-            tt[T.ramp(c * TV, 1, TV)] = mx[T.ramp(0, 1, TV)] / T.Broadcast(T.float32(127), TV) + T.Broadcast(
-                hv[NV], TV)
-            if off:  # Σ_j h_j o_j + 8 c_j, in fp32 (mx is free again)
-                mx[T.ramp(0, 1, TV)] = T.Broadcast(T.float32(0), TV)
-                for r in T.unroll(NV):
-                    mx[T.ramp(0, 1, TV)] = mx[T.ramp(0, 1, TV)] + T.Broadcast(hv[r], TV) * split_scales(
-                        lay, stored, wf, ro[T.min(r, R - 1)], g0 + c * TV, TV, offsets=True) + cf[
-                        T.ramp(r * TV, 1, TV)] * T.Broadcast(T.float32(8), TV)
-                tt[T.ramp(NG + c * TV, 1, TV)] = mx[T.ramp(0, 1, TV)]
-            zt[T.ramp(c * TV, 1, TV)] = T.Broadcast(T.int32(-z), TV) * sum_rows(q)
-            abt[T.ramp(c * TV * NV, 1, TV * NV)] = T.Shuffle(  # transposed: row-major [r][g] -> [g][r]
-                [T.Cast(f"int8x{TV}", q[T.ramp(r * TV, 1, TV)]) for r in range(NV)],
-                [(k % NV) * TV + k // NV for k in range(TV * NV)])
-        for gi in range(ng // TV * TV, ng):  # the last ng % TV groups one by one
-            coefficients(wf, ro, hv, g0 + gi, ab, sc)
-            abt[T.ramp(gi * NV, 1, NV)] = ab[T.ramp(0, 1, NV)]
-            zt[gi] = T.int32(-z) * sum_rows(ab, 1)
-            tt[gi] = sc[0]
-            if off:
-                tt[NG + gi] = sc[1]
-
     def all_finite(hv):
         e = T.isfinite(hv[0])
         for r in range(1, NV):
@@ -317,10 +288,12 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return e
 
     @T.macro
-    def group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m):
+    def group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m, part=None):
         if prefetch:  # the next step's rows
             pf_group(wf, ro, R, g0 + gi)
-        if tabled:
+        if tabled and word:
+            word_columns(wf, ro, abt, tt, g0 + gi, gi, out, m, part)
+        elif tabled:
             for hf in T.unroll(2):
                 for v in T.unroll(V):
                     out[m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] = out[
@@ -335,12 +308,66 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                         wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
 
     @T.macro
+    def coefficient_table(wf, ro, hv, g0, ng, ab, sc, abt, zt, tt, out, m, part):
+        # `coefficients` for the task's ng groups from g0, TV groups per vector: abt[gi * NV + j] = a_j (a group's 4
+        # rows one int32, as the dots read them), zt[gi] = -z Σ_j a_j, tt[gi] = t (+ the NaN flag), tt[NG + gi]
+        # (q4_1) = Σ_j h_j (o_j + 8 s_j); the same operations lane by lane, so the same a_j and t as `coefficients`.
+        # q8_0's int16 form (`word`) runs each TV groups' columns right after their entries: its scales sit beside
+        # the codes, so filling the whole table first read every line of the step's rows twice
+        cf = T.alloc_buffer((NV * TV,), "float32", scope="global")
+        mx = T.alloc_buffer((TV,), "float32", scope="global")
+        q = T.alloc_buffer((NV * TV,), "int32", scope="global")
+        for c in range(ng // TV):
+            for r in T.unroll(NV):
+                cf[T.ramp(r * TV, 1, TV)] = T.Broadcast(hv[r], TV) * row_scales(lay, stored, wf, ro[T.min(r, R - 1)],
+                                                                                g0 + c * TV, TV)
+            mx[T.ramp(0, 1, TV)] = T.abs(cf[T.ramp(0, 1, TV)])
+            for r in T.unroll(NV - 1):
+                mx[T.ramp(0, 1, TV)] = T.max(mx[T.ramp(0, 1, TV)], T.abs(cf[T.ramp((r + 1) * TV, 1, TV)]))
+            for r in T.unroll(NV):
+                q[T.ramp(r * TV, 1, TV)] = T.Cast(f"int32x{TV}", T.nearbyint(cf[T.ramp(r * TV, 1, TV)] * T.Select(
+                    mx[T.ramp(0, 1, TV)] > T.Broadcast(T.float32(0), TV),
+                    T.Broadcast(T.float32(levels), TV) / mx[T.ramp(0, 1, TV)], T.Broadcast(T.float32(0), TV))))
+            tt[T.ramp(c * TV, 1, TV)] = mx[T.ramp(0, 1, TV)] / T.Broadcast(T.float32(levels), TV) + T.Broadcast(
+                hv[NV], TV)
+            if off:  # Σ_j h_j o_j + 8 c_j, in fp32 (mx is free again)
+                mx[T.ramp(0, 1, TV)] = T.Broadcast(T.float32(0), TV)
+                for r in T.unroll(NV):
+                    mx[T.ramp(0, 1, TV)] = mx[T.ramp(0, 1, TV)] + T.Broadcast(hv[r], TV) * split_scales(
+                        lay, stored, wf, ro[T.min(r, R - 1)], g0 + c * TV, TV, offsets=True) + cf[
+                        T.ramp(r * TV, 1, TV)] * T.Broadcast(T.float32(8), TV)
+                tt[T.ramp(NG + c * TV, 1, TV)] = mx[T.ramp(0, 1, TV)]
+            zt[T.ramp(c * TV, 1, TV)] = T.Broadcast(T.int32(-z), TV) * sum_rows(q)
+            if word:  # pair-major, [p][g][2] (quant_axpy16.py): an unpack per row pair, no transpose
+                for p in T.unroll(NV // 2):
+                    abt[T.ramp((p * NG + c * TV) * 2, 1, 2 * TV)] = interleaved_pair(q, p, TV)
+                for k in range(TV):
+                    group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, c * TV + k, out, m, part)
+            else:
+                abt[T.ramp(c * TV * NV, 1, TV * NV)] = T.Shuffle(  # transposed: row-major [r][g] -> [g][r]
+                    [T.Cast(f"{coef}x{TV}", q[T.ramp(r * TV, 1, TV)]) for r in range(NV)],
+                    [(k % NV) * TV + k // NV for k in range(TV * NV)])
+        for gi in range(ng // TV * TV, ng):  # the last ng % TV groups one by one
+            coefficients(wf, ro, hv, g0 + gi, ab, sc)
+            if word:
+                for p in T.unroll(NV // 2):
+                    abt[T.ramp((p * NG + gi) * 2, 1, 2)] = ab[T.ramp(2 * p, 1, 2)]
+            else:
+                abt[T.ramp(gi * NV, 1, NV)] = ab[T.ramp(0, 1, NV)]
+            zt[gi] = T.int32(-z) * sum_rows(ab, 1)
+            tt[gi] = sc[0]
+            if off:
+                tt[NG + gi] = sc[1]
+            if word:
+                group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m, part)
+
+    @T.macro
     def step(w, rows, base, i, end, h, hcol, t, out, m):
         wf = flat_rows(w, w.shape[0], row_bytes)
         ro = T.alloc_buffer((2 * R,), "int64", scope="global")  # byte offsets of the step's rows, then the next's
         row_offsets(ro, rows, base, i, end)
         hv = T.alloc_buffer((NV + 1,), "float32", scope="global")  # [NV]: 0, or NaN if some h is not finite
-        ab = T.alloc_buffer((NV,), "int8", scope="global")
+        ab = T.alloc_buffer((NV,), coef, scope="global")
         sc = T.alloc_buffer((2,), "float32", scope="global")
         for r in T.unroll(NV):
             hv[r] = T.float32(0)
@@ -349,13 +376,16 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                     hv[r] = h[m, hcol + i + r]
         hv[NV] = T.if_then_else(all_finite(hv), T.float32(0), T.float32(float("nan")))
         g0: T.let = first(t)
-        abt = T.alloc_buffer((NG * NV if tabled else 1,), "int8", scope="global")
+        abt = T.alloc_buffer((NG * NV if tabled else 1,), coef, scope="global")
         zt = T.alloc_buffer((NG if tabled else 1,), "int32", scope="global")
         tt = T.alloc_buffer(((2 if off else 1) * NG if tabled else 1,), "float32", scope="global")  # t; q4_1: then ofs
         if prefetch:
             pf_scales(wf, ro, R, g0, last(t))
-        if tabled:
-            coefficient_table(wf, ro, hv, g0, last(t) - g0, ab, sc, abt, zt, tt)
+        if tabled and word:  # q8_0's int16 form: with its group loop (`coefficient_table`)
+            half_sums = T.alloc_buffer((HALF,), "int32", scope="global")  # `word_out`'s sums of a half group
+            coefficient_table(wf, ro, hv, g0, last(t) - g0, ab, sc, abt, zt, tt, out, m, half_sums)
+        elif tabled:
+            coefficient_table(wf, ro, hv, g0, last(t) - g0, ab, sc, abt, zt, tt, out, m, None)
         if twin:  # two groups per iteration, then a last odd group as below
             pairs: T.let = (last(t) - g0) // 2
             wide = T.alloc_buffer((W,), "int32", scope="global")  # `twin_out`'s widened sums of two groups
@@ -366,7 +396,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                 twin_columns(wf, ro, abt, zt, tt, g0 + 2 * gp, 2 * gp, out, m, wide)
             for gi in range(2 * pairs, last(t) - g0):
                 group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m)
-        else:
+        elif not (tabled and word):
             for gi in range(last(t) - g0):
                 group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, gi, out, m)
         if tail > 0:
