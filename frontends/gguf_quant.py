@@ -66,7 +66,7 @@ class GGUFQuantError(FrontendError):
 def gguf_tensor_types(path, reader=None) -> dict[str, int]:
     """Tensor type name -> count, after checking that every type is one actsparse can read (`reader`: the file's
     `read_gguf` when the caller has it: parsing Gemma's 262k-token vocabulary takes ~15 s)."""
-    counts = Counter(t.tensor_type.name for t in (reader or read_gguf(path)).tensors)
+    counts = Counter(t.tensor_type.name for t in (reader if reader is not None else read_gguf(path)).tensors)
     bad = sorted(set(counts) - set(KEPT) - set(DEQUANTIZED) - set(FLOATS))
     if bad:
         raise GGUFQuantError(f"{path}: tensor type(s) {', '.join(bad)} are not supported; actsparse keeps "
