@@ -108,6 +108,10 @@ def _load(folder: Path, extra: dict, what: str):
 
 # transformers' message -> what the user should do; the first whose fragment the message holds (lower case)
 LOAD_FAILURES = (
+    (("unrecognized configuration class", "for this kind of automodel"),
+     "its config is of a model transformers' AutoModelForCausalLM does not load (a sub-model's or another task's "
+     "config, e.g. an encoder or one part of a composite model); save the causal LM itself, whose config.json "
+     "`architectures` names a ...ForCausalLM class"),
     (("does not recognize this architecture", "unrecognized model", "model_type", "gguf model with architecture",
       "not supported", "architecture"),
      "its architecture must be one transformers knows (a decoder-only LM), named by `model_type` in config.json"),

@@ -131,21 +131,22 @@ def test_a_gguf_of_an_architecture_transformers_lacks_is_a_clear_error(tmp_path,
     assert main(["generate", str(tmp_path / "missing.gguf"), "--prompt", "a"]) == 2
 
 
-def test_a_folder_of_a_model_whose_cache_is_not_keys_values_or_states_is_a_clear_error(tmp_path, capsys):
-    """DeepSeek-V4's cache layers keep compressor buffers of their own (neither key/value slots nor a fixed-size
-    recurrent state): no decoder, one line naming what is missing. (RWKV's and Mamba's recurrent states decode:
-    tests/test_decode_archs.py.)"""
+def test_a_folder_of_a_config_automodel_does_not_load_is_a_clear_error(tmp_path, capsys):
+    """MusicGen's decoder alone (MusicgenForCausalLM, a config transformers' AutoModelForCausalLM does not load
+    from a folder: its auto entry is the composite MusicgenConfig): `actsparse build` on its folder exits 2 with one
+    line naming the config class and the way out, not a "corrupt weights" guess; nothing written. (DeepSeek-V4,
+    whose cache layers keep buffers of their own, decodes by recomputation: tests/test_decode_archs.py.)"""
     from actsparse.scripts.arch_table import build_tiny
 
-    folder = tmp_path / "deepseek_v4"
-    build_tiny("deepseek_v4").save_pretrained(folder)
+    folder = tmp_path / "musicgen"
+    build_tiny("musicgen").save_pretrained(folder)
     capsys.readouterr()  # drop save_pretrained's own progress bar: only the CLI's output is checked
     out = tmp_path / "out"
     assert main(["build", str(folder), "-o", str(out)]) == 2
     err = capsys.readouterr().err  # transformers' "Loading weights" progress bar, then our one line
     errors = [line for line in err.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("actsparse build: error: ") and "Traceback" not in err
-    assert "buffer_kv" in errors[0]
+    assert "MusicgenDecoderConfig" in errors[0] and "ForCausalLM class" in errors[0] and "corrupt" not in errors[0]
     assert not out.exists()
 
 
