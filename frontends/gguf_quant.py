@@ -2,15 +2,18 @@
 
     read_gguf_quantized("model.gguf") -> {"model.layers.0.mlp.gate_proj.weight": QuantizedWeight(q4_1), ...}
 
-Q8_0 blocks are our layout byte for byte (ir.quant), so those tensors are taken as they are; Q4_0's and Q4_1's
-bytes are rearranged into our split rows (`ir.quant.from_gguf_blocks`): lossless, no arithmetic either way.
-llama.cpp stores the rows of Llama's q/k projections permuted for its rotary layout;
-transformers' tensor processor undoes that permutation, which moves whole rows, so it applies to the blob as
-well. Other types are left out of the result (the model's dequantized weights cover them):
-K-quants and the other dequantizable types (Q4_K, Q5_K, Q6_K, Q2_K, Q3_K, Q5_0, Q5_1, the IQ types) have
-super-blocks and sub-scales that ours cannot hold exactly; they are dequantized by transformers and, when
-`quantize=` asks for it, re-quantized by the quantize pass (a second rounding; `gguf_tensor_types` lets the
-report say which). A tensor type nothing here can read is one `GGUFQuantError`.
+`KEPT` says, one entry per GGUF type, which of our layouts (ir.quant) holds it and how its blocks get there:
+Q8_0 blocks are our layout byte for byte; Q4_0's and Q4_1's bytes are rearranged into our split rows
+(`ir.quant.from_gguf_blocks`): lossless, no arithmetic either way. Q5_0 blocks become q8_0 groups (code q - 16,
+the same scale: lossless) and Q4_K super-blocks eight q4_1 groups (scale d*sc and offset -dmin*m rounded to fp16:
+at most 2^-11 of each product; frontends/gguf_kquants.py); a Q4_K tensor whose products exceed fp16 stays
+dequantized, with a warning naming it. llama.cpp stores the rows of Llama's q/k projections permuted for its rotary
+layout; transformers' tensor processor undoes that permutation, which moves whole rows, so it applies to the blob as
+well. Other types are left out of the result (the model's dequantized weights cover them): Q6_K, Q5_K, Q2_K,
+Q3_K, Q5_1 and the IQ types have sub-blocks or offsets ours cannot hold (gguf_kquants' docstring says which);
+they are dequantized by transformers and, when `quantize=` asks for it, re-quantized by the quantize pass (a second
+rounding; `gguf_tensor_types` lets the report say which). A tensor type nothing here can read is one
+`GGUFQuantError`.
 
 The mapping GGUF name -> HF name is transformers' own (`get_gguf_hf_weights_map` over the architecture built on
 the meta device from the file's config), so every architecture transformers loads from GGUF is covered.
@@ -18,31 +21,56 @@ the meta device from the file's config), so every architecture transformers load
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
 
 from ..ir.quant import QuantizedWeight, from_gguf_blocks
 from .errors import FrontendError
+from .gguf_kquants import UnrepresentableError, q4_k_as_q4_1, q5_0_as_q8_0
 from .gguf_read import read_gguf
 
-KEPT = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}  # GGUF type -> our layout of the same bytes
+
+@dataclass(frozen=True)
+class Kept:
+    """How a GGUF type is kept quantized: our `layout`, and `rewrite` (GGUF blocks uint8 [n, the type's block
+    bytes] -> that layout's GGUF blocks) where the bytes differ; `rounding` says what the rewrite changes."""
+
+    layout: str
+    rewrite: Callable[[np.ndarray], np.ndarray] | None = None
+    rounding: str = "none"
+
+
+KEPT = {   # GGUF type -> how it is kept
+    "Q8_0": Kept("q8_0"),
+    "Q4_0": Kept("q4_0"),
+    "Q4_1": Kept("q4_1"),
+    "Q5_0": Kept("q8_0", q5_0_as_q8_0),
+    "Q4_K": Kept("q4_1", q4_k_as_q4_1, "scale d*sc and offset -dmin*m rounded to fp16"),
+}
 # the types the gguf package dequantizes (gguf.quants, which transformers' GGUF loader calls); Q8_K, Q8_1 and the
 # integer types are not among them: a file holding one is one GGUFQuantError, not a loader's NotImplementedError
-DEQUANTIZED = ("Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K", "Q5_0", "Q5_1", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S",
+DEQUANTIZED = ("Q5_K", "Q6_K", "Q2_K", "Q3_K", "Q5_1", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S",
                "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4")
 FLOATS = ("F32", "F16", "BF16")
 
 
 class GGUFQuantError(FrontendError):
-    """A GGUF tensor type actsparse cannot read (neither kept quantized nor dequantized)."""
+    """A GGUF tensor actsparse cannot read: a type neither kept quantized nor dequantized, or blocks of the wrong
+    size (a truncated or corrupt tensor)."""
 
 
-def gguf_tensor_types(path) -> dict[str, int]:
-    """Tensor type name -> count, after checking that every type is one actsparse can read."""
-    counts = Counter(t.tensor_type.name for t in read_gguf(path).tensors)
+def gguf_tensor_types(path, reader=None) -> dict[str, int]:
+    """Tensor type name -> count, after checking that every type is one actsparse can read (`reader`: the file's
+    `read_gguf` when the caller has it: parsing Gemma's 262k-token vocabulary takes ~15 s)."""
+    counts = Counter(t.tensor_type.name for t in (reader if reader is not None else read_gguf(path)).tensors)
     bad = sorted(set(counts) - set(KEPT) - set(DEQUANTIZED) - set(FLOATS))
     if bad:
         raise GGUFQuantError(f"{path}: tensor type(s) {', '.join(bad)} are not supported; actsparse keeps "
-                             f"{', '.join(KEPT)} quantized and dequantizes the K-quants, Q5_0, Q5_1, IQ*, TQ* and "
+                             f"{', '.join(KEPT)} quantized and dequantizes the other K-quants, Q5_1, IQ*, TQ* and "
                              "MXFP4: re-quantize the model with llama.cpp's llama-quantize to Q8_0, Q4_0 or Q4_1")
     return dict(counts)
 
@@ -68,19 +96,45 @@ def _hf_names(path) -> tuple[dict[str, str], object]:
     return get_gguf_hf_weights_map(model, processor), processor
 
 
-def read_gguf_quantized(path) -> dict[str, QuantizedWeight]:
-    """The GGUF's Q8_0 / Q4_0 / Q4_1 matrices as QuantizedWeight, keyed by HF weight name (see the docstring)."""
-    import numpy as np
+def hf_tensor_types(path) -> dict[str, tuple[str, str]]:
+    """HF weight name -> (GGUF tensor name, GGUF type name) of every tensor transformers maps (for reports)."""
+    names, _ = _hf_names(path)
+    return {names[t.name]: (t.name, t.tensor_type.name) for t in read_gguf(path).tensors if t.name in names}
 
-    gguf_tensor_types(path)  # one clear error for an unreadable type, before any work
+
+def kept_blob(blob: np.ndarray, type_name: str, cols: int) -> np.ndarray:
+    """A GGUF tensor's rows uint8 [rows, row bytes] of a `KEPT` type -> the blob of its layout (ir.quant)."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    kept = KEPT[type_name]
+    block_cols, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
+    rows, want = blob.shape[0], cols // block_cols * block_bytes
+    if cols % block_cols or blob.shape != (rows, want):
+        raise GGUFQuantError(f"a {type_name} tensor with {cols} columns a row has {block_cols}-column blocks of "
+                             f"{block_bytes} bytes, uint8 [{rows}, {want}]; got {list(blob.shape)}: the tensor is "
+                             "truncated or corrupt, re-export the GGUF")
+    blocks = blob if kept.rewrite is None else kept.rewrite(blob.reshape(-1, block_bytes)).reshape(rows, -1)
+    return from_gguf_blocks(blocks, kept.layout, cols)
+
+
+def read_gguf_quantized(path, left_dequantized: dict | None = None) -> dict[str, QuantizedWeight]:
+    """The GGUF's matrices of a `KEPT` type as QuantizedWeight, keyed by HF weight name (see the docstring).
+    A tensor whose blocks its layout cannot hold stays dequantized: `left_dequantized` (when given) gets
+    {HF name: the reason}, and a warning says it."""
     reader = read_gguf(path)
+    gguf_tensor_types(path, reader)  # one clear error for an unreadable type, before any work
     names, processor = _hf_names(path)
     out = {}
     for t in reader.tensors:
-        layout = KEPT.get(t.tensor_type.name)
-        if layout is None or len(t.shape) != 2 or t.name not in names:
+        kind = t.tensor_type.name
+        if kind not in KEPT or len(t.shape) != 2 or t.name not in names:
             continue
         blob = np.ascontiguousarray(processor.process(np.asarray(t.data), t.name).weights)
         rows, cols = int(t.shape[1]), int(t.shape[0])  # GGUF lists dims innermost first
-        out[names[t.name]] = QuantizedWeight(from_gguf_blocks(blob, layout, cols), layout, (rows, cols))
+        try:
+            out[names[t.name]] = QuantizedWeight(kept_blob(blob, kind, cols), KEPT[kind].layout, (rows, cols))
+        except UnrepresentableError as err:
+            warnings.warn(f"{path}: {t.name} ({kind}) stays dequantized: {err}", stacklevel=2)
+            if left_dequantized is not None:
+                left_dequantized[names[t.name]] = f"{kind}: {err}"
     return out

@@ -15,32 +15,45 @@ TYPES = {"attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "Q8_0", "attn_output": "Q
          "ffn_up": "Q4_0", "ffn_down": "Q8_0"}
 
 
-def write_tiny_llama(path, types=TYPES, seed=0):
+def q4_k_bytes(rng, rows: int, cols: int, d_range=(2e-3, 6e-3)) -> np.ndarray:
+    """Random Q4_K blocks uint8 [rows, cols / 256 * 144] by the documented layout (frontends/gguf_kquants.py; the gguf
+    package has no Q4_K quantizer): any 12 scale bytes and 128 code bytes are valid; d and dmin fp16, dmin = 7.5 d
+    so the weights d*sc*q - dmin*m centre near 0 with a standard deviation of about 250 d."""
+    n = rows * cols // 256
+    d = rng.uniform(*d_range, n).astype(np.float16)
+    dmin = (d.astype(np.float32) * 7.5).astype(np.float16)
+    header = np.stack([d, dmin], -1).view(np.uint8).reshape(n, 4)
+    rest = rng.integers(0, 256, (n, 140), dtype=np.uint8)
+    return np.concatenate([header, rest], -1).reshape(rows, -1)
+
+
+def write_tiny_llama(path, types=TYPES, seed=0, d=D, n_ff=N_FF, q4_k_d=(2e-3, 6e-3)):
     from gguf import GGMLQuantizationType as Q
     from gguf import quants
 
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "llama")
-    for key, value in (("context_length", 64), ("embedding_length", D), ("block_count", 1),
-                       ("feed_forward_length", N_FF), ("attention.head_count", HEADS),
-                       ("attention.head_count_kv", HEADS), ("rope.dimension_count", D // HEADS)):
+    for key, value in (("context_length", 64), ("embedding_length", d), ("block_count", 1),
+                       ("feed_forward_length", n_ff), ("attention.head_count", HEADS),
+                       ("attention.head_count_kv", HEADS), ("rope.dimension_count", d // HEADS)):
         w.add_uint32(f"llama.{key}", value)
     w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
     w.add_tokenizer_model("llama")
     w.add_token_list([f"<0x{i:02X}>" for i in range(256)] + [f"t{i}" for i in range(VOCAB - 256)])
     w.add_token_types([6] * 256 + [1] * (VOCAB - 256))
     w.add_token_scores([0.0] * VOCAB)
-    w.add_tensor("token_embd.weight", rng.standard_normal((VOCAB, D)).astype(np.float32))
-    w.add_tensor("output_norm.weight", np.ones(D, np.float32))
-    w.add_tensor("output.weight", rng.standard_normal((VOCAB, D)).astype(np.float32))
-    w.add_tensor("blk.0.attn_norm.weight", np.ones(D, np.float32))
-    w.add_tensor("blk.0.ffn_norm.weight", np.ones(D, np.float32))
-    shapes = {"attn_q": (D, D), "attn_k": (D, D), "attn_v": (D, D), "attn_output": (D, D), "ffn_gate": (N_FF, D),
-              "ffn_up": (N_FF, D), "ffn_down": (D, N_FF)}
+    w.add_tensor("token_embd.weight", rng.standard_normal((VOCAB, d)).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
+    w.add_tensor("output.weight", rng.standard_normal((VOCAB, d)).astype(np.float32))
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(d, np.float32))
+    w.add_tensor("blk.0.ffn_norm.weight", np.ones(d, np.float32))
+    shapes = {"attn_q": (d, d), "attn_k": (d, d), "attn_v": (d, d), "attn_output": (d, d), "ffn_gate": (n_ff, d),
+              "ffn_up": (n_ff, d), "ffn_down": (d, n_ff)}
     blobs = {}
     for name, shape in shapes.items():
         qtype = getattr(Q, types[name])
-        data = quants.quantize(rng.standard_normal(shape).astype(np.float32), qtype)
+        data = q4_k_bytes(rng, *shape, q4_k_d) if qtype == Q.Q4_K else quants.quantize(
+            rng.standard_normal(shape).astype(np.float32), qtype)
         w.add_tensor(f"blk.0.{name}.weight", data, raw_dtype=qtype)
         blobs[name] = data
     w.write_header_to_file()

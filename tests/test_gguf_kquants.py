@@ -1,0 +1,133 @@
+"""GGUF's Q5_0 and Q4_K kept quantized (frontends/gguf_kquants.py): Q5_0 blocks as q8_0 groups equal the gguf
+package's dequantized values bit for bit, Q4_K super-blocks as q4_1 groups within fp16's rounding of d*sc and
+dmin*m; a tiny Llama GGUF holding both compiles with its blocks kept and decodes like transformers; a truncated
+tensor and an fp16 overflow are one clear error / a tensor left dequantized with its reason."""
+
+import numpy as np
+import pytest
+
+from .test_gguf_quant import float_dot_target, q4_k_bytes, write_tiny_llama
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("transformers")
+
+U16 = 2.0 ** -11   # fp16's unit roundoff: the most a product rounded to fp16 moves, relative
+
+
+def q4_k_terms(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_K rows -> (|d*sc*q|, |dmin*m|, |d*sc|) per weight, float64 [rows, cols]: the two products fp16 rounds and
+    the code step (the sub-scales unpacked by the gguf package, the codes in its nibble order)."""
+    from gguf.quants import Q4_K
+
+    blocks = data.reshape(-1, 144)
+    n = blocks.shape[0]
+    d = blocks[:, 0:2].copy().view(np.float16).astype(np.float64)
+    dmin = blocks[:, 2:4].copy().view(np.float16).astype(np.float64)
+    sc, m = Q4_K.get_scale_min(blocks[:, 4:16])
+    codes = (blocks[:, 16:].reshape(n, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)) & 15
+    scale = np.abs(d * sc)[..., None] * codes.reshape(n, 8, 32)
+    offset = np.broadcast_to(np.abs(dmin * m)[..., None], scale.shape)
+    step = np.broadcast_to(np.abs(d * sc)[..., None], scale.shape)
+    return tuple(a.reshape(data.shape[0], -1) for a in (scale, offset, step))
+
+
+def test_q5_0_blocks_are_q8_0_groups_bit_for_bit():
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    from actsparse.frontends.gguf_kquants import UnrepresentableError, q8_0_as_q5_0
+    from actsparse.frontends.gguf_quant import kept_blob
+    from actsparse.ir.quant import QuantizedWeight, quantize, to_gguf_blocks
+
+    w = np.random.default_rng(0).standard_normal((6, 96)).astype(np.float32)
+    w[0, :32] = 0   # an all-zero block: scale 0
+    data = quants.quantize(w, Q.Q5_0)
+    qw = QuantizedWeight(kept_blob(data, "Q5_0", 96), "q8_0", (6, 96))
+    np.testing.assert_array_equal(qw.dequantize(), quants.dequantize(data, Q.Q5_0))
+    # and back: the q8_0 groups are the file's Q5_0 blocks again
+    np.testing.assert_array_equal(q8_0_as_q5_0(to_gguf_blocks(qw.blob, "q8_0", 96).reshape(-1, 34)).reshape(6, -1),
+                                  data)
+    with pytest.raises(UnrepresentableError, match="do not fit Q5_0's -16..15"):
+        q8_0_as_q5_0(to_gguf_blocks(quantize(w, "int8").blob, "q8_0", 96).reshape(-1, 34))
+
+
+def test_q4_k_super_blocks_are_q4_1_groups_within_fp16_rounding():
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    from actsparse.frontends.gguf_kquants import q4_k_scales
+    from actsparse.frontends.gguf_quant import kept_blob
+    from actsparse.ir.quant import QuantizedWeight
+
+    rng = np.random.default_rng(1)
+    # d over fp16's range: subnormal (1e-7), ordinary weights, and products near fp16's top (7.5 * 130 * 63)
+    data = np.concatenate([q4_k_bytes(rng, 4, 512, d_range=r) for r in ((1e-7, 5e-6), (2e-3, 6e-3), (100, 130))])
+    np.testing.assert_array_equal(np.concatenate(q4_k_scales(data.reshape(-1, 144)[:, 4:16]), -1),
+                                  np.concatenate(quants.Q4_K.get_scale_min(data.reshape(-1, 144)[:, 4:16]), -1))
+    qw = QuantizedWeight(kept_blob(data, "Q4_K", 512), "q4_1", (12, 512))
+    ours, ref = qw.dequantize().astype(np.float64), quants.dequantize(data, Q.Q4_K).astype(np.float64)
+    scale, offset, step = q4_k_terms(data)
+    bound = U16 * (scale + offset) + 2.0 ** -23 * (scale + offset + np.abs(ref))   # + float32's own roundings
+    err = np.abs(ours - ref)
+    assert (err <= bound).all(), float((err / np.where(bound > 0, bound, 1)).max())
+    assert err.max() > 0   # the products really are rounded (the bound is not vacuous)
+    # and it is below one code step wherever there is one: a code in the wrong nibble would break it
+    assert (bound < step)[step > 0].all()
+
+
+def test_bad_k_quant_tensors_are_one_clear_error_or_left_dequantized(tmp_path):
+    from actsparse.frontends.gguf_kquants import UnrepresentableError, q4_k_as_q4_1
+    from actsparse.frontends.gguf_quant import GGUFQuantError, kept_blob, read_gguf_quantized
+
+    data = q4_k_bytes(np.random.default_rng(2), 2, 256)
+    with pytest.raises(GGUFQuantError, match=r"Q4_K tensor with 256 columns .* uint8 \[2, 144\]; got \[2, 143\]"
+                                             ".*truncated or corrupt"):
+        kept_blob(data[:, :-1], "Q4_K", 256)
+    big = data.copy()
+    big[:, 0:2] = np.array([[4e3]], np.float16).view(np.uint8)   # d * sc up to 63 * 4000: beyond fp16
+    big[:, 4:16] = 0xFF
+    with pytest.raises(UnrepresentableError, match="exceeds fp16"):
+        q4_k_as_q4_1(big.reshape(-1, 144))
+    # in a file: that tensor stays dequantized, the reason said; the others are kept
+    types = {**dict.fromkeys(("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_down"), "Q8_0"),
+             "ffn_up": "Q4_K"}
+    write_tiny_llama(tmp_path / "big.gguf", types=types, d=256, n_ff=64, q4_k_d=(2e3, 4e3))
+    left = {}
+    with pytest.warns(UserWarning, match=r"ffn_up.weight \(Q4_K\) stays dequantized.*exceeds fp16"):
+        kept = read_gguf_quantized(tmp_path / "big.gguf", left)
+    assert list(left) == ["model.layers.0.mlp.up_proj.weight"] and "Q4_K" in left["model.layers.0.mlp.up_proj.weight"]
+    assert len(kept) == 6
+
+
+def test_a_gguf_of_q4_k_and_q5_0_compiles_with_its_blocks_and_decodes_like_transformers(tmp_path):
+    """Attention Q4_K (-> q4_1), gate and up Q5_0 (-> q8_0), down Q4_K (the fused kernel reads it transposed: quantized
+    anew from its values): `compile(quantize="int8")` takes the six as converted and decodes as transformers does on
+    the file's dequantized weights."""
+    import torch
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+    from transformers import AutoModelForCausalLM
+
+    import actsparse
+    from actsparse.ir.quant import dequantize
+
+    types = {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q4_K", "attn_output": "Q4_K", "ffn_gate": "Q5_0",
+             "ffn_up": "Q5_0", "ffn_down": "Q4_K"}
+    blobs = write_tiny_llama(tmp_path / "k.gguf", types=types, d=256, n_ff=256)
+    lm = actsparse.compile(str(tmp_path / "k.gguf"), target=float_dot_target(), mode="dense", quantize="int8",
+                           max_seq=24)
+    stats = lm.report.pass_stats["quantize"]
+    assert stats == {"prequantized": 6, "requantized": 1, "quantized": 1}, stats
+    weights = lm.module.graph.weights
+    assert "model.layers.0.self_attn.o_proj.weight.q4_1" in weights   # Q4_K as q4_1
+    np.testing.assert_array_equal(dequantize(weights["model.layers.0.mlp.gate_proj.weight.q8_0"], "q8_0", 256),
+                                  quants.dequantize(blobs["ffn_gate"], Q.Q5_0))   # Q5_0 as q8_0: lossless
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="k.gguf", dtype=torch.float32).eval()
+    ids = np.array([[5, 77, 123, 9, 260]])
+    with torch.no_grad():
+        ref_logits = model(torch.from_numpy(ids)).logits[0, -1].numpy()
+    logits = lm.prefill(ids).logits
+    # the fp16 rounding of Q4_K's products (<= 2^-11 a weight), the re-quantized down and the int8 lm_head
+    np.testing.assert_allclose(logits, ref_logits, atol=0.02 * np.abs(ref_logits).max())
+    want = model.generate(torch.from_numpy(ids), max_new_tokens=6, do_sample=False).numpy()
+    np.testing.assert_array_equal(lm.generate(ids, max_new_tokens=6), want)
