@@ -106,7 +106,9 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     (passes/quantize.py), in any mode; `prequantized` ({weight name: ir.quant.QuantizedWeight}, e.g.
     `frontends.gguf_quant.read_gguf_quantized`) supplies weights already quantized (taken losslessly where the
     stored rows match); a .gguf source compiled with `quantize="int8"|"int4"` takes its own Q8_0/Q4_0/Q4_1
-    tensors that way, and its Q5_0 / Q4_K ones converted (`frontends.gguf_quant.KEPT`).
+    tensors that way, and its Q5_0 / Q4_K ones converted (`frontends.gguf_quant.KEPT`): the file's quality, at
+    Q5_0's 8-bit bytes; `prequantized={}` quantizes every tensor anew in `quantize=`'s layout (fewer bytes, a
+    second rounding).
 
     `max_loss_increase` (threshold mode, a decoder with its torch model): the sparsity is lowered until
     exp(Δ mean next-token loss) − 1 on calibration samples held out of the fit is at most this (e.g. 0.05: +5%

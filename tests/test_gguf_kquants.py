@@ -131,3 +131,20 @@ def test_a_gguf_of_q4_k_and_q5_0_compiles_with_its_blocks_and_decodes_like_trans
     np.testing.assert_allclose(logits, ref_logits, atol=0.02 * np.abs(ref_logits).max())
     want = model.generate(torch.from_numpy(ids), max_new_tokens=6, do_sample=False).numpy()
     np.testing.assert_array_equal(lm.generate(ids, max_new_tokens=6), want)
+
+
+def test_an_empty_prequantized_quantizes_every_gguf_tensor_anew(tmp_path):
+    """`prequantized={}` is the way to the fewest bytes: the file's Q5_0 gate (kept, it would be q8_0) is stored in
+    int4's q4_0 like everything else, nothing taken from the file's blocks."""
+    import actsparse
+
+    types = {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q4_K", "attn_output": "Q4_K", "ffn_gate": "Q5_0",
+             "ffn_up": "Q5_0", "ffn_down": "Q4_K"}
+    write_tiny_llama(tmp_path / "k.gguf", types=types, d=256, n_ff=256)
+    lm = actsparse.compile(str(tmp_path / "k.gguf"), target=float_dot_target(), mode="dense", quantize="int4",
+                           prequantized={}, max_seq=24)
+    stats = lm.report.pass_stats["quantize"]
+    assert "prequantized" not in stats and stats["quantized"] >= 7, stats
+    weights = lm.module.graph.weights
+    assert "model.layers.0.mlp.gate_proj.weight.q4_0" in weights and not any(k.endswith(".q8_0") for k in weights
+                                                                              if "layers" in k), sorted(weights)
