@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--seq", type=count, default=16, help="example sequence length when the factory gives none")
     build.add_argument("--quantize", choices=("fp16", "int8", "int4"),
                        help="store the kernels' weights as fp16, or group-wise quantized (groups of 32, fp16 scales)")
+    build.add_argument("--requantize-gguf", action="store_true",
+                       help="with a .gguf and --quantize int8|int4: quantize every tensor anew in that layout "
+                            "instead of keeping the file's own blocks (fewer bytes where Q5_0 would be kept as 8-bit "
+                            "groups; a second rounding, lower quality)")
     build.add_argument("--sign", metavar="KEY", help="sign the artifact with this ed25519 private key (PEM; make one "
                        "with `actsparse keygen KEY`); load it with actsparse.load(OUT, public_key=KEY.pub)")
     build.add_argument("--memory-budget", metavar="BYTES",
@@ -161,9 +165,12 @@ def _build(args) -> int:
     check_destination(args.out)  # before the slow part: a refused destination fails now
     if args.sign and not Path(args.sign).is_file():
         raise ActsparseError(f"signing key {args.sign} does not exist; make one with `actsparse keygen {args.sign}`")
+    if args.requantize_gguf and not (str(args.spec).endswith(".gguf") and args.quantize in ("int8", "int4")):
+        raise ActsparseError("--requantize-gguf applies to a .gguf file built with --quantize int8 or int4")
     if is_decoder_source(args.spec):
         lm = api.compile(args.spec, target=args.target, mode=args.mode, max_seq=args.max_seq,
-                         quantize=args.quantize, memory_budget=args.memory_budget, **_lossy_options(args))
+                         quantize=args.quantize, memory_budget=args.memory_budget,
+                         prequantized={} if args.requantize_gguf else None, **_lossy_options(args))
         path = lm.save(args.out, signing_key=args.sign)
         print(lm.report)
         print(f"wrote {path} (decoder: {lm.max_seq} KV-cache slots, tokenizer "

@@ -11,6 +11,10 @@ from .test_gguf_quant import float_dot_target, q4_k_bytes, write_tiny_llama
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("transformers")
 
+# a tiny Llama of K-quants: attention and down Q4_K (-> q4_1), gate and up Q5_0 (-> q8_0)
+K_QUANTS = {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q4_K", "attn_output": "Q4_K", "ffn_gate": "Q5_0",
+            "ffn_up": "Q5_0", "ffn_down": "Q4_K"}
+
 U16 = 2.0 ** -11   # fp16's unit roundoff: the most a product rounded to fp16 moves, relative
 
 
@@ -111,9 +115,7 @@ def test_a_gguf_of_q4_k_and_q5_0_compiles_with_its_blocks_and_decodes_like_trans
     import actsparse
     from actsparse.ir.quant import dequantize
 
-    types = {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q4_K", "attn_output": "Q4_K", "ffn_gate": "Q5_0",
-             "ffn_up": "Q5_0", "ffn_down": "Q4_K"}
-    blobs = write_tiny_llama(tmp_path / "k.gguf", types=types, d=256, n_ff=256)
+    blobs = write_tiny_llama(tmp_path / "k.gguf", types=K_QUANTS, d=256, n_ff=256)
     lm = actsparse.compile(str(tmp_path / "k.gguf"), target=float_dot_target(), mode="dense", quantize="int8",
                            max_seq=24)
     stats = lm.report.pass_stats["quantize"]
@@ -138,9 +140,7 @@ def test_an_empty_prequantized_quantizes_every_gguf_tensor_anew(tmp_path):
     int4's q4_0 like everything else, nothing taken from the file's blocks."""
     import actsparse
 
-    types = {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q4_K", "attn_output": "Q4_K", "ffn_gate": "Q5_0",
-             "ffn_up": "Q5_0", "ffn_down": "Q4_K"}
-    write_tiny_llama(tmp_path / "k.gguf", types=types, d=256, n_ff=256)
+    write_tiny_llama(tmp_path / "k.gguf", types=K_QUANTS, d=256, n_ff=256)
     lm = actsparse.compile(str(tmp_path / "k.gguf"), target=float_dot_target(), mode="dense", quantize="int4",
                            prequantized={}, max_seq=24)
     stats = lm.report.pass_stats["quantize"]
@@ -148,3 +148,23 @@ def test_an_empty_prequantized_quantizes_every_gguf_tensor_anew(tmp_path):
     weights = lm.module.graph.weights
     assert "model.layers.0.mlp.gate_proj.weight.q4_0" in weights and not any(k.endswith(".q8_0") for k in weights
                                                                               if "layers" in k), sorted(weights)
+
+
+def test_build_requantize_gguf_flag_and_its_misuse(tmp_path, capsys):
+    """`actsparse build x.gguf --quantize int4 --requantize-gguf` stores nothing from the file's blocks; the flag
+    without a GGUF and an integer --quantize exits 2 with one line, nothing written."""
+    import actsparse
+    from actsparse.cli import main
+
+    write_tiny_llama(tmp_path / "k.gguf", types=K_QUANTS, d=256, n_ff=256)
+    out = tmp_path / "art"
+    assert main(["build", str(tmp_path / "k.gguf"), "-t", "x86", "-m", "dense", "--quantize", "int4",
+                 "--requantize-gguf", "--max-seq", "24", "-o", str(out)]) == 0
+    stats = actsparse.load(str(out)).report.pass_stats["quantize"]
+    assert "prequantized" not in stats and stats["quantized"] >= 7, stats
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main(["build", str(tmp_path / "k.gguf"), "--requantize-gguf", "-o", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "--requantize-gguf applies to a .gguf file built with --quantize int8 or int4" in err
+    assert "Traceback" not in err and not bad.exists()
