@@ -15,6 +15,10 @@ from pathlib import Path
 
 from .errors import FrontendError
 
+# the way out of a GGUF file the reader refuses
+AGAIN = ("download the file again (a cut-short copy is the usual cause) or re-export it with llama.cpp's "
+         "convert_hf_to_gguf.py")
+
 
 class GGUFError(FrontendError):
     """A file could not be read as GGUF."""
@@ -34,8 +38,8 @@ def read_gguf(path: str | os.PathLike):
         tensors = [(t.name, int(t.data_offset), int(t.n_bytes)) for t in reader.tensors]
     except Exception as err:  # noqa: BLE001 - the reader's many failure modes on malformed input, see above
         detail = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-        raise GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): {detail}") from None
+        raise GGUFError(f"{path}: not a readable GGUF file (truncated or corrupt?): {detail}; {AGAIN}") from None
     for name, offset, n_bytes in tensors:
         if offset < 0 or n_bytes < 0 or offset + n_bytes > size:
-            raise GGUFError(f"{path}: tensor {name} lies outside the file (truncated?)")
+            raise GGUFError(f"{path}: tensor {name} lies outside the file ({size} bytes: truncated?); {AGAIN}")
     return reader

@@ -261,8 +261,8 @@ def cli_build_missing_file(ctx):
 
 
 # -- other readers ---------------------------------------------------------------------------------------------
-@case("GGUF", "a GGUF file truncated, garbage, or missing", "FrontendError (not a readable GGUF file / no such "
-      "file)")
+@case("GGUF", "a GGUF file truncated, garbage, or missing", "FrontendError (not a readable GGUF file ... download "
+      "the file again / no such file)")
 def gguf_bad_files(ctx):
     from actsparse.frontends.errors import FrontendError
     from actsparse.frontends.gguf_read import read_gguf
@@ -272,7 +272,8 @@ def gguf_bad_files(ctx):
     data = small_gguf()
     for name, content in (("cut.gguf", data[:40]), ("junk.gguf", b"GGUF" + b"\xff" * 60), ("empty.gguf", b"")):
         (ctx.tmp / name).write_bytes(content)
-        raises(FrontendError, "not a readable GGUF file", read_gguf, ctx.tmp / name)
+        err = raises(FrontendError, "not a readable GGUF file", read_gguf, ctx.tmp / name)
+        assert "download the file again" in str(err), err   # the way out
     raises(FrontendError, "no such GGUF file", read_gguf, ctx.tmp / "none.gguf")
 
 
