@@ -130,6 +130,23 @@ def load_calibration(path: str | None) -> list[tuple] | None:
     return [tuple(tensors[n][i : i + 1] for n in names) for i in range(counts.pop())]
 
 
+def check_lossy_flags(args) -> None:
+    """A lossy mode's missing --sparsity / --calib in the CLI's words (the API's errors name its keyword arguments),
+    before the (slow) model load."""
+    from .compile_options import needs_calibration
+
+    missing = []
+    if args.mode == "threshold" and args.sparsity is None:
+        missing.append("a target sparsity (--sparsity 0.5: the share of MLP neurons skipped)")
+    if args.calib is None and needs_calibration(args.mode, args.predictor):
+        missing.append("calibration inputs (--calib FILE.safetensors: token windows of text like the model will read, "
+                       "tensor '0' of shape [samples, seq], a few hundred tokens or more, written with "
+                       "safetensors.numpy.save_file({'0': ids}, FILE))")
+    if missing:
+        raise ActsparseError(f"-m {args.mode} needs {' and '.join(missing)}; or build with -m exact or -m dense, "
+                             "which need neither")
+
+
 def _lossy_options(args) -> dict:
     return {"calibration": load_calibration(args.calib), "sparsity": args.sparsity, "method": args.method,
             "predictor": args.predictor, "recall": args.recall}
@@ -159,14 +176,15 @@ def load_spec(spec: str, seq: int):
 
 def _build(args) -> int:
     from . import api
-    from .frontends.hf_source import is_decoder_source
+    from .frontends.hf_source import is_decoder_source, is_gguf
     from .runtime.artifact import check_destination, read_artifact
 
     check_destination(args.out)  # before the slow part: a refused destination fails now
     if args.sign and not Path(args.sign).is_file():
         raise ActsparseError(f"signing key {args.sign} does not exist; make one with `actsparse keygen {args.sign}`")
-    if args.requantize_gguf and not (str(args.spec).endswith(".gguf") and args.quantize in ("int8", "int4")):
+    if args.requantize_gguf and not (is_gguf(args.spec) and args.quantize in ("int8", "int4")):
         raise ActsparseError("--requantize-gguf applies to a .gguf file built with --quantize int8 or int4")
+    check_lossy_flags(args)
     if is_decoder_source(args.spec):
         lm = api.compile(args.spec, target=args.target, mode=args.mode, max_seq=args.max_seq,
                          quantize=args.quantize, memory_budget=args.memory_budget,
@@ -223,6 +241,7 @@ def _inspect(args) -> int:
     else:
         from . import api
 
+        check_lossy_flags(args)
         model, inputs = (args.what, ()) if args.what.endswith((".onnx", ".mlir")) else load_spec(args.what, args.seq)
         report = api.compile(model, inputs, mode=args.mode, **_lossy_options(args)).report
     print(report)

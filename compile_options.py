@@ -93,6 +93,17 @@ def lossy_options(mode: str, calibration, sparsity, method, predictor_options: d
     return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}
 
 
+def needs_calibration(mode: str, predictor: str | None = None) -> bool:
+    """Whether `mode` (with `predictor` in mode 'predictor') fits anything to calibration data; an unknown name is
+    lossy_options' error, not this one's."""
+    if mode == "predictor":
+        from .passes.predictors import KINDS
+
+        kind = KINDS.get(predictor or "lowrank")
+        return kind is not None and kind.calibrated
+    return mode in LOSSY_MODES
+
+
 def predictor_settings(calibration, sparsity, given: dict) -> dict:
     from .ir.predictor import PREDICTORS
     from .passes.calibrate import calibration_samples

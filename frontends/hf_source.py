@@ -28,11 +28,15 @@ class SourceError(FrontendError):
     """A model source that cannot be loaded: no such path, no config.json, an architecture transformers lacks."""
 
 
+def is_gguf(source) -> bool:
+    """A path naming a GGUF file (.gguf, any case)."""
+    return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".gguf"
+
+
 def is_decoder_source(model) -> bool:
     """A path to a folder or a .gguf file, or a transformers model that can generate."""
     if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        return path.is_dir() or path.suffix.lower() == ".gguf"
+        return Path(model).is_dir() or is_gguf(model)
     is_transformers = any(c.__module__.startswith("transformers.") for c in type(model).__mro__)
     return is_transformers and hasattr(model, "generate") and hasattr(model, "config")
 
@@ -42,7 +46,7 @@ def load_causal_lm(source):
     if not isinstance(source, (str, os.PathLike)):
         return source.float().eval(), None
     path = Path(source)
-    if path.suffix.lower() == ".gguf":
+    if is_gguf(path):
         if not path.is_file():
             raise SourceError(f"{path}: no such GGUF file")
         gguf_tensor_types(path)  # truncated, corrupt or of a type nothing reads: one error before transformers

@@ -77,7 +77,8 @@ def test_bad_calibration_file_is_one_clear_error(kind, message, tmp_path, capsys
     (["inspect", "/nonexistent/dir"], "cannot load"),
     (["build", "tests.factories:tiny_swiglu_with_inputs", "-m", "threshold", "--sparsity", "0.5", "--calib",
       "/nonexistent.safetensors", "-o", "x"], "calibration file /nonexistent.safetensors does not exist"),
-    (["build", "tests.factories:tiny_swiglu_with_inputs", "-m", "threshold", "-o", "x"], "needs a target sparsity"),
+    (["build", "tests.factories:tiny_swiglu_with_inputs", "-m", "threshold", "-o", "x"],
+     "needs a target sparsity (--sparsity 0.5"),
 ])
 def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
     argv = [a if a != "x" else str(tmp_path / "x") for a in argv]
@@ -85,6 +86,25 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["build", "tests.factories:tiny_drelu", "-m", "threshold", "--sparsity", "0.5", "-o", "x"],
+    ["build", "tests.factories:tiny_drelu", "-m", "predictor", "-o", "x"],
+    ["inspect", "tests.factories:tiny_drelu", "-m", "threshold", "--sparsity", "0.5"],
+    # a .GGUF (any case) with --requantize-gguf passes that flag's check: the missing --calib is what is said
+    ["build", "model.GGUF", "-m", "threshold", "--sparsity", "0.5", "--quantize", "int4", "--requantize-gguf",
+     "-o", "x"],
+])
+def test_a_mode_that_calibrates_without_calib_names_the_flag_before_any_compile(argv, capsys, tmp_path,
+                                                                                monkeypatch):
+    import actsparse.api
+
+    monkeypatch.setattr(actsparse.api, "compile", lambda *a, **k: pytest.fail("compiled without calibration"))
+    assert main([a if a != "x" else str(tmp_path / "x") for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "needs calibration inputs (--calib FILE.safetensors" in err and "-m exact" in err, err
+    assert "Traceback" not in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
 
 
 def test_build_with_a_memory_budget_writes_the_cold_neurons_and_refuses_too_small_budgets(tmp_path, capsys):
