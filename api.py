@@ -187,6 +187,8 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                      memory_budget, method, prompt, predictor_options, quantize, prequantized, progress: Steps,
                      max_loss_increase: float | None = None):
     from .frontends.decoder_export import import_decoder
+    from .frontends.gguf_quant import hf_tensor_types, read_gguf_quantized, storage_note
+    from .frontends.hf_source import is_gguf
     from .runtime.decoder import Decoder, DecoderSpec
     from .runtime.generation import from_generation_config
 
@@ -232,15 +234,16 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     if memory_budget is not None:   # a lossy mode's own calibration also counts the neurons' firing
         options = {**budget_options(memory_budget, calibration if lossy_calibration is None else None,
                                      decoder_inputs(prompt, caches)), **options}
-    if quantize in QUANTIZE_KINDS and prequantized is None and isinstance(source, (str, os.PathLike)) \
-            and str(source).endswith(".gguf"):
-        from .frontends.gguf_quant import read_gguf_quantized
-
-        prequantized = read_gguf_quantized(source)  # the file's own blocks, kept where the layout allows
+    gguf_types = {} if is_gguf(source) else None   # HF name -> (GGUF name, type): the report says what became of each
+    if quantize in QUANTIZE_KINDS and prequantized is None and gguf_types is not None:
+        prequantized = read_gguf_quantized(source, tensor_types=gguf_types)  # the file's own blocks, where they fit
     functions, prefill_tokens, continues = prefill_function(model, max_seq, caches, one_token and calibration is None
                                                              and memory_budget is None, progress)
     module = compile_graph(graph, decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
                            progress, functions)
+    if gguf_types is not None:
+        module.report.notes.append(storage_note(gguf_types or hf_tensor_types(source), module.graph.weights,
+                                                prequantized or {}))
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), eos_ids(model),
                        source if isinstance(source, str) else type(model).__name__,
                        recomputes_because=recomputes_because, prefill_tokens=prefill_tokens,

@@ -12,8 +12,8 @@ layout; transformers' tensor processor undoes that permutation, which moves whol
 well. Other types are left out of the result (the model's dequantized weights cover them): Q6_K, Q5_K, Q2_K,
 Q3_K, Q5_1 and the IQ types have sub-blocks or offsets ours cannot hold (gguf_kquants' docstring says which);
 they are dequantized by transformers and, when `quantize=` asks for it, re-quantized by the quantize pass (a second
-rounding; `gguf_tensor_types` lets the report say which). A tensor type nothing here can read is one
-`GGUFQuantError`.
+rounding). `storage_note` says in the report, per GGUF type, how many tensors were kept as stored, converted,
+quantized anew or dequantized to float32. A tensor type nothing here can read is one `GGUFQuantError`.
 
 The mapping GGUF name -> HF name is transformers' own (`get_gguf_hf_weights_map` over the architecture built on
 the meta device from the file's config), so every architecture transformers loads from GGUF is covered.
@@ -22,13 +22,13 @@ the meta device from the file's config), so every architecture transformers load
 from __future__ import annotations
 
 import warnings
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.quant import QuantizedWeight, from_gguf_blocks
+from ..ir.quant import FLOAT_KINDS, LAYOUTS, QuantizedWeight, from_gguf_blocks
 from .errors import FrontendError
 from .gguf_kquants import UnrepresentableError, q4_k_as_q4_1, q5_0_as_q8_0
 from .gguf_read import read_gguf
@@ -117,16 +117,19 @@ def kept_blob(blob: np.ndarray, type_name: str, cols: int) -> np.ndarray:
     return from_gguf_blocks(blocks, kept.layout, cols)
 
 
-def read_gguf_quantized(path, left_dequantized: dict | None = None) -> dict[str, QuantizedWeight]:
+def read_gguf_quantized(path, left_dequantized: dict | None = None,
+                        tensor_types: dict | None = None) -> dict[str, QuantizedWeight]:
     """The GGUF's matrices of a `KEPT` type as QuantizedWeight, keyed by HF weight name (see the docstring).
     A tensor whose blocks its layout cannot hold stays dequantized: `left_dequantized` (when given) gets
-    {HF name: the reason}, and a warning says it."""
+    {HF name: the reason}, and a warning says it. `tensor_types` (when given) gets `hf_tensor_types`' answer."""
     reader = read_gguf(path)
     gguf_tensor_types(path, reader)  # one clear error for an unreadable type, before any work
     names, processor = _hf_names(path)
     out = {}
     for t in reader.tensors:
         kind = t.tensor_type.name
+        if tensor_types is not None and t.name in names:
+            tensor_types[names[t.name]] = (t.name, kind)
         if kind not in KEPT or len(t.shape) != 2 or t.name not in names:
             continue
         blob = np.ascontiguousarray(processor.process(np.asarray(t.data), t.name).weights)
@@ -138,3 +141,44 @@ def read_gguf_quantized(path, left_dequantized: dict | None = None) -> dict[str,
             if left_dequantized is not None:
                 left_dequantized[names[t.name]] = f"{kind}: {err}"
     return out
+
+
+def storage_note(tensor_types: Mapping[str, tuple[str, str]], stored: Iterable[str], kept: Mapping) -> str:
+    """What became of a GGUF's tensors, per type, for the report: `tensor_types` (`hf_tensor_types`), `stored` the
+    compiled graph's weight names (a quantized or fp16 copy is named `<name>[.t].<layout>`), `kept` the
+    prequantized weights compile was given (`read_gguf_quantized`).
+
+        "GGUF tensors: Q4_K x27: 18 kept as q4_1 groups (...), 9 dequantized, quantized anew as q8_0; F32 x109 ..."
+    """
+    names = set(stored)
+    copies = defaultdict(set)   # HF name -> the layouts of its quantized / fp16 copies
+    for name in names:
+        base, _, layout = name.rpartition(".")
+        if layout in LAYOUTS or layout in FLOAT_KINDS:
+            copies[base.removesuffix(".t")].add(layout)
+    outcomes = defaultdict(Counter)   # GGUF type -> {what became of it: count}
+    for hf, (_, kind) in tensor_types.items():
+        outcomes[kind][_outcome(hf, kind, kept.get(hf), names, sorted(copies.get(hf, ())))] += 1
+    parts = []
+    for kind in sorted(outcomes, key=lambda k: (k in FLOATS, k)):
+        counts = outcomes[kind]
+        if len(counts) == 1:
+            parts.append(f"{kind} x{counts.total()} {next(iter(counts))}")
+        else:
+            parts.append(f"{kind} x{counts.total()}: " + ", ".join(f"{n} {what}" for what, n in counts.most_common()))
+    return "GGUF tensors: " + "; ".join(parts)
+
+
+def _outcome(hf: str, kind: str, pre, names: set, layouts: list) -> str:
+    """One GGUF tensor's fate in words (storage_note)."""
+    if kind in KEPT and pre is not None and f"{hf}.{pre.layout}" in names:
+        how = KEPT[kind]
+        if how.layout == kind.lower():
+            return "kept as stored"
+        return f"kept as {how.layout} groups ({'lossless' if how.rounding == 'none' else how.rounding})"
+    was = "" if kind in FLOATS else "dequantized, "
+    if layouts == ["fp16"]:
+        return f"{was}stored as fp16"
+    if layouts:
+        return f"{was}quantized {'anew ' if was else ''}as {', '.join(layouts)}"
+    return "as float32" if kind in FLOATS else "dequantized to float32"

@@ -168,3 +168,49 @@ def test_build_requantize_gguf_flag_and_its_misuse(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--requantize-gguf applies to a .gguf file built with --quantize int8 or int4" in err
     assert "Traceback" not in err and not bad.exists()
+
+
+def test_storage_note_says_per_gguf_type_what_became_of_its_tensors():
+    """Kept as stored, converted (lossless / fp16 rounding), dequantized and quantized anew, dequantized to float32:
+    each GGUF type's count per outcome, from the compiled graph's weight names."""
+    from actsparse.frontends.gguf_quant import storage_note
+    from actsparse.ir.quant import quantize
+
+    def pre(layout):
+        return quantize(np.ones((1, 32), np.float32), layout)
+
+    types = {"q": ("blk.0.attn_q.weight", "Q4_K"), "o": ("blk.0.attn_output.weight", "Q4_K"),
+             "gate": ("blk.0.ffn_gate.weight", "Q5_0"), "v": ("blk.0.attn_v.weight", "Q8_0"),
+             "down": ("blk.0.ffn_down.weight", "Q6_K"), "norm": ("blk.0.attn_norm.weight", "F32"),
+             "head": ("output.weight", "F32"), "embd": ("token_embd.weight", "Q4_0")}
+    kept = {"q": pre("q4_1"), "o": pre("q4_1"), "gate": pre("q8_0"), "v": pre("q8_0"), "embd": pre("q4_0")}
+    stored = ["q.q4_1", "o.t.q8_0", "gate.q8_0", "v.q8_0", "down.t.q8_0", "down.q4_0", "norm", "head.q8_0", "embd"]
+    assert storage_note(types, stored, kept) == (
+        "GGUF tensors: Q4_0 x1 dequantized to float32; Q4_K x2: 1 kept as q4_1 groups (scale d*sc and offset -dmin*m "
+        "rounded to fp16), 1 dequantized, quantized anew as q8_0; Q5_0 x1 kept as q8_0 groups (lossless); "
+        "Q6_K x1 dequantized, quantized anew as q4_0, q8_0; Q8_0 x1 kept as stored; F32 x2: 1 as float32, "
+        "1 quantized as q8_0")
+    fp16 = storage_note(types, ["q.fp16", "norm"], {})   # quantize="fp16" (or none: every one dequantized)
+    assert "; Q4_K x2: 1 dequantized, stored as fp16, 1 dequantized to float32; " in fp16, fp16
+    assert fp16.endswith("; Q8_0 x1 dequantized to float32; F32 x2 as float32"), fp16
+
+
+def test_build_report_says_what_became_of_each_gguf_type(tmp_path, capsys):
+    """`actsparse build k.GGUF --quantize int8` (any case of the suffix keeps the file's blocks) prints, and `inspect`
+    shows, which tensors were kept, converted or quantized anew; `--requantize-gguf` says every one quantized anew."""
+    from actsparse.cli import main
+
+    write_tiny_llama(tmp_path / "k.GGUF", types=K_QUANTS, d=256, n_ff=256)
+    kept = ("GGUF tensors: Q4_K x5: 4 kept as q4_1 groups (scale d*sc and offset -dmin*m rounded to fp16), "
+            "1 dequantized, quantized anew as q8_0; Q5_0 x2 kept as q8_0 groups (lossless); F32 x5: 4 as float32, "
+            "1 quantized as q8_0")
+    out = tmp_path / "art"
+    assert main(["build", str(tmp_path / "k.GGUF"), "-m", "dense", "--quantize", "int8", "--max-seq", "24",
+                 "-o", str(out)]) == 0
+    assert kept in " ".join(capsys.readouterr().out.split())
+    assert main(["inspect", str(out)]) == 0
+    assert kept in " ".join(capsys.readouterr().out.split())
+    assert main(["build", str(tmp_path / "k.GGUF"), "-m", "dense", "--quantize", "int4", "--requantize-gguf",
+                 "--max-seq", "24", "-o", str(out)]) == 0
+    assert ("GGUF tensors: Q4_K x5 dequantized, quantized anew as q4_0; Q5_0 x2 dequantized, quantized anew as q4_0; "
+            "F32 x5: 4 as float32, 1 quantized as q8_0") in " ".join(capsys.readouterr().out.split())
