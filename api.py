@@ -188,6 +188,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                      max_loss_increase: float | None = None):
     from .frontends.decoder_export import import_decoder
     from .frontends.gguf_quant import hf_tensor_types, read_gguf_quantized, storage_note
+    from .frontends.gguf_read import read_gguf
     from .frontends.hf_source import is_gguf
     from .runtime.decoder import Decoder, DecoderSpec
     from .runtime.generation import from_generation_config
@@ -241,9 +242,12 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                                                              and memory_budget is None, progress)
     module = compile_graph(graph, decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
                            progress, functions)
+    if gguf_types is not None and not gguf_types:   # not read above: read now (mapping to HF names costs ~30 s on
+        # Gemma 3 270M; with no quantize= every tensor is float32 and the file's own names do, ~12 s)
+        gguf_types = hf_tensor_types(source) if quantize else {t.name: (t.name, t.tensor_type.name)
+                                                               for t in read_gguf(source).tensors}
     if gguf_types is not None:
-        module.report.notes.append(storage_note(gguf_types or hf_tensor_types(source), module.graph.weights,
-                                                prequantized or {}))
+        module.report.notes.append(storage_note(gguf_types, module.graph.weights, prequantized or {}))
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), eos_ids(model),
                        source if isinstance(source, str) else type(model).__name__,
                        recomputes_because=recomputes_because, prefill_tokens=prefill_tokens,

@@ -197,7 +197,8 @@ def test_storage_note_says_per_gguf_type_what_became_of_its_tensors():
 
 def test_build_report_says_what_became_of_each_gguf_type(tmp_path, capsys):
     """`actsparse build k.GGUF --quantize int8` (any case of the suffix keeps the file's blocks) prints, and `inspect`
-    shows, which tensors were kept, converted or quantized anew; `--requantize-gguf` says every one quantized anew."""
+    shows, which tensors were kept, converted or quantized anew; `--requantize-gguf` says every one quantized anew,
+    no --quantize every one dequantized to float32."""
     from actsparse.cli import main
 
     write_tiny_llama(tmp_path / "k.GGUF", types=K_QUANTS, d=256, n_ff=256)
@@ -214,3 +215,6 @@ def test_build_report_says_what_became_of_each_gguf_type(tmp_path, capsys):
                  "--max-seq", "24", "-o", str(out)]) == 0
     assert ("GGUF tensors: Q4_K x5 dequantized, quantized anew as q4_0; Q5_0 x2 dequantized, quantized anew as q4_0; "
             "F32 x5: 4 as float32, 1 quantized as q8_0") in " ".join(capsys.readouterr().out.split())
+    assert main(["build", str(tmp_path / "k.GGUF"), "-m", "dense", "--max-seq", "24", "-o", str(out)]) == 0
+    assert ("GGUF tensors: Q4_K x5 dequantized to float32; Q5_0 x2 dequantized to float32; F32 x5 as float32"
+            in " ".join(capsys.readouterr().out.split()))
