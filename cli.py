@@ -183,7 +183,10 @@ def _build(args) -> int:
     if args.sign and not Path(args.sign).is_file():
         raise ActsparseError(f"signing key {args.sign} does not exist; make one with `actsparse keygen {args.sign}`")
     if args.requantize_gguf and not (is_gguf(args.spec) and args.quantize in ("int8", "int4")):
-        raise ActsparseError("--requantize-gguf applies to a .gguf file built with --quantize int8 or int4")
+        given = (f"{args.spec} is not a .gguf file" if not is_gguf(args.spec) else
+                 f"given --quantize {args.quantize}" if args.quantize else "given no --quantize")
+        raise ActsparseError(f"--requantize-gguf applies to a .gguf file built with --quantize int8 or int4 ({given}); "
+                             "add --quantize int4 (or int8) to a .gguf, or leave the flag out")
     check_lossy_flags(args)
     if is_decoder_source(args.spec):
         lm = api.compile(args.spec, target=args.target, mode=args.mode, max_seq=args.max_seq,

@@ -152,7 +152,8 @@ def test_an_empty_prequantized_quantizes_every_gguf_tensor_anew(tmp_path):
 
 def test_build_requantize_gguf_flag_and_its_misuse(tmp_path, capsys):
     """`actsparse build x.gguf --quantize int4 --requantize-gguf` stores nothing from the file's blocks; the flag
-    without a GGUF and an integer --quantize exits 2 with one line, nothing written."""
+    without a GGUF and an integer --quantize exits 2 with one line saying which is missing and the way out, nothing
+    written."""
     import actsparse
     from actsparse.cli import main
 
@@ -164,10 +165,15 @@ def test_build_requantize_gguf_flag_and_its_misuse(tmp_path, capsys):
     assert "prequantized" not in stats and stats["quantized"] >= 7, stats
     capsys.readouterr()
     bad = tmp_path / "bad"
-    assert main(["build", str(tmp_path / "k.gguf"), "--requantize-gguf", "-o", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert "--requantize-gguf applies to a .gguf file built with --quantize int8 or int4" in err
-    assert "Traceback" not in err and not bad.exists()
+    for given, why in (([str(tmp_path / "k.gguf")], "given no --quantize"),
+                       ([str(tmp_path / "k.gguf"), "--quantize", "fp16"], "given --quantize fp16"),
+                       ([str(tmp_path), "--quantize", "int4"], f"{tmp_path} is not a .gguf file"),
+                       (["m.onnx", "--quantize", "int4"], "m.onnx is not a .gguf file")):
+        assert main(["build", *given, "--requantize-gguf", "-o", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert f"--requantize-gguf applies to a .gguf file built with --quantize int8 or int4 ({why}); add " \
+               "--quantize int4 (or int8) to a .gguf, or leave the flag out" in err, err
+        assert "Traceback" not in err and err.count("\n") == 1 and not bad.exists()
 
 
 def test_storage_note_says_per_gguf_type_what_became_of_its_tensors():
