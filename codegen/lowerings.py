@@ -116,6 +116,12 @@ def _matmul(ctx, node, args):
 @lowering("embedding")
 def _embedding(ctx, node, args):
     w, ids = args
+    table = node.inputs[0]
+    layout = table.attrs.get("layout", "dense") if table.op == "weight" else "dense"
+    if layout != "dense":  # a quantized table (passes/quantize.py): the looked-up rows dequantized, nothing else read
+        from .kernels.embedding_rows import dequantized_rows
+
+        return ctx.bb.call_te(dequantized_rows, w, ids, layout, *table.shape)
     # "clip", not TVM's default "fast" (no bounds check: an id past the table reads outside it). The compiled
     # module rejects such ids before the call (ir/limits.py); clipping is the backstop for computed indices.
     return R.take(w, ids, axis=0, mode="clip")

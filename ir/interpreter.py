@@ -94,14 +94,27 @@ QUANTIZED_ROWS_PER_STEP = 4096   # rows dequantized at once by `_quantized_linea
 
 
 def _streamed_weights(nodes: Sequence[Node]) -> set[int]:
-    """ids of the quantized weight nodes that `nodes` read only as a float32 linear's weight: those are never
-    dequantized whole (`_quantized_linear` dequantizes a block of rows at a time)."""
+    """ids of the quantized weight nodes that `nodes` read only as a float32 linear's weight or an embedding's table:
+    those are never dequantized whole (`_quantized_linear` dequantizes a block of rows at a time,
+    `_quantized_embedding` the rows looked up)."""
     uses: dict[int, list[bool]] = {}
     for n in nodes:
         for k, i in enumerate(n.inputs):
             if i.op == "weight" and i.attrs.get("layout", "dense") != "dense":
-                uses.setdefault(id(i), []).append(n.op == "linear" and k == 1 and n.dtype == "f32")
-    return {i for i, linear_only in uses.items() if all(linear_only)}
+                uses.setdefault(id(i), []).append(n.op == "linear" and k == 1 and n.dtype == "f32"
+                                                  or n.op == "embedding" and k == 0)
+    return {i for i, streamed_only in uses.items() if all(streamed_only)}
+
+
+def _quantized_embedding(node: Node, values, graph: Graph) -> np.ndarray:
+    """embedding(@table_quantized, ids): only the distinct rows looked up are dequantized (a tied Gemma 3 table
+    dequantized whole is 671 MB per call); the op's reference reads them by the ids' positions among them."""
+    from .quant import dequantize
+
+    table, ids = node.inputs[0], values[id(node.inputs[1])]
+    rows, at = np.unique(np.asarray(ids), return_inverse=True)
+    picked = dequantize(graph.weights[table.attrs["name"]][rows], table.attrs["layout"], table.shape[1])
+    return picked[at.reshape(np.shape(ids))]
 
 
 def _quantized_linear(node: Node, values, graph: Graph, reference, attrs: dict, env) -> np.ndarray:
@@ -132,5 +145,7 @@ def _run(node: Node, values, graph: Graph, env) -> np.ndarray:
     attrs = {**{k: v for k, v in opdef.attrs.items() if v is not REQUIRED}, **node.attrs}
     if node.op == "linear" and id(node.inputs[1]) not in values:   # a streamed weight (`_streamed_weights`)
         return _quantized_linear(node, values, graph, opdef.reference, attrs, env)
+    if node.op == "embedding" and id(node.inputs[0]) not in values:   # a streamed table (`_streamed_weights`)
+        return _quantized_embedding(node, values, graph).astype(dtype, copy=False)
     out = opdef.reference(*(values[id(i)] for i in node.inputs), attrs, env)
     return np.asarray(out).astype(dtype, copy=False)

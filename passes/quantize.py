@@ -10,8 +10,23 @@ a stored row (int4 two codes per byte). The stored row is what the kernel stream
 gate and up; the sparse ops' down projection is stored one neuron per row (transposed by sparsify), so each
 neuron's groups are contiguous and a skipped neuron skips whole blocks; the input-sparse variant (threshold mode's
 TEAL / WINA methods) stores gate and up transposed too ([d, n_ff], one input channel per row), so their blocks run
-along n_ff and a skipped input channel skips whole blocks. Biases, norms, embeddings, and weights
-used by other ops stay as they are (a weight shared by an embedding and a linear gets a quantized copy).
+along n_ff and a skipped input channel skips whole blocks. Biases, norms and weights used by other ops stay as they
+are.
+
+Embedding tables (`embedding(@E, ids)`) are stored too, so an artifact is not dominated by a float32 table (Gemma 3
+270M: 671 of 907 MB under int4 before this); the lookup dequantizes only the rows it reads (the interpreter and
+codegen/kernels/embedding_rows.py):
+
+    embedding(@E, ids) ; linear(h, @E)      -> embedding(@E.q8_0, ids) ; linear(h, @E.q8_0)    (tied: ONE blob)
+    embedding(@E, ids)                      -> embedding(@E.q4_0, ids)                          (untied, int4)
+    embedding(@E, ids) : f32                -> cast(embedding(@E.fp16, ids) : f16, f32)          (fp16)
+
+Policy: a tied table (the same weight read by an `embedding` and a `linear`, the output projection) is stored once,
+in the output projection's storage (`output`, int8 = q8_0 by default, or `kind` when `output=None` or under fp16),
+and both ops read that one blob. An untied table is stored as `kind` (llama.cpp's choice too: its Q4 files store
+token_embd at the file's type). Why that is enough: a table's error enters once per token
+as the input of the first block, where a norm and the residual stream dilute it, while the output projection's error
+lands on every logit; measured in BENCHMARKS.md, session 22. A GGUF's stored table (`prequantized`) is taken as it is.
 
 Why here: quantization is a property of a weight's storage, not a sparsity mode: the weight node keeps its
 logical type and gains `layout`; every op's semantics (the interpreter dequantizes), every sparse variant and
@@ -32,9 +47,10 @@ stored as `rotation.ROTATION_STORAGE` says for `kind` (int8 under int4: Q turns 
 matrices, and calibration priced its bytes so); statistic `rotation-<kind>`.
 
 Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows),
-`output-<kind>` for the output projection, `relaid-<layout>` for a gated MLP's weight quantized again into the
-layout of its gate (its one kernel reads the three matrices in one layout: a GGUF may store gate/up Q4_1 and the
-transposed down is re-quantized).
+`output-<kind>` for the output projection, `embedding-<kind>` per embedding table stored, `tied-shared` per tied
+table whose one blob the embedding and the output projection share, `relaid-<layout>` for a gated MLP's weight
+quantized again into the layout of its gate (its one kernel reads the three matrices in one layout: a GGUF may store
+gate/up Q4_1 and the transposed down is re-quantized).
 """
 
 from __future__ import annotations
@@ -44,7 +60,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import Graph, Node, rewrite, weight_node
+from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous, shared_copy
 from ..ir.graph import quantized_weight_node
 from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, quantize
@@ -93,7 +109,16 @@ class Quantize(Pass):
         def is_output(node: Node) -> bool:
             return node.op == "linear" and node.inputs[1].attrs.get("name") in heads
 
+        # the output projection's (higher) precision applies to the integer kinds
+        output_kind = self.output if self.output and self.kind in QUANTIZE_KINDS else self.kind
+        tied = {n.inputs[1].attrs["name"] for n in graph.nodes if n.op == "linear" and n.inputs[1].op == "weight"}
+        # a table some other op reads as floats (a matmul, an index_select) stays: a stored copy would add bytes
+        read_as_float = {i.attrs["name"] for n in graph.nodes if n.op not in ("embedding", *WEIGHT_INPUTS)
+                         for i in n.inputs if i.op == "weight"}
+
         def visit(node: Node) -> Node | None:
+            if node.op == "embedding":
+                return embedding(node)
             pick = WEIGHT_INPUTS.get(node.op)
             if pick is None:
                 return None
@@ -105,8 +130,7 @@ class Quantize(Pass):
             if not slots:
                 return None
             inputs = list(node.inputs)
-            # the output projection's own (higher) precision applies to the integer kinds
-            kind = self.output if self.output and is_output(node) and self.kind in QUANTIZE_KINDS else self.kind
+            kind = output_kind if is_output(node) else self.kind
             if kind != self.kind:
                 record(f"output-{kind}")
             if node.op == "linear" and node.inputs[1].attrs.get("name") in rotations:
@@ -121,6 +145,25 @@ class Quantize(Pass):
                         record(f"relaid-{layout}")  # e.g. a GGUF's Q4_1 gate beside a re-quantized down
                         inputs[i] = self._relaid(graph, node.inputs[i], layout, new_weights)
             return Node(node.op, tuple(inputs), node.attrs, node.type, node.loc)
+
+        def embedding(node: Node) -> Node | None:
+            table = node.inputs[0]
+            if (table.op != "weight" or table.type.rank != 2 or table.attrs.get("layout", "dense") != "dense"
+                    or table.attrs["name"] in read_as_float):
+                return None
+            shared = table.attrs["name"] in tied   # one blob for the lookup and the output projection
+            kind = output_kind if shared else self.kind
+            record(f"embedding-{kind}")
+            if shared:
+                record("tied-shared")
+            stored = quantized(table, kind)
+            if stored is table:
+                return None
+            looked_up = Node("embedding", (stored, node.inputs[1]), node.attrs, TensorType(node.shape, stored.dtype),
+                             node.loc)
+            if looked_up.dtype == node.dtype:
+                return looked_up
+            return Node("cast", (looked_up,), {"dtype": node.dtype}, node.type, node.loc)  # fp16 rows -> f32
 
         return rewrite(graph, visit, new_weights)
 

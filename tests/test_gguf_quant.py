@@ -123,8 +123,8 @@ def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transf
                            max_seq=24)
     stats = lm.report.pass_stats["quantize"]
     # q, k, v, o, gate and up taken as stored; the fused MLP kernel reads down transposed (one neuron per row), so
-    # the file's down is quantized anew from its values; the f32 lm_head is quantized from float
-    assert stats == {"prequantized": 6, "requantized": 1, "quantized": 1}, stats
+    # the file's down is quantized anew from its values; the f32 lm_head and token table are quantized from float
+    assert stats == {"prequantized": 6, "requantized": 1, "quantized": 2, "embedding-int8": 1}, stats
     weights = lm.module.graph.weights
     np.testing.assert_array_equal(weights["model.layers.0.mlp.gate_proj.weight.q8_0"], blobs["ffn_gate"])
     model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf", dtype=torch.float32).eval()
