@@ -213,3 +213,13 @@ def test_golden_tied_and_untied_tables(kind):
     ids = [np.array([[1, 4, 50]]), np.array([[2, 3, 0]])]
     want, got = evaluate(graph, ids)[0], evaluate(result.graph, ids)[0]
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
+
+
+def test_a_cuda_build_schedules_the_lookup_of_a_quantized_table(tied_llama):
+    """The lookup is a plain compute: on CUDA dlight binds it to threads (an unbound loop fails the build)."""
+    from .kernel_cases import require_nvcc
+
+    require_nvcc()
+    lm = actsparse.compile(tied_llama, target="cuda", mode="exact", max_seq=16, quantize="int4")
+    assert lm.report.pass_stats["quantize"]["tied-shared"] == 1
+    assert [n.inputs[0].attrs["layout"] for n in lm.module.graph.nodes if n.op == "embedding"] == ["q8_0"]
