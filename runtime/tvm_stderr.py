@@ -9,7 +9,7 @@ printed is empty for our modules), so `actsparse build` ended in lines like
 TVM's C++ logging writes straight to std::cerr, with no level a caller can set at run time (its `LogMessage`,
 include/tvm/runtime/logging.h; TVM_LOG_DEBUG governs only VLOG/DLOG). So the file descriptor 2 itself is
 pointed at a temporary file for the TVM call, and afterwards every line of it that is not one of `NOISE` is
-written back to stderr in order: a real warning or error of TVM's (or a linker's) still shows, just after the
+written back to fd 2 in order: a real warning or error of TVM's (or a linker's) still shows, just after the
 call instead of during it; an exception leaves the block as it came, after the lines.
 """
 
@@ -22,12 +22,12 @@ import sys
 import tempfile
 
 # The lines dropped: TVM's own chatter, matched with its "[hh:mm:ss] <file>:<line>: Warning: " prefix
-NOISE = re.compile(r"^\[\d\d:\d\d:\d\d\] \S*executable\.cc:\d+: Warning: Scope (Saving|Loaded):")
+NOISE = re.compile(rb"^\[\d\d:\d\d:\d\d\] \S*executable\.cc:\d+: Warning: Scope (Saving|Loaded):")
 
 
 @contextlib.contextmanager
 def tvm_noise_dropped():
-    """Run the block with fd 2 captured; its lines, less TVM's `NOISE`, go back to stderr when it ends."""
+    """Run the block with fd 2 captured; its lines, less TVM's `NOISE`, go back to fd 2 when it ends."""
     try:
         saved = os.dup(2)
     except OSError:  # no fd 2 to capture (a closed stderr): nothing would be seen anyway
@@ -43,11 +43,10 @@ def tvm_noise_dropped():
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-                    if not NOISE.match(line)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+            kept = b"".join(line for line in captured.read().splitlines(keepends=True) if not NOISE.match(line))
+            with contextlib.suppress(OSError):  # a closed pipe must not hide the block's own exception
+                while kept:  # back where it was headed, byte for byte
+                    kept = kept[os.write(2, kept):]
 
 
 def _flush() -> None:
