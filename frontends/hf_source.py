@@ -16,6 +16,7 @@ config alone) counts as none.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -70,13 +71,30 @@ def quiet_transformers():
     logging.set_verbosity_error()
     logging.disable_progress_bar()  # "Loading weights" bars: progress of ours is shown by our own code
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _gguf_bar_off():
             warnings.simplefilter("ignore")
             yield
     finally:
         logging.set_verbosity(level)
         if bars:
             logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _gguf_bar_off():
+    """transformers' GGUF loader draws its "Converting and de-quantizing GGUF tensors..." bar with tqdm itself,
+    past the `disable_progress_bar` switch: its module's `tqdm` is a disabled one for the block, then put back."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_loader
+    except ImportError:  # a transformers without GGUF support draws no such bar
+        yield
+        return
+    own = gguf_loader.tqdm
+    gguf_loader.tqdm = functools.partial(own, disable=True)
+    try:
+        yield
+    finally:
+        gguf_loader.tqdm = own
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@
    (`wrap_with_set_grad_enabled`, `wrap_with_autocast`) are inlined; symbolic ints stay torch `SymInt`s until a
    handler needs them as an IR dim (`Importer.dim`).
 3. Every result is checked against the shape torch recorded (a mismatch is a frontend bug and says so); a dtype
-   difference gets a `cast`, so torch's type promotion is followed exactly. The graph is verified at the end.
+   difference gets a `cast`, so torch's type promotion is followed exactly. The graph is verified at the end,
+   and checked to refuse the lengths torch's export's guards on the symbolic lengths stop holding at
+   (torch_length_guards.py).
 
 Each IR node's `loc` is "<module path> (<file>:<line>)": the innermost module from the FX node's
 `nn_module_stack` and the last frame of its stack trace outside torch itself. Shared by the torch.export frontend
@@ -26,12 +28,13 @@ import numpy as np
 import torch
 from torch.export.graph_signature import InputKind
 
-from ..ir import Graph, Node, TensorType, dims, op_def, verify
-from ..ir.limits import LEAST, input_limits
+from ..ir import Graph, Node, TensorType, op_def, verify
+from ..ir.limits import LEAST
 from ..ir.types import is_float, np_dtype
 from .errors import FrontendError, SymbolicShapeError, UnsupportedOpError
-from .torch_dims import equalities_hold_up_to, facts_hold_up_to, guard_equalities, guard_facts, sympy_dim
+from .torch_dims import sympy_dim
 from .torch_inplace import DATA_DEPENDENT
+from .torch_length_guards import check_guards_bounded, read_guards
 from .torch_ops import lookup
 
 TORCH_DTYPES = {torch.float32: "f32", torch.float16: "f16", torch.float64: "f64", torch.int64: "i64",
@@ -59,7 +62,7 @@ class Importer:
         self.bounds: dict[str, tuple[int, int]] = {}  # IR dim name -> (least, most) the caller guarantees
         self.facts: dict[str, int] = {}  # division atoms the export fixed (a chunk count: torch_dims.guard_facts)
         self.assumed: dict[str, int] = {}  # dim name -> most its export's equalities hold for (guard_equalities)
-        self.least: dict[str, int] = {}  # dim name -> least length the program holds for (`_record_least`)
+        self.least: dict[str, int] = {}  # dim name -> least length the program holds for (torch_length_guards)
         self.masked_rows: dict = {}  # unbacked row count of an x[mask] -> its mask (torch_masked_rows.py)
         self.weights: dict[str, np.ndarray] = {}
         self._weight_names: dict[tuple, str] = {}  # storage identity -> weight name (tied weights share one)
@@ -78,7 +81,7 @@ class Importer:
             self.module, self.source = "", ""
             if spec.kind == InputKind.USER_INPUT:
                 self._name_symbols(fx_node.meta["val"])
-                self._read_facts(fx_node.meta["val"])
+                read_guards(self, fx_node.meta["val"])
                 ttype = self.tensor_type(fx_node.meta["val"])
                 least = {d: n for d, n in self.least.items() if d in ttype.shape}  # checked before each call
                 env[fx_node] = Node("input", (), {"name": fx_node.name, **({LEAST: least} if least else {})}, ttype)
@@ -92,30 +95,8 @@ class Importer:
         if bad:
             raise FrontendError(f"model outputs {bad} are not tensors; return only tensors (e.g. the logits)")
         graph = verify(Graph(inputs, outputs, self.weights).with_outputs(outputs))  # drops weights nothing reads
-        self._check_facts_bounded(graph)
+        check_guards_bounded(self, graph)
         return graph
-
-    def _check_facts_bounded(self, graph: Graph) -> None:
-        """Atoms torch's export fixed (`facts`) and sizes it assumed equal (`assumed`) hold for lengths up to some n
-        only: the graph must itself refuse longer ones (a slice of a static length back to `seq`, or one starting
-        at `64 - seq`: ir/limits.py), or it would be wrong past n."""
-        names = {n for atom in self.facts for n in dims.names(atom)}
-        if not names and not self.assumed:
-            return
-        limits = input_limits(graph).dim_bounds
-        for name, most in self.assumed.items():
-            if limits.get(name, most + 1) > most:
-                raise self.symbolic_error(f"torch's export assumed sizes equal that are equal only for {name} up "
-                                          f"to {most}, and the graph does not bound it there; import with "
-                                          "dynamic_seq=False")
-        for name in names:
-            facts = {a: v for a, v in self.facts.items() if dims.names(a) == [name]}
-            most = facts_hold_up_to(facts, name, self.bounds.get(name, (1, 0))[0])
-            if most is None or limits.get(name, most + 1) > most:
-                fixed = ", ".join(f"{a} = {v}" for a, v in facts.items())
-                raise self.symbolic_error(f"torch's export fixed {fixed}, which holds for {name} up to "
-                                          f"{most if most is not None else '(none)'} only, and the graph does not "
-                                          "bound it there; import with dynamic_seq=False")
 
     def walk(self, gm: torch.fx.GraphModule, env: dict) -> list:
         self._envs.append(env)
@@ -218,49 +199,6 @@ class Importer:
             expr = d.node.expr if isinstance(d, torch.SymInt) else None
             if expr is not None and expr.is_Symbol and expr not in self.symbols:
                 self.symbols[expr] = "seq" if not self.symbols else f"dyn{len(self.symbols)}"
-
-    def _read_facts(self, val) -> None:
-        shape_env = next((d.node.shape_env for d in getattr(val, "shape", ()) if isinstance(d, torch.SymInt)), None)
-        if shape_env is not None and self.symbols:
-            self.facts = guard_facts(shape_env.guards, self.symbols)
-            for symbol, name in self.symbols.items():  # torch's own range, where the caller gave none: MPT's
-                span = shape_env.var_to_range.get(symbol)  # `Max(0, 1 - seq)` is 0 for the seq >= 2 it exports
-                if span is not None and name not in self.bounds and span.lower.is_Integer:
-                    upper = int(span.upper) if span.upper.is_Integer else 2**62
-                    self.bounds[name] = (int(span.lower), upper)
-                    self._record_least(shape_env.guards, symbol, name, int(span.lower))
-            self._narrow_to_equalities(guard_equalities(shape_env.guards, self.symbols))
-
-    def _record_least(self, guards, symbol, name: str, least: int) -> None:
-        """A program torch's export traced for lengths from `least` > 2 on because of a branch on a count derived
-        from the length (a floor division: chunks, windows, compressed entries; DeepSeek-V4's `if n_windows > 1`)
-        has another structure below it: the least length becomes a property of the graph's inputs (their `least`
-        attribute, ir/limits.py), which the compiled module and the interpreter check before each call. A bound on
-        the length itself is left as before (Inkling-2's `seq >= 4`, whose program matches torch at 1 to 3 tokens
-        as well, and whose one-token decoding step would be refused)."""
-        from torch.utils._sympy.functions import FloorDiv
-
-        if least <= 2:  # torch's own least for a symbolic dim (0 and 1 are specialised)
-            return
-        failing = [g.expr for g in guards if getattr(g.expr, "is_Relational", False)
-                   and g.expr.rel_op in (">=", ">", "<=", "<") and symbol in g.expr.free_symbols
-                   and not g.expr.subs(symbol, 1)]  # the guards that fail at one token
-        if any(e.has(FloorDiv) for e in failing):
-            self.least[name] = least
-
-    def _narrow_to_equalities(self, equalities) -> None:
-        """Sizes torch's export assumed equal (MPT: `seq` score columns and `min(seq, 64)` bias columns) bound the
-        length where they stop being equal: the dims' bounds say so (`min(seq, 64)` is then `seq`), and the graph
-        must refuse longer lengths (`_check_facts_bounded`)."""
-        for name in {n for pair in equalities for side in pair for n in dims.names(side)}:
-            least, upper = self.bounds.get(name, (1, 2**62))
-            mine = [pair for pair in equalities if {n for side in pair for n in dims.names(side)} == {name}]
-            most = equalities_hold_up_to(mine, name, least, min(upper, 1 << 16))
-            if most is None:
-                raise self.symbolic_error(f"torch's export assumed {mine[0][0]} = {mine[0][1]}, which fails at "
-                                          f"the least length {name} = {least}; import with dynamic_seq=False")
-            if most < min(upper, 1 << 16):  # equal up to 65536 tokens: taken as equal at every length
-                self.bounds[name], self.assumed[name] = (least, most), most
 
     def dim(self, d):
         """An int or symbolic size as an IR dim: an int, or the name of a symbol such as `seq`."""

@@ -31,6 +31,7 @@ from .cold_store import attach as attach_cold_stores
 from .inputs import InputCheck, as_arrays, is_torch
 from .memory import host_tensor
 from .report import Report
+from .tvm_stderr import tvm_noise_dropped
 
 KIND = "module"
 KINDS = ("module", "decoder")  # artifact kinds holding a compiled module (a decoder adds its own files)
@@ -229,6 +230,10 @@ class CompiledModule:
         if self._library is not None:  # loaded from an artifact: its verified library, unchanged
             (staging / self._library[0]).write_bytes(self._library[1])
             return self._library[0]
+        with tvm_noise_dropped():  # a "Scope Saving:" line per constant (tvm_stderr.py)
+            return self._export_library(staging)
+
+    def _export_library(self, staging: Path) -> str:
         cc = self.target_info.get("cross_compiler")
         if cc is None:
             self.executable.export_library(str(staging / LIB))
@@ -352,7 +357,8 @@ def _open_library(name: str, data: bytes):
     try:
         copy = Path(folder) / "model.so"
         copy.write_bytes(data)
-        executable = tvm.runtime.load_module(str(copy))
+        with tvm_noise_dropped():  # a "Scope Loaded:" line per constant (tvm_stderr.py)
+            executable = tvm.runtime.load_module(str(copy))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return executable if isinstance(executable, relax.VMExecutable) else relax.VMExecutable(executable)

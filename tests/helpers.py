@@ -1,6 +1,13 @@
-"""Small builders shared by tests: gated-MLP graphs in IR form with controllable sparsity."""
+"""Small builders shared by tests: gated-MLP graphs in IR form with controllable sparsity; a child process's
+JSON result lines."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -85,3 +92,14 @@ def x_as_dots_see(x, layout: str | None = None):
     from actsparse.ir.quant import round_x8
 
     return round_x8(x) if int8_dot_here(layout) else x
+
+
+def child_results(args: list[str], key: str, timeout: int) -> tuple[dict, subprocess.CompletedProcess]:
+    """`python -m *args` in a child (a crash there fails its cases, not pytest) from the repo root: its stdout's
+    JSON lines by their `key` field, and the process (exit code, output) for the message when one is missing."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, cwd=root,
+                          env=env)
+    entries = (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{"))
+    return {entry[key]: entry for entry in entries}, proc

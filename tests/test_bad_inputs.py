@@ -1,15 +1,13 @@
 """Every row of the bad-input table (docs/BAD_INPUTS.md, generated from tests/bad_inputs.py) gets what it says.
 Rows that could crash the process if their guard regressed run in one subprocess."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from actsparse.tests.bad_inputs import CASES, Ctx, markdown, prebuilt
+
+from .helpers import child_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,15 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def isolated_results():
     """Run the isolated cases in a child process; a crash there (SIGBUS, SIGSEGV) fails them, not pytest."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT.parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "actsparse.tests.bad_inputs", "--run-isolated", str(prebuilt())],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            results[entry["name"]] = entry
-    return results, proc
+    return child_results(["actsparse.tests.bad_inputs", "--run-isolated", str(prebuilt())], "name", timeout=300)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

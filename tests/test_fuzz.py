@@ -1,31 +1,17 @@
 """Fuzzing the readers of untrusted input (tests/fuzz_targets.py) in a subprocess, a few seconds per target:
 each must accept a mutated input or raise its one documented error — no other exception, crash or hang."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from actsparse.tests.bad_inputs import prebuilt
 from actsparse.tests.fuzz_targets import TARGETS
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import child_results
 
 
 @pytest.fixture(scope="module")
 def fuzz_results():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT.parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "actsparse.tests.fuzz_targets", str(prebuilt())],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            entry = json.loads(line)
-            results[entry["target"]] = entry
-    return results, proc
+    return child_results(["actsparse.tests.fuzz_targets", str(prebuilt())], "target", timeout=600)
 
 
 @pytest.mark.parametrize("target", list(TARGETS))
