@@ -103,7 +103,7 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     certifies neurons inactive, the rest are computed exactly (passes/certified_gate.py).
 
     `quantize` ("fp16" | "int8" | "int4"): the kernels' weights and the embedding tables stored as fp16 or
-    group-wise quantized (passes/quantize.py: a tied table once, in the output projection's int8), in any mode;
+    group-wise quantized (passes/quantize.py: tables in the output projection's int8, a tied one once), in any mode;
     `prequantized` ({weight name: ir.quant.QuantizedWeight}, e.g.
     `frontends.gguf_quant.read_gguf_quantized`) supplies weights already quantized (taken losslessly where the
     stored rows match); a .gguf source compiled with `quantize="int8"|"int4"` takes its own Q8_0/Q4_0/Q4_1

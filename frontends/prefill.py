@@ -127,8 +127,11 @@ def _continues_states(model: nn.Module, specs: list[CacheSpec], own_cache, max_s
 
 
 def _differs(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Beyond rounding: a forward that drops the states it is given is off by the states' size (order 1), while
+    two correct fp32 orders of the same scan may differ by a few 1e-4 of the logits' scale (transformers 5.25's
+    Mamba-2 chunk-scan fallback against its one-token update: 3.5e-4 on a tiny Zamba2)."""
     scale = max(1.0, float(b.abs().max())) if b.numel() and b.is_floating_point() else 1.0
-    return a.shape != b.shape or bool(a.numel()) and float((a.double() - b.double()).abs().max()) > 1e-4 * scale
+    return a.shape != b.shape or bool(a.numel()) and float((a.double() - b.double()).abs().max()) > 2e-3 * scale
 
 
 def _wrapper_options(variant: dict) -> dict:

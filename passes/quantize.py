@@ -18,15 +18,16 @@ Embedding tables (`embedding(@E, ids)`) are stored too, so an artifact is not do
 codegen/kernels/embedding_rows.py):
 
     embedding(@E, ids) ; linear(h, @E)      -> embedding(@E.q8_0, ids) ; linear(h, @E.q8_0)    (tied: ONE blob)
-    embedding(@E, ids)                      -> embedding(@E.q4_0, ids)                          (untied, int4)
+    embedding(@E, ids)                      -> embedding(@E.q8_0, ids)                          (untied, int4)
     embedding(@E, ids) : f32                -> cast(embedding(@E.fp16, ids) : f16, f32)          (fp16)
 
-Policy: a tied table (the same weight read by an `embedding` and a `linear`, the output projection) is stored once,
-in the output projection's storage (`output`, int8 = q8_0 by default, or `kind` when `output=None` or under fp16),
-and both ops read that one blob. An untied table is stored as `kind` (llama.cpp's choice too: its Q4 files store
-token_embd at the file's type). Why that is enough: a table's error enters once per token
-as the input of the first block, where a norm and the residual stream dilute it, while the output projection's error
-lands on every logit; measured in BENCHMARKS.md, session 22. A GGUF's stored table (`prequantized`) is taken as it is.
+Policy: a table is stored in the output projection's storage (`output`, int8 = q8_0 by default, or `kind` when
+`output=None` or under fp16); a tied table (the same weight read by an `embedding` and a `linear`, the output
+projection) is stored once that way and both ops read that one blob. Why 8 bits for an untied table under int4 too
+(llama.cpp's Q4 files store token_embd at the file's type): a step reads one row of the table, so its storage
+changes the artifact's size and resident memory, never the bytes a token streams, while its rounding enters every
+token's residual stream (and a position table's, every position's); the disk it saves is not worth an unmeasured
+quality risk. `output=None` stores every table as `kind`. A GGUF's stored table (`prequantized`) is taken as it is.
 
 Why here: quantization is a property of a weight's storage, not a sparsity mode: the weight node keeps its
 logical type and gains `layout`; every op's semantics (the interpreter dequantizes), every sparse variant and
@@ -152,7 +153,7 @@ class Quantize(Pass):
                     or table.attrs["name"] in read_as_float):
                 return None
             shared = table.attrs["name"] in tied   # one blob for the lookup and the output projection
-            kind = output_kind if shared else self.kind
+            kind = output_kind   # a table streams one row a token: its precision costs memory, not speed
             record(f"embedding-{kind}")
             if shared:
                 record("tied-shared")

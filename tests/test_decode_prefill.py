@@ -68,7 +68,9 @@ def test_a_zamba2_prompt_of_20_tokens_is_one_call_and_decodes_as_transformers(tm
         del calls[:]
         logits, _ = lm.step(ids[:, 3:], lm.prefill(ids[:, :3]))
         assert calls == expected
-        np.testing.assert_allclose(logits, whole, rtol=1e-4, atol=1e-5)
+        # the model's chunk scan and its one-token update are two fp32 orders of one recurrence: transformers 5.25's
+        # fallback scan differs from its own update by ~4e-4 of the logits' scale (frontends/prefill.py `_differs`)
+        np.testing.assert_allclose(logits, whole, rtol=0, atol=2e-3 * np.abs(whole).max())
 
 
 def test_a_gated_deltanet_prompt_prefills_in_pieces_of_64_tokens():

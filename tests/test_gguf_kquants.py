@@ -209,8 +209,8 @@ def test_build_report_says_what_became_of_each_gguf_type(tmp_path, capsys):
 
     write_tiny_llama(tmp_path / "k.GGUF", types=K_QUANTS, d=256, n_ff=256)
     kept = ("GGUF tensors: Q4_K x5: 4 kept as q4_1 groups (scale d*sc and offset -dmin*m rounded to fp16), "
-            "1 dequantized, quantized anew as q8_0; Q5_0 x2 kept as q8_0 groups (lossless); F32 x5: 4 as float32, "
-            "1 quantized as q8_0")
+            "1 dequantized, quantized anew as q8_0; Q5_0 x2 kept as q8_0 groups (lossless); F32 x5: 3 as float32, "
+            "2 quantized as q8_0")
     out = tmp_path / "art"
     assert main(["build", str(tmp_path / "k.GGUF"), "-m", "dense", "--quantize", "int8", "--max-seq", "24",
                  "-o", str(out)]) == 0
@@ -220,7 +220,7 @@ def test_build_report_says_what_became_of_each_gguf_type(tmp_path, capsys):
     assert main(["build", str(tmp_path / "k.GGUF"), "-m", "dense", "--quantize", "int4", "--requantize-gguf",
                  "--max-seq", "24", "-o", str(out)]) == 0
     assert ("GGUF tensors: Q4_K x5 dequantized, quantized anew as q4_0; Q5_0 x2 dequantized, quantized anew as q4_0; "
-            "F32 x5: 4 as float32, 1 quantized as q8_0") in " ".join(capsys.readouterr().out.split())
+            "F32 x5: 3 as float32, 2 quantized as q8_0") in " ".join(capsys.readouterr().out.split())
     assert main(["build", str(tmp_path / "k.GGUF"), "-m", "dense", "--max-seq", "24", "-o", str(out)]) == 0
     assert ("GGUF tensors: Q4_K x5 dequantized to float32; Q5_0 x2 dequantized to float32; F32 x5 as float32"
             in " ".join(capsys.readouterr().out.split()))

@@ -38,7 +38,7 @@ def table_graph(text=TABLE_GRAPH):
 
 
 # storage -> (quantize=, prequantized= for the table): every layout of ir.quant and fp16
-STORAGE = {"fp16": ("fp16", None), "q8_0": ("int8", None), "q4_0": ("int4", None), "q4_1": ("int4", "q4_1")}
+STORAGE = {"fp16": ("fp16", None), "q8_0": ("int8", None), "q4_0": ("int4", "q4_0"), "q4_1": ("int4", "q4_1")}
 assert set(STORAGE) - {"fp16"} == set(LAYOUTS), "a new layout needs its STORAGE entry here"
 
 
@@ -74,7 +74,8 @@ def test_the_pass_stores_the_table_and_the_reference_reads_it(storage):
     kind, pre = stored_table(graph, storage)
     result = run_pipeline(graph, [Quantize(kind=kind, prequantized=pre or {})])
     taken = "prequantized" if pre else "fp16" if kind == "fp16" else "quantized"
-    assert result.stats["quantize"] == {f"embedding-{kind}": 1, taken: 1}
+    asked = "fp16" if kind == "fp16" else "int8"   # a table is asked in the output projection's storage
+    assert result.stats["quantize"] == {f"embedding-{asked}": 1, taken: 1}
     out = result.graph
     (table,) = [n for n in out.nodes if n.op == "weight"]
     assert list(out.weights) == [table.attrs["name"]]   # the float32 table is gone
@@ -201,7 +202,7 @@ def test_a_tied_model_stores_one_table_and_decodes_like_the_interpreter(tied_lla
 @pytest.mark.parametrize("kind", ["int4", "fp16"])
 def test_golden_tied_and_untied_tables(kind):
     """The pass's rewrite as text: the tied table one q8_0 (fp16) node read by the lookup and the head, the untied
-    one stored as `kind`, fp16 rows cast back to f32."""
+    one (a position table) at the output projection's precision too (q8_0 under int4), fp16 rows cast back to f32."""
     from .test_passes_golden import GOLDEN, _check_golden
 
     text = (GOLDEN / "embedding_tables.before.ir").read_text()
