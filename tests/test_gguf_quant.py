@@ -78,9 +78,10 @@ def test_quantized_tensors_come_back_losslessly_under_hf_names(tmp_path):
         "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
         "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"))
     assert got[prefix + "mlp.gate_proj.weight"].layout == "q4_1"
-    np.testing.assert_array_equal(got[prefix + "mlp.down_proj.weight"].blob, blobs["ffn_down"])  # no arithmetic
-    up = got[prefix + "mlp.up_proj.weight"]  # Q4_0: the same bytes, split per row (ir.quant)
-    np.testing.assert_array_equal(to_gguf_blocks(up.blob, "q4_0", up.shape[1]), blobs["ffn_up"])
+    for name, gguf_name, layout in (("down", "ffn_down", "q8_0"), ("up", "ffn_up", "q4_0")):
+        qw = got[f"{prefix}mlp.{name}_proj.weight"]  # the same bytes, split per row (ir.quant): no arithmetic
+        assert qw.layout == layout
+        np.testing.assert_array_equal(to_gguf_blocks(qw.blob, layout, qw.shape[1]), blobs[gguf_name])
     assert not np.array_equal(got[prefix + "self_attn.q_proj.weight"].blob, blobs["attn_q"])  # rows un-permuted
     model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf", dtype=torch.float32)
     state = model.state_dict()
