@@ -35,6 +35,9 @@ from .rows import CACHE_LINE, per_token, row_sums_macro
 from .schedule import CpuSchedule
 
 QUAD = 4  # groups per iteration: their sums reduced to one lane each per 128-bit half (module docstring)
+# rows per pass of the quad loop (a step's rows in R / ROWS_PER_LOOP passes): 8 rows' accumulators, x̂ of 4 groups and
+# 3 row pointers each (codes, next step's prefetch, scales) spilled on AVX2's 16 vector and 16 integer registers
+ROWS_PER_LOOP = 4
 
 
 def is_split8(dtype: str, sched: CpuSchedule) -> bool:
@@ -104,6 +107,7 @@ def split8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool,
     xl = split8_x(d)
     G, stored = lay.groups(d), lay.stored_groups(d)
     quads, tail = G // QUAD, G % QUAD
+    RB = ROWS_PER_LOOP if R % ROWS_PER_LOOP == 0 else R  # rows per quad loop
     row_bytes = lay.row_bytes(d)
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda v: v)
@@ -144,14 +148,16 @@ def split8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool,
             for r in T.unroll(R):
                 for ln in T.unroll(scale_lines):
                     pf(wf, ro[R + r], scales_at + ln * CACHE_LINE)
-        for c in range(quads):
-            if prefetch:  # the next step's codes, one prefetch per row and cache line
-                for r in T.unroll(R):
-                    for ln in T.unroll(quad_lines):
-                        pf(wf, ro[R + r], lay.codes_byte(QUAD * c, stored) + ln * CACHE_LINE)
-            dxv: T.let = T.reinterpret(fvec, xb[m, T.ramp(xl.dx(c), 1, 4 * L)])
-            for r in T.unroll(R):
-                acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + quad_sum(wf, xb, m, ro[r], c, dxv)
+        for b in T.unroll(R // RB):  # RB rows at a time (`ROWS_PER_LOOP`)
+            for c in range(quads):
+                if prefetch:  # the next step's codes, one prefetch per row and cache line
+                    for r in T.unroll(RB):
+                        for ln in T.unroll(quad_lines):
+                            pf(wf, ro[R + b * RB + r], lay.codes_byte(QUAD * c, stored) + ln * CACHE_LINE)
+                dxv: T.let = T.reinterpret(fvec, xb[m, T.ramp(xl.dx(c), 1, 4 * L)])
+                for r in T.unroll(RB):
+                    acc[T.ramp((b * RB + r) * L, 1, L)] = acc[T.ramp((b * RB + r) * L, 1, L)] + quad_sum(
+                        wf, xb, m, ro[b * RB + r], c, dxv)
         if tail > 0:  # the last partial quad (x's side is zero past the row's groups)
             for r in T.unroll(R):
                 acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + quad_sum(
