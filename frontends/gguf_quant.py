@@ -3,8 +3,8 @@
     read_gguf_quantized("model.gguf") -> {"model.layers.0.mlp.gate_proj.weight": QuantizedWeight(q4_1), ...}
 
 `KEPT` says, one entry per GGUF type, which of our layouts (ir.quant) holds it and how its blocks get there:
-Q8_0 blocks are our layout byte for byte; Q4_0's and Q4_1's bytes are rearranged into our split rows
-(`ir.quant.from_gguf_blocks`): lossless, no arithmetic either way. Q5_0 blocks become q8_0 groups (code q - 16,
+Q8_0's, Q4_0's and Q4_1's bytes are rearranged into our split rows (`ir.quant.from_gguf_blocks`): lossless, no
+arithmetic either way. Q5_0 blocks become q8_0 groups (code q - 16,
 the same scale: lossless) and Q4_K super-blocks eight q4_1 groups (scale d*sc and offset -dmin*m rounded to fp16:
 at most 2^-11 of each product; frontends/gguf_kquants.py); a Q4_K tensor whose products exceed fp16 stays
 dequantized, with a warning naming it. llama.cpp stores the rows of Llama's q/k projections permuted for its rotary

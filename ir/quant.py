@@ -1,4 +1,4 @@
-"""Quantized weight layouts: group-wise int8 / int4 with fp16 scales, GGUF's blocks (q4_0 / q4_1: split per row).
+"""Quantized weight layouts: group-wise int8 / int4 with fp16 scales, GGUF's blocks split per row.
 
 A quantized weight of logical shape [rows, cols] is one uint8 array [rows, row_bytes], one group of `GROUP` = 32
 consecutive input columns at a time, each group holding
@@ -7,13 +7,17 @@ consecutive input columns at a time, each group holding
     q4_0   scale fp16 | 16 bytes, two codes per byte          w = scale * (nibble - 8)          18 B
     q4_1   scale fp16 | offset fp16 | 16 bytes of nibbles     w = scale * nibble + offset        20 B
 
-Byte j of a 4-bit group holds column j in its low nibble and column j + 16 in its high nibble. q8_0 rows are runs
-of these blocks, exactly llama.cpp's Q8_0 blocks (a GGUF tensor is our layout byte for byte).
-q4_0 and q4_1 rows are split (`QuantLayout.split`): first every group's 16 code bytes, then every group's fp16
-scale, then (q4_1) every group's fp16 offset (the same bytes a group, nothing padded): a 64-byte vector then holds
-4 whole groups of one row and their 4 scales are one 8-byte load (the row dots read llama.cpp's 18-byte blocks at
-64-68% of the read limit, ~40% of the loop gathering per-block scales: BENCHMARKS.md, session 8). The same bytes as
-GGUF's blocks, rearranged: `from_gguf_blocks` / `to_gguf_blocks` convert losslessly.
+Byte j of a 4-bit group holds column j in its low nibble and column j + 16 in its high nibble.
+Every layout's rows are split (`QuantLayout.split`): first every group's code bytes (16, q8_0: 32), then every
+group's fp16 scale, then (q4_1) every group's fp16 offset (the same bytes a group, nothing padded): a 64-byte vector
+then holds 4 whole q4 groups (2 q8_0 groups) of one row and 4 scales are one 8-byte load (the row dots read
+llama.cpp's 18-byte blocks at 64-68% of the read limit, ~40% of the loop gathering per-block scales: BENCHMARKS.md,
+session 8; q8_0's 34-byte blocks until session 22). The same bytes as GGUF's blocks, rearranged: `from_gguf_blocks`
+/ `to_gguf_blocks` convert losslessly.
+
+`LAYOUT_VERSIONS`: the byte arrangement of each layout, which an artifact records per quantized weight
+(runtime/module.py): 1 GGUF's blocks, 2 split rows. `UNRECORDED_VERSIONS`: what an artifact that records none
+holds (q8_0 was blocks until session 22; q4_1 until session 19, whose artifacts cannot be told apart: rebuild them).
 
 Why q4_1's offsets are a run of their own behind the scales rather than (scale, offset) pairs per group: every
 kernel that reads split scales (the row dots' K scales of a chunk, the axpys' 16-group coefficient tables) then
@@ -90,8 +94,12 @@ class QuantLayout:
         return grp * self.code_bytes if self.split else grp * self.block_bytes + self.header_bytes
 
 
-LAYOUTS = {lay.name: lay for lay in (QuantLayout("q8_0", 8, False), QuantLayout("q4_0", 4, False, split=True),
+LAYOUTS = {lay.name: lay for lay in (QuantLayout("q8_0", 8, False, split=True),
+                                      QuantLayout("q4_0", 4, False, split=True),
                                       QuantLayout("q4_1", 4, True, split=True))}
+BLOCKS, SPLIT = 1, 2  # layout versions (module docstring)
+LAYOUT_VERSIONS = {name: SPLIT if lay.split else BLOCKS for name, lay in LAYOUTS.items()}
+UNRECORDED_VERSIONS = {"q8_0": BLOCKS, "q4_0": SPLIT, "q4_1": SPLIT}  # artifacts written before session 22
 QUANTIZE_KINDS = {"int8": "q8_0", "int4": "q4_0"}  # user-facing `quantize=` values -> the layout they produce
 FLOAT_KINDS = {"fp16": "float16"}  # `quantize=` values that store plain floats of a narrower dtype
 STORAGE_KINDS = (*FLOAT_KINDS, *QUANTIZE_KINDS)  # every `quantize=` value

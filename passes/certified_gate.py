@@ -52,7 +52,7 @@ from ..ir.arrays import aligned_empty
 from ..ir.quant import GROUP, dequantize, layout, q8_0_codes
 
 LAYOUT = "q8_0"
-BLOCK_BYTES = layout(LAYOUT).block_bytes   # an fp16 scale, then 32 int8 codes
+CODES_AT, SCALES_AT = layout(LAYOUT).codes_byte, layout(LAYOUT).scale_byte   # split rows: every code, every scale
 UNIT_ROUNDOFF = 2.0 ** -24
 X16_ROUNDING = 0.52 * np.sqrt(32) / 32767  # x rounded to int16 per group of 32 (module docstring)
 SMALLEST_SUBNORMAL = 2.0 ** -149           # float32: a square that underflows loses at most half of this
@@ -84,7 +84,7 @@ def certify_gate(w_gate: np.ndarray, workers: int = 0) -> dict:
     w_all = np.asarray(w_gate)
     n_ff, d = w_all.shape
     cols = -(-d // GROUP) * GROUP
-    blob = aligned_empty((n_ff, cols // GROUP * BLOCK_BYTES), np.uint8)
+    blob = aligned_empty((n_ff, layout(LAYOUT).row_bytes(cols)), np.uint8)
     sums = np.empty((4, n_ff), np.float32)   # Σ (w − deq)², Σ deq², Σ w², Σ (w − fp16(w))², each rounded
     workers = workers or max(1, min(os.cpu_count() or 1, 4))
     bounds = np.linspace(0, n_ff, min(workers, max(1, n_ff // ROWS_PER_STEP)) + 1).astype(int)
@@ -147,10 +147,10 @@ def _certify_range(w_all: np.ndarray, blob: np.ndarray, sums: np.ndarray, r0: in
         groups, out = wk.reshape(k, -1, GROUP), tk.reshape(k, -1, GROUP)
         amax = torch.abs(w_t[:k], out=t_t[:k]).view(k, -1, GROUP).amax(-1).numpy()   # numpy's group max: 8x slower
         scale, codes = q8_0_codes(groups, out=out, amax=amax)   # quantize()'s rule
-        rows = blob[a:b].reshape(k, -1, BLOCK_BYTES)
+        g = cols // GROUP
         scale16 = scale.astype(np.float16)
-        rows[..., :2] = scale16.view(np.uint8).reshape(k, -1, 2)
-        codes_out[a:b].view(k, -1, BLOCK_BYTES)[..., 2:].copy_(t_t[:k].view(k, -1, GROUP))   # integers: exact
+        blob[a:b, SCALES_AT(0, g):SCALES_AT(g, g)] = scale16.view(np.uint8).reshape(k, -1)
+        codes_out[a:b, CODES_AT(0, g):CODES_AT(g, g)].copy_(t_t[:k])   # integers: exact
         # the values the kernels use: code × the fp16 scale, exact in float32 (11 × 8 bits)
         np.multiply(codes, scale16.astype(np.float32)[..., None], out=dk.reshape(k, -1, GROUP))
         sums[1, a:b] = np.einsum("ij,ij->i", dk, dk)

@@ -32,6 +32,7 @@ from .inputs import InputCheck, as_arrays, is_torch
 from .memory import host_tensor
 from .report import Report
 from .tvm_stderr import tvm_noise_dropped
+from .weight_layouts import check_layout_versions, layout_versions
 
 KIND = "module"
 KINDS = ("module", "decoder")  # artifact kinds holding a compiled module (a decoder adds its own files)
@@ -221,6 +222,7 @@ class CompiledModule:
             "library": library,
             "weight_order": self.weight_order,
             "placement": self.placement,
+            "layout_versions": layout_versions(self.graph),
             "target": {k: v for k, v in self.target_info.items() if k != "runs_here"},
             "report": self.report.to_dict(),
         }
@@ -279,6 +281,7 @@ def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=N
     weights = _weights(artifact.path, files[WEIGHTS])
     cold_file = load_cold(artifact, weights)   # memory maps of the cold neurons' rows, if any
     graph = _graph(artifact.path, files[IR], weights, inputs, weight_order)
+    check_layout_versions(artifact.path, graph, manifest.get("layout_versions"))
     executable = _open_library(library, files[library]) if target_info["runs_here"] else None
     extra = {name: data for name, data in files.items() if name not in (library, WEIGHTS, IR)}
     return CompiledModule(executable, weights, weight_order, graph, inputs, n_outputs, report, target_info,

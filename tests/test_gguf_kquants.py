@@ -3,8 +3,10 @@ package's dequantized values bit for bit, Q4_K super-blocks as q4_1 groups withi
 dmin*m; a tiny Llama GGUF holding both compiles with its blocks kept and decodes like transformers; a truncated
 tensor and an fp16 overflow are one clear error / a tensor left dequantized with its reason."""
 
+import hypothesis
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 from .test_gguf_quant import float_dot_target, q4_k_bytes, write_tiny_llama
 
@@ -53,6 +55,22 @@ def test_q5_0_blocks_are_q8_0_groups_bit_for_bit():
                                   data)
     with pytest.raises(UnrepresentableError, match="do not fit Q5_0's -16..15"):
         q8_0_as_q5_0(to_gguf_blocks(quantize(w, "int8").blob, "q8_0", 96).reshape(-1, 34))
+
+
+@hypothesis.given(rows=st.integers(1, 4), groups=st.integers(1, 9), seed=st.integers(0, 999))
+@hypothesis.settings(max_examples=20, deadline=None)
+def test_random_q5_0_bytes_come_back_through_split_q8_0_rows(rows, groups, seed):
+    """Any Q5_0 bytes (NaN / Inf scales included) kept as split q8_0 rows give the same bytes back: the rewrite and
+    the split move codes and scales, never round them."""
+    from actsparse.frontends.gguf_kquants import q8_0_as_q5_0
+    from actsparse.frontends.gguf_quant import kept_blob
+    from actsparse.ir.quant import LAYOUTS, QuantizedWeight, to_gguf_blocks
+
+    data = np.random.default_rng(seed).integers(0, 256, (rows, groups * 22), dtype=np.uint8)
+    qw = QuantizedWeight(kept_blob(data, "Q5_0", groups * 32), "q8_0", (rows, groups * 32))
+    assert LAYOUTS[qw.layout].split
+    blocks = to_gguf_blocks(qw.blob, "q8_0", groups * 32).reshape(-1, 34)
+    np.testing.assert_array_equal(q8_0_as_q5_0(blocks).reshape(rows, -1), data)
 
 
 def test_q4_k_super_blocks_are_q4_1_groups_within_fp16_rounding():

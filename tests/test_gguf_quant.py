@@ -78,9 +78,10 @@ def test_quantized_tensors_come_back_losslessly_under_hf_names(tmp_path):
         "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
         "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"))
     assert got[prefix + "mlp.gate_proj.weight"].layout == "q4_1"
-    np.testing.assert_array_equal(got[prefix + "mlp.down_proj.weight"].blob, blobs["ffn_down"])  # no arithmetic
-    up = got[prefix + "mlp.up_proj.weight"]  # Q4_0: the same bytes, split per row (ir.quant)
-    np.testing.assert_array_equal(to_gguf_blocks(up.blob, "q4_0", up.shape[1]), blobs["ffn_up"])
+    for name, gguf_name, layout in (("down", "ffn_down", "q8_0"), ("up", "ffn_up", "q4_0")):
+        qw = got[f"{prefix}mlp.{name}_proj.weight"]  # the same bytes, split per row (ir.quant): no arithmetic
+        assert qw.layout == layout
+        np.testing.assert_array_equal(to_gguf_blocks(qw.blob, layout, qw.shape[1]), blobs[gguf_name])
     assert not np.array_equal(got[prefix + "self_attn.q_proj.weight"].blob, blobs["attn_q"])  # rows un-permuted
     model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf", dtype=torch.float32)
     state = model.state_dict()
@@ -115,6 +116,7 @@ def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transf
 
     import actsparse
     from actsparse.ir.interpreter import evaluate
+    from actsparse.ir.quant import to_gguf_blocks
 
     # attention as in TYPES (Q4_0 / Q4_1 / Q8_0 mixed); the MLP Q8_0, the layout int8 stores down in
     blobs = write_tiny_llama(tmp_path / "tiny.gguf", types={**TYPES, "ffn_gate": "Q8_0", "ffn_up": "Q8_0"})
@@ -126,7 +128,9 @@ def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transf
     # the file's down is quantized anew from its values; the f32 lm_head and token table are quantized from float
     assert stats == {"prequantized": 6, "requantized": 1, "quantized": 2, "embedding-int8": 1}, stats
     weights = lm.module.graph.weights
-    np.testing.assert_array_equal(weights["model.layers.0.mlp.gate_proj.weight.q8_0"], blobs["ffn_gate"])
+    gate = weights["model.layers.0.mlp.gate_proj.weight.q8_0"]   # the file's bytes, split per row (ir.quant)
+    np.testing.assert_array_equal(to_gguf_blocks(gate, "q8_0", blobs["ffn_gate"].shape[1] // 34 * 32),
+                                  blobs["ffn_gate"])
     model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf", dtype=torch.float32).eval()
     ids = np.array([[5, 77, 123, 9, 260]])
     caches = [np.zeros(i.type.shape, np.float32) for i in lm.module.graph.inputs[3:]]  # after ids, pos, filled

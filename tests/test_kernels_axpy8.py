@@ -357,12 +357,15 @@ def test_a_pair_sum_dot_widens_before_its_int16_sums_could_wrap():
 
 
 def q8_0_blob(codes, scales):
-    """A q8_0 blob from codes [n, G * 32] (int, -128..127) and scales [n, G] (exact in fp16), byte for byte."""
+    """A q8_0 blob from codes [n, G * 32] (int, -128..127) and scales [n, G] (exact in fp16), byte for byte (GGUF's
+    blocks, then split per row as ir.quant stores them)."""
+    from actsparse.ir.quant import from_gguf_blocks
+
     n, G = scales.shape
     blocks = np.zeros((n, G, 34), np.uint8)
     blocks[..., :2] = scales.astype(np.float16)[..., None].view(np.uint8)
     blocks[..., 2:] = codes.astype(np.int8).reshape(n, G, 32).view(np.uint8)
-    return blocks.reshape(n, G * 34)
+    return from_gguf_blocks(blocks.reshape(n, G * 34), "q8_0", G * 32)
 
 
 def exact_h_inputs(gate_a, gate_e, up_b, d):

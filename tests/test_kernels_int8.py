@@ -382,13 +382,40 @@ def test_avx2_split_row_dots_scale_two_chunks_at_once(dtype, fields):
         assert dtype != "q4_0" or len(body) <= 240, len(body)
 
 
+def test_avx2_split_q8_0_row_dots_take_a_row_per_vector_and_4_scales_per_load():
+    """AVX2 (`Int8Dot.split_q8`): split q8_0 rows' dot loop reads a group's 32 codes per row in one vector, each group
+    its own vpmaddubsw / vpmaddwd (a sign-trick pair may reach 2 * 128 * 127: no two groups add in int16), and per
+    row and 4 groups one int -> float conversion and one load and conversion of the 4 scales (no per-row scale
+    gather); 4 rows per loop (`ROWS_PER_LOOP`: 8 spilled row pointers and accumulators), ~140 instructions per 4 rows
+    x 128 columns (the 4-rows form: 2 x 101 per 8 rows x 32 columns, session 20), no spills (stack stores)."""
+    import tvm
+
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.kernels.quant_split8 import ROWS_PER_LOOP
+
+    sched = replace(_avx2_sched(), int8_axpy=False)
+    prim = kernel("indexed", 4096, 64, gate_act="relu", up_act="identity", dtype="q8_0", sched=sched)
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=tvm.target.Target({"kind": "llvm", "mcpu": "znver3"}))
+    asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+    loops = [body for body in innermost_loops(asm) if "vpmaddubsw" in body and "vpmaddwd" in body]
+    assert loops, "no q8_0 row-dot loop"
+    assert sched.fitted(4096, "q8_0").rows % ROWS_PER_LOOP == 0
+    R = ROWS_PER_LOOP
+    for body in loops:
+        assert body.count("vpmaddubsw") == body.count("vpmaddwd") == 4 * R, body
+        assert body.count("vcvtdq2ps") == body.count("vcvtph2ps") == R and body.count("vphaddd") == 3 * R, body
+        assert not any(op.startswith("vpinsrw") for op in body) and len(body) <= 150, (len(body), body)
+
+
 @pytest.mark.parametrize("kind", ("linear", "indexed"))
 def test_avx2_split_row_dots_over_chunk_pairs_and_the_rest(kind):
     """Rows of 1100 columns (35 groups: 8 chunk pairs, one 2-group chunk more, a last partial group) and of 200 (7
-    groups: one pair, a last partial group): the AVX2 row dots against float64 on the rounded x, q4_0 and q4_1."""
+    groups: one pair, a last partial group): the AVX2 row dots against float64 on the rounded x, q4_0 and q4_1;
+    q8_0's (`quant_split8.py`, 4 groups per iteration) there 8 quads and a partial one of 3 groups, 1 and 3, and at
+    96 columns only the partial quad."""
     if "pmaddubsw256" not in {dot for _, dot in served_here()}:
         pytest.skip("the AVX2 dot does not execute here (needs AVX2)")
-    for d, dtype in ((1100, "q4_0"), (200, "q4_1")):
+    for d, dtype in ((1100, "q4_0"), (200, "q4_1"), (1100, "q8_0"), (200, "q8_0"), (96, "q8_0")):
         prim = primfunc(kind, d, 20, dtype, replace(host_sched("pmaddubsw256"), int8_axpy=False), ACTS[kind],
                         bias=True)
         calls = quant_calls(kind, np.random.default_rng(11), d, 20, dtype, 0.5, x8=True)

@@ -25,23 +25,24 @@ def test_quantize_is_byte_identical_to_gguf_and_dequantizes_like_it(layout):
     np.testing.assert_array_equal(quant.from_gguf_blocks(blocks, layout, 128), ours.blob)  # lossless both ways
 
 
-@given(layout=st.sampled_from(["q4_0", "q4_1"]), rows=st.integers(1, 3), cols=st.integers(1, 200),
+@given(layout=st.sampled_from(["q8_0", "q4_0", "q4_1"]), rows=st.integers(1, 3), cols=st.integers(1, 200),
        seed=st.integers(0, 99))
-@settings(max_examples=15)
-def test_split_q4_rows_hold_the_codes_then_the_scales_then_the_offsets(layout, rows, cols, seed):
+@settings(max_examples=20)
+def test_split_rows_hold_the_codes_then_the_scales_then_the_offsets(layout, rows, cols, seed):
     w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
     q = quant.quantize(w, layout)
     lay = quant.layout(layout)
-    assert lay.split
+    assert lay.split and quant.LAYOUT_VERSIONS[layout] == quant.SPLIT
     g = -(-cols // 32)
-    hb, bb = lay.header_bytes, lay.block_bytes
+    hb, bb, cb = lay.header_bytes, lay.block_bytes, lay.code_bytes  # q8_0: 32 code bytes a group, q4: 16
     assert q.blob.shape == (rows, bb * g)  # GGUF's size: nothing padded
     blocks = quant.to_gguf_blocks(q.blob, layout, cols).reshape(rows, g, bb)
-    np.testing.assert_array_equal(q.blob[:, :16 * g].reshape(rows, g, 16), blocks[..., hb:])
-    np.testing.assert_array_equal(q.blob[:, 16 * g:18 * g].reshape(rows, g, 2), blocks[..., :2])  # scales
+    np.testing.assert_array_equal(q.blob[:, :cb * g].reshape(rows, g, cb), blocks[..., hb:])
+    np.testing.assert_array_equal(q.blob[:, cb * g:(cb + 2) * g].reshape(rows, g, 2), blocks[..., :2])  # scales
+    assert lay.scale_byte(1, g) == cb * g + 2 and lay.codes_byte(1, g) == cb
     if lay.offset:  # then the offsets, where the layout says they are
         np.testing.assert_array_equal(q.blob[:, 18 * g:].reshape(rows, g, 2), blocks[..., 2:4])
-        assert lay.offset_byte(1, g) == 18 * g + 2 and lay.scale_byte(1, g) == 16 * g + 2
+        assert lay.offset_byte(1, g) == 18 * g + 2
 
 
 @given(layout=st.sampled_from(["q8_0", "q4_0", "q4_1"]), rows=st.integers(1, 4), groups=st.integers(1, 9),

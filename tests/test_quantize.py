@@ -23,6 +23,25 @@ def exact_graph():
     return gated_mlp_graph(d=D, n=N, up_relu=True)
 
 
+def test_an_artifact_records_its_layouts_and_one_with_block_q8_0_rows_is_refused_with_the_way_out(tmp_path):
+    """q8_0's rows are split since session 22: an artifact written before (no `layout_versions` in its manifest)
+    holds GGUF's blocks, which today's interpreter and report would misread; its load says to rebuild it."""
+    import json
+
+    from actsparse.errors import ArtifactError
+
+    x = mlp_input(d=D, seq=2)
+    cm = actsparse.compile(exact_graph(), (x,), mode="exact", quantize="int8")
+    path = cm.save(tmp_path / "q8.actsparse")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert set(manifest["layout_versions"].values()) == {2} and len(manifest["layout_versions"]) == 3
+    np.testing.assert_array_equal(actsparse.load(path)(x), cm(x))
+    del manifest["layout_versions"]   # as written before session 22
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"is q8_0 stored as GGUF's blocks.*split rows.*rebuild the artifact"):
+        actsparse.load(path)
+
+
 @pytest.mark.parametrize("kind, layout", [("int8", "q8_0"), ("int4", "q4_0")])
 def test_quantize_pass_rewrites_every_kernel_weight_and_the_reference_dequantizes(kind, layout):
     graph = exact_graph()

@@ -28,6 +28,7 @@ from . import tvmscript_speed  # noqa: F401 - installs the fast T.macro expansio
 from .quant_blocks import quant_dots_macro
 from .quant_int8 import int8_dots_macro, uses_int8_dot, x8_prep_macro, x_blocks
 from .quant_split import is_split, split_dots_macro, split_prep_macro, split_x
+from .quant_split8 import is_split8, split8_dots_macro, split8_prep_macro, split8_x
 from .rows import (
     ELEM_BYTES,
     FMLAL,
@@ -110,6 +111,8 @@ def x_operand(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
         return False, 0, None
     if is_split(dtype):  # split rows: x laid out per group to match (`quant_split.py`)
         return True, split_x(d, dtype).nbytes, split_prep_macro(d, dtype, sched)
+    if is_split8(dtype, sched):  # split q8_0 rows, a row per vector (`quant_split8.py`)
+        return True, split8_x(d).nbytes, split8_prep_macro(d)
     return True, x_blocks(d, sched).nbytes, x8_prep_macro(d, dtype, sched, kernel)
 
 
@@ -134,6 +137,8 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     if x8:  # x is the prepared byte buffer of `x_operand`
         if is_split(dtype):
             return split_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
+        if is_split8(dtype, sched):
+            return split8_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
         return int8_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch, kernel=kernel)
     if dtype in LAYOUTS:
         return quant_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)

@@ -48,6 +48,9 @@ class Int8Dot:
                                       # int16 pairs -> int32), codes sign-extended to int16 and the coefficients
                                       # rounded to int16 (quant_axpy16.py): q8_0 on AVX2, whose codes saturate
                                       # `intrinsic`'s pairs
+    split_q8: bool = False  # split q8_0 rows take one row per vector and 4 groups per iteration (quant_split8.py):
+                            # a group's 32 codes one load, 4 scales one; on AVX2 the 4-rows form (quant_int8.py)
+                            # gathered 2 rows' 16 codes and scales per vector
 
     @property
     def signed_codes(self) -> bool:
@@ -96,5 +99,5 @@ INT8_DOTS = {
     # vpmaddwd alone (its code + 128 would saturate vpmaddubsw; quant_axpy16.py)
     "pmaddubsw256": Int8Dot("llvm.x86.avx2.pmadd.ub.sw", 8, False, axpy=("q4_0", "q4_1", "q8_0"),
                             coefficient_table=True, axpy_interleave=2, pair_sum="llvm.x86.avx2.pmadd.wd",
-                            sign_trick="llvm.x86.avx2.psign.b", int16_axpy=("q8_0",)),
+                            sign_trick="llvm.x86.avx2.psign.b", int16_axpy=("q8_0",), split_q8=True),
 }

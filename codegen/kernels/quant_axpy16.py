@@ -18,14 +18,14 @@ out[c] += t * Σ_j a_j q_{j,c} (`coefficient_levels`). Each column is then off b
 |q| <= 128 make a pair at most 2 * 32767 * 128 = 8388352, so a step's sums stay exact up to `MAX_ROWS` rows (a
 schedule's `rows` is 8, or fewer for long rows).
 
-q8_0 rows are GGUF blocks (each group's fp16 scale beside its 32 codes), not split: the coefficient table (16 groups
-per vector, `Int8Dot.coefficient_table`) gathers a row's 16 scales with 16 scalar loads (`row_scales`), where a split
-row's are one load; the rounding then runs lane by lane as for split rows. The table is stored pair-major
+q8_0 rows are split since session 22 (ir.quant): the coefficient table (16 groups per vector,
+`Int8Dot.coefficient_table`) reads a row's 16 scales with one load (`row_scales`; GGUF's blocks took 16 scalar loads,
+packed, ~21 of the ~133 instructions per group); the rounding then runs lane by lane. The table is stored pair-major
 (`interleaved_pair`: row pair p's (a_2p, a_2p+1) of the task's groups one int32 each, two rows' vectors interleaved
 by an unpack), so the group loop reads a pair's coefficients with one broadcast and the fill holds no 16 x 8
 transpose (group-major as q4's, the fill took 650 instead of 438 instructions per 8 rows x 16 groups). Each 16
-groups' entries are filled just ahead of their columns (`coefficient_table`), so the scales' loads and the codes'
-meet the rows' lines once.
+groups' entries are filled just ahead of their columns (`coefficient_table`: on blocks the scales' loads and the
+codes' then met the rows' lines once; kept on split rows, which read the scales' lines apart anyway).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, QuantLayout
-from .quant_blocks import scale, split_scales
+from .quant_blocks import split_scales
 
 HALF = GROUP // 2
 WORD_LEVELS = 32767  # int16 coefficients: |a_j| <= 32767 (never -32768: vpmaddwd's one wrapping pair is -32768^2 x 2)
@@ -48,26 +48,10 @@ def coefficient_levels(ins, dtype: str) -> int:
 
 
 def row_scales(lay: QuantLayout, stored: int, wf, ro_r, grp, n: int):
-    """float32 x n: a row's scales of groups grp .. grp + n - 1, by one load (split rows), else (blocks: each scale
-    beside its group's codes) by n 16-bit loads packed 4 per 64-bit integer, one conversion; wf the flat view, ro_r
-    the row's byte offset. Why packed: built as a vector of n fp16 loads LLVM inserts each (vpinsrw) and merges them
-    by ~2 unpacks per scale, all on the vector shuffle pipes the group loop needs; the shifts and ors run on the
-    integer ALUs. The down axpy alone (1024 x 4096 hot, the byte interleave): packed 0.95x main's float axpy, an
-    8-lane vpgatherdd per 8 scales 1.11-1.17x (~17 cycles a gather on Zen 3)."""
-    if lay.split:
-        return split_scales(lay, stored, wf, ro_r, grp, n)
-    assert n % 4 == 0, n
-
-    def bits(k):
-        return T.Cast("uint64", T.reinterpret("uint16", scale(lay, wf, ro_r, grp + k, widen=False, stored=stored)))
-
-    words = []
-    for k0 in range(0, n, 4):
-        e = bits(k0)
-        for k in range(1, 4):
-            e = T.bitwise_or(e, T.shift_left(bits(k0 + k), T.uint64(16 * k)))
-        words.append(e)
-    return T.Cast(f"float32x{n}", T.reinterpret(f"float16x{n}", Shuffle(words, list(range(len(words))))))
+    """float32 x n: a row's scales of groups grp .. grp + n - 1, one load and one conversion (split rows: every layout
+    since session 22; on GGUF's blocks this packed n 16-bit loads 4 per 64-bit integer, BENCHMARKS.md session 20)."""
+    assert lay.split, f"{lay.name}: split rows only"
+    return split_scales(lay, stored, wf, ro_r, grp, n)
 
 
 def word_pair_sum(ins, lay: QuantLayout, stored: int, w, row_at, ab, pair_at, grp, hf, v, rows: int):

@@ -112,7 +112,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
     row_offsets = row_offsets_macro(gathered, R, row_bytes)
     # split rows hold a row's scales contiguously: the step's coefficients rounded TV groups per vector into a table
     # before the group loop (`coefficient_table`), so the loop holds no scale gather, reduction, division or z dots
-    tabled = (lay.split or word) and ins.coefficient_table  # q8_0's blocks: each row's 16 scales gathered
+    tabled = (lay.split or word) and ins.coefficient_table  # (q8_0 on VNNI / sdot: its float axpy, no table)
     TV, NG = 16, -(-n_full // threads)  # NG: the most groups a task owns
     # paired and tabled with a vector of two groups' code bytes (AVX2: 32 = 2 x 16): two groups per iteration, their
     # bytes interleaved by in-lane unpacks of whole-vector loads (`twin_codes`), no cross-lane shuffle
@@ -312,8 +312,8 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         # `coefficients` for the task's ng groups from g0, TV groups per vector: abt[gi * NV + j] = a_j (a group's 4
         # rows one int32, as the dots read them), zt[gi] = -z Σ_j a_j, tt[gi] = t (+ the NaN flag), tt[NG + gi]
         # (q4_1) = Σ_j h_j (o_j + 8 s_j); the same operations lane by lane, so the same a_j and t as `coefficients`.
-        # q8_0's int16 form (`word`) runs each TV groups' columns right after their entries: its scales sit beside
-        # the codes, so filling the whole table first read every line of the step's rows twice
+        # q8_0's int16 form (`word`) runs each TV groups' columns right after their entries: on GGUF's blocks its
+        # scales sat beside the codes, so filling the whole table first read every line of the step's rows twice
         cf = T.alloc_buffer((NV * TV,), "float32", scope="global")
         mx = T.alloc_buffer((TV,), "float32", scope="global")
         q = T.alloc_buffer((NV * TV,), "int32", scope="global")

@@ -17,7 +17,7 @@ x's rounding costs at most dx / 2 per element: each dot is off by at most sum_gr
 (tests/test_kernels_int8.py checks that bound).
 
 Layout of one dot: P = lanes / 4 rows side by side, 16 code bytes each (a q4 block's 16 bytes, masked to their
-low nibbles for columns 0-15 and shifted for columns 16-31; a q8_0 block's first and second 16 codes), against
+low nibbles for columns 0-15 and shifted for columns 16-31; a q8_0 group's first and second 16 codes), against
 the matching 16 bytes of x̂ repeated P times (prepared so by `x8_prep_macro`); lane 4p..4p+3 of the int32
 result then sums row p's products. q4 nibbles (0..15) are the first operand, x̂ the second (both signed
 instructions take them as they are); q4_0's "- 8" enters as -8 * sum(x̂) in lane 4p of the accumulator's initial
@@ -25,10 +25,11 @@ value. q8_0 codes are signed: with a u8 x s8 dot x̂ + 128 is the u8 operand and
 subtracts 128 * sum(code); with an s8 x s8 dot (sdot) codes and x̂ multiply as they are (session 13 tried codes xor
 0x80 as the u8 operand from -128 * sum(x̂): two dots per block instead of four, 77 -> 73 instructions per 8 rows and
 group, but 1.00-1.09x the time interleaved, BENCHMARKS.md: not kept). The per-row scale (x dx) is applied per
-block in fp32 (lanes 4p..4p+3 carry row p's scale), and fp32 accumulates across blocks.
+block in fp32 (lanes 4p..4p+3 carry row p's scale), and fp32 accumulates across blocks. Split q8_0 rows (session
+22) are read through the layout's byte offsets here (VNNI, sdot); on AVX2 they take `quant_split8.py`.
 
 q8_0 on AVX512-VNNI (16 lanes, u8 x s8) may take a layout of its own (`paired_dots`): one row per vector, its two
-consecutive 32-code blocks side by side (one load and one insert), xor 0x80 as the u8 operand against x̂ of both
+consecutive 32-code groups side by side (one 64-byte load of a split row), xor 0x80 as the u8 operand against x̂ of both
 groups, -128 * sum(x̂) in x's accumulator start: one dot per row and two groups, no row shuffles and no
 128 * sum(code) correction (67 instead of 77 instructions per 8 rows and group; indexed q8_0 0.84x hot, 0.92-0.93x
 from DRAM at 1 thread, BENCHMARKS.md session 15). Session 13's xor form on the 4-rows layout saved only 4 of 77.
@@ -261,8 +262,8 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     ivec = f"int32x{L}"
 
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
-    # block layouts only here (split rows: quant_split.py)
-    pf_group = group_prefetch_macro(lay, stored, R)[0]
+    # q8_0's rows here (split, read through the layout's byte offsets); split q4 rows: quant_split.py
+    pf_group, pf_scales = group_prefetch_macro(lay, stored, R)
 
     def rr(ro, s, p):  # byte offset of row p of set s (past the step's rows: its last row again, not stored)
         return ro[T.min(s * P + p, R - 1)]
@@ -316,10 +317,12 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
         return v
 
     if paired_q8(dtype, sched, kernel):
-        return paired_dots(d, lay, ins, xl, R, gathered, pf_group, row_bytes, prefetch, store)
+        return paired_dots(d, lay, ins, xl, R, gathered, (pf_group, pf_scales), row_bytes, prefetch, store)
 
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
+        if prefetch:  # the next step's scales (split rows: behind the codes), all at once
+            pf_scales(wf, ro, R, 0, G)
         for grp in range(G):
             if prefetch:  # the next step's rows, one prefetch per row and block (q8_0) or line
                 pf_group(wf, ro, R, grp)
@@ -339,10 +342,11 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     return per_token(dots), dots
 
 
-def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, gathered: bool, pf_group, row_bytes: int,
+def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, gathered: bool, prefetches, row_bytes: int,
                 prefetch: bool, store):
     """(`dots_all`, `dots`) of `int8_dots_macro` for q8_0 on AVX512-VNNI: one row per vector, its blocks 2c and
-    2c + 1 (32 code bytes each, 34 bytes apart: one load and one insert) against x̂ of both groups (`paired_prep_macro`):
+    2c + 1 (32 code bytes each, side by side in a split row: one 64-byte load) against x̂ of both groups
+    (`paired_prep_macro`):
 
         acc[row] += float(dot(init, codes xor 0x80, x̂)) * (scales * dx)    (lanes 0-7: group 2c, 8-15: 2c + 1)
 
@@ -351,6 +355,7 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, gathered: bool, 
     and group 77 -> 67 instructions. A row's odd last group: its half of the vector zero."""
     L, G = ins.lanes, xl.groups
     VB, pairs = 4 * L, G // 2
+    pf_group, pf_scales = prefetches  # (`group_prefetch_macro`)
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     row_sums = row_sums_macro(R, L, store)
 
@@ -378,6 +383,8 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, gathered: bool, 
 
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
+        if prefetch:  # the next step's scales, all at once
+            pf_scales(wf, ro, R, 0, G)
         for c in range(pairs):
             if prefetch:  # the next step's rows, one prefetch per row and block
                 pf_group(wf, ro, R, 2 * c)

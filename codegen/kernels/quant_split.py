@@ -56,7 +56,9 @@ PAIRED_CHUNKS = ("pmaddubsw256",)
 
 
 def is_split(dtype: str) -> bool:
-    return dtype in LAYOUTS and LAYOUTS[dtype].split
+    """Whether `dtype` rows take these row dots: split rows of 4-bit codes (q8_0's: quant_split8.py, or the
+    4-rows form of quant_int8.py, which reads them through the layout's byte offsets)."""
+    return dtype in LAYOUTS and LAYOUTS[dtype].split and LAYOUTS[dtype].bits == 4
 
 
 @dataclass(frozen=True)
