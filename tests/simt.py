@@ -2,12 +2,12 @@
 
 What runs is exactly what TVM built for CUDA: the host object (x86 code that checks the arguments, including the
 scratch buffers the caller passes — `kernel_cases.run_batch` allocates them — and launches the kernels in order)
-and the generated CUDA C source. The source is compiled
-by the host C++ compiler against a prelude that turns it into plain C++ (cuda_fp16.h's host half type, CUDA's
-vector types) and emulates the GPU: blocks run one after another on blockDim OS threads, `__syncthreads()` is a block
-barrier, warp shuffles exchange values through a per-block slot array between warp barriers (32 threads),
-`__shared__` arrays become function statics (one block runs at a time). A C harness (tests/cross.py's, with
-tensors on kDLCUDA) provides what TVM's runtime gives the host code: workspace allocation, and the module
+and the generated CUDA C source. The source is compiled by the host C++ compiler against a prelude that turns
+it into plain C++ (cuda_fp16.h's host half type, CUDA's vector types) and emulates the GPU: blocks run one after
+another, a block's threads as fibers (ucontext) on one OS thread, `__syncthreads()` is a block barrier at which a
+fiber switches to the next, warp shuffles exchange values through a per-block slot array between warp barriers
+(32 threads), `__shared__` arrays become function statics (one block runs at a time). A C harness (tests/cross.py's,
+with tensors on kDLCUDA) provides what TVM's runtime gives the host code: workspace allocation, and the module
 context through which it looks up and launches the kernels — here a table of trampolines that unpack the
 launch arguments (pointers, scalars, then the grid/block extents in the order of `tirx.kernel_launch_params`).
 
@@ -28,15 +28,14 @@ from .cross import HarnessKernels, ffi_include_dir, harness_source, workdir_for
 TAGS = ["blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z"]
 
 PRELUDE = r"""
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <vector>
+#include <ucontext.h>
 #include <cuda_fp16.h>
 #include <vector_functions.h>
 #include <vector_types.h>
@@ -48,18 +47,31 @@ PRELUDE = r"""
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 
-thread_local uint3 threadIdx, blockIdx;
+uint3 threadIdx, blockIdx;  // the running fiber's: set by the scheduler before it resumes a fiber
 dim3 blockDim, gridDim;
 
 namespace simt {
+// a barrier of `expected` fibers: the last to arrive opens it (a new generation); the others yield to the scheduler
+// until it is open. One OS thread runs every fiber, so plain counters suffice.
+struct Barrier { int expected = 0, arrived = 0; unsigned generation = 0; };
 struct Block {
   int threads;
-  std::unique_ptr<std::barrier<>> all;
-  std::vector<std::unique_ptr<std::barrier<>>> warps;
+  Barrier all;
+  std::vector<Barrier> warps;
   std::vector<uint64_t> slots;
 };
 Block *block;
-thread_local int tid;
+int tid;  // the running fiber's thread index in its block
+ucontext_t scheduler;
+std::vector<ucontext_t> fibers;
+bool progress;  // something changed since the scheduler's last round: a round without any is a deadlock
+
+inline void arrive_and_wait(Barrier &bar) {
+  progress = true;
+  unsigned generation = bar.generation;
+  if (++bar.arrived == bar.expected) { bar.arrived = 0; ++bar.generation; return; }
+  while (bar.generation == generation) swapcontext(&fibers[tid], &scheduler);
+}
 
 // a warp-synchronous call names every lane of its warp in `mask` (the kernels use full masks; a partial one,
 // e.g. from __activemask() after a divergent branch, is undefined on Volta and later): abort otherwise
@@ -71,30 +83,30 @@ inline void check_mask(unsigned mask) {
 
 template <class T, class F> T exchange(T v, F src_lane, int width) {
   int lane = tid % 32, base = tid - lane;
-  auto &bar = *block->warps[tid / 32];
+  auto &bar = block->warps[tid / 32];
   uint64_t bits = 0;
   std::memcpy(&bits, &v, sizeof(T));
-  bar.arrive_and_wait();
+  arrive_and_wait(bar);
   block->slots[tid] = bits;
-  bar.arrive_and_wait();
+  arrive_and_wait(bar);
   int group = lane - lane % width, src = src_lane(lane % width);
   T r;
   std::memcpy(&r, &block->slots[base + group + src], sizeof(T));
-  bar.arrive_and_wait();
+  arrive_and_wait(bar);
   return r;
 }
 }  // namespace simt
 
-inline void __syncthreads() { simt::block->all->arrive_and_wait(); }
+inline void __syncthreads() { simt::arrive_and_wait(simt::block->all); }
 // a block barrier returning whether `pred` holds in some thread of the block (every thread gets the same answer)
 inline int __syncthreads_or(int pred) {
-  auto &all = *simt::block->all;
-  all.arrive_and_wait();
+  auto &all = simt::block->all;
+  simt::arrive_and_wait(all);
   simt::block->slots[simt::tid] = pred ? 1 : 0;
-  all.arrive_and_wait();
+  simt::arrive_and_wait(all);
   int any = 0;
   for (int t = 0; t < simt::block->threads; ++t) any |= simt::block->slots[t] != 0;
-  all.arrive_and_wait();
+  simt::arrive_and_wait(all);
   return any;
 }
 inline unsigned __activemask() { return 0xffffffffu; }
@@ -102,18 +114,18 @@ inline unsigned __activemask() { return 0xffffffffu; }
 inline unsigned __ballot_sync(unsigned mask, int pred) {
   simt::check_mask(mask);
   int base = simt::tid - simt::tid % 32, lanes = std::min(32, simt::block->threads - base);
-  auto &bar = *simt::block->warps[simt::tid / 32];
-  bar.arrive_and_wait();
+  auto &bar = simt::block->warps[simt::tid / 32];
+  simt::arrive_and_wait(bar);
   simt::block->slots[simt::tid] = pred ? 1 : 0;
-  bar.arrive_and_wait();
+  simt::arrive_and_wait(bar);
   unsigned bits = 0;
   for (int l = 0; l < lanes; ++l) bits |= (unsigned)simt::block->slots[base + l] << l;
-  bar.arrive_and_wait();
+  simt::arrive_and_wait(bar);
   return bits;
 }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   simt::check_mask(mask);
-  simt::block->warps[simt::tid / 32]->arrive_and_wait();
+  simt::arrive_and_wait(simt::block->warps[simt::tid / 32]);
 }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 template <class T> T __shfl_xor_sync(unsigned mask, T v, int m, int w = 32) {
@@ -147,33 +159,74 @@ struct SimtKernel { const char *name; void (*tramp)(const int64_t *); int n_para
 extern const SimtKernel simt_kernels[];
 extern const int simt_n_kernels;
 
+namespace simt {
+constexpr size_t STACK_BYTES = 256 << 10;  // a fiber's stack: the kernels keep small local arrays
+const SimtKernel *kernel;
+const int64_t *kernel_args;
+std::vector<uint3> thread_idx;
+std::vector<char> finished;
+
+static void fiber_main(int t) {
+  kernel->tramp(kernel_args);
+  finished[t] = 1;
+  progress = true;
+}  // returning resumes the scheduler (uc_link)
+}  // namespace simt
+
+// one block at a time, its threads as fibers on this one OS thread (a barrier switches to the next fiber): no OS
+// thread per CUDA thread, so an emulated launch takes one core, whatever the block size
 static void launch(const SimtKernel *k, const int64_t *raw) {
   unsigned dims[6] = {1, 1, 1, 1, 1, 1};  // grid x y z, block x y z
   for (int j = 0; j < k->n_launch; ++j) dims[k->tags[j]] = (unsigned)raw[k->n_params + j];
   gridDim = dim3(dims[0], dims[1], dims[2]);
   blockDim = dim3(dims[3], dims[4], dims[5]);
   int threads = dims[3] * dims[4] * dims[5];
-  simt::Block block;  // one block at a time; the same threads run every block, a barrier between blocks
+  simt::kernel = k;
+  simt::kernel_args = raw;
+  simt::Block block;
   block.threads = threads;
-  block.all = std::make_unique<std::barrier<>>(threads);
-  for (int w = 0; w < (threads + 31) / 32; ++w)
-    block.warps.push_back(std::make_unique<std::barrier<>>(std::min(32, threads - 32 * w)));
+  block.all.expected = threads;
+  for (int w = 0; w < (threads + 31) / 32; ++w) block.warps.push_back({std::min(32, threads - 32 * w), 0, 0});
   block.slots.assign(threads, 0);
   simt::block = &block;
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads; ++t)
-    pool.emplace_back([=, &block] {
-      simt::tid = t;
-      threadIdx = make_uint3(t % dims[3], t / dims[3] % dims[4], t / (dims[3] * dims[4]));
-      for (unsigned bz = 0; bz < dims[2]; ++bz)
-        for (unsigned by = 0; by < dims[1]; ++by)
-          for (unsigned bx = 0; bx < dims[0]; ++bx) {
-            blockIdx = make_uint3(bx, by, bz);
-            k->tramp(raw);
-            block.all->arrive_and_wait();  // the block's shared arrays are free for the next block
+  simt::fibers.assign(threads, ucontext_t{});
+  simt::finished.assign(threads, 0);
+  simt::thread_idx.resize(threads);
+  std::vector<std::unique_ptr<char[]>> stacks(threads);
+  for (int t = 0; t < threads; ++t) {
+    stacks[t].reset(new char[simt::STACK_BYTES]);
+    simt::thread_idx[t] = make_uint3(t % dims[3], t / dims[3] % dims[4], t / (dims[3] * dims[4]));
+  }
+  for (unsigned bz = 0; bz < dims[2]; ++bz)
+    for (unsigned by = 0; by < dims[1]; ++by)
+      for (unsigned bx = 0; bx < dims[0]; ++bx) {
+        blockIdx = make_uint3(bx, by, bz);
+        for (int t = 0; t < threads; ++t) {
+          ucontext_t &f = simt::fibers[t];
+          getcontext(&f);
+          f.uc_stack.ss_sp = stacks[t].get();
+          f.uc_stack.ss_size = simt::STACK_BYTES;
+          f.uc_link = &simt::scheduler;
+          makecontext(&f, (void (*)())simt::fiber_main, 1, t);
+          simt::finished[t] = 0;
+        }
+        for (int live = threads; live > 0;) {  // round robin until every thread of the block has returned
+          simt::progress = false;
+          live = 0;
+          for (int t = 0; t < threads; ++t) {
+            if (simt::finished[t]) continue;
+            simt::tid = t;
+            threadIdx = simt::thread_idx[t];
+            swapcontext(&simt::scheduler, &simt::fibers[t]);
+            live += !simt::finished[t];
           }
-    });
-  for (auto &th : pool) th.join();
+          if (live > 0 && !simt::progress) {
+            std::fprintf(stderr, "simt: %s deadlocks: a barrier that not every thread of its block reaches\n",
+                         k->name);
+            std::abort();
+          }
+        }
+      }
 }
 """
 
