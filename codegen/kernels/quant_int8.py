@@ -34,7 +34,8 @@ groups, -128 * sum(x̂) in x's accumulator start: one dot per row and two groups
 128 * sum(code) correction (67 instead of 77 instructions per 8 rows and group; indexed q8_0 0.84x hot, 0.92-0.93x
 from DRAM at 1 thread, BENCHMARKS.md session 15). Session 13's xor form on the 4-rows layout saved only 4 of 77.
 Streamed rows (dense, exact's gate) were 1.03-1.04x slower with it, and x's layout is one per kernel, so the kernel
-chooses (`CpuSchedule.paired_q8`: the indexed kernel by default; `kernel` of `x8_prep_macro` / `int8_dots_macro`).
+chooses (`CpuSchedule.paired_q8`: the indexed kernel by default; `paired_q8`, its entry in
+`int8_row_dots.INT8_ROW_DOTS`).
 
 Prepared x (`XBlocks`): per token one byte row: per group the first-half operand, the second-half operand and
 the initial accumulator (lanes * 4 bytes each), then every group's dx (fp32), then dx * sum(x̂) (fp32, for a block
@@ -49,8 +50,8 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
-from ...ir.quant import GROUP, LAYOUTS
-from .int8_dots import INT8_DOTS, Int8Dot
+from ...ir.quant import GROUP, LAYOUTS, QuantLayout
+from .int8_dots import INT8_DOTS
 from .quant_blocks import flat_rows, group_prefetch_macro, offset, scale, step_start_macro
 from .rows import per_token, row_sums_macro
 from .schedule import CpuSchedule
@@ -58,11 +59,12 @@ from .schedule import CpuSchedule
 HALF = GROUP // 2
 
 
-def paired_q8(dtype: str, sched: CpuSchedule, kernel: str) -> bool:
-    """Whether `kernel`'s `dtype` rows take `paired_dots` (a row's two consecutive blocks in one vector): q8_0 on a
-    16-lane u8 x s8 dot (AVX512-VNNI), for the kernels the schedule names (`CpuSchedule.paired_q8`)."""
+def paired_q8(lay: QuantLayout, sched: CpuSchedule, kernel: str) -> bool:
+    """Whether `kernel`'s `lay` rows take `paired_dots` (a row's two consecutive blocks in one vector; an
+    `int8_row_dots.INT8_ROW_DOTS` test): q8_0 on a 16-lane u8 x s8 dot (AVX512-VNNI), for the kernels the schedule
+    names (`CpuSchedule.paired_q8`)."""
     ins = INT8_DOTS[sched.int8_dot]
-    return LAYOUTS[dtype].bits == 8 and not ins.signed_a and ins.lanes == 16 and sched.pairs_q8(kernel)
+    return lay.bits == 8 and not ins.signed_a and ins.lanes == 16 and sched.pairs_q8(kernel)
 
 
 def uses_int8_dot(dtype: str, sched: CpuSchedule) -> bool:
@@ -118,16 +120,13 @@ def reduce_lanes(buf, op, lanes: int):
     return red
 
 
-def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
-    """`prep(x, xb, M)`: xb [M, x_blocks(d, sched).nbytes] uint8 <- x [M, d] float32 quantized (module docstring), laid
-    out for `kernel`'s row dots (`paired_q8`)."""
+def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
+    """`prep(x, xb, M)`: xb [M, x_blocks(d, sched).nbytes] uint8 <- x [M, d] float32 quantized (module docstring)."""
     lay = LAYOUTS[dtype]
     xl = x_blocks(d, sched)
     L, P, G = xl.lanes, xl.lanes // 4, xl.groups
     q8, centered = lay.bits == 8, lay.bits == 4 and not lay.offset  # q4_0: the -8 term
     biased = q8 and not INT8_DOTS[sched.int8_dot].signed_codes  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
-    if paired_q8(dtype, sched, kernel):
-        return paired_prep_macro(d, xl)
 
     @T.macro
     def store(xb, m, g, q, s, dx):
@@ -146,10 +145,12 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
     return quantized_x_groups(d, G, store)
 
 
-def paired_prep_macro(d: int, xl: XBlocks):
-    """x for `paired_dots`: group g's bytes go to its pair's slots (pair p = g // 2, half k = g % 2): x̂ (32 bytes)
-    at operand(2p, 0) + 32k, -128 * sum(x̂) in int32 lane 8k of operand(2p, 2) (codes xor 0x80 are the u8 operand:
-    the dot adds 128 * sum(x̂)), dx in fp32 lanes 8k..8k+7 of operand(2p, 1). A missing last group's half is zero."""
+def paired_prep_macro(d: int, dtype: str, sched: CpuSchedule):
+    """x for `paired_dots`, in an `x_blocks(d, sched)` buffer: group g's bytes go to its pair's slots (pair p = g // 2,
+    half k = g % 2): x̂ (32 bytes) at operand(2p, 0) + 32k, -128 * sum(x̂) in int32 lane 8k of operand(2p, 2) (codes
+    xor 0x80 are the u8 operand: the dot adds 128 * sum(x̂)), dx in fp32 lanes 8k..8k+7 of operand(2p, 1). A missing
+    last group's half is zero."""
+    xl = x_blocks(d, sched)
     G = xl.groups
 
     @T.macro
@@ -246,10 +247,9 @@ def row_dots_frame(gathered: bool, rows: int, row_bytes: int, acc_lanes: int, bo
     return dots
 
 
-def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None,
-                    kernel: str = ""):
+def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None):
     """`common.dots_macro` on the integer path: (`dots_all`, `dots`) with the same arguments, except that x is
-    the prepared byte buffer of `x8_prep_macro` (for the same `kernel`)."""
+    the prepared byte buffer of `x8_prep_macro`."""
     lay = LAYOUTS[dtype]
     ins = INT8_DOTS[sched.int8_dot]
     L = ins.lanes
@@ -316,9 +316,6 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
                             T.float16(0)) * dx_sum
         return v
 
-    if paired_q8(dtype, sched, kernel):
-        return paired_dots(d, lay, ins, xl, R, gathered, (pf_group, pf_scales), row_bytes, prefetch, store)
-
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
         if prefetch:  # the next step's scales (split rows: behind the codes), all at once
@@ -342,9 +339,9 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     return per_token(dots), dots
 
 
-def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, gathered: bool, prefetches, row_bytes: int,
-                prefetch: bool, store):
-    """(`dots_all`, `dots`) of `int8_dots_macro` for q8_0 on AVX512-VNNI: one row per vector, its blocks 2c and
+def paired_dots(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None):
+    """`common.dots_macro` on the integer path for q8_0 on AVX512-VNNI (`paired_q8`): (`dots_all`, `dots`) as
+    `int8_dots_macro`'s: one row per vector, its blocks 2c and
     2c + 1 (32 code bytes each, side by side in a split row: one 64-byte load) against x̂ of both groups
     (`paired_prep_macro`):
 
@@ -353,9 +350,15 @@ def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, gathered: bool, 
     codes xor 0x80 = code + 128 as the u8 operand; init (-128 * sum(x̂) in lanes 0 and 8) takes the 128 * sum(x̂)
     back. One dot per row and two groups instead of four per four rows and group, and no row shuffles: per 8 rows
     and group 77 -> 67 instructions. A row's odd last group: its half of the vector zero."""
-    L, G = ins.lanes, xl.groups
+    lay = LAYOUTS[dtype]
+    ins = INT8_DOTS[sched.int8_dot]
+    xl = x_blocks(d, sched)
+    L, G, R = ins.lanes, xl.groups, sched.rows
     VB, pairs = 4 * L, G // 2
-    pf_group, pf_scales = prefetches  # (`group_prefetch_macro`)
+    prefetch = sched.prefetch if prefetch is None else bool(prefetch)
+    store = store or (lambda v: v)
+    row_bytes = lay.row_bytes(d)
+    pf_group, pf_scales = group_prefetch_macro(lay, lay.stored_groups(d), R)
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     row_sums = row_sums_macro(R, L, store)
 

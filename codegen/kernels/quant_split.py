@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
-from ...ir.quant import GROUP, LAYOUTS
+from ...ir.quant import GROUP, LAYOUTS, QuantLayout
 from .int8_dots import INT8_DOTS
 from .quant_blocks import block_prefetch_macro, half_at
 from .quant_int8 import quantized_x_groups, row_dots_frame
@@ -55,10 +55,11 @@ HALF = GROUP // 2
 PAIRED_CHUNKS = ("pmaddubsw256",)
 
 
-def is_split(dtype: str) -> bool:
-    """Whether `dtype` rows take these row dots: split rows of 4-bit codes (q8_0's: quant_split8.py, or the
-    4-rows form of quant_int8.py, which reads them through the layout's byte offsets)."""
-    return dtype in LAYOUTS and LAYOUTS[dtype].split and LAYOUTS[dtype].bits == 4
+def is_split(lay: QuantLayout, sched: CpuSchedule, kernel: str) -> bool:
+    """Whether `lay` rows take these row dots (an `int8_row_dots.INT8_ROW_DOTS` test): split rows of 4-bit codes
+    (q8_0's: quant_split8.py, or the 4-rows form of quant_int8.py, which reads them through the layout's byte
+    offsets), on every int8 dot and in every kernel."""
+    return lay.split and lay.bits == 4
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
-from ...ir.quant import GROUP, LAYOUTS
+from ...ir.quant import GROUP, LAYOUTS, QuantLayout
 from .int8_dots import INT8_DOTS
 from .quant_blocks import block_prefetch_macro, half_at
 from .quant_int8 import quantized_x_groups, row_dots_frame
@@ -40,11 +40,10 @@ QUAD = 4  # groups per iteration: their sums reduced to one lane each per 128-bi
 ROWS_PER_LOOP = 4
 
 
-def is_split8(dtype: str, sched: CpuSchedule) -> bool:
-    """Whether `dtype` rows take these row dots on `sched`: split 8-bit rows on an int8 dot whose entry says so."""
-    lay = LAYOUTS.get(dtype)
-    return bool(sched.int8_dot) and lay is not None and lay.split and lay.bits == 8 and \
-        INT8_DOTS[sched.int8_dot].split_q8
+def is_split8(lay: QuantLayout, sched: CpuSchedule, kernel: str) -> bool:
+    """Whether `lay` rows take these row dots on `sched` (an `int8_row_dots.INT8_ROW_DOTS` test): split 8-bit rows on
+    an int8 dot whose entry says so, in every kernel."""
+    return bool(sched.int8_dot) and lay.split and lay.bits == 8 and INT8_DOTS[sched.int8_dot].split_q8
 
 
 @dataclass(frozen=True)
