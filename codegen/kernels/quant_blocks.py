@@ -149,6 +149,21 @@ def block_prefetch_macro():
     return pf
 
 
+def lines_prefetch_macro(rows: int, lines: int):
+    """`pf_lines(w, ro, first, byte)`: prefetch `lines` cache lines from byte `byte` on in each of the `rows` rows at
+    byte offsets ro[first:first + rows] (`row_offsets_macro`: the next step's from first = the step's rows), all
+    unrolled: the split-row dots' scale lines once per step and code lines per iteration."""
+    pf = block_prefetch_macro()
+
+    @T.macro
+    def pf_lines(w, ro, first, byte):
+        for r in T.unroll(rows):
+            for ln in T.unroll(lines):
+                pf(w, ro[first + r], byte + ln * CACHE_LINE)
+
+    return pf_lines
+
+
 def group_prefetch_macro(lay: QuantLayout, stored: int, rows: int):
     """(`pf_group(w, ro, first, grp)`, `pf_scales(w, ro, first, g0, g1)`): prefetch in the `rows` rows at byte
     offsets ro[first:first + rows]. `pf_group`: what group grp needs when grp starts a cache line of codes (block
