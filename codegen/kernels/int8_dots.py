@@ -26,7 +26,7 @@ class Int8Dot:
                                 # 8 rows x 32 columns (q4: 473 -> 212), untimed (BENCHMARKS.md, session 7)
     nibble_lookup: str = ""  # the same ISA's 16-entry fp32 table lookup by the low 4 bits of int32 lanes (LLVM
                              # intrinsic (table, indices) -> float32 x 16), which the float axpy of q4 rows takes
-                             # instead of mask / shift / widen / convert (quant_blocks.quant_axpy_macro); "": none
+                             # instead of mask / shift / widen / convert (quant_axpy.quant_axpy_macro); "": none
     coefficient_table: bool = False  # the integer axpy of split rows (q4_0) rounds a step's coefficients for 16
                                      # groups per vector into a table before its group loop (quant_axpy8.py):
                                      # AVX-512 0.79x the time (dense, BENCHMARKS.md session 11), AVX2 0.73x

@@ -47,7 +47,7 @@ broadcasts and holds no scale gather, horizontal max, division or z dots: 44 ins
 Σ_j h_j · (o_{j,g} + 8 s_{j,g}) goes into the table the same way (a row's 16 offsets one load, summed over the rows
 lane by lane), one more broadcast per group: added once per group's columns, not gathered per group.
 
-The column split over the tasks is the float path's (`quant_blocks.group_split`); the last partial group of a row
+The column split over the tasks is the float path's (`quant_axpy.group_split`); the last partial group of a row
 (its codes are zero-padded in the blob) runs the same integer code and stores only its valid columns.
 A non-finite h makes t NaN (the step's flag hv[NV]), so the step's columns become NaN as on the float path.
 """
@@ -59,17 +59,9 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
 from .int8_dots import INT8_DOTS
+from .quant_axpy import axpy_macros, group_split
 from .quant_axpy16 import MAX_ROWS, coefficient_levels, interleaved_pair, row_scales, word_macros
-from .quant_blocks import (
-    axpy_macros,
-    flat_rows,
-    group_prefetch_macro,
-    group_split,
-    offset,
-    row_offsets_macro,
-    scale,
-    split_scales,
-)
+from .quant_blocks import flat_rows, group_prefetch_macro, offset, row_offsets_macro, scale, split_scales
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
