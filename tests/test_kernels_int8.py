@@ -127,9 +127,9 @@ def test_split_q4_row_dots_load_4_groups_and_their_scales_at_once(dtype, fields)
 @pytest.mark.parametrize("d", (20, 80, 100))
 def test_paired_q8_0_row_dots_equal_the_reference_on_rounded_x(kind, d):
     """q8_0 on AVX512-VNNI in the kernels that choose it (`CpuSchedule.paired_q8`: indexed by default, exact asked
-    here for its streamed rows) reads a row's two consecutive blocks per vector (quant_int8.paired_dots): one group (its
-    half of the vector zero), three (a pair and the odd last group) and four groups with a ragged last one, against
-    float64 on the rounded x; 0% and 100% active among the calls."""
+    here for its streamed rows) reads a row's two consecutive blocks per vector (quant_paired8.paired_dots): one
+    group (its half of the vector zero), three (a pair and the odd last group) and four groups with a ragged last one,
+    against float64 on the rounded x; 0% and 100% active among the calls."""
     sched = replace(host_sched("vpdpbusd512"), int8_axpy=False, paired_q8=(kind,))
     prim = primfunc(kind, d, 12, "q8_0", sched, ACTS[kind], bias=True)
     calls = quant_calls(kind, np.random.default_rng(d), d, 12, "q8_0", 0.5, x8=True)

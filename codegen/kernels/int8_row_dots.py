@@ -19,15 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...ir.quant import LAYOUTS, QuantLayout
-from .quant_int8 import (
-    int8_dots_macro,
-    paired_dots,
-    paired_prep_macro,
-    paired_q8,
-    uses_int8_dot,
-    x8_prep_macro,
-    x_blocks,
-)
+from .quant_int8 import int8_dots_macro, uses_int8_dot, x8_prep_macro, x_blocks
+from .quant_paired8 import paired_dots, paired_prep_macro, paired_q8
 from .quant_split import is_split, split_dots_macro, split_prep_macro, split_x
 from .quant_split8 import is_split8, split8_dots_macro, split8_prep_macro, split8_x
 from .schedule import CpuSchedule
@@ -54,7 +47,7 @@ INT8_ROW_DOTS = (
     # split q8_0 rows on a pair-sum dot (AVX2): a row per vector, 4 groups per iteration (`quant_split8.py`)
     RowDots("split8", is_split8, lambda d, dtype, sched: split8_x(d), lambda d, dtype, sched: split8_prep_macro(d),
             split8_dots_macro),
-    # q8_0 on AVX512-VNNI in the kernels the schedule names: a row's two groups per vector (`quant_int8.paired_dots`)
+    # q8_0 on AVX512-VNNI in the kernels the schedule names: a row's two groups per vector (`quant_paired8.py`)
     RowDots("paired8", paired_q8, lambda d, dtype, sched: x_blocks(d, sched), paired_prep_macro, paired_dots),
     # every other layout the dot serves: 4-byte slices of lanes / 4 rows per vector (`quant_int8.int8_dots_macro`)
     RowDots("blocks", _every_layout, lambda d, dtype, sched: x_blocks(d, sched), x8_prep_macro, int8_dots_macro),
