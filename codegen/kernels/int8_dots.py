@@ -95,8 +95,8 @@ INT8_DOTS = {
     "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
     "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
     # AVX2 without VNNI (Zen 3, Haswell..Skylake client): llama.cpp's dots, q8_0 by the sign trick; the q4 axpys
-    # too (nibbles as the u8 operand times a_j: pairs <= 2 * 15 * 127, quant_axpy8.SETS_PER_WIDENING); q8_0's axpy on
-    # vpmaddwd alone (its code + 128 would saturate vpmaddubsw; quant_axpy16.py)
+    # too (nibbles as the u8 operand times a_j: pairs <= 2 * 15 * 127, quant_axpy_twin.SETS_PER_WIDENING); q8_0's
+    # axpy on vpmaddwd alone (its code + 128 would saturate vpmaddubsw; quant_axpy16.py)
     "pmaddubsw256": Int8Dot("llvm.x86.avx2.pmadd.ub.sw", 8, False, axpy=("q4_0", "q4_1", "q8_0"),
                             coefficient_table=True, axpy_interleave=2, pair_sum="llvm.x86.avx2.pmadd.wd",
                             sign_trick="llvm.x86.avx2.psign.b", int16_axpy=("q8_0",), split_q8=True),
