@@ -147,6 +147,30 @@ def test_paired_q8_0_is_a_kernel_choice_named_by_the_schedule():
         replace(base, paired_q8=("linear",))
 
 
+def test_each_layout_takes_the_first_row_dot_family_of_the_table_that_serves_it():
+    """`int8_row_dots.INT8_ROW_DOTS`, first match wins: split q4 rows take quant_split.py on every dot; q8_0 takes
+    quant_split8.py on AVX2, the paired form on AVX512-VNNI in the kernels the schedule names and the 4-rows form
+    elsewhere; without an int8 dot (or for float rows) no family: the float row dots."""
+    from actsparse.codegen.kernels.int8_row_dots import int8_row_dots
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    avx2, vnni = CpuSchedule(lanes=8, threads=1, int8_dot="pmaddubsw256"), CpuSchedule(lanes=16, threads=1,
+                                                                                       int8_dot="vpdpbusd512")
+    sdot, plain = CpuSchedule(lanes=4, threads=1, int8_dot="sdot128"), CpuSchedule(lanes=8, threads=1)
+
+    def name(dtype, sched, kernel=""):
+        family = int8_row_dots(dtype, sched, kernel)
+        return family and family.name
+
+    assert {name(q4, s, k) for q4 in ("q4_0", "q4_1") for s in (avx2, vnni, sdot) for k in ("", "indexed")} == {
+        "split4"}
+    assert name("q8_0", avx2) == name("q8_0", avx2, "indexed") == "split8"
+    assert name("q8_0", vnni, "indexed") == "paired8" and name("q8_0", vnni, "dense") == "blocks"
+    assert name("q8_0", replace(vnni, paired_q8=()), "indexed") == "blocks"
+    assert name("q8_0", sdot, "indexed") == "blocks"
+    assert name("q4_0", plain) is None and name("float16", avx2) is None
+
+
 def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_block():
     """The q8_0 row-dot loops on AVX512-VNNI. indexed (gathered rows, `CpuSchedule.paired_q8`): per row and pair of
     groups one code load and insert, one xor and one vpdpbusd (the 128 * sum(x̂) is in x's side), no 128 * sum(code)

@@ -49,7 +49,7 @@ INT8_ROW_DOTS = (
             split8_dots_macro),
     # q8_0 on AVX512-VNNI in the kernels the schedule names: a row's two groups per vector (`quant_paired8.py`)
     RowDots("paired8", paired_q8, lambda d, dtype, sched: x_blocks(d, sched), paired_prep_macro, paired_dots),
-    # every other layout the dot serves: 4-byte slices of lanes / 4 rows per vector (`quant_int8.int8_dots_macro`)
+    # every other layout the dot serves: lanes / 4 rows' 16 code bytes side by side per vector (`quant_int8.py`)
     RowDots("blocks", _every_layout, lambda d, dtype, sched: x_blocks(d, sched), x8_prep_macro, int8_dots_macro),
 )
 
