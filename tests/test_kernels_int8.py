@@ -127,9 +127,9 @@ def test_split_q4_row_dots_load_4_groups_and_their_scales_at_once(dtype, fields)
 @pytest.mark.parametrize("d", (20, 80, 100))
 def test_paired_q8_0_row_dots_equal_the_reference_on_rounded_x(kind, d):
     """q8_0 on AVX512-VNNI in the kernels that choose it (`CpuSchedule.paired_q8`: indexed by default, exact asked
-    here for its streamed rows) reads a row's two consecutive blocks per vector (quant_int8.paired_dots): one group (its
-    half of the vector zero), three (a pair and the odd last group) and four groups with a ragged last one, against
-    float64 on the rounded x; 0% and 100% active among the calls."""
+    here for its streamed rows) reads a row's two consecutive blocks per vector (quant_paired8.paired_dots): one
+    group (its half of the vector zero), three (a pair and the odd last group) and four groups with a ragged last one,
+    against float64 on the rounded x; 0% and 100% active among the calls."""
     sched = replace(host_sched("vpdpbusd512"), int8_axpy=False, paired_q8=(kind,))
     prim = primfunc(kind, d, 12, "q8_0", sched, ACTS[kind], bias=True)
     calls = quant_calls(kind, np.random.default_rng(d), d, 12, "q8_0", 0.5, x8=True)
@@ -145,6 +145,30 @@ def test_paired_q8_0_is_a_kernel_choice_named_by_the_schedule():
     assert replace(base, paired_q8=()).tag != base.tag
     with pytest.raises(ValueError, match="paired_q8 names no kernel"):
         replace(base, paired_q8=("linear",))
+
+
+def test_each_layout_takes_the_first_row_dot_family_of_the_table_that_serves_it():
+    """`int8_row_dots.INT8_ROW_DOTS`, first match wins: split q4 rows take quant_split.py on every dot; q8_0 takes
+    quant_split8.py on AVX2, the paired form on AVX512-VNNI in the kernels the schedule names and the 4-rows form
+    elsewhere; without an int8 dot (or for float rows) no family: the float row dots."""
+    from actsparse.codegen.kernels.int8_row_dots import int8_row_dots
+    from actsparse.codegen.kernels.schedule import CpuSchedule
+
+    avx2, vnni = CpuSchedule(lanes=8, threads=1, int8_dot="pmaddubsw256"), CpuSchedule(lanes=16, threads=1,
+                                                                                       int8_dot="vpdpbusd512")
+    sdot, plain = CpuSchedule(lanes=4, threads=1, int8_dot="sdot128"), CpuSchedule(lanes=8, threads=1)
+
+    def name(dtype, sched, kernel=""):
+        family = int8_row_dots(dtype, sched, kernel)
+        return family and family.name
+
+    assert {name(q4, s, k) for q4 in ("q4_0", "q4_1") for s in (avx2, vnni, sdot) for k in ("", "indexed")} == {
+        "split4"}
+    assert name("q8_0", avx2) == name("q8_0", avx2, "indexed") == "split8"
+    assert name("q8_0", vnni, "indexed") == "paired8" and name("q8_0", vnni, "dense") == "blocks"
+    assert name("q8_0", replace(vnni, paired_q8=()), "indexed") == "blocks"
+    assert name("q8_0", sdot, "indexed") == "blocks"
+    assert name("q4_0", plain) is None and name("float16", avx2) is None
 
 
 def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_block():

@@ -1,6 +1,6 @@
 """The row axpy of the CPU kernels' down projections (out[m, cols] += sum_r h_r * w[row_r, cols], each task on its
 slice of the output columns), the zeroing of a task's columns and which columns a task owns: float rows here,
-quantized rows handed to `quant_blocks.py` (float axpy) or `quant_axpy8.py` (integer axpy). Split from common.py
+quantized rows handed to `quant_axpy.py` (float axpy) or `quant_axpy8.py` (integer axpy). Split from common.py
 (the row dots and the rest of the shared blocks) to keep each module readable.
 """
 
@@ -11,8 +11,8 @@ from tvm.script import tirx as T
 from ...ir.quant import GROUP, LAYOUTS
 from .common import loader
 from .int8_dots import INT8_DOTS
+from .quant_axpy import group_split, quant_axpy_macro, quant_zero_columns_macro
 from .quant_axpy8 import int8_axpy_macro, uses_int8_axpy
-from .quant_blocks import group_split, quant_axpy_macro, quant_zero_columns_macro
 from .rows import chunks_per_line, column_split, prefetch_macro, row_index, task_blocks
 from .schedule import CpuSchedule
 

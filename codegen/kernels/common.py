@@ -25,10 +25,8 @@ from ...ir import activations
 from ...ir.activations import ACTIVATIONS
 from ...ir.quant import LAYOUTS
 from . import tvmscript_speed  # noqa: F401 - installs the fast T.macro expansion
+from .int8_row_dots import int8_row_dots
 from .quant_blocks import quant_dots_macro
-from .quant_int8 import int8_dots_macro, uses_int8_dot, x8_prep_macro, x_blocks
-from .quant_split import is_split, split_dots_macro, split_prep_macro, split_x
-from .quant_split8 import is_split8, split8_dots_macro, split8_prep_macro, split8_x
 from .rows import (
     ELEM_BYTES,
     FMLAL,
@@ -104,16 +102,14 @@ def loader(dtype: str) -> Callable:
 
 def x_operand(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
     """(x8, nbytes, prep) for a kernel whose row dots read `dtype` rows of length d: with x8 (the schedule's int8 dot
-    serves the layout, `quant_int8.py`) the kernel allocates xb [M, nbytes] uint8, runs `prep(x, xb, M)` once and
-    hands xb to the dots (made with `x8=True` and the same `kernel`: x's layout may be the kernel's choice,
-    `CpuSchedule.paired_q8`) instead of x; otherwise (False, 0, None) and the dots read x."""
-    if not uses_int8_dot(dtype, sched):
+    serves the layout: the row dots of an `int8_row_dots.INT8_ROW_DOTS` entry) the kernel allocates xb [M, nbytes]
+    uint8, runs `prep(x, xb, M)` once and hands xb to the dots (made with `x8=True` and the same `kernel`: x's layout
+    may be the kernel's choice, `CpuSchedule.paired_q8`) instead of x; otherwise (False, 0, None) and the dots read
+    x."""
+    family = int8_row_dots(dtype, sched, kernel)
+    if family is None:
         return False, 0, None
-    if is_split(dtype):  # split rows: x laid out per group to match (`quant_split.py`)
-        return True, split_x(d, dtype).nbytes, split_prep_macro(d, dtype, sched)
-    if is_split8(dtype, sched):  # split q8_0 rows, a row per vector (`quant_split8.py`)
-        return True, split8_x(d).nbytes, split8_prep_macro(d)
-    return True, x_blocks(d, sched).nbytes, x8_prep_macro(d, dtype, sched, kernel)
+    return True, family.x_layout(d, dtype, sched).nbytes, family.prep(d, dtype, sched)
 
 
 def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store: Callable | None = None,
@@ -127,7 +123,7 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     With `prefetch`, the rows of the next step are prefetched in step with the stream of this one.
 
     `x8` (from `x_operand` for the same `kernel`): x is the prepared 8-bit x and the rows' dots run in integers
-    (`quant_int8.py`).
+    (the same `int8_row_dots.INT8_ROW_DOTS` entry's).
 
     `dots_all(w, x, M, rows, base, i, end, dst, dcol)`: the same for tokens 0..M-1. The step's rows are
     read from memory once; blocks of `token_block` tokens then share every loaded weight vector, in
@@ -135,11 +131,11 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     tokens go one by one.
     """
     if x8:  # x is the prepared byte buffer of `x_operand`
-        if is_split(dtype):
-            return split_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
-        if is_split8(dtype, sched):
-            return split8_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
-        return int8_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch, kernel=kernel)
+        family = int8_row_dots(dtype, sched, kernel)
+        if family is None:
+            raise ValueError(f"x8 row dots of {dtype!r} rows on int8 dot {sched.int8_dot!r}: no integer row dots serve "
+                             "them; pass x8 from `x_operand` for the same dtype, schedule and kernel")
+        return family.dots(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
     if dtype in LAYOUTS:
         return quant_dots_macro(d, dtype, sched, gathered=gathered, store=store, prefetch=prefetch)
     L, A, R, TB = sched.lanes, sched.accumulators, sched.rows, sched.token_block

@@ -7,7 +7,7 @@ Buffers (semantics in `ir/input_sparse.py`):
 
 The weights may be float32 / float16 or a quantized layout (q8_0 / q4_0 / q4_1, `ir.quant`): a stored row is
 then a run of blocks along its columns (gate / up: 32 neurons per block; down: 32 output columns), which is
-exactly what the row-axpys stream, so the quantized axpy of `quant_blocks.py` serves all three matrices. Where the
+exactly what the row-axpys stream, so the quantized axpy of `quant_axpy.py` serves all three matrices. Where the
 schedule gives this kernel the integer axpy (`CpuSchedule.integer_axpy("input")`, from the target's table) all
 three take it (`quant_axpy8.py`: a step's coefficients — x's kept values for gate / up, h for down — rounded to
 int8 per 32-column group, as the dense kernel rounds x for its row dots): at SmolLM2-135M's 576 x 1536 q4_0 the

@@ -26,7 +26,7 @@ class Int8Dot:
                                 # 8 rows x 32 columns (q4: 473 -> 212), untimed (BENCHMARKS.md, session 7)
     nibble_lookup: str = ""  # the same ISA's 16-entry fp32 table lookup by the low 4 bits of int32 lanes (LLVM
                              # intrinsic (table, indices) -> float32 x 16), which the float axpy of q4 rows takes
-                             # instead of mask / shift / widen / convert (quant_blocks.quant_axpy_macro); "": none
+                             # instead of mask / shift / widen / convert (quant_axpy.quant_axpy_macro); "": none
     coefficient_table: bool = False  # the integer axpy of split rows (q4_0) rounds a step's coefficients for 16
                                      # groups per vector into a table before its group loop (quant_axpy8.py):
                                      # AVX-512 0.79x the time (dense, BENCHMARKS.md session 11), AVX2 0.73x
@@ -95,8 +95,8 @@ INT8_DOTS = {
     "vpdpbusd256": Int8Dot("llvm.x86.avx512.vpdpbusd.256", 8, False, axpy=("q4_0", "q4_1")),
     "sdot128": Int8Dot("llvm.aarch64.neon.sdot.v4i32.v16i8", 4, True, axpy=("q4_0", "q4_1")),
     # AVX2 without VNNI (Zen 3, Haswell..Skylake client): llama.cpp's dots, q8_0 by the sign trick; the q4 axpys
-    # too (nibbles as the u8 operand times a_j: pairs <= 2 * 15 * 127, quant_axpy8.SETS_PER_WIDENING); q8_0's axpy on
-    # vpmaddwd alone (its code + 128 would saturate vpmaddubsw; quant_axpy16.py)
+    # too (nibbles as the u8 operand times a_j: pairs <= 2 * 15 * 127, quant_axpy_twin.SETS_PER_WIDENING); q8_0's
+    # axpy on vpmaddwd alone (its code + 128 would saturate vpmaddubsw; quant_axpy16.py)
     "pmaddubsw256": Int8Dot("llvm.x86.avx2.pmadd.ub.sw", 8, False, axpy=("q4_0", "q4_1", "q8_0"),
                             coefficient_table=True, axpy_interleave=2, pair_sum="llvm.x86.avx2.pmadd.wd",
                             sign_trick="llvm.x86.avx2.psign.b", int16_axpy=("q8_0",), split_q8=True),

@@ -26,12 +26,8 @@ byte shuffle), against the pair's (a_j, a_j+1) in every lane; the pairs' int16 s
 |a_j| <= 127: a pair <= 3810, `SETS_PER_WIDENING` pairs at most) and are sign-extended to int32 once per 16 columns,
 where -z · Σ_j a_j is added (from the table, or summed from the a_j). The same integers, so the same rounding.
 Session 18, Zen 3, q4_0 at Mistral-7B dims, 1 thread, under load: 102 instead of 131 instructions per 8 rows x 32
-columns; hot 0.93-0.98x the 4-row form's time, from DRAM within the noise (BENCHMARKS.md).
-With the coefficient table (split q4_0 and q4_1) a vector of 2W code bytes holds two groups' 16 bytes of a row: the
-loop then takes two groups per iteration, one 32-byte load per row and in-lane unpacks (lane k: group g + k; no
-broadcasts or cross-lane permutes of the codes): 158 instead of 2 x 95 instructions per 8 rows x 64 columns (znver3);
-indexed 0.96x, dense 0.94x the time from DRAM, 1 thread (BENCHMARKS.md, session 19). A last odd group takes the
-one-group loop.
+columns; hot 0.93-0.98x the 4-row form's time, from DRAM within the noise (BENCHMARKS.md). Over split q4 rows with the
+coefficient table that form takes two groups per iteration (quant_axpy_twin.py).
 
 Rounding: |c_j - t a_j| <= t / 2, so each output column is off by at most Σ_steps (t / 2) Σ_{j in step} |u_{j,c} - z|,
 i.e. at most (max_j |h_j s_{j,g}| / 254) · Σ_j |q_{j,c}| over the whole list (q the centred code): a relative
@@ -47,7 +43,7 @@ broadcasts and holds no scale gather, horizontal max, division or z dots: 44 ins
 Σ_j h_j · (o_{j,g} + 8 s_{j,g}) goes into the table the same way (a row's 16 offsets one load, summed over the rows
 lane by lane), one more broadcast per group: added once per group's columns, not gathered per group.
 
-The column split over the tasks is the float path's (`quant_blocks.group_split`); the last partial group of a row
+The column split over the tasks is the float path's (`quant_axpy.group_split`); the last partial group of a row
 (its codes are zero-padded in the blob) runs the same integer code and stores only its valid columns.
 A non-finite h makes t NaN (the step's flag hv[NV]), so the step's columns become NaN as on the float path.
 """
@@ -59,24 +55,13 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
 from .int8_dots import INT8_DOTS
+from .quant_axpy import axpy_macros, group_split
 from .quant_axpy16 import MAX_ROWS, coefficient_levels, interleaved_pair, row_scales, word_macros
-from .quant_blocks import (
-    axpy_macros,
-    flat_rows,
-    group_prefetch_macro,
-    group_split,
-    offset,
-    row_offsets_macro,
-    scale,
-    split_scales,
-)
+from .quant_axpy_twin import SETS_PER_WIDENING, twin_macros, widened
+from .quant_blocks import flat_rows, group_prefetch_macro, offset, row_offsets_macro, scale, split_scales
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
-# int16 pair sums per lane that add up before one widening on a pair-sum dot (`Int8Dot.pair_sum`: one per set of 4
-# rows; `axpy_interleave` 2: one per row pair): q4 codes (<= 15, or z = 8) times |a_j| <= 127 make a pair <= 2 * 15 *
-# 127 = 3810, so 8 stay within int16 (one widening per step of R <= 32 rows, or R <= 16 in row pairs)
-SETS_PER_WIDENING = 32767 // (2 * 15 * 127)
 
 
 def uses_int8_axpy(dtype: str, sched: CpuSchedule, kernel: str) -> bool:
@@ -133,15 +118,6 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", hf * 4), k * W)),
                              T.Broadcast(T.uint8(15), k * W))
 
-    def widened(acc, sums):
-        """acc (int32 x W) + the int16 pair sums `sums`, added SETS_PER_WIDENING at a time, each total sign-extended."""
-        for first_pair in range(0, len(sums), SETS_PER_WIDENING):
-            total = sums[first_pair]
-            for more in sums[first_pair + 1:first_pair + SETS_PER_WIDENING]:
-                total = total + more
-            acc = acc + T.Cast(f"int32x{W}", total)
-        return acc
-
     def paired_sum(w, ro, ab, grp, hf, v, at, zsum):
         """int32 x W: `int_sum` with 2 rows per int16 lane: per row pair the pair-sum intrinsic (vpmaddubsw) of
         the codes and (a_j, a_j+1), summed in int16 (SETS_PER_WIDENING pairs at most), then sign-extended."""
@@ -151,58 +127,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             f"int16x{W}", ins.intrinsic, codes(w, ro, p, grp, hf, v, 2),
             T.reinterpret(f"int8x{2 * W}", T.Broadcast(T.reinterpret("int16", ab[T.ramp(at + 2 * p, 1, 2)]), W)))
             for p in range(NV // 2)]
-        return widened(acc, sums)
-
-    def twin_codes(w, ro, p, grp, u):
-        """uint8 x 2W: rows 2p and 2p + 1's code bytes 8u .. 8u + 7 of groups grp (lane 0) and grp + 1 (lane 1),
-        byte-interleaved: one load of both groups' bytes per row (2 x 16 contiguous in a split row), then what LLVM
-        emits as one in-lane unpack (vpunpcklbw / vpunpckhbw)."""
-        start = T.Cast("int64", lay.codes_byte(grp, stored))
-        loads = [w[T.ramp(rr(ro, 2 * p + q) + start, T.int64(1), 2 * HALF)] for q in range(2)]
-        return Shuffle(loads, [q * 2 * HALF + k * HALF + 8 * u + c
-                               for k in range(2) for c in range(8) for q in range(2)])
-
-    def twin_coefficients(ab, at, p):
-        """int8 x 2W: (a_2p, a_2p+1) of the table's group at `at` in every int16 of lane 0, of the next group in
-        lane 1."""
-        raw = ab[T.ramp(at, 1, 2 * NV)]
-        return Shuffle([raw, raw], [k * NV + 2 * p + c % 2 for k in range(2) for c in range(W)])
-
-    def twin_sum(wf, ro, abt, zt, gi, g, u, nib):
-        """int32 x W: lane k's sums for its group's columns nib * 16 + 8u .. + 7 (groups g, g + 1), plus -z Σ_j a_j of
-        that group: the row pairs' int16 sums added (SETS_PER_WIDENING at most per widening), then widened."""
-        sums = []
-        for p in range(NV // 2):
-            raw = twin_codes(wf, ro, p, g, u)
-            codes = T.bitwise_and(T.shift_right(raw, T.Broadcast(T.Cast("uint8", nib * 4), 2 * W)),
-                                  T.Broadcast(T.uint8(15), 2 * W))
-            sums.append(T.call_llvm_pure_intrin(f"int16x{W}", ins.intrinsic, codes, T.reinterpret(
-                f"int8x{2 * W}", twin_coefficients(abt, gi * NV, p))))
-        acc = Shuffle([T.Broadcast(zt[gi], W // 2), T.Broadcast(zt[gi + 1], W // 2)], list(range(W)))
-        return widened(acc, sums)
-
-    @T.macro
-    def twin_out(wf, ro, abt, zt, tt, g, gi, out, m, u, nib, part):
-        part[T.ramp(0, 1, W)] = twin_sum(wf, ro, abt, zt, gi, g, u, nib)
-        for k in T.unroll(2):
-            if off:  # q4_1: the group's constant Σ_j h_j (o_j + 8 s_j) in every column (`coefficient_table`)
-                out[m, T.ramp((g + k) * GROUP + nib * HALF + u * 8, 1, 8)] = out[
-                    m, T.ramp((g + k) * GROUP + nib * HALF + u * 8, 1, 8)] + T.Cast(
-                    "float32x8", part[T.ramp(k * 8, 1, 8)]) * T.Broadcast(tt[gi + k], 8) + T.Broadcast(
-                    tt[NG + gi + k], 8)
-            else:
-                out[m, T.ramp((g + k) * GROUP + nib * HALF + u * 8, 1, 8)] = out[
-                    m, T.ramp((g + k) * GROUP + nib * HALF + u * 8, 1, 8)] + T.Cast(
-                    "float32x8", part[T.ramp(k * 8, 1, 8)]) * T.Broadcast(tt[gi + k], 8)
-
-    @T.macro
-    def twin_columns(wf, ro, abt, zt, tt, g, gi, out, m, part):
-        # groups g and g + 1 (table entries gi, gi + 1) per unpack half u and nibble (literals: Python ints in
-        # twin_sum), each vector of int16 sums widened once into part for both groups' 8 columns
-        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 0, 0, part)
-        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 0, 1, part)
-        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 1, 0, part)
-        twin_out(wf, ro, abt, zt, tt, g, gi, out, m, 1, 1, part)
+        return widened(acc, sums, W)
 
     def int_sum(w, ro, ab, grp, hf, v, at=0, zsum=None):
         """int32 x L: Σ_j a_j (u_{j,c} - z) for the L columns; a_j at ab[at + j]; zsum: -z Σ_j a_j (else computed)."""
@@ -223,6 +148,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return acc
 
     word_sum, word_columns = word_macros(ins, lay, stored, R, NV, NG)
+    twin_columns = twin_macros(ins, lay, stored, R, NV, NG, W)
 
     def columns(w, ro, ab, tt, ofs, grp, hf, v, at=0, zsum=None):
         """float32 x W: the step's contribution to the W columns."""

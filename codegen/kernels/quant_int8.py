@@ -28,13 +28,8 @@ group, but 1.00-1.09x the time interleaved, BENCHMARKS.md: not kept). The per-ro
 block in fp32 (lanes 4p..4p+3 carry row p's scale), and fp32 accumulates across blocks. Split q8_0 rows (session
 22) are read through the layout's byte offsets here (VNNI, sdot); on AVX2 they take `quant_split8.py`.
 
-q8_0 on AVX512-VNNI (16 lanes, u8 x s8) may take a layout of its own (`paired_dots`): one row per vector, its two
-consecutive 32-code groups side by side (one 64-byte load of a split row), xor 0x80 as the u8 operand against x̂ of both
-groups, -128 * sum(x̂) in x's accumulator start: one dot per row and two groups, no row shuffles and no
-128 * sum(code) correction (67 instead of 77 instructions per 8 rows and group; indexed q8_0 0.84x hot, 0.92-0.93x
-from DRAM at 1 thread, BENCHMARKS.md session 15). Session 13's xor form on the 4-rows layout saved only 4 of 77.
-Streamed rows (dense, exact's gate) were 1.03-1.04x slower with it, and x's layout is one per kernel, so the kernel
-chooses (`CpuSchedule.paired_q8`: the indexed kernel by default; `kernel` of `x8_prep_macro` / `int8_dots_macro`).
+q8_0 on AVX512-VNNI may take a layout of its own, a row's two groups per vector, in the kernels the schedule names
+(`quant_paired8.py`). Which of these row dots a layout takes on a schedule is `int8_row_dots.INT8_ROW_DOTS`'s choice.
 
 Prepared x (`XBlocks`): per token one byte row: per group the first-half operand, the second-half operand and
 the initial accumulator (lanes * 4 bytes each), then every group's dx (fp32), then dx * sum(x̂) (fp32, for a block
@@ -50,19 +45,12 @@ from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
-from .int8_dots import INT8_DOTS, Int8Dot
+from .int8_dots import INT8_DOTS
 from .quant_blocks import flat_rows, group_prefetch_macro, offset, scale, step_start_macro
-from .rows import per_token, row_sums_macro
+from .rows import per_token
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
-
-
-def paired_q8(dtype: str, sched: CpuSchedule, kernel: str) -> bool:
-    """Whether `kernel`'s `dtype` rows take `paired_dots` (a row's two consecutive blocks in one vector): q8_0 on a
-    16-lane u8 x s8 dot (AVX512-VNNI), for the kernels the schedule names (`CpuSchedule.paired_q8`)."""
-    ins = INT8_DOTS[sched.int8_dot]
-    return LAYOUTS[dtype].bits == 8 and not ins.signed_a and ins.lanes == 16 and sched.pairs_q8(kernel)
 
 
 def uses_int8_dot(dtype: str, sched: CpuSchedule) -> bool:
@@ -118,16 +106,13 @@ def reduce_lanes(buf, op, lanes: int):
     return red
 
 
-def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
-    """`prep(x, xb, M)`: xb [M, x_blocks(d, sched).nbytes] uint8 <- x [M, d] float32 quantized (module docstring), laid
-    out for `kernel`'s row dots (`paired_q8`)."""
+def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule):
+    """`prep(x, xb, M)`: xb [M, x_blocks(d, sched).nbytes] uint8 <- x [M, d] float32 quantized (module docstring)."""
     lay = LAYOUTS[dtype]
     xl = x_blocks(d, sched)
     L, P, G = xl.lanes, xl.lanes // 4, xl.groups
     q8, centered = lay.bits == 8, lay.bits == 4 and not lay.offset  # q4_0: the -8 term
     biased = q8 and not INT8_DOTS[sched.int8_dot].signed_codes  # q8_0 on a u8 x s8 dot: x̂ + 128 unsigned
-    if paired_q8(dtype, sched, kernel):
-        return paired_prep_macro(d, xl)
 
     @T.macro
     def store(xb, m, g, q, s, dx):
@@ -144,36 +129,6 @@ def x8_prep_macro(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
         xb[m, T.ramp(xl.dx_sum(g), 1, 4)] = T.reinterpret("uint8x4", dx * T.Cast("float32", s[0]))
 
     return quantized_x_groups(d, G, store)
-
-
-def paired_prep_macro(d: int, xl: XBlocks):
-    """x for `paired_dots`: group g's bytes go to its pair's slots (pair p = g // 2, half k = g % 2): x̂ (32 bytes)
-    at operand(2p, 0) + 32k, -128 * sum(x̂) in int32 lane 8k of operand(2p, 2) (codes xor 0x80 are the u8 operand:
-    the dot adds 128 * sum(x̂)), dx in fp32 lanes 8k..8k+7 of operand(2p, 1). A missing last group's half is zero."""
-    G = xl.groups
-
-    @T.macro
-    def store(xb, m, g, q, s, dx):
-        for v in T.vectorized(GROUP):
-            xb[m, xl.operand(g // 2 * 2, 0) + g % 2 * GROUP + v] = T.Cast("uint8", q[v])
-        for v in T.vectorized(GROUP):
-            xb[m, xl.operand(g // 2 * 2, 2) + g % 2 * GROUP + v] = T.uint8(0)
-        xb[m, T.ramp(xl.operand(g // 2 * 2, 2) + g % 2 * GROUP, 1, 4)] = T.reinterpret("uint8x4", s[0] * -128)
-        for k in T.unroll(8):
-            xb[m, T.ramp(xl.operand(g // 2 * 2, 1) + g % 2 * GROUP + 4 * k, 1, 4)] = T.reinterpret("uint8x4", dx)
-
-    walk = quantized_x_groups(d, G, store)
-
-    @T.macro
-    def prep(x, xb, M):
-        walk(x, xb, M)
-        if G % 2 == 1:  # the last pair's missing second group: x̂ = 0, no init, dx = 0
-            for m in range(M):
-                for part in T.unroll(3):
-                    for v in T.vectorized(GROUP):
-                        xb[m, xl.operand(G - 1, part) + GROUP + v] = T.uint8(0)
-
-    return prep
 
 
 def quantized_x_groups(d: int, groups: int, store):
@@ -246,10 +201,9 @@ def row_dots_frame(gathered: bool, rows: int, row_bytes: int, acc_lanes: int, bo
     return dots
 
 
-def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None,
-                    kernel: str = ""):
+def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store=None, prefetch=None):
     """`common.dots_macro` on the integer path: (`dots_all`, `dots`) with the same arguments, except that x is
-    the prepared byte buffer of `x8_prep_macro` (for the same `kernel`)."""
+    the prepared byte buffer of `x8_prep_macro`."""
     lay = LAYOUTS[dtype]
     ins = INT8_DOTS[sched.int8_dot]
     L = ins.lanes
@@ -316,9 +270,6 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
                             T.float16(0)) * dx_sum
         return v
 
-    if paired_q8(dtype, sched, kernel):
-        return paired_dots(d, lay, ins, xl, R, gathered, (pf_group, pf_scales), row_bytes, prefetch, store)
-
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
         if prefetch:  # the next step's scales (split rows: behind the codes), all at once
@@ -339,62 +290,4 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
                                                              + acc[s * L + p * 4 + 2] + acc[s * L + p * 4 + 3])
 
     dots = row_dots_frame(gathered, R, row_bytes, S * L, body)
-    return per_token(dots), dots
-
-
-def paired_dots(d: int, lay, ins: Int8Dot, xl: XBlocks, R: int, gathered: bool, prefetches, row_bytes: int,
-                prefetch: bool, store):
-    """(`dots_all`, `dots`) of `int8_dots_macro` for q8_0 on AVX512-VNNI: one row per vector, its blocks 2c and
-    2c + 1 (32 code bytes each, side by side in a split row: one 64-byte load) against x̂ of both groups
-    (`paired_prep_macro`):
-
-        acc[row] += float(dot(init, codes xor 0x80, x̂)) * (scales * dx)    (lanes 0-7: group 2c, 8-15: 2c + 1)
-
-    codes xor 0x80 = code + 128 as the u8 operand; init (-128 * sum(x̂) in lanes 0 and 8) takes the 128 * sum(x̂)
-    back. One dot per row and two groups instead of four per four rows and group, and no row shuffles: per 8 rows
-    and group 77 -> 67 instructions. A row's odd last group: its half of the vector zero."""
-    L, G = ins.lanes, xl.groups
-    VB, pairs = 4 * L, G // 2
-    pf_group, pf_scales = prefetches  # (`group_prefetch_macro`)
-    ivec, fvec = f"int32x{L}", f"float32x{L}"
-    row_sums = row_sums_macro(R, L, store)
-
-    dot = ins.dot
-
-    def xvec(xb, m, grp, part):
-        return xb[m, T.ramp(xl.operand(grp, part), 1, VB)]
-
-    def codes(wf, ro_r, c, both: bool):
-        """uint8 x 64: the code bytes of the row's groups 2c, 2c + 1 (both False: 2c, then zeros), xor 0x80."""
-        first = [wf[T.ramp(ro_r + T.Cast("int64", lay.codes_byte(2 * c + k, lay.stored_groups(d))), T.int64(1), GROUP)]
-                 for k in range(2 if both else 1)]
-        if not both:
-            first.append(T.Broadcast(T.uint8(128), GROUP))  # xor 0x80 below makes it 0
-        return T.bitwise_xor(Shuffle(first, list(range(VB))), T.Broadcast(T.uint8(128), VB))
-
-    def scales(wf, ro_r, c, both: bool):
-        halves = [scale(lay, wf, ro_r, 2 * c + k, widen=False, stored=lay.stored_groups(d)) if k == 0 or both
-                  else T.float16(0) for k in range(2)]
-        return T.Cast(fvec, Shuffle([T.Broadcast(h, 8) for h in halves], list(range(L))))
-
-    def pair_sum(wf, xb, m, ro_r, c, both: bool = True):
-        v = dot(T.reinterpret(ivec, xvec(xb, m, 2 * c, 2)), codes(wf, ro_r, c, both), xvec(xb, m, 2 * c, 0))
-        return T.Cast(fvec, v) * (scales(wf, ro_r, c, both) * T.reinterpret(fvec, xvec(xb, m, 2 * c, 1)))
-
-    @T.macro
-    def body(wf, xb, m, ro, acc, i, end, dst, dcol):
-        if prefetch:  # the next step's scales, all at once
-            pf_scales(wf, ro, R, 0, G)
-        for c in range(pairs):
-            if prefetch:  # the next step's rows, one prefetch per row and block
-                pf_group(wf, ro, R, 2 * c)
-                pf_group(wf, ro, R, 2 * c + 1)
-            for r in T.unroll(R):
-                acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + pair_sum(wf, xb, m, ro[r], c)
-        if G % 2 == 1:  # the odd last group
-            for r in T.unroll(R):
-                acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + pair_sum(wf, xb, m, ro[r], pairs, False)
-        row_sums(acc, m, i, end, dst, dcol)
-
-    dots = row_dots_frame(gathered, R, row_bytes, R * L, body)
     return per_token(dots), dots

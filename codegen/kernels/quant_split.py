@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
-from ...ir.quant import GROUP, LAYOUTS
+from ...ir.quant import GROUP, LAYOUTS, QuantLayout
 from .int8_dots import INT8_DOTS
-from .quant_blocks import block_prefetch_macro, half_at
+from .quant_blocks import block_prefetch_macro, half_at, lines_prefetch_macro
 from .quant_int8 import quantized_x_groups, row_dots_frame
 from .rows import CACHE_LINE, per_token, row_sums_macro
 from .schedule import CpuSchedule
@@ -55,10 +55,11 @@ HALF = GROUP // 2
 PAIRED_CHUNKS = ("pmaddubsw256",)
 
 
-def is_split(dtype: str) -> bool:
-    """Whether `dtype` rows take these row dots: split rows of 4-bit codes (q8_0's: quant_split8.py, or the
-    4-rows form of quant_int8.py, which reads them through the layout's byte offsets)."""
-    return dtype in LAYOUTS and LAYOUTS[dtype].split and LAYOUTS[dtype].bits == 4
+def is_split(lay: QuantLayout, sched: CpuSchedule, kernel: str) -> bool:
+    """Whether `lay` rows take these row dots (an `int8_row_dots.INT8_ROW_DOTS` test): split rows of 4-bit codes
+    (q8_0's: quant_split8.py, or the 4-rows form of quant_int8.py, which reads them through the layout's byte
+    offsets), on every int8 dot and in every kernel."""
+    return lay.split and lay.bits == 4
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     row_sums = row_sums_macro(R, L, store)
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     code_lines = max(1, CACHE_LINE // VB)  # chunks per cache line of codes
-    scale_lines = -(-lay.header_bytes * G // CACHE_LINE)  # cache lines of a row's scales (and offsets)
+    pf_scales = lines_prefetch_macro(R, -(-lay.header_bytes * G // CACHE_LINE))  # a row's scales' (and offsets') lines
+    pf_pair = lines_prefetch_macro(R, -(-2 * VB // CACHE_LINE))  # a pair's codes' lines
 
     def xvec(xb, m, byte):
         return xb[m, T.ramp(byte, 1, VB)]
@@ -247,15 +249,11 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
         if prefetch:  # the next step's scales, all at once (a conditional prefetch per chunk: LLVM speculates it)
-            for r in T.unroll(R):
-                for ln in T.unroll(scale_lines):
-                    pf(wf, ro[R + r], scales_at + ln * CACHE_LINE)
+            pf_scales(wf, ro, R, scales_at)
         if pairs > 0:
             for p in range(pairs):
                 if prefetch:  # the next step's codes, one prefetch per row and cache line (a pair's 64 bytes)
-                    for r in T.unroll(R):
-                        for ln in T.unroll(-(-2 * VB // CACHE_LINE)):
-                            pf(wf, ro[R + r], p * 2 * VB + ln * CACHE_LINE)
+                    pf_pair(wf, ro, R, p * 2 * VB)
                 pdx: T.let = pair_x(xb, m, p, xl.dx, fvec)
                 pinit: T.let = T.Cast(fvec, pair_x(xb, m, p, xl.init, ivec, first_lanes)) * pdx
                 for r in T.unroll(R):

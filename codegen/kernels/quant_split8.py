@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 from tvm.tirx import Shuffle
 
-from ...ir.quant import GROUP, LAYOUTS
+from ...ir.quant import GROUP, LAYOUTS, QuantLayout
 from .int8_dots import INT8_DOTS
-from .quant_blocks import block_prefetch_macro, half_at
+from .quant_blocks import half_at, lines_prefetch_macro
 from .quant_int8 import quantized_x_groups, row_dots_frame
 from .rows import CACHE_LINE, per_token, row_sums_macro
 from .schedule import CpuSchedule
@@ -40,11 +40,10 @@ QUAD = 4  # groups per iteration: their sums reduced to one lane each per 128-bi
 ROWS_PER_LOOP = 4
 
 
-def is_split8(dtype: str, sched: CpuSchedule) -> bool:
-    """Whether `dtype` rows take these row dots on `sched`: split 8-bit rows on an int8 dot whose entry says so."""
-    lay = LAYOUTS.get(dtype)
-    return bool(sched.int8_dot) and lay is not None and lay.split and lay.bits == 8 and \
-        INT8_DOTS[sched.int8_dot].split_q8
+def is_split8(lay: QuantLayout, sched: CpuSchedule, kernel: str) -> bool:
+    """Whether `lay` rows take these row dots on `sched` (an `int8_row_dots.INT8_ROW_DOTS` test): split 8-bit rows on
+    an int8 dot whose entry says so, in every kernel."""
+    return bool(sched.int8_dot) and lay.split and lay.bits == 8 and INT8_DOTS[sched.int8_dot].split_q8
 
 
 @dataclass(frozen=True)
@@ -111,12 +110,11 @@ def split8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool,
     row_bytes = lay.row_bytes(d)
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda v: v)
-    pf = block_prefetch_macro()
     row_sums = row_sums_macro(R, L, store)
     fvec = f"float32x{L}"
     scales_at = lay.scale_byte(0, stored)
-    scale_lines = -(-2 * G // CACHE_LINE)  # cache lines of a row's scales
-    quad_lines = QUAD * GROUP // CACHE_LINE  # cache lines of a quad's codes
+    pf_scales = lines_prefetch_macro(R, -(-2 * G // CACHE_LINE))  # a row's scales' cache lines
+    pf_quad = lines_prefetch_macro(RB, QUAD * GROUP // CACHE_LINE)  # a quad's codes' cache lines
 
     def group_dot(wf, xb, m, ro_r, g):
         codes = wf[T.ramp(ro_r + T.Cast("int64", lay.codes_byte(g, stored)), T.int64(1), GROUP)]
@@ -145,15 +143,11 @@ def split8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool,
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
         if prefetch:  # the next step's scales, all at once (a conditional prefetch per quad: LLVM speculates it)
-            for r in T.unroll(R):
-                for ln in T.unroll(scale_lines):
-                    pf(wf, ro[R + r], scales_at + ln * CACHE_LINE)
+            pf_scales(wf, ro, R, scales_at)
         for b in T.unroll(R // RB):  # RB rows at a time (`ROWS_PER_LOOP`)
             for c in range(quads):
                 if prefetch:  # the next step's codes, one prefetch per row and cache line
-                    for r in T.unroll(RB):
-                        for ln in T.unroll(quad_lines):
-                            pf(wf, ro[R + b * RB + r], lay.codes_byte(QUAD * c, stored) + ln * CACHE_LINE)
+                    pf_quad(wf, ro, R + b * RB, lay.codes_byte(QUAD * c, stored))
                 dxv: T.let = T.reinterpret(fvec, xb[m, T.ramp(xl.dx(c), 1, 4 * L)])
                 for r in T.unroll(RB):
                     acc[T.ramp((b * RB + r) * L, 1, L)] = acc[T.ramp((b * RB + r) * L, 1, L)] + quad_sum(

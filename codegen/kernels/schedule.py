@@ -61,7 +61,7 @@ class CpuSchedule:
                   step to int8); the others keep it float. From the target's data (`Target.int8_axpy_kernels`);
                   True / False: every kernel / none (A/B timings). Ask `integer_axpy(kernel)`.
     paired_q8     the kernels (`AXPY_KERNELS` names) whose q8_0 row dots take a row's two blocks per vector where the
-                  int8 dot is AVX512-VNNI (`quant_int8.paired_dots`, x laid out to match by `x8_prep_macro`): on
+                  int8 dot is AVX512-VNNI (`quant_paired8.paired_dots`, x laid out to match by `paired_prep_macro`): on
                   gathered rows (indexed) 0.92x the time, on streamed ones (dense) 1.03-1.04x (BENCHMARKS.md, sessions
                   15 and 16), so a kernel's choice, not the layout's. Ask `pairs_q8(kernel)`.
     certified_scores  the certified kernel's score pass (scored_mlp.certified_gated_mlp): "int16" (x rounded to
@@ -126,7 +126,7 @@ class CpuSchedule:
         return kernel in self.int8_axpy
 
     def pairs_q8(self, kernel: str) -> bool:
-        """Whether `kernel`'s q8_0 row dots may take the paired form (`quant_int8.paired_q8` also asks the dot)."""
+        """Whether `kernel`'s q8_0 row dots may take the paired form (`quant_paired8.paired_q8` also asks the dot)."""
         return kernel in self.paired_q8
 
     @property
