@@ -171,11 +171,12 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
     random ids activate other neurons than text: a threshold calibrated on text skips less of them). Calibration
     samples for lossy modes are token id arrays [1, n] (or tuples whose first element is one), fed as prompts."""
     from . import targets as target_registry
+    from .frontends.gguf_read import parsed_once
     from .frontends.hf_source import load_causal_lm
 
     memory_budget = check_mode(mode, memory_budget)
     target = target_registry.get(target)  # an unknown target fails before the (slow) load
-    with steps(f"actsparse compile ({mode} decoder)", 2) as progress:
+    with steps(f"actsparse compile ({mode} decoder)", 2) as progress, parsed_once():  # a .gguf: parsed once
         progress.start("load")
         model, own_tokenizer = load_causal_lm(source)
         progress.start("import (KV-cached decoding graph)")

@@ -6,10 +6,20 @@ a well-formed GGUF file.
 The reader parses whatever it is given; on a malformed file it fails in many ways (ValueError, IndexError,
 KeyError, struct and Unicode errors, huge allocations). Every failure to parse becomes a FrontendError naming the
 file, and every tensor must lie inside the file, so no later access reads past its end.
+
+Parsing is slow where the vocabulary is large (SmolLM2's 49k tokens and merges: ~8 s; Gemma 3's 262k: ~15 s), and
+one compile of a .gguf reads the file five times: our type check and storage note, and transformers' GGUF loader for
+the config, the tokenizer and the weights (`from gguf import GGUFReader` in each call). Inside `parsed_once()` (the
+decoder compile, api.py) every read of one unchanged file is the first one's reader (read-only memory maps, so one
+can serve every caller), transformers' calls included, and gguf's `get_tensor_name_map`, which transformers builds
+anew for each of a model's ~400 modules, is built once per (architecture, layers). Outside the block nothing is
+kept: no file stays open after a compile.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -24,6 +34,9 @@ class GGUFError(FrontendError):
     """A file could not be read as GGUF."""
 
 
+_PARSED: dict | None = None  # inside `parsed_once`: {(path, inode, size, mtime): reader}
+
+
 def read_gguf(path: str | os.PathLike):
     try:
         from gguf import GGUFReader
@@ -32,9 +45,19 @@ def read_gguf(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise GGUFError(f"{path}: no such GGUF file")
-    size = path.stat().st_size
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)  # a file changed since: parsed anew
+    if _PARSED is not None and key in _PARSED:
+        return _PARSED[key]
+    reader = _parse(getattr(GGUFReader, "parses", GGUFReader), path, stat.st_size)
+    if _PARSED is not None:
+        _PARSED[key] = reader
+    return reader
+
+
+def _parse(reader_type, path: Path, size: int):
     try:
-        reader = GGUFReader(path)
+        reader = reader_type(path)
         tensors = [(t.name, int(t.data_offset), int(t.n_bytes)) for t in reader.tensors]
     except Exception as err:  # noqa: BLE001 - the reader's many failure modes on malformed input, see above
         detail = " ".join(f"{type(err).__name__}: {err}".split())[:200]
@@ -43,3 +66,31 @@ def read_gguf(path: str | os.PathLike):
         if offset < 0 or n_bytes < 0 or offset + n_bytes > size:
             raise GGUFError(f"{path}: tensor {name} lies outside the file ({size} bytes: truncated?); {AGAIN}")
     return reader
+
+
+@contextlib.contextmanager
+def parsed_once():
+    """For the block, each GGUF file is parsed once, by `read_gguf` and by transformers' loader alike (module
+    docstring); on leaving it the readers are dropped and gguf's own functions put back. Nested: the outer block's."""
+    global _PARSED
+    try:
+        import gguf
+    except ImportError:  # nothing reads GGUF here: read_gguf says so where it is called
+        gguf = None
+    if _PARSED is not None or gguf is None:
+        yield
+        return
+    own_reader, own_name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    def shared_reader(path, mode="r"):
+        return read_gguf(path) if mode == "r" else own_reader(path, mode)
+
+    shared_reader.parses = own_reader  # what read_gguf itself parses with, while gguf.GGUFReader is this
+    _PARSED = {}
+    gguf.GGUFReader = shared_reader
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(own_name_map)
+    try:
+        yield
+    finally:
+        _PARSED = None
+        gguf.GGUFReader, gguf.get_tensor_name_map = own_reader, own_name_map

@@ -160,3 +160,27 @@ def float_dot_target():
 
     host, dot_flags = targets.get("x86"), {flag for flag, *_ in INT8_DOT_FEATURES}
     return replace(host, features=tuple(f for f in host.features if f not in dot_flags))
+
+
+def test_a_gguf_compile_parses_the_file_once_and_keeps_nothing_open(tmp_path, monkeypatch):
+    """One compile of a .gguf reads it in five places (our checks, transformers' config, tokenizer and weights):
+    all of them share one parse (frontends/gguf_read.py `parsed_once`); after it, a read parses the file anew
+    (nothing is kept past the compile) and gguf's own reader is back."""
+    import actsparse
+    from actsparse.frontends.gguf_read import read_gguf
+
+    parses = []
+
+    class CountedReader(gguf.GGUFReader):
+        def __init__(self, path, *args, **kwargs):
+            parses.append(str(path))
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountedReader)
+    write_tiny_llama(tmp_path / "tiny.gguf")
+    lm = actsparse.compile(str(tmp_path / "tiny.gguf"), mode="dense", quantize="int8", max_seq=8)
+    assert lm.report.pass_stats["quantize"]["prequantized"] >= 1  # the quantized path read the file's blocks too
+    assert parses == [str(tmp_path / "tiny.gguf")]
+    assert gguf.GGUFReader is CountedReader
+    read_gguf(tmp_path / "tiny.gguf")
+    assert len(parses) == 2
