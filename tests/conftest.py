@@ -8,7 +8,9 @@ tests must run: a skip of theirs is turned into a failure. On a developer machin
 
 CI runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`): tests are handed out one by one, except
 that the tests of a module that use one of its module-scoped fixtures (a compiled model, an RPC tracker) stay on
-one worker (`xdist_group` = the module), so that fixture is built once, not once per worker.
+one worker (`xdist_group` = the module), so that fixture is built once, not once per worker. The tests marked
+`slow` (a minute or more: hybrids' exports, real models, CUDA builds) are handed out first, so that the run does not
+end on one worker finishing a long test while the other waits.
 """
 
 import os
@@ -41,6 +43,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if hasattr(item, "module") and _module_scoped(item) and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow first, else as collected
     _skip_gpu_tests(items)
 
 

@@ -127,6 +127,7 @@ def test_a_nan_gate_value_reaches_the_output_as_torch_gives_it():
     assert np.isnan(outs[0][0]).all() and np.array_equal(outs[0][1], np.zeros(D, np.float32))
 
 
+@pytest.mark.slow
 def test_tiny_gemma3n_decoder_built_for_cuda_runs_its_cut_layer_exact():
     """Layer 0 cut at 95%, layer 1 a plain GeGLU: the KV-cache decoder built for "cuda" (nvcc, no GPU) runs the cut
     layer's cutoff kernel inside the one-token step's CUDA-graph captures, its report row says exact, no block was

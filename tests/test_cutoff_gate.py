@@ -148,6 +148,7 @@ def test_gemma3n_cut_layers_are_found_and_match_torch():
     np.testing.assert_allclose(evaluate(run.graph, [ids.numpy()])[0], want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gemma3n_greedy_decoding_equals_transformers():
     from actsparse.scripts.arch_table import example_ids
 

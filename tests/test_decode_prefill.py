@@ -50,6 +50,7 @@ def _counted_generate(arch: str, prompt: int, tmp_path=None):
     return lm, calls, torch.equal(torch.as_tensor(lm.generate(ids, NEW)), expected)
 
 
+@pytest.mark.slow
 def test_a_zamba2_prompt_of_20_tokens_is_one_call_and_decodes_as_transformers(tmp_path):
     """Zamba2 keeps Mamba-2 states (convolution window, SSM state) and an attention layer's K/V: 20 prompt tokens
     are one `prefill` call (not 20 one-token calls), the rest one-token steps, through a saved and loaded artifact.
@@ -57,6 +58,7 @@ def test_a_zamba2_prompt_of_20_tokens_is_one_call_and_decodes_as_transformers(tm
     the logits the whole prompt gives; a prefill that only starts prompts (`prefill_continues` False) feeds them one
     per call instead, to the same logits."""
     lm, calls, equal = _counted_generate("zamba2", 20, tmp_path)
+    assert (lm.decoding, {name[0] for name, _ in lm.spec.caches}) == ("kv-cache", {"k", "v", "c", "r"})
     assert lm.module.inputs[0][1].shape == (1, 1)  # the step: the recurrent branch, one token per call
     assert (lm.spec.prefill_tokens, lm.spec.prefill_continues) == (lm.max_seq, True)
     assert calls == ["prefill"] + ["main"] * (NEW - 1)
@@ -73,6 +75,7 @@ def test_a_zamba2_prompt_of_20_tokens_is_one_call_and_decodes_as_transformers(tm
         np.testing.assert_allclose(logits, whole, rtol=0, atol=2e-3 * np.abs(whole).max())
 
 
+@pytest.mark.slow
 def test_a_gated_deltanet_prompt_prefills_in_pieces_of_64_tokens():
     """Kimi-Linear's delta-rule scan loops over 64-token chunks in Python, so its prefill graph takes at most 64
     tokens a call (ir/limits.py reads the bound off the graph): a prompt of 130 tokens is ceil(130/64) = 3 calls,

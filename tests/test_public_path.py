@@ -69,6 +69,7 @@ def test_compiled_module_views_the_torch_parameters(mode):
     assert len(shared) == len(tensors) - len(expected)
 
 
+@pytest.mark.slow
 def test_compile_memory_grows_with_the_weights_once(tmp_path):
     """Peak RSS of a compile, in a subprocess per size: two models that differ only in their vocabulary (so in
     weights, not in code) differ in peak memory by about their weights' difference, not a multiple of it."""
