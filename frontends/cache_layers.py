@@ -98,8 +98,9 @@ def layer_classes():
 
         is_compileable = True
 
-        def __init__(self, conv: dict[int, torch.Tensor], recurrent: dict[int, torch.Tensor]):
+        def __init__(self, conv: dict[int, torch.Tensor], recurrent: dict[int, torch.Tensor], offset=0):
             LinearAttentionCacheLayerMixin.__init__(self, number_of_states=max([*conv, *recurrent], default=0) + 1)
+            self.seen = offset  # the tokens before this call (see get_seq_length)
             for i, state in conv.items():
                 self.conv_states[i], self.conv_kernel_size[i] = state, state.shape[-1]
                 self.is_conv_states_initialized[i] = True
@@ -122,12 +123,22 @@ def layer_classes():
             self.recurrent_states[state_idx] = recurrent_states.to(self.recurrent_states[state_idx].dtype)
             return self.recurrent_states[state_idx]
 
+        # transformers 5.25 gives linear-attention layers a token count of their own (`cumulative_length_linear`,
+        # advanced in place by `increase_count` beside its in-place convolution update), which its masks read as the
+        # query offset, and which a hybrid layer's MRO would put ahead of the attention half's. Here the count is
+        # the call's position, given as an input (`seen`, as ExplicitKVLayer's): reported as such, never kept.
+        def get_seq_length(self, *args, **kwargs):
+            return self.seen
+
+        def increase_count(self, *args, **kwargs) -> None:
+            pass
+
     class ExplicitHybridLayer(ExplicitStateLayer, ExplicitKVLayer):
         """Attention keys/values and recurrent states in one layer."""
 
         def __init__(self, keys, values, offset, filled, conv, recurrent, extras=None):
             ExplicitKVLayer.__init__(self, keys, values, offset, filled, extras)
-            ExplicitStateLayer.__init__(self, conv, recurrent)
+            ExplicitStateLayer.__init__(self, conv, recurrent, offset)
 
     class ExplicitCache(Cache):
         def __init__(self, layers, lists=None):  # lists: only a model's own cache class has them (model_states.py)

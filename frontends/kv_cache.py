@@ -140,7 +140,7 @@ class KVCachedLM(nn.Module):
             elif has_kv:
                 layers[i] = kv_layer(part["keys"], part["values"], offset, filled, extras)
             else:
-                layers[i] = state_layer(part["conv"], part["recurrent"])
+                layers[i] = state_layer(part["conv"], part["recurrent"], offset)
         return layers
 
 

@@ -65,6 +65,23 @@ def test_greedy_decoding_equals_transformers(arch, mode):
     assert torch.equal(lm.generate(ids, 6), expected)
 
 
+def test_recurrent_cache_layers_report_the_calls_position_as_their_length():
+    """transformers 5.25 gives linear-attention cache layers a token count of their own (advanced in place by
+    `increase_count` beside the in-place convolution update), which its masks read as the query offset and which a
+    hybrid layer's MRO puts ahead of the attention half's (Falcon-H1 then decoded `53, 53, 53...`). Our layers,
+    whose tensors are graph inputs, report the call's position however either transformers counts."""
+    from actsparse.frontends.cache_layers import layer_classes
+
+    _, state_layer, hybrid_layer, cache_class = layer_classes()
+    pos, kv = torch.tensor(5), torch.zeros(1, 1, 8, 2)
+    conv, recurrent = {0: torch.zeros(1, 3, 4)}, {0: torch.zeros(1, 2, 2)}
+    cache = cache_class([state_layer(conv, recurrent, pos), hybrid_layer(kv, kv.clone(), pos, 6, conv, recurrent)])
+    for i, layer in enumerate(cache.layers):
+        getattr(cache, "increase_count", lambda *_: None)(i, 0)  # 5.25's Mamba-2 one-token convolution calls it
+        assert int(layer.get_seq_length()) == 5
+    assert int(cache.get_seq_length()) == int(cache.get_query_offset(1)) == 5
+
+
 def test_a_model_exported_for_one_token_per_call_still_prefills_and_decodes(monkeypatch):
     """The last export variant (seq fixed to 1, for forwards such as Llama 4's chunked attention that compute sizes
     from the token count) on a tiny Llama: the runtime feeds the prompt token by token and greedy decoding still
