@@ -244,8 +244,8 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                                                              and memory_budget is None, progress)
     module = compile_graph(graph, decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
                            progress, functions)
-    if gguf_types is not None and not gguf_types:   # not read above: read now (mapping to HF names costs ~30 s on
-        # Gemma 3 270M; with no quantize= every tensor is float32 and the file's own names do, ~12 s)
+    if gguf_types is not None and not gguf_types:   # not read above: read now from the compile's one parse
+        # (gguf_read.parsed_once); HF names only with quantize=, else every tensor is float32 and the file's own do
         gguf_types = hf_tensor_types(source) if quantize else {t.name: (t.name, t.tensor_type.name)
                                                                for t in read_gguf(source).tensors}
     if gguf_types is not None:
