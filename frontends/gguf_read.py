@@ -35,6 +35,7 @@ class GGUFError(FrontendError):
 
 
 _PARSED: dict | None = None  # inside `parsed_once`: {(path, inode, size, mtime): reader}
+_OWN_READER = None  # inside `parsed_once`: gguf's own reader class, while gguf.GGUFReader is the shared one
 
 
 def read_gguf(path: str | os.PathLike):
@@ -49,7 +50,7 @@ def read_gguf(path: str | os.PathLike):
     key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns)  # a file changed since: parsed anew
     if _PARSED is not None and key in _PARSED:
         return _PARSED[key]
-    reader = _parse(getattr(GGUFReader, "parses", GGUFReader), path, stat.st_size)
+    reader = _parse(_OWN_READER or GGUFReader, path, stat.st_size)
     if _PARSED is not None:
         _PARSED[key] = reader
     return reader
@@ -72,7 +73,7 @@ def _parse(reader_type, path: Path, size: int):
 def parsed_once():
     """For the block, each GGUF file is parsed once, by `read_gguf` and by transformers' loader alike (module
     docstring); on leaving it the readers are dropped and gguf's own functions put back. Nested: the outer block's."""
-    global _PARSED
+    global _PARSED, _OWN_READER
     try:
         import gguf
     except ImportError:  # nothing reads GGUF here: read_gguf says so where it is called
@@ -85,12 +86,11 @@ def parsed_once():
     def shared_reader(path, mode="r"):
         return read_gguf(path) if mode == "r" else own_reader(path, mode)
 
-    shared_reader.parses = own_reader  # what read_gguf itself parses with, while gguf.GGUFReader is this
-    _PARSED = {}
+    _PARSED, _OWN_READER = {}, own_reader
     gguf.GGUFReader = shared_reader
     gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(own_name_map)
     try:
         yield
     finally:
-        _PARSED = None
+        _PARSED = _OWN_READER = None
         gguf.GGUFReader, gguf.get_tensor_name_map = own_reader, own_name_map
