@@ -86,11 +86,18 @@ def decompose_missing(program):
     (the writes become `slice_scatter` / `select_scatter`), which the IR, having no aliasing, needs."""
     nodes = [n for gm in graph_modules(program.graph_module) for n in gm.graph.nodes
              if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and not is_symbolic(n)]
-    missing = {n.target for n in nodes if lookup(op_name(n.target), None) is None}
+    missing = {n.target for n in nodes if not _handled(n)}
     writes_views = any(n.target._schema.is_mutable and n.args and isinstance(n.args[0], torch.fx.Node)
                        and aliased(n.args[0], n) for n in nodes)
     table = {op: fn for op, fn in torch.export.default_decompositions().items() if op in missing}
     return program.run_decompositions(table) if table or writes_views else program
+
+
+def _handled(node) -> bool:
+    """Whether the table imports `node`: it has a handler, and one that covers only some forms of its op
+    (`handles`: einsum's, pad's) covers this one."""
+    handler = lookup(op_name(node.target), None)
+    return handler is not None and getattr(handler, "handles", lambda _: True)(node)
 
 
 def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool, fallback: bool = True):

@@ -25,6 +25,13 @@ def _int_list(value, rank: int = 1) -> list:
 
 
 # --- convolution, padding --------------------------------------------------------------------------------
+def _pad(cx, node, x, pad, mode="constant", value=None):  # F.pad(x, pad) of a constant
+    return _constant_pad(cx, node, x, pad, 0 if value is None else value)
+
+
+_pad.handles = lambda node: node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant") == "constant"
+
+
 def _convolution(cx, node, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
     # convolution(x[N,C,L], w[O,C/g,K], b, ...) -> conv1d
     if transposed or x.type.rank != 3:
@@ -83,7 +90,8 @@ def _with(shape, axis, size):
 # --- norms -----------------------------------------------------------------------------------------------
 def _fused_rms_norm(cx, node, x, shape, weight=None, eps=None):
     # _fused_rms_norm(x, shape, w, eps) -> (x · rsqrt(mean(x², last dims) + eps) · w, rsqrt(...))
-    dtype = cx.dtype(node.meta["val"][0])
+    val = node.meta["val"]
+    dtype = cx.dtype(val[0] if isinstance(val, (tuple, list)) else val)
     eps = torch.finfo(node.args[0].meta["val"].dtype).eps if eps is None else eps
     axes = tuple(range(x.type.rank - len(shape), x.type.rank))
     mean = cx.emit("mean", [cx.emit("mul", [x, x])], axes=axes, keepdim=True)
@@ -91,6 +99,10 @@ def _fused_rms_norm(cx, node, x, shape, weight=None, eps=None):
     out = cx.emit("mul", [x, rstd])
     out = out if weight is None else cx.emit("mul", [out, cx.cast(weight, out.dtype)])
     return cx.cast(out, dtype), rstd
+
+
+def _rms_norm(cx, node, x, shape, weight=None, eps=None):  # rms_norm: _fused_rms_norm's first output
+    return _fused_rms_norm(cx, node, x, shape, weight, eps)[0]
 
 
 def _vector_norm(cx, node, x, ord=2, dim=None, keepdim=False, *, dtype=None):
@@ -120,6 +132,10 @@ def _div_mode(cx, node, a, b, rounding_mode=None):
     q = cx.emit("div", [cx.tensor(a, work), cx.tensor(b, work)])
     q = q if rounding_mode is None else cx.emit("floor" if rounding_mode == "floor" else "trunc", [q])
     return cx.cast(q, out)
+
+
+def _floor_divide(cx, node, a, b):  # floor_divide(a, b) -> div(a, b, rounding_mode="floor")
+    return _div_mode(cx, node, a, b, "floor")
 
 
 def _expm1(cx, node, x):  # expm1(x) -> exp(x) - 1   (xIELU's negative branch; fp32 error ~1e-7 absolute)
@@ -282,12 +298,13 @@ def _scalar(cx, node, x):  # _local_scalar_dense (x.item()): kept as torch's sym
 
 LAYER_TO_IR = {
     "aten.convolution.default": _convolution, "aten.conv1d.default": _conv1d, "aten.conv1d.padding": _conv1d,
-    "aten.constant_pad_nd": _constant_pad,
-    "aten._fused_rms_norm": _fused_rms_norm, "aten.linalg_vector_norm": _vector_norm,
+    "aten.constant_pad_nd": _constant_pad, "aten.pad": _pad,  # other modes than constant: torch's decompositions
+    "aten._fused_rms_norm": _fused_rms_norm, "aten.rms_norm": _rms_norm, "aten.linalg_vector_norm": _vector_norm,
     "aten.floor": _rounding("floor"), "aten.trunc": _rounding("trunc"), "aten.fix": _rounding("trunc"),
     "aten.div.Tensor_mode": _div_mode, "aten.div.Scalar_mode": _div_mode,
+    "aten.floor_divide": _floor_divide,
     "aten.expm1": _expm1, **dict.fromkeys(["aten.log_sigmoid_forward", "aten.log_sigmoid.default"], _log_sigmoid),
     "aten.repeat": _repeat, "aten.select_scatter": _select_scatter, "aten.unfold": _unfold, "aten.flip": _flip,
-    "aten.index_put": _index_put, "aten._local_scalar_dense": _scalar,
+    "aten.index_put": _index_put, **dict.fromkeys(["aten._local_scalar_dense", "aten.item"], _scalar),
     "aten.polar": _polar, "aten.view_as_complex": _as_pairs, "aten.view_as_real": _as_pairs,
 }

@@ -168,7 +168,7 @@ SHAPE_TO_IR = {
     "aten.permute": _permute, **dict.fromkeys(["aten.transpose.int", "aten.t", "aten.swapaxes"], _transpose),
     "aten.slice.Tensor": _slice, "aten.narrow": _narrow, "aten.select.int": _select,
     **dict.fromkeys(["aten.split.Tensor", "aten.split_with_sizes", "aten.chunk", "aten.unbind.int"], _split),
-    "getitem": _getitem, "aten.cat": _cat, "aten.stack": _stack,
+    "getitem": _getitem, **dict.fromkeys(["aten.cat", "aten.concatenate", "aten.concat"], _cat), "aten.stack": _stack,
     "aten.index_select": _index_select, "aten.index_copy": _index_copy,
     "aten.triu": _triangle("triu"), "aten.tril": _triangle("tril"),
 }

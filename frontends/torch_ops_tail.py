@@ -15,6 +15,7 @@ import torch
 
 from ..ir import dims
 from ..ir.types import positive_axis
+from .torch_einsum import einsum, handles
 from .torch_masked_rows import masked_rows
 from .torch_ops_layers import LAYER_TO_IR, slice_scatter
 
@@ -205,5 +206,7 @@ TAIL_TO_IR = {
     "aten.empty.memory_format": _empty,
     "aten.numpy_T": _numpy_t, "aten.copy.default": _copy, "aten.slice_scatter": _slice_scatter,
     "aten.fill.Tensor": _copy,  # fill(x, v: 0-d tensor) -> v broadcast to x's type (XLNet's `perm_mask[..., -1] = 1`)
+    "aten.einsum": einsum,  # one or two operands; other forms are left to torch (torch_einsum.py)
     **LAYER_TO_IR,  # convolutions, padding, norms, rounding, repeat (torch_ops_layers.py)
 }
+einsum.handles = handles

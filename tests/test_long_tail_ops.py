@@ -298,3 +298,63 @@ def test_short_conv_architectures_import_with_a_dynamic_length_and_match_torch_a
         with torch.no_grad():
             want = wrapped(ids).numpy()
         np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+class Einsums(nn.Module):
+    """Mamba-2's chunked-scan einsums (Falcon-H1, Zamba2, ...) on a symbolic length, with F.pad, floor_divide,
+    concatenate, max.other and rms_norm beside them, and the other einsum forms: one operand, an outer product, two
+    contracted labels, an implicit output; with `ellipsis`, one einsum torch must decompose (torch_einsum.py
+    leaves it)."""
+
+    def __init__(self, ellipsis: bool = False):
+        super().__init__()
+        self.proj = nn.Embedding(32, 24)
+        self.ellipsis = ellipsis
+
+    def forward(self, x):
+        h = self.proj(x)  # [1, seq, 24]
+        seq = h.shape[1]
+        C, B = h[..., :6].reshape(1, 1, seq, 2, 3), h[..., 6:12].reshape(1, 1, seq, 2, 3)
+        X = h[..., 12:20].reshape(1, 1, seq, 2, 4)
+        G = torch.einsum("bclhn,bcshn->bclsh", C, B)
+        Y = torch.einsum("bclsh,bcshp->bclhp", G, X)  # contracted over the symbolic length
+        states = torch.einsum("bclhn,bclhp->bchpn", B, X)
+        decay = F.pad(h[:, :2, 20:22].sum(1)[:, None, None], (0, 0, 1, 0))  # [1, 1, 2, 2]: bzch
+        states = torch.einsum("bzch,bzhpn->bchpn", decay.exp(), states.expand(1, 2, 2, 4, 3))  # two right labels
+        CS = torch.einsum("bclhn,bchpn->bclhp", C, states[:, :1])
+        out = (Y + CS).reshape(1, seq, 8)
+        v, w = h[0, :, :8], h[0, :, 8:16]
+        out = out + torch.einsum("sd->ds", v).t() + torch.einsum("s,d->sd", v[:, 0], w[0])  # one operand; outer
+        out = out + torch.einsum("sd,sd->", v, w) + torch.einsum("ij,jk", v, w.t() @ w)  # two; implicit
+        buckets = torch.floor_divide((x * 7)[..., None], torch.tensor([3, 5, 4, 2, 3, 5, 4, 2]))
+        out = out + buckets + torch.concatenate([v[:, :4], w[:, 4:]], -1)  # Zamba2's spelling of cat
+        out = out + torch.max(v, w) + F.rms_norm(h, (24,), eps=1e-5)[..., :8]  # max.other (xLSTM); rms_norm
+        if self.ellipsis:
+            out = out + torch.einsum("...d,...d->...", h, h)[..., None]
+        return out
+
+
+@pytest.mark.parametrize("ellipsis", (False, True))
+def test_einsums_pad_and_floor_divide_import_without_torchs_decompositions(monkeypatch, ellipsis):
+    """Mapped einsum forms, constant padding, floor_divide and concatenate import as they are, so the program is not
+    re-traced through torch's decompositions (seconds per hybrid compile); an ellipsis einsum still is, and both
+    match torch at two lengths, the first also through TVM."""
+    from torch.export import ExportedProgram
+
+    decomposed = []
+    real = ExportedProgram.run_decompositions
+    monkeypatch.setattr(ExportedProgram, "run_decompositions",
+                        lambda self, *a, **k: decomposed.append(1) or real(self, *a, **k))
+    torch.manual_seed(0)
+    model = Einsums(ellipsis).eval()
+    x = torch.tensor([[3, 1, 4, 1, 5]])
+    graph = import_torch(model, (x,))
+    assert len(decomposed) == int(ellipsis)
+    assert graph.inputs[0].shape == (1, "seq") and sum(n.op == "matmul" for n in graph.nodes) >= 4
+    for ids in (x, torch.tensor([[2, 7, 1, 8, 2, 8, 1]])):
+        with torch.no_grad():
+            np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], model(ids).numpy(), rtol=1e-4, atol=1e-4)
+    if not ellipsis:
+        cm = actsparse.compile(graph, (x.numpy(),), mode="dense")
+        with torch.no_grad():
+            np.testing.assert_allclose(np.asarray(cm(x.numpy())), model(x).numpy(), rtol=1e-4, atol=1e-4)
