@@ -4,6 +4,7 @@ multi-token branch from the states given. Greedy decoding still equals transform
 prompt costs one call, or one per 64 tokens where the graph bounds a call (gated DeltaNet's chunk loop)."""
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -76,13 +77,20 @@ def test_a_zamba2_prompt_of_20_tokens_is_one_call_and_decodes_as_transformers(tm
 
 
 @pytest.mark.slow
-def test_a_gated_deltanet_prompt_prefills_in_pieces_of_64_tokens():
-    """Kimi-Linear's delta-rule scan loops over 64-token chunks in Python, so its prefill graph takes at most 64
-    tokens a call (ir/limits.py reads the bound off the graph): a prompt of 130 tokens is ceil(130/64) = 3 calls,
-    64 + 64 + 2, each continuing from the states the last returned, and decoding still equals transformers."""
-    lm, calls, equal = _counted_generate("kimi_linear", 130)
-    assert (lm.spec.prefill_tokens, lm.spec.prefill_continues) == (64, True)
-    assert calls[:math.ceil(130 / 64)] == ["prefill"] * 3 and calls[3:] == ["main"] * (NEW - 1)
+def test_a_gated_deltanet_prompt_prefills_in_pieces_of_its_chunk(monkeypatch):
+    """Kimi-Linear's delta-rule scan loops over fixed-size chunks in Python (64 tokens; 8 here, which keeps the
+    unrolled loop and so the compile small), so its prefill graph takes at most one chunk a call (ir/limits.py reads
+    the bound off the graph): a prompt of 20 tokens is ceil(20/8) = 3 calls, 8 + 8 + 4, each continuing from the
+    states the last returned, and decoding still equals transformers (which runs the same 8-token chunks)."""
+    from transformers.models.kimi_linear import modeling_kimi_linear as kimi
+
+    chunk, prompt = 8, 20
+    monkeypatch.setattr(kimi, "chunk_kimi_delta_attention",
+                        functools.partial(kimi.chunk_kimi_delta_attention, chunk_size=chunk))
+    lm, calls, equal = _counted_generate("kimi_linear", prompt)
+    assert (lm.spec.prefill_tokens, lm.spec.prefill_continues) == (chunk, True)
+    pieces = math.ceil(prompt / chunk)
+    assert calls[:pieces] == ["prefill"] * pieces and calls[pieces:] == ["main"] * (NEW - 1)
     assert equal
 
 
