@@ -162,12 +162,17 @@ def smollm2_gguf() -> Path:
 
 @pytest.mark.slow
 def test_smollm2_gguf_decodes_as_transformers_does():
-    """The real pretrained SmolLM2-135M (SwiGLU, so auto mode keeps it dense) from its GGUF file."""
+    """The real pretrained SmolLM2-135M (SwiGLU, so auto mode keeps it dense) from its GGUF file. The file is parsed
+    once for the compile and transformers' reference load together (gguf_read.parsed_once; the reader's maps are
+    read-only), which saves the test the reference's own parses."""
+    from actsparse.frontends.gguf_read import parsed_once
+
     path = smollm2_gguf()
-    lm = actsparse.compile(str(path), mode="auto", max_seq=40)
+    with parsed_once():
+        lm = actsparse.compile(str(path), mode="auto", max_seq=40)
+        reference = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                                      dtype=torch.float32).eval()
     assert lm.tokenizer is not None and {b.mode for b in lm.report.blocks} == {"dense"}
-    reference = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                                  dtype=torch.float32).eval()
     ids = torch.tensor([lm.tokenizer("The capital of France is")["input_ids"]])
     with torch.no_grad():
         expected = reference.generate(ids, max_new_tokens=16, do_sample=False)
