@@ -138,19 +138,37 @@ def _export(model: nn.Module, specs: list[CacheSpec], max_seq: int, own_cache: t
 
 
 def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bool, min_seq: int = 1):
-    """torch.export with `seq` dynamic in min_seq .. max_seq and `kv` in 1 .. max_seq; where torch's solver cannot
-    prove a guard over that range that holds on it (DeepSeek-V3.2's `min(index_topk, kv) <= kv`), with both left
-    DYNAMIC instead (the importer then bounds them by max_seq itself: Importer.bounds)."""
+    """torch.export with `seq` dynamic in min_seq .. max_seq and `kv` in 1 .. max_seq. A prefill graph's `seq`
+    (from 2 on: no size-1 branch to keep) is first given as a bounded hint, `Dim.DYNAMIC(min, max)`: a guard torch's
+    solver cannot prove over the range then stays unchecked instead of failing the export after a whole trace
+    (Mamba-2's chunk padding, `seq + pad == 256`: ~16 s of a tiny Falcon-H1's compile), and a guard that narrows
+    the range is caught here (`_narrowed`). Otherwise, or where that fails, both dims are named ranged `Dim`s; where
+    torch cannot prove a guard over those (DeepSeek-V3.2's `min(index_topk, kv) <= kv`), both are left DYNAMIC
+    (the importer then bounds them by max_seq itself: Importer.bounds)."""
     from torch.export.dynamic_shapes import Dim
 
     ranged = (Dim(SEQ, min=min_seq, max=max_seq), Dim(FILLED, min=1, max=max_seq))
-    for seq, kv in (ranged, (Dim.DYNAMIC, Dim.DYNAMIC)):
+    attempts = [ranged, (Dim.DYNAMIC, Dim.DYNAMIC)]
+    if min_seq >= 2 and not one_token:
+        attempts.insert(0, (Dim.DYNAMIC(min=min_seq, max=max_seq), ranged[1]))
+    for i, (seq, kv) in enumerate(attempts):
+        hinted = len(attempts) == 3 and i == 0
         dynamic = (None if one_token else {1: seq}, None, {0: kv}, tuple(None for _ in args[3]))
         try:
-            return torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
+            program = torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
         except torch._dynamo.exc.UserError as err:
-            if "Constraints violated" not in str(err) or seq is Dim.DYNAMIC:
+            if i == len(attempts) - 1 or not (hinted or "Constraints violated" in str(err)):
                 raise
+            continue
+        if not (hinted and _narrowed(program, min_seq, max_seq)):
+            return program  # narrowed: the named dims say why (Constraints violated), as before
+
+
+def _narrowed(program, least: int, most: int) -> bool:
+    """Whether the export's guards narrowed `seq` below least .. most (a hinted dim narrows silently)."""
+    ranges = program.range_constraints
+    return any(name == SEQ and (ranges[symbol].lower > least or ranges[symbol].upper < most)
+               for symbol, name in _dim_symbols(program).items())
 
 
 class LastLogits(nn.Module):

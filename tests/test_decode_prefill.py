@@ -181,3 +181,41 @@ def test_the_crossover_is_where_one_prefill_call_beats_the_steps():
     old = DecoderSpec(8, 4, ()).to_dict()
     del old["prefill_from"]
     assert DecoderSpec.from_dict(old).prefill_from == 2
+
+
+class _ChunkPadded(torch.nn.Module):
+    """A prefill call's signature (ids, pos, filled, cache) around Mamba-2's chunk padding: the length padded to a
+    multiple of 256 and reshaped into chunks, whose guard (`seq + pad == 256`) torch cannot prove over a range; with
+    `narrow`, a branch on the length that holds only up to 8 tokens."""
+
+    def __init__(self, narrow: bool = False):
+        super().__init__()
+        self.narrow = narrow
+
+    def forward(self, ids, pos, filled, cache):
+        x = ids.float()
+        if self.narrow and ids.shape[1] > 8:
+            x = x * 2
+        pad = (256 - ids.shape[1] % 256) % 256
+        chunks = torch.nn.functional.pad(x, (0, pad)).reshape(1, -1, 256).sum(-1)
+        return chunks.sum() + filled.sum() + cache[0].sum()
+
+
+def test_a_prefill_whose_guards_torch_cannot_prove_exports_once(monkeypatch):
+    """The prefill's `seq` goes to torch.export as a bounded hint first (decoder_export._export_dynamic): Mamba-2's
+    chunk padding exports in one trace with the asked range, where a named range fails after a whole trace and was
+    exported again (16 s of a tiny Falcon-H1's compile); a hint whose guards narrow the range is not taken."""
+    from actsparse.frontends import decoder_export
+
+    calls = []
+    real = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: calls.append(k["dynamic_shapes"]) or real(*a, **k))
+    args = (torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(3, dtype=torch.long),
+            (torch.zeros(4),))
+    program = decoder_export._export_dynamic(_ChunkPadded(), args, 16, one_token=False, min_seq=2)
+    assert len(calls) == 1
+    seq = next(s for s, name in decoder_export._dim_symbols(program).items() if name == "seq")
+    assert (program.range_constraints[seq].lower, program.range_constraints[seq].upper) == (2, 16)
+    del calls[:]
+    decoder_export._export_dynamic(_ChunkPadded(narrow=True), args, 16, one_token=False, min_seq=2)
+    assert len(calls) == 3  # hinted (narrowed to 8), named (Constraints violated), DYNAMIC: as before the hint
