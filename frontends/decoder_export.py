@@ -147,12 +147,11 @@ def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bo
     (the importer then bounds them by max_seq itself: Importer.bounds)."""
     from torch.export.dynamic_shapes import Dim
 
-    ranged = (Dim(SEQ, min=min_seq, max=max_seq), Dim(FILLED, min=1, max=max_seq))
-    attempts = [ranged, (Dim.DYNAMIC, Dim.DYNAMIC)]
+    ranged = (Dim(SEQ, min=min_seq, max=max_seq), Dim(FILLED, min=1, max=max_seq), False)
+    attempts = [ranged, (Dim.DYNAMIC, Dim.DYNAMIC, False)]
     if min_seq >= 2 and not one_token:
-        attempts.insert(0, (Dim.DYNAMIC(min=min_seq, max=max_seq), ranged[1]))
-    for i, (seq, kv) in enumerate(attempts):
-        hinted = len(attempts) == 3 and i == 0
+        attempts.insert(0, (Dim.DYNAMIC(min=min_seq, max=max_seq), ranged[1], True))
+    for i, (seq, kv, hinted) in enumerate(attempts):
         dynamic = (None if one_token else {1: seq}, None, {0: kv}, tuple(None for _ in args[3]))
         try:
             program = torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)

@@ -17,16 +17,19 @@ from __future__ import annotations
 import torch
 
 
-def handles(node: torch.fx.Node) -> bool:
-    equation, operands = node.args[0], node.args[1]
+def covers(equation: str, operands) -> bool:
     if "." in equation or len(operands) not in (1, 2):
         return False
     inputs = equation.split("->")[0].split(",")
     return all(len(set(term)) == len(term) for term in inputs)
 
 
+def handles(node: torch.fx.Node) -> bool:  # torch_export.decompose_missing asks before import
+    return covers(node.args[0], node.args[1])
+
+
 def einsum(cx, node, equation, operands, path=None):
-    if not handles(node):  # torch_export.decompose_missing decomposes these before import
+    if not covers(equation, operands):  # torch_export.decompose_missing decomposes these before import
         raise cx.error(f"einsum {equation!r} of {len(operands)} operands is not mapped; import through "
                        "torch_export, which decomposes it")
     dtype = cx.out(node).dtype

@@ -26,6 +26,8 @@ def _int_list(value, rank: int = 1) -> list:
 
 # --- convolution, padding --------------------------------------------------------------------------------
 def _pad(cx, node, x, pad, mode="constant", value=None):  # F.pad(x, pad) of a constant
+    if mode != "constant":  # torch_export.decompose_missing decomposes these before import (`handles`)
+        raise cx.error(f"F.pad in mode {mode!r} is not mapped; import through torch_export, which decomposes it")
     return _constant_pad(cx, node, x, pad, 0 if value is None else value)
 
 
