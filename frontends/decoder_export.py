@@ -144,7 +144,8 @@ def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bo
     (Mamba-2's chunk padding, `seq + pad == 256`: ~16 s of a tiny Falcon-H1's compile), and a guard that narrows
     the range is caught here (`_narrowed`). Otherwise, or where that fails, both dims are named ranged `Dim`s; where
     torch cannot prove a guard over those (DeepSeek-V3.2's `min(index_topk, kv) <= kv`), both are left DYNAMIC
-    (the importer then bounds them by max_seq itself: Importer.bounds)."""
+    (the importer then bounds them by max_seq itself: Importer.bounds). A length the model's code fixes to the
+    example's (`_specialized`) ends the tries at the first."""
     from torch.export.dynamic_shapes import Dim
 
     ranged = (Dim(SEQ, min=min_seq, max=max_seq), Dim(FILLED, min=1, max=max_seq), False)
@@ -156,11 +157,18 @@ def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bo
         try:
             program = torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
         except torch._dynamo.exc.UserError as err:
-            if i == len(attempts) - 1 or not (hinted or "Constraints violated" in str(err)):
+            if i == len(attempts) - 1 or not (hinted or "Constraints violated" in str(err)) or _specialized(err):
                 raise
             continue
         if not (hinted and _narrowed(program, min_seq, max_seq)):
             return program  # narrowed: the named dims say why (Constraints violated), as before
+
+
+def _specialized(err: Exception) -> bool:
+    """Whether the model's code fixed the length to the example's (MiniMax's lightning attention loops over
+    `seq // block` blocks in Python): that comes from the code, not from the dims' ranges, so no other form of the
+    dims exports (each try a whole trace: 18 of a tiny MiniMax's 35 s compile)."""
+    return "specialized it to be a constant" in str(err)
 
 
 def _narrowed(program, least: int, most: int) -> bool:
