@@ -160,6 +160,10 @@ def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bo
             if i == len(attempts) - 1 or not (hinted or "Constraints violated" in str(err)) or _specialized(err):
                 raise
             continue
+        except AssertionError as err:  # torch's report of violated constraints can fail on a derived dim whose
+            if i == len(attempts) - 1 or "Cannot create Dim" not in str(err):  # range it narrowed to one value
+                raise
+            continue
         if not (hinted and _narrowed(program, min_seq, max_seq)):
             return program  # narrowed: the named dims say why (Constraints violated), as before
 

@@ -83,7 +83,12 @@ def decompose_missing(program):
     """Ops the table lacks are decomposed by torch's own core-ATen decompositions (only those ops: the ones we
     map whole, such as linear and sdpa, stay whole), so one table covers the long tail. A program that writes
     in place through a view (`attn[..., i, :i] = row`, a slice assigned in a loop) is functionalized on the way
-    (the writes become `slice_scatter` / `select_scatter`), which the IR, having no aliasing, needs."""
+    (the writes become `slice_scatter` / `select_scatter`), which the IR, having no aliasing, needs; writes that are
+    local to a tensor the program made are rewritten so first, without torch's re-trace (view_writes.py)."""
+    from .view_writes import functionalize_view_writes
+
+    for gm in graph_modules(program.graph_module):  # local writes through views: rewritten here (no re-trace)
+        functionalize_view_writes(gm)
     nodes = [n for gm in graph_modules(program.graph_module) for n in gm.graph.nodes
              if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and not is_symbolic(n)]
     missing = {n.target for n in nodes if not _handled(n)}

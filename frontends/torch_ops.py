@@ -238,7 +238,7 @@ ATEN_TO_IR = {
                                            "erfinv"]},
     "aten.bitwise_not": _bitwise_not,
     "aten.add": _arith("add", 0), "aten.sub": _arith("sub", 0), "aten.rsub": _arith("sub", reverse=True),
-    "aten.mul": _arith("mul", 1), "aten.pow": _arith("pow", 1),
+    **dict.fromkeys(["aten.mul", "aten.multiply"], _arith("mul", 1)), "aten.pow": _arith("pow", 1),
     **dict.fromkeys(["aten.div.Tensor", "aten.div.Scalar"], _arith("div", 1)),
     **dict.fromkeys(["aten.maximum", "aten.max.other"], _arith("maximum")),
     **dict.fromkeys(["aten.minimum", "aten.min.other"], _arith("minimum")),
@@ -263,7 +263,8 @@ ATEN_TO_IR = {
     "aten.full.default": _filled(1), "aten.full_like": _filled(1), "aten.new_full": _filled(2),
     "aten.fill.Scalar": _filled(1), "aten.scalar_tensor": _filled(0),
     **dict.fromkeys(["aten.ones", "aten.ones_like", "aten.new_ones"], _filled(None, 1)),
-    **dict.fromkeys(["aten.zeros", "aten.zeros_like", "aten.new_zeros"], _filled(None, 0)),
+    # an empty tensor's values are whatever memory held: zeros are one such value, and deterministic
+    **dict.fromkeys(["aten.zeros", "aten.zeros_like", "aten.new_zeros", "aten.new_empty"], _filled(None, 0)),
     **dict.fromkeys(["wrap_with_set_grad_enabled", "wrap_with_autocast"], _higher_order),
     **TAIL_TO_IR,  # the long tail found by enumerating transformers' decoders (torch_ops_tail.py)
 }

@@ -224,6 +224,7 @@ def test_a_prefill_whose_guards_torch_cannot_prove_exports_once(monkeypatch):
     decoder_export._export_dynamic(_ChunkPadded(narrow=True), args, 16, one_token=False, min_seq=2)
     assert len(calls) == 3  # hinted (narrowed to 8), named (Constraints violated), DYNAMIC: as before the hint
     del calls[:]
+    fresh = tuple(a.clone() for a in args[:3]) + (tuple(c.clone() for c in args[3]),)  # unmarked by the exports above
     with pytest.raises(torch._dynamo.exc.UserError, match="specialized it to be a constant"):
-        decoder_export._export_dynamic(_ChunkPadded(loop=True), args, 16, one_token=False, min_seq=2)
+        decoder_export._export_dynamic(_ChunkPadded(loop=True), fresh, 16, one_token=False, min_seq=2)
     assert len(calls) == 1  # the code fixes the length: no other form of the dims would export
