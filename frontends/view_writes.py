@@ -93,10 +93,20 @@ def _viewed_item(node) -> bool:
         and _packet(node.args[0]) in VIEW_OPS
 
 
+def _mutates(node, tensor) -> bool:
+    return node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) \
+        and node.target._schema.is_mutable and bool(node.args) and node.args[0] is tensor
+
+
 def _local(write, chain, base, order) -> bool:
     """Whether, after `write`, nothing reads the base through a view taken before it (other than the written view,
     whose plain reads are rewritten) or through a view of such a view; views of the base taken after the write are
-    taken from its new value."""
+    taken from its new value. No other in-place op may touch the base or its views, except the base after the
+    write (it then updates the new value): before the write it would change what the views read, and on the
+    written view after it, it would not reach the base."""
+    if any(_mutates(user, write) or _packet(user) in VIEW_OPS or user.target is operator.getitem
+           for user in write.users):  # the write's result is the written view: the same rules as for it
+        return False
     at, todo, seen = order[write], [base], {base}
     while todo:
         alias = todo.pop()
@@ -104,6 +114,8 @@ def _local(write, chain, base, order) -> bool:
             if user is write or user in seen:
                 continue
             after = order[user] > at
+            if _mutates(user, alias) and not (after and alias is base):
+                return False
             if _packet(user) in VIEW_OPS or (user.target is operator.getitem and alias is not base):
                 if after and alias is base:
                     continue
