@@ -129,8 +129,6 @@ def _local(write, chain, base, order) -> bool:
 
 
 def _rewrite(graph, write, chain, base) -> None:
-    from torch._guards import detect_fake_mode
-
     with graph.inserting_after(write):
         new = graph.call_function(_functional(write.target), tuple(write.args), dict(write.kwargs))
     made, value = [new], new
@@ -139,7 +137,7 @@ def _rewrite(graph, write, chain, base) -> None:
             value = SCATTERS[view.target](graph, view, value)
         made.append(value)
     for node in made:
-        _fake_value(node, detect_fake_mode)
+        _fake_value(node)
     position = {n: i for i, n in enumerate(graph.nodes)}
     after = position[made[-1]]
     for old, replacement in ((chain[0], new), (base, made[-1])):
@@ -150,10 +148,12 @@ def _rewrite(graph, write, chain, base) -> None:
     graph.erase_node(write)
 
 
-def _fake_value(node, detect_fake_mode) -> None:
+def _fake_value(node) -> None:
     """The node's `meta["val"]` (the importer reads shapes and dtypes there), computed on its inputs' fake values."""
     def value(a):
         return a.meta["val"] if isinstance(a, torch.fx.Node) else a
+
+    from torch._guards import detect_fake_mode
 
     args = torch.fx.node.map_aggregate(node.args, value)
     kwargs = torch.fx.node.map_aggregate(node.kwargs, value)
