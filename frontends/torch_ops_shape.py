@@ -57,6 +57,8 @@ def slice_of(cx, x, axis, start, end, step=1):
         return cx.emit("slice", [x], axis=axis, start=0, end=end)
     end = 0 if end is None and isinstance(start, int) and start < 0 else end
     if isinstance(start, int) and isinstance(end, int) and (start < 0) == (end <= 0) and start < end and step == 1:
+        if start < 0 and end == 0 and _at_most(cx, dim, -start):  # x[-n:] of a dim never longer than n: all of it
+            return x  # (XLNet's memory `h[-mem_len:]`; torch clamps the start to 0)
         index = cx.source_node("constant", TensorType((end - start,), "i64"), value=tuple(range(start, end)))
         return cx.emit("index_select", [x, index], axis=axis)  # a static window of the symbolic dim
     if step == 1:  # bounds in range by construction (torch's guards); negative ints count from the end, and an
@@ -65,6 +67,11 @@ def slice_of(cx, x, axis, start, end, step=1):
         return x if (start, end) == (0, dim) else cx.emit("slice", [x], axis=axis, start=start, end=end)
     raise cx.symbolic_error(f"slice [{start}:{end}:{step}] of the symbolic dim `{dim}` cannot be expressed; "
                             "import with dynamic_seq=False")
+
+
+def _at_most(cx, dim, n: int) -> bool:
+    """Whether the symbolic `dim` is at most n for every length the dims' bounds allow."""
+    return dims.interval(dim, getattr(cx, "bounds", {}))[1] <= n
 
 
 def _from_end(cx, bound, size):

@@ -14,7 +14,7 @@ import math
 import torch
 
 from ..ir import dims
-from ..ir.types import positive_axis
+from ..ir.types import TensorType, positive_axis
 from .torch_einsum import einsum, handles
 from .torch_masked_rows import masked_rows
 from .torch_ops_layers import LAYER_TO_IR, slice_scatter
@@ -124,6 +124,20 @@ def _repeat_interleave(cx, node, x, repeats, dim=None, output_size=None):
     return cx.emit("reshape", [x], shape=cx.out(node).shape)
 
 
+def _eye(cx, node, *args, **kwargs):  # eye(n[, m]) -> cast(eq(arange(n)[:, None], arange(m)[None, :]))
+    ttype = cx.out(node)
+    rows, cols = ttype.shape
+    row = cx.source_node("arange", TensorType((rows,), "i64"), end=rows)
+    col = cx.source_node("arange", TensorType((cols,), "i64"), end=cols)
+    same = cx.emit("eq", [cx.emit("reshape", [row], shape=(rows, 1)), cx.emit("reshape", [col], shape=(1, cols))])
+    return cx.tensor(same, ttype.dtype)
+
+
+def _broadcast_tensors(cx, node, tensors):  # broadcast_tensors(xs) -> each expanded to torch's common shape
+    shapes = [cx.shape(val) for val in node.meta["val"]]
+    return tuple(x if x.shape == shape else cx.emit("expand", [x], shape=shape) for x, shape in zip(tensors, shapes))
+
+
 def _numpy_t(cx, node, x):  # x.T on any rank (Falcon) -> permute(x, reversed axes)
     axes = tuple(reversed(range(x.type.rank)))
     return x if x.type.rank < 2 else cx.emit("permute", [x], axes=axes)
@@ -204,6 +218,7 @@ TAIL_TO_IR = {
     "aten.repeat_interleave.self_int": _repeat_interleave,
     # only the functionalized forms: `new_empty` stays unmapped, so its graph is decomposed (and functionalized)
     "aten.empty.memory_format": _empty,
+    "aten.eye": _eye, "aten.broadcast_tensors": _broadcast_tensors,  # XLNet's, Kimi's masks; Gemma 3n's inputs
     "aten.numpy_T": _numpy_t, "aten.copy.default": _copy, "aten.slice_scatter": _slice_scatter,
     "aten.fill.Tensor": _copy,  # fill(x, v: 0-d tensor) -> v broadcast to x's type (XLNet's `perm_mask[..., -1] = 1`)
     "aten.einsum": einsum,  # one or two operands; other forms are left to torch (torch_einsum.py)

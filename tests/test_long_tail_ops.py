@@ -358,3 +358,66 @@ def test_einsums_pad_and_floor_divide_import_without_torchs_decompositions(monke
         cm = actsparse.compile(graph, (x.numpy(),), mode="dense")
         with torch.no_grad():
             np.testing.assert_allclose(np.asarray(cm(x.numpy())), model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+class EyeBroadcast(nn.Module):
+    """torch.eye of the symbolic length and of a static size, and broadcast_tensors (XLNet's target mask, Kimi's
+    chunk masks, Gemma 3n's per-layer inputs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 8)
+
+    def forward(self, ids):
+        h = self.proj(ids)  # [1, seq, 8]
+        mixed = (torch.eye(ids.shape[1]) - 0.5 * torch.eye(ids.shape[1], dtype=torch.float64).float()) @ h[0]
+        a, b = torch.broadcast_tensors(h[:, :, :1], h[:, :1, :])  # both [1, seq, 8]
+        return mixed[None] + a * b + (h @ torch.eye(8, 3)).sum(-1, keepdim=True)
+
+
+def test_eye_and_broadcast_tensors_import_without_torchs_decompositions(monkeypatch):
+    from torch.export import ExportedProgram
+
+    decomposed = []
+    real = ExportedProgram.run_decompositions
+    monkeypatch.setattr(ExportedProgram, "run_decompositions",
+                        lambda self, *a, **k: decomposed.append(1) or real(self, *a, **k))
+    torch.manual_seed(0)
+    model = EyeBroadcast().eval()
+    x = torch.tensor([[3, 1, 4, 1, 5]])
+    graph = import_torch(model, (x,))
+    assert not decomposed and graph.inputs[0].shape == (1, "seq")
+    assert sum(n.op == "arange" for n in graph.nodes) >= 2 and any(n.op == "expand" for n in graph.nodes)
+    for ids in (x, torch.tensor([[2, 7, 1, 8, 2, 8, 1]])):
+        with torch.no_grad():
+            np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], model(ids).numpy(), rtol=1e-5, atol=1e-6)
+    cm = actsparse.compile(graph, (x.numpy(),), mode="dense")
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(cm(x.numpy())), model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+class FixedLength(nn.Module):
+    """A branch on the length that torch's DYNAMIC dim specializes without failing (DeepSeek-V4's compressors)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 8)
+
+    def forward(self, ids):
+        h = self.proj(ids)
+        return h * 2 if ids.shape[1] == 5 else h
+
+
+def test_an_export_that_fixes_the_length_is_refused_before_its_import_without_fallback(monkeypatch):
+    """`import_torch(fallback=False)` (a decoder's recomputation tries a longer example next) says at once that the
+    export fixed the length, without importing the fixed graph; with fallback the fixed graph is imported."""
+    from actsparse.frontends import FrontendError, torch_export
+
+    imported = []
+    real = torch_export.Importer.run
+    monkeypatch.setattr(torch_export.Importer, "run", lambda self: imported.append(1) or real(self))
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    with pytest.raises(FrontendError, match=r"fixed the sequence length to the example's \(5 tokens\)"):
+        import_torch(FixedLength().eval(), (ids,), fallback=False)
+    assert not imported
+    assert import_torch(FixedLength().eval(), (ids.clone(),)).inputs[0].shape == (1, 5) and imported
