@@ -142,10 +142,12 @@ def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bo
     (from 2 on: no size-1 branch to keep) is first given as a bounded hint, `Dim.DYNAMIC(min, max)`: a guard torch's
     solver cannot prove over the range then stays unchecked instead of failing the export after a whole trace
     (Mamba-2's chunk padding, `seq + pad == 256`: ~16 s of a tiny Falcon-H1's compile), and a guard that narrows
-    the range is caught here (`_narrowed`). Otherwise, or where that fails, both dims are named ranged `Dim`s; where
-    torch cannot prove a guard over those (DeepSeek-V3.2's `min(index_topk, kv) <= kv`), both are left DYNAMIC
-    (the importer then bounds them by max_seq itself: Importer.bounds). A length the model's code fixes to the
-    example's (`_specialized`) ends the tries at the first."""
+    the range narrows the hint (Kimi-Linear's chunk loop: seq <= chunk), which the graph then says (ir/limits.py):
+    the named dims would fail on it after a whole trace, and both DYNAMIC give that same narrowed program after
+    another. Otherwise, or where that fails, both dims are named ranged `Dim`s; where torch cannot prove a guard
+    over those (DeepSeek-V3.2's `min(index_topk, kv) <= kv`), both are left DYNAMIC (the importer then bounds them
+    by max_seq itself: Importer.bounds). A length the model's code fixes to the example's (`_specialized`) ends the
+    tries at the first."""
     from torch.export.dynamic_shapes import Dim
 
     ranged = (Dim(SEQ, min=min_seq, max=max_seq), Dim(FILLED, min=1, max=max_seq), False)
@@ -156,16 +158,19 @@ def _export_dynamic(wrapper: nn.Module, args: tuple, max_seq: int, one_token: bo
         dynamic = (None if one_token else {1: seq}, None, {0: kv}, tuple(None for _ in args[3]))
         try:
             program = torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
-        except torch._dynamo.exc.UserError as err:
-            if i == len(attempts) - 1 or not (hinted or "Constraints violated" in str(err)) or _specialized(err):
+        except (torch._dynamo.exc.UserError, AssertionError) as err:
+            if i == len(attempts) - 1 or _specialized(err) or not _other_dims_may_export(err, hinted):
                 raise
             continue
-        except AssertionError as err:  # torch's report of violated constraints can fail on a derived dim whose
-            if i == len(attempts) - 1 or "Cannot create Dim" not in str(err):  # range it narrowed to one value
-                raise
-            continue
-        if not (hinted and _narrowed(program, min_seq, max_seq)):
-            return program  # narrowed: the named dims say why (Constraints violated), as before
+        return program
+
+
+def _other_dims_may_export(err: Exception, hinted: bool) -> bool:
+    """Whether another form of the dims may export where this one failed: a hint's failure, violated constraints,
+    or torch's report of them failing on a derived dim whose range it narrowed to one value (an AssertionError)."""
+    if isinstance(err, AssertionError):
+        return "Cannot create Dim" in str(err)
+    return hinted or "Constraints violated" in str(err)
 
 
 def _specialized(err: Exception) -> bool:
@@ -173,13 +178,6 @@ def _specialized(err: Exception) -> bool:
     `seq // block` blocks in Python): that comes from the code, not from the dims' ranges, so no other form of the
     dims exports (each try a whole trace: 18 of a tiny MiniMax's 35 s compile)."""
     return "specialized it to be a constant" in str(err)
-
-
-def _narrowed(program, least: int, most: int) -> bool:
-    """Whether the export's guards narrowed `seq` below least .. most (a hinted dim narrows silently)."""
-    ranges = program.range_constraints
-    return any(name == SEQ and (ranges[symbol].lower > least or ranges[symbol].upper < most)
-               for symbol, name in _dim_symbols(program).items())
 
 
 class LastLogits(nn.Module):
