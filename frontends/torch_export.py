@@ -37,8 +37,7 @@ def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: 
     length; otherwise (or if torch cannot export it that way, or the model computes a size from it that the IR
     cannot name, such as `seq + 3`) all shapes are those of `example_inputs`, with a warning.
     Raises `UnsupportedOpError` for an op without a mapping, `FrontendError` for other failures (with
-    `fallback=False`, also where the symbolic length fails or the export fixed it, instead of importing the static
-    shapes).
+    `fallback=False`, also where the symbolic length fails, instead of importing the static shapes).
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,)
@@ -115,17 +114,12 @@ def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool, fallback: boo
                       "with the example's static shapes", stacklevel=3)
     if spec is not None:
         try:
-            program = torch.export.export(model, inputs, strict=False, dynamic_shapes=spec)
+            return torch.export.export(model, inputs, strict=False, dynamic_shapes=spec)
         except Exception as err:  # noqa: BLE001 - any export failure falls back to static shapes
             if not fallback:
                 raise FrontendError(f"exporting with a symbolic sequence length failed ({_first_line(err)})") from err
             warnings.warn(f"actsparse: exporting with a symbolic sequence length failed ({_first_line(err)}); "
                           "importing with the example's static shapes instead", stacklevel=3)
-        else:
-            if fallback or _length_symbolic(program):  # a length torch fixed without failing (a DYNAMIC dim
-                return program  # specializes silently): said before the whole import, where the caller asks
-            raise FrontendError("the model's code fixed the sequence length to the example's "
-                                f"({next(x.shape[1] for x, s in zip(inputs, spec) if s)} tokens) in the export")
     # fresh tensors: an export with a dynamic dim marks its example tensors, and a later static export of the
     # same tensors then fails with "Constraints violated"
     fresh = tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
@@ -134,13 +128,6 @@ def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool, fallback: boo
     except Exception as err:
         raise FrontendError(f"torch.export could not export {type(model).__name__}: {_first_line(err)}. "
                             f"Hints: {HINTS}.") from err
-
-
-def _length_symbolic(program) -> bool:
-    """Whether a program exported with a dynamic length kept it: a user input's dim 1 is torch's symbol."""
-    vals = {n.name: n.meta.get("val") for n in program.graph_module.graph.nodes if n.op == "placeholder"}
-    users = [vals.get(name) for name in program.graph_signature.user_inputs]
-    return any(isinstance(v, torch.Tensor) and v.ndim == 2 and isinstance(v.shape[1], torch.SymInt) for v in users)
 
 
 def _dynamic_shapes(inputs: tuple):

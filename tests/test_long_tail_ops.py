@@ -395,29 +395,3 @@ def test_eye_and_broadcast_tensors_import_without_torchs_decompositions(monkeypa
     with torch.no_grad():
         np.testing.assert_allclose(np.asarray(cm(x.numpy())), model(x).numpy(), rtol=1e-5, atol=1e-6)
 
-
-class FixedLength(nn.Module):
-    """A branch on the length that torch's DYNAMIC dim specializes without failing (DeepSeek-V4's compressors)."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Embedding(32, 8)
-
-    def forward(self, ids):
-        h = self.proj(ids)
-        return h * 2 if ids.shape[1] == 5 else h
-
-
-def test_an_export_that_fixes_the_length_is_refused_before_its_import_without_fallback(monkeypatch):
-    """`import_torch(fallback=False)` (a decoder's recomputation tries a longer example next) says at once that the
-    export fixed the length, without importing the fixed graph; with fallback the fixed graph is imported."""
-    from actsparse.frontends import FrontendError, torch_export
-
-    imported = []
-    real = torch_export.Importer.run
-    monkeypatch.setattr(torch_export.Importer, "run", lambda self: imported.append(1) or real(self))
-    ids = torch.tensor([[3, 1, 4, 1, 5]])
-    with pytest.raises(FrontendError, match=r"fixed the sequence length to the example's \(5 tokens\)"):
-        import_torch(FixedLength().eval(), (ids,), fallback=False)
-    assert not imported
-    assert import_torch(FixedLength().eval(), (ids.clone(),)).inputs[0].shape == (1, 5) and imported
