@@ -216,7 +216,7 @@ TAIL_TO_IR = {
     "aten.cumsum": _cumsum, "aten.argmax": _argmax, "aten.max.dim": _max_dim, "aten.sort": _sort,
     "aten.std": _std_var(True), "aten.var": _std_var(False),
     "aten.repeat_interleave.self_int": _repeat_interleave,
-    # only the functionalized forms: `new_empty` stays unmapped, so its graph is decomposed (and functionalized)
+    # `empty` as torch's functionalization leaves it (`new_empty` is mapped with the zeros, torch_ops.py)
     "aten.empty.memory_format": _empty,
     "aten.eye": _eye, "aten.broadcast_tensors": _broadcast_tensors,  # XLNet's, Kimi's masks; Gemma 3n's inputs
     "aten.numpy_T": _numpy_t, "aten.copy.default": _copy, "aten.slice_scatter": _slice_scatter,
