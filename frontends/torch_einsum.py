@@ -70,8 +70,7 @@ def einsum(cx, node, equation, operands, path=None):
 
 
 def _broadcast(cx, x, term: str, sizes: dict):
-    shape = tuple(sizes.get(label, 1) for label in term)
-    return x if shape == x.shape else cx.emit("expand", [x], shape=shape)
+    return cx.expanded(x, tuple(sizes.get(label, 1) for label in term))
 
 
 def _parse(equation: str) -> tuple[list[str], str]:

@@ -300,6 +300,20 @@ class Importer:
     def cast(self, x: Node, dtype: str) -> Node:
         return x if x.dtype == dtype else self.emit("cast", [x], dtype=dtype)
 
+    def expanded(self, x: Node, shape: tuple) -> Node:
+        """x broadcast to `shape` (x itself where it has that shape already)."""
+        return x if x.shape == tuple(shape) else self.emit("expand", [x], shape=tuple(shape))
+
+    def arange(self, n, dtype: str = "i64") -> Node:
+        """0, 1, .., n-1 (n an IR dim)."""
+        return self.source_node("arange", TensorType((n,), dtype), end=n)
+
+    def tiled(self, x: Node, split: tuple, wide: tuple, shape: tuple) -> Node:
+        """x reshaped to `split` (size-1 axes where copies go), broadcast to `wide`, reshaped to `shape`: repeat and
+        repeat_interleave."""
+        return self.emit("reshape", [self.emit("expand", [self.emit("reshape", [x], shape=split)], shape=wide)],
+                         shape=shape)
+
     def tensor(self, value, dtype: str) -> Node:
         """A tensor operand of `dtype`: nodes are cast, Python scalars (and static sizes) become constants."""
         if isinstance(value, Node):

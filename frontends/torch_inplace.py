@@ -25,6 +25,12 @@ DATA_DEPENDENT = ("aten.nonzero", "aten.masked_select", "aten.unique", "aten._un
                   "aten.where.default", "aten.argwhere", "aten.repeat_interleave.Tensor")
 
 
+def functional_name(op: str) -> str | None:
+    """`div_` -> `div`: the functional twin's name of an in-place op's name (None for one that is not in place:
+    no trailing `_`, or a private `_op_`)."""
+    return op[:-1] if op.endswith("_") and not op.startswith("_") else None
+
+
 def in_place(handler):
     def handle(cx, node, *args, **kwargs):  # x.div_(y) -> div(x, y), and later reads of x see the result
         target = node.args[0]

@@ -14,7 +14,7 @@ import torch
 
 from ..ir import Node
 from ..ir.types import positive_axis
-from .torch_inplace import in_place
+from .torch_inplace import functional_name, in_place
 from .torch_ops_layers import complex_arith
 from .torch_ops_shape import SHAPE_TO_IR
 from .torch_ops_tail import TAIL_TO_IR
@@ -277,8 +277,10 @@ def lookup(name: str, default=_MISSING):
     its functional handler, rebinding the updated tensor."""
     packet, _, overload = name.rpartition(".") if name.count(".") >= 2 else (name, "", "")
     handler = ATEN_TO_IR.get(name) or ATEN_TO_IR.get(packet)
-    if handler is None and packet.endswith("_") and not packet.rsplit(".", 1)[-1].startswith("_"):
-        functional = lookup(f"{packet[:-1]}.{overload}" if overload else packet[:-1], None)
+    namespace, _, op = packet.rpartition(".")
+    twin = functional_name(op)
+    if handler is None and twin is not None:
+        functional = lookup(f"{namespace}.{twin}" + (f".{overload}" if overload else ""), None)
         handler = in_place(functional) if functional is not None else None
     if handler is None and default is _MISSING:
         raise KeyError(name)

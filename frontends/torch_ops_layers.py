@@ -163,8 +163,7 @@ def _repeat(cx, node, x, repeats):
         raise cx.symbolic_error("repeat by a symbolic count cannot be expressed; import with dynamic_seq=False")
     split = tuple(v for s in shape for v in (1, s))
     wide = tuple(v for r, s in zip(repeats, shape) for v in (r, s))
-    x = cx.emit("expand", [cx.emit("reshape", [x], shape=split)], shape=wide)
-    return cx.emit("reshape", [x], shape=cx.out(node).shape)
+    return cx.tiled(x, split, wide, cx.out(node).shape)
 
 
 def _unfold(cx, node, x, dimension, size, step):

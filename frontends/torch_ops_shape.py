@@ -20,8 +20,7 @@ def _reshape(cx, node, x, *args, **kwargs):  # view / unsqueeze / squeeze / flat
 
 
 def _expand(cx, node, x, *args, **kwargs):
-    shape = cx.out(node).shape
-    return x if x.shape == shape else cx.emit("expand", [x], shape=shape)
+    return cx.expanded(x, cx.out(node).shape)
 
 
 def _permute(cx, node, x, dims):
@@ -121,7 +120,7 @@ def _select(cx, node, x, dim, index):  # select(x, d, i) -> reshape(slice(x, d, 
     return cx.emit("reshape", [part], shape=cx.out(node).shape)
 
 
-def _split(cx, node, x, *args, **kwargs):  # split / split_with_sizes / chunk / unbind -> slices (sizes per torch)
+def _split(cx, node, x, *args, **kwargs):  # split(_with_sizes) / tensor_split / chunk / unbind -> slices (torch's sizes)
     unbind = node.target.overloadpacket is torch.ops.aten.unbind
     dim = (args if unbind else args[1:])[:1] or [kwargs.get("dim", 0)]
     axis, parts, start = positive_axis(dim[0], x.type.rank), [], 0
@@ -174,7 +173,8 @@ SHAPE_TO_IR = {
     **dict.fromkeys(["aten.expand", "aten.expand_as"], _expand),
     "aten.permute": _permute, **dict.fromkeys(["aten.transpose.int", "aten.t", "aten.swapaxes"], _transpose),
     "aten.slice.Tensor": _slice, "aten.narrow": _narrow, "aten.select.int": _select,
-    **dict.fromkeys(["aten.split.Tensor", "aten.split_with_sizes", "aten.chunk", "aten.unbind.int"], _split),
+    **dict.fromkeys(["aten.split.Tensor", "aten.split_with_sizes", "aten.chunk", "aten.unbind.int",
+                     "aten.tensor_split.indices", "aten.tensor_split.sections"], _split),
     "getitem": _getitem, **dict.fromkeys(["aten.cat", "aten.concatenate", "aten.concat"], _cat), "aten.stack": _stack,
     "aten.index_select": _index_select, "aten.index_copy": _index_copy,
     "aten.triu": _triangle("triu"), "aten.tril": _triangle("tril"),

@@ -14,7 +14,7 @@ import math
 import torch
 
 from ..ir import dims
-from ..ir.types import TensorType, positive_axis
+from ..ir.types import positive_axis
 from .torch_einsum import einsum, handles
 from .torch_masked_rows import masked_rows
 from .torch_ops_layers import LAYER_TO_IR, slice_scatter
@@ -120,22 +120,20 @@ def _repeat_interleave(cx, node, x, repeats, dim=None, output_size=None):
     shape = x.shape
     split = (*shape[:axis + 1], 1, *shape[axis + 1:])
     wide = (*shape[:axis + 1], repeats, *shape[axis + 1:])
-    x = cx.emit("expand", [cx.emit("reshape", [x], shape=split)], shape=wide)
-    return cx.emit("reshape", [x], shape=cx.out(node).shape)
+    return cx.tiled(x, split, wide, cx.out(node).shape)
 
 
 def _eye(cx, node, *args, **kwargs):  # eye(n[, m]) -> cast(eq(arange(n)[:, None], arange(m)[None, :]))
     ttype = cx.out(node)
     rows, cols = ttype.shape
-    row = cx.source_node("arange", TensorType((rows,), "i64"), end=rows)
-    col = cx.source_node("arange", TensorType((cols,), "i64"), end=cols)
-    same = cx.emit("eq", [cx.emit("reshape", [row], shape=(rows, 1)), cx.emit("reshape", [col], shape=(1, cols))])
+    row = cx.emit("reshape", [cx.arange(rows)], shape=(rows, 1))
+    same = cx.emit("eq", [row, cx.emit("reshape", [cx.arange(cols)], shape=(1, cols))])
     return cx.tensor(same, ttype.dtype)
 
 
 def _broadcast_tensors(cx, node, tensors):  # broadcast_tensors(xs) -> each expanded to torch's common shape
     shapes = [cx.shape(val) for val in node.meta["val"]]
-    return tuple(x if x.shape == shape else cx.emit("expand", [x], shape=shape) for x, shape in zip(tensors, shapes))
+    return tuple(cx.expanded(x, shape) for x, shape in zip(tensors, shapes))
 
 
 def _numpy_t(cx, node, x):  # x.T on any rank (Falcon) -> permute(x, reversed axes)
@@ -151,8 +149,7 @@ def _empty(cx, node, *args, **kwargs):  # empty -> full(0) (functionalized: ever
 
 def _copy(cx, node, dst, src, non_blocking=False):  # copy(dst, src) -> src broadcast to dst's type
     ttype = cx.out(node)
-    src = cx.tensor(src, ttype.dtype)
-    return src if src.shape == ttype.shape else cx.emit("expand", [src], shape=ttype.shape)
+    return cx.expanded(cx.tensor(src, ttype.dtype), ttype.shape)
 
 
 def _slice_scatter(cx, node, x, src, dim=0, start=None, end=None, step=1):
@@ -190,7 +187,7 @@ def _index(cx, node, x, indices):
     out = cx.out(node).shape
     width = len(out) - len(squeezed) + 1  # rank of the broadcast index
     wanted = out[first:first + width]
-    index = index if index.shape == wanted else cx.emit("expand", [index], shape=wanted)
+    index = cx.expanded(index, wanted)
     return cx.emit("index_select", [x, index], axis=first)
 
 

@@ -21,7 +21,7 @@ import operator
 
 import torch
 
-from .torch_inplace import VIEW_OPS
+from .torch_inplace import VIEW_OPS, functional_name
 
 ATEN = torch.ops.aten
 
@@ -63,10 +63,8 @@ def _packet(node) -> str:
 
 def _functional(op):
     """`aten.copy_.default` -> `aten.copy.default` (None where the in-place op has no functional twin)."""
-    name = op._schema.name.split("::")[-1]
-    if not name.endswith("_") or name.startswith("_"):
-        return None
-    packet = getattr(ATEN, name[:-1], None)
+    name = functional_name(op._schema.name.split("::")[-1])
+    packet = getattr(ATEN, name, None) if name is not None else None
     return getattr(packet, op._overloadname, None) if packet is not None else None
 
 

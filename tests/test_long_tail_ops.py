@@ -395,3 +395,38 @@ def test_eye_and_broadcast_tensors_import_without_torchs_decompositions(monkeypa
     with torch.no_grad():
         np.testing.assert_allclose(np.asarray(cm(x.numpy())), model(x).numpy(), rtol=1e-5, atol=1e-6)
 
+
+
+class TensorSplit(nn.Module):
+    """torch.tensor_split at a symbolic position (Kimi-Linear's and Zamba2's prompt split since transformers 5.25:
+    at seq - kept, here with the last token kept and with none kept, whose empty part nothing reads) and into three
+    sections of a static dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 12)
+
+    def forward(self, ids):
+        h = self.proj(ids)  # [1, seq, 12]
+        seq = ids.shape[1]
+        head, last = torch.tensor_split(h, [seq - 1], dim=1)
+        whole, _ = torch.tensor_split(h, [seq], dim=1)
+        a, b, c = torch.tensor_split(h, 3, dim=-1)  # [1, seq, 4] each
+        return torch.cat([head, 2 * last], dim=1) + whole + torch.cat([a * b, c, -c], dim=-1)
+
+
+def test_tensor_split_imports_at_a_symbolic_position_without_torchs_decompositions(monkeypatch):
+    from torch.export import ExportedProgram
+
+    decomposed = []
+    real = ExportedProgram.run_decompositions
+    monkeypatch.setattr(ExportedProgram, "run_decompositions",
+                        lambda self, *a, **k: decomposed.append(1) or real(self, *a, **k))
+    torch.manual_seed(0)
+    model = TensorSplit().eval()
+    x = torch.tensor([[3, 1, 4, 1, 5]])
+    graph = import_torch(model, (x,))
+    assert not decomposed and graph.inputs[0].shape == (1, "seq")
+    for ids in (x, torch.tensor([[2, 7, 1, 8, 2, 8, 1]])):
+        with torch.no_grad():
+            np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], model(ids).numpy(), rtol=1e-5, atol=1e-6)
