@@ -120,7 +120,7 @@ def _select(cx, node, x, dim, index):  # select(x, d, i) -> reshape(slice(x, d, 
     return cx.emit("reshape", [part], shape=cx.out(node).shape)
 
 
-def _split(cx, node, x, *args, **kwargs):  # split(_with_sizes) / tensor_split / chunk / unbind -> slices (torch's sizes)
+def _split(cx, node, x, *args, **kwargs):  # split(_with_sizes) / tensor_split / chunk / unbind -> slices (torch sizes)
     unbind = node.target.overloadpacket is torch.ops.aten.unbind
     dim = (args if unbind else args[1:])[:1] or [kwargs.get("dim", 0)]
     axis, parts, start = positive_axis(dim[0], x.type.rank), [], 0
