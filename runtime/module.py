@@ -255,7 +255,7 @@ def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=N
     Every file is verified before use (see artifact.py). `expect_sha256`: the manifest digest the artifact must
     have (`cm.manifest_sha256` after a load, printed by `actsparse build`); `public_key`: an ed25519 public key
     (PEM path, bytes or key object) whose signature the artifact must carry."""
-    from ..targets import runs_here
+    from ..targets import why_not_here
 
     artifact = read_artifact(path, KINDS, expect_sha256, public_key)
     manifest, files = artifact.manifest, artifact.files
@@ -271,7 +271,8 @@ def load(path: str | os.PathLike, expect_sha256: str | None = None, public_key=N
             raise ArtifactError(f"n_outputs must be a positive integer, got {n_outputs!r}")
         report = Report.from_dict(manifest["report"])
         target = dict(manifest["target"])
-        target_info = {**target, "runs_here": runs_here(target)}
+        why_not = why_not_here(target)
+        target_info = {**target, "runs_here": not why_not, **({"run_hint": why_not} if why_not else {})}
         placement = manifest.get("placement") or {}
         if not isinstance(placement, dict) or not set(placement.values()) <= set(PLACES) \
                 or not set(placement) <= set(weight_order):

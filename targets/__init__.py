@@ -56,8 +56,12 @@ def get(spec: str | Target | dict) -> Target:
             from .arm import features_of, target
 
             base = target(features=features_of(spec.get("mattr")))  # the features its mattr enables
+        elif spec.get("kind") == "cuda":
+            base = REGISTRY["cuda"]()
         else:
-            base = REGISTRY["cuda" if spec.get("kind") == "cuda" else "x86"]()
+            from .x86 import for_cpu
+
+            return for_cpu(spec)  # the CPU it names (LLVM's features of it), not this host
         return Target(**{**base.__dict__, "tvm": dict(spec)})
     if spec not in REGISTRY:
         raise TargetError(f"unknown target {spec!r}; valid targets: {', '.join(names())}")
@@ -87,9 +91,25 @@ def profile(seconds_per_level: float = 0.4, rpc: str | None = None, key: str | N
 
 def runs_here(info: dict) -> bool:
     """Whether a module built for the target `info` (a `Target.to_dict()`, e.g. from an artifact's manifest)
-    runs on this machine: the registry rebuilds the target from its name with this machine's facts."""
+    runs on this machine: the registry rebuilds the target from its name with this machine's facts; an x86
+    module runs where this CPU has every feature it was built with (an AVX-512 build stops on an illegal
+    instruction on an AVX2 machine)."""
+    return not why_not_here(info)
+
+
+def why_not_here(info: dict) -> str:
+    """'' where a module built for the target `info` runs on this machine, else why not and the way out."""
     name = info.get("name")
-    return get(name).runs_here if name in REGISTRY else bool(info.get("runs_here", True))
+    if name == "x86":
+        from .x86 import missing_features
+
+        missing = missing_features(info.get("features", ()))
+        return (f"it uses {', '.join(missing)}, which this CPU lacks: rebuild it on this machine (target 'x86') or "
+                "run it on a CPU that has them") if missing else ""
+    if name in REGISTRY:
+        target = get(name)
+        return "" if target.runs_here else target.run_hint or "run it on a machine of that kind"
+    return "" if info.get("runs_here", True) else info.get("run_hint") or "run it on a machine of that kind"
 
 
-__all__ = ["MemoryLevel", "Target", "get", "names", "profile", "runs_here"]
+__all__ = ["MemoryLevel", "Target", "get", "names", "profile", "runs_here", "why_not_here"]

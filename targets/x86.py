@@ -4,6 +4,7 @@ so the LLVM CPU name, the vector width and the thread count are read here, never
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -11,14 +12,15 @@ from .base import Target
 from .memory import host_levels
 
 
-def _cpu_flags() -> set[str]:
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def cpu_model() -> str:
@@ -46,25 +48,55 @@ def _threads() -> int:
 CERTIFIED_GATE_FLAGS = ("avx512_vnni",)
 
 
+# the CPU features the kernels choose by, as /proc/cpuinfo names them, and LLVM's name of each
+ISA = {"avx512f": "avx512f", "avx512_fp16": "avx512fp16", "avx512_bf16": "avx512bf16", "avx512_vnni": "avx512vnni",
+       "avx_vnni": "avxvnni", "avx2": "avx2", "fma": "fma", "f16c": "f16c"}
+
+
 @lru_cache(maxsize=1)
 def host() -> Target:
     from tvm.target import codegen
 
+    return x86_target(_cpu_flags(), codegen.llvm_get_system_cpu(), _threads(), cpu_model())
+
+
+def for_cpu(spec: dict) -> Target:
+    """The target of a TVM target dict naming a CPU (`{"kind": "llvm", "mcpu": "haswell"}`): its vector width and
+    features are what LLVM says that CPU (and its `mattr`) has, not this host's, so an AVX2 build on an AVX-512 host
+    gets AVX2 kernels. It runs here when this host has every feature it uses."""
+    import tvm
+    from tvm.target import codegen
+
+    llvm = codegen.llvm_get_cpu_features(tvm.target.Target(dict(spec)))
+    flags = {flag for flag, name in ISA.items() if name in llvm}
+    threads = int(spec.get("num-cores", _threads()))
+    mcpu = str(spec.get("mcpu", "generic"))
+    target = x86_target(flags, mcpu, threads, f"LLVM's {mcpu}")
+    missing = missing_features(target.features)
+    return replace(target, tvm=dict(spec), runs_here=not missing,
+                   run_hint=f"it uses {', '.join(missing)}, which this CPU lacks: run it on such a CPU" if missing
+                   else "")
+
+
+def missing_features(features) -> tuple[str, ...]:
+    """The features of `features` this host's CPU lacks (a module using them would stop on an illegal instruction)."""
     flags = _cpu_flags()
-    mcpu = codegen.llvm_get_system_cpu()
+    return tuple(f for f in features if f not in flags) if flags else ()
+
+
+def x86_target(flags: set[str], mcpu: str, threads: int, model: str) -> Target:
+    """The x86 target of a CPU (`model`, for people) with these /proc/cpuinfo `flags` and LLVM name `mcpu`."""
     vector_bits = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
     # avx512_vnni / avx_vnni / avx2: the int8 dot the quantized kernels use (vpdpbusd; vpmaddubsw + vpmaddwd without
     # VNNI: codegen/schedules.py)
-    isa = [f for f in ("avx512f", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx2", "fma", "f16c")
-           if f in flags]
-    threads = _threads()
+    isa = [f for f in ISA if f in flags]
     return Target(
         name="x86",
         tvm={"kind": "llvm", "mcpu": mcpu, "num-cores": threads},
         vector_bits=vector_bits,
         threads=threads,
         memory=host_levels(NOMINAL_READ),   # sizes from /sys
-        description=f"{cpu_model()} ({mcpu}, {'/'.join(isa) or 'sse'}, {threads} threads)",
+        description=f"{model} ({mcpu}, {'/'.join(isa) or 'sse'}, {threads} threads)",
         features=tuple(isa),
         vector_registers=32 if vector_bits == 512 else 16,
         # exact mode's gate: "certified" (an int8 copy of W_gate and a per-neuron bound decide most inactive neurons,

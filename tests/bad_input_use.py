@@ -88,6 +88,18 @@ def not_runnable_here(ctx):
     raises(TargetError, "built for arm", actsparse.load(path), IDS)
 
 
+@case("inputs", "an x86 module built for a CPU feature this CPU lacks (an AVX-512 build copied to an AVX2 machine)",
+      "TargetError naming the feature, not an illegal instruction")
+def cpu_feature_missing_here(ctx):
+    from actsparse.errors import TargetError
+
+    path = ctx.copy()  # avx512_4fmaps: Xeon Phi only, on no CPU this runs on
+    edit_manifest(path, lambda m: m["target"].update(features=[*m["target"]["features"], "avx512_4fmaps"]))
+    module = actsparse.load(path)
+    assert not module.runnable
+    raises(TargetError, "avx512_4fmaps, which this CPU lacks", module, IDS)
+
+
 # -- compile options ---------------------------------------------------------------------------------------------
 def _compile(**kwargs):
     args = {"model": model_graph(), "example_inputs": (IDS,), **kwargs}

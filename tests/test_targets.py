@@ -26,6 +26,29 @@ def test_every_target_declares_its_memory_levels(name):
     assert t.to_dict()["memory"][0]["name"] == t.memory[0].name
 
 
+def test_a_target_naming_a_cpu_has_that_cpus_features_not_the_hosts():
+    """An x86 target built from a TVM dict naming a CPU takes LLVM's features of that CPU: an AVX2 build on an
+    AVX-512 host gets 256-bit AVX2 kernels (it had the host's 512-bit width and AVX-512 features, whose kernels an
+    AVX2 CPU cannot run), and it runs here only where this CPU has all of them."""
+    from actsparse.targets.x86 import missing_features
+
+    haswell = targets.get({"kind": "llvm", "mcpu": "haswell"})
+    assert haswell.vector_bits == 256 and set(haswell.features) == {"avx2", "fma", "f16c"}
+    assert haswell.tvm["mcpu"] == "haswell" and haswell.exact_gate == "dense"
+    spr = targets.get({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 4})
+    assert spr.vector_bits == 512 and {"avx512f", "avx512_vnni", "avx2"} <= set(spr.features) and spr.threads == 4
+    assert spr.runs_here == (not missing_features(spr.features)) and spr.runs_here == targets.runs_here(spr.to_dict())
+    if not spr.runs_here:
+        assert "which this CPU lacks" in spr.run_hint
+    narrowed = targets.get({"kind": "llvm", "mcpu": "sapphirerapids", "mattr": ["-avx512f"]})
+    assert narrowed.vector_bits == 256 and not any(f.startswith("avx512") for f in narrowed.features)
+    generic = targets.get({"kind": "llvm"})
+    assert generic.vector_bits == 128 and generic.features == () and generic.runs_here
+    host = targets.get("x86")
+    assert targets.runs_here(host.to_dict()) and not missing_features(host.features)
+    assert not targets.runs_here({**host.to_dict(), "features": [*host.features, "avx512_4fmaps"]})
+
+
 def test_profile_measures_the_host():
     # no wall-clock bound here: a test worker beside it makes any time limit a flaky speed claim
     host = targets.profile(seconds_per_level=0.1)
