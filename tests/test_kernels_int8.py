@@ -171,14 +171,17 @@ def test_each_layout_takes_the_first_row_dot_family_of_the_table_that_serves_it(
     assert name("q4_0", plain) is None and name("float16", avx2) is None
 
 
-def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_block():
-    """The q8_0 row-dot loops on AVX512-VNNI. indexed (gathered rows, `CpuSchedule.paired_q8`): per row and pair of
-    groups one code load and insert, one xor and one vpdpbusd (the 128 * sum(x̂) is in x's side), no 128 * sum(code)
-    correction (vpsubd): at most 70 instructions per 8 rows and group (session 13: 77). dense (streamed rows: paired
-    it was 1.03-1.04x slower, session 15) keeps 4 rows per dot and the correction, its code the same whether or not
-    the schedule pairs any kernel. Both prefetch the next step's rows at every 34-byte block, unconditionally (no jump
-    before the prefetches): session 13's once-per-line form for gathered rows was 1.04-1.08x the time of indexed q8_0
-    at 2 threads from DRAM (BENCHMARKS.md session 15)."""
+def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_line():
+    """The q8_0 row-dot loops on AVX512-VNNI over split rows (a row's 32-byte groups, then its fp16 scales).
+    indexed (gathered rows, `CpuSchedule.paired_q8`): per row and pair of groups one 64-byte code load (folded into
+    the xor 0x80), one vpdpbusd (the 128 * sum(x̂) is in x's side), the two scales in one 4-byte load and one vpermw,
+    no 128 * sum(code) correction (vpsubd) and no row assembly: 153 instructions per 8 rows and pair. dense (streamed
+    rows: paired it was 1.03-1.04x slower, session 15) keeps 4 rows per dot and the correction, its code the same
+    whether or not the schedule pairs any kernel. Both prefetch each of the next step's rows once per 64-byte line;
+    the paired loop unconditionally (no jump before the prefetches: session 13's conditional once-per-line form for
+    gathered rows was 1.04-1.08x the time of indexed q8_0 at 2 threads from DRAM, BENCHMARKS.md session 15). Run on
+    AVX512-VNNI hosts only (compiled for Sapphire Rapids with the host's schedule); session 28 found it stale after
+    session 22's split rows, on the first such host since."""
     import tvm
 
     from actsparse.codegen.kernels import kernel
@@ -197,13 +200,17 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_bloc
         assert loops, f"{kind}: no prefetching row-dot loop"
         for body in loops:
             if paired:
-                assert body.count("vpdpbusd") == sched.rows and body.count("vinserti64x4") == sched.rows, body
-                assert "vpsubd" not in body and len(body) <= 2 * 70, (len(body), body)
+                # a split row's two groups are one 64-byte load (folded into the xor), their two scales one 4-byte
+                # load and one vpermw (two vpbroadcastw, an insert and a vpshufb took 173 instructions, not 153)
+                assert body.count("vpdpbusd") == body.count("vpxorq") == body.count("vpermw") == sched.rows, body
+                assert not any(op.startswith("vinserti") for op in body), body
+                assert "vpsubd" not in body and len(body) <= 160, (len(body), body)
             else:  # x̂ + 128 against 4 rows' codes, minus 128 * sum(code)
                 assert "vpsubd" in body and body.count("vinserti64x4") == sched.rows // 2, body
-            first_pf = body.index("prefetcht1")
-            assert not any(op.startswith("j") for op in body[:first_pf]), (kind, body)
-            assert body.count("prefetcht1") == (2 if paired else 1) * sched.rows, (kind, body)
+            assert body.count("prefetcht1") == sched.rows, (kind, body)  # a row's 64 code bytes: one line each
+            if paired:  # two groups per iteration: every iteration's line (dense: every other group's)
+                first_pf = body.index("prefetcht1")
+                assert not any(op.startswith("j") for op in body[:first_pf]), (kind, body)
     dense, unpaired = asm_of("dense", sched), asm_of("dense", replace(sched, paired_q8=()))
     assert innermost_loops(dense) == innermost_loops(unpaired)
 

@@ -101,6 +101,12 @@ def paired_dots(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store
         return T.bitwise_xor(Shuffle(first, list(range(VB))), T.Broadcast(T.uint8(128), VB))
 
     def scales(wf, ro_r, c, both: bool):
+        """float32 x 16: lanes 0-7 the scale of group 2c, 8-15 of 2c + 1 (both: the two adjacent fp16 of a split row
+        in one 4-byte load, not two broadcasts and an insert; else 2c's, then 0)."""
+        if both:
+            raw = wf[T.ramp(ro_r + T.Cast("int64", lay.scale_byte(2 * c, lay.stored_groups(d))), T.int64(1), 4)]
+            pair = T.reinterpret("float16x2", raw)  # (a Shuffle takes no more indices than its inputs' lanes)
+            return T.Cast(fvec, Shuffle([pair] * (L // 2), [v // 8 for v in range(L)]))
         halves = [scale(lay, wf, ro_r, 2 * c + k, widen=False, stored=lay.stored_groups(d)) if k == 0 or both
                   else T.float16(0) for k in range(2)]
         return T.Cast(fvec, Shuffle([T.Broadcast(h, 8) for h in halves], list(range(L))))
