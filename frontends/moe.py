@@ -20,8 +20,9 @@ A module is recognised by its shape, not its class: 3-D `down_proj` and `gate_up
 a gate) parameters, and the flags transformers' `use_experts_implementation` sets (`has_gate`, `has_bias`,
 `is_transposed`) or, undecorated, the experts interface itself (a `forward(hidden_states, top_k_index,
 top_k_weights)` and an `act_fn`; the flags' defaults then hold). Its own `_apply_gate` / `act_fn` /
-`post_expert_norm` are called, so custom gating is kept. Expert ids past the last expert's weights, up to its
-`total_experts`, are identity experts (LongCat-Flash's "zero" experts): one term, x times their summed weights.
+`post_expert_norm` are called, so custom gating is kept (a norm that takes expert ids, Ergo's, gets expert e's).
+Expert ids past the last expert's weights, up to its `total_experts`, are identity experts (LongCat-Flash's "zero"
+experts): one term, x times their summed weights.
 
 Other layouts are entries of one table (`LAYOUTS`: recogniser, methods replaced): DBRX keeps each projection of
 all experts in one [E·n, d] matrix and loops over the experts hit (`nonzero`); expert e is rows e·n .. (e+1)·n.
@@ -76,13 +77,24 @@ def per_expert_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Ten
                      getattr(self, f"{first}_bias")[e] if has_bias else None)
         h = _gate(self, h) if has_gate else self.act_fn(h)
         y = _project(self, h, self.down_proj[e], self.down_proj_bias[e] if has_bias else None)
-        if getattr(self, "has_post_expert_norm", False):
-            y = self.post_expert_norm(y)
+        y = _post_expert_norm(self, y, e)
         out = y * weight.to(y.dtype) if out is None else out + y * weight.to(y.dtype)
     if getattr(self, "total_experts", experts) > experts:  # identity experts: one term, x times their weights' sum
         weight = (top_k_weights * (top_k_index >= experts).to(top_k_weights.dtype)).sum(-1, keepdim=True)
         out = out + hidden_states * weight.to(hidden_states.dtype)
     return out.to(hidden_states.dtype)
+
+
+def _post_expert_norm(self, y: torch.Tensor, e: int) -> torch.Tensor:
+    """Expert e's own norm of its output where the module has one: flagged by `has_post_expert_norm` (MuseSpark:
+    `norm(y)`), or one that takes the expert ids (Ergo's learned scale per expert, `norm(y, ids)`, applied by the
+    subclass's forward this one replaces)."""
+    norm = getattr(self, "post_expert_norm", None)
+    if norm is None:
+        return y
+    if len(inspect.signature(norm.forward).parameters) >= 2:
+        return norm(y, torch.full(y.shape[:-1], e, dtype=torch.long, device=y.device))
+    return norm(y) if getattr(self, "has_post_expert_norm", False) else y
 
 
 def _expert_weight(weights: torch.Tensor, top_k_weights: torch.Tensor, top_k_index: torch.Tensor, e: int):

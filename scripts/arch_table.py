@@ -171,8 +171,11 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {clean_message(str(err))}"
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours (torch.onnx's step banners)
+
+
 def clean_message(message: str, limit: int | None = 240) -> str:
-    text = message.strip().splitlines()
+    text = _ANSI.sub("", message).strip().splitlines()
     return _EVAL.sub("<generated>", _PATH.sub(r"\1", text[0] if text else ""))[:limit]
 
 

@@ -84,7 +84,15 @@ CHECKPOINT_VALUES = {
     "deepseek_v4": {"index_topk": 2},
     "qwen4_exp_text": QSA_INDEXER,
     "qwen4_exp": {"text_config": QSA_INDEXER},
+    # Kolibri-1.1: no released checkpoint in transformers' tests; the default's per-layer lists (K/V sources, indexer
+    # layers) are for its 50 layers, so a tiny one sets them for two: a sliding layer, then an indexed one
+    "kolibri1_1": {"num_hidden_layers": 2, "layer_types": ["sliding_attention", "indexed_attention"],
+                   "index_layers": [1], "kv_source_layers": [0, 1], "mlp_only_layers": [0], "index_num_heads": 1,
+                   "index_topk": 4, "index_pool_size": 16, "index_compression": 4, "sliding_window": 4},
 }
+# sizes a config validates a lower bound of, kept after the shrinking: Kolibri-1.1 rounds keys and values to NVFP4
+# in blocks of 16 (head_dim a multiple of 16)
+UNSHRUNK = {"kolibri1_1": {"head_dim": 16}}
 # layers a tiny config keeps of each kind where one is not enough: Zamba ties one shared attention block across
 # its hybrid layers, and transformers' tying fails when a single hybrid layer is left to tie
 PER_KIND = {"zamba": 2}
@@ -108,6 +116,7 @@ def tiny_config(arch: str):
     values = _shrink(values, PER_KIND.get(arch, 1))
     if arch in WIDTHS:
         values.update({k: WIDTHS[arch] for k, v in SIZES.items() if v == WIDTH and k in values})
+    values.update(UNSHRUNK.get(arch, {}))
     config = CONFIG_MAPPING[arch](**values)
     for key, value in values.items():  # keys __init__ ignores or recomputes from the originals
         if key in SIZES and _int(_attr(config, key)) is not None and _attr(config, key) > value:

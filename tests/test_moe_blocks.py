@@ -10,6 +10,7 @@ rewritten graph equal to torch (interpreter, fp32, rtol 1e-4).
 - Cohere-2-MoE: Cohere's parallel block (attention and MLP both read one norm of x) with routed experts. Routed.
 - LongCat-Flash style: experts with transformers' interface but not its decorator, and identity ("zero") experts
   past the last expert's weights (frontends/moe.py).
+- Ergo: relu² experts, each followed by its own expert's norm. Kept all-experts (plain MLPs: no routed kernel).
 """
 
 from __future__ import annotations
@@ -153,3 +154,13 @@ def test_undecorated_experts_with_identity_experts_import_per_expert():
     np.testing.assert_allclose(evaluate(graph, [x.numpy()])[0], want, rtol=1e-4, atol=1e-5)
     run = run_pipeline(graph, pipeline_for("auto"))
     assert run.stats["detect-gated-mlp"]["moe-expert"] == 3
+
+
+def test_ergo_experts_keep_the_norm_of_their_own_expert():
+    """Ergo (transformers 5.25): relu² experts without a gate whose subclass's forward gives each route its own row
+    and scales it by its expert's learned RMSNorm weight (`post_expert_norm(y, expert_ids)`) before the weighted
+    sum. The per-expert form applies expert e's norm to expert e's output; without it the logits were off by 0.46
+    of the largest. Every expert, the shared one and the dense layer's MLP are exact relu² blocks."""
+    run, _ = _auto(build_tiny("ergo"))  # interpreter == torch
+    assert run.stats["canonicalize"]["expert-weight"] == 2 * 4  # up and down of each of the 4 experts
+    assert run.stats["sparsify-exact"] == {"relu2-mlp": 4 + 1 + 1}
