@@ -8,7 +8,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from .cli_decoding import chat_command, count, decoder_arguments, generate_command
+from .cli_decoding import TARGET_HELP, chat_command, count, decoder_arguments, generate_command
 from .errors import ActsparseError
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("build", help="compile a model to a deployable artifact directory")
     build.add_argument("spec", help="Hugging Face model folder | file.gguf (both build a decoder with a KV cache) | "
                        "module:factory (returns a model or (model, example_inputs)) | file.onnx | file.mlir")
-    build.add_argument("-t", "--target", default="x86")
+    build.add_argument("-t", "--target", default="x86", help=TARGET_HELP)
     build.add_argument("-m", "--mode", default="auto")
     build.add_argument("-o", "--out", required=True, help="artifact directory to write")
     build.add_argument("--seq", type=count, default=16, help="example sequence length when the factory gives none")

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from .errors import ActsparseError
 
+TARGET_HELP = ("x86 (this machine's CPU; the default), x86:<cpu> (another x86 CPU LLVM knows: x86:x86-64-v3 runs on "
+               "any AVX2 machine, x86:x86-64-v4 on any AVX-512 one), arm, arm-fhm, arm-dotprod, cuda")
+
 
 def count(text: str) -> int:
     """An integer option that must be >= 1."""
@@ -28,7 +31,7 @@ def decoder_arguments(parser) -> None:
     parser.add_argument("--system", help="a system message before the user's (generate: with --chat)")
     parser.add_argument("-n", "--tokens", type=count, help="new tokens to generate at most (default: the "
                         "model's generation_config max_new_tokens, or max_length minus the prompt, else 32)")
-    parser.add_argument("-t", "--target", default="x86", help="when compiling a model folder or GGUF")
+    parser.add_argument("-t", "--target", default="x86", help=f"when compiling a model folder or GGUF: {TARGET_HELP}")
     parser.add_argument("-m", "--mode", default="auto", help="when compiling a model folder or GGUF")
     parser.add_argument("--max-seq", type=count, help="when compiling: KV-cache slots")
     _generation_arguments(parser)

@@ -1,5 +1,6 @@
-"""Targets as data, one file each. `get()` accepts a name, a Target, or a TVM target dict; `profile()` measures the
-host's memory hierarchy."""
+"""Targets as data, one file each. `get()` accepts a name (`x86`: this host; `x86:<cpu>`: an x86 CPU LLVM knows,
+e.g. `x86:x86-64-v3` for any AVX2 machine), a Target, or a TVM target dict; `profile()` measures the host's memory
+hierarchy."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ REGISTRY: dict[str, Callable[[], Target]] = {"x86": _x86, "cuda": _cuda, "arm": 
                                              "arm-dotprod": _arm_dotprod}
 
 
+CPU_PREFIX = "x86:"  # a target name naming an x86 CPU: "x86:haswell", "x86:x86-64-v3"
+
+
 def names() -> list[str]:
     return list(REGISTRY)
 
@@ -63,8 +67,13 @@ def get(spec: str | Target | dict) -> Target:
 
             return for_cpu(spec)  # the CPU it names (LLVM's features of it), not this host
         return Target(**{**base.__dict__, "tvm": dict(spec)})
+    if spec.startswith(CPU_PREFIX):  # "x86:x86-64-v3": built for that CPU (and the ones that have its features)
+        from .x86 import for_cpu
+
+        return for_cpu({"kind": "llvm", "mcpu": spec[len(CPU_PREFIX):]})
     if spec not in REGISTRY:
-        raise TargetError(f"unknown target {spec!r}; valid targets: {', '.join(names())}")
+        raise TargetError(f"unknown target {spec!r}; valid targets: {', '.join(names())}, or x86:<cpu> for another "
+                          "x86 CPU than this one (x86:x86-64-v3: any AVX2 CPU)")
     return REGISTRY[spec]()
 
 

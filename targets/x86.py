@@ -8,6 +8,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import TargetError
 from .base import Target
 from .memory import host_levels
 
@@ -67,6 +68,10 @@ def for_cpu(spec: dict) -> Target:
     import tvm
     from tvm.target import codegen
 
+    known = codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm"}))  # before TVM logs its own error
+    if "mcpu" in spec and spec["mcpu"] not in known:
+        raise TargetError(f"unknown x86 CPU {spec['mcpu']!r}; use one LLVM knows: x86-64-v3 (any AVX2 CPU), "
+                          "x86-64-v4 (any AVX-512 CPU), or a name such as haswell, sapphirerapids, znver3, znver4")
     llvm = codegen.llvm_get_cpu_features(tvm.target.Target(dict(spec)))
     flags = {flag for flag, name in ISA.items() if name in llvm}
     threads = int(spec.get("num-cores", _threads()))

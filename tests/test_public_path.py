@@ -140,3 +140,29 @@ def test_compile_shows_its_progress(monkeypatch, capfd):
     monkeypatch.setenv("ACTSPARSE_PROGRESS", "0")
     actsparse.compile(gated_mlp_graph(), (mlp_input(),), mode="exact")
     assert "sparsify-exact" not in capfd.readouterr().err
+
+
+def test_a_build_for_another_x86_cpu_holds_only_that_cpus_instructions(tmp_path):
+    """`target="x86:x86-64-v3"` builds for any AVX2 machine whatever this host has (an AVX-512 host's own build
+    stops on an AVX2 one): no 512-bit register in its library, outputs equal to torch, and the artifact records
+    the features it needs (which `load` checks against the CPU it runs on)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("objdump") is None:
+        pytest.skip("needs binutils' objdump to read the library's instructions")
+    model, ids = _tiny(), _ids()
+    cm = actsparse.compile(model, (ids,), target="x86:x86-64-v3", mode="exact")
+    assert cm.target_info["vector_bits"] == 256 and set(cm.target_info["features"]) == {"avx2", "fma", "f16c"}
+    with torch.no_grad():
+        np.testing.assert_allclose(cm(ids).numpy(), model(ids).numpy(), rtol=1e-4, atol=1e-5)
+    cm.save(tmp_path / "avx2")
+    library = next((tmp_path / "avx2").glob("*.so"))
+    code = subprocess.run(["objdump", "-d", str(library)], capture_output=True, text=True, check=True).stdout
+    assert "vfmadd" in code and "%ymm" in code and "%zmm" not in code
+    loaded = actsparse.load(tmp_path / "avx2")
+    assert loaded.target_info["features"] == ["avx2", "fma", "f16c"] and loaded.runnable
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded(ids).numpy(), model(ids).numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(actsparse.errors.TargetError, match="unknown x86 CPU 'pentium9'"):
+        actsparse.compile(model, (ids,), target="x86:pentium9")
