@@ -12,7 +12,10 @@ Matches, by what it computes (after detection and the sparsify passes), a sum wi
 
 (either operand order of each mul / eq; casts of R_e or of the mask are looked through). This is the form
 frontends/moe.py exports transformers' MoE layers in, and the one a hand-written "weight each expert by its
-routing weight" module has. Why it is the same value: I comes from a top-k over E scores, so every index lies in
+routing weight" module has. An exact block whose gate / up biases sparsify-exact folded into its weights
+(homogeneous coordinates: a plain relu / relu² MLP, Nemotron-H's experts) is B_e = slice(sparse_gated_mlp(
+concat(x, 1), ...), 0:d); those experts route on concat(x, 1), the routed output sliced back to d
+(`routed-augmented`). Why it is the same value: I comes from a top-k over E scores, so every index lies in
 [0, E), and the terms cover every e exactly once; then Σ_e B_e(x)·R_e = Σ_j V[:, j]·B_{I[:, j]}(x), which is what
 `routed_moe` computes (wherever the experts' outputs are finite: the sum multiplies an unchosen expert by 0).
 
@@ -21,11 +24,11 @@ transposed [E·n, d_out]; a fused gate_up is split). Only blocks of one kind rou
 (mode dense) or all `sparse_gated_mlp{mode=exact}` (mode exact), same activations, width and d_out = d. Biased
 experts (gpt-oss: gate and up biases inside the block, a down bias added after it) route in mode dense with their
 biases stacked the same way (`bias=True`; an expert without one of them gets zeros); other sparse variants
-(threshold, predictor, input), exact experts with a bias and a mix stay in the all-experts form, and the pass says
+(threshold, predictor, input), exact experts with a down bias and a mix stay in the all-experts form, and the pass says
 so in its statistics (`kept-all-experts`) and a note that names the cause.
 
 Statistics: `routed-moe` (layers rewritten), `routed-experts` (experts in them), `routed-biased` (biased layers
-among them), `kept-all-experts`.
+among them), `routed-augmented` (layers of experts in homogeneous coordinates), `kept-all-experts`.
 """
 
 from __future__ import annotations
@@ -85,12 +88,34 @@ def _term(node: Node) -> tuple[Node, Node, Node, int] | None:
     if node.op != "mul":
         return None
     for block, r in (node.inputs, node.inputs[::-1]):
-        block = _unbiased(block)
+        block = _augmented(block) or _unbiased(block)
         if block.op in BLOCKS:
             routing = _routing(r)
             if routing is not None:
                 return block, *routing
     return None
+
+
+def _augmented(node: Node) -> Node | None:
+    """The exact block of slice(sparse_gated_mlp{exact}(concat(x, 1), ...), last axis, 0:d): biases folded into its
+    weights in homogeneous coordinates (sparsify-exact; a plain relu / relu² MLP is one: up rows [0 | 1]). Its
+    experts route as they are, on concat(x, 1), and the routed output is sliced back."""
+    if node.op != "slice" or node.attrs.get("start", 0) != 0 or node.attrs.get("step", 1) != 1:
+        return None
+    block = node.inputs[0]
+    if block.op != "sparse_gated_mlp" or block.attrs.get("mode") != "exact" or block.inputs[0].op != "concat":
+        return None
+    x, ones = block.inputs[0].inputs
+    wide = block.inputs[0].type.rank - 1
+    if node.attrs["axis"] % node.type.rank != wide or node.attrs["end"] != x.shape[-1] or ones.shape[-1] != 1:
+        return None
+    return block
+
+
+def _input(block: Node) -> Node:
+    """What an expert reads: its block's input, x of an augmented block's concat(x, 1) (one per expert)."""
+    x = block.inputs[0]
+    return x.inputs[0] if x.op == "concat" and block.op == "sparse_gated_mlp" else x
 
 
 def _unbiased(node: Node) -> Node:
@@ -104,8 +129,10 @@ def _unbiased(node: Node) -> Node:
 
 def _down_bias(leaf: Node) -> Node | None:
     """The down-bias weight added after the block of term `leaf`, if any."""
-    block = next(i for i in leaf.inputs if _unbiased(i).op in BLOCKS)
-    return None if block.op in BLOCKS else next(i for i in block.inputs if i.op == "weight")
+    block = next(i for i in leaf.inputs if (_augmented(i) or _unbiased(i)).op in BLOCKS)
+    if block.op in BLOCKS or _augmented(block) is not None:
+        return None
+    return next(i for i in block.inputs if i.op == "weight")
 
 
 def _biased(leaf: Node) -> bool:
@@ -139,7 +166,7 @@ def _match(node: Node) -> dict | None:
         term = _term(leaf)
         if term is not None:
             block, v, index, e = term
-            groups.setdefault((id(block.inputs[0]), id(v), id(index)), {}).setdefault(e, leaf)
+            groups.setdefault((id(_input(block)), id(v), id(index)), {}).setdefault(e, leaf)
     for terms in groups.values():
         block, v, index, _ = _term(next(iter(terms.values())))
         experts = _experts(index)
@@ -218,7 +245,11 @@ def _build(node: Node, b: dict) -> Node:
     record("routed-experts", b["experts"])
     if b["biased"]:
         record("routed-biased")
-    out = routed
+    out = routed if _input(blocks[0]) is x else Node(  # augmented experts: their extra column (always 0) cut off
+        "slice", (routed,), {"axis": x.type.rank - 1, "start": 0, "end": x.shape[-1] - 1, "step": 1},
+        TensorType((*x.shape[:-1], x.shape[-1] - 1), x.dtype), loc)
+    if out is not routed:
+        record("routed-augmented")
     for other in b["others"]:
         out = Node("add", (out, other), {}, op_def("add").infer([out.type, other.type], {}), node.loc)
     return out

@@ -27,7 +27,7 @@ SIZES = {
                      "d_ff", "ffn_inner_hidden_size", "dense_intermediate_size"], FF),
     **dict.fromkeys(["moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size",
                      "moe_ffn_hidden_size", "intermediate_size_mlp", "ffn_hidden_size_moe",
-                     "shared_intermediate_size"], FF // 2),
+                     "shared_intermediate_size", "moe_shared_expert_intermediate_size"], FF // 2),
     **dict.fromkeys(["num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers",
                      "decoder_layers", "num_blocks"], LAYERS),
     **dict.fromkeys(["num_attention_heads", "n_head", "n_heads", "num_heads", "decoder_attention_heads"], HEADS),

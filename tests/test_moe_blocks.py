@@ -164,3 +164,29 @@ def test_ergo_experts_keep_the_norm_of_their_own_expert():
     run, _ = _auto(build_tiny("ergo"))  # interpreter == torch
     assert run.stats["canonicalize"]["expert-weight"] == 2 * 4  # up and down of each of the 4 experts
     assert run.stats["sparsify-exact"] == {"relu2-mlp": 4 + 1 + 1}
+
+
+def test_nemotron_h_relu2_experts_without_a_gate_run_routed_and_exact():
+    """Nemotron-H's MoE: relu² experts without a gate (plain MLPs, their up factor the constant 1 in homogeneous
+    coordinates: sparsify-exact). They route as they are, on concat(x, 1), the extra output column cut off: each
+    token runs its top-k experts only, and of those only the active neurons' down rows (expert x neuron sparsity).
+    The exact decoder (prefill and steps through the routed kernel) generates as transformers does."""
+    import transformers
+
+    import actsparse
+
+    model = build_tiny("nemotron_h")
+    run, _ = _auto(model)
+    assert run.stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4, "routed-augmented": 1}
+    routed = [n for n in run.graph.nodes if n.op == "routed_moe"]
+    assert [(n.attrs["mode"], n.attrs["gate_act"], n.attrs["up_act"]) for n in routed] == [("exact", "relu2",
+                                                                                           "identity")]
+    assert routed[0].inputs[0].op == "concat" and run.graph.count("sparse_gated_mlp") == 2  # shared + dense layer
+    ids = torch.randint(0, 100, (1, 7), generator=torch.Generator().manual_seed(0))
+    model.generation_config = transformers.GenerationConfig(max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                                            pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids))
+    lm = actsparse.compile(model, mode="exact", max_seq=20)
+    assert lm.report.pass_stats["route-moe"]["routed-augmented"] == 1
+    assert torch.equal(lm.generate(ids, 8), expected)
