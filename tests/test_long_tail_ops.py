@@ -375,18 +375,25 @@ class EyeBroadcast(nn.Module):
         return mixed[None] + a * b + (h @ torch.eye(8, 3)).sum(-1, keepdim=True)
 
 
-def test_eye_and_broadcast_tensors_import_without_torchs_decompositions(monkeypatch):
+def _imported_as_mapped(monkeypatch, model, x):
+    """`model` imported on `x` with a symbolic length and without torch's whole-program decompositions (every op
+    it holds is in the aten table)."""
     from torch.export import ExportedProgram
 
     decomposed = []
     real = ExportedProgram.run_decompositions
     monkeypatch.setattr(ExportedProgram, "run_decompositions",
                         lambda self, *a, **k: decomposed.append(1) or real(self, *a, **k))
+    graph = import_torch(model, (x,))
+    assert not decomposed and graph.inputs[0].shape == (1, "seq")
+    return graph
+
+
+def test_eye_and_broadcast_tensors_import_without_torchs_decompositions(monkeypatch):
     torch.manual_seed(0)
     model = EyeBroadcast().eval()
     x = torch.tensor([[3, 1, 4, 1, 5]])
-    graph = import_torch(model, (x,))
-    assert not decomposed and graph.inputs[0].shape == (1, "seq")
+    graph = _imported_as_mapped(monkeypatch, model, x)
     assert sum(n.op == "arange" for n in graph.nodes) >= 2 and any(n.op == "expand" for n in graph.nodes)
     for ids in (x, torch.tensor([[2, 7, 1, 8, 2, 8, 1]])):
         with torch.no_grad():
@@ -416,17 +423,10 @@ class TensorSplit(nn.Module):
 
 
 def test_tensor_split_imports_at_a_symbolic_position_without_torchs_decompositions(monkeypatch):
-    from torch.export import ExportedProgram
-
-    decomposed = []
-    real = ExportedProgram.run_decompositions
-    monkeypatch.setattr(ExportedProgram, "run_decompositions",
-                        lambda self, *a, **k: decomposed.append(1) or real(self, *a, **k))
     torch.manual_seed(0)
     model = TensorSplit().eval()
     x = torch.tensor([[3, 1, 4, 1, 5]])
-    graph = import_torch(model, (x,))
-    assert not decomposed and graph.inputs[0].shape == (1, "seq")
+    graph = _imported_as_mapped(monkeypatch, model, x)
     for ids in (x, torch.tensor([[2, 7, 1, 8, 2, 8, 1]])):
         with torch.no_grad():
             np.testing.assert_allclose(evaluate(graph, [ids.numpy()])[0], model(ids).numpy(), rtol=1e-5, atol=1e-6)
