@@ -175,7 +175,7 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_line
     """The q8_0 row-dot loops on AVX512-VNNI over split rows (a row's 32-byte groups, then its fp16 scales).
     indexed (gathered rows, `CpuSchedule.paired_q8`): per row and pair of groups one 64-byte code load (folded into
     the xor 0x80), one vpdpbusd (the 128 * sum(x̂) is in x's side), the two scales in one 4-byte load and one vpermw,
-    no 128 * sum(code) correction (vpsubd) and no row assembly: 153 instructions per 8 rows and pair. dense (streamed
+    no 128 * sum(code) correction (vpsubd) and no row assembly, 4 rows per pass: 57 instructions. dense (streamed
     rows: paired it was 1.03-1.04x slower, session 15) keeps 4 rows per dot and the correction, its code the same
     whether or not the schedule pairs any kernel. Both prefetch each of the next step's rows once per 64-byte line;
     the paired loop unconditionally (no jump before the prefetches: session 13's conditional once-per-line form for
@@ -185,6 +185,7 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_line
     import tvm
 
     from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.kernels.quant_split8 import ROWS_PER_LOOP
 
     sched = replace(host_sched("vpdpbusd512"), int8_axpy=False)
     spr = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids"})  # compiled only: any host
@@ -200,14 +201,17 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_line
         assert loops, f"{kind}: no prefetching row-dot loop"
         for body in loops:
             if paired:
-                # a split row's two groups are one 64-byte load (folded into the xor), their two scales one 4-byte
-                # load and one vpermw (two vpbroadcastw, an insert and a vpshufb took 173 instructions, not 153)
-                assert body.count("vpdpbusd") == body.count("vpxorq") == body.count("vpermw") == sched.rows, body
-                assert not any(op.startswith("vinserti") for op in body), body
-                assert "vpsubd" not in body and len(body) <= 160, (len(body), body)
+                # 4 rows per pass (ROWS_PER_LOOP: 8 rows' pointers and their next step's spilled, 153 instructions
+                # per 8 rows, 2 x 57 now); a split row's two groups one 64-byte load (folded into the xor), their two
+                # scales one 4-byte load and one vpermw (two vpbroadcastw, an insert and a vpshufb: 173 per 8 rows)
+                rows = ROWS_PER_LOOP
+                assert body.count("vpdpbusd") == body.count("vpxorq") == body.count("vpermw") == rows, body
+                assert not any(op.startswith("vinserti") for op in body) and "movq" not in body, body
+                assert "vpsubd" not in body and len(body) <= 60, (len(body), body)
             else:  # x̂ + 128 against 4 rows' codes, minus 128 * sum(code)
+                rows = sched.rows
                 assert "vpsubd" in body and body.count("vinserti64x4") == sched.rows // 2, body
-            assert body.count("prefetcht1") == sched.rows, (kind, body)  # a row's 64 code bytes: one line each
+            assert body.count("prefetcht1") == rows, (kind, body)  # a row's 64 code bytes: one line each
             if paired:  # two groups per iteration: every iteration's line (dense: every other group's)
                 first_pf = body.index("prefetcht1")
                 assert not any(op.startswith("j") for op in body[:first_pf]), (kind, body)

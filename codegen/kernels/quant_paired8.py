@@ -20,6 +20,7 @@ from ...ir.quant import GROUP, LAYOUTS, QuantLayout
 from .int8_dots import INT8_DOTS
 from .quant_blocks import group_prefetch_macro, scale
 from .quant_int8 import quantized_x_groups, row_dots_frame, x_blocks
+from .quant_split8 import ROWS_PER_LOOP
 from .rows import per_token, row_sums_macro
 from .schedule import CpuSchedule
 
@@ -74,7 +75,10 @@ def paired_dots(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store
 
     codes xor 0x80 = code + 128 as the u8 operand; init (-128 * sum(x̂) in lanes 0 and 8) takes the 128 * sum(x̂)
     back. One dot per row and two groups instead of four per four rows and group, and no row shuffles: per 8 rows
-    and group 77 -> 67 instructions. A row's odd last group: its half of the vector zero."""
+    and group 77 -> 67 instructions (session 15's block rows). On split rows the pair's two scales are one 4-byte load
+    and a vpermw, and a pass takes `ROWS_PER_LOOP` (4) rows, as quant_split8's quad loop: 8 rows' pointers and their
+    next step's spilled (8 rows and pair 173 -> 153 -> 2 x 57 instructions; indexed q8_0 0.93-0.97x the time, session
+    28). A row's odd last group: its half of the vector zero."""
     lay = LAYOUTS[dtype]
     ins = INT8_DOTS[sched.int8_dot]
     xl = x_blocks(d, sched)
@@ -83,7 +87,9 @@ def paired_dots(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store
     prefetch = sched.prefetch if prefetch is None else bool(prefetch)
     store = store or (lambda v: v)
     row_bytes = lay.row_bytes(d)
-    pf_group, pf_scales = group_prefetch_macro(lay, lay.stored_groups(d), R)
+    RB = ROWS_PER_LOOP if R % ROWS_PER_LOOP == 0 else R  # rows per pass of the pair loop
+    pf_group = group_prefetch_macro(lay, lay.stored_groups(d), RB)[0]
+    pf_scales = group_prefetch_macro(lay, lay.stored_groups(d), R)[1]
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     row_sums = row_sums_macro(R, L, store)
 
@@ -119,12 +125,14 @@ def paired_dots(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
         if prefetch:  # the next step's scales, all at once
             pf_scales(wf, ro, R, 0, G)
-        for c in range(pairs):
-            if prefetch:  # the next step's rows, one prefetch per row and block
-                pf_group(wf, ro, R, 2 * c)
-                pf_group(wf, ro, R, 2 * c + 1)
-            for r in T.unroll(R):
-                acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + pair_sum(wf, xb, m, ro[r], c)
+        for b in T.unroll(R // RB):  # RB rows at a time (`ROWS_PER_LOOP`)
+            for c in range(pairs):
+                if prefetch:  # the next step's rows, one prefetch per row and line
+                    pf_group(wf, ro, R + b * RB, 2 * c)
+                    pf_group(wf, ro, R + b * RB, 2 * c + 1)
+                for r in T.unroll(RB):
+                    acc[T.ramp((b * RB + r) * L, 1, L)] = acc[T.ramp((b * RB + r) * L, 1, L)] + pair_sum(
+                        wf, xb, m, ro[b * RB + r], c)
         if G % 2 == 1:  # the odd last group
             for r in T.unroll(R):
                 acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + pair_sum(wf, xb, m, ro[r], pairs, False)
