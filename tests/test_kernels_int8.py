@@ -28,6 +28,22 @@ NEEDS = {"vpdpbusd512": {"avx512_vnni"}, "vpdpbusd256": {"avx512_vnni", "avx_vnn
 ragged = st.integers(1, 100).filter(lambda d: d % 32)
 
 
+# a CPU whose best int8 dot each is (LLVM's names): compile-only checks (the code's instructions) build for it on any
+# host, so they cannot go stale on hosts that lack it (session 28 found such a test stale after 15 AVX2-only sessions)
+CPUS = {"vpdpbusd512": "sapphirerapids", "vpdpbusd256": "alderlake", "pmaddubsw256": "haswell"}
+
+
+def cpu_sched(dot: str):
+    """(the schedule of a CPU whose int8 dot is `dot`, its TVM target): for code that is compiled, not run."""
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    target = targets.get({"kind": "llvm", "mcpu": CPUS[dot]})
+    sched = schedule_for(target)
+    assert sched.int8_dot == dot, (CPUS[dot], sched.int8_dot)
+    return sched, target.tvm_target()
+
+
 def host_sched(dot: str):
     from actsparse import targets
     from actsparse.codegen.schedules import schedule_for
@@ -72,12 +88,10 @@ def test_an_int8_dot_kernel_is_built_with_vpdpbusd():
 
     from actsparse.codegen.kernels import kernel
 
-    sched = host_sched("vpdpbusd512")
+    sched, spr = cpu_sched("vpdpbusd512")  # compiled only: any host
     prim = kernel("linear", 100, 8, dtype="q4_0", sched=sched)
     assert "ivpdpbusd512" in str(prim.attrs["global_symbol"])
-    from actsparse import targets
-
-    lib = tvm.compile(tvm.IRModule({"main": prim}), target=targets.get("x86").tvm_target())
+    lib = tvm.compile(tvm.IRModule({"main": prim}), target=spr)
     asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
     assert "vpdpbusd" in asm
 
@@ -179,16 +193,16 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_line
     rows: paired it was 1.03-1.04x slower, session 15) keeps 4 rows per dot and the correction, its code the same
     whether or not the schedule pairs any kernel. Both prefetch each of the next step's rows once per 64-byte line;
     the paired loop unconditionally (no jump before the prefetches: session 13's conditional once-per-line form for
-    gathered rows was 1.04-1.08x the time of indexed q8_0 at 2 threads from DRAM, BENCHMARKS.md session 15). Run on
-    AVX512-VNNI hosts only (compiled for Sapphire Rapids with the host's schedule); session 28 found it stale after
-    session 22's split rows, on the first such host since."""
+    gathered rows was 1.04-1.08x the time of indexed q8_0 at 2 threads from DRAM, BENCHMARKS.md session 15). Compiled
+    for Sapphire Rapids with its schedule, on any host (it ran on AVX512-VNNI hosts only, and session 28 found it
+    stale after session 22's split rows, on the first such host since)."""
     import tvm
 
     from actsparse.codegen.kernels import kernel
     from actsparse.codegen.kernels.quant_split8 import ROWS_PER_LOOP
 
-    sched = replace(host_sched("vpdpbusd512"), int8_axpy=False)
-    spr = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids"})  # compiled only: any host
+    sched, spr = cpu_sched("vpdpbusd512")  # compiled only: any host
+    sched = replace(sched, int8_axpy=False)
 
     def asm_of(kind, sched):
         prim = kernel(kind, 4096, 32, dtype="q8_0", sched=sched)
