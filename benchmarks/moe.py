@@ -1,7 +1,7 @@
 """One MoE layer, 8 experts, top-2, batch 1 (a decoding step): routed vs all-experts, and expert x neuron sparsity.
 
     python -m actsparse.benchmarks.moe [--n-ff 3584] [--experts 8] [--top-k 2] [--sparsity 0.9]
-                                       [--repeats 15] [--threads 2]
+                                       [--repeats 15] [--threads 2] [--plain]
 
 Mixtral's dims are d = 4096, n_ff = 14336: eight fp32 experts hold 5.6 GB. The default n_ff is a quarter of that
 (3584, 1.4 GB for the eight experts) to stay within a shared 24 GB machine; `--n-ff 14336` runs the real dims.
@@ -14,6 +14,10 @@ Measured (weights from DRAM: the last-level cache is evicted before every timed 
   routed dense biased the routed_moe kernel with gate/up/down biases (gpt-oss's experts), dense bodies
   routed exact        the routed_moe kernel, exact bodies: the chosen experts' gate rows, then the up and down rows
                       of their active neurons only (TurboSparse-Mixtral's expert x neuron sparsity)
+`--plain`: experts without a gate, relu²(x W1ᵀ) W2 (Nemotron-H's), in the form exact mode runs them (homogeneous
+coordinates: x' = [x, 1], gate rows [W1 | 0], up rows [0 | 1], down rows [W2ᵀ | 0], d + 1 columns); the all-experts
+form is then every expert's exact kernel on the token (what they compiled to before route-moe took this form), and
+the routed dense / biased forms are left out.
 Each output is checked against the op's numpy reference (ir/moe.py) first. Printed: CPU, load average (the figures
 are only comparable within one run on a shared machine), medians, bytes read, ratios; then a markdown table.
 """
@@ -34,6 +38,7 @@ def main(argv=None) -> None:
     p.add_argument("--sparsity", type=float, default=0.9, help="share of each expert's neurons inactive")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--plain", action="store_true", help="relu² experts without a gate (Nemotron-H), as exact runs them")
     args = p.parse_args(argv)
     import numpy as np
     import tvm
@@ -41,7 +46,7 @@ def main(argv=None) -> None:
     from actsparse.benchmarks.ffn import FfnBench
     from actsparse.codegen.kernels.common import build_standalone
     from actsparse.codegen.kernels.routed_moe import absent_biases, routed_moe
-    from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp
+    from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp, sparse_gated_mlp
     from actsparse.ir.arrays import aligned_contiguous
     from actsparse.ir.moe import routed_moe_ref
     from actsparse.runtime.memory import host_tensor as tv
@@ -64,7 +69,16 @@ def main(argv=None) -> None:
         active = np.zeros(n, bool)
         active[rng.choice(n, n_active, replace=False)] = True
         w["gate"][rows] *= np.where(active == (w["gate"][rows] @ x[0] > 0), 1, -1).astype("float32")[:, None]
-    attrs = {"experts": E, "gate_act": "relu", "up_act": "identity", "threshold": 0.0}
+    act = "relu2" if args.plain else "relu"
+    if args.plain:  # homogeneous coordinates: one more column, up rows [0 | 1], no gate / down biases
+        x = np.concatenate([x, np.ones((1, 1), "float32")], 1)
+        w["up"] = np.zeros((E * n, d + 1), np.float32)
+        w["up"][:, d] = 1
+        for name in ("gate", "down_t"):
+            w[name] = np.concatenate([w[name], np.zeros((E * n, 1), np.float32)], 1)
+        w = {name: aligned_contiguous(array) for name, array in w.items()}
+        d += 1
+    attrs = {"experts": E, "gate_act": act, "up_act": "identity", "threshold": 0.0}
     expected = routed_moe_ref(x, w["gate"], w["up"], w["down_t"], route_w, route_i, attrs, {})
     biases = [rng.standard_normal(E * n).astype("float32") * 0.1 for _ in range(2)] + [
         rng.standard_normal((E, d)).astype("float32") * 0.1]
@@ -72,8 +86,9 @@ def main(argv=None) -> None:
                                      {**attrs, "bias": True, "mode": "dense"}, {})
 
     t0 = time.perf_counter()
-    kw = dict(gate_act="relu", up_act="identity", dtype="float32", sched=bench.sched)
-    dense = build_standalone(dense_gated_mlp(d, n, **kw), bench.target)
+    kw = dict(gate_act=act, up_act="identity", dtype="float32", sched=bench.sched)
+    one_expert = sparse_gated_mlp(d, n, **kw) if args.plain else dense_gated_mlp(d, n, **kw)
+    dense = build_standalone(one_expert, bench.target)
     routed = {exact: build_standalone(routed_moe(d, n, E, exact=exact, **kw), bench.target) for exact in (False, True)}
     biased = build_standalone(routed_moe(d, n, E, exact=False, bias=True, **kw), bench.target)
     compile_s = time.perf_counter() - t0
@@ -104,13 +119,16 @@ def main(argv=None) -> None:
         return outs[E + 2]
 
     row = d * 4
+    baseline = "all-experts exact" if args.plain else "all-experts dense"
     runners = {
-        "all-experts dense": (all_experts, 3 * E * n * row, expected),
+        baseline: (all_experts, (E * (n + 2 * n_active) if args.plain else 3 * E * n) * row, expected),
         "routed dense": (lambda: run_routed(False), 3 * k * n * row, expected),
         "routed dense biased": (run_biased, 3 * k * n * row + k * (2 * n + d) * 4, expected_biased),
         f"routed exact ({args.sparsity:.0%} sparse)": (lambda: run_routed(True), k * (n + 2 * n_active) * row,
                                                         expected),
     }
+    if args.plain:  # exact mode's forms only (the dense ones are what plain experts never compile to)
+        del runners["routed dense"], runners["routed dense biased"]
     for name, (fn, _, want) in runners.items():
         out = fn()
         got = out if isinstance(out, np.ndarray) else out.numpy()
@@ -125,12 +143,13 @@ def main(argv=None) -> None:
           f"kernels compiled in {compile_s:.1f} s")
     print(f"load average before timing: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (a shared machine: measured under "
           f"load), after: {os.getloadavg()[0]:.2f}")
-    base, routed_dense = med["all-experts dense"], med["routed dense"]
+    base, routed_dense = med[baseline], med.get("routed dense")
     print("\n| form | median ms | MB read | GB/s | vs all-experts | vs routed dense |")
     print("|---|---|---|---|---|---|")
     for name, (_, nbytes, _) in runners.items():
+        vs_dense = f"{routed_dense / med[name]:.2f}x" if routed_dense else "-"
         print(f"| {name} | {med[name] * 1e3:.2f} | {nbytes / 1e6:.0f} | {nbytes / med[name] / 1e9:.1f} | "
-              f"{base / med[name]:.2f}x | {routed_dense / med[name]:.2f}x |")
+              f"{base / med[name]:.2f}x | {vs_dense} |")
 
 
 if __name__ == "__main__":
