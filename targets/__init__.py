@@ -110,11 +110,9 @@ def why_not_here(info: dict) -> str:
     """'' where a module built for the target `info` runs on this machine, else why not and the way out."""
     name = info.get("name")
     if name == "x86":
-        from .x86 import missing_features
+        from .x86 import not_here
 
-        missing = missing_features(info.get("features", ()))
-        return (f"it uses {', '.join(missing)}, which this CPU lacks: rebuild it on this machine (target 'x86') or "
-                "run it on a CPU that has them") if missing else ""
+        return not_here(info.get("features", ()))
     if name in REGISTRY:
         target = get(name)
         return "" if target.runs_here else target.run_hint or "run it on a machine of that kind"

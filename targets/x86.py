@@ -77,16 +77,21 @@ def for_cpu(spec: dict) -> Target:
     threads = int(spec.get("num-cores", _threads()))
     mcpu = str(spec.get("mcpu", "generic"))
     target = x86_target(flags, mcpu, threads, f"LLVM's {mcpu}")
-    missing = missing_features(target.features)
-    return replace(target, tvm=dict(spec), runs_here=not missing,
-                   run_hint=f"it uses {', '.join(missing)}, which this CPU lacks: run it on such a CPU" if missing
-                   else "")
+    why_not = not_here(target.features)
+    return replace(target, tvm=dict(spec), runs_here=not why_not, run_hint=why_not)
 
 
 def missing_features(features) -> tuple[str, ...]:
     """The features of `features` this host's CPU lacks (a module using them would stop on an illegal instruction)."""
     flags = _cpu_flags()
     return tuple(f for f in features if f not in flags) if flags else ()
+
+
+def not_here(features) -> str:
+    """'' where this CPU has every one of `features`, else which it lacks and the way out."""
+    missing = missing_features(features)
+    return (f"it uses {', '.join(missing)}, which this CPU lacks: rebuild it on this machine (target 'x86') or run "
+            "it on a CPU that has them") if missing else ""
 
 
 def x86_target(flags: set[str], mcpu: str, threads: int, model: str) -> Target:
