@@ -54,7 +54,9 @@ def target(threads: int = 4, features: tuple[str, ...] = (), fp16fml: bool = Fal
     if unknown:
         raise ValueError(f"unknown aarch64 feature(s) {sorted(unknown)}; known: {', '.join(OPTIONAL)}")
     feats = tuple(f for f in OPTIONAL if f in features or (f == "fp16fml" and fp16fml))
-    native = on_aarch64()
+    aarch64 = on_aarch64()
+    lacking = [f for f in feats if f not in host_features()] if aarch64 else []
+    native = aarch64 and not lacking  # an optional instruction this core lacks would stop the module (SIGILL)
     return Target(
         name=NAMES.get(feats, "-".join(("arm", *feats))),
         tvm={"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"] + [OPTIONAL[f][0] for f in feats],
@@ -65,13 +67,14 @@ def target(threads: int = 4, features: tuple[str, ...] = (), fp16fml: bool = Fal
         # bandwidths of the reference part (`actsparse.targets.profile()` measures a host)
         memory=(MemoryLevel("L1", 64 << 10, 100e9, "core"), MemoryLevel("L2", 1 << 20, 50e9, "core"),
                 MemoryLevel("L3", 32 << 20, 30e9), MemoryLevel("DRAM", 64 << 30, 20e9)),
-        description="aarch64 NEON" + "".join(f" + {f}" for f in feats) + ("" if native else " (cross-compiled)"),
+        description="aarch64 NEON" + "".join(f" + {f}" for f in feats) + ("" if aarch64 else " (cross-compiled)"),
         runs_here=native,
         features=("neon", *feats),
         vector_registers=32,
         # two accumulators: an fp16 weight load fills a whole q register (ldr q, fcvtl + fcvtl2) and the down
         # projection's FMAs run in two independent chains (the little in-order cores stall on one)
         accumulators=2,
-        cross_compiler=None if native else CROSS_CC,
-        run_hint="run it on an aarch64 machine or under qemu-aarch64",
+        cross_compiler=None if aarch64 else CROSS_CC,
+        run_hint=(f"it uses {', '.join(lacking)}, which this CPU lacks: build for 'arm' here or run it on a core "
+                  "that has them") if lacking else "run it on an aarch64 machine or under qemu-aarch64",
     )

@@ -100,3 +100,17 @@ def test_runtime_places_each_weight_where_told(tmp_path):
     with pytest.raises(ValueError, match="placement: unknown weights or places"):
         type(cm)(cm.executable, cm.weights, cm.weight_order, cm.graph, cm.inputs, cm.n_outputs, cm.report,
                  cm.target_info, placement={name: "moon"})
+
+
+def test_an_arm_module_using_a_feature_this_core_lacks_does_not_run_here(monkeypatch):
+    """On an aarch64 host without the dot product (a Cortex-A53 or A72), an `arm-dotprod` module would stop on its
+    first sdot: it is not runnable there and says which feature is missing; the features the core has run."""
+    from actsparse.targets import arm
+
+    monkeypatch.setattr(arm, "on_aarch64", lambda: True)
+    monkeypatch.setattr(arm, "host_features", lambda: ("fp16fml",))
+    dotprod, fhm, plain = targets.get("arm-dotprod"), targets.get("arm-fhm"), targets.get("arm")
+    assert not dotprod.runs_here and "dotprod, which this CPU lacks" in dotprod.run_hint
+    assert fhm.runs_here and plain.runs_here and dotprod.cross_compiler is None  # built here, natively
+    assert not targets.runs_here(dotprod.to_dict()) and targets.runs_here(fhm.to_dict())
+    assert "dotprod" in targets.why_not_here(dotprod.to_dict())
