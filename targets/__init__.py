@@ -112,7 +112,7 @@ def why_not_here(info: dict) -> str:
     if name == "x86":
         from .x86 import not_here
 
-        return not_here(info.get("features", ()))
+        return not_here(info)
     if name in REGISTRY:
         target = get(name)
         return "" if target.runs_here else target.run_hint or "run it on a machine of that kind"

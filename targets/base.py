@@ -31,6 +31,9 @@ class Target:
     host: dict[str, Any] | None = None     # host target for device code (CUDA)
     runs_here: bool = True         # can modules built for it run in this process?
     features: tuple[str, ...] = field(default=())
+    # CPU flags (/proc/cpuinfo names) whose instructions the built code may hold beyond `features` (x86: what LLVM
+    # may emit for the CPU it builds for): a CPU without one of them cannot run the module
+    requires: tuple[str, ...] = field(default=())
     vector_registers: int = 32     # architectural vector registers (AVX-512, NEON: 32; AVX2/SSE: 16)
     warp_size: int = 1             # threads that execute in lockstep (GPU warp: 32); 1 on CPUs
     multiprocessors: int = 1       # streaming multiprocessors (GPU): how many blocks run at once
@@ -118,6 +121,6 @@ class Target:
         return {"name": self.name, "tvm": self.tvm, "vector_bits": self.vector_bits, "threads": self.threads,
                 "memory": [lv.to_dict() for lv in self.memory], "shared_memory_bytes": self.shared_memory_bytes,
                 "description": self.description,
-                "features": list(self.features),
+                "features": list(self.features), "requires": list(self.requires),
                 "runs_here": self.runs_here, "run_hint": self.run_hint, "cross_compiler": self.cross_compiler}
 

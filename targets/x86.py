@@ -54,11 +54,35 @@ ISA = {"avx512f": "avx512f", "avx512_fp16": "avx512fp16", "avx512_bf16": "avx512
        "avx_vnni": "avxvnni", "avx2": "avx2", "fma": "fma", "f16c": "f16c"}
 
 
+# LLVM's name -> /proc/cpuinfo's of the features whose instructions LLVM's code for a CPU may hold in our kernels
+# (vector, FMA and bit-manipulation sets): what a build records (`Target.requires`) and a load checks. Crypto (aes,
+# sha, vaes) and AMD-only extensions (sse4a) are left out: LLVM emits them for intrinsics no kernel calls, and an
+# AMD build would be refused on every Intel CPU for them.
+REQUIRABLE = {"avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c", "bmi": "bmi1", "bmi2": "bmi2",
+              "lzcnt": "abm", "popcnt": "popcnt", "movbe": "movbe", "avx512f": "avx512f", "avx512bw": "avx512bw",
+              "avx512cd": "avx512cd", "avx512dq": "avx512dq", "avx512vl": "avx512vl", "avx512ifma": "avx512ifma",
+              "avx512vbmi": "avx512vbmi", "avx512vbmi2": "avx512_vbmi2", "avx512bitalg": "avx512_bitalg",
+              "avx512vpopcntdq": "avx512_vpopcntdq", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
+              "avx512fp16": "avx512_fp16", "avxvnni": "avx_vnni", "gfni": "gfni"}
+
+
+def _llvm_flags(spec: dict) -> set[str]:
+    """The REQUIRABLE features (/proc names) LLVM gives the CPU (and `mattr`) of TVM target dict `spec`."""
+    import tvm
+    from tvm.target import codegen
+
+    llvm = codegen.llvm_get_cpu_features(tvm.target.Target(dict(spec)))
+    return {flag for name, flag in REQUIRABLE.items() if name in llvm}
+
+
 @lru_cache(maxsize=1)
 def host() -> Target:
     from tvm.target import codegen
 
-    return x86_target(_cpu_flags(), codegen.llvm_get_system_cpu(), _threads(), cpu_model())
+    mcpu, flags = codegen.llvm_get_system_cpu(), _cpu_flags()
+    # what LLVM may use for this CPU and this CPU has (a feature a VM hides is not required of other machines)
+    requires = _llvm_flags({"kind": "llvm", "mcpu": mcpu}) & flags
+    return replace(x86_target(flags, mcpu, _threads(), cpu_model()), requires=tuple(sorted(requires)))
 
 
 def for_cpu(spec: dict) -> Target:
@@ -72,24 +96,25 @@ def for_cpu(spec: dict) -> Target:
     if "mcpu" in spec and spec["mcpu"] not in known:
         raise TargetError(f"unknown x86 CPU {spec['mcpu']!r}; use one LLVM knows: x86-64-v3 (any AVX2 CPU), "
                           "x86-64-v4 (any AVX-512 CPU), or a name such as haswell, sapphirerapids, znver3, znver4")
-    llvm = codegen.llvm_get_cpu_features(tvm.target.Target(dict(spec)))
-    flags = {flag for flag, name in ISA.items() if name in llvm}
+    flags = _llvm_flags(spec)
     threads = int(spec.get("num-cores", _threads()))
     mcpu = str(spec.get("mcpu", "generic"))
-    target = x86_target(flags, mcpu, threads, f"LLVM's {mcpu}")
-    why_not = not_here(target.features)
+    target = replace(x86_target(flags, mcpu, threads, f"LLVM's {mcpu}"), requires=tuple(sorted(flags)))
+    why_not = not_here(target.to_dict())
     return replace(target, tvm=dict(spec), runs_here=not why_not, run_hint=why_not)
 
 
-def missing_features(features) -> tuple[str, ...]:
-    """The features of `features` this host's CPU lacks (a module using them would stop on an illegal instruction)."""
+def missing_features(info: dict) -> tuple[str, ...]:
+    """The features and required flags of target `info` (`Target.to_dict()`, an artifact's manifest) this host's
+    CPU lacks: a module using them would stop on an illegal instruction."""
     flags = _cpu_flags()
-    return tuple(f for f in features if f not in flags) if flags else ()
+    needed = dict.fromkeys((*info.get("features", ()), *info.get("requires", ())))
+    return tuple(f for f in needed if f not in flags) if flags else ()
 
 
-def not_here(features) -> str:
-    """'' where this CPU has every one of `features`, else which it lacks and the way out."""
-    missing = missing_features(features)
+def not_here(info: dict) -> str:
+    """'' where this CPU has every feature target `info` was built with, else which it lacks and the way out."""
+    missing = missing_features(info)
     return (f"it uses {', '.join(missing)}, which this CPU lacks: rebuild it on this machine (target 'x86') or run "
             "it on a CPU that has them") if missing else ""
 

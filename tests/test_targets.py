@@ -37,7 +37,8 @@ def test_a_target_naming_a_cpu_has_that_cpus_features_not_the_hosts():
     assert haswell.tvm["mcpu"] == "haswell" and haswell.exact_gate == "dense"
     spr = targets.get({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 4})
     assert spr.vector_bits == 512 and {"avx512f", "avx512_vnni", "avx2"} <= set(spr.features) and spr.threads == 4
-    assert spr.runs_here == (not missing_features(spr.features)) and spr.runs_here == targets.runs_here(spr.to_dict())
+    assert spr.runs_here == (not missing_features(spr.to_dict())) and spr.runs_here == targets.runs_here(spr.to_dict())
+    assert {"avx512bw", "avx512vl", "avx512_fp16", "gfni"} <= set(spr.requires)  # what LLVM may emit for it
     if not spr.runs_here:
         assert "which this CPU lacks" in spr.run_hint
     narrowed = targets.get({"kind": "llvm", "mcpu": "sapphirerapids", "mattr": ["-avx512f"]})
@@ -45,8 +46,13 @@ def test_a_target_naming_a_cpu_has_that_cpus_features_not_the_hosts():
     generic = targets.get({"kind": "llvm"})
     assert generic.vector_bits == 128 and generic.features == () and generic.runs_here
     host = targets.get("x86")
-    assert targets.runs_here(host.to_dict()) and not missing_features(host.features)
+    assert targets.runs_here(host.to_dict()) and not missing_features(host.to_dict())
     assert not targets.runs_here({**host.to_dict(), "features": [*host.features, "avx512_4fmaps"]})
+    # a build records every instruction set LLVM may use for its CPU, beyond those the kernels choose by: a Zen 4
+    # build holds AVX512-VBMI (vpermb), which a Cooper Lake with every one of its kernel features lacks
+    assert set(haswell.requires) >= {"avx", "avx2", "fma", "bmi2"} and not any("avx512" in f for f in haswell.requires)
+    assert "avx512vbmi" in targets.get("x86:znver4").requires and "sha_ni" not in targets.get("x86:znver4").requires
+    assert not targets.runs_here({**host.to_dict(), "requires": [*host.requires, "avx512_4vnniw"]})
 
 
 def test_profile_measures_the_host():
