@@ -166,3 +166,24 @@ def test_a_build_for_another_x86_cpu_holds_only_that_cpus_instructions(tmp_path)
         np.testing.assert_allclose(loaded(ids).numpy(), model(ids).numpy(), rtol=1e-4, atol=1e-5)
     with pytest.raises(actsparse.errors.TargetError, match="unknown x86 CPU 'pentium9'"):
         actsparse.compile(model, (ids,), target="x86:pentium9")
+
+
+@pytest.mark.parametrize("cpu", ["x86-64-v2", "skylake-avx512"])
+def test_the_float_kernels_of_other_x86_classes_run_where_this_cpu_can(cpu):
+    """x86 classes the kernels distinguish besides the usual hosts: SSE only (x86-64-v2: 128-bit vectors, no FMA)
+    and AVX-512 without VNNI (Skylake-X: 512-bit vectors, quantized rows on the float path, every gate row read).
+    Built for that CPU and run here where this CPU has its features: fp32 exact equals torch, int4 equals the
+    interpreter on the same quantized weights (the float path does not round x)."""
+    from actsparse.ir import evaluate
+
+    target = actsparse.targets.get(f"x86:{cpu}")
+    if not target.runs_here:
+        pytest.skip(f"{cpu}'s code does not run on this CPU: {target.run_hint}")
+    model, ids = _tiny(), _ids()
+    exact = actsparse.compile(model, (ids,), target=target, mode="exact")
+    assert exact.report.pass_stats["sparsify-exact"] == {"drelu": 2}
+    with torch.no_grad():
+        np.testing.assert_allclose(exact(ids).numpy(), model(ids).numpy(), rtol=1e-4, atol=1e-5)
+    int4 = actsparse.compile(model, (ids,), target=target, mode="exact", quantize="int4")
+    reference = evaluate(int4.graph, [ids.numpy()])[0]
+    np.testing.assert_allclose(int4(ids).numpy(), reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
