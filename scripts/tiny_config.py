@@ -53,11 +53,12 @@ SIZES = {
     # tokens compressed into one entry (per attention kind): 2 gives a tiny sequence several entries, so the graph
     # takes the branches of a long one (DeepSeek-V4's 128 would leave its compressor empty below 128 tokens)
     "compress_rates": 2,
+    "ssm_state_size": 16,  # Nemotron-H's Mamba-2 state (128: its mixer read 10240 conv channels at width 32)
 }
 # sizes a model derives as a multiple of its width (Zamba's attention reads [hidden; embeddings]: 2x): kept so
 WIDTH_MULTIPLES = ("attention_hidden_size", "lru_width")
 SSM_HEADS = [("mamba_expand", "mamba_n_heads", "mamba_d_head"), ("expand", "num_heads", "head_dim"),
-             ("mamba_expand", "n_mamba_heads", "mamba_headdim")]
+             ("mamba_expand", "n_mamba_heads", "mamba_headdim"), ("expand", "mamba_num_heads", "mamba_head_dim")]
 SSM_GROUPS = ("n_groups",)  # B/C groups of a Mamba-2 mixer: they must divide its heads
 # layers of a kind every `period` layers from `offset` on (Jamba's attention): a tiny config keeps one of them
 PERIODS = (("attn_layer_period", "attn_layer_offset"), ("expert_layer_period", "expert_layer_offset"))
