@@ -49,9 +49,8 @@ def _threads() -> int:
 CERTIFIED_GATE_FLAGS = ("avx512_vnni",)
 
 
-# the CPU features the kernels choose by, as /proc/cpuinfo names them, and LLVM's name of each
-ISA = {"avx512f": "avx512f", "avx512_fp16": "avx512fp16", "avx512_bf16": "avx512bf16", "avx512_vnni": "avx512vnni",
-       "avx_vnni": "avxvnni", "avx2": "avx2", "fma": "fma", "f16c": "f16c"}
+# the CPU features the kernels choose by (/proc/cpuinfo names; LLVM's are in REQUIRABLE), in `Target.features`' order
+ISA = ("avx512f", "avx512_fp16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx2", "fma", "f16c")
 
 
 # LLVM's name -> /proc/cpuinfo's of the features whose instructions LLVM's code for a CPU may hold in our kernels

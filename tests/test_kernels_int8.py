@@ -199,7 +199,7 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_line
     import tvm
 
     from actsparse.codegen.kernels import kernel
-    from actsparse.codegen.kernels.quant_split8 import ROWS_PER_LOOP
+    from actsparse.codegen.kernels.rows import ROWS_PER_LOOP
 
     sched, spr = cpu_sched("vpdpbusd512")  # compiled only: any host
     sched = replace(sched, int8_axpy=False)
@@ -440,7 +440,7 @@ def test_avx2_split_q8_0_row_dots_take_a_row_per_vector_and_4_scales_per_load():
     import tvm
 
     from actsparse.codegen.kernels import kernel
-    from actsparse.codegen.kernels.quant_split8 import ROWS_PER_LOOP
+    from actsparse.codegen.kernels.rows import ROWS_PER_LOOP
 
     sched = replace(_avx2_sched(), int8_axpy=False)
     prim = kernel("indexed", 4096, 64, gate_act="relu", up_act="identity", dtype="q8_0", sched=sched)

@@ -20,8 +20,7 @@ from ...ir.quant import GROUP, LAYOUTS, QuantLayout
 from .int8_dots import INT8_DOTS
 from .quant_blocks import group_prefetch_macro, scale
 from .quant_int8 import quantized_x_groups, row_dots_frame, x_blocks
-from .quant_split8 import ROWS_PER_LOOP
-from .rows import per_token, row_sums_macro
+from .rows import ROWS_PER_LOOP, per_token, row_sums_macro
 from .schedule import CpuSchedule
 
 

@@ -31,13 +31,10 @@ from ...ir.quant import GROUP, LAYOUTS, QuantLayout
 from .int8_dots import INT8_DOTS
 from .quant_blocks import half_at, lines_prefetch_macro
 from .quant_int8 import quantized_x_groups, row_dots_frame
-from .rows import CACHE_LINE, per_token, row_sums_macro
+from .rows import CACHE_LINE, ROWS_PER_LOOP, per_token, row_sums_macro
 from .schedule import CpuSchedule
 
 QUAD = 4  # groups per iteration: their sums reduced to one lane each per 128-bit half (module docstring)
-# rows per pass of the quad loop (a step's rows in R / ROWS_PER_LOOP passes): 8 rows' accumulators, x̂ of 4 groups and
-# 3 row pointers each (codes, next step's prefetch, scales) spilled on AVX2's 16 vector and 16 integer registers
-ROWS_PER_LOOP = 4
 
 
 def is_split8(lay: QuantLayout, sched: CpuSchedule, kernel: str) -> bool:

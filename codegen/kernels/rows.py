@@ -9,6 +9,10 @@ from collections.abc import Callable
 from tvm.script import tirx as T
 
 CACHE_LINE = 64
+# rows per pass of an integer row-dot loop over a step's R rows (R / ROWS_PER_LOOP passes): a pass over all 8 holds
+# their pointers and the next step's for the prefetches, spilled (quant_split8's AVX2 quad loop: accumulators, x̂ of
+# 4 groups and 3 pointers per row; quant_paired8's AVX512-VNNI pair loop: 44 movq per pass)
+ROWS_PER_LOOP = 4
 ELEM_BYTES = {"float32": 4, "float16": 2}
 FMLAL = ("llvm.aarch64.neon.fmlal", "llvm.aarch64.neon.fmlal2")  # low / high four halves of a q register
 
