@@ -112,10 +112,15 @@ def _augmented(node: Node) -> Node | None:
     return block
 
 
-def _input(block: Node) -> Node:
-    """What an expert reads: its block's input, x of an augmented block's concat(x, 1) (one per expert)."""
-    x = block.inputs[0]
-    return x.inputs[0] if x.op == "concat" and block.op == "sparse_gated_mlp" else x
+def _is_augmented(leaf: Node) -> bool:
+    """Whether term `leaf` weights an augmented block (`_augmented`), not a block whose input merely is a concat."""
+    return any(_augmented(i) is not None for i in leaf.inputs)
+
+
+def _expert_input(leaf: Node, block: Node) -> Node:
+    """What the expert of term `leaf` reads: its block's input, or x of an augmented block's concat(x, 1) (a concat
+    per expert: the experts of one layer share x)."""
+    return block.inputs[0].inputs[0] if _is_augmented(leaf) else block.inputs[0]
 
 
 def _unbiased(node: Node) -> Node:
@@ -166,8 +171,9 @@ def _match(node: Node) -> dict | None:
         term = _term(leaf)
         if term is not None:
             block, v, index, e = term
-            groups.setdefault((id(_input(block)), id(v), id(index)), {}).setdefault(e, leaf)
-    for terms in groups.values():
+            key = (id(_expert_input(leaf, block)), id(v), id(index), _is_augmented(leaf))
+            groups.setdefault(key, {}).setdefault(e, leaf)
+    for (_, _, _, augmented), terms in groups.items():
         block, v, index, _ = _term(next(iter(terms.values())))
         experts = _experts(index)
         if experts is not None and experts >= 2 and sorted(terms) == list(range(experts)):
@@ -183,7 +189,8 @@ def _match(node: Node) -> dict | None:
                 note({"kind": "moe", "location": blocks[0].loc, "reason": f"{why}: every expert runs on every token"})
                 return None
             return {"blocks": blocks, "kind": kinds.pop(), "x": block.inputs[0], "v": v, "index": index,
-                    "experts": experts, "biased": biased, "down_biases": [_down_bias(terms[e]) for e in range(experts)],
+                    "experts": experts, "biased": biased, "augmented": augmented,
+                    "down_biases": [_down_bias(terms[e]) for e in range(experts)],
                     "others": [leaf for leaf in leaves if all(leaf is not t for t in terms.values())]}
     return None
 
@@ -245,10 +252,10 @@ def _build(node: Node, b: dict) -> Node:
     record("routed-experts", b["experts"])
     if b["biased"]:
         record("routed-biased")
-    out = routed if _input(blocks[0]) is x else Node(  # augmented experts: their extra column (always 0) cut off
-        "slice", (routed,), {"axis": x.type.rank - 1, "start": 0, "end": x.shape[-1] - 1, "step": 1},
-        TensorType((*x.shape[:-1], x.shape[-1] - 1), x.dtype), loc)
-    if out is not routed:
+    out = routed
+    if b["augmented"]:  # experts on concat(x, 1): their extra output column (always 0) cut off
+        out = Node("slice", (routed,), {"axis": x.type.rank - 1, "start": 0, "end": x.shape[-1] - 1, "step": 1},
+                   TensorType((*x.shape[:-1], x.shape[-1] - 1), x.dtype), loc)
         record("routed-augmented")
     for other in b["others"]:
         out = Node("add", (out, other), {}, op_def("add").infer([out.type, other.type], {}), node.loc)
