@@ -265,6 +265,33 @@ def _argmax(ctx, node, args):
 @lowering("conv1d")
 def _conv1d(ctx, node, args):
     a = node.attrs
-    out = R.nn.conv1d(args[0], args[1], strides=a.get("stride", 1), padding=a.get("padding", 0),
-                      dilation=a.get("dilation", 1), groups=a.get("groups", 1))
+    if _is_depthwise(node):
+        out = _depthwise_conv1d(ctx, node, args[0], args[1])
+    else:
+        out = R.nn.conv1d(args[0], args[1], strides=a.get("stride", 1), padding=a.get("padding", 0),
+                          dilation=a.get("dilation", 1), groups=a.get("groups", 1))
     return out if len(args) == 2 else R.add(out, R.reshape(args[2], [1, -1, 1]))
+
+
+def _is_depthwise(node) -> bool:
+    """One filter per channel, stride 1: the short causal convolution of Mamba and linear-attention mixers."""
+    channels, (out_channels, per_group, _) = node.inputs[0].shape[1], node.inputs[1].shape
+    return node.attrs.get("stride", 1) == 1 and per_group == 1 and node.attrs.get("groups", 1) == channels == \
+        out_channels
+
+
+def _depthwise_conv1d(ctx, node, x, w):
+    """sum_j w[:, 0, j] * x_padded[:, :, j·dilation : j·dilation + L_out], j in order (the order of TOPI's reduction,
+    so the same sums): elementwise ops that fuse into one kernel, where TVM's CUDA rules (dlight) fail on the
+    grouped conv fused with its consumer (Mamba's conv then SiLU)."""
+    padding, dilation = node.attrs.get("padding", 0), node.attrs.get("dilation", 1)
+    padded = R.nn.pad(x, [0, 0, 0, 0, padding, padding]) if padding else x
+    length, channels = ctx.dim(node.shape[2]), ctx.dim(node.inputs[1].shape[0])
+    out = None
+    for j in range(node.inputs[1].shape[2]):
+        tap = R.strided_slice(padded, axes=[2], begin=[j * dilation], end=[length + j * dilation],
+                              assume_inbound=True)
+        tap_weight = R.reshape(R.strided_slice(w, axes=[2], begin=[j], end=[j + 1]), [1, channels, 1])
+        term = R.multiply(tap, tap_weight)
+        out = term if out is None else R.add(out, term)
+    return out

@@ -124,6 +124,52 @@ def test_a_padded_causal_conv_imports_with_a_symbolic_length_and_matches_torch_a
         np.testing.assert_allclose(np.asarray(cm(ids.numpy())), want, rtol=1e-4, atol=1e-5)
 
 
+class Convolutions(nn.Module):
+    """Mamba's conv then SiLU (depthwise, padded by K-1), a dilated depthwise conv with a bias, and a grouped conv
+    with two channels per group (not depthwise: TVM's conv1d)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Embedding(32, 8)
+        self.mamba = nn.Conv1d(8, 8, 4, padding=3, groups=8, bias=False)
+        self.dilated = nn.Conv1d(8, 8, 3, padding=2, dilation=2, groups=8)
+        self.grouped = nn.Conv1d(8, 8, 3, padding=1, groups=4)
+
+    def forward(self, x):
+        h = self.proj(x).transpose(1, 2)
+        out = F.silu(self.mamba(h)[..., : h.shape[-1]]) + self.dilated(h)[..., : h.shape[-1]] + self.grouped(h)
+        return out.transpose(1, 2)
+
+
+@pytest.mark.parametrize("target", ["x86", "cuda"])
+def test_depthwise_convs_lower_to_shifted_multiply_adds_and_match_torch(target):
+    """A depthwise conv (one filter per channel) lowers to K shifted multiply-adds, elementwise ops that fuse with
+    the SiLU after it: TVM's CUDA rules (dlight) fail on its grouped conv1d fused with a consumer, so a Mamba
+    hybrid did not build for CUDA. The CPU build equals torch; the CUDA one builds (no GPU here)."""
+    from actsparse import targets
+    from actsparse.codegen.build import relax_module
+
+    from .kernel_cases import require_nvcc
+
+    torch.manual_seed(0)
+    model = Convolutions().eval()
+    x = torch.tensor([[3, 1, 4, 1, 5, 9]])
+    graph = import_torch(model, (x,))
+    assert graph.count("conv1d") == 3
+    mod, _, _ = relax_module(graph, targets.get(target))
+    conv_calls = mod["main"].script().count("R.nn.conv1d")
+    assert conv_calls == 1  # the grouped one only
+    if target == "cuda":
+        require_nvcc()
+        assert actsparse.compile(graph, (x.numpy(),), target="cuda", mode="dense") is not None
+        return
+    cm = actsparse.compile(graph, (x.numpy(),), mode="dense")
+    for ids in (x, torch.tensor([[2, 7, 1, 8, 2, 8, 1, 8, 2]])):
+        with torch.no_grad():
+            want = model(ids).numpy()
+        np.testing.assert_allclose(np.asarray(cm(ids.numpy())), want, rtol=1e-5, atol=1e-6)
+
+
 class LastColumnWritten(nn.Module):
     """XLNet's generation inputs at a symbolic length: a [1, seq+1, seq+1] mask whose last column and last row are
     written (`m[:, :, -1] = 1`: a select_scatter at an index counted from a symbolic end), and a view filled in place
