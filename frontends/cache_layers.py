@@ -41,9 +41,9 @@ POSITION_CACHES = {"indexer_keys": PositionCache("update_indexer", 1, "ik")}
 
 
 def layer_classes():
-    """(ExplicitKVLayer, ExplicitStateLayer, ExplicitHybridLayer, ExplicitCache), built on first use (transformers
-    is imported lazily)."""
-    from transformers.cache_utils import Cache, CacheLayerMixin, LinearAttentionCacheLayerMixin
+    """(ExplicitKVLayer, ExplicitStateLayer, ExplicitHybridLayer, ExplicitEmptyLayer, ExplicitCache), built on
+    first use (transformers is imported lazily)."""
+    from transformers.cache_utils import Cache, CacheLayerMixin, DummyLayer, LinearAttentionCacheLayerMixin
 
     class ExplicitKVLayer(CacheLayerMixin):
         """A static cache layer whose tensors are graph inputs; `update` writes functionally (index_copy)."""
@@ -140,11 +140,26 @@ def layer_classes():
             ExplicitKVLayer.__init__(self, keys, values, offset, filled, extras)
             ExplicitStateLayer.__init__(self, conv, recurrent, offset)
 
+    class ExplicitEmptyLayer(DummyLayer):
+        """A layer whose state is not in the cache (none, or a recurrent state the model keeps on its module:
+        RecurrentGemma's). It holds nothing but answers for the call's position as an attention layer would: masks
+        ask layer 0 for the query offset and mask sizes when no layer says it is sliding (transformers 5.25)."""
+
+        def __init__(self, offset, filled):
+            DummyLayer.__init__(self)
+            self.seen, self.filled = offset, filled
+
+        def get_seq_length(self):
+            return self.seen
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.filled, 0
+
     class ExplicitCache(Cache):
         def __init__(self, layers, lists=None):  # lists: only a model's own cache class has them (model_states.py)
             super().__init__(layers=layers)
 
-    return ExplicitKVLayer, ExplicitStateLayer, ExplicitHybridLayer, ExplicitCache
+    return ExplicitKVLayer, ExplicitStateLayer, ExplicitHybridLayer, ExplicitEmptyLayer, ExplicitCache
 
 
 def _position_update(name: str):

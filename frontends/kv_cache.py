@@ -97,13 +97,12 @@ class KVCachedLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, pos: torch.Tensor, filled: torch.Tensor,
                 cache: tuple[torch.Tensor, ...]):
-        from transformers.cache_utils import DummyLayer
-
         offset = pos.reshape(())
         used = self._layers(cache, offset, filled.shape[0])
-        for layer in used.values() if self.seen_from_shapes else ():
+        empty = self._classes[3](offset, filled.shape[0])  # holds nothing, answers for the position
+        layers = [used.get(i) or empty for i in range(max(used, default=-1) + 1)]
+        for layer in {id(x): x for x in layers}.values() if self.seen_from_shapes else ():
             layer.seen = filled.shape[0] - input_ids.shape[1]  # kv - seq: a size, not a value read off `pos`
-        layers = [used.get(i) or DummyLayer() for i in range(max(used, default=-1) + 1)]  # DummyLayer: holds nothing
         positions = (torch.arange(input_ids.shape[1], device=input_ids.device) + offset).unsqueeze(0)
         mask = {"attention_mask": torch.ones_like(filled).unsqueeze(0)} if self.ones_mask else {}
         named = {s.name: t for s, t in zip(self.specs, cache, strict=True)}
@@ -120,7 +119,7 @@ class KVCachedLM(nn.Module):
             restore_attributes(self.model, was)
 
     def _layers(self, cache, offset, filled) -> dict:
-        kv_layer, state_layer, hybrid_layer, _ = self._classes
+        kv_layer, state_layer, hybrid_layer, _, _ = self._classes
         parts: dict[int, dict] = {}
         for spec, tensor in zip(self.specs, cache, strict=True):
             if spec.kind in CARRIERS:

@@ -67,9 +67,9 @@ def probe_states(model: nn.Module, out, cache, before: dict[str, object]) -> lis
     for field, value in (out.items() if hasattr(out, "items") else ()):
         if field in takes and not _is_cache(value) and _tensors(value) and _fixed_size(model, field, value):
             found += [("argument", field, i, tuple(t.shape), t.dtype) for i, t in enumerate(value)]
-    if cache is None and not found:  # set by the forward where there was nothing before, per batch row (a lazily
-        for path, value in attribute_snapshot(model).items():  # built rotary table is not batched)
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and before.get(path) is None \
+    if cache is None and not found:  # set by the forward, per batch row (a lazily built rotary table is not batched)
+        for path, value in attribute_snapshot(model).items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and _set_by_forward(value, before.get(path)) \
                     and value.ndim >= 2 and value.shape[0] == 1:
                 found.append(("attribute", path, 0, tuple(value.shape), value.dtype))
     if cache is not None:
@@ -81,6 +81,13 @@ def probe_states(model: nn.Module, out, cache, before: dict[str, object]) -> lis
                 found += [("cache_list", field, i, tuple(t.shape), t.dtype) for i, t in enumerate(value)
                           if isinstance(t, torch.Tensor)]
     return found
+
+
+def _set_by_forward(value: torch.Tensor, was) -> bool:
+    """Whether the probe set this attribute: there was nothing before, or a state a forward before ours left (the
+    user ran `generate` first), which the probe replaced by another value; a table rebuilt the same is not a state."""
+    return was is None or (isinstance(was, torch.Tensor) and value is not was and value.shape == was.shape
+                           and not torch.equal(value, was))
 
 
 def object_tensors(obj) -> list[tuple[list, torch.Tensor]]:

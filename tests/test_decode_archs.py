@@ -16,8 +16,10 @@ positions counted from the cache's length as a size (arange(kv-seq, kv): an aran
 predicts at a mask token its own generation inputs append (and slices those seq+1 ids by -(seq+1)), GIT and Gemma 4
 (unified) pad their mask's block ids by kv - seq (a pad of a symbolic amount: a full of that affine size), xLSTM
 keeps its states in a cache object of its own, not a transformers Cache (every tensor it holds carried, its int64
-position counter too: model_states.py's `cache_field`). Greedy decoding equals transformers' `generate` token for
-token."""
+position counter too: model_states.py's `cache_field`), RecurrentGemma its recurrent layers' states on their
+modules (found there too when a `generate` before the compile left states of its own) while transformers 5.25 asks
+cache layer 0, one of those, for the mask's query offset (cache_layers.py's empty layer answers for the call's
+position). Greedy decoding equals transformers' `generate` token for token."""
 
 import pytest
 import torch
@@ -37,7 +39,7 @@ torch.set_num_threads(1)
                                         ("deepseek_v32", "dense"), ("gpt_oss", "dense"), ("rwkv", "dense"),
                                         ("minimax", "dense"), ("mvp", "dense"), ("trocr", "dense"),
                                         ("xlm", "dense"), ("git", "dense"), ("gemma4_unified", "dense"),
-                                        ("xlstm", "dense"), ("xlnet", "dense")])
+                                        ("xlstm", "dense"), ("xlnet", "dense"), ("recurrent_gemma", "dense")])
 def test_greedy_decoding_equals_transformers(arch, mode):
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
@@ -61,7 +63,8 @@ def test_greedy_decoding_equals_transformers(arch, mode):
     kinds = {name[0] for name, _ in lm.spec.caches}
     assert kinds == {"mamba": {"c", "r"}, "falcon_h1": {"k", "v", "c", "r"},
                      "deepseek_v32": {"k", "v", "i"}, "camembert": set(), "xlm": set(), "rwkv": {"s"},
-                     "minimax": {"k", "v", "l"}, "xlstm": {"o"}, "xlnet": set()}.get(arch, {"k", "v"})
+                     "minimax": {"k", "v", "l"}, "xlstm": {"o"}, "xlnet": set(),
+                     "recurrent_gemma": {"k", "v", "m"}}.get(arch, {"k", "v"})
     assert torch.equal(lm.generate(ids, 6), expected)
 
 
@@ -72,7 +75,7 @@ def test_recurrent_cache_layers_report_the_calls_position_as_their_length():
     whose tensors are graph inputs, report the call's position however either transformers counts."""
     from actsparse.frontends.cache_layers import layer_classes
 
-    _, state_layer, hybrid_layer, cache_class = layer_classes()
+    _, state_layer, hybrid_layer, _, cache_class = layer_classes()
     pos, kv = torch.tensor(5), torch.zeros(1, 1, 8, 2)
     conv, recurrent = {0: torch.zeros(1, 3, 4)}, {0: torch.zeros(1, 2, 2)}
     cache = cache_class([state_layer(conv, recurrent, pos), hybrid_layer(kv, kv.clone(), pos, 6, conv, recurrent)])
