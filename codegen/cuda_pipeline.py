@@ -7,6 +7,12 @@ so the rule finds no reduction loop and fails instead of declining. `OneTokenSaf
 (nothing to reduce: it is a broadcast product), and the next rules schedule it (Reduction, GeneralReduction or
 Fallback, as for any other op GEMV does not take). Every other PrimFunc meets the same rules in the same order
 as in TVM's default pipeline; our own kernels are `tirx.is_scheduled`, which dlight skips.
+
+What else it changes: dlight's Fallback fuses all spatial loops of a block into one, and TVM's iterator analysis
+fails to fuse a symbolic extent with a negative coefficient (a pad to the next chunk, `64 - seq` once the
+frontend's guards bound seq: Qwen3-Next's and Kimi-Linear's chunked delta rule). `SymbolicSafeFallback` then
+schedules elementwise blocks without that fusion: the static loops on blockIdx.x × threadIdx.x, the symbolic one
+on blockIdx.y.
 """
 
 from __future__ import annotations
@@ -40,6 +46,50 @@ def one_token_safe_gemv():
     return OneTokenSafeGemv()
 
 
+def symbolic_safe_fallback():
+    """dlight's Fallback rule, and where it fails, a grid that does not fuse symbolic loops (see the module
+    docstring)."""
+    from tvm.s_tir import dlight as dl
+
+    class SymbolicSafeFallback(dl.gpu.Fallback):
+        def apply(self, func, target, tunable):
+            try:
+                return super().apply(func, target, tunable)
+            except Exception as err:  # noqa: BLE001 - TVM's arith raises InternalError; retried, else re-raised
+                sch = _spatial_grid(func, target)
+                if sch is None:
+                    raise err
+                return sch
+
+    return SymbolicSafeFallback()
+
+
+def _spatial_grid(func, target):
+    """Elementwise blocks only: each block's static loops fused into blockIdx.x × threadIdx.x, its one symbolic
+    loop on blockIdx.y (None where a block reduces or has several symbolic loops)."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight import base
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if not infos or any(set(info.dom_kind()) != {"S"} for info in infos):
+        return None
+    threads = base.max_threads_per_block(target)
+    for info in infos:
+        loops = sch.get_loops(info.block_rv)
+        symbolic = [lp for lp in loops if not isinstance(sch.get(lp).extent, tirx.IntImm)]
+        static = [lp for lp in loops if isinstance(sch.get(lp).extent, tirx.IntImm)]
+        if len(symbolic) != 1:
+            return None
+        sch.reorder(*symbolic, *static)
+        bx, tx = sch.split(sch.fuse(*static) if static else sch.add_unit_loop(info.block_rv), [None, threads])
+        sch.bind(symbolic[0], "blockIdx.y")
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+    return sch
+
+
 def cuda_pipeline(tvm_target):
     """TVM's default CUDA pipeline with `one_token_safe_gemv` in place of dlight's GEMV."""
     import tvm
@@ -50,7 +100,7 @@ def cuda_pipeline(tvm_target):
     legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
                 dl.ApplyDefaultSchedule(dl.gpu.Matmul(), one_token_safe_gemv(), dl.gpu.Reduction(),
-                                        dl.gpu.GeneralReduction(), dl.gpu.Fallback())]
+                                        dl.gpu.GeneralReduction(), symbolic_safe_fallback())]
 
     @tvm.transform.module_pass(opt_level=0, name="ActsparseCudaPipeline")
     def _pipeline(mod, _ctx):

@@ -96,6 +96,35 @@ def test_the_gemv_rule_declines_a_matmul_over_one_element_where_dlights_asserts(
     assert prim.attrs["tirx.is_scheduled"] and "threadIdx" in prim.script()
 
 
+def test_the_fallback_rule_schedules_a_symbolic_pad_that_dlights_cannot_fuse():
+    """zeros [1, 32, 64 - seq, 128]: the pad of Qwen3-Next's and Kimi-Linear's chunked delta rule to its next chunk
+    (seq bound by the frontend's guards). dlight's Fallback fails to fuse that extent; ours binds the symbolic loop
+    to blockIdx.y and the 32 x 128 static elements to blockIdx.x x threadIdx.x. The models build: scripts/
+    tiny_config.py's qwen3_next and kimi_linear for CUDA (by hand; a minute each, not in the suite)."""
+    from tvm import relax, tirx
+    from tvm.s_tir import dlight as dl
+
+    from actsparse import targets
+    from actsparse.codegen.cuda_pipeline import symbolic_safe_fallback
+
+    seq = tirx.Var("seq", "int64")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 32, seq, 128), "float32"))
+    with bb.function("main", [x]):
+        bb.emit_func_output(bb.emit(relax.op.zeros(relax.ShapeExpr([1, 32, 64 - seq, 128]), "float32")))
+    mod = relax.transform.LegalizeOps()(bb.get())
+    (prim,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    target = targets.get("cuda").tvm_target()
+    with target:
+        with pytest.raises(tvm.error.InternalError):  # TVM 0.27's rule; if this starts passing, ours can go
+            dl.gpu.Fallback().apply(prim, target, False)
+        scheduled = symbolic_safe_fallback().apply(prim, target, False).mod["main"]
+    text = scheduled.script()
+    assert 'T.thread_binding(T.int64(64) - seq, thread="blockIdx.y")' in text.replace("-1 * seq + T.int64(64)",
+                                                                                   "T.int64(64) - seq")
+    assert 'thread="threadIdx.x"' in text
+
+
 def test_the_decode_step_is_ready_for_a_cuda_graph(decoder):
     """The design: our kernels read weights at fixed addresses and scratch of fixed size, so TVM's CUDA-graph
     rewrite captures every MLP and projection of the step; no builtin makes the host wait for the device. Left
