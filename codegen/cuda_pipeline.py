@@ -6,7 +6,9 @@ values [.., 1, hd] when the attention spans the new token only). The access norm
 so the rule finds no reduction loop and fails instead of declining. `OneTokenSafeGemv` declines such a block
 (nothing to reduce: it is a broadcast product), and the next rules schedule it (Reduction, GeneralReduction or
 Fallback, as for any other op GEMV does not take). Every other PrimFunc meets the same rules in the same order
-as in TVM's default pipeline; our own kernels are `tirx.is_scheduled`, which dlight skips.
+as in TVM's default pipeline; our own kernels are `tirx.is_scheduled`, which dlight skips. The rule declines as
+well where its tiling reads a tile count it could not simplify as a number (`extent.value` of an expression: a
+Zamba Mamba step's 264 rows, which do not divide into its tiles).
 
 What else it changes: dlight's Fallback fuses all spatial loops of a block into one, and TVM's iterator analysis
 fails to fuse a symbolic extent with a negative coefficient (a pad to the next chunk, `64 - seq` once the
@@ -41,7 +43,12 @@ def one_token_safe_gemv():
 
     class OneTokenSafeGemv(dl.gpu.GEMV):
         def apply(self, func, target, tunable):
-            return None if _nothing_to_reduce(func) else super().apply(func, target, tunable)
+            if _nothing_to_reduce(func):
+                return None
+            try:
+                return super().apply(func, target, tunable)
+            except (AssertionError, AttributeError):  # its tiling reads a symbolic extent as a number: decline
+                return None
 
     return OneTokenSafeGemv()
 
