@@ -119,3 +119,24 @@ def test_routed_moe_densifies_to_the_dense_pipeline_and_parses_back():
     reparsed = parse_graph(print_graph(exact), dict(exact.weights))
     inputs = _inputs(graph)
     np.testing.assert_allclose(evaluate(reparsed, inputs)[0], evaluate(graph, inputs)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_experts_fed_by_a_concat_route_on_it_whole():
+    """Exact experts whose input merely is a concat (of two halves of the hidden state) are not the homogeneous
+    form of plain relu² experts (concat(x, 1), output sliced back: `routed-augmented`): they route on the concat as
+    it is, nothing sliced, and compute what the graph did."""
+    text = (GOLDEN / "moe_routed.before.ir").read_text().replace(
+        "graph @main(%x: f32[seq,8]) {",
+        "graph @main(%a: f32[seq,4], %b: f32[seq,4]) {").replace(
+        "  %0 = linear(%x, @router.weight)",
+        "  %x = concat(%a, %b) {'axis': -1} : f32[seq,8]  # halves (moe.py:0)\n  %0 = linear(%x, @router.weight)")
+    rng = np.random.default_rng(0)
+    graph = parse_graph(text, {k: rng.standard_normal(v.shape).astype(np.float32)
+                               for k, v in parse_graph(text).weights.items()})
+    result = run_pipeline(graph, pipeline_for("exact"))
+    assert result.stats["route-moe"] == {"routed-moe": 1, "routed-experts": 3}  # not `routed-augmented`
+    (routed,) = [n for n in result.graph.nodes if n.op == "routed_moe"]
+    assert routed.inputs[0].op == "concat" and routed.shape[-1] == 8
+    assert "slice" not in {n.op for n in result.graph.nodes}
+    inputs = [rng.standard_normal((5, 4)).astype(np.float32) for _ in range(2)]
+    np.testing.assert_allclose(evaluate(result.graph, inputs)[0], evaluate(graph, inputs)[0], rtol=1e-4, atol=1e-5)
