@@ -52,14 +52,15 @@ def check_decoding(arch: str) -> dict:
     try:
         model = build_tiny(arch)
         ids = example_ids(model)
+        # plain greedy on both sides: the model's own generation config (BART's forced EOS and n-gram bans, which
+        # our generate takes over from it) replaced before the compile reads it
+        model.generation_config = GenerationConfig(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                                                   pad_token_id=getattr(model.config.get_text_config(),
+                                                                        "pad_token_id", None))
         lm = actsparse.compile(model, mode="dense", max_seq=ids.shape[1] + NEW + 2)
         row["export"] = export_kind(lm)
         got = torch.as_tensor(lm.generate(ids, NEW))
         stage = "transformers' generate: "  # ours ran; what follows is the reference
-        # the model's own config replaced (generate would merge it back): no forced EOS, no n-gram bans
-        model.generation_config = GenerationConfig(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
-                                                   pad_token_id=getattr(model.config.get_text_config(),
-                                                                        "pad_token_id", None))
         with torch.no_grad():
             want = model.generate(ids, attention_mask=torch.ones_like(ids))
         if got.shape[1] < want.shape[1] and int(got[0, -1]) in lm.spec.eos_token_ids:
