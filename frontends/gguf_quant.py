@@ -9,7 +9,8 @@ the same scale: lossless) and Q4_K super-blocks eight q4_1 groups (scale d*sc an
 at most 2^-11 of each product; frontends/gguf_kquants.py); a Q4_K tensor whose products exceed fp16 stays
 dequantized, with a warning naming it. llama.cpp stores the rows of Llama's q/k projections permuted for its rotary
 layout; transformers' tensor processor undoes that permutation, which moves whole rows, so it applies to the blob as
-well. Other types are left out of the result (the model's dequantized weights cover them): Q6_K, Q5_K, Q2_K,
+well: what a processor does is found by running it on a probe of numbered rows (`processed_row_order`), and a
+tensor it does more to (GPT-2's transposed matrices) stays dequantized, as transformers loads it. Other types are left out of the result (the model's dequantized weights cover them): Q6_K, Q5_K, Q2_K,
 Q3_K, Q5_1 and the IQ types have sub-blocks or offsets ours cannot hold (gguf_kquants' docstring says which);
 they are dequantized by transformers and, when `quantize=` asks for it, re-quantized by the quantize pass (a second
 rounding). `storage_note` says in the report, per GGUF type, how many tensors were kept as stored, converted,
@@ -132,8 +133,13 @@ def read_gguf_quantized(path, left_dequantized: dict | None = None,
             tensor_types[names[t.name]] = (t.name, kind)
         if kind not in KEPT or len(t.shape) != 2 or t.name not in names:
             continue
-        blob = np.ascontiguousarray(processor.process(np.asarray(t.data), t.name).weights)
         rows, cols = int(t.shape[1]), int(t.shape[0])  # GGUF lists dims innermost first
+        order = processed_row_order(processor, t.name, rows)
+        if isinstance(order, str):  # values or layout rewritten: transformers' dequantized weight is the one
+            if left_dequantized is not None:
+                left_dequantized[names[t.name]] = f"{kind}: {order}"
+            continue
+        blob = np.ascontiguousarray(np.asarray(t.data)[order])
         try:
             out[names[t.name]] = QuantizedWeight(kept_blob(blob, kind, cols), KEPT[kind].layout, (rows, cols))
         except UnrepresentableError as err:
@@ -141,6 +147,22 @@ def read_gguf_quantized(path, left_dequantized: dict | None = None,
             if left_dequantized is not None:
                 left_dequantized[names[t.name]] = f"{kind}: {err}"
     return out
+
+
+def processed_row_order(processor, name: str, rows: int) -> np.ndarray | str:
+    """What transformers' tensor processor does to GGUF tensor `name` ([rows, ...]), found by running it on a probe
+    whose row i is (i, -i - 1): the order its rows come out in (Llama's q/k un-permutation moves whole rows, which
+    the quantized blocks can follow), or, where it does more (GPT-2's transposes, Mamba's log(-A), a reshape), why
+    the tensor stays dequantized."""
+    probe = np.stack([np.arange(rows, dtype=np.float64), -np.arange(rows, dtype=np.float64) - 1], -1)
+    out = processor.process(probe.copy(), name, parsed_parameters={"tensors": {}}, tensor_key_mapping={})
+    got = np.asarray(out.weights)
+    if out.name is None or got.shape != probe.shape or not np.array_equal(got[:, 1], -got[:, 0] - 1):
+        return "transformers' GGUF loader rewrites this tensor (not a reordering of its rows)"
+    order = got[:, 0].astype(np.int64)
+    if not np.array_equal(np.sort(order), np.arange(rows)) or not np.array_equal(order, got[:, 0]):
+        return "transformers' GGUF loader rewrites this tensor (not a reordering of its rows)"
+    return order
 
 
 def storage_note(tensor_types: Mapping[str, tuple[str, str]], stored: Iterable[str], kept: Mapping) -> str:

@@ -150,6 +150,69 @@ def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transf
         np.testing.assert_array_equal(lm8.generate(ids, max_new_tokens=6), want)
 
 
+def write_tiny_gpt2(path, seed=0, d=64, n_ff=256, heads=4):
+    """GPT-2 as llama.cpp writes it: Q8_0 matrices [out, in] with biases, which transformers' tensor processor
+    transposes into the [in, out] of GPT-2's Conv1D (a byte-level BPE vocabulary of 258 tokens)."""
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    rng = np.random.default_rng(seed)
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]  # GPT-2's bytes_to_unicode
+    tokens = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))] + ["Ġt", "<|eot|>"]
+    w = gguf.GGUFWriter(str(path), "gpt2")
+    for key, value in (("context_length", 1024), ("embedding_length", d), ("block_count", 1),
+                       ("feed_forward_length", n_ff), ("attention.head_count", heads)):
+        w.add_uint32(f"gpt2.{key}", value)
+    w.add_float32("gpt2.attention.layer_norm_epsilon", 1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * len(tokens))
+    w.add_token_merges(["Ġ t"])
+    w.add_eos_token_id(len(tokens) - 1)
+
+    def normal(*shape):
+        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", normal(len(tokens), d))
+    w.add_tensor("position_embd.weight", normal(1024, d))
+    w.add_tensor("output.weight", normal(len(tokens), d))
+    for norm in ("output_norm", "blk.0.attn_norm", "blk.0.ffn_norm"):
+        w.add_tensor(f"{norm}.weight", np.ones(d, np.float32))
+        w.add_tensor(f"{norm}.bias", np.zeros(d, np.float32))
+    for name, shape in (("attn_qkv", (3 * d, d)), ("attn_output", (d, d)), ("ffn_up", (n_ff, d)),
+                        ("ffn_down", (d, n_ff))):
+        w.add_tensor(f"blk.0.{name}.weight", quants.quantize(normal(*shape), Q.Q8_0), raw_dtype=Q.Q8_0)
+        w.add_tensor(f"blk.0.{name}.bias", normal(shape[0]))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_a_gguf_whose_matrices_transformers_transposes_stays_dequantized_and_decodes(tmp_path):
+    """GPT-2's GGUF matrices are transposed by transformers' loader (its Conv1D takes [in, out]): their blocks cannot
+    follow, so they stay dequantized (before, `quantize=` failed on them as "truncated or corrupt") and are quantized
+    anew; Llama's q/k un-permutation, a reordering of rows, is still followed (the test above)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import actsparse
+    from actsparse.frontends.gguf_quant import read_gguf_quantized
+
+    write_tiny_gpt2(tmp_path / "gpt2.gguf")
+    left = {}
+    assert read_gguf_quantized(tmp_path / "gpt2.gguf", left) == {}
+    assert sorted(left) == [f"transformer.h.0.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                                      "mlp.c_proj")]
+    assert all("rewrites this tensor" in why for why in left.values())
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="gpt2.gguf", dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 17, 33, 2, 9]])
+    want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False).numpy()
+    lm = actsparse.compile(str(tmp_path / "gpt2.gguf"), target=float_dot_target(), quantize="int8", max_seq=16)
+    assert "Q8_0 x4 dequantized, quantized anew as q8_0" in " ".join(lm.report.notes)
+    np.testing.assert_array_equal(lm.generate(ids.numpy(), max_new_tokens=6), want)
+
+
 def float_dot_target():
     """This host's x86 target without the flags an int8 dot is chosen by (VNNI, AVX2): quantized rows meet x in
     fp32."""
