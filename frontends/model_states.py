@@ -69,8 +69,8 @@ def probe_states(model: nn.Module, out, cache, before: dict[str, object]) -> lis
             found += [("argument", field, i, tuple(t.shape), t.dtype) for i, t in enumerate(value)]
     if cache is None and not found:  # set by the forward, per batch row (a lazily built rotary table is not batched)
         for path, value in attribute_snapshot(model).items():
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and _set_by_forward(value, before.get(path)) \
-                    and value.ndim >= 2 and value.shape[0] == 1:
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.ndim >= 2 \
+                    and value.shape[0] == 1 and _set_by_forward(value, before.get(path)):
                 found.append(("attribute", path, 0, tuple(value.shape), value.dtype))
     if cache is not None:
         for field, value in vars(cache).items():  # a list of per-layer tensors ([] where a layer has none)
