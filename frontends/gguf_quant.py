@@ -11,8 +11,8 @@ dequantized, with a warning naming it. llama.cpp stores the rows of Llama's q/k 
 layout; transformers' tensor processor undoes that permutation, which moves whole rows, so it applies to the blob as
 well: what a processor does is found by running it on a probe of numbered rows (`processed_row_order`), and a
 tensor it does more to (GPT-2's transposed matrices) stays dequantized, as transformers loads it. Other types are
-left out of the result (the model's dequantized weights cover them): Q6_K, Q5_K, Q2_K, Q3_K, Q5_1 and the IQ types have sub-blocks or offsets ours cannot hold (gguf_kquants' docstring says which);
-they are dequantized by transformers and, when `quantize=` asks for it, re-quantized by the quantize pass (a second
+left out of the result (the model's dequantized weights cover them): Q6_K, Q5_K, Q2_K, Q3_K, Q5_1 and the IQ types
+have sub-blocks or offsets ours cannot hold (gguf_kquants' docstring says which); they are dequantized by transformers and, when `quantize=` asks for it, re-quantized by the quantize pass (a second
 rounding). `storage_note` says in the report, per GGUF type, how many tensors were kept as stored, converted,
 quantized anew or dequantized to float32. A tensor type nothing here can read is one `GGUFQuantError`.
 
