@@ -2,19 +2,20 @@
 
     read_gguf_quantized("model.gguf") -> {"model.layers.0.mlp.gate_proj.weight": QuantizedWeight(q4_1), ...}
 
-`KEPT` says, one entry per GGUF type, which of our layouts (ir.quant) holds it and how its blocks get there:
-Q8_0's, Q4_0's and Q4_1's bytes are rearranged into our split rows (`ir.quant.from_gguf_blocks`): lossless, no
-arithmetic either way. Q5_0 blocks become q8_0 groups (code q - 16,
-the same scale: lossless) and Q4_K super-blocks eight q4_1 groups (scale d*sc and offset -dmin*m rounded to fp16:
-at most 2^-11 of each product; frontends/gguf_kquants.py); a Q4_K tensor whose products exceed fp16 stays
-dequantized, with a warning naming it. llama.cpp stores the rows of Llama's q/k projections permuted for its rotary
-layout; transformers' tensor processor undoes that permutation, which moves whole rows, so it applies to the blob as
-well: what a processor does is found by running it on a probe of numbered rows (`processed_row_order`), and a
-tensor it does more to (GPT-2's transposed matrices) stays dequantized, as transformers loads it. Other types are
-left out of the result (the model's dequantized weights cover them): Q6_K, Q5_K, Q2_K, Q3_K, Q5_1 and the IQ types
-have sub-blocks or offsets ours cannot hold (gguf_kquants' docstring says which); they are dequantized by transformers and, when `quantize=` asks for it, re-quantized by the quantize pass (a second
-rounding). `storage_note` says in the report, per GGUF type, how many tensors were kept as stored, converted,
-quantized anew or dequantized to float32. A tensor type nothing here can read is one `GGUFQuantError`.
+`KEPT` says, one entry per GGUF type, which of our layouts (ir.quant) holds it and how its blocks get there: Q8_0's,
+Q4_0's and Q4_1's bytes are rearranged into our split rows (`ir.quant.from_gguf_blocks`): lossless, no arithmetic
+either way. Q5_0 blocks become q8_0 groups (code q - 16, the same scale: lossless) and Q4_K super-blocks eight q4_1
+groups (scale d*sc and offset -dmin*m rounded to fp16: at most 2^-11 of each product; frontends/gguf_kquants.py); a
+Q4_K tensor whose products exceed fp16 stays dequantized, with a warning naming it. llama.cpp stores the rows of
+Llama's q/k projections permuted for its rotary layout; transformers' tensor processor undoes that permutation,
+which moves whole rows, so it applies to the blob as well: what a processor does is found by running it on a probe
+of numbered rows (`processed_row_order`), and a tensor it does more to (GPT-2's transposed matrices) stays
+dequantized, as transformers loads it. Other types are left out of the result (the model's dequantized weights cover
+them): Q6_K, Q5_K, Q2_K, Q3_K, Q5_1 and the IQ types have sub-blocks or offsets ours cannot hold (gguf_kquants'
+docstring says which); they are dequantized by transformers and, when `quantize=` asks for it, re-quantized by the
+quantize pass (a second rounding). `storage_note` says in the report, per GGUF type, how many tensors were kept as
+stored, converted, quantized anew or dequantized to float32. A tensor type nothing here can read is one
+`GGUFQuantError`.
 
 The mapping GGUF name -> HF name is transformers' own (`get_gguf_hf_weights_map` over the architecture built on
 the meta device from the file's config), so every architecture transformers loads from GGUF is covered.
