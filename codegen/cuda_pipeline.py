@@ -1,20 +1,23 @@
-"""The Relax pipeline for CUDA: TVM 0.27's own (`tvm.relax.backend.cuda.pipeline`), with one dlight rule changed.
+"""The Relax pipeline for CUDA: TVM 0.27's own (`tvm.relax.backend.cuda.pipeline`), with its dlight rules made to
+decline where they fail.
 
-What it changes: dlight's GEMV rule asserts (`analysis/gemv.normalize`: `assert r_loops`) on a matmul whose
-reduction axis has static extent 1 — a decoder's one-token `step` has them (attention probabilities [.., 1, 1] @
-values [.., 1, hd] when the attention spans the new token only). The access normalization drops extent-1 axes,
-so the rule finds no reduction loop and fails instead of declining. `OneTokenSafeGemv` declines such a block
-(nothing to reduce: it is a broadcast product), and the next rules schedule it (Reduction, GeneralReduction or
-Fallback, as for any other op GEMV does not take). Every other PrimFunc meets the same rules in the same order
-as in TVM's default pipeline; our own kernels are `tirx.is_scheduled`, which dlight skips. The rule declines as
-well where its tiling reads a tile count it could not simplify as a number (`extent.value` of an expression: a
-Zamba Mamba step's 264 rows, which do not divide into its tiles).
-
-What else it changes: dlight's Fallback fuses all spatial loops of a block into one, and TVM's iterator analysis
-fails to fuse a symbolic extent with a negative coefficient (a pad to the next chunk, `64 - seq` once the
-frontend's guards bound seq: Qwen3-Next's and Kimi-Linear's chunked delta rule). `SymbolicSafeFallback` then
-schedules elementwise blocks without that fusion: the static loops on blockIdx.x × threadIdx.x, the symbolic one
-on blockIdx.y.
+dlight tries its rules in order (Matmul, GEMV, Reduction, GeneralReduction, Fallback) and expects each to decline
+(return None) a function it does not fit. Several fail instead, and one failure stops the whole build:
+- GEMV asserts (`analysis/gemv.normalize`: `assert r_loops`) on a matmul whose reduction axis has static extent
+  1 — a decoder's one-token `step` has them (attention probabilities [.., 1, 1] @ values [.., 1, hd] when the
+  attention spans the new token only). `OneTokenSafeGemv` declines such a block (nothing to reduce: it is a
+  broadcast product).
+- GEMV reads a tile count it could not simplify as a number (`extent.value` of an expression: a Zamba Mamba
+  step's 264 rows, which do not divide into its tiles); Reduction asserts in `detect_dominant_read` (MPT's
+  ALiBi). `declining` wraps every rule but the last: such a failure is a decline, and the next rule schedules the
+  function, as for any op the rule does not take.
+- Fallback, the last, fuses all spatial loops of a block into one, and TVM's iterator analysis fails to fuse a
+  symbolic extent with a negative coefficient (a pad to the next chunk, `64 - seq` once the frontend's guards
+  bound seq: Qwen3-Next's and Kimi-Linear's chunked delta rule). `SymbolicSafeFallback` then schedules
+  elementwise blocks without that fusion: the static loops on blockIdx.x × threadIdx.x, the symbolic one on
+  blockIdx.y.
+Every PrimFunc meets the same rules in the same order as in TVM's default pipeline; our own kernels are
+`tirx.is_scheduled`, which dlight skips.
 """
 
 from __future__ import annotations
@@ -37,20 +40,41 @@ def _nothing_to_reduce(func) -> bool:
     return not any(it.kind == "R" for it in infos[0].iters)
 
 
-def one_token_safe_gemv():
-    """dlight's GEMV rule, declining matmuls that reduce over an axis of extent 1 (see the module docstring)."""
-    from tvm.s_tir import dlight as dl
+def declining(rule_class):
+    """dlight rule `rule_class`, declining (None: the next rule tries) where it fails on a function instead of
+    declining it: an assertion of its analysis (Reduction's `detect_dominant_read` on MPT's ALiBi bias, GEMV's
+    reduction loops) or a symbolic tile count read as a number (`extent.value`). A rule schedules a copy of the
+    function, so nothing of its failed try remains."""
 
-    class OneTokenSafeGemv(dl.gpu.GEMV):
+    class Declining(rule_class):
         def apply(self, func, target, tunable):
-            if _nothing_to_reduce(func):
-                return None
             try:
                 return super().apply(func, target, tunable)
-            except (AssertionError, AttributeError):  # its tiling reads a symbolic extent as a number: decline
+            except (AssertionError, AttributeError):
                 return None
 
+    Declining.__name__ = Declining.__qualname__ = f"Declining{rule_class.__name__}"
+    return Declining
+
+
+def one_token_safe_gemv():
+    """dlight's GEMV rule, declining matmuls that reduce over an axis of extent 1 (see the module docstring) and
+    where it fails (`declining`)."""
+    from tvm.s_tir import dlight as dl
+
+    class OneTokenSafeGemv(declining(dl.gpu.GEMV)):
+        def apply(self, func, target, tunable):
+            return None if _nothing_to_reduce(func) else super().apply(func, target, tunable)
+
     return OneTokenSafeGemv()
+
+
+def schedule_rules() -> list:
+    """TVM's default CUDA rules in their order, each declining where it fails, the Fallback last."""
+    from tvm.s_tir import dlight as dl
+
+    return [declining(dl.gpu.Matmul)(), one_token_safe_gemv(), declining(dl.gpu.Reduction)(),
+            declining(dl.gpu.GeneralReduction)(), symbolic_safe_fallback()]
 
 
 def symbolic_safe_fallback():
@@ -106,8 +130,7 @@ def cuda_pipeline(tvm_target):
 
     legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
-                dl.ApplyDefaultSchedule(dl.gpu.Matmul(), one_token_safe_gemv(), dl.gpu.Reduction(),
-                                        dl.gpu.GeneralReduction(), symbolic_safe_fallback())]
+                dl.ApplyDefaultSchedule(*schedule_rules())]
 
     @tvm.transform.module_pass(opt_level=0, name="ActsparseCudaPipeline")
     def _pipeline(mod, _ctx):

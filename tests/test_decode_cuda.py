@@ -80,7 +80,7 @@ def test_the_gemv_rule_declines_a_matmul_where_dlights_fails(a, b, error):
     from tvm.s_tir import dlight as dl
 
     from actsparse import targets
-    from actsparse.codegen.cuda_pipeline import one_token_safe_gemv
+    from actsparse.codegen.cuda_pipeline import one_token_safe_gemv, schedule_rules
 
     bb = relax.BlockBuilder()
     p, v = relax.Var("p", relax.TensorType(a, "float32")), relax.Var("v", relax.TensorType(b, "float32"))
@@ -93,8 +93,38 @@ def test_the_gemv_rule_declines_a_matmul_where_dlights_fails(a, b, error):
         with pytest.raises(error):  # TVM 0.27's rule; if this starts passing, the workaround can go
             dl.gpu.GEMV().apply(prim, target, False)
         assert one_token_safe_gemv().apply(prim, target, False) is None
-        scheduled = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), one_token_safe_gemv(), dl.gpu.Reduction(),
-                                            dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+        scheduled = dl.ApplyDefaultSchedule(*schedule_rules())(mod)
+    (prim,) = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert prim.attrs["tirx.is_scheduled"] and "threadIdx" in prim.script()
+
+
+def test_a_reduction_dlights_reduction_rule_fails_on_is_declined_and_scheduled_by_the_next_rule():
+    """sum(ones([kv - 1])), MPT's count of the cached positions (its ALiBi), fused into one function that reads no
+    buffer: dlight's Reduction asserts in `detect_dominant_read`; ours declines, and the next rules schedule it."""
+    from tvm import relax, tirx
+    from tvm.s_tir import dlight as dl
+
+    from actsparse import targets
+    from actsparse.codegen.cuda_pipeline import declining, schedule_rules
+
+    kv = tirx.Var("kv", "int64")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((kv,), "int64"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            ones = bb.emit(relax.op.ones(relax.ShapeExpr([kv - 1]), "int64"))
+            total = bb.emit_output(bb.emit(relax.op.sum(ones)))
+        bb.emit_func_output(total)
+    fuse = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                     relax.transform.FuseOps(), relax.transform.FuseTIR()])
+    mod = fuse(bb.get())
+    (prim,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    target = targets.get("cuda").tvm_target()
+    with target:
+        with pytest.raises(AssertionError):  # TVM 0.27's rule; if this starts passing, `declining` can go
+            dl.gpu.Reduction().apply(prim, target, False)
+        assert declining(dl.gpu.Reduction)().apply(prim, target, False) is None
+        scheduled = dl.ApplyDefaultSchedule(*schedule_rules())(mod)
     (prim,) = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     assert prim.attrs["tirx.is_scheduled"] and "threadIdx" in prim.script()
 
