@@ -14,10 +14,9 @@ Measured (weights from DRAM: the last-level cache is evicted before every timed 
   routed dense biased the routed_moe kernel with gate/up/down biases (gpt-oss's experts), dense bodies
   routed exact        the routed_moe kernel, exact bodies: the chosen experts' gate rows, then the up and down rows
                       of their active neurons only (TurboSparse-Mixtral's expert x neuron sparsity)
-`--plain`: experts without a gate, relu²(x W1ᵀ) W2 (Nemotron-H's), in the form exact mode runs them (homogeneous
-coordinates: x' = [x, 1], gate rows [W1 | 0], up rows [0 | 1], down rows [W2ᵀ | 0], d + 1 columns); the all-experts
-form is then every expert's exact kernel on the token (what they compiled to before route-moe took this form), and
-the routed dense / biased forms are left out.
+`--plain`: experts without a gate, relu²(x W1ᵀ) W2 (Nemotron-H's), in the form exact mode runs them (W1 the gate,
+up factor `unit`: no up rows read); the all-experts form is then every expert's exact kernel on the token (what
+they compiled to before route-moe took this form), and the routed dense / biased forms are left out.
 Each output is checked against the op's numpy reference (ir/moe.py) first. Printed: CPU, load average (the figures
 are only comparable within one run on a shared machine), medians, bytes read, ratios; then a markdown table.
 """
@@ -70,15 +69,10 @@ def main(argv=None) -> None:
         active[rng.choice(n, n_active, replace=False)] = True
         w["gate"][rows] *= np.where(active == (w["gate"][rows] @ x[0] > 0), 1, -1).astype("float32")[:, None]
     act = "relu2" if args.plain else "relu"
-    if args.plain:  # homogeneous coordinates: one more column, up rows [0 | 1], no gate / down biases
-        x = np.concatenate([x, np.ones((1, 1), "float32")], 1)
-        w["up"] = np.zeros((E * n, d + 1), np.float32)
-        w["up"][:, d] = 1
-        for name in ("gate", "down_t"):
-            w[name] = np.concatenate([w[name], np.zeros((E * n, 1), np.float32)], 1)
-        w = {name: aligned_contiguous(array) for name, array in w.items()}
-        d += 1
-    attrs = {"experts": E, "gate_act": act, "up_act": "identity", "threshold": 0.0}
+    up_act = "unit" if args.plain else "identity"
+    if args.plain:  # the up input is the gate's own rows (sparsify-exact's form), never read for `unit`
+        w["up"] = w["gate"]
+    attrs = {"experts": E, "gate_act": act, "up_act": up_act, "threshold": 0.0}
     expected = routed_moe_ref(x, w["gate"], w["up"], w["down_t"], route_w, route_i, attrs, {})
     biases = [rng.standard_normal(E * n).astype("float32") * 0.1 for _ in range(2)] + [
         rng.standard_normal((E, d)).astype("float32") * 0.1]
@@ -86,7 +80,7 @@ def main(argv=None) -> None:
                                      {**attrs, "bias": True, "mode": "dense"}, {})
 
     t0 = time.perf_counter()
-    kw = dict(gate_act=act, up_act="identity", dtype="float32", sched=bench.sched)
+    kw = dict(gate_act=act, up_act=up_act, dtype="float32", sched=bench.sched)
     one_expert = sparse_gated_mlp(d, n, **kw) if args.plain else dense_gated_mlp(d, n, **kw)
     dense = build_standalone(one_expert, bench.target)
     routed = {exact: build_standalone(routed_moe(d, n, E, exact=exact, **kw), bench.target) for exact in (False, True)}
@@ -121,11 +115,11 @@ def main(argv=None) -> None:
     row = d * 4
     baseline = "all-experts exact" if args.plain else "all-experts dense"
     runners = {
-        baseline: (all_experts, (E * (n + 2 * n_active) if args.plain else 3 * E * n) * row, expected),
+        baseline: (all_experts, (E * (n + n_active) if args.plain else 3 * E * n) * row, expected),
         "routed dense": (lambda: run_routed(False), 3 * k * n * row, expected),
         "routed dense biased": (run_biased, 3 * k * n * row + k * (2 * n + d) * 4, expected_biased),
-        f"routed exact ({args.sparsity:.0%} sparse)": (lambda: run_routed(True), k * (n + 2 * n_active) * row,
-                                                        expected),
+        f"routed exact ({args.sparsity:.0%} sparse)": (lambda: run_routed(True),
+                                                        k * (n + (1 if args.plain else 2) * n_active) * row, expected),
     }
     if args.plain:  # exact mode's forms only (the dense ones are what plain experts never compile to)
         del runners["routed dense"], runners["routed dense biased"]

@@ -8,6 +8,8 @@ An `Activation` entry holds
     cuda(t)         the CUDA kernels' form (they are TIR too); None = the same as `tir`
     relax(x, t, dtype) -> a Relax expression (dense lowering of `gated_mlp` and of the elementwise ops)
     exactly_sparse  act(v) == 0 for every v <= t (ReLU family): an inactive neuron can be skipped losslessly
+    constant        the value of an activation that ignores its input (`unit`, the up factor of a non-gated MLP,
+                    whose first projection is the gate): kernels read no up rows for it
 
 `gelu` is the erf form everywhere (as torch's default and the IR's `gelu{approximate='none'}`), `gelu_tanh` the
 tanh approximation (`gelu{approximate='tanh'}`). tests/test_activations.py checks every entry's kernel forms
@@ -35,6 +37,7 @@ class Activation:
     exactly_sparse: bool = False
     cuda: Callable[[float], Callable] | None = None
     doc: str = ""
+    constant: float | None = None
 
     def tir_expr(self, threshold: float = 0.0) -> Callable:
         """PrimExpr -> PrimExpr of the CPU kernels."""
@@ -148,6 +151,12 @@ def _tir_identity(t):
     return lambda v: v
 
 
+def _tir_unit(t):
+    from tvm.script import tirx as T
+
+    return lambda v: T.float32(1)
+
+
 # --- Relax forms --------------------------------------------------------------------------------------------------
 def _relax_op(name: str):
     def build(x, t, dtype):
@@ -168,6 +177,12 @@ def _relax_const(value, dtype: str):
 
     array = np.asarray(value, dtype=np_dtype(dtype))
     return relax.const(array, array.dtype.name)
+
+
+def _relax_ones_like(x):
+    from tvm import relax
+
+    return relax.op.ones_like(x)
 
 
 def _relax_relu(x, t, dtype):
@@ -265,11 +280,13 @@ ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
     Activation("gelu_tanh", _np_gelu_tanh, _tir_gelu_tanh, _relax_op("nn.gelu_tanh"),
                doc="0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))"),
     Activation("identity", _np_identity, _tir_identity, lambda x, t, dtype: x, doc="x"),
+    Activation("unit", lambda x, t=0.0: np.ones_like(x), _tir_unit, lambda x, t, dtype: _relax_ones_like(x),
+               constant=1.0, doc="1 whatever x: a non-gated MLP as a gated one (up factor 1, no up rows read)"),
     *(entry for gate, up, _ in CLAMPED for entry in (gate, up)),
 )}
 
 GATE_ACTS = tuple(ACTIVATIONS)
-UP_ACTS = ("identity", "relu", *(up.name for _, up, _ in CLAMPED))
+UP_ACTS = ("identity", "relu", "unit", *(up.name for _, up, _ in CLAMPED))
 PROBED = tuple(e.name for gate, up, _ in CLAMPED for e in (gate, up))  # no op of their own: found by probing
 CLAMPED_PATTERNS = {(gate.name, up.name): pattern for gate, up, pattern in CLAMPED}
 
@@ -288,6 +305,11 @@ def apply(name: str, x: np.ndarray, threshold: float = 0.0) -> np.ndarray:
 
 def exactly_sparse(name: str) -> bool:
     return activation(name).exactly_sparse
+
+
+def reads_input(name: str) -> bool:
+    """Whether the activation depends on its input: `unit` does not, so no up dot is computed for it."""
+    return activation(name).constant is None
 
 
 ZERO_BELOW = tuple(name for name, a in ACTIVATIONS.items() if a.exactly_sparse)  # exact mode's activations

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ActsparseError
-from .activations import apply
+from .activations import apply, reads_input
 from .input_sparse import input_intermediate, input_measure
 
 # group_frequency: mean firing frequency per group of NEURON_GROUP neurons, hottest first, set when the neurons
@@ -86,7 +86,10 @@ class SparseVariant:
 
 def _neuron_effective(attrs: dict, h: np.ndarray) -> dict:
     """Per-neuron variants read every gate row; 'gate' decisions skip the up and down rows of an inactive neuron,
-    'product' ones (which need u) only its down row. Equal-size matrices: a third of the bytes each."""
+    'product' ones (which need u) only its down row. Equal-size matrices: a third of the bytes each; half, where
+    the up factor reads nothing (`unit`: a non-gated MLP is its gate and down matrices)."""
+    if not reads_input(attrs.get("up_act", "identity")):
+        return {"effective_sparsity": float(np.mean(h == 0)) / 2}
     skipped = 1 / 3 if attrs.get("mode") == "threshold" and attrs.get("criterion") == "product" else 2 / 3
     return {"effective_sparsity": float(np.mean(h == 0)) * skipped}
 

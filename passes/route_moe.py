@@ -13,9 +13,9 @@ Matches, by what it computes (after detection and the sparsify passes), a sum wi
 (either operand order of each mul / eq; casts of R_e or of the mask are looked through). This is the form
 frontends/moe.py exports transformers' MoE layers in, and the one a hand-written "weight each expert by its
 routing weight" module has. An exact block whose gate / up biases sparsify-exact folded into its weights
-(homogeneous coordinates: a plain relu / relu² MLP, Nemotron-H's experts) is B_e = slice(sparse_gated_mlp(
-concat(x, 1), ...), 0:d); those experts route on concat(x, 1), the routed output sliced back to d
-(`routed-augmented`). Why it is the same value: I comes from a top-k over E scores, so every index lies in
+(homogeneous coordinates: biased plain relu / relu² MLPs; Nemotron-H's unbiased ones need none) is
+B_e = slice(sparse_gated_mlp(concat(x, 1), ...), 0:d); those experts route on concat(x, 1), the routed output sliced
+back to d (`routed-augmented`). Why it is the same value: I comes from a top-k over E scores, so every index lies in
 [0, E), and the terms cover every e exactly once; then Σ_e B_e(x)·R_e = Σ_j V[:, j]·B_{I[:, j]}(x), which is what
 `routed_moe` computes (wherever the experts' outputs are finite: the sum multiplies an unchosen expert by 0).
 
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph, Node, TensorType
+from ..ir.activations import reads_input
 from ..ir.mlp import pattern_name, split_fused
 from ..ir.moe import BIASED_MODES
 from ..ir.ops import op_def
@@ -98,7 +99,7 @@ def _term(node: Node) -> tuple[Node, Node, Node, int] | None:
 
 def _augmented(node: Node) -> Node | None:
     """The exact block of slice(sparse_gated_mlp{exact}(concat(x, 1), ...), last axis, 0:d): biases folded into its
-    weights in homogeneous coordinates (sparsify-exact; a plain relu / relu² MLP is one: up rows [0 | 1]). Its
+    weights in homogeneous coordinates (sparsify-exact; a plain relu / relu² MLP with a bias is one). Its
     experts route as they are, on concat(x, 1), and the routed output is sliced back."""
     if node.op != "slice" or node.attrs.get("start", 0) != 0 or node.attrs.get("step", 1) != 1:
         return None
@@ -244,7 +245,10 @@ def _build(node: Node, b: dict) -> Node:
     roles = ("gate", "up", "down_t") + (("b_gate", "b_up", "b_down") if b["biased"] else ())
     stack = {"b_down": np.stack}  # one row per expert; the others are row ranges
     stacked = [derived_weight(f"{prefix}.{role}", lambda k=k, role=role: stack.get(role, np.concatenate)(
-        [p[k].astype(np.float32) if k >= 3 else p[k] for p in parts])) for k, role in enumerate(roles)]
+        [p[k].astype(np.float32) if k >= 3 else p[k] for p in parts])) for k, role in enumerate(roles)
+        if role != "up" or reads_input(up_act)]
+    if not reads_input(up_act):  # `unit` experts' up input is their gate's rows (sparsify-exact): stacked once
+        stacked.insert(1, stacked[0])
     attrs = {"experts": b["experts"], "gate_act": gate_act, "up_act": up_act, "threshold": threshold, "mode": mode,
              "pattern": pattern, **({"bias": True} if b["biased"] else {})}  # unbiased: the golden IR unchanged
     routed = Node("routed_moe", (x, *stacked[:3], b["v"], b["index"], *stacked[3:]), attrs,

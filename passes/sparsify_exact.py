@@ -22,13 +22,14 @@ A block whose weights hold NaN or Inf stays dense (in every mode, with a note): 
 an inactive neuron with an infinite up or down weight, which skipping that neuron would hide.
 Non-gated ReLU-family MLPs (OPT/Falcon relu, relu² of Primer/Nemotron/Persimmon, any `ZERO_BELOW` activation)
 are exact too: the first projection plays the gate (computed densely: it decides which neurons are active) and
-the "up" factor is the constant 1, in the same homogeneous coordinates (up rows [0 | 1]):
+the "up" factor is the constant 1, `up_act="unit"` (ir/activations.py), whose weight input is the gate's own
+(no second matrix stored; the CPU kernels read no up rows for it, the CUDA ones read the gate's rows twice):
 
     linear(act(linear(x, @W1, @b1)), @W2, @b2)
-        -> add(slice(sparse_gated_mlp(concat(x, 1), @W1.aug, @W1.one_up.aug, @W2.t.aug), 0:d), @b2)
+        -> add(slice(sparse_gated_mlp(concat(x, 1), @W1.aug, @W1.aug, @W2.t.aug){up_act='unit'}, 0:d), @b2)
+    linear(act(linear(x, @W1)), @W2) -> sparse_gated_mlp(x, @W1, @W1, @W2.t){up_act='unit'}
 
-so only the down rows of active neurons are read (plus their one-column up rows: a unit row per active
-neuron, d+1 floats, the price of reusing the gated kernels on every target unchanged).
+so only the down rows of active neurons are read.
 
 A gate cut at a per-token cutoff (Gemma 3n: gelu_tanh(relu(P - mean(P) - z·std(P))), detect-gated-mlp's
 `cutoff_block`) is exactly zero wherever P <= c, but which neurons those are is known only once all of P is: the
@@ -54,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ModeError
-from ..ir import Graph, Node, rewrite, weight_node
+from ..ir import Graph, Node, rewrite
 from ..ir.activations import ZERO_BELOW
 from ..ir.mlp import is_exactly_sparse, pattern_name
 from ..ir.sparse_variants import VARIANTS
@@ -158,26 +159,19 @@ def _plain_relu_mlp(node: Node):
 
 
 def _sparse_plain(node: Node, b: dict, graph: Graph, new_weights: dict) -> Node:
-    """The non-gated block as a gated one with up factor 1 (see the module docstring), then sparse layout."""
+    """The non-gated block as a gated one whose up factor is the constant 1 (see the module docstring), then sparse
+    layout."""
     act, first = b["act"], b["first"]
     x, w1 = first.inputs[:2]
-    n, d = w1.shape
-    name = w1.attrs["name"]
-    arrays = {f"{name}.one_up": np.zeros((n, d), np.float32), f"{name}.one_up.bias": np.ones(n, np.float32)}
-    if len(first.inputs) < 3:
-        arrays[f"{name}.zero_bias"] = np.zeros(n, np.float32)
-    for key, array in arrays.items():
-        new_weights.setdefault(key, array)
-    b1 = first.inputs[2] if len(first.inputs) > 2 else weight_node(f"{name}.zero_bias", arrays[f"{name}.zero_bias"])
-    up, b_up = (weight_node(k, new_weights[k]) for k in (f"{name}.one_up", f"{name}.one_up.bias"))
+    biases = (first.inputs[2],) * 2 if len(first.inputs) > 2 else ()  # the up's bias too: the same [W1 | b1] row
     threshold = float(act.attrs.get("threshold", 0.0))
-    gated = Node("gated_mlp", (x, w1, up, node.inputs[1], b1, b_up),
-                 {"gate_act": act.op, "up_act": "identity", "fused": False, "bias": True,
+    gated = Node("gated_mlp", (x, w1, w1, node.inputs[1], *biases),
+                 {"gate_act": act.op, "up_act": "unit", "fused": False, "bias": bool(biases),
                   **({"threshold": threshold} if act.op == "fatrelu" else {})},
                  node.type, common_module(first.loc, node.loc) or node.loc)
     pattern = f"{act.op}-mlp"
     record(pattern)
-    attrs = {"gate_act": act.op, "up_act": "identity", "mode": "exact", "pattern": pattern,
+    attrs = {"gate_act": act.op, "up_act": "unit", "mode": "exact", "pattern": pattern,
              **({"threshold": threshold} if act.op == "fatrelu" else {})}
-    out = to_sparse_layout(gated, attrs, graph, new_weights)  # reads the new up arrays from new_weights
+    out = to_sparse_layout(gated, attrs, graph, new_weights)
     return out if len(node.inputs) < 3 else Node("add", (out, node.inputs[2]), {}, node.type, node.loc)

@@ -35,6 +35,8 @@ def act(kind: str, v: np.ndarray, threshold: float = 0.0) -> np.ndarray:
         return np.square(np.maximum(v, 0))
     if kind == "relu6":
         return np.clip(v, 0, 6)
+    if kind == "unit":  # a non-gated MLP's up factor
+        return np.ones_like(v)
     if kind == "silu":
         return v / (1 + np.exp(-v))
     if kind == "gelu":
@@ -60,7 +62,8 @@ def mlp_reference(x, wg, wu, wd_t, gate_act="relu", up_act="identity", threshold
     h = act(gate_act, x @ wg.T, threshold) * act(up_act, x @ wu.T)
     g_scale = np.abs(x) @ np.abs(wg).T
     g_scale = 2 * g_scale**2 if gate_act == "relu2" else g_scale  # relu2: |g|² and twice g's relative error
-    terms = g_scale * (np.abs(x) @ np.abs(wu).T)  # bounds |act(g)| * |u| and their errors
+    u_scale = np.ones_like(g_scale) if up_act == "unit" else np.abs(x) @ np.abs(wu).T
+    terms = g_scale * u_scale  # bounds |act(g)| * |u| and their errors
     if mask is not None:
         h, terms = h * mask, terms * mask
     return h @ wd_t, terms @ np.abs(wd_t)

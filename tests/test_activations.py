@@ -72,7 +72,8 @@ def test_references_match_torch():
                    "relu6": F.relu6(x), "clip7_plus1": x.clamp(-7.0, 7.0) + 1,
                    "clamped_swish7": x.clamp(max=7.0) * torch.sigmoid(1.702 * x.clamp(max=7.0)),  # gpt-oss's
                    "clamped_silu10": F.silu(x.clamp(max=10.0)), "clip10": x.clamp(-10.0, 10.0),  # DeepSeek-V4's
-                   "gelu_tanh_relu": F.gelu(F.relu(x), approximate="tanh")}  # Gemma 3n's, after its cutoff
+                   "gelu_tanh_relu": F.gelu(F.relu(x), approximate="tanh"),  # Gemma 3n's, after its cutoff
+                   "unit": torch.ones_like(x)}  # a non-gated MLP's up factor
     assert set(torch_forms) == set(ACTIVATIONS)
     for name, want in torch_forms.items():
         _close(activation(name).reference(VALUES, THRESHOLD), want.numpy())

@@ -43,10 +43,11 @@ from .kernel_cases import (
 
 pytest.importorskip("tvm")
 
-EXACT_ACTS = st.tuples(st.sampled_from(["relu", "fatrelu", "relu2", "relu6"]), st.sampled_from(["identity", "relu"]),
+EXACT_ACTS = st.tuples(st.sampled_from(["relu", "fatrelu", "relu2", "relu6"]),
+                       st.sampled_from(["identity", "relu", "unit"]),
                        st.sampled_from([0.0, 0.5, 2.0]))
 ANY_ACTS = st.tuples(st.sampled_from(["relu", "fatrelu", "silu", "gelu", "gelu_tanh", "identity"]),
-                     st.sampled_from(["identity", "relu"]), st.sampled_from([0.0, 1.0]))
+                     st.sampled_from(["identity", "relu", "unit"]), st.sampled_from([0.0, 1.0]))
 THRESHOLD_ACTS = st.tuples(st.sampled_from(["relu", "fatrelu", "silu", "gelu", "gelu_tanh", "identity"]),
                            st.sampled_from(["identity", "relu"]), st.sampled_from([0.0, 0.5, 2.0]),
                            st.sampled_from(["gate", "product"]))
@@ -150,9 +151,10 @@ def test_cuda_kernels_compile_and_match_numpy_under_emulation(dtype, data):
 
 
 @pytest.mark.parametrize("target", ["x86", "arm", "cuda"])
-def test_relu2_and_relu6_exact_kernels_match_numpy_on_every_target(target):
-    """The exactly-zero-below gates found by activation analysis (relu², ReLU6), fixed cases per target family:
-    x86 natively, arm under qemu, cuda under the SIMT emulator (compile-only without it)."""
+def test_relu2_relu6_and_unit_up_exact_kernels_match_numpy_on_every_target(target):
+    """The exactly-zero-below gates found by activation analysis (relu², ReLU6) and a non-gated MLP's `unit` up
+    factor (the CPU kernels read no up rows), fixed cases per target family: x86 natively, arm under qemu, cuda
+    under the SIMT emulator (compile-only without it)."""
     from actsparse import targets
     from actsparse.codegen.schedules import schedule_for
 
@@ -163,7 +165,7 @@ def test_relu2_and_relu6_exact_kernels_match_numpy_on_every_target(target):
         require_cross_tools()
     d, n_ff, dtype = 19, 37, "float32"
     sched = schedule_for(targets.get(target))
-    acts = [("relu2", "identity"), ("relu6", "relu")]
+    acts = [("relu2", "identity"), ("relu6", "relu"), ("relu", "unit")]  # unit: a non-gated MLP, no up rows read
     prims = [primfunc("exact", d, n_ff, dtype, sched, (act, up, 0.0)) for act, up in acts]
     rng = np.random.default_rng(3)
     jobs = [(prim, [mlp_call("exact", rng, M, d, n_ff, dtype, (act, up, 0.0), active)

@@ -167,10 +167,10 @@ def test_ergo_experts_keep_the_norm_of_their_own_expert():
 
 
 def test_nemotron_h_relu2_experts_without_a_gate_run_routed_and_exact():
-    """Nemotron-H's MoE: relu² experts without a gate (plain MLPs, their up factor the constant 1 in homogeneous
-    coordinates: sparsify-exact). They route as they are, on concat(x, 1), the extra output column cut off: each
-    token runs its top-k experts only, and of those only the active neurons' down rows (expert x neuron sparsity).
-    The exact decoder (prefill and steps through the routed kernel) generates as transformers does."""
+    """Nemotron-H's MoE: relu² experts without a gate (plain MLPs: sparsify-exact makes their up factor the constant
+    1, `unit`, on the gate's own rows, which no CPU kernel reads). They route as they are: each token runs its top-k
+    experts only, and of those only the active neurons' down rows (expert x neuron sparsity). The exact decoder
+    (prefill and steps through the routed kernel) generates as transformers does."""
     import transformers
 
     import actsparse
@@ -182,10 +182,10 @@ def test_nemotron_h_relu2_experts_without_a_gate_run_routed_and_exact():
     with torch.no_grad():
         expected = model.generate(ids, attention_mask=torch.ones_like(ids))
     lm = actsparse.compile(model, mode="exact", max_seq=20)
-    assert lm.report.pass_stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4, "routed-augmented": 1}
+    assert lm.report.pass_stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4}
     routed = [n for n in lm.module.graph.nodes if n.op == "routed_moe"]
-    assert [(n.attrs["mode"], n.attrs["gate_act"], n.attrs["up_act"]) for n in routed] == [("exact", "relu2",
-                                                                                           "identity")]
-    assert routed[0].inputs[0].op == "concat"  # the experts' x in homogeneous coordinates
+    assert [(n.attrs["mode"], n.attrs["gate_act"], n.attrs["up_act"]) for n in routed] == [("exact", "relu2", "unit")]
+    assert routed[0].inputs[1] is routed[0].inputs[2] or \
+        routed[0].inputs[1].attrs["name"] == routed[0].inputs[2].attrs["name"]  # up: the gate's rows, never read
     assert lm.module.graph.count("sparse_gated_mlp") == 2  # the shared expert and the dense layer's MLP
     assert torch.equal(lm.generate(ids, 8), expected)

@@ -140,3 +140,47 @@ def test_experts_fed_by_a_concat_route_on_it_whole():
     assert "slice" not in {n.op for n in result.graph.nodes}
     inputs = [rng.standard_normal((5, 4)).astype(np.float32) for _ in range(2)]
     np.testing.assert_allclose(evaluate(result.graph, inputs)[0], evaluate(graph, inputs)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_biased_plain_experts_route_in_homogeneous_coordinates():
+    """Plain relu experts with a first-layer bias (OPT-style MLPs as experts): sparsify-exact folds the bias into
+    [W1 | b1] on concat(x, 1) with the `unit` up factor, and route-moe routes them on that concat, cutting the extra
+    output column (`routed-augmented`); the result computes what the graph did."""
+    lines = ["graph @main(%x: f32[seq,8]) {", "  @router.weight : f32[3,8]"]
+    for e in range(3):
+        lines += [f"  @experts.{e}.fc1.weight : f32[16,8]", f"  @experts.{e}.fc1.bias : f32[16]",
+                  f"  @experts.{e}.fc2.weight : f32[8,16]"]
+    lines += ["  %0 = linear(%x, @router.weight) : f32[seq,3]  # router (moe.py:1)",
+              "  %1 = softmax(%0) {'axis': -1} : f32[seq,3]  # router (moe.py:2)",
+              "  %2 = topk(%1) {'axis': 1, 'k': 2, 'largest': True, 'output': 'values'} : f32[seq,2]  # router",
+              "  %3 = topk(%1) {'axis': 1, 'k': 2, 'largest': True, 'output': 'indices'} : i64[seq,2]  # router"]
+    total = None
+    for e in range(3):
+        lines += [f"  %h{e} = linear(%x, @experts.{e}.fc1.weight, @experts.{e}.fc1.bias) : f32[seq,16]  # experts.{e}",
+                  f"  %a{e} = relu(%h{e}) : f32[seq,16]  # experts.{e}",
+                  f"  %o{e} = linear(%a{e}, @experts.{e}.fc2.weight) : f32[seq,8]  # experts.{e}",
+                  f"  %k{e} = constant() {{'value': {e}}} : i64[]  # moe",
+                  f"  %q{e} = eq(%3, %k{e}) : bool[seq,2]  # moe",
+                  f"  %c{e} = cast(%q{e}) {{'dtype': 'f32'}} : f32[seq,2]  # moe",
+                  f"  %m{e} = mul(%2, %c{e}) : f32[seq,2]  # moe",
+                  f"  %s{e} = sum(%m{e}) {{'axes': (1,), 'keepdim': True}} : f32[seq,1]  # moe",
+                  f"  %w{e} = mul(%o{e}, %s{e}) : f32[seq,8]  # moe"]
+        if total is not None:
+            lines.append(f"  %t{e} = add({total}, %w{e}) : f32[seq,8]  # moe")
+        total = f"%t{e}" if total is not None else f"%w{e}"
+    text = "\n".join([*lines, f"  return {total}", "}", ""])
+    rng = np.random.default_rng(0)
+    graph = parse_graph(text, {k: rng.standard_normal(v.shape).astype(np.float32)
+                               for k, v in parse_graph(text).weights.items()})
+    result = run_pipeline(graph, pipeline_for("exact"))
+    assert result.stats["sparsify-exact"] == {"relu-mlp": 3}
+    assert result.stats["route-moe"] == {"routed-moe": 1, "routed-experts": 3, "routed-augmented": 1}
+    (routed,) = [n for n in result.graph.nodes if n.op == "routed_moe"]
+    assert routed.inputs[0].op == "concat" and routed.shape[-1] == 9 and routed.attrs["up_act"] == "unit"
+    inputs = _inputs(graph)
+    want = evaluate(graph, inputs)[0]
+    np.testing.assert_allclose(evaluate(result.graph, inputs)[0], want, rtol=1e-4, atol=1e-5)
+    import actsparse  # and the routed CPU kernel, which reads no up rows for `unit`
+
+    np.testing.assert_allclose(np.asarray(actsparse.compile(graph, inputs, mode="exact")(*inputs)), want, rtol=1e-4,
+                               atol=1e-5)

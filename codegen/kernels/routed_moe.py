@@ -27,6 +27,7 @@ from functools import cache
 import numpy as np
 from tvm.script import tirx as T
 
+from ...ir.activations import reads_input
 from .common import GATE_ACTS, activation, skipping_value
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
@@ -48,10 +49,11 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
     sched = sched.fitted(d, dtype)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     # an expert's gated MLP: sparse_mlp's regions at the expert's row offset (exact: idx lists absolute rows)
+    reads_up = reads_input(up_act)
     compacting = compacting_body(d, n_ff, dtype, sched, gate_value=skipping_value(act_g), act_u=act_u,
-                                 kernel="routed") if exact else None
+                                 kernel="routed", reads_up=reads_up) if exact else None
     dense = None if exact else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, kernel="routed",
-                                          biased=bias)
+                                          biased=bias, reads_up=reads_up)
     threads = sched.threads
     wshape, wdtype = weight_buffer(experts * n_ff, d, dtype)
     zero = T.float32(0)

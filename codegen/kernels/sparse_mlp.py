@@ -35,7 +35,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from ...ir.activations import ZERO_BELOW
+from ...ir.activations import ZERO_BELOW, reads_input
 from .axpy import axpy_macro, zero_columns_macro
 from .common import (
     GATE_ACTS,
@@ -85,17 +85,17 @@ def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     sched = sched.fitted(d, dtype)
     name = mlp_symbol("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched)
     return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=skipping_value(activation(gate_act, threshold)),
-                                act_u=activation(up_act), kernel="exact")
+                                act_u=activation(up_act), kernel="exact", reads_up=reads_input(up_act))
 
 
 def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name: str, *, gate_value, act_u,
-                         keep_product=None, kernel: str):
+                         keep_product=None, kernel: str, reads_up: bool = True):
     """The kernel of exact and threshold modes (`kernel`: "exact" / "threshold"): (x, w_gate, w_up, w_down_t, out),
     structure in the module docstring; its body is `compacting_body`'s."""
     threads = sched.threads
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
     body = compacting_body(d, n_ff, dtype, sched, gate_value=gate_value, act_u=act_u, keep_product=keep_product,
-                           x8=x8, kernel=kernel)
+                           x8=x8, kernel=kernel, reads_up=reads_up)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
@@ -121,7 +121,7 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
 
 
 def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_value, act_u, keep_product=None,
-                    x8: bool = False, kernel: str, gate_dots=None):
+                    x8: bool = False, kernel: str, gate_dots=None, reads_up: bool = True):
     """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out)`: the two regions of the exact and threshold
     kernels over the n_ff neurons whose weights are rows row0 .. row0 + n_ff - 1 (a routed expert's; 0 for a
     block's own weights). Scratch: g, h [M, n_ff] f32, idx [n_ff] i32 (it lists weight rows), cnt [threads] i32.
@@ -133,7 +133,8 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     mode's "product" criterion) the decision needs u: every up row is read with the gate, h = gate_value(g) *
     act_u(u) is kept where keep_product(h), compacted in place, and only the listed down rows are read.
     `gate_dots`: a macro in place of the gate row dots (same arguments), e.g. one that leaves g as computed before
-    the kernel (cutoff_mlp.py: the activated gate is an input).
+    the kernel (cutoff_mlp.py: the activated gate is an input). `reads_up` False: act_u ignores its input (`unit`,
+    a non-gated MLP's up factor), so no up row is read.
     """
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
@@ -156,7 +157,7 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
             for st in range((nj + R - 1) // R):
                 gate_dots(w_gate, x, M, idx, row0 + j0, st * R, nj, g, j0)
-                if product:
+                if product and reads_up:
                     up_dots(w_up, x, M, idx, row0 + j0, st * R, nj, h, j0)
                 for r in range(T.min(R, nj - st * R)):
                     live[0] = 0
@@ -180,7 +181,8 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
             cnt[t] = nl
             if not product:  # only the listed neurons' up rows
                 for st in range((nl + R - 1) // R):
-                    up_dots(w_up, x, M, idx, j0, st * R, nl, h, j0)
+                    if reads_up:
+                        up_dots(w_up, x, M, idx, j0, st * R, nl, h, j0)
                     for r in range(T.min(R, nl - st * R)):
                         for m in range(M):
                             h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r] - row0] * act_u(h[m, j0 + st * R + r])
@@ -206,7 +208,7 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
     sched = sched.fitted(d, dtype)
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
     body = dense_body(d, n_ff, dtype, sched, act_g=activation(gate_act, threshold), act_u=activation(up_act), x8=x8,
-                      kernel="dense")
+                      kernel="dense", reads_up=reads_input(up_act))
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
 
     @T.prim_func
@@ -229,11 +231,11 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
 
 
 def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_u, x8: bool = False,
-               kernel: str, biased: bool = False, gate_dots=None):
+               kernel: str, biased: bool = False, gate_dots=None, reads_up: bool = True):
     """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, out)`: the dense kernel's two regions over the n_ff neurons
     whose weights are rows row0 .. row0 + n_ff - 1 (see `compacting_body`, also for `x8` and `kernel`). Scratch:
     g, h [M, n_ff] f32. `biased`: the body also takes `b_gate, b_up` (float32, indexed by weight row), added to
-    the dots before the activations (gpt-oss's experts). `gate_dots`: as in `compacting_body` (a given gate)."""
+    the dots before the activations (gpt-oss's experts). `gate_dots`, `reads_up`: as in `compacting_body`."""
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads
     if gate_dots is None:
@@ -249,7 +251,8 @@ def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
             for st in range((nj + R - 1) // R):
                 gate_dots(w_gate, x, M, g, row0 + j0, st * R, nj, g, j0)
-                up_dots(w_up, x, M, h, row0 + j0, st * R, nj, h, j0)
+                if reads_up:
+                    up_dots(w_up, x, M, h, row0 + j0, st * R, nj, h, j0)
                 for r in range(T.min(R, nj - st * R)):
                     j: T.let = j0 + st * R + r
                     for m in range(M):
