@@ -23,7 +23,7 @@ an inactive neuron with an infinite up or down weight, which skipping that neuro
 Non-gated ReLU-family MLPs (OPT/Falcon relu, relu² of Primer/Nemotron/Persimmon, any `ZERO_BELOW` activation)
 are exact too: the first projection plays the gate (computed densely: it decides which neurons are active) and
 the "up" factor is the constant 1, `up_act="unit"` (ir/activations.py), whose weight input is the gate's own
-(no second matrix stored; the CPU kernels read no up rows for it, the CUDA ones read the gate's rows twice):
+(no second matrix stored; the exact, dense and routed kernels read no up rows for it, on CPUs and CUDA):
 
     linear(act(linear(x, @W1, @b1)), @W2, @b2)
         -> add(slice(sparse_gated_mlp(concat(x, 1), @W1.aug, @W1.aug, @W2.t.aug){up_act='unit'}, 0:d), @b2)

@@ -153,7 +153,7 @@ def test_cuda_kernels_compile_and_match_numpy_under_emulation(dtype, data):
 @pytest.mark.parametrize("target", ["x86", "arm", "cuda"])
 def test_relu2_relu6_and_unit_up_exact_kernels_match_numpy_on_every_target(target):
     """The exactly-zero-below gates found by activation analysis (relu², ReLU6) and a non-gated MLP's `unit` up
-    factor (the CPU kernels read no up rows), fixed cases per target family: x86 natively, arm under qemu, cuda
+    factor (no kernel reads up rows for it), fixed cases per target family: x86 natively, arm under qemu, cuda
     under the SIMT emulator (compile-only without it)."""
     from actsparse import targets
     from actsparse.codegen.schedules import schedule_for

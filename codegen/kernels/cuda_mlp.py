@@ -28,6 +28,7 @@ from functools import cache
 from tvm import tirx
 from tvm.script import tirx as T
 
+from ...ir.activations import reads_input
 from .common import activation, check_dtype, is_active, skipping_value, symbol
 from .cuda_blocks import (
     block_any,
@@ -66,6 +67,7 @@ class _Mlp:
     splits: int
     act_u: Callable
     name: str
+    reads_up: bool = True  # False: act_u ignores its input (`unit`), the kernels read no up rows
 
 
 def mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, gate_acts=GATE_ACTS,
@@ -78,20 +80,24 @@ def mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, cou
     act_g, act_u = act_g or activation(gate_act, threshold, "cuda"), activation(up_act, family="cuda")
     warp_dot = warp_dot_macro(d, dtype, sched)
     splits = down_splits(d, dtype, sched, n_ff)
+    reads_up = reads_input(up_act)  # `unit` (a non-gated MLP): no up row is read
 
     @T.macro
     def gated_dot(w_gate, w_up, j, x, xs, m, lane, s):
         gs = T.alloc_buffer((1,), "float32", scope="local")
         warp_dot(w_gate, j, x, xs, m, lane, s)
         gs[0] = act_g(s[0])
-        warp_dot(w_up, j, x, xs, m, lane, s)
-        s[0] = gs[0] * act_u(s[0])
+        if reads_up:
+            warp_dot(w_up, j, x, xs, m, lane, s)
+            s[0] = gs[0] * act_u(s[0])
+        else:
+            s[0] = gs[0]
 
     name = "actsparse_cuda_" + mlp_symbol(kind, d, n_ff, tag or gate_act, up_act, threshold, dtype,
                                           sched).removeprefix("actsparse_")
     return _Mlp(sched.warp, sched.warps, gated_dot, warp_dot, stage_x_macro(d, dtype, sched),
                 *x_stage_buffer(d, dtype), *down_macros(d, dtype, sched, row, count, splits, keep), splits, act_u,
-                name)
+                name, reads_up)
 
 
 FLAGGING_SCRATCH = 3  # h [M, n_ff], flag [n_ff], part [splits, M, d]
@@ -120,6 +126,7 @@ def flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool, decide_rea
     `decide_reads_x` False: the decisions read no x (a given gate), so the decision loop stages none."""
     L, W, warp_dot, act_u, stage = k.L, k.W, k.warp_dot, k.act_u, k.stage
     n_blocks = (n_ff + W - 1) // W
+    up_after = up_after and k.reads_up  # `unit`: h is the kept value, no up row read
 
     @T.macro
     def body(x, w_gate, w_up, w_down_t, scores, cutoff, out, h, flag, part, M):
