@@ -1,0 +1,104 @@
+"""One non-gated ReLU MLP (OPT / Falcon style: fc2(relu(fc1(x) + b1)) + b2) at OPT-6.7B dims, batch 1, through
+`actsparse.compile()`: exact vs dense vs torch eager, in one run.
+
+    python -m actsparse.benchmarks.plain_mlp [--sparsity 0.9] [--repeats 15] [--small]
+
+Exact mode runs such an MLP as a gated one whose up factor is the constant 1 (`up_act="unit"`, sparsify-exact):
+fc1's rows are read densely (they decide which neurons are active), then only the active neurons' fc2 rows. The
+fc1 rows are arranged so exactly `sparsity` of the neurons are inactive for the input. Every call follows a
+last-level-cache eviction, interleaved (benchmarks/ffn.py's `FfnBench.time`). Printed: the CPU, load average,
+median ms of each path, the bytes each must read and the speed-ups, then a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+OPT_6_7B = (4096, 16384)
+SMALL = (256, 1024)
+
+
+def relu_mlp(w1, b1, w2, b2):
+    """fc2(relu(fc1(x))) with these weights and biases, in torch's own memory (as a user's model holds them)."""
+    import torch
+    from torch import nn
+
+    class ReluMlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            n_ff, d = w1.shape
+            self.fc1, self.fc2 = nn.Linear(d, n_ff), nn.Linear(n_ff, d)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    model = ReluMlp()
+    with torch.no_grad():
+        for layer, w, b in ((model.fc1, w1, b1), (model.fc2, w2, b2)):
+            layer.weight.copy_(torch.from_numpy(w))
+            layer.bias.copy_(torch.from_numpy(b))
+    return model.eval()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sparsity", type=float, default=0.9, help="fraction of inactive neurons (default 0.9)")
+    ap.add_argument("--repeats", type=int, default=15, help="timed calls per path (median reported)")
+    ap.add_argument("--small", action="store_true", help="tiny dims for a smoke test")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+    import numpy as np
+    import torch
+
+    import actsparse
+    from actsparse.benchmarks.ffn import FfnBench
+    from actsparse.targets import x86
+
+    d, n_ff = SMALL if args.small else OPT_6_7B
+    host = x86.host()
+    bench = FfnBench(d, n_ff, host.threads)
+    torch.set_num_threads(host.threads)
+    load_before = os.getloadavg()
+    w1, active = bench.gate_for(args.sparsity)
+    b1, b2 = np.zeros(n_ff, np.float32), np.full(d, 0.01, np.float32)
+    model = relu_mlp(w1, b1, bench.wd, b2)
+    x = bench.x.reshape(1, 1, d).astype("float32")
+    compiled = {mode: actsparse.compile(model, (x,), mode=mode) for mode in ("exact", "dense")}
+    pattern = compiled["exact"].report.blocks[0].pattern
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    for mode, cm in compiled.items():
+        err = np.abs(cm(x) - want).max() / np.abs(want).max()
+        if err > 1e-4:
+            print(f"MISMATCH: compile() {mode} vs torch, max rel err {err:.2e}")
+            return 1
+    xt = torch.from_numpy(x)
+    row = d * 4
+    n_active = int(active.sum())
+
+    def torch_call():
+        with torch.no_grad():
+            return model(xt)
+
+    runners = {"torch eager (fp32)": (torch_call, 2 * n_ff * row),
+               "compile() dense": (lambda: compiled["dense"](x), 2 * n_ff * row),
+               "compile() exact": (lambda: compiled["exact"](x), (n_ff + n_active) * row)}
+    times = bench.time(runners, args.repeats)
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    load_after = os.getloadavg()[0]
+    print(f"CPU: {bench.cpu} | {host.threads} threads | load avg {load_before[0]:.2f} before, {load_after:.2f} after")
+    print(f"MLP d={d} n_ff={n_ff}, fc2(relu(fc1(x))) with biases, fp32, {n_active} of {n_ff} active; exact mode's "
+          f"pattern: {pattern}\n")
+    print("| path | median ms | MB read | GB/s | vs torch | vs compile() dense |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, (_, nbytes) in runners.items():
+        print(f"| {name} | {med[name] * 1e3:.2f} | {nbytes / 1e6:.0f} | {nbytes / med[name] / 1e9:.1f} | "
+              f"{med['torch eager (fp32)'] / med[name]:.2f}x | {med['compile() dense'] / med[name]:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
