@@ -43,15 +43,16 @@ def _nothing_to_reduce(func) -> bool:
 def declining(rule_class):
     """dlight rule `rule_class`, declining (None: the next rule tries) where it fails on a function instead of
     declining it: an assertion of its analysis (Reduction's `detect_dominant_read` on MPT's ALiBi bias, GEMV's
-    reduction loops) or a symbolic tile count read as a number (`extent.value`). A rule schedules a copy of the
-    function, so nothing of its failed try remains."""
+    reduction loops), a symbolic tile count read as a number (`extent.value`), a cross-thread reduction its
+    schedule cannot form (Zaya's grouped conv). A rule schedules a copy of the function, so nothing of its failed
+    try remains."""
 
     class Declining(rule_class):
         def apply(self, func, target, tunable):
             try:
                 return super().apply(func, target, tunable)
-            except (AssertionError, AttributeError):
-                return None
+            except Exception:  # noqa: BLE001 - any failure: a schedule only orders the same computation, so the
+                return None  # next rule's is as right (and the Fallback, last, still raises what it cannot do)
 
     Declining.__name__ = Declining.__qualname__ = f"Declining{rule_class.__name__}"
     return Declining

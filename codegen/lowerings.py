@@ -267,6 +267,8 @@ def _conv1d(ctx, node, args):
     a = node.attrs
     if _is_depthwise(node):
         out = _depthwise_conv1d(ctx, node, args[0], args[1])
+    elif a.get("groups", 1) > 1:
+        out = _grouped_conv1d(ctx, node, args[0], args[1])
     else:
         out = R.nn.conv1d(args[0], args[1], strides=a.get("stride", 1), padding=a.get("padding", 0),
                           dilation=a.get("dilation", 1), groups=a.get("groups", 1))
@@ -278,6 +280,22 @@ def _is_depthwise(node) -> bool:
     channels, (out_channels, per_group, _) = node.inputs[0].shape[1], node.inputs[1].shape
     return node.attrs.get("stride", 1) == 1 and per_group == 1 and node.attrs.get("groups", 1) == channels == \
         out_channels
+
+
+def _grouped_conv1d(ctx, node, x, w):
+    """A grouped conv as one batched matmul per group over its K shifted windows (im2col): W [G, O/G, C/G·K] @
+    cols [N, G, C/G·K, L], the reduction in TOPI's order (channel, then tap). TVM's CUDA rules cannot form the
+    cross-thread reduction of its grouped conv1d (Zaya's convolutional attention)."""
+    a = node.attrs
+    (n, _, _), (out_channels, per_group, k) = node.inputs[0].shape, node.inputs[1].shape
+    groups, stride, dilation, padding = a["groups"], a.get("stride", 1), a.get("dilation", 1), a.get("padding", 0)
+    padded = R.nn.pad(x, [0, 0, 0, 0, padding, padding]) if padding else x
+    length = ctx.dim(node.shape[2])
+    taps = [R.strided_slice(padded, axes=[2], begin=[j * dilation], end=[j * dilation + (length - 1) * stride + 1],
+                            strides=[stride], assume_inbound=True) for j in range(k)]
+    cols = R.reshape(R.stack(taps, axis=2), [ctx.dim(n), groups, per_group * k, length])  # [N, C, K, L] by group
+    weights = R.reshape(w, [groups, out_channels // groups, per_group * k])
+    return R.reshape(R.matmul(weights, cols), [ctx.dim(n), out_channels, length])
 
 
 def _depthwise_conv1d(ctx, node, x, w):

@@ -125,27 +125,30 @@ def test_a_padded_causal_conv_imports_with_a_symbolic_length_and_matches_torch_a
 
 
 class Convolutions(nn.Module):
-    """Mamba's conv then SiLU (depthwise, padded by K-1), a dilated depthwise conv with a bias, and a grouped conv
-    with two channels per group (not depthwise: TVM's conv1d)."""
+    """Mamba's conv then SiLU (depthwise, padded by K-1), a dilated depthwise conv with a bias, a grouped conv with
+    two channels per group and four outputs per group (Zaya's kind), and an ungrouped one (TVM's conv1d)."""
 
     def __init__(self):
         super().__init__()
         self.proj = nn.Embedding(32, 8)
         self.mamba = nn.Conv1d(8, 8, 4, padding=3, groups=8, bias=False)
         self.dilated = nn.Conv1d(8, 8, 3, padding=2, dilation=2, groups=8)
-        self.grouped = nn.Conv1d(8, 8, 3, padding=1, groups=4)
+        self.grouped = nn.Conv1d(8, 16, 3, padding=1, groups=4)
+        self.full = nn.Conv1d(16, 8, 2, padding=1)
 
     def forward(self, x):
         h = self.proj(x).transpose(1, 2)
-        out = F.silu(self.mamba(h)[..., : h.shape[-1]]) + self.dilated(h)[..., : h.shape[-1]] + self.grouped(h)
+        out = F.silu(self.mamba(h)[..., : h.shape[-1]]) + self.dilated(h)[..., : h.shape[-1]]
+        out = out + self.full(self.grouped(h))[..., : h.shape[-1]]
         return out.transpose(1, 2)
 
 
 @pytest.mark.parametrize("target", ["x86", "cuda"])
-def test_depthwise_convs_lower_to_shifted_multiply_adds_and_match_torch(target):
+def test_grouped_convs_lower_to_shifted_multiply_adds_or_matmuls_and_match_torch(target):
     """A depthwise conv (one filter per channel) lowers to K shifted multiply-adds, elementwise ops that fuse with
-    the SiLU after it: TVM's CUDA rules (dlight) fail on its grouped conv1d fused with a consumer, so a Mamba
-    hybrid did not build for CUDA. The CPU build equals torch; the CUDA one builds (no GPU here)."""
+    the SiLU after it, and another grouped conv to a batched matmul over its shifted windows: TVM's CUDA rules
+    (dlight) fail on its grouped conv1d fused with a consumer (a Mamba hybrid did not build for CUDA) and on the
+    cross-thread reduction of a grouped one (Zaya). The CPU build equals torch; the CUDA one builds (no GPU here)."""
     from actsparse import targets
     from actsparse.codegen.build import relax_module
 
@@ -155,10 +158,10 @@ def test_depthwise_convs_lower_to_shifted_multiply_adds_and_match_torch(target):
     model = Convolutions().eval()
     x = torch.tensor([[3, 1, 4, 1, 5, 9]])
     graph = import_torch(model, (x,))
-    assert graph.count("conv1d") == 3
+    assert graph.count("conv1d") == 4
     mod, _, _ = relax_module(graph, targets.get(target))
     conv_calls = mod["main"].script().count("R.nn.conv1d")
-    assert conv_calls == 1  # the grouped one only
+    assert conv_calls == 1  # the ungrouped one only
     if target == "cuda":
         require_nvcc()
         assert actsparse.compile(graph, (x.numpy(),), target="cuda", mode="dense") is not None
