@@ -7,7 +7,10 @@ Exact mode runs such an MLP as a gated one whose up factor is the constant 1 (`u
 fc1's rows are read densely (they decide which neurons are active), then only the active neurons' fc2 rows. The
 fc1 rows are arranged so exactly `sparsity` of the neurons are inactive for the input. Every call follows a
 last-level-cache eviction, interleaved (benchmarks/ffn.py's `FfnBench.time`). Printed: the CPU, load average,
-median ms of each path, the bytes each must read and the speed-ups, then a markdown table.
+median ms of each path, the bytes each must read and the speed-ups, then a markdown table. Two more rows time the
+exact kernel alone on the same weights in homogeneous coordinates ([x, 1], [W1 | b1]): with the `unit` up factor
+(what compile() builds) and with a stored matrix of unit up rows [0 | 1] read per active neuron (the form before
+`unit`), so the difference is measured in one run.
 """
 
 from __future__ import annotations
@@ -40,6 +43,37 @@ def relu_mlp(w1, b1, w2, b2):
             layer.weight.copy_(torch.from_numpy(w))
             layer.bias.copy_(torch.from_numpy(b))
     return model.eval()
+
+
+def kernel_forms(bench, w1, b1, n_active: int, want) -> dict:
+    """The exact kernel alone on [x, 1] and [W1 | b1] (fc2's bias left out): up factor `unit` vs stored unit rows
+    [0 | 1]; each output checked against `want` (fc2(relu(fc1(x))) without fc2's bias) first."""
+    import numpy as np
+    import tvm
+
+    from actsparse.codegen.kernels.common import build_standalone
+    from actsparse.codegen.kernels.sparse_mlp import sparse_gated_mlp
+    from actsparse.ir.arrays import aligned_contiguous
+
+    n_ff, d = w1.shape
+    gate = aligned_contiguous(np.concatenate([w1, b1[:, None]], 1))
+    unit_rows = aligned_contiguous(np.concatenate([np.zeros((n_ff, d), np.float32), np.ones((n_ff, 1), np.float32)],
+                                                  1))
+    down_t = aligned_contiguous(np.concatenate([bench.wd_t, np.zeros((n_ff, 1), np.float32)], 1))
+    x = tvm.runtime.tensor(np.concatenate([bench.x.reshape(1, d), np.ones((1, 1), np.float32)], 1))
+    forms = {"kernel exact, up `unit`": ("unit", gate, (n_ff + n_active) * d * 4),
+             "kernel exact, stored unit up rows (before)": ("identity", unit_rows, (n_ff + 2 * n_active) * d * 4)}
+    runners = {}
+    for name, (up_act, up, nbytes) in forms.items():
+        fn = build_standalone(sparse_gated_mlp(d + 1, n_ff, gate_act="relu", up_act=up_act, sched=bench.sched),
+                              bench.target)
+        args = [x, *(tvm.runtime.tensor(a) for a in (gate, up, down_t)), tvm.runtime.tensor(np.zeros((1, d + 1),
+                                                                                                   np.float32))]
+        fn(*args)
+        err = np.abs(args[-1].numpy()[0, :d] - want).max() / np.abs(want).max()
+        assert err <= 1e-4, f"{name}: max rel err {err:.2e} vs torch"
+        runners[name] = (lambda fn=fn, args=args: fn(*args), nbytes)
+    return runners
 
 
 def main(argv=None) -> int:
@@ -85,7 +119,8 @@ def main(argv=None) -> int:
 
     runners = {"torch eager (fp32)": (torch_call, 2 * n_ff * row),
                "compile() dense": (lambda: compiled["dense"](x), 2 * n_ff * row),
-               "compile() exact": (lambda: compiled["exact"](x), (n_ff + n_active) * row)}
+               "compile() exact": (lambda: compiled["exact"](x), (n_ff + n_active) * row),
+               **kernel_forms(bench, w1, b1, n_active, want[0, 0] - b2)}
     times = bench.time(runners, args.repeats)
     med = {name: float(np.median(t)) for name, t in times.items()}
     load_after = os.getloadavg()[0]
