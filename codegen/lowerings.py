@@ -284,7 +284,7 @@ def _is_depthwise(node) -> bool:
 
 def _grouped_conv1d(ctx, node, x, w):
     """A grouped conv as one batched matmul per group over its K shifted windows (im2col): W [G, O/G, C/G·K] @
-    cols [N, G, C/G·K, L], the reduction in TOPI's order (channel, then tap). TVM's CUDA rules cannot form the
+    cols [N, G, C/G·K, L], the terms of TOPI's reduction (channel, then tap). TVM's CUDA rules cannot form the
     cross-thread reduction of its grouped conv1d (Zaya's convolutional attention)."""
     a = node.attrs
     (n, _, _), (out_channels, per_group, k) = node.inputs[0].shape, node.inputs[1].shape
