@@ -6,6 +6,8 @@ mean frequency f_g. Per token, a group of s neurons (widths d in, d_out out, b b
     hot:   (gate rows read by the exact kernel: s·d·b  +  f·s·(d + d_out)·b) / bw_fast
     cold:  (s·d·b gate rows, resident) / bw_fast  +  f·s·((d + d_out)·b / bw_slow + index)        (exact)
            predictor mode reads the gate row only of predicted neurons: f·s·(2d + d_out)·b on both sides
+           (a hot up row counts 0 for the `unit` up factor of a non-gated MLP: its kernels read none; the cold
+           store bundles one per neuron all the same)
 
 plus, per layer, the hot kernel's fixed cost if any group is hot and the cold path's if any is cold (the "big-M"
 indicators of PowerInfer's ILP, here as binaries z ≥ x_g and w ≥ 1 - x_g). Bytes held in fast memory: a hot group
@@ -51,14 +53,20 @@ class LayerShape:
     group_sizes: tuple[int, ...]
     group_frequency: tuple[float, ...]
     gate_resident: bool = True      # exact mode: every gate row stays in fast memory
+    reads_up: bool = True           # False: the up factor is `unit` (a non-gated MLP): no up rows held or read
 
     @property
     def n_ff(self) -> int:
         return sum(self.group_sizes)
 
+    @property
+    def up_d(self) -> int:
+        """The width of an up row as held and read: d, or 0 for a `unit` up factor."""
+        return self.d if self.reads_up else 0
+
     def held_bytes(self, hot: bool) -> np.ndarray:
         s = np.asarray(self.group_sizes, np.float64)
-        width = (2 * self.d + self.d_out) if hot else (self.d if self.gate_resident else 0)
+        width = (self.d + self.up_d + self.d_out) if hot else (self.d if self.gate_resident else 0)
         return s * width * self.itemsize
 
 
@@ -100,13 +108,13 @@ def levels(target: Target):
 def layer_costs(layer: LayerShape, bw_fast: float, bw_slow: float, costs: SplitCosts):
     """Per group: (hot seconds, cold seconds) per token (see the module docstring)."""
     s, f = np.asarray(layer.group_sizes, np.float64), np.asarray(layer.group_frequency, np.float64)
-    b, d, d_out = layer.itemsize, layer.d, layer.d_out
+    b, d, up_d, d_out = layer.itemsize, layer.d, layer.up_d, layer.d_out
     if layer.gate_resident:
         gate = s * d * b / bw_fast
-        hot = gate + f * s * (d + d_out) * b / bw_fast
-        cold = gate + f * s * ((d + d_out) * b / bw_slow + costs.index_s)
+        hot = gate + f * s * (up_d + d_out) * b / bw_fast
+        cold = gate + f * s * ((d + d_out) * b / bw_slow + costs.index_s)  # the cold store bundles up rows still
     else:
-        hot = f * s * (2 * d + d_out) * b / bw_fast
+        hot = f * s * (d + up_d + d_out) * b / bw_fast
         cold = f * s * ((2 * d + d_out) * b / bw_slow + costs.index_s)
     return hot, cold
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import MemoryBudgetError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
+from ..ir.activations import reads_input
 from ..ir.arrays import aligned_contiguous
 from ..ir.sparse_variants import NEURON_GROUP
 from ..targets import Target
@@ -127,7 +128,8 @@ def _shape(block: Node, graph: Graph) -> LayerShape:
     n_ff, d = w_gate.shape
     freq = tuple(block.attrs["group_frequency"])
     return LayerShape(block.loc or "mlp", d, w_down_t.shape[1], graph.weights[w_gate.attrs["name"]].dtype.itemsize,
-                      group_sizes(n_ff, len(freq)), freq, gate_resident=gate_resident(block))
+                      group_sizes(n_ff, len(freq)), freq, gate_resident=gate_resident(block),
+                      reads_up=reads_input(block.attrs.get("up_act", "identity")))
 
 
 def _resident_mlp_bytes(graph: Graph, blocks: list[Node]) -> int:

@@ -53,6 +53,26 @@ def test_predictor_layers_hold_nothing_when_cold_and_budget_zero_works():
     assert split.minimum == 0 and split.layers[0].hot == 0 and split.layers[0].held_bytes == 0
 
 
+def test_a_unit_up_layer_holds_and_reads_no_up_rows_when_hot():
+    """A non-gated MLP's block (`unit` up factor: no up rows in its kernels) holds gate and down rows when hot, a
+    third less than a gated one; its cold path still bundles an up row per neuron (runtime/cold_store.py), so at a
+    budget for one layer's hot rows the unit layer, cheaper to hold, gets more hot neurons."""
+    from dataclasses import replace
+
+    from actsparse.passes.hot_cold_solver import COSTS, layer_costs
+
+    gated = _layer("gated", np.linspace(0.9, 0.05, 16))
+    plain = replace(gated, location="plain", reads_up=False)
+    assert plain.held_bytes(True).sum() == pytest.approx(gated.held_bytes(True).sum() * 2 / 3)
+    assert plain.held_bytes(False).sum() == gated.held_bytes(False).sum()  # the resident gate rows
+    (hot_g, cold_g), (hot_p, cold_p) = (layer_costs(lay, 1e11, 1e10, COSTS["llvm"])
+                                        for lay in (gated, plain))
+    assert (hot_p < hot_g).all() and np.array_equal(cold_p, cold_g)
+    budget = int(gated.held_bytes(False).sum() * 2 + gated.held_bytes(True).sum() / 2)
+    by = {lay.location: lay for lay in solve([gated, plain], budget, targets.get("x86")).layers}
+    assert by["plain"].hot > by["gated"].hot
+
+
 def test_infeasible_budgets_and_targets_are_one_clear_error():
     layers = _layers()
     with pytest.raises(MemoryBudgetError, match="feasible budgets"):
