@@ -213,6 +213,54 @@ def test_a_gguf_whose_matrices_transformers_transposes_stays_dequantized_and_dec
     np.testing.assert_array_equal(lm.generate(ids.numpy(), max_new_tokens=6), want)
 
 
+def test_a_phi3_ggufs_fused_matrices_are_kept_quantized_and_decode(tmp_path):
+    """Phi-3 as llama.cpp writes it: q, k and v in one Q8_0 matrix, gate and up in another (transformers maps them to
+    the fused qkv_proj / gate_up_proj); the blocks are kept as stored and split by the compile like any fused weight,
+    and greedy decoding follows transformers' dequantized model of the same file."""
+    import torch
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+    from transformers import AutoModelForCausalLM
+
+    import actsparse
+
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(tmp_path / "phi3.gguf"), "phi3")
+    for key, value in (("context_length", 4096), ("embedding_length", D), ("block_count", 1),
+                       ("feed_forward_length", N_FF), ("attention.head_count", HEADS),
+                       ("attention.head_count_kv", HEADS), ("rope.dimension_count", D // HEADS)):
+        w.add_uint32(f"phi3.{key}", value)
+    w.add_float32("phi3.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<0x{i:02X}>" for i in range(256)] + [f"t{i}" for i in range(VOCAB - 256)])
+    w.add_token_types([6] * 256 + [1] * (VOCAB - 256))
+    w.add_token_scores([0.0] * VOCAB)
+    w.add_pad_token_id(0)  # Phi-3's default (32000) lies outside this vocabulary
+
+    def normal(*shape):
+        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", normal(VOCAB, D))
+    w.add_tensor("output.weight", normal(VOCAB, D))
+    for norm in ("output_norm", "blk.0.attn_norm", "blk.0.ffn_norm"):
+        w.add_tensor(f"{norm}.weight", np.ones(D, np.float32))
+    for name, shape in (("attn_qkv", (3 * D, D)), ("attn_output", (D, D)), ("ffn_up", (2 * N_FF, D)),
+                        ("ffn_down", (D, N_FF))):
+        w.add_tensor(f"blk.0.{name}.weight", quants.quantize(normal(*shape), Q.Q8_0), raw_dtype=Q.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="phi3.gguf", dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 77, 123, 9, 260]])
+    want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, min_new_tokens=6,
+                          do_sample=False).numpy()
+    lm = actsparse.compile(str(tmp_path / "phi3.gguf"), target=float_dot_target(), quantize="int8", max_seq=16)
+    assert lm.report.pass_stats["quantize"]["prequantized"] == 4  # qkv, o, gate_up (fused), down
+    assert "Q8_0 x4 kept as stored" in " ".join(lm.report.notes)
+    np.testing.assert_array_equal(lm.generate(ids.numpy(), max_new_tokens=6), want)
+
+
 def float_dot_target():
     """This host's x86 target without the flags an int8 dot is chosen by (VNNI, AVX2): quantized rows meet x in
     fp32."""
