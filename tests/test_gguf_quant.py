@@ -27,21 +27,28 @@ def q4_k_bytes(rng, rows: int, cols: int, d_range=(2e-3, 6e-3)) -> np.ndarray:
     return np.concatenate([header, rest], -1).reshape(rows, -1)
 
 
+def llama_style_writer(path, arch: str, d: int, n_ff: int, context: int):
+    """A GGUFWriter with one block's hyperparameters of `arch` (Llama's keys) and a byte-level SentencePiece
+    vocabulary of VOCAB tokens, ready for tensors."""
+    w = gguf.GGUFWriter(str(path), arch)
+    for key, value in (("context_length", context), ("embedding_length", d), ("block_count", 1),
+                       ("feed_forward_length", n_ff), ("attention.head_count", HEADS),
+                       ("attention.head_count_kv", HEADS), ("rope.dimension_count", d // HEADS)):
+        w.add_uint32(f"{arch}.{key}", value)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<0x{i:02X}>" for i in range(256)] + [f"t{i}" for i in range(VOCAB - 256)])
+    w.add_token_types([6] * 256 + [1] * (VOCAB - 256))
+    w.add_token_scores([0.0] * VOCAB)
+    return w
+
+
 def write_tiny_llama(path, types=TYPES, seed=0, d=D, n_ff=N_FF, q4_k_d=(2e-3, 6e-3)):
     from gguf import GGMLQuantizationType as Q
     from gguf import quants
 
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "llama")
-    for key, value in (("context_length", 64), ("embedding_length", d), ("block_count", 1),
-                       ("feed_forward_length", n_ff), ("attention.head_count", HEADS),
-                       ("attention.head_count_kv", HEADS), ("rope.dimension_count", d // HEADS)):
-        w.add_uint32(f"llama.{key}", value)
-    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
-    w.add_tokenizer_model("llama")
-    w.add_token_list([f"<0x{i:02X}>" for i in range(256)] + [f"t{i}" for i in range(VOCAB - 256)])
-    w.add_token_types([6] * 256 + [1] * (VOCAB - 256))
-    w.add_token_scores([0.0] * VOCAB)
+    w = llama_style_writer(path, "llama", d, n_ff, context=64)
     w.add_tensor("token_embd.weight", rng.standard_normal((VOCAB, d)).astype(np.float32))
     w.add_tensor("output_norm.weight", np.ones(d, np.float32))
     w.add_tensor("output.weight", rng.standard_normal((VOCAB, d)).astype(np.float32))
@@ -225,16 +232,7 @@ def test_a_phi3_ggufs_fused_matrices_are_kept_quantized_and_decode(tmp_path):
     import actsparse
 
     rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(str(tmp_path / "phi3.gguf"), "phi3")
-    for key, value in (("context_length", 4096), ("embedding_length", D), ("block_count", 1),
-                       ("feed_forward_length", N_FF), ("attention.head_count", HEADS),
-                       ("attention.head_count_kv", HEADS), ("rope.dimension_count", D // HEADS)):
-        w.add_uint32(f"phi3.{key}", value)
-    w.add_float32("phi3.attention.layer_norm_rms_epsilon", 1e-5)
-    w.add_tokenizer_model("llama")
-    w.add_token_list([f"<0x{i:02X}>" for i in range(256)] + [f"t{i}" for i in range(VOCAB - 256)])
-    w.add_token_types([6] * 256 + [1] * (VOCAB - 256))
-    w.add_token_scores([0.0] * VOCAB)
+    w = llama_style_writer(tmp_path / "phi3.gguf", "phi3", D, N_FF, context=4096)
     w.add_pad_token_id(0)  # Phi-3's default (32000) lies outside this vocabulary
 
     def normal(*shape):
