@@ -5,8 +5,7 @@ dlight tries its rules in order (Matmul, GEMV, Reduction, GeneralReduction, Fall
 (return None) a function it does not fit. Several fail instead, and one failure stops the whole build:
 - GEMV asserts (`analysis/gemv.normalize`: `assert r_loops`) on a matmul whose reduction axis has static extent
   1 — a decoder's one-token `step` has them (attention probabilities [.., 1, 1] @ values [.., 1, hd] when the
-  attention spans the new token only). `OneTokenSafeGemv` declines such a block (nothing to reduce: it is a
-  broadcast product).
+  attention spans the new token only: nothing to reduce, a broadcast product).
 - GEMV reads a tile count it could not simplify as a number (`extent.value` of an expression: a Zamba Mamba
   step's 264 rows, which do not divide into its tiles); Reduction asserts in `detect_dominant_read` (MPT's
   ALiBi). `declining` wraps every rule but the last: such a failure is a decline, and the next rule schedules the
@@ -21,23 +20,6 @@ Every PrimFunc meets the same rules in the same order as in TVM's default pipeli
 """
 
 from __future__ import annotations
-
-
-def _nothing_to_reduce(func) -> bool:
-    """The block GEMV would schedule reduces over nothing: dlight's normalization keeps no reduction axis (those
-    of extent 1 are dropped)."""
-    from tvm import s_tir
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import try_inline_contiguous_spatial
-
-    try:
-        sch = s_tir.Schedule(func)
-        infos = try_inline_contiguous_spatial(sch, normalize_prim_func(sch))
-    except Exception:  # noqa: BLE001 - what dlight cannot analyse, GEMV declines by itself
-        return False
-    if not infos:
-        return False
-    return not any(it.kind == "R" for it in infos[0].iters)
 
 
 def declining(rule_class):
@@ -58,24 +40,12 @@ def declining(rule_class):
     return Declining
 
 
-def one_token_safe_gemv():
-    """dlight's GEMV rule, declining matmuls that reduce over an axis of extent 1 (see the module docstring) and
-    where it fails (`declining`)."""
-    from tvm.s_tir import dlight as dl
-
-    class OneTokenSafeGemv(declining(dl.gpu.GEMV)):
-        def apply(self, func, target, tunable):
-            return None if _nothing_to_reduce(func) else super().apply(func, target, tunable)
-
-    return OneTokenSafeGemv()
-
-
 def schedule_rules() -> list:
     """TVM's default CUDA rules in their order, each declining where it fails, the Fallback last."""
     from tvm.s_tir import dlight as dl
 
-    return [declining(dl.gpu.Matmul)(), one_token_safe_gemv(), declining(dl.gpu.Reduction)(),
-            declining(dl.gpu.GeneralReduction)(), symbolic_safe_fallback()]
+    return [declining(rule)() for rule in (dl.gpu.Matmul, dl.gpu.GEMV, dl.gpu.Reduction, dl.gpu.GeneralReduction)] + [
+        symbolic_safe_fallback()]
 
 
 def symbolic_safe_fallback():
@@ -123,7 +93,7 @@ def _spatial_grid(func, target):
 
 
 def cuda_pipeline(tvm_target):
-    """TVM's default CUDA pipeline with `one_token_safe_gemv` in place of dlight's GEMV."""
+    """TVM's default CUDA pipeline with `schedule_rules` in place of dlight's default rules."""
     import tvm
     from tvm import relax
     from tvm.relax.backend.cuda import pipeline as cuda

@@ -161,12 +161,10 @@ def processed_row_order(processor, name: str, rows: int) -> np.ndarray | str:
     except Exception as err:  # noqa: BLE001 - a processor that cannot take the probe: its tensor stays dequantized
         return f"transformers' GGUF loader could not be checked on this tensor ({type(err).__name__}: {err})"
     got = np.asarray(out.weights)
-    if out.name is None or got.shape != probe.shape or not np.array_equal(got[:, 1], -got[:, 0] - 1):
-        return "transformers' GGUF loader rewrites this tensor (not a reordering of its rows)"
-    order = got[:, 0].astype(np.int64)
-    if not np.array_equal(np.sort(order), np.arange(rows)) or not np.array_equal(order, got[:, 0]):
-        return "transformers' GGUF loader rewrites this tensor (not a reordering of its rows)"
-    return order
+    moved_rows = (out.name is not None and got.shape == probe.shape and np.array_equal(got[:, 1], -got[:, 0] - 1)
+                  and np.array_equal(np.sort(got[:, 0]), probe[:, 0]))  # whole rows, each once, values kept
+    return got[:, 0].astype(np.int64) if moved_rows else \
+        "transformers' GGUF loader rewrites this tensor (not a reordering of its rows)"
 
 
 def storage_note(tensor_types: Mapping[str, tuple[str, str]], stored: Iterable[str], kept: Mapping) -> str:
