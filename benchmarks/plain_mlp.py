@@ -89,6 +89,7 @@ def main(argv=None) -> int:
 
     import actsparse
     from actsparse.benchmarks.ffn import FfnBench
+    from actsparse.benchmarks.tables import markdown_table
     from actsparse.targets import x86
 
     d, n_ff = SMALL if args.small else OPT_6_7B
@@ -127,11 +128,10 @@ def main(argv=None) -> int:
     print(f"CPU: {bench.cpu} | {host.threads} threads | load avg {load_before[0]:.2f} before, {load_after:.2f} after")
     print(f"MLP d={d} n_ff={n_ff}, fc2(relu(fc1(x))) with biases, fp32, {n_active} of {n_ff} active; exact mode's "
           f"pattern: {pattern}\n")
-    print("| path | median ms | MB read | GB/s | vs torch | vs compile() dense |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, (_, nbytes) in runners.items():
-        print(f"| {name} | {med[name] * 1e3:.2f} | {nbytes / 1e6:.0f} | {nbytes / med[name] / 1e9:.1f} | "
-              f"{med['torch eager (fp32)'] / med[name]:.2f}x | {med['compile() dense'] / med[name]:.2f}x |")
+    rows = [(name, f"{med[name] * 1e3:.2f}", f"{nbytes / 1e6:.0f}", f"{nbytes / med[name] / 1e9:.1f}",
+             f"{med['torch eager (fp32)'] / med[name]:.2f}x", f"{med['compile() dense'] / med[name]:.2f}x")
+            for name, (_, nbytes) in runners.items()]
+    print(markdown_table(("path", "median ms", "MB read", "GB/s", "vs torch", "vs compile() dense"), rows, 1))
     return 0
 
 
