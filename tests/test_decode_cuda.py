@@ -79,20 +79,28 @@ def test_the_gemv_rule_declines_a_matmul_where_dlights_fails(a, b, error):
     from tvm import relax
     from tvm.s_tir import dlight as dl
 
-    from actsparse import targets
-    from actsparse.codegen.cuda_pipeline import declining, schedule_rules
 
     bb = relax.BlockBuilder()
     p, v = relax.Var("p", relax.TensorType(a, "float32")), relax.Var("v", relax.TensorType(b, "float32"))
     with bb.function("main", [p, v]):
         bb.emit_func_output(bb.emit(relax.op.matmul(p, v)))
-    mod = relax.transform.LegalizeOps()(bb.get())
+    _declined_then_scheduled(relax.transform.LegalizeOps()(bb.get()), dl.gpu.GEMV, error)
+
+
+def _declined_then_scheduled(mod, rule, error):
+    """TVM 0.27's dlight `rule` raises `error` on mod's one PrimFunc (if this starts passing, the workaround can go);
+    ours declines it, and the rules in order schedule it."""
+    from tvm.s_tir import dlight as dl
+
+    from actsparse import targets
+    from actsparse.codegen.cuda_pipeline import declining, schedule_rules
+
     (prim,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     target = targets.get("cuda").tvm_target()
     with target:
-        with pytest.raises(error):  # TVM 0.27's rule; if this starts passing, the workaround can go
-            dl.gpu.GEMV().apply(prim, target, False)
-        assert declining(dl.gpu.GEMV)().apply(prim, target, False) is None
+        with pytest.raises(error):
+            rule().apply(prim, target, False)
+        assert declining(rule)().apply(prim, target, False) is None
         scheduled = dl.ApplyDefaultSchedule(*schedule_rules())(mod)
     (prim,) = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     assert prim.attrs["tirx.is_scheduled"] and "threadIdx" in prim.script()
@@ -104,8 +112,6 @@ def test_a_reduction_dlights_reduction_rule_fails_on_is_declined_and_scheduled_b
     from tvm import relax, tirx
     from tvm.s_tir import dlight as dl
 
-    from actsparse import targets
-    from actsparse.codegen.cuda_pipeline import declining, schedule_rules
 
     kv = tirx.Var("kv", "int64")
     bb = relax.BlockBuilder()
@@ -117,16 +123,7 @@ def test_a_reduction_dlights_reduction_rule_fails_on_is_declined_and_scheduled_b
         bb.emit_func_output(total)
     fuse = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                                      relax.transform.FuseOps(), relax.transform.FuseTIR()])
-    mod = fuse(bb.get())
-    (prim,) = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    target = targets.get("cuda").tvm_target()
-    with target:
-        with pytest.raises(AssertionError):  # TVM 0.27's rule; if this starts passing, `declining` can go
-            dl.gpu.Reduction().apply(prim, target, False)
-        assert declining(dl.gpu.Reduction)().apply(prim, target, False) is None
-        scheduled = dl.ApplyDefaultSchedule(*schedule_rules())(mod)
-    (prim,) = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert prim.attrs["tirx.is_scheduled"] and "threadIdx" in prim.script()
+    _declined_then_scheduled(fuse(bb.get()), dl.gpu.Reduction, AssertionError)
 
 
 def test_the_fallback_rule_schedules_a_symbolic_pad_that_dlights_cannot_fuse():
