@@ -283,6 +283,7 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
             return compile_graph(graph, arrays, target, mode, options, quantize, prequantized, progress, functions)
     from . import targets as target_registry
     from .codegen.build import build, with_functions_weights
+    from .runtime.tvm_stderr import tvm_noise_dropped
 
     tgt = target_registry.get(target)
     try:
@@ -301,7 +302,8 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
                  .graph for name, function in functions.items()}
     result.graph = with_functions_weights(result.graph, functions)
     progress.start("build (lower to Relax, compile with TVM)")
-    executable, weight_order = build(result.graph, tgt, functions)
+    with tvm_noise_dropped():  # TVM's scatter lowerings warn of a pragma its codegen ignores (tvm_stderr.py)
+        executable, weight_order = build(result.graph, tgt, functions)
     # a hot/cold split: the cold neurons' rows to a file (CPU) or host memory (GPU), not the target's memory
     final, placement, cold_file = place_cold(result.graph, on_gpu=tgt.kind == "cuda")
     result.graph = final

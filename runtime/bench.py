@@ -26,10 +26,12 @@ def dense_twin(sparse):
     from ..passes.densify import Densify
     from .module import CompiledModule
     from .report import Report
+    from .tvm_stderr import tvm_noise_dropped
 
     dense_graph = run_pipeline(sparse.graph, [Densify()]).graph
     target = artifact_target(sparse)
-    executable, order = build(dense_graph, target)
+    with tvm_noise_dropped():
+        executable, order = build(dense_graph, target)
     return CompiledModule(executable, dict(dense_graph.weights), order, dense_graph, sparse.inputs,
                           sparse.n_outputs, Report(target.name, "dense"), target.to_dict())
 

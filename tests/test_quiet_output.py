@@ -22,6 +22,23 @@ def test_tvm_scope_lines_are_dropped_and_every_other_line_still_shows(capfd):
     assert "Scope" not in err and err == "[13:23:50] codegen.cc:12: Error: a real one\n"
 
 
+def test_a_scatter_builds_without_tvm_pragma_warnings(capfd, monkeypatch):
+    """TVM's topi scatter (what a MoE router's `scatter_` lowers to) makes LLVM warn `Unknown pragma pragma_scope`
+    per statement sequence at build time; the build drops those lines, and the module still scatters."""
+    import numpy as np
+    import torch
+
+    class Scatter(torch.nn.Module):
+        def forward(self, x, idx):
+            return torch.zeros_like(x).scatter(1, idx, x)
+
+    monkeypatch.setenv("ACTSPARSE_PROGRESS", "0")
+    x, idx = torch.randn(2, 6), torch.tensor([[5, 4, 3, 2, 1, 0], [0, 2, 1, 3, 5, 4]])
+    module = actsparse.compile(Scatter(), (x, idx), mode="dense")
+    assert "pragma" not in capfd.readouterr().err
+    np.testing.assert_array_equal(np.asarray(module(x.numpy(), idx.numpy())), Scatter()(x, idx).numpy())
+
+
 def test_lines_written_before_an_exception_still_show_and_the_exception_leaves_as_it_came(capfd):
     with pytest.raises(RuntimeError, match="linker failed"), tvm_noise_dropped():
         os.write(2, SCOPE_LINE + b"ld: cannot find -lfoo\n")
