@@ -15,7 +15,7 @@ from .errors import ActsparseError, ArtifactError, InputError, ModeError, Target
 
 def compile(model, example_inputs=None, target="x86", mode="auto", calibration=None, sparsity=None,
             memory_budget=None, method=None, max_seq=None, tokenizer=None, predictor=None, recall=None,
-            predictor_budget=None, quantize=None, prequantized=None):
+            predictor_budget=None, quantize=None, prequantized=None, max_loss_increase=None):
     """A model -> CompiledModule; a decoder source (HF folder, .gguf, transformers causal LM without example
     inputs) -> Decoder with `generate`, `prefill`, `step`, `tokenizer` (see DESIGN.md)."""
     from .api import compile as _compile
@@ -23,7 +23,7 @@ def compile(model, example_inputs=None, target="x86", mode="auto", calibration=N
     return _compile(model, example_inputs, target=target, mode=mode, calibration=calibration, sparsity=sparsity,
                     memory_budget=memory_budget, method=method, max_seq=max_seq, tokenizer=tokenizer,
                     predictor=predictor, recall=recall, predictor_budget=predictor_budget, quantize=quantize,
-                    prequantized=prequantized)
+                    prequantized=prequantized, max_loss_increase=max_loss_increase)
 
 
 def relufy(model, kind="drelu", example_inputs=None, *, inplace=False):

@@ -192,6 +192,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     from .frontends.gguf_quant import hf_tensor_types, read_gguf_quantized, storage_note
     from .frontends.gguf_read import read_gguf
     from .frontends.hf_source import is_gguf
+    from .ir.decoding import TokenSteps
     from .runtime.decoder import Decoder, DecoderSpec
     from .runtime.generation import from_generation_config
 
@@ -208,13 +209,9 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     lossy_options(mode, lossy_calibration, sparsity, method, predictor_options)  # bad options fail before the import
     graph, caches, recomputes_because = import_decoder(model, max_seq)
     one_token = graph.inputs[0].type.shape[1] == 1  # exported for one token at a time (frontends/decoder_export.py)
-    if one_token and calibration is not None:
-        raise ActsparseError(f"{type(model).__name__} decodes one token per call (its forward computes sizes from "
-                             "the token count that a symbolic length cannot carry), so calibration prompts cannot "
-                             "run through it; use mode='dense' or 'exact', or a model of another architecture")
-    if calibration is not None:
-        calibration = [decoder_inputs(sample[0] if isinstance(sample, (tuple, list)) else sample, caches)
-                       for sample in calibration]
+    if calibration is not None:   # a graph exported for one token per call takes each prompt token by token
+        calibration = [(TokenSteps if one_token else tuple)(decoder_inputs(
+            sample[0] if isinstance(sample, (tuple, list)) else sample, caches)) for sample in calibration]
         longest = max((c[0].shape[1] for c in calibration), default=0)
         if longest > max_seq:   # each sample is a prompt into the KV cache: it must fit its max_seq slots
             raise ActsparseError(f"a calibration sample has {longest} tokens but the decoder has max_seq={max_seq} "

@@ -20,3 +20,21 @@ KEYS, VALUES = "k", "v"  # layer i's key and value caches are the inputs KEYS + 
 def is_kv_cache(name: str) -> bool:
     """Whether the cache input `name` holds keys or values by position (dim 2: max_seq slots), not a state."""
     return name[:1] in (KEYS, VALUES) and name[1:].isdigit()
+
+
+class TokenSteps(tuple):
+    """A prompt's decoding-graph inputs (input_ids [1, n], pos, filled, then the caches, empty) to be fed one token
+    per call, as a graph exported for one token at a time (a recurrent hybrid's) takes it: call t gets token t at
+    position t with the caches call t - 1 returned. Still the tuple of the first inputs, so whatever reads a
+    calibration sample's token ids as `sample[0]` (the torch-side Fisher weights and quality guard) reads them."""
+
+    def calls(self, run):
+        """Each token's call in order: `run(inputs)` returns the graph's outputs (logits, then each cache as written)
+        and whatever it keeps after them; yields what each call returned."""
+        import numpy as np
+
+        ids, _, _, *caches = self
+        for t in range(ids.shape[1]):
+            values = run((ids[:, t:t + 1], np.array([t], np.int64), np.zeros(t + 1, np.int64), *caches))
+            caches = values[1:1 + len(caches)]
+            yield values

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ActsparseError
 from ..ir import Graph, Node, evaluate
+from ..ir.decoding import TokenSteps
 from ..ir.mlp import unpack_gated_inputs
 from .base import record
 from .block_weights import BlockWeights
@@ -45,8 +46,8 @@ def calibration_samples(calibration, n_inputs: int | None = None) -> list[tuple[
                                "array")
     samples = []
     for i, sample in enumerate(calibration):
-        sample = tuple(sample) if isinstance(sample, (tuple, list)) else (sample,)
-        arrays = tuple(_to_numpy(a) for a in sample)
+        kind = TokenSteps if isinstance(sample, TokenSteps) else tuple   # a prompt fed token by token stays one
+        arrays = kind(_to_numpy(a) for a in (sample if isinstance(sample, (tuple, list)) else (sample,)))
         if n_inputs is not None and len(arrays) != n_inputs:
             raise CalibrationError(f"calibration sample {i} has {len(arrays)} inputs, the model takes {n_inputs}")
         for a in arrays:
@@ -77,10 +78,14 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * len(blocks)   # (keys, rows, index)
     seen = [0] * len(blocks)
     for i, arrays in enumerate(tqdm(samples, desc="calibrate", unit="sample", disable=not progress or None)):
-        try:
-            values = evaluate(graph, arrays, keep=[b.inputs[0] for b in blocks])[len(graph.outputs):]
+        first, keep = len(graph.outputs), [b.inputs[0] for b in blocks]
+        try:   # a prompt fed token by token (TokenSteps) is one call per token; keep only the blocks' inputs of each
+            calls = [c[first:] for c in (arrays.calls(lambda a: evaluate(graph, a, keep=keep))
+                                         if isinstance(arrays, TokenSteps) else [evaluate(graph, arrays, keep=keep)])]
         except ValueError as err:
             raise CalibrationError(f"calibration sample {i} does not fit the model: {err}") from None
+        values = [np.concatenate([np.asarray(c[b]).reshape(-1, np.shape(c[b])[-1]) for c in calls])
+                  for b in range(len(blocks))]
         for b, (block, x) in enumerate(zip(blocks, values)):
             rows = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
             if not np.isfinite(rows).all():

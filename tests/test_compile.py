@@ -133,3 +133,14 @@ def test_densify_restores_the_dense_twin_and_bench_runs(tmp_path):
     np.testing.assert_allclose(evaluate(result.graph, [x])[0], evaluate(graph, [x])[0], rtol=1e-5, atol=1e-6)
     text = bench_artifact(str(cm.save(tmp_path / "m")), seq=1, repeats=2)
     assert "speed-up" in text and "cache evicted" in text
+
+
+def test_the_package_compile_takes_every_option_the_api_has():
+    """`actsparse.compile` is a lazy-import wrapper of api.compile: every option api.compile takes (the README's
+    `max_loss_increase` among them) is a parameter of the wrapper too, with the same default."""
+    import inspect
+
+    from actsparse import api
+
+    wrapper, implementation = (inspect.signature(f).parameters for f in (actsparse.compile, api.compile))
+    assert {n: p.default for n, p in wrapper.items()} == {n: p.default for n, p in implementation.items()}

@@ -21,6 +21,7 @@ modules (found there too when a `generate` before the compile left states of its
 cache layer 0, one of those, for the mask's query offset (cache_layers.py's empty layer answers for the call's
 position). Greedy decoding equals transformers' `generate` token for token."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,16 +86,35 @@ def test_recurrent_cache_layers_report_the_calls_position_as_their_length():
     assert int(cache.get_seq_length()) == int(cache.get_query_offset(1)) == 5
 
 
-def test_a_model_exported_for_one_token_per_call_still_prefills_and_decodes(monkeypatch):
+def test_a_model_exported_for_one_token_per_call_still_prefills_decodes_and_calibrates(monkeypatch):
     """The last export variant (seq fixed to 1, for forwards such as Llama 4's chunked attention that compute sizes
     from the token count) on a tiny Llama: the runtime feeds the prompt token by token and greedy decoding still
-    equals transformers; calibration prompts cannot run through it, which is one clear error."""
-    from actsparse.errors import ActsparseError
+    equals transformers. Calibration prompts go through it token by token too (ir/decoding.TokenSteps, each call
+    given the caches the last returned), so threshold mode calibrates the same thresholds as on the graph that takes
+    the whole prompt per call."""
+    from actsparse.frontends import decoder_export
 
+    whole_prompt = decoder_export.EXPORT_VARIANTS
     model, ids, lm = _llama_decoding_as_transformers(monkeypatch, {"one_token": True})
     assert lm.module.inputs[0][1].shape == (1, 1)
-    with pytest.raises(ActsparseError, match="one token per call"):
-        actsparse.compile(model, mode="threshold", sparsity=0.3, max_seq=16, calibration=[ids])
+    from actsparse.scripts.arch_table import example_ids
+
+    calibration = [example_ids(model, 14) for _ in range(4)]
+    built = {}
+    for name, variants in (("token by token", decoder_export.EXPORT_VARIANTS), ("whole prompt", whole_prompt)):
+        monkeypatch.setattr(decoder_export, "EXPORT_VARIANTS", variants)
+        built[name] = actsparse.compile(model, mode="threshold", sparsity=0.4, max_seq=16, calibration=calibration)
+    one, whole = built["token by token"], built["whole prompt"]
+    assert one.module.inputs[0][1].shape == (1, 1) and whole.module.inputs[0][1].shape[1] != 1
+    assert set(one.module.graph.weights) == set(whole.module.graph.weights)
+    for name, array in whole.module.graph.weights.items():
+        np.testing.assert_allclose(np.asarray(one.module.graph.weights[name], np.float32),
+                                   np.asarray(array, np.float32), rtol=1e-4, atol=1e-6, err_msg=name)
+    thresholds = [[n.attrs["threshold"] for n in m.module.graph.nodes if n.op == "sparse_gated_mlp"]
+                  for m in (one, whole)]
+    assert len(thresholds[0]) == model.config.num_hidden_layers
+    np.testing.assert_allclose(*thresholds, rtol=1e-4)
+    assert torch.equal(one.generate(ids, 5), whole.generate(ids, 5))
 
 
 @pytest.mark.slow
