@@ -19,6 +19,7 @@ from .decoder_setup import (
     fisher_weights,
     not_one_token_stream,
     prefill_function,
+    text_calibration,
     to_numpy,
 )
 from .errors import ActsparseError
@@ -169,7 +170,8 @@ def compile_decoder(source: Any, target: Any = "x86", mode: str = "auto", max_se
     slots) defaults to the model's context length, at most 2048. `prompt` (token ids [1, n]) is what the report
     measures sparsity on (default: the last calibration sample where there is calibration, else 8 random ids;
     random ids activate other neurons than text: a threshold calibrated on text skips less of them). Calibration
-    samples for lossy modes are token id arrays [1, n] (or tuples whose first element is one), fed as prompts."""
+    samples for lossy modes are token id arrays [1, n] (or tuples whose first element is one), fed as prompts, or
+    text files (a path or a list of paths: `decoder_setup.text_calibration`) read with the model's tokenizer."""
     from . import targets as target_registry
     from .frontends.gguf_read import parsed_once
     from .frontends.hf_source import load_causal_lm
@@ -203,7 +205,8 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         raise ActsparseError(not_one_token_stream(model, embeddings))
     vocab = int(embeddings.num_embeddings)
     generation, generation_notes = from_generation_config(getattr(model, "generation_config", None), vocab)
-    calibration = None if calibration is None else list(calibration)
+    calibration = None if calibration is None else list(text_calibration(
+        calibration, tokenizer if tokenizer is not None else own_tokenizer, max_seq))
     predictor_options = predictor_options or {}
     lossy_calibration = None if memory_budget is not None and mode not in LOSSY_MODES else calibration
     lossy_options(mode, lossy_calibration, sparsity, method, predictor_options)  # bad options fail before the import

@@ -94,12 +94,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _lossy_arguments(parser) -> None:
+    from .passes.sparsity_methods import DEFAULT_METHOD, METHODS
+
     parser.add_argument("--calib", help="calibration inputs for -m threshold|predictor: a .safetensors file with "
                         "one tensor per model input, named 0, 1, ... in input order; axis 0 indexes the samples, "
                         "each sample keeps it as a batch axis of 1 (token windows: input 0 of shape [samples, seq])")
+    parser.add_argument("--calib-text", nargs="+", metavar="FILE", help="decoders (a Hugging Face folder or .gguf): "
+                        "calibration from text files like what the model will read, tokenized with its tokenizer "
+                        "(16 windows of 256 tokens, cached), instead of --calib")
     parser.add_argument("--sparsity", type=float, help="target sparsity for -m threshold, e.g. 0.9")
-    parser.add_argument("--method", help="sparsity method: wina-greedy (default), wina, teal, teal-greedy, teal-cats, "
-                                         "cats, product")
+    parser.add_argument("--method", help=f"sparsity method: {DEFAULT_METHOD} (default), "
+                                         f"{', '.join(m for m in METHODS if m != DEFAULT_METHOD)}")
+    parser.add_argument("--max-loss-increase", type=float, metavar="FRACTION", help="-m threshold on a decoder: "
+                        "lower the sparsity until the loss on held-out calibration windows rises at most this much "
+                        "(0.05: +5%%)")
     parser.add_argument("--predictor", help="-m predictor: lowrank (default), svd, sign, quant, quant8 or bound")
     parser.add_argument("--recall", type=float, help="-m predictor: target recall per layer (default 0.99)")
 
@@ -138,7 +146,9 @@ def check_lossy_flags(args) -> None:
     missing = []
     if args.mode == "threshold" and args.sparsity is None:
         missing.append("a target sparsity (--sparsity 0.5: the share of MLP neurons skipped)")
-    if args.calib is None and needs_calibration(args.mode, args.predictor):
+    if args.calib is not None and args.calib_text:
+        raise ActsparseError("give calibration as --calib FILE.safetensors or as --calib-text FILE..., not both")
+    if args.calib is None and not args.calib_text and needs_calibration(args.mode, args.predictor):
         missing.append("calibration inputs (--calib FILE.safetensors: token windows of text like the model will read, "
                        "tensor '0' of shape [samples, seq], a few hundred tokens or more, written with "
                        "safetensors.numpy.save_file({'0': ids}, FILE))")
@@ -147,9 +157,15 @@ def check_lossy_flags(args) -> None:
                              "which need neither")
 
 
-def _lossy_options(args) -> dict:
-    return {"calibration": load_calibration(args.calib), "sparsity": args.sparsity, "method": args.method,
-            "predictor": args.predictor, "recall": args.recall}
+def _lossy_options(args, decoder: bool = False) -> dict:
+    """The lossy flags as compile()'s options; calibration text and the loss guard apply to a decoder only."""
+    if not decoder and (args.calib_text or args.max_loss_increase is not None):
+        given = "--calib-text" if args.calib_text else "--max-loss-increase"
+        raise ActsparseError(f"{given} applies to decoders (a Hugging Face model folder or a .gguf file), whose "
+                             "tokenizer and loss it uses; for this model use --calib FILE.safetensors")
+    options = {"calibration": args.calib_text or load_calibration(args.calib), "sparsity": args.sparsity,
+               "method": args.method, "predictor": args.predictor, "recall": args.recall}
+    return {**options, "max_loss_increase": args.max_loss_increase} if decoder else options
 
 
 def load_spec(spec: str, seq: int):
@@ -188,10 +204,12 @@ def _build(args) -> int:
         raise ActsparseError(f"--requantize-gguf applies to a .gguf file built with --quantize int8 or int4 ({given}); "
                              "add --quantize int4 (or int8) to a .gguf, or leave the flag out")
     check_lossy_flags(args)
-    if is_decoder_source(args.spec):
+    decoder = is_decoder_source(args.spec)
+    lossy = _lossy_options(args, decoder)   # a flag that does not apply fails before the (slow) load
+    if decoder:
         lm = api.compile(args.spec, target=args.target, mode=args.mode, max_seq=args.max_seq,
                          quantize=args.quantize, memory_budget=args.memory_budget,
-                         prequantized={} if args.requantize_gguf else None, **_lossy_options(args))
+                         prequantized={} if args.requantize_gguf else None, **lossy)
         path = lm.save(args.out, signing_key=args.sign)
         print(lm.report)
         print(f"wrote {path} (decoder: {lm.max_seq} KV-cache slots, tokenizer "
@@ -205,7 +223,7 @@ def _build(args) -> int:
     else:
         model, inputs = load_spec(args.spec, args.seq)
     cm = api.compile(model, inputs, target=args.target, mode=args.mode, quantize=args.quantize,
-                     memory_budget=args.memory_budget, **_lossy_options(args))
+                     memory_budget=args.memory_budget, **lossy)
     path = cm.save(args.out, signing_key=args.sign)
     print(cm.report)
     print(f"wrote {path} (manifest sha256 {read_artifact(path).manifest_sha256}{', signed' if args.sign else ''})")

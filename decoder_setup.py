@@ -4,6 +4,8 @@ threshold mode's Fisher weights, the decoding graph's inputs for a prompt and th
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .errors import ActsparseError
@@ -88,6 +90,24 @@ def fisher_weights(model, options: dict, progress: Steps) -> list | None:
         return cached_fisher_weights(model, [sample[0] for sample in options["calibration"]])
     except ValueError:   # MLPs whose outputs are not one tensor (routed MoE): the same budget in every block
         return None
+
+
+TEXT_WINDOW, TEXT_WINDOWS = 256, 16   # calibration text: windows of this many tokens (max_seq at most), this many
+
+
+def text_calibration(calibration, tokenizer, max_seq: int):
+    """Calibration given as text (a file path, or a list of them) -> windows of token ids read with the decoder's
+    own tokenizer (passes/calibration_data.text_windows: TEXT_WINDOWS windows of TEXT_WINDOW tokens, or max_seq
+    where that is less; cached on disk); calibration given any other way, as it is."""
+    paths = [calibration] if isinstance(calibration, (str, os.PathLike)) else calibration
+    if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, (str, os.PathLike)) for p in paths):
+        return calibration
+    if tokenizer is None:
+        raise ActsparseError("calibration text needs the model's tokenizer to become token ids, and this model has "
+                             "none: pass tokenizer= (a transformers tokenizer), or token ids as calibration")
+    from .passes.calibration_data import text_windows
+
+    return text_windows(paths, tokenizer, window=min(TEXT_WINDOW, max_seq), max_windows=TEXT_WINDOWS)
 
 
 def decoder_inputs(ids, caches) -> tuple:

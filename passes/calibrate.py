@@ -13,6 +13,7 @@ NaN/inf inputs or activations are errors that say which sample or block.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -41,6 +42,11 @@ def calibration_samples(calibration, n_inputs: int | None = None) -> list[tuple[
     if calibration is None:
         raise CalibrationError("mode='threshold' needs calibration data: pass calibration=[(input_ids,), ...], an "
                                "iterable of input tuples like example_inputs (a few hundred tokens or more)")
+    if isinstance(calibration, (str, os.PathLike)) or (isinstance(calibration, (list, tuple)) and calibration
+                                                         and isinstance(calibration[0], (str, os.PathLike))):
+        raise CalibrationError("calibration given as text files is read with a decoder's tokenizer (compile a "
+                               "Hugging Face folder, .gguf or causal LM without example inputs); for this model pass "
+                               "input tuples like example_inputs")
     if isinstance(calibration, np.ndarray) or type(calibration).__module__.startswith("torch"):
         raise CalibrationError("calibration must be an iterable of input tuples, e.g. [(ids0,), (ids1,)], not one "
                                "array")

@@ -87,6 +87,40 @@ def test_build_quantizes_a_decoder_as_asked(hf_folder, tmp_path):
     np.testing.assert_allclose(logits.reshape(-1), expected.logits[0, -1].numpy(), rtol=0.05, atol=0.05)
 
 
+def test_build_calibrates_a_decoder_on_text_files_with_its_own_tokenizer(hf_folder, tmp_path, monkeypatch):
+    """`--calib-text FILE` (compile's calibration=path): the text becomes windows of the model's own token ids
+    (max_seq long here, 16 at most), the same thresholds as compile() given those windows as ids."""
+    from actsparse.decoder_setup import TEXT_WINDOWS
+
+    monkeypatch.setenv("ACTSPARSE_CACHE", str(tmp_path / "cache"))  # the tokenized windows' cache, not ~/.cache
+    text = tmp_path / "notes.txt"
+    text.write_text("def area(r):\n    return 3.14159 * r * r  # a circle\n" * 30)
+    out = tmp_path / "tiny-threshold.actsparse"
+    assert main(["build", str(hf_folder), "-m", "threshold", "--sparsity", "0.3", "--calib-text", str(text),
+                 "--max-seq", "32", "-o", str(out)]) == 0
+    built = actsparse.load(out)
+    ids = char_tokenizer()(text.read_text(), add_special_tokens=False)["input_ids"]
+    windows = [np.array([ids[i * 32:(i + 1) * 32]]) for i in range(min(len(ids) // 32, TEXT_WINDOWS))]
+    same = actsparse.compile(str(hf_folder), mode="threshold", sparsity=0.3, calibration=windows, max_seq=32)
+    thresholds = [[n.attrs["threshold"] for n in m.module.graph.nodes if n.op == "sparse_gated_mlp"]
+                  for m in (built, same)]
+    assert len(thresholds[0]) == TINY["num_hidden_layers"]
+    np.testing.assert_allclose(*thresholds, rtol=1e-6)
+
+
+def test_calibration_text_for_a_model_without_a_tokenizer_is_one_clear_error(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("some text")
+    assert main(["build", "tests.factories:tiny_swiglu_with_inputs", "-m", "threshold", "--sparsity", "0.5",
+                 "--calib-text", str(text), "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--calib-text applies to decoders" in err and "--calib FILE.safetensors" in err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(actsparse.ActsparseError, match="read with a decoder's tokenizer"):
+        actsparse.compile(torch.nn.Linear(4, 4), (torch.randn(1, 4),), mode="threshold", sparsity=0.5,
+                          calibration=str(text))
+
+
 def test_bench_times_decoding_against_the_dense_twin(artifact, capsys):
     assert main(["bench", str(artifact), "--repeats", "1"]) == 0
     out = capsys.readouterr().out
