@@ -81,16 +81,17 @@ def lossy_options(mode: str, calibration, sparsity, method, predictor_options: d
                                  f"{', '.join(map(repr, LOSSY_MODES))} does); leave them out or pick that mode")
         return {}
     from .passes.calibrate import calibration_samples
-    from .passes.sparsity_methods import DEFAULT_METHOD, METHODS
+    from .passes.sparsity_methods import DEFAULT_METHOD, FALLBACK_METHOD, METHODS
 
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.floating, np.integer)) \
             or not 0.0 < float(sparsity) < 1.0:
         raise ActsparseError(f"mode={mode!r} needs a target sparsity, a number between 0 and 1 (exclusive), "
                              f"e.g. sparsity=0.5 (got {sparsity!r})")
-    method = method or DEFAULT_METHOD
-    if method not in METHODS:
+    if method is not None and method not in METHODS:
         raise ActsparseError(f"unknown threshold method {method!r}; valid methods: {', '.join(METHODS)}")
-    return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity), "method": method}
+    # a method the user named applies to every block (one it cannot take is an error); the default gives way
+    return {"calibration": calibration_samples(calibration), "sparsity": float(sparsity),
+            "method": method or DEFAULT_METHOD, "fallback_method": None if method else FALLBACK_METHOD}
 
 
 def needs_calibration(mode: str, predictor: str | None = None) -> bool:

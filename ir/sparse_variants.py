@@ -184,6 +184,8 @@ def _threshold_report(attrs: dict) -> dict:
     if attrs.get("input_threshold"):
         fields["reason"] = (f"{attrs.get('method')}: input |x| <= {attrs['input_threshold']:.3g} zeroed by a dense "
                             "mask (no input-sparse kernel yet)")
+    elif attrs.get("reason"):   # e.g. the threshold pass's per-block fallback method, and why
+        fields["reason"] = attrs["reason"]
     return fields
 
 

@@ -110,19 +110,28 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
     return [k[1] for k in kept]
 
 
+def refused(block: Node, name: str) -> str:
+    """What of this gated_mlp method `name` cannot calibrate ("" when it can): input-sparsity methods take neither
+    gate/up biases nor FATReLU (a threshold of its own)."""
+    if method(name).mode != "input":
+        return ""
+    return "gate/up biases" if block.attrs.get("bias") else "FATReLU" if block.attrs["gate_act"] == "fatrelu" else ""
+
+
 def block_weights(block: Node, weights: dict[str, np.ndarray], name: str) -> BlockWeights:
     """A gated_mlp's weights as the methods take them; input-sparsity methods refuse biases and FATReLU."""
     attrs = {"threshold": 0.0, "fused": False, "gate_first": True, **block.attrs}
     arrays = [None, *(weights[w.attrs["name"]] for w in block.inputs[1:])]
     _, w_gate, w_up, w_down, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
-    if method(name).mode == "input":
-        if b_gate is not None:
-            raise ActsparseError(f"{block.loc or 'a gated MLP'} has gate/up biases, which input-sparsity method "
-                                 f"{name!r} does not take; use method='cats' or 'product' for it")
-        if attrs["gate_act"] == "fatrelu":
-            raise ActsparseError(f"{block.loc or 'a gated MLP'} is FATReLU (its own threshold); calibrate it with "
-                                 "method='cats', or compile it in mode='exact'")
-    elif b_gate is not None:   # per-neuron scores: biases inside the activations, as homogeneous coordinates
+    why, where = refused(block, name), block.loc or "a gated MLP"
+    if why == "FATReLU":
+        raise ActsparseError(f"{where} is FATReLU (a threshold of its own), which input-sparsity method {name!r} does "
+                             "not calibrate; calibrate it with method='cats', or compile it in mode='exact'")
+    if why:
+        raise ActsparseError(f"{where} has gate/up biases, which input-sparsity method {name!r} does not take; use "
+                             "method='cats' or 'product' for it, or leave method out (the default takes another "
+                             "method where its own cannot)")
+    if b_gate is not None:   # per-neuron scores: biases inside the activations, as homogeneous coordinates
         w_gate, w_up = (np.concatenate([w, b[:, None]], 1) for w, b in ((w_gate, b_gate), (w_up, b_up)))
         w_down = np.concatenate([w_down, np.zeros((w_down.shape[0], 1), w_down.dtype)], 1)
     return BlockWeights(w_gate.astype(np.float32), w_up.astype(np.float32), w_down.astype(np.float32),

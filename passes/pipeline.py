@@ -55,6 +55,7 @@ class PipelineOptions:
     storage: str | None = None             # the `quantize=` kind the weights will be stored in (None: as they are)
     sensitivity: tuple = ()                # threshold mode: per block g² of the loss on the calibration rows
     loss_guard: object = None              # threshold mode: quality_guard.LossGuard (held-out loss bound)
+    fallback_method: str | None = None    # threshold mode: for blocks `method` cannot take (None: an error)
 
     @property
     def target(self) -> Target:
@@ -101,7 +102,7 @@ def _threshold(o: PipelineOptions) -> list[Pass]:
     # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
     return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration,
                                            storage=o.storage, sensitivity=o.sensitivity, target=o.target,
-                                           loss_guard=o.loss_guard)]
+                                           loss_guard=o.loss_guard, fallback=o.fallback_method)]
 
 
 def _predictor(o: PipelineOptions) -> list[Pass]:
@@ -125,13 +126,15 @@ LOSSY_MODES = tuple(m for m in MODES if m in VARIANTS and VARIANTS[m].lossy)
 def pipeline_for(mode: str, target: Target | str | None = None, calibration=None, sparsity: float | None = None,
                  method: str = "cats", predictor: str = "lowrank", recall: float = 0.99,
                  predictor_budget: float = 0.1, memory_budget: int | None = None,
-                 storage: str | None = None, sensitivity=None, loss_guard=None) -> list[Pass]:
+                 storage: str | None = None, sensitivity=None, loss_guard=None,
+                 fallback_method: str | None = None) -> list[Pass]:
     """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target).
     `memory_budget` (bytes of fast memory for the MLP weights; modes in BUDGET_MODES) adds the hot/cold split,
     which counts neuron firing on `calibration`; `storage`: the `quantize=` kind the weights will get (the
     quantize pass itself is appended by the caller), which lossy calibration prices bytes in; `sensitivity`:
     threshold mode's Fisher weights (passes/loss_sensitivity.py); `loss_guard`: threshold mode's bound on the
-    held-out loss (passes/quality_guard.py)."""
+    held-out loss (passes/quality_guard.py); `fallback_method`: threshold mode's method for the blocks `method`
+    cannot take (None: those are an error)."""
     if mode not in PIPELINES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if memory_budget is not None and mode not in BUDGET_MODES:
@@ -140,7 +143,7 @@ def pipeline_for(mode: str, target: Target | str | None = None, calibration=None
     if target is not None and not isinstance(target, Target):
         target = targets.get(target)  # an unknown name fails here, listing the valid ones
     options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget,
-                              memory_budget, storage, tuple(sensitivity or ()), loss_guard)
+                              memory_budget, storage, tuple(sensitivity or ()), loss_guard, fallback_method)
     return PIPELINES[mode](options)
 
 

@@ -53,7 +53,7 @@ from ..ir.quant import FLOAT_KINDS, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
 from .base import Pass, coerce_options, record
-from .calibrate import InputThresholds, NeuronThreshold, calibrate, threshold_attrs
+from .calibrate import InputThresholds, NeuronThreshold, calibrate, refused, threshold_attrs
 from .rotation import ROTATION_STORAGE
 from .sparse_layout import to_sparse_layout
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
@@ -73,6 +73,9 @@ class SparsifyThreshold(Pass):
     storage: str | None = None
     target: Target | None = field(default=None, repr=False, compare=False)   # its input_byte_cost: the cost rule
     loss_guard: object = field(default=None, repr=False, compare=False)   # quality_guard.LossGuard
+    # the method for blocks `method` cannot take (calibrate.refused: gate/up biases, FATReLU under an input method);
+    # None: such a block is an error. compile() sets it when the user named no method
+    fallback: str | None = None
 
     def __post_init__(self):
         coerce_options(self)
@@ -93,6 +96,7 @@ class SparsifyThreshold(Pass):
         if not blocks:
             return graph
         chosen = self._given(blocks)
+        methods = [(self.method, "")] * len(blocks)   # per block: (its method, why not self.method)
         storage = self.storage or _stored_as(graph, blocks[0])
         missing = [i for i, b in enumerate(blocks) if chosen[i] is None]
         if missing:
@@ -111,21 +115,33 @@ class SparsifyThreshold(Pass):
             if guard is not None and len(missing) != len(blocks):   # it installs every block's plan, or none
                 record("quality-guard-unmatched")
                 guard = None
-            found = calibrate(graph, [blocks[i] for i in missing], self.calibration, self.method, self.sparsity,
+            refusals = {i: refused(blocks[i], self.method) for i in missing} if self.fallback else {}
+            own = [i for i in missing if not refusals.get(i)]
+            other = [i for i in missing if refusals.get(i)]
+            if other and guard is not None:   # the guard installs every block's plan, or none
+                record("quality-guard-unmatched")
+                guard = None
+            found = calibrate(graph, [blocks[i] for i in own], self.calibration, self.method, self.sparsity,
                               self.max_tokens, self.progress, storage,
-                              [self.sensitivity[i] for i in missing] if weighted else None, guard)
+                              [self.sensitivity[i] for i in own] if weighted else None, guard) if own else []
             if guard is not None and guard.outcome is not None:
                 record("quality-guard" if guard.outcome[1] == guard.outcome[0] else "quality-guard-lowered")
-            for i, c in zip(missing, found):
+            if other:
+                record("method-fallback", len(other))
+                found += calibrate(graph, [blocks[i] for i in other], self.calibration, self.fallback,
+                                   self.sparsity, self.max_tokens, self.progress, storage)
+            for i, c in zip(own + other, found):
                 chosen[i] = c
+            for i in other:
+                methods[i] = (self.fallback, f"{self.fallback} ({refusals[i]}: {self.method} takes none)")
         cost = (self.target.input_byte_cost if self.target is not None else {}).get(storage, 1.0)
-        in_order = iter(chosen)   # rewrite visits graph.nodes in order (rebuilt nodes have a new identity)
+        in_order = iter(zip(chosen, methods))   # rewrite visits graph.nodes in order (rebuilt nodes: new identity)
         new_weights: dict = {}
 
         def visit(node: Node) -> Node | None:
             if node.op != "gated_mlp":
                 return None
-            c = next(in_order)
+            c, (name, why) = next(in_order)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
             reason = _dense_pays(c, cost)
@@ -134,8 +150,8 @@ class SparsifyThreshold(Pass):
                 return to_sparse_layout(node, {**dense_variant_attrs(node.attrs, pattern), "reason": reason}, graph,
                                         new_weights)
             record(pattern)
-            return _threshold_block(node, c, {"method": self.method, **_summary(c)}, graph, new_weights,
-                                    ROTATION_STORAGE[storage])
+            return _threshold_block(node, c, {"method": name, **({"reason": why} if why else {}), **_summary(c)},
+                                    graph, new_weights, ROTATION_STORAGE[storage])
 
         return rewrite(graph, visit, new_weights)
 

@@ -75,6 +75,9 @@ METHODS = {m.name: m for m in (
 # Gemma 3 270M at 30-50%, cross-fitted); it rotates only the blocks where that lowers the error measured off the
 # basis's fitting rows, so it is wina-greedy wherever rotating does not pay (e.g. int4)
 DEFAULT_METHOD = "rotated-wina-greedy"
+# where the default's input sparsity cannot go (gate/up biases: gpt-oss and RecurrentGemma's MLPs; FATReLU), a user
+# who named no method gets this per-neuron one for those blocks (the report says which and why), not an error
+FALLBACK_METHOD = "cats"
 # a rotated-* method turns a block only with at least this many calibration tokens per input channel: its basis
 # comes from the rows' covariance, and with fewer rows than channels (16 windows of 16 tokens for SmolLM2's 576)
 # the axes outside the rows' span hold no calibration energy, so their thresholds zero them all — 50% effective

@@ -14,7 +14,9 @@ from .kernel_cases import QUANT_DTYPES, Call, cross_kernels, examples, ir_act, r
 
 tvm = pytest.importorskip("tvm")
 
-CASES = [(64, 53, "product", "silu", "identity"), (37, 70, "gate", "gelu_tanh", "relu")]
+# the last: DeepSeek-V4's clamped SwiGLU (gate min(g, 10)·σ(min(g, 10)), up clip(u, ±10)), as any table activation
+CASES = [(64, 53, "product", "silu", "identity"), (37, 70, "gate", "gelu_tanh", "relu"),
+         (29, 45, "product", "clamped_silu10", "clip10")]
 
 
 def _calls(rng, d, n, criterion, gate_act, up_act) -> list[Call]:
@@ -49,6 +51,11 @@ def _check(jobs, outs):
     for (_, calls), results in zip(jobs, outs):
         for call, out in zip(calls, results):
             np.testing.assert_allclose(out, call.ref, rtol=1e-4, atol=1e-4 * float(call.scale))
+
+
+def test_input_sparse_kernel_on_x86_matches_the_reference():
+    jobs = _jobs("x86")
+    _check(jobs, [run_native(prim, calls) for prim, calls in jobs])
 
 
 def test_input_sparse_kernel_on_arm_matches_the_reference():

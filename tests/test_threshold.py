@@ -210,3 +210,35 @@ def test_threshold_kernel_matches_numpy():
             out = tvm.runtime.tensor(np.full((m, d), np.nan, "float32"))
             fn(*[tvm.runtime.tensor(np.ascontiguousarray(v)) for v in (x, wg, wu, wd_t)], out)
             np.testing.assert_allclose(out.numpy(), h @ wd_t, rtol=1e-4, atol=1e-4)
+
+
+class _BiasedSwiGLU(torch.nn.Module):
+    """One SwiGLU MLP with gate/up/down biases (gpt-oss's and RecurrentGemma's MLPs have them)."""
+
+    def __init__(self, d=24, n=40):
+        super().__init__()
+        torch.manual_seed(0)
+        self.gate, self.up, self.down = torch.nn.Linear(d, n), torch.nn.Linear(d, n), torch.nn.Linear(n, d)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+def test_the_default_method_gives_way_where_a_block_has_biases_and_a_named_one_does_not():
+    """Input sparsity (the default rotated-wina-greedy) takes no gate/up biases: with no method named such a block
+    is calibrated with FALLBACK_METHOD (cats), and the report's row says so and why; a method the user named is
+    an error for it that names the way out."""
+    from actsparse.passes.sparsity_methods import DEFAULT_METHOD, FALLBACK_METHOD
+
+    model = _BiasedSwiGLU().eval()
+    calibration = [(torch.from_numpy(mlp_input(seq=16, seed=s)),) for s in range(2, 26)]
+    held_out = torch.from_numpy(mlp_input(seq=16, seed=50))
+    cm = actsparse.compile(model, (held_out,), mode="threshold", calibration=calibration, sparsity=0.5)
+    block = cm.report.blocks[0]
+    assert block.method == FALLBACK_METHOD and "gate/up biases" in block.reason and DEFAULT_METHOD in block.reason
+    assert cm.report.pass_stats["sparsify-threshold"]["method-fallback"] == 1
+    assert abs(block.sparsity - 0.5) <= 0.15
+    np.testing.assert_allclose(cm(held_out.numpy()), evaluate(cm.graph, [held_out.numpy()])[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ActsparseError, match="has gate/up biases.*leave method out"):
+        actsparse.compile(model, (held_out,), mode="threshold", calibration=calibration, sparsity=0.5,
+                          method="wina-greedy")

@@ -34,12 +34,14 @@ from functools import cache
 from tvm.script import tirx as T
 
 from .axpy import axpy_macro, task_columns, zero_columns_macro
-from .common import activation, symbol
+from .common import GATE_ACTS, activation, symbol
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp
 
-INPUT_GATE_ACTS = ("relu", "silu", "gelu", "gelu_tanh", "identity")
+# every gate activation of the table but FATReLU, whose own threshold the input methods do not calibrate (they refuse
+# it: passes/calibrate.block_weights); the clamped SwiGLUs of gpt-oss / DeepSeek-V4 included
+INPUT_GATE_ACTS = tuple(a for a in GATE_ACTS if a != "fatrelu")
 INPUT_CRITERIA = ("product", "gate")
 
 
