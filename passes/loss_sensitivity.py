@@ -55,6 +55,9 @@ def fisher_weights(model, windows, progress: bool = True) -> list[np.ndarray]:
             outputs.clear()
             ids = torch.as_tensor(np.asarray(w, np.int64).reshape(1, -1))
             logits = model(ids).logits[0, :-1].float()
+            if len(outputs) != len(modules):   # a layer looped (Dory) or skipped: outputs are not one per MLP
+                raise ValueError(f"{type(model).__name__}'s {len(modules)} MLPs ran {len(outputs)} times in one "
+                                 "forward, not once each")
             torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").backward()
             for i, out in enumerate(outputs):
                 grads[i].append(out.grad.reshape(-1, out.shape[-1]).float().numpy().copy())
