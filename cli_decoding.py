@@ -31,9 +31,16 @@ def decoder_arguments(parser) -> None:
     parser.add_argument("--system", help="a system message before the user's (generate: with --chat)")
     parser.add_argument("-n", "--tokens", type=count, help="new tokens to generate at most (default: the "
                         "model's generation_config max_new_tokens, or max_length minus the prompt, else 32)")
-    parser.add_argument("-t", "--target", default="x86", help=f"when compiling a model folder or GGUF: {TARGET_HELP}")
-    parser.add_argument("-m", "--mode", default="auto", help="when compiling a model folder or GGUF")
-    parser.add_argument("--max-seq", type=count, help="when compiling: KV-cache slots")
+    compiling = parser.add_argument_group("when compiling a model folder or GGUF (an artifact is used as built)")
+    compiling.add_argument("-t", "--target", help=f"{TARGET_HELP}; default x86")
+    compiling.add_argument("-m", "--mode", help="auto (default), exact, dense, threshold, ...")
+    compiling.add_argument("--max-seq", type=count, help="KV-cache slots")
+    compiling.add_argument("--quantize", choices=("fp16", "int8", "int4"), help="weights as fp16 or group-wise "
+                           "int8 / int4 (a .gguf keeps its own blocks where they fit)")
+    compiling.add_argument("--sparsity", type=float, help="-m threshold: the target sparsity, e.g. 0.5")
+    compiling.add_argument("--calib-text", nargs="+", metavar="FILE", help="-m threshold: calibration text, "
+                           "tokenized with the model's tokenizer")
+    compiling.add_argument("--method", help="-m threshold: the sparsity method (default: build's)")
     _generation_arguments(parser)
 
 
@@ -126,14 +133,22 @@ def _open_decoder(args):
 
     check_settings(_generation_overrides(args), vocab_size=sys.maxsize)
     path = Path(args.what)
+    compile_flags = {"-t": args.target, "-m": args.mode, "--max-seq": args.max_seq, "--quantize": args.quantize,
+                     "--sparsity": args.sparsity, "--calib-text": args.calib_text, "--method": args.method}
     if (path / "manifest.json").is_file():
+        given = [flag for flag, value in compile_flags.items() if value is not None]
+        if given:
+            raise ActsparseError(f"{' '.join(given)} apply when compiling a model folder or .gguf; {path} is an "
+                                 "artifact, used as it was built: leave them out, or `actsparse build` it anew")
         lm = actsparse.load(path)
         if not isinstance(lm, Decoder):
             raise ActsparseError(f"{path} is an artifact of a model without a KV cache, not a decoder; build one from "
                                  "a Hugging Face model folder or a .gguf file")
         return lm
     if is_decoder_source(args.what):
-        return api.compile(args.what, target=args.target, mode=args.mode, max_seq=args.max_seq)
+        return api.compile(args.what, target=args.target or "x86", mode=args.mode or "auto", max_seq=args.max_seq,
+                           quantize=args.quantize, sparsity=args.sparsity, calibration=args.calib_text,
+                           method=args.method)
     raise ActsparseError(f"{args.what}: expected a decoder artifact directory, a Hugging Face model folder or a "
                          ".gguf file")
 

@@ -108,6 +108,23 @@ def test_build_calibrates_a_decoder_on_text_files_with_its_own_tokenizer(hf_fold
     np.testing.assert_allclose(*thresholds, rtol=1e-6)
 
 
+def test_generate_compiles_a_folder_with_the_build_flags_and_refuses_them_for_an_artifact(hf_folder, artifact,
+                                                                                          tmp_path, monkeypatch,
+                                                                                          capsys):
+    """`generate` on a model folder takes build's compile flags (threshold mode on calibration text, int8 weights);
+    on an artifact, which is used as built, such a flag is one clear error, not ignored."""
+    monkeypatch.setenv("ACTSPARSE_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "notes.txt"
+    text.write_text("def area(r):\n    return 3.14159 * r * r  # a circle\n" * 30)
+    assert main(["generate", str(hf_folder), "-m", "threshold", "--sparsity", "0.3", "--calib-text", str(text),
+                 "--quantize", "int8", "--max-seq", "32", "--prompt", "def f(", "-n", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "4 new tokens" in out and "mode threshold" in out
+    assert main(["generate", str(artifact), "-m", "dense", "--quantize", "int8", "--prompt", "abc", "-n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "-m --quantize apply when compiling a model folder or .gguf" in err and len(err.strip().splitlines()) == 1
+
+
 def test_calibration_text_for_a_model_without_a_tokenizer_is_one_clear_error(tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("some text")
