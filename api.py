@@ -240,8 +240,8 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     gguf_types = {} if is_gguf(source) else None   # HF name -> (GGUF name, type): the report says what became of each
     if quantize in QUANTIZE_KINDS and prequantized is None and gguf_types is not None:
         prequantized = read_gguf_quantized(source, tensor_types=gguf_types)  # the file's own blocks, where they fit
-    functions, prefill_tokens, continues = prefill_function(model, max_seq, caches, one_token and calibration is None
-                                                             and memory_budget is None, progress)
+    functions, prefill_tokens, continues, no_prefill = prefill_function(
+        model, max_seq, caches, one_token, calibration is not None or memory_budget is not None, progress)
     module = compile_graph(graph, decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
                            progress, functions)
     if gguf_types is not None and not gguf_types:   # not read above: read now from the compile's one parse
@@ -268,6 +268,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     module.report.notes.extend([guard_note] if guard_note else [])
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)
+    module.report.notes.extend([no_prefill] if no_prefill else [])
     module.report.notes.extend(generation_notes)  # settings generate does not apply, sampling it does not follow
     return lm
 

@@ -58,21 +58,27 @@ def not_one_token_stream(model, embeddings) -> str:
             "text decoders with one token vocabulary")
 
 
-def prefill_function(model, max_seq: int, caches, wanted: bool, progress: Steps) -> tuple[dict, int, bool]:
-    """({"prefill": its graph}, the most tokens a call takes, whether a call may continue a prompt) for a decoder
-    whose step takes one token per call because of recurrent states (frontends/prefill.py), or ({}, 0, False): the
-    prompt then goes token by token. Not with calibration or a memory budget (`wanted` False): those passes measure
-    each graph's own activations, and the two functions must share one set of weights."""
+def prefill_function(model, max_seq: int, caches, one_token: bool, calibrated: bool,
+                     progress: Steps) -> tuple[dict, int, bool, str]:
+    """({"prefill": its graph}, the most tokens a call takes, whether a call may continue a prompt, "") for a
+    decoder whose step takes one token per call because of recurrent states (frontends/prefill.py), or ({}, 0,
+    False, why not where the report should say so): the prompt then goes token by token. Not with calibration or a
+    memory budget (`calibrated`): those passes measure each graph's own activations, and the two functions must
+    share one set of weights."""
     from .frontends.prefill import import_prefill, needs_prefill
     from .ir.decoding import PREFILL_FUNCTION
 
-    if not wanted or not needs_prefill(caches):
-        return {}, 0, False
+    if not one_token or not needs_prefill(caches):
+        return {}, 0, False, ""
+    if calibrated:
+        return {}, 0, False, ("prompts go through the one-token step, token by token: no whole-prompt prefill is "
+                              "built with calibration or a memory budget (its graph would calibrate thresholds or "
+                              "split neurons of its own, and both functions share one set of weights)")
     progress.more(1)
     progress.start("import (whole-prompt prefill graph)")
     found = import_prefill(model, max_seq, caches)
-    return ({PREFILL_FUNCTION: found.graph}, found.tokens, found.continues) if found.graph is not None \
-        else ({}, 0, False)
+    return ({PREFILL_FUNCTION: found.graph}, found.tokens, found.continues, "") if found.graph is not None \
+        else ({}, 0, False, "")
 
 
 def fisher_weights(model, options: dict, progress: Steps) -> list | None:

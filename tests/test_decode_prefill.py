@@ -230,3 +230,20 @@ def test_a_prefill_whose_guards_torch_cannot_prove_exports_once(monkeypatch):
     with pytest.raises(torch._dynamo.exc.UserError, match="specialized it to be a constant"):
         decoder_export._export_dynamic(_ChunkPadded(loop=True), fresh, 16, one_token=False, min_seq=2)
     assert len(calls) == 1  # the code fixes the length: no other form of the dims would export
+
+
+def test_a_hybrid_in_threshold_mode_calibrates_token_by_token_and_says_its_prompts_go_so():
+    """A recurrent hybrid (Bamba: Mamba-2 states beside attention) takes one token per call: threshold mode's
+    calibration prompts run through its step token by token with the states carried (ir/decoding.TokenSteps), and
+    with calibration no whole-prompt prefill is built, which the report says. Its dense compile prefills."""
+    from actsparse.scripts.arch_table import build_tiny, example_ids
+
+    model = build_tiny("bamba")
+    ids = example_ids(model)
+    calibration = [example_ids(model, 20) for _ in range(3)]
+    lm = actsparse.compile(model, mode="threshold", sparsity=0.5, max_seq=32, calibration=calibration)
+    assert lm.module.inputs[0][1].shape == (1, 1) and lm.spec.prefill_tokens == 0
+    assert any(note.startswith("prompts go through the one-token step") for note in lm.report.notes)
+    blocks = [b for b in lm.report.blocks if b.mode == "input"]
+    assert blocks and all(0.4 <= b.effective_calibrated <= 0.6 for b in blocks)
+    assert lm.generate(ids, 4).shape == (1, ids.shape[1] + 4)
