@@ -128,6 +128,9 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
     if (predictor or "") == "bound" and quantize in QUANTIZE_KINDS:
         raise ActsparseError(f"predictor='bound' certifies neurons against float gate rows, but quantize={quantize!r} "
                              "stores them group-quantized; use quantize='fp16' (or none) with it, or mode='exact'")
+    if max_loss_increase is not None and mode != "threshold":
+        raise ActsparseError(f"max_loss_increase bounds threshold mode's loss (mode='threshold' on a decoder), not "
+                             f"mode={mode!r}; leave it out")
     quant = {"quantize": quantize, "prequantized": prequantized}
     if is_decoder_source(model) and (isinstance(model, (str, os.PathLike)) or example_inputs is None
                                      or max_seq is not None):
@@ -136,8 +139,9 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
                                calibration=calibration, sparsity=sparsity, memory_budget=memory_budget,
                                method=method, prompt=prompt, predictor_options=predictor_options,
                                max_loss_increase=max_loss_increase, **quant)
-    if max_seq is not None:
-        raise ActsparseError("max_seq applies to decoders (a Hugging Face folder, a .gguf file or a transformers "
+    if max_seq is not None or max_loss_increase is not None:
+        given = "max_seq" if max_seq is not None else "max_loss_increase"
+        raise ActsparseError(f"{given} applies to decoders (a Hugging Face folder, a .gguf file or a transformers "
                              f"causal LM), not to a {type(model).__name__}")
     from . import targets as target_registry
 

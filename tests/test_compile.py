@@ -100,6 +100,11 @@ def test_errors_name_the_problem_and_the_way_out():
         actsparse.compile(graph, (mlp_input(),), mode="sparse")
     with pytest.raises(ActsparseError, match="cannot compile a dict"):
         actsparse.compile({}, ())
+    with pytest.raises(ActsparseError, match="max_loss_increase bounds threshold mode's loss.*not mode='exact'"):
+        actsparse.compile(graph, (mlp_input(),), mode="exact", max_loss_increase=0.05)
+    with pytest.raises(ActsparseError, match="max_loss_increase applies to decoders"):
+        actsparse.compile(graph, (mlp_input(),), mode="threshold", sparsity=0.5, calibration=[(mlp_input(),)],
+                          max_loss_increase=0.05)
     with pytest.raises(MemoryBudgetError, match="memory_budget must not be negative"):
         actsparse.compile(graph, (mlp_input(),), memory_budget=-1)
     with pytest.raises(MemoryBudgetError, match="memory_budget=1 bytes cannot hold"):  # the dense block stays resident
