@@ -32,7 +32,7 @@ def decoder_arguments(parser) -> None:
     parser.add_argument("-n", "--tokens", type=count, help="new tokens to generate at most (default: the "
                         "model's generation_config max_new_tokens, or max_length minus the prompt, else 32)")
     compiling = parser.add_argument_group("when compiling a model folder or GGUF (an artifact is used as built)")
-    compiling.add_argument("-t", "--target", help=f"{TARGET_HELP}; default x86")
+    compiling.add_argument("-t", "--target", help=TARGET_HELP)
     compiling.add_argument("-m", "--mode", help="auto (default), exact, dense, threshold, ...")
     compiling.add_argument("--max-seq", type=count, help="KV-cache slots")
     compiling.add_argument("--quantize", choices=("fp16", "int8", "int4"), help="weights as fp16 or group-wise "
