@@ -39,6 +39,10 @@ the HF weight names the frontends keep) are taken as they are where the stored r
 name and shape): lossless, whatever their layout (q8_0 / q4_0 / q4_1). A sparse down projection `@Wd.t` of a
 pre-quantized `@Wd` is re-quantized from its values: the file's groups run along n_ff, the kernel's along d.
 
+A MoE's router (a `linear` whose logits reach the experts' `topk`) stays float, as llama.cpp keeps `ffn_gate_inp`
+in F32: it is E x d, a few KB, and a logit rounded across a tie changes which experts run — a jump, not a small
+error (in a tiny Ergo, one choice flipped by upstream int8 rounding moved the logits by 42%).
+
 The output projection (a `linear` that is a graph output, or whose weight an `embedding` also reads: a tied
 lm_head) is quantized as `output` ("int8" by default): its error lands on every logit, and llama.cpp likewise
 keeps it above 4 bits (Q6_K) in its Q4_0 files. `output=None` quantizes it like the rest.
@@ -48,7 +52,8 @@ stored as `rotation.ROTATION_STORAGE` says for `kind` (int8 under int4: Q turns 
 matrices, and calibration priced its bytes so); statistic `rotation-<kind>`.
 
 Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows),
-`output-<kind>` for the output projection, `embedding-<kind>` per embedding table stored, `tied-shared` per tied
+`output-<kind>` for the output projection, `embedding-<kind>` per embedding table stored, `router-float` per MoE
+router kept float, `tied-shared` per tied
 table whose one blob the embedding and the output projection share, `relaid-<layout>` for a gated MLP's weight
 quantized again into the layout of its gate (its one kernel reads the three matrices in one layout: a GGUF may store
 gate/up Q4_1 and the transposed down is re-quantized).
@@ -76,6 +81,26 @@ WEIGHT_INPUTS = {
     "sparse_gated_mlp": lambda attrs: (1, 2, 3),
     "routed_moe": lambda attrs: (1, 2, 3),  # the experts stacked by rows: each row quantized as it is streamed
 }
+
+
+# what a router's logits pass through on their way to the top-k (softmax / sigmoid scores, a correction bias, casts)
+SCORE_OPS = ("softmax", "sigmoid", "cast", "add", "sub", "mul", "div", "exp", "neg", "reshape")
+
+
+def router_weights(graph: Graph) -> set[str]:
+    """The weights of the linears whose outputs choose a MoE's experts (they reach a `topk` through SCORE_OPS)."""
+    found, seen = set(), set()
+    stack = [n.inputs[0] for n in graph.nodes if n.op == "topk"]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op == "linear" and node.inputs[1].op == "weight":
+            found.add(node.inputs[1].attrs["name"])
+        elif node.op in SCORE_OPS:
+            stack.extend(i for i in node.inputs if i.op not in ("weight", "constant"))
+    return found
 
 
 @dataclass(frozen=True)
@@ -117,9 +142,14 @@ class Quantize(Pass):
         read_as_float = {i.attrs["name"] for n in graph.nodes if n.op not in ("embedding", *WEIGHT_INPUTS)
                          for i in n.inputs if i.op == "weight"}
 
+        routers = router_weights(graph)
+
         def visit(node: Node) -> Node | None:
             if node.op == "embedding":
                 return embedding(node)
+            if node.op == "linear" and node.inputs[1].attrs.get("name") in routers:
+                record("router-float")   # a rounded router logit changes which experts run (a discrete jump)
+                return None
             pick = WEIGHT_INPUTS.get(node.op)
             if pick is None:
                 return None

@@ -148,6 +148,27 @@ def test_the_output_projection_is_quantized_int8_under_int4():
     assert plain.stats["quantize"] == {"quantized": 2}
 
 
+def test_a_moe_router_stays_float_and_the_rest_is_quantized():
+    """The linear whose logits reach the experts' top-k (here through a softmax and a correction bias) keeps its
+    float weights, as llama.cpp keeps ffn_gate_inp F32; the expert projection beside it is quantized."""
+    graph = parse_graph("""graph @main(%x: f32[1,seq,40]) {
+  @router.weight : f32[8,40]
+  @bias : f32[8]
+  @expert.weight : f32[40,40]
+  %0 = linear(%x, @router.weight) : f32[1,seq,8]
+  %1 = softmax(%0) {'axis': -1} : f32[1,seq,8]
+  %2 = add(%1, @bias) : f32[1,seq,8]
+  %3 = topk(%2) {'k': 2, 'output': 'indices'} : i64[1,seq,2]
+  %4 = linear(%x, @expert.weight) : f32[1,seq,40]
+  return %3, %4
+}""", {"router.weight": np.ones((8, 40), np.float32), "bias": np.zeros(8, np.float32),
+       "expert.weight": np.ones((40, 40), np.float32)})
+    out = run_pipeline(graph, [Quantize(kind="int8")])
+    assert out.stats["quantize"] == {"router-float": 1, "quantized": 1}
+    layouts = {n.attrs["name"]: n.attrs.get("layout", "dense") for n in out.graph.nodes if n.op == "weight"}
+    assert layouts["router.weight"] == "dense" and layouts["expert.weight.q8_0"] == "q8_0"
+
+
 def test_bad_quantize_requests_are_one_clear_error():
     graph = exact_graph()
     with pytest.raises(ActsparseError, match="unknown quantize='int3'; valid: None, 'fp16', 'int8', 'int4'"):
