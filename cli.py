@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     decoder_arguments(chat)
 
     inspect = sub.add_parser("inspect", help="print the report of an artifact or of a model spec")
-    inspect.add_argument("what", help="artifact directory, module:factory, file.onnx or file.mlir")
+    inspect.add_argument("what", help="artifact directory, Hugging Face model folder, file.gguf, module:factory, "
+                         "file.onnx or file.mlir")
     inspect.add_argument("-m", "--mode", default="auto")
     inspect.add_argument("--seq", type=count, default=16)
     inspect.add_argument("--plot", help="also write the sparsity plot (PNG)")
@@ -253,18 +254,25 @@ def _keygen(args) -> int:
 
 
 def _inspect(args) -> int:
+    from .frontends.hf_source import is_decoder_source
     from .runtime import read_report
 
     path = Path(args.what)
-    if path.is_dir():
+    decoder = not (path / "manifest.json").is_file() and is_decoder_source(args.what)
+    if path.is_dir() and not decoder:
         report, digest = read_report(path)
         print(f"{path}: manifest sha256 {digest}")
     else:
         from . import api
 
         check_lossy_flags(args)
-        model, inputs = (args.what, ()) if args.what.endswith((".onnx", ".mlir")) else load_spec(args.what, args.seq)
-        report = api.compile(model, inputs, mode=args.mode, **_lossy_options(args)).report
+        lossy = _lossy_options(args, decoder)
+        if decoder:   # a Hugging Face folder or .gguf: the decoder's compile report
+            report = api.compile(args.what, mode=args.mode, **lossy).report
+        else:
+            model, inputs = (args.what, ()) if args.what.endswith((".onnx", ".mlir")) else load_spec(args.what,
+                                                                                                   args.seq)
+            report = api.compile(model, inputs, mode=args.mode, **lossy).report
     print(report)
     if args.plot:
         print(f"wrote {report.plot(args.plot)}")

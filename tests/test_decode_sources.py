@@ -125,6 +125,14 @@ def test_generate_compiles_a_folder_with_the_build_flags_and_refuses_them_for_an
     assert "-m --quantize apply when compiling a model folder or .gguf" in err and len(err.strip().splitlines()) == 1
 
 
+def test_inspect_prints_the_compile_report_of_a_model_folder(hf_folder, capsys):
+    """`inspect` takes what `build` takes: a Hugging Face folder (not an artifact directory) compiles as a decoder
+    and its report is printed; nothing is written."""
+    assert main(["inspect", str(hf_folder), "-m", "exact"]) == 0
+    out = capsys.readouterr().out
+    assert "mode exact" in out and "model.layers.0.mlp" in out and "manifest" not in out
+
+
 def test_calibration_text_for_a_model_without_a_tokenizer_is_one_clear_error(tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("some text")
