@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activations import apply
+from .activations import apply, reads_input
 
 INPUT_CRITERIA = ("product", "gate")
 INPUT_ATTRS = {"x_keep": 0, "h_keep": 0}
@@ -63,10 +63,13 @@ def input_intermediate(x, w_gate_t, w_up_t, extras, attrs, b_gate=None, b_up=Non
 
 def input_measure(x, w_gate_t, w_up_t, extras, attrs, h) -> dict:
     """Report fields on the example inputs: x's own sparsity and the effective one (weight bytes not read:
-    gate + up behind x, down behind h, equal-size matrices; less the bytes of a rotation in front, if any)."""
+    gate + up behind x (gate alone for a `unit` up), down behind h, equal-size matrices; less the bytes of a
+    rotation in front, if any)."""
     keep_x, keep_h, _ = input_sparse_parts(x, w_gate_t, w_up_t, extras["x_thr"], extras["h_thr"], attrs)
     sx, sh = float(1 - keep_x.mean()), float(1 - keep_h.mean())
-    return {"input_sparsity": sx, "effective_sparsity": (2 * sx + sh) / 3 - float(attrs.get("rotation_share", 0.0))}
+    behind_x = 2 if reads_input(attrs["up_act"]) else 1   # a non-gated MLP's `unit` up: no up matrix read
+    return {"input_sparsity": sx, "effective_sparsity": (behind_x * sx + sh) / (behind_x + 1)
+            - float(attrs.get("rotation_share", 0.0))}
 
 
 def input_sparse_reference(x, w_gate_t, w_up_t, w_down_t, x_thr, h_thr, attrs) -> np.ndarray:

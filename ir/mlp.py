@@ -39,6 +39,8 @@ GATED_MLP_ATTRS = {"gate_act": "silu", "up_act": "identity", "threshold": 0.0, "
 
 
 def pattern_name(gate_act: str, up_act: str) -> str:
+    if up_act == "unit":   # a non-gated MLP, act(x·W1)·W2, as a block whose up factor is 1
+        return f"{gate_act}-mlp"
     if gate_act == "fatrelu":
         return "fatrelu"
     if gate_act == "relu":

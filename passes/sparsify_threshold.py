@@ -54,6 +54,7 @@ from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
 from .base import Pass, coerce_options, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, refused, threshold_attrs
+from .detect_gated_mlp import plain_as_gated
 from .rotation import ROTATION_STORAGE
 from .sparse_layout import to_sparse_layout
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
@@ -92,6 +93,7 @@ class SparsifyThreshold(Pass):
 
 
     def run(self, graph: Graph) -> Graph:
+        graph = rewrite(graph, _plain_block, {})   # non-gated MLPs (GPT-2, Falcon, OPT) as blocks with a unit up
         blocks = [n for n in graph.nodes if n.op == "gated_mlp"]
         if not blocks:
             return graph
@@ -172,6 +174,13 @@ class SparsifyThreshold(Pass):
         criterion = method(self.method).criterion
         return [NeuronThreshold(given[b.loc], criterion, float("nan"), float("nan"), 0) if b.loc in given else None
                 for b in blocks]
+
+
+def _plain_block(node: Node) -> Node | None:
+    block = plain_as_gated(node)
+    if block is not None:
+        record("plain-mlp")
+    return block
 
 
 def _stored_as(graph: Graph, block: Node) -> str:

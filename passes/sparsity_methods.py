@@ -212,13 +212,15 @@ def measured_effective(block: BlockWeights, plan: InputThresholds, rows: np.ndar
     return share_x * float(1 - keep_x.mean()) + share_h * float(1 - keep_h.mean()) - plan.rotation_share
 
 
-def effective_sparsity(mode: str, criterion: str, sparsity: float, shares: tuple[float, float]) -> float:
-    """Fraction of weight bytes not read per token for a threshold-mode block at neuron sparsity `sparsity`."""
+def effective_sparsity(mode: str, criterion: str, sparsity: float, shares: tuple[float, float],
+                       reads_up: bool = True) -> float:
+    """Fraction of weight bytes not read per token for a threshold-mode block at neuron sparsity `sparsity`
+    (`reads_up` False: a non-gated MLP's `unit` up, whose x share is the gate's alone)."""
     share_x, share_h = shares
     if mode != "threshold":
         raise ValueError(mode)
     # 'gate' reads every gate row and the kept up/down rows; 'product' needs every gate and up row
-    skipped = share_x / 2 + share_h if criterion == "gate" else share_h
+    skipped = (share_x / 2 if reads_up else 0.0) + share_h if criterion == "gate" else share_h
     return sparsity * skipped
 
 
@@ -246,7 +248,8 @@ def neuron_threshold(bw: BlockWeights, rows: np.ndarray, m: Method, sparsity: fl
     t = float(np.quantile(score, sparsity))
     measured = float(np.mean(score <= t))
     return NeuronThreshold(t, m.criterion, measured,
-                           effective_sparsity("threshold", m.criterion, measured, bw.byte_shares()), len(rows))
+                           effective_sparsity("threshold", m.criterion, measured, bw.byte_shares(),
+                                              bw.reads_up), len(rows))
 
 
 def calibrate_blocks(blocks: list[BlockWeights], rows: list[np.ndarray], name: str, sparsity: float,

@@ -215,3 +215,29 @@ def test_the_integer_input_kernel_runs_its_axpys_on_vpdpbusd():
         counts[table] = (asm.count("vpdpbusd\t"), str(prim.attrs["global_symbol"]))
     (integer, sym_i), (floating, sym_f) = counts[("input",)], counts[()]
     assert floating == 0 and integer >= 3 and integer % 3 == 0 and sym_i != sym_f, counts
+
+
+def test_the_input_kernel_reads_no_up_rows_for_a_unit_up_factor():
+    """A non-gated MLP's block (up_act `unit`: threshold mode's GPT-2 / Falcon MLPs) gives its gate matrix as the up
+    input too; the kernel never reads it a second time (its TIR names w_up_t only as a parameter, where a gated
+    kernel reads it as often as w_gate_t) and equals the reference, an up matrix of NaN given."""
+    from actsparse import targets
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.schedules import schedule_for
+
+    rng = np.random.default_rng(3)
+    d, n = 40, 70
+    prim = kernel("input", d, n, gate_act="gelu_tanh", up_act="unit", criterion="product", dtype="float32",
+                  sched=schedule_for(targets.get("x86")))
+    calls = []
+    for m in (1, 3):
+        x = rng.standard_normal((m, d)).astype(np.float32)
+        wg, wd = rng.standard_normal((d, n)).astype(np.float32), rng.standard_normal((n, d)).astype(np.float32)
+        x_thr, h_thr = np.full(d, 0.7, np.float32), np.full(n, 0.3, np.float32)
+        ref = input_sparse_reference(x, wg, wg, wd, x_thr, h_thr,
+                                     {"gate_act": "gelu_tanh", "up_act": "unit", "criterion": "product"})
+        assert 0 < np.count_nonzero(ref)
+        calls.append(Call([x, wg, np.full_like(wg, np.nan), wd, x_thr, h_thr, np.full((m, d), np.nan, np.float32)],
+                          ref, np.abs(ref).max(), "float32"))
+    _check([(prim, calls)], [run_native(prim, calls)])
+    assert prim.script().count("w_up_t") == 1 and prim.script().count("w_gate_t") > 1

@@ -242,3 +242,36 @@ def test_the_default_method_gives_way_where_a_block_has_biases_and_a_named_one_d
     with pytest.raises(ActsparseError, match="has gate/up biases.*leave method out"):
         actsparse.compile(model, (held_out,), mode="threshold", calibration=calibration, sparsity=0.5,
                           method="wina-greedy")
+
+
+class _PlainGeluMLP(torch.nn.Module):
+    """A non-gated MLP as Falcon writes it: fc2(gelu(fc1(x))), no biases."""
+
+    def __init__(self, d=24, n=96):
+        super().__init__()
+        torch.manual_seed(1)
+        self.fc1, self.fc2 = torch.nn.Linear(d, n, bias=False), torch.nn.Linear(n, d, bias=False)
+
+    def forward(self, x):
+        return self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+
+
+def test_a_plain_gelu_mlp_is_calibrated_and_skipped_like_a_gated_block():
+    """Threshold mode takes non-gated MLPs (GPT-2, Falcon, Phi-2) as blocks whose up factor is the constant 1: the
+    default input-sparse method calibrates it to the asked share of its two matrices' bytes, its gate rows serve as
+    its up input (one stored matrix, never read twice: the kernel skips the up axpy), and the compiled block equals
+    its reference semantics."""
+    model = _PlainGeluMLP().eval()
+    calibration = [(torch.from_numpy(mlp_input(seq=16, seed=s)),) for s in range(2, 26)]
+    held_out = mlp_input(seq=16, seed=50)
+    cm = actsparse.compile(model, (torch.from_numpy(held_out),), mode="threshold", calibration=calibration,
+                           sparsity=0.5)
+    assert cm.report.pass_stats["sparsify-threshold"]["plain-mlp"] == 1
+    block = cm.report.blocks[0]
+    assert (block.pattern, block.mode) == ("gelu-mlp", "input") and block.reason == ""
+    assert abs(block.effective_calibrated - 0.5) <= 0.02 and abs(block.effective_sparsity - 0.5) <= 0.1
+    node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
+    assert node.attrs["up_act"] == "unit" and node.inputs[1].attrs["name"] == node.inputs[2].attrs["name"]  # one blob
+    np.testing.assert_allclose(cm(held_out), evaluate(cm.graph, [held_out])[0], rtol=1e-4, atol=1e-5)
+    dense = model(torch.from_numpy(held_out)).detach().numpy()
+    assert np.linalg.norm(cm(held_out) - dense) / np.linalg.norm(dense) < 0.5   # lossy, not garbage

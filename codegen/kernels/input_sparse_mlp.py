@@ -33,6 +33,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
+from ...ir.activations import reads_input
 from .axpy import axpy_macro, task_columns, zero_columns_macro
 from .common import GATE_ACTS, activation, symbol
 from .quant_blocks import weight_buffer
@@ -82,6 +83,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     sched_n, sched_d = sched.fitted(n_ff, dtype), sched.fitted(d, dtype)
     threads, zero = sched.threads, T.float32(0)
     mask_h = masked_h_macro(gate_act, up_act, criterion)
+    reads_up = reads_input(up_act)
     # gate / up and down on the integer axpy where the schedule gives it to this kernel (module docstring)
     axpy_in, _ = axpy_macro(n_ff, dtype, sched_n, gathered=True, kernel="input")
     axpy_down, _ = axpy_macro(d, dtype, sched_d, gathered=True, kernel="input")
@@ -128,7 +130,8 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
             n_in: T.let = nx[0]
             for st in range((n_in + Rn - 1) // Rn):
                 axpy_in(w_gate_t, xidx, 0, st * Rn, n_in, xs, 0, t, g, M)
-                axpy_in(w_up_t, xidx, 0, st * Rn, n_in, xs, 0, t, h, M)
+                if reads_up:   # `unit` (a non-gated MLP): act_u ignores u, no up row is read
+                    axpy_in(w_up_t, xidx, 0, st * Rn, n_in, xs, 0, t, h, M)
             # the task's neurons: the columns its axpys wrote
             j0: T.let = task_columns(t, n_ff, sched_n, dtype)[0]
             j1: T.let = task_columns(t, n_ff, sched_n, dtype)[1]

@@ -26,6 +26,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
+from ...ir.activations import reads_input
 from .common import GATE_ACTS, activation, skipping_value, symbol, threshold_tag
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp, compacting_gated_mlp
@@ -75,8 +76,9 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
     rule, act_u = threshold_rule(gate_act, threshold), activation(up_act)
     name = symbol("gmlp", "thr", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act,
                   f"t{threshold_tag(threshold)}", dtype, sched.tag)
+    reads_up = reads_input(up_act)   # `unit` (a non-gated MLP): no up row is read
     if criterion == "product":
         return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=rule.act_g, act_u=act_u,
-                                    keep_product=rule.kept, kernel="threshold")
+                                    keep_product=rule.kept, kernel="threshold", reads_up=reads_up)
     return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=rule.masked_gate, act_u=act_u,
-                                kernel="threshold")
+                                kernel="threshold", reads_up=reads_up)
