@@ -302,5 +302,6 @@ class DetectGatedMLP(Pass):
                     continue  # non-gated but exactly sparse: sparsify-exact takes it (and its report row)
                 note({"kind": "row", "location": common_module(node.loc, node.inputs[0].loc) or node.loc,
                       "pattern": "plain-mlp", "mode": "dense", "n_ff": int(first.shape[-1]),
-                      "reason": "not gated: act(x·W1)·W2 has no gate to skip neurons on"})
+                      "reason": f"non-gated {node.inputs[0].op} MLP, not exactly sparse: mode='threshold' "
+                                "(calibrated) skips its rows"})
         return apply_rules(graph, RULES)

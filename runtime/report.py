@@ -150,7 +150,9 @@ def build_report(target: str, mode: str, graph: Graph, dense_graph: Graph | None
         rows = measure_blocks_compiled(module, graph, example_inputs, mode)
     else:
         rows = measure_blocks(graph, example_inputs, mode)
-    report = Report(target, mode, rows + finding_rows(notes), pass_stats)
+    # a finding a later pass turned into a block (threshold mode's plain MLPs) is reported by its block's row
+    found = [r for r in finding_rows(notes) if r.location not in {b.location for b in rows}]
+    report = Report(target, mode, rows + found, pass_stats)
     splits = {n["location"]: n for n in notes if n.get("kind") == "hot-cold"}
     for b in report.blocks:
         if b.location in splits:

@@ -140,7 +140,7 @@ def test_architecture_compiles_end_to_end(hf, case):
     if case == "gpt2":
         assert [(r.location, r.pattern, r.mode, r.n_ff) for r in rows] == [
             ("transformer.h.0.mlp", "plain-mlp", "dense", 4 * D), ("transformer.h.1.mlp", "plain-mlp", "dense", 4 * D)]
-        assert all("not gated" in r.reason for r in rows)
+        assert all("non-gated" in r.reason for r in rows)
     elif mode == "exact":
         assert {r.pattern for r in rows} == {"reglu"} and {r.mode for r in rows} == {"exact"}
     else:
