@@ -24,6 +24,7 @@ from ..ir.decoding import TokenSteps
 from ..ir.mlp import unpack_gated_inputs
 from .base import record
 from .block_weights import BlockWeights
+from .input_thresholds import enough_rows
 from .sparsity_methods import (
     METHODS,
     CalibrationError,
@@ -110,6 +111,19 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
     return [k[1] for k in kept]
 
 
+def pooled_rows(blocks: list[Node], rows: list[np.ndarray]) -> list[np.ndarray]:
+    """Blocks that share their weights (one module called at several places: XLNet's two attention streams) each
+    calibrate on the rows of all their call sites, so they get one plan from all of them, not one per site from a
+    site's few rows."""
+    def weights_of(block: Node) -> tuple:
+        return tuple(i.attrs.get("name") for i in block.inputs[1:])
+
+    sites: dict[tuple, list[np.ndarray]] = {}
+    for block, r in zip(blocks, rows):
+        sites.setdefault(weights_of(block), []).append(r)
+    return [np.concatenate(sites[weights_of(b)]) if len(sites[weights_of(b)]) > 1 else r for b, r in zip(blocks, rows)]
+
+
 def refused(block: Node, name: str) -> str:
     """What of this gated_mlp method `name` cannot calibrate ("" when it can): input-sparsity methods take neither
     gate/up biases nor FATReLU (a threshold of its own)."""
@@ -169,6 +183,24 @@ def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str
                                    f" rows; calibration has {len(blocks)} blocks of {index[0][-1] + 1} rows: compute "
                                    "it on the same calibration samples")
         sensitivity = [np.asarray(g, np.float32)[i] for g, i in zip(sensitivity, index)]
+    if sensitivity is None:
+        rows = pooled_rows(blocks, rows)
+    # a non-gated MLP (taken as a block by threshold mode itself) whose call site sees too few tokens to calibrate
+    # (XLNet's last layer runs its MLP on one position a call) stays dense: None; a gated block is an error then
+    thin = [b.attrs["up_act"] == "unit" and not enough_rows(r, sparsity) for b, r in zip(blocks, rows)]
+    if any(thin):
+        record("plain-mlp-too-few-tokens", sum(thin))
+        kept = [i for i, t in enumerate(thin) if not t]
+        found = iter(calibrate_rows(graph, [blocks[i] for i in kept], [rows[i] for i in kept], name, sparsity,
+                                    progress, storage, None if sensitivity is None else [sensitivity[i] for i in kept],
+                                    None) if kept else [])
+        return [None if t else next(found) for t in thin]
+    return calibrate_rows(graph, blocks, rows, name, sparsity, progress, storage, sensitivity, loss_guard)
+
+
+def calibrate_rows(graph: Graph, blocks: list[Node], rows: list[np.ndarray], name: str, sparsity: float,
+                   progress: bool, storage: str, sensitivity, loss_guard) -> list[NeuronThreshold | InputThresholds]:
+    """`calibrate` on the blocks' collected input rows."""
     weights = [block_weights(b, graph.weights, name) for b in blocks]
     dims = [r.shape[1] for r in rows]
     # a bias folded into the weights: the rows get their ones column

@@ -146,9 +146,10 @@ class SparsifyThreshold(Pass):
             c, (name, why) = next(in_order)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
-            reason = _dense_pays(c, cost)
+            reason = _dense_pays(c, cost) if c is not None else \
+                "kept dense: this non-gated MLP's call site sees too few calibration tokens for the asked sparsity"
             if reason:
-                record("kept-dense-by-cost")
+                record("kept-dense-by-cost" if c is not None else "kept-dense-too-few-tokens")
                 return to_sparse_layout(node, {**dense_variant_attrs(node.attrs, pattern), "reason": reason}, graph,
                                         new_weights)
             record(pattern)

@@ -275,3 +275,26 @@ def test_a_plain_gelu_mlp_is_calibrated_and_skipped_like_a_gated_block():
     np.testing.assert_allclose(cm(held_out), evaluate(cm.graph, [held_out])[0], rtol=1e-4, atol=1e-5)
     dense = model(torch.from_numpy(held_out)).detach().numpy()
     assert np.linalg.norm(cm(held_out) - dense) / np.linalg.norm(dense) < 0.5   # lossy, not garbage
+
+
+def test_a_non_gated_mlp_with_too_few_calibration_tokens_stays_dense_and_shared_sites_pool_their_rows():
+    """A non-gated MLP is a block only because threshold mode takes it as one: where its call site sees too few
+    calibration tokens (XLNet's last layer runs its MLP on one position a call) it stays dense with the reason,
+    instead of failing the compile; call sites of one module (the same weights) calibrate on all their rows."""
+    from actsparse.ir import Node
+    from actsparse.passes.calibrate import pooled_rows
+
+    model = _PlainGeluMLP().eval()
+    one_token = [(torch.from_numpy(mlp_input(seq=1, seed=s)),) for s in range(2, 5)]
+    cm = actsparse.compile(model, (torch.from_numpy(mlp_input(seq=1, seed=50)),), mode="threshold",
+                           calibration=one_token, sparsity=0.5)
+    block = cm.report.blocks[0]
+    assert block.mode == "dense" and "too few calibration tokens" in block.reason
+    assert cm.report.pass_stats["sparsify-threshold"]["plain-mlp-too-few-tokens"] == 1
+    w = [Node("weight", (), {"name": n}, None) for n in ("a", "b", "c")]
+    other = Node("weight", (), {"name": "d"}, None)
+    blocks = [Node("gated_mlp", (w[0], *w), {}, None), Node("gated_mlp", (w[0], *w), {}, None),
+              Node("gated_mlp", (w[0], other, w[1], w[2]), {}, None)]
+    rows = [np.zeros((1, 2)), np.ones((3, 2)), np.full((2, 2), 2.0)]
+    pooled = pooled_rows(blocks, rows)
+    assert [len(r) for r in pooled] == [4, 4, 2] and pooled[2] is rows[2]
