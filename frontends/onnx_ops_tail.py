@@ -181,8 +181,23 @@ def _merged(cx, dims):
     return math.prod(dims)
 
 
+def _top_k(cx, node, args, attrs):  # TopK{axis, largest}(x, K) -> (values, indices): a MoE router's expert choice
+    x, k = args[0], int(cx.ints(args[1], "the TopK count")[0])
+    axis, largest = positive_axis(attrs.get("axis", -1), len(x.shape)), bool(attrs.get("largest", 1))
+    if not attrs.get("sorted", 1):
+        raise cx.error("TopK with sorted=0 (an unspecified order) is not supported")
+    return [cx.op("topk", [x], k=k, axis=axis, largest=largest, output=out) for out in ("values", "indices")]
+
+
+def _scatter_elements(cx, node, args, attrs):  # ScatterElements{axis}(x, index, updates) -> scatter (torch's)
+    if attrs.get("reduction", "none") != "none":
+        raise cx.error(f"ScatterElements with reduction={attrs['reduction']!r} is not supported (only a plain write)")
+    x, index, updates = args
+    return cx.op("scatter", [x, index, updates], axis=positive_axis(attrs.get("axis", 0), len(x.shape)))
+
+
 TAIL_HANDLERS = {
     "Floor": lambda cx, node, args, attrs: cx.op("floor", [args[0]]),
     "ReduceLogSumExp": _reduce_log_sum_exp, "Conv": _conv, "ScatterND": _scatter_nd, "Einsum": _einsum,
-    "Pad": _pad, "Mod": _mod, "OneHot": _one_hot,
+    "Pad": _pad, "Mod": _mod, "OneHot": _one_hot, "TopK": _top_k, "ScatterElements": _scatter_elements,
 }

@@ -148,3 +148,25 @@ def test_mod_and_one_hot_match_onnxruntime(tmp_path, fmod):
     assert (want[1] < 0).any() == bool(fmod)  # C's rule leaves negative remainders: OneHot wraps them
     for got, expected in zip(evaluate(import_onnx(path), [i]), want, strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_topk_and_scatter_elements_match_onnxruntime(tmp_path):
+    """A MoE router as the dynamo exporter writes it: TopK (values and indices, the largest along the last axis),
+    then ScatterElements writing the chosen experts' weights into a zero [tokens, experts] matrix."""
+    nodes = [helper.make_node("TopK", ["logits", "k"], ["values", "indices"], axis=-1, largest=1, sorted=1),
+             helper.make_node("ScatterElements", ["zeros", "indices", "values"], ["y"], axis=1)]
+    consts = {"k": np.array([2], np.int64), "zeros": np.zeros((3, 5), np.float32)}
+    graph = helper.make_graph(nodes, "router", [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [3, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 5]),
+                               helper.make_tensor_value_info("indices", TensorProto.INT64, [3, 2])],
+                              [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    path = tmp_path / "router.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    logits = np.random.default_rng(4).standard_normal((3, 5)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"logits": logits})
+    graph = import_onnx(path)
+    assert {"topk", "scatter"} <= {n.op for n in graph.nodes}
+    for got, expected in zip(evaluate(graph, [logits]), want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    for got, expected in zip(actsparse.compile(graph, (logits,), mode="dense")(logits), want, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), expected)
