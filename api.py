@@ -268,7 +268,9 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         module.report.notes.extend([note] if note else [])
     guard = options.get("loss_guard")
     if guard is not None:
-        guard_note = guard.describe() if guard.outcome else "no quality guard: the graph's blocks are not its MLPs"
+        guard_note = guard.describe() if guard.outcome else (
+            "no quality guard: the guard runs one plan per torch MLP, and here some blocks are not its MLPs' own "
+            "(a fallback method, a folded bias, a block kept dense, or blocks the torch model does not have)")
     module.report.notes.extend([guard_note] if guard_note else [])
     if lm.decoding_note:  # said once, where the report is read: a step is a whole forward, not one token's
         module.report.notes.append(lm.decoding_note)
