@@ -76,26 +76,42 @@ def kernel_forms(bench, w1, b1, n_active: int, want) -> dict:
     return runners
 
 
+def host_bench(dims: tuple[int, int]):
+    """(FfnBench at dims (d, n_ff) on this host's threads, the thread count); torch and OpenBLAS set alike."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import torch
+
+    from actsparse.benchmarks.ffn import FfnBench
+    from actsparse.targets import x86
+
+    threads = x86.host().threads
+    torch.set_num_threads(threads)
+    return FfnBench(*dims, threads), threads
+
+
+def print_paths(runners: dict, med: dict) -> None:
+    """The markdown table of timed paths: median ms, bytes read, rate, and the ratios to torch and to dense."""
+    from actsparse.benchmarks.tables import markdown_table
+
+    rows = [(name, f"{med[name] * 1e3:.2f}", f"{nbytes / 1e6:.0f}", f"{nbytes / med[name] / 1e9:.1f}",
+             f"{med['torch eager (fp32)'] / med[name]:.2f}x", f"{med['compile() dense'] / med[name]:.2f}x")
+            for name, (_, nbytes) in runners.items()]
+    print(markdown_table(("path", "median ms", "MB read", "GB/s", "vs torch", "vs compile() dense"), rows, 1))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sparsity", type=float, default=0.9, help="fraction of inactive neurons (default 0.9)")
     ap.add_argument("--repeats", type=int, default=15, help="timed calls per path (median reported)")
     ap.add_argument("--small", action="store_true", help="tiny dims for a smoke test")
     args = ap.parse_args(argv)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    d, n_ff = SMALL if args.small else OPT_6_7B
+    bench, threads = host_bench((d, n_ff))
 
     import numpy as np
     import torch
 
     import actsparse
-    from actsparse.benchmarks.ffn import FfnBench
-    from actsparse.benchmarks.tables import markdown_table
-    from actsparse.targets import x86
-
-    d, n_ff = SMALL if args.small else OPT_6_7B
-    host = x86.host()
-    bench = FfnBench(d, n_ff, host.threads)
-    torch.set_num_threads(host.threads)
     load_before = os.getloadavg()
     w1, active = bench.gate_for(args.sparsity)
     b1, b2 = np.zeros(n_ff, np.float32), np.full(d, 0.01, np.float32)
@@ -125,13 +141,10 @@ def main(argv=None) -> int:
     times = bench.time(runners, args.repeats)
     med = {name: float(np.median(t)) for name, t in times.items()}
     load_after = os.getloadavg()[0]
-    print(f"CPU: {bench.cpu} | {host.threads} threads | load avg {load_before[0]:.2f} before, {load_after:.2f} after")
+    print(f"CPU: {bench.cpu} | {threads} threads | load avg {load_before[0]:.2f} before, {load_after:.2f} after")
     print(f"MLP d={d} n_ff={n_ff}, fc2(relu(fc1(x))) with biases, fp32, {n_active} of {n_ff} active; exact mode's "
           f"pattern: {pattern}\n")
-    rows = [(name, f"{med[name] * 1e3:.2f}", f"{nbytes / 1e6:.0f}", f"{nbytes / med[name] / 1e9:.1f}",
-             f"{med['torch eager (fp32)'] / med[name]:.2f}x", f"{med['compile() dense'] / med[name]:.2f}x")
-            for name, (_, nbytes) in runners.items()]
-    print(markdown_table(("path", "median ms", "MB read", "GB/s", "vs torch", "vs compile() dense"), rows, 1))
+    print_paths(runners, med)
     return 0
 
 

@@ -18,6 +18,8 @@ import argparse
 import os
 import sys
 
+from .plain_mlp import host_bench, print_paths
+
 FALCON_7B = (4544, 18176)
 SMALL = (256, 1024)
 
@@ -50,20 +52,13 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration", type=int, default=512, help="calibration rows (one token each)")
     ap.add_argument("--small", action="store_true", help="tiny dims for a smoke test")
     args = ap.parse_args(argv)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    d, n_ff = SMALL if args.small else FALCON_7B
+    bench, threads = host_bench((d, n_ff))
 
     import numpy as np
     import torch
 
     import actsparse
-    from actsparse.benchmarks.ffn import FfnBench
-    from actsparse.benchmarks.tables import markdown_table
-    from actsparse.targets import x86
-
-    d, n_ff = SMALL if args.small else FALCON_7B
-    host = x86.host()
-    bench = FfnBench(d, n_ff, host.threads)
-    torch.set_num_threads(host.threads)
     rng = np.random.default_rng(0)
     w1 = (rng.standard_normal((n_ff, d)) / np.sqrt(d)).astype(np.float32)
     w2 = (rng.standard_normal((d, n_ff)) / np.sqrt(n_ff)).astype(np.float32)
@@ -94,15 +89,12 @@ def main(argv=None) -> int:
                                        int(nbytes * (1 - (block.effective_sparsity or 0.0))))}
     times = bench.time(runners, args.repeats)
     med = {name: float(np.median(t)) for name, t in times.items()}
-    print(f"CPU: {bench.cpu} | {host.threads} threads | load avg {load_before[0]:.2f} before, "
+    print(f"CPU: {bench.cpu} | {threads} threads | load avg {load_before[0]:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after")
     print(f"MLP d={d} n_ff={n_ff}, fc2(gelu(fc1(x))), fp32; threshold block: pattern {block.pattern}, mode "
           f"{block.mode}, method {block.method}, effective sparsity {block.effective_calibrated:.1%} calibrated, "
           f"{block.effective_sparsity:.1%} on the timed input; output vs torch: relative error {lossy:.3f}\n")
-    rows = [(name, f"{med[name] * 1e3:.2f}", f"{b / 1e6:.0f}", f"{b / med[name] / 1e9:.1f}",
-             f"{med['torch eager (fp32)'] / med[name]:.2f}x", f"{med['compile() dense'] / med[name]:.2f}x")
-            for name, (_, b) in runners.items()]
-    print(markdown_table(("path", "median ms", "MB read", "GB/s", "vs torch", "vs compile() dense"), rows, 1))
+    print_paths(runners, med)
     return 0
 
 
