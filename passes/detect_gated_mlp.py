@@ -188,11 +188,12 @@ def _plain_mlp(node: Node) -> Node | None:
     return None
 
 
-def plain_as_gated(node: Node) -> Node | None:
+def plain_as_gated(node: Node) -> tuple[Node, Node | None] | None:
     """down(act(P(x, @W1[, @b1])), @W2[, @b2]) with a gate activation of the table (GPT-2's GELU, Falcon's, OPT's
     ReLU) -> the same block as a gated_mlp whose up factor is the constant 1 (`unit`, its weight input the gate's
-    own rows, nothing more stored), plus the down bias after it; None for anything else. Threshold mode calibrates
-    and skips such a block like a gated one (a plain ReLU-family MLP in exact mode: sparsify_exact.py)."""
+    own rows, nothing more stored), and the down bias to add after it (None without one); None for anything else.
+    Threshold mode calibrates and skips such a block like a gated one; exact mode takes the ReLU-family ones
+    (sparsify_exact.py)."""
     down = _projection(node)
     gate = _gate_side(down[0]) if down else None
     first = _projection(gate[2]) if gate else None
@@ -204,7 +205,7 @@ def plain_as_gated(node: Node) -> Node | None:
              **({"threshold": threshold} if kind == "fatrelu" else {})}
     gated = Node("gated_mlp", (x, w1, w1, down[1], *biases), attrs, node.type,
                  common_module(gate[2].loc, node.loc) or node.loc)
-    return gated if down[2] is None else Node("add", (gated, down[2]), {}, node.type, node.loc)
+    return gated, down[2]
 
 
 def _spell(node: Node, depth: int = 4) -> str:

@@ -60,8 +60,7 @@ from ..ir.activations import ZERO_BELOW
 from ..ir.mlp import is_exactly_sparse, pattern_name
 from ..ir.sparse_variants import VARIANTS
 from .base import Pass, note, record
-from .detect_gated_mlp import cutoff_block
-from .match import common_module
+from .detect_gated_mlp import cutoff_block, plain_as_gated
 from .sparse_layout import to_sparse_layout
 
 
@@ -79,9 +78,9 @@ class SparsifyExact(Pass):
         new_weights: dict[str, np.ndarray] = {}
 
         def visit(node: Node) -> Node | None:
-            plain = _plain_relu_mlp(node)
-            if plain is not None and _finite_weights(node, graph) and _finite_weights(plain["first"], graph):
-                return _sparse_plain(node, plain, graph, new_weights)
+            plain = plain_as_gated(node) if node.op == "linear" and node.inputs[0].op in ZERO_BELOW else None
+            if plain is not None and _finite_weights(node, graph) and _finite_weights(plain[0], graph):
+                return _sparse_plain(node, *plain, graph, new_weights)
             cutoff = cutoff_block(node)
             if cutoff is not None:
                 return self._cutoff(node, cutoff, graph, new_weights)
@@ -145,33 +144,15 @@ class SparsifyExact(Pass):
 
 def _finite_weights(node: Node, graph: Graph) -> bool:
     return all(bool(np.isfinite(graph.weights[i.attrs["name"]]).all()) for i in node.inputs[1:] if i.op == "weight")
-def _plain_relu_mlp(node: Node):
-    """linear(act(linear(x, @W1[, @b1])), @W2[, @b2]) with act exactly zero below its threshold -> bindings."""
-    if node.op != "linear" or node.inputs[1].op != "weight" or any(b.op != "weight" for b in node.inputs[2:]):
-        return None
-    act = node.inputs[0]
-    if act.op not in ZERO_BELOW or act.inputs[0].op != "linear":
-        return None
-    first = act.inputs[0]
-    if first.inputs[1].op != "weight" or any(b.op != "weight" for b in first.inputs[2:]):
-        return None
-    return {"act": act, "first": first}
 
 
-def _sparse_plain(node: Node, b: dict, graph: Graph, new_weights: dict) -> Node:
-    """The non-gated block as a gated one whose up factor is the constant 1 (see the module docstring), then sparse
-    layout."""
-    act, first = b["act"], b["first"]
-    x, w1 = first.inputs[:2]
-    biases = (first.inputs[2],) * 2 if len(first.inputs) > 2 else ()  # the up's bias too: the same [W1 | b1] row
-    threshold = float(act.attrs.get("threshold", 0.0))
-    gated = Node("gated_mlp", (x, w1, w1, node.inputs[1], *biases),
-                 {"gate_act": act.op, "up_act": "unit", "fused": False, "bias": bool(biases),
-                  **({"threshold": threshold} if act.op == "fatrelu" else {})},
-                 node.type, common_module(first.loc, node.loc) or node.loc)
-    pattern = f"{act.op}-mlp"
+def _sparse_plain(node: Node, gated: Node, b_down: Node | None, graph: Graph, new_weights: dict) -> Node:
+    """The non-gated block as a gated one whose up factor is the constant 1 (detect_gated_mlp.plain_as_gated; see
+    the module docstring), then sparse layout."""
+    act = gated.attrs["gate_act"]
+    pattern = f"{act}-mlp"
     record(pattern)
-    attrs = {"gate_act": act.op, "up_act": "unit", "mode": "exact", "pattern": pattern,
-             **({"threshold": threshold} if act.op == "fatrelu" else {})}
+    attrs = {"gate_act": act, "up_act": "unit", "mode": "exact", "pattern": pattern,
+             **({"threshold": gated.attrs["threshold"]} if act == "fatrelu" else {})}
     out = to_sparse_layout(gated, attrs, graph, new_weights)
-    return out if len(node.inputs) < 3 else Node("add", (out, node.inputs[2]), {}, node.type, node.loc)
+    return out if b_down is None else Node("add", (out, b_down), {}, node.type, node.loc)

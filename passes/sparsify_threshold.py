@@ -178,10 +178,12 @@ class SparsifyThreshold(Pass):
 
 
 def _plain_block(node: Node) -> Node | None:
-    block = plain_as_gated(node)
-    if block is not None:
-        record("plain-mlp")
-    return block
+    found = plain_as_gated(node)
+    if found is None:
+        return None
+    record("plain-mlp")
+    block, b_down = found
+    return block if b_down is None else Node("add", (block, b_down), {}, node.type, node.loc)
 
 
 def _stored_as(graph: Graph, block: Node) -> str:
