@@ -1,5 +1,5 @@
-"""The `actsparse` command: demo, build, generate, inspect, bench, keygen. User errors (bad arguments, bad files,
-models actsparse cannot take) exit 2 with one line, no traceback."""
+"""The `actsparse` command: demo, build, generate, chat, perplexity, inspect, bench, keygen. User errors (bad
+arguments, bad files, models actsparse cannot take) exit 2 with one line, no traceback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import importlib
 import sys
 from pathlib import Path
 
-from .cli_decoding import TARGET_HELP, chat_command, count, decoder_arguments, generate_command
+from .cli_decoding import (
+    TARGET_HELP,
+    chat_command,
+    count,
+    decoder_arguments,
+    generate_command,
+    perplexity_arguments,
+    perplexity_command,
+)
 from .errors import ActsparseError
 
 
@@ -60,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                           "kept between turns (/reset starts over, /exit or EOF ends)")
     decoder_arguments(chat)
 
+    perplexity = sub.add_parser("perplexity", help="perplexity on text files, scored by the compiled decoding steps "
+                                "(the quality a lossy mode or --quantize costs, with --against-dense)")
+    perplexity_arguments(perplexity)
+
     inspect = sub.add_parser("inspect", help="print the report of an artifact or of a model spec")
     inspect.add_argument("what", help="artifact directory, Hugging Face model folder, file.gguf, module:factory, "
                          "file.onnx or file.mlir")
@@ -80,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     keygen.add_argument("key", help="private key file to write (PEM, mode 600); the public key goes to KEY.pub")
 
     args = parser.parse_args(argv)
-    commands = {"demo": _demo, "build": _build, "generate": generate_command, "chat": chat_command, "inspect": _inspect,
+    commands = {"demo": _demo, "build": _build, "generate": generate_command, "chat": chat_command,
+                "perplexity": perplexity_command, "inspect": _inspect,
                 "bench": _bench, "keygen": _keygen}
     try:
         return commands[args.command](args)

@@ -31,6 +31,27 @@ def decoder_arguments(parser) -> None:
     parser.add_argument("--system", help="a system message before the user's (generate: with --chat)")
     parser.add_argument("-n", "--tokens", type=count, help="new tokens to generate at most (default: the "
                         "model's generation_config max_new_tokens, or max_length minus the prompt, else 32)")
+    compile_arguments(parser)
+    _generation_arguments(parser)
+
+
+def perplexity_arguments(parser) -> None:
+    """`actsparse perplexity`: the decoder, the text, the windows, how to compile a source."""
+    from .runtime.perplexity import WINDOW, WINDOWS
+
+    parser.add_argument("what", help="decoder artifact directory, Hugging Face model folder or file.gguf")
+    parser.add_argument("--text", nargs="+", required=True, metavar="FILE", help="text files to score (read as "
+                        "UTF-8, joined), tokenized with the model's tokenizer")
+    parser.add_argument("--window", type=count, default=WINDOW, help=f"tokens per window, each scored from an "
+                        f"empty cache (default {WINDOW}; at most max_seq)")
+    parser.add_argument("--windows", type=count, default=WINDOWS, help=f"windows at most (default {WINDOWS})")
+    parser.add_argument("--against-dense", action="store_true", help="also score the dense twin of the same build "
+                        "(same weights and dtype, every neuron computed) and print the increase")
+    compile_arguments(parser)
+
+
+def compile_arguments(parser) -> None:
+    """How a model folder or .gguf is compiled on the spot (an artifact is used as built)."""
     compiling = parser.add_argument_group("when compiling a model folder or GGUF (an artifact is used as built)")
     compiling.add_argument("-t", "--target", help=TARGET_HELP)
     compiling.add_argument("-m", "--mode", help="auto (default), exact, dense, threshold, ...")
@@ -41,7 +62,6 @@ def decoder_arguments(parser) -> None:
     compiling.add_argument("--calib-text", nargs="+", metavar="FILE", help="-m threshold: calibration text, "
                            "tokenized with the model's tokenizer")
     compiling.add_argument("--method", help="-m threshold: the sparsity method (default: build's)")
-    _generation_arguments(parser)
 
 
 def _generation_arguments(parser) -> None:
@@ -116,6 +136,28 @@ def generate_command(args) -> int:
     rate = f"{(tokens - 1) / seconds:.1f} tokens/s" if tokens > 1 and seconds > 0 else "too few steps to time"
     print(f"-- {tokens} new tokens, decode {rate} (mode {lm.report.mode}, after a {len(args.prompt)}-character "
           "prompt's prefill)")
+    if lm.decoding_note:
+        print(f"-- note: {lm.decoding_note}")
+    return 0
+
+
+def perplexity_command(args) -> int:
+    """The decoder's perplexity on the text, scored by its compiled steps; with --against-dense its dense twin's on the
+    same windows, and the increase."""
+    from .runtime.bench import dense_twin
+    from .runtime.decoder import Decoder
+    from .runtime.perplexity import score, token_windows
+
+    lm = _open_decoder(args)
+    windows = token_windows(lm, args.text, args.window, args.windows)
+    mode = lm.report.mode
+    result = score(lm, windows)
+    print(f"-- {mode}: {result}")
+    if args.against_dense:
+        dense = score(Decoder(dense_twin(lm.module), lm.spec), windows)
+        print(f"-- dense twin: {dense}")
+        increase = round(100 * (result.perplexity / dense.perplexity - 1), 2) + 0.0  # + 0.0: no "-0.00%"
+        print(f"-- {mode} vs dense: {increase:+.2f}% perplexity")
     if lm.decoding_note:
         print(f"-- note: {lm.decoding_note}")
     return 0

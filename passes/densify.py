@@ -2,7 +2,8 @@
 
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, *extra){mode=v} -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t){mode='dense'}
                                                              (extra inputs dropped; a "columns" variant's
-                                                              @Wg.t / @Wu.t transposed back to a neuron per row)
+                                                              @Wg.t / @Wu.t transposed back to a neuron per row;
+                                                              quantized ones quantized again in their layout)
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a){mode='cutoff'} -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a)
                                                              {mode='cutoff-dense'}   (a variant's `dense_twin`
                                                              with extra inputs keeps them: the given gate)
@@ -23,6 +24,8 @@ import numpy as np
 
 from ..ir import Graph, Node, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous
+from ..ir.graph import quantized_weight_node
+from ..ir.quant import dequantize, quantize
 from ..ir.sparse_variants import dense_variant_attrs, variant, variant_of
 from .base import Pass, record
 
@@ -55,7 +58,16 @@ class Densify(Pass):
 
         def transposed(w: Node) -> Node:
             name = w.attrs["name"]
-            name = name[:-2] if name.endswith(".t") else f"{name}.t"  # transposed back
-            return weight_node(name, new_weights.setdefault(name, aligned_contiguous(graph.weights[w.attrs["name"]].T)))
+            layout = w.attrs.get("layout", "dense")
+            base = name.removesuffix(f".{layout}") if layout != "dense" else name
+            back = base[:-2] if base.endswith(".t") else f"{base}.t"  # transposed back
+            if layout == "dense":
+                return weight_node(back, new_weights.setdefault(back, aligned_contiguous(graph.weights[name].T)))
+            # a quantized [d, n_ff] blob: its values transposed and quantized again in its layout, a neuron per row
+            # (a second rounding: the twin reads the same bytes per weight, not bit-identical values)
+            qw = quantize(np.ascontiguousarray(dequantize(graph.weights[name], layout, w.shape[-1]).T), layout)
+            qname = f"{back}.{layout}"
+            new_weights.setdefault(qname, qw.blob)
+            return quantized_weight_node(qname, qw)
 
         return rewrite(graph, visit, new_weights)

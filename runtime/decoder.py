@@ -60,6 +60,7 @@ from .decode_state import DecodeState
 from .decoder_spec import DecoderSpec, spec_disagrees
 from .generation import TokenChooser, check_settings, new_tokens, resolve
 from .module import CompiledModule
+from .perplexity import WINDOW, WINDOWS, score, token_windows
 from .text_generation import TextGeneration
 from .tokenizer_files import tokenizer_files, tokenizer_from_files
 
@@ -211,6 +212,12 @@ class Decoder(TextGeneration):
 
             return torch.from_numpy(result)
         return result
+
+    def perplexity(self, source, window: int = WINDOW, windows: int = WINDOWS, progress: bool = True):
+        """Perplexity on `source` (text, a text file's path or a list of them, or token ids) scored by this decoder's
+        own compiled steps: up to `windows` windows of `window` tokens, each teacher-forced from an empty cache
+        (runtime/perplexity.py). Returns a `Perplexity` (.perplexity, .nll, .tokens, .seconds)."""
+        return score(self, token_windows(self, source, window, windows), progress)
 
     def new_tokens(self, prompt_length: int, max_new_tokens: int | None = None, **settings) -> tuple[int, str]:
         """(the most new tokens generate makes after a prompt of `prompt_length` ids, why: runtime/generation.py

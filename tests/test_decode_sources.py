@@ -152,6 +152,51 @@ def test_bench_times_decoding_against_the_dense_twin(artifact, capsys):
     assert "decoder, mode exact" in out and "dense twin" in out and "speed-up" in out
 
 
+def reference_nll(model, windows) -> float:
+    """torch's summed cross-entropy of every window's tokens after its first (no BOS), each window on its own."""
+    with torch.no_grad():
+        return sum(float(torch.nn.functional.cross_entropy(model(w).logits[0, :-1].double(), w[0, 1:], reduction="sum"))
+                   for w in windows)
+
+
+def test_perplexity_is_scored_by_the_compiled_steps_as_torch_scores_it(hf_folder, artifact, tmp_path, capsys):
+    """`lm.perplexity` teacher-forces each window through the decoder's own prefill and steps (exact mode: the sparse
+    kernels) and equals torch's cross-entropy on the same windows; `actsparse perplexity` prints it for text files,
+    tokenized with the artifact's tokenizer, beside its dense twin's (exact is lossless: the same figure)."""
+    reference = transformers.AutoModelForCausalLM.from_pretrained(hf_folder).eval()
+    ids = torch.randint(1, TINY["vocab_size"], (1, 45), generator=torch.Generator().manual_seed(1))
+    lm = actsparse.load(artifact)
+    result = lm.perplexity(ids, window=20, windows=3)
+    assert (result.windows, result.tokens) == (3, 19 + 19 + 4)  # windows of 20, 20 and the last 5 tokens
+    want = reference_nll(reference, [ids[:, :20], ids[:, 20:40], ids[:, 40:]])
+    assert result.nll == pytest.approx(want, rel=1e-4)
+    assert result.perplexity == pytest.approx(np.exp(want / 42), rel=1e-4)
+
+    text = "The quick brown fox jumps over the lazy dog. " * 3
+    (tmp_path / "notes.txt").write_text(text)
+    assert main(["perplexity", str(artifact), "--text", str(tmp_path / "notes.txt"), "--window", "32",
+                 "--windows", "2", "--against-dense"]) == 0
+    out = capsys.readouterr().out
+    windows = [torch.tensor([char_tokenizer()(text)["input_ids"][s:s + 32]]) for s in (0, 32)]
+    scored = f"perplexity {np.exp(reference_nll(reference, windows) / 62):.4f}"
+    assert f"-- exact: {scored}" in out and f"-- dense twin: {scored}" in out and "exact vs dense: +0.00% perplexity" in out
+
+
+def test_perplexity_bad_input_is_one_line_and_exit_2(artifact, tmp_path, capsys):
+    """Text too short to score, a window of one token, a missing file, compile flags given with an artifact: one
+    line each, exit 2, no traceback; token ids outside the vocabulary are refused by the API."""
+    (tmp_path / "short.txt").write_text("a")
+    for argv, said in ((["--text", str(tmp_path / "short.txt")], "at least 2"),
+                       (["--text", str(tmp_path / "short.txt"), "--window", "1"], "window >= 2"),
+                       (["--text", str(tmp_path / "missing.txt")], "missing.txt"),
+                       (["--text", str(tmp_path / "short.txt"), "--quantize", "int8"], "--quantize")):
+        assert main(["perplexity", str(artifact), *argv]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and said in err and "Traceback" not in err, (argv, err)
+    with pytest.raises(actsparse.errors.DecodeInputError, match="outside the vocabulary"):
+        actsparse.load(artifact).perplexity([5, 7, TINY["vocab_size"]])
+
+
 def test_a_prompt_longer_than_the_cache_is_one_line_and_exit_2(artifact, capsys):
     assert main(["generate", str(artifact), "--prompt", "x" * 40, "-n", "4"]) == 2
     err = capsys.readouterr().err
@@ -237,3 +282,7 @@ def test_smollm2_gguf_decodes_as_transformers_does():
         expected = reference.generate(ids, max_new_tokens=16, do_sample=False)
     got = lm.generate(ids, 16)
     assert torch.equal(got, expected), (lm.tokenizer.decode(got[0]), lm.tokenizer.decode(expected[0]))
+    passage = "Decoding at batch one is bound by memory: every weight is read once for each new token. " * 2
+    window = torch.tensor([lm.tokenizer(passage, add_special_tokens=False)["input_ids"][:40]])
+    assert lm.perplexity(passage, window=40, windows=1).nll == pytest.approx(reference_nll(reference, [window]),
+                                                                             rel=1e-4)

@@ -97,6 +97,17 @@ def test_threshold_mode_input_sparse_kernel_takes_quantized_weights(kind, layout
     for seq, seed in ((1, 7), (5, 50)):
         x = mlp_input(d=D, seq=seq, seed=seed)
         assert_quantized_close(cm(x), evaluate(cm.graph, [x])[0], layout=layout)
+    # its dense twin (`actsparse bench`, `perplexity --against-dense`): gate / up back to a neuron per row, quantized
+    # again in the same layout (a second rounding: within about a quantization step of the float dense block)
+    from actsparse.runtime.bench import dense_twin
+
+    twin = run_pipeline(cm.graph, [Densify()]).graph
+    (dense,) = [n for n in twin.nodes if n.op == "sparse_gated_mlp"]
+    assert dense.attrs["mode"] == "dense"
+    assert [(w.attrs["layout"], w.shape) for w in dense.inputs[1:4]] == [(layout, (N, D))] * 3
+    y_float = evaluate(graph, [held_out])[0]
+    y_twin = dense_twin(cm)(held_out)
+    assert np.abs(y_twin - y_float).max() < (0.03 if kind == "int8" else 0.3) * np.abs(y_float).max()
 
 
 @pytest.mark.parametrize("mode", ["exact", "dense"])
