@@ -13,11 +13,17 @@ intermediate through memory; the `dense` variant (ir/sparse_variants.py) is one 
 per block of neurons and streams the down rows once — the kernel benchmarks/ffn.py times as "actsparse dense".
 Every neuron is computed, so outputs are those of the dense block (float32 summation order aside). The price is
 the one layout copy exact mode also makes, @Wd.t.
+
+Not fused: a block whose down projection is stored as it is (`stored_downs`: a GGUF's Q4_1 / Q8_0 / ... blocks the
+quantize pass keeps). Its groups run along n_ff; @Wd.t would be quantized again along d, a second rounding. Kept as
+three linears, every matrix reads the file's blocks losslessly: SmolLM2-135M's Q4_1 GGUF under quantize="int4",
+perplexity 17.90 fused -> 16.55 (fp32: 16.48) at 159 -> 162 tokens/s (BENCHMARKS.md, session 31). Statistic
+`kept-stored-down`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +37,8 @@ from .sparse_layout import to_sparse_layout
 @dataclass(frozen=True)
 class FuseGatedMLP(Pass):
     name = "fuse-gated-mlp"
+    data_options = ("stored_downs",)
+    stored_downs: frozenset = field(default_factory=frozenset, compare=False, hash=False)
 
     def run(self, graph: Graph) -> Graph:
         new_weights: dict[str, np.ndarray] = {}
@@ -39,6 +47,10 @@ class FuseGatedMLP(Pass):
             if node.op != "gated_mlp":
                 return None
             a = node.attrs
+            down = node.inputs[2 if a["fused"] else 3]
+            if down.op == "weight" and down.attrs["name"] in self.stored_downs:
+                record("kept-stored-down")   # its three linears read the stored blocks as they are
+                return None
             pattern = pattern_name(a["gate_act"], a["up_act"]) + ("-fused" if a["fused"] else "")
             record(pattern)
             return to_sparse_layout(node, dense_variant_attrs(a, pattern), graph, new_weights)

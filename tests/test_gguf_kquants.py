@@ -122,9 +122,9 @@ def test_bad_k_quant_tensors_are_one_clear_error_or_left_dequantized(tmp_path):
 
 
 def test_a_gguf_of_q4_k_and_q5_0_compiles_with_its_blocks_and_decodes_like_transformers(tmp_path):
-    """Attention Q4_K (-> q4_1), gate and up Q5_0 (-> q8_0), down Q4_K (the fused kernel reads it transposed: quantized
-    anew from its values): `compile(quantize="int8")` takes the six as converted and decodes as transformers does on
-    the file's dequantized weights."""
+    """Attention Q4_K (-> q4_1), gate and up Q5_0 (-> q8_0), down Q4_K (-> q4_1; stored as it is, the MLP stays three
+    linears, each in its own layout): `compile(quantize="int8")` takes the seven as converted and decodes as
+    transformers does on the file's dequantized weights."""
     import torch
     from gguf import GGMLQuantizationType as Q
     from gguf import quants
@@ -137,9 +137,10 @@ def test_a_gguf_of_q4_k_and_q5_0_compiles_with_its_blocks_and_decodes_like_trans
     lm = actsparse.compile(str(tmp_path / "k.gguf"), target=float_dot_target(), mode="dense", quantize="int8",
                            max_seq=24)
     stats = lm.report.pass_stats["quantize"]
-    assert stats == {"prequantized": 6, "requantized": 1, "quantized": 2, "embedding-int8": 1}, stats
+    assert stats == {"prequantized": 7, "quantized": 2, "embedding-int8": 1}, stats
+    assert lm.report.pass_stats["fuse-gated-mlp"] == {"kept-stored-down": 1}
     weights = lm.module.graph.weights
-    assert "model.layers.0.self_attn.o_proj.weight.q4_1" in weights   # Q4_K as q4_1
+    assert {"model.layers.0.self_attn.o_proj.weight.q4_1", "model.layers.0.mlp.down_proj.weight.q4_1"} <= set(weights)
     np.testing.assert_array_equal(dequantize(weights["model.layers.0.mlp.gate_proj.weight.q8_0"], "q8_0", 256),
                                   quants.dequantize(blobs["ffn_gate"], Q.Q5_0))   # Q5_0 as q8_0: lossless
     model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="k.gguf", dtype=torch.float32).eval()
@@ -147,7 +148,7 @@ def test_a_gguf_of_q4_k_and_q5_0_compiles_with_its_blocks_and_decodes_like_trans
     with torch.no_grad():
         ref_logits = model(torch.from_numpy(ids)).logits[0, -1].numpy()
     logits = lm.prefill(ids).logits
-    # the fp16 rounding of Q4_K's products (<= 2^-11 a weight), the re-quantized down and the int8 lm_head
+    # the fp16 rounding of Q4_K's products (<= 2^-11 a weight) and the int8 lm_head
     np.testing.assert_allclose(logits, ref_logits, atol=0.02 * np.abs(ref_logits).max())
     want = model.generate(torch.from_numpy(ids), max_new_tokens=6, do_sample=False).numpy()
     np.testing.assert_array_equal(lm.generate(ids, max_new_tokens=6), want)
@@ -226,9 +227,8 @@ def test_build_report_says_what_became_of_each_gguf_type(tmp_path, capsys):
     from actsparse.cli import main
 
     write_tiny_llama(tmp_path / "k.GGUF", types=K_QUANTS, d=256, n_ff=256)
-    kept = ("GGUF tensors: Q4_K x5: 4 kept as q4_1 groups (scale d*sc and offset -dmin*m rounded to fp16), "
-            "1 dequantized, quantized anew as q8_0; Q5_0 x2 kept as q8_0 groups (lossless); F32 x5: 3 as float32, "
-            "2 quantized as q8_0")
+    kept = ("GGUF tensors: Q4_K x5 kept as q4_1 groups (scale d*sc and offset -dmin*m rounded to fp16); Q5_0 x2 kept "
+            "as q8_0 groups (lossless); F32 x5: 3 as float32, 2 quantized as q8_0")
     out = tmp_path / "art"
     assert main(["build", str(tmp_path / "k.GGUF"), "-m", "dense", "--quantize", "int8", "--max-seq", "24",
                  "-o", str(out)]) == 0

@@ -131,9 +131,10 @@ def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transf
     lm = actsparse.compile(str(tmp_path / "tiny.gguf"), target=float_dot_target(), mode="dense", quantize="int8",
                            max_seq=24)
     stats = lm.report.pass_stats["quantize"]
-    # q, k, v, o, gate and up taken as stored; the fused MLP kernel reads down transposed (one neuron per row), so
-    # the file's down is quantized anew from its values; the f32 lm_head and token table are quantized from float
-    assert stats == {"prequantized": 6, "requantized": 1, "quantized": 2, "embedding-int8": 1}, stats
+    # q, k, v, o, gate, up and down taken as stored: with a stored down the MLP stays three linears (the fused
+    # kernel would read down transposed, quantized anew); the f32 lm_head and token table are quantized from float
+    assert stats == {"prequantized": 7, "quantized": 2, "embedding-int8": 1}, stats
+    assert lm.report.pass_stats["fuse-gated-mlp"] == {"kept-stored-down": 1}
     weights = lm.module.graph.weights
     gate = weights["model.layers.0.mlp.gate_proj.weight.q8_0"]   # the file's bytes, split per row (ir.quant)
     np.testing.assert_array_equal(to_gguf_blocks(gate, "q8_0", blobs["ffn_gate"].shape[1] // 34 * 32),
@@ -147,7 +148,7 @@ def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transf
     np.testing.assert_allclose(logits, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
     with torch.no_grad():
         ref_logits = model(torch.from_numpy(ids)).logits[0, -1].numpy()
-    # only the re-quantized down projection and the int8 lm_head separate them from transformers
+    # only the int8 lm_head separates them from transformers
     np.testing.assert_allclose(logits, ref_logits, atol=0.02 * np.abs(ref_logits).max())
     want = model.generate(torch.from_numpy(ids), max_new_tokens=6, do_sample=False).numpy()
     np.testing.assert_array_equal(lm.generate(ids, max_new_tokens=6), want)
