@@ -196,7 +196,12 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                      memory_budget, method, prompt, predictor_options, quantize, prequantized, progress: Steps,
                      max_loss_increase: float | None = None):
     from .frontends.decoder_export import import_decoder
-    from .frontends.gguf_quant import hf_tensor_types, read_gguf_quantized, storage_note
+    from .frontends.gguf_quant import (
+        hf_tensor_types,
+        read_gguf_quantized,
+        second_rounding_note,
+        storage_note,
+    )
     from .frontends.gguf_read import read_gguf
     from .frontends.hf_source import is_gguf
     from .ir.decoding import TokenSteps
@@ -255,6 +260,8 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
                                                                for t in read_gguf(source).tensors}
     if gguf_types is not None:
         module.report.notes.append(storage_note(gguf_types, module.graph.weights, prequantized or {}))
+        warning = second_rounding_note(gguf_types, module.graph.weights, prequantized or {})
+        module.report.notes.extend([warning] if warning else [])
     spec = DecoderSpec(max_seq, vocab, tuple((c.name, c.shape) for c in caches), eos_ids(model),
                        source if isinstance(source, str) else type(model).__name__,
                        recomputes_because=recomputes_because, prefill_tokens=prefill_tokens,

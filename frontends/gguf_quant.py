@@ -193,6 +193,26 @@ def storage_note(tensor_types: Mapping[str, tuple[str, str]], stored: Iterable[s
     return "GGUF tensors: " + "; ".join(parts)
 
 
+FOUR_BIT_LAYOUTS = ("q4_0", "q4_1")
+
+
+def second_rounding_note(tensor_types: Mapping[str, tuple[str, str]], stored: Iterable[str], kept: Mapping) -> str:
+    """A warning for the report ('' when there is none): tensors the file stores in blocks of at most 5 bits that
+    were not kept but stored again in a 4-bit layout (a sparse kernel's transposed or column layout; the arguments
+    are `storage_note`'s). That second 4-bit rounding costs far more than the file's own: SmolLM2-135M's Q4_1 file
+    in threshold mode at 0.5, perplexity +84% over dense int4 (+6% from float weights; BENCHMARKS.md, session 31)."""
+    names = set(stored)
+    again = sorted(hf for hf, (_, kind) in tensor_types.items() if kind in KEPT and kind != "Q8_0"
+                   and not (kept.get(hf) is not None and f"{hf}.{kept[hf].layout}" in names)
+                   and any(f"{hf}{t}.{lay}" in names for t in ("", ".t") for lay in FOUR_BIT_LAYOUTS))
+    if not again:
+        return ""
+    return (f"{len(again)} tensors the GGUF stores in 4-5 bit blocks ({again[0]}, ...) are re-laid for the sparse "
+            "kernels and quantized a second time at 4 bits, which costs much more quality than the file's own "
+            "rounding: compare `actsparse perplexity` of this build with a -m dense build's, or build with "
+            "quantize='int8' (8-bit re-laid copies) or from float weights")
+
+
 def _outcome(hf: str, kind: str, pre, names: set, layouts: list) -> str:
     """One GGUF tensor's fate in words (storage_note)."""
     if kind in KEPT and pre is not None and f"{hf}.{pre.layout}" in names:

@@ -2,6 +2,8 @@
 Q4_1 matrices come back under their Hugging Face names, byte for byte the file's blocks (q/k rows un-permuted as
 transformers does), and their values equal transformers' own dequantized load; an unreadable type is one error."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -294,3 +296,30 @@ def test_a_gguf_compile_parses_the_file_once_and_keeps_nothing_open(tmp_path, mo
     assert gguf.GGUFReader is CountedReader
     read_gguf(tmp_path / "tiny.gguf")
     assert len(parses) == 2
+
+
+def test_a_second_4_bit_rounding_of_the_files_blocks_is_a_report_warning(tmp_path):
+    """Threshold mode stores gate / up as columns and down transposed: a GGUF's Q4_0 MLP blocks cannot be kept and are
+    quantized again at 4 bits under quantize="int4". The report warns (and names the way out); dense mode, which
+    keeps all three as stored, and int8's 8-bit re-laid copies do not."""
+    import actsparse
+    from actsparse.frontends.gguf_quant import second_rounding_note
+
+    mlp = {"ffn_gate": "Q4_0", "ffn_up": "Q4_0", "ffn_down": "Q4_0"}
+    write_tiny_llama(tmp_path / "tiny.gguf", types={**TYPES, **mlp})
+    calibration = [np.random.default_rng(s).integers(1, VOCAB, (1, 16)) for s in range(4)]
+
+    def warnings(**options):
+        lm = actsparse.compile(str(tmp_path / "tiny.gguf"), max_seq=16, **options)
+        return [n for n in lm.report.notes if "quantized a second time" in n]
+
+    (warning,) = warnings(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int4")
+    assert warning.startswith("3 tensors the GGUF stores in 4-5 bit blocks") and "quantize='int8'" in warning
+    assert warnings(mode="dense", quantize="int4") == []
+    assert warnings(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int8") == []
+    # the rule itself: a kept tensor, an 8-bit copy and a Q8_0 tensor are no second 4-bit rounding
+    types = {"a": ("blk.0.a", "Q4_0"), "b": ("blk.0.b", "Q4_1"), "c": ("blk.0.c", "Q8_0"), "d": ("blk.0.d", "Q4_K")}
+    stored = ["a.t.q4_0", "b.q8_0", "c.t.q4_0", "d.q4_1"]
+    kept = {"d": SimpleNamespace(layout="q4_1")}
+    assert second_rounding_note(types, stored, kept).startswith("1 tensors the GGUF stores in 4-5 bit blocks (a, ")
+    assert second_rounding_note(types, stored[1:], kept) == ""
