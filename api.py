@@ -28,7 +28,6 @@ from .ir.examples import example_inputs_for
 from .ir.quant import QUANTIZE_KINDS, STORAGE_KINDS
 from .passes import pipeline_for, run_pipeline
 from .passes.pipeline import LOSSY_MODES, MODES
-from .passes.quantize import Quantize, stored_as_is
 from .runtime import CompiledModule
 from .runtime.cold_store import place_cold
 from .runtime.progress import Steps, steps
@@ -302,11 +301,11 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
 
     tgt = target_registry.get(target)
     try:
-        passes = pipeline_for(mode, tgt, storage=quantize, stored=stored_as_is(graph.weights, prequantized),
-                              **options)
+        passes = pipeline_for(mode, tgt, storage=quantize, **options)
     except ValueError as err:
         raise ActsparseError(str(err)) from None
     if quantize is not None:  # a storage property of the weights, after the sparsity passes (which read floats)
+        from .passes.quantize import Quantize
 
         passes.append(Quantize(kind=quantize, prequantized=dict(prequantized or {})))
     progress.more(len(passes) + 2)

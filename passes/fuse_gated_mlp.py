@@ -14,21 +14,25 @@ per block of neurons and streams the down rows once — the kernel benchmarks/ff
 Every neuron is computed, so outputs are those of the dense block (float32 summation order aside). The price is
 the one layout copy exact mode also makes, @Wd.t.
 
-Not fused: a block whose down projection is stored as it is (`stored_downs`: a GGUF's Q4_1 / Q8_0 / ... blocks the
-quantize pass keeps). Its groups run along n_ff; @Wd.t would be quantized again along d, a second rounding. Kept as
-three linears, every matrix reads the file's blocks losslessly: SmolLM2-135M's Q4_1 GGUF under quantize="int4",
-perplexity 17.90 fused -> 16.55 (fp32: 16.48) at 159 -> 162 tokens/s (BENCHMARKS.md, session 31). Statistic
-`kept-stored-down`.
+Not fused under quantized storage (`storage` int8 / int4, the `quantize=` kind the weights will get): the block
+stays `gated_mlp`, lowered as three linears (row dots over each matrix as it is stored) and the activation's product.
+Measured on Zen 4, 2 threads (BENCHMARKS.md, session 31): the fused kernel was no faster with quantized weights and
+often slower — one MLP at Mistral-7B dims from DRAM, q8_0 5.68 vs 4.80 ms, q4_0 4.13 vs 4.05; SmolLM2-135M decoding
+153 vs 189 tokens/s (its GGUF's Q4_1) and 166 vs 190 (q4_0 from float), interleaved — while float weights ran the
+same either way (fp32 21.0 vs 21.8 ms, fp16 10.9 vs 10.9). And a GGUF's stored down projection (groups along n_ff)
+stays as stored: fused, @Wd.t was quantized a second time along d (SmolLM2's Q4_1 file under int4: perplexity
+17.90 fused, 16.55 as three linears; fp32 16.48). Statistic `kept-linears`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..ir import Graph, Node, rewrite
 from ..ir.mlp import pattern_name
+from ..ir.quant import QUANTIZE_KINDS
 from ..ir.sparse_variants import dense_variant_attrs
 from .base import Pass, record
 from .sparse_layout import to_sparse_layout
@@ -37,8 +41,7 @@ from .sparse_layout import to_sparse_layout
 @dataclass(frozen=True)
 class FuseGatedMLP(Pass):
     name = "fuse-gated-mlp"
-    data_options = ("stored_downs",)
-    stored_downs: frozenset = field(default_factory=frozenset, compare=False, hash=False)
+    storage: str | None = None   # the quantize= kind the weights will get (None: as they are)
 
     def run(self, graph: Graph) -> Graph:
         new_weights: dict[str, np.ndarray] = {}
@@ -46,11 +49,10 @@ class FuseGatedMLP(Pass):
         def visit(node: Node) -> Node | None:
             if node.op != "gated_mlp":
                 return None
-            a = node.attrs
-            down = node.inputs[2 if a["fused"] else 3]
-            if down.op == "weight" and down.attrs["name"] in self.stored_downs:
-                record("kept-stored-down")   # its three linears read the stored blocks as they are
+            if self.storage in QUANTIZE_KINDS:
+                record("kept-linears")   # three linears on the quantized rows as stored (module docstring)
                 return None
+            a = node.attrs
             pattern = pattern_name(a["gate_act"], a["up_act"]) + ("-fused" if a["fused"] else "")
             record(pattern)
             return to_sparse_layout(node, dense_variant_attrs(a, pattern), graph, new_weights)

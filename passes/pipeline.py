@@ -56,7 +56,6 @@ class PipelineOptions:
     sensitivity: tuple = ()                # threshold mode: per block g² of the loss on the calibration rows
     loss_guard: object = None              # threshold mode: quality_guard.LossGuard (held-out loss bound)
     fallback_method: str | None = None    # threshold mode: for blocks `method` cannot take (None: an error)
-    stored: frozenset = frozenset()        # weights the quantize pass takes as stored (a GGUF's blocks, by name)
 
     @property
     def target(self) -> Target:
@@ -76,7 +75,7 @@ def _dense(o: PipelineOptions) -> list[Pass]:
     # MoE experts weighted by their routing -> routed_moe: each runs on its routed tokens only (it stacks the
     # experts' final weights); then every other gated MLP onto the fused dense kernel (one call: gate, up,
     # activation, down)
-    return [*_detect(o), RouteMoE(), FuseGatedMLP(stored_downs=o.stored)]
+    return [*_detect(o), RouteMoE(), FuseGatedMLP(storage=o.storage)]
 
 
 def _exact(o: PipelineOptions, on_unsupported: str = "error") -> list[Pass]:
@@ -128,15 +127,14 @@ def pipeline_for(mode: str, target: Target | str | None = None, calibration=None
                  method: str = "cats", predictor: str = "lowrank", recall: float = 0.99,
                  predictor_budget: float = 0.1, memory_budget: int | None = None,
                  storage: str | None = None, sensitivity=None, loss_guard=None,
-                 fallback_method: str | None = None, stored=()) -> list[Pass]:
+                 fallback_method: str | None = None) -> list[Pass]:
     """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target).
     `memory_budget` (bytes of fast memory for the MLP weights; modes in BUDGET_MODES) adds the hot/cold split,
     which counts neuron firing on `calibration`; `storage`: the `quantize=` kind the weights will get (the
     quantize pass itself is appended by the caller), which lossy calibration prices bytes in; `sensitivity`:
     threshold mode's Fisher weights (passes/loss_sensitivity.py); `loss_guard`: threshold mode's bound on the
     held-out loss (passes/quality_guard.py); `fallback_method`: threshold mode's method for the blocks `method`
-    cannot take (None: those are an error); `stored`: names of the weights the quantize pass will take as stored
-    (a GGUF's blocks), which fuse-gated-mlp does not re-lay."""
+    cannot take (None: those are an error)."""
     if mode not in PIPELINES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if memory_budget is not None and mode not in BUDGET_MODES:
@@ -145,8 +143,7 @@ def pipeline_for(mode: str, target: Target | str | None = None, calibration=None
     if target is not None and not isinstance(target, Target):
         target = targets.get(target)  # an unknown name fails here, listing the valid ones
     options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget,
-                              memory_budget, storage, tuple(sensitivity or ()), loss_guard, fallback_method,
-                              frozenset(stored))
+                              memory_budget, storage, tuple(sensitivity or ()), loss_guard, fallback_method)
     return PIPELINES[mode](options)
 
 

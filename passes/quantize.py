@@ -83,13 +83,6 @@ WEIGHT_INPUTS = {
 }
 
 
-def stored_as_is(weights: Mapping[str, np.ndarray], prequantized: Mapping | None) -> frozenset:
-    """Names of the weights `Quantize(prequantized=...)` takes as stored: same name and shape as the graph's (the
-    pipeline's passes before it then keep those matrices as they are, `FuseGatedMLP.stored_downs`)."""
-    return frozenset(name for name, q in (prequantized or {}).items()
-                     if name in weights and tuple(q.shape) == tuple(weights[name].shape))
-
-
 # what a router's logits pass through on their way to the top-k (softmax / sigmoid scores, a correction bias, casts)
 SCORE_OPS = ("softmax", "sigmoid", "cast", "add", "sub", "mul", "div", "exp", "neg", "reshape")
 

@@ -138,7 +138,7 @@ def test_a_gguf_of_q4_k_and_q5_0_compiles_with_its_blocks_and_decodes_like_trans
                            max_seq=24)
     stats = lm.report.pass_stats["quantize"]
     assert stats == {"prequantized": 7, "quantized": 2, "embedding-int8": 1}, stats
-    assert lm.report.pass_stats["fuse-gated-mlp"] == {"kept-stored-down": 1}
+    assert lm.report.pass_stats["fuse-gated-mlp"] == {"kept-linears": 1}
     weights = lm.module.graph.weights
     assert {"model.layers.0.self_attn.o_proj.weight.q4_1", "model.layers.0.mlp.down_proj.weight.q4_1"} <= set(weights)
     np.testing.assert_array_equal(dequantize(weights["model.layers.0.mlp.gate_proj.weight.q8_0"], "q8_0", 256),

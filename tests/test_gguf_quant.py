@@ -136,7 +136,7 @@ def test_compiling_a_gguf_with_quantize_keeps_its_blocks_and_decodes_like_transf
     # q, k, v, o, gate, up and down taken as stored: with a stored down the MLP stays three linears (the fused
     # kernel would read down transposed, quantized anew); the f32 lm_head and token table are quantized from float
     assert stats == {"prequantized": 7, "quantized": 2, "embedding-int8": 1}, stats
-    assert lm.report.pass_stats["fuse-gated-mlp"] == {"kept-stored-down": 1}
+    assert lm.report.pass_stats["fuse-gated-mlp"] == {"kept-linears": 1}
     weights = lm.module.graph.weights
     gate = weights["model.layers.0.mlp.gate_proj.weight.q8_0"]   # the file's bytes, split per row (ir.quant)
     np.testing.assert_array_equal(to_gguf_blocks(gate, "q8_0", blobs["ffn_gate"].shape[1] // 34 * 32),

@@ -144,29 +144,27 @@ def test_prequantized_weights_are_taken_as_stored():
     assert str(Quantize(kind="int8", prequantized=pre)) == "quantize{kind=int8,output=int8}"
 
 
-def test_dense_mode_keeps_a_block_with_a_stored_down_as_three_linears():
-    """A down projection taken as stored (a GGUF's blocks run along n_ff) is not fused: the fused kernel would read it
-    transposed, quantized a second time. The block stays `gated_mlp` (three linears), every matrix is the stored
-    blob, and the compiled module equals the interpreter on those blocks; without a stored down it is fused."""
-    from actsparse.passes.quantize import stored_as_is
-
+def test_dense_mode_keeps_quantized_blocks_as_three_linears_with_their_stored_blocks():
+    """Under int8 / int4 storage dense mode leaves a gated MLP as three linears (fuse-gated-mlp's docstring: the fused
+    kernel was no faster there), so a down projection taken as stored (a GGUF's blocks run along n_ff) is not
+    transposed and quantized a second time: every matrix is the stored blob, and the compiled module equals the
+    interpreter on those blocks. Float and fp16 storage still fuse."""
     graph = gated_mlp_graph(d=D, n=N, act="silu")
     pre = {name: quantize(graph.weights[name], "q4_1") for name in ("mlp.gate.weight", "mlp.up.weight",
                                                                      "mlp.down.weight")}
-    stored = stored_as_is(graph.weights, pre)
-    assert stored == set(pre)
-    result = run_pipeline(graph, [*pipeline_for("dense", stored=stored), Quantize(kind="int4", prequantized=pre)])
-    assert result.stats["fuse-gated-mlp"] == {"kept-stored-down": 1}
+    result = run_pipeline(graph, [*pipeline_for("dense", storage="int4"), Quantize(kind="int4", prequantized=pre)])
+    assert result.stats["fuse-gated-mlp"] == {"kept-linears": 1}
     assert result.graph.count("gated_mlp") == 1 and result.graph.count("sparse_gated_mlp") == 0
     assert result.stats["quantize"] == {"prequantized": 3}
     for name, q in pre.items():
         np.testing.assert_array_equal(result.graph.weights[f"{name}.q4_1"], q.blob)
     x = mlp_input(d=D, seq=3)
     cm = actsparse.compile(graph, (x,), mode="dense", quantize="int4", prequantized=pre)
-    assert cm.report.pass_stats["fuse-gated-mlp"] == {"kept-stored-down": 1}
+    assert cm.report.pass_stats["fuse-gated-mlp"] == {"kept-linears": 1}
     assert_quantized_close(cm(x), evaluate(cm.graph, [x_as_dots_see(x, "q4_1")])[0], layout="q4_1", kernels=("dense",))
-    fused = run_pipeline(graph, pipeline_for("dense", stored=stored - {"mlp.down.weight"}))
-    assert fused.graph.count("sparse_gated_mlp") == 1 and "kept-stored-down" not in fused.stats["fuse-gated-mlp"]
+    for storage in (None, "fp16"):
+        fused = run_pipeline(graph, pipeline_for("dense", storage=storage))
+        assert fused.graph.count("sparse_gated_mlp") == 1 and fused.stats["fuse-gated-mlp"] == {"swiglu": 1}
 
 
 def test_the_output_projection_is_quantized_int8_under_int4():
