@@ -89,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runners", default=",".join(r.replace(" ", "-") for r in RUNNERS_B),
                     help="part (b)'s runners (default: all): " + ", ".join(r.replace(" ", "-") for r in RUNNERS_B))
     ap.add_argument("--max-seq", type=int, default=0, help="part (b)'s KV-cache slots (default: prompt + steps + 8)")
+    ap.add_argument("--perplexity-windows", type=int, default=4, help="part (b): held-out windows of 256 tokens each "
+                    "runner's perplexity is measured on (0: none)")
     ap.add_argument("--artifacts", default="", help="saved decoder artifacts to time interleaved instead of the parts")
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats (same code path)")
     ap.add_argument("--small", action="store_true", help="part (a) at tiny dims: a smoke test of the script")
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
         if part == "a":
             row = part_a(dtype, args.layers, args.vocab, args.tokens, args.repeats, threads, args.small)
         else:
-            row = part_b(args.tokens, args.repeats, threads, args.sparsity, runners, args.max_seq, args.model)
+            row = part_b(args.tokens, args.repeats, threads, args.sparsity, runners, args.max_seq, args.model,
+                         args.perplexity_windows)
         print("RESULT " + json.dumps(row), flush=True)
         return 0
 

@@ -17,6 +17,7 @@ from .decode_runners import (
     torch_rate,
 )
 from .decode_tables import rate_cell, ratio_cell
+from .threshold_frontier import prose_windows
 
 
 def smollm2_gguf() -> str:
@@ -42,8 +43,6 @@ def text_tokens(tokenizer, tokens: int) -> tuple:
     """(calibration windows, prompt [1, PROMPT_LEN], feed [tokens]) of pydoc's topic prose: calibration windows from
     its first part, the prompt and the teacher-forced continuation from the held-out part (as threshold_frontier
     splits it), so the steps read the neurons real text activates."""
-    from .threshold_frontier import prose_windows
-
     calibration = prose_windows(tokenizer, "calib", WINDOW, CALIBRATION_WINDOWS)
     held = prose_windows(tokenizer, "eval", PROMPT_LEN + tokens, 1)[0]   # BOS, then the passage
     return calibration, held[:, :PROMPT_LEN], held[0, PROMPT_LEN:PROMPT_LEN + tokens]
@@ -56,7 +55,10 @@ RUNNERS_B = (*ACTSPARSE_B, "llama.cpp", "torch")
 
 
 def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUNNERS_B, max_seq: int = 0,
-           model: str = "smollm2") -> dict:
+           model: str = "smollm2", perplexity_windows: int = 4) -> dict:
+    """Each runner's decode tokens/s and, over `perplexity_windows` held-out windows (threshold_frontier's, a BOS and
+    256 tokens each; 0: none), its perplexity on the same token ids: ours scored by the compiled steps
+    (`Decoder.perplexity`), llama.cpp's and transformers' by their own forwards."""
     import numpy as np
 
     import actsparse
@@ -64,11 +66,13 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUN
     path = model_gguf(model)
     from actsparse.frontends.hf_source import load_causal_lm
 
-    calibration, prompt, feed = text_tokens(load_causal_lm(path)[1], tokens)
+    tokenizer = load_causal_lm(path)[1]
+    calibration, prompt, feed = text_tokens(tokenizer, tokens)
+    held = prose_windows(tokenizer, "eval", WINDOW, perplexity_windows) if perplexity_windows else []
     passage = np.concatenate([prompt[0], feed])[None]   # what the report measures sparsity on (held-out text)
     max_seq = max_seq or max(PROMPT_LEN + tokens + 8, calibration[0].shape[1])  # a calibration window must fit
     row = {"part": "b", "model": model, "tokens": tokens, "sparsity_target": sparsity, "max_seq": max_seq, "load": {},
-           "compile_s": {}, "report": {}}
+           "compile_s": {}, "report": {}, "perplexity": {}, "perplexity_tokens": sum(w.shape[1] - 1 for w in held)}
     decoders = {}
     for name, (mode, quant) in ACTSPARSE_B.items():
         if name not in runners:
@@ -92,17 +96,30 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUN
         row.update(actsparse_rates(decoders, prompt, feed, repeats))
         print("  " + ", ".join(f"{name} {row[name]:.1f}" for name in decoders) + " tokens/s (load "
               f"{row['load']['actsparse']})", file=sys.stderr, flush=True)
+        for name, lm in decoders.items() if held else ():
+            scores = [lm.perplexity(w, window=w.shape[1], windows=1, progress=False) for w in held]
+            row["perplexity"][name] = float(np.exp(sum(r.nll for r in scores) / sum(r.tokens for r in scores)))
     del decoders
     gc.collect()
     if "llama.cpp" in runners:
         row["load"]["llama.cpp"] = load_average()
         row["llama.cpp"] = llama_cpp_rate(path, prompt, feed, repeats, threads, max_seq + 8)
+        if held:
+            from .quant_quality import nll_llama
+
+            nll, count = nll_llama(path, [list(w[0]) for w in held])
+            row["perplexity"]["llama.cpp"] = float(np.exp(nll / count))
     if "torch" in runners:
         from actsparse.frontends.hf_source import load_causal_lm
 
         model, _ = load_causal_lm(path)
         row["load"]["torch"] = load_average()
         row["torch"] = torch_rate(model, prompt, tokens, repeats, threads)
+        if held:
+            from .quant_quality import nll_torch
+
+            nll, count = nll_torch(model, [list(w[0]) for w in held])
+            row["perplexity"]["torch"] = float(np.exp(nll / count))
     row["load"]["end"] = load_average()
     row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return row
@@ -132,8 +149,17 @@ def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, ru
 
 
 def table_b(r: dict) -> str:
-    out = ["| runner | weights | tokens/s | vs llama.cpp | vs torch |", "|---|---|---:|---:|---:|"]
+    out = ["| runner | weights | tokens/s | vs llama.cpp | vs torch | perplexity | vs fp32 |",
+           "|---|---|---:|---:|---:|---:|---:|"]
     lc, torch_ = r.get("llama.cpp"), r.get("torch")
+    ppl = r.get("perplexity", {})
+    reference = ppl.get("torch", ppl.get("dense"))   # fp32: transformers' forward, else our dense fp32
+
+    def quality(name: str) -> str:
+        if name not in ppl:
+            return "- | -"
+        return f"{ppl[name]:.3f} | " + (f"{100 * (ppl[name] / reference - 1):+.1f}%" if reference else "-")
+
     blocks = MODELS_B[r.get("model", "smollm2")][1]
     for name, weights in (("dense", "fp32 (dequantized)"), ("threshold", "fp32 (dequantized)"),
                           ("dense int4", blocks), ("threshold int4", blocks)):
@@ -145,9 +171,15 @@ def table_b(r: dict) -> str:
                                        f"{rep.get('effective_calibrated', float('nan')):.0%} calibrated)"
                                        if "threshold" in name else "")
         out.append(f"| {label} | {weights} | {r[name]:.1f} | {ratio_cell(r[name], lc)} | "
-                   f"{ratio_cell(r[name], torch_)} |")
+                   f"{ratio_cell(r[name], torch_)} | {quality(name)} |")
     if lc is not None:
-        out.append(f"| llama.cpp | {blocks.split(' (')[0]} | {rate_cell(lc)} | - | {ratio_cell(lc, torch_)} |")
+        out.append(f"| llama.cpp | {blocks.split(' (')[0]} | {rate_cell(lc)} | - | {ratio_cell(lc, torch_)} | "
+                   f"{quality('llama.cpp')} |")
     if torch_ is not None:
-        out.append(f"| transformers generate | fp32 (dequantized) | {torch_:.1f} | {ratio_cell(torch_, lc)} | 1.00x |")
+        out.append(f"| transformers generate | fp32 (dequantized) | {torch_:.1f} | {ratio_cell(torch_, lc)} | 1.00x | "
+                   f"{quality('torch')} |")
+    if ppl:
+        out.append(f"\nPerplexity: {r.get('perplexity_tokens')} held-out tokens (threshold_frontier's evaluation "
+                   "windows, a BOS and 256 tokens each), every runner on the same ids; ours scored by the compiled "
+                   "steps (`lm.perplexity`).")
     return "\n".join(out)
