@@ -200,6 +200,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         read_gguf_quantized,
         second_rounding_note,
         storage_note,
+        wide_tensors,
     )
     from .frontends.gguf_read import read_gguf
     from .frontends.hf_source import is_gguf
@@ -252,7 +253,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
     functions, prefill_tokens, continues, no_prefill = prefill_function(
         model, max_seq, caches, one_token, calibration is not None or memory_budget is not None, progress)
     module = compile_graph(graph, decoder_inputs(prompt, caches), target, mode, options, quantize, prequantized,
-                           progress, functions)
+                           progress, functions, wide_tensors(gguf_types or {}) if prequantized else frozenset())
     if gguf_types is not None and not gguf_types:   # not read above: read now from the compile's one parse
         # (gguf_read.parsed_once); HF names only with quantize=, else every tensor is float32 and the file's own do
         gguf_types = hf_tensor_types(source) if quantize else {t.name: (t.name, t.tensor_type.name)
@@ -288,13 +289,15 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
 
 def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str, options: dict,
                   quantize: str | None = None, prequantized=None, progress: Steps | None = None,
-                  functions: dict[str, Graph] | None = None) -> CompiledModule:
+                  functions: dict[str, Graph] | None = None, wide: frozenset = frozenset()) -> CompiledModule:
     """An imported graph through the mode's pipeline, measured on `arrays`, built for the target; `progress`
     (runtime/progress.py) gets a step per pass, the build and the report. `functions`: more graphs of the same
-    model (a decoder's `prefill`), each through the same pipeline, built beside `main` under their names."""
+    model (a decoder's `prefill`), each through the same pipeline, built beside `main` under their names. `wide`:
+    weights the source stored above 4 bits (passes/quantize.py)."""
     if progress is None:
         with steps(f"actsparse compile ({mode})", 0) as progress:
-            return compile_graph(graph, arrays, target, mode, options, quantize, prequantized, progress, functions)
+            return compile_graph(graph, arrays, target, mode, options, quantize, prequantized, progress, functions,
+                                 wide)
     from . import targets as target_registry
     from .codegen.build import build, with_functions_weights
     from .runtime.tvm_stderr import tvm_noise_dropped
@@ -307,7 +310,7 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
     if quantize is not None:  # a storage property of the weights, after the sparsity passes (which read floats)
         from .passes.quantize import Quantize
 
-        passes.append(Quantize(kind=quantize, prequantized=dict(prequantized or {})))
+        passes.append(Quantize(kind=quantize, prequantized=dict(prequantized or {}), wide=frozenset(wide)))
     progress.more(len(passes) + 2)
     result = run_pipeline(graph, passes, on_pass=lambda p: progress.start(f"pass {p.name}"))
     functions = functions or {}

@@ -58,6 +58,15 @@ KEPT = {   # GGUF type -> how it is kept
 DEQUANTIZED = ("Q5_K", "Q6_K", "Q2_K", "Q3_K", "Q5_1", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S",
                "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4")
 FLOATS = ("F32", "F16", "BF16")
+# dequantized types of more than 4 bits: a K-quant mix (Q4_K_M) stores some tensors (half the down projections,
+# attention's v) in Q6_K on purpose; under quantize="int4" they are stored q8_0, not rounded to 4 bits a second time
+# (Gemma 3 270M's Q4_K_M file: perplexity +5.4% with its 9 Q6_K tensors in q4_0, BENCHMARKS.md session 31)
+WIDE = ("Q5_K", "Q6_K", "Q5_1")
+
+
+def wide_tensors(tensor_types: Mapping[str, tuple[str, str]]) -> frozenset:
+    """HF names of the tensors a GGUF stores in a `WIDE` type (`tensor_types`: `hf_tensor_types`' answer)."""
+    return frozenset(hf for hf, (_, kind) in tensor_types.items() if kind in WIDE)
 
 
 class GGUFQuantError(FrontendError):

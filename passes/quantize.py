@@ -51,6 +51,9 @@ A rotated threshold method's rotation (`linear(x, @Q)` feeding a `sparse_gated_m
 stored as `rotation.ROTATION_STORAGE` says for `kind` (int8 under int4: Q turns x before all three
 matrices, and calibration priced its bytes so); statistic `rotation-<kind>`.
 
+`wide` names weights the source stored in more than 4 bits (a Q4_K_M GGUF's Q6_K tensors): under int4 they are
+stored q8_0 (statistic `wide-int8`), as the file's author kept them wider than the rest.
+
 Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows),
 `output-<kind>` for the output projection, `embedding-<kind>` per embedding table stored, `router-float` per MoE
 router kept float, `tied-shared` per tied
@@ -106,10 +109,12 @@ def router_weights(graph: Graph) -> set[str]:
 @dataclass(frozen=True)
 class Quantize(Pass):
     name = "quantize"
-    data_options = ("prequantized",)
+    data_options = ("prequantized", "wide")
     kind: str = "int4"
     output: str | None = "int8"
     prequantized: Mapping = field(default_factory=dict, compare=False, hash=False)
+    # weights a source stored in more than 4 bits (a GGUF's Q6_K): under int4 stored int8, not rounded to 4 bits again
+    wide: frozenset = field(default_factory=frozenset, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         for value in (self.kind, self.output or self.kind):
@@ -168,7 +173,10 @@ class Quantize(Pass):
                 kind = ROTATION_STORAGE[self.kind]
                 record(f"rotation-{kind}")
             for i in slots:
-                inputs[i] = quantized(inputs[i], kind)
+                wide = kind == "int4" and inputs[i].attrs["name"].removesuffix(".t") in self.wide
+                if wide:
+                    record("wide-int8")   # the source's 5-6 bit blocks stay above 4 bits
+                inputs[i] = quantized(inputs[i], "int8" if wide else kind)
             if node.op == "sparse_gated_mlp":  # one kernel reads gate, up and down: one layout for the three
                 layout = inputs[1].attrs.get("layout", "dense")
                 for i in slots:

@@ -323,3 +323,20 @@ def test_a_second_4_bit_rounding_of_the_files_blocks_is_a_report_warning(tmp_pat
     kept = {"d": SimpleNamespace(layout="q4_1")}
     assert second_rounding_note(types, stored, kept).startswith("1 tensors the GGUF stores in 4-5 bit blocks (a, ")
     assert second_rounding_note(types, stored[1:], kept) == ""
+
+
+def test_tensors_the_file_keeps_above_4_bits_stay_8_bit_under_int4(tmp_path):
+    """A K-quant mix keeps some tensors wider on purpose (Q6_K / Q5_K / Q5_1, which nothing of ours holds as they
+    are): under quantize="int4" such a tensor is stored q8_0, not rounded to 4 bits a second time (stat wide-int8);
+    `prequantized={}` (every tensor anew, the fewest bytes) still takes it to q4_0."""
+    import actsparse
+
+    write_tiny_llama(tmp_path / "tiny.gguf", types={**TYPES, "ffn_gate": "Q4_0", "ffn_up": "Q4_0", "ffn_down": "Q5_1"})
+    down = "model.layers.0.mlp.down_proj.weight"
+    lm = actsparse.compile(str(tmp_path / "tiny.gguf"), mode="dense", quantize="int4", max_seq=16)
+    assert lm.report.pass_stats["quantize"]["wide-int8"] == 1
+    assert f"{down}.q8_0" in lm.module.graph.weights and f"{down}.q4_0" not in lm.module.graph.weights
+    assert "Q5_1 x1 dequantized, quantized anew as q8_0" in " ".join(lm.report.notes)
+    fewest = actsparse.compile(str(tmp_path / "tiny.gguf"), mode="dense", quantize="int4", max_seq=16,
+                               prequantized={})
+    assert "wide-int8" not in fewest.report.pass_stats["quantize"] and f"{down}.q4_0" in fewest.module.graph.weights
