@@ -72,8 +72,8 @@ def _ids(lm, source, wanted: int) -> np.ndarray:
         if lm.tokenizer is None:
             raise ActsparseError("scoring text needs the model's tokenizer and this decoder has none: give token ids, "
                                  "or build it from a folder with the tokenizer's files")
-        # the text's first `wanted` tokens are enough: tokenize a prefix long enough for them (4 characters each
-        # are plenty for any tokenizer's average) rather than a whole book
+        # the text's first `wanted` tokens are enough: tokenize a prefix long enough for them (16 characters a
+        # token is far above any tokenizer's average) rather than a whole book
         return np.asarray(lm.tokenizer(source[:max(64, 16 * wanted)], add_special_tokens=False)["input_ids"],
                           np.int64)[:wanted]
     return lm._ids(source).reshape(-1)
