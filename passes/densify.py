@@ -1,6 +1,8 @@
 """densify: the inverse of the sparsify passes, for building a sparse artifact's dense twin (`actsparse bench`).
 
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, *extra){mode=v} -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t){mode='dense'}
+                                                             (quantized: gated_mlp(x, @Wg, @Wu, @Wd), @Wd
+                                                              quantized again from @Wd.t)
                                                              (extra inputs dropped; a "columns" variant's
                                                               @Wg.t / @Wu.t transposed back to a neuron per row;
                                                               quantized ones quantized again in their layout)
@@ -11,8 +13,10 @@
                                                              differs in the neuron sparsity only)
 
 The dense twin is what dense mode compiles to (passes/fuse_gated_mlp.py): the fused dense kernel on the same
-weights, quantized or not, so the twin shares the artifact's arrays and computes every neuron with the same
-activations (`dense_attrs` of the variant's entry in ir/sparse_variants.py: exact mode the same math, lossy
+weights, so the twin shares the artifact's arrays and computes every neuron with the same activations; with
+quantized weights a `gated_mlp` (three linears, as dense mode keeps them under int8 / int4) whose down projection,
+stored a neuron per row, is quantized again a row per output (a second rounding: the same bytes, not bit-identical
+values) (`dense_attrs` of the variant's entry in ir/sparse_variants.py: exact mode the same math, lossy
 modes their dense original).
 """
 
@@ -25,7 +29,8 @@ import numpy as np
 from ..ir import Graph, Node, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous
 from ..ir.graph import quantized_weight_node
-from ..ir.quant import dequantize, quantize
+from ..ir.mlp import GATED_MLP_ATTRS
+from ..ir.quant import LAYOUTS, dequantize, quantize
 from ..ir.sparse_variants import dense_variant_attrs, variant, variant_of
 from .base import Pass, record
 
@@ -53,6 +58,11 @@ class Densify(Pass):
             attrs = dense_variant_attrs(own.dense_attrs(dict(node.attrs)), node.attrs.get("pattern", "gated-mlp"))
             attrs["mode"] = twin.name
             record(attrs["pattern"])
+            if twin.name == "dense" and w_gate.attrs.get("layout", "dense") in LAYOUTS and attrs["up_act"] != "unit":
+                # quantized: three linears, as dense mode compiles such a block (fuse-gated-mlp), down a row per output
+                plain = {**GATED_MLP_ATTRS, "gate_act": attrs["gate_act"], "up_act": attrs["up_act"],
+                         "threshold": attrs["threshold"], "expert": attrs.get("expert", -1)}
+                return Node("gated_mlp", (x, w_gate, w_up, transposed(w_down_t)), plain, node.type, node.loc)
             kept = node.inputs[4:4 + len(twin.extra_inputs)]   # a twin with extra inputs takes its variant's
             return Node("sparse_gated_mlp", (x, w_gate, w_up, w_down_t, *kept), attrs, node.type, node.loc)
 
