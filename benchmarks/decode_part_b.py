@@ -9,6 +9,8 @@ import resource
 import sys
 import time
 
+from actsparse.runtime.perplexity import score
+
 from .decode_runners import (
     PROMPT_LEN,
     actsparse_rates,
@@ -97,8 +99,7 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUN
         print("  " + ", ".join(f"{name} {row[name]:.1f}" for name in decoders) + " tokens/s (load "
               f"{row['load']['actsparse']})", file=sys.stderr, flush=True)
         for name, lm in decoders.items() if held else ():
-            scores = [lm.perplexity(w, window=w.shape[1], windows=1, progress=False) for w in held]
-            row["perplexity"][name] = float(np.exp(sum(r.nll for r in scores) / sum(r.tokens for r in scores)))
+            row["perplexity"][name] = score(lm, held, progress=False).perplexity   # each window from an empty cache
     del decoders
     gc.collect()
     if "llama.cpp" in runners:

@@ -184,11 +184,7 @@ def storage_note(tensor_types: Mapping[str, tuple[str, str]], stored: Iterable[s
         "GGUF tensors: Q4_K x27: 18 kept as q4_1 groups (...), 9 dequantized, quantized anew as q8_0; F32 x109 ..."
     """
     names = set(stored)
-    copies = defaultdict(set)   # HF name -> the layouts of its quantized / fp16 copies
-    for name in names:
-        base, _, layout = name.rpartition(".")
-        if layout in LAYOUTS or layout in FLOAT_KINDS:
-            copies[base.removesuffix(".t")].add(layout)
+    copies = _copies(names)
     outcomes = defaultdict(Counter)   # GGUF type -> {what became of it: count}
     for hf, (_, kind) in tensor_types.items():
         outcomes[kind][_outcome(hf, kind, kept.get(hf), names, sorted(copies.get(hf, ())))] += 1
@@ -211,15 +207,27 @@ def second_rounding_note(tensor_types: Mapping[str, tuple[str, str]], stored: It
     are `storage_note`'s). That second 4-bit rounding costs far more than the file's own: SmolLM2-135M's Q4_1 file
     in threshold mode at 0.5, perplexity +84% over dense int4 (+6% from float weights; BENCHMARKS.md, session 31)."""
     names = set(stored)
+    copies = _copies(names)
     again = sorted(hf for hf, (_, kind) in tensor_types.items() if kind in KEPT and kind != "Q8_0"
                    and not (kept.get(hf) is not None and f"{hf}.{kept[hf].layout}" in names)
-                   and any(f"{hf}{t}.{lay}" in names for t in ("", ".t") for lay in FOUR_BIT_LAYOUTS))
+                   and copies.get(hf, set()) & set(FOUR_BIT_LAYOUTS))
     if not again:
         return ""
     return (f"{len(again)} tensors the GGUF stores in 4-5 bit blocks ({again[0]}, ...) are re-laid for the sparse "
             "kernels and quantized a second time at 4 bits, which costs much more quality than the file's own "
             "rounding: compare `actsparse perplexity` of this build with a -m dense build's, or build with "
             "quantize='int8' (8-bit re-laid copies) or from float weights")
+
+
+def _copies(names: set) -> dict[str, set]:
+    """HF name -> the layouts of its quantized / fp16 copies among the compiled graph's weight names
+    (`<name>[.t].<layout>`)."""
+    copies = defaultdict(set)
+    for name in names:
+        base, _, layout = name.rpartition(".")
+        if layout in LAYOUTS or layout in FLOAT_KINDS:
+            copies[base.removesuffix(".t")].add(layout)
+    return copies
 
 
 def _outcome(hf: str, kind: str, pre, names: set, layouts: list) -> str:
