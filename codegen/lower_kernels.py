@@ -110,9 +110,16 @@ def _sparse_gated_mlp(ctx, node, args):
     d_out = node.inputs[3].shape[1]
     x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
     kernel = target_kernel(variant.kernels[family], d, n_ff, dtype=kernel_dtype(w_gate), sched=sched,
-                           **variant.kernel_options(dict(node.attrs)))
+                           **down_layout(node), **variant.kernel_options(dict(node.attrs)))
     out = emit_kernel_call(ctx, kernel, [x2d, *args[1:]], tokens, d_out, node.dtype)
     return R.reshape(out, [*lead, d_out])
+
+
+def down_layout(node) -> dict:
+    """The kernel argument for a down projection stored in a layout of its own (q8_0 rows beside a GGUF's 4-bit gate
+    / up, passes/quantize.py; only variants with `own_down_layout` get one): {} where it is the gate's."""
+    gate, down = kernel_dtype(node.inputs[1]), kernel_dtype(node.inputs[3])
+    return {} if down == gate else {"down_dtype": down}
 
 
 @lowering("routed_moe")

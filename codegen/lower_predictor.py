@@ -33,7 +33,7 @@ from tvm import relax
 from ..ir.activations import ZERO_BELOW
 from ..passes.certified_gate import LAYOUT as SCORE_LAYOUT
 from .context import const, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
-from .lower_kernels import COMPOSITE_KERNELS
+from .lower_kernels import COMPOSITE_KERNELS, down_layout
 from .schedules import schedule_for
 
 R = relax.op
@@ -53,7 +53,8 @@ def _lower_scored_block(ctx, node, args, sched, options, name: str, inputs_after
     x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
     cutoff = const([float(node.attrs["cutoff"])], "f32")
     extra = inputs_after_weights(cutoff, tokens, n_ff)
-    kernel = target_kernel(name, d, n_ff, dtype=kernel_dtype(w_gate), sched=sched, **options)   # quantized: its layout
+    kernel = target_kernel(name, d, n_ff, dtype=kernel_dtype(w_gate), sched=sched,   # quantized: its layout
+                           **down_layout(node), **options)
     out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], *extra], tokens, d_out, node.dtype)
     return R.reshape(out, [*lead, d_out])
 

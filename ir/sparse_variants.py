@@ -76,6 +76,9 @@ class SparseVariant:
     lossy: bool = False
     gate_up_layout: str = "rows"
     quantized_kernels: bool = True  # its kernels take quantized weight layouts (passes/quantize.py)
+    # its kernels (every family's) read the down projection in a layout of its own, not only the gate's: a GGUF's
+    # 4-bit gate / up kept as stored beside a down projection re-quantized at 8 bits (passes/quantize.py)
+    own_down_layout: bool = False
     report_mode: str = ""  # the mode its report row shows ("": its name), e.g. a lossless form of exact mode
     dense_twin: str = "dense"  # the variant of its dense twin (passes/densify.py); itself: it is a dense twin
     # report fields measured on the example inputs beyond the sparsity of h: (x, w_gate, w_up, extras, attrs, h)
@@ -271,7 +274,7 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
     SparseVariant(
         "exact", attrs={}, extra_inputs=(), intermediate=_exact_intermediate,
         kernels={"cpu": "exact", "cuda": "exact"}, kernel_options=_activation_options, dense_attrs=_plain_attrs,
-        doc="ReLU-family gates (ReGLU, dReLU, FATReLU): skips exactly-zero neurons, lossless"),
+        own_down_layout=True, doc="ReLU-family gates (ReGLU, dReLU, FATReLU): skips exactly-zero neurons, lossless"),
     SparseVariant(
         "threshold",
         # criterion: see above; method, calibrated_sparsity, input_threshold: what calibration chose (provenance
@@ -280,7 +283,7 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         extra_inputs=(), intermediate=_threshold_intermediate,
         kernels={"cpu": "threshold", "cuda": "threshold"},
         kernel_options=lambda attrs: {**_activation_options(attrs), "criterion": attrs.get("criterion", "gate")},
-        dense_attrs=_plain_attrs, report=_threshold_report, lossy=True,
+        dense_attrs=_plain_attrs, report=_threshold_report, lossy=True, own_down_layout=True,
         doc="calibrated per-layer thresholds on |act(gate)| or |h| (CATS, TEAL, top-k%), any gate, lossy"),
     SparseVariant(
         "predictor",
@@ -291,11 +294,12 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         extra_inputs=("scores",), intermediate=_predictor_intermediate,
         kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_activation_options,
         dense_attrs=_plain_attrs, report=_predictor_report, lossy=True, measure=_predictor_measure,
+        own_down_layout=True,
         doc="a per-layer predictor (lowrank, svd, sign) picks the neurons; ReLU-family gates, lossy"),
     SparseVariant(
         "certified", attrs={}, extra_inputs=("scores",), intermediate=_exact_intermediate,
         kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_activation_options, dense_attrs=_plain_attrs,
-        report=_certified_report, measure=_certified_measure, report_mode="exact",
+        report=_certified_report, measure=_certified_measure, report_mode="exact", own_down_layout=True,
         doc="exact mode whose gate rows are read only for neurons an int8 gate copy cannot certify inactive"),
     SparseVariant(
         "input",

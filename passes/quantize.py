@@ -54,12 +54,19 @@ matrices, and calibration priced its bytes so); statistic `rotation-<kind>`.
 `wide` names weights the source stored in more than 4 bits (a Q4_K_M GGUF's Q6_K tensors): under int4 they are
 stored q8_0 (statistic `wide-int8`), as the file's author kept them wider than the rest.
 
+A sparse block's down projection re-quantized from a 4-bit source (`@Wd.t` of a pre-quantized q4_0 / q4_1 `@Wd`)
+is stored q8_0 under int4 too, where the block's variant reads the down projection in a layout of its own
+(`SparseVariant.own_down_layout`: exact, threshold, predictor): statistic `requantized-int8`. A second 4-bit
+rounding of the file's values cost SmolLM2-135M +8% perplexity (BENCHMARKS.md, session 31); at 8 bits it is below
+the file's own, and the block's gate and up stay the file's blocks. It costs bytes on the rows of active neurons
+only (q8_0 is 34 bytes a group against q4_0's 18).
+
 Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows),
-`output-<kind>` for the output projection, `embedding-<kind>` per embedding table stored, `router-float` per MoE
-router kept float, `tied-shared` per tied
-table whose one blob the embedding and the output projection share, `relaid-<layout>` for a gated MLP's weight
-quantized again into the layout of its gate (its one kernel reads the three matrices in one layout: a GGUF may store
-gate/up Q4_1 and the transposed down is re-quantized).
+`requantized-int8` (such a down stored 8-bit), `output-<kind>` for the output projection, `embedding-<kind>` per
+embedding table stored, `router-float` per MoE router kept float, `tied-shared` per tied table whose one blob the
+embedding and the output projection share, `relaid-<layout>` for a gated MLP's weight quantized again into the
+layout of its gate (its kernel reads gate and up in one layout, and the down projection too where the variant has no
+`own_down_layout`).
 """
 
 from __future__ import annotations
@@ -72,7 +79,7 @@ import numpy as np
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous, shared_copy
 from ..ir.graph import quantized_weight_node
-from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, quantize
+from ..ir.quant import FLOAT_KINDS, LAYOUTS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, quantize
 from ..ir.sparse_variants import variant_of
 from .base import Pass, record
 from .rotation import ROTATION_STORAGE
@@ -172,15 +179,20 @@ class Quantize(Pass):
             if node.op == "linear" and node.inputs[1].attrs.get("name") in rotations:
                 kind = ROTATION_STORAGE[self.kind]
                 record(f"rotation-{kind}")
+            own_down = node.op == "sparse_gated_mlp" and variant_of(node.attrs).own_down_layout
             for i in slots:
-                wide = kind == "int4" and inputs[i].attrs["name"].removesuffix(".t") in self.wide
+                name = inputs[i].attrs["name"]
+                wide = kind == "int4" and name.removesuffix(".t") in self.wide
                 if wide:
                     record("wide-int8")   # the source's 5-6 bit blocks stay above 4 bits
+                elif kind == "int4" and own_down and i == 3 and self._narrow_source(name):
+                    wide = True
+                    record("requantized-int8")   # a 4-bit file's down, re-laid: rounded again at 8 bits, not 4
                 inputs[i] = quantized(inputs[i], "int8" if wide else kind)
-            if node.op == "sparse_gated_mlp":  # one kernel reads gate, up and down: one layout for the three
+            if node.op == "sparse_gated_mlp":  # gate and up are read by one row dot: one layout for the two
                 layout = inputs[1].attrs.get("layout", "dense")
                 for i in slots:
-                    if inputs[i].attrs.get("layout", "dense") != layout:
+                    if inputs[i].attrs.get("layout", "dense") != layout and not (own_down and i == 3):
                         record(f"relaid-{layout}")  # e.g. a GGUF's Q4_1 gate beside a re-quantized down
                         inputs[i] = self._relaid(graph, node.inputs[i], layout, new_weights)
             return Node(node.op, tuple(inputs), node.attrs, node.type, node.loc)
@@ -205,6 +217,11 @@ class Quantize(Pass):
             return Node("cast", (looked_up,), {"dtype": node.dtype}, node.type, node.loc)  # fp16 rows -> f32
 
         return rewrite(graph, visit, new_weights)
+
+    def _narrow_source(self, name: str) -> bool:
+        """Whether weight `name` is a transposed copy (`<w>.t`) of a pre-quantized weight stored in under 8 bits."""
+        source = self.prequantized.get(name.removesuffix(".t")) if name.endswith(".t") else None
+        return source is not None and LAYOUTS[source.layout].bits < 8
 
     def _relaid(self, graph: Graph, w: Node, layout: str, new_weights: dict) -> Node:
         """`w` quantized from its float values in `layout` (a layout name: GGUF's own rule for it)."""

@@ -206,12 +206,17 @@ def x_seen(x, x8: bool):
     return round_x8(x)
 
 
-def mlp_call(kind, rng, M, d, n_ff, dtype, acts, active, token_sets=None, x8=False) -> Call:
+def mlp_call(kind, rng, M, d, n_ff, dtype, acts, active, token_sets=None, x8=False, down_dtype=None) -> Call:
     """acts: (gate_act, up_act, threshold), and the criterion for the threshold kernel. x8: the kernel's gate / up
-    dots take x rounded to 8-bit blocks (the reference does too)."""
+    dots take x rounded to 8-bit blocks (the reference does too). down_dtype: w_down_t's layout where it is not
+    `dtype` (both quantized)."""
     gate_act, up_act, threshold = acts[:3]
     x, ws = mlp_inputs(rng, M, d, n_ff, dtype, active, gate_act)
-    kw, ws = kernel_weights(ws, dtype)
+    if down_dtype in (None, dtype):
+        kw, ws = kernel_weights(ws, dtype)
+    else:
+        (kw, ws), (kd, wd) = kernel_weights(ws[:2], dtype), kernel_weights(ws[2:], down_dtype)
+        kw, ws = kw + kd, ws + wd
     out = np.full((M, d), np.nan, np.float32)
     xr = x_seen(x, x8)
     if kind == "threshold":
@@ -234,13 +239,14 @@ def linear_call(rng, M, k, n, dtype, bias, x8=False) -> Call:
     return Call([x, kw, *([b] if bias else []), np.full((M, n), np.nan, np.float32)], ref, scale, dtype)
 
 
-def primfunc(kind, d, n_ff, dtype, sched, acts=("relu", "identity", 0.0), bias=False):
+def primfunc(kind, d, n_ff, dtype, sched, acts=("relu", "identity", 0.0), bias=False, down_dtype=None):
     from actsparse.codegen.kernels import kernel
 
     if kind == "linear":
         return kernel("linear", d, n_ff, dtype=dtype, sched=sched, bias=bias)
     gate_act, up_act, threshold = acts[:3]
     extra = {"criterion": criterion_of(acts)} if kind == "threshold" else {}
+    extra |= {"down_dtype": down_dtype} if down_dtype else {}
     return kernel(kind, d, n_ff, gate_act=gate_act, up_act=up_act, threshold=threshold, dtype=dtype, sched=sched,
                   **extra)
 

@@ -340,3 +340,33 @@ def test_tensors_the_file_keeps_above_4_bits_stay_8_bit_under_int4(tmp_path):
     fewest = actsparse.compile(str(tmp_path / "tiny.gguf"), mode="dense", quantize="int4", max_seq=16,
                                prequantized={})
     assert "wide-int8" not in fewest.report.pass_stats["quantize"] and f"{down}.q4_0" in fewest.module.graph.weights
+
+
+def test_a_sparse_mode_keeps_a_4_bit_files_gate_and_up_and_rounds_its_down_again_at_8_bits(tmp_path):
+    """The kernels reading gate / up by neuron rows (exact, predictor, threshold's row methods) take a Q4 file's gate
+    and up as stored; its down, whose blocks run along n_ff, is re-laid a neuron per row and now quantized at 8 bits
+    (stat requantized-int8): no second 4-bit rounding, so no warning, and the compiled prefill's logits equal the
+    interpreter's on the stored weights."""
+    import actsparse
+    from actsparse.ir.interpreter import evaluate
+    from actsparse.ir.quant import to_gguf_blocks
+
+    blobs = write_tiny_llama(tmp_path / "tiny.gguf", types={**TYPES, "ffn_gate": "Q4_1", "ffn_up": "Q4_1",
+                                                             "ffn_down": "Q4_0"})
+    calibration = [np.random.default_rng(s).integers(1, VOCAB, (1, 16)) for s in range(4)]
+    lm = actsparse.compile(str(tmp_path / "tiny.gguf"), mode="threshold", method="cats", sparsity=0.5,
+                           calibration=calibration, quantize="int4", max_seq=24)
+    stats = lm.report.pass_stats["quantize"]
+    assert stats["requantized-int8"] == 1 and not any(k.startswith("relaid") for k in stats), stats
+    assert not [n for n in lm.report.notes if "quantized a second time" in n]
+    (node,) = [n for n in lm.module.graph.nodes if n.op == "sparse_gated_mlp"]
+    assert [w.attrs["layout"] for w in node.inputs[1:4]] == ["q4_1", "q4_1", "q8_0"]
+    stored_gate = lm.module.graph.weights[node.inputs[1].attrs["name"]]
+    np.testing.assert_array_equal(to_gguf_blocks(stored_gate, "q4_1", D), blobs["ffn_gate"])
+    ids = np.array([[5, 77, 123, 9, 260]])
+    caches = [np.zeros(i.type.shape, np.float32) for i in lm.module.graph.inputs[3:]]
+    arrays = [ids.astype(np.int64), np.array([0], np.int64), np.zeros(ids.shape[1], np.int64), *caches]
+    exact = evaluate(lm.module.graph, arrays)[0].reshape(-1)
+    tolerance = 0.02 if int8_dot_here("q4_1") else 1e-4   # the host's int8 dots round x to 8-bit blocks
+    np.testing.assert_allclose(lm.prefill(ids).logits, exact, rtol=1e-4, atol=tolerance * np.abs(exact).max())
+    assert lm.generate(ids, max_new_tokens=6).shape == (1, 11)

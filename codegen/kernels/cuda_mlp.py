@@ -68,18 +68,22 @@ class _Mlp:
     act_u: Callable
     name: str
     reads_up: bool = True  # False: act_u ignores its input (`unit`), the kernels read no up rows
+    buffer: tuple = ()     # (shape, dtype) of the gate / up weights' buffers
+    down_buffer: tuple = ()  # (shape, dtype) of w_down_t's buffer (its own layout, or the gate's)
 
 
 def mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, gate_acts=GATE_ACTS,
-         act_g=None, tag=None, keep=None) -> _Mlp:
+         act_g=None, tag=None, keep=None, down_dtype=None) -> _Mlp:
     """Checks the parameters (as the CPU kernels do) and builds the shared macros; `row`/`count`/`keep` map a
     token's list position to a weight row / give its list length / say whether it is listed (see `down_macros`).
-    `act_g`/`tag` override the gate activation and its name in the symbol (threshold mode's IR activations)."""
+    `act_g`/`tag` override the gate activation and its name in the symbol (threshold mode's IR activations).
+    `down_dtype`: the down projection's layout where it is not `dtype`'s (the down launch reads it)."""
     _require_gpu_schedule(sched)
-    check_mlp(d, n_ff, gate_act, up_act, dtype, gate_acts)
+    check_mlp(d, n_ff, gate_act, up_act, dtype, gate_acts, down_dtype)
+    down = down_dtype or dtype
     act_g, act_u = act_g or activation(gate_act, threshold, "cuda"), activation(up_act, family="cuda")
     warp_dot = warp_dot_macro(d, dtype, sched)
-    splits = down_splits(d, dtype, sched, n_ff)
+    splits = down_splits(d, down, sched, n_ff)
     reads_up = reads_input(up_act)  # `unit` (a non-gated MLP): no up row is read
 
     @T.macro
@@ -94,10 +98,10 @@ def mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, cou
             s[0] = gs[0]
 
     name = "actsparse_cuda_" + mlp_symbol(kind, d, n_ff, tag or gate_act, up_act, threshold, dtype,
-                                          sched).removeprefix("actsparse_")
+                                          sched, down).removeprefix("actsparse_")
     return _Mlp(sched.warp, sched.warps, gated_dot, warp_dot, stage_x_macro(d, dtype, sched),
-                *x_stage_buffer(d, dtype), *down_macros(d, dtype, sched, row, count, splits, keep), splits, act_u,
-                name, reads_up)
+                *x_stage_buffer(d, dtype), *down_macros(d, down, sched, row, count, splits, keep), splits, act_u,
+                name, reads_up, weight_buffer(n_ff, d, dtype), weight_buffer(n_ff, d, down))
 
 
 FLAGGING_SCRATCH = 3  # h [M, n_ff], flag [n_ff], part [splits, M, d]
@@ -172,7 +176,7 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
     * act_u(up)) into the value kept by neuron, 0 for a neuron this token drops; a neuron is flagged when some
     token keeps it, and then h = kept value * act_u(up) for every token (product: h is the kept value)."""
     warp_dot = k.warp_dot
-    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+    (wshape, wdtype), (dshape, ddtype) = k.buffer, k.down_buffer
 
     @T.macro
     def decide(x, xs, w_gate, w_up, scores, cutoff, j, m, lane, s, live):
@@ -190,7 +194,7 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
 
     @T.prim_func
     def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), out: T.Buffer((M, d), "float32"),
+               w_down_t: T.Buffer(dshape, ddtype), out: T.Buffer((M, d), "float32"),
                h: T.Buffer((M, n_ff), "float32"), flag: T.Buffer((n_ff,), "int32"),
                part: T.Buffer((k.splits, M, d), "float32")):
         body(x, w_gate, w_up, w_down_t, x, x, out, h, flag, part, M)
@@ -200,25 +204,28 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
 
 @cache
 def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                     threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
+                     threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
+                     sched: GpuSchedule):
     """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate flagging the active rows, their up and down rows."""
     row, count, keep = by_flag(n_ff)
-    k = mlp_parts("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, EXACT_GATE_ACTS, keep=keep)
+    k = mlp_parts("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, EXACT_GATE_ACTS, keep=keep,
+                  down_dtype=down_dtype)
     return _flagging_mlp(k, d, n_ff, dtype, skipping_value(activation(gate_act, threshold, "cuda")), product=False)
 
 
 @cache
 def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
                         threshold: float = 0.0, criterion: str = "gate", dtype: str = "float32",
-                        sched: GpuSchedule):
+                        down_dtype: str | None = None, sched: GpuSchedule):
     """Threshold mode (x, w_gate, w_up, w_down_t, out) with the CPU kernel's criteria (`threshold_mlp.py`):
     "gate" keeps |act_g(gate)| > t, then reads the kept up and down rows; "product" keeps |h| > t, reading
     every gate and up row and the kept down rows."""
-    check_threshold(d, n_ff, gate_act, up_act, dtype, criterion)
+    check_threshold(d, n_ff, gate_act, up_act, dtype, criterion, down_dtype)
     rule = threshold_rule(gate_act, threshold, "cuda")
     row, count, keep = by_flag(n_ff)
     k = mlp_parts(f"thr{criterion}", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count,
-             THRESHOLD_GATE_ACTS, act_g=rule.act_g, tag=gate_act.replace("_", ""), keep=keep)
+                  THRESHOLD_GATE_ACTS, act_g=rule.act_g, tag=gate_act.replace("_", ""), keep=keep,
+                  down_dtype=down_dtype)
     if criterion == "product":  # the first launch computes h = act_g(g) * act_u(u); drop it where not kept
         return _flagging_mlp(k, d, n_ff, dtype, lambda v: T.if_then_else(rule.kept(v), v, T.float32(0)), True)
     return _flagging_mlp(k, d, n_ff, dtype, rule.masked_gate, False)
@@ -226,18 +233,19 @@ def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: st
 
 @cache
 def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                             threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
+                             threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
+                             sched: GpuSchedule):
     """Given neurons (x, w_gate, w_up, w_down_t, idx, count, out): token m computes idx[m, :count[m]] only."""
     k = mlp_parts("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched, lambda rows, m, p: rows[m, p],
-             lambda cnt, m: cnt[m])
+                  lambda cnt, m: cnt[m], down_dtype=down_dtype)
     L, W, splits = k.L, k.W, k.splits
-    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+    (wshape, wdtype), (dshape, ddtype) = k.buffer, k.down_buffer
 
     M, K = tokens(), tirx.Var("K", "int64")
 
     @T.prim_func
     def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), idx: T.Buffer((M, K), "int32"), count: T.Buffer((M,), "int32"),
+               w_down_t: T.Buffer(dshape, ddtype), idx: T.Buffer((M, K), "int32"), count: T.Buffer((M,), "int32"),
                out: T.Buffer((M, d), "float32"), h: T.Buffer((M, K), "float32"),
                part: T.Buffer((splits, M, d), "float32")):
         # 1) gate and up of each listed row: a warp per (token, row)
@@ -261,14 +269,16 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
 
 @cache
 def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                     threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
+                     threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
+                     sched: GpuSchedule):
     """Predictor mode (x, w_gate, w_up, w_down_t, scores, cutoff, out): token m computes the neurons j with
     scores[m, j] > cutoff[0] (the CPU's select + indexed kernels' semantics, `lower_predictor.py`) in three
     launches and no index list: a warp per neuron reads its score (the same in every lane: warp-uniform), computes
     gate and up for the tokens that predict it and flags it; the down launch reads the flagged rows."""
     row, count, keep = by_flag(n_ff)
-    k = mlp_parts("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, keep=keep)
-    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+    k = mlp_parts("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, keep=keep,
+                  down_dtype=down_dtype)
+    (wshape, wdtype), (dshape, ddtype) = k.buffer, k.down_buffer
 
     @T.macro
     def decide(x, xs, w_gate, w_up, scores, cutoff, j, m, lane, s, live):
@@ -283,7 +293,7 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
 
     @T.prim_func
     def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), scores: T.Buffer((M, n_ff), "float32"),
+               w_down_t: T.Buffer(dshape, ddtype), scores: T.Buffer((M, n_ff), "float32"),
                cutoff: T.Buffer((1,), "float32"), out: T.Buffer((M, d), "float32"),
                h: T.Buffer((M, n_ff), "float32"), flag: T.Buffer((n_ff,), "int32"),
                part: T.Buffer((k.splits, M, d), "float32")):

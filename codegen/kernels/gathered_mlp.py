@@ -24,29 +24,30 @@ from .sparse_mlp import check_mlp, mlp_symbol
 
 
 def _gathered_parts(kernel: str, d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str,
-                    sched: CpuSchedule):
+                    down: str, sched: CpuSchedule):
     """What both kernels over given neurons (`kernel`: indexed, listed) build from: the fitted schedule, the up
-    activation, x's operand, the gathered gate / up row dots, the gathered down axpy, the column zeroing and the
-    weights' buffer type."""
-    check_mlp(d, n_ff, gate_act, up_act, dtype)
-    sched = sched.fitted(d, dtype)
+    activation, x's operand, the gathered gate / up row dots, the gathered down axpy (over `down` rows), the column
+    zeroing and the gate / up and down buffer types."""
+    check_mlp(d, n_ff, gate_act, up_act, dtype, down_dtype=down)
+    sched = sched.fitted(d, dtype, down)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     x_op = x_operand(d, dtype, sched, kernel)  # x's layout: the kernel's (`CpuSchedule.paired_q8`)
     _, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x_op[0], kernel=kernel)
     _, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x_op[0], kernel=kernel)
-    _, axpy = axpy_macro(d, dtype, sched, gathered=True, kernel=kernel)
-    return (sched, act_u, x_op, gate_dot, up_dot, axpy, zero_columns_macro(d, sched, dtype),
-            weight_buffer(n_ff, d, dtype))
+    _, axpy = axpy_macro(d, down, sched, gathered=True, kernel=kernel)
+    return (sched, act_u, x_op, gate_dot, up_dot, axpy, zero_columns_macro(d, sched, down),
+            (weight_buffer(n_ff, d, dtype), weight_buffer(n_ff, d, down)))
 
 
-def gathered_kernel(d: int, wshape, wdtype: str, x8: bool, x8_bytes: int, prep_x, body):
-    """The PrimFunc (x, w_gate, w_up, w_down_t, idx, count, out) both kernels here share: buffers matched, x prepared
-    once (`common.x_operand`), then `body(xd, M, K, flat, count, w_gate, w_up, w_down_t, out)` with flat the token
-    lists as one [M * K] buffer."""
+def gathered_kernel(d: int, buffers, x8: bool, x8_bytes: int, prep_x, body):
+    """The PrimFunc (x, w_gate, w_up, w_down_t, idx, count, out) both kernels here share: buffers matched (`buffers`:
+    the gate / up and the down (shape, dtype)), x prepared once (`common.x_operand`), then
+    `body(xd, M, K, flat, count, w_gate, w_up, w_down_t, out)` with flat the token lists as one [M * K] buffer."""
+    (wshape, wdtype), (dshape, ddtype) = buffers
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
+               w_down_t: T.Buffer(dshape, ddtype), idx_h: T.handle, count_h: T.handle, out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         K = T.int64()
@@ -67,8 +68,10 @@ def gathered_kernel(d: int, wshape, wdtype: str, x8: bool, x8_bytes: int, prep_x
 
 @cache
 def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                             threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
-    """Gated MLP over given neurons: (x, w_gate, w_up, w_down_t, idx, count, out).
+                             threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
+                             sched: CpuSchedule):
+    """Gated MLP over given neurons: (x, w_gate, w_up, w_down_t, idx, count, out); `down_dtype`: w_down_t's layout
+    where it is not `dtype`'s.
 
     For token m only the neurons idx[m, :count[m]] are computed (gate, up and down rows gathered);
     every other neuron counts as 0. gate_act may be any of GATE_ACTS (threshold / predictor modes
@@ -77,13 +80,14 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
     the down rows into its own partial output; a second region sums the partial outputs (session 12: the down
     projection split by columns read every listed row in halves, each task walking the whole list).
     """
-    sched, act_u, (x8, x8_bytes, prep_x), gate_dot, up_dot, _, _, (wshape, wdtype) = \
-        _gathered_parts("indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched)
+    down = down_dtype or dtype
+    sched, act_u, (x8, x8_bytes, prep_x), gate_dot, up_dot, _, _, buffers = \
+        _gathered_parts("indexed", d, n_ff, gate_act, up_act, threshold, dtype, down, sched)
     threads, R = sched.threads, sched.rows
     # each task's down axpy covers every output column of its own rows (one task's column split)
     whole = replace(sched, threads=1)
-    _, axpy = axpy_macro(d, dtype, whole, gathered=True, kernel="indexed")
-    zero_part = zero_columns_macro(d, whole, dtype)
+    _, axpy = axpy_macro(d, down, whole, gathered=True, kernel="indexed")
+    zero_part = zero_columns_macro(d, whole, down)
     cpt = -(-d // (threads * 16)) * 16  # output columns per task in the sum of the partial outputs
 
     @T.macro
@@ -114,13 +118,14 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
                     for t2 in range(1, threads):
                         out[m, t * cpt + c] = out[m, t * cpt + c] + parts[t2 * M + m, t * cpt + c]
 
-    return gathered_kernel(d, wshape, wdtype, x8, x8_bytes, prep_x, body).with_attr("global_symbol", mlp_symbol(
-        "indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return gathered_kernel(d, buffers, x8, x8_bytes, prep_x, body).with_attr("global_symbol", mlp_symbol(
+        "indexed", d, n_ff, gate_act, up_act, threshold, dtype, sched, down))
 
 
 @cache
 def sparse_gated_mlp_listed(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                            threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
+                            threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
+                            sched: CpuSchedule):
     """Exact mode over given neurons: (x, w_gate, w_up, w_down_t, idx, count, out), a ReLU-family gate.
 
     As `sparse_gated_mlp_indexed` (token m computes the neurons idx[m, :count[m]]), but like the exact kernel it
@@ -132,8 +137,9 @@ def sparse_gated_mlp_listed(d: int, n_ff: int, *, gate_act: str = "relu", up_act
     if gate_act not in ZERO_BELOW:
         raise ValueError(f"the listed kernel skips neurons whose gate is 0: gate_act must be one of {ZERO_BELOW}, "
                          f"got {gate_act!r} (use the indexed kernel)")
-    sched, act_u, (x8, x8_bytes, prep_x), gate_dot, up_dot, axpy, zero_cols, (wshape, wdtype) = \
-        _gathered_parts("listed", d, n_ff, gate_act, up_act, threshold, dtype, sched)
+    down = down_dtype or dtype
+    sched, act_u, (x8, x8_bytes, prep_x), gate_dot, up_dot, axpy, zero_cols, buffers = \
+        _gathered_parts("listed", d, n_ff, gate_act, up_act, threshold, dtype, down, sched)
     threads, R = sched.threads, sched.rows
 
     @T.macro
@@ -172,5 +178,5 @@ def sparse_gated_mlp_listed(d: int, n_ff: int, *, gate_act: str = "relu", up_act
                     for st in range((kept[m, t2] + R - 1) // R):
                         axpy(w_down_t, live, m * K + j0, st * R, kept[m, t2], h, j0, t, out, m)
 
-    return gathered_kernel(d, wshape, wdtype, x8, x8_bytes, prep_x, body).with_attr("global_symbol", mlp_symbol(
-        "listed", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return gathered_kernel(d, buffers, x8, x8_bytes, prep_x, body).with_attr("global_symbol", mlp_symbol(
+        "listed", d, n_ff, gate_act, up_act, threshold, dtype, sched, down))

@@ -110,11 +110,12 @@ class CpuSchedule:
             if getattr(self, field) < 1:
                 raise ValueError(f"CpuSchedule.{field} must be >= 1, got {getattr(self, field)}")
 
-    def fitted(self, d: int, dtype: str) -> CpuSchedule:
-        """This schedule for rows of d `dtype` elements: `rows` halved until a step's rows plus the prefetched
-        next step's (2 * rows * d * bytes) take at most half the L2 (the rest holds x, h and the output).
-        Prefetched rows evicted before use would be read twice."""
-        row_bytes = LAYOUTS[dtype].row_bytes(d) if dtype in LAYOUTS else d * (2 if dtype == "float16" else 4)
+    def fitted(self, d: int, *dtypes: str) -> CpuSchedule:
+        """This schedule for rows of d elements of each of `dtypes` (a kernel whose down projection has a layout of
+        its own passes both; the widest rows count): `rows` halved until a step's rows plus the prefetched next
+        step's (2 * rows * d * bytes) take at most half the L2 (the rest holds x, h and the output). Prefetched rows
+        evicted before use would be read twice."""
+        row_bytes = max(LAYOUTS[t].row_bytes(d) if t in LAYOUTS else d * (2 if t == "float16" else 4) for t in dtypes)
         rows = self.rows
         while self.l2_bytes and rows > 1 and 2 * rows * row_bytes > self.l2_bytes // 2:
             rows //= 2

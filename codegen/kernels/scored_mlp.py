@@ -44,7 +44,7 @@ from .sparse_mlp import check_mlp, mlp_symbol
 
 
 def _phases(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str, sched: CpuSchedule,
-            *, gate_prefetch: bool | None = None):
+            *, gate_prefetch: bool | None = None, down_dtype: str | None = None):
     """What the scored and the certified kernels share, as macros over the kernel's buffers:
     (x8, x8_bytes, prep_x, gate_step, up_phase, down_phase) with
 
@@ -52,7 +52,8 @@ def _phases(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dty
         (< end), each token's score test (a slot not this token's counts as 0), then the slot compacted to `kept`
         if some token kept it (kept <= p: compaction overwrites only what was read);
     up_phase(w_up, xd, M, idx, g, h, j0, nk): h = g · act_u(up row) of the nk kept slots;
-    down_phase(w_down_t, idx, h, cnt, out, M): the output, task t streaming its column slice of every kept down row.
+    down_phase(w_down_t, idx, h, cnt, out, M): the output, task t streaming its column slice of every kept down row
+        (`down_dtype` rows, default `dtype`).
     """
     R, threads = sched.rows, sched.threads
     nper = (n_ff + threads - 1) // threads
@@ -60,8 +61,8 @@ def _phases(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dty
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
     gate_dots, gate_dot = dots_macro(d, dtype, sched, gathered=True, store=act_g, x8=x8, prefetch=gate_prefetch)
     up_dots, up_dot = dots_macro(d, dtype, sched, gathered=True, x8=x8)
-    axpy_all, axpy = axpy_macro(d, dtype, sched, gathered=True, kernel="scored")
-    zero_cols = zero_columns_macro(d, sched, dtype)
+    axpy_all, axpy = axpy_macro(d, down_dtype or dtype, sched, gathered=True, kernel="scored")
+    zero_cols = zero_columns_macro(d, sched, down_dtype or dtype)
     zero = T.float32(0)
 
     @T.macro
@@ -110,28 +111,32 @@ def _phases(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dty
     return x8, x8_bytes, prep_x, gate_step, up_phase, down_phase
 
 
-def _fitted(d, n_ff, gate_act, up_act, dtype, sched):
+def _fitted(d, n_ff, gate_act, up_act, dtype, sched, down_dtype=None):
     if gate_act not in ZERO_BELOW:
         raise ValueError(f"the scored kernel skips neurons whose gate is 0: gate_act must be one of {ZERO_BELOW}, "
                          f"got {gate_act!r} (use select + the indexed kernel)")
-    check_mlp(d, n_ff, gate_act, up_act, dtype)
-    return sched.fitted(d, dtype)
+    check_mlp(d, n_ff, gate_act, up_act, dtype, down_dtype=down_dtype)
+    return sched.fitted(d, dtype, down_dtype or dtype)
 
 
 @cache
 def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                     threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
-    """(x, w_gate, w_up, w_down_t, scores, cutoff, out), see the module docstring; gate_act one of ZERO_BELOW."""
-    sched = _fitted(d, n_ff, gate_act, up_act, dtype, sched)
+                     threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
+                     sched: CpuSchedule):
+    """(x, w_gate, w_up, w_down_t, scores, cutoff, out), see the module docstring; gate_act one of ZERO_BELOW;
+    `down_dtype`: w_down_t's layout where it is not `dtype`'s."""
+    down = down_dtype or dtype
+    sched = _fitted(d, n_ff, gate_act, up_act, dtype, sched, down)
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # neurons per task; also each task's slot range in idx / g / h
     x8, x8_bytes, prep_x, gate_step, up_phase, down_phase = _phases(d, n_ff, gate_act, up_act, threshold, dtype,
-                                                                    sched)
+                                                                    sched, down_dtype=down)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
+    dshape, ddtype = weight_buffer(n_ff, d, down)
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), s_h: T.handle, cutoff: T.Buffer((1,), "float32"),
+               w_down_t: T.Buffer(dshape, ddtype), s_h: T.handle, cutoff: T.Buffer((1,), "float32"),
                out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
@@ -172,7 +177,8 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
             up_phase(w_up, xd, M, idx, g, h, j0, kept[0])
         down_phase(w_down_t, idx, h, cnt, out, M)
 
-    return kernel.with_attr("global_symbol", mlp_symbol("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return kernel.with_attr("global_symbol", mlp_symbol("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched,
+                                                        down))
 
 
 SCORE_LAYOUT = "q8_0"  # the bound predictor's int8 copy (passes/certified_gate.LAYOUT)

@@ -55,9 +55,12 @@ from .schedule import CpuSchedule
 EXACT_GATE_ACTS = ZERO_BELOW  # exactly zero below their threshold (the activation table says which)
 
 
-def check_mlp(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_acts=GATE_ACTS) -> None:
+def check_mlp(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_acts=GATE_ACTS,
+              down_dtype: str | None = None) -> None:
     """One clear error for a gated-MLP kernel request no kernel here can serve (shared by every target)."""
     check_dtype(dtype)
+    if down_dtype is not None:
+        check_dtype(down_dtype)
     if gate_act not in gate_acts:
         raise ValueError(f"gate_act must be one of {gate_acts}, got {gate_act!r}")
     if up_act not in UP_ACTS:
@@ -67,40 +70,52 @@ def check_mlp(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, gate_ac
 
 
 def mlp_symbol(kind: str, d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str,
-               sched) -> str:
+               sched, down_dtype: str | None = None) -> str:
     """The kernel's global symbol: every parameter that changes the generated code is in it."""
     thr = f"t{threshold_tag(threshold)}" if threshold else "t0"
-    return symbol("gmlp", kind, f"d{d}", f"f{n_ff}", gate_act, up_act, thr, dtype, sched.tag)
+    return symbol("gmlp", kind, f"d{d}", f"f{n_ff}", gate_act, up_act, thr, weights_tag(dtype, down_dtype), sched.tag)
+
+
+def weights_tag(dtype: str, down_dtype: str | None) -> str:
+    """The weights' part of a kernel symbol: `dtype`, or `<dtype>dn<down_dtype>` where the down projection has a
+    layout of its own."""
+    return dtype if down_dtype in (None, dtype) else f"{dtype}dn{down_dtype}"
 
 
 @cache
 def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                     threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
+                     threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
+                     sched: CpuSchedule):
     """Exact-mode sparse gated MLP: (x, w_gate, w_up, w_down_t, out), see the module docstring.
 
     gate_act: "relu" (ReGLU / dReLU) or "fatrelu" (g if g > threshold else 0);
-    up_act: "identity" (ReGLU) or "relu" (dReLU).
+    up_act: "identity" (ReGLU) or "relu" (dReLU); down_dtype: w_down_t's layout where it is not `dtype`'s.
     """
-    check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS)
-    sched = sched.fitted(d, dtype)
-    name = mlp_symbol("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched)
+    check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS, down_dtype)
+    down = down_dtype or dtype
+    sched = sched.fitted(d, dtype, down)
+    name = mlp_symbol("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, down)
     return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=skipping_value(activation(gate_act, threshold)),
-                                act_u=activation(up_act), kernel="exact", reads_up=reads_input(up_act))
+                                act_u=activation(up_act), kernel="exact", reads_up=reads_input(up_act),
+                                down_dtype=down)
 
 
 def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name: str, *, gate_value, act_u,
-                         keep_product=None, kernel: str, reads_up: bool = True):
+                         keep_product=None, kernel: str, reads_up: bool = True, down_dtype: str | None = None):
     """The kernel of exact and threshold modes (`kernel`: "exact" / "threshold"): (x, w_gate, w_up, w_down_t, out),
-    structure in the module docstring; its body is `compacting_body`'s."""
+    structure in the module docstring; its body is `compacting_body`'s. `down_dtype`: w_down_t's layout (default
+    `dtype`)."""
     threads = sched.threads
+    down = down_dtype or dtype
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
     body = compacting_body(d, n_ff, dtype, sched, gate_value=gate_value, act_u=act_u, keep_product=keep_product,
-                           x8=x8, kernel=kernel, reads_up=reads_up)
+                           x8=x8, kernel=kernel, reads_up=reads_up, down_dtype=down)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
+    dshape, ddtype = weight_buffer(n_ff, d, down)
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
+               w_down_t: T.Buffer(dshape, ddtype), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
@@ -121,7 +136,8 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
 
 
 def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_value, act_u, keep_product=None,
-                    x8: bool = False, kernel: str, gate_dots=None, reads_up: bool = True):
+                    x8: bool = False, kernel: str, gate_dots=None, reads_up: bool = True,
+                    down_dtype: str | None = None):
     """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out)`: the two regions of the exact and threshold
     kernels over the n_ff neurons whose weights are rows row0 .. row0 + n_ff - 1 (a routed expert's; 0 for a
     block's own weights). Scratch: g, h [M, n_ff] f32, idx [n_ff] i32 (it lists weight rows), cnt [threads] i32.
@@ -134,7 +150,8 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     act_u(u) is kept where keep_product(h), compacted in place, and only the listed down rows are read.
     `gate_dots`: a macro in place of the gate row dots (same arguments), e.g. one that leaves g as computed before
     the kernel (cutoff_mlp.py: the activated gate is an input). `reads_up` False: act_u ignores its input (`unit`,
-    a non-gated MLP's up factor), so no up row is read.
+    a non-gated MLP's up factor), so no up row is read. `down_dtype`: w_down_t's layout where it is not `dtype`
+    (q8_0 down rows beside a GGUF's 4-bit gate / up: passes/quantize.py).
     """
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
@@ -143,8 +160,8 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     if gate_dots is None:
         gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=gate_value, x8=x8)
     up_dots, _ = dots_macro(d, dtype, sched, gathered=not product, x8=x8)
-    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=True, kernel=kernel)
-    zero_cols = zero_columns_macro(d, sched, dtype)
+    axpy_all, _ = axpy_macro(d, down_dtype or dtype, sched, gathered=True, kernel=kernel)
+    zero_cols = zero_columns_macro(d, sched, down_dtype or dtype)
 
     @T.macro
     def body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out):

@@ -29,15 +29,16 @@ from tvm.script import tirx as T
 from ...ir.activations import reads_input
 from .common import GATE_ACTS, activation, skipping_value, symbol, threshold_tag
 from .schedule import CpuSchedule
-from .sparse_mlp import check_mlp, compacting_gated_mlp
+from .sparse_mlp import check_mlp, compacting_gated_mlp, weights_tag
 
 THRESHOLD_GATE_ACTS = GATE_ACTS
 CRITERIA = ("gate", "product")
 
 
-def check_threshold(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, criterion: str) -> None:
+def check_threshold(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str, criterion: str,
+                    down_dtype: str | None = None) -> None:
     """One clear error for a threshold kernel request no kernel can serve (shared with the CUDA kernel)."""
-    check_mlp(d, n_ff, gate_act, up_act, dtype, THRESHOLD_GATE_ACTS)
+    check_mlp(d, n_ff, gate_act, up_act, dtype, THRESHOLD_GATE_ACTS, down_dtype)
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
 
@@ -69,16 +70,18 @@ def threshold_rule(gate_act: str, threshold: float, family: str = "cpu") -> Thre
 @cache
 def threshold_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
                         threshold: float = 0.0, criterion: str = "gate", dtype: str = "float32",
-                        sched: CpuSchedule):
-    """Threshold-mode gated MLP: (x, w_gate, w_up, w_down_t, out), see the module docstring."""
-    check_threshold(d, n_ff, gate_act, up_act, dtype, criterion)
-    sched = sched.fitted(d, dtype)
+                        down_dtype: str | None = None, sched: CpuSchedule):
+    """Threshold-mode gated MLP: (x, w_gate, w_up, w_down_t, out), see the module docstring; `down_dtype`:
+    w_down_t's layout where it is not `dtype`'s."""
+    check_threshold(d, n_ff, gate_act, up_act, dtype, criterion, down_dtype)
+    down = down_dtype or dtype
+    sched = sched.fitted(d, dtype, down)
     rule, act_u = threshold_rule(gate_act, threshold), activation(up_act)
     name = symbol("gmlp", "thr", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act,
-                  f"t{threshold_tag(threshold)}", dtype, sched.tag)
+                  f"t{threshold_tag(threshold)}", weights_tag(dtype, down), sched.tag)
     reads_up = reads_input(up_act)   # `unit` (a non-gated MLP): no up row is read
     if criterion == "product":
         return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=rule.act_g, act_u=act_u,
-                                    keep_product=rule.kept, kernel="threshold", reads_up=reads_up)
+                                    keep_product=rule.kept, kernel="threshold", reads_up=reads_up, down_dtype=down)
     return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=rule.masked_gate, act_u=act_u,
-                                kernel="threshold", reads_up=reads_up)
+                                kernel="threshold", reads_up=reads_up, down_dtype=down)
