@@ -27,7 +27,7 @@ from tvm import relax
 from ..ir import TensorType
 from ..ir.activations import ACTIVATIONS
 from ..ir.sparse_variants import sizes, variant_of
-from .context import LoweringError, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
+from .context import TVM_DTYPES, LoweringError, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
 from .schedules import schedule_for
 
 R = relax.op
@@ -86,6 +86,10 @@ def _gated_mlp(ctx, node, args):
         w_down_node, w_down = node.inputs[3], args[3]
     hidden = ctx.bb.emit(R.multiply(_act(a["gate_act"], a.get("threshold", 0.0), gate, node.dtype),
                                      _act(a["up_act"], 0.0, up, node.dtype)))
+    if a.get("hidden_rms_eps") is not None:   # h / sqrt(mean(h²) + eps): BitNet's ffn_sub_norm (weight in Wd)
+        mean_square = R.mean(R.multiply(hidden, hidden), axis=[-1], keepdims=True)
+        eps = relax.const(float(a["hidden_rms_eps"]), TVM_DTYPES[node.dtype])
+        hidden = ctx.bb.emit(R.multiply(hidden, R.rsqrt(R.add(mean_square, eps))))
     hidden_type = TensorType((*x_node.shape[:-1], w_down_node.shape[1]), node.dtype)
     return linear_call(ctx, hidden_type, hidden, w_down_node, w_down)
 
@@ -102,6 +106,11 @@ def _sparse_gated_mlp(ctx, node, args):
         raise LoweringError(f"sparse_gated_mlp{{mode={variant.name!r}}} at {node.loc or 'unknown location'} has no "
                             f"{family} kernel (it has: {', '.join(variant.kernels) or 'none'}); pick another target "
                             "or mode")
+    if node.attrs.get("hidden_rms_eps") is not None and family not in variant.hidden_norm_families:
+        raise LoweringError(f"sparse_gated_mlp{{mode={variant.name!r}}} at {node.loc or 'unknown location'} normalises "
+                            f"its hidden vector (a hidden RMS norm), which its {family} kernel does not apply (it "
+                            f"does on: {', '.join(variant.hidden_norm_families) or 'none'}); pick another target or "
+                            "mode='dense'")
     if variant.kernels[family] in COMPOSITE_KERNELS:
         return COMPOSITE_KERNELS[variant.kernels[family]](ctx, node, args, sched,
                                                           variant.kernel_options(dict(node.attrs)))

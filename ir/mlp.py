@@ -18,6 +18,9 @@ Only the ReLU family (reglu, drelu, fatrelu, relu2-glu, relu6-glu) is exactly sp
 the activation table, ir/activations.py): a neuron whose gate activation is 0 contributes nothing, so its up
 and down rows need not be read.
 
+`hidden_rms_eps` (BitNet's ffn_sub_norm): h is RMS-normalised over the neurons before the down projection,
+h / sqrt(mean(h²) + eps), with the norm's weight folded into Wd's columns at detection; zeros stay zeros.
+
 Inputs: `x, w_gate, w_up, w_down` or, fused, `x, w_gate_up, w_down` (weights [out, in]). With `bias=True` the
 gate/up biases follow: `b_gate, b_up` (fused: `b_gate_up`), inside the activations: act(x·Wgᵀ + bg). A down
 bias is not part of the op: detection leaves it as an `add` after the block. `expert` is the expert index of
@@ -31,11 +34,11 @@ from __future__ import annotations
 import numpy as np
 
 from .activations import CLAMPED_PATTERNS, exactly_sparse
-from .sparse_variants import check_inputs, dense_intermediate, sizes
+from .sparse_variants import check_inputs, dense_intermediate, rms_normed, sizes
 from .types import TensorType
 
 GATED_MLP_ATTRS = {"gate_act": "silu", "up_act": "identity", "threshold": 0.0, "fused": False,
-                   "gate_first": True, "expert": -1, "bias": False}
+                   "gate_first": True, "expert": -1, "bias": False, "hidden_rms_eps": None}
 
 
 def pattern_name(gate_act: str, up_act: str) -> str:
@@ -54,6 +57,15 @@ def pattern_name(gate_act: str, up_act: str) -> str:
     if gate_act == "silu":
         return "swiglu" if up_act == "identity" else "silu-relu"
     return "geglu" if up_act == "identity" else "gelu-relu"
+
+
+def has_hidden_norm(node) -> bool:
+    """Whether a gated MLP node normalises its hidden vector before the down projection (`hidden_rms_eps`)."""
+    return node.attrs.get("hidden_rms_eps") is not None
+
+
+HIDDEN_NORM_REASON = ("its hidden vector is RMS-normalised before the down projection (BitNet's ffn_sub_norm): only "
+                      "exact mode's CPU kernel applies that norm; kept dense")
 
 
 def is_exactly_sparse(gate_act: str) -> bool:
@@ -80,7 +92,8 @@ def unpack_gated_inputs(arrays, attrs):
 def gated_mlp_ref(*args):
     arrays, attrs = args[:-2], args[-2]
     x, w_gate, w_up, w_down, b_gate, b_up = unpack_gated_inputs(arrays, attrs)
-    return (dense_intermediate(x, w_gate, w_up, attrs, b_gate, b_up) @ w_down.T.astype(x.dtype)).astype(x.dtype)
+    h = rms_normed(dense_intermediate(x, w_gate, w_up, attrs, b_gate, b_up), attrs)
+    return (h @ w_down.T.astype(x.dtype)).astype(x.dtype)
 
 
 def sparse_gated_mlp_type(types, attrs) -> TensorType:

@@ -56,8 +56,10 @@ from .input_sparse import input_intermediate, input_measure
 
 # group_frequency: mean firing frequency per group of NEURON_GROUP neurons, hottest first, set when the neurons
 # were reordered by frequency (passes/reorder_neurons.py); what the hot/cold split's cost model reads
+# hidden_rms_eps: a block whose hidden vector is RMS-normalised before the down projection (BitNet's ffn_sub_norm):
+# h <- h / sqrt(mean(h²) + eps), the norm's weight folded into the down projection's rows (`rms_normed`)
 COMMON_ATTRS = {"gate_act": "relu", "up_act": "identity", "threshold": 0.0, "mode": "exact", "pattern": "reglu",
-                "expert": -1, "group_frequency": ()}
+                "expert": -1, "group_frequency": (), "hidden_rms_eps": None}
 NEURON_GROUP = 64
 BASE_INPUTS = ("x", "w_gate", "w_up", "w_down_t")
 CRITERIA = ("gate", "product")
@@ -79,6 +81,9 @@ class SparseVariant:
     # its kernels (every family's) read the down projection in a layout of its own, not only the gate's: a GGUF's
     # 4-bit gate / up kept as stored beside a down projection re-quantized at 8 bits (passes/quantize.py)
     own_down_layout: bool = False
+    # kernel families whose kernel applies a block's hidden RMS norm (`hidden_rms_eps`); a pass keeps such a block
+    # dense on the others
+    hidden_norm_families: tuple[str, ...] = ()
     report_mode: str = ""  # the mode its report row shows ("": its name), e.g. a lossless form of exact mode
     dense_twin: str = "dense"  # the variant of its dense twin (passes/densify.py); itself: it is a dense twin
     # report fields measured on the example inputs beyond the sparsity of h: (x, w_gate, w_up, extras, attrs, h)
@@ -116,9 +121,21 @@ def dense_intermediate(x, w_gate, w_up, attrs, b_gate=None, b_up=None) -> np.nda
     return h.astype(x.dtype)
 
 
+def rms_normed(h: np.ndarray, attrs: Mapping) -> np.ndarray:
+    """h / sqrt(mean(h²) + eps) over the neurons where the block has a hidden RMS norm (`hidden_rms_eps`), else h.
+    Zeros stay zeros, so an exactly sparse block stays exactly sparse; the norm's weight is in the down rows."""
+    eps = attrs.get("hidden_rms_eps")
+    if eps is None:
+        return h
+    h64 = h.astype(np.float64)
+    return (h64 / np.sqrt(np.mean(h64 * h64, axis=-1, keepdims=True) + eps)).astype(h.dtype)
+
+
 def _plain_attrs(attrs: dict) -> dict:
-    """The gated_mlp attrs of the same activations (fatrelu keeps its threshold)."""
+    """The gated_mlp attrs of the same activations (fatrelu keeps its threshold, a hidden norm its eps)."""
     out = {"gate_act": attrs["gate_act"], "up_act": attrs["up_act"], "fused": False}
+    if attrs.get("hidden_rms_eps") is not None:
+        out["hidden_rms_eps"] = attrs["hidden_rms_eps"]
     if attrs["gate_act"] == "fatrelu":
         out["threshold"] = attrs["threshold"]
     if attrs.get("expert", -1) >= 0:
@@ -139,6 +156,12 @@ def dense_variant_attrs(plain: dict, pattern: str) -> dict:
 def _activation_options(attrs: dict) -> dict:
     return {"gate_act": attrs["gate_act"], "up_act": attrs.get("up_act", "identity"),
             "threshold": attrs.get("threshold", 0.0)}
+
+
+def _exact_options(attrs: dict) -> dict:
+    """The activations, and a hidden RMS norm's eps where the block has one (its kernels apply it)."""
+    eps = attrs.get("hidden_rms_eps")
+    return {**_activation_options(attrs), **({"hidden_rms_eps": eps} if eps is not None else {})}
 
 
 def _input_report(attrs: dict) -> dict:
@@ -273,8 +296,9 @@ def _cold_options(attrs: dict) -> dict:
 VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
     SparseVariant(
         "exact", attrs={}, extra_inputs=(), intermediate=_exact_intermediate,
-        kernels={"cpu": "exact", "cuda": "exact"}, kernel_options=_activation_options, dense_attrs=_plain_attrs,
-        own_down_layout=True, doc="ReLU-family gates (ReGLU, dReLU, FATReLU): skips exactly-zero neurons, lossless"),
+        kernels={"cpu": "exact", "cuda": "exact"}, kernel_options=_exact_options, dense_attrs=_plain_attrs,
+        own_down_layout=True, hidden_norm_families=("cpu",),
+        doc="ReLU-family gates (ReGLU, dReLU, FATReLU): skips exactly-zero neurons, lossless"),
     SparseVariant(
         "threshold",
         # criterion: see above; method, calibrated_sparsity, input_threshold: what calibration chose (provenance
@@ -383,7 +407,7 @@ def reference(*args) -> np.ndarray:
     """The op's numpy reference: (x, w_gate, w_up, w_down_t, *extras, attrs, env) -> y."""
     arrays, attrs = args[:-2], args[-2]
     (x, w_gate, w_up, w_down_t), extras = split_inputs(arrays, attrs)
-    return (intermediate(x, w_gate, w_up, extras, attrs) @ w_down_t.astype(x.dtype)).astype(x.dtype)
+    return (rms_normed(intermediate(x, w_gate, w_up, extras, attrs), attrs) @ w_down_t.astype(x.dtype)).astype(x.dtype)
 
 
 def check_inputs(n_inputs: int, attrs: Mapping) -> None:

@@ -96,7 +96,7 @@ def evaluate_on(x: Node, nodes: list[Node], points: np.ndarray) -> np.ndarray:
 
 def classify(y: Node):
     """(activation name, threshold, x) when y computes an exactly-zero-below activation of x, else None."""
-    found = activation_subgraph(y) if y.op in ZEROING or y.op == "mul" else None
+    found = activation_subgraph(y) if y.op in ZEROING or y.op in ("mul", "pow") else None   # pow: relu(a)**2
     if found is None:
         return None
     x, nodes = found

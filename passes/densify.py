@@ -58,10 +58,14 @@ class Densify(Pass):
             attrs = dense_variant_attrs(own.dense_attrs(dict(node.attrs)), node.attrs.get("pattern", "gated-mlp"))
             attrs["mode"] = twin.name
             record(attrs["pattern"])
-            if twin.name == "dense" and w_gate.attrs.get("layout", "dense") in LAYOUTS and attrs["up_act"] != "unit":
-                # quantized: three linears, as dense mode compiles such a block (fuse-gated-mlp), down a row per output
+            normed = node.attrs.get("hidden_rms_eps") is not None
+            if twin.name == "dense" and (w_gate.attrs.get("layout", "dense") in LAYOUTS or normed) \
+                    and attrs["up_act"] != "unit":
+                # quantized or hidden-normed: three linears, as dense mode compiles such a block (fuse-gated-mlp),
+                # down a row per output
                 plain = {**GATED_MLP_ATTRS, "gate_act": attrs["gate_act"], "up_act": attrs["up_act"],
-                         "threshold": attrs["threshold"], "expert": attrs.get("expert", -1)}
+                         "threshold": attrs["threshold"], "expert": attrs.get("expert", -1),
+                         "hidden_rms_eps": node.attrs.get("hidden_rms_eps")}
                 return Node("gated_mlp", (x, w_gate, w_up, transposed(w_down_t)), plain, node.type, node.loc)
             kept = node.inputs[4:4 + len(twin.extra_inputs)]   # a twin with extra inputs takes its variant's
             return Node("sparse_gated_mlp", (x, w_gate, w_up, w_down_t, *kept), attrs, node.type, node.loc)

@@ -17,6 +17,9 @@ a zero vector), a down bias an `add` after the block:
 
 An expert of an MoE layer — weights `@W.e<i>` (batched expert weights, see `canonicalize_layout.py`) or a module
 path `...experts.<i>...` — gets `expert=i`, and its location names the expert (`model.layers.0.mlp.experts.3`).
+A block whose product is RMS-normalised before the down projection, down(rms_norm(g ⊙ u) ⊙ @w) (BitNet's
+ffn_sub_norm), becomes `gated_mlp(x, @Wg, @Wu, @Wd.normed){hidden_rms_eps=eps}` with @Wd.normed = Wd·diag(w):
+the norm keeps zeros zero, so the block stays exactly sparse (pattern `<name>-normed`).
 Plain MLPs, down(act(P(x, @W1))), are recorded as `plain-mlp`, noted for the report and left alone: nothing
 to gate on.
 
@@ -45,7 +48,7 @@ from ..ir import Graph, Node
 from ..ir.activations import PROBED, UP_ACTS, ZERO_BELOW
 from ..ir.mlp import pattern_name
 from .activation_analysis import classify_probed, classify_shifted
-from .base import Pass, Rule, apply_rules, derived_weight, note, record
+from .base import Pass, Rule, apply_rules, derived_weight, note, record, weight_array
 from .match import common_module, commuted
 
 GATE_ACT_OPS = {"silu": "silu", "relu": "relu", "fatrelu": "fatrelu", "gelu": "gelu", "relu2": "relu2",
@@ -95,24 +98,79 @@ def _up_side(node: Node):
     return probed if probed else ("identity", node)
 
 
+def _mul_leaves(node: Node, depth: int = 3, stop: Node | None = None) -> list[Node]:
+    """The factors of a tree of `mul`s (depth levels at most, not below `stop`), casts looked through."""
+    if node.op == "cast":
+        return _mul_leaves(node.inputs[0], depth, stop)
+    if node.op != "mul" or depth == 0 or node is stop:
+        return [node]
+    return [leaf for i in node.inputs for leaf in _mul_leaves(i, depth - 1, stop)]
+
+
+def _uncast(node: Node) -> Node:
+    return _uncast(node.inputs[0]) if node.op == "cast" else node
+
+
+def _inverse_rms(node: Node):
+    """rsqrt(mean(h², last axis, keepdim) + eps) (h² as pow(h, 2) or h·h) -> (h, eps), else None."""
+    if node.op != "rsqrt" or node.inputs[0].op != "add":
+        return None
+    for mean, eps in commuted(node.inputs[0]):
+        if (mean.op != "mean" or eps.op != "constant" or np.asarray(eps.attrs["value"]).size != 1
+                or tuple(mean.attrs.get("axes", ())) not in ((-1,), (mean.type.rank - 1,))):
+            continue
+        square = mean.inputs[0]
+        if square.op == "pow" and square.inputs[1].op == "constant" and \
+                np.asarray(square.inputs[1].attrs["value"]).reshape(-1).tolist() == [2.0]:
+            return _uncast(square.inputs[0]), float(np.asarray(eps.attrs["value"]).reshape(-1)[0])
+        if square.op == "mul" and _uncast(square.inputs[0]) is _uncast(square.inputs[1]):
+            return _uncast(square.inputs[0]), float(np.asarray(eps.attrs["value"]).reshape(-1)[0])
+    return None
+
+
+def _hidden_rms(node: Node):
+    """An RMS norm of the product before the down projection (BitNet's ffn_sub_norm): h · rsqrt(mean(h²) + eps)
+    [· @w], the factors in any order -> (h, w weight node or None, eps), else None."""
+    for r in _mul_leaves(node):
+        found = _inverse_rms(r)
+        if found is None:
+            continue
+        h, eps = found
+        leaves = _mul_leaves(node, stop=h)   # the product h is a mul itself: a factor here, not flattened
+        if len(leaves) not in (2, 3) or not any(leaf is r for leaf in leaves):
+            continue
+        rest = [leaf for leaf in leaves if leaf is not r]
+        if not any(leaf is h for leaf in rest) or h.op != "mul":
+            continue
+        weights = [leaf for leaf in rest if leaf is not h]
+        if len(weights) == len(rest) - 1 and all(w.op == "weight" and w.shape == (h.shape[-1],) for w in weights):
+            return h, (weights[0] if weights else None), eps
+    return None
+
+
 def _sides(node: Node, gate_side):
-    """For down(g ⊙ u, @Wd[, @bd]), each operand order whose g `gate_side` recognises: (g, what gate_side gave,
-    u, u's activation, u's projection, Wd, bd or None)."""
+    """For down(g ⊙ u, @Wd[, @bd]) or down(rms_norm(g ⊙ u), ...), each operand order whose g `gate_side`
+    recognises: (g, what gate_side gave, u, u's activation, u's projection, Wd, bd or None, the hidden norm
+    (`_hidden_rms`) or None)."""
     down = _projection(node)
-    if down is None or down[0].op != "mul":
+    if down is None:
         return
     product, w_down, b_down = down
+    norm = _hidden_rms(product) if product.op in ("mul", "cast") else None
+    product = norm[0] if norm else product
+    if product.op != "mul":
+        return
     for gate_node, up_node in commuted(product):
         gate = gate_side(gate_node)
         if gate is not None:
-            yield (gate_node, gate, up_node, *_up_side(up_node), w_down, b_down)
+            yield (gate_node, gate, up_node, *_up_side(up_node), w_down, b_down, norm)
 
 
 def _match(node: Node):
-    for gate_node, gate, up_node, up_act, up_proj, w_down, b_down in _sides(node, _gate_side):
+    for gate_node, gate, up_node, up_act, up_proj, w_down, b_down, norm in _sides(node, _gate_side):
         gate_act, threshold, gate_proj = gate
         base = {"gate_act": gate_act, "threshold": threshold, "up_act": up_act, "w_down": w_down, "b_down": b_down,
-                "locs": (gate_node.loc, up_node.loc, node.loc)}
+                "locs": (gate_node.loc, up_node.loc, node.loc), "hidden_rms": norm}
         separate = _projection(gate_proj), _projection(up_proj)
         if all(separate) and separate[0][0] is separate[1][0]:
             (x, w_gate, b_gate), (_, w_up, b_up) = separate
@@ -165,14 +223,21 @@ def _build(node: Node, b: dict) -> Node:
         attrs["bias"] = True
         biases = tuple(bias if bias is not None else _zero_bias(w) for bias, w in zip(b["biases"], b["weights"]))
     loc = _location(b, node.loc)
-    block = Node("gated_mlp", (b["x"], *b["weights"], b["w_down"], *biases), attrs, node.type, loc)
+    w_down = b["w_down"]
+    if b["hidden_rms"] is not None:   # the norm's eps an attribute, its weight folded into Wd's columns
+        _, w_norm, attrs["hidden_rms_eps"] = b["hidden_rms"]
+        if w_norm is not None:
+            w_down = derived_weight(f"{w_down.attrs['name']}.normed", lambda: weight_array(b["w_down"])
+                                    * weight_array(w_norm)[None, :].astype(np.float32))
+    block = Node("gated_mlp", (b["x"], *b["weights"], w_down, *biases), attrs, node.type, loc)
     if b["b_down"] is None:
         return block
     return Node("add", (block, b["b_down"]), {}, node.type, loc)
 
 
 def _pattern_of(b: dict) -> str:
-    return pattern_name(b["gate_act"], b["up_act"]) + ("-fused" if b["fused"] else "")
+    return pattern_name(b["gate_act"], b["up_act"]) + ("-fused" if b["fused"] else "") + \
+        ("-normed" if b["hidden_rms"] is not None else "")
 
 
 RULES = [Rule("gated-mlp", "linear(act(linear(x,@Wg)) ⊙ up_act(linear(x,@Wu)), @Wd) -> gated_mlp(x,@Wg,@Wu,@Wd)",
@@ -240,11 +305,11 @@ def cutoff_block(node: Node):
     """down(act(P(x, @Wg) - c) ⊙ up_act(P(x, @Wu))[, @bd]) with c per token and act exactly zero below
     (`classify_shifted`), no gate/up bias -> bindings (x, gate: the activated gate node, weights, activations,
     pattern), else None."""
-    for gate_node, shifted, up_node, up_act, up_proj, w_down, b_down in _sides(node, classify_shifted):
+    for gate_node, shifted, up_node, up_act, up_proj, w_down, b_down, norm in _sides(node, classify_shifted):
         gate_act, threshold, p, _ = shifted
         gate, up = _projection(p), _projection(up_proj)
-        if (gate and up and gate[0] is up[0] and gate[2] is None and up[2] is None and gate[1].shape == up[1].shape
-                and w_down.shape[1] == gate[1].shape[0]):
+        if (norm is None and gate and up and gate[0] is up[0] and gate[2] is None and up[2] is None
+                and gate[1].shape == up[1].shape and w_down.shape[1] == gate[1].shape[0]):
             return {"x": gate[0], "gate": gate_node, "w_gate": gate[1], "w_up": up[1], "w_down": w_down,
                     "b_down": b_down, "gate_act": gate_act, "threshold": threshold, "up_act": up_act,
                     "pattern": cutoff_pattern(gate_act, up_act),

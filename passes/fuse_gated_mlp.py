@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph, Node, rewrite
-from ..ir.mlp import pattern_name
+from ..ir.mlp import has_hidden_norm, pattern_name
 from ..ir.quant import QUANTIZE_KINDS
 from ..ir.sparse_variants import dense_variant_attrs
 from .base import Pass, record
@@ -51,6 +51,9 @@ class FuseGatedMLP(Pass):
                 return None
             if self.storage in QUANTIZE_KINDS:
                 record("kept-linears")   # three linears on the quantized rows as stored (module docstring)
+                return None
+            if has_hidden_norm(node):
+                record("kept-linears")   # the fused kernel applies no hidden norm; the linears and the norm do
                 return None
             a = node.attrs
             pattern = pattern_name(a["gate_act"], a["up_act"]) + ("-fused" if a["fused"] else "")

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..ir import Graph, Node, TensorType
 from ..ir.activations import reads_input
-from ..ir.mlp import pattern_name, split_fused
+from ..ir.mlp import has_hidden_norm, pattern_name, split_fused
 from ..ir.moe import BIASED_MODES
 from ..ir.ops import op_def
 from .base import Pass, Rule, apply_rules, derived_weight, note, record, weight_array
@@ -90,7 +90,7 @@ def _term(node: Node) -> tuple[Node, Node, Node, int] | None:
         return None
     for block, r in (node.inputs, node.inputs[::-1]):
         block = _augmented(block) or _unbiased(block)
-        if block.op in BLOCKS:
+        if block.op in BLOCKS and not has_hidden_norm(block):   # the routed kernel applies no hidden norm
             routing = _routing(r)
             if routing is not None:
                 return block, *routing

@@ -57,7 +57,7 @@ import numpy as np
 from ..errors import ModeError
 from ..ir import Graph, Node, rewrite
 from ..ir.activations import ZERO_BELOW
-from ..ir.mlp import is_exactly_sparse, pattern_name
+from ..ir.mlp import has_hidden_norm, is_exactly_sparse, pattern_name
 from ..ir.sparse_variants import VARIANTS
 from .base import Pass, note, record
 from .detect_gated_mlp import cutoff_block, plain_as_gated
@@ -95,9 +95,18 @@ class SparsifyExact(Pass):
                       "reason": "its weights hold NaN/Inf: skipping inactive neurons would hide the NaN that "
                                 "0 * Inf gives (as torch computes it)"})
                 return None
-            record(pattern)
             attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "exact",
                      "pattern": pattern}
+            if has_hidden_norm(node):
+                if self.kernel_family not in VARIANTS["exact"].hidden_norm_families:
+                    record("kept-dense")
+                    note({"kind": "kept-dense", "location": node.loc, "pattern": pattern, "mode": "dense",
+                          "reason": f"no {self.kernel_family} kernel normalises a block's hidden vector (BitNet's "
+                                    f"ffn_sub_norm; exact's kernels that do: "
+                                    f"{', '.join(VARIANTS['exact'].hidden_norm_families)}); its ops run dense"})
+                    return None
+                attrs["hidden_rms_eps"] = node.attrs["hidden_rms_eps"]
+            record(pattern)
             if node.attrs["gate_act"] == "fatrelu":
                 attrs["threshold"] = node.attrs["threshold"]
             return to_sparse_layout(node, attrs, graph, new_weights)

@@ -48,11 +48,11 @@ import numpy as np
 from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.graph import quantized_weight_node
-from ..ir.mlp import pattern_name
+from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, pattern_name
 from ..ir.quant import FLOAT_KINDS, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
-from .base import Pass, coerce_options, record
+from .base import Pass, coerce_options, note, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, refused, threshold_attrs
 from .detect_gated_mlp import plain_as_gated
 from .rotation import ROTATION_STORAGE
@@ -94,7 +94,11 @@ class SparsifyThreshold(Pass):
 
     def run(self, graph: Graph) -> Graph:
         graph = rewrite(graph, _plain_block, {})   # non-gated MLPs (GPT-2, Falcon, OPT) as blocks with a unit up
-        blocks = [n for n in graph.nodes if n.op == "gated_mlp"]
+        for normed in (n for n in graph.nodes if n.op == "gated_mlp" and has_hidden_norm(n)):
+            record("kept-dense-hidden-norm")
+            note({"kind": "kept-dense", "location": normed.loc, "mode": "dense", "reason": HIDDEN_NORM_REASON,
+                  "pattern": pattern_name(normed.attrs["gate_act"], normed.attrs["up_act"])})
+        blocks = [n for n in graph.nodes if n.op == "gated_mlp" and not has_hidden_norm(n)]
         if not blocks:
             return graph
         chosen = self._given(blocks)
@@ -141,7 +145,7 @@ class SparsifyThreshold(Pass):
         new_weights: dict = {}
 
         def visit(node: Node) -> Node | None:
-            if node.op != "gated_mlp":
+            if node.op != "gated_mlp" or has_hidden_norm(node):
                 return None
             c, (name, why) = next(in_order)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (

@@ -37,6 +37,7 @@ from ..errors import MemoryBudgetError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.activations import reads_input
 from ..ir.arrays import aligned_contiguous
+from ..ir.mlp import has_hidden_norm
 from ..ir.sparse_variants import NEURON_GROUP
 from ..targets import Target
 from .base import Pass, note, record
@@ -49,7 +50,9 @@ COLD_OF = {"exact": "cold", "predictor": "cold-predictor"}
 
 def splittable(node: Node) -> bool:
     attrs = node.attrs
-    return node.op == "sparse_gated_mlp" and attrs.get("mode") in COLD_OF and bool(attrs.get("group_frequency"))
+    # a hidden norm spans every neuron: a hot part and a cold part summed would each normalise their own share
+    return (node.op == "sparse_gated_mlp" and attrs.get("mode") in COLD_OF and bool(attrs.get("group_frequency"))
+            and not has_hidden_norm(node))
 
 
 def gate_resident(node: Node) -> bool:

@@ -173,6 +173,7 @@ SPELLING_FORMS = {
     "relu-clamp": (lambda: Gated(lambda g, u: g.clamp(min=0) * u), {"zero-below": 1}, {"reglu": 1}),
     "relu-squared": (lambda: Gated(lambda g, u: torch.square(F.relu(g)) * u), {"zero-below": 1},
                      {"relu2-glu": 1}),
+    "relu-power-two": (lambda: Gated(lambda g, u: F.relu(g) ** 2 * u), {"zero-below": 1}, {"relu2-glu": 1}),  # pow
     "relu6-hardtanh": (lambda: Gated(lambda g, u: F.hardtanh(g, 0.0, 6.0) * u), {"zero-below": 2},  # max, then min
                        {"relu6-glu": 1}),
     # DeepSeek-V4's experts: clamped, not exactly sparse, found by probing (gpt-oss's: test_clamped_swiglu_...)

@@ -36,7 +36,7 @@ from functools import cache
 from tvm.script import tirx as T
 
 from ...ir.activations import ZERO_BELOW, reads_input
-from .axpy import axpy_macro, zero_columns_macro
+from .axpy import axpy_macro, task_columns, zero_columns_macro
 from .common import (
     GATE_ACTS,
     UP_ACTS,
@@ -85,31 +85,34 @@ def weights_tag(dtype: str, down_dtype: str | None) -> str:
 @cache
 def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                      threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
-                     sched: CpuSchedule):
+                     hidden_rms_eps: float | None = None, sched: CpuSchedule):
     """Exact-mode sparse gated MLP: (x, w_gate, w_up, w_down_t, out), see the module docstring.
 
     gate_act: "relu" (ReGLU / dReLU) or "fatrelu" (g if g > threshold else 0);
-    up_act: "identity" (ReGLU) or "relu" (dReLU); down_dtype: w_down_t's layout where it is not `dtype`'s.
+    up_act: "identity" (ReGLU) or "relu" (dReLU); down_dtype: w_down_t's layout where it is not `dtype`'s;
+    hidden_rms_eps: h normalised by its RMS before the down projection (`compacting_body`).
     """
     check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS, down_dtype)
     down = down_dtype or dtype
     sched = sched.fitted(d, dtype, down)
-    name = mlp_symbol("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, down)
+    kind = "exact" if hidden_rms_eps is None else f"exactrms{threshold_tag(hidden_rms_eps)}"
+    name = mlp_symbol(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, down)
     return compacting_gated_mlp(d, n_ff, dtype, sched, name, gate_value=skipping_value(activation(gate_act, threshold)),
                                 act_u=activation(up_act), kernel="exact", reads_up=reads_input(up_act),
-                                down_dtype=down)
+                                down_dtype=down, hidden_rms_eps=hidden_rms_eps)
 
 
 def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name: str, *, gate_value, act_u,
-                         keep_product=None, kernel: str, reads_up: bool = True, down_dtype: str | None = None):
+                         keep_product=None, kernel: str, reads_up: bool = True, down_dtype: str | None = None,
+                         hidden_rms_eps: float | None = None):
     """The kernel of exact and threshold modes (`kernel`: "exact" / "threshold"): (x, w_gate, w_up, w_down_t, out),
     structure in the module docstring; its body is `compacting_body`'s. `down_dtype`: w_down_t's layout (default
-    `dtype`)."""
+    `dtype`); `hidden_rms_eps`: `compacting_body`'s."""
     threads = sched.threads
     down = down_dtype or dtype
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
     body = compacting_body(d, n_ff, dtype, sched, gate_value=gate_value, act_u=act_u, keep_product=keep_product,
-                           x8=x8, kernel=kernel, reads_up=reads_up, down_dtype=down)
+                           x8=x8, kernel=kernel, reads_up=reads_up, down_dtype=down, hidden_rms_eps=hidden_rms_eps)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
     dshape, ddtype = weight_buffer(n_ff, d, down)
 
@@ -137,7 +140,7 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
 
 def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_value, act_u, keep_product=None,
                     x8: bool = False, kernel: str, gate_dots=None, reads_up: bool = True,
-                    down_dtype: str | None = None):
+                    down_dtype: str | None = None, hidden_rms_eps: float | None = None):
     """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out)`: the two regions of the exact and threshold
     kernels over the n_ff neurons whose weights are rows row0 .. row0 + n_ff - 1 (a routed expert's; 0 for a
     block's own weights). Scratch: g, h [M, n_ff] f32, idx [n_ff] i32 (it lists weight rows), cnt [threads] i32.
@@ -151,7 +154,10 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     `gate_dots`: a macro in place of the gate row dots (same arguments), e.g. one that leaves g as computed before
     the kernel (cutoff_mlp.py: the activated gate is an input). `reads_up` False: act_u ignores its input (`unit`,
     a non-gated MLP's up factor), so no up row is read. `down_dtype`: w_down_t's layout where it is not `dtype`
-    (q8_0 down rows beside a GGUF's 4-bit gate / up: passes/quantize.py).
+    (q8_0 down rows beside a GGUF's 4-bit gate / up: passes/quantize.py). `hidden_rms_eps`: the block normalises h
+    by its RMS over the n_ff neurons before the down projection (BitNet): each task sums its kept h² in the first
+    region, and in the second scales its output columns by 1 / sqrt(sum / n_ff + eps) (a per-token factor commutes
+    with the down projection; the skipped neurons' h is 0 and adds nothing to the sum).
     """
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
@@ -162,9 +168,12 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     up_dots, _ = dots_macro(d, dtype, sched, gathered=not product, x8=x8)
     axpy_all, _ = axpy_macro(d, down_dtype or dtype, sched, gathered=True, kernel=kernel)
     zero_cols = zero_columns_macro(d, sched, down_dtype or dtype)
+    normed = hidden_rms_eps is not None
+    eps = T.float32(hidden_rms_eps or 0.0)
 
     @T.macro
     def body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out):
+        sq = T.alloc_buffer((threads, M if normed else 1), "float32")   # per task and token: its kept h²
         # 1) per task: gate over its contiguous rows (product: up too), list the neurons some token keeps
         for t in T.parallel(threads):
             c = T.alloc_buffer((1,), "int32", scope="global")
@@ -203,6 +212,11 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
                     for r in range(T.min(R, nl - st * R)):
                         for m in range(M):
                             h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r] - row0] * act_u(h[m, j0 + st * R + r])
+            if normed:
+                for m in range(M):
+                    sq[t, m] = zero
+                    for i in range(nl):
+                        sq[t, m] = sq[t, m] + h[m, j0 + i] * h[m, j0 + i]
         # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
         for t in T.parallel(threads):
             zero_cols(t, out, M)
@@ -210,6 +224,17 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
                 n2: T.let = cnt[t2]
                 for st in range((n2 + R - 1) // R):
                     axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
+            if normed:
+                c0: T.let = task_columns(t, d, sched, down_dtype or dtype)[0]
+                c1: T.let = task_columns(t, d, sched, down_dtype or dtype)[1]
+                for m in range(M):
+                    total = T.alloc_buffer((1,), "float32", scope="global")
+                    total[0] = zero
+                    for t2 in range(threads):
+                        total[0] = total[0] + sq[t2, m]
+                    scale: T.let = T.float32(1) / T.sqrt(total[0] / T.float32(n_ff) + eps)
+                    for c in range(c1 - c0):
+                        out[m, c0 + c] = out[m, c0 + c] * scale
 
     return body
 
