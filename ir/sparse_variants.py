@@ -322,8 +322,9 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         doc="a per-layer predictor (lowrank, svd, sign) picks the neurons; ReLU-family gates, lossy"),
     SparseVariant(
         "certified", attrs={}, extra_inputs=("scores",), intermediate=_exact_intermediate,
-        kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_activation_options, dense_attrs=_plain_attrs,
+        kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_exact_options, dense_attrs=_plain_attrs,
         report=_certified_report, measure=_certified_measure, report_mode="exact", own_down_layout=True,
+        hidden_norm_families=("cpu",),
         doc="exact mode whose gate rows are read only for neurons an int8 gate copy cannot certify inactive"),
     SparseVariant(
         "input",

@@ -33,7 +33,6 @@ import numpy as np
 
 from ..ir import Graph, Node, rewrite
 from ..ir.activations import ZERO_BELOW
-from ..ir.mlp import has_hidden_norm
 from ..ir.quant import QUANTIZE_KINDS
 from ..targets.base import EXACT_GATES
 from .base import Pass, coerce_options, record
@@ -63,7 +62,7 @@ class CertifyExactGate(Pass):
         def visit(node: Node) -> Node | None:
             if node.op != "sparse_gated_mlp" or node.attrs.get("mode") != "exact":
                 return None
-            if skip_all or has_hidden_norm(node) or not _certifiable(node, graph):   # its kernel: no hidden norm
+            if skip_all or not _certifiable(node, graph):
                 record("kept-dense-gate")
                 return None
             return _certified(node, graph, new_weights)   # a biased block's slice around it is rebuilt on top

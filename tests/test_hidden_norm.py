@@ -51,7 +51,8 @@ def test_a_normed_hidden_is_detected_its_weight_folded_and_exact_mode_equals_tor
     run = run_pipeline(graph, pipeline_for("exact"))
     assert run.stats["detect-gated-mlp"] == {"gated-mlp": 1, "relu2-glu-normed": 1}
     (node,) = [n for n in run.graph.nodes if n.op == "sparse_gated_mlp"]
-    assert node.attrs["mode"] == "exact" and node.attrs["hidden_rms_eps"] == pytest.approx(EPS)
+    # exact, or its certified form where the target's data says the int8 gate copy pays: both apply the norm
+    assert node.attrs["mode"] in ("exact", "certified") and node.attrs["hidden_rms_eps"] == pytest.approx(EPS)
     folded = run.graph.weights[node.inputs[3].attrs["name"]]   # Wd·diag(w), stored transposed
     want = model.down.weight.detach().numpy().T * (model.norm_weight.detach().numpy()[:, None] if spelling < 2 else 1)
     np.testing.assert_allclose(folded, want, rtol=1e-6)
@@ -143,11 +144,30 @@ def normed_calls(rng, d, n_ff, dtype, frac):
     return calls
 
 
-def normed_kernel(d, n_ff, dtype, sched):
+def normed_kernel(d, n_ff, dtype, sched, name="exact"):
     from actsparse.codegen.kernels import kernel
 
-    return kernel("exact", d, n_ff, gate_act="relu2", up_act="identity", dtype=dtype, sched=sched,
-                  hidden_rms_eps=EPS)
+    return kernel(name, d, n_ff, gate_act="relu2", up_act="identity", dtype=dtype, sched=sched, hidden_rms_eps=EPS)
+
+
+def test_the_scored_kernel_applies_the_norm_over_the_neurons_it_computes():
+    """The certified form's CPU kernel (`scored`: neurons above a score cutoff, then their gate): the norm over the
+    computed neurons' h, the rest 0 (as the variant's reference)."""
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    rng = np.random.default_rng(3)
+    d, n_ff, M = 40, 50, 3
+    calls = normed_calls(rng, d, n_ff, "float32", 0.5)
+    scores = rng.standard_normal((M, n_ff)).astype(np.float32)
+    x, wg, wu, wd_t, out = calls[1].args   # M = 3, every gate positive
+    wg = wg * np.where(rng.random(n_ff) < 0.5, 1, -1)[:, None].astype(np.float32)
+    h = np.maximum(x.astype(np.float64) @ wg.T, 0) ** 2 * (x.astype(np.float64) @ wu.T) * (scores > 0.0)
+    hn = h / np.sqrt((h * h).mean(-1, keepdims=True) + EPS)
+    call = Call([x, wg, wu, wd_t, scores, np.zeros(1, np.float32), out], hn @ wd_t, np.abs(hn) @ np.abs(wd_t),
+                "float32")
+    (got,) = run_native(normed_kernel(d, n_ff, "float32", schedule_for(targets.get("x86")), "scored"), [call])
+    call.check(got)
 
 
 @settings(max_examples=examples(8), suppress_health_check=[HealthCheck.too_slow])

@@ -35,7 +35,8 @@ from tvm.script import tirx as T
 
 from ...ir.activations import ZERO_BELOW
 from .axpy import axpy_macro, zero_columns_macro
-from .common import activation, dots_macro, is_active, x_operand
+from .common import activation, dots_macro, is_active, threshold_tag, x_operand
+from .hidden_norm import hidden_norm_macros
 from .quant_blocks import weight_buffer
 from .rows import prefetch_macro
 from .schedule import CpuSchedule
@@ -44,16 +45,18 @@ from .sparse_mlp import check_mlp, mlp_symbol
 
 
 def _phases(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dtype: str, sched: CpuSchedule,
-            *, gate_prefetch: bool | None = None, down_dtype: str | None = None):
+            *, gate_prefetch: bool | None = None, down_dtype: str | None = None,
+            hidden_rms_eps: float | None = None):
     """What the scored and the certified kernels share, as macros over the kernel's buffers:
     (x8, x8_bytes, prep_x, gate_step, up_phase, down_phase) with
 
     gate_step(w_gate, xd, s, cutoff, M, idx, g, j0, p, end, kept, live): the gate rows of list slots p .. p + R - 1
         (< end), each token's score test (a slot not this token's counts as 0), then the slot compacted to `kept`
         if some token kept it (kept <= p: compaction overwrites only what was read);
-    up_phase(w_up, xd, M, idx, g, h, j0, nk): h = g · act_u(up row) of the nk kept slots;
-    down_phase(w_down_t, idx, h, cnt, out, M): the output, task t streaming its column slice of every kept down row
-        (`down_dtype` rows, default `dtype`).
+    up_phase(w_up, xd, M, idx, g, h, j0, nk, sq, t): h = g · act_u(up row) of the nk kept slots (with
+        `hidden_rms_eps`, task t's Σ h² into sq[t, :], hidden_norm.py; sq [threads, M], else unused);
+    down_phase(w_down_t, idx, h, cnt, out, M, sq): the output, task t streaming its column slice of every kept down
+        row (`down_dtype` rows, default `dtype`), then, with the norm, scaling its columns.
     """
     R, threads = sched.rows, sched.threads
     nper = (n_ff + threads - 1) // threads
@@ -64,6 +67,8 @@ def _phases(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dty
     axpy_all, axpy = axpy_macro(d, down_dtype or dtype, sched, gathered=True, kernel="scored")
     zero_cols = zero_columns_macro(d, sched, down_dtype or dtype)
     zero = T.float32(0)
+    normed = hidden_rms_eps is not None
+    sum_squares, scale_columns = hidden_norm_macros(d, n_ff, sched, down_dtype or dtype, hidden_rms_eps or 0.0)
 
     @T.macro
     def gate_step(w_gate, xd, s, cutoff, M, idx, g, j0, p, end, kept, live):
@@ -85,7 +90,7 @@ def _phases(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dty
                 kept[0] = kept[0] + 1
 
     @T.macro
-    def up_phase(w_up, xd, M, idx, g, h, j0, nk):
+    def up_phase(w_up, xd, M, idx, g, h, j0, nk, sq, t):
         for st in range((nk + R - 1) // R):
             if M == 1:
                 up_dot(w_up, xd, 0, idx, j0, st * R, nk, h, j0)
@@ -94,9 +99,11 @@ def _phases(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dty
             for r in range(T.min(R, nk - st * R)):
                 for m in range(M):
                     h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
+        if normed:
+            sum_squares(h, j0, nk, sq, t, M)
 
     @T.macro
-    def down_phase(w_down_t, idx, h, cnt, out, M):
+    def down_phase(w_down_t, idx, h, cnt, out, M, sq):
         # task t owns a slice of the output columns and streams that slice of every kept row
         for t in T.parallel(threads):
             zero_cols(t, out, M)
@@ -107,6 +114,8 @@ def _phases(d: int, n_ff: int, gate_act: str, up_act: str, threshold: float, dty
                         axpy(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, 0)
                     else:
                         axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
+            if normed:
+                scale_columns(out, sq, t, M)
 
     return x8, x8_bytes, prep_x, gate_step, up_phase, down_phase
 
@@ -122,15 +131,17 @@ def _fitted(d, n_ff, gate_act, up_act, dtype, sched, down_dtype=None):
 @cache
 def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                      threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
-                     sched: CpuSchedule):
+                     hidden_rms_eps: float | None = None, sched: CpuSchedule):
     """(x, w_gate, w_up, w_down_t, scores, cutoff, out), see the module docstring; gate_act one of ZERO_BELOW;
-    `down_dtype`: w_down_t's layout where it is not `dtype`'s."""
+    `down_dtype`: w_down_t's layout where it is not `dtype`'s; `hidden_rms_eps`: a hidden RMS norm
+    (hidden_norm.py)."""
     down = down_dtype or dtype
     sched = _fitted(d, n_ff, gate_act, up_act, dtype, sched, down)
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # neurons per task; also each task's slot range in idx / g / h
     x8, x8_bytes, prep_x, gate_step, up_phase, down_phase = _phases(d, n_ff, gate_act, up_act, threshold, dtype,
-                                                                    sched, down_dtype=down)
+                                                                    sched, down_dtype=down,
+                                                                    hidden_rms_eps=hidden_rms_eps)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
     dshape, ddtype = weight_buffer(n_ff, d, down)
 
@@ -152,6 +163,7 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
         h = T.alloc_buffer((M, n_ff), "float32")  # h by slot
         idx = T.alloc_buffer((n_ff,), "int32")    # neuron of each slot, task t's slots from t * nper
         cnt = T.alloc_buffer((threads,), "int32")  # kept slots per task
+        sq = T.alloc_buffer((threads, M if hidden_rms_eps is not None else 1), "float32")   # a hidden norm's sums
         # 1) per task, its contiguous neurons: list those some token scores above the cutoff, gather their gate
         #    rows, keep the ones some token both scored and fired, gather the kept ones' up rows
         for t in T.parallel(threads):
@@ -174,10 +186,11 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
             for st in range((nl + R - 1) // R):
                 gate_step(w_gate, xd, s, cutoff, M, idx, g, j0, st * R, nl, kept, live)
             cnt[t] = kept[0]
-            up_phase(w_up, xd, M, idx, g, h, j0, kept[0])
-        down_phase(w_down_t, idx, h, cnt, out, M)
+            up_phase(w_up, xd, M, idx, g, h, j0, kept[0], sq, t)
+        down_phase(w_down_t, idx, h, cnt, out, M, sq)
 
-    return kernel.with_attr("global_symbol", mlp_symbol("scored", d, n_ff, gate_act, up_act, threshold, dtype, sched,
+    kind = "scored" if hidden_rms_eps is None else f"scoredrms{threshold_tag(hidden_rms_eps)}"
+    return kernel.with_attr("global_symbol", mlp_symbol(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched,
                                                         down))
 
 
@@ -187,7 +200,7 @@ SCORE_LAYOUT = "q8_0"  # the bound predictor's int8 copy (passes/certified_gate.
 @cache
 def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                         threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule, block: int = 0,
-                        ahead: bool = False):
+                        ahead: bool = False, hidden_rms_eps: float | None = None):
     """(x, w_gate, w_up, w_down_t, w8, coef, cutoff, out): the scored kernel with the bound predictor's scores
     computed inside, `block` neurons (0: 128 row steps) scored ahead of the gate rows read (module docstring).
     `ahead`: a listed neuron's whole gate row is prefetched when it is listed; else the gate dots prefetch the next
@@ -206,7 +219,8 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
     nblk = (nper + B - 1) // B
     # the listed rows were prefetched a block ahead: the gate dots' own prefetch of the next step would repeat it
     x8, x8_bytes, prep_x, gate_step, up_phase, down_phase = _phases(d, n_ff, gate_act, up_act, threshold, dtype,
-                                                                    sched, gate_prefetch=False if ahead else None)
+                                                                    sched, gate_prefetch=False if ahead else None,
+                                                                    hidden_rms_eps=hidden_rms_eps)
     # the float path: x not rounded to 8 bits (the bound assumes float dots)
     score_dots, score_dot = dots_macro(d, SCORE_LAYOUT, sched, gathered=False)
     int16 = sched.certified_scores == "int16" and has_int16_scores(sched)
@@ -241,6 +255,7 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
         h = T.alloc_buffer((M, n_ff), "float32")
         idx = T.alloc_buffer((n_ff,), "int32")
         cnt = T.alloc_buffer((threads,), "int32")
+        sq = T.alloc_buffer((threads, M if hidden_rms_eps is not None else 1), "float32")   # a hidden norm's sums
         xq = T.alloc_buffer((M, G16 * 32 if int16 else 1), "int16")  # x rounded to int16, per group its dx
         dxs = T.alloc_buffer((M, G16 if int16 else 1), "float32")
         if int16:
@@ -290,9 +305,10 @@ def certified_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: st
                 done[0] = listed0
             gate_range(w_gate, xd, s, cutoff, M, idx, g, j0, done[0], c[0], kept, live)
             cnt[t] = kept[0]
-            up_phase(w_up, xd, M, idx, g, h, j0, kept[0])
-        down_phase(w_down_t, idx, h, cnt, out, M)
+            up_phase(w_up, xd, M, idx, g, h, j0, kept[0], sq, t)
+        down_phase(w_down_t, idx, h, cnt, out, M, sq)
 
-    tag = f"b{B}" + ("" if ahead else "s") + ("w" if int16 else "")
+    tag = f"b{B}" + ("" if ahead else "s") + ("w" if int16 else "") + \
+        ("" if hidden_rms_eps is None else f"rms{threshold_tag(hidden_rms_eps)}")
     return kernel.with_attr("global_symbol",
                             mlp_symbol("certified" + tag, d, n_ff, gate_act, up_act, threshold, dtype, sched))

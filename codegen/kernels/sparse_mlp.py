@@ -36,7 +36,7 @@ from functools import cache
 from tvm.script import tirx as T
 
 from ...ir.activations import ZERO_BELOW, reads_input
-from .axpy import axpy_macro, task_columns, zero_columns_macro
+from .axpy import axpy_macro, zero_columns_macro
 from .common import (
     GATE_ACTS,
     UP_ACTS,
@@ -49,6 +49,7 @@ from .common import (
     threshold_tag,
     x_operand,
 )
+from .hidden_norm import hidden_norm_macros
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 
@@ -156,8 +157,7 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     a non-gated MLP's up factor), so no up row is read. `down_dtype`: w_down_t's layout where it is not `dtype`
     (q8_0 down rows beside a GGUF's 4-bit gate / up: passes/quantize.py). `hidden_rms_eps`: the block normalises h
     by its RMS over the n_ff neurons before the down projection (BitNet): each task sums its kept h² in the first
-    region, and in the second scales its output columns by 1 / sqrt(sum / n_ff + eps) (a per-token factor commutes
-    with the down projection; the skipped neurons' h is 0 and adds nothing to the sum).
+    region, and in the second scales its output columns by 1 / sqrt(sum / n_ff + eps) (hidden_norm.py).
     """
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
@@ -169,7 +169,7 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     axpy_all, _ = axpy_macro(d, down_dtype or dtype, sched, gathered=True, kernel=kernel)
     zero_cols = zero_columns_macro(d, sched, down_dtype or dtype)
     normed = hidden_rms_eps is not None
-    eps = T.float32(hidden_rms_eps or 0.0)
+    sum_squares, scale_columns = hidden_norm_macros(d, n_ff, sched, down_dtype or dtype, hidden_rms_eps or 0.0)
 
     @T.macro
     def body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out):
@@ -213,10 +213,7 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
                         for m in range(M):
                             h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r] - row0] * act_u(h[m, j0 + st * R + r])
             if normed:
-                for m in range(M):
-                    sq[t, m] = zero
-                    for i in range(nl):
-                        sq[t, m] = sq[t, m] + h[m, j0 + i] * h[m, j0 + i]
+                sum_squares(h, j0, nl, sq, t, M)
         # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
         for t in T.parallel(threads):
             zero_cols(t, out, M)
@@ -225,16 +222,7 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
                 for st in range((n2 + R - 1) // R):
                     axpy_all(w_down_t, idx, t2 * nper, st * R, n2, h, t2 * nper, t, out, M)
             if normed:
-                c0: T.let = task_columns(t, d, sched, down_dtype or dtype)[0]
-                c1: T.let = task_columns(t, d, sched, down_dtype or dtype)[1]
-                for m in range(M):
-                    total = T.alloc_buffer((1,), "float32", scope="global")
-                    total[0] = zero
-                    for t2 in range(threads):
-                        total[0] = total[0] + sq[t2, m]
-                    scale: T.let = T.float32(1) / T.sqrt(total[0] / T.float32(n_ff) + eps)
-                    for c in range(c1 - c0):
-                        out[m, c0 + c] = out[m, c0 + c] * scale
+                scale_columns(out, sq, t, M)
 
     return body
 
