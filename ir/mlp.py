@@ -65,7 +65,7 @@ def has_hidden_norm(node) -> bool:
 
 
 HIDDEN_NORM_REASON = ("its hidden vector is RMS-normalised before the down projection (BitNet's ffn_sub_norm): only "
-                      "exact mode's CPU kernel applies that norm; kept dense")
+                      "exact mode's kernels apply that norm; kept dense")
 
 
 def is_exactly_sparse(gate_act: str) -> bool:

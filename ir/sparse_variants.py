@@ -81,8 +81,8 @@ class SparseVariant:
     # its kernels (every family's) read the down projection in a layout of its own, not only the gate's: a GGUF's
     # 4-bit gate / up kept as stored beside a down projection re-quantized at 8 bits (passes/quantize.py)
     own_down_layout: bool = False
-    # kernel families whose kernel applies a block's hidden RMS norm (`hidden_rms_eps`); a pass keeps such a block
-    # dense on the others
+    # kernel families whose kernel applies a block's hidden RMS norm (`hidden_rms_eps`); sparsify-exact keeps such a
+    # block dense on the others (the lowering refuses one that got there)
     hidden_norm_families: tuple[str, ...] = ()
     report_mode: str = ""  # the mode its report row shows ("": its name), e.g. a lossless form of exact mode
     dense_twin: str = "dense"  # the variant of its dense twin (passes/densify.py); itself: it is a dense twin
@@ -297,7 +297,7 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
     SparseVariant(
         "exact", attrs={}, extra_inputs=(), intermediate=_exact_intermediate,
         kernels={"cpu": "exact", "cuda": "exact"}, kernel_options=_exact_options, dense_attrs=_plain_attrs,
-        own_down_layout=True, hidden_norm_families=("cpu",),
+        own_down_layout=True, hidden_norm_families=("cpu", "cuda"),
         doc="ReLU-family gates (ReGLU, dReLU, FATReLU): skips exactly-zero neurons, lossless"),
     SparseVariant(
         "threshold",
@@ -316,15 +316,15 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         attrs={"predictor": "lowrank", "cutoff": 0.0, "rank": None, "predictor_bytes_pct": None,
                "calibrated_recall": None},
         extra_inputs=("scores",), intermediate=_predictor_intermediate,
-        kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_activation_options,
+        kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_exact_options,
         dense_attrs=_plain_attrs, report=_predictor_report, lossy=True, measure=_predictor_measure,
-        own_down_layout=True,
+        own_down_layout=True, hidden_norm_families=("cpu", "cuda"),
         doc="a per-layer predictor (lowrank, svd, sign) picks the neurons; ReLU-family gates, lossy"),
     SparseVariant(
         "certified", attrs={}, extra_inputs=("scores",), intermediate=_exact_intermediate,
         kernels={"cpu": "predicted", "cuda": "scored"}, kernel_options=_exact_options, dense_attrs=_plain_attrs,
         report=_certified_report, measure=_certified_measure, report_mode="exact", own_down_layout=True,
-        hidden_norm_families=("cpu",),
+        hidden_norm_families=("cpu", "cuda"),
         doc="exact mode whose gate rows are read only for neurons an int8 gate copy cannot certify inactive"),
     SparseVariant(
         "input",

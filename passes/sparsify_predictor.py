@@ -45,7 +45,7 @@ import numpy as np
 from ..errors import ModeError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.graph import quantized_weight_node
-from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, is_exactly_sparse, pattern_name
+from ..ir.mlp import is_exactly_sparse, pattern_name
 from ..ir.quant import QuantizedWeight
 from .activation_stats import BlockActivations, block_weights, collect_activations
 from .base import Pass, coerce_options, note, record
@@ -79,11 +79,7 @@ class SparsifyPredictor(Pass):
 
 
     def run(self, graph: Graph) -> Graph:
-        for normed in (n for n in graph.nodes if n.op == "gated_mlp" and has_hidden_norm(n)):
-            record("kept-dense-hidden-norm")
-            note({"kind": "kept-dense", "location": normed.loc, "mode": "dense", "reason": HIDDEN_NORM_REASON,
-                  "pattern": pattern_name(normed.attrs["gate_act"], normed.attrs["up_act"])})
-        blocks = [n for n in graph.nodes if n.op == "gated_mlp" and not has_hidden_norm(n)]
+        blocks = [n for n in graph.nodes if n.op == "gated_mlp"]
         if not blocks:
             return graph
         certified = not KINDS[self.predictor].calibrated
@@ -114,7 +110,7 @@ class SparsifyPredictor(Pass):
         new_weights: dict = {}
 
         def visit(node: Node) -> Node | None:
-            if node.op != "gated_mlp" or has_hidden_norm(node):
+            if node.op != "gated_mlp":
                 return None
             p, a = next(in_order)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
@@ -136,7 +132,7 @@ class SparsifyPredictor(Pass):
         new_weights: dict = {}
 
         def visit(node: Node) -> Node | None:
-            if node.op != "gated_mlp" or has_hidden_norm(node):
+            if node.op != "gated_mlp":
                 return None
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             record(pattern)
@@ -188,6 +184,8 @@ def _predictor_block(node: Node, p: Fitted, pattern: str, provenance: dict, grap
              **{k: v for k, v in provenance.items() if v is not None}}
     if node.attrs["gate_act"] == "fatrelu":
         attrs["threshold"] = node.attrs["threshold"]
+    if node.attrs.get("hidden_rms_eps") is not None:   # the norm over the computed neurons (their kernels apply it)
+        attrs["hidden_rms_eps"] = node.attrs["hidden_rms_eps"]
     out = to_sparse_layout(node, attrs, graph, new_weights)
     inner = out if out.op == "sparse_gated_mlp" else out.inputs[0]   # biased blocks: slice(sparse_gated_mlp(...))
     with_scores = inner.replace(inputs=(*inner.inputs, scores))

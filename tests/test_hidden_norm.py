@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 
 import actsparse
 
-from .kernel_cases import Call, cross_kernels, examples, kernel_weights, require_cross_tools, run_batch, run_native
+from .kernel_cases import (
+    Call,
+    cross_kernels,
+    examples,
+    kernel_weights,
+    require_cross_tools,
+    run_batch,
+    run_native,
+    simt_kernels,
+)
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("tvm")
@@ -66,24 +75,48 @@ def test_a_normed_hidden_is_detected_its_weight_folded_and_exact_mode_equals_tor
     assert row.mode == "exact" and row.sparsity > 0.3   # relu²'s zeros survive the norm
 
 
-def test_targets_and_modes_without_a_normed_kernel_keep_the_block_dense():
+def test_modes_without_a_normed_kernel_keep_the_block_dense():
     from actsparse.frontends.torch_export import import_torch
     from actsparse.passes import pipeline_for, run_pipeline
+    from actsparse.passes.sparsify_exact import SparsifyExact
 
     model = NormedMLP().eval()
     x = torch.randn(1, 6, 24)
     graph = import_torch(model, (x,))
-    cuda = run_pipeline(graph, pipeline_for("exact", target="cuda"))
-    assert cuda.stats["sparsify-exact"] == {"kept-dense": 1} and cuda.graph.count("sparse_gated_mlp") == 0
-    (note,) = [n for n in cuda.notes if n.get("kind") == "kept-dense"]
-    assert "no cuda kernel normalises" in note["reason"]
-    calibration = [(torch.randn(1, 64, 24).numpy(),) for _ in range(4)]
+    cuda = run_pipeline(graph, pipeline_for("exact", target="cuda"))   # CUDA's exact kernel applies the norm too
+    (node,) = [n for n in cuda.graph.nodes if n.op == "sparse_gated_mlp"]
+    assert node.attrs["mode"] == "exact" and node.attrs["hidden_rms_eps"] == pytest.approx(EPS)
+    # a family whose kernel would not: kept dense, said why
+    other = run_pipeline(graph, [*pipeline_for("exact")[:2], SparsifyExact(kernel_family="npu")])
+    assert other.stats["sparsify-exact"] == {"kept-dense": 1} and other.graph.count("sparse_gated_mlp") == 0
+    (note,) = [n for n in other.notes if n.get("kind") == "kept-dense"]
+    assert "no npu kernel normalises" in note["reason"]
+    calibration = [(torch.randn(1, 128, 24).numpy(),) for _ in range(4)]
     thr = run_pipeline(graph, pipeline_for("threshold", calibration=calibration, sparsity=0.5))
     assert thr.stats["sparsify-threshold"]["kept-dense-hidden-norm"] == 1
     with torch.no_grad():
         ref = model(x).numpy()
     cm = actsparse.compile(model, (x,), mode="threshold", calibration=calibration, sparsity=0.5)
     np.testing.assert_allclose(cm(x.numpy()), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+def test_predictor_mode_applies_the_norm_over_the_neurons_it_computes():
+    """The bound predictor (lossless) equals torch; a fitted one equals the IR's semantics (the norm over the
+    predicted neurons' h, the rest 0), which the interpreter computes."""
+    from actsparse.ir import evaluate
+
+    model = NormedMLP().eval()
+    x = torch.randn(1, 6, 24)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    bound = actsparse.compile(model, (x,), mode="predictor", predictor="bound")
+    np.testing.assert_allclose(bound(x.numpy()), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    calibration = [(torch.randn(1, 6, 24).numpy(),) for _ in range(64)]   # the import's static shape
+    fitted = actsparse.compile(model, (x,), mode="predictor", predictor="svd", calibration=calibration)
+    (node,) = [n for n in fitted.graph.nodes if n.op == "sparse_gated_mlp"]
+    assert node.attrs["mode"] == "predictor" and node.attrs["hidden_rms_eps"] == pytest.approx(EPS)
+    want = evaluate(fitted.graph, [x.numpy()])[0]
+    np.testing.assert_allclose(fitted(x.numpy()), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
 def test_a_tiny_bitnet_decodes_exactly_sparse_as_transformers_generates():
@@ -202,5 +235,22 @@ def test_arm_exact_kernel_with_a_hidden_norm_matches_under_qemu(d, n_ff, seed):
     rng = np.random.default_rng(seed)
     jobs = [(p, normed_calls(rng, d, n_ff, dtype, 0.4)) for p, dtype in zip(prims, ("float32", "q8_0"))]
     for (_, calls), outs in zip(jobs, run_batch(cross_kernels(prims), jobs)):
+        for call, out in zip(calls, outs):
+            call.check(out)
+
+
+@settings(max_examples=1, suppress_health_check=[HealthCheck.too_slow])
+@given(d=st.integers(33, 50), n_ff=st.integers(3, 40), seed=st.integers(0, 99))
+def test_cuda_exact_kernel_with_a_hidden_norm_matches_under_simt(d, n_ff, seed):
+    """The flagging kernel's h holds 0 for every dropped neuron: one launch sums h² per token, one more scales."""
+    from actsparse import targets
+    from actsparse.codegen.schedules import schedule_for
+
+    sched = schedule_for(targets.get("cuda"))
+    dtypes = ("float32", "q8_0")
+    prims = [normed_kernel(d, n_ff, dtype, sched) for dtype in dtypes]
+    rng = np.random.default_rng(seed)
+    jobs = [(p, normed_calls(rng, d, n_ff, dtype, 0.4)) for p, dtype in zip(prims, dtypes)]
+    for (_, calls), outs in zip(jobs, run_batch(simt_kernels(prims), jobs)):
         for call, out in zip(calls, outs):
             call.check(out)

@@ -294,3 +294,36 @@ def down_splits(d: int, dtype: str, sched: GpuSchedule, n_rows: int) -> int:
     n_slices = (d + SL - 1) // SL
     want = (sched.multiprocessors * sched.blocks_per_sm + n_slices - 1) // n_slices
     return max(1, min(want, (n_rows + sched.warps - 1) // sched.warps))
+
+
+def hidden_norm_launches(n_ff: int, d: int, sched: GpuSchedule, eps: float):
+    """(`norm_sums(h, ss, M)`, `scale_out(out, ss, M)`): a block's hidden RMS norm (BitNet's ffn_sub_norm,
+    `hidden_rms_eps`) on the GPU, two launches after the flagging kernels' first: ss[m] = Σ_j h[m, j]² (a warp per
+    token; h holds 0 for every neuron the token dropped), then out[m] *= 1 / sqrt(ss[m] / n_ff + eps) after the parts
+    are summed (1 / rms is one number per token: it commutes with the down projection, kernels/hidden_norm.py)."""
+    L, T_ = sched.warp, sched.threads
+    rounds = shuffle_rounds(L)
+
+    @T.macro
+    def norm_sums(h, ss, M):
+        for m in T.thread_binding(M, "blockIdx.x"):
+            for tx in T.thread_binding(L, "threadIdx.x"):
+                s = T.alloc_buffer((1,), "float32", scope="local")
+                s[0] = T.float32(0)
+                for i in range((n_ff + L - 1) // L):
+                    if i * L + tx < n_ff:
+                        s[0] = s[0] + h[m, i * L + tx] * h[m, i * L + tx]
+                for r in T.unroll(len(rounds)):
+                    s[0] = s[0] + T.tvm_warp_shuffle_xor(full_mask(), s[0], T.shift_right(L, r + 1), L, L)
+                if tx == 0:
+                    ss[m] = s[0]
+
+    @T.macro
+    def scale_out(out, ss, M):
+        for b in T.thread_binding((M * d + T_ - 1) // T_, "blockIdx.x"):
+            for tx in T.thread_binding(T_, "threadIdx.x"):
+                e: T.let = b * T_ + tx
+                if e < M * d:
+                    out[e // d, e % d] = out[e // d, e % d] / T.sqrt(ss[e // d] / T.float32(n_ff) + T.float32(eps))
+
+    return norm_sums, scale_out

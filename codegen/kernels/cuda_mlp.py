@@ -29,12 +29,13 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from ...ir.activations import reads_input
-from .common import activation, check_dtype, is_active, skipping_value, symbol
+from .common import activation, check_dtype, is_active, skipping_value, symbol, threshold_tag
 from .cuda_blocks import (
     block_any,
     by_flag,
     down_macros,
     down_splits,
+    hidden_norm_launches,
     stage_x_macro,
     warp_dot_macro,
     x_stage_buffer,
@@ -70,6 +71,7 @@ class _Mlp:
     reads_up: bool = True  # False: act_u ignores its input (`unit`), the kernels read no up rows
     buffer: tuple = ()     # (shape, dtype) of the gate / up weights' buffers
     down_buffer: tuple = ()  # (shape, dtype) of w_down_t's buffer (its own layout, or the gate's)
+    sched: GpuSchedule | None = None
 
 
 def mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, gate_acts=GATE_ACTS,
@@ -101,7 +103,7 @@ def mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, cou
                                           sched, down).removeprefix("actsparse_")
     return _Mlp(sched.warp, sched.warps, gated_dot, warp_dot, stage_x_macro(d, dtype, sched),
                 *x_stage_buffer(d, dtype), *down_macros(d, down, sched, row, count, splits, keep), splits, act_u,
-                name, reads_up, weight_buffer(n_ff, d, dtype), weight_buffer(n_ff, d, down))
+                name, reads_up, weight_buffer(n_ff, d, dtype), weight_buffer(n_ff, d, down), sched)
 
 
 FLAGGING_SCRATCH = 3  # h [M, n_ff], flag [n_ff], part [splits, M, d]
@@ -170,11 +172,14 @@ def flagging_body(k: _Mlp, d: int, n_ff: int, decide, up_after: bool, decide_rea
     return body
 
 
-def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, product: bool):
+def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, product: bool,
+                  hidden_rms_eps: float | None = None):
     """The kernel of exact and threshold modes: the first launch decides per neuron and reads the up rows of the
     kept ones, the down launch reads the kept down rows. `gate_value(s)` turns the gate dot (product: act_g(gate)
     * act_u(up)) into the value kept by neuron, 0 for a neuron this token drops; a neuron is flagged when some
-    token keeps it, and then h = kept value * act_u(up) for every token (product: h is the kept value)."""
+    token keeps it, and then h = kept value * act_u(up) for every token (product: h is the kept value).
+    `hidden_rms_eps`: the block's hidden RMS norm (`cuda_blocks.hidden_norm_launches`), one more scratch parameter
+    ss [M] after part."""
     warp_dot = k.warp_dot
     (wshape, wdtype), (dshape, ddtype) = k.buffer, k.down_buffer
 
@@ -191,6 +196,19 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
     body = flagging_body(k, d, n_ff, decide, up_after=not product)
 
     M = tokens()
+    if hidden_rms_eps is not None:
+        norm_sums, scale_out = hidden_norm_launches(n_ff, d, k.sched, hidden_rms_eps)
+
+        @T.prim_func
+        def normed(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+                   w_down_t: T.Buffer(dshape, ddtype), out: T.Buffer((M, d), "float32"),
+                   h: T.Buffer((M, n_ff), "float32"), flag: T.Buffer((n_ff,), "int32"),
+                   part: T.Buffer((k.splits, M, d), "float32"), ss: T.Buffer((M,), "float32")):
+            body(x, w_gate, w_up, w_down_t, x, x, out, h, flag, part, M)
+            norm_sums(h, ss, M)
+            scale_out(out, ss, M)
+
+        return finish(normed, f"{k.name}_rms{threshold_tag(hidden_rms_eps)}", FLAGGING_SCRATCH + 1)
 
     @T.prim_func
     def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
@@ -205,12 +223,14 @@ def _flagging_mlp(k: _Mlp, d: int, n_ff: int, dtype: str, gate_value: Callable, 
 @cache
 def sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                      threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
-                     sched: GpuSchedule):
-    """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate flagging the active rows, their up and down rows."""
+                     hidden_rms_eps: float | None = None, sched: GpuSchedule):
+    """Exact mode (x, w_gate, w_up, w_down_t, out): dense gate flagging the active rows, their up and down rows;
+    `hidden_rms_eps`: h RMS-normalised before the down projection (BitNet)."""
     row, count, keep = by_flag(n_ff)
     k = mlp_parts("exact", d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, EXACT_GATE_ACTS, keep=keep,
                   down_dtype=down_dtype)
-    return _flagging_mlp(k, d, n_ff, dtype, skipping_value(activation(gate_act, threshold, "cuda")), product=False)
+    return _flagging_mlp(k, d, n_ff, dtype, skipping_value(activation(gate_act, threshold, "cuda")), product=False,
+                         hidden_rms_eps=hidden_rms_eps)
 
 
 @cache
@@ -270,7 +290,7 @@ def sparse_gated_mlp_indexed(d: int, n_ff: int, *, gate_act: str = "relu", up_ac
 @cache
 def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
                      threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
-                     sched: GpuSchedule):
+                     hidden_rms_eps: float | None = None, sched: GpuSchedule):
     """Predictor mode (x, w_gate, w_up, w_down_t, scores, cutoff, out): token m computes the neurons j with
     scores[m, j] > cutoff[0] (the CPU's select + indexed kernels' semantics, `lower_predictor.py`) in three
     launches and no index list: a warp per neuron reads its score (the same in every lane: warp-uniform), computes
@@ -290,6 +310,20 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
     body = flagging_body(k, d, n_ff, decide, up_after=False)
 
     M = tokens()
+    if hidden_rms_eps is not None:   # the norm over the computed neurons (h is 0 for the others), as exact's
+        norm_sums, scale_out = hidden_norm_launches(n_ff, d, sched, hidden_rms_eps)
+
+        @T.prim_func
+        def normed(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+                   w_down_t: T.Buffer(dshape, ddtype), scores: T.Buffer((M, n_ff), "float32"),
+                   cutoff: T.Buffer((1,), "float32"), out: T.Buffer((M, d), "float32"),
+                   h: T.Buffer((M, n_ff), "float32"), flag: T.Buffer((n_ff,), "int32"),
+                   part: T.Buffer((k.splits, M, d), "float32"), ss: T.Buffer((M,), "float32")):
+            body(x, w_gate, w_up, w_down_t, scores, cutoff, out, h, flag, part, M)
+            norm_sums(h, ss, M)
+            scale_out(out, ss, M)
+
+        return finish(normed, f"{k.name}_rms{threshold_tag(hidden_rms_eps)}", FLAGGING_SCRATCH + 1)
 
     @T.prim_func
     def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
