@@ -144,8 +144,7 @@ def generate_command(args) -> int:
 def perplexity_command(args) -> int:
     """The decoder's perplexity on the text, scored by its compiled steps; with --against-dense its dense twin's on the
     same windows, and the increase."""
-    from .runtime.bench import dense_twin
-    from .runtime.decoder import Decoder
+    from .runtime.bench import dense_twin_decoder
     from .runtime.perplexity import score, token_windows
 
     lm = _open_decoder(args)
@@ -154,7 +153,7 @@ def perplexity_command(args) -> int:
     result = score(lm, windows)
     print(f"-- {mode}: {result}")
     if args.against_dense:
-        dense = score(Decoder(dense_twin(lm.module), lm.spec), windows)
+        dense = score(dense_twin_decoder(lm), windows)
         print(f"-- dense twin: {dense}")
         increase = round(100 * (result.perplexity / dense.perplexity - 1), 2) + 0.0  # + 0.0: no "-0.00%"
         print(f"-- {mode} vs dense: {increase:+.2f}% perplexity")

@@ -43,8 +43,7 @@ def part_a(dtype: str, layers: int, vocab: int, tokens: int, repeats: int, threa
 
     import actsparse
     from actsparse import targets
-    from actsparse.runtime.bench import dense_twin
-    from actsparse.runtime.decoder import Decoder
+    from actsparse.runtime.bench import dense_twin_decoder
 
     rng = np.random.default_rng(1)
     max_seq = PROMPT_LEN + tokens + 8
@@ -85,7 +84,7 @@ def part_a(dtype: str, layers: int, vocab: int, tokens: int, repeats: int, threa
         if row["certified"]:   # the int8 copy (34 bytes per 32 weights), uncertified gate rows, active up / down
             read = 1.0 - sum(row["certified"]) / len(row["certified"])
             sb["exact"] = mlp_other + sb["mlp"] / 3 * (34 / 32 / (2 if dtype == "float16" else 4) + read + 2 * active)
-        dense = Decoder(dense_twin(dense_gate.module), dense_gate.spec)  # = compile(mode="dense"), same weights
+        dense = dense_twin_decoder(dense_gate)  # = compile(mode="dense"), same weights
         decoders = {"exact": exact, "exact dense-gate": dense_gate, "dense": dense}
         for lm in decoders.values():
             actsparse_warm_up(lm, prompt, feed)

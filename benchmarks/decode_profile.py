@@ -226,8 +226,7 @@ def main(argv=None) -> int:
     from actsparse.benchmarks.decode import PROMPT_LEN
     from actsparse.benchmarks.decode_models import MISTRAL, SMALL, build_mistral
     from actsparse.benchmarks.ffn import FfnBench
-    from actsparse.runtime.bench import dense_twin
-    from actsparse.runtime.decoder import Decoder
+    from actsparse.runtime.bench import dense_twin_decoder
 
     threads = args.threads or os.cpu_count()
     dims = SMALL if args.small else MISTRAL
@@ -254,7 +253,7 @@ def main(argv=None) -> int:
     del model
     gc.collect()
     if "dense" in modes:
-        decoders["dense"] = Decoder(dense_twin(exact.module), exact.spec)
+        decoders["dense"] = dense_twin_decoder(exact)
     active = 1.0 - float(np.mean([b.sparsity for b in exact.report.blocks]))
     print(f"# decode step profile, part (a) decoder, {args.layers} layers, {args.dtype} weights, "
           f"{args.steps} steps; MLP active fraction {active:.1%}; threads {threads}; load avg {_load()}")

@@ -36,12 +36,18 @@ def dense_twin(sparse):
                           sparse.n_outputs, Report(target.name, "dense"), target.to_dict())
 
 
+def dense_twin_decoder(lm):
+    """The dense twin of a decoder (`dense_twin` of its module, the same decoding spec): every neuron computed on the
+    same weights, what `actsparse bench` and `perplexity --against-dense` compare a sparse build with."""
+    from .decoder import Decoder
+
+    return Decoder(dense_twin(lm.module), lm.spec)
+
+
 def bench_decoder(lm, path: str, tokens: int = 32, repeats: int = 3, prompt_len: int = 8) -> str:
     """Decode tokens/s of a loaded decoder and of its dense twin: median over `repeats` greedy runs of `tokens`
     steps each after a `prompt_len`-token prefill."""
-    from .decoder import Decoder
-
-    dense = Decoder(dense_twin(lm.module), lm.spec)
+    dense = dense_twin_decoder(lm)
     prompt_len = max(1, min(prompt_len, lm.max_seq - 1))
     tokens = max(1, min(tokens, lm.max_seq - prompt_len))
     prompt = np.random.default_rng(0).integers(0, lm.spec.vocab_size, (1, prompt_len))

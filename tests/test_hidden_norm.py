@@ -146,11 +146,10 @@ def test_a_tiny_bitnet_decodes_exactly_sparse_as_transformers_generates():
     tolerance = 0.02 if int8_dot_here("q8_0") else 1e-4   # the host's int8 dots round x to 8-bit blocks
     np.testing.assert_allclose(lm8.prefill(prompt).logits, want, rtol=1e-4, atol=tolerance * np.abs(want).max())
     # its dense twin (`actsparse bench`, `perplexity --against-dense`): the norm kept, the same perplexity
-    from actsparse.runtime.bench import dense_twin
-    from actsparse.runtime.decoder import Decoder
+    from actsparse.runtime.bench import dense_twin_decoder
 
     text = (ids[0].tolist() * 3)[:12]
-    twin = Decoder(dense_twin(lm.module), lm.spec)
+    twin = dense_twin_decoder(lm)
     assert twin.perplexity(text, window=12, windows=1).perplexity == pytest.approx(
         lm.perplexity(text, window=12, windows=1).perplexity, rel=1e-4)
 
