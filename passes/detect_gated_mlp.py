@@ -98,11 +98,18 @@ def _up_side(node: Node):
     return probed if probed else ("identity", node)
 
 
-def _mul_leaves(node: Node, depth: int = 3, stop: Node | None = None) -> list[Node]:
-    """The factors of a tree of `mul`s (depth levels at most, not below `stop`), casts looked through."""
+def _mul_leaves(node: Node, depth: int = 3, stop: Node | None = None) -> list:
+    """The factors of a tree of `mul`s (depth levels at most, not below `stop`), casts looked through; a
+    div(a, sqrt(v)) gives a's factors (none for a = 1) and the pair ("1/", sqrt(v))."""
     if node.op == "cast":
         return _mul_leaves(node.inputs[0], depth, stop)
-    if node.op != "mul" or depth == 0 or node is stop:
+    if node is stop or depth == 0:
+        return [node]
+    if node.op == "div" and node.inputs[1].op == "sqrt":
+        numerator = node.inputs[0]
+        one = numerator.op == "constant" and np.asarray(numerator.attrs["value"]).reshape(-1).tolist() == [1.0]
+        return [*([] if one else _mul_leaves(numerator, depth - 1, stop)), ("1/", node.inputs[1])]   # ONNX: 1/√v
+    if node.op != "mul":
         return [node]
     return [leaf for i in node.inputs for leaf in _mul_leaves(i, depth - 1, stop)]
 
@@ -111,11 +118,20 @@ def _uncast(node: Node) -> Node:
     return _uncast(node.inputs[0]) if node.op == "cast" else node
 
 
-def _inverse_rms(node: Node):
-    """rsqrt(mean(h², last axis, keepdim) + eps) (h² as pow(h, 2) or h·h) -> (h, eps), else None."""
-    if node.op != "rsqrt" or node.inputs[0].op != "add":
+def _inverse_rms(factor):
+    """1 / sqrt(mean(h², last axis, keepdim) + eps) as rsqrt(v), reciprocal(sqrt(v)) or ("1/", sqrt(v)) (h² as
+    pow(h, 2) or h·h) -> (h, eps), else None."""
+    if isinstance(factor, tuple):
+        v = factor[1].inputs[0]
+    elif factor.op == "rsqrt":
+        v = factor.inputs[0]
+    elif factor.op == "reciprocal" and factor.inputs[0].op == "sqrt":   # ONNX has no rsqrt
+        v = factor.inputs[0].inputs[0]
+    else:
         return None
-    for mean, eps in commuted(node.inputs[0]):
+    if v.op != "add":
+        return None
+    for mean, eps in commuted(v):
         if (mean.op != "mean" or eps.op != "constant" or np.asarray(eps.attrs["value"]).size != 1
                 or tuple(mean.attrs.get("axes", ())) not in ((-1,), (mean.type.rank - 1,))):
             continue
@@ -130,22 +146,31 @@ def _inverse_rms(node: Node):
 
 def _hidden_rms(node: Node):
     """An RMS norm of the product before the down projection (BitNet's ffn_sub_norm): h · rsqrt(mean(h²) + eps)
-    [· @w], the factors in any order -> (h, w weight node or None, eps), else None."""
+    [· @w], the factors in any order, the inverse root as rsqrt, reciprocal(sqrt) or a division by sqrt -> (h, w
+    weight node or None, eps), else None."""
     for r in _mul_leaves(node):
         found = _inverse_rms(r)
         if found is None:
             continue
         h, eps = found
         leaves = _mul_leaves(node, stop=h)   # the product h is a mul itself: a factor here, not flattened
-        if len(leaves) not in (2, 3) or not any(leaf is r for leaf in leaves):
+        if len(leaves) not in (2, 3) or not any(_same(leaf, r) for leaf in leaves):
             continue
-        rest = [leaf for leaf in leaves if leaf is not r]
+        rest = [leaf for leaf in leaves if not _same(leaf, r)]
         if not any(leaf is h for leaf in rest) or h.op != "mul":
             continue
         weights = [leaf for leaf in rest if leaf is not h]
-        if len(weights) == len(rest) - 1 and all(w.op == "weight" and w.shape == (h.shape[-1],) for w in weights):
+        if len(weights) == len(rest) - 1 and all(not isinstance(w, tuple) and w.op == "weight"
+                                                 and w.shape == (h.shape[-1],) for w in weights):
             return h, (weights[0] if weights else None), eps
     return None
+
+
+def _same(a, b) -> bool:
+    """One factor of `_mul_leaves` (a node, or a ("1/", node) pair) is the other."""
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        return isinstance(a, tuple) and isinstance(b, tuple) and a[1] is b[1]
+    return a is b
 
 
 def _sides(node: Node, gate_side):
@@ -156,7 +181,7 @@ def _sides(node: Node, gate_side):
     if down is None:
         return
     product, w_down, b_down = down
-    norm = _hidden_rms(product) if product.op in ("mul", "cast") else None
+    norm = _hidden_rms(product) if product.op in ("mul", "div", "cast") else None
     product = norm[0] if norm else product
     if product.op != "mul":
         return

@@ -95,6 +95,8 @@ class SparsifyExact(Pass):
                       "reason": "its weights hold NaN/Inf: skipping inactive neurons would hide the NaN that "
                                 "0 * Inf gives (as torch computes it)"})
                 return None
+            if has_hidden_norm(node):
+                pattern += "-normed"
             attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "exact",
                      "pattern": pattern}
             if has_hidden_norm(node):

@@ -44,12 +44,14 @@ class NormedMLP(torch.nn.Module):
             normed = self.norm_weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS))
         elif self.spelling == 1:   # the factors in another order, h·h for the square
             normed = h * self.norm_weight * torch.rsqrt(EPS + (h * h).mean(-1, keepdim=True))
-        else:   # no weight
+        elif self.spelling == 2:   # no weight
             normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS)
+        else:   # a division by the root
+            normed = h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + EPS) * self.norm_weight
         return self.down(normed)
 
 
-@pytest.mark.parametrize("spelling", [0, 1, 2])
+@pytest.mark.parametrize("spelling", [0, 1, 2, 3])
 def test_a_normed_hidden_is_detected_its_weight_folded_and_exact_mode_equals_torch(spelling):
     from actsparse.frontends.torch_export import import_torch
     from actsparse.passes import pipeline_for, run_pipeline
@@ -63,7 +65,7 @@ def test_a_normed_hidden_is_detected_its_weight_folded_and_exact_mode_equals_tor
     # exact, or its certified form where the target's data says the int8 gate copy pays: both apply the norm
     assert node.attrs["mode"] in ("exact", "certified") and node.attrs["hidden_rms_eps"] == pytest.approx(EPS)
     folded = run.graph.weights[node.inputs[3].attrs["name"]]   # Wd·diag(w), stored transposed
-    want = model.down.weight.detach().numpy().T * (model.norm_weight.detach().numpy()[:, None] if spelling < 2 else 1)
+    want = model.down.weight.detach().numpy().T * (model.norm_weight.detach().numpy()[:, None] if spelling != 2 else 1)
     np.testing.assert_allclose(folded, want, rtol=1e-6)
     with torch.no_grad():
         ref = model(x).numpy()
@@ -73,6 +75,21 @@ def test_a_normed_hidden_is_detected_its_weight_folded_and_exact_mode_equals_tor
     exact = actsparse.compile(model, (x,), mode="exact")
     (row,) = exact.report.blocks
     assert row.mode == "exact" and row.sparsity > 0.3   # relu²'s zeros survive the norm
+
+
+def test_an_onnx_export_of_the_norm_is_found_too(tmp_path):
+    """ONNX has no Rsqrt: torch's exporter writes Sqrt then Reciprocal. The block is found, exact, and equals
+    onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    model = NormedMLP().eval()
+    x = torch.randn(1, 6, 24)
+    path = tmp_path / "normed.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"])
+    cm = actsparse.compile(str(path), (x.numpy(),), mode="exact")
+    assert cm.report.pass_stats["detect-gated-mlp"] == {"gated-mlp": 1, "relu2-glu-normed": 1}
+    assert [b.mode for b in cm.report.blocks] == ["exact"]
+    want = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(cm(x.numpy()), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
 def test_modes_without_a_normed_kernel_keep_the_block_dense():
