@@ -136,7 +136,7 @@ def test_predictor_mode_applies_the_norm_over_the_neurons_it_computes():
     np.testing.assert_allclose(fitted(x.numpy()), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
-def test_a_tiny_bitnet_decodes_exactly_sparse_as_transformers_generates():
+def test_a_tiny_bitnet_decodes_exactly_sparse_as_transformers_generates(tmp_path):
     transformers = pytest.importorskip("transformers")
     from actsparse.scripts.arch_table import build_tiny, example_ids
 
@@ -162,6 +162,10 @@ def test_a_tiny_bitnet_decodes_exactly_sparse_as_transformers_generates():
     want = evaluate(lm8.module.graph, arrays)[0].reshape(-1)
     tolerance = 0.02 if int8_dot_here("q8_0") else 1e-4   # the host's int8 dots round x to 8-bit blocks
     np.testing.assert_allclose(lm8.prefill(prompt).logits, want, rtol=1e-4, atol=tolerance * np.abs(want).max())
+    # an artifact keeps the norm (its IR text carries hidden_rms_eps) and decodes the same tokens
+    loaded = actsparse.load(lm8.save(tmp_path / "bitnet.actsparse"))
+    assert [b.pattern for b in loaded.report.blocks] == ["relu2-glu-normed"] * model.config.num_hidden_layers
+    assert torch.equal(torch.as_tensor(loaded.generate(ids, 6)), torch.as_tensor(lm8.generate(ids, 6)))
     # its dense twin (`actsparse bench`, `perplexity --against-dense`): the norm kept, the same perplexity
     from actsparse.runtime.bench import dense_twin_decoder
 
