@@ -13,7 +13,6 @@ median ms, the bytes it must read, the rate and the ratios to torch and to compi
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -49,16 +48,10 @@ def normed_block(wg, wu, wd, w_norm, normed: bool = True):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sparsity", type=float, default=0.9, help="fraction of inactive neurons (default 0.9)")
-    ap.add_argument("--repeats", type=int, default=15, help="timed calls per path (median reported)")
-    ap.add_argument("--small", action="store_true", help="tiny dims for a smoke test")
-    args = ap.parse_args(argv)
+    from .plain_mlp import mlp_bench_setup, print_paths
 
-    from .plain_mlp import host_bench, print_paths
-
-    d, n_ff = SMALL if args.small else BITNET_2B
-    bench, threads = host_bench((d, n_ff))
+    args, bench, threads = mlp_bench_setup(__doc__, argv, BITNET_2B, SMALL, 0.9, "fraction of inactive neurons")
+    d, n_ff = bench.d, bench.n_ff
 
     import numpy as np
     import torch

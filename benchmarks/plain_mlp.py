@@ -89,6 +89,20 @@ def host_bench(dims: tuple[int, int]):
     return FfnBench(*dims, threads), threads
 
 
+def mlp_bench_setup(doc: str, argv, dims: tuple[int, int], small: tuple[int, int], sparsity: float, what: str,
+                    extra=None):
+    """The command line every one-MLP benchmark here shares (--sparsity, --repeats, --small, and `extra(ap)`'s own),
+    then its host bench at `dims` (or `small`): (args, FfnBench, threads)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--sparsity", type=float, default=sparsity, help=f"{what} (default {sparsity:g})")
+    ap.add_argument("--repeats", type=int, default=15, help="timed calls per path (median reported)")
+    ap.add_argument("--small", action="store_true", help="tiny dims for a smoke test")
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args(argv)
+    return (args, *host_bench(small if args.small else dims))
+
+
 def print_paths(runners: dict, med: dict) -> None:
     """The markdown table of timed paths: median ms, bytes read, rate, and the ratios to torch and to dense."""
     from actsparse.benchmarks.tables import markdown_table
@@ -100,13 +114,8 @@ def print_paths(runners: dict, med: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sparsity", type=float, default=0.9, help="fraction of inactive neurons (default 0.9)")
-    ap.add_argument("--repeats", type=int, default=15, help="timed calls per path (median reported)")
-    ap.add_argument("--small", action="store_true", help="tiny dims for a smoke test")
-    args = ap.parse_args(argv)
-    d, n_ff = SMALL if args.small else OPT_6_7B
-    bench, threads = host_bench((d, n_ff))
+    args, bench, threads = mlp_bench_setup(__doc__, argv, OPT_6_7B, SMALL, 0.9, "fraction of inactive neurons")
+    d, n_ff = bench.d, bench.n_ff
 
     import numpy as np
     import torch

@@ -14,11 +14,10 @@ the bytes each reads and the speed-ups, then a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from .plain_mlp import host_bench, print_paths
+from .plain_mlp import mlp_bench_setup, print_paths
 
 FALCON_7B = (4544, 18176)
 SMALL = (256, 1024)
@@ -46,14 +45,10 @@ def gelu_mlp(w1, w2):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sparsity", type=float, default=0.5, help="threshold mode's target (default 0.5)")
-    ap.add_argument("--repeats", type=int, default=15, help="timed calls per path (median reported)")
-    ap.add_argument("--calibration", type=int, default=512, help="calibration rows (one token each)")
-    ap.add_argument("--small", action="store_true", help="tiny dims for a smoke test")
-    args = ap.parse_args(argv)
-    d, n_ff = SMALL if args.small else FALCON_7B
-    bench, threads = host_bench((d, n_ff))
+    args, bench, threads = mlp_bench_setup(
+        __doc__, argv, FALCON_7B, SMALL, 0.5, "threshold mode's target",
+        lambda ap: ap.add_argument("--calibration", type=int, default=512, help="calibration rows (one token each)"))
+    d, n_ff = bench.d, bench.n_ff
 
     import numpy as np
     import torch
