@@ -94,12 +94,14 @@ class SparseVariant:
 
 def _neuron_effective(attrs: dict, h: np.ndarray) -> dict:
     """Per-neuron variants read every gate row; 'gate' decisions skip the up and down rows of an inactive neuron,
-    'product' ones (which need u) only its down row. Equal-size matrices: a third of the bytes each; half, where
-    the up factor reads nothing (`unit`: a non-gated MLP is its gate and down matrices)."""
+    'product' ones (which need u) only its down row; the up factor `unit` (a non-gated MLP: its gate and down
+    matrices) reads no up row. Each matrix weighs its stored bytes where the caller gives them (`weight_bytes`:
+    gate, up, down; a q8_0 down beside 4-bit gate / up is the largest), else a third each."""
+    gate, up, down = attrs.get("weight_bytes") or (1.0, 1.0, 1.0)
     if not reads_input(attrs.get("up_act", "identity")):
-        return {"effective_sparsity": float(np.mean(h == 0)) / 2}
-    skipped = 1 / 3 if attrs.get("mode") == "threshold" and attrs.get("criterion") == "product" else 2 / 3
-    return {"effective_sparsity": float(np.mean(h == 0)) * skipped}
+        up = 0.0
+    skipped = down if attrs.get("mode") == "threshold" and attrs.get("criterion") == "product" else up + down
+    return {"effective_sparsity": float(np.mean(h == 0)) * skipped / (gate + up + down)}
 
 
 def sizes(attrs: Mapping, w_gate_shape) -> tuple[int, int]:

@@ -96,6 +96,9 @@ def _block_row(block: Node, x: np.ndarray | None, graph: Graph, mode: str, compu
             extras = {name: _from_input(graph, block, node, x) if value is None else value
                       for (name, value), node in zip(extras.items(), block.inputs[4:])}
         row_mode, pattern, n_ff = variant.report_mode or variant.name, attrs["pattern"], sizes(attrs, w_gate.shape)[0]
+        # each matrix's stored bytes, for the effective sparsity (layouts may differ: a q8_0 down beside q4 rows)
+        if all(w.op == "weight" for w in block.inputs[1:4]):
+            attrs["weight_bytes"] = tuple(float(graph.weights[w.attrs["name"]].nbytes) for w in block.inputs[1:4])
         fields.update(variant.report(attrs))
         # the variant's own semantics, whole block (a lossless variant's h needs no extra input)
         if x2d is not None and (not variant.lossy or all(e is not None for e in extras)):

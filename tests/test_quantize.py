@@ -180,6 +180,11 @@ def test_a_4_bit_files_down_projection_is_rounded_again_at_8_bits_beside_its_kep
     down_now = dequantize_weight(QuantizedWeight(cm.graph.weights[node.inputs[3].attrs["name"]], "q8_0",
                                                  node.inputs[3].shape)).T
     assert np.abs(down_now - down_file).max() < 0.02 * np.abs(down_file).max()
+    if mode == "exact":   # the report's effective sparsity weighs each matrix's stored bytes (the down is the largest)
+        (row,) = cm.report.blocks
+        gate, up, down = (cm.graph.weights[w.attrs["name"]].nbytes for w in node.inputs[1:4])
+        assert down > gate == up
+        assert row.effective_sparsity == pytest.approx(row.sparsity * (up + down) / (gate + up + down))
     without = run_pipeline(exact_graph(), [*pipeline_for("exact"), Quantize(kind="int4")])   # from float: as asked
     assert without.stats["quantize"] == {"quantized": 3}
 
