@@ -15,7 +15,9 @@ them): Q6_K, Q5_K, Q2_K, Q3_K, Q5_1 and the IQ types have sub-blocks or offsets 
 docstring says which); they are dequantized by transformers and, when `quantize=` asks for it, re-quantized by the
 quantize pass (a second rounding). `storage_note` says in the report, per GGUF type, how many tensors were kept as
 stored, converted, quantized anew or dequantized to float32. A tensor type nothing here can read is one
-`GGUFQuantError`.
+`GGUFQuantError`. A MoE's 3-D expert tensors, which transformers merges (Qwen-MoE's gate and up into one
+`gate_up_proj`), come back under their GGUF names, experts stacked by rows: the quantize pass takes them where a
+weight's values equal theirs (the routed experts' stacked rows).
 
 The mapping GGUF name -> HF name is transformers' own (`get_gguf_hf_weights_map` over the architecture built on
 the meta device from the file's config), so every architecture transformers loads from GGUF is covered.
@@ -141,6 +143,9 @@ def read_gguf_quantized(path, left_dequantized: dict | None = None,
         kind = t.tensor_type.name
         if tensor_types is not None and t.name in names:
             tensor_types[names[t.name]] = (t.name, kind)
+        if kind in KEPT and len(t.shape) == 3:   # a MoE's experts: transformers merges or splits them
+            _stacked_source(out, t, kind)
+            continue
         if kind not in KEPT or len(t.shape) != 2 or t.name not in names:
             continue
         rows, cols = int(t.shape[1]), int(t.shape[0])  # GGUF lists dims innermost first
@@ -157,6 +162,19 @@ def read_gguf_quantized(path, left_dequantized: dict | None = None,
             if left_dequantized is not None:
                 left_dequantized[names[t.name]] = f"{kind}: {err}"
     return out
+
+
+def _stacked_source(out: dict, t, kind: str) -> None:
+    """A 3-D tensor (a MoE's experts, [E, rows, cols], `ffn_gate_exps`...), which transformers merges or splits into
+    other tensors: its rows, experts one after the other, as one QuantizedWeight [E * rows, cols] keyed by its GGUF
+    name. No graph weight has that name: the quantize pass takes it for a weight whose values it equals (the routed
+    experts' stacked gate / up rows are these rows in this order), `Quantize._equal_source`."""
+    cols, rows, experts = (int(n) for n in t.shape)
+    blob = np.ascontiguousarray(np.asarray(t.data).reshape(experts * rows, -1))
+    try:
+        out[t.name] = QuantizedWeight(kept_blob(blob, kind, cols), KEPT[kind].layout, (experts * rows, cols))
+    except UnrepresentableError:
+        pass   # the dequantized weights cover it
 
 
 def processed_row_order(processor, name: str, rows: int) -> np.ndarray | str:

@@ -61,7 +61,9 @@ rounding of the file's values cost SmolLM2-135M +8% perplexity (BENCHMARKS.md, s
 the file's own, and the block's gate and up stay the file's blocks. It costs bytes on the rows of active neurons
 only (q8_0 is 34 bytes a group against q4_0's 18).
 
-Statistics: `quantized` (from float), `prequantized` (taken as stored), `requantized` (transposed GGUF rows),
+Statistics: `quantized` (from float), `prequantized` (taken as stored), `prequantized-by-value` (a pre-quantized
+weight no graph weight is named after whose values this weight's equal, e.g. a MoE GGUF's experts, which transformers
+merges, stacked as the routed kernel reads them: `_equal_source`), `requantized` (transposed GGUF rows),
 `requantized-int8` (such a down stored 8-bit), `output-<kind>` for the output projection, `embedding-<kind>` per
 embedding table stored, `router-float` per MoE router kept float, `tied-shared` per tied table whose one blob the
 embedding and the output projection share, `relaid-<layout>` for a gated MLP's weight quantized again into the
@@ -79,7 +81,7 @@ import numpy as np
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous, shared_copy
 from ..ir.graph import quantized_weight_node
-from ..ir.quant import FLOAT_KINDS, LAYOUTS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, quantize
+from ..ir.quant import FLOAT_KINDS, LAYOUTS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, dequantize, quantize
 from ..ir.sparse_variants import variant_of
 from .base import Pass, record
 from .rotation import ROTATION_STORAGE
@@ -189,7 +191,7 @@ class Quantize(Pass):
                     wide = True
                     record("requantized-int8")   # a 4-bit file's down, re-laid: rounded again at 8 bits, not 4
                 inputs[i] = quantized(inputs[i], "int8" if wide else kind)
-            if node.op == "sparse_gated_mlp":  # gate and up are read by one row dot: one layout for the two
+            if node.op in ("sparse_gated_mlp", "routed_moe"):  # gate and up: one row dot, one layout for the two
                 layout = inputs[1].attrs.get("layout", "dense")
                 for i in slots:
                     if inputs[i].attrs.get("layout", "dense") != layout and not (own_down and i == 3):
@@ -217,6 +219,22 @@ class Quantize(Pass):
             return Node("cast", (looked_up,), {"dtype": node.dtype}, node.type, node.loc)  # fp16 rows -> f32
 
         return rewrite(graph, visit, new_weights)
+
+    def _equal_source(self, graph: Graph, name: str):
+        """A pre-quantized weight no graph weight is named after (a GGUF's stacked expert rows,
+        `gguf_quant._stacked_source`) whose dequantized values equal weight `name`'s bit for bit, else None: the
+        routed experts' stacks are those rows, and taking them keeps the file's blocks instead of rounding the
+        file's values a second time. A first row decides cheaply which candidate to check in full."""
+        array = graph.weights[name]
+        if array.ndim != 2 or not array.size:
+            return None
+        for key, q in self.prequantized.items():
+            if key in graph.weights or tuple(q.shape) != array.shape:
+                continue
+            if np.array_equal(dequantize(q.blob[:1], q.layout, q.shape[1])[0], array[0]) and \
+                    np.array_equal(dequantize(q.blob, q.layout, q.shape[1]), array):
+                return q
+        return None
 
     def _narrow_source(self, name: str) -> bool:
         """Whether weight `name` is a transposed copy (`<w>.t`) of a pre-quantized weight stored in under 8 bits."""
@@ -246,6 +264,9 @@ class Quantize(Pass):
         if pre is not None and tuple(pre.shape) == tuple(w.shape):
             record("prequantized")
             qw = pre
+        elif (found := self._equal_source(graph, name)) is not None:
+            record("prequantized-by-value")   # e.g. a MoE GGUF's expert rows, stacked as the routed kernel reads them
+            qw = found
         else:
             # a transposed pre-quantized matrix: its float values (the file's, dequantized) quantized anew
             source = self.prequantized.get(name[:-2]) if name.endswith(".t") else None
