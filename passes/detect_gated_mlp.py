@@ -49,7 +49,7 @@ from ..ir.activations import PROBED, UP_ACTS, ZERO_BELOW
 from ..ir.mlp import pattern_name
 from .activation_analysis import classify_probed, classify_shifted
 from .base import Pass, Rule, apply_rules, derived_weight, note, record, weight_array
-from .match import common_module, commuted
+from .match import common_module, commuted, is_scalar, scalar_value, strip_casts
 
 GATE_ACT_OPS = {"silu": "silu", "relu": "relu", "fatrelu": "fatrelu", "gelu": "gelu", "relu2": "relu2",
                 "relu6": "relu6"}
@@ -107,15 +107,11 @@ def _mul_leaves(node: Node, depth: int = 3, stop: Node | None = None) -> list:
         return [node]
     if node.op == "div" and node.inputs[1].op == "sqrt":
         numerator = node.inputs[0]
-        one = numerator.op == "constant" and np.asarray(numerator.attrs["value"]).reshape(-1).tolist() == [1.0]
+        one = is_scalar(numerator, 1.0)
         return [*([] if one else _mul_leaves(numerator, depth - 1, stop)), ("1/", node.inputs[1])]   # ONNX: 1/√v
     if node.op != "mul":
         return [node]
     return [leaf for i in node.inputs for leaf in _mul_leaves(i, depth - 1, stop)]
-
-
-def _uncast(node: Node) -> Node:
-    return _uncast(node.inputs[0]) if node.op == "cast" else node
 
 
 def _inverse_rms(factor):
@@ -132,15 +128,13 @@ def _inverse_rms(factor):
     if v.op != "add":
         return None
     for mean, eps in commuted(v):
-        if (mean.op != "mean" or eps.op != "constant" or np.asarray(eps.attrs["value"]).size != 1
+        if (mean.op != "mean" or scalar_value(eps) is None
                 or tuple(mean.attrs.get("axes", ())) not in ((-1,), (mean.type.rank - 1,))):
             continue
         square = mean.inputs[0]
-        if square.op == "pow" and square.inputs[1].op == "constant" and \
-                np.asarray(square.inputs[1].attrs["value"]).reshape(-1).tolist() == [2.0]:
-            return _uncast(square.inputs[0]), float(np.asarray(eps.attrs["value"]).reshape(-1)[0])
-        if square.op == "mul" and _uncast(square.inputs[0]) is _uncast(square.inputs[1]):
-            return _uncast(square.inputs[0]), float(np.asarray(eps.attrs["value"]).reshape(-1)[0])
+        if (square.op == "pow" and is_scalar(square.inputs[1], 2.0)) or \
+                (square.op == "mul" and strip_casts(square.inputs[0]) is strip_casts(square.inputs[1])):
+            return strip_casts(square.inputs[0]), scalar_value(eps)
     return None
 
 

@@ -26,6 +26,13 @@ def commuted(node: Node):
     return ((a, b), (b, a))
 
 
+def strip_casts(node: Node) -> Node:
+    """The value under any casts (the same tensor, as a matcher sees it)."""
+    while node.op == "cast":
+        node = node.inputs[0]
+    return node
+
+
 def module_path(loc: str) -> str:
     return loc.split(" (", 1)[0].strip()
 

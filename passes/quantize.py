@@ -184,13 +184,13 @@ class Quantize(Pass):
             own_down = node.op == "sparse_gated_mlp" and variant_of(node.attrs).own_down_layout
             for i in slots:
                 name = inputs[i].attrs["name"]
-                wide = kind == "int4" and name.removesuffix(".t") in self.wide
-                if wide:
+                eight_bits = kind == "int4" and name.removesuffix(".t") in self.wide
+                if eight_bits:
                     record("wide-int8")   # the source's 5-6 bit blocks stay above 4 bits
                 elif kind == "int4" and own_down and i == 3 and self._narrow_source(name):
-                    wide = True
+                    eight_bits = True
                     record("requantized-int8")   # a 4-bit file's down, re-laid: rounded again at 8 bits, not 4
-                inputs[i] = quantized(inputs[i], "int8" if wide else kind)
+                inputs[i] = quantized(inputs[i], "int8" if eight_bits else kind)
             if node.op in ("sparse_gated_mlp", "routed_moe"):  # gate and up: one row dot, one layout for the two
                 layout = inputs[1].attrs.get("layout", "dense")
                 for i in slots:

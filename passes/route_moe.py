@@ -44,14 +44,9 @@ from ..ir.mlp import has_hidden_norm, pattern_name, split_fused
 from ..ir.moe import BIASED_MODES
 from ..ir.ops import op_def
 from .base import Pass, Rule, apply_rules, derived_weight, note, record, weight_array
+from .match import strip_casts
 
 BLOCKS = ("gated_mlp", "sparse_gated_mlp")
-
-
-def _strip_casts(node: Node) -> Node:
-    while node.op == "cast":
-        node = node.inputs[0]
-    return node
 
 
 def _expert_id(eq: Node, index: Node) -> int | None:
@@ -66,14 +61,14 @@ def _expert_id(eq: Node, index: Node) -> int | None:
 
 def _routing(r: Node) -> tuple[Node, Node, int] | None:
     """(V, I, e) when r = sum(mul(V, cast(eq(I, e))), axes=[last], keepdim=True) with I a top-k's indices."""
-    r = _strip_casts(r)
+    r = strip_casts(r)
     if r.op != "sum" or not r.attrs.get("keepdim") or len(r.attrs["axes"]) != 1:
         return None
     product = r.inputs[0]
     if r.attrs["axes"][0] not in (-1, product.type.rank - 1) or product.op != "mul":
         return None
     for v, mask in (product.inputs, product.inputs[::-1]):
-        mask = _strip_casts(mask)
+        mask = strip_casts(mask)
         if mask.op != "eq":
             continue
         for index in mask.inputs:
