@@ -146,7 +146,7 @@ def _routed_moe(ctx, node, args):
     route_w = ctx.bb.emit(R.astype(R.reshape(args[4], [tokens, k]), "float32"))
     route_i = ctx.bb.emit(R.astype(R.reshape(args[5], [tokens, k]), "int64"))
     options = {"gate_act": a["gate_act"], "up_act": a["up_act"], "threshold": a["threshold"],
-               "dtype": kernel_dtype(w_gate)}
+               "dtype": kernel_dtype(w_gate), **down_layout(node)}
     biases = [ctx.bb.emit(R.astype(b, "float32")) for b in args[6:9]]  # bias=True: b_gate, b_up, b_down
     if "routed" in FAMILIES[type(sched).__name__]:  # one parameter list: an unbiased call passes empty biases
         kernel = target_kernel("routed", d, n_ff, experts, exact=a["mode"] == "exact", sched=sched, **options,

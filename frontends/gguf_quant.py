@@ -110,9 +110,16 @@ def _hf_names(path) -> tuple[dict[str, str], object]:
 
 
 def hf_tensor_types(path) -> dict[str, tuple[str, str]]:
-    """HF weight name -> (GGUF tensor name, GGUF type name) of every tensor transformers maps (for reports)."""
+    """HF weight name -> (GGUF tensor name, GGUF type name) of every tensor transformers maps, and a MoE's 3-D expert
+    tensors under their GGUF names (transformers merges or splits them), for reports."""
     names, _ = _hf_names(path)
-    return {names[t.name]: (t.name, t.tensor_type.name) for t in read_gguf(path).tensors if t.name in names}
+    return {key: (t.name, t.tensor_type.name) for t in read_gguf(path).tensors
+            if (key := _report_key(t, names)) is not None}
+
+
+def _report_key(t, names: Mapping) -> str | None:
+    """The name a GGUF tensor is reported under: its HF weight name, or its own for a MoE's 3-D expert tensor."""
+    return names.get(t.name, t.name if len(t.shape) == 3 else None)
 
 
 def kept_blob(blob: np.ndarray, type_name: str, cols: int) -> np.ndarray:
@@ -141,8 +148,8 @@ def read_gguf_quantized(path, left_dequantized: dict | None = None,
     out = {}
     for t in reader.tensors:
         kind = t.tensor_type.name
-        if tensor_types is not None and t.name in names:
-            tensor_types[names[t.name]] = (t.name, kind)
+        if tensor_types is not None and (key := _report_key(t, names)) is not None:
+            tensor_types[key] = (t.name, kind)
         if kind in KEPT and len(t.shape) == 3:   # a MoE's experts: transformers merges or splits them
             _stacked_source(out, t, kind)
             continue
@@ -194,18 +201,26 @@ def processed_row_order(processor, name: str, rows: int) -> np.ndarray | str:
         "transformers' GGUF loader rewrites this tensor (not a reordering of its rows)"
 
 
-def storage_note(tensor_types: Mapping[str, tuple[str, str]], stored: Iterable[str], kept: Mapping) -> str:
+def storage_note(tensor_types: Mapping[str, tuple[str, str]], stored: Iterable[str] | Mapping, kept: Mapping) -> str:
     """What became of a GGUF's tensors, per type, for the report: `tensor_types` (`hf_tensor_types`), `stored` the
-    compiled graph's weight names (a quantized or fp16 copy is named `<name>[.t].<layout>`), `kept` the
+    compiled graph's weights or their names (a quantized or fp16 copy is named `<name>[.t].<layout>`), `kept` the
     prequantized weights compile was given (`read_gguf_quantized`).
 
         "GGUF tensors: Q4_K x27: 18 kept as q4_1 groups (...), 9 dequantized, quantized anew as q8_0; F32 x109 ..."
     """
     names = set(stored)
     copies = _copies(names)
+    # a MoE's expert stack is kept under a routed weight's name: found by identity
+    blobs = {id(array) for array in stored.values()} if isinstance(stored, Mapping) else set()
     outcomes = defaultdict(Counter)   # GGUF type -> {what became of it: count}
-    for hf, (_, kind) in tensor_types.items():
-        outcomes[kind][_outcome(hf, kind, kept.get(hf), names, sorted(copies.get(hf, ())))] += 1
+    for hf, (gguf_name, kind) in tensor_types.items():
+        pre = kept.get(hf)
+        if pre is not None and hf == gguf_name and hf not in names:   # a 3-D expert tensor (`_stacked_source`)
+            how = "kept as stored (routed experts)" if pre is not None and id(pre.blob) in blobs else \
+                "dequantized, quantized anew for the routed experts"
+            outcomes[kind][how] += 1
+            continue
+        outcomes[kind][_outcome(hf, kind, pre, names, sorted(copies.get(hf, ())))] += 1
     parts = []
     for kind in sorted(outcomes, key=lambda k: (k in FLOATS, k)):
         counts = outcomes[kind]

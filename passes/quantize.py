@@ -59,7 +59,9 @@ is stored q8_0 under int4 too, where the block's variant reads the down projecti
 (`SparseVariant.own_down_layout`: exact, threshold, predictor): statistic `requantized-int8`. A second 4-bit
 rounding of the file's values cost SmolLM2-135M +8% perplexity (BENCHMARKS.md, session 31); at 8 bits it is below
 the file's own, and the block's gate and up stay the file's blocks. It costs bytes on the rows of active neurons
-only (q8_0 is 34 bytes a group against q4_0's 18).
+only (q8_0 is 34 bytes a group against q4_0's 18). Routed experts' down projections likewise: the routed kernel (and
+each expert's dense kernel where a family has none) reads them in a layout of their own, and a MoE GGUF's 4-bit
+`ffn_down_exps` is found as their source by value, transposed expert by expert (`_transposed_stack_narrow`).
 
 Statistics: `quantized` (from float), `prequantized` (taken as stored), `prequantized-by-value` (a pre-quantized
 weight no graph weight is named after whose values this weight's equal, e.g. a MoE GGUF's experts, which transformers
@@ -181,13 +183,14 @@ class Quantize(Pass):
             if node.op == "linear" and node.inputs[1].attrs.get("name") in rotations:
                 kind = ROTATION_STORAGE[self.kind]
                 record(f"rotation-{kind}")
-            own_down = node.op == "sparse_gated_mlp" and variant_of(node.attrs).own_down_layout
+            own_down = node.op == "routed_moe" or (node.op == "sparse_gated_mlp"
+                                                    and variant_of(node.attrs).own_down_layout)
             for i in slots:
                 name = inputs[i].attrs["name"]
                 eight_bits = kind == "int4" and name.removesuffix(".t") in self.wide
                 if eight_bits:
                     record("wide-int8")   # the source's 5-6 bit blocks stay above 4 bits
-                elif kind == "int4" and own_down and i == 3 and self._narrow_source(name):
+                elif kind == "int4" and own_down and i == 3 and self._narrow_source(graph, node, name):
                     eight_bits = True
                     record("requantized-int8")   # a 4-bit file's down, re-laid: rounded again at 8 bits, not 4
                 inputs[i] = quantized(inputs[i], "int8" if eight_bits else kind)
@@ -236,10 +239,31 @@ class Quantize(Pass):
                 return q
         return None
 
-    def _narrow_source(self, name: str) -> bool:
-        """Whether weight `name` is a transposed copy (`<w>.t`) of a pre-quantized weight stored in under 8 bits."""
+    def _narrow_source(self, graph: Graph, node: Node, name: str) -> bool:
+        """Whether down projection `name` of `node` is a transposed copy of a pre-quantized weight stored in under 8
+        bits: `<w>.t` of a pre-quantized `<w>`, or a routed op's stacked experts (`_transposed_stack_narrow`)."""
+        if node.op == "routed_moe":
+            return self._transposed_stack_narrow(graph.weights[name], node.attrs["experts"])
         source = self.prequantized.get(name.removesuffix(".t")) if name.endswith(".t") else None
         return source is not None and LAYOUTS[source.layout].bits < 8
+
+    def _transposed_stack_narrow(self, down_t, experts: int) -> bool:
+        """Whether routed experts' stacked down projections `down_t` [E * n_ff, d] (a neuron per row) are a
+        pre-quantized stack of under 8 bits transposed expert by expert: a MoE GGUF's `ffn_down_exps` [E * d, n_ff]
+        (`gguf_quant._stacked_source`), which no graph weight is named after. A first row decides which candidate
+        to check in full."""
+        if down_t.ndim != 2 or not down_t.size or down_t.shape[0] % experts:
+            return False
+        n_ff, d = down_t.shape[0] // experts, down_t.shape[1]
+        for q in self.prequantized.values():
+            if tuple(q.shape) != (experts * d, n_ff) or LAYOUTS[q.layout].bits >= 8:
+                continue
+            if not np.array_equal(dequantize(q.blob[:1], q.layout, n_ff)[0], down_t[:n_ff, 0]):
+                continue
+            stacked = dequantize(q.blob, q.layout, n_ff).reshape(experts, d, n_ff).transpose(0, 2, 1)
+            if np.array_equal(stacked.reshape(experts * n_ff, d), down_t):
+                return True
+        return False
 
     def _relaid(self, graph: Graph, w: Node, layout: str, new_weights: dict) -> Node:
         """`w` quantized from its float values in `layout` (a layout name: GGUF's own rule for it)."""

@@ -422,7 +422,8 @@ def test_a_moe_ggufs_expert_rows_are_kept_as_stored_in_the_routed_stacks(tmp_pat
     """transformers merges a Qwen-MoE GGUF's ffn_gate_exps / ffn_up_exps into one gate_up_proj, which no row order of
     one tensor follows; the routed experts' stacked gate and up rows are the file's 3-D tensors' rows in order, so the
     quantize pass takes those blocks where the values are equal (stat prequantized-by-value): the file's bytes, not a
-    second 4-bit rounding. The float build decodes as transformers does; the int4 build computes on what it stores."""
+    second 4-bit rounding; the down stack (the file's ffn_down_exps transposed expert by expert) is re-laid at 8 bits.
+    The float build decodes as transformers does; the int4 build computes on what it stores."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -438,8 +439,13 @@ def test_a_moe_ggufs_expert_rows_are_kept_as_stored_in_the_routed_stacks(tmp_pat
     lm = actsparse.compile(str(tmp_path / "moe.gguf"), max_seq=24)
     np.testing.assert_array_equal(lm.generate(ids, 6), want)
     lm4 = actsparse.compile(str(tmp_path / "moe.gguf"), max_seq=24, quantize="int4")
-    assert lm4.report.pass_stats["quantize"]["prequantized-by-value"] == 2, lm4.report.pass_stats["quantize"]
+    stats = lm4.report.pass_stats["quantize"]
+    assert stats["prequantized-by-value"] == 2 and stats["requantized-int8"] == 1, stats
     (moe,) = [n for n in lm4.module.graph.nodes if n.op == "routed_moe"]
+    # the down stack is the file's ffn_down_exps transposed: re-laid once, at 8 bits (not a second 4-bit rounding)
+    assert [moe.inputs[i].attrs["layout"] for i in (1, 2, 3)] == ["q4_0", "q4_0", "q8_0"]
+    note = next(n for n in lm4.report.notes if n.startswith("GGUF tensors"))
+    assert "Q4_0 x7: 4 kept as stored, 2 kept as stored (routed experts), 1 dequantized, quantized anew" in note
     for i, name in ((1, "ffn_gate_exps"), (2, "ffn_up_exps")):
         stored = lm4.module.graph.weights[moe.inputs[i].attrs["name"]]
         np.testing.assert_array_equal(to_gguf_blocks(stored, "q4_0", 64), blobs[name].reshape(stored.shape[0], -1))

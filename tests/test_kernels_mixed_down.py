@@ -1,7 +1,9 @@
 """Kernels whose down projection has a layout of its own: q8_0 down rows beside 4-bit gate / up rows (a GGUF's q4_0 /
 q4_1 blocks kept as stored, its down re-quantized a neuron per row at 8 bits: passes/quantize.py,
-`SparseVariant.own_down_layout`). Every kernel of those variants x target family: x86 natively (the float path and
-the host's int8-dot path), ARM NEON under qemu, CUDA through nvcc + the SIMT emulator (tests/simt.py).
+`SparseVariant.own_down_layout`, and routed experts, whose down is always re-laid: the routed kernel, and the dense
+kernel a family without one runs per expert). Every kernel of those variants x target family: x86 natively (the
+float path and the host's int8-dot path), ARM NEON under qemu, CUDA through nvcc + the SIMT emulator
+(tests/simt.py).
 
 As tests/test_kernels_quant.py: hypothesis draws the gate layout, a ragged input dim and the activations; each
 example's calls hold 0% and 100% active neurons and a random set; the reference is float64 on the dequantized
@@ -27,7 +29,8 @@ pytest.importorskip("tvm")
 
 DOWN = "q8_0"
 ACTS = {"exact": ("relu", "relu", 0.0), "indexed": ("silu", "identity", 0.0),
-        "threshold": ("silu", "identity", 0.5, "gate")}
+        "threshold": ("silu", "identity", 0.5, "gate"),
+        "dense": ("silu", "identity", 0.0)}   # a routed expert's in the all-experts form (no routed kernel)
 KINDS = tuple(ACTS)
 gate_layouts = st.sampled_from(("q4_0", "q4_1"))
 
@@ -119,3 +122,36 @@ def test_cuda_kernels_with_an_8_bit_down_match_the_dequantized_reference_under_s
     jobs = [(prims[kind], calls_for(kind, rng, d, n_ff, dtype, 0.3)) for kind in KINDS]
     for kind, (_, calls), outs in zip(KINDS, jobs, run_batch(simt_kernels(prims.values()), jobs)):
         check(kind, calls, outs)
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "dense"])
+@settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=gate_layouts, d=st.integers(33, 100).filter(lambda d: d % 32), n_ff=st.integers(1, 24),
+       M=st.integers(1, 4), seed=st.integers(0, 999))
+def test_x86_routed_kernel_with_an_8_bit_down_matches_the_dequantized_reference(exact, dtype, d, n_ff, M, seed):
+    """A MoE GGUF's experts: 4-bit gate / up stacks as stored, the down stack re-laid q8_0; the routed kernel
+    against ir/moe.py's reference on the dequantized weights."""
+    from dataclasses import replace
+
+    from actsparse import targets
+    from actsparse.codegen.kernels.routed_moe import absent_biases, routed_moe
+    from actsparse.codegen.schedules import schedule_for
+    from actsparse.ir.moe import routed_moe_ref
+    from actsparse.ir.quant import quantize
+
+    from .test_kernels_x86 import run
+
+    experts, k = 4, 2
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((M, d)).astype(np.float32)
+    weights = [quantize(rng.standard_normal((experts * n_ff, d)).astype(np.float32) / d**0.5, layout)
+               for layout in (dtype, dtype, DOWN)]
+    route_i = np.stack([rng.choice(experts, k, replace=False) for _ in range(M)]).astype(np.int64)
+    route_w = rng.random((M, k)).astype(np.float32)
+    attrs = {"experts": experts, "gate_act": "relu", "up_act": "identity", "threshold": 0.0}
+    expected = routed_moe_ref(x, *(w.dequantize() for w in weights), route_w, route_i, attrs, {})
+    sched = replace(schedule_for(targets.get("x86")), int8_dot="", int8_axpy=())
+    kernel = routed_moe(d, n_ff, experts, exact=exact, dtype=dtype, down_dtype=DOWN, sched=sched)
+    assert f"{dtype}dn{DOWN}" in str(kernel.attrs["global_symbol"])
+    got = run(kernel, x, *(w.blob for w in weights), route_w, route_i, *absent_biases(d), out_shape=(M, d))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(expected).max()))

@@ -371,10 +371,13 @@ def dense_mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, **mlp_op
 
 @cache
 def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                    threshold: float = 0.0, dtype: str = "float32", sched: GpuSchedule):
-    """Dense gated MLP (x, w_gate, w_up, w_down_t, out): every neuron, gate and up fused per warp."""
-    k = dense_mlp("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched)
-    wshape, wdtype = weight_buffer(n_ff, d, dtype)
+                    threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
+                    sched: GpuSchedule):
+    """Dense gated MLP (x, w_gate, w_up, w_down_t, out): every neuron, gate and up fused per warp. `down_dtype`:
+    w_down_t's layout where it is not `dtype`'s (a routed expert's in the all-experts form)."""
+    k = dense_mlp("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched, down_dtype=down_dtype)
+    wshape, wdtype = k.buffer
+    dshape, ddtype = k.down_buffer
 
     @T.macro
     def neuron(w_gate, w_up, j, x, xs, m, lane, s, a):
@@ -385,7 +388,7 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
 
     @T.prim_func
     def kernel(x: T.Buffer((M, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), out: T.Buffer((M, d), "float32"),
+               w_down_t: T.Buffer(dshape, ddtype), out: T.Buffer((M, d), "float32"),
                h: T.Buffer((M, n_ff), "float32"), part: T.Buffer((k.splits, M, d), "float32")):
         body(x, w_gate, w_up, w_down_t, x, out, h, part, M)
 

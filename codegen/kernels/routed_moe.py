@@ -5,7 +5,8 @@ Buffers (destination passing, as `relax.call_tir` wants):
     x        [M, d]          float32, M symbolic (decode M = 1, prefill M > 1)
     w_gate   [E * n_ff, d]   the experts' gate rows stacked: expert e owns rows e * n_ff .. (e + 1) * n_ff - 1
     w_up     [E * n_ff, d]   likewise
-    w_down_t [E * n_ff, d]   the down projections transposed (one neuron per row), stacked
+    w_down_t [E * n_ff, d]   the down projections transposed (one neuron per row), stacked; in a layout of its
+                             own where `down_dtype` says (q8_0 beside a GGUF's 4-bit gate / up rows)
     route_w  [M, K]          float32 routing weights of each token's K slots
     route_i  [M, K]          int64 expert of each slot (the router's top-k indices)
     b_gate, b_up [E * n_ff], b_down [E, d]   float32 biases (gpt-oss's experts; dense mode), or, unbiased,
@@ -36,26 +37,29 @@ from .sparse_mlp import EXACT_GATE_ACTS, check_mlp, compacting_body, dense_body,
 
 @cache
 def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_act: str = "identity",
-               threshold: float = 0.0, dtype: str = "float32", exact: bool = True, bias: bool = False,
-               sched: CpuSchedule):
+               threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None, exact: bool = True,
+               bias: bool = False, sched: CpuSchedule):
     """(x, w_gate, w_up, w_down_t, route_w, route_i, b_gate, b_up, b_down, out), see the module docstring.
     `exact`: skip the neurons whose gate is exactly zero (gate_act of the ReLU family); otherwise every row of a
-    routed expert is read. `bias`: the biases are read (dense mode only); else they are `absent_biases(d)`."""
-    check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS if exact else GATE_ACTS)
+    routed expert is read. `bias`: the biases are read (dense mode only); else they are `absent_biases(d)`.
+    `down_dtype`: w_down_t's layout where it is not `dtype`'s."""
+    check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS if exact else GATE_ACTS, down_dtype)
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
     if bias and exact:
         raise ValueError("routed experts with biases run dense (exact=False): a gate bias moves the gate's zero")
-    sched = sched.fitted(d, dtype)
+    down = down_dtype or dtype
+    sched = sched.fitted(d, dtype, down)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     # an expert's gated MLP: sparse_mlp's regions at the expert's row offset (exact: idx lists absolute rows)
     reads_up = reads_input(up_act)
     compacting = compacting_body(d, n_ff, dtype, sched, gate_value=skipping_value(act_g), act_u=act_u,
-                                 kernel="routed", reads_up=reads_up) if exact else None
+                                 kernel="routed", reads_up=reads_up, down_dtype=down) if exact else None
     dense = None if exact else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, kernel="routed",
-                                          biased=bias, reads_up=reads_up)
+                                          biased=bias, reads_up=reads_up, down_dtype=down)
     threads = sched.threads
     wshape, wdtype = weight_buffer(experts * n_ff, d, dtype)
+    dshape, ddtype = weight_buffer(experts * n_ff, d, down)
     zero = T.float32(0)
 
     @T.macro
@@ -116,14 +120,14 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), rw_h: T.handle, ri_h: T.handle,
+               w_down_t: T.Buffer(dshape, ddtype), rw_h: T.handle, ri_h: T.handle,
                b_gate: T.Buffer((bias_rows,), "float32"), b_up: T.Buffer((bias_rows,), "float32"),
                b_down: T.Buffer((down_rows, d), "float32"), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down)
 
     name = mlp_symbol("routed" + ("x" if exact else "d") + ("b" if bias else "") + f"e{experts}", d, n_ff, gate_act,
-                      up_act, threshold, dtype, sched)
+                      up_act, threshold, dtype, sched, down)
     return kernel.with_attr("global_symbol", name)
 
 

@@ -229,21 +229,25 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
 
 @cache
 def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = "identity",
-                    threshold: float = 0.0, dtype: str = "float32", sched: CpuSchedule):
+                    threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
+                    sched: CpuSchedule):
     """Dense gated MLP, same buffers as `sparse_gated_mlp`: (x, w_gate, w_up, w_down_t, out).
 
     Every neuron is computed (any gate_act of GATE_ACTS); the dense fallback and the "dense" timings.
+    `down_dtype`: w_down_t's layout where it is not `dtype`'s (a routed expert's, all-experts form).
     """
-    check_mlp(d, n_ff, gate_act, up_act, dtype)
-    sched = sched.fitted(d, dtype)
+    check_mlp(d, n_ff, gate_act, up_act, dtype, GATE_ACTS, down_dtype)
+    down = down_dtype or dtype
+    sched = sched.fitted(d, dtype, down)
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
     body = dense_body(d, n_ff, dtype, sched, act_g=activation(gate_act, threshold), act_u=activation(up_act), x8=x8,
-                      kernel="dense", reads_up=reads_input(up_act))
+                      kernel="dense", reads_up=reads_input(up_act), down_dtype=down)
     wshape, wdtype = weight_buffer(n_ff, d, dtype)
+    dshape, ddtype = weight_buffer(n_ff, d, down)
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(wshape, wdtype), out_h: T.handle):
+               w_down_t: T.Buffer(dshape, ddtype), out_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         M = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
@@ -257,22 +261,25 @@ def dense_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str = 
         h = T.alloc_buffer((M, n_ff), "float32")
         body(xd, M, 0, w_gate, w_up, w_down_t, g, h, out)
 
-    return kernel.with_attr("global_symbol", mlp_symbol("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched))
+    return kernel.with_attr("global_symbol", mlp_symbol("dense", d, n_ff, gate_act, up_act, threshold, dtype, sched,
+                                                        down))
 
 
 def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_u, x8: bool = False,
-               kernel: str, biased: bool = False, gate_dots=None, reads_up: bool = True):
+               kernel: str, biased: bool = False, gate_dots=None, reads_up: bool = True,
+               down_dtype: str | None = None):
     """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, out)`: the dense kernel's two regions over the n_ff neurons
     whose weights are rows row0 .. row0 + n_ff - 1 (see `compacting_body`, also for `x8` and `kernel`). Scratch:
     g, h [M, n_ff] f32. `biased`: the body also takes `b_gate, b_up` (float32, indexed by weight row), added to
-    the dots before the activations (gpt-oss's experts). `gate_dots`, `reads_up`: as in `compacting_body`."""
+    the dots before the activations (gpt-oss's experts). `gate_dots`, `reads_up`, `down_dtype`: as in
+    `compacting_body`."""
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads
     if gate_dots is None:
         gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=None if biased else act_g, x8=x8)
     up_dots, _ = dots_macro(d, dtype, sched, gathered=False, x8=x8)
-    axpy_all, _ = axpy_macro(d, dtype, sched, gathered=False, kernel=kernel)
-    zero_cols = zero_columns_macro(d, sched, dtype)
+    axpy_all, _ = axpy_macro(d, down_dtype or dtype, sched, gathered=False, kernel=kernel)
+    zero_cols = zero_columns_macro(d, sched, down_dtype or dtype)
 
     @T.macro
     def body(x, M, row0, w_gate, w_up, w_down_t, g, h, out, b_gate=None, b_up=None):
