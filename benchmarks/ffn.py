@@ -270,8 +270,9 @@ class FfnBench:
             for fn, _ in runners.values():
                 self.evict()
                 fn()
-        for _ in range(repeats):  # interleaved: drifting machine load hits every kernel alike
-            for name, (fn, _) in runners.items():
+        for rep in range(repeats):  # interleaved: drifting machine load hits every kernel alike
+            # every other round in reverse: a runner's place in the round (what ran just before it) favours none
+            for name, (fn, _) in (reversed if rep % 2 else iter)(list(runners.items())):
                 self.evict()
                 wake[name]()
                 t0 = time.perf_counter()

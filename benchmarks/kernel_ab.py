@@ -85,7 +85,7 @@ def cpu_times(bench, runners: dict, repeats: int, warm: bool = False) -> dict[st
 
     times = {name: [] for name in runners}
     for rep in range(repeats + 2):  # two warm-up rounds
-        for name, (fn, _) in runners.items():
+        for name, (fn, _) in (reversed if rep % 2 else iter)(list(runners.items())):  # as FfnBench.time
             bench.evict()
             if warm:
                 fn()
