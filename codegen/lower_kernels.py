@@ -11,8 +11,9 @@ for the layer's sizes and the target's schedule, and restores the leading dims:
                                                    (gate/up biases, if any, go to the linear kernels)
     routed_moe(x, @Wg, @Wu, @Wd.t, V, I[, @bg, @bu, @bd])
                                                 -> reshape(call_tir(routed kernel, [x2d, Wg, Wu, Wd.t, V2d, I2d, ...]))
-                                                   (a family without one: each expert's dense kernel, weighted;
-                                                   biased experts in Relax ops)
+                                                   (CUDA: x spread over the K slots, the per-slot routed kernel,
+                                                   the slots' outputs summed by weight; a family with neither and
+                                                   biased experts there: each expert's dense kernel, weighted)
 
 Which kernel a sparse variant uses per family ("cpu", "cuda") and with which options is the variant's entry
 (ir/sparse_variants.py: `kernels`, `kernel_options`); nothing here names a variant.
@@ -154,6 +155,9 @@ def _routed_moe(ctx, node, args):
         given = biases or [relax.const(b) for b in absent_biases(d)]
         out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i, *given], tokens, d_out, node.dtype)
         return R.reshape(out, [*lead, d_out])
+    if "routed-slots" in FAMILIES[type(sched).__name__] and not biases:
+        return R.reshape(_slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k, sched, options),
+                         [*lead, d_out])
     # no routed kernel for this family: every expert on every token, weighted (the all-experts form)
     dense = None if biases else target_kernel("dense", d, n_ff, sched=sched, **options)
     out = None
@@ -167,6 +171,24 @@ def _routed_moe(ctx, node, args):
         out = term if out is None else ctx.bb.emit(R.add(out, term))
     out = out if node.dtype == "f32" else ctx.bb.emit(R.astype(out, "float16" if node.dtype == "f16" else "float32"))
     return R.reshape(out, [*lead, d_out])
+
+
+def _slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k: int, sched, options: dict):
+    """The routed experts through the per-slot kernel (`kernels/cuda_routed.py`): each token's x repeated for its k
+    slots, each slot's expert output, summed by the routing weights: [tokens, d_out] in the node's dtype."""
+    from .kernels import kernel as target_kernel
+
+    a, w_gate = node.attrs, node.inputs[1]
+    experts, d, d_out = a["experts"], w_gate.shape[1], node.shape[-1]
+    kernel = target_kernel("routed-slots", d, w_gate.shape[0] // experts, experts, exact=a["mode"] == "exact",
+                           sched=sched, **options)
+    slots = tokens * k
+    x_slots = ctx.bb.emit(R.reshape(R.repeat(x2d, k, axis=0), [slots, d]))
+    y = emit_kernel_call(ctx, kernel, [x_slots, *args[1:4], ctx.bb.emit(R.reshape(route_i, [slots]))], slots, d_out,
+                         "f32")
+    weighted = R.multiply(R.reshape(y, [tokens, k, d_out]), R.reshape(route_w, [tokens, k, 1]))
+    out = ctx.bb.emit(R.sum(weighted, axis=[1]))
+    return out if node.dtype == "f32" else ctx.bb.emit(R.astype(out, TVM_DTYPES[node.dtype]))
 
 
 def _expert_slice(ctx, bias, e: int, n_ff: int, per_expert: bool):

@@ -91,9 +91,9 @@ def test_routed_kernel_refuses_a_non_relu_gate_in_exact_mode():
         routed_moe(D, N, E, exact=True, bias=True, sched=SCHED)
 
 
-@pytest.mark.parametrize("target, kernel", [("x86", "routedx"), ("cuda", "dense")])
+@pytest.mark.parametrize("target, kernel", [("x86", "routedx"), ("cuda", "routedx")])
 def test_lowering_calls_the_routed_kernel_where_the_family_has_one(target, kernel):
-    """x86: one call of the routed kernel; cuda (no routed kernel yet): each expert's dense kernel, weighted."""
+    """x86: one call of the routed kernel; cuda: one call of its per-slot routed kernel (tests/test_cuda_routed.py)."""
     from actsparse import targets
     from actsparse.codegen.lower import lower_graph
     from actsparse.passes import pipeline_for, run_pipeline
@@ -105,13 +105,12 @@ def test_lowering_calls_the_routed_kernel_where_the_family_has_one(target, kerne
     module, _ = lower_graph(graph, targets.get(target))
     kernels = [str(gv.name_hint) for gv in module.functions if str(gv.name_hint).startswith("actsparse")]
     assert [k for k in kernels if "gmlp" in k] and all(f"_gmlp_{kernel}" in k for k in kernels if "gmlp" in k)
-    calls = str(module["main"]).count("_gmlp_")
-    assert calls == (1 if target == "x86" else 3)
+    assert str(module["main"]).count("_gmlp_") == 1
 
 
 def test_all_experts_fallback_lowering_computes_the_op(monkeypatch):
-    """The lowering a family without a routed kernel gets (cuda today), run on the CPU by hiding the CPU's routed
-    kernel: the compiled graph equals the original's interpretation, routing included."""
+    """The lowering a family without a routed kernel gets (and CUDA's biased experts), run on the CPU by hiding the
+    CPU's routed kernel: the compiled graph equals the original's interpretation, routing included."""
     import actsparse
     from actsparse.codegen import kernels
     from actsparse.ir import evaluate

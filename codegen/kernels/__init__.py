@@ -12,13 +12,13 @@ import importlib
 
 __all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
            "sparse_mlp", "gathered_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp",
-           "cuda_input_mlp", "routed_moe", "attention", "kernel", "KERNELS", "family_of"]
+           "cuda_input_mlp", "routed_moe", "cuda_routed", "attention", "kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
 _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "int8_dots", "quant_int8", "rows",
                "schedule",
                "sparse_mlp", "gathered_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp",
-               "cuda_input_mlp", "routed_moe", "cutoff_mlp", "cuda_cutoff_mlp", "attention")
+               "cuda_input_mlp", "routed_moe", "cuda_routed", "cutoff_mlp", "cuda_cutoff_mlp", "attention")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
@@ -43,10 +43,11 @@ FAMILIES = {
                     "scored": ("cuda_mlp", "scored_gated_mlp"),
                     "cutoff": ("cuda_cutoff_mlp", "cutoff_gated_mlp"),
                     "cutoff-dense": ("cuda_cutoff_mlp", "cutoff_dense_gated_mlp"),
-                    "input": ("cuda_input_mlp", "input_sparse_gated_mlp")},
+                    "input": ("cuda_input_mlp", "input_sparse_gated_mlp"),
+                    "routed-slots": ("cuda_routed", "routed_gated_mlp")},
 }
 KERNELS = ("exact", "indexed", "listed", "dense", "linear", "threshold", "sign_score", "select", "scored", "certified",
-           "input", "routed", "cutoff", "cutoff-dense", "attention")
+           "input", "routed", "routed-slots", "cutoff", "cutoff-dense", "attention")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 

@@ -178,12 +178,13 @@ def by_flag(n: int):
 
 
 def down_macros(d: int, dtype: str, sched: GpuSchedule, row: Callable, count: Callable, splits: int,
-                keep: Callable | None = None):
+                keep: Callable | None = None, skip_zero_h: bool = False):
     """(`down_parts`, `sum_parts`): the two launches of the down projection (see the module docstring).
 
     `down_parts(w_down_t, h, rows, counts, part, M)`: part[s, m, cols] = sum over the s-th part of token
     m's list of h[m, p] * w_down_t[row(rows, m, p), cols]; the list is the positions p < count(counts, m)
-    with keep(rows, p) (a flag mask; every position without `keep`).
+    with keep(rows, p) (a flag mask; every position without `keep`) and, with `skip_zero_h`, h[m, p] != 0 (a
+    routed token's own inactive neurons: `cuda_routed.py`).
     `sum_parts(part, out, M)`: out = sum over s of part[s].
     """
     L, W, T_ = sched.warp, sched.warps, sched.threads
@@ -196,6 +197,9 @@ def down_macros(d: int, dtype: str, sched: GpuSchedule, row: Callable, count: Ca
     per_thread = (SL + T_ - 1) // T_  # slice columns each thread sums over the warps
     quantized, storage = is_quantized(dtype), weight_buffer(1, 1, dtype)[1]
     listed = keep or (lambda rows, p: True)
+
+    def kept(rows, h, m, p):
+        return T.And(listed(rows, p), h[m, p] != T.float32(0)) if skip_zero_h else listed(rows, p)
 
     @T.macro
     def down_parts(w_down_t, h, rows, counts, part, M):
@@ -227,7 +231,7 @@ def down_macros(d: int, dtype: str, sched: GpuSchedule, row: Callable, count: Ca
                                 c[0] = 0
                                 for s in T.unroll(S):
                                     p: T.let = q0 + rnd * CH + s * L + tx
-                                    ok: T.let = T.And(p < q1, listed(rows, T.min(p, q1 - 1)))
+                                    ok: T.let = T.And(p < q1, kept(rows, h, m, T.min(p, q1 - 1)))
                                     bits[0] = ballot(ok)
                                     if ok:
                                         srow[ty, c[0] + popcount(T.bitwise_and(bits[0], lanes_below(tx)))] = \

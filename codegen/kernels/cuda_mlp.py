@@ -75,11 +75,12 @@ class _Mlp:
 
 
 def mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, count, gate_acts=GATE_ACTS,
-         act_g=None, tag=None, keep=None, down_dtype=None) -> _Mlp:
+         act_g=None, tag=None, keep=None, down_dtype=None, skip_zero_h=False) -> _Mlp:
     """Checks the parameters (as the CPU kernels do) and builds the shared macros; `row`/`count`/`keep` map a
     token's list position to a weight row / give its list length / say whether it is listed (see `down_macros`).
     `act_g`/`tag` override the gate activation and its name in the symbol (threshold mode's IR activations).
-    `down_dtype`: the down projection's layout where it is not `dtype`'s (the down launch reads it)."""
+    `down_dtype`: the down projection's layout where it is not `dtype`'s (the down launch reads it); `skip_zero_h`:
+    the down launch lists no position whose h is 0 (`down_macros`)."""
     _require_gpu_schedule(sched)
     check_mlp(d, n_ff, gate_act, up_act, dtype, gate_acts, down_dtype)
     down = down_dtype or dtype
@@ -102,8 +103,8 @@ def mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, cou
     name = "actsparse_cuda_" + mlp_symbol(kind, d, n_ff, tag or gate_act, up_act, threshold, dtype,
                                           sched, down).removeprefix("actsparse_")
     return _Mlp(sched.warp, sched.warps, gated_dot, warp_dot, stage_x_macro(d, dtype, sched),
-                *x_stage_buffer(d, dtype), *down_macros(d, down, sched, row, count, splits, keep), splits, act_u,
-                name, reads_up, weight_buffer(n_ff, d, dtype), weight_buffer(n_ff, d, down), sched)
+                *x_stage_buffer(d, dtype), *down_macros(d, down, sched, row, count, splits, keep, skip_zero_h), splits,
+                act_u, name, reads_up, weight_buffer(n_ff, d, dtype), weight_buffer(n_ff, d, down), sched)
 
 
 FLAGGING_SCRATCH = 3  # h [M, n_ff], flag [n_ff], part [splits, M, d]

@@ -1,0 +1,94 @@
+"""Routed mixture-of-experts kernel for CUDA GPUs: each (token, slot) runs only the expert the router chose for it.
+
+The CPU's routed kernel (`routed_moe.py`) gathers the tokens of each expert in a serial loop over the experts, which
+a GPU would run on one thread. Here the lowering first spreads each token over its K slots (x repeated K times, the
+slots' experts as one list, `lower_kernels._routed_moe`); this kernel then runs, for every such virtual token v,
+the gated MLP of expert e = expert[v] — weight rows e * n_ff .. (e + 1) * n_ff - 1 of the stacked experts — and the
+lowering sums the K outputs of a token weighted by the router. A decoding step (M = 1) reads k experts' rows, not E.
+
+Buffers (destination passing, after `out` the scratch the caller allocates, `scratch.py`):
+
+    x        [V, d]          float32, V symbolic (tokens x slots)
+    w_gate   [E * n_ff, d]   the experts' gate rows stacked (expert e owns rows e * n_ff ..), any weight layout
+    w_up     [E * n_ff, d]   likewise
+    w_down_t [E * n_ff, d]   the down projections transposed (a neuron per row), stacked; `down_dtype` its layout
+    expert   [V]             int64 expert of each virtual token
+    out      [V, d]          float32, each virtual token's expert output (unweighted)
+    h        [V, n_ff], part [splits, V, d]   scratch
+
+Three launches, as the per-block kernels (`cuda_mlp.py`): a warp per neuron j computes h[v, j] for every virtual
+token (exact: the up row is read only where the gate keeps the neuron — the gate value is the same in every lane, so
+the branch is warp-uniform), the down launch's split-K parts read the rows of expert[v] (exact: only the positions
+whose h is not zero), the last sums the parts. Biased experts (gpt-oss) keep the all-experts form.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from tvm.script import tirx as T
+
+from .common import activation, is_active, skipping_value
+from .cuda_mlp import finish, mlp_parts, tokens
+from .quant_blocks import weight_buffer
+from .schedule import GpuSchedule
+from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS
+
+ROUTED_SCRATCH = 2  # h [V, n_ff], part [splits, V, d]
+
+
+@cache
+def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_act: str = "identity",
+                     threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
+                     exact: bool = True, sched: GpuSchedule):
+    """(x, w_gate, w_up, w_down_t, expert, out, h, part), see the module docstring. `exact`: skip the neurons whose
+    gate is exactly zero (gate_act of the ReLU family): their up and down rows are not read."""
+    if experts < 1:
+        raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
+
+    def row(expert, v, p):   # position p of virtual token v's list: neuron p of its expert
+        return T.Cast("int32", expert[v]) * n_ff + p
+
+    k = mlp_parts(f"routed{'x' if exact else 'd'}e{experts}", d, n_ff, gate_act, up_act, threshold, dtype, sched,
+                  row, lambda expert, v: n_ff, EXACT_GATE_ACTS if exact else GATE_ACTS, down_dtype=down_dtype,
+                  skip_zero_h=exact)
+    (wshape, wdtype), (dshape, ddtype) = (weight_buffer(experts * n_ff, d, t) for t in (dtype, down_dtype or dtype))
+    L, W, warp_dot, act_u = k.L, k.W, k.warp_dot, k.act_u
+    gate_value = skipping_value(activation(gate_act, threshold, "cuda"))
+    reads_up = k.reads_up
+    n_blocks = (n_ff + W - 1) // W
+    V = tokens()
+
+    @T.prim_func
+    def kernel(x: T.Buffer((V, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+               w_down_t: T.Buffer(dshape, ddtype), expert: T.Buffer((V,), "int64"), out: T.Buffer((V, d), "float32"),
+               h: T.Buffer((V, n_ff), "float32"), part: T.Buffer((k.splits, V, d), "float32")):
+        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
+            for ty in T.thread_binding(W, "threadIdx.y"):
+                for tx in T.thread_binding(L, "threadIdx.x"):
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    gs = T.alloc_buffer((1,), "float32", scope="local")
+                    xs = T.alloc_buffer(k.xs_shape, k.xs_dtype, scope="shared")
+                    j: T.let = bx * W + ty
+                    for v in range(V):
+                        k.stage(x, v, xs, ty, tx)   # outside the branches: every thread of the block reaches it
+                        if j < n_ff:
+                            if exact:
+                                warp_dot(w_gate, row(expert, v, j), x, xs, v, tx, s)
+                                gs[0] = gate_value(s[0])
+                                if is_active(gs[0]):   # the same bits in every lane: warp-uniform
+                                    if reads_up:
+                                        warp_dot(w_up, row(expert, v, j), x, xs, v, tx, s)
+                                        s[0] = gs[0] * act_u(s[0])
+                                    else:
+                                        s[0] = gs[0]
+                                else:
+                                    s[0] = T.float32(0)
+                            else:
+                                k.gated_dot(w_gate, w_up, row(expert, v, j), x, xs, v, tx, s)
+                            if tx == 0:
+                                h[v, j] = s[0]
+        k.down_parts(w_down_t, h, expert, expert, part, V)
+        k.sum_parts(part, out, V)
+
+    return finish(kernel, k.name, ROUTED_SCRATCH)
