@@ -99,16 +99,19 @@ def _hot_cold(o: PipelineOptions) -> list[Pass]:
 def _threshold(o: PipelineOptions) -> list[Pass]:
     if o.sparsity is None:
         raise ValueError("mode 'threshold' needs a target sparsity, e.g. sparsity=0.5")
-    # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy)
+    # every gated MLP (SwiGLU/GeGLU too): per-layer thresholds calibrated to `sparsity` (lossy); MoE experts stay
+    # dense and route (each on its tokens only: E/k times less work than thresholded experts run all-experts)
     return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration,
                                            storage=o.storage, sensitivity=o.sensitivity, target=o.target,
-                                           loss_guard=o.loss_guard, fallback=o.fallback_method)]
+                                           loss_guard=o.loss_guard, fallback=o.fallback_method), RouteMoE()]
 
 
 def _predictor(o: PipelineOptions) -> list[Pass]:
     # ReLU-family blocks: a predictor per block picks the neurons, its cutoff calibrated to `recall` (lossy)
+    # (MoE experts a predictor sparsified keep the all-experts form; dense ones route)
     return [*_detect(o), SparsifyPredictor(predictor=o.predictor, recall=o.recall, sparsity=o.sparsity or 0.0,
-                                          budget=o.predictor_budget, calibration=o.calibration), *_hot_cold(o)]
+                                          budget=o.predictor_budget, calibration=o.calibration), RouteMoE(),
+            *_hot_cold(o)]
 
 
 # mode -> its passes, top to bottom. A sparse variant that is a mode of its own (ir/sparse_variants.py) adds a line

@@ -158,7 +158,14 @@ def _experts(index: Node) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def _match(node: Node) -> dict | None:
+def routed_expert_blocks(graph: Graph) -> set[int]:
+    """ids of the expert blocks this pass would route as they are (the layers `_match` takes; nothing recorded):
+    sparsify-threshold keeps them dense, as a lossy variant's experts would run all-experts."""
+    return {id(block) for node in graph.nodes if node.op == "add" and (found := _match(node, quiet=True))
+            for block in found["blocks"]}
+
+
+def _match(node: Node, quiet: bool = False) -> dict | None:
     if node.op != "add":
         return None
     leaves = _leaves(node)
@@ -178,6 +185,8 @@ def _match(node: Node) -> dict | None:
             biased = any(_biased(terms[e]) for e in range(experts))
             biased_exact = biased and any(kind and kind[0] not in BIASED_MODES for kind in kinds)
             if biased_exact or None in kinds or len(kinds) != 1 or blocks[0].shape[-1] != block.inputs[0].shape[-1]:
+                if quiet:
+                    return None
                 record("kept-all-experts")
                 why = (f"exact experts with biases: routed_moe takes biases in mode {', '.join(BIASED_MODES)} only"
                        if biased_exact else "experts of different kinds, quantized or of a sparse variant without a "

@@ -34,7 +34,12 @@ higher cost per byte than the dense kernel pays nothing when (1 - s) x cost >= 1
 sparsity, a rotation's bytes already subtracted); it stays on the dense kernel (`sparse_gated_mlp{mode='dense'}`, the
 report's row gives the reason) and counts as `kept-dense-by-cost`.
 
-Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `fisher-allocation` once when the
+MoE experts that route-moe will route (`route_moe.routed_expert_blocks`) are left dense, with the reason in the
+report (`ir.moe.ROUTED_EXPERTS_REASON`): no routed kernel takes calibrated thresholds, and run all-experts they would
+cost E/k times the routed dense experts' reads. Explicit `thresholds` for an expert still apply.
+
+Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `kept-dense-routed-experts` per expert
+left dense; `fisher-allocation` once when the
 budget was pooled by `sensitivity`; `rotation-<kind>` per rotation stored
 (`int8`: q8_0, see `rotation.ROTATION_STORAGE`); `kept-dense-by-cost` per block the cost rule kept dense.
 """
@@ -49,6 +54,7 @@ from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, pattern_name
+from ..ir.moe import ROUTED_EXPERTS_REASON
 from ..ir.quant import FLOAT_KINDS, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
@@ -56,6 +62,7 @@ from .base import Pass, coerce_options, note, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, refused, threshold_attrs
 from .detect_gated_mlp import plain_as_gated
 from .rotation import ROTATION_STORAGE
+from .route_moe import routed_expert_blocks
 from .sparse_layout import to_sparse_layout
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 
@@ -102,9 +109,17 @@ class SparsifyThreshold(Pass):
         if not blocks:
             return graph
         chosen = self._given(blocks)
+        routed = routed_expert_blocks(graph)
+        kept_routed = [id(b) in routed and chosen[i] is None for i, b in enumerate(blocks)]
+        for block in (b for b, kept in zip(blocks, kept_routed) if kept):
+            record("kept-dense-routed-experts")
+            note({"kind": "kept-dense", "location": block.loc, "mode": "dense", "reason": ROUTED_EXPERTS_REASON,
+                  "pattern": pattern_name(block.attrs["gate_act"], block.attrs["up_act"])})
+        if all(kept_routed):
+            return graph
         methods = [(self.method, "")] * len(blocks)   # per block: (its method, why not self.method)
         storage = self.storage or _stored_as(graph, blocks[0])
-        missing = [i for i, b in enumerate(blocks) if chosen[i] is None]
+        missing = [i for i, b in enumerate(blocks) if chosen[i] is None and not kept_routed[i]]
         if missing:
             if not self.calibration:
                 where = ", ".join(blocks[i].loc or "?" for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
@@ -141,13 +156,16 @@ class SparsifyThreshold(Pass):
             for i in other:
                 methods[i] = (self.fallback, f"{self.fallback} ({refusals[i]}: {self.method} takes none)")
         cost = (self.target.input_byte_cost if self.target is not None else {}).get(storage, 1.0)
-        in_order = iter(zip(chosen, methods))   # rewrite visits graph.nodes in order (rebuilt nodes: new identity)
+        # rewrite visits graph.nodes in order (rebuilt nodes: new identity)
+        in_order = iter(zip(chosen, methods, kept_routed))
         new_weights: dict = {}
 
         def visit(node: Node) -> Node | None:
             if node.op != "gated_mlp" or has_hidden_norm(node):
                 return None
-            c, (name, why) = next(in_order)
+            c, (name, why), kept = next(in_order)
+            if kept:
+                return None   # a routed expert: route-moe runs it dense, on its tokens only
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
             reason = _dense_pays(c, cost) if c is not None else \

@@ -189,3 +189,29 @@ def test_nemotron_h_relu2_experts_without_a_gate_run_routed_and_exact():
         routed[0].inputs[1].attrs["name"] == routed[0].inputs[2].attrs["name"]  # up: the gate's rows, never read
     assert lm.module.graph.count("sparse_gated_mlp") == 2  # the shared expert and the dense layer's MLP
     assert torch.equal(lm.generate(ids, 8), expected)
+
+
+def test_threshold_mode_keeps_routed_experts_dense_and_routed_and_thresholds_the_shared_expert():
+    """Thresholded experts would run all-experts (no routed kernel takes calibrated thresholds): E/k times the
+    routed dense experts' work (a 2-layer Mixtral of d 1024 decoded at 0.44x its dense build that way; BENCHMARKS.md,
+    session 33). Threshold mode keeps them dense and routes them, with the reason in the report, and calibrates the
+    other blocks (DeepSeek-V3's shared expert, its dense first layer); compiled, it computes what its graph says."""
+    import actsparse
+    from actsparse.ir.moe import ROUTED_EXPERTS_REASON
+
+    model = _deepseek_v3_group_limited()
+    ids = example_ids(model)
+    rng = np.random.default_rng(0)
+    calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
+    graph = import_torch(CausalLMLogits(model).eval(), (ids,))
+    cm = actsparse.compile(graph, (ids.numpy(),), mode="threshold", calibration=calibration, sparsity=0.3)
+    stats = cm.report.pass_stats
+    assert stats["sparsify-threshold"]["kept-dense-routed-experts"] == 4
+    assert stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4}
+    (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
+    assert routed.attrs["mode"] == "dense"
+    thresholded = {n.loc.rsplit(".", 1)[-1] for n in cm.graph.nodes
+                   if n.op == "sparse_gated_mlp" and n.attrs["mode"] in ("input", "threshold")}
+    assert thresholded == {"mlp", "shared_experts"}
+    assert [b.reason for b in cm.report.blocks if b.expert is not None] == [ROUTED_EXPERTS_REASON] * 4
+    np.testing.assert_allclose(cm(ids.numpy()), evaluate(cm.graph, [ids.numpy()])[0], rtol=1e-4, atol=1e-5)
