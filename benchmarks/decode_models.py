@@ -126,6 +126,67 @@ def write_llama_gguf(model, path: str, dtype: str) -> None:
     drop_from_page_cache(path)
 
 
+def write_qwen3_moe_gguf(path: str, *, d: int = 2048, layers: int = 4, experts: int = 32, used: int = 8,
+                         n_ff: int = 768, heads: int = 16, kv_heads: int = 4, vocab: int = 2048, context: int = 4096,
+                         quant: str = "Q4_0", std: float = 0.02, seed: int = 0) -> dict:
+    """A synthetic Qwen3-MoE GGUF as llama.cpp writes one (Qwen3-30B-A3B's shapes, scaled by the arguments): every
+    layer's experts as 3-D tensors ffn_{gate,up,down}_exps [E, rows, cols] and its attention matrices in `quant`
+    (GGUF's own quantizer), norms, router and the tables F32; a byte-level SentencePiece vocabulary, so llama.cpp and
+    transformers both load it (transformers' GGUF mapping takes n_ff 768, Qwen3-MoE's expert width). Random
+    weights (`std`, the router's 0.5, norms 1): for timing and for checking the import, not for text. Returns
+    {tensor name: its quantized blocks} of the expert tensors of layer 0."""
+    import gguf
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    qtype = GGMLQuantizationType[quant]
+    rng = np.random.default_rng(seed)
+    head = d // heads
+    w = gguf.GGUFWriter(path, "qwen3moe")
+    for key, value in (("context_length", context), ("embedding_length", d), ("block_count", layers),
+                       ("feed_forward_length", n_ff), ("expert_feed_forward_length", n_ff),
+                       ("attention.head_count", heads), ("attention.head_count_kv", kv_heads),
+                       ("attention.key_length", head), ("attention.value_length", head),
+                       ("expert_count", experts), ("expert_used_count", used)):
+        w.add_uint32(f"qwen3moe.{key}", value)
+    w.add_float32("qwen3moe.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_float32("qwen3moe.rope.freq_base", 1e6)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"<0x{i:02X}>" for i in range(256)] + [f"t{i}" for i in range(vocab - 256)])
+    w.add_token_types([6] * 256 + [1] * (vocab - 256))
+    w.add_token_scores([0.0] * vocab)
+
+    def normal(*shape, scale=std):
+        return (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float32)
+
+    def quantized(*shape):
+        return quants.quantize(normal(*shape), qtype)
+
+    w.add_tensor("token_embd.weight", normal(vocab, d))
+    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
+    w.add_tensor("output.weight", normal(vocab, d))
+    kept = {}
+    for i in range(layers):
+        for norm, size in (("attn_norm", d), ("ffn_norm", d), ("attn_q_norm", head), ("attn_k_norm", head)):
+            w.add_tensor(f"blk.{i}.{norm}.weight", np.ones(size, np.float32))
+        for name, shape in (("attn_q", (heads * head, d)), ("attn_k", (kv_heads * head, d)),
+                            ("attn_v", (kv_heads * head, d)), ("attn_output", (d, heads * head))):
+            w.add_tensor(f"blk.{i}.{name}.weight", quantized(*shape), raw_dtype=qtype)
+        w.add_tensor(f"blk.{i}.ffn_gate_inp.weight", normal(experts, d, scale=0.5))
+        for name, shape in (("ffn_gate_exps", (experts, n_ff, d)), ("ffn_up_exps", (experts, n_ff, d)),
+                            ("ffn_down_exps", (experts, d, n_ff))):
+            blocks = quantized(*shape)
+            w.add_tensor(f"blk.{i}.{name}.weight", blocks, raw_dtype=qtype)
+            if i == 0:
+                kept[name] = blocks
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    drop_from_page_cache(path)
+    return kept
+
+
 def drop_from_page_cache(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -164,7 +164,9 @@ def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:
     (the two-step `vpmaddubsw` dot, with the table too) likewise: q4_0 at Mistral-7B dims, 1 thread, under load,
     exact / indexed / dense 0.87 / 0.76 / 0.67x main's float-axpy time (medians of 31; best 0.79 / 0.69 / 0.61x), the
     input-sparse kernel 1.36x dense at 50% skipped (session 18). 256-bit VNNI: dense only (sessions 7-8, no table).
-    q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only)."""
+    q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only). The routed MoE kernel's
+    experts run the exact / dense bodies, so they take it too (with the int8 row dots: a synthetic Qwen3-MoE GGUF's
+    decode 1.4-1.5x, session 33)."""
     vnni512 = vector_bits == 512 and "avx512_vnni" in flags
     avx2_only = vector_bits == 256 and "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
-    return ("dense", "exact", "indexed", "input") if vnni512 or avx2_only else ("dense",)
+    return ("dense", "exact", "indexed", "input", "routed") if vnni512 or avx2_only else ("dense",)

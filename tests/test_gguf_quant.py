@@ -372,50 +372,14 @@ def test_a_sparse_mode_keeps_a_4_bit_files_gate_and_up_and_rounds_its_down_again
     assert lm.generate(ids, max_new_tokens=6).shape == (1, 11)
 
 
-def write_tiny_qwen3_moe(path, experts=4, n_ff=768, d=64, seed=0):
-    """A Qwen3-MoE GGUF as llama.cpp writes one: its experts as 3-D tensors ffn_{gate,up,down}_exps [E, rows, cols],
-    every matrix Q4_0 (transformers merges gate and up into one gate_up_proj; n_ff 768, the expert size its config
-    mapping assumes). A byte-level BPE vocabulary of VOCAB tokens."""
-    from gguf import GGMLQuantizationType as Q
-    from gguf import quants
+def write_tiny_qwen3_moe(path, experts=4):
+    """A one-layer Qwen3-MoE GGUF as llama.cpp writes one (benchmarks/decode_models.py's writer): its experts as 3-D
+    tensors ffn_{gate,up,down}_exps [E, rows, cols], every matrix Q4_0 (transformers merges gate and up into one
+    gate_up_proj; n_ff 768, the expert size its config mapping assumes). Returns the expert tensors' blocks."""
+    from actsparse.benchmarks.decode_models import write_qwen3_moe_gguf
 
-    rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "qwen3moe")
-    for key, value in (("context_length", 64), ("embedding_length", d), ("block_count", 1),
-                       ("feed_forward_length", n_ff), ("expert_feed_forward_length", n_ff),
-                       ("attention.head_count", HEADS), ("attention.head_count_kv", HEADS),
-                       ("attention.key_length", d // HEADS), ("attention.value_length", d // HEADS),
-                       ("expert_count", experts), ("expert_used_count", 2)):
-        w.add_uint32(f"qwen3moe.{key}", value)
-    w.add_float32("qwen3moe.attention.layer_norm_rms_epsilon", 1e-6)
-    w.add_float32("qwen3moe.rope.freq_base", 10000.0)
-    w.add_tokenizer_model("gpt2")
-    tokens = [chr(b) for b in range(33, 127)] + [f"t{i}" for i in range(VOCAB - 94)]
-    w.add_token_list(tokens)
-    w.add_token_types([1] * len(tokens))
-    w.add_token_merges(["t 1"])
-
-    def normal(*shape):
-        return (rng.standard_normal(shape) * 0.2).astype(np.float32)
-
-    w.add_tensor("token_embd.weight", normal(len(tokens), d))
-    w.add_tensor("output.weight", normal(len(tokens), d))
-    for norm, size in (("output_norm", d), ("blk.0.attn_norm", d), ("blk.0.ffn_norm", d),
-                       ("blk.0.attn_q_norm", d // HEADS), ("blk.0.attn_k_norm", d // HEADS)):
-        w.add_tensor(f"{norm}.weight", np.ones(size, np.float32))
-    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-        w.add_tensor(f"blk.0.{name}.weight", quants.quantize(normal(d, d), Q.Q4_0), raw_dtype=Q.Q4_0)
-    w.add_tensor("blk.0.ffn_gate_inp.weight", normal(experts, d))
-    blobs = {}
-    for name, shape in (("ffn_gate_exps", (experts, n_ff, d)), ("ffn_up_exps", (experts, n_ff, d)),
-                        ("ffn_down_exps", (experts, d, n_ff))):
-        blobs[name] = quants.quantize(normal(*shape), Q.Q4_0)
-        w.add_tensor(f"blk.0.{name}.weight", blobs[name], raw_dtype=Q.Q4_0)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return blobs
+    return write_qwen3_moe_gguf(str(path), d=D, layers=1, experts=experts, used=2, heads=HEADS, kv_heads=HEADS,
+                                vocab=VOCAB, context=64, std=0.2)
 
 
 def test_a_moe_ggufs_expert_rows_are_kept_as_stored_in_the_routed_stacks(tmp_path):

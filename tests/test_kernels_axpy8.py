@@ -279,8 +279,9 @@ def test_each_kernel_takes_the_down_projection_path_the_target_table_gives_it():
 
     host = targets.get("x86")
     # measured: integer pays for dense only (BENCHMARKS.md, session 8), on AVX512-VNNI with the coefficient table for
-    # exact and indexed too (session 11) and the input-sparse kernel (session 13), likewise on AVX2 (session 18)
-    every = ("dense", "exact", "indexed", "input")
+    # exact and indexed too (session 11) and the input-sparse kernel (session 13), likewise on AVX2 (session 18); the
+    # routed MoE kernel's experts run the exact / dense bodies (session 33)
+    every = ("dense", "exact", "indexed", "input", "routed")
     vnni = {"avx512_vnni", "avx_vnni"} & set(host.features)
     table = (every if host.vector_bits == 512 and "avx512_vnni" in host.features
              or host.vector_bits == 256 and "avx2" in host.features and not vnni else ("dense",))

@@ -18,7 +18,11 @@ token chose is skipped before any of its rows is read, so a decoding step (M = 1
 The gathered tokens then run the expert's gated MLP with the bodies of `sparse_mlp.py` at a row offset — exact
 mode lists the neurons some gathered token activates and reads only their up and down rows, dense mode reads
 every row — and the expert's output rows (plus its down bias) are added to `out`, scaled by the tokens' routing
-weights. Same macros, same schedule, same float32 accumulation as the per-block kernels.
+weights. Same macros, same schedule, same float32 accumulation as the per-block kernels; where the host's int8 dot
+serves the weights' layout, x is quantized once to 8-bit blocks (`common.x_operand`) and each expert's tokens are
+gathered as those bytes, so the row dots run in integers as the per-block kernels' do (a synthetic Qwen3-MoE GGUF,
+4-bit: 132 -> 201 decode tokens/s on AVX512-VNNI, BENCHMARKS.md session 33), and the down projection takes the
+integer axpy where the target lists "routed" (`Target.int8_axpy_kernels`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 from tvm.script import tirx as T
 
 from ...ir.activations import reads_input
-from .common import GATE_ACTS, activation, skipping_value
+from .common import GATE_ACTS, activation, skipping_value, x_operand
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 from .sparse_mlp import EXACT_GATE_ACTS, check_mlp, compacting_body, dense_body, mlp_symbol
@@ -53,9 +57,12 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     # an expert's gated MLP: sparse_mlp's regions at the expert's row offset (exact: idx lists absolute rows)
     reads_up = reads_input(up_act)
-    compacting = compacting_body(d, n_ff, dtype, sched, gate_value=skipping_value(act_g), act_u=act_u,
+    # x8: x quantized once to 8-bit blocks, each expert's tokens gathered as those bytes, for the integer row dots
+    x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
+    xcols, xdtype = (x8_bytes, "uint8") if x8 else (d, "float32")
+    compacting = compacting_body(d, n_ff, dtype, sched, gate_value=skipping_value(act_g), act_u=act_u, x8=x8,
                                  kernel="routed", reads_up=reads_up, down_dtype=down) if exact else None
-    dense = None if exact else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, kernel="routed",
+    dense = None if exact else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, x8=x8, kernel="routed",
                                           biased=bias, reads_up=reads_up, down_dtype=down)
     threads = sched.threads
     wshape, wdtype = weight_buffer(experts * n_ff, d, dtype)
@@ -77,7 +84,7 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
         route_w = T.match_buffer(rw_h, (M, K), "float32")
         route_i = T.match_buffer(ri_h, (M, K), "int64")
         out = T.match_buffer(out_h, (M, d), "float32")
-        xg = T.alloc_buffer((M, d), "float32")  # the tokens routed to the current expert, gathered
+        xg = T.alloc_buffer((M, xcols), xdtype)  # the tokens routed to the current expert, gathered
         og = T.alloc_buffer((M, d), "float32")  # their outputs
         tok = T.alloc_buffer((M,), "int32")
         wt = T.alloc_buffer((M,), "float32")
@@ -88,6 +95,11 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
         nt = T.alloc_buffer((1,), "int32")
         wsum = T.alloc_buffer((1,), "float32")
         hit = T.alloc_buffer((1,), "int32")
+        if x8:
+            xd = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xd, M)
+        else:
+            xd = T.decl_buffer((M, d), "float32", data=x.data)
         for m in range(M):
             for c in T.vectorized(d):
                 out[m, c] = zero
@@ -103,8 +115,8 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                 if hit[0] != 0:
                     tok[nt[0]] = T.Cast("int32", m)
                     wt[nt[0]] = wsum[0]
-                    for c in T.vectorized(d):
-                        xg[nt[0], c] = x[m, c]
+                    for c in T.vectorized(xcols):
+                        xg[nt[0], c] = xd[m, c]
                     nt[0] = nt[0] + 1
             Mx: T.let = T.Cast("int64", nt[0])
             if Mx > 0:  # no token chose expert e: none of its rows is read
