@@ -94,6 +94,18 @@ def test_int4_searches_the_scale_and_beats_max_abs_rounding():
     assert np.all(group_err(searched) <= group_err(max_abs) * (1 + 1e-5) + 1e-7)
 
 
+def test_the_scale_search_gives_each_group_its_own_scale_in_chunks_on_threads(monkeypatch):
+    """q4_0_search_scales runs SEARCH_CHUNK groups at a time on a thread pool: the chunks land where their groups
+    are (the same scales as one chunk for the whole array), an all-zero group's scale is 0."""
+    w = np.random.default_rng(2).standard_normal((37, 96)).astype(np.float32) * np.linspace(0.1, 3, 37)[:, None]
+    w[5, 32:64] = 0.0
+    whole = quant.quantize(w, "int4")
+    monkeypatch.setattr(quant, "SEARCH_CHUNK", 7)   # 111 groups: 16 chunks, the last one short
+    chunked = quant.quantize(w, "int4")
+    np.testing.assert_array_equal(chunked.blob, whole.blob)
+    assert quant.dequantize(chunked.blob, "q4_0", 96)[5, 32:64].tolist() == [0.0] * 32
+
+
 def test_ragged_rows_pad_their_last_group_with_exact_zeros():
     w = np.ones((2, 40), np.float32)
     for kind in ("int8", "int4"):
