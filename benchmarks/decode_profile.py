@@ -18,7 +18,8 @@ builtins, through a VM instrument) and replays them back to back, each timed (me
 callee's symbol with its weight's shape) it prints the milliseconds per step, the weight bytes the call reads (its
 arguments that are module weights; the exact MLP's up and down rows scaled by the measured active fraction, the
 scored and certified kernels' gate rows by the listed fraction of the replayed step and their up and down rows by
-the active fraction) and the GB/s that makes, beside the read limit of this machine (`FfnBench.read_probe`, timed
+the active fraction, the routed MoE kernel's rows by the share of its experts the step chose) and the GB/s that
+makes, beside the read limit of this machine (`FfnBench.read_probe`, timed
 just before).
 "step wall" is the median Decoder.step without the instrument; "outside calls" is that minus the replayed calls: the
 VM's own interpretation and Python (negative when replaying from Python costs more than the VM's native calls).
@@ -73,6 +74,17 @@ def _certified_fraction(args) -> float:
     return float((s > args[6].numpy()[0]).any(axis=0).mean())
 
 
+def _chosen_fraction(symbol: str, args) -> float:
+    """The routed MoE kernel's (x, w_gate, w_up, w_down_t, route_w, route_i, ...): the share of its experts (the
+    symbol's `e<E>`) that some token's slots chose, whose rows it reads."""
+    import re
+
+    import numpy as np
+
+    experts = int(re.search(r"routed[xd]b?e(\d+)", symbol).group(1))
+    return len(np.unique(args[5].numpy())) / experts
+
+
 def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, float]:
     """({call kind: [seconds per step, bytes per step, calls per step]}, seconds per step of all calls) of one
     decoding step of `lm` (a Decoder) after `prompt` + `feed`: its calls are recorded once through a VM instrument,
@@ -96,6 +108,9 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
         elif "gmlp_certified" in symbol and len(nbytes) == 5:  # the int8 copy and coef whole, the gate rows listed
             read = lambda: (_certified_fraction(args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
                             + nbytes[3] + nbytes[4])
+        elif "gmlp_routed" in symbol and len(nbytes) >= 3:   # the experts some slot chose (route_i: args[5])
+            read = lambda: _chosen_fraction(symbol, args) * (  # noqa: E731
+                nbytes[0] + (active if "gmlp_routedx" in symbol else 1.0) * (nbytes[1] + nbytes[2]))
         else:
             read = float(sum(nbytes))
         shape = "x".join(str(int(s)) for s in w[0].shape) if w else ""
