@@ -339,8 +339,8 @@ def scored_gated_mlp(d: int, n_ff: int, *, gate_act: str = "relu", up_act: str =
 
 def dense_body(k: _Mlp, n_ff: int, neuron):
     """`body(x, w_gate, w_up, w_down_t, a, out, h, part, M)` of the dense kernels: a warp per neuron j computes
-    `neuron(w_gate, w_up, j, x, xs, m, lane, s, a)` (h[m, j] into s[0]) for every token, the down launch reads every
-    row, the last sums the parts."""
+    `neuron(w_gate, w_up, j, x, xs, m, lane, s, a)` (h[m, j] into s[0]) for every token, the down launch reads the
+    rows `k`'s row map gives (it gets `a` as its rows: the routed kernel's experts), the last sums the parts."""
     L, W = k.L, k.W
     n_blocks = (n_ff + W - 1) // W
 
@@ -358,7 +358,7 @@ def dense_body(k: _Mlp, n_ff: int, neuron):
                             neuron(w_gate, w_up, j, x, xs, m, tx, s, a)
                             if tx == 0:
                                 h[m, j] = s[0]
-        k.down_parts(w_down_t, h, h, h, part, M)
+        k.down_parts(w_down_t, h, a, a, part, M)
         k.sum_parts(part, out, M)
 
     return body

@@ -29,7 +29,7 @@ from functools import cache
 from tvm.script import tirx as T
 
 from .common import activation, is_active, skipping_value
-from .cuda_mlp import finish, mlp_parts, tokens
+from .cuda_mlp import dense_body, finish, mlp_parts, tokens
 from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
 from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS
@@ -53,42 +53,35 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
                   row, lambda expert, v: n_ff, EXACT_GATE_ACTS if exact else GATE_ACTS, down_dtype=down_dtype,
                   skip_zero_h=exact)
     (wshape, wdtype), (dshape, ddtype) = (weight_buffer(experts * n_ff, d, t) for t in (dtype, down_dtype or dtype))
-    L, W, warp_dot, act_u = k.L, k.W, k.warp_dot, k.act_u
+    warp_dot, act_u, reads_up = k.warp_dot, k.act_u, k.reads_up
     gate_value = skipping_value(activation(gate_act, threshold, "cuda"))
-    reads_up = k.reads_up
-    n_blocks = (n_ff + W - 1) // W
+
+    @T.macro
+    def neuron(w_gate, w_up, j, x, xs, v, lane, s, expert):
+        """s[0] = h of virtual token v's neuron j: its expert's rows (exact: the up row only where the gate keeps the
+        neuron; the gate value is the same in every lane, so the branch is warp-uniform)."""
+        if exact:
+            gs = T.alloc_buffer((1,), "float32", scope="local")
+            warp_dot(w_gate, row(expert, v, j), x, xs, v, lane, s)
+            gs[0] = gate_value(s[0])
+            if is_active(gs[0]):
+                if reads_up:
+                    warp_dot(w_up, row(expert, v, j), x, xs, v, lane, s)
+                    s[0] = gs[0] * act_u(s[0])
+                else:
+                    s[0] = gs[0]
+            else:
+                s[0] = T.float32(0)
+        else:
+            k.gated_dot(w_gate, w_up, row(expert, v, j), x, xs, v, lane, s)
+
+    body = dense_body(k, n_ff, neuron)   # the per-block dense kernel's launches, rows by expert[v]
     V = tokens()
 
     @T.prim_func
     def kernel(x: T.Buffer((V, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
                w_down_t: T.Buffer(dshape, ddtype), expert: T.Buffer((V,), "int64"), out: T.Buffer((V, d), "float32"),
                h: T.Buffer((V, n_ff), "float32"), part: T.Buffer((k.splits, V, d), "float32")):
-        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
-            for ty in T.thread_binding(W, "threadIdx.y"):
-                for tx in T.thread_binding(L, "threadIdx.x"):
-                    s = T.alloc_buffer((1,), "float32", scope="local")
-                    gs = T.alloc_buffer((1,), "float32", scope="local")
-                    xs = T.alloc_buffer(k.xs_shape, k.xs_dtype, scope="shared")
-                    j: T.let = bx * W + ty
-                    for v in range(V):
-                        k.stage(x, v, xs, ty, tx)   # outside the branches: every thread of the block reaches it
-                        if j < n_ff:
-                            if exact:
-                                warp_dot(w_gate, row(expert, v, j), x, xs, v, tx, s)
-                                gs[0] = gate_value(s[0])
-                                if is_active(gs[0]):   # the same bits in every lane: warp-uniform
-                                    if reads_up:
-                                        warp_dot(w_up, row(expert, v, j), x, xs, v, tx, s)
-                                        s[0] = gs[0] * act_u(s[0])
-                                    else:
-                                        s[0] = gs[0]
-                                else:
-                                    s[0] = T.float32(0)
-                            else:
-                                k.gated_dot(w_gate, w_up, row(expert, v, j), x, xs, v, tx, s)
-                            if tx == 0:
-                                h[v, j] = s[0]
-        k.down_parts(w_down_t, h, expert, expert, part, V)
-        k.sum_parts(part, out, V)
+        body(x, w_gate, w_up, w_down_t, expert, out, h, part, V)
 
     return finish(kernel, k.name, ROUTED_SCRATCH)
