@@ -36,11 +36,17 @@ ROUTED_MODES = ("dense", "exact")  # the expert variants a routed kernel exists 
 ROUTED_INPUTS = ("x", "w_gate", "w_up", "w_down_t", "route_w", "route_i")
 ROUTED_BIASES = ("b_gate", "b_up", "b_down")  # follow the routing when attrs["bias"]: [E·n], [E·n], [E, d_out]
 BIASED_MODES = ("dense",)  # a bias inside the gate moves its zero: exact mode's skipping would not hold
-# why threshold mode leaves routed experts dense: no routed kernel takes calibrated thresholds, and run all-experts
-# (every expert on every token, weighted) they would cost E/k times the routed dense experts' work
-ROUTED_EXPERTS_REASON = ("a routed expert: threshold mode keeps it dense so that it runs on its tokens only (no routed "
-                         "kernel takes calibrated thresholds; every expert on every token would cost E/k times the "
-                         "routed dense experts' reads)")
+# why a lossy mode leaves its routed experts lossless (threshold: dense; predictor: exact): no routed kernel takes
+# calibrated thresholds or a predictor, and run all-experts (every expert on every token, weighted) they would cost
+# E/k times the routed experts' reads
+ROUTED_REASONS = {
+    "threshold": ("a routed expert: threshold mode keeps it dense so that it runs on its tokens only (no routed kernel "
+                  "takes calibrated thresholds; every expert on every token would cost E/k times the routed dense "
+                  "experts' reads)"),
+    "predictor": ("a routed expert: predictor mode runs it exact so that it runs on its tokens only (no routed kernel "
+                  "takes a predictor; every expert on every token would cost E/k times the routed exact experts' "
+                  "reads)"),
+}
 
 
 def routed_inputs(attrs) -> tuple[str, ...]:

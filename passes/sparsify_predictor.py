@@ -33,8 +33,13 @@ threshold) and its scores bound the gate from above, so every neuron it skips is
 Errors: no calibration data (calibrated kinds), too few tokens, unreachable recall, a block that is not
 ReLU-family (relufy it, or use mode='threshold').
 
-Statistics: one count per pattern rewritten (`reglu`, `drelu`, ...).
+MoE experts that route-moe will route (`route_moe.routed_expert_blocks`) run exact instead, with the reason in the
+report: predictor experts would run all-experts (no routed kernel takes a predictor), E/k times the reads of the
+routed exact experts, which skip their inactive neurons' up and down rows losslessly.
+
+Statistics: one count per pattern rewritten (`reglu`, `drelu`, ...); `exact-routed-experts` per expert run exact.
 """
+
 
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ from ..errors import ModeError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import is_exactly_sparse, pattern_name
+from ..ir.moe import ROUTED_REASONS
 from ..ir.quant import QuantizedWeight
 from .activation_stats import BlockActivations, block_weights, collect_activations
 from .base import Pass, coerce_options, note, record
@@ -53,6 +59,7 @@ from .calibrate import calibration_samples
 from .certified_gate import LAYOUT
 from .predictor_train import STEPS
 from .predictors import KINDS, Fitted, PredictorError, allocate_ranks, certified_block, fit_block
+from .route_moe import routed_expert_blocks
 from .sparse_layout import to_sparse_layout
 
 
@@ -97,21 +104,30 @@ class SparsifyPredictor(Pass):
                     f"{pattern_name(b.attrs['gate_act'], b.attrs['up_act'])} (act={b.attrs['gate_act']}), whose "
                     "inactive neurons are not exactly zero. Ways out: actsparse.relufy(model, kind='drelu') then a "
                     "short recovery fine-tune (actsparse.recipes), or mode='threshold' with calibration data.")
+        routed = routed_expert_blocks(graph)
+        experts = [id(b) in routed for b in blocks]   # exact and routed instead (module docstring)
+        for block in (b for b, expert in zip(blocks, experts) if expert):
+            record("exact-routed-experts")
+            note({"kind": "kept-exact", "location": block.loc, "mode": "exact", "reason": ROUTED_REASONS["predictor"],
+                  "pattern": pattern_name(block.attrs["gate_act"], block.attrs["up_act"])})
         if certified:
-            return self._certify(graph)
-        if not self.calibration:
+            return self._certify(graph, experts)
+        own = [b for b, expert in zip(blocks, experts) if not expert]
+        if own and not self.calibration:
             raise PredictorError(f"mode='predictor' needs calibration data to fit the predictors of "
-                                 f"{blocks[0].loc or 'the gated MLPs'}: pass calibration=[(input_ids,), ...], input "
+                                 f"{own[0].loc or 'the gated MLPs'}: pass calibration=[(input_ids,), ...], input "
                                  "tuples like example_inputs (a few thousand tokens)")
-        samples = calibration_samples(self.calibration, len(graph.inputs))
-        acts = collect_activations(graph, blocks, samples, self.max_tokens, self.progress)
-        fitted = self._fit(graph, blocks, acts)
-        in_order = iter(zip(fitted, acts))
+        acts = collect_activations(graph, own, calibration_samples(self.calibration, len(graph.inputs)),
+                                   self.max_tokens, self.progress) if own else []
+        fitted = self._fit(graph, own, acts) if own else []
+        in_order, is_expert = iter(zip(fitted, acts)), iter(experts)
         new_weights: dict = {}
 
         def visit(node: Node) -> Node | None:
             if node.op != "gated_mlp":
                 return None
+            if next(is_expert):
+                return _exact_block(node, graph, new_weights)
             p, a = next(in_order)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             record(pattern)
@@ -127,13 +143,16 @@ class SparsifyPredictor(Pass):
 
         return rewrite(graph, visit, new_weights)
 
-    def _certify(self, graph: Graph) -> Graph:
-        """Calibration-free kinds: one certified predictor per block from its own weights."""
+    def _certify(self, graph: Graph, experts: list[bool]) -> Graph:
+        """Calibration-free kinds: one certified predictor per block from its own weights (routed experts: exact)."""
         new_weights: dict = {}
+        is_expert = iter(experts)
 
         def visit(node: Node) -> Node | None:
             if node.op != "gated_mlp":
                 return None
+            if next(is_expert):
+                return _exact_block(node, graph, new_weights)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             record(pattern)
             w_gate = block_weights(node, graph.weights)[0]
@@ -165,6 +184,15 @@ class SparsifyPredictor(Pass):
                                     self.sparsity, options={"steps": self.steps, "progress": self.progress}
                                     if self.predictor == "lowrank" else None, w_up=w_up, gate_only_rank=gate_rank))
         return fitted
+
+
+def _exact_block(node: Node, graph: Graph, new_weights: dict) -> Node:
+    """A routed expert in exact mode (sparsify-exact's rewrite): route-moe then runs it on its tokens only."""
+    attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "exact",
+             "pattern": pattern_name(node.attrs["gate_act"], node.attrs["up_act"])}
+    if node.attrs["gate_act"] == "fatrelu":
+        attrs["threshold"] = node.attrs["threshold"]
+    return to_sparse_layout(node, attrs, graph, new_weights)
 
 
 def _and_up(block: Node, graph: Graph, kind: str):

@@ -35,7 +35,7 @@ sparsity, a rotation's bytes already subtracted); it stays on the dense kernel (
 report's row gives the reason) and counts as `kept-dense-by-cost`.
 
 MoE experts that route-moe will route (`route_moe.routed_expert_blocks`) are left dense, with the reason in the
-report (`ir.moe.ROUTED_EXPERTS_REASON`): no routed kernel takes calibrated thresholds, and run all-experts they would
+report (`ir.moe.ROUTED_REASONS`): no routed kernel takes calibrated thresholds, and run all-experts they would
 cost E/k times the routed dense experts' reads. Explicit `thresholds` for an expert still apply.
 
 Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `kept-dense-routed-experts` per expert
@@ -54,7 +54,7 @@ from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, pattern_name
-from ..ir.moe import ROUTED_EXPERTS_REASON
+from ..ir.moe import ROUTED_REASONS
 from ..ir.quant import FLOAT_KINDS, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
@@ -113,7 +113,7 @@ class SparsifyThreshold(Pass):
         kept_routed = [id(b) in routed and chosen[i] is None for i, b in enumerate(blocks)]
         for block in (b for b, kept in zip(blocks, kept_routed) if kept):
             record("kept-dense-routed-experts")
-            note({"kind": "kept-dense", "location": block.loc, "mode": "dense", "reason": ROUTED_EXPERTS_REASON,
+            note({"kind": "kept-dense", "location": block.loc, "mode": "dense", "reason": ROUTED_REASONS["threshold"],
                   "pattern": pattern_name(block.attrs["gate_act"], block.attrs["up_act"])})
         if all(kept_routed):
             return graph

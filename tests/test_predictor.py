@@ -248,6 +248,7 @@ def test_predictor_mode_decodes_through_the_generic_kv_cache_path():
 
 
 def test_each_moe_expert_gets_its_own_predictor():
+    """Experts weighted without a top-k (no routing to run on): a predictor each."""
     from actsparse.runtime.report import build_report
 
     from .test_passes_golden import _inputs, _load
@@ -262,6 +263,28 @@ def test_each_moe_expert_gets_its_own_predictor():
     report = build_report("x86", "predictor", result.graph, graph, _inputs(graph, seq=16, seed=99), result.stats,
                           result.notes)
     assert [b.expert for b in report.blocks] == [0, 1] and all(b.recall > 0.7 for b in report.blocks)
+
+
+def test_predictor_mode_runs_routed_moe_experts_exact_and_routed():
+    """No routed kernel takes a predictor: predictor experts would run all-experts, E/k times the routed exact
+    experts' reads. Predictor mode runs them exact (lossless), route-moe routes them, the report says why; the
+    compiled graph equals the original."""
+    import actsparse
+    from actsparse.ir import evaluate
+    from actsparse.ir.moe import ROUTED_REASONS
+
+    from .test_passes_golden import _inputs, _load
+
+    graph = _load("moe_routed")
+    calibration = tuple(tuple(_inputs(graph, seq=16, seed=s)) for s in range(8))
+    x = _inputs(graph, seq=16, seed=99)
+    cm = actsparse.compile(graph, tuple(x), mode="predictor", calibration=calibration,
+                           predictor="svd", recall=0.9)
+    assert cm.report.pass_stats["sparsify-predictor"] == {"exact-routed-experts": 3}
+    (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
+    assert routed.attrs["mode"] == "exact" and cm.graph.count("sparse_gated_mlp") == 0
+    assert [(b.expert, b.reason) for b in cm.report.blocks] == [(e, ROUTED_REASONS["predictor"]) for e in (0, 1, 2)]
+    np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_predictor_mode_with_fp16_weights_matches_the_reference():
