@@ -61,7 +61,7 @@ rounding of the file's values cost SmolLM2-135M +8% perplexity (BENCHMARKS.md, s
 the file's own, and the block's gate and up stay the file's blocks. It costs bytes on the rows of active neurons
 only (q8_0 is 34 bytes a group against q4_0's 18). Routed experts' down projections likewise: the routed kernel (and
 each expert's dense kernel where a family has none) reads them in a layout of their own, and a MoE GGUF's 4-bit
-`ffn_down_exps` is found as their source by value, transposed expert by expert (`_transposed_stack_narrow`).
+`ffn_down_exps` is found as their source by value, transposed expert by expert (`_narrow_source`).
 
 Statistics: `quantized` (from float), `prequantized` (taken as stored), `prequantized-by-value` (a pre-quantized
 weight no graph weight is named after whose values this weight's equal, e.g. a MoE GGUF's experts, which transformers
@@ -227,8 +227,12 @@ class Quantize(Pass):
         """A pre-quantized weight no graph weight is named after (a GGUF's stacked expert rows,
         `gguf_quant._stacked_source`) whose dequantized values equal weight `name`'s bit for bit, else None: the
         routed experts' stacks are those rows, and taking them keeps the file's blocks instead of rounding the
-        file's values a second time. A first row decides cheaply which candidate to check in full."""
-        array = graph.weights[name]
+        file's values a second time."""
+        return self._source_of(graph, graph.weights[name])
+
+    def _source_of(self, graph: Graph, array):
+        """The pre-quantized weight, not named after any graph weight, whose dequantized values equal `array` [rows,
+        cols] bit for bit, else None. A first row decides cheaply which candidate to check in full."""
         if array.ndim != 2 or not array.size:
             return None
         for key, q in self.prequantized.items():
@@ -241,29 +245,17 @@ class Quantize(Pass):
 
     def _narrow_source(self, graph: Graph, node: Node, name: str) -> bool:
         """Whether down projection `name` of `node` is a transposed copy of a pre-quantized weight stored in under 8
-        bits: `<w>.t` of a pre-quantized `<w>`, or a routed op's stacked experts (`_transposed_stack_narrow`)."""
+        bits: `<w>.t` of a pre-quantized `<w>`, or a routed op's stacked experts, transposed back expert by expert
+        (a MoE GGUF's `ffn_down_exps` [E * d, n_ff], `gguf_quant._stacked_source`)."""
         if node.op == "routed_moe":
-            return self._transposed_stack_narrow(graph.weights[name], node.attrs["experts"])
-        source = self.prequantized.get(name.removesuffix(".t")) if name.endswith(".t") else None
+            down_t, experts = graph.weights[name], node.attrs["experts"]
+            if down_t.ndim != 2 or down_t.shape[0] % experts:
+                return False
+            n_ff, d = down_t.shape[0] // experts, down_t.shape[1]
+            source = self._source_of(graph, down_t.reshape(experts, n_ff, d).transpose(0, 2, 1).reshape(-1, n_ff))
+        else:
+            source = self.prequantized.get(name.removesuffix(".t")) if name.endswith(".t") else None
         return source is not None and LAYOUTS[source.layout].bits < 8
-
-    def _transposed_stack_narrow(self, down_t, experts: int) -> bool:
-        """Whether routed experts' stacked down projections `down_t` [E * n_ff, d] (a neuron per row) are a
-        pre-quantized stack of under 8 bits transposed expert by expert: a MoE GGUF's `ffn_down_exps` [E * d, n_ff]
-        (`gguf_quant._stacked_source`), which no graph weight is named after. A first row decides which candidate
-        to check in full."""
-        if down_t.ndim != 2 or not down_t.size or down_t.shape[0] % experts:
-            return False
-        n_ff, d = down_t.shape[0] // experts, down_t.shape[1]
-        for q in self.prequantized.values():
-            if tuple(q.shape) != (experts * d, n_ff) or LAYOUTS[q.layout].bits >= 8:
-                continue
-            if not np.array_equal(dequantize(q.blob[:1], q.layout, n_ff)[0], down_t[:n_ff, 0]):
-                continue
-            stacked = dequantize(q.blob, q.layout, n_ff).reshape(experts, d, n_ff).transpose(0, 2, 1)
-            if np.array_equal(stacked.reshape(experts * n_ff, d), down_t):
-                return True
-        return False
 
     def _relaid(self, graph: Graph, w: Node, layout: str, new_weights: dict) -> Node:
         """`w` quantized from its float values in `layout` (a layout name: GGUF's own rule for it)."""
