@@ -41,7 +41,7 @@ import numpy as np
 from ..ir import Graph, Node, TensorType
 from ..ir.activations import reads_input
 from ..ir.mlp import has_hidden_norm, pattern_name, split_fused
-from ..ir.moe import BIASED_MODES
+from ..ir.moe import BIASED_MODES, ROUTED_REASONS
 from ..ir.ops import op_def
 from .base import Pass, Rule, apply_rules, derived_weight, note, record, weight_array
 from .match import strip_casts
@@ -159,10 +159,24 @@ def _experts(index: Node) -> int | None:
 
 
 def routed_expert_blocks(graph: Graph) -> set[int]:
-    """ids of the expert blocks this pass would route as they are (the layers `_match` takes; nothing recorded):
-    sparsify-threshold keeps them dense, as a lossy variant's experts would run all-experts."""
+    """ids of the expert blocks this pass would route as they are (the layers `_match` takes; nothing recorded)."""
     return {id(block) for node in graph.nodes if node.op == "add" and (found := _match(node, quiet=True))
             for block in found["blocks"]}
+
+
+def lossless_routed_experts(graph: Graph, blocks: list[Node], mode: str, runs_as: str, stat: str,
+                            exempt: list[bool] | None = None) -> list[bool]:
+    """Per block of `blocks`: whether lossy `mode`'s pass leaves it to run `runs_as` (dense / exact) because this pass
+    will route it (a lossy variant's experts would run all-experts: E/k times the routed reads; `ir.moe.
+    ROUTED_REASONS`). Each such block counts in `stat` and gets a report note; `exempt` blocks (e.g. explicit
+    thresholds) are not left."""
+    routed = routed_expert_blocks(graph)
+    left = [id(b) in routed and not (exempt and exempt[i]) for i, b in enumerate(blocks)]
+    for block in (b for b, leave in zip(blocks, left) if leave):
+        record(stat)
+        note({"kind": f"kept-{runs_as}", "location": block.loc, "mode": runs_as, "reason": ROUTED_REASONS[mode],
+              "pattern": pattern_name(block.attrs["gate_act"], block.attrs["up_act"])})
+    return left
 
 
 def _match(node: Node, quiet: bool = False) -> dict | None:

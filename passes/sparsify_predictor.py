@@ -33,7 +33,7 @@ threshold) and its scores bound the gate from above, so every neuron it skips is
 Errors: no calibration data (calibrated kinds), too few tokens, unreachable recall, a block that is not
 ReLU-family (relufy it, or use mode='threshold').
 
-MoE experts that route-moe will route (`route_moe.routed_expert_blocks`) run exact instead, with the reason in the
+MoE experts that route-moe will route (`route_moe.lossless_routed_experts`) run exact instead, with the reason in the
 report: predictor experts would run all-experts (no routed kernel takes a predictor), E/k times the reads of the
 routed exact experts, which skip their inactive neurons' up and down rows losslessly.
 
@@ -51,7 +51,6 @@ from ..errors import ModeError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import is_exactly_sparse, pattern_name
-from ..ir.moe import ROUTED_REASONS
 from ..ir.quant import QuantizedWeight
 from .activation_stats import BlockActivations, block_weights, collect_activations
 from .base import Pass, coerce_options, note, record
@@ -59,7 +58,7 @@ from .calibrate import calibration_samples
 from .certified_gate import LAYOUT
 from .predictor_train import STEPS
 from .predictors import KINDS, Fitted, PredictorError, allocate_ranks, certified_block, fit_block
-from .route_moe import routed_expert_blocks
+from .route_moe import lossless_routed_experts
 from .sparse_layout import to_sparse_layout
 
 
@@ -104,12 +103,8 @@ class SparsifyPredictor(Pass):
                     f"{pattern_name(b.attrs['gate_act'], b.attrs['up_act'])} (act={b.attrs['gate_act']}), whose "
                     "inactive neurons are not exactly zero. Ways out: actsparse.relufy(model, kind='drelu') then a "
                     "short recovery fine-tune (actsparse.recipes), or mode='threshold' with calibration data.")
-        routed = routed_expert_blocks(graph)
-        experts = [id(b) in routed for b in blocks]   # exact and routed instead (module docstring)
-        for block in (b for b, expert in zip(blocks, experts) if expert):
-            record("exact-routed-experts")
-            note({"kind": "kept-exact", "location": block.loc, "mode": "exact", "reason": ROUTED_REASONS["predictor"],
-                  "pattern": pattern_name(block.attrs["gate_act"], block.attrs["up_act"])})
+        # exact and routed instead (module docstring)
+        experts = lossless_routed_experts(graph, blocks, "predictor", "exact", "exact-routed-experts")
         if certified:
             return self._certify(graph, experts)
         own = [b for b, expert in zip(blocks, experts) if not expert]

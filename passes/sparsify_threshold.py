@@ -34,7 +34,7 @@ higher cost per byte than the dense kernel pays nothing when (1 - s) x cost >= 1
 sparsity, a rotation's bytes already subtracted); it stays on the dense kernel (`sparse_gated_mlp{mode='dense'}`, the
 report's row gives the reason) and counts as `kept-dense-by-cost`.
 
-MoE experts that route-moe will route (`route_moe.routed_expert_blocks`) are left dense, with the reason in the
+MoE experts that route-moe will route (`route_moe.lossless_routed_experts`) are left dense, with the reason in the
 report (`ir.moe.ROUTED_REASONS`): no routed kernel takes calibrated thresholds, and run all-experts they would
 cost E/k times the routed dense experts' reads. Explicit `thresholds` for an expert still apply.
 
@@ -54,7 +54,6 @@ from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, pattern_name
-from ..ir.moe import ROUTED_REASONS
 from ..ir.quant import FLOAT_KINDS, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
@@ -62,7 +61,7 @@ from .base import Pass, coerce_options, note, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, refused, threshold_attrs
 from .detect_gated_mlp import plain_as_gated
 from .rotation import ROTATION_STORAGE
-from .route_moe import routed_expert_blocks
+from .route_moe import lossless_routed_experts
 from .sparse_layout import to_sparse_layout
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 
@@ -109,12 +108,8 @@ class SparsifyThreshold(Pass):
         if not blocks:
             return graph
         chosen = self._given(blocks)
-        routed = routed_expert_blocks(graph)
-        kept_routed = [id(b) in routed and chosen[i] is None for i, b in enumerate(blocks)]
-        for block in (b for b, kept in zip(blocks, kept_routed) if kept):
-            record("kept-dense-routed-experts")
-            note({"kind": "kept-dense", "location": block.loc, "mode": "dense", "reason": ROUTED_REASONS["threshold"],
-                  "pattern": pattern_name(block.attrs["gate_act"], block.attrs["up_act"])})
+        kept_routed = lossless_routed_experts(graph, blocks, "threshold", "dense", "kept-dense-routed-experts",
+                                              exempt=[c is not None for c in chosen])
         if all(kept_routed):
             return graph
         methods = [(self.method, "")] * len(blocks)   # per block: (its method, why not self.method)
