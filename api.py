@@ -310,7 +310,8 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
     if quantize is not None:  # a storage property of the weights, after the sparsity passes (which read floats)
         from .passes.quantize import Quantize
 
-        passes.append(Quantize(kind=quantize, prequantized=dict(prequantized or {}), wide=frozenset(wide)))
+        passes.append(Quantize(kind=quantize, prequantized=dict(prequantized or {}), wide=frozenset(wide),
+                               kernel_family=tgt.kernel_family))
     progress.more(len(passes) + 2)
     result = run_pipeline(graph, passes, on_pass=lambda p: progress.start(f"pass {p.name}"))
     functions = functions or {}

@@ -149,12 +149,17 @@ def _routed_moe(ctx, node, args):
     options = {"gate_act": a["gate_act"], "up_act": a["up_act"], "threshold": a["threshold"],
                "dtype": kernel_dtype(w_gate), **down_layout(node)}
     biases = [ctx.bb.emit(R.astype(b, "float32")) for b in args[6:9]]  # bias=True: b_gate, b_up, b_down
+    down_rows = a.get("down_rows", "neurons")
     if "routed" in FAMILIES[type(sched).__name__]:  # one parameter list: an unbiased call passes empty biases
         kernel = target_kernel("routed", d, n_ff, experts, exact=a["mode"] == "exact", sched=sched, **options,
-                               bias=bool(biases))
+                               bias=bool(biases), down_rows=down_rows)
         given = biases or [relax.const(b) for b in absent_biases(d)]
         out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i, *given], tokens, d_out, node.dtype)
         return R.reshape(out, [*lead, d_out])
+    if down_rows != "neurons":  # passes/quantize.py stores it so only for families in ir/moe.py's DOWN_ROWS
+        raise LoweringError(f"routed_moe at {node.loc or 'unknown location'}: its down stack by {down_rows} needs "
+                            f"the routed kernel, which {ctx.target.name}'s kernel family lacks; compile for a CPU "
+                            "target, or let the quantize pass store the down stack a neuron per row for this target")
     if "routed-slots" in FAMILIES[type(sched).__name__] and not biases:
         return R.reshape(_slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k, sched, options),
                          [*lead, d_out])

@@ -4,10 +4,15 @@
         out[t] = Σ_j route_w[t, j] · expert_{route_i[t, j]}(x[t])
         expert_e(x) = (act_gate(x·Wg_eᵀ) ⊙ act_up(x·Wu_eᵀ))·Wd_e,   Wg_e = w_gate[e·n : (e+1)·n]  (likewise Wu, Wd)
 
-The experts' weights are stacked along the rows, one neuron per row (the sparse kernels' layout: the down
-projection transposed), so expert e is a row range and a quantized layout stores it unchanged. `route_i` holds
-expert ids in [0, E) (a router's top-k indices). The expert index is data: a kernel gathers each expert's tokens
-and skips an expert no token chose, so a decoding step reads k experts' weights instead of E.
+The experts' weights are stacked along the rows, one neuron per row (the sparse kernels' layout: the down projection
+transposed), so expert e is a row range and a quantized layout stores it unchanged. `down_rows` says how the down
+stack's rows run (`DOWN_ROWS`): "neurons" (the default: w_down_t [E·n, d_out], a neuron per row, so exact mode skips an
+inactive neuron's row) or "outputs" (w_down [E·d_out, n], an output column per row, Wd_eᵀ = w_down[e·d_out :
+(e+1)·d_out]: a GGUF's `ffn_down_exps` as stored, its blocks running along n — a dense expert's down projection is then
+one row dot per output over h, and the file's blocks are read as they are instead of re-laid a neuron per row at 8 bits;
+dense mode only, as nothing skips along an output row). `route_i` holds expert ids in [0, E) (a router's top-k indices).
+The expert index is data: a kernel gathers each expert's tokens and skips an expert no token chose, so a decoding step
+reads k experts' weights instead of E.
 
 With `bias` (gpt-oss's experts) three stacked biases follow the routing, each a row range per expert as the
 weights: b_gate[E·n] and b_up[E·n] inside the activations, act_gate(x·Wg_eᵀ + bg_e), and b_down[E, d_out] added
@@ -31,8 +36,11 @@ from .sparse_variants import dense_intermediate
 from .types import TensorType
 
 ROUTED_MOE_ATTRS = {"experts": None, "gate_act": "relu", "up_act": "identity", "threshold": 0.0, "mode": "exact",
-                    "pattern": "reglu", "bias": False}
+                    "pattern": "reglu", "bias": False, "down_rows": "neurons"}
 ROUTED_MODES = ("dense", "exact")  # the expert variants a routed kernel exists for
+# how the down stack's rows run -> (the modes that may store it so, the kernel families whose routed kernel reads it)
+DOWN_ROWS = {"neurons": (ROUTED_MODES, ("cpu", "cuda")),
+             "outputs": (("dense",), ("cpu",))}
 ROUTED_INPUTS = ("x", "w_gate", "w_up", "w_down_t", "route_w", "route_i")
 ROUTED_BIASES = ("b_gate", "b_up", "b_down")  # follow the routing when attrs["bias"]: [E·n], [E·n], [E, d_out]
 BIASED_MODES = ("dense",)  # a bias inside the gate moves its zero: exact mode's skipping would not hold
@@ -47,6 +55,17 @@ ROUTED_REASONS = {
                   "takes a predictor; every expert on every token would cost E/k times the routed exact experts' "
                   "reads)"),
 }
+
+
+def down_rows_allowed(down_rows: str, mode: str, family: str) -> bool:
+    """Whether experts of `mode` may store their down stack by `down_rows` for kernel family `family`."""
+    modes, families = DOWN_ROWS[down_rows]
+    return mode in modes and family in families
+
+
+def expert_outputs(attrs, w_down) -> int:
+    """d_out, the experts' output width, from the down stack's type or array shape (`down_rows`)."""
+    return w_down[0] // attrs["experts"] if attrs.get("down_rows", "neurons") == "outputs" else w_down[1]
 
 
 def routed_inputs(attrs) -> tuple[str, ...]:
@@ -67,15 +86,23 @@ def routed_moe_type(types, attrs) -> TensorType:
         raise TypeError(f"routed_moe with biases runs in mode {' or '.join(BIASED_MODES)}, got {attrs.get('mode')!r}")
     if not isinstance(experts, int) or experts < 1 or w_gate.shape[0] % experts:
         raise TypeError(f"routed_moe: {experts!r} experts do not divide the stacked weight rows {w_gate}")
-    if x.shape[-1] != w_gate.shape[1] or w_up.shape != w_gate.shape or w_down_t.shape[0] != w_gate.shape[0]:
-        raise TypeError(f"routed_moe weights {w_gate}, {w_up}, {w_down_t} do not match x {x}")
+    rows = attrs.get("down_rows", "neurons")
+    if rows not in DOWN_ROWS or attrs.get("mode", "exact") not in DOWN_ROWS[rows][0]:
+        valid = ", ".join(f"{name} (mode {' / '.join(modes)})" for name, (modes, _) in DOWN_ROWS.items())
+        raise TypeError(f"routed_moe down_rows {rows!r} with mode {attrs.get('mode')!r}; valid: {valid}")
+    # the down stack: a neuron per row [E·n, d_out], or an output per row [E·d_out, n]
+    down_ok = (w_down_t.shape[0] == w_gate.shape[0] if rows == "neurons"
+               else w_down_t.shape[0] % experts == 0 and w_down_t.shape[1] == w_gate.shape[0] // experts)
+    if x.shape[-1] != w_gate.shape[1] or w_up.shape != w_gate.shape or not down_ok:
+        raise TypeError(f"routed_moe weights {w_gate}, {w_up}, {w_down_t} (down_rows {rows}) do not match x {x}")
+    d_out = expert_outputs(attrs, w_down_t.shape)
     if route_w.shape != route_i.shape or route_w.shape[:-1] != x.shape[:-1] or route_i.dtype not in ("i64", "i32"):
         raise TypeError(f"routed_moe routing {route_w}, {route_i} must be [..., k] (float, int) over x {x}'s tokens")
-    want = ((w_gate.shape[0],), (w_gate.shape[0],), (experts, w_down_t.shape[1]))
+    want = ((w_gate.shape[0],), (w_gate.shape[0],), (experts, d_out))
     if any(b.shape != shape for b, shape in zip(types[6:], want)):
         raise TypeError(f"routed_moe biases {[str(b) for b in types[6:]]} must be b_gate, b_up [{w_gate.shape[0]}] "
-                        f"and b_down [{experts}, {w_down_t.shape[1]}]")
-    return TensorType((*x.shape[:-1], w_down_t.shape[1]), x.dtype)
+                        f"and b_down [{experts}, {d_out}]")
+    return TensorType((*x.shape[:-1], d_out), x.dtype)
 
 
 def expert_rows(attrs, w_gate_rows: int, e: int) -> slice:
@@ -89,7 +116,9 @@ def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, *rest):
     b_gate, b_up, b_down = biases or (None, None, None)
     x2 = x.reshape(-1, x.shape[-1])
     weights, index = route_w.reshape(len(x2), -1), route_i.reshape(len(x2), -1)
-    out = np.zeros((len(x2), w_down_t.shape[1]), x.dtype)
+    d_out = expert_outputs(attrs, w_down_t.shape)
+    by_outputs = attrs.get("down_rows", "neurons") == "outputs"
+    out = np.zeros((len(x2), d_out), x.dtype)
     for e in range(attrs["experts"]):
         hit = index == e
         tokens = np.flatnonzero(hit.any(-1))
@@ -98,6 +127,7 @@ def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, *rest):
         rows = expert_rows(attrs, w_gate.shape[0], e)
         h = dense_intermediate(x2[tokens], w_gate[rows], w_up[rows], attrs,
                                *((b_gate[rows], b_up[rows]) if biases else ()))
-        y = h @ w_down_t[rows].astype(x.dtype) + (0 if b_down is None else b_down[e].astype(x.dtype))
+        down = w_down_t[e * d_out:(e + 1) * d_out].T if by_outputs else w_down_t[rows]
+        y = h @ down.astype(x.dtype) + (0 if b_down is None else b_down[e].astype(x.dtype))
         out[tokens] += (weights * hit).sum(-1)[tokens, None].astype(x.dtype) * y
-    return out.reshape(*x.shape[:-1], w_down_t.shape[1])
+    return out.reshape(*x.shape[:-1], d_out)

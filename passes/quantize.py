@@ -59,18 +59,23 @@ is stored q8_0 under int4 too, where the block's variant reads the down projecti
 (`SparseVariant.own_down_layout`: exact, threshold, predictor): statistic `requantized-int8`. A second 4-bit
 rounding of the file's values cost SmolLM2-135M +8% perplexity (BENCHMARKS.md, session 31); at 8 bits it is below
 the file's own, and the block's gate and up stay the file's blocks. It costs bytes on the rows of active neurons
-only (q8_0 is 34 bytes a group against q4_0's 18). Routed experts' down projections likewise: the routed kernel (and
-each expert's dense kernel where a family has none) reads them in a layout of their own, and a MoE GGUF's 4-bit
+only (q8_0 is 34 bytes a group against q4_0's 18). Routed experts' down projections likewise where they stay a
+neuron per row (exact experts, or a kernel family whose routed kernel reads only that): a MoE GGUF's 4-bit
 `ffn_down_exps` is found as their source by value, transposed expert by expert (`_narrow_source`).
 
-Statistics: `quantized` (from float), `prequantized` (taken as stored), `prequantized-by-value` (a pre-quantized
-weight no graph weight is named after whose values this weight's equal, e.g. a MoE GGUF's experts, which transformers
-merges, stacked as the routed kernel reads them: `_equal_source`), `requantized` (transposed GGUF rows),
-`requantized-int8` (such a down stored 8-bit), `output-<kind>` for the output projection, `embedding-<kind>` per
-embedding table stored, `router-float` per MoE router kept float, `tied-shared` per tied table whose one blob the
-embedding and the output projection share, `relaid-<layout>` for a gated MLP's weight quantized again into the
-layout of its gate (its kernel reads gate and up in one layout, and the down projection too where the variant has no
-`own_down_layout`).
+Dense routed experts on a family whose routed kernel reads a down stack by outputs (ir/moe.py's `DOWN_ROWS`: the
+CPU kernel) take that source as it is instead: the op's `down_rows` becomes "outputs" and its down stack is the
+file's `ffn_down_exps` blocks, an output per row (statistic `routed-down-as-stored`): no rounding at all, 4-bit
+bytes (`_down_as_stored`).
+
+Statistics: `quantized` (from float), `prequantized` (taken as stored), `prequantized-by-value` (a pre-quantized weight
+no graph weight is named after whose values this weight's equal, e.g. a MoE GGUF's experts, which transformers merges,
+stacked as the routed kernel reads them: `_equal_source`), `requantized` (transposed GGUF rows), `requantized-int8`
+(such a down stored 8-bit), `routed-down-as-stored` (a routed op's down stack taken as stored), `output-<kind>` for the
+output projection, `embedding-<kind>` per embedding table stored, `router-float` per MoE router kept float,
+`tied-shared` per tied table whose one blob the embedding and the output projection share, `relaid-<layout>` for a gated
+MLP's weight quantized again into the layout of its gate (its kernel reads gate and up in one layout, and the down
+projection too where the variant has no `own_down_layout`).
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ import numpy as np
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous, shared_copy
 from ..ir.graph import quantized_weight_node
+from ..ir.moe import down_rows_allowed
 from ..ir.quant import FLOAT_KINDS, LAYOUTS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, dequantize, quantize
 from ..ir.sparse_variants import variant_of
 from .base import Pass, record
@@ -126,6 +132,8 @@ class Quantize(Pass):
     prequantized: Mapping = field(default_factory=dict, compare=False, hash=False)
     # weights a source stored in more than 4 bits (a GGUF's Q6_K): under int4 stored int8, not rounded to 4 bits again
     wide: frozenset = field(default_factory=frozenset, compare=False, hash=False)
+    # the target's kernel family (`Target.kernel_family`): whether its routed kernel reads a down stack by outputs
+    kernel_family: str = "cpu"
 
     def __post_init__(self) -> None:
         for value in (self.kind, self.output or self.kind):
@@ -177,6 +185,11 @@ class Quantize(Pass):
             if not slots:
                 return None
             inputs = list(node.inputs)
+            if node.op == "routed_moe" and (stored := self._down_as_stored(graph, node, new_weights)) is not None:
+                record("routed-down-as-stored")   # the file's own down blocks, an output per row: not re-laid
+                inputs[3] = stored
+                slots = [i for i in slots if i != 3]
+                node = Node(node.op, node.inputs, {**node.attrs, "down_rows": "outputs"}, node.type, node.loc)
             kind = output_kind if is_output(node) else self.kind
             if kind != self.kind:
                 record(f"output-{kind}")
@@ -248,14 +261,37 @@ class Quantize(Pass):
         bits: `<w>.t` of a pre-quantized `<w>`, or a routed op's stacked experts, transposed back expert by expert
         (a MoE GGUF's `ffn_down_exps` [E * d, n_ff], `gguf_quant._stacked_source`)."""
         if node.op == "routed_moe":
-            down_t, experts = graph.weights[name], node.attrs["experts"]
-            if down_t.ndim != 2 or down_t.shape[0] % experts:
-                return False
-            n_ff, d = down_t.shape[0] // experts, down_t.shape[1]
-            source = self._source_of(graph, down_t.reshape(experts, n_ff, d).transpose(0, 2, 1).reshape(-1, n_ff))
+            source = self._routed_down_source(graph, node)
         else:
             source = self.prequantized.get(name.removesuffix(".t")) if name.endswith(".t") else None
         return source is not None and LAYOUTS[source.layout].bits < 8
+
+    def _routed_down_source(self, graph: Graph, node: Node):
+        """The pre-quantized [E * d, n_ff] weight (a MoE GGUF's `ffn_down_exps`) whose rows are routed op `node`'s
+        down stack [E * n_ff, d] transposed back expert by expert, else None."""
+        w = node.inputs[3]
+        if w.op != "weight" or w.attrs.get("layout", "dense") != "dense" or node.attrs.get("down_rows") == "outputs":
+            return None
+        down_t, experts = graph.weights[w.attrs["name"]], node.attrs["experts"]
+        if down_t.ndim != 2 or down_t.shape[0] % experts:
+            return None
+        n_ff, d = down_t.shape[0] // experts, down_t.shape[1]
+        if not any(tuple(q.shape) == (experts * d, n_ff) for q in self.prequantized.values()):
+            return None   # no candidate: no transposed copy made
+        return self._source_of(graph, down_t.reshape(experts, n_ff, d).transpose(0, 2, 1).reshape(-1, n_ff))
+
+    def _down_as_stored(self, graph: Graph, node: Node, new_weights: dict) -> Node | None:
+        """A routed op's down stack as the file stores it (an output per row, `ir.moe.DOWN_ROWS`), where its experts
+        run dense on a kernel family whose routed kernel reads that and the stack is a pre-quantized weight's
+        values: the file's blocks, lossless, instead of re-laid a neuron per row (8 bits under int4)."""
+        if self.kind not in QUANTIZE_KINDS or not down_rows_allowed("outputs", node.attrs["mode"], self.kernel_family):
+            return None
+        source = self._routed_down_source(graph, node)
+        if source is None:
+            return None
+        qname = f"{node.inputs[3].attrs['name']}.outputs.{source.layout}"
+        new_weights[qname] = source.blob
+        return quantized_weight_node(qname, source)
 
     def _relaid(self, graph: Graph, w: Node, layout: str, new_weights: dict) -> Node:
         """`w` quantized from its float values in `layout` (a layout name: GGUF's own rule for it)."""

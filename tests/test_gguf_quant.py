@@ -386,8 +386,10 @@ def test_a_moe_ggufs_expert_rows_are_kept_as_stored_in_the_routed_stacks(tmp_pat
     """transformers merges a Qwen-MoE GGUF's ffn_gate_exps / ffn_up_exps into one gate_up_proj, which no row order of
     one tensor follows; the routed experts' stacked gate and up rows are the file's 3-D tensors' rows in order, so the
     quantize pass takes those blocks where the values are equal (stat prequantized-by-value): the file's bytes, not a
-    second 4-bit rounding; the down stack (the file's ffn_down_exps transposed expert by expert) is re-laid at 8 bits.
-    The float build decodes as transformers does; the int4 build computes on what it stores."""
+    second 4-bit rounding; the down stack (the file's ffn_down_exps transposed expert by expert) is taken as the file
+    stores it, an output per row (stat routed-down-as-stored, down_rows "outputs"), on a CUDA target's quantize pass
+    (no routed kernel for that form) re-laid a neuron per row at 8 bits. The float build decodes as transformers
+    does; the int4 build computes on what it stores."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -404,15 +406,18 @@ def test_a_moe_ggufs_expert_rows_are_kept_as_stored_in_the_routed_stacks(tmp_pat
     np.testing.assert_array_equal(lm.generate(ids, 6), want)
     lm4 = actsparse.compile(str(tmp_path / "moe.gguf"), max_seq=24, quantize="int4")
     stats = lm4.report.pass_stats["quantize"]
-    assert stats["prequantized-by-value"] == 2 and stats["requantized-int8"] == 1, stats
+    assert stats["prequantized-by-value"] == 2 and stats["routed-down-as-stored"] == 1, stats
+    assert "requantized-int8" not in stats, stats
     (moe,) = [n for n in lm4.module.graph.nodes if n.op == "routed_moe"]
-    # the down stack is the file's ffn_down_exps transposed: re-laid once, at 8 bits (not a second 4-bit rounding)
-    assert [moe.inputs[i].attrs["layout"] for i in (1, 2, 3)] == ["q4_0", "q4_0", "q8_0"]
+    # the down stack is the file's ffn_down_exps as stored: an output per row, its 4-bit blocks unchanged
+    assert [moe.inputs[i].attrs["layout"] for i in (1, 2, 3)] == ["q4_0", "q4_0", "q4_0"]
+    assert moe.attrs["down_rows"] == "outputs" and moe.inputs[3].shape == (4 * D, 768)
     note = next(n for n in lm4.report.notes if n.startswith("GGUF tensors"))
-    assert "Q4_0 x7: 4 kept as stored, 2 kept as stored (routed experts), 1 dequantized, quantized anew" in note
-    for i, name in ((1, "ffn_gate_exps"), (2, "ffn_up_exps")):
+    assert "Q4_0 x7: 4 kept as stored, 3 kept as stored (routed experts)" in note, note
+    for i, name in ((1, "ffn_gate_exps"), (2, "ffn_up_exps"), (3, "ffn_down_exps")):
         stored = lm4.module.graph.weights[moe.inputs[i].attrs["name"]]
-        np.testing.assert_array_equal(to_gguf_blocks(stored, "q4_0", 64), blobs[name].reshape(stored.shape[0], -1))
+        cols = moe.inputs[i].shape[1]
+        np.testing.assert_array_equal(to_gguf_blocks(stored, "q4_0", cols), blobs[name].reshape(stored.shape[0], -1))
     caches = [np.zeros(i.type.shape, np.float32) for i in lm4.module.graph.inputs[3:]]
     arrays = [ids.astype(np.int64), np.array([0], np.int64), np.zeros(ids.shape[1], np.int64), *caches]
     exact = evaluate(lm4.module.graph, arrays)[0].reshape(-1)

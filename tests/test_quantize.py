@@ -145,7 +145,7 @@ def test_prequantized_weights_are_taken_as_stored():
         x = mlp_input(d=D, seq=2)
         cm = actsparse.compile(graph, (x,), mode=mode, quantize="int4", prequantized=pre)
         assert_quantized_close(cm(x), evaluate(cm.graph, [x_as_dots_see(x, "q4_1")])[0], layout="q4_0", kernels=(mode,))
-    assert str(Quantize(kind="int8", prequantized=pre)) == "quantize{kind=int8,output=int8}"
+    assert str(Quantize(kind="int8", prequantized=pre)) == "quantize{kind=int8,output=int8,kernel_family=cpu}"
 
 
 @pytest.mark.parametrize("mode, source", [("exact", "q4_0"), ("exact", "q4_1"), ("predictor", "q4_0"),

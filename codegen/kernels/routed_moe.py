@@ -7,6 +7,8 @@ Buffers (destination passing, as `relax.call_tir` wants):
     w_up     [E * n_ff, d]   likewise
     w_down_t [E * n_ff, d]   the down projections transposed (one neuron per row), stacked; in a layout of its
                              own where `down_dtype` says (q8_0 beside a GGUF's 4-bit gate / up rows)
+          or [E * d, n_ff]   with `down_rows="outputs"` (dense mode): the down projections as stored, an output per
+                             row (a GGUF's `ffn_down_exps`, its blocks running along n_ff)
     route_w  [M, K]          float32 routing weights of each token's K slots
     route_i  [M, K]          int64 expert of each slot (the router's top-k indices)
     b_gate, b_up [E * n_ff], b_down [E, d]   float32 biases (gpt-oss's experts; dense mode), or, unbiased,
@@ -22,7 +24,10 @@ weights. Same macros, same schedule, same float32 accumulation as the per-block 
 serves the weights' layout, x is quantized once to 8-bit blocks (`common.x_operand`) and each expert's tokens are
 gathered as those bytes, so the row dots run in integers as the per-block kernels' do (a synthetic Qwen3-MoE GGUF,
 4-bit: 132 -> 201 decode tokens/s on AVX512-VNNI, BENCHMARKS.md session 33), and the down projection takes the
-integer axpy where the target lists "routed" (`Target.int8_axpy_kernels`).
+integer axpy where the target lists "routed" (`Target.int8_axpy_kernels`). With the down stack by outputs, a dense
+expert's h is computed first (every neuron) and then its d outputs are row dots over h — h quantized to 8-bit
+blocks where the host's int8 dot serves the down layout, as x for the gate and up rows — so a MoE GGUF's 4-bit
+`ffn_down_exps` is read as the file stores it (ir/moe.py's `down_rows`).
 """
 
 from __future__ import annotations
@@ -33,25 +38,29 @@ import numpy as np
 from tvm.script import tirx as T
 
 from ...ir.activations import reads_input
-from .common import GATE_ACTS, activation, skipping_value, x_operand
+from ...ir.moe import DOWN_ROWS
+from .common import GATE_ACTS, activation, dots_macro, skipping_value, x_operand
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
-from .sparse_mlp import EXACT_GATE_ACTS, check_mlp, compacting_body, dense_body, mlp_symbol
+from .sparse_mlp import EXACT_GATE_ACTS, check_mlp, compacting_body, dense_body, hidden_body, mlp_symbol
 
 
 @cache
 def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_act: str = "identity",
                threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None, exact: bool = True,
-               bias: bool = False, sched: CpuSchedule):
+               bias: bool = False, down_rows: str = "neurons", sched: CpuSchedule):
     """(x, w_gate, w_up, w_down_t, route_w, route_i, b_gate, b_up, b_down, out), see the module docstring.
     `exact`: skip the neurons whose gate is exactly zero (gate_act of the ReLU family); otherwise every row of a
     routed expert is read. `bias`: the biases are read (dense mode only); else they are `absent_biases(d)`.
-    `down_dtype`: w_down_t's layout where it is not `dtype`'s."""
+    `down_dtype`: w_down_t's layout where it is not `dtype`'s. `down_rows`: how the down stack's rows run."""
     check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS if exact else GATE_ACTS, down_dtype)
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
     if bias and exact:
         raise ValueError("routed experts with biases run dense (exact=False): a gate bias moves the gate's zero")
+    if down_rows not in DOWN_ROWS or ("exact" if exact else "dense") not in DOWN_ROWS[down_rows][0]:
+        raise ValueError(f"a routed down stack by {down_rows!r} in {'exact' if exact else 'dense'} mode: "
+                         f"valid {', '.join(DOWN_ROWS)} (outputs: dense mode only)")
     down = down_dtype or dtype
     sched = sched.fitted(d, dtype, down)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
@@ -62,19 +71,27 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
     xcols, xdtype = (x8_bytes, "uint8") if x8 else (d, "float32")
     compacting = compacting_body(d, n_ff, dtype, sched, gate_value=skipping_value(act_g), act_u=act_u, x8=x8,
                                  kernel="routed", reads_up=reads_up, down_dtype=down) if exact else None
-    dense = None if exact else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, x8=x8, kernel="routed",
-                                          biased=bias, reads_up=reads_up, down_dtype=down)
+    by_outputs = down_rows == "outputs"
+    dense = None if exact or by_outputs else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, x8=x8,
+                                                        kernel="routed", biased=bias, reads_up=reads_up,
+                                                        down_dtype=down)
+    hidden = hidden_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, x8=x8, biased=bias,
+                         reads_up=reads_up) if by_outputs else None
+    h8, h8_bytes, down_outputs = output_rows_down(d, n_ff, down, sched) if by_outputs else (False, 0, None)
     threads = sched.threads
     wshape, wdtype = weight_buffer(experts * n_ff, d, dtype)
-    dshape, ddtype = weight_buffer(experts * n_ff, d, down)
+    dshape, ddtype = weight_buffer(experts * d, n_ff, down) if by_outputs else weight_buffer(experts * n_ff, d, down)
     zero = T.float32(0)
 
     @T.macro
-    def expert_mlp(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og, b_gate, b_up):
+    def expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up):
         if exact:
-            compacting(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, og)
+            compacting(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og)
+        elif by_outputs:
+            hidden(xg, Mx, e * n_ff, w_gate, w_up, g, h, b_gate, b_up)
+            down_outputs(h, hb, Mx, e * d, w_down_t, og)
         else:
-            dense(xg, Mx, row0, w_gate, w_up, w_down_t, g, h, og, b_gate, b_up)
+            dense(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, og, b_gate, b_up)
 
     @T.macro
     def routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down):
@@ -90,6 +107,10 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
         wt = T.alloc_buffer((M,), "float32")
         g = T.alloc_buffer((M, n_ff), "float32")
         h = T.alloc_buffer((M, n_ff), "float32")
+        if h8:  # h's 8-bit blocks (the down stack by outputs on the int8 dot)
+            hb = T.alloc_buffer((M, h8_bytes), "uint8")
+        else:
+            hb = h
         idx = T.alloc_buffer((n_ff,), "int32")
         cnt = T.alloc_buffer((threads,), "int32")
         nt = T.alloc_buffer((1,), "int32")
@@ -120,7 +141,7 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                     nt[0] = nt[0] + 1
             Mx: T.let = T.Cast("int64", nt[0])
             if Mx > 0:  # no token chose expert e: none of its rows is read
-                expert_mlp(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og, b_gate, b_up)
+                expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up)
                 for i in range(Mx):
                     for c in T.vectorized(d):
                         if bias:
@@ -138,9 +159,36 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
         T.func_attr({"tirx.noalias": True})
         routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down)
 
-    name = mlp_symbol("routed" + ("x" if exact else "d") + ("b" if bias else "") + f"e{experts}", d, n_ff, gate_act,
-                      up_act, threshold, dtype, sched, down)
+    name = mlp_symbol("routed" + ("x" if exact else "d") + ("b" if bias else "") + ("o" if by_outputs else "")
+                      + f"e{experts}", d, n_ff, gate_act, up_act, threshold, dtype, sched, down)
     return kernel.with_attr("global_symbol", name)
+
+
+def output_rows_down(d: int, n_ff: int, down: str, sched: CpuSchedule):
+    """(h8, nbytes, `down(h, hb, M, row0, w_down, out)`): out[m, :d] = w_down[row0 : row0 + d] · h[m] for m < M,
+    a row dot per output over the n_ff values of h, the d rows split over the tasks (as `linear.py`). With h8 (the
+    host's int8 dot serves `down` rows) h is first quantized to 8-bit blocks in hb [M, nbytes] (as x for the gate
+    and up rows) and the dots run in integers."""
+    dsched = sched.fitted(n_ff, down)
+    h8, h8_bytes, prep_h = x_operand(n_ff, down, dsched)
+    dots, _ = dots_macro(n_ff, down, dsched, gathered=False, x8=h8)
+    threads, R = dsched.threads, dsched.rows
+    nper = (d + threads - 1) // threads
+
+    @T.macro
+    def down_rows(h, hb, M, row0, w_down, out):
+        if h8:
+            prep_h(h, hb, M)
+        for t in T.parallel(threads):
+            j0: T.let = t * nper
+            nj: T.let = T.max(T.min(nper, d - j0), 0)
+            for st in range((nj + R - 1) // R):
+                if h8:
+                    dots(w_down, hb, M, w_down, row0 + j0, st * R, nj, out, j0)
+                else:
+                    dots(w_down, h, M, w_down, row0 + j0, st * R, nj, out, j0)
+
+    return h8, h8_bytes, down_rows
 
 
 def absent_biases(d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

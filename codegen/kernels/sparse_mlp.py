@@ -274,15 +274,35 @@ def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_
     the dots before the activations (gpt-oss's experts). `gate_dots`, `reads_up`, `down_dtype`: as in
     `compacting_body`."""
     threads, R = sched.threads, sched.rows
-    nper = (n_ff + threads - 1) // threads
-    if gate_dots is None:
-        gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=None if biased else act_g, x8=x8)
-    up_dots, _ = dots_macro(d, dtype, sched, gathered=False, x8=x8)
+    hidden = hidden_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, x8=x8, biased=biased, gate_dots=gate_dots,
+                         reads_up=reads_up)
     axpy_all, _ = axpy_macro(d, down_dtype or dtype, sched, gathered=False, kernel=kernel)
     zero_cols = zero_columns_macro(d, sched, down_dtype or dtype)
 
     @T.macro
     def body(x, M, row0, w_gate, w_up, w_down_t, g, h, out, b_gate=None, b_up=None):
+        hidden(x, M, row0, w_gate, w_up, g, h, b_gate, b_up)
+        for t in T.parallel(threads):
+            zero_cols(t, out, M)
+            for st in range((n_ff + R - 1) // R):
+                axpy_all(w_down_t, h, row0, st * R, n_ff, h, 0, t, out, M)
+
+    return body
+
+
+def hidden_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_u, x8: bool = False,
+                biased: bool = False, gate_dots=None, reads_up: bool = True):
+    """`hidden(x, M, row0, w_gate, w_up, g, h, b_gate, b_up)`: the dense kernel's first region, h [M, n_ff] =
+    act_g(x·Wgᵀ) ⊙ act_u(x·Wuᵀ) over the weight rows row0 .. row0 + n_ff - 1, the neurons split over the tasks
+    (`dense_body`'s arguments; b_gate / b_up are read where `biased`)."""
+    threads, R = sched.threads, sched.rows
+    nper = (n_ff + threads - 1) // threads
+    if gate_dots is None:
+        gate_dots, _ = dots_macro(d, dtype, sched, gathered=False, store=None if biased else act_g, x8=x8)
+    up_dots, _ = dots_macro(d, dtype, sched, gathered=False, x8=x8)
+
+    @T.macro
+    def hidden(x, M, row0, w_gate, w_up, g, h, b_gate, b_up):
         for t in T.parallel(threads):
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n_ff - j0), 0)
@@ -297,9 +317,5 @@ def dense_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, act_g, act_
                             h[m, j] = act_g(g[m, j] + b_gate[row0 + j]) * act_u(h[m, j] + b_up[row0 + j])
                         else:
                             h[m, j] = g[m, j] * act_u(h[m, j])
-        for t in T.parallel(threads):
-            zero_cols(t, out, M)
-            for st in range((n_ff + R - 1) // R):
-                axpy_all(w_down_t, h, row0, st * R, n_ff, h, 0, t, out, M)
 
-    return body
+    return hidden
