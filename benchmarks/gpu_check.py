@@ -36,7 +36,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).absolute().parents[1]  # the repository root (tests/ is here); not resolved: a
 # link named actsparse to a checkout of another name makes its parent importable
 GPU_TEST_FILES = ("tests/test_kernels_cuda.py", "tests/test_decode_cuda.py", "tests/test_hot_cold_cuda.py",
-                  "tests/test_cutoff_cuda.py", "tests/test_cuda_routed.py")
+                  "tests/test_cutoff_cuda.py", "tests/test_cuda_routed.py", "tests/test_routed_down_rows.py")
 # (name, share of the budget, command): the share is a ceiling; the last step gets whatever time is left
 STEPS = (
     ("ffn_cuda", 0.4, [sys.executable, "-m", "actsparse.benchmarks.ffn_cuda", "--require-gpu", "--dtype", "float16",

@@ -156,13 +156,13 @@ def _routed_moe(ctx, node, args):
         given = biases or [relax.const(b) for b in absent_biases(d)]
         out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i, *given], tokens, d_out, node.dtype)
         return R.reshape(out, [*lead, d_out])
+    if "routed-slots" in FAMILIES[type(sched).__name__] and not biases:
+        return R.reshape(_slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k, sched,
+                                      {**options, "down_rows": down_rows}), [*lead, d_out])
     if down_rows != "neurons":  # passes/quantize.py stores it so only for families in ir/moe.py's DOWN_ROWS
         raise LoweringError(f"routed_moe at {node.loc or 'unknown location'}: its down stack by {down_rows} needs "
-                            f"the routed kernel, which {ctx.target.name}'s kernel family lacks; compile for a CPU "
-                            "target, or let the quantize pass store the down stack a neuron per row for this target")
-    if "routed-slots" in FAMILIES[type(sched).__name__] and not biases:
-        return R.reshape(_slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k, sched, options),
-                         [*lead, d_out])
+                            f"a routed kernel, which {ctx.target.name}'s kernel family lacks for these experts; "
+                            "let the quantize pass store the down stack a neuron per row for this target")
     # no routed kernel for this family: every expert on every token, weighted (the all-experts form)
     dense = None if biases else target_kernel("dense", d, n_ff, sched=sched, **options)
     out = None

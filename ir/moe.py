@@ -40,7 +40,7 @@ ROUTED_MOE_ATTRS = {"experts": None, "gate_act": "relu", "up_act": "identity", "
 ROUTED_MODES = ("dense", "exact")  # the expert variants a routed kernel exists for
 # how the down stack's rows run -> (the modes that may store it so, the kernel families whose routed kernel reads it)
 DOWN_ROWS = {"neurons": (ROUTED_MODES, ("cpu", "cuda")),
-             "outputs": (("dense",), ("cpu",))}
+             "outputs": (("dense",), ("cpu", "cuda"))}
 ROUTED_INPUTS = ("x", "w_gate", "w_up", "w_down_t", "route_w", "route_i")
 ROUTED_BIASES = ("b_gate", "b_up", "b_down")  # follow the routing when attrs["bias"]: [E·n], [E·n], [E, d_out]
 BIASED_MODES = ("dense",)  # a bias inside the gate moves its zero: exact mode's skipping would not hold

@@ -1,9 +1,10 @@
 """A routed MoE whose down stack runs by outputs (ir/moe.py's `down_rows="outputs"`: a MoE GGUF's `ffn_down_exps` as
 stored, an output per row): the CPU routed kernel on x86 (the float path and the host's int8-dot path, where h is
-rounded to 8-bit blocks as x is) and on ARM under qemu against a float64 reference on the dequantized weights, with
-the unchosen experts' float rows NaN; the op's type rule and reference; the quantize pass that stores it so (CPU
-family, dense experts, a pre-quantized source) and where it does not (a CUDA target, exact experts); the lowering's
-refusal on a family without that kernel."""
+rounded to 8-bit blocks as x is) and on ARM under qemu, the CUDA per-slot kernel under the SIMT emulator (and on a
+lent GPU), each against a float64 reference on the dequantized weights, with the unchosen experts' float rows NaN;
+the op's type rule and reference; the quantize pass that stores it so (dense experts, a pre-quantized source, a
+family whose routed kernel reads it) and where it does not (exact experts, a family without such a kernel); the
+lowering's refusal where no routed kernel takes it."""
 
 from dataclasses import replace
 
@@ -16,7 +17,16 @@ from actsparse.ir.moe import routed_moe_ref
 from actsparse.ir.quant import quantize, round_x8
 from actsparse.ir.sparse_variants import dense_intermediate
 
-from .kernel_cases import Call, cross_kernels, examples, require_cross_tools, run_batch
+from .kernel_cases import (
+    Call,
+    cross_kernels,
+    examples,
+    kernel_weights,
+    mlp_reference,
+    require_cross_tools,
+    run_batch,
+    simt_kernels,
+)
 
 tvm = pytest.importorskip("tvm")
 
@@ -138,6 +148,57 @@ def test_arm_routed_kernel_reads_a_down_stack_by_outputs_under_qemu(d, n_ff, see
             call.check(out)
 
 
+def _slot_jobs(d, n_ff):
+    """(primfunc, calls) of the CUDA per-slot kernel with the down stack by outputs: float32 (the unchosen expert's
+    rows NaN), q4_0 throughout (a Q4_0 GGUF) and q4_1 gate / up beside a q8_0 down; V = 1 and 5 virtual tokens. The
+    reference per slot is the expert's MLP with its down rows turned back a neuron per row."""
+    from actsparse import targets
+    from actsparse.codegen.kernels.cuda_routed import routed_gated_mlp
+    from actsparse.codegen.schedules import schedule_for
+
+    sched = schedule_for(targets.get("cuda"))
+    rng = np.random.default_rng(5)
+    jobs = []
+    for gate, down in (("float32", "float32"), ("q4_0", "q4_0"), ("q4_1", "q8_0")):
+        prim = routed_gated_mlp(d, n_ff, E, gate_act="silu", dtype=gate, down_dtype=None if down == gate else down,
+                                exact=False, down_rows="outputs", sched=sched)
+        calls = []
+        for V in (1, 5):
+            x = rng.standard_normal((V, d)).astype(np.float32)
+            (kg, ku), (fg, fu) = kernel_weights([rng.standard_normal((E * n_ff, d)).astype(np.float32) / d**0.5
+                                                 for _ in range(2)], gate)
+            (kd,), (fd,) = kernel_weights([rng.standard_normal((E * d, n_ff)).astype(np.float32) / n_ff**0.5], down)
+            if gate == "float32":   # the expert no slot chose: NaN where a read would show
+                kg, ku, kd = (w.copy() for w in (kg, ku, kd))
+                kg[(E - 1) * n_ff:], ku[(E - 1) * n_ff:], kd[(E - 1) * d:] = np.nan, np.nan, np.nan
+            expert = rng.integers(0, E - 1, V).astype(np.int64)
+            ref, scale = np.zeros((V, d)), np.zeros((V, d))
+            for v, e in enumerate(expert):
+                rows = slice(e * n_ff, (e + 1) * n_ff)
+                ref[v], scale[v] = (r[0] for r in mlp_reference(x[v:v + 1], fg[rows], fu[rows],
+                                                                fd[e * d:(e + 1) * d].T, "silu"))
+            calls.append(Call([x, kg, ku, kd, expert, np.full((V, d), np.nan, np.float32)], ref, scale, gate))
+        jobs.append((prim, calls))
+    return jobs
+
+
+def test_cuda_routed_kernel_reads_a_down_stack_by_outputs_under_simt():
+    jobs = _slot_jobs(d=72, n_ff=40)
+    assert all("routeddo" in str(prim.attrs["global_symbol"]) for prim, _ in jobs)
+    for (_, calls), outs in zip(jobs, run_batch(simt_kernels([prim for prim, _ in jobs]), jobs)):
+        for call, out in zip(calls, outs):
+            call.check(out)
+
+
+@pytest.mark.gpu
+def test_cuda_routed_kernel_reads_a_down_stack_by_outputs_on_the_gpu():
+    from .test_kernels_cuda import run_gpu
+
+    for prim, calls in _slot_jobs(d=2048 + 72, n_ff=768):
+        for call, out in zip(calls, run_gpu(prim, calls)):
+            call.check(out)
+
+
 def test_the_op_checks_its_down_stack_by_outputs():
     """The type rule takes an output per row in dense mode and names the valid forms otherwise; the reference
     equals the same experts with the down stack a neuron per row."""
@@ -181,13 +242,14 @@ def _routed_with_a_source(mode: str):
     return Graph(graph.inputs, graph.outputs, weights), source
 
 
-@pytest.mark.parametrize("mode, family, stored", [("dense", "cpu", "outputs"), ("dense", "cuda", "neurons"),
-                                                  ("exact", "cpu", "neurons")])
+@pytest.mark.parametrize("mode, family, stored", [("dense", "cpu", "outputs"), ("dense", "cuda", "outputs"),
+                                                  ("exact", "cpu", "neurons"), ("dense", "vulkan", "neurons")])
 def test_quantize_stores_a_routed_down_by_outputs_where_a_kernel_reads_it(mode, family, stored):
-    """Dense experts on the CPU family take the source's blocks as they are (down_rows outputs, stat
-    routed-down-as-stored); a CUDA target's pass and exact experts (which skip a neuron's down row) re-lay it a
-    neuron per row, at 8 bits under int4 (requantized-int8). The quantized graph computes what the float one did
-    (the stored down values are the source's either way; gate and up rounded at 4 bits: a loose bound)."""
+    """Dense experts on the CPU and CUDA families take the source's blocks as they are (down_rows outputs, stat
+    routed-down-as-stored); exact experts (which skip a neuron's down row) and a family no `DOWN_ROWS` entry lists
+    ("vulkan", none here) re-lay it a neuron per row, at 8 bits under int4 (requantized-int8). The quantized graph
+    computes what the float one did (the stored down values are the source's either way; gate and up rounded at 4
+    bits: a loose bound)."""
     from actsparse.ir import evaluate
     from actsparse.passes.base import apply_pass
     from actsparse.passes.quantize import Quantize
@@ -211,15 +273,31 @@ def test_quantize_stores_a_routed_down_by_outputs_where_a_kernel_reads_it(mode, 
     np.testing.assert_allclose(evaluate(out, x)[0], want, atol=0.1 * np.abs(want).max())
 
 
-def test_lowering_refuses_a_down_stack_by_outputs_without_the_routed_kernel():
-    """CUDA's routed kernel reads a neuron per row: a graph whose routed op has its down by outputs (a CPU target's
-    quantize pass made it) gets one error that names the cause and the way out, not a wrong kernel call."""
+@pytest.mark.parametrize("target", ["x86", "cuda"])
+def test_lowering_calls_the_routed_kernel_with_its_down_stack_by_outputs(target):
+    """Both families' routed kernels (x86's routed, CUDA's per-slot) take the down stack by outputs: one call."""
     from actsparse import targets
-    from actsparse.codegen.context import LoweringError
     from actsparse.codegen.lower import lower_graph
     from actsparse.passes.quantize import Quantize
 
     graph, source = _routed_with_a_source("dense")
     out = Quantize(kind="int4", prequantized={"blk.ffn_down_exps": source}, kernel_family="cpu").run(graph)
-    with pytest.raises(LoweringError, match="down stack by outputs needs the routed kernel.*CPU target"):
-        lower_graph(out, targets.get("cuda"))
+    module, _ = lower_graph(out, targets.get(target))
+    assert str(module["main"]).count("_gmlp_routeddoe") == 1
+
+
+def test_lowering_refuses_a_down_stack_by_outputs_without_a_routed_kernel(monkeypatch):
+    """A family with no routed kernel runs each expert's dense kernel, which reads a neuron per row: a routed op
+    whose down stack is by outputs gets one error that names the cause and the way out, not a wrong kernel call."""
+    from actsparse import targets
+    from actsparse.codegen import kernels
+    from actsparse.codegen.context import LoweringError
+    from actsparse.codegen.lower import lower_graph
+    from actsparse.passes.quantize import Quantize
+
+    cpu = {k: v for k, v in kernels.FAMILIES["CpuSchedule"].items() if k != "routed"}
+    monkeypatch.setitem(kernels.FAMILIES, "CpuSchedule", cpu)
+    graph, source = _routed_with_a_source("dense")
+    out = Quantize(kind="int4", prequantized={"blk.ffn_down_exps": source}, kernel_family="cpu").run(graph)
+    with pytest.raises(LoweringError, match="down stack by outputs needs a routed kernel.*a neuron per row"):
+        lower_graph(out, targets.get("x86"))

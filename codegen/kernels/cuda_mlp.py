@@ -341,11 +341,25 @@ def dense_body(k: _Mlp, n_ff: int, neuron):
     """`body(x, w_gate, w_up, w_down_t, a, out, h, part, M)` of the dense kernels: a warp per neuron j computes
     `neuron(w_gate, w_up, j, x, xs, m, lane, s, a)` (h[m, j] into s[0]) for every token, the down launch reads the
     rows `k`'s row map gives (it gets `a` as its rows: the routed kernel's experts), the last sums the parts."""
+    hidden = hidden_launch(k, n_ff, neuron)
+
+    @T.macro
+    def body(x, w_gate, w_up, w_down_t, a, out, h, part, M):
+        hidden(x, w_gate, w_up, a, h, M)
+        k.down_parts(w_down_t, h, a, a, part, M)
+        k.sum_parts(part, out, M)
+
+    return body
+
+
+def hidden_launch(k: _Mlp, n_ff: int, neuron):
+    """`hidden(x, w_gate, w_up, a, h, M)`: the dense kernels' first launch, a warp per neuron j, h[m, j] =
+    `neuron(w_gate, w_up, j, x, xs, m, lane, s, a)` for every token (`dense_body`)."""
     L, W = k.L, k.W
     n_blocks = (n_ff + W - 1) // W
 
     @T.macro
-    def body(x, w_gate, w_up, w_down_t, a, out, h, part, M):
+    def hidden(x, w_gate, w_up, a, h, M):
         for bx in T.thread_binding(n_blocks, "blockIdx.x"):
             for ty in T.thread_binding(W, "threadIdx.y"):
                 for tx in T.thread_binding(L, "threadIdx.x"):
@@ -358,10 +372,8 @@ def dense_body(k: _Mlp, n_ff: int, neuron):
                             neuron(w_gate, w_up, j, x, xs, m, tx, s, a)
                             if tx == 0:
                                 h[m, j] = s[0]
-        k.down_parts(w_down_t, h, a, a, part, M)
-        k.sum_parts(part, out, M)
 
-    return body
+    return hidden
 
 
 def dense_mlp(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, **mlp_options) -> _Mlp:

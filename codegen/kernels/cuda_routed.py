@@ -12,14 +12,17 @@ Buffers (destination passing, after `out` the scratch the caller allocates, `scr
     w_gate   [E * n_ff, d]   the experts' gate rows stacked (expert e owns rows e * n_ff ..), any weight layout
     w_up     [E * n_ff, d]   likewise
     w_down_t [E * n_ff, d]   the down projections transposed (a neuron per row), stacked; `down_dtype` its layout
+          or [E * d, n_ff]   with `down_rows="outputs"` (dense mode): an output per row, as a GGUF's `ffn_down_exps`
     expert   [V]             int64 expert of each virtual token
     out      [V, d]          float32, each virtual token's expert output (unweighted)
-    h        [V, n_ff], part [splits, V, d]   scratch
+    h        [V, n_ff], part [splits, V, d]   scratch (by outputs: h only)
 
 Three launches, as the per-block kernels (`cuda_mlp.py`): a warp per neuron j computes h[v, j] for every virtual
 token (exact: the up row is read only where the gate keeps the neuron — the gate value is the same in every lane, so
 the branch is warp-uniform), the down launch's split-K parts read the rows of expert[v] (exact: only the positions
-whose h is not zero), the last sums the parts. Biased experts (gpt-oss) keep the all-experts form.
+whose h is not zero), the last sums the parts. With the down stack by outputs the second launch is a warp per output
+column j, a row dot of row expert[v] * d + j with h[v] (staged as the linear kernel stages x), and there is no third.
+Biased experts (gpt-oss) keep the all-experts form.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from functools import cache
 
 from tvm.script import tirx as T
 
+from ...ir.moe import DOWN_ROWS
 from .common import activation, is_active, skipping_value
-from .cuda_mlp import dense_body, finish, mlp_parts, tokens
+from .cuda_blocks import stage_x_macro, warp_dot_macro, x_stage_buffer
+from .cuda_mlp import dense_body, finish, hidden_launch, mlp_parts, tokens
 from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
 from .sparse_mlp import EXACT_GATE_ACTS, GATE_ACTS
@@ -40,19 +45,26 @@ ROUTED_SCRATCH = 2  # h [V, n_ff], part [splits, V, d]
 @cache
 def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_act: str = "identity",
                      threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None,
-                     exact: bool = True, sched: GpuSchedule):
+                     exact: bool = True, down_rows: str = "neurons", sched: GpuSchedule):
     """(x, w_gate, w_up, w_down_t, expert, out, h, part), see the module docstring. `exact`: skip the neurons whose
-    gate is exactly zero (gate_act of the ReLU family): their up and down rows are not read."""
+    gate is exactly zero (gate_act of the ReLU family): their up and down rows are not read. `down_rows`: how the
+    down stack's rows run (ir/moe.py; "outputs": dense mode, and no `part`)."""
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
+    if down_rows not in DOWN_ROWS or ("exact" if exact else "dense") not in DOWN_ROWS[down_rows][0]:
+        raise ValueError(f"a routed down stack by {down_rows!r} in {'exact' if exact else 'dense'} mode: "
+                         f"valid {', '.join(DOWN_ROWS)} (outputs: dense mode only)")
+    by_outputs = down_rows == "outputs"
 
     def row(expert, v, p):   # position p of virtual token v's list: neuron p of its expert
         return T.Cast("int32", expert[v]) * n_ff + p
 
-    k = mlp_parts(f"routed{'x' if exact else 'd'}e{experts}", d, n_ff, gate_act, up_act, threshold, dtype, sched,
-                  row, lambda expert, v: n_ff, EXACT_GATE_ACTS if exact else GATE_ACTS, down_dtype=down_dtype,
-                  skip_zero_h=exact)
-    (wshape, wdtype), (dshape, ddtype) = (weight_buffer(experts * n_ff, d, t) for t in (dtype, down_dtype or dtype))
+    kind = f"routed{'x' if exact else 'd'}{'o' if by_outputs else ''}e{experts}"
+    k = mlp_parts(kind, d, n_ff, gate_act, up_act, threshold, dtype, sched, row, lambda expert, v: n_ff,
+                  EXACT_GATE_ACTS if exact else GATE_ACTS, down_dtype=down_dtype, skip_zero_h=exact)
+    wshape, wdtype = weight_buffer(experts * n_ff, d, dtype)
+    dshape, ddtype = (weight_buffer(experts * d, n_ff, down_dtype or dtype) if by_outputs
+                      else weight_buffer(experts * n_ff, d, down_dtype or dtype))
     warp_dot, act_u, reads_up = k.warp_dot, k.act_u, k.reads_up
     gate_value = skipping_value(activation(gate_act, threshold, "cuda"))
 
@@ -75,8 +87,21 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
         else:
             k.gated_dot(w_gate, w_up, row(expert, v, j), x, xs, v, lane, s)
 
-    body = dense_body(k, n_ff, neuron)   # the per-block dense kernel's launches, rows by expert[v]
     V = tokens()
+    if by_outputs:
+        hidden, down = hidden_launch(k, n_ff, neuron), output_rows_launch(d, n_ff, down_dtype or dtype, sched)
+
+        @T.prim_func
+        def kernel_outputs(x: T.Buffer((V, d), "float32"), w_gate: T.Buffer(wshape, wdtype),
+                           w_up: T.Buffer(wshape, wdtype), w_down: T.Buffer(dshape, ddtype),
+                           expert: T.Buffer((V,), "int64"), out: T.Buffer((V, d), "float32"),
+                           h: T.Buffer((V, n_ff), "float32")):
+            hidden(x, w_gate, w_up, expert, h, V)
+            down(w_down, expert, h, out, V)
+
+        return finish(kernel_outputs, k.name, 1)
+
+    body = dense_body(k, n_ff, neuron)   # the per-block dense kernel's launches, rows by expert[v]
 
     @T.prim_func
     def kernel(x: T.Buffer((V, d), "float32"), w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
@@ -85,3 +110,29 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
         body(x, w_gate, w_up, w_down_t, expert, out, h, part, V)
 
     return finish(kernel, k.name, ROUTED_SCRATCH)
+
+
+def output_rows_launch(d: int, n_ff: int, down: str, sched: GpuSchedule):
+    """`down(w_down, expert, h, out, V)`: out[v, j] = w_down[expert[v] * d + j] · h[v], a warp per output column j
+    (the linear kernel's warp dot, h staged as it stages x)."""
+    L, W = sched.warp, sched.warps
+    warp_dot, stage = warp_dot_macro(n_ff, down, sched), stage_x_macro(n_ff, down, sched)
+    hs_shape, hs_dtype = x_stage_buffer(n_ff, down)
+    n_blocks = (d + W - 1) // W
+
+    @T.macro
+    def down_launch(w_down, expert, h, out, V):
+        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
+            for ty in T.thread_binding(W, "threadIdx.y"):
+                for tx in T.thread_binding(L, "threadIdx.x"):
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    hs = T.alloc_buffer(hs_shape, hs_dtype, scope="shared")
+                    j: T.let = bx * W + ty
+                    for v in range(V):
+                        stage(h, v, hs, ty, tx)
+                        if j < d:
+                            warp_dot(w_down, T.Cast("int32", expert[v]) * d + j, h, hs, v, tx, s)
+                            if tx == 0:
+                                out[v, j] = s[0]
+
+    return down_launch
