@@ -126,20 +126,51 @@ def write_llama_gguf(model, path: str, dtype: str) -> None:
     drop_from_page_cache(path)
 
 
+# K-quant super-blocks of 256 weights: bytes, and the weights' standard deviation per unit of d for random codes
+# and sub-scales (Q4_K: d*sc*q - dmin*m with dmin = 7.5 d, about 250 d; Q6_K: d*sc*(q - 32), sc in -64..63, about 690 d)
+K_BLOCKS = {"Q4_K": (144, 250.0), "Q6_K": (210, 690.0)}
+
+
+def random_k_blocks(rng, kind: str, rows: int, cols: int, std: float | tuple):
+    """Random valid `kind` blocks uint8 [rows, cols / 256 * bytes] by the documented layouts (frontends/gguf_kquants.py;
+    the gguf package has no K-quant quantizer), weights of about `std`, or d drawn uniformly from a (low, high) pair.
+    Q4_K: d, dmin fp16, 12 scale bytes, 128 code bytes (any scale and code bytes are valid); Q6_K: 128 low and 64 high
+    code bytes, 16 int8 sub-scales, d fp16."""
+    import numpy as np
+
+    nbytes, per_d = K_BLOCKS[kind]
+    n = rows * cols // 256
+    low, high = std if isinstance(std, tuple) else (0.5 * std / per_d, 1.5 * std / per_d)
+    d = rng.uniform(low, high, n).astype(np.float16)
+    if kind == "Q4_K":
+        dmin = (d.astype(np.float32) * 7.5).astype(np.float16)
+        header = np.stack([d, dmin], -1).view(np.uint8).reshape(n, 4)
+        blocks = np.concatenate([header, rng.integers(0, 256, (n, 140), dtype=np.uint8)], -1)
+    else:
+        codes = rng.integers(0, 256, (n, 192), dtype=np.uint8)
+        scales = rng.integers(-64, 64, (n, 16), dtype=np.int8).view(np.uint8)
+        blocks = np.concatenate([codes, scales, d.view(np.uint8).reshape(n, 2)], -1)
+    return blocks.reshape(rows, -1)
+
+
 def write_qwen3_moe_gguf(path: str, *, d: int = 2048, layers: int = 4, experts: int = 32, used: int = 8,
                          n_ff: int = 768, heads: int = 16, kv_heads: int = 4, vocab: int = 2048, context: int = 4096,
                          quant: str = "Q4_0", std: float = 0.02, seed: int = 0) -> dict:
     """A synthetic Qwen3-MoE GGUF as llama.cpp writes one (Qwen3-30B-A3B's shapes, scaled by the arguments): every
     layer's experts as 3-D tensors ffn_{gate,up,down}_exps [E, rows, cols] and its attention matrices in `quant`
     (GGUF's own quantizer), norms, router and the tables F32; a byte-level SentencePiece vocabulary, so llama.cpp and
-    transformers both load it (transformers' GGUF mapping takes n_ff 768, Qwen3-MoE's expert width). Random
-    weights (`std`, the router's 0.5, norms 1): for timing and for checking the import, not for text. Returns
-    {tensor name: its quantized blocks} of the expert tensors of layer 0."""
+    transformers both load it (transformers' GGUF mapping takes n_ff 768, Qwen3-MoE's expert width). `quant`
+    "Q4_K_M": K-quant blocks as llama.cpp's Q4_K_M mix stores an MoE (attention and the experts' gate / up Q4_K, their
+    down Q6_K), random valid bytes (`random_k_blocks`: the gguf package has no K-quant quantizer). Random weights
+    (`std`, the router's 0.5, norms 1): for timing and for checking the import, not for text. Returns {tensor name:
+    its quantized blocks} of the expert tensors of layer 0."""
     import gguf
     import numpy as np
     from gguf import GGMLQuantizationType, quants
 
-    qtype = GGMLQuantizationType[quant]
+    types = dict.fromkeys(("attn", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"), quant)
+    if quant == "Q4_K_M":
+        types = {"attn": "Q4_K", "ffn_gate_exps": "Q4_K", "ffn_up_exps": "Q4_K", "ffn_down_exps": "Q6_K"}
     rng = np.random.default_rng(seed)
     head = d // heads
     w = gguf.GGUFWriter(path, "qwen3moe")
@@ -159,8 +190,10 @@ def write_qwen3_moe_gguf(path: str, *, d: int = 2048, layers: int = 4, experts: 
     def normal(*shape, scale=std):
         return (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float32)
 
-    def quantized(*shape):
-        return quants.quantize(normal(*shape), qtype)
+    def quantized(kind, *shape):
+        if kind in K_BLOCKS:
+            return random_k_blocks(rng, kind, int(np.prod(shape[:-1])), shape[-1], std).reshape(*shape[:-1], -1)
+        return quants.quantize(normal(*shape), GGMLQuantizationType[kind])
 
     w.add_tensor("token_embd.weight", normal(vocab, d))
     w.add_tensor("output_norm.weight", np.ones(d, np.float32))
@@ -171,12 +204,13 @@ def write_qwen3_moe_gguf(path: str, *, d: int = 2048, layers: int = 4, experts: 
             w.add_tensor(f"blk.{i}.{norm}.weight", np.ones(size, np.float32))
         for name, shape in (("attn_q", (heads * head, d)), ("attn_k", (kv_heads * head, d)),
                             ("attn_v", (kv_heads * head, d)), ("attn_output", (d, heads * head))):
-            w.add_tensor(f"blk.{i}.{name}.weight", quantized(*shape), raw_dtype=qtype)
+            w.add_tensor(f"blk.{i}.{name}.weight", quantized(types["attn"], *shape),
+                         raw_dtype=GGMLQuantizationType[types["attn"]])
         w.add_tensor(f"blk.{i}.ffn_gate_inp.weight", normal(experts, d, scale=0.5))
         for name, shape in (("ffn_gate_exps", (experts, n_ff, d)), ("ffn_up_exps", (experts, n_ff, d)),
                             ("ffn_down_exps", (experts, d, n_ff))):
-            blocks = quantized(*shape)
-            w.add_tensor(f"blk.{i}.{name}.weight", blocks, raw_dtype=qtype)
+            blocks = quantized(types[name], *shape)
+            w.add_tensor(f"blk.{i}.{name}.weight", blocks, raw_dtype=GGMLQuantizationType[types[name]])
             if i == 0:
                 kept[name] = blocks
     w.write_header_to_file()

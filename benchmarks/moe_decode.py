@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--experts", type=int, default=32)
     ap.add_argument("--used", type=int, default=8, help="experts per token (top-k)")
-    ap.add_argument("--quant", default="Q4_0", choices=("Q4_0", "Q8_0"), help="the file's matrices")
+    ap.add_argument("--quant", default="Q4_0", choices=("Q4_0", "Q8_0", "Q4_K_M"),
+                    help="the file's matrices (Q4_K_M: Q4_K, the experts' down Q6_K)")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.quant import FLOAT_KINDS, LAYOUTS, QuantizedWeight, from_gguf_blocks
+from ..ir.quant import FLOAT_KINDS, LAYOUTS, QuantizedWeight, from_gguf_blocks, quantize
 from .errors import FrontendError
 from .gguf_kquants import UnrepresentableError, q4_k_as_q4_1, q5_0_as_q8_0
 from .gguf_read import read_gguf
@@ -153,6 +153,9 @@ def read_gguf_quantized(path, left_dequantized: dict | None = None,
         if kind in KEPT and len(t.shape) == 3:   # a MoE's experts: transformers merges or splits them
             _stacked_source(out, t, kind)
             continue
+        if kind in WIDE and len(t.shape) == 3:
+            _wide_stacked_source(out, t, kind)
+            continue
         if kind not in KEPT or len(t.shape) != 2 or t.name not in names:
             continue
         rows, cols = int(t.shape[1]), int(t.shape[0])  # GGUF lists dims innermost first
@@ -182,6 +185,18 @@ def _stacked_source(out: dict, t, kind: str) -> None:
         out[t.name] = QuantizedWeight(kept_blob(blob, kind, cols), KEPT[kind].layout, (experts * rows, cols))
     except UnrepresentableError:
         pass   # the dequantized weights cover it
+
+
+def _wide_stacked_source(out: dict, t, kind: str) -> None:
+    """A 3-D tensor of a `WIDE` type (a K-quant mix's Q6_K `ffn_down_exps`): its values, as the gguf package
+    dequantizes them, quantized q8_0 [E * rows, cols] under its GGUF name, so the quantize pass stores the routed
+    stacks with these values at 8 bits (as `wide` does for a 2-D tensor) instead of rounding 6-bit weights to 4 bits;
+    the pass finds it by value (within q8_0's rounding)."""
+    from gguf import quants
+
+    cols, rows, experts = (int(n) for n in t.shape)
+    values = quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(experts * rows, cols)
+    out[t.name] = quantize(np.asarray(values, np.float32), "int8")
 
 
 def processed_row_order(processor, name: str, rows: int) -> np.ndarray | str:
@@ -216,8 +231,13 @@ def storage_note(tensor_types: Mapping[str, tuple[str, str]], stored: Iterable[s
     for hf, (gguf_name, kind) in tensor_types.items():
         pre = kept.get(hf)
         if pre is not None and hf == gguf_name and hf not in names:   # a 3-D expert tensor (`_stacked_source`)
-            how = "kept as stored (routed experts)" if pre is not None and id(pre.blob) in blobs else \
-                "dequantized, quantized anew for the routed experts"
+            taken = id(pre.blob) in blobs
+            if kind in WIDE:   # `_wide_stacked_source`: its values at 8 bits
+                how = "dequantized, quantized anew as q8_0 (routed experts)" if taken else \
+                    "dequantized, quantized anew for the routed experts"
+            else:
+                how = "kept as stored (routed experts)" if taken else \
+                    "dequantized, quantized anew for the routed experts"
             outcomes[kind][how] += 1
             continue
         outcomes[kind][_outcome(hf, kind, pre, names, sorted(copies.get(hf, ())))] += 1

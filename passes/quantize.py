@@ -61,7 +61,10 @@ rounding of the file's values cost SmolLM2-135M +8% perplexity (BENCHMARKS.md, s
 the file's own, and the block's gate and up stay the file's blocks. It costs bytes on the rows of active neurons
 only (q8_0 is 34 bytes a group against q4_0's 18). Routed experts' down projections likewise where they stay a
 neuron per row (exact experts, or a kernel family whose routed kernel reads only that): a MoE GGUF's 4-bit
-`ffn_down_exps` is found as their source by value, transposed expert by expert (`_narrow_source`).
+`ffn_down_exps` is found as their source by value, transposed expert by expert (`_down_source_bits`); a K-quant
+mix's Q6_K `ffn_down_exps` (held q8_0 from its values, `gguf_quant._wide_stacked_source`) likewise stays at 8 bits
+(statistic `wide-int8`). Sources are found by value within SOURCE_TOLERANCE: Q4_K blocks kept as q4_1 round their
+products to fp16, and a wide tensor's values are held at 8 bits.
 
 Dense routed experts on a family whose routed kernel reads a down stack by outputs (ir/moe.py's `DOWN_ROWS`: the
 CPU kernel) take that source as it is instead: the op's `down_rows` becomes "outputs" and its down stack is the
@@ -101,6 +104,19 @@ WEIGHT_INPUTS = {
     "sparse_gated_mlp": lambda attrs: (1, 2, 3),
     "routed_moe": lambda attrs: (1, 2, 3),  # the experts stacked by rows: each row quantized as it is streamed
 }
+
+
+# how far a source's dequantized values may lie from a weight's and still be its source, relative to the row's largest
+# magnitude: a K-quant's 6-bit values held q8_0 round by up to 1/254 of a block's largest (gguf_quant.
+# _wide_stacked_source), Q4_K's products rounded to fp16 by about 3 * 2^-11 (gguf_kquants.q4_k_as_q4_1); another
+# tensor of the same shape differs by the weights themselves
+SOURCE_TOLERANCE = 2.0 ** -7
+
+
+def _close(values: np.ndarray, array: np.ndarray) -> bool:
+    """Whether `values` lie within SOURCE_TOLERANCE of `array`, row by row."""
+    bound = SOURCE_TOLERANCE * np.abs(array).max(axis=-1, keepdims=True)
+    return bool(np.all(np.abs(values.astype(np.float32) - array) <= bound))
 
 
 # what a router's logits pass through on their way to the top-k (softmax / sigmoid scores, a correction bias, casts)
@@ -203,9 +219,10 @@ class Quantize(Pass):
                 eight_bits = kind == "int4" and name.removesuffix(".t") in self.wide
                 if eight_bits:
                     record("wide-int8")   # the source's 5-6 bit blocks stay above 4 bits
-                elif kind == "int4" and own_down and i == 3 and self._narrow_source(graph, node, name):
+                elif kind == "int4" and own_down and i == 3 and (bits := self._down_source_bits(graph, node, name)):
                     eight_bits = True
-                    record("requantized-int8")   # a 4-bit file's down, re-laid: rounded again at 8 bits, not 4
+                    # a file's down re-laid: rounded again at 8 bits, not 4 (a K-quant's 6-bit down: not to 4 bits)
+                    record("requantized-int8" if bits < 8 else "wide-int8")
                 inputs[i] = quantized(inputs[i], "int8" if eight_bits else kind)
             if node.op in ("sparse_gated_mlp", "routed_moe"):  # gate and up: one row dot, one layout for the two
                 layout = inputs[1].attrs.get("layout", "dense")
@@ -244,27 +261,32 @@ class Quantize(Pass):
         return self._source_of(graph, graph.weights[name])
 
     def _source_of(self, graph: Graph, array):
-        """The pre-quantized weight, not named after any graph weight, whose dequantized values equal `array` [rows,
-        cols] bit for bit, else None. A first row decides cheaply which candidate to check in full."""
+        """The pre-quantized weight, not named after any graph weight, whose dequantized values are `array`'s [rows,
+        cols] (bit for bit where the file's blocks are kept as they are; within SOURCE_TOLERANCE where keeping them
+        rounds: a Q4_K's fp16 products, a Q6_K's values at 8 bits), else None. A first row decides cheaply which
+        candidate to check in full."""
         if array.ndim != 2 or not array.size:
             return None
         for key, q in self.prequantized.items():
             if key in graph.weights or tuple(q.shape) != array.shape:
                 continue
-            if np.array_equal(dequantize(q.blob[:1], q.layout, q.shape[1])[0], array[0]) and \
-                    np.array_equal(dequantize(q.blob, q.layout, q.shape[1]), array):
+            if _close(dequantize(q.blob[:1], q.layout, q.shape[1]), array[:1]) and \
+                    _close(dequantize(q.blob, q.layout, q.shape[1]), array):
                 return q
         return None
 
-    def _narrow_source(self, graph: Graph, node: Node, name: str) -> bool:
-        """Whether down projection `name` of `node` is a transposed copy of a pre-quantized weight stored in under 8
-        bits: `<w>.t` of a pre-quantized `<w>`, or a routed op's stacked experts, transposed back expert by expert
-        (a MoE GGUF's `ffn_down_exps` [E * d, n_ff], `gguf_quant._stacked_source`)."""
+    def _down_source_bits(self, graph: Graph, node: Node, name: str) -> int | None:
+        """The bits of the pre-quantized weight down projection `name` of `node` is a transposed copy of, where
+        that copy is stored at 8 bits under int4: a sparse block's `<w>.t` of a `<w>` stored in under 8 bits, or a
+        routed op's stacked experts, transposed back expert by expert (a MoE GGUF's `ffn_down_exps` [E * d, n_ff],
+        `gguf_quant._stacked_source`; any source: a 4-bit file's blocks or a K-quant's 6-bit values at 8 bits,
+        `_wide_stacked_source`, which a 4-bit copy would round again); else None."""
         if node.op == "routed_moe":
             source = self._routed_down_source(graph, node)
-        else:
-            source = self.prequantized.get(name.removesuffix(".t")) if name.endswith(".t") else None
-        return source is not None and LAYOUTS[source.layout].bits < 8
+            return None if source is None else LAYOUTS[source.layout].bits
+        source = self.prequantized.get(name.removesuffix(".t")) if name.endswith(".t") else None
+        bits = None if source is None else LAYOUTS[source.layout].bits
+        return bits if bits is not None and bits < 8 else None
 
     def _routed_down_source(self, graph: Graph, node: Node):
         """The pre-quantized [E * d, n_ff] weight (a MoE GGUF's `ffn_down_exps`) whose rows are routed op `node`'s

@@ -18,15 +18,10 @@ TYPES = {"attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "Q8_0", "attn_output": "Q
 
 
 def q4_k_bytes(rng, rows: int, cols: int, d_range=(2e-3, 6e-3)) -> np.ndarray:
-    """Random Q4_K blocks uint8 [rows, cols / 256 * 144] by the documented layout (frontends/gguf_kquants.py; the gguf
-    package has no Q4_K quantizer): any 12 scale bytes and 128 code bytes are valid; d and dmin fp16, dmin = 7.5 d
-    so the weights d*sc*q - dmin*m centre near 0 with a standard deviation of about 250 d."""
-    n = rows * cols // 256
-    d = rng.uniform(*d_range, n).astype(np.float16)
-    dmin = (d.astype(np.float32) * 7.5).astype(np.float16)
-    header = np.stack([d, dmin], -1).view(np.uint8).reshape(n, 4)
-    rest = rng.integers(0, 256, (n, 140), dtype=np.uint8)
-    return np.concatenate([header, rest], -1).reshape(rows, -1)
+    """Random Q4_K blocks uint8 [rows, cols / 256 * 144], d drawn from `d_range` (`decode_models.random_k_blocks`)."""
+    from actsparse.benchmarks.decode_models import random_k_blocks
+
+    return random_k_blocks(rng, "Q4_K", rows, cols, d_range)
 
 
 def llama_style_writer(path, arch: str, d: int, n_ff: int, context: int):

@@ -223,9 +223,10 @@ def test_the_op_checks_its_down_stack_by_outputs():
         routed_moe_type([*types[:3], TensorType((E * d, n_ff + 1), "f32"), *types[4:]], ATTRS)
 
 
-def _routed_with_a_source(mode: str):
+def _routed_with_a_source(mode: str, layout: str = "q4_0"):
     """The golden MoE through `mode`'s pipeline (one routed_moe), its down stack's values replaced by those of a
-    q4_0 [E·d, n] source (as a GGUF's `ffn_down_exps`, transposed back expert by expert), and that source."""
+    `layout` [E·d, n] source (as a GGUF's `ffn_down_exps`, transposed back expert by expert; q8_0: a K-quant's 6-bit
+    values held at 8 bits), and that source."""
     from actsparse.ir import Graph
     from actsparse.passes import pipeline_for, run_pipeline
 
@@ -236,18 +237,20 @@ def _routed_with_a_source(mode: str):
     name, experts = moe.inputs[3].attrs["name"], moe.attrs["experts"]
     down_t = graph.weights[name]
     n_ff, d = down_t.shape[0] // experts, down_t.shape[1]
-    source = quantize(down_t.reshape(experts, n_ff, d).transpose(0, 2, 1).reshape(-1, n_ff), "q4_0")
+    source = quantize(down_t.reshape(experts, n_ff, d).transpose(0, 2, 1).reshape(-1, n_ff), layout)
     stacked = source.dequantize().reshape(experts, d, n_ff).transpose(0, 2, 1).reshape(-1, d)
     weights = {**graph.weights, name: np.ascontiguousarray(stacked, np.float32)}
     return Graph(graph.inputs, graph.outputs, weights), source
 
 
-@pytest.mark.parametrize("mode, family, stored", [("dense", "cpu", "outputs"), ("dense", "cuda", "outputs"),
-                                                  ("exact", "cpu", "neurons"), ("dense", "vulkan", "neurons")])
-def test_quantize_stores_a_routed_down_by_outputs_where_a_kernel_reads_it(mode, family, stored):
+@pytest.mark.parametrize("mode, family, source, stored", [
+    ("dense", "cpu", "q4_0", "outputs"), ("dense", "cuda", "q4_0", "outputs"), ("exact", "cpu", "q4_0", "neurons"),
+    ("dense", "vulkan", "q4_0", "neurons"), ("exact", "cpu", "q8_0", "neurons")])
+def test_quantize_stores_a_routed_down_by_outputs_where_a_kernel_reads_it(mode, family, source, stored):
     """Dense experts on the CPU and CUDA families take the source's blocks as they are (down_rows outputs, stat
     routed-down-as-stored); exact experts (which skip a neuron's down row) and a family no `DOWN_ROWS` entry lists
-    ("vulkan", none here) re-lay it a neuron per row, at 8 bits under int4 (requantized-int8). The quantized graph
+    ("vulkan", none here) re-lay it a neuron per row, at 8 bits under int4 (requantized-int8; from an 8-bit source,
+    a K-quant's 6-bit values, wide-int8). The quantized graph
     computes what the float one did (the stored down values are the source's either way; gate and up rounded at 4
     bits: a loose bound)."""
     from actsparse.ir import evaluate
@@ -256,17 +259,18 @@ def test_quantize_stores_a_routed_down_by_outputs_where_a_kernel_reads_it(mode, 
 
     from .test_passes_golden import _inputs
 
-    graph, source = _routed_with_a_source(mode)
+    graph, source = _routed_with_a_source(mode, source)
     result = apply_pass(Quantize(kind="int4", prequantized={"blk.ffn_down_exps": source}, kernel_family=family), graph)
     out, stats = result.graph, result.stats
     (moe,) = [n for n in out.nodes if n.op == "routed_moe"]
     assert moe.attrs.get("down_rows", "neurons") == stored
     if stored == "outputs":
         assert stats["routed-down-as-stored"] == 1 and "requantized-int8" not in stats, stats
-        assert moe.inputs[3].attrs["layout"] == "q4_0" and moe.inputs[3].shape == tuple(source.shape)
+        assert moe.inputs[3].attrs["layout"] == source.layout and moe.inputs[3].shape == tuple(source.shape)
         np.testing.assert_array_equal(out.weights[moe.inputs[3].attrs["name"]], source.blob)
     else:
-        assert stats["requantized-int8"] == 1 and "routed-down-as-stored" not in stats, stats
+        eight_bits = "requantized-int8" if source.layout == "q4_0" else "wide-int8"
+        assert stats[eight_bits] == 1 and "routed-down-as-stored" not in stats, stats
         assert moe.inputs[3].attrs["layout"] == "q8_0"
     x = _inputs(graph, seq=4)
     want = evaluate(graph, x)[0]
