@@ -8,9 +8,10 @@ No MoE GGUF comes from PyPI, so the file is synthetic (`decode_models.write_qwen
 shapes — d 2048, experts of width 768, 16 query / 4 KV heads — with fewer experts and layers by default, random
 weights). What is timed is what users run: `actsparse.compile(path, quantize="int4")` (the experts route: a token reads
 its k experts' rows; gate, up and down are the file's blocks, the down stack read an output per row as the file stores
-it, `routed-down-as-stored`) and `--requantize-gguf`'s all-4-bit build (the down re-laid a neuron per row), interleaved
-(8-token prompt, then `--tokens` steps, median of `--repeats`); then llama.cpp (llama-cpp-python) on the same file in a
-child process, same threads. The weights (hundreds of MB) stream from DRAM each step: no cache eviction needed.
+it, `routed-down-as-stored`) and `--requantize-gguf`'s all-4-bit build (every matrix quantized from its values, the down
+an output per row), interleaved (8-token prompt, then `--tokens` steps, median of `--repeats`); then llama.cpp
+(llama-cpp-python) on the same file in a child process, same threads. The weights (hundreds of MB) stream from DRAM each
+step: no cache eviction needed.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
         routed = stats[name].get("route-moe", {}).get("routed-moe", 0)
         quantized = stats[name].get("quantize", {})
         down = ("the file's, by outputs" if quantized.get("routed-down-as-stored") else
+                "4-bit from its values, by outputs" if quantized.get("routed-down-by-outputs") else
                 "re-laid q8_0" if quantized.get("requantized-int8") else "re-laid 4-bit")
         print(f"| {name} | {rate:.1f} | {ratio_cell(rate, llama)} | {routed} | {down} |")
     print(f"| llama.cpp | {rate_cell(llama)} | - | - | the file's |")

@@ -154,7 +154,7 @@ def read_gguf_quantized(path, left_dequantized: dict | None = None,
             _stacked_source(out, t, kind)
             continue
         if kind in WIDE and len(t.shape) == 3:
-            _wide_stacked_source(out, t, kind)
+            _wide_stacked_source(out, t)
             continue
         if kind not in KEPT or len(t.shape) != 2 or t.name not in names:
             continue
@@ -187,7 +187,7 @@ def _stacked_source(out: dict, t, kind: str) -> None:
         pass   # the dequantized weights cover it
 
 
-def _wide_stacked_source(out: dict, t, kind: str) -> None:
+def _wide_stacked_source(out: dict, t) -> None:
     """A 3-D tensor of a `WIDE` type (a K-quant mix's Q6_K `ffn_down_exps`): its values, as the gguf package
     dequantizes them, quantized q8_0 [E * rows, cols] under its GGUF name, so the quantize pass stores the routed
     stacks with these values at 8 bits (as `wide` does for a 2-D tensor) instead of rounding 6-bit weights to 4 bits;

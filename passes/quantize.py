@@ -67,18 +67,20 @@ mix's Q6_K `ffn_down_exps` (held q8_0 from its values, `gguf_quant._wide_stacked
 products to fp16, and a wide tensor's values are held at 8 bits.
 
 Dense routed experts on a family whose routed kernel reads a down stack by outputs (ir/moe.py's `DOWN_ROWS`: the
-CPU kernel) take that source as it is instead: the op's `down_rows` becomes "outputs" and its down stack is the
-file's `ffn_down_exps` blocks, an output per row (statistic `routed-down-as-stored`): no rounding at all, 4-bit
-bytes (`_down_as_stored`).
+CPU and CUDA routed kernels) take that source as it is instead: the op's `down_rows` becomes "outputs" and its down
+stack is the file's `ffn_down_exps` blocks, an output per row (statistic `routed-down-as-stored`): no rounding of
+its own, the file's bytes; without such a source (float weights, `--requantize-gguf`) the values are quantized an
+output per row (`routed-down-by-outputs`), groups along n_ff as a GGUF's (`_down_by_outputs`).
 
 Statistics: `quantized` (from float), `prequantized` (taken as stored), `prequantized-by-value` (a pre-quantized weight
 no graph weight is named after whose values this weight's equal, e.g. a MoE GGUF's experts, which transformers merges,
 stacked as the routed kernel reads them: `_equal_source`), `requantized` (transposed GGUF rows), `requantized-int8`
-(such a down stored 8-bit), `routed-down-as-stored` (a routed op's down stack taken as stored), `output-<kind>` for the
-output projection, `embedding-<kind>` per embedding table stored, `router-float` per MoE router kept float,
-`tied-shared` per tied table whose one blob the embedding and the output projection share, `relaid-<layout>` for a gated
-MLP's weight quantized again into the layout of its gate (its kernel reads gate and up in one layout, and the down
-projection too where the variant has no `own_down_layout`).
+(such a down stored 8-bit), `routed-down-as-stored` (a routed op's down stack taken as stored) /
+`routed-down-by-outputs` (quantized an output per row), `output-<kind>` for the output projection, `embedding-<kind>`
+per embedding table stored, `router-float` per MoE router kept float, `tied-shared` per tied table whose one blob the
+embedding and the output projection share, `relaid-<layout>` for a gated MLP's weight quantized again into the layout of
+its gate (its kernel reads gate and up in one layout, and the down projection too where the variant has no
+`own_down_layout`).
 """
 
 from __future__ import annotations
@@ -201,8 +203,7 @@ class Quantize(Pass):
             if not slots:
                 return None
             inputs = list(node.inputs)
-            if node.op == "routed_moe" and (stored := self._down_as_stored(graph, node, new_weights)) is not None:
-                record("routed-down-as-stored")   # the file's own down blocks, an output per row: not re-laid
+            if node.op == "routed_moe" and 3 in slots and (stored := self._down_by_outputs(graph, node, new_weights)):
                 inputs[3] = stored
                 slots = [i for i in slots if i != 3]
                 node = Node(node.op, node.inputs, {**node.attrs, "down_rows": "outputs"}, node.type, node.loc)
@@ -302,16 +303,24 @@ class Quantize(Pass):
             return None   # no candidate: no transposed copy made
         return self._source_of(graph, down_t.reshape(experts, n_ff, d).transpose(0, 2, 1).reshape(-1, n_ff))
 
-    def _down_as_stored(self, graph: Graph, node: Node, new_weights: dict) -> Node | None:
-        """A routed op's down stack as the file stores it (an output per row, `ir.moe.DOWN_ROWS`), where its experts
-        run dense on a kernel family whose routed kernel reads that and the stack is a pre-quantized weight's
-        values: the file's blocks, lossless, instead of re-laid a neuron per row (8 bits under int4)."""
+    def _down_by_outputs(self, graph: Graph, node: Node, new_weights: dict) -> Node | None:
+        """A routed op's down stack an output per row (`ir.moe.DOWN_ROWS`), where its experts run dense on a kernel
+        family whose routed kernel reads that: a pre-quantized weight whose values it holds as that weight stores
+        them (a MoE GGUF's `ffn_down_exps`: the file's blocks, statistic `routed-down-as-stored`), else its values
+        quantized in that form (`routed-down-by-outputs`: groups along n_ff, as a GGUF groups them; the row dots
+        over h read it faster than the neuron rows' axpy, BENCHMARKS.md session 34)."""
         if self.kind not in QUANTIZE_KINDS or not down_rows_allowed("outputs", node.attrs["mode"], self.kernel_family):
             return None
+        name = node.inputs[3].attrs["name"]
         source = self._routed_down_source(graph, node)
-        if source is None:
-            return None
-        qname = f"{node.inputs[3].attrs['name']}.outputs.{source.layout}"
+        if source is not None:
+            record("routed-down-as-stored")   # the file's own down blocks, an output per row: not re-laid
+        else:
+            down_t, experts = graph.weights[name], node.attrs["experts"]
+            n_ff, d = down_t.shape[0] // experts, down_t.shape[1]
+            source = quantize(down_t.reshape(experts, n_ff, d).transpose(0, 2, 1).reshape(-1, n_ff), self.kind)
+            record("routed-down-by-outputs")
+        qname = f"{name}.outputs.{source.layout}"
         new_weights[qname] = source.blob
         return quantized_weight_node(qname, source)
 
