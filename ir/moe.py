@@ -57,6 +57,15 @@ ROUTED_REASONS = {
 }
 
 
+def down_rows_problem(down_rows: str, mode: str) -> str | None:
+    """Why experts of `mode` cannot store their down stack by `down_rows` (one message for the type rule and the
+    kernels), else None."""
+    if down_rows in DOWN_ROWS and mode in DOWN_ROWS[down_rows][0]:
+        return None
+    valid = ", ".join(f"{name} (mode {' / '.join(modes)})" for name, (modes, _) in DOWN_ROWS.items())
+    return f"routed_moe down_rows {down_rows!r} with mode {mode!r}; valid: {valid}"
+
+
 def down_rows_allowed(down_rows: str, mode: str, family: str) -> bool:
     """Whether experts of `mode` may store their down stack by `down_rows` for kernel family `family`."""
     modes, families = DOWN_ROWS[down_rows]
@@ -87,9 +96,8 @@ def routed_moe_type(types, attrs) -> TensorType:
     if not isinstance(experts, int) or experts < 1 or w_gate.shape[0] % experts:
         raise TypeError(f"routed_moe: {experts!r} experts do not divide the stacked weight rows {w_gate}")
     rows = attrs.get("down_rows", "neurons")
-    if rows not in DOWN_ROWS or attrs.get("mode", "exact") not in DOWN_ROWS[rows][0]:
-        valid = ", ".join(f"{name} (mode {' / '.join(modes)})" for name, (modes, _) in DOWN_ROWS.items())
-        raise TypeError(f"routed_moe down_rows {rows!r} with mode {attrs.get('mode')!r}; valid: {valid}")
+    if (problem := down_rows_problem(rows, attrs.get("mode", "exact"))) is not None:
+        raise TypeError(problem)
     # the down stack: a neuron per row [E·n, d_out], or an output per row [E·d_out, n]
     down_ok = (w_down_t.shape[0] == w_gate.shape[0] if rows == "neurons"
                else w_down_t.shape[0] % experts == 0 and w_down_t.shape[1] == w_gate.shape[0] // experts)

@@ -223,6 +223,18 @@ def test_the_op_checks_its_down_stack_by_outputs():
         routed_moe_type([*types[:3], TensorType((E * d, n_ff + 1), "f32"), *types[4:]], ATTRS)
 
 
+def test_the_routed_kernels_refuse_a_down_stack_by_outputs_in_exact_mode():
+    """Exact experts skip a zero neuron's down row, which an output per row cannot: both families' kernels say so."""
+    from actsparse import targets
+    from actsparse.codegen.kernels.cuda_routed import routed_gated_mlp
+    from actsparse.codegen.kernels.routed_moe import routed_moe
+    from actsparse.codegen.schedules import schedule_for
+
+    for kernel, target in ((routed_moe, "x86"), (routed_gated_mlp, "cuda")):
+        with pytest.raises(ValueError, match="down_rows 'outputs' with mode 'exact'; valid: neurons"):
+            kernel(64, 32, E, exact=True, down_rows="outputs", sched=schedule_for(targets.get(target)))
+
+
 def _routed_with_a_source(mode: str, layout: str = "q4_0"):
     """The golden MoE through `mode`'s pipeline (one routed_moe), its down stack's values replaced by those of a
     `layout` [E·d, n] source (as a GGUF's `ffn_down_exps`, transposed back expert by expert; q8_0: a K-quant's 6-bit

@@ -31,7 +31,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from ...ir.moe import DOWN_ROWS
+from ...ir.moe import down_rows_problem
 from .common import activation, is_active, skipping_value
 from .cuda_blocks import stage_x_macro, warp_dot_macro, x_stage_buffer
 from .cuda_mlp import dense_body, finish, hidden_launch, mlp_parts, tokens
@@ -51,9 +51,8 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
     down stack's rows run (ir/moe.py; "outputs": dense mode, and no `part`)."""
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
-    if down_rows not in DOWN_ROWS or ("exact" if exact else "dense") not in DOWN_ROWS[down_rows][0]:
-        raise ValueError(f"a routed down stack by {down_rows!r} in {'exact' if exact else 'dense'} mode: "
-                         f"valid {', '.join(DOWN_ROWS)} (outputs: dense mode only)")
+    if (problem := down_rows_problem(down_rows, "exact" if exact else "dense")) is not None:
+        raise ValueError(problem)
     by_outputs = down_rows == "outputs"
 
     def row(expert, v, p):   # position p of virtual token v's list: neuron p of its expert

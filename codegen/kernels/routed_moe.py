@@ -38,7 +38,7 @@ import numpy as np
 from tvm.script import tirx as T
 
 from ...ir.activations import reads_input
-from ...ir.moe import DOWN_ROWS
+from ...ir.moe import down_rows_problem
 from .common import GATE_ACTS, activation, dots_macro, skipping_value, x_operand
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
@@ -58,9 +58,8 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
     if bias and exact:
         raise ValueError("routed experts with biases run dense (exact=False): a gate bias moves the gate's zero")
-    if down_rows not in DOWN_ROWS or ("exact" if exact else "dense") not in DOWN_ROWS[down_rows][0]:
-        raise ValueError(f"a routed down stack by {down_rows!r} in {'exact' if exact else 'dense'} mode: "
-                         f"valid {', '.join(DOWN_ROWS)} (outputs: dense mode only)")
+    if (problem := down_rows_problem(down_rows, "exact" if exact else "dense")) is not None:
+        raise ValueError(problem)
     down = down_dtype or dtype
     sched = sched.fitted(d, dtype, down)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
