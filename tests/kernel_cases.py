@@ -354,6 +354,22 @@ def run_batch(kernels, jobs: list[tuple[object, list[Call]]]):
     return [[next(results)[0] for _ in calls] for _, calls in jobs]
 
 
+def check_on_simt(jobs: list[tuple[object, list[Call]]]) -> None:
+    """Run (primfunc, calls) jobs under the SIMT emulator in one process and check every call."""
+    for (_, calls), outs in zip(jobs, run_batch(simt_kernels([prim for prim, _ in jobs]), jobs)):
+        for call, out in zip(calls, outs):
+            call.check(out)
+
+
+def check_on_gpu(jobs: list[tuple[object, list[Call]]]) -> None:
+    """Run (primfunc, calls) jobs on a lent GPU (tests/test_kernels_cuda.py's runner) and check every call."""
+    from .test_kernels_cuda import run_gpu
+
+    for prim, calls in jobs:
+        for call, out in zip(calls, run_gpu(prim, calls)):
+            call.check(out)
+
+
 def has_gpu() -> bool:
     from actsparse.targets.cuda import gpu_device
 

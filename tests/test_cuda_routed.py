@@ -8,7 +8,7 @@ the neurons whose gate is zero, so a kernel that read them would return NaN: equ
 import numpy as np
 import pytest
 
-from .kernel_cases import Call, kernel_weights, mlp_reference, run_batch, simt_kernels
+from .kernel_cases import Call, check_on_gpu, check_on_simt, kernel_weights, mlp_reference
 
 pytest.importorskip("tvm")
 
@@ -58,19 +58,12 @@ def _jobs(d=72, n_ff=20):
 
 
 def test_the_cuda_routed_kernel_runs_each_slots_expert_under_simt():
-    jobs = _jobs()
-    for (_, calls), outs in zip(jobs, run_batch(simt_kernels([prim for prim, _ in jobs]), jobs)):
-        for call, out in zip(calls, outs):
-            call.check(out)
+    check_on_simt(_jobs())
 
 
 @pytest.mark.gpu
 def test_the_cuda_routed_kernel_runs_each_slots_expert_on_the_gpu():
-    from .test_kernels_cuda import run_gpu
-
-    for prim, calls in _jobs(d=4096 + 72, n_ff=200):
-        for call, out in zip(calls, run_gpu(prim, calls)):
-            call.check(out)
+    check_on_gpu(_jobs(d=4096 + 72, n_ff=200))
 
 
 def test_the_cuda_routed_kernel_refuses_what_it_cannot_run():

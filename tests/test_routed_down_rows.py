@@ -19,13 +19,14 @@ from actsparse.ir.sparse_variants import dense_intermediate
 
 from .kernel_cases import (
     Call,
+    check_on_gpu,
+    check_on_simt,
     cross_kernels,
     examples,
     kernel_weights,
     mlp_reference,
     require_cross_tools,
     run_batch,
-    simt_kernels,
 )
 
 tvm = pytest.importorskip("tvm")
@@ -185,18 +186,12 @@ def _slot_jobs(d, n_ff):
 def test_cuda_routed_kernel_reads_a_down_stack_by_outputs_under_simt():
     jobs = _slot_jobs(d=72, n_ff=40)
     assert all("routeddo" in str(prim.attrs["global_symbol"]) for prim, _ in jobs)
-    for (_, calls), outs in zip(jobs, run_batch(simt_kernels([prim for prim, _ in jobs]), jobs)):
-        for call, out in zip(calls, outs):
-            call.check(out)
+    check_on_simt(jobs)
 
 
 @pytest.mark.gpu
 def test_cuda_routed_kernel_reads_a_down_stack_by_outputs_on_the_gpu():
-    from .test_kernels_cuda import run_gpu
-
-    for prim, calls in _slot_jobs(d=2048 + 72, n_ff=768):
-        for call, out in zip(calls, run_gpu(prim, calls)):
-            call.check(out)
+    check_on_gpu(_slot_jobs(d=2048 + 72, n_ff=768))
 
 
 def test_the_op_checks_its_down_stack_by_outputs():

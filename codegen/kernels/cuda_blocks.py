@@ -331,3 +331,49 @@ def hidden_norm_launches(n_ff: int, d: int, sched: GpuSchedule, eps: float):
                     out[e // d, e % d] = out[e // d, e % d] / T.sqrt(ss[e // d] / T.float32(n_ff) + T.float32(eps))
 
     return norm_sums, scale_out
+
+
+def warp_per_row(n: int, L: int, W: int, xs_shape, xs_dtype, stage, each):
+    """`frame(x, M, p, q, r, t)`: the launch of a warp per row j < n (W warps of L lanes a block) that stages every
+    token's x[m] (`stage`, into the block's shared xs) and runs `each(x, xs, m, j, lane, s, p, q, r, t)` for it (s:
+    the lane's one-float scratch), p .. t passed through: the dense kernels' neurons and the linear kernel's rows."""
+    n_blocks = (n + W - 1) // W
+
+    @T.macro
+    def frame(x, M, p, q, r, t):
+        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
+            for ty in T.thread_binding(W, "threadIdx.y"):
+                for tx in T.thread_binding(L, "threadIdx.x"):
+                    s = T.alloc_buffer((1,), "float32", scope="local")
+                    xs = T.alloc_buffer(xs_shape, xs_dtype, scope="shared")
+                    j: T.let = bx * W + ty
+                    for m in range(M):
+                        stage(x, m, xs, ty, tx)
+                        if j < n:
+                            each(x, xs, m, j, tx, s, p, q, r, t)
+
+    return frame
+
+
+def row_dots_launch(k: int, n: int, dtype: str, sched: GpuSchedule, row: Callable, bias: bool = False):
+    """`launch(x, w, b, out, M, rows)`: out[m, j] = w[row(rows, m, j)] · x[m, :k] (+ b[j] with `bias`) for j < n and
+    every token m: a warp per output j, x[m] staged in shared memory where its layout wants (the linear kernel; the
+    routed experts' down stack by outputs, whose row map picks the token's expert)."""
+    warp_dot = warp_dot_macro(k, dtype, sched)
+
+    @T.macro
+    def each(x, xs, m, j, tx, s, w, b, out, rows):
+        warp_dot(w, row(rows, m, j), x, xs, m, tx, s)
+        if tx == 0:
+            if bias:
+                out[m, j] = s[0] + b[j]
+            else:
+                out[m, j] = s[0]
+
+    frame = warp_per_row(n, sched.warp, sched.warps, *x_stage_buffer(k, dtype), stage_x_macro(k, dtype, sched), each)
+
+    @T.macro
+    def launch(x, w, b, out, M, rows):
+        frame(x, M, w, b, out, rows)
+
+    return launch

@@ -36,8 +36,10 @@ from .cuda_blocks import (
     down_macros,
     down_splits,
     hidden_norm_launches,
+    row_dots_launch,
     stage_x_macro,
     warp_dot_macro,
+    warp_per_row,
     x_stage_buffer,
 )
 from .quant_blocks import weight_buffer
@@ -355,23 +357,18 @@ def dense_body(k: _Mlp, n_ff: int, neuron):
 def hidden_launch(k: _Mlp, n_ff: int, neuron):
     """`hidden(x, w_gate, w_up, a, h, M)`: the dense kernels' first launch, a warp per neuron j, h[m, j] =
     `neuron(w_gate, w_up, j, x, xs, m, lane, s, a)` for every token (`dense_body`)."""
-    L, W = k.L, k.W
-    n_blocks = (n_ff + W - 1) // W
+
+    @T.macro
+    def each(x, xs, m, j, tx, s, w_gate, w_up, a, h):
+        neuron(w_gate, w_up, j, x, xs, m, tx, s, a)
+        if tx == 0:
+            h[m, j] = s[0]
+
+    frame = warp_per_row(n_ff, k.L, k.W, k.xs_shape, k.xs_dtype, k.stage, each)
 
     @T.macro
     def hidden(x, w_gate, w_up, a, h, M):
-        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
-            for ty in T.thread_binding(W, "threadIdx.y"):
-                for tx in T.thread_binding(L, "threadIdx.x"):
-                    s = T.alloc_buffer((1,), "float32", scope="local")
-                    xs = T.alloc_buffer(k.xs_shape, k.xs_dtype, scope="shared")
-                    j: T.let = bx * W + ty
-                    for m in range(M):
-                        k.stage(x, m, xs, ty, tx)
-                        if j < n_ff:
-                            neuron(w_gate, w_up, j, x, xs, m, tx, s, a)
-                            if tx == 0:
-                                h[m, j] = s[0]
+        frame(x, M, w_gate, w_up, a, h)
 
     return hidden
 
@@ -415,30 +412,13 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: GpuSchedule, bias: 
     check_dtype(dtype)
     if k < 1 or n < 1:
         raise ValueError(f"k and n must be positive, got k={k}, n={n}")
-    L, W = sched.warp, sched.warps
-    warp_dot, stage = warp_dot_macro(k, dtype, sched), stage_x_macro(k, dtype, sched)
-    xs_shape, xs_dtype = x_stage_buffer(k, dtype)
-    n_blocks = (n + W - 1) // W
     wshape, wdtype = weight_buffer(n, k, dtype)
     name = symbol("cuda", "linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)
+    launch = row_dots_launch(k, n, dtype, sched, lambda rows, m, j: j, bias)
 
     @T.macro
     def body(x, w, b, out, M):
-        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
-            for ty in T.thread_binding(W, "threadIdx.y"):
-                for tx in T.thread_binding(L, "threadIdx.x"):
-                    s = T.alloc_buffer((1,), "float32", scope="local")
-                    xs = T.alloc_buffer(xs_shape, xs_dtype, scope="shared")
-                    j: T.let = bx * W + ty
-                    for m in range(M):
-                        stage(x, m, xs, ty, tx)
-                        if j < n:
-                            warp_dot(w, j, x, xs, m, tx, s)
-                            if tx == 0:
-                                if bias:
-                                    out[m, j] = s[0] + b[j]
-                                else:
-                                    out[m, j] = s[0]
+        launch(x, w, b, out, M, w)
 
     M = tokens()
     if bias:

@@ -33,7 +33,7 @@ from tvm.script import tirx as T
 
 from ...ir.moe import down_rows_problem
 from .common import activation, is_active, skipping_value
-from .cuda_blocks import stage_x_macro, warp_dot_macro, x_stage_buffer
+from .cuda_blocks import row_dots_launch
 from .cuda_mlp import dense_body, finish, hidden_launch, mlp_parts, tokens
 from .quant_blocks import weight_buffer
 from .schedule import GpuSchedule
@@ -113,25 +113,11 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
 
 def output_rows_launch(d: int, n_ff: int, down: str, sched: GpuSchedule):
     """`down(w_down, expert, h, out, V)`: out[v, j] = w_down[expert[v] * d + j] · h[v], a warp per output column j
-    (the linear kernel's warp dot, h staged as it stages x)."""
-    L, W = sched.warp, sched.warps
-    warp_dot, stage = warp_dot_macro(n_ff, down, sched), stage_x_macro(n_ff, down, sched)
-    hs_shape, hs_dtype = x_stage_buffer(n_ff, down)
-    n_blocks = (d + W - 1) // W
+    (the linear kernel's launch, `cuda_mlp.row_dots_launch`, its rows by the slot's expert)."""
+    launch = row_dots_launch(n_ff, d, down, sched, lambda expert, v, j: T.Cast("int32", expert[v]) * d + j)
 
     @T.macro
     def down_launch(w_down, expert, h, out, V):
-        for bx in T.thread_binding(n_blocks, "blockIdx.x"):
-            for ty in T.thread_binding(W, "threadIdx.y"):
-                for tx in T.thread_binding(L, "threadIdx.x"):
-                    s = T.alloc_buffer((1,), "float32", scope="local")
-                    hs = T.alloc_buffer(hs_shape, hs_dtype, scope="shared")
-                    j: T.let = bx * W + ty
-                    for v in range(V):
-                        stage(h, v, hs, ty, tx)
-                        if j < d:
-                            warp_dot(w_down, T.Cast("int32", expert[v]) * d + j, h, hs, v, tx, s)
-                            if tx == 0:
-                                out[v, j] = s[0]
+        launch(h, w_down, w_down, out, V, expert)
 
     return down_launch
