@@ -77,6 +77,12 @@ def expert_outputs(attrs, w_down) -> int:
     return w_down[0] // attrs["experts"] if attrs.get("down_rows", "neurons") == "outputs" else w_down[1]
 
 
+def down_stack_by_outputs(down_t: np.ndarray, experts: int) -> np.ndarray:
+    """A down stack a neuron per row [E·n, d_out] as `down_rows="outputs"` holds it, [E·d_out, n] (a copy)."""
+    n, d_out = down_t.shape[0] // experts, down_t.shape[1]
+    return down_t.reshape(experts, n, d_out).transpose(0, 2, 1).reshape(-1, n)
+
+
 def routed_inputs(attrs) -> tuple[str, ...]:
     """The names of a routed_moe's inputs, in order, for its attrs."""
     return ROUTED_INPUTS + (ROUTED_BIASES if attrs.get("bias") else ())

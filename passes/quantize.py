@@ -93,7 +93,7 @@ import numpy as np
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous, shared_copy
 from ..ir.graph import quantized_weight_node
-from ..ir.moe import down_rows_allowed
+from ..ir.moe import down_rows_allowed, down_stack_by_outputs
 from ..ir.quant import FLOAT_KINDS, LAYOUTS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, dequantize, quantize
 from ..ir.sparse_variants import variant_of
 from .base import Pass, record
@@ -297,9 +297,10 @@ class Quantize(Pass):
         bits = None if source is None else LAYOUTS[source.layout].bits
         return bits if bits is not None and bits < 8 else None
 
-    def _routed_down_source(self, graph: Graph, node: Node):
+    def _routed_down_source(self, graph: Graph, node: Node, by_outputs: np.ndarray | None = None):
         """The pre-quantized [E * d, n_ff] weight (a MoE GGUF's `ffn_down_exps`) whose rows are routed op `node`'s
-        down stack [E * n_ff, d] transposed back expert by expert, else None."""
+        down stack [E * n_ff, d] transposed back expert by expert (`by_outputs`, where the caller has it), else
+        None."""
         w = node.inputs[3]
         if w.op != "weight" or w.attrs.get("layout", "dense") != "dense" or node.attrs.get("down_rows") == "outputs":
             return None
@@ -309,7 +310,7 @@ class Quantize(Pass):
         n_ff, d = down_t.shape[0] // experts, down_t.shape[1]
         if not any(tuple(q.shape) == (experts * d, n_ff) for q in self.prequantized.values()):
             return None   # no candidate: no transposed copy made
-        return self._source_of(graph, down_t.reshape(experts, n_ff, d).transpose(0, 2, 1).reshape(-1, n_ff))
+        return self._source_of(graph, down_stack_by_outputs(down_t, experts) if by_outputs is None else by_outputs)
 
     def _down_by_outputs(self, graph: Graph, node: Node, new_weights: dict) -> Node | None:
         """A routed op's down stack an output per row (`ir.moe.DOWN_ROWS`), where its experts run dense on a kernel
@@ -320,13 +321,12 @@ class Quantize(Pass):
         if self.kind not in QUANTIZE_KINDS or not down_rows_allowed("outputs", node.attrs["mode"], self.kernel_family):
             return None
         name = node.inputs[3].attrs["name"]
-        source = self._routed_down_source(graph, node)
+        by_outputs = down_stack_by_outputs(graph.weights[name], node.attrs["experts"])   # one copy for both uses
+        source = self._routed_down_source(graph, node, by_outputs)
         if source is not None:
             record("routed-down-as-stored")   # the file's own down blocks, an output per row: not re-laid
         else:
-            down_t, experts = graph.weights[name], node.attrs["experts"]
-            n_ff, d = down_t.shape[0] // experts, down_t.shape[1]
-            source = quantize(down_t.reshape(experts, n_ff, d).transpose(0, 2, 1).reshape(-1, n_ff), self.kind)
+            source = quantize(by_outputs, self.kind)
             record("routed-down-by-outputs")
         qname = f"{name}.outputs.{source.layout}"
         new_weights[qname] = source.blob

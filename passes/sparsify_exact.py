@@ -97,8 +97,7 @@ class SparsifyExact(Pass):
                 return None
             if has_hidden_norm(node):
                 pattern += "-normed"
-            attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "exact",
-                     "pattern": pattern}
+            attrs = exact_attrs(node, pattern)
             if has_hidden_norm(node):
                 if self.kernel_family not in VARIANTS["exact"].hidden_norm_families:
                     record("kept-dense")
@@ -109,8 +108,6 @@ class SparsifyExact(Pass):
                     return None
                 attrs["hidden_rms_eps"] = node.attrs["hidden_rms_eps"]
             record(pattern)
-            if node.attrs["gate_act"] == "fatrelu":
-                attrs["threshold"] = node.attrs["threshold"]
             return to_sparse_layout(node, attrs, graph, new_weights)
 
         return rewrite(graph, visit, new_weights)
@@ -153,6 +150,14 @@ class SparsifyExact(Pass):
         return None
 
 
+def exact_attrs(node: Node, pattern: str) -> dict:
+    """The sparse_gated_mlp{mode=exact} attributes of gated block `node` (FATReLU keeps its threshold)."""
+    attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "exact", "pattern": pattern}
+    if node.attrs["gate_act"] == "fatrelu":
+        attrs["threshold"] = node.attrs["threshold"]
+    return attrs
+
+
 def _finite_weights(node: Node, graph: Graph) -> bool:
     return all(bool(np.isfinite(graph.weights[i.attrs["name"]]).all()) for i in node.inputs[1:] if i.op == "weight")
 
@@ -160,10 +165,7 @@ def _finite_weights(node: Node, graph: Graph) -> bool:
 def _sparse_plain(node: Node, gated: Node, b_down: Node | None, graph: Graph, new_weights: dict) -> Node:
     """The non-gated block as a gated one whose up factor is the constant 1 (detect_gated_mlp.plain_as_gated; see
     the module docstring), then sparse layout."""
-    act = gated.attrs["gate_act"]
-    pattern = f"{act}-mlp"
+    pattern = f"{gated.attrs['gate_act']}-mlp"
     record(pattern)
-    attrs = {"gate_act": act, "up_act": "unit", "mode": "exact", "pattern": pattern,
-             **({"threshold": gated.attrs["threshold"]} if act == "fatrelu" else {})}
-    out = to_sparse_layout(gated, attrs, graph, new_weights)
+    out = to_sparse_layout(gated, {**exact_attrs(gated, pattern), "up_act": "unit"}, graph, new_weights)
     return out if b_down is None else Node("add", (out, b_down), {}, node.type, node.loc)

@@ -60,6 +60,7 @@ from .predictor_train import STEPS
 from .predictors import KINDS, Fitted, PredictorError, allocate_ranks, certified_block, fit_block
 from .route_moe import lossless_routed_experts
 from .sparse_layout import to_sparse_layout
+from .sparsify_exact import exact_attrs
 
 
 @dataclass(frozen=True)
@@ -183,10 +184,7 @@ class SparsifyPredictor(Pass):
 
 def _exact_block(node: Node, graph: Graph, new_weights: dict) -> Node:
     """A routed expert in exact mode (sparsify-exact's rewrite): route-moe then runs it on its tokens only."""
-    attrs = {"gate_act": node.attrs["gate_act"], "up_act": node.attrs["up_act"], "mode": "exact",
-             "pattern": pattern_name(node.attrs["gate_act"], node.attrs["up_act"])}
-    if node.attrs["gate_act"] == "fatrelu":
-        attrs["threshold"] = node.attrs["threshold"]
+    attrs = exact_attrs(node, pattern_name(node.attrs["gate_act"], node.attrs["up_act"]))
     return to_sparse_layout(node, attrs, graph, new_weights)
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from actsparse.ir.moe import routed_moe_ref
+from actsparse.ir.moe import down_stack_by_outputs, routed_moe_ref
 from actsparse.ir.quant import quantize, round_x8
 from actsparse.ir.sparse_variants import dense_intermediate
 
@@ -244,7 +244,7 @@ def _routed_with_a_source(mode: str, layout: str = "q4_0"):
     name, experts = moe.inputs[3].attrs["name"], moe.attrs["experts"]
     down_t = graph.weights[name]
     n_ff, d = down_t.shape[0] // experts, down_t.shape[1]
-    source = quantize(down_t.reshape(experts, n_ff, d).transpose(0, 2, 1).reshape(-1, n_ff), layout)
+    source = quantize(down_stack_by_outputs(down_t, experts), layout)
     stacked = source.dequantize().reshape(experts, d, n_ff).transpose(0, 2, 1).reshape(-1, d)
     weights = {**graph.weights, name: np.ascontiguousarray(stacked, np.float32)}
     return Graph(graph.inputs, graph.outputs, weights), source
