@@ -110,7 +110,8 @@ def _predictor(o: PipelineOptions) -> list[Pass]:
     # ReLU-family blocks: a predictor per block picks the neurons, its cutoff calibrated to `recall` (lossy)
     # (MoE experts a predictor sparsified keep the all-experts form; dense ones route)
     return [*_detect(o), SparsifyPredictor(predictor=o.predictor, recall=o.recall, sparsity=o.sparsity or 0.0,
-                                          budget=o.predictor_budget, calibration=o.calibration), RouteMoE(),
+                                          budget=o.predictor_budget, calibration=o.calibration,
+                                          kernel_family=o.target.kernel_family), RouteMoE(),
             *_hot_cold(o)]
 
 

@@ -89,26 +89,7 @@ class SparsifyExact(Pass):
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             if not is_exactly_sparse(node.attrs["gate_act"]):
                 return self._unsupported(node, pattern)
-            if not _finite_weights(node, graph):
-                record("kept-dense")
-                note({"kind": "kept-dense", "location": node.loc, "pattern": pattern, "mode": "dense",
-                      "reason": "its weights hold NaN/Inf: skipping inactive neurons would hide the NaN that "
-                                "0 * Inf gives (as torch computes it)"})
-                return None
-            if has_hidden_norm(node):
-                pattern += "-normed"
-            attrs = exact_attrs(node, pattern)
-            if has_hidden_norm(node):
-                if self.kernel_family not in VARIANTS["exact"].hidden_norm_families:
-                    record("kept-dense")
-                    note({"kind": "kept-dense", "location": node.loc, "pattern": pattern, "mode": "dense",
-                          "reason": f"no {self.kernel_family} kernel normalises a block's hidden vector (BitNet's "
-                                    f"ffn_sub_norm; exact's kernels that do: "
-                                    f"{', '.join(VARIANTS['exact'].hidden_norm_families)}); its ops run dense"})
-                    return None
-                attrs["hidden_rms_eps"] = node.attrs["hidden_rms_eps"]
-            record(pattern)
-            return to_sparse_layout(node, attrs, graph, new_weights)
+            return exact_block(node, graph, new_weights, self.kernel_family)
 
         return rewrite(graph, visit, new_weights)
 
@@ -148,6 +129,33 @@ class SparsifyExact(Pass):
               "reason": f"{pattern} is not exactly sparse (act={node.attrs['gate_act']}); "
                         "exact mode needs ReLU-family"})
         return None
+
+
+def exact_block(node: Node, graph: Graph, new_weights: dict, kernel_family: str, count: bool = True) -> Node | None:
+    """ReLU-family gated block `node` as sparse_gated_mlp{mode=exact}, or None (kept dense, with a report note) where
+    skipping is not lossless or no kernel of `kernel_family` takes it: weights with NaN / Inf, or a hidden norm
+    (BitNet's ffn_sub_norm) where the family's exact kernel has none. Also predictor mode's routed experts (`count`
+    False: that pass counts them as its own statistic)."""
+    pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
+    reason = None
+    if not _finite_weights(node, graph):
+        reason = "its weights hold NaN/Inf: skipping inactive neurons would hide the NaN that 0 * Inf gives (as " \
+                 "torch computes it)"
+    elif has_hidden_norm(node):
+        pattern += "-normed"
+        if kernel_family not in VARIANTS["exact"].hidden_norm_families:
+            reason = (f"no {kernel_family} kernel normalises a block's hidden vector (BitNet's ffn_sub_norm; exact's "
+                      f"kernels that do: {', '.join(VARIANTS['exact'].hidden_norm_families)}); its ops run dense")
+    if reason:
+        record("kept-dense")
+        note({"kind": "kept-dense", "location": node.loc, "pattern": pattern, "mode": "dense", "reason": reason})
+        return None
+    attrs = exact_attrs(node, pattern)
+    if has_hidden_norm(node):
+        attrs["hidden_rms_eps"] = node.attrs["hidden_rms_eps"]
+    if count:
+        record(pattern)
+    return to_sparse_layout(node, attrs, graph, new_weights)
 
 
 def exact_attrs(node: Node, pattern: str) -> dict:

@@ -60,7 +60,7 @@ from .predictor_train import STEPS
 from .predictors import KINDS, Fitted, PredictorError, allocate_ranks, certified_block, fit_block
 from .route_moe import lossless_routed_experts
 from .sparse_layout import to_sparse_layout
-from .sparsify_exact import exact_attrs
+from .sparsify_exact import exact_block
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ class SparsifyPredictor(Pass):
     max_tokens: int = 8192
     progress: bool = True
     calibration: tuple = field(default=(), repr=False, compare=False)
+    kernel_family: str = "cpu"   # the target's: whether its exact kernel takes a routed expert's hidden norm
 
     def __post_init__(self):
         coerce_options(self)
@@ -123,7 +124,7 @@ class SparsifyPredictor(Pass):
             if node.op != "gated_mlp":
                 return None
             if next(is_expert):
-                return _exact_block(node, graph, new_weights)
+                return exact_block(node, graph, new_weights, self.kernel_family, count=False)
             p, a = next(in_order)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             record(pattern)
@@ -148,7 +149,7 @@ class SparsifyPredictor(Pass):
             if node.op != "gated_mlp":
                 return None
             if next(is_expert):
-                return _exact_block(node, graph, new_weights)
+                return exact_block(node, graph, new_weights, self.kernel_family, count=False)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             record(pattern)
             w_gate = block_weights(node, graph.weights)[0]
@@ -180,12 +181,6 @@ class SparsifyPredictor(Pass):
                                     self.sparsity, options={"steps": self.steps, "progress": self.progress}
                                     if self.predictor == "lowrank" else None, w_up=w_up, gate_only_rank=gate_rank))
         return fitted
-
-
-def _exact_block(node: Node, graph: Graph, new_weights: dict) -> Node:
-    """A routed expert in exact mode (sparsify-exact's rewrite): route-moe then runs it on its tokens only."""
-    attrs = exact_attrs(node, pattern_name(node.attrs["gate_act"], node.attrs["up_act"]))
-    return to_sparse_layout(node, attrs, graph, new_weights)
 
 
 def _and_up(block: Node, graph: Graph, kind: str):

@@ -287,6 +287,29 @@ def test_predictor_mode_runs_routed_moe_experts_exact_and_routed():
     np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_predictor_mode_keeps_a_routed_expert_with_an_infinite_weight_dense_as_exact_mode_does():
+    """An expert run exact would skip the inactive neuron whose down weight is Inf, hiding the NaN 0 * Inf gives:
+    both modes keep it dense (the same guard, sparsify_exact.exact_block), so the outputs equal the reference's,
+    NaN for NaN."""
+    from .test_passes_golden import _inputs, _load
+
+    graph = _load("moe_routed")
+    graph.weights["experts.1.down.weight"][2, 5] = np.inf
+    calibration = tuple(tuple(_inputs(graph, seq=16, seed=s)) for s in range(8))
+    x = _inputs(graph, seq=16, seed=99)
+    reference = evaluate(graph, x)[0]
+    assert np.isnan(reference).any()
+    with np.errstate(invalid="ignore"):
+        for mode, stats, options in (
+                ("exact", {"reglu": 2, "kept-dense": 1}, {}),
+                ("predictor", {"exact-routed-experts": 3, "kept-dense": 1},
+                 {"calibration": calibration, "predictor": "svd", "recall": 0.9})):
+            cm = actsparse.compile(graph, tuple(x), mode=mode, **options)
+            assert cm.report.pass_stats[f"sparsify-{mode}"] == stats
+            assert cm.graph.count("gated_mlp") == 1 and cm.graph.count("sparse_gated_mlp") == 2
+            np.testing.assert_allclose(cm(*x), reference, rtol=1e-4, atol=1e-5)
+
+
 def test_predictor_mode_with_fp16_weights_matches_the_reference():
     """fp16 weights (fp32 accumulation): the svd predictor's linears and the indexed kernel read fp16 rows."""
     from actsparse.ir import parse_graph, print_graph
