@@ -44,17 +44,17 @@ DOWN_ROWS = {"neurons": (ROUTED_MODES, ("cpu", "cuda")),
 ROUTED_INPUTS = ("x", "w_gate", "w_up", "w_down_t", "route_w", "route_i")
 ROUTED_BIASES = ("b_gate", "b_up", "b_down")  # follow the routing when attrs["bias"]: [E·n], [E·n], [E, d_out]
 BIASED_MODES = ("dense",)  # a bias inside the gate moves its zero: exact mode's skipping would not hold
-# why a lossy mode leaves its routed experts lossless (threshold: dense; predictor: exact): no routed kernel takes
-# calibrated thresholds or a predictor, and run all-experts (every expert on every token, weighted) they would cost
-# E/k times the routed experts' reads
-ROUTED_REASONS = {
-    "threshold": ("a routed expert: threshold mode keeps it dense so that it runs on its tokens only (no routed kernel "
-                  "takes calibrated thresholds; every expert on every token would cost E/k times the routed dense "
-                  "experts' reads)"),
-    "predictor": ("a routed expert: predictor mode runs it exact so that it runs on its tokens only (no routed kernel "
-                  "takes a predictor; every expert on every token would cost E/k times the routed exact experts' "
-                  "reads)"),
-}
+# why a lossy mode leaves its routed experts lossless: no routed kernel takes what the mode adds (the table: mode ->
+# that), and run all-experts (every expert on every token, weighted) they would cost E/k times the routed experts'
+# reads. They run exact where exactly sparse (ReLU-family: their zero neurons skipped), else dense
+ROUTED_REASONS = {"threshold": "calibrated thresholds", "predictor": "a predictor"}
+
+
+def routed_reason(mode: str, runs_as: str) -> str:
+    """The report's reason for a routed expert that lossy `mode` leaves to run `runs_as` ("exact" | "dense")."""
+    return (f"a routed expert: {mode} mode runs it {runs_as} so that it runs on its tokens only (no routed kernel "
+            f"takes {ROUTED_REASONS[mode]}; every expert on every token would cost E/k times the routed {runs_as} "
+            f"experts' reads)")
 
 
 def down_rows_problem(down_rows: str, mode: str) -> str | None:

@@ -40,8 +40,8 @@ import numpy as np
 
 from ..ir import Graph, Node, TensorType
 from ..ir.activations import reads_input
-from ..ir.mlp import has_hidden_norm, pattern_name, split_fused
-from ..ir.moe import BIASED_MODES, ROUTED_REASONS
+from ..ir.mlp import has_hidden_norm, is_exactly_sparse, pattern_name, split_fused
+from ..ir.moe import BIASED_MODES, routed_reason
 from ..ir.ops import op_def
 from .base import Pass, Rule, apply_rules, derived_weight, note, record, weight_array
 from .match import strip_casts
@@ -158,23 +158,31 @@ def _experts(index: Node) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def routed_expert_blocks(graph: Graph) -> set[int]:
-    """ids of the expert blocks this pass would route as they are (the layers `_match` takes; nothing recorded)."""
-    return {id(block) for node in graph.nodes if node.op == "add" and (found := _match(node, quiet=True))
-            for block in found["blocks"]}
+def routed_expert_blocks(graph: Graph) -> dict[int, bool]:
+    """id of each expert block this pass would route as it is (the layers `_match` takes; nothing recorded) -> whether
+    its layer's experts have biases (routed exact experts take none: `BIASED_MODES`)."""
+    layers = [found for node in graph.nodes if node.op == "add" and (found := _match(node, quiet=True))]
+    return {id(block): found["biased"] for found in layers for block in found["blocks"]}
 
 
-def lossless_routed_experts(graph: Graph, blocks: list[Node], mode: str, runs_as: str, stat: str,
-                            exempt: list[bool] | None = None) -> list[bool]:
-    """Per block of `blocks`: whether lossy `mode`'s pass leaves it to run `runs_as` (dense / exact) because this pass
-    will route it (a lossy variant's experts would run all-experts: E/k times the routed reads; `ir.moe.
-    ROUTED_REASONS`). Each such block counts in `stat` and gets a report note; `exempt` blocks (e.g. explicit
-    thresholds) are not left."""
+# what a routed expert a lossy mode leaves lossless runs as -> its statistic in that mode's pass
+LEFT_STATS = {"exact": "exact-routed-experts", "dense": "kept-dense-routed-experts"}
+
+
+def lossless_routed_experts(graph: Graph, blocks: list[Node], mode: str,
+                            exempt: list[bool] | None = None) -> list[str | None]:
+    """Per block of `blocks`: what lossy `mode`'s pass leaves it to run as because this pass will route it (a lossy
+    variant's experts would run all-experts: E/k times the routed reads; `ir.moe.routed_reason`): "exact" where its
+    gate is exactly sparse and its layer's experts have no biases (lossless, its zero neurons skipped), else "dense";
+    None where it is not left. Each left
+    block counts in `LEFT_STATS` and gets a report note; `exempt` blocks (e.g. explicit thresholds) are not left."""
     routed = routed_expert_blocks(graph)
-    left = [id(b) in routed and not (exempt and exempt[i]) for i, b in enumerate(blocks)]
-    for block in (b for b, leave in zip(blocks, left) if leave):
-        record(stat)
-        note({"kind": f"kept-{runs_as}", "location": block.loc, "mode": runs_as, "reason": ROUTED_REASONS[mode],
+    left = [None if id(b) not in routed or (exempt and exempt[i]) else
+            "exact" if is_exactly_sparse(b.attrs["gate_act"]) and not routed[id(b)] else "dense"
+            for i, b in enumerate(blocks)]
+    for block, runs_as in ((b, r) for b, r in zip(blocks, left) if r):
+        record(LEFT_STATS[runs_as])
+        note({"kind": f"kept-{runs_as}", "location": block.loc, "mode": runs_as, "reason": routed_reason(mode, runs_as),
               "pattern": pattern_name(block.attrs["gate_act"], block.attrs["up_act"])})
     return left
 

@@ -35,7 +35,8 @@ ReLU-family (relufy it, or use mode='threshold').
 
 MoE experts that route-moe will route (`route_moe.lossless_routed_experts`) run exact instead, with the reason in the
 report: predictor experts would run all-experts (no routed kernel takes a predictor), E/k times the reads of the
-routed exact experts, which skip their inactive neurons' up and down rows losslessly.
+routed exact experts, which skip their inactive neurons' up and down rows losslessly (sparsify-exact's rewrite and
+guards: `sparsify_exact.exact_block`; experts with biases, which no routed exact kernel takes, run dense).
 
 Statistics: one count per pattern rewritten (`reglu`, `drelu`, ...); `exact-routed-experts` per expert run exact.
 """
@@ -106,7 +107,7 @@ class SparsifyPredictor(Pass):
                     "inactive neurons are not exactly zero. Ways out: actsparse.relufy(model, kind='drelu') then a "
                     "short recovery fine-tune (actsparse.recipes), or mode='threshold' with calibration data.")
         # exact and routed instead (module docstring)
-        experts = lossless_routed_experts(graph, blocks, "predictor", "exact", "exact-routed-experts")
+        experts = lossless_routed_experts(graph, blocks, "predictor")
         if certified:
             return self._certify(graph, experts)
         own = [b for b, expert in zip(blocks, experts) if not expert]
@@ -123,8 +124,10 @@ class SparsifyPredictor(Pass):
         def visit(node: Node) -> Node | None:
             if node.op != "gated_mlp":
                 return None
-            if next(is_expert):
-                return exact_block(node, graph, new_weights, self.kernel_family, count=False)
+            runs_as = next(is_expert)
+            if runs_as:   # a routed expert (lossless_routed_experts): exact, or dense (biased experts)
+                return exact_block(node, graph, new_weights, self.kernel_family, count=False) \
+                    if runs_as == "exact" else None
             p, a = next(in_order)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             record(pattern)
@@ -140,7 +143,7 @@ class SparsifyPredictor(Pass):
 
         return rewrite(graph, visit, new_weights)
 
-    def _certify(self, graph: Graph, experts: list[bool]) -> Graph:
+    def _certify(self, graph: Graph, experts: list[str | None]) -> Graph:
         """Calibration-free kinds: one certified predictor per block from its own weights (routed experts: exact)."""
         new_weights: dict = {}
         is_expert = iter(experts)
@@ -148,8 +151,10 @@ class SparsifyPredictor(Pass):
         def visit(node: Node) -> Node | None:
             if node.op != "gated_mlp":
                 return None
-            if next(is_expert):
-                return exact_block(node, graph, new_weights, self.kernel_family, count=False)
+            runs_as = next(is_expert)
+            if runs_as:   # a routed expert (lossless_routed_experts): exact, or dense (biased experts)
+                return exact_block(node, graph, new_weights, self.kernel_family, count=False) \
+                    if runs_as == "exact" else None
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             record(pattern)
             w_gate = block_weights(node, graph.weights)[0]

@@ -34,12 +34,16 @@ higher cost per byte than the dense kernel pays nothing when (1 - s) x cost >= 1
 sparsity, a rotation's bytes already subtracted); it stays on the dense kernel (`sparse_gated_mlp{mode='dense'}`, the
 report's row gives the reason) and counts as `kept-dense-by-cost`.
 
-MoE experts that route-moe will route (`route_moe.lossless_routed_experts`) are left dense, with the reason in the
-report (`ir.moe.ROUTED_REASONS`): no routed kernel takes calibrated thresholds, and run all-experts they would
-cost E/k times the routed dense experts' reads. Explicit `thresholds` for an expert still apply.
+MoE experts that route-moe will route (`route_moe.lossless_routed_experts`) are left lossless, with the reason in the
+report (`ir.moe.routed_reason`): no routed kernel takes calibrated thresholds, and run all-experts they would
+cost E/k times the routed experts' reads. ReLU-family experts (without biases) run exact, their zero neurons
+skipped; others dense. Explicit `thresholds` for an expert still apply. A block whose hidden vector is
+RMS-normalised (BitNet's ffn_sub_norm) takes no thresholds either (no threshold kernel applies the norm): exact where
+ReLU-family and the target's exact kernel applies the norm, else dense.
 
-Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `kept-dense-routed-experts` per expert
-left dense; `fisher-allocation` once when the
+Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `exact-routed-experts` /
+`kept-dense-routed-experts` per expert left exact / dense; `exact-hidden-norm` / `kept-dense-hidden-norm` per normed
+block; `fisher-allocation` once when the
 budget was pooled by `sensitivity`; `rotation-<kind>` per rotation stored
 (`int8`: q8_0, see `rotation.ROTATION_STORAGE`); `kept-dense-by-cost` per block the cost rule kept dense.
 """
@@ -53,7 +57,7 @@ import numpy as np
 from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.graph import quantized_weight_node
-from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, pattern_name
+from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, is_exactly_sparse, pattern_name
 from ..ir.quant import FLOAT_KINDS, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
@@ -63,6 +67,7 @@ from .detect_gated_mlp import plain_as_gated
 from .rotation import ROTATION_STORAGE
 from .route_moe import lossless_routed_experts
 from .sparse_layout import to_sparse_layout
+from .sparsify_exact import exact_block
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 
 
@@ -100,18 +105,14 @@ class SparsifyThreshold(Pass):
 
     def run(self, graph: Graph) -> Graph:
         graph = rewrite(graph, _plain_block, {})   # non-gated MLPs (GPT-2, Falcon, OPT) as blocks with a unit up
-        for normed in (n for n in graph.nodes if n.op == "gated_mlp" and has_hidden_norm(n)):
-            record("kept-dense-hidden-norm")
-            note({"kind": "kept-dense", "location": normed.loc, "mode": "dense", "reason": HIDDEN_NORM_REASON,
-                  "pattern": pattern_name(normed.attrs["gate_act"], normed.attrs["up_act"])})
-        blocks = [n for n in graph.nodes if n.op == "gated_mlp" and not has_hidden_norm(n)]
+        kernel_family = self.target.kernel_family if self.target is not None else "cpu"
+        normed: dict = {}
+        graph = rewrite(graph, lambda node, source=graph: _normed_block(node, source, kernel_family, normed), normed)
+        blocks = [n for n in graph.nodes if n.op == "gated_mlp" and not has_hidden_norm(n)]   # (the normed: dense)
         if not blocks:
             return graph
         chosen = self._given(blocks)
-        kept_routed = lossless_routed_experts(graph, blocks, "threshold", "dense", "kept-dense-routed-experts",
-                                              exempt=[c is not None for c in chosen])
-        if all(kept_routed):
-            return graph
+        kept_routed = lossless_routed_experts(graph, blocks, "threshold", exempt=[c is not None for c in chosen])
         methods = [(self.method, "")] * len(blocks)   # per block: (its method, why not self.method)
         storage = self.storage or _stored_as(graph, blocks[0])
         missing = [i for i, b in enumerate(blocks) if chosen[i] is None and not kept_routed[i]]
@@ -159,8 +160,8 @@ class SparsifyThreshold(Pass):
             if node.op != "gated_mlp" or has_hidden_norm(node):
                 return None
             c, (name, why), kept = next(in_order)
-            if kept:
-                return None   # a routed expert: route-moe runs it dense, on its tokens only
+            if kept:   # a routed expert: route-moe runs it exact (ReLU-family) or dense, on its tokens only
+                return exact_block(node, graph, new_weights, kernel_family, count=False) if kept == "exact" else None
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
             reason = _dense_pays(c, cost) if c is not None else \
@@ -192,6 +193,26 @@ class SparsifyThreshold(Pass):
         criterion = method(self.method).criterion
         return [NeuronThreshold(given[b.loc], criterion, float("nan"), float("nan"), 0) if b.loc in given else None
                 for b in blocks]
+
+
+def _normed_block(node: Node, graph: Graph, kernel_family: str, new_weights: dict) -> Node | None:
+    """A block whose hidden vector is RMS-normalised (BitNet's ffn_sub_norm): no threshold kernel applies the norm
+    and the calibration does not model it, so a ReLU-family one runs exact (lossless, its zero neurons skipped,
+    where the family's exact kernel applies the norm) and any other stays dense; the report says which and why."""
+    if node.op != "gated_mlp" or not has_hidden_norm(node):
+        return None
+    pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
+    if is_exactly_sparse(node.attrs["gate_act"]):
+        exact = exact_block(node, graph, new_weights, kernel_family, count=False)
+        if exact is not None:
+            record("exact-hidden-norm")
+            note({"kind": "kept-exact", "location": node.loc, "mode": "exact", "reason": HIDDEN_NORM_REASON,
+                  "pattern": pattern})
+            return exact
+    record("kept-dense-hidden-norm")
+    note({"kind": "kept-dense", "location": node.loc, "mode": "dense", "reason": HIDDEN_NORM_REASON,
+          "pattern": pattern})
+    return None
 
 
 def _plain_block(node: Node) -> Node | None:

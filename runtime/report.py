@@ -16,7 +16,7 @@ from ..ir import Graph, Node, evaluate, weight_value
 from ..ir.activations import exactly_sparse
 from ..ir.interpreter import evaluate_from
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.moe import ROUTED_REASONS, expert_rows
+from ..ir.moe import ROUTED_REASONS, expert_rows, routed_reason
 from ..ir.sparse_variants import VARIANTS, dense_intermediate, sizes, split_inputs, variant_of
 from .report_data import BlockReport, Report
 
@@ -63,7 +63,7 @@ def _rows(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: 
         part = expert_rows(attrs, w_gate.shape[0], e)
         fields: dict = {"expert": e, "sparsity": None}
         if mode in ROUTED_REASONS:   # a lossy mode: its experts lossless, routed
-            fields["reason"] = ROUTED_REASONS[mode]
+            fields["reason"] = routed_reason(mode, attrs["mode"])
         elif mode != "dense" and not exactly_sparse(attrs["gate_act"]):
             fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
                                 f"(act={attrs['gate_act']}); exact mode needs ReLU-family")

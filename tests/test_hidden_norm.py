@@ -93,9 +93,13 @@ def test_an_onnx_export_of_the_norm_is_found_too(tmp_path):
 
 
 def test_modes_without_a_normed_kernel_keep_the_block_dense():
+    import dataclasses
+    import types
+
     from actsparse.frontends.torch_export import import_torch
     from actsparse.passes import pipeline_for, run_pipeline
     from actsparse.passes.sparsify_exact import SparsifyExact
+    from actsparse.passes.sparsify_threshold import SparsifyThreshold
 
     model = NormedMLP().eval()
     x = torch.randn(1, 6, 24)
@@ -108,12 +112,23 @@ def test_modes_without_a_normed_kernel_keep_the_block_dense():
     assert other.stats["sparsify-exact"] == {"kept-dense": 1} and other.graph.count("sparse_gated_mlp") == 0
     (note,) = [n for n in other.notes if n.get("kind") == "kept-dense"]
     assert "no npu kernel normalises" in note["reason"]
+    # threshold mode: no threshold kernel applies the norm; the block is ReLU-family, so it runs exact (lossless)
+    # where the family's exact kernel applies the norm, else dense
     calibration = [(torch.randn(1, 128, 24).numpy(),) for _ in range(4)]
     thr = run_pipeline(graph, pipeline_for("threshold", calibration=calibration, sparsity=0.5))
-    assert thr.stats["sparsify-threshold"]["kept-dense-hidden-norm"] == 1
+    assert thr.stats["sparsify-threshold"] == {"exact-hidden-norm": 1}
+    (node,) = [n for n in thr.graph.nodes if n.op == "sparse_gated_mlp"]
+    assert node.attrs["mode"] == "exact" and node.attrs["hidden_rms_eps"] == pytest.approx(EPS)
+    passes = pipeline_for("threshold", calibration=calibration, sparsity=0.5)
+    npu = types.SimpleNamespace(kernel_family="npu", input_byte_cost={})   # a target whose exact kernel has no norm
+    npu = run_pipeline(graph, [dataclasses.replace(p, target=npu) if isinstance(p, SparsifyThreshold) else p
+                               for p in passes])
+    assert npu.stats["sparsify-threshold"] == {"kept-dense": 1, "kept-dense-hidden-norm": 1}
+    assert npu.graph.count("sparse_gated_mlp") == 0
     with torch.no_grad():
         ref = model(x).numpy()
     cm = actsparse.compile(model, (x,), mode="threshold", calibration=calibration, sparsity=0.5)
+    assert [b.mode for b in cm.report.blocks] == ["exact"]
     np.testing.assert_allclose(cm(x.numpy()), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
 
 

@@ -197,7 +197,7 @@ def test_threshold_mode_keeps_routed_experts_dense_and_routed_and_thresholds_the
     session 33). Threshold mode keeps them dense and routes them, with the reason in the report, and calibrates the
     other blocks (DeepSeek-V3's shared expert, its dense first layer); compiled, it computes what its graph says."""
     import actsparse
-    from actsparse.ir.moe import ROUTED_REASONS
+    from actsparse.ir.moe import routed_reason
 
     model = _deepseek_v3_group_limited()
     ids = example_ids(model)
@@ -213,5 +213,5 @@ def test_threshold_mode_keeps_routed_experts_dense_and_routed_and_thresholds_the
     thresholded = {n.loc.rsplit(".", 1)[-1] for n in cm.graph.nodes
                    if n.op == "sparse_gated_mlp" and n.attrs["mode"] in ("input", "threshold")}
     assert thresholded == {"mlp", "shared_experts"}
-    assert [b.reason for b in cm.report.blocks if b.expert is not None] == [ROUTED_REASONS["threshold"]] * 4
+    assert [b.reason for b in cm.report.blocks if b.expert is not None] == [routed_reason("threshold", "dense")] * 4
     np.testing.assert_allclose(cm(ids.numpy()), evaluate(cm.graph, [ids.numpy()])[0], rtol=1e-4, atol=1e-5)

@@ -271,7 +271,7 @@ def test_predictor_mode_runs_routed_moe_experts_exact_and_routed():
     compiled graph equals the original."""
     import actsparse
     from actsparse.ir import evaluate
-    from actsparse.ir.moe import ROUTED_REASONS
+    from actsparse.ir.moe import routed_reason
 
     from .test_passes_golden import _inputs, _load
 
@@ -283,7 +283,27 @@ def test_predictor_mode_runs_routed_moe_experts_exact_and_routed():
     assert cm.report.pass_stats["sparsify-predictor"] == {"exact-routed-experts": 3}
     (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
     assert routed.attrs["mode"] == "exact" and cm.graph.count("sparse_gated_mlp") == 0
-    assert [(b.expert, b.reason) for b in cm.report.blocks] == [(e, ROUTED_REASONS["predictor"]) for e in (0, 1, 2)]
+    assert [(b.expert, b.reason) for b in cm.report.blocks] == [(e, routed_reason("predictor", "exact"))
+                                                                for e in (0, 1, 2)]
+    np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_threshold_mode_runs_relu_family_routed_experts_exact_and_routed():
+    """No routed kernel takes thresholds; a ReLU-family expert is exactly sparse, so threshold mode runs it exact
+    (lossless, its zero neurons skipped) rather than dense, routed, and the compiled graph equals the original."""
+    from actsparse.ir.moe import routed_reason
+
+    from .test_passes_golden import _inputs, _load
+
+    graph = _load("moe_routed")
+    calibration = tuple(tuple(_inputs(graph, seq=16, seed=s)) for s in range(8))
+    x = _inputs(graph, seq=16, seed=99)
+    cm = actsparse.compile(graph, tuple(x), mode="threshold", calibration=calibration, sparsity=0.5)
+    assert cm.report.pass_stats["sparsify-threshold"] == {"exact-routed-experts": 3}
+    (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
+    assert routed.attrs["mode"] == "exact" and cm.graph.count("sparse_gated_mlp") == 0
+    assert [(b.expert, b.reason) for b in cm.report.blocks] == [(e, routed_reason("threshold", "exact"))
+                                                                for e in (0, 1, 2)]
     np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
 
 
