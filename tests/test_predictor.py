@@ -265,12 +265,13 @@ def test_each_moe_expert_gets_its_own_predictor():
     assert [b.expert for b in report.blocks] == [0, 1] and all(b.recall > 0.7 for b in report.blocks)
 
 
-def test_predictor_mode_runs_routed_moe_experts_exact_and_routed():
-    """No routed kernel takes a predictor: predictor experts would run all-experts, E/k times the routed exact
-    experts' reads. Predictor mode runs them exact (lossless), route-moe routes them, the report says why; the
-    compiled graph equals the original."""
-    import actsparse
-    from actsparse.ir import evaluate
+@pytest.mark.parametrize("mode, options", [("predictor", {"predictor": "svd", "recall": 0.9}),
+                                           ("threshold", {"sparsity": 0.5})])
+def test_lossy_modes_run_relu_family_routed_moe_experts_exact_and_routed(mode, options):
+    """No routed kernel takes a predictor or thresholds: such experts would run all-experts, E/k times the routed
+    experts' reads. A ReLU-family expert is exactly sparse, so both modes run it exact (lossless, its zero neurons
+    skipped; threshold mode used to run it dense), route-moe routes it, the report says why; the compiled graph
+    equals the original."""
     from actsparse.ir.moe import routed_reason
 
     from .test_passes_golden import _inputs, _load
@@ -278,32 +279,11 @@ def test_predictor_mode_runs_routed_moe_experts_exact_and_routed():
     graph = _load("moe_routed")
     calibration = tuple(tuple(_inputs(graph, seq=16, seed=s)) for s in range(8))
     x = _inputs(graph, seq=16, seed=99)
-    cm = actsparse.compile(graph, tuple(x), mode="predictor", calibration=calibration,
-                           predictor="svd", recall=0.9)
-    assert cm.report.pass_stats["sparsify-predictor"] == {"exact-routed-experts": 3}
+    cm = actsparse.compile(graph, tuple(x), mode=mode, calibration=calibration, **options)
+    assert cm.report.pass_stats[f"sparsify-{mode}"] == {"exact-routed-experts": 3}
     (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
     assert routed.attrs["mode"] == "exact" and cm.graph.count("sparse_gated_mlp") == 0
-    assert [(b.expert, b.reason) for b in cm.report.blocks] == [(e, routed_reason("predictor", "exact"))
-                                                                for e in (0, 1, 2)]
-    np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
-
-
-def test_threshold_mode_runs_relu_family_routed_experts_exact_and_routed():
-    """No routed kernel takes thresholds; a ReLU-family expert is exactly sparse, so threshold mode runs it exact
-    (lossless, its zero neurons skipped) rather than dense, routed, and the compiled graph equals the original."""
-    from actsparse.ir.moe import routed_reason
-
-    from .test_passes_golden import _inputs, _load
-
-    graph = _load("moe_routed")
-    calibration = tuple(tuple(_inputs(graph, seq=16, seed=s)) for s in range(8))
-    x = _inputs(graph, seq=16, seed=99)
-    cm = actsparse.compile(graph, tuple(x), mode="threshold", calibration=calibration, sparsity=0.5)
-    assert cm.report.pass_stats["sparsify-threshold"] == {"exact-routed-experts": 3}
-    (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
-    assert routed.attrs["mode"] == "exact" and cm.graph.count("sparse_gated_mlp") == 0
-    assert [(b.expert, b.reason) for b in cm.report.blocks] == [(e, routed_reason("threshold", "exact"))
-                                                                for e in (0, 1, 2)]
+    assert [(b.expert, b.reason) for b in cm.report.blocks] == [(e, routed_reason(mode, "exact")) for e in (0, 1, 2)]
     np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
 
 
