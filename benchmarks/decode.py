@@ -33,7 +33,9 @@
     over the slots filled so far, so its speed should not depend on it.
 `--artifacts`: saved decoder artifacts (e.g. the same model built by two versions of actsparse; older artifacts
 load and decode too) timed interleaved in one process, as part (b) times its runners, and llama.cpp on the SmolLM2
-file if `--runners` names it: a before/after measured in the same minutes.
+file if `--runners` names it: a before/after measured in the same minutes. They decode part (b)'s held-out prose
+passage in their own tokenizer where they all carry the same one (a threshold build skips less on random ids than on
+the text it was calibrated for), else random ids; the table's heading says which.
 
 Timing: a short prompt is prefilled (untimed), then `--tokens` decoding steps are timed, median of `--repeats`.
 Part (a) runs in rounds: every runner once per round (the first one rotating, a short pause between them),

@@ -127,19 +127,15 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUN
 
 
 def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, runners) -> None:
-    import numpy as np
-
     import actsparse
 
     print(f"load avg {load_average()} (before loading)", flush=True)
     decoders = {path: actsparse.load(path) for path in paths}
-    vocab = min(d.spec.vocab_size for d in decoders.values())
-    rng = np.random.default_rng(1)
-    prompt, feed = rng.integers(0, vocab, (1, PROMPT_LEN)), rng.integers(0, vocab, tokens)
+    prompt, feed, fed = artifact_tokens(list(decoders.values()), tokens)
     before = load_average()
     rates = actsparse_rates(decoders, prompt, feed, repeats)
-    print(f"\n{PROMPT_LEN}-token prompt, then {tokens} steps timed, median of {repeats}, interleaved; load avg "
-          f"{before} → {load_average()}\n\n| artifact | max_seq | tokens/s |\n|---|---:|---:|")
+    print(f"\n{PROMPT_LEN}-token prompt, then {tokens} steps timed ({fed}), median of {repeats}, interleaved; load "
+          f"avg {before} → {load_average()}\n\n| artifact | max_seq | tokens/s |\n|---|---:|---:|")
     for path, rate in rates.items():
         print(f"| {path} | {decoders[path].max_seq} | {rate:.1f} |", flush=True)
     if "llama.cpp" in runners:
@@ -147,6 +143,26 @@ def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, ru
         gc.collect()
         rate = llama_cpp_rate(smollm2_gguf(), prompt, feed, repeats, threads, PROMPT_LEN + tokens + 16)
         print(f"| llama.cpp (SmolLM2 Q4_1 GGUF) | - | {rate_cell(rate)} |  (load avg {load_average()})", flush=True)
+
+
+def artifact_tokens(decoders: list, tokens: int) -> tuple:
+    """(prompt, feed, what they are) for timing saved decoders: the held-out prose passage (`text_tokens`) in the
+    artifacts' own tokenizer where they all carry one that encodes it alike, as a user's text would run (a threshold
+    build's thresholds are calibrated on text: random ids activate other neurons and skip less); else random ids."""
+    import numpy as np
+
+    passages = []
+    for decoder in decoders:
+        if decoder.tokenizer is None:
+            break
+        _, prompt, feed = text_tokens(decoder.tokenizer, tokens)
+        passages.append((prompt, feed))
+    same = all(all(np.array_equal(a, b) for a, b in zip(p, passages[0])) for p in passages)
+    if len(passages) == len(decoders) and same:
+        return (*passages[0], "the held-out prose passage, teacher-forced")
+    rng = np.random.default_rng(1)
+    vocab = min(d.spec.vocab_size for d in decoders)
+    return rng.integers(0, vocab, (1, PROMPT_LEN)), rng.integers(0, vocab, tokens), "random ids: no common tokenizer"
 
 
 def table_b(r: dict) -> str:
