@@ -56,9 +56,10 @@ import numpy as np
 
 from ..errors import ActsparseError
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
+from ..ir.activations import reads_input
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, is_exactly_sparse, pattern_name
-from ..ir.quant import FLOAT_KINDS, quantize
+from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
 from .base import Pass, coerce_options, note, record
@@ -168,6 +169,12 @@ class SparsifyThreshold(Pass):
                 "kept dense: this non-gated MLP's call site sees too few calibration tokens for the asked sparsity"
             if reason:
                 record("kept-dense-by-cost" if c is not None else "kept-dense-too-few-tokens")
+                if storage in QUANTIZE_KINDS and reads_input(node.attrs["up_act"]):
+                    # as dense mode builds it (fuse_gated_mlp): three linears on the rows as stored, a GGUF's own
+                    # blocks; the fused kernel would read a down re-laid and re-quantized, and more slowly
+                    note({"kind": "kept-dense", "location": node.loc, "mode": "dense", "reason": reason,
+                          "pattern": pattern})
+                    return None
                 return to_sparse_layout(node, {**dense_variant_attrs(node.attrs, pattern), "reason": reason}, graph,
                                         new_weights)
             record(pattern)

@@ -158,6 +158,11 @@ def build_report(target: str, mode: str, graph: Graph, dense_graph: Graph | None
     # a finding a later pass turned into a block (threshold mode's plain MLPs) is reported by its block's row
     found = [r for r in finding_rows(notes) if r.location not in {b.location for b in rows}]
     report = Report(target, mode, rows + found, pass_stats)
+    # why a pass left a block in the form it runs in (e.g. threshold mode's cost rule: three linears), said by its note
+    kept = {n["location"]: n for n in notes if str(n.get("kind", "")).startswith("kept-") and n.get("reason")}
+    for b in report.blocks:
+        if b.location in kept and kept[b.location].get("mode") == b.mode:
+            b.reason = kept[b.location]["reason"]
     splits = {n["location"]: n for n in notes if n.get("kind") == "hot-cold"}
     for b in report.blocks:
         if b.location in splits:

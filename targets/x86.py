@@ -140,19 +140,22 @@ def x86_target(flags: set[str], mcpu: str, threads: int, model: str) -> Target:
         # decode part (a) fp32 2.53x llama.cpp vs 1.89x reading every gate row (session 11)
         exact_gate="certified" if any(f in flags for f in CERTIFIED_GATE_FLAGS) else "dense",
         int8_axpy_kernels=gathered_int8_axpy(flags, vector_bits),
-        input_byte_cost=INPUT_BYTE_COST if "input" in gathered_int8_axpy(flags, vector_bits) else {},
+        input_byte_cost=INPUT_BYTE_COST,
     )
 
 
-# the integer input-sparse kernel (q4_0, gathered int8 axpys) over the dense one (streamed int8 dots) per byte read:
-# fitted to `threshold_step --kernels --threads 1` at SmolLM2-135M's 576 x 1536 (input / dense q4_1 time 0.77 at 50%
-# skipped, 0.51 at 70%: 1.3 per byte read plus ~12% of a block fixed; 1 thread, minima of interleaved rounds, UNDER
-# LOAD, BENCHMARKS.md session 13; a second run fitted 0.93 per byte plus ~26% fixed: both break even at 20-32% skipped).
-# AVX2 without VNNI (Zen 3, the same command and table, 80 rounds, under load, session 18): 1.05 per byte plus ~21%
-# fixed, break-even at 25% skipped, where the rule's 1.3 puts it at 23%: the same value serves both.
-# So a block skipping less than 23% stays dense. The fixed part is left out of the
-# rule (measured at these dims only; as bytes it would keep every tiny block dense). fp32 / fp16 not measured: 1.0
-INPUT_BYTE_COST = {"int4": 1.3}
+# the input-sparse kernel's time per byte it reads over the dense path's per byte, by weight storage: a block whose
+# kernel would read (1 - s) of the bytes at that cost is no faster than dense and stays dense (sparsify_threshold's
+# cost rule). Measured at SmolLM2-135M's 576 x 1536 (Zen 4, AVX512-VNNI, 2 threads; BENCHMARKS.md session 35),
+# decode steps on held-out text, the MLPs' share of a step from decode_profile: against the dense path as it is built
+# since session 31 (three linears, on a GGUF's own 4-bit blocks), the input kernel at 50% effective took the time of
+# dense int4 (cost 2.0) and 1.25x that of dense int8 (q8_0 both: 2.5; q8_0's gate / up axpys run float on VNNI).
+# Session 13's 1.3 for int4 was fitted against the fused dense kernel of then (three linears: 1.23x its decode). fp32 /
+# fp16: the input kernel reads at ~86% of the read limit at Mistral-7B dims and gave 1.22x decode at 50% here: 1.0.
+# Hosts whose input kernel takes float axpys (no int8 dot for them) pay at least as much per byte (session 13: a float
+# q4_0 axpy cost about twice the integer one), so the same table serves them. The fixed part of a call is left out of
+# the rule (measured at these dims only; as bytes it would keep every tiny block dense)
+INPUT_BYTE_COST = {"int4": 2.0, "int8": 2.5}
 
 
 def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:

@@ -48,6 +48,16 @@ def mlp_input(d=24, seq=5, seed=1):
     return x
 
 
+def paying_x86():
+    """This host's x86 target with no input_byte_cost: threshold mode's cost rule keeps no input-sparse block dense
+    (tests of the input-sparse kernels under quantize=, whose tiny blocks the host's costs would keep dense)."""
+    import dataclasses
+
+    from actsparse import targets
+
+    return dataclasses.replace(targets.get("x86"), input_byte_cost={})
+
+
 def int8_dot_here(layout: str | None = None) -> bool:
     """Whether quantized row dots (of `layout` rows; None: of some layout) compiled for this host's x86 target take
     x rounded to 8-bit blocks: the host's int8 dot (VNNI, AVX2) serves the layout (`Int8Dot.layouts`)."""

@@ -2,12 +2,13 @@
 Q4_1 matrices come back under their Hugging Face names, byte for byte the file's blocks (q/k rows un-permuted as
 transformers does), and their values equal transformers' own dequantized load; an unreadable type is one error."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from .helpers import int8_dot_here
+from .helpers import int8_dot_here, paying_x86
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("transformers")
@@ -304,14 +305,25 @@ def test_a_second_4_bit_rounding_of_the_files_blocks_is_a_report_warning(tmp_pat
     write_tiny_llama(tmp_path / "tiny.gguf", types={**TYPES, **mlp})
     calibration = [np.random.default_rng(s).integers(1, VOCAB, (1, 16)) for s in range(4)]
 
+    paying = paying_x86()
+
     def warnings(**options):
         lm = actsparse.compile(str(tmp_path / "tiny.gguf"), max_seq=16, **options)
         return [n for n in lm.report.notes if "quantized a second time" in n]
 
-    (warning,) = warnings(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int4")
+    (warning,) = warnings(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int4", target=paying)
     assert warning.startswith("3 tensors the GGUF stores in 4-5 bit blocks") and "quantize='int8'" in warning
     assert warnings(mode="dense", quantize="int4") == []
-    assert warnings(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int8") == []
+    assert warnings(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int8", target=paying) == []
+    # where the cost rule keeps the block dense (this host's int4 cost), it runs as dense mode builds it: three linears
+    # on the file's blocks, no second rounding
+    lm = actsparse.compile(str(tmp_path / "tiny.gguf"), max_seq=16, mode="threshold", sparsity=0.5,
+                           calibration=calibration, quantize="int4",
+                           target=dataclasses.replace(paying, input_byte_cost={"int4": 4.0}))
+    assert lm.report.pass_stats["sparsify-threshold"]["kept-dense-by-cost"] == 1
+    assert lm.module.graph.count("sparse_gated_mlp") == 0 and lm.module.graph.count("gated_mlp") == 1
+    assert not [n for n in lm.report.notes if "quantized a second time" in n]
+    assert lm.report.blocks[0].mode == "dense" and lm.report.blocks[0].reason.startswith("kept dense by cost")
     # the rule itself: a kept tensor, an 8-bit copy and a Q8_0 tensor are no second 4-bit rounding
     types = {"a": ("blk.0.a", "Q4_0"), "b": ("blk.0.b", "Q4_1"), "c": ("blk.0.c", "Q8_0"), "d": ("blk.0.d", "Q4_K")}
     stored = ["a.t.q4_0", "b.q8_0", "c.t.q4_0", "d.q4_1"]

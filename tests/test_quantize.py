@@ -14,7 +14,7 @@ from actsparse.passes.densify import Densify
 from actsparse.passes.pipeline import pipeline_for
 from actsparse.passes.quantize import Quantize
 
-from .helpers import assert_quantized_close, gated_mlp_graph, mlp_input, x_as_dots_see
+from .helpers import assert_quantized_close, gated_mlp_graph, mlp_input, paying_x86, x_as_dots_see
 
 D, N = 40, 72  # the input dim is not a multiple of the 32-column group
 
@@ -91,7 +91,7 @@ def test_threshold_mode_input_sparse_kernel_takes_quantized_weights(kind, layout
     the interpreter on the dequantized weights."""
     graph = gated_mlp_graph(d=D, n=N, act="silu")
     held_out = mlp_input(d=D, seq=5, seed=50)
-    cm = actsparse.compile(graph, (held_out,), mode="threshold", sparsity=0.5, quantize=kind,
+    cm = actsparse.compile(graph, (held_out,), mode="threshold", sparsity=0.5, quantize=kind, target=paying_x86(),
                            calibration=[(mlp_input(d=D, seq=64, seed=s),) for s in range(2, 6)])
     assert cm.report.blocks[0].mode == "input"
     assert cm.report.pass_stats["quantize"] == {"quantized": 3}  # no "kept-float"

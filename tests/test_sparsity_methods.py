@@ -26,7 +26,7 @@ from actsparse.passes.sparsity_methods import (
     method,
 )
 
-from .helpers import assert_quantized_close, gated_mlp_graph, int8_dot_here, mlp_input, x_as_dots_see
+from .helpers import assert_quantized_close, gated_mlp_graph, int8_dot_here, mlp_input, paying_x86, x_as_dots_see
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)
@@ -280,7 +280,7 @@ def test_rotation_is_stored_and_priced_as_its_table_says_under_quantize(quantize
                     .astype(np.float32),) for _ in range(3)]
     x = calibration[0][0][:, :16]
     cm = actsparse.compile(graph, (x,), mode="threshold", calibration=calibration, sparsity=0.3,
-                           method="rotated-wina-greedy", quantize=quantize)
+                           method="rotated-wina-greedy", quantize=quantize, target=paying_x86())
     node = next(n for n in cm.graph.nodes if n.op == "sparse_gated_mlp")
     rotation = node.inputs[0].inputs[1]
     assert rotation.attrs.get("layout", "dense") == q_layout
