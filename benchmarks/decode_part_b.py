@@ -89,7 +89,8 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUN
         row["report"][name] = {"effective_sparsity": float(np.mean([b.effective_sparsity or 0.0 for b in blocks])),
                                "effective_calibrated": float(np.mean([b.effective_calibrated or 0.0
                                                                       for b in blocks])),
-                               "method": blocks[0].method if blocks else None,
+                               # the first block's that has one (the cost rule may keep the first dense)
+                               "method": next((b.method for b in blocks if b.method), None),
                                "fisher": "fisher-allocation" in decoders[name].report.pass_stats.get(
                                    "sparsify-threshold", {})}
         print(f"  compiled {name} in {row['compile_s'][name]:.0f} s", file=sys.stderr, flush=True)
