@@ -174,8 +174,8 @@ def lossless_routed_experts(graph: Graph, blocks: list[Node], mode: str,
     """Per block of `blocks`: what lossy `mode`'s pass leaves it to run as because this pass will route it (a lossy
     variant's experts would run all-experts: E/k times the routed reads; `ir.moe.routed_reason`): "exact" where its
     gate is exactly sparse and its layer's experts have no biases (lossless, its zero neurons skipped), else "dense";
-    None where it is not left. Each left
-    block counts in `LEFT_STATS` and gets a report note; `exempt` blocks (e.g. explicit thresholds) are not left."""
+    None where it is not left. Each left block counts in `LEFT_STATS` and gets a report note; `exempt` blocks (e.g.
+    explicit thresholds) are not left."""
     routed = routed_expert_blocks(graph)
     left = [None if id(b) not in routed or (exempt and exempt[i]) else
             "exact" if is_exactly_sparse(b.attrs["gate_act"]) and not routed[id(b)] else "dense"

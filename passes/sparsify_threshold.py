@@ -31,8 +31,9 @@ rotated method's Q against the block's bytes and tells the quantize pass what Q 
 
 Cost rule (`target`, its `input_byte_cost`): an input-mode block whose kernel would read (1 - s) of the bytes at a
 higher cost per byte than the dense kernel pays nothing when (1 - s) x cost >= 1 (s its calibrated effective
-sparsity, a rotation's bytes already subtracted); it stays on the dense kernel (`sparse_gated_mlp{mode='dense'}`, the
-report's row gives the reason) and counts as `kept-dense-by-cost`.
+sparsity, a rotation's bytes already subtracted); it stays dense as dense mode builds it (the fused dense kernel,
+`sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its rows as stored, e.g. a GGUF's own
+blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
 
 MoE experts that route-moe will route (`route_moe.lossless_routed_experts`) are left lossless, with the reason in the
 report (`ir.moe.routed_reason`): no routed kernel takes calibrated thresholds, and run all-experts they would
@@ -202,6 +203,10 @@ class SparsifyThreshold(Pass):
                 for b in blocks]
 
 
+NORMED_EXACT_REASON = ("its hidden vector is RMS-normalised before the down projection (BitNet's ffn_sub_norm): no "
+                       "threshold kernel applies that norm, so it runs exact (lossless, its zero neurons skipped)")
+
+
 def _normed_block(node: Node, graph: Graph, kernel_family: str, new_weights: dict) -> Node | None:
     """A block whose hidden vector is RMS-normalised (BitNet's ffn_sub_norm): no threshold kernel applies the norm
     and the calibration does not model it, so a ReLU-family one runs exact (lossless, its zero neurons skipped,
@@ -213,7 +218,7 @@ def _normed_block(node: Node, graph: Graph, kernel_family: str, new_weights: dic
         exact = exact_block(node, graph, new_weights, kernel_family, count=False)
         if exact is not None:
             record("exact-hidden-norm")
-            note({"kind": "kept-exact", "location": node.loc, "mode": "exact", "reason": HIDDEN_NORM_REASON,
+            note({"kind": "kept-exact", "location": node.loc, "mode": "exact", "reason": NORMED_EXACT_REASON,
                   "pattern": pattern})
             return exact
     record("kept-dense-hidden-norm")
