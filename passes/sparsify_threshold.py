@@ -29,9 +29,10 @@ method then pools the budget across blocks by it, sensitivity_allocation.py; not
 rotated method's Q against the block's bytes and tells the quantize pass what Q may become
 (`rotation.ROTATION_STORAGE`).
 
-Cost rule (`target`, its `input_byte_cost`): an input-mode block whose kernel would read (1 - s) of the bytes at a
-higher cost per byte than the dense kernel pays nothing when (1 - s) x cost >= 1 (s its calibrated effective
-sparsity, a rotation's bytes already subtracted); it stays dense as dense mode builds it (the fused dense kernel,
+Cost rule (`target`, its `input_byte_cost` and `input_fixed_bytes`): an input-mode block whose kernel would read
+(1 - s) of the bytes at a higher cost per byte than the dense kernel, plus a fixed cost per call, pays nothing when
+(1 - s) x cost + fixed / the block's bytes >= 1 (s its calibrated effective sparsity, a rotation's bytes already
+subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7B's); it stays dense as dense mode builds it (the fused dense kernel,
 `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its rows as stored, e.g. a GGUF's own
 blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
 
@@ -60,7 +61,7 @@ from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.activations import reads_input
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, is_exactly_sparse, pattern_name
-from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, quantize
+from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, bytes_per_weight, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
 from .base import Pass, coerce_options, note, record
@@ -154,6 +155,7 @@ class SparsifyThreshold(Pass):
             for i in other:
                 methods[i] = (self.fallback, f"{self.fallback} ({refusals[i]}: {self.method} takes none)")
         cost = (self.target.input_byte_cost if self.target is not None else {}).get(storage, 1.0)
+        fixed = (getattr(self.target, "input_fixed_bytes", None) or {}).get(storage, 0.0)
         # rewrite visits graph.nodes in order (rebuilt nodes: new identity)
         in_order = iter(zip(chosen, methods, kept_routed))
         new_weights: dict = {}
@@ -166,7 +168,7 @@ class SparsifyThreshold(Pass):
                 return exact_block(node, graph, new_weights, kernel_family, count=False) if kept == "exact" else None
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
-            reason = _dense_pays(c, cost) if c is not None else \
+            reason = _dense_pays(c, cost, fixed / _block_bytes(node, graph, storage)) if c is not None else \
                 "kept dense: this non-gated MLP's call site sees too few calibration tokens for the asked sparsity"
             if reason:
                 record("kept-dense-by-cost" if c is not None else "kept-dense-too-few-tokens")
@@ -241,13 +243,22 @@ def _stored_as(graph: Graph, block: Node) -> str:
     return "fp16" if graph.weights[block.inputs[1].attrs["name"]].dtype == np.float16 else "fp32"
 
 
-def _dense_pays(c: NeuronThreshold | InputThresholds, cost: float) -> str:
+def _dense_pays(c: NeuronThreshold | InputThresholds, cost: float, fixed: float = 0.0) -> str:
     """Why the dense kernel is at least as fast as the input-sparse one for this block ("" when it is not): reading
-    (1 - s) of the bytes at `cost` times dense's time per byte (module docstring)."""
-    if not isinstance(c, InputThresholds) or (1.0 - c.effective) * cost < 1.0:
+    (1 - s) of the bytes at `cost` times dense's time per byte, plus `fixed` of dense's time per call (module
+    docstring)."""
+    if not isinstance(c, InputThresholds) or (1.0 - c.effective) * cost + fixed < 1.0:
         return ""
     return (f"kept dense by cost: {c.effective:.0%} effective sparsity reads {1 - c.effective:.0%} of the bytes at "
-            f"{cost:g}x dense's time per byte (the target's input_byte_cost), no faster than dense")
+            f"{cost:g}x dense's time per byte" + (f", plus a call's fixed cost of {fixed:.0%} of dense's time at "
+                                                   "this block's size" if fixed else "")
+            + " (the target's input_byte_cost), no faster than dense")
+
+
+def _block_bytes(node: Node, graph: Graph, storage: str) -> float:
+    """Bytes of a gated block's matrices stored as `storage` (one copy of a weight two inputs share: a unit up)."""
+    matrices = {id(w): w for w in node.inputs[1:] if w.op == "weight" and w.type.rank == 2}
+    return max(sum(float(np.prod(w.shape)) for w in matrices.values()) * bytes_per_weight(storage), 1.0)
 
 
 def _summary(c: NeuronThreshold | InputThresholds) -> dict:

@@ -61,8 +61,12 @@ class Target:
     certified_in_kernel: bool = True
     # threshold mode's input-sparse kernel against the dense one: its time per weight byte it reads over dense's, by
     # storage (a `quantize=` kind, "fp32" unquantized; missing: 1.0). passes/sparsify_threshold.py keeps a block
-    # dense where (1 - effective sparsity) x this >= 1: skipping would not pay for the slower gathered reads
+    # dense where (1 - effective sparsity) x this + input_fixed_bytes / its bytes >= 1: skipping would not pay for
+    # the slower gathered reads
     input_byte_cost: dict[str, float] = field(default_factory=dict)
+    # and its per-call cost beyond dense's, as the bytes dense reads in that time (a small block's fixed share: the
+    # rule adds fixed / the block's bytes to the ratio), by storage (missing: 0)
+    input_fixed_bytes: dict[str, float] = field(default_factory=dict)
     # whether a decoder's step is built to be captured whole in a graph (CUDA graphs: codegen/static_step.py adds
     # `step_graph`, every shape static and its inputs in fixed buffers that runtime/decoder.py owns)
     graph_capture: bool = False

@@ -141,21 +141,23 @@ def x86_target(flags: set[str], mcpu: str, threads: int, model: str) -> Target:
         exact_gate="certified" if any(f in flags for f in CERTIFIED_GATE_FLAGS) else "dense",
         int8_axpy_kernels=gathered_int8_axpy(flags, vector_bits),
         input_byte_cost=INPUT_BYTE_COST,
+        input_fixed_bytes=INPUT_FIXED_BYTES,
     )
 
 
-# the input-sparse kernel's time per byte it reads over the dense path's per byte, by weight storage: a block whose
-# kernel would read (1 - s) of the bytes at that cost is no faster than dense and stays dense (sparsify_threshold's
-# cost rule). Measured at SmolLM2-135M's 576 x 1536 (Zen 4, AVX512-VNNI, 2 threads; BENCHMARKS.md session 35),
-# decode steps on held-out text, the MLPs' share of a step from decode_profile: against the dense path as it is built
-# since session 31 (three linears, on a GGUF's own 4-bit blocks), the input kernel at 50% effective took the time of
-# dense int4 (cost 2.0) and 1.25x that of dense int8 (q8_0 both: 2.5; q8_0's gate / up axpys run float on VNNI).
-# Session 13's 1.3 for int4 was fitted against the fused dense kernel of then (three linears: 1.23x its decode). fp32 /
-# fp16: the input kernel reads at ~86% of the read limit at Mistral-7B dims and gave 1.22x decode at 50% here: 1.0.
-# Hosts whose input kernel takes float axpys (no int8 dot for them) pay at least as much per byte (session 13: a float
-# q4_0 axpy cost about twice the integer one), so the same table serves them. The fixed part of a call is left out of
-# the rule (measured at these dims only; as bytes it would keep every tiny block dense)
-INPUT_BYTE_COST = {"int4": 2.0, "int8": 2.5}
+# the input-sparse kernel's time against the dense path's, by weight storage: per byte it reads (INPUT_BYTE_COST) and
+# a fixed part per call (INPUT_FIXED_BYTES: as the bytes dense reads in that time). A block whose kernel would take
+# (1 - s) x cost + fixed / the block's bytes of dense's time is no faster and stays dense (sparsify_threshold's cost
+# rule). Fitted to two sizes per storage, 50% effective, against the dense path as it is built since session 31
+# (three linears, on a GGUF's own blocks; Zen 4, AVX512-VNNI, 2 threads; BENCHMARKS.md session 35): SmolLM2-135M's
+# 576 x 1536 in decode (the MLPs' share of a step, decode_profile: int4 the time of dense, int8 1.25x it; q8_0's
+# gate / up axpys run float on VNNI) and one MLP at Mistral-7B's 4096 x 14336 from DRAM (threshold_step --kernels:
+# int4 0.58x dense, int8 0.76x). Session 13's 1.3 for int4 had been fitted against the fused dense kernel of then, at
+# the small size only. fp32 / fp16: ~86% of the read limit at Mistral dims, 1.22x decode at 50% on SmolLM2: 1.0, no
+# fixed part. Hosts whose input kernel takes float axpys (no int8 dot for them) pay at least as much (session 13: a
+# float q4_0 axpy cost about twice the integer one), so the same table serves them
+INPUT_BYTE_COST = {"int4": 1.16, "int8": 1.5}
+INPUT_FIXED_BYTES = {"int4": 0.63e6, "int8": 1.4e6}
 
 
 def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:

@@ -49,13 +49,13 @@ def mlp_input(d=24, seq=5, seed=1):
 
 
 def paying_x86():
-    """This host's x86 target with no input_byte_cost: threshold mode's cost rule keeps no input-sparse block dense
+    """This host's x86 target with no input costs: threshold mode's cost rule keeps no input-sparse block dense
     (tests of the input-sparse kernels under quantize=, whose tiny blocks the host's costs would keep dense)."""
     import dataclasses
 
     from actsparse import targets
 
-    return dataclasses.replace(targets.get("x86"), input_byte_cost={})
+    return dataclasses.replace(targets.get("x86"), input_byte_cost={}, input_fixed_bytes={})
 
 
 def int8_dot_here(layout: str | None = None) -> bool:
