@@ -3,7 +3,7 @@
     python -m actsparse.benchmarks.threshold_step [--dims 576,1536] [--quantize int4] [--sparsity 0.5]
                                                   [--methods rotated-wina-greedy,wina-greedy] [--repeats 2000]
     python -m actsparse.benchmarks.threshold_step --kernels [--dims 576,1536] [--sparsities 0.3,0.5,0.7]
-                                                  [--threads 2] [--layers 30] [--rounds 40]
+                                                  [--threads 2] [--layers 30] [--rounds 40] [--dtype q4_0|q8_0]
 
 `--kernels`: the kernels alone, before / after in one run: the dense kernel (q4_0 as compile(quantize="int4")
 stores it, q4_1 as SmolLM2's GGUF), the input-sparse kernel on q4_0 with the float axpys (before session 13) and
@@ -48,7 +48,7 @@ def swiglu(d: int, n_ff: int):
     return MLP().eval()
 
 
-def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int) -> dict:
+def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int, dtype: str = "q4_0") -> dict:
     """name -> fn() calling that kernel once on each of `layers` weight copies (see `--kernels`)."""
     from dataclasses import replace
 
@@ -66,12 +66,12 @@ def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int
     host = replace(host, threads=threads, tvm={**host.tvm, "num-cores": threads})
     sched = schedule_for(host)
     before = replace(sched, int8_axpy=tuple(k for k in sched.int8_axpy if k != "input"))
-    prims = {"dense q4_0": dense_gated_mlp(d, n_ff, gate_act="silu", dtype="q4_0", sched=sched),
+    prims = {f"dense {dtype}": dense_gated_mlp(d, n_ff, gate_act="silu", dtype=dtype, sched=sched),
              "dense q4_1": dense_gated_mlp(d, n_ff, gate_act="silu", dtype="q4_1", sched=sched),
-             "input q4_0, float axpys (before)": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype="q4_0",
-                                                                        sched=before),
-             "input q4_0, the target's axpys": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype="q4_0",
-                                                                      sched=sched)}
+             f"input {dtype}, float axpys (before)": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype=dtype,
+                                                                           sched=before),
+             f"input {dtype}, the target's axpys": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype=dtype,
+                                                                         sched=sched)}
     module = build_kernels(list(prims.values()), tvm.target.Target(host.tvm))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, d)).astype(np.float32)
@@ -85,8 +85,8 @@ def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int
         h = g / (1 + np.exp(-g)) * (xs @ wu.T)
         h_thr = np.full(n_ff, np.quantile(np.abs(h), sparsity), np.float32)
         rows = {lay: [host_tensor(quantize(np.ascontiguousarray(w), lay).blob) for w in (wg, wu, wd.T)]
-                for lay in ("q4_0", "q4_1")}
-        cols = [host_tensor(quantize(np.ascontiguousarray(w), "q4_0").blob) for w in (wg.T, wu.T, wd.T)]
+                for lay in (dtype, "q4_1")}
+        cols = [host_tensor(quantize(np.ascontiguousarray(w), dtype).blob) for w in (wg.T, wu.T, wd.T)]
         copies.append((rows, [*cols, host_tensor(x_thr), host_tensor(h_thr)]))
     tx, out = host_tensor(x), host_tensor(np.zeros((1, d), np.float32))
 
@@ -107,10 +107,11 @@ def time_kernels(args) -> int:
     load = os.getloadavg()[0]
     print(f"\n**kernels alone, d={d}, n_ff={n_ff}, batch 1, {args.threads} thread(s), {args.layers} weight copies "
           f"called in turn; µs per call, min / median of {args.rounds} interleaved rounds; load avg {load:.1f}**\n")
-    print("| effective sparsity | kernel | min µs | median µs | vs dense q4_0 (min) | vs dense q4_0 (median) |")
+    print(f"| effective sparsity | kernel | min µs | median µs | vs dense {args.dtype} (min) | vs dense {args.dtype} "
+          "(median) |")
     print("|---:|---|---:|---:|---:|---:|")
     for s in (float(v) for v in args.sparsities.split(",")):
-        runners = kernel_runners(d, n_ff, s, args.threads, args.layers)
+        runners = kernel_runners(d, n_ff, s, args.threads, args.layers, args.dtype)
         times: dict[str, list] = {k: [] for k in runners}
         names = list(runners)
         for r in range(args.rounds):   # the first runner rotates: a round's slow start hits each alike
@@ -118,7 +119,7 @@ def time_kernels(args) -> int:
                 start = time.perf_counter()
                 runners[name]()
                 times[name].append((time.perf_counter() - start) / args.layers * 1e6)
-        base = times["dense q4_0"]
+        base = times[f"dense {args.dtype}"]
         for name, t in times.items():
             print(f"| {s:.0%} | {name} | {min(t):.1f} | {np.median(t):.1f} | {min(base) / min(t):.2f}x | "
                   f"{np.median(base) / np.median(t):.2f}x |", flush=True)
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="--kernels: threads")
     ap.add_argument("--layers", type=int, default=30, help="--kernels: weight copies called in turn")
     ap.add_argument("--rounds", type=int, default=40, help="--kernels: interleaved rounds")
+    ap.add_argument("--dtype", choices=("q4_0", "q8_0"), default="q4_0",
+                    help="--kernels: the layout of the dense and input-sparse kernels (q4_1: the dense row beside)")
     args = ap.parse_args(argv)
     if args.kernels:
         return time_kernels(args)

@@ -32,9 +32,9 @@ rotated method's Q against the block's bytes and tells the quantize pass what Q 
 Cost rule (`target`, its `input_byte_cost` and `input_fixed_bytes`): an input-mode block whose kernel would read
 (1 - s) of the bytes at a higher cost per byte than the dense kernel, plus a fixed cost per call, pays nothing when
 (1 - s) x cost + fixed / the block's bytes >= 1 (s its calibrated effective sparsity, a rotation's bytes already
-subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7B's); it stays dense as dense mode builds it (the fused dense kernel,
-`sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its rows as stored, e.g. a GGUF's own
-blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
+subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7B's); it stays dense as dense mode
+builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its
+rows as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
 
 MoE experts that route-moe will route (`route_moe.lossless_routed_experts`) are left lossless, with the reason in the
 report (`ir.moe.routed_reason`): no routed kernel takes calibrated thresholds, and run all-experts they would
