@@ -45,9 +45,13 @@ def text_tokens(tokenizer, tokens: int) -> tuple:
     """(calibration windows, prompt [1, PROMPT_LEN], feed [tokens]) of pydoc's topic prose: calibration windows from
     its first part, the prompt and the teacher-forced continuation from the held-out part (as threshold_frontier
     splits it), so the steps read the neurons real text activates."""
-    calibration = prose_windows(tokenizer, "calib", WINDOW, CALIBRATION_WINDOWS)
-    held = prose_windows(tokenizer, "eval", PROMPT_LEN + tokens, 1)[0]   # BOS, then the passage
-    return calibration, held[:, :PROMPT_LEN], held[0, PROMPT_LEN:PROMPT_LEN + tokens]
+    return (prose_windows(tokenizer, "calib", WINDOW, CALIBRATION_WINDOWS), *held_passage(tokenizer, tokens))
+
+
+def held_passage(tokenizer, tokens: int) -> tuple:
+    """(prompt [1, PROMPT_LEN], feed [tokens]): a BOS and the held-out prose passage, then its continuation."""
+    held = prose_windows(tokenizer, "eval", PROMPT_LEN + tokens, 1)[0]
+    return held[:, :PROMPT_LEN], held[0, PROMPT_LEN:PROMPT_LEN + tokens]
 
 
 # part (b)'s actsparse runners: name -> (mode, quantize); `--runners` spells the names with "-" for " "
@@ -147,7 +151,7 @@ def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, ru
 
 
 def artifact_tokens(decoders: list, tokens: int) -> tuple:
-    """(prompt, feed, what they are) for timing saved decoders: the held-out prose passage (`text_tokens`) in the
+    """(prompt, feed, what they are) for timing saved decoders: the held-out prose passage (`held_passage`) in the
     artifacts' own tokenizer where they all carry one that encodes it alike, as a user's text would run (a threshold
     build's thresholds are calibrated on text: random ids activate other neurons and skip less); else random ids."""
     import numpy as np
@@ -156,8 +160,7 @@ def artifact_tokens(decoders: list, tokens: int) -> tuple:
     for decoder in decoders:
         if decoder.tokenizer is None:
             break
-        _, prompt, feed = text_tokens(decoder.tokenizer, tokens)
-        passages.append((prompt, feed))
+        passages.append(held_passage(decoder.tokenizer, tokens))   # (text_tokens' calibration windows not needed)
     same = all(all(np.array_equal(a, b) for a, b in zip(p, passages[0])) for p in passages)
     if len(passages) == len(decoders) and same:
         return (*passages[0], "the held-out prose passage, teacher-forced")

@@ -154,8 +154,8 @@ class SparsifyThreshold(Pass):
                 chosen[i] = c
             for i in other:
                 methods[i] = (self.fallback, f"{self.fallback} ({refusals[i]}: {self.method} takes none)")
-        cost = (self.target.input_byte_cost if self.target is not None else {}).get(storage, 1.0)
-        fixed = (getattr(self.target, "input_fixed_bytes", None) or {}).get(storage, 0.0)
+        cost, fixed = ((self.target.input_byte_cost.get(storage, 1.0), self.target.input_fixed_bytes.get(storage, 0.0))
+                       if self.target is not None else (1.0, 0.0))
         # rewrite visits graph.nodes in order (rebuilt nodes: new identity)
         in_order = iter(zip(chosen, methods, kept_routed))
         new_weights: dict = {}
@@ -252,7 +252,7 @@ def _dense_pays(c: NeuronThreshold | InputThresholds, cost: float, fixed: float 
     return (f"kept dense by cost: {c.effective:.0%} effective sparsity reads {1 - c.effective:.0%} of the bytes at "
             f"{cost:g}x dense's time per byte" + (f", plus a call's fixed cost of {fixed:.0%} of dense's time at "
                                                    "this block's size" if fixed else "")
-            + " (the target's input_byte_cost), no faster than dense")
+            + " (the target's input_byte_cost, input_fixed_bytes), no faster than dense")
 
 
 def _block_bytes(node: Node, graph: Graph, storage: str) -> float:

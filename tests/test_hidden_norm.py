@@ -120,7 +120,8 @@ def test_modes_without_a_normed_kernel_keep_the_block_dense():
     (node,) = [n for n in thr.graph.nodes if n.op == "sparse_gated_mlp"]
     assert node.attrs["mode"] == "exact" and node.attrs["hidden_rms_eps"] == pytest.approx(EPS)
     passes = pipeline_for("threshold", calibration=calibration, sparsity=0.5)
-    npu = types.SimpleNamespace(kernel_family="npu", input_byte_cost={})   # a target whose exact kernel has no norm
+    # a target whose exact kernel has no norm
+    npu = types.SimpleNamespace(kernel_family="npu", input_byte_cost={}, input_fixed_bytes={})
     npu = run_pipeline(graph, [dataclasses.replace(p, target=npu) if isinstance(p, SparsifyThreshold) else p
                                for p in passes])
     assert npu.stats["sparsify-threshold"] == {"kept-dense": 1, "kept-dense-hidden-norm": 1}
