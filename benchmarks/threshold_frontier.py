@@ -112,15 +112,15 @@ def prose_windows(tokenizer, part: str, window: int, count: int) -> list:
     """Token windows of pydoc's topic prose: part 'calib' (first TEXT_SPLIT of the text) or 'eval' (the rest)."""
     import pydoc_data.topics
 
-    from actsparse.passes.calibration_data import text_windows
+    from actsparse.passes.calibration_data import bos_prefix, text_windows
 
     path = pydoc_data.topics.__file__
     size = len(Path(path).read_text())
     split = int(size * TEXT_SPLIT)
     span = (0, split) if part == "calib" else (split, None)
-    windows = text_windows([path], tokenizer, window, count, *span, progress=False)
-    bos = tokenizer.bos_token_id
-    return [np.concatenate([[bos], w[0][0]])[None] if bos is not None else w[0] for w in windows]
+    # `window` tokens of text after the BOS where the tokenizer puts one (text_windows counts it in its window)
+    windows = text_windows([path], tokenizer, window + len(bos_prefix(tokenizer)), count, *span, progress=False)
+    return [w[0] for w in windows]
 
 
 def collect_rows(model, windows, max_tokens: int = 4096) -> list[np.ndarray]:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ActsparseError
+from ..passes.calibration_data import bos_prefix
 
 WINDOW, WINDOWS = 256, 8   # default: this many windows of this many tokens (max_seq at most)
 
@@ -72,10 +73,7 @@ def token_windows(lm, source, window: int = WINDOW, windows: int = WINDOWS) -> l
 def _bos_prefix(lm, source) -> np.ndarray:
     """[BOS] where `source` is text (a string or files) and the decoder's tokenizer begins a text with its BOS token,
     else no token."""
-    bos = getattr(lm.tokenizer, "bos_token_id", None)
-    if not _is_text(source) or lm.tokenizer is None or bos is None:
-        return np.zeros(0, np.int64)
-    return np.asarray([bos] if lm.tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos] else [], np.int64)
+    return np.asarray(bos_prefix(lm.tokenizer) if _is_text(source) else [], np.int64)
 
 
 def _is_text(source) -> bool:

@@ -222,6 +222,32 @@ def test_text_windows_are_cached_and_keyed_by_their_inputs(tmp_path):
         text_windows([text], tokenizer, window=8, directory=tmp_path / "cache")
 
 
+def test_text_windows_begin_with_bos_where_the_tokenizer_puts_one(tmp_path):
+    """A tokenizer that starts every text with BOS (Gemma's, Llama's): each window is BOS and then `window` - 1
+    tokens of text, the text running on from one window to the next; one that does not: text only."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from actsparse.passes.calibration_data import bos_prefix, text_windows
+
+    words = ["<bos>", "the", "cat", "sat", "on", "a", "mat", "[UNK]"]
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    with_bos = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<bos>")
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on a mat " * 20)
+    assert bos_prefix(with_bos) == [0]
+    windows = [w[0][0].tolist() for w in text_windows([text], with_bos, window=4, max_windows=3,
+                                                       directory=tmp_path / "cache")]
+    assert windows == [[0, 1, 2, 3], [0, 4, 5, 6], [0, 1, 2, 3]]
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="$A")
+    plain = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<bos>")
+    assert bos_prefix(plain) == []
+    assert text_windows([text], plain, window=4, max_windows=1, directory=tmp_path / "cache")[0][0][0].tolist() \
+        == [1, 2, 3, 4]
+    with pytest.raises(CalibrationError, match="no room for text after the tokenizer's BOS"):
+        text_windows([text], with_bos, window=1, directory=tmp_path / "cache")
+
+
 def test_rotated_method_turns_the_input_and_beats_the_plain_one_on_correlated_inputs():
     """rotated-wina-greedy: a linear(x, @Qᵀ) in front of the input-sparse block, gate/up turned alike, the compiled
     module equal to the IR, the rotation's bytes paid from the budget, and on inputs whose energy sits in a few
