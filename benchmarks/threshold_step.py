@@ -5,12 +5,13 @@
     python -m actsparse.benchmarks.threshold_step --kernels [--dims 576,1536] [--sparsities 0.3,0.5,0.7]
                                                   [--threads 2] [--layers 30] [--rounds 40] [--dtype q4_0|q8_0]
 
-`--kernels`: the kernels alone, before / after in one run: the dense kernel (q4_0 as compile(quantize="int4")
-stores it, q4_1 as SmolLM2's GGUF), the input-sparse kernel on q4_0 with the float axpys (before session 13) and
-with the target's table (x86 AVX512-VNNI and AVX2: every axpy integer), each on `--layers` weight copies called in turn
-(30 SmolLM2 layers: 45 MB, beyond the last-level cache, as in a decode step), x's and h's thresholds the quantiles
-of this x's own scores (exactly s of each skipped). Runners interleaved per round, µs per call (min and median
-over rounds, the first runner of a round rotating).
+`--kernels`: the kernels alone, before / after in one run: the fused dense kernel (q4_0 as compile(quantize="int4")
+stores it, q4_1 as SmolLM2's GGUF), the dense path as built under quantize= (three linears on rows as stored), the
+input-sparse kernel on q4_0 with the float axpys (before session 13) and with the target's table (x86 AVX512-VNNI
+and AVX2: every axpy integer), each on `--layers` weight copies called in turn (30 SmolLM2 layers: 45 MB, beyond
+the last-level cache, as in a decode step), x's and h's thresholds the quantiles of this x's own scores (exactly s
+of each skipped). Runners interleaved per round, µs per call (min and median over rounds, the first runner of a
+round rotating).
 
 Why: on SmolLM2-135M (d 576, n_ff 1536) decode part (b) measures threshold mode per step against dense; this
 isolates one MLP, batch 1, so the per-call cost of the threshold kernel (x's channel list, the gathered-row axpys,
@@ -57,6 +58,7 @@ def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int
     from actsparse import targets
     from actsparse.codegen.kernels.common import build_kernels
     from actsparse.codegen.kernels.input_sparse_mlp import input_sparse_gated_mlp
+    from actsparse.codegen.kernels.linear import linear
     from actsparse.codegen.kernels.sparse_mlp import dense_gated_mlp
     from actsparse.codegen.schedules import schedule_for
     from actsparse.ir.quant import quantize
@@ -72,7 +74,10 @@ def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int
                                                                            sched=before),
              f"input {dtype}, the target's axpys": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype=dtype,
                                                                          sched=sched)}
-    module = build_kernels(list(prims.values()), tvm.target.Target(host.tvm))
+    # the dense path as compile(quantize=) builds it since session 31: three linears on rows as stored (the
+    # activation's elementwise op between them, n_ff floats, left out)
+    linears = (linear(d, n_ff, dtype=dtype, sched=sched), linear(n_ff, d, dtype=dtype, sched=sched))
+    module = build_kernels([*prims.values(), *linears], tvm.target.Target(host.tvm))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, d)).astype(np.float32)
     x_thr = np.full(d, np.quantile(np.abs(x), sparsity), np.float32)
@@ -86,9 +91,19 @@ def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int
         h_thr = np.full(n_ff, np.quantile(np.abs(h), sparsity), np.float32)
         rows = {lay: [host_tensor(quantize(np.ascontiguousarray(w), lay).blob) for w in (wg, wu, wd.T)]
                 for lay in (dtype, "q4_1")}
+        rows["linears"] = [*rows[dtype][:2], host_tensor(quantize(np.ascontiguousarray(wd), dtype).blob)]
         cols = [host_tensor(quantize(np.ascontiguousarray(w), dtype).blob) for w in (wg.T, wu.T, wd.T)]
         copies.append((rows, [*cols, host_tensor(x_thr), host_tensor(h_thr)]))
     tx, out = host_tensor(x), host_tensor(np.zeros((1, d), np.float32))
+    g, u = (host_tensor(np.zeros((1, n_ff), np.float32)) for _ in range(2))
+    up_fn, down_fn = (module[str(f.attrs["global_symbol"])] for f in linears)
+
+    def three_linears():
+        for rows, _ in copies:
+            wg_, wu_, wd_ = rows["linears"]
+            up_fn(tx, wg_, g)
+            up_fn(tx, wu_, u)
+            down_fn(u, wd_, out)
 
     def runner(name: str):
         fn = module[str(prims[name].attrs["global_symbol"])]
@@ -98,7 +113,7 @@ def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int
             args = [cols for _, cols in copies]
         return lambda: [fn(tx, *a, out) for a in args]
 
-    return {name: runner(name) for name in prims}
+    return {**{name: runner(name) for name in prims}, f"dense {dtype}, three linears": three_linears}
 
 
 def time_kernels(args) -> int:
@@ -108,8 +123,8 @@ def time_kernels(args) -> int:
     print(f"\n**kernels alone, d={d}, n_ff={n_ff}, batch 1, {args.threads} thread(s), {args.layers} weight copies "
           f"called in turn; µs per call, min / median of {args.rounds} interleaved rounds; load avg {load:.1f}**\n")
     print(f"| effective sparsity | kernel | min µs | median µs | vs dense {args.dtype} (min) | vs dense {args.dtype} "
-          "(median) |")
-    print("|---:|---|---:|---:|---:|---:|")
+          "(median) | vs three linears (median) |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for s in (float(v) for v in args.sparsities.split(",")):
         runners = kernel_runners(d, n_ff, s, args.threads, args.layers, args.dtype)
         times: dict[str, list] = {k: [] for k in runners}
@@ -119,10 +134,10 @@ def time_kernels(args) -> int:
                 start = time.perf_counter()
                 runners[name]()
                 times[name].append((time.perf_counter() - start) / args.layers * 1e6)
-        base = times[f"dense {args.dtype}"]
+        base, linears = times[f"dense {args.dtype}"], times[f"dense {args.dtype}, three linears"]
         for name, t in times.items():
             print(f"| {s:.0%} | {name} | {min(t):.1f} | {np.median(t):.1f} | {min(base) / min(t):.2f}x | "
-                  f"{np.median(base) / np.median(t):.2f}x |", flush=True)
+                  f"{np.median(base) / np.median(t):.2f}x | {np.median(linears) / np.median(t):.2f}x |", flush=True)
     print(f"\nload avg after: {os.getloadavg()[0]:.1f}")
     return 0
 
