@@ -124,6 +124,7 @@ def x86_target(flags: set[str], mcpu: str, threads: int, model: str) -> Target:
     # avx512_vnni / avx_vnni / avx2: the int8 dot the quantized kernels use (vpdpbusd; vpmaddubsw + vpmaddwd without
     # VNNI: codegen/schedules.py)
     isa = [f for f in ISA if f in flags]
+    byte_cost, fixed_bytes = input_costs(flags, vector_bits)
     return Target(
         name="x86",
         tvm={"kind": "llvm", "mcpu": mcpu, "num-cores": threads},
@@ -140,24 +141,50 @@ def x86_target(flags: set[str], mcpu: str, threads: int, model: str) -> Target:
         # decode part (a) fp32 2.53x llama.cpp vs 1.89x reading every gate row (session 11)
         exact_gate="certified" if any(f in flags for f in CERTIFIED_GATE_FLAGS) else "dense",
         int8_axpy_kernels=gathered_int8_axpy(flags, vector_bits),
-        input_byte_cost=INPUT_BYTE_COST,
-        input_fixed_bytes=INPUT_FIXED_BYTES,
+        input_byte_cost=byte_cost,
+        input_fixed_bytes=fixed_bytes,
     )
 
 
-# the input-sparse kernel's time against the dense path's, by weight storage: per byte it reads (INPUT_BYTE_COST) and
-# a fixed part per call (INPUT_FIXED_BYTES: as the bytes dense reads in that time). A block whose kernel would take
-# (1 - s) x cost + fixed / the block's bytes of dense's time is no faster and stays dense (sparsify_threshold's cost
-# rule). Fitted to two sizes per storage, 50% effective, against the dense path as it is built since session 31
-# (three linears, on a GGUF's own blocks; Zen 4, AVX512-VNNI, 2 threads; BENCHMARKS.md session 35): SmolLM2-135M's
-# 576 x 1536 in decode (the MLPs' share of a step, decode_profile: int4 the time of dense, int8 1.25x it; q8_0's
-# gate / up axpys run float on VNNI) and one MLP at Mistral-7B's 4096 x 14336 from DRAM (threshold_step --kernels:
-# int4 0.58x dense, int8 0.76x). Session 13's 1.3 for int4 had been fitted against the fused dense kernel of then, at
-# the small size only. fp32 / fp16: ~86% of the read limit at Mistral dims, 1.22x decode at 50% on SmolLM2: 1.0, no
-# fixed part. Hosts whose input kernel takes float axpys (no int8 dot for them) pay at least as much (session 13: a
-# float q4_0 axpy cost about twice the integer one), so the same table serves them
-INPUT_BYTE_COST = {"int4": 1.16, "int8": 1.5}
-INPUT_FIXED_BYTES = {"int4": 0.63e6, "int8": 1.4e6}
+# the input-sparse kernel's time against the dense path's, by the host's int8 dot (`axpy_dot`) and weight storage:
+# (per byte it reads, a fixed part per call as the bytes dense reads in that time). A block whose kernel would take
+# (1 - s) x per byte + fixed / the block's bytes of dense's time is no faster and stays dense (sparsify_threshold's
+# cost rule). Fitted per host kind at two sizes, against the dense path as it is built since session 31 (three
+# linears, on a GGUF's own blocks), 2 threads: SmolLM2-135M's 576 x 1536 in decode and one MLP at Mistral-7B's
+# 4096 x 14336 from DRAM (threshold_step --kernels). fp32 / fp16: ~86% of the read limit at Mistral dims, 1.22x
+# decode at 50% on SmolLM2 (Zen 4): 1.0, no fixed part.
+# - AVX512-VNNI (Zen 4, BENCHMARKS.md session 35), at 50% skipped: int4 the time of dense at the small size
+#   (decode_profile), 0.58x at the large; int8 1.25x and 0.76x (q8_0's gate / up axpys run float on VNNI).
+# - AVX2 without VNNI (Zen 3, session 36): the q4_0 axpys are bound by their arithmetic (~12-14 GB/s of weights
+#   against three linears' ~25); q8_0's (int16 pairs) near the linears' rate. Mistral dims, input / three linears'
+#   time at 30 / 50 / 70% skipped: q4_0 1.11 / 1.10 / 0.53, q8_0 0.78 / 0.61 / 0.47; SmolLM2's file decoded with
+#   every block input-sparse at 50% (`decode --artifacts`, held-out prose): int4 0.97x dense's tokens/s, int8 1.01x.
+INPUT_COSTS = {
+    "avx512_vnni": {"int4": (1.16, 0.63e6), "int8": (1.5, 1.4e6)},
+    "avx2": {"int4": (2.0, 0.63e6), "int8": (1.2, 1.4e6)},
+}
+
+
+def input_costs(flags, vector_bits: int) -> tuple[dict[str, float], dict[str, float]]:
+    """(`Target.input_byte_cost`, `Target.input_fixed_bytes`) of a host: its int8 dot's row of INPUT_COSTS; a host
+    whose input kernel takes float axpys (no int8 dot for them: 256-bit VNNI, no AVX2) is unmeasured and pays at
+    least as much (session 13: a float q4_0 axpy cost about twice the integer one): the costliest row's values."""
+    dot = axpy_dot(flags, vector_bits)
+    rows = [INPUT_COSTS[dot]] if dot else list(INPUT_COSTS.values())
+    storages = {k for row in rows for k in row}
+    return ({k: max(row[k][0] for row in rows if k in row) for k in storages},
+            {k: max(row[k][1] for row in rows if k in row) for k in storages})
+
+
+def axpy_dot(flags, vector_bits: int) -> str | None:
+    """The int8 dot this host's gathered axpys take ("avx512_vnni": 512-bit `vpdpbusd`; "avx2": `vpmaddubsw`, no VNNI
+    at all), or None: 256-bit VNNI parts (the gathered kernels were measured slower there, sessions 7-8, and take
+    float axpys) and hosts without AVX2."""
+    if vector_bits == 512 and "avx512_vnni" in flags:
+        return "avx512_vnni"
+    if vector_bits == 256 and "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags):
+        return "avx2"
+    return None
 
 
 def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:
@@ -172,6 +199,4 @@ def gathered_int8_axpy(flags, vector_bits: int) -> tuple[str, ...]:
     q4_1's gathered kernels follow untimed (the FFN benchmark takes symmetric layouts only). The routed MoE kernel's
     experts run the exact / dense bodies, so they take it too (with the int8 row dots: a synthetic Qwen3-MoE GGUF's
     decode 1.4-1.5x, session 33)."""
-    vnni512 = vector_bits == 512 and "avx512_vnni" in flags
-    avx2_only = vector_bits == 256 and "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
-    return ("dense", "exact", "indexed", "input", "routed") if vnni512 or avx2_only else ("dense",)
+    return ("dense", "exact", "indexed", "input", "routed") if axpy_dot(flags, vector_bits) else ("dense",)

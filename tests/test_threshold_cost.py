@@ -40,3 +40,24 @@ def test_a_block_stays_dense_where_its_input_kernel_would_not_be_faster(cost, fi
         assert block.mode == "input" and block.effective_calibrated == pytest.approx(0.5, abs=0.05)
     # either way the module computes its graph (dense: the block's own outputs)
     np.testing.assert_allclose(cm(x), actsparse.ir.evaluate(cm.graph, [x])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_the_cost_rule_is_the_row_of_the_hosts_int8_dot():
+    """x86 targets take INPUT_COSTS' row of the dot their gathered axpys run on (measured per host kind); a host
+    whose input kernel runs float axpys (256-bit VNNI, no AVX2) is unmeasured and pays no less than any measured
+    row. At 50% skipped an int4 Mistral-7B-sized block (99 MB) goes input-sparse on VNNI and stays dense on AVX2,
+    as measured (BENCHMARKS.md sessions 35 / 36: 0.58x and 1.10x dense's time)."""
+    from actsparse.targets.x86 import INPUT_COSTS, input_costs, x86_target
+
+    vnni = x86_target({"avx512f", "avx512_vnni", "avx2", "fma"}, "znver4", 2, "a Zen 4")
+    avx2 = x86_target({"avx2", "fma"}, "znver3", 2, "a Zen 3")
+    for target, row in ((vnni, INPUT_COSTS["avx512_vnni"]), (avx2, INPUT_COSTS["avx2"])):
+        assert target.input_byte_cost == {k: v[0] for k, v in row.items()}
+        assert target.input_fixed_bytes == {k: v[1] for k, v in row.items()}
+    cost, fixed = input_costs({"avx2", "avx_vnni", "fma"}, 256)
+    assert all(cost[k] >= v[0] and fixed[k] >= v[1] for row in INPUT_COSTS.values() for k, v in row.items())
+
+    def time_ratio(target, s=0.5, block_bytes=3 * 4096 * 14336 * 18 / 32):
+        return (1 - s) * target.input_byte_cost["int4"] + target.input_fixed_bytes["int4"] / block_bytes
+
+    assert time_ratio(vnni) < 1 <= time_ratio(avx2)
