@@ -7,11 +7,11 @@
 
 `--kernels`: the kernels alone, before / after in one run: the fused dense kernel (q4_0 as compile(quantize="int4")
 stores it, q4_1 as SmolLM2's GGUF), the dense path as built under quantize= (three linears on rows as stored), the
-input-sparse kernel on q4_0 with the float axpys (before session 13) and with the target's table (x86 AVX512-VNNI
-and AVX2: every axpy integer), each on `--layers` weight copies called in turn (30 SmolLM2 layers: 45 MB, beyond
-the last-level cache, as in a decode step), x's and h's thresholds the quantiles of this x's own scores (exactly s
-of each skipped). Runners interleaved per round, µs per call (min and median over rounds, the first runner of a
-round rotating).
+input-sparse kernel on q4_0 with the float axpys (before session 13), with the target's table (x86 AVX512-VNNI
+and AVX2: every axpy integer) and as top-k (the same share kept as a count per token), each on `--layers` weight
+copies called in turn (30 SmolLM2 layers: 45 MB, beyond the last-level cache, as in a decode step), x's and h's
+thresholds the quantiles of this x's own scores (exactly s of each skipped). Runners interleaved per round, µs per
+call (min and median over rounds, the first runner of a round rotating).
 
 Why: on SmolLM2-135M (d 576, n_ff 1536) decode part (b) measures threshold mode per step against dense; this
 isolates one MLP, batch 1, so the per-call cost of the threshold kernel (x's channel list, the gathered-row axpys,
@@ -73,7 +73,11 @@ def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int
              f"input {dtype}, float axpys (before)": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype=dtype,
                                                                            sched=before),
              f"input {dtype}, the target's axpys": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype=dtype,
-                                                                         sched=sched)}
+                                                                         sched=sched),
+             # the same share kept as a fixed count per token (method 'topk': each token's k-th score selected)
+             f"input {dtype}, top-k": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype=dtype, sched=sched,
+                                                            x_keep=round((1 - sparsity) * d),
+                                                            h_keep=round((1 - sparsity) * n_ff))}
     # the dense path as compile(quantize=) builds it since session 31: three linears on rows as stored (the
     # activation's elementwise op between them, n_ff floats, left out)
     linears = (linear(d, n_ff, dtype=dtype, sched=sched), linear(n_ff, d, dtype=dtype, sched=sched))

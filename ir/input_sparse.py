@@ -10,7 +10,7 @@ rows of inactive h entries. Inputs and layout (the kernels read one contiguous r
 
 Per token:
 
-    keep_x  = |x_i| > x_thr_i                     (x_keep = k > 0: the k largest |x_i| / x_thr_i instead)
+    keep_x  = |x_i| > x_thr_i                     (x_keep = k > 0: the k largest |x_i| / x_thr_i instead, below)
     x'      = where(keep_x, x, 0)
     a       = act_g(x'·w_gate_t);   h = a ⊙ act_u(x'·w_up_t)
     score_j = |h_j| (criterion 'product', TEAL)  or |a_j| (criterion 'gate', CATS on the down input)
@@ -20,7 +20,9 @@ Per token:
 Per-channel thresholds hold every method in one form: TEAL's per-matrix magnitude threshold t is the constant
 vector t; WINA's weight-informed score |x_i|·‖W[:, i]‖₂ > t is x_thr_i = t / ‖W[:, i]‖₂. Top-k (a fixed count
 per token: stable latency) ranks the same ratios. `x_thr_i = 0` keeps every nonzero entry (no x sparsity).
-Ties in top-k go to the lower index (stable sort), as in the torch mirror below.
+Top-k keeps every ratio >= the k-th largest (a tie at the k-th value keeps all of its entries: which of equal
+ratios to drop would be arbitrary, and the kernels' radix select finds the k-th value, not an order) and no ratio of
+0 or NaN (nothing to add, or no number); the thresholds are clamped to >= 1e-30 before the division.
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ def keep_mask(values: np.ndarray, thr: np.ndarray, keep: int) -> np.ndarray:
     magnitude = np.abs(values)
     if keep <= 0:
         return magnitude > thr
-    ratio = magnitude / np.maximum(thr, np.float32(1e-30))
-    order = np.argsort(-ratio, axis=-1, kind="stable")[..., :keep]
-    mask = np.zeros(values.shape, bool)
-    np.put_along_axis(mask, order, True, axis=-1)
-    return mask
+    with np.errstate(invalid="ignore"):
+        ratio = (magnitude / np.maximum(thr, np.float32(1e-30))).astype(np.float32)
+    ratio = np.where(np.isnan(ratio), np.float32(0), ratio)
+    k = min(keep, values.shape[-1])
+    kth = np.partition(ratio, -k, axis=-1)[..., -k:][..., :1]   # the k-th largest of each row
+    return (ratio >= kth) & (ratio > 0)
 
 
 def input_sparse_parts(x, w_gate_t, w_up_t, x_thr, h_thr, attrs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,8 +90,9 @@ def input_sparse_torch(x, w_gate, w_up, w_down, x_thr, h_thr, attrs, act_g):
         if keep <= 0:
             return magnitude > thr
         ratio = magnitude / thr.clamp_min(1e-30)
-        order = torch.argsort(-ratio, dim=-1, stable=True)[..., :keep]
-        return torch.zeros_like(values, dtype=torch.bool).scatter_(-1, order, True)
+        ratio = torch.where(ratio.isnan(), 0.0, ratio)
+        kth = ratio.topk(min(keep, ratio.shape[-1]), dim=-1).values[..., -1:]
+        return (ratio >= kth) & (ratio > 0)
 
     xs = torch.where(mask(x, x_thr, attrs.get("x_keep", 0)), x, 0)
     a = act_g(xs @ w_gate.T)

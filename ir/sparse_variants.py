@@ -50,7 +50,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ActsparseError
 from .activations import apply, reads_input
 from .input_sparse import input_intermediate, input_measure
 
@@ -170,13 +169,6 @@ def _input_report(attrs: dict) -> dict:
     return {"threshold": attrs.get("threshold", 0.0), "method": attrs.get("method"),
             "calibrated_sparsity": attrs.get("calibrated_sparsity"),
             "effective_calibrated": attrs.get("effective_calibrated")}
-
-
-def _no_top_k(attrs: dict) -> dict:
-    if attrs.get("x_keep", 0) or attrs.get("h_keep", 0):
-        raise ActsparseError("the top-k (fixed count) method has no kernel yet; compile with a threshold "
-                                  "method (method='wina-greedy', 'teal', ...)")
-    return {}
 
 
 # --- exact: ReLU family, lossless ----------------------------------------------------------------------------
@@ -336,7 +328,8 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         extra_inputs=("x_thr", "h_thr"), intermediate=input_intermediate,
         kernels={"cpu": "input", "cuda": "input"},
         kernel_options=lambda attrs: {"gate_act": attrs["gate_act"], "up_act": attrs.get("up_act", "identity"),
-                                      "criterion": attrs.get("criterion", "product"), **_no_top_k(attrs)},
+                                      "criterion": attrs.get("criterion", "product"), "x_keep": attrs.get("x_keep", 0),
+                                      "h_keep": attrs.get("h_keep", 0)},
         dense_attrs=_plain_attrs, report=_input_report, lossy=True, gate_up_layout="columns",
         measure=input_measure,
         doc="TEAL / WINA input sparsity: per-channel thresholds on x and on the down input, skipped weight rows"),

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actsparse.ir.input_sparse import input_sparse_reference
+from actsparse.ir.input_sparse import input_sparse_parts, input_sparse_reference
 
 from .kernel_cases import QUANT_DTYPES, Call, cross_kernels, examples, ir_act, run_batch, run_native, simt_kernels
 
@@ -241,3 +241,89 @@ def test_the_input_kernel_reads_no_up_rows_for_a_unit_up_factor():
                           ref, np.abs(ref).max(), "float32"))
     _check([(prim, calls)], [run_native(prim, calls)])
     assert prim.script().count("w_up_t") == 1 and prim.script().count("w_gate_t") > 1
+
+
+# --- top-k (a fixed count per token: `x_keep` / `h_keep`, codegen/kernels/top_k.py's radix select) ---------------
+# thresholds drawn per channel, so the ranking is by |v| / thr, not |v|; counts from one to beyond the width, each
+# side alone and both; rows of channels no token keeps hold NaN, so a kernel that read them would fail
+TOP_K = [(1, 1), (9, 20), (0, 7), (5, 0), (64, 53), (100, 200)]
+
+
+def _top_k_calls(rng, d, n, x_keep, h_keep, gate_act="silu", up_act="identity", criterion="product") -> list[Call]:
+    calls = []
+    for m in (1, 3):
+        x = rng.standard_normal((m, d)).astype(np.float32)
+        wg, wu = (rng.standard_normal((d, n)).astype(np.float32) for _ in range(2))
+        wd = rng.standard_normal((n, d)).astype(np.float32)
+        x_thr, h_thr = rng.uniform(0.2, 1.5, d).astype(np.float32), rng.uniform(0.2, 1.0, n).astype(np.float32)
+        attrs = {"gate_act": gate_act, "up_act": up_act, "criterion": criterion, "x_keep": x_keep, "h_keep": h_keep}
+        keep_x, keep_h, _ = input_sparse_parts(x, wg, wu, x_thr, h_thr, attrs)
+        if x_keep:   # the count, per token (distinct ratios: no ties)
+            assert (keep_x.sum(-1) == min(x_keep, d)).all()
+        if h_keep:
+            assert (keep_h.sum(-1) == min(h_keep, n)).all()
+        ref = input_sparse_reference(x, wg, wu, wd, x_thr, h_thr, attrs)
+        dead = ~keep_x.any(0)
+        wg[dead], wu[dead] = np.nan, np.nan
+        calls.append(Call([x, wg, wu, wd, x_thr, h_thr, np.full((m, d), np.nan, np.float32)], ref,
+                          np.abs(ref).max(), "float32"))
+    return calls
+
+
+def _top_k_jobs(target_name: str):
+    from actsparse import targets
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.schedules import schedule_for
+
+    sched, rng = schedule_for(targets.get(target_name)), np.random.default_rng(7)
+    return [(kernel("input", 64, 53, gate_act="silu", up_act="identity", criterion="product", dtype="float32",
+                    sched=sched, x_keep=kx, h_keep=kh), _top_k_calls(rng, 64, 53, kx, kh)) for kx, kh in TOP_K]
+
+
+def test_top_k_input_kernel_on_x86_matches_the_reference():
+    jobs = _top_k_jobs("x86")
+    _check(jobs, [run_native(prim, calls) for prim, calls in jobs])
+
+
+def test_top_k_input_kernel_on_arm_matches_the_reference():
+    jobs = _top_k_jobs("arm")
+    _check(jobs, run_batch(cross_kernels([p for p, _ in jobs]), jobs))
+
+
+@pytest.mark.parametrize("dtype", QUANT_DTYPES)
+def test_x86_quantized_top_k_input_kernel_keeps_the_k_largest_inputs(dtype):
+    """Top-k on x over quantized rows (every neuron kept: no h rounding at a boundary) against float64 on the
+    dequantized weights; the skipped channels' rows are NaN-scaled blocks, so reading one fails."""
+    from actsparse import targets
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.schedules import schedule_for
+    from actsparse.ir.quant import quantize
+
+    d, n, x_keep = 45, 70, 11
+    rng = np.random.default_rng(3)
+    prim = kernel("input", d, n, gate_act="gelu_tanh", up_act="identity", criterion="product", dtype=dtype,
+                  sched=schedule_for(targets.get("x86")), x_keep=x_keep, h_keep=n)
+    x = rng.standard_normal((2, d)).astype(np.float32)
+    qs = [quantize(rng.standard_normal(shape).astype(np.float32), dtype) for shape in ((d, n), (d, n), (n, d))]
+    blobs, (wg, wu, wd) = [q.blob.copy() for q in qs], [q.dequantize().astype(np.float64) for q in qs]
+    x_thr, h_thr = rng.uniform(0.2, 1.5, d).astype(np.float32), np.full(n, 0.5, np.float32)
+    keep_x = input_sparse_parts(x, wg, wu, x_thr, h_thr, {"gate_act": "gelu_tanh", "up_act": "identity",
+                                                          "x_keep": x_keep, "h_keep": n})[0]
+    assert (keep_x.sum(-1) == x_keep).all()
+    xs = np.where(keep_x, x, 0).astype(np.float64)
+    ref = (ir_act("gelu_tanh", xs @ wg) * (xs @ wu)) @ wd
+    blobs[0][~keep_x.any(0)], blobs[1][~keep_x.any(0)] = 0xFF, 0xFF
+    out = run_native(prim, [Call([x, *blobs, x_thr, h_thr, np.full((2, d), np.nan, np.float32)], ref, 1.0,
+                                 dtype)])[0]
+    np.testing.assert_allclose(out, ref, rtol=0.05, atol=0.05 * np.abs(ref).max())
+
+
+def test_top_k_on_cuda_is_one_clear_error():
+    from actsparse import targets
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.schedules import schedule_for
+    from actsparse.errors import ActsparseError
+
+    with pytest.raises(ActsparseError, match="top-k .* has no CUDA kernel yet .* threshold method"):
+        kernel("input", 64, 53, gate_act="silu", dtype="float32", sched=schedule_for(targets.get("cuda")),
+               x_keep=5, h_keep=5)

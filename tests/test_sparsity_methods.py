@@ -53,7 +53,7 @@ def _plans(graph):
 
 
 @pytest.mark.parametrize("name", ["wina-greedy", "teal-cats", "cats", "rotated-wina-greedy",
-                                  "rotated-metric-wina-greedy"])
+                                  "rotated-metric-wina-greedy", "topk"])
 def test_benchmark_hooks_equal_the_compiled_module(name):
     from actsparse.benchmarks.threshold_frontier import install
     from actsparse.frontends import CausalLMLogits
@@ -93,6 +93,10 @@ def test_torch_mirror_and_top_k_equal_the_numpy_reference():
         np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4, atol=1e-5)
     mask = keep_mask(x, x_thr, 9)
     assert (mask.sum(-1) == 9).all()   # a fixed count per token
+    # a tie at the k-th ratio keeps all of its entries; a ratio of 0 or NaN is never kept, whatever k is
+    row = np.array([[3.0, 1.0, 2.0, 2.0, 0.0, np.nan]], np.float32)
+    assert keep_mask(row, np.ones(6, np.float32), 2).tolist() == [[True, False, True, True, False, False]]
+    assert keep_mask(row, np.ones(6, np.float32), 6).tolist() == [[True, True, True, True, False, False]]
 
 
 def test_input_sparse_kernel_matches_the_reference_and_skips():

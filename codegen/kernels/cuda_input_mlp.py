@@ -22,6 +22,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
+from ...errors import ActsparseError
 from .common import symbol
 from .cuda_blocks import by_flag, down_macros, down_splits
 from .cuda_mlp import finish, tokens
@@ -32,10 +33,15 @@ from .schedule import GpuSchedule
 
 @cache
 def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
-                           criterion: str = "product", dtype: str = "float32", sched: GpuSchedule):
+                           criterion: str = "product", dtype: str = "float32", sched: GpuSchedule,
+                           x_keep: int = 0, h_keep: int = 0):
     """(x, w_gate_t, w_up_t, w_down_t, x_thr, h_thr, out), see the module docstring."""
     if not isinstance(sched, GpuSchedule):
         raise TypeError(f"the CUDA kernels take a GpuSchedule, got {type(sched).__name__}")
+    if x_keep or h_keep:
+        raise ActsparseError("the top-k (fixed count) method has no CUDA kernel yet (the CPU targets have one); "
+                             "compile for CUDA with a threshold method (method='rotated-wina-greedy', 'wina-greedy', "
+                             "'teal', ...)")
     check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
     T_ = sched.threads
     zero, mask_h = T.float32(0), masked_h_macro(gate_act, up_act, criterion, "cuda")

@@ -23,8 +23,10 @@ Per call:
      then h = act_g(g)·act_u(u), masked per token by |h| (criterion 'product') or |act_g(g)| ('gate') > h_thr,
      and the neurons some token keeps are listed (compacted in place inside the task's slice);
   2) per task, its slice of the d output columns: out = Σ over listed neurons of h_j · w_down_t[j].
-So a token reads (1 - s_x)·(gate + up) + (1 - s_h)·down bytes. Top-k (x_keep / h_keep > 0) is not in this
-kernel: the lowering refuses it with an error that names the way out (a threshold method).
+So a token reads (1 - s_x)·(gate + up) + (1 - s_h)·down bytes. Top-k (x_keep / h_keep > 0, a fixed count per
+token): step 0 first finds each token's k-th largest |x_i| / x_thr_i (`top_k.py`'s radix select) and keeps the
+channels at or above it; for h, step 1 stores every neuron's h and ratio, a serial step finds each token's k-th
+ratio over all n_ff, and a second parallel step masks and lists (the select needs the whole row, which no task has).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .common import GATE_ACTS, activation, symbol
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp
+from .top_k import kept, kth_largest_macro, ratio
 
 # every gate activation of the table but FATReLU, whose own threshold the input methods do not calibrate (they refuse
 # it: passes/calibrate.block_weights); the clamped SwiGLUs of gpt-oss / DeepSeek-V4 included
@@ -75,11 +78,34 @@ def masked_h_macro(gate_act: str, up_act: str, criterion: str, family: str = "cp
     return mask
 
 
+def ratio_h_macro(gate_act: str, up_act: str, criterion: str):
+    """`ratios(g, h, h_thr, j, M)`: for top-k on h, neuron j's h unmasked into h (u on entry) and its ratio
+    |score| / h_thr (`top_k.ratio`) into g, for every token."""
+    act_g, act_u = activation(gate_act, 0.0, "cpu"), activation(up_act, 0.0, "cpu")
+    score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)
+
+    @T.macro
+    def ratios(g, h, h_thr, j, M):
+        for m in range(M):
+            a: T.let = act_g(g[m, j])
+            hv: T.let = a * act_u(h[m, j])
+            h[m, j] = hv
+            g[m, j] = ratio(score(a, hv), h_thr[j])
+
+    return ratios
+
+
 @cache
 def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
-                           criterion: str = "product", dtype: str = "float32", sched: CpuSchedule):
+                           criterion: str = "product", dtype: str = "float32", sched: CpuSchedule,
+                           x_keep: int = 0, h_keep: int = 0):
     """(x, w_gate_t, w_up_t, w_down_t, x_thr, h_thr, out), see the module docstring."""
     check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
+    if x_keep < 0 or h_keep < 0:
+        raise ValueError(f"top-k counts must be >= 0 (0: thresholds), got x_keep={x_keep}, h_keep={h_keep}")
+    kth_x, kth_h = kth_largest_macro(d, x_keep), kth_largest_macro(n_ff, h_keep)
+    top_k = x_keep > 0 or h_keep > 0
+    ratios_h = ratio_h_macro(gate_act, up_act, criterion)
     sched_n, sched_d = sched.fitted(n_ff, dtype), sched.fitted(d, dtype)
     threads, zero = sched.threads, T.float32(0)
     mask_h = masked_h_macro(gate_act, up_act, criterion)
@@ -92,7 +118,36 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     in_shape, wdtype = weight_buffer(d, n_ff, dtype)
     down_shape, _ = weight_buffer(n_ff, d, dtype)
     name = symbol("gmlp", "input", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act, dtype,
-                  sched_n.tag, f"r{Rd}")
+                  sched_n.tag, f"r{Rd}", *([f"top{x_keep}x{h_keep}"] if x_keep or h_keep else []))
+
+    def keeps_x(x, x_thr, xr, tau, m, i):   # token m keeps input channel i
+        return kept(xr[m, i], tau[m, 0]) if x_keep > 0 else T.abs(x[m, i]) > x_thr[i]
+
+    @T.macro
+    def list_kept(g, h, h_thr, tau, idx, cnt, t, M):
+        # task t's neurons (the columns its axpys wrote): h masked, and the ones some token keeps listed in its slice
+        j0: T.let = task_columns(t, n_ff, sched_n, dtype)[0]
+        j1: T.let = task_columns(t, n_ff, sched_n, dtype)[1]
+        c = T.alloc_buffer((1,), "int32", scope="global")
+        live = T.alloc_buffer((1,), "int32", scope="global")
+        c[0] = 0
+        for jj in range(j1 - j0):
+            if h_keep > 0:   # g holds the ratios
+                live[0] = 0
+                for m in range(M):
+                    if kept(g[m, j0 + jj], tau[m, 1]):
+                        live[0] = 1
+                    else:
+                        h[m, j0 + jj] = zero
+            else:
+                mask_h(g, h, h_thr, j0 + jj, M, live)
+            if live[0] != 0:
+                # slot j0 + c <= this neuron's column: compaction never overwrites an unread column
+                for m in range(M):
+                    h[m, j0 + c[0]] = h[m, j0 + jj]
+                idx[j0 + c[0]] = j0 + jj
+                c[0] = c[0] + 1
+        cnt[t] = c[0]
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate_t: T.Buffer(in_shape, wdtype), w_up_t: T.Buffer(in_shape, wdtype),
@@ -109,17 +164,29 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
         h = T.alloc_buffer((M, n_ff), "float32")    # u, then h by neuron, then compacted to slots in each slice
         idx = T.alloc_buffer((n_ff,), "int32")      # neuron of each slot (task t's slots from its slice start)
         cnt = T.alloc_buffer((threads,), "int32")
-        # 0) the input channels some token keeps
+        # top-k only (one element each otherwise): the radix select's buckets and state, each token's ratios of x,
+        # each token's k-th ratio's bits (x, then h)
+        hist = T.alloc_buffer((256 if top_k else 1,), "int32")
+        sel = T.alloc_buffer((4,), "int32")
+        xr = T.alloc_buffer((M if x_keep > 0 else 1, d if x_keep > 0 else 1), "float32")
+        tau = T.alloc_buffer((M if top_k else 1, 2), "int32")
+        # 0) the input channels some token keeps (top-k: at or above its k-th ratio)
+        if x_keep > 0:
+            for m in range(M):
+                for i in range(d):
+                    xr[m, i] = ratio(x[m, i], x_thr[i])
+                kth_x(xr, m, hist, sel)
+                tau[m, 0] = sel[0]
         nx[0] = 0
         for i in range(d):
             live = T.alloc_buffer((1,), "int32", scope="global")
             live[0] = 0
             for m in range(M):
-                if T.abs(x[m, i]) > x_thr[i]:
+                if keeps_x(x, x_thr, xr, tau, m, i):
                     live[0] = 1
             if live[0] != 0:
                 for m in range(M):
-                    xs[m, nx[0]] = T.if_then_else(T.abs(x[m, i]) > x_thr[i], x[m, i], zero)
+                    xs[m, nx[0]] = T.if_then_else(keeps_x(x, x_thr, xr, tau, m, i), x[m, i], zero)
                 xidx[nx[0]] = i
                 nx[0] = nx[0] + 1
         # 1) gate / up over the listed channels' rows, each task on its slice of the n_ff columns; then h, masked,
@@ -132,21 +199,18 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
                 axpy_in(w_gate_t, xidx, 0, st * Rn, n_in, xs, 0, t, g, M)
                 if reads_up:   # `unit` (a non-gated MLP): act_u ignores u, no up row is read
                     axpy_in(w_up_t, xidx, 0, st * Rn, n_in, xs, 0, t, h, M)
-            # the task's neurons: the columns its axpys wrote
-            j0: T.let = task_columns(t, n_ff, sched_n, dtype)[0]
-            j1: T.let = task_columns(t, n_ff, sched_n, dtype)[1]
-            c = T.alloc_buffer((1,), "int32", scope="global")
-            live = T.alloc_buffer((1,), "int32", scope="global")
-            c[0] = 0
-            for jj in range(j1 - j0):
-                mask_h(g, h, h_thr, j0 + jj, M, live)
-                if live[0] != 0:
-                    # slot j0 + c <= this neuron's column: compaction never overwrites an unread column
-                    for m in range(M):
-                        h[m, j0 + c[0]] = h[m, j0 + jj]
-                    idx[j0 + c[0]] = j0 + jj
-                    c[0] = c[0] + 1
-            cnt[t] = c[0]
+            if h_keep > 0:   # h and its ratios now; the mask once every task's are in (below)
+                r0: T.let = task_columns(t, n_ff, sched_n, dtype)[0]
+                for jj in range(task_columns(t, n_ff, sched_n, dtype)[1] - r0):
+                    ratios_h(g, h, h_thr, r0 + jj, M)
+            else:
+                list_kept(g, h, h_thr, tau, idx, cnt, t, M)
+        if h_keep > 0:
+            for m in range(M):
+                kth_h(g, m, hist, sel)
+                tau[m, 1] = sel[0]
+            for t in T.parallel(threads):
+                list_kept(g, h, h_thr, tau, idx, cnt, t, M)
         # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
         for t in T.parallel(threads):
             zero_d(t, out, M)
