@@ -27,6 +27,7 @@ from .ir import Graph, TensorType
 from .ir.examples import example_inputs_for
 from .ir.quant import QUANTIZE_KINDS, STORAGE_KINDS
 from .passes import pipeline_for, run_pipeline
+from .passes.calibrate import SINK_POSITIONS
 from .passes.pipeline import LOSSY_MODES, MODES
 from .runtime import CompiledModule
 from .runtime.cold_store import place_cold
@@ -238,6 +239,7 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         options["calibration"], options["loss_guard"], guard_note = held_out_guard(
             model, options["calibration"], max_loss_increase)
         options["sensitivity"] = fisher_weights(model, options, progress)
+        options["calibration_skip"] = SINK_POSITIONS   # the prompts' sink tokens: no decode step is one
     if prompt is None and calibration:   # text the model reads, not random ids: the last calibration prompt
         prompt = calibration[-1][0]
     if prompt is None:

@@ -73,9 +73,7 @@ def main(argv=None) -> int:
     blocks = frontier.block_weights(model)
     sensitivity = None
     if args.sensitivity == "fisher":
-        from actsparse.passes.loss_sensitivity import cached_fisher_weights
-
-        sensitivity = [g[:len(r)] for g, r in zip(cached_fisher_weights(model, calib, progress=False), rows)]
+        sensitivity = frontier.fisher_rows(model, calib, rows)
     curves = allocation_curves(blocks, rows, m, progress=False, sensitivity=sensitivity) if m.greedy else None
     plans = calibrate_blocks(blocks, rows, m.name, args.sparsity, progress=False, curves=curves,
                              sensitivity=sensitivity)

@@ -124,13 +124,16 @@ def prose_windows(tokenizer, part: str, window: int, count: int) -> list:
 
 
 def collect_rows(model, windows, max_tokens: int = 4096) -> list[np.ndarray]:
-    """Each MLP's input rows over the windows (dense model), at most max_tokens per block."""
+    """Each MLP's input rows over the windows (dense model), at most max_tokens per block, each window's first
+    SINK_POSITIONS left out as compile() leaves them out of a decoder's calibration."""
     import torch
 
+    from actsparse.passes.calibrate import SINK_POSITIONS
+
     rows: list[list] = [[] for _ in decoder_mlps(model)]
-    hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: rows[i].append(args[0].reshape(-1, args[0].shape[-1])
-                                                                                .numpy().copy()))
-             for i, m in enumerate(decoder_mlps(model))]
+    hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: rows[i].append(
+        args[0].reshape(-1, args[0].shape[-1])[SINK_POSITIONS:].numpy().copy()))
+        for i, m in enumerate(decoder_mlps(model))]
     try:
         with torch.no_grad():
             for w in windows:
@@ -139,6 +142,24 @@ def collect_rows(model, windows, max_tokens: int = 4096) -> list[np.ndarray]:
         for h in hooks:
             h.remove()
     return [np.concatenate(r)[:max_tokens].astype(np.float32) for r in rows]
+
+
+def fisher_rows(model, windows, rows: list[np.ndarray]) -> list[np.ndarray]:
+    """compile()'s Fisher weights (g² of the loss at each MLP's output) on `windows`, row for row with
+    `collect_rows(model, windows, ...)`'s `rows`."""
+    from actsparse.passes.loss_sensitivity import cached_fisher_weights
+
+    return rows_like_collected(cached_fisher_weights(model, windows, progress=False), windows, rows)
+
+
+def rows_like_collected(per_token: list[np.ndarray], windows, rows: list[np.ndarray]) -> list[np.ndarray]:
+    """Per block [every token of the windows, ...] -> the tokens `collect_rows` kept (each window's first
+    SINK_POSITIONS left out, at most as many as `rows`)."""
+    from actsparse.passes.calibrate import SINK_POSITIONS
+
+    starts = np.cumsum([0, *[w.shape[-1] for w in windows[:-1]]])
+    steady = np.concatenate([np.arange(s + SINK_POSITIONS, s + w.shape[-1]) for s, w in zip(starts, windows)])
+    return [g[steady][:len(r)] for g, r in zip(per_token, rows)]
 
 
 def perplexity(model, windows) -> float:
@@ -169,7 +190,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     held = prose_windows(tok, "eval", args.window, args.eval_windows)
     from actsparse.passes.calibration_data import cached_arrays, digest
 
-    key = digest(model_name, [w.tolist() for w in calib], args.calib_windows * args.window)
+    key = digest(model_name, [w.tolist() for w in calib], args.calib_windows * args.window, "sink-skipped")
     cached = cached_arrays("mlp-inputs", key, lambda: {str(i): r for i, r in enumerate(
         collect_rows(model, calib, args.calib_windows * args.window))}, {"model": model_name})
     rows = [cached[str(i)] for i in range(len(cached))]
@@ -178,9 +199,7 @@ def quality(model_name: str, methods: list[str], sparsities, args) -> list[dict]
     modes = args.sensitivity.split(",")
     sensitivity = None
     if "fisher" in modes:   # compile()'s default for a decoder (decoder_setup.fisher_weights), same rows
-        from actsparse.passes.loss_sensitivity import cached_fisher_weights
-
-        sensitivity = [g[:len(r)] for g, r in zip(cached_fisher_weights(model, calib, progress=False), rows)]
+        sensitivity = fisher_rows(model, calib, rows)
     quantize = args.quantize
     if quantize:   # the other linears as compile(quantize=) stores them (lm_head int8); the MLPs by `install`
         from .quant_quality import fake_quantized

@@ -39,6 +39,7 @@ def window_nll(model, windows) -> np.ndarray:
 def main(argv=None) -> int:
     import torch
 
+    from actsparse.passes.calibrate import SINK_POSITIONS
     from actsparse.passes.sparsity_methods import allocation_curves, calibrate_blocks, measured_effective, method
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -68,13 +69,9 @@ def main(argv=None) -> int:
           f"window: {' '.join(f'{np.exp(x / tokens):.2f}' for x in dense)}")
     for count in calib_counts:
         t1 = time.perf_counter()
-        rows = [r[:count * args.window] for r in all_rows]   # threshold_frontier's truncation of `count` windows
-        sensitivity = None
-        if args.sensitivity == "fisher":
-            from actsparse.passes.loss_sensitivity import cached_fisher_weights
-
-            sensitivity = [g[:len(r)] for g, r in zip(cached_fisher_weights(model, calib[:count], progress=False),
-                                                      rows)]
+        # the rows of the first `count` windows (each less its first SINK_POSITIONS)
+        rows = [r[:count * (calib[0].shape[-1] - SINK_POSITIONS)] for r in all_rows]
+        sensitivity = frontier.fisher_rows(model, calib[:count], rows) if args.sensitivity == "fisher" else None
         curves = allocation_curves(blocks, rows, m, progress=False, sensitivity=sensitivity) if m.greedy else None
         plans = calibrate_blocks(blocks, rows, m.name, args.sparsity, progress=False, curves=curves,
                                  sensitivity=sensitivity)

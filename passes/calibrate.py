@@ -75,10 +75,21 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+# a decoder's calibration: the first position of every sample is left out of the rows thresholds are fitted on. A
+# window's first token is the attention sink (a BOS or not), its MLP input unlike any later token's, and a decode step
+# never is one; its rows still pull the rotation's principal axes and the quantiles. At 0.5, rotated-wina-greedy,
+# 16 windows of 256 (BENCHMARKS.md session 36), none / the first / the first 4 left out: threshold_frontier SmolLM2-135M
+# +6.33 / +5.34 / +2.89%, Gemma 3 270M +9.38 / +8.26 / +8.71%; through compile() (`actsparse perplexity`) SmolLM2
+# +7.85 / +4.75 / +5.38%, Gemma +8.56 / +5.02 / +14.54%: one is better on both paths and both models
+SINK_POSITIONS = 1
+
+
 def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 4096, seed: int = 0,
-                   progress: bool = True, with_index: bool = False):
+                   progress: bool = True, with_index: bool = False, skip_positions: int = 0):
     """Rows of each block's input x ([tokens, d], at most max_tokens, uniformly sampled) over the samples;
-    `with_index`: also, per block, each kept row's position among all the samples' rows (sample by sample)."""
+    `with_index`: also, per block, each kept row's position among all the samples' rows (sample by sample);
+    `skip_positions`: rows of a sample's first positions (along its sequence axis, or its first calls where it is
+    fed token by token) left out, the index still counting them."""
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
@@ -98,8 +109,12 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
             if not np.isfinite(rows).all():
                 raise CalibrationError(f"calibration sample {i} gives NaN/inf activations at the input of "
                                        f"{block.loc or 'a gated MLP'}; check the model and the calibration data")
-            keys, index = rng.random(len(rows)), np.arange(seen[b], seen[b] + len(rows))
+            index = np.arange(seen[b], seen[b] + len(rows))
             seen[b] += len(rows)
+            if skip_positions:
+                steady = _positions([c[b] for c in calls], isinstance(arrays, TokenSteps)) >= skip_positions
+                rows, index = rows[steady], index[steady]
+            keys = rng.random(len(rows))
             if kept[b] is not None:
                 keys, rows, index = (np.concatenate([old, new]) for old, new in zip(kept[b], (keys, rows, index)))
             if len(rows) > max_tokens:
@@ -164,23 +179,35 @@ def threshold_attrs(attrs: dict, threshold: float, criterion: str) -> dict:
             "criterion": criterion}
 
 
+def _positions(calls: list, token_steps: bool) -> np.ndarray:
+    """Each row's position in its sample: the call's number where the sample is fed token by token, else its index
+    along the sequence axis (the one before the features)."""
+    if token_steps:
+        return np.concatenate([np.full(int(np.prod(np.shape(v)[:-1])), k) for k, v in enumerate(calls)])
+    return np.concatenate([np.broadcast_to(np.arange(np.shape(v)[-2]), np.shape(v)[:-1]).reshape(-1)
+                           if np.ndim(v) >= 2 else np.zeros(1, int) for v in calls])
+
+
 def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str, sparsity: float,
               max_tokens: int = 4096, progress: bool = True, storage: str = "fp32",
-              sensitivity=None, loss_guard=None) -> list[NeuronThreshold | InputThresholds]:
+              sensitivity=None, loss_guard=None, skip_positions: int = 0) -> list[NeuronThreshold | InputThresholds]:
     """Thresholds for every block from the calibration inputs (see the module docstring); `storage`: how the
     weights will be stored (prices a rotated method's Q against the block); `sensitivity` (greedy methods): per
     block g² of the loss ([rows of all the samples, d_out], sample by sample, passes/loss_sensitivity.py), which
     pools the budget across blocks (sensitivity_allocation.py); `loss_guard` (quality_guard.LossGuard, plans of
     every block of the torch model): the sparsity lowered until the held-out loss holds; dropped where a block's
-    weights fold a bias (the torch MLP's own weights are not the plan's)."""
+    weights fold a bias (the torch MLP's own weights are not the plan's); `skip_positions`: each sample's first
+    positions left out (SINK_POSITIONS)."""
     method(name)
     samples = calibration_samples(calibration, len(graph.inputs))
-    rows, index = collect_inputs(graph, blocks, samples, max_tokens, progress=progress, with_index=True)
+    rows, index = collect_inputs(graph, blocks, samples, max_tokens, progress=progress, with_index=True,
+                                 skip_positions=skip_positions)
     if sensitivity is not None:
         sensitivity = list(sensitivity)
-        if len(sensitivity) != len(blocks) or any(len(g) <= i[-1] for g, i in zip(sensitivity, index)):
+        counted = max((i[-1] + 1 for i in index if len(i)), default=0)   # the rows the samples gave, skipped too
+        if len(sensitivity) != len(blocks) or any(len(i) and len(g) <= i[-1] for g, i in zip(sensitivity, index)):
             raise CalibrationError(f"sensitivity has {len(sensitivity)} blocks of {[len(g) for g in sensitivity][:3]}"
-                                   f" rows; calibration has {len(blocks)} blocks of {index[0][-1] + 1} rows: compute "
+                                   f" rows; calibration has {len(blocks)} blocks of {counted} rows: compute "
                                    "it on the same calibration samples")
         sensitivity = [np.asarray(g, np.float32)[i] for g, i in zip(sensitivity, index)]
     if sensitivity is None:

@@ -56,6 +56,7 @@ class PipelineOptions:
     sensitivity: tuple = ()                # threshold mode: per block g² of the loss on the calibration rows
     loss_guard: object = None              # threshold mode: quality_guard.LossGuard (held-out loss bound)
     fallback_method: str | None = None    # threshold mode: for blocks `method` cannot take (None: an error)
+    calibration_skip: int = 0              # threshold mode: each sample's first positions left out (a decoder's sink)
 
     @property
     def target(self) -> Target:
@@ -103,7 +104,8 @@ def _threshold(o: PipelineOptions) -> list[Pass]:
     # dense and route (each on its tokens only: E/k times less work than thresholded experts run all-experts)
     return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration,
                                            storage=o.storage, sensitivity=o.sensitivity, target=o.target,
-                                           loss_guard=o.loss_guard, fallback=o.fallback_method), RouteMoE()]
+                                           loss_guard=o.loss_guard, fallback=o.fallback_method,
+                                           skip_positions=o.calibration_skip), RouteMoE()]
 
 
 def _predictor(o: PipelineOptions) -> list[Pass]:
@@ -131,14 +133,15 @@ def pipeline_for(mode: str, target: Target | str | None = None, calibration=None
                  method: str = "cats", predictor: str = "lowrank", recall: float = 0.99,
                  predictor_budget: float = 0.1, memory_budget: int | None = None,
                  storage: str | None = None, sensitivity=None, loss_guard=None,
-                 fallback_method: str | None = None) -> list[Pass]:
+                 fallback_method: str | None = None, calibration_skip: int = 0) -> list[Pass]:
     """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target).
     `memory_budget` (bytes of fast memory for the MLP weights; modes in BUDGET_MODES) adds the hot/cold split,
     which counts neuron firing on `calibration`; `storage`: the `quantize=` kind the weights will get (the
     quantize pass itself is appended by the caller), which lossy calibration prices bytes in; `sensitivity`:
     threshold mode's Fisher weights (passes/loss_sensitivity.py); `loss_guard`: threshold mode's bound on the
     held-out loss (passes/quality_guard.py); `fallback_method`: threshold mode's method for the blocks `method`
-    cannot take (None: those are an error)."""
+    cannot take (None: those are an error); `calibration_skip`: threshold mode leaves each calibration sample's
+    first positions out of its rows (a decoder's: calibrate.SINK_POSITIONS)."""
     if mode not in PIPELINES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if memory_budget is not None and mode not in BUDGET_MODES:
@@ -147,7 +150,8 @@ def pipeline_for(mode: str, target: Target | str | None = None, calibration=None
     if target is not None and not isinstance(target, Target):
         target = targets.get(target)  # an unknown name fails here, listing the valid ones
     options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget,
-                              memory_budget, storage, tuple(sensitivity or ()), loss_guard, fallback_method)
+                              memory_budget, storage, tuple(sensitivity or ()), loss_guard, fallback_method,
+                              calibration_skip)
     return PIPELINES[mode](options)
 
 

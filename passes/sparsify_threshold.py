@@ -84,6 +84,7 @@ class SparsifyThreshold(Pass):
     calibration: tuple = field(default=(), repr=False, compare=False)
     sensitivity: tuple = field(default=(), repr=False, compare=False)
     max_tokens: int = 4096
+    skip_positions: int = 0   # each calibration sample's first positions left out (calibrate.SINK_POSITIONS)
     progress: bool = True
     storage: str | None = None
     target: Target | None = field(default=None, repr=False, compare=False)   # its input_byte_cost: the cost rule
@@ -143,13 +144,15 @@ class SparsifyThreshold(Pass):
                 guard = None
             found = calibrate(graph, [blocks[i] for i in own], self.calibration, self.method, self.sparsity,
                               self.max_tokens, self.progress, storage,
-                              [self.sensitivity[i] for i in own] if weighted else None, guard) if own else []
+                              [self.sensitivity[i] for i in own] if weighted else None, guard,
+                              self.skip_positions) if own else []
             if guard is not None and guard.outcome is not None:
                 record("quality-guard" if guard.outcome[1] == guard.outcome[0] else "quality-guard-lowered")
             if other:
                 record("method-fallback", len(other))
                 found += calibrate(graph, [blocks[i] for i in other], self.calibration, self.fallback,
-                                   self.sparsity, self.max_tokens, self.progress, storage)
+                                   self.sparsity, self.max_tokens, self.progress, storage,
+                                   skip_positions=self.skip_positions)
             for i, c in zip(own + other, found):
                 chosen[i] = c
             for i in other:

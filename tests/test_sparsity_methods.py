@@ -344,3 +344,29 @@ def test_metric_rotation_makes_components_uncorrelated_and_weight_columns_orthon
     assert np.all(np.diff(np.diag(gram)) <= 1e-3 * gram[0, 0])   # largest first
     np.testing.assert_allclose(turned_rows @ turned.w_gate.T, rows @ bw.w_gate.T, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(weight_turn(t).T @ t.astype(np.float32), np.eye(16), atol=1e-4)
+
+
+def test_calibration_leaves_each_samples_first_positions_out_where_asked():
+    """A decoder's calibration skips each sample's first SINK_POSITIONS rows (the attention sink: no decode step is
+    one) where asked, here 3; the index of the rows kept (which the Fisher weights are looked up by) counts every
+    row, skipped too."""
+    from actsparse.passes import run_pipeline
+    from actsparse.passes.calibrate import SINK_POSITIONS, TokenSteps, _positions, collect_inputs
+    from actsparse.passes.canonicalize import Canonicalize
+    from actsparse.passes.detect_gated_mlp import DetectGatedMLP
+
+    graph = run_pipeline(gated_mlp_graph(act="silu"), [Canonicalize(), DetectGatedMLP()]).graph
+    block = next(n for n in graph.nodes if n.op == "gated_mlp")
+    samples = []
+    for s in range(3):
+        x = mlp_input(seq=7, seed=s)
+        x[0, :, 1] = np.arange(7)   # each row says its position
+        samples.append((x,))
+    rows, index = collect_inputs(graph, [block], samples, progress=False, with_index=True, skip_positions=3)
+    assert rows[0].shape == (3 * 4, 24) and (rows[0][:, 1] >= 3).all()
+    assert index[0].tolist() == [i + 7 * s for s in range(3) for i in range(3, 7)]
+    assert len(collect_inputs(graph, [block], samples, progress=False)[0]) == 21   # none skipped unless asked
+    # fed token by token: a call's number is its position
+    calls = [np.zeros((1, 1, 24)) for _ in range(5)]
+    assert _positions(calls, True).tolist() == [0, 1, 2, 3, 4] and TokenSteps is not None
+    assert _positions([np.zeros((2, 3, 24))], False).tolist() == [0, 1, 2, 0, 1, 2] and SINK_POSITIONS == 1

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import actsparse.api as api  # noqa: E402
+from actsparse.passes.calibrate import SINK_POSITIONS  # noqa: E402
 from actsparse.passes.pipeline import pipeline_for, run_pipeline  # noqa: E402
 
 SPARSITY, LAYERS, WINDOW, WINDOWS = 0.5, 4, 48, 4
@@ -96,6 +97,8 @@ def test_compile_decoder_pools_the_budget_by_the_fisher_weights(decoded):
     assert len(weights) == LAYERS and weights[0].shape == ((WINDOWS - 1) * WINDOW, 32) and (weights[0] > 0).any()
     assert seen["result"].stats["sparsify-threshold"].get("fisher-allocation") == 1
     assert len(list((seen["cache"] / "mlp-fisher").glob("*.safetensors"))) == 1   # cached for the next compile
+    # a decoder's calibration leaves the prompts' sink position out (test_sparsity_methods tests the rows)
+    assert seen["options"]["calibration_skip"] == SINK_POSITIONS
     pooled = _effective(seen["result"].graph)
     # the same calibration without the weights: the same budget in every block
     options = {**seen["options"], "sensitivity": None}
@@ -113,15 +116,17 @@ def test_the_report_measures_on_calibration_text(decoded):
 def test_compile_chooses_what_the_benchmark_path_chooses(decoded):
     """threshold_frontier's path (torch rows, the same Fisher weights, calibrate_blocks) picks the same per-block
     budgets and x/h split; the thresholds agree to float tolerance (interpreter vs torch rows)."""
-    from actsparse.benchmarks.threshold_frontier import block_weights, collect_rows
+    from actsparse.benchmarks.threshold_frontier import block_weights, collect_rows, rows_like_collected
     from actsparse.passes.loss_sensitivity import fisher_weights
     from actsparse.passes.sparsity_methods import DEFAULT_METHOD, calibrate_blocks
 
     model, seen = decoded
     windows = text_windows()[:-1]   # the last one is the quality guard's
     rows = collect_rows(model, windows)
+    assert rows[0].shape == (len(windows) * (WINDOW - SINK_POSITIONS), 32)   # each window's sink positions left out
     plans = calibrate_blocks(block_weights(model), rows, DEFAULT_METHOD, SPARSITY, progress=False,
-                             sensitivity=fisher_weights(model, windows, progress=False))
+                             sensitivity=rows_like_collected(fisher_weights(model, windows, progress=False),
+                                                             windows, rows))
     nodes = [n for n in seen["result"].graph.nodes if n.op == "sparse_gated_mlp"]
     assert [round(p.effective, 3) for p in plans] == [round(e, 3) for e in _effective(seen["result"].graph)]
     weights = seen["result"].graph.weights
