@@ -201,6 +201,6 @@ def table_b(r: dict) -> str:
                    f"{quality('torch')} |")
     if ppl:
         out.append(f"\nPerplexity: {r.get('perplexity_tokens')} held-out tokens (threshold_frontier's evaluation "
-                   "windows, a BOS and 256 tokens each), every runner on the same ids; ours scored by the compiled "
-                   "steps (`lm.perplexity`).")
+                   "windows, 256 tokens each after a BOS where the tokenizer puts one), every runner on the same ids; "
+                   "ours scored by the compiled steps (`lm.perplexity`).")
     return "\n".join(out)
