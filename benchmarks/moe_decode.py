@@ -3,15 +3,18 @@ llama.cpp on the same file.
 
     python -m actsparse.benchmarks.moe_decode [--d 2048] [--layers 4] [--experts 32] [--used 8] [--quant Q4_0]
                                               [--tokens 32] [--repeats 5] [--threads N] [--gguf PATH]
+                                              [--threshold SPARSITY]
 
 No MoE GGUF comes from PyPI, so the file is synthetic (`decode_models.write_qwen3_moe_gguf`: Qwen3-30B-A3B's layer
 shapes — d 2048, experts of width 768, 16 query / 4 KV heads — with fewer experts and layers by default, random
 weights). What is timed is what users run: `actsparse.compile(path, quantize="int4")` (the experts route: a token reads
 its k experts' rows; gate, up and down are the file's blocks, the down stack read an output per row as the file stores
 it, `routed-down-as-stored`) and `--requantize-gguf`'s all-4-bit build (every matrix quantized from its values, the down
-an output per row), interleaved (8-token prompt, then `--tokens` steps, median of `--repeats`); then llama.cpp
-(llama-cpp-python) on the same file in a child process, same threads. The weights (hundreds of MB) stream from DRAM each
-step: no cache eviction needed.
+an output per row), with `--threshold S` also both in threshold mode at sparsity S (each routed expert's CATS
+threshold: the routed kernel reads its gate rows and the up and down rows of the neurons the token keeps; the down
+stack re-laid a neuron per row), interleaved (8-token prompt, then `--tokens` steps, median of `--repeats`); then
+llama.cpp (llama-cpp-python) on the same file in a child process, same threads. The weights (hundreds of MB) stream
+from DRAM each step: no cache eviction needed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--gguf", help="time this MoE GGUF instead of writing a synthetic one")
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--threshold", type=float, default=None, metavar="SPARSITY",
+                    help="also time threshold mode's builds at this sparsity: each routed expert's CATS threshold "
+                         "calibrated on its routed tokens (random-id prompts: the weights are random too)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -57,6 +63,13 @@ def main(argv=None) -> int:
                   "actsparse int4 (--requantize-gguf: all 4-bit)": {"quantize": "int4", "prequantized": {}}}
         decoders, stats = {}, {}
         max_seq = PROMPT_LEN + args.tokens + 8
+        if args.threshold is not None:
+            rng = np.random.default_rng(7)
+            vocab_ids = 1000   # below any synthetic file's vocabulary
+            calibration = [rng.integers(0, vocab_ids, (1, min(max_seq, 32))) for _ in range(16)]
+            threshold = {"mode": "threshold", "sparsity": args.threshold, "calibration": calibration}
+            builds.update({f"{name.replace('actsparse int4', 'actsparse int4 threshold')} at {args.threshold:g}":
+                           {**options, **threshold} for name, options in list(builds.items())})
         for name, options in builds.items():
             t0 = time.perf_counter()
             decoders[name] = actsparse.compile(path, max_seq=max_seq, **options)
@@ -81,6 +94,7 @@ def main(argv=None) -> int:
     print("| runner | tokens/s | vs llama.cpp | routed layers | experts' down |\n|---|---:|---:|---:|---|")
     for name, rate in rates.items():
         routed = stats[name].get("route-moe", {}).get("routed-moe", 0)
+        routed = f"{routed} (thresholds)" if stats[name].get("route-moe", {}).get("routed-thresholds") else routed
         quantized = stats[name].get("quantize", {})
         down = ("the file's, by outputs" if quantized.get("routed-down-as-stored") else
                 "4-bit from its values, by outputs" if quantized.get("routed-down-by-outputs") else

@@ -9,8 +9,9 @@ for the layer's sizes and the target's schedule, and restores the leading dims:
                                                                     [x2d, Wg, Wu, Wd.t, *extra]), [..., d_out])
     gated_mlp(x, ...)  (dense mode)             -> linear kernels for gate/up/down + Relax activations
                                                    (gate/up biases, if any, go to the linear kernels)
-    routed_moe(x, @Wg, @Wu, @Wd.t, V, I[, @bg, @bu, @bd])
+    routed_moe(x, @Wg, @Wu, @Wd.t, V, I[, @bg, @bu, @bd | @thr])
                                                 -> reshape(call_tir(routed kernel, [x2d, Wg, Wu, Wd.t, V2d, I2d, ...]))
+                                                   (threshold experts: the families of ir/moe.py's ROUTED_MODES)
                                                    (CUDA: x spread over the K slots, the per-slot routed kernel,
                                                    the slots' outputs summed by weight; a family with neither and
                                                    biased experts there: each expert's dense kernel, weighted)
@@ -27,6 +28,7 @@ from tvm import relax
 
 from ..ir import TensorType
 from ..ir.activations import ACTIVATIONS
+from ..ir.moe import routed_kernel_takes
 from ..ir.sparse_variants import sizes, variant_of
 from .context import TVM_DTYPES, LoweringError, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
 from .schedules import schedule_for
@@ -148,13 +150,21 @@ def _routed_moe(ctx, node, args):
     route_i = ctx.bb.emit(R.astype(R.reshape(args[5], [tokens, k]), "int64"))
     options = {"gate_act": a["gate_act"], "up_act": a["up_act"], "threshold": a["threshold"],
                "dtype": kernel_dtype(w_gate), **down_layout(node)}
-    biases = [ctx.bb.emit(R.astype(b, "float32")) for b in args[6:9]]  # bias=True: b_gate, b_up, b_down
+    thresholded = a["mode"] == "threshold"
+    thresholds = [ctx.bb.emit(R.astype(args[6], "float32"))] if thresholded else []
+    biases = [ctx.bb.emit(R.astype(b, "float32")) for b in args[6:9]] if a.get("bias") else []
     down_rows = a.get("down_rows", "neurons")
+    if thresholded and not routed_kernel_takes("threshold", ctx.target.kernel_family):
+        raise LoweringError(f"routed_moe at {node.loc or 'unknown location'}: experts with thresholds need a routed "
+                            f"kernel that takes them, which {ctx.target.name}'s kernel family lacks; compile the model "
+                            "for this target from its source (threshold mode then leaves its routed experts lossless) "
+                            "or pick a CPU target")
     if "routed" in FAMILIES[type(sched).__name__]:  # one parameter list: an unbiased call passes empty biases
-        kernel = target_kernel("routed", d, n_ff, experts, exact=a["mode"] == "exact", sched=sched, **options,
-                               bias=bool(biases), down_rows=down_rows)
+        kernel = target_kernel("routed", d, n_ff, experts, exact=a["mode"] == "exact", thresholds=thresholded,
+                               sched=sched, **options, bias=bool(biases), down_rows=down_rows)
         given = biases or [relax.const(b) for b in absent_biases(d)]
-        out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i, *given], tokens, d_out, node.dtype)
+        out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i, *given, *thresholds], tokens, d_out,
+                               node.dtype)
         return R.reshape(out, [*lead, d_out])
     if "routed-slots" in FAMILIES[type(sched).__name__] and not biases:
         return R.reshape(_slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k, sched,

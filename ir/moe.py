@@ -18,8 +18,11 @@ With `bias` (gpt-oss's experts) three stacked biases follow the routing, each a 
 weights: b_gate[E·n] and b_up[E·n] inside the activations, act_gate(x·Wg_eᵀ + bg_e), and b_down[E, d_out] added
 to each expert's output before its routing weight scales it. Which inputs follow is data (`routed_inputs`).
 
-`mode` is the experts' variant: "dense" (every neuron of a routed expert is read) or "exact" (ReLU-family gates:
-only the neurons some routed token activates; lossless, as `sparse_gated_mlp{mode=exact}`). `pattern` and
+`mode` is the experts' variant: "dense" (every neuron of a routed expert is read), "exact" (ReLU-family gates:
+only the neurons some routed token activates; lossless, as `sparse_gated_mlp{mode=exact}`) or "threshold"
+(threshold mode's CATS criterion per expert, lossy: a seventh input thresholds[E] holds each expert's calibrated
+t_e, and a token keeps neuron i of expert e only where |act_gate(g_i)| > t_e, as `sparse_gated_mlp{mode=threshold,
+criterion=gate}`; the kernel reads the up and down rows of the neurons some routed token keeps). `pattern` and
 the node's location name the experts for the report (expert e's row is `<loc>.<e>`).
 
 The pass that produces it (passes/route_moe.py) matches the all-experts form Σ_e expert_e(x) · r_e with
@@ -32,29 +35,45 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sparse_variants import dense_intermediate
+from .activations import apply
+from .sparse_variants import dense_intermediate, projections
 from .types import TensorType
 
 ROUTED_MOE_ATTRS = {"experts": None, "gate_act": "relu", "up_act": "identity", "threshold": 0.0, "mode": "exact",
-                    "pattern": "reglu", "bias": False, "down_rows": "neurons"}
-ROUTED_MODES = ("dense", "exact")  # the expert variants a routed kernel exists for
+                    "pattern": "reglu", "bias": False, "down_rows": "neurons",
+                    # threshold experts' provenance for the report: their method, per expert the sparsity calibrated
+                    # on its routed tokens, and why not the mode's own method (passes/route_moe.py)
+                    "method": None, "expert_calibrated": (), "reason": None}
+# the expert variants a routed kernel exists for -> the kernel families that have it (a family without one runs
+# dense and exact experts all-experts in Relax; threshold experts it never gets: the threshold pass leaves them
+# lossless there, `routed_reason`)
+ROUTED_MODES = {"dense": ("cpu", "cuda"), "exact": ("cpu", "cuda"), "threshold": ("cpu",)}
 # how the down stack's rows run -> (the modes that may store it so, the kernel families whose routed kernel reads it)
-DOWN_ROWS = {"neurons": (ROUTED_MODES, ("cpu", "cuda")),
+DOWN_ROWS = {"neurons": (tuple(ROUTED_MODES), ("cpu", "cuda")),
              "outputs": (("dense",), ("cpu", "cuda"))}
 ROUTED_INPUTS = ("x", "w_gate", "w_up", "w_down_t", "route_w", "route_i")
 ROUTED_BIASES = ("b_gate", "b_up", "b_down")  # follow the routing when attrs["bias"]: [E·n], [E·n], [E, d_out]
+ROUTED_THRESHOLDS = ("thresholds",)  # mode threshold: [E], expert e's t_e
 BIASED_MODES = ("dense",)  # a bias inside the gate moves its zero: exact mode's skipping would not hold
-# why a lossy mode leaves its routed experts lossless: no routed kernel takes what the mode adds (the table: mode ->
-# that), and run all-experts (every expert on every token, weighted) they would cost E/k times the routed experts'
-# reads. They run exact where exactly sparse (ReLU-family: their zero neurons skipped), else dense
+# why a lossy mode leaves its routed experts lossless: no routed kernel (of the target's family, for threshold mode)
+# takes what the mode adds (the table: mode -> that), and run all-experts (every expert on every token, weighted)
+# they would cost E/k times the routed experts' reads. They run exact where exactly sparse (ReLU-family: their zero
+# neurons skipped), else dense
 ROUTED_REASONS = {"threshold": "calibrated thresholds", "predictor": "a predictor"}
 
 
-def routed_reason(mode: str, runs_as: str) -> str:
-    """The report's reason for a routed expert that lossy `mode` leaves to run `runs_as` ("exact" | "dense")."""
-    return (f"a routed expert: {mode} mode runs it {runs_as} so that it runs on its tokens only (no routed kernel "
+def routed_reason(mode: str, runs_as: str, family: str | None = None) -> str:
+    """The report's reason for a routed expert that lossy `mode` leaves to run `runs_as` ("exact" | "dense");
+    `family`: the target's kernel family, where another family's routed kernel would take the mode."""
+    which = f"{family} routed kernel" if family else "routed kernel"
+    return (f"a routed expert: {mode} mode runs it {runs_as} so that it runs on its tokens only (no {which} "
             f"takes {ROUTED_REASONS[mode]}; every expert on every token would cost E/k times the routed {runs_as} "
             f"experts' reads)")
+
+
+def routed_kernel_takes(mode: str, family: str) -> bool:
+    """Whether kernel family `family` has a routed kernel for experts of variant `mode`."""
+    return family in ROUTED_MODES.get(mode, ())
 
 
 def down_rows_problem(down_rows: str, mode: str) -> str | None:
@@ -85,7 +104,8 @@ def down_stack_by_outputs(down_t: np.ndarray, experts: int) -> np.ndarray:
 
 def routed_inputs(attrs) -> tuple[str, ...]:
     """The names of a routed_moe's inputs, in order, for its attrs."""
-    return ROUTED_INPUTS + (ROUTED_BIASES if attrs.get("bias") else ())
+    return ROUTED_INPUTS + (ROUTED_BIASES if attrs.get("bias") else ()) + (
+        ROUTED_THRESHOLDS if attrs.get("mode") == "threshold" else ())
 
 
 def routed_moe_type(types, attrs) -> TensorType:
@@ -112,6 +132,10 @@ def routed_moe_type(types, attrs) -> TensorType:
     d_out = expert_outputs(attrs, w_down_t.shape)
     if route_w.shape != route_i.shape or route_w.shape[:-1] != x.shape[:-1] or route_i.dtype not in ("i64", "i32"):
         raise TypeError(f"routed_moe routing {route_w}, {route_i} must be [..., k] (float, int) over x {x}'s tokens")
+    if attrs.get("mode") == "threshold":
+        if types[6].shape != (experts,) or not types[6].dtype.startswith("f"):
+            raise TypeError(f"routed_moe thresholds {types[6]} must be float [{experts}]: one per expert")
+        return TensorType((*x.shape[:-1], d_out), x.dtype)
     want = ((w_gate.shape[0],), (w_gate.shape[0],), (experts, d_out))
     if any(b.shape != shape for b, shape in zip(types[6:], want)):
         raise TypeError(f"routed_moe biases {[str(b) for b in types[6:]]} must be b_gate, b_up [{w_gate.shape[0]}] "
@@ -126,7 +150,9 @@ def expert_rows(attrs, w_gate_rows: int, e: int) -> slice:
 
 def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, *rest):
     """Per expert: gather the tokens routed to it, run it, add its output scaled by their routing weight."""
-    *biases, attrs, _ = rest
+    *extra, attrs, _ = rest
+    thresholds = extra.pop() if attrs.get("mode") == "threshold" else None
+    biases = extra
     b_gate, b_up, b_down = biases or (None, None, None)
     x2 = x.reshape(-1, x.shape[-1])
     weights, index = route_w.reshape(len(x2), -1), route_i.reshape(len(x2), -1)
@@ -139,9 +165,19 @@ def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, *rest):
         if tokens.size == 0:
             continue
         rows = expert_rows(attrs, w_gate.shape[0], e)
-        h = dense_intermediate(x2[tokens], w_gate[rows], w_up[rows], attrs,
-                               *((b_gate[rows], b_up[rows]) if biases else ()))
+        h = (dense_intermediate(x2[tokens], w_gate[rows], w_up[rows], attrs,
+                                *((b_gate[rows], b_up[rows]) if biases else ())) if thresholds is None
+             else expert_thresholded(x2[tokens], w_gate[rows], w_up[rows], attrs, float(thresholds[e])))
         down = w_down_t[e * d_out:(e + 1) * d_out].T if by_outputs else w_down_t[rows]
         y = h @ down.astype(x.dtype) + (0 if b_down is None else b_down[e].astype(x.dtype))
         out[tokens] += (weights * hit).sum(-1)[tokens, None].astype(x.dtype) * y
     return out.reshape(*x.shape[:-1], d_out)
+
+
+def expert_thresholded(x, w_gate, w_up, attrs, t: float) -> np.ndarray:
+    """h of one threshold-mode expert at its t: a = act_gate(g), kept where |a| > t (NaN kept: it reaches the
+    output), times act_up(u) — the CATS criterion of `sparse_gated_mlp{mode=threshold, criterion=gate}`."""
+    g, u = projections(x, w_gate, w_up)
+    a = apply(attrs["gate_act"], g, attrs.get("threshold", 0.0))
+    a = np.where((np.abs(a) > t) | np.isnan(a), a, 0)
+    return (a * apply(attrs["up_act"], u)).astype(x.dtype)

@@ -85,11 +85,14 @@ SINK_POSITIONS = 1
 
 
 def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 4096, seed: int = 0,
-                   progress: bool = True, with_index: bool = False, skip_positions: int = 0):
+                   progress: bool = True, with_index: bool = False, skip_positions: int = 0,
+                   routing: list[Node | None] | None = None):
     """Rows of each block's input x ([tokens, d], at most max_tokens, uniformly sampled) over the samples;
     `with_index`: also, per block, each kept row's position among all the samples' rows (sample by sample);
     `skip_positions`: rows of a sample's first positions (along its sequence axis, or its first calls where it is
-    fed token by token) left out, the index still counting them."""
+    fed token by token) left out, the index still counting them; `routing`: per block a node or None, whose value
+    ([..., 1] over x's tokens: a MoE expert's routing weight) is 0 on the rows that are not the block's own, which
+    are then left out too (a routed expert calibrates on the tokens routed to it)."""
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
@@ -97,6 +100,8 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
     seen = [0] * len(blocks)
     for i, arrays in enumerate(tqdm(samples, desc="calibrate", unit="sample", disable=not progress or None)):
         first, keep = len(graph.outputs), [b.inputs[0] for b in blocks]
+        gates = [r for r in routing or () if r is not None]
+        keep = keep + gates
         try:   # a prompt fed token by token (TokenSteps) is one call per token; keep only the blocks' inputs of each
             calls = [c[first:] for c in (arrays.calls(lambda a: evaluate(graph, a, keep=keep))
                                          if isinstance(arrays, TokenSteps) else [evaluate(graph, arrays, keep=keep)])]
@@ -104,6 +109,9 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
             raise CalibrationError(f"calibration sample {i} does not fit the model: {err}") from None
         values = [np.concatenate([np.asarray(c[b]).reshape(-1, np.shape(c[b])[-1]) for c in calls])
                   for b in range(len(blocks))]
+        routed = iter(np.concatenate([np.asarray(c[len(blocks) + k]).reshape(-1) for c in calls]) != 0
+                      for k in range(len(gates)))
+        own = [next(routed) if r is not None else None for r in routing or [None] * len(blocks)]
         for b, (block, x) in enumerate(zip(blocks, values)):
             rows = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
             if not np.isfinite(rows).all():
@@ -111,9 +119,12 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
                                        f"{block.loc or 'a gated MLP'}; check the model and the calibration data")
             index = np.arange(seen[b], seen[b] + len(rows))
             seen[b] += len(rows)
+            keep_rows = np.ones(len(rows), bool) if own[b] is None else own[b]
             if skip_positions:
-                steady = _positions([c[b] for c in calls], isinstance(arrays, TokenSteps)) >= skip_positions
-                rows, index = rows[steady], index[steady]
+                keep_rows = keep_rows & (_positions([c[b] for c in calls], isinstance(arrays, TokenSteps))
+                                         >= skip_positions)
+            if skip_positions or own[b] is not None:
+                rows, index = rows[keep_rows], index[keep_rows]
             keys = rng.random(len(rows))
             if kept[b] is not None:
                 keys, rows, index = (np.concatenate([old, new]) for old, new in zip(kept[b], (keys, rows, index)))

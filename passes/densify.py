@@ -9,8 +9,9 @@
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a){mode='cutoff'} -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a)
                                                              {mode='cutoff-dense'}   (a variant's `dense_twin`
                                                              with extra inputs keeps them: the given gate)
-    routed_moe(...){mode=exact}                          -> routed_moe(...){mode=dense}   (still routed: the twin
-                                                             differs in the neuron sparsity only)
+    routed_moe(...){mode=exact|threshold}                -> routed_moe(...){mode=dense}   (still routed: the twin
+                                                             differs in the neuron sparsity only; the threshold
+                                                             experts' thresholds input dropped)
 
 The dense twin is what dense mode compiles to (passes/fuse_gated_mlp.py): the fused dense kernel on the same
 weights, so the twin shares the artifact's arrays and computes every neuron with the same activations; with
@@ -30,6 +31,7 @@ from ..ir import Graph, Node, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import GATED_MLP_ATTRS
+from ..ir.moe import ROUTED_INPUTS
 from ..ir.quant import LAYOUTS, dequantize, quantize
 from ..ir.sparse_variants import dense_variant_attrs, variant, variant_of
 from .base import Pass, record
@@ -44,8 +46,9 @@ class Densify(Pass):
 
         def visit(node: Node) -> Node | None:
             if node.op == "routed_moe" and node.attrs["mode"] != "dense":
-                record("routed-moe")
-                return node.replace(attrs={**node.attrs, "mode": "dense"})
+                record("routed-moe")   # threshold experts drop their thresholds input (inputs as ROUTED_INPUTS)
+                return node.replace(inputs=node.inputs[:len(ROUTED_INPUTS)] if node.attrs["mode"] == "threshold"
+                                    else node.inputs, attrs={**node.attrs, "mode": "dense"})
             if node.op != "sparse_gated_mlp":
                 return None
             own = variant_of(node.attrs)

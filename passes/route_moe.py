@@ -4,10 +4,11 @@
 Matches, by what it computes (after detection and the sparsify passes), a sum with one term per expert:
 
     add(... mul(B_e, R_e) ...)      B_e = gated_mlp(x, ...) | sparse_gated_mlp{mode=exact}(x, ...)
+                                          | sparse_gated_mlp{mode=threshold, criterion=gate}(x, ...)
                                           (| add(gated_mlp, @b_down_e): gpt-oss adds its down bias after the block)
                                     R_e = sum(mul(V, cast(eq(I, e))), axes=[-1], keepdim=True)     for e = 0..E-1
                                     I = topk{output=indices}(scores[..., E]),  V [..., k]
-    -> add(routed_moe(x, @Wg.routed, @Wu.routed, @Wd.t.routed, V, I[, @bg, @bu, @bd]){experts=E, mode, bias},
+    -> add(routed_moe(x, @Wg.routed, @Wu.routed, @Wd.t.routed, V, I[, @bg, @bu, @bd | @thr]){experts=E, mode, bias},
            the other terms)
 
 (either operand order of each mul / eq; casts of R_e or of the mask are looked through). This is the form
@@ -21,14 +22,18 @@ back to d (`routed-augmented`). Why it is the same value: I comes from a top-k o
 
 The experts' weights are stacked along the rows in the sparse kernels' layout (gate / up [E·n, d], down
 transposed [E·n, d_out]; a fused gate_up is split). Only blocks of one kind route: all dense `gated_mlp`
-(mode dense) or all `sparse_gated_mlp{mode=exact}` (mode exact), same activations, width and d_out = d. Biased
+(mode dense), all `sparse_gated_mlp{mode=exact}` (mode exact) or all `sparse_gated_mlp{mode=threshold,
+criterion=gate}` (mode threshold: each expert's calibrated t stacked as the thresholds input, [E]; a FATReLU gate at
+its t is relu there, as |relu(g)| > t iff fatrelu(g, t) is kept), same activations, width and d_out = d. Biased
 experts (gpt-oss: gate and up biases inside the block, a down bias added after it) route in mode dense with their
 biases stacked the same way (`bias=True`; an expert without one of them gets zeros); other sparse variants
-(threshold, predictor, input), exact experts with a down bias and a mix stay in the all-experts form, and the pass says
+(threshold by |act(g)·u|, predictor, input), exact experts with a down bias and a mix stay in the all-experts form,
+and the pass says
 so in its statistics (`kept-all-experts`) and a note that names the cause.
 
 Statistics: `routed-moe` (layers rewritten), `routed-experts` (experts in them), `routed-biased` (biased layers
-among them), `routed-augmented` (layers of experts in homogeneous coordinates), `kept-all-experts`.
+among them), `routed-thresholds` (layers of threshold experts among them), `routed-augmented` (layers of experts in
+homogeneous coordinates), `kept-all-experts`.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import numpy as np
 from ..ir import Graph, Node, TensorType
 from ..ir.activations import reads_input
 from ..ir.mlp import has_hidden_norm, is_exactly_sparse, pattern_name, split_fused
-from ..ir.moe import BIASED_MODES, routed_reason
+from ..ir.moe import BIASED_MODES, ROUTED_MODES, routed_kernel_takes, routed_reason
 from ..ir.ops import op_def
 from .base import Pass, Rule, apply_rules, derived_weight, note, record, weight_array
 from .match import strip_casts
@@ -90,6 +95,11 @@ def _term(node: Node) -> tuple[Node, Node, Node, int] | None:
             if routing is not None:
                 return block, *routing
     return None
+
+
+def _routing_weight(leaf: Node) -> Node:
+    """R_e of term `leaf` = mul(B_e, R_e)."""
+    return next(r for r in leaf.inputs[::-1] if _routing(r) is not None)
 
 
 def _augmented(node: Node) -> Node | None:
@@ -161,28 +171,44 @@ def _experts(index: Node) -> int | None:
 def routed_expert_blocks(graph: Graph) -> dict[int, bool]:
     """id of each expert block this pass would route as it is (the layers `_match` takes; nothing recorded) -> whether
     its layer's experts have biases (routed exact experts take none: `BIASED_MODES`)."""
+    return {key: biased for key, (biased, _) in _routed_experts(graph).items()}
+
+
+def expert_routing(graph: Graph) -> dict[int, Node]:
+    """id of each unbiased expert block this pass would route -> its routing weight R_e ([..., 1], 0 on the tokens
+    not routed to it): what a routed expert calibrates on (passes/routed_thresholds.py)."""
+    return {key: weight for key, (biased, weight) in _routed_experts(graph).items() if not biased}
+
+
+def _routed_experts(graph: Graph) -> dict[int, tuple[bool, Node]]:
     layers = [found for node in graph.nodes if node.op == "add" and (found := _match(node, quiet=True))]
-    return {id(block): found["biased"] for found in layers for block in found["blocks"]}
+    return {id(block): (found["biased"], weight) for found in layers
+            for block, weight in zip(found["blocks"], found["routing"])}
 
 
 # what a routed expert a lossy mode leaves lossless runs as -> its statistic in that mode's pass
 LEFT_STATS = {"exact": "exact-routed-experts", "dense": "kept-dense-routed-experts"}
 
 
-def lossless_routed_experts(graph: Graph, blocks: list[Node], mode: str,
-                            exempt: list[bool] | None = None) -> list[str | None]:
+def lossless_routed_experts(graph: Graph, blocks: list[Node], mode: str, exempt: list[bool] | None = None,
+                            family: str | None = None) -> list[str | None]:
     """Per block of `blocks`: what lossy `mode`'s pass leaves it to run as because this pass will route it (a lossy
     variant's experts would run all-experts: E/k times the routed reads; `ir.moe.routed_reason`): "exact" where its
     gate is exactly sparse and its layer's experts have no biases (lossless, its zero neurons skipped), else "dense";
     None where it is not left. Each left block counts in `LEFT_STATS` and gets a report note; `exempt` blocks (e.g.
-    explicit thresholds) are not left."""
+    explicit thresholds) are not left, nor unbiased ones where kernel family `family`'s routed kernel takes `mode`
+    (ir/moe.py's ROUTED_MODES)."""
     routed = routed_expert_blocks(graph)
-    left = [None if id(b) not in routed or (exempt and exempt[i]) else
+    takes = family is not None and routed_kernel_takes(mode, family)
+    left = [None if id(b) not in routed or (exempt and exempt[i]) or (takes and not routed[id(b)]) else
             "exact" if is_exactly_sparse(b.attrs["gate_act"]) and not routed[id(b)] else "dense"
             for i, b in enumerate(blocks)]
     for block, runs_as in ((b, r) for b, r in zip(blocks, left) if r):
         record(LEFT_STATS[runs_as])
-        note({"kind": f"kept-{runs_as}", "location": block.loc, "mode": runs_as, "reason": routed_reason(mode, runs_as),
+        reason = (f"a routed expert with biases: {mode} mode runs it {runs_as} (the routed kernel takes biases in mode "
+                  f"{', '.join(BIASED_MODES)} only)" if takes else
+                  routed_reason(mode, runs_as, family if mode in ROUTED_MODES else None))
+        note({"kind": f"kept-{runs_as}", "location": block.loc, "mode": runs_as, "reason": reason,
               "pattern": pattern_name(block.attrs["gate_act"], block.attrs["up_act"])})
     return left
 
@@ -218,6 +244,7 @@ def _match(node: Node, quiet: bool = False) -> dict | None:
             return {"blocks": blocks, "kind": kinds.pop(), "x": block.inputs[0], "v": v, "index": index,
                     "experts": experts, "biased": biased, "augmented": augmented,
                     "down_biases": [_down_bias(terms[e]) for e in range(experts)],
+                    "routing": [_routing_weight(terms[e]) for e in range(experts)],
                     "others": [leaf for leaf in leaves if all(leaf is not t for t in terms.values())]}
     return None
 
@@ -229,7 +256,13 @@ def _kind(block: Node) -> tuple | None:
     if any(w.op != "weight" or w.attrs.get("layout", "dense") != "dense" for w in weights):
         return None
     if block.op == "sparse_gated_mlp":
-        if a.get("mode") != "exact" or len(block.inputs) != 4 or a.get("bias"):
+        if len(block.inputs) != 4 or a.get("bias") or a.get("hidden_rms_eps") is not None:
+            return None
+        if a.get("mode") == "threshold" and a.get("criterion", "gate") == "gate":
+            # the expert's own t goes to the thresholds input; FATReLU at t is relu kept above t
+            gate_act = "relu" if a["gate_act"] == "fatrelu" else a["gate_act"]
+            return "threshold", gate_act, a["up_act"], 0.0, a["pattern"], block.inputs[1].shape
+        if a.get("mode") != "exact":
             return None
         return "exact", a["gate_act"], a["up_act"], a.get("threshold", 0.0), a["pattern"], block.inputs[1].shape
     fused = a["fused"]
@@ -252,6 +285,16 @@ def _arrays(block: Node, down_bias: Node | None) -> tuple[np.ndarray, ...]:
     b_gate, b_up = biases or (np.zeros(len(gate), np.float32),) * 2
     b_down = np.zeros(down_t.shape[1], np.float32) if down_bias is None else weight_array(down_bias)
     return gate, up, down_t, b_gate, b_up, b_down
+
+
+def _threshold_provenance(blocks: list[Node]) -> dict:
+    """What the report shows of threshold experts' calibration: their method, and per expert the sparsity each was
+    calibrated to on its routed tokens (None: explicit thresholds or too few tokens, nothing calibrated)."""
+    first = blocks[0].attrs
+    calibrated = [b.attrs.get("calibrated_sparsity") for b in blocks]
+    return {"method": first.get("method"), "expert_calibrated": tuple(
+        None if c is None or c != c else round(float(c), 5) for c in calibrated),
+        **({"reason": first["reason"]} if first.get("reason") else {})}
 
 
 def _prefix(block: Node) -> str:
@@ -277,6 +320,11 @@ def _build(node: Node, b: dict) -> Node:
         stacked.insert(1, stacked[0])
     attrs = {"experts": b["experts"], "gate_act": gate_act, "up_act": up_act, "threshold": threshold, "mode": mode,
              "pattern": pattern, **({"bias": True} if b["biased"] else {})}  # unbiased: the golden IR unchanged
+    if mode == "threshold":
+        stacked.append(derived_weight(f"{prefix}.thresholds", lambda: np.array(
+            [block.attrs["threshold"] for block in blocks], np.float32)))
+        attrs.update(_threshold_provenance(blocks))
+        record("routed-thresholds")
     routed = Node("routed_moe", (x, *stacked[:3], b["v"], b["index"], *stacked[3:]), attrs,
                   TensorType((*x.shape[:-1], blocks[0].shape[-1]), x.dtype), loc)
     record("routed-experts", b["experts"])

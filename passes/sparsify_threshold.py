@@ -36,14 +36,17 @@ subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7
 builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its
 rows as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
 
-MoE experts that route-moe will route (`route_moe.lossless_routed_experts`) are left lossless, with the reason in the
-report (`ir.moe.routed_reason`): no routed kernel takes calibrated thresholds, and run all-experts they would
-cost E/k times the routed experts' reads. ReLU-family experts (without biases) run exact, their zero neurons
-skipped; others dense. Explicit `thresholds` for an expert still apply. A block whose hidden vector is
-RMS-normalised (BitNet's ffn_sub_norm) takes no thresholds either (no threshold kernel applies the norm): exact where
-ReLU-family and the target's exact kernel applies the norm, else dense.
+MoE experts that route-moe will route take CATS thresholds, one per expert calibrated on the tokens routed to it
+(passes/routed_thresholds.py; route-moe stacks them into `routed_moe{mode=threshold}`), where the target's routed
+kernel takes them (ir/moe.py's `ROUTED_MODES`: the CPU's) and the experts have no biases. Elsewhere
+(`route_moe.lossless_routed_experts`) they are left lossless, with the reason in the report (`ir.moe.routed_reason`):
+run all-experts they would cost E/k times the routed experts' reads; ReLU-family experts (without biases) run
+exact, their zero neurons skipped; others dense. Explicit `thresholds` for an expert still apply. A block whose
+hidden vector is RMS-normalised (BitNet's ffn_sub_norm) takes no thresholds either (no threshold kernel applies the
+norm): exact where ReLU-family and the target's exact kernel applies the norm, else dense.
 
-Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `exact-routed-experts` /
+Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `routed-expert-thresholds` per routed
+expert calibrated (`routed-expert-too-few-tokens` among them: threshold 0); `exact-routed-experts` /
 `kept-dense-routed-experts` per expert left exact / dense; `exact-hidden-norm` / `kept-dense-hidden-norm` per normed
 block; `fisher-allocation` once when the
 budget was pooled by `sensitivity`; `rotation-<kind>` per rotation stored
@@ -68,7 +71,8 @@ from .base import Pass, coerce_options, note, record
 from .calibrate import InputThresholds, NeuronThreshold, calibrate, refused, threshold_attrs
 from .detect_gated_mlp import plain_as_gated
 from .rotation import ROTATION_STORAGE
-from .route_moe import lossless_routed_experts
+from .route_moe import expert_routing, lossless_routed_experts
+from .routed_thresholds import ROUTED_METHOD, calibrate_routed_experts, routed_reason
 from .sparse_layout import to_sparse_layout
 from .sparsify_exact import exact_block
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
@@ -116,10 +120,21 @@ class SparsifyThreshold(Pass):
         if not blocks:
             return graph
         chosen = self._given(blocks)
-        kept_routed = lossless_routed_experts(graph, blocks, "threshold", exempt=[c is not None for c in chosen])
+        kept_routed = lossless_routed_experts(graph, blocks, "threshold", exempt=[c is not None for c in chosen],
+                                              family=kernel_family)
         methods = [(self.method, "")] * len(blocks)   # per block: (its method, why not self.method)
         storage = self.storage or _stored_as(graph, blocks[0])
         missing = [i for i, b in enumerate(blocks) if chosen[i] is None and not kept_routed[i]]
+        routing = expert_routing(graph)
+        experts = [i for i in missing if id(blocks[i]) in routing]   # routed, with thresholds: routed_thresholds.py
+        if experts and self.calibration:
+            found = calibrate_routed_experts(graph, [blocks[i] for i in experts], [routing[id(blocks[i])] for i in
+                                                                                   experts], self.calibration,
+                                             self.sparsity, self.max_tokens, self.progress, self.skip_positions)
+            for i, c in zip(experts, found):
+                chosen[i], methods[i] = c, (ROUTED_METHOD, routed_reason(self.method))
+            record("routed-expert-thresholds", len(experts))
+            missing = [i for i in missing if i not in experts]
         if missing:
             if not self.calibration:
                 where = ", ".join(blocks[i].loc or "?" for i in missing[:3]) + (" ..." if len(missing) > 3 else "")

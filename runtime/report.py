@@ -16,7 +16,7 @@ from ..ir import Graph, Node, evaluate, weight_value
 from ..ir.activations import exactly_sparse
 from ..ir.interpreter import evaluate_from
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.moe import ROUTED_REASONS, expert_rows, routed_reason
+from ..ir.moe import ROUTED_REASONS, expert_rows, expert_thresholded, routed_reason
 from ..ir.sparse_variants import VARIANTS, dense_intermediate, sizes, split_inputs, variant_of
 from .report_data import BlockReport, Report
 
@@ -59,21 +59,28 @@ def _rows(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: 
     w_gate, w_up = (weight_value(graph, w) for w in block.inputs[1:3])
     x2d = None if x is None else np.asarray(x.reshape(-1, x.shape[-1]), np.float32)
     rows = []
+    thresholds = (np.asarray(weight_value(graph, block.inputs[6]), np.float32) if attrs["mode"] == "threshold"
+                  else None)
     for e in range(attrs["experts"]):  # the sparsity of each expert over every token (the routing is not kept)
         part = expert_rows(attrs, w_gate.shape[0], e)
         fields: dict = {"expert": e, "sparsity": None}
-        if mode in ROUTED_REASONS:   # a lossy mode: its experts lossless, routed
+        if thresholds is not None:   # threshold mode's routed experts: each its own threshold, calibrated
+            calibrated = (attrs.get("expert_calibrated") or ())[e:e + 1]
+            fields.update(threshold=float(thresholds[e]), method=attrs.get("method"), reason=attrs.get("reason") or "",
+                          calibrated_sparsity=calibrated[0] if calibrated else None)
+        elif mode in ROUTED_REASONS:   # a lossy mode: its experts lossless, routed
             fields["reason"] = routed_reason(mode, attrs["mode"])
         elif mode != "dense" and not exactly_sparse(attrs["gate_act"]):
             fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
                                 f"(act={attrs['gate_act']}); exact mode needs ReLU-family")
         if x2d is not None:
             biases = [np.asarray(weight_value(graph, b), np.float32)[part] for b in block.inputs[6:8]]  # bias=True
-            h = dense_intermediate(x2d, np.asarray(w_gate[part], np.float32), np.asarray(w_up[part], np.float32),
-                                   attrs, *biases)
+            gate, up = np.asarray(w_gate[part], np.float32), np.asarray(w_up[part], np.float32)
+            h = (dense_intermediate(x2d, gate, up, attrs, *biases) if thresholds is None
+                 else expert_thresholded(x2d, gate, up, attrs, float(thresholds[e])))
             fields["sparsity"] = float(np.mean(h == 0))
-            if attrs["mode"] in VARIANTS:
-                fields.update(VARIANTS[attrs["mode"]].measure(x2d, None, None, {}, attrs, h))
+            if attrs["mode"] in VARIANTS:   # threshold experts: the CATS criterion's bytes
+                fields.update(VARIANTS[attrs["mode"]].measure(x2d, None, None, {}, {"criterion": "gate", **attrs}, h))
         rows.append(BlockReport(f"{block.loc}.{e}", attrs["pattern"], attrs["mode"], part.stop - part.start,
                                 **fields))
     return rows

@@ -191,12 +191,66 @@ def test_nemotron_h_relu2_experts_without_a_gate_run_routed_and_exact():
     assert torch.equal(lm.generate(ids, 8), expected)
 
 
-def test_threshold_mode_keeps_routed_experts_dense_and_routed_and_thresholds_the_shared_expert():
-    """Thresholded experts would run all-experts (no routed kernel takes calibrated thresholds): E/k times the
-    routed dense experts' work (a 2-layer Mixtral of d 1024 decoded at 0.44x its dense build that way; BENCHMARKS.md,
-    session 33). Threshold mode keeps them dense and routes them, with the reason in the report, and calibrates the
-    other blocks (DeepSeek-V3's shared expert, its dense first layer); compiled, it computes what its graph says."""
+def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared_expert_by_its_method():
+    """DeepSeek-V3's routed SwiGLU experts take a CATS threshold each, calibrated on the tokens the router sends to
+    it (passes/routed_thresholds.py), and route-moe stacks them into `routed_moe{mode=threshold}` (the CPU's routed
+    kernel reads only the neurons some routed token keeps); the other blocks (its shared expert, its dense first
+    layer) take the asked method. The thresholds are each expert's quantile on its own tokens, not on every token's;
+    the report says so per expert; compiled, it computes what its graph says."""
     import actsparse
+    from actsparse.ir.activations import apply
+    from actsparse.passes.routed_thresholds import routed_reason
+
+    model = _deepseek_v3_group_limited()
+    ids = example_ids(model)
+    rng = np.random.default_rng(0)
+    calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
+    graph = import_torch(CausalLMLogits(model).eval(), (ids,))
+    cm = actsparse.compile(graph, (ids.numpy(),), mode="threshold", calibration=calibration, sparsity=0.3,
+                           method="wina")
+    stats = cm.report.pass_stats
+    assert stats["sparsify-threshold"]["routed-expert-thresholds"] == 4
+    assert stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4, "routed-thresholds": 1}
+    (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
+    assert routed.attrs["mode"] == "threshold" and routed.attrs["method"] == "cats"
+    thresholds = cm.graph.weights[routed.inputs[6].attrs["name"]]
+    # the choice bias favours group 1 (experts 2, 3): experts 0 and 1 see no calibration token (on every token's
+    # rows they would take a threshold), keep t = 0
+    assert stats["sparsify-threshold"]["routed-expert-too-few-tokens"] == 2
+    assert thresholds.shape == (4,) and (thresholds[:2] == 0).all() and (thresholds[2:] > 0).all()
+    thresholded = {n.loc.rsplit(".", 1)[-1] for n in cm.graph.nodes
+                   if n.op == "sparse_gated_mlp" and n.attrs["mode"] in ("input", "threshold")}
+    assert thresholded == {"mlp", "shared_experts"}
+    experts = [b for b in cm.report.blocks if b.expert is not None]
+    assert [b.reason for b in experts][2:] == [routed_reason("wina")] * 2
+    assert all(b.reason.startswith("a routed expert the calibration routed 0 tokens to") for b in experts[:2])
+    assert [b.threshold for b in experts] == pytest.approx(thresholds.tolist())
+    np.testing.assert_allclose(cm(ids.numpy()), evaluate(cm.graph, [ids.numpy()])[0], rtol=1e-4, atol=1e-5)
+    # each t_e is the 0.3 quantile over the rows routed to expert e, not over every row: recomputed on the
+    # expert's own calibration rows (its input where its routing weight is not 0), the dense graph's values
+    dense = run_pipeline(graph, pipeline_for("dense")).graph
+    layer = [n for n in dense.nodes if n.op == "routed_moe"][0]
+    w_gate = dense.weights[layer.inputs[1].attrs["name"]]
+    n_ff = w_gate.shape[0] // 4
+    calibrated = run_pipeline(graph, pipeline_for("threshold", calibration=calibration, sparsity=0.3,
+                                                  method="wina")).graph
+    x_rows, weights = [], []
+    for (sample,) in calibration:
+        x, route_w, route_i = evaluate(dense, [sample], keep=list(layer.inputs[0:1]) + list(layer.inputs[4:6]))[1:]
+        x_rows.append(x.reshape(-1, x.shape[-1]))   # a graph's compile keeps every position (a decoder's: not the sink)
+        weights.append((route_w.reshape(-1, route_w.shape[-1]), route_i.reshape(-1, route_i.shape[-1])))
+    x_all = np.concatenate(x_rows)
+    route_i = np.concatenate([i for _, i in weights])
+    for e in (2, 3):
+        own = (route_i == e).any(-1)
+        a = np.abs(apply("silu", x_all @ w_gate[e * n_ff:(e + 1) * n_ff].T))
+        assert thresholds[e] == pytest.approx(np.quantile(a[own], 0.3), rel=1e-4)
+    assert calibrated.count("routed_moe") == 1
+
+
+def test_threshold_mode_leaves_routed_experts_lossless_where_no_routed_kernel_takes_thresholds():
+    """The CUDA family's routed kernel takes no thresholds (ir/moe.py's ROUTED_MODES): threshold mode keeps such
+    experts dense and routed there, with the reason in a note, and calibrates the other blocks."""
     from actsparse.ir.moe import routed_reason
 
     model = _deepseek_v3_group_limited()
@@ -204,14 +258,10 @@ def test_threshold_mode_keeps_routed_experts_dense_and_routed_and_thresholds_the
     rng = np.random.default_rng(0)
     calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
     graph = import_torch(CausalLMLogits(model).eval(), (ids,))
-    cm = actsparse.compile(graph, (ids.numpy(),), mode="threshold", calibration=calibration, sparsity=0.3)
-    stats = cm.report.pass_stats
-    assert stats["sparsify-threshold"]["kept-dense-routed-experts"] == 4
-    assert stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4}
-    (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
+    run = run_pipeline(graph, pipeline_for("threshold", "cuda", calibration=calibration, sparsity=0.3,
+                                           method="wina"))
+    assert run.stats["sparsify-threshold"]["kept-dense-routed-experts"] == 4
+    (routed,) = [n for n in run.graph.nodes if n.op == "routed_moe"]
     assert routed.attrs["mode"] == "dense"
-    thresholded = {n.loc.rsplit(".", 1)[-1] for n in cm.graph.nodes
-                   if n.op == "sparse_gated_mlp" and n.attrs["mode"] in ("input", "threshold")}
-    assert thresholded == {"mlp", "shared_experts"}
-    assert [b.reason for b in cm.report.blocks if b.expert is not None] == [routed_reason("threshold", "dense")] * 4
-    np.testing.assert_allclose(cm(ids.numpy()), evaluate(cm.graph, [ids.numpy()])[0], rtol=1e-4, atol=1e-5)
+    reasons = {n["reason"] for n in run.notes if n.get("kind") == "kept-dense"}
+    assert routed_reason("threshold", "dense", "cuda") in reasons

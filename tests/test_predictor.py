@@ -265,13 +265,12 @@ def test_each_moe_expert_gets_its_own_predictor():
     assert [b.expert for b in report.blocks] == [0, 1] and all(b.recall > 0.7 for b in report.blocks)
 
 
-@pytest.mark.parametrize("mode, options", [("predictor", {"predictor": "svd", "recall": 0.9}),
-                                           ("threshold", {"sparsity": 0.5})])
+@pytest.mark.parametrize("mode, options", [("predictor", {"predictor": "svd", "recall": 0.9})])
 def test_lossy_modes_run_relu_family_routed_moe_experts_exact_and_routed(mode, options):
-    """No routed kernel takes a predictor or thresholds: such experts would run all-experts, E/k times the routed
-    experts' reads. A ReLU-family expert is exactly sparse, so both modes run it exact (lossless, its zero neurons
-    skipped; threshold mode used to run it dense), route-moe routes it, the report says why; the compiled graph
-    equals the original."""
+    """No routed kernel takes a predictor: such experts would run all-experts, E/k times the routed experts' reads.
+    A ReLU-family expert is exactly sparse, so predictor mode runs it exact (lossless, its zero neurons skipped),
+    route-moe routes it, the report says why; the compiled graph equals the original. (Threshold mode thresholds
+    routed experts where the routed kernel takes thresholds: tests/test_routed_moe.py.)"""
     from actsparse.ir.moe import routed_reason
 
     from .test_passes_golden import _inputs, _load

@@ -84,11 +84,52 @@ def test_routed_kernel_takes_quantized_experts():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def _thresholds(x, w_gate, fraction: float, act: str = "silu") -> np.ndarray:
+    """Per expert, the |act(gate)| quantile that drops `fraction` of its values on x (NaN experts: 0)."""
+    from actsparse.ir.activations import apply
+
+    a = np.abs(apply(act, x @ w_gate.T))
+    return np.array([np.nan_to_num(np.quantile(a[:, e * N:(e + 1) * N], fraction)) for e in range(E)], np.float32)
+
+
+@pytest.mark.parametrize("M", [1, 5], ids=["decode", "prefill"])
+@pytest.mark.parametrize("dtype", ["float32", "q8_0", "q4_0"])
+def test_threshold_routed_kernel_drops_each_experts_gate_values_at_its_own_threshold(M, dtype):
+    """Threshold mode's routed experts (SwiGLU): a token keeps neuron i of expert e only where |silu(g_i)| > thr[e].
+    Thresholds differ per expert (one expert at 0: every neuron kept), the unchosen experts' weights are NaN, and the
+    result differs from the dense experts' (the thresholds took effect)."""
+    from actsparse.ir.quant import quantize
+
+    rng = np.random.default_rng(20 + M)
+    x, w_gate, w_up, w_down_t, route_w, route_i = _case(rng, M, relu_sparsity=0.0)
+    d = D if dtype == "float32" else 64   # quantized rows: groups of 32
+    if dtype != "float32":
+        x = rng.standard_normal((M, d)).astype(np.float32)
+        quantized = [quantize(rng.standard_normal((E * N, d)).astype(np.float32) / d**0.5, dtype) for _ in range(3)]
+        arrays, blobs = [q.dequantize() for q in quantized], [q.blob for q in quantized]
+    else:
+        arrays = blobs = [w_gate, w_up, w_down_t]
+    probe = rng.standard_normal((64, d)).astype(np.float32)
+    thr = _thresholds(probe, np.nan_to_num(arrays[0]), 0.5)
+    thr[1] = 0.0
+    attrs = {"experts": E, "gate_act": "silu", "up_act": "identity", "threshold": 0.0, "mode": "threshold"}
+    expected = routed_moe_ref(x, *arrays, route_w, route_i, thr, attrs, {})
+    dense = routed_moe_ref(x, *arrays, route_w, route_i, {**attrs, "mode": "dense"}, {})
+    assert np.isfinite(expected).all() and not np.allclose(expected, dense, rtol=1e-3)
+    kernel = routed_moe(d, N, E, gate_act="silu", exact=False, thresholds=True, dtype=dtype, sched=SCHED)
+    got = run(kernel, x, *blobs, route_w, route_i, *absent_biases(d), thr, out_shape=(M, d))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    zero = run(kernel, x, *blobs, route_w, route_i, *absent_biases(d), np.zeros(E, np.float32), out_shape=(M, d))
+    np.testing.assert_allclose(zero, dense, rtol=1e-4, atol=1e-5)   # t = 0: every neuron of a SwiGLU expert kept
+
+
 def test_routed_kernel_refuses_a_non_relu_gate_in_exact_mode():
     with pytest.raises(ValueError, match="gate_act"):
         routed_moe(D, N, E, gate_act="silu", exact=True, sched=SCHED)
     with pytest.raises(ValueError, match="biases run dense"):
         routed_moe(D, N, E, exact=True, bias=True, sched=SCHED)
+    with pytest.raises(ValueError, match="not both"):
+        routed_moe(D, N, E, exact=True, thresholds=True, sched=SCHED)
 
 
 @pytest.mark.parametrize("target, kernel", [("x86", "routedx"), ("cuda", "routedx")])
@@ -140,3 +181,117 @@ def test_compiled_routed_kernel_with_empty_biases_computes_the_op(mode):
     cm = actsparse.compile(graph, tuple(x), mode=mode)
     assert cm.graph.count("routed_moe") == 1
     np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_arm_threshold_routed_kernel_matches_the_reference_under_qemu():
+    """The threshold routed kernel built for aarch64 (NEON's dot product on the 4-bit rows: x in 8-bit blocks, as
+    the reference rounds it), float32 and q4_0 experts, decode and prefill, run under qemu."""
+    from actsparse import targets
+    from actsparse.codegen.kernels.common import x_operand
+    from actsparse.codegen.schedules import schedule_for
+    from actsparse.ir.quant import quantize
+
+    from .kernel_cases import Call, cross_kernels, require_cross_tools, run_batch, x_seen
+
+    require_cross_tools()
+    sched = schedule_for(targets.get("arm"))
+    rng = np.random.default_rng(3)
+    attrs = {"experts": E, "gate_act": "silu", "up_act": "identity", "threshold": 0.0, "mode": "threshold"}
+    jobs = []
+    for dtype, d in (("float32", D), ("q4_0", 64)):
+        prim = routed_moe(d, N, E, gate_act="silu", exact=False, thresholds=True, dtype=dtype, sched=sched)
+        x8 = x_operand(d, dtype, sched)[0]
+        calls = []
+        for M in (1, 4):
+            _, _, _, _, route_w, route_i = _case(rng, M, relu_sparsity=0.0)
+            x = rng.standard_normal((M, d)).astype(np.float32)
+            floats = [rng.standard_normal((E * N, d)).astype(np.float32) / d**0.5 for _ in range(3)]
+            stored = floats if dtype == "float32" else [quantize(w, dtype) for w in floats]
+            values = floats if dtype == "float32" else [q.dequantize() for q in stored]
+            thr = _thresholds(rng.standard_normal((64, d)).astype(np.float32), values[0], 0.6)
+            want = routed_moe_ref(x_seen(x, x8), *values, route_w, route_i, thr, attrs, {})
+            blobs = stored if dtype == "float32" else [q.blob for q in stored]
+            out = np.full((M, d), np.nan, np.float32)
+            calls.append(Call([x, *blobs, route_w, route_i, *absent_biases(d), thr, out], want,
+                              np.full(d, max(1.0, np.abs(want).max())), "float32"))
+        jobs.append((prim, calls))
+    for (_, calls), outs in zip(jobs, run_batch(cross_kernels([p for p, _ in jobs]), jobs)):
+        for call, out in zip(calls, outs):
+            call.check(out)
+
+
+def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thresholded():
+    """A Mixtral (SwiGLU experts, top-2 of 4) through compile() in threshold mode: every expert takes its own CATS
+    threshold, calibrated on the prompt tokens routed to it (the sink position left out), stacked into one
+    `routed_moe{mode=threshold}`; the compiled prompt step computes what its graph says, the report shows each
+    expert's threshold and measured sparsity near the asked one, and the decoder generates."""
+    import torch
+
+    import actsparse
+    from actsparse.ir import evaluate
+
+    from .test_decode import PROMPT, hf_model
+
+    model = hf_model("mixtral", hidden_act="silu")
+    calibration = [torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(s))
+                   for s in range(8)]
+    lm = actsparse.compile(model, mode="threshold", sparsity=0.5, max_seq=32, calibration=calibration)
+    assert lm.report.pass_stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4, "routed-thresholds": 1}
+    (routed,) = [n for n in lm.module.graph.nodes if n.op == "routed_moe"]
+    thresholds = lm.module.graph.weights[routed.inputs[6].attrs["name"]]
+    assert routed.attrs["mode"] == "threshold" and routed.attrs["gate_act"] == "silu"
+    assert (thresholds > 0).all() and len(set(thresholds.tolist())) == 4
+    assert routed.attrs["expert_calibrated"] == pytest.approx((0.5,) * 4, abs=0.01)
+    experts = [b for b in lm.report.blocks if b.expert is not None]
+    assert [b.threshold for b in experts] == pytest.approx(thresholds.tolist())
+    assert all(0.3 < b.sparsity < 0.7 for b in experts)   # every token's rows, not only the routed ones
+    ids = PROMPT.numpy()   # the prompt at position 0, no slot filled before it, empty caches (decoder_inputs)
+    inputs = (ids, np.zeros(1, np.int64), np.zeros(ids.shape[1], np.int64),
+              *(np.zeros(t.shape, np.float32) for _, t in lm.module.inputs[3:]))
+    np.testing.assert_allclose(lm.module(*inputs)[0], evaluate(lm.module.graph, inputs)[0], rtol=1e-4, atol=1e-4)
+    assert lm.generate(PROMPT, 6).shape == (1, PROMPT.shape[1] + 6)
+
+
+def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_form_did():
+    """ReLU experts in threshold mode (FATReLU at each expert's t): route-moe's rewrite fires (one routed_moe in mode
+    threshold, gate relu, the experts' t stacked as its thresholds input) and the routed graph computes what the
+    all-experts threshold graph before it did; densify drops the thresholds (mode dense, six inputs); compiled,
+    the routed graph equals its interpretation."""
+    import actsparse
+    from actsparse import targets
+    from actsparse.codegen.context import LoweringError
+    from actsparse.codegen.lower import lower_graph
+    from actsparse.ir import evaluate, parse_graph, print_graph
+    from actsparse.passes import pipeline_for, run_pipeline
+    from actsparse.passes.densify import Densify
+    from actsparse.passes.route_moe import RouteMoE
+
+    from .test_passes_golden import _inputs, _load
+
+    graph = _load("moe_routed")
+    calibration = tuple(tuple(_inputs(graph, seq=16, seed=s)) for s in range(8))
+    passes = pipeline_for("threshold", calibration=calibration, sparsity=0.7, method="cats")
+    assert isinstance(passes[-1], RouteMoE)
+    before = run_pipeline(graph, passes[:-1])
+    after = run_pipeline(before.graph, passes[-1:])
+    assert after.stats["route-moe"] == {"routed-moe": 1, "routed-experts": 3, "routed-thresholds": 1}
+    (routed,) = [n for n in after.graph.nodes if n.op == "routed_moe"]
+    experts = [n for n in before.graph.nodes if n.op == "sparse_gated_mlp"]
+    assert [n.attrs["gate_act"] for n in experts] == ["fatrelu"] * 3 and routed.attrs["gate_act"] == "relu"
+    np.testing.assert_array_equal(after.graph.weights[routed.inputs[6].attrs["name"]],
+                                  np.array([n.attrs["threshold"] for n in experts], np.float32))
+    x = _inputs(graph, seq=16, seed=99)
+    np.testing.assert_allclose(evaluate(after.graph, x)[0], evaluate(before.graph, x)[0], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(evaluate(after.graph, x)[0], evaluate(graph, x)[0], rtol=1e-3)   # 0.7: lossy
+    dense = run_pipeline(after.graph, [Densify()])
+    (twin,) = [n for n in dense.graph.nodes if n.op == "routed_moe"]
+    assert twin.attrs["mode"] == "dense" and len(twin.inputs) == 6
+    np.testing.assert_allclose(evaluate(dense.graph, x)[0], evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
+    cm = actsparse.compile(graph, tuple(x), mode="threshold", calibration=calibration, sparsity=0.7, method="cats")
+    assert cm.graph.count("routed_moe") == 1
+    np.testing.assert_allclose(cm(*x), evaluate(cm.graph, x)[0], rtol=1e-4, atol=1e-5)
+    # the text form (artifacts store it) round-trips; a family whose routed kernel takes no thresholds says so
+    text = print_graph(after.graph)
+    assert print_graph(parse_graph(text, after.graph.weights)) == text
+    with pytest.raises(LoweringError, match="experts with thresholds need a routed kernel .* pick a CPU target"):
+        lower_graph(after.graph, targets.get("cuda"))

@@ -11,22 +11,25 @@ Buffers (destination passing, as `relax.call_tir` wants):
                              row (a GGUF's `ffn_down_exps`, its blocks running along n_ff)
     route_w  [M, K]          float32 routing weights of each token's K slots
     route_i  [M, K]          int64 expert of each slot (the router's top-k indices)
+    thr      [E]             float32 each expert's threshold, only with `thresholds` (threshold mode): after
+                             the biases, before out
     b_gate, b_up [E * n_ff], b_down [E, d]   float32 biases (gpt-oss's experts; dense mode), or, unbiased,
                              the empty [0], [0], [0, d] of `absent_biases`: one parameter list either way
     out      [M, d]          float32
 
 For each expert e in turn: the tokens routed to e are gathered (with their summed routing weight); an expert no
 token chose is skipped before any of its rows is read, so a decoding step (M = 1) reads k experts' weights, not E.
-The gathered tokens then run the expert's gated MLP with the bodies of `sparse_mlp.py` at a row offset — exact
-mode lists the neurons some gathered token activates and reads only their up and down rows, dense mode reads
+The gathered tokens then run the expert's gated MLP with the bodies of `sparse_mlp.py` at a row offset — exact mode
+lists the neurons some gathered token activates and reads only their up and down rows, threshold mode likewise with
+each token's gate values first dropped where |act(g)| <= thr[e] (the CATS criterion, per expert), dense mode reads
 every row — and the expert's output rows (plus its down bias) are added to `out`, scaled by the tokens' routing
 weights. Same macros, same schedule, same float32 accumulation as the per-block kernels; where the host's int8 dot
 serves the weights' layout, x is quantized once to 8-bit blocks (`common.x_operand`) and each expert's tokens are
 gathered as those bytes, so the row dots run in integers as the per-block kernels' do (a synthetic Qwen3-MoE GGUF,
 4-bit: 132 -> 201 decode tokens/s on AVX512-VNNI, BENCHMARKS.md session 33), and the down projection takes the
 integer axpy where the target lists "routed" (`Target.int8_axpy_kernels`). With the down stack by outputs, a dense
-expert's h is computed first (every neuron) and then its d outputs are row dots over h — h quantized to 8-bit
-blocks where the host's int8 dot serves the down layout, as x for the gate and up rows — so a MoE GGUF's 4-bit
+expert's h is computed first (every neuron) and then its d outputs are row dots over h — h quantized to 8-bit blocks
+where the host's int8 dot serves the down layout, as x for the gate and up rows — so a MoE GGUF's 4-bit
 `ffn_down_exps` is read as the file stores it (ir/moe.py's `down_rows`).
 """
 
@@ -48,18 +51,24 @@ from .sparse_mlp import EXACT_GATE_ACTS, check_mlp, compacting_body, dense_body,
 @cache
 def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_act: str = "identity",
                threshold: float = 0.0, dtype: str = "float32", down_dtype: str | None = None, exact: bool = True,
-               bias: bool = False, down_rows: str = "neurons", sched: CpuSchedule):
-    """(x, w_gate, w_up, w_down_t, route_w, route_i, b_gate, b_up, b_down, out), see the module docstring.
+               bias: bool = False, down_rows: str = "neurons", thresholds: bool = False, sched: CpuSchedule):
+    """(x, w_gate, w_up, w_down_t, route_w, route_i, b_gate, b_up, b_down[, thr], out), see the module docstring.
     `exact`: skip the neurons whose gate is exactly zero (gate_act of the ReLU family); otherwise every row of a
-    routed expert is read. `bias`: the biases are read (dense mode only); else they are `absent_biases(d)`.
+    routed expert is read. `thresholds` (threshold mode; any gate activation, not `exact`): thr[E] is read and a
+    token keeps neuron i of expert e only where |act_gate(g_i)| > thr[e]; the listed neurons' up and down rows are
+    read. `bias`: the biases are read (dense mode only); else they are `absent_biases(d)`.
     `down_dtype`: w_down_t's layout where it is not `dtype`'s. `down_rows`: how the down stack's rows run."""
     check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS if exact else GATE_ACTS, down_dtype)
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
-    if bias and exact:
+    if bias and (exact or thresholds):
         raise ValueError("routed experts with biases run dense (exact=False): a gate bias moves the gate's zero")
-    if (problem := down_rows_problem(down_rows, "exact" if exact else "dense")) is not None:
+    if exact and thresholds:
+        raise ValueError("routed experts run exact or with thresholds, not both (exact=False, thresholds=True)")
+    mode = "threshold" if thresholds else "exact" if exact else "dense"
+    if (problem := down_rows_problem(down_rows, mode)) is not None:
         raise ValueError(problem)
+    compact = exact or thresholds   # the compacting body: only listed neurons' up and down rows
     down = down_dtype or dtype
     sched = sched.fitted(d, dtype, down)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
@@ -69,9 +78,10 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
     x8, x8_bytes, prep_x = x_operand(d, dtype, sched)
     xcols, xdtype = (x8_bytes, "uint8") if x8 else (d, "float32")
     compacting = compacting_body(d, n_ff, dtype, sched, gate_value=skipping_value(act_g), act_u=act_u, x8=x8,
-                                 kernel="routed", reads_up=reads_up, down_dtype=down) if exact else None
+                                 kernel="routed", reads_up=reads_up, down_dtype=down,
+                                 masked=thresholds) if compact else None
     by_outputs = down_rows == "outputs"
-    dense = None if exact or by_outputs else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, x8=x8,
+    dense = None if compact or by_outputs else dense_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, x8=x8,
                                                         kernel="routed", biased=bias, reads_up=reads_up,
                                                         down_dtype=down)
     hidden = hidden_body(d, n_ff, dtype, sched, act_g=act_g, act_u=act_u, x8=x8, biased=bias,
@@ -83,8 +93,10 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
     zero = T.float32(0)
 
     @T.macro
-    def expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up):
-        if exact:
+    def expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up, thr):
+        if thresholds:
+            compacting(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og, thr[e])
+        elif exact:
             compacting(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og)
         elif by_outputs:
             hidden(xg, Mx, e * n_ff, w_gate, w_up, g, h, b_gate, b_up)
@@ -93,7 +105,7 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
             dense(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, og, b_gate, b_up)
 
     @T.macro
-    def routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down):
+    def routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down, thr):
         M = T.int64()
         K = T.int64()
         x = T.match_buffer(x_h, (M, d), "float32")
@@ -140,7 +152,7 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                     nt[0] = nt[0] + 1
             Mx: T.let = T.Cast("int64", nt[0])
             if Mx > 0:  # no token chose expert e: none of its rows is read
-                expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up)
+                expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up, thr)
                 for i in range(Mx):
                     for c in T.vectorized(d):
                         if bias:
@@ -150,15 +162,25 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
 
     bias_rows, down_rows = (experts * n_ff, experts) if bias else (0, 0)  # unbiased: empty, never read
 
-    @T.prim_func
-    def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
-               w_down_t: T.Buffer(dshape, ddtype), rw_h: T.handle, ri_h: T.handle,
-               b_gate: T.Buffer((bias_rows,), "float32"), b_up: T.Buffer((bias_rows,), "float32"),
-               b_down: T.Buffer((down_rows, d), "float32"), out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down)
+    if thresholds:
+        @T.prim_func
+        def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+                   w_down_t: T.Buffer(dshape, ddtype), rw_h: T.handle, ri_h: T.handle,
+                   b_gate: T.Buffer((0,), "float32"), b_up: T.Buffer((0,), "float32"),
+                   b_down: T.Buffer((0, d), "float32"), thr: T.Buffer((experts,), "float32"), out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down, thr)
+    else:
+        @T.prim_func
+        def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
+                   w_down_t: T.Buffer(dshape, ddtype), rw_h: T.handle, ri_h: T.handle,
+                   b_gate: T.Buffer((bias_rows,), "float32"), b_up: T.Buffer((bias_rows,), "float32"),
+                   b_down: T.Buffer((down_rows, d), "float32"), out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down, None)
 
-    name = mlp_symbol("routed" + ("x" if exact else "d") + ("b" if bias else "") + ("o" if by_outputs else "")
+    name = mlp_symbol("routed" + ("t" if thresholds else "x" if exact else "d") + ("b" if bias else "")
+                      + ("o" if by_outputs else "")
                       + f"e{experts}", d, n_ff, gate_act, up_act, threshold, dtype, sched, down)
     return kernel.with_attr("global_symbol", name)
 
