@@ -168,7 +168,7 @@ def _routed_moe(ctx, node, args):
         return R.reshape(out, [*lead, d_out])
     if "routed-slots" in FAMILIES[type(sched).__name__] and not biases:
         return R.reshape(_slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k, sched,
-                                      {**options, "down_rows": down_rows}), [*lead, d_out])
+                                      {**options, "down_rows": down_rows}, thresholds), [*lead, d_out])
     if down_rows != "neurons":  # passes/quantize.py stores it so only for families in ir/moe.py's DOWN_ROWS
         raise LoweringError(f"routed_moe at {node.loc or 'unknown location'}: its down stack by {down_rows} needs "
                             f"a routed kernel, which {ctx.target.name}'s kernel family lacks for these experts; "
@@ -188,19 +188,24 @@ def _routed_moe(ctx, node, args):
     return R.reshape(out, [*lead, d_out])
 
 
-def _slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k: int, sched, options: dict):
+def _slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k: int, sched, options: dict, thresholds: list):
     """The routed experts through the per-slot kernel (`kernels/cuda_routed.py`): each token's x repeated for its k
-    slots, each slot's expert output, summed by the routing weights: [tokens, d_out] in the node's dtype."""
+    slots, each slot's expert output, summed by the routing weights: [tokens, d_out] in the node's dtype. Threshold
+    experts (`thresholds`: [the [E] thresholds]) get the slot table [slots, 2]: each slot's expert id and threshold."""
     from .kernels import kernel as target_kernel
 
     a, w_gate = node.attrs, node.inputs[1]
     experts, d, d_out = a["experts"], w_gate.shape[1], node.shape[-1]
     kernel = target_kernel("routed-slots", d, w_gate.shape[0] // experts, experts, exact=a["mode"] == "exact",
-                           sched=sched, **options)
+                           thresholds=bool(thresholds), sched=sched, **options)
     slots = tokens * k
     x_slots = ctx.bb.emit(R.reshape(R.repeat(x2d, k, axis=0), [slots, d]))
-    y = emit_kernel_call(ctx, kernel, [x_slots, *args[1:4], ctx.bb.emit(R.reshape(route_i, [slots]))], slots, d_out,
-                         "f32")
+    expert = ctx.bb.emit(R.reshape(route_i, [slots]))
+    if thresholds:   # exact in float32: expert ids are far below 2^24
+        slot_thresholds = R.take(thresholds[0], expert, axis=0)
+        expert = ctx.bb.emit(R.concat([R.reshape(R.astype(expert, "float32"), [slots, 1]),
+                                       R.reshape(slot_thresholds, [slots, 1])], axis=1))
+    y = emit_kernel_call(ctx, kernel, [x_slots, *args[1:4], expert], slots, d_out, "f32")
     weighted = R.multiply(R.reshape(y, [tokens, k, d_out]), R.reshape(route_w, [tokens, k, 1]))
     out = ctx.bb.emit(R.sum(weighted, axis=[1]))
     return out if node.dtype == "f32" else ctx.bb.emit(R.astype(out, TVM_DTYPES[node.dtype]))

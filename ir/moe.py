@@ -46,8 +46,8 @@ ROUTED_MOE_ATTRS = {"experts": None, "gate_act": "relu", "up_act": "identity", "
                     "method": None, "expert_calibrated": (), "reason": None}
 # the expert variants a routed kernel exists for -> the kernel families that have it (a family without one runs
 # dense and exact experts all-experts in Relax; threshold experts it never gets: the threshold pass leaves them
-# lossless there, `routed_reason`)
-ROUTED_MODES = {"dense": ("cpu", "cuda"), "exact": ("cpu", "cuda"), "threshold": ("cpu",)}
+# lossless there, `routed_reason`; the lowering refuses a threshold routed_moe for it)
+ROUTED_MODES = {"dense": ("cpu", "cuda"), "exact": ("cpu", "cuda"), "threshold": ("cpu", "cuda")}
 # how the down stack's rows run -> (the modes that may store it so, the kernel families whose routed kernel reads it)
 DOWN_ROWS = {"neurons": (tuple(ROUTED_MODES), ("cpu", "cuda")),
              "outputs": (("dense",), ("cpu", "cuda"))}

@@ -38,7 +38,7 @@ rows as stored, e.g. a GGUF's own blocks), the report's row gives the reason, an
 
 MoE experts that route-moe will route take CATS thresholds, one per expert calibrated on the tokens routed to it
 (passes/routed_thresholds.py; route-moe stacks them into `routed_moe{mode=threshold}`), where the target's routed
-kernel takes them (ir/moe.py's `ROUTED_MODES`: the CPU's) and the experts have no biases. Elsewhere
+kernel takes them (ir/moe.py's `ROUTED_MODES`: x86, ARM and CUDA's) and the experts have no biases. Elsewhere
 (`route_moe.lossless_routed_experts`) they are left lossless, with the reason in the report (`ir.moe.routed_reason`):
 run all-experts they would cost E/k times the routed experts' reads; ReLU-family experts (without biases) run
 exact, their zero neurons skipped; others dense. Explicit `thresholds` for an expert still apply. A block whose

@@ -61,6 +61,56 @@ def test_the_cuda_routed_kernel_runs_each_slots_expert_under_simt():
     check_on_simt(_jobs())
 
 
+def _threshold_jobs(d=72, n_ff=24):
+    """(primfunc, calls) of threshold mode's per-slot kernel (SwiGLU experts, a threshold per expert: each slot
+    keeps neuron i where |silu(g_i)| is above its expert's threshold): float32 and q4_0 gate / up beside a q8_0 down,
+    V = 1 and 5; the slot table [V, 2] holds each slot's expert id and threshold. The reference per slot is the
+    threshold kernel's (kernel_cases.threshold_reference: values within float32 rounding of the threshold may fall
+    either way)."""
+    from actsparse import targets
+    from actsparse.codegen.kernels.cuda_routed import routed_gated_mlp
+    from actsparse.codegen.schedules import schedule_for
+    from actsparse.ir.activations import apply
+
+    from .kernel_cases import threshold_reference
+
+    sched = schedule_for(targets.get("cuda"))
+    rng = np.random.default_rng(5)
+    jobs = []
+    for dtype, down in (("float32", None), ("q4_0", "q8_0")):
+        prim = routed_gated_mlp(d, n_ff, E, gate_act="silu", dtype=dtype, down_dtype=down, exact=False,
+                                thresholds=True, sched=sched)
+        calls = []
+        for V in (1, 5):
+            x = rng.standard_normal((V, d)).astype(np.float32)
+            wg, wu, wd_t = (rng.standard_normal((E * n_ff, d)).astype(np.float32) / d**0.5 for _ in range(3))
+            (kg, ku), (fg, fu) = kernel_weights([wg, wu], dtype)
+            (kd,), (fd,) = kernel_weights([wd_t], down or dtype)
+            probe = np.abs(apply("silu", rng.standard_normal((64, d)).astype(np.float32) @ fg.T))
+            thresholds = np.array([np.quantile(probe[:, e * n_ff:(e + 1) * n_ff], 0.5) for e in range(E)],
+                                  np.float32)
+            thresholds[1] = 0.0   # every neuron kept
+            expert = rng.integers(0, E, V)
+            slots = np.stack([expert.astype(np.float32), thresholds[expert]], 1)
+            ref, scale, slack = (np.zeros((V, d)) for _ in range(3))
+            for v, e in enumerate(expert):
+                rows = slice(e * n_ff, (e + 1) * n_ff)
+                ref[v], scale[v], slack[v] = (r[0] for r in threshold_reference(
+                    x[v:v + 1], fg[rows], fu[rows], fd[rows], "silu", "identity", float(thresholds[e]), "gate"))
+            calls.append(Call([x, kg, ku, kd, slots, np.full((V, d), np.nan, np.float32)], ref, scale, dtype, slack))
+        jobs.append((prim, calls))
+    return jobs
+
+
+def test_the_cuda_routed_kernel_applies_each_slots_expert_threshold_under_simt():
+    check_on_simt(_threshold_jobs())
+
+
+@pytest.mark.gpu
+def test_the_cuda_routed_kernel_applies_each_slots_expert_threshold_on_the_gpu():
+    check_on_gpu(_threshold_jobs(d=4096 + 72, n_ff=200))
+
+
 @pytest.mark.gpu
 def test_the_cuda_routed_kernel_runs_each_slots_expert_on_the_gpu():
     check_on_gpu(_jobs(d=4096 + 72, n_ff=200))
@@ -78,29 +128,40 @@ def test_the_cuda_routed_kernel_refuses_what_it_cannot_run():
         routed_gated_mlp(64, 8, 0, sched=sched)
 
 
-def _slot_kernel_on_cpu(d, n_ff, experts, *, gate_act, exact, sched, **options):
-    """A float32 CPU stand-in (te) for the per-slot kernel, same parameters: out[v] = the gated MLP of expert[v]."""
+def _slot_kernel_on_cpu(d, n_ff, experts, *, gate_act, exact, sched, thresholds=False, **options):
+    """A float32 CPU stand-in (te) for the per-slot kernel, same parameters: out[v] = the gated MLP of expert[v]
+    (`thresholds`: the [V, 2] slot table, expert id and threshold, the activated gate kept above the threshold)."""
     from tvm import te, tirx
 
     V = tirx.Var("V", "int64")
     x = te.placeholder((V, d), "float32", "x")
     wg, wu, wd = (te.placeholder((experts * n_ff, d), "float32", n) for n in ("w_gate", "w_up", "w_down_t"))
-    expert = te.placeholder((V,), "int64", "expert")
+    table = te.placeholder((V, 2) if thresholds else (V,), "float32" if thresholds else "int64", "expert")
+
+    def expert(v):
+        return table[v, 0].astype("int64") if thresholds else table[v]
+
     i, j = te.reduce_axis((0, d), "i"), te.reduce_axis((0, d), "i2")
-    g = te.compute((V, n_ff), lambda v, n: te.sum(x[v, i] * wg[expert[v] * n_ff + n, i], axis=i), "g")
-    u = te.compute((V, n_ff), lambda v, n: te.sum(x[v, j] * wu[expert[v] * n_ff + n, j], axis=j), "u")
+    g = te.compute((V, n_ff), lambda v, n: te.sum(x[v, i] * wg[expert(v) * n_ff + n, i], axis=i), "g")
+    u = te.compute((V, n_ff), lambda v, n: te.sum(x[v, j] * wu[expert(v) * n_ff + n, j], axis=j), "u")
     act = {"relu": lambda s: te.max(s, tirx.const(0.0, "float32")), "silu": lambda s: s * te.sigmoid(s)}[gate_act]
-    h = te.compute((V, n_ff), lambda v, n: act(g[v, n]) * u[v, n], "h")
+
+    def kept(v, a):
+        return tirx.Select(te.abs(a) > table[v, 1], a, tirx.const(0.0, "float32")) if thresholds else a
+
+    h = te.compute((V, n_ff), lambda v, n: kept(v, act(g[v, n])) * u[v, n], "h")
     k = te.reduce_axis((0, n_ff), "k")
-    out = te.compute((V, d), lambda v, c: te.sum(h[v, k] * wd[expert[v] * n_ff + k, c], axis=k), "out")
-    return te.create_prim_func([x, wg, wu, wd, expert, out]).with_attr("global_symbol", f"slots_{gate_act}_{exact}")
+    out = te.compute((V, d), lambda v, c: te.sum(h[v, k] * wd[expert(v) * n_ff + k, c], axis=k), "out")
+    return te.create_prim_func([x, wg, wu, wd, table, out]).with_attr(
+        "global_symbol", f"slots_{gate_act}_{exact}{'_t' if thresholds else ''}")
 
 
-@pytest.mark.parametrize("mode", ["exact", "dense"])
+@pytest.mark.parametrize("mode", ["exact", "dense", "threshold"])
 def test_the_per_slot_lowering_computes_the_routed_op(monkeypatch, mode):
     """The lowering a CUDA target takes (x repeated per slot, one per-slot call, the slots summed by the routing
-    weights), run on the CPU with a float32 stand-in kernel in the CPU family's place: the compiled graph equals the
-    original's interpretation, routing included."""
+    weights; threshold experts: the slot table of expert ids and thresholds), run on the CPU with a float32
+    stand-in kernel in the CPU family's place: the compiled graph equals the original's interpretation (threshold
+    mode's rewritten graph's), routing included."""
     import actsparse
     from actsparse.codegen import kernels
     from actsparse.ir import evaluate
@@ -120,6 +181,11 @@ def test_the_per_slot_lowering_computes_the_routed_op(monkeypatch, mode):
     monkeypatch.setattr(kernels, "kernel", kernel)
     graph = _load("moe_routed")
     x = _inputs(graph, seq=4)
-    cm = actsparse.compile(graph, tuple(x), mode=mode)
-    assert cm.graph.count("routed_moe") == 1 and made == [mode == "exact"]
-    np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
+    lossy = {"calibration": tuple(tuple(_inputs(graph, seq=16, seed=s)) for s in range(8)), "sparsity": 0.7,
+             "method": "cats"} if mode == "threshold" else {}
+    cm = actsparse.compile(graph, tuple(x), mode=mode, **lossy)
+    (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
+    assert routed.attrs["mode"] == mode and made == [mode == "exact"]
+    np.testing.assert_allclose(cm(*x), evaluate(cm.graph, x)[0], rtol=1e-4, atol=1e-5)
+    if mode != "threshold":
+        np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)

@@ -248,10 +248,14 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
     assert calibrated.count("routed_moe") == 1
 
 
-def test_threshold_mode_leaves_routed_experts_lossless_where_no_routed_kernel_takes_thresholds():
-    """The CUDA family's routed kernel takes no thresholds (ir/moe.py's ROUTED_MODES): threshold mode keeps such
-    experts dense and routed there, with the reason in a note, and calibrates the other blocks."""
+def test_threshold_mode_leaves_routed_experts_lossless_where_no_routed_kernel_takes_thresholds(monkeypatch):
+    """A kernel family whose routed kernel takes no thresholds (here CUDA's, taken out of ir/moe.py's ROUTED_MODES):
+    threshold mode keeps such experts dense and routed there, with the reason in a note, and calibrates the other
+    blocks."""
+    from actsparse.ir import moe
     from actsparse.ir.moe import routed_reason
+
+    monkeypatch.setitem(moe.ROUTED_MODES, "threshold", ("cpu",))
 
     model = _deepseek_v3_group_limited()
     ids = example_ids(model)

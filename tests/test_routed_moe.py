@@ -252,7 +252,7 @@ def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thre
     assert lm.generate(PROMPT, 6).shape == (1, PROMPT.shape[1] + 6)
 
 
-def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_form_did():
+def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_form_did(monkeypatch):
     """ReLU experts in threshold mode (FATReLU at each expert's t): route-moe's rewrite fires (one routed_moe in mode
     threshold, gate relu, the experts' t stacked as its thresholds input) and the routed graph computes what the
     all-experts threshold graph before it did; densify drops the thresholds (mode dense, six inputs); compiled,
@@ -261,7 +261,7 @@ def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_fo
     from actsparse import targets
     from actsparse.codegen.context import LoweringError
     from actsparse.codegen.lower import lower_graph
-    from actsparse.ir import evaluate, parse_graph, print_graph
+    from actsparse.ir import evaluate, moe, parse_graph, print_graph
     from actsparse.passes import pipeline_for, run_pipeline
     from actsparse.passes.densify import Densify
     from actsparse.passes.route_moe import RouteMoE
@@ -290,8 +290,12 @@ def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_fo
     cm = actsparse.compile(graph, tuple(x), mode="threshold", calibration=calibration, sparsity=0.7, method="cats")
     assert cm.graph.count("routed_moe") == 1
     np.testing.assert_allclose(cm(*x), evaluate(cm.graph, x)[0], rtol=1e-4, atol=1e-5)
-    # the text form (artifacts store it) round-trips; a family whose routed kernel takes no thresholds says so
+    # the text form (artifacts store it) round-trips; CUDA lowers it to its per-slot threshold kernel; a family
+    # whose routed kernel takes no thresholds (CUDA's, taken out of the table) says so
     text = print_graph(after.graph)
     assert print_graph(parse_graph(text, after.graph.weights)) == text
+    module, _ = lower_graph(after.graph, targets.get("cuda"))
+    assert [str(gv.name_hint) for gv in module.functions if "_gmlp_routedte3" in str(gv.name_hint)]
+    monkeypatch.setitem(moe.ROUTED_MODES, "threshold", ("cpu",))
     with pytest.raises(LoweringError, match="experts with thresholds need a routed kernel .* pick a CPU target"):
         lower_graph(after.graph, targets.get("cuda"))
