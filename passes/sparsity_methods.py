@@ -11,7 +11,8 @@ every projection; see their entries in ir/sparse_variants.py), what it scores, a
     teal-cats    input      TEAL on x, CATS (|act(g)|) on the down input
     topk         input      WINA scores, a fixed count per token (stable latency)
     *-greedy     input      TEAL's block-wise allocation: per block the x / h sparsity pair that skips s of its
-                            bytes at the least output error (error curves measured per block)
+                            bytes at the least output error (error curves measured per block; topk-greedy: the
+                            pair's counts, the curves measured with counts)
     rotated-*    input      the block input first turned (x' = x·T, W' = W·T⁻ᵀ: LaRoSa's layer-wise rotation):
                             into its principal axes on half the calibration rows, its thresholds calibrated on the
                             other half (rotation.crossfit_halves) (rotated-wina-greedy), which gathers
@@ -70,6 +71,10 @@ METHODS = {m.name: m for m in (
     Method("teal-cats", "input", "gate", doc="TEAL on x, CATS on the down projection's input"),
     Method("topk", "input", "product", weighted=True, fixed_count=True,
            doc="fixed count per token on x and h (WINA scores): stable latency"),
+    Method("topk-greedy", "input", "product", weighted=True, greedy=True, fixed_count=True,
+           doc="topk with the counts per block and matrix from the greedy allocation"),
+    Method("rotated-topk-greedy", "input", "product", weighted=True, greedy=True, fixed_count=True, rotate=True,
+           doc="topk-greedy on the block input rotated into its principal axes, rotation paid"),
 )}
 # the best measured on the frontier at *delivered* (held-out) sparsity (BENCHMARKS.md, session 13: SmolLM2-135M and
 # Gemma 3 270M at 30-50%, cross-fitted); it rotates only the blocks where that lowers the error measured off the

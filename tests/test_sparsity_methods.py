@@ -53,7 +53,7 @@ def _plans(graph):
 
 
 @pytest.mark.parametrize("name", ["wina-greedy", "teal-cats", "cats", "rotated-wina-greedy",
-                                  "rotated-metric-wina-greedy", "topk"])
+                                  "rotated-metric-wina-greedy", "topk", "topk-greedy", "rotated-topk-greedy"])
 def test_benchmark_hooks_equal_the_compiled_module(name):
     from actsparse.benchmarks.threshold_frontier import install
     from actsparse.frontends import CausalLMLogits
@@ -149,6 +149,11 @@ def test_greedy_allocation_spends_the_budget_where_errors_are_cheap():
     assert levels[1][1] < levels[0][1]          # and block 0 on h instead
     plans = calibrate_blocks(blocks, rows, "teal-greedy", 0.3, progress=False)
     assert np.mean([p.effective for p in plans]) == pytest.approx(0.3, abs=0.05)
+    # topk-greedy: the same allocation as counts per token (block 1 keeps fewer inputs), each block at its budget
+    counts = calibrate_blocks(blocks, rows, "topk-greedy", 0.3, progress=False)
+    assert counts[1].x_keep < counts[0].x_keep and counts[1].h_keep > counts[0].h_keep
+    for p in counts:
+        assert p.effective == pytest.approx(0.3, abs=LEVEL_STEP)
 
 
 @pytest.mark.parametrize("name", ["teal", "wina", "teal-cats", "topk"])

@@ -11,10 +11,9 @@ Buffers (destination passing, as `relax.call_tir` wants):
                              row (a GGUF's `ffn_down_exps`, its blocks running along n_ff)
     route_w  [M, K]          float32 routing weights of each token's K slots
     route_i  [M, K]          int64 expert of each slot (the router's top-k indices)
-    thr      [E]             float32 each expert's threshold, only with `thresholds` (threshold mode): after
-                             the biases, before out
     b_gate, b_up [E * n_ff], b_down [E, d]   float32 biases (gpt-oss's experts; dense mode), or, unbiased,
                              the empty [0], [0], [0, d] of `absent_biases`: one parameter list either way
+    thr      [E]             float32 each expert's threshold, only with `thresholds` (threshold mode)
     out      [M, d]          float32
 
 For each expert e in turn: the tokens routed to e are gathered (with their summed routing weight); an expert no
