@@ -18,9 +18,9 @@ builtins, through a VM instrument) and replays them back to back, each timed (me
 callee's symbol with its weight's shape) it prints the milliseconds per step, the weight bytes the call reads (its
 arguments that are module weights; the exact MLP's up and down rows scaled by the measured active fraction, the
 scored and certified kernels' gate rows by the listed fraction of the replayed step and their up and down rows by
-the active fraction, the routed MoE kernel's rows by the share of its experts the step chose) and the GB/s that
-makes, beside the read limit of this machine (`FfnBench.read_probe`, timed
-just before).
+the active fraction, the routed MoE kernel's rows by the share of its experts the step chose, threshold experts' up
+and down rows by the share their calibration kept) and the GB/s that makes, beside the read limit of this machine
+(`FfnBench.read_probe`, timed just before).
 "step wall" is the median Decoder.step without the instrument; "outside calls" is that minus the replayed calls: the
 VM's own interpretation and Python (negative when replaying from Python costs more than the VM's native calls).
 Weights beyond the last-level cache (2 layers at Mistral dims: ~0.9 GB in fp16) come from DRAM as in real decoding.
@@ -81,7 +81,7 @@ def _chosen_fraction(symbol: str, args) -> float:
 
     import numpy as np
 
-    experts = int(re.search(r"routed[xd]b?o?e(\d+)", symbol).group(1))
+    experts = int(re.search(r"routed[xdt]b?o?e(\d+)", symbol).group(1))
     return len(np.unique(args[5].numpy())) / experts
 
 
@@ -95,6 +95,10 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
 
     module = lm.module
     weights = {t.data_ptr() for t in module._weight_tensors}
+    # threshold experts' up and down rows: the share their calibration kept (the mean over the experts)
+    calibrated = [c for n in module.graph.nodes if n.op == "routed_moe" for c in n.attrs.get("expert_calibrated") or ()
+                  if c is not None]
+    kept = 1.0 - float(np.mean(calibrated)) if calibrated else 1.0
 
     def kind_of(symbol: str, args) -> tuple[str, float]:
         if symbol.startswith(("vm.builtin.", "take", "fused_take")):  # builtins read no weights; a gather one row
@@ -109,8 +113,9 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
             read = lambda: (_certified_fraction(args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
                             + nbytes[3] + nbytes[4])
         elif "gmlp_routed" in symbol and len(nbytes) >= 3:   # the experts some slot chose (route_i: args[5])
-            read = lambda: _chosen_fraction(symbol, args) * (  # noqa: E731
-                nbytes[0] + (active if "gmlp_routedx" in symbol else 1.0) * (nbytes[1] + nbytes[2]))
+            rows = active if "gmlp_routedx" in symbol else kept if "gmlp_routedt" in symbol else 1.0
+            read = lambda rows=rows: _chosen_fraction(symbol, args) * (  # noqa: E731
+                nbytes[0] + rows * (nbytes[1] + nbytes[2]))
         else:
             read = float(sum(nbytes))
         shape = "x".join(str(int(s)) for s in w[0].shape) if w else ""

@@ -28,8 +28,7 @@ its t is relu there, as |relu(g)| > t iff fatrelu(g, t) is kept), same activatio
 experts (gpt-oss: gate and up biases inside the block, a down bias added after it) route in mode dense with their
 biases stacked the same way (`bias=True`; an expert without one of them gets zeros); other sparse variants
 (threshold by |act(g)·u|, predictor, input), exact experts with a down bias and a mix stay in the all-experts form,
-and the pass says
-so in its statistics (`kept-all-experts`) and a note that names the cause.
+and the pass says so in its statistics (`kept-all-experts`) and a note that names the cause.
 
 Statistics: `routed-moe` (layers rewritten), `routed-experts` (experts in them), `routed-biased` (biased layers
 among them), `routed-thresholds` (layers of threshold experts among them), `routed-augmented` (layers of experts in
