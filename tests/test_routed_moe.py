@@ -299,3 +299,26 @@ def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_fo
     monkeypatch.setitem(moe.ROUTED_MODES, "threshold", ("cpu",))
     with pytest.raises(LoweringError, match="experts with thresholds need a routed kernel .* pick a CPU target"):
         lower_graph(after.graph, targets.get("cuda"))
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_threshold_experts_quantized_run_routed_and_compute_their_graph(quantize):
+    """Threshold experts under `quantize=`: the stacked gate / up / down take the kind's layout (the down a neuron per
+    row, as the routed threshold kernel reads it), the thresholds stay float, and the compiled module computes what
+    its graph says (x rounded to 8-bit blocks where the host's int8 dot serves the layout: a looser tolerance)."""
+    import actsparse
+    from actsparse.ir import evaluate
+
+    from .test_passes_golden import _inputs, _load
+
+    graph = _load("moe_routed")
+    calibration = tuple(tuple(_inputs(graph, seq=16, seed=s)) for s in range(8))
+    x = _inputs(graph, seq=6, seed=99)
+    cm = actsparse.compile(graph, tuple(x), mode="threshold", calibration=calibration, sparsity=0.6, method="cats",
+                           quantize=quantize)
+    (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
+    assert routed.attrs["mode"] == "threshold" and routed.attrs.get("down_rows", "neurons") == "neurons"
+    layouts = [w.attrs.get("layout", "dense") for w in routed.inputs[1:4]]
+    assert all(layout != "dense" for layout in layouts) and routed.inputs[6].attrs.get("layout", "dense") == "dense"
+    want = evaluate(cm.graph, x)[0]
+    np.testing.assert_allclose(cm(*x), want, rtol=0.02, atol=0.02 * np.abs(want).max())   # 0.5% measured
