@@ -14,7 +14,6 @@ NaN/inf inputs or activations are errors that say which sample or block.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -199,20 +198,19 @@ def _positions(calls: list, token_steps: bool) -> np.ndarray:
                            if np.ndim(v) >= 2 else np.zeros(1, int) for v in calls])
 
 
-def calibrate(graph: Graph, blocks: list[Node], calibration: Iterable, name: str, sparsity: float,
-              max_tokens: int = 4096, progress: bool = True, storage: str = "fp32",
-              sensitivity=None, loss_guard=None, skip_positions: int = 0) -> list[NeuronThreshold | InputThresholds]:
-    """Thresholds for every block from the calibration inputs (see the module docstring); `storage`: how the
-    weights will be stored (prices a rotated method's Q against the block); `sensitivity` (greedy methods): per
-    block g² of the loss ([rows of all the samples, d_out], sample by sample, passes/loss_sensitivity.py), which
-    pools the budget across blocks (sensitivity_allocation.py); `loss_guard` (quality_guard.LossGuard, plans of
-    every block of the torch model): the sparsity lowered until the held-out loss holds; dropped where a block's
-    weights fold a bias (the torch MLP's own weights are not the plan's); `skip_positions`: each sample's first
-    positions left out (SINK_POSITIONS)."""
+def calibrate(graph: Graph, blocks: list[Node], collected: tuple[list, list], name: str, sparsity: float,
+              progress: bool = True, storage: str = "fp32", sensitivity=None,
+              loss_guard=None) -> list[NeuronThreshold | InputThresholds | None]:
+    """Thresholds for every block from its calibration rows (see the module docstring): `collected` is (rows, index)
+    per block as `collect_inputs(..., with_index=True)` gives them (the threshold pass collects every calibrating
+    block's in one pass over the samples); `storage`: how the weights will be stored (prices a rotated method's Q
+    against the block); `sensitivity` (greedy methods): per block g² of the loss ([rows of all the samples, d_out],
+    sample by sample, passes/loss_sensitivity.py), which pools the budget across blocks (sensitivity_allocation.py);
+    `loss_guard` (quality_guard.LossGuard, plans of every block of the torch model): the sparsity lowered until the
+    held-out loss holds; dropped where a block's weights fold a bias (the torch MLP's own weights are not the
+    plan's)."""
     method(name)
-    samples = calibration_samples(calibration, len(graph.inputs))
-    rows, index = collect_inputs(graph, blocks, samples, max_tokens, progress=progress, with_index=True,
-                                 skip_positions=skip_positions)
+    rows, index = (list(part) for part in collected)
     if sensitivity is not None:
         sensitivity = list(sensitivity)
         counted = max((i[-1] + 1 for i in index if len(i)), default=0)   # the rows the samples gave, skipped too

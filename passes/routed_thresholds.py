@@ -4,7 +4,8 @@ A routed expert (one route-moe will run on its tokens only, `route_moe.expert_ro
 the routed kernel does (ir/moe.py's `ROUTED_MODES`): a token keeps neuron i of expert e where |act_gate(g_i)| > t_e
 (the CATS criterion, `criterion="gate"`), whatever method the other blocks take, since the routed kernel skips
 neurons, not input channels. Its t_e is the `sparsity` quantile of |act_gate(g)| over the calibration tokens the
-router sends to expert e: the rows whose routing weight r_e is not 0 (`collect_inputs(routing=)`), not every token,
+router sends to expert e: the rows whose routing weight r_e is not 0 (`collect_inputs(routing=)`, in the threshold
+pass's one pass over the samples), not every token,
 whose gate values the expert never sees in use. An expert the calibration routes too few tokens to for that quantile
 (`input_thresholds.enough_rows`) keeps t = 0 (its own FATReLU threshold where it has one): every neuron the gate
 does not zero, lossless; the report's row says why.
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..ir import Graph, Node
 from .base import note, record
-from .calibrate import block_weights, calibration_samples, collect_inputs
+from .calibrate import block_weights
 from .input_thresholds import enough_rows
 from .sparsity_methods import NeuronThreshold, method, neuron_threshold
 
@@ -32,12 +33,10 @@ def routed_reason(asked: str) -> str:
     return f"{ROUTED_METHOD}: a routed expert, whose kernel takes a threshold per expert, not {asked}'s"
 
 
-def calibrate_routed_experts(graph: Graph, blocks: list[Node], routing: list[Node], calibration, sparsity: float,
-                             max_tokens: int, progress: bool, skip_positions: int) -> list[NeuronThreshold]:
-    """Each routed expert's NeuronThreshold (module docstring); `routing`: per block its routing weight's node."""
-    samples = calibration_samples(calibration, len(graph.inputs))
-    rows = collect_inputs(graph, blocks, samples, max_tokens, progress=progress, skip_positions=skip_positions,
-                          routing=routing)
+def calibrate_routed_experts(graph: Graph, blocks: list[Node], rows: list[np.ndarray],
+                             sparsity: float) -> list[NeuronThreshold]:
+    """Each routed expert's NeuronThreshold (module docstring) from its rows: `collect_inputs` with the expert's
+    routing weight (`route_moe.expert_routing`), so the tokens routed to it only."""
     cats = method(ROUTED_METHOD)
     plans = []
     for block, r in zip(blocks, rows):

@@ -68,7 +68,15 @@ from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, bytes_per_weight, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
 from .base import Pass, coerce_options, note, record
-from .calibrate import InputThresholds, NeuronThreshold, calibrate, refused, threshold_attrs
+from .calibrate import (
+    InputThresholds,
+    NeuronThreshold,
+    calibrate,
+    calibration_samples,
+    collect_inputs,
+    refused,
+    threshold_attrs,
+)
 from .detect_gated_mlp import plain_as_gated
 from .rotation import ROTATION_STORAGE
 from .route_moe import expert_routing, lossless_routed_experts
@@ -125,22 +133,29 @@ class SparsifyThreshold(Pass):
         methods = [(self.method, "")] * len(blocks)   # per block: (its method, why not self.method)
         storage = self.storage or _stored_as(graph, blocks[0])
         missing = [i for i, b in enumerate(blocks) if chosen[i] is None and not kept_routed[i]]
+        if missing and not self.calibration:
+            where = ", ".join(blocks[i].loc or "?" for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
+            raise ActsparseError(f"sparsify-threshold has no thresholds for {where}: pass calibration data "
+                                 "(compile(..., mode='threshold', calibration=[...], sparsity=...)) or explicit "
+                                 "thresholds")
         routing = expert_routing(graph)
+        # one pass over the calibration samples for every block that calibrates (a routed expert: its tokens only)
+        collected = dict(zip(missing, zip(*collect_inputs(
+            graph, [blocks[i] for i in missing], calibration_samples(self.calibration, len(graph.inputs)),
+            self.max_tokens, progress=self.progress, with_index=True, skip_positions=self.skip_positions,
+            routing=[routing.get(id(blocks[i])) for i in missing])))) if missing else {}
+
+        def rows_of(indices: list[int]) -> tuple[list, list]:
+            return [collected[i][0] for i in indices], [collected[i][1] for i in indices]
+
         experts = [i for i in missing if id(blocks[i]) in routing]   # routed, with thresholds: routed_thresholds.py
-        if experts and self.calibration:
-            found = calibrate_routed_experts(graph, [blocks[i] for i in experts], [routing[id(blocks[i])] for i in
-                                                                                   experts], self.calibration,
-                                             self.sparsity, self.max_tokens, self.progress, self.skip_positions)
+        if experts:
+            found = calibrate_routed_experts(graph, [blocks[i] for i in experts], rows_of(experts)[0], self.sparsity)
             for i, c in zip(experts, found):
                 chosen[i], methods[i] = c, (ROUTED_METHOD, routed_reason(self.method))
             record("routed-expert-thresholds", len(experts))
             missing = [i for i in missing if i not in experts]
         if missing:
-            if not self.calibration:
-                where = ", ".join(blocks[i].loc or "?" for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
-                raise ActsparseError(f"sparsify-threshold has no thresholds for {where}: pass calibration data "
-                                     "(compile(..., mode='threshold', calibration=[...], sparsity=...)) or explicit "
-                                     "thresholds")
             weighted = bool(self.sensitivity) and method(self.method).greedy
             if weighted and len(self.sensitivity) != len(blocks):   # the torch MLPs are not the graph's blocks
                 record("fisher-allocation-unmatched")
@@ -157,17 +172,14 @@ class SparsifyThreshold(Pass):
             if other and guard is not None:   # the guard installs every block's plan, or none
                 record("quality-guard-unmatched")
                 guard = None
-            found = calibrate(graph, [blocks[i] for i in own], self.calibration, self.method, self.sparsity,
-                              self.max_tokens, self.progress, storage,
-                              [self.sensitivity[i] for i in own] if weighted else None, guard,
-                              self.skip_positions) if own else []
+            found = calibrate(graph, [blocks[i] for i in own], rows_of(own), self.method, self.sparsity, self.progress,
+                              storage, [self.sensitivity[i] for i in own] if weighted else None, guard) if own else []
             if guard is not None and guard.outcome is not None:
                 record("quality-guard" if guard.outcome[1] == guard.outcome[0] else "quality-guard-lowered")
             if other:
                 record("method-fallback", len(other))
-                found += calibrate(graph, [blocks[i] for i in other], self.calibration, self.fallback,
-                                   self.sparsity, self.max_tokens, self.progress, storage,
-                                   skip_positions=self.skip_positions)
+                found += calibrate(graph, [blocks[i] for i in other], rows_of(other), self.fallback, self.sparsity,
+                                   self.progress, storage)
             for i, c in zip(own + other, found):
                 chosen[i] = c
             for i in other:

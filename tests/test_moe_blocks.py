@@ -191,7 +191,7 @@ def test_nemotron_h_relu2_experts_without_a_gate_run_routed_and_exact():
     assert torch.equal(lm.generate(ids, 8), expected)
 
 
-def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared_expert_by_its_method():
+def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared_expert_by_its_method(monkeypatch):
     """DeepSeek-V3's routed SwiGLU experts take a CATS threshold each, calibrated on the tokens the router sends to
     it (passes/routed_thresholds.py), and route-moe stacks them into `routed_moe{mode=threshold}` (the CPU's routed
     kernel reads only the neurons some routed token keeps); the other blocks (its shared expert, its dense first
@@ -206,8 +206,13 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
     rng = np.random.default_rng(0)
     calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
     graph = import_torch(CausalLMLogits(model).eval(), (ids,))
+    from actsparse.passes import sparsify_threshold
+
+    passes, collect = [], sparsify_threshold.collect_inputs
+    monkeypatch.setattr(sparsify_threshold, "collect_inputs", lambda *a, **k: passes.append(1) or collect(*a, **k))
     cm = actsparse.compile(graph, (ids.numpy(),), mode="threshold", calibration=calibration, sparsity=0.3,
                            method="wina")
+    assert passes == [1]   # one pass over the samples for the experts and the other blocks alike
     stats = cm.report.pass_stats
     assert stats["sparsify-threshold"]["routed-expert-thresholds"] == 4
     assert stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4, "routed-thresholds": 1}
