@@ -56,12 +56,17 @@ def check_input_sparse(d: int, n_ff: int, gate_act: str, up_act: str, dtype: str
         raise ValueError(f"criterion must be one of {INPUT_CRITERIA}, got {criterion!r}")
 
 
+def down_score(criterion: str):
+    """(a, hv) -> what h_thr is compared with: act_g(g) ('gate') or h ('product')."""
+    return (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)
+
+
 def masked_h_macro(gate_act: str, up_act: str, criterion: str, family: str = "cpu"):
     """`mask(g, h, h_thr, j, M, live)`: neuron j's h for every token m, masked: h[m, j] (u on entry) becomes
     act_g(g[m, j]) * act_u(u) where |h| ('product') or |act_g(g)| ('gate') > h_thr[j], else 0; live[0] = 1 when
     some token keeps j. Shared with the CUDA kernel (`family` picks the activations' forms)."""
     act_g, act_u, zero = activation(gate_act, 0.0, family), activation(up_act, 0.0, family), T.float32(0)
-    score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)   # what h_thr is compared with
+    score = down_score(criterion)
 
     @T.macro
     def mask(g, h, h_thr, j, M, live):
@@ -82,7 +87,7 @@ def ratio_h_macro(gate_act: str, up_act: str, criterion: str):
     """`ratios(g, h, h_thr, j, M)`: for top-k on h, neuron j's h unmasked into h (u on entry) and its ratio
     |score| / h_thr (`top_k.ratio`) into g, for every token."""
     act_g, act_u = activation(gate_act, 0.0, "cpu"), activation(up_act, 0.0, "cpu")
-    score = (lambda a, hv: a) if criterion == "gate" else (lambda a, hv: hv)
+    score = down_score(criterion)
 
     @T.macro
     def ratios(g, h, h_thr, j, M):
