@@ -14,6 +14,7 @@ NaN/inf inputs or activations are errors that say which sample or block.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -83,6 +84,14 @@ def _to_numpy(x) -> np.ndarray:
 SINK_POSITIONS = 1
 
 
+@dataclass(frozen=True)
+class RoutedRows:
+    """A routed block's calibration rows' routing weights (aligned with its rows) and how many of the samples'
+    tokens were routed to it (its rows before the max_tokens sample): its share of its layer's reads."""
+    weights: np.ndarray
+    tokens: int
+
+
 def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 4096, seed: int = 0,
                    progress: bool = True, with_index: bool = False, skip_positions: int = 0,
                    routing: list[Node | None] | None = None):
@@ -91,12 +100,14 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
     `skip_positions`: rows of a sample's first positions (along its sequence axis, or its first calls where it is
     fed token by token) left out, the index still counting them; `routing`: per block a node or None, whose value
     ([..., 1] over x's tokens: a MoE expert's routing weight) is 0 on the rows that are not the block's own, which
-    are then left out too (a routed expert calibrates on the tokens routed to it)."""
+    are then left out too (a routed expert calibrates on the tokens routed to it); given, a third list follows the
+    rows (and index): per block its RoutedRows, or None where its routing is None."""
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
-    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * len(blocks)   # (keys, rows, index)
-    seen = [0] * len(blocks)
+    # per block (keys, rows, index, routing weights)
+    kept: list[tuple[np.ndarray, ...] | None] = [None] * len(blocks)
+    seen, routed_tokens = [0] * len(blocks), [0] * len(blocks)
     for i, arrays in enumerate(tqdm(samples, desc="calibrate", unit="sample", disable=not progress or None)):
         first, keep = len(graph.outputs), [b.inputs[0] for b in blocks]
         gates = [r for r in routing or () if r is not None]
@@ -108,9 +119,9 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
             raise CalibrationError(f"calibration sample {i} does not fit the model: {err}") from None
         values = [np.concatenate([np.asarray(c[b]).reshape(-1, np.shape(c[b])[-1]) for c in calls])
                   for b in range(len(blocks))]
-        routed = iter(np.concatenate([np.asarray(c[len(blocks) + k]).reshape(-1) for c in calls]) != 0
+        routed = iter(np.concatenate([np.asarray(c[len(blocks) + k], np.float32).reshape(-1) for c in calls])
                       for k in range(len(gates)))
-        own = [next(routed) if r is not None else None for r in routing or [None] * len(blocks)]
+        weight = [next(routed) if r is not None else None for r in routing or [None] * len(blocks)]
         for b, (block, x) in enumerate(zip(blocks, values)):
             rows = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
             if not np.isfinite(rows).all():
@@ -118,22 +129,24 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
                                        f"{block.loc or 'a gated MLP'}; check the model and the calibration data")
             index = np.arange(seen[b], seen[b] + len(rows))
             seen[b] += len(rows)
-            keep_rows = np.ones(len(rows), bool) if own[b] is None else own[b]
+            w = np.ones(len(rows), np.float32) if weight[b] is None else weight[b]
+            keep_rows = w != 0
             if skip_positions:
                 keep_rows = keep_rows & (_positions([c[b] for c in calls], isinstance(arrays, TokenSteps))
                                          >= skip_positions)
-            if skip_positions or own[b] is not None:
-                rows, index = rows[keep_rows], index[keep_rows]
+            rows, index, w = rows[keep_rows], index[keep_rows], w[keep_rows]
+            routed_tokens[b] += len(rows)
             keys = rng.random(len(rows))
             if kept[b] is not None:
-                keys, rows, index = (np.concatenate([old, new]) for old, new in zip(kept[b], (keys, rows, index)))
+                keys, rows, index, w = (np.concatenate([old, new]) for old, new in zip(kept[b], (keys, rows, index, w)))
             if len(rows) > max_tokens:
                 keep = np.sort(np.argpartition(keys, max_tokens)[:max_tokens])   # sorted: rows stay in text order
-                keys, rows, index = keys[keep], rows[keep], index[keep]
-            kept[b] = (keys, rows, index)
-    if with_index:
-        return [k[1] for k in kept], [k[2] for k in kept]
-    return [k[1] for k in kept]
+                keys, rows, index, w = keys[keep], rows[keep], index[keep], w[keep]
+            kept[b] = (keys, rows, index, w)
+    found = [[k[1] for k in kept]] + ([[k[2] for k in kept]] if with_index else [])
+    if routing is not None:
+        found.append([RoutedRows(k[3], n) if r is not None else None for k, n, r in zip(kept, routed_tokens, routing)])
+    return tuple(found) if len(found) > 1 else found[0]
 
 
 def pooled_rows(blocks: list[Node], rows: list[np.ndarray]) -> list[np.ndarray]:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -167,21 +168,17 @@ def _experts(index: Node) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def routed_expert_blocks(graph: Graph) -> dict[int, bool]:
-    """id of each expert block this pass would route as it is (the layers `_match` takes; nothing recorded) -> whether
-    its layer's experts have biases (routed exact experts take none: `BIASED_MODES`)."""
-    return {key: biased for key, (biased, _) in _routed_experts(graph).items()}
+class RoutedExpert(NamedTuple):
+    """An expert block this pass would route as it is (a layer `_match` takes)."""
+    biased: bool    # its layer's experts have biases (routed exact experts take none: `BIASED_MODES`)
+    weight: Node    # its routing weight R_e ([..., 1], 0 on the tokens not routed to it): what it calibrates on
+    layer: int      # its MoE layer's number: the experts sharing a budget (passes/routed_thresholds.py)
 
 
-def expert_routing(graph: Graph) -> dict[int, Node]:
-    """id of each unbiased expert block this pass would route -> its routing weight R_e ([..., 1], 0 on the tokens
-    not routed to it): what a routed expert calibrates on (passes/routed_thresholds.py)."""
-    return {key: weight for key, (biased, weight) in _routed_experts(graph).items() if not biased}
-
-
-def _routed_experts(graph: Graph) -> dict[int, tuple[bool, Node]]:
+def routed_experts(graph: Graph) -> dict[int, RoutedExpert]:
+    """id of each expert block this pass would route -> its RoutedExpert (nothing recorded)."""
     layers = [found for node in graph.nodes if node.op == "add" and (found := _match(node, quiet=True))]
-    return {id(block): (found["biased"], weight) for found in layers
+    return {id(block): RoutedExpert(found["biased"], weight, k) for k, found in enumerate(layers)
             for block, weight in zip(found["blocks"], found["routing"])}
 
 
@@ -190,17 +187,18 @@ LEFT_STATS = {"exact": "exact-routed-experts", "dense": "kept-dense-routed-exper
 
 
 def lossless_routed_experts(graph: Graph, blocks: list[Node], mode: str, exempt: list[bool] | None = None,
-                            family: str | None = None) -> list[str | None]:
+                            family: str | None = None, routed: dict[int, RoutedExpert] | None = None
+                            ) -> list[str | None]:
     """Per block of `blocks`: what lossy `mode`'s pass leaves it to run as because this pass will route it (a lossy
     variant's experts would run all-experts: E/k times the routed reads; `ir.moe.routed_reason`): "exact" where its
     gate is exactly sparse and its layer's experts have no biases (lossless, its zero neurons skipped), else "dense";
     None where it is not left. Each left block counts in `LEFT_STATS` and gets a report note; `exempt` blocks (e.g.
     explicit thresholds) are not left, nor unbiased ones where kernel family `family`'s routed kernel takes `mode`
-    (ir/moe.py's ROUTED_MODES)."""
-    routed = routed_expert_blocks(graph)
+    (ir/moe.py's ROUTED_MODES); `routed`: `routed_experts(graph)` where the caller has it."""
+    routed = routed_experts(graph) if routed is None else routed
     takes = family is not None and routed_kernel_takes(mode, family)
-    left = [None if id(b) not in routed or (exempt and exempt[i]) or (takes and not routed[id(b)]) else
-            "exact" if is_exactly_sparse(b.attrs["gate_act"]) and not routed[id(b)] else "dense"
+    left = [None if id(b) not in routed or (exempt and exempt[i]) or (takes and not routed[id(b)].biased) else
+            "exact" if is_exactly_sparse(b.attrs["gate_act"]) and not routed[id(b)].biased else "dense"
             for i, b in enumerate(blocks)]
     for block, runs_as in ((b, r) for b, r in zip(blocks, left) if r):
         record(LEFT_STATS[runs_as])

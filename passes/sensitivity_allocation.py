@@ -38,24 +38,32 @@ STEP = 0.025
 def pooled_budgets(options: list, budget: float, span: float = SPAN, step: float = STEP) -> list[float]:
     """Per block the budget (s + k·step, |k·step| ≤ span) minimising the summed error, the budgets' mean exactly
     `budget`. `options[b]`: a function budget -> least error of block b there (inf: out of reach)."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
     if not options:
         return []
     k = int(round(span / step))
     offsets = np.arange(-k, k + 1)
     errors = np.array([[error_at(budget + j * step) if budget + j * step > 0 else np.inf for j in offsets]
                        for error_at in options], np.float64)
-    reachable = np.isfinite(errors).ravel()
-    # one binary per (block, offset): each block picks one offset, the offsets sum to 0 (the mean stays `budget`)
-    n_blocks, n_offsets = errors.shape
-    one_each = np.kron(np.eye(n_blocks), np.ones(n_offsets))
-    summed = np.tile(offsets, n_blocks)[None, :]
-    result = milp(np.where(reachable, errors.ravel(), 0.0), integrality=np.ones(errors.size),
-                  bounds=Bounds(0, reachable.astype(float)),
-                  constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(summed, 0, 0)])
-    if result.x is None:   # no choice keeps the mean: every block at the budget
-        return [budget] * n_blocks
-    chosen = np.round(result.x).reshape(n_blocks, n_offsets).argmax(1)
+    chosen = choose_one_each(errors, np.broadcast_to(offsets, errors.shape), 0, 0)   # offsets summing to 0
+    if chosen is None:   # no choice keeps the mean: every block at the budget
+        return [budget] * len(options)
     return [budget + int(offsets[j]) * step for j in chosen]
 
+
+def choose_one_each(costs: np.ndarray, amounts: np.ndarray, low: float, high: float) -> np.ndarray | None:
+    """Per row of `costs` ([items, options]; inf: not an option) the option minimising the summed cost such that
+    low <= Σ amounts[item, option chosen] <= high: a multiple-choice knapsack, solved exactly by HiGHS
+    (`scipy.optimize.milp`); None where no choice fits."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    reachable = np.isfinite(costs).ravel()
+    n_items, n_options = costs.shape
+    # one binary per (item, option): each item picks one option
+    one_each = np.kron(np.eye(n_items), np.ones(n_options))
+    result = milp(np.where(reachable, costs.ravel(), 0.0), integrality=np.ones(costs.size),
+                  bounds=Bounds(0, reachable.astype(float)),
+                  constraints=[LinearConstraint(one_each, 1, 1),
+                               LinearConstraint(np.asarray(amounts, np.float64).ravel()[None, :], low, high)])
+    if result.x is None:
+        return None
+    return np.round(result.x).reshape(n_items, n_options).argmax(1)

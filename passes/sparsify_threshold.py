@@ -36,8 +36,9 @@ subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7
 builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its
 rows as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
 
-MoE experts that route-moe will route take CATS thresholds, one per expert calibrated on the tokens routed to it
-(passes/routed_thresholds.py; route-moe stacks them into `routed_moe{mode=threshold}`), where the target's routed
+MoE experts that route-moe will route take CATS thresholds, one per expert calibrated on the tokens routed to it,
+a layer's experts sharing its budget (`expert_allocation`: "pooled", the default, or "uniform";
+passes/routed_thresholds.py; route-moe stacks them into `routed_moe{mode=threshold}`), where the target's routed
 kernel takes them (ir/moe.py's `ROUTED_MODES`: x86, ARM and CUDA's) and the experts have no biases. Elsewhere
 (`route_moe.lossless_routed_experts`) they are left lossless, with the reason in the report (`ir.moe.routed_reason`):
 run all-experts they would cost E/k times the routed experts' reads; ReLU-family experts (without biases) run
@@ -46,7 +47,8 @@ hidden vector is RMS-normalised (BitNet's ffn_sub_norm) takes no thresholds eith
 norm): exact where ReLU-family and the target's exact kernel applies the norm, else dense.
 
 Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `routed-expert-thresholds` per routed
-expert calibrated (`routed-expert-too-few-tokens` among them: threshold 0); `exact-routed-experts` /
+expert calibrated (`routed-expert-too-few-tokens` among them: threshold 0), `pooled-expert-layers` per MoE layer
+whose experts shared its budget; `exact-routed-experts` /
 `kept-dense-routed-experts` per expert left exact / dense; `exact-hidden-norm` / `kept-dense-hidden-norm` per normed
 block; `fisher-allocation` once when the
 budget was pooled by `sensitivity`; `rotation-<kind>` per rotation stored
@@ -79,8 +81,8 @@ from .calibrate import (
 )
 from .detect_gated_mlp import plain_as_gated
 from .rotation import ROTATION_STORAGE
-from .route_moe import expert_routing, lossless_routed_experts
-from .routed_thresholds import ROUTED_METHOD, calibrate_routed_experts, routed_reason
+from .route_moe import lossless_routed_experts, routed_experts
+from .routed_thresholds import EXPERT_ALLOCATIONS, ROUTED_METHOD, calibrate_routed_experts, routed_reason
 from .sparse_layout import to_sparse_layout
 from .sparsify_exact import exact_block
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
@@ -99,6 +101,7 @@ class SparsifyThreshold(Pass):
     skip_positions: int = 0   # each calibration sample's first positions left out (calibrate.SINK_POSITIONS)
     progress: bool = True
     storage: str | None = None
+    expert_allocation: str = "pooled"   # routed experts' sparsity: routed_thresholds.EXPERT_ALLOCATIONS
     target: Target | None = field(default=None, repr=False, compare=False)   # its input_byte_cost: the cost rule
     loss_guard: object = field(default=None, repr=False, compare=False)   # quality_guard.LossGuard
     # the method for blocks `method` cannot take (calibrate.refused: gate/up biases, FATReLU under an input method);
@@ -112,6 +115,9 @@ class SparsifyThreshold(Pass):
                                                          for k, v in self.thresholds.items()))
         if self.method not in METHODS:
             raise ValueError(f"sparsify-threshold: unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        if self.expert_allocation not in EXPERT_ALLOCATIONS:
+            raise ValueError(f"sparsify-threshold: unknown expert_allocation {self.expert_allocation!r}; valid: "
+                             f"{', '.join(EXPERT_ALLOCATIONS)}")
         if self.storage is not None and self.storage not in ROTATION_STORAGE:
             raise ValueError(f"sparsify-threshold: unknown storage {self.storage!r}; valid: "
                              f"{', '.join(ROTATION_STORAGE)}")
@@ -128,8 +134,9 @@ class SparsifyThreshold(Pass):
         if not blocks:
             return graph
         chosen = self._given(blocks)
+        routed = routed_experts(graph)
         kept_routed = lossless_routed_experts(graph, blocks, "threshold", exempt=[c is not None for c in chosen],
-                                              family=kernel_family)
+                                              family=kernel_family, routed=routed)
         methods = [(self.method, "")] * len(blocks)   # per block: (its method, why not self.method)
         storage = self.storage or _stored_as(graph, blocks[0])
         missing = [i for i, b in enumerate(blocks) if chosen[i] is None and not kept_routed[i]]
@@ -138,19 +145,23 @@ class SparsifyThreshold(Pass):
             raise ActsparseError(f"sparsify-threshold has no thresholds for {where}: pass calibration data "
                                  "(compile(..., mode='threshold', calibration=[...], sparsity=...)) or explicit "
                                  "thresholds")
-        routing = expert_routing(graph)
+        routing = {key: expert for key, expert in routed.items() if not expert.biased}   # the experts it thresholds
         # one pass over the calibration samples for every block that calibrates (a routed expert: its tokens only)
-        collected = dict(zip(missing, zip(*collect_inputs(
+        collected = (dict(zip(missing, zip(*collect_inputs(
             graph, [blocks[i] for i in missing], calibration_samples(self.calibration, len(graph.inputs)),
             self.max_tokens, progress=self.progress, with_index=True, skip_positions=self.skip_positions,
-            routing=[routing.get(id(blocks[i])) for i in missing])))) if missing else {}
+            routing=[routing[id(blocks[i])].weight if id(blocks[i]) in routing else None for i in missing]))))
+                     if missing else {})
 
         def rows_of(indices: list[int]) -> tuple[list, list]:
             return [collected[i][0] for i in indices], [collected[i][1] for i in indices]
 
         experts = [i for i in missing if id(blocks[i]) in routing]   # routed, with thresholds: routed_thresholds.py
         if experts:
-            found = calibrate_routed_experts(graph, [blocks[i] for i in experts], rows_of(experts)[0], self.sparsity)
+            found = calibrate_routed_experts(graph, [blocks[i] for i in experts], rows_of(experts)[0],
+                                             [collected[i][2] for i in experts],
+                                             [routing[id(blocks[i])].layer for i in experts], self.sparsity,
+                                             self.expert_allocation, self.progress)
             for i, c in zip(experts, found):
                 chosen[i], methods[i] = c, (ROUTED_METHOD, routed_reason(self.method))
             record("routed-expert-thresholds", len(experts))

