@@ -7,7 +7,8 @@ Matches, by what it computes (after detection and the sparsify passes), a sum wi
                                           | sparse_gated_mlp{mode=threshold, criterion=gate}(x, ...)
                                           (| add(gated_mlp, @b_down_e): gpt-oss adds its down bias after the block)
                                     R_e = sum(mul(V, cast(eq(I, e))), axes=[-1], keepdim=True)     for e = 0..E-1
-                                    I = topk{output=indices}(scores[..., E]),  V [..., k]
+                                    I = topk{output=indices}(scores[..., E]) | argmax(scores[..., E])
+                                        | concat(such, last axis),  V [..., k]
     -> add(routed_moe(x, @Wg.routed, @Wu.routed, @Wd.t.routed, V, I[, @bg, @bu, @bd | @thr]){experts=E, mode, bias},
            the other terms)
 
@@ -16,8 +17,8 @@ frontends/moe.py exports transformers' MoE layers in, and the one a hand-written
 routing weight" module has. An exact block whose gate / up biases sparsify-exact folded into its weights
 (homogeneous coordinates: biased plain relu / relu² MLPs; Nemotron-H's unbiased ones need none) is
 B_e = slice(sparse_gated_mlp(concat(x, 1), ...), 0:d); those experts route on concat(x, 1), the routed output sliced
-back to d (`routed-augmented`). Why it is the same value: I comes from a top-k over E scores, so every index lies in
-[0, E), and the terms cover every e exactly once; then Σ_e B_e(x)·R_e = Σ_j V[:, j]·B_{I[:, j]}(x), which is what
+back to d (`routed-augmented`). Why it is the same value: I comes from a top-k (or argmaxes) over E scores, so every
+index lies in [0, E), and the terms cover every e exactly once; then Σ_e B_e(x)·R_e = Σ_j V[:, j]·B_{I[:, j]}(x), which is what
 `routed_moe` computes (wherever the experts' outputs are finite: the sum multiplies an unchosen expert by 0).
 
 The experts' weights are stacked along the rows in the sparse kernels' layout (gate / up [E·n, d], down
@@ -77,7 +78,7 @@ def _routing(r: Node) -> tuple[Node, Node, int] | None:
         if mask.op != "eq":
             continue
         for index in mask.inputs:
-            if index.op == "topk" and index.attrs["output"] == "indices" and v is not index:
+            if _experts(index) is not None and v is not index:
                 e = _expert_id(mask, index)
                 if e is not None and v.shape == index.shape and v.dtype.startswith("f"):
                     return v, index, e
@@ -163,9 +164,17 @@ def _leaves(root: Node) -> list[Node]:
 
 
 def _experts(index: Node) -> int | None:
-    axis = index.attrs["axis"] % index.inputs[0].type.rank
-    size = index.inputs[0].shape[axis]
-    return size if isinstance(size, int) else None
+    """E when every value of `index` is an expert id in [0, E): a top-k's indices or an argmax over E scores, or a
+    concat of such along the last axis (PhiMoE's sparsemixer: its second choice an argmax of the scores with the
+    first masked); None otherwise."""
+    if (index.op == "topk" and index.attrs["output"] == "indices") or index.op == "argmax":
+        axis = index.attrs["axis"] % index.inputs[0].type.rank
+        size = index.inputs[0].shape[axis]
+        return size if isinstance(size, int) else None
+    if index.op == "concat" and index.attrs["axis"] % index.type.rank == index.type.rank - 1:
+        counts = {_experts(part) for part in index.inputs}
+        return counts.pop() if len(counts) == 1 else None
+    return None
 
 
 class RoutedExpert(NamedTuple):

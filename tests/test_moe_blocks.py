@@ -276,3 +276,24 @@ def test_threshold_mode_leaves_routed_experts_lossless_where_no_routed_kernel_ta
     assert routed.attrs["mode"] == "dense"
     reasons = {n["reason"] for n in run.notes if n.get("kind") == "kept-dense"}
     assert routed_reason("threshold", "dense", "cuda") in reasons
+
+
+def test_phimoe_sparsemixer_routes_on_its_argmax_choices():
+    """PhiMoE's sparsemixer picks its two experts by argmax, then argmax of the scores with the first masked, and
+    concatenates them (no top-k): every id still lies in [0, E), so route-moe takes the concat of argmaxes as the
+    routed indices (`_experts`); the routed decoder generates as transformers does."""
+    import transformers
+
+    import actsparse
+
+    model = build_tiny("phimoe")
+    ids = torch.randint(3, 100, (1, 8), generator=torch.Generator().manual_seed(0))
+    model.generation_config = transformers.GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                                            pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids))
+    lm = actsparse.compile(model, mode="dense", max_seq=24)
+    assert lm.report.pass_stats["route-moe"] == {"routed-moe": 2, "routed-experts": 8}
+    (index,) = {n.inputs[5].op for n in lm.module.graph.nodes if n.op == "routed_moe"}
+    assert index == "concat"
+    assert torch.equal(lm.generate(ids, 6), expected)
