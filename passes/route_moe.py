@@ -19,7 +19,8 @@ routing weight" module has. An exact block whose gate / up biases sparsify-exact
 B_e = slice(sparse_gated_mlp(concat(x, 1), ...), 0:d); those experts route on concat(x, 1), the routed output sliced
 back to d (`routed-augmented`). Why it is the same value: I comes from a top-k (or argmaxes) over E scores, so every
 index lies in [0, E), and the terms cover every e exactly once; then Σ_e B_e(x)·R_e = Σ_j V[:, j]·B_{I[:, j]}(x),
-which is what `routed_moe` computes (wherever the experts' outputs are finite: the sum multiplies an unchosen expert by 0).
+which is what `routed_moe` computes (wherever the experts' outputs are finite: the sum multiplies an unchosen
+expert by 0).
 
 The experts' weights are stacked along the rows in the sparse kernels' layout (gate / up [E·n, d], down
 transposed [E·n, d_out]; a fused gate_up is split). Only blocks of one kind route: all dense `gated_mlp`
