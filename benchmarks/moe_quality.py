@@ -15,7 +15,6 @@ Calibration: the first 60% of pydoc's topics prose, the held-out text the rest (
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import tempfile
 from pathlib import Path
@@ -72,18 +71,15 @@ def moe_twin(grouping: str, folder: Path) -> None:
     tok.save_pretrained(str(folder))
 
 
-@contextlib.contextmanager
 def expert_allocation(name: str):
     """compile()'s threshold pipeline with sparsify-threshold's `expert_allocation` set (a pass option, no compile()
-    argument: the benchmark's ablation)."""
+    argument: the benchmark's ablation), while the context lasts."""
+    from unittest import mock
+
     from actsparse.passes import pipeline
 
-    original = pipeline.SparsifyThreshold
-    pipeline.SparsifyThreshold = functools.partial(original, expert_allocation=name)
-    try:
-        yield
-    finally:
-        pipeline.SparsifyThreshold = original
+    return mock.patch.object(pipeline, "SparsifyThreshold",
+                             functools.partial(pipeline.SparsifyThreshold, expert_allocation=name))
 
 
 def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> float:

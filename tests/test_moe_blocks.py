@@ -171,16 +171,11 @@ def test_nemotron_h_relu2_experts_without_a_gate_run_routed_and_exact():
     1, `unit`, on the gate's own rows, which no CPU kernel reads). They route as they are: each token runs its top-k
     experts only, and of those only the active neurons' down rows (expert x neuron sparsity). The exact decoder
     (prefill and steps through the routed kernel) generates as transformers does."""
-    import transformers
-
     import actsparse
 
     model = build_tiny("nemotron_h")
     ids = torch.randint(0, 100, (1, 7), generator=torch.Generator().manual_seed(0))
-    model.generation_config = transformers.GenerationConfig(max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                                                            pad_token_id=0)
-    with torch.no_grad():
-        expected = model.generate(ids, attention_mask=torch.ones_like(ids))
+    expected = _greedy(model, ids, 8)
     lm = actsparse.compile(model, mode="exact", max_seq=20)
     assert lm.report.pass_stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4}
     routed = [n for n in lm.module.graph.nodes if n.op == "routed_moe"]
@@ -282,18 +277,23 @@ def test_phimoe_sparsemixer_routes_on_its_argmax_choices():
     """PhiMoE's sparsemixer picks its two experts by argmax, then argmax of the scores with the first masked, and
     concatenates them (no top-k): every id still lies in [0, E), so route-moe takes the concat of argmaxes as the
     routed indices (`_experts`); the routed decoder generates as transformers does."""
-    import transformers
-
     import actsparse
 
     model = build_tiny("phimoe")
     ids = torch.randint(3, 100, (1, 8), generator=torch.Generator().manual_seed(0))
-    model.generation_config = transformers.GenerationConfig(max_new_tokens=6, min_new_tokens=6, do_sample=False,
-                                                            pad_token_id=0)
-    with torch.no_grad():
-        expected = model.generate(ids, attention_mask=torch.ones_like(ids))
+    expected = _greedy(model, ids, 6)
     lm = actsparse.compile(model, mode="dense", max_seq=24)
     assert lm.report.pass_stats["route-moe"] == {"routed-moe": 2, "routed-experts": 8}
     (index,) = {n.inputs[5].op for n in lm.module.graph.nodes if n.op == "routed_moe"}
     assert index == "concat"
     assert torch.equal(lm.generate(ids, 6), expected)
+
+
+def _greedy(model, ids, new: int):
+    """transformers' greedy generate of exactly `new` tokens after `ids`."""
+    import transformers
+
+    model.generation_config = transformers.GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                                            pad_token_id=0)
+    with torch.no_grad():
+        return model.generate(ids, attention_mask=torch.ones_like(ids))
