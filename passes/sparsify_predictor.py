@@ -118,16 +118,9 @@ class SparsifyPredictor(Pass):
         acts = collect_activations(graph, own, calibration_samples(self.calibration, len(graph.inputs)),
                                    self.max_tokens, self.progress) if own else []
         fitted = self._fit(graph, own, acts) if own else []
-        in_order, is_expert = iter(zip(fitted, acts)), iter(experts)
-        new_weights: dict = {}
+        in_order = iter(zip(fitted, acts))
 
-        def visit(node: Node) -> Node | None:
-            if node.op != "gated_mlp":
-                return None
-            runs_as = next(is_expert)
-            if runs_as:   # a routed expert (lossless_routed_experts): exact, or dense (biased experts)
-                return exact_block(node, graph, new_weights, self.kernel_family, count=False) \
-                    if runs_as == "exact" else None
+        def build(node: Node, new_weights: dict) -> Node:
             p, a = next(in_order)
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             record(pattern)
@@ -141,20 +134,12 @@ class SparsifyPredictor(Pass):
                           "calibrated_recall": round(p.recall, 5), "calibrated_sparsity": round(a.sparsity, 5)}
             return _predictor_block(node, p, pattern, provenance, graph, new_weights)
 
-        return rewrite(graph, visit, new_weights)
+        return self._rewrite(graph, experts, build)
 
     def _certify(self, graph: Graph, experts: list[str | None]) -> Graph:
         """Calibration-free kinds: one certified predictor per block from its own weights (routed experts: exact)."""
-        new_weights: dict = {}
-        is_expert = iter(experts)
 
-        def visit(node: Node) -> Node | None:
-            if node.op != "gated_mlp":
-                return None
-            runs_as = next(is_expert)
-            if runs_as:   # a routed expert (lossless_routed_experts): exact, or dense (biased experts)
-                return exact_block(node, graph, new_weights, self.kernel_family, count=False) \
-                    if runs_as == "exact" else None
+        def build(node: Node, new_weights: dict) -> Node:
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
             record(pattern)
             w_gate = block_weights(node, graph.weights)[0]
@@ -163,6 +148,23 @@ class SparsifyPredictor(Pass):
             mlp_bytes = 3 * w_gate.size * np.dtype(graph.weights[node.inputs[1].attrs["name"]].dtype).itemsize
             provenance = {"predictor_bytes_pct": round(100.0 * p.nbytes / mlp_bytes, 3), "calibrated_recall": 1.0}
             return _predictor_block(node, p, pattern, provenance, graph, new_weights)
+
+        return self._rewrite(graph, experts, build)
+
+    def _rewrite(self, graph: Graph, experts: list[str | None], build) -> Graph:
+        """Every gated MLP in order: a routed expert (`lossless_routed_experts`) exact, or left dense (biased experts);
+        each other one `build(node, new_weights)`."""
+        new_weights: dict = {}
+        is_expert = iter(experts)
+
+        def visit(node: Node) -> Node | None:
+            if node.op != "gated_mlp":
+                return None
+            runs_as = next(is_expert)
+            if runs_as:
+                return exact_block(node, graph, new_weights, self.kernel_family, count=False) \
+                    if runs_as == "exact" else None
+            return build(node, new_weights)
 
         return rewrite(graph, visit, new_weights)
 
