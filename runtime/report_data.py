@@ -54,6 +54,17 @@ class BlockReport:
 _FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "None": (type(None),)}
 
 
+def shared_reasons(reasons: list[str]) -> dict[str, str]:
+    """reason -> its footnote mark ("[1]", "[2]", ... in order of first use) for each reason several rows give: the
+    table shows the mark, the reason is printed once below it (a MoE model's experts share theirs, hundreds of rows)."""
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        if reason:
+            counts[reason] = counts.get(reason, 0) + 1
+    shared = [reason for reason, n in counts.items() if n > 1]
+    return {reason: f"[{k}]" for k, reason in enumerate(shared, 1)}
+
+
 def _check_field_types(obj) -> None:
     """The dataclass's scalar fields hold what their annotations say (bool is not a number here)."""
     for f in fields(obj):
@@ -143,6 +154,7 @@ class Report:
         for col in columns:  # the cells that name a block never wrap: a long note wraps instead
             table.add_column(col, justify="right" if col in numeric else "left",
                              no_wrap=col in ("location", "pattern", "mode", "certified"), overflow="fold")
+        marks = shared_reasons([b.reason for b in self.blocks])
         for b in self.blocks:
             pattern = b.pattern if b.expert is None else f"{b.pattern} (expert {b.expert})"
             lossy_cells = (_percent(b.calibrated_sparsity), "-" if b.threshold is None else f"{b.threshold:.3g}",
@@ -155,13 +167,14 @@ class Report:
             table.add_row(b.location, pattern, b.mode, str(b.n_ff), _percent(b.sparsity),
                           *(lossy_cells if lossy else ()),
                           *(predictor_cells if predicted else (_percent(b.predicted_sparsity),) if certified else ()),
-                          *(split_cells if split else ()), b.reason)
-        if not self.notes:
+                          *(split_cells if split else ()), marks.get(b.reason, b.reason))
+        footnotes = [f"{mark} {reason}" for reason, mark in marks.items()] + [f"note: {note}" for note in self.notes]
+        if not footnotes:
             return table
         from rich.console import Group
         from rich.text import Text
 
-        return Group(table, *(Text(f"note: {note}") for note in self.notes))
+        return Group(table, *(Text(line) for line in footnotes))
 
     def __str__(self) -> str:
         from io import StringIO

@@ -53,6 +53,20 @@ def test_report_rows_and_table():
     assert cm.report.pass_stats["sparsify-exact"] == {"drelu": 1}
 
 
+def test_report_prints_a_reason_several_rows_share_once_below_the_table():
+    """A MoE model's experts (hundreds of rows) share their reason: the table marks each such row [k] and prints the
+    reason once below it; a reason one row gives stays in its cell."""
+    from actsparse.runtime.report_data import BlockReport, Report
+
+    shared, own = "cats: a routed expert, whose kernel takes a threshold per expert", "kept dense by cost"
+    report = Report("x86", "threshold", [BlockReport(f"layers.0.experts.{e}", "swiglu", "threshold", 96, 0.5, shared,
+                                                     expert=e) for e in range(3)]
+                    + [BlockReport("layers.1.mlp", "swiglu", "dense", 96, 0.0, own)])
+    text = str(report)
+    assert text.count(shared) == 1 and text.count("[1]") == 4 and f"[1] {shared}" in text
+    assert text.count(own) == 1 and "[2]" not in text
+
+
 def test_save_load_runs_without_the_source(tmp_path):
     graph = gated_mlp_graph()
     x = mlp_input(seq=3)
