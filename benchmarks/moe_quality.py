@@ -7,7 +7,8 @@ with weight 1 / E (router weights 0, top_k = E) and the downs times E: a Mixtral
 compile() routes it (`routed_moe`), threshold mode thresholds each expert on its tokens (passes/routed_thresholds.py),
 and the compiled decoder scores the held-out text against its dense twin, once per `expert_allocation`.
 
-    python -m actsparse.benchmarks.moe_quality [--grouping order,activity] [--sparsity 0.5] [--windows 4]
+    python -m actsparse.benchmarks.moe_quality [--grouping order,activity] [--allocations uniform,pooled]
+        [--sparsities 0.5] [--windows 4]
 
 Calibration: the first 60% of pydoc's topics prose, the held-out text the rest (as threshold_frontier.py).
 """
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grouping", default="order,activity")
     ap.add_argument("--allocations", default="uniform,pooled")
-    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--sparsities", default="0.5")
     ap.add_argument("--windows", type=int, default=4)
     args = ap.parse_args(argv)
     import pydoc_data.topics
@@ -135,23 +136,25 @@ def main(argv=None) -> int:
         folder = work / grouping
         moe_twin(grouping, folder)
         dense = None
-        for allocation in args.allocations.split(","):
-            with expert_allocation(allocation):
-                lm = actsparse.compile(str(folder), mode="threshold", sparsity=args.sparsity,
-                                       calibration=[str(calib)], max_seq=272)
-            windows = token_windows(lm, held_out, 256, args.windows)
-            result = score(lm, windows)
-            if dense is None:
-                dense = score(dense_twin_decoder(lm), windows)
-            shares = held_out_sparsity(lm, folder, windows)
-            rows.append((grouping, allocation, result.perplexity, dense.perplexity, shares))
-            print(f"{grouping} {allocation}: perplexity {result.perplexity:.4f} vs dense {dense.perplexity:.4f} "
-                  f"({100 * (result.perplexity / dense.perplexity - 1):+.2f}%), held-out sparsity {shares:.3f}",
-                  flush=True)
-    print("\n| experts' neurons | allocation | perplexity | vs dense | held-out expert sparsity |")
-    print("|---|---|---:|---:|---:|")
-    for grouping, allocation, ppl, base, shares in rows:
-        print(f"| {grouping} | {allocation} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% | {100 * shares:.1f}% |")
+        for sparsity in (float(v) for v in args.sparsities.split(",")):
+            for allocation in args.allocations.split(","):
+                with expert_allocation(allocation):
+                    lm = actsparse.compile(str(folder), mode="threshold", sparsity=sparsity,
+                                           calibration=[str(calib)], max_seq=272)
+                windows = token_windows(lm, held_out, 256, args.windows)
+                result = score(lm, windows)
+                if dense is None:
+                    dense = score(dense_twin_decoder(lm), windows)
+                shares = held_out_sparsity(lm, folder, windows)
+                rows.append((grouping, sparsity, allocation, result.perplexity, dense.perplexity, shares))
+                print(f"{grouping} {sparsity:g} {allocation}: perplexity {result.perplexity:.4f} vs dense "
+                      f"{dense.perplexity:.4f} ({100 * (result.perplexity / dense.perplexity - 1):+.2f}%), held-out "
+                      f"sparsity {shares:.3f}", flush=True)
+    print("\n| experts' neurons | sparsity | allocation | perplexity | vs dense | held-out expert sparsity |")
+    print("|---|---:|---|---:|---:|---:|")
+    for grouping, sparsity, allocation, ppl, base, shares in rows:
+        print(f"| {grouping} | {sparsity:g} | {allocation} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% | "
+              f"{100 * shares:.1f}% |")
     return 0
 
 
