@@ -134,7 +134,8 @@ def collect_inputs(graph: Graph, blocks: list[Node], samples, max_tokens: int = 
             if skip_positions:
                 keep_rows = keep_rows & (_positions([c[b] for c in calls], isinstance(arrays, TokenSteps))
                                          >= skip_positions)
-            rows, index, w = rows[keep_rows], index[keep_rows], w[keep_rows]
+            if skip_positions or weight[b] is not None:
+                rows, index, w = rows[keep_rows], index[keep_rows], w[keep_rows]
             routed_tokens[b] += len(rows)
             keys = rng.random(len(rows))
             if kept[b] is not None:

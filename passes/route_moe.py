@@ -168,7 +168,9 @@ def _experts(index: Node) -> int | None:
     """E when every value of `index` is an expert id in [0, E): a top-k's indices or an argmax over E scores, or a
     concat of such along the last axis (PhiMoE's sparsemixer: its second choice an argmax of the scores with the
     first masked); None otherwise."""
-    if (index.op == "topk" and index.attrs["output"] == "indices") or index.op == "argmax":
+    # (argmax with its axis kept: the choices' axis, which R_e sums over)
+    if (index.op == "topk" and index.attrs["output"] == "indices") or (index.op == "argmax" and
+                                                                        index.attrs["keepdim"]):
         axis = index.attrs["axis"] % index.inputs[0].type.rank
         size = index.inputs[0].shape[axis]
         return size if isinstance(size, int) else None

@@ -297,3 +297,43 @@ def _greedy(model, ids, new: int):
                                                             pad_token_id=0)
     with torch.no_grad():
         return model.generate(ids, attention_mask=torch.ones_like(ids))
+
+
+class ChoiceMoE(nn.Module):
+    """Three SwiGLU experts weighted by Σ_k V[:, k]·(I[:, k] == e), I chosen by `choose` from the router's scores."""
+
+    def __init__(self, choose):
+        super().__init__()
+        torch.manual_seed(0)
+        self.router = nn.Linear(16, 3, bias=False)
+        shapes = ((16, 24), (16, 24), (24, 16))
+        self.experts = nn.ModuleList(nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in shapes) for _ in range(3))
+        self.choose = choose
+
+    def forward(self, x):
+        scores = self.router(x).softmax(-1)
+        v, i = self.choose(scores)
+        out = 0
+        for e, (gate, up, down) in enumerate(self.experts):
+            out = out + down(nn.functional.silu(gate(x)) * up(x)) * (v * (i == e)).sum(-1, keepdim=True)
+        return out
+
+
+@pytest.mark.parametrize("choose, routes", [
+    (lambda s: torch.topk(s, 2, dim=-1), True),
+    (lambda s: s.max(-1, keepdim=True), True),   # argmax, one expert
+    (lambda s: (torch.cat([s.max(-1, keepdim=True)[0]] * 2, -1),
+                torch.cat([s.argmax(-1, keepdim=True), (s * 0.5).argmax(-1, keepdim=True)], -1)), True),
+    (lambda s: (s, torch.arange(3).expand(3, 3) * (s > -1)), False),   # ids the pass cannot bound to [0, E)
+])
+def test_route_moe_takes_indices_bounded_to_the_experts(choose, routes):
+    """The routed indices may be a top-k's, an argmax's (its axis kept) or their concat: each id lies in [0, E), so
+    the routed sum equals the all-experts one; indices computed otherwise (here arange times a mask) are left
+    all-experts. Routed or not, the graph computes the module."""
+    model = ChoiceMoE(choose).eval()
+    x = torch.randn(3, 16)
+    graph = import_torch(model, (x,), dynamic_seq=False)
+    run = run_pipeline(graph, pipeline_for("dense"))
+    assert run.stats.get("route-moe", {}).get("routed-moe", 0) == (1 if routes else 0)
+    with torch.no_grad():
+        np.testing.assert_allclose(evaluate(run.graph, [x.numpy()])[0], model(x).numpy(), rtol=1e-4, atol=1e-5)
