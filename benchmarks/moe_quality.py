@@ -7,7 +7,7 @@ with weight 1 / E (router weights 0, top_k = E) and the downs times E: a Mixtral
 compile() routes it (`routed_moe`), threshold mode thresholds each expert on its tokens (passes/routed_thresholds.py),
 and the compiled decoder scores the held-out text against its dense twin, once per `expert_allocation`.
 
-    python -m actsparse.benchmarks.moe_quality [--grouping order,activity] [--allocations uniform,pooled]
+    python -m actsparse.benchmarks.moe_quality [--grouping order,activity] [--allocations uniform,shared]
         [--sparsities 0.5] [--windows 4]
 
 Calibration: the first 60% of pydoc's topics prose, the held-out text the rest (as threshold_frontier.py).
@@ -85,7 +85,8 @@ def expert_allocation(name: str):
 
 def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> float:
     """The routed experts' neuron sparsity on the held-out windows: the mean over layers, experts and tokens of
-    |silu(g)| <= t_e (every token is routed to every expert), g from the Mixtral twin's own gate rows."""
+    |silu(g_i)|·r <= t_i (every token is routed to every expert, r = 1 / E), g from the Mixtral twin's own gate
+    rows."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -106,7 +107,8 @@ def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> float:
             n = gate_up.shape[1] // 2
             for e in range(EXPERTS):
                 a = torch.nn.functional.silu(x @ gate_up[e, :n].T).abs()
-                shares.append(float((a <= float(thresholds[i][e])).float().mean()))
+                t = torch.from_numpy(np.asarray(thresholds[i][e * n:(e + 1) * n], np.float32))
+                shares.append(float((a / EXPERTS <= t).float().mean()))
     return float(np.mean(shares))
 
 
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grouping", default="order,activity")
-    ap.add_argument("--allocations", default="uniform,pooled")
+    ap.add_argument("--allocations", default="uniform,shared")
     ap.add_argument("--sparsities", default="0.5")
     ap.add_argument("--windows", type=int, default=4)
     args = ap.parse_args(argv)

@@ -191,20 +191,23 @@ def _routed_moe(ctx, node, args):
 def _slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k: int, sched, options: dict, thresholds: list):
     """The routed experts through the per-slot kernel (`kernels/cuda_routed.py`): each token's x repeated for its k
     slots, each slot's expert output, summed by the routing weights: [tokens, d_out] in the node's dtype. Threshold
-    experts (`thresholds`: [the [E] thresholds]) get the slot table [slots, 2]: each slot's expert id and threshold."""
+    experts (`thresholds`: [the [E·n] thresholds]) get the slot table [slots, 1 + n]: each slot's expert id, then its
+    expert's neurons' thresholds over the slot's |routing weight| (ir/moe.py's |a|·|r| > t)."""
     from .kernels import kernel as target_kernel
 
     a, w_gate = node.attrs, node.inputs[1]
     experts, d, d_out = a["experts"], w_gate.shape[1], node.shape[-1]
-    kernel = target_kernel("routed-slots", d, w_gate.shape[0] // experts, experts, exact=a["mode"] == "exact",
+    n_ff = w_gate.shape[0] // experts
+    kernel = target_kernel("routed-slots", d, n_ff, experts, exact=a["mode"] == "exact",
                            thresholds=bool(thresholds), sched=sched, **options)
     slots = tokens * k
     x_slots = ctx.bb.emit(R.reshape(R.repeat(x2d, k, axis=0), [slots, d]))
     expert = ctx.bb.emit(R.reshape(route_i, [slots]))
     if thresholds:   # exact in float32: expert ids are far below 2^24
-        slot_thresholds = R.take(thresholds[0], expert, axis=0)
-        expert = ctx.bb.emit(R.concat([R.reshape(R.astype(expert, "float32"), [slots, 1]),
-                                       R.reshape(slot_thresholds, [slots, 1])], axis=1))
+        # |a|·|r| > t as |a| > t / |r|: the slot's routing weight folded into its row of thresholds
+        slot_thresholds = R.divide(R.take(R.reshape(thresholds[0], [experts, n_ff]), expert, axis=0),
+                                   R.abs(R.reshape(route_w, [slots, 1])))
+        expert = ctx.bb.emit(R.concat([R.reshape(R.astype(expert, "float32"), [slots, 1]), slot_thresholds], axis=1))
     y = emit_kernel_call(ctx, kernel, [x_slots, *args[1:4], expert], slots, d_out, "f32")
     weighted = R.multiply(R.reshape(y, [tokens, k, d_out]), R.reshape(route_w, [tokens, k, 1]))
     out = ctx.bb.emit(R.sum(weighted, axis=[1]))

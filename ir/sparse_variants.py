@@ -187,13 +187,11 @@ def _threshold_intermediate(x, w_gate, w_up, extras, attrs, b_gate=None, b_up=No
     criterion, t = attrs.get("criterion", "gate"), attrs["threshold"]
     if criterion not in CRITERIA:
         raise ValueError(f"unknown threshold criterion {criterion!r}; known: {CRITERIA}")
-    g, u = projections(x, w_gate, w_up, b_gate, b_up)
-    a = apply(attrs["gate_act"], g, t)
     if criterion == "gate":
-        a = np.where((np.abs(a) > t) | np.isnan(a), a, 0)  # NaN counts as active: it reaches the output
-    h = a * apply(attrs["up_act"], u)
-    if criterion == "product":
-        h = np.where((np.abs(h) > t) | np.isnan(h), h, 0)
+        return neuron_thresholded(x, w_gate, w_up, attrs, t, b_gate, b_up)
+    g, u = projections(x, w_gate, w_up, b_gate, b_up)
+    h = apply(attrs["gate_act"], g, t) * apply(attrs["up_act"], u)
+    h = np.where((np.abs(h) > t) | np.isnan(h), h, 0)  # NaN counts as active: it reaches the output
     return h.astype(x.dtype)
 
 
@@ -207,6 +205,27 @@ def _threshold_report(attrs: dict) -> dict:
     elif attrs.get("reason"):   # e.g. the threshold pass's per-block fallback method, and why
         fields["reason"] = attrs["reason"]
     return fields
+
+
+# --- neuron-threshold: CATS with a threshold per neuron, lossy (threshold mode's routed experts) ----------------
+# a = act_g(g); a = a if |a|·|scale| > neuron_thr[i] else 0 (NaN kept: it reaches the output); h = a · act_u(u), with
+# `scale` [..., 1] the token's routing weight to the expert (the block's output is scaled by it after the block). A
+# neuron's t_i = t / c_i is CATS's score weighted by how far neuron i moves the layer's output, |act_g(g_i)|·c_i·r > t
+# (passes/routed_thresholds.py). Only routed experts take it, and route-moe stacks their neuron_thr into
+# `routed_moe{mode=threshold}` (ir/moe.py), whose routing weights are the scale: no per-block kernel reads it (a block
+# route-moe did not take is a lowering error naming the variant).
+def neuron_thresholded(x, w_gate, w_up, attrs, thresholds, b_gate=None, b_up=None, scale=1.0) -> np.ndarray:
+    """h of CATS at a threshold per neuron (`thresholds` [n_ff], or one float for all) of |act_gate(g)|·|scale|
+    (`scale`: 1, or per token [..., 1]): the criterion of `neuron-threshold` and of a routed threshold expert."""
+    g, u = projections(x, w_gate, w_up, b_gate, b_up)
+    a = apply(attrs["gate_act"], g, attrs.get("threshold", 0.0))
+    a = np.where((np.abs(a) * np.abs(scale) > thresholds) | np.isnan(a), a, 0)
+    return (a * apply(attrs["up_act"], u)).astype(x.dtype)
+
+
+def _neuron_threshold_report(attrs: dict) -> dict:
+    return {"method": attrs.get("method"), "calibrated_sparsity": attrs.get("calibrated_sparsity"),
+            **({"reason": attrs["reason"]} if attrs.get("reason") else {})}
 
 
 # --- predictor: a per-block predictor's scores pick the neurons (ir/predictor.py), ReLU family, lossy ------------
@@ -303,6 +322,14 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
         kernel_options=lambda attrs: {**_activation_options(attrs), "criterion": attrs.get("criterion", "gate")},
         dense_attrs=_plain_attrs, report=_threshold_report, lossy=True, own_down_layout=True,
         doc="calibrated per-layer thresholds on |act(gate)| or |h| (CATS, TEAL, top-k%), any gate, lossy"),
+    SparseVariant(
+        "neuron-threshold", attrs={}, extra_inputs=("neuron_thr", "scale"),
+        intermediate=lambda x, w_gate, w_up, extras, attrs, b_gate=None, b_up=None: neuron_thresholded(
+            x, w_gate, w_up, attrs, extras["neuron_thr"], b_gate, b_up,
+            np.reshape(extras["scale"], (*np.shape(x)[:-1], 1))),
+        kernels={}, kernel_options=_activation_options, dense_attrs=_plain_attrs, report=_neuron_threshold_report,
+        lossy=True, report_mode="threshold",
+        doc="CATS at a calibrated threshold per neuron (a routed expert's, until route-moe stacks it), lossy"),
     SparseVariant(
         "predictor",
         # cutoff: scores above it are computed; the rest is what calibration chose and saw (provenance for the

@@ -5,6 +5,7 @@ Matches, by what it computes (after detection and the sparsify passes), a sum wi
 
     add(... mul(B_e, R_e) ...)      B_e = gated_mlp(x, ...) | sparse_gated_mlp{mode=exact}(x, ...)
                                           | sparse_gated_mlp{mode=threshold, criterion=gate}(x, ...)
+                                          | sparse_gated_mlp{mode=neuron-threshold}(x, ..., @neuron_thr, R_e)
                                           (| add(gated_mlp, @b_down_e): gpt-oss adds its down bias after the block)
                                     R_e = sum(mul(V, cast(eq(I, e))), axes=[-1], keepdim=True)     for e = 0..E-1
                                     I = topk{output=indices}(scores[..., E]) | argmax(scores[..., E])
@@ -24,9 +25,12 @@ expert by 0).
 
 The experts' weights are stacked along the rows in the sparse kernels' layout (gate / up [E·n, d], down
 transposed [E·n, d_out]; a fused gate_up is split). Only blocks of one kind route: all dense `gated_mlp`
-(mode dense), all `sparse_gated_mlp{mode=exact}` (mode exact) or all `sparse_gated_mlp{mode=threshold,
-criterion=gate}` (mode threshold: each expert's calibrated t stacked as the thresholds input, [E]; a FATReLU gate at
-its t is relu there, as |relu(g)| > t iff fatrelu(g, t) is kept), same activations, width and d_out = d. Biased
+(mode dense), all `sparse_gated_mlp{mode=exact}` (mode exact) or all threshold experts,
+`sparse_gated_mlp{mode=neuron-threshold}` or `{mode=threshold, criterion=gate}` (mode threshold: each expert's
+neurons' thresholds stacked as the thresholds input, [E·n], one t repeated for an expert of one t; a
+neuron-threshold expert's scale must be its own R_e, which the routed kernel applies as the token's routing weight;
+a FATReLU gate at its t is relu there, as |relu(g)| > t iff fatrelu(g, t) is kept), same activations, width and
+d_out = d. Biased
 experts (gpt-oss: gate and up biases inside the block, a down bias added after it) route in mode dense with their
 biases stacked the same way (`bias=True`; an expert without one of them gets zeros); other sparse variants
 (threshold by |act(g)·u|, predictor, input), exact experts with a down bias and a mix stay in the all-experts form,
@@ -102,6 +106,20 @@ def _term(node: Node) -> tuple[Node, Node, Node, int] | None:
 def _routing_weight(leaf: Node) -> Node:
     """R_e of term `leaf` = mul(B_e, R_e)."""
     return next(r for r in leaf.inputs[::-1] if _routing(r) is not None)
+
+
+def with_routing_scale(leaf: Node) -> Node | None:
+    """A term mul(B_e, R_e) whose B_e is a `neuron-threshold` block still without its scale -> the same term with its
+    R_e as B_e's scale (sparsify-threshold builds the block; the term, rebuilt after it, holds the R_e of the graph
+    being built), else None."""
+    term = _term(leaf)
+    if term is None or not any(i is term[0] for i in leaf.inputs):
+        return None
+    block = term[0]
+    if block.attrs.get("mode") != "neuron-threshold" or len(block.inputs) != 5:
+        return None
+    scaled = block.replace(inputs=(*block.inputs, _routing_weight(leaf)))
+    return leaf.replace(inputs=tuple(scaled if i is block else i for i in leaf.inputs))
 
 
 def _augmented(node: Node) -> Node | None:
@@ -241,7 +259,11 @@ def _match(node: Node, quiet: bool = False) -> dict | None:
             kinds = {_kind(block) for block in blocks}
             biased = any(_biased(terms[e]) for e in range(experts))
             biased_exact = biased and any(kind and kind[0] not in BIASED_MODES for kind in kinds)
-            if biased_exact or None in kinds or len(kinds) != 1 or blocks[0].shape[-1] != block.inputs[0].shape[-1]:
+            # a neuron-threshold expert's scale is its own routing weight (what the routed kernel applies)
+            foreign = any(b.attrs.get("mode") == "neuron-threshold" and b.inputs[5] is not _routing_weight(terms[e])
+                          for e, b in enumerate(blocks))
+            if (biased_exact or foreign or None in kinds or len(kinds) != 1
+                    or blocks[0].shape[-1] != block.inputs[0].shape[-1]):
                 if quiet:
                     return None
                 record("kept-all-experts")
@@ -261,17 +283,19 @@ def _match(node: Node, quiet: bool = False) -> dict | None:
 def _kind(block: Node) -> tuple | None:
     """What must agree across the experts, or None for a block no routed kernel runs."""
     a = block.attrs
-    weights = block.inputs[1:]
+    weights = block.inputs[1:5] if a.get("mode") == "neuron-threshold" else block.inputs[1:]   # (its scale: R_e)
     if any(w.op != "weight" or w.attrs.get("layout", "dense") != "dense" for w in weights):
         return None
     if block.op == "sparse_gated_mlp":
-        if len(block.inputs) != 4 or a.get("bias") or a.get("hidden_rms_eps") is not None:
+        if a.get("bias") or a.get("hidden_rms_eps") is not None:
             return None
-        if a.get("mode") == "threshold" and a.get("criterion", "gate") == "gate":
-            # the expert's own t goes to the thresholds input; FATReLU at t is relu kept above t
+        if (a.get("mode") == "threshold" and a.get("criterion", "gate") == "gate" and len(block.inputs) == 4
+                or a.get("mode") == "neuron-threshold" and len(block.inputs) == 6):
+            # the expert's thresholds go to the thresholds input (`_neuron_thresholds`); FATReLU at t is relu kept
+            # above t
             gate_act = "relu" if a["gate_act"] == "fatrelu" else a["gate_act"]
             return "threshold", gate_act, a["up_act"], 0.0, a["pattern"], block.inputs[1].shape
-        if a.get("mode") != "exact":
+        if a.get("mode") != "exact" or len(block.inputs) != 4:
             return None
         return "exact", a["gate_act"], a["up_act"], a.get("threshold", 0.0), a["pattern"], block.inputs[1].shape
     fused = a["fused"]
@@ -283,7 +307,7 @@ def _kind(block: Node) -> tuple | None:
 def _arrays(block: Node, down_bias: Node | None) -> tuple[np.ndarray, ...]:
     """(gate [n, d], up [n, d], down transposed [n, d_out], b_gate [n], b_up [n], b_down [d_out]) of one expert;
     a bias it lacks is zeros."""
-    w = [weight_array(i) for i in block.inputs[1:]]
+    w = [weight_array(i) for i in block.inputs[1:4 if block.op == "sparse_gated_mlp" else None]]
     if block.op == "sparse_gated_mlp":
         gate, up, down_t, biases = w[0], w[1], w[2], []
     elif block.attrs["fused"]:
@@ -294,6 +318,16 @@ def _arrays(block: Node, down_bias: Node | None) -> tuple[np.ndarray, ...]:
     b_gate, b_up = biases or (np.zeros(len(gate), np.float32),) * 2
     b_down = np.zeros(down_t.shape[1], np.float32) if down_bias is None else weight_array(down_bias)
     return gate, up, down_t, b_gate, b_up, b_down
+
+
+def _neuron_thresholds(block: Node) -> np.ndarray:
+    """A threshold expert's t per neuron [n] (float32): its neuron_thr (`neuron-threshold`; above a FATReLU's own t)
+    or its one t (`threshold`, criterion gate: CATS's t, a FATReLU's t too)."""
+    a, n = block.attrs, block.inputs[1].shape[0]
+    own = a.get("threshold", 0.0) if a["gate_act"] == "fatrelu" or a["mode"] == "threshold" else 0.0
+    if a["mode"] == "threshold":
+        return np.full(n, own, np.float32)
+    return np.maximum(np.asarray(weight_array(block.inputs[4]), np.float32), np.float32(own))
 
 
 def _threshold_provenance(blocks: list[Node]) -> dict:
@@ -330,8 +364,8 @@ def _build(node: Node, b: dict) -> Node:
     attrs = {"experts": b["experts"], "gate_act": gate_act, "up_act": up_act, "threshold": threshold, "mode": mode,
              "pattern": pattern, **({"bias": True} if b["biased"] else {})}  # unbiased: the golden IR unchanged
     if mode == "threshold":
-        stacked.append(derived_weight(f"{prefix}.thresholds", lambda: np.array(
-            [block.attrs["threshold"] for block in blocks], np.float32)))
+        stacked.append(derived_weight(f"{prefix}.thresholds", lambda: np.concatenate(
+            [_neuron_thresholds(block) for block in blocks])))
         attrs.update(_threshold_provenance(blocks))
         record("routed-thresholds")
     routed = Node("routed_moe", (x, *stacked[:3], b["v"], b["index"], *stacked[3:]), attrs,

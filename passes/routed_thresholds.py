@@ -1,33 +1,48 @@
-"""Threshold mode's routed MoE experts: each expert's CATS threshold, calibrated on the tokens routed to it, the
-layer's budget shared among its experts.
+"""Threshold mode's routed MoE experts: each neuron's threshold, calibrated on the tokens routed to its expert, one
+cut on the layer's output scale shared by its experts.
 
 A routed expert (one route-moe will run on its tokens only, `route_moe.routed_experts`) takes threshold mode only as
-the routed kernel does (ir/moe.py's `ROUTED_MODES`): a token keeps neuron i of expert e where |act_gate(g_i)| > t_e
-(the CATS criterion, `criterion="gate"`), whatever method the other blocks take, since the routed kernel skips
-neurons, not input channels. Its t_e is the s_e quantile of |act_gate(g)| over the calibration tokens the router
-sends to expert e: the rows whose routing weight r_e is not 0 (`collect_inputs(routing=)`, in the threshold pass's
-one pass over the samples), not every token, whose gate values the expert never sees in use.
+the routed kernel does (ir/moe.py's `ROUTED_MODES`): a token keeps neuron i of expert e where |act_gate(g_i)|·|r_e| >
+t_i, r_e its routing weight to e (the CATS criterion with a threshold per neuron on the layer's output scale,
+`sparse_gated_mlp{mode=neuron-threshold}` until route-moe stacks it), whatever method the other blocks take, since
+the routed kernel skips neurons, not input channels. The t_i come from CATS's score weighted per neuron
+(ROUTED_METHOD, "weighted CATS"): |act_gate(g_i)|·c_i·|r_e| > τ with c_i = ‖W_down[:, i]‖ · mean |act_up(u_i)| — how
+far neuron i moves the expert's output per unit of its gate value, on the calibration tokens the router sends to
+expert e (the rows whose routing weight is not 0, `collect_inputs(routing=)`, in the threshold pass's one pass over
+the samples; not every token, whose values the expert never sees in use) — so t_i = τ / c_i. Why weighted: plain
+CATS drops a neuron by its gate value alone, though a neuron with a large up factor or down column moves the output
+more at the same gate value. Measured as torch replacements on SmolLM2-135M at 0.5 in every MLP, 4 held-out windows
+(benchmarks/neuron_weights.py, BENCHMARKS.md session 38): +30.82% perplexity plain, +19.83% weighted (the RMS of u
+in place of its mean: +19.70%, the same; the down column alone: +47.44%, worse). A neuron of c_i = 0 (its down
+column zero, or its up factor zero on every calibration row) is never kept: it adds nothing.
 
-How s_e is chosen (`expert_allocation`):
-- "uniform": s_e = s, the asked sparsity, for every expert.
-- "pooled" (the default): the experts of one MoE layer share its budget, as TEAL's greedy allocation shares a
-  block's between its matrices. A layer's reads are Σ_e n_e (1 − s_e) expert neurons (n_e: the calibration tokens
-  routed to e), so the budget is Σ_e n_e s_e >= s Σ_e n_e; each expert's cost of s_e is its share of the layer's
-  output error on its calibration rows, Σ_rows r_e² ‖W_down,e (h − h_kept)‖² (one unit for the whole layer: its
-  output, which the experts add into weighted by r_e; unlike different blocks' relative errors,
-  greedy_allocation.py's docstring), measured at s ± EXPERT_SPAN in steps of EXPERT_STEP; the least summed error
-  meeting the budget is a multiple-choice knapsack (`sensitivity_allocation.choose_one_each`, HiGHS). An expert
-  whose outputs matter more to the layer, or whose gate values are less peaked, keeps more of its neurons; the
-  layer reads what uniform would. Measured on SmolLM2-135M's MLPs split into 8 experts of 192 neurons each, every
-  token routed to all 8 (a Mixtral equal to the dense model), sparsity 0.5, 4 held-out windows (BENCHMARKS.md,
-  session 38): experts of neurons in their order +33.94% -> +30.65% perplexity; experts of neurons grouped by how
-  active they are +107.62% -> +35.42%; the same expert sparsity on the held-out text (49.8%).
+The routing weight is in the score: an expert's output reaches the layer scaled by r_e, so neuron i's contribution
+to the layer's output is r_e·h_i·W_down[:, i], estimated before its up row is read as |act_gate(g_i)|·c_i·|r_e|.
+Dropping a token's smallest such contributions, whatever expert they are in, is what least disturbs the layer's
+output per neuron read (the Lagrangian of "least squared output error at a given number of reads": one cut τ on
+that scale); the kernels compare |act_gate(g_i)|·|r_e| with t_i = τ / c_i (ir/moe.py). A token the router sends to
+an expert with a small weight so keeps fewer of its neurons.
+
+How the cut is chosen (`expert_allocation`):
+- "shared" (the default): one τ per MoE layer, the `sparsity` quantile of the scores |act_gate(g_i)|·c_i·|r_e| of
+  all its experts' calibration rows, each expert's weighted by the tokens routed to it (its rows are at most
+  `max_tokens`, and at most SHARED_ROWS of them are pooled): the layer reads what uniform would, Σ_e n_e (1 − s_e)
+  neurons, s_e each expert's share dropped — now whatever its scores ask.
+- "uniform": τ_e per expert, the `sparsity` quantile of its own rows' scores: s_e = s for every expert.
+Measured on SmolLM2-135M's layers split into 8 experts of 192 neurons (sorted by activity), a random router, top-2
+of softmax weights, the relative error of the layer's output on held-out rows at 50% of the routed experts' neurons
+dropped (BENCHMARKS.md, session 39): uniform 0.065–0.10, last session's knapsack over per-expert levels 0.040–0.088,
+one τ without the routing weight 0.028–0.087, shared (with it) 0.019–0.059 with a flat router and 0.005–0.015 with a
+peaked one.
 An expert the calibration routes too few tokens to for its quantile (`input_thresholds.enough_rows` at s) keeps
 t = 0 (its own FATReLU threshold where it has one): every neuron the gate does not zero, lossless; the report's row
 says why; it is outside its layer's pool.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,95 +51,105 @@ from ..ir.activations import apply
 from .base import note, record
 from .block_weights import BlockWeights
 from .calibrate import RoutedRows, block_weights
-from .greedy_allocation import MAX_LEVEL
-from .input_thresholds import enough_rows
-from .sensitivity_allocation import choose_one_each
-from .sparsity_methods import NeuronThreshold, method, neuron_threshold
+from .input_thresholds import CalibrationError, enough_rows
+from .sparsity_methods import effective_sparsity
 
-ROUTED_METHOD = "cats"   # the routed kernel's criterion: the gate's activation against t_e
-EXPERT_ALLOCATIONS = ("pooled", "uniform")
-# a pooled expert's sparsity stays within s ± EXPERT_SPAN (not tuned: wider than the Fisher pooling's ± 0.05 across
-# blocks, whose errors compound through the layers; a layer's experts add into one output, its total stays s) ...
-EXPERT_SPAN = 0.2
-EXPERT_STEP = 0.05   # ... in steps of EXPERT_STEP
-ERROR_TOKENS = 256   # rows per expert its error curve is measured on (as greedy_allocation's)
+ROUTED_METHOD = "weighted-cats"   # what the report names a routed expert's method (module docstring)
+EXPERT_ALLOCATIONS = ("shared", "uniform")
+SHARED_ROWS = 512   # rows per expert pooled into its layer's quantile (evenly spaced over its rows)
+NEVER_KEPT = np.finfo(np.float32).max   # the threshold of a neuron of c_i = 0: no gate value passes it
 TOO_FEW_REASON = ("a routed expert the calibration routed {tokens} tokens to, too few for sparsity {sparsity:g}: "
                   "threshold 0 (lossless); give more calibration text")
 
 
+@dataclass(frozen=True)
+class ExpertThresholds:
+    """What calibration chose for a routed expert (`sparse_gated_mlp{mode=neuron-threshold}`)."""
+    thresholds: np.ndarray   # [n] float32: a token keeps neuron i where |act_gate(g_i)|·|r| > thresholds[i]
+    sparsity: float          # the share of the calibration rows' neuron values dropped (NaN: nothing calibrated)
+    effective: float         # the share of the expert's weight bytes not read at that sparsity
+    tokens: int              # calibration tokens routed to it
+
+
+class ExpertScores(NamedTuple):
+    """One expert's weighted scores on its calibration rows (module docstring)."""
+    weights: np.ndarray   # [n] c_i
+    scores: np.ndarray    # [rows, n] |act_gate(g_i)|·c_i·|r|
+
+
 def routed_reason(asked: str) -> str:
-    """Why a routed expert takes ROUTED_METHOD where `asked` was named ("" when it is that method)."""
-    if asked == ROUTED_METHOD:
-        return ""
-    return f"{ROUTED_METHOD}: a routed expert, whose kernel takes a threshold per expert, not {asked}'s"
+    """Why a routed expert takes ROUTED_METHOD where `asked` was named."""
+    return (f"{ROUTED_METHOD}: a routed expert, whose kernel skips neurons by a threshold per neuron, not "
+            f"{asked}'s criterion")
 
 
 def calibrate_routed_experts(graph: Graph, blocks: list[Node], rows: list[np.ndarray], routed: list[RoutedRows],
-                             layers: list[int], sparsity: float, allocation: str = "pooled",
-                             progress: bool = False) -> list[NeuronThreshold]:
-    """Each routed expert's NeuronThreshold (module docstring) from its rows (`collect_inputs` with the expert's
+                             layers: list[int], sparsity: float, allocation: str = "shared",
+                             progress: bool = False) -> list[ExpertThresholds]:
+    """Each routed expert's ExpertThresholds (module docstring) from its rows (`collect_inputs` with the expert's
     routing weight, `route_moe.routed_experts`: the tokens routed to it only), their RoutedRows and each expert's
-    MoE layer number (whose experts share a pooled budget)."""
+    MoE layer number (whose experts share one cut)."""
     from tqdm.auto import tqdm
 
-    cats = method(ROUTED_METHOD)
-    weights = [block_weights(b, graph.weights, ROUTED_METHOD) for b in blocks]
-    enough = [enough_rows(r, sparsity) for r in rows]   # the others keep t = 0, outside their layer's pool
-    levels = [sparsity] * len(blocks)
-    layers_pooled = {k for k in layers if sum(enough[i] for i, j in enumerate(layers) if j == k) > 1}
-    if allocation == "pooled" and layers_pooled:
-        options = level_options(sparsity)
-        members = [i for i, k in enumerate(layers) if k in layers_pooled and enough[i]]
-        errors = {i: expert_errors(weights[i], rows[i], routed[i].weights, options)
-                  for i in tqdm(members, desc="allocate experts", unit="expert", disable=not progress or None)}
-        for layer in sorted(layers_pooled):
-            own = [i for i in members if layers[i] == layer]
-            chosen = pooled_levels(np.array([errors[i] for i in own]), [routed[i].tokens for i in own], options,
-                                   sparsity)
-            for i, level in zip(own, chosen):
-                levels[i] = level
-            record("pooled-expert-layers")
-    plans = []
-    for block, bw, r, level, calibrates in zip(blocks, weights, rows, levels, enough):
-        own = block.attrs.get("threshold", 0.0) if block.attrs["gate_act"] == "fatrelu" else 0.0
-        if not calibrates:
-            record("routed-expert-too-few-tokens")
-            note({"kind": "kept-threshold", "location": block.loc, "mode": "threshold",
-                  "reason": TOO_FEW_REASON.format(tokens=len(r), sparsity=sparsity)})
-            plans.append(NeuronThreshold(own, cats.criterion, float("nan"), float("nan"), len(r)))
-            continue
-        plan = neuron_threshold(bw, np.asarray(r, np.float32), cats, level) if level > 0 else None
-        plans.append(NeuronThreshold(own, cats.criterion, 0.0, 0.0, len(r)) if plan is None else
-                     NeuronThreshold(max(plan.threshold, own), plan.criterion, plan.sparsity, plan.effective,
-                                     plan.tokens))
-    return plans
+    weights = [block_weights(b, graph.weights, "cats") for b in blocks]
+    enough = [enough_rows(r, sparsity) for r in rows]   # the others keep t = 0, outside their layer's cut
+    scored = {i: expert_scores(weights[i], np.asarray(rows[i], np.float32), routed[i].weights)
+              for i in tqdm([i for i in range(len(blocks)) if enough[i]], desc="calibrate experts", unit="expert",
+                            disable=not progress or None)}
+    cuts = {i: float(np.quantile(e.scores, sparsity)) for i, e in scored.items()}
+    if allocation == "shared":
+        for layer in sorted({layers[i] for i in scored}):
+            own = [i for i in scored if layers[i] == layer]
+            cut = shared_cut([scored[i].scores for i in own], [routed[i].tokens for i in own], sparsity)
+            cuts.update((i, cut) for i in own)
+            record("shared-cut-layers")
+    return [_plan(block, bw, len(r), scored.get(i), cuts.get(i), sparsity)
+            for i, (block, bw, r) in enumerate(zip(blocks, weights, rows))]
 
 
-def level_options(sparsity: float) -> np.ndarray:
-    """The sparsities a pooled expert may take: sparsity ± EXPERT_SPAN, steps of EXPERT_STEP, in [0, MAX_LEVEL]."""
-    steps = round(EXPERT_SPAN / EXPERT_STEP)
-    options = np.round(sparsity + np.arange(-steps, steps + 1) * EXPERT_STEP, 4)
-    return options[(options >= 0) & (options <= MAX_LEVEL + 1e-9)]
+def _plan(block: Node, bw: BlockWeights, tokens: int, scored: ExpertScores | None, cut: float | None,
+          sparsity: float) -> ExpertThresholds:
+    """One expert's thresholds at its cut (t_i = cut / c_i), its own FATReLU t as their floor."""
+    own = block.attrs.get("threshold", 0.0) if block.attrs["gate_act"] == "fatrelu" else 0.0
+    n = len(bw.w_gate)
+    if scored is None:
+        record("routed-expert-too-few-tokens")
+        note({"kind": "kept-threshold", "location": block.loc, "mode": "threshold",
+              "reason": TOO_FEW_REASON.format(tokens=tokens, sparsity=sparsity)})
+        return ExpertThresholds(np.full(n, own, np.float32), float("nan"), float("nan"), tokens)
+    with np.errstate(divide="ignore"):
+        per_neuron = np.where(scored.weights > 0, cut / scored.weights, NEVER_KEPT)
+    dropped = float(np.mean(scored.scores <= cut))
+    return ExpertThresholds(np.maximum(per_neuron, own).astype(np.float32), dropped,
+                            effective_sparsity("threshold", "gate", dropped, bw.byte_shares(), bw.reads_up), tokens)
 
 
-def pooled_levels(errors: np.ndarray, tokens: list[int], options: np.ndarray, sparsity: float) -> list[float]:
-    """One MoE layer's experts' sparsities (of `options`) at the least summed output error (`errors`: [experts,
-    options], `expert_errors`) whose mean weighted by the tokens routed to each is at least `sparsity` (module
-    docstring); every expert at `sparsity` where no choice fits."""
-    n = np.asarray(tokens, np.float64)
-    chosen = choose_one_each(errors, n[:, None] * options[None, :], sparsity * n.sum() - 1e-6, np.inf)
-    if chosen is None:
-        return [sparsity] * len(errors)
-    return [float(options[j]) for j in chosen]
+def shared_cut(scores: list[np.ndarray], tokens: list[int], sparsity: float) -> float:
+    """τ: the `sparsity` quantile of the experts' scores pooled, each expert's rows weighing tokens / rows (so each
+    counts as the tokens routed to it), at most SHARED_ROWS rows of each."""
+    values, weights = [], []
+    for s, n in zip(scores, tokens):
+        s = s[np.linspace(0, len(s) - 1, min(len(s), SHARED_ROWS)).astype(int)] if len(s) > SHARED_ROWS else s
+        values.append(s.ravel())
+        weights.append(np.full(s.size, max(n, 1) / len(s)))
+    values, weights = np.concatenate(values), np.concatenate(weights)
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    k = int(np.searchsorted(cumulative, sparsity * cumulative[-1]))
+    return float(values[order[min(k, len(order) - 1)]])
 
 
-def expert_errors(bw: BlockWeights, rows: np.ndarray, routing: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    """Σ_rows r² ‖W_down (h − h_kept)‖² of one expert at each level: neurons whose |act_gate(g)| is at or below the
-    level's quantile over all its rows dropped; measured on its first ERROR_TOKENS rows."""
+def neuron_weights(bw: BlockWeights, u: np.ndarray) -> np.ndarray:
+    """c_i = ‖W_down[:, i]‖ · mean |u_i| over the rows (`u`: act_up of the up projection, [rows, n])."""
+    return (np.linalg.norm(bw.w_down, axis=0) * np.abs(u).mean(0)).astype(np.float64)
+
+
+def expert_scores(bw: BlockWeights, rows: np.ndarray, routing: np.ndarray) -> ExpertScores:
+    """One expert's c_i and scores |act_gate(g_i)|·c_i·|r| over its rows (`routing`: each row's r)."""
     a = apply(bw.gate_act, rows @ bw.w_gate.T)
-    score = np.abs(a)
-    thresholds = np.quantile(score, levels)
-    a, score, r = a[:ERROR_TOKENS], score[:ERROR_TOKENS], routing[:ERROR_TOKENS, None]
-    h = a * apply(bw.up_act, rows[:ERROR_TOKENS] @ bw.w_up.T)
-    return np.array([float(np.square(r * (np.where(score <= t, h, 0) @ bw.w_down.T)).sum()) if lv > 0 else 0.0
-                     for t, lv in zip(thresholds, levels)])
+    c = neuron_weights(bw, apply(bw.up_act, rows @ bw.w_up.T))
+    score = np.abs(a) * c * np.abs(np.asarray(routing, np.float64))[:, None]
+    if not np.isfinite(score).all():
+        raise CalibrationError("activations overflow (NaN/inf) in a routed expert's calibration; the model's weights "
+                               "or inputs are out of float32 range: check the model, or calibrate on in-range text")
+    return ExpertScores(c, score)

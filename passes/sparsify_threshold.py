@@ -36,8 +36,10 @@ subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7
 builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its
 rows as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
 
-MoE experts that route-moe will route take CATS thresholds, one per expert calibrated on the tokens routed to it,
-a layer's experts sharing its budget (`expert_allocation`: "pooled", the default, or "uniform";
+MoE experts that route-moe will route take weighted CATS, a threshold per neuron calibrated on the tokens routed to
+its expert (`sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, @neuron_thr, R_e){mode='neuron-threshold'}`: |act(g_i)|·|R_e| >
+t_i, R_e the token's routing weight to the expert), a layer's experts
+sharing one cut on its output scale (`expert_allocation`: "shared", the default, or "uniform": one per expert;
 passes/routed_thresholds.py; route-moe stacks them into `routed_moe{mode=threshold}`), where the target's routed
 kernel takes them (ir/moe.py's `ROUTED_MODES`: x86, ARM and CUDA's) and the experts have no biases. Elsewhere
 (`route_moe.lossless_routed_experts`) they are left lossless, with the reason in the report (`ir.moe.routed_reason`):
@@ -47,8 +49,8 @@ hidden vector is RMS-normalised (BitNet's ffn_sub_norm) takes no thresholds eith
 norm): exact where ReLU-family and the target's exact kernel applies the norm, else dense.
 
 Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `routed-expert-thresholds` per routed
-expert calibrated (`routed-expert-too-few-tokens` among them: threshold 0), `pooled-expert-layers` per MoE layer
-whose experts shared its budget; `exact-routed-experts` /
+expert calibrated (`routed-expert-too-few-tokens` among them: threshold 0), `shared-cut-layers` per MoE layer
+whose experts shared one cut; `exact-routed-experts` /
 `kept-dense-routed-experts` per expert left exact / dense; `exact-hidden-norm` / `kept-dense-hidden-norm` per normed
 block; `fisher-allocation` once when the
 budget was pooled by `sensitivity`; `rotation-<kind>` per rotation stored
@@ -81,8 +83,14 @@ from .calibrate import (
 )
 from .detect_gated_mlp import plain_as_gated
 from .rotation import ROTATION_STORAGE
-from .route_moe import lossless_routed_experts, routed_experts
-from .routed_thresholds import EXPERT_ALLOCATIONS, ROUTED_METHOD, calibrate_routed_experts, routed_reason
+from .route_moe import lossless_routed_experts, routed_experts, with_routing_scale
+from .routed_thresholds import (
+    EXPERT_ALLOCATIONS,
+    ROUTED_METHOD,
+    ExpertThresholds,
+    calibrate_routed_experts,
+    routed_reason,
+)
 from .sparse_layout import to_sparse_layout
 from .sparsify_exact import exact_block
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
@@ -101,7 +109,7 @@ class SparsifyThreshold(Pass):
     skip_positions: int = 0   # each calibration sample's first positions left out (calibrate.SINK_POSITIONS)
     progress: bool = True
     storage: str | None = None
-    expert_allocation: str = "pooled"   # routed experts' sparsity: routed_thresholds.EXPERT_ALLOCATIONS
+    expert_allocation: str = "shared"   # routed experts' cut: routed_thresholds.EXPERT_ALLOCATIONS
     target: Target | None = field(default=None, repr=False, compare=False)   # its input_byte_cost: the cost rule
     loss_guard: object = field(default=None, repr=False, compare=False)   # quality_guard.LossGuard
     # the method for blocks `method` cannot take (calibrate.refused: gate/up biases, FATReLU under an input method);
@@ -225,7 +233,9 @@ class SparsifyThreshold(Pass):
             return _threshold_block(node, c, {"method": name, **({"reason": why} if why else {}), **_summary(c)},
                                     graph, new_weights, ROTATION_STORAGE[storage])
 
-        return rewrite(graph, visit, new_weights)
+        graph = rewrite(graph, visit, new_weights)
+        # a routed expert's block takes its term's R_e as its scale: the term's, rebuilt in the graph just built
+        return rewrite(graph, with_routing_scale) if experts else graph
 
     def _given(self, blocks: list[Node]) -> list[NeuronThreshold | None]:
         given = {}
@@ -302,9 +312,9 @@ def _block_bytes(node: Node, graph: Graph, storage: str) -> float:
     return max(sum(float(np.prod(w.shape)) for w in matrices.values()) * bytes_per_weight(storage), 1.0)
 
 
-def _summary(c: NeuronThreshold | InputThresholds) -> dict:
+def _summary(c: NeuronThreshold | InputThresholds | ExpertThresholds) -> dict:
     """What the node carries of its calibration for the report (the method's own and the effective sparsity)."""
-    if isinstance(c, NeuronThreshold):
+    if isinstance(c, (NeuronThreshold, ExpertThresholds)):
         nan = c.sparsity != c.sparsity   # explicit thresholds: nothing calibrated
         return {} if nan else {"calibrated_sparsity": c.sparsity, "effective_calibrated": c.effective}
     return {"calibrated_sparsity": c.h_sparsity, "input_sparsity": c.x_sparsity, "effective_calibrated": c.effective}
@@ -322,9 +332,19 @@ def _rotation_weight(name: str, q_t: np.ndarray, kind: str, new_weights: dict) -
     return quantized_weight_node(f"{name}.{qw.layout}", qw)
 
 
-def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds, provenance: dict, graph: Graph,
-                     new_weights: dict, kind: str) -> Node:
+def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds | ExpertThresholds, provenance: dict,
+                     graph: Graph, new_weights: dict, kind: str) -> Node:
+    """The block in threshold mode as `c` says; a routed expert's (ExpertThresholds) without its scale yet (the
+    routing weight of its term: `route_moe.with_routing_scale`)."""
     pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
+    if isinstance(c, ExpertThresholds):   # a FATReLU's own t is in its thresholds: relu kept above them
+        gate_act = "relu" if node.attrs["gate_act"] == "fatrelu" else node.attrs["gate_act"]
+        attrs = {"pattern": pattern, "gate_act": gate_act, "up_act": node.attrs["up_act"],
+                 "mode": "neuron-threshold", "threshold": 0.0, **provenance}
+        base = to_sparse_layout(node, attrs, graph, new_weights)
+        name = f"{base.inputs[3].attrs['name'].removesuffix('.t')}.neuron_thr"
+        thresholds = weight_node(name, new_weights.setdefault(name, c.thresholds))
+        return Node("sparse_gated_mlp", (*base.inputs, thresholds), base.attrs, base.type, base.loc)
     if isinstance(c, NeuronThreshold):
         attrs = {"pattern": pattern, **threshold_attrs(node.attrs, c.threshold, c.criterion), **provenance}
         return to_sparse_layout(node, attrs, graph, new_weights)

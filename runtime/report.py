@@ -16,8 +16,8 @@ from ..ir import Graph, Node, evaluate, weight_value
 from ..ir.activations import exactly_sparse
 from ..ir.interpreter import evaluate_from
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.moe import ROUTED_REASONS, expert_rows, expert_thresholded, routed_reason
-from ..ir.sparse_variants import VARIANTS, dense_intermediate, sizes, split_inputs, variant_of
+from ..ir.moe import ROUTED_REASONS, expert_rows, routed_reason, routing_weight
+from ..ir.sparse_variants import VARIANTS, dense_intermediate, neuron_thresholded, sizes, split_inputs, variant_of
 from .report_data import BlockReport, Report
 
 __all__ = ["BlockReport", "Report", "MLP_OPS", "build_report", "finding_rows", "measure_blocks",
@@ -61,13 +61,16 @@ def _rows(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: 
     rows = []
     thresholds = (np.asarray(weight_value(graph, block.inputs[6]), np.float32) if attrs["mode"] == "threshold"
                   else None)
-    for e in range(attrs["experts"]):  # the sparsity of each expert over every token (the routing is not kept)
+    # threshold experts drop by |a|·|r|: measured on the tokens routed to each, from the routing of the example
+    # (the interpreter's, or recomputed from x); other experts over every token
+    routing = _routing(block, x, graph, computed) if thresholds is not None and x2d is not None else None
+    for e in range(attrs["experts"]):
         part = expert_rows(attrs, w_gate.shape[0], e)
         fields: dict = {"expert": e, "sparsity": None}
-        if thresholds is not None:   # threshold mode's routed experts: each its own threshold, calibrated
+        if thresholds is not None:   # threshold mode's routed experts: a threshold per neuron (the median shown)
             calibrated = (attrs.get("expert_calibrated") or ())[e:e + 1]
-            fields.update(threshold=float(thresholds[e]), method=attrs.get("method"), reason=attrs.get("reason") or "",
-                          calibrated_sparsity=calibrated[0] if calibrated else None)
+            fields.update(threshold=float(np.median(thresholds[part])), method=attrs.get("method"),
+                          reason=attrs.get("reason") or "", calibrated_sparsity=calibrated[0] if calibrated else None)
         elif mode in ROUTED_REASONS:   # a lossy mode: its experts lossless, routed
             fields["reason"] = routed_reason(mode, attrs["mode"])
         elif mode != "dense" and not exactly_sparse(attrs["gate_act"]):
@@ -76,10 +79,13 @@ def _rows(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: 
         if x2d is not None:
             biases = [np.asarray(weight_value(graph, b), np.float32)[part] for b in block.inputs[6:8]]  # bias=True
             gate, up = np.asarray(w_gate[part], np.float32), np.asarray(w_up[part], np.float32)
+            r = None if routing is None else routing_weight(*routing, e)
             h = (dense_intermediate(x2d, gate, up, attrs, *biases) if thresholds is None
-                 else expert_thresholded(x2d, gate, up, attrs, float(thresholds[e])))
-            fields["sparsity"] = float(np.mean(h == 0))
-            if attrs["mode"] in VARIANTS:   # threshold experts: the CATS criterion's bytes
+                 else None if r is None or not r.any()
+                 else neuron_thresholded(x2d[r != 0], gate, up, attrs, thresholds[part], scale=r[r != 0, None]))
+            if h is not None:
+                fields["sparsity"] = float(np.mean(h == 0))
+            if h is not None and attrs["mode"] in VARIANTS:   # threshold experts: the CATS criterion's bytes
                 fields.update(VARIANTS[attrs["mode"]].measure(x2d, None, None, {}, {"criterion": "gate", **attrs}, h))
         rows.append(BlockReport(f"{block.loc}.{e}", attrs["pattern"], attrs["mode"], part.stop - part.start,
                                 **fields))
@@ -133,6 +139,17 @@ def _block_row(block: Node, x: np.ndarray | None, graph: Graph, mode: str, compu
                 zeros += int(np.count_nonzero(dense_intermediate(x2d, wg, wu, attrs, bg, bu) == 0))
             fields["sparsity"] = zeros / (x2d.shape[0] * n_ff)
     return BlockReport(block.loc, pattern, row_mode, n_ff, **fields)
+
+
+def _routing(block: Node, x: np.ndarray, graph: Graph, computed: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """A routed_moe's (route_w, route_i) on the example as [tokens, k] each, or None where they cannot be had."""
+    pair = [computed.get((id(block), id(n))) for n in block.inputs[4:6]]
+    if any(v is None for v in pair):
+        pair = [_from_input(graph, block, n, x) for n in block.inputs[4:6]]
+    if any(v is None for v in pair):
+        return None
+    k = np.shape(pair[0])[-1]
+    return np.asarray(pair[0], np.float32).reshape(-1, k), np.asarray(pair[1]).reshape(-1, k)
 
 
 def _from_input(graph: Graph, block: Node, node: Node, x: np.ndarray) -> np.ndarray | None:

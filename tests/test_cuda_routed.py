@@ -62,11 +62,11 @@ def test_the_cuda_routed_kernel_runs_each_slots_expert_under_simt():
 
 
 def _threshold_jobs(d=72, n_ff=24):
-    """(primfunc, calls) of threshold mode's per-slot kernel (SwiGLU experts, a threshold per expert: each slot
-    keeps neuron i where |silu(g_i)| is above its expert's threshold): float32 and q4_0 gate / up beside a q8_0 down,
-    V = 1 and 5; the slot table [V, 2] holds each slot's expert id and threshold. The reference per slot is the
-    threshold kernel's (kernel_cases.threshold_reference: values within float32 rounding of the threshold may fall
-    either way)."""
+    """(primfunc, calls) of threshold mode's per-slot kernel (SwiGLU experts, a threshold per neuron: each slot
+    keeps neuron i where |silu(g_i)| is above its expert's neuron i's threshold): float32 and q4_0 gate / up beside a
+    q8_0 down, V = 1 and 5; the slot table [V, 1 + n_ff] holds each slot's expert id and its expert's thresholds. The
+    reference per slot is the threshold kernel's (kernel_cases.threshold_reference: values within float32 rounding of
+    the threshold may fall either way)."""
     from actsparse import targets
     from actsparse.codegen.kernels.cuda_routed import routed_gated_mlp
     from actsparse.codegen.schedules import schedule_for
@@ -87,16 +87,17 @@ def _threshold_jobs(d=72, n_ff=24):
             (kg, ku), (fg, fu) = kernel_weights([wg, wu], dtype)
             (kd,), (fd,) = kernel_weights([wd_t], down or dtype)
             probe = np.abs(apply("silu", rng.standard_normal((64, d)).astype(np.float32) @ fg.T))
-            thresholds = np.array([np.quantile(probe[:, e * n_ff:(e + 1) * n_ff], 0.5) for e in range(E)],
-                                  np.float32)
-            thresholds[1] = 0.0   # every neuron kept
+            # per expert its median, scaled per neuron (0.5x .. 1.5x); expert 1 at 0: every neuron kept
+            thresholds = (np.quantile(probe.reshape(64, E, n_ff), 0.5, axis=(0, 2))[:, None]
+                          * rng.uniform(0.5, 1.5, (E, n_ff))).astype(np.float32)
+            thresholds[1] = 0.0
             expert = rng.integers(0, E, V)
-            slots = np.stack([expert.astype(np.float32), thresholds[expert]], 1)
+            slots = np.concatenate([expert.astype(np.float32)[:, None], thresholds[expert]], 1)
             ref, scale, slack = (np.zeros((V, d)) for _ in range(3))
             for v, e in enumerate(expert):
                 rows = slice(e * n_ff, (e + 1) * n_ff)
                 ref[v], scale[v], slack[v] = (r[0] for r in threshold_reference(
-                    x[v:v + 1], fg[rows], fu[rows], fd[rows], "silu", "identity", float(thresholds[e]), "gate"))
+                    x[v:v + 1], fg[rows], fu[rows], fd[rows], "silu", "identity", thresholds[e], "gate"))
             calls.append(Call([x, kg, ku, kd, slots, np.full((V, d), np.nan, np.float32)], ref, scale, dtype, slack))
         jobs.append((prim, calls))
     return jobs
@@ -130,13 +131,14 @@ def test_the_cuda_routed_kernel_refuses_what_it_cannot_run():
 
 def _slot_kernel_on_cpu(d, n_ff, experts, *, gate_act, exact, sched, thresholds=False, **options):
     """A float32 CPU stand-in (te) for the per-slot kernel, same parameters: out[v] = the gated MLP of expert[v]
-    (`thresholds`: the [V, 2] slot table, expert id and threshold, the activated gate kept above the threshold)."""
+    (`thresholds`: the [V, 1 + n_ff] slot table, expert id and its neurons' thresholds, the activated gate kept
+    above its neuron's threshold)."""
     from tvm import te, tirx
 
     V = tirx.Var("V", "int64")
     x = te.placeholder((V, d), "float32", "x")
     wg, wu, wd = (te.placeholder((experts * n_ff, d), "float32", n) for n in ("w_gate", "w_up", "w_down_t"))
-    table = te.placeholder((V, 2) if thresholds else (V,), "float32" if thresholds else "int64", "expert")
+    table = te.placeholder((V, 1 + n_ff) if thresholds else (V,), "float32" if thresholds else "int64", "expert")
 
     def expert(v):
         return table[v, 0].astype("int64") if thresholds else table[v]
@@ -146,10 +148,10 @@ def _slot_kernel_on_cpu(d, n_ff, experts, *, gate_act, exact, sched, thresholds=
     u = te.compute((V, n_ff), lambda v, n: te.sum(x[v, j] * wu[expert(v) * n_ff + n, j], axis=j), "u")
     act = {"relu": lambda s: te.max(s, tirx.const(0.0, "float32")), "silu": lambda s: s * te.sigmoid(s)}[gate_act]
 
-    def kept(v, a):
-        return tirx.Select(te.abs(a) > table[v, 1], a, tirx.const(0.0, "float32")) if thresholds else a
+    def kept(v, n, a):
+        return tirx.Select(te.abs(a) > table[v, 1 + n], a, tirx.const(0.0, "float32")) if thresholds else a
 
-    h = te.compute((V, n_ff), lambda v, n: kept(v, act(g[v, n])) * u[v, n], "h")
+    h = te.compute((V, n_ff), lambda v, n: kept(v, n, act(g[v, n])) * u[v, n], "h")
     k = te.reduce_axis((0, n_ff), "k")
     out = te.compute((V, d), lambda v, c: te.sum(h[v, k] * wd[expert(v) * n_ff + k, c], axis=k), "out")
     return te.create_prim_func([x, wg, wu, wd, table, out]).with_attr(
@@ -159,9 +161,9 @@ def _slot_kernel_on_cpu(d, n_ff, experts, *, gate_act, exact, sched, thresholds=
 @pytest.mark.parametrize("mode", ["exact", "dense", "threshold"])
 def test_the_per_slot_lowering_computes_the_routed_op(monkeypatch, mode):
     """The lowering a CUDA target takes (x repeated per slot, one per-slot call, the slots summed by the routing
-    weights; threshold experts: the slot table of expert ids and thresholds), run on the CPU with a float32
-    stand-in kernel in the CPU family's place: the compiled graph equals the original's interpretation (threshold
-    mode's rewritten graph's), routing included."""
+    weights; threshold experts: the slot table of expert ids and their neurons' thresholds), run on the CPU with a
+    float32 stand-in kernel in the CPU family's place: the compiled graph equals the original's interpretation
+    (threshold mode's rewritten graph's), routing included."""
     import actsparse
     from actsparse.codegen import kernels
     from actsparse.ir import evaluate

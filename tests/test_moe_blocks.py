@@ -187,14 +187,15 @@ def test_nemotron_h_relu2_experts_without_a_gate_run_routed_and_exact():
 
 
 def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared_expert_by_its_method(monkeypatch):
-    """DeepSeek-V3's routed SwiGLU experts take a CATS threshold each, calibrated on the tokens the router sends to
-    it (passes/routed_thresholds.py), and route-moe stacks them into `routed_moe{mode=threshold}` (the CPU's routed
-    kernel reads only the neurons some routed token keeps); the other blocks (its shared expert, its dense first
-    layer) take the asked method. The thresholds are each expert's quantile on its own tokens, not on every token's;
-    the report says so per expert; compiled, it computes what its graph says."""
+    """DeepSeek-V3's routed SwiGLU experts take weighted CATS, a threshold per neuron calibrated on the tokens the
+    router sends to its expert (passes/routed_thresholds.py), and route-moe stacks them into
+    `routed_moe{mode=threshold}` (the CPU's routed kernel reads only the neurons some routed token keeps); the other
+    blocks (its shared expert, its dense first layer) take the asked method. The thresholds are each expert's weighted
+    scores' quantile on its own tokens, not on every token's, over each neuron's weight; the report says so per expert;
+    compiled, it computes what its graph says."""
     import actsparse
     from actsparse.ir.activations import apply
-    from actsparse.passes.routed_thresholds import EXPERT_STEP, routed_reason
+    from actsparse.passes.routed_thresholds import routed_reason, shared_cut
 
     model = _deepseek_v3_group_limited()
     ids = example_ids(model)
@@ -212,26 +213,27 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
     assert stats["sparsify-threshold"]["routed-expert-thresholds"] == 4
     assert stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4, "routed-thresholds": 1}
     (routed,) = [n for n in cm.graph.nodes if n.op == "routed_moe"]
-    assert routed.attrs["mode"] == "threshold" and routed.attrs["method"] == "cats"
+    assert routed.attrs["mode"] == "threshold" and routed.attrs["method"] == "weighted-cats"
     thresholds = cm.graph.weights[routed.inputs[6].attrs["name"]]
     # the choice bias favours group 1 (experts 2, 3): experts 0 and 1 see no calibration token (on every token's
     # rows they would take a threshold), keep t = 0
     assert stats["sparsify-threshold"]["routed-expert-too-few-tokens"] == 2
-    assert thresholds.shape == (4,) and (thresholds[:2] == 0).all() and (thresholds[2:] > 0).all()
+    n_ff = routed.inputs[1].shape[0] // 4
+    assert thresholds.shape == (4 * n_ff,) and (thresholds[:2 * n_ff] == 0).all() and (thresholds[2 * n_ff:] > 0).all()
     thresholded = {n.loc.rsplit(".", 1)[-1] for n in cm.graph.nodes
                    if n.op == "sparse_gated_mlp" and n.attrs["mode"] in ("input", "threshold")}
     assert thresholded == {"mlp", "shared_experts"}
     experts = [b for b in cm.report.blocks if b.expert is not None]
     assert [b.reason for b in experts][2:] == [routed_reason("wina")] * 2
     assert all(b.reason.startswith("a routed expert the calibration routed 0 tokens to") for b in experts[:2])
-    assert [b.threshold for b in experts] == pytest.approx(thresholds.tolist())
+    assert [b.threshold for b in experts] == pytest.approx(np.median(thresholds.reshape(4, n_ff), axis=1).tolist())
     np.testing.assert_allclose(cm(ids.numpy()), evaluate(cm.graph, [ids.numpy()])[0], rtol=1e-4, atol=1e-5)
-    # each t_e is its level's quantile over the rows routed to expert e, not over every row: recomputed on the
+    # each t_i is the layer's cut τ over c_i = ‖W_down[:, i]‖·mean|u_i| (on the rows routed to expert e, not on
+    # every row), τ the 0.3 quantile of the scores |silu(g)|·c·|r| of the experts' rows pooled: recomputed on each
     # expert's own calibration rows (its input where its routing weight is not 0), the dense graph's values
     dense = run_pipeline(graph, pipeline_for("dense")).graph
     layer = [n for n in dense.nodes if n.op == "routed_moe"][0]
-    w_gate = dense.weights[layer.inputs[1].attrs["name"]]
-    n_ff = w_gate.shape[0] // 4
+    w_gate, w_up, w_down_t = (dense.weights[w.attrs["name"]] for w in layer.inputs[1:4])
     calibrated = run_pipeline(graph, pipeline_for("threshold", calibration=calibration, sparsity=0.3,
                                                   method="wina")).graph
     x_rows, weights = [], []
@@ -240,13 +242,19 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
         x_rows.append(x.reshape(-1, x.shape[-1]))   # a graph's compile keeps every position (a decoder's: not the sink)
         weights.append((route_w.reshape(-1, route_w.shape[-1]), route_i.reshape(-1, route_i.shape[-1])))
     x_all = np.concatenate(x_rows)
-    route_i = np.concatenate([i for _, i in weights])
-    levels = routed.attrs["expert_calibrated"]   # each expert's sparsity on its rows: its share of the pooled budget
+    route_w, route_i = np.concatenate([w for w, _ in weights]), np.concatenate([i for _, i in weights])
+    scores, weights_c = [], []
     for e in (2, 3):
-        own = (route_i == e).any(-1)
-        a = np.abs(apply("silu", x_all @ w_gate[e * n_ff:(e + 1) * n_ff].T))
-        level = round(levels[e] / EXPERT_STEP) * EXPERT_STEP   # the grid's level it took
-        assert thresholds[e] == pytest.approx(np.quantile(a[own], level), rel=1e-4)
+        r = (route_w * (route_i == e)).sum(-1)
+        own = r != 0
+        rows = slice(e * n_ff, (e + 1) * n_ff)
+        a = np.abs(apply("silu", x_all[own] @ w_gate[rows].T))
+        c = np.linalg.norm(w_down_t[rows], axis=1) * np.abs(x_all[own] @ w_up[rows].T).mean(0)
+        scores.append(a * c * np.abs(r[own, None]))
+        weights_c.append(c)
+    cut = shared_cut(scores, [len(s) for s in scores], 0.3)
+    for e, c in zip((2, 3), weights_c):
+        np.testing.assert_allclose(thresholds[e * n_ff:(e + 1) * n_ff], cut / c, rtol=1e-3)
     assert calibrated.count("routed_moe") == 1
 
 

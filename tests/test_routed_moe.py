@@ -5,6 +5,8 @@ lowering: the routed kernel where the family has one, each expert's dense kernel
 computing the op. The pass and the decoding path are tested in test_passes_golden.py (golden IR, counts, densify)
 and test_decode.py (Mixtral, Qwen2-MoE: generate and prefill logits equal transformers')."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -85,19 +87,22 @@ def test_routed_kernel_takes_quantized_experts():
 
 
 def _thresholds(x, w_gate, fraction: float, act: str = "silu") -> np.ndarray:
-    """Per expert, the |act(gate)| quantile that drops `fraction` of its values on x (NaN experts: 0)."""
+    """A threshold per expert neuron [E·N]: its expert's |act(gate)| quantile that drops `fraction` of the expert's
+    values on x (NaN experts: 0), scaled per neuron by 0.5x .. 1.5x."""
     from actsparse.ir.activations import apply
 
     a = np.abs(apply(act, x @ w_gate.T))
-    return np.array([np.nan_to_num(np.quantile(a[:, e * N:(e + 1) * N], fraction)) for e in range(E)], np.float32)
+    per_expert = np.array([np.nan_to_num(np.quantile(a[:, e * N:(e + 1) * N], fraction)) for e in range(E)])
+    scale = np.random.default_rng(len(x)).uniform(0.5, 1.5, (E, N))
+    return (per_expert[:, None] * scale).reshape(-1).astype(np.float32)
 
 
 @pytest.mark.parametrize("M", [1, 5], ids=["decode", "prefill"])
 @pytest.mark.parametrize("dtype", ["float32", "q8_0", "q4_0"])
-def test_threshold_routed_kernel_drops_each_experts_gate_values_at_its_own_threshold(M, dtype):
-    """Threshold mode's routed experts (SwiGLU): a token keeps neuron i of expert e only where |silu(g_i)| > thr[e].
-    Thresholds differ per expert (one expert at 0: every neuron kept), the unchosen experts' weights are NaN, and the
-    result differs from the dense experts' (the thresholds took effect)."""
+def test_threshold_routed_kernel_drops_each_neurons_gate_values_at_its_own_threshold(M, dtype):
+    """Threshold mode's routed experts (SwiGLU): a token keeps neuron i of expert e only where |silu(g_i)|·|r_e| >
+    thr[e·N + i], r_e its routing weight. Thresholds differ per neuron (one expert's at 0: every neuron kept), the
+    unchosen experts' weights are NaN, and the result differs from the dense experts' (the thresholds took effect)."""
     from actsparse.ir.quant import quantize
 
     rng = np.random.default_rng(20 + M)
@@ -111,7 +116,7 @@ def test_threshold_routed_kernel_drops_each_experts_gate_values_at_its_own_thres
         arrays = blobs = [w_gate, w_up, w_down_t]
     probe = rng.standard_normal((64, d)).astype(np.float32)
     thr = _thresholds(probe, np.nan_to_num(arrays[0]), 0.5)
-    thr[1] = 0.0
+    thr[N:2 * N] = 0.0
     attrs = {"experts": E, "gate_act": "silu", "up_act": "identity", "threshold": 0.0, "mode": "threshold"}
     expected = routed_moe_ref(x, *arrays, route_w, route_i, thr, attrs, {})
     dense = routed_moe_ref(x, *arrays, route_w, route_i, {**attrs, "mode": "dense"}, {})
@@ -119,7 +124,8 @@ def test_threshold_routed_kernel_drops_each_experts_gate_values_at_its_own_thres
     kernel = routed_moe(d, N, E, gate_act="silu", exact=False, thresholds=True, dtype=dtype, sched=SCHED)
     got = run(kernel, x, *blobs, route_w, route_i, *absent_biases(d), thr, out_shape=(M, d))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-    zero = run(kernel, x, *blobs, route_w, route_i, *absent_biases(d), np.zeros(E, np.float32), out_shape=(M, d))
+    zero = run(kernel, x, *blobs, route_w, route_i, *absent_biases(d), np.zeros(E * N, np.float32),
+               out_shape=(M, d))
     np.testing.assert_allclose(zero, dense, rtol=1e-4, atol=1e-5)   # t = 0: every neuron of a SwiGLU expert kept
 
 
@@ -221,16 +227,15 @@ def test_arm_threshold_routed_kernel_matches_the_reference_under_qemu():
 
 
 def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thresholded():
-    """A Mixtral (SwiGLU experts, top-2 of 4) through compile() in threshold mode: every expert takes its own CATS
-    threshold, calibrated on the prompt tokens routed to it (the sink position left out), its sparsity from the
-    layer's pooled budget, stacked into one `routed_moe{mode=threshold}`; the compiled prompt step computes what its
-    graph says, the report shows each expert's threshold and measured sparsity near the asked one, and the decoder
-    generates."""
+    """A Mixtral (SwiGLU experts, top-2 of 4) through compile() in threshold mode: every expert neuron takes its own
+    threshold (weighted CATS), calibrated on the prompt tokens routed to its expert (the sink position left out), the
+    expert's sparsity from the layer's pooled budget, stacked into one `routed_moe{mode=threshold}`; the compiled
+    prompt step computes what its graph says, the report shows each expert's median threshold, its method and
+    measured sparsity near the asked one, and the decoder generates."""
     import torch
 
     import actsparse
     from actsparse.ir import evaluate
-    from actsparse.passes.routed_thresholds import EXPERT_SPAN
 
     from .test_decode import PROMPT, hf_model
 
@@ -242,14 +247,19 @@ def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thre
     (routed,) = [n for n in lm.module.graph.nodes if n.op == "routed_moe"]
     thresholds = lm.module.graph.weights[routed.inputs[6].attrs["name"]]
     assert routed.attrs["mode"] == "threshold" and routed.attrs["gate_act"] == "silu"
-    assert (thresholds > 0).all() and len(set(thresholds.tolist())) == 4
-    # the layer's experts share its budget (routed_thresholds.pooled_levels): each within 0.5 ± EXPERT_SPAN, a
-    # level of the grid (measured on its own rows)
-    assert all(0.5 - EXPERT_SPAN - 0.01 <= s <= 0.5 + EXPERT_SPAN + 0.01 for s in routed.attrs["expert_calibrated"])
-    assert lm.report.pass_stats["sparsify-threshold"]["pooled-expert-layers"] == 1
+    n = routed.inputs[1].shape[0] // 4
+    assert thresholds.shape == (4 * n,) and (thresholds > 0).all()
+    medians = [float(np.median(thresholds[e * n:(e + 1) * n])) for e in range(4)]
+    assert len(set(medians)) == 4 and all(len(set(thresholds[e * n:(e + 1) * n].tolist())) > n // 2 for e in range(4))
+    # the layer's experts share one cut (routed_thresholds.shared_cut): their shares dropped differ, around 0.5
+    calibrated = routed.attrs["expert_calibrated"]
+    assert len(set(calibrated)) == 4 and all(0 < s < 1 for s in calibrated) and abs(np.mean(calibrated) - 0.5) < 0.15
+    assert lm.report.pass_stats["sparsify-threshold"]["shared-cut-layers"] == 1
     experts = [b for b in lm.report.blocks if b.expert is not None]
-    assert [b.threshold for b in experts] == pytest.approx(thresholds.tolist())
-    assert all(0.3 < b.sparsity < 0.7 for b in experts)   # every token's rows, not only the routed ones
+    assert [b.threshold for b in experts] == pytest.approx(medians)
+    assert {b.method for b in experts} == {"weighted-cats"}
+    # measured on the prompt's tokens routed to each (its routing recomputed from the layer's input)
+    assert all(b.sparsity is not None for b in experts) and 0.25 < np.mean([b.sparsity for b in experts]) < 0.75
     ids = PROMPT.numpy()   # the prompt at position 0, no slot filled before it, empty caches (decoder_inputs)
     inputs = (ids, np.zeros(1, np.int64), np.zeros(ids.shape[1], np.int64),
               *(np.zeros(t.shape, np.float32) for _, t in lm.module.inputs[3:]))
@@ -258,10 +268,11 @@ def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thre
 
 
 def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_form_did(monkeypatch):
-    """ReLU experts in threshold mode (FATReLU at each expert's t): route-moe's rewrite fires (one routed_moe in mode
-    threshold, gate relu, the experts' t stacked as its thresholds input) and the routed graph computes what the
-    all-experts threshold graph before it did; densify drops the thresholds (mode dense, six inputs); compiled,
-    the routed graph equals its interpretation."""
+    """ReLU experts in threshold mode (a threshold per neuron: `neuron-threshold`, gate relu): route-moe's rewrite
+    fires (one routed_moe in mode threshold, gate relu, the experts' neuron thresholds stacked as its thresholds
+    input) and the routed graph computes what the all-experts threshold graph before it did; densify drops the
+    thresholds (mode dense, six inputs); compiled, the routed graph equals its interpretation. Explicit thresholds
+    (one t per expert: FATReLU at t) stack as that t repeated over the expert's neurons."""
     import actsparse
     from actsparse import targets
     from actsparse.codegen.context import LoweringError
@@ -282,9 +293,17 @@ def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_fo
     assert after.stats["route-moe"] == {"routed-moe": 1, "routed-experts": 3, "routed-thresholds": 1}
     (routed,) = [n for n in after.graph.nodes if n.op == "routed_moe"]
     experts = [n for n in before.graph.nodes if n.op == "sparse_gated_mlp"]
-    assert [n.attrs["gate_act"] for n in experts] == ["fatrelu"] * 3 and routed.attrs["gate_act"] == "relu"
-    np.testing.assert_array_equal(after.graph.weights[routed.inputs[6].attrs["name"]],
-                                  np.array([n.attrs["threshold"] for n in experts], np.float32))
+    assert [(n.attrs["mode"], n.attrs["gate_act"]) for n in experts] == [("neuron-threshold", "relu")] * 3
+    assert routed.attrs["gate_act"] == "relu"
+    np.testing.assert_array_equal(after.graph.weights[routed.inputs[6].attrs["name"]], np.concatenate(
+        [before.graph.weights[n.inputs[4].attrs["name"]] for n in experts]))
+    given = {n.loc: 0.1 * (k + 1) for k, n in enumerate(experts)}
+    explicit = run_pipeline(graph, [dataclasses.replace(p, thresholds=given) if p.name == "sparsify-threshold" else p
+                                    for p in passes])
+    (stacked,) = [n for n in explicit.graph.nodes if n.op == "routed_moe"]
+    n_ff = stacked.inputs[1].shape[0] // 3
+    np.testing.assert_allclose(explicit.graph.weights[stacked.inputs[6].attrs["name"]],
+                               np.repeat([0.1, 0.2, 0.3], n_ff), rtol=1e-6)
     x = _inputs(graph, seq=16, seed=99)
     np.testing.assert_allclose(evaluate(after.graph, x)[0], evaluate(before.graph, x)[0], rtol=1e-5, atol=1e-6)
     assert not np.allclose(evaluate(after.graph, x)[0], evaluate(graph, x)[0], rtol=1e-3)   # 0.7: lossy

@@ -1,24 +1,15 @@
-"""Routed experts' pooled budget (passes/routed_thresholds.py): each MoE layer's experts share its sparsity, the
-token-weighted mean at least the asked one, at the least summed output error; the knapsack it solves."""
-
-import itertools
+"""Routed experts' thresholds (passes/routed_thresholds.py): weighted CATS, a threshold per neuron on the layer's
+output scale (|act(g_i)|·c_i·|r| against one cut τ per layer, t_i = τ / c_i), the cut pooled over the layer's
+experts weighed by the tokens routed to each."""
 
 import numpy as np
 import pytest
 
 from actsparse.ir.activations import apply
 from actsparse.passes.block_weights import BlockWeights
-from actsparse.passes.calibrate import RoutedRows
-from actsparse.passes.routed_thresholds import EXPERT_SPAN, EXPERT_STEP, expert_errors, level_options, pooled_levels
-from actsparse.passes.sensitivity_allocation import choose_one_each
+from actsparse.passes.routed_thresholds import NEVER_KEPT, _plan, expert_scores, shared_cut
 
 D, N = 24, 40
-
-
-def _pooled(experts, rows, routed, sparsity):
-    options = level_options(sparsity)
-    errors = np.array([expert_errors(bw, r, rr.weights, options) for bw, r, rr in zip(experts, rows, routed)])
-    return pooled_levels(errors, [rr.tokens for rr in routed], options, sparsity)
 
 
 def _expert(rng, down_scale=1.0):
@@ -27,71 +18,59 @@ def _expert(rng, down_scale=1.0):
                         down_scale * rng.standard_normal((D, N)).astype(np.float32) / N**0.5, "silu")
 
 
-def test_choose_one_each_is_the_least_cost_choice_within_the_bounds():
-    """The knapsack against brute force over every choice, on random instances (some options out: inf)."""
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        costs = rng.random((4, 3))
-        costs[rng.random((4, 3)) < 0.15] = np.inf
-        amounts = rng.integers(0, 5, (4, 3)).astype(float)
-        low = float(rng.integers(4, 12))
-        best = None
-        for pick in itertools.product(range(3), repeat=4):
-            total = sum(amounts[i, j] for i, j in enumerate(pick))
-            cost = sum(costs[i, j] for i, j in enumerate(pick))
-            if total >= low and np.isfinite(cost) and (best is None or cost < best):
-                best = cost
-        chosen = choose_one_each(costs, amounts, low, np.inf)
-        if best is None:
-            assert chosen is None
-        else:
-            assert sum(amounts[i, j] for i, j in enumerate(chosen)) >= low
-            assert sum(costs[i, j] for i, j in enumerate(chosen)) == pytest.approx(best)
+class _Block:
+    def __init__(self, gate_act="silu", threshold=0.0):
+        self.attrs, self.loc = {"gate_act": gate_act, "threshold": threshold}, "e0"
 
 
-def test_expert_errors_are_the_routed_output_error_of_dropping_the_neurons_under_each_level():
-    """Golden: Σ r² ‖W_down (h − h_kept)‖² with the level's quantile of |act(g)| over all the expert's rows; 0 at
-    level 0, growing with the level."""
+def test_expert_scores_are_the_gate_times_the_neurons_weight_times_the_routing_weight():
+    """Golden: c_i = ‖W_down[:, i]‖·mean|u_i| over the expert's rows, score = |silu(g_i)|·c_i·|r| per row."""
     rng = np.random.default_rng(1)
     bw, rows = _expert(rng), rng.standard_normal((50, D)).astype(np.float32)
-    r = rng.random(50).astype(np.float32)
-    levels = np.array([0.0, 0.3, 0.5, 0.7])
-    errors = expert_errors(bw, rows, r, levels)
-    a = apply("silu", rows @ bw.w_gate.T)
-    h = a * (rows @ bw.w_up.T)
-    for lv, err in zip(levels[1:], errors[1:]):
-        dropped = np.where(np.abs(a) <= np.quantile(np.abs(a), lv), h, 0)
-        assert err == pytest.approx(float(np.square(r[:, None] * (dropped @ bw.w_down.T)).sum()), rel=1e-4)
-    assert errors[0] == 0 and (np.diff(errors) > 0).all()
+    r = rng.uniform(-1, 1, 50).astype(np.float32)
+    scored = expert_scores(bw, rows, r)
+    u = rows @ bw.w_up.T
+    c = np.linalg.norm(bw.w_down, axis=0) * np.abs(u).mean(0)
+    np.testing.assert_allclose(scored.weights, c, rtol=1e-5)
+    np.testing.assert_allclose(scored.scores, np.abs(apply("silu", rows @ bw.w_gate.T)) * c * np.abs(r)[:, None],
+                               rtol=1e-5)
 
 
-def test_pooled_levels_spare_the_expert_whose_output_weighs_most_and_keep_the_layers_reads():
-    """Four experts, one whose down projection is 10x the others': it keeps more neurons (a lower sparsity), the
-    others take more, the token-weighted mean stays at least the asked 0.5, every level on the grid within
-    0.5 ± EXPERT_SPAN; the summed error is below uniform's (which the knapsack could have chosen)."""
-    rng = np.random.default_rng(2)
-    experts = [_expert(rng, 10.0 if e == 1 else 1.0) for e in range(4)]
-    rows = [rng.standard_normal((80, D)).astype(np.float32) for _ in experts]
-    routed = [RoutedRows(rng.random(80).astype(np.float32), 80) for _ in experts]
-    levels = _pooled(experts, rows, routed, 0.5)
-    assert levels[1] < 0.5 and min(levels[0], levels[2], levels[3]) >= 0.5
-    assert np.mean(levels) >= 0.5 - 1e-9
-    assert all(abs(lv - 0.5) <= EXPERT_SPAN + 1e-9 and abs(lv / EXPERT_STEP - round(lv / EXPERT_STEP)) < 1e-6
-               for lv in levels)
-
-    def summed(chosen):
-        return sum(float(expert_errors(bw, r, rr.weights, np.array([lv]))[0])
-                   for bw, r, rr, lv in zip(experts, rows, routed, chosen))
-
-    assert summed(levels) < summed([0.5] * 4)
-
-
-def test_pooled_levels_weigh_each_expert_by_the_tokens_routed_to_it():
-    """The budget is the layer's reads: an expert the router sends 10x the tokens counts 10x (Σ n_e s_e >= s Σ n_e),
-    so with identical experts it cannot drop below the asked sparsity while the others make up for it."""
-    rng = np.random.default_rng(3)
+def test_an_experts_thresholds_are_the_cut_over_each_neurons_weight():
+    """t_i = τ / c_i: a neuron whose down column is 10x the others' passes at a tenth of their gate value; a
+    neuron of zero down column (c_i = 0) is never kept; a FATReLU's own t floors them (its gate becomes relu in the
+    pass); on the calibration rows the share dropped is the cut's quantile, and a row of half the routing weight
+    keeps fewer neurons."""
+    rng = np.random.default_rng(4)
     bw = _expert(rng)
-    rows = [rng.standard_normal((60, D)).astype(np.float32) for _ in range(3)]
-    routed = [RoutedRows(np.ones(60, np.float32), n) for n in (600, 60, 60)]
-    levels = _pooled([bw] * 3, rows, routed, 0.5)
-    assert np.dot(levels, [600, 60, 60]) >= 0.5 * 720 - 1e-6
+    bw.w_down[:, 3] *= 10
+    bw.w_down[:, 5] = 0
+    rows = rng.standard_normal((400, D)).astype(np.float32)
+    r = np.where(np.arange(400) % 2 == 0, 0.6, 0.3).astype(np.float32)
+    scored = expert_scores(bw, rows, r)
+    cut = float(np.quantile(scored.scores, 0.5))
+    plan = _plan(_Block(), bw, 400, scored, cut, 0.5)
+    assert plan.thresholds[5] == NEVER_KEPT and plan.thresholds.dtype == np.float32
+    np.testing.assert_allclose(plan.thresholds[:3] * scored.weights[:3], cut, rtol=1e-5)
+    kept = np.abs(apply("silu", rows @ bw.w_gate.T)) * r[:, None] > plan.thresholds
+    assert np.mean(~kept) == pytest.approx(0.5, abs=0.01) and plan.sparsity == pytest.approx(0.5, abs=0.01)
+    assert kept[:, 3].mean() > kept[:, :3].mean()          # the heavy neuron kept more often
+    assert kept[0::2].mean() > kept[1::2].mean()           # the rows of the larger routing weight keep more
+    assert (_plan(_Block("fatrelu", 0.7), bw, 400, scored, cut, 0.5).thresholds >= 0.7).all()
+    lossless = _plan(_Block(), bw, 3, None, None, 0.5)     # too few tokens: t = 0, nothing calibrated
+    assert (lossless.thresholds == 0).all() and np.isnan(lossless.sparsity)
+
+
+def test_the_shared_cut_is_the_quantile_of_the_experts_scores_weighed_by_their_tokens():
+    """Golden against np.quantile over each expert's scores repeated in proportion to its tokens / rows: an expert
+    of few rows standing for many tokens weighs as those tokens; the tokens' dropped share is the asked one, the
+    experts' shares differing (the scores of one are larger)."""
+    rng = np.random.default_rng(6)
+    scores = [rng.exponential(1.0, (20, 8)), 3 * rng.exponential(1.0, (10, 8))]
+    tokens = [20, 40]   # the second expert's 10 rows stand for 40 tokens
+    cut = shared_cut(scores, tokens, 0.5)
+    repeated = np.concatenate([scores[0].ravel(), np.repeat(scores[1].ravel(), 4)])
+    assert cut == pytest.approx(np.quantile(repeated, 0.5, method="inverted_cdf"))
+    dropped = [float(np.mean(s <= cut)) for s in scores]
+    assert (20 * dropped[0] + 40 * dropped[1]) / 60 == pytest.approx(0.5, abs=0.02)
+    assert dropped[0] > 0.6 > 0.4 > dropped[1]

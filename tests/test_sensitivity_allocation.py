@@ -4,11 +4,13 @@ the weighted curves and rotates where it pays."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from actsparse.passes.block_weights import BlockWeights
-from actsparse.passes.sensitivity_allocation import SPAN, STEP, pooled_budgets
+from actsparse.passes.sensitivity_allocation import SPAN, STEP, choose_one_each, pooled_budgets
 from actsparse.passes.sparsity_methods import calibrate_blocks, error_curves, method
 
 
@@ -118,3 +120,25 @@ def test_a_bad_max_loss_increase_is_one_clear_error(bad):
 
     with pytest.raises(CalibrationError, match="max_loss_increase must be a number >= 0"):
         held_out_guard(object(), [], bad)
+
+
+def test_choose_one_each_is_the_least_cost_choice_within_the_bounds():
+    """The knapsack against brute force over every choice, on random instances (some options out: inf)."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        costs = rng.random((4, 3))
+        costs[rng.random((4, 3)) < 0.15] = np.inf
+        amounts = rng.integers(0, 5, (4, 3)).astype(float)
+        low = float(rng.integers(4, 12))
+        best = None
+        for pick in itertools.product(range(3), repeat=4):
+            total = sum(amounts[i, j] for i, j in enumerate(pick))
+            cost = sum(costs[i, j] for i, j in enumerate(pick))
+            if total >= low and np.isfinite(cost) and (best is None or cost < best):
+                best = cost
+        chosen = choose_one_each(costs, amounts, low, np.inf)
+        if best is None:
+            assert chosen is None
+        else:
+            assert sum(amounts[i, j] for i, j in enumerate(chosen)) >= low
+            assert sum(costs[i, j] for i, j in enumerate(chosen)) == pytest.approx(best)

@@ -80,3 +80,30 @@ def test_report_of_a_reglu_block_in_threshold_mode_says_reglu():
     (row,) = measure_blocks(cm_graph, [mlp_input(seq=16, seed=9)], mode="threshold")
     assert (row.pattern, row.mode, row.method) == ("reglu", "threshold", "cats")
     assert row.threshold == node.attrs["threshold"] and row.calibrated_sparsity == node.attrs["calibrated_sparsity"]
+
+
+def test_neuron_threshold_keeps_each_neuron_above_its_own_threshold_and_has_no_per_block_kernel():
+    """`neuron-threshold` (a routed expert's form before route-moe stacks it): neuron i kept where |silu(g_i)| >
+    thr[i] (NaN kept), h = a·u; the report shows it as threshold mode with the up and down rows of a dropped neuron
+    not read; lowered on its own (no route-moe) it is one error naming the variant."""
+    from actsparse import targets
+    from actsparse.codegen.context import LoweringError
+    from actsparse.codegen.lower import lower_graph
+
+    weights = _weights(3)
+    rng = np.random.default_rng(4)
+    weights["keep"] = rng.uniform(0.0, 0.6, 16).astype(np.float32)   # here: the thresholds
+    graph = verify(parse_graph(TEXT.format(extra=", @keep", mode="neuron-threshold"), weights))
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    g, u = x @ weights["wg"].T, x @ weights["wu"].T
+    a = g / (1 + np.exp(-g))
+    h = np.where(np.abs(a) > weights["keep"], a, 0) * u
+    assert 0 < np.mean(h == 0) < 1
+    np.testing.assert_allclose(evaluate(graph, [x])[0], h @ weights["wdt"], rtol=1e-5, atol=1e-6)
+    x[0, 0] = np.nan
+    assert np.isnan(evaluate(graph, [x])[0][0]).all()   # NaN reaches the output, as in the kernels
+    x[0, 0] = 0.5
+    (row,) = measure_blocks(graph, [x], mode="threshold")
+    assert row.mode == "threshold" and row.effective_sparsity == pytest.approx(row.sparsity * 2 / 3)
+    with pytest.raises(LoweringError, match=r"mode='neuron-threshold'\} at mlp has no cpu kernel"):
+        lower_graph(graph, targets.get("x86"))

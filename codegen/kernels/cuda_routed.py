@@ -14,17 +14,18 @@ Buffers (destination passing, after `out` the scratch the caller allocates, `scr
     w_down_t [E * n_ff, d]   the down projections transposed (a neuron per row), stacked; `down_dtype` its layout
           or [E * d, n_ff]   with `down_rows="outputs"` (dense mode): an output per row, as a GGUF's `ffn_down_exps`
     expert   [V]             int64 expert of each virtual token
-          or [V, 2]          float32 with `thresholds` (threshold mode): each virtual token's expert id (exact in
-                             float32) and that expert's threshold, the lowering's slot table
+          or [V, 1 + n_ff]   float32 with `thresholds` (threshold mode): each virtual token's expert id (exact in
+                             float32), then that expert's neurons' thresholds over the slot's |routing
+                             weight| (ir/moe.py's |a|·|r| > t), the lowering's slot table
     out      [V, d]          float32, each virtual token's expert output (unweighted)
     h        [V, n_ff], part [splits, V, d]   scratch (by outputs: h only)
 
 Three launches, as the per-block kernels (`cuda_mlp.py`): a warp per neuron j computes h[v, j] for every virtual
 token (exact: the up row is read only where the gate keeps the neuron — the gate value is the same in every lane, so
-the branch is warp-uniform; threshold mode likewise where |act(g)| is above the slot's expert's threshold), the down
-launch's split-K parts read the rows of expert[v] (exact: only the positions whose h is not zero), the last sums the
-parts. With the down stack by outputs the second launch is a warp per output column j, a row dot of row expert[v] *
-d + j with h[v] (staged as the linear kernel stages x), and there is no third.
+the branch is warp-uniform; threshold mode likewise where |act(g_j)| is above the slot's expert's neuron j's threshold),
+the down launch's split-K parts read the rows of expert[v] (exact: only the positions whose h is not zero), the last
+sums the parts. With the down stack by outputs the second launch is a warp per output column j, a row dot of row
+expert[v] * d + j with h[v] (staged as the linear kernel stages x), and there is no third.
 Biased experts (gpt-oss) keep the all-experts form.
 """
 
@@ -51,8 +52,8 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
                      exact: bool = True, down_rows: str = "neurons", thresholds: bool = False, sched: GpuSchedule):
     """(x, w_gate, w_up, w_down_t, expert, out, h, part), see the module docstring. `exact`: skip the neurons whose
     gate is exactly zero (gate_act of the ReLU family): their up and down rows are not read. `thresholds` (threshold
-    mode, not `exact`): `expert` is the [V, 2] slot table, and a slot keeps neuron i where |act_gate(g_i)| is above
-    its threshold (the up and down rows of the others are not read). `down_rows`: how the down stack's rows run
+    mode, not `exact`): `expert` is the [V, 1 + n_ff] slot table, and a slot keeps neuron i where |act_gate(g_i)| is
+    above its threshold (the up and down rows of the others are not read). `down_rows`: how the down stack's rows run
     (ir/moe.py; "outputs": dense mode, and no `part`)."""
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
@@ -84,8 +85,9 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
             gs = T.alloc_buffer((1,), "float32", scope="local")
             warp_dot(w_gate, row(expert, v, j), x, xs, v, lane, s)
             gs[0] = gate_value(s[0])
-            if thresholds:   # the slot's expert's threshold: |a| above it kept (NaN too: it reaches the output)
-                gs[0] = T.if_then_else(T.Or(T.isnan(gs[0]), T.fabs(gs[0]) > expert[v, 1]), gs[0], T.float32(0))
+            if thresholds:   # the slot's expert's neuron j's threshold: |a| above it kept (NaN too: it reaches the
+                # output)
+                gs[0] = T.if_then_else(T.Or(T.isnan(gs[0]), T.fabs(gs[0]) > expert[v, 1 + j]), gs[0], T.float32(0))
             if is_active(gs[0]):
                 if reads_up:
                     warp_dot(w_up, row(expert, v, j), x, xs, v, lane, s)
@@ -116,7 +118,7 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
         @T.prim_func
         def kernel_thresholds(x: T.Buffer((V, d), "float32"), w_gate: T.Buffer(wshape, wdtype),
                               w_up: T.Buffer(wshape, wdtype), w_down_t: T.Buffer(dshape, ddtype),
-                              slots: T.Buffer((V, 2), "float32"), out: T.Buffer((V, d), "float32"),
+                              slots: T.Buffer((V, 1 + n_ff), "float32"), out: T.Buffer((V, d), "float32"),
                               h: T.Buffer((V, n_ff), "float32"), part: T.Buffer((k.splits, V, d), "float32")):
             body(x, w_gate, w_up, w_down_t, slots, out, h, part, V)
 

@@ -13,14 +13,16 @@ Buffers (destination passing, as `relax.call_tir` wants):
     route_i  [M, K]          int64 expert of each slot (the router's top-k indices)
     b_gate, b_up [E * n_ff], b_down [E, d]   float32 biases (gpt-oss's experts; dense mode), or, unbiased,
                              the empty [0], [0], [0, d] of `absent_biases`: one parameter list either way
-    thr      [E]             float32 each expert's threshold, only with `thresholds` (threshold mode)
+    thr      [E * n_ff]      float32 each expert neuron's threshold, stacked as the rows, only with `thresholds`
+                             (threshold mode)
     out      [M, d]          float32
 
 For each expert e in turn: the tokens routed to e are gathered (with their summed routing weight); an expert no
 token chose is skipped before any of its rows is read, so a decoding step (M = 1) reads k experts' weights, not E.
 The gathered tokens then run the expert's gated MLP with the bodies of `sparse_mlp.py` at a row offset — exact mode
 lists the neurons some gathered token activates and reads only their up and down rows, threshold mode likewise with
-each token's gate values first dropped where |act(g)| <= thr[e] (the CATS criterion, per expert), dense mode reads
+each token's gate values first dropped where |act(g_i)|·|r_e| <= thr[e * n_ff + i] (the CATS criterion, a threshold
+per neuron, on the layer's output scale: r_e the token's routing weight to e), dense mode reads
 every row — and the expert's output rows (plus its down bias) are added to `out`, scaled by the tokens' routing
 weights. Same macros, same schedule, same float32 accumulation as the per-block kernels; where the host's int8 dot
 serves the weights' layout, x is quantized once to 8-bit blocks (`common.x_operand`) and each expert's tokens are
@@ -53,10 +55,11 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                bias: bool = False, down_rows: str = "neurons", thresholds: bool = False, sched: CpuSchedule):
     """(x, w_gate, w_up, w_down_t, route_w, route_i, b_gate, b_up, b_down[, thr], out), see the module docstring.
     `exact`: skip the neurons whose gate is exactly zero (gate_act of the ReLU family); otherwise every row of a
-    routed expert is read. `thresholds` (threshold mode; any gate activation, not `exact`): thr[E] is read and a
-    token keeps neuron i of expert e only where |act_gate(g_i)| > thr[e]; the listed neurons' up and down rows are
-    read. `bias`: the biases are read (dense mode only); else they are `absent_biases(d)`.
-    `down_dtype`: w_down_t's layout where it is not `dtype`'s. `down_rows`: how the down stack's rows run."""
+    routed expert is read. `thresholds` (threshold mode; any gate activation, not `exact`): thr[E * n_ff] is read and a
+    token keeps neuron i of expert e only where |act_gate(g_i)|·|r_e| > thr[e * n_ff + i] (r_e its routing weight); the
+    listed neurons' up and down rows are read. `bias`: the biases are read (dense mode only); else they are
+    `absent_biases(d)`. `down_dtype`: w_down_t's layout where it is not `dtype`'s. `down_rows`: how the down stack's
+    rows run."""
     check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS if exact else GATE_ACTS, down_dtype)
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
@@ -92,9 +95,9 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
     zero = T.float32(0)
 
     @T.macro
-    def expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up, thr):
+    def expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up, thr, wt):
         if thresholds:
-            compacting(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og, thr[e])
+            compacting(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og, thr, wt)
         elif exact:
             compacting(xg, Mx, e * n_ff, w_gate, w_up, w_down_t, g, h, idx, cnt, og)
         elif by_outputs:
@@ -151,7 +154,7 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                     nt[0] = nt[0] + 1
             Mx: T.let = T.Cast("int64", nt[0])
             if Mx > 0:  # no token chose expert e: none of its rows is read
-                expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up, thr)
+                expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up, thr, wt)
                 for i in range(Mx):
                     for c in T.vectorized(d):
                         if bias:
@@ -166,7 +169,8 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
         def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
                    w_down_t: T.Buffer(dshape, ddtype), rw_h: T.handle, ri_h: T.handle,
                    b_gate: T.Buffer((0,), "float32"), b_up: T.Buffer((0,), "float32"),
-                   b_down: T.Buffer((0, d), "float32"), thr: T.Buffer((experts,), "float32"), out_h: T.handle):
+                   b_down: T.Buffer((0, d), "float32"), thr: T.Buffer((experts * n_ff,), "float32"),
+                   out_h: T.handle):
             T.func_attr({"tirx.noalias": True})
             routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down, thr)
     else:

@@ -142,11 +142,11 @@ def compacting_gated_mlp(d: int, n_ff: int, dtype: str, sched: CpuSchedule, name
 def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_value, act_u, keep_product=None,
                     x8: bool = False, kernel: str, gate_dots=None, reads_up: bool = True,
                     down_dtype: str | None = None, hidden_rms_eps: float | None = None, masked: bool = False):
-    """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out, cut)`: the two regions of the exact and threshold
-    kernels over the n_ff neurons whose weights are rows row0 .. row0 + n_ff - 1 (a routed expert's; 0 for a
-    block's own weights). Scratch: g, h [M, n_ff] f32, idx [n_ff] i32 (it lists weight rows), cnt [threads] i32.
-    `x8`: x is the 8-bit blocks of `common.x_operand` (the integer row dots), else float32 [M, d]. `kernel`: the
-    kernel it is the body of, which picks the down projection's path (`CpuSchedule.int8_axpy`).
+    """`body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out, cut, scale)`: the two regions of the exact and
+    threshold kernels over the n_ff neurons whose weights are rows row0 .. row0 + n_ff - 1 (a routed expert's; 0 for a
+    block's own weights). Scratch: g, h [M, n_ff] f32, idx [n_ff] i32 (it lists weight rows), cnt [threads] i32. `x8`: x
+    is the 8-bit blocks of `common.x_operand` (the integer row dots), else float32 [M, d]. `kernel`: the kernel it is
+    the body of, which picks the down projection's path (`CpuSchedule.int8_axpy`).
 
     `gate_value(s)` maps a gate dot to the value kept by neuron (0: the token drops it). A neuron is listed when
     some token keeps it; then only the listed up and down rows are read. With `keep_product(h) -> bool` (threshold
@@ -158,8 +158,9 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     (q8_0 down rows beside a GGUF's 4-bit gate / up: passes/quantize.py). `hidden_rms_eps`: the block normalises h
     by its RMS over the n_ff neurons before the down projection (BitNet): each task sums its kept h² in the first
     region, and in the second scales its output columns by 1 / sqrt(sum / n_ff + eps) (hidden_norm.py). `masked`: a
-    gate value a is also dropped where |a| <= cut, a float32 value the caller gives at run time (a routed expert's
-    calibrated threshold, ir/moe.py; NaN stays: it reaches the output); unmasked bodies ignore cut.
+    gate value a of token m's neuron (weight row) j is also dropped where |a|·|scale[m]| <= cut[j], float32 buffers
+    the caller gives at run time, cut indexed as the weight rows (a routed expert's calibrated thresholds and its
+    tokens' routing weights, ir/moe.py; NaN stays: it reaches the output); unmasked bodies ignore both.
     """
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
@@ -174,7 +175,7 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     sum_squares, scale_columns = hidden_norm_macros(d, n_ff, sched, down_dtype or dtype, hidden_rms_eps or 0.0)
 
     @T.macro
-    def body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out, cut=0.0):
+    def body(x, M, row0, w_gate, w_up, w_down_t, g, h, idx, cnt, out, cut=0.0, scale=0.0):
         sq = T.alloc_buffer((threads, M if normed else 1), "float32")   # per task and token: its kept h²
         # 1) per task: gate over its contiguous rows (product: up too), list the neurons some token keeps
         for t in T.parallel(threads):
@@ -192,7 +193,9 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
                     for m in range(M):
                         if masked:
                             g[m, j0 + st * R + r] = T.if_then_else(
-                                T.Or(T.isnan(g[m, j0 + st * R + r]), T.fabs(g[m, j0 + st * R + r]) > cut),
+                                T.Or(T.isnan(g[m, j0 + st * R + r]),
+                                     T.fabs(g[m, j0 + st * R + r]) * T.fabs(scale[m])
+                                     > cut[row0 + j0 + st * R + r]),
                                 g[m, j0 + st * R + r], zero)
                         if product:
                             h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
