@@ -225,6 +225,7 @@ def neuron_thresholded(x, w_gate, w_up, attrs, thresholds, b_gate=None, b_up=Non
 
 def _neuron_threshold_report(attrs: dict) -> dict:
     return {"method": attrs.get("method"), "calibrated_sparsity": attrs.get("calibrated_sparsity"),
+            "effective_calibrated": attrs.get("effective_calibrated"),
             **({"reason": attrs["reason"]} if attrs.get("reason") else {})}
 
 

@@ -31,9 +31,9 @@ How the cut is chosen (`expert_allocation`):
 - "uniform": τ_e per expert, the `sparsity` quantile of its own rows' scores: s_e = s for every expert.
 Measured on SmolLM2-135M's layers split into 8 experts of 192 neurons (sorted by activity), a random router, top-2
 of softmax weights, the relative error of the layer's output on held-out rows at 50% of the routed experts' neurons
-dropped (BENCHMARKS.md, session 39): uniform 0.065–0.10, last session's knapsack over per-expert levels 0.040–0.088,
-one τ without the routing weight 0.028–0.087, shared (with it) 0.019–0.059 with a flat router and 0.005–0.015 with a
-peaked one.
+dropped (benchmarks/moe_cut.py, BENCHMARKS.md session 39): uniform 0.065–0.099, one τ without the routing weight
+0.029–0.087, shared (with it) 0.019–0.058 with a flat router and 0.006–0.014 with a peaked one (session 38's
+knapsack over per-expert levels, which this replaced, measured the same way before its removal: 0.040–0.088).
 An expert the calibration routes too few tokens to for its quantile (`input_thresholds.enough_rows` at s) keeps
 t = 0 (its own FATReLU threshold where it has one): every neuron the gate does not zero, lossless; the report's row
 says why; it is outside its layer's pool.
@@ -96,7 +96,7 @@ def calibrate_routed_experts(graph: Graph, blocks: list[Node], rows: list[np.nda
     scored = {i: expert_scores(weights[i], np.asarray(rows[i], np.float32), routed[i].weights)
               for i in tqdm([i for i in range(len(blocks)) if enough[i]], desc="calibrate experts", unit="expert",
                             disable=not progress or None)}
-    cuts = {i: float(np.quantile(e.scores, sparsity)) for i, e in scored.items()}
+    cuts = {} if allocation == "shared" else {i: float(np.quantile(e.scores, sparsity)) for i, e in scored.items()}
     if allocation == "shared":
         for layer in sorted({layers[i] for i in scored}):
             own = [i for i in scored if layers[i] == layer]
