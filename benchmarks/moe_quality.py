@@ -5,10 +5,13 @@ No real MoE model comes from PyPI (TVM-NOTES). What comes closest with real weig
 how active they are on calibration text, so the experts differ as a trained MoE's do), every token routed to all E
 with weight 1 / E (router weights 0, top_k = E) and the downs times E: a Mixtral whose logits equal SmolLM2's.
 compile() routes it (`routed_moe`), threshold mode thresholds each expert on its tokens (passes/routed_thresholds.py),
-and the compiled decoder scores the held-out text against its dense twin, once per `expert_allocation`.
+and the compiled decoder scores the held-out text against its dense twin, once per `expert_allocation`. With
+`--top-k k` below E the router is random instead (seeded, N(0, 1/d) weights), each token goes to its top k experts
+with Mixtral's renormalised softmax weights: no longer SmolLM2 (a 1/E-share of the neurons per expert), but a MoE of
+real weights whose tokens lean on their experts unequally, scored against its own dense build.
 
     python -m actsparse.benchmarks.moe_quality [--grouping order,activity] [--allocations uniform,shared]
-        [--sparsities 0.5] [--windows 4]
+        [--sparsities 0.5] [--windows 4] [--top-k 8]
 
 Calibration: the first 60% of pydoc's topics prose, the held-out text the rest (as threshold_frontier.py).
 """
@@ -25,8 +28,9 @@ import numpy as np
 EXPERTS = 8
 
 
-def moe_twin(grouping: str, folder: Path) -> None:
-    """Write SmolLM2-135M as the Mixtral of the module docstring to `folder` (a Hugging Face model folder)."""
+def moe_twin(grouping: str, folder: Path, top_k: int = EXPERTS) -> None:
+    """Write SmolLM2-135M as the Mixtral of the module docstring to `folder` (a Hugging Face model folder); `top_k`
+    below EXPERTS: a random router sends each token to its top k."""
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
 
@@ -41,7 +45,7 @@ def moe_twin(grouping: str, folder: Path) -> None:
                         num_key_value_heads=c.num_key_value_heads, head_dim=getattr(c, "head_dim", None),
                         max_position_embeddings=c.max_position_embeddings, rms_norm_eps=c.rms_norm_eps,
                         rope_theta=rope, tie_word_embeddings=c.tie_word_embeddings, num_local_experts=EXPERTS,
-                        num_experts_per_tok=EXPERTS, router_jitter_noise=0.0, sliding_window=None,
+                        num_experts_per_tok=top_k, router_jitter_noise=0.0, sliding_window=None,
                         bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, hidden_act="silu")
     moe = MixtralForCausalLM(cfg).eval()
     state = {k: v for k, v in model.state_dict().items() if ".mlp." not in k}
@@ -55,7 +59,9 @@ def moe_twin(grouping: str, folder: Path) -> None:
         g, u, d = mlp.gate_proj.weight[perm], mlp.up_proj.weight[perm], mlp.down_proj.weight[:, perm]
         experts = moe.model.layers[i].mlp.experts
         p = f"model.layers.{i}.mlp."
-        state[p + "gate.weight"] = torch.zeros_like(moe.model.layers[i].mlp.gate.weight)
+        router = moe.model.layers[i].mlp.gate.weight
+        state[p + "gate.weight"] = (torch.zeros_like(router) if top_k == EXPERTS else torch.randn(
+            router.shape, generator=torch.Generator().manual_seed(i)) / c.hidden_size**0.5)
         gate_up = torch.stack([torch.cat([g[e * n:(e + 1) * n], u[e * n:(e + 1) * n]]) for e in range(EXPERTS)])
         down = torch.stack([d[:, e * n:(e + 1) * n] * EXPERTS for e in range(EXPERTS)])
         if experts.gate_up_proj.shape != gate_up.shape:
@@ -66,7 +72,7 @@ def moe_twin(grouping: str, folder: Path) -> None:
     ids = tok("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
     with torch.no_grad():
         off = (model(ids).logits - moe(ids).logits).abs().max().item()
-    if off > 1e-3:
+    if off > 1e-3 and top_k == EXPERTS:
         raise SystemExit(f"the Mixtral twin's logits are {off:g} off SmolLM2's")
     moe.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
@@ -84,9 +90,9 @@ def expert_allocation(name: str):
 
 
 def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> float:
-    """The routed experts' neuron sparsity on the held-out windows: the mean over layers, experts and tokens of
-    |silu(g_i)|·r <= t_i (every token is routed to every expert, r = 1 / E), g from the Mixtral twin's own gate
-    rows."""
+    """The routed experts' neuron sparsity on the held-out windows: over layers, experts and the tokens routed to
+    each, the share of |silu(g_i)|·r <= t_i (r the token's routing weight: the twin's router, top-k renormalised), g
+    from the twin's own gate rows."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -96,20 +102,25 @@ def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> float:
     inputs = {i: [] for i in range(len(moe.model.layers))}
     hooks = [layer.mlp.register_forward_hook(lambda m, a, out, i=i: inputs[i].append(a[0].reshape(-1, a[0].shape[-1])))
              for i, layer in enumerate(moe.model.layers)]
+    top_k = moe.config.num_experts_per_tok
     with torch.no_grad():
         for w in windows:
             moe(torch.from_numpy(np.asarray(w)).reshape(1, -1))
         for h in hooks:
             h.remove()
-        shares = []
+        dropped = total = 0.0
         for i, layer in enumerate(moe.model.layers):
             x, gate_up = torch.cat(inputs[i]), layer.mlp.experts.gate_up_proj   # [E, 2 n, d]: gate rows first
+            probs = torch.softmax(x @ layer.mlp.gate.weight.T, -1)
+            top = probs.topk(top_k, -1)
+            r = torch.zeros_like(probs).scatter(-1, top.indices, top.values / top.values.sum(-1, keepdim=True))
             n = gate_up.shape[1] // 2
             for e in range(EXPERTS):
-                a = torch.nn.functional.silu(x @ gate_up[e, :n].T).abs()
+                own = r[:, e] > 0
+                a = torch.nn.functional.silu(x[own] @ gate_up[e, :n].T).abs() * r[own, e, None]
                 t = torch.from_numpy(np.asarray(thresholds[i][e * n:(e + 1) * n], np.float32))
-                shares.append(float((a / EXPERTS <= t).float().mean()))
-    return float(np.mean(shares))
+                dropped, total = dropped + float((a <= t).sum()), total + a.numel()
+    return dropped / max(total, 1.0)
 
 
 def main(argv=None) -> int:
@@ -124,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--allocations", default="uniform,shared")
     ap.add_argument("--sparsities", default="0.5")
     ap.add_argument("--windows", type=int, default=4)
+    ap.add_argument("--top-k", type=int, default=EXPERTS)
     args = ap.parse_args(argv)
     import pydoc_data.topics
 
@@ -136,7 +148,7 @@ def main(argv=None) -> int:
     rows = []
     for grouping in args.grouping.split(","):
         folder = work / grouping
-        moe_twin(grouping, folder)
+        moe_twin(grouping, folder, args.top_k)
         dense = None
         for sparsity in (float(v) for v in args.sparsities.split(",")):
             for allocation in args.allocations.split(","):

@@ -83,27 +83,32 @@ def test_report_of_a_reglu_block_in_threshold_mode_says_reglu():
 
 
 def test_neuron_threshold_keeps_each_neuron_above_its_own_threshold_and_has_no_per_block_kernel():
-    """`neuron-threshold` (a routed expert's form before route-moe stacks it): neuron i kept where |silu(g_i)| >
-    thr[i] (NaN kept), h = a·u; the report shows it as threshold mode with the up and down rows of a dropped neuron
-    not read; lowered on its own (no route-moe) it is one error naming the variant."""
+    """`neuron-threshold` (a routed expert's form before route-moe stacks it): neuron i kept where |silu(g_i)|·|r| >
+    thr[i] (r the token's scale: its routing weight; NaN kept), h = a·u; the report shows it as threshold mode with
+    the up and down rows of a dropped neuron not read; lowered on its own (no route-moe) it is one error naming the
+    variant."""
     from actsparse import targets
     from actsparse.codegen.context import LoweringError
     from actsparse.codegen.lower import lower_graph
 
     weights = _weights(3)
     rng = np.random.default_rng(4)
-    weights["keep"] = rng.uniform(0.0, 0.6, 16).astype(np.float32)   # here: the thresholds
-    graph = verify(parse_graph(TEXT.format(extra=", @keep", mode="neuron-threshold"), weights))
+    weights["keep"] = rng.uniform(0.0, 0.3, 16).astype(np.float32)   # here: the thresholds
+    text = TEXT.format(extra=", @keep, %r", mode="neuron-threshold").replace(
+        "graph @main(%x: f32[2,8])", "graph @main(%x: f32[2,8], %r: f32[2,1])")
+    graph = verify(parse_graph(text, weights))
     x = rng.standard_normal((2, 8)).astype(np.float32)
+    r = np.array([[1.0], [-0.25]], np.float32)   # the second token's |r| is a quarter: it keeps fewer neurons
     g, u = x @ weights["wg"].T, x @ weights["wu"].T
     a = g / (1 + np.exp(-g))
-    h = np.where(np.abs(a) > weights["keep"], a, 0) * u
-    assert 0 < np.mean(h == 0) < 1
-    np.testing.assert_allclose(evaluate(graph, [x])[0], h @ weights["wdt"], rtol=1e-5, atol=1e-6)
+    keep = np.abs(a) * np.abs(r) > weights["keep"]
+    assert 0 < keep.mean() < 1
+    np.testing.assert_allclose(evaluate(graph, [x, r])[0], (np.where(keep, a, 0) * u) @ weights["wdt"], rtol=1e-5,
+                               atol=1e-6)
     x[0, 0] = np.nan
-    assert np.isnan(evaluate(graph, [x])[0][0]).all()   # NaN reaches the output, as in the kernels
+    assert np.isnan(evaluate(graph, [x, r])[0][0]).all()   # NaN reaches the output, as in the kernels
     x[0, 0] = 0.5
-    (row,) = measure_blocks(graph, [x], mode="threshold")
+    (row,) = measure_blocks(graph, [x, r], mode="threshold")
     assert row.mode == "threshold" and row.effective_sparsity == pytest.approx(row.sparsity * 2 / 3)
     with pytest.raises(LoweringError, match=r"mode='neuron-threshold'\} at mlp has no cpu kernel"):
         lower_graph(graph, targets.get("x86"))
