@@ -6,12 +6,12 @@ how active they are on calibration text, so the experts differ as a trained MoE'
 with weight 1 / E (router weights 0, top_k = E) and the downs times E: a Mixtral whose logits equal SmolLM2's.
 compile() routes it (`routed_moe`), threshold mode thresholds each expert on its tokens (passes/routed_thresholds.py),
 and the compiled decoder scores the held-out text against its dense twin, once per `expert_allocation`. With
-`--top-k k` below E the router is random instead (seeded, N(0, 1/d) weights), each token goes to its top k experts
-with Mixtral's renormalised softmax weights: no longer SmolLM2 (a 1/E-share of the neurons per expert), but a MoE of
-real weights whose tokens lean on their experts unequally, scored against its own dense build.
+`--router-spread s` above 0 the router is random instead (seeded, N(0, s²/d) weights) and each token's experts get
+Mixtral's softmax weights (renormalised over its top `--top-k`, E by default): no longer SmolLM2 exactly, but a MoE
+of real weights whose tokens lean on their experts unequally, scored against its own dense build.
 
     python -m actsparse.benchmarks.moe_quality [--grouping order,activity] [--allocations uniform,shared]
-        [--sparsities 0.5] [--windows 4] [--top-k 8]
+        [--sparsities 0.5] [--windows 4] [--router-spread 0] [--top-k 8]
 
 Calibration: the first 60% of pydoc's topics prose, the held-out text the rest (as threshold_frontier.py).
 """
@@ -28,9 +28,9 @@ import numpy as np
 EXPERTS = 8
 
 
-def moe_twin(grouping: str, folder: Path, top_k: int = EXPERTS) -> None:
-    """Write SmolLM2-135M as the Mixtral of the module docstring to `folder` (a Hugging Face model folder); `top_k`
-    below EXPERTS: a random router sends each token to its top k."""
+def moe_twin(grouping: str, folder: Path, spread: float = 0.0, top_k: int = EXPERTS) -> None:
+    """Write SmolLM2-135M as the Mixtral of the module docstring to `folder` (a Hugging Face model folder); `spread`
+    above 0: a random router of that spread, each token to its top `top_k`."""
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
 
@@ -60,7 +60,7 @@ def moe_twin(grouping: str, folder: Path, top_k: int = EXPERTS) -> None:
         experts = moe.model.layers[i].mlp.experts
         p = f"model.layers.{i}.mlp."
         router = moe.model.layers[i].mlp.gate.weight
-        state[p + "gate.weight"] = (torch.zeros_like(router) if top_k == EXPERTS else torch.randn(
+        state[p + "gate.weight"] = (torch.zeros_like(router) if spread == 0 else spread * torch.randn(
             router.shape, generator=torch.Generator().manual_seed(i)) / c.hidden_size**0.5)
         gate_up = torch.stack([torch.cat([g[e * n:(e + 1) * n], u[e * n:(e + 1) * n]]) for e in range(EXPERTS)])
         down = torch.stack([d[:, e * n:(e + 1) * n] * EXPERTS for e in range(EXPERTS)])
@@ -72,7 +72,7 @@ def moe_twin(grouping: str, folder: Path, top_k: int = EXPERTS) -> None:
     ids = tok("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids
     with torch.no_grad():
         off = (model(ids).logits - moe(ids).logits).abs().max().item()
-    if off > 1e-3 and top_k == EXPERTS:
+    if off > 1e-3 and spread == 0 and top_k == EXPERTS:
         raise SystemExit(f"the Mixtral twin's logits are {off:g} off SmolLM2's")
     moe.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--allocations", default="uniform,shared")
     ap.add_argument("--sparsities", default="0.5")
     ap.add_argument("--windows", type=int, default=4)
+    ap.add_argument("--router-spread", type=float, default=0.0)
     ap.add_argument("--top-k", type=int, default=EXPERTS)
     args = ap.parse_args(argv)
     import pydoc_data.topics
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     rows = []
     for grouping in args.grouping.split(","):
         folder = work / grouping
-        moe_twin(grouping, folder, args.top_k)
+        moe_twin(grouping, folder, args.router_spread, args.top_k)
         dense = None
         for sparsity in (float(v) for v in args.sparsities.split(",")):
             for allocation in args.allocations.split(","):
