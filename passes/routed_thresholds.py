@@ -93,17 +93,21 @@ def calibrate_routed_experts(graph: Graph, blocks: list[Node], rows: list[np.nda
 
     weights = [block_weights(b, graph.weights, "cats") for b in blocks]
     enough = [enough_rows(r, sparsity) for r in rows]   # the others keep t = 0, outside their layer's cut
-    scored = {i: expert_scores(weights[i], np.asarray(rows[i], np.float32), routed[i].weights)
-              for i in tqdm([i for i in range(len(blocks)) if enough[i]], desc="calibrate experts", unit="expert",
-                            disable=not progress or None)}
-    cuts = {} if allocation == "shared" else {i: float(np.quantile(e.scores, sparsity)) for i, e in scored.items()}
-    if allocation == "shared":
-        for layer in sorted({layers[i] for i in scored}):
-            own = [i for i in scored if layers[i] == layer]
+    plans: dict[int, ExpertThresholds] = {}
+    bar = tqdm(total=sum(enough), desc="calibrate experts", unit="expert", disable=not progress or None)
+    for layer in sorted({layers[i] for i in range(len(blocks)) if enough[i]}):   # one layer's scores held at a time
+        own = [i for i in range(len(blocks)) if layers[i] == layer and enough[i]]
+        scored = {i: expert_scores(weights[i], np.asarray(rows[i], np.float32), routed[i].weights) for i in own}
+        bar.update(len(own))
+        if allocation == "shared":
             cut = shared_cut([scored[i].scores for i in own], [routed[i].tokens for i in own], sparsity)
-            cuts.update((i, cut) for i in own)
+            cuts = dict.fromkeys(own, cut)
             record("shared-cut-layers")
-    return [_plan(block, bw, len(r), scored.get(i), cuts.get(i), sparsity)
+        else:
+            cuts = {i: float(np.quantile(scored[i].scores, sparsity)) for i in own}
+        plans.update((i, _plan(blocks[i], weights[i], len(rows[i]), scored[i], cuts[i], sparsity)) for i in own)
+    bar.close()
+    return [plans[i] if i in plans else _plan(block, bw, len(r), None, None, sparsity)
             for i, (block, bw, r) in enumerate(zip(blocks, weights, rows))]
 
 
