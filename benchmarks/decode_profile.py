@@ -95,7 +95,8 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
 
     module = lm.module
     weights = {t.data_ptr() for t in module._weight_tensors}
-    # threshold experts' up and down rows: the share their calibration kept (the mean over the experts)
+    # threshold experts' up and down rows: the share of h their calibration kept (the mean over the experts; their
+    # up rows' share is larger by the split's shift, routed_thresholds.least_error_cuts: a lower bound on the bytes)
     calibrated = [c for n in module.graph.nodes if n.op == "routed_moe" for c in n.attrs.get("expert_calibrated") or ()
                   if c is not None]
     kept = 1.0 - float(np.mean(calibrated)) if calibrated else 1.0

@@ -6,11 +6,14 @@ n_ff / E neurons (sorted by how active they are on the calibration text, so the 
 (x·W_r, its logits' spread set by `--peak`: 1 flat, 4 peaked) sends each token to its top-k experts with softmax
 weights r, and each rule's thresholds are calibrated on the calibration text's rows of the layer (those routed to
 each expert) at `--sparsity`. Measured on the held-out text's rows: the relative error of the layer's output
-‖Σ_e r_e W_down,e (h_e − h_e,kept)‖² / ‖Σ_e r_e W_down,e h_e‖² and the share of the routed experts' neurons dropped.
-The rules, all on weighted CATS's scores |act(g_i)|·c_i (c_i = ‖W_down[:, i]‖·mean|u_i|):
-    uniform     one cut per expert, its own rows' quantile (`expert_allocation="uniform"`)
-    one-cut     one cut per layer on |act(g_i)|·c_i, the routing weight left out
-    shared      one cut per layer on |act(g_i)|·c_i·|r_e|, the kernels' |act(g_i)|·|r_e| > t_i (the default)
+‖Σ_e r_e W_down,e (h_e − h_e,kept)‖² / ‖Σ_e r_e W_down,e h_e‖², and the share of the routed experts' up and down
+rows not read (the effective sparsity of the two matrices, the gate's rows all read). The rules, on weighted CATS's
+scores |act(g_i)|·c_i (c_i = ‖W_down[:, i]‖·mean|u_i|):
+    uniform     one gate cut per expert, its own rows' quantile
+    one-cut     one gate cut per layer on |act(g_i)|·c_i, the routing weight left out
+    shared      one gate cut per layer on |act(g_i)|·c_i·|r_e|, the kernels' |act(g_i)|·|r_e| > t_i (session 39's)
+    two-cut     shared, then a cut on h on |h_i|·‖W_down[:, i]‖·|r_e|, their split the least-error one
+                (`least_error_cuts`: the default)
 
     python -m actsparse.benchmarks.moe_cut [--layers 3,12,24] [--peaks 1,4] [--experts 8] [--top-k 2]
         [--sparsity 0.5]
@@ -24,7 +27,7 @@ import argparse
 
 import numpy as np
 
-RULES = ("uniform", "one-cut", "shared")
+RULES = ("uniform", "one-cut", "shared", "two-cut")
 
 
 def router(d: int, experts: int, top_k: int, peak: float, scale: float, seed: int):
@@ -43,32 +46,39 @@ def router(d: int, experts: int, top_k: int, peak: float, scale: float, seed: in
     return route
 
 
-def rule_cuts(rule: str, scored: list, scored_r: list, tokens: list[int], sparsity: float) -> list[np.ndarray]:
-    """Each expert's thresholds t_i (to compare with |a|, or |a|·|r| for "shared") under `rule`."""
-    from actsparse.passes.routed_thresholds import shared_cut
+def rule_cuts(rule: str, scored: list, scored_r: list, sparsity: float) -> list[np.ndarray]:
+    """Each expert's cuts [2, n] (on the gate, on h; to compare with |a| and |h|, or |a|·|r| and |h|·|r| where the
+    rule scales by the routing weight) under `rule`."""
+    from actsparse.passes.routed_thresholds import least_error_cuts, pooled_quantile
 
+    if rule == "two-cut":
+        cuts = least_error_cuts(scored_r, sparsity)
+        return [np.stack([cuts.gate / s.weights, cuts.h / s.down_norms]) for s in scored_r]
     if rule == "uniform":
-        return [np.quantile(s.scores, sparsity) / s.weights for s in scored]
-    pool = scored if rule == "one-cut" else scored_r
-    cut = shared_cut([s.scores for s in pool], tokens, sparsity)
-    return [cut / s.weights for s in pool]
+        gate = [pooled_quantile([s.scores], [1.0], sparsity) for s in scored]
+    else:
+        pool = scored if rule == "one-cut" else scored_r
+        gate = [pooled_quantile([s.scores for s in pool], [s.weight for s in pool], sparsity)] * len(pool)
+    return [np.stack([g / s.weights, np.zeros_like(s.weights)]) for g, s in zip(gate, scored)]
 
 
 def layer_error(experts, x: np.ndarray, r: np.ndarray, thresholds: list[np.ndarray], scaled: bool):
-    """(relative output error, share of the routed experts' neurons dropped) on rows x routed by r."""
-    from actsparse.ir.activations import apply
+    """(relative output error, share of the routed experts' up and down rows not read) on rows x routed by r."""
+    from actsparse.ir.sparse_variants import neuron_threshold_parts
 
     err = np.zeros((len(x), experts[0].w_down.shape[0]))
     full = np.zeros_like(err)
-    dropped = total = 0
+    skipped = total = 0
+    attrs = {"gate_act": "silu", "up_act": "identity"}
     for e, (bw, t) in enumerate(zip(experts, thresholds)):
         own = r[:, e] > 0
-        a, u, w = apply("silu", x[own] @ bw.w_gate.T), x[own] @ bw.w_up.T, r[own, e][:, None]
-        keep = np.abs(a) * (w if scaled else 1) > t
-        err[own] += w * (np.where(keep, 0, a * u) @ bw.w_down.T)
-        full[own] += w * ((a * u) @ bw.w_down.T)
-        dropped, total = dropped + int((~keep).sum()), total + keep.size
-    return float(np.square(err).sum() / np.square(full).sum()), dropped / total
+        w = r[own, e][:, None]
+        h = neuron_threshold_parts(x[own], bw.w_gate, bw.w_up, attrs, -1.0)[1]   # dense: every neuron kept
+        kept, h_kept = neuron_threshold_parts(x[own], bw.w_gate, bw.w_up, attrs, t[0], t[1], scale=w if scaled else 1)
+        err[own] += w * ((h - h_kept) @ bw.w_down.T)
+        full[own] += w * (h @ bw.w_down.T)
+        skipped, total = skipped + int((~kept).sum() + (h_kept == 0).sum()), total + 2 * kept.size
+    return float(np.square(err).sum() / np.square(full).sum()), skipped / total
 
 
 def main(argv=None) -> int:
@@ -90,7 +100,7 @@ def main(argv=None) -> int:
     held = collect_rows(model, prose_windows(tok, "eval", 256, 4))
     blocks = block_weights(model)
     print(f"\nSmolLM2-135M, {args.experts} experts by activity, top-{args.top_k}, sparsity {args.sparsity}\n")
-    print("| layer | router | " + " | ".join(f"{r}: error | {r}: dropped" for r in RULES) + " |")
+    print("| layer | router | " + " | ".join(f"{r}: error | {r}: rows skipped" for r in RULES) + " |")
     print("|---:|---:|" + "---:|---:|" * len(RULES))
     for layer in (int(v) for v in args.layers.split(",")):
         bw, xc, xh = blocks[layer], calib[layer], held[layer]
@@ -104,12 +114,11 @@ def main(argv=None) -> int:
             own = [rc[:, e] > 0 for e in range(args.experts)]
             scored = [expert_scores(b, xc[o], np.ones(int(o.sum()), np.float32)) for b, o in zip(experts, own)]
             scored_r = [expert_scores(b, xc[o], rc[o, e]) for e, (b, o) in enumerate(zip(experts, own))]
-            tokens = [int(o.sum()) for o in own]
             cells = []
             for rule in RULES:
-                t = rule_cuts(rule, scored, scored_r, tokens, args.sparsity)
-                error, dropped = layer_error(experts, xh, rh, t, scaled=rule == "shared")
-                cells.append(f"{error:.4f} | {dropped:.3f}")
+                t = rule_cuts(rule, scored, scored_r, args.sparsity)
+                error, skipped = layer_error(experts, xh, rh, t, scaled=rule in ("shared", "two-cut"))
+                cells.append(f"{error:.4f} | {skipped:.3f}")
             print(f"| {layer} | {peak:g} | " + " | ".join(cells) + " |", flush=True)
     return 0
 

@@ -89,10 +89,11 @@ def expert_allocation(name: str):
                              functools.partial(pipeline.SparsifyThreshold, expert_allocation=name))
 
 
-def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> float:
-    """The routed experts' neuron sparsity on the held-out windows: over layers, experts and the tokens routed to
-    each, the share of |silu(g_i)|·r <= t_i (r the token's routing weight: the twin's router, top-k renormalised), g
-    from the twin's own gate rows."""
+def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> tuple[float, float]:
+    """The routed experts' sparsity on the held-out windows, over layers, experts and the tokens routed to each:
+    (the share of h dropped, the share of the up and down rows not read) — neuron i's up row unread where
+    |silu(g_i)|·r <= t_i, its down row where that or |h_i|·r <= t'_i (r the token's routing weight: the twin's
+    router, top-k renormalised; g, u from the twin's own rows)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -108,7 +109,7 @@ def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> float:
             moe(torch.from_numpy(np.asarray(w)).reshape(1, -1))
         for h in hooks:
             h.remove()
-        dropped = total = 0.0
+        dropped = gate_dropped = total = 0.0
         for i, layer in enumerate(moe.model.layers):
             x, gate_up = torch.cat(inputs[i]), layer.mlp.experts.gate_up_proj   # [E, 2 n, d]: gate rows first
             probs = torch.softmax(x @ layer.mlp.gate.weight.T, -1)
@@ -117,10 +118,14 @@ def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> float:
             n = gate_up.shape[1] // 2
             for e in range(EXPERTS):
                 own = r[:, e] > 0
-                a = torch.nn.functional.silu(x[own] @ gate_up[e, :n].T).abs() * r[own, e, None]
-                t = torch.from_numpy(np.asarray(thresholds[i][e * n:(e + 1) * n], np.float32))
-                dropped, total = dropped + float((a <= t).sum()), total + a.numel()
-    return dropped / max(total, 1.0)
+                a, w = torch.nn.functional.silu(x[own] @ gate_up[e, :n].T), r[own, e, None]
+                t = torch.from_numpy(np.asarray(thresholds[i][:, e * n:(e + 1) * n], np.float32))
+                kept = a.abs() * w > t[0]
+                h = torch.where(kept, a, 0) * (x[own] @ gate_up[e, n:].T)
+                gate_dropped += float((~kept).sum())
+                dropped, total = dropped + float((h.abs() * w <= t[1]).sum()), total + a.numel()
+    total = max(total, 1.0)
+    return dropped / total, (gate_dropped + dropped) / (2 * total)
 
 
 def main(argv=None) -> int:
@@ -164,12 +169,13 @@ def main(argv=None) -> int:
                 rows.append((grouping, sparsity, allocation, result.perplexity, dense.perplexity, shares))
                 print(f"{grouping} {sparsity:g} {allocation}: perplexity {result.perplexity:.4f} vs dense "
                       f"{dense.perplexity:.4f} ({100 * (result.perplexity / dense.perplexity - 1):+.2f}%), held-out "
-                      f"sparsity {shares:.3f}", flush=True)
-    print("\n| experts' neurons | sparsity | allocation | perplexity | vs dense | held-out expert sparsity |")
-    print("|---|---:|---|---:|---:|---:|")
-    for grouping, sparsity, allocation, ppl, base, shares in rows:
+                      f"sparsity {shares[0]:.3f}, up / down rows skipped {shares[1]:.3f}", flush=True)
+    print("\n| experts' neurons | sparsity | allocation | perplexity | vs dense | held-out h sparsity "
+          "| up / down rows skipped |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for grouping, sparsity, allocation, ppl, base, (shares, skipped) in rows:
         print(f"| {grouping} | {sparsity:g} | {allocation} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% | "
-              f"{100 * shares:.1f}% |")
+              f"{100 * shares:.1f}% | {100 * skipped:.1f}% |")
     return 0
 
 

@@ -191,8 +191,8 @@ def _routed_moe(ctx, node, args):
 def _slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k: int, sched, options: dict, thresholds: list):
     """The routed experts through the per-slot kernel (`kernels/cuda_routed.py`): each token's x repeated for its k
     slots, each slot's expert output, summed by the routing weights: [tokens, d_out] in the node's dtype. Threshold
-    experts (`thresholds`: [the [E·n] thresholds]) get the slot table [slots, 1 + n]: each slot's expert id, then its
-    expert's neurons' thresholds over the slot's |routing weight| (ir/moe.py's |a|·|r| > t)."""
+    experts (`thresholds`: [the [2, E·n] cuts]) get the slot table [slots, 1 + 2n]: each slot's expert id, then its
+    expert's neurons' gate cuts and cuts on h, over the slot's |routing weight| (ir/moe.py's |a|·|r| > t)."""
     from .kernels import kernel as target_kernel
 
     a, w_gate = node.attrs, node.inputs[1]
@@ -205,7 +205,8 @@ def _slot_routed(ctx, node, x2d, args, route_w, route_i, tokens, k: int, sched, 
     expert = ctx.bb.emit(R.reshape(route_i, [slots]))
     if thresholds:   # exact in float32: expert ids are far below 2^24
         # |a|·|r| > t as |a| > t / |r|: the slot's routing weight folded into its row of thresholds
-        slot_thresholds = R.divide(R.take(R.reshape(thresholds[0], [experts, n_ff]), expert, axis=0),
+        cuts = R.take(R.reshape(thresholds[0], [2, experts, n_ff]), expert, axis=1)   # [2, slots, n]
+        slot_thresholds = R.divide(R.reshape(R.permute_dims(cuts, [1, 0, 2]), [slots, 2 * n_ff]),
                                    R.abs(R.reshape(route_w, [slots, 1])))
         expert = ctx.bb.emit(R.concat([R.reshape(R.astype(expert, "float32"), [slots, 1]), slot_thresholds], axis=1))
     y = emit_kernel_call(ctx, kernel, [x_slots, *args[1:4], expert], slots, d_out, "f32")

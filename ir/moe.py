@@ -20,13 +20,14 @@ to each expert's output before its routing weight scales it. Which inputs follow
 
 `mode` is the experts' variant: "dense" (every neuron of a routed expert is read), "exact" (ReLU-family gates:
 only the neurons some routed token activates; lossless, as `sparse_gated_mlp{mode=exact}`) or "threshold"
-(threshold mode's CATS criterion with a threshold per neuron, scaled by the routing weight, lossy: a seventh input
-thresholds[E·n] holds each expert's neurons' calibrated t, stacked as the weights' rows, and a token keeps neuron i
-of expert e only where |act_gate(g_i)|·|r_e| > thresholds[e·n + i], r_e = Σ_j route_w[t, j]·[route_i[t, j] = e] its
-routing weight to e — as `sparse_gated_mlp{mode=neuron-threshold}` with that r_e as its scale; the kernel reads the
-up and down rows of the neurons some routed token keeps). The routing weight is there because the expert's output
-reaches the layer's scaled by it: a neuron's contribution is r_e·h_i·W_down[:, i], so one cut on the layer's output
-scale serves every expert and token (passes/routed_thresholds.py). `pattern` and
+(threshold mode's CATS criterion with a threshold per neuron, scaled by the routing weight, then a cut on h; lossy: a
+seventh input thresholds[2, E·n] holds each expert's neurons' two calibrated cuts, stacked as the weights' rows; with
+r_e = Σ_j route_w[t, j]·[route_i[t, j] = e] a token's routing weight to e, the token keeps neuron i of expert e only
+where |act_gate(g_i)|·|r_e| > thresholds[0, e·n + i] — then its up row is read — and |h_i|·|r_e| >
+thresholds[1, e·n + i] — then its down row is read; as `sparse_gated_mlp{mode=neuron-threshold}` with that r_e as its
+scale). The routing weight is there because the expert's output reaches the layer's scaled by it: a neuron's
+contribution is r_e·h_i·W_down[:, i], so one cut on the layer's output scale serves every expert and token
+(passes/routed_thresholds.py). `pattern` and
 the node's location name the experts for the report (expert e's row is `<loc>.<e>`).
 
 The pass that produces it (passes/route_moe.py) matches the all-experts form Σ_e expert_e(x) · r_e with
@@ -56,7 +57,7 @@ DOWN_ROWS = {"neurons": (tuple(ROUTED_MODES), ("cpu", "cuda")),
              "outputs": (("dense",), ("cpu", "cuda"))}
 ROUTED_INPUTS = ("x", "w_gate", "w_up", "w_down_t", "route_w", "route_i")
 ROUTED_BIASES = ("b_gate", "b_up", "b_down")  # follow the routing when attrs["bias"]: [E·n], [E·n], [E, d_out]
-ROUTED_THRESHOLDS = ("thresholds",)  # mode threshold: [E·n], neuron i of expert e's t at e·n + i
+ROUTED_THRESHOLDS = ("thresholds",)  # mode threshold: [2, E·n], neuron i of expert e's gate / h cut at [:, e·n + i]
 BIASED_MODES = ("dense",)  # a bias inside the gate moves its zero: exact mode's skipping would not hold
 # why a lossy mode leaves its routed experts lossless: no routed kernel (of the target's family, for threshold mode)
 # takes what the mode adds (the table: mode -> that), and run all-experts (every expert on every token, weighted)
@@ -136,9 +137,9 @@ def routed_moe_type(types, attrs) -> TensorType:
     if route_w.shape != route_i.shape or route_w.shape[:-1] != x.shape[:-1] or route_i.dtype not in ("i64", "i32"):
         raise TypeError(f"routed_moe routing {route_w}, {route_i} must be [..., k] (float, int) over x {x}'s tokens")
     if attrs.get("mode") == "threshold":
-        if types[6].shape != (w_gate.shape[0],) or not types[6].dtype.startswith("f"):
-            raise TypeError(f"routed_moe thresholds {types[6]} must be float [{w_gate.shape[0]}]: one per expert "
-                            "neuron, stacked as the weights' rows")
+        if types[6].shape != (2, w_gate.shape[0]) or not types[6].dtype.startswith("f"):
+            raise TypeError(f"routed_moe thresholds {types[6]} must be float [2, {w_gate.shape[0]}]: a gate cut and "
+                            "a cut on h per expert neuron, stacked as the weights' rows")
         return TensorType((*x.shape[:-1], d_out), x.dtype)
     want = ((w_gate.shape[0],), (w_gate.shape[0],), (experts, d_out))
     if any(b.shape != shape for b, shape in zip(types[6:], want)):
@@ -171,7 +172,7 @@ def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, *rest):
         rows = expert_rows(attrs, w_gate.shape[0], e)
         h = (dense_intermediate(x2[tokens], w_gate[rows], w_up[rows], attrs,
                                 *((b_gate[rows], b_up[rows]) if biases else ())) if thresholds is None
-             else neuron_thresholded(x2[tokens], w_gate[rows], w_up[rows], attrs, thresholds[rows],
+             else neuron_thresholded(x2[tokens], w_gate[rows], w_up[rows], attrs, thresholds[:, rows],
                                      scale=routing_weight(weights, index, e)[tokens, None]))
         down = w_down_t[e * d_out:(e + 1) * d_out].T if by_outputs else w_down_t[rows]
         y = h @ down.astype(x.dtype) + (0 if b_down is None else b_down[e].astype(x.dtype))

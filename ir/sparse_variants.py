@@ -207,20 +207,54 @@ def _threshold_report(attrs: dict) -> dict:
     return fields
 
 
-# --- neuron-threshold: CATS with a threshold per neuron, lossy (threshold mode's routed experts) ----------------
-# a = act_g(g); a = a if |a|·|scale| > neuron_thr[i] else 0 (NaN kept: it reaches the output); h = a · act_u(u), with
-# `scale` [..., 1] the token's routing weight to the expert (the block's output is scaled by it after the block). A
-# neuron's t_i = t / c_i is CATS's score weighted by how far neuron i moves the layer's output, |act_g(g_i)|·c_i·r > t
-# (passes/routed_thresholds.py). Only routed experts take it, and route-moe stacks their neuron_thr into
-# `routed_moe{mode=threshold}` (ir/moe.py), whose routing weights are the scale: no per-block kernel reads it (a block
-# route-moe did not take is a lowering error naming the variant).
-def neuron_thresholded(x, w_gate, w_up, attrs, thresholds, b_gate=None, b_up=None, scale=1.0) -> np.ndarray:
-    """h of CATS at a threshold per neuron (`thresholds` [n_ff], or one float for all) of |act_gate(g)|·|scale|
-    (`scale`: 1, or per token [..., 1]): the criterion of `neuron-threshold` and of a routed threshold expert."""
+# --- neuron-threshold: CATS with a threshold per neuron, then a cut on h, lossy (threshold mode's routed experts) --
+# neuron_thr [2, n_ff]: row 0 cuts the gate, row 1 the down projection's input. With s = |scale| ([..., 1]: the
+# token's routing weight to the expert, by which the block's output is scaled after the block):
+#   a = act_g(g); a = a if |a|·s > neuron_thr[0, i] else 0      (the up and down rows of a dropped neuron unread)
+#   h = a · act_u(u); h = h if |h|·s > neuron_thr[1, i] else 0   (the down row of a dropped h unread)
+# NaN is kept at both (it reaches the output). Row 0 is CATS's score weighted by how far neuron i moves the layer's
+# output, row 1 the neuron's exact contribution |h_i|·‖W_down[:, i]‖ once u is read (passes/routed_thresholds.py); a
+# row-1 threshold of 0 drops only an h that is exactly 0 (nothing to add). Only routed experts take it, and
+# route-moe stacks their neuron_thr into `routed_moe{mode=threshold}` (ir/moe.py), whose routing weights are the
+# scale: no per-block kernel reads it (a block route-moe did not take is a lowering error naming the variant).
+def neuron_threshold_parts(x, w_gate, w_up, attrs, gate_cut, down_cut=None, b_gate=None, b_up=None,
+                           scale=1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(kept by the gate cut [..., n_ff] bool, h): CATS at a threshold per neuron (`gate_cut` [n_ff], or one float
+    for all) of |act_gate(g)|·|scale| (`scale`: 1, or per token [..., 1]), then, with `down_cut` [n_ff], h dropped
+    where |h|·|scale| <= down_cut: the criterion of `neuron-threshold` and of a routed threshold expert."""
     g, u = projections(x, w_gate, w_up, b_gate, b_up)
     a = apply(attrs["gate_act"], g, attrs.get("threshold", 0.0))
-    a = np.where((np.abs(a) * np.abs(scale) > thresholds) | np.isnan(a), a, 0)
-    return (a * apply(attrs["up_act"], u)).astype(x.dtype)
+    weight = np.abs(scale)
+    kept = (np.abs(a) * weight > gate_cut) | np.isnan(a)
+    h = np.where(kept, a, 0) * apply(attrs["up_act"], u)
+    if down_cut is not None:
+        h = np.where((np.abs(h) * weight > down_cut) | np.isnan(h), h, 0)
+    return kept, h.astype(x.dtype)
+
+
+def neuron_thresholded(x, w_gate, w_up, attrs, thresholds, b_gate=None, b_up=None, scale=1.0) -> np.ndarray:
+    """h of `neuron_threshold_parts` at `thresholds`: one float or [n_ff] (the gate cut only), or [2, n_ff] (the
+    gate cut, then the cut on h)."""
+    cuts = np.asarray(thresholds)
+    gate_cut, down_cut = (cuts[0], cuts[1]) if cuts.ndim == 2 else (thresholds, None)
+    return neuron_threshold_parts(x, w_gate, w_up, attrs, gate_cut, down_cut, b_gate, b_up, scale)[1]
+
+
+def two_cut_effective(attrs: dict, kept: np.ndarray, h: np.ndarray) -> dict:
+    """The effective sparsity of `neuron_threshold_parts`' decisions: every gate row read, an up row where the gate
+    cut kept the neuron (none for the up factor `unit`), a down row where h is not 0; matrices weighted as
+    `_neuron_effective`'s."""
+    gate, up, down = attrs.get("weight_bytes") or (1.0, 1.0, 1.0)
+    up = up if reads_input(attrs.get("up_act", "identity")) else 0.0
+    skipped = up * float(np.mean(~kept)) + down * float(np.mean(h == 0))
+    return {"effective_sparsity": skipped / (gate + up + down)}
+
+
+def _neuron_threshold_measure(x, w_gate, w_up, extras, attrs, h) -> dict:
+    cuts = np.asarray(extras["neuron_thr"], np.float32)
+    scale = np.reshape(np.asarray(extras["scale"], np.float32), (*np.shape(x)[:-1], 1))
+    kept, _ = neuron_threshold_parts(x, w_gate, w_up, attrs, cuts[0], scale=scale)
+    return two_cut_effective(attrs, kept, h)
 
 
 def _neuron_threshold_report(attrs: dict) -> dict:
@@ -329,8 +363,9 @@ VARIANTS: dict[str, SparseVariant] = {v.name: v for v in (
             x, w_gate, w_up, attrs, extras["neuron_thr"], b_gate, b_up,
             np.reshape(extras["scale"], (*np.shape(x)[:-1], 1))),
         kernels={}, kernel_options=_activation_options, dense_attrs=_plain_attrs, report=_neuron_threshold_report,
-        lossy=True, report_mode="threshold",
-        doc="CATS at a calibrated threshold per neuron (a routed expert's, until route-moe stacks it), lossy"),
+        measure=_neuron_threshold_measure, lossy=True, report_mode="threshold",
+        doc="CATS at a calibrated threshold per neuron, then a cut on h (a routed expert's, until route-moe stacks "
+            "it), lossy"),
     SparseVariant(
         "predictor",
         # cutoff: scores above it are computed; the rest is what calibration chose and saw (provenance for the

@@ -27,7 +27,7 @@ The experts' weights are stacked along the rows in the sparse kernels' layout (g
 transposed [E·n, d_out]; a fused gate_up is split). Only blocks of one kind route: all dense `gated_mlp`
 (mode dense), all `sparse_gated_mlp{mode=exact}` (mode exact) or all threshold experts,
 `sparse_gated_mlp{mode=neuron-threshold}` or `{mode=threshold, criterion=gate}` (mode threshold: each expert's
-neurons' thresholds stacked as the thresholds input, [E·n], one t repeated for an expert of one t; a
+neurons' cuts stacked as the thresholds input, [2, E·n], one t repeated for an expert of one t (no cut on h); a
 neuron-threshold expert's scale must be its own R_e, which the routed kernel applies as the token's routing weight;
 a FATReLU gate at its t is relu there, as |relu(g)| > t iff fatrelu(g, t) is kept), same activations, width and
 d_out = d. Biased
@@ -321,13 +321,16 @@ def _arrays(block: Node, down_bias: Node | None) -> tuple[np.ndarray, ...]:
 
 
 def _neuron_thresholds(block: Node) -> np.ndarray:
-    """A threshold expert's t per neuron [n] (float32): its neuron_thr (`neuron-threshold`; above a FATReLU's own t)
-    or its one t (`threshold`, criterion gate: CATS's t, a FATReLU's t too)."""
+    """A threshold expert's cuts per neuron [2, n] (float32, ir/moe.py): its neuron_thr (`neuron-threshold`; the
+    gate's above a FATReLU's own t) or its one t (`threshold`, criterion gate: CATS's t, a FATReLU's t too) on the
+    gate and 0 on h (no cut beyond the gate's)."""
     a, n = block.attrs, block.inputs[1].shape[0]
     own = a.get("threshold", 0.0) if a["gate_act"] == "fatrelu" or a["mode"] == "threshold" else 0.0
     if a["mode"] == "threshold":
-        return np.full(n, own, np.float32)
-    return np.maximum(np.asarray(weight_array(block.inputs[4]), np.float32), np.float32(own))
+        return np.stack([np.full(n, own, np.float32), np.zeros(n, np.float32)])
+    cuts = np.array(weight_array(block.inputs[4]), np.float32)
+    cuts[0] = np.maximum(cuts[0], np.float32(own))
+    return cuts
 
 
 def _threshold_provenance(blocks: list[Node]) -> dict:
@@ -365,7 +368,7 @@ def _build(node: Node, b: dict) -> Node:
              "pattern": pattern, **({"bias": True} if b["biased"] else {})}  # unbiased: the golden IR unchanged
     if mode == "threshold":
         stacked.append(derived_weight(f"{prefix}.thresholds", lambda: np.concatenate(
-            [_neuron_thresholds(block) for block in blocks])))
+            [_neuron_thresholds(block) for block in blocks], axis=1)))
         attrs.update(_threshold_provenance(blocks))
         record("routed-thresholds")
     routed = Node("routed_moe", (x, *stacked[:3], b["v"], b["index"], *stacked[3:]), attrs,

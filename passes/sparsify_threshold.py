@@ -37,9 +37,9 @@ builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quant
 rows as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
 
 MoE experts that route-moe will route take weighted CATS, a threshold per neuron calibrated on the tokens routed to
-its expert (`sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, @neuron_thr, R_e){mode='neuron-threshold'}`: |act(g_i)|·|R_e| >
-t_i, R_e the token's routing weight to the expert), a layer's experts
-sharing one cut on its output scale (`expert_allocation`: "shared", the default, or "uniform": one per expert;
+its expert, then a cut on h (`sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, @neuron_thr, R_e){mode='neuron-threshold'}`:
+|act(g_i)|·|R_e| > t_i, then |h_i|·|R_e| > t'_i, R_e the token's routing weight to the expert), a layer's experts
+sharing one pair of cuts on its output scale (`expert_allocation`: "shared", the default, or "uniform": one per expert;
 passes/routed_thresholds.py; route-moe stacks them into `routed_moe{mode=threshold}`), where the target's routed
 kernel takes them (ir/moe.py's `ROUTED_MODES`: x86, ARM and CUDA's) and the experts have no biases. Elsewhere
 (`route_moe.lossless_routed_experts`) they are left lossless, with the reason in the report (`ir.moe.routed_reason`):

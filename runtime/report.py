@@ -17,7 +17,14 @@ from ..ir.activations import exactly_sparse
 from ..ir.interpreter import evaluate_from
 from ..ir.mlp import pattern_name, unpack_gated_inputs
 from ..ir.moe import ROUTED_REASONS, expert_rows, routed_reason, routing_weight
-from ..ir.sparse_variants import VARIANTS, dense_intermediate, neuron_thresholded, sizes, split_inputs, variant_of
+from ..ir.sparse_variants import (
+    dense_intermediate,
+    neuron_threshold_parts,
+    sizes,
+    split_inputs,
+    two_cut_effective,
+    variant_of,
+)
 from .report_data import BlockReport, Report
 
 __all__ = ["BlockReport", "Report", "MLP_OPS", "build_report", "finding_rows", "measure_blocks",
@@ -69,7 +76,7 @@ def _rows(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: 
         fields: dict = {"expert": e, "sparsity": None}
         if thresholds is not None:   # threshold mode's routed experts: a threshold per neuron (the median shown)
             calibrated = (attrs.get("expert_calibrated") or ())[e:e + 1]
-            fields.update(threshold=float(np.median(thresholds[part])), method=attrs.get("method"),
+            fields.update(threshold=float(np.median(thresholds[0, part])), method=attrs.get("method"),
                           reason=attrs.get("reason") or "", calibrated_sparsity=calibrated[0] if calibrated else None)
         elif mode in ROUTED_REASONS:   # a lossy mode: its experts lossless, routed
             fields["reason"] = routed_reason(mode, attrs["mode"])
@@ -80,13 +87,14 @@ def _rows(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: 
             biases = [np.asarray(weight_value(graph, b), np.float32)[part] for b in block.inputs[6:8]]  # bias=True
             gate, up = np.asarray(w_gate[part], np.float32), np.asarray(w_up[part], np.float32)
             r = None if routing is None else routing_weight(*routing, e)
-            h = (dense_intermediate(x2d, gate, up, attrs, *biases) if thresholds is None
-                 else None if r is None or not r.any()
-                 else neuron_thresholded(x2d[r != 0], gate, up, attrs, thresholds[part], scale=r[r != 0, None]))
+            kept, h = ((None, dense_intermediate(x2d, gate, up, attrs, *biases)) if thresholds is None
+                       else (None, None) if r is None or not r.any()
+                       else neuron_threshold_parts(x2d[r != 0], gate, up, attrs, thresholds[0, part],
+                                                   thresholds[1, part], scale=r[r != 0, None]))
             if h is not None:
                 fields["sparsity"] = float(np.mean(h == 0))
-            if h is not None and attrs["mode"] in VARIANTS:   # threshold experts: the CATS criterion's bytes
-                fields.update(VARIANTS[attrs["mode"]].measure(x2d, None, None, {}, {"criterion": "gate", **attrs}, h))
+            if kept is not None:   # threshold experts: the gate cut's up rows, the cut on h's down rows
+                fields.update(two_cut_effective(attrs, kept, h))
         rows.append(BlockReport(f"{block.loc}.{e}", attrs["pattern"], attrs["mode"], part.stop - part.start,
                                 **fields))
     return rows

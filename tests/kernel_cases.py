@@ -69,9 +69,10 @@ def mlp_reference(x, wg, wu, wd_t, gate_act="relu", up_act="identity", threshold
     return h @ wd_t, terms @ np.abs(wd_t)
 
 
-def threshold_reference(x, wg, wu, wd_t, gate_act, up_act, threshold, criterion):
-    """(out, scale, slack) of the threshold kernel in float64. A value within float32 rounding of the threshold
-    may fall on either side in the kernel, so such (token, neuron) pairs add their whole term to `slack`."""
+def threshold_reference(x, wg, wu, wd_t, gate_act, up_act, threshold, criterion, h_cut=None):
+    """(out, scale, slack) of the threshold kernel in float64 (`h_cut`: criterion 'gate' then a cut on |h|, as a
+    routed threshold expert's). A value within float32 rounding of a threshold may fall on either side in the kernel,
+    so such (token, neuron) pairs add their whole term to `slack`."""
     x, wg, wu, wd_t = f64(x, wg, wu, wd_t)
     a, u = ir_act(gate_act, x @ wg.T, threshold), act(up_act, x @ wu.T)
     terms = (np.abs(x) @ np.abs(wg).T) * (np.abs(x) @ np.abs(wu).T)
@@ -80,6 +81,9 @@ def threshold_reference(x, wg, wu, wd_t, gate_act, up_act, threshold, criterion)
         keep = np.abs(a) > threshold
         near = np.abs(np.abs(a) - threshold) <= dot_err * 4 + 1e-6
         h = np.where(keep, a, 0) * u
+        if h_cut is not None:
+            near |= np.abs(np.abs(h) - h_cut) <= 1e-5 * terms * 4 + 1e-6
+            h = np.where(np.abs(h) > h_cut, h, 0)
     else:
         full = a * u
         keep = np.abs(full) > threshold

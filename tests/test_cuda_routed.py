@@ -62,11 +62,11 @@ def test_the_cuda_routed_kernel_runs_each_slots_expert_under_simt():
 
 
 def _threshold_jobs(d=72, n_ff=24):
-    """(primfunc, calls) of threshold mode's per-slot kernel (SwiGLU experts, a threshold per neuron: each slot
-    keeps neuron i where |silu(g_i)| is above its expert's neuron i's threshold): float32 and q4_0 gate / up beside a
-    q8_0 down, V = 1 and 5; the slot table [V, 1 + n_ff] holds each slot's expert id and its expert's thresholds. The
-    reference per slot is the threshold kernel's (kernel_cases.threshold_reference: values within float32 rounding of
-    the threshold may fall either way)."""
+    """(primfunc, calls) of threshold mode's per-slot kernel (SwiGLU experts, two cuts per neuron: each slot keeps
+    neuron i where |silu(g_i)| is above its expert's neuron i's gate cut, and then |h_i| above its cut on h): float32
+    and q4_0 gate / up beside a q8_0 down, V = 1 and 5; the slot table [V, 1 + 2 n_ff] holds each slot's expert id and
+    its expert's cuts. The reference per slot is the threshold kernel's (kernel_cases.threshold_reference: values
+    within float32 rounding of a threshold may fall either way)."""
     from actsparse import targets
     from actsparse.codegen.kernels.cuda_routed import routed_gated_mlp
     from actsparse.codegen.schedules import schedule_for
@@ -86,18 +86,22 @@ def _threshold_jobs(d=72, n_ff=24):
             wg, wu, wd_t = (rng.standard_normal((E * n_ff, d)).astype(np.float32) / d**0.5 for _ in range(3))
             (kg, ku), (fg, fu) = kernel_weights([wg, wu], dtype)
             (kd,), (fd,) = kernel_weights([wd_t], down or dtype)
-            probe = np.abs(apply("silu", rng.standard_normal((64, d)).astype(np.float32) @ fg.T))
-            # per expert its median, scaled per neuron (0.5x .. 1.5x); expert 1 at 0: every neuron kept
-            thresholds = (np.quantile(probe.reshape(64, E, n_ff), 0.5, axis=(0, 2))[:, None]
-                          * rng.uniform(0.5, 1.5, (E, n_ff))).astype(np.float32)
+            probe_x = rng.standard_normal((64, d)).astype(np.float32)
+            a = apply("silu", probe_x @ fg.T)
+            # per expert and cut its quantile (gate: 0.4, h: 0.6), scaled per neuron (0.5x .. 1.5x); expert 1 at 0:
+            # every neuron kept
+            cuts = [np.quantile(np.abs(values).reshape(64, E, n_ff), q, axis=(0, 2))[:, None]
+                    * rng.uniform(0.5, 1.5, (E, n_ff)) for values, q in ((a, 0.4), (a * (probe_x @ fu.T), 0.6))]
+            thresholds = np.stack(cuts, 1).astype(np.float32)   # [E, 2, n_ff]
             thresholds[1] = 0.0
             expert = rng.integers(0, E, V)
-            slots = np.concatenate([expert.astype(np.float32)[:, None], thresholds[expert]], 1)
+            slots = np.concatenate([expert.astype(np.float32)[:, None], thresholds[expert].reshape(V, 2 * n_ff)], 1)
             ref, scale, slack = (np.zeros((V, d)) for _ in range(3))
             for v, e in enumerate(expert):
                 rows = slice(e * n_ff, (e + 1) * n_ff)
                 ref[v], scale[v], slack[v] = (r[0] for r in threshold_reference(
-                    x[v:v + 1], fg[rows], fu[rows], fd[rows], "silu", "identity", thresholds[e], "gate"))
+                    x[v:v + 1], fg[rows], fu[rows], fd[rows], "silu", "identity", thresholds[e, 0], "gate",
+                    h_cut=thresholds[e, 1]))
             calls.append(Call([x, kg, ku, kd, slots, np.full((V, d), np.nan, np.float32)], ref, scale, dtype, slack))
         jobs.append((prim, calls))
     return jobs
@@ -131,14 +135,14 @@ def test_the_cuda_routed_kernel_refuses_what_it_cannot_run():
 
 def _slot_kernel_on_cpu(d, n_ff, experts, *, gate_act, exact, sched, thresholds=False, **options):
     """A float32 CPU stand-in (te) for the per-slot kernel, same parameters: out[v] = the gated MLP of expert[v]
-    (`thresholds`: the [V, 1 + n_ff] slot table, expert id and its neurons' thresholds, the activated gate kept
-    above its neuron's threshold)."""
+    (`thresholds`: the [V, 1 + 2 n_ff] slot table, expert id and its neurons' cuts, the activated gate kept above
+    its neuron's gate cut, then h above its cut on h)."""
     from tvm import te, tirx
 
     V = tirx.Var("V", "int64")
     x = te.placeholder((V, d), "float32", "x")
     wg, wu, wd = (te.placeholder((experts * n_ff, d), "float32", n) for n in ("w_gate", "w_up", "w_down_t"))
-    table = te.placeholder((V, 1 + n_ff) if thresholds else (V,), "float32" if thresholds else "int64", "expert")
+    table = te.placeholder((V, 1 + 2 * n_ff) if thresholds else (V,), "float32" if thresholds else "int64", "expert")
 
     def expert(v):
         return table[v, 0].astype("int64") if thresholds else table[v]
@@ -151,7 +155,10 @@ def _slot_kernel_on_cpu(d, n_ff, experts, *, gate_act, exact, sched, thresholds=
     def kept(v, n, a):
         return tirx.Select(te.abs(a) > table[v, 1 + n], a, tirx.const(0.0, "float32")) if thresholds else a
 
-    h = te.compute((V, n_ff), lambda v, n: kept(v, n, act(g[v, n])) * u[v, n], "h")
+    def kept_h(v, n, hv):
+        return tirx.Select(te.abs(hv) > table[v, 1 + n_ff + n], hv, tirx.const(0.0, "float32")) if thresholds else hv
+
+    h = te.compute((V, n_ff), lambda v, n: kept_h(v, n, kept(v, n, act(g[v, n])) * u[v, n]), "h")
     k = te.reduce_axis((0, n_ff), "k")
     out = te.compute((V, d), lambda v, c: te.sum(h[v, k] * wd[expert(v) * n_ff + k, c], axis=k), "out")
     return te.create_prim_func([x, wg, wu, wd, table, out]).with_attr(

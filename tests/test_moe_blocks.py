@@ -195,7 +195,7 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
     compiled, it computes what its graph says."""
     import actsparse
     from actsparse.ir.activations import apply
-    from actsparse.passes.routed_thresholds import routed_reason, shared_cut
+    from actsparse.passes.routed_thresholds import ExpertScores, least_error_cuts, routed_reason
 
     model = _deepseek_v3_group_limited()
     ids = example_ids(model)
@@ -219,18 +219,20 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
     # rows they would take a threshold), keep t = 0
     assert stats["sparsify-threshold"]["routed-expert-too-few-tokens"] == 2
     n_ff = routed.inputs[1].shape[0] // 4
-    assert thresholds.shape == (4 * n_ff,) and (thresholds[:2 * n_ff] == 0).all() and (thresholds[2 * n_ff:] > 0).all()
+    assert thresholds.shape == (2, 4 * n_ff) and (thresholds[:, :2 * n_ff] == 0).all()
+    assert (thresholds[0, 2 * n_ff:] > 0).all()
     thresholded = {n.loc.rsplit(".", 1)[-1] for n in cm.graph.nodes
                    if n.op == "sparse_gated_mlp" and n.attrs["mode"] in ("input", "threshold")}
     assert thresholded == {"mlp", "shared_experts"}
     experts = [b for b in cm.report.blocks if b.expert is not None]
     assert [b.reason for b in experts][2:] == [routed_reason("wina")] * 2
     assert all(b.reason.startswith("a routed expert the calibration routed 0 tokens to") for b in experts[:2])
-    assert [b.threshold for b in experts] == pytest.approx(np.median(thresholds.reshape(4, n_ff), axis=1).tolist())
+    assert [b.threshold for b in experts] == pytest.approx(np.median(thresholds[0].reshape(4, n_ff), axis=1).tolist())
     np.testing.assert_allclose(cm(ids.numpy()), evaluate(cm.graph, [ids.numpy()])[0], rtol=1e-4, atol=1e-5)
-    # each t_i is the layer's cut τ over c_i = ‖W_down[:, i]‖·mean|u_i| (on the rows routed to expert e, not on
-    # every row), τ the 0.3 quantile of the scores |silu(g)|·c·|r| of the experts' rows pooled: recomputed on each
-    # expert's own calibration rows (its input where its routing weight is not 0), the dense graph's values
+    # each t_i is the layer's gate cut τ_g over c_i = ‖W_down[:, i]‖·mean|u_i| (on the rows routed to expert e, not
+    # on every row), each t'_i its cut on h τ_h over ‖W_down[:, i]‖, the pair least_error_cuts chooses from the scores
+    # |silu(g)|·c·|r| and contributions |silu(g)·u|·‖W_down[:, i]‖·|r| of the experts' rows pooled: recomputed on
+    # each expert's own calibration rows (its input where its routing weight is not 0), the dense graph's values
     dense = run_pipeline(graph, pipeline_for("dense")).graph
     layer = [n for n in dense.nodes if n.op == "routed_moe"][0]
     w_gate, w_up, w_down_t = (dense.weights[w.attrs["name"]] for w in layer.inputs[1:4])
@@ -243,18 +245,21 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
         weights.append((route_w.reshape(-1, route_w.shape[-1]), route_i.reshape(-1, route_i.shape[-1])))
     x_all = np.concatenate(x_rows)
     route_w, route_i = np.concatenate([w for w, _ in weights]), np.concatenate([i for _, i in weights])
-    scores, weights_c = [], []
+    scored = []
     for e in (2, 3):
         r = (route_w * (route_i == e)).sum(-1)
         own = r != 0
         rows = slice(e * n_ff, (e + 1) * n_ff)
-        a = np.abs(apply("silu", x_all[own] @ w_gate[rows].T))
-        c = np.linalg.norm(w_down_t[rows], axis=1) * np.abs(x_all[own] @ w_up[rows].T).mean(0)
-        scores.append(a * c * np.abs(r[own, None]))
-        weights_c.append(c)
-    cut = shared_cut(scores, [len(s) for s in scores], 0.3)
-    for e, c in zip((2, 3), weights_c):
-        np.testing.assert_allclose(thresholds[e * n_ff:(e + 1) * n_ff], cut / c, rtol=1e-3)
+        a, u = apply("silu", x_all[own] @ w_gate[rows].T), x_all[own] @ w_up[rows].T
+        norms = np.linalg.norm(w_down_t[rows], axis=1)
+        c = norms * np.abs(u).mean(0)
+        assert own.sum() <= 512   # every row scored (routed_thresholds.SHARED_ROWS)
+        scored.append(ExpertScores(c, norms, np.abs(a) * c * np.abs(r[own, None]),
+                                   np.abs(a * u) * norms * np.abs(r[own, None]), 1.0))
+    cuts = least_error_cuts(scored, 0.3)
+    for e, s in zip((2, 3), scored):
+        np.testing.assert_allclose(thresholds[0, e * n_ff:(e + 1) * n_ff], cuts.gate / s.weights, rtol=1e-3)
+        np.testing.assert_allclose(thresholds[1, e * n_ff:(e + 1) * n_ff], cuts.h / s.down_norms, rtol=1e-3)
     assert calibrated.count("routed_moe") == 1
 
 

@@ -86,23 +86,28 @@ def test_routed_kernel_takes_quantized_experts():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def _thresholds(x, w_gate, fraction: float, act: str = "silu") -> np.ndarray:
-    """A threshold per expert neuron [E·N]: its expert's |act(gate)| quantile that drops `fraction` of the expert's
-    values on x (NaN experts: 0), scaled per neuron by 0.5x .. 1.5x."""
+def _thresholds(x, w_gate, w_up, fraction: float, act: str = "silu") -> np.ndarray:
+    """Two cuts per expert neuron [2, E·N]: on the gate, its expert's |act(gate)| quantile that drops `fraction` of
+    the expert's values on x; on h, the |act(gate)·up| quantile that drops (1 + fraction) / 2 (NaN experts: 0), each
+    scaled per neuron by 0.5x .. 1.5x."""
     from actsparse.ir.activations import apply
 
-    a = np.abs(apply(act, x @ w_gate.T))
-    per_expert = np.array([np.nan_to_num(np.quantile(a[:, e * N:(e + 1) * N], fraction)) for e in range(E)])
-    scale = np.random.default_rng(len(x)).uniform(0.5, 1.5, (E, N))
-    return (per_expert[:, None] * scale).reshape(-1).astype(np.float32)
+    a = apply(act, x @ w_gate.T)
+    cuts = []
+    for values, q in ((np.abs(a), fraction), (np.abs(a * (x @ w_up.T)), (1 + fraction) / 2)):
+        per_expert = np.array([np.nan_to_num(np.quantile(values[:, e * N:(e + 1) * N], q)) for e in range(E)])
+        scale = np.random.default_rng(len(x) + len(cuts)).uniform(0.5, 1.5, (E, N))
+        cuts.append((per_expert[:, None] * scale).reshape(-1))
+    return np.stack(cuts).astype(np.float32)
 
 
 @pytest.mark.parametrize("M", [1, 5], ids=["decode", "prefill"])
 @pytest.mark.parametrize("dtype", ["float32", "q8_0", "q4_0"])
 def test_threshold_routed_kernel_drops_each_neurons_gate_values_at_its_own_threshold(M, dtype):
     """Threshold mode's routed experts (SwiGLU): a token keeps neuron i of expert e only where |silu(g_i)|·|r_e| >
-    thr[e·N + i], r_e its routing weight. Thresholds differ per neuron (one expert's at 0: every neuron kept), the
-    unchosen experts' weights are NaN, and the result differs from the dense experts' (the thresholds took effect)."""
+    thr[0, e·N + i] and then |h_i|·|r_e| > thr[1, e·N + i], r_e its routing weight. Thresholds differ per neuron (one
+    expert's at 0: every neuron kept), the unchosen experts' weights are NaN, and the result differs from the dense
+    experts' and from the gate cut's alone (both cuts took effect)."""
     from actsparse.ir.quant import quantize
 
     rng = np.random.default_rng(20 + M)
@@ -115,16 +120,18 @@ def test_threshold_routed_kernel_drops_each_neurons_gate_values_at_its_own_thres
     else:
         arrays = blobs = [w_gate, w_up, w_down_t]
     probe = rng.standard_normal((64, d)).astype(np.float32)
-    thr = _thresholds(probe, np.nan_to_num(arrays[0]), 0.5)
-    thr[N:2 * N] = 0.0
+    thr = _thresholds(probe, np.nan_to_num(arrays[0]), np.nan_to_num(arrays[1]), 0.5)
+    thr[:, N:2 * N] = 0.0
     attrs = {"experts": E, "gate_act": "silu", "up_act": "identity", "threshold": 0.0, "mode": "threshold"}
     expected = routed_moe_ref(x, *arrays, route_w, route_i, thr, attrs, {})
     dense = routed_moe_ref(x, *arrays, route_w, route_i, {**attrs, "mode": "dense"}, {})
+    gate_only = routed_moe_ref(x, *arrays, route_w, route_i, thr * np.array([[1], [0]], np.float32), attrs, {})
     assert np.isfinite(expected).all() and not np.allclose(expected, dense, rtol=1e-3)
+    assert not np.allclose(expected, gate_only, rtol=1e-3)
     kernel = routed_moe(d, N, E, gate_act="silu", exact=False, thresholds=True, dtype=dtype, sched=SCHED)
     got = run(kernel, x, *blobs, route_w, route_i, *absent_biases(d), thr, out_shape=(M, d))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-    zero = run(kernel, x, *blobs, route_w, route_i, *absent_biases(d), np.zeros(E * N, np.float32),
+    zero = run(kernel, x, *blobs, route_w, route_i, *absent_biases(d), np.zeros((2, E * N), np.float32),
                out_shape=(M, d))
     np.testing.assert_allclose(zero, dense, rtol=1e-4, atol=1e-5)   # t = 0: every neuron of a SwiGLU expert kept
 
@@ -214,7 +221,7 @@ def test_arm_threshold_routed_kernel_matches_the_reference_under_qemu():
             floats = [rng.standard_normal((E * N, d)).astype(np.float32) / d**0.5 for _ in range(3)]
             stored = floats if dtype == "float32" else [quantize(w, dtype) for w in floats]
             values = floats if dtype == "float32" else [q.dequantize() for q in stored]
-            thr = _thresholds(rng.standard_normal((64, d)).astype(np.float32), values[0], 0.6)
+            thr = _thresholds(rng.standard_normal((64, d)).astype(np.float32), values[0], values[1], 0.6)
             want = routed_moe_ref(x_seen(x, x8), *values, route_w, route_i, thr, attrs, {})
             blobs = stored if dtype == "float32" else [q.blob for q in stored]
             out = np.full((M, d), np.nan, np.float32)
@@ -248,12 +255,14 @@ def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thre
     thresholds = lm.module.graph.weights[routed.inputs[6].attrs["name"]]
     assert routed.attrs["mode"] == "threshold" and routed.attrs["gate_act"] == "silu"
     n = routed.inputs[1].shape[0] // 4
-    assert thresholds.shape == (4 * n,) and (thresholds > 0).all()
-    medians = [float(np.median(thresholds[e * n:(e + 1) * n])) for e in range(4)]
-    assert len(set(medians)) == 4 and all(len(set(thresholds[e * n:(e + 1) * n].tolist())) > n // 2 for e in range(4))
-    # the layer's experts share one cut (routed_thresholds.shared_cut): their shares dropped differ, around 0.5
+    assert thresholds.shape == (2, 4 * n) and (thresholds[0] > 0).all() and (thresholds[1] >= 0).all()
+    medians = [float(np.median(thresholds[0, e * n:(e + 1) * n])) for e in range(4)]
+    assert len(set(medians)) == 4 and all(len(set(thresholds[0, e * n:(e + 1) * n].tolist())) > n // 2
+                                          for e in range(4))
+    # the layer's experts share one pair of cuts (routed_thresholds.least_error_cuts): their shares dropped differ,
+    # around 0.5 + the chosen shift (SHIFTS: at most 0.2)
     calibrated = routed.attrs["expert_calibrated"]
-    assert len(set(calibrated)) == 4 and all(0 < s < 1 for s in calibrated) and abs(np.mean(calibrated) - 0.5) < 0.15
+    assert len(set(calibrated)) == 4 and all(0 < s < 1 for s in calibrated) and 0.4 < np.mean(calibrated) < 0.8
     assert lm.report.pass_stats["sparsify-threshold"]["shared-cut-layers"] == 1
     experts = [b for b in lm.report.blocks if b.expert is not None]
     assert [b.threshold for b in experts] == pytest.approx(medians)
@@ -272,7 +281,7 @@ def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_fo
     fires (one routed_moe in mode threshold, gate relu, the experts' neuron thresholds stacked as its thresholds
     input) and the routed graph computes what the all-experts threshold graph before it did; densify drops the
     thresholds (mode dense, six inputs); compiled, the routed graph equals its interpretation. Explicit thresholds
-    (one t per expert: FATReLU at t) stack as that t repeated over the expert's neurons."""
+    (one t per expert: FATReLU at t) stack as that t repeated over the expert's neurons, with no cut on h (0)."""
     import actsparse
     from actsparse import targets
     from actsparse.codegen.context import LoweringError
@@ -296,14 +305,14 @@ def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_fo
     assert [(n.attrs["mode"], n.attrs["gate_act"]) for n in experts] == [("neuron-threshold", "relu")] * 3
     assert routed.attrs["gate_act"] == "relu"
     np.testing.assert_array_equal(after.graph.weights[routed.inputs[6].attrs["name"]], np.concatenate(
-        [before.graph.weights[n.inputs[4].attrs["name"]] for n in experts]))
+        [before.graph.weights[n.inputs[4].attrs["name"]] for n in experts], axis=1))
     given = {n.loc: 0.1 * (k + 1) for k, n in enumerate(experts)}
     explicit = run_pipeline(graph, [dataclasses.replace(p, thresholds=given) if p.name == "sparsify-threshold" else p
                                     for p in passes])
     (stacked,) = [n for n in explicit.graph.nodes if n.op == "routed_moe"]
     n_ff = stacked.inputs[1].shape[0] // 3
     np.testing.assert_allclose(explicit.graph.weights[stacked.inputs[6].attrs["name"]],
-                               np.repeat([0.1, 0.2, 0.3], n_ff), rtol=1e-6)
+                               [np.repeat([0.1, 0.2, 0.3], n_ff), np.zeros(3 * n_ff)], rtol=1e-6)
     x = _inputs(graph, seq=16, seed=99)
     np.testing.assert_allclose(evaluate(after.graph, x)[0], evaluate(before.graph, x)[0], rtol=1e-5, atol=1e-6)
     assert not np.allclose(evaluate(after.graph, x)[0], evaluate(graph, x)[0], rtol=1e-3)   # 0.7: lossy

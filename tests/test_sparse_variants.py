@@ -82,33 +82,41 @@ def test_report_of_a_reglu_block_in_threshold_mode_says_reglu():
     assert row.threshold == node.attrs["threshold"] and row.calibrated_sparsity == node.attrs["calibrated_sparsity"]
 
 
-def test_neuron_threshold_keeps_each_neuron_above_its_own_threshold_and_has_no_per_block_kernel():
+def test_neuron_threshold_keeps_each_neuron_above_its_own_cuts_and_has_no_per_block_kernel():
     """`neuron-threshold` (a routed expert's form before route-moe stacks it): neuron i kept where |silu(g_i)|·|r| >
-    thr[i] (r the token's scale: its routing weight; NaN kept), h = a·u; the report shows it as threshold mode with
-    the up and down rows of a dropped neuron not read; lowered on its own (no route-moe) it is one error naming the
-    variant."""
+    thr[0, i], then h = a·u kept where |h_i|·|r| > thr[1, i] (r the token's scale: its routing weight; NaN kept);
+    the report shows it as threshold mode with the up rows of a neuron the gate cut dropped and the down rows of a
+    dropped h not read; lowered on its own (no route-moe) it is one error naming the variant."""
     from actsparse import targets
     from actsparse.codegen.context import LoweringError
     from actsparse.codegen.lower import lower_graph
 
     weights = _weights(3)
     rng = np.random.default_rng(4)
-    weights["keep"] = rng.uniform(0.0, 0.3, 16).astype(np.float32)   # here: the thresholds
+    weights["keep"] = np.stack([rng.uniform(0.0, 0.3, 16), rng.uniform(0.0, 0.05, 16)]).astype(np.float32)
     text = TEXT.format(extra=", @keep, %r", mode="neuron-threshold").replace(
-        "graph @main(%x: f32[2,8])", "graph @main(%x: f32[2,8], %r: f32[2,1])")
+        "graph @main(%x: f32[2,8])", "graph @main(%x: f32[2,8], %r: f32[2,1])").replace("f32[16]", "f32[2,16]")
     graph = verify(parse_graph(text, weights))
     x = rng.standard_normal((2, 8)).astype(np.float32)
     r = np.array([[1.0], [-0.25]], np.float32)   # the second token's |r| is a quarter: it keeps fewer neurons
     g, u = x @ weights["wg"].T, x @ weights["wu"].T
     a = g / (1 + np.exp(-g))
-    keep = np.abs(a) * np.abs(r) > weights["keep"]
-    assert 0 < keep.mean() < 1
-    np.testing.assert_allclose(evaluate(graph, [x, r])[0], (np.where(keep, a, 0) * u) @ weights["wdt"], rtol=1e-5,
+    keep = np.abs(a) * np.abs(r) > weights["keep"][0]
+    h = np.where(keep, a, 0) * u
+    keep_h = np.abs(h) * np.abs(r) > weights["keep"][1]
+    assert 0 < keep.mean() < 1 and 0 < (keep & ~keep_h).sum()   # each cut drops something
+    np.testing.assert_allclose(evaluate(graph, [x, r])[0], np.where(keep_h, h, 0) @ weights["wdt"], rtol=1e-5,
                                atol=1e-6)
     x[0, 0] = np.nan
     assert np.isnan(evaluate(graph, [x, r])[0][0]).all()   # NaN reaches the output, as in the kernels
     x[0, 0] = 0.5
     (row,) = measure_blocks(graph, [x, r], mode="threshold")
-    assert row.mode == "threshold" and row.effective_sparsity == pytest.approx(row.sparsity * 2 / 3)
+    g, u = x @ weights["wg"].T, x @ weights["wu"].T
+    a = g / (1 + np.exp(-g))
+    kept = np.abs(a) * np.abs(r) > weights["keep"][0]
+    h = np.where(kept, a, 0) * u
+    dropped = ~(kept & (np.abs(h) * np.abs(r) > weights["keep"][1]))
+    assert row.mode == "threshold" and row.sparsity == pytest.approx(dropped.mean())
+    assert row.effective_sparsity == pytest.approx((np.mean(~kept) + dropped.mean()) / 3)
     with pytest.raises(LoweringError, match=r"mode='neuron-threshold'\} at mlp has no cpu kernel"):
         lower_graph(graph, targets.get("x86"))

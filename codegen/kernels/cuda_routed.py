@@ -14,15 +14,16 @@ Buffers (destination passing, after `out` the scratch the caller allocates, `scr
     w_down_t [E * n_ff, d]   the down projections transposed (a neuron per row), stacked; `down_dtype` its layout
           or [E * d, n_ff]   with `down_rows="outputs"` (dense mode): an output per row, as a GGUF's `ffn_down_exps`
     expert   [V]             int64 expert of each virtual token
-          or [V, 1 + n_ff]   float32 with `thresholds` (threshold mode): each virtual token's expert id (exact in
-                             float32), then that expert's neurons' thresholds over the slot's |routing
-                             weight| (ir/moe.py's |a|·|r| > t), the lowering's slot table
+          or [V, 1 + 2 n_ff] float32 with `thresholds` (threshold mode): each virtual token's expert id (exact in
+                             float32), then that expert's neurons' gate cuts, then their cuts on h, each over the
+                             slot's |routing weight| (ir/moe.py's |a|·|r| > t), the lowering's slot table
     out      [V, d]          float32, each virtual token's expert output (unweighted)
     h        [V, n_ff], part [splits, V, d]   scratch (by outputs: h only)
 
 Three launches, as the per-block kernels (`cuda_mlp.py`): a warp per neuron j computes h[v, j] for every virtual
 token (exact: the up row is read only where the gate keeps the neuron — the gate value is the same in every lane, so
-the branch is warp-uniform; threshold mode likewise where |act(g_j)| is above the slot's expert's neuron j's threshold),
+the branch is warp-uniform; threshold mode likewise where |act(g_j)| is above the slot's expert's neuron j's gate cut,
+and h is kept where |h| is above its cut on h),
 the down launch's split-K parts read the rows of expert[v] (exact: only the positions whose h is not zero), the last
 sums the parts. With the down stack by outputs the second launch is a warp per output column j, a row dot of row
 expert[v] * d + j with h[v] (staged as the linear kernel stages x), and there is no third.
@@ -52,8 +53,9 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
                      exact: bool = True, down_rows: str = "neurons", thresholds: bool = False, sched: GpuSchedule):
     """(x, w_gate, w_up, w_down_t, expert, out, h, part), see the module docstring. `exact`: skip the neurons whose
     gate is exactly zero (gate_act of the ReLU family): their up and down rows are not read. `thresholds` (threshold
-    mode, not `exact`): `expert` is the [V, 1 + n_ff] slot table, and a slot keeps neuron i where |act_gate(g_i)| is
-    above its threshold (the up and down rows of the others are not read). `down_rows`: how the down stack's rows run
+    mode, not `exact`): `expert` is the [V, 1 + 2 n_ff] slot table, and a slot keeps neuron i where |act_gate(g_i)|
+    is above its gate cut (the up and down rows of the others are not read) and then |h_i| above its cut on h (the
+    down rows of the others are not read: the down launch skips h = 0). `down_rows`: how the down stack's rows run
     (ir/moe.py; "outputs": dense mode, and no `part`)."""
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
@@ -94,6 +96,9 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
                     s[0] = gs[0] * act_u(s[0])
                 else:
                     s[0] = gs[0]
+                if thresholds:   # the cut on h (NaN kept)
+                    s[0] = T.if_then_else(T.Or(T.isnan(s[0]), T.fabs(s[0]) > expert[v, 1 + n_ff + j]), s[0],
+                                          T.float32(0))
             else:
                 s[0] = T.float32(0)
         else:
@@ -118,7 +123,7 @@ def routed_gated_mlp(d: int, n_ff: int, experts: int, *, gate_act: str = "relu",
         @T.prim_func
         def kernel_thresholds(x: T.Buffer((V, d), "float32"), w_gate: T.Buffer(wshape, wdtype),
                               w_up: T.Buffer(wshape, wdtype), w_down_t: T.Buffer(dshape, ddtype),
-                              slots: T.Buffer((V, 1 + n_ff), "float32"), out: T.Buffer((V, d), "float32"),
+                              slots: T.Buffer((V, 1 + 2 * n_ff), "float32"), out: T.Buffer((V, d), "float32"),
                               h: T.Buffer((V, n_ff), "float32"), part: T.Buffer((k.splits, V, d), "float32")):
             body(x, w_gate, w_up, w_down_t, slots, out, h, part, V)
 

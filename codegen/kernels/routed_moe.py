@@ -13,26 +13,26 @@ Buffers (destination passing, as `relax.call_tir` wants):
     route_i  [M, K]          int64 expert of each slot (the router's top-k indices)
     b_gate, b_up [E * n_ff], b_down [E, d]   float32 biases (gpt-oss's experts; dense mode), or, unbiased,
                              the empty [0], [0], [0, d] of `absent_biases`: one parameter list either way
-    thr      [E * n_ff]      float32 each expert neuron's threshold, stacked as the rows, only with `thresholds`
-                             (threshold mode)
+    thr      [2, E * n_ff]   float32 each expert neuron's cuts (on the gate, on h), stacked as the rows, only with
+                             `thresholds` (threshold mode)
     out      [M, d]          float32
 
 For each expert e in turn: the tokens routed to e are gathered (with their summed routing weight); an expert no
 token chose is skipped before any of its rows is read, so a decoding step (M = 1) reads k experts' weights, not E.
 The gathered tokens then run the expert's gated MLP with the bodies of `sparse_mlp.py` at a row offset — exact mode
 lists the neurons some gathered token activates and reads only their up and down rows, threshold mode likewise with
-each token's gate values first dropped where |act(g_i)|·|r_e| <= thr[e * n_ff + i] (the CATS criterion, a threshold
-per neuron, on the layer's output scale: r_e the token's routing weight to e), dense mode reads
-every row — and the expert's output rows (plus its down bias) are added to `out`, scaled by the tokens' routing
-weights. Same macros, same schedule, same float32 accumulation as the per-block kernels; where the host's int8 dot
-serves the weights' layout, x is quantized once to 8-bit blocks (`common.x_operand`) and each expert's tokens are
-gathered as those bytes, so the row dots run in integers as the per-block kernels' do (a synthetic Qwen3-MoE GGUF,
-4-bit: 132 -> 201 decode tokens/s on AVX512-VNNI, BENCHMARKS.md session 33), and the down projection takes the
-integer axpy where the target lists "routed" (`Target.int8_axpy_kernels`). With the down stack by outputs, a dense
-expert's h is computed first (every neuron) and then its d outputs are row dots over h — h quantized to 8-bit blocks
-where the host's int8 dot serves the down layout, as x for the gate and up rows — so a MoE GGUF's 4-bit
-`ffn_down_exps` is read as the file stores it (ir/moe.py's `down_rows`).
-"""
+each token's gate values first dropped where |act(g_i)|·|r_e| <= thr[0, e * n_ff + i] (the CATS criterion, a
+threshold per neuron, on the layer's output scale: r_e the token's routing weight to e) and, once the kept neurons' up
+rows are read, h_i where |h_i|·|r_e| <= thr[1, e * n_ff + i] (their down rows unread), dense mode reads every row — and
+the expert's output rows (plus its down bias) are added to `out`, scaled by the tokens' routing weights. Same macros,
+same schedule, same float32 accumulation as the per-block kernels; where the host's int8 dot serves the weights' layout,
+x is quantized once to 8-bit blocks (`common.x_operand`) and each expert's tokens are gathered as those bytes, so the
+row dots run in integers as the per-block kernels' do (a synthetic Qwen3-MoE GGUF, 4-bit: 132 -> 201 decode tokens/s on
+AVX512-VNNI, BENCHMARKS.md session 33), and the down projection takes the integer axpy where the target lists "routed"
+(`Target.int8_axpy_kernels`). With the down stack by outputs, a dense expert's h is computed first (every neuron) and
+then its d outputs are row dots over h — h quantized to 8-bit blocks where the host's int8 dot serves the down layout,
+as x for the gate and up rows — so a MoE GGUF's 4-bit `ffn_down_exps` is read as the file stores it (ir/moe.py's
+`down_rows`). """
 
 from __future__ import annotations
 
@@ -55,11 +55,11 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                bias: bool = False, down_rows: str = "neurons", thresholds: bool = False, sched: CpuSchedule):
     """(x, w_gate, w_up, w_down_t, route_w, route_i, b_gate, b_up, b_down[, thr], out), see the module docstring.
     `exact`: skip the neurons whose gate is exactly zero (gate_act of the ReLU family); otherwise every row of a
-    routed expert is read. `thresholds` (threshold mode; any gate activation, not `exact`): thr[E * n_ff] is read and a
-    token keeps neuron i of expert e only where |act_gate(g_i)|·|r_e| > thr[e * n_ff + i] (r_e its routing weight); the
-    listed neurons' up and down rows are read. `bias`: the biases are read (dense mode only); else they are
-    `absent_biases(d)`. `down_dtype`: w_down_t's layout where it is not `dtype`'s. `down_rows`: how the down stack's
-    rows run."""
+    routed expert is read. `thresholds` (threshold mode; any gate activation, not `exact`): thr[2, E * n_ff] is read and
+    a token keeps neuron i of expert e only where |act_gate(g_i)|·|r_e| > thr[0, e * n_ff + i] (r_e its routing weight;
+    the listed neurons' up rows are read) and |h_i|·|r_e| > thr[1, e * n_ff + i] (their down rows are read). `bias`: the
+    biases are read (dense mode only); else they are `absent_biases(d)`. `down_dtype`: w_down_t's layout where it is not
+    `dtype`'s. `down_rows`: how the down stack's rows run."""
     check_mlp(d, n_ff, gate_act, up_act, dtype, EXACT_GATE_ACTS if exact else GATE_ACTS, down_dtype)
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
@@ -169,7 +169,7 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
         def kernel(x_h: T.handle, w_gate: T.Buffer(wshape, wdtype), w_up: T.Buffer(wshape, wdtype),
                    w_down_t: T.Buffer(dshape, ddtype), rw_h: T.handle, ri_h: T.handle,
                    b_gate: T.Buffer((0,), "float32"), b_up: T.Buffer((0,), "float32"),
-                   b_down: T.Buffer((0, d), "float32"), thr: T.Buffer((experts * n_ff,), "float32"),
+                   b_down: T.Buffer((0, d), "float32"), thr: T.Buffer((2, experts * n_ff), "float32"),
                    out_h: T.handle):
             T.func_attr({"tirx.noalias": True})
             routed(x_h, w_gate, w_up, w_down_t, rw_h, ri_h, out_h, b_gate, b_up, b_down, thr)

@@ -158,9 +158,11 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
     (q8_0 down rows beside a GGUF's 4-bit gate / up: passes/quantize.py). `hidden_rms_eps`: the block normalises h
     by its RMS over the n_ff neurons before the down projection (BitNet): each task sums its kept h² in the first
     region, and in the second scales its output columns by 1 / sqrt(sum / n_ff + eps) (hidden_norm.py). `masked`: a
-    gate value a of token m's neuron (weight row) j is also dropped where |a|·|scale[m]| <= cut[j], float32 buffers
-    the caller gives at run time, cut indexed as the weight rows (a routed expert's calibrated thresholds and its
-    tokens' routing weights, ir/moe.py; NaN stays: it reaches the output); unmasked bodies ignore both.
+    gate value a of token m's neuron (weight row) j is also dropped where |a|·|scale[m]| <= cut[0, j], and its h,
+    once the up row is read, where |h|·|scale[m]| <= cut[1, j] (a listed neuron no token keeps then is unlisted
+    before the down rows are read); float32 buffers the caller gives at run time, cut [2, rows] indexed as the weight
+    rows (a routed expert's calibrated cuts and its tokens' routing weights, ir/moe.py; NaN stays: it reaches the
+    output); unmasked bodies ignore both.
     """
     threads, R = sched.threads, sched.rows
     nper = (n_ff + threads - 1) // threads  # gate rows per task; also each task's slot range in idx/h
@@ -195,7 +197,7 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
                             g[m, j0 + st * R + r] = T.if_then_else(
                                 T.Or(T.isnan(g[m, j0 + st * R + r]),
                                      T.fabs(g[m, j0 + st * R + r]) * T.fabs(scale[m])
-                                     > cut[row0 + j0 + st * R + r]),
+                                     > cut[0, row0 + j0 + st * R + r]),
                                 g[m, j0 + st * R + r], zero)
                         if product:
                             h[m, j0 + st * R + r] = g[m, j0 + st * R + r] * act_u(h[m, j0 + st * R + r])
@@ -221,6 +223,22 @@ def compacting_body(d: int, n_ff: int, dtype: str, sched: CpuSchedule, *, gate_v
                     for r in range(T.min(R, nl - st * R)):
                         for m in range(M):
                             h[m, j0 + st * R + r] = g[m, idx[j0 + st * R + r] - row0] * act_u(h[m, j0 + st * R + r])
+                if masked:   # the cut on h: a listed neuron no token keeps is unlisted (compacted in place)
+                    c[0] = 0
+                    for r in range(nl):
+                        live[0] = 0
+                        for m in range(M):
+                            if T.Or(T.isnan(h[m, j0 + r]),
+                                    T.fabs(h[m, j0 + r]) * T.fabs(scale[m]) > cut[1, idx[j0 + r]]):
+                                live[0] = 1
+                            else:
+                                h[m, j0 + r] = zero
+                        if live[0] != 0:
+                            for m in range(M):
+                                h[m, j0 + c[0]] = h[m, j0 + r]
+                            idx[j0 + c[0]] = idx[j0 + r]
+                            c[0] = c[0] + 1
+                    cnt[t] = c[0]
             if normed:
                 sum_squares(h, j0, nl, sq, t, M)
         # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
