@@ -68,6 +68,7 @@ ROUTED_METHOD = "weighted-cats"   # what the report names a routed expert's meth
 EXPERT_ALLOCATIONS = ("shared", "uniform")
 SHARED_ROWS = 512   # rows per expert pooled into its layer's quantile (evenly spaced over its rows)
 SHIFTS = (0.0, 0.05, 0.1, 0.15, 0.2)   # the splits tried: the gate cut at sparsity - shift, the cut on h at + shift
+POOL_ENTRIES = 1 << 24   # (row, neuron) values a layer's cuts are chosen on at most: 128 experts of 768 at 170 rows
 NEVER_KEPT = np.finfo(np.float32).max   # the threshold of a neuron of c_i = 0: no gate value passes it
 TOO_FEW_REASON = ("a routed expert the calibration routed {tokens} tokens to, too few for sparsity {sparsity:g}: "
                   "threshold 0 (lossless); give more calibration text")
@@ -165,19 +166,46 @@ def least_error_cuts(experts: list[ExpertScores], sparsity: float) -> Cuts:
     """The pair of cuts that drops, of the experts' rows pooled (each row weighing its expert's `weight`), the
     `sparsity - shift` share at the gate and the `sparsity + shift` share of h (so the up and down rows not read
     are as many as CATS's at `sparsity`), for the shift in SHIFTS whose dropped contributions' squared sum is least:
-    the layer's squared output error where the down columns are orthogonal (WINA's assumption)."""
+    the layer's squared output error where the down columns are orthogonal (WINA's assumption). The pool is sorted
+    once by score and once by contribution, each shift then costs passes over it (a MoE layer pools up to
+    POOL_ENTRIES values)."""
+    scores, contributions, weight = _pool(experts)
+    by_score, by_contribution = np.argsort(scores), np.argsort(contributions)
+    cumulative = np.cumsum(weight[by_score])
+    total = cumulative[-1]
+    squared = weight * np.square(contributions, dtype=np.float64)
     best = None
     for shift in SHIFTS:
         if shift and not (0.0 <= sparsity - shift and sparsity + shift <= 1.0):
             continue
-        gate = pooled_quantile([e.scores for e in experts], [e.weight for e in experts], sparsity - shift)
-        kept = [np.where(e.scores > gate, e.contributions, 0.0) for e in experts]
-        cuts = Cuts(gate, pooled_quantile(kept, [e.weight for e in experts], sparsity + shift) if shift else 0.0,
-                    shift)
-        error = sum(e.weight * float(np.square(e.contributions[_dropped(e, cuts)[1]]).sum()) for e in experts)
+        gate = float(scores[by_score[_level(cumulative, (sparsity - shift) * total)]])
+        kept = scores > gate
+        h = 0.0
+        if shift:   # the h quantile with the gate's drops counted as 0: past them, a rank among the kept
+            dropped_weight, target = float(weight[~kept].sum()), (sparsity + shift) * total
+            if dropped_weight < target:
+                kept_weight = np.where(kept[by_contribution], weight[by_contribution], 0.0)
+                h = float(contributions[by_contribution[_level(dropped_weight + np.cumsum(kept_weight), target)]])
+        error = float(squared.sum() - squared[kept & (contributions > h)].sum())
         if best is None or error < best[0]:
-            best = (error, cuts)
+            best = (error, Cuts(gate, h, shift))
     return best[1]
+
+
+def _pool(experts: list[ExpertScores]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, contributions, weight per entry) of the experts' rows flattened, at most POOL_ENTRIES entries: rows
+    evenly spaced per expert, each standing for the rows left out too."""
+    rows = max(1, POOL_ENTRIES // sum(e.scores.shape[1] for e in experts))
+    picks = [np.linspace(0, len(e.scores) - 1, min(len(e.scores), rows)).astype(int) for e in experts]
+    return (np.concatenate([e.scores[p].ravel() for e, p in zip(experts, picks)]),
+            np.concatenate([e.contributions[p].ravel() for e, p in zip(experts, picks)]),
+            np.concatenate([np.full(len(p) * e.scores.shape[1], e.weight * len(e.scores) / len(p))
+                            for e, p in zip(experts, picks)]))
+
+
+def _level(cumulative: np.ndarray, target: float) -> int:
+    """The first position where the cumulative weight reaches `target` (the last one at most)."""
+    return min(int(np.searchsorted(cumulative, target)), len(cumulative) - 1)
 
 
 def pooled_quantile(values: list[np.ndarray], weights: list[float], q: float) -> float:
@@ -186,8 +214,7 @@ def pooled_quantile(values: list[np.ndarray], weights: list[float], q: float) ->
     weight = np.concatenate([np.full(v.size, w) for v, w in zip(values, weights)])
     order = np.argsort(flat, kind="stable")
     cumulative = np.cumsum(weight[order])
-    k = int(np.searchsorted(cumulative, q * cumulative[-1]))
-    return float(flat[order[min(k, len(order) - 1)]])
+    return float(flat[order[_level(cumulative, q * cumulative[-1])]])
 
 
 def neuron_weights(bw: BlockWeights, u: np.ndarray) -> np.ndarray:
@@ -204,7 +231,7 @@ def expert_scores(bw: BlockWeights, rows: np.ndarray, routing: np.ndarray, token
     pick = np.linspace(0, len(rows) - 1, min(len(rows), SHARED_ROWS)).astype(int)
     r = np.abs(np.asarray(routing, np.float64))[pick, None]
     a, u = a[pick].astype(np.float64), u[pick].astype(np.float64)
-    scores, contributions = np.abs(a) * c * r, np.abs(a * u) * norms * r
+    scores, contributions = (np.abs(a) * c * r).astype(np.float32), (np.abs(a * u) * norms * r).astype(np.float32)
     if not (np.isfinite(scores).all() and np.isfinite(contributions).all()):
         raise CalibrationError("activations overflow (NaN/inf) in a routed expert's calibration; the model's weights "
                                "or inputs are out of float32 range: check the model, or calibrate on in-range text")

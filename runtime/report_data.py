@@ -5,6 +5,7 @@ artifact's manifest (and its checked inverse), a figure. The rows are gathered i
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -57,10 +58,7 @@ _FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "None": (ty
 def shared_reasons(reasons: list[str]) -> dict[str, str]:
     """reason -> its footnote mark ("[1]", "[2]", ... in order of first use) for each reason several rows give: the
     table shows the mark, the reason is printed once below it (a MoE model's experts share theirs, hundreds of rows)."""
-    counts: dict[str, int] = {}
-    for reason in reasons:
-        if reason:
-            counts[reason] = counts.get(reason, 0) + 1
+    counts = Counter(reason for reason in reasons if reason)   # in order of first use
     shared = [reason for reason, n in counts.items() if n > 1]
     return {reason: f"[{k}]" for k, reason in enumerate(shared, 1)}
 

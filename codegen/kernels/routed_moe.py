@@ -32,7 +32,8 @@ AVX512-VNNI, BENCHMARKS.md session 33), and the down projection takes the intege
 (`Target.int8_axpy_kernels`). With the down stack by outputs, a dense expert's h is computed first (every neuron) and
 then its d outputs are row dots over h — h quantized to 8-bit blocks where the host's int8 dot serves the down layout,
 as x for the gate and up rows — so a MoE GGUF's 4-bit `ffn_down_exps` is read as the file stores it (ir/moe.py's
-`down_rows`). """
+`down_rows`).
+"""
 
 from __future__ import annotations
 
