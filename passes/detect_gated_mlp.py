@@ -27,11 +27,12 @@ A block whose gate is an exactly-zero-below activation of P(x, @Wg) - c, c one n
 gelu_tanh(relu(P - mean(P) - z·std(P))), found by `activation_analysis.classify_shifted`), is recorded under its
 pattern (`geglu-cutoff`) and left as it is: sparsify-exact rewrites it (`cutoff_block`), dense mode keeps its ops.
 Any other block down(g ⊙ P(x)) whose gate g reads a projection of x but is no known activation is recorded as
-`unmatched-gate`, with its gate spelled out in a note and a report row: what is missing.
+`unmatched-gate`, with its gate spelled out in a note and a report row: what is missing; likewise a plain MLP
+down(f(P(x))) whose pointwise f is no known activation (Apertus's xIELU), as `unmatched-activation`.
 
 Statistics: `gated-mlp` (all blocks), one count per pattern (`swiglu`, `reglu-fused`, ...), `moe-expert` (blocks
 that are experts), `biased` (blocks with a bias anywhere), `plain-mlp`, the cutoff patterns (`geglu-cutoff`),
-`unmatched-gate`.
+`unmatched-gate`, `unmatched-activation`.
 
 Why it is correct: the replacement computes the same expression (see `ir/mlp.py`); nodes of the old block that
 other code still reads stay in the graph for those readers.
@@ -305,6 +306,43 @@ def _spell(node: Node, depth: int = 4) -> str:
     return f"{node.op}({', '.join(_spell(i, depth - 1) for i in node.inputs)})"
 
 
+AFFINE_OPS = ("mul", "add", "sub", "div", "neg", "cast")   # f of only these and numbers is linear: no activation
+
+
+def _unmatched_activation(node: Node) -> Node | None:
+    """down(f(P(x))) where f is a nonlinear pointwise function of P alone (every value it reads is P, a number — a
+    constant or size-1 weight, or one computed from them — or another value of f's own shape built the same way) but
+    no activation of the table (Apertus's xIELU, with its learned scalars), P widening its input as an MLP's first
+    projection does (Gemma 3n's AltUp router, tanh(P(x)) of 4 values, is no MLP): a plain MLP whose activation was
+    not recognised -> f's output."""
+    down = _projection(node)
+    if down is None or down[0].op in GATE_ACT_OPS or _projection(down[0]):
+        return None
+    h = down[0]
+    projections, ops = {}, set()
+
+    def number(n: Node, depth: int) -> bool:
+        if not all(isinstance(dim, int) and dim == 1 for dim in n.shape):   # a symbolic dim: not one value
+            return False
+        return n.op in ("constant", "weight") or depth > 0 and bool(n.inputs) and all(
+            number(i, depth - 1) for i in n.inputs)
+
+    def pointwise(n: Node, depth: int) -> bool:
+        if _projection(n) and n.shape == h.shape:
+            projections[id(n)] = n
+            return True
+        if number(n, 8):
+            return True
+        ops.add(n.op)
+        return depth > 0 and n.shape == h.shape and bool(n.inputs) and all(pointwise(i, depth - 1) for i in n.inputs)
+
+    if not pointwise(h, 8) or len(projections) != 1 or ops <= set(AFFINE_OPS):
+        return None
+    (first,) = projections.values()
+    width, inputs = h.shape[-1], first.inputs[0].shape[-1]
+    return h if isinstance(width, int) and isinstance(inputs, int) and width > inputs else None
+
+
 def _reaches(node: Node, target: Node, depth: int = 6) -> bool:
     """A projection of `target` lies within `depth` ops above node."""
     if node.op == "linear" and node.inputs[0] is target:
@@ -379,6 +417,14 @@ class DetectGatedMLP(Pass):
                 note({"kind": "row", "location": common_module(node.loc, gate.loc) or node.loc,
                       "pattern": "unmatched-gate", "mode": "dense", "n_ff": int(gate.shape[-1]), "gate": _spell(gate),
                       "reason": f"the gate {_spell(gate)} is no activation of the table (ir/activations.py)"})
+                continue
+            activation = _unmatched_activation(node)
+            if activation is not None:
+                record("unmatched-activation")
+                note({"kind": "row", "location": common_module(node.loc, activation.loc) or node.loc,
+                      "pattern": "unmatched-activation", "mode": "dense", "n_ff": int(activation.shape[-1]),
+                      "activation": _spell(activation), "reason": f"non-gated MLP whose activation "
+                      f"{_spell(activation)} is no activation of the table (ir/activations.py): it runs dense"})
                 continue
             first = _plain_mlp(node)
             if first is not None:

@@ -6,8 +6,8 @@
 `tiny_config(arch)` (scripts/tiny_config.py) is one generic shrinker, not a config per model. Whatever still
 fails is reported with the precise reason (the stage and the first line of the error), which is what the README
 table shows. The patterns column holds detect-gated-mlp's counts, the non-gated ReLU-family MLPs sparsify-exact
-made exact (`relu2-mlp exact`), and `unmatched-gate` blocks (a gate that is no table activation), whose gate the
-reason column spells.
+made exact (`relu2-mlp exact`), and `unmatched-gate` / `unmatched-activation` blocks (a gate, or a plain MLP's
+activation, that is no table activation), which the reason column spells.
 """
 
 from __future__ import annotations
@@ -130,8 +130,11 @@ def check_architecture(arch: str, compile: bool = False) -> ArchResult:
         result.patterns.update({f"{k} exact": v for k, v in run.stats.get("sparsify-exact", {}).items()
                                 if k.endswith("-mlp")})  # non-gated ReLU-family MLPs made exactly sparse
         gates = sorted({n["gate"] for n in run.notes if n.get("pattern") == "unmatched-gate"})
-        if gates:  # what the detector lacks, spelled out
-            missing = f"gate not a table activation: {'; '.join(gates)}"
+        activations = sorted({n["activation"] for n in run.notes if n.get("pattern") == "unmatched-activation"})
+        missing = "; ".join([*([f"gate not a table activation: {'; '.join(gates)}"] if gates else []),
+                             *([f"activation not a table activation: {'; '.join(activations)}"] if activations
+                               else [])])
+        if missing:  # what the detector lacks, spelled out
             result.note = f"{missing}; {result.note}" if result.note else missing
         lap("interpret", "compile")
         if compile:

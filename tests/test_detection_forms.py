@@ -310,6 +310,48 @@ def test_unrecognised_gate_is_named_not_hidden():
     _close(evaluate(result.graph, [_x(seed=5).numpy()])[0], _torch_out(model, _x(seed=5)))
 
 
+class XieluMLP(nn.Module):
+    """A plain MLP with Apertus's xIELU: learned scalars through softplus, a branch per sign."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(D, N), nn.Linear(N, D)
+        self.alpha_p, self.alpha_n = nn.Parameter(torch.tensor([0.8])), nn.Parameter(torch.tensor([0.8]))
+
+    def forward(self, x):
+        u = self.fc1(x)
+        a_p, a_n = F.softplus(self.alpha_p), 0.5 + F.softplus(self.alpha_n)
+        act = torch.where(u > 0, a_p * u * u + 0.5 * u, (torch.expm1(torch.clamp(u, max=-1e-6)) - u) * a_n + 0.5 * u)
+        return self.fc2(act)
+
+
+class ScaledLinears(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(D, N), nn.Linear(N, D)
+
+    def forward(self, x):
+        return self.fc2(0.5 * self.fc1(x) - 1.0)
+
+
+def test_a_plain_mlp_of_an_unknown_activation_is_named_not_hidden():
+    """A non-gated MLP whose activation is no table activation (Apertus's xIELU: learned scalars, a branch per
+    sign) is recorded as `unmatched-activation` with a report row spelling it out, and computed as before; two
+    linears with only an affine map between them are no MLP; a known activation stays `plain-mlp`."""
+    torch.manual_seed(0)
+    model = XieluMLP().eval()
+    result = run_pipeline(import_torch(model, (_x(),), dynamic_seq=False), pipeline_for("auto"))
+    assert result.stats["detect-gated-mlp"] == {"unmatched-activation": 1}
+    (row,) = [n for n in result.notes if n.get("pattern") == "unmatched-activation"]
+    assert row["kind"] == "row" and row["n_ff"] == N and row["activation"].startswith("where(gt(P, 0)")
+    assert "no activation of the table" in row["reason"]
+    _close(evaluate(result.graph, [_x(seed=5).numpy()])[0], _torch_out(model, _x(seed=5)))
+    affine = run_pipeline(import_torch(ScaledLinears().eval(), (_x(),), dynamic_seq=False), pipeline_for("auto"))
+    assert affine.stats["detect-gated-mlp"] == {}
+    plain = run_pipeline(import_torch(PlainMLP().eval(), (_x(),), dynamic_seq=False), pipeline_for("auto"))
+    assert plain.stats["detect-gated-mlp"] == {"plain-mlp": 1}
+
+
 def test_topk_matches_torch():
     from actsparse.ir.ops import op_def
 
