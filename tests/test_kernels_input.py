@@ -85,6 +85,11 @@ INPUT_ACTS = [("silu", "identity", "product"), ("gelu_tanh", "relu", "gate"), ("
 ragged = st.integers(1, 100).filter(lambda n: n % 32)
 
 
+def arm_sizes(low: int, high: int):
+    """Sizes for the qemu runs: above one group of 32, never a multiple of it (a tail group in every row)."""
+    return st.integers(low, high).filter(lambda n: n % 32)
+
+
 # the activations' steepest slope (gelu_tanh's, 1.13; silu 1.10, relu / identity 1): an error e in a pre-activation
 # moves the activation by at most SLOPE * e
 SLOPE = 1.13
@@ -188,8 +193,7 @@ def _quant_jobs(target_name: str, d: int, n: int, seed: int):
 
 
 @settings(max_examples=1, suppress_health_check=[HealthCheck.too_slow])
-@given(d=st.integers(33, 60).filter(lambda d: d % 32), n=st.integers(33, 70).filter(lambda n: n % 32),
-       seed=st.integers(0, 99))
+@given(d=arm_sizes(33, 60), n=arm_sizes(33, 70), seed=st.integers(0, 99))
 def test_arm_quantized_input_sparse_kernels_match_the_dequantized_reference_under_qemu(d, n, seed):
     jobs = _quant_jobs("arm", d, n, seed)
     check_quant(jobs, run_batch(cross_kernels([p for p, _ in jobs]), jobs))
@@ -330,3 +334,73 @@ def test_top_k_on_cuda_is_one_clear_error():
     with pytest.raises(ActsparseError, match="top-k .* has no CUDA kernel yet .* threshold method"):
         kernel("input", 64, 53, gate_act="silu", dtype="float32", sched=schedule_for(targets.get("cuda")),
                x_keep=5, h_keep=5)
+
+
+def routed_calls(calls: list[Call]) -> list[Call]:
+    """Each input-kernel call as the routed input kernel's (`routed_input.py`): its block as expert 1 of 2, every
+    token routed to it with weight 1, expert 0's rows NaN (never read: no token chose it) and its thresholds
+    garbage. The routed kernel runs the same steps at expert 1's row offsets, so the result (and the integer axpy's
+    slack) is the call's."""
+    def stacked(a: np.ndarray, filler) -> np.ndarray:
+        return np.concatenate([np.full_like(a, filler), a])
+
+    out = []
+    for c in calls:
+        x, gate, up, down, x_thr, h_thr, dest = c.args
+        m = len(x)
+        nan = 0xFF if gate.dtype == np.uint8 else np.nan   # a quantized blob: NaN scales in every block
+        out.append(Call([x, *(stacked(w, nan) for w in (gate, up, down)), np.ones((m, 1), np.float32),
+                         np.ones((m, 1), np.int64), stacked(x_thr, -1.0), stacked(h_thr, -1.0), dest], c.ref,
+                        c.scale, c.dtype, c.slack))
+    return out
+
+
+def routed_input_jobs(target_name: str, d: int, n: int, seed: int):
+    """The routed input kernel (2 experts) per layout, on `quant_input_calls`' cases (none / all / random kept),
+    with the target's schedule (its integer axpys where its table gives "input" them)."""
+    from actsparse import targets
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
+    from actsparse.codegen.schedules import schedule_for
+
+    sched, rng = schedule_for(targets.get(target_name)), np.random.default_rng(seed)
+    jobs = []
+    for dtype, (gate_act, up_act, criterion) in zip(("float32", *QUANT_DTYPES), INPUT_ACTS * 2):
+        prim = kernel("routed-input", d, n, 2, gate_act=gate_act, up_act=up_act, criterion=criterion, dtype=dtype,
+                      sched=sched)
+        calls = (float_input_calls(rng, d, n, gate_act, up_act, criterion) if dtype == "float32" else
+                 quant_input_calls(rng, d, n, dtype, gate_act, up_act, criterion,
+                                   int8_axpy=uses_int8_axpy(dtype, sched, "input")))
+        jobs.append((prim, routed_calls(calls)))
+    return jobs
+
+
+def float_input_calls(rng, d, n, gate_act, up_act, criterion) -> list[Call]:
+    """Float32 calls of the input kernel: random thresholds, the reference on the same arrays."""
+    calls = []
+    for m in (1, 3):
+        x = rng.standard_normal((m, d)).astype(np.float32)
+        wg, wu, wd = (rng.standard_normal(shape).astype(np.float32) / 4 for shape in ((d, n), (d, n), (n, d)))
+        x_thr, h_thr = rng.uniform(0, 1.5, d).astype(np.float32), rng.uniform(0, 0.5, n).astype(np.float32)
+        attrs = {"gate_act": gate_act, "up_act": up_act, "criterion": criterion}
+        ref = input_sparse_reference(x, wg, wu, wd, x_thr, h_thr, attrs)
+        calls.append(Call([x, wg, wu, wd, x_thr, h_thr, np.full((m, d), np.nan, np.float32)], ref,
+                          np.full(d, max(1.0, np.abs(ref).max())), "float32"))
+    return calls
+
+
+@settings(max_examples=examples(2), suppress_health_check=[HealthCheck.too_slow])
+@given(d=ragged, n=ragged, seed=st.integers(0, 999))
+def test_x86_routed_input_kernel_runs_the_input_steps_at_its_experts_offsets(d, n, seed):
+    """The routed input kernel (routed_moe{mode=input}) on the host's schedule: float32 and every quantized layout
+    (the integer axpys where the target's table gives them), 0% / 100% / some channels kept, sizes not multiples of
+    32; expert 0's NaN rows never read."""
+    jobs = routed_input_jobs("x86", d, n, seed)
+    check_quant(jobs, [run_native(prim, calls) for prim, calls in jobs])
+
+
+@settings(max_examples=1, suppress_health_check=[HealthCheck.too_slow])
+@given(d=arm_sizes(33, 60), n=arm_sizes(33, 70), seed=st.integers(0, 99))
+def test_arm_routed_input_kernel_matches_the_reference_under_qemu(d, n, seed):
+    jobs = routed_input_jobs("arm", d, n, seed)
+    check_quant(jobs, run_batch(cross_kernels([p for p, _ in jobs]), jobs))

@@ -18,7 +18,8 @@ _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalon
 _SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "int8_dots", "quant_int8", "rows",
                "schedule",
                "sparse_mlp", "gathered_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp",
-               "cuda_input_mlp", "routed_moe", "cuda_routed", "cutoff_mlp", "cuda_cutoff_mlp", "attention")
+               "cuda_input_mlp", "routed_moe", "routed_input", "cuda_routed", "cutoff_mlp", "cuda_cutoff_mlp",
+               "attention")
 
 # schedule type -> kernel name -> (module, function)
 FAMILIES = {
@@ -33,6 +34,7 @@ FAMILIES = {
                     "certified": ("scored_mlp", "certified_gated_mlp"),
                     "input": ("input_sparse_mlp", "input_sparse_gated_mlp"),
                     "routed": ("routed_moe", "routed_moe"),
+                    "routed-input": ("routed_input", "routed_input_moe"),
                     "cutoff": ("cutoff_mlp", "cutoff_gated_mlp"),
                     "cutoff-dense": ("cutoff_mlp", "cutoff_dense_gated_mlp"),
                     "attention": ("attention", "attention")},
@@ -47,7 +49,7 @@ FAMILIES = {
                     "routed-slots": ("cuda_routed", "routed_gated_mlp")},
 }
 KERNELS = ("exact", "indexed", "listed", "dense", "linear", "threshold", "sign_score", "select", "scored", "certified",
-           "input", "routed", "routed-slots", "cutoff", "cutoff-dense", "attention")
+           "input", "routed", "routed-input", "routed-slots", "cutoff", "cutoff-dense", "attention")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 

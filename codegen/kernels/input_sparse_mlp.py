@@ -32,6 +32,7 @@ ratio over all n_ff, and a second parallel step masks and lists (the select need
 from __future__ import annotations
 
 from functools import cache
+from typing import NamedTuple
 
 from tvm.script import tirx as T
 
@@ -100,17 +101,21 @@ def ratio_h_macro(gate_act: str, up_act: str, criterion: str):
     return ratios
 
 
-@cache
-def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
-                           criterion: str = "product", dtype: str = "float32", sched: CpuSchedule,
-                           x_keep: int = 0, h_keep: int = 0):
-    """(x, w_gate_t, w_up_t, w_down_t, x_thr, h_thr, out), see the module docstring."""
-    check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
-    if x_keep < 0 or h_keep < 0:
-        raise ValueError(f"top-k counts must be >= 0 (0: thresholds), got x_keep={x_keep}, h_keep={h_keep}")
-    kth_x, kth_h = kth_largest_macro(d, x_keep), kth_largest_macro(n_ff, h_keep)
-    top_k = x_keep > 0 or h_keep > 0
-    ratios_h = ratio_h_macro(gate_act, up_act, criterion)
+class InputSteps(NamedTuple):
+    """The kernel's steps as macros (the module docstring's 0-2), shared with the routed kernel (`routed_input.py`),
+    which runs them per expert on its tokens at the expert's row offsets."""
+    list_inputs: object   # (x, x_thr, xr, tau, M, xs, xidx, nx, row0): step 0, xidx[slot] = row0 + channel
+    gate_up: object       # (t, w_gate_t, w_up_t, xidx, nx, xs, g, h, M): task t's columns of g and u
+    list_kept: object     # (g, h, h_thr, tau, idx, cnt, t, M, row0): task t's h masked, its kept neurons listed
+    down: object          # (t, w_down_t, idx, cnt, h, out, M): task t's output columns over every listed row
+
+
+def input_steps(d: int, n_ff: int, gate_act: str, up_act: str, criterion: str, dtype: str, sched: CpuSchedule,
+                x_keep: int = 0, h_keep: int = 0) -> InputSteps:
+    """The steps of a [d] -> [n_ff] -> [d] input-sparse MLP on `sched` (already fitted to n_ff and d by the
+    caller's `sched.fitted`); top-k where x_keep / h_keep > 0 (then `xr` and `tau` hold the ratios and each
+    token's k-th ratio's bits; unused otherwise). Thresholds are read from index 0 of x_thr / h_thr, weight rows at
+    `row0` (a routed expert's offset in the stacks; 0 for one block)."""
     sched_n, sched_d = sched.fitted(n_ff, dtype), sched.fitted(d, dtype)
     threads, zero = sched.threads, T.float32(0)
     mask_h = masked_h_macro(gate_act, up_act, criterion)
@@ -120,16 +125,37 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     axpy_down, _ = axpy_macro(d, dtype, sched_d, gathered=True, kernel="input")
     zero_n, zero_d = zero_columns_macro(n_ff, sched_n, dtype), zero_columns_macro(d, sched_d, dtype)
     Rn, Rd = sched_n.rows, sched_d.rows
-    in_shape, wdtype = weight_buffer(d, n_ff, dtype)
-    down_shape, _ = weight_buffer(n_ff, d, dtype)
-    name = symbol("gmlp", "input", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act, dtype,
-                  sched_n.tag, f"r{Rd}", *([f"top{x_keep}x{h_keep}"] if x_keep or h_keep else []))
 
     def keeps_x(x, x_thr, xr, tau, m, i):   # token m keeps input channel i
         return kept(xr[m, i], tau[m, 0]) if x_keep > 0 else T.abs(x[m, i]) > x_thr[i]
 
     @T.macro
-    def list_kept(g, h, h_thr, tau, idx, cnt, t, M):
+    def list_inputs(x, x_thr, xr, tau, M, xs, xidx, nx, row0):
+        nx[0] = 0
+        for i in range(d):
+            live = T.alloc_buffer((1,), "int32", scope="global")
+            live[0] = 0
+            for m in range(M):
+                if keeps_x(x, x_thr, xr, tau, m, i):
+                    live[0] = 1
+            if live[0] != 0:
+                for m in range(M):
+                    xs[m, nx[0]] = T.if_then_else(keeps_x(x, x_thr, xr, tau, m, i), x[m, i], zero)
+                xidx[nx[0]] = row0 + i
+                nx[0] = nx[0] + 1
+
+    @T.macro
+    def gate_up(t, w_gate_t, w_up_t, xidx, nx, xs, g, h, M):
+        zero_n(t, g, M)
+        zero_n(t, h, M)
+        n_in: T.let = nx[0]
+        for st in range((n_in + Rn - 1) // Rn):
+            axpy_in(w_gate_t, xidx, 0, st * Rn, n_in, xs, 0, t, g, M)
+            if reads_up:   # `unit` (a non-gated MLP): act_u ignores u, no up row is read
+                axpy_in(w_up_t, xidx, 0, st * Rn, n_in, xs, 0, t, h, M)
+
+    @T.macro
+    def list_kept(g, h, h_thr, tau, idx, cnt, t, M, row0):
         # task t's neurons (the columns its axpys wrote): h masked, and the ones some token keeps listed in its slice
         j0: T.let = task_columns(t, n_ff, sched_n, dtype)[0]
         j1: T.let = task_columns(t, n_ff, sched_n, dtype)[1]
@@ -150,9 +176,42 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
                 # slot j0 + c <= this neuron's column: compaction never overwrites an unread column
                 for m in range(M):
                     h[m, j0 + c[0]] = h[m, j0 + jj]
-                idx[j0 + c[0]] = j0 + jj
+                idx[j0 + c[0]] = row0 + j0 + jj
                 c[0] = c[0] + 1
         cnt[t] = c[0]
+
+    @T.macro
+    def down(t, w_down_t, idx, cnt, h, out, M):
+        # task t owns a slice of the output columns and streams that slice of every listed row
+        zero_d(t, out, M)
+        for t2 in range(threads):
+            s0: T.let = task_columns(t2, n_ff, sched_n, dtype)[0]
+            n2: T.let = cnt[t2]
+            for st in range((n2 + Rd - 1) // Rd):
+                axpy_down(w_down_t, idx, s0, st * Rd, n2, h, s0, t, out, M)
+
+    return InputSteps(list_inputs, gate_up, list_kept, down)
+
+
+@cache
+def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
+                           criterion: str = "product", dtype: str = "float32", sched: CpuSchedule,
+                           x_keep: int = 0, h_keep: int = 0):
+    """(x, w_gate_t, w_up_t, w_down_t, x_thr, h_thr, out), see the module docstring."""
+    check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
+    if x_keep < 0 or h_keep < 0:
+        raise ValueError(f"top-k counts must be >= 0 (0: thresholds), got x_keep={x_keep}, h_keep={h_keep}")
+    kth_x, kth_h = kth_largest_macro(d, x_keep), kth_largest_macro(n_ff, h_keep)
+    top_k = x_keep > 0 or h_keep > 0
+    ratios_h = ratio_h_macro(gate_act, up_act, criterion)
+    sched_n, sched_d = sched.fitted(n_ff, dtype), sched.fitted(d, dtype)
+    threads = sched.threads
+    steps = input_steps(d, n_ff, gate_act, up_act, criterion, dtype, sched, x_keep, h_keep)
+    Rd = sched_d.rows
+    in_shape, wdtype = weight_buffer(d, n_ff, dtype)
+    down_shape, _ = weight_buffer(n_ff, d, dtype)
+    name = symbol("gmlp", "input", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act, dtype,
+                  sched_n.tag, f"r{Rd}", *([f"top{x_keep}x{h_keep}"] if x_keep or h_keep else []))
 
     @T.prim_func
     def kernel(x_h: T.handle, w_gate_t: T.Buffer(in_shape, wdtype), w_up_t: T.Buffer(in_shape, wdtype),
@@ -182,47 +241,25 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
                     xr[m, i] = ratio(x[m, i], x_thr[i])
                 kth_x(xr, m, hist, sel)
                 tau[m, 0] = sel[0]
-        nx[0] = 0
-        for i in range(d):
-            live = T.alloc_buffer((1,), "int32", scope="global")
-            live[0] = 0
-            for m in range(M):
-                if keeps_x(x, x_thr, xr, tau, m, i):
-                    live[0] = 1
-            if live[0] != 0:
-                for m in range(M):
-                    xs[m, nx[0]] = T.if_then_else(keeps_x(x, x_thr, xr, tau, m, i), x[m, i], zero)
-                xidx[nx[0]] = i
-                nx[0] = nx[0] + 1
+        steps.list_inputs(x, x_thr, xr, tau, M, xs, xidx, nx, 0)
         # 1) gate / up over the listed channels' rows, each task on its slice of the n_ff columns; then h, masked,
         # and the kept neurons listed inside the slice
         for t in T.parallel(threads):
-            zero_n(t, g, M)
-            zero_n(t, h, M)
-            n_in: T.let = nx[0]
-            for st in range((n_in + Rn - 1) // Rn):
-                axpy_in(w_gate_t, xidx, 0, st * Rn, n_in, xs, 0, t, g, M)
-                if reads_up:   # `unit` (a non-gated MLP): act_u ignores u, no up row is read
-                    axpy_in(w_up_t, xidx, 0, st * Rn, n_in, xs, 0, t, h, M)
+            steps.gate_up(t, w_gate_t, w_up_t, xidx, nx, xs, g, h, M)
             if h_keep > 0:   # h and its ratios now; the mask once every task's are in (below)
                 r0: T.let = task_columns(t, n_ff, sched_n, dtype)[0]
                 for jj in range(task_columns(t, n_ff, sched_n, dtype)[1] - r0):
                     ratios_h(g, h, h_thr, r0 + jj, M)
             else:
-                list_kept(g, h, h_thr, tau, idx, cnt, t, M)
+                steps.list_kept(g, h, h_thr, tau, idx, cnt, t, M, 0)
         if h_keep > 0:
             for m in range(M):
                 kth_h(g, m, hist, sel)
                 tau[m, 1] = sel[0]
             for t in T.parallel(threads):
-                list_kept(g, h, h_thr, tau, idx, cnt, t, M)
+                steps.list_kept(g, h, h_thr, tau, idx, cnt, t, M, 0)
         # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
         for t in T.parallel(threads):
-            zero_d(t, out, M)
-            for t2 in range(threads):
-                s0: T.let = task_columns(t2, n_ff, sched_n, dtype)[0]
-                n2: T.let = cnt[t2]
-                for st in range((n2 + Rd - 1) // Rd):
-                    axpy_down(w_down_t, idx, s0, st * Rd, n2, h, s0, t, out, M)
+            steps.down(t, w_down_t, idx, cnt, h, out, M)
 
     return kernel.with_attr("global_symbol", name)

@@ -91,9 +91,10 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                          reads_up=reads_up) if by_outputs else None
     h8, h8_bytes, down_outputs = output_rows_down(d, n_ff, down, sched) if by_outputs else (False, 0, None)
     threads = sched.threads
+    gather = gather_macro(xcols)
+    zero_rows, add_rows = output_macros(d, bias)
     wshape, wdtype = weight_buffer(experts * n_ff, d, dtype)
     dshape, ddtype = weight_buffer(experts * d, n_ff, down) if by_outputs else weight_buffer(experts * n_ff, d, down)
-    zero = T.float32(0)
 
     @T.macro
     def expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up, thr, wt):
@@ -128,40 +129,18 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
         idx = T.alloc_buffer((n_ff,), "int32")
         cnt = T.alloc_buffer((threads,), "int32")
         nt = T.alloc_buffer((1,), "int32")
-        wsum = T.alloc_buffer((1,), "float32")
-        hit = T.alloc_buffer((1,), "int32")
         if x8:
             xd = T.alloc_buffer((M, x8_bytes), "uint8")
             prep_x(x, xd, M)
         else:
             xd = T.decl_buffer((M, d), "float32", data=x.data)
-        for m in range(M):
-            for c in T.vectorized(d):
-                out[m, c] = zero
+        zero_rows(out, M)
         for e in range(experts):
-            nt[0] = 0
-            for m in range(M):
-                wsum[0] = zero
-                hit[0] = 0
-                for s in range(K):
-                    if route_i[m, s] == T.int64(e):
-                        wsum[0] = wsum[0] + route_w[m, s]
-                        hit[0] = 1
-                if hit[0] != 0:
-                    tok[nt[0]] = T.Cast("int32", m)
-                    wt[nt[0]] = wsum[0]
-                    for c in T.vectorized(xcols):
-                        xg[nt[0], c] = xd[m, c]
-                    nt[0] = nt[0] + 1
+            gather(e, M, K, route_i, route_w, xd, xg, tok, wt, nt)
             Mx: T.let = T.Cast("int64", nt[0])
             if Mx > 0:  # no token chose expert e: none of its rows is read
                 expert_mlp(xg, Mx, e, w_gate, w_up, w_down_t, g, h, hb, idx, cnt, og, b_gate, b_up, thr, wt)
-                for i in range(Mx):
-                    for c in T.vectorized(d):
-                        if bias:
-                            out[tok[i], c] = out[tok[i], c] + wt[i] * (og[i, c] + b_down[e, c])
-                        else:
-                            out[tok[i], c] = out[tok[i], c] + wt[i] * og[i, c]
+                add_rows(Mx, tok, wt, og, out, b_down, e)
 
     bias_rows, down_rows = (experts * n_ff, experts) if bias else (0, 0)  # unbiased: empty, never read
 
@@ -187,6 +166,56 @@ def routed_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "relu", up_ac
                       + ("o" if by_outputs else "")
                       + f"e{experts}", d, n_ff, gate_act, up_act, threshold, dtype, sched, down)
     return kernel.with_attr("global_symbol", name)
+
+
+def gather_macro(cols: int):
+    """`gather(e, M, K, route_i, route_w, x, xg, tok, wt, nt)`: the tokens routed to expert e: nt[0] of them, token
+    tok[i]'s row of x [M, cols] copied to xg[i] and its summed routing weight to e in wt[i]."""
+    zero = T.float32(0)
+
+    @T.macro
+    def gather(e, M, K, route_i, route_w, x, xg, tok, wt, nt):
+        nt[0] = 0
+        wsum = T.alloc_buffer((1,), "float32", scope="global")
+        hit = T.alloc_buffer((1,), "int32", scope="global")
+        for m in range(M):
+            wsum[0] = zero
+            hit[0] = 0
+            for s in range(K):
+                if route_i[m, s] == T.int64(e):
+                    wsum[0] = wsum[0] + route_w[m, s]
+                    hit[0] = 1
+            if hit[0] != 0:
+                tok[nt[0]] = T.Cast("int32", m)
+                wt[nt[0]] = wsum[0]
+                for c in T.vectorized(cols):
+                    xg[nt[0], c] = x[m, c]
+                nt[0] = nt[0] + 1
+
+    return gather
+
+
+def output_macros(d: int, bias: bool = False):
+    """(`zero_rows(out, M)`, `add_rows(Mx, tok, wt, og, out, b_down, e)`): out [M, d] zeroed; an expert's output
+    rows og[i] (plus its down bias b_down[e] where `bias`) added to out[tok[i]], scaled by wt[i]."""
+    zero = T.float32(0)
+
+    @T.macro
+    def zero_rows(out, M):
+        for m in range(M):
+            for c in T.vectorized(d):
+                out[m, c] = zero
+
+    @T.macro
+    def add_rows(Mx, tok, wt, og, out, b_down, e):
+        for i in range(Mx):
+            for c in T.vectorized(d):
+                if bias:
+                    out[tok[i], c] = out[tok[i], c] + wt[i] * (og[i, c] + b_down[e, c])
+                else:
+                    out[tok[i], c] = out[tok[i], c] + wt[i] * og[i, c]
+
+    return zero_rows, add_rows
 
 
 def output_rows_down(d: int, n_ff: int, down: str, sched: CpuSchedule):
