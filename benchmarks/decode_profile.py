@@ -81,7 +81,7 @@ def _chosen_fraction(symbol: str, args) -> float:
 
     import numpy as np
 
-    experts = int(re.search(r"routed[xdt]b?o?e(\d+)", symbol).group(1))
+    experts = int(re.search(r"routed(?:[xdt]b?o?|i[pg])e(\d+)", symbol).group(1))
     return len(np.unique(args[5].numpy())) / experts
 
 
@@ -100,6 +100,10 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
     calibrated = [c for n in module.graph.nodes if n.op == "routed_moe" for c in n.attrs.get("expert_calibrated") or ()
                   if c is not None]
     kept = 1.0 - float(np.mean(calibrated)) if calibrated else 1.0
+    # input experts: the share of their bytes calibration found read (x's gate / up rows, h's down rows)
+    effective = [c for n in module.graph.nodes if n.op == "routed_moe" for c in n.attrs.get("expert_effective") or ()
+                 if c is not None]
+    input_read = 1.0 - float(np.mean(effective)) if effective else 1.0
 
     def kind_of(symbol: str, args) -> tuple[str, float]:
         if symbol.startswith(("vm.builtin.", "take", "fused_take")):  # builtins read no weights; a gather one row
@@ -113,6 +117,8 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
         elif "gmlp_certified" in symbol and len(nbytes) == 5:  # the int8 copy and coef whole, the gate rows listed
             read = lambda: (_certified_fraction(args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
                             + nbytes[3] + nbytes[4])
+        elif "gmlp_routedi" in symbol and len(nbytes) >= 3:   # input experts: every matrix by its skipped rows
+            read = lambda: _chosen_fraction(symbol, args) * input_read * sum(nbytes[:3])  # noqa: E731
         elif "gmlp_routed" in symbol and len(nbytes) >= 3:   # the experts some slot chose (route_i: args[5])
             rows = active if "gmlp_routedx" in symbol else kept if "gmlp_routedt" in symbol else 1.0
             read = lambda rows=rows: _chosen_fraction(symbol, args) * (  # noqa: E731

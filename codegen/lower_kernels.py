@@ -11,7 +11,8 @@ for the layer's sizes and the target's schedule, and restores the leading dims:
                                                    (gate/up biases, if any, go to the linear kernels)
     routed_moe(x, @Wg, @Wu, @Wd.t, V, I[, @bg, @bu, @bd | @thr])
                                                 -> reshape(call_tir(routed kernel, [x2d, Wg, Wu, Wd.t, V2d, I2d, ...]))
-                                                   (threshold experts: the families of ir/moe.py's ROUTED_MODES)
+                                                   (threshold experts: the families of ir/moe.py's ROUTED_MODES;
+                                                   input experts, [.., @x_thr, @h_thr]: the routed-input kernel)
                                                    (CUDA: x spread over the K slots, the per-slot routed kernel,
                                                    the slots' outputs summed by weight; a family with neither and
                                                    biased experts there: each expert's dense kernel, weighted)
@@ -28,7 +29,7 @@ from tvm import relax
 
 from ..ir import TensorType
 from ..ir.activations import ACTIVATIONS
-from ..ir.moe import routed_kernel_takes
+from ..ir.moe import expert_sizes, routed_kernel_takes
 from ..ir.sparse_variants import sizes, variant_of
 from .context import TVM_DTYPES, LoweringError, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
 from .schedules import schedule_for
@@ -142,12 +143,26 @@ def _routed_moe(ctx, node, args):
 
     a = node.attrs
     x_node, w_gate = node.inputs[0], node.inputs[1]
-    experts, d, d_out, k = a["experts"], w_gate.shape[1], node.shape[-1], node.inputs[4].shape[-1]
-    n_ff = w_gate.shape[0] // experts
+    experts, d_out, k = a["experts"], node.shape[-1], node.inputs[4].shape[-1]
+    d, n_ff = expert_sizes(a, w_gate.shape)
     sched = schedule_for(ctx.target)
     x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
     route_w = ctx.bb.emit(R.astype(R.reshape(args[4], [tokens, k]), "float32"))
     route_i = ctx.bb.emit(R.astype(R.reshape(args[5], [tokens, k]), "int64"))
+    if a["mode"] == "input":   # input-sparse experts: the CPU family's routed-input kernel (ir/moe.py's ROUTED_MODES)
+        if "routed-input" not in FAMILIES[type(sched).__name__]:
+            raise LoweringError(f"routed_moe at {node.loc or 'unknown location'}: input-sparse experts need a routed "
+                                f"kernel that takes them, which {ctx.target.name}'s kernel family lacks; compile the "
+                                "model for this target from its source (threshold mode then gives its routed experts "
+                                "per-neuron cuts) or pick a CPU target")
+        if down_layout(node):   # passes/quantize.py stores the three stacks in one layout for these experts
+            raise LoweringError(f"routed_moe at {node.loc or 'unknown location'}: input-sparse experts read their "
+                                "gate, up and down stacks in one layout; store them alike (quantize all three)")
+        kernel = target_kernel("routed-input", d, n_ff, experts, gate_act=a["gate_act"], up_act=a["up_act"],
+                               criterion=a.get("criterion", "product"), dtype=kernel_dtype(w_gate), sched=sched)
+        cuts = [ctx.bb.emit(R.astype(c, "float32")) for c in args[6:8]]
+        out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], route_w, route_i, *cuts], tokens, d_out, node.dtype)
+        return R.reshape(out, [*lead, d_out])
     options = {"gate_act": a["gate_act"], "up_act": a["up_act"], "threshold": a["threshold"],
                "dtype": kernel_dtype(w_gate), **down_layout(node)}
     thresholded = a["mode"] == "threshold"

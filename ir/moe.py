@@ -27,8 +27,14 @@ where |act_gate(g_i)|·|r_e| > thresholds[0, e·n + i] — then its up row is re
 thresholds[1, e·n + i] — then its down row is read; as `sparse_gated_mlp{mode=neuron-threshold}` with that r_e as its
 scale). The routing weight is there because the expert's output reaches the layer's scaled by it: a neuron's
 contribution is r_e·h_i·W_down[:, i], so one cut on the layer's output scale serves every expert and token
-(passes/routed_thresholds.py). `pattern` and
-the node's location name the experts for the report (expert e's row is `<loc>.<e>`).
+(passes/routed_thresholds.py). "input" (threshold mode's input methods: TEAL / WINA input sparsity per expert,
+`sparse_gated_mlp{mode=input}`'s semantics, ir/input_sparse.py, on the tokens routed to it): the gate and up stacks
+hold each expert transposed, w_gate_t [E·d, n] (expert e's input channel i is row e·d + i, so a skipped channel skips
+a contiguous row), and two inputs follow the routing, x_thr [E·d] and h_thr [E·n]: a token routed to e keeps channel i
+where |x_i| > x_thr[e·d + i] and then neuron j where |h_j| ('product') or |act_gate(g_j)| ('gate', `criterion`) >
+h_thr[e·n + j]. x is whatever the experts read: the rotated-* methods turn it once per layer (a `linear` in front,
+shared by the layer's experts, whose router reads the unturned x). `pattern` and the node's location name the experts
+for the report (expert e's row is `<loc>.<e>`).
 
 The pass that produces it (passes/route_moe.py) matches the all-experts form Σ_e expert_e(x) · r_e with
 r_e = Σ_j route_w[:, j]·[route_i[:, j] = e]; both forms agree wherever the experts' outputs are finite (the
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .input_sparse import input_sparse_parts
 from .sparse_variants import dense_intermediate, neuron_thresholded
 from .types import TensorType
 
@@ -47,17 +54,25 @@ ROUTED_MOE_ATTRS = {"experts": None, "gate_act": "relu", "up_act": "identity", "
                     "pattern": "reglu", "bias": False, "down_rows": "neurons",
                     # threshold experts' provenance for the report: their method, per expert the sparsity calibrated
                     # on its routed tokens, and why not the mode's own method (passes/route_moe.py)
-                    "method": None, "expert_calibrated": (), "reason": None}
+                    "method": None, "expert_calibrated": (), "reason": None,
+                    # mode input: the down input's score (ir/input_sparse.py), the share of the experts' bytes a
+                    # rotation in front costs (the report takes it off the effective sparsity) and per expert the
+                    # share of its bytes calibration found unread (net of that)
+                    "criterion": "product", "rotation_share": 0.0, "expert_effective": ()}
 # the expert variants a routed kernel exists for -> the kernel families that have it (a family without one runs
 # dense and exact experts all-experts in Relax; threshold experts it never gets: the threshold pass leaves them
 # lossless there, `routed_reason`; the lowering refuses a threshold routed_moe for it)
-ROUTED_MODES = {"dense": ("cpu", "cuda"), "exact": ("cpu", "cuda"), "threshold": ("cpu", "cuda")}
+ROUTED_MODES = {"dense": ("cpu", "cuda"), "exact": ("cpu", "cuda"), "threshold": ("cpu", "cuda"), "input": ("cpu",)}
+TRANSPOSED_MODES = ("input",)   # gate / up stacks [E·d, n]: an expert's input channel per row
 # how the down stack's rows run -> (the modes that may store it so, the kernel families whose routed kernel reads it)
 DOWN_ROWS = {"neurons": (tuple(ROUTED_MODES), ("cpu", "cuda")),
              "outputs": (("dense",), ("cpu", "cuda"))}
 ROUTED_INPUTS = ("x", "w_gate", "w_up", "w_down_t", "route_w", "route_i")
 ROUTED_BIASES = ("b_gate", "b_up", "b_down")  # follow the routing when attrs["bias"]: [E·n], [E·n], [E, d_out]
 ROUTED_THRESHOLDS = ("thresholds",)  # mode threshold: [2, E·n], neuron i of expert e's gate / h cut at [:, e·n + i]
+ROUTED_INPUT_THRESHOLDS = ("x_thr", "h_thr")  # mode input: [E·d] and [E·n], expert e's at rows e·d.. / e·n..
+# the inputs after the routing, by mode (biases: `bias`, mode dense)
+MODE_INPUTS = {"threshold": ROUTED_THRESHOLDS, "input": ROUTED_INPUT_THRESHOLDS}
 BIASED_MODES = ("dense",)  # a bias inside the gate moves its zero: exact mode's skipping would not hold
 # why a lossy mode leaves its routed experts lossless: no routed kernel (of the target's family, for threshold mode)
 # takes what the mode adds (the table: mode -> that), and run all-experts (every expert on every token, weighted)
@@ -108,8 +123,16 @@ def down_stack_by_outputs(down_t: np.ndarray, experts: int) -> np.ndarray:
 
 def routed_inputs(attrs) -> tuple[str, ...]:
     """The names of a routed_moe's inputs, in order, for its attrs."""
-    return ROUTED_INPUTS + (ROUTED_BIASES if attrs.get("bias") else ()) + (
-        ROUTED_THRESHOLDS if attrs.get("mode") == "threshold" else ())
+    return ROUTED_INPUTS + (ROUTED_BIASES if attrs.get("bias") else ()) + MODE_INPUTS.get(attrs.get("mode"), ())
+
+
+def expert_sizes(attrs, w_gate_shape) -> tuple[int, int]:
+    """(d, n): an expert's input width and neurons, from the gate stack's shape ([E·n, d], or [E·d, n] in a
+    TRANSPOSED_MODES mode)."""
+    rows, cols = w_gate_shape
+    if attrs.get("mode") in TRANSPOSED_MODES:
+        return rows // attrs["experts"], cols
+    return cols, rows // attrs["experts"]
 
 
 def routed_moe_type(types, attrs) -> TensorType:
@@ -128,10 +151,11 @@ def routed_moe_type(types, attrs) -> TensorType:
     rows = attrs.get("down_rows", "neurons")
     if (problem := down_rows_problem(rows, attrs.get("mode", "exact"))) is not None:
         raise TypeError(problem)
+    d, n = expert_sizes(attrs, w_gate.shape)
     # the down stack: a neuron per row [E·n, d_out], or an output per row [E·d_out, n]
-    down_ok = (w_down_t.shape[0] == w_gate.shape[0] if rows == "neurons"
-               else w_down_t.shape[0] % experts == 0 and w_down_t.shape[1] == w_gate.shape[0] // experts)
-    if x.shape[-1] != w_gate.shape[1] or w_up.shape != w_gate.shape or not down_ok:
+    down_ok = (w_down_t.shape[0] == experts * n if rows == "neurons"
+               else w_down_t.shape[0] % experts == 0 and w_down_t.shape[1] == n)
+    if x.shape[-1] != d or w_up.shape != w_gate.shape or not down_ok:
         raise TypeError(f"routed_moe weights {w_gate}, {w_up}, {w_down_t} (down_rows {rows}) do not match x {x}")
     d_out = expert_outputs(attrs, w_down_t.shape)
     if route_w.shape != route_i.shape or route_w.shape[:-1] != x.shape[:-1] or route_i.dtype not in ("i64", "i32"):
@@ -141,6 +165,14 @@ def routed_moe_type(types, attrs) -> TensorType:
             raise TypeError(f"routed_moe thresholds {types[6]} must be float [2, {w_gate.shape[0]}]: a gate cut and "
                             "a cut on h per expert neuron, stacked as the weights' rows")
         return TensorType((*x.shape[:-1], d_out), x.dtype)
+    if attrs.get("mode") == "input":
+        if (types[6].shape, types[7].shape) != ((experts * d,), (experts * n,)) or not all(
+                t.dtype.startswith("f") for t in types[6:8]):
+            raise TypeError(f"routed_moe x_thr {types[6]} and h_thr {types[7]} must be float [{experts * d}] and "
+                            f"[{experts * n}]: each expert's input channels' and neurons' thresholds, stacked")
+        if attrs.get("criterion", "product") not in ("product", "gate"):
+            raise TypeError(f"routed_moe criterion must be 'product' or 'gate', got {attrs.get('criterion')!r}")
+        return TensorType((*x.shape[:-1], d_out), x.dtype)
     want = ((w_gate.shape[0],), (w_gate.shape[0],), (experts, d_out))
     if any(b.shape != shape for b, shape in zip(types[6:], want)):
         raise TypeError(f"routed_moe biases {[str(b) for b in types[6:]]} must be b_gate, b_up [{w_gate.shape[0]}] "
@@ -149,6 +181,7 @@ def routed_moe_type(types, attrs) -> TensorType:
 
 
 def expert_rows(attrs, w_gate_rows: int, e: int) -> slice:
+    """Expert e's rows of the gate stack (its neurons; its input channels in a TRANSPOSED_MODES mode)."""
     n = w_gate_rows // attrs["experts"]
     return slice(e * n, (e + 1) * n)
 
@@ -157,6 +190,7 @@ def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, *rest):
     """Per expert: gather the tokens routed to it, run it, add its output scaled by their routing weight."""
     *extra, attrs, _ = rest
     thresholds = extra.pop() if attrs.get("mode") == "threshold" else None
+    cuts = (extra.pop(-2), extra.pop()) if attrs.get("mode") == "input" else None
     biases = extra
     b_gate, b_up, b_down = biases or (None, None, None)
     x2 = x.reshape(-1, x.shape[-1])
@@ -169,11 +203,17 @@ def routed_moe_ref(x, w_gate, w_up, w_down_t, route_w, route_i, *rest):
         tokens = np.flatnonzero(hit.any(-1))
         if tokens.size == 0:
             continue
-        rows = expert_rows(attrs, w_gate.shape[0], e)
-        h = (dense_intermediate(x2[tokens], w_gate[rows], w_up[rows], attrs,
-                                *((b_gate[rows], b_up[rows]) if biases else ())) if thresholds is None
-             else neuron_thresholded(x2[tokens], w_gate[rows], w_up[rows], attrs, thresholds[:, rows],
-                                     scale=routing_weight(weights, index, e)[tokens, None]))
+        rows = expert_rows(attrs, w_gate.shape[0], e)   # (input mode: its input channels)
+        if cuts is not None:   # input mode: its neurons run along the columns, one down row each
+            channels, rows = rows, slice(e * w_gate.shape[1], (e + 1) * w_gate.shape[1])
+            h = input_sparse_parts(x2[tokens], w_gate[channels], w_up[channels], cuts[0][channels], cuts[1][rows],
+                                   attrs)[2]
+        elif thresholds is None:
+            h = dense_intermediate(x2[tokens], w_gate[rows], w_up[rows], attrs,
+                                   *((b_gate[rows], b_up[rows]) if biases else ()))
+        else:
+            h = neuron_thresholded(x2[tokens], w_gate[rows], w_up[rows], attrs, thresholds[:, rows],
+                                   scale=routing_weight(weights, index, e)[tokens, None])
         down = w_down_t[e * d_out:(e + 1) * d_out].T if by_outputs else w_down_t[rows]
         y = h @ down.astype(x.dtype) + (0 if b_down is None else b_down[e].astype(x.dtype))
         out[tokens] += routing_weight(weights, index, e)[tokens, None].astype(x.dtype) * y

@@ -356,8 +356,8 @@ define("attention", 4, attention_type, attention_ref, ATTENTION_ATTRS,
 define("routed_moe", (6, 9), routed_moe_type, routed_moe_ref, {**ROUTED_MOE_ATTRS, "experts": REQUIRED},
        "MoE experts run only on their routed tokens: x, w_gate[E*n,d], w_up[E*n,d], w_down_t[E*n,d_out] (experts "
        "stacked by rows; down_rows=outputs: w_down[E*d_out,n]), route_w[...,k], route_i[...,k], then with bias=True "
-       "b_gate[E*n], b_up[E*n], b_down[E,d_out]; mode threshold: then thresholds[E]; mode dense|exact|threshold "
-       "(ir/moe.py)")
+       "b_gate[E*n], b_up[E*n], b_down[E,d_out]; mode threshold: then thresholds[2,E*n]; mode input: gate / up "
+       "[E*d,n] (each expert transposed), then x_thr[E*d], h_thr[E*n]; mode dense|exact|threshold|input (ir/moe.py)")
 
 
 from .predictor import sign_score_reference, sign_score_type  # noqa: E402

@@ -9,9 +9,10 @@
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a){mode='cutoff'} -> sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, a)
                                                              {mode='cutoff-dense'}   (a variant's `dense_twin`
                                                              with extra inputs keeps them: the given gate)
-    routed_moe(...){mode=exact|threshold}                -> routed_moe(...){mode=dense}   (still routed: the twin
+    routed_moe(...){mode=exact|threshold|input}          -> routed_moe(...){mode=dense}   (still routed: the twin
                                                              differs in the neuron sparsity only; the threshold
-                                                             experts' thresholds input dropped)
+                                                             and input experts' thresholds dropped, input
+                                                             experts' gate / up transposed back expert by expert)
 
 The dense twin is what dense mode compiles to (passes/fuse_gated_mlp.py): the fused dense kernel on the same
 weights, so the twin shares the artifact's arrays and computes every neuron with the same activations; with
@@ -31,7 +32,7 @@ from ..ir import Graph, Node, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import GATED_MLP_ATTRS
-from ..ir.moe import ROUTED_INPUTS
+from ..ir.moe import MODE_INPUTS, ROUTED_INPUTS, TRANSPOSED_MODES
 from ..ir.quant import LAYOUTS, dequantize, quantize
 from ..ir.sparse_variants import dense_variant_attrs, variant, variant_of
 from .base import Pass, record
@@ -46,9 +47,12 @@ class Densify(Pass):
 
         def visit(node: Node) -> Node | None:
             if node.op == "routed_moe" and node.attrs["mode"] != "dense":
-                record("routed-moe")   # threshold experts drop their thresholds input (inputs as ROUTED_INPUTS)
-                return node.replace(inputs=node.inputs[:len(ROUTED_INPUTS)] if node.attrs["mode"] == "threshold"
-                                    else node.inputs, attrs={**node.attrs, "mode": "dense"})
+                record("routed-moe")   # threshold / input experts drop their thresholds (inputs as ROUTED_INPUTS)
+                inputs = node.inputs[:len(ROUTED_INPUTS)] if node.attrs["mode"] in MODE_INPUTS else node.inputs
+                if node.attrs["mode"] in TRANSPOSED_MODES:   # each expert's gate / up back to a neuron per row
+                    experts = node.attrs["experts"]
+                    inputs = (inputs[0], *(transposed(w, experts) for w in inputs[1:3]), *inputs[3:])
+                return node.replace(inputs=inputs, attrs={**node.attrs, "mode": "dense"})
             if node.op != "sparse_gated_mlp":
                 return None
             own = variant_of(node.attrs)
@@ -73,16 +77,21 @@ class Densify(Pass):
             kept = node.inputs[4:4 + len(twin.extra_inputs)]   # a twin with extra inputs takes its variant's
             return Node("sparse_gated_mlp", (x, w_gate, w_up, w_down_t, *kept), attrs, node.type, node.loc)
 
-        def transposed(w: Node) -> Node:
+        def transposed(w: Node, experts: int = 1) -> Node:
+            """w transposed (a stack of `experts` matrices: each, in place)."""
             name = w.attrs["name"]
             layout = w.attrs.get("layout", "dense")
             base = name.removesuffix(f".{layout}") if layout != "dense" else name
             back = base[:-2] if base.endswith(".t") else f"{base}.t"  # transposed back
+
+            def flip(a: np.ndarray) -> np.ndarray:
+                return a.reshape(experts, -1, a.shape[-1]).transpose(0, 2, 1).reshape(-1, a.shape[0] // experts)
+
             if layout == "dense":
-                return weight_node(back, new_weights.setdefault(back, aligned_contiguous(graph.weights[name].T)))
+                return weight_node(back, new_weights.setdefault(back, aligned_contiguous(flip(graph.weights[name]))))
             # a quantized [d, n_ff] blob: its values transposed and quantized again in its layout, a neuron per row
             # (a second rounding: the twin reads the same bytes per weight, not bit-identical values)
-            qw = quantize(np.ascontiguousarray(dequantize(graph.weights[name], layout, w.shape[-1]).T), layout)
+            qw = quantize(np.ascontiguousarray(flip(dequantize(graph.weights[name], layout, w.shape[-1]))), layout)
             qname = f"{back}.{layout}"
             new_weights.setdefault(qname, qw.blob)
             return quantized_weight_node(qname, qw)

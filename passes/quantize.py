@@ -93,7 +93,7 @@ import numpy as np
 from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.arrays import aligned_contiguous, shared_copy
 from ..ir.graph import quantized_weight_node
-from ..ir.moe import down_rows_allowed, down_stack_by_outputs
+from ..ir.moe import TRANSPOSED_MODES, down_rows_allowed, down_stack_by_outputs
 from ..ir.quant import FLOAT_KINDS, LAYOUTS, QUANTIZE_KINDS, STORAGE_KINDS, QuantizationError, dequantize, quantize
 from ..ir.sparse_variants import variant_of
 from .base import Pass, record
@@ -222,8 +222,9 @@ class Quantize(Pass):
             if node.op == "linear" and node.inputs[1].attrs.get("name") in rotations:
                 kind = ROTATION_STORAGE[self.kind]
                 record(f"rotation-{kind}")
-            own_down = node.op == "routed_moe" or (node.op == "sparse_gated_mlp"
-                                                    and variant_of(node.attrs).own_down_layout)
+            # (routed input experts: one layout for the three stacks, as the input kernel's axpys read them)
+            own_down = (node.op == "routed_moe" and node.attrs.get("mode") not in TRANSPOSED_MODES
+                        or node.op == "sparse_gated_mlp" and variant_of(node.attrs).own_down_layout)
             for i in slots:
                 name = inputs[i].attrs["name"]
                 eight_bits = kind == "int4" and name.removesuffix(".t") in self.wide

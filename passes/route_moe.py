@@ -6,12 +6,13 @@ Matches, by what it computes (after detection and the sparsify passes), a sum wi
     add(... mul(B_e, R_e) ...)      B_e = gated_mlp(x, ...) | sparse_gated_mlp{mode=exact}(x, ...)
                                           | sparse_gated_mlp{mode=threshold, criterion=gate}(x, ...)
                                           | sparse_gated_mlp{mode=neuron-threshold}(x, ..., @neuron_thr, R_e)
+                                          | sparse_gated_mlp{mode=input}(x, @Wg.t, @Wu.t, @Wd.t, @x_thr, @h_thr)
                                           (| add(gated_mlp, @b_down_e): gpt-oss adds its down bias after the block)
                                     R_e = sum(mul(V, cast(eq(I, e))), axes=[-1], keepdim=True)     for e = 0..E-1
                                     I = topk{output=indices}(scores[..., E]) | argmax(scores[..., E])
                                         | concat(such, last axis),  V [..., k]
-    -> add(routed_moe(x, @Wg.routed, @Wu.routed, @Wd.t.routed, V, I[, @bg, @bu, @bd | @thr]){experts=E, mode, bias},
-           the other terms)
+    -> add(routed_moe(x, @Wg.routed, @Wu.routed, @Wd.t.routed, V, I[, @bg, @bu, @bd | @thr | @x_thr, @h_thr])
+           {experts=E, mode, bias}, the other terms)
 
 (either operand order of each mul / eq; casts of R_e or of the mask are looked through). This is the form
 frontends/moe.py exports transformers' MoE layers in, and the one a hand-written "weight each expert by its
@@ -23,22 +24,23 @@ index lies in [0, E), and the terms cover every e exactly once; then Σ_e B_e(x)
 which is what `routed_moe` computes (wherever the experts' outputs are finite: the sum multiplies an unchosen
 expert by 0).
 
-The experts' weights are stacked along the rows in the sparse kernels' layout (gate / up [E·n, d], down
-transposed [E·n, d_out]; a fused gate_up is split). Only blocks of one kind route: all dense `gated_mlp`
-(mode dense), all `sparse_gated_mlp{mode=exact}` (mode exact) or all threshold experts,
-`sparse_gated_mlp{mode=neuron-threshold}` or `{mode=threshold, criterion=gate}` (mode threshold: each expert's
-neurons' cuts stacked as the thresholds input, [2, E·n], one t repeated for an expert of one t (no cut on h); a
-neuron-threshold expert's scale must be its own R_e, which the routed kernel applies as the token's routing weight;
-a FATReLU gate at its t is relu there, as |relu(g)| > t iff fatrelu(g, t) is kept), same activations, width and
-d_out = d. Biased
-experts (gpt-oss: gate and up biases inside the block, a down bias added after it) route in mode dense with their
-biases stacked the same way (`bias=True`; an expert without one of them gets zeros); other sparse variants
-(threshold by |act(g)·u|, predictor, input), exact experts with a down bias and a mix stay in the all-experts form,
-and the pass says so in its statistics (`kept-all-experts`) and a note that names the cause.
+The experts' weights are stacked along the rows in the sparse kernels' layout (gate / up [E·n, d], down transposed
+[E·n, d_out]; a fused gate_up is split). Only blocks of one kind route: all dense `gated_mlp` (mode dense), all
+`sparse_gated_mlp{mode=exact}` (mode exact) or all threshold experts, `sparse_gated_mlp{mode=neuron-threshold}` or
+`{mode=threshold, criterion=gate}` (mode threshold: each expert's neurons' cuts stacked as the thresholds input, [2,
+E·n], one t repeated for an expert of one t (no cut on h); a neuron-threshold expert's scale must be its own R_e, which
+the routed kernel applies as the token's routing weight; a FATReLU gate at its t is relu there, as |relu(g)| > t iff
+fatrelu(g, t) is kept) or all input-sparse experts without top-k, `sparse_gated_mlp{mode=input}` (mode input: each
+expert's gate / up [d, n] stacked [E·d, n], its x_thr and h_thr stacked; their x one node, a rotated method's turn
+shared by the layer, passes/routed_input.py), same activations, width and d_out = d. Biased experts (gpt-oss: gate and
+up biases inside the block, a down bias added after it) route in mode dense with their biases stacked the same way
+(`bias=True`; an expert without one of them gets zeros); other sparse variants (threshold by |act(g)·u|, predictor,
+top-k input), exact experts with a down bias and a mix stay in the all-experts form, and the pass says so in its
+statistics (`kept-all-experts`) and a note that names the cause.
 
-Statistics: `routed-moe` (layers rewritten), `routed-experts` (experts in them), `routed-biased` (biased layers
-among them), `routed-thresholds` (layers of threshold experts among them), `routed-augmented` (layers of experts in
-homogeneous coordinates), `kept-all-experts`.
+Statistics: `routed-moe` (layers rewritten), `routed-experts` (experts in them), `routed-biased` (biased layers among
+them), `routed-thresholds` (layers of threshold experts among them), `routed-input` (layers of input experts),
+`routed-augmented` (layers of experts in homogeneous coordinates), `kept-all-experts`.
 """
 
 from __future__ import annotations
@@ -203,12 +205,13 @@ class RoutedExpert(NamedTuple):
     biased: bool    # its layer's experts have biases (routed exact experts take none: `BIASED_MODES`)
     weight: Node    # its routing weight R_e ([..., 1], 0 on the tokens not routed to it): what it calibrates on
     layer: int      # its MoE layer's number: the experts sharing a budget (passes/routed_thresholds.py)
+    slots: int      # k, the experts a token is routed to (its router's slots)
 
 
 def routed_experts(graph: Graph) -> dict[int, RoutedExpert]:
     """id of each expert block this pass would route -> its RoutedExpert (nothing recorded)."""
     layers = [found for node in graph.nodes if node.op == "add" and (found := _match(node, quiet=True))]
-    return {id(block): RoutedExpert(found["biased"], weight, k) for k, found in enumerate(layers)
+    return {id(block): RoutedExpert(found["biased"], weight, k, found["v"].shape[-1]) for k, found in enumerate(layers)
             for block, weight in zip(found["blocks"], found["routing"])}
 
 
@@ -295,6 +298,10 @@ def _kind(block: Node) -> tuple | None:
             # above t
             gate_act = "relu" if a["gate_act"] == "fatrelu" else a["gate_act"]
             return "threshold", gate_act, a["up_act"], 0.0, a["pattern"], block.inputs[1].shape
+        if a.get("mode") == "input" and len(block.inputs) == 6 and not (a.get("x_keep") or a.get("h_keep")):
+            # each expert's x_thr / h_thr go to the thresholds inputs; x is the layer's (turned) x: one node
+            return "input", a["gate_act"], a["up_act"], a.get("criterion", "product"), a["pattern"], \
+                block.inputs[1].shape
         if a.get("mode") != "exact" or len(block.inputs) != 4:
             return None
         return "exact", a["gate_act"], a["up_act"], a.get("threshold", 0.0), a["pattern"], block.inputs[1].shape
@@ -371,6 +378,15 @@ def _build(node: Node, b: dict) -> Node:
             [_neuron_thresholds(block) for block in blocks], axis=1)))
         attrs.update(_threshold_provenance(blocks))
         record("routed-thresholds")
+    if mode == "input":   # the kind's 4th field is the criterion (no gate threshold: input methods refuse FATReLU)
+        stacked += [derived_weight(f"{prefix}.{role}", lambda k=k: np.concatenate(
+            [weight_array(block.inputs[k]).astype(np.float32) for block in blocks])) for k, role in
+            ((4, "x_thr"), (5, "h_thr"))]
+        effective = [b.attrs.get("effective_calibrated") for b in blocks]
+        attrs.update(_threshold_provenance(blocks), threshold=0.0, criterion=threshold,
+                     rotation_share=blocks[0].attrs.get("rotation_share", 0.0),
+                     expert_effective=tuple(None if v is None or v != v else round(float(v), 5) for v in effective))
+        record("routed-input")
     routed = Node("routed_moe", (x, *stacked[:3], b["v"], b["index"], *stacked[3:]), attrs,
                   TensorType((*x.shape[:-1], blocks[0].shape[-1]), x.dtype), loc)
     record("routed-experts", b["experts"])

@@ -36,29 +36,36 @@ subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7
 builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its
 rows as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
 
-MoE experts that route-moe will route take weighted CATS, a threshold per neuron calibrated on the tokens routed to
-its expert, then a cut on h (`sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, @neuron_thr, R_e){mode='neuron-threshold'}`:
-|act(g_i)|·|R_e| > t_i, then |h_i|·|R_e| > t'_i, R_e the token's routing weight to the expert), a layer's experts
-sharing one pair of cuts on its output scale (`expert_allocation`: "shared", the default, or "uniform": one per expert;
-passes/routed_thresholds.py; route-moe stacks them into `routed_moe{mode=threshold}`), where the target's routed
-kernel takes them (ir/moe.py's `ROUTED_MODES`: x86, ARM and CUDA's) and the experts have no biases. Elsewhere
-(`route_moe.lossless_routed_experts`) they are left lossless, with the reason in the report (`ir.moe.routed_reason`):
-run all-experts they would cost E/k times the routed experts' reads; ReLU-family experts (without biases) run
-exact, their zero neurons skipped; others dense. Explicit `thresholds` for an expert still apply. A block whose
-hidden vector is RMS-normalised (BitNet's ffn_sub_norm) takes no thresholds either (no threshold kernel applies the
-norm): exact where ReLU-family and the target's exact kernel applies the norm, else dense.
+MoE experts that route-moe will route take the asked input method (TEAL / WINA; the default) per expert on the tokens
+routed to it, a rotated method's basis fitted once per MoE layer and shared by its experts
+(`sparse_gated_mlp(linear(x, @Q), @Wg.t, @Wu.t, @Wd.t, @x_thr, @h_thr){mode=input}` per expert, one `linear` per
+layer; passes/routed_input.py; route-moe stacks them into `routed_moe{mode=input}`) where the target's routed kernel
+runs input-sparse experts (ir/moe.py's `ROUTED_MODES["input"]`: x86 and ARM) and the method counts no fixed number
+per token; the cost rule does not apply to them (a layer's experts route as one kind). Otherwise they take weighted
+CATS, a threshold per neuron calibrated on the tokens routed to its expert, then a cut on h (`sparse_gated_mlp(x, @Wg,
+@Wu, @Wd.t, @neuron_thr, R_e){mode='neuron-threshold'}`: |act(g_i)|·|R_e| > t_i, then |h_i|·|R_e| > t'_i, R_e the
+token's routing weight to the expert), a layer's experts sharing one pair of cuts on its output scale
+(`expert_allocation`: "shared", the default, or "uniform": one per expert; passes/routed_thresholds.py; route-moe stacks
+them into `routed_moe{mode=threshold}`), where the target's routed kernel takes them (ir/moe.py's `ROUTED_MODES`: x86,
+ARM and CUDA's) and the experts have no biases. Elsewhere (`route_moe.lossless_routed_experts`) they are left lossless,
+with the reason in the report (`ir.moe.routed_reason`): run all-experts they would cost E/k times the routed experts'
+reads; ReLU-family experts (without biases) run exact, their zero neurons skipped; others dense. Explicit `thresholds`
+for an expert still apply. A block whose hidden vector is RMS-normalised (BitNet's ffn_sub_norm) takes no thresholds
+either (no threshold kernel applies the norm): exact where ReLU-family and the target's exact kernel applies the norm,
+else dense.
 
-Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `routed-expert-thresholds` per routed
-expert calibrated (`routed-expert-too-few-tokens` among them: threshold 0), `shared-cut-layers` per MoE layer
-whose experts shared one cut; `exact-routed-experts` /
-`kept-dense-routed-experts` per expert left exact / dense; `exact-hidden-norm` / `kept-dense-hidden-norm` per normed
-block; `fisher-allocation` once when the
-budget was pooled by `sensitivity`; `rotation-<kind>` per rotation stored
-(`int8`: q8_0, see `rotation.ROTATION_STORAGE`); `kept-dense-by-cost` per block the cost rule kept dense.
+Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `routed-expert-input` per routed expert
+calibrated by an input method; `routed-expert-thresholds` per routed expert calibrated by cuts per neuron
+(`routed-expert-too-few-tokens` among them: threshold 0), `shared-cut-layers` per MoE layer whose experts shared one
+cut; `exact-routed-experts` / `kept-dense-routed-experts` per expert left exact / dense; `exact-hidden-norm` /
+`kept-dense-hidden-norm` per normed block; `fisher-allocation` once when the budget was pooled by `sensitivity`;
+`rotation-<kind>` per rotation stored (`int8`: q8_0, see `rotation.ROTATION_STORAGE`); `kept-dense-by-cost` per block
+the cost rule kept dense.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +75,7 @@ from ..ir import Graph, Node, TensorType, rewrite, weight_node
 from ..ir.activations import reads_input
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, is_exactly_sparse, pattern_name
+from ..ir.moe import routed_kernel_takes
 from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, bytes_per_weight, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
@@ -84,6 +92,7 @@ from .calibrate import (
 from .detect_gated_mlp import plain_as_gated
 from .rotation import ROTATION_STORAGE
 from .route_moe import lossless_routed_experts, routed_experts, with_routing_scale
+from .routed_input import calibrate_routed_input, takes_input_method
 from .routed_thresholds import (
     EXPERT_ALLOCATIONS,
     ROUTED_METHOD,
@@ -165,7 +174,19 @@ class SparsifyThreshold(Pass):
             return [collected[i][0] for i in indices], [collected[i][1] for i in indices]
 
         experts = [i for i in missing if id(blocks[i]) in routing]   # routed, with thresholds: routed_thresholds.py
-        if experts:
+        # or input sparsity (routed_input.py) where the method is an input method the routed kernel takes
+        routed_input = set(experts) if experts and takes_input_method(self.method) and routed_kernel_takes(
+            "input", kernel_family) else set()
+        if routed_input:
+            found = calibrate_routed_input(graph, [blocks[i] for i in experts], rows_of(experts)[0],
+                                           [routing[id(blocks[i])].layer for i in experts],
+                                           [routing[id(blocks[i])].slots for i in experts], self.method,
+                                           self.sparsity, storage, self.progress)
+            for i, c in zip(experts, found):
+                chosen[i] = c
+            record("routed-expert-input", len(experts))
+            missing = [i for i in missing if i not in routed_input]
+        elif experts:
             found = calibrate_routed_experts(graph, [blocks[i] for i in experts], rows_of(experts)[0],
                                              [collected[i][2] for i in experts],
                                              [routing[id(blocks[i])].layer for i in experts], self.sparsity,
@@ -206,18 +227,21 @@ class SparsifyThreshold(Pass):
         cost, fixed = ((self.target.input_byte_cost.get(storage, 1.0), self.target.input_fixed_bytes.get(storage, 0.0))
                        if self.target is not None else (1.0, 0.0))
         # rewrite visits graph.nodes in order (rebuilt nodes: new identity)
-        in_order = iter(zip(chosen, methods, kept_routed))
+        in_order = iter(zip(chosen, methods, kept_routed, (i in routed_input for i in range(len(blocks)))))
         new_weights: dict = {}
+        rotations: dict = {}   # a routed layer's rotation: one `linear` its experts share (routed_input.py)
 
         def visit(node: Node) -> Node | None:
             if node.op != "gated_mlp" or has_hidden_norm(node):
                 return None
-            c, (name, why), kept = next(in_order)
+            c, (name, why), kept, routed_in = next(in_order)
             if kept:   # a routed expert: route-moe runs it exact (ReLU-family) or dense, on its tokens only
                 return exact_block(node, graph, new_weights, kernel_family, count=False) if kept == "exact" else None
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
-            reason = _dense_pays(c, cost, fixed / _block_bytes(node, graph, storage)) if c is not None else \
+            # (a routed expert stays in its layer's kind: route-moe stacks experts of one kind only)
+            reason = "" if routed_in else _dense_pays(c, cost, fixed / _block_bytes(node, graph, storage)) \
+                if c is not None else \
                 "kept dense: this non-gated MLP's call site sees too few calibration tokens for the asked sparsity"
             if reason:
                 record("kept-dense-by-cost" if c is not None else "kept-dense-too-few-tokens")
@@ -231,7 +255,7 @@ class SparsifyThreshold(Pass):
                                         new_weights)
             record(pattern)
             return _threshold_block(node, c, {"method": name, **({"reason": why} if why else {}), **_summary(c)},
-                                    graph, new_weights, ROTATION_STORAGE[storage])
+                                    graph, new_weights, ROTATION_STORAGE[storage], rotations if routed_in else None)
 
         graph = rewrite(graph, visit, new_weights)
         # a routed expert's block takes its term's R_e as its scale: the term's, rebuilt in the graph just built
@@ -332,10 +356,17 @@ def _rotation_weight(name: str, q_t: np.ndarray, kind: str, new_weights: dict) -
     return quantized_weight_node(f"{name}.{qw.layout}", qw)
 
 
+def _experts_module(loc: str) -> str:
+    """A routed expert's location without its index: its layer's experts' module."""
+    return re.sub(r"\.\d+$", "", loc)
+
+
 def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds | ExpertThresholds, provenance: dict,
-                     graph: Graph, new_weights: dict, kind: str) -> Node:
+                     graph: Graph, new_weights: dict, kind: str, shared: dict | None = None) -> Node:
     """The block in threshold mode as `c` says; a routed expert's (ExpertThresholds) without its scale yet (the
-    routing weight of its term: `route_moe.with_routing_scale`)."""
+    routing weight of its term: `route_moe.with_routing_scale`). `shared` (routed experts in input mode): the
+    rotation `linear` of each Q array already built, which the experts of its layer share (route-moe stacks the
+    experts of one input node)."""
     pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
     if isinstance(c, ExpertThresholds):   # a FATReLU's own t is in its thresholds: relu kept above them
         gate_act = "relu" if node.attrs["gate_act"] == "fatrelu" else node.attrs["gate_act"]
@@ -364,8 +395,17 @@ def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds | ExpertTh
     suffix = ".t"
     if c.rotation is not None:   # rotated-*: the block reads x·T, its gate/up rows turned by T⁻ᵀ: (W·T⁻ᵀ)ᵀ = T⁻¹·Wᵀ
         t = c.rotation   # as calibration made it (pca: fp16); the turned weights use that T
-        x = Node("linear", (x, _rotation_weight(f"{prefix}.rotation", t.T, kind, new_weights)), {}, x.type,
-                 node.loc)
+        key = (id(t), id(x))
+        if shared is None or key not in shared:
+            # a routed layer's rotation is named after its experts' module (an expert's location ends in its index)
+            name = (_experts_module(node.loc) if shared is not None and node.loc else prefix) + ".rotation"
+            rotation = Node("linear", (x, _rotation_weight(name, t.T, kind, new_weights)), {}, x.type, node.loc)
+            if shared is None:
+                x = rotation
+            else:
+                shared[key] = rotation
+        if shared is not None:
+            x = shared[key]
         turn_t = c.turn.T.astype(np.float32)
         w_gate_t, w_up_t, suffix = turn_t @ w_gate_t, turn_t @ w_up_t, ".rot.t"
     inputs = (x, new(f"{w_gate.attrs['name']}{suffix}", w_gate_t), new(f"{w_up.attrs['name']}{suffix}", w_up_t),

@@ -14,9 +14,18 @@ import numpy as np
 
 from ..ir import Graph, Node, evaluate, weight_value
 from ..ir.activations import exactly_sparse
+from ..ir.input_sparse import input_intermediate, input_measure
 from ..ir.interpreter import evaluate_from
 from ..ir.mlp import pattern_name, unpack_gated_inputs
-from ..ir.moe import ROUTED_REASONS, expert_rows, routed_reason, routing_weight
+from ..ir.moe import (
+    MODE_INPUTS,
+    ROUTED_INPUTS,
+    ROUTED_REASONS,
+    expert_rows,
+    expert_sizes,
+    routed_reason,
+    routing_weight,
+)
 from ..ir.sparse_variants import (
     dense_intermediate,
     neuron_threshold_parts,
@@ -66,38 +75,51 @@ def _rows(block: Node, x: np.ndarray | None, graph: Graph, mode: str, computed: 
     w_gate, w_up = (weight_value(graph, w) for w in block.inputs[1:3])
     x2d = None if x is None else np.asarray(x.reshape(-1, x.shape[-1]), np.float32)
     rows = []
-    thresholds = (np.asarray(weight_value(graph, block.inputs[6]), np.float32) if attrs["mode"] == "threshold"
-                  else None)
-    # threshold experts drop by |a|·|r|: measured on the tokens routed to each, from the routing of the example
-    # (the interpreter's, or recomputed from x); other experts over every token
-    routing = _routing(block, x, graph, computed) if thresholds is not None and x2d is not None else None
+    # threshold experts (cuts per neuron) and input experts (x_thr, h_thr), stacked by the experts' rows
+    cuts = ([np.asarray(weight_value(graph, w), np.float32) for w in block.inputs[len(ROUTED_INPUTS):]]
+            if attrs["mode"] in MODE_INPUTS else None)
+    # they are measured on the tokens routed to each, from the routing of the example (the interpreter's, or
+    # recomputed from x); other experts over every token
+    routing = _routing(block, x, graph, computed) if cuts is not None and x2d is not None else None
+    _, n = expert_sizes(attrs, w_gate.shape)
     for e in range(attrs["experts"]):
-        part = expert_rows(attrs, w_gate.shape[0], e)
+        part = expert_rows(attrs, w_gate.shape[0], e)   # (input experts: its input channels)
+        neurons = slice(e * n, (e + 1) * n)
         fields: dict = {"expert": e, "sparsity": None}
-        if thresholds is not None:   # threshold mode's routed experts: a threshold per neuron (the median shown)
+        if cuts is not None:   # a threshold per neuron (the median shown: the gate cut's, or h's for input experts)
             calibrated = (attrs.get("expert_calibrated") or ())[e:e + 1]
-            fields.update(threshold=float(np.median(thresholds[0, part])), method=attrs.get("method"),
-                          reason=attrs.get("reason") or "", calibrated_sparsity=calibrated[0] if calibrated else None)
+            shown = cuts[1][neurons] if attrs["mode"] == "input" else cuts[0][0, neurons]
+            fields.update(threshold=float(np.median(shown)),
+                          method=attrs.get("method"), reason=attrs.get("reason") or "",
+                          calibrated_sparsity=calibrated[0] if calibrated else None)
         elif mode in ROUTED_REASONS:   # a lossy mode: its experts lossless, routed
             fields["reason"] = routed_reason(mode, attrs["mode"])
         elif mode != "dense" and not exactly_sparse(attrs["gate_act"]):
             fields["reason"] = (f"{pattern_name(attrs['gate_act'], attrs['up_act'])} is not exactly sparse "
                                 f"(act={attrs['gate_act']}); exact mode needs ReLU-family")
         if x2d is not None:
-            biases = [np.asarray(weight_value(graph, b), np.float32)[part] for b in block.inputs[6:8]]  # bias=True
             gate, up = np.asarray(w_gate[part], np.float32), np.asarray(w_up[part], np.float32)
             r = None if routing is None else routing_weight(*routing, e)
-            kept, h = ((None, dense_intermediate(x2d, gate, up, attrs, *biases)) if thresholds is None
-                       else (None, None) if r is None or not r.any()
-                       else neuron_threshold_parts(x2d[r != 0], gate, up, attrs, thresholds[0, part],
-                                                   thresholds[1, part], scale=r[r != 0, None]))
-            if h is not None:
-                fields["sparsity"] = float(np.mean(h == 0))
-            if kept is not None:   # threshold experts: the gate cut's up rows, the cut on h's down rows
-                fields.update(two_cut_effective(attrs, kept, h))
-        rows.append(BlockReport(f"{block.loc}.{e}", attrs["pattern"], attrs["mode"], part.stop - part.start,
-                                **fields))
+            if cuts is None:
+                biases = [np.asarray(weight_value(graph, b), np.float32)[part] for b in block.inputs[6:8]]  # bias
+                fields["sparsity"] = float(np.mean(dense_intermediate(x2d, gate, up, attrs, *biases) == 0))
+            elif r is not None and r.any():
+                fields.update(_expert_measure(attrs, x2d[r != 0], gate, up, cuts, part, neurons, r[r != 0, None]))
+        rows.append(BlockReport(f"{block.loc}.{e}", attrs["pattern"], attrs["mode"], n, **fields))
     return rows
+
+
+def _expert_measure(attrs: dict, x: np.ndarray, gate: np.ndarray, up: np.ndarray, cuts: list[np.ndarray],
+                    part: slice, neurons: slice, scale: np.ndarray) -> dict:
+    """A threshold or input expert's measured fields on the tokens routed to it (`scale`: their routing weights):
+    its sparsity of h and its effective sparsity (threshold experts: the gate cut's up rows, the cut on h's down
+    rows; input experts: x's rows of gate / up, h's of down, less a rotation's share)."""
+    if attrs["mode"] == "input":
+        extras = {"x_thr": cuts[0][part], "h_thr": cuts[1][neurons]}
+        h = input_intermediate(x, gate, up, extras, attrs)
+        return {"sparsity": float(np.mean(h == 0)), **input_measure(x, gate, up, extras, attrs, h)}
+    kept, h = neuron_threshold_parts(x, gate, up, attrs, cuts[0][0, neurons], cuts[0][1, neurons], scale=scale)
+    return {"sparsity": float(np.mean(h == 0)), **two_cut_effective(attrs, kept, h)}
 
 
 ROWS_PER_STEP = 1024  # neurons measured at once: float32 copies of that many weight rows, not of whole matrices

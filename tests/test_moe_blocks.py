@@ -187,7 +187,8 @@ def test_nemotron_h_relu2_experts_without_a_gate_run_routed_and_exact():
 
 
 def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared_expert_by_its_method(monkeypatch):
-    """DeepSeek-V3's routed SwiGLU experts take weighted CATS, a threshold per neuron calibrated on the tokens the
+    """Under a per-neuron method (CATS), DeepSeek-V3's routed SwiGLU experts take weighted CATS, a threshold per neuron
+    calibrated on the tokens the
     router sends to its expert (passes/routed_thresholds.py), and route-moe stacks them into
     `routed_moe{mode=threshold}` (the CPU's routed kernel reads only the neurons some routed token keeps); the other
     blocks (its shared expert, its dense first layer) take the asked method. The thresholds are each expert's weighted
@@ -207,7 +208,7 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
     passes, collect = [], sparsify_threshold.collect_inputs
     monkeypatch.setattr(sparsify_threshold, "collect_inputs", lambda *a, **k: passes.append(1) or collect(*a, **k))
     cm = actsparse.compile(graph, (ids.numpy(),), mode="threshold", calibration=calibration, sparsity=0.3,
-                           method="wina")
+                           method="cats")
     assert passes == [1]   # one pass over the samples for the experts and the other blocks alike
     stats = cm.report.pass_stats
     assert stats["sparsify-threshold"]["routed-expert-thresholds"] == 4
@@ -222,10 +223,10 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
     assert thresholds.shape == (2, 4 * n_ff) and (thresholds[:, :2 * n_ff] == 0).all()
     assert (thresholds[0, 2 * n_ff:] > 0).all()
     thresholded = {n.loc.rsplit(".", 1)[-1] for n in cm.graph.nodes
-                   if n.op == "sparse_gated_mlp" and n.attrs["mode"] in ("input", "threshold")}
+                   if n.op == "sparse_gated_mlp" and n.attrs["mode"] == "threshold"}
     assert thresholded == {"mlp", "shared_experts"}
     experts = [b for b in cm.report.blocks if b.expert is not None]
-    assert [b.reason for b in experts][2:] == [routed_reason("wina")] * 2
+    assert [b.reason for b in experts][2:] == [routed_reason("cats")] * 2
     assert all(b.reason.startswith("a routed expert the calibration routed 0 tokens to") for b in experts[:2])
     assert [b.threshold for b in experts] == pytest.approx(np.median(thresholds[0].reshape(4, n_ff), axis=1).tolist())
     np.testing.assert_allclose(cm(ids.numpy()), evaluate(cm.graph, [ids.numpy()])[0], rtol=1e-4, atol=1e-5)
@@ -237,7 +238,7 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
     layer = [n for n in dense.nodes if n.op == "routed_moe"][0]
     w_gate, w_up, w_down_t = (dense.weights[w.attrs["name"]] for w in layer.inputs[1:4])
     calibrated = run_pipeline(graph, pipeline_for("threshold", calibration=calibration, sparsity=0.3,
-                                                  method="wina")).graph
+                                                  method="cats")).graph
     x_rows, weights = [], []
     for (sample,) in calibration:
         x, route_w, route_i = evaluate(dense, [sample], keep=list(layer.inputs[0:1]) + list(layer.inputs[4:6]))[1:]

@@ -196,6 +196,95 @@ def test_compiled_routed_kernel_with_empty_biases_computes_the_op(mode):
     np.testing.assert_allclose(cm(*x), evaluate(graph, x)[0], rtol=1e-4, atol=1e-5)
 
 
+def _input_case(rng, M: int, d: int, dtype: str = "float32"):
+    """Input-mode experts [E·d, N] (each transposed), their thresholds (each expert's own quantiles of |x| and of
+    |h| on a probe, so every expert drops a different share; expert 1's 0: lossless) and routing that leaves the
+    last two experts unchosen (their weights NaN)."""
+    from actsparse.ir.activations import apply
+    from actsparse.ir.quant import quantize
+
+    x = rng.standard_normal((M, d)).astype(np.float32)
+    gate, up = (rng.standard_normal((E * d, N)).astype(np.float32) / d**0.5 for _ in range(2))
+    down = rng.standard_normal((E * N, d)).astype(np.float32) / N**0.5
+    quantized = dtype != "float32"
+    blobs = [quantize(w, dtype) for w in (gate, up, down)] if quantized else None
+    arrays = [b.dequantize() for b in blobs] if quantized else [gate, up, down]
+    probe = rng.standard_normal((64, d)).astype(np.float32)
+    x_thr, h_thr = np.zeros(E * d, np.float32), np.zeros(E * N, np.float32)
+    for e, share in enumerate((0.5, 0.0, 0.3, 0.7, 0.5, 0.5)):
+        rows, neurons = slice(e * d, (e + 1) * d), slice(e * N, (e + 1) * N)
+        kept = np.where(np.abs(probe) > np.quantile(np.abs(probe), share), probe, 0)
+        h = apply("silu", kept @ arrays[0][rows]) * (kept @ arrays[1][rows])
+        if share:
+            x_thr[rows] = np.quantile(np.abs(probe), share) * rng.uniform(0.5, 1.5, d)
+            h_thr[neurons] = np.quantile(np.abs(h), share) * rng.uniform(0.5, 1.5, N)
+    for w in (gate, up, *arrays[:2]):
+        w[(E - 2) * d:] = np.nan
+    for w in (down, arrays[2]):
+        w[(E - 2) * N:] = np.nan
+    if quantized:   # the unchosen experts' blocks NaN too
+        blobs = [quantize(w, dtype) for w in (gate, up, down)]
+        arrays = [b.dequantize() for b in blobs]
+    route_i = np.stack([rng.choice(E - 2, K, replace=False) for _ in range(M)]).astype(np.int64)
+    route_w = rng.random((M, K)).astype(np.float32)
+    return x, arrays, [b.blob for b in blobs] if quantized else arrays, route_w, route_i, x_thr, h_thr
+
+
+@pytest.mark.parametrize("M", [1, 5], ids=["decode", "prefill"])
+@pytest.mark.parametrize("dtype", ["float32", "q8_0", "q4_0"])
+@pytest.mark.parametrize("criterion", ["product", "gate"])
+def test_input_routed_kernel_reads_each_experts_kept_channels_and_neurons(M, dtype, criterion):
+    """Input-mode routed experts (SwiGLU, `routed_input.py`): a token routed to expert e keeps channel i where |x_i| >
+    x_thr[e·d + i] and neuron j where |h_j| (or |silu(g_j)|) > h_thr[e·N + j]; the unchosen experts' NaN weights are
+    never read; the result is the reference's and differs from the dense experts' (the thresholds took effect); all
+    thresholds 0 give the dense experts."""
+    from actsparse.codegen.kernels.routed_input import routed_input_moe
+
+    rng = np.random.default_rng(30 + M)
+    d = D if dtype == "float32" else 64   # quantized rows: groups of 32 along the neurons (N = 72: a tail group)
+    x, arrays, blobs, route_w, route_i, x_thr, h_thr = _input_case(rng, M, d, dtype)
+    attrs = {"experts": E, "gate_act": "silu", "up_act": "identity", "mode": "input", "criterion": criterion}
+    expected = routed_moe_ref(x, *arrays, route_w, route_i, x_thr, h_thr, attrs, {})
+    zero = [np.zeros_like(x_thr), np.zeros_like(h_thr)]
+    dense = routed_moe_ref(x, *arrays, route_w, route_i, *zero, attrs, {})
+    assert np.isfinite(expected).all() and not np.allclose(expected, dense, rtol=1e-3)
+    kernel = routed_input_moe(d, N, E, gate_act="silu", criterion=criterion, dtype=dtype, sched=SCHED)
+    np.testing.assert_allclose(run(kernel, x, *blobs, route_w, route_i, x_thr, h_thr, out_shape=(M, d)), expected,
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run(kernel, x, *blobs, route_w, route_i, *zero, out_shape=(M, d)), dense, rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_compiled_input_routed_op_computes_the_op():
+    """The lowering of `routed_moe{mode=input}` (the routed-input kernel, its thresholds passed after the routing):
+    a graph of the op alone, compiled for the host, equals its interpretation; and densify's twin (each expert's
+    gate / up transposed back, thresholds dropped) equals the op with thresholds 0."""
+    import actsparse
+    from actsparse.ir import Graph, Node, TensorType, evaluate, weight_node
+    from actsparse.passes.densify import Densify
+
+    rng = np.random.default_rng(5)
+    M = 6
+    x, arrays, _, route_w, route_i, x_thr, h_thr = _input_case(rng, M, D)
+    names = ("gate", "up", "down_t", "x_thr", "h_thr")
+    weights = [weight_node(f"moe.routed.{n}", a) for n, a in zip(names, (*arrays, x_thr, h_thr))]
+    inputs = [Node("input", (), {"name": n}, TensorType(shape, dtype)) for n, shape, dtype in
+              (("x", (M, D), "f32"), ("route_w", (M, K), "f32"), ("route_i", (M, K), "i64"))]
+    attrs = {"experts": E, "gate_act": "silu", "up_act": "identity", "mode": "input", "pattern": "swiglu"}
+    op = Node("routed_moe", (inputs[0], *weights[:3], *inputs[1:], *weights[3:]), attrs, TensorType((M, D), "f32"),
+              "moe")
+    graph = Graph(inputs, [op], {w.attrs["name"]: a for w, a in zip(weights, (*arrays, x_thr, h_thr))})
+    values = (x, route_w, route_i)
+    cm = actsparse.compile(graph, values, mode="dense")
+    assert [n.attrs["mode"] for n in cm.graph.nodes if n.op == "routed_moe"] == ["input"]
+    np.testing.assert_allclose(cm(*values), evaluate(graph, values)[0], rtol=1e-4, atol=1e-5)
+    twin = Densify().run(graph)
+    (dense,) = [n for n in twin.nodes if n.op == "routed_moe"]
+    assert dense.attrs["mode"] == "dense" and dense.inputs[1].shape == (E * N, D) and len(dense.inputs) == 6
+    zero = routed_moe_ref(x, *arrays, route_w, route_i, np.zeros_like(x_thr), np.zeros_like(h_thr), attrs, {})
+    np.testing.assert_allclose(evaluate(twin, values)[0], zero, rtol=1e-4, atol=1e-5)
+
+
 def test_arm_threshold_routed_kernel_matches_the_reference_under_qemu():
     """The threshold routed kernel built for aarch64 (NEON's dot product on the 4-bit rows: x in 8-bit blocks, as
     the reference rounds it), float32 and q4_0 experts, decode and prefill, run under qemu."""
@@ -234,7 +323,8 @@ def test_arm_threshold_routed_kernel_matches_the_reference_under_qemu():
 
 
 def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thresholded():
-    """A Mixtral (SwiGLU experts, top-2 of 4) through compile() in threshold mode: every expert neuron takes its own
+    """A Mixtral (SwiGLU experts, top-2 of 4) through compile() in threshold mode with a per-neuron method (CATS):
+    every expert neuron takes its own
     threshold (weighted CATS), calibrated on the prompt tokens routed to its expert (the sink position left out), the
     expert's sparsity from the layer's pooled budget, stacked into one `routed_moe{mode=threshold}`; the compiled
     prompt step computes what its graph says, the report shows each expert's median threshold, its method and
@@ -249,7 +339,7 @@ def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thre
     model = hf_model("mixtral", hidden_act="silu")
     calibration = [torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(s))
                    for s in range(8)]
-    lm = actsparse.compile(model, mode="threshold", sparsity=0.5, max_seq=32, calibration=calibration)
+    lm = actsparse.compile(model, mode="threshold", sparsity=0.5, max_seq=32, calibration=calibration, method="cats")
     assert lm.report.pass_stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4, "routed-thresholds": 1}
     (routed,) = [n for n in lm.module.graph.nodes if n.op == "routed_moe"]
     thresholds = lm.module.graph.weights[routed.inputs[6].attrs["name"]]
@@ -274,6 +364,77 @@ def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thre
               *(np.zeros(t.shape, np.float32) for _, t in lm.module.inputs[3:]))
     np.testing.assert_allclose(lm.module(*inputs)[0], evaluate(lm.module.graph, inputs)[0], rtol=1e-4, atol=1e-4)
     assert lm.generate(PROMPT, 6).shape == (1, PROMPT.shape[1] + 6)
+
+
+def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_input_sparse():
+    """The default method (rotated-wina-greedy) on a Mixtral's routed experts (passes/routed_input.py): the layer's
+    experts read x turned by one rotation (a `linear` they share; the router reads x as it is), Q the principal axes of
+    their calibration rows pooled; each expert's x_thr / h_thr come from wina-greedy on its own routed tokens, turned,
+    at 0.5 plus Q's share of the bytes a token's k experts read; route-moe stacks them into one
+    `routed_moe{mode=input}` (gate / up each expert transposed). Compiled, the prompt step computes what its graph
+    says; the report's expert rows show x's and the effective sparsity near the asked one; the decoder generates."""
+    import torch
+
+    import actsparse
+    from actsparse.ir import evaluate
+    from actsparse.ir.quant import dequantize
+    from actsparse.passes.block_weights import BlockWeights
+    from actsparse.passes.rotation import rotation_share
+
+    from .test_decode import PROMPT, hf_model
+
+    model = hf_model("mixtral", hidden_act="silu")
+    calibration = [torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(s))
+                   for s in range(8)]
+    lm = actsparse.compile(model, mode="threshold", sparsity=0.5, max_seq=32, calibration=calibration)
+    assert lm.report.pass_stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4, "routed-input": 1}
+    assert lm.report.pass_stats["sparsify-threshold"]["routed-expert-input"] == 4
+    graph = lm.module.graph
+    (routed,) = [n for n in graph.nodes if n.op == "routed_moe"]
+    assert routed.attrs["mode"] == "input" and routed.attrs["method"] == "rotated-wina-greedy"
+    rotation, w_gate_t = routed.inputs[0], routed.inputs[1]
+    assert rotation.op == "linear" and rotation.inputs[1].attrs["name"] == "model.layers.0.mlp.experts.rotation.q8_0"
+    layer_input = rotation.inputs[0]
+    router_reads = {id(a) for a in _ancestors(routed.inputs[5])}
+    assert id(layer_input) in router_reads and id(rotation) not in router_reads   # the router reads x as it is
+    d, n = layer_input.shape[-1], routed.inputs[3].shape[0] // 4
+    assert w_gate_t.shape == (4 * d, n)
+    q = rotation.inputs[1]
+    q_values = dequantize(graph.weights[q.attrs["name"]], q.attrs["layout"], d)
+    np.testing.assert_allclose(q_values @ q_values.T, np.eye(d), atol=0.03)   # orthogonal, stored q8_0
+    x_thr, h_thr = (graph.weights[w.attrs["name"]] for w in routed.inputs[6:8])
+    assert x_thr.shape == (4 * d,) and h_thr.shape == (4 * n,)
+    assert len({float(np.median(x_thr[e * d:(e + 1) * d])) for e in range(4)}) == 4 and (h_thr > 0).all()
+    blocks = BlockWeights(np.zeros((n, d), np.float32), np.zeros((n, d), np.float32), np.zeros((d, n), np.float32),
+                          "silu")
+    assert routed.attrs["rotation_share"] == pytest.approx(rotation_share(d, blocks, "fp32") / 2, abs=1e-5)
+    experts = [b for b in lm.report.blocks if b.expert is not None]
+    assert {b.method for b in experts} == {"rotated-wina-greedy"} and {b.mode for b in experts} == {"input"}
+    assert all(b.input_sparsity is not None for b in experts)
+    assert 0.3 < np.mean([b.effective_sparsity for b in experts]) < 0.7
+    ids = PROMPT.numpy()
+    inputs = (ids, np.zeros(1, np.int64), np.zeros(ids.shape[1], np.int64),
+              *(np.zeros(t.shape, np.float32) for _, t in lm.module.inputs[3:]))
+    # compiled, the rotation (q8_0) runs on the host's int8 dots, which round x to 8-bit blocks where the interpreter
+    # multiplies floats: the experts' x differs by that rounding, and a value near its threshold may fall either
+    # side (the op itself, compiled, equals its interpretation: test_compiled_input_routed_op_computes_the_op)
+    turned = evaluate(graph, inputs, keep=[rotation])[-1]
+    compiled = lm.module.kernel_inputs(inputs, [w_gate_t.attrs["name"]])[w_gate_t.attrs["name"]]
+    np.testing.assert_allclose(compiled.reshape(turned.shape), turned, atol=0.01 * np.abs(turned).max())
+    got, want = lm.module(*inputs)[0], evaluate(graph, inputs)[0]
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max() and (got.argmax(-1) == want.argmax(-1)).all()
+    assert lm.generate(PROMPT, 6).shape == (1, PROMPT.shape[1] + 6)
+
+
+def _ancestors(node) -> list:
+    """`node` and every node it reads, transitively."""
+    seen, stack = {}, [node]
+    while stack:
+        n = stack.pop()
+        if id(n) not in seen:
+            seen[id(n)] = n
+            stack.extend(n.inputs)
+    return list(seen.values())
 
 
 def test_route_moe_stacks_threshold_experts_and_computes_what_the_all_experts_form_did(monkeypatch):
