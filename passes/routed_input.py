@@ -15,7 +15,8 @@ shared rotation per layer and wina-greedy per expert, +5.38% (BENCHMARKS.md sess
 How, per MoE layer:
 1. the rotated-* methods: its experts' calibration rows pooled (each expert's: the tokens routed to it) and their
    principal axes Q fitted (`rotation.pca_rotation`, whatever basis the method names: a weight-metric basis is one
-   block's, not the layer's); every expert reads x·Q (the layer's router still reads x) and its gate / up rows are
+   block's, not the layer's; where the layer pools fewer than ROTATION_TOKENS_PER_CHANNEL rows per channel, no Q:
+   `routed-layer-unrotated`); every expert reads x·Q (the layer's router still reads x) and its gate / up rows are
    turned by Q. Q costs d² weights per token for the k experts a token reads: its share of their bytes
    (`rotation.rotation_share` / k) is added to each expert's budget, as the rotated-* methods pay for it in a dense
    block, and taken off its effective sparsity;
@@ -38,9 +39,10 @@ from .greedy_allocation import MAX_LEVEL
 from .input_thresholds import InputThresholds, enough_rows
 from .rotation import pca_rotation, rotated, rotation_share
 from .routed_thresholds import TOO_FEW_REASON
-from .sparsity_methods import calibrate_input_blocks, method
+from .sparsity_methods import ROTATION_TOKENS_PER_CHANNEL, calibrate_input_blocks, method
 
 POOLED_ROWS = 8192   # a layer's rows its rotation is fitted on at most (evenly spaced over the experts' rows)
+# (a layer rotates where at least ROTATION_TOKENS_PER_CHANNEL rows per channel are pooled, as a dense block does)
 
 
 def takes_input_method(name: str) -> bool:
@@ -68,12 +70,15 @@ def calibrate_routed_input(graph: Graph, blocks: list[Node], rows: list[np.ndarr
     for layer in tqdm(sorted(set(layers)), desc="calibrate experts", unit="layer", disable=not progress or None):
         own = [i for i in range(len(blocks)) if layers[i] == layer]
         q, share = None, 0.0
-        if m.rotate:
-            q = pca_rotation(_pooled(rows[i] for i in own), rows[own[0]].shape[1]).astype(np.float32)
+        pooled = _pooled(rows[i] for i in own)
+        if m.rotate and len(pooled) >= ROTATION_TOKENS_PER_CHANNEL * pooled.shape[1]:
+            q = pca_rotation(pooled, pooled.shape[1]).astype(np.float32)
             share = rotation_share(len(q), weights[own[0]], storage) / max(slots[own[0]], 1)
             turned = {i: rotated(weights[i], rows[i], q, q) for i in own}
-        else:
+        else:   # (a rotated method with too few rows for the layer's basis: its experts as they are)
             turned = {i: (weights[i], rows[i]) for i in own}
+            if m.rotate:
+                record("routed-layer-unrotated")
         fit = [i for i in own if enough_rows(rows[i], sparsity)]
         found = calibrate_input_blocks([turned[i][0] for i in fit], [turned[i][1] for i in fit], base,
                                        min(sparsity + share, MAX_LEVEL), progress=False) if fit else []

@@ -175,18 +175,21 @@ class SparsifyThreshold(Pass):
 
         experts = [i for i in missing if id(blocks[i]) in routing]   # routed, with thresholds: routed_thresholds.py
         # or input sparsity (routed_input.py) where the method is an input method the routed kernel takes
-        routed_input = set(experts) if experts and takes_input_method(self.method) and routed_kernel_takes(
-            "input", kernel_family) else set()
+        # (FATReLU experts, which input methods refuse, take the cuts: a layer's experts share their gate)
+        routed_input = {i for i in experts if not refused(blocks[i], self.method)} if takes_input_method(
+            self.method) and routed_kernel_takes("input", kernel_family) else set()
         if routed_input:
-            found = calibrate_routed_input(graph, [blocks[i] for i in experts], rows_of(experts)[0],
-                                           [routing[id(blocks[i])].layer for i in experts],
-                                           [routing[id(blocks[i])].slots for i in experts], self.method,
+            inputs = sorted(routed_input)
+            found = calibrate_routed_input(graph, [blocks[i] for i in inputs], rows_of(inputs)[0],
+                                           [routing[id(blocks[i])].layer for i in inputs],
+                                           [routing[id(blocks[i])].slots for i in inputs], self.method,
                                            self.sparsity, storage, self.progress)
-            for i, c in zip(experts, found):
+            for i, c in zip(inputs, found):
                 chosen[i] = c
-            record("routed-expert-input", len(experts))
+            record("routed-expert-input", len(inputs))
             missing = [i for i in missing if i not in routed_input]
-        elif experts:
+            experts = [i for i in experts if i not in routed_input]
+        if experts:
             found = calibrate_routed_experts(graph, [blocks[i] for i in experts], rows_of(experts)[0],
                                              [collected[i][2] for i in experts],
                                              [routing[id(blocks[i])].layer for i in experts], self.sparsity,

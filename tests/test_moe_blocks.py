@@ -287,6 +287,56 @@ def test_threshold_mode_leaves_routed_experts_lossless_where_no_routed_kernel_ta
     assert routed_reason("threshold", "dense", "cuda") in reasons
 
 
+@pytest.mark.parametrize("target, method, mode", [("x86", "rotated-wina-greedy", "input"), ("arm", "wina", "input"),
+                                                   ("cuda", "rotated-wina-greedy", "threshold"),
+                                                   ("x86", "topk", "threshold")])
+def test_routed_experts_take_input_sparsity_where_a_routed_kernel_runs_it(target, method, mode):
+    """Threshold mode's routed experts take the asked input method (passes/routed_input.py: `routed_moe{mode=input}`)
+    where the target's routed kernel runs input-sparse experts (x86, ARM) and the method counts no fixed number per
+    token; on CUDA (no such kernel) and under top-k they take the per-neuron cuts (`mode=threshold`). The experts no
+    calibration token reaches (DeepSeek-V3's choice bias: experts 0 and 1) keep thresholds 0, lossless."""
+    model = _deepseek_v3_group_limited()
+    ids = example_ids(model)
+    rng = np.random.default_rng(0)
+    calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
+    graph = import_torch(CausalLMLogits(model).eval(), (ids,))
+    run = run_pipeline(graph, pipeline_for("threshold", target, calibration=calibration, sparsity=0.3, method=method))
+    (routed,) = [n for n in run.graph.nodes if n.op == "routed_moe"]
+    assert routed.attrs["mode"] == mode
+    stats = run.stats["sparsify-threshold"]
+    assert stats["routed-expert-too-few-tokens"] == 2
+    if mode == "threshold":
+        assert stats["routed-expert-thresholds"] == 4 and "routed-expert-input" not in stats
+        return
+    assert stats["routed-expert-input"] == 4 and "routed-expert-thresholds" not in stats
+    assert (routed.inputs[0].op == "linear") == method.startswith("rotated-")   # the layer's one rotation
+    d, n = routed.inputs[0].shape[-1], routed.inputs[1].shape[1]
+    x_thr, h_thr = (run.graph.weights[w.attrs["name"]] for w in routed.inputs[6:8])
+    assert not x_thr[:2 * d].any() and not h_thr[:2 * n].any()   # experts 0, 1: every nonzero x and h kept
+    assert x_thr[2 * d:].any() and h_thr[2 * n:].any()
+    np.testing.assert_allclose(evaluate(run.graph, [ids.numpy()])[0], CausalLMLogits(model)(ids).detach().numpy(),
+                               rtol=0.2, atol=0.2)   # lossy at 0.3, but the same model
+
+
+def test_a_routed_layer_with_too_few_rows_for_its_basis_stays_unrotated(monkeypatch):
+    """A rotated method whose MoE layer pools fewer than ROTATION_TOKENS_PER_CHANNEL calibration rows per channel
+    fits no basis there (as a dense block): its experts read x as it is (`routed-layer-unrotated`)."""
+    from actsparse.passes import routed_input
+
+    monkeypatch.setattr(routed_input, "ROTATION_TOKENS_PER_CHANNEL", 1000)
+    model = _deepseek_v3_group_limited()
+    ids = example_ids(model)
+    rng = np.random.default_rng(0)
+    calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
+    graph = import_torch(CausalLMLogits(model).eval(), (ids,))
+    run = run_pipeline(graph, pipeline_for("threshold", "x86", calibration=calibration, sparsity=0.3,
+                                           method="rotated-wina-greedy"))
+    (routed,) = [n for n in run.graph.nodes if n.op == "routed_moe"]
+    assert routed.attrs["mode"] == "input" and routed.inputs[0].op != "linear"
+    assert run.stats["sparsify-threshold"]["routed-layer-unrotated"] == 1
+    assert routed.attrs["rotation_share"] == 0.0
+
+
 def test_phimoe_sparsemixer_routes_on_its_argmax_choices():
     """PhiMoE's sparsemixer picks its two experts by argmax, then argmax of the scores with the first masked, and
     concatenates them (no top-k): every id still lies in [0, E), so route-moe takes the concat of argmaxes as the
