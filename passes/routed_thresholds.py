@@ -4,18 +4,18 @@ routed to its expert, one pair of cuts on the layer's output scale shared by its
 A routed expert (one route-moe will run on its tokens only, `route_moe.routed_experts`) takes threshold mode only as
 the routed kernel does (ir/moe.py's `ROUTED_MODES`): a token keeps neuron i of expert e where |act_gate(g_i)|·|r_e| >
 t_i and then |h_i|·|r_e| > t'_i (below), r_e its routing weight to e (the CATS criterion with a threshold per neuron on
-the layer's output scale, and a cut on h, `sparse_gated_mlp{mode=neuron-threshold}` until route-moe stacks it) where the
-asked method is no input method the target's routed kernel takes (those: routed_input.py; a per-neuron method such as
-cats, a top-k one, or CUDA's routed kernel, which has no input mode), whatever method the other blocks take. The t_i
-come from CATS's score weighted per neuron (ROUTED_METHOD, "weighted CATS"): |act_gate(g_i)|·c_i·|r_e| > τ with c_i =
-‖W_down[:, i]‖ · mean |act_up(u_i)| — how far neuron i moves the expert's output per unit of its gate value, on the
-calibration tokens the router sends to expert e (the rows whose routing weight is not 0, `collect_inputs(routing=)`, in
-the threshold pass's one pass over the samples; not every token, whose values the expert never sees in use) — so t_i = τ
-/ c_i. Why weighted: plain CATS drops a neuron by its gate value alone, though a neuron with a large up factor or down
-column moves the output more at the same gate value. Measured as torch replacements on SmolLM2-135M at 0.5 in every MLP,
-4 held-out windows (benchmarks/neuron_weights.py, BENCHMARKS.md session 38): +30.82% perplexity plain, +19.83% weighted
-(the RMS of u in place of its mean: +19.70%, the same; the down column alone: +47.44%, worse). A neuron of c_i = 0 (its
-down column zero, or its up factor zero on every calibration row) is never kept: it adds nothing.
+the layer's output scale, and a cut on h, `sparse_gated_mlp{mode=neuron-threshold}` until route-moe stacks it), whatever
+method the other blocks take, unless asked for input sparsity (`routed_experts="input"`: routed_input.py). The t_i
+come from CATS's score
+weighted per neuron (ROUTED_METHOD, "weighted CATS"): |act_gate(g_i)|·c_i·|r_e| > τ with c_i = ‖W_down[:, i]‖ · mean
+|act_up(u_i)| — how far neuron i moves the expert's output per unit of its gate value, on the calibration tokens the
+router sends to expert e (the rows whose routing weight is not 0, `collect_inputs(routing=)`, in the threshold pass's
+one pass over the samples; not every token, whose values the expert never sees in use) — so t_i = τ / c_i. Why weighted:
+plain CATS drops a neuron by its gate value alone, though a neuron with a large up factor or down column moves the
+output more at the same gate value. Measured as torch replacements on SmolLM2-135M at 0.5 in every MLP, 4 held-out
+windows (benchmarks/neuron_weights.py, BENCHMARKS.md session 38): +30.82% perplexity plain, +19.83% weighted (the RMS of
+u in place of its mean: +19.70%, the same; the down column alone: +47.44%, worse). A neuron of c_i = 0 (its down column
+zero, or its up factor zero on every calibration row) is never kept: it adds nothing.
 
 The routing weight is in the score: an expert's output reaches the layer scaled by r_e, so neuron i's contribution
 to the layer's output is r_e·h_i·W_down[:, i], estimated before its up row is read as |act_gate(g_i)|·c_i·|r_e|.

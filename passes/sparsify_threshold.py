@@ -27,7 +27,8 @@ tuples; not part of the text form), `max_tokens` (calibration rows kept per bloc
 method then pools the budget across blocks by it, sensitivity_allocation.py; not part of the text form),
 `storage` (how the weights will be stored: a `quantize=` value; None: as the graph holds them), which prices a
 rotated method's Q against the block's bytes and tells the quantize pass what Q may become
-(`rotation.ROTATION_STORAGE`).
+(`rotation.ROTATION_STORAGE`), `expert_allocation` and `routed_experts` (routed MoE experts, below; pass options, no
+compile() arguments).
 
 Cost rule (`target`, its `input_byte_cost` and `input_fixed_bytes`): an input-mode block whose kernel would read
 (1 - s) of the bytes at a higher cost per byte than the dense kernel, plus a fixed cost per call, pays nothing when
@@ -36,23 +37,24 @@ subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7
 builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its
 rows as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
 
-MoE experts that route-moe will route take the asked input method (TEAL / WINA; the default) per expert on the tokens
-routed to it, a rotated method's basis fitted once per MoE layer and shared by its experts
+MoE experts that route-moe will route take, with `routed_experts="input"`, the asked input method (TEAL / WINA) per
+expert on the tokens routed to it, a rotated method's basis fitted once per MoE layer and shared by its experts
 (`sparse_gated_mlp(linear(x, @Q), @Wg.t, @Wu.t, @Wd.t, @x_thr, @h_thr){mode=input}` per expert, one `linear` per
 layer; passes/routed_input.py; route-moe stacks them into `routed_moe{mode=input}`) where the target's routed kernel
 runs input-sparse experts (ir/moe.py's `ROUTED_MODES["input"]`: x86 and ARM) and the method counts no fixed number
-per token; the cost rule does not apply to them (a layer's experts route as one kind). Otherwise they take weighted
-CATS, a threshold per neuron calibrated on the tokens routed to its expert, then a cut on h (`sparse_gated_mlp(x, @Wg,
-@Wu, @Wd.t, @neuron_thr, R_e){mode='neuron-threshold'}`: |act(g_i)|·|R_e| > t_i, then |h_i|·|R_e| > t'_i, R_e the
-token's routing weight to the expert), a layer's experts sharing one pair of cuts on its output scale
-(`expert_allocation`: "shared", the default, or "uniform": one per expert; passes/routed_thresholds.py; route-moe stacks
-them into `routed_moe{mode=threshold}`), where the target's routed kernel takes them (ir/moe.py's `ROUTED_MODES`: x86,
-ARM and CUDA's) and the experts have no biases. Elsewhere (`route_moe.lossless_routed_experts`) they are left lossless,
-with the reason in the report (`ir.moe.routed_reason`): run all-experts they would cost E/k times the routed experts'
-reads; ReLU-family experts (without biases) run exact, their zero neurons skipped; others dense. Explicit `thresholds`
-for an expert still apply. A block whose hidden vector is RMS-normalised (BitNet's ffn_sub_norm) takes no thresholds
-either (no threshold kernel applies the norm): exact where ReLU-family and the target's exact kernel applies the norm,
-else dense.
+per token; the cost rule does not apply to them (a layer's experts route as one kind). Not the default: half the
+perplexity increase of the cuts at more bytes skipped, but measured slower than the dense experts on an AVX2 host
+(routed_input.py). By default ("cuts") they take weighted CATS, a threshold per neuron calibrated on the tokens routed
+to its expert, then a cut on h (`sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, @neuron_thr, R_e){mode='neuron-threshold'}`:
+|act(g_i)|·|R_e| > t_i, then |h_i|·|R_e| > t'_i, R_e the token's routing weight to the expert), a layer's experts
+sharing one pair of cuts on its output scale (`expert_allocation`: "shared", the default, or "uniform": one per expert;
+passes/routed_thresholds.py; route-moe stacks them into `routed_moe{mode=threshold}`), where the target's routed kernel
+takes them (ir/moe.py's `ROUTED_MODES`: x86, ARM and CUDA's) and the experts have no biases. Elsewhere
+(`route_moe.lossless_routed_experts`) they are left lossless, with the reason in the report (`ir.moe.routed_reason`):
+run all-experts they would cost E/k times the routed experts' reads; ReLU-family experts (without biases) run exact,
+their zero neurons skipped; others dense. Explicit `thresholds` for an expert still apply. A block whose hidden vector
+is RMS-normalised (BitNet's ffn_sub_norm) takes no thresholds either (no threshold kernel applies the norm): exact where
+ReLU-family and the target's exact kernel applies the norm, else dense.
 
 Statistics: one count per pattern rewritten (`swiglu`, `geglu-fused`, ...); `routed-expert-input` per routed expert
 calibrated by an input method; `routed-expert-thresholds` per routed expert calibrated by cuts per neuron
@@ -104,6 +106,10 @@ from .sparse_layout import to_sparse_layout
 from .sparsify_exact import exact_block
 from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 
+# what routed experts take: "cuts" (the default), each neuron's cuts (routed_thresholds.py), or "input", the asked
+# input method per expert (routed_input.py), where the target's routed kernel runs it (module docstring)
+ROUTED_EXPERT_KINDS = ("cuts", "input")
+
 
 @dataclass(frozen=True)
 class SparsifyThreshold(Pass):
@@ -119,6 +125,7 @@ class SparsifyThreshold(Pass):
     progress: bool = True
     storage: str | None = None
     expert_allocation: str = "shared"   # routed experts' cut: routed_thresholds.EXPERT_ALLOCATIONS
+    routed_experts: str = "cuts"   # what routed experts take: ROUTED_EXPERT_KINDS (module docstring)
     target: Target | None = field(default=None, repr=False, compare=False)   # its input_byte_cost: the cost rule
     loss_guard: object = field(default=None, repr=False, compare=False)   # quality_guard.LossGuard
     # the method for blocks `method` cannot take (calibrate.refused: gate/up biases, FATReLU under an input method);
@@ -135,6 +142,9 @@ class SparsifyThreshold(Pass):
         if self.expert_allocation not in EXPERT_ALLOCATIONS:
             raise ValueError(f"sparsify-threshold: unknown expert_allocation {self.expert_allocation!r}; valid: "
                              f"{', '.join(EXPERT_ALLOCATIONS)}")
+        if self.routed_experts not in ROUTED_EXPERT_KINDS:
+            raise ValueError(f"sparsify-threshold: unknown routed_experts {self.routed_experts!r}; valid: "
+                             f"{', '.join(ROUTED_EXPERT_KINDS)}")
         if self.storage is not None and self.storage not in ROTATION_STORAGE:
             raise ValueError(f"sparsify-threshold: unknown storage {self.storage!r}; valid: "
                              f"{', '.join(ROTATION_STORAGE)}")
@@ -176,8 +186,9 @@ class SparsifyThreshold(Pass):
         experts = [i for i in missing if id(blocks[i]) in routing]   # routed, with thresholds: routed_thresholds.py
         # or input sparsity (routed_input.py) where the method is an input method the routed kernel takes
         # (FATReLU experts, which input methods refuse, take the cuts: a layer's experts share their gate)
-        routed_input = {i for i in experts if not refused(blocks[i], self.method)} if takes_input_method(
-            self.method) and routed_kernel_takes("input", kernel_family) else set()
+        routed_input = {i for i in experts if not refused(blocks[i], self.method)} if (
+            self.routed_experts == "input" and takes_input_method(self.method)
+            and routed_kernel_takes("input", kernel_family)) else set()
         if routed_input:
             inputs = sorted(routed_input)
             found = calibrate_routed_input(graph, [blocks[i] for i in inputs], rows_of(inputs)[0],

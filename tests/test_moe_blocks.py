@@ -290,11 +290,15 @@ def test_threshold_mode_leaves_routed_experts_lossless_where_no_routed_kernel_ta
 @pytest.mark.parametrize("target, method, mode", [("x86", "rotated-wina-greedy", "input"), ("arm", "wina", "input"),
                                                    ("cuda", "rotated-wina-greedy", "threshold"),
                                                    ("x86", "topk", "threshold")])
-def test_routed_experts_take_input_sparsity_where_a_routed_kernel_runs_it(target, method, mode):
-    """Threshold mode's routed experts take the asked input method (passes/routed_input.py: `routed_moe{mode=input}`)
-    where the target's routed kernel runs input-sparse experts (x86, ARM) and the method counts no fixed number per
-    token; on CUDA (no such kernel) and under top-k they take the per-neuron cuts (`mode=threshold`). The experts no
-    calibration token reaches (DeepSeek-V3's choice bias: experts 0 and 1) keep thresholds 0, lossless."""
+def test_routed_experts_take_input_sparsity_where_a_routed_kernel_runs_it(monkeypatch, target, method, mode):
+    """Asked to (`routed_experts="input"`), threshold mode's routed experts take the asked input method
+    (passes/routed_input.py: `routed_moe{mode=input}`) where the target's routed kernel runs input-sparse experts (x86,
+    ARM) and the method counts no fixed number per token; on CUDA (no such kernel) and under top-k they take the
+    per-neuron cuts (`mode=threshold`), as they do unasked. The experts no calibration token reaches (DeepSeek-V3's
+    choice bias: experts 0 and 1) keep thresholds 0, lossless."""
+    from .test_routed_moe import routed_input_experts
+
+    routed_input_experts(monkeypatch)
     model = _deepseek_v3_group_limited()
     ids = example_ids(model)
     rng = np.random.default_rng(0)
@@ -323,6 +327,9 @@ def test_a_routed_layer_with_too_few_rows_for_its_basis_stays_unrotated(monkeypa
     fits no basis there (as a dense block): its experts read x as it is (`routed-layer-unrotated`)."""
     from actsparse.passes import routed_input
 
+    from .test_routed_moe import routed_input_experts
+
+    routed_input_experts(monkeypatch)
     monkeypatch.setattr(routed_input, "ROTATION_TOKENS_PER_CHANNEL", 1000)
     model = _deepseek_v3_group_limited()
     ids = example_ids(model)

@@ -323,8 +323,8 @@ def test_arm_threshold_routed_kernel_matches_the_reference_under_qemu():
 
 
 def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thresholded():
-    """A Mixtral (SwiGLU experts, top-2 of 4) through compile() in threshold mode with a per-neuron method (CATS):
-    every expert neuron takes its own
+    """A Mixtral (SwiGLU experts, top-2 of 4) through compile() in threshold mode (the default method, whose routed
+    experts take cuts per neuron unless asked otherwise): every expert neuron takes its own
     threshold (weighted CATS), calibrated on the prompt tokens routed to its expert (the sink position left out), the
     expert's sparsity from the layer's pooled budget, stacked into one `routed_moe{mode=threshold}`; the compiled
     prompt step computes what its graph says, the report shows each expert's median threshold, its method and
@@ -339,7 +339,7 @@ def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thre
     model = hf_model("mixtral", hidden_act="silu")
     calibration = [torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(s))
                    for s in range(8)]
-    lm = actsparse.compile(model, mode="threshold", sparsity=0.5, max_seq=32, calibration=calibration, method="cats")
+    lm = actsparse.compile(model, mode="threshold", sparsity=0.5, max_seq=32, calibration=calibration)
     assert lm.report.pass_stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4, "routed-thresholds": 1}
     (routed,) = [n for n in lm.module.graph.nodes if n.op == "routed_moe"]
     thresholds = lm.module.graph.weights[routed.inputs[6].attrs["name"]]
@@ -366,8 +366,9 @@ def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_thre
     assert lm.generate(PROMPT, 6).shape == (1, PROMPT.shape[1] + 6)
 
 
-def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_input_sparse():
-    """The default method (rotated-wina-greedy) on a Mixtral's routed experts (passes/routed_input.py): the layer's
+def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_input_sparse(monkeypatch):
+    """The default method (rotated-wina-greedy) on a Mixtral's routed experts, asked for input sparsity
+    (`routed_experts="input"`, passes/routed_input.py): the layer's
     experts read x turned by one rotation (a `linear` they share; the router reads x as it is), Q the principal axes of
     their calibration rows pooled; each expert's x_thr / h_thr come from wina-greedy on its own routed tokens, turned,
     at 0.5 plus Q's share of the bytes a token's k experts read; route-moe stacks them into one
@@ -386,6 +387,7 @@ def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_inpu
     model = hf_model("mixtral", hidden_act="silu")
     calibration = [torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(s))
                    for s in range(8)]
+    routed_input_experts(monkeypatch)
     lm = actsparse.compile(model, mode="threshold", sparsity=0.5, max_seq=32, calibration=calibration)
     assert lm.report.pass_stats["route-moe"] == {"routed-moe": 1, "routed-experts": 4, "routed-input": 1}
     assert lm.report.pass_stats["sparsify-threshold"]["routed-expert-input"] == 4
@@ -424,6 +426,16 @@ def test_a_swiglu_mixtral_decoder_in_threshold_mode_runs_its_routed_experts_inpu
     got, want = lm.module(*inputs)[0], evaluate(graph, inputs)[0]
     assert np.abs(got - want).max() < 0.1 * np.abs(want).max() and (got.argmax(-1) == want.argmax(-1)).all()
     assert lm.generate(PROMPT, 6).shape == (1, PROMPT.shape[1] + 6)
+
+
+def routed_input_experts(monkeypatch) -> None:
+    """compile()'s threshold pipeline with sparsify-threshold's `routed_experts="input"` (a pass option)."""
+    import functools
+
+    from actsparse.passes import pipeline
+
+    monkeypatch.setattr(pipeline, "SparsifyThreshold", functools.partial(pipeline.SparsifyThreshold,
+                                                                         routed_experts="input"))
 
 
 def _ancestors(node) -> list:
