@@ -88,7 +88,7 @@ def calibrate_routed_input(graph: Graph, blocks: list[Node], rows: list[np.ndarr
             record("routed-expert-too-few-tokens")
             note({"kind": "kept-threshold", "location": blocks[i].loc, "mode": "input",
                   "reason": TOO_FEW_REASON.format(tokens=len(rows[i]), sparsity=sparsity)})
-            plans[i] = _lossless(turned[i][0], len(rows[i]), q, share)
+            plans[i] = _lossless(turned[i][0], len(rows[i]), q, share, m.criterion)
     return [plans[i] for i in range(len(blocks))]
 
 
@@ -99,8 +99,9 @@ def _pooled(parts) -> np.ndarray:
     return rows[::step]
 
 
-def _lossless(bw, tokens: int, q: np.ndarray | None, share: float) -> InputThresholds:
-    """Thresholds 0 for an expert too few calibration tokens reach: every nonzero x and h kept."""
+def _lossless(bw, tokens: int, q: np.ndarray | None, share: float, criterion: str) -> InputThresholds:
+    """Thresholds 0 for an expert too few calibration tokens reach: every nonzero x and h kept (its method's
+    criterion, as its layer's other experts: route-moe stacks experts of one kind)."""
     d, n = bw.w_gate.shape[1], bw.w_gate.shape[0]
-    return InputThresholds(np.zeros(d, np.float32), np.zeros(n, np.float32), 0, 0, "product", float("nan"),
+    return InputThresholds(np.zeros(d, np.float32), np.zeros(n, np.float32), 0, 0, criterion, float("nan"),
                            float("nan"), -share, tokens, rotation=q, turn=q, rotation_share=share)

@@ -288,6 +288,7 @@ def test_threshold_mode_leaves_routed_experts_lossless_where_no_routed_kernel_ta
 
 
 @pytest.mark.parametrize("target, method, mode", [("x86", "rotated-wina-greedy", "input"), ("arm", "wina", "input"),
+                                                   ("x86", "teal-cats", "input"),
                                                    ("cuda", "rotated-wina-greedy", "threshold"),
                                                    ("x86", "topk", "threshold")])
 def test_routed_experts_take_input_sparsity_where_a_routed_kernel_runs_it(monkeypatch, target, method, mode):
