@@ -243,7 +243,7 @@ class SparsifyThreshold(Pass):
         # rewrite visits graph.nodes in order (rebuilt nodes: new identity)
         in_order = iter(zip(chosen, methods, kept_routed, (i in routed_input for i in range(len(blocks)))))
         new_weights: dict = {}
-        rotations: dict = {}   # a routed layer's rotation: one `linear` its experts share (routed_input.py)
+        rotations: dict = {}   # the rotation `linear` per (Q, input): a routed layer's experts share one
 
         def visit(node: Node) -> Node | None:
             if node.op != "gated_mlp" or has_hidden_norm(node):
@@ -269,7 +269,7 @@ class SparsifyThreshold(Pass):
                                         new_weights)
             record(pattern)
             return _threshold_block(node, c, {"method": name, **({"reason": why} if why else {}), **_summary(c)},
-                                    graph, new_weights, ROTATION_STORAGE[storage], rotations if routed_in else None)
+                                    graph, new_weights, ROTATION_STORAGE[storage], rotations, routed_in)
 
         graph = rewrite(graph, visit, new_weights)
         # a routed expert's block takes its term's R_e as its scale: the term's, rebuilt in the graph just built
@@ -376,11 +376,10 @@ def _experts_module(loc: str) -> str:
 
 
 def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds | ExpertThresholds, provenance: dict,
-                     graph: Graph, new_weights: dict, kind: str, shared: dict | None = None) -> Node:
+                     graph: Graph, new_weights: dict, kind: str, rotations: dict, routed: bool = False) -> Node:
     """The block in threshold mode as `c` says; a routed expert's (ExpertThresholds) without its scale yet (the
-    routing weight of its term: `route_moe.with_routing_scale`). `shared` (routed experts in input mode): the
-    rotation `linear` of each Q array already built, which the experts of its layer share (route-moe stacks the
-    experts of one input node)."""
+    routing weight of its term: `route_moe.with_routing_scale`). `rotations`: the rotation `linear` built per (Q,
+    input) so far, which a routed layer's input experts (`routed`) share (route-moe stacks experts of one input)."""
     pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"])
     if isinstance(c, ExpertThresholds):   # a FATReLU's own t is in its thresholds: relu kept above them
         gate_act = "relu" if node.attrs["gate_act"] == "fatrelu" else node.attrs["gate_act"]
@@ -409,17 +408,12 @@ def _threshold_block(node: Node, c: NeuronThreshold | InputThresholds | ExpertTh
     suffix = ".t"
     if c.rotation is not None:   # rotated-*: the block reads x·T, its gate/up rows turned by T⁻ᵀ: (W·T⁻ᵀ)ᵀ = T⁻¹·Wᵀ
         t = c.rotation   # as calibration made it (pca: fp16); the turned weights use that T
-        key = (id(t), id(x))
-        if shared is None or key not in shared:
+        key = (id(t), id(x))   # one linear per Q and input (a routed layer's experts share theirs)
+        if key not in rotations:
             # a routed layer's rotation is named after its experts' module (an expert's location ends in its index)
-            name = (_experts_module(node.loc) if shared is not None and node.loc else prefix) + ".rotation"
-            rotation = Node("linear", (x, _rotation_weight(name, t.T, kind, new_weights)), {}, x.type, node.loc)
-            if shared is None:
-                x = rotation
-            else:
-                shared[key] = rotation
-        if shared is not None:
-            x = shared[key]
+            name = (_experts_module(node.loc) if routed and node.loc else prefix) + ".rotation"
+            rotations[key] = Node("linear", (x, _rotation_weight(name, t.T, kind, new_weights)), {}, x.type, node.loc)
+        x = rotations[key]
         turn_t = c.turn.T.astype(np.float32)
         w_gate_t, w_up_t, suffix = turn_t @ w_gate_t, turn_t @ w_up_t, ".rot.t"
     inputs = (x, new(f"{w_gate.attrs['name']}{suffix}", w_gate_t), new(f"{w_up.attrs['name']}{suffix}", w_up_t),

@@ -50,6 +50,16 @@ def _deepseek_v3_group_limited():
     return model
 
 
+def _deepseek_v3_calibrated():
+    """(model, ids, calibration, graph): `_deepseek_v3_group_limited`, its example ids, 24 random-id calibration
+    samples of their shape and its imported graph."""
+    model = _deepseek_v3_group_limited()
+    ids = example_ids(model)
+    rng = np.random.default_rng(0)
+    calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
+    return model, ids, calibration, import_torch(CausalLMLogits(model).eval(), (ids,))
+
+
 def _auto(model):
     ids = example_ids(model)
     wrapped = CausalLMLogits(model).eval()
@@ -198,11 +208,7 @@ def test_threshold_mode_thresholds_routed_experts_on_their_tokens_and_the_shared
     from actsparse.ir.activations import apply
     from actsparse.passes.routed_thresholds import ExpertScores, least_error_cuts, routed_reason
 
-    model = _deepseek_v3_group_limited()
-    ids = example_ids(model)
-    rng = np.random.default_rng(0)
-    calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
-    graph = import_torch(CausalLMLogits(model).eval(), (ids,))
+    model, ids, calibration, graph = _deepseek_v3_calibrated()
     from actsparse.passes import sparsify_threshold
 
     passes, collect = [], sparsify_threshold.collect_inputs
@@ -273,11 +279,7 @@ def test_threshold_mode_leaves_routed_experts_lossless_where_no_routed_kernel_ta
 
     monkeypatch.setitem(moe.ROUTED_MODES, "threshold", ("cpu",))
 
-    model = _deepseek_v3_group_limited()
-    ids = example_ids(model)
-    rng = np.random.default_rng(0)
-    calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
-    graph = import_torch(CausalLMLogits(model).eval(), (ids,))
+    model, ids, calibration, graph = _deepseek_v3_calibrated()
     run = run_pipeline(graph, pipeline_for("threshold", "cuda", calibration=calibration, sparsity=0.3,
                                            method="wina"))
     assert run.stats["sparsify-threshold"]["kept-dense-routed-experts"] == 4
@@ -300,11 +302,7 @@ def test_routed_experts_take_input_sparsity_where_a_routed_kernel_runs_it(monkey
     from .test_routed_moe import routed_input_experts
 
     routed_input_experts(monkeypatch)
-    model = _deepseek_v3_group_limited()
-    ids = example_ids(model)
-    rng = np.random.default_rng(0)
-    calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
-    graph = import_torch(CausalLMLogits(model).eval(), (ids,))
+    model, ids, calibration, graph = _deepseek_v3_calibrated()
     run = run_pipeline(graph, pipeline_for("threshold", target, calibration=calibration, sparsity=0.3, method=method))
     (routed,) = [n for n in run.graph.nodes if n.op == "routed_moe"]
     assert routed.attrs["mode"] == mode
@@ -332,11 +330,7 @@ def test_a_routed_layer_with_too_few_rows_for_its_basis_stays_unrotated(monkeypa
 
     routed_input_experts(monkeypatch)
     monkeypatch.setattr(routed_input, "ROTATION_TOKENS_PER_CHANNEL", 1000)
-    model = _deepseek_v3_group_limited()
-    ids = example_ids(model)
-    rng = np.random.default_rng(0)
-    calibration = [(rng.integers(0, model.config.vocab_size, ids.shape),) for _ in range(24)]
-    graph = import_torch(CausalLMLogits(model).eval(), (ids,))
+    model, ids, calibration, graph = _deepseek_v3_calibrated()
     run = run_pipeline(graph, pipeline_for("threshold", "x86", calibration=calibration, sparsity=0.3,
                                            method="rotated-wina-greedy"))
     (routed,) = [n for n in run.graph.nodes if n.op == "routed_moe"]
