@@ -7,11 +7,12 @@
 
 `--kernels`: the kernels alone, before / after in one run: the fused dense kernel (q4_0 as compile(quantize="int4")
 stores it, q4_1 as SmolLM2's GGUF), the dense path as built under quantize= (three linears on rows as stored), the
-input-sparse kernel on q4_0 with the float axpys (before session 13), with the target's table (x86 AVX512-VNNI
-and AVX2: every axpy integer) and as top-k (the same share kept as a count per token), each on `--layers` weight
-copies called in turn (30 SmolLM2 layers: 45 MB, beyond the last-level cache, as in a decode step), x's and h's
-thresholds the quantiles of this x's own scores (exactly s of each skipped). Runners interleaved per round, µs per
-call (min and median over rounds, the first runner of a round rotating).
+input-sparse kernel on q4_0 with the float axpys (before session 13), its work split by columns at batch 1 (before
+session 42, `input_channels.py`), with the target's table (x86 AVX512-VNNI and AVX2: every axpy integer) and as top-k
+(the same share kept as a count per token), each on `--layers` weight copies called in turn (30 SmolLM2 layers: 45 MB,
+beyond the last-level cache, as in a decode step), x's and h's thresholds the quantiles of this x's own scores (exactly
+s of each skipped). Runners interleaved per round, µs per call (min and median over rounds, the first runner of a round
+rotating).
 
 Why: on SmolLM2-135M (d 576, n_ff 1536) decode part (b) measures threshold mode per step against dense; this
 isolates one MLP, batch 1, so the per-call cost of the threshold kernel (x's channel list, the gathered-row axpys,
@@ -72,6 +73,8 @@ def kernel_runners(d: int, n_ff: int, sparsity: float, threads: int, layers: int
              "dense q4_1": dense_gated_mlp(d, n_ff, gate_act="silu", dtype="q4_1", sched=sched),
              f"input {dtype}, float axpys (before)": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype=dtype,
                                                                            sched=before),
+             f"input {dtype}, split by columns (before session 42)": input_sparse_gated_mlp(
+                 d, n_ff, gate_act="silu", dtype=dtype, sched=sched, by_rows=0),
              f"input {dtype}, the target's axpys": input_sparse_gated_mlp(d, n_ff, gate_act="silu", dtype=dtype,
                                                                          sched=sched),
              # the same share kept as a fixed count per token (method 'topk': each token's k-th score selected)

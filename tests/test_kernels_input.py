@@ -146,11 +146,13 @@ def quant_input_calls(rng, d, n, dtype, gate_act, up_act, criterion, int8_axpy=F
     return calls
 
 
-def quant_input_kernel(d, n, dtype, acts, sched):
+def quant_input_kernel(d, n, dtype, acts, sched, by_rows=None):
     from actsparse.codegen.kernels import kernel
 
     gate_act, up_act, criterion = acts
-    return kernel("input", d, n, gate_act=gate_act, up_act=up_act, criterion=criterion, dtype=dtype, sched=sched)
+    split = {} if by_rows is None else {"by_rows": by_rows}   # (a CPU kernel's; the CUDA one has no such split)
+    return kernel("input", d, n, gate_act=gate_act, up_act=up_act, criterion=criterion, dtype=dtype, sched=sched,
+                  **split)
 
 
 def check_quant(jobs, outs):
@@ -164,10 +166,12 @@ def check_quant(jobs, outs):
 
 @settings(max_examples=examples(4), suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(QUANT_DTYPES), d=ragged, n=ragged, acts=st.sampled_from(INPUT_ACTS),
-       seed=st.integers(0, 999), every_integer=st.booleans())
-def test_x86_quantized_input_sparse_kernel_matches_the_dequantized_reference(dtype, d, n, acts, seed, every_integer):
+       seed=st.integers(0, 999), every_integer=st.booleans(), by_rows=st.sampled_from([None, 2]))
+def test_x86_quantized_input_sparse_kernel_matches_the_dequantized_reference(dtype, d, n, acts, seed, every_integer,
+                                                                              by_rows):
     """The target's schedule (its table gives this kernel the integer axpys on AVX512-VNNI and AVX2 hosts, else
-    float) or every axpy integer where the host has an int8 dot (the A/B path, `ffn_sweep --axpy integer`)."""
+    float) or every axpy integer where the host has an int8 dot (the A/B path, `ffn_sweep --axpy integer`); the work
+    split by rows for every call (the L2's bound) or up to 2 tokens (the 3-token call by columns)."""
     from dataclasses import replace
 
     from actsparse import targets
@@ -176,7 +180,7 @@ def test_x86_quantized_input_sparse_kernel_matches_the_dequantized_reference(dty
 
     sched = schedule_for(targets.get("x86"))
     sched = replace(sched, int8_axpy=True) if every_integer else sched
-    prim = quant_input_kernel(d, n, dtype, acts, sched)
+    prim = quant_input_kernel(d, n, dtype, acts, sched, by_rows)
     integer = uses_int8_axpy(dtype, sched, "input")
     calls = quant_input_calls(np.random.default_rng(seed), d, n, dtype, *acts, int8_axpy=integer)
     check_quant([(prim, calls)], [run_native(prim, calls)])
@@ -355,9 +359,9 @@ def routed_calls(calls: list[Call]) -> list[Call]:
     return out
 
 
-def routed_input_jobs(target_name: str, d: int, n: int, seed: int):
+def routed_input_jobs(target_name: str, d: int, n: int, seed: int, by_rows=None):
     """The routed input kernel (2 experts) per layout, on `quant_input_calls`' cases (none / all / random kept),
-    with the target's schedule (its integer axpys where its table gives "input" them)."""
+    with the target's schedule (its integer axpys where its table gives "input" them); `by_rows` the kernel's."""
     from actsparse import targets
     from actsparse.codegen.kernels import kernel
     from actsparse.codegen.kernels.quant_axpy8 import uses_int8_axpy
@@ -367,7 +371,7 @@ def routed_input_jobs(target_name: str, d: int, n: int, seed: int):
     jobs = []
     for dtype, (gate_act, up_act, criterion) in zip(("float32", *QUANT_DTYPES), INPUT_ACTS * 2):
         prim = kernel("routed-input", d, n, 2, gate_act=gate_act, up_act=up_act, criterion=criterion, dtype=dtype,
-                      sched=sched)
+                      sched=sched, by_rows=by_rows)
         calls = (float_input_calls(rng, d, n, gate_act, up_act, criterion) if dtype == "float32" else
                  quant_input_calls(rng, d, n, dtype, gate_act, up_act, criterion,
                                    int8_axpy=uses_int8_axpy(dtype, sched, "input")))
@@ -390,12 +394,12 @@ def float_input_calls(rng, d, n, gate_act, up_act, criterion) -> list[Call]:
 
 
 @settings(max_examples=examples(2), suppress_health_check=[HealthCheck.too_slow])
-@given(d=ragged, n=ragged, seed=st.integers(0, 999))
-def test_x86_routed_input_kernel_runs_the_input_steps_at_its_experts_offsets(d, n, seed):
+@given(d=ragged, n=ragged, seed=st.integers(0, 999), by_rows=st.sampled_from([None, 2]))
+def test_x86_routed_input_kernel_runs_the_input_steps_at_its_experts_offsets(d, n, seed, by_rows):
     """The routed input kernel (routed_moe{mode=input}) on the host's schedule: float32 and every quantized layout
     (the integer axpys where the target's table gives them), 0% / 100% / some channels kept, sizes not multiples of
-    32; expert 0's NaN rows never read."""
-    jobs = routed_input_jobs("x86", d, n, seed)
+    32; expert 0's NaN rows never read; the work split by rows for every call or up to 2 tokens."""
+    jobs = routed_input_jobs("x86", d, n, seed, by_rows)
     check_quant(jobs, [run_native(prim, calls) for prim, calls in jobs])
 
 

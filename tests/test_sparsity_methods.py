@@ -5,6 +5,7 @@ cached, and bad calibration is one clear error."""
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -112,9 +113,10 @@ def test_input_sparse_kernel_matches_the_reference_and_skips():
     cases = [("product", "silu", "identity", CpuSchedule(lanes=16, threads=2)),
              ("gate", "gelu_tanh", "relu", CpuSchedule(lanes=8, threads=3, rows=1, accumulators=3, prefetch=False,
                                                         vector_registers=16))]
-    for criterion, gate_act, up_act, sched in cases:
+    # by_rows: the work split by rows up to that many tokens (None: the L2's bound, both calls), else by columns
+    for (criterion, gate_act, up_act, sched), by_rows in itertools.product(cases, (None, 3)):
         fn = build_standalone(input_sparse_gated_mlp(d, n, gate_act=gate_act, up_act=up_act, criterion=criterion,
-                                                     sched=sched), host_target())
+                                                     sched=sched, by_rows=by_rows), host_target())
         for m in (1, 5):
             x = rng.standard_normal((m, d)).astype(np.float32)
             wg, wu = (rng.standard_normal((d, n)).astype(np.float32) for _ in range(2))

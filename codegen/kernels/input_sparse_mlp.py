@@ -27,6 +27,11 @@ So a token reads (1 - s_x)·(gate + up) + (1 - s_h)·down bytes. Top-k (x_keep /
 token): step 0 first finds each token's k-th largest |x_i| / x_thr_i (`top_k.py`'s radix select) and keeps the
 channels at or above it; for h, step 1 stores every neuron's h and ratio, a serial step finds each token's k-th
 ratio over all n_ff, and a second parallel step masks and lists (the select needs the whole row, which no task has).
+With thresholds, a call of at most `by_rows` tokens (`input_channels.channel_tokens`: while the tasks' partial sums fit
+the L2, so every decoding step) runs steps 1 and 2 split by rows instead (`input_channels.py`): each task reads whole
+rows, its share of the listed channels' and then its own kept neurons', into partial sums added after. Session 42,
+Zen 3, 2 threads, q4_0 at 50% of x kept: SmolLM2's dims 0.13 instead of 0.23 ms, Mistral-7B's 3.7 instead of 4.3 ms
+(BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from tvm.script import tirx as T
 from ...ir.activations import reads_input
 from .axpy import axpy_macro, task_columns, zero_columns_macro
 from .common import GATE_ACTS, activation, symbol
+from .input_channels import channel_mlp_macro, channel_steps, channel_tokens, partial_rows
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp
@@ -196,8 +202,9 @@ def input_steps(d: int, n_ff: int, gate_act: str, up_act: str, criterion: str, d
 @cache
 def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act: str = "identity",
                            criterion: str = "product", dtype: str = "float32", sched: CpuSchedule,
-                           x_keep: int = 0, h_keep: int = 0):
-    """(x, w_gate_t, w_up_t, w_down_t, x_thr, h_thr, out), see the module docstring."""
+                           x_keep: int = 0, h_keep: int = 0, by_rows: int | None = None):
+    """(x, w_gate_t, w_up_t, w_down_t, x_thr, h_thr, out), see the module docstring. `by_rows`: a thresholds call of
+    at most this many tokens splits its work by rows (`input_channels.py`; None: `channel_tokens`, 0: never)."""
     check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
     if x_keep < 0 or h_keep < 0:
         raise ValueError(f"top-k counts must be >= 0 (0: thresholds), got x_keep={x_keep}, h_keep={h_keep}")
@@ -207,33 +214,19 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     sched_n, sched_d = sched.fitted(n_ff, dtype), sched.fitted(d, dtype)
     threads = sched.threads
     steps = input_steps(d, n_ff, gate_act, up_act, criterion, dtype, sched, x_keep, h_keep)
+    by_rows = channel_tokens(n_ff, sched) if by_rows is None else by_rows
+    rows_mlp = channel_mlp_macro(channel_steps(steps, masked_h_macro(gate_act, up_act, criterion), d, n_ff, up_act,
+                                               dtype, sched), d, threads)
     Rd = sched_d.rows
     in_shape, wdtype = weight_buffer(d, n_ff, dtype)
     down_shape, _ = weight_buffer(n_ff, d, dtype)
     name = symbol("gmlp", "input", criterion, f"d{d}", f"f{n_ff}", gate_act.replace("_", ""), up_act, dtype,
-                  sched_n.tag, f"r{Rd}", *([f"top{x_keep}x{h_keep}"] if x_keep or h_keep else []))
+                  sched_n.tag, f"r{Rd}", *([f"top{x_keep}x{h_keep}"] if x_keep or h_keep else []), f"br{by_rows}")
 
-    @T.prim_func
-    def kernel(x_h: T.handle, w_gate_t: T.Buffer(in_shape, wdtype), w_up_t: T.Buffer(in_shape, wdtype),
-               w_down_t: T.Buffer(down_shape, wdtype), x_thr: T.Buffer((d,), "float32"),
-               h_thr: T.Buffer((n_ff,), "float32"), out_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        M = T.int64()
-        x = T.match_buffer(x_h, (M, d), "float32")
-        out = T.match_buffer(out_h, (M, d), "float32")
-        xs = T.alloc_buffer((M, d), "float32")      # kept x values by slot
-        xidx = T.alloc_buffer((d,), "int32")        # input channel of each slot
-        nx = T.alloc_buffer((1,), "int32")
+    @T.macro
+    def by_columns(x, x_thr, w_gate_t, w_up_t, w_down_t, h_thr, xs, xidx, nx, idx, cnt, hist, sel, xr, tau, out, M):
         g = T.alloc_buffer((M, n_ff), "float32")
         h = T.alloc_buffer((M, n_ff), "float32")    # u, then h by neuron, then compacted to slots in each slice
-        idx = T.alloc_buffer((n_ff,), "int32")      # neuron of each slot (task t's slots from its slice start)
-        cnt = T.alloc_buffer((threads,), "int32")
-        # top-k only (one element each otherwise): the radix select's buckets and state, each token's ratios of x,
-        # each token's k-th ratio's bits (x, then h)
-        hist = T.alloc_buffer((256 if top_k else 1,), "int32")
-        sel = T.alloc_buffer((4,), "int32")
-        xr = T.alloc_buffer((M if x_keep > 0 else 1, d if x_keep > 0 else 1), "float32")
-        tau = T.alloc_buffer((M if top_k else 1, 2), "int32")
         # 0) the input channels some token keeps (top-k: at or above its k-th ratio)
         if x_keep > 0:
             for m in range(M):
@@ -261,5 +254,36 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
         # 2) down: task t owns a slice of the output columns and streams that slice of every listed row
         for t in T.parallel(threads):
             steps.down(t, w_down_t, idx, cnt, h, out, M)
+
+    @T.prim_func
+    def kernel(x_h: T.handle, w_gate_t: T.Buffer(in_shape, wdtype), w_up_t: T.Buffer(in_shape, wdtype),
+               w_down_t: T.Buffer(down_shape, wdtype), x_thr: T.Buffer((d,), "float32"),
+               h_thr: T.Buffer((n_ff,), "float32"), out_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, d), "float32")
+        out = T.match_buffer(out_h, (M, d), "float32")
+        xs = T.alloc_buffer((M, d), "float32")      # kept x values by slot
+        xidx = T.alloc_buffer((d,), "int32")        # input channel of each slot
+        nx = T.alloc_buffer((1,), "int32")
+        idx = T.alloc_buffer((n_ff,), "int32")      # neuron of each slot (task t's slots from its slice start)
+        cnt = T.alloc_buffer((threads,), "int32")
+        # top-k only (one element each otherwise): the radix select's buckets and state, each token's ratios of x,
+        # each token's k-th ratio's bits (x, then h)
+        hist = T.alloc_buffer((256 if top_k else 1,), "int32")
+        sel = T.alloc_buffer((4,), "int32")
+        xr = T.alloc_buffer((M if x_keep > 0 else 1, d if x_keep > 0 else 1), "float32")
+        tau = T.alloc_buffer((M if top_k else 1, 2), "int32")
+        # the split by rows: each task's partial g, u and output (none under top-k)
+        gp = T.alloc_buffer((1 if top_k else partial_rows(M, by_rows, threads), n_ff), "float32")
+        hp = T.alloc_buffer((1 if top_k else partial_rows(M, by_rows, threads), n_ff), "float32")
+        parts = T.alloc_buffer((1 if top_k else partial_rows(M, by_rows, threads), d), "float32")
+        if top_k:
+            by_columns(x, x_thr, w_gate_t, w_up_t, w_down_t, h_thr, xs, xidx, nx, idx, cnt, hist, sel, xr, tau, out, M)
+        elif M <= by_rows:   # decoding: whole rows per task (`input_channels.py`)
+            rows_mlp(x, x_thr, w_gate_t, w_up_t, w_down_t, h_thr, xs, xidx, nx, gp, hp, parts, idx, cnt, tau, out, M, 0,
+                     0)
+        else:
+            by_columns(x, x_thr, w_gate_t, w_up_t, w_down_t, h_thr, xs, xidx, nx, idx, cnt, hist, sel, xr, tau, out, M)
 
     return kernel.with_attr("global_symbol", name)

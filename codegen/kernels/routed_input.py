@@ -17,7 +17,9 @@ For each expert e in turn the tokens routed to it are gathered (`routed_moe.gath
 reads nothing) and run through the input-sparse kernel's steps (`input_sparse_mlp.input_steps`) at the expert's row
 offsets: the channels some gathered token keeps (|x_i| > x_thr[e·d + i]) are listed, only their rows of the gate and
 up stacks are read (a row-axpy each), h is masked (|h_j| or |act(g_j)| > h_thr[e·n + j]) and only the kept neurons'
-down rows are read; the expert's output rows are added to `out` scaled by the tokens' routing weights. A token so
+down rows are read; the expert's output rows are added to `out` scaled by the tokens' routing weights. An expert's
+tokens up to `by_rows` (decoding) run the steps split by rows (`input_channels.py`: each task whole rows of n_ff, where
+a slice of each was 216 bytes of q4_0 per task at n_ff 768 and 2 tasks). A token so
 reads (1 - s_x)·(gate + up) + (1 - s_h)·down of each of its k experts. The expert's thresholds are copied to
 [d] / [n_ff] scratch first (the steps read thresholds from index 0), d + n_ff floats per expert hit.
 """
@@ -28,7 +30,8 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .input_sparse_mlp import check_input_sparse, input_steps
+from .input_channels import channel_mlp_macro, channel_steps, channel_tokens, partial_rows
+from .input_sparse_mlp import check_input_sparse, input_steps, masked_h_macro
 from .quant_blocks import weight_buffer
 from .routed_moe import gather_macro, output_macros
 from .schedule import CpuSchedule
@@ -37,15 +40,21 @@ from .sparse_mlp import mlp_symbol
 
 @cache
 def routed_input_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "silu", up_act: str = "identity",
-                     criterion: str = "product", dtype: str = "float32", sched: CpuSchedule):
-    """(x, w_gate_t, w_up_t, w_down_t, route_w, route_i, x_thr, h_thr, out), see the module docstring."""
+                     criterion: str = "product", dtype: str = "float32", sched: CpuSchedule,
+                     by_rows: int | None = None):
+    """(x, w_gate_t, w_up_t, w_down_t, route_w, route_i, x_thr, h_thr, out), see the module docstring. `by_rows`: an
+    expert with at most this many tokens splits its work by rows (`input_channels.py`; None: `channel_tokens`, 0:
+    never)."""
     check_input_sparse(d, n_ff, gate_act, up_act, dtype, criterion)
     if experts < 1:
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
+    threads = sched.threads
     steps = input_steps(d, n_ff, gate_act, up_act, criterion, dtype, sched)
+    by_rows = channel_tokens(n_ff, sched) if by_rows is None else by_rows
+    rows_mlp = channel_mlp_macro(channel_steps(steps, masked_h_macro(gate_act, up_act, criterion), d, n_ff, up_act,
+                                               dtype, sched), d, threads)
     gather = gather_macro(d)
     zero_rows, add_rows = output_macros(d)
-    threads = sched.threads
     in_shape, wdtype = weight_buffer(experts * d, n_ff, dtype)
     down_shape, _ = weight_buffer(experts * n_ff, d, dtype)
 
@@ -76,6 +85,9 @@ def routed_input_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "silu",
         idx = T.alloc_buffer((n_ff,), "int32")     # stack row of each slot's neuron
         cnt = T.alloc_buffer((threads,), "int32")
         unused = T.alloc_buffer((1, 2), "int32")   # the steps' top-k state (thresholds here)
+        gp = T.alloc_buffer((partial_rows(M, by_rows, threads), n_ff), "float32")   # split by rows: each task's
+        hp = T.alloc_buffer((partial_rows(M, by_rows, threads), n_ff), "float32")   # partial g, u and output
+        parts = T.alloc_buffer((partial_rows(M, by_rows, threads), d), "float32")
         zero_rows(out, M)
         for e in range(experts):
             gather(e, M, K, route_i, route_w, x, xg, tok, wt, nt)
@@ -85,13 +97,17 @@ def routed_input_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "silu",
                     xt[i] = x_thr[e * d + i]
                 for j in range(n_ff):
                     ht[j] = h_thr[e * n_ff + j]
-                steps.list_inputs(xg, xt, xg, unused, Mx, xs, xidx, nx, e * d)
-                for t in T.parallel(threads):
-                    steps.gate_up(t, w_gate_t, w_up_t, xidx, nx, xs, g, h, Mx)
-                    steps.list_kept(g, h, ht, unused, idx, cnt, t, Mx, e * n_ff)
-                for t in T.parallel(threads):
-                    steps.down(t, w_down_t, idx, cnt, h, og, Mx)
+                if Mx <= by_rows:
+                    rows_mlp(xg, xt, w_gate_t, w_up_t, w_down_t, ht, xs, xidx, nx, gp, hp, parts, idx, cnt, unused, og,
+                             Mx, e * d, e * n_ff)
+                else:
+                    steps.list_inputs(xg, xt, xg, unused, Mx, xs, xidx, nx, e * d)
+                    for t in T.parallel(threads):
+                        steps.gate_up(t, w_gate_t, w_up_t, xidx, nx, xs, g, h, Mx)
+                        steps.list_kept(g, h, ht, unused, idx, cnt, t, Mx, e * n_ff)
+                    for t in T.parallel(threads):
+                        steps.down(t, w_down_t, idx, cnt, h, og, Mx)
                 add_rows(Mx, tok, wt, og, out, og, e)   # (no down bias: og stands in for it, unread)
 
-    name = mlp_symbol(f"routedi{criterion[0]}e{experts}", d, n_ff, gate_act, up_act, 0.0, dtype, sched, dtype)
+    name = mlp_symbol(f"routedi{criterion[0]}b{by_rows}e{experts}", d, n_ff, gate_act, up_act, 0.0, dtype, sched, dtype)
     return kernel.with_attr("global_symbol", name)
