@@ -156,12 +156,13 @@ def x86_target(flags: set[str], mcpu: str, threads: int, model: str) -> Target:
 # - AVX512-VNNI (Zen 4, BENCHMARKS.md session 35), at 50% skipped: int4 the time of dense at the small size
 #   (decode_profile), 0.58x at the large; int8 1.25x and 0.76x (q8_0's gate / up axpys run float on VNNI).
 # - AVX2 without VNNI (Zen 3, session 36): the q4_0 axpys are bound by their arithmetic (~12-14 GB/s of weights
-#   against three linears' ~25); q8_0's (int16 pairs) near the linears' rate. Mistral dims, input / three linears'
-#   time at 30 / 50 / 70% skipped: q4_0 1.11 / 1.10 / 0.53, q8_0 0.78 / 0.61 / 0.47; SmolLM2's file decoded with
-#   every block input-sparse at 50% (`decode --artifacts`, held-out prose): int4 0.97x dense's tokens/s, int8 1.01x.
+#   against three linears' ~25); q8_0's (int16 pairs) near the linears' rate. Refitted in session 42, once a decoding
+#   call's tasks read whole rows (`input_channels.py`), input / three linears' time at 30 / 50 / 70% skipped (medians):
+#   q4_0 1.01 / 0.73 / 0.48 at Mistral dims, 1.38 / 1.11 / 0.73 at SmolLM2's; q8_0 0.89 / 0.63 / 0.37 and 0.82 / 0.65
+#   / 0.43 (session 36's column split, Mistral dims: q4_0 1.11 / 1.10 / 0.53, q8_0 0.78 / 0.61 / 0.47).
 INPUT_COSTS = {
     "avx512_vnni": {"int4": (1.16, 0.63e6), "int8": (1.5, 1.4e6)},
-    "avx2": {"int4": (2.0, 0.63e6), "int8": (1.2, 1.4e6)},
+    "avx2": {"int4": (1.5, 0.48e6), "int8": (1.2, 0.1e6)},
 }
 
 
