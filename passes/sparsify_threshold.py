@@ -30,12 +30,12 @@ rotated method's Q against the block's bytes and tells the quantize pass what Q 
 (`rotation.ROTATION_STORAGE`), `expert_allocation` and `routed_experts` (routed MoE experts, below; pass options, no
 compile() arguments).
 
-Cost rule (`target`, its `input_byte_cost` and `input_fixed_bytes`): an input-mode block whose kernel would read
-(1 - s) of the bytes at a higher cost per byte than the dense kernel, plus a fixed cost per call, pays nothing when
-(1 - s) x cost + fixed / the block's bytes >= 1 (s its calibrated effective sparsity, a rotation's bytes already
+Cost rule (`target`, its `input_byte_cost` and `input_fixed_bytes`): an input-mode block whose kernel would read (1 - s)
+of the bytes at a higher cost per byte than the dense kernel, plus a fixed cost per call, pays too little when (1 - s) x
+cost + fixed / the block's bytes > `PAYING_TIME` (s its calibrated effective sparsity, a rotation's bytes already
 subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7B's); it stays dense as dense mode
-builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its
-rows as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
+builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its rows
+as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
 
 MoE experts that route-moe will route take, with `routed_experts="input"`, the asked input method (TEAL / WINA) per
 expert on the tokens routed to it, a rotated method's basis fitted once per MoE layer and shared by its experts
@@ -109,6 +109,11 @@ from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 # what routed experts take: "cuts" (the default), each neuron's cuts (routed_thresholds.py), or "input", the asked
 # input method per expert (routed_input.py), where the target's routed kernel runs it (module docstring)
 ROUTED_EXPERT_KINDS = ("cuts", "input")
+# the cost rule's bar: a block goes input-sparse where its predicted time is at most this share of dense's. The fit is
+# good to about 10% (threshold_step's medians, run to run), and under quantized storage a sparse block's re-laid rows
+# are rounded a second time: SmolLM2's Q4_1 file at 0.5 with a bar of 1, the blocks predicted at 0.92-1.0 went
+# input-sparse, for +13.6% perplexity at 1.01x dense's tokens/s (BENCHMARKS.md, session 42)
+PAYING_TIME = 0.9
 
 
 @dataclass(frozen=True)
@@ -336,12 +341,12 @@ def _dense_pays(c: NeuronThreshold | InputThresholds, cost: float, fixed: float 
     """Why the dense kernel is at least as fast as the input-sparse one for this block ("" when it is not): reading
     (1 - s) of the bytes at `cost` times dense's time per byte, plus `fixed` of dense's time per call (module
     docstring)."""
-    if not isinstance(c, InputThresholds) or (1.0 - c.effective) * cost + fixed < 1.0:
+    if not isinstance(c, InputThresholds) or (1.0 - c.effective) * cost + fixed <= PAYING_TIME:
         return ""
     return (f"kept dense by cost: {c.effective:.0%} effective sparsity reads {1 - c.effective:.0%} of the bytes at "
             f"{cost:g}x dense's time per byte" + (f", plus a call's fixed cost of {fixed:.0%} of dense's time at "
                                                    "this block's size" if fixed else "")
-            + " (the target's input_byte_cost, input_fixed_bytes), no faster than dense")
+            + f" (the target's input_byte_cost, input_fixed_bytes): not {1 - PAYING_TIME:.0%} faster than dense")
 
 
 def _block_bytes(node: Node, graph: Graph, storage: str) -> float:

@@ -1,6 +1,6 @@
 """Threshold mode's cost rule (passes/sparsify_threshold.py): an input-mode block whose kernel, reading (1 - s) of the
 bytes at the target's `input_byte_cost` times dense's time per byte plus its `input_fixed_bytes` per call, would not
-be faster stays on the dense kernel,
+be faster by `PAYING_TIME`'s margin stays on the dense kernel,
 and the report's row says why; otherwise the rewrite fires as before. Tiny dims, fp32, one calibration set."""
 
 from dataclasses import replace
@@ -18,13 +18,14 @@ pytest.importorskip("tvm")
 
 # the block's 3 x 32 x 64 fp32 weights are 24576 bytes: a fixed part of 16384 is 2/3 of dense's time, of 2048 1/12
 @pytest.mark.parametrize("cost, fixed, kept_dense", [(2.5, 0, True), (1.5, 0, False), (1.0, 16384, True),
-                                                     (1.0, 2048, False)])
+                                                     (1.0, 2048, False), (1.9, 0, True)])
 def test_a_block_stays_dense_where_its_input_kernel_would_not_be_faster(cost, fixed, kept_dense):
     graph = gated_mlp_graph(d=32, n=64, act="silu")
     rng = np.random.default_rng(0)
     calibration = [(rng.standard_normal((1, 64, 32)).astype(np.float32),) for _ in range(2)]
     x = calibration[0][0][:, :8]
-    # 50% read at `cost` plus the fixed part: 1.25 / 0.75 / 1.17 / 0.58 of dense's time
+    # 50% read at `cost` plus the fixed part: 1.25 / 0.75 / 1.17 / 0.58 / 0.95 of dense's time (the last faster, but
+    # not by the bar's 10%: PAYING_TIME)
     target = replace(targets.get("x86"), input_byte_cost={"fp32": cost}, input_fixed_bytes={"fp32": fixed})
     cm = actsparse.compile(graph, (x,), target=target, mode="threshold", calibration=calibration, sparsity=0.5,
                            method="wina-greedy")
@@ -47,6 +48,7 @@ def test_the_cost_rule_is_the_row_of_the_hosts_int8_dot():
     whose input kernel runs float axpys (256-bit VNNI, no AVX2) is unmeasured and pays no less than any measured
     row. An int4 Mistral-7B-sized block (99 MB) goes input-sparse at 50% skipped on both, and at 30% on VNNI only,
     as measured (BENCHMARKS.md sessions 35 / 42: 0.58x at 50% on VNNI; on AVX2 0.73x at 50%, 1.01x at 30%)."""
+    from actsparse.passes.sparsify_threshold import PAYING_TIME
     from actsparse.targets.x86 import INPUT_COSTS, input_costs, x86_target
 
     vnni = x86_target({"avx512f", "avx512_vnni", "avx2", "fma"}, "znver4", 2, "a Zen 4")
@@ -60,5 +62,5 @@ def test_the_cost_rule_is_the_row_of_the_hosts_int8_dot():
     def time_ratio(target, s=0.5, block_bytes=3 * 4096 * 14336 * 18 / 32):
         return (1 - s) * target.input_byte_cost["int4"] + target.input_fixed_bytes["int4"] / block_bytes
 
-    assert time_ratio(vnni) < 1 and time_ratio(avx2) < 1
-    assert time_ratio(vnni, 0.3) < 1 <= time_ratio(avx2, 0.3)
+    assert time_ratio(vnni) <= PAYING_TIME and time_ratio(avx2) <= PAYING_TIME
+    assert time_ratio(vnni, 0.3) <= PAYING_TIME < time_ratio(avx2, 0.3)
