@@ -187,10 +187,11 @@ def table_b(r: dict) -> str:
         if name not in r:
             continue
         rep = r["report"][name]
-        label = f"actsparse {name}" + (f" ({rep['method']}{'+fisher' if rep.get('fisher') else ''}, effective "
+        label = f"actsparse {name}" + ("" if "threshold" not in name else
+                                       " (every block kept dense by cost)" if rep["method"] is None else
+                                       f" ({rep['method']}{'+fisher' if rep.get('fisher') else ''}, effective "
                                        f"sparsity {rep['effective_sparsity']:.0%} on the held-out passage, "
-                                       f"{rep.get('effective_calibrated', float('nan')):.0%} calibrated)"
-                                       if "threshold" in name else "")
+                                       f"{rep.get('effective_calibrated', float('nan')):.0%} calibrated)")
         out.append(f"| {label} | {weights} | {r[name]:.1f} | {ratio_cell(r[name], lc)} | "
                    f"{ratio_cell(r[name], torch_)} | {quality(name)} |")
     if lc is not None:

@@ -39,10 +39,10 @@ def channel_tokens(n_ff: int, sched: CpuSchedule) -> int:
     return max(1, (sched.l2_bytes or DEFAULT_L2) // 2 // (2 * 4 * n_ff))
 
 
-def channel_steps(base, mask_h, d: int, n_ff: int, up_act: str, dtype: str, sched: CpuSchedule):
-    """`base` (the kernel's `InputSteps` by columns) with gate_up, list_kept and down split by rows (the module
-    docstring); `mask_h` the kernel's h mask. gate_up and list_kept need a barrier between them (separate parallel
-    loops); list_kept and down run in one."""
+def channel_steps(base, d: int, n_ff: int, up_act: str, dtype: str, sched: CpuSchedule):
+    """`base` (the kernel's `InputSteps` by columns, thresholds) with gate_up, list_kept and down split by rows (the
+    module docstring; list_kept sums the partials, then runs base's). gate_up and list_kept need a barrier between
+    them (separate parallel loops); list_kept and down run in one."""
     threads = sched.threads
     whole = replace(sched, threads=1)
     sched_n, sched_n1, sched_d1 = sched.fitted(n_ff, dtype), whole.fitted(n_ff, dtype), whole.fitted(d, dtype)
@@ -76,17 +76,7 @@ def channel_steps(base, mask_h, d: int, n_ff: int, up_act: str, dtype: str, sche
                 for jj in range(j1 - j0):
                     g[m, j0 + jj] = g[m, j0 + jj] + g[t2 * M + m, j0 + jj]
                     h[m, j0 + jj] = h[m, j0 + jj] + h[t2 * M + m, j0 + jj]
-        c = T.alloc_buffer((1,), "int32", scope="global")
-        live = T.alloc_buffer((1,), "int32", scope="global")
-        c[0] = 0
-        for jj in range(j1 - j0):
-            mask_h(g, h, h_thr, j0 + jj, M, live)
-            if live[0] != 0:   # compacted inside the slice, as by columns
-                for m in range(M):
-                    h[m, j0 + c[0]] = h[m, j0 + jj]
-                idx[j0 + c[0]] = row0 + j0 + jj
-                c[0] = c[0] + 1
-        cnt[t] = c[0]
+        base.list_kept(g, h, h_thr, tau, idx, cnt, t, M, row0)   # then masked and listed as by columns
 
     @T.macro
     def down(t, w_down_t, idx, cnt, h, out, M):

@@ -215,8 +215,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     threads = sched.threads
     steps = input_steps(d, n_ff, gate_act, up_act, criterion, dtype, sched, x_keep, h_keep)
     by_rows = channel_tokens(n_ff, sched) if by_rows is None else by_rows
-    rows_mlp = channel_mlp_macro(channel_steps(steps, masked_h_macro(gate_act, up_act, criterion), d, n_ff, up_act,
-                                               dtype, sched), d, threads)
+    rows_mlp = channel_mlp_macro(channel_steps(steps, d, n_ff, up_act, dtype, sched), d, threads)
     Rd = sched_d.rows
     in_shape, wdtype = weight_buffer(d, n_ff, dtype)
     down_shape, _ = weight_buffer(n_ff, d, dtype)
