@@ -4,8 +4,9 @@ sums fit the L2 (`channel_tokens`), i.e. when decoding.
 
 Split by columns, each task streams its slice of every listed row: a gate / up row of n_ff values (a routed expert's
 768: 1.5 KB of fp32, 216 bytes of q4_0 per task at 2 tasks) or a down row of d. Such short runs, one per row, keep a
-core from streaming; the tasks' rows then cost up to twice the dense kernel's per byte (BENCHMARKS.md, session 42).
-Split by rows, task t reads whole rows:
+core from streaming. Split by rows, task t reads whole rows (session 42, Zen 3, 2 threads, 30-70% skipped: 0.70-0.91x
+the column split's time at SmolLM2's and Mistral-7B's dims, q4_0 and q8_0, but for q8_0 at 70% at Mistral's, 1.02x;
+BENCHMARKS.md):
 
   1) its share of the listed input channels (whole steps of `rows`, contiguous in the list) into its own partial
      g, u: view t of g, h [threads * M, n_ff];

@@ -30,8 +30,8 @@ ratio over all n_ff, and a second parallel step masks and lists (the select need
 With thresholds, a call of at most `by_rows` tokens (`input_channels.channel_tokens`: while the tasks' partial sums fit
 the L2, so every decoding step) runs steps 1 and 2 split by rows instead (`input_channels.py`): each task reads whole
 rows, its share of the listed channels' and then its own kept neurons', into partial sums added after. Session 42,
-Zen 3, 2 threads, q4_0 at 50% of x kept: SmolLM2's dims 0.13 instead of 0.23 ms, Mistral-7B's 3.7 instead of 4.3 ms
-(BENCHMARKS.md).
+Zen 3, 2 threads, q4_0 at 50% skipped (`threshold_step --kernels`, medians): SmolLM2's dims 105 instead of 120 µs,
+Mistral-7B's 3.5 instead of 4.7 ms (BENCHMARKS.md).
 """
 
 from __future__ import annotations
