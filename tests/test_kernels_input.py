@@ -411,3 +411,15 @@ def test_x86_routed_input_kernel_runs_the_input_steps_at_its_experts_offsets(d, 
 def test_arm_routed_input_kernel_matches_the_reference_under_qemu(d, n, seed):
     jobs = routed_input_jobs("arm", d, n, seed)
     check_quant(jobs, run_batch(cross_kernels([p for p, _ in jobs]), jobs))
+
+
+@pytest.mark.parametrize("by_rows", [-1, 1.5, True])
+def test_a_bad_row_split_bound_is_one_clear_error(by_rows):
+    from actsparse import targets
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.schedules import schedule_for
+
+    sched = schedule_for(targets.get("x86"))
+    for args in (("input", 64, 53), ("routed-input", 64, 53, 2)):
+        with pytest.raises(ValueError, match="by_rows must be None"):
+            kernel(*args, gate_act="silu", dtype="float32", sched=sched, by_rows=by_rows)

@@ -40,6 +40,17 @@ def channel_tokens(n_ff: int, sched: CpuSchedule) -> int:
     return max(1, (sched.l2_bytes or DEFAULT_L2) // 2 // (2 * 4 * n_ff))
 
 
+def checked_by_rows(by_rows: int | None, n_ff: int, sched: CpuSchedule) -> int:
+    """A kernel's `by_rows` argument as the bound it builds with: None -> `channel_tokens`; one clear error for a
+    negative or non-integer bound (0: never split by rows)."""
+    if by_rows is None:
+        return channel_tokens(n_ff, sched)
+    if isinstance(by_rows, bool) or not isinstance(by_rows, int) or by_rows < 0:
+        raise ValueError(f"by_rows must be None (the L2's bound), 0 (never split by rows) or a token count > 0, "
+                         f"got {by_rows!r}")
+    return by_rows
+
+
 def channel_steps(base, d: int, n_ff: int, up_act: str, dtype: str, sched: CpuSchedule):
     """`base` (the kernel's `InputSteps` by columns, thresholds) with gate_up, list_kept and down split by rows (the
     module docstring; list_kept sums the partials, then runs base's). gate_up and list_kept need a barrier between

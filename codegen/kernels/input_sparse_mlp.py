@@ -44,7 +44,7 @@ from tvm.script import tirx as T
 from ...ir.activations import reads_input
 from .axpy import axpy_macro, task_columns, zero_columns_macro
 from .common import GATE_ACTS, activation, symbol
-from .input_channels import channel_mlp_macro, channel_steps, channel_tokens, partial_rows
+from .input_channels import channel_mlp_macro, channel_steps, checked_by_rows, partial_rows
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 from .sparse_mlp import check_mlp
@@ -214,7 +214,7 @@ def input_sparse_gated_mlp(d: int, n_ff: int, *, gate_act: str = "silu", up_act:
     sched_n, sched_d = sched.fitted(n_ff, dtype), sched.fitted(d, dtype)
     threads = sched.threads
     steps = input_steps(d, n_ff, gate_act, up_act, criterion, dtype, sched, x_keep, h_keep)
-    by_rows = channel_tokens(n_ff, sched) if by_rows is None else by_rows
+    by_rows = checked_by_rows(by_rows, n_ff, sched)
     rows_mlp = channel_mlp_macro(channel_steps(steps, d, n_ff, up_act, dtype, sched), d, threads)
     Rd = sched_d.rows
     in_shape, wdtype = weight_buffer(d, n_ff, dtype)

@@ -30,7 +30,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .input_channels import channel_mlp_macro, channel_steps, channel_tokens, partial_rows
+from .input_channels import channel_mlp_macro, channel_steps, checked_by_rows, partial_rows
 from .input_sparse_mlp import check_input_sparse, input_steps
 from .quant_blocks import weight_buffer
 from .routed_moe import gather_macro, output_macros
@@ -50,7 +50,7 @@ def routed_input_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "silu",
         raise ValueError(f"a routed MoE needs at least one expert, got {experts}")
     threads = sched.threads
     steps = input_steps(d, n_ff, gate_act, up_act, criterion, dtype, sched)
-    by_rows = channel_tokens(n_ff, sched) if by_rows is None else by_rows
+    by_rows = checked_by_rows(by_rows, n_ff, sched)
     rows_mlp = channel_mlp_macro(channel_steps(steps, d, n_ff, up_act, dtype, sched), d, threads)
     gather = gather_macro(d)
     zero_rows, add_rows = output_macros(d)
