@@ -81,7 +81,7 @@ def _chosen_fraction(symbol: str, args) -> float:
 
     import numpy as np
 
-    experts = int(re.search(r"routed(?:[xdt]b?o?|i[pg])e(\d+)", symbol).group(1))
+    experts = int(re.search(r"routed(?:[xdt]b?o?|i[pg](?:b\d+)?)e(\d+)", symbol).group(1))
     return len(np.unique(args[5].numpy())) / experts
 
 

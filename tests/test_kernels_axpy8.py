@@ -96,8 +96,9 @@ def test_integer_down_projection_equals_the_reference_on_the_same_rounding(kind,
 def test_the_coefficient_table_path_on_long_rows(kind, dtype):
     """Split rows (q4_0, q4_1: its per-group offset constant in the table too) on AVX-512 and AVX2, and q8_0's
     blocks on AVX2 (each row's 16 scales gathered), round a step's coefficients 16 groups per vector into a table
-    (`coefficient_table`): rows of 1100 columns (34 groups, 17 per task: one 16-group vector and one group more,
-    then a partial group) take the vector, the one-by-one and the partial-group paths, against the same step-exact
+    (`coefficient_table`): rows of 1100 columns (34 groups, 17 per task: one 16-group vector and one more ending at
+    the task's last group, or one by one in q8_0's int16 form; then a partial group), of 600 (9 groups per task: two
+    8-group vectors) and of 250 (3 and 4 groups per task: one by one) take every path, against the same step-exact
     reference, on every such dot this host executes."""
     from actsparse.codegen.kernels.int8_dots import INT8_DOTS
 
@@ -105,7 +106,8 @@ def test_the_coefficient_table_path_on_long_rows(kind, dtype):
     if not tabled:
         pytest.skip(f"no int8 dot with a coefficient table for {dtype} executes on this host")
     for dot in tabled:
-        check_against_the_steps(kind, dtype, dot, 1100, 20, 0.5, 7)
+        for d in (1100, 600, 250):
+            check_against_the_steps(kind, dtype, dot, d, 20, 0.5, 7)
 
 
 def check_against_the_steps(kind, dtype, dot, d, n_ff, frac, seed):

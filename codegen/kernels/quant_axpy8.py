@@ -233,47 +233,71 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                         m, T.ramp((g0 + gi) * GROUP + hf * HALF + v * W, 1, W)] + columns(
                         wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
 
+    def table_chunk(TW: int):
+        """`chunk(wf, ro, hv, g0, c0, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)`: `coefficient_table`'s entries
+        of the task's groups c0 .. c0 + TW - 1, TW per vector (the word form then runs their columns)."""
+
+        @T.macro
+        def chunk(wf, ro, hv, g0, c0, cf, mx, q, ab, sc, abt, zt, tt, out, m, part):
+            for r in T.unroll(NV):
+                cf[T.ramp(r * TW, 1, TW)] = T.Broadcast(hv[r], TW) * row_scales(lay, stored, wf, ro[T.min(r, R - 1)],
+                                                                                g0 + c0, TW)
+            mx[T.ramp(0, 1, TW)] = T.abs(cf[T.ramp(0, 1, TW)])
+            for r in T.unroll(NV - 1):
+                mx[T.ramp(0, 1, TW)] = T.max(mx[T.ramp(0, 1, TW)], T.abs(cf[T.ramp((r + 1) * TW, 1, TW)]))
+            for r in T.unroll(NV):
+                q[T.ramp(r * TW, 1, TW)] = T.Cast(f"int32x{TW}", T.nearbyint(cf[T.ramp(r * TW, 1, TW)] * T.Select(
+                    mx[T.ramp(0, 1, TW)] > T.Broadcast(T.float32(0), TW),
+                    T.Broadcast(T.float32(levels), TW) / mx[T.ramp(0, 1, TW)], T.Broadcast(T.float32(0), TW))))
+            tt[T.ramp(c0, 1, TW)] = mx[T.ramp(0, 1, TW)] / T.Broadcast(T.float32(levels), TW) + T.Broadcast(
+                hv[NV], TW)
+            if off:  # Σ_j h_j o_j + 8 c_j, in fp32 (mx is free again)
+                mx[T.ramp(0, 1, TW)] = T.Broadcast(T.float32(0), TW)
+                for r in T.unroll(NV):
+                    mx[T.ramp(0, 1, TW)] = mx[T.ramp(0, 1, TW)] + T.Broadcast(hv[r], TW) * split_scales(
+                        lay, stored, wf, ro[T.min(r, R - 1)], g0 + c0, TW, offsets=True) + cf[
+                        T.ramp(r * TW, 1, TW)] * T.Broadcast(T.float32(8), TW)
+                tt[T.ramp(NG + c0, 1, TW)] = mx[T.ramp(0, 1, TW)]
+            zt[T.ramp(c0, 1, TW)] = T.Broadcast(T.int32(-z), TW) * sum_rows(q, TW)
+            if word:  # pair-major, [p][g][2] (quant_axpy16.py): an unpack per row pair, no transpose
+                for p in T.unroll(NV // 2):
+                    abt[T.ramp((p * NG + c0) * 2, 1, 2 * TW)] = interleaved_pair(q, p, TW)
+                for k in range(TW):
+                    group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, c0 + k, out, m, part)
+            else:
+                abt[T.ramp(c0 * NV, 1, TW * NV)] = T.Shuffle(  # transposed: row-major [r][g] -> [g][r]
+                    [T.Cast(f"{coef}x{TW}", q[T.ramp(r * TW, 1, TW)]) for r in range(NV)],
+                    [(k % NV) * TW + k // NV for k in range(TW * NV)])
+
+        return chunk
+
+    chunk_wide, chunk_half = table_chunk(TV), table_chunk(TV // 2)
+    # the first group `coefficient_table` takes one by one
+    lone = (lambda ng: ng // TV * TV) if word else (lambda ng: T.if_then_else(ng < TV // 2, 0, ng))
+
     @T.macro
     def coefficient_table(wf, ro, hv, g0, ng, ab, sc, abt, zt, tt, out, m, part):
         # `coefficients` for the task's ng groups from g0, TV groups per vector: abt[gi * NV + j] = a_j (a group's 4
         # rows one int32, as the dots read them), zt[gi] = -z Σ_j a_j, tt[gi] = t (+ the NaN flag), tt[NG + gi]
         # (q4_1) = Σ_j h_j (o_j + 8 s_j); the same operations lane by lane, so the same a_j and t as `coefficients`.
         # q8_0's int16 form (`word`) runs each TV groups' columns right after their entries: on GGUF's blocks its
-        # scales sat beside the codes, so filling the whole table first read every line of the step's rows twice
+        # scales sat beside the codes, so filling the whole table first read every line of the step's rows twice.
+        # The last ng % TV groups: elsewhere one vector ending at group ng - 1 (it writes some entries again, the same
+        # values: an expert's 24 groups one by one cost as much as its 16 in a vector, BENCHMARKS.md session 43), or
+        # two of TV / 2 where ng < TV; one by one below TV / 2 groups and in the word form (its columns run per entry)
         cf = T.alloc_buffer((NV * TV,), "float32", scope="global")
         mx = T.alloc_buffer((TV,), "float32", scope="global")
         q = T.alloc_buffer((NV * TV,), "int32", scope="global")
         for c in range(ng // TV):
-            for r in T.unroll(NV):
-                cf[T.ramp(r * TV, 1, TV)] = T.Broadcast(hv[r], TV) * row_scales(lay, stored, wf, ro[T.min(r, R - 1)],
-                                                                                g0 + c * TV, TV)
-            mx[T.ramp(0, 1, TV)] = T.abs(cf[T.ramp(0, 1, TV)])
-            for r in T.unroll(NV - 1):
-                mx[T.ramp(0, 1, TV)] = T.max(mx[T.ramp(0, 1, TV)], T.abs(cf[T.ramp((r + 1) * TV, 1, TV)]))
-            for r in T.unroll(NV):
-                q[T.ramp(r * TV, 1, TV)] = T.Cast(f"int32x{TV}", T.nearbyint(cf[T.ramp(r * TV, 1, TV)] * T.Select(
-                    mx[T.ramp(0, 1, TV)] > T.Broadcast(T.float32(0), TV),
-                    T.Broadcast(T.float32(levels), TV) / mx[T.ramp(0, 1, TV)], T.Broadcast(T.float32(0), TV))))
-            tt[T.ramp(c * TV, 1, TV)] = mx[T.ramp(0, 1, TV)] / T.Broadcast(T.float32(levels), TV) + T.Broadcast(
-                hv[NV], TV)
-            if off:  # Σ_j h_j o_j + 8 c_j, in fp32 (mx is free again)
-                mx[T.ramp(0, 1, TV)] = T.Broadcast(T.float32(0), TV)
-                for r in T.unroll(NV):
-                    mx[T.ramp(0, 1, TV)] = mx[T.ramp(0, 1, TV)] + T.Broadcast(hv[r], TV) * split_scales(
-                        lay, stored, wf, ro[T.min(r, R - 1)], g0 + c * TV, TV, offsets=True) + cf[
-                        T.ramp(r * TV, 1, TV)] * T.Broadcast(T.float32(8), TV)
-                tt[T.ramp(NG + c * TV, 1, TV)] = mx[T.ramp(0, 1, TV)]
-            zt[T.ramp(c * TV, 1, TV)] = T.Broadcast(T.int32(-z), TV) * sum_rows(q)
-            if word:  # pair-major, [p][g][2] (quant_axpy16.py): an unpack per row pair, no transpose
-                for p in T.unroll(NV // 2):
-                    abt[T.ramp((p * NG + c * TV) * 2, 1, 2 * TV)] = interleaved_pair(q, p, TV)
-                for k in range(TV):
-                    group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, c * TV + k, out, m, part)
-            else:
-                abt[T.ramp(c * TV * NV, 1, TV * NV)] = T.Shuffle(  # transposed: row-major [r][g] -> [g][r]
-                    [T.Cast(f"{coef}x{TV}", q[T.ramp(r * TV, 1, TV)]) for r in range(NV)],
-                    [(k % NV) * TV + k // NV for k in range(TV * NV)])
-        for gi in range(ng // TV * TV, ng):  # the last ng % TV groups one by one
+            chunk_wide(wf, ro, hv, g0, c * TV, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
+        if not word:
+            if ng % TV > 0:
+                if ng >= TV:
+                    chunk_wide(wf, ro, hv, g0, ng - TV, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
+                elif ng >= TV // 2:
+                    chunk_half(wf, ro, hv, g0, 0, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
+                    chunk_half(wf, ro, hv, g0, ng - TV // 2, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
+        for gi in range(lone(ng), ng):  # the rest one by one
             coefficients(wf, ro, hv, g0 + gi, ab, sc)
             if word:
                 for p in T.unroll(NV // 2):
