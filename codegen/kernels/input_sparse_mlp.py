@@ -78,14 +78,12 @@ def masked_h_macro(gate_act: str, up_act: str, criterion: str, family: str = "cp
     @T.macro
     def mask(g, h, h_thr, j, M, live):
         live[0] = 0
-        for m in range(M):
+        for m in range(M):   # no branch: whether a neuron is kept is a coin toss at 50%
             a: T.let = act_g(g[m, j])
             hv: T.let = a * act_u(h[m, j])
-            if T.abs(score(a, hv)) > h_thr[j]:
-                live[0] = 1
-                h[m, j] = hv
-            else:
-                h[m, j] = zero
+            keep: T.let = T.abs(score(a, hv)) > h_thr[j]
+            live[0] = live[0] | T.Cast("int32", keep)
+            h[m, j] = T.if_then_else(keep, hv, zero)
 
     return mask
 
@@ -137,18 +135,17 @@ def input_steps(d: int, n_ff: int, gate_act: str, up_act: str, criterion: str, d
 
     @T.macro
     def list_inputs(x, x_thr, xr, tau, M, xs, xidx, nx, row0):
+        # without a branch (a kept channel is a coin toss at 50%): every channel is written to the next slot, which
+        # only a kept one advances (slot <= channel: in bounds)
+        live = T.alloc_buffer((1,), "int32", scope="global")
         nx[0] = 0
         for i in range(d):
-            live = T.alloc_buffer((1,), "int32", scope="global")
             live[0] = 0
             for m in range(M):
-                if keeps_x(x, x_thr, xr, tau, m, i):
-                    live[0] = 1
-            if live[0] != 0:
-                for m in range(M):
-                    xs[m, nx[0]] = T.if_then_else(keeps_x(x, x_thr, xr, tau, m, i), x[m, i], zero)
-                xidx[nx[0]] = row0 + i
-                nx[0] = nx[0] + 1
+                live[0] = live[0] | T.Cast("int32", keeps_x(x, x_thr, xr, tau, m, i))
+                xs[m, nx[0]] = T.if_then_else(keeps_x(x, x_thr, xr, tau, m, i), x[m, i], zero)
+            xidx[nx[0]] = row0 + i
+            nx[0] = nx[0] + live[0]
 
     @T.macro
     def gate_up(t, w_gate_t, w_up_t, xidx, nx, xs, g, h, M):
@@ -172,18 +169,16 @@ def input_steps(d: int, n_ff: int, gate_act: str, up_act: str, criterion: str, d
             if h_keep > 0:   # g holds the ratios
                 live[0] = 0
                 for m in range(M):
-                    if kept(g[m, j0 + jj], tau[m, 1]):
-                        live[0] = 1
-                    else:
-                        h[m, j0 + jj] = zero
+                    live[0] = live[0] | T.Cast("int32", kept(g[m, j0 + jj], tau[m, 1]))
+                    h[m, j0 + jj] = T.if_then_else(kept(g[m, j0 + jj], tau[m, 1]), h[m, j0 + jj], zero)
             else:
                 mask_h(g, h, h_thr, j0 + jj, M, live)
-            if live[0] != 0:
-                # slot j0 + c <= this neuron's column: compaction never overwrites an unread column
-                for m in range(M):
-                    h[m, j0 + c[0]] = h[m, j0 + jj]
-                idx[j0 + c[0]] = row0 + j0 + jj
-                c[0] = c[0] + 1
+            # as list_inputs, no branch: slot j0 + c <= this neuron's column, so compaction never overwrites an
+            # unread column; a dropped neuron's slot is the next one's
+            for m in range(M):
+                h[m, j0 + c[0]] = h[m, j0 + jj]
+            idx[j0 + c[0]] = row0 + j0 + jj
+            c[0] = c[0] + live[0]
         cnt[t] = c[0]
 
     @T.macro

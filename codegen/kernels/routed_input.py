@@ -74,8 +74,6 @@ def routed_input_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "silu",
         tok = T.alloc_buffer((M,), "int32")
         wt = T.alloc_buffer((M,), "float32")
         nt = T.alloc_buffer((1,), "int32")
-        xt = T.alloc_buffer((d,), "float32")       # the expert's thresholds
-        ht = T.alloc_buffer((n_ff,), "float32")
         xs = T.alloc_buffer((M, d), "float32")     # kept x values by slot
         xidx = T.alloc_buffer((d,), "int32")       # stack row of each slot's channel
         nx = T.alloc_buffer((1,), "int32")
@@ -92,10 +90,8 @@ def routed_input_moe(d: int, n_ff: int, experts: int, *, gate_act: str = "silu",
             gather(e, M, K, route_i, route_w, x, xg, tok, wt, nt)
             Mx: T.let = T.Cast("int64", nt[0])
             if Mx > 0:   # no token chose expert e: none of its rows is read
-                for i in range(d):
-                    xt[i] = x_thr[e * d + i]
-                for j in range(n_ff):
-                    ht[j] = h_thr[e * n_ff + j]
+                xt = T.decl_buffer((d,), "float32", data=x_thr.data, elem_offset=e * d)   # the expert's thresholds
+                ht = T.decl_buffer((n_ff,), "float32", data=h_thr.data, elem_offset=e * n_ff)
                 if Mx <= by_rows:
                     rows_mlp(xg, xt, w_gate_t, w_up_t, w_down_t, ht, xs, xidx, nx, gp, hp, parts, idx, cnt, unused, og,
                              Mx, e * d, e * n_ff)
