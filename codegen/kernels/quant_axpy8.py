@@ -41,7 +41,9 @@ the same values) and stored transposed (a group's 4 rows one int32); the group l
 broadcasts and holds no scale gather, horizontal max, division or z dots: 44 instead of 82 instructions per 8 rows x
 32 columns on znver4 (dense q4_0, 1 thread: 0.79x the time; BENCHMARKS.md, session 11). q4_1's per-group constant
 Σ_j h_j · (o_{j,g} + 8 s_{j,g}) goes into the table the same way (a row's 16 offsets one load, summed over the rows
-lane by lane), one more broadcast per group: added once per group's columns, not gathered per group.
+lane by lane), one more broadcast per group: added once per group's columns, not gathered per group. A task's groups
+past its whole vectors take one more vector ending at its last group (8-group vectors below 16 groups; session 43:
+the routed input kernel's gate / up rows of 768, 24 groups, 0.77-0.86x the time hot).
 
 The column split over the tasks is the float path's (`quant_axpy.group_split`); the last partial group of a row
 (its codes are zero-padded in the blob) runs the same integer code and stores only its valid columns.

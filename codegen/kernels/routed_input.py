@@ -20,8 +20,8 @@ up stacks are read (a row-axpy each), h is masked (|h_j| or |act(g_j)| > h_thr[e
 down rows are read; the expert's output rows are added to `out` scaled by the tokens' routing weights. An expert's
 tokens up to `by_rows` (decoding) run the steps split by rows (`input_channels.py`: each task whole rows of n_ff, where
 a slice of each was 216 bytes of q4_0 per task at n_ff 768 and 2 tasks). A token so
-reads (1 - s_x)·(gate + up) + (1 - s_h)·down of each of its k experts. The expert's thresholds are copied to
-[d] / [n_ff] scratch first (the steps read thresholds from index 0), d + n_ff floats per expert hit.
+reads (1 - s_x)·(gate + up) + (1 - s_h)·down of each of its k experts. The steps read the expert's thresholds in
+place, through views of x_thr / h_thr at its offsets (they read thresholds from index 0).
 """
 
 from __future__ import annotations
