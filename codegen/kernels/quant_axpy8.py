@@ -42,8 +42,9 @@ broadcasts and holds no scale gather, horizontal max, division or z dots: 44 ins
 32 columns on znver4 (dense q4_0, 1 thread: 0.79x the time; BENCHMARKS.md, session 11). q4_1's per-group constant
 Σ_j h_j · (o_{j,g} + 8 s_{j,g}) goes into the table the same way (a row's 16 offsets one load, summed over the rows
 lane by lane), one more broadcast per group: added once per group's columns, not gathered per group. A task's groups
-past its whole vectors take one more vector ending at its last group (8-group vectors below 16 groups; session 43:
-the routed input kernel's gate / up rows of 768, 24 groups, 0.77-0.86x the time hot).
+past its whole vectors take one more vector ending at its last group (8-group vectors below 16 groups; q8_0's int16
+form runs the columns of its new groups only; session 43: the routed input kernel's gate / up rows of 768, 24 groups,
+q4_0 0.77-0.86x, q8_0 0.70-0.72x the time hot).
 
 The column split over the tasks is the float path's (`quant_axpy.group_split`); the last partial group of a row
 (its codes are zero-padded in the blob) runs the same integer code and stores only its valid columns.
@@ -236,11 +237,12 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
                         wf, ro, ab, sc[0], sc[1], g0 + gi, hf, v)
 
     def table_chunk(TW: int):
-        """`chunk(wf, ro, hv, g0, c0, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)`: `coefficient_table`'s entries
-        of the task's groups c0 .. c0 + TW - 1, TW per vector (the word form then runs their columns)."""
+        """`chunk(wf, ro, hv, g0, c0, first, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)`: `coefficient_table`'s
+        entries of the task's groups c0 .. c0 + TW - 1, TW per vector (the word form then runs the columns of its
+        groups from c0 + first: those before it a previous vector ran)."""
 
         @T.macro
-        def chunk(wf, ro, hv, g0, c0, cf, mx, q, ab, sc, abt, zt, tt, out, m, part):
+        def chunk(wf, ro, hv, g0, c0, first, cf, mx, q, ab, sc, abt, zt, tt, out, m, part):
             for r in T.unroll(NV):
                 cf[T.ramp(r * TW, 1, TW)] = T.Broadcast(hv[r], TW) * row_scales(lay, stored, wf, ro[T.min(r, R - 1)],
                                                                                 g0 + c0, TW)
@@ -264,8 +266,8 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             if word:  # pair-major, [p][g][2] (quant_axpy16.py): an unpack per row pair, no transpose
                 for p in T.unroll(NV // 2):
                     abt[T.ramp((p * NG + c0) * 2, 1, 2 * TW)] = interleaved_pair(q, p, TW)
-                for k in range(TW):
-                    group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, c0 + k, out, m, part)
+                for k in range(TW - first):
+                    group_columns(wf, ro, hv, ab, sc, abt, zt, tt, g0, c0 + first + k, out, m, part)
             else:
                 abt[T.ramp(c0 * NV, 1, TW * NV)] = T.Shuffle(  # transposed: row-major [r][g] -> [g][r]
                     [T.Cast(f"{coef}x{TW}", q[T.ramp(r * TW, 1, TW)]) for r in range(NV)],
@@ -275,7 +277,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
 
     chunk_wide, chunk_half = table_chunk(TV), table_chunk(TV // 2)
     # the first group `coefficient_table` takes one by one
-    lone = (lambda ng: ng // TV * TV) if word else (lambda ng: T.if_then_else(ng < TV // 2, 0, ng))
+    lone = lambda ng: T.if_then_else(ng < TV // 2, 0, ng)  # noqa: E731
 
     @T.macro
     def coefficient_table(wf, ro, hv, g0, ng, ab, sc, abt, zt, tt, out, m, part):
@@ -284,21 +286,20 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         # (q4_1) = Σ_j h_j (o_j + 8 s_j); the same operations lane by lane, so the same a_j and t as `coefficients`.
         # q8_0's int16 form (`word`) runs each TV groups' columns right after their entries: on GGUF's blocks its
         # scales sat beside the codes, so filling the whole table first read every line of the step's rows twice.
-        # The last ng % TV groups: elsewhere one vector ending at group ng - 1 (it writes some entries again, the same
-        # values: an expert's 24 groups one by one cost as much as its 16 in a vector, BENCHMARKS.md session 43), or
-        # two of TV / 2 where ng < TV; one by one below TV / 2 groups and in the word form (its columns run per entry)
+        # The last ng % TV groups: one vector ending at group ng - 1 (it writes some entries again, the same values;
+        # the word form runs the columns of the new ones only: an expert's 24 groups one by one cost as much as its 16
+        # in a vector, BENCHMARKS.md session 43), or two of TV / 2 where ng < TV; one by one below TV / 2 groups
         cf = T.alloc_buffer((NV * TV,), "float32", scope="global")
         mx = T.alloc_buffer((TV,), "float32", scope="global")
         q = T.alloc_buffer((NV * TV,), "int32", scope="global")
         for c in range(ng // TV):
-            chunk_wide(wf, ro, hv, g0, c * TV, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
-        if not word:
-            if ng % TV > 0:
-                if ng >= TV:
-                    chunk_wide(wf, ro, hv, g0, ng - TV, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
-                elif ng >= TV // 2:
-                    chunk_half(wf, ro, hv, g0, 0, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
-                    chunk_half(wf, ro, hv, g0, ng - TV // 2, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
+            chunk_wide(wf, ro, hv, g0, c * TV, 0, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
+        if ng % TV > 0:
+            if ng >= TV:
+                chunk_wide(wf, ro, hv, g0, ng - TV, TV - ng % TV, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
+            elif ng >= TV // 2:
+                chunk_half(wf, ro, hv, g0, 0, 0, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
+                chunk_half(wf, ro, hv, g0, ng - TV // 2, TV - ng, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
         for gi in range(lone(ng), ng):  # the rest one by one
             coefficients(wf, ro, hv, g0 + gi, ab, sc)
             if word:
