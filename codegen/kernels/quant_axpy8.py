@@ -276,8 +276,6 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
         return chunk
 
     chunk_wide, chunk_half = table_chunk(TV), table_chunk(TV // 2)
-    # the first group `coefficient_table` takes one by one
-    lone = lambda ng: T.if_then_else(ng < TV // 2, 0, ng)  # noqa: E731
 
     @T.macro
     def coefficient_table(wf, ro, hv, g0, ng, ab, sc, abt, zt, tt, out, m, part):
@@ -300,7 +298,7 @@ def int8_axpy_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, p
             elif ng >= TV // 2:
                 chunk_half(wf, ro, hv, g0, 0, 0, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
                 chunk_half(wf, ro, hv, g0, ng - TV // 2, TV - ng, cf, mx, q, ab, sc, abt, zt, tt, out, m, part)
-        for gi in range(lone(ng), ng):  # the rest one by one
+        for gi in range(T.if_then_else(ng < TV // 2, 0, ng), ng):  # below TV / 2 groups: one by one
             coefficients(wf, ro, hv, g0 + gi, ab, sc)
             if word:
                 for p in T.unroll(NV // 2):
