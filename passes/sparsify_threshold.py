@@ -35,7 +35,10 @@ of the bytes at a higher cost per byte than the dense kernel, plus a fixed cost 
 cost + fixed / the block's bytes > `PAYING_TIME` (s its calibrated effective sparsity, a rotation's bytes already
 subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7B's); it stays dense as dense mode
 builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its rows
-as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`.
+as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`
+(input_cost.py). Under 4-bit storage an input method's block over a file's 4-bit blocks (`file_four_bit`, names
+compile() passes) stays dense the same way, uncalibrated: its re-laid copies would round those blocks a second
+time at 4 bits (input_cost.py; +82-84% perplexity on SmolLM2-135M's Q4_1 file at 0.5), `kept-dense-file-blocks`.
 
 MoE experts that route-moe will route take, with `routed_experts="input"`, the asked input method (TEAL / WINA) per
 expert on the tokens routed to it, a rotated method's basis fitted once per MoE layer and shared by its experts
@@ -62,7 +65,7 @@ calibrated by an input method; `routed-expert-thresholds` per routed expert cali
 cut; `exact-routed-experts` / `kept-dense-routed-experts` per expert left exact / dense; `exact-hidden-norm` /
 `kept-dense-hidden-norm` per normed block; `fisher-allocation` once when the budget was pooled by `sensitivity`;
 `rotation-<kind>` per rotation stored (`int8`: q8_0, see `rotation.ROTATION_STORAGE`); `kept-dense-by-cost` per block
-the cost rule kept dense.
+the cost rule kept dense; `kept-dense-file-blocks` per block kept on a file's 4-bit blocks.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ from ..ir.activations import reads_input
 from ..ir.graph import quantized_weight_node
 from ..ir.mlp import HIDDEN_NORM_REASON, has_hidden_norm, is_exactly_sparse, pattern_name
 from ..ir.moe import routed_kernel_takes
-from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, bytes_per_weight, quantize
+from ..ir.quant import FLOAT_KINDS, QUANTIZE_KINDS, quantize
 from ..ir.sparse_variants import dense_variant_attrs
 from ..targets import Target
 from .base import Pass, coerce_options, note, record
@@ -92,6 +95,7 @@ from .calibrate import (
     threshold_attrs,
 )
 from .detect_gated_mlp import plain_as_gated
+from .input_cost import block_bytes, dense_pays, file_blocks_reason
 from .rotation import ROTATION_STORAGE
 from .route_moe import lossless_routed_experts, routed_experts, with_routing_scale
 from .routed_input import calibrate_routed_input, takes_input_method
@@ -109,17 +113,12 @@ from .sparsity_methods import DEFAULT_METHOD, METHODS, method
 # what routed experts take: "cuts" (the default), each neuron's cuts (routed_thresholds.py), or "input", the asked
 # input method per expert (routed_input.py), where the target's routed kernel runs it (module docstring)
 ROUTED_EXPERT_KINDS = ("cuts", "input")
-# the cost rule's bar: a block goes input-sparse where its predicted time is at most this share of dense's. The fit is
-# good to about 10% (threshold_step's medians, run to run), and under quantized storage a sparse block's re-laid rows
-# are rounded a second time: SmolLM2's Q4_1 file at 0.5 with a bar of 1, the blocks predicted at 0.92-1.0 went
-# input-sparse, for +13.6% perplexity at 1.01x dense's tokens/s (BENCHMARKS.md, session 42)
-PAYING_TIME = 0.9
 
 
 @dataclass(frozen=True)
 class SparsifyThreshold(Pass):
     name = "sparsify-threshold"
-    data_options = ("calibration", "sensitivity", "target", "loss_guard")
+    data_options = ("calibration", "sensitivity", "target", "loss_guard", "file_four_bit")
     sparsity: float = 0.5
     method: str = DEFAULT_METHOD
     thresholds: tuple = ()
@@ -133,6 +132,8 @@ class SparsifyThreshold(Pass):
     routed_experts: str = "cuts"   # what routed experts take: ROUTED_EXPERT_KINDS (module docstring)
     target: Target | None = field(default=None, repr=False, compare=False)   # its input_byte_cost: the cost rule
     loss_guard: object = field(default=None, repr=False, compare=False)   # quality_guard.LossGuard
+    # weights whose values are a source file's 4-bit blocks (input_cost.file_blocks_reason): compile() names them
+    file_four_bit: frozenset = field(default=frozenset(), repr=False, compare=False)
     # the method for blocks `method` cannot take (calibrate.refused: gate/up biases, FATReLU under an input method);
     # None: such a block is an error. compile() sets it when the user named no method
     fallback: str | None = None
@@ -171,7 +172,11 @@ class SparsifyThreshold(Pass):
                                               family=kernel_family, routed=routed)
         methods = [(self.method, "")] * len(blocks)   # per block: (its method, why not self.method)
         storage = self.storage or _stored_as(graph, blocks[0])
-        missing = [i for i, b in enumerate(blocks) if chosen[i] is None and not kept_routed[i]]
+        # an input method's block over a file's 4-bit blocks stays dense, uncalibrated (input_cost.py)
+        file_kept = [file_blocks_reason(b, storage, self.file_four_bit)
+                     if method(self.method).mode == "input" and id(b) not in routed and chosen[i] is None else ""
+                     for i, b in enumerate(blocks)]
+        missing = [i for i, b in enumerate(blocks) if chosen[i] is None and not kept_routed[i] and not file_kept[i]]
         if missing and not self.calibration:
             where = ", ".join(blocks[i].loc or "?" for i in missing[:3]) + (" ..." if len(missing) > 3 else "")
             raise ActsparseError(f"sparsify-threshold has no thresholds for {where}: pass calibration data "
@@ -246,24 +251,22 @@ class SparsifyThreshold(Pass):
         cost, fixed = ((self.target.input_byte_cost.get(storage, 1.0), self.target.input_fixed_bytes.get(storage, 0.0))
                        if self.target is not None else (1.0, 0.0))
         # rewrite visits graph.nodes in order (rebuilt nodes: new identity)
-        in_order = iter(zip(chosen, methods, kept_routed, (i in routed_input for i in range(len(blocks)))))
+        in_order = iter(zip(chosen, methods, kept_routed, (i in routed_input for i in range(len(blocks))), file_kept))
         new_weights: dict = {}
         rotations: dict = {}   # the rotation `linear` per (Q, input): a routed layer's experts share one
 
         def visit(node: Node) -> Node | None:
             if node.op != "gated_mlp" or has_hidden_norm(node):
                 return None
-            c, (name, why), kept, routed_in = next(in_order)
+            c, (name, why), kept, routed_in, from_file = next(in_order)
             if kept:   # a routed expert: route-moe runs it exact (ReLU-family) or dense, on its tokens only
                 return exact_block(node, graph, new_weights, kernel_family, count=False) if kept == "exact" else None
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
-            # (a routed expert stays in its layer's kind: route-moe stacks experts of one kind only)
-            reason = "" if routed_in else _dense_pays(c, cost, fixed / _block_bytes(node, graph, storage)) \
-                if c is not None else \
-                "kept dense: this non-gated MLP's call site sees too few calibration tokens for the asked sparsity"
+            stat, reason = _kept_dense(c, from_file, routed_in,
+                                       lambda e: dense_pays(e, cost, fixed / block_bytes(node, graph, storage)))
             if reason:
-                record("kept-dense-by-cost" if c is not None else "kept-dense-too-few-tokens")
+                record(stat)
                 if storage in QUANTIZE_KINDS and reads_input(node.attrs["up_act"]):
                     # as dense mode builds it (fuse_gated_mlp): three linears on the rows as stored, a GGUF's own
                     # blocks; the fused kernel would read a down re-laid and re-quantized, and more slowly
@@ -337,22 +340,18 @@ def _stored_as(graph: Graph, block: Node) -> str:
     return "fp16" if graph.weights[block.inputs[1].attrs["name"]].dtype == np.float16 else "fp32"
 
 
-def _dense_pays(c: NeuronThreshold | InputThresholds, cost: float, fixed: float = 0.0) -> str:
-    """Why the dense kernel is at least as fast as the input-sparse one for this block ("" when it is not): reading
-    (1 - s) of the bytes at `cost` times dense's time per byte, plus `fixed` of dense's time per call (module
-    docstring)."""
-    if not isinstance(c, InputThresholds) or (1.0 - c.effective) * cost + fixed <= PAYING_TIME:
-        return ""
-    return (f"kept dense by cost: {c.effective:.0%} effective sparsity reads {1 - c.effective:.0%} of the bytes at "
-            f"{cost:g}x dense's time per byte" + (f", plus a call's fixed cost of {fixed:.0%} of dense's time at "
-                                                   "this block's size" if fixed else "")
-            + f" (the target's input_byte_cost, input_fixed_bytes): not {1 - PAYING_TIME:.0%} faster than dense")
-
-
-def _block_bytes(node: Node, graph: Graph, storage: str) -> float:
-    """Bytes of a gated block's matrices stored as `storage` (one copy of a weight two inputs share: a unit up)."""
-    matrices = {id(w): w for w in node.inputs[1:] if w.op == "weight" and w.type.rank == 2}
-    return max(sum(float(np.prod(w.shape)) for w in matrices.values()) * bytes_per_weight(storage), 1.0)
+def _kept_dense(c, from_file: str, routed_in: bool, by_cost) -> tuple[str, str]:
+    """(statistic, reason) where a calibrated block stays dense, ("", "") where it does not: a file's 4-bit blocks
+    (`from_file`, input_cost.py), too few calibration tokens (no thresholds `c`), or `by_cost(effective)`'s reason
+    for an input-mode block (a routed expert stays in its layer's kind: route-moe stacks experts of one kind only)."""
+    if from_file:
+        return "kept-dense-file-blocks", from_file
+    if c is None:
+        return "kept-dense-too-few-tokens", ("kept dense: this non-gated MLP's call site sees too few calibration "
+                                             "tokens for the asked sparsity")
+    if routed_in or not isinstance(c, InputThresholds):
+        return "", ""
+    return "kept-dense-by-cost", by_cost(c.effective)
 
 
 def _summary(c: NeuronThreshold | InputThresholds | ExpertThresholds) -> dict:

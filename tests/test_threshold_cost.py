@@ -48,7 +48,7 @@ def test_the_cost_rule_is_the_row_of_the_hosts_int8_dot():
     whose input kernel runs float axpys (256-bit VNNI, no AVX2) is unmeasured and pays no less than any measured
     row. An int4 Mistral-7B-sized block (99 MB) goes input-sparse at 50% skipped on both, and at 30% on VNNI only,
     as measured (BENCHMARKS.md sessions 35 / 42: 0.58x at 50% on VNNI; on AVX2 0.73x at 50%, 1.01x at 30%)."""
-    from actsparse.passes.sparsify_threshold import PAYING_TIME
+    from actsparse.passes.input_cost import PAYING_TIME
     from actsparse.targets.x86 import INPUT_COSTS, input_costs, x86_target
 
     vnni = x86_target({"avx512f", "avx512_vnni", "avx2", "fma"}, "znver4", 2, "a Zen 4")
