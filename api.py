@@ -25,7 +25,7 @@ from .decoder_setup import (
 from .errors import ActsparseError
 from .ir import Graph, TensorType
 from .ir.examples import example_inputs_for
-from .ir.quant import LAYOUTS, QUANTIZE_KINDS, STORAGE_KINDS
+from .ir.quant import QUANTIZE_KINDS, STORAGE_KINDS
 from .passes import pipeline_for, run_pipeline
 from .passes.calibrate import SINK_POSITIONS
 from .passes.pipeline import LOSSY_MODES, MODES
@@ -306,8 +306,8 @@ def compile_graph(graph: Graph, arrays: list[np.ndarray], target: Any, mode: str
 
     tgt = target_registry.get(target)
     try:
-        passes = pipeline_for(mode, tgt, storage=quantize, **options, file_four_bit=frozenset(
-            name for name, q in (prequantized or {}).items() if LAYOUTS[q.layout].bits == 4))
+        passes = pipeline_for(mode, tgt, storage=quantize, **options,
+                              file_layouts={name: q.layout for name, q in (prequantized or {}).items()})
     except ValueError as err:
         raise ActsparseError(str(err)) from None
     if quantize is not None:  # a storage property of the weights, after the sparsity passes (which read floats)

@@ -16,10 +16,12 @@ Two reasons, both decided before the block is rewritten (sparsify_threshold.py):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ..ir import Graph, Node
-from ..ir.quant import bytes_per_weight
+from ..ir.quant import GROUP, bytes_per_weight, layout
 
 # the bar: a block goes input-sparse where its predicted time is at most this share of dense's. The fit is good to
 # about 10% (threshold_step's medians, run to run), and under quantized storage a sparse block's re-laid rows are
@@ -32,27 +34,37 @@ FILE_BLOCKS_REASON = ("kept dense: its weights are the file's 4-bit blocks, whic
                       "0.5); threshold mode at 4 bits pays from float weights, or build with quantize='int8'")
 
 
-def dense_pays(effective: float, cost: float, fixed: float = 0.0) -> str:
+def dense_pays(effective: float, cost: float, fixed: float = 0.0, wider: float = 1.0) -> str:
     """Why the dense kernel is at least as fast as the input-sparse one for a block of `effective` sparsity ("" when
     it is not): reading (1 - s) of the bytes at `cost` times dense's time per byte, plus `fixed` of dense's time per
-    call."""
-    if (1.0 - effective) * cost + fixed <= PAYING_TIME:
+    call; `wider`: the sparse copies' bytes over those dense reads (> 1 where dense keeps a file's 4-bit blocks and
+    the sparse copies are 8-bit)."""
+    if (1.0 - effective) * cost * wider + fixed <= PAYING_TIME:
         return ""
-    return (f"kept dense by cost: {effective:.0%} effective sparsity reads {1 - effective:.0%} of the bytes at "
-            f"{cost:g}x dense's time per byte" + (f", plus a call's fixed cost of {fixed:.0%} of dense's time at "
-                                                   "this block's size" if fixed else "")
+    return (f"kept dense by cost: {effective:.0%} effective sparsity reads {1 - effective:.0%} of the bytes"
+            + (f" of copies {wider:.2g}x the size of the file's blocks dense reads" if wider != 1.0 else "")
+            + f" at {cost:g}x dense's time per byte" + (f", plus a call's fixed cost of {fixed:.0%} of dense's time at "
+                                                        "this block's size" if fixed else "")
             + f" (the target's input_byte_cost, input_fixed_bytes): not {1 - PAYING_TIME:.0%} faster than dense")
 
 
-def block_bytes(node: Node, graph: Graph, storage: str) -> float:
-    """Bytes of a gated block's matrices stored as `storage` (one copy of a weight two inputs share: a unit up)."""
+def block_bytes(node: Node, graph: Graph, storage: str, file_layouts: Mapping[str, str] | None = None) -> float:
+    """Bytes of a gated block's matrices stored as `storage` (one copy of a weight two inputs share: a unit up); a
+    matrix in `file_layouts` ({weight name: layout}, a source file's blocks the dense build keeps) at its layout's."""
     matrices = {id(w): w for w in node.inputs[1:] if w.op == "weight" and w.type.rank == 2}
-    return max(sum(float(np.prod(w.shape)) for w in matrices.values()) * bytes_per_weight(storage), 1.0)
+    kept = file_layouts or {}
+
+    def per_weight(w: Node) -> float:
+        stored = kept.get(w.attrs["name"].removesuffix(".t"))
+        return layout(stored).block_bytes / GROUP if stored else bytes_per_weight(storage)
+
+    return max(sum(float(np.prod(w.shape)) * per_weight(w) for w in matrices.values()), 1.0)
 
 
-def file_blocks_reason(node: Node, storage: str, four_bit: frozenset) -> str:
-    """FILE_BLOCKS_REASON where one of `node`'s matrices (input mode re-lays all three) is among `four_bit` (weights
-    whose values are a source file's 4-bit blocks; compile() names them) and the input-sparse copies would be stored
+def file_blocks_reason(node: Node, storage: str, file_layouts: Mapping[str, str]) -> str:
+    """FILE_BLOCKS_REASON where one of `node`'s matrices (input mode re-lays all three) is a source file's 4-bit
+    blocks (`file_layouts`: {weight name: layout}, compile() gives them) and the input-sparse copies would be stored
     at 4 bits; else ""."""
     names = {w.attrs["name"].removesuffix(".t") for w in node.inputs[1:] if w.op == "weight"}
-    return FILE_BLOCKS_REASON if storage == "int4" and names & four_bit else ""
+    four_bit = any(layout(file_layouts[n]).bits == 4 for n in names if n in file_layouts)
+    return FILE_BLOCKS_REASON if storage == "int4" and four_bit else ""

@@ -57,7 +57,8 @@ class PipelineOptions:
     loss_guard: object = None              # threshold mode: quality_guard.LossGuard (held-out loss bound)
     fallback_method: str | None = None    # threshold mode: for blocks `method` cannot take (None: an error)
     calibration_skip: int = 0              # threshold mode: each sample's first positions left out (a decoder's sink)
-    file_four_bit: frozenset = frozenset()  # threshold mode: weights whose values are a file's 4-bit blocks
+    # threshold mode: {weight name: layout} of a source file's blocks the dense build keeps (passes/input_cost.py)
+    file_layouts: dict = field(default_factory=dict, compare=False)
 
     @property
     def target(self) -> Target:
@@ -106,7 +107,7 @@ def _threshold(o: PipelineOptions) -> list[Pass]:
     return [*_detect(o), SparsifyThreshold(sparsity=o.sparsity, method=o.method, calibration=o.calibration,
                                            storage=o.storage, sensitivity=o.sensitivity, target=o.target,
                                            loss_guard=o.loss_guard, fallback=o.fallback_method,
-                                           skip_positions=o.calibration_skip, file_four_bit=o.file_four_bit),
+                                           skip_positions=o.calibration_skip, file_layouts=o.file_layouts),
             RouteMoE()]
 
 
@@ -136,7 +137,7 @@ def pipeline_for(mode: str, target: Target | str | None = None, calibration=None
                  predictor_budget: float = 0.1, memory_budget: int | None = None,
                  storage: str | None = None, sensitivity=None, loss_guard=None,
                  fallback_method: str | None = None, calibration_skip: int = 0,
-                 file_four_bit: frozenset = frozenset()) -> list[Pass]:
+                 file_layouts: dict | None = None) -> list[Pass]:
     """The passes of `mode` for `target` (a Target or a registry name; default the host's x86 target).
     `memory_budget` (bytes of fast memory for the MLP weights; modes in BUDGET_MODES) adds the hot/cold split,
     which counts neuron firing on `calibration`; `storage`: the `quantize=` kind the weights will get (the
@@ -144,8 +145,9 @@ def pipeline_for(mode: str, target: Target | str | None = None, calibration=None
     threshold mode's Fisher weights (passes/loss_sensitivity.py); `loss_guard`: threshold mode's bound on the
     held-out loss (passes/quality_guard.py); `fallback_method`: threshold mode's method for the blocks `method`
     cannot take (None: those are an error); `calibration_skip`: threshold mode leaves each calibration sample's
-    first positions out of its rows (a decoder's: calibrate.SINK_POSITIONS); `file_four_bit`: weights whose values
-    are a source file's 4-bit blocks, which threshold mode does not round again at 4 bits (passes/input_cost.py)."""
+    first positions out of its rows (a decoder's: calibrate.SINK_POSITIONS); `file_layouts`: {weight name: layout} of
+    a source file's blocks the dense build keeps, which threshold mode prices dense by and does not round again at 4
+    bits (passes/input_cost.py)."""
     if mode not in PIPELINES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     if memory_budget is not None and mode not in BUDGET_MODES:
@@ -155,7 +157,7 @@ def pipeline_for(mode: str, target: Target | str | None = None, calibration=None
         target = targets.get(target)  # an unknown name fails here, listing the valid ones
     options = PipelineOptions(target, tuple(calibration or ()), sparsity, method, predictor, recall, predictor_budget,
                               memory_budget, storage, tuple(sensitivity or ()), loss_guard, fallback_method,
-                              calibration_skip, frozenset(file_four_bit))
+                              calibration_skip, dict(file_layouts or {}))
     return PIPELINES[mode](options)
 
 

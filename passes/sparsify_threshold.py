@@ -36,9 +36,10 @@ cost + fixed / the block's bytes > `PAYING_TIME` (s its calibrated effective spa
 subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7B's); it stays dense as dense mode
 builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its rows
 as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`
-(input_cost.py). Under 4-bit storage an input method's block over a file's 4-bit blocks (`file_four_bit`, names
-compile() passes) stays dense the same way, uncalibrated: its re-laid copies would round those blocks a second
-time at 4 bits (input_cost.py; +82-84% perplexity on SmolLM2-135M's Q4_1 file at 0.5), `kept-dense-file-blocks`.
+(input_cost.py; where the dense build keeps a file's blocks, `file_layouts`, its bytes are theirs). Under 4-bit
+storage an input method's block over a file's 4-bit blocks stays dense the same way, uncalibrated: its re-laid copies
+would round those blocks a second time at 4 bits (+82-84% perplexity on SmolLM2-135M's Q4_1 file at 0.5),
+`kept-dense-file-blocks`.
 
 MoE experts that route-moe will route take, with `routed_experts="input"`, the asked input method (TEAL / WINA) per
 expert on the tokens routed to it, a rotated method's basis fitted once per MoE layer and shared by its experts
@@ -118,7 +119,7 @@ ROUTED_EXPERT_KINDS = ("cuts", "input")
 @dataclass(frozen=True)
 class SparsifyThreshold(Pass):
     name = "sparsify-threshold"
-    data_options = ("calibration", "sensitivity", "target", "loss_guard", "file_four_bit")
+    data_options = ("calibration", "sensitivity", "target", "loss_guard", "file_layouts")
     sparsity: float = 0.5
     method: str = DEFAULT_METHOD
     thresholds: tuple = ()
@@ -132,8 +133,8 @@ class SparsifyThreshold(Pass):
     routed_experts: str = "cuts"   # what routed experts take: ROUTED_EXPERT_KINDS (module docstring)
     target: Target | None = field(default=None, repr=False, compare=False)   # its input_byte_cost: the cost rule
     loss_guard: object = field(default=None, repr=False, compare=False)   # quality_guard.LossGuard
-    # weights whose values are a source file's 4-bit blocks (input_cost.file_blocks_reason): compile() names them
-    file_four_bit: frozenset = field(default=frozenset(), repr=False, compare=False)
+    # {weight name: layout} of a source file's blocks the dense build keeps (input_cost.py): compile() gives them
+    file_layouts: dict = field(default_factory=dict, repr=False, compare=False)
     # the method for blocks `method` cannot take (calibrate.refused: gate/up biases, FATReLU under an input method);
     # None: such a block is an error. compile() sets it when the user named no method
     fallback: str | None = None
@@ -173,7 +174,7 @@ class SparsifyThreshold(Pass):
         methods = [(self.method, "")] * len(blocks)   # per block: (its method, why not self.method)
         storage = self.storage or _stored_as(graph, blocks[0])
         # an input method's block over a file's 4-bit blocks stays dense, uncalibrated (input_cost.py)
-        file_kept = [file_blocks_reason(b, storage, self.file_four_bit)
+        file_kept = [file_blocks_reason(b, storage, self.file_layouts)
                      if method(self.method).mode == "input" and id(b) not in routed and chosen[i] is None else ""
                      for i, b in enumerate(blocks)]
         missing = [i for i, b in enumerate(blocks) if chosen[i] is None and not kept_routed[i] and not file_kept[i]]
@@ -263,8 +264,9 @@ class SparsifyThreshold(Pass):
                 return exact_block(node, graph, new_weights, kernel_family, count=False) if kept == "exact" else None
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
-            stat, reason = _kept_dense(c, from_file, routed_in,
-                                       lambda e: dense_pays(e, cost, fixed / block_bytes(node, graph, storage)))
+            dense_bytes = block_bytes(node, graph, storage, self.file_layouts)
+            stat, reason = _kept_dense(c, from_file, routed_in, lambda e: dense_pays(
+                e, cost, fixed / dense_bytes, block_bytes(node, graph, storage) / dense_bytes))
             if reason:
                 record(stat)
                 if storage in QUANTIZE_KINDS and reads_input(node.attrs["up_act"]):

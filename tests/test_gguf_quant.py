@@ -298,8 +298,9 @@ def test_threshold_mode_keeps_a_4_bit_files_blocks_rather_than_round_them_again(
     """Threshold mode's input methods store gate / up as columns and down transposed: a GGUF's Q4_0 MLP blocks cannot
     be kept there, and rounding them again at 4 bits cost SmolLM2's Q4_1 file +82-84% perplexity. Under
     quantize="int4" such a block stays dense, uncalibrated (stat kept-dense-file-blocks), even where the kernel would
-    pay: three linears on the file's blocks, decoding as the dense int4 build does. int8's 8-bit re-laid copies still
-    go input-sparse; `prequantized={}` (every tensor anew, the user's choice) too, with the report's warning."""
+    pay: three linears on the file's blocks, decoding as the dense int4 build does. int8's 8-bit re-laid copies may
+    go input-sparse, priced against the file's blocks; `prequantized={}` (every tensor anew, the user's choice) too,
+    with the report's warning."""
     import actsparse
 
     mlp = {"ffn_gate": "Q4_0", "ffn_up": "Q4_0", "ffn_down": "Q4_0"}
@@ -323,7 +324,13 @@ def test_threshold_mode_keeps_a_4_bit_files_blocks_rather_than_round_them_again(
     ids = np.random.default_rng(7).integers(1, VOCAB, (1, 5))
     np.testing.assert_array_equal(lm.generate(ids, max_new_tokens=6), dense.generate(ids, max_new_tokens=6))
     assert warnings(dense) == []
+    # int8's copies are 8-bit, no second 4-bit rounding: priced against the file's blocks dense reads (1.9x fewer
+    # bytes), they pay at 0.5 only where the kernel reads a byte at most 0.95x as fast as dense (here: not at 1.0)
     int8 = build(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int8", target=paying)
+    assert int8.module.graph.count("sparse_gated_mlp") == 0 and warnings(int8) == []
+    assert "copies 1.9x the size of the file's blocks dense reads" in int8.report.blocks[0].reason
+    int8 = build(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int8",
+                 target=dataclasses.replace(paying, input_byte_cost={"int8": 0.5}))
     assert int8.module.graph.count("sparse_gated_mlp") == 1 and warnings(int8) == []
     anew = build(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int4", target=paying,
                  prequantized={})
