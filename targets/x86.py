@@ -153,15 +153,20 @@ def x86_target(flags: set[str], mcpu: str, threads: int, model: str) -> Target:
 # linears, on a GGUF's own blocks), 2 threads: SmolLM2-135M's 576 x 1536 in decode and one MLP at Mistral-7B's
 # 4096 x 14336 from DRAM (threshold_step --kernels). fp32 / fp16: ~86% of the read limit at Mistral dims, 1.22x
 # decode at 50% on SmolLM2 (Zen 4): 1.0, no fixed part.
-# - AVX512-VNNI (Zen 4, BENCHMARKS.md session 35), at 50% skipped: int4 the time of dense at the small size
-#   (decode_profile), 0.58x at the large; int8 1.25x and 0.76x (q8_0's gate / up axpys run float on VNNI).
+# - AVX512-VNNI: refitted in session 44 (Intel Xeon, AVX-512 + VNNI, 480 MB L3) on the kernels as built since
+#   sessions 42-43 (a decoding call's tasks read whole rows; the integer axpy's last groups in one more vector), input
+#   / three linears at 30 / 50 / 70% skipped (medians): q4_0 0.83 / 0.60 / 0.36 at Mistral dims from DRAM, 0.68 /
+#   0.58 / 0.46 at SmolLM2's; q8_0 0.79 / 0.57 / 0.35 and 0.79 / 0.63 / 0.46 (least squares, fixed part >= 0). The
+#   session-35 fit (Zen 4, the column split: int4 1.16 + 0.63 MB, int8 1.5 + 1.4 MB) predicted 1.0 and 1.25 at
+#   SmolLM2's size and 50%, where these kernels take 0.58 and 0.63. (SmolLM2's 30 layers, 45 MB at int4, fit this
+#   host's L3; a host with a 32 MB L3 reads them from DRAM, where the Mistral-dims points, fixed part ~0, speak.)
 # - AVX2 without VNNI (Zen 3, session 36): the q4_0 axpys are bound by their arithmetic (~12-14 GB/s of weights
 #   against three linears' ~25); q8_0's (int16 pairs) near the linears' rate. Refitted in session 42, once a decoding
 #   call's tasks read whole rows (`input_channels.py`), input / three linears' time at 30 / 50 / 70% skipped (medians):
 #   q4_0 1.01 / 0.73 / 0.48 at Mistral dims, 1.38 / 1.11 / 0.73 at SmolLM2's; q8_0 0.89 / 0.63 / 0.37 and 0.82 / 0.65
 #   / 0.43 (session 36's column split, Mistral dims: q4_0 1.11 / 1.10 / 0.53, q8_0 0.78 / 0.61 / 0.47).
 INPUT_COSTS = {
-    "avx512_vnni": {"int4": (1.16, 0.63e6), "int8": (1.5, 1.4e6)},
+    "avx512_vnni": {"int4": (1.13, 0.014e6), "int8": (1.11, 0.2e6)},
     "avx2": {"int4": (1.5, 0.48e6), "int8": (1.2, 0.1e6)},
 }
 
