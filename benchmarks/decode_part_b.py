@@ -96,7 +96,10 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUN
                                # the first block's that has one (the cost rule may keep the first dense)
                                "method": next((b.method for b in blocks if b.method), None),
                                "fisher": "fisher-allocation" in decoders[name].report.pass_stats.get(
-                                   "sparsify-threshold", {})}
+                                   "sparsify-threshold", {}),
+                               # why the blocks a threshold build keeps dense are: input_cost.py's two reasons
+                               "kept_file_blocks": decoders[name].report.pass_stats.get(
+                                   "sparsify-threshold", {}).get("kept-dense-file-blocks", 0)}
         print(f"  compiled {name} in {row['compile_s'][name]:.0f} s", file=sys.stderr, flush=True)
     row["load"]["actsparse"] = load_average()
     if decoders:
@@ -188,7 +191,9 @@ def table_b(r: dict) -> str:
             continue
         rep = r["report"][name]
         label = f"actsparse {name}" + ("" if "threshold" not in name else
-                                       " (every block kept dense by cost)" if rep["method"] is None else
+                                       (" (every block kept dense on the file's 4-bit blocks)"
+                                        if rep.get("kept_file_blocks") else " (every block kept dense by cost)")
+                                       if rep["method"] is None else
                                        f" ({rep['method']}{'+fisher' if rep.get('fisher') else ''}, effective "
                                        f"sparsity {rep['effective_sparsity']:.0%} on the held-out passage, "
                                        f"{rep.get('effective_calibrated', float('nan')):.0%} calibrated)")
