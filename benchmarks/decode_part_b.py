@@ -191,7 +191,7 @@ def table_b(r: dict) -> str:
             continue
         rep = r["report"][name]
         label = f"actsparse {name}" + ("" if "threshold" not in name else
-                                       (" (every block kept dense on the file's 4-bit blocks)"
+                                       (" (every block kept dense on the file's quantized blocks)"
                                         if rep.get("kept_file_blocks") else " (every block kept dense by cost)")
                                        if rep["method"] is None else
                                        f" ({rep['method']}{'+fisher' if rep.get('fisher') else ''}, effective "

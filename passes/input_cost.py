@@ -5,13 +5,16 @@ Two reasons, both decided before the block is rewritten (sparsify_threshold.py):
 - *Time* (`dense_pays`): the input-sparse kernel reads (1 - s) of the block's bytes at the target's
   `input_byte_cost` times dense's time per byte, plus `input_fixed_bytes` of dense's time per call; a block whose
   predicted time is above `PAYING_TIME` of dense's stays dense.
-- *A second 4-bit rounding* (`file_blocks_reason`): the input-sparse kernels read gate and up as columns and down
-  as rows of neurons, layouts a GGUF's blocks (groups along d) are not in, so under 4-bit storage a file's 4-bit
-  matrices would be dequantized and rounded at 4 bits again, along the other axis. That costs far more than the
-  file's own rounding: SmolLM2-135M's Q4_1 file in threshold mode at 0.5, perplexity +84% over dense int4
-  (BENCHMARKS.md session 31), +82% again in session 44, where it decoded at 1.21x dense int4's tokens/s. Such a block
-  stays dense (three linears on the file's blocks) and is not calibrated; the way to threshold mode at 4 bits is
-  float weights, or `quantize="int8"` (8-bit re-laid copies).
+- *A second rounding at 4 bits* (`file_blocks_reason`): the input-sparse kernels read gate and up as columns and
+  down as rows of neurons, layouts a GGUF's blocks (groups along d) are not in, so under 4-bit storage a file's
+  quantized matrices (kept as stored in dense mode: 4-bit, or Q5_0 / Q8_0 held at 8 bits) would be dequantized and
+  rounded at 4 bits again, along the other axis. That costs far more than the file's own rounding: SmolLM2-135M's
+  Q4_1 file in threshold mode at 0.5, perplexity +84% over dense int4 (BENCHMARKS.md session 31), +82% again in
+  session 44, where it decoded at 1.21x dense int4's tokens/s; Gemma 3 270M's Q4_K_M (gate / up Q5_0, its rows of
+  640 fit no K-quant) +31% at 22% effective sparsity (session 44). Such a block stays dense (three linears on the
+  file's blocks) and is not calibrated; the way to threshold mode at 4 bits is float weights, or `quantize="int8"`
+  (8-bit re-laid copies). (A tensor the file stores in 5-6 bit K-quants is held at 8 bits in every copy, quantize.py's
+  `wide`: not rounded to 4 bits, not in `file_layouts`.)
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from ..ir.quant import GROUP, bytes_per_weight, layout
 # input-sparse, for +13.6% perplexity at 1.01x dense's tokens/s (BENCHMARKS.md, session 42)
 PAYING_TIME = 0.9
 
-FILE_BLOCKS_REASON = ("kept dense: its weights are the file's 4-bit blocks, which the input-sparse kernel's layouts "
-                      "would round a second time at 4 bits (+84% perplexity on SmolLM2-135M's Q4_1 file at "
-                      "0.5); threshold mode at 4 bits pays from float weights, or build with quantize='int8'")
+FILE_BLOCKS_REASON = ("kept dense: its weights are the file's quantized blocks, which the input-sparse kernel's 4-bit "
+                      "layouts would round again (+84% perplexity on SmolLM2-135M's Q4_1 file at 0.5); threshold "
+                      "mode at 4 bits pays from float weights, or build with quantize='int8'")
 
 
 def dense_pays(effective: float, cost: float, fixed: float = 0.0, wider: float = 1.0) -> str:
@@ -62,9 +65,8 @@ def block_bytes(node: Node, graph: Graph, storage: str, file_layouts: Mapping[st
 
 
 def file_blocks_reason(node: Node, storage: str, file_layouts: Mapping[str, str]) -> str:
-    """FILE_BLOCKS_REASON where one of `node`'s matrices (input mode re-lays all three) is a source file's 4-bit
-    blocks (`file_layouts`: {weight name: layout}, compile() gives them) and the input-sparse copies would be stored
-    at 4 bits; else ""."""
+    """FILE_BLOCKS_REASON where one of `node`'s matrices (input mode re-lays all three) is a source file's quantized
+    blocks (`file_layouts`: {weight name: layout} of those dense mode keeps, compile() gives them) and the
+    input-sparse copies would be stored at 4 bits; else ""."""
     names = {w.attrs["name"].removesuffix(".t") for w in node.inputs[1:] if w.op == "weight"}
-    four_bit = any(layout(file_layouts[n]).bits == 4 for n in names if n in file_layouts)
-    return FILE_BLOCKS_REASON if storage == "int4" and four_bit else ""
+    return FILE_BLOCKS_REASON if storage == "int4" and names & set(file_layouts) else ""

@@ -37,8 +37,8 @@ subtracted; the fixed part weighs on small blocks: SmolLM2-135M's, not Mistral-7
 builds it (the fused dense kernel, `sparse_gated_mlp{mode='dense'}`; under quantized storage three linears on its rows
 as stored, e.g. a GGUF's own blocks), the report's row gives the reason, and counts as `kept-dense-by-cost`
 (input_cost.py; where the dense build keeps a file's blocks, `file_layouts`, its bytes are theirs). Under 4-bit
-storage an input method's block over a file's 4-bit blocks stays dense the same way, uncalibrated: its re-laid copies
-would round those blocks a second time at 4 bits (+82-84% perplexity on SmolLM2-135M's Q4_1 file at 0.5),
+storage an input method's block over a file's quantized blocks stays dense the same way, uncalibrated: its re-laid
+copies would round those blocks again at 4 bits (+82-84% perplexity on SmolLM2-135M's Q4_1 file at 0.5),
 `kept-dense-file-blocks`.
 
 MoE experts that route-moe will route take, with `routed_experts="input"`, the asked input method (TEAL / WINA) per
@@ -66,7 +66,7 @@ calibrated by an input method; `routed-expert-thresholds` per routed expert cali
 cut; `exact-routed-experts` / `kept-dense-routed-experts` per expert left exact / dense; `exact-hidden-norm` /
 `kept-dense-hidden-norm` per normed block; `fisher-allocation` once when the budget was pooled by `sensitivity`;
 `rotation-<kind>` per rotation stored (`int8`: q8_0, see `rotation.ROTATION_STORAGE`); `kept-dense-by-cost` per block
-the cost rule kept dense; `kept-dense-file-blocks` per block kept on a file's 4-bit blocks.
+the cost rule kept dense; `kept-dense-file-blocks` per block kept on a file's quantized blocks.
 """
 
 from __future__ import annotations
@@ -173,9 +173,10 @@ class SparsifyThreshold(Pass):
                                               family=kernel_family, routed=routed)
         methods = [(self.method, "")] * len(blocks)   # per block: (its method, why not self.method)
         storage = self.storage or _stored_as(graph, blocks[0])
-        # an input method's block over a file's 4-bit blocks stays dense, uncalibrated (input_cost.py)
-        file_kept = [file_blocks_reason(b, storage, self.file_layouts)
-                     if method(self.method).mode == "input" and id(b) not in routed and chosen[i] is None else ""
+        # an input method's block over a file's quantized blocks stays dense, uncalibrated (input_cost.py); one the
+        # method refuses takes the fallback, a per-neuron method that reads gate / up as stored
+        file_kept = [file_blocks_reason(b, storage, self.file_layouts) if method(self.method).mode == "input"
+                     and id(b) not in routed and chosen[i] is None and not refused(b, self.method) else ""
                      for i, b in enumerate(blocks)]
         missing = [i for i, b in enumerate(blocks) if chosen[i] is None and not kept_routed[i] and not file_kept[i]]
         if missing and not self.calibration:
@@ -343,7 +344,7 @@ def _stored_as(graph: Graph, block: Node) -> str:
 
 
 def _kept_dense(c, from_file: str, routed_in: bool, by_cost) -> tuple[str, str]:
-    """(statistic, reason) where a calibrated block stays dense, ("", "") where it does not: a file's 4-bit blocks
+    """(statistic, reason) where a calibrated block stays dense, ("", "") where it does not: a file's quantized blocks
     (`from_file`, input_cost.py), too few calibration tokens (no thresholds `c`), or `by_cost(effective)`'s reason
     for an input-mode block (a routed expert stays in its layer's kind: route-moe stacks experts of one kind only)."""
     if from_file:

@@ -296,9 +296,10 @@ def test_a_gguf_compile_parses_the_file_once_and_keeps_nothing_open(tmp_path, mo
 
 def test_threshold_mode_keeps_a_4_bit_files_blocks_rather_than_round_them_again(tmp_path):
     """Threshold mode's input methods store gate / up as columns and down transposed: a GGUF's Q4_0 MLP blocks cannot
-    be kept there, and rounding them again at 4 bits cost SmolLM2's Q4_1 file +82-84% perplexity. Under
-    quantize="int4" such a block stays dense, uncalibrated (stat kept-dense-file-blocks), even where the kernel would
-    pay: three linears on the file's blocks, decoding as the dense int4 build does. int8's 8-bit re-laid copies may
+    be kept there, and rounding them again at 4 bits cost SmolLM2's Q4_1 file +82-84% perplexity (Gemma 3's Q4_K_M,
+    whose gate / up are Q5_0, +31%). Under quantize="int4" such a block stays dense, uncalibrated (stat
+    kept-dense-file-blocks), even where the kernel would pay: three linears on the file's blocks, decoding as the
+    dense int4 build does; a Q8_0 file's too (the file's 8 bits are kept by dense mode). int8's 8-bit re-laid copies may
     go input-sparse, priced against the file's blocks; `prequantized={}` (every tensor anew, the user's choice) too,
     with the report's warning."""
     import actsparse
@@ -318,7 +319,7 @@ def test_threshold_mode_keeps_a_4_bit_files_blocks_rather_than_round_them_again(
     stats = lm.report.pass_stats["sparsify-threshold"]
     assert stats["kept-dense-file-blocks"] == 1 and "kept-dense-by-cost" not in stats, stats
     assert lm.module.graph.count("sparse_gated_mlp") == 0 and lm.module.graph.count("gated_mlp") == 1
-    assert lm.report.blocks[0].mode == "dense" and "the file's 4-bit blocks" in lm.report.blocks[0].reason
+    assert lm.report.blocks[0].mode == "dense" and "the file's quantized blocks" in lm.report.blocks[0].reason
     assert warnings(lm) == []
     dense = build(mode="dense", quantize="int4")
     ids = np.random.default_rng(7).integers(1, VOCAB, (1, 5))
@@ -337,6 +338,10 @@ def test_threshold_mode_keeps_a_4_bit_files_blocks_rather_than_round_them_again(
     assert anew.module.graph.count("sparse_gated_mlp") == 1
     (warning,) = warnings(anew)   # (every 4-bit tensor of the file rounded anew: attention's too)
     assert warning.startswith("6 tensors the GGUF stores in 4-5 bit blocks") and "quantize='int8'" in warning
+    write_tiny_llama(tmp_path / "tiny.gguf", types={**TYPES, "ffn_gate": "Q8_0", "ffn_up": "Q8_0", "ffn_down": "Q8_0"})
+    lm = build(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int4", target=paying)
+    assert lm.report.pass_stats["sparsify-threshold"]["kept-dense-file-blocks"] == 1
+    assert lm.module.graph.count("sparse_gated_mlp") == 0
     # where the cost rule keeps a block dense (a float file's blocks, this host's int4 cost), the same three linears
     write_tiny_llama(tmp_path / "tiny.gguf", types={**TYPES, "ffn_gate": "F32", "ffn_up": "F32", "ffn_down": "F32"})
     lm = build(mode="threshold", sparsity=0.5, calibration=calibration, quantize="int4",
