@@ -349,12 +349,12 @@ def _kept_dense(c, from_file: str, routed_in: bool, by_cost) -> tuple[str, str]:
     for an input-mode block (a routed expert stays in its layer's kind: route-moe stacks experts of one kind only)."""
     if from_file:
         return "kept-dense-file-blocks", from_file
+    if routed_in:
+        return "", ""
     if c is None:
         return "kept-dense-too-few-tokens", ("kept dense: this non-gated MLP's call site sees too few calibration "
                                              "tokens for the asked sparsity")
-    if routed_in or not isinstance(c, InputThresholds):
-        return "", ""
-    return "kept-dense-by-cost", by_cost(c.effective)
+    return ("kept-dense-by-cost", by_cost(c.effective)) if isinstance(c, InputThresholds) else ("", "")
 
 
 def _summary(c: NeuronThreshold | InputThresholds | ExpertThresholds) -> dict:
