@@ -107,13 +107,14 @@ STORAGE_KINDS = (*FLOAT_KINDS, *QUANTIZE_KINDS)  # every `quantize=` value
 
 
 def bytes_per_weight(kind: str) -> float:
-    """Bytes one weight takes stored as `kind`: a `quantize=` value, or "fp32" (unquantized float32)."""
+    """Bytes one weight takes stored as `kind`: a `quantize=` value, a layout of LAYOUTS (a file's kept blocks), or
+    "fp32" (unquantized float32)."""
     if kind == "fp32":
         return 4.0
     if kind in FLOAT_KINDS:
         return float(np.dtype(FLOAT_KINDS[kind]).itemsize)
-    if kind in QUANTIZE_KINDS:
-        return layout(QUANTIZE_KINDS[kind]).block_bytes / GROUP
+    if kind in QUANTIZE_KINDS or kind in LAYOUTS:
+        return layout(QUANTIZE_KINDS.get(kind, kind)).block_bytes / GROUP
     raise QuantizationError(f"unknown weight storage {kind!r}; valid: fp32, {', '.join(STORAGE_KINDS)}")
 
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..ir import Graph, Node
-from ..ir.quant import GROUP, bytes_per_weight, layout
+from ..ir.quant import bytes_per_weight
 
 # the bar: a block goes input-sparse where its predicted time is at most this share of dense's. The fit is good to
 # about 10% (threshold_step's medians, run to run), and under quantized storage a sparse block's re-laid rows are
@@ -56,12 +56,8 @@ def block_bytes(node: Node, graph: Graph, storage: str, file_layouts: Mapping[st
     matrix in `file_layouts` ({weight name: layout}, a source file's blocks the dense build keeps) at its layout's."""
     matrices = {id(w): w for w in node.inputs[1:] if w.op == "weight" and w.type.rank == 2}
     kept = file_layouts or {}
-
-    def per_weight(w: Node) -> float:
-        stored = kept.get(w.attrs["name"].removesuffix(".t"))
-        return layout(stored).block_bytes / GROUP if stored else bytes_per_weight(storage)
-
-    return max(sum(float(np.prod(w.shape)) * per_weight(w) for w in matrices.values()), 1.0)
+    return max(sum(float(np.prod(w.shape)) * bytes_per_weight(kept.get(w.attrs["name"].removesuffix(".t"), storage))
+                   for w in matrices.values()), 1.0)
 
 
 def file_blocks_reason(node: Node, storage: str, file_layouts: Mapping[str, str]) -> str:

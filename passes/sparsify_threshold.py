@@ -265,9 +265,8 @@ class SparsifyThreshold(Pass):
                 return exact_block(node, graph, new_weights, kernel_family, count=False) if kept == "exact" else None
             pattern = pattern_name(node.attrs["gate_act"], node.attrs["up_act"]) + (
                 "-fused" if node.attrs.get("fused") else "")
-            dense_bytes = block_bytes(node, graph, storage, self.file_layouts)
-            stat, reason = _kept_dense(c, from_file, routed_in, lambda e: dense_pays(
-                e, cost, fixed / dense_bytes, block_bytes(node, graph, storage) / dense_bytes))
+            stat, reason = _kept_dense(c, from_file, routed_in, lambda e: _dense_pays_for(
+                node, graph, storage, self.file_layouts, e, cost, fixed))
             if reason:
                 record(stat)
                 if storage in QUANTIZE_KINDS and reads_input(node.attrs["up_act"]):
@@ -355,6 +354,14 @@ def _kept_dense(c, from_file: str, routed_in: bool, by_cost) -> tuple[str, str]:
         return "kept-dense-too-few-tokens", ("kept dense: this non-gated MLP's call site sees too few calibration "
                                              "tokens for the asked sparsity")
     return ("kept-dense-by-cost", by_cost(c.effective)) if isinstance(c, InputThresholds) else ("", "")
+
+
+def _dense_pays_for(node: Node, graph: Graph, storage: str, file_layouts, effective: float, cost: float,
+                    fixed: float) -> str:
+    """input_cost.dense_pays for this block: dense at the bytes it reads (a file's kept blocks at theirs), the
+    sparse copies at `storage`'s."""
+    dense = block_bytes(node, graph, storage, file_layouts)
+    return dense_pays(effective, cost, fixed / dense, block_bytes(node, graph, storage) / dense)
 
 
 def _summary(c: NeuronThreshold | InputThresholds | ExpertThresholds) -> dict:
