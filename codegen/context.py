@@ -39,6 +39,7 @@ class LowerContext:
     kernels: dict[str, object] = field(default_factory=dict)  # global_symbol -> GlobalVar
     users: dict[int, int] = field(default_factory=dict)  # id(node) -> how many nodes (and outputs) read it
     values: dict[int, object] = field(default_factory=dict)  # id(node) -> its Relax value, for nodes lowered so far
+    readers: dict[int, list] = field(default_factory=dict)  # id(node) -> the nodes that read it, in graph order
 
     def dim(self, d):
         """An IR dim as TVM sees it: an int, a graph input's dim variable, or a PrimExpr of them (kv+1, and floor

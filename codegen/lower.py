@@ -52,6 +52,9 @@ def _lower_function(bb, graph: Graph, target: Target, name: str, bound: dict[str
     ctx = LowerContext(bb, target, symbols, kernels)
     for read in [i for node in graph.nodes for i in node.inputs] + list(graph.outputs):  # outputs read too
         ctx.users[id(read)] = ctx.users.get(id(read), 0) + 1
+    for node in graph.nodes:
+        for i in dict.fromkeys(map(id, node.inputs)):
+            ctx.readers.setdefault(i, []).append(node)
     params = [relax.Var(n.attrs["name"], tensor_sinfo(ctx, n)) for n in graph.inputs]
     weight_params = {}
     for wname in weight_names:
@@ -62,11 +65,9 @@ def _lower_function(bb, graph: Graph, target: Target, name: str, bound: dict[str
         with bb.dataflow():
             values = ctx.values  # a lowering may read values further up its inputs (lower_predictor's certified)
             values.update({id(n): p for n, p in zip(graph.inputs, params)})
+            values.update({id(n): weight_params[n.attrs["name"]] for n in graph.nodes if n.op == "weight"})
             for node in graph.nodes:
-                if id(node) in values:
-                    continue
-                if node.op == "weight":
-                    values[id(node)] = weight_params[node.attrs["name"]]
+                if id(node) in values:   # an input, a weight, or a node a lowering computed with an earlier one
                     continue
                 fn = LOWERINGS.get(node.op)
                 if fn is None:

@@ -7,8 +7,10 @@ for the layer's sizes and the target's schedule, and restores the leading dims:
     sparse_gated_mlp(x, @Wg, @Wu, @Wd.t, *extra){mode=v}
                                                 -> reshape(call_tir(<kernel of v for the family>,
                                                                     [x2d, Wg, Wu, Wd.t, *extra]), [..., d_out])
-    gated_mlp(x, ...)  (dense mode)             -> linear kernels for gate/up/down + Relax activations
-                                                   (gate/up biases, if any, go to the linear kernels)
+    gated_mlp(x, @Wg, @Wu, @Wd)  (dense mode)   -> the gate / up kernel (CPU: both projections and the activations,
+                                                   kernels/gate_up.py), then the down projection's linear kernel
+                                                   (elsewhere, or gate / up in two layouts: linear kernels for gate /
+                                                   up and Relax activations; biases go to the kernels)
     routed_moe(x, @Wg, @Wu, @Wd.t, V, I[, @bg, @bu, @bd | @thr])
                                                 -> reshape(call_tir(routed kernel, [x2d, Wg, Wu, Wd.t, V2d, I2d, ...]))
                                                    (threshold experts: the families of ir/moe.py's ROUTED_MODES;
@@ -32,6 +34,7 @@ from ..ir.activations import ACTIVATIONS
 from ..ir.moe import expert_sizes, routed_kernel_takes
 from ..ir.sparse_variants import sizes, variant_of
 from .context import TVM_DTYPES, LoweringError, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
+from .lower_siblings import lower_siblings, sibling_group
 from .schedules import schedule_for
 
 R = relax.op
@@ -62,8 +65,33 @@ def _linear(ctx, node, args):
     if node.inputs[1].op != "weight":  # activations times activations: no weight layout to exploit
         out = R.matmul(args[0], R.permute_dims(args[1], [1, 0]))
         return R.add(out, args[2]) if len(args) == 3 else out
+    if group := sibling_group(ctx, node):   # q / k / v reading one x: one call (lower_siblings.py)
+        return lower_siblings(ctx, group, args[0])
     return linear_call(ctx, node.inputs[0].type, args[0], node.inputs[1], args[1], *args[2:],
                        float_x=node.attrs.get("float_x", False))
+
+
+def gate_up_call(ctx, node, args, biases):
+    """act_g(x @ Wg^T + bg) * act_u(x @ Wu^T + bu) of an unfused `gated_mlp` through the target's one-call gate / up
+    kernel (kernels/gate_up.py), emitted; None where the target has none or the block does not fit it (gate and up
+    in different layouts; an up factor that ignores its input)."""
+    from .kernels import has_kernel
+    from .kernels import kernel as target_kernel
+
+    a, (x_node, w_gate, w_up) = node.attrs, node.inputs[:3]
+    sched = schedule_for(ctx.target)
+    if (not has_kernel("gate_up", sched) or ACTIVATIONS[a["up_act"]].constant is not None
+            or w_gate.op != "weight" or w_up.op != "weight" or w_gate.shape != w_up.shape
+            or kernel_dtype(w_gate) != kernel_dtype(w_up)):
+        return None
+    n, k = w_gate.shape
+    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
+    bias = [b if getattr(b.ty, "dtype", "float32") == "float32" else ctx.bb.emit(R.astype(b, "float32"))
+            for b in biases if b is not None]   # the kernel adds float32 biases
+    kernel = target_kernel("gate_up", k, n, gate_act=a["gate_act"], up_act=a["up_act"],
+                           threshold=a.get("threshold", 0.0), dtype=kernel_dtype(w_gate), sched=sched, bias=bool(bias))
+    hidden = emit_kernel_call(ctx, kernel, [x2d, args[1], args[2], *bias], tokens, n, node.dtype)
+    return ctx.bb.emit(R.reshape(hidden, [*lead, n]))
 
 
 def _act(kind: str, threshold: float, x, dtype: str):
@@ -76,6 +104,8 @@ def _gated_mlp(ctx, node, args):
     x_node = node.inputs[0]
     n_weights = 3 if a["fused"] else 4
     biases = args[n_weights:] if a.get("bias") else [None, None]  # fused: [b_gate_up]
+    w_down_node, w_down = node.inputs[n_weights - 1], args[n_weights - 1]
+    hidden = None if a["fused"] else gate_up_call(ctx, node, args, biases)
     if a["fused"]:
         both = ctx.bb.emit(linear_call(ctx, x_node.type, args[0], node.inputs[1], args[1], biases[0]))
         n = node.inputs[1].shape[0] // 2
@@ -83,13 +113,12 @@ def _gated_mlp(ctx, node, args):
         first = R.strided_slice(both, axes=[last], begin=[0], end=[n])
         second = R.strided_slice(both, axes=[last], begin=[n], end=[2 * n])
         gate, up = (first, second) if a["gate_first"] else (second, first)
-        w_down_node, w_down = node.inputs[2], args[2]
-    else:
+    elif hidden is None:
         gate = linear_call(ctx, x_node.type, args[0], node.inputs[1], args[1], biases[0])
         up = linear_call(ctx, x_node.type, args[0], node.inputs[2], args[2], biases[1])
-        w_down_node, w_down = node.inputs[3], args[3]
-    hidden = ctx.bb.emit(R.multiply(_act(a["gate_act"], a.get("threshold", 0.0), gate, node.dtype),
-                                     _act(a["up_act"], 0.0, up, node.dtype)))
+    if hidden is None:
+        hidden = ctx.bb.emit(R.multiply(_act(a["gate_act"], a.get("threshold", 0.0), gate, node.dtype),
+                                         _act(a["up_act"], 0.0, up, node.dtype)))
     if a.get("hidden_rms_eps") is not None:   # h / sqrt(mean(h²) + eps): BitNet's ffn_sub_norm (weight in Wd)
         mean_square = R.mean(R.multiply(hidden, hidden), axis=[-1], keepdims=True)
         eps = relax.const(float(a["hidden_rms_eps"]), TVM_DTYPES[node.dtype])

@@ -166,6 +166,9 @@ def test_a_step_runs_the_one_token_function_with_the_small_ops_fused(llama):
     assert sum(s == "vm.builtin.make_shape" for s in step_calls) < sum(s == "vm.builtin.make_shape" for s in main_calls)
     assert any(s.startswith("fused_") for s in step_calls)  # FuseOps fired
     assert any(s.startswith("actsparse_attention") for s in step_calls)  # ... and left our kernels whole
+    # q / k / v read one x: one sibling-linears call (codegen/lower_siblings.py), not three linear kernels
+    assert sum(s.startswith("actsparse_linears_k64_n64_32_32") for s in step_calls) == 1, step_calls
+    assert not any(s.startswith("actsparse_linear_k64_n32") for s in step_calls), step_calls
 
 
 @pytest.fixture(scope="module")

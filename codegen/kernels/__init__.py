@@ -10,13 +10,14 @@ Submodules import TVM, so they load lazily: `from actsparse.codegen.kernels impo
 
 import importlib
 
-__all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "schedule",
+__all__ = ["CpuSchedule", "GpuSchedule", "build_standalone", "common", "cuda_blocks", "cuda_mlp", "linear", "gate_up",
+           "sibling_linears", "schedule",
            "sparse_mlp", "gathered_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp",
-           "cuda_input_mlp", "routed_moe", "cuda_routed", "attention", "kernel", "KERNELS", "family_of"]
+           "cuda_input_mlp", "routed_moe", "cuda_routed", "attention", "kernel", "has_kernel", "KERNELS", "family_of"]
 
 _ATTRS = {"CpuSchedule": "schedule", "GpuSchedule": "schedule", "build_standalone": "common"}
-_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "quant_blocks", "int8_dots", "quant_int8", "rows",
-               "schedule",
+_SUBMODULES = ("common", "cuda_blocks", "cuda_mlp", "linear", "gate_up", "sibling_linears", "quant_blocks", "int8_dots",
+               "quant_int8", "rows", "schedule",
                "sparse_mlp", "gathered_mlp", "scored_mlp", "threshold_mlp", "predictor_kernels", "input_sparse_mlp",
                "cuda_input_mlp", "routed_moe", "routed_input", "cuda_routed", "cutoff_mlp", "cuda_cutoff_mlp",
                "attention")
@@ -27,6 +28,7 @@ FAMILIES = {
                     "indexed": ("gathered_mlp", "sparse_gated_mlp_indexed"),
                     "listed": ("gathered_mlp", "sparse_gated_mlp_listed"),
                     "dense": ("sparse_mlp", "dense_gated_mlp"), "linear": ("linear", "linear"),
+                    "gate_up": ("gate_up", "gate_up"), "linears": ("sibling_linears", "sibling_linears"),
                     "threshold": ("threshold_mlp", "threshold_gated_mlp"),
                     "sign_score": ("predictor_kernels", "sign_score"),
                     "select": ("predictor_kernels", "select_active"),
@@ -48,8 +50,9 @@ FAMILIES = {
                     "input": ("cuda_input_mlp", "input_sparse_gated_mlp"),
                     "routed-slots": ("cuda_routed", "routed_gated_mlp")},
 }
-KERNELS = ("exact", "indexed", "listed", "dense", "linear", "threshold", "sign_score", "select", "scored", "certified",
-           "input", "routed", "routed-input", "routed-slots", "cutoff", "cutoff-dense", "attention")
+KERNELS = ("exact", "indexed", "listed", "dense", "linear", "gate_up", "linears", "threshold", "sign_score", "select",
+           "scored", "certified", "input", "routed", "routed-input", "routed-slots", "cutoff", "cutoff-dense",
+           "attention")
 FAMILY_NAMES = {"CpuSchedule": "cpu", "GpuSchedule": "cuda"}  # the names sparse variants declare lowerings under
 
 
@@ -60,6 +63,12 @@ def family_of(sched) -> str:
     except KeyError:
         raise TypeError(f"no kernel family for schedule {type(sched).__name__}; known: {', '.join(FAMILIES)}") \
             from None
+
+
+def has_kernel(name: str, sched) -> bool:
+    """Whether `sched`'s family has kernel `name` (the CPU's one-call gate / up and sibling linears: CUDA keeps the
+    linear kernels)."""
+    return name in FAMILIES.get(type(sched).__name__, {})
 
 
 def kernel(name: str, *args, sched, **kwargs):

@@ -1,0 +1,89 @@
+"""A dense gated MLP's gate and up projections in one CPU kernel: h[M, n] = act_g(x @ Wg^T + bg) * act_u(x @ Wu^T + bu).
+
+Buffers (destination passing): x [M, k] float32 (M symbolic), Wg and Wu [n, k] in one dtype (float32 | float16 | a
+quantized layout, rows as stored: a GGUF's blocks read as the file keeps them), bg and bu [n] float32 when `bias`,
+h [M, n] float32. Dense mode keeps a quantized MLP as three linears on its rows as stored (passes/fuse_gated_mlp.py);
+this kernel is the first two and the activations: one parallel launch, x quantized once for the int8 dots, and no
+gate / up tensors for the VM to allocate, free and read again in an elementwise pass. At SmolLM2's size the two
+linears and the activation-times-up pass were three calls of 23 + 23 + 5 µs (benchmarks/decode_profile.py).
+
+Each task streams its contiguous share of Wg's rows, then the same rows of Wu (the same row-dot macros as the linear
+kernel, `common.dots_macro`), then applies the activations to the values it wrote, which are still in its cache.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from tvm.script import tirx as T
+
+from .common import activation, check_dtype, dots_macro, symbol, threshold_tag, x_operand
+from .quant_blocks import weight_buffer
+from .schedule import CpuSchedule
+
+
+@cache
+def gate_up(k: int, n: int, *, gate_act: str, up_act: str, threshold: float = 0.0, dtype: str = "float32",
+            sched: CpuSchedule, bias: bool = False):
+    """PrimFunc (x, wg, wu[, bg, bu], h); global_symbol encodes all parameters."""
+    check_dtype(dtype)
+    if k < 1 or n < 1:
+        raise ValueError(f"k and n must be positive, got k={k}, n={n}")
+    sched = sched.fitted(k, dtype)
+    threads, R = sched.threads, sched.rows
+    nper = (n + threads - 1) // threads
+    name = symbol("gate_up", f"k{k}", f"n{n}", gate_act, up_act, threshold_tag(threshold),
+                  "bias" if bias else "nobias", dtype, sched.tag)
+    act_g, act_u = activation(gate_act, threshold), activation(up_act)
+    x8, x8_bytes, prep_x = x_operand(k, dtype, sched)
+    dots, _ = dots_macro(k, dtype, sched, gathered=False, x8=x8)
+    wshape, wdtype = weight_buffer(n, k, dtype)
+
+    @T.macro
+    def body(x, wg, wu, bg, bu, h, ub, M):
+        for t in T.parallel(threads):
+            j0: T.let = t * nper
+            nj: T.let = T.max(T.min(nper, n - j0), 0)
+            for st in range((nj + R - 1) // R):
+                dots(wg, x, M, wg, j0, st * R, nj, h, j0)
+            for st in range((nj + R - 1) // R):
+                dots(wu, x, M, wu, j0, st * R, nj, ub, j0)
+            for m in range(M):
+                for j in range(nj):
+                    if bias:
+                        h[m, j0 + j] = act_g(h[m, j0 + j] + bg[j0 + j]) * act_u(ub[m, j0 + j] + bu[j0 + j])
+                    else:
+                        h[m, j0 + j] = act_g(h[m, j0 + j]) * act_u(ub[m, j0 + j])
+
+    @T.macro
+    def run(x, wg, wu, bg, bu, h, M):
+        ub = T.alloc_buffer((M, n), "float32")
+        if x8:
+            xb = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xb, M)
+            body(xb, wg, wu, bg, bu, h, ub, M)
+        else:
+            body(x, wg, wu, bg, bu, h, ub, M)
+
+    if bias:
+
+        @T.prim_func
+        def kernel(x_h: T.handle, wg: T.Buffer(wshape, wdtype), wu: T.Buffer(wshape, wdtype),
+                   bg: T.Buffer((n,), "float32"), bu: T.Buffer((n,), "float32"), h_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            M = T.int64()
+            x = T.match_buffer(x_h, (M, k), "float32")
+            h = T.match_buffer(h_h, (M, n), "float32")
+            run(x, wg, wu, bg, bu, h, M)
+
+        return kernel.with_attr("global_symbol", name)
+
+    @T.prim_func
+    def kernel_nobias(x_h: T.handle, wg: T.Buffer(wshape, wdtype), wu: T.Buffer(wshape, wdtype), h_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        M = T.int64()
+        x = T.match_buffer(x_h, (M, k), "float32")
+        h = T.match_buffer(h_h, (M, n), "float32")
+        run(x, wg, wu, wg, wu, h, M)
+
+    return kernel_nobias.with_attr("global_symbol", name)
