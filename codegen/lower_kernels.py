@@ -43,13 +43,14 @@ R = relax.op
 COMPOSITE_KERNELS: dict = {}
 
 
-def linear_call(ctx, x_type: TensorType, x, w_node, w, b=None, float_x: bool = False):
+def linear_call(ctx, x_type: TensorType | None, x, w_node, w, b=None, float_x: bool = False, flat=None):
     """x[..., k] @ w[n, k]^T (+ b) through the linear kernel (w_node: the weight's IR node, whose layout may be
-    quantized; float_x: no int8-dot rounding of x); returns the un-flattened expression."""
+    quantized; float_x: no int8-dot rounding of x); returns the un-flattened expression. `flat`: x already
+    flattened, (x2d, lead, tokens) as `flatten_tokens` gives them (x_type and x then unused)."""
     from .kernels import kernel as target_kernel
 
     n, k = w_node.shape
-    x2d, lead, tokens = flatten_tokens(ctx, x_type, x)
+    x2d, lead, tokens = flat or flatten_tokens(ctx, x_type, x)
     sched = schedule_for(ctx.target)
     if float_x and getattr(sched, "int8_dot", ""):
         sched = dataclasses.replace(sched, int8_dot="")
@@ -73,8 +74,9 @@ def _linear(ctx, node, args):
 
 def gate_up_call(ctx, node, args, biases):
     """act_g(x @ Wg^T + bg) * act_u(x @ Wu^T + bu) of an unfused `gated_mlp` through the target's one-call gate / up
-    kernel (kernels/gate_up.py), emitted; None where the target has none or the block does not fit it (gate and up
-    in different layouts; an up factor that ignores its input)."""
+    kernel (kernels/gate_up.py): (h2d, lead, tokens), h flattened to one token axis as the down projection's linear
+    takes it (a reshape there and back would be fused into a copy); None where the target has none or the block
+    does not fit it (gate and up in different layouts; an up factor that ignores its input)."""
     from .kernels import has_kernel
     from .kernels import kernel as target_kernel
 
@@ -90,8 +92,7 @@ def gate_up_call(ctx, node, args, biases):
             for b in biases if b is not None]   # the kernel adds float32 biases
     kernel = target_kernel("gate_up", k, n, gate_act=a["gate_act"], up_act=a["up_act"],
                            threshold=a.get("threshold", 0.0), dtype=kernel_dtype(w_gate), sched=sched, bias=bool(bias))
-    hidden = emit_kernel_call(ctx, kernel, [x2d, args[1], args[2], *bias], tokens, n, node.dtype)
-    return ctx.bb.emit(R.reshape(hidden, [*lead, n]))
+    return emit_kernel_call(ctx, kernel, [x2d, args[1], args[2], *bias], tokens, n, node.dtype), lead, tokens
 
 
 def _act(kind: str, threshold: float, x, dtype: str):
@@ -105,7 +106,7 @@ def _gated_mlp(ctx, node, args):
     n_weights = 3 if a["fused"] else 4
     biases = args[n_weights:] if a.get("bias") else [None, None]  # fused: [b_gate_up]
     w_down_node, w_down = node.inputs[n_weights - 1], args[n_weights - 1]
-    hidden = None if a["fused"] else gate_up_call(ctx, node, args, biases)
+    flat = None if a["fused"] else gate_up_call(ctx, node, args, biases)
     if a["fused"]:
         both = ctx.bb.emit(linear_call(ctx, x_node.type, args[0], node.inputs[1], args[1], biases[0]))
         n = node.inputs[1].shape[0] // 2
@@ -113,18 +114,17 @@ def _gated_mlp(ctx, node, args):
         first = R.strided_slice(both, axes=[last], begin=[0], end=[n])
         second = R.strided_slice(both, axes=[last], begin=[n], end=[2 * n])
         gate, up = (first, second) if a["gate_first"] else (second, first)
-    elif hidden is None:
+    elif flat is None:
         gate = linear_call(ctx, x_node.type, args[0], node.inputs[1], args[1], biases[0])
         up = linear_call(ctx, x_node.type, args[0], node.inputs[2], args[2], biases[1])
-    if hidden is None:
-        hidden = ctx.bb.emit(R.multiply(_act(a["gate_act"], a.get("threshold", 0.0), gate, node.dtype),
-                                         _act(a["up_act"], 0.0, up, node.dtype)))
+    hidden = flat[0] if flat else ctx.bb.emit(R.multiply(_act(a["gate_act"], a.get("threshold", 0.0), gate, node.dtype),
+                                                         _act(a["up_act"], 0.0, up, node.dtype)))
     if a.get("hidden_rms_eps") is not None:   # h / sqrt(mean(h²) + eps): BitNet's ffn_sub_norm (weight in Wd)
         mean_square = R.mean(R.multiply(hidden, hidden), axis=[-1], keepdims=True)
         eps = relax.const(float(a["hidden_rms_eps"]), TVM_DTYPES[node.dtype])
         hidden = ctx.bb.emit(R.multiply(hidden, R.rsqrt(R.add(mean_square, eps))))
     hidden_type = TensorType((*x_node.shape[:-1], w_down_node.shape[1]), node.dtype)
-    return linear_call(ctx, hidden_type, hidden, w_down_node, w_down)
+    return linear_call(ctx, hidden_type, hidden, w_down_node, w_down, flat=flat and (hidden, *flat[1:]))
 
 
 @lowering("sparse_gated_mlp")
