@@ -33,6 +33,9 @@ TORCH = "torch dense (F.linear chain, fp32)"
 EXACT = "actsparse exact (fused gate + sparse up/down)"
 INDEXED = "actsparse indexed (active set given: predictor ideal)"
 DENSE = "actsparse dense"
+# quantized layouts: what dense mode builds for a quantized MLP (codegen/lower_kernels.py): the gate / up kernel, then
+# the down projection's linear on its rows as stored ([d, n_ff], a row per output), not DENSE's neuron rows
+DENSE_MODE = "actsparse dense mode (gate / up kernel + down linear)"
 
 
 def x86_level(isa: str):
@@ -132,6 +135,13 @@ class FfnBench:
                 "indexed": build_standalone(sparse_gated_mlp_indexed(self.d, self.n_ff, **kw), self.target),
                 "dense": build_standalone(dense_gated_mlp(self.d, self.n_ff, **kw), self.target),
             }
+            if dtype in LAYOUTS:
+                from actsparse.codegen.kernels.gate_up import gate_up
+                from actsparse.codegen.kernels.linear import linear
+
+                self._kernels[dtype] |= {
+                    "gate_up": build_standalone(gate_up(self.d, self.n_ff, **kw), self.target),
+                    "down": build_standalone(linear(self.n_ff, self.d, dtype=dtype, sched=self.sched), self.target)}
             self.compile_s += time.perf_counter() - t0
         return self._kernels[dtype]
 
@@ -195,6 +205,9 @@ class FfnBench:
             deq = [qg.dequantize() * flip, self.quantized(dtype, "wu").dequantize(),
                    self.quantized(dtype, "wd_t").dequantize()]
             assert ((deq[0] @ self.x[0]) > 0).sum() == n_active
+            down_rows = self.quantized(dtype, "wd")   # dense mode's down: rows of W_down [d, n_ff] as stored
+            t_down, t_h = tv(self.kernel_blob(down_rows.blob, dtype, n_ff)), tv(np.zeros((1, n_ff), "float32"))
+            deq_down = down_rows.dequantize()
         else:
             assert ((wg @ self.x[0]) > 0).sum() == n_active
             tw = [tv(w.astype(dtype)) for w in (wg, self.wu, self.wd_t)]
@@ -216,6 +229,12 @@ class FfnBench:
             INDEXED: (lambda: k["indexed"](tx, *tw, t_idx, t_count, outs["indexed"]), 3 * n_active * row_bytes),
             DENSE: (lambda: k["dense"](tx, *tw, outs["dense"]), 3 * n_ff * row_bytes),
         }
+        if qg:
+            def dense_mode():
+                k["gate_up"](tx, tw[0], tw[1], t_h)
+                k["down"](t_h, t_down, outs["dense mode"])
+            outs["dense mode"] = tv(np.zeros((1, d), "float32"))
+            all_runners[DENSE_MODE] = (dense_mode, 2 * n_ff * row_bytes + d * LAYOUTS[dtype].row_bytes(n_ff))
         runners = {name: all_runners[name] for name in which}
         # correctness first (fp32 accumulation; fp16 weights differ from the fp32 torch weights by rounding)
         ref = torch_dense().numpy().astype("float64")
@@ -226,9 +245,11 @@ class FfnBench:
             fn()
         # fp16 weights; or x rounded to 8-bit blocks for the int8 dot (VNNI) of quantized weights
         tol = 3e-2 if dtype == "float16" or (qg and self.sched.int8_dot) else 1e-3
-        for name, key in ((EXACT, "exact"), (INDEXED, "indexed"), (DENSE, "dense")):
+        for name, key in ((EXACT, "exact"), (INDEXED, "indexed"), (DENSE, "dense"), (DENSE_MODE, "dense mode")):
             if name in runners:
-                err = np.abs(outs[key].numpy() - ref).max() / max(np.abs(ref).max(), 1e-30)
+                want = ref if name != DENSE_MODE else (  # its down projection's own rounding
+                    (np.maximum(deq[0] @ x64, 0) * (deq[1] @ x64)) @ deq_down.T)[None]
+                err = np.abs(outs[key].numpy() - want).max() / max(np.abs(want).max(), 1e-30)
                 assert err < tol, f"{key} {dtype} at {sparsity:.0%}: max rel err vs torch {err:.2e}"
         return runners, n_active
 

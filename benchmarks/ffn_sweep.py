@@ -1,6 +1,7 @@
 """Sparsity sweep of the ReGLU FFN at Mistral-7B dims, batch 1: exact and indexed modes, fp32 and fp16 weights,
 against torch dense fp32 measured in the same runs (quantized layouts, e.g. --dtypes q4_0,q8_0: also against our dense
-kernel on the same layout). One markdown table on stdout.
+kernel on the same layout, and dense mode's build of a quantized MLP: the gate / up kernel and the down linear on
+W_down's rows as stored). Markdown tables on stdout.
 
     python -m actsparse.benchmarks.ffn_sweep [--sparsities 0.5,0.7,0.9,0.95] [--dtypes float32,float16]
                                              [--repeats 15] [--threads 2] [--small] [--axpy auto|integer|float]
@@ -22,7 +23,7 @@ import sys
 
 from actsparse.ir.quant import LAYOUTS
 
-from .ffn import DENSE, EXACT, INDEXED, TORCH, start_sweep, sweep_parser
+from .ffn import DENSE, DENSE_MODE, EXACT, INDEXED, TORCH, start_sweep, sweep_parser
 from .weights_probe import weights_probe
 
 PROBE = "read-sum probe"
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
         for sparsity in sweep.sparsities:
             try:
                 # quantized layouts: our dense kernel on the same layout too (the ratio a sparse kernel must beat)
-                which = (TORCH, EXACT, INDEXED, DENSE) if dtype in LAYOUTS else (TORCH, EXACT, INDEXED)
+                which = (TORCH, EXACT, INDEXED, DENSE, DENSE_MODE) if dtype in LAYOUTS else (TORCH, EXACT, INDEXED)
                 runners, n_active = bench.runners(sparsity, dtype, which=which)
             except AssertionError as err:
                 print(f"MISMATCH: {err}")
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
                    "limit": max(probes.values())}  # the faster probe: never weaker than the 1 GB one alone
             print("read limit: the faster of " + ", ".join(f"{n} {v:.1f} GB/s" for n, v in probes.items()),
                   flush=True)
-            for key, name in (("exact", EXACT), ("indexed", INDEXED), ("dense", DENSE)):
+            for key, name in (("exact", EXACT), ("indexed", INDEXED), ("dense", DENSE), ("dense_mode", DENSE_MODE)):
                 if name in runners:
                     nbytes = runners[name][1]
                     row[key] = (med[name] * 1e3, nbytes / med[name] / 1e9, med[TORCH] / med[name])
@@ -95,12 +96,14 @@ def main(argv=None) -> int:
               f"{i[2]:.2f}x |")
     quant = [r for r in rows if "dense" in r]
     if quant:  # quantized layouts: our dense kernel on the same layout, and how much the sparse one beats it
-        print("\n| weights | sparsity | dense ms | dense GB/s | dense % limit | exact vs our dense |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("\n| weights | sparsity | dense ms | dense GB/s | dense % limit | exact vs our dense | dense mode ms "
+              "| dense mode GB/s | dense mode % limit | exact vs dense mode |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in quant:
-            dn = r["dense"]
+            dn, dm = r["dense"], r["dense_mode"]
             print(f"| {r['dtype']} | {r['sparsity']:.0%} | {dn[0]:.2f} | {dn[1]:.1f} | {100 * dn[1] / r['limit']:.0f}% "
-                  f"| {dn[0] / r['exact'][0]:.2f}x |")
+                  f"| {dn[0] / r['exact'][0]:.2f}x | {dm[0]:.2f} | {dm[1]:.1f} | {100 * dm[1] / r['limit']:.0f}% "
+                  f"| {dm[0] / r['exact'][0]:.2f}x |")
     return 0
 
 
