@@ -39,9 +39,9 @@ def test_dense_gguf_has_the_llama_tensors(tmp_path):
 
 
 def test_step_profile_replays_every_kernel_of_a_step_and_counts_their_weight_bytes():
-    """benchmarks/decode_profile.py at tiny dims: the recorded step holds one exact MLP kernel per layer, the q/k/v/o
-    linears and the output projection; the bytes it charges the exact MLP are the gate plus the active share of up
-    and down; replaying the step's calls writes the logits the step itself wrote."""
+    """benchmarks/decode_profile.py at tiny dims: the recorded step holds one exact MLP kernel per layer, the q/k/v
+    call, the o linear and the output projection; the bytes it charges the exact MLP are the gate plus the active
+    share of up and down; replaying the step's calls writes the logits the step itself wrote."""
     from dataclasses import replace
 
     import actsparse
@@ -58,7 +58,10 @@ def test_step_profile_replays_every_kernel_of_a_step_and_counts_their_weight_byt
     d, n_ff = decode_models.SMALL["hidden_size"], decode_models.SMALL["intermediate_size"]
     assert mlp[2] == 1 and mlp[1] == n_ff * d * 2 * (1 + 2 * 0.25)  # fp16: gate + a quarter of up and down
     linears = sum(v[2] for k, v in kinds.items() if "_linear_" in k)
-    assert linears == 4 + 1  # q, k, v, o and the output projection
+    assert linears == 1 + 1  # o and the output projection
+    (qkv,) = [v for k, v in kinds.items() if "_linears_" in k]   # q, k and v: one call (codegen/lower_siblings.py)
+    heads, kv_heads = decode_models.SMALL["num_attention_heads"], decode_models.SMALL["num_key_value_heads"]
+    assert qkv[2] == 1 and qkv[1] == d * d * (1 + 2 * kv_heads / heads) * 2   # every one of its fp16 weights
     assert total > 0 and all(v[0] >= 0 for v in per_step.values())
     state = lm.prefill(prompt)
     for token in feed[:-1]:
