@@ -33,7 +33,7 @@ from ..ir import TensorType
 from ..ir.activations import ACTIVATIONS
 from ..ir.moe import expert_sizes, routed_kernel_takes
 from ..ir.sparse_variants import sizes, variant_of
-from .context import TVM_DTYPES, LoweringError, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
+from .context import KERNEL_DTYPE, TVM_DTYPES, LoweringError, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
 from .lower_siblings import lower_siblings, sibling_group
 from .schedules import schedule_for
 
@@ -43,10 +43,12 @@ R = relax.op
 COMPOSITE_KERNELS: dict = {}
 
 
-def linear_call(ctx, x_type: TensorType | None, x, w_node, w, b=None, float_x: bool = False, flat=None):
-    """x[..., k] @ w[n, k]^T (+ b) through the linear kernel (w_node: the weight's IR node, whose layout may be
-    quantized; float_x: no int8-dot rounding of x); returns the un-flattened expression. `flat`: x already
-    flattened, (x2d, lead, tokens) as `flatten_tokens` gives them (x_type and x then unused)."""
+def linear_call(ctx, x_type: TensorType | None, x, w_node, w, b=None, float_x: bool = False, flat=None,
+                dtype: str = "", residual=None):
+    """x[..., k] @ w[n, k]^T (+ b) (+ residual) through the linear kernel (w_node: the weight's IR node, whose layout
+    may be quantized; float_x: no int8-dot rounding of x); returns the un-flattened expression. `flat`: x already
+    flattened, (x2d, lead, tokens) as `flatten_tokens` gives them (x_type and x then unused; `dtype` the output's).
+    `residual`: a value of the output's shape (float32, no bias; `residual_add`) the kernel adds as it stores."""
     from .kernels import kernel as target_kernel
 
     n, k = w_node.shape
@@ -54,11 +56,44 @@ def linear_call(ctx, x_type: TensorType | None, x, w_node, w, b=None, float_x: b
     sched = schedule_for(ctx.target)
     if float_x and getattr(sched, "int8_dot", ""):
         sched = dataclasses.replace(sched, int8_dot="")
-    kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=sched, bias=b is not None)
+    kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=sched, bias=b is not None,
+                           **({"residual": True} if residual is not None else {}))
     if b is not None and getattr(b.ty, "dtype", "float32") != "float32":  # the kernels add a float32 bias
         b = ctx.bb.emit(R.astype(b, "float32"))
-    out = emit_kernel_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
+    extra = [b] if b is not None else [ctx.bb.emit(R.reshape(residual, [tokens, n]))] if residual is not None else []
+    out = emit_kernel_call(ctx, kernel, [x2d, w, *extra], tokens, n, dtype or x_type.dtype)
     return R.reshape(out, [*lead, n])
+
+
+def residual_add(ctx, node, biased: bool = False):
+    """(the add node, the other addend's value) where `node` (a linear's output, float32) is read only by an add of
+    an already lowered value of its shape — a residual connection the linear kernel can add as it stores (CPU
+    kernels; not with a bias) — else None. The caller sets the add's value to the kernel's result."""
+    from .kernels import family_of
+
+    readers = ctx.readers.get(id(node), [])
+    if (biased or family_of(schedule_for(ctx.target)) != "cpu" or ctx.users.get(id(node)) != 1 or len(readers) != 1
+            or node.dtype != KERNEL_DTYPE):
+        return None
+    add = readers[0]
+    if add.op != "add" or len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
+        return None
+    other = add.inputs[1] if add.inputs[0] is node else add.inputs[0]
+    if add.shape != node.shape or other.shape != node.shape or other.dtype != node.dtype or id(other) not in ctx.values:
+        return None
+    return add, ctx.values[id(other)]
+
+
+def with_residual(ctx, node, emit):
+    """`emit(residual)`: the expression of `node` computed by a linear kernel that takes the residual addend (or
+    None); where `residual_add` finds one, the add's value is set to the result (the lowering loop then skips it)."""
+    found = residual_add(ctx, node)
+    if found is None:
+        return emit(None)
+    add, residual = found
+    value = ctx.bb.emit(emit(residual))
+    ctx.values[id(add)] = value
+    return value
 
 
 @lowering("linear")
@@ -68,8 +103,12 @@ def _linear(ctx, node, args):
         return R.add(out, args[2]) if len(args) == 3 else out
     if group := sibling_group(ctx, node):   # q / k / v reading one x: one call (lower_siblings.py)
         return lower_siblings(ctx, group, args[0])
-    return linear_call(ctx, node.inputs[0].type, args[0], node.inputs[1], args[1], *args[2:],
-                       float_x=node.attrs.get("float_x", False))
+    if len(args) == 3:
+        return linear_call(ctx, node.inputs[0].type, args[0], node.inputs[1], args[1], args[2],
+                           float_x=node.attrs.get("float_x", False))
+    return with_residual(ctx, node, lambda residual: linear_call(
+        ctx, node.inputs[0].type, args[0], node.inputs[1], args[1], float_x=node.attrs.get("float_x", False),
+        residual=residual))
 
 
 def gate_up_call(ctx, node, args, biases):
@@ -124,7 +163,8 @@ def _gated_mlp(ctx, node, args):
         eps = relax.const(float(a["hidden_rms_eps"]), TVM_DTYPES[node.dtype])
         hidden = ctx.bb.emit(R.multiply(hidden, R.rsqrt(R.add(mean_square, eps))))
     hidden_type = TensorType((*x_node.shape[:-1], w_down_node.shape[1]), node.dtype)
-    return linear_call(ctx, hidden_type, hidden, w_down_node, w_down, flat=flat and (hidden, *flat[1:]))
+    return with_residual(ctx, node, lambda residual: linear_call(
+        ctx, hidden_type, hidden, w_down_node, w_down, flat=flat and (hidden, *flat[1:]), residual=residual))
 
 
 @lowering("sparse_gated_mlp")

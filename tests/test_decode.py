@@ -169,6 +169,8 @@ def test_a_step_runs_the_one_token_function_with_the_small_ops_fused(llama):
     # q / k / v read one x: one sibling-linears call (codegen/lower_siblings.py), not three linear kernels
     assert sum(s.startswith("actsparse_linears_k64_n64_32_32") for s in step_calls) == 1, step_calls
     assert not any(s.startswith("actsparse_linear_k64_n32") for s in step_calls), step_calls
+    # the o projection adds the residual as it stores it (codegen/lower_kernels.py `residual_add`): no add call
+    assert sum(s.startswith("actsparse_linear_k64_n64_nobias_residual") for s in step_calls) == 1, step_calls
 
 
 @pytest.fixture(scope="module")

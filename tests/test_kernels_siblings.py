@@ -1,7 +1,8 @@
-"""The CPU kernels that take a dense block's sibling matrices in one call: the gate / up kernel (kernels/gate_up.py:
-act_g(x Wg^T + bg) * act_u(x Wu^T + bu)) and the sibling linears (kernels/sibling_linears.py: q / k / v reading one
-x), against float64 on the weights' exact (dequantized) values, x86 natively and ARM under qemu; and their lowering:
-a dense quantized build calls them, and equals the interpreter.
+"""The CPU kernels that save a decode step calls: the gate / up kernel (kernels/gate_up.py: act_g(x Wg^T + bg) *
+act_u(x Wu^T + bu)), the sibling linears (kernels/sibling_linears.py: q / k / v reading one x) and the linear kernel
+adding a residual as it stores (kernels/linear.py `residual`), against float64 on the weights' exact (dequantized)
+values, x86 natively and ARM under qemu; and their lowering: a dense quantized build calls them, and equals the
+interpreter.
 
 Hypothesis draws the layout (float and every quantized one), input dims not a multiple of the 32-column group,
 output sizes from 1 (fewer rows than threads), the token count, biases and the activations. On a host whose
@@ -114,18 +115,42 @@ def test_x86_sibling_linears_kernel_matches_the_reference(dtype, k, ns, M, bias,
         assert_close(out.numpy(), ref, scale, dtype)
 
 
+def residual_case(rng, M, k, n, dtype, sched):
+    """The linear kernel with a residual addend (kernels/linear.py `residual`): (prim, args, reference, scale)."""
+    from actsparse.codegen.kernels import kernel
+
+    prim = kernel("linear", k, n, dtype=dtype, sched=sched, residual=True)
+    x, r = rng.standard_normal((M, k)).astype(np.float32), rng.standard_normal((M, n)).astype(np.float32)
+    (kw,), (w,) = _weights(rng, [(n, k)], dtype)
+    xs = x_seen(x, _x8(dtype, sched)).astype(np.float64)
+    ref = xs @ w.astype(np.float64).T + r
+    return prim, [x, kw, r, np.full((M, n), np.nan, np.float32)], ref, np.abs(xs) @ np.abs(w.astype(np.float64)).T + 1
+
+
+@settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from(DTYPES), k=ragged, n=st.integers(1, 48), M=st.sampled_from((1, 3)),
+       float_x=st.booleans(), seed=st.integers(0, 999))
+def test_x86_linear_kernel_adds_the_residual_as_it_stores(dtype, k, n, M, float_x, seed):
+    prim, args, ref, scale = residual_case(np.random.default_rng(seed), M, k, n, dtype, _schedule("x86", float_x))
+    (out,) = run_native(prim, [Call(args, ref, scale, dtype)])
+    assert_close(out, ref, scale, dtype)
+
+
 @settings(max_examples=1, suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(QUANT_DTYPES), k=st.integers(33, 60).filter(lambda d: d % 32), seed=st.integers(0, 99))
-def test_arm_gate_up_and_sibling_linears_match_the_reference_under_qemu(dtype, k, seed):
+def test_arm_gate_up_sibling_linears_and_residual_match_the_reference_under_qemu(dtype, k, seed):
     rng, sched = np.random.default_rng(seed), _schedule("arm", False)
     gate_up = gate_up_case(rng, 2, k, 9, dtype, ACT_PAIRS[0], True, sched)
     linears = linears_case(rng, 1, k, (7, 3, 5), dtype, False, sched)
-    kernels = cross_kernels([gate_up[0], linears[0]])
-    (h,), outs = kernels.run([(str(gate_up[0].attrs["global_symbol"]), gate_up[1], [len(gate_up[1]) - 1]),
-                              (str(linears[0].attrs["global_symbol"]), linears[1], [4, 5, 6])])
+    residual = residual_case(rng, 2, k, 11, dtype, sched)
+    kernels = cross_kernels([gate_up[0], linears[0], residual[0]])
+    (h,), outs, (y,) = kernels.run([(str(gate_up[0].attrs["global_symbol"]), gate_up[1], [len(gate_up[1]) - 1]),
+                                    (str(linears[0].attrs["global_symbol"]), linears[1], [4, 5, 6]),
+                                    (str(residual[0].attrs["global_symbol"]), residual[1], [3])])
     assert_close(h, gate_up[2], gate_up[3], dtype)
     for out, ref, scale in zip(outs, linears[2], linears[3]):
         assert_close(out, ref, scale, dtype)
+    assert_close(y, residual[2], residual[3], dtype)
 
 
 def _calls(cm) -> list[str]:

@@ -22,22 +22,26 @@ from .schedule import CpuSchedule
 
 
 @cache
-def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: bool = False):
-    """PrimFunc (x, w[, b], out) computing x @ w^T (+ b); global_symbol encodes all parameters."""
+def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: bool = False, residual: bool = False):
+    """PrimFunc (x, w[, b][, r], out) computing x @ w^T (+ b) (+ r); global_symbol encodes all parameters.
+
+    `residual`: r [M, n] float32 is added to the output (a residual connection's add, done as the outputs are
+    stored instead of by another call that reads and writes them again: codegen/lower_kernels.py)."""
     check_dtype(dtype)
     if k < 1 or n < 1:
         raise ValueError(f"k and n must be positive, got k={k}, n={n}")
     sched = sched.fitted(k, dtype)
     threads, R = sched.threads, sched.rows
     nper = (n + threads - 1) // threads
-    name = symbol("linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", dtype, sched.tag)
+    name = symbol("linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", *(["residual"] if residual else []),
+                  dtype, sched.tag)
     x8, x8_bytes, prep_x = x_operand(k, dtype, sched)
     dots, _ = dots_macro(k, dtype, sched, gathered=False, x8=x8)
     wshape, wdtype = weight_buffer(n, k, dtype)
 
     @T.macro
-    def body(x, w, b, out, M):
-        # rows split over the tasks; the bias (if any) added as each step's outputs are stored
+    def body(x, w, b, res, out, M):
+        # rows split over the tasks; the bias and the residual (if any) added as each step's outputs are stored
         for t in T.parallel(threads):
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n - j0), 0)
@@ -47,6 +51,34 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
                     for r in range(T.min(R, nj - st * R)):
                         for m in range(M):
                             out[m, j0 + st * R + r] = out[m, j0 + st * R + r] + b[j0 + st * R + r]
+                if residual:
+                    for r in range(T.min(R, nj - st * R)):
+                        for m in range(M):
+                            out[m, j0 + st * R + r] = out[m, j0 + st * R + r] + res[m, j0 + st * R + r]
+
+    @T.macro
+    def run(x, w, b, res, out, M):
+        if x8:
+            xb = T.alloc_buffer((M, x8_bytes), "uint8")
+            prep_x(x, xb, M)
+            body(xb, w, b, res, out, M)
+        else:
+            body(x, w, b, res, out, M)
+
+    if residual:   # (no bias: a residual connection's linear in the models seen has none; the factory says so)
+        if bias:
+            raise ValueError("linear: residual with a bias is not built (add the bias to the residual)")
+
+        @T.prim_func
+        def kernel_residual(x_h: T.handle, w: T.Buffer(wshape, wdtype), r_h: T.handle, out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            M = T.int64()
+            x = T.match_buffer(x_h, (M, k), "float32")
+            res = T.match_buffer(r_h, (M, n), "float32")
+            out = T.match_buffer(out_h, (M, n), "float32")
+            run(x, w, w, res, out, M)
+
+        return kernel_residual.with_attr("global_symbol", name)
 
     if bias:
 
@@ -56,12 +88,7 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
             M = T.int64()
             x = T.match_buffer(x_h, (M, k), "float32")
             out = T.match_buffer(out_h, (M, n), "float32")
-            if x8:
-                xb = T.alloc_buffer((M, x8_bytes), "uint8")
-                prep_x(x, xb, M)
-                body(xb, w, b, out, M)
-            else:
-                body(x, w, b, out, M)
+            run(x, w, b, out, out, M)
 
         return kernel.with_attr("global_symbol", name)
 
@@ -71,11 +98,6 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
         M = T.int64()
         x = T.match_buffer(x_h, (M, k), "float32")
         out = T.match_buffer(out_h, (M, n), "float32")
-        if x8:
-            xb = T.alloc_buffer((M, x8_bytes), "uint8")
-            prep_x(x, xb, M)
-            body(xb, w, w, out, M)
-        else:
-            body(x, w, w, out, M)
+        run(x, w, w, out, out, M)
 
     return kernel_nobias.with_attr("global_symbol", name)
