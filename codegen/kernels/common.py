@@ -112,6 +112,24 @@ def x_operand(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
     return True, family.x_layout(d, dtype, sched).nbytes, family.prep(d, dtype, sched)
 
 
+def with_x_operand(d: int, dtype: str, sched: CpuSchedule, body, kernel: str = ""):
+    """(x8, `run`): `run(x, M, *rest)` calls the macro `body(x', M, *rest)` with x' = x, or where the schedule's int8
+    dot serves `dtype` rows (`x_operand`: then x8 is True, and the kernel's dots are made with it) x prepared once
+    into the 8-bit buffer those dots read."""
+    x8, nbytes, prep = x_operand(d, dtype, sched, kernel)
+
+    @T.macro
+    def run(x, M, *rest):
+        if x8:
+            xb = T.alloc_buffer((M, nbytes), "uint8")
+            prep(x, xb, M)
+            body(xb, M, *rest)
+        else:
+            body(x, M, *rest)
+
+    return x8, run
+
+
 def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store: Callable | None = None,
                prefetch: bool | None = None, x8: bool = False, kernel: str = ""):
     """Returns (`dots_all`, `dots`), one step over `sched.rows` rows of a row list for M tokens / one token.

@@ -17,7 +17,8 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, check_dtype, dots_macro, symbol, threshold_tag, x_operand
+from .common import activation, dots_macro, symbol, threshold_tag, with_x_operand
+from .linear import fitted_schedule
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 
@@ -26,21 +27,17 @@ from .schedule import CpuSchedule
 def gate_up(k: int, n: int, *, gate_act: str, up_act: str, threshold: float = 0.0, dtype: str = "float32",
             sched: CpuSchedule, bias: bool = False):
     """PrimFunc (x, wg, wu[, bg, bu], h); global_symbol encodes all parameters."""
-    check_dtype(dtype)
-    if k < 1 or n < 1:
-        raise ValueError(f"k and n must be positive, got k={k}, n={n}")
-    sched = sched.fitted(k, dtype)
+    sched = fitted_schedule(k, n, dtype, sched)
     threads, R = sched.threads, sched.rows
     nper = (n + threads - 1) // threads
     name = symbol("gate_up", f"k{k}", f"n{n}", gate_act, up_act, threshold_tag(threshold),
                   "bias" if bias else "nobias", dtype, sched.tag)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    x8, x8_bytes, prep_x = x_operand(k, dtype, sched)
-    dots, _ = dots_macro(k, dtype, sched, gathered=False, x8=x8)
     wshape, wdtype = weight_buffer(n, k, dtype)
 
     @T.macro
-    def body(x, wg, wu, bg, bu, h, ub, M):
+    def body(x, M, wg, wu, bg, bu, h):
+        ub = T.alloc_buffer((M, n), "float32")   # up's values, until the activations meet them
         for t in T.parallel(threads):
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n - j0), 0)
@@ -55,15 +52,8 @@ def gate_up(k: int, n: int, *, gate_act: str, up_act: str, threshold: float = 0.
                     else:
                         h[m, j0 + j] = act_g(h[m, j0 + j]) * act_u(ub[m, j0 + j])
 
-    @T.macro
-    def run(x, wg, wu, bg, bu, h, M):
-        ub = T.alloc_buffer((M, n), "float32")
-        if x8:
-            xb = T.alloc_buffer((M, x8_bytes), "uint8")
-            prep_x(x, xb, M)
-            body(xb, wg, wu, bg, bu, h, ub, M)
-        else:
-            body(x, wg, wu, bg, bu, h, ub, M)
+    x8, run = with_x_operand(k, dtype, sched, body)
+    dots, _ = dots_macro(k, dtype, sched, gathered=False, x8=x8)
 
     if bias:
 
@@ -74,7 +64,7 @@ def gate_up(k: int, n: int, *, gate_act: str, up_act: str, threshold: float = 0.
             M = T.int64()
             x = T.match_buffer(x_h, (M, k), "float32")
             h = T.match_buffer(h_h, (M, n), "float32")
-            run(x, wg, wu, bg, bu, h, M)
+            run(x, M, wg, wu, bg, bu, h)
 
         return kernel.with_attr("global_symbol", name)
 
@@ -84,6 +74,6 @@ def gate_up(k: int, n: int, *, gate_act: str, up_act: str, threshold: float = 0.
         M = T.int64()
         x = T.match_buffer(x_h, (M, k), "float32")
         h = T.match_buffer(h_h, (M, n), "float32")
-        run(x, wg, wu, wg, wu, h, M)
+        run(x, M, wg, wu, wg, wu, h)
 
     return kernel_nobias.with_attr("global_symbol", name)

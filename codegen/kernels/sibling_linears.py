@@ -5,7 +5,7 @@ roundings of x for the int8 dots and three calls for the VM. At SmolLM2's size k
 for ~60 KB of q4_1 rows, about half of it the call's fixed cost (benchmarks/decode_profile.py). Here one launch: each
 task streams its share of every matrix's rows in turn (the linear kernel's row dots, `common.dots_macro`), so the
 work splits evenly whatever the sizes. Weights stay the separate buffers they are (one dtype for all: the
-grouping, codegen/lower_kernels.py, groups only matrices of one layout); nothing is concatenated or sliced.
+grouping, codegen/lower_siblings.py, groups only matrices of one layout); nothing is concatenated or sliced.
 
 Buffers (destination passing): x [M, k] float32 (M symbolic), w_1..w_G, then b_1..b_G [n_g] float32 when `bias`, then
 out_1..out_G [M, n_g] float32.
@@ -17,7 +17,8 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import check_dtype, dots_macro, symbol, x_operand
+from .common import symbol, with_x_operand
+from .linear import fitted_schedule, row_share
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 
@@ -27,70 +28,26 @@ MAX_SIBLINGS = 3
 @cache
 def sibling_linears(k: int, ns: tuple[int, ...], *, dtype: str = "float32", sched: CpuSchedule, bias: bool = False):
     """PrimFunc (x, w_1..w_G[, b_1..b_G], out_1..out_G); global_symbol encodes all parameters."""
-    check_dtype(dtype)
     ns = tuple(int(n) for n in ns)
     if not 2 <= len(ns) <= MAX_SIBLINGS:
         raise ValueError(f"sibling_linears takes 2..{MAX_SIBLINGS} matrices, got {len(ns)}")
-    if k < 1 or min(ns) < 1:
-        raise ValueError(f"k and every n must be positive, got k={k}, ns={ns}")
-    sched = sched.fitted(k, dtype)
-    threads, R = sched.threads, sched.rows
+    sched = fitted_schedule(k, min(ns), dtype, sched)
+    G = len(ns)
     name = symbol("linears", f"k{k}", "n" + "_".join(map(str, ns)), "bias" if bias else "nobias", dtype, sched.tag)
-    x8, x8_bytes, prep_x = x_operand(k, dtype, sched)
-    dots, _ = dots_macro(k, dtype, sched, gathered=False, x8=x8)
-    shapes = [weight_buffer(n, k, dtype) for n in ns]
-
-    def share(n: int):
-        nper = (n + threads - 1) // threads
-
-        @T.macro
-        def rows(x, w, b, out, M, t):   # task t's rows of one matrix; the bias added as each step's outputs are stored
-            j0: T.let = t * nper
-            nj: T.let = T.max(T.min(nper, n - j0), 0)
-            for st in range((nj + R - 1) // R):
-                dots(w, x, M, w, j0, st * R, nj, out, j0)
-                if bias:
-                    for r in range(T.min(R, nj - st * R)):
-                        for m in range(M):
-                            out[m, j0 + st * R + r] = out[m, j0 + st * R + r] + b[j0 + st * R + r]
-        return rows
-
-    s0, s1, s2 = [share(n) for n in ns] + [None] * (MAX_SIBLINGS - len(ns))
 
     @T.macro
-    def body2(x, w0, w1, b0, b1, o0, o1, M):
-        for t in T.parallel(threads):
-            s0(x, w0, b0, o0, M, t)
-            s1(x, w1, b1, o1, M, t)
+    def body(x, M, *wbo):   # wbo: the G weights, the G biases (the weights again without), the G outputs
+        for t in T.parallel(sched.threads):
+            s0(x, wbo[0], wbo[G], wbo[2 * G], wbo[2 * G], M, t)
+            s1(x, wbo[1], wbo[G + 1], wbo[2 * G + 1], wbo[2 * G + 1], M, t)
+            if G > 2:
+                s2(x, wbo[2], wbo[G + 2], wbo[2 * G + 2], wbo[2 * G + 2], M, t)
 
-    @T.macro
-    def body3(x, w0, w1, w2, b0, b1, b2, o0, o1, o2, M):
-        for t in T.parallel(threads):
-            s0(x, w0, b0, o0, M, t)
-            s1(x, w1, b1, o1, M, t)
-            s2(x, w2, b2, o2, M, t)
-
-    @T.macro
-    def run2(x, w0, w1, b0, b1, o0, o1, M):
-        if x8:
-            xb = T.alloc_buffer((M, x8_bytes), "uint8")
-            prep_x(x, xb, M)
-            body2(xb, w0, w1, b0, b1, o0, o1, M)
-        else:
-            body2(x, w0, w1, b0, b1, o0, o1, M)
-
-    @T.macro
-    def run3(x, w0, w1, w2, b0, b1, b2, o0, o1, o2, M):
-        if x8:
-            xb = T.alloc_buffer((M, x8_bytes), "uint8")
-            prep_x(x, xb, M)
-            body3(xb, w0, w1, w2, b0, b1, b2, o0, o1, o2, M)
-        else:
-            body3(x, w0, w1, w2, b0, b1, b2, o0, o1, o2, M)
-
-    (ws0, wt), (ws1, _), *rest = shapes
+    x8, run = with_x_operand(k, dtype, sched, body)
+    s0, s1, s2 = [row_share(k, n, dtype, sched, x8=x8, bias=bias) for n in ns] + [None] * (MAX_SIBLINGS - G)
+    (ws0, wt), (ws1, _), *rest = [weight_buffer(n, k, dtype) for n in ns]
     n0, n1 = ns[:2]
-    if len(ns) == 2 and not bias:
+    if G == 2 and not bias:
         @T.prim_func
         def linears2(x_h: T.handle, w0: T.Buffer(ws0, wt), w1: T.Buffer(ws1, wt), o0_h: T.handle, o1_h: T.handle):
             T.func_attr({"tirx.noalias": True})
@@ -98,10 +55,10 @@ def sibling_linears(k: int, ns: tuple[int, ...], *, dtype: str = "float32", sche
             x = T.match_buffer(x_h, (M, k), "float32")
             o0 = T.match_buffer(o0_h, (M, n0), "float32")
             o1 = T.match_buffer(o1_h, (M, n1), "float32")
-            run2(x, w0, w1, w0, w1, o0, o1, M)
+            run(x, M, w0, w1, w0, w1, o0, o1)
         return linears2.with_attr("global_symbol", name)
 
-    if len(ns) == 2:
+    if G == 2:
         @T.prim_func
         def linears2b(x_h: T.handle, w0: T.Buffer(ws0, wt), w1: T.Buffer(ws1, wt), b0: T.Buffer((n0,), "float32"),
                       b1: T.Buffer((n1,), "float32"), o0_h: T.handle, o1_h: T.handle):
@@ -110,7 +67,7 @@ def sibling_linears(k: int, ns: tuple[int, ...], *, dtype: str = "float32", sche
             x = T.match_buffer(x_h, (M, k), "float32")
             o0 = T.match_buffer(o0_h, (M, n0), "float32")
             o1 = T.match_buffer(o1_h, (M, n1), "float32")
-            run2(x, w0, w1, b0, b1, o0, o1, M)
+            run(x, M, w0, w1, b0, b1, o0, o1)
         return linears2b.with_attr("global_symbol", name)
 
     (ws2, _), n2 = rest[0], ns[2]
@@ -124,7 +81,7 @@ def sibling_linears(k: int, ns: tuple[int, ...], *, dtype: str = "float32", sche
             o0 = T.match_buffer(o0_h, (M, n0), "float32")
             o1 = T.match_buffer(o1_h, (M, n1), "float32")
             o2 = T.match_buffer(o2_h, (M, n2), "float32")
-            run3(x, w0, w1, w2, w0, w1, w2, o0, o1, o2, M)
+            run(x, M, w0, w1, w2, w0, w1, w2, o0, o1, o2)
         return linears3.with_attr("global_symbol", name)
 
     @T.prim_func
@@ -137,5 +94,5 @@ def sibling_linears(k: int, ns: tuple[int, ...], *, dtype: str = "float32", sche
         o0 = T.match_buffer(o0_h, (M, n0), "float32")
         o1 = T.match_buffer(o1_h, (M, n1), "float32")
         o2 = T.match_buffer(o2_h, (M, n2), "float32")
-        run3(x, w0, w1, w2, b0, b1, b2, o0, o1, o2, M)
+        run(x, M, w0, w1, w2, b0, b1, b2, o0, o1, o2)
     return linears3b.with_attr("global_symbol", name)
