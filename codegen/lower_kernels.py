@@ -113,25 +113,28 @@ def _linear(ctx, node, args):
 
 def gate_up_call(ctx, node, args, biases):
     """act_g(x @ Wg^T + bg) * act_u(x @ Wu^T + bu) of an unfused `gated_mlp` through the target's one-call gate / up
-    kernel (kernels/gate_up.py): (h2d, lead, tokens), h flattened to one token axis as the down projection's linear
-    takes it (a reshape there and back would be fused into a copy); None where the target has none or the block
-    does not fit it (gate and up in different layouts; an up factor that ignores its input)."""
+    kernel (kernels/gate_up.py; a fused gate_up weight's two halves too): (h2d, lead, tokens), h flattened to one
+    token axis as the down projection's linear takes it (a reshape there and back would be fused into a copy); None
+    where the target has none or the block does not fit it (gate and up in different layouts; an up factor that
+    ignores its input)."""
     from .kernels import has_kernel
     from .kernels import kernel as target_kernel
 
-    a, (x_node, w_gate, w_up) = node.attrs, node.inputs[:3]
+    a, x_node = node.attrs, node.inputs[0]
+    weights = node.inputs[1:2] if a["fused"] else node.inputs[1:3]   # fused: gate and up the halves of one
     sched = schedule_for(ctx.target)
     if (not has_kernel("gate_up", sched) or ACTIVATIONS[a["up_act"]].constant is not None
-            or w_gate.op != "weight" or w_up.op != "weight" or w_gate.shape != w_up.shape
-            or kernel_dtype(w_gate) != kernel_dtype(w_up)):
+            or any(w.op != "weight" for w in weights) or len({(w.shape, kernel_dtype(w)) for w in weights}) != 1):
         return None
-    n, k = w_gate.shape
+    rows, k = weights[0].shape
+    n = rows // 2 if a["fused"] else rows
     x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
     bias = [b if getattr(b.ty, "dtype", "float32") == "float32" else ctx.bb.emit(R.astype(b, "float32"))
             for b in biases if b is not None]   # the kernel adds float32 biases
     kernel = target_kernel("gate_up", k, n, gate_act=a["gate_act"], up_act=a["up_act"],
-                           threshold=a.get("threshold", 0.0), dtype=kernel_dtype(w_gate), sched=sched, bias=bool(bias))
-    return emit_kernel_call(ctx, kernel, [x2d, args[1], args[2], *bias], tokens, n, node.dtype), lead, tokens
+                           threshold=a.get("threshold", 0.0), dtype=kernel_dtype(weights[0]), sched=sched,
+                           bias=bool(bias), fused=a["fused"], gate_first=a.get("gate_first", True))
+    return emit_kernel_call(ctx, kernel, [x2d, *args[1:1 + len(weights)], *bias], tokens, n, node.dtype), lead, tokens
 
 
 def _act(kind: str, threshold: float, x, dtype: str):
@@ -145,19 +148,22 @@ def _gated_mlp(ctx, node, args):
     n_weights = 3 if a["fused"] else 4
     biases = args[n_weights:] if a.get("bias") else [None, None]  # fused: [b_gate_up]
     w_down_node, w_down = node.inputs[n_weights - 1], args[n_weights - 1]
-    flat = None if a["fused"] else gate_up_call(ctx, node, args, biases)
-    if a["fused"]:
-        both = ctx.bb.emit(linear_call(ctx, x_node.type, args[0], node.inputs[1], args[1], biases[0]))
-        n = node.inputs[1].shape[0] // 2
-        last = x_node.type.rank - 1
-        first = R.strided_slice(both, axes=[last], begin=[0], end=[n])
-        second = R.strided_slice(both, axes=[last], begin=[n], end=[2 * n])
-        gate, up = (first, second) if a["gate_first"] else (second, first)
-    elif flat is None:
-        gate = linear_call(ctx, x_node.type, args[0], node.inputs[1], args[1], biases[0])
-        up = linear_call(ctx, x_node.type, args[0], node.inputs[2], args[2], biases[1])
-    hidden = flat[0] if flat else ctx.bb.emit(R.multiply(_act(a["gate_act"], a.get("threshold", 0.0), gate, node.dtype),
-                                                         _act(a["up_act"], 0.0, up, node.dtype)))
+    flat = gate_up_call(ctx, node, args, biases)
+    if flat is not None:
+        hidden = flat[0]
+    else:   # the gate and up linears and Relax activations (CUDA; gate and up in two layouts)
+        if a["fused"]:
+            both = ctx.bb.emit(linear_call(ctx, x_node.type, args[0], node.inputs[1], args[1], biases[0]))
+            n = node.inputs[1].shape[0] // 2
+            last = x_node.type.rank - 1
+            first = R.strided_slice(both, axes=[last], begin=[0], end=[n])
+            second = R.strided_slice(both, axes=[last], begin=[n], end=[2 * n])
+            gate, up = (first, second) if a["gate_first"] else (second, first)
+        else:
+            gate = linear_call(ctx, x_node.type, args[0], node.inputs[1], args[1], biases[0])
+            up = linear_call(ctx, x_node.type, args[0], node.inputs[2], args[2], biases[1])
+        hidden = ctx.bb.emit(R.multiply(_act(a["gate_act"], a.get("threshold", 0.0), gate, node.dtype),
+                                         _act(a["up_act"], 0.0, up, node.dtype)))
     if a.get("hidden_rms_eps") is not None:   # h / sqrt(mean(h²) + eps): BitNet's ffn_sub_norm (weight in Wd)
         mean_square = R.mean(R.multiply(hidden, hidden), axis=[-1], keepdims=True)
         eps = relax.const(float(a["hidden_rms_eps"]), TVM_DTYPES[node.dtype])

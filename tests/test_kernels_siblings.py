@@ -52,16 +52,24 @@ def _weights(rng, shapes, dtype):
     return kernel_weights(ws, dtype)
 
 
-def gate_up_case(rng, M, k, n, dtype, acts, bias, sched):
-    """(prim, args with the output last, reference, scale)."""
+def gate_up_case(rng, M, k, n, dtype, acts, bias, sched, fused=False, gate_first=True):
+    """(prim, args with the output last, reference, scale). `fused`: gate and up the halves of one matrix (and bias),
+    the gate's first where `gate_first`."""
     from actsparse.codegen.kernels import kernel
 
     gate_act, up_act, threshold = acts
     prim = kernel("gate_up", k, n, gate_act=gate_act, up_act=up_act, threshold=threshold, dtype=dtype, sched=sched,
-                  bias=bias)
+                  bias=bias, fused=fused, gate_first=gate_first)
     x = rng.standard_normal((M, k)).astype(np.float32)
-    kw, (wg, wu) = _weights(rng, [(n, k), (n, k)], dtype)
     bs = [rng.standard_normal(n).astype(np.float32) for _ in range(2)] if bias else []
+    if fused:   # one matrix [2n, k] quantized as one; the reference takes its halves
+        kw, (w,) = _weights(rng, [(2 * n, k)], dtype)
+        halves = (w[:n], w[n:]) if gate_first else (w[n:], w[:n])
+        wg, wu = halves
+        bias_args = [np.concatenate(bs if gate_first else bs[::-1])] if bias else []
+    else:
+        kw, (wg, wu) = _weights(rng, [(n, k), (n, k)], dtype)
+        bias_args = bs
     xs = x_seen(x, _x8(dtype, sched)).astype(np.float64)
     bg, bu = bs or (np.zeros(n), np.zeros(n))
     g, u = xs @ wg.astype(np.float64).T + bg, xs @ wu.astype(np.float64).T + bu
@@ -71,7 +79,7 @@ def gate_up_case(rng, M, k, n, dtype, acts, bias, sched):
     # slopes are at most ~1.13), plus the activations' own float32 rounding
     sg, su = (np.abs(xs) @ np.abs(w.astype(np.float64)).T + np.abs(b) for w, b in ((wg, bg), (wu, bu)))
     scale = 1.2 * (sg * (np.abs(act_u) + 1) + np.abs(act_g) * su) + np.abs(ref)
-    return prim, [x, *kw, *bs, np.full((M, n), np.nan, np.float32)], ref, scale
+    return prim, [x, *kw, *bias_args, np.full((M, n), np.nan, np.float32)], ref, scale
 
 
 def linears_case(rng, M, k, ns, dtype, bias, sched):
@@ -90,10 +98,13 @@ def linears_case(rng, M, k, ns, dtype, bias, sched):
 
 @settings(max_examples=examples(4), suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(DTYPES), k=ragged, n=st.integers(1, 48), M=st.sampled_from((1, 3)),
-       acts=st.sampled_from(ACT_PAIRS), bias=st.booleans(), float_x=st.booleans(), seed=st.integers(0, 999))
-def test_x86_gate_up_kernel_matches_the_reference(dtype, k, n, M, acts, bias, float_x, seed):
+       acts=st.sampled_from(ACT_PAIRS), bias=st.booleans(), float_x=st.booleans(),
+       fused=st.sampled_from((None, True, False)), seed=st.integers(0, 999))
+def test_x86_gate_up_kernel_matches_the_reference(dtype, k, n, M, acts, bias, float_x, fused, seed):
+    """fused None: two matrices; True / False: one, the gate's half first / second."""
     sched = _schedule("x86", float_x)
-    prim, args, ref, scale = gate_up_case(np.random.default_rng(seed), M, k, n, dtype, acts, bias, sched)
+    prim, args, ref, scale = gate_up_case(np.random.default_rng(seed), M, k, n, dtype, acts, bias, sched,
+                                          fused=fused is not None, gate_first=fused is not False)
     (out,) = run_native(prim, [Call(args, ref, scale, dtype)])
     assert_close(out, ref, scale, dtype)
 
@@ -173,3 +184,37 @@ def test_a_dense_quantized_build_calls_the_gate_up_kernel_and_the_sibling_linear
     assert sum(c.startswith("actsparse_linear_k72_n40") for c in calls) == 1, calls
     assert not any(c.startswith("actsparse_linear_k40_n72") for c in calls), calls
     assert_quantized_close(cm(x), evaluate(cm.graph, [x_as_dots_see(x, "q4_0")])[0], kernels=("dense",))
+
+
+@pytest.mark.parametrize("up_first", [False, True])
+def test_a_fused_gate_up_projection_takes_the_gate_up_kernel_on_its_two_halves(up_first):
+    """A Phi-3-style MLP (one gate_up projection, here with a bias, split in two) under int4: dense mode keeps it
+    `gated_mlp{fused}`, the gate / up kernel reads the halves of the one quantized matrix (the gate's half as the
+    block says), and the module equals the interpreter on the quantized weights."""
+    import torch
+    from torch import nn
+
+    from actsparse.ir.interpreter import evaluate
+
+    from .helpers import assert_quantized_close, x_as_dots_see
+
+    class FusedSwiGLU(nn.Module):
+        def __init__(self, d, n):
+            super().__init__()
+            self.gate_up, self.down = nn.Linear(d, 2 * n), nn.Linear(n, d, bias=False)
+
+        def forward(self, x):
+            first, second = self.gate_up(x).chunk(2, dim=-1)
+            gate, up = (second, first) if up_first else (first, second)
+            return self.down(torch.nn.functional.silu(gate) * up)
+
+    torch.manual_seed(0)
+    model, x = FusedSwiGLU(40, 72).eval(), torch.randn(1, 3, 40)
+    cm = actsparse.compile(model, (x,), mode="dense", quantize="int4")
+    (block,) = [n for n in cm.graph.nodes if n.op == "gated_mlp"]
+    assert block.attrs["fused"] and block.attrs["gate_first"] is not up_first
+    calls = _calls(cm)
+    assert sum(c.startswith(f"actsparse_gate_up_k40_n72_silu_identity_00000000_bias_fused{int(not up_first)}")
+               for c in calls) == 1, calls
+    xs = x.numpy()
+    assert_quantized_close(cm(xs), evaluate(cm.graph, [x_as_dots_see(xs, "q4_0")])[0], kernels=("dense",))

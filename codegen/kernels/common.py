@@ -113,9 +113,9 @@ def x_operand(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
 
 
 def with_x_operand(d: int, dtype: str, sched: CpuSchedule, body, kernel: str = ""):
-    """(x8, `run`): `run(x, M, *rest)` calls the macro `body(x', M, *rest)` with x' = x, or where the schedule's int8
-    dot serves `dtype` rows (`x_operand`: then x8 is True, and the kernel's dots are made with it) x prepared once
-    into the 8-bit buffer those dots read."""
+    """Macro `run(x, M, *rest)`: calls the macro `body(x', M, *rest)` with x' = x, or where the schedule's int8 dot
+    serves `dtype` rows (`x_operand`'s x8, with which the kernel's dots are then made) x prepared once into the 8-bit
+    buffer those dots read. (Define what `body` calls before it: a macro reads its free names when it is made.)"""
     x8, nbytes, prep = x_operand(d, dtype, sched, kernel)
 
     @T.macro
@@ -127,7 +127,7 @@ def with_x_operand(d: int, dtype: str, sched: CpuSchedule, body, kernel: str = "
         else:
             body(x, M, *rest)
 
-    return x8, run
+    return run
 
 
 def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store: Callable | None = None,

@@ -17,7 +17,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import activation, dots_macro, symbol, threshold_tag, with_x_operand
+from .common import activation, dots_macro, symbol, threshold_tag, with_x_operand, x_operand
 from .linear import fitted_schedule
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
@@ -25,15 +25,18 @@ from .schedule import CpuSchedule
 
 @cache
 def gate_up(k: int, n: int, *, gate_act: str, up_act: str, threshold: float = 0.0, dtype: str = "float32",
-            sched: CpuSchedule, bias: bool = False):
-    """PrimFunc (x, wg, wu[, bg, bu], h); global_symbol encodes all parameters."""
+            sched: CpuSchedule, bias: bool = False, fused: bool = False, gate_first: bool = True):
+    """PrimFunc (x, wg, wu[, bg, bu], h); `fused`: (x, w[, b], h) with gate and up the two halves of w [2n, k] (and
+    of b [2n]), gate the first where `gate_first` (Phi-3's gate_up_proj). global_symbol encodes all parameters."""
     sched = fitted_schedule(k, n, dtype, sched)
     threads, R = sched.threads, sched.rows
     nper = (n + threads - 1) // threads
     name = symbol("gate_up", f"k{k}", f"n{n}", gate_act, up_act, threshold_tag(threshold),
-                  "bias" if bias else "nobias", dtype, sched.tag)
+                  "bias" if bias else "nobias", *([f"fused{int(gate_first)}"] if fused else []), dtype, sched.tag)
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
-    wshape, wdtype = weight_buffer(n, k, dtype)
+    g0, u0 = ((0, n) if gate_first else (n, 0)) if fused else (0, 0)   # the gate's and up's first rows
+    wshape, wdtype = weight_buffer(2 * n if fused else n, k, dtype)
+    dots, _ = dots_macro(k, dtype, sched, gathered=False, x8=x_operand(k, dtype, sched)[0])
 
     @T.macro
     def body(x, M, wg, wu, bg, bu, h):
@@ -42,18 +45,42 @@ def gate_up(k: int, n: int, *, gate_act: str, up_act: str, threshold: float = 0.
             j0: T.let = t * nper
             nj: T.let = T.max(T.min(nper, n - j0), 0)
             for st in range((nj + R - 1) // R):
-                dots(wg, x, M, wg, j0, st * R, nj, h, j0)
+                dots(wg, x, M, wg, g0 + j0, st * R, nj, h, j0)
             for st in range((nj + R - 1) // R):
-                dots(wu, x, M, wu, j0, st * R, nj, ub, j0)
+                dots(wu, x, M, wu, u0 + j0, st * R, nj, ub, j0)
             for m in range(M):
                 for j in range(nj):
                     if bias:
-                        h[m, j0 + j] = act_g(h[m, j0 + j] + bg[j0 + j]) * act_u(ub[m, j0 + j] + bu[j0 + j])
+                        h[m, j0 + j] = act_g(h[m, j0 + j] + bg[g0 + j0 + j]) * act_u(ub[m, j0 + j] + bu[u0 + j0 + j])
                     else:
                         h[m, j0 + j] = act_g(h[m, j0 + j]) * act_u(ub[m, j0 + j])
 
-    x8, run = with_x_operand(k, dtype, sched, body)
-    dots, _ = dots_macro(k, dtype, sched, gathered=False, x8=x8)
+    run = with_x_operand(k, dtype, sched, body)
+
+    if fused and bias:
+
+        @T.prim_func
+        def kernel_fused(x_h: T.handle, w: T.Buffer(wshape, wdtype), b: T.Buffer((2 * n,), "float32"),
+                         h_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            M = T.int64()
+            x = T.match_buffer(x_h, (M, k), "float32")
+            h = T.match_buffer(h_h, (M, n), "float32")
+            run(x, M, w, w, b, b, h)
+
+        return kernel_fused.with_attr("global_symbol", name)
+
+    if fused:
+
+        @T.prim_func
+        def kernel_fused_nobias(x_h: T.handle, w: T.Buffer(wshape, wdtype), h_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            M = T.int64()
+            x = T.match_buffer(x_h, (M, k), "float32")
+            h = T.match_buffer(h_h, (M, n), "float32")
+            run(x, M, w, w, w, w, h)
+
+        return kernel_fused_nobias.with_attr("global_symbol", name)
 
     if bias:
 

@@ -18,7 +18,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import check_dtype, dots_macro, symbol, with_x_operand
+from .common import check_dtype, dots_macro, symbol, with_x_operand, x_operand
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
 
@@ -71,13 +71,14 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
                   dtype, sched.tag)
     wshape, wdtype = weight_buffer(n, k, dtype)
 
+    rows = row_share(k, n, dtype, sched, x8=x_operand(k, dtype, sched)[0], bias=bias, residual=residual)
+
     @T.macro
     def body(x, M, w, b, res, out):   # rows split over the tasks
         for t in T.parallel(sched.threads):
             rows(x, w, b, res, out, M, t)
 
-    x8, run = with_x_operand(k, dtype, sched, body)
-    rows = row_share(k, n, dtype, sched, x8=x8, bias=bias, residual=residual)
+    run = with_x_operand(k, dtype, sched, body)
 
     if residual:
 

@@ -17,7 +17,7 @@ from functools import cache
 
 from tvm.script import tirx as T
 
-from .common import symbol, with_x_operand
+from .common import symbol, with_x_operand, x_operand
 from .linear import fitted_schedule, row_share
 from .quant_blocks import weight_buffer
 from .schedule import CpuSchedule
@@ -35,6 +35,9 @@ def sibling_linears(k: int, ns: tuple[int, ...], *, dtype: str = "float32", sche
     G = len(ns)
     name = symbol("linears", f"k{k}", "n" + "_".join(map(str, ns)), "bias" if bias else "nobias", dtype, sched.tag)
 
+    s0, s1, s2 = [row_share(k, n, dtype, sched, x8=x_operand(k, dtype, sched)[0], bias=bias) for n in ns] + [
+        None] * (MAX_SIBLINGS - G)
+
     @T.macro
     def body(x, M, *wbo):   # wbo: the G weights, the G biases (the weights again without), the G outputs
         for t in T.parallel(sched.threads):
@@ -43,8 +46,7 @@ def sibling_linears(k: int, ns: tuple[int, ...], *, dtype: str = "float32", sche
             if G > 2:
                 s2(x, wbo[2], wbo[G + 2], wbo[2 * G + 2], wbo[2 * G + 2], M, t)
 
-    x8, run = with_x_operand(k, dtype, sched, body)
-    s0, s1, s2 = [row_share(k, n, dtype, sched, x8=x8, bias=bias) for n in ns] + [None] * (MAX_SIBLINGS - G)
+    run = with_x_operand(k, dtype, sched, body)
     (ws0, wt), (ws1, _), *rest = [weight_buffer(n, k, dtype) for n in ns]
     n0, n1 = ns[:2]
     if G == 2 and not bias:
