@@ -29,6 +29,7 @@ from ..ir.limits import least_sizes
 from ..targets import Target
 from .kernels.common import OPAQUE
 from .lower import lower_graph
+from .lowerings import FUSABLE_TE
 from .static_step import returned_through_view, static_steps
 
 
@@ -128,8 +129,8 @@ def relax_module(graph: Graph, target: Target, functions: dict[str, Graph] | Non
     for name, function in (functions or {}).items():
         bound[name], graphs[name] = {}, Graph(function.inputs, function.outputs, graph.weights, name)
     mod, weight_order = lower_graph(graph, target, bound, graphs)
-    for gv, func in list(mod.functions.items()):  # before legalization: only our own kernels are PrimFuncs here
-        if isinstance(func, tvm.tirx.PrimFunc):
+    for gv, func in list(mod.functions.items()):  # before legalization: only our own kernels are PrimFuncs here,
+        if isinstance(func, tvm.tirx.PrimFunc) and not gv.name_hint.startswith(FUSABLE_TE):  # and TE ops to fuse
             mod[gv] = func.with_attr("op_pattern", OPAQUE)
         elif gv.name_hint in static:  # a static step: the runtime keeps every parameter in a fixed buffer, so the
             mod[gv] = returned_through_view(func).with_attr("num_input", 0)  # whole step is capturable

@@ -32,7 +32,7 @@ def _unary(ctx, node, args):
 @lowering(*BINARY)
 def _binary(ctx, node, args):
     a, b = _promoted(node, args)
-    if node.op == "pow" and node.inputs[1].op == "constant" and node.inputs[1].attrs.get("value") == 2:
+    if _squared(node) is not None:
         return R.multiply(a, a)  # x ** 2 (RMSNorm's): one multiply, where power calls libm's pow per element
     return BINARY[node.op](a, b)
 
@@ -127,8 +127,41 @@ def _embedding(ctx, node, args):
     return R.take(w, ids, axis=0, mode="clip")
 
 
+# the PrimFuncs lowerings make from TE (name hints) that FuseOps may fuse with their neighbours, as Relax's own ops;
+# codegen/build.py marks every other PrimFunc present before legalization (our kernels) opaque
+FUSABLE_TE = ("mean_square",)
+
+
+def _squared(node):
+    """x where `node` is x ** 2 (a constant exponent 2), else None."""
+    if node.op == "pow" and node.inputs[1].op == "constant" and node.inputs[1].attrs.get("value") == 2:
+        return node.inputs[0]
+    return None
+
+
+def _mean_of_squares(t, keepdims: bool):
+    """TE: mean(t ** 2) over the last axis, the square inside the sum (one stage: Relax's FuseOps does not fuse an
+    elementwise producer into a reduction, so RMSNorm's x * x was a call of its own in every layer and step)."""
+    from tvm import te, tirx
+
+    k = te.reduce_axis((0, t.shape[-1]), "k")
+    total = te.compute((*t.shape[:-1], 1), lambda *i: te.sum(t[(*i[:-1], k)] * t[(*i[:-1], k)], axis=k), name="sq")
+    shape = total.shape if keepdims else total.shape[:-1]
+    n = tirx.Cast(t.dtype, t.shape[-1])
+    return te.compute(shape, lambda *i: total[(*i, 0)] / n if not keepdims else total(*i) / n, name="mean_sq")
+
+
 @lowering("sum", "mean", "max")
 def _reduce(ctx, node, args):
+    x = node.inputs[0]
+    base = _squared(x)
+    if (node.op == "mean" and base is not None and ctx.users.get(id(x)) == 1 and base.dtype == node.dtype
+            and tuple(a % x.type.rank for a in node.attrs["axes"]) == (x.type.rank - 1,)
+            and accumulation_dtype(node.op, node.dtype) == node.dtype
+            and all(isinstance(d, int) for d in ctx.shape(x.shape))):   # RMSNorm's mean(x ** 2): one kernel
+        # (static shapes only, as in a decode step: FuseTIR fails to match a TE function's symbolic buffers)
+        return ctx.bb.call_te(_mean_of_squares, ctx.values[id(base)], node.attrs.get("keepdim", False),
+                              primfunc_name_hint="mean_square")
     fn = {"sum": R.sum, "mean": R.mean, "max": R.max}[node.op]
     reduce = partial(fn, axis=list(node.attrs["axes"]), keepdims=node.attrs.get("keepdim", False))
     return accumulated(node, args[0], reduce)  # max does not accumulate: in its own dtype
