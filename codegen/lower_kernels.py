@@ -56,8 +56,12 @@ def linear_call(ctx, x_type: TensorType | None, x, w_node, w, b=None, float_x: b
     sched = schedule_for(ctx.target)
     if float_x and getattr(sched, "int8_dot", ""):
         sched = dataclasses.replace(sched, int8_dot="")
+    if residual is not None and len(lead) in (1, 2):   # r and out in their own shape: no reshapes
+        kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=sched, residual=len(lead))
+        return relax.call_tir(ctx.kernel(kernel), [x2d, w, residual],
+                              relax.TensorType([*lead, n], TVM_DTYPES[KERNEL_DTYPE]))
     kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=sched, bias=b is not None,
-                           **({"residual": True} if residual is not None else {}))
+                           **({"residual": 1} if residual is not None else {}))   # (CPU kernels only take it)
     if b is not None and getattr(b.ty, "dtype", "float32") != "float32":  # the kernels add a float32 bias
         b = ctx.bb.emit(R.astype(b, "float32"))
     extra = [b] if b is not None else [ctx.bb.emit(R.reshape(residual, [tokens, n]))] if residual is not None else []

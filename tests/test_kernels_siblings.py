@@ -126,23 +126,27 @@ def test_x86_sibling_linears_kernel_matches_the_reference(dtype, k, ns, M, bias,
         assert_close(out.numpy(), ref, scale, dtype)
 
 
-def residual_case(rng, M, k, n, dtype, sched):
-    """The linear kernel with a residual addend (kernels/linear.py `residual`): (prim, args, reference, scale)."""
+def residual_case(rng, M, k, n, dtype, sched, lead=1):
+    """The linear kernel with a residual addend (kernels/linear.py `residual`): (prim, args, reference, scale); r and
+    the output [M, n] (lead 1) or [1, M, n] (lead 2: a decoder's [batch, seq, n], taken as it is)."""
     from actsparse.codegen.kernels import kernel
 
-    prim = kernel("linear", k, n, dtype=dtype, sched=sched, residual=True)
-    x, r = rng.standard_normal((M, k)).astype(np.float32), rng.standard_normal((M, n)).astype(np.float32)
+    prim = kernel("linear", k, n, dtype=dtype, sched=sched, residual=lead)
+    shape = (M, n) if lead == 1 else (1, M, n)
+    x, r = rng.standard_normal((M, k)).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
     (kw,), (w,) = _weights(rng, [(n, k)], dtype)
     xs = x_seen(x, _x8(dtype, sched)).astype(np.float64)
-    ref = xs @ w.astype(np.float64).T + r
-    return prim, [x, kw, r, np.full((M, n), np.nan, np.float32)], ref, np.abs(xs) @ np.abs(w.astype(np.float64)).T + 1
+    ref = (xs @ w.astype(np.float64).T).reshape(shape) + r
+    scale = (np.abs(xs) @ np.abs(w.astype(np.float64)).T + 1).reshape(shape)
+    return prim, [x, kw, r, np.full(shape, np.nan, np.float32)], ref, scale
 
 
 @settings(max_examples=examples(6), suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(DTYPES), k=ragged, n=st.integers(1, 48), M=st.sampled_from((1, 3)),
-       float_x=st.booleans(), seed=st.integers(0, 999))
-def test_x86_linear_kernel_adds_the_residual_as_it_stores(dtype, k, n, M, float_x, seed):
-    prim, args, ref, scale = residual_case(np.random.default_rng(seed), M, k, n, dtype, _schedule("x86", float_x))
+       float_x=st.booleans(), lead=st.sampled_from((1, 2)), seed=st.integers(0, 999))
+def test_x86_linear_kernel_adds_the_residual_as_it_stores(dtype, k, n, M, float_x, lead, seed):
+    prim, args, ref, scale = residual_case(np.random.default_rng(seed), M, k, n, dtype, _schedule("x86", float_x),
+                                           lead)
     (out,) = run_native(prim, [Call(args, ref, scale, dtype)])
     assert_close(out, ref, scale, dtype)
 
@@ -153,7 +157,7 @@ def test_arm_gate_up_sibling_linears_and_residual_match_the_reference_under_qemu
     rng, sched = np.random.default_rng(seed), _schedule("arm", False)
     gate_up = gate_up_case(rng, 2, k, 9, dtype, ACT_PAIRS[0], True, sched)
     linears = linears_case(rng, 1, k, (7, 3, 5), dtype, False, sched)
-    residual = residual_case(rng, 2, k, 11, dtype, sched)
+    residual = residual_case(rng, 2, k, 11, dtype, sched, lead=2)
     kernels = cross_kernels([gate_up[0], linears[0], residual[0]])
     (h,), outs, (y,) = kernels.run([(str(gate_up[0].attrs["global_symbol"]), gate_up[1], [len(gate_up[1]) - 1]),
                                     (str(linears[0].attrs["global_symbol"]), linears[1], [4, 5, 6]),

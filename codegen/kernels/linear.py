@@ -59,19 +59,22 @@ def row_share(k: int, n: int, dtype: str, sched: CpuSchedule, *, x8: bool, bias:
 
 
 @cache
-def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: bool = False, residual: bool = False):
+def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: bool = False, residual: int = 0):
     """PrimFunc (x, w[, b][, r], out) computing x @ w^T (+ b) (+ r); global_symbol encodes all parameters.
 
-    `residual`: r [M, n] float32 is added to the output (a residual connection's add, done as the outputs are
-    stored instead of by another call that reads and writes them again: codegen/lower_kernels.py)."""
+    `residual` (1 or 2: the number of leading dims of r and out): r [M, n] or [B, S, n] (B * S = M) float32 is added
+    to the output, which has r's shape (a residual connection's add, done as the outputs are stored instead of by
+    another call that reads and writes them again, and no reshapes of r and out: codegen/lower_kernels.py)."""
     if residual and bias:   # (a residual connection's linear in the models seen has no bias)
         raise ValueError("linear: residual with a bias is not built (add the bias to the residual)")
+    if residual not in (0, 1, 2):
+        raise ValueError(f"linear: residual is the number of leading dims of r (1 or 2), got {residual}")
     sched = fitted_schedule(k, n, dtype, sched)
-    name = symbol("linear", f"k{k}", f"n{n}", "bias" if bias else "nobias", *(["residual"] if residual else []),
-                  dtype, sched.tag)
+    name = symbol("linear", f"k{k}", f"n{n}", "bias" if bias else "nobias",
+                  *([f"residual{residual}"] if residual else []), dtype, sched.tag)
     wshape, wdtype = weight_buffer(n, k, dtype)
 
-    rows = row_share(k, n, dtype, sched, x8=x_operand(k, dtype, sched)[0], bias=bias, residual=residual)
+    rows = row_share(k, n, dtype, sched, x8=x_operand(k, dtype, sched)[0], bias=bias, residual=bool(residual))
 
     @T.macro
     def body(x, M, w, b, res, out):   # rows split over the tasks
@@ -79,6 +82,21 @@ def linear(k: int, n: int, *, dtype: str = "float32", sched: CpuSchedule, bias: 
             rows(x, w, b, res, out, M, t)
 
     run = with_x_operand(k, dtype, sched, body)
+
+    if residual == 2:
+
+        @T.prim_func
+        def kernel_residual2(x_h: T.handle, w: T.Buffer(wshape, wdtype), r_h: T.handle, out_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            M, B, S = T.int64(), T.int64(), T.int64()
+            x = T.match_buffer(x_h, (M, k), "float32")
+            r3 = T.match_buffer(r_h, (B, S, n), "float32")
+            out3 = T.match_buffer(out_h, (B, S, n), "float32")
+            res = T.decl_buffer((M, n), "float32", data=r3.data)   # the same memory as one token axis
+            out = T.decl_buffer((M, n), "float32", data=out3.data)
+            run(x, M, w, w, res, out)
+
+        return kernel_residual2.with_attr("global_symbol", name)
 
     if residual:
 
