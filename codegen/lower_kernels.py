@@ -43,12 +43,12 @@ R = relax.op
 COMPOSITE_KERNELS: dict = {}
 
 
-def linear_call(ctx, x_type: TensorType | None, x, w_node, w, b=None, float_x: bool = False, flat=None,
-                dtype: str = "", residual=None):
+def linear_call(ctx, x_type: TensorType, x, w_node, w, b=None, float_x: bool = False, flat=None, residual=None):
     """x[..., k] @ w[n, k]^T (+ b) (+ residual) through the linear kernel (w_node: the weight's IR node, whose layout
     may be quantized; float_x: no int8-dot rounding of x); returns the un-flattened expression. `flat`: x already
-    flattened, (x2d, lead, tokens) as `flatten_tokens` gives them (x_type and x then unused; `dtype` the output's).
-    `residual`: a value of the output's shape (float32, no bias; `residual_add`) the kernel adds as it stores."""
+    flattened, (x2d, lead, tokens) as `flatten_tokens` gives them (x then unused; x_type gives the output's dtype).
+    `residual`: a value of the output's shape, [M, n] or [B, S, n] (float32, no bias; `residual_add`), the kernel
+    adds as it stores."""
     from .kernels import kernel as target_kernel
 
     n, k = w_node.shape
@@ -56,28 +56,26 @@ def linear_call(ctx, x_type: TensorType | None, x, w_node, w, b=None, float_x: b
     sched = schedule_for(ctx.target)
     if float_x and getattr(sched, "int8_dot", ""):
         sched = dataclasses.replace(sched, int8_dot="")
-    if residual is not None and len(lead) in (1, 2):   # r and out in their own shape: no reshapes
+    if residual is not None:   # r and the output in their own shape ([M, n] or [B, S, n]): no reshapes
         kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=sched, residual=len(lead))
         return relax.call_tir(ctx.kernel(kernel), [x2d, w, residual],
                               relax.TensorType([*lead, n], TVM_DTYPES[KERNEL_DTYPE]))
-    kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=sched, bias=b is not None,
-                           **({"residual": 1} if residual is not None else {}))   # (CPU kernels only take it)
+    kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=sched, bias=b is not None)
     if b is not None and getattr(b.ty, "dtype", "float32") != "float32":  # the kernels add a float32 bias
         b = ctx.bb.emit(R.astype(b, "float32"))
-    extra = [b] if b is not None else [ctx.bb.emit(R.reshape(residual, [tokens, n]))] if residual is not None else []
-    out = emit_kernel_call(ctx, kernel, [x2d, w, *extra], tokens, n, dtype or x_type.dtype)
+    out = emit_kernel_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
     return R.reshape(out, [*lead, n])
 
 
-def residual_add(ctx, node, biased: bool = False):
+def residual_add(ctx, node):
     """(the add node, the other addend's value) where `node` (a linear's output, float32) is read only by an add of
     an already lowered value of its shape — a residual connection the linear kernel can add as it stores (CPU
-    kernels; not with a bias) — else None. The caller sets the add's value to the kernel's result."""
+    kernels; callers pass unbiased linears) — else None. The caller sets the add's value to the kernel's result."""
     from .kernels import family_of
 
     readers = ctx.readers.get(id(node), [])
-    if (biased or family_of(schedule_for(ctx.target)) != "cpu" or ctx.users.get(id(node)) != 1 or len(readers) != 1
-            or node.dtype != KERNEL_DTYPE):
+    if (family_of(schedule_for(ctx.target)) != "cpu" or ctx.users.get(id(node)) != 1 or len(readers) != 1
+            or node.dtype != KERNEL_DTYPE or node.type.rank not in (2, 3)):   # the kernel's r: [M, n] or [B, S, n]
         return None
     add = readers[0]
     if add.op != "add" or len(add.inputs) != 2 or add.inputs[0] is add.inputs[1]:
@@ -138,7 +136,9 @@ def gate_up_call(ctx, node, args, biases):
     kernel = target_kernel("gate_up", k, n, gate_act=a["gate_act"], up_act=a["up_act"],
                            threshold=a.get("threshold", 0.0), dtype=kernel_dtype(weights[0]), sched=sched,
                            bias=bool(bias), fused=a["fused"], gate_first=a.get("gate_first", True))
-    return emit_kernel_call(ctx, kernel, [x2d, *args[1:1 + len(weights)], *bias], tokens, n, node.dtype), lead, tokens
+    pair = (lambda vs: [*vs, *vs]) if a["fused"] else list   # fused: the one matrix (and bias) as gate's and up's
+    return (emit_kernel_call(ctx, kernel, [x2d, *pair(args[1:1 + len(weights)]), *pair(bias)], tokens, n, node.dtype),
+            lead, tokens)
 
 
 def _act(kind: str, threshold: float, x, dtype: str):

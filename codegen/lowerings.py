@@ -146,9 +146,10 @@ def _mean_of_squares(t, keepdims: bool):
 
     k = te.reduce_axis((0, t.shape[-1]), "k")
     total = te.compute((*t.shape[:-1], 1), lambda *i: te.sum(t[(*i[:-1], k)] * t[(*i[:-1], k)], axis=k), name="sq")
-    shape = total.shape if keepdims else total.shape[:-1]
     n = tirx.Cast(t.dtype, t.shape[-1])
-    return te.compute(shape, lambda *i: total[(*i, 0)] / n if not keepdims else total(*i) / n, name="mean_sq")
+    if keepdims:
+        return te.compute(total.shape, lambda *i: total(*i) / n, name="mean_sq")
+    return te.compute(total.shape[:-1], lambda *i: total[(*i, 0)] / n, name="mean_sq")
 
 
 @lowering("sum", "mean", "max")

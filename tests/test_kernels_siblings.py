@@ -66,7 +66,8 @@ def gate_up_case(rng, M, k, n, dtype, acts, bias, sched, fused=False, gate_first
         kw, (w,) = _weights(rng, [(2 * n, k)], dtype)
         halves = (w[:n], w[n:]) if gate_first else (w[n:], w[:n])
         wg, wu = halves
-        bias_args = [np.concatenate(bs if gate_first else bs[::-1])] if bias else []
+        kw = [*kw, *kw]   # the one matrix as the gate's and the up's (and the one bias likewise)
+        bias_args = [np.concatenate(bs if gate_first else bs[::-1])] * 2 if bias else []
     else:
         kw, (wg, wu) = _weights(rng, [(n, k), (n, k)], dtype)
         bias_args = bs

@@ -26,8 +26,9 @@ from .schedule import CpuSchedule
 @cache
 def gate_up(k: int, n: int, *, gate_act: str, up_act: str, threshold: float = 0.0, dtype: str = "float32",
             sched: CpuSchedule, bias: bool = False, fused: bool = False, gate_first: bool = True):
-    """PrimFunc (x, wg, wu[, bg, bu], h); `fused`: (x, w[, b], h) with gate and up the two halves of w [2n, k] (and
-    of b [2n]), gate the first where `gate_first` (Phi-3's gate_up_proj). global_symbol encodes all parameters."""
+    """PrimFunc (x, wg, wu[, bg, bu], h); `fused`: wg and wu are both the one matrix [2n, k] whose halves are gate and
+    up (bg and bu the one bias [2n]; the caller passes each twice), gate the first where `gate_first` (Phi-3's
+    gate_up_proj). global_symbol encodes all parameters."""
     sched = fitted_schedule(k, n, dtype, sched)
     threads, R = sched.threads, sched.rows
     nper = (n + threads - 1) // threads
@@ -36,6 +37,7 @@ def gate_up(k: int, n: int, *, gate_act: str, up_act: str, threshold: float = 0.
     act_g, act_u = activation(gate_act, threshold), activation(up_act)
     g0, u0 = ((0, n) if gate_first else (n, 0)) if fused else (0, 0)   # the gate's and up's first rows
     wshape, wdtype = weight_buffer(2 * n if fused else n, k, dtype)
+    bshape = (2 * n if fused else n,)
     dots, _ = dots_macro(k, dtype, sched, gathered=False, x8=x_operand(k, dtype, sched)[0])
 
     @T.macro
@@ -57,36 +59,11 @@ def gate_up(k: int, n: int, *, gate_act: str, up_act: str, threshold: float = 0.
 
     run = with_x_operand(k, dtype, sched, body)
 
-    if fused and bias:
-
-        @T.prim_func
-        def kernel_fused(x_h: T.handle, w: T.Buffer(wshape, wdtype), b: T.Buffer((2 * n,), "float32"),
-                         h_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            M = T.int64()
-            x = T.match_buffer(x_h, (M, k), "float32")
-            h = T.match_buffer(h_h, (M, n), "float32")
-            run(x, M, w, w, b, b, h)
-
-        return kernel_fused.with_attr("global_symbol", name)
-
-    if fused:
-
-        @T.prim_func
-        def kernel_fused_nobias(x_h: T.handle, w: T.Buffer(wshape, wdtype), h_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            M = T.int64()
-            x = T.match_buffer(x_h, (M, k), "float32")
-            h = T.match_buffer(h_h, (M, n), "float32")
-            run(x, M, w, w, w, w, h)
-
-        return kernel_fused_nobias.with_attr("global_symbol", name)
-
     if bias:
 
         @T.prim_func
         def kernel(x_h: T.handle, wg: T.Buffer(wshape, wdtype), wu: T.Buffer(wshape, wdtype),
-                   bg: T.Buffer((n,), "float32"), bu: T.Buffer((n,), "float32"), h_h: T.handle):
+                   bg: T.Buffer(bshape, "float32"), bu: T.Buffer(bshape, "float32"), h_h: T.handle):
             T.func_attr({"tirx.noalias": True})
             M = T.int64()
             x = T.match_buffer(x_h, (M, k), "float32")
