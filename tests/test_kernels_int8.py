@@ -191,8 +191,9 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_line
     the xor 0x80), one vpdpbusd (the 128 * sum(x̂) is in x's side), the two scales in one 4-byte load and one vpermw,
     no 128 * sum(code) correction (vpsubd) and no row assembly, 4 rows per pass: 57 instructions. dense (streamed
     rows: paired it was 1.03-1.04x slower, session 15) keeps 4 rows per dot and the correction, its code the same
-    whether or not the schedule pairs any kernel. Both prefetch each of the next step's rows once per 64-byte line;
-    the paired loop unconditionally (no jump before the prefetches: session 13's conditional once-per-line form for
+    whether or not the schedule pairs any kernel. indexed prefetches each of the next step's rows once per 64-byte
+    line, dense (a task's own rows) the next step's rows as one block, a share per group (session 46); the paired
+    loop unconditionally (no jump before the prefetches: session 13's conditional once-per-line form for
     gathered rows was 1.04-1.08x the time of indexed q8_0 at 2 threads from DRAM, BENCHMARKS.md session 15). Compiled
     for Sapphire Rapids with its schedule, on any host (it ran on AVX512-VNNI hosts only, and session 28 found it
     stale after session 22's split rows, on the first such host since)."""
@@ -200,6 +201,7 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_line
 
     from actsparse.codegen.kernels import kernel
     from actsparse.codegen.kernels.rows import ROWS_PER_LOOP
+    from actsparse.ir.quant import LAYOUTS
 
     sched, spr = cpu_sched("vpdpbusd512")  # compiled only: any host
     sched = replace(sched, int8_axpy=False)
@@ -225,7 +227,11 @@ def test_q8_0_row_dots_pair_blocks_on_gathered_rows_only_and_prefetch_every_line
             else:  # x̂ + 128 against 4 rows' codes, minus 128 * sum(code)
                 rows = sched.rows
                 assert "vpsubd" in body and body.count("vinserti64x4") == sched.rows // 2, body
-            assert body.count("prefetcht1") == rows, (kind, body)  # a row's 64 code bytes: one line each
+            if paired:  # gathered rows: a row's 64 code bytes, one line each
+                assert body.count("prefetcht1") == rows, (kind, body)
+            else:  # a task's own rows: a share of the next step's block per group (`next_block_prefetch_macro`)
+                lines = -(-LAYOUTS["q8_0"].row_bytes(4096) // 64)
+                assert body.count("prefetcht1") == -(-sched.rows * lines // (4096 // 32)), (kind, body)
             if paired:  # two groups per iteration: every iteration's line (dense: every other group's)
                 first_pf = body.index("prefetcht1")
                 assert not any(op.startswith("j") for op in body[:first_pf]), (kind, body)

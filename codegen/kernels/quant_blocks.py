@@ -160,6 +160,29 @@ def lines_prefetch_macro(rows: int, lines: int):
     return pf_lines
 
 
+def next_block_prefetch_macro(rows: int, row_bytes: int, iterations: int):
+    """`pf_block(w, ro, it)`: the prefetch of an integer row-dot loop of `iterations` iterations over a step of a
+    task's own `rows` contiguous rows (ro: the step's, then the next step's row byte offsets, `row_offsets_macro`): at
+    iteration it, the it-th share of the next step's rows as one block (ro[rows] on), in address order, never past the
+    next step's last row. Gathered rows keep one prefetch per row and line (`group_prefetch_macro`).
+
+    Why not each row's own lines per iteration, as before session 46: Intel's L2 streamer follows one stream per 4 KB
+    page, and a step's rows read side by side were interleaved streams it could not follow where rows are under 4 KB:
+    a q4_0 linear at k = 4096 (2304-byte rows, 8 a step) read at 71% of the read limit, 83-86% with the next step
+    prefetched as one block (BENCHMARKS.md, session 46)."""
+    pf = block_prefetch_macro()
+    per_it = -(-rows * (-(-row_bytes // CACHE_LINE)) // max(1, iterations))  # lines per iteration
+
+    @T.macro
+    def pf_block(w, ro, it):
+        for ln in T.unroll(per_it):  # (each line clamped: one clamped share, 9 prefetches on one base, was 0.89-0.93x
+            # the speed on a q4_0 / q8_0 linear, session 46)
+            pf(w, T.min(ro[rows] + T.Cast("int64", (it * per_it + ln) * CACHE_LINE),
+                        ro[2 * rows - 1] + T.int64(row_bytes - 1)), 0)
+
+    return pf_block
+
+
 def group_prefetch_macro(lay: QuantLayout, stored: int, rows: int):
     """(`pf_group(w, ro, first, grp)`, `pf_scales(w, ro, first, g0, g1)`): prefetch in the `rows` rows at byte
     offsets ro[first:first + rows]. `pf_group`: what group grp needs when grp starts a cache line of codes (block

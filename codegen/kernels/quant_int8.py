@@ -46,7 +46,7 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS
 from .int8_dots import INT8_DOTS
-from .quant_blocks import flat_rows, group_prefetch_macro, offset, scale, step_start_macro
+from .quant_blocks import flat_rows, group_prefetch_macro, next_block_prefetch_macro, offset, scale, step_start_macro
 from .rows import per_token
 from .schedule import CpuSchedule
 
@@ -218,6 +218,8 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
     row_bytes, stored = lay.row_bytes(d), lay.stored_groups(d)
     # q8_0's rows here (split, read through the layout's byte offsets); split q4 rows: quant_split.py
     pf_group, pf_scales = group_prefetch_macro(lay, stored, R)
+    streamed = prefetch and not gathered  # a task's own rows: the next step as one block, a share per group
+    pf_block = next_block_prefetch_macro(R, row_bytes, G)
 
     def rr(ro, s, p):  # byte offset of row p of set s (past the step's rows: its last row again, not stored)
         return ro[T.min(s * P + p, R - 1)]
@@ -272,10 +274,12 @@ def int8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, s
 
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
-        if prefetch:  # the next step's scales (split rows: behind the codes), all at once
+        if prefetch and gathered:  # the next step's scales (split rows: behind the codes), all at once
             pf_scales(wf, ro, R, 0, G)
         for grp in range(G):
-            if prefetch:  # the next step's rows, one prefetch per row and block (q8_0) or line
+            if streamed:
+                pf_block(wf, ro, grp)
+            elif prefetch:  # the next step's rows, one prefetch per row and block (q8_0) or line
                 pf_group(wf, ro, R, grp)
             dx: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx(grp), 1, 4)])
             dx_sum: T.let = T.reinterpret("float32", xb[m, T.ramp(xl.dx_sum(grp), 1, 4)])

@@ -18,7 +18,7 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS, QuantLayout
 from .int8_dots import INT8_DOTS
-from .quant_blocks import group_prefetch_macro, scale
+from .quant_blocks import group_prefetch_macro, next_block_prefetch_macro, scale
 from .quant_int8 import quantized_x_groups, row_dots_frame, x_blocks
 from .rows import ROWS_PER_LOOP, per_token, row_sums_macro
 from .schedule import CpuSchedule
@@ -89,6 +89,8 @@ def paired_dots(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store
     RB = ROWS_PER_LOOP if R % ROWS_PER_LOOP == 0 else R  # rows per pass of the pair loop
     pf_group = group_prefetch_macro(lay, lay.stored_groups(d), RB)[0]
     pf_scales = group_prefetch_macro(lay, lay.stored_groups(d), R)[1]
+    streamed = prefetch and not gathered  # a task's own rows: the next step as one block, a share per pass and pair
+    pf_block = next_block_prefetch_macro(R, row_bytes, R // RB * pairs)
     ivec, fvec = f"int32x{L}", f"float32x{L}"
     row_sums = row_sums_macro(R, L, store)
 
@@ -122,11 +124,13 @@ def paired_dots(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store
 
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
-        if prefetch:  # the next step's scales, all at once
+        if prefetch and gathered:  # the next step's scales, all at once
             pf_scales(wf, ro, R, 0, G)
         for b in T.unroll(R // RB):  # RB rows at a time (`ROWS_PER_LOOP`)
             for c in range(pairs):
-                if prefetch:  # the next step's rows, one prefetch per row and line
+                if streamed:
+                    pf_block(wf, ro, b * pairs + c)
+                elif prefetch:  # the next step's rows, one prefetch per row and line
                     pf_group(wf, ro, R + b * RB, 2 * c)
                     pf_group(wf, ro, R + b * RB, 2 * c + 1)
                 for r in T.unroll(RB):

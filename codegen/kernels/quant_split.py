@@ -43,7 +43,7 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS, QuantLayout
 from .int8_dots import INT8_DOTS
-from .quant_blocks import block_prefetch_macro, half_at, lines_prefetch_macro
+from .quant_blocks import block_prefetch_macro, half_at, lines_prefetch_macro, next_block_prefetch_macro
 from .quant_int8 import quantized_x_groups, row_dots_frame
 from .rows import CACHE_LINE, per_token, row_sums_macro
 from .schedule import CpuSchedule
@@ -198,6 +198,8 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
     # Lane v of a pair's reduced vector: group K * (v % 2) + v // 4 of the pair (chunk v % 2, its 128-bit half v // 4);
     # two lanes per group (v % 4 < 2 the first: x's init and dx * sum(x̂) there, 0 in the second)
     pairs = chunks // 2 if sched.int8_dot in PAIRED_CHUNKS else 0
+    streamed = prefetch and not gathered  # a task's own rows: the next step as one block, a share per pair and chunk
+    pf_block = next_block_prefetch_macro(R, row_bytes, chunks - pairs)
     assert not pairs or L == 8, "paired chunks: 256-bit vectors of two groups"
     group_lanes = [(v % 2) * L + v // 4 * 4 for v in range(L)]  # from chunk v % 2's vector: a lane of v's group
     first_lanes = [k + (0 if v % 4 < 2 else 1) for v, k in enumerate(group_lanes)]  # ... its first lane, else a 0
@@ -235,7 +237,9 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
 
     @T.macro
     def chunk_step(wf, xb, m, ro, acc, c):
-        if prefetch:  # the next step's codes, one prefetch per row and cache line
+        if streamed:
+            pf_block(wf, ro, c - pairs)
+        elif prefetch:  # the next step's codes, one prefetch per row and cache line
             if c % code_lines == 0:
                 for r in T.unroll(R):
                     pf(wf, ro[R + r], c * VB)
@@ -248,11 +252,14 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
 
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
-        if prefetch:  # the next step's scales, all at once (a conditional prefetch per chunk: LLVM speculates it)
+        if prefetch and gathered:  # the next step's scales, all at once (a conditional prefetch per chunk: LLVM
+            # speculates it)
             pf_scales(wf, ro, R, scales_at)
         if pairs > 0:
             for p in range(pairs):
-                if prefetch:  # the next step's codes, one prefetch per row and cache line (a pair's 64 bytes)
+                if streamed:
+                    pf_block(wf, ro, p)
+                elif prefetch:  # the next step's codes, one prefetch per row and cache line (a pair's 64 bytes)
                     pf_pair(wf, ro, R, p * 2 * VB)
                 pdx: T.let = pair_x(xb, m, p, xl.dx, fvec)
                 pinit: T.let = T.Cast(fvec, pair_x(xb, m, p, xl.init, ivec, first_lanes)) * pdx

@@ -29,7 +29,7 @@ from tvm.tirx import Shuffle
 
 from ...ir.quant import GROUP, LAYOUTS, QuantLayout
 from .int8_dots import INT8_DOTS
-from .quant_blocks import half_at, lines_prefetch_macro
+from .quant_blocks import half_at, lines_prefetch_macro, next_block_prefetch_macro
 from .quant_int8 import quantized_x_groups, row_dots_frame
 from .rows import CACHE_LINE, ROWS_PER_LOOP, per_token, row_sums_macro
 from .schedule import CpuSchedule
@@ -112,6 +112,8 @@ def split8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool,
     scales_at = lay.scale_byte(0, stored)
     pf_scales = lines_prefetch_macro(R, -(-2 * G // CACHE_LINE))  # a row's scales' cache lines
     pf_quad = lines_prefetch_macro(RB, QUAD * GROUP // CACHE_LINE)  # a quad's codes' cache lines
+    streamed = prefetch and not gathered  # a task's own rows: the next step as one block, a share per pass and quad
+    pf_block = next_block_prefetch_macro(R, row_bytes, R // RB * quads)
 
     def group_dot(wf, xb, m, ro_r, g):
         codes = wf[T.ramp(ro_r + T.Cast("int64", lay.codes_byte(g, stored)), T.int64(1), GROUP)]
@@ -139,11 +141,14 @@ def split8_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool,
 
     @T.macro
     def body(wf, xb, m, ro, acc, i, end, dst, dcol):
-        if prefetch:  # the next step's scales, all at once (a conditional prefetch per quad: LLVM speculates it)
+        if prefetch and gathered:  # the next step's scales, all at once (a conditional prefetch per quad: LLVM
+            # speculates it)
             pf_scales(wf, ro, R, scales_at)
         for b in T.unroll(R // RB):  # RB rows at a time (`ROWS_PER_LOOP`)
             for c in range(quads):
-                if prefetch:  # the next step's codes, one prefetch per row and cache line
+                if streamed:
+                    pf_block(wf, ro, b * quads + c)
+                elif prefetch:  # the next step's codes, one prefetch per row and cache line
                     pf_quad(wf, ro, R + b * RB, lay.codes_byte(QUAD * c, stored))
                 dxv: T.let = T.reinterpret(fvec, xb[m, T.ramp(xl.dx(c), 1, 4 * L)])
                 for r in T.unroll(RB):
