@@ -4,7 +4,8 @@
                                           [--tokens 32] [--repeats 3] [--threads N] [--quick]
                                           [--runners dense,threshold,dense-int4,threshold-int4,llama.cpp,torch]
                                           [--max-seq N] [--model smollm2|gemma3]
-    python -m actsparse.benchmarks.decode --artifacts DIR,DIR,... [--runners llama.cpp] [--tokens] [--repeats]
+    python -m actsparse.benchmarks.decode --artifacts DIR,DIR,... [--runners llama.cpp [--llama-gguf F]] [--tokens]
+                                          [--repeats]
 
 (a) A Mistral-7B-dims ReGLU decoder (d 4096, n_ff 14336, 32 heads, 8 KV heads, head dim 128; `--layers` layers,
     `--vocab` tokens), synthetic weights with ~90% of the MLP neurons inactive per token, as Bamboo-7B / TurboSparse
@@ -94,6 +95,8 @@ def main(argv=None) -> int:
     ap.add_argument("--perplexity-windows", type=int, default=4, help="part (b): held-out windows of 256 tokens each "
                     "runner's perplexity is measured on (0: none)")
     ap.add_argument("--artifacts", default="", help="saved decoder artifacts to time interleaved instead of the parts")
+    ap.add_argument("--llama-gguf", default="", help="with --artifacts and --runners llama.cpp: the GGUF llama.cpp "
+                    "runs (default: SmolLM2's Q4_1 file), e.g. the file the artifacts were built from")
     ap.add_argument("--quick", action="store_true", help="fewer tokens and repeats (same code path)")
     ap.add_argument("--small", action="store_true", help="part (a) at tiny dims: a smoke test of the script")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -114,7 +117,8 @@ def main(argv=None) -> int:
 
     threads = args.threads or x86.host().threads
     if args.artifacts:
-        time_artifacts([a for a in args.artifacts.split(",") if a], args.tokens, args.repeats, threads, runners)
+        time_artifacts([a for a in args.artifacts.split(",") if a], args.tokens, args.repeats, threads, runners,
+                       args.llama_gguf)
         return 0
     if args.child:
         part, _, dtype = args.child.partition(":")

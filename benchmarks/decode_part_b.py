@@ -134,7 +134,9 @@ def part_b(tokens: int, repeats: int, threads: int, sparsity: float, runners=RUN
     return row
 
 
-def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, runners) -> None:
+def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, runners, llama_gguf: str = "") -> None:
+    """The saved decoders at `paths` timed interleaved (tokens/s), then llama.cpp on `llama_gguf` (default SmolLM2's
+    Q4_1 file) where `runners` has it."""
     import actsparse
 
     print(f"load avg {load_average()} (before loading)", flush=True)
@@ -149,8 +151,9 @@ def time_artifacts(paths: list[str], tokens: int, repeats: int, threads: int, ru
     if "llama.cpp" in runners:
         del decoders
         gc.collect()
-        rate = llama_cpp_rate(smollm2_gguf(), prompt, feed, repeats, threads, PROMPT_LEN + tokens + 16)
-        print(f"| llama.cpp (SmolLM2 Q4_1 GGUF) | - | {rate_cell(rate)} |  (load avg {load_average()})", flush=True)
+        rate = llama_cpp_rate(llama_gguf or smollm2_gguf(), prompt, feed, repeats, threads, PROMPT_LEN + tokens + 16)
+        name = os.path.basename(llama_gguf) if llama_gguf else "SmolLM2 Q4_1 GGUF"
+        print(f"| llama.cpp ({name}) | - | {rate_cell(rate)} |  (load avg {load_average()})", flush=True)
 
 
 def artifact_tokens(decoders: list, tokens: int) -> tuple:
