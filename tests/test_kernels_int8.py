@@ -475,3 +475,38 @@ def test_avx2_split_row_dots_over_chunk_pairs_and_the_rest(kind):
                         bias=True)
         calls = quant_calls(kind, np.random.default_rng(11), d, 20, dtype, 0.5, x8=True)
         check(kind, f"{dtype} d={d}", calls, run_native(prim, calls))
+
+
+@pytest.mark.parametrize("dtype,k", (("q4_0", 4096), ("float32", 1000)))
+def test_own_rows_prefetch_the_next_step_as_one_block(dtype, k):
+    """A linear's row dots over a task's own contiguous rows prefetch the next step's rows as one block in address
+    order, a share per iteration of the row loop (`quant_blocks.next_block_prefetch_macro`, the float loop of
+    `common.dots_macro`): ceil(rows x lines per row / iterations) prefetches an iteration, e.g. q4_0 at k = 4096: 8
+    rows x 36 lines over 32 four-group chunks = 9, fp32 at k = 1000: 8 rows x 63 lines over 62 = 9 (one per row and
+    line read side by side, Intel's L2 streamer lost rows under 4 KB: BENCHMARKS.md session 46). Gathered rows
+    (indexed) keep one prefetch per row and line. Compiled for Sapphire Rapids with its schedule, on any host."""
+    import tvm
+
+    from actsparse.codegen.kernels import kernel
+    from actsparse.codegen.kernels.linear import linear
+    from actsparse.ir.quant import LAYOUTS
+
+    sched, spr = cpu_sched("vpdpbusd512")
+
+    def loops(prim):
+        lib = tvm.compile(tvm.IRModule({"main": prim}), target=spr)
+        asm = lib.mod.inspect_source("asm") if hasattr(lib, "mod") else lib.inspect_source("asm")
+        return [body for body in innermost_loops(asm) if "prefetcht1" in body]
+
+    fitted = sched.fitted(k, dtype)
+    row_bytes = LAYOUTS[dtype].row_bytes(k) if dtype in LAYOUTS else 4 * k
+    # iterations of a row's loop: q4_0 four groups (a 64-byte vector of codes) each, fp32 a whole cache line each
+    iterations = k // 128 if dtype in LAYOUTS else row_bytes // 64
+    want = -(-fitted.rows * -(-row_bytes // 64) // iterations)
+    # the decode loop (M = 1) is the one with the most prefetches (prefill's token-blocked loop has its own; the old
+    # per-row form put 16 in the fp32 loop: two lines of 8 rows)
+    own = max(body.count("prefetcht1") for body in loops(linear(k, 4096, dtype=dtype, sched=sched)))
+    assert own == want, (own, want)
+    gathered = loops(kernel("indexed", k, 64, gate_act="relu", up_act="identity", dtype=dtype,
+                            sched=replace(sched, int8_axpy=())))
+    assert all(body.count("prefetcht1") % fitted.rows == 0 for body in gathered), gathered  # (loops may be unrolled)

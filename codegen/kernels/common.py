@@ -28,6 +28,7 @@ from . import tvmscript_speed  # noqa: F401 - installs the fast T.macro expansio
 from .int8_row_dots import int8_row_dots
 from .quant_blocks import quant_dots_macro
 from .rows import (
+    CACHE_LINE,
     ELEM_BYTES,
     FMLAL,
     chunks_per_line,
@@ -171,6 +172,11 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     VW = wide_load_elems(dtype, sched)  # elements per weight load: fp16 with paired accumulators: a full register
     CPL = chunks_per_line(C, dtype)  # chunks that make one cache line: one prefetch per row and line
     n_line = n_chunk // CPL
+    # a task's own rows: the next step's R rows prefetched as one block in address order, a share per line of the
+    # loop (`quant_blocks.next_block_prefetch_macro`: why); gathered rows: one prefetch per row and line
+    streamed = prefetch and not gathered and n_line > 0
+    per_line = CACHE_LINE // ELEM_BYTES[dtype]
+    per_it = -(-R * -(-d // per_line) // max(1, n_line))  # lines of the next step per iteration
 
     fml = sched.fp16fml and dtype == "float16" and VW == 8 and L == 4  # fmlal: 8 halves into 2 x 4 fp32 sums
 
@@ -198,19 +204,24 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
         for v in T.vectorized(R * C):
             acc[v] = T.float32(0)
         for kl in range(n_line):
-            if prefetch:
+            if streamed:  # element k of the block from the next step's first row (each line's clamped to the block)
+                for ln in T.unroll(per_it):
+                    pf(w, base + T.min(i + R, end - 1), T.min((kl * per_it + ln) * per_line,
+                                                            (T.min(i + 2 * R - 1, end - 1) - T.min(i + R, end - 1))
+                                                            * d + d - 1), 1)
+            elif prefetch:
                 for r in T.unroll(R):
                     pf(w, row(rows, base, T.min(i + R + r, end - 1)), kl * CPL * C, 1)
             for kk in T.unroll(CPL):
                 chunk(w, x, m, rows, base, i, end, acc, kl * CPL + kk)
         if n_line * CPL < n_chunk:
-            if prefetch:
+            if prefetch and not streamed:
                 for r in T.unroll(R):
                     pf(w, row(rows, base, T.min(i + R + r, end - 1)), n_line * CPL * C, 1)
             for kc in range(n_line * CPL, n_chunk):
                 chunk(w, x, m, rows, base, i, end, acc, kc)
         if n_vrem > 0:
-            if prefetch:
+            if prefetch and not streamed:
                 for r in T.unroll(R):
                     pf(w, row(rows, base, T.min(i + R + r, end - 1)), n_chunk * C, d - n_chunk * C)
             for kr in T.unroll(n_vrem):
