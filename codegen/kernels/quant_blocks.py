@@ -168,7 +168,7 @@ def next_block_prefetch_macro(rows: int, row_bytes: int, iterations: int):
 
     Why not each row's own lines per iteration, as before session 46: Intel's L2 streamer follows one stream per 4 KB
     page, and a step's rows read side by side were interleaved streams it could not follow where rows are under 4 KB:
-    a q4_0 linear at k = 4096 (2304-byte rows, 8 a step) read at 71% of the read limit, 83-86% with the next step
+    a q4_0 linear at k = 4096 (2304-byte rows, 8 a step) read at 71% of the read limit, 82-87% with the next step
     prefetched as one block (BENCHMARKS.md, session 46)."""
     pf = block_prefetch_macro()
     per_it = -(-rows * (-(-row_bytes // CACHE_LINE)) // max(1, iterations))  # lines per iteration
