@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from functools import cache
 
 from tvm.script import tirx as T
 
@@ -26,7 +27,7 @@ from ...ir.activations import ACTIVATIONS
 from ...ir.quant import LAYOUTS
 from . import tvmscript_speed  # noqa: F401 - installs the fast T.macro expansion
 from .int8_row_dots import int8_row_dots
-from .quant_blocks import quant_dots_macro
+from .quant_blocks import next_block_lines, quant_dots_macro
 from .rows import (
     CACHE_LINE,
     ELEM_BYTES,
@@ -101,6 +102,7 @@ def loader(dtype: str) -> Callable:
     return lambda e: T.Cast("float32", e)
 
 
+@cache   # kernel factories ask it for their row dots' x8 flag and again for the preparation (`with_x_operand`)
 def x_operand(d: int, dtype: str, sched: CpuSchedule, kernel: str = ""):
     """(x8, nbytes, prep) for a kernel whose row dots read `dtype` rows of length d: with x8 (the schedule's int8 dot
     serves the layout: the row dots of an `int8_row_dots.INT8_ROW_DOTS` entry) the kernel allocates xb [M, nbytes]
@@ -176,7 +178,7 @@ def dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, store:
     # loop (`quant_blocks.next_block_prefetch_macro`: why); gathered rows: one prefetch per row and line
     streamed = prefetch and not gathered and n_line > 0
     per_line = CACHE_LINE // ELEM_BYTES[dtype]
-    per_it = -(-R * -(-d // per_line) // max(1, n_line))  # lines of the next step per iteration
+    per_it = next_block_lines(R, d * ELEM_BYTES[dtype], n_line)
 
     fml = sched.fp16fml and dtype == "float16" and VW == 8 and L == 4  # fmlal: 8 halves into 2 x 4 fp32 sums
 

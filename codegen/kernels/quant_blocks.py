@@ -160,6 +160,13 @@ def lines_prefetch_macro(rows: int, lines: int):
     return pf_lines
 
 
+def next_block_lines(rows: int, row_bytes: int, iterations: int) -> int:
+    """Cache lines of the next step's `rows` rows (of `row_bytes` each) one iteration of a row loop of `iterations`
+    prefetches, so that the loop covers the whole block (`next_block_prefetch_macro`; the float loop of
+    `common.dots_macro`)."""
+    return -(-rows * -(-row_bytes // CACHE_LINE) // max(1, iterations))
+
+
 def next_block_prefetch_macro(rows: int, row_bytes: int, iterations: int):
     """`pf_block(w, ro, it)`: the prefetch of an integer row-dot loop of `iterations` iterations over a step of a
     task's own `rows` contiguous rows (ro: the step's, then the next step's row byte offsets, `row_offsets_macro`): at
@@ -171,7 +178,7 @@ def next_block_prefetch_macro(rows: int, row_bytes: int, iterations: int):
     a q4_0 linear at k = 4096 (2304-byte rows, 8 a step) read at 71% of the read limit, 82-87% with the next step
     prefetched as one block (BENCHMARKS.md, session 46)."""
     pf = block_prefetch_macro()
-    per_it = -(-rows * (-(-row_bytes // CACHE_LINE)) // max(1, iterations))  # lines per iteration
+    per_it = next_block_lines(rows, row_bytes, iterations)
 
     @T.macro
     def pf_block(w, ro, it):
