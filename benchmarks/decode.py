@@ -112,6 +112,11 @@ def main(argv=None) -> int:
     unknown = sorted(set(runners) - set(RUNNERS_B))
     if unknown:
         ap.error(f"unknown runners {', '.join(unknown)}; valid: {', '.join(r.replace(' ', '-') for r in RUNNERS_B)}")
+    if args.llama_gguf and not (args.artifacts and "llama.cpp" in runners):
+        ap.error("--llama-gguf names the file llama.cpp runs beside --artifacts: add --artifacts DIR,... "
+                 "--runners llama.cpp")
+    if args.llama_gguf and not os.path.isfile(args.llama_gguf):
+        ap.error(f"--llama-gguf {args.llama_gguf}: no such file (a .gguf llama.cpp loads)")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # spinning OpenBLAS threads halve TVM's speed
     from actsparse.targets import x86
 
