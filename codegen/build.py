@@ -10,7 +10,8 @@ fuses them (FuseOps + FuseTIR). Our kernels are marked opaque so that fusion nev
 legalizes (two activations: a hybrid prefill's chunked scan) get a CPU schedule there too (codegen/cpu_matmul.py).
 
 A decoder's graph (first input `input_ids[1, seq]`) also gets a `step` function with that token dim fixed to 1:
-static shapes for every op outside attention, so the VM no longer builds and checks a shape per value.
+static shapes for every op outside attention, so the VM no longer builds and checks a shape per value. On CPU its
+planned buffers of static shape are then made once per loaded model, not once per step (codegen/step_workspace.py).
 
 Each Relax function says how many of its parameters are inputs (`num_input`); the rest are weights, whose
 addresses do not change between calls. TVM's RewriteCUDAGraph (on with the PassContext option
@@ -31,6 +32,7 @@ from .kernels.common import OPAQUE
 from .lower import lower_graph
 from .lowerings import FUSABLE_TE
 from .static_step import returned_through_view, static_steps
+from .step_workspace import lift_step_workspace
 
 
 def _cuda_setup() -> None:
@@ -51,7 +53,9 @@ def _cpu_pipeline(tvm_target, target: Target):
 
     legalize = cpu.legalize_passes(tvm_target)  # LegalizeOps first, then pattern annotation and fusion
     head = cpu.library_dispatch_passes(tvm_target) + legalize[:1]
-    tail = legalize[1:] + cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target)
+    plan, *finalize = cpu.finalize_passes(tvm_target)  # StaticPlanBlockMemory first: a step's plan lifted after it
+    assert plan.info.name == "StaticPlanBlockMemory", f"TVM's CPU pipeline changed: {plan.info.name} first"
+    tail = legalize[1:] + cpu.dataflow_lower_passes(tvm_target) + [plan, lift_step_workspace((STEP,))] + finalize
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod, _ctx):

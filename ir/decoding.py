@@ -15,6 +15,12 @@ PREFILL_MIN_TOKENS = 2  # a prefill call's least token count: one token goes thr
 STEP_GRAPH = "step_graph"  # the static one-token function over max_seq slots
 LOGITS = "logits"  # the static step's input after the caches: the buffer it writes its logits into
 KEYS, VALUES = "k", "v"  # layer i's key and value caches are the inputs KEYS + "i" and VALUES + "i"
+WORKSPACE_SUFFIX = "_workspace"  # f + it: the function making f's lifted buffers, passed after the weights (CPU)
+
+
+def workspace_function(function: str) -> str:
+    """The function that allocates `function`'s lifted intermediate buffers once (codegen/step_workspace.py)."""
+    return function + WORKSPACE_SUFFIX
 
 
 def is_kv_cache(name: str) -> bool:

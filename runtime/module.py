@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ArtifactError, TargetError
 from ..ir import Graph, TensorType
+from ..ir.decoding import workspace_function
 from ..ir.limits import input_limits
 from ..ir.types import np_dtype
 from .artifact import MANIFEST, SIGNATURE, manifest_error, read_artifact, safe_name, write_artifact
@@ -76,6 +77,7 @@ class CompiledModule:
             raise ValueError(f"placement: unknown weights or places {sorted(map(str, unknown))}; places: {PLACES}, "
                              f"weights: the module's ({len(weight_order)})")
         self._vm = None
+        self._workspaces: dict[str, list] = {}  # function -> its lifted buffers (`_workspace`)
         self._check_inputs = InputCheck(inputs, self.limits)
         self.cold_file = cold_file
         self.cold_stores = []
@@ -142,9 +144,18 @@ class CompiledModule:
         args = [self._to_device(np.ascontiguousarray(np.asarray(a).astype(np_dtype(t.dtype), copy=False)))
                 if isinstance(a, np.ndarray) else a for a, (_, t) in zip(inputs, self.inputs)]
         args += inputs[len(self.inputs):]  # device buffers past main's inputs (step_graph's logits) as they are
-        result = self._vm[function](*args, *self._weight_tensors)
+        result = self._vm[function](*args, *self._weight_tensors, *self._workspace(function))
         n = n_outputs or self.n_outputs
         return [result] if n == 1 else [result[i] for i in range(n)]
+
+    def _workspace(self, function: str) -> list:
+        """`function`'s lifted intermediate buffers (codegen/step_workspace.py), made on its first call and passed after
+        the weights on every call; none where the executable has no `<function>_workspace`."""
+        if function not in self._workspaces:
+            maker = workspace_function(function)
+            made = self._vm[maker]() if self.has_function(maker) else ()
+            self._workspaces[function] = list(made)
+        return self._workspaces[function]
 
     def __call__(self, *inputs):
         self._check_runnable()
