@@ -10,8 +10,9 @@ fuses them (FuseOps + FuseTIR). Our kernels are marked opaque so that fusion nev
 legalizes (two activations: a hybrid prefill's chunked scan) get a CPU schedule there too (codegen/cpu_matmul.py).
 
 A decoder's graph (first input `input_ids[1, seq]`) also gets a `step` function with that token dim fixed to 1:
-static shapes for every op outside attention, so the VM no longer builds and checks a shape per value. On CPU its
-planned buffers of static shape are then made once per loaded model, not once per step (codegen/step_workspace.py).
+static shapes for every op outside attention, so the VM no longer builds and checks a shape per value. On CPU what
+every layer computes alike from the step's inputs (the attention mask, the cache positions) is computed once, and the
+step's planned buffers of static shape are made once per loaded model, not once per step (codegen/step_workspace.py).
 
 Each Relax function says how many of its parameters are inputs (`num_input`); the rest are weights, whose
 addresses do not change between calls. TVM's RewriteCUDAGraph (on with the PassContext option
@@ -52,7 +53,9 @@ def _cpu_pipeline(tvm_target, target: Target):
     from .cpu_matmul import calls_matmul, schedule_legalized_matmuls
 
     legalize = cpu.legalize_passes(tvm_target)  # LegalizeOps first, then pattern annotation and fusion
-    head = cpu.library_dispatch_passes(tvm_target) + legalize[:1]
+    # common subexpressions merged first: every layer of an imported decoder builds the same attention mask and cache
+    # positions from the step's inputs (SmolLM2's step: 89 fewer legalized calls, 300 fewer VM calls)
+    head = cpu.library_dispatch_passes(tvm_target) + [tvm.relax.transform.EliminateCommonSubexpr()] + legalize[:1]
     plan, *finalize = cpu.finalize_passes(tvm_target)  # StaticPlanBlockMemory first: a step's plan lifted after it
     assert plan.info.name == "StaticPlanBlockMemory", f"TVM's CPU pipeline changed: {plan.info.name} first"
     tail = legalize[1:] + cpu.dataflow_lower_passes(tvm_target) + [plan, lift_step_workspace((STEP,))] + finalize

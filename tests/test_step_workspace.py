@@ -43,10 +43,11 @@ def test_lifts_static_buffers_but_not_what_the_step_returns():
     assert lift_step_workspace(("prefill",))(Module)["step"].same_as(Module["step"])
 
 
-def _tiny_llama():
+def _tiny_llama(layers: int = 2):
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                                   max_position_embeddings=64)
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
@@ -75,3 +76,17 @@ def test_decoder_step_allocates_once_and_decodes_as_transformers():
     lm.step(12, state)
     assert np.array_equal(outputs[-2][0].numpy(), first)
     assert not np.array_equal(outputs[-1][0].numpy(), first)
+
+
+def test_what_every_layer_computes_alike_is_computed_once_a_step():
+    """The attention mask and the cache positions, built by each layer from the step's inputs, are one computation
+    after common-subexpression elimination: a layer adds its own calls only (two norms, two cache writes, rotary, a
+    transpose, the residual add: 9 legalized calls a layer for a float32 Llama, 14 before)."""
+    from actsparse.benchmarks.decode_profile import record_step
+
+    def legalized_calls(layers: int) -> int:
+        lm = actsparse.compile(_tiny_llama(layers), mode="dense", max_seq=32)
+        calls = record_step(lm, lm.prefill(np.array([[1, 5, 7, 9]])), 11)
+        return sum(not s.startswith(("vm.builtin.", "actsparse_")) for _, s, _ in calls)
+
+    assert (legalized_calls(3) - legalized_calls(1)) / 2 <= 9
