@@ -1,13 +1,14 @@
 """Lowering of `index_copy`, the op a KV-cache write imports as: in place when the copied tensor is dead after.
 
     index_copy(%cache, %positions, %new){axis}   (%cache an input read by nothing else)
-        -> call_tir_inplace(index_copy_rows, [reshape(%cache, [outer, S, inner]), %positions, %new3d])
+        -> call_tir_inplace(index_copy_rows, [%cache, %positions, %new])
 
 A decoding graph takes each layer's KV cache as an input and returns the updated cache
 (`frontends/kv_cache.py`); written functionally, every step would copy the whole cache. When the cache input has
 no other reader, the kernel writes the new rows into the caller's buffer and the output aliases it, so a step
 touches only the T rows it writes. Otherwise (any other reader of the old value) the kernel copies first.
-Reshapes to 3-D [outer, S, inner] are views (no copy), so one kernel serves every rank and axis.
+The kernel views its tensors as 3-D [outer, S, inner] itself (no reshape call around it each step: 4 VM calls a
+layer), so one loop nest serves every rank and axis.
 On a GPU target the same copies run as one launch each, a thread per element (`tirx.is_scheduled`: dlight's rules
 take only block-form PrimFuncs and would reject these loops).
 """
@@ -68,26 +69,37 @@ def _gpu_copies(outer: int, rows: int, inner: int, threads: int):
 
 
 @cache
-def index_copy_rows(outer: int, rows: int, inner: int, dtype: str, in_place: bool, gpu_threads: int = 0):
-    """PrimFunc (x [outer, rows, inner], index [T] int64, src [outer, T, inner][, out]) with T symbolic:
-    in place, x[:, index[t], :] = src[:, t, :]; otherwise out = x with those rows replaced. `gpu_threads`: as GPU
-    launches of that many threads per block, marked scheduled."""
-    name = f"index_copy_{outer}_{rows}_{inner}_{dtype}_{'inplace' if in_place else 'copy'}"
+def index_copy_rows(shape: tuple[int, ...], axis: int, dtype: str, in_place: bool, gpu_threads: int = 0):
+    """PrimFunc (x [shape], index [T] int64, src [shape with T at `axis`][, out]) with T symbolic: in place,
+    x[..., index[t], ...] = src[..., t, ...] along `axis`; otherwise out = x with those rows replaced. The tensors
+    are viewed as [outer, shape[axis], inner]. `gpu_threads`: as GPU launches of that many threads per block, marked
+    scheduled."""
+    outer, rows, inner = reduce(lambda a, b: a * b, shape[:axis], 1), shape[axis], reduce(
+        lambda a, b: a * b, shape[axis + 1:], 1)
+    name = f"index_copy_{'x'.join(map(str, shape))}_a{axis}_{dtype}_{'inplace' if in_place else 'copy'}"
     put, copy_all = _gpu_copies(outer, rows, inner, gpu_threads) if gpu_threads else _cpu_copies(outer, rows, inner)
+    before, after = tuple(shape[:axis]), tuple(shape[axis + 1:])
 
     @T.prim_func
-    def write(x: T.Buffer((outer, rows, inner), dtype), idx_h: T.handle, src_h: T.handle):
+    def write(x_h: T.handle, idx_h: T.handle, src_h: T.handle):
         n = T.int64()
+        xs = T.match_buffer(x_h, shape, dtype)
         idx = T.match_buffer(idx_h, (n,), "int64")
-        src = T.match_buffer(src_h, (outer, n, inner), dtype)
+        srcs = T.match_buffer(src_h, (*before, n, *after), dtype)
+        x = T.decl_buffer((outer, rows, inner), dtype, data=xs.data)
+        src = T.decl_buffer((outer, n, inner), dtype, data=srcs.data)
         put(x, idx, src, n)
 
     @T.prim_func
-    def copy(x: T.Buffer((outer, rows, inner), dtype), idx_h: T.handle, src_h: T.handle,
-             out: T.Buffer((outer, rows, inner), dtype)):
+    def copy(x_h: T.handle, idx_h: T.handle, src_h: T.handle, out_h: T.handle):
         n = T.int64()
+        xs = T.match_buffer(x_h, shape, dtype)
         idx = T.match_buffer(idx_h, (n,), "int64")
-        src = T.match_buffer(src_h, (outer, n, inner), dtype)
+        srcs = T.match_buffer(src_h, (*before, n, *after), dtype)
+        outs = T.match_buffer(out_h, shape, dtype)
+        x = T.decl_buffer((outer, rows, inner), dtype, data=xs.data)
+        src = T.decl_buffer((outer, n, inner), dtype, data=srcs.data)
+        out = T.decl_buffer((outer, rows, inner), dtype, data=outs.data)
         copy_all(x, out)
         put(out, idx, src, n)
 
@@ -103,20 +115,15 @@ def _index_copy(ctx, node, args):
     shape = x_node.shape
     if any(isinstance(d, str) for i, d in enumerate(shape) if i != axis) or isinstance(shape[axis], str):
         raise ValueError(f"index_copy at {node.loc}: the copied tensor needs static dims, got {list(shape)}")
-    outer = reduce(lambda a, b: a * b, shape[:axis], 1)
-    inner = reduce(lambda a, b: a * b, shape[axis + 1:], 1)
     dtype = TVM_DTYPES[node.dtype]
-    x3 = ctx.bb.emit(R.reshape(args[0], [outer, shape[axis], inner]))
-    n = ctx.dim(index_node.shape[0])
-    src3 = ctx.bb.emit(R.reshape(args[2], [outer, n, inner]))
+    src_shape = (*shape[:axis], index_node.shape[0], *shape[axis + 1:])
+    src = args[2] if tuple(src_node.shape) == src_shape else ctx.bb.emit(R.reshape(args[2], ctx.shape(src_shape)))
     index = args[1] if index_node.dtype == "i64" else R.astype(args[1], "int64")
     in_place = x_node.op == "input" and ctx.users.get(id(x_node), 0) == 1
-    out_type = relax.TensorType([outer, shape[axis], inner], dtype)
+    out_type = relax.TensorType(list(shape), dtype)
     sched = schedule_for(ctx.target)
     gpu_threads = sched.threads if isinstance(sched, GpuSchedule) else 0
-    kernel = ctx.kernel(index_copy_rows(outer, shape[axis], inner, dtype, in_place, gpu_threads))
+    kernel = ctx.kernel(index_copy_rows(tuple(shape), axis, dtype, in_place, gpu_threads))
     if in_place:
-        out = ctx.bb.emit(relax.call_tir_inplace(kernel, [x3, index, src3], [0], out_type))
-    else:
-        out = ctx.bb.emit(relax.call_tir(kernel, [x3, index, src3], out_type))
-    return R.reshape(out, ctx.shape(shape))
+        return relax.call_tir_inplace(kernel, [args[0], index, src], [0], out_type)
+    return relax.call_tir(kernel, [args[0], index, src], out_type)

@@ -202,7 +202,7 @@ def test_the_static_step_is_one_cuda_graph_and_its_launches_are_counted(decoder)
         assert len(mlp) == 1 and captured[mlp[0]] == 3  # exact mode: 3 launches per MLP (issue 18)
         assert len(linears) == 5 and "n128" in linears[-1]  # q, k, v, o and the logits projection: all captured
         writes = [c for c, _ in launches.captured if c.startswith("index_copy")]
-        cache, logits = "index_copy_2_16_16_float32_inplace_gpu256", "index_copy_1_1_128_float32_inplace_gpu256"
+        cache, logits = "index_copy_1x2x16x16_a2_float32_inplace_gpu256", "index_copy_1x1x128_a0_float32_inplace_gpu256"
         assert writes == [cache, cache, logits]
         assert launches.captured[-1][0] == writes[-1]  # K, V, then the logits written in place, last
         assert any(c.startswith("softmax") for c in captured)  # attention (over the bucket's slots: static) inside
@@ -357,7 +357,7 @@ def test_the_gpu_cache_write_kernels_copy_the_rows_under_simt_emulation():
 
     from .kernel_cases import Call, run_batch, simt_kernels
 
-    prim = index_copy_rows(2, 5, 300, "float32", False, 256)
+    prim = index_copy_rows((2, 5, 300), 1, "float32", False, 256)
     rng = np.random.default_rng(0)
     calls = []
     for idx in ([3], [4, 0]):
