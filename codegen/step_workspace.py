@@ -117,11 +117,11 @@ def _lift(func, name: str):
     result = relax.Tuple(outputs)
     workspace = relax.Function([], relax.SeqExpr([relax.BindingBlock(made)], result),
                                relax.TupleType([v.ty for v in outputs]), False,
-                               tvm_attrs({"global_symbol": workspace_function(name)}))
+                               _attrs({"global_symbol": workspace_function(name)}))
     return step, workspace
 
 
-def tvm_attrs(values: dict):
+def _attrs(values: dict):
     import tvm
 
     return tvm.ir.make_node("ir.DictAttrs", **values)
