@@ -15,7 +15,8 @@ take only block-form PrimFuncs and would reject these loops).
 
 from __future__ import annotations
 
-from functools import cache, reduce
+import math
+from functools import cache
 
 from tvm import relax
 from tvm.script import tirx as T
@@ -74,8 +75,7 @@ def index_copy_rows(shape: tuple[int, ...], axis: int, dtype: str, in_place: boo
     x[..., index[t], ...] = src[..., t, ...] along `axis`; otherwise out = x with those rows replaced. The tensors
     are viewed as [outer, shape[axis], inner]. `gpu_threads`: as GPU launches of that many threads per block, marked
     scheduled."""
-    outer, rows, inner = reduce(lambda a, b: a * b, shape[:axis], 1), shape[axis], reduce(
-        lambda a, b: a * b, shape[axis + 1:], 1)
+    outer, rows, inner = math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
     name = f"index_copy_{'x'.join(map(str, shape))}_a{axis}_{dtype}_{'inplace' if in_place else 'copy'}"
     put, copy_all = _gpu_copies(outer, rows, inner, gpu_threads) if gpu_threads else _cpu_copies(outer, rows, inner)
     before, after = tuple(shape[:axis]), tuple(shape[axis + 1:])

@@ -116,12 +116,5 @@ def _lift(func, name: str):
     outputs = [fresh[v] for v in params[len(func.params):]]
     result = relax.Tuple(outputs)
     workspace = relax.Function([], relax.SeqExpr([relax.BindingBlock(made)], result),
-                               relax.TupleType([v.ty for v in outputs]), False,
-                               _attrs({"global_symbol": workspace_function(name)}))
-    return step, workspace
-
-
-def _attrs(values: dict):
-    import tvm
-
-    return tvm.ir.make_node("ir.DictAttrs", **values)
+                               relax.TupleType([v.ty for v in outputs]), False)
+    return step, workspace.with_attr("global_symbol", workspace_function(name))
