@@ -33,10 +33,15 @@ def parse_bytes(value) -> int:
         if match is None or not match.group(1):
             raise ValueError
         scale = 1 << (10 * " KMGT".index(match.group(2).upper() or " "))
-        budget = int(float(match.group(1)) * scale)
+        number = float(match.group(1))
+        budget = int(number * scale)
     except (ValueError, OverflowError):
         raise MemoryBudgetError(f"memory_budget must be a number of bytes such as 536870912 or '512M', got "
                                 f"{value!r}") from None
+    if scale == 1 and number >= 0 and number != budget:  # 0.6 is not "60% of the weights": a fraction of a byte
+        raise MemoryBudgetError(f"memory_budget is a count of bytes, got {value!r}, which is not a whole number of "
+                                "bytes; give the bytes of fast memory for the MLP weights, e.g. '512M' or '1.5G' "
+                                "(a share of the weights is not accepted)")
     if budget < 0:
         raise MemoryBudgetError(f"memory_budget must not be negative (got {value!r}); give the bytes of fast memory "
                                 "for the MLP weights, e.g. '512M'")

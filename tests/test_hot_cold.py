@@ -120,6 +120,16 @@ def test_budget_text_is_parsed():
     assert parse_bytes("64k") == 64 << 10 and parse_bytes("2GiB".replace("B", "")) == 2 << 30
 
 
+@pytest.mark.parametrize("slip", [0.6, "0.25", 1500.5])
+def test_budget_that_is_no_whole_byte_count_is_refused(slip):
+    # a fraction (0.6 of the weights?) must not truncate to a 0-byte budget and fail later with "memory_budget=0"
+    from actsparse.compile_options import parse_bytes
+
+    with pytest.raises(MemoryBudgetError, match="not a whole number of bytes"):
+        parse_bytes(slip)
+    assert parse_bytes("1.1M") == int(1.1 * (1 << 20))  # a unit's fraction still rounds down
+
+
 def test_artifact_keeps_the_cold_neurons_in_its_own_file(tiny, budgeted, tmp_path):
     from actsparse.errors import ArtifactError
 
