@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from .compile_options import budget_options, check_example_inputs, check_mode, lossy_options
+from .compile_options import budget_options, check_example_inputs, check_mode, lossy_options, needs_calibration
 from .decoder_setup import (
     checked_max_seq,
     decoder_inputs,
     eos_ids,
     fisher_weights,
+    no_decoder_calibration,
     not_one_token_stream,
     prefill_function,
     text_calibration,
@@ -27,7 +28,7 @@ from .ir import Graph, TensorType
 from .ir.examples import example_inputs_for
 from .ir.quant import QUANTIZE_KINDS, STORAGE_KINDS
 from .passes import pipeline_for, run_pipeline
-from .passes.calibrate import SINK_POSITIONS
+from .passes.calibrate import SINK_POSITIONS, CalibrationError
 from .passes.pipeline import LOSSY_MODES, MODES
 from .runtime import CompiledModule
 from .runtime.cold_store import place_cold
@@ -216,6 +217,8 @@ def _compile_decoder(model, own_tokenizer, source, target, mode, max_seq, tokeni
         raise ActsparseError(not_one_token_stream(model, embeddings))
     vocab = int(embeddings.num_embeddings)
     generation, generation_notes = from_generation_config(getattr(model, "generation_config", None), vocab)
+    if calibration is None and needs_calibration(mode, (predictor_options or {}).get("predictor")):
+        raise CalibrationError(no_decoder_calibration(mode, max_seq))
     calibration = None if calibration is None else list(text_calibration(
         calibration, tokenizer if tokenizer is not None else own_tokenizer, max_seq))
     predictor_options = predictor_options or {}

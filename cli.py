@@ -152,9 +152,9 @@ def load_calibration(path: str | None) -> list[tuple] | None:
     return [tuple(tensors[n][i : i + 1] for n in names) for i in range(counts.pop())]
 
 
-def check_lossy_flags(args) -> None:
+def check_lossy_flags(args, decoder: bool = False) -> None:
     """A lossy mode's missing --sparsity / --calib in the CLI's words (the API's errors name its keyword arguments),
-    before the (slow) model load."""
+    before the (slow) model load; a `decoder` (folder / .gguf) is told of --calib-text first: it reads text."""
     from .compile_options import needs_calibration
 
     missing = []
@@ -163,8 +163,9 @@ def check_lossy_flags(args) -> None:
     if args.calib is not None and args.calib_text:
         raise ActsparseError("give calibration as --calib FILE.safetensors or as --calib-text FILE..., not both")
     if args.calib is None and not args.calib_text and needs_calibration(args.mode, args.predictor):
-        missing.append("calibration inputs (--calib FILE.safetensors: token windows of text like the model will read, "
-                       "tensor '0' of shape [samples, seq], a few hundred tokens or more, written with "
+        text = "--calib-text FILE: text like the model will read, a few thousand tokens; or " if decoder else ""
+        missing.append(f"calibration inputs ({text}--calib FILE.safetensors: token windows of text like the model "
+                       "will read, tensor '0' of shape [samples, seq], a few hundred tokens or more, written with "
                        "safetensors.numpy.save_file({'0': ids}, FILE))")
     if missing:
         raise ActsparseError(f"-m {args.mode} needs {' and '.join(missing)}; or build with -m exact or -m dense, "
@@ -217,8 +218,8 @@ def _build(args) -> int:
                  f"given --quantize {args.quantize}" if args.quantize else "given no --quantize")
         raise ActsparseError(f"--requantize-gguf applies to a .gguf file built with --quantize int8 or int4 ({given}); "
                              "add --quantize int4 (or int8) to a .gguf, or leave the flag out")
-    check_lossy_flags(args)
     decoder = is_decoder_source(args.spec)
+    check_lossy_flags(args, decoder)
     lossy = _lossy_options(args, decoder)   # a flag that does not apply fails before the (slow) load
     if decoder:
         lm = api.compile(args.spec, target=args.target, mode=args.mode, max_seq=args.max_seq,
@@ -278,7 +279,7 @@ def _inspect(args) -> int:
     else:
         from . import api
 
-        check_lossy_flags(args)
+        check_lossy_flags(args, decoder)
         lossy = _lossy_options(args, decoder)
         if decoder:   # a Hugging Face folder or .gguf: the decoder's compile report
             report = api.compile(args.what, mode=args.mode, **lossy).report

@@ -116,6 +116,14 @@ def text_calibration(calibration, tokenizer, max_seq: int):
     return text_windows(paths, tokenizer, window=min(TEXT_WINDOW, max_seq), max_windows=TEXT_WINDOWS)
 
 
+def no_decoder_calibration(mode: str, max_seq: int) -> str:
+    """The error for a decoder compiled in a calibrated mode without calibration: a decoder reads text."""
+    return (f"mode={mode!r} needs calibration data: for a decoder pass calibration='notes.txt' (a text file, or a "
+            f"list of them, read with the model's tokenizer into windows of up to {min(TEXT_WINDOW, max_seq)} tokens: "
+            "a few thousand tokens like what the model will read; CLI: --calib-text FILE), or token ids [(ids,), ...]"
+            + ("; predictor='bound' (lossless) needs none" if mode == "predictor" else ""))
+
+
 def decoder_inputs(ids, caches) -> tuple:
     """A decoding graph's inputs for a prompt at position 0 with an empty cache (`caches`: its CacheSpecs)."""
     ids = np.asarray(to_numpy(ids), np.int64).reshape(1, -1)

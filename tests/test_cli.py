@@ -103,7 +103,9 @@ def test_a_mode_that_calibrates_without_calib_names_the_flag_before_any_compile(
     monkeypatch.setattr(actsparse.api, "compile", lambda *a, **k: pytest.fail("compiled without calibration"))
     assert main([a if a != "x" else str(tmp_path / "x") for a in argv]) == 2
     err = capsys.readouterr().err
-    assert "needs calibration inputs (--calib FILE.safetensors" in err and "-m exact" in err, err
+    assert "needs calibration inputs (" in err and "--calib FILE.safetensors" in err and "-m exact" in err, err
+    # a decoder source (the .gguf) is told of calibration text first; a module:factory is not
+    assert ("--calib-text FILE" in err) == any(a.lower().endswith(".gguf") for a in argv), err
     assert "Traceback" not in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
 
 

@@ -146,6 +146,20 @@ def test_calibration_text_for_a_model_without_a_tokenizer_is_one_clear_error(tmp
                           calibration=str(text))
 
 
+def test_a_decoder_in_a_calibrated_mode_without_calibration_is_told_to_give_text(hf_folder, tmp_path, capsys):
+    """A decoder reads text: the error names calibration text (and the CLI's --calib-text) before anything is
+    imported or written; predictor='bound' needs none."""
+    assert main(["build", str(hf_folder), "-m", "threshold", "--sparsity", "0.3", "--max-seq", "32",
+                 "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--calib-text FILE" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(actsparse.ActsparseError, match="calibration='notes.txt'"):
+        actsparse.compile(str(hf_folder), mode="threshold", sparsity=0.3, max_seq=32)
+    with pytest.raises(actsparse.ActsparseError, match="predictor='bound' .* needs none"):
+        actsparse.compile(str(hf_folder), mode="predictor", max_seq=32)
+
+
 def test_bench_times_decoding_against_the_dense_twin(artifact, capsys):
     assert main(["bench", str(artifact), "--repeats", "1"]) == 0
     out = capsys.readouterr().out
