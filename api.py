@@ -75,14 +75,18 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
         import torch
     except ImportError:  # pragma: no cover
         torch = None
+    if torch is not None and isinstance(model, torch.export.ExportedProgram):
+        from .frontends.torch_export import import_exported
+
+        return import_exported(model)
     if torch is not None and isinstance(model, torch.nn.Module):
         from .frontends.torch_export import import_torch
 
         # numpy example inputs are as good as tensors (the compiled module takes numpy): share their memory
         inputs = tuple(torch.from_numpy(x) if isinstance(x, np.ndarray) else x for x in example_inputs)
         return import_torch(model.eval(), inputs)
-    raise ActsparseError(f"cannot compile a {type(model).__name__}: expected a torch.nn.Module, a path to a "
-                         ".onnx/.mlir file, or an actsparse IR Graph")
+    raise ActsparseError(f"cannot compile a {type(model).__name__}: expected a torch.nn.Module, a "
+                         "torch.export.ExportedProgram, a path to a .onnx/.mlir file, or an actsparse IR Graph")
 
 
 def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x86", mode: str = "auto",
@@ -157,8 +161,10 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
         progress.start("import")
         graph = import_model(model, example_inputs if example_inputs is not None else ())
         if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
-            # an ONNX or MLIR file (or a Graph) carries its input types: make example inputs from them
-            example_inputs = example_inputs_for(graph)
+            # an exported program keeps the inputs it was exported on; an ONNX or MLIR file (or a Graph) carries its
+            # input types: make example inputs from them
+            exported = getattr(model, "example_inputs", None) if type(model).__name__ == "ExportedProgram" else None
+            example_inputs = tuple(exported[0]) if exported and not exported[1] else example_inputs_for(graph)
         arrays = [to_numpy(x) for x in example_inputs]
         if memory_budget is not None:   # a lossy mode's own calibration also counts the neurons' firing
             options = {**budget_options(memory_budget, budget_calibration, arrays), **options}

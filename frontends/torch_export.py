@@ -1,4 +1,4 @@
-"""torch.nn.Module -> IR, through `torch.export`.
+"""torch.nn.Module -> IR, through `torch.export` (or a program the user exported: `import_exported`).
 
     graph = import_torch(model, (input_ids,), dynamic_seq=True)
 
@@ -54,6 +54,13 @@ def import_torch(model: torch.nn.Module, example_inputs: tuple, *, dynamic_seq: 
         warnings.warn(f"actsparse: importing with a symbolic sequence length failed ({err}); importing with the "
                       "example's static shapes instead", stacklevel=2)
         return _import(model, export_program(model, example_inputs, False))
+
+
+def import_exported(program: torch.export.ExportedProgram) -> Graph:
+    """A program the user exported already -> IR, at the shapes it was exported with (a dim it marked dynamic stays
+    symbolic). Ops the table lacks are decomposed as for `import_torch`; batched MoE experts are not unrolled (that
+    needs the module before its export: pass the nn.Module instead)."""
+    return _import(program.module(), decompose_missing(program))
 
 
 def _import(model, program) -> Graph:

@@ -207,3 +207,24 @@ def test_in_place_updates_are_rebound_and_aliased_ones_functionalized():
     program = torch.export.export(Aliased(), (x,), strict=False)  # imported as exported: the backstop refuses it
     with pytest.raises(FrontendError, match="in-place aten.mul_.Tensor.*shares memory.*out of place"):
         Importer(program).run()
+
+
+def test_a_program_exported_by_the_user_compiles_at_the_shapes_it_was_exported_with():
+    """compile() takes a torch.export.ExportedProgram: dims the user marked dynamic stay symbolic (any batch and
+    length run), static ones are checked; exact mode fires on its dReLU MLPs and matches torch eager."""
+    import actsparse
+    from tests.factories import tiny
+
+    model = tiny("drelu")
+    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(3))
+    dims = {"input_ids": {0: torch.export.Dim("batch", max=8), 1: torch.export.Dim("length", max=64)}}
+    program = torch.export.export(model, (ids,), dynamic_shapes=dims)
+    cm = actsparse.compile(program, mode="exact")   # example inputs: the program's own
+    assert [b.mode for b in cm.report.blocks] == ["exact", "exact"]
+    for shape in ((1, 5), (3, 9)):
+        x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(shape[1]))
+        with torch.no_grad():
+            np.testing.assert_allclose(np.asarray(cm(x.numpy())), model(x).numpy(), rtol=1e-4, atol=1e-5)
+    static = actsparse.compile(torch.export.export(model, (ids,)), (ids,), mode="exact")
+    with pytest.raises(actsparse.ActsparseError, match=r"expects i64\[2,6\]"):
+        static(np.zeros((1, 6), np.int64))
