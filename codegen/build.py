@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from ..ir import Graph
 from ..ir.decoding import STEP_FUNCTION as STEP
+from ..ir.decoding import checked_inputs
 from ..ir.limits import least_sizes
 from ..targets import Target
 from .kernels.common import OPAQUE
@@ -142,7 +143,9 @@ def relax_module(graph: Graph, target: Target, functions: dict[str, Graph] | Non
         elif gv.name_hint in static:  # a static step: the runtime keeps every parameter in a fixed buffer, so the
             mod[gv] = returned_through_view(func).with_attr("num_input", 0)  # whole step is capturable
         elif isinstance(func, tvm.relax.Function):  # the parameters after the inputs are weights: fixed addresses
-            mod[gv] = func.with_attr("num_input", len(graphs.get(gv.name_hint, graph).inputs))
+            # (and a decoder's caches: the runtime's own buffers, whose checks would be ~2 VM calls each a step)
+            inputs = graphs.get(gv.name_hint, graph).inputs
+            mod[gv] = func.with_attr("num_input", checked_inputs(n.attrs["name"] for n in inputs))
     return mod, weight_order, bool(static)
 
 

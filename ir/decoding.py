@@ -23,6 +23,15 @@ def workspace_function(function: str) -> str:
     return function + WORKSPACE_SUFFIX
 
 
+def checked_inputs(names) -> int:
+    """How many of a function's leading inputs `names` the VM checks on every call (its `num_input`): a decoding
+    graph's CALL_INPUTS, not the caches after them, which are the runtime's own buffers made at their declared
+    shapes (runtime/decoder.py checks a state handed in); every input of any other graph."""
+    names = list(names)
+    calls = next((i for i, n in enumerate(names) if n not in CALL_INPUTS), len(names))
+    return calls if names[:1] == [CALL_INPUTS[0]] and calls < len(names) else len(names)
+
+
 def is_kv_cache(name: str) -> bool:
     """Whether the cache input `name` holds keys or values by position (dim 2: max_seq slots), not a state."""
     return name[:1] in (KEYS, VALUES) and name[1:].isdigit()

@@ -121,6 +121,11 @@ class CompiledModule:
             raise TargetError(f"built for {info.get('name', info.get('tvm', {}).get('kind', '?'))}; "
                               f"{info.get('run_hint') or 'run it on a machine of that kind'}")
 
+    @property
+    def device(self):
+        """The device the module runs on (its tensors' `.device`)."""
+        return self._device
+
     def device_tensor(self, array: np.ndarray):
         """`array` as a tensor on the module's device (for inputs kept there between calls, e.g. a KV cache)."""
         self._check_runnable()
@@ -135,18 +140,20 @@ class CompiledModule:
         vm = self._vm.module
         return [vm["get_function_param_name"](name, i) for i in range(vm["get_function_arity"](name))]
 
-    def run_device(self, *inputs, function: str = "main", n_outputs: int | None = None) -> list:
+    def run_device(self, *inputs, function: str = "main", n_outputs: int | None = None, outputs=None) -> list:
         """Run `function` (default `main`) on numpy arrays or device tensors without converting the results back:
         a list of device tensors. Inputs already on the device are passed as they are (a KV cache written in place
         stays put). `n_outputs`: the function's, where not `main`'s (a decoder's `step_graph` returns the logits
-        only). The caller checks the inputs (a `Decoder` does)."""
+        only); `outputs`: the indices of the outputs wanted, the list then holds those only (a decoder leaves the
+        caches written in place where they are: a handle each is ~1 us a step). The caller checks the inputs (a
+        `Decoder` does)."""
         self._check_runnable()
         args = [self._to_device(np.ascontiguousarray(np.asarray(a).astype(np_dtype(t.dtype), copy=False)))
                 if isinstance(a, np.ndarray) else a for a, (_, t) in zip(inputs, self.inputs)]
         args += inputs[len(self.inputs):]  # device buffers past main's inputs (step_graph's logits) as they are
         result = self._vm[function](*args, *self._weight_tensors, *self._workspace(function))
         n = n_outputs or self.n_outputs
-        return [result] if n == 1 else [result[i] for i in range(n)]
+        return [result] if n == 1 else [result[i] for i in (range(n) if outputs is None else outputs)]
 
     def _workspace(self, function: str) -> list:
         """`function`'s lifted intermediate buffers (codegen/step_workspace.py), made on its first call and passed after

@@ -138,6 +138,36 @@ def test_prefill_and_step_give_transformers_logits_and_write_the_cache_in_place(
     np.testing.assert_array_equal(lm.step(ids[-1], state)[0], before)
 
 
+def test_the_decoder_checks_a_state_s_caches_the_vm_does_not(llama):
+    """The VM checks only a call's own inputs (ir/decoding.checked_inputs: the caches are past `num_input`, two VM
+    calls each a step saved); the decoder checks a state's caches once per set of tensors, so a wrong count, shape or
+    dtype is one clear error, never a read out of bounds. Caches written in place stay the state's own tensors;
+    numpy caches of the right types are moved to the device and decode as the original."""
+    from actsparse.ir.decoding import CALL_INPUTS
+    from actsparse.runtime.decode_state import DecodeState
+
+    _, lm = llama
+    state = lm.prefill(PROMPT)
+    checks = []
+    lm.module._vm.set_instrument(lambda func, symbol, before, *rest: checks.append(symbol) if before and
+                                 symbol == "vm.builtin.check_tensor_info" else 0)
+    try:
+        kept = list(state.caches)
+        _, state = lm.step(7, state)
+    finally:
+        lm.module._vm.set_instrument(None)
+    assert 0 < len(checks) <= len(CALL_INPUTS), checks
+    assert all(a is b for a, b in zip(state.caches, kept))   # written in place: no new handles
+    copy = DecodeState([c.numpy() for c in state.caches], state.position, tokens=list(state.tokens))
+    np.testing.assert_array_equal(lm.step(3, copy)[0], lm.step(3, state)[0])
+    caches = [c.numpy() for c in state.caches]
+    wrong = [(caches[1:], "state has"), ([np.zeros((1, 1, 2, 2), np.float32), *caches[1:]], r"caches\[0\] \(k0\)"),
+             ([caches[0].astype(np.float64), *caches[1:]], "float32 tensor of shape")]
+    for given, message in wrong:
+        with pytest.raises(DecodeInputError, match=message):
+            lm.step(3, DecodeState(given, state.position))
+
+
 def test_a_step_runs_the_one_token_function_with_the_small_ops_fused(llama):
     """codegen/build.py: the decoder's module has `step` (main with seq = 1: static shapes) and fuses the small
     legalized ops; a step through it gives main's logits and makes fewer VM calls (shape builtins) than main."""

@@ -119,13 +119,37 @@ def test_the_check_finds_a_multi_token_forward_that_ignores_its_states(monkeypat
     assert fresh == "" and "does not continue from the states" in later and "after the first" in later, later
 
 
+class _StandInDevice:
+    """Not the CPU: the decoder passes numpy inputs and copies the logits back."""
+
+    def dlpack_device_type(self):
+        return 0
+
+
+class _StandInTensor:
+    """What the decoder reads of a device tensor: a numpy array with a device and a data pointer."""
+
+    device = _StandInDevice()
+
+    def __init__(self, array):
+        self.value, self.shape, self.dtype = array, array.shape, array.dtype
+
+    def data_ptr(self):
+        return self.value.ctypes.data
+
+    def numpy(self):
+        return self.value
+
+
 class _StandInModule:
     """A hybrid's compiled module for runtime/decoder.py's routing only: a one-token `main` and a `prefill`, one
-    recurrent state of one number (the tokens fed so far), each call recorded as (function, tokens)."""
+    recurrent state of one number (the tokens fed so far, returned anew by each call), each call recorded as
+    (function, tokens)."""
 
     runnable = True
     graph = None
     limits = None  # no least length: every prompt length runs
+    device = _StandInTensor.device
 
     def __init__(self):
         self.inputs = [(name, dataclasses.make_dataclass("T", ["shape", "dtype"])(shape, dtype)) for name, shape, dtype
@@ -137,14 +161,13 @@ class _StandInModule:
         return name == "prefill"
 
     def device_tensor(self, array):
-        return array
+        return _StandInTensor(array)
 
-    def run_device(self, ids, pos, filled, state, function="main"):
+    def run_device(self, ids, pos, filled, state, function="main", outputs=None):
         self.calls.append((function, ids.shape[1]))
-        out = type("Out", (), {"numpy": lambda self_: self_.value})
-        logits, new_state = out(), state + ids.shape[1]
-        logits.value = np.array([float(new_state[0])])
-        return [logits, new_state]
+        found = [_StandInTensor(state.value + ids.shape[1]) for _ in range(2)]
+        found[0].value = found[0].value.astype("float64")
+        return found if outputs is None else [found[i] for i in outputs]
 
 
 @pytest.mark.parametrize("prefill_from, prompt, expected", [
