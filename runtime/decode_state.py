@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import DecodeInputError
+
 
 @dataclass
 class DecodeState:
@@ -19,6 +21,31 @@ class DecodeState:
     owned: bool = field(default=False, repr=False)  # caches are the decoder's own (the captured step's) buffers
     # (a decoder's cache types, the very tensors it checked against them): the VM does not check caches per call
     checked: tuple = field(default=(), repr=False, compare=False)
+
+
+def checked_caches(state: DecodeState, types: tuple, module) -> list:
+    """`state.caches`, each a tensor of its cache's (name, shape, dtype) in `types` on `module`'s device (numpy
+    arrays of those are moved there). The VM does not check a decoder's caches (ir/decoding.checked_inputs: a wrong
+    one would be read out of bounds), so this does, once per set of tensors: a state keeps the tensors it was checked
+    with, against which `types` object (`DecodeState.checked`)."""
+    caches, seen = state.caches, state.checked
+    if seen and seen[0] is types and len(seen[1]) == len(caches) and all(a is b for a, b in zip(seen[1], caches)):
+        return caches
+    if len(caches) != len(types):
+        raise DecodeInputError(f"the state has {len(caches)} cache tensors, this decoder {len(types)}: start from "
+                               "lm.new_state() or lm.prefill(ids)")
+    checked = []
+    for i, ((name, shape, dtype), cache) in enumerate(zip(types, caches)):
+        if isinstance(cache, np.ndarray) and cache.shape == shape and str(cache.dtype) == dtype:
+            cache = module.device_tensor(cache)
+        got = (tuple(getattr(cache, "shape", ())), str(getattr(cache, "dtype", "")), getattr(cache, "device", None))
+        if not hasattr(cache, "data_ptr") or got != (shape, dtype, module.device):
+            raise DecodeInputError(f"state.caches[{i}] ({name}) is not a cache of this decoder: it takes a {dtype} "
+                                   f"tensor of shape {list(shape)} on {module.device}, got {type(cache).__name__} "
+                                   f"{list(got[0])} {got[1]}; start from lm.new_state() or lm.prefill(ids)")
+        checked.append(cache)
+    state.caches, state.checked = checked, (types, tuple(checked))
+    return checked
 
 
 class StepInputs:

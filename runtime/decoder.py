@@ -56,7 +56,7 @@ from ..ir.decoding import (
 )
 from ..ir.types import np_dtype
 from .beam_search import beam_search, check_beams
-from .decode_state import DecodeState, StepInputs
+from .decode_state import DecodeState, StepInputs, checked_caches
 from .decoder_spec import DecoderSpec, spec_disagrees
 from .generation import TokenChooser, check_settings, new_tokens, resolve
 from .module import CompiledModule
@@ -107,7 +107,7 @@ class Decoder(TextGeneration):
                          if self.graph_step and module.has_function(bucket_function(s, spec.max_seq))]
         self._owned: OwnedBuffers | None = None  # made once, on the first static step
         # the VM does not check the caches a call is handed (ir/decoding.checked_inputs): a state is checked against
-        # these the first time its caches are seen (`_checked_caches`)
+        # these the first time its caches are seen (decode_state.checked_caches)
         dtypes = {name: str(np.dtype(np_dtype(t.dtype))) for name, t in module.inputs}
         self._cache_types = tuple((name, tuple(shape), dtypes.get(name, "float32")) for name, shape in spec.caches)
         self._replaced: dict[str, tuple[int, ...]] = {}  # per function: the caches it returns anew (not in place)
@@ -305,7 +305,7 @@ class Decoder(TextGeneration):
         """`function` on `inputs` and `state`'s caches: [logits, ...]. Caches the function writes in place stay
         where they are (no handle fetched); those it returns anew (a recurrent state) replace them in the state.
         Which is which is read off the first call (the same buffer comes back, or not)."""
-        caches = self._checked_caches(state)
+        caches = checked_caches(state, self._cache_types, self.module)
         replaced = self._replaced.get(function)
         wanted = None if replaced is None else (0, *(1 + i for i in replaced))
         out = self.module.run_device(*inputs, *caches, function=function, outputs=wanted)
@@ -320,32 +320,6 @@ class Decoder(TextGeneration):
             state.caches = caches
             state.checked = (self._cache_types, tuple(caches))
         return out
-
-    def _checked_caches(self, state: DecodeState) -> list:
-        """`state.caches`, each a tensor of its cache's shape and dtype on the module's device (numpy arrays of those
-        are moved there). The VM does not check them (a wrong one would be read out of bounds), so this does, once
-        per set of tensors: a state keeps the tensors it was checked with (`DecodeState.checked`)."""
-        caches = state.caches
-        seen = state.checked
-        if (seen and seen[0] is self._cache_types and len(seen[1]) == len(caches)
-                and all(a is b for a, b in zip(seen[1], caches))):
-            return caches
-        if len(caches) != len(self._cache_types):
-            raise DecodeInputError(f"the state has {len(caches)} cache tensors, this decoder {len(self._cache_types)}: "
-                                   "start from lm.new_state() or lm.prefill(ids)")
-        device = self.module.device
-        checked = []
-        for i, ((name, shape, dtype), cache) in enumerate(zip(self._cache_types, caches)):
-            if isinstance(cache, np.ndarray) and cache.shape == shape and str(cache.dtype) == dtype:
-                cache = self.module.device_tensor(cache)
-            got = (tuple(getattr(cache, "shape", ())), str(getattr(cache, "dtype", "")), getattr(cache, "device", None))
-            if not hasattr(cache, "data_ptr") or got != (shape, dtype, device):
-                raise DecodeInputError(f"state.caches[{i}] ({name}) is not a cache of this decoder: it takes a {dtype} "
-                                       f"tensor of shape {list(shape)} on {device}, got {type(cache).__name__} "
-                                       f"{list(got[0])} {got[1]}; start from lm.new_state() or lm.prefill(ids)")
-            checked.append(cache)
-        state.caches, state.checked = checked, (self._cache_types, tuple(checked))
-        return checked
 
     def _owns(self, state: DecodeState) -> bool:
         """Whether `state` decodes in the decoder's own cache (that the captured step graph was recorded on); a
