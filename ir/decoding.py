@@ -29,7 +29,8 @@ def checked_inputs(names) -> int:
     shapes (runtime/decoder.py checks a state handed in); every input of any other graph."""
     names = list(names)
     calls = next((i for i, n in enumerate(names) if n not in CALL_INPUTS), len(names))
-    return calls if names[:1] == [CALL_INPUTS[0]] and calls < len(names) else len(names)
+    decoding = calls >= 2 and names[:calls] == list(CALL_INPUTS[:calls])  # input_ids, pos[, filled]: not any graph's
+    return calls if decoding and calls < len(names) else len(names)
 
 
 def is_kv_cache(name: str) -> bool:

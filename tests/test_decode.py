@@ -168,6 +168,16 @@ def test_the_decoder_checks_a_state_s_caches_the_vm_does_not(llama):
             lm.step(3, DecodeState(given, state.position))
 
 
+def test_only_a_decoding_graph_leaves_inputs_to_the_runtime_to_check():
+    from actsparse.ir.decoding import checked_inputs
+
+    assert checked_inputs(["input_ids", "pos", "filled", "k0", "v0"]) == 3
+    assert checked_inputs(["input_ids", "pos", "c0_0", "r0_0"]) == 2      # a recurrent hybrid without `filled`
+    assert checked_inputs(["input_ids", "pos", "filled"]) == 3            # nothing after them
+    assert checked_inputs(["input_ids", "attention_mask"]) == 2           # any other graph: every input
+    assert checked_inputs(["input_ids"]) == 1 and checked_inputs(["x", "pos", "k0"]) == 3
+
+
 def test_a_step_runs_the_one_token_function_with_the_small_ops_fused(llama):
     """codegen/build.py: the decoder's module has `step` (main with seq = 1: static shapes) and fuses the small
     legalized ops; a step through it gives main's logits and makes fewer VM calls (shape builtins) than main."""
