@@ -128,3 +128,33 @@ def test_decode_rounds_interleave_the_runners_and_take_ratios_within_a_round():
     assert summary["llama.cpp"] == "failed (exit 1)" and "llama.cpp" not in summary["spread"]
     ratios = decode.round_ratios(got, [("exact", "dense"), ("exact", "llama.cpp")])
     assert ratios == {"exact / dense": 2.0}   # per round 2.0, 0.5, 2.0; the failed runner gives no ratio
+
+
+def test_decode_ab_runs_one_artifact_under_two_trees_and_checks_their_tokens(tmp_path, capsys):
+    """benchmarks/decode_ab.py: each tree's child process imports actsparse from that tree (here both link to this
+    package) and decodes the same ids; the table names both packages and the greedy tokens agree. A tree without
+    the package is refused (exit 2) before anything runs."""
+    import os
+    from pathlib import Path
+
+    import transformers
+
+    import actsparse
+    from actsparse.benchmarks import decode_ab
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-llama"
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=64, max_position_embeddings=32, pad_token_id=0)).eval().save_pretrained(folder)
+    artifact = actsparse.compile(str(folder), mode="dense", max_seq=16).save(tmp_path / "tiny.actsparse")
+    trees = []
+    for tag in ("before", "after"):
+        (tmp_path / tag).mkdir()
+        os.symlink(Path(actsparse.__file__).parent, tmp_path / tag / "actsparse")
+        trees.append(str(tmp_path / tag))
+    assert decode_ab.main([str(artifact), "--trees", ",".join(trees), "--tokens", "3", "--repeats", "2",
+                           "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("/actsparse/__init__.py") == 2 and "the same greedy tokens: True" in out, out
+    assert decode_ab.main([str(artifact), "--trees", f"{trees[0]},{tmp_path}"]) == 2
