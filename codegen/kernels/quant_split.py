@@ -10,9 +10,11 @@ and spread by one shuffle; x's side of the same K groups is laid out to match, s
 
     lanes 4k..4k+3 (group g = K c + k of chunk c):  dot(dot(init, nibbles & 15, x̂ lo), nibbles >> 4, x̂ hi)
     acc[row] += float(that) * (scale_g * dx_g)        (init: -8 * sum(x̂_g) in lane 4k, the q4_0 offset)
-              (+ offset_g * (dx_g * sum(x̂_g)) in lane 4k: q4_1's offsets, one more load like the scales')
 
-and one horizontal sum per row at the end. A row's last G % K groups (G its groups) are one more chunk, emitted on
+then q4_1's offsets, after the chunks, `lanes` groups a load: acc[row] += float(offset[g .. g + lanes]) *
+(dx * sum(x̂))[g .. g + lanes] (session 48: per chunk, an fp16 load, a conversion, a shuffle, a multiply and an add,
+they were ~30% of the loop; a q4_1 linear at k = 576 took 0.81-0.87x the time in cache, 0.90-0.95x from DRAM), and
+one horizontal sum per row at the end. A row's last G % K groups (G its groups) are one more chunk, emitted on
 its own: its groups loaded one by one, zeros in the missing lanes (nothing is read past a row's codes and scales).
 
 Where the dot is in `PAIRED_CHUNKS` (AVX2), a row's float work is per two chunks (4 groups) instead of per chunk: the
@@ -30,8 +32,8 @@ or unpacks), counted 105 but ran 1.1x slower from DRAM: the 4-chunk loop alone d
 Prepared x (`SplitX`, per token one byte row, Gs = G rounded up to a multiple of 4 with zero groups, whole
 chunks for every K): x̂ of every group's columns 0-15 (16 B per group), of its columns 16-31, the int32 accumulator
 start (4 lanes per group: -8 * sum(x̂_g), 0, 0, 0), and dx_g as fp32 repeated 4 times; 64 * Gs bytes. Layouts with
-offsets (q4_1) add dx_g * sum(x̂_g) as fp32 lanes (that, 0, 0, 0) per group: 80 * Gs bytes. q4_1's offset term is
-a float multiply-add per chunk rather than part of the integer start (offset_g / scale_g is no integer).
+offsets (q4_1) add dx_g * sum(x̂_g), one fp32 per group, zero-padded to a multiple of OFFSET_LANES groups. q4_1's
+offset term is float work rather than part of the integer start (offset_g / scale_g is no integer).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from .rows import CACHE_LINE, per_token, row_sums_macro
 from .schedule import CpuSchedule
 
 HALF = GROUP // 2
+OFFSET_LANES = 16  # q4_1's per-group x sums are padded to a multiple of this (the widest vector's float32 lanes)
 # int8 dots (`int8_dots.INT8_DOTS` names) whose split-row dots take two chunks per iteration and sum each group's int32
 # lanes pairwise (in-lane unpacks and adds) before the float scaling: AVX2, where the float work per row and chunk
 # (init add, conversion, scale load / shuffle / conversion, product, FMA) was ~half the loop's instructions
@@ -81,12 +84,12 @@ class SplitX:
     def dx(self, g):
         return 16 * (3 * self.stored + g)
 
-    def dx_sum(self, g):
-        return 16 * (4 * self.stored + g)
+    def dx_sum(self, g):  # one float32 per group, OFFSET_LANES of them per load
+        return 16 * (4 * self.stored) + 4 * g
 
     @property
     def nbytes(self) -> int:
-        return (80 if self.offsets else 64) * self.stored
+        return 64 * self.stored + (4 * -(-self.stored // OFFSET_LANES) * OFFSET_LANES if self.offsets else 0)
 
 
 def split_x(d: int, dtype: str) -> SplitX:
@@ -114,9 +117,7 @@ def split_prep_macro(d: int, dtype: str, sched: CpuSchedule):
             xb[m, T.ramp(xl.init(g), 1, 4)] = T.reinterpret("uint8x4", s[0] * -8)
         for k in T.unroll(4):
             xb[m, T.ramp(xl.dx(g) + 4 * k, 1, 4)] = T.reinterpret("uint8x4", dx)
-        if xl.offsets:  # lanes (dx * sum(x̂), 0, 0, 0)
-            for v in T.vectorized(16):
-                xb[m, xl.dx_sum(g) + v] = T.uint8(0)
+        if xl.offsets:  # dx * sum(x̂), one float32 per group
             xb[m, T.ramp(xl.dx_sum(g), 1, 4)] = T.reinterpret("uint8x4", dx * T.Cast("float32", s[0]))
 
     walk = quantized_x_groups(d, G, store)
@@ -189,10 +190,22 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
         raw = codes(wf, ro_r, c, n)
         lo = T.bitwise_and(raw, T.Broadcast(T.uint8(15), VB))
         hi = T.shift_right(raw, T.Broadcast(T.uint8(4), VB))
-        v = T.Cast(fvec, ins.dots(init, (lo, xlo), (hi, xhi))) * (scales(wf, ro_r, c, n) * dxv)
-        if offsets_at is None:
-            return v
-        return v + scales(wf, ro_r, c, n, offsets_at) * T.reinterpret(fvec, xvec(xb, m, xl.dx_sum(c * K)))
+        return T.Cast(fvec, ins.dots(init, (lo, xlo), (hi, xhi))) * (scales(wf, ro_r, c, n) * dxv)
+
+    def offsets_dot(wf, xb, m, ro_r, g0, n):
+        """float32 x L: the row's offsets of groups g0 .. g0 + n (n <= L; one load and one conversion when n = L, else
+        one by one, 0 past them) times x's dx * sum(x̂) of the same groups (zero past the row's groups)."""
+        if n == L:
+            raw = wf[T.ramp(ro_r + T.Cast("int64", offsets_at + 2 * g0), T.int64(1), 2 * L)]
+            halves = T.reinterpret(f"float16x{L}", raw)
+        else:
+            parts = [T.Broadcast(half_at(wf, ro_r, offsets_at + 2 * (g0 + k)) if k < n else T.float16(0), L)
+                     for k in range(L)]
+            halves = Shuffle(parts, [k * L + k for k in range(L)])
+        return T.Cast(fvec, halves) * T.reinterpret(fvec, x_sums(xb, m, g0))
+
+    def x_sums(xb, m, g0):
+        return xb[m, T.ramp(xl.dx_sum(g0), 1, 4 * L)]
 
     # `PAIRED_CHUNKS`: two chunks per iteration, a group's lanes summed pairwise in int32, the float work per 4 groups.
     # Lane v of a pair's reduced vector: group K * (v % 2) + v // 4 of the pair (chunk v % 2, its 128-bit half v // 4);
@@ -230,10 +243,7 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
                                  (hi, xvec(xb, m, xl.hi(c * K)))))
         low = [k for h in (0, 4) for k in (h, L + h, h + 1, L + h + 1)]  # (a0, b0, a1, b1) per half
         paired = Shuffle(sums, low) + Shuffle(sums, [k + 2 for k in low])  # (a0 + a2, b0 + b2, a1 + a3, b1 + b3)
-        v = pair_scales(wf, ro_r, p) * (T.Cast(fvec, paired) * dxv + init_dx)
-        if offsets_at is None:
-            return v
-        return v + pair_scales(wf, ro_r, p, offsets_at) * pair_x(xb, m, p, xl.dx_sum, fvec, first_lanes)
+        return pair_scales(wf, ro_r, p) * (T.Cast(fvec, paired) * dxv + init_dx)
 
     @T.macro
     def chunk_step(wf, xb, m, ro, acc, c):
@@ -276,6 +286,13 @@ def split_dots_macro(d: int, dtype: str, sched: CpuSchedule, *, gathered: bool, 
                     wf, xb, m, ro[r], chunks, T.reinterpret(fvec, xvec(xb, m, xl.dx(chunks * K))),
                     xvec(xb, m, xl.lo(chunks * K)), xvec(xb, m, xl.hi(chunks * K)),
                     T.reinterpret(ivec, xvec(xb, m, xl.init(chunks * K))), tail)
+        if offsets_at is not None:  # q4_1: sum over groups of offset * dx * sum(x̂), L groups a load
+            for r in T.unroll(R):
+                for j in T.unroll(G // L):
+                    acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + offsets_dot(wf, xb, m, ro[r], j * L, L)
+                if G % L > 0:
+                    acc[T.ramp(r * L, 1, L)] = acc[T.ramp(r * L, 1, L)] + offsets_dot(wf, xb, m, ro[r], G - G % L,
+                                                                                      G % L)
         row_sums(acc, m, i, end, dst, dcol)
 
     dots = row_dots_frame(gathered, R, row_bytes, R * L, body)
