@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,6 +90,16 @@ def import_model(model: Any, example_inputs: Sequence) -> Graph:
                          "torch.export.ExportedProgram, a path to a .onnx/.mlir file, or an actsparse IR Graph")
 
 
+def exported_example_inputs(model) -> tuple | None:
+    """A torch.export.ExportedProgram's own example arguments (None for any other model, or a program exported
+    with keyword inputs, which the compiled module does not take)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(model, torch.export.ExportedProgram):
+        return None
+    args, kwargs = model.example_inputs or ((), {})
+    return tuple(args) if args and not kwargs else None
+
+
 def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x86", mode: str = "auto",
             calibration=None, sparsity: float | None = None, memory_budget: int | None = None,
             method: str | None = None, max_seq: int | None = None, tokenizer=None, predictor: str | None = None,
@@ -163,8 +174,8 @@ def compile(model: Any, example_inputs: Sequence | None = None, target: Any = "x
         if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
             # an exported program keeps the inputs it was exported on; an ONNX or MLIR file (or a Graph) carries its
             # input types: make example inputs from them
-            exported = getattr(model, "example_inputs", None) if type(model).__name__ == "ExportedProgram" else None
-            example_inputs = tuple(exported[0]) if exported and not exported[1] else example_inputs_for(graph)
+            exported = exported_example_inputs(model)
+            example_inputs = exported if exported is not None else example_inputs_for(graph)
         arrays = [to_numpy(x) for x in example_inputs]
         if memory_budget is not None:   # a lossy mode's own calibration also counts the neurons' firing
             options = {**budget_options(memory_budget, budget_calibration, arrays), **options}
