@@ -29,6 +29,7 @@ from ..errors import DecodeInputError
 from ..ir.decoding import is_kv_cache
 from ..ir.types import np_dtype
 from ..targets.memory import available_ram_bytes
+from .devices import on_host
 from .generation import GenerationSettingError, TokenChooser
 
 NEG = np.float32(-1.0e9)  # transformers' mask for a beam that may not run or a hypothesis that may not finish
@@ -155,7 +156,7 @@ def copy_state(decoder, source, target):
     position (the slots past it are zero in both: states decoded side by side share their position), a recurrent
     mixer's state whole; on another device each cache tensor whole."""
     for (name, shape), src, dst in zip(decoder.spec.caches, source.caches, target.caches):
-        if src.device.dlpack_device_type() == 1 and is_kv_cache(name) and len(shape) == 4:
+        if on_host(src.device) and is_kv_cache(name) and len(shape) == 4:
             np.from_dlpack(dst)[:, :, :source.position] = np.from_dlpack(src)[:, :, :source.position]
         else:
             dst.copyfrom(src)
@@ -174,7 +175,7 @@ def free_memory(state) -> int:
     device = state.caches[0].device if state.caches else None
     if device is None:
         return 0
-    if device.dlpack_device_type() != 1:
+    if not on_host(device):
         return int(getattr(device, "available_global_memory", 0) or 0)
     return available_ram_bytes()
 

@@ -29,6 +29,7 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ir.activations import apply
 from ..ir.sparse_variants import COLD_MODES
+from .devices import on_host
 
 ALIGN = 4096
 COLD_FILE = "cold.bin"
@@ -215,7 +216,7 @@ def register(store: ColdStore) -> None:
     import tvm
 
     def cold_mlp(x, g, out):
-        on_cpu = out.device.dlpack_device_type() == 1
+        on_cpu = on_host(out.device)
         host = (lambda t: np.from_dlpack(t)) if on_cpu else (lambda t: t.numpy())
         y = store.compute(host(x), host(g))
         if on_cpu:

@@ -58,6 +58,7 @@ from ..ir.types import np_dtype
 from .beam_search import beam_search, check_beams
 from .decode_state import DecodeState, StepInputs, checked_caches
 from .decoder_spec import DecoderSpec, spec_disagrees
+from .devices import on_host
 from .generation import TokenChooser, check_settings, new_tokens, resolve
 from .module import CompiledModule
 from .perplexity import WINDOW, WINDOWS, score, token_windows
@@ -111,7 +112,7 @@ class Decoder(TextGeneration):
         dtypes = {name: str(np.dtype(np_dtype(t.dtype))) for name, t in module.inputs}
         self._cache_types = tuple((name, tuple(shape), dtypes.get(name, "float32")) for name, shape in spec.caches)
         self._replaced: dict[str, tuple[int, ...]] = {}  # per function: the caches it returns anew (not in place)
-        self._host = module.runnable and module.device.dlpack_device_type() == 1
+        self._host = module.runnable and on_host(module.device)
         self._step_inputs = StepInputs(spec.max_seq, self._takes_filled) if self._host else None
 
     @property

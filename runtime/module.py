@@ -29,6 +29,7 @@ from ..ir.types import np_dtype
 from .artifact import MANIFEST, SIGNATURE, manifest_error, read_artifact, safe_name, write_artifact
 from .cold_store import COLD_FILE, load_cold, save_cold
 from .cold_store import attach as attach_cold_stores
+from .devices import device_for, on_host, use_threads
 from .inputs import InputCheck, as_arrays, is_torch
 from .memory import host_tensor
 from .report import Report
@@ -84,8 +85,8 @@ class CompiledModule:
         if self.runnable:
             from tvm import relax
 
-            self._device = _device_for(target_info)
-            if self._device.dlpack_device_type() == 1:
+            self._device = device_for(target_info)
+            if on_host(self._device):
                 use_threads(int(target_info.get("threads") or 0))
             if graph is not None:  # the host functions of a hot/cold split's cold neurons, before the VM looks them up
                 self.cold_stores = attach_cold_stores(graph, cold_file, weights)
@@ -111,7 +112,7 @@ class CompiledModule:
     def _weight_tensor(self, array: np.ndarray, place: str = "device"):
         if place == "file":  # never read by a kernel: an uninitialised tensor of its type, no pages touched
             return __import__("tvm").runtime.empty(array.shape, str(array.dtype), self._device)
-        if place == "host" or self._device.dlpack_device_type() == 1:  # CPU: zero-copy, huge pages (memory.py)
+        if place == "host" or on_host(self._device):  # CPU: zero-copy, huge pages (memory.py)
             return host_tensor(array)
         return self._to_device(np.ascontiguousarray(array))
 
@@ -384,19 +385,3 @@ def _open_library(name: str, data: bytes):
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return executable if isinstance(executable, relax.VMExecutable) else relax.VMExecutable(executable)
-
-
-def use_threads(threads: int) -> None:
-    """Give TVM's CPU thread pool the target's thread count. Unset, TVM takes half the logical CPUs on x86
-    (it assumes hyper-threading), so on a 2-vCPU machine every kernel scheduled for 2 threads ran on one: the
-    public path was 1.4x slower than the same kernel with TVM_NUM_THREADS set. The pool is sized when this
-    thread first launches parallel work, so this runs before the first call; a user's TVM_NUM_THREADS or
-    OMP_NUM_THREADS wins."""
-    if threads > 0 and "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
-        os.environ["TVM_NUM_THREADS"] = str(threads)
-
-
-def _device_for(target_info: dict):
-    import tvm
-
-    return tvm.cuda(0) if target_info.get("tvm", {}).get("kind") == "cuda" else tvm.cpu(0)

@@ -2,6 +2,7 @@
 copy of the weights, and the runtime gives TVM's thread pool the threads the kernels were scheduled for."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 import actsparse
 from actsparse.models import TinyConfig, TinyLlama
-from actsparse.runtime import module as runtime_module
+from actsparse.runtime import devices as runtime_devices
 from actsparse.runtime import report as runtime_report
 from actsparse.runtime.report import measure_blocks
 
@@ -94,11 +95,11 @@ def test_compile_memory_grows_with_the_weights_once(tmp_path):
 def test_tvm_gets_the_targets_threads(monkeypatch):
     monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    runtime_module.use_threads(3)
-    assert runtime_module.os.environ["TVM_NUM_THREADS"] == "3"
+    runtime_devices.use_threads(3)
+    assert os.environ["TVM_NUM_THREADS"] == "3"
     monkeypatch.setenv("TVM_NUM_THREADS", "1")  # the user's setting wins
-    runtime_module.use_threads(4)
-    assert runtime_module.os.environ["TVM_NUM_THREADS"] == "1"
+    runtime_devices.use_threads(4)
+    assert os.environ["TVM_NUM_THREADS"] == "1"
 
 
 def test_dense_mode_runs_the_fused_dense_kernel():
