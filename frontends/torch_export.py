@@ -118,7 +118,8 @@ def _export_with_fallback(model, inputs: tuple, dynamic_seq: bool, fallback: boo
     spec = _dynamic_shapes(inputs) if dynamic_seq else None
     if dynamic_seq and spec is None:
         warnings.warn("actsparse: no rank-2 integer input with at least 2 positions to make symbolic; importing "
-                      "with the example's static shapes", stacklevel=3)
+                      "with the example's static shapes (for other sizes export it with dynamic_shapes and compile the "
+                      "ExportedProgram)", stacklevel=3)
     if spec is not None:
         try:
             return torch.export.export(model, inputs, strict=False, dynamic_shapes=spec)

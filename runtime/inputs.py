@@ -44,7 +44,8 @@ class InputCheck:
         try:
             env = bind_symbols(self._graph, arrays)
         except ValueError as err:
-            raise InputError(f"{err} (the module was compiled for inputs {expected})") from None
+            hint = static_hint(self.inputs, arrays)
+            raise InputError(f"{err} (the module was compiled for inputs {expected}{hint})") from None
         for array, (name, ttype) in zip(arrays, self.inputs):
             check_dtype(name, array, ttype)
         limits = self.limits
@@ -63,6 +64,19 @@ class InputCheck:
                 bad = array.min() if array.min() < 0 else array.max()
                 raise InputError(f"input {name} holds id {bad}, outside the vocabulary of {bound} tokens "
                                  f"(valid: 0 .. {bound - 1})")
+
+
+STATIC_WAY_OUT = ("; its shapes are static: to take other sizes, compile a model whose dims are symbolic (a "
+                   "torch.export.ExportedProgram exported with dynamic_shapes, e.g. {0: torch.export.Dim('batch')}, or "
+                   "an ONNX file with named dims)")
+
+
+def static_hint(inputs: list[tuple[str, TensorType]], arrays: Sequence[np.ndarray]) -> str:
+    """The way out of a shape error from inputs of the right ranks where no input has a symbolic dim (other sizes
+    of the same arrays need another compile); "" otherwise."""
+    symbolic = any(not isinstance(d, int) for _, t in inputs for d in t.shape)
+    ranks = len(arrays) == len(inputs) and all(np.ndim(a) == len(t.shape) for a, (_, t) in zip(arrays, inputs))
+    return STATIC_WAY_OUT if ranks and not symbolic else ""
 
 
 def check_dtype(name: str, array: np.ndarray, ttype: TensorType) -> None:
