@@ -92,6 +92,9 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
     the instrument: a Python callback between the calls lets the thread pool's workers fall asleep, which would
     charge every parallel kernel a wake-up. Builtins that allocate are replayed too (same arguments: same sizes)."""
     import numpy as np
+    import tvm
+
+    from actsparse.codegen.kernels.norm_prologue import prologue_of, unfused_args
 
     module = lm.module
     weights = {t.data_ptr() for t in module._weight_tensors}
@@ -108,6 +111,8 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
     def kind_of(symbol: str, args) -> tuple[str, float]:
         if symbol.startswith(("vm.builtin.", "take", "fused_take")):  # builtins read no weights; a gather one row
             return symbol, 0.0
+        if prologue_of(symbol):   # its x_raw[, γ] as x: the arguments the MLP kernels' byte rules index
+            args = [tvm.runtime.tensor(a) if isinstance(a, np.ndarray) else a for a in unfused_args(symbol, args)]
         w = [a for a in args if hasattr(a, "data_ptr") and a.data_ptr() in weights]
         nbytes = [int(np.prod(a.shape)) * a.dtype.bits // 8 for a in w]
         if "gmlp_exact" in symbol and len(nbytes) == 3:

@@ -34,6 +34,7 @@ from ..ir.activations import ACTIVATIONS
 from ..ir.moe import expert_sizes, routed_kernel_takes
 from ..ir.sparse_variants import sizes, variant_of
 from .context import KERNEL_DTYPE, TVM_DTYPES, LoweringError, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
+from .kernel_input import KernelX, kernel_x
 from .lower_siblings import lower_siblings, sibling_group
 from .schedules import schedule_for
 
@@ -43,27 +44,37 @@ R = relax.op
 COMPOSITE_KERNELS: dict = {}
 
 
-def linear_call(ctx, x_type: TensorType, x, w_node, w, b=None, float_x: bool = False, flat=None, residual=None):
+def linear_call(ctx, x_type: TensorType, x, w_node, w, b=None, float_x: bool = False, flat=None, residual=None,
+                x_node=None):
     """x[..., k] @ w[n, k]^T (+ b) (+ residual) through the linear kernel (w_node: the weight's IR node, whose layout
     may be quantized; float_x: no int8-dot rounding of x); returns the un-flattened expression. `flat`: x already
     flattened, (x2d, lead, tokens) as `flatten_tokens` gives them (x then unused; x_type gives the output's dtype).
     `residual`: a value of the output's shape, [M, n] or [B, S, n] (float32, no bias; `residual_add`), the kernel
-    adds as it stores."""
+    adds as it stores. `x_node`: x's IR node, where the kernel may take x's RMS norm in its prologue
+    (kernel_input.py)."""
     from .kernels import kernel as target_kernel
 
     n, k = w_node.shape
-    x2d, lead, tokens = flat or flatten_tokens(ctx, x_type, x)
+    if flat:
+        kx = KernelX([flat[0]], *flat[1:])
+    elif x_node is not None:
+        kx = kernel_x(ctx, x_node, x)
+    else:
+        x2d, lead, tokens = flatten_tokens(ctx, x_type, x)
+        kx = KernelX([x2d], lead, tokens)
+    lead, tokens = kx.lead, kx.tokens
     sched = schedule_for(ctx.target)
     if float_x and getattr(sched, "int8_dot", ""):
         sched = dataclasses.replace(sched, int8_dot="")
     if residual is not None:   # r and the output in their own shape ([M, n] or [B, S, n]): no reshapes
         kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=sched, residual=len(lead))
-        return relax.call_tir(ctx.kernel(kernel), [x2d, w, residual],
+        return relax.call_tir(ctx.kernel(kx.kernel(kernel)), [*kx.args, w, residual],
                               relax.TensorType([*lead, n], TVM_DTYPES[KERNEL_DTYPE]))
     kernel = target_kernel("linear", k, n, dtype=kernel_dtype(w_node), sched=sched, bias=b is not None)
     if b is not None and getattr(b.ty, "dtype", "float32") != "float32":  # the kernels add a float32 bias
         b = ctx.bb.emit(R.astype(b, "float32"))
-    out = emit_kernel_call(ctx, kernel, [x2d, w] + ([b] if b is not None else []), tokens, n, x_type.dtype)
+    out = emit_kernel_call(ctx, kx.kernel(kernel), [*kx.args, w] + ([b] if b is not None else []), tokens, n,
+                           x_type.dtype)
     return R.reshape(out, [*lead, n])
 
 
@@ -107,10 +118,10 @@ def _linear(ctx, node, args):
         return lower_siblings(ctx, group, args[0])
     if len(args) == 3:
         return linear_call(ctx, node.inputs[0].type, args[0], node.inputs[1], args[1], args[2],
-                           float_x=node.attrs.get("float_x", False))
+                           float_x=node.attrs.get("float_x", False), x_node=node.inputs[0])
     return with_residual(ctx, node, lambda residual: linear_call(
         ctx, node.inputs[0].type, args[0], node.inputs[1], args[1], float_x=node.attrs.get("float_x", False),
-        residual=residual))
+        residual=residual, x_node=node.inputs[0]))
 
 
 def gate_up_call(ctx, node, args, biases):
@@ -130,15 +141,15 @@ def gate_up_call(ctx, node, args, biases):
         return None
     rows, k = weights[0].shape
     n = rows // 2 if a["fused"] else rows
-    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
+    kx = kernel_x(ctx, x_node, args[0])
     bias = [b if getattr(b.ty, "dtype", "float32") == "float32" else ctx.bb.emit(R.astype(b, "float32"))
             for b in biases if b is not None]   # the kernel adds float32 biases
     kernel = target_kernel("gate_up", k, n, gate_act=a["gate_act"], up_act=a["up_act"],
                            threshold=a.get("threshold", 0.0), dtype=kernel_dtype(weights[0]), sched=sched,
                            bias=bool(bias), fused=a["fused"], gate_first=a.get("gate_first", True))
     pair = (lambda vs: [*vs, *vs]) if a["fused"] else list   # fused: the one matrix (and bias) as gate's and up's
-    return (emit_kernel_call(ctx, kernel, [x2d, *pair(args[1:1 + len(weights)]), *pair(bias)], tokens, n, node.dtype),
-            lead, tokens)
+    return (emit_kernel_call(ctx, kx.kernel(kernel), [*kx.args, *pair(args[1:1 + len(weights)]), *pair(bias)],
+                             kx.tokens, n, node.dtype), kx.lead, kx.tokens)
 
 
 def _act(kind: str, threshold: float, x, dtype: str):
@@ -200,11 +211,11 @@ def _sparse_gated_mlp(ctx, node, args):
     x_node, w_gate = node.inputs[0], node.inputs[1]
     n_ff, d = sizes(node.attrs, w_gate.shape)
     d_out = node.inputs[3].shape[1]
-    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
+    kx = kernel_x(ctx, x_node, args[0])
     kernel = target_kernel(variant.kernels[family], d, n_ff, dtype=kernel_dtype(w_gate), sched=sched,
                            **down_layout(node), **variant.kernel_options(dict(node.attrs)))
-    out = emit_kernel_call(ctx, kernel, [x2d, *args[1:]], tokens, d_out, node.dtype)
-    return R.reshape(out, [*lead, d_out])
+    out = emit_kernel_call(ctx, kx.kernel(kernel), [*kx.args, *args[1:]], kx.tokens, d_out, node.dtype)
+    return R.reshape(out, [*kx.lead, d_out])
 
 
 def down_layout(node) -> dict:

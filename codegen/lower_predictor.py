@@ -33,6 +33,7 @@ from tvm import relax
 from ..ir.activations import ZERO_BELOW
 from ..passes.certified_gate import LAYOUT as SCORE_LAYOUT
 from .context import const, emit_kernel_call, flatten_tokens, kernel_dtype, lowering
+from .kernel_input import kernel_x
 from .lower_kernels import COMPOSITE_KERNELS, down_layout
 from .schedules import schedule_for
 
@@ -50,13 +51,13 @@ def _lower_scored_block(ctx, node, args, sched, options, name: str, inputs_after
     x_node, w_gate = node.inputs[0], node.inputs[1]
     n_ff, d = w_gate.shape
     d_out = node.inputs[3].shape[1]
-    x2d, lead, tokens = flatten_tokens(ctx, x_node.type, args[0])
+    kx = kernel_x(ctx, x_node, args[0])   # an RMS norm's output: the kernel computes it (kernel_input.py)
     cutoff = const([float(node.attrs["cutoff"])], "f32")
-    extra = inputs_after_weights(cutoff, tokens, n_ff)
+    extra = inputs_after_weights(cutoff, kx.tokens, n_ff)
     kernel = target_kernel(name, d, n_ff, dtype=kernel_dtype(w_gate), sched=sched,   # quantized: its layout
                            **down_layout(node), **options)
-    out = emit_kernel_call(ctx, kernel, [x2d, *args[1:4], *extra], tokens, d_out, node.dtype)
-    return R.reshape(out, [*lead, d_out])
+    out = emit_kernel_call(ctx, kx.kernel(kernel), [*kx.args, *args[1:4], *extra], kx.tokens, d_out, node.dtype)
+    return R.reshape(out, [*kx.lead, d_out])
 
 
 def _flat_scores(ctx, node, args):

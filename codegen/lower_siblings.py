@@ -15,7 +15,8 @@ import dataclasses
 
 from tvm import relax
 
-from .context import KERNEL_DTYPE, TVM_DTYPES, flatten_tokens, kernel_dtype
+from .context import KERNEL_DTYPE, TVM_DTYPES, kernel_dtype
+from .kernel_input import kernel_x
 from .schedules import schedule_for
 
 
@@ -48,7 +49,8 @@ def lower_siblings(ctx, group: list, x) -> object:
 
     first = group[0]
     ns = tuple(n.inputs[1].shape[0] for n in group)
-    x2d, lead, tokens = flatten_tokens(ctx, first.inputs[0].type, x)
+    kx = kernel_x(ctx, first.inputs[0], x)
+    lead, tokens = kx.lead, kx.tokens
     sched = schedule_for(ctx.target)
     if first.attrs.get("float_x", False) and getattr(sched, "int8_dot", ""):
         sched = dataclasses.replace(sched, int8_dot="")
@@ -57,7 +59,7 @@ def lower_siblings(ctx, group: list, x) -> object:
                          bias=bias)
     weights = [ctx.values[id(n.inputs[1])] for n in group]
     biases = [_float32(ctx, ctx.values[id(n.inputs[2])]) for n in group] if bias else []
-    outs = ctx.bb.emit(relax.call_tir(ctx.kernel(prim), [x2d, *weights, *biases],
+    outs = ctx.bb.emit(relax.call_tir(ctx.kernel(kx.kernel(prim)), [*kx.args, *weights, *biases],
                                       [relax.TensorType([tokens, n], TVM_DTYPES[KERNEL_DTYPE]) for n in ns]))
     exprs = []
     for i, (node, n) in enumerate(zip(group, ns)):

@@ -50,7 +50,7 @@ from ..ir.activations import PROBED, UP_ACTS, ZERO_BELOW
 from ..ir.mlp import pattern_name
 from .activation_analysis import classify_probed, classify_shifted
 from .base import Pass, Rule, apply_rules, derived_weight, note, record, weight_array
-from .match import common_module, commuted, is_scalar, scalar_value, strip_casts
+from .match import common_module, commuted, inverse_rms, mul_leaves
 
 GATE_ACT_OPS = {"silu": "silu", "relu": "relu", "fatrelu": "fatrelu", "gelu": "gelu", "relu2": "relu2",
                 "relu6": "relu6"}
@@ -99,56 +99,16 @@ def _up_side(node: Node):
     return probed if probed else ("identity", node)
 
 
-def _mul_leaves(node: Node, depth: int = 3, stop: Node | None = None) -> list:
-    """The factors of a tree of `mul`s (depth levels at most, not below `stop`), casts looked through; a
-    div(a, sqrt(v)) gives a's factors (none for a = 1) and the pair ("1/", sqrt(v))."""
-    if node.op == "cast":
-        return _mul_leaves(node.inputs[0], depth, stop)
-    if node is stop or depth == 0:
-        return [node]
-    if node.op == "div" and node.inputs[1].op == "sqrt":
-        numerator = node.inputs[0]
-        one = is_scalar(numerator, 1.0)
-        return [*([] if one else _mul_leaves(numerator, depth - 1, stop)), ("1/", node.inputs[1])]   # ONNX: 1/√v
-    if node.op != "mul":
-        return [node]
-    return [leaf for i in node.inputs for leaf in _mul_leaves(i, depth - 1, stop)]
-
-
-def _inverse_rms(factor):
-    """1 / sqrt(mean(h², last axis, keepdim) + eps) as rsqrt(v), reciprocal(sqrt(v)) or ("1/", sqrt(v)) (h² as
-    pow(h, 2) or h·h) -> (h, eps), else None."""
-    if isinstance(factor, tuple):
-        v = factor[1].inputs[0]
-    elif factor.op == "rsqrt":
-        v = factor.inputs[0]
-    elif factor.op == "reciprocal" and factor.inputs[0].op == "sqrt":   # ONNX has no rsqrt
-        v = factor.inputs[0].inputs[0]
-    else:
-        return None
-    if v.op != "add":
-        return None
-    for mean, eps in commuted(v):
-        if (mean.op != "mean" or scalar_value(eps) is None
-                or tuple(mean.attrs.get("axes", ())) not in ((-1,), (mean.type.rank - 1,))):
-            continue
-        square = mean.inputs[0]
-        if (square.op == "pow" and is_scalar(square.inputs[1], 2.0)) or \
-                (square.op == "mul" and strip_casts(square.inputs[0]) is strip_casts(square.inputs[1])):
-            return strip_casts(square.inputs[0]), scalar_value(eps)
-    return None
-
-
 def _hidden_rms(node: Node):
     """An RMS norm of the product before the down projection (BitNet's ffn_sub_norm): h · rsqrt(mean(h²) + eps)
     [· @w], the factors in any order, the inverse root as rsqrt, reciprocal(sqrt) or a division by sqrt -> (h, w
     weight node or None, eps), else None."""
-    for r in _mul_leaves(node):
-        found = _inverse_rms(r)
+    for r in mul_leaves(node):
+        found = inverse_rms(r)
         if found is None:
             continue
         h, eps = found
-        leaves = _mul_leaves(node, stop=h)   # the product h is a mul itself: a factor here, not flattened
+        leaves = mul_leaves(node, stop=h)   # the product h is a mul itself: a factor here, not flattened
         if len(leaves) not in (2, 3) or not any(_same(leaf, r) for leaf in leaves):
             continue
         rest = [leaf for leaf in leaves if not _same(leaf, r)]
@@ -162,7 +122,7 @@ def _hidden_rms(node: Node):
 
 
 def _same(a, b) -> bool:
-    """One factor of `_mul_leaves` (a node, or a ("1/", node) pair) is the other."""
+    """One factor of `match.mul_leaves` (a node, or a ("1/", node) pair) is the other."""
     if isinstance(a, tuple) or isinstance(b, tuple):
         return isinstance(a, tuple) and isinstance(b, tuple) and a[1] is b[1]
     return a is b

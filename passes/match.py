@@ -1,4 +1,5 @@
-"""Small structural matching helpers shared by the passes (commutative operands, constant values)."""
+"""Small structural matching helpers shared by the passes and codegen (commutative operands, constant values, the
+factors of a product, an RMS norm)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,77 @@ def common_module(*locs: str) -> str:
             break
         prefix.append(parts[0])
     return ".".join(prefix)
+
+
+def mul_leaves(node: Node, depth: int = 3, stop: Node | None = None) -> list:
+    """The factors of a tree of `mul`s (depth levels at most, not below `stop`), casts looked through; a
+    div(a, sqrt(v)) gives a's factors (none for a = 1) and the pair ("1/", sqrt(v))."""
+    if node.op == "cast":
+        return mul_leaves(node.inputs[0], depth, stop)
+    if node is stop or depth == 0:
+        return [node]
+    if node.op == "div" and node.inputs[1].op == "sqrt":
+        numerator = node.inputs[0]
+        one = is_scalar(numerator, 1.0)
+        return [*([] if one else mul_leaves(numerator, depth - 1, stop)), ("1/", node.inputs[1])]   # ONNX: 1/√v
+    if node.op != "mul":
+        return [node]
+    return [leaf for i in node.inputs for leaf in mul_leaves(i, depth - 1, stop)]
+
+
+def inverse_rms(factor):
+    """1 / sqrt(mean(h², last axis, keepdim) + eps) as rsqrt(v), reciprocal(sqrt(v)) or ("1/", sqrt(v)) (h² as
+    pow(h, 2) or h·h) -> (h, eps), else None."""
+    if isinstance(factor, tuple):
+        v = factor[1].inputs[0]
+    elif factor.op == "rsqrt":
+        v = factor.inputs[0]
+    elif factor.op == "reciprocal" and factor.inputs[0].op == "sqrt":   # ONNX has no rsqrt
+        v = factor.inputs[0].inputs[0]
+    else:
+        return None
+    if v.op != "add":
+        return None
+    for mean, eps in commuted(v):
+        if (mean.op != "mean" or scalar_value(eps) is None
+                or tuple(mean.attrs.get("axes", ())) not in ((-1,), (mean.type.rank - 1,))):
+            continue
+        square = mean.inputs[0]
+        if (square.op == "pow" and is_scalar(square.inputs[1], 2.0)) or \
+                (square.op == "mul" and strip_casts(square.inputs[0]) is strip_casts(square.inputs[1])):
+            return strip_casts(square.inputs[0]), scalar_value(eps)
+    return None
+
+
+def input_rms_norm(node: Node) -> tuple[Node, Node | None, float] | None:
+    """An RMS norm over the last axis, x · rsqrt(mean(x², last axis) + eps) [· @γ], the factors in any order (the
+    inverse root as `inverse_rms` reads it), every value float32 with no cast -> (x, γ's weight node or None, eps),
+    else None. What a kernel can compute in its prologue from x (codegen/kernels/norm_prologue.py)."""
+    if node.op not in ("mul", "div") or node.dtype != "f32":
+        return None
+    for r in mul_leaves(node):
+        found = inverse_rms(r)
+        if found is None or found[0].dtype != "f32" or found[0].op == "cast":
+            continue
+        x, eps = found
+        root = r[1] if isinstance(r, tuple) else r
+        if tuple(root.shape) != (*x.shape[:-1], 1):   # one inverse root per row (the mean kept its axis)
+            continue
+        rest = [leaf for leaf in mul_leaves(node, stop=x) if leaf is not r]
+        if isinstance(r, tuple):   # ("1/", sqrt(v)): the same pair object is not kept by a second walk
+            rest = [leaf for leaf in rest if not isinstance(leaf, tuple)]
+        weights = [leaf for leaf in rest if leaf is not x]
+        if (len(rest) - len(weights) == 1 and len(weights) <= 1 and not _casts_between(node, x)
+                and all(w.op == "weight" and w.shape == (x.shape[-1],) and w.dtype == "f32" for w in weights)):
+            return x, (weights[0] if weights else None), eps
+    return None
+
+
+def _casts_between(node: Node, x: Node, depth: int = 3) -> bool:
+    """Whether the mul tree from node down to x passes a cast (a norm computed at another precision)."""
+    if node is x or depth == 0:
+        return False
+    if node.op == "cast":
+        return True
+    factors = node.inputs[:1] if node.op == "div" else node.inputs   # a division's divisor is the root
+    return node.op in ("mul", "div") and any(_casts_between(i, x, depth - 1) for i in factors)

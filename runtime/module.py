@@ -182,18 +182,23 @@ class CompiledModule:
     def kernel_inputs(self, inputs: Sequence, weight_names: Sequence[str]) -> dict[str, np.ndarray]:
         """Run once on `inputs` and return, per weight named, the first argument (the activations) of the first
         kernel call that takes that weight as its second argument: an MLP block's input, read off the compiled
-        run through a VM instrument (what the report measures sparsity on, without a numpy forward)."""
+        run through a VM instrument (what the report measures sparsity on, without a numpy forward). A kernel that
+        norms its input itself gives x as it computes it (`norm_prologue.unfused_args`)."""
         from tvm import relax
+
+        from ..codegen.kernels.norm_prologue import prologue_of, unfused_args
 
         tensors = dict(zip(self.weight_order, self._weight_tensors))
         wanted = {tensors[n].data_ptr(): n for n in weight_names if n in tensors}
         seen: dict[str, np.ndarray] = {}
 
         def instrument(func, symbol, before_run, ret_value, *args):
+            if before_run and prologue_of(symbol):   # the kernel normed x itself: x as it computed it
+                args = unfused_args(symbol, args)
             if before_run and len(args) > 1 and hasattr(args[1], "data_ptr"):
                 name = wanted.get(args[1].data_ptr())
                 if name is not None and name not in seen:
-                    seen[name] = args[0].numpy()
+                    seen[name] = np.asarray(args[0].numpy() if hasattr(args[0], "numpy") else args[0])
             return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
 
         vm = relax.VirtualMachine(self.executable, self._device)
