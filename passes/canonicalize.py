@@ -15,6 +15,9 @@ slice, which Relax folds into an empty constant that a saved executable cannot l
     concat(x, e[..,0,..], y)                            -> concat(x, y)        (one operand left: that operand)
     concat(e1, e2) with every operand empty             -> full(shape, 0)      (no values to read)
 
+Weight rule: add | sub | mul of a rank-1 weight and a scalar constant (Gemma's RMSNorm weight, 1 + w) -> a derived
+weight holding the result (computed once at compile time).
+
 Projection rules (`canonicalize_layout.py`): matmul with a transposed or [in, out] weight, bias adds, the
 flatten/unflatten around a projection and per-expert slices of batched weights all become `linear(x, @W)`.
 """
@@ -25,9 +28,11 @@ import itertools
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..ir import Graph, Node
 from .activation_analysis import classify
-from .base import Pass, Rule, apply_rules
+from .base import Pass, Rule, apply_rules, derived_weight, weight_array
 from .canonicalize_layout import PROJECTION_RULES
 from .match import commuted, is_scalar, scalar_value
 
@@ -131,7 +136,39 @@ EMPTY_RULES = [
          lambda n, b: Node("full", (), {"shape": n.type.shape, "value": 0}, n.type, n.loc)),
 ]
 
-RULES = ACTIVATION_RULES + EMPTY_RULES + PROJECTION_RULES
+def _vector_weight_and_scalar(node: Node):
+    """add / sub / mul of a rank-1 weight and a scalar constant (Gemma's RMSNorm weight as 1 + w), same dtype."""
+    if node.op not in _SCALAR_OPS or len(node.inputs) != 2:
+        return None
+    for w, c in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+        if (w.op == "weight" and w.type.rank == 1 and scalar_value(c) is not None and c.type.rank == 0
+                and node.type == w.type):
+            return {"w": w, "c": scalar_value(c), "w_first": w is node.inputs[0]}
+    return None
+
+
+def _folded_weight(node: Node, b: dict) -> Node:
+    op, w, c = node.op, b["w"], b["c"]
+    name = f"{w.attrs['name']}.{op}{'' if b['w_first'] else 'r'}{c:g}"
+
+    def make() -> np.ndarray:
+        a = weight_array(w).astype(np.float64)
+        value = _SCALAR_OPS[op](a, c) if b["w_first"] else _SCALAR_OPS[op](np.full_like(a, c), a)
+        return value.astype(weight_array(w).dtype)
+
+    return derived_weight(name, make)
+
+
+_SCALAR_OPS = {"add": np.add, "sub": np.subtract, "mul": np.multiply}
+
+# a weight computed from one weight and a constant is a weight: computed once here, not every call (and Gemma's norms
+# then read as RMS norms with a weight, which CPU kernels compute in their prologue: codegen/kernel_input.py)
+WEIGHT_RULES = [
+    Rule("fold-vector-weight", "add | sub | mul(@w[d], c) -> @w' (computed once)", _vector_weight_and_scalar,
+         _folded_weight),
+]
+
+RULES = ACTIVATION_RULES + EMPTY_RULES + WEIGHT_RULES + PROJECTION_RULES
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ class Normed(nn.Module):
             h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS)
         elif f == "half":    # the norm at another precision: not what the prologue computes
             h = w * (x.half() * torch.rsqrt(x.half().pow(2).mean(-1, keepdim=True) + EPS)).float()
-        elif f == "gemma":   # (1 + w): a computed weight
+        elif f == "gemma":   # (1 + w): a computed weight (canonicalize folds it first: test_passes_golden.py)
             h = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS)) * (1.0 + w)
         else:                # a layer norm
             h = nn.functional.layer_norm(x, (x.shape[-1],), w)

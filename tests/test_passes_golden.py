@@ -54,6 +54,9 @@ def _inputs(graph, seq=5, seed=1):
     ("swiglu_decomposed", "dense", {"fuse-gated-mlp": {"swiglu": 1}}),
     # Phi-3's rotary concatenates an empty pass-through slice: dropped before any backend sees it
     ("concat_empty", "dense", {"canonicalize": {"concat-empty-operand": 2}}),
+    # Gemma's RMSNorm weight, 1 + w: one derived weight, computed at compile time (the norm then reads as one
+    # with a weight, which the CPU kernels reading it compute in their prologue)
+    ("gemma_norm", "dense", {"canonicalize": {"fold-vector-weight": 1}}),
 ])
 def test_pipeline_golden_and_counts(name, mode, expected):
     check_golden_pipeline(name, mode, expected)
