@@ -113,3 +113,21 @@ def child_results(args: list[str], key: str, timeout: int) -> tuple[dict, subpro
                           env=env)
     entries = (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{"))
     return {entry[key]: entry for entry in entries}, proc
+
+
+def vm_calls(module, run):
+    """(what `run()` returns, the symbols of the VM calls it made on `module`, a CompiledModule, in order): a VM
+    instrument records each callee and runs it as usual."""
+    calls = []
+
+    def instrument(func, symbol, before_run, ret_value, *args):
+        if before_run:
+            calls.append(symbol)
+        return 0  # run the call as usual
+
+    module._vm.set_instrument(instrument)
+    try:
+        result = run()
+    finally:
+        module._vm.set_instrument(None)
+    return result, calls

@@ -13,6 +13,8 @@ from actsparse.errors import ActsparseError, DecodeInputError
 from actsparse.frontends.decoder_export import import_decoder
 from actsparse.ir import evaluate
 
+from .helpers import vm_calls
+
 transformers = pytest.importorskip("transformers")
 
 torch.set_num_threads(1)
@@ -191,19 +193,9 @@ def test_a_step_runs_the_one_token_function_with_the_small_ops_fused(llama):
 
     def one_token(function: str):
         state = lm.prefill(PROMPT)
-        calls = []
-
-        def instrument(func, symbol, before_run, ret_value, *args):
-            if before_run:
-                calls.append(symbol)
-            return 0  # run the call as usual
-
-        lm.module._vm.set_instrument(instrument)
-        try:
-            out = lm.module.run_device(np.array([[7]]), np.array([PROMPT.shape[1]]), np.zeros(PROMPT.shape[1] + 1),
-                                       *state.caches, function=function)
-        finally:
-            lm.module._vm.set_instrument(None)
+        out, calls = vm_calls(lm.module, lambda: lm.module.run_device(
+            np.array([[7]]), np.array([PROMPT.shape[1]]), np.zeros(PROMPT.shape[1] + 1), *state.caches,
+            function=function))
         return out[0].numpy(), calls
 
     main_logits, main_calls = one_token("main")
