@@ -1,8 +1,9 @@
 """What a kernel call passes for x: x flattened to one token axis, or — where x is an RMS norm of a float32 value
 and the target's kernels run on the CPU — the norm's own input and weight, the kernel computing the norm in its
-prologue (`kernels/norm_prologue.py`: one call and one reshape fewer per norm reader; a decoder's q / k / v,
-gate / up and LM head). The norm's graph ops are lowered as before; where every reader took its input this way
-nothing reads them and DeadCodeElimination drops them (lower.py).
+prologue (`kernels/norm_prologue.py`: one call and one reshape fewer per norm; a decoder layer's q / k / v and
+gate / up or sparse MLP; not its LM head, which reads the final norm's last position). The norm's graph ops are
+lowered as before; where every reader took its input this way nothing reads them and DeadCodeElimination drops them
+(lower.py). GPU kernels read x as they did (the prologue is CPU TIR).
 """
 
 from __future__ import annotations
