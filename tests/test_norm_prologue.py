@@ -209,3 +209,21 @@ def _step_calls(lm, ids) -> list[str]:
     """The VM calls of one decode step after the prompt `ids`."""
     state = lm.prefill(ids.numpy())
     return vm_calls(lm.module, lambda: lm.step(7, state))[1]
+
+
+def test_a_prologues_symbol_says_its_eps_exactly_and_its_arguments_read_back_as_the_kernels_x():
+    """Two norms whose eps differ as float32 (the kernel's) get two kernels; the runtime (report, step profile) reads a
+    fused call's arguments back as the kernel's x, normed as the prologue norms it."""
+    from actsparse.codegen.kernels.norm_prologue import prologue_of, prologue_suffix, unfused_args
+
+    assert prologue_suffix(1.5e-6, 2, True) != prologue_suffix(1.501e-6, 2, True)
+    eps = float(np.float32(1.5e-6))
+    assert prologue_of("actsparse_linear_k8_n4" + prologue_suffix(eps, 2, True)) == (eps, 2, True)
+    assert prologue_of("actsparse_linear_k8_n4" + prologue_suffix(eps, 1, False)) == (eps, 1, False)
+    assert prologue_of("actsparse_linear_k8_n4") is None
+    rng = np.random.default_rng(0)
+    x_raw, g, w = rng.standard_normal((1, 3, 8)).astype(np.float32), rng.random(8).astype(np.float32), object()
+    x, *rest = unfused_args("k" + prologue_suffix(eps, 2, True), [x_raw, g, w])
+    want = x_raw[0] / np.sqrt((x_raw[0].astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * g
+    np.testing.assert_allclose(x, want, rtol=1e-6)
+    assert rest == [w] and unfused_args("k", [x_raw, g, w])[1] is g
