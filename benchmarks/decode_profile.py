@@ -68,9 +68,12 @@ def _listed_fraction(args) -> float:
 def _certified_fraction(args) -> float:
     """The certified kernel's (x, w_gate, w_up, w_down_t, w8, coef, cutoff, out): the share of neurons whose scores
     (computed here as the kernel does, passes/certified_gate.py) some token lists."""
+    import numpy as np
+
     from actsparse.passes.certified_gate import certified_scores
 
-    s = certified_scores({"w8": args[4].numpy(), "coef": args[5].numpy()}, args[0].numpy())
+    x = args[0] if isinstance(args[0], np.ndarray) else args[0].numpy()   # a fused call's x: normed rows, numpy
+    s = certified_scores({"w8": args[4].numpy(), "coef": args[5].numpy()}, x)
     return float((s > args[6].numpy()[0]).any(axis=0).mean())
 
 
@@ -92,7 +95,6 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
     the instrument: a Python callback between the calls lets the thread pool's workers fall asleep, which would
     charge every parallel kernel a wake-up. Builtins that allocate are replayed too (same arguments: same sizes)."""
     import numpy as np
-    import tvm
 
     from actsparse.codegen.kernels.norm_prologue import prologue_of, unfused_args
 
@@ -111,8 +113,9 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
     def kind_of(symbol: str, args) -> tuple[str, float]:
         if symbol.startswith(("vm.builtin.", "take", "fused_take")):  # builtins read no weights; a gather one row
             return symbol, 0.0
-        if prologue_of(symbol):   # its x_raw[, γ] as x: the arguments the MLP kernels' byte rules index
-            args = [tvm.runtime.tensor(a) if isinstance(a, np.ndarray) else a for a in unfused_args(symbol, args)]
+        fused = prologue_of(symbol)
+        if fused:   # x_raw[, γ] in x's place: γ is a weight the byte rules do not count; x is computed where read
+            raw, args = args, [args[0], *args[2 if fused[2] else 1:]]
         w = [a for a in args if hasattr(a, "data_ptr") and a.data_ptr() in weights]
         nbytes = [int(np.prod(a.shape)) * a.dtype.bits // 8 for a in w]
         if "gmlp_exact" in symbol and len(nbytes) == 3:
@@ -120,7 +123,8 @@ def profile(lm, prompt, feed, active: float, repeats: int = 5) -> tuple[dict, fl
         elif "gmlp_scored" in symbol and len(nbytes) == 3:  # after the replay: the scores are the step's
             read = lambda: _listed_fraction(args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
         elif "gmlp_certified" in symbol and len(nbytes) == 5:  # the int8 copy and coef whole, the gate rows listed
-            read = lambda: (_certified_fraction(args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
+            x_args = unfused_args(symbol, raw) if fused else args
+            read = lambda: (_certified_fraction(x_args) * nbytes[0] + active * (nbytes[1] + nbytes[2])  # noqa: E731
                             + nbytes[3] + nbytes[4])
         elif "gmlp_routedi" in symbol and len(nbytes) >= 3:   # input experts: every matrix by its skipped rows
             read = lambda: _chosen_fraction(symbol, args) * input_read * sum(nbytes[:3])  # noqa: E731

@@ -95,14 +95,19 @@ def const(value, dtype: str):
 KERNEL_DTYPE = "f32"  # the kernels' activations (x, out); weights are float32 or float16, accumulated in float32
 
 
-def flatten_tokens(ctx: LowerContext, x_type: TensorType, x):
-    """x[..., k] -> (x2d[M, k], the leading dims, M): kernels take one token axis."""
+def token_count(lead):
+    """The product of x's leading dims (Relax expressions or ints): the M of a kernel's x[M, k]."""
     from functools import reduce
 
+    return reduce(lambda a, b: a * b, lead, 1)
+
+
+def flatten_tokens(ctx: LowerContext, x_type: TensorType, x):
+    """x[..., k] -> (x2d[M, k], the leading dims, M): kernels take one token axis."""
     from tvm import relax
 
     lead = ctx.shape(x_type.shape[:-1])
-    tokens = reduce(lambda a, b: a * b, lead, 1)
+    tokens = token_count(lead)
     x2d = ctx.bb.emit(relax.op.reshape(x, [tokens, ctx.dim(x_type.shape[-1])]))
     if x_type.dtype != KERNEL_DTYPE:  # a float16 model: its activations enter (and leave) the kernels as float32
         x2d = ctx.bb.emit(relax.op.astype(x2d, TVM_DTYPES[KERNEL_DTYPE]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..ir import Node
 from ..passes.match import input_rms_norm
-from .context import flatten_tokens
+from .context import flatten_tokens, token_count
 from .kernels.schedule import CpuSchedule
 from .schedules import schedule_for
 
@@ -38,15 +38,16 @@ class KernelX:
         return with_rms_prologue(prim, *self.norm)
 
 
-def kernel_x(ctx, x_node: Node, x) -> KernelX:
-    """x (`x_node`'s Relax value) for a CPU kernel call; see the module docstring."""
-    found = _norm(ctx, x_node)
+def kernel_x(ctx, x_node: Node | None, x, x_type=None) -> KernelX:
+    """x (`x_node`'s Relax value) for a CPU kernel call; see the module docstring. Without an IR node (`x_type`
+    given instead) x is flattened."""
+    found = None if x_node is None else _norm(ctx, x_node)
     if found is None:
-        x2d, lead, tokens = flatten_tokens(ctx, x_node.type, x)
+        x2d, lead, tokens = flatten_tokens(ctx, x_node.type if x_node is not None else x_type, x)
         return KernelX([x2d], lead, tokens)
     raw, gamma, eps = found
     lead = ctx.shape(raw.shape[:-1])
-    tokens = lead[0] if len(lead) == 1 else lead[0] * lead[1]
+    tokens = token_count(lead)
     args = [ctx.values[id(raw)], *([ctx.values[id(gamma)]] if gamma is not None else [])]
     return KernelX(args, lead, tokens, (raw.shape[-1], eps, len(lead), gamma is not None))
 

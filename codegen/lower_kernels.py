@@ -55,13 +55,7 @@ def linear_call(ctx, x_type: TensorType, x, w_node, w, b=None, float_x: bool = F
     from .kernels import kernel as target_kernel
 
     n, k = w_node.shape
-    if flat:
-        kx = KernelX([flat[0]], *flat[1:])
-    elif x_node is not None:
-        kx = kernel_x(ctx, x_node, x)
-    else:
-        x2d, lead, tokens = flatten_tokens(ctx, x_type, x)
-        kx = KernelX([x2d], lead, tokens)
+    kx = KernelX([flat[0]], *flat[1:]) if flat else kernel_x(ctx, x_node, x, x_type)
     lead, tokens = kx.lead, kx.tokens
     sched = schedule_for(ctx.target)
     if float_x and getattr(sched, "int8_dot", ""):

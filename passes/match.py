@@ -51,20 +51,22 @@ def common_module(*locs: str) -> str:
     return ".".join(prefix)
 
 
-def mul_leaves(node: Node, depth: int = 3, stop: Node | None = None) -> list:
-    """The factors of a tree of `mul`s (depth levels at most, not below `stop`), casts looked through; a
-    div(a, sqrt(v)) gives a's factors (none for a = 1) and the pair ("1/", sqrt(v))."""
-    if node.op == "cast":
+def mul_leaves(node: Node, depth: int = 3, stop: Node | None = None, through_casts: bool = True) -> list:
+    """The factors of a tree of `mul`s (depth levels at most, not below `stop`), casts looked through (or, with
+    through_casts=False, a cast is a factor); a div(a, sqrt(v)) gives a's factors (none for a = 1) and the pair
+    ("1/", sqrt(v))."""
+    if node.op == "cast" and through_casts:
         return mul_leaves(node.inputs[0], depth, stop)
     if node is stop or depth == 0:
         return [node]
     if node.op == "div" and node.inputs[1].op == "sqrt":
         numerator = node.inputs[0]
         one = is_scalar(numerator, 1.0)
-        return [*([] if one else mul_leaves(numerator, depth - 1, stop)), ("1/", node.inputs[1])]   # ONNX: 1/√v
+        return [*([] if one else mul_leaves(numerator, depth - 1, stop, through_casts)),
+                ("1/", node.inputs[1])]   # ONNX: 1/√v
     if node.op != "mul":
         return [node]
-    return [leaf for i in node.inputs for leaf in mul_leaves(i, depth - 1, stop)]
+    return [leaf for i in node.inputs for leaf in mul_leaves(i, depth - 1, stop, through_casts)]
 
 
 def inverse_rms(factor):
@@ -105,21 +107,12 @@ def input_rms_norm(node: Node) -> tuple[Node, Node | None, float] | None:
         root = r[1] if isinstance(r, tuple) else r
         if tuple(root.shape) != (*x.shape[:-1], 1):   # one inverse root per row (the mean kept its axis)
             continue
-        rest = [leaf for leaf in mul_leaves(node, stop=x) if leaf is not r]
+        # no cast between (a norm computed at another precision): a cast is then a factor, neither x nor a weight
+        rest = [leaf for leaf in mul_leaves(node, stop=x, through_casts=False) if leaf is not r]
         if isinstance(r, tuple):   # ("1/", sqrt(v)): the same pair object is not kept by a second walk
             rest = [leaf for leaf in rest if not isinstance(leaf, tuple)]
         weights = [leaf for leaf in rest if leaf is not x]
-        if (len(rest) - len(weights) == 1 and len(weights) <= 1 and not _casts_between(node, x)
+        if (len(rest) - len(weights) == 1 and len(weights) <= 1
                 and all(w.op == "weight" and w.shape == (x.shape[-1],) and w.dtype == "f32" for w in weights)):
             return x, (weights[0] if weights else None), eps
     return None
-
-
-def _casts_between(node: Node, x: Node, depth: int = 3) -> bool:
-    """Whether the mul tree from node down to x passes a cast (a norm computed at another precision)."""
-    if node is x or depth == 0:
-        return False
-    if node.op == "cast":
-        return True
-    factors = node.inputs[:1] if node.op == "div" else node.inputs   # a division's divisor is the root
-    return node.op in ("mul", "div") and any(_casts_between(i, x, depth - 1) for i in factors)

@@ -260,8 +260,9 @@ _NATIVE: dict = {}
 _CROSS: dict = {}
 
 
-def run_native(prim, calls: list[Call], target=None):
-    """Build (cached) for this machine's x86 target and run every call; returns the outputs."""
+def run_native(prim, calls: list, target=None, outputs: int | None = None):
+    """Build (cached) for this machine's x86 target and run every call (a Call, or a plain argument list); returns
+    each call's output (its last argument), or with `outputs` the list of its last `outputs` arguments."""
     import tvm
 
     from actsparse import targets
@@ -273,9 +274,10 @@ def run_native(prim, calls: list[Call], target=None):
         _NATIVE[key] = build_standalone(prim, target.tvm_target())
     outs = []
     for call in calls:
-        tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in call.args]
+        tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in getattr(call, "args", call)]
         _NATIVE[key](*tensors)
-        outs.append(tensors[-1].numpy())
+        got = [t.numpy() for t in tensors[len(tensors) - (outputs or 1):]]
+        outs.append(got if outputs else got[0])
     return outs
 
 

@@ -18,7 +18,7 @@ from actsparse.frontends import import_torch
 from actsparse.passes.match import input_rms_norm
 
 from .helpers import vm_calls
-from .kernel_cases import QUANT_DTYPES, examples
+from .kernel_cases import QUANT_DTYPES, examples, run_native
 from .kernel_cases import kernel_weights as stored
 
 pytest.importorskip("tvm")
@@ -123,23 +123,9 @@ def test_x86_kernels_with_the_prologue_equal_them_on_the_norm_computed_apart(kin
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(b).max(initial=0))))
 
 
-_BUILT: dict = {}
-
-
 def _run(prim, args, outs):
-    """prim built for this machine (cached) and called on args and NaN-filled outputs of the shapes `outs`: those."""
-    import tvm
-
-    from actsparse import targets
-    from actsparse.codegen.kernels.common import build_standalone
-
-    name = str(prim.attrs["global_symbol"])
-    if name not in _BUILT:
-        _BUILT[name] = build_standalone(prim, targets.get("x86").tvm_target())
-    tensors = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in [*args, *(np.full(s, np.nan, np.float32)
-                                                                                for s in outs)]]
-    _BUILT[name](*tensors)
-    return [t.numpy() for t in tensors[len(args):]]
+    """prim run on this machine on args and NaN-filled outputs of the shapes `outs`: those outputs."""
+    return run_native(prim, [[*args, *(np.full(s, np.nan, np.float32) for s in outs)]], outputs=len(outs))[0]
 
 
 def test_a_prologue_refuses_a_kernel_whose_first_parameter_is_not_x_and_a_call_of_other_rows():
