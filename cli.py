@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
     generate = sub.add_parser("generate", help="decode with the KV cache (greedy unless --do-sample): the text and "
                               "tokens/s")
-    generate.add_argument("--prompt", required=True, help="the text to continue; with --chat, the user's message")
+    generate.add_argument("-p", "--prompt", required=True, help="the text to continue; with --chat, the user's message "
+                          "(-p as in llama.cpp)")
     generate.add_argument("--chat", action="store_true", help="a chat turn: the prompt (and --system) through the "
                           "model's chat template; prints the assistant's reply")
     decoder_arguments(generate)

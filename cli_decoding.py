@@ -29,8 +29,9 @@ def decoder_arguments(parser) -> None:
     """What `generate` and `chat` share: the decoder, the length, how to compile a source, the settings."""
     parser.add_argument("what", help="decoder artifact directory, Hugging Face model folder or file.gguf")
     parser.add_argument("--system", help="a system message before the user's (generate: with --chat)")
-    parser.add_argument("-n", "--tokens", type=count, help="new tokens to generate at most (default: the "
-                        "model's generation_config max_new_tokens, or max_length minus the prompt, else 32)")
+    parser.add_argument("-n", "--tokens", "--max-new-tokens", dest="tokens", type=count,
+                        help="new tokens to generate at most (default: the model's generation_config "
+                        "max_new_tokens, or max_length minus the prompt, else 32; --max-new-tokens as in transformers)")
     compile_arguments(parser)
     _generation_arguments(parser)
 

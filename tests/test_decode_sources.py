@@ -72,6 +72,8 @@ def test_generate_prints_the_text_and_tokens_per_second(hf_folder, artifact, cap
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "abc" + tokenizer.decode(expected[0, 3:])
     assert "8 new tokens" in out and "tokens/s" in out
+    assert main(["generate", str(artifact), "-p", "abc", "--max-new-tokens", "5"]) == 0   # llama.cpp's, transformers'
+    assert "5 new tokens" in capsys.readouterr().out
 
 
 def test_build_quantizes_a_decoder_as_asked(hf_folder, tmp_path):
