@@ -34,6 +34,7 @@ class Method:
     fixed_count: bool = False    # top-k per token instead of thresholds
     rotate: bool = False         # turn the block input first (LaRoSa), in `basis` (rotation.BASES)
     basis: str = "pca"
+    output_metric: str = ""      # "diagonal" | "full": norms and metric basis in the block output's (block_weights.py)
     doc: str = ""
 
 

@@ -38,11 +38,11 @@ def pca_rotation(rows: np.ndarray, dims: int) -> np.ndarray:
 
 def metric_rotation(rows: np.ndarray, bw: BlockWeights, dims: int) -> np.ndarray:
     """T [dims, dims] (float32) for the first `dims` input columns: T = M^½·V with M = WᵀW
-    (W = [W_gate; W_up]) and V the eigenvectors of M^½·XᵀX·M^½, largest first (float64). Then W' = W·T⁻ᵀ has
-    W'ᵀW' = I and the turned rows X·T have the diagonal Gram matrix VᵀM^½XᵀXM^½V."""
+    (W = [W_gate; W_up]; the block's output metric where it has one, `BlockWeights.input_metric`) and V the
+    eigenvectors of M^½·XᵀX·M^½, largest first (float64). Then the turned weights W' = W·T⁻ᵀ have orthonormal
+    columns in that metric (T⁻¹·M·T⁻ᵀ = I) and the turned rows X·T have the diagonal Gram matrix VᵀM^½XᵀXM^½V."""
     x = rows[:, :dims].astype(np.float64)
-    w = np.concatenate([bw.w_gate[:, :dims], bw.w_up[:, :dims]]).astype(np.float64)
-    lam, u = np.linalg.eigh(w.T @ w)
+    lam, u = np.linalg.eigh(bw.input_metric(dims))
     root = (u * np.sqrt(np.maximum(lam, lam.max() * 1e-12))) @ u.T   # M^½; a null direction kept invertible
     _, v = np.linalg.eigh(root @ (x.T @ x) @ root)
     return np.ascontiguousarray(root @ v[:, ::-1]).astype(np.float32)
@@ -61,7 +61,9 @@ def rotated(bw: BlockWeights, rows: np.ndarray, t: np.ndarray, turn: np.ndarray)
     def apply(a, m):
         return np.concatenate([a[:, :k] @ m.astype(np.float32), a[:, k:]], 1).astype(np.float32)
 
-    return BlockWeights(apply(bw.w_gate, turn), apply(bw.w_up, turn), bw.w_down, bw.gate_act, bw.up_act), apply(rows, t)
+    turned = BlockWeights(apply(bw.w_gate, turn), apply(bw.w_up, turn), bw.w_down, bw.gate_act, bw.up_act,
+                          bw.neuron_metric)   # per neuron: the same in any input basis
+    return turned, apply(rows, t)
 
 
 BASES = {"pca": lambda rows, bw, dims: pca_rotation(rows, dims), "metric": metric_rotation}
