@@ -48,6 +48,15 @@ def mlp_input(d=24, seq=5, seed=1):
     return x
 
 
+def few_direction_inputs(d: int = 48, samples: int = 3, seq: int = 64, directions: int = 6, seed: int = 5) -> list:
+    """Calibration samples [(x [1, seq, d],)] whose energy lies in a few directions (plus a little noise): a block
+    rotation into their principal axes pays."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((directions, d)).astype(np.float32)
+    return [((rng.standard_normal((1, seq, directions)) @ basis + 0.05 * rng.standard_normal((1, seq, d)))
+             .astype(np.float32),) for _ in range(samples)]
+
+
 def paying_x86():
     """This host's x86 target with no input costs: threshold mode's cost rule keeps no input-sparse block dense
     (tests of the input-sparse kernels under quantize=, whose tiny blocks the host's costs would keep dense)."""

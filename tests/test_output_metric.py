@@ -13,7 +13,7 @@ from actsparse.ir.activations import apply
 from actsparse.passes.block_weights import BlockWeights
 from actsparse.passes.rotation import metric_rotation, rotated, weight_turn
 
-from .helpers import gated_mlp_graph, paying_x86, x_as_dots_see
+from .helpers import few_direction_inputs, gated_mlp_graph, paying_x86, x_as_dots_see
 
 
 def _block(act: str, seed: int = 0, d: int = 12, n: int = 8):
@@ -71,10 +71,7 @@ def test_the_metric_basis_in_the_output_metric_turns_columns_orthonormal_in_it()
 
 def test_rotated_glu_wina_greedy_compiles_to_its_calibrated_sparsity_and_runs_as_the_ir():
     graph = gated_mlp_graph(d=48, n=96, act="gelu")
-    rng = np.random.default_rng(5)
-    basis = rng.standard_normal((6, 48)).astype(np.float32)   # energy in a few directions: the rotation pays
-    calibration = [((rng.standard_normal((1, 64, 6)) @ basis + 0.05 * rng.standard_normal((1, 64, 48)))
-                    .astype(np.float32),) for _ in range(4)]
+    calibration = few_direction_inputs(samples=4)   # energy in a few directions: the rotation pays
     x = calibration[0][0][:, :16]
     cm = actsparse.compile(graph, (x,), mode="threshold", calibration=calibration, sparsity=0.4,
                            method="rotated-glu-wina-greedy", target=paying_x86())

@@ -27,7 +27,15 @@ from actsparse.passes.sparsity_methods import (
     method,
 )
 
-from .helpers import assert_quantized_close, gated_mlp_graph, int8_dot_here, mlp_input, paying_x86, x_as_dots_see
+from .helpers import (
+    assert_quantized_close,
+    few_direction_inputs,
+    gated_mlp_graph,
+    int8_dot_here,
+    mlp_input,
+    paying_x86,
+    x_as_dots_see,
+)
 
 transformers = pytest.importorskip("transformers")
 torch.set_num_threads(1)
@@ -311,10 +319,7 @@ def test_rotation_is_stored_and_priced_as_its_table_says_under_quantize(quantize
     """quantize= keeps the rotation at ROTATION_STORAGE's kind (int8 under int4), calibration prices Q's bytes
     against the block in that storage, and the compiled module equals the IR."""
     graph = gated_mlp_graph(d=48, n=96, act="silu")
-    rng = np.random.default_rng(5)
-    basis = rng.standard_normal((6, 48)).astype(np.float32)   # energy in a few directions: the rotation pays
-    calibration = [((rng.standard_normal((1, 64, 6)) @ basis + 0.05 * rng.standard_normal((1, 64, 48)))
-                    .astype(np.float32),) for _ in range(3)]
+    calibration = few_direction_inputs(samples=3)   # energy in a few directions: the rotation pays
     x = calibration[0][0][:, :16]
     cm = actsparse.compile(graph, (x,), mode="threshold", calibration=calibration, sparsity=0.3,
                            method="rotated-wina-greedy", quantize=quantize, target=paying_x86())
